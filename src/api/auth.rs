@@ -1,0 +1,54 @@
+//! Push-token authentication shared by the token-protected routes.
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+
+use super::AppState;
+use crate::error::ApiError;
+
+/// The token from `Authorization: Bearer …`, else from the first candidate given
+/// (body field, then query parameter).
+pub fn find_token(headers: &HeaderMap, candidates: &[Option<&str>]) -> Option<String> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|t| !t.is_empty());
+    bearer
+        .or_else(|| {
+            candidates
+                .iter()
+                .flatten()
+                .map(|t| t.trim())
+                .find(|t| !t.is_empty())
+        })
+        .map(str::to_owned)
+}
+
+/// The member owning the token, or 401 with a message that says what to do.
+pub async fn member(state: &AppState, token: Option<String>) -> Result<String, ApiError> {
+    let Some(token) = token else {
+        return Err(ApiError::Unauthorized(
+            "missing push token: pass ?token=…, a \"token\" field, or an Authorization: Bearer header"
+                .into(),
+        ));
+    };
+    if !crate::token::looks_valid(&token) {
+        return Err(invalid());
+    }
+    state
+        .store
+        .member_by_token(&token)
+        .await?
+        .ok_or_else(invalid)
+}
+
+fn invalid() -> ApiError {
+    ApiError::Unauthorized(
+        "invalid push token (never issued, or replaced by rotate); send \"token\" to the WeCom app to see yours"
+            .into(),
+    )
+}

@@ -1,0 +1,167 @@
+//! `/wecom/callback`: WeCom's URL check (GET) and member messages/events (POST).
+//!
+//! Order of checks on POST: size, envelope XML, signature, decryption (which also checks the
+//! ReceiveId is our corp id), inner XML. Nothing is stored before all of them pass, so a
+//! forged or broken request changes nothing. A retried callback (same MsgId, or for events
+//! the same sender + time + event + key) is answered with the first reply, not processed
+//! again.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::AppState;
+use crate::bot::{self, Command};
+use crate::error::ApiError;
+use crate::store::{CallbackClaim, now_ms};
+use crate::wecom::crypto::CryptoError;
+use crate::wecom::xml::{self, Inbound, XmlError};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/wecom/callback",
+        get(verify_url)
+            .post(receive)
+            // WeCom's callbacks are small; anything near this is not from WeCom.
+            .layer(DefaultBodyLimit::max(xml::MAX_XML_BYTES)),
+    )
+}
+
+#[derive(Deserialize)]
+struct UrlCheck {
+    msg_signature: String,
+    timestamp: String,
+    nonce: String,
+    echostr: String,
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    msg_signature: String,
+    timestamp: String,
+    nonce: String,
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!(
+        "expected msg_signature, timestamp and nonce query parameters: {}",
+        rejection.body_text()
+    ))
+}
+
+fn crypto_error(err: CryptoError) -> ApiError {
+    match err {
+        CryptoError::BadSignature => ApiError::Unauthorized(
+            "msg_signature does not match: check wecom.callback_token".into(),
+        ),
+        other => ApiError::BadRequest(format!("cannot decrypt callback: {other}")),
+    }
+}
+
+fn xml_error(err: XmlError) -> ApiError {
+    match err {
+        XmlError::TooLarge => ApiError::PayloadTooLarge("callback body is too large".into()),
+        other => ApiError::BadRequest(format!("invalid callback XML: {other}")),
+    }
+}
+
+/// The URL check: answer the decrypted `echostr` as the whole body.
+async fn verify_url(
+    State(state): State<AppState>,
+    query: Result<Query<UrlCheck>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(query_error)?;
+    // A `+` that reached us unencoded was turned into a space by form decoding; base64
+    // has no spaces, so putting it back is safe.
+    let echostr = q.echostr.replace(' ', "+");
+    let plain = state
+        .crypto
+        .verify_url(&q.msg_signature, &q.timestamp, &q.nonce, &echostr)
+        .map_err(crypto_error)?;
+    tracing::info!("WeCom callback URL verified");
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], plain).into_response())
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    query: Result<Query<Signed>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(query_error)?;
+    let body = body.map_err(ApiError::from_body)?;
+    let envelope = xml::parse_envelope(&body).map_err(xml_error)?;
+    state
+        .crypto
+        .verify_signature(&q.msg_signature, &q.timestamp, &q.nonce, &envelope.encrypt)
+        .map_err(crypto_error)?;
+    let plain = state
+        .crypto
+        .decrypt(&envelope.encrypt)
+        .map_err(crypto_error)?;
+    let inbound = xml::parse_inbound(&plain).map_err(xml_error)?;
+
+    let Some(command) = bot::interpret(&inbound) else {
+        return Ok(empty());
+    };
+    let key = inbound.dedup_key();
+    let reply = match state.store.claim_callback(&key).await? {
+        CallbackClaim::Seen(Some(reply)) => {
+            tracing::debug!("repeated callback; sending the first reply again");
+            reply
+        }
+        // Still being processed (or the first run died): WeCom needs no second answer.
+        CallbackClaim::Seen(None) => return Ok(empty()),
+        CallbackClaim::New => match run(&state, &inbound, command).await {
+            Ok(reply) => {
+                state.store.complete_callback(&key, Some(&reply)).await?;
+                reply
+            }
+            Err(err) => {
+                // Let WeCom's retry try again rather than being swallowed as a duplicate.
+                if let Err(release) = state.store.release_callback(&key).await {
+                    tracing::error!(error = %release, "could not release callback claim");
+                }
+                return Err(err);
+            }
+        },
+    };
+    Ok(encrypted_reply(&state, &inbound, &reply))
+}
+
+async fn run(state: &AppState, inbound: &Inbound, command: Command) -> Result<String, ApiError> {
+    let userid = inbound.from_user_name.as_str();
+    Ok(match command {
+        Command::Token => {
+            let token = state.store.token_for(userid).await?;
+            bot::token_reply(&token, &state.public_base)
+        }
+        Command::Rotate => {
+            let token = state.store.rotate_token(userid).await?;
+            tracing::info!(userid, "push token rotated");
+            bot::rotated_reply(&token, &state.public_base)
+        }
+        Command::Help => bot::help_reply(),
+        Command::Welcome => bot::welcome_reply(),
+    })
+}
+
+/// WeCom treats an empty 200 as "received, no reply".
+fn empty() -> Response {
+    StatusCode::OK.into_response()
+}
+
+fn encrypted_reply(state: &AppState, inbound: &Inbound, text: &str) -> Response {
+    let now_s = now_ms() / 1000;
+    let reply_xml = xml::text_reply_xml(&inbound.from_user_name, &state.corp_id, now_s, text);
+    let nonce = rand::random_range(100_000_000u64..10_000_000_000u64).to_string();
+    let body = state
+        .crypto
+        .encrypt_reply(&reply_xml, &now_s.to_string(), &nonce);
+    ([(CONTENT_TYPE, "application/xml; charset=utf-8")], body).into_response()
+}

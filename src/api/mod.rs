@@ -1,0 +1,40 @@
+//! HTTP API: one module per route group, merged into one router here.
+
+mod auth;
+mod callback;
+mod health;
+mod messages;
+mod send;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+
+use crate::delivery::Outbox;
+use crate::store::Store;
+use crate::wecom::crypto::WeComCrypto;
+
+/// Largest `/send` request body accepted.
+pub const MAX_SEND_BODY: usize = 1024 * 1024;
+
+/// Shared by all handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub outbox: Outbox,
+    pub crypto: Arc<WeComCrypto>,
+    pub corp_id: Arc<str>,
+    /// `server.public_url` without trailing slash, for links in bot replies.
+    pub public_base: Arc<str>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(send::router().layer(DefaultBodyLimit::max(MAX_SEND_BODY)))
+        .merge(messages::router())
+        .merge(callback::router())
+        .merge(health::router())
+        .fallback(health::not_found)
+        .with_state(state)
+}

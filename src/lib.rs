@@ -1,0 +1,13 @@
+//! pushbot: a self-hosted push gateway. Members get a personal push token from a WeCom app
+//! bot; scripts push with it; an outbox delivers every accepted message or reports it failed.
+
+pub mod api;
+pub mod app;
+pub mod bot;
+pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+pub mod wecom;

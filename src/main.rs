@@ -1,0 +1,106 @@
+//! `pushbot` command line: parse arguments, load settings, run. Nothing else lives here.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pushbot::app::Application;
+use pushbot::config::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "pushbot",
+    version,
+    about = "Self-hosted push gateway for WeCom"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service and the delivery worker.
+    Serve {
+        /// TOML config file (default: ./pushbot.toml if present). Every key can be
+        /// overridden by PUSHBOT_<SECTION>__<KEY>, e.g. PUSHBOT_WECOM__SECRET.
+        #[arg(long, short, env = "PUSHBOT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, print a summary (secrets redacted), exit.
+    CheckConfig {
+        #[arg(long, short, env = "PUSHBOT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => match Settings::load(config.as_deref()) {
+            Ok(settings) => {
+                // A closed stdout (`| head`) is not an error worth a panic.
+                let _ = writeln!(std::io::stdout(), "configuration OK\n{settings:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&err),
+        },
+    }
+}
+
+fn fail(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("pushbot: {err}");
+    ExitCode::FAILURE
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(s) => s,
+        Err(err) => return fail(&err),
+    };
+    pushbot::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(&err),
+    };
+    runtime.block_on(async {
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(err) => return fail(&err),
+        };
+        match app.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err),
+        }
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

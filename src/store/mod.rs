@@ -1,0 +1,506 @@
+//! All persistent state, and all SQL.
+//!
+//! The rest of the program sees only [`Store`] and the plain records below. Queries are
+//! written once against sqlx's `Any` driver with `$n` placeholders, BIGINT unix-millisecond
+//! timestamps and TEXT, so a PostgreSQL backend needs only its own migration folder and a
+//! feature flag, not changes to the HTTP or bot code.
+//!
+//! Writes to the outbox go through one group-commit writer ([`writer`]): concurrent
+//! accepts share a transaction and so one fsync, which is what lets `/send` take
+//! thousands of messages a second while still answering only after the message is on disk.
+
+mod writer;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+pub use writer::AttemptUpdate;
+use writer::WriterHandle;
+
+/// Unix time in milliseconds, the one timestamp format stored.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("storage writer stopped")]
+    WriterGone,
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Queued,
+    Delivered,
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for MessageStatus {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "queued" => Ok(Self::Queued),
+            "delivered" => Ok(Self::Delivered),
+            "failed" => Ok(Self::Failed),
+            other => Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
+        }
+    }
+}
+
+/// One message in the outbox.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: String,
+    pub userid: String,
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub status: MessageStatus,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub channel: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub next_attempt_at: i64,
+    pub deadline_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+impl Message {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let status: String = row.try_get("status")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            userid: row.try_get("userid")?,
+            title: row.try_get("title")?,
+            content: row.try_get("content")?,
+            status: status.parse()?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            channel: row.try_get("channel")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            deadline_at: row.try_get("deadline_at")?,
+            delivered_at: row.try_get("delivered_at")?,
+        })
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, last_error, channel, \
+     created_at, updated_at, next_attempt_at, deadline_at, delivered_at";
+
+/// Result of claiming a WeCom callback for processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackClaim {
+    /// First time we see it: process it, then call [`Store::complete_callback`].
+    New,
+    /// Seen before; the stored reply (if the first run finished) should be sent again.
+    Seen(Option<String>),
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    writer: WriterHandle,
+    /// token → userid. Every authenticated request looks a token up, so positive
+    /// answers are kept in memory; this process is the only writer of tokens, and
+    /// rotation evicts the old entry before it returns.
+    tokens: Arc<RwLock<HashMap<String, String>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies migrations and starts the writer.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = sqlite_url_with_create(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; synchronous=FULL makes every
+                    // commit durable against power loss, not just process death (group
+                    // commit pays for it once per batch).
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        sqlx::migrate!("./src/store/migrations/sqlite")
+            .run(&pool)
+            .await?;
+        let writer = writer::spawn(pool.clone());
+        Ok(Self {
+            pool,
+            writer,
+            tokens: Arc::default(),
+        })
+    }
+
+    /// Cheap liveness check for `/healthz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        if self.writer.is_closed() {
+            return Err(StoreError::WriterGone);
+        }
+        Ok(())
+    }
+
+    /// Waits for queued writes, then closes the pool.
+    pub async fn close(&self) {
+        self.writer.flush().await;
+        self.pool.close().await;
+    }
+
+    // ---- members and tokens -------------------------------------------------------
+
+    /// The member a push token belongs to, if any.
+    pub async fn member_by_token(&self, token: &str) -> Result<Option<String>, StoreError> {
+        if let Some(userid) = self.cached_token(token) {
+            return Ok(Some(userid));
+        }
+        let row = sqlx::query("SELECT userid FROM members WHERE token = $1")
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let userid: String = row.try_get("userid")?;
+        self.cache_token(token, &userid);
+        Ok(Some(userid))
+    }
+
+    /// The member's token, created on first request.
+    pub async fn token_for(&self, userid: &str) -> Result<String, StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO members (userid, token, created_at, token_created_at) \
+             VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO NOTHING",
+        )
+        .bind(userid)
+        .bind(crate::token::generate())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT token FROM members WHERE userid = $1")
+            .bind(userid)
+            .fetch_one(&self.pool)
+            .await?;
+        let token: String = row.try_get("token")?;
+        self.cache_token(&token, userid);
+        Ok(token)
+    }
+
+    /// Replaces the member's token; the old one stops working before this returns.
+    pub async fn rotate_token(&self, userid: &str) -> Result<String, StoreError> {
+        let now = now_ms();
+        let new_token = crate::token::generate();
+        let mut tx = self.pool.begin().await?;
+        let old = sqlx::query("SELECT token FROM members WHERE userid = $1")
+            .bind(userid)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get::<String, _>("token"))
+            .transpose()?;
+        if old.is_some() {
+            sqlx::query("UPDATE members SET token = $1, token_created_at = $2 WHERE userid = $3")
+                .bind(&new_token)
+                .bind(now)
+                .bind(userid)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO members (userid, token, created_at, token_created_at) \
+                 VALUES ($1, $2, $3, $3)",
+            )
+            .bind(userid)
+            .bind(&new_token)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if let Ok(mut cache) = self.tokens.write() {
+            if let Some(old) = old {
+                cache.remove(&old);
+            }
+            cache.insert(new_token.clone(), userid.to_owned());
+        }
+        Ok(new_token)
+    }
+
+    fn cached_token(&self, token: &str) -> Option<String> {
+        self.tokens.read().ok()?.get(token).cloned()
+    }
+
+    fn cache_token(&self, token: &str, userid: &str) {
+        if let Ok(mut cache) = self.tokens.write() {
+            cache.insert(token.to_owned(), userid.to_owned());
+        }
+    }
+
+    // ---- outbox -------------------------------------------------------------------
+
+    /// Stores a new message durably; returns once it is committed to disk.
+    pub async fn insert_message(&self, message: Message) -> Result<(), StoreError> {
+        self.writer.insert(message).await
+    }
+
+    /// Records the outcome of a delivery attempt. Not awaited: if it is lost in a crash the
+    /// message is still `queued` and is delivered again after restart (at least once).
+    pub fn record_attempt(&self, update: AttemptUpdate) {
+        self.writer.update(update);
+    }
+
+    pub async fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Message::from_row).transpose()
+    }
+
+    /// Every message still waiting for delivery, oldest due first (start-up recovery).
+    pub async fn queued_messages(&self) -> Result<Vec<Message>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE status = 'queued' \
+             ORDER BY next_attempt_at"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Message::from_row).collect()
+    }
+
+    // ---- WeCom callback de-duplication ---------------------------------------------
+
+    /// Marks a callback as being processed, or reports that it was seen before.
+    pub async fn claim_callback(&self, key: &str) -> Result<CallbackClaim, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO callbacks (dedup_key, reply, created_at) VALUES ($1, NULL, $2) \
+             ON CONFLICT (dedup_key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(CallbackClaim::New);
+        }
+        let reply = sqlx::query("SELECT reply FROM callbacks WHERE dedup_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get::<Option<String>, _>("reply"))
+            .transpose()?
+            .flatten();
+        Ok(CallbackClaim::Seen(reply))
+    }
+
+    /// Stores the reply sent for a callback so that WeCom's retries get the same one.
+    pub async fn complete_callback(
+        &self,
+        key: &str,
+        reply: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE callbacks SET reply = $1 WHERE dedup_key = $2")
+            .bind(reply)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a claim whose processing failed, so WeCom's retry is processed afresh.
+    pub async fn release_callback(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM callbacks WHERE dedup_key = $1 AND reply IS NULL")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets callbacks older than `before_ms` (WeCom retries within seconds).
+    pub async fn prune_callbacks(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM callbacks WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+/// sqlx opens SQLite files read-write but does not create them unless asked.
+fn sqlite_url_with_create(url: &str) -> String {
+    if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}mode=rwc")
+    } else {
+        url.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        (Store::connect(&url).await.unwrap(), dir)
+    }
+
+    fn message(id: &str, userid: &str) -> Message {
+        let now = now_ms();
+        Message {
+            id: id.into(),
+            userid: userid.into(),
+            title: Some("t".into()),
+            content: None,
+            status: MessageStatus::Queued,
+            attempts: 0,
+            last_error: None,
+            channel: None,
+            created_at: now,
+            updated_at: now,
+            next_attempt_at: now,
+            deadline_at: now + 1000,
+            delivered_at: None,
+        }
+    }
+
+    #[test]
+    fn sqlite_url_gets_create_mode() {
+        assert_eq!(
+            sqlite_url_with_create("sqlite://pushbot.db"),
+            "sqlite://pushbot.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_with_create("sqlite://x.db?mode=ro"),
+            "sqlite://x.db?mode=ro"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_is_stable_until_rotated() {
+        let (store, _dir) = temp_store().await;
+        let t1 = store.token_for("alice").await.unwrap();
+        assert_eq!(store.token_for("alice").await.unwrap(), t1);
+        assert_ne!(store.token_for("bob").await.unwrap(), t1);
+        let t2 = store.rotate_token("alice").await.unwrap();
+        assert_ne!(t1, t2);
+        assert_eq!(store.member_by_token(&t1).await.unwrap(), None);
+        assert_eq!(
+            store.member_by_token(&t2).await.unwrap().as_deref(),
+            Some("alice")
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_inserts_are_all_stored() {
+        let (store, _dir) = temp_store().await;
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .insert_message(message(&format!("m{i}"), "alice"))
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.queued_messages().await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn attempt_updates_are_applied_in_order() {
+        let (store, _dir) = temp_store().await;
+        store.insert_message(message("a", "alice")).await.unwrap();
+        store.insert_message(message("b", "alice")).await.unwrap();
+        store.record_attempt(AttemptUpdate::Retry {
+            id: "a".into(),
+            attempts: 1,
+            error: "busy".into(),
+            next_attempt_at: 5,
+        });
+        store.record_attempt(AttemptUpdate::Delivered {
+            id: "a".into(),
+            attempts: 2,
+            channel: "wecom",
+        });
+        store.record_attempt(AttemptUpdate::Failed {
+            id: "b".into(),
+            attempts: 1,
+            error: "no".into(),
+        });
+        store.writer.flush().await;
+        let a = store.message("a").await.unwrap().unwrap();
+        assert_eq!(a.status, MessageStatus::Delivered);
+        assert_eq!(a.attempts, 2);
+        assert_eq!(a.last_error, None);
+        assert!(a.delivered_at.is_some());
+        let b = store.message("b").await.unwrap().unwrap();
+        assert_eq!(b.status, MessageStatus::Failed);
+        assert_eq!(b.last_error.as_deref(), Some("no"));
+        assert!(store.queued_messages().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn callbacks_are_claimed_once_and_replay_the_reply() {
+        let (store, _dir) = temp_store().await;
+        assert_eq!(store.claim_callback("k").await.unwrap(), CallbackClaim::New);
+        assert_eq!(
+            store.claim_callback("k").await.unwrap(),
+            CallbackClaim::Seen(None)
+        );
+        store.complete_callback("k", Some("hi")).await.unwrap();
+        assert_eq!(
+            store.claim_callback("k").await.unwrap(),
+            CallbackClaim::Seen(Some("hi".into()))
+        );
+        assert_eq!(store.prune_callbacks(now_ms() + 1).await.unwrap(), 1);
+        assert_eq!(store.claim_callback("k").await.unwrap(), CallbackClaim::New);
+    }
+}

@@ -1,0 +1,344 @@
+//! WeCom server API client: `gettoken` (cached, single-flight) and `message/send`.
+//!
+//! Every URL is built from `wecom.api_base`, so tests and egress proxies can redirect it.
+//! URLs carry the corp secret or the access token in their query, so transport errors are
+//! stripped of their URL before they are logged or stored.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::WeComSettings;
+
+/// Refresh this long before WeCom says the token expires, so no send races the expiry.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
+
+/// What went wrong calling WeCom. `Display` is meant for the admin reading `last_error`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WeComError {
+    #[error("WeCom API unreachable: {0}")]
+    Transport(String),
+    #[error("WeCom API answered HTTP {0}")]
+    Http(u16),
+    #[error("unexpected answer from the WeCom API: {0}")]
+    Decode(String),
+    #[error("{message}")]
+    Api { errcode: i64, message: String },
+    #[error(
+        "WeCom did not deliver to {0}: the member is not in the app's visible range (可见范围) or does not exist (invaliduser)"
+    )]
+    InvalidUser(String),
+}
+
+impl WeComError {
+    /// Whether retrying later can succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport(_) | Self::Decode(_) => true,
+            Self::Http(status) => *status >= 500 || *status == 429 || *status == 408,
+            Self::Api { errcode, .. } => is_transient_errcode(*errcode),
+            Self::InvalidUser(_) => false,
+        }
+    }
+
+    fn api(errcode: i64, errmsg: &str, touser: Option<&str>) -> Self {
+        Self::Api {
+            errcode,
+            message: explain(errcode, errmsg, touser),
+        }
+    }
+
+    fn token_rejected(&self) -> bool {
+        matches!(self, Self::Api { errcode, .. } if is_token_errcode(*errcode))
+    }
+}
+
+/// -1 system busy, 45009 rate limit, 45033 concurrency limit; token errors are transient
+/// too (they are retried once at once, then like any transient error).
+fn is_transient_errcode(errcode: i64) -> bool {
+    matches!(errcode, -1 | 45009 | 45033 | 45011) || is_token_errcode(errcode)
+}
+
+/// 40014 invalid access_token, 42001 expired, 40082 invalid suite token (same meaning).
+fn is_token_errcode(errcode: i64) -> bool {
+    matches!(errcode, 40014 | 42001 | 40082)
+}
+
+/// Turns a WeCom errcode into a sentence telling the admin what to fix.
+pub fn explain(errcode: i64, errmsg: &str, touser: Option<&str>) -> String {
+    let who = touser.unwrap_or("the member");
+    let hint = match errcode {
+        60020 => {
+            let ip = errmsg
+                .split("from ip:")
+                .nth(1)
+                .and_then(|s| s.split([',', ' ']).find(|p| !p.is_empty()))
+                .unwrap_or("(see errmsg)");
+            format!(
+                "WeCom refused this server's IP: add the server's egress IP {ip} to the app's \
+                 trusted IP list (企业可信IP) in the WeCom admin console"
+            )
+        }
+        81013 => format!(
+            "no valid recipient: {who} does not exist or is outside the app's visible range (可见范围)"
+        ),
+        48002 => "API forbidden: the app may not send messages (check the app's permissions \
+                  and visible range in the WeCom admin console)"
+            .to_owned(),
+        40056 => "invalid agentid: wecom.agent_id does not match the app (AgentId in the WeCom \
+                  admin console)"
+            .to_owned(),
+        301002 => format!("the app has no permission to message {who}"),
+        40001 | 40013 | 40091 | 41004 | 42009 => {
+            "WeCom rejected the credentials: check wecom.corp_id and wecom.secret".to_owned()
+        }
+        -1 => "WeCom is busy; will retry".to_owned(),
+        45009 | 45033 | 45011 => "WeCom rate limit reached; will retry".to_owned(),
+        40014 | 42001 | 40082 => "WeCom rejected the access token even after a refresh".to_owned(),
+        _ => "WeCom API error".to_owned(),
+    };
+    format!("{hint} (errcode {errcode}: {})", errmsg.trim())
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiReply {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    invaliduser: Option<String>,
+    #[serde(default)]
+    unlicenseduser: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TextMessage<'a> {
+    touser: &'a str,
+    msgtype: &'static str,
+    agentid: i64,
+    text: TextBody<'a>,
+}
+
+#[derive(Serialize)]
+struct TextBody<'a> {
+    content: &'a str,
+}
+
+struct CachedToken {
+    value: String,
+    refresh_at: Instant,
+}
+
+/// WeCom API client for one app (corp id + secret + agent id).
+pub struct WeComClient {
+    http: reqwest::Client,
+    api_base: Url,
+    corp_id: String,
+    secret: SecretString,
+    agent_id: i64,
+    token: RwLock<Option<CachedToken>>,
+    /// Held while fetching a token, so concurrent senders share one `gettoken`.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl WeComClient {
+    pub fn new(http: reqwest::Client, settings: &WeComSettings) -> Self {
+        Self {
+            http,
+            api_base: settings.api_base.clone(),
+            corp_id: settings.corp_id.clone(),
+            secret: settings.secret.clone(),
+            agent_id: settings.agent_id,
+            token: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}/cgi-bin/{path}",
+            self.api_base.as_str().trim_end_matches('/')
+        )
+    }
+
+    fn cached_token(&self) -> Option<String> {
+        let guard = self.token.read().ok()?;
+        let cached = guard.as_ref()?;
+        (Instant::now() < cached.refresh_at).then(|| cached.value.clone())
+    }
+
+    fn invalidate(&self, token: &str) {
+        if let Ok(mut guard) = self.token.write()
+            && guard.as_ref().is_some_and(|c| c.value == token)
+        {
+            *guard = None;
+        }
+    }
+
+    /// A valid access token, from cache or from one shared `gettoken` call.
+    pub async fn access_token(&self) -> Result<String, WeComError> {
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
+        }
+        let _single_flight = self.refresh.lock().await;
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
+        }
+        let reply: ApiReply = self
+            .call(self.http.get(self.url("gettoken")).query(&[
+                ("corpid", self.corp_id.as_str()),
+                ("corpsecret", self.secret.expose_secret()),
+            ]))
+            .await?;
+        if reply.errcode != 0 {
+            return Err(WeComError::api(reply.errcode, &reply.errmsg, None));
+        }
+        let value = reply
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| WeComError::Decode("gettoken answer has no access_token".into()))?;
+        let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(7200));
+        let refresh_at = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN).max(lifetime / 2);
+        if let Ok(mut guard) = self.token.write() {
+            *guard = Some(CachedToken {
+                value: value.clone(),
+                refresh_at,
+            });
+        }
+        tracing::debug!(
+            expires_in = lifetime.as_secs(),
+            "fetched WeCom access token"
+        );
+        Ok(value)
+    }
+
+    /// Sends a text message to one member. On an invalid/expired token it refreshes the
+    /// token once and tries again.
+    pub async fn send_text(&self, touser: &str, content: &str) -> Result<(), WeComError> {
+        let token = self.access_token().await?;
+        match self.post_text(&token, touser, content).await {
+            Err(err) if err.token_rejected() => {
+                tracing::info!("WeCom rejected the cached access token; refreshing");
+                self.invalidate(&token);
+                let token = self.access_token().await?;
+                self.post_text(&token, touser, content).await
+            }
+            other => other,
+        }
+    }
+
+    async fn post_text(&self, token: &str, touser: &str, content: &str) -> Result<(), WeComError> {
+        let body = TextMessage {
+            touser,
+            msgtype: "text",
+            agentid: self.agent_id,
+            text: TextBody { content },
+        };
+        let reply: ApiReply = self
+            .call(
+                self.http
+                    .post(self.url("message/send"))
+                    .query(&[("access_token", token)])
+                    .json(&body),
+            )
+            .await?;
+        if reply.errcode != 0 {
+            return Err(WeComError::api(reply.errcode, &reply.errmsg, Some(touser)));
+        }
+        // errcode 0 can still mean "not delivered to these members" (ids lower-cased).
+        for list in [&reply.invaliduser, &reply.unlicenseduser] {
+            if let Some(list) = list
+                && list.split('|').any(|u| u.eq_ignore_ascii_case(touser))
+            {
+                return Err(WeComError::InvalidUser(touser.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<ApiReply, WeComError> {
+        // `without_url`: the query holds the secret or the access token.
+        let response = request
+            .send()
+            .await
+            .map_err(|e| WeComError::Transport(describe(e.without_url())))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(WeComError::Http(status.as_u16()));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| WeComError::Transport(describe(e.without_url())))?;
+        serde_json::from_slice(&bytes).map_err(|e| WeComError::Decode(e.to_string()))
+    }
+}
+
+/// reqwest's Display is terse ("error sending request"); include the cause chain.
+fn describe(err: reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if err.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        err.to_string()
+    };
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        for code in [-1, 45009, 45033, 42001, 40014] {
+            assert!(WeComError::api(code, "x", None).is_transient(), "{code}");
+        }
+        for code in [60020, 81013, 48002, 40056, 301002, 40001, 12345] {
+            assert!(!WeComError::api(code, "x", None).is_transient(), "{code}");
+        }
+        assert!(WeComError::Http(502).is_transient());
+        assert!(WeComError::Http(429).is_transient());
+        assert!(!WeComError::Http(404).is_transient());
+        assert!(WeComError::Transport("x".into()).is_transient());
+        assert!(!WeComError::InvalidUser("a".into()).is_transient());
+    }
+
+    #[test]
+    fn untrusted_ip_names_the_ip_and_the_fix() {
+        let text = explain(
+            60020,
+            "not allow to access from your ip, hint: [1699999999_1_abc], from ip: 203.0.113.7, more info at https://open.work.weixin.qq.com/devtool/query?e=60020",
+            None,
+        );
+        assert!(text.contains("203.0.113.7"), "{text}");
+        assert!(text.contains("trusted IP"), "{text}");
+        assert!(text.contains("60020"), "{text}");
+    }
+
+    #[test]
+    fn no_recipient_names_the_member() {
+        let text = explain(81013, "user & party & tag all invalid", Some("alice"));
+        assert!(
+            text.contains("alice") && text.contains("visible range"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! `/wecom/callback`: the URL check and the authenticity checks on POSTed messages.
+
+use pushbot::wecom::crypto::WeComCrypto;
+
+use crate::helpers::*;
+
+// ---- GET: URL verification ----
+
+#[tokio::test]
+async fn url_check_answers_the_decrypted_echostr_and_nothing_else() {
+    let app = spawn_app().await;
+    // Long enough that the ciphertext contains `+`, `/` and `=` in practice; the query
+    // encoder percent-encodes them as WeCom does.
+    for echo in ["1616140317555161061", "echo with spaces & symbols +/= 中文"] {
+        let resp = app.verify_url(echo).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), echo);
+    }
+}
+
+#[tokio::test]
+async fn url_check_with_a_bad_signature_is_401() {
+    let app = spawn_app().await;
+    let echostr = app.crypto.encrypt("12345");
+    let timestamp = unix_now();
+    let nonce = nonce();
+    let good = app.crypto.signature(&timestamp, &nonce, &echostr);
+    let forged = "0".repeat(good.len());
+    let resp = app
+        .verify_url_raw(&[
+            ("msg_signature", forged),
+            ("timestamp", timestamp.clone()),
+            ("nonce", nonce.clone()),
+            ("echostr", echostr.clone()),
+        ])
+        .await;
+    assert_eq!(resp.status(), 401);
+    assert_ne!(resp.text().await.unwrap(), "12345");
+
+    // A signature made with another token is just as bad.
+    let other = WeComCrypto::new("OtherToken1", ENCODING_AES_KEY, CORP_ID).unwrap();
+    let resp = app
+        .verify_url_raw(&[
+            (
+                "msg_signature",
+                other.signature(&timestamp, &nonce, &echostr),
+            ),
+            ("timestamp", timestamp),
+            ("nonce", nonce),
+            ("echostr", echostr),
+        ])
+        .await;
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn url_check_with_missing_parameters_is_400() {
+    let app = spawn_app().await;
+    let echostr = app.crypto.encrypt("12345");
+    let timestamp = unix_now();
+    let nonce = nonce();
+    let sig = app.crypto.signature(&timestamp, &nonce, &echostr);
+    let full = [
+        ("msg_signature", sig),
+        ("timestamp", timestamp),
+        ("nonce", nonce),
+        ("echostr", echostr),
+    ];
+    for missing in 0..full.len() {
+        let query: Vec<_> = full
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != missing)
+            .map(|(_, p)| p.clone())
+            .collect();
+        let resp = app.verify_url_raw(&query).await;
+        assert_eq!(resp.status(), 400, "without {}", full[missing].0);
+    }
+}
+
+#[tokio::test]
+async fn url_check_with_an_echostr_that_does_not_decrypt_is_400() {
+    let app = spawn_app().await;
+    let timestamp = unix_now();
+    let nonce = nonce();
+    for echostr in ["not base64 at all!", "AAAA", "QUJDREVGR0hJSktMTU5PUA=="] {
+        // Correctly signed, so only decryption can fail.
+        let sig = app.crypto.signature(&timestamp, &nonce, echostr);
+        let resp = app
+            .verify_url_raw(&[
+                ("msg_signature", sig),
+                ("timestamp", timestamp.clone()),
+                ("nonce", nonce.clone()),
+                ("echostr", echostr.to_owned()),
+            ])
+            .await;
+        assert_eq!(resp.status(), 400, "echostr {echostr:?}");
+    }
+}
+
+#[tokio::test]
+async fn url_check_for_another_corp_is_400() {
+    let app = spawn_app().await;
+    let other = WeComCrypto::new(CALLBACK_TOKEN, ENCODING_AES_KEY, "wwOtherCorp0000000").unwrap();
+    let echostr = other.encrypt("12345");
+    let timestamp = unix_now();
+    let nonce = nonce();
+    let sig = app.crypto.signature(&timestamp, &nonce, &echostr);
+    let resp = app
+        .verify_url_raw(&[
+            ("msg_signature", sig),
+            ("timestamp", timestamp),
+            ("nonce", nonce),
+            ("echostr", echostr),
+        ])
+        .await;
+    assert_eq!(resp.status(), 400);
+}
+
+// ---- POST: messages ----
+
+#[tokio::test]
+async fn reply_is_signed_encrypted_and_addressed_to_the_member() {
+    let app = spawn_app().await;
+    let user = userid("zhangsan");
+    let resp = app
+        .post_sealed(&seal_with(
+            &app.crypto,
+            &text_message(&user, "help", next_msg_id()),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    // `open_reply` verifies MsgSignature over TimeStamp/Nonce/Encrypt and decrypts with our
+    // corp id as ReceiveId.
+    let reply = open_reply(&body).expect("help gets a reply");
+    assert_eq!(reply.to_user, user);
+    assert_eq!(reply.msg_type, "text");
+    assert!(!reply.content.is_empty());
+}
+
+/// Every way of tampering with a callback is refused and changes nothing: a forged
+/// `rotate` must leave the member's token alone.
+#[tokio::test]
+async fn forged_or_hostile_callbacks_are_refused_without_changing_state() {
+    let app = spawn_app().await;
+    let user = userid("lisi");
+    let token = app.get_token(&user).await;
+    let rotate = || text_message(&user, "rotate", next_msg_id());
+
+    // 1. Bad signature.
+    let mut sealed = seal_with(&app.crypto, &rotate());
+    sealed.msg_signature = "f".repeat(40);
+    let resp = app.post_sealed(&sealed).await;
+    assert_eq!(resp.status(), 401, "bad signature");
+
+    // 2. Signature over a different timestamp (replay with a changed query).
+    let mut sealed = seal_with(&app.crypto, &rotate());
+    sealed.timestamp = (sealed.timestamp.parse::<u64>().unwrap() + 1).to_string();
+    assert_eq!(
+        app.post_sealed(&sealed).await.status(),
+        401,
+        "tampered timestamp"
+    );
+
+    // 3. Signed with another callback token.
+    let other_token = WeComCrypto::new("OtherToken1", ENCODING_AES_KEY, CORP_ID).unwrap();
+    let resp = app.post_sealed(&seal_with(&other_token, &rotate())).await;
+    assert_eq!(resp.status(), 401, "other callback token");
+
+    // 4. Properly signed but encrypted for another corp (ReceiveId mismatch).
+    let other_corp =
+        WeComCrypto::new(CALLBACK_TOKEN, ENCODING_AES_KEY, "wwOtherCorp0000000").unwrap();
+    let mut sealed = seal_with(&other_corp, &rotate());
+    sealed.msg_signature = app
+        .crypto
+        .signature(&sealed.timestamp, &sealed.nonce, &sealed.encrypt);
+    assert_eq!(
+        app.post_sealed(&sealed).await.status(),
+        400,
+        "wrong corp id"
+    );
+
+    // 5. Signed garbage in <Encrypt>.
+    for garbage in ["bm90IGEgY2lwaGVydGV4dA==", "%%%", ""] {
+        let timestamp = unix_now();
+        let nonce = nonce();
+        let sig = app.crypto.signature(&timestamp, &nonce, garbage);
+        let resp = app
+            .post_callback_raw(
+                &[
+                    ("msg_signature", sig),
+                    ("timestamp", timestamp),
+                    ("nonce", nonce),
+                ],
+                envelope_body(garbage),
+            )
+            .await;
+        assert_eq!(resp.status(), 400, "undecryptable {garbage:?}");
+    }
+
+    // 6. Hostile decrypted content: a DTD with an entity that would expand to "rotate".
+    let hostile_inner = format!(
+        "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY cmd \"rotate\">]>\
+         <xml><ToUserName>{CORP_ID}</ToUserName><FromUserName>{user}</FromUserName>\
+         <CreateTime>1700000000</CreateTime><MsgType>text</MsgType>\
+         <Content>&cmd;</Content><MsgId>{}</MsgId><AgentID>{AGENT_ID}</AgentID></xml>",
+        next_msg_id()
+    );
+    let resp = app
+        .post_sealed(&seal_with(&app.crypto, &hostile_inner))
+        .await;
+    assert_eq!(resp.status(), 400, "DOCTYPE inside the encrypted message");
+
+    // 7. Hostile outer envelope (DTD around a validly signed rotate).
+    let sealed = seal_with(&app.crypto, &rotate());
+    let body = format!(
+        "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY e \"{}\">]>\
+         <xml><ToUserName>{CORP_ID}</ToUserName><Encrypt>&e;</Encrypt></xml>",
+        sealed.encrypt
+    );
+    let resp = app.post_callback_raw(&sealed.query(), body).await;
+    assert_eq!(resp.status(), 400, "DOCTYPE in the envelope");
+
+    // 8. Malformed / non-XML / invalid UTF-8 envelopes.
+    let sealed = seal_with(&app.crypto, &rotate());
+    for body in [
+        b"this is not xml".to_vec(),
+        b"<xml><Encrypt>".to_vec(),
+        b"<xml><ToUserName>x</ToUserName></xml>".to_vec(),
+        {
+            let mut b = b"<xml><ToUserName>\xff\xfe</ToUserName><Encrypt><![CDATA[".to_vec();
+            b.extend_from_slice(sealed.encrypt.as_bytes());
+            b.extend_from_slice(b"]]></Encrypt></xml>");
+            b
+        },
+    ] {
+        let resp = app.post_callback_raw(&sealed.query(), body.clone()).await;
+        assert_eq!(
+            resp.status(),
+            400,
+            "malformed envelope {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    // 9. Decrypted message that is not a WeCom message.
+    for inner in ["just text", "<xml><MsgType>text</MsgType></xml>", "<xml>"] {
+        let resp = app.post_sealed(&seal_with(&app.crypto, inner)).await;
+        assert_eq!(resp.status(), 400, "inner {inner:?}");
+    }
+
+    // 10. Missing query parameters.
+    let sealed = seal_with(&app.crypto, &rotate());
+    let resp = app
+        .post_callback_raw(&sealed.query()[1..], sealed.body.clone())
+        .await;
+    assert!(
+        resp.status() == 400 || resp.status() == 401,
+        "no msg_signature: {}",
+        resp.status()
+    );
+
+    // Nothing rotated: the bot still hands out the same token, and it still works.
+    assert_eq!(app.get_token(&user).await, token);
+    let id = app.send_ok(&token, "still", "works").await;
+    app.wait_for_status(&id, &token, "delivered", WAIT).await;
+}
+
+#[tokio::test]
+async fn oversized_callback_body_is_413() {
+    let app = spawn_app().await;
+    let sealed = seal_with(&app.crypto, &text_message("big", "token", next_msg_id()));
+    let padding = "A".repeat(65 * 1024);
+    let body = format!(
+        "<xml><ToUserName>{CORP_ID}</ToUserName><Pad>{padding}</Pad><Encrypt>{}</Encrypt></xml>",
+        sealed.encrypt
+    );
+    let resp = app.post_callback_raw(&sealed.query(), body).await;
+    assert_eq!(resp.status(), 413);
+}

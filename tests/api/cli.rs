@@ -1,0 +1,140 @@
+//! The real binary: `serve --config`, environment overrides, start-up errors, SIGKILL.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tempfile::TempDir;
+
+use crate::helpers::*;
+
+struct BinSetup {
+    mock: MockWeCom,
+    dir: TempDir,
+    port: u16,
+    config_path: PathBuf,
+}
+
+async fn setup(tweak: impl FnOnce(&mut TestConfig)) -> BinSetup {
+    let mock = MockWeCom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut config = TestConfig::default();
+    tweak(&mut config);
+    let toml = config.render(
+        &format!("127.0.0.1:{port}"),
+        &dir.path().join("pushbot.db"),
+        &mock.base_url,
+    );
+    let config_path = dir.path().join("pushbot.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    BinSetup {
+        mock,
+        dir,
+        port,
+        config_path,
+    }
+}
+
+#[tokio::test]
+async fn an_accepted_message_survives_sigkill() {
+    let s = setup(|c| c.retry_window = "60s".to_owned()).await;
+    let mut bin = spawn_binary(&s.config_path, s.port, &[]).await;
+    let user = userid("killed");
+    let token = bin.get_token(&user).await;
+
+    // WeCom is unreachable for now, so the message can only be in the outbox on disk.
+    s.mock.fail_always(SendReply::errcode(-1, "system busy"));
+    let id = bin.send_ok(&token, "survivor", "of kill -9").await;
+    bin.kill9();
+    assert!(s.mock.sent().is_empty());
+
+    s.mock.heal();
+    let bin = spawn_binary(&s.config_path, s.port, &[]).await;
+    let sent = s.mock.wait_for_sent(1, WAIT).await;
+    assert_eq!(sent[0].touser, user);
+    assert_eq!(sent[0].content, "survivor\n\nof kill -9");
+    bin.wait_for_status(&id, &token, "delivered", WAIT).await;
+    drop(s.dir);
+}
+
+#[tokio::test]
+async fn environment_overrides_the_config_file() {
+    // The file has the wrong secret; the environment has the right one.
+    let s = setup(|c| c.secret = "wrong-secret".to_owned()).await;
+    let bin = spawn_binary(&s.config_path, s.port, &[("PUSHBOT_WECOM__SECRET", SECRET)]).await;
+    let token = bin.get_token(&userid("env")).await;
+    let id = bin.send_ok(&token, "from", "env").await;
+    bin.wait_for_status(&id, &token, "delivered", WAIT).await;
+    assert_eq!(s.mock.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn without_the_override_the_wrong_secret_is_not_used_successfully() {
+    // Control for the test above: the file's secret really is wrong.
+    let s = setup(|c| {
+        c.secret = "wrong-secret".to_owned();
+        c.retry_window = "300ms".to_owned();
+    })
+    .await;
+    let bin = spawn_binary(&s.config_path, s.port, &[]).await;
+    let token = bin.get_token(&userid("noenv")).await;
+    let id = bin.send_ok(&token, "from", "file").await;
+    let status = bin.wait_for_status(&id, &token, "failed", WAIT).await;
+    assert!(
+        status["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{status}"
+    );
+    assert!(s.mock.gettoken_calls() >= 1);
+    assert!(s.mock.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_required_key_exits_non_zero_naming_it() {
+    let s = setup(|c| c.corp_id = None).await;
+    let child = binary_command(&s.config_path, &[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_for_exit(child, WAIT).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail; stderr: {stderr}");
+    let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line of explanation: {stderr:?}");
+    assert!(lines[0].contains("corp_id"), "names the key: {stderr:?}");
+}
+
+#[tokio::test]
+async fn a_missing_config_file_exits_non_zero_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let child = binary_command(&path, &[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_for_exit(child, WAIT).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail; stderr: {stderr}");
+    assert!(stderr.contains("nope.toml"), "names the file: {stderr:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_value_from_the_environment_is_named() {
+    let s = setup(|_| {}).await;
+    let child = binary_command(
+        &s.config_path,
+        &[("PUSHBOT_DELIVERY__RETRY_WINDOW", "soon")],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let out = wait_for_exit(child, WAIT).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail; stderr: {stderr}");
+    assert!(stderr.contains("retry_window"), "names the key: {stderr:?}");
+}

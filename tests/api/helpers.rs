@@ -1,0 +1,758 @@
+//! Test harness: starts the gateway (in-process via `Application`, or the real binary)
+//! against a [`MockWeCom`], and talks to it the way WeCom and push scripts do.
+
+use std::net::TcpListener as StdTcpListener;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pushbot::app::Application;
+use pushbot::config::Settings;
+use pushbot::wecom::crypto::WeComCrypto;
+use serde::Deserialize;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use crate::mock_wecom::{AGENT_ID, CORP_ID, MockWeCom, SECRET, SendReply, Sent};
+
+pub const CALLBACK_TOKEN: &str = "QDG6eK";
+pub const ENCODING_AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+pub const PUBLIC_URL: &str = "https://push.example.com";
+
+/// Generous upper bound for anything that should happen "soon"; tests normally finish in
+/// milliseconds and only a broken gateway waits this long.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------------------------------------
+// configuration
+// ------------------------------------------------------------------------------------------
+
+/// The knobs tests turn; rendered to the TOML the gateway reads.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    pub corp_id: Option<String>,
+    pub secret: String,
+    pub request_timeout: String,
+    pub retry_window: String,
+    pub backoff_initial: String,
+    pub backoff_max: String,
+    pub concurrency: usize,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            corp_id: Some(CORP_ID.to_owned()),
+            secret: SECRET.to_owned(),
+            request_timeout: "2s".to_owned(),
+            retry_window: "2s".to_owned(),
+            backoff_initial: "10ms".to_owned(),
+            backoff_max: "100ms".to_owned(),
+            concurrency: 16,
+        }
+    }
+}
+
+impl TestConfig {
+    pub fn render(&self, listen: &str, db_path: &Path, api_base: &str) -> String {
+        let corp_id = match &self.corp_id {
+            Some(c) => format!("corp_id = \"{c}\"\n"),
+            None => String::new(),
+        };
+        format!(
+            r#"[server]
+listen = "{listen}"
+public_url = "{PUBLIC_URL}"
+
+[storage]
+url = "sqlite://{db}"
+
+[wecom]
+{corp_id}agent_id = {AGENT_ID}
+secret = "{secret}"
+callback_token = "{CALLBACK_TOKEN}"
+encoding_aes_key = "{ENCODING_AES_KEY}"
+api_base = "{api_base}"
+request_timeout = "{request_timeout}"
+
+[delivery]
+retry_window = "{retry_window}"
+backoff_initial = "{backoff_initial}"
+backoff_max = "{backoff_max}"
+concurrency = {concurrency}
+
+[log]
+level = "warn"
+"#,
+            db = db_path.display(),
+            secret = self.secret,
+            request_timeout = self.request_timeout,
+            retry_window = self.retry_window,
+            backoff_initial = self.backoff_initial,
+            backoff_max = self.backoff_max,
+            concurrency = self.concurrency,
+        )
+    }
+}
+
+fn init() {
+    // reqwest is built without a default TLS provider; the tests speak plain HTTP, but a
+    // client still needs one to be constructed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn http_client() -> reqwest::Client {
+    init();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("test HTTP client")
+}
+
+pub fn crypto() -> WeComCrypto {
+    WeComCrypto::new(CALLBACK_TOKEN, ENCODING_AES_KEY, CORP_ID).expect("test crypto")
+}
+
+// ------------------------------------------------------------------------------------------
+// in-process application
+// ------------------------------------------------------------------------------------------
+
+struct Running {
+    shutdown: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+pub struct TestApp {
+    pub api: Api,
+    pub port: u16,
+    pub mock: MockWeCom,
+    pub dir: TempDir,
+    pub db_path: PathBuf,
+    pub config: TestConfig,
+    running: Option<Running>,
+}
+
+impl Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut TestConfig)) -> TestApp {
+    init();
+    let mock = MockWeCom::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_path = dir.path().join("pushbot.db");
+    let mut config = TestConfig::default();
+    tweak(&mut config);
+    let (port, running) = start_app(&config, &db_path, &mock.base_url).await;
+    TestApp {
+        api: Api::new(format!("http://127.0.0.1:{port}")),
+        port,
+        mock,
+        dir,
+        db_path,
+        config,
+        running: Some(running),
+    }
+}
+
+async fn start_app(config: &TestConfig, db_path: &Path, api_base: &str) -> (u16, Running) {
+    let toml = config.render("127.0.0.1:0", db_path, api_base);
+    let settings = Settings::from_toml(&toml).expect("test settings are valid");
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let port = app.port();
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = rx.await;
+        })
+        .await
+        .map_err(|e| format!("{e:?}"))
+    });
+    (port, Running { shutdown, handle })
+}
+
+impl TestApp {
+    /// Graceful shutdown; returns once `run_until_stopped` has returned.
+    pub async fn stop(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        let _ = running.shutdown.send(());
+        let result = tokio::time::timeout(WAIT, running.handle)
+            .await
+            .expect("application stops within the timeout after shutdown")
+            .expect("application task did not panic");
+        result.expect("run_until_stopped returns Ok after a graceful shutdown");
+    }
+
+    /// Stops this instance and starts a fresh `Application` on the same database and mock.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (port, running) = start_app(&self.config, &self.db_path, &self.mock.base_url).await;
+        self.port = port;
+        self.api.address = format!("http://127.0.0.1:{port}");
+        self.running = Some(running);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// the real binary
+// ------------------------------------------------------------------------------------------
+
+/// A `pushbot serve` child process; killed (SIGKILL) when dropped.
+pub struct BinApp {
+    pub api: Api,
+    pub child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Deref for BinApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Drop for BinApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (the binary cannot report the one it bound).
+pub fn free_port() -> u16 {
+    let l = StdTcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn binary_command(config_path: &Path, envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushbot"));
+    cmd.arg("serve").arg("--config").arg(config_path);
+    // Only what the test chooses: no PUSHBOT_* from the developer's shell.
+    cmd.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Starts the binary and waits until `/healthz` answers 200.
+pub async fn spawn_binary(config_path: &Path, port: u16, envs: &[(&str, &str)]) -> BinApp {
+    init();
+    let log_path = config_path.with_extension(format!("{port}.log"));
+    let log = std::fs::File::create(&log_path).expect("create log file");
+    let child = binary_command(config_path, envs)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("start pushbot binary");
+    let mut bin = BinApp {
+        api: Api::new(format!("http://127.0.0.1:{port}")),
+        child,
+        log_path,
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = bin.child.try_wait().expect("poll child") {
+            panic!(
+                "pushbot exited early with {status}; output:\n{}",
+                std::fs::read_to_string(&bin.log_path).unwrap_or_default()
+            );
+        }
+        if let Ok(resp) = bin.api.healthz().await
+            && resp.status() == 200
+        {
+            return bin;
+        }
+        if Instant::now() > deadline {
+            let _ = bin.child.kill();
+            panic!(
+                "pushbot did not become healthy within {WAIT:?}; output:\n{}",
+                std::fs::read_to_string(&bin.log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl BinApp {
+    pub fn kill9(&mut self) {
+        // std's Child::kill sends SIGKILL on Unix: no shutdown hook runs.
+        self.child.kill().expect("SIGKILL pushbot");
+        self.child.wait().expect("reap pushbot");
+    }
+}
+
+/// Waits (polling) for a child process to exit, returning its output.
+pub async fn wait_for_exit(mut child: Child, timeout: Duration) -> std::process::Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("poll child").is_some() {
+            return child.wait_with_output().expect("collect child output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect child output");
+            panic!(
+                "process did not exit within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// WeCom-side messages
+// ------------------------------------------------------------------------------------------
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique() -> u64 {
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    base * 1000 + COUNTER.fetch_add(1, Ordering::Relaxed) % 1000
+}
+
+/// A fresh MsgId, distinct across the test run.
+pub fn next_msg_id() -> u64 {
+    7_000_000_000_000_000 + unique() % 1_000_000_000_000_000
+}
+
+/// A fresh CreateTime (seconds), so events from one member are distinct.
+pub fn next_create_time() -> i64 {
+    1_700_000_000 + (COUNTER.fetch_add(1, Ordering::Relaxed) as i64)
+}
+
+pub fn unix_now() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .to_string()
+}
+
+pub fn nonce() -> String {
+    format!("{:010}", rand::random::<u32>())
+}
+
+/// A unique member id per call, so tests never share state by accident.
+pub fn userid(prefix: &str) -> String {
+    format!("{prefix}{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn text_message(from: &str, content: &str, msg_id: u64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>\
+         <FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>1700000000</CreateTime>\
+         <MsgType><![CDATA[text]]></MsgType>\
+         <Content><![CDATA[{content}]]></Content>\
+         <MsgId>{msg_id}</MsgId>\
+         <AgentID>{AGENT_ID}</AgentID></xml>"
+    )
+}
+
+pub fn event_message(from: &str, event: &str, key: Option<&str>, create_time: i64) -> String {
+    let key = key
+        .map(|k| format!("<EventKey><![CDATA[{k}]]></EventKey>"))
+        .unwrap_or_default();
+    format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>\
+         <FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>{create_time}</CreateTime>\
+         <MsgType><![CDATA[event]]></MsgType>\
+         <AgentID>{AGENT_ID}</AgentID>\
+         <Event><![CDATA[{event}]]></Event>{key}</xml>"
+    )
+}
+
+pub fn envelope_body(encrypt: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>\
+         <AgentID><![CDATA[{AGENT_ID}]]></AgentID>\
+         <Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+    )
+}
+
+/// An encrypted, signed callback as WeCom would POST it; fields are public so tests can
+/// forge any part.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub msg_signature: String,
+    pub timestamp: String,
+    pub nonce: String,
+    pub encrypt: String,
+    pub body: String,
+}
+
+impl Sealed {
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("msg_signature", self.msg_signature.clone()),
+            ("timestamp", self.timestamp.clone()),
+            ("nonce", self.nonce.clone()),
+        ]
+    }
+}
+
+/// Encrypts `inner` with `crypto` and signs it, as WeCom does.
+pub fn seal_with(crypto: &WeComCrypto, inner: &str) -> Sealed {
+    let encrypt = crypto.encrypt(inner);
+    let timestamp = unix_now();
+    let nonce = nonce();
+    let msg_signature = crypto.signature(&timestamp, &nonce, &encrypt);
+    Sealed {
+        msg_signature,
+        timestamp,
+        nonce,
+        body: envelope_body(&encrypt),
+        encrypt,
+    }
+}
+
+/// A decrypted passive reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub to_user: String,
+    pub from_user: String,
+    pub msg_type: String,
+    pub content: String,
+}
+
+#[derive(Deserialize)]
+struct ReplyEnvelopeXml {
+    #[serde(rename = "Encrypt")]
+    encrypt: String,
+    #[serde(rename = "MsgSignature")]
+    msg_signature: String,
+    #[serde(rename = "TimeStamp")]
+    timestamp: String,
+    #[serde(rename = "Nonce")]
+    nonce: String,
+}
+
+#[derive(Deserialize)]
+struct ReplyXml {
+    #[serde(rename = "ToUserName")]
+    to_user: String,
+    #[serde(rename = "FromUserName", default)]
+    from_user: String,
+    #[serde(rename = "MsgType")]
+    msg_type: String,
+    #[serde(rename = "Content", default)]
+    content: String,
+}
+
+/// Checks and opens a callback response body the way WeCom does: `None` for an empty body
+/// (no reply), else the verified, decrypted text reply. Panics on anything else.
+pub fn open_reply(body: &str) -> Option<Reply> {
+    if body.is_empty() {
+        return None;
+    }
+    let env: ReplyEnvelopeXml = quick_xml::de::from_str(body)
+        .unwrap_or_else(|e| panic!("reply is not an encrypted envelope ({e}): {body}"));
+    let crypto = crypto();
+    assert_eq!(
+        env.msg_signature,
+        crypto.signature(&env.timestamp, &env.nonce, &env.encrypt),
+        "reply MsgSignature must sign TimeStamp, Nonce and Encrypt: {body}"
+    );
+    let inner = crypto
+        .decrypt(&env.encrypt)
+        .unwrap_or_else(|e| panic!("reply does not decrypt ({e:?}): {body}"));
+    let reply: ReplyXml = quick_xml::de::from_str(&inner)
+        .unwrap_or_else(|e| panic!("decrypted reply is not a message ({e}): {inner}"));
+    Some(Reply {
+        to_user: reply.to_user,
+        from_user: reply.from_user,
+        msg_type: reply.msg_type,
+        content: reply.content,
+    })
+}
+
+/// Line 2 of a token reply, checked to look like a push token.
+pub fn token_from_reply(content: &str) -> String {
+    let token = content
+        .split('\n')
+        .nth(1)
+        .unwrap_or_else(|| panic!("token reply has no second line: {content:?}"))
+        .to_owned();
+    assert!(
+        is_token(&token),
+        "line 2 of the reply must be exactly the token (32 URL-safe characters), got {token:?} in {content:?}"
+    );
+    token
+}
+
+pub fn is_token(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+// ------------------------------------------------------------------------------------------
+// one helper per endpoint
+// ------------------------------------------------------------------------------------------
+
+pub struct Api {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub crypto: WeComCrypto,
+}
+
+impl Api {
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            http: http_client(),
+            crypto: crypto(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn healthz(&self) -> reqwest::Result<reqwest::Response> {
+        self.http.get(self.url("/healthz")).send().await
+    }
+
+    // ---- WeCom callback ----
+
+    pub async fn verify_url_raw(&self, query: &[(&str, String)]) -> reqwest::Response {
+        self.http
+            .get(self.url("/wecom/callback"))
+            .query(query)
+            .send()
+            .await
+            .expect("GET /wecom/callback")
+    }
+
+    /// The URL check WeCom makes when the callback URL is saved: signed, encrypted echostr.
+    pub async fn verify_url(&self, echo_plain: &str) -> reqwest::Response {
+        let echostr = self.crypto.encrypt(echo_plain);
+        let timestamp = unix_now();
+        let nonce = nonce();
+        let sig = self.crypto.signature(&timestamp, &nonce, &echostr);
+        self.verify_url_raw(&[
+            ("msg_signature", sig),
+            ("timestamp", timestamp),
+            ("nonce", nonce),
+            ("echostr", echostr),
+        ])
+        .await
+    }
+
+    pub async fn post_callback_raw(
+        &self,
+        query: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/wecom/callback"))
+            .query(query)
+            .header("content-type", "text/xml")
+            .body(body)
+            .send()
+            .await
+            .expect("POST /wecom/callback")
+    }
+
+    pub async fn post_sealed(&self, sealed: &Sealed) -> reqwest::Response {
+        self.post_callback_raw(&sealed.query(), sealed.body.clone())
+            .await
+    }
+
+    /// POSTs `inner` properly encrypted and signed; expects 200 and opens the reply.
+    pub async fn callback(&self, inner: &str) -> Option<Reply> {
+        let resp = self.post_sealed(&seal_with(&self.crypto, inner)).await;
+        let status = resp.status();
+        let body = resp.text().await.expect("callback body");
+        assert_eq!(status, 200, "callback must be accepted: {body}");
+        let reply = open_reply(&body);
+        if let Some(r) = &reply {
+            assert_eq!(r.msg_type, "text", "passive replies are text: {r:?}");
+        }
+        reply
+    }
+
+    /// Member `userid` types `text`; returns the bot's reply text (None = no reply).
+    pub async fn user_says(&self, userid: &str, text: &str) -> Option<String> {
+        self.user_says_with_id(userid, text, next_msg_id()).await
+    }
+
+    pub async fn user_says_with_id(&self, userid: &str, text: &str, msg_id: u64) -> Option<String> {
+        let reply = self.callback(&text_message(userid, text, msg_id)).await?;
+        assert_eq!(reply.to_user, userid, "reply goes back to the member");
+        Some(reply.content)
+    }
+
+    pub async fn event(&self, userid: &str, event: &str, key: Option<&str>) -> Option<String> {
+        self.event_at(userid, event, key, next_create_time()).await
+    }
+
+    pub async fn event_at(
+        &self,
+        userid: &str,
+        event: &str,
+        key: Option<&str>,
+        create_time: i64,
+    ) -> Option<String> {
+        let reply = self
+            .callback(&event_message(userid, event, key, create_time))
+            .await?;
+        assert_eq!(reply.to_user, userid, "reply goes back to the member");
+        Some(reply.content)
+    }
+
+    /// Asks the bot for `userid`'s push token.
+    pub async fn get_token(&self, userid: &str) -> String {
+        let reply = self
+            .user_says(userid, "token")
+            .await
+            .expect("the bot answers `token`");
+        token_from_reply(&reply)
+    }
+
+    /// Rotates `userid`'s push token, returning the new one.
+    pub async fn rotate(&self, userid: &str) -> String {
+        let reply = self
+            .user_says(userid, "rotate")
+            .await
+            .expect("the bot answers `rotate`");
+        token_from_reply(&reply)
+    }
+
+    // ---- /send ----
+
+    pub async fn send_get(&self, query: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .get(self.url("/send"))
+            .query(query)
+            .send()
+            .await
+            .expect("GET /send")
+    }
+
+    pub async fn send_json(&self, token: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut req = self.http.post(self.url("/send")).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("POST /send (JSON)")
+    }
+
+    pub async fn send_form(&self, form: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .post(self.url("/send"))
+            .form(form)
+            .send()
+            .await
+            .expect("POST /send (form)")
+    }
+
+    /// Sends with GET and returns the message id, asserting the documented success shape.
+    pub async fn send_ok(&self, token: &str, title: &str, content: &str) -> String {
+        let resp = self
+            .send_get(&[("token", token), ("title", title), ("content", content)])
+            .await;
+        accepted_id(resp).await
+    }
+
+    // ---- /messages/{id} ----
+
+    pub async fn message(&self, id: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(self.url(&format!("/messages/{id}")));
+        if let Some(t) = token {
+            req = req.query(&[("token", t)]);
+        }
+        req.send().await.expect("GET /messages/{id}")
+    }
+
+    pub async fn message_json(&self, id: &str, token: &str) -> Value {
+        let resp = self.message(id, Some(token)).await;
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("message status is JSON");
+        assert_eq!(status, 200, "GET /messages/{id}: {body}");
+        body
+    }
+
+    /// Polls `/messages/{id}` until it reports `status`; panics with the last state on timeout.
+    pub async fn wait_for_status(
+        &self,
+        id: &str,
+        token: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body = self.message_json(id, token).await;
+            if body["status"] == status {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "message {id} did not reach status {status:?} within {timeout:?}; last: {body}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Asserts a `/send` response is the documented 200 and returns the message id.
+pub async fn accepted_id(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let text = resp.text().await.expect("send body");
+    assert_eq!(status, 200, "send must be accepted: {text}");
+    let body: Value = serde_json::from_str(&text).expect("send answers JSON");
+    assert_eq!(body["ok"], true, "{body}");
+    assert_eq!(body["status"], "queued", "{body}");
+    let id = body["id"].as_str().expect("id is a string");
+    assert!(!id.is_empty(), "{body}");
+    id.to_owned()
+}
+
+/// Asserts a JSON error response with the given HTTP status and error code.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = resp.status();
+    let text = resp.text().await.expect("error body");
+    assert_eq!(
+        got, status,
+        "expected HTTP {status} ({code}), got {got}: {text}"
+    );
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    assert_eq!(body["ok"], false, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error has a message: {body}"
+    );
+    body
+}

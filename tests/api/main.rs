@@ -1,0 +1,11 @@
+//! Integration tests: one binary (fast to build) with one module per area.
+
+mod helpers;
+mod mock_wecom;
+
+mod bot;
+mod callback;
+mod cli;
+mod delivery;
+mod restart;
+mod send;

@@ -1,0 +1,420 @@
+//! A stand-in for the WeCom server API (`qyapi.weixin.qq.com`), just the two calls the
+//! gateway makes: `GET /cgi-bin/gettoken` and `POST /cgi-bin/message/send`.
+//!
+//! It behaves like the real thing where the gateway's correctness depends on it (access
+//! tokens are issued only for the right credentials, expire, and are checked on every
+//! send), records every call, and lets a test script the next replies.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub const CORP_ID: &str = "wx5823bf96d3bd56c7";
+pub const SECRET: &str = "test-secret";
+pub const AGENT_ID: i64 = 1000002;
+
+/// What the mock answers to one `message/send` call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendReply {
+    /// HTTP status; anything but 200 is answered with a plain-text body.
+    pub status: u16,
+    pub errcode: i64,
+    pub errmsg: String,
+    /// Reported with `errcode` 0 for members that could not be reached.
+    pub invaliduser: Option<String>,
+    /// Wait this long before answering (to trip the gateway's request timeout).
+    pub delay: Option<Duration>,
+}
+
+impl SendReply {
+    pub fn ok() -> Self {
+        Self {
+            status: 200,
+            errcode: 0,
+            errmsg: "ok".to_owned(),
+            invaliduser: None,
+            delay: None,
+        }
+    }
+
+    pub fn errcode(errcode: i64, errmsg: &str) -> Self {
+        Self {
+            errcode,
+            errmsg: errmsg.to_owned(),
+            ..Self::ok()
+        }
+    }
+
+    pub fn http(status: u16) -> Self {
+        Self {
+            status,
+            errcode: -1,
+            errmsg: "internal server error".to_owned(),
+            ..Self::ok()
+        }
+    }
+
+    pub fn invalid_user(user: &str) -> Self {
+        Self {
+            invaliduser: Some(user.to_owned()),
+            ..Self::ok()
+        }
+    }
+
+    pub fn delayed(self, delay: Duration) -> Self {
+        Self {
+            delay: Some(delay),
+            ..self
+        }
+    }
+
+    fn is_success(&self) -> bool {
+        self.status == 200 && self.errcode == 0 && self.invaliduser.is_none()
+    }
+}
+
+/// One `message/send` call as received.
+#[derive(Debug, Clone)]
+pub struct SendCall {
+    pub access_token: Option<String>,
+    pub body: Value,
+    /// What the mock answered (after token validation and scripting).
+    pub reply: SendReply,
+}
+
+/// A message WeCom accepted and would have shown to the member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub touser: String,
+    pub agentid: i64,
+    pub msgtype: String,
+    pub content: String,
+}
+
+#[derive(Default)]
+struct MockState {
+    issued: u64,
+    valid_tokens: HashSet<String>,
+    expired_tokens: HashSet<String>,
+    gettoken_calls: u64,
+    gettoken_delay: Option<Duration>,
+    script: VecDeque<SendReply>,
+    failure: Option<SendReply>,
+    delay: Option<Duration>,
+    calls: Vec<SendCall>,
+    sent: Vec<Sent>,
+    unexpected: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    state: Arc<Mutex<MockState>>,
+    /// Bumped on every recorded event so waiters can re-check their condition.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, MockState> {
+        // A panicking handler must not hide the state from the test that reports it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Handle to a running mock; dropping it stops the server.
+pub struct MockWeCom {
+    pub base_url: String,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockWeCom {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockWeCom {
+    pub async fn start() -> Self {
+        let (changed, _) = watch::channel(0);
+        let shared = Shared {
+            state: Arc::default(),
+            changed: Arc::new(changed),
+        };
+        let router = Router::new()
+            .route("/cgi-bin/gettoken", get(gettoken))
+            .route("/cgi-bin/message/send", post(message_send))
+            .fallback(unexpected)
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock WeCom");
+        let addr = listener.local_addr().expect("mock address");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .await
+                .expect("mock WeCom server");
+        });
+        Self {
+            base_url: format!("http://{addr}"),
+            shared,
+            task,
+        }
+    }
+
+    // ---- scripting ----
+
+    /// Answers the next `message/send` calls with these replies, in order (after which the
+    /// failure mode, if any, or success applies). Token validation happens first.
+    pub fn push_replies(&self, replies: impl IntoIterator<Item = SendReply>) {
+        self.shared.lock().script.extend(replies);
+    }
+
+    /// Answers every `message/send` call with `reply` until [`Self::heal`].
+    pub fn fail_always(&self, reply: SendReply) {
+        self.shared.lock().failure = Some(reply);
+    }
+
+    /// Ends the failure mode and drops any scripted replies and delay.
+    pub fn heal(&self) {
+        let mut s = self.shared.lock();
+        s.failure = None;
+        s.script.clear();
+        s.delay = None;
+    }
+
+    /// Delays every `message/send` answer.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().delay = delay;
+    }
+
+    /// Delays every `gettoken` answer (widens the window for concurrent cold-cache sends).
+    pub fn set_gettoken_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().gettoken_delay = delay;
+    }
+
+    /// Expires every access token issued so far, like WeCom does after `expires_in`.
+    pub fn expire_tokens(&self) {
+        let mut s = self.shared.lock();
+        let tokens: Vec<String> = s.valid_tokens.drain().collect();
+        s.expired_tokens.extend(tokens);
+    }
+
+    // ---- observation ----
+
+    pub fn gettoken_calls(&self) -> u64 {
+        self.shared.lock().gettoken_calls
+    }
+
+    pub fn send_calls(&self) -> usize {
+        self.shared.lock().calls.len()
+    }
+
+    pub fn calls(&self) -> Vec<SendCall> {
+        self.shared.lock().calls.clone()
+    }
+
+    pub fn sent(&self) -> Vec<Sent> {
+        self.shared.lock().sent.clone()
+    }
+
+    /// Requests to paths the gateway has no business calling.
+    pub fn unexpected_requests(&self) -> Vec<String> {
+        self.shared.lock().unexpected.clone()
+    }
+
+    /// Waits until at least `n` messages were accepted and returns all accepted so far.
+    pub async fn wait_for_sent(&self, n: usize, timeout: Duration) -> Vec<Sent> {
+        if self.wait_until(timeout, |s| s.sent.len() >= n).await {
+            self.sent()
+        } else {
+            let s = self.shared.lock();
+            panic!(
+                "expected {n} delivered messages within {timeout:?}, got {}: sent={:#?}\ncalls={:#?}",
+                s.sent.len(),
+                s.sent,
+                s.calls
+            );
+        }
+    }
+
+    /// Waits until at least `n` `message/send` calls were made (successful or not).
+    pub async fn wait_for_send_calls(&self, n: usize, timeout: Duration) -> Vec<SendCall> {
+        if self.wait_until(timeout, |s| s.calls.len() >= n).await {
+            self.calls()
+        } else {
+            let s = self.shared.lock();
+            panic!(
+                "expected {n} message/send calls within {timeout:?}, got {}: {:#?}",
+                s.calls.len(),
+                s.calls
+            );
+        }
+    }
+
+    async fn wait_until(&self, timeout: Duration, cond: impl Fn(&MockState) -> bool) -> bool {
+        let mut rx = self.shared.changed.subscribe();
+        let check = async {
+            loop {
+                if cond(&self.shared.lock()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    // The sender lives in `self`; this cannot happen while we borrow it.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, check).await.is_ok()
+    }
+}
+
+#[derive(Deserialize)]
+struct GetTokenQuery {
+    corpid: Option<String>,
+    corpsecret: Option<String>,
+}
+
+async fn gettoken(State(shared): State<Shared>, Query(q): Query<GetTokenQuery>) -> Json<Value> {
+    let delay = {
+        let mut s = shared.lock();
+        s.gettoken_calls += 1;
+        s.gettoken_delay
+    };
+    shared.bump();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    if q.corpid.as_deref() != Some(CORP_ID) {
+        return Json(json!({"errcode": 40013, "errmsg": "invalid corpid"}));
+    }
+    if q.corpsecret.as_deref() != Some(SECRET) {
+        return Json(json!({"errcode": 40001, "errmsg": "invalid credential"}));
+    }
+    let token = {
+        let mut s = shared.lock();
+        s.issued += 1;
+        let token = format!("ACCESS_TOKEN_{}_{:08x}", s.issued, rand::random::<u32>());
+        s.valid_tokens.insert(token.clone());
+        token
+    };
+    Json(json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "access_token": token,
+        "expires_in": 7200
+    }))
+}
+
+#[derive(Deserialize)]
+struct SendQuery {
+    access_token: Option<String>,
+}
+
+async fn message_send(
+    State(shared): State<Shared>,
+    Query(q): Query<SendQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let reply = SendReply::errcode(47001, &format!("data format error: {e}"));
+            let resp = reply_response(&reply);
+            record_call(&shared, q.access_token, Value::Null, reply);
+            return resp;
+        }
+    };
+
+    let (reply, delay) = {
+        let mut s = shared.lock();
+        let token_state = match q.access_token.as_deref() {
+            Some(t) if s.valid_tokens.contains(t) => Ok(()),
+            Some(t) if s.expired_tokens.contains(t) => Err(SendReply::errcode(
+                42001,
+                "access_token expired, hint: [mock]",
+            )),
+            Some(_) => Err(SendReply::errcode(
+                40014,
+                "invalid access_token, hint: [mock]",
+            )),
+            None => Err(SendReply::errcode(
+                41001,
+                "access_token missing, hint: [mock]",
+            )),
+        };
+        let reply = match token_state {
+            Err(r) => r,
+            Ok(()) => match s.script.pop_front() {
+                Some(r) => r,
+                None => s.failure.clone().unwrap_or_else(SendReply::ok),
+            },
+        };
+        let delay = reply.delay.or(s.delay);
+        (reply, delay)
+    };
+
+    if let Some(d) = delay {
+        // The call is recorded only after the delay: a gateway that gave up waiting has
+        // dropped the connection, and with it this future, so such a call leaves no trace
+        // as a delivery.
+        tokio::time::sleep(d).await;
+    }
+
+    let resp = reply_response(&reply);
+    if reply.is_success() {
+        let sent = Sent {
+            touser: body["touser"].as_str().unwrap_or_default().to_owned(),
+            agentid: body["agentid"].as_i64().unwrap_or_default(),
+            msgtype: body["msgtype"].as_str().unwrap_or_default().to_owned(),
+            content: body["text"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        shared.lock().sent.push(sent);
+    }
+    record_call(&shared, q.access_token, body, reply);
+    resp
+}
+
+fn record_call(shared: &Shared, access_token: Option<String>, body: Value, reply: SendReply) {
+    shared.lock().calls.push(SendCall {
+        access_token,
+        body,
+        reply,
+    });
+    shared.bump();
+}
+
+fn reply_response(reply: &SendReply) -> Response {
+    if reply.status != 200 {
+        let status =
+            StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, "upstream trouble").into_response();
+    }
+    let mut body = json!({"errcode": reply.errcode, "errmsg": reply.errmsg});
+    if let Some(u) = &reply.invaliduser {
+        body["invaliduser"] = json!(u);
+    }
+    Json(body).into_response()
+}
+
+async fn unexpected(State(shared): State<Shared>, uri: Uri) -> impl IntoResponse {
+    shared.lock().unexpected.push(uri.to_string());
+    shared.bump();
+    (StatusCode::NOT_FOUND, "no such WeCom API in the mock")
+}

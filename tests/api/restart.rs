@@ -1,0 +1,106 @@
+//! The outbox is durable: what was accepted before a stop is delivered after a start.
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn queued_messages_are_delivered_by_the_next_instance() {
+    let mut app = spawn_app_with(|c| c.retry_window = "60s".to_owned()).await;
+    let user = userid("durable");
+    let token = app.get_token(&user).await;
+
+    // WeCom is down: every attempt fails transiently, so the messages stay queued.
+    app.mock.fail_always(SendReply::errcode(-1, "system busy"));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.send_ok(&token, "queued", &i.to_string()).await);
+    }
+    app.mock.wait_for_send_calls(3, WAIT).await;
+    for id in &ids {
+        let status = app.message_json(id, &token).await;
+        assert_eq!(status["status"], "queued", "{status}");
+    }
+
+    app.stop().await;
+    assert!(
+        app.healthz().await.is_err(),
+        "the old instance no longer listens"
+    );
+    app.mock.heal();
+    app.restart().await;
+
+    let sent = app.mock.wait_for_sent(3, WAIT).await;
+    let mut contents: Vec<_> = sent.iter().map(|s| s.content.clone()).collect();
+    contents.sort();
+    assert_eq!(contents, ["queued\n\n0", "queued\n\n1", "queued\n\n2"]);
+    assert!(sent.iter().all(|s| s.touser == user));
+    for id in &ids {
+        let status = app.wait_for_status(id, &token, "delivered", WAIT).await;
+        assert!(status["attempts"].as_i64().unwrap() > 1, "{status}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_survive_a_restart() {
+    let mut app = spawn_app().await;
+    let user = userid("durable");
+    let token = app.get_token(&user).await;
+    let rotated_user = userid("rotated");
+    let old = app.get_token(&rotated_user).await;
+    let new = app.rotate(&rotated_user).await;
+
+    app.restart().await;
+
+    assert_eq!(app.get_token(&user).await, token);
+    assert_eq!(app.get_token(&rotated_user).await, new);
+    let resp = app.send_get(&[("token", &old), ("title", "revoked")]).await;
+    assert_error(resp, 401, "unauthorized").await;
+    let id = app.send_ok(&token, "after", "restart").await;
+    app.wait_for_status(&id, &token, "delivered", WAIT).await;
+}
+
+#[tokio::test]
+async fn a_callback_retried_across_a_restart_is_still_processed_once() {
+    let mut app = spawn_app().await;
+    let user = userid("retry");
+    app.get_token(&user).await;
+    let msg_id = next_msg_id();
+    let first = app
+        .user_says_with_id(&user, "rotate", msg_id)
+        .await
+        .unwrap();
+
+    app.restart().await;
+
+    let again = app
+        .user_says_with_id(&user, "rotate", msg_id)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(app.get_token(&user).await, token_from_reply(&first));
+}
+
+#[tokio::test]
+async fn delivered_and_failed_messages_are_not_resent_after_a_restart() {
+    let mut app = spawn_app().await;
+    let user = userid("settled");
+    let token = app.get_token(&user).await;
+    let delivered = app.send_ok(&token, "once", "").await;
+    app.wait_for_status(&delivered, &token, "delivered", WAIT)
+        .await;
+    app.mock
+        .push_replies([SendReply::errcode(48002, "api forbidden")]);
+    let failed = app.send_ok(&token, "never", "").await;
+    app.wait_for_status(&failed, &token, "failed", WAIT).await;
+    let calls = app.mock.send_calls();
+
+    app.restart().await;
+
+    // A fresh message goes through, and nothing old was re-sent before it.
+    let probe = app.send_ok(&token, "probe", "").await;
+    app.wait_for_status(&probe, &token, "delivered", WAIT).await;
+    assert_eq!(app.mock.send_calls(), calls + 1);
+    let status = app.message_json(&failed, &token).await;
+    assert_eq!(status["status"], "failed");
+    let status = app.message_json(&delivered, &token).await;
+    assert_eq!(status["status"], "delivered");
+}
