@@ -83,7 +83,8 @@ async fn url_check_with_an_echostr_that_does_not_decrypt_is_400() {
     let app = spawn_app().await;
     let timestamp = unix_now();
     let nonce = nonce();
-    for echostr in ["not base64 at all!", "AAAA", "QUJDREVGR0hJSktMTU5PUA=="] {
+    // No spaces: a decoded space may legitimately be read back as an unencoded `+`.
+    for echostr in ["not-base64-at-all!", "AAAA", "QUJDREVGR0hJSktMTU5PUA=="] {
         // Correctly signed, so only decryption can fail.
         let sig = app.crypto.signature(&timestamp, &nonce, echostr);
         let resp = app
@@ -117,6 +118,69 @@ async fn url_check_for_another_corp_is_400() {
     assert_eq!(resp.status(), 400);
 }
 
+/// Tencent's published WXBizMsgCrypt sample vectors use exactly our test credentials, so
+/// they check the gateway end to end without trusting the crate's own crypto.
+const OFFICIAL_URL_SIGNATURE: &str = "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3";
+const OFFICIAL_URL_TIMESTAMP: &str = "1409659589";
+const OFFICIAL_URL_NONCE: &str = "263014780";
+const OFFICIAL_URL_ECHOSTR: &str =
+    "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ==";
+const OFFICIAL_POST_SIGNATURE: &str = "477715d11cdb4164915debcba66cb864d751f3e6";
+const OFFICIAL_POST_TIMESTAMP: &str = "1409659813";
+const OFFICIAL_POST_NONCE: &str = "1372623149";
+const OFFICIAL_POST_BODY: &str = "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName><Encrypt><![CDATA[RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48kzJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5wLVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8Z1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q==]]></Encrypt><AgentID><![CDATA[218]]></AgentID></xml>";
+
+#[tokio::test]
+async fn official_url_check_vector_is_answered_within_a_second() {
+    let app = spawn_app().await;
+    let started = std::time::Instant::now();
+    let resp = app
+        .verify_url_raw(&[
+            ("msg_signature", OFFICIAL_URL_SIGNATURE.to_owned()),
+            ("timestamp", OFFICIAL_URL_TIMESTAMP.to_owned()),
+            ("nonce", OFFICIAL_URL_NONCE.to_owned()),
+            ("echostr", OFFICIAL_URL_ECHOSTR.to_owned()),
+        ])
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "1616140317555161061");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn official_url_check_vector_with_an_unencoded_plus_still_works() {
+    // Some proxies and WeCom itself have been seen passing `+` through unencoded; the
+    // form decoder turns it into a space.
+    let app = spawn_app().await;
+    let url = format!(
+        "{}?msg_signature={OFFICIAL_URL_SIGNATURE}&timestamp={OFFICIAL_URL_TIMESTAMP}&nonce={OFFICIAL_URL_NONCE}&echostr={OFFICIAL_URL_ECHOSTR}",
+        app.url("/wecom/callback")
+    );
+    let resp = app.http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "1616140317555161061");
+}
+
+#[tokio::test]
+async fn official_post_vector_is_accepted_and_answered() {
+    let app = spawn_app().await;
+    let resp = app
+        .post_callback_raw(
+            &[
+                ("msg_signature", OFFICIAL_POST_SIGNATURE.to_owned()),
+                ("timestamp", OFFICIAL_POST_TIMESTAMP.to_owned()),
+                ("nonce", OFFICIAL_POST_NONCE.to_owned()),
+            ],
+            OFFICIAL_POST_BODY,
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    // The sample message is the text "hello" from member "mycreate": help text.
+    let reply = open_reply(&resp.text().await.unwrap()).expect("a reply to hello");
+    assert_eq!(reply.to_user, "mycreate");
+    assert!(reply.content.contains("token"), "{}", reply.content);
+}
+
 // ---- POST: messages ----
 
 #[tokio::test]
@@ -135,6 +199,10 @@ async fn reply_is_signed_encrypted_and_addressed_to_the_member() {
     // corp id as ReceiveId.
     let reply = open_reply(&body).expect("help gets a reply");
     assert_eq!(reply.to_user, user);
+    assert_eq!(
+        reply.from_user, CORP_ID,
+        "passive replies come from the corp"
+    );
     assert_eq!(reply.msg_type, "text");
     assert!(!reply.content.is_empty());
 }

@@ -191,6 +191,20 @@ async fn transient_errors_past_the_retry_window_fail_the_message() {
     assert_eq!(status["status"], "failed");
 }
 
+#[tokio::test]
+async fn wecom_that_never_answers_in_time_fails_the_message_after_the_window() {
+    let (app, _user, token) = app_and_member(|c| {
+        c.request_timeout = "100ms".to_owned();
+        c.retry_window = "600ms".to_owned();
+    })
+    .await;
+    app.mock.set_delay(Some(Duration::from_secs(5)));
+    let id = app.send_ok(&token, "lost", "in time").await;
+    let status = app.wait_for_status(&id, &token, "failed", WAIT).await;
+    assert!(attempts(&status) > 1, "{status}");
+    assert!(!last_error(&status).is_empty(), "{status}");
+}
+
 // ---- permanent failures ----
 
 async fn assert_failed_after_one_attempt(reply: SendReply) -> String {

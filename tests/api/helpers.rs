@@ -715,6 +715,12 @@ impl Api {
             if body["status"] == status {
                 return body;
             }
+            if body["status"] != "queued" {
+                panic!(
+                    "message {id} settled as {} while waiting for {status:?}: {body}",
+                    body["status"]
+                );
+            }
             if Instant::now() > deadline {
                 panic!(
                     "message {id} did not reach status {status:?} within {timeout:?}; last: {body}"

@@ -108,6 +108,7 @@ struct MockState {
     expired_tokens: HashSet<String>,
     gettoken_calls: u64,
     gettoken_delay: Option<Duration>,
+    send_started: usize,
     script: VecDeque<SendReply>,
     failure: Option<SendReply>,
     delay: Option<Duration>,
@@ -217,6 +218,14 @@ impl MockWeCom {
 
     pub fn gettoken_calls(&self) -> u64 {
         self.shared.lock().gettoken_calls
+    }
+
+    /// Waits until at least `n` `message/send` requests have arrived, including ones still
+    /// waiting out a delay.
+    pub async fn wait_for_send_started(&self, n: usize, timeout: Duration) {
+        if !self.wait_until(timeout, |s| s.send_started >= n).await {
+            panic!("expected {n} message/send requests within {timeout:?}");
+        }
     }
 
     pub fn send_calls(&self) -> usize {
@@ -329,6 +338,8 @@ async fn message_send(
     Query(q): Query<SendQuery>,
     body: axum::body::Bytes,
 ) -> Response {
+    shared.lock().send_started += 1;
+    shared.bump();
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {

@@ -1,5 +1,7 @@
 //! The outbox is durable: what was accepted before a stop is delivered after a start.
 
+use std::time::{Duration, Instant};
+
 use crate::helpers::*;
 
 #[tokio::test]
@@ -21,6 +23,7 @@ async fn queued_messages_are_delivered_by_the_next_instance() {
     }
 
     app.stop().await;
+    assert!(app.dir.path().join("pushbot.db").is_file());
     assert!(
         app.healthz().await.is_err(),
         "the old instance no longer listens"
@@ -103,4 +106,32 @@ async fn delivered_and_failed_messages_are_not_resent_after_a_restart() {
     assert_eq!(status["status"], "failed");
     let status = app.message_json(&delivered, &token).await;
     assert_eq!(status["status"], "delivered");
+}
+
+#[tokio::test]
+async fn a_delivery_in_flight_does_not_hold_up_shutdown_or_get_lost() {
+    let mut app = spawn_app_with(|c| {
+        c.request_timeout = "1s".to_owned();
+        c.retry_window = "60s".to_owned();
+    })
+    .await;
+    let user = userid("inflight");
+    let token = app.get_token(&user).await;
+    app.mock.set_delay(Some(Duration::from_secs(30)));
+    let id = app.send_ok(&token, "in", "flight").await;
+    app.mock.wait_for_send_started(1, WAIT).await;
+
+    let started = Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+
+    app.mock.heal();
+    app.restart().await;
+    let status = app.wait_for_status(&id, &token, "delivered", WAIT).await;
+    assert!(status["attempts"].as_i64().unwrap() >= 1, "{status}");
+    assert!(app.mock.sent().iter().any(|s| s.content == "in\n\nflight"));
 }
