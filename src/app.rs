@@ -19,7 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::api::{self, AppState};
-use crate::config::{Settings, WeComSettings};
+use crate::config::Settings;
 use crate::delivery::wecom::WeComChannel;
 use crate::delivery::{Channel, Outbox};
 use crate::error::ApiError;
@@ -79,7 +79,7 @@ impl Application {
         )
         .map_err(|e| StartupError::Crypto(e.to_string()))?;
         let client = Arc::new(WeComClient::new(
-            http_client(&settings.wecom)?,
+            http_client(settings.wecom.request_timeout)?,
             &settings.wecom,
         ));
         let channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(client))];
@@ -172,7 +172,7 @@ fn with_middleware(router: Router) -> Router {
 
 /// HTTPS client for the WeCom API: rustls on ring with compiled-in roots (no CA files
 /// needed in a scratch image), pooled keep-alive connections.
-fn http_client(wecom: &WeComSettings) -> Result<reqwest::Client, StartupError> {
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, StartupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -184,8 +184,8 @@ fn http_client(wecom: &WeComSettings) -> Result<reqwest::Client, StartupError> {
         .with_no_client_auth();
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .timeout(wecom.request_timeout)
-        .connect_timeout(wecom.request_timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
         .user_agent(concat!("pushbot/", env!("CARGO_PKG_VERSION")))

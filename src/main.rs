@@ -28,6 +28,15 @@ enum Command {
         #[arg(long, short, env = "PUSHBOT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Exit 0 if the local service answers /healthz (for Docker's HEALTHCHECK: a scratch
+    /// image has no curl).
+    Healthcheck {
+        #[arg(long, short, env = "PUSHBOT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Check this URL instead of the one derived from server.listen.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Load and validate the configuration, print a summary (secrets redacted), exit.
     CheckConfig {
         #[arg(long, short, env = "PUSHBOT_CONFIG")]
@@ -39,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Healthcheck { config, url } => healthcheck(config, url),
         Command::CheckConfig { config } => match Settings::load(config.as_deref()) {
             Ok(settings) => {
                 // A closed stdout (`| head`) is not an error worth a panic.
@@ -103,4 +113,36 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown requested");
+}
+
+fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(url) => url,
+        None => match Settings::load(config.as_deref()) {
+            // The service listens on all interfaces in a container; ask over loopback.
+            Ok(s) => format!("http://127.0.0.1:{}/healthz", s.server.listen.port()),
+            Err(err) => return fail(&err),
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(&err),
+    };
+    runtime.block_on(async {
+        let client = match pushbot::app::http_client(std::time::Duration::from_secs(3)) {
+            Ok(c) => c,
+            Err(err) => return fail(&err),
+        };
+        match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+            Ok(r) => fail(&format!("{url} answered {}", r.status())),
+            Err(err) => fail(&format!(
+                "{url}: {}",
+                pushbot::wecom::client::describe(err.without_url())
+            )),
+        }
+    })
 }

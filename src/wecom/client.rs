@@ -283,7 +283,7 @@ impl WeComClient {
 }
 
 /// reqwest's Display is terse ("error sending request"); include the cause chain.
-fn describe(err: reqwest::Error) -> String {
+pub fn describe(err: reqwest::Error) -> String {
     use std::error::Error as _;
     let mut text = if err.is_timeout() {
         "timed out".to_owned()
