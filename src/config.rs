@@ -201,25 +201,23 @@ impl Settings {
                     .filter(|(k, _)| k != "PUSHBOT_CONFIG")
                     .collect(),
             ));
-        let cfg = builder
-            .add_source(env)
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let settings: Settings = cfg
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        settings.validate()?;
-        Ok(settings)
+        Self::from_builder(builder.add_source(env))
     }
 
     /// Parses settings from TOML text alone (no environment); used by tests and tools.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let cfg = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        Self::from_builder(
+            config::Config::builder()
+                .add_source(config::File::from_str(text, config::FileFormat::Toml)),
+        )
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Self, ConfigError> {
+        let settings: Settings = builder
             .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let settings: Settings = cfg
-            .try_deserialize()
+            .and_then(config::Config::try_deserialize)
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         settings.validate()?;
         Ok(settings)

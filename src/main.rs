@@ -65,20 +65,26 @@ fn fail(err: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+fn block_on(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    task: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match runtime {
+        Ok(rt) => rt.block_on(task),
+        Err(err) => fail(&err),
+    }
+}
+
 fn serve(config: Option<PathBuf>) -> ExitCode {
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
         Err(err) => return fail(&err),
     };
     pushbot::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => return fail(&err),
-    };
-    runtime.block_on(async {
+        .build();
+    block_on(runtime, async {
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(err) => return fail(&err),
@@ -124,14 +130,10 @@ fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
             Err(err) => return fail(&err),
         },
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => return fail(&err),
-    };
-    runtime.block_on(async {
+        .build();
+    block_on(runtime, async {
         let client = match pushbot::app::http_client(std::time::Duration::from_secs(3)) {
             Ok(c) => c,
             Err(err) => return fail(&err),

@@ -14,6 +14,22 @@ struct BinSetup {
     config_path: PathBuf,
 }
 
+/// Runs the binary until it exits by itself; returns its output and stderr text.
+async fn run_to_exit(
+    config_path: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (std::process::Output, String) {
+    let child = binary_command(config_path, envs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_for_exit(child, WAIT).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
 async fn setup(tweak: impl FnOnce(&mut TestConfig)) -> BinSetup {
     let mock = MockWeCom::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -91,14 +107,7 @@ async fn without_the_override_the_wrong_secret_is_not_used_successfully() {
 #[tokio::test]
 async fn a_missing_required_key_exits_non_zero_naming_it() {
     let s = setup(|c| c.corp_id = None).await;
-    let child = binary_command(&s.config_path, &[])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_for_exit(child, WAIT).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stderr) = run_to_exit(&s.config_path, &[]).await;
     assert!(!out.status.success(), "must fail; stderr: {stderr}");
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line of explanation: {stderr:?}");
@@ -109,14 +118,7 @@ async fn a_missing_required_key_exits_non_zero_naming_it() {
 async fn a_missing_config_file_exits_non_zero_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nope.toml");
-    let child = binary_command(&path, &[])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_for_exit(child, WAIT).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stderr) = run_to_exit(&path, &[]).await;
     assert!(!out.status.success(), "must fail; stderr: {stderr}");
     assert!(stderr.contains("nope.toml"), "names the file: {stderr:?}");
 }
@@ -124,17 +126,11 @@ async fn a_missing_config_file_exits_non_zero_naming_it() {
 #[tokio::test]
 async fn an_invalid_value_from_the_environment_is_named() {
     let s = setup(|_| {}).await;
-    let child = binary_command(
+    let (out, stderr) = run_to_exit(
         &s.config_path,
         &[("PUSHBOT_DELIVERY__RETRY_WINDOW", "soon")],
     )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let out = wait_for_exit(child, WAIT).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    .await;
     assert!(!out.status.success(), "must fail; stderr: {stderr}");
     assert!(stderr.contains("retry_window"), "names the key: {stderr:?}");
 }
