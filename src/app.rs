@@ -31,8 +31,10 @@ use crate::wecom::crypto::WeComCrypto;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for delivery attempts in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Callback de-duplication keys are kept this long (WeCom retries within seconds).
-const CALLBACK_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Callback de-duplication keys are kept at least this long (WeCom retries within seconds;
+/// they are also kept as long as `wecom.callback_max_age`, so that every callback young
+/// enough to pass the timestamp check is still de-duplicated).
+const MIN_CALLBACK_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -62,6 +64,7 @@ pub struct Application {
     store: Store,
     outbox: Outbox,
     port: u16,
+    callback_retention: Duration,
 }
 
 impl Application {
@@ -91,6 +94,7 @@ impl Application {
             crypto: Arc::new(crypto),
             corp_id: settings.wecom.corp_id.as_str().into(),
             public_base: settings.public_base().into(),
+            callback_max_age: settings.wecom.callback_max_age,
         };
         let router = with_middleware(api::router(state));
 
@@ -112,6 +116,7 @@ impl Application {
             store,
             outbox,
             port,
+            callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
         })
     }
 
@@ -125,7 +130,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let maintenance = tokio::spawn(maintenance(self.store.clone()));
+        let maintenance = tokio::spawn(maintenance(self.store.clone(), self.callback_retention));
         tracing::info!(port = self.port, "pushbot listening");
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
@@ -139,11 +144,11 @@ impl Application {
 }
 
 /// Periodic housekeeping: forget old callback de-duplication keys.
-async fn maintenance(store: Store) {
+async fn maintenance(store: Store, retention: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let cutoff = now_ms() - i64::try_from(CALLBACK_RETENTION.as_millis()).unwrap_or(0);
+        let cutoff = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(0));
         match store.prune_callbacks(cutoff).await {
             Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned callback keys"),
             Ok(_) => {}

@@ -62,6 +62,11 @@ pub struct WeComSettings {
     /// Timeout of one call to the WeCom API.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Callbacks whose signed timestamp is further than this from our clock are refused,
+    /// so a captured callback cannot be replayed once its de-duplication key is forgotten.
+    /// `"0s"` turns the check off.
+    #[serde(default = "default_callback_max_age", deserialize_with = "duration")]
+    pub callback_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +136,9 @@ fn unreachable_url() -> Url {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_callback_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn default_retry_window() -> Duration {
     Duration::from_secs(15 * 60)

@@ -100,6 +100,7 @@ async fn receive(
         .crypto
         .verify_signature(&q.msg_signature, &q.timestamp, &q.nonce, &envelope.encrypt)
         .map_err(crypto_error)?;
+    check_fresh(&q.timestamp, state.callback_max_age)?;
     let plain = state
         .crypto
         .decrypt(&envelope.encrypt)
@@ -132,6 +133,27 @@ async fn receive(
         },
     };
     Ok(encrypted_reply(&state, &inbound, &reply))
+}
+
+/// Refuses a (correctly signed) callback whose timestamp is too far from our clock: a
+/// replay of a captured callback after its de-duplication key was pruned.
+fn check_fresh(timestamp: &str, max_age: std::time::Duration) -> Result<(), ApiError> {
+    if max_age.is_zero() {
+        return Ok(());
+    }
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::BadRequest("timestamp must be unix seconds".into()))?;
+    let skew = (now_ms() / 1000).abs_diff(ts);
+    if skew > max_age.as_secs() {
+        return Err(ApiError::BadRequest(format!(
+            "stale callback: timestamp is {skew} s away from this server's clock (limit {} s); \
+             check the server clock",
+            max_age.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 async fn run(state: &AppState, inbound: &Inbound, command: Command) -> Result<String, ApiError> {

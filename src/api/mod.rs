@@ -27,6 +27,8 @@ pub struct AppState {
     pub corp_id: Arc<str>,
     /// `server.public_url` without trailing slash, for links in bot replies.
     pub public_base: Arc<str>,
+    /// Oldest (or furthest in the future) callback timestamp accepted; zero = any.
+    pub callback_max_age: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {

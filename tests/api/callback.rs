@@ -163,7 +163,8 @@ async fn official_url_check_vector_with_an_unencoded_plus_still_works() {
 
 #[tokio::test]
 async fn official_post_vector_is_accepted_and_answered() {
-    let app = spawn_app().await;
+    // The vector is signed with a 2014 timestamp: turn the replay check off for it.
+    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
     let resp = app
         .post_callback_raw(
             &[
@@ -346,4 +347,29 @@ async fn oversized_callback_body_is_413() {
     );
     let resp = app.post_callback_raw(&sealed.query(), body).await;
     assert_eq!(resp.status(), 413);
+}
+
+#[tokio::test]
+async fn a_correctly_signed_but_stale_callback_is_refused_without_changing_state() {
+    let app = spawn_app().await;
+    let user = userid("replayed");
+    let token = app.get_token(&user).await;
+    let two_days_ago = (unix_now().parse::<i64>().unwrap() - 2 * 24 * 3600).to_string();
+    let sealed = seal_at(
+        &app.crypto,
+        &text_message(&user, "rotate", next_msg_id()),
+        two_days_ago,
+    );
+    let resp = app.post_sealed(&sealed).await;
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("stale"),
+        "{body}"
+    );
+    assert_eq!(
+        app.get_token(&user).await,
+        token,
+        "the replayed rotate did nothing"
+    );
 }

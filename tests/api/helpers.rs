@@ -41,6 +41,7 @@ pub struct TestConfig {
     pub backoff_initial: String,
     pub backoff_max: String,
     pub concurrency: usize,
+    pub callback_max_age: String,
 }
 
 impl Default for TestConfig {
@@ -53,6 +54,7 @@ impl Default for TestConfig {
             backoff_initial: "10ms".to_owned(),
             backoff_max: "100ms".to_owned(),
             concurrency: 16,
+            callback_max_age: "24h".to_owned(),
         }
     }
 }
@@ -78,6 +80,7 @@ callback_token = "{CALLBACK_TOKEN}"
 encoding_aes_key = "{ENCODING_AES_KEY}"
 api_base = "{api_base}"
 request_timeout = "{request_timeout}"
+callback_max_age = "{callback_max_age}"
 
 [delivery]
 retry_window = "{retry_window}"
@@ -95,6 +98,7 @@ level = "warn"
             backoff_initial = self.backoff_initial,
             backoff_max = self.backoff_max,
             concurrency = self.concurrency,
+            callback_max_age = self.callback_max_age,
         )
     }
 }
@@ -421,8 +425,12 @@ impl Sealed {
 
 /// Encrypts `inner` with `crypto` and signs it, as WeCom does.
 pub fn seal_with(crypto: &WeComCrypto, inner: &str) -> Sealed {
+    seal_at(crypto, inner, unix_now())
+}
+
+/// Like [`seal_with`], signed with the given timestamp (unix seconds).
+pub fn seal_at(crypto: &WeComCrypto, inner: &str, timestamp: String) -> Sealed {
     let encrypt = crypto.encrypt(inner);
-    let timestamp = unix_now();
     let nonce = nonce();
     let msg_signature = crypto.signature(&timestamp, &nonce, &encrypt);
     Sealed {
