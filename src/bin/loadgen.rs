@@ -282,8 +282,9 @@ async fn obtain_token(
          <MsgId>1</MsgId><AgentID>1000002</AgentID></xml>"
     );
     let encrypted = crypto.encrypt(&inner);
-    let (ts, nonce) = ("1700000000", "12345");
-    let signature = crypto.signature(ts, nonce, &encrypted);
+    let ts = pushbot::store::now_ms() / 1000;
+    let (ts, nonce) = (ts.to_string(), "12345".to_owned());
+    let signature = crypto.signature(&ts, &nonce, &encrypted);
     let body = format!(
         "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><AgentID><![CDATA[1000002]]></AgentID><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
     );
@@ -291,14 +292,17 @@ async fn obtain_token(
         .post(format!("{base}/wecom/callback"))
         .query(&[
             ("msg_signature", &signature),
-            ("timestamp", &ts.to_owned()),
-            ("nonce", &nonce.to_owned()),
+            ("timestamp", &ts),
+            ("nonce", &nonce),
         ])
         .body(body)
         .send()
-        .await?
-        .bytes()
         .await?;
+    if !reply.status().is_success() {
+        let status = reply.status();
+        return Err(format!("token callback answered {status}: {}", reply.text().await?).into());
+    }
+    let reply = reply.bytes().await?;
     let envelope = xml::parse_envelope(&reply)?;
     let text = xml::parse_inbound(&crypto.decrypt(&envelope.encrypt)?)?;
     let content = text.content.unwrap_or_default();

@@ -134,3 +134,31 @@ async fn an_invalid_value_from_the_environment_is_named() {
     assert!(!out.status.success(), "must fail; stderr: {stderr}");
     assert!(stderr.contains("retry_window"), "names the key: {stderr:?}");
 }
+
+/// The load benchmark is part of the repository's promises; keep it working (a small run).
+#[test]
+fn the_load_benchmark_runs_and_loses_nothing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--clients",
+            "8",
+            "--messages",
+            "300",
+            "--drain-timeout",
+            "30",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("lost:           0"), "{stdout}");
+    assert!(
+        stdout.contains("database: 300 delivered, 0 not delivered"),
+        "{stdout}"
+    );
+}
