@@ -132,7 +132,15 @@ pub struct Store {
     /// token → userid. Every authenticated request looks a token up, so positive
     /// answers are kept in memory; this process is the only writer of tokens, and
     /// rotation evicts the old entry before it returns.
-    tokens: Arc<RwLock<HashMap<String, String>>>,
+    tokens: Arc<RwLock<TokenCache>>,
+}
+
+/// Positive token lookups. `rotations` counts rotations so that a lookup that read the
+/// database before a rotation committed cannot put the revoked token back afterwards.
+#[derive(Default)]
+struct TokenCache {
+    owners: HashMap<String, String>,
+    rotations: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -194,22 +202,29 @@ impl Store {
 
     /// The member a push token belongs to, if any.
     pub async fn member_by_token(&self, token: &str) -> Result<Option<String>, StoreError> {
-        if let Some(userid) = self.cached_token(token) {
-            return Ok(Some(userid));
-        }
+        let generation = match self.tokens.read() {
+            Ok(cache) => {
+                if let Some(userid) = cache.owners.get(token) {
+                    return Ok(Some(userid.clone()));
+                }
+                cache.rotations
+            }
+            Err(_) => u64::MAX,
+        };
         let row = sqlx::query("SELECT userid FROM members WHERE token = $1")
             .bind(token)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
         let userid: String = row.try_get("userid")?;
-        self.cache_token(token, &userid);
+        self.cache_token(token, &userid, generation);
         Ok(Some(userid))
     }
 
     /// The member's token, created on first request.
     pub async fn token_for(&self, userid: &str) -> Result<String, StoreError> {
         let now = now_ms();
+        let generation = self.tokens.read().map_or(u64::MAX, |c| c.rotations);
         sqlx::query(
             "INSERT INTO members (userid, token, created_at, token_created_at) \
              VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO NOTHING",
@@ -224,56 +239,43 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let token: String = row.try_get("token")?;
-        self.cache_token(&token, userid);
+        self.cache_token(&token, userid, generation);
         Ok(token)
     }
 
     /// Replaces the member's token; the old one stops working before this returns.
+    ///
+    /// One upsert statement rather than read-then-write in a transaction: on SQLite a
+    /// deferred transaction that reads first cannot wait for the write lock, and the outbox
+    /// writer holds it often under load.
     pub async fn rotate_token(&self, userid: &str) -> Result<String, StoreError> {
         let now = now_ms();
         let new_token = crate::token::generate();
-        let mut tx = self.pool.begin().await?;
-        let old = sqlx::query("SELECT token FROM members WHERE userid = $1")
-            .bind(userid)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get::<String, _>("token"))
-            .transpose()?;
-        if old.is_some() {
-            sqlx::query("UPDATE members SET token = $1, token_created_at = $2 WHERE userid = $3")
-                .bind(&new_token)
-                .bind(now)
-                .bind(userid)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            sqlx::query(
-                "INSERT INTO members (userid, token, created_at, token_created_at) \
-                 VALUES ($1, $2, $3, $3)",
-            )
-            .bind(userid)
-            .bind(&new_token)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        sqlx::query(
+            "INSERT INTO members (userid, token, created_at, token_created_at) \
+             VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO UPDATE \
+             SET token = excluded.token, token_created_at = excluded.token_created_at",
+        )
+        .bind(userid)
+        .bind(&new_token)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         if let Ok(mut cache) = self.tokens.write() {
-            if let Some(old) = old {
-                cache.remove(&old);
-            }
-            cache.insert(new_token.clone(), userid.to_owned());
+            cache.rotations += 1;
+            cache.owners.retain(|_, owner| owner != userid);
+            cache.owners.insert(new_token.clone(), userid.to_owned());
         }
         Ok(new_token)
     }
 
-    fn cached_token(&self, token: &str) -> Option<String> {
-        self.tokens.read().ok()?.get(token).cloned()
-    }
-
-    fn cache_token(&self, token: &str, userid: &str) {
-        if let Ok(mut cache) = self.tokens.write() {
-            cache.insert(token.to_owned(), userid.to_owned());
+    /// Caches a lookup made when the rotation counter was `generation`, unless a rotation
+    /// has committed since (then the value read may already be revoked).
+    fn cache_token(&self, token: &str, userid: &str, generation: u64) {
+        if let Ok(mut cache) = self.tokens.write()
+            && cache.rotations == generation
+        {
+            cache.owners.insert(token.to_owned(), userid.to_owned());
         }
     }
 
@@ -434,6 +436,19 @@ mod tests {
             store.member_by_token(&t2).await.unwrap().as_deref(),
             Some("alice")
         );
+    }
+
+    #[tokio::test]
+    async fn a_lookup_racing_a_rotation_cannot_revive_the_old_token() {
+        let (store, _dir) = temp_store().await;
+        let old = store.token_for("alice").await.unwrap();
+        // A lookup read the database (and the rotation counter) just before…
+        let generation = store.tokens.read().unwrap().rotations;
+        // …a rotation committed…
+        store.rotate_token("alice").await.unwrap();
+        // …and only now tries to cache what it read.
+        store.cache_token(&old, "alice", generation);
+        assert_eq!(store.member_by_token(&old).await.unwrap(), None);
     }
 
     #[tokio::test]
