@@ -162,3 +162,54 @@ fn the_load_benchmark_runs_and_loses_nothing() {
         "{stdout}"
     );
 }
+
+/// Secrets, access tokens and push tokens never reach the log, even at debug level and
+/// through failures whose reasons are logged.
+#[tokio::test]
+async fn secrets_and_tokens_never_appear_in_the_log() {
+    let s = setup(|_| {}).await;
+    let mut bin = spawn_binary(&s.config_path, s.port, &[("RUST_LOG", "debug")]).await;
+    let user = userid("quiet");
+    let old_token = bin.get_token(&user).await;
+    let token = bin.rotate(&user).await;
+    // Delivered (gettoken + send), refreshed after expiry, failed permanently, and 401s.
+    let id = bin.send_ok(&token, "hello", "world").await;
+    bin.wait_for_status(&id, &token, "delivered", WAIT).await;
+    s.mock.expire_tokens();
+    let id = bin.send_ok(&token, "after", "expiry").await;
+    bin.wait_for_status(&id, &token, "delivered", WAIT).await;
+    s.mock.push_replies([SendReply::errcode(
+        60020,
+        "not allow to access from your ip, from ip: 1.2.3.4",
+    )]);
+    let id = bin.send_ok(&token, "blocked", "ip").await;
+    bin.wait_for_status(&id, &token, "failed", WAIT).await;
+    let resp = bin
+        .send_get(&[("token", old_token.as_str()), ("title", "old")])
+        .await;
+    assert_eq!(resp.status(), 401);
+    bin.kill9();
+
+    let log = std::fs::read_to_string(&bin.log_path).unwrap();
+    assert!(log.contains("DEBUG"), "debug logging was on: {log}");
+    let access_tokens: Vec<String> = s
+        .mock
+        .calls()
+        .into_iter()
+        .filter_map(|c| c.access_token)
+        .collect();
+    assert!(!access_tokens.is_empty());
+    let mut secrets = vec![
+        SECRET.to_owned(),
+        ENCODING_AES_KEY.to_owned(),
+        old_token,
+        token,
+    ];
+    secrets.extend(access_tokens);
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "log leaks {secret:?}:\n{log}"
+        );
+    }
+}

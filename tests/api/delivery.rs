@@ -298,3 +298,23 @@ async fn many_messages_from_many_members_are_all_delivered_once() {
     assert_eq!(app.mock.gettoken_calls(), 1);
     assert!(app.mock.unexpected_requests().is_empty());
 }
+
+#[tokio::test]
+async fn an_unreachable_wecom_api_is_retried_then_reported() {
+    // Nothing listens on this port: every attempt is a connection error. (Getting a token
+    // from the bot needs no WeCom API call.)
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (app, _user, token) = app_and_member(|c| {
+        c.api_base = Some(closed);
+        c.retry_window = "300ms".to_owned();
+        c.backoff_initial = "20ms".to_owned();
+        c.backoff_max = "50ms".to_owned();
+    })
+    .await;
+    let id = app.send_ok(&token, "t", "c").await;
+    let status = app.wait_for_status(&id, &token, "failed", WAIT).await;
+    assert!(attempts(&status) > 1, "{status}");
+    let error = last_error(&status);
+    assert!(error.contains("unreachable"), "{error}");
+    assert!(error.contains("retry window"), "{error}");
+}

@@ -42,6 +42,8 @@ pub struct TestConfig {
     pub backoff_max: String,
     pub concurrency: usize,
     pub callback_max_age: String,
+    /// Point the app somewhere other than the mock (e.g. a closed port).
+    pub api_base: Option<String>,
 }
 
 impl Default for TestConfig {
@@ -55,12 +57,14 @@ impl Default for TestConfig {
             backoff_max: "100ms".to_owned(),
             concurrency: 16,
             callback_max_age: "24h".to_owned(),
+            api_base: None,
         }
     }
 }
 
 impl TestConfig {
     pub fn render(&self, listen: &str, db_path: &Path, api_base: &str) -> String {
+        let api_base = self.api_base.as_deref().unwrap_or(api_base);
         let corp_id = match &self.corp_id {
             Some(c) => format!("corp_id = \"{c}\"\n"),
             None => String::new(),
