@@ -1,4 +1,5 @@
-//! `GET /messages/{id}`: the state of one message, for the member who sent it.
+//! `GET /messages/{id}` and `GET /messages`: the state of a member's messages, so that a
+//! failure is visible to the sender, not only in the server log.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -14,18 +15,48 @@ use crate::error::ApiError;
 use crate::store::{Message, MessageStatus};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/messages/{id}", get(show))
+    Router::new()
+        .route("/messages/{id}", get(show))
+        .route("/messages", get(list))
 }
+
+/// Most messages one listing returns.
+const MAX_LIST: i64 = 100;
+const DEFAULT_LIST: i64 = 20;
 
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct ListQuery {
+    token: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    /// Message id from a previous page: only older messages are listed.
+    before: Option<String>,
+}
+
+#[derive(Serialize)]
+struct One {
+    ok: bool,
+    #[serde(flatten)]
+    message: MessageView,
+}
+
+#[derive(Serialize)]
+struct Page {
+    ok: bool,
+    messages: Vec<MessageView>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    next_before: Option<String>,
+}
+
 #[derive(Serialize)]
 struct MessageView {
-    ok: bool,
     id: String,
+    title: Option<String>,
     status: MessageStatus,
     attempts: i64,
     last_error: Option<String>,
@@ -40,7 +71,7 @@ struct MessageView {
 impl From<Message> for MessageView {
     fn from(m: Message) -> Self {
         Self {
-            ok: true,
+            title: m.title,
             status: m.status,
             attempts: m.attempts,
             last_error: m.last_error,
@@ -65,16 +96,63 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<TokenQuery>, QueryRejection>,
-) -> Result<Json<MessageView>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))?;
+) -> Result<Json<One>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
     let query_token = query.token.as_deref();
     let userid = auth::member(&state, auth::find_token(&headers, &[query_token])).await?;
     // Someone else's message is reported exactly like a missing one.
     match state.store.message(&id).await? {
-        Some(m) if m.userid == userid => Ok(Json(m.into())),
+        Some(m) if m.userid == userid => Ok(Json(One {
+            ok: true,
+            message: m.into(),
+        })),
         _ => Err(ApiError::NotFound(format!(
             "no message {id} for this token"
         ))),
     }
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))
+}
+
+/// The token owner's messages, newest first: `?status=failed&limit=20&before=<id>`.
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let userid = auth::member(
+        &state,
+        auth::find_token(&headers, &[query.token.as_deref()]),
+    )
+    .await?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<MessageStatus>)
+        .transpose()
+        .map_err(|_| {
+            ApiError::BadRequest("status must be one of queued, delivered, failed".into())
+        })?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIST);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIST}"
+        )));
+    }
+    // One extra row tells whether there is a next page.
+    let mut rows = state
+        .store
+        .messages_of(&userid, status, query.before.as_deref(), limit + 1)
+        .await?;
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_before = more.then(|| rows.last().map(|m| m.id.clone())).flatten();
+    Ok(Json(Page {
+        ok: true,
+        messages: rows.into_iter().map(MessageView::from).collect(),
+        next_before,
+    }))
 }

@@ -301,6 +301,39 @@ impl Store {
         row.as_ref().map(Message::from_row).transpose()
     }
 
+    /// A member's messages, newest first, optionally only one status and only older than
+    /// the message `before` (ids are UUIDv7, so their text order is their time order).
+    pub async fn messages_of(
+        &self,
+        userid: &str,
+        status: Option<MessageStatus>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Message>, StoreError> {
+        // Only the filters given become SQL, so no parameter needs a NULL type (PostgreSQL
+        // cannot infer one for `$n IS NULL`).
+        let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE userid = $1");
+        let mut n = 1;
+        if status.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND status = ${n}"));
+        }
+        if before.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND id < ${n}"));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(userid);
+        if let Some(status) = status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(before) = before {
+            query = query.bind(before);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(Message::from_row).collect()
+    }
+
     /// Every message still waiting for delivery, oldest due first (start-up recovery).
     pub async fn queued_messages(&self) -> Result<Vec<Message>, StoreError> {
         let sql = format!(

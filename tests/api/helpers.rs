@@ -705,6 +705,16 @@ impl Api {
         req.send().await.expect("GET /messages/{id}")
     }
 
+    /// `GET /messages` with the given query (token included by the caller).
+    pub async fn messages(&self, query: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .get(self.url("/messages"))
+            .query(query)
+            .send()
+            .await
+            .expect("GET /messages")
+    }
+
     pub async fn message_json(&self, id: &str, token: &str) -> Value {
         let resp = self.message(id, Some(token)).await;
         let status = resp.status();

@@ -2,6 +2,8 @@
 
 use serde_json::json;
 
+use serde_json::Value;
+
 use crate::helpers::*;
 
 async fn app_and_member() -> (TestApp, String, String) {
@@ -332,4 +334,96 @@ async fn every_accepted_message_gets_its_own_id() {
     let mut contents: Vec<_> = sent.iter().map(|s| s.content.clone()).collect();
     contents.sort();
     assert_eq!(contents, ["n\n\n0", "n\n\n1", "n\n\n2", "n\n\n3", "n\n\n4"]);
+}
+
+fn listed_ids(page: &Value) -> Vec<String> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_member_lists_their_messages_newest_first_and_can_filter_failures() {
+    let app = spawn_app().await;
+    let alice = app.get_token(&userid("alice")).await;
+    let bob = app.get_token(&userid("bob")).await;
+    let first = app.send_ok(&alice, "first", "x").await;
+    app.wait_for_status(&first, &alice, "delivered", WAIT).await;
+    app.mock
+        .push_replies([SendReply::errcode(48002, "api forbidden")]);
+    let second = app.send_ok(&alice, "second", "x").await;
+    app.wait_for_status(&second, &alice, "failed", WAIT).await;
+    let third = app.send_ok(&alice, "third", "x").await;
+    app.wait_for_status(&third, &alice, "delivered", WAIT).await;
+    app.send_ok(&bob, "bob's", "x").await;
+
+    let resp = app.messages(&[("token", &alice)]).await;
+    assert_eq!(resp.status(), 200);
+    let page: Value = resp.json().await.unwrap();
+    assert_eq!(
+        listed_ids(&page),
+        [third.clone(), second.clone(), first.clone()]
+    );
+    assert_eq!(page["messages"][1]["title"], "second");
+    assert!(page["next_before"].is_null());
+
+    let failed: Value = app
+        .messages(&[("token", &alice), ("status", "failed")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed_ids(&failed), vec![second.clone()]);
+    assert!(
+        failed["messages"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("48002")
+    );
+
+    // Paging: two at a time.
+    let page1: Value = app
+        .messages(&[("token", &alice), ("limit", "2")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed_ids(&page1), [third, second.clone()]);
+    assert_eq!(page1["next_before"], second.as_str());
+    let page2: Value = app
+        .messages(&[("token", &alice), ("limit", "2"), ("before", &second)])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed_ids(&page2), [first]);
+    assert!(page2["next_before"].is_null());
+}
+
+#[tokio::test]
+async fn listing_messages_validates_its_input() {
+    let app = spawn_app().await;
+    let alice = app.get_token(&userid("alice")).await;
+    assert_error(app.messages(&[]).await, 401, "unauthorized").await;
+    assert_error(
+        app.messages(&[("token", &alice), ("status", "lost")]).await,
+        400,
+        "bad_request",
+    )
+    .await;
+    assert_error(
+        app.messages(&[("token", &alice), ("limit", "0")]).await,
+        400,
+        "bad_request",
+    )
+    .await;
+    assert_error(
+        app.messages(&[("token", &alice), ("limit", "many")]).await,
+        400,
+        "bad_request",
+    )
+    .await;
 }

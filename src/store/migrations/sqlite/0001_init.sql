@@ -24,7 +24,7 @@ CREATE TABLE messages (
     delivered_at    BIGINT
 );
 CREATE INDEX messages_queued ON messages (next_attempt_at) WHERE status = 'queued';
-CREATE INDEX messages_by_member ON messages (userid, created_at);
+CREATE INDEX messages_by_member ON messages (userid, id);
 
 -- WeCom retries a callback it got no answer for; each is processed once and the
 -- first reply is kept so a retry gets the same answer.
