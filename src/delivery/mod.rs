@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::DeliverySettings;
-use crate::store::{AttemptUpdate, Message, MessageStatus, Store, StoreError, now_ms};
+use crate::store::{AttemptUpdate, Message, Store, StoreError, now_ms};
 
 /// Why one channel could not deliver one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,21 +85,14 @@ impl Outbox {
         let now = now_ms();
         let window =
             i64::try_from(self.inner.settings.retry_window.as_millis()).unwrap_or(i64::MAX);
-        let message = Message {
-            id: uuid::Uuid::now_v7().to_string(),
-            userid: new.userid,
-            title: new.title,
-            content: new.content,
-            status: MessageStatus::Queued,
-            attempts: 0,
-            last_error: None,
-            channel: None,
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: now,
-            deadline_at: now.saturating_add(window),
-            delivered_at: None,
-        };
+        let message = Message::new_queued(
+            uuid::Uuid::now_v7().to_string(),
+            new.userid,
+            new.title,
+            new.content,
+            now,
+            now.saturating_add(window),
+        );
         self.inner.store.insert_message(message.clone()).await?;
         self.schedule(message.clone());
         Ok(message)

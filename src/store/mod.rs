@@ -92,6 +92,32 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message just accepted: queued, due now, retried until `deadline_at`.
+    pub fn new_queued(
+        id: String,
+        userid: String,
+        title: Option<String>,
+        content: Option<String>,
+        now: i64,
+        deadline_at: i64,
+    ) -> Self {
+        Self {
+            id,
+            userid,
+            title,
+            content,
+            status: MessageStatus::Queued,
+            attempts: 0,
+            last_error: None,
+            channel: None,
+            created_at: now,
+            updated_at: now,
+            next_attempt_at: now,
+            deadline_at,
+            delivered_at: None,
+        }
+    }
+
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         let status: String = row.try_get("status")?;
         Ok(Self {
@@ -427,21 +453,14 @@ mod tests {
 
     fn message(id: &str, userid: &str) -> Message {
         let now = now_ms();
-        Message {
-            id: id.into(),
-            userid: userid.into(),
-            title: Some("t".into()),
-            content: None,
-            status: MessageStatus::Queued,
-            attempts: 0,
-            last_error: None,
-            channel: None,
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: now,
-            deadline_at: now + 1000,
-            delivered_at: None,
-        }
+        Message::new_queued(
+            id.into(),
+            userid.into(),
+            Some("t".into()),
+            None,
+            now,
+            now + 1000,
+        )
     }
 
     #[test]
