@@ -65,6 +65,7 @@ pub struct Application {
     outbox: Outbox,
     port: u16,
     callback_retention: Duration,
+    callback_url: String,
 }
 
 impl Application {
@@ -117,6 +118,7 @@ impl Application {
             outbox,
             port,
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
+            callback_url: format!("{}/wecom/callback", settings.public_base()),
         })
     }
 
@@ -131,7 +133,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let maintenance = tokio::spawn(maintenance(self.store.clone(), self.callback_retention));
-        tracing::info!(port = self.port, "pushbot listening");
+        tracing::info!(
+            port = self.port,
+            callback_url = %self.callback_url,
+            "pushbot listening; set the WeCom app's callback URL to callback_url"
+        );
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await;
