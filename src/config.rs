@@ -15,6 +15,9 @@ use url::Url;
 /// `--config` nor `PUSHBOT_CONFIG` names one.
 pub const DEFAULT_CONFIG_FILE: &str = "pushbot.toml";
 
+/// WeCom's API, unless `wecom.api_base` says otherwise (tests, egress proxies).
+pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -57,7 +60,8 @@ pub struct WeComSettings {
     pub secret: SecretString,
     pub callback_token: SecretString,
     pub encoding_aes_key: SecretString,
-    #[serde(default = "default_api_base")]
+    /// Defaults to [`DEFAULT_API_BASE`] (set as a config default, so it is parsed like
+    /// any user value).
     pub api_base: Url,
     /// Timeout of one call to the WeCom API.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
@@ -126,13 +130,6 @@ fn default_listen() -> SocketAddr {
 }
 fn default_storage_url() -> String {
     "sqlite://pushbot.db".to_owned()
-}
-fn default_api_base() -> Url {
-    // A constant that parses; the fallback keeps this free of panics.
-    Url::parse("https://qyapi.weixin.qq.com").unwrap_or_else(|_| unreachable_url())
-}
-fn unreachable_url() -> Url {
-    Url::from_directory_path("/").unwrap_or_else(|_| unreachable!("'/' is absolute"))
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
@@ -224,7 +221,8 @@ impl Settings {
         builder: config::ConfigBuilder<config::builder::DefaultState>,
     ) -> Result<Self, ConfigError> {
         let settings: Settings = builder
-            .build()
+            .set_default("wecom.api_base", DEFAULT_API_BASE)
+            .and_then(|b| b.build())
             .and_then(config::Config::try_deserialize)
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         settings.validate()?;

@@ -147,8 +147,9 @@ async fn list(
         .store
         .messages_of(&userid, status, query.before.as_deref(), limit + 1)
         .await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
     let next_before = more.then(|| rows.last().map(|m| m.id.clone())).flatten();
     Ok(Json(Page {
         ok: true,

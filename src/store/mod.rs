@@ -249,24 +249,39 @@ impl Store {
 
     /// The member's token, created on first request.
     pub async fn token_for(&self, userid: &str) -> Result<String, StoreError> {
-        let now = now_ms();
         let generation = self.tokens.read().map_or(u64::MAX, |c| c.rotations);
-        sqlx::query(
-            "INSERT INTO members (userid, token, created_at, token_created_at) \
-             VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO NOTHING",
-        )
-        .bind(userid)
-        .bind(crate::token::generate())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query("SELECT token FROM members WHERE userid = $1")
-            .bind(userid)
-            .fetch_one(&self.pool)
-            .await?;
-        let token: String = row.try_get("token")?;
+        // Asking again is the common case: read first, and write (one fsync) only for a
+        // member seen for the first time.
+        let token = match self.stored_token(userid).await? {
+            Some(token) => token,
+            None => {
+                sqlx::query(
+                    "INSERT INTO members (userid, token, created_at, token_created_at) \
+                     VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO NOTHING",
+                )
+                .bind(userid)
+                .bind(crate::token::generate())
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                // A concurrent first request may have won the insert: read what was kept.
+                self.stored_token(userid)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt(format!("member {userid} vanished")))?
+            }
+        };
         self.cache_token(&token, userid, generation);
         Ok(token)
+    }
+
+    async fn stored_token(&self, userid: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query("SELECT token FROM members WHERE userid = $1")
+            .bind(userid)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get("token"))
+            .transpose()
+            .map_err(StoreError::from)
     }
 
     /// Replaces the member's token; the old one stops working before this returns.

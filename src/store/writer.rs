@@ -241,7 +241,9 @@ async fn apply_updates(
     // Group by (attempts, channel) so each statement sets one set of values.
     delivered.sort_by_key(|(_, attempts, channel)| (*attempts, *channel));
     for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
-        let (attempts, channel) = (group[0].1, group[0].2);
+        let Some(&(_, attempts, channel)) = group.first() else {
+            continue;
+        };
         for chunk in group.chunks(UPDATE_CHUNK) {
             let mut sql = String::from(
                 "UPDATE messages SET status = 'delivered', attempts = $1, channel = $2, \
