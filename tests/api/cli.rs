@@ -213,3 +213,59 @@ async fn secrets_and_tokens_never_appear_in_the_log() {
         );
     }
 }
+
+/// `PUSHBOT_CONFIG` names the file like `--config`; `check-config` validates it and prints
+/// the settings with every secret redacted.
+#[tokio::test]
+async fn check_config_reads_pushbot_config_and_redacts_secrets() {
+    let s = setup(|_| {}).await;
+    let config = s.config_path.to_str().unwrap();
+    let out = pushbot_command(&[("PUSHBOT_CONFIG", config)])
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("listen: 127.0.0.1:{}", s.port)),
+        "settings from that file are shown: {stdout}"
+    );
+    for secret in [SECRET, CALLBACK_TOKEN, ENCODING_AES_KEY] {
+        assert!(!stdout.contains(secret), "prints {secret:?}: {stdout}");
+    }
+}
+
+/// Docker's HEALTHCHECK: `pushbot healthcheck` succeeds while the service answers
+/// `/healthz` on the configured port and fails once it is gone.
+#[tokio::test]
+async fn healthcheck_follows_the_running_service() {
+    let s = setup(|_| {}).await;
+    let healthcheck = || {
+        pushbot_command(&[])
+            .arg("healthcheck")
+            .arg("--config")
+            .arg(&s.config_path)
+            .output()
+            .unwrap()
+    };
+    let mut bin = spawn_binary(&s.config_path, s.port, &[]).await;
+    let up = healthcheck();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    bin.kill9();
+    let down = healthcheck();
+    assert!(!down.status.success());
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", s.port)),
+        "{stderr}"
+    );
+}

@@ -48,6 +48,24 @@ async fn access_token_is_fetched_once_and_cached() {
 }
 
 #[tokio::test]
+async fn access_token_is_refreshed_before_it_expires() {
+    let (app, _user, token) = app_and_member(|_| {}).await;
+    // A token said to live 1 s is refreshed at the latest halfway through its life, so
+    // a send 1.5 s later must not use it (without WeCom having to reject it first).
+    app.mock.set_expires_in(1);
+    let first = app.send_ok(&token, "a", "1").await;
+    app.wait_for_status(&first, &token, "delivered", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = app.send_ok(&token, "a", "2").await;
+    app.wait_for_status(&second, &token, "delivered", WAIT)
+        .await;
+    assert_eq!(app.mock.gettoken_calls(), 2);
+    let calls = app.mock.calls();
+    assert_eq!(calls.len(), 2, "no send was rejected for an expired token");
+    assert_ne!(calls[0].access_token, calls[1].access_token);
+}
+
+#[tokio::test]
 async fn concurrent_sends_on_a_cold_cache_share_one_gettoken() {
     let (app, _user, token) = app_and_member(|_| {}).await;
     // A slow gettoken keeps the first fetch in flight while the others want a token.

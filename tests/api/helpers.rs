@@ -250,8 +250,14 @@ pub fn free_port() -> u16 {
 }
 
 pub fn binary_command(config_path: &Path, envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushbot"));
+    let mut cmd = pushbot_command(envs);
     cmd.arg("serve").arg("--config").arg(config_path);
+    cmd
+}
+
+/// The `pushbot` binary with no arguments yet and only the given environment.
+pub fn pushbot_command(envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushbot"));
     // Only what the test chooses: no PUSHBOT_* from the developer's shell.
     cmd.env_clear();
     if let Some(path) = std::env::var_os("PATH") {

@@ -108,6 +108,8 @@ struct MockState {
     expired_tokens: HashSet<String>,
     gettoken_calls: u64,
     gettoken_delay: Option<Duration>,
+    /// `expires_in` of the tokens issued from now on (WeCom's real value when `None`).
+    expires_in: Option<u64>,
     send_started: usize,
     script: VecDeque<SendReply>,
     failure: Option<SendReply>,
@@ -207,6 +209,11 @@ impl MockWeCom {
         self.shared.lock().gettoken_delay = delay;
     }
 
+    /// Issue tokens that claim to live only `secs` seconds.
+    pub fn set_expires_in(&self, secs: u64) {
+        self.shared.lock().expires_in = Some(secs);
+    }
+
     /// Expires every access token issued so far, like WeCom does after `expires_in`.
     pub fn expire_tokens(&self) {
         let mut s = self.shared.lock();
@@ -298,10 +305,10 @@ struct GetTokenQuery {
 }
 
 async fn gettoken(State(shared): State<Shared>, Query(q): Query<GetTokenQuery>) -> Json<Value> {
-    let delay = {
+    let (delay, expires_in) = {
         let mut s = shared.lock();
         s.gettoken_calls += 1;
-        s.gettoken_delay
+        (s.gettoken_delay, s.expires_in.unwrap_or(7200))
     };
     shared.bump();
     if let Some(d) = delay {
@@ -324,7 +331,7 @@ async fn gettoken(State(shared): State<Shared>, Query(q): Query<GetTokenQuery>) 
         "errcode": 0,
         "errmsg": "ok",
         "access_token": token,
-        "expires_in": 7200
+        "expires_in": expires_in
     }))
 }
 
