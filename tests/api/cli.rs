@@ -14,6 +14,18 @@ struct BinSetup {
     config_path: PathBuf,
 }
 
+/// Runs a command to completion, asserts it succeeded, returns its stdout.
+fn succeeds(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Runs the binary until it exits by itself; returns its output and stderr text.
 async fn run_to_exit(
     config_path: &std::path::Path,
@@ -138,23 +150,17 @@ async fn an_invalid_value_from_the_environment_is_named() {
 /// The load benchmark is part of the repository's promises; keep it working (a small run).
 #[test]
 fn the_load_benchmark_runs_and_loses_nothing() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--clients",
-            "8",
-            "--messages",
-            "300",
-            "--drain-timeout",
-            "30",
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeeds(
+        std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args([
+                "--clients",
+                "8",
+                "--messages",
+                "300",
+                "--drain-timeout",
+                "30",
+            ])
+            .env_remove("RUST_LOG"),
     );
     assert!(stdout.contains("lost:           0"), "{stdout}");
     assert!(
@@ -220,16 +226,7 @@ async fn secrets_and_tokens_never_appear_in_the_log() {
 async fn check_config_reads_pushbot_config_and_redacts_secrets() {
     let s = setup(|_| {}).await;
     let config = s.config_path.to_str().unwrap();
-    let out = pushbot_command(&[("PUSHBOT_CONFIG", config)])
-        .arg("check-config")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeds(pushbot_command(&[("PUSHBOT_CONFIG", config)]).arg("check-config"));
     assert!(stdout.starts_with("configuration OK"), "{stdout}");
     assert!(
         stdout.contains(&format!("listen: 127.0.0.1:{}", s.port)),
