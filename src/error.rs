@@ -1,13 +1,20 @@
 //! The one error type of the HTTP API. Every error a client can cause maps to a status and
 //! a JSON body `{"ok":false,"error":"<code>","message":"<what to do>"}`; internal errors
-//! are logged with their cause and answered with a generic message.
+//! are logged with their whole cause chain and answered with a generic message.
+
+use std::error::Error as StdError;
+use std::time::Duration;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::store::StoreError;
+
+/// How long a client is asked to wait after a 503 caused by storage.
+pub const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -18,11 +25,27 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    UriTooLong(String),
+    #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// Storage cannot take writes (or reads) right now: full disk, I/O error, busy past
+    /// the timeout. Nothing was stored; the client should retry.
+    #[error("storage is temporarily unavailable; nothing was stored, retry later")]
+    Unavailable(#[source] StoreError),
+    /// A bug or an unexpected state; the cause is logged, never sent.
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Box<dyn StdError + Send + Sync>),
 }
 
 impl ApiError {
@@ -31,8 +54,13 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -42,10 +70,29 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UriTooLong(_) => "uri_too_long",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::TooManyRequests { .. } => "rate_limited",
+            Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// Seconds for a `Retry-After` header, for the answers that carry one.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable(_) => Some(STORAGE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+
+    /// Wraps any unexpected error; it is logged with its causes and answered 500.
+    pub fn internal(err: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::Internal(err.into())
     }
 
     /// Maps axum's body-reading failure (mostly: over the size limit) to our error.
@@ -60,8 +107,28 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        Self::Internal(err.to_string())
+        if err.is_unavailable() {
+            Self::Unavailable(err)
+        } else {
+            Self::Internal(Box::new(err))
+        }
     }
+}
+
+/// `err` and all its causes on one line, `outer: inner: innermost`, skipping a cause whose
+/// text the previous one already contains. For start-up errors and log fields.
+pub fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Serialize)]
@@ -73,11 +140,17 @@ struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = match &self {
+        match &self {
             Self::Internal(cause) => {
-                tracing::error!(error = %cause, "request failed");
-                "internal error; see the server log".to_owned()
+                tracing::error!(error = %chain(cause.as_ref()), "request failed");
             }
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %chain(cause), "request refused: storage unavailable");
+            }
+            _ => {}
+        }
+        let message = match &self {
+            Self::Internal(_) => "internal error; see the server log".to_owned(),
             other => other.to_string(),
         };
         let body = ErrorBody {
@@ -85,6 +158,39 @@ impl IntoResponse for ApiError {
             error: self.code(),
             message,
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up, at least 1 (RFC 9110 delay-seconds).
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_joins_causes_without_repeating_them() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::other("disk full"));
+        assert_eq!(chain(&err), "outer: disk full");
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        let resp = ApiError::TooManyRequests {
+            message: "slow down".into(),
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[RETRY_AFTER], "2");
     }
 }

@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -16,15 +17,19 @@ pub fn router() -> Router<AppState> {
         .route("/", get(index))
 }
 
-/// 200 when the database answers and the writer runs; 503 otherwise.
+/// 200 when the database file is still there and takes reads and writes; 503 otherwise.
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    match state.store.check_health().await {
         Ok(()) => Json(json!({ "status": "ok" })).into_response(),
         Err(err) => {
-            tracing::error!(error = %err, "health check failed");
+            tracing::error!(error = %crate::error::chain(&err), "health check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "message": "storage is not available" })),
+                [(RETRY_AFTER, "5")],
+                Json(json!({
+                    "status": "unavailable",
+                    "message": format!("storage is unavailable: {}", crate::error::chain(&err)),
+                })),
             )
                 .into_response()
         }

@@ -153,11 +153,12 @@ impl Inner {
             match outcome {
                 Ok(channel) => {
                     tracing::debug!(id = %message.id, attempts, channel, "delivered");
-                    self.store.record_attempt(AttemptUpdate::Delivered {
+                    self.record(AttemptUpdate::Delivered {
                         id: message.id,
                         attempts,
                         channel,
-                    });
+                    })
+                    .await;
                     return;
                 }
                 Err(err) if err.transient => {
@@ -175,34 +176,43 @@ impl Inner {
                             err.message
                         );
                         tracing::warn!(id = %message.id, attempts, error = %error, "delivery failed");
-                        self.store.record_attempt(AttemptUpdate::Failed {
+                        self.record(AttemptUpdate::Failed {
                             id: message.id,
                             attempts,
                             error,
-                        });
+                        })
+                        .await;
                         return;
                     }
                     tracing::info!(id = %message.id, attempts, retry_in = ?delay, error = %err.message, "delivery attempt failed; will retry");
-                    self.store.record_attempt(AttemptUpdate::Retry {
+                    self.record(AttemptUpdate::Retry {
                         id: message.id.clone(),
                         attempts,
                         error: err.message,
                         next_attempt_at: next,
-                    });
+                    })
+                    .await;
                     message.attempts = attempts;
                     message.next_attempt_at = next;
                     wait = delay;
                 }
                 Err(err) => {
                     tracing::warn!(id = %message.id, attempts, error = %err.message, "delivery failed permanently");
-                    self.store.record_attempt(AttemptUpdate::Failed {
+                    self.record(AttemptUpdate::Failed {
                         id: message.id,
                         attempts,
                         error: err.message,
-                    });
+                    })
+                    .await;
                     return;
                 }
             }
+        }
+    }
+
+    async fn record(&self, update: AttemptUpdate) {
+        if let Err(err) = self.store.record_attempt(update).await {
+            tracing::error!(error = %crate::error::chain(&err), "could not record delivery outcome");
         }
     }
 

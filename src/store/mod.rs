@@ -12,16 +12,25 @@
 mod writer;
 
 use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row};
 
 pub use writer::AttemptUpdate;
-use writer::WriterHandle;
+use writer::{WriteStatus, WriterHandle};
+
+/// `/healthz` trusts a successful write younger than this; otherwise it makes one.
+const HEALTH_PROBE_AFTER: Duration = Duration::from_secs(10);
+/// How long start-up waits for the first connection before saying why it cannot open.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// SQLite waits this long for a lock held by another connection before failing a statement.
+const BUSY_TIMEOUT_MS: u32 = 5000;
 
 /// Unix time in milliseconds, the one timestamp format stored.
 pub fn now_ms() -> i64 {
@@ -33,14 +42,82 @@ pub fn now_ms() -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
+    #[error("database error")]
     Db(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
+    #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Start-up could not open the database; `reason` names the real cause.
+    #[error("cannot open the database {}: {reason}", path.display())]
+    Open {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("storage writer stopped")]
     WriterGone,
+    #[error(
+        "the database file {} was deleted or replaced while pushbot was running; \
+         restart pushbot so that it opens the file again",
+        .0.display()
+    )]
+    FileReplaced(PathBuf),
+    /// One failure reported to several waiters.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the database cannot serve right now (disk full, I/O error, locked past the
+    /// busy timeout, pool exhausted, file gone) rather than a bug: answered 503, retry later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Db(err) => match err {
+                sqlx::Error::Database(db) => {
+                    let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
+                    // Primary SQLite result codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8,
+                    // IOERR 10, FULL 13, CANTOPEN 14, PROTOCOL 15.
+                    matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)
+                }
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::WorkerCrashed => true,
+                _ => false,
+            },
+            Self::WriterGone | Self::FileReplaced(_) => true,
+            Self::Shared(inner) => inner.is_unavailable(),
+            Self::Migrate(_) | Self::Open { .. } | Self::Corrupt(_) => false,
+        }
+    }
+}
+
+/// The database file as opened (device and inode), to notice it being deleted or replaced
+/// while the process runs: SQLite keeps writing to the unlinked file, and everything
+/// written is gone at the next start.
+#[derive(Debug, Clone)]
+pub(crate) struct FileIdentity {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    fn still_there(&self) -> bool {
+        Self::of(&self.path).is_some_and(|now| now.dev == self.dev && now.ino == self.ino)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -155,6 +232,8 @@ pub enum CallbackClaim {
 pub struct Store {
     pool: AnyPool,
     writer: WriterHandle,
+    /// The SQLite file (none for an in-memory database).
+    file: Option<FileIdentity>,
     /// token → userid. Every authenticated request looks a token up, so positive
     /// answers are kept in memory; this process is the only writer of tokens, and
     /// rotation evicts the old entry before it returns.
@@ -177,50 +256,93 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the writer.
+    ///
+    /// A database that cannot be opened fails at once with one error naming the path and
+    /// the real cause (missing or read-only directory, not a database file, …).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let path = sqlite_path(url);
+        if let Some(path) = &path {
+            preflight(path)?;
+        }
         let url = sqlite_url_with_create(url);
+        let options: AnyConnectOptions = url.parse()?;
+        // One connection first, so that an error surfaces at once with its cause (a pool
+        // retries failing connects until its timeout, logging each attempt).
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
+            let mut conn = AnyConnection::connect_with(&options).await?;
+            configure(&mut conn).await?;
+            conn.close().await
+        })
+        .await;
+        let open_error =
+            |reason: &str, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+                StoreError::Open {
+                    path: path.clone().unwrap_or_else(|| PathBuf::from(url.as_str())),
+                    reason: reason.to_owned(),
+                    source,
+                }
+            };
+        match opened {
+            Err(_) => return Err(open_error("timed out opening the database", None)),
+            Ok(Err(err)) => {
+                let reason = match &err {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => {
+                        "the file exists but is not a SQLite database"
+                    }
+                    _ => "SQLite could not open it",
+                };
+                return Err(open_error(reason, Some(Box::new(err))));
+            }
+            Ok(Ok(())) => {}
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers run beside the writer; synchronous=FULL makes every
-                    // commit durable against power loss, not just process death (group
-                    // commit pays for it once per batch).
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
-                })
-            })
-            .connect(&url)
+            .after_connect(|conn, _meta| Box::pin(configure(conn)))
+            // A connection must never go back to the pool inside a transaction: a later
+            // `begin()` on it would only open a savepoint that never commits.
+            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+            .connect_with(options.disable_statement_logging())
             .await?;
         sqlx::migrate!("./src/store/migrations/sqlite")
             .run(&pool)
             .await?;
-        let writer = writer::spawn(pool.clone());
+        let file = path.as_deref().and_then(FileIdentity::of);
+        let writer = writer::spawn(pool.clone(), file.clone());
         Ok(Self {
             pool,
             writer,
+            file,
             tokens: Arc::default(),
         })
     }
 
-    /// Cheap liveness check for `/healthz`.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    /// For `/healthz`: the database file is still the one opened, reads work, and writes
+    /// work (judged by the last write if it is recent and succeeded, else by making one).
+    pub async fn check_health(&self) -> Result<(), StoreError> {
+        if let Some(file) = &self.file
+            && !file.still_there()
+        {
+            return Err(StoreError::FileReplaced(file.path.clone()));
+        }
         if self.writer.is_closed() {
             return Err(StoreError::WriterGone);
         }
-        Ok(())
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        match self.writer.health.status() {
+            WriteStatus::Ok(age) if age < HEALTH_PROBE_AFTER => Ok(()),
+            WriteStatus::Ok(_) | WriteStatus::Failing(_) | WriteStatus::Unknown => {
+                self.writer.probe().await
+            }
+        }
     }
 
-    /// Waits for queued writes, then closes the pool.
+    /// Commits queued writes, stops the writer, then closes the pool. Writes after this
+    /// fail with [`StoreError::WriterGone`].
     pub async fn close(&self) {
-        self.writer.flush().await;
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -327,10 +449,11 @@ impl Store {
         self.writer.insert(message).await
     }
 
-    /// Records the outcome of a delivery attempt. Not awaited: if it is lost in a crash the
-    /// message is still `queued` and is delivered again after restart (at least once).
-    pub fn record_attempt(&self, update: AttemptUpdate) {
-        self.writer.update(update);
+    /// Records the outcome of a delivery attempt; returns once it is committed. If it is
+    /// never recorded (crash, or the error is not retried) the message stays `queued` and is
+    /// delivered again after restart (at least once).
+    pub async fn record_attempt(&self, update: AttemptUpdate) -> Result<(), StoreError> {
+        self.writer.update(update).await
     }
 
     pub async fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
@@ -446,6 +569,103 @@ impl Store {
     }
 }
 
+/// Per-connection settings. WAL lets readers run beside the writer; synchronous=FULL makes
+/// every commit durable against power loss, not just process death (group commit pays for
+/// it once per batch).
+async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute("PRAGMA synchronous = FULL").await?;
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"
+    )))
+    .await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    Ok(())
+}
+
+/// The file behind a `sqlite:` URL, or `None` for an in-memory database (or another
+/// engine). Accepts `sqlite://path`, `sqlite:path` and `sqlite:///abs/path`, with or
+/// without `?options`.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+/// Checks what SQLite reports only as "unable to open database file", so that start-up can
+/// name the real cause: the directory is missing or not writable (WAL mode creates
+/// `-wal` and `-shm` files beside the database), or the file is not a database.
+fn preflight(path: &Path) -> Result<(), StoreError> {
+    let fail = |reason: String, source: Option<std::io::Error>| StoreError::Open {
+        path: path.to_owned(),
+        reason,
+        source: source.map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    match std::fs::metadata(&dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(fail(format!("{} is not a directory", dir.display()), None)),
+        Err(e) => {
+            return Err(fail(
+                format!("its directory {} is not accessible", dir.display()),
+                Some(e),
+            ));
+        }
+    }
+    let probe = dir.join(format!(".pushbot-write-test-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => {
+            return Err(fail(
+                format!(
+                    "cannot create files in {} (SQLite needs the directory writable for its \
+                     -wal and -shm files)",
+                    dir.display()
+                ),
+                Some(e),
+            ));
+        }
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(fail("it is a directory".to_owned(), None));
+        }
+        Ok(_) => {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| fail("the file cannot be opened for writing".to_owned(), Some(e)))?;
+            let mut header = [0u8; 16];
+            let n = file
+                .read(&mut header)
+                .map_err(|e| fail("the file cannot be read".to_owned(), Some(e)))?;
+            if n > 0 && header[..n] != b"SQLite format 3\0"[..n] {
+                return Err(fail(
+                    "the file exists but is not a SQLite database".to_owned(),
+                    None,
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("the file is not accessible".to_owned(), Some(e))),
+    }
+    Ok(())
+}
+
 /// sqlx opens SQLite files read-write but does not create them unless asked.
 fn sqlite_url_with_create(url: &str) -> String {
     if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
@@ -541,23 +761,31 @@ mod tests {
         let (store, _dir) = temp_store().await;
         store.insert_message(message("a", "alice")).await.unwrap();
         store.insert_message(message("b", "alice")).await.unwrap();
-        store.record_attempt(AttemptUpdate::Retry {
-            id: "a".into(),
-            attempts: 1,
-            error: "busy".into(),
-            next_attempt_at: 5,
-        });
-        store.record_attempt(AttemptUpdate::Delivered {
-            id: "a".into(),
-            attempts: 2,
-            channel: "wecom",
-        });
-        store.record_attempt(AttemptUpdate::Failed {
-            id: "b".into(),
-            attempts: 1,
-            error: "no".into(),
-        });
-        store.writer.flush().await;
+        store
+            .record_attempt(AttemptUpdate::Retry {
+                id: "a".into(),
+                attempts: 1,
+                error: "busy".into(),
+                next_attempt_at: 5,
+            })
+            .await
+            .unwrap();
+        store
+            .record_attempt(AttemptUpdate::Delivered {
+                id: "a".into(),
+                attempts: 2,
+                channel: "wecom",
+            })
+            .await
+            .unwrap();
+        store
+            .record_attempt(AttemptUpdate::Failed {
+                id: "b".into(),
+                attempts: 1,
+                error: "no".into(),
+            })
+            .await
+            .unwrap();
         let a = store.message("a").await.unwrap().unwrap();
         assert_eq!(a.status, MessageStatus::Delivered);
         assert_eq!(a.attempts, 2);

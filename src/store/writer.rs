@@ -4,11 +4,23 @@
 //! With one fsync costing ~2 ms, committing each message alone caps the service at a few
 //! hundred messages a second; batching makes the fsync cost per message shrink as load
 //! grows, while each caller still waits for *its* row to be durable.
+//!
+//! The writer keeps one connection of its own and runs `BEGIN IMMEDIATE … COMMIT` on it by
+//! hand. After *any* error inside a transaction the connection is closed, not reused:
+//! SQLite may or may not have rolled the transaction back by itself (a failed `COMMIT` on
+//! a full disk leaves it open; an I/O error may end it), and a connection that still holds
+//! a transaction turns every later `BEGIN` into a savepoint whose "commit" is never
+//! durable — and holds the write lock against everyone else. Closing the connection ends
+//! whatever SQLite still has open; the next batch starts on a fresh one.
 
-use sqlx::{Any, AnyPool, Transaction};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Message, StoreError, now_ms};
+use super::{FileIdentity, Message, StoreError, now_ms};
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
@@ -39,36 +51,113 @@ pub enum AttemptUpdate {
     },
 }
 
+type Done = oneshot::Sender<Result<(), StoreError>>;
+
 enum Op {
-    Insert(Box<Message>, oneshot::Sender<Result<(), StoreError>>),
-    Update(AttemptUpdate),
-    Flush(oneshot::Sender<()>),
+    Insert(Box<Message>, Done),
+    Update(AttemptUpdate, Done),
+    /// A real write (one row of `health`), to learn whether the database takes writes now.
+    Probe(Done),
+    /// Commit what is queued, give the connection back and stop (writes after this fail
+    /// with [`StoreError::WriterGone`]).
+    Close(oneshot::Sender<()>),
+}
+
+/// What the writer last saw: whether the most recent write committed.
+#[derive(Debug, Default)]
+pub(super) struct WriteHealth {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct HealthState {
+    last_ok: Option<Instant>,
+    /// When the last failed write happened and why.
+    last_failure: Option<(Instant, String)>,
+}
+
+/// The health of writes as the last attempt left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum WriteStatus {
+    /// The most recent write committed, this long ago.
+    Ok(Duration),
+    /// The most recent write failed with this error.
+    Failing(String),
+    /// Nothing has been written yet.
+    Unknown,
+}
+
+impl WriteHealth {
+    fn record(&self, result: &Result<(), StoreError>) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        match result {
+            Ok(()) => {
+                if let Some((since, error)) = state.last_failure.take() {
+                    tracing::info!(
+                        failing_for = ?since.elapsed(),
+                        last_error = %error,
+                        "database writes work again"
+                    );
+                }
+                state.last_ok = Some(now);
+            }
+            Err(err) => {
+                let text = crate::error::chain(err);
+                if state.last_failure.is_none() {
+                    tracing::error!(error = %text, "database writes are failing; /send answers 503 until they work again");
+                }
+                // Keep the time writes started failing; update the reason.
+                let since = state.last_failure.as_ref().map_or(now, |(t, _)| *t);
+                state.last_failure = Some((since, text));
+            }
+        }
+    }
+
+    pub(super) fn status(&self) -> WriteStatus {
+        let Ok(state) = self.state.lock() else {
+            return WriteStatus::Unknown;
+        };
+        match (&state.last_failure, state.last_ok) {
+            (Some((_, error)), _) => WriteStatus::Failing(error.clone()),
+            (None, Some(at)) => WriteStatus::Ok(at.elapsed()),
+            (None, None) => WriteStatus::Unknown,
+        }
+    }
 }
 
 #[derive(Clone)]
 pub(super) struct WriterHandle {
     tx: mpsc::UnboundedSender<Op>,
+    pub(super) health: Arc<WriteHealth>,
 }
 
 impl WriterHandle {
-    pub(super) async fn insert(&self, message: Message) -> Result<(), StoreError> {
+    async fn call(&self, op: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Op::Insert(Box::new(message), done))
-            .map_err(|_| StoreError::WriterGone)?;
+        self.tx.send(op(done)).map_err(|_| StoreError::WriterGone)?;
         wait.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    pub(super) fn update(&self, update: AttemptUpdate) {
-        if self.tx.send(Op::Update(update)).is_err() {
-            tracing::error!("storage writer stopped; delivery outcome not recorded");
-        }
+    pub(super) async fn insert(&self, message: Message) -> Result<(), StoreError> {
+        self.call(|done| Op::Insert(Box::new(message), done)).await
     }
 
-    /// Resolves once everything queued before the call has been committed (or failed).
-    pub(super) async fn flush(&self) {
+    pub(super) async fn update(&self, update: AttemptUpdate) -> Result<(), StoreError> {
+        self.call(|done| Op::Update(update, done)).await
+    }
+
+    pub(super) async fn probe(&self) -> Result<(), StoreError> {
+        self.call(Op::Probe).await
+    }
+
+    /// Commits everything queued before the call, then stops the writer and closes its
+    /// connection (the pool cannot close while the writer holds one).
+    pub(super) async fn close(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Flush(done)).is_ok() {
+        if self.tx.send(Op::Close(done)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -78,74 +167,203 @@ impl WriterHandle {
     }
 }
 
-pub(super) fn spawn(pool: AnyPool) -> WriterHandle {
+pub(super) fn spawn(pool: AnyPool, file: Option<FileIdentity>) -> WriterHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(pool, rx));
-    WriterHandle { tx }
+    let health = Arc::new(WriteHealth::default());
+    let writer = Writer {
+        pool,
+        conn: None,
+        file,
+        health: Arc::clone(&health),
+    };
+    tokio::spawn(writer.run(rx));
+    WriterHandle { tx, health }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut ops = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
-        let batch = std::mem::take(&mut ops);
-        commit_batch(&pool, batch).await;
+struct Writer {
+    pool: AnyPool,
+    /// The writer's own connection; `None` after an error until the next batch opens one.
+    conn: Option<PoolConnection<Any>>,
+    /// The database file as opened, to notice it being deleted or replaced.
+    file: Option<FileIdentity>,
+    health: Arc<WriteHealth>,
+}
+
+/// One batch's writes, borrowed from the ops that asked for them.
+#[derive(Default)]
+struct Writes<'a> {
+    messages: Vec<&'a Message>,
+    updates: Vec<&'a AttemptUpdate>,
+    probe: bool,
+}
+
+impl Writes<'_> {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.updates.is_empty() && !self.probe
     }
 }
 
-async fn commit_batch(pool: &AnyPool, batch: Vec<Op>) {
-    let mut inserts = Vec::new();
-    let mut updates = Vec::new();
-    let mut flushes = Vec::new();
-    for op in batch {
-        match op {
-            Op::Insert(m, done) => inserts.push((m, done)),
-            Op::Update(u) => updates.push(u),
-            Op::Flush(done) => flushes.push(done),
-        }
-    }
-    let messages: Vec<&Message> = inserts.iter().map(|(m, _)| m.as_ref()).collect();
-    match write_all(pool, &messages, &updates).await {
+/// Sends one result to every waiter; an error is shared when there are several.
+fn answer(dones: Vec<Done>, result: Result<(), StoreError>) {
+    match result {
         Ok(()) => {
-            for (_, done) in inserts {
+            for done in dones {
                 let _ = done.send(Ok(()));
             }
         }
-        Err(err) => {
-            // One bad row must not fail its neighbours: retry each write on its own.
-            tracing::warn!(error = %err, "batch commit failed; retrying writes one by one");
-            for (m, done) in inserts {
-                let _ = done.send(write_all(pool, &[m.as_ref()], &[]).await);
+        Err(err) if dones.len() <= 1 => {
+            if let Some(done) = dones.into_iter().next() {
+                let _ = done.send(Err(err));
             }
-            for u in &updates {
-                if let Err(err) = write_all(pool, &[], std::slice::from_ref(u)).await {
-                    tracing::error!(error = %err, "could not record delivery outcome");
-                }
+        }
+        Err(err) => {
+            let err = Arc::new(err);
+            for done in dones {
+                let _ = done.send(Err(StoreError::Shared(Arc::clone(&err))));
             }
         }
     }
-    for done in flushes {
-        let _ = done.send(());
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let mut ops = Vec::with_capacity(MAX_BATCH);
+        let mut closed = Vec::new();
+        while closed.is_empty() && rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+            let batch = std::mem::take(&mut ops);
+            closed = self.commit_batch(batch).await;
+        }
+        drop(rx);
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+        for done in closed {
+            let _ = done.send(());
+        }
+    }
+
+    /// Commits one batch; returns the waiters of a `Close` in it (empty: keep running).
+    async fn commit_batch(&mut self, batch: Vec<Op>) -> Vec<oneshot::Sender<()>> {
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        let mut probes = Vec::new();
+        let mut closes = Vec::new();
+        for op in batch {
+            match op {
+                Op::Insert(m, done) => inserts.push((m, done)),
+                Op::Update(u, done) => updates.push((u, done)),
+                Op::Probe(done) => probes.push(done),
+                Op::Close(done) => closes.push(done),
+            }
+        }
+        let all = Writes {
+            messages: inserts.iter().map(|(m, _)| m.as_ref()).collect(),
+            updates: updates.iter().map(|(u, _)| u).collect(),
+            probe: !probes.is_empty(),
+        };
+        let result = self.write(&all).await;
+        let dones =
+            |inserts: Vec<(Box<Message>, Done)>, updates: Vec<(AttemptUpdate, Done)>, probes| {
+                inserts
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .chain(updates.into_iter().map(|(_, d)| d))
+                    .chain(probes)
+                    .collect::<Vec<Done>>()
+            };
+        let single = usize::from(all.probe) + all.messages.len() + all.updates.len() <= 1;
+        match result {
+            Ok(()) => answer(dones(inserts, updates, probes), Ok(())),
+            Err(err) if single => answer(dones(inserts, updates, probes), Err(err)),
+            Err(err) => {
+                // One bad row must not fail its neighbours: retry each write on its own, so
+                // exactly the writes that cannot be stored are refused.
+                tracing::warn!(error = %crate::error::chain(&err), "batch commit failed; retrying writes one by one");
+                for (m, done) in inserts {
+                    let one = Writes {
+                        messages: vec![m.as_ref()],
+                        ..Writes::default()
+                    };
+                    let _ = done.send(self.write(&one).await);
+                }
+                for (u, done) in updates {
+                    let one = Writes {
+                        updates: vec![&u],
+                        ..Writes::default()
+                    };
+                    let _ = done.send(self.write(&one).await);
+                }
+                if !probes.is_empty() {
+                    let one = Writes {
+                        probe: true,
+                        ..Writes::default()
+                    };
+                    let result = self.write(&one).await;
+                    answer(probes, result);
+                }
+            }
+        }
+        closes
+    }
+
+    /// Commits `writes` in one transaction on the writer's connection, or fails having
+    /// closed that connection (so nothing of this attempt can linger).
+    async fn write(&mut self, writes: &Writes<'_>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let result = self.try_write(writes).await;
+        let result = match result {
+            Ok(()) => self.check_file(),
+            Err(err) => {
+                if let Some(mut conn) = self.conn.take() {
+                    // Best effort; closing the connection ends the transaction regardless.
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    let _ = conn.close().await;
+                }
+                Err(err)
+            }
+        };
+        self.health.record(&result);
+        result
+    }
+
+    async fn try_write(&mut self, writes: &Writes<'_>) -> Result<(), StoreError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.pool.acquire().await?),
+        };
+        // IMMEDIATE takes the write lock now, so a busy database fails here, before any
+        // statement ran, rather than half-way through.
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut **conn).await?;
+        for chunk in writes.messages.chunks(INSERT_CHUNK) {
+            insert_chunk(conn, chunk).await?;
+        }
+        apply_updates(conn, &writes.updates).await?;
+        if writes.probe {
+            sqlx::query("UPDATE health SET checked_at = $1 WHERE id = 1")
+                .bind(now_ms())
+                .execute(&mut **conn)
+                .await?;
+        }
+        sqlx::query("COMMIT").execute(&mut **conn).await?;
+        Ok(())
+    }
+
+    /// A commit into a database file that was deleted (or replaced) while we had it open
+    /// is not durable in any useful sense: the next start opens a different file.
+    fn check_file(&self) -> Result<(), StoreError> {
+        match &self.file {
+            Some(file) if !file.still_there() => Err(StoreError::FileReplaced(file.path.clone())),
+            _ => Ok(()),
+        }
     }
 }
 
-async fn write_all(
-    pool: &AnyPool,
-    messages: &[&Message],
-    updates: &[AttemptUpdate],
+async fn insert_chunk(
+    conn: &mut PoolConnection<Any>,
+    chunk: &[&Message],
 ) -> Result<(), StoreError> {
-    if messages.is_empty() && updates.is_empty() {
-        return Ok(());
-    }
-    let mut tx = pool.begin().await?;
-    for chunk in messages.chunks(INSERT_CHUNK) {
-        insert_chunk(&mut tx, chunk).await?;
-    }
-    apply_updates(&mut tx, updates).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn insert_chunk(tx: &mut Transaction<'_, Any>, chunk: &[&Message]) -> Result<(), StoreError> {
     const COLS: usize = 13;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
@@ -181,7 +399,7 @@ async fn insert_chunk(tx: &mut Transaction<'_, Any>, chunk: &[&Message]) -> Resu
             .bind(m.deadline_at)
             .bind(m.delivered_at);
     }
-    query.execute(&mut **tx).await?;
+    query.execute(&mut **conn).await?;
     Ok(())
 }
 
@@ -190,8 +408,8 @@ async fn insert_chunk(tx: &mut Transaction<'_, Any>, chunk: &[&Message]) -> Resu
 /// kept because a message has at most one attempt in flight, so its updates are never in
 /// one batch out of order.
 async fn apply_updates(
-    tx: &mut Transaction<'_, Any>,
-    updates: &[AttemptUpdate],
+    conn: &mut PoolConnection<Any>,
+    updates: &[&AttemptUpdate],
 ) -> Result<(), StoreError> {
     let now = now_ms();
     let mut delivered: Vec<(&str, i64, &'static str)> = Vec::new();
@@ -217,7 +435,7 @@ async fn apply_updates(
                 .bind(*next_attempt_at)
                 .bind(now)
                 .bind(id.as_str())
-                .execute(&mut **tx)
+                .execute(&mut **conn)
                 .await?;
             }
             AttemptUpdate::Failed {
@@ -233,7 +451,7 @@ async fn apply_updates(
                 .bind(error.as_str())
                 .bind(now)
                 .bind(id.as_str())
-                .execute(&mut **tx)
+                .execute(&mut **conn)
                 .await?;
             }
         }
@@ -263,7 +481,7 @@ async fn apply_updates(
             for (id, _, _) in chunk {
                 query = query.bind(*id);
             }
-            query.execute(&mut **tx).await?;
+            query.execute(&mut **conn).await?;
         }
     }
     Ok(())

@@ -1,0 +1,7 @@
+-- One row that /healthz rewrites to learn whether the database takes writes right now
+-- (a full disk or an I/O error shows up here even when no message is being sent).
+CREATE TABLE health (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at BIGINT NOT NULL
+);
+INSERT INTO health (id, checked_at) VALUES (1, 0);
