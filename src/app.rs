@@ -12,7 +12,6 @@ use axum::Router;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -36,25 +35,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// enough to pass the timestamp check is still de-duplicated).
 const MIN_CALLBACK_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// Why the service could not start or stopped with an error. `Display` is one short line;
+/// the cause is the `source()` chain (printed with [`crate::error::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("storage ({url}): {source}")]
+    #[error("storage {url}")]
     Store {
         url: String,
         #[source]
         source: StoreError,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid setting wecom.encoding_aes_key: {0}")]
-    Crypto(String),
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(String),
-    #[error("server error: {0}")]
+    #[error("cannot set up TLS for the HTTP client")]
+    Tls(#[source] rustls::Error),
+    #[error("cannot build the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("server error")]
     Serve(#[from] std::io::Error),
 }
 
@@ -70,18 +71,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let store = Store::connect(&settings.storage.url)
+        let store_error = |source| StartupError::Store {
+            url: settings.storage.url.as_str().to_owned(),
+            source,
+        };
+        let store = Store::connect(settings.storage.url.as_str())
             .await
-            .map_err(|source| StartupError::Store {
-                url: settings.storage.url.clone(),
-                source,
-            })?;
-        let crypto = WeComCrypto::new(
-            settings.wecom.callback_token.expose_secret(),
-            settings.wecom.encoding_aes_key.expose_secret(),
+            .map_err(store_error)?;
+        let crypto = WeComCrypto::from_config(
+            &settings.wecom.callback_token,
+            &settings.wecom.encoding_aes_key,
             &settings.wecom.corp_id,
-        )
-        .map_err(|e| StartupError::Crypto(e.to_string()))?;
+        );
         let client = Arc::new(WeComClient::new(
             http_client(settings.wecom.request_timeout)?,
             &settings.wecom,
@@ -99,18 +100,12 @@ impl Application {
         };
         let router = with_middleware(api::router(state));
 
-        let addr = settings.server.listen;
+        let addr = listen_addr(&settings);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let port = listener.local_addr()?.port();
-        outbox
-            .recover()
-            .await
-            .map_err(|source| StartupError::Store {
-                url: settings.storage.url.clone(),
-                source,
-            })?;
+        outbox.recover().await.map_err(store_error)?;
         Ok(Self {
             listener,
             router,
@@ -149,6 +144,32 @@ impl Application {
     }
 }
 
+/// `server.listen`, except that a service still configured with WeCom's public sample
+/// callback Token or EncodingAESKey only listens on loopback: anyone who can reach it could
+/// forge callbacks and mint a push token for any member.
+fn listen_addr(settings: &Settings) -> std::net::SocketAddr {
+    let addr = settings.server.listen;
+    if !settings.uses_sample_credentials() {
+        return addr;
+    }
+    if addr.ip().is_loopback() {
+        tracing::warn!(
+            "wecom.callback_token / wecom.encoding_aes_key are WeCom's public sample values; \
+             fine for a local try-out, replace them with your app's before going live"
+        );
+        return addr;
+    }
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    tracing::error!(
+        configured = %addr,
+        listening = %local,
+        "wecom.callback_token / wecom.encoding_aes_key are WeCom's PUBLIC SAMPLE values: anyone \
+         could forge callbacks and mint push tokens. Listening on loopback only until you set \
+         your app's own values (接收消息 → 设置API接收 → 随机获取)"
+    );
+    local
+}
+
 /// Periodic housekeeping: forget old callback de-duplication keys.
 async fn maintenance(store: Store, retention: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -166,7 +187,7 @@ async fn maintenance(store: Store, retention: Duration) {
 fn with_middleware(router: Router) -> Router {
     router
         .layer(CatchPanicLayer::custom(|_panic| -> Response {
-            ApiError::Internal("handler panicked".into()).into_response()
+            ApiError::internal("a request handler panicked").into_response()
         }))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -190,7 +211,7 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, StartupError> {
     };
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartupError::HttpClient(e.to_string()))?
+        .map_err(StartupError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     reqwest::Client::builder()
@@ -201,5 +222,5 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, StartupError> {
         .tcp_nodelay(true)
         .user_agent(concat!("pushbot/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| StartupError::HttpClient(e.to_string()))
+        .map_err(StartupError::HttpClient)
 }

@@ -1,15 +1,19 @@
 //! Settings: one TOML file, every key overridable by `PUSHBOT_<SECTION>__<KEY>`.
 //!
-//! Precedence is defaults < file < environment. Secrets are held in
-//! [`SecretString`] so that `{:?}` of the settings never prints them.
+//! Precedence is defaults < file < environment. Values are parsed into typed settings
+//! ("parse, don't validate"): a malformed value, an unknown key (with the nearest valid one
+//! suggested) or an inconsistent combination stops loading with one line naming the key, so
+//! a [`Settings`] that exists is a usable one. Secrets redact themselves in `{:?}`.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use url::Url;
+
+use crate::wecom::credentials::{AgentId, CallbackToken, CorpId, CorpSecret, EncodingAesKey};
 
 /// Default config file looked up in the working directory when neither
 /// `--config` nor `PUSHBOT_CONFIG` names one.
@@ -19,6 +23,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "pushbot.toml";
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
     #[serde(default)]
@@ -31,18 +36,20 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address to listen on, e.g. `0.0.0.0:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// The URL users reach this service at; used in the curl examples the bot sends.
-    pub public_url: Url,
+    pub public_url: HttpUrl,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     #[serde(default = "default_storage_url")]
-    pub url: String,
+    pub url: StorageUrl,
 }
 
 impl Default for StorageSettings {
@@ -53,16 +60,99 @@ impl Default for StorageSettings {
     }
 }
 
+/// Where the data lives. Only SQLite in this version.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct StorageUrl {
+    url: String,
+    /// The database file; `None` for an in-memory database.
+    path: Option<PathBuf>,
+}
+
+impl StorageUrl {
+    /// The URL as configured, for the driver.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+impl TryFrom<String> for StorageUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        let url = url.trim().to_owned();
+        if !url.starts_with("sqlite:") {
+            return Err(format!(
+                "{url:?} is not supported: this version stores data in SQLite only \
+                 (e.g. sqlite://pushbot.db or sqlite:///data/pushbot.db)"
+            ));
+        }
+        let path = crate::store::sqlite_path(&url);
+        Ok(Self { url, path })
+    }
+}
+
+impl fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.url, f)
+    }
+}
+
+/// An absolute `http` or `https` URL.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HttpUrl(Url);
+
+impl HttpUrl {
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The URL without a trailing slash, for appending paths.
+    pub fn base(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+}
+
+impl TryFrom<String> for HttpUrl {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let url = Url::parse(value.trim()).map_err(|e| {
+            format!("{value:?} is not a URL ({e}); write it like https://push.example.com")
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(format!(
+                "{value:?} must be an http:// or https:// URL such as https://push.example.com"
+            ));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0.as_str(), f)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WeComSettings {
-    pub corp_id: String,
-    pub agent_id: i64,
-    pub secret: SecretString,
-    pub callback_token: SecretString,
-    pub encoding_aes_key: SecretString,
+    pub corp_id: CorpId,
+    pub agent_id: AgentId,
+    pub secret: CorpSecret,
+    pub callback_token: CallbackToken,
+    pub encoding_aes_key: EncodingAesKey,
     /// Defaults to [`DEFAULT_API_BASE`] (set as a config default, so it is parsed like
     /// any user value).
-    pub api_base: Url,
+    pub api_base: HttpUrl,
     /// Timeout of one call to the WeCom API.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
@@ -74,6 +164,7 @@ pub struct WeComSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
     /// How long transient failures are retried before a message is marked failed.
     #[serde(default = "default_retry_window", deserialize_with = "duration")]
@@ -99,6 +190,7 @@ impl Default for DeliverySettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// A tracing filter such as `info` or `pushbot=debug,info`; `RUST_LOG` wins when set.
     #[serde(default = "default_log_level")]
@@ -128,8 +220,11 @@ pub enum LogFormat {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
-fn default_storage_url() -> String {
-    "sqlite://pushbot.db".to_owned()
+fn default_storage_url() -> StorageUrl {
+    StorageUrl {
+        url: "sqlite://pushbot.db".to_owned(),
+        path: Some(PathBuf::from("pushbot.db")),
+    }
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
@@ -169,9 +264,98 @@ pub enum ConfigError {
     #[error("config file {0} not found")]
     FileNotFound(PathBuf),
     #[error("configuration error: {0}")]
-    Load(String),
+    Load(#[source] config::ConfigError),
+    #[error("unknown setting `{key}`{}", match suggestion {
+        Some(s) => format!("; did you mean `{s}`?"),
+        None if valid.is_empty() => String::new(),
+        None => format!("; valid here: {}", valid.join(", ")),
+    })]
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+        valid: Vec<String>,
+    },
     #[error("invalid setting {key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// Turns serde's "unknown field `lisen`, expected `listen` or `public_url`" (which the
+    /// config crate reports with the section as its key) into [`ConfigError::UnknownKey`]
+    /// with the nearest valid key suggested.
+    fn from_config(err: config::ConfigError) -> Self {
+        if let config::ConfigError::Type {
+            origin,
+            unexpected,
+            expected,
+            key: Some(key),
+        } = &err
+        {
+            return Self::Invalid {
+                key: key.clone(),
+                message: format!(
+                    "expected {expected}, got {unexpected}{}",
+                    origin_note(origin.as_deref(), key)
+                ),
+            };
+        }
+        let (message, section) = match &err {
+            config::ConfigError::At { error, key, .. } => (error.to_string(), key.clone()),
+            config::ConfigError::Message(m) => (m.clone(), None),
+            _ => return Self::Load(err),
+        };
+        let Some(rest) = message.strip_prefix("unknown field `") else {
+            // A value that did not parse: name the key, keep the reason.
+            if let config::ConfigError::At {
+                key: Some(key),
+                origin,
+                ..
+            } = &err
+            {
+                return Self::Invalid {
+                    key: key.clone(),
+                    message: format!("{message}{}", origin_note(origin.as_deref(), key)),
+                };
+            }
+            return Self::Load(err);
+        };
+        let Some((field, rest)) = rest.split_once('`') else {
+            return Self::Load(err);
+        };
+        let valid: Vec<String> = rest
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        let qualify = |name: &str| match &section {
+            Some(section) => format!("{section}.{name}"),
+            None => name.to_owned(),
+        };
+        let suggestion = valid
+            .iter()
+            .map(|v| (strsim::jaro_winkler(field, v), v))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, v)| qualify(v));
+        Self::UnknownKey {
+            key: qualify(field),
+            suggestion,
+            valid,
+        }
+    }
+}
+
+/// Where a bad value came from: ` (from PUSHBOT_WECOM__AGENT_ID)` or ` (in FILE)`.
+fn origin_note(origin: Option<&str>, key: &str) -> String {
+    match origin {
+        Some("the environment") => {
+            let name: Vec<String> = key.split('.').map(str::to_ascii_uppercase).collect();
+            format!(" (from PUSHBOT_{})", name.join("__"))
+        }
+        Some(file) => format!(" (in {file})"),
+        None => String::new(),
+    }
 }
 
 impl Settings {
@@ -224,59 +408,17 @@ impl Settings {
             .set_default("wecom.api_base", DEFAULT_API_BASE)
             .and_then(|b| b.build())
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        settings.validate()?;
+            .map_err(ConfigError::from_config)?;
+        settings.check()?;
         Ok(settings)
     }
 
-    /// Checks what serde cannot: shapes of WeCom credentials and sane delivery timings.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| ConfigError::Invalid {
-            key,
+    /// What a single value's type cannot say: combinations and non-zero timings.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.to_owned(),
             message: message.to_owned(),
         };
-        if self.wecom.corp_id.trim().is_empty() {
-            return Err(invalid("wecom.corp_id", "must not be empty"));
-        }
-        if self.wecom.agent_id <= 0 {
-            return Err(invalid(
-                "wecom.agent_id",
-                "must be the app's AgentId, a positive number",
-            ));
-        }
-        if self.wecom.secret.expose_secret().trim().is_empty() {
-            return Err(invalid("wecom.secret", "must not be empty"));
-        }
-        let token = self.wecom.callback_token.expose_secret();
-        if token.is_empty() || token.len() > 32 || !token.chars().all(|c| c.is_ascii_alphanumeric())
-        {
-            return Err(invalid(
-                "wecom.callback_token",
-                "must be the callback Token from the WeCom console: 1 to 32 letters or digits",
-            ));
-        }
-        let key = self.wecom.encoding_aes_key.expose_secret();
-        if crate::wecom::crypto::WeComCrypto::new(token, key, &self.wecom.corp_id).is_err() {
-            return Err(invalid(
-                "wecom.encoding_aes_key",
-                "must be the 43-character EncodingAESKey from the WeCom console",
-            ));
-        }
-        if !matches!(self.wecom.api_base.scheme(), "http" | "https") {
-            return Err(invalid("wecom.api_base", "must be an http(s) URL"));
-        }
-        if !matches!(self.server.public_url.scheme(), "http" | "https") {
-            return Err(invalid(
-                "server.public_url",
-                "must be an http(s) URL such as https://push.example.com",
-            ));
-        }
-        if !self.storage.url.starts_with("sqlite:") {
-            return Err(invalid(
-                "storage.url",
-                "only sqlite:// URLs are supported in this version (e.g. sqlite://pushbot.db)",
-            ));
-        }
         let d = &self.delivery;
         if d.backoff_initial.is_zero() {
             return Err(invalid(
@@ -299,13 +441,16 @@ impl Settings {
         Ok(())
     }
 
+    /// Whether the callback Token or EncodingAESKey is the public sample from WeCom's
+    /// documentation: with it anyone can forge callbacks and mint tokens for any member.
+    pub fn uses_sample_credentials(&self) -> bool {
+        self.wecom.callback_token.is_public_sample()
+            || self.wecom.encoding_aes_key.is_public_sample()
+    }
+
     /// `public_url` without a trailing slash, for building links.
     pub fn public_base(&self) -> String {
-        self.server
-            .public_url
-            .as_str()
-            .trim_end_matches('/')
-            .to_owned()
+        self.server.public_url.base().to_owned()
     }
 }
 
@@ -328,7 +473,8 @@ mod tests {
     fn defaults_apply() {
         let s = Settings::from_toml(MINIMAL).unwrap();
         assert_eq!(s.server.listen.port(), 8080);
-        assert_eq!(s.storage.url, "sqlite://pushbot.db");
+        assert_eq!(s.storage.url.as_str(), "sqlite://pushbot.db");
+        assert_eq!(s.storage.url.sqlite_path(), Some(Path::new("pushbot.db")));
         assert_eq!(s.wecom.api_base.as_str(), "https://qyapi.weixin.qq.com/");
         assert_eq!(s.delivery.retry_window, Duration::from_secs(900));
         assert_eq!(s.delivery.backoff_initial, Duration::from_secs(1));
@@ -377,6 +523,84 @@ mod tests {
         assert!(!dbg.contains("s3cr3t"));
         assert!(!dbg.contains("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"));
         assert!(!dbg.contains("QDG6eK"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_nearest_valid_one() {
+        let text = MINIMAL.replace("[server]", "[server]\nlisen = \"0.0.0.0:1\"");
+        let err = Settings::from_toml(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown setting `server.lisen`; did you mean `server.listen`?"
+        );
+        let text = format!("{MINIMAL}\n[delivry]\nretry_window = \"1m\"\n");
+        let err = Settings::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`delivry`") && err.contains("`delivery`"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}\n[log]\nzzz = 1\n");
+        let err = Settings::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`log.zzz`") && err.contains("level, format"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn values_are_parsed_into_types() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.wecom.agent_id.get(), 1000002);
+        assert_eq!(s.wecom.corp_id.as_str(), "wx5823bf96d3bd56c7");
+        assert_eq!(s.wecom.encoding_aes_key.bytes().len(), 32);
+        for (from, to, key) in [
+            ("agent_id = 1000002", "agent_id = 0", "wecom.agent_id"),
+            ("agent_id = 1000002", "agent_id = \"x\"", "wecom.agent_id"),
+            (
+                "callback_token = \"QDG6eK\"",
+                "callback_token = \"a-b\"",
+                "wecom.callback_token",
+            ),
+            ("secret = \"s3cr3t\"", "secret = \" \"", "wecom.secret"),
+            (
+                "corp_id = \"wx5823bf96d3bd56c7\"",
+                "corp_id = \"\"",
+                "wecom.corp_id",
+            ),
+            (
+                "public_url = \"https://push.example.com\"",
+                "public_url = \"ftp://push.example.com\"",
+                "server.public_url",
+            ),
+        ] {
+            let err = Settings::from_toml(&MINIMAL.replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{to}: {err}");
+        }
+        let text = format!("{MINIMAL}\n[storage]\nurl = \"postgres://db/x\"\n");
+        let err = Settings::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("storage.url") && err.contains("SQLite"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_documentation_sample_credentials_are_recognised() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert!(s.uses_sample_credentials());
+        let own = MINIMAL.replace("QDG6eK", "MyOwnToken1").replace(
+            "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+            "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        );
+        assert!(!Settings::from_toml(&own).unwrap().uses_sample_credentials());
+        let half = MINIMAL.replace("QDG6eK", "MyOwnToken1");
+        assert!(
+            Settings::from_toml(&half)
+                .unwrap()
+                .uses_sample_credentials()
+        );
     }
 
     #[test]

@@ -60,8 +60,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn fail(err: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("pushbot: {err}");
+fn fail_with(message: &str) -> ExitCode {
+    eprintln!("pushbot: {message}");
+    ExitCode::FAILURE
+}
+
+/// Prints `err` with its causes on one line and exits with failure.
+fn fail(err: &(dyn std::error::Error + 'static)) -> ExitCode {
+    eprintln!("pushbot: {}", pushbot::error::chain(err));
     ExitCode::FAILURE
 }
 
@@ -140,10 +146,10 @@ fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
         };
         match client.get(&url).send().await {
             Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
-            Ok(r) => fail(&format!("{url} answered {}", r.status())),
-            Err(err) => fail(&format!(
+            Ok(r) => fail_with(&format!("{url} answered {}", r.status())),
+            Err(err) => fail_with(&format!(
                 "{url}: {}",
-                pushbot::wecom::client::describe(err.without_url())
+                pushbot::error::chain(&err.without_url())
             )),
         }
     })

@@ -62,6 +62,9 @@ pub enum StoreError {
         .0.display()
     )]
     FileReplaced(PathBuf),
+    /// The last write failed (reported by `/healthz`).
+    #[error("database writes are failing: {0}")]
+    WritesFailing(String),
     /// One failure reported to several waiters.
     #[error(transparent)]
     Shared(Arc<StoreError>),
@@ -87,7 +90,7 @@ impl StoreError {
                 | sqlx::Error::WorkerCrashed => true,
                 _ => false,
             },
-            Self::WriterGone | Self::FileReplaced(_) => true,
+            Self::WriterGone | Self::FileReplaced(_) | Self::WritesFailing(_) => true,
             Self::Shared(inner) => inner.is_unavailable(),
             Self::Migrate(_) | Self::Open { .. } | Self::Corrupt(_) => false,
         }
@@ -320,7 +323,9 @@ impl Store {
     }
 
     /// For `/healthz`: the database file is still the one opened, reads work, and writes
-    /// work (judged by the last write if it is recent and succeeded, else by making one).
+    /// work — judged by the last write when it is recent (a success within
+    /// [`HEALTH_PROBE_AFTER`], a failure within [`writer::FAILURE_MEMORY`]), else by making
+    /// a probe write.
     pub async fn check_health(&self) -> Result<(), StoreError> {
         if let Some(file) = &self.file
             && !file.still_there()
@@ -333,7 +338,10 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         match self.writer.health.status() {
             WriteStatus::Ok(age) if age < HEALTH_PROBE_AFTER => Ok(()),
-            WriteStatus::Ok(_) | WriteStatus::Failing(_) | WriteStatus::Unknown => {
+            WriteStatus::Failing { error, age } if age < writer::FAILURE_MEMORY => {
+                Err(StoreError::WritesFailing(error))
+            }
+            WriteStatus::Ok(_) | WriteStatus::Failing { .. } | WriteStatus::Unknown => {
                 self.writer.probe().await
             }
         }
@@ -795,6 +803,334 @@ mod tests {
         assert_eq!(b.status, MessageStatus::Failed);
         assert_eq!(b.last_error.as_deref(), Some("no"));
         assert!(store.queued_messages().await.unwrap().is_empty());
+    }
+
+    /// An independent connection to the same file, as another process would open it.
+    async fn independent(dir: &tempfile::TempDir) -> AnyConnection {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let mut conn = AnyConnection::connect(&url).await.unwrap();
+        conn.execute("PRAGMA busy_timeout = 5000").await.unwrap();
+        conn
+    }
+
+    async fn ids_seen_by(conn: &mut AnyConnection) -> Vec<String> {
+        sqlx::query("SELECT id FROM messages ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("id"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_connection_commits_with_synchronous_full() {
+        let (store, _dir) = temp_store().await;
+        // Several connections of the pool, held at once so they are distinct.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let row = sqlx::query("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(
+                row.get::<i64, _>(0),
+                2,
+                "2 = FULL: a commit survives power loss"
+            );
+            let row = sqlx::query("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(row.get::<String, _>(0), "wal");
+            held.push(conn);
+        }
+    }
+
+    #[tokio::test]
+    async fn close_commits_what_was_queued_before_it() {
+        let (store, dir) = temp_store().await;
+        let mut pending = Vec::new();
+        for i in 0..50 {
+            let store = store.clone();
+            pending.push(tokio::spawn(async move {
+                store
+                    .insert_message(message(&format!("c{i:02}"), "alice"))
+                    .await
+            }));
+        }
+        // Let every insert reach the writer's queue, then close at once.
+        tokio::task::yield_now().await;
+        store.close().await;
+        let mut ok = 0;
+        for p in pending {
+            if p.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        let seen = ids_seen_by(&mut independent(&dir).await).await;
+        assert_eq!(
+            seen.len(),
+            ok,
+            "every insert that was answered Ok is on disk"
+        );
+        assert!(matches!(
+            store.insert_message(message("late", "alice")).await,
+            Err(StoreError::WriterGone)
+        ));
+    }
+
+    #[tokio::test]
+    async fn one_batch_keeps_each_rows_own_attempt_count() {
+        let (store, _dir) = temp_store().await;
+        for id in ["a", "b", "c"] {
+            store.insert_message(message(id, "alice")).await.unwrap();
+        }
+        // Concurrent outcomes land in one group commit.
+        let (a, b, c) = tokio::join!(
+            store.record_attempt(AttemptUpdate::Delivered {
+                id: "a".into(),
+                attempts: 1,
+                channel: "wecom",
+            }),
+            store.record_attempt(AttemptUpdate::Delivered {
+                id: "b".into(),
+                attempts: 3,
+                channel: "wecom",
+            }),
+            store.record_attempt(AttemptUpdate::Delivered {
+                id: "c".into(),
+                attempts: 3,
+                channel: "email",
+            }),
+        );
+        a.unwrap();
+        b.unwrap();
+        c.unwrap();
+        let got = |id: &'static str| {
+            let store = store.clone();
+            async move { store.message(id).await.unwrap().unwrap() }
+        };
+        assert_eq!(got("a").await.attempts, 1);
+        assert_eq!(got("b").await.attempts, 3);
+        assert_eq!(got("b").await.channel.as_deref(), Some("wecom"));
+        assert_eq!(got("c").await.attempts, 3);
+        assert_eq!(got("c").await.channel.as_deref(), Some("email"));
+        assert!(
+            [got("a").await, got("b").await, got("c").await]
+                .iter()
+                .all(|m| m.status == MessageStatus::Delivered)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_failure_refuses_exactly_its_rows_and_the_store_recovers() {
+        let (store, dir) = temp_store().await;
+        let mut other = independent(&dir).await;
+        // A deferred foreign-key violation makes COMMIT itself fail and leaves the
+        // transaction open on the writer's connection, as a full disk does.
+        for sql in [
+            "CREATE TABLE fault_parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE fault_child (pid INTEGER REFERENCES fault_parent (id) \
+             DEFERRABLE INITIALLY DEFERRED)",
+            "CREATE TRIGGER fault AFTER INSERT ON messages WHEN NEW.title = 'poison' \
+             BEGIN INSERT INTO fault_child VALUES (42); END",
+        ] {
+            other.execute(sql).await.unwrap();
+        }
+        let mut poison = message("p1", "alice");
+        poison.title = Some("poison".into());
+        let (p, g1, g2) = tokio::join!(
+            store.insert_message(poison.clone()),
+            store.insert_message(message("g1", "alice")),
+            store.insert_message(message("g2", "alice")),
+        );
+        assert!(p.is_err(), "the row whose commit failed is refused");
+        g1.unwrap();
+        g2.unwrap();
+        // Alone, too: the failed COMMIT must not leave a transaction behind.
+        poison.id = "p2".into();
+        assert!(store.insert_message(poison).await.is_err());
+        for i in 0..5 {
+            store
+                .insert_message(message(&format!("h{i}"), "alice"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            ids_seen_by(&mut other).await,
+            ["g1", "g2", "h0", "h1", "h2", "h3", "h4"],
+            "every Ok is visible to another connection at once"
+        );
+        store.check_health().await.unwrap();
+        store.close().await;
+    }
+
+    /// A small tmpfs, so that the disk really fills up. Needs root (CAP_SYS_ADMIN); `None`
+    /// (and the test is skipped, saying so) where mounting is not allowed.
+    struct Tmpfs {
+        mnt: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Self> {
+            let dir = tempfile::tempdir().unwrap();
+            let mnt = dir.path().join("mnt");
+            std::fs::create_dir(&mnt).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&mnt)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+                return None;
+            }
+            Some(Self { mnt, _dir: dir })
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mnt)
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn full_disk_refuses_writes_and_recovers_when_space_returns() {
+        let Some(disk) = Tmpfs::mount("1m") else {
+            return;
+        };
+        let url = format!("sqlite://{}", disk.mnt.join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        std::fs::write(disk.mnt.join("filler"), vec![0u8; 300_000]).unwrap();
+        let big = "x".repeat(30_000);
+        let big_message = |id: String| {
+            let mut m = message(&id, "alice");
+            m.content = Some(big.clone());
+            m
+        };
+        let mut filled = None;
+        for i in 0..100 {
+            if let Err(err) = store.insert_message(big_message(format!("b{i:03}"))).await {
+                filled = Some(err);
+                break;
+            }
+        }
+        let err = filled.expect("the disk fills up");
+        assert!(err.is_unavailable(), "a full disk is 'unavailable': {err}");
+        // Still full: every write fails — none is reported stored (the old code answered
+        // Ok here, into a transaction that never committed).
+        for i in 0..3 {
+            let result = store.insert_message(big_message(format!("f{i}"))).await;
+            assert!(result.is_err(), "f{i} cannot be stored on a full disk");
+        }
+        assert!(
+            store.check_health().await.is_err(),
+            "health says writes fail"
+        );
+
+        std::fs::remove_file(disk.mnt.join("filler")).unwrap();
+        let mut other = AnyConnection::connect(&url).await.unwrap();
+        for i in 0..5 {
+            store
+                .insert_message(message(&format!("s{i}"), "alice"))
+                .await
+                .expect("writes work again once there is room");
+        }
+        let seen: Vec<String> = ids_seen_by(&mut other)
+            .await
+            .into_iter()
+            .filter(|id| id.starts_with('s') || id.starts_with('f'))
+            .collect();
+        assert_eq!(seen, ["s0", "s1", "s2", "s3", "s4"], "each Ok is committed");
+        store.check_health().await.unwrap();
+        // No pooled connection is left inside a transaction (the writer holds the 8th).
+        let mut held = Vec::new();
+        for _ in 0..7 {
+            let mut conn = store.pool.acquire().await.unwrap();
+            assert!(!conn.is_in_transaction());
+            sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+            held.push(conn);
+        }
+        drop(held);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_database_file_fails_health_and_writes() {
+        let (store, dir) = temp_store().await;
+        store.insert_message(message("a", "alice")).await.unwrap();
+        store.check_health().await.unwrap();
+        std::fs::remove_file(dir.path().join("t.db")).unwrap();
+        let err = store.check_health().await.unwrap_err();
+        assert!(matches!(err, StoreError::FileReplaced(_)), "{err}");
+        let err = store
+            .insert_message(message("b", "alice"))
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn start_up_names_the_real_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope").join("x.db");
+        let err = Store::connect(&format!("sqlite://{}", missing.display()))
+            .await
+            .unwrap_err();
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains("nope") && text.contains("not accessible"),
+            "{text}"
+        );
+
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, b"this is a text file, not a database").unwrap();
+        let started = std::time::Instant::now();
+        let err = Store::connect(&format!("sqlite://{}", junk.display()))
+            .await
+            .unwrap_err();
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains("junk.db") && text.contains("not a SQLite database"),
+            "{text}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "fails at once");
+    }
+
+    #[tokio::test]
+    async fn a_rotation_evicts_lookups_made_while_it_waited_for_the_lock() {
+        let (store, dir) = temp_store().await;
+        let old = store.token_for("alice").await.unwrap();
+        // Another writer holds the database, so the rotation's UPDATE has to wait…
+        let mut other = independent(&dir).await;
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let rotating = tokio::spawn({
+            let store = store.clone();
+            async move { store.rotate_token("alice").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // …meanwhile a request looks the old token up (still valid in the database).
+        assert_eq!(
+            store.member_by_token(&old).await.unwrap().as_deref(),
+            Some("alice")
+        );
+        other.execute("COMMIT").await.unwrap();
+        let new = rotating.await.unwrap().unwrap();
+        assert_ne!(new, old);
+        assert_eq!(
+            store.member_by_token(&old).await.unwrap(),
+            None,
+            "the old token stops working when rotate returns"
+        );
     }
 
     #[tokio::test]

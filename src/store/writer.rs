@@ -29,6 +29,9 @@ const MAX_BATCH: usize = 1024;
 const INSERT_CHUNK: usize = 16;
 /// IDs per `UPDATE … WHERE id IN (…)`.
 const UPDATE_CHUNK: usize = 64;
+/// Bytes a health probe writes: more than the largest message `/send` accepts (64 KiB of
+/// content plus a title), so a probe that commits means any message could be stored.
+const PROBE_BYTES: i64 = 80 * 1024;
 
 /// The outcome of one delivery attempt, to be recorded.
 #[derive(Debug, Clone)]
@@ -56,62 +59,87 @@ type Done = oneshot::Sender<Result<(), StoreError>>;
 enum Op {
     Insert(Box<Message>, Done),
     Update(AttemptUpdate, Done),
-    /// A real write (one row of `health`), to learn whether the database takes writes now.
+    /// A real write (the `health` row, as large as the largest message), to learn whether
+    /// the database takes writes now.
     Probe(Done),
     /// Commit what is queued, give the connection back and stop (writes after this fail
     /// with [`StoreError::WriterGone`]).
     Close(oneshot::Sender<()>),
 }
 
-/// What the writer last saw: whether the most recent write committed.
+/// A failed write keeps `/healthz` at 503 for at least this long, even if a health probe
+/// commits meanwhile: a probe rewrites one row in place and can squeeze into a WAL that
+/// a growing table cannot (seen on a full tmpfs), so only a message write that succeeds
+/// clears a fresh failure.
+pub(super) const FAILURE_MEMORY: Duration = Duration::from_secs(30);
+
+/// What the writer last saw: whether writes commit.
 #[derive(Debug, Default)]
 pub(super) struct WriteHealth {
     state: Mutex<HealthState>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct HealthState {
     last_ok: Option<Instant>,
-    /// When the last failed write happened and why.
-    last_failure: Option<(Instant, String)>,
+    failure: Option<Failure>,
 }
 
-/// The health of writes as the last attempt left it.
+#[derive(Debug, Clone)]
+struct Failure {
+    since: Instant,
+    latest: Instant,
+    error: String,
+}
+
+/// The health of writes as the last attempts left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum WriteStatus {
     /// The most recent write committed, this long ago.
     Ok(Duration),
-    /// The most recent write failed with this error.
-    Failing(String),
+    /// Writes are failing; the latest failure was this long ago.
+    Failing { error: String, age: Duration },
     /// Nothing has been written yet.
     Unknown,
 }
 
 impl WriteHealth {
-    fn record(&self, result: &Result<(), StoreError>) {
+    /// Records one write's result; `probe` marks a health probe, whose success does not
+    /// clear a failure younger than [`FAILURE_MEMORY`].
+    fn record(&self, result: &Result<(), StoreError>, probe: bool) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         let now = Instant::now();
         match result {
             Ok(()) => {
-                if let Some((since, error)) = state.last_failure.take() {
+                state.last_ok = Some(now);
+                let clears = state
+                    .failure
+                    .as_ref()
+                    .is_some_and(|f| !probe || f.latest.elapsed() >= FAILURE_MEMORY);
+                if clears && let Some(f) = state.failure.take() {
                     tracing::info!(
-                        failing_for = ?since.elapsed(),
-                        last_error = %error,
+                        failing_for = ?f.since.elapsed(),
+                        last_error = %f.error,
                         "database writes work again"
                     );
                 }
-                state.last_ok = Some(now);
             }
             Err(err) => {
-                let text = crate::error::chain(err);
-                if state.last_failure.is_none() {
-                    tracing::error!(error = %text, "database writes are failing; /send answers 503 until they work again");
-                }
-                // Keep the time writes started failing; update the reason.
-                let since = state.last_failure.as_ref().map_or(now, |(t, _)| *t);
-                state.last_failure = Some((since, text));
+                let error = crate::error::chain(err);
+                let since = match &state.failure {
+                    Some(f) => f.since,
+                    None => {
+                        tracing::error!(error = %error, "database writes are failing; /send answers 503 until they work again");
+                        now
+                    }
+                };
+                state.failure = Some(Failure {
+                    since,
+                    latest: now,
+                    error,
+                });
             }
         }
     }
@@ -120,8 +148,11 @@ impl WriteHealth {
         let Ok(state) = self.state.lock() else {
             return WriteStatus::Unknown;
         };
-        match (&state.last_failure, state.last_ok) {
-            (Some((_, error)), _) => WriteStatus::Failing(error.clone()),
+        match (&state.failure, state.last_ok) {
+            (Some(f), _) => WriteStatus::Failing {
+                error: f.error.clone(),
+                age: f.latest.elapsed(),
+            },
             (None, Some(at)) => WriteStatus::Ok(at.elapsed()),
             (None, None) => WriteStatus::Unknown,
         }
@@ -200,6 +231,10 @@ struct Writes<'a> {
 impl Writes<'_> {
     fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.updates.is_empty() && !self.probe
+    }
+
+    fn is_probe_only(&self) -> bool {
+        self.messages.is_empty() && self.updates.is_empty()
     }
 }
 
@@ -324,7 +359,7 @@ impl Writer {
                 Err(err)
             }
         };
-        self.health.record(&result);
+        self.health.record(&result, writes.is_probe_only());
         result
     }
 
@@ -341,8 +376,9 @@ impl Writer {
         }
         apply_updates(conn, &writes.updates).await?;
         if writes.probe {
-            sqlx::query("UPDATE health SET checked_at = $1 WHERE id = 1")
+            sqlx::query("UPDATE health SET checked_at = $1, reserve = zeroblob($2) WHERE id = 1")
                 .bind(now_ms())
+                .bind(PROBE_BYTES)
                 .execute(&mut **conn)
                 .await?;
         }
@@ -485,4 +521,51 @@ async fn apply_updates(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn many_rows_commit_in_one_multi_row_insert_without_the_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut writer = Writer {
+            pool: store.pool.clone(),
+            conn: None,
+            file: None,
+            health: Arc::default(),
+        };
+        let now = now_ms();
+        let messages: Vec<Message> = (0..(INSERT_CHUNK * 2 + 3))
+            .map(|i| {
+                Message::new_queued(
+                    format!("m{i:03}"),
+                    "alice".into(),
+                    Some(format!("t{i}")),
+                    Some(format!("c{i}")),
+                    now,
+                    now + 1000,
+                )
+            })
+            .collect();
+        let writes = Writes {
+            messages: messages.iter().collect(),
+            ..Writes::default()
+        };
+        // Called directly: no one-by-one retry could hide a broken statement.
+        writer.write(&writes).await.unwrap();
+        for m in &messages {
+            let stored = store.message(&m.id).await.unwrap().unwrap();
+            assert_eq!(stored.title, m.title);
+            assert_eq!(stored.content, m.content);
+        }
+        if let Some(conn) = writer.conn.take() {
+            conn.close().await.unwrap();
+        }
+        store.close().await;
+    }
 }

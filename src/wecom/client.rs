@@ -153,10 +153,10 @@ impl WeComClient {
     pub fn new(http: reqwest::Client, settings: &WeComSettings) -> Self {
         Self {
             http,
-            api_base: settings.api_base.clone(),
-            corp_id: settings.corp_id.clone(),
-            secret: settings.secret.clone(),
-            agent_id: settings.agent_id,
+            api_base: settings.api_base.url().clone(),
+            corp_id: settings.corp_id.as_str().to_owned(),
+            secret: SecretString::from(settings.secret.expose()),
+            agent_id: settings.agent_id.get(),
             token: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
         }

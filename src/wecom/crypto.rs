@@ -10,12 +10,12 @@ use std::fmt;
 
 use aes::Aes256;
 use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::STANDARD;
 use cbc::cipher::{Block, BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
+use super::credentials::{CallbackToken, CorpId, EncodingAesKey};
 use super::xml;
 
 type Encryptor = cbc::Encryptor<Aes256>;
@@ -27,14 +27,6 @@ const PAD_BLOCK: usize = 32;
 const AES_BLOCK: usize = 16;
 const RANDOM_LEN: usize = 16;
 const HEADER_LEN: usize = RANDOM_LEN + 4;
-const ENCODING_AES_KEY_LEN: usize = 43;
-
-/// EncodingAESKey is 43 base64 characters whose last one carries bits beyond the 32-byte key;
-/// strict decoders reject that, WeCom's own libraries ignore it, so we do too.
-const KEY_ENGINE: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
-);
 
 /// Why a callback could not be authenticated or decrypted. Messages never include key material
 /// or message content, so they are safe to log.
@@ -78,18 +70,22 @@ impl WeComCrypto {
     /// `encoding_aes_key` is the 43-character EncodingAESKey from the WeCom admin console; the
     /// AES key is `base64_decode(encoding_aes_key + "=")`.
     pub fn new(token: &str, encoding_aes_key: &str, receive_id: &str) -> Result<Self, CryptoError> {
-        if encoding_aes_key.len() != ENCODING_AES_KEY_LEN {
-            return Err(CryptoError::InvalidAesKey);
-        }
-        let decoded = KEY_ENGINE
-            .decode(format!("{encoding_aes_key}="))
-            .map_err(|_| CryptoError::InvalidAesKey)?;
-        let key: [u8; 32] = decoded.try_into().map_err(|_| CryptoError::InvalidAesKey)?;
+        let key =
+            EncodingAesKey::parse(encoding_aes_key).map_err(|_| CryptoError::InvalidAesKey)?;
         Ok(Self {
             token: token.to_owned(),
-            key,
+            key: *key.bytes(),
             receive_id: receive_id.to_owned(),
         })
+    }
+
+    /// From the already-checked configuration values (cannot fail).
+    pub fn from_config(token: &CallbackToken, key: &EncodingAesKey, corp_id: &CorpId) -> Self {
+        Self {
+            token: token.expose().to_owned(),
+            key: *key.bytes(),
+            receive_id: corp_id.as_str().to_owned(),
+        }
     }
 
     /// Lower-case hex SHA1 over the four strings sorted bytewise and concatenated — sorting is

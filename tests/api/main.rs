@@ -9,3 +9,4 @@ mod cli;
 mod delivery;
 mod restart;
 mod send;
+mod storage;
