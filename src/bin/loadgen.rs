@@ -43,6 +43,10 @@ struct Args {
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 120)]
     drain_timeout: u64,
+    /// After the run, stop the clients, leave the server idle this many seconds, and
+    /// report the process's resident memory then (does the allocator give the spike back?).
+    #[arg(long, default_value_t = 0)]
+    settle: u64,
 }
 
 /// The stand-in's view of what arrived.
@@ -125,6 +129,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let report = client_rt.block_on(drive(&args, &base, &received))?;
+    if args.settle > 0 {
+        let after_run = memory();
+        drop(client_rt);
+        std::thread::sleep(Duration::from_secs(args.settle));
+        println!(
+            "memory:         RSS {} right after the run, {} after {} s idle (peak {})",
+            after_run.0,
+            memory().0,
+            args.settle,
+            memory().1
+        );
+    }
 
     let _ = stop_tx.send(());
     server_rt.block_on(server)??;
@@ -137,6 +153,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("{lost} lost, {} failed requests", report.errors).into());
     }
     Ok(())
+}
+
+/// This process's resident set size and its peak (VmRSS, VmHWM), as printed by Linux.
+fn memory() -> (String, String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| "?".to_owned())
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 struct Report {

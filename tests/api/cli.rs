@@ -127,6 +127,30 @@ async fn a_missing_required_key_exits_non_zero_naming_it() {
 }
 
 #[tokio::test]
+async fn a_misspelt_key_is_refused_with_the_nearest_valid_one() {
+    let s = setup(|_| {}).await;
+    let text = std::fs::read_to_string(&s.config_path)
+        .unwrap()
+        .replace("listen =", "lisen =");
+    std::fs::write(&s.config_path, text).unwrap();
+    let (out, stderr) = run_to_exit(&s.config_path, &[]).await;
+    assert!(!out.status.success(), "must not start on a default address");
+    assert_eq!(
+        stderr.trim(),
+        "pushbot: unknown setting `server.lisen`; did you mean `server.listen`?"
+    );
+    // The same from the environment.
+    let s = setup(|_| {}).await;
+    let (out, stderr) =
+        run_to_exit(&s.config_path, &[("PUSHBOT_DELIVERY__RETRY_WINDOWS", "1m")]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("`delivery.retry_windows`") && stderr.contains("`delivery.retry_window`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_config_file_exits_non_zero_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nope.toml");
