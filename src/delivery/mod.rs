@@ -11,6 +11,8 @@
 //! (e-mail, SMS) is one more [`Channel`] implementation in the list.
 
 pub mod backoff;
+pub mod digest;
+pub mod limits;
 pub mod wecom;
 
 use std::sync::Arc;
