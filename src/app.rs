@@ -23,6 +23,7 @@ use crate::config::Settings;
 use crate::delivery::wecom::WeComChannel;
 use crate::delivery::{Channel, Outbox};
 use crate::error::ApiError;
+use crate::server::{self, ServeOptions};
 use crate::store::{Store, StoreError, now_ms};
 use crate::wecom::client::WeComClient;
 use crate::wecom::crypto::WeComCrypto;
@@ -66,6 +67,7 @@ pub struct Application {
     port: u16,
     callback_retention: Duration,
     callback_url: String,
+    serve_options: ServeOptions,
 }
 
 impl Application {
@@ -119,6 +121,16 @@ impl Application {
             port,
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
             callback_url: format!("{}/wecom/callback", settings.public_base()),
+            serve_options: ServeOptions {
+                header_read_timeout: settings.server.header_read_timeout,
+                max_connections: server::connection_cap(
+                    settings.server.max_connections,
+                    settings.delivery.concurrency,
+                ),
+                // Long enough for a request that has begun to finish or time out.
+                drain_timeout: settings.server.header_read_timeout.max(REQUEST_TIMEOUT)
+                    + Duration::from_secs(1),
+            },
         })
     }
 
@@ -138,14 +150,12 @@ impl Application {
             callback_url = %self.callback_url,
             "pushbot listening; set the WeCom app's callback URL to callback_url"
         );
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        server::serve(self.listener, self.router, self.serve_options, shutdown).await;
         maintenance.abort();
         self.outbox.shutdown(SHUTDOWN_GRACE).await;
         self.store.close().await;
         tracing::info!("pushbot stopped");
-        served.map_err(StartupError::Serve)
+        Ok(())
     }
 }
 

@@ -37,6 +37,20 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// The URL users reach this service at; used in the curl examples the bot sends.
     pub public_url: Url,
+    /// A client must send a complete request head (request line and headers) within this
+    /// time once the server starts waiting for one: right after connecting, and again after
+    /// each response on a keep-alive connection. So it is also the keep-alive idle timeout.
+    /// Trickled bytes do not extend it.
+    #[serde(
+        default = "default_header_read_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// Open client connections at most. At the cap no new connection is accepted (they wait
+    /// in the kernel's listen backlog) until one closes. Lowered at start-up if the open-file
+    /// limit cannot hold it.
+    #[serde(default = "default_max_connections", deserialize_with = "at_least_one")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +142,12 @@ pub enum LogFormat {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    1024
+}
 fn default_storage_url() -> String {
     "sqlite://pushbot.db".to_owned()
 }
@@ -161,6 +181,22 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "invalid duration {s:?} ({e}); write it like \"90s\", \"15m\" or \"2h\""
         ))
     })
+}
+
+/// A duration that must not be zero.
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let value = duration(d)?;
+    if value.is_zero() {
+        return Err(serde::de::Error::custom("must be greater than 0"));
+    }
+    Ok(value)
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 /// A start-up configuration problem, phrased as one line that names the key.
@@ -377,6 +413,33 @@ mod tests {
         assert!(!dbg.contains("s3cr3t"));
         assert!(!dbg.contains("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"));
         assert!(!dbg.contains("QDG6eK"));
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_parse() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.server.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(s.server.max_connections, 1024);
+
+        let text = MINIMAL.replace(
+            "[wecom]",
+            "header_read_timeout = \"5s\"\nmax_connections = 50\n[wecom]",
+        );
+        let s = Settings::from_toml(&text).unwrap();
+        assert_eq!(s.server.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(s.server.max_connections, 50);
+    }
+
+    #[test]
+    fn zero_server_limits_are_rejected_by_name() {
+        for (line, key) in [
+            ("header_read_timeout = \"0s\"", "header_read_timeout"),
+            ("max_connections = 0", "max_connections"),
+        ] {
+            let text = MINIMAL.replace("[wecom]", &format!("{line}\n[wecom]"));
+            let err = Settings::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     #[test]

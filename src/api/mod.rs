@@ -38,5 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(callback::router())
         .merge(health::router())
         .fallback(health::not_found)
+        // After all routes: applies to every route that has no fallback of its own.
+        .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)
 }

@@ -44,6 +44,10 @@ pub struct TestConfig {
     pub callback_max_age: String,
     /// Point the app somewhere other than the mock (e.g. a closed port).
     pub api_base: Option<String>,
+    /// `server.header_read_timeout`; the server default when `None`.
+    pub header_read_timeout: Option<String>,
+    /// `server.max_connections`; the server default when `None`.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for TestConfig {
@@ -58,6 +62,8 @@ impl Default for TestConfig {
             concurrency: 16,
             callback_max_age: "24h".to_owned(),
             api_base: None,
+            header_read_timeout: None,
+            max_connections: None,
         }
     }
 }
@@ -69,11 +75,18 @@ impl TestConfig {
             Some(c) => format!("corp_id = \"{c}\"\n"),
             None => String::new(),
         };
+        let mut server = String::new();
+        if let Some(t) = &self.header_read_timeout {
+            server.push_str(&format!("header_read_timeout = \"{t}\"\n"));
+        }
+        if let Some(n) = self.max_connections {
+            server.push_str(&format!("max_connections = {n}\n"));
+        }
         format!(
             r#"[server]
 listen = "{listen}"
 public_url = "{PUBLIC_URL}"
-
+{server}
 [storage]
 url = "sqlite://{db}"
 

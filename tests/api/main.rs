@@ -6,6 +6,8 @@ mod mock_wecom;
 mod bot;
 mod callback;
 mod cli;
+mod connections;
 mod delivery;
+mod http_rules;
 mod restart;
 mod send;
