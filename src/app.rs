@@ -18,6 +18,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::api::rate_limit::SendLimiter;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::delivery::wecom::WeComChannel;
@@ -98,6 +99,7 @@ impl Application {
             corp_id: settings.wecom.corp_id.as_str().into(),
             public_base: settings.public_base().into(),
             callback_max_age: settings.wecom.callback_max_age,
+            send_limiter: SendLimiter::new(settings.server.send_rate),
         };
         let router = with_middleware(api::router(state));
 

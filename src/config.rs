@@ -51,6 +51,28 @@ pub struct ServerSettings {
     /// limit cannot hold it.
     #[serde(default = "default_max_connections", deserialize_with = "at_least_one")]
     pub max_connections: usize,
+    /// How many messages one member may send: a burst of `count`, refilled at `count` per
+    /// `per`. Keyed by member, so rotating the token does not reset it.
+    #[serde(default)]
+    pub send_rate: SendRate,
+}
+
+/// `{ count = 300, per = "1m" }`: at most `count` messages in a burst, `count` more per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct SendRate {
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub count: u32,
+    #[serde(deserialize_with = "positive_duration")]
+    pub per: Duration,
+}
+
+impl Default for SendRate {
+    fn default() -> Self {
+        Self {
+            count: 300,
+            per: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +216,13 @@ fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
         0 => Err(serde::de::Error::custom("must be at least 1")),
         n => Ok(n),
     }
@@ -420,14 +449,24 @@ mod tests {
         let s = Settings::from_toml(MINIMAL).unwrap();
         assert_eq!(s.server.header_read_timeout, Duration::from_secs(30));
         assert_eq!(s.server.max_connections, 1024);
+        assert_eq!(s.server.send_rate, SendRate::default());
+        assert_eq!(s.server.send_rate.count, 300);
+        assert_eq!(s.server.send_rate.per, Duration::from_secs(60));
 
         let text = MINIMAL.replace(
             "[wecom]",
-            "header_read_timeout = \"5s\"\nmax_connections = 50\n[wecom]",
+            "header_read_timeout = \"5s\"\nmax_connections = 50\nsend_rate = { count = 3, per = \"1s\" }\n[wecom]",
         );
         let s = Settings::from_toml(&text).unwrap();
         assert_eq!(s.server.header_read_timeout, Duration::from_secs(5));
         assert_eq!(s.server.max_connections, 50);
+        assert_eq!(
+            s.server.send_rate,
+            SendRate {
+                count: 3,
+                per: Duration::from_secs(1)
+            }
+        );
     }
 
     #[test]
@@ -435,6 +474,8 @@ mod tests {
         for (line, key) in [
             ("header_read_timeout = \"0s\"", "header_read_timeout"),
             ("max_connections = 0", "max_connections"),
+            ("send_rate = { count = 0, per = \"1m\" }", "count"),
+            ("send_rate = { count = 1, per = \"0s\" }", "per"),
         ] {
             let text = MINIMAL.replace("[wecom]", &format!("{line}\n[wecom]"));
             let err = Settings::from_toml(&text).unwrap_err().to_string();

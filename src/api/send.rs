@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::rate_limit::authorized_sender;
 use super::{AppState, auth};
 use crate::delivery::NewMessage;
 use crate::error::ApiError;
@@ -139,7 +140,8 @@ async fn accept(
             MAX_CONTENT_BYTES / 1024
         )));
     }
-    let userid = auth::member(state, auth::find_token(headers, &[fields.token.as_deref()])).await?;
+    let token = auth::find_token(headers, &[fields.token.as_deref()]);
+    let userid = authorized_sender(state, token).await?;
     if title.is_none() && content.is_none() {
         return Err(ApiError::BadRequest(
             "nothing to send: give a title or content (or desp)".into(),

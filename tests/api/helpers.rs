@@ -48,6 +48,8 @@ pub struct TestConfig {
     pub header_read_timeout: Option<String>,
     /// `server.max_connections`; the server default when `None`.
     pub max_connections: Option<usize>,
+    /// `server.send_rate` as (count, per); the server default when `None`.
+    pub send_rate: Option<(u32, String)>,
 }
 
 impl Default for TestConfig {
@@ -64,6 +66,7 @@ impl Default for TestConfig {
             api_base: None,
             header_read_timeout: None,
             max_connections: None,
+            send_rate: None,
         }
     }
 }
@@ -81,6 +84,11 @@ impl TestConfig {
         }
         if let Some(n) = self.max_connections {
             server.push_str(&format!("max_connections = {n}\n"));
+        }
+        if let Some((count, per)) = &self.send_rate {
+            server.push_str(&format!(
+                "send_rate = {{ count = {count}, per = \"{per}\" }}\n"
+            ));
         }
         format!(
             r#"[server]

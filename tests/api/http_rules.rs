@@ -1,7 +1,10 @@
-//! HTTP-level rules: JSON for 405/414/431.
+//! HTTP-level rules: JSON for 405/414/431, and the per-member send rate limit.
+
+use std::time::Duration;
 
 use reqwest::Method;
-use reqwest::header::ALLOW;
+use reqwest::header::{ALLOW, RETRY_AFTER};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
@@ -11,6 +14,14 @@ async fn app_and_member() -> (TestApp, String, String) {
     let user = userid("rules");
     let token = app.get_token(&user).await;
     (app, user, token)
+}
+
+/// The member's messages, newest first.
+async fn messages_of(app: &TestApp, token: &str) -> Vec<Value> {
+    let resp = app.messages(&[("token", token)]).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    body["messages"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test]
@@ -106,4 +117,43 @@ async fn far_beyond_the_limits_hyper_answers_431_and_closes() {
         "hyper's own limit answers 431: {response:?}"
     );
     app.healthz().await.unwrap();
+}
+
+#[tokio::test]
+async fn sends_over_the_rate_are_429_per_member_with_retry_after() {
+    let app = spawn_app_with(|c| c.send_rate = Some((3, "3s".into()))).await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    for i in 0..3 {
+        app.send_ok(&token, "burst", &i.to_string()).await;
+    }
+    let resp = app
+        .send_json(Some(&token), &json!({"title": "one too many"}))
+        .await;
+    let retry_after: u64 = resp.headers()[RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After is whole seconds");
+    // One message refills every second.
+    assert_eq!(retry_after, 1);
+    let body = assert_error(resp, 429, "rate_limited").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("3 per 3s"),
+        "{body}"
+    );
+
+    // Rotating the token does not reset the budget: it belongs to the member.
+    let rotated = app.rotate(&alice).await;
+    let resp = app.send_get(&[("token", &rotated), ("title", "t")]).await;
+    assert_error(resp, 429, "rate_limited").await;
+
+    // Another member is unaffected.
+    let bob = app.get_token(&userid("bob")).await;
+    app.send_ok(&bob, "bob", "fine").await;
+
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    app.send_ok(&rotated, "after", "waiting").await;
+    // Exactly the accepted ones were stored: 3 + 1 for alice.
+    assert_eq!(messages_of(&app, &rotated).await.len(), 4);
 }
