@@ -1,9 +1,10 @@
-//! HTTP-level rules: JSON for 405/414/431, and the per-member send rate limit.
+//! HTTP-level rules: JSON for 405/414/431, HEAD /send without side effects, body types and
+//! UTF-8 on /send, and the per-member send rate limit.
 
 use std::time::Duration;
 
-use reqwest::Method;
 use reqwest::header::{ALLOW, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,6 +25,33 @@ async fn messages_of(app: &TestApp, token: &str) -> Vec<Value> {
     body["messages"].as_array().cloned().unwrap_or_default()
 }
 
+/// Proves nothing else was delivered: sends one real message and checks it is the only
+/// thing WeCom ever received.
+async fn assert_only_this_reaches_wecom(app: &TestApp, token: &str) {
+    app.send_ok(token, "real", "message").await;
+    let sent = app.mock.wait_for_sent(1, WAIT).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].content, "real\n\nmessage");
+    assert_eq!(messages_of(app, token).await.len(), 1);
+}
+
+#[tokio::test]
+async fn head_send_is_405_and_creates_nothing() {
+    let (app, _user, token) = app_and_member().await;
+    let resp = app
+        .http
+        .head(app.url("/send"))
+        .query(&[("token", token.as_str()), ("title", "preview")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()[ALLOW], "GET, POST");
+    assert!(resp.bytes().await.unwrap().is_empty(), "HEAD has no body");
+    assert!(messages_of(&app, &token).await.is_empty());
+    assert_only_this_reaches_wecom(&app, &token).await;
+}
+
 #[tokio::test]
 async fn other_methods_are_405_in_json_with_allow() {
     let app = spawn_app().await;
@@ -34,8 +62,7 @@ async fn other_methods_are_405_in_json_with_allow() {
         .send()
         .await
         .unwrap();
-    let allow = resp.headers()[ALLOW].to_str().unwrap().to_owned();
-    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    assert_eq!(resp.headers()[ALLOW], "GET, POST");
     assert_error(resp, 405, "method_not_allowed").await;
 
     let resp = app.http.delete(app.url("/healthz")).send().await.unwrap();
@@ -117,6 +144,93 @@ async fn far_beyond_the_limits_hyper_answers_431_and_closes() {
         "hyper's own limit answers 431: {response:?}"
     );
     app.healthz().await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_text_body_is_415_naming_the_accepted_types() {
+    let (app, _user, token) = app_and_member().await;
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("disk full on /dev/sda1")
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(resp, 415, "unsupported_media_type").await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("application/json"), "{message}");
+    assert!(
+        message.contains("application/x-www-form-urlencoded"),
+        "{message}"
+    );
+
+    // No Content-Type and a body starting with `{`: JSON, as curl users expect.
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .bearer_auth(&token)
+        .body(r#"{"title":"sniffed"}"#)
+        .send()
+        .await
+        .unwrap();
+    accepted_id(resp).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_400_in_query_form_and_json_and_stores_nothing() {
+    let (app, _user, token) = app_and_member().await;
+
+    let resp = app
+        .http
+        .get(format!(
+            "{}?token={token}&title=bad%FFbyte",
+            app.url("/send")
+        ))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(resp, 400, "bad_request").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("UTF-8"),
+        "{body}"
+    );
+
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&content=%C3%28"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(resp, 400, "bad_request").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("UTF-8"),
+        "{body}"
+    );
+
+    let mut json_bytes = br#"{"title":"bad "#.to_vec();
+    json_bytes.push(0xff);
+    json_bytes.extend_from_slice(br#""}"#);
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(json_bytes)
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(resp, 400, "bad_request").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("UTF-8"),
+        "{body}"
+    );
+
+    assert!(messages_of(&app, &token).await.is_empty());
+    assert_only_this_reaches_wecom(&app, &token).await;
 }
 
 #[tokio::test]
