@@ -8,8 +8,8 @@
 //! Only HTTP/1.1 (and 1.0) is served. hyper has no idle timeout for HTTP/2 (its keep-alive
 //! pings only detect dead peers; an idle client that answers pings stays forever), this
 //! service runs behind reverse proxies that speak HTTP/1.1 to it, and curl speaks HTTP/1.1
-//! over plain HTTP. An HTTP/2 prior-knowledge client is answered by hyper's HTTP/1 parser
-//! (an error, then the connection closes).
+//! over plain HTTP. hyper recognises an HTTP/2 prior-knowledge preface and closes such a
+//! connection without an answer.
 
 use std::future::Future;
 use std::sync::Arc;
