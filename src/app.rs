@@ -17,11 +17,13 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::api::rate_limit::SendLimiter;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::delivery::wecom::WeComChannel;
 use crate::delivery::{Channel, Outbox};
 use crate::error::ApiError;
+use crate::server::{self, ServeOptions};
 use crate::store::{Store, StoreError, now_ms};
 use crate::wecom::client::WeComClient;
 use crate::wecom::crypto::WeComCrypto;
@@ -67,6 +69,7 @@ pub struct Application {
     port: u16,
     callback_retention: Duration,
     callback_url: String,
+    serve_options: ServeOptions,
 }
 
 impl Application {
@@ -97,6 +100,7 @@ impl Application {
             corp_id: settings.wecom.corp_id.as_str().into(),
             public_base: settings.public_base().into(),
             callback_max_age: settings.wecom.callback_max_age,
+            send_limiter: SendLimiter::new(settings.server.send_rate),
         };
         let router = with_middleware(api::router(state));
 
@@ -114,6 +118,16 @@ impl Application {
             port,
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
             callback_url: format!("{}/wecom/callback", settings.public_base()),
+            serve_options: ServeOptions {
+                header_read_timeout: settings.server.header_read_timeout,
+                max_connections: server::connection_cap(
+                    settings.server.max_connections,
+                    settings.delivery.concurrency,
+                ),
+                // Long enough for a request that has begun to finish or time out.
+                drain_timeout: settings.server.header_read_timeout.max(REQUEST_TIMEOUT)
+                    + Duration::from_secs(1),
+            },
         })
     }
 
@@ -133,14 +147,12 @@ impl Application {
             callback_url = %self.callback_url,
             "pushbot listening; set the WeCom app's callback URL to callback_url"
         );
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        server::serve(self.listener, self.router, self.serve_options, shutdown).await;
         maintenance.abort();
         self.outbox.shutdown(SHUTDOWN_GRACE).await;
         self.store.close().await;
         tracing::info!("pushbot stopped");
-        served.map_err(StartupError::Serve)
+        Ok(())
     }
 }
 

@@ -43,6 +43,43 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// The URL users reach this service at; used in the curl examples the bot sends.
     pub public_url: HttpUrl,
+    /// A client must send a complete request head (request line and headers) within this
+    /// time once the server starts waiting for one: right after connecting, and again after
+    /// each response on a keep-alive connection. So it is also the keep-alive idle timeout.
+    /// Trickled bytes do not extend it.
+    #[serde(
+        default = "default_header_read_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// Open client connections at most. At the cap no new connection is accepted (they wait
+    /// in the kernel's listen backlog) until one closes. Lowered at start-up if the open-file
+    /// limit cannot hold it.
+    #[serde(default = "default_max_connections", deserialize_with = "at_least_one")]
+    pub max_connections: usize,
+    /// How many messages one member may send: a burst of `count`, refilled at `count` per
+    /// `per`. Keyed by member, so rotating the token does not reset it.
+    #[serde(default)]
+    pub send_rate: SendRate,
+}
+
+/// `{ count = 300, per = "1m" }`: at most `count` messages in a burst, `count` more per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRate {
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub count: u32,
+    #[serde(deserialize_with = "positive_duration")]
+    pub per: Duration,
+}
+
+impl Default for SendRate {
+    fn default() -> Self {
+        Self {
+            count: 300,
+            per: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +257,12 @@ pub enum LogFormat {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    1024
+}
 fn default_storage_url() -> StorageUrl {
     StorageUrl {
         url: "sqlite://pushbot.db".to_owned(),
@@ -256,6 +299,29 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "invalid duration {s:?} ({e}); write it like \"90s\", \"15m\" or \"2h\""
         ))
     })
+}
+
+/// A duration that must not be zero.
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let value = duration(d)?;
+    if value.is_zero() {
+        return Err(serde::de::Error::custom("must be greater than 0"));
+    }
+    Ok(value)
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 /// A start-up configuration problem, phrased as one line that names the key.
@@ -601,6 +667,45 @@ mod tests {
                 .unwrap()
                 .uses_sample_credentials()
         );
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_parse() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.server.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(s.server.max_connections, 1024);
+        assert_eq!(s.server.send_rate, SendRate::default());
+        assert_eq!(s.server.send_rate.count, 300);
+        assert_eq!(s.server.send_rate.per, Duration::from_secs(60));
+
+        let text = MINIMAL.replace(
+            "[wecom]",
+            "header_read_timeout = \"5s\"\nmax_connections = 50\nsend_rate = { count = 3, per = \"1s\" }\n[wecom]",
+        );
+        let s = Settings::from_toml(&text).unwrap();
+        assert_eq!(s.server.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(s.server.max_connections, 50);
+        assert_eq!(
+            s.server.send_rate,
+            SendRate {
+                count: 3,
+                per: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn zero_server_limits_are_rejected_by_name() {
+        for (line, key) in [
+            ("header_read_timeout = \"0s\"", "header_read_timeout"),
+            ("max_connections = 0", "max_connections"),
+            ("send_rate = { count = 0, per = \"1m\" }", "count"),
+            ("send_rate = { count = 1, per = \"0s\" }", "per"),
+        ] {
+            let text = MINIMAL.replace("[wecom]", &format!("{line}\n[wecom]"));
+            let err = Settings::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod bot;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod token;

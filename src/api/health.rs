@@ -1,8 +1,8 @@
 //! Liveness/readiness and the JSON 404.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::http::header::RETRY_AFTER;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -42,4 +42,11 @@ async fn index() -> Json<serde_json::Value> {
 
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+/// A known path with a method it does not serve; axum adds the `Allow` header.
+pub async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed here; see the Allow header"
+    ))
 }

@@ -4,6 +4,7 @@ mod auth;
 mod callback;
 mod health;
 mod messages;
+pub mod rate_limit;
 mod send;
 
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub public_base: Arc<str>,
     /// Oldest (or furthest in the future) callback timestamp accepted; zero = any.
     pub callback_max_age: std::time::Duration,
+    /// `server.send_rate`, per member; see [`rate_limit::authorized_sender`].
+    pub send_limiter: Arc<rate_limit::SendLimiter>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -38,5 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(callback::router())
         .merge(health::router())
         .fallback(health::not_found)
+        // After all routes: applies to every route that has no fallback of its own.
+        .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)
 }

@@ -3,16 +3,22 @@
 //! Accepted forms (fields may also come from the query string, body fields win):
 //! `GET /send?token=&title=&content=`, a JSON object, or a form-encoded body. `desp` is an
 //! alias of `content` (the ServerChan habit). The token may also come as a Bearer header.
+//!
+//! Text must be UTF-8 in every form: percent-decoded query and form fields are checked
+//! before decoding (serde_urlencoded would silently turn bad bytes into U+FFFD), JSON
+//! bodies before parsing. `HEAD /send` is refused (405) without touching anything.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::rate_limit::authorized_sender;
 use super::{AppState, auth};
 use crate::delivery::NewMessage;
 use crate::error::ApiError;
@@ -23,8 +29,32 @@ pub const MAX_TITLE_BYTES: usize = 1024;
 /// Longest content accepted (bytes). WeCom text shows 2048 bytes; the rest is kept.
 pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
 
+/// Content types a body may have (none at all is sniffed: `{` means JSON, else form).
+const ACCEPTED_TYPES: &str = "application/json or application/x-www-form-urlencoded";
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/send", get(send_get).post(send_post))
+    Router::new()
+        .route(
+            "/send",
+            get(send_get).post(send_post).head(only_get_and_post),
+        )
+        .method_not_allowed_fallback(only_get_and_post)
+}
+
+/// HEAD (link checkers, chat-app previews) and every other method but GET and POST.
+///
+/// HEAD must be safe, and the only faithful answer to `HEAD /send` would be to send the
+/// message as GET does; so it is refused like any other method, before the token is even
+/// looked at (no side effect, and no way to probe tokens without the send rate limit).
+async fn only_get_and_post(method: axum::http::Method) -> Response {
+    let mut response = ApiError::MethodNotAllowed(format!(
+        "{method} /send does nothing: send a message with GET or POST"
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, POST"));
+    response
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,9 +107,48 @@ async fn send_post(
 fn parse_query(query: Option<&str>) -> Result<SendFields, ApiError> {
     match query {
         None | Some("") => Ok(SendFields::default()),
-        Some(q) => serde_urlencoded::from_str(q)
-            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}"))),
+        Some(q) => {
+            require_utf8_form(q.as_bytes(), "query string")?;
+            serde_urlencoded::from_str(q)
+                .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))
+        }
     }
+}
+
+/// Every name and value of `application/x-www-form-urlencoded` input must be UTF-8 once
+/// percent-decoded. The value itself is never echoed (it may be a token).
+fn require_utf8_form(input: &[u8], what: &str) -> Result<(), ApiError> {
+    for pair in input.split(|&b| b == b'&') {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        let name = percent_encoding::percent_decode(name).collect::<Vec<u8>>();
+        let Ok(name) = String::from_utf8(name) else {
+            return Err(ApiError::BadRequest(format!(
+                "a field name in the {what} is not valid UTF-8 after percent-decoding; \
+                 encode text as UTF-8"
+            )));
+        };
+        let value: Vec<u8> = percent_encoding::percent_decode(value).collect();
+        if std::str::from_utf8(&value).is_err() {
+            let name: String = name.chars().take(64).collect();
+            return Err(ApiError::BadRequest(format!(
+                "field {name:?} in the {what} is not valid UTF-8 after percent-decoding; \
+                 encode text as UTF-8"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn require_utf8_json(body: &[u8]) -> Result<(), ApiError> {
+    std::str::from_utf8(body).map(|_| ()).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the JSON body is not valid UTF-8 (at byte {}); encode text as UTF-8",
+            e.valid_up_to()
+        ))
+    })
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<SendFields, ApiError> {
@@ -92,22 +161,27 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<SendFields, ApiError> 
         .unwrap_or("")
         .to_ascii_lowercase();
     let essence = content_type.split(';').next().unwrap_or("").trim();
+    let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let is_json = match essence {
         "application/json" => true,
         "application/x-www-form-urlencoded" => false,
-        // curl -d without -H sends form-encoding; some clients send no type at all.
-        "" | "text/plain" => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+        // Some clients send no type at all (curl -d without -H sends form-encoding).
+        "" => looks_like_json,
+        // Browsers' no-preflight requests send JSON as text/plain; other text is not ours.
+        "text/plain" if looks_like_json => true,
         e if e.ends_with("+json") => true,
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "unsupported Content-Type {other:?}: send application/json or application/x-www-form-urlencoded"
+                "unsupported Content-Type {other:?}: send {ACCEPTED_TYPES}"
             )));
         }
     };
     if is_json {
+        require_utf8_json(body)?;
         serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     } else {
+        require_utf8_form(body, "form body")?;
         serde_urlencoded::from_bytes(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid form body: {e}")))
     }
@@ -139,7 +213,8 @@ async fn accept(
             MAX_CONTENT_BYTES / 1024
         )));
     }
-    let userid = auth::member(state, auth::find_token(headers, &[fields.token.as_deref()])).await?;
+    let token = auth::find_token(headers, &[fields.token.as_deref()]);
+    let userid = authorized_sender(state, token).await?;
     if title.is_none() && content.is_none() {
         return Err(ApiError::BadRequest(
             "nothing to send: give a title or content (or desp)".into(),
@@ -195,6 +270,61 @@ mod tests {
         assert!(matches!(e, ApiError::BadRequest(_)));
         let e = parse_body(&headers("image/png"), b"\x89PNG").unwrap_err();
         assert!(matches!(e, ApiError::UnsupportedMediaType(_)));
+    }
+
+    #[test]
+    fn plain_text_is_415_naming_the_accepted_types() {
+        let e = parse_body(&headers("text/plain"), b"disk full").unwrap_err();
+        assert!(matches!(e, ApiError::UnsupportedMediaType(_)), "{e:?}");
+        let message = e.to_string();
+        assert!(message.contains("application/json"), "{message}");
+        assert!(
+            message.contains("application/x-www-form-urlencoded"),
+            "{message}"
+        );
+        // JSON sent as text/plain (a browser's no-preflight request) is still JSON.
+        let json = parse_body(&headers("text/plain"), br#"{"title":"t"}"#).unwrap();
+        assert_eq!(json.title.as_deref(), Some("t"));
+        // No Content-Type: `{` means JSON, anything else is a form.
+        let form = parse_body(&HeaderMap::new(), b"title=t").unwrap();
+        assert_eq!(form.title.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_400_in_every_form() {
+        // %FF is not UTF-8 once decoded; serde_urlencoded alone would make it U+FFFD.
+        let e = parse_query(Some("token=x&title=%FF")).unwrap_err();
+        assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+        assert!(e.to_string().contains("\"title\""), "{e}");
+        assert!(e.to_string().contains("UTF-8"), "{e}");
+
+        let e = parse_body(
+            &headers("application/x-www-form-urlencoded"),
+            b"content=%C3%28",
+        )
+        .unwrap_err();
+        assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+        assert!(e.to_string().contains("\"content\""), "{e}");
+
+        // Raw (not percent-encoded) bad bytes and bad names count too.
+        let e = parse_body(&HeaderMap::new(), b"title=\xff").unwrap_err();
+        assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+        let e = parse_query(Some("%FF=1")).unwrap_err();
+        assert!(e.to_string().contains("field name"), "{e}");
+
+        let e = parse_body(&headers("application/json"), b"{\"title\":\"\xff\"}").unwrap_err();
+        assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+        assert!(e.to_string().contains("UTF-8"), "{e}");
+
+        // Valid multi-byte text passes.
+        let ok = parse_query(Some("title=%E4%BD%A0%E5%A5%BD+ok")).unwrap();
+        assert_eq!(ok.title.as_deref(), Some("你好 ok"));
+    }
+
+    #[test]
+    fn the_token_is_not_echoed_in_utf8_errors() {
+        let e = parse_query(Some("token=secret%FFtoken")).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

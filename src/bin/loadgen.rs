@@ -9,6 +9,10 @@
 //! The member's token is obtained the way a person would: a signed, encrypted "token"
 //! callback, as WeCom would send it. Every message carries a sequence number; the stand-in
 //! marks each number it receives, so "lost" is exact, and the database is checked too.
+//!
+//! All messages go out under one member's token, far beyond the default per-member limit
+//! (`server.send_rate`, 300 per minute), so the generated config raises that limit to
+//! effectively unlimited: the benchmark measures the send path, not the rate limiter's 429s.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -95,6 +99,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [server]
         listen = "127.0.0.1:0"
         public_url = "http://127.0.0.1"
+        # one token sends everything: lift the per-member limit (see the module docs)
+        send_rate = {{ count = 4000000000, per = "1s" }}
         [storage]
         url = "sqlite://{db}"
         [wecom]

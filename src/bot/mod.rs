@@ -51,13 +51,17 @@ fn parse_keyword(text: &str) -> Option<Command> {
     }
 }
 
+/// Examples, safest first: the token in a header stays out of proxy and access logs; the
+/// GET form (token in the URL) comes last, for tools that can only open a URL.
 fn usage(token: &str, public_base: &str) -> String {
     format!(
         "推送示例 Example:\n\
-         curl \"{public_base}/send?token={token}&title=Hello&content=World\"\n\n\
+         curl -H \"Authorization: Bearer {token}\" -d title=Hello -d content=World {public_base}/send\n\n\
          JSON:\n\
          curl -H \"Authorization: Bearer {token}\" -H \"Content-Type: application/json\" \
          -d '{{\"title\":\"Hello\",\"content\":\"World\"}}' {public_base}/send\n\n\
+         只能用 URL 时 URL only (令牌会留在代理日志里 the token ends up in proxy logs):\n\
+         curl \"{public_base}/send?token={token}&title=Hello&content=World\"\n\n\
          令牌泄露请发送 rotate（重置）换一个。Send rotate if the token leaks."
     )
 }
@@ -164,6 +168,12 @@ mod tests {
         let reply = token_reply("TOK", "https://push.example.com");
         assert_eq!(reply.lines().nth(1), Some("TOK"));
         assert!(reply.contains("curl \"https://push.example.com/send?token=TOK&title="));
+        // The header form leads; the URL form (token in proxy logs) comes last.
+        let header = reply.find("Authorization: Bearer TOK").unwrap();
+        let url = reply.find("send?token=TOK").unwrap();
+        assert!(header < url, "{reply}");
+        let first_curl = reply.lines().find(|l| l.starts_with("curl")).unwrap();
+        assert!(first_curl.contains("Authorization: Bearer"), "{reply}");
         let rotated = rotated_reply("NEW", "https://push.example.com");
         assert_eq!(rotated.lines().nth(1), Some("NEW"));
     }

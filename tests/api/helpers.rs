@@ -44,6 +44,12 @@ pub struct TestConfig {
     pub callback_max_age: String,
     /// Point the app somewhere other than the mock (e.g. a closed port).
     pub api_base: Option<String>,
+    /// `server.header_read_timeout`; the server default when `None`.
+    pub header_read_timeout: Option<String>,
+    /// `server.max_connections`; the server default when `None`.
+    pub max_connections: Option<usize>,
+    /// `server.send_rate` as (count, per); the server default when `None`.
+    pub send_rate: Option<(u32, String)>,
 }
 
 impl Default for TestConfig {
@@ -58,6 +64,9 @@ impl Default for TestConfig {
             concurrency: 16,
             callback_max_age: "24h".to_owned(),
             api_base: None,
+            header_read_timeout: None,
+            max_connections: None,
+            send_rate: None,
         }
     }
 }
@@ -69,11 +78,23 @@ impl TestConfig {
             Some(c) => format!("corp_id = \"{c}\"\n"),
             None => String::new(),
         };
+        let mut server = String::new();
+        if let Some(t) = &self.header_read_timeout {
+            server.push_str(&format!("header_read_timeout = \"{t}\"\n"));
+        }
+        if let Some(n) = self.max_connections {
+            server.push_str(&format!("max_connections = {n}\n"));
+        }
+        if let Some((count, per)) = &self.send_rate {
+            server.push_str(&format!(
+                "send_rate = {{ count = {count}, per = \"{per}\" }}\n"
+            ));
+        }
         format!(
             r#"[server]
 listen = "{listen}"
 public_url = "{PUBLIC_URL}"
-
+{server}
 [storage]
 url = "sqlite://{db}"
 

@@ -1,0 +1,150 @@
+//! Per-member rate limit on creating messages (`server.send_rate`).
+//!
+//! Every route that creates messages gets its member through [`authorized_sender`], which
+//! authenticates the token and then takes one unit from the member's budget, so a new
+//! send-like route cannot forget the limit. The budget is keyed by the member's userid, not
+//! the token: rotating the token does not reset it.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use super::{AppState, auth};
+use crate::config::SendRate;
+use crate::error::ApiError;
+
+/// How often members whose budget is full again are forgotten, so memory follows the
+/// number of recently active members, not all members ever seen.
+const EVICT_EVERY: Duration = Duration::from_secs(60);
+
+/// A GCRA limiter per member: a burst of `count`, refilled evenly at `count` per `per`.
+pub struct SendLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+    rate: SendRate,
+}
+
+impl SendLimiter {
+    /// Builds the limiter and, inside a Tokio runtime, a task that evicts idle members
+    /// periodically; the task ends once the limiter is dropped.
+    pub fn new(rate: SendRate) -> Arc<Self> {
+        let count = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
+        let interval = (rate.per / count.get()).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(count))
+            .allow_burst(count);
+        let limiter = Arc::new(Self {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            rate,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(evict_idle(Arc::downgrade(&limiter)));
+        }
+        limiter
+    }
+
+    /// Takes one message from `userid`'s budget, or says when the next one fits.
+    pub fn check(&self, userid: &str) -> Result<(), ApiError> {
+        let key = userid.to_owned();
+        self.limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            ApiError::TooManyRequests {
+                message: format!(
+                    "too many messages: at most {} per {} for each member; retry in {} s",
+                    self.rate.count,
+                    humantime::format_duration(self.rate.per),
+                    secs.max(1)
+                ),
+                retry_after: wait,
+            }
+        })
+    }
+
+    /// Members currently tracked (tests and diagnostics).
+    pub fn tracked(&self) -> usize {
+        self.limiter.len()
+    }
+
+    fn evict(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+async fn evict_idle(limiter: Weak<SendLimiter>) {
+    let mut tick = tokio::time::interval(EVICT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(limiter) = limiter.upgrade() else {
+            return;
+        };
+        limiter.evict();
+    }
+}
+
+/// The member owning `token`, once authenticated and within their send budget: the one
+/// gate for every route that creates messages.
+pub async fn authorized_sender(
+    state: &AppState,
+    token: Option<String>,
+) -> Result<String, ApiError> {
+    let userid = auth::member(state, token).await?;
+    state.send_limiter.check(&userid)?;
+    Ok(userid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    fn limiter(count: u32, per: Duration) -> Arc<SendLimiter> {
+        SendLimiter::new(SendRate { count, per })
+    }
+
+    #[test]
+    fn burst_then_refused_with_a_wait() {
+        let l = limiter(3, Duration::from_secs(60));
+        for _ in 0..3 {
+            l.check("alice").unwrap();
+        }
+        let err = l.check("alice").unwrap_err();
+        assert_eq!(err.status(), StatusCode::TOO_MANY_REQUESTS);
+        let ApiError::TooManyRequests { retry_after, .. } = err else {
+            panic!("expected 429");
+        };
+        // One message refills every 20 s.
+        assert!(retry_after > Duration::from_secs(15), "{retry_after:?}");
+        assert!(retry_after <= Duration::from_secs(20), "{retry_after:?}");
+        // Another member has their own budget.
+        l.check("bob").unwrap();
+    }
+
+    #[test]
+    fn budget_refills() {
+        let l = limiter(2, Duration::from_millis(100));
+        l.check("a").unwrap();
+        l.check("a").unwrap();
+        assert!(l.check("a").is_err());
+        std::thread::sleep(Duration::from_millis(120));
+        l.check("a").unwrap();
+    }
+
+    #[test]
+    fn idle_members_are_forgotten() {
+        let l = limiter(1, Duration::from_millis(20));
+        l.check("a").unwrap();
+        l.check("b").unwrap();
+        assert_eq!(l.tracked(), 2);
+        std::thread::sleep(Duration::from_millis(40));
+        l.evict();
+        assert_eq!(l.tracked(), 0);
+    }
+}
