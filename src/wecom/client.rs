@@ -322,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_timeouts_and_garbled_answers_are_transient() {
+        // 45011: API call frequency limit.
+        assert!(WeComError::api(45011, "api freq out of limit", None).is_transient());
+        assert!(WeComError::Http(408).is_transient());
+        assert!(WeComError::Decode("expected value at line 1 column 1".into()).is_transient());
+        // The boundaries of "5xx": 499 is a client error, 500 and 599 are not.
+        assert!(!WeComError::Http(499).is_transient());
+        assert!(WeComError::Http(500).is_transient());
+        assert!(!WeComError::Http(400).is_transient());
+    }
+
+    #[test]
     fn untrusted_ip_names_the_ip_and_the_fix() {
         let text = explain(
             60020,

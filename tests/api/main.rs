@@ -5,6 +5,7 @@ mod mock_wecom;
 
 mod bot;
 mod callback;
+mod callback_dedup;
 mod cli;
 mod delivery;
 mod restart;

@@ -32,6 +32,8 @@ pub struct SendReply {
     pub errmsg: String,
     /// Reported with `errcode` 0 for members that could not be reached.
     pub invaliduser: Option<String>,
+    /// Reported with `errcode` 0 for members without a licence (interoperability accounts).
+    pub unlicenseduser: Option<String>,
     /// Wait this long before answering (to trip the gateway's request timeout).
     pub delay: Option<Duration>,
 }
@@ -43,6 +45,7 @@ impl SendReply {
             errcode: 0,
             errmsg: "ok".to_owned(),
             invaliduser: None,
+            unlicenseduser: None,
             delay: None,
         }
     }
@@ -71,6 +74,14 @@ impl SendReply {
         }
     }
 
+    /// `errcode` 0, but these members (a `|`-separated list) had no licence.
+    pub fn unlicensed_user(users: &str) -> Self {
+        Self {
+            unlicenseduser: Some(users.to_owned()),
+            ..Self::ok()
+        }
+    }
+
     pub fn delayed(self, delay: Duration) -> Self {
         Self {
             delay: Some(delay),
@@ -79,7 +90,10 @@ impl SendReply {
     }
 
     fn is_success(&self) -> bool {
-        self.status == 200 && self.errcode == 0 && self.invaliduser.is_none()
+        self.status == 200
+            && self.errcode == 0
+            && self.invaliduser.is_none()
+            && self.unlicenseduser.is_none()
     }
 }
 
@@ -427,6 +441,9 @@ fn reply_response(reply: &SendReply) -> Response {
     let mut body = json!({"errcode": reply.errcode, "errmsg": reply.errmsg});
     if let Some(u) = &reply.invaliduser {
         body["invaliduser"] = json!(u);
+    }
+    if let Some(u) = &reply.unlicenseduser {
+        body["unlicenseduser"] = json!(u);
     }
     Json(body).into_response()
 }
