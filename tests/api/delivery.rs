@@ -355,6 +355,70 @@ async fn the_access_token_is_replaced_well_before_expires_in() {
     assert_ne!(calls[0].access_token, calls[1].access_token);
 }
 
+// ---- gettoken outages ----
+
+/// N messages want a token while `gettoken` is down: WeCom sees one call per failure
+/// window, not one per message (or per message and retry); once `gettoken` works again
+/// every message is delivered.
+async fn assert_gettoken_outage_is_contained(
+    failure: Option<GetTokenFailure>,
+    delay: Option<Duration>,
+) {
+    const N: usize = 8;
+    let (app, _user, token) = app_and_member(|c| {
+        c.request_timeout = "300ms".to_owned();
+        c.retry_window = "20s".to_owned();
+        c.concurrency = N;
+    })
+    .await;
+    app.mock.fail_gettoken(failure);
+    app.mock.set_gettoken_delay(delay);
+    let sends = (0..N).map(|i| {
+        let token = token.clone();
+        let app = &app;
+        async move { app.send_ok(&token, "outage", &i.to_string()).await }
+    });
+    let ids = futures_util::future::join_all(sends).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        app.mock.gettoken_calls(),
+        1,
+        "one gettoken call per failure window, whatever the number of messages"
+    );
+    assert!(app.mock.calls().is_empty(), "no send without a token");
+
+    app.mock.fail_gettoken(None);
+    app.mock.set_gettoken_delay(None);
+    for id in &ids {
+        app.wait_for_status(id, &token, "delivered", WAIT).await;
+    }
+    assert_eq!(app.mock.sent().len(), N);
+    assert!(
+        app.mock.gettoken_calls() <= 3,
+        "{} gettoken calls",
+        app.mock.gettoken_calls()
+    );
+}
+
+#[tokio::test]
+async fn a_gettoken_http_500_outage_costs_one_call_per_window() {
+    assert_gettoken_outage_is_contained(Some(GetTokenFailure::Http(500)), None).await;
+}
+
+#[tokio::test]
+async fn a_gettoken_system_busy_outage_costs_one_call_per_window() {
+    assert_gettoken_outage_is_contained(
+        Some(GetTokenFailure::Errcode(-1, "system busy".into())),
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_gettoken_slower_than_the_request_timeout_is_waited_for_once() {
+    assert_gettoken_outage_is_contained(None, Some(Duration::from_secs(5))).await;
+}
+
 // ---- retry pacing ----
 
 #[tokio::test]

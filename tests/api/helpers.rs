@@ -17,7 +17,9 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use crate::mock_wecom::{AGENT_ID, CORP_ID, MockWeCom, SECRET, SendReply, Sent};
+pub use crate::mock_wecom::{
+    AGENT_ID, CORP_ID, GetTokenFailure, MockWeCom, SECRET, SendReply, Sent,
+};
 
 pub const CALLBACK_TOKEN: &str = "QDG6eK";
 pub const ENCODING_AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
