@@ -104,13 +104,10 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let port = listener.local_addr()?.port();
-        outbox
-            .recover()
-            .await
-            .map_err(|source| StartupError::Store {
-                url: settings.storage.url.clone(),
-                source,
-            })?;
+        outbox.start().await.map_err(|source| StartupError::Store {
+            url: settings.storage.url.clone(),
+            source,
+        })?;
         Ok(Self {
             listener,
             router,

@@ -85,6 +85,10 @@ pub struct DeliverySettings {
     /// Delivery attempts in flight at once (across all members).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// How often due `queued` messages that no delivery task is working on are
+    /// rescheduled: a safety net (normally there are none).
+    #[serde(default = "default_sweep_interval", deserialize_with = "duration")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -94,6 +98,7 @@ impl Default for DeliverySettings {
             backoff_initial: default_backoff_initial(),
             backoff_max: default_backoff_max(),
             concurrency: default_concurrency(),
+            sweep_interval: default_sweep_interval(),
         }
     }
 }
@@ -148,6 +153,9 @@ fn default_backoff_max() -> Duration {
 }
 fn default_concurrency() -> usize {
     64
+}
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_log_level() -> String {
     "info".to_owned()

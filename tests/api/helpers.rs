@@ -43,6 +43,9 @@ pub struct TestConfig {
     pub backoff_initial: String,
     pub backoff_max: String,
     pub concurrency: usize,
+    /// How often the outbox looks for queued messages no task is working on. Long by
+    /// default, so that a test of any other guarantee cannot pass thanks to the sweep.
+    pub sweep_interval: String,
     pub callback_max_age: String,
     /// Point the app somewhere other than the mock (e.g. a closed port).
     pub api_base: Option<String>,
@@ -58,6 +61,7 @@ impl Default for TestConfig {
             backoff_initial: "10ms".to_owned(),
             backoff_max: "100ms".to_owned(),
             concurrency: 16,
+            sweep_interval: "60s".to_owned(),
             callback_max_age: "24h".to_owned(),
             api_base: None,
         }
@@ -93,6 +97,7 @@ retry_window = "{retry_window}"
 backoff_initial = "{backoff_initial}"
 backoff_max = "{backoff_max}"
 concurrency = {concurrency}
+sweep_interval = "{sweep_interval}"
 
 [log]
 level = "warn"
@@ -104,6 +109,7 @@ level = "warn"
             backoff_initial = self.backoff_initial,
             backoff_max = self.backoff_max,
             concurrency = self.concurrency,
+            sweep_interval = self.sweep_interval,
             callback_max_age = self.callback_max_age,
         )
     }

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (fast to build) with one module per area.
 
+mod db;
 mod helpers;
 mod mock_wecom;
 
@@ -8,5 +9,6 @@ mod callback;
 mod callback_dedup;
 mod cli;
 mod delivery;
+mod outbox;
 mod restart;
 mod send;

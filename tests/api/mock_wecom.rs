@@ -266,6 +266,11 @@ impl MockWeCom {
         }
     }
 
+    /// `message/send` requests that arrived so far, including ones still being answered.
+    pub fn send_started(&self) -> usize {
+        self.shared.lock().send_started
+    }
+
     pub fn send_calls(&self) -> usize {
         self.shared.lock().calls.len()
     }
