@@ -89,6 +89,10 @@ pub struct DeliverySettings {
     /// rescheduled: a safety net (normally there are none).
     #[serde(default = "default_sweep_interval", deserialize_with = "duration")]
     pub sweep_interval: Duration,
+    /// At shutdown, how long attempts in flight may still run; then they are cut off and
+    /// their messages handed back to the queue.
+    #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -99,6 +103,7 @@ impl Default for DeliverySettings {
             backoff_max: default_backoff_max(),
             concurrency: default_concurrency(),
             sweep_interval: default_sweep_interval(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -156,6 +161,9 @@ fn default_concurrency() -> usize {
 }
 fn default_sweep_interval() -> Duration {
     Duration::from_secs(30)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_log_level() -> String {
     "info".to_owned()

@@ -13,6 +13,11 @@
 //! outcome is committed (or at shutdown), and the sweep re-reads a row after claiming it,
 //! so it never picks up a message that was just delivered.
 //!
+//! Shutdown ([`Outbox::stop_attempts`], then [`Outbox::shutdown`]): no attempt starts once
+//! shutdown has begun; attempts in flight get `delivery.shutdown_grace` to finish and be
+//! recorded; then they are cut off and their messages handed back to the queue (a retry
+//! saying so), before the store closes.
+//!
 //! Delivery is at least once: a message whose success was not recorded is sent again
 //! (the README lists every such path); it is never sent zero times.
 //!
@@ -34,8 +39,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::DeliverySettings;
 use crate::store::{AttemptUpdate, Message, MessageStatus, Store, StoreError, now_ms};
 
+/// `last_error` of an attempt cut off at the end of the shutdown grace.
+pub const INTERRUPTED: &str = "interrupted by shutdown; will be retried";
 /// Longest wait between two tries to record an outcome (the database is failing).
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
+/// After the grace, how long shutdown waits for cut-off attempts to be handed back.
+const HANDBACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lower bound of `delivery.sweep_interval` (zero would make the sweep spin).
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -70,6 +79,8 @@ struct Inner {
     permits: Semaphore,
     /// Shutdown has begun: start no new attempt.
     stop: CancellationToken,
+    /// The shutdown grace is over: cut attempts in flight off and hand them back.
+    abort: CancellationToken,
     tasks: TaskTracker,
     /// Ids of the messages a live task is responsible for (see [`Claim`]).
     owned: Mutex<HashSet<String>>,
@@ -105,6 +116,7 @@ impl Outbox {
                 settings,
                 permits,
                 stop: CancellationToken::new(),
+                abort: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 owned: Mutex::default(),
             }),
@@ -176,16 +188,40 @@ impl Outbox {
         Ok(count)
     }
 
-    /// Stops scheduling; attempts in flight get up to `grace` to finish and be recorded.
-    /// Whatever is left stays `queued` in the database for the next start.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Shutdown has begun: from now on no delivery attempt starts. Messages accepted from
+    /// now on stay queued for the next start. Idempotent.
+    pub fn stop_attempts(&self) {
         self.inner.stop.cancel();
+    }
+
+    /// Stops attempts (if not done yet) and waits up to `delivery.shutdown_grace` for
+    /// those in flight to finish and be recorded. Any still running then are cut off and
+    /// handed back to the queue (recorded as a retry saying so) before this returns, so
+    /// that the store can be closed right after.
+    pub async fn shutdown(&self) {
+        self.stop_attempts();
         self.inner.tasks.close();
+        let grace = self.inner.settings.shutdown_grace;
         if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tracing::warn!(
+            tasks = self.inner.tasks.len(),
+            "delivery attempts still running at the end of the shutdown grace; \
+             cutting them off, they will be retried after restart"
+        );
+        self.inner.abort.cancel();
+        if tokio::time::timeout(HANDBACK_TIMEOUT, self.inner.tasks.wait())
             .await
             .is_err()
         {
-            tracing::warn!("delivery attempts still running at shutdown; they will be retried");
+            tracing::warn!(
+                "some delivery outcomes were not recorded before shutdown; those messages \
+                 stay queued and are attempted again after restart"
+            );
         }
     }
 }
@@ -259,19 +295,26 @@ impl Inner {
         Ok(scheduled)
     }
 
-    /// Waits until the message is due and a permit is free; `None` once the outbox stops.
+    /// Waits until the message is due and a permit is free; `None` once shutdown began.
+    /// Shutdown wins every tie (`biased`), and is checked again once the permit is ours.
     async fn wait_turn(&self, due_at: i64) -> Option<SemaphorePermit<'_>> {
         let wait = millis_until(due_at);
         if !wait.is_zero() {
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+                biased;
                 () = self.stop.cancelled() => return None,
+                () = tokio::time::sleep(wait) => {}
             }
         }
-        tokio::select! {
-            permit = self.permits.acquire() => permit.ok(),
-            () = self.stop.cancelled() => None,
+        let permit = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => return None,
+            permit = self.permits.acquire() => permit.ok()?,
+        };
+        if self.stop.is_cancelled() {
+            return None;
         }
+        Some(permit)
     }
 
     /// Owns one message until it is delivered, failed, or the outbox stops.
@@ -281,7 +324,25 @@ impl Inner {
                 return;
             };
             let attempts = message.attempts + 1;
-            let outcome = self.attempt(&message).await;
+            let outcome = tokio::select! {
+                // An attempt that has finished wins over the end of the grace: its outcome
+                // is recorded rather than thrown away.
+                biased;
+                outcome = self.attempt(&message) => outcome,
+                () = self.abort.cancelled() => {
+                    // WeCom may or may not have processed it: send it again next time
+                    // (at least once), right away.
+                    tracing::warn!(id = %message.id, attempts, "delivery attempt cut off by shutdown");
+                    self.record(AttemptUpdate::Retry {
+                        id: message.id,
+                        attempts,
+                        error: INTERRUPTED.to_owned(),
+                        next_attempt_at: now_ms(),
+                    })
+                    .await;
+                    return;
+                }
+            };
             // The permit is held while the outcome is recorded: if the database cannot
             // take writes, no further messages are sent that could not be recorded either.
             match outcome {
@@ -349,7 +410,7 @@ impl Inner {
     }
 
     /// Records an outcome, trying again (with backoff) until it is committed or the
-    /// outbox stops. Giving up leaves the message `queued`: attempted again
+    /// shutdown grace is over. Giving up leaves the message `queued`: attempted again
     /// after restart (at least once), never lost. Returns whether it was recorded.
     async fn record(&self, update: AttemptUpdate) -> bool {
         let mut failures: u32 = 0;
@@ -368,7 +429,7 @@ impl Inner {
                 Err(err) => err,
             };
             failures = failures.saturating_add(1);
-            if self.stop.is_cancelled() {
+            if self.abort.is_cancelled() {
                 tracing::error!(
                     id = update_id(&update),
                     error = %crate::error::chain(&err),
@@ -390,8 +451,8 @@ impl Inner {
             }
             tokio::select! {
                 biased;
-                // One last try once the outbox stops.
-                () = self.stop.cancelled() => {}
+                // One last try once the grace is over.
+                () = self.abort.cancelled() => {}
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -485,6 +546,28 @@ mod tests {
             now,
             now + 60_000,
         )
+    }
+
+    #[tokio::test]
+    async fn no_attempt_starts_once_shutdown_began_even_with_permits_free() {
+        let (outbox, channel, _dir) = outbox().await;
+        outbox.stop_attempts();
+        // Due now, permits free, stop set: every task sees both ready at its first poll.
+        for i in 0..64 {
+            let message = queued(&format!("m{i}"));
+            outbox
+                .inner
+                .store
+                .insert_message(message.clone())
+                .await
+                .unwrap();
+            let claim = outbox.inner.claim(&message.id).unwrap();
+            outbox.inner.spawn_drive(message, claim);
+        }
+        outbox.inner.tasks.close();
+        outbox.inner.tasks.wait().await;
+        assert_eq!(channel.calls.load(Ordering::SeqCst), 0);
+        assert!(outbox.inner.owned().is_empty(), "every task let go");
     }
 
     #[tokio::test]

@@ -31,10 +31,11 @@ pub struct StoredMessage {
     pub id: String,
     pub status: String,
     pub attempts: i64,
+    pub last_error: Option<String>,
 }
 
 pub async fn messages(conn: &mut SqliteConnection) -> Vec<StoredMessage> {
-    sqlx::query("SELECT id, status, attempts FROM messages ORDER BY id")
+    sqlx::query("SELECT id, status, attempts, last_error FROM messages ORDER BY id")
         .fetch_all(&mut *conn)
         .await
         .expect("read messages")
@@ -43,6 +44,7 @@ pub async fn messages(conn: &mut SqliteConnection) -> Vec<StoredMessage> {
             id: r.get("id"),
             status: r.get("status"),
             attempts: r.get("attempts"),
+            last_error: r.get("last_error"),
         })
         .collect()
 }

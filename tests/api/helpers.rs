@@ -46,6 +46,8 @@ pub struct TestConfig {
     /// How often the outbox looks for queued messages no task is working on. Long by
     /// default, so that a test of any other guarantee cannot pass thanks to the sweep.
     pub sweep_interval: String,
+    /// How long shutdown lets delivery attempts in flight finish.
+    pub shutdown_grace: String,
     pub callback_max_age: String,
     /// Point the app somewhere other than the mock (e.g. a closed port).
     pub api_base: Option<String>,
@@ -62,6 +64,7 @@ impl Default for TestConfig {
             backoff_max: "100ms".to_owned(),
             concurrency: 16,
             sweep_interval: "60s".to_owned(),
+            shutdown_grace: "2s".to_owned(),
             callback_max_age: "24h".to_owned(),
             api_base: None,
         }
@@ -98,6 +101,7 @@ backoff_initial = "{backoff_initial}"
 backoff_max = "{backoff_max}"
 concurrency = {concurrency}
 sweep_interval = "{sweep_interval}"
+shutdown_grace = "{shutdown_grace}"
 
 [log]
 level = "warn"
@@ -110,6 +114,7 @@ level = "warn"
             backoff_max = self.backoff_max,
             concurrency = self.concurrency,
             sweep_interval = self.sweep_interval,
+            shutdown_grace = self.shutdown_grace,
             callback_max_age = self.callback_max_age,
         )
     }
@@ -140,7 +145,7 @@ pub fn crypto() -> WeComCrypto {
 // ------------------------------------------------------------------------------------------
 
 struct Running {
-    shutdown: oneshot::Sender<()>,
+    shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), String>>,
 }
 
@@ -199,16 +204,30 @@ async fn start_app(config: &TestConfig, db_path: &Path, api_base: &str) -> (u16,
         .await
         .map_err(|e| format!("{e:?}"))
     });
-    (port, Running { shutdown, handle })
+    (
+        port,
+        Running {
+            shutdown: Some(shutdown),
+            handle,
+        },
+    )
 }
 
 impl TestApp {
+    /// Asks the application to shut down (like SIGTERM) without waiting for it to finish;
+    /// [`Self::stop`] then waits.
+    pub fn begin_stop(&mut self) {
+        if let Some(shutdown) = self.running.as_mut().and_then(|r| r.shutdown.take()) {
+            let _ = shutdown.send(());
+        }
+    }
+
     /// Graceful shutdown; returns once `run_until_stopped` has returned.
     pub async fn stop(&mut self) {
+        self.begin_stop();
         let Some(running) = self.running.take() else {
             return;
         };
-        let _ = running.shutdown.send(());
         let result = tokio::time::timeout(WAIT, running.handle)
             .await
             .expect("application stops within the timeout after shutdown")
