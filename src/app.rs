@@ -30,8 +30,6 @@ use crate::wecom::crypto::WeComCrypto;
 
 /// A request taking longer than this is answered 408 (slow clients, stuck storage).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long shutdown waits for delivery attempts in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Callback de-duplication keys are kept at least this long (WeCom retries within seconds;
 /// they are also kept as long as `wecom.callback_max_age`, so that every callback young
 /// enough to pass the timestamp check is still de-duplicated).
@@ -109,7 +107,7 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let port = listener.local_addr()?.port();
-        outbox.recover().await.map_err(store_error)?;
+        outbox.start().await.map_err(store_error)?;
         Ok(Self {
             listener,
             router,
@@ -137,10 +135,18 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains: open requests finish, delivery
     /// attempts in flight get a grace period, queued writes are flushed.
+    ///
+    /// No delivery attempt starts once `shutdown` has resolved, even while requests are
+    /// still draining (what they accept stays queued for the next start).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
+        let outbox = self.outbox.clone();
+        let shutdown = async move {
+            shutdown.await;
+            outbox.stop_attempts();
+        };
         let maintenance = tokio::spawn(maintenance(self.store.clone(), self.callback_retention));
         tracing::info!(
             port = self.port,
@@ -149,7 +155,9 @@ impl Application {
         );
         server::serve(self.listener, self.router, self.serve_options, shutdown).await;
         maintenance.abort();
-        self.outbox.shutdown(SHUTDOWN_GRACE).await;
+        // Attempts in flight get `delivery.shutdown_grace`; whatever is cut off is handed
+        // back to the queue before the store closes.
+        self.outbox.shutdown().await;
         self.store.close().await;
         tracing::info!("pushbot stopped");
         Ok(())

@@ -213,6 +213,14 @@ pub struct DeliverySettings {
     /// Delivery attempts in flight at once (across all members).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// How often due `queued` messages that no delivery task is working on are
+    /// rescheduled: a safety net (normally there are none).
+    #[serde(default = "default_sweep_interval", deserialize_with = "duration")]
+    pub sweep_interval: Duration,
+    /// At shutdown, how long attempts in flight may still run; then they are cut off and
+    /// their messages handed back to the queue.
+    #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -222,6 +230,8 @@ impl Default for DeliverySettings {
             backoff_initial: default_backoff_initial(),
             backoff_max: default_backoff_max(),
             concurrency: default_concurrency(),
+            sweep_interval: default_sweep_interval(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -286,6 +296,12 @@ fn default_backoff_max() -> Duration {
 }
 fn default_concurrency() -> usize {
     64
+}
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_log_level() -> String {
     "info".to_owned()

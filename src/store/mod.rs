@@ -518,6 +518,21 @@ impl Store {
         rows.iter().map(Message::from_row).collect()
     }
 
+    /// Ids of the `queued` messages due at or before `at_ms`, oldest due first (the
+    /// delivery sweep looks among them for messages no task is working on).
+    pub async fn queued_ids_due(&self, at_ms: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query(
+            "SELECT id FROM messages WHERE status = 'queued' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at",
+        )
+        .bind(at_ms)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| row.try_get("id").map_err(StoreError::from))
+        .collect()
+    }
+
     // ---- WeCom callback de-duplication ---------------------------------------------
 
     /// Marks a callback as being processed, or reports that it was seen before.

@@ -1,4 +1,5 @@
-//! WeCom server API client: `gettoken` (cached, single-flight) and `message/send`.
+//! WeCom server API client: `gettoken` (cached, single-flight, failures remembered
+//! briefly) and `message/send`.
 //!
 //! Every URL is built from `wecom.api_base`, so tests and egress proxies can redirect it.
 //! URLs carry the corp secret or the access token in their query, so transport errors are
@@ -15,6 +16,10 @@ use crate::config::WeComSettings;
 
 /// Refresh this long before WeCom says the token expires, so no send races the expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
+/// A failed `gettoken` is the answer for everyone asking within this long: during an
+/// outage WeCom sees one call per this period, not one per message (each of which would
+/// also hold a delivery permit for up to `wecom.request_timeout`).
+pub const TOKEN_FAILURE_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// What went wrong calling WeCom. `Display` is meant for the admin reading `last_error`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -145,8 +150,10 @@ pub struct WeComClient {
     secret: SecretString,
     agent_id: i64,
     token: RwLock<Option<CachedToken>>,
-    /// Held while fetching a token, so concurrent senders share one `gettoken`.
-    refresh: tokio::sync::Mutex<()>,
+    /// Held while fetching a token, so concurrent senders share one `gettoken`; holds the
+    /// last failure and when it happened, so that the senders who waited for that call
+    /// (and those asking shortly after) get its result instead of calling again.
+    refresh: tokio::sync::Mutex<Option<(Instant, WeComError)>>,
 }
 
 impl WeComClient {
@@ -158,7 +165,7 @@ impl WeComClient {
             secret: SecretString::from(settings.secret.expose()),
             agent_id: settings.agent_id.get(),
             token: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            refresh: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -183,15 +190,38 @@ impl WeComClient {
         }
     }
 
-    /// A valid access token, from cache or from one shared `gettoken` call.
+    /// A valid access token, from cache or from one shared `gettoken` call. A failed
+    /// call is everyone's answer for [`TOKEN_FAILURE_COOLDOWN`].
     pub async fn access_token(&self) -> Result<String, WeComError> {
         if let Some(token) = self.cached_token() {
             return Ok(token);
         }
-        let _single_flight = self.refresh.lock().await;
+        let mut last_failure = self.refresh.lock().await;
+        // Whoever held the lock before us has just fetched a token, or failed to: either
+        // way, its result is ours too.
         if let Some(token) = self.cached_token() {
             return Ok(token);
         }
+        if let Some((at, err)) = last_failure.as_ref()
+            && at.elapsed() < TOKEN_FAILURE_COOLDOWN
+        {
+            return Err(err.clone());
+        }
+        match self.fetch_token().await {
+            Ok(token) => {
+                *last_failure = None;
+                Ok(token)
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "gettoken failed");
+                *last_failure = Some((Instant::now(), err.clone()));
+                Err(err)
+            }
+        }
+    }
+
+    /// One `gettoken` call; caches the token it returns.
+    async fn fetch_token(&self) -> Result<String, WeComError> {
         let reply: ApiReply = self
             .call(self.http.get(self.url("gettoken")).query(&[
                 ("corpid", self.corp_id.as_str()),
@@ -319,6 +349,18 @@ mod tests {
         assert!(!WeComError::Http(404).is_transient());
         assert!(WeComError::Transport("x".into()).is_transient());
         assert!(!WeComError::InvalidUser("a".into()).is_transient());
+    }
+
+    #[test]
+    fn rate_limits_timeouts_and_garbled_answers_are_transient() {
+        // 45011: API call frequency limit.
+        assert!(WeComError::api(45011, "api freq out of limit", None).is_transient());
+        assert!(WeComError::Http(408).is_transient());
+        assert!(WeComError::Decode("expected value at line 1 column 1".into()).is_transient());
+        // The boundaries of "5xx": 499 is a client error, 500 and 599 are not.
+        assert!(!WeComError::Http(499).is_transient());
+        assert!(WeComError::Http(500).is_transient());
+        assert!(!WeComError::Http(400).is_transient());
     }
 
     #[test]

@@ -336,3 +336,135 @@ async fn an_unreachable_wecom_api_is_retried_then_reported() {
     assert!(error.contains("unreachable"), "{error}");
     assert!(error.contains("retry window"), "{error}");
 }
+
+#[tokio::test]
+async fn the_access_token_is_replaced_well_before_expires_in() {
+    let (app, _user, token) = app_and_member(|_| {}).await;
+    // A 4 s token is refreshed at the latest halfway (2 s), well before it expires, so a
+    // send 2.5 s after the first fetch already uses a new one.
+    app.mock.set_expires_in(4);
+    let first = app.send_ok(&token, "a", "1").await;
+    app.wait_for_status(&first, &token, "delivered", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let second = app.send_ok(&token, "a", "2").await;
+    app.wait_for_status(&second, &token, "delivered", WAIT)
+        .await;
+    assert_eq!(app.mock.gettoken_calls(), 2);
+    let calls = app.mock.calls();
+    assert_eq!(calls.len(), 2, "no send was rejected: {calls:#?}");
+    assert_ne!(calls[0].access_token, calls[1].access_token);
+}
+
+// ---- gettoken outages ----
+
+/// N messages want a token while `gettoken` is down: WeCom sees one call per failure
+/// window, not one per message (or per message and retry); once `gettoken` works again
+/// every message is delivered.
+async fn assert_gettoken_outage_is_contained(
+    failure: Option<GetTokenFailure>,
+    delay: Option<Duration>,
+) {
+    const N: usize = 8;
+    let (app, _user, token) = app_and_member(|c| {
+        c.request_timeout = "300ms".to_owned();
+        c.retry_window = "20s".to_owned();
+        c.concurrency = N;
+    })
+    .await;
+    app.mock.fail_gettoken(failure);
+    app.mock.set_gettoken_delay(delay);
+    let sends = (0..N).map(|i| {
+        let token = token.clone();
+        let app = &app;
+        async move { app.send_ok(&token, "outage", &i.to_string()).await }
+    });
+    let ids = futures_util::future::join_all(sends).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        app.mock.gettoken_calls(),
+        1,
+        "one gettoken call per failure window, whatever the number of messages"
+    );
+    assert!(app.mock.calls().is_empty(), "no send without a token");
+
+    app.mock.fail_gettoken(None);
+    app.mock.set_gettoken_delay(None);
+    for id in &ids {
+        app.wait_for_status(id, &token, "delivered", WAIT).await;
+    }
+    assert_eq!(app.mock.sent().len(), N);
+    assert!(
+        app.mock.gettoken_calls() <= 3,
+        "{} gettoken calls",
+        app.mock.gettoken_calls()
+    );
+}
+
+#[tokio::test]
+async fn a_gettoken_http_500_outage_costs_one_call_per_window() {
+    assert_gettoken_outage_is_contained(Some(GetTokenFailure::Http(500)), None).await;
+}
+
+#[tokio::test]
+async fn a_gettoken_system_busy_outage_costs_one_call_per_window() {
+    assert_gettoken_outage_is_contained(
+        Some(GetTokenFailure::Errcode(-1, "system busy".into())),
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_gettoken_slower_than_the_request_timeout_is_waited_for_once() {
+    assert_gettoken_outage_is_contained(None, Some(Duration::from_secs(5))).await;
+}
+
+// ---- retry pacing ----
+
+#[tokio::test]
+async fn the_backoff_grows_while_wecom_stays_busy() {
+    let (app, _user, token) = app_and_member(|c| {
+        c.retry_window = "30s".to_owned();
+        c.backoff_initial = "20ms".to_owned();
+        c.backoff_max = "10s".to_owned();
+    })
+    .await;
+    app.mock.fail_always(SendReply::errcode(-1, "system busy"));
+    app.send_ok(&token, "busy", "").await;
+    app.mock.wait_for_send_calls(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Waits of at least 10, 20, 40, 80, 160, 320, 640 ms (half of a doubling base, the
+    // smallest equal jitter allows): at most 6 retries fit into 1.2 s. A backoff stuck
+    // at its first value would have made ~60.
+    let calls = app.mock.send_calls();
+    assert!(
+        (3..=7).contains(&calls),
+        "{calls} message/send calls in 1.2 s"
+    );
+}
+
+// ---- errcode 0 that is not a delivery ----
+
+#[tokio::test]
+async fn invaliduser_is_matched_without_regard_to_case() {
+    // WeCom lower-cases the userids it lists; ours has capitals.
+    let app = spawn_app_with(|c| c.retry_window = "30s".to_owned()).await;
+    let user = userid("MixedCase");
+    let token = app.get_token(&user).await;
+    let listed = format!("someone|{}|other", user.to_lowercase());
+    app.mock.fail_always(SendReply::invalid_user(&listed));
+    let id = app.send_ok(&token, "nobody", "home").await;
+    let status = app.wait_for_status(&id, &token, "failed", WAIT).await;
+    assert!(last_error(&status).contains("invaliduser"), "{status}");
+    assert_eq!(app.mock.send_calls(), 1, "not retried: {status}");
+}
+
+#[tokio::test]
+async fn unlicenseduser_in_an_errcode_0_answer_is_a_failure() {
+    let (app, user, token) = app_and_member(|c| c.retry_window = "30s".to_owned()).await;
+    app.mock.fail_always(SendReply::unlicensed_user(&user));
+    let id = app.send_ok(&token, "no", "licence").await;
+    let status = app.wait_for_status(&id, &token, "failed", WAIT).await;
+    assert!(!last_error(&status).is_empty(), "{status}");
+    assert_eq!(app.mock.send_calls(), 1, "not retried: {status}");
+}

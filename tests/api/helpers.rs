@@ -17,7 +17,9 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use crate::mock_wecom::{AGENT_ID, CORP_ID, MockWeCom, SECRET, SendReply, Sent};
+pub use crate::mock_wecom::{
+    AGENT_ID, CORP_ID, GetTokenFailure, MockWeCom, SECRET, SendReply, Sent,
+};
 
 pub const CALLBACK_TOKEN: &str = "QDG6eK";
 pub const ENCODING_AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
@@ -41,6 +43,11 @@ pub struct TestConfig {
     pub backoff_initial: String,
     pub backoff_max: String,
     pub concurrency: usize,
+    /// How often the outbox looks for queued messages no task is working on. Long by
+    /// default, so that a test of any other guarantee cannot pass thanks to the sweep.
+    pub sweep_interval: String,
+    /// How long shutdown lets delivery attempts in flight finish.
+    pub shutdown_grace: String,
     pub callback_max_age: String,
     /// Point the app somewhere other than the mock (e.g. a closed port).
     pub api_base: Option<String>,
@@ -62,6 +69,8 @@ impl Default for TestConfig {
             backoff_initial: "10ms".to_owned(),
             backoff_max: "100ms".to_owned(),
             concurrency: 16,
+            sweep_interval: "60s".to_owned(),
+            shutdown_grace: "2s".to_owned(),
             callback_max_age: "24h".to_owned(),
             api_base: None,
             header_read_timeout: None,
@@ -112,6 +121,8 @@ retry_window = "{retry_window}"
 backoff_initial = "{backoff_initial}"
 backoff_max = "{backoff_max}"
 concurrency = {concurrency}
+sweep_interval = "{sweep_interval}"
+shutdown_grace = "{shutdown_grace}"
 
 [log]
 level = "warn"
@@ -123,6 +134,8 @@ level = "warn"
             backoff_initial = self.backoff_initial,
             backoff_max = self.backoff_max,
             concurrency = self.concurrency,
+            sweep_interval = self.sweep_interval,
+            shutdown_grace = self.shutdown_grace,
             callback_max_age = self.callback_max_age,
         )
     }
@@ -153,7 +166,7 @@ pub fn crypto() -> WeComCrypto {
 // ------------------------------------------------------------------------------------------
 
 struct Running {
-    shutdown: oneshot::Sender<()>,
+    shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), String>>,
 }
 
@@ -212,16 +225,30 @@ async fn start_app(config: &TestConfig, db_path: &Path, api_base: &str) -> (u16,
         .await
         .map_err(|e| format!("{e:?}"))
     });
-    (port, Running { shutdown, handle })
+    (
+        port,
+        Running {
+            shutdown: Some(shutdown),
+            handle,
+        },
+    )
 }
 
 impl TestApp {
+    /// Asks the application to shut down (like SIGTERM) without waiting for it to finish;
+    /// [`Self::stop`] then waits.
+    pub fn begin_stop(&mut self) {
+        if let Some(shutdown) = self.running.as_mut().and_then(|r| r.shutdown.take()) {
+            let _ = shutdown.send(());
+        }
+    }
+
     /// Graceful shutdown; returns once `run_until_stopped` has returned.
     pub async fn stop(&mut self) {
+        self.begin_stop();
         let Some(running) = self.running.take() else {
             return;
         };
-        let _ = running.shutdown.send(());
         let result = tokio::time::timeout(WAIT, running.handle)
             .await
             .expect("application stops within the timeout after shutdown")

@@ -1,14 +1,17 @@
 //! Integration tests: one binary (fast to build) with one module per area.
 
+mod db;
 mod helpers;
 mod mock_wecom;
 
 mod bot;
 mod callback;
+mod callback_dedup;
 mod cli;
 mod connections;
 mod delivery;
 mod http_rules;
+mod outbox;
 mod restart;
 mod send;
 mod storage;

@@ -32,6 +32,8 @@ pub struct SendReply {
     pub errmsg: String,
     /// Reported with `errcode` 0 for members that could not be reached.
     pub invaliduser: Option<String>,
+    /// Reported with `errcode` 0 for members without a licence (interoperability accounts).
+    pub unlicenseduser: Option<String>,
     /// Wait this long before answering (to trip the gateway's request timeout).
     pub delay: Option<Duration>,
 }
@@ -43,6 +45,7 @@ impl SendReply {
             errcode: 0,
             errmsg: "ok".to_owned(),
             invaliduser: None,
+            unlicenseduser: None,
             delay: None,
         }
     }
@@ -71,6 +74,14 @@ impl SendReply {
         }
     }
 
+    /// `errcode` 0, but these members (a `|`-separated list) had no licence.
+    pub fn unlicensed_user(users: &str) -> Self {
+        Self {
+            unlicenseduser: Some(users.to_owned()),
+            ..Self::ok()
+        }
+    }
+
     pub fn delayed(self, delay: Duration) -> Self {
         Self {
             delay: Some(delay),
@@ -79,8 +90,20 @@ impl SendReply {
     }
 
     fn is_success(&self) -> bool {
-        self.status == 200 && self.errcode == 0 && self.invaliduser.is_none()
+        self.status == 200
+            && self.errcode == 0
+            && self.invaliduser.is_none()
+            && self.unlicenseduser.is_none()
     }
+}
+
+/// How the mock's `gettoken` fails when told to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GetTokenFailure {
+    /// This HTTP status with a plain-text body.
+    Http(u16),
+    /// HTTP 200 with this `errcode` (e.g. -1, system busy).
+    Errcode(i64, String),
 }
 
 /// One `message/send` call as received.
@@ -108,6 +131,8 @@ struct MockState {
     expired_tokens: HashSet<String>,
     gettoken_calls: u64,
     gettoken_delay: Option<Duration>,
+    /// Answer every `gettoken` with this failure until healed.
+    gettoken_failure: Option<GetTokenFailure>,
     /// `expires_in` of the tokens issued from now on (WeCom's real value when `None`).
     expires_in: Option<u64>,
     send_started: usize,
@@ -209,6 +234,12 @@ impl MockWeCom {
         self.shared.lock().gettoken_delay = delay;
     }
 
+    /// Fails every `gettoken` call with `failure` (`None` heals it). Calls are still
+    /// counted, and a delay set with [`Self::set_gettoken_delay`] still applies first.
+    pub fn fail_gettoken(&self, failure: Option<GetTokenFailure>) {
+        self.shared.lock().gettoken_failure = failure;
+    }
+
     /// Issue tokens that claim to live only `secs` seconds.
     pub fn set_expires_in(&self, secs: u64) {
         self.shared.lock().expires_in = Some(secs);
@@ -233,6 +264,11 @@ impl MockWeCom {
         if !self.wait_until(timeout, |s| s.send_started >= n).await {
             panic!("expected {n} message/send requests within {timeout:?}");
         }
+    }
+
+    /// `message/send` requests that arrived so far, including ones still being answered.
+    pub fn send_started(&self) -> usize {
+        self.shared.lock().send_started
     }
 
     pub fn send_calls(&self) -> usize {
@@ -304,7 +340,7 @@ struct GetTokenQuery {
     corpsecret: Option<String>,
 }
 
-async fn gettoken(State(shared): State<Shared>, Query(q): Query<GetTokenQuery>) -> Json<Value> {
+async fn gettoken(State(shared): State<Shared>, Query(q): Query<GetTokenQuery>) -> Response {
     let (delay, expires_in) = {
         let mut s = shared.lock();
         s.gettoken_calls += 1;
@@ -314,11 +350,23 @@ async fn gettoken(State(shared): State<Shared>, Query(q): Query<GetTokenQuery>) 
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    // Read after the delay, so a test can heal gettoken while a slow call is pending.
+    let failure = shared.lock().gettoken_failure.clone();
+    match failure {
+        Some(GetTokenFailure::Http(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, "upstream trouble").into_response();
+        }
+        Some(GetTokenFailure::Errcode(errcode, errmsg)) => {
+            return Json(json!({"errcode": errcode, "errmsg": errmsg})).into_response();
+        }
+        None => {}
+    }
     if q.corpid.as_deref() != Some(CORP_ID) {
-        return Json(json!({"errcode": 40013, "errmsg": "invalid corpid"}));
+        return Json(json!({"errcode": 40013, "errmsg": "invalid corpid"})).into_response();
     }
     if q.corpsecret.as_deref() != Some(SECRET) {
-        return Json(json!({"errcode": 40001, "errmsg": "invalid credential"}));
+        return Json(json!({"errcode": 40001, "errmsg": "invalid credential"})).into_response();
     }
     let token = {
         let mut s = shared.lock();
@@ -333,6 +381,7 @@ async fn gettoken(State(shared): State<Shared>, Query(q): Query<GetTokenQuery>) 
         "access_token": token,
         "expires_in": expires_in
     }))
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -427,6 +476,9 @@ fn reply_response(reply: &SendReply) -> Response {
     let mut body = json!({"errcode": reply.errcode, "errmsg": reply.errmsg});
     if let Some(u) = &reply.invaliduser {
         body["invaliduser"] = json!(u);
+    }
+    if let Some(u) = &reply.unlicenseduser {
+        body["unlicenseduser"] = json!(u);
     }
     Json(body).into_response()
 }

@@ -2,6 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::db;
 use crate::helpers::*;
 
 #[tokio::test]
@@ -134,4 +138,81 @@ async fn a_delivery_in_flight_does_not_hold_up_shutdown_or_get_lost() {
     let status = app.wait_for_status(&id, &token, "delivered", WAIT).await;
     assert!(status["attempts"].as_i64().unwrap() >= 1, "{status}");
     assert!(app.mock.sent().iter().any(|s| s.content == "in\n\nflight"));
+}
+
+#[tokio::test]
+async fn no_delivery_attempt_starts_after_shutdown_began() {
+    let mut app = spawn_app_with(|c| {
+        c.retry_window = "60s".to_owned();
+        c.backoff_initial = "40ms".to_owned();
+        c.backoff_max = "40ms".to_owned();
+    })
+    .await;
+    let user = userid("stopping");
+    let token = app.get_token(&user).await;
+    // Three messages keep being retried every 20-40 ms while WeCom is busy.
+    app.mock.fail_always(SendReply::errcode(-1, "system busy"));
+    for i in 0..3 {
+        app.send_ok(&token, "busy", &i.to_string()).await;
+    }
+    app.mock.wait_for_send_calls(9, WAIT).await;
+
+    // A request still being received keeps the HTTP side draining for a while.
+    let mut slow = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    slow.write_all(
+        b"POST /send HTTP/1.1\r\nHost: pushbot\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"title\":",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    app.begin_stop();
+    let at_stop = app.mock.send_started();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let started_after = app.mock.send_started() - at_stop;
+    // At most the attempts already on their way when the signal came (one per message).
+    assert!(
+        started_after <= 3,
+        "{started_after} message/send calls started after shutdown began"
+    );
+    drop(slow);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_cut_off_by_the_shutdown_grace_is_queued_and_delivered_after_restart() {
+    let mut app = spawn_app_with(|c| {
+        c.request_timeout = "30s".to_owned();
+        c.retry_window = "60s".to_owned();
+        c.shutdown_grace = "300ms".to_owned();
+    })
+    .await;
+    let user = userid("cutoff");
+    let token = app.get_token(&user).await;
+    app.mock.set_delay(Some(Duration::from_secs(30)));
+    let id = app.send_ok(&token, "cut", "off").await;
+    app.mock.wait_for_send_started(1, WAIT).await;
+
+    let started = Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?} with a 300 ms grace",
+        started.elapsed()
+    );
+
+    // While nothing runs: still queued (not lost, not failed), and it says why.
+    let mut conn = db::connect(&app.db_path).await;
+    let row = db::message(&mut conn, &id).await;
+    db::close(conn).await;
+    assert_eq!(row.status, "queued", "{row:?}");
+    assert_eq!(row.attempts, 1, "the cut-off attempt counts: {row:?}");
+    let error = row.last_error.clone().unwrap_or_default();
+    assert!(error.contains("interrupted by shutdown"), "{row:?}");
+
+    app.mock.heal();
+    app.restart().await;
+    app.wait_for_status(&id, &token, "delivered", WAIT).await;
+    assert!(app.mock.sent().iter().any(|s| s.content == "cut\n\noff"));
 }
