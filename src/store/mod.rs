@@ -269,7 +269,9 @@ impl Store {
             preflight(path)?;
         }
         let url = sqlite_url_with_create(url);
-        let options: AnyConnectOptions = url.parse()?;
+        let options: AnyConnectOptions = url
+            .parse::<AnyConnectOptions>()?
+            .disable_statement_logging();
         // One connection first, so that an error surfaces at once with its cause (a pool
         // retries failing connects until its timeout, logging each attempt).
         let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
@@ -307,13 +309,17 @@ impl Store {
             // A connection must never go back to the pool inside a transaction: a later
             // `begin()` on it would only open a savepoint that never commits.
             .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_with(options.disable_statement_logging())
+            // Recycle connections now and then: one opened while the files were unwritable
+            // (an immutable -wal, a read-only remount) stays read-only until closed.
+            .idle_timeout(Duration::from_secs(60))
+            .max_lifetime(Duration::from_secs(30 * 60))
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./src/store/migrations/sqlite")
             .run(&pool)
             .await?;
         let file = path.as_deref().and_then(FileIdentity::of);
-        let writer = writer::spawn(pool.clone(), file.clone());
+        let writer = writer::spawn(options, file.clone());
         Ok(Self {
             pool,
             writer,
@@ -595,7 +601,7 @@ impl Store {
 /// Per-connection settings. WAL lets readers run beside the writer; synchronous=FULL makes
 /// every commit durable against power loss, not just process death (group commit pays for
 /// it once per batch).
-async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA journal_mode = WAL").await?;
     conn.execute("PRAGMA synchronous = FULL").await?;
     conn.execute(sqlx::AssertSqlSafe(format!(
@@ -1066,9 +1072,9 @@ mod tests {
             .collect();
         assert_eq!(seen, ["s0", "s1", "s2", "s3", "s4"], "each Ok is committed");
         store.check_health().await.unwrap();
-        // No pooled connection is left inside a transaction (the writer holds the 8th).
+        // No pooled connection is left inside a transaction.
         let mut held = Vec::new();
-        for _ in 0..7 {
+        for _ in 0..8 {
             let mut conn = store.pool.acquire().await.unwrap();
             assert!(!conn.is_in_transaction());
             sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();

@@ -16,8 +16,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool};
+use sqlx::any::AnyConnectOptions;
+use sqlx::{AnyConnection, Connection as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{FileIdentity, Message, StoreError, now_ms};
@@ -185,7 +185,7 @@ impl WriterHandle {
     }
 
     /// Commits everything queued before the call, then stops the writer and closes its
-    /// connection (the pool cannot close while the writer holds one).
+    /// connection; later writes fail with [`StoreError::WriterGone`].
     pub(super) async fn close(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Op::Close(done)).is_ok() {
@@ -198,11 +198,11 @@ impl WriterHandle {
     }
 }
 
-pub(super) fn spawn(pool: AnyPool, file: Option<FileIdentity>) -> WriterHandle {
+pub(super) fn spawn(options: AnyConnectOptions, file: Option<FileIdentity>) -> WriterHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let health = Arc::new(WriteHealth::default());
     let writer = Writer {
-        pool,
+        options,
         conn: None,
         file,
         health: Arc::clone(&health),
@@ -212,9 +212,11 @@ pub(super) fn spawn(pool: AnyPool, file: Option<FileIdentity>) -> WriterHandle {
 }
 
 struct Writer {
-    pool: AnyPool,
+    /// How to open the writer's connection. It is its own, not one of the pool's: a pooled
+    /// connection opened while the files were unwritable can stay read-only for good.
+    options: AnyConnectOptions,
     /// The writer's own connection; `None` after an error until the next batch opens one.
-    conn: Option<PoolConnection<Any>>,
+    conn: Option<AnyConnection>,
     /// The database file as opened, to notice it being deleted or replaced.
     file: Option<FileIdentity>,
     health: Arc<WriteHealth>,
@@ -353,7 +355,7 @@ impl Writer {
             Err(err) => {
                 if let Some(mut conn) = self.conn.take() {
                     // Best effort; closing the connection ends the transaction regardless.
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
                     let _ = conn.close().await;
                 }
                 Err(err)
@@ -366,11 +368,15 @@ impl Writer {
     async fn try_write(&mut self, writes: &Writes<'_>) -> Result<(), StoreError> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(self.pool.acquire().await?),
+            None => {
+                let mut conn = AnyConnection::connect_with(&self.options).await?;
+                super::configure(&mut conn).await?;
+                self.conn.insert(conn)
+            }
         };
         // IMMEDIATE takes the write lock now, so a busy database fails here, before any
         // statement ran, rather than half-way through.
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut **conn).await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         for chunk in writes.messages.chunks(INSERT_CHUNK) {
             insert_chunk(conn, chunk).await?;
         }
@@ -379,10 +385,10 @@ impl Writer {
             sqlx::query("UPDATE health SET checked_at = $1, reserve = zeroblob($2) WHERE id = 1")
                 .bind(now_ms())
                 .bind(PROBE_BYTES)
-                .execute(&mut **conn)
+                .execute(&mut *conn)
                 .await?;
         }
-        sqlx::query("COMMIT").execute(&mut **conn).await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -396,10 +402,7 @@ impl Writer {
     }
 }
 
-async fn insert_chunk(
-    conn: &mut PoolConnection<Any>,
-    chunk: &[&Message],
-) -> Result<(), StoreError> {
+async fn insert_chunk(conn: &mut AnyConnection, chunk: &[&Message]) -> Result<(), StoreError> {
     const COLS: usize = 13;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
@@ -435,7 +438,7 @@ async fn insert_chunk(
             .bind(m.deadline_at)
             .bind(m.delivered_at);
     }
-    query.execute(&mut **conn).await?;
+    query.execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -444,7 +447,7 @@ async fn insert_chunk(
 /// kept because a message has at most one attempt in flight, so its updates are never in
 /// one batch out of order.
 async fn apply_updates(
-    conn: &mut PoolConnection<Any>,
+    conn: &mut AnyConnection,
     updates: &[&AttemptUpdate],
 ) -> Result<(), StoreError> {
     let now = now_ms();
@@ -471,7 +474,7 @@ async fn apply_updates(
                 .bind(*next_attempt_at)
                 .bind(now)
                 .bind(id.as_str())
-                .execute(&mut **conn)
+                .execute(&mut *conn)
                 .await?;
             }
             AttemptUpdate::Failed {
@@ -487,7 +490,7 @@ async fn apply_updates(
                 .bind(error.as_str())
                 .bind(now)
                 .bind(id.as_str())
-                .execute(&mut **conn)
+                .execute(&mut *conn)
                 .await?;
             }
         }
@@ -517,7 +520,7 @@ async fn apply_updates(
             for (id, _, _) in chunk {
                 query = query.bind(*id);
             }
-            query.execute(&mut **conn).await?;
+            query.execute(&mut *conn).await?;
         }
     }
     Ok(())
@@ -534,7 +537,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let store = Store::connect(&url).await.unwrap();
         let mut writer = Writer {
-            pool: store.pool.clone(),
+            options: url.parse().unwrap(),
             conn: None,
             file: None,
             health: Arc::default(),
