@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use crate::delivery::limits::RateWindow;
 use crate::wecom::credentials::{AgentId, CallbackToken, CorpId, CorpSecret, EncodingAesKey};
 
 /// Default config file looked up in the working directory when neither
@@ -198,6 +199,10 @@ pub struct WeComSettings {
     /// `"0s"` turns the check off.
     #[serde(default = "default_callback_max_age", deserialize_with = "duration")]
     pub callback_max_age: Duration,
+    /// Per member, at most `count` messages in any window of `per` (WeCom silently drops
+    /// anything above 30 a minute or 1000 an hour while answering success).
+    #[serde(default = "default_member_limits", deserialize_with = "member_limits")]
+    pub member_limits: Vec<RateWindow>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +226,30 @@ pub struct DeliverySettings {
     /// their messages handed back to the queue.
     #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// When a member's waiting messages would wait longer than this for their turn (the
+    /// member limits), they are sent together as one digest. `"off"`: never.
+    #[serde(
+        default = "default_digest_after",
+        deserialize_with = "optional_duration"
+    )]
+    pub digest_after: Option<Duration>,
+    /// Members (lanes) this instance works on at once; the rest of the queue stays on disk.
+    #[serde(default = "default_max_in_flight", deserialize_with = "at_least_one")]
+    pub max_in_flight: usize,
+    /// How long a claim on a member's lane lasts without renewal; another instance takes
+    /// the lane over after a crash once it expires.
+    #[serde(default = "default_lease", deserialize_with = "positive_duration")]
+    pub lease: Duration,
+    /// This instance's name in claims. Default `<hostname>:<port>`, stable across restarts
+    /// so that a restarted instance takes its own claims back at once.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Longest wait between two probes of a channel that is down.
+    #[serde(default = "default_probe_max", deserialize_with = "positive_duration")]
+    pub probe_max: Duration,
+    /// Time zone the times in digests are shown in, as an offset from UTC (`"+08:00"`).
+    #[serde(default = "default_utc_offset", deserialize_with = "utc_offset")]
+    pub utc_offset: i32,
 }
 
 impl Default for DeliverySettings {
@@ -232,6 +261,12 @@ impl Default for DeliverySettings {
             concurrency: default_concurrency(),
             sweep_interval: default_sweep_interval(),
             shutdown_grace: default_shutdown_grace(),
+            digest_after: default_digest_after(),
+            max_in_flight: default_max_in_flight(),
+            lease: default_lease(),
+            instance_id: None,
+            probe_max: default_probe_max(),
+            utc_offset: default_utc_offset(),
         }
     }
 }
@@ -303,8 +338,101 @@ fn default_sweep_interval() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(5)
 }
+fn default_member_limits() -> Vec<RateWindow> {
+    vec![
+        RateWindow {
+            count: 30,
+            per: Duration::from_secs(60),
+        },
+        RateWindow {
+            count: 1000,
+            per: Duration::from_secs(3600),
+        },
+    ]
+}
+fn default_digest_after() -> Option<Duration> {
+    Some(Duration::from_secs(600))
+}
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_probe_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_utc_offset() -> i32 {
+    8 * 3600
+}
 fn default_log_level() -> String {
     "info".to_owned()
+}
+
+/// `[{ count = 30, per = "1m" }, …]`: each window needs a count of at least 1 and a
+/// positive length.
+fn member_limits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RateWindow>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Window {
+        #[serde(deserialize_with = "at_least_one_u32")]
+        count: u32,
+        #[serde(deserialize_with = "positive_duration")]
+        per: Duration,
+    }
+    let windows = Vec::<Window>::deserialize(d)?;
+    Ok(windows
+        .into_iter()
+        .map(|w| RateWindow {
+            count: w.count,
+            per: w.per,
+        })
+        .collect())
+}
+
+/// A duration, or `"off"` for none.
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        Ok(_) => Err(serde::de::Error::custom(
+            "must be a positive duration such as \"10m\", or \"off\"",
+        )),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); write it like \"10m\", or \"off\""
+        ))),
+    }
+}
+
+/// `"+08:00"`, `"-05:30"`, `"Z"` → seconds east of UTC.
+fn utc_offset<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let s = String::deserialize(d)?;
+    let text = s.trim();
+    let invalid = || {
+        serde::de::Error::custom(format!(
+            "invalid UTC offset {s:?}; write it like \"+08:00\""
+        ))
+    };
+    if text == "Z" || text == "0" {
+        return Ok(0);
+    }
+    let (sign, rest) = match text.split_at_checked(1) {
+        Some(("+", rest)) => (1, rest),
+        Some(("-", rest)) => (-1, rest),
+        _ => return Err(invalid()),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let (h, m): (i32, i32) = (
+        h.parse().map_err(|_| invalid())?,
+        m.parse().map_err(|_| invalid())?,
+    );
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return Err(invalid());
+    }
+    Ok(sign * (h * 3600 + m * 60))
 }
 
 /// Durations are written the human way: `"90s"`, `"15m"`, `"2h"`, `"250ms"`.
@@ -722,6 +850,40 @@ mod tests {
             let err = Settings::from_toml(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn delivery_scheduling_settings_parse() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.wecom.member_limits.len(), 2);
+        assert_eq!(s.wecom.member_limits[0].count, 30);
+        assert_eq!(s.delivery.digest_after, Some(Duration::from_secs(600)));
+        assert_eq!(s.delivery.utc_offset, 8 * 3600);
+        let text = MINIMAL.replace(
+            "[wecom]",
+            "[wecom]\nmember_limits = [{ count = 5, per = \"2s\" }]",
+        ) + "\n[delivery]\ndigest_after = \"off\"\nutc_offset = \"-05:30\"\n";
+        let s = Settings::from_toml(&text).unwrap();
+        assert_eq!(
+            s.wecom.member_limits,
+            [RateWindow {
+                count: 5,
+                per: Duration::from_secs(2)
+            }]
+        );
+        assert_eq!(s.delivery.digest_after, None);
+        assert_eq!(s.delivery.utc_offset, -(5 * 3600 + 30 * 60));
+        for bad in [
+            "[wecom]\nmember_limits = [{ count = 0, per = \"1m\" }]",
+            "[wecom]\nmember_limits = [{ count = 1, per = \"1m\", x = 1 }]",
+        ] {
+            assert!(
+                Settings::from_toml(&MINIMAL.replace("[wecom]", bad)).is_err(),
+                "{bad}"
+            );
+        }
+        let text = format!("{MINIMAL}\n[delivery]\nutc_offset = \"8\"\n");
+        assert!(Settings::from_toml(&text).is_err());
     }
 
     #[test]

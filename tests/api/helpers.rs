@@ -57,6 +57,19 @@ pub struct TestConfig {
     pub max_connections: Option<usize>,
     /// `server.send_rate` as (count, per); the server default when `None`.
     pub send_rate: Option<(u32, String)>,
+    /// `wecom.member_limits` as (count, per) windows. Generous by default, so that only the
+    /// tests about the limits meet them.
+    pub member_limits: Vec<(u32, String)>,
+    /// `delivery.digest_after`: a duration or "off" (the default here).
+    pub digest_after: String,
+    /// `delivery.max_in_flight`: lanes (members) worked on at once.
+    pub max_in_flight: usize,
+    /// `delivery.lease`: how long a claim on a lane lasts without renewal.
+    pub lease: String,
+    /// `delivery.probe_max`: longest wait between probes of a channel that is down.
+    pub probe_max: String,
+    /// `delivery.instance_id`; the server default (`<hostname>:<port>`) when `None`.
+    pub instance_id: Option<String>,
 }
 
 impl Default for TestConfig {
@@ -76,6 +89,12 @@ impl Default for TestConfig {
             header_read_timeout: None,
             max_connections: None,
             send_rate: None,
+            member_limits: vec![(100_000, "1s".to_owned())],
+            digest_after: "off".to_owned(),
+            max_in_flight: 64,
+            lease: "10s".to_owned(),
+            probe_max: "1s".to_owned(),
+            instance_id: None,
         }
     }
 }
@@ -99,6 +118,17 @@ impl TestConfig {
                 "send_rate = {{ count = {count}, per = \"{per}\" }}\n"
             ));
         }
+        let member_limits = self
+            .member_limits
+            .iter()
+            .map(|(count, per)| format!("{{ count = {count}, per = \"{per}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let instance_id = self
+            .instance_id
+            .as_ref()
+            .map(|id| format!("instance_id = \"{id}\"\n"))
+            .unwrap_or_default();
         format!(
             r#"[server]
 listen = "{listen}"
@@ -115,8 +145,13 @@ encoding_aes_key = "{ENCODING_AES_KEY}"
 api_base = "{api_base}"
 request_timeout = "{request_timeout}"
 callback_max_age = "{callback_max_age}"
+member_limits = [{member_limits}]
 
 [delivery]
+{instance_id}digest_after = "{digest_after}"
+max_in_flight = {max_in_flight}
+lease = "{lease}"
+probe_max = "{probe_max}"
 retry_window = "{retry_window}"
 backoff_initial = "{backoff_initial}"
 backoff_max = "{backoff_max}"
@@ -137,6 +172,10 @@ level = "warn"
             sweep_interval = self.sweep_interval,
             shutdown_grace = self.shutdown_grace,
             callback_max_age = self.callback_max_age,
+            digest_after = self.digest_after,
+            max_in_flight = self.max_in_flight,
+            lease = self.lease,
+            probe_max = self.probe_max,
         )
     }
 }
