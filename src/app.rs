@@ -88,8 +88,14 @@ impl Application {
             http_client(settings.wecom.request_timeout)?,
             &settings.wecom,
         ));
-        let channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(client))];
-        let outbox = Outbox::new(store.clone(), channels, settings.delivery.clone());
+        let channel: Arc<dyn Channel> = Arc::new(WeComChannel::new(client));
+        let outbox = Outbox::new(
+            store.clone(),
+            channel,
+            settings.delivery.clone(),
+            settings.wecom.member_limits.clone(),
+            instance_id(&settings),
+        );
 
         let state = AppState {
             store: store.clone(),
@@ -162,6 +168,27 @@ impl Application {
         tracing::info!("pushbot stopped");
         Ok(())
     }
+}
+
+/// `delivery.instance_id`, else `<hostname>:<port>`: stable across restarts of the same
+/// service (so that it takes its own lane claims back at once), distinct between two
+/// services on one host.
+fn instance_id(settings: &Settings) -> String {
+    if let Some(id) = settings.delivery.instance_id.as_deref().map(str::trim)
+        && !id.is_empty()
+    {
+        return id.to_owned();
+    }
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "pushbot".to_owned());
+    format!("{host}:{}", settings.server.listen.port())
 }
 
 /// `server.listen`, except that a service still configured with WeCom's public sample

@@ -6,6 +6,7 @@ pub mod app;
 pub mod bot;
 pub mod config;
 pub mod delivery;
+pub mod domain;
 pub mod error;
 pub mod server;
 pub mod store;

@@ -3,14 +3,16 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::domain::PushToken;
+
 /// Bytes of randomness in a token (≥ 128 bits required; 24 gives 32 characters, no padding).
 const TOKEN_BYTES: usize = 24;
 
-pub fn generate() -> String {
+pub fn generate() -> PushToken {
     let mut bytes = [0u8; TOKEN_BYTES];
     // rand's thread RNG is a CSPRNG (ChaCha) seeded and reseeded from the OS.
     rand::fill(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    PushToken::new(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Cheap shape check so garbage never reaches the database.
@@ -28,7 +30,7 @@ mod tests {
 
     #[test]
     fn tokens_are_url_safe_long_and_distinct() {
-        let tokens: HashSet<String> = (0..1000).map(|_| generate()).collect();
+        let tokens: HashSet<String> = (0..1000).map(|_| generate().expose().to_owned()).collect();
         assert_eq!(tokens.len(), 1000);
         for t in &tokens {
             assert_eq!(t.len(), 32);

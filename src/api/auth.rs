@@ -4,6 +4,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 
 use super::AppState;
+use crate::domain::{PushToken, UserId};
 use crate::error::ApiError;
 
 /// The token from `Authorization: Bearer …`, else from the first candidate given
@@ -29,7 +30,7 @@ pub fn find_token(headers: &HeaderMap, candidates: &[Option<&str>]) -> Option<St
 }
 
 /// The member owning the token, or 401 with a message that says what to do.
-pub async fn member(state: &AppState, token: Option<String>) -> Result<String, ApiError> {
+pub async fn member(state: &AppState, token: Option<String>) -> Result<UserId, ApiError> {
     let Some(token) = token else {
         return Err(ApiError::Unauthorized(
             "missing push token: pass ?token=…, a \"token\" field, or an Authorization: Bearer header"
@@ -41,7 +42,7 @@ pub async fn member(state: &AppState, token: Option<String>) -> Result<String, A
     }
     state
         .store
-        .member_by_token(&token)
+        .member_by_token(&PushToken::new(token))
         .await?
         .ok_or_else(invalid)
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use crate::bot::{self, Command};
+use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::store::{CallbackClaim, now_ms};
 use crate::wecom::crypto::CryptoError;
@@ -157,16 +158,16 @@ fn check_fresh(timestamp: &str, max_age: std::time::Duration) -> Result<(), ApiE
 }
 
 async fn run(state: &AppState, inbound: &Inbound, command: Command) -> Result<String, ApiError> {
-    let userid = inbound.from_user_name.as_str();
+    let userid = UserId::new(&inbound.from_user_name);
     Ok(match command {
         Command::Token => {
-            let token = state.store.token_for(userid).await?;
-            bot::token_reply(&token, &state.public_base)
+            let token = state.store.token_for(&userid).await?;
+            bot::token_reply(token.expose(), &state.public_base)
         }
         Command::Rotate => {
-            let token = state.store.rotate_token(userid).await?;
-            tracing::info!(userid, "push token rotated");
-            bot::rotated_reply(&token, &state.public_base)
+            let token = state.store.rotate_token(&userid).await?;
+            tracing::info!(userid = %userid, "push token rotated");
+            bot::rotated_reply(token.expose(), &state.public_base)
         }
         Command::Help => bot::help_reply(),
         Command::Welcome => bot::welcome_reply(),

@@ -66,6 +66,8 @@ struct MessageView {
     delivered_at: Option<String>,
     /// When the next attempt is due (queued messages only).
     next_attempt_at: Option<String>,
+    /// The digest that carried it, when it was delivered as part of one.
+    via: Option<String>,
 }
 
 impl From<Message> for MessageView {
@@ -81,7 +83,8 @@ impl From<Message> for MessageView {
             delivered_at: m.delivered_at.map(rfc3339),
             next_attempt_at: (m.status == MessageStatus::Queued)
                 .then(|| rfc3339(m.next_attempt_at)),
-            id: m.id,
+            via: m.via,
+            id: m.id.to_string(),
         }
     }
 }
@@ -150,7 +153,9 @@ async fn list(
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let next_before = more.then(|| rows.last().map(|m| m.id.clone())).flatten();
+    let next_before = more
+        .then(|| rows.last().map(|m| m.id.to_string()))
+        .flatten();
     Ok(Json(Page {
         ok: true,
         messages: rows.into_iter().map(MessageView::from).collect(),

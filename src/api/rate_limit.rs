@@ -14,6 +14,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::{AppState, auth};
 use crate::config::SendRate;
+use crate::domain::UserId;
 use crate::error::ApiError;
 
 /// How often members whose budget is full again are forgotten, so memory follows the
@@ -94,9 +95,9 @@ async fn evict_idle(limiter: Weak<SendLimiter>) {
 pub async fn authorized_sender(
     state: &AppState,
     token: Option<String>,
-) -> Result<String, ApiError> {
+) -> Result<UserId, ApiError> {
     let userid = auth::member(state, token).await?;
-    state.send_limiter.check(&userid)?;
+    state.send_limiter.check(userid.as_str())?;
     Ok(userid)
 }
 

@@ -63,6 +63,7 @@ struct SendFields {
     title: Option<String>,
     content: Option<String>,
     desp: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 impl SendFields {
@@ -73,6 +74,7 @@ impl SendFields {
             title: self.title.or(fallback.title),
             content: self.content.or(fallback.content),
             desp: self.desp.or(fallback.desp),
+            idempotency_key: self.idempotency_key.or(fallback.idempotency_key),
         }
     }
 }
@@ -82,6 +84,35 @@ struct Accepted {
     ok: bool,
     id: String,
     status: MessageStatus,
+    /// Present (true) when an earlier message with the same idempotency key was found.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The `Idempotency-Key` header, else the `idempotency_key` field.
+fn idempotency_key(headers: &HeaderMap, field: Option<String>) -> Result<Option<String>, ApiError> {
+    let header = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let key = header
+        .or(field)
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty());
+    if key.as_ref().is_some_and(|k| k.len() > MAX_IDEMPOTENCY_KEY) {
+        return Err(ApiError::BadRequest(format!(
+            "idempotency key is longer than {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    Ok(key)
 }
 
 async fn send_get(
@@ -213,6 +244,7 @@ async fn accept(
             MAX_CONTENT_BYTES / 1024
         )));
     }
+    let key = idempotency_key(headers, fields.idempotency_key)?;
     let token = auth::find_token(headers, &[fields.token.as_deref()]);
     let userid = authorized_sender(state, token).await?;
     if title.is_none() && content.is_none() {
@@ -220,18 +252,20 @@ async fn accept(
             "nothing to send: give a title or content (or desp)".into(),
         ));
     }
-    let message = state
+    let accepted = state
         .outbox
         .accept(NewMessage {
             userid,
             title,
             content,
+            idempotency_key: key,
         })
         .await?;
     Ok(Json(Accepted {
         ok: true,
-        id: message.id,
-        status: message.status,
+        id: accepted.message.id.to_string(),
+        status: accepted.message.status,
+        duplicate: accepted.duplicate,
     }))
 }
 

@@ -110,6 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         callback_token = "{CALLBACK_TOKEN}"
         encoding_aes_key = "{AES_KEY}"
         api_base = "http://{mock_addr}"
+        member_limits = [{{ count = 4000000000, per = "1s" }}]
         [delivery]
         concurrency = 64
         [log]

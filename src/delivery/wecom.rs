@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{Channel, DeliveryError};
-use crate::store::Message;
+use super::{Channel, ChannelError};
+use crate::domain::Outbound;
 use crate::wecom::client::WeComClient;
 
 /// WeCom truncates text content beyond 2048 bytes without saying so; we cut first, on a
@@ -28,15 +28,27 @@ impl Channel for WeComChannel {
         "wecom"
     }
 
-    fn deliver<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn label(&self) -> &'static str {
+        "WeCom"
+    }
+
+    fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
             let text = render_text(message.title.as_deref(), message.content.as_deref());
             self.client
-                .send_text(&message.userid, &text)
+                .send_text(message.userid.as_str(), &text)
                 .await
-                .map_err(|e| DeliveryError {
-                    transient: e.is_transient(),
-                    message: e.to_string(),
+                .map_err(|e| {
+                    if e.is_transient() {
+                        ChannelError::Transient {
+                            unreachable: e.is_unreachable(),
+                            reason: e.to_string(),
+                        }
+                    } else {
+                        ChannelError::Permanent {
+                            reason: e.to_string(),
+                        }
+                    }
                 })
         })
     }

@@ -9,20 +9,26 @@
 //! accepts share a transaction and so one fsync, which is what lets `/send` take
 //! thousands of messages a second while still answering only after the message is on disk.
 
+mod callbacks;
+mod lanes;
+mod members;
+mod messages;
 mod writer;
 
-use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row};
+use tokio::sync::Notify;
 
-pub use writer::AttemptUpdate;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+
+pub use callbacks::CallbackClaim;
+pub use lanes::Waiting;
+pub use messages::{IDEMPOTENCY_WINDOW_MS, Message, MessageStatus};
+pub use writer::{AttemptUpdate, Digest};
 use writer::{WriteStatus, WriterHandle};
 
 /// `/healthz` trusts a successful write younger than this; otherwise it makes one.
@@ -62,6 +68,9 @@ pub enum StoreError {
         .0.display()
     )]
     FileReplaced(PathBuf),
+    /// Another message of the member already carries this idempotency key.
+    #[error("a message with this idempotency key exists already")]
+    DuplicateKey,
     /// The last write failed (reported by `/healthz`).
     #[error("database writes are failing: {0}")]
     WritesFailing(String),
@@ -92,7 +101,7 @@ impl StoreError {
             },
             Self::WriterGone | Self::FileReplaced(_) | Self::WritesFailing(_) => true,
             Self::Shared(inner) => inner.is_unavailable(),
-            Self::Migrate(_) | Self::Open { .. } | Self::Corrupt(_) => false,
+            Self::Migrate(_) | Self::Open { .. } | Self::Corrupt(_) | Self::DuplicateKey => false,
         }
     }
 }
@@ -123,113 +132,6 @@ impl FileIdentity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageStatus {
-    Queued,
-    Delivered,
-    Failed,
-}
-
-impl MessageStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-impl FromStr for MessageStatus {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "queued" => Ok(Self::Queued),
-            "delivered" => Ok(Self::Delivered),
-            "failed" => Ok(Self::Failed),
-            other => Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
-        }
-    }
-}
-
-/// One message in the outbox.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub id: String,
-    pub userid: String,
-    pub title: Option<String>,
-    pub content: Option<String>,
-    pub status: MessageStatus,
-    pub attempts: i64,
-    pub last_error: Option<String>,
-    pub channel: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub next_attempt_at: i64,
-    pub deadline_at: i64,
-    pub delivered_at: Option<i64>,
-}
-
-impl Message {
-    /// A message just accepted: queued, due now, retried until `deadline_at`.
-    pub fn new_queued(
-        id: String,
-        userid: String,
-        title: Option<String>,
-        content: Option<String>,
-        now: i64,
-        deadline_at: i64,
-    ) -> Self {
-        Self {
-            id,
-            userid,
-            title,
-            content,
-            status: MessageStatus::Queued,
-            attempts: 0,
-            last_error: None,
-            channel: None,
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: now,
-            deadline_at,
-            delivered_at: None,
-        }
-    }
-
-    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
-        let status: String = row.try_get("status")?;
-        Ok(Self {
-            id: row.try_get("id")?,
-            userid: row.try_get("userid")?,
-            title: row.try_get("title")?,
-            content: row.try_get("content")?,
-            status: status.parse()?,
-            attempts: row.try_get("attempts")?,
-            last_error: row.try_get("last_error")?,
-            channel: row.try_get("channel")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            next_attempt_at: row.try_get("next_attempt_at")?,
-            deadline_at: row.try_get("deadline_at")?,
-            delivered_at: row.try_get("delivered_at")?,
-        })
-    }
-}
-
-const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, last_error, channel, \
-     created_at, updated_at, next_attempt_at, deadline_at, delivered_at";
-
-/// Result of claiming a WeCom callback for processing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallbackClaim {
-    /// First time we see it: process it, then call [`Store::complete_callback`].
-    New,
-    /// Seen before; the stored reply (if the first run finished) should be sent again.
-    Seen(Option<String>),
-}
-
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -240,15 +142,9 @@ pub struct Store {
     /// token → userid. Every authenticated request looks a token up, so positive
     /// answers are kept in memory; this process is the only writer of tokens, and
     /// rotation evicts the old entry before it returns.
-    tokens: Arc<RwLock<TokenCache>>,
-}
-
-/// Positive token lookups. `rotations` counts rotations so that a lookup that read the
-/// database before a rotation committed cannot put the revoked token back afterwards.
-#[derive(Default)]
-struct TokenCache {
-    owners: HashMap<String, String>,
-    rotations: u64,
+    tokens: Arc<RwLock<members::TokenCache>>,
+    /// Woken whenever new messages are committed (the delivery scheduler waits on it).
+    new_work: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -319,12 +215,14 @@ impl Store {
             .run(&pool)
             .await?;
         let file = path.as_deref().and_then(FileIdentity::of);
-        let writer = writer::spawn(options, file.clone());
+        let new_work = Arc::new(Notify::new());
+        let writer = writer::spawn(options, file.clone(), Arc::clone(&new_work));
         Ok(Self {
             pool,
             writer,
             file,
             tokens: Arc::default(),
+            new_work,
         })
     }
 
@@ -353,248 +251,16 @@ impl Store {
         }
     }
 
+    /// Notified whenever new messages have been committed.
+    pub fn new_work(&self) -> Arc<Notify> {
+        Arc::clone(&self.new_work)
+    }
+
     /// Commits queued writes, stops the writer, then closes the pool. Writes after this
     /// fail with [`StoreError::WriterGone`].
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
-    }
-
-    // ---- members and tokens -------------------------------------------------------
-
-    /// The member a push token belongs to, if any.
-    pub async fn member_by_token(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let generation = match self.tokens.read() {
-            Ok(cache) => {
-                if let Some(userid) = cache.owners.get(token) {
-                    return Ok(Some(userid.clone()));
-                }
-                cache.rotations
-            }
-            Err(_) => u64::MAX,
-        };
-        let row = sqlx::query("SELECT userid FROM members WHERE token = $1")
-            .bind(token)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let userid: String = row.try_get("userid")?;
-        self.cache_token(token, &userid, generation);
-        Ok(Some(userid))
-    }
-
-    /// The member's token, created on first request.
-    pub async fn token_for(&self, userid: &str) -> Result<String, StoreError> {
-        let generation = self.tokens.read().map_or(u64::MAX, |c| c.rotations);
-        // Asking again is the common case: read first, and write (one fsync) only for a
-        // member seen for the first time.
-        let token = match self.stored_token(userid).await? {
-            Some(token) => token,
-            None => {
-                sqlx::query(
-                    "INSERT INTO members (userid, token, created_at, token_created_at) \
-                     VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO NOTHING",
-                )
-                .bind(userid)
-                .bind(crate::token::generate())
-                .bind(now_ms())
-                .execute(&self.pool)
-                .await?;
-                // A concurrent first request may have won the insert: read what was kept.
-                self.stored_token(userid)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt(format!("member {userid} vanished")))?
-            }
-        };
-        self.cache_token(&token, userid, generation);
-        Ok(token)
-    }
-
-    async fn stored_token(&self, userid: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query("SELECT token FROM members WHERE userid = $1")
-            .bind(userid)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| row.try_get("token"))
-            .transpose()
-            .map_err(StoreError::from)
-    }
-
-    /// Replaces the member's token; the old one stops working before this returns.
-    ///
-    /// One upsert statement rather than read-then-write in a transaction: on SQLite a
-    /// deferred transaction that reads first cannot wait for the write lock, and the outbox
-    /// writer holds it often under load.
-    pub async fn rotate_token(&self, userid: &str) -> Result<String, StoreError> {
-        let now = now_ms();
-        let new_token = crate::token::generate();
-        sqlx::query(
-            "INSERT INTO members (userid, token, created_at, token_created_at) \
-             VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO UPDATE \
-             SET token = excluded.token, token_created_at = excluded.token_created_at",
-        )
-        .bind(userid)
-        .bind(&new_token)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        if let Ok(mut cache) = self.tokens.write() {
-            cache.rotations += 1;
-            cache.owners.retain(|_, owner| owner != userid);
-            cache.owners.insert(new_token.clone(), userid.to_owned());
-        }
-        Ok(new_token)
-    }
-
-    /// Caches a lookup made when the rotation counter was `generation`, unless a rotation
-    /// has committed since (then the value read may already be revoked).
-    fn cache_token(&self, token: &str, userid: &str, generation: u64) {
-        if let Ok(mut cache) = self.tokens.write()
-            && cache.rotations == generation
-        {
-            cache.owners.insert(token.to_owned(), userid.to_owned());
-        }
-    }
-
-    // ---- outbox -------------------------------------------------------------------
-
-    /// Stores a new message durably; returns once it is committed to disk.
-    pub async fn insert_message(&self, message: Message) -> Result<(), StoreError> {
-        self.writer.insert(message).await
-    }
-
-    /// Records the outcome of a delivery attempt; returns once it is committed. If it is
-    /// never recorded (crash, or the error is not retried) the message stays `queued` and is
-    /// delivered again after restart (at least once).
-    pub async fn record_attempt(&self, update: AttemptUpdate) -> Result<(), StoreError> {
-        self.writer.update(update).await
-    }
-
-    pub async fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Message::from_row).transpose()
-    }
-
-    /// A member's messages, newest first, optionally only one status and only older than
-    /// the message `before` (ids are UUIDv7, so their text order is their time order).
-    pub async fn messages_of(
-        &self,
-        userid: &str,
-        status: Option<MessageStatus>,
-        before: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Message>, StoreError> {
-        // Only the filters given become SQL, so no parameter needs a NULL type (PostgreSQL
-        // cannot infer one for `$n IS NULL`).
-        let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE userid = $1");
-        let mut n = 1;
-        if status.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND status = ${n}"));
-        }
-        if before.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND id < ${n}"));
-        }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(userid);
-        if let Some(status) = status {
-            query = query.bind(status.as_str());
-        }
-        if let Some(before) = before {
-            query = query.bind(before);
-        }
-        let rows = query.bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(Message::from_row).collect()
-    }
-
-    /// Every message still waiting for delivery, oldest due first (start-up recovery).
-    pub async fn queued_messages(&self) -> Result<Vec<Message>, StoreError> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE status = 'queued' \
-             ORDER BY next_attempt_at"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(Message::from_row).collect()
-    }
-
-    /// Ids of the `queued` messages due at or before `at_ms`, oldest due first (the
-    /// delivery sweep looks among them for messages no task is working on).
-    pub async fn queued_ids_due(&self, at_ms: i64) -> Result<Vec<String>, StoreError> {
-        sqlx::query(
-            "SELECT id FROM messages WHERE status = 'queued' AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at",
-        )
-        .bind(at_ms)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| row.try_get("id").map_err(StoreError::from))
-        .collect()
-    }
-
-    // ---- WeCom callback de-duplication ---------------------------------------------
-
-    /// Marks a callback as being processed, or reports that it was seen before.
-    pub async fn claim_callback(&self, key: &str) -> Result<CallbackClaim, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO callbacks (dedup_key, reply, created_at) VALUES ($1, NULL, $2) \
-             ON CONFLICT (dedup_key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(CallbackClaim::New);
-        }
-        let reply = sqlx::query("SELECT reply FROM callbacks WHERE dedup_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| row.try_get::<Option<String>, _>("reply"))
-            .transpose()?
-            .flatten();
-        Ok(CallbackClaim::Seen(reply))
-    }
-
-    /// Stores the reply sent for a callback so that WeCom's retries get the same one.
-    pub async fn complete_callback(
-        &self,
-        key: &str,
-        reply: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE callbacks SET reply = $1 WHERE dedup_key = $2")
-            .bind(reply)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Drops a claim whose processing failed, so WeCom's retry is processed afresh.
-    pub async fn release_callback(&self, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM callbacks WHERE dedup_key = $1 AND reply IS NULL")
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Forgets callbacks older than `before_ms` (WeCom retries within seconds).
-    pub async fn prune_callbacks(&self, before_ms: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM callbacks WHERE created_at < $1")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
     }
 }
 
@@ -708,6 +374,16 @@ fn sqlite_url_with_create(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{MessageId, UserId};
+    use sqlx::Row as _;
+
+    fn uid(s: &str) -> UserId {
+        UserId::new(s)
+    }
+
+    fn mid(s: &str) -> MessageId {
+        MessageId::from_stored(s.to_owned())
+    }
 
     async fn temp_store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -718,8 +394,8 @@ mod tests {
     fn message(id: &str, userid: &str) -> Message {
         let now = now_ms();
         Message::new_queued(
-            id.into(),
-            userid.into(),
+            mid(id),
+            uid(userid),
             Some("t".into()),
             None,
             now,
@@ -742,28 +418,28 @@ mod tests {
     #[tokio::test]
     async fn token_is_stable_until_rotated() {
         let (store, _dir) = temp_store().await;
-        let t1 = store.token_for("alice").await.unwrap();
-        assert_eq!(store.token_for("alice").await.unwrap(), t1);
-        assert_ne!(store.token_for("bob").await.unwrap(), t1);
-        let t2 = store.rotate_token("alice").await.unwrap();
+        let t1 = store.token_for(&uid("alice")).await.unwrap();
+        assert_eq!(store.token_for(&uid("alice")).await.unwrap(), t1);
+        assert_ne!(store.token_for(&uid("bob")).await.unwrap(), t1);
+        let t2 = store.rotate_token(&uid("alice")).await.unwrap();
         assert_ne!(t1, t2);
         assert_eq!(store.member_by_token(&t1).await.unwrap(), None);
         assert_eq!(
-            store.member_by_token(&t2).await.unwrap().as_deref(),
-            Some("alice")
+            store.member_by_token(&t2).await.unwrap(),
+            Some(uid("alice"))
         );
     }
 
     #[tokio::test]
     async fn a_lookup_racing_a_rotation_cannot_revive_the_old_token() {
         let (store, _dir) = temp_store().await;
-        let old = store.token_for("alice").await.unwrap();
+        let old = store.token_for(&uid("alice")).await.unwrap();
         // A lookup read the database (and the rotation counter) just before…
         let generation = store.tokens.read().unwrap().rotations;
         // …a rotation committed…
-        store.rotate_token("alice").await.unwrap();
+        store.rotate_token(&uid("alice")).await.unwrap();
         // …and only now tries to cache what it read.
-        store.cache_token(&old, "alice", generation);
+        store.cache_token(&old, &uid("alice"), generation);
         assert_eq!(store.member_by_token(&old).await.unwrap(), None);
     }
 
@@ -782,7 +458,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert_eq!(store.queued_messages().await.unwrap().len(), 200);
+        assert_eq!(store.queued_count().await.unwrap(), 200);
     }
 
     #[tokio::test]
@@ -792,7 +468,7 @@ mod tests {
         store.insert_message(message("b", "alice")).await.unwrap();
         store
             .record_attempt(AttemptUpdate::Retry {
-                id: "a".into(),
+                id: mid("a"),
                 attempts: 1,
                 error: "busy".into(),
                 next_attempt_at: 5,
@@ -801,15 +477,17 @@ mod tests {
             .unwrap();
         store
             .record_attempt(AttemptUpdate::Delivered {
-                id: "a".into(),
+                id: mid("a"),
+                userid: uid("alice"),
                 attempts: 2,
                 channel: "wecom",
+                sent_at: now_ms(),
             })
             .await
             .unwrap();
         store
             .record_attempt(AttemptUpdate::Failed {
-                id: "b".into(),
+                id: mid("b"),
                 attempts: 1,
                 error: "no".into(),
             })
@@ -823,7 +501,7 @@ mod tests {
         let b = store.message("b").await.unwrap().unwrap();
         assert_eq!(b.status, MessageStatus::Failed);
         assert_eq!(b.last_error.as_deref(), Some("no"));
-        assert!(store.queued_messages().await.unwrap().is_empty());
+        assert_eq!(store.queued_count().await.unwrap(), 0);
     }
 
     /// An independent connection to the same file, as another process would open it.
@@ -911,19 +589,25 @@ mod tests {
         // Concurrent outcomes land in one group commit.
         let (a, b, c) = tokio::join!(
             store.record_attempt(AttemptUpdate::Delivered {
-                id: "a".into(),
+                id: mid("a"),
+                userid: uid("alice"),
                 attempts: 1,
                 channel: "wecom",
+                sent_at: now_ms(),
             }),
             store.record_attempt(AttemptUpdate::Delivered {
-                id: "b".into(),
+                id: mid("b"),
+                userid: uid("alice"),
                 attempts: 3,
                 channel: "wecom",
+                sent_at: now_ms(),
             }),
             store.record_attempt(AttemptUpdate::Delivered {
-                id: "c".into(),
+                id: mid("c"),
+                userid: uid("alice"),
                 attempts: 3,
                 channel: "email",
+                sent_at: now_ms(),
             }),
         );
         a.unwrap();
@@ -971,7 +655,7 @@ mod tests {
         g1.unwrap();
         g2.unwrap();
         // Alone, too: the failed COMMIT must not leave a transaction behind.
-        poison.id = "p2".into();
+        poison.id = mid("p2");
         assert!(store.insert_message(poison).await.is_err());
         for i in 0..5 {
             store
@@ -1130,19 +814,19 @@ mod tests {
     #[tokio::test]
     async fn a_rotation_evicts_lookups_made_while_it_waited_for_the_lock() {
         let (store, dir) = temp_store().await;
-        let old = store.token_for("alice").await.unwrap();
+        let old = store.token_for(&uid("alice")).await.unwrap();
         // Another writer holds the database, so the rotation's UPDATE has to wait…
         let mut other = independent(&dir).await;
         other.execute("BEGIN IMMEDIATE").await.unwrap();
         let rotating = tokio::spawn({
             let store = store.clone();
-            async move { store.rotate_token("alice").await }
+            async move { store.rotate_token(&uid("alice")).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         // …meanwhile a request looks the old token up (still valid in the database).
         assert_eq!(
-            store.member_by_token(&old).await.unwrap().as_deref(),
-            Some("alice")
+            store.member_by_token(&old).await.unwrap(),
+            Some(uid("alice"))
         );
         other.execute("COMMIT").await.unwrap();
         let new = rotating.await.unwrap().unwrap();

@@ -16,11 +16,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sqlx::Row as _;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, Connection as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{FileIdentity, Message, StoreError, now_ms};
+use crate::domain::{MessageId, UserId};
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
@@ -36,33 +38,101 @@ const PROBE_BYTES: i64 = 80 * 1024;
 /// The outcome of one delivery attempt, to be recorded.
 #[derive(Debug, Clone)]
 pub enum AttemptUpdate {
+    /// Sent on its own; `sent_at` counts against the member's limits.
     Delivered {
-        id: String,
+        id: MessageId,
+        userid: UserId,
         attempts: i64,
         channel: &'static str,
+        sent_at: i64,
+    },
+    /// Sent as part of a digest, which counts once against the member's limits.
+    DigestDelivered {
+        digest: Digest,
+        channel: &'static str,
+        sent_at: i64,
     },
     Retry {
-        id: String,
+        id: MessageId,
         attempts: i64,
         error: String,
         next_attempt_at: i64,
     },
     Failed {
-        id: String,
+        id: MessageId,
         attempts: i64,
         error: String,
     },
 }
 
-type Done = oneshot::Sender<Result<(), StoreError>>;
+/// One digest: a WeCom message that carried several waiting messages.
+#[derive(Debug, Clone)]
+pub struct Digest {
+    pub id: String,
+    pub userid: UserId,
+    pub body: String,
+    pub carried: Vec<MessageId>,
+}
 
-enum Op {
-    Insert(Box<Message>, Done),
-    Update(AttemptUpdate, Done),
+/// Writes to the lane table, committed in the same group commit as everything else (on
+/// SQLite a second writer would only wait for the writer's lock).
+#[derive(Debug, Clone)]
+pub enum LaneOp {
+    /// Claim up to `limit` due lanes whose lease has expired; answers `Claimed`.
+    Claim {
+        owner: String,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    },
+    /// Extend the owner's claims on these lanes.
+    Renew {
+        owner: String,
+        userids: Vec<UserId>,
+        lease_until: i64,
+    },
+    /// Give a lane up until `due_at`.
+    Release {
+        owner: String,
+        userid: UserId,
+        due_at: i64,
+    },
+    /// Delete the owner's lane if nothing is queued in it any more; answers `Finished`.
+    Finish { owner: String, userid: UserId },
+    /// Give up every claim of `owner` (start-up, shutdown); answers `Count`.
+    ReleaseAll { owner: String },
+    /// Fail queued messages past their deadline in lanes nobody holds; answers `Count`.
+    FailOverdue { now: i64, error: String, limit: i64 },
+    /// Open lanes for queued messages that have none (a safety net); answers `Count`.
+    OpenMissing { now: i64 },
+    /// Forget send times older than `before`; answers `Count`.
+    PruneSends { before: i64 },
+}
+
+/// What a write answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Done,
+    Claimed(Vec<UserId>),
+    Finished(bool),
+    Count(u64),
+}
+
+type Done = oneshot::Sender<Result<Reply, StoreError>>;
+
+/// One write as queued for the writer.
+enum Write {
+    Insert(Box<Message>),
+    Update(AttemptUpdate),
+    Lane(LaneOp),
     /// A real write (the `health` row, as large as the largest message), to learn whether
     /// the database takes writes now.
-    Probe(Done),
-    /// Commit what is queued, give the connection back and stop (writes after this fail
+    Probe,
+}
+
+enum Op {
+    Write(Write, Done),
+    /// Commit what is queued, close the connection and stop (writes after this fail
     /// with [`StoreError::WriterGone`]).
     Close(oneshot::Sender<()>),
 }
@@ -106,13 +176,13 @@ pub(super) enum WriteStatus {
 impl WriteHealth {
     /// Records one write's result; `probe` marks a health probe, whose success does not
     /// clear a failure younger than [`FAILURE_MEMORY`].
-    fn record(&self, result: &Result<(), StoreError>, probe: bool) {
+    fn record(&self, error: Option<&StoreError>, probe: bool) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         let now = Instant::now();
-        match result {
-            Ok(()) => {
+        match error {
+            None => {
                 state.last_ok = Some(now);
                 let clears = state
                     .failure
@@ -126,7 +196,7 @@ impl WriteHealth {
                     );
                 }
             }
-            Err(err) => {
+            Some(err) => {
                 let error = crate::error::chain(err);
                 let since = match &state.failure {
                     Some(f) => f.since,
@@ -166,22 +236,28 @@ pub(super) struct WriterHandle {
 }
 
 impl WriterHandle {
-    async fn call(&self, op: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
+    async fn call(&self, write: Write) -> Result<Reply, StoreError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(op(done)).map_err(|_| StoreError::WriterGone)?;
+        self.tx
+            .send(Op::Write(write, done))
+            .map_err(|_| StoreError::WriterGone)?;
         wait.await.map_err(|_| StoreError::WriterGone)?
     }
 
     pub(super) async fn insert(&self, message: Message) -> Result<(), StoreError> {
-        self.call(|done| Op::Insert(Box::new(message), done)).await
+        self.call(Write::Insert(Box::new(message))).await.map(drop)
     }
 
     pub(super) async fn update(&self, update: AttemptUpdate) -> Result<(), StoreError> {
-        self.call(|done| Op::Update(update, done)).await
+        self.call(Write::Update(update)).await.map(drop)
+    }
+
+    pub(super) async fn lane(&self, op: LaneOp) -> Result<Reply, StoreError> {
+        self.call(Write::Lane(op)).await
     }
 
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
-        self.call(Op::Probe).await
+        self.call(Write::Probe).await.map(drop)
     }
 
     /// Commits everything queued before the call, then stops the writer and closes its
@@ -198,7 +274,11 @@ impl WriterHandle {
     }
 }
 
-pub(super) fn spawn(options: AnyConnectOptions, file: Option<FileIdentity>) -> WriterHandle {
+pub(super) fn spawn(
+    options: AnyConnectOptions,
+    file: Option<FileIdentity>,
+    new_work: Arc<Notify>,
+) -> WriterHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let health = Arc::new(WriteHealth::default());
     let writer = Writer {
@@ -206,6 +286,8 @@ pub(super) fn spawn(options: AnyConnectOptions, file: Option<FileIdentity>) -> W
         conn: None,
         file,
         health: Arc::clone(&health),
+        next_seq: None,
+        new_work,
     };
     tokio::spawn(writer.run(rx));
     WriterHandle { tx, health }
@@ -220,45 +302,23 @@ struct Writer {
     /// The database file as opened, to notice it being deleted or replaced.
     file: Option<FileIdentity>,
     health: Arc<WriteHealth>,
-}
-
-/// One batch's writes, borrowed from the ops that asked for them.
-#[derive(Default)]
-struct Writes<'a> {
-    messages: Vec<&'a Message>,
-    updates: Vec<&'a AttemptUpdate>,
-    probe: bool,
-}
-
-impl Writes<'_> {
-    fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.updates.is_empty() && !self.probe
-    }
-
-    fn is_probe_only(&self) -> bool {
-        self.messages.is_empty() && self.updates.is_empty()
-    }
+    /// The next acceptance sequence number (read from the database on first use).
+    next_seq: Option<i64>,
+    /// Woken after new messages are committed.
+    new_work: Arc<Notify>,
 }
 
 /// Sends one result to every waiter; an error is shared when there are several.
-fn answer(dones: Vec<Done>, result: Result<(), StoreError>) {
-    match result {
-        Ok(()) => {
-            for done in dones {
-                let _ = done.send(Ok(()));
-            }
+fn answer_all(dones: Vec<Done>, err: StoreError) {
+    if dones.len() <= 1 {
+        if let Some(done) = dones.into_iter().next() {
+            let _ = done.send(Err(err));
         }
-        Err(err) if dones.len() <= 1 => {
-            if let Some(done) = dones.into_iter().next() {
-                let _ = done.send(Err(err));
-            }
-        }
-        Err(err) => {
-            let err = Arc::new(err);
-            for done in dones {
-                let _ = done.send(Err(StoreError::Shared(Arc::clone(&err))));
-            }
-        }
+        return;
+    }
+    let err = Arc::new(err);
+    for done in dones {
+        let _ = done.send(Err(StoreError::Shared(Arc::clone(&err))));
     }
 }
 
@@ -267,8 +327,14 @@ impl Writer {
         let mut ops = Vec::with_capacity(MAX_BATCH);
         let mut closed = Vec::new();
         while closed.is_empty() && rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
-            let batch = std::mem::take(&mut ops);
-            closed = self.commit_batch(batch).await;
+            let mut writes = Vec::with_capacity(ops.len());
+            for op in ops.drain(..) {
+                match op {
+                    Op::Write(write, done) => writes.push((write, done)),
+                    Op::Close(done) => closed.push(done),
+                }
+            }
+            self.commit_batch(writes).await;
         }
         drop(rx);
         if let Some(conn) = self.conn.take() {
@@ -279,117 +345,145 @@ impl Writer {
         }
     }
 
-    /// Commits one batch; returns the waiters of a `Close` in it (empty: keep running).
-    async fn commit_batch(&mut self, batch: Vec<Op>) -> Vec<oneshot::Sender<()>> {
-        let mut inserts = Vec::new();
-        let mut updates = Vec::new();
-        let mut probes = Vec::new();
-        let mut closes = Vec::new();
-        for op in batch {
-            match op {
-                Op::Insert(m, done) => inserts.push((m, done)),
-                Op::Update(u, done) => updates.push((u, done)),
-                Op::Probe(done) => probes.push(done),
-                Op::Close(done) => closes.push(done),
-            }
+    /// Commits one batch in one transaction; if that fails, each write on its own, so
+    /// that exactly the writes that cannot be stored are refused.
+    async fn commit_batch(&mut self, mut batch: Vec<(Write, Done)>) {
+        if batch.is_empty() {
+            return;
         }
-        let all = Writes {
-            messages: inserts.iter().map(|(m, _)| m.as_ref()).collect(),
-            updates: updates.iter().map(|(u, _)| u).collect(),
-            probe: !probes.is_empty(),
-        };
-        let result = self.write(&all).await;
-        let dones =
-            |inserts: Vec<(Box<Message>, Done)>, updates: Vec<(AttemptUpdate, Done)>, probes| {
-                inserts
-                    .into_iter()
-                    .map(|(_, d)| d)
-                    .chain(updates.into_iter().map(|(_, d)| d))
-                    .chain(probes)
-                    .collect::<Vec<Done>>()
-            };
-        let single = usize::from(all.probe) + all.messages.len() + all.updates.len() <= 1;
-        match result {
-            Ok(()) => answer(dones(inserts, updates, probes), Ok(())),
-            Err(err) if single => answer(dones(inserts, updates, probes), Err(err)),
-            Err(err) => {
-                // One bad row must not fail its neighbours: retry each write on its own, so
-                // exactly the writes that cannot be stored are refused.
-                tracing::warn!(error = %crate::error::chain(&err), "batch commit failed; retrying writes one by one");
-                for (m, done) in inserts {
-                    let one = Writes {
-                        messages: vec![m.as_ref()],
-                        ..Writes::default()
-                    };
-                    let _ = done.send(self.write(&one).await);
+        let inserted = batch.iter().any(|(w, _)| matches!(w, Write::Insert(_)));
+        let writes: Vec<&mut Write> = batch.iter_mut().map(|(w, _)| w).collect();
+        match self.write(writes).await {
+            Ok(replies) => {
+                for ((_, done), reply) in batch.into_iter().zip(replies) {
+                    let _ = done.send(Ok(reply));
                 }
-                for (u, done) in updates {
-                    let one = Writes {
-                        updates: vec![&u],
-                        ..Writes::default()
-                    };
-                    let _ = done.send(self.write(&one).await);
+            }
+            Err(err) if batch.len() == 1 => {
+                answer_all(batch.into_iter().map(|(_, d)| d).collect(), err);
+            }
+            Err(err) => {
+                tracing::warn!(error = %crate::error::chain(&err), writes = batch.len(), "batch commit failed; retrying writes one by one");
+                // Several probes are one question: ask it once.
+                let mut probes = Vec::new();
+                for (mut write, done) in batch {
+                    if matches!(write, Write::Probe) {
+                        probes.push(done);
+                        continue;
+                    }
+                    let result = self
+                        .write(vec![&mut write])
+                        .await
+                        .map(|mut r| r.pop().unwrap_or(Reply::Done));
+                    let _ = done.send(result);
                 }
                 if !probes.is_empty() {
-                    let one = Writes {
-                        probe: true,
-                        ..Writes::default()
-                    };
-                    let result = self.write(&one).await;
-                    answer(probes, result);
+                    match self.write(vec![&mut Write::Probe]).await {
+                        Ok(_) => {
+                            for done in probes {
+                                let _ = done.send(Ok(Reply::Done));
+                            }
+                        }
+                        Err(err) => answer_all(probes, err),
+                    }
                 }
             }
         }
-        closes
+        if inserted {
+            self.new_work.notify_one();
+        }
     }
 
     /// Commits `writes` in one transaction on the writer's connection, or fails having
     /// closed that connection (so nothing of this attempt can linger).
-    async fn write(&mut self, writes: &Writes<'_>) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let result = self.try_write(writes).await;
+    async fn write(&mut self, mut writes: Vec<&mut Write>) -> Result<Vec<Reply>, StoreError> {
+        let probe_only = writes.iter().all(|w| matches!(w, Write::Probe));
+        let result = self.try_write(&mut writes).await;
         let result = match result {
-            Ok(()) => self.check_file(),
+            Ok(replies) => self.check_file().map(|()| replies),
             Err(err) => {
                 if let Some(mut conn) = self.conn.take() {
                     // Best effort; closing the connection ends the transaction regardless.
                     let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
                     let _ = conn.close().await;
                 }
+                // Sequence numbers handed out in the failed transaction are not reused
+                // (gaps are harmless); re-read the high mark with the next connection.
+                self.next_seq = None;
                 Err(err)
             }
         };
-        self.health.record(&result, writes.is_probe_only());
-        result
+        match &result {
+            Ok(_) => self.health.record(None, probe_only),
+            // A refused row (a repeated idempotency key) says nothing about the disk.
+            Err(err) if err.is_unavailable() => self.health.record(Some(err), probe_only),
+            Err(_) => {}
+        }
+        result.map_err(duplicate_key)
     }
 
-    async fn try_write(&mut self, writes: &Writes<'_>) -> Result<(), StoreError> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => {
-                let mut conn = AnyConnection::connect_with(&self.options).await?;
-                super::configure(&mut conn).await?;
-                self.conn.insert(conn)
-            }
+    async fn try_write(&mut self, writes: &mut [&mut Write]) -> Result<Vec<Reply>, StoreError> {
+        if self.conn.is_none() {
+            let mut conn = AnyConnection::connect_with(&self.options).await?;
+            super::configure(&mut conn).await?;
+            self.conn = Some(conn);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::WriterGone);
         };
         // IMMEDIATE takes the write lock now, so a busy database fails here, before any
         // statement ran, rather than half-way through.
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        for chunk in writes.messages.chunks(INSERT_CHUNK) {
+        let mut next_seq = match self.next_seq {
+            Some(seq) => seq,
+            None => {
+                let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM messages")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                row.try_get::<i64, _>("seq")? + 1
+            }
+        };
+        // Acceptance order is the order in which inserts reached the writer.
+        let mut messages = Vec::new();
+        for write in writes.iter_mut() {
+            if let Write::Insert(m) = &mut **write {
+                m.seq = next_seq;
+                next_seq += 1;
+                messages.push(&**m);
+            }
+        }
+        for chunk in messages.chunks(INSERT_CHUNK) {
             insert_chunk(conn, chunk).await?;
         }
-        apply_updates(conn, &writes.updates).await?;
-        if writes.probe {
-            sqlx::query("UPDATE health SET checked_at = $1, reserve = zeroblob($2) WHERE id = 1")
-                .bind(now_ms())
-                .bind(PROBE_BYTES)
-                .execute(&mut *conn)
-                .await?;
+        open_lanes(conn, &messages).await?;
+        let updates: Vec<&AttemptUpdate> = writes
+            .iter()
+            .filter_map(|w| match &**w {
+                Write::Update(u) => Some(u),
+                _ => None,
+            })
+            .collect();
+        apply_updates(conn, &updates).await?;
+        let mut replies = Vec::with_capacity(writes.len());
+        for write in writes.iter() {
+            replies.push(match &**write {
+                Write::Insert(_) | Write::Update(_) => Reply::Done,
+                Write::Lane(op) => lane_op(conn, op).await?,
+                Write::Probe => {
+                    sqlx::query(
+                        "UPDATE health SET checked_at = $1, reserve = zeroblob($2) WHERE id = 1",
+                    )
+                    .bind(now_ms())
+                    .bind(PROBE_BYTES)
+                    .execute(&mut *conn)
+                    .await?;
+                    Reply::Done
+                }
+            });
         }
         sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok(())
+        self.next_seq = Some(next_seq);
+        Ok(replies)
     }
 
     /// A commit into a database file that was deleted (or replaced) while we had it open
@@ -402,30 +496,32 @@ impl Writer {
     }
 }
 
+/// A unique-index violation on an insert is a repeated idempotency key (the message id
+/// is a fresh UUID): say so, so that the caller can answer with the first message.
+fn duplicate_key(err: StoreError) -> StoreError {
+    match &err {
+        StoreError::Db(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some("2067") && db.message().contains("idempotency_key") =>
+        {
+            StoreError::DuplicateKey
+        }
+        _ => err,
+    }
+}
+
 async fn insert_chunk(conn: &mut AnyConnection, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 13;
+    const COLS: usize = 16;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
-         channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at) VALUES ",
+         channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
+         idempotency_key) VALUES ",
     );
-    for i in 0..chunk.len() {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for c in 0..COLS {
-            if c > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("${}", i * COLS + c + 1));
-        }
-        sql.push(')');
-    }
+    push_values(&mut sql, chunk.len(), COLS, 0);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for m in chunk {
         query = query
-            .bind(m.id.clone())
-            .bind(m.userid.clone())
+            .bind(m.id.as_str().to_owned())
+            .bind(m.userid.as_str().to_owned())
             .bind(m.title.clone())
             .bind(m.content.clone())
             .bind(m.status.as_str())
@@ -436,9 +532,55 @@ async fn insert_chunk(conn: &mut AnyConnection, chunk: &[&Message]) -> Result<()
             .bind(m.updated_at)
             .bind(m.next_attempt_at)
             .bind(m.deadline_at)
-            .bind(m.delivered_at);
+            .bind(m.delivered_at)
+            .bind(m.seq)
+            .bind(m.via.clone())
+            .bind(m.idempotency_key.clone());
     }
     query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Appends `(… , …), (…)`: `rows` groups of `cols` numbered parameters from `$first+1`.
+fn push_values(sql: &mut String, rows: usize, cols: usize, first: usize) {
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("${}", first + i * cols + c + 1));
+        }
+        sql.push(')');
+    }
+}
+
+/// Every member who got a message has a lane; an existing lane keeps its head and due time
+/// (the new message waits behind what is already queued).
+async fn open_lanes(conn: &mut AnyConnection, messages: &[&Message]) -> Result<(), StoreError> {
+    let mut userids: Vec<&str> = messages.iter().map(|m| m.userid.as_str()).collect();
+    userids.sort_unstable();
+    userids.dedup();
+    let now = now_ms();
+    for chunk in userids.chunks(UPDATE_CHUNK) {
+        let mut sql =
+            String::from("INSERT INTO lanes (userid, due_at, owner, lease_until) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${}, $1, NULL, 0)", i + 2));
+        }
+        sql.push_str(" ON CONFLICT (userid) DO NOTHING");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for userid in chunk {
+            query = query.bind(*userid);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -452,13 +594,59 @@ async fn apply_updates(
 ) -> Result<(), StoreError> {
     let now = now_ms();
     let mut delivered: Vec<(&str, i64, &'static str)> = Vec::new();
+    let mut sends: Vec<(&str, i64)> = Vec::new();
     for u in updates {
         match u {
             AttemptUpdate::Delivered {
                 id,
+                userid,
                 attempts,
                 channel,
-            } => delivered.push((id, *attempts, channel)),
+                sent_at,
+            } => {
+                delivered.push((id.as_str(), *attempts, channel));
+                sends.push((userid.as_str(), *sent_at));
+            }
+            AttemptUpdate::DigestDelivered {
+                digest,
+                channel,
+                sent_at,
+            } => {
+                sqlx::query(
+                    "INSERT INTO digests (id, userid, body, carried, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(digest.id.as_str())
+                .bind(digest.userid.as_str())
+                .bind(digest.body.as_str())
+                .bind(i64::try_from(digest.carried.len()).unwrap_or(i64::MAX))
+                .bind(*sent_at)
+                .execute(&mut *conn)
+                .await?;
+                for chunk in digest.carried.chunks(UPDATE_CHUNK) {
+                    let mut sql = String::from(
+                        "UPDATE messages SET status = 'delivered', attempts = attempts + 1, \
+                         channel = $1, via = $2, last_error = NULL, updated_at = $3, \
+                         delivered_at = $3 WHERE status = 'queued' AND id IN (",
+                    );
+                    for i in 0..chunk.len() {
+                        if i > 0 {
+                            sql.push(',');
+                        }
+                        sql.push_str(&format!("${}", i + 4));
+                    }
+                    sql.push(')');
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(*channel)
+                        .bind(digest.id.as_str())
+                        .bind(now);
+                    for id in chunk {
+                        query = query.bind(id.as_str());
+                    }
+                    query.execute(&mut *conn).await?;
+                }
+                sends.push((digest.userid.as_str(), *sent_at));
+            }
             AttemptUpdate::Retry {
                 id,
                 attempts,
@@ -523,7 +711,144 @@ async fn apply_updates(
             query.execute(&mut *conn).await?;
         }
     }
+    for chunk in sends.chunks(UPDATE_CHUNK) {
+        let mut sql = String::from("INSERT INTO sends (userid, sent_at) VALUES ");
+        push_values(&mut sql, chunk.len(), 2, 0);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (userid, sent_at) in chunk {
+            query = query.bind(*userid).bind(*sent_at);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
+}
+
+/// One write to the lanes.
+async fn lane_op(conn: &mut AnyConnection, op: &LaneOp) -> Result<Reply, StoreError> {
+    Ok(match op {
+        LaneOp::Claim {
+            owner,
+            now,
+            lease_until,
+            limit,
+        } => {
+            // The outer `lease_until <= $3` is checked again against the row as updated:
+            // with several writers (PostgreSQL), a lane claimed meanwhile is skipped.
+            let rows = sqlx::query(
+                "UPDATE lanes SET owner = $1, lease_until = $2 \
+                 WHERE lease_until <= $3 AND userid IN (\
+                   SELECT userid FROM lanes WHERE due_at <= $3 AND lease_until <= $3 \
+                   ORDER BY due_at LIMIT $4) \
+                 RETURNING userid",
+            )
+            .bind(owner.as_str())
+            .bind(*lease_until)
+            .bind(*now)
+            .bind(*limit)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in rows {
+                claimed.push(UserId::new(&row.try_get::<String, _>("userid")?));
+            }
+            Reply::Claimed(claimed)
+        }
+        LaneOp::Renew {
+            owner,
+            userids,
+            lease_until,
+        } => {
+            for chunk in userids.chunks(UPDATE_CHUNK) {
+                let mut sql = String::from(
+                    "UPDATE lanes SET lease_until = $1 WHERE owner = $2 AND userid IN (",
+                );
+                for i in 0..chunk.len() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("${}", i + 3));
+                }
+                sql.push(')');
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(*lease_until)
+                    .bind(owner.as_str());
+                for userid in chunk {
+                    query = query.bind(userid.as_str());
+                }
+                query.execute(&mut *conn).await?;
+            }
+            Reply::Done
+        }
+        LaneOp::Release {
+            owner,
+            userid,
+            due_at,
+        } => {
+            sqlx::query(
+                "UPDATE lanes SET due_at = $1, owner = NULL, lease_until = 0 \
+                 WHERE userid = $2 AND owner = $3",
+            )
+            .bind(*due_at)
+            .bind(userid.as_str())
+            .bind(owner.as_str())
+            .execute(&mut *conn)
+            .await?;
+            Reply::Done
+        }
+        LaneOp::Finish { owner, userid } => {
+            let deleted = sqlx::query(
+                "DELETE FROM lanes WHERE userid = $1 AND owner = $2 AND NOT EXISTS (\
+                   SELECT 1 FROM messages WHERE userid = $1 AND status = 'queued')",
+            )
+            .bind(userid.as_str())
+            .bind(owner.as_str())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Reply::Finished(deleted > 0)
+        }
+        LaneOp::ReleaseAll { owner } => Reply::Count(
+            sqlx::query("UPDATE lanes SET owner = NULL, lease_until = 0 WHERE owner = $1")
+                .bind(owner.as_str())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+        ),
+        LaneOp::FailOverdue { now, error, limit } => Reply::Count(
+            sqlx::query(
+                "UPDATE messages SET status = 'failed', last_error = $1, updated_at = $2 \
+                 WHERE id IN (SELECT m.id FROM messages m \
+                   WHERE m.status = 'queued' AND m.deadline_at <= $2 AND NOT EXISTS (\
+                     SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > $2) \
+                   LIMIT $3)",
+            )
+            .bind(error.as_str())
+            .bind(*now)
+            .bind(*limit)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+        ),
+        LaneOp::OpenMissing { now } => Reply::Count(
+            sqlx::query(
+                "INSERT INTO lanes (userid, due_at, owner, lease_until) \
+                 SELECT DISTINCT userid, $1, NULL, 0 FROM messages m \
+                 WHERE m.status = 'queued' AND NOT EXISTS (\
+                   SELECT 1 FROM lanes l WHERE l.userid = m.userid)",
+            )
+            .bind(*now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+        ),
+        LaneOp::PruneSends { before } => Reply::Count(
+            sqlx::query("DELETE FROM sends WHERE sent_at < $1")
+                .bind(*before)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -541,31 +866,43 @@ mod tests {
             conn: None,
             file: None,
             health: Arc::default(),
+            next_seq: None,
+            new_work: Arc::default(),
         };
         let now = now_ms();
-        let messages: Vec<Message> = (0..(INSERT_CHUNK * 2 + 3))
+        let mut writes: Vec<Write> = (0..(INSERT_CHUNK * 2 + 3))
             .map(|i| {
-                Message::new_queued(
-                    format!("m{i:03}"),
-                    "alice".into(),
+                Write::Insert(Box::new(Message::new_queued(
+                    MessageId::from_stored(format!("m{i:03}")),
+                    UserId::new(if i % 2 == 0 { "alice" } else { "bob" }),
                     Some(format!("t{i}")),
                     Some(format!("c{i}")),
                     now,
                     now + 1000,
-                )
+                )))
             })
             .collect();
-        let writes = Writes {
-            messages: messages.iter().collect(),
-            ..Writes::default()
-        };
         // Called directly: no one-by-one retry could hide a broken statement.
-        writer.write(&writes).await.unwrap();
-        for m in &messages {
-            let stored = store.message(&m.id).await.unwrap().unwrap();
+        writer.write(writes.iter_mut().collect()).await.unwrap();
+        let mut last_seq = 0;
+        for write in &writes {
+            let Write::Insert(m) = write else {
+                unreachable!()
+            };
+            let stored = store.message(m.id.as_str()).await.unwrap().unwrap();
             assert_eq!(stored.title, m.title);
             assert_eq!(stored.content, m.content);
+            assert!(stored.seq > last_seq, "acceptance order is kept");
+            last_seq = stored.seq;
         }
+        // Both members got a lane, due now.
+        assert!(
+            store
+                .next_lane_due()
+                .await
+                .unwrap()
+                .is_some_and(|due| due <= now_ms())
+        );
         if let Some(conn) = writer.conn.take() {
             conn.close().await.unwrap();
         }

@@ -49,6 +49,18 @@ impl WeComError {
         }
     }
 
+    /// Whether WeCom itself could not be reached or did not work (refused, timed out,
+    /// HTTP 5xx, busy): then every message would fail the same way, so the whole queue
+    /// waits and only probes go out. Rate limits and token trouble are not that.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Transport(_) | Self::Decode(_) => true,
+            Self::Http(status) => *status >= 500 || *status == 408,
+            Self::Api { errcode, .. } => *errcode == -1,
+            Self::InvalidUser(_) => false,
+        }
+    }
+
     fn api(errcode: i64, errmsg: &str, touser: Option<&str>) -> Self {
         Self::Api {
             errcode,

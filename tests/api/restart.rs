@@ -36,13 +36,17 @@ async fn queued_messages_are_delivered_by_the_next_instance() {
     app.restart().await;
 
     let sent = app.mock.wait_for_sent(3, WAIT).await;
-    let mut contents: Vec<_> = sent.iter().map(|s| s.content.clone()).collect();
-    contents.sort();
+    // In acceptance order: one member's messages form one lane.
+    let contents: Vec<_> = sent.iter().map(|s| s.content.clone()).collect();
     assert_eq!(contents, ["queued\n\n0", "queued\n\n1", "queued\n\n2"]);
     assert!(sent.iter().all(|s| s.touser == user));
-    for id in &ids {
+    for (i, id) in ids.iter().enumerate() {
         let status = app.wait_for_status(id, &token, "delivered", WAIT).await;
-        assert!(status["attempts"].as_i64().unwrap() > 1, "{status}");
+        // The lane's head was tried (and failed) before the restart; the messages behind
+        // it waited for it rather than each hitting WeCom while it was down.
+        if i == 0 {
+            assert!(status["attempts"].as_i64().unwrap() > 1, "{status}");
+        }
     }
 }
 

@@ -1,0 +1,701 @@
+//! The scheduler: one loop that claims due lanes from the database, and one worker per
+//! claimed lane that delivers the lane's messages in order.
+//!
+//! - **Claims.** A lane is claimed with an owner (`delivery.instance_id`) and a lease;
+//!   the loop renews the leases of the lanes it works on. A crashed instance's lanes
+//!   become claimable when their lease runs out; a restarted one takes its own back at
+//!   once ([`Scheduler::start`]).
+//! - **Order.** A lane worker always sends the lane's head (lowest `seq`). A transient
+//!   failure puts the head into backoff and releases the lane until then: later messages
+//!   wait behind it. A permanent failure ends the head; the worker goes on.
+//! - **Limits.** Before each send the worker asks [`limits`] when the member may next
+//!   receive; if not now, the lane is released until then (and may become a digest).
+//! - **Health.** A channel that does not answer is *down*: no lane is claimed except one,
+//!   for a probe, at growing intervals; messages past their retry deadline meanwhile are
+//!   failed in bulk. One log line when it goes down, one when it is back.
+//! - **Fairness.** A worker gives its lane up after [`LANE_BUDGET`] sends or
+//!   [`LANE_TIME`], so a long lane does not keep others waiting.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::health::{Change, Gate, Health};
+use super::limits::{self, Plan, RateWindow};
+use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
+use crate::config::DeliverySettings;
+use crate::domain::{MessageId, Outbound, UserId};
+use crate::store::{AttemptUpdate, Digest, Message, Store, StoreError, Waiting, now_ms};
+
+/// Sends per claim before a worker lets its lane go to the back of the queue.
+const LANE_BUDGET: usize = 64;
+/// Time per claim before a worker lets its lane go to the back of the queue.
+const LANE_TIME: Duration = Duration::from_secs(5);
+/// Lanes claimed per database round trip.
+const CLAIM_BATCH: usize = 64;
+/// The loop looks at the database at least this often (new lanes of other instances,
+/// leases that ran out).
+const POLL_MAX: i64 = 1_000;
+/// While a channel is down, queued messages past their deadline are failed this often.
+const EXPIRE_EVERY: i64 = 250;
+/// Messages failed per statement when a deadline passes for many at once.
+const EXPIRE_BATCH: i64 = 1_000;
+/// Send history and idempotency keys are pruned this often.
+const PRUNE_EVERY: i64 = 10 * 60 * 1_000;
+/// Waiting messages looked at when planning a digest.
+const LOOKAHEAD: i64 = 512;
+/// Longest wait between two tries to record an outcome (the database is failing).
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
+/// After the grace, how long shutdown waits for cut-off attempts to be handed back.
+const HANDBACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lower bound of `delivery.sweep_interval` (zero would make the sweep spin).
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// WeCom shows at most this many bytes of text.
+const DIGEST_BYTES: usize = super::wecom::MAX_TEXT_BYTES;
+
+pub(super) struct Scheduler {
+    pub(super) store: Store,
+    channel: Arc<dyn Channel>,
+    pub(super) settings: DeliverySettings,
+    limits: Vec<RateWindow>,
+    /// This instance's name in claims.
+    owner: String,
+    health: Mutex<Health>,
+    /// Bounds attempts in flight so a backlog cannot open thousands of connections.
+    permits: Semaphore,
+    /// Shutdown has begun: start no new attempt, claim no lane.
+    pub(super) stop: CancellationToken,
+    /// The shutdown grace is over: cut attempts in flight off and hand them back.
+    abort: CancellationToken,
+    tasks: TaskTracker,
+    /// Lanes this instance is working on.
+    active: Mutex<HashSet<UserId>>,
+    /// Capacity freed or a channel came back: look for work now.
+    wake: Notify,
+}
+
+/// How a lane worker ended.
+enum LaneEnd {
+    /// Nothing is queued any more; the lane is gone.
+    Finished,
+    /// Give the lane up until then.
+    Release(i64),
+}
+
+/// What an attempt leaves the lane to do.
+enum After {
+    /// Go on with the next message.
+    Next,
+    /// Give the lane up until then (backoff, shutdown, an unrecorded outcome).
+    Release(i64),
+}
+
+/// When each periodic chore of the loop is next due (unix ms).
+struct Timers {
+    renew: i64,
+    sweep: i64,
+    expire: i64,
+    prune: i64,
+}
+
+/// The next step of a lane, with what it needs.
+enum Step {
+    Send,
+    Digest(Vec<Waiting>),
+    Wait(i64),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data stays consistent whatever panicked while holding the lock.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn until(at_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms())).unwrap_or(0))
+}
+
+impl Scheduler {
+    pub(super) fn new(
+        store: Store,
+        channel: Arc<dyn Channel>,
+        settings: DeliverySettings,
+        limits: Vec<RateWindow>,
+        owner: String,
+    ) -> Self {
+        let health = Health::new(settings.backoff_initial, settings.probe_max);
+        Self {
+            store,
+            channel,
+            permits: Semaphore::new(settings.concurrency),
+            settings,
+            limits,
+            owner,
+            health: Mutex::new(health),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            active: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(super) async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
+        let released = self.store.release_claims_of(&self.owner).await?;
+        if released > 0 {
+            tracing::info!(lanes = released, owner = %self.owner, "took back this instance's claims from its previous run");
+        }
+        let scheduler = Arc::clone(self);
+        self.tasks.spawn(async move { scheduler.run().await });
+        Ok(())
+    }
+
+    pub(super) async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        let grace = self.settings.shutdown_grace;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                lanes = lock(&self.active).len(),
+                "delivery attempts still running at the end of the shutdown grace; \
+                 cutting them off, they will be retried after restart"
+            );
+            self.abort.cancel();
+            if tokio::time::timeout(HANDBACK_TIMEOUT, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "some delivery outcomes were not recorded before shutdown; those messages \
+                     stay queued and are attempted again after restart"
+                );
+            }
+        }
+        // Whatever is still claimed (a worker that could not release) is free at once
+        // for the next start or another instance.
+        if let Err(err) = self.store.release_claims_of(&self.owner).await {
+            tracing::warn!(error = %crate::error::chain(&err), "could not release lane claims at shutdown; they expire with their lease");
+        }
+    }
+
+    // ---- the loop -------------------------------------------------------------------
+
+    async fn run(self: Arc<Self>) {
+        let new_work = self.store.new_work();
+        let start = now_ms();
+        let mut timers = Timers {
+            renew: start + ms(self.settings.lease) / 3,
+            sweep: start,
+            expire: start,
+            prune: start,
+        };
+        let mut failing = false;
+        match self.store.queued_count().await {
+            Ok(n) if n > 0 => tracing::info!(queued = n, "resuming delivery of queued messages"),
+            _ => {}
+        }
+        while !self.stop.is_cancelled() {
+            let now = now_ms();
+            let mut wake_at = now + POLL_MAX;
+            let claimed_all = match self.housekeeping(now, &mut timers).await {
+                Ok(()) => self.claim(now, &mut wake_at).await,
+                Err(err) => Err(err),
+            };
+            match claimed_all {
+                Ok(true) => continue,
+                Ok(false) => {
+                    if failing {
+                        tracing::info!("delivery scheduler can read and write the database again");
+                        failing = false;
+                    }
+                }
+                Err(err) => {
+                    if !failing {
+                        tracing::warn!(error = %crate::error::chain(&err), "delivery scheduler cannot use the database; retrying every second");
+                        failing = true;
+                    }
+                }
+            }
+            wake_at = wake_at
+                .min(timers.renew)
+                .min(timers.sweep)
+                .min(timers.prune);
+            if !lock(&self.health).is_up() {
+                wake_at = wake_at.min(timers.expire);
+            }
+            if failing {
+                wake_at = wake_at.max(now + POLL_MAX);
+            }
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                () = new_work.notified() => {}
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(until(wake_at)) => {}
+            }
+        }
+    }
+
+    /// Lease renewal, the lane sweep, failing overdue messages while a channel is down,
+    /// pruning: each when its time has come.
+    async fn housekeeping(&self, now: i64, due: &mut Timers) -> Result<(), StoreError> {
+        let lease = ms(self.settings.lease);
+        if now >= due.renew {
+            let lanes: Vec<UserId> = lock(&self.active).iter().cloned().collect();
+            if !lanes.is_empty() {
+                self.store
+                    .renew_lanes(&self.owner, lanes, now + lease)
+                    .await?;
+            }
+            due.renew = now + lease / 3;
+        }
+        if now >= due.sweep {
+            let opened = self.store.open_missing_lanes(now).await?;
+            if opened > 0 {
+                tracing::warn!(
+                    lanes = opened,
+                    "found queued messages without a lane; opened lanes for them"
+                );
+            }
+            due.sweep = now + ms(self.settings.sweep_interval.max(MIN_SWEEP_INTERVAL));
+        }
+        let down = lock(&self.health)
+            .down_since()
+            .map(|(since, why)| (since, why.to_owned()));
+        if let Some((since, why)) = down
+            && now >= due.expire
+        {
+            let error = format!(
+                "{} unreachable since {} ({why}); gave up when the retry window ({}) ran out",
+                self.channel.label(),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(since).unwrap_or(0))
+                ),
+                humantime::format_duration(self.settings.retry_window)
+            );
+            let failed = self.store.fail_overdue(now, &error, EXPIRE_BATCH).await?;
+            if failed > 0 {
+                tracing::warn!(
+                    messages = failed,
+                    "{} still unreachable: messages whose retry window ran out are failed",
+                    self.channel.label()
+                );
+            }
+            let more = i64::try_from(failed).unwrap_or(i64::MAX) >= EXPIRE_BATCH;
+            due.expire = now + if more { 0 } else { EXPIRE_EVERY };
+        }
+        if now >= due.prune {
+            let span = limits::history_span_ms(&self.limits);
+            self.store.prune_sends(now - span).await?;
+            self.store.expire_idempotency_keys(now).await?;
+            due.prune = now + PRUNE_EVERY;
+        }
+        Ok(())
+    }
+
+    /// Claims due lanes up to the free capacity (one, for a probe, while the channel is
+    /// down) and starts a worker for each. Returns `true` when it claimed all it asked for
+    /// (there may be more: look again at once); lowers `wake_at` to when work is due.
+    async fn claim(self: &Arc<Self>, now: i64, wake_at: &mut i64) -> Result<bool, StoreError> {
+        let capacity = self
+            .settings
+            .max_in_flight
+            .saturating_sub(lock(&self.active).len());
+        if capacity == 0 {
+            return Ok(false);
+        }
+        let admits = lock(&self.health).admits(now);
+        let limit = match admits {
+            Err(probe_at) => {
+                *wake_at = (*wake_at).min(probe_at);
+                return Ok(false);
+            }
+            Ok(Some(probes)) => probes.min(capacity),
+            Ok(None) => CLAIM_BATCH.min(capacity),
+        };
+        let lease_until = now + ms(self.settings.lease);
+        let claimed = self
+            .store
+            .claim_lanes(&self.owner, now, lease_until, limit)
+            .await?;
+        let full = claimed.len() == limit;
+        for userid in claimed {
+            if !lock(&self.active).insert(userid.clone()) {
+                continue;
+            }
+            let scheduler = Arc::clone(self);
+            self.tasks
+                .spawn(async move { scheduler.work_lane(userid).await });
+        }
+        if full && admits == Ok(None) {
+            return Ok(true);
+        }
+        if let Some(due) = self.store.next_lane_due().await? {
+            *wake_at = (*wake_at).min(due.max(now + 1));
+        }
+        Ok(false)
+    }
+
+    // ---- one lane ---------------------------------------------------------------------
+
+    async fn work_lane(self: Arc<Self>, userid: UserId) {
+        let end = match self.drive_lane(&userid).await {
+            Ok(end) => end,
+            Err(err) => {
+                tracing::warn!(userid = %userid, error = %crate::error::chain(&err), "lane interrupted by a database error; retrying it shortly");
+                LaneEnd::Release(now_ms() + 1_000)
+            }
+        };
+        if let LaneEnd::Release(due) = end
+            && let Err(err) = self.store.release_lane(&self.owner, &userid, due).await
+        {
+            // The lease runs out and the lane is claimed again then.
+            tracing::warn!(userid = %userid, error = %crate::error::chain(&err), "could not release a lane; it is retried when its lease expires");
+        }
+        lock(&self.active).remove(&userid);
+        self.wake.notify_one();
+    }
+
+    async fn drive_lane(&self, userid: &UserId) -> Result<LaneEnd, StoreError> {
+        let span = limits::history_span_ms(&self.limits);
+        let mut history = self.store.send_history(userid, now_ms() - span).await?;
+        let claimed_at = Instant::now();
+        let mut sent = 0;
+        loop {
+            if self.stop.is_cancelled() {
+                return Ok(LaneEnd::Release(now_ms()));
+            }
+            let Some(head) = self.store.lane_head(userid).await? else {
+                if self.store.finish_lane(&self.owner, userid).await? {
+                    return Ok(LaneEnd::Finished);
+                }
+                // A message arrived after we looked: go on with it.
+                continue;
+            };
+            let now = now_ms();
+            if head.next_attempt_at > now {
+                return Ok(LaneEnd::Release(head.next_attempt_at));
+            }
+            if sent >= LANE_BUDGET || claimed_at.elapsed() >= LANE_TIME {
+                return Ok(LaneEnd::Release(now));
+            }
+            let step = self.plan(userid, &history, now).await?;
+            let carried = match step {
+                Step::Wait(at) => return Ok(LaneEnd::Release(at)),
+                Step::Send => None,
+                Step::Digest(waiting) => Some(waiting),
+            };
+            let probe = match lock(&self.health).gate(now) {
+                Gate::Closed(at) => return Ok(LaneEnd::Release(at)),
+                Gate::Probe => true,
+                Gate::Open => false,
+            };
+            match self.attempt(&head, carried, probe, &mut history).await {
+                After::Next => sent += 1,
+                After::Release(at) => return Ok(LaneEnd::Release(at)),
+            }
+        }
+    }
+
+    /// Send now, digest now, or wait: by the member limits and the digest rule. The
+    /// waiting messages are read only for a member the limits constrain.
+    async fn plan(&self, userid: &UserId, history: &[i64], now: i64) -> Result<Step, StoreError> {
+        let first = limits::next_slot(now, history, &self.limits);
+        if first > now {
+            return Ok(Step::Wait(first));
+        }
+        let Some(digest_after) = self.settings.digest_after else {
+            return Ok(Step::Send);
+        };
+        let mut after_one = history.to_vec();
+        after_one.push(now);
+        if limits::next_slot(now, &after_one, &self.limits) <= now {
+            return Ok(Step::Send);
+        }
+        let waiting = self.store.lane_waiting(userid, LOOKAHEAD).await?;
+        let accepted: Vec<i64> = waiting.iter().map(|w| w.created_at).collect();
+        Ok(
+            match limits::plan(now, history, &self.limits, &accepted, Some(digest_after)) {
+                Plan::Digest => Step::Digest(waiting),
+                Plan::Send => Step::Send,
+                Plan::WaitUntil(at) => Step::Wait(at),
+            },
+        )
+    }
+
+    /// One attempt at the head (alone, or as the first of a digest), its outcome recorded.
+    async fn attempt(
+        &self,
+        head: &Message,
+        carried: Option<Vec<Waiting>>,
+        probe: bool,
+        history: &mut Vec<i64>,
+    ) -> After {
+        let permit = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => None,
+            permit = self.permits.acquire() => permit.ok(),
+        };
+        let Some(_permit) = permit.filter(|_| !self.stop.is_cancelled()) else {
+            if probe {
+                lock(&self.health).probe_abandoned();
+            }
+            return After::Release(now_ms());
+        };
+        let (outbound, digest) = match carried {
+            None => (
+                Outbound {
+                    userid: head.userid.clone(),
+                    title: head.title.clone(),
+                    content: head.content.clone(),
+                },
+                None,
+            ),
+            Some(waiting) => {
+                let items: Vec<digest::Item<'_>> = waiting
+                    .iter()
+                    .map(|w| digest::Item {
+                        created_at: w.created_at,
+                        title: w.title.as_deref(),
+                        content: w.excerpt.as_deref(),
+                    })
+                    .collect();
+                let (body, n) =
+                    digest::first_digest(&items, DIGEST_BYTES, self.settings.utc_offset);
+                let carried: Vec<MessageId> = waiting.into_iter().take(n).map(|w| w.id).collect();
+                (
+                    Outbound {
+                        userid: head.userid.clone(),
+                        title: None,
+                        content: Some(body.clone()),
+                    },
+                    Some(Digest {
+                        id: MessageId::generate().to_string(),
+                        userid: head.userid.clone(),
+                        body,
+                        carried,
+                    }),
+                )
+            }
+        };
+        let attempts = head.attempts + 1;
+        let sent_at = now_ms();
+        let outcome = tokio::select! {
+            // An attempt that has finished wins over the end of the grace: its outcome is
+            // recorded rather than thrown away.
+            biased;
+            outcome = self.channel.deliver(&outbound) => outcome,
+            () = self.abort.cancelled() => {
+                if probe {
+                    lock(&self.health).probe_abandoned();
+                }
+                // WeCom may or may not have processed it: send it again next time (at
+                // least once), right away.
+                tracing::warn!(id = %head.id, attempts, "delivery attempt cut off by shutdown");
+                self.record(AttemptUpdate::Retry {
+                    id: head.id.clone(),
+                    attempts,
+                    error: INTERRUPTED.to_owned(),
+                    next_attempt_at: now_ms(),
+                })
+                .await;
+                return After::Release(now_ms());
+            }
+        };
+        // The permit is held while the outcome is recorded: if the database cannot take
+        // writes, no further messages are sent that could not be recorded either.
+        match outcome {
+            Ok(()) => {
+                self.reachable();
+                let recorded = match digest {
+                    None => {
+                        tracing::debug!(id = %head.id, attempts, "delivered");
+                        self.record(AttemptUpdate::Delivered {
+                            id: head.id.clone(),
+                            userid: head.userid.clone(),
+                            attempts,
+                            channel: self.channel.name(),
+                            sent_at,
+                        })
+                        .await
+                    }
+                    Some(digest) => {
+                        tracing::debug!(digest = %digest.id, messages = digest.carried.len(), "delivered a digest");
+                        self.record(AttemptUpdate::DigestDelivered {
+                            digest,
+                            channel: self.channel.name(),
+                            sent_at,
+                        })
+                        .await
+                    }
+                };
+                history.push(sent_at);
+                if recorded {
+                    After::Next
+                } else {
+                    After::Release(now_ms())
+                }
+            }
+            Err(ChannelError::Permanent { reason }) => {
+                // The channel answered: it is reachable; this message cannot be delivered.
+                self.reachable();
+                let ids = match digest {
+                    None => vec![head.id.clone()],
+                    Some(digest) => digest.carried,
+                };
+                tracing::debug!(id = %head.id, attempts, error = %reason, "delivery failed permanently");
+                for id in ids {
+                    let attempts = if id == head.id { attempts } else { 1 };
+                    if !self
+                        .record(AttemptUpdate::Failed {
+                            id,
+                            attempts,
+                            error: reason.clone(),
+                        })
+                        .await
+                    {
+                        return After::Release(now_ms());
+                    }
+                }
+                After::Next
+            }
+            Err(ChannelError::Transient {
+                reason,
+                unreachable,
+            }) => {
+                if unreachable {
+                    self.unreachable(&reason);
+                } else {
+                    self.reachable();
+                }
+                let delay = backoff::delay(
+                    u32::try_from(attempts).unwrap_or(u32::MAX),
+                    self.settings.backoff_initial,
+                    self.settings.backoff_max,
+                    rand::random::<f64>(),
+                );
+                let next = now_ms().saturating_add(ms(delay));
+                if next > head.deadline_at {
+                    let error = format!(
+                        "gave up after {attempts} attempt(s) within the retry window ({}): {reason}",
+                        humantime::format_duration(self.settings.retry_window),
+                    );
+                    tracing::debug!(id = %head.id, attempts, error = %error, "delivery failed");
+                    let recorded = self
+                        .record(AttemptUpdate::Failed {
+                            id: head.id.clone(),
+                            attempts,
+                            error,
+                        })
+                        .await;
+                    return if recorded {
+                        After::Next
+                    } else {
+                        After::Release(now_ms())
+                    };
+                }
+                tracing::debug!(id = %head.id, attempts, retry_in = ?delay, error = %reason, "delivery attempt failed; will retry");
+                self.record(AttemptUpdate::Retry {
+                    id: head.id.clone(),
+                    attempts,
+                    error: reason,
+                    next_attempt_at: next,
+                })
+                .await;
+                After::Release(next)
+            }
+        }
+    }
+
+    fn reachable(&self) {
+        let change = lock(&self.health).reachable(now_ms());
+        if let Some(Change::CameBack { down_for }) = change {
+            tracing::info!(
+                down_for = %humantime::format_duration(Duration::from_secs(down_for.as_secs())),
+                "{} reachable again after {}; resuming delivery",
+                self.channel.label(),
+                humantime::format_duration(Duration::from_secs(down_for.as_secs()))
+            );
+            self.wake.notify_one();
+        }
+    }
+
+    fn unreachable(&self, reason: &str) {
+        let (change, every) = {
+            let mut health = lock(&self.health);
+            let change = health.unreachable(now_ms(), reason);
+            (change, health.probe_interval())
+        };
+        if change == Some(Change::WentDown) {
+            let store = self.store.clone();
+            let label = self.channel.label();
+            let reason = reason.to_owned();
+            let probe_max = self.settings.probe_max;
+            // The count is a query: log from a task of its own.
+            self.tasks.spawn(async move {
+                let waiting = store.queued_count().await.unwrap_or(-1);
+                tracing::warn!(
+                    waiting,
+                    error = %reason,
+                    "{label} unreachable ({reason}); {waiting} messages waiting; probing with one \
+                     message at a time, every {} growing to {}",
+                    humantime::format_duration(every.unwrap_or_default()),
+                    humantime::format_duration(probe_max),
+                );
+            });
+        }
+    }
+
+    /// Records an outcome, trying again (with backoff) until it is committed or the
+    /// shutdown grace is over. Giving up leaves the message `queued`: attempted again
+    /// after restart (at least once), never lost. Returns whether it was recorded.
+    async fn record(&self, update: AttemptUpdate) -> bool {
+        let mut failures: u32 = 0;
+        loop {
+            let err = match self.store.record_attempt(update.clone()).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "recorded a delivery outcome after retrying");
+                    }
+                    return true;
+                }
+                Err(err) => err,
+            };
+            failures = failures.saturating_add(1);
+            if self.abort.is_cancelled() {
+                tracing::error!(
+                    error = %crate::error::chain(&err),
+                    "could not record a delivery outcome before shutdown; the message stays \
+                     queued and is attempted again after restart"
+                );
+                return false;
+            }
+            let delay = backoff::delay(
+                failures,
+                self.settings.backoff_initial,
+                self.settings.backoff_max.min(RECORD_RETRY_MAX),
+                rand::random::<f64>(),
+            );
+            if failures == 1 {
+                tracing::warn!(error = %crate::error::chain(&err), retry_in = ?delay, "could not record a delivery outcome; will retry");
+            }
+            tokio::select! {
+                biased;
+                // One last try once the grace is over.
+                () = self.abort.cancelled() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Per-member lanes: which members have queued messages, who is working on each, and the
+//! reads the scheduler plans with. Writes go through the group-commit writer
+//! ([`LaneOp`]); reads use the pool.
+
+use sqlx::Row as _;
+
+use super::messages::MESSAGE_COLUMNS;
+use super::writer::{LaneOp, Reply};
+use super::{Message, Store, StoreError};
+use crate::domain::{MessageId, UserId};
+
+/// Characters of a waiting message's content loaded for planning (a digest shows one
+/// line of each).
+const EXCERPT_CHARS: i64 = 300;
+
+/// A message waiting in a lane, as the scheduler plans with it (content cut short).
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub id: MessageId,
+    pub created_at: i64,
+    pub title: Option<String>,
+    pub excerpt: Option<String>,
+}
+
+fn unexpected(reply: Reply) -> StoreError {
+    StoreError::Corrupt(format!("unexpected answer from the writer: {reply:?}"))
+}
+
+impl Store {
+    /// Claims up to `limit` due lanes for `owner` until `lease_until`.
+    pub async fn claim_lanes(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> Result<Vec<UserId>, StoreError> {
+        let op = LaneOp::Claim {
+            owner: owner.to_owned(),
+            now,
+            lease_until,
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        };
+        match self.writer.lane(op).await? {
+            Reply::Claimed(userids) => Ok(userids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn renew_lanes(
+        &self,
+        owner: &str,
+        userids: Vec<UserId>,
+        lease_until: i64,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .lane(LaneOp::Renew {
+                owner: owner.to_owned(),
+                userids,
+                lease_until,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Gives the lane up until `due_at` (backoff, member limits, a channel that is down).
+    pub async fn release_lane(
+        &self,
+        owner: &str,
+        userid: &UserId,
+        due_at: i64,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .lane(LaneOp::Release {
+                owner: owner.to_owned(),
+                userid: userid.clone(),
+                due_at,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Deletes the lane if nothing is queued in it; `false` when a message arrived since
+    /// the caller looked (the lane stays, and its owner goes on).
+    pub async fn finish_lane(&self, owner: &str, userid: &UserId) -> Result<bool, StoreError> {
+        let op = LaneOp::Finish {
+            owner: owner.to_owned(),
+            userid: userid.clone(),
+        };
+        match self.writer.lane(op).await? {
+            Reply::Finished(done) => Ok(done),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lane_count(&self, op: LaneOp) -> Result<u64, StoreError> {
+        match self.writer.lane(op).await? {
+            Reply::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Gives up every claim `owner` holds (its previous run's, at start-up).
+    pub async fn release_claims_of(&self, owner: &str) -> Result<u64, StoreError> {
+        self.lane_count(LaneOp::ReleaseAll {
+            owner: owner.to_owned(),
+        })
+        .await
+    }
+
+    /// Fails up to `limit` queued messages past their retry deadline whose lane nobody
+    /// holds (a lane being worked on judges its own head).
+    pub async fn fail_overdue(&self, now: i64, error: &str, limit: i64) -> Result<u64, StoreError> {
+        self.lane_count(LaneOp::FailOverdue {
+            now,
+            error: error.to_owned(),
+            limit,
+        })
+        .await
+    }
+
+    /// Opens a lane for every member with queued messages but no lane (a safety net: an
+    /// insert opens its lane in the same transaction).
+    pub async fn open_missing_lanes(&self, now: i64) -> Result<u64, StoreError> {
+        self.lane_count(LaneOp::OpenMissing { now }).await
+    }
+
+    pub async fn prune_sends(&self, before: i64) -> Result<u64, StoreError> {
+        self.lane_count(LaneOp::PruneSends { before }).await
+    }
+
+    /// When the next lane nobody holds becomes due.
+    pub async fn next_lane_due(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(due_at) AS due FROM lanes WHERE owner IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("due")?)
+    }
+
+    /// The lane's head: its oldest queued message, content included.
+    pub async fn lane_head(&self, userid: &UserId) -> Result<Option<Message>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE userid = $1 AND status = 'queued' \
+             ORDER BY seq LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(userid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Message::from_row).transpose()
+    }
+
+    /// Up to `limit` queued messages of the lane, head first, with a short excerpt.
+    pub async fn lane_waiting(
+        &self,
+        userid: &UserId,
+        limit: i64,
+    ) -> Result<Vec<Waiting>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, title, substr(content, 1, $3) AS excerpt FROM messages \
+             WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT $2",
+        )
+        .bind(userid.as_str())
+        .bind(limit)
+        .bind(EXCERPT_CHARS)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Waiting {
+                    id: MessageId::from_stored(row.try_get("id")?),
+                    created_at: row.try_get("created_at")?,
+                    title: row.try_get("title")?,
+                    excerpt: row.try_get("excerpt")?,
+                })
+            })
+            .collect()
+    }
+
+    /// When messages were sent to the member since `since`, oldest first.
+    pub async fn send_history(&self, userid: &UserId, since: i64) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sent_at FROM sends WHERE userid = $1 AND sent_at > $2 ORDER BY sent_at",
+        )
+        .bind(userid.as_str())
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<i64, _>("sent_at").map_err(StoreError::from))
+            .collect()
+    }
+}

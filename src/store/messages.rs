@@ -1,0 +1,223 @@
+//! The outbox: every accepted message, from acceptance until delivered or failed.
+
+use std::str::FromStr;
+
+use serde::Serialize;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use super::writer::AttemptUpdate;
+use super::{Store, StoreError};
+use crate::domain::{MessageId, UserId};
+
+/// Idempotency keys are honoured this long.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Queued,
+    Delivered,
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for MessageStatus {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "queued" => Ok(Self::Queued),
+            "delivered" => Ok(Self::Delivered),
+            "failed" => Ok(Self::Failed),
+            other => Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
+        }
+    }
+}
+
+/// One message in the outbox.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: MessageId,
+    pub userid: UserId,
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub status: MessageStatus,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub channel: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub next_attempt_at: i64,
+    pub deadline_at: i64,
+    pub delivered_at: Option<i64>,
+    /// Acceptance order (assigned when the row is committed; 0 before).
+    pub seq: i64,
+    /// The digest that carried it, when it was delivered as part of one.
+    pub via: Option<String>,
+    /// The sender's Idempotency-Key, if any.
+    pub idempotency_key: Option<String>,
+}
+
+impl Message {
+    /// A message just accepted: queued, due now, retried until `deadline_at`.
+    pub fn new_queued(
+        id: MessageId,
+        userid: UserId,
+        title: Option<String>,
+        content: Option<String>,
+        now: i64,
+        deadline_at: i64,
+    ) -> Self {
+        Self {
+            id,
+            userid,
+            title,
+            content,
+            status: MessageStatus::Queued,
+            attempts: 0,
+            last_error: None,
+            channel: None,
+            created_at: now,
+            updated_at: now,
+            next_attempt_at: now,
+            deadline_at,
+            delivered_at: None,
+            seq: 0,
+            via: None,
+            idempotency_key: None,
+        }
+    }
+
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let status: String = row.try_get("status")?;
+        Ok(Self {
+            id: MessageId::from_stored(row.try_get("id")?),
+            userid: UserId::new(&row.try_get::<String, _>("userid")?),
+            title: row.try_get("title")?,
+            content: row.try_get("content")?,
+            status: status.parse()?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            channel: row.try_get("channel")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            deadline_at: row.try_get("deadline_at")?,
+            delivered_at: row.try_get("delivered_at")?,
+            seq: row.try_get("seq")?,
+            via: row.try_get("via")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+        })
+    }
+}
+
+pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
+     last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
+     seq, via, idempotency_key";
+
+impl Store {
+    /// Stores a new message durably (and opens its member's lane); returns once it is
+    /// committed to disk. A repeated idempotency key fails with
+    /// [`StoreError::DuplicateKey`].
+    pub async fn insert_message(&self, message: Message) -> Result<(), StoreError> {
+        self.writer.insert(message).await
+    }
+
+    /// Records the outcome of a delivery attempt; returns once it is committed. If it is
+    /// never recorded (crash, or the error is not retried) the message stays `queued` and is
+    /// delivered again after restart (at least once).
+    pub async fn record_attempt(&self, update: AttemptUpdate) -> Result<(), StoreError> {
+        self.writer.update(update).await
+    }
+
+    pub async fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Message::from_row).transpose()
+    }
+
+    /// The member's message sent with this idempotency key within the last 24 hours.
+    pub async fn message_by_idempotency_key(
+        &self,
+        userid: &UserId,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<Message>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE userid = $1 AND idempotency_key = $2 AND created_at > $3"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(userid.as_str())
+            .bind(key)
+            .bind(now - IDEMPOTENCY_WINDOW_MS)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Message::from_row).transpose()
+    }
+
+    /// Forgets idempotency keys older than the window, so that they may be used again.
+    pub async fn expire_idempotency_keys(&self, now: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE messages SET idempotency_key = NULL \
+             WHERE idempotency_key IS NOT NULL AND created_at <= $1",
+        )
+        .bind(now - IDEMPOTENCY_WINDOW_MS)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// A member's messages, newest first, optionally only one status and only older than
+    /// the message `before` (ids are UUIDv7, so their text order is their time order).
+    pub async fn messages_of(
+        &self,
+        userid: &UserId,
+        status: Option<MessageStatus>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Message>, StoreError> {
+        // Only the filters given become SQL, so no parameter needs a NULL type (PostgreSQL
+        // cannot infer one for `$n IS NULL`).
+        let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE userid = $1");
+        let mut n = 1;
+        if status.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND status = ${n}"));
+        }
+        if before.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND id < ${n}"));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(userid.as_str());
+        if let Some(status) = status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(before) = before {
+            query = query.bind(before);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(Message::from_row).collect()
+    }
+
+    /// How many messages wait for delivery (for log lines; a count over an index).
+    pub async fn queued_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT count(*) AS n FROM messages WHERE status = 'queued'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+}
