@@ -6,13 +6,23 @@
 //! cargo run --release --bin loadgen -- --clients 32 --messages 100000
 //! ```
 //!
-//! The member's token is obtained the way a person would: a signed, encrypted "token"
-//! callback, as WeCom would send it. Every message carries a sequence number; the stand-in
-//! marks each number it receives, so "lost" is exact, and the database is checked too.
+//! Messages are spread round-robin over `--members` members (1,000 by default); each
+//! member's token is obtained the way a person would: a signed, encrypted "token" callback,
+//! as WeCom would send it. Every message carries a sequence number; the stand-in marks each
+//! number it receives, so "lost" is exact, and the database is checked too.
 //!
-//! All messages go out under one member's token, far beyond the default per-member limit
-//! (`server.send_rate`, 300 per minute), so the generated config raises that limit to
-//! effectively unlimited: the benchmark measures the send path, not the rate limiter's 429s.
+//! The generated config lifts both per-member limits to effectively unlimited — the API's
+//! `server.send_rate` (300 per minute) and WeCom's `wecom.member_limits` (30 per minute):
+//! the benchmark measures the accept and delivery paths, not the limiters.
+//!
+//! `--backlog N` first fills the database with N queued messages (spread over the members,
+//! written directly, as if WeCom had been down for a long time), then measures how long
+//! the service takes to answer `/healthz`, its resident memory while it drains, and the
+//! drain rate:
+//!
+//! ```text
+//! cargo run --release --bin loadgen -- --backlog 1000000 --messages 0
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -41,6 +51,12 @@ struct Args {
     /// Messages to send in total.
     #[arg(long, default_value_t = 100_000)]
     messages: usize,
+    /// Members the messages are spread over (round-robin).
+    #[arg(long, default_value_t = 1_000)]
+    members: usize,
+    /// Queued messages written to the database before the service starts.
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
     /// Worker threads of the server runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
@@ -67,7 +83,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The load clients' own reqwest needs a TLS provider even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let received = Arc::new(Received {
-        seen: (0..args.messages).map(|_| AtomicBool::new(false)).collect(),
+        seen: (0..args.backlog + args.messages)
+            .map(|_| AtomicBool::new(false))
+            .collect(),
         unique: AtomicUsize::new(0),
         duplicates: AtomicUsize::new(0),
         last_at_ns: AtomicU64::new(0),
@@ -94,6 +112,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("pushbot-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("loadgen.db");
+    let members = args.members.max(1);
+    if args.backlog > 0 {
+        let filled = Instant::now();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(fill_backlog(&db, args.backlog, members))?;
+        println!(
+            "backlog:        {} queued messages over {members} members written in {:.1} s",
+            args.backlog,
+            filled.elapsed().as_secs_f64()
+        );
+    }
     let settings = Settings::from_toml(&format!(
         r#"
         [server]
@@ -123,6 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(args.server_threads)
         .enable_all()
         .build()?;
+    let starting = Instant::now();
     let app = server_rt.block_on(Application::build(settings))?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -135,7 +167,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = client_rt.block_on(drive(&args, &base, &received))?;
+    if args.backlog > 0 {
+        client_rt.block_on(drain_backlog(&args, &base, &received, starting))?;
+    }
+    let report = client_rt.block_on(drive(&args, &base, &received, members))?;
     if args.settle > 0 {
         let after_run = memory();
         drop(client_rt);
@@ -155,7 +190,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     println!("{report}");
     println!("database: {db_delivered} delivered, {db_other} not delivered");
-    let lost = report.accepted.saturating_sub(report.unique);
+    let lost = (report.accepted + args.backlog).saturating_sub(report.unique);
     if lost > 0 || report.errors > 0 {
         return Err(format!("{lost} lost, {} failed requests", report.errors).into());
     }
@@ -228,24 +263,148 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Writes `count` queued messages for `members` members straight into a fresh database
+/// (schema from the service's own migrations), with their lanes: a backlog as a long
+/// WeCom outage would leave it. Content carries the sequence number like live messages.
+async fn fill_backlog(
+    db: &std::path::Path,
+    count: usize,
+    members: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let url = format!("sqlite://{}", db.display());
+    pushbot::store::Store::connect(&url).await?.close().await;
+    let pool = sqlx::AnyPool::connect(&url).await?;
+    let mut tx = pool.begin().await?;
+    let now = pushbot::store::now_ms();
+    const ROWS: usize = 200;
+    let mut seq = 0usize;
+    while seq < count {
+        let n = ROWS.min(count - seq);
+        let mut sql = String::from(
+            "INSERT INTO messages (id, userid, title, content, status, attempts, created_at, \
+             updated_at, next_attempt_at, deadline_at, seq) VALUES ",
+        );
+        for i in 0..n {
+            if i > 0 {
+                sql.push(',');
+            }
+            let s = seq + i;
+            // Ids sort like real UUIDv7 ids would (time order = sequence order).
+            sql.push_str(&format!(
+                "('00000000-0000-7000-8000-{s:012}','member{}','backlog','seq={s}','queued',0,\
+                 {now},{now},{now},{deadline},{seq_no})",
+                s % members,
+                deadline = now + 24 * 3_600_000,
+                seq_no = s + 1,
+            ));
+        }
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        seq += n;
+    }
+    sqlx::query(
+        "INSERT INTO lanes (userid, due_at, owner, lease_until) \
+         SELECT DISTINCT userid, 0, NULL, 0 FROM messages WHERE status = 'queued'",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Start-up time, memory while draining, and drain rate of a pre-filled backlog.
+async fn drain_backlog(
+    args: &Args,
+    base: &str,
+    received: &Arc<Received>,
+    starting: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "start-up:       /healthz answered {:.0} ms after Application::build began",
+        starting.elapsed().as_secs_f64() * 1000.0
+    );
+    let draining = Instant::now();
+    let deadline = draining + Duration::from_secs(args.drain_timeout);
+    let mut peak_kb = 0u64;
+    while received.unique.load(Ordering::Relaxed) < args.backlog && Instant::now() < deadline {
+        peak_kb = peak_kb.max(rss_kb());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = received.unique.load(Ordering::Relaxed);
+    let secs = draining.elapsed().as_secs_f64();
+    println!(
+        "drain:          {drained} of {} delivered in {secs:.1} s = {:.0} msg/s; RSS at most {} MB while draining",
+        args.backlog,
+        drained as f64 / secs,
+        peak_kb / 1024
+    );
+    Ok(())
+}
+
+/// Resident memory now, in KiB.
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn drive(
     args: &Args,
     base: &str,
     received: &Arc<Received>,
+    members: usize,
 ) -> Result<Report, Box<dyn std::error::Error>> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let token = obtain_token(&http, base).await?;
+    if args.messages == 0 {
+        return Ok(Report {
+            clients: args.clients,
+            accepted: 0,
+            errors: 0,
+            send_secs: 0.0,
+            deliver_secs: 0.0,
+            unique: received.unique.load(Ordering::Relaxed),
+            duplicates: received.duplicates.load(Ordering::Relaxed),
+            latencies_us: Vec::new(),
+        });
+    }
+    // One token per member, asked for concurrently (as many members would).
+    let members = members.min(args.messages);
+    let mut asking = Vec::new();
+    for m in 0..members {
+        let (http, base) = (http.clone(), base.to_owned());
+        asking.push(tokio::spawn(async move {
+            obtain_token(&http, &base, &format!("member{m}"), m).await
+        }));
+    }
+    let mut tokens = Vec::with_capacity(members);
+    for t in asking {
+        tokens.push(t.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
+    }
+    let tokens = Arc::new(tokens);
+    let backlog = args.backlog;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let start_ns = received.start.elapsed().as_nanos();
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let (http, next, token, url) = (
+        let (http, next, tokens, url) = (
             http.clone(),
             Arc::clone(&next),
-            token.clone(),
+            Arc::clone(&tokens),
             format!("{base}/send"),
         );
         let total = args.messages;
@@ -257,10 +416,12 @@ async fn drive(
                 if seq >= total {
                     break;
                 }
+                let token = &tokens[seq % tokens.len()];
+                let seq = backlog + seq;
                 let t = Instant::now();
                 let res = http
                     .post(&url)
-                    .bearer_auth(&token)
+                    .bearer_auth(token)
                     .json(&json!({ "title": "load", "content": format!("seq={seq}") }))
                     .send()
                     .await;
@@ -289,7 +450,7 @@ async fn drive(
     latencies_us.sort_unstable();
 
     let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-    while received.unique.load(Ordering::Relaxed) < accepted && Instant::now() < deadline {
+    while received.unique.load(Ordering::Relaxed) < backlog + accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let last_ns = u128::from(received.last_at_ns.load(Ordering::Relaxed));
@@ -300,22 +461,25 @@ async fn drive(
         errors,
         send_secs,
         deliver_secs,
-        unique: received.unique.load(Ordering::Relaxed),
+        unique: received.unique.load(Ordering::Relaxed) - backlog.min(received.unique.load(Ordering::Relaxed)),
         duplicates: received.duplicates.load(Ordering::Relaxed),
         latencies_us,
     })
 }
 
-/// Asks the bot for a token exactly as WeCom would relay a member's "token" message.
+/// Asks the bot for `member`'s token exactly as WeCom would relay a "token" message.
 async fn obtain_token(
     http: &reqwest::Client,
     base: &str,
-) -> Result<String, Box<dyn std::error::Error>> {
+    member: &str,
+    msg_id: usize,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let crypto = WeComCrypto::new(CALLBACK_TOKEN, AES_KEY, CORP_ID)?;
     let inner = format!(
-        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[loadgen]]></FromUserName>\
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[{member}]]></FromUserName>\
          <CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[token]]></Content>\
-         <MsgId>1</MsgId><AgentID>1000002</AgentID></xml>"
+         <MsgId>{}</MsgId><AgentID>1000002</AgentID></xml>",
+        msg_id + 1
     );
     let encrypted = crypto.encrypt(&inner);
     let ts = pushbot::store::now_ms() / 1000;
