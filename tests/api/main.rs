@@ -3,6 +3,7 @@
 mod db;
 mod helpers;
 mod mock_wecom;
+mod tcp_front;
 
 mod bot;
 mod callback;
