@@ -12,6 +12,7 @@ mod cli;
 mod connections;
 mod delivery;
 mod http_rules;
+mod idempotency;
 mod outbox;
 mod restart;
 mod send;
