@@ -13,6 +13,7 @@ mod connections;
 mod delivery;
 mod http_rules;
 mod idempotency;
+mod lanes;
 mod outbox;
 mod restart;
 mod send;
