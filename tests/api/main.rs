@@ -3,6 +3,7 @@
 mod db;
 mod helpers;
 mod mock_wecom;
+mod tcp_front;
 
 mod bot;
 mod callback;
@@ -11,6 +12,8 @@ mod cli;
 mod connections;
 mod delivery;
 mod http_rules;
+mod idempotency;
+mod lanes;
 mod outbox;
 mod restart;
 mod send;

@@ -5,9 +5,9 @@
 //! tokens are issued only for the right credentials, expire, and are checked on every
 //! send), records every call, and lets a test script the next replies.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -113,6 +113,27 @@ pub struct SendCall {
     pub body: Value,
     /// What the mock answered (after token validation and scripting).
     pub reply: SendReply,
+    /// When the request arrived (before any scripted delay): what WeCom's per-member
+    /// counters would go by.
+    pub received_at: Instant,
+    /// Arrival order among all `message/send` requests (0 for the first).
+    pub arrival: usize,
+}
+
+impl SendCall {
+    /// WeCom accepted it: the member sees it.
+    pub fn delivered(&self) -> bool {
+        self.reply.is_success()
+    }
+
+    pub fn touser(&self) -> &str {
+        self.body["touser"].as_str().unwrap_or_default()
+    }
+
+    /// The text message's content as sent.
+    pub fn text(&self) -> &str {
+        self.body["text"]["content"].as_str().unwrap_or_default()
+    }
 }
 
 /// A message WeCom accepted and would have shown to the member.
@@ -138,6 +159,9 @@ struct MockState {
     send_started: usize,
     script: VecDeque<SendReply>,
     failure: Option<SendReply>,
+    /// Like `script` and `failure`, for one member (`touser`) only; consulted first.
+    member_script: HashMap<String, VecDeque<SendReply>>,
+    member_failure: HashMap<String, SendReply>,
     delay: Option<Duration>,
     calls: Vec<SendCall>,
     sent: Vec<Sent>,
@@ -216,11 +240,40 @@ impl MockWeCom {
         self.shared.lock().failure = Some(reply);
     }
 
+    /// Answers the next `message/send` calls *to `touser`* with these replies, in order;
+    /// other members are unaffected. Consulted before the global script and failure mode.
+    pub fn push_replies_for(&self, touser: &str, replies: impl IntoIterator<Item = SendReply>) {
+        self.shared
+            .lock()
+            .member_script
+            .entry(touser.to_owned())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Answers every `message/send` call to `touser` with `reply` until
+    /// [`Self::heal_member`] (or [`Self::heal`]).
+    pub fn fail_always_for(&self, touser: &str, reply: SendReply) {
+        self.shared
+            .lock()
+            .member_failure
+            .insert(touser.to_owned(), reply);
+    }
+
+    /// Ends `touser`'s failure mode and drops replies scripted for it.
+    pub fn heal_member(&self, touser: &str) {
+        let mut s = self.shared.lock();
+        s.member_failure.remove(touser);
+        s.member_script.remove(touser);
+    }
+
     /// Ends the failure mode and drops any scripted replies and delay.
     pub fn heal(&self) {
         let mut s = self.shared.lock();
         s.failure = None;
         s.script.clear();
+        s.member_failure.clear();
+        s.member_script.clear();
         s.delay = None;
     }
 
@@ -277,6 +330,20 @@ impl MockWeCom {
 
     pub fn calls(&self) -> Vec<SendCall> {
         self.shared.lock().calls.clone()
+    }
+
+    /// Every call WeCom accepted, in arrival order (the order the member sees them).
+    pub fn delivered_calls(&self) -> Vec<SendCall> {
+        let mut calls: Vec<SendCall> = self
+            .shared
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.delivered())
+            .cloned()
+            .collect();
+        calls.sort_by_key(|c| c.arrival);
+        calls
     }
 
     pub fn sent(&self) -> Vec<Sent> {
@@ -394,21 +461,31 @@ async fn message_send(
     Query(q): Query<SendQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    shared.lock().send_started += 1;
+    let received_at = Instant::now();
+    let arrival = {
+        let mut s = shared.lock();
+        s.send_started += 1;
+        s.send_started - 1
+    };
     shared.bump();
+    let received = Received {
+        access_token: q.access_token,
+        received_at,
+        arrival,
+    };
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             let reply = SendReply::errcode(47001, &format!("data format error: {e}"));
             let resp = reply_response(&reply);
-            record_call(&shared, q.access_token, Value::Null, reply);
+            record_call(&shared, received, Value::Null, reply);
             return resp;
         }
     };
 
     let (reply, delay) = {
         let mut s = shared.lock();
-        let token_state = match q.access_token.as_deref() {
+        let token_state = match received.access_token.as_deref() {
             Some(t) if s.valid_tokens.contains(t) => Ok(()),
             Some(t) if s.expired_tokens.contains(t) => Err(SendReply::errcode(
                 42001,
@@ -423,12 +500,23 @@ async fn message_send(
                 "access_token missing, hint: [mock]",
             )),
         };
+        let touser = body["touser"].as_str().unwrap_or_default();
         let reply = match token_state {
             Err(r) => r,
-            Ok(()) => match s.script.pop_front() {
-                Some(r) => r,
-                None => s.failure.clone().unwrap_or_else(SendReply::ok),
-            },
+            Ok(()) => {
+                let member_scripted = s
+                    .member_script
+                    .get_mut(touser)
+                    .and_then(VecDeque::pop_front);
+                let member_failure = s.member_failure.get(touser).cloned();
+                match member_scripted.or(member_failure) {
+                    Some(r) => r,
+                    None => match s.script.pop_front() {
+                        Some(r) => r,
+                        None => s.failure.clone().unwrap_or_else(SendReply::ok),
+                    },
+                }
+            }
         };
         let delay = reply.delay.or(s.delay);
         (reply, delay)
@@ -454,15 +542,24 @@ async fn message_send(
         };
         shared.lock().sent.push(sent);
     }
-    record_call(&shared, q.access_token, body, reply);
+    record_call(&shared, received, body, reply);
     resp
 }
 
-fn record_call(shared: &Shared, access_token: Option<String>, body: Value, reply: SendReply) {
+/// What is known of a `message/send` request as it arrives.
+struct Received {
+    access_token: Option<String>,
+    received_at: Instant,
+    arrival: usize,
+}
+
+fn record_call(shared: &Shared, received: Received, body: Value, reply: SendReply) {
     shared.lock().calls.push(SendCall {
-        access_token,
+        access_token: received.access_token,
         body,
         reply,
+        received_at: received.received_at,
+        arrival: received.arrival,
     });
     shared.bump();
 }
