@@ -298,7 +298,9 @@ async fn fill_backlog(
                 seq_no = s + 1,
             ));
         }
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await?;
         seq += n;
     }
     sqlx::query(
@@ -392,7 +394,11 @@ async fn drive(
     }
     let mut tokens = Vec::with_capacity(members);
     for t in asking {
-        tokens.push(t.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
+        tokens.push(
+            t.await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        );
     }
     let tokens = Arc::new(tokens);
     let backlog = args.backlog;
@@ -450,7 +456,8 @@ async fn drive(
     latencies_us.sort_unstable();
 
     let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-    while received.unique.load(Ordering::Relaxed) < backlog + accepted && Instant::now() < deadline {
+    while received.unique.load(Ordering::Relaxed) < backlog + accepted && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let last_ns = u128::from(received.last_at_ns.load(Ordering::Relaxed));
@@ -461,7 +468,8 @@ async fn drive(
         errors,
         send_secs,
         deliver_secs,
-        unique: received.unique.load(Ordering::Relaxed) - backlog.min(received.unique.load(Ordering::Relaxed)),
+        unique: received.unique.load(Ordering::Relaxed)
+            - backlog.min(received.unique.load(Ordering::Relaxed)),
         duplicates: received.duplicates.load(Ordering::Relaxed),
         latencies_us,
     })

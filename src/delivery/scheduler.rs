@@ -587,8 +587,13 @@ impl Scheduler {
                 );
                 let next = now_ms().saturating_add(ms(delay));
                 if next > head.deadline_at {
+                    let why = if unreachable {
+                        format!("{} unreachable: {reason}", self.channel.label())
+                    } else {
+                        reason
+                    };
                     let error = format!(
-                        "gave up after {attempts} attempt(s) within the retry window ({}): {reason}",
+                        "gave up after {attempts} attempt(s) within the retry window ({}): {why}",
                         humantime::format_duration(self.settings.retry_window),
                     );
                     tracing::debug!(id = %head.id, attempts, error = %error, "delivery failed");

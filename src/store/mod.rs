@@ -164,14 +164,20 @@ impl Store {
         if let Some(path) = &path {
             preflight(path)?;
         }
-        let url = sqlite_url_with_create(url);
+        // Only the first connection may create the file. Later ones (the pool's, the
+        // writer's) must not: after the file was deleted they would silently start an
+        // empty database at the same path; failing is the truthful answer.
+        let create: AnyConnectOptions = sqlite_url_with_mode(url, "rwc")
+            .parse::<AnyConnectOptions>()?
+            .disable_statement_logging();
+        let url = sqlite_url_with_mode(url, "rw");
         let options: AnyConnectOptions = url
             .parse::<AnyConnectOptions>()?
             .disable_statement_logging();
         // One connection first, so that an error surfaces at once with its cause (a pool
         // retries failing connects until its timeout, logging each attempt).
         let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
-            let mut conn = AnyConnection::connect_with(&options).await?;
+            let mut conn = AnyConnection::connect_with(&create).await?;
             configure(&mut conn).await?;
             conn.close().await
         })
@@ -361,11 +367,12 @@ fn preflight(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// sqlx opens SQLite files read-write but does not create them unless asked.
-fn sqlite_url_with_create(url: &str) -> String {
+/// The URL with SQLite's open `mode` (`rwc` creates the file, `rw` does not), unless the
+/// URL sets one itself or is an in-memory database.
+fn sqlite_url_with_mode(url: &str, mode: &str) -> String {
     if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
         let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}mode=rwc")
+        format!("{url}{sep}mode={mode}")
     } else {
         url.to_owned()
     }
@@ -404,13 +411,17 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_url_gets_create_mode() {
+    fn sqlite_url_gets_an_open_mode() {
         assert_eq!(
-            sqlite_url_with_create("sqlite://pushbot.db"),
+            sqlite_url_with_mode("sqlite://pushbot.db", "rwc"),
             "sqlite://pushbot.db?mode=rwc"
         );
         assert_eq!(
-            sqlite_url_with_create("sqlite://x.db?mode=ro"),
+            sqlite_url_with_mode("sqlite://pushbot.db?cache=shared", "rw"),
+            "sqlite://pushbot.db?cache=shared&mode=rw"
+        );
+        assert_eq!(
+            sqlite_url_with_mode("sqlite://x.db?mode=ro", "rw"),
             "sqlite://x.db?mode=ro"
         );
     }
@@ -782,6 +793,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_unavailable(), "{err}");
+        // A new pool connection fails rather than starting an empty database in its place.
+        let options = store.pool.connect_options();
+        assert!(AnyConnection::connect_with(&options).await.is_err());
+        assert!(
+            !dir.path().join("t.db").exists(),
+            "no empty database was created"
+        );
     }
 
     #[tokio::test]
