@@ -94,6 +94,8 @@ mod tests {
         let long = "磁盘".repeat(1000); // 6000 bytes
         let out = render_text(None, Some(&long));
         assert!(out.len() <= MAX_TEXT_BYTES);
+        // As much as fits: at most one 3-byte character short of the limit.
+        assert!(out.len() > MAX_TEXT_BYTES - 3, "{}", out.len());
         assert!(out.ends_with("(truncated)"));
         let short = "x".repeat(MAX_TEXT_BYTES);
         assert_eq!(render_text(None, Some(&short)), short);

@@ -382,9 +382,78 @@ mod tests {
             "not allow to access from your ip, hint: [1699999999_1_abc], from ip: 203.0.113.7, more info at https://open.work.weixin.qq.com/devtool/query?e=60020",
             None,
         );
-        assert!(text.contains("203.0.113.7"), "{text}");
+        // In the sentence itself, not only in the errmsg quoted after it.
+        assert!(text.contains("egress IP 203.0.113.7 "), "{text}");
         assert!(text.contains("trusted IP"), "{text}");
         assert!(text.contains("60020"), "{text}");
+    }
+
+    #[test]
+    fn every_known_errcode_says_what_to_do() {
+        let cases: &[(i64, &str)] = &[
+            (48002, "API forbidden"),
+            (40056, "wecom.agent_id"),
+            (301002, "no permission to message alice"),
+            (40001, "wecom.secret"),
+            (40013, "wecom.corp_id"),
+            (-1, "busy"),
+            (45009, "rate limit"),
+            (45033, "rate limit"),
+            (45011, "rate limit"),
+            (42001, "access token"),
+            (40014, "access token"),
+        ];
+        for (errcode, hint) in cases {
+            let text = explain(*errcode, "errmsg", Some("alice"));
+            assert!(text.contains(hint), "{errcode}: {text}");
+            assert!(
+                text.ends_with(&format!("(errcode {errcode}: errmsg)")),
+                "{text}"
+            );
+        }
+        assert!(explain(99999, "odd", None).starts_with("WeCom API error"));
+    }
+
+    #[tokio::test]
+    async fn transport_errors_name_the_cause_once_and_never_the_url() {
+        let client = crate::app::http_client(Duration::from_millis(300)).unwrap();
+        // A port that was free a moment ago: connection refused.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let err = client
+            .get(format!(
+                "http://127.0.0.1:{port}/cgi-bin/gettoken?corpsecret=S3CR3T"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        let text = describe(err.without_url());
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+        assert!(
+            !text.contains("S3CR3T") && !text.contains("gettoken"),
+            "{text}"
+        );
+        let parts: Vec<&str> = text.split(": ").collect();
+        let mut unique = parts.clone();
+        unique.dedup();
+        assert_eq!(parts, unique, "each cause once: {text}");
+
+        // A server that never answers: the request timeout, said plainly.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let err = client
+            .get(format!(
+                "http://{addr}/cgi-bin/message/send?access_token=T0K3N"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        let text = describe(err.without_url());
+        assert!(text.starts_with("timed out"), "{text}");
+        assert!(!text.contains("T0K3N"), "{text}");
+        drop(silent);
     }
 
     #[test]

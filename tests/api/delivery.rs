@@ -128,6 +128,7 @@ async fn assert_retried_then_delivered(reply: SendReply) {
     let id = app.send_ok(&token, "retry", "me").await;
     let status = app.wait_for_status(&id, &token, "delivered", WAIT).await;
     assert!(attempts(&status) > 1, "after {reply:?}: {status}");
+    assert_eq!(status["channel"], "wecom", "{status}");
     let sent = app.mock.wait_for_sent(1, WAIT).await;
     assert_eq!(sent[0].touser, user);
     assert_eq!(sent[0].content, "retry\n\nme");
