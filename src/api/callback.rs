@@ -117,8 +117,13 @@ async fn receive(
             tracing::debug!("repeated callback; sending the first reply again");
             reply
         }
-        // Still being processed (or the first run died): WeCom needs no second answer.
-        CallbackClaim::Seen(None) => return Ok(empty()),
+        // Still being processed: wait a little for the first run's reply, so that this
+        // copy (which may be the one WeCom is still waiting on) carries the same answer.
+        CallbackClaim::Seen(None) => match wait_for_reply(&state, &key).await? {
+            Some(reply) => reply,
+            // The first run died or is slow: WeCom needs no second answer.
+            None => return Ok(empty()),
+        },
         CallbackClaim::New => match run(&state, &inbound, command).await {
             Ok(reply) => {
                 state.store.complete_callback(&key, Some(&reply)).await?;
@@ -134,6 +139,21 @@ async fn receive(
         },
     };
     Ok(encrypted_reply(&state, &inbound, &reply))
+}
+
+/// A copy of a callback arriving while the first is processed waits this long for the
+/// first one's reply (WeCom gives up on an answer after 5 s).
+const DUPLICATE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn wait_for_reply(state: &AppState, key: &str) -> Result<Option<String>, ApiError> {
+    let deadline = tokio::time::Instant::now() + DUPLICATE_REPLY_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        if let Some(reply) = state.store.callback_reply(key).await? {
+            return Ok(Some(reply));
+        }
+    }
+    Ok(None)
 }
 
 /// Refuses a (correctly signed) callback whose timestamp is too far from our clock: a

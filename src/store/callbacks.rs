@@ -29,14 +29,20 @@ impl Store {
         if inserted == 1 {
             return Ok(CallbackClaim::New);
         }
-        let reply = sqlx::query("SELECT reply FROM callbacks WHERE dedup_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| row.try_get::<Option<String>, _>("reply"))
-            .transpose()?
-            .flatten();
-        Ok(CallbackClaim::Seen(reply))
+        Ok(CallbackClaim::Seen(self.callback_reply(key).await?))
+    }
+
+    /// The stored reply of a callback seen before, if its first run has finished.
+    pub async fn callback_reply(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query("SELECT reply FROM callbacks WHERE dedup_key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get::<Option<String>, _>("reply"))
+                .transpose()?
+                .flatten(),
+        )
     }
 
     /// Stores the reply sent for a callback so that WeCom's retries get the same one.
