@@ -104,21 +104,13 @@ impl Health {
     }
 
     /// How many senders the scheduler may start now: all (`None`), one probe, or none
-    /// before the returned time.
+    /// before the returned time (`i64::MAX` while a probe is out: its outcome decides).
     pub fn admits(&self, now: i64) -> Result<Option<usize>, i64> {
         match &self.state {
             State::Up => Ok(None),
-            State::Down {
-                next_probe,
-                probing,
-                ..
-            } => {
-                if *probing || now < *next_probe {
-                    Err((*next_probe).max(now + 1))
-                } else {
-                    Ok(Some(1))
-                }
-            }
+            State::Down { probing: true, .. } => Err(i64::MAX),
+            State::Down { next_probe, .. } if now < *next_probe => Err(*next_probe),
+            State::Down { .. } => Ok(Some(1)),
         }
     }
 
@@ -196,7 +188,11 @@ mod tests {
         // The first probe at 1 s; only one at a time.
         assert_eq!(h.gate(1_000), Gate::Probe);
         assert!(matches!(h.gate(1_001), Gate::Closed(_)));
-        assert!(h.admits(1_001).is_err());
+        assert_eq!(
+            h.admits(1_001),
+            Err(i64::MAX),
+            "the probe's outcome decides"
+        );
         // It fails: next in 2 s, then 4, 8, 16, 30, 30.
         assert_eq!(h.unreachable(1_100, "refused"), None);
         let mut at = 1_100;

@@ -499,6 +499,7 @@ impl Scheduler {
             () = self.abort.cancelled() => {
                 if probe {
                     lock(&self.health).probe_abandoned();
+                    self.wake.notify_one();
                 }
                 // WeCom may or may not have processed it: send it again next time (at
                 // least once), right away.
@@ -642,6 +643,8 @@ impl Scheduler {
             let change = health.unreachable(now_ms(), reason);
             (change, health.probe_interval())
         };
+        // The loop plans the next probe.
+        self.wake.notify_one();
         if change == Some(Change::WentDown) {
             let store = self.store.clone();
             let label = self.channel.label();
