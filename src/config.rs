@@ -354,7 +354,7 @@ fn default_digest_after() -> Option<Duration> {
     Some(Duration::from_secs(600))
 }
 fn default_max_in_flight() -> usize {
-    256
+    512
 }
 fn default_lease() -> Duration {
     Duration::from_secs(30)

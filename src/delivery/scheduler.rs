@@ -16,7 +16,7 @@
 //! - **Fairness.** A worker gives its lane up after [`LANE_BUDGET`] sends or
 //!   [`LANE_TIME`], so a long lane does not keep others waiting.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,18 @@ use super::limits::{self, Plan, RateWindow};
 use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
 use crate::domain::{MessageId, Outbound, UserId};
-use crate::store::{AttemptUpdate, Digest, Message, Store, StoreError, Waiting, now_ms};
+use crate::store::{AttemptUpdate, Digest, Head, Message, Store, StoreError, Waiting, now_ms};
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
 const LANE_BUDGET: usize = 64;
 /// Time per claim before a worker lets its lane go to the back of the queue.
 const LANE_TIME: Duration = Duration::from_secs(5);
+/// How long a worker whose lane ran empty waits for the member's next message before
+/// giving the lane up (each give-up and re-claim costs database round trips).
+const LANE_LINGER: Duration = Duration::from_millis(300);
+/// Messages of a lane read at once (content only up to `store::HEAD_CONTENT_BYTES` each;
+/// larger content is read at its turn), so memory stays small per lane.
+const PREFETCH: usize = 4;
 /// Lanes claimed per database round trip.
 const CLAIM_BATCH: usize = 64;
 /// The loop looks at the database at least this often (new lanes of other instances,
@@ -43,11 +49,11 @@ const POLL_MAX: i64 = 1_000;
 /// While a channel is down, queued messages past their deadline are failed this often.
 const EXPIRE_EVERY: i64 = 250;
 /// Messages failed per statement when a deadline passes for many at once.
-const EXPIRE_BATCH: i64 = 1_000;
+const EXPIRE_BATCH: usize = 1_000;
 /// Send history and idempotency keys are pruned this often.
 const PRUNE_EVERY: i64 = 10 * 60 * 1_000;
 /// Waiting messages looked at when planning a digest.
-const LOOKAHEAD: i64 = 512;
+const LOOKAHEAD: usize = 512;
 /// Longest wait between two tries to record an outcome (the database is failing).
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
 /// After the grace, how long shutdown waits for cut-off attempts to be handed back.
@@ -191,7 +197,7 @@ impl Scheduler {
     // ---- the loop -------------------------------------------------------------------
 
     async fn run(self: Arc<Self>) {
-        let new_work = self.store.new_work();
+        let arrivals = self.store.arrivals();
         let start = now_ms();
         let mut timers = Timers {
             renew: start + ms(self.settings.lease) / 3,
@@ -239,7 +245,7 @@ impl Scheduler {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
-                () = new_work.notified() => {}
+                () = arrivals.any() => {}
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(until(wake_at)) => {}
             }
@@ -292,7 +298,7 @@ impl Scheduler {
                     self.channel.label()
                 );
             }
-            let more = i64::try_from(failed).unwrap_or(i64::MAX) >= EXPIRE_BATCH;
+            let more = usize::try_from(failed).unwrap_or(usize::MAX) >= EXPIRE_BATCH;
             due.expire = now + if more { 0 } else { EXPIRE_EVERY };
         }
         if now >= due.prune {
@@ -332,6 +338,9 @@ impl Scheduler {
         let full = claimed.len() == limit;
         for userid in claimed {
             if !lock(&self.active).insert(userid.clone()) {
+                // Cannot happen (a worker leaves `active` before giving its lane up);
+                // if it did, the lease would run out and the lane be claimed again.
+                tracing::warn!(userid = %userid, "claimed a lane that is already being worked on");
                 continue;
             }
             let scheduler = Arc::clone(self);
@@ -357,35 +366,80 @@ impl Scheduler {
                 LaneEnd::Release(now_ms() + 1_000)
             }
         };
+        // Out of `active` before the release commits: from that commit on the loop may
+        // claim the lane again, and a claim of a lane still marked active would find no
+        // worker to run it (it would sit claimed until its lease ran out).
+        lock(&self.active).remove(&userid);
         if let LaneEnd::Release(due) = end
             && let Err(err) = self.store.release_lane(&self.owner, &userid, due).await
         {
             // The lease runs out and the lane is claimed again then.
             tracing::warn!(userid = %userid, error = %crate::error::chain(&err), "could not release a lane; it is retried when its lease expires");
         }
-        lock(&self.active).remove(&userid);
         self.wake.notify_one();
     }
 
     async fn drive_lane(&self, userid: &UserId) -> Result<LaneEnd, StoreError> {
+        // Registered before the first read, so every message committed after any read
+        // of this lane wakes the worker: an empty read plus no wake-up means empty.
+        let arrivals = self.store.arrivals().watch(userid);
         let span = limits::history_span_ms(&self.limits);
         let mut history = self.store.send_history(userid, now_ms() - span).await?;
         let claimed_at = Instant::now();
         let mut sent = 0;
+        // The next few messages of the lane, head first (one read for several sends).
+        let mut ahead: VecDeque<Head> = VecDeque::new();
+        // Whether the database may hold queued messages not in `ahead`; the highest `seq`
+        // read so far (what the watch brings is new only above it).
+        let mut maybe_more = true;
+        let mut last_seq = 0;
         loop {
             if self.stop.is_cancelled() {
                 return Ok(LaneEnd::Release(now_ms()));
             }
-            let Some(head) = self.store.lane_head(userid).await? else {
+            if ahead.is_empty() && maybe_more {
+                // What the watch holds now is in the database too: read it from there.
+                drop(arrivals.take());
+                ahead = self.store.lane_heads(userid, PREFETCH).await?.into();
+                maybe_more = ahead.len() == PREFETCH;
+                last_seq = ahead
+                    .back()
+                    .map_or(last_seq, |h| h.message.seq.max(last_seq));
+            }
+            let Some(next) = ahead.front() else {
+                // Under steady traffic the member's next message is often close: wait a
+                // moment for it rather than giving the lane up and claiming it again —
+                // unless the slots are needed for other members.
+                if self.may_linger() && claimed_at.elapsed() < LANE_TIME {
+                    tokio::select! {
+                        biased;
+                        () = self.stop.cancelled() => return Ok(LaneEnd::Release(now_ms())),
+                        () = arrivals.arrived() => {
+                            let taken = arrivals.take();
+                            if taken.missed {
+                                maybe_more = true;
+                            }
+                            for message in taken.messages {
+                                if message.seq > last_seq {
+                                    last_seq = message.seq;
+                                    ahead.push_back(Head { message, complete: true });
+                                }
+                            }
+                            continue;
+                        }
+                        () = tokio::time::sleep(LANE_LINGER) => {}
+                    }
+                }
                 if self.store.finish_lane(&self.owner, userid).await? {
                     return Ok(LaneEnd::Finished);
                 }
                 // A message arrived after we looked: go on with it.
+                maybe_more = true;
                 continue;
             };
             let now = now_ms();
-            if head.next_attempt_at > now {
-                return Ok(LaneEnd::Release(head.next_attempt_at));
+            if next.message.next_attempt_at > now {
+                return Ok(LaneEnd::Release(next.message.next_attempt_at));
             }
             if sent >= LANE_BUDGET || claimed_at.elapsed() >= LANE_TIME {
                 return Ok(LaneEnd::Release(now));
@@ -401,9 +455,29 @@ impl Scheduler {
                 Gate::Probe => true,
                 Gate::Open => false,
             };
+            let digest = carried.is_some();
+            let head = match ahead.pop_front() {
+                Some(Head {
+                    message,
+                    complete: true,
+                }) => message,
+                // Large content is read only now, for its turn.
+                Some(Head { message, .. }) => {
+                    match self.store.message(message.id.as_str()).await? {
+                        Some(full) => full,
+                        None => continue,
+                    }
+                }
+                None => continue,
+            };
             match self.attempt(&head, carried, probe, &mut history).await {
                 After::Next => sent += 1,
                 After::Release(at) => return Ok(LaneEnd::Release(at)),
+            }
+            if digest {
+                // The digest carried some of what was read ahead: read again.
+                ahead.clear();
+                maybe_more = true;
             }
         }
     }
@@ -524,10 +598,8 @@ impl Scheduler {
                         tracing::debug!(id = %head.id, attempts, "delivered");
                         self.record(AttemptUpdate::Delivered {
                             id: head.id.clone(),
-                            userid: head.userid.clone(),
                             attempts,
                             channel: self.channel.name(),
-                            sent_at,
                         })
                         .await
                     }
@@ -622,6 +694,11 @@ impl Scheduler {
                 After::Release(next)
             }
         }
+    }
+
+    /// Lingering keeps a slot busy: only while a quarter of the slots are free.
+    fn may_linger(&self) -> bool {
+        lock(&self.active).len() * 4 <= self.settings.max_in_flight * 3
     }
 
     fn reachable(&self) {

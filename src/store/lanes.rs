@@ -13,6 +13,18 @@ use crate::domain::{MessageId, UserId};
 /// line of each).
 const EXCERPT_CHARS: i64 = 300;
 
+/// Content up to this size comes with a lane's head when read ahead; larger content is
+/// read at the message's turn.
+pub const HEAD_CONTENT_BYTES: i64 = 4096;
+
+/// A message at the front of a lane. `complete` is false when its content was too large
+/// to read ahead (then `message.content` is `None` and must be read at its turn).
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub message: Message,
+    pub complete: bool,
+}
+
 /// A message waiting in a lane, as the scheduler plans with it (content cut short).
 #[derive(Debug, Clone)]
 pub struct Waiting {
@@ -39,7 +51,7 @@ impl Store {
             owner: owner.to_owned(),
             now,
             lease_until,
-            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            limit,
         };
         match self.writer.lane(op).await? {
             Reply::Claimed(userids) => Ok(userids),
@@ -110,7 +122,12 @@ impl Store {
 
     /// Fails up to `limit` queued messages past their retry deadline whose lane nobody
     /// holds (a lane being worked on judges its own head).
-    pub async fn fail_overdue(&self, now: i64, error: &str, limit: i64) -> Result<u64, StoreError> {
+    pub async fn fail_overdue(
+        &self,
+        now: i64,
+        error: &str,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
         self.lane_count(LaneOp::FailOverdue {
             now,
             error: error.to_owned(),
@@ -137,34 +154,53 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>("due")?)
     }
 
-    /// The lane's head: its oldest queued message, content included.
-    pub async fn lane_head(&self, userid: &UserId) -> Result<Option<Message>, StoreError> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE userid = $1 AND status = 'queued' \
-             ORDER BY seq LIMIT 1"
+    /// The lane's first `limit` queued messages, head first; content only up to
+    /// [`HEAD_CONTENT_BYTES`] each (see [`Head::complete`]).
+    pub async fn lane_heads(&self, userid: &UserId, limit: usize) -> Result<Vec<Head>, StoreError> {
+        let columns = MESSAGE_COLUMNS.replace(
+            "content,",
+            "CASE WHEN length(CAST(content AS BLOB)) <= $2 THEN content END AS content, \
+             length(CAST(content AS BLOB)) AS content_bytes,",
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // LIMIT as a literal, not a parameter: SQLite reads a bound LIMIT while planning
+        // and then re-prepares the statement every time it is bound (seen in profiles).
+        let sql = format!(
+            "SELECT {columns} FROM messages WHERE userid = $1 AND status = 'queued' \
+             ORDER BY seq LIMIT {limit}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(userid.as_str())
-            .fetch_optional(&self.pool)
+            .bind(HEAD_CONTENT_BYTES)
+            .fetch_all(&self.pool)
             .await?;
-        row.as_ref().map(Message::from_row).transpose()
+        rows.iter()
+            .map(|row| {
+                let message = Message::from_row(row)?;
+                let bytes: Option<i64> = row.try_get("content_bytes")?;
+                Ok(Head {
+                    complete: message.content.is_some() || bytes.is_none(),
+                    message,
+                })
+            })
+            .collect()
     }
 
     /// Up to `limit` queued messages of the lane, head first, with a short excerpt.
     pub async fn lane_waiting(
         &self,
         userid: &UserId,
-        limit: i64,
+        limit: usize,
     ) -> Result<Vec<Waiting>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, created_at, title, substr(content, 1, $3) AS excerpt FROM messages \
-             WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT $2",
-        )
-        .bind(userid.as_str())
-        .bind(limit)
-        .bind(EXCERPT_CHARS)
-        .fetch_all(&self.pool)
-        .await?;
+        // LIMIT as a literal: see `lane_heads`.
+        let sql = format!(
+            "SELECT id, created_at, title, substr(content, 1, $2) AS excerpt FROM messages \
+             WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(userid.as_str())
+            .bind(EXCERPT_CHARS)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(Waiting {

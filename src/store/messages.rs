@@ -201,7 +201,8 @@ impl Store {
             n += 1;
             sql.push_str(&format!(" AND id < ${n}"));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+        // LIMIT as a literal (an integer): a bound LIMIT makes SQLite re-prepare.
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit.max(0)));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(userid.as_str());
         if let Some(status) = status {
             query = query.bind(status.as_str());
@@ -209,7 +210,7 @@ impl Store {
         if let Some(before) = before {
             query = query.bind(before);
         }
-        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(Message::from_row).collect()
     }
 

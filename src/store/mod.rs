@@ -9,6 +9,7 @@
 //! accepts share a transaction and so one fsync, which is what lets `/send` take
 //! thousands of messages a second while still answering only after the message is on disk.
 
+mod arrivals;
 mod callbacks;
 mod lanes;
 mod members;
@@ -20,13 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
 
+pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
-pub use lanes::Waiting;
+pub use lanes::{HEAD_CONTENT_BYTES, Head, Waiting};
 pub use messages::{IDEMPOTENCY_WINDOW_MS, Message, MessageStatus};
 pub use writer::{AttemptUpdate, Digest};
 use writer::{WriteStatus, WriterHandle};
@@ -143,8 +143,8 @@ pub struct Store {
     /// answers are kept in memory; this process is the only writer of tokens, and
     /// rotation evicts the old entry before it returns.
     tokens: Arc<RwLock<members::TokenCache>>,
-    /// Woken whenever new messages are committed (the delivery scheduler waits on it).
-    new_work: Arc<Notify>,
+    /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
+    arrivals: Arc<Arrivals>,
 }
 
 impl std::fmt::Debug for Store {
@@ -221,14 +221,14 @@ impl Store {
             .run(&pool)
             .await?;
         let file = path.as_deref().and_then(FileIdentity::of);
-        let new_work = Arc::new(Notify::new());
-        let writer = writer::spawn(options, file.clone(), Arc::clone(&new_work));
+        let arrivals = Arc::new(Arrivals::default());
+        let writer = writer::spawn(options, file.clone(), Arc::clone(&arrivals));
         Ok(Self {
             pool,
             writer,
             file,
             tokens: Arc::default(),
-            new_work,
+            arrivals,
         })
     }
 
@@ -257,9 +257,9 @@ impl Store {
         }
     }
 
-    /// Notified whenever new messages have been committed.
-    pub fn new_work(&self) -> Arc<Notify> {
-        Arc::clone(&self.new_work)
+    /// Wake-ups for newly committed messages.
+    pub fn arrivals(&self) -> Arc<Arrivals> {
+        Arc::clone(&self.arrivals)
     }
 
     /// Commits queued writes, stops the writer, then closes the pool. Writes after this
@@ -489,10 +489,8 @@ mod tests {
         store
             .record_attempt(AttemptUpdate::Delivered {
                 id: mid("a"),
-                userid: uid("alice"),
                 attempts: 2,
                 channel: "wecom",
-                sent_at: now_ms(),
             })
             .await
             .unwrap();
@@ -601,24 +599,18 @@ mod tests {
         let (a, b, c) = tokio::join!(
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("a"),
-                userid: uid("alice"),
                 attempts: 1,
                 channel: "wecom",
-                sent_at: now_ms(),
             }),
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("b"),
-                userid: uid("alice"),
                 attempts: 3,
                 channel: "wecom",
-                sent_at: now_ms(),
             }),
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("c"),
-                userid: uid("alice"),
                 attempts: 3,
                 channel: "email",
-                sent_at: now_ms(),
             }),
         );
         a.unwrap();

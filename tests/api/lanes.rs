@@ -1081,3 +1081,48 @@ async fn a_restart_with_thousands_queued_is_healthy_at_once_and_drains_them() {
         assert_eq!(by_member.get(&m.user), Some(titles), "{}: in order", m.user);
     }
 }
+
+/// A transient failure that is about the member, not about WeCom (its rate limit): only
+/// that member's lane waits; WeCom is not treated as down.
+#[tokio::test]
+async fn a_head_rate_limited_by_wecom_holds_back_only_its_own_member() {
+    a_head_in_retries_holds_back_only_its_own_member(SendReply::errcode(
+        45009,
+        "api freq out of limit",
+    ))
+    .await;
+}
+
+/// Lanes are given up and claimed again all the time when many members each get a
+/// message now and then. A lane claimed again in the instant its old worker lets go must
+/// still get a worker: with a lease of a minute, a lane without one would sit for a
+/// minute (the benchmark once stalled for exactly a lease that way).
+#[tokio::test]
+async fn a_lane_claimed_again_as_its_worker_lets_go_is_still_worked_on() {
+    let app = spawn_app_with(|c| {
+        unthrottled(c);
+        c.lease = "60s".to_owned();
+        // Few slots: workers do not linger, lanes come and go.
+        c.max_in_flight = 8;
+    })
+    .await;
+    let all = members(&app, "churn", 60).await;
+    let mut ids = Vec::new();
+    for round in 0..4 {
+        let sends = all.iter().map(|m| {
+            let api = &app.api;
+            async move {
+                let id = api
+                    .send_ok(&m.token, &format!("{} round {round}", m.user), "")
+                    .await;
+                (m.token.clone(), id)
+            }
+        });
+        ids.extend(join_all(sends).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (token, id) in &ids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        app.wait_for_status(id, token, "delivered", left).await;
+    }
+}

@@ -37,6 +37,7 @@ INSERT INTO lanes (userid, due_at, owner, lease_until)
     SELECT userid, MIN(next_attempt_at), NULL, 0 FROM messages
     WHERE status = 'queued' GROUP BY userid;
 
+
 -- What was actually sent to each member, for the sliding-window limits (kept for the
 -- longest window, then pruned).
 CREATE TABLE sends (
@@ -44,6 +45,14 @@ CREATE TABLE sends (
     sent_at BIGINT NOT NULL
 );
 CREATE INDEX sends_by_member ON sends (userid, sent_at);
+-- A message delivered on its own counts once, at its delivery time (a few milliseconds
+-- after the request left: later, so the limits err on the safe side). A digest counts
+-- once for all it carried (written by the writer).
+CREATE TRIGGER messages_count_send AFTER UPDATE OF status ON messages
+    WHEN NEW.status = 'delivered' AND OLD.status = 'queued' AND NEW.via IS NULL
+BEGIN
+    INSERT INTO sends (userid, sent_at) VALUES (NEW.userid, NEW.delivered_at);
+END;
 
 -- Digests: one WeCom message that carried several waiting messages (`messages.via`).
 CREATE TABLE digests (
