@@ -118,8 +118,11 @@ impl From<StoreError> for ApiError {
 /// `err` and all its causes on one line, `outer: inner: innermost`, skipping a cause whose
 /// text the previous one already contains. For start-up errors and log fields.
 pub fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
+    with_causes(err.to_string(), err.source())
+}
+
+/// `text` followed by `source` and its causes, as [`chain`] writes them.
+pub fn with_causes(mut text: String, mut source: Option<&(dyn StdError + 'static)>) -> String {
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {

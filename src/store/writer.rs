@@ -594,6 +594,16 @@ fn pow2_floor(n: usize) -> usize {
     p
 }
 
+/// Appends `$first+1, $first+2, …`: `count` numbered parameters for an `IN (…)` list.
+fn push_params(sql: &mut String, count: usize, first: usize) {
+    for i in 0..count {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("${}", first + i + 1));
+    }
+}
+
 /// `items` in chunks whose lengths are powers of two (at most `max`): multi-row statements
 /// then come in a handful of shapes, all of which stay in the connection's statement
 /// cache (100 entries). With one shape per row count, the writer re-prepared its large
@@ -697,12 +707,7 @@ async fn apply_updates(
                          channel = $1, via = $2, last_error = NULL, updated_at = $3, \
                          delivered_at = $3 WHERE status = 'queued' AND id IN (",
                     );
-                    for i in 0..chunk.len() {
-                        if i > 0 {
-                            sql.push(',');
-                        }
-                        sql.push_str(&format!("${}", i + 4));
-                    }
+                    push_params(&mut sql, chunk.len(), 3);
                     sql.push(')');
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                         .bind(*channel)
@@ -762,12 +767,7 @@ async fn apply_updates(
                 "UPDATE messages SET status = 'delivered', attempts = $1, channel = $2, \
                  last_error = NULL, updated_at = $3, delivered_at = $3 WHERE id IN (",
             );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", i + 4));
-            }
+            push_params(&mut sql, chunk.len(), 3);
             sql.push(')');
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(attempts)
@@ -835,12 +835,7 @@ async fn finish_lanes(
         };
         for chunk in pow2_chunks(group, UPDATE_CHUNK) {
             let mut sql = String::from("DELETE FROM lanes WHERE owner = $1 AND userid IN (");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", i + 2));
-            }
+            push_params(&mut sql, chunk.len(), 1);
             sql.push_str(
                 ") AND NOT EXISTS (SELECT 1 FROM messages m \
                  WHERE m.userid = lanes.userid AND m.status = 'queued') RETURNING userid",
@@ -905,12 +900,7 @@ async fn lane_op(conn: &mut AnyConnection, op: &LaneOp) -> Result<Reply, StoreEr
                 let mut sql = String::from(
                     "UPDATE lanes SET lease_until = $1 WHERE owner = $2 AND userid IN (",
                 );
-                for i in 0..chunk.len() {
-                    if i > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str(&format!("${}", i + 3));
-                }
+                push_params(&mut sql, chunk.len(), 2);
                 sql.push(')');
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(*lease_until)

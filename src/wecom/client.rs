@@ -327,21 +327,12 @@ impl WeComClient {
 /// reqwest's Display is terse ("error sending request"); include the cause chain.
 pub fn describe(err: reqwest::Error) -> String {
     use std::error::Error as _;
-    let mut text = if err.is_timeout() {
+    let text = if err.is_timeout() {
         "timed out".to_owned()
     } else {
         err.to_string()
     };
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    crate::error::with_causes(text, err.source())
 }
 
 #[cfg(test)]
