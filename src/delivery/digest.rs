@@ -155,6 +155,17 @@ mod tests {
     }
 
     #[test]
+    fn a_digest_that_fits_exactly_is_not_split() {
+        let items = [item(T0, "a"), item(T0, "b")];
+        let (full, n) = first_digest(&items, 4096, BEIJING);
+        assert_eq!(n, 2);
+        // Exactly as long as allowed: both still go in one digest.
+        assert_eq!(first_digest(&items, full.len(), BEIJING), (full.clone(), 2));
+        // One byte less: the second waits for the next digest.
+        assert_eq!(first_digest(&items, full.len() - 1, BEIJING).1, 1);
+    }
+
+    #[test]
     fn one_huge_message_is_cut_not_dropped() {
         let huge = "长".repeat(5000);
         let items = [Item {

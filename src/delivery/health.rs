@@ -211,18 +211,18 @@ mod tests {
     #[test]
     fn an_answer_brings_it_back() {
         let mut h = health();
-        h.unreachable(0, "timed out");
-        assert_eq!(h.down_since(), Some((0, "timed out")));
-        assert_eq!(h.gate(1_000), Gate::Probe);
+        h.unreachable(3_000, "timed out");
+        assert_eq!(h.down_since(), Some((3_000, "timed out")));
+        assert_eq!(h.gate(4_000), Gate::Probe);
         assert_eq!(
-            h.reachable(4_000),
+            h.reachable(7_000),
             Some(Change::CameBack {
                 down_for: Duration::from_secs(4)
             })
         );
         assert!(h.is_up());
-        assert_eq!(h.gate(4_001), Gate::Open);
-        assert_eq!(h.reachable(5_000), None);
+        assert_eq!(h.gate(7_001), Gate::Open);
+        assert_eq!(h.reachable(8_000), None);
     }
 
     #[test]

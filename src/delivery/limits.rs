@@ -189,6 +189,26 @@ mod tests {
     }
 
     #[test]
+    fn digest_boundaries() {
+        let windows = vec![RateWindow {
+            count: 1,
+            per: Duration::from_secs(10),
+        }];
+        let slot = windows[0].enforced_ms();
+        let after = Some(Duration::from_millis(u64::try_from(slot).unwrap()));
+        // One message, however old: sent as it is (a digest of one is no digest).
+        assert_eq!(
+            plan(1_000_000, &[], &windows, &[0], Some(Duration::from_secs(1))),
+            Plan::Send
+        );
+        // Two: the second goes out one slot later. Waiting exactly `digest_after` is fine…
+        assert_eq!(plan(0, &[], &windows, &[0, 0], after), Plan::Send);
+        // …a millisecond more is not.
+        let after = Some(Duration::from_millis(u64::try_from(slot - 1).unwrap()));
+        assert_eq!(plan(0, &[], &windows, &[0, 0], after), Plan::Digest);
+    }
+
+    #[test]
     fn a_member_at_the_limit_waits_for_the_next_slot() {
         let windows = wecom();
         let sent: Vec<i64> = (0..30).collect();
