@@ -696,9 +696,9 @@ impl Scheduler {
         }
     }
 
-    /// Lingering keeps a slot busy: only while a quarter of the slots are free.
+    /// Lingering keeps a slot busy: only while a slot is free for another member's lane.
     fn may_linger(&self) -> bool {
-        lock(&self.active).len() * 4 <= self.settings.max_in_flight * 3
+        lock(&self.active).len() < self.settings.max_in_flight
     }
 
     fn reachable(&self) {

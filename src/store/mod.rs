@@ -1,9 +1,10 @@
 //! All persistent state, and all SQL.
 //!
-//! The rest of the program sees only [`Store`] and the plain records below. Queries are
-//! written once against sqlx's `Any` driver with `$n` placeholders, BIGINT unix-millisecond
-//! timestamps and TEXT, so a PostgreSQL backend needs only its own migration folder and a
-//! feature flag, not changes to the HTTP or bot code.
+//! The rest of the program sees only [`Store`] and the plain records below. Reads and the
+//! few writes outside the outbox are written once against sqlx's `Any` driver with `$n`
+//! placeholders, BIGINT unix-millisecond timestamps and TEXT, so a PostgreSQL backend
+//! needs its own migration folder and its own group-commit writer (the SQLite one calls
+//! SQLite directly, see [`writer`]), not changes to the HTTP or bot code.
 //!
 //! Writes to the outbox go through one group-commit writer ([`writer`]): concurrent
 //! accepts share a transaction and so one fsync, which is what lets `/send` take
@@ -50,6 +51,9 @@ pub fn now_ms() -> i64 {
 pub enum StoreError {
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    /// From the writer's own connection.
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Start-up could not open the database; `reason` names the real cause.
@@ -88,10 +92,7 @@ impl StoreError {
         match self {
             Self::Db(err) => match err {
                 sqlx::Error::Database(db) => {
-                    let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
-                    // Primary SQLite result codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8,
-                    // IOERR 10, FULL 13, CANTOPEN 14, PROTOCOL 15.
-                    matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)
+                    is_unavailable_code(db.code().and_then(|c| c.parse().ok()).unwrap_or(0))
                 }
                 sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
@@ -99,11 +100,21 @@ impl StoreError {
                 | sqlx::Error::WorkerCrashed => true,
                 _ => false,
             },
+            Self::Sqlite(err) => match err {
+                rusqlite::Error::SqliteFailure(code, _) => is_unavailable_code(code.extended_code),
+                _ => false,
+            },
             Self::WriterGone | Self::FileReplaced(_) | Self::WritesFailing(_) => true,
             Self::Shared(inner) => inner.is_unavailable(),
             Self::Migrate(_) | Self::Open { .. } | Self::Corrupt(_) | Self::DuplicateKey => false,
         }
     }
+}
+
+/// Whether a SQLite result code (primary or extended) means the database cannot serve
+/// now: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8, IOERR 10, FULL 13, CANTOPEN 14, PROTOCOL 15.
+fn is_unavailable_code(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)
 }
 
 /// The database file as opened (device and inode), to notice it being deleted or replaced
@@ -161,9 +172,18 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let path = sqlite_path(url);
-        if let Some(path) = &path {
-            preflight(path)?;
-        }
+        // The writer opens the file by itself; an in-memory database would be a different,
+        // empty one on each connection (and lose every message at exit).
+        let Some(db_file) = path.clone() else {
+            return Err(StoreError::Open {
+                path: PathBuf::from(url),
+                reason: "pushbot needs a database file (storage.url = \"sqlite://path/to/pushbot.db\"); \
+                         an in-memory database would lose every queued message"
+                    .into(),
+                source: None,
+            });
+        };
+        preflight(&db_file)?;
         // Only the first connection may create the file. Later ones (the pool's, the
         // writer's) must not: after the file was deleted they would silently start an
         // empty database at the same path; failing is the truthful answer.
@@ -207,6 +227,9 @@ impl Store {
             .max_connections(8)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // A ping before each use is a round trip to SQLite's thread that learns
+            // nothing about a local file; a broken connection fails its query anyway.
+            .test_before_acquire(false)
             .after_connect(|conn, _meta| Box::pin(configure(conn)))
             // A connection must never go back to the pool inside a transaction: a later
             // `begin()` on it would only open a savepoint that never commits.
@@ -222,7 +245,7 @@ impl Store {
             .await?;
         let file = path.as_deref().and_then(FileIdentity::of);
         let arrivals = Arc::new(Arrivals::default());
-        let writer = writer::spawn(options, file.clone(), Arc::clone(&arrivals));
+        let writer = writer::spawn(db_file, file.clone(), Arc::clone(&arrivals));
         Ok(Self {
             pool,
             writer,
