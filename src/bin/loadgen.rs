@@ -235,6 +235,10 @@ impl std::fmt::Display for Report {
             let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
             self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
         };
+        if self.accepted == 0 && self.errors == 0 {
+            // A backlog-only run (`--messages 0`): nothing to time.
+            return write!(f, "live load:      none (--messages 0)");
+        }
         writeln!(f, "clients:        {}", self.clients)?;
         writeln!(
             f,

@@ -1044,6 +1044,79 @@ mod tests {
         assert_eq!(pow2_chunks::<u32>(&[], 16).count(), 0);
     }
 
+    #[test]
+    fn the_writers_connection_is_durable_and_keeps_statement_journals_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        // The writer never creates the file (see `Store::connect`).
+        assert!(open(&path).is_err());
+        Connection::open(&path).unwrap();
+        let conn = open(&path).unwrap();
+        let pragma = |name: &str| -> String {
+            conn.query_row(&format!("PRAGMA {name}"), [], |row| {
+                row.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), "wal");
+        assert_eq!(
+            pragma("synchronous"),
+            "2",
+            "FULL: a commit survives power loss"
+        );
+        assert_eq!(pragma("foreign_keys"), "1");
+        assert_eq!(pragma("temp_store"), "2", "MEMORY");
+        assert_eq!(
+            pragma("wal_autocheckpoint"),
+            WAL_AUTOCHECKPOINT_PAGES.to_string()
+        );
+        assert_eq!(
+            pragma("busy_timeout"),
+            super::super::BUSY_TIMEOUT_MS.to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_into_the_database_file_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = Store::connect(&url).await.unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let before = size();
+        // About 2 MiB committed: far below the writer's own checkpoint threshold, so only
+        // the checkpointer can move it out of the WAL.
+        let now = now_ms();
+        for i in 0..64 {
+            store
+                .insert_message(Message::new_queued(
+                    MessageId::from_stored(format!("k{i:03}")),
+                    UserId::new("alice"),
+                    None,
+                    Some("x".repeat(32 * 1024)),
+                    now,
+                    now + 60_000,
+                ))
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + CHECKPOINT_EVERY * 5;
+        while size() < before + 2 * 1024 * 1024 {
+            assert!(
+                Instant::now() < deadline,
+                "the database file is still {} bytes (was {before}): nothing was checkpointed",
+                size()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn many_rows_commit_in_one_multi_row_insert_without_the_fallback() {
         let dir = tempfile::tempdir().unwrap();
