@@ -449,6 +449,63 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_codes_that_say_the_database_cannot_serve_now_are_unavailable() {
+        // BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL, and extended
+        // codes of those (IOERR_READ, IOERR_WRITE, BUSY_SNAPSHOT).
+        for code in [5, 6, 7, 8, 10, 13, 14, 15, 266, 778, 517] {
+            assert!(is_unavailable_code(code), "{code} means: retry later (503)");
+        }
+        // OK, ERROR, CORRUPT, CONSTRAINT (UNIQUE, FOREIGNKEY), NOTADB: not the disk's fault.
+        for code in [0, 1, 11, 19, 2067, 787, 26] {
+            assert!(!is_unavailable_code(code), "{code} is not unavailability");
+        }
+        assert!(!StoreError::DuplicateKey.is_unavailable());
+        assert!(!StoreError::Corrupt("x".into()).is_unavailable());
+        assert!(StoreError::WriterGone.is_unavailable());
+        assert!(StoreError::Shared(Arc::new(StoreError::WriterGone)).is_unavailable());
+    }
+
+    #[tokio::test]
+    async fn a_read_only_database_is_unavailable_and_a_constraint_is_not() {
+        let (store, dir) = temp_store().await;
+        let path = dir.path().join("t.db");
+        // Through sqlx (the pool's driver)…
+        let url = format!("sqlite://{}?mode=ro", path.display());
+        let mut ro = AnyConnection::connect(&url).await.unwrap();
+        let err = sqlx::query("INSERT INTO callbacks (dedup_key, created_at) VALUES ('k', 0)")
+            .execute(&mut ro)
+            .await
+            .unwrap_err();
+        assert!(StoreError::Db(err).is_unavailable());
+        let err = sqlx::query("INSERT INTO health (id, checked_at) VALUES (1, 0)")
+            .execute(&store.pool)
+            .await
+            .unwrap_err();
+        assert!(
+            !StoreError::Db(err).is_unavailable(),
+            "a constraint is a bug, not a full disk"
+        );
+        // …and through rusqlite (the writer's).
+        let ro = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let err = ro
+            .execute(
+                "INSERT INTO callbacks (dedup_key, created_at) VALUES ('k', 0)",
+                [],
+            )
+            .unwrap_err();
+        assert!(StoreError::Sqlite(err).is_unavailable());
+        let rw = rusqlite::Connection::open(&path).unwrap();
+        let err = rw
+            .execute("INSERT INTO health (id, checked_at) VALUES (1, 0)", [])
+            .unwrap_err();
+        assert!(!StoreError::Sqlite(err).is_unavailable());
+    }
+
     #[tokio::test]
     async fn token_is_stable_until_rotated() {
         let (store, _dir) = temp_store().await;
@@ -493,6 +550,12 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         assert_eq!(store.queued_count().await.unwrap(), 200);
+        // Group commit: what queued during one commit shares the next.
+        let commits = store.writer.health.commits();
+        assert!(
+            commits < 100,
+            "200 concurrent inserts took {commits} transactions"
+        );
     }
 
     #[tokio::test]

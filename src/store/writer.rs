@@ -157,6 +157,8 @@ pub(super) const FAILURE_MEMORY: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub(super) struct WriteHealth {
     state: Mutex<HealthState>,
+    /// Transactions committed so far (one per batch while all goes well).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +189,10 @@ impl WriteHealth {
     /// Records one write's result; `probe` marks a health probe, whose success does not
     /// clear a failure younger than [`FAILURE_MEMORY`].
     fn record(&self, error: Option<&StoreError>, probe: bool) {
+        if error.is_none() {
+            self.commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -222,6 +228,11 @@ impl WriteHealth {
                 });
             }
         }
+    }
+
+    /// Transactions committed since start.
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(super) fn status(&self) -> WriteStatus {

@@ -1126,3 +1126,61 @@ async fn a_lane_claimed_again_as_its_worker_lets_go_is_still_worked_on() {
         app.wait_for_status(id, token, "delivered", left).await;
     }
 }
+
+/// Whether `user`'s lane exists and is claimed, as an independent connection sees it.
+async fn lane_is_claimed(app: &TestApp, user: &str) -> bool {
+    let mut conn = db::connect(&app.db_path).await;
+    let owner: Option<Option<String>> =
+        sqlx::query_scalar("SELECT owner FROM lanes WHERE userid = lower(?1)")
+            .bind(user)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+    db::close(conn).await;
+    matches!(owner, Some(Some(_)))
+}
+
+/// A worker whose lane ran empty keeps it for a moment while slots are free (the member's
+/// next message then costs no claim and no read), instead of giving it up at once.
+#[tokio::test]
+async fn an_emptied_lane_is_kept_for_a_moment_while_slots_are_free() {
+    let app = spawn_app_with(|c| {
+        unthrottled(c);
+        c.max_in_flight = 8;
+    })
+    .await;
+    let a = member(&app, "linger").await;
+    let id = app.send_ok(&a.token, "one", "").await;
+    app.wait_for_status(&id, &a.token, "delivered", Duration::from_secs(5))
+        .await;
+    // The worker lingers 300 ms after its lane ran empty; without lingering the lane is
+    // deleted as soon as the outcome is recorded.
+    assert!(
+        lane_is_claimed(&app, &a.user).await,
+        "the emptied lane was given up at once although 7 of 8 slots were free"
+    );
+}
+
+/// With every slot busy, a worker whose lane ran empty gives it up at once: another
+/// member's message must not wait out its linger.
+#[tokio::test]
+async fn with_every_slot_busy_an_emptied_lane_is_given_up_for_other_members() {
+    let app = spawn_app_with(|c| {
+        unthrottled(c);
+        c.max_in_flight = 1;
+    })
+    .await;
+    let a = member(&app, "busya").await;
+    let b = member(&app, "busyb").await;
+    let first = app.send_ok(&a.token, "a1", "").await;
+    app.wait_for_status(&first, &a.token, "delivered", Duration::from_secs(5))
+        .await;
+    // b's message needs the only slot. A worker lingering on a's lane (300 ms) would keep
+    // it, and take a's next message (sent 150 ms later) before b's.
+    app.send_ok(&b.token, "b1", "").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    app.send_ok(&a.token, "a2", "").await;
+    let sent = app.mock.wait_for_sent(3, Duration::from_secs(5)).await;
+    let order: Vec<&str> = sent.iter().map(|s| s.content.as_str()).collect();
+    assert_eq!(order, ["a1", "b1", "a2"]);
+}
