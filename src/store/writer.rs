@@ -429,6 +429,7 @@ impl Writer {
         if let Some(conn) = self.conn.take() {
             let _ = conn.close();
         }
+        tracing::debug!(commits = self.health.commits(), "storage writer stopped");
         for done in closed {
             let _ = done.send(());
         }
