@@ -199,3 +199,33 @@ async fn a_key_longer_than_200_characters_is_refused() {
     .await;
     assert_eq!(message_count(&app, &m.token).await, 1);
 }
+
+/// A client that timed out may retry while its first request is still being committed:
+/// concurrent sends with one key meet in the database's unique index, not in a lookup
+/// beforehand. Every one of them gets the same message; one is stored and sent.
+#[tokio::test]
+async fn concurrent_sends_with_one_key_store_and_send_one_message() {
+    let app = spawn_app().await;
+    let m = member(&app, "idemc").await;
+    let key = "deploy-42";
+    let answers = futures_util::future::join_all(
+        (0..12).map(|_| send_with_header(&app, &m.token, "Deployed", key)),
+    )
+    .await;
+    let mut ids = Vec::new();
+    let mut firsts = 0;
+    for resp in answers {
+        let body = json_body(resp).await;
+        if body.get("duplicate") != Some(&Value::Bool(true)) {
+            firsts += 1;
+        }
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(firsts, 1, "exactly one send is the first: {ids:?}");
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every send answers the same message: {ids:?}");
+    app.wait_for_status(&ids[0], &m.token, "delivered", WAIT)
+        .await;
+    assert_eq!(message_count(&app, &m.token).await, 1, "one message stored");
+    assert_eq!(sent_to(&app, &m.user), 1, "WeCom got one message");
+}

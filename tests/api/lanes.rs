@@ -1127,8 +1127,9 @@ async fn a_lane_claimed_again_as_its_worker_lets_go_is_still_worked_on() {
     }
 }
 
-/// Whether `user`'s lane exists and is claimed, as an independent connection sees it.
-async fn lane_is_claimed(app: &TestApp, user: &str) -> bool {
+/// `user`'s lane as an independent connection sees it: `None` when there is none, else
+/// whether it is claimed.
+async fn lane_claimed(app: &TestApp, user: &str) -> Option<bool> {
     let mut conn = db::connect(&app.db_path).await;
     let owner: Option<Option<String>> =
         sqlx::query_scalar("SELECT owner FROM lanes WHERE userid = lower(?1)")
@@ -1137,7 +1138,7 @@ async fn lane_is_claimed(app: &TestApp, user: &str) -> bool {
             .await
             .unwrap();
     db::close(conn).await;
-    matches!(owner, Some(Some(_)))
+    owner.map(|o| o.is_some())
 }
 
 /// A worker whose lane ran empty keeps it for a moment while slots are free (the member's
@@ -1155,10 +1156,20 @@ async fn an_emptied_lane_is_kept_for_a_moment_while_slots_are_free() {
         .await;
     // The worker lingers 300 ms after its lane ran empty; without lingering the lane is
     // deleted as soon as the outcome is recorded.
-    assert!(
-        lane_is_claimed(&app, &a.user).await,
+    assert_eq!(
+        lane_claimed(&app, &a.user).await,
+        Some(true),
         "the emptied lane was given up at once although 7 of 8 slots were free"
     );
+    // After the moment, the empty lane is gone (not just released to be claimed again).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while lane_claimed(&app, &a.user).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "an empty lane is still in the table 3 s after its last message"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// With every slot busy, a worker whose lane ran empty gives it up at once: another
@@ -1183,4 +1194,25 @@ async fn with_every_slot_busy_an_emptied_lane_is_given_up_for_other_members() {
     let sent = app.mock.wait_for_sent(3, Duration::from_secs(5)).await;
     let order: Vec<&str> = sent.iter().map(|s| s.content.as_str()).collect();
     assert_eq!(order, ["a1", "b1", "a2"]);
+}
+
+/// A fresh accept wakes the scheduler at once (the writer tells it after the commit): a
+/// member without a lane worker does not wait for the loop's next look at the database
+/// (at most a second later).
+#[tokio::test]
+async fn a_message_to_an_idle_member_goes_out_at_once() {
+    let app = spawn_app_with(unthrottled).await;
+    let all = members(&app, "prompt", 8).await;
+    for m in &all {
+        let accepted = Instant::now();
+        let id = app.send_ok(&m.token, &format!("{} now", m.user), "").await;
+        app.wait_for_status(&id, &m.token, "delivered", Duration::from_secs(5))
+            .await;
+        let took = accepted.elapsed();
+        assert!(
+            took < Duration::from_millis(600),
+            "{}'s message took {took:?} to be delivered",
+            m.user
+        );
+    }
 }
