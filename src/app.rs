@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::api::rate_limit::SendLimiter;
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::delivery::email::EmailChannel;
 use crate::delivery::wecom::WeComChannel;
 use crate::delivery::{Channel, Outbox};
 use crate::error::ApiError;
@@ -55,6 +56,8 @@ pub enum StartupError {
     Tls(#[source] rustls::Error),
     #[error("cannot build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
+    #[error("e-mail channel")]
+    Email(#[from] crate::delivery::email::SetupError),
     #[error("server error")]
     Serve(#[from] std::io::Error),
 }
@@ -88,10 +91,16 @@ impl Application {
             http_client(settings.wecom.request_timeout)?,
             &settings.wecom,
         ));
-        let channel: Arc<dyn Channel> = Arc::new(WeComChannel::new(client));
+        let mut channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(client))];
+        let mut email_check = None;
+        if let Some(email) = &settings.email {
+            let channel = Arc::new(EmailChannel::new(email)?);
+            email_check = Some(Arc::clone(&channel));
+            channels.push(channel);
+        }
         let outbox = Outbox::new(
             store.clone(),
-            channel,
+            channels,
             settings.delivery.clone(),
             settings.wecom.member_limits.clone(),
             instance_id(&settings),
@@ -105,6 +114,11 @@ impl Application {
             public_base: settings.public_base().into(),
             callback_max_age: settings.wecom.callback_max_age,
             send_limiter: SendLimiter::new(settings.server.send_rate),
+            email_policy: settings.email.as_ref().map(|e| api::chat::EmailPolicy {
+                code_ttl: e.code_ttl,
+                codes_per_hour: e.codes_per_hour,
+            }),
+            utc_offset: settings.delivery.utc_offset,
         };
         let router = with_middleware(api::router(state));
 
@@ -114,6 +128,21 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         let port = listener.local_addr()?.port();
         outbox.start().await.map_err(store_error)?;
+        if let Some(channel) = email_check {
+            // A wrong password or a firewalled port should be visible on day one, not at
+            // the first fallback; but mail is not needed to start.
+            tokio::spawn(async move {
+                match channel.check().await {
+                    Ok(()) => {
+                        tracing::info!(server = %channel.server(), "SMTP server reachable; e-mail channel ready")
+                    }
+                    Err(err) => tracing::warn!(
+                        error = %err,
+                        "cannot connect or log in to the SMTP server; e-mail delivery will be retried, but check [email] (host, port, security, username, password)"
+                    ),
+                }
+            });
+        }
         Ok(Self {
             listener,
             router,

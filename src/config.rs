@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use crate::delivery::limits::RateWindow;
+use crate::domain::{ChannelName, Route};
 use crate::wecom::credentials::{AgentId, CallbackToken, CorpId, CorpSecret, EncodingAesKey};
 
 /// Default config file looked up in the working directory when neither
@@ -32,8 +33,101 @@ pub struct Settings {
     pub wecom: WeComSettings,
     #[serde(default)]
     pub delivery: DeliverySettings,
+    /// The e-mail channel; absent: no e-mail.
+    #[serde(default)]
+    pub email: Option<EmailSettings>,
     #[serde(default)]
     pub log: LogSettings,
+}
+
+/// `[email]`: SMTP for the e-mail channel (fallback and verification codes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// The SMTP server, e.g. `smtp.qq.com`.
+    #[serde(deserialize_with = "non_empty")]
+    pub host: String,
+    /// Default by `security`: 465 (tls), 587 (starttls), 25 (none).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Set it from `PUSHBOT_EMAIL__PASSWORD` or `password_file`, never in a committed file.
+    #[serde(default)]
+    pub password: Option<secrecy::SecretString>,
+    /// A file holding the password (Docker/Kubernetes secrets); read at start-up.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The sender, `pushbot <bot@example.com>` or `bot@example.com`.
+    pub from: Sender,
+    /// One SMTP operation (connect, command, sending a message).
+    #[serde(
+        default = "default_smtp_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub timeout: Duration,
+    /// How long a verification code can be used.
+    #[serde(default = "default_code_ttl", deserialize_with = "positive_duration")]
+    pub code_ttl: Duration,
+    /// Verification mails per member, and per address, in any hour.
+    #[serde(
+        default = "default_codes_per_hour",
+        deserialize_with = "at_least_one_u32"
+    )]
+    pub codes_per_hour: u32,
+}
+
+impl EmailSettings {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.security {
+            SmtpSecurity::Tls => 465,
+            SmtpSecurity::StartTls => 587,
+            SmtpSecurity::None => 25,
+        })
+    }
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// TLS from the first byte (port 465, "SSL").
+    #[default]
+    Tls,
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    StartTls,
+    /// No encryption at all: only for a relay on the same host or network.
+    None,
+}
+
+/// The `From` of every mail, checked at start-up.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Sender(lettre::message::Mailbox);
+
+impl Sender {
+    pub fn mailbox(&self) -> &lettre::message::Mailbox {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Sender {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        value.trim().parse().map(Sender).map_err(|e| {
+            format!(
+                "{value:?} is not a sender address ({e}); write it like \"pushbot <bot@example.com>\""
+            )
+        })
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0.to_string(), f)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +344,10 @@ pub struct DeliverySettings {
     /// Time zone the times in digests are shown in, as an offset from UTC (`"+08:00"`).
     #[serde(default = "default_utc_offset", deserialize_with = "utc_offset")]
     pub utc_offset: i32,
+    /// Channels a message tries in order, unless the sender or the member says otherwise;
+    /// a channel a member cannot be reached on (no bound address) is skipped.
+    #[serde(default = "default_fallback", deserialize_with = "route")]
+    pub fallback: Route,
 }
 
 impl Default for DeliverySettings {
@@ -267,6 +365,7 @@ impl Default for DeliverySettings {
             instance_id: None,
             probe_max: default_probe_max(),
             utc_offset: default_utc_offset(),
+            fallback: default_fallback(),
         }
     }
 }
@@ -365,6 +464,19 @@ fn default_probe_max() -> Duration {
 fn default_utc_offset() -> i32 {
     8 * 3600
 }
+fn default_fallback() -> Route {
+    Route::new(vec![ChannelName::WeCom, ChannelName::Email])
+        .unwrap_or_else(|| unreachable!("a non-empty list is a route"))
+}
+fn default_smtp_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_code_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_codes_per_hour() -> u32 {
+    3
+}
 fn default_log_level() -> String {
     "info".to_owned()
 }
@@ -388,6 +500,20 @@ fn member_limits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RateWindow>, D::
             per: w.per,
         })
         .collect())
+}
+
+/// `["wecom", "email"]`: channel names, in order, each once.
+fn route<'de, D: Deserializer<'de>>(d: D) -> Result<Route, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    Route::parse(&names.join(",")).map_err(serde::de::Error::custom)
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "" => Err(serde::de::Error::custom("must not be empty")),
+        t => Ok(t.to_owned()),
+    }
 }
 
 /// A duration, or `"off"` for none.
@@ -620,7 +746,7 @@ impl Settings {
             .and_then(config::Config::try_deserialize)
             .map_err(ConfigError::from_config)?;
         settings.check()?;
-        Ok(settings)
+        settings.read_secrets()
     }
 
     /// What a single value's type cannot say: combinations and non-zero timings.
@@ -648,7 +774,43 @@ impl Settings {
         if self.wecom.request_timeout.is_zero() {
             return Err(invalid("wecom.request_timeout", "must be greater than 0"));
         }
+        if let Some(email) = &self.email {
+            if email.password.is_some() && email.password_file.is_some() {
+                return Err(invalid(
+                    "email.password_file",
+                    "set either email.password (e.g. from PUSHBOT_EMAIL__PASSWORD) or email.password_file, not both",
+                ));
+            }
+            let has_password = email.password.is_some() || email.password_file.is_some();
+            if email.username.is_some() != has_password {
+                return Err(invalid(
+                    "email.username",
+                    "SMTP login needs both email.username and a password (email.password or email.password_file)",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Reads `email.password_file` into `email.password` (one place that touches the file).
+    fn read_secrets(mut self) -> Result<Self, ConfigError> {
+        if let Some(email) = &mut self.email
+            && let Some(path) = email.password_file.take()
+        {
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                key: "email.password_file".to_owned(),
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let password = text.trim_end_matches(['\r', '\n']).to_owned();
+            if password.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "email.password_file".to_owned(),
+                    message: format!("{} is empty", path.display()),
+                });
+            }
+            email.password = Some(secrecy::SecretString::from(password));
+        }
+        Ok(self)
     }
 
     /// Whether the callback Token or EncodingAESKey is the public sample from WeCom's

@@ -5,6 +5,9 @@
 //! - [`PushToken`]: its `Debug` and `Display` redact it, so "never log a token" is a
 //!   property of the type; [`PushToken::expose`] is the one way to the text.
 //! - [`MessageId`]: UUIDv7 text (time-ordered).
+//! - [`ChannelName`] and [`Route`]: the channels a message may take, in order.
+//! - [`EmailAddress`]: a checked address; its [`EmailAddress::masked`] form is what
+//!   chat answers show.
 //! - [`Outbound`]: what a channel renders — never the database row.
 
 use std::fmt;
@@ -105,12 +108,185 @@ impl fmt::Debug for MessageId {
     }
 }
 
+/// A delivery channel, by its stable name (stored in the database and accepted in the
+/// API as `wecom` / `email`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChannelName {
+    WeCom,
+    Email,
+}
+
+impl ChannelName {
+    pub const ALL: [ChannelName; 2] = [ChannelName::WeCom, ChannelName::Email];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WeCom => "wecom",
+            Self::Email => "email",
+        }
+    }
+
+    /// Name for people, in log lines and errors.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WeCom => "WeCom",
+            Self::Email => "E-mail",
+        }
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ChannelName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "wecom" | "企业微信" | "微信" => Ok(Self::WeCom),
+            "email" | "e-mail" | "mail" | "邮件" | "邮箱" => Ok(Self::Email),
+            other => Err(format!(
+                "unknown channel {other:?}: the channels are wecom and email"
+            )),
+        }
+    }
+}
+
+/// The channels a message tries, in order: the next one only when the one before could
+/// not deliver it (or, for `all`, each of them). Never empty, no channel twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route(Vec<ChannelName>);
+
+impl Route {
+    /// `wecom,email` (also with spaces, `，` or `/`): an ordered list without repeats.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut channels = Vec::new();
+        for part in text
+            .split([',', '，', '/', ' ', '>'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && *p != "-" && *p != "→")
+        {
+            let channel: ChannelName = part.parse()?;
+            if channels.contains(&channel) {
+                return Err(format!("channel {channel} is listed twice"));
+            }
+            channels.push(channel);
+        }
+        Self::new(channels).ok_or_else(|| "no channel given: use wecom, email or both".to_owned())
+    }
+
+    /// `None` when `channels` is empty.
+    pub fn new(channels: Vec<ChannelName>) -> Option<Self> {
+        let mut seen = Vec::with_capacity(channels.len());
+        for c in channels {
+            if !seen.contains(&c) {
+                seen.push(c);
+            }
+        }
+        (!seen.is_empty()).then_some(Self(seen))
+    }
+
+    pub fn channels(&self) -> &[ChannelName] {
+        &self.0
+    }
+
+    pub fn first(&self) -> ChannelName {
+        self.0[0]
+    }
+
+    /// The route after its first channel, if anything is left.
+    pub fn rest(&self) -> Option<Route> {
+        Route::new(self.0[1..].to_vec())
+    }
+
+    pub fn contains(&self, channel: ChannelName) -> bool {
+        self.0.contains(&channel)
+    }
+
+    /// The channels of `self` that `keep` accepts, in order; `None` if none does.
+    pub fn filter(&self, keep: impl Fn(ChannelName) -> bool) -> Option<Route> {
+        Route::new(self.0.iter().copied().filter(|c| keep(*c)).collect())
+    }
+
+    /// `wecom,email`: the stored form.
+    pub fn to_stored(&self) -> String {
+        let names: Vec<&str> = self.0.iter().map(|c| c.as_str()).collect();
+        names.join(",")
+    }
+
+    /// `wecom → email`: the form shown to people.
+    pub fn to_display(&self) -> String {
+        let names: Vec<&str> = self.0.iter().map(|c| c.as_str()).collect();
+        names.join(" → ")
+    }
+}
+
+/// An e-mail address as a member binds it: one `@`, a dotted domain, no spaces or angle
+/// brackets; lower-cased domain. Deliberately plain (what a person types in a chat).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let text = raw.trim();
+        let (local, domain) = text.rsplit_once('@')?;
+        let ok_local = !local.is_empty()
+            && local.len() <= 64
+            && local
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !"<>()[]\\,;:\"@".contains(c));
+        let ok_domain = domain.len() <= 253
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..")
+            && domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        (ok_local && ok_domain).then(|| Self(format!("{local}@{}", domain.to_ascii_lowercase())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `a***e@example.com`: enough for the owner to recognise it.
+    pub fn masked(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or((&self.0, ""));
+        let chars: Vec<char> = local.chars().collect();
+        let shown = match chars.as_slice() {
+            [] => String::new(),
+            [only] => format!("{only}***"),
+            [first, .., last] => format!("{first}***{last}"),
+        };
+        format!("{shown}@{domain}")
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EmailAddress({})", self.masked())
+    }
+}
+
 /// One message as a channel sends it: a single accepted message, or a digest of several.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
+    /// The message (or digest) id: e-mail uses it as its Message-ID.
+    pub id: MessageId,
     pub userid: UserId,
     pub title: Option<String>,
     pub content: Option<String>,
+    /// Where e-mail goes (the member's bound address, or the address being verified).
+    pub email: Option<EmailAddress>,
 }
 
 #[cfg(test)]
@@ -130,5 +306,52 @@ mod tests {
         assert_eq!(format!("{token:?}"), "PushToken(ab…45)");
         assert_eq!(token.expose(), "abcdefghijklmnopqrstuvwxyz012345");
         assert_eq!(PushToken::new("short".into()).hint(), "…");
+    }
+
+    #[test]
+    fn routes_parse_in_order_without_repeats() {
+        let r = Route::parse("email, wecom").unwrap();
+        assert_eq!(r.channels(), &[ChannelName::Email, ChannelName::WeCom]);
+        assert_eq!(r.to_stored(), "email,wecom");
+        assert_eq!(r.to_display(), "email → wecom");
+        assert_eq!(r.rest().unwrap().channels(), &[ChannelName::WeCom]);
+        assert!(r.rest().unwrap().rest().is_none());
+        assert_eq!(Route::parse("WeCom").unwrap().first(), ChannelName::WeCom);
+        assert_eq!(
+            Route::parse("邮箱，企业微信").unwrap().to_stored(),
+            "email,wecom"
+        );
+        assert!(Route::parse("wecom,wecom").unwrap_err().contains("twice"));
+        assert!(Route::parse("sms").unwrap_err().contains("unknown channel"));
+        assert!(Route::parse(" , ").is_err());
+        let only_wecom = r.filter(|c| c == ChannelName::WeCom).unwrap();
+        assert_eq!(only_wecom.to_stored(), "wecom");
+        assert!(r.filter(|_| false).is_none());
+    }
+
+    #[test]
+    fn email_addresses_are_checked_and_masked() {
+        let a = EmailAddress::parse(" Alice.B@Example.COM ").unwrap();
+        assert_eq!(a.as_str(), "Alice.B@example.com");
+        assert_eq!(a.masked(), "A***B@example.com");
+        assert_eq!(
+            EmailAddress::parse("x@qq.com").unwrap().masked(),
+            "x***@qq.com"
+        );
+        assert!(!format!("{a:?}").contains("Alice.B"));
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "a@b",
+            "a b@example.com",
+            "a@exa mple.com",
+            "<a@example.com>",
+            "a@.example.com",
+            "a@example..com",
+        ] {
+            assert!(EmailAddress::parse(bad).is_none(), "{bad}");
+        }
     }
 }

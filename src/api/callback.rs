@@ -179,19 +179,7 @@ fn check_fresh(timestamp: &str, max_age: std::time::Duration) -> Result<(), ApiE
 
 async fn run(state: &AppState, inbound: &Inbound, command: Command) -> Result<String, ApiError> {
     let userid = UserId::new(&inbound.from_user_name);
-    Ok(match command {
-        Command::Token => {
-            let token = state.store.token_for(&userid).await?;
-            bot::token_reply(token.expose(), &state.public_base)
-        }
-        Command::Rotate => {
-            let token = state.store.rotate_token(&userid).await?;
-            tracing::info!(userid = %userid, "push token rotated");
-            bot::rotated_reply(token.expose(), &state.public_base)
-        }
-        Command::Help => bot::help_reply(),
-        Command::Welcome => bot::welcome_reply(),
-    })
+    super::chat::run(state, &userid, command).await
 }
 
 /// WeCom treats an empty 200 as "received, no reply".

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppState, auth};
 use crate::error::ApiError;
-use crate::store::{Message, MessageStatus};
+use crate::store::{AttemptRecord, Message, MessageStatus};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,6 +43,44 @@ struct One {
     ok: bool,
     #[serde(flatten)]
     message: MessageView,
+    /// Every attempt, oldest first; a delivered message ends with its delivery.
+    history: Vec<AttemptView>,
+}
+
+#[derive(Serialize)]
+struct AttemptView {
+    channel: String,
+    at: String,
+    /// `retry` (a transient failure), `failed` (the channel gave up), `delivered`.
+    outcome: String,
+    error: Option<String>,
+}
+
+/// The stored attempts, then the delivery itself, which is stored only in the message row
+/// (a message delivered at once costs no history row) — except for `all`, whose every
+/// delivery is an attempt row of its own.
+fn history(m: &Message, attempts: Vec<AttemptRecord>) -> Vec<AttemptView> {
+    let mut views: Vec<AttemptView> = attempts
+        .into_iter()
+        .map(|a| AttemptView {
+            channel: a.channel,
+            at: rfc3339(a.at),
+            outcome: a.outcome,
+            error: a.error,
+        })
+        .collect();
+    if m.status == MessageStatus::Delivered
+        && !m.deliver_all
+        && let (Some(channel), Some(at)) = (&m.channel, m.delivered_at)
+    {
+        views.push(AttemptView {
+            channel: channel.clone(),
+            at: rfc3339(at),
+            outcome: "delivered".to_owned(),
+            error: None,
+        });
+    }
+    views
 }
 
 #[derive(Serialize)]
@@ -68,6 +106,9 @@ struct MessageView {
     next_attempt_at: Option<String>,
     /// The digest that carried it, when it was delivered as part of one.
     via: Option<String>,
+    /// The channels still to try, the current one first (queued messages only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<String>,
 }
 
 impl From<Message> for MessageView {
@@ -84,6 +125,7 @@ impl From<Message> for MessageView {
             next_attempt_at: (m.status == MessageStatus::Queued)
                 .then(|| rfc3339(m.next_attempt_at)),
             via: m.via,
+            route: (m.status == MessageStatus::Queued).then(|| m.route.to_stored()),
             id: m.id.to_string(),
         }
     }
@@ -105,10 +147,14 @@ async fn show(
     let userid = auth::member(&state, auth::find_token(&headers, &[query_token])).await?;
     // Someone else's message is reported exactly like a missing one.
     match state.store.message(&id).await? {
-        Some(m) if m.userid == userid => Ok(Json(One {
-            ok: true,
-            message: m.into(),
-        })),
+        Some(m) if m.userid == userid => {
+            let attempts = state.store.attempts_of(&m.id).await?;
+            Ok(Json(One {
+                ok: true,
+                history: history(&m, attempts),
+                message: m.into(),
+            }))
+        }
         _ => Err(ApiError::NotFound(format!(
             "no message {id} for this token"
         ))),

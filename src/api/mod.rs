@@ -2,6 +2,7 @@
 
 mod auth;
 mod callback;
+pub mod chat;
 mod health;
 mod messages;
 pub mod rate_limit;
@@ -32,6 +33,10 @@ pub struct AppState {
     pub callback_max_age: std::time::Duration,
     /// `server.send_rate`, per member; see [`rate_limit::authorized_sender`].
     pub send_limiter: Arc<rate_limit::SendLimiter>,
+    /// Verification codes, when `[email]` is configured.
+    pub email_policy: Option<chat::EmailPolicy>,
+    /// `delivery.utc_offset`, seconds east of UTC: what "today" means in `status`.
+    pub utc_offset: i32,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rate_limit::authorized_sender;
 use super::{AppState, auth};
-use crate::delivery::NewMessage;
+use crate::delivery::{ChannelChoice, NewMessage, Reach};
 use crate::error::ApiError;
 use crate::store::MessageStatus;
 
@@ -64,6 +64,8 @@ struct SendFields {
     content: Option<String>,
     desp: Option<String>,
     idempotency_key: Option<String>,
+    /// `wecom`, `email`, `all` or an ordered list such as `wecom,email`.
+    channel: Option<String>,
 }
 
 impl SendFields {
@@ -75,6 +77,7 @@ impl SendFields {
             content: self.content.or(fallback.content),
             desp: self.desp.or(fallback.desp),
             idempotency_key: self.idempotency_key.or(fallback.idempotency_key),
+            channel: self.channel.or(fallback.channel),
         }
     }
 }
@@ -245,6 +248,8 @@ async fn accept(
         )));
     }
     let key = idempotency_key(headers, fields.idempotency_key)?;
+    let choice = ChannelChoice::parse(fields.channel.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("invalid channel: {e} (or all)")))?;
     let token = auth::find_token(headers, &[fields.token.as_deref()]);
     let userid = authorized_sender(state, token).await?;
     if title.is_none() && content.is_none() {
@@ -252,6 +257,15 @@ async fn accept(
             "nothing to send: give a title or content (or desp)".into(),
         ));
     }
+    let prefs = state.store.member_prefs(&userid).await?;
+    let reach = Reach {
+        email_bound: prefs.email.is_some(),
+        own_order: prefs.channels,
+    };
+    let (route, deliver_all) = state
+        .outbox
+        .route(&choice, &reach)
+        .map_err(ApiError::BadRequest)?;
     let accepted = state
         .outbox
         .accept(NewMessage {
@@ -259,6 +273,9 @@ async fn accept(
             title,
             content,
             idempotency_key: key,
+            route,
+            deliver_all,
+            email_to: None,
         })
         .await?;
     Ok(Json(Accepted {

@@ -5,7 +5,7 @@
 
 use crate::wecom::xml::Inbound;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Show the member's push token (created on first use).
     Token,
@@ -14,6 +14,16 @@ pub enum Command {
     Help,
     /// First contact (`subscribe` event).
     Welcome,
+    /// `email alice@example.com`: mail a verification code to the address (as typed).
+    Email(String),
+    /// `email off`: unbind the address.
+    EmailOff,
+    /// `verify 123456` (or the six digits alone).
+    Verify(String),
+    /// `status`: token hint, address, channel order, today's counts.
+    Status,
+    /// `fallback email,wecom` (as typed; empty: explain).
+    Fallback(String),
 }
 
 /// The command a callback asks for, or `None` when it needs no answer (e.g. `enter_agent`,
@@ -36,9 +46,38 @@ pub fn interpret(inbound: &Inbound) -> Option<Command> {
     }
 }
 
-/// Typed text: a known keyword, anything else gets the help text.
+/// Typed text: a known keyword (with its argument), anything else gets the help text.
 pub fn parse_text(text: &str) -> Command {
-    parse_keyword(text).unwrap_or(Command::Help)
+    let text = text.trim();
+    if let Some(command) = parse_keyword(text) {
+        return command;
+    }
+    // A code pasted on its own.
+    if text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Command::Verify(text.to_owned());
+    }
+    let (word, rest) = match text.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim()),
+        None => (text, ""),
+    };
+    let word = word.trim_start_matches('/').to_lowercase();
+    match word.as_str() {
+        "email" | "e-mail" | "mail" | "邮箱" | "邮件" => {
+            if matches!(
+                rest.to_lowercase().as_str(),
+                "off" | "none" | "remove" | "unbind" | "关闭" | "解绑" | "删除"
+            ) {
+                Command::EmailOff
+            } else if rest.is_empty() {
+                Command::Status
+            } else {
+                Command::Email(rest.to_owned())
+            }
+        }
+        "verify" | "验证" | "code" | "验证码" => Command::Verify(rest.to_owned()),
+        "fallback" | "回退" | "channels" | "渠道" => Command::Fallback(rest.to_owned()),
+        _ => Command::Help,
+    }
 }
 
 fn parse_keyword(text: &str) -> Option<Command> {
@@ -47,6 +86,7 @@ fn parse_keyword(text: &str) -> Option<Command> {
         "token" | "令牌" => Some(Command::Token),
         "rotate" | "重置" => Some(Command::Rotate),
         "help" | "帮助" | "?" | "？" => Some(Command::Help),
+        "status" | "状态" => Some(Command::Status),
         _ => None,
     }
 }
@@ -86,8 +126,139 @@ pub fn help_reply() -> String {
     "pushbot 命令 Commands:\n\
      token（令牌）— 查看你的推送令牌和用法 show your push token and how to use it\n\
      rotate（重置）— 换一个新令牌，旧令牌立即失效 issue a new token; the old one stops working\n\
+     email 地址（邮箱 地址）— 绑定邮箱，企业微信发不出时改用邮件 bind an e-mail address for fallback\n\
+     verify 验证码（验证）— 完成绑定 confirm it with the mailed code\n\
+     email off（邮箱 关闭）— 解绑 unbind it\n\
+     fallback email,wecom（回退）— 设置渠道顺序 set your channel order\n\
+     status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
      help（帮助）— 显示本帮助 show this help"
         .to_owned()
+}
+
+/// What the member sees of their own settings and today's deliveries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusView {
+    /// `ab…yz`, or `None` without a token yet.
+    pub token_hint: Option<String>,
+    /// Masked address.
+    pub email: Option<String>,
+    /// `wecom → email`.
+    pub order: String,
+    /// Whether the order is the member's own (else the server's default).
+    pub own_order: bool,
+    /// Channels in the order that a member cannot use (e-mail without an address).
+    pub unusable: Vec<String>,
+    /// `(channel, delivered, failed)` for messages accepted today.
+    pub today: Vec<(String, i64, i64)>,
+}
+
+pub fn status_reply(view: &StatusView) -> String {
+    let token = view.token_hint.as_deref().unwrap_or("— (send token)");
+    let email = view.email.as_deref().unwrap_or("none（未绑定）");
+    let mut order = view.order.clone();
+    order.push_str(if view.own_order {
+        "（你的设置 yours）"
+    } else {
+        "（默认 default）"
+    });
+    if !view.unusable.is_empty() {
+        order.push_str(&format!("；不可用 unusable: {}", view.unusable.join(", ")));
+    }
+    let today = if view.today.is_empty() {
+        "no messages（暂无）".to_owned()
+    } else {
+        view.today
+            .iter()
+            .map(|(channel, delivered, failed)| format!("{channel} ✓{delivered} ✗{failed}"))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    };
+    format!(
+        "状态 Status\n\
+         token: {token}\n\
+         email: {email}\n\
+         order: {order}\n\
+         today: {today}（✓ 送达 delivered ✗ 失败 failed）"
+    )
+}
+
+pub fn email_code_sent_reply(address: &str, ttl_minutes: u64) -> String {
+    format!(
+        "验证码已发送到 {address}，请在 {ttl_minutes} 分钟内回复 verify 验证码（验证 验证码）。\n\
+         Verification code sent to {address}: reply \"verify <code>\" within {ttl_minutes} minutes."
+    )
+}
+
+pub fn email_invalid_reply(typed: &str) -> String {
+    let shown: String = typed.chars().take(80).collect();
+    format!(
+        "「{shown}」不是有效的邮箱地址，例如 email alice@example.com。\n\
+         That is not a valid e-mail address; send e.g. email alice@example.com"
+    )
+}
+
+pub fn email_unavailable_reply() -> String {
+    "本服务器未配置邮件发送，请联系管理员。\nE-mail is not configured on this server; ask its administrator."
+        .to_owned()
+}
+
+pub fn email_too_many_reply() -> String {
+    "验证码请求太频繁，请一小时后再试。\nToo many codes requested for you or this address; try again in an hour."
+        .to_owned()
+}
+
+pub fn email_bound_reply(masked: &str) -> String {
+    format!(
+        "邮箱已绑定：{masked}。企业微信发送失败时将改用邮件。\n\
+         E-mail bound: {masked}. Messages WeCom cannot deliver go there."
+    )
+}
+
+pub fn code_wrong_reply(attempts_left: i64) -> String {
+    format!("验证码错误，还可尝试 {attempts_left} 次。\nWrong code; {attempts_left} attempts left.")
+}
+
+pub fn code_expired_reply() -> String {
+    "验证码已过期，请重新发送 email 地址获取新验证码。\nThe code has expired; send email <address> again for a new one."
+        .to_owned()
+}
+
+pub fn code_exhausted_reply() -> String {
+    "错误次数过多，该验证码已失效，请重新发送 email 地址。\nToo many wrong attempts: this code no longer works; send email <address> for a new one."
+        .to_owned()
+}
+
+pub fn no_pending_code_reply() -> String {
+    "没有待验证的验证码，请先发送 email 地址。\nNo pending code: send email you@example.com first."
+        .to_owned()
+}
+
+pub fn email_unbound_reply() -> String {
+    "邮箱已解绑。\nE-mail unbound: nothing will be mailed to you any more.".to_owned()
+}
+
+pub fn fallback_set_reply(order: &str, own: bool) -> String {
+    let whose = if own { "" } else { "（默认 default）" };
+    format!("渠道顺序已设置。Channel order set.\norder: {order}{whose}")
+}
+
+pub fn fallback_invalid_reply(problem: &str) -> String {
+    format!(
+        "{problem}\n用法 Usage: fallback email,wecom · fallback wecom · fallback default（回退 …）"
+    )
+}
+
+/// The verification mail: subject and body.
+pub fn verification_mail(code: &str, ttl_minutes: u64) -> (String, String) {
+    (
+        "pushbot 邮箱验证码 · verification code".to_owned(),
+        format!(
+            "你的 pushbot 邮箱验证码 Your pushbot verification code:\n\n{code}\n\n\
+             请在企业微信应用中回复 verify {code}（{ttl_minutes} 分钟内有效）。\n\
+             Reply \"verify {code}\" in the WeCom app within {ttl_minutes} minutes.\n\n\
+             不是你本人操作请忽略本邮件。If you did not ask for this, ignore this mail."
+        ),
+    )
 }
 
 pub fn welcome_reply() -> String {
@@ -144,6 +315,63 @@ mod tests {
     }
 
     #[test]
+    fn commands_with_arguments() {
+        assert_eq!(
+            parse_text("email Alice@Example.com"),
+            Command::Email("Alice@Example.com".into())
+        );
+        assert_eq!(parse_text("邮箱  a@b.cn "), Command::Email("a@b.cn".into()));
+        assert_eq!(parse_text("email off"), Command::EmailOff);
+        assert_eq!(parse_text("邮箱 关闭"), Command::EmailOff);
+        assert_eq!(parse_text("email"), Command::Status);
+        assert_eq!(
+            parse_text("verify 123456"),
+            Command::Verify("123456".into())
+        );
+        assert_eq!(parse_text("验证 654321"), Command::Verify("654321".into()));
+        assert_eq!(parse_text(" 012345 "), Command::Verify("012345".into()));
+        assert_eq!(parse_text("status"), Command::Status);
+        assert_eq!(parse_text("状态"), Command::Status);
+        assert_eq!(
+            parse_text("fallback email,wecom"),
+            Command::Fallback("email,wecom".into())
+        );
+        assert_eq!(parse_text("回退 wecom"), Command::Fallback("wecom".into()));
+        assert_eq!(parse_text("fallback"), Command::Fallback(String::new()));
+        assert_eq!(parse_text("1234567"), Command::Help);
+    }
+
+    #[test]
+    fn status_never_shows_more_than_it_should() {
+        let reply = status_reply(&StatusView {
+            token_hint: Some("ab…yz".into()),
+            email: Some("a***e@example.com".into()),
+            order: "wecom → email".into(),
+            own_order: false,
+            unusable: vec![],
+            today: vec![("email".into(), 1, 0), ("wecom".into(), 3, 1)],
+        });
+        assert!(reply.contains("token: ab…yz"), "{reply}");
+        assert!(reply.contains("email: a***e@example.com"), "{reply}");
+        assert!(reply.contains("order: wecom → email"), "{reply}");
+        assert!(
+            reply.contains("today: email ✓1 ✗0 · wecom ✓3 ✗1"),
+            "{reply}"
+        );
+        assert!(reply.len() < 2048);
+        let empty = status_reply(&StatusView::default());
+        assert!(empty.contains("email: none"), "{empty}");
+    }
+
+    #[test]
+    fn the_verification_mail_carries_the_code_once_in_its_body() {
+        let (subject, body) = verification_mail("042137", 10);
+        assert!(subject.contains("verification code"));
+        assert!(!subject.contains("042137"));
+        assert!(body.contains("\n042137\n"));
+    }
+
+    #[test]
     fn events() {
         assert_eq!(interpret(&event("subscribe", None)), Some(Command::Welcome));
         assert_eq!(
@@ -185,5 +413,6 @@ mod tests {
         let base = format!("https://{}.example.com", "h".repeat(60));
         assert!(token_reply(&token, &base).len() < 2048);
         assert!(welcome_reply().len() < 2048);
+        assert!(help_reply().len() < 2048);
     }
 }

@@ -90,11 +90,16 @@ impl Health {
             State::Down {
                 next_probe,
                 probing,
+                interval,
                 ..
             } => {
-                if *probing || now < *next_probe {
-                    // While a probe is out, the next look is after the current interval.
-                    Gate::Closed((*next_probe).max(now + 1))
+                if *probing {
+                    // While a probe is out its outcome decides; look again after the
+                    // current interval at the latest (the scheduler is woken by the
+                    // outcome, and a channel that comes back brings its lanes forward).
+                    Gate::Closed(now + (*interval).max(1))
+                } else if now < *next_probe {
+                    Gate::Closed(*next_probe)
                 } else {
                     *probing = true;
                     Gate::Probe
@@ -187,7 +192,8 @@ mod tests {
         assert_eq!(h.admits(10), Err(1_000));
         // The first probe at 1 s; only one at a time.
         assert_eq!(h.gate(1_000), Gate::Probe);
-        assert!(matches!(h.gate(1_001), Gate::Closed(_)));
+        // While it is out, lanes look again after the current interval (2 s) at the latest.
+        assert_eq!(h.gate(1_001), Gate::Closed(3_001));
         assert_eq!(
             h.admits(1_001),
             Err(i64::MAX),

@@ -17,6 +17,7 @@
 
 pub mod backoff;
 pub mod digest;
+pub mod email;
 pub mod health;
 pub mod limits;
 mod scheduler;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::config::DeliverySettings;
-use crate::domain::{MessageId, Outbound, UserId};
+use crate::domain::{ChannelName, MessageId, Outbound, Route, UserId};
 use crate::store::{Message, Store, StoreError, now_ms};
 use limits::RateWindow;
 use scheduler::Scheduler;
@@ -57,10 +58,8 @@ impl ChannelError {
 
 /// A way to reach a member. Implementations must be cheap to call concurrently.
 pub trait Channel: Send + Sync {
-    /// Short stable name, stored with delivered messages (`wecom`).
-    fn name(&self) -> &'static str;
-    /// Name for people, in log lines (`WeCom`).
-    fn label(&self) -> &'static str;
+    /// Which channel this is (stored with messages, named in routes).
+    fn name(&self) -> ChannelName;
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>>;
 }
 
@@ -72,6 +71,46 @@ pub struct NewMessage {
     pub content: Option<String>,
     /// The sender's `Idempotency-Key`: a repeat within 24 h creates nothing.
     pub idempotency_key: Option<String>,
+    /// The channels to try, in order (see [`Outbox::route`]).
+    pub route: Route,
+    /// Deliver on every channel of the route, not only until one delivers.
+    pub deliver_all: bool,
+    /// A fixed e-mail address instead of the member's bound one (verification mails).
+    pub email_to: Option<String>,
+}
+
+/// What a sender asked for with `channel=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelChoice {
+    /// No choice: the member's own order, else `delivery.fallback`.
+    Default,
+    /// These channels, in this order, each only if the one before could not deliver.
+    Order(Route),
+    /// Every channel the member can be reached on.
+    All,
+}
+
+impl ChannelChoice {
+    /// `wecom`, `email`, `wecom,email`, `all`; empty means [`ChannelChoice::Default`].
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(Self::Default);
+        }
+        if text.eq_ignore_ascii_case("all") {
+            return Ok(Self::All);
+        }
+        Route::parse(text).map(Self::Order)
+    }
+}
+
+/// What the route of a member's message depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// The member has a bound e-mail address.
+    pub email_bound: bool,
+    /// The member's own channel order (`fallback …` in the chat).
+    pub own_order: Option<Route>,
 }
 
 /// The stored message; `duplicate` when an earlier message with the same idempotency key
@@ -86,18 +125,82 @@ pub struct Accepted {
 #[derive(Clone)]
 pub struct Outbox {
     inner: Arc<Scheduler>,
+    /// The channels this server has.
+    configured: Arc<[ChannelName]>,
 }
 
 impl Outbox {
     pub fn new(
         store: Store,
-        channel: Arc<dyn Channel>,
+        channels: Vec<Arc<dyn Channel>>,
         settings: DeliverySettings,
         limits: Vec<RateWindow>,
         owner: String,
     ) -> Self {
+        let configured: Arc<[ChannelName]> = channels.iter().map(|c| c.name()).collect();
         Self {
-            inner: Arc::new(Scheduler::new(store, channel, settings, limits, owner)),
+            inner: Arc::new(Scheduler::new(store, channels, settings, limits, owner)),
+            configured,
+        }
+    }
+
+    /// `delivery.fallback`: the order of a member who chose none.
+    pub fn default_route(&self) -> &Route {
+        &self.inner.settings.fallback
+    }
+
+    /// Whether this server has the channel.
+    pub fn has_channel(&self, channel: ChannelName) -> bool {
+        self.configured.contains(&channel)
+    }
+
+    /// The route a message takes: the sender's choice, else the member's own order, else
+    /// `delivery.fallback` — keeping only channels this server has and the member can be
+    /// reached on (e-mail needs a bound address). `Err` (a sentence for the sender) when
+    /// the sender named channels none of which can reach the member. The bool: deliver
+    /// on every channel of the route.
+    pub fn route(&self, choice: &ChannelChoice, reach: &Reach) -> Result<(Route, bool), String> {
+        let usable =
+            |c: ChannelName| self.has_channel(c) && (c != ChannelName::Email || reach.email_bound);
+        let why_not = |asked: &Route| {
+            let names: Vec<String> = asked
+                .channels()
+                .iter()
+                .map(|c| match c {
+                    ChannelName::Email if !self.has_channel(*c) => {
+                        "e-mail is not configured on this server".to_owned()
+                    }
+                    ChannelName::Email => "no e-mail address is bound for this member (send \"email you@example.com\" in the app)".to_owned(),
+                    other => format!("{} is not configured on this server", other.label()),
+                })
+                .collect();
+            format!(
+                "cannot deliver on channel {}: {}",
+                asked.to_stored(),
+                names.join("; ")
+            )
+        };
+        match choice {
+            ChannelChoice::Order(asked) => asked
+                .filter(usable)
+                .map(|r| (r, false))
+                .ok_or_else(|| why_not(asked)),
+            ChannelChoice::All => {
+                let all = Route::new(ChannelName::ALL.to_vec()).ok_or("no channels")?;
+                all.filter(usable)
+                    .map(|r| (r, true))
+                    .ok_or_else(|| why_not(&all))
+            }
+            ChannelChoice::Default => {
+                let order = reach
+                    .own_order
+                    .as_ref()
+                    .unwrap_or(&self.inner.settings.fallback);
+                // A member whose own order names only channels they cannot be reached on
+                // (an unbound address) still gets WeCom.
+                let fallback = Route::new(vec![ChannelName::WeCom]).ok_or("no channels")?;
+                Ok((order.filter(usable).unwrap_or(fallback), false))
+            }
         }
     }
 
@@ -128,6 +231,9 @@ impl Outbox {
             now.saturating_add(window),
         );
         message.idempotency_key = new.idempotency_key;
+        message.route = new.route;
+        message.deliver_all = new.deliver_all;
+        message.email_to = new.email_to;
         let mut expired_keys = false;
         loop {
             match store.insert_message(message.clone()).await {

@@ -28,7 +28,7 @@ use super::health::{Change, Gate, Health};
 use super::limits::{self, Plan, RateWindow};
 use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
-use crate::domain::{MessageId, Outbound, UserId};
+use crate::domain::{ChannelName, EmailAddress, MessageId, Outbound, UserId};
 use crate::store::{AttemptUpdate, Digest, Head, Message, Store, StoreError, Waiting, now_ms};
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
@@ -63,14 +63,30 @@ const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 /// WeCom shows at most this many bytes of text.
 const DIGEST_BYTES: usize = super::wecom::MAX_TEXT_BYTES;
 
+/// A configured channel and what the scheduler knows about its health.
+struct Slot {
+    channel: Arc<dyn Channel>,
+    health: Mutex<Health>,
+}
+
+impl Slot {
+    fn name(&self) -> ChannelName {
+        self.channel.name()
+    }
+
+    fn label(&self) -> &'static str {
+        self.channel.name().label()
+    }
+}
+
 pub(super) struct Scheduler {
     pub(super) store: Store,
-    channel: Arc<dyn Channel>,
+    /// The configured channels (WeCom first).
+    channels: Vec<Slot>,
     pub(super) settings: DeliverySettings,
     limits: Vec<RateWindow>,
     /// This instance's name in claims.
     owner: String,
-    health: Mutex<Health>,
     /// Bounds attempts in flight so a backlog cannot open thousands of connections.
     permits: Semaphore,
     /// Shutdown has begun: start no new attempt, claim no lane.
@@ -96,6 +112,8 @@ enum LaneEnd {
 enum After {
     /// Go on with the next message.
     Next,
+    /// The head stays queued on its next channel: read the lane again.
+    Reread,
     /// Give the lane up until then (backoff, shutdown, an unrecorded outcome).
     Release(i64),
 }
@@ -131,20 +149,25 @@ fn until(at_ms: i64) -> Duration {
 impl Scheduler {
     pub(super) fn new(
         store: Store,
-        channel: Arc<dyn Channel>,
+        channels: Vec<Arc<dyn Channel>>,
         settings: DeliverySettings,
         limits: Vec<RateWindow>,
         owner: String,
     ) -> Self {
-        let health = Health::new(settings.backoff_initial, settings.probe_max);
+        let channels = channels
+            .into_iter()
+            .map(|channel| Slot {
+                channel,
+                health: Mutex::new(Health::new(settings.backoff_initial, settings.probe_max)),
+            })
+            .collect();
         Self {
             store,
-            channel,
+            channels,
             permits: Semaphore::new(settings.concurrency),
             settings,
             limits,
             owner,
-            health: Mutex::new(health),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -236,7 +259,7 @@ impl Scheduler {
                 .min(timers.renew)
                 .min(timers.sweep)
                 .min(timers.prune);
-            if !lock(&self.health).is_up() {
+            if self.channels.iter().any(|s| !lock(&s.health).is_up()) {
                 wake_at = wake_at.min(timers.expire);
             }
             if failing {
@@ -275,30 +298,38 @@ impl Scheduler {
             }
             due.sweep = now + ms(self.settings.sweep_interval.max(MIN_SWEEP_INTERVAL));
         }
-        let down = lock(&self.health)
-            .down_since()
-            .map(|(since, why)| (since, why.to_owned()));
-        if let Some((since, why)) = down
-            && now >= due.expire
-        {
-            let error = format!(
-                "{} unreachable since {} ({why}); gave up when the retry window ({}) ran out",
-                self.channel.label(),
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH
-                        + Duration::from_millis(u64::try_from(since).unwrap_or(0))
-                ),
-                humantime::format_duration(self.settings.retry_window)
-            );
-            let failed = self.store.fail_overdue(now, &error, EXPIRE_BATCH).await?;
-            if failed > 0 {
-                tracing::warn!(
-                    messages = failed,
-                    "{} still unreachable: messages whose retry window ran out are failed",
-                    self.channel.label()
+        if now >= due.expire {
+            let mut more = false;
+            for slot in &self.channels {
+                let down = lock(&slot.health)
+                    .down_since()
+                    .map(|(since, why)| (since, why.to_owned()));
+                let Some((since, why)) = down else { continue };
+                let error = format!(
+                    "{} unreachable since {} ({why}); gave up when the retry window ({}) ran out",
+                    slot.label(),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + Duration::from_millis(u64::try_from(since).unwrap_or(0))
+                    ),
+                    humantime::format_duration(self.settings.retry_window)
                 );
+                let window = ms(self.settings.retry_window);
+                let handled = self
+                    .store
+                    .overdue(slot.name(), now, &error, window, EXPIRE_BATCH)
+                    .await?;
+                if handled > 0 {
+                    tracing::warn!(
+                        messages = handled,
+                        channel = %slot.name(),
+                        "{} still unreachable: messages whose retry window ran out go on to \
+                         their next channel, or fail if they have none",
+                        slot.label()
+                    );
+                }
+                more |= usize::try_from(handled).unwrap_or(usize::MAX) >= EXPIRE_BATCH;
             }
-            let more = usize::try_from(failed).unwrap_or(usize::MAX) >= EXPIRE_BATCH;
             due.expire = now + if more { 0 } else { EXPIRE_EVERY };
         }
         if now >= due.prune {
@@ -321,7 +352,7 @@ impl Scheduler {
         if capacity == 0 {
             return Ok(false);
         }
-        let admits = lock(&self.health).admits(now);
+        let admits = self.admits(now);
         let limit = match admits {
             Err(probe_at) => {
                 *wake_at = (*wake_at).min(probe_at);
@@ -444,13 +475,38 @@ impl Scheduler {
             if sent >= LANE_BUDGET || claimed_at.elapsed() >= LANE_TIME {
                 return Ok(LaneEnd::Release(now));
             }
-            let step = self.plan(userid, &history, now).await?;
+            let channel = next.message.route.first();
+            let Some(slot) = self.slot(channel) else {
+                // The route names a channel this server does not have (any more).
+                let Some(Head { message, .. }) = ahead.pop_front() else {
+                    continue;
+                };
+                let reason = format!("{} is not configured on this server", channel.label());
+                match self
+                    .give_up(&message, channel, message.attempts, reason)
+                    .await
+                {
+                    After::Release(at) => return Ok(LaneEnd::Release(at)),
+                    After::Next | After::Reread => {
+                        ahead.clear();
+                        maybe_more = true;
+                        continue;
+                    }
+                }
+            };
+            // The member limits and digests are WeCom's; other channels send at once.
+            let step = if channel == ChannelName::WeCom {
+                self.plan(userid, &history, now, digestible(&next.message))
+                    .await?
+            } else {
+                Step::Send
+            };
             let carried = match step {
                 Step::Wait(at) => return Ok(LaneEnd::Release(at)),
                 Step::Send => None,
                 Step::Digest(waiting) => Some(waiting),
             };
-            let probe = match lock(&self.health).gate(now) {
+            let probe = match lock(&slot.health).gate(now) {
                 Gate::Closed(at) => return Ok(LaneEnd::Release(at)),
                 Gate::Probe => true,
                 Gate::Open => false,
@@ -470,8 +526,17 @@ impl Scheduler {
                 }
                 None => continue,
             };
-            match self.attempt(&head, carried, probe, &mut history).await {
+            match self
+                .attempt(&head, slot, carried, probe, &mut history)
+                .await
+            {
                 After::Next => sent += 1,
+                After::Reread => {
+                    sent += 1;
+                    ahead.clear();
+                    maybe_more = true;
+                    continue;
+                }
                 After::Release(at) => return Ok(LaneEnd::Release(at)),
             }
             if digest {
@@ -484,12 +549,18 @@ impl Scheduler {
 
     /// Send now, digest now, or wait: by the member limits and the digest rule. The
     /// waiting messages are read only for a member the limits constrain.
-    async fn plan(&self, userid: &UserId, history: &[i64], now: i64) -> Result<Step, StoreError> {
+    async fn plan(
+        &self,
+        userid: &UserId,
+        history: &[i64],
+        now: i64,
+        digestible: bool,
+    ) -> Result<Step, StoreError> {
         let first = limits::next_slot(now, history, &self.limits);
         if first > now {
             return Ok(Step::Wait(first));
         }
-        let Some(digest_after) = self.settings.digest_after else {
+        let Some(digest_after) = self.settings.digest_after.filter(|_| digestible) else {
             return Ok(Step::Send);
         };
         let mut after_one = history.to_vec();
@@ -508,14 +579,17 @@ impl Scheduler {
         )
     }
 
-    /// One attempt at the head (alone, or as the first of a digest), its outcome recorded.
+    /// One attempt at the head on `slot` (alone, or as the first of a digest), its outcome
+    /// recorded.
     async fn attempt(
         &self,
         head: &Message,
+        slot: &Slot,
         carried: Option<Vec<Waiting>>,
         probe: bool,
         history: &mut Vec<i64>,
     ) -> After {
+        let channel = slot.name();
         let permit = tokio::select! {
             biased;
             () = self.stop.cancelled() => None,
@@ -523,16 +597,29 @@ impl Scheduler {
         };
         let Some(_permit) = permit.filter(|_| !self.stop.is_cancelled()) else {
             if probe {
-                lock(&self.health).probe_abandoned();
+                lock(&slot.health).probe_abandoned();
             }
             return After::Release(now_ms());
+        };
+        let email = match self.address_for(head, channel).await {
+            Ok(email) => email,
+            Err(reason) => {
+                // Nothing was sent: the channel's health is unknown, the probe not made.
+                if probe {
+                    lock(&slot.health).probe_abandoned();
+                    self.wake.notify_one();
+                }
+                return self.give_up(head, channel, head.attempts, reason).await;
+            }
         };
         let (outbound, digest) = match carried {
             None => (
                 Outbound {
+                    id: head.id.clone(),
                     userid: head.userid.clone(),
                     title: head.title.clone(),
                     content: head.content.clone(),
+                    email,
                 },
                 None,
             ),
@@ -548,14 +635,17 @@ impl Scheduler {
                 let (body, n) =
                     digest::first_digest(&items, DIGEST_BYTES, self.settings.utc_offset);
                 let carried: Vec<MessageId> = waiting.into_iter().take(n).map(|w| w.id).collect();
+                let id = MessageId::generate();
                 (
                     Outbound {
+                        id: id.clone(),
                         userid: head.userid.clone(),
                         title: None,
                         content: Some(body.clone()),
+                        email,
                     },
                     Some(Digest {
-                        id: MessageId::generate().to_string(),
+                        id: id.to_string(),
                         userid: head.userid.clone(),
                         body,
                         carried,
@@ -569,18 +659,19 @@ impl Scheduler {
             // An attempt that has finished wins over the end of the grace: its outcome is
             // recorded rather than thrown away.
             biased;
-            outcome = self.channel.deliver(&outbound) => outcome,
+            outcome = slot.channel.deliver(&outbound) => outcome,
             () = self.abort.cancelled() => {
                 if probe {
-                    lock(&self.health).probe_abandoned();
+                    lock(&slot.health).probe_abandoned();
                     self.wake.notify_one();
                 }
-                // WeCom may or may not have processed it: send it again next time (at
-                // least once), right away.
-                tracing::warn!(id = %head.id, attempts, "delivery attempt cut off by shutdown");
+                // The channel may or may not have processed it: send it again next time
+                // (at least once), right away.
+                tracing::warn!(id = %head.id, attempts, channel = %channel, "delivery attempt cut off by shutdown");
                 self.record(AttemptUpdate::Retry {
                     id: head.id.clone(),
                     attempts,
+                    channel,
                     error: INTERRUPTED.to_owned(),
                     next_attempt_at: now_ms(),
                 })
@@ -592,28 +683,58 @@ impl Scheduler {
         // writes, no further messages are sent that could not be recorded either.
         match outcome {
             Ok(()) => {
-                self.reachable();
-                let recorded = match digest {
-                    None => {
-                        tracing::debug!(id = %head.id, attempts, "delivered");
-                        self.record(AttemptUpdate::Delivered {
-                            id: head.id.clone(),
-                            attempts,
-                            channel: self.channel.name(),
-                        })
-                        .await
-                    }
-                    Some(digest) => {
-                        tracing::debug!(digest = %digest.id, messages = digest.carried.len(), "delivered a digest");
-                        self.record(AttemptUpdate::DigestDelivered {
+                self.reachable(slot);
+                if channel == ChannelName::WeCom {
+                    history.push(sent_at);
+                }
+                if let Some(digest) = digest {
+                    tracing::debug!(digest = %digest.id, messages = digest.carried.len(), "delivered a digest");
+                    let recorded = self
+                        .record(AttemptUpdate::DigestDelivered {
                             digest,
-                            channel: self.channel.name(),
+                            channel: channel.as_str(),
                             sent_at,
                         })
-                        .await
-                    }
+                        .await;
+                    return if recorded {
+                        After::Next
+                    } else {
+                        After::Release(now_ms())
+                    };
+                }
+                tracing::debug!(id = %head.id, attempts, channel = %channel, "delivered");
+                if head.deliver_all
+                    && let Some(route) = head.route.rest()
+                {
+                    let recorded = self
+                        .record(AttemptUpdate::NextChannel {
+                            id: head.id.clone(),
+                            attempts,
+                            channel,
+                            delivered: true,
+                            error: None,
+                            route,
+                            deadline_at: self.fresh_deadline(),
+                        })
+                        .await;
+                    return if recorded {
+                        After::Reread
+                    } else {
+                        After::Release(now_ms())
+                    };
+                }
+                let delivered_on = match (&head.channel, head.deliver_all) {
+                    (Some(earlier), true) => format!("{earlier},{channel}"),
+                    _ => channel.as_str().to_owned(),
                 };
-                history.push(sent_at);
+                let recorded = self
+                    .record(AttemptUpdate::Delivered {
+                        id: head.id.clone(),
+                        attempts,
+                        channel: delivered_on,
+                        log: head.deliver_all.then_some(channel),
+                    })
+                    .await;
                 if recorded {
                     After::Next
                 } else {
@@ -621,36 +742,21 @@ impl Scheduler {
                 }
             }
             Err(ChannelError::Permanent { reason }) => {
-                // The channel answered: it is reachable; this message cannot be delivered.
-                self.reachable();
-                let ids = match digest {
-                    None => vec![head.id.clone()],
-                    Some(digest) => digest.carried,
-                };
-                tracing::debug!(id = %head.id, attempts, error = %reason, "delivery failed permanently");
-                for id in ids {
-                    let attempts = if id == head.id { attempts } else { 1 };
-                    if !self
-                        .record(AttemptUpdate::Failed {
-                            id,
-                            attempts,
-                            error: reason.clone(),
-                        })
-                        .await
-                    {
-                        return After::Release(now_ms());
-                    }
-                }
-                After::Next
+                // The channel answered: it is reachable; this message cannot be delivered
+                // on it. (Of a digest, only the head gives up: the others are tried on
+                // their own next, and fall back on their own if they fail too.)
+                self.reachable(slot);
+                tracing::debug!(id = %head.id, attempts, channel = %channel, error = %reason, "delivery failed permanently on this channel");
+                self.give_up(head, channel, attempts, reason).await
             }
             Err(ChannelError::Transient {
                 reason,
                 unreachable,
             }) => {
                 if unreachable {
-                    self.unreachable(&reason);
+                    self.unreachable(slot, &reason);
                 } else {
-                    self.reachable();
+                    self.reachable(slot);
                 }
                 let delay = backoff::delay(
                     u32::try_from(attempts).unwrap_or(u32::MAX),
@@ -661,7 +767,7 @@ impl Scheduler {
                 let next = now_ms().saturating_add(ms(delay));
                 if next > head.deadline_at {
                     let why = if unreachable {
-                        format!("{} unreachable: {reason}", self.channel.label())
+                        format!("{} unreachable: {reason}", slot.label())
                     } else {
                         reason
                     };
@@ -669,24 +775,13 @@ impl Scheduler {
                         "gave up after {attempts} attempt(s) within the retry window ({}): {why}",
                         humantime::format_duration(self.settings.retry_window),
                     );
-                    tracing::debug!(id = %head.id, attempts, error = %error, "delivery failed");
-                    let recorded = self
-                        .record(AttemptUpdate::Failed {
-                            id: head.id.clone(),
-                            attempts,
-                            error,
-                        })
-                        .await;
-                    return if recorded {
-                        After::Next
-                    } else {
-                        After::Release(now_ms())
-                    };
+                    return self.give_up(head, channel, attempts, error).await;
                 }
-                tracing::debug!(id = %head.id, attempts, retry_in = ?delay, error = %reason, "delivery attempt failed; will retry");
+                tracing::debug!(id = %head.id, attempts, channel = %channel, retry_in = ?delay, error = %reason, "delivery attempt failed; will retry");
                 self.record(AttemptUpdate::Retry {
                     id: head.id.clone(),
                     attempts,
+                    channel,
                     error: reason,
                     next_attempt_at: next,
                 })
@@ -696,27 +791,138 @@ impl Scheduler {
         }
     }
 
+    /// `channel` cannot deliver the head: it goes on to the next channel of its route, or
+    /// ends (failed) when none is left.
+    async fn give_up(
+        &self,
+        head: &Message,
+        channel: ChannelName,
+        attempts: i64,
+        error: String,
+    ) -> After {
+        let (update, after) = match head.route.rest() {
+            Some(route) => {
+                tracing::info!(id = %head.id, from = %channel, to = %route.first(), error = %error, "falling back to the next channel");
+                (
+                    AttemptUpdate::NextChannel {
+                        id: head.id.clone(),
+                        attempts,
+                        channel,
+                        delivered: false,
+                        error: Some(error),
+                        route,
+                        deadline_at: self.fresh_deadline(),
+                    },
+                    After::Reread,
+                )
+            }
+            None => {
+                tracing::debug!(id = %head.id, attempts, channel = %channel, error = %error, "delivery failed");
+                (
+                    AttemptUpdate::Failed {
+                        id: head.id.clone(),
+                        attempts,
+                        channel,
+                        error,
+                    },
+                    After::Next,
+                )
+            }
+        };
+        if self.record(update).await {
+            after
+        } else {
+            After::Release(now_ms())
+        }
+    }
+
+    /// The retry window of a message that starts on its next channel now.
+    fn fresh_deadline(&self) -> i64 {
+        now_ms().saturating_add(ms(self.settings.retry_window))
+    }
+
+    /// Where an e-mail goes: the message's own address (a verification mail), else the
+    /// member's bound one. `Err` with the reason when there is none.
+    async fn address_for(
+        &self,
+        head: &Message,
+        channel: ChannelName,
+    ) -> Result<Option<EmailAddress>, String> {
+        if channel != ChannelName::Email {
+            return Ok(None);
+        }
+        if let Some(fixed) = head.email_to.as_deref() {
+            return EmailAddress::parse(fixed)
+                .map(Some)
+                .ok_or_else(|| format!("{fixed:?} is not an e-mail address"));
+        }
+        match self.store.member_prefs(&head.userid).await {
+            Ok(prefs) => prefs.email.map(Some).ok_or_else(|| {
+                "no e-mail address is bound (send \"email you@example.com\" in the app to bind one)"
+                    .to_owned()
+            }),
+            Err(err) => Err(format!(
+                "could not read the member's e-mail address: {}",
+                crate::error::chain(&err)
+            )),
+        }
+    }
+
+    fn slot(&self, name: ChannelName) -> Option<&Slot> {
+        self.channels.iter().find(|s| s.name() == name)
+    }
+
+    /// How many lanes the loop may claim now: all (`None`) while any channel is up — a
+    /// lane whose head waits for a channel that is down gives itself back until that
+    /// channel's next probe —, else the probes that are due, else none before the
+    /// returned time.
+    fn admits(&self, now: i64) -> Result<Option<usize>, i64> {
+        let mut probes = 0;
+        let mut earliest = i64::MAX;
+        for slot in &self.channels {
+            match lock(&slot.health).admits(now) {
+                Ok(None) => return Ok(None),
+                Ok(Some(n)) => probes += n,
+                Err(at) => earliest = earliest.min(at),
+            }
+        }
+        if probes > 0 {
+            Ok(Some(probes))
+        } else {
+            Err(earliest)
+        }
+    }
+
     /// Lingering keeps a slot busy: only while a slot is free for another member's lane.
     fn may_linger(&self) -> bool {
         lock(&self.active).len() < self.settings.max_in_flight
     }
 
-    fn reachable(&self) {
-        let change = lock(&self.health).reachable(now_ms());
+    fn reachable(&self, slot: &Slot) {
+        let change = lock(&slot.health).reachable(now_ms());
         if let Some(Change::CameBack { down_for }) = change {
             tracing::info!(
+                channel = %slot.name(),
                 down_for = %humantime::format_duration(Duration::from_secs(down_for.as_secs())),
                 "{} reachable again after {}; resuming delivery",
-                self.channel.label(),
+                slot.label(),
                 humantime::format_duration(Duration::from_secs(down_for.as_secs()))
             );
+            // Lanes that gave themselves back until its next probe may go now.
+            let store = self.store.clone();
+            let scheduler_wake = now_ms();
+            self.tasks.spawn(async move {
+                if let Err(err) = store.lanes_due_by(scheduler_wake).await {
+                    tracing::debug!(error = %crate::error::chain(&err), "could not bring lanes forward");
+                }
+            });
             self.wake.notify_one();
         }
     }
 
-    fn unreachable(&self, reason: &str) {
+    fn unreachable(&self, slot: &Slot, reason: &str) {
         let (change, every) = {
-            let mut health = lock(&self.health);
+            let mut health = lock(&slot.health);
             let change = health.unreachable(now_ms(), reason);
             (change, health.probe_interval())
         };
@@ -724,7 +930,8 @@ impl Scheduler {
         self.wake.notify_one();
         if change == Some(Change::WentDown) {
             let store = self.store.clone();
-            let label = self.channel.label();
+            let label = slot.label();
+            let channel = slot.name();
             let reason = reason.to_owned();
             let probe_max = self.settings.probe_max;
             // The count is a query: log from a task of its own.
@@ -732,6 +939,7 @@ impl Scheduler {
                 let waiting = store.queued_count().await.unwrap_or(-1);
                 tracing::warn!(
                     waiting,
+                    channel = %channel,
                     error = %reason,
                     "{label} unreachable ({reason}); {waiting} messages waiting; probing with one \
                      message at a time, every {} growing to {}",
@@ -783,4 +991,11 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Whether a WeCom digest may carry the message (see `Store::lane_waiting`).
+fn digestible(message: &Message) -> bool {
+    message.route.first() == ChannelName::WeCom
+        && !message.deliver_all
+        && message.email_to.is_none()
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::{Channel, ChannelError};
-use crate::domain::Outbound;
+use crate::domain::{ChannelName, Outbound};
 use crate::wecom::client::WeComClient;
 
 /// WeCom truncates text content beyond 2048 bytes without saying so; we cut first, on a
@@ -24,12 +24,8 @@ impl WeComChannel {
 }
 
 impl Channel for WeComChannel {
-    fn name(&self) -> &'static str {
-        "wecom"
-    }
-
-    fn label(&self) -> &'static str {
-        "WeCom"
+    fn name(&self) -> ChannelName {
+        ChannelName::WeCom
     }
 
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {

@@ -7,7 +7,7 @@ use sqlx::Row as _;
 use super::messages::MESSAGE_COLUMNS;
 use super::writer::{LaneOp, Reply};
 use super::{Message, Store, StoreError};
-use crate::domain::{MessageId, UserId};
+use crate::domain::{ChannelName, MessageId, UserId};
 
 /// Characters of a waiting message's content loaded for planning (a digest shows one
 /// line of each).
@@ -120,17 +120,22 @@ impl Store {
         .await
     }
 
-    /// Fails up to `limit` queued messages past their retry deadline whose lane nobody
-    /// holds (a lane being worked on judges its own head).
-    pub async fn fail_overdue(
+    /// Up to `limit` queued messages on `channel` past their retry deadline, in lanes
+    /// nobody holds (a lane being worked on judges its own head): each goes on to the next
+    /// channel of its route with a fresh window of `window_ms`, or ends.
+    pub async fn overdue(
         &self,
+        channel: ChannelName,
         now: i64,
         error: &str,
+        window_ms: i64,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        self.lane_count(LaneOp::FailOverdue {
+        self.lane_count(LaneOp::Overdue {
+            channel,
             now,
             error: error.to_owned(),
+            window_ms,
             limit,
         })
         .await
@@ -144,6 +149,19 @@ impl Store {
 
     pub async fn prune_sends(&self, before: i64) -> Result<u64, StoreError> {
         self.lane_count(LaneOp::PruneSends { before }).await
+    }
+
+    /// Lanes nobody holds that are due later than `now` become due now (a channel came
+    /// back: lanes that gave themselves back until its next probe may go). A lane whose
+    /// head is not due yet is simply given back again by its worker.
+    pub async fn lanes_due_by(&self, now: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE lanes SET due_at = $1 WHERE owner IS NULL AND due_at > $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// When the next lane nobody holds becomes due.
@@ -185,7 +203,10 @@ impl Store {
             .collect()
     }
 
-    /// Up to `limit` queued messages of the lane, head first, with a short excerpt.
+    /// Up to `limit` queued messages of the lane, head first, with a short excerpt — only
+    /// as far as a WeCom digest may carry them: the list stops at the first message that
+    /// is not going to WeCom next (or goes to every channel, or to a fixed address), so a
+    /// digest never overtakes it.
     pub async fn lane_waiting(
         &self,
         userid: &UserId,
@@ -193,8 +214,10 @@ impl Store {
     ) -> Result<Vec<Waiting>, StoreError> {
         // LIMIT as a literal: see `lane_heads`.
         let sql = format!(
-            "SELECT id, created_at, title, substr(content, 1, $2) AS excerpt FROM messages \
-             WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
+            "SELECT id, created_at, title, substr(content, 1, $2) AS excerpt, \
+             CASE WHEN (route = 'wecom' OR route LIKE 'wecom,%') AND deliver_all = 0 \
+                       AND email_to IS NULL THEN 1 ELSE 0 END AS digestible \
+             FROM messages WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(userid.as_str())
@@ -202,6 +225,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
+            .take_while(|row| row.try_get::<i64, _>("digestible").is_ok_and(|d| d == 1))
             .map(|row| {
                 Ok(Waiting {
                     id: MessageId::from_stored(row.try_get("id")?),

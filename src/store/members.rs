@@ -5,7 +5,51 @@ use std::collections::HashMap;
 use sqlx::Row as _;
 
 use super::{Store, StoreError, now_ms};
-use crate::domain::{PushToken, UserId};
+use crate::domain::{EmailAddress, PushToken, Route, UserId};
+
+/// Wrong tries a verification code allows.
+pub const CODE_ATTEMPTS: i64 = 5;
+/// Window of the cap on verification mails.
+const CODE_RATE_WINDOW_MS: i64 = 3600 * 1000;
+
+/// What a member's messages may use: a verified address and their own channel order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberPrefs {
+    pub email: Option<EmailAddress>,
+    pub channels: Option<Route>,
+}
+
+/// Members' preferences as read. `changes` counts changes, so that a read that started
+/// before a change cannot put the old value back afterwards.
+#[derive(Default)]
+pub(super) struct PrefsCache {
+    members: HashMap<UserId, MemberPrefs>,
+    changes: u64,
+}
+
+/// The answer to a request for a verification code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRequest {
+    /// A new code (it replaces any earlier one); mail it.
+    Created { code: String },
+    /// Too many codes for this member or this address in the last hour.
+    TooMany,
+}
+
+/// The answer to a code a member typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// Right code: the address is bound now.
+    Bound(EmailAddress),
+    /// Wrong code; this many tries are left.
+    Wrong {
+        attempts_left: i64,
+    },
+    Expired,
+    /// The code has had all its tries.
+    Exhausted,
+    NoPending,
+}
 
 /// Positive token lookups. `rotations` counts rotations so that a lookup that read the
 /// database before a rotation committed cannot put the revoked token back afterwards.
@@ -64,6 +108,11 @@ impl Store {
         Ok(token)
     }
 
+    /// The member's token if they have one (never creates one).
+    pub async fn existing_token(&self, userid: &UserId) -> Result<Option<PushToken>, StoreError> {
+        self.stored_token(userid).await
+    }
+
     async fn stored_token(&self, userid: &UserId) -> Result<Option<PushToken>, StoreError> {
         let row = sqlx::query("SELECT token FROM members WHERE userid = $1")
             .bind(userid.as_str())
@@ -109,5 +158,202 @@ impl Store {
         {
             cache.owners.insert(token.clone(), userid.clone());
         }
+    }
+}
+
+impl Store {
+    /// The member's bound address and channel order (defaults for an unknown member).
+    pub async fn member_prefs(&self, userid: &UserId) -> Result<MemberPrefs, StoreError> {
+        let changes = match self.prefs.read() {
+            Ok(cache) => {
+                if let Some(prefs) = cache.members.get(userid) {
+                    return Ok(prefs.clone());
+                }
+                cache.changes
+            }
+            Err(_) => u64::MAX,
+        };
+        let row = sqlx::query("SELECT email, channels FROM members WHERE userid = $1")
+            .bind(userid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let prefs = match row {
+            None => MemberPrefs::default(),
+            Some(row) => MemberPrefs {
+                email: row
+                    .try_get::<Option<String>, _>("email")?
+                    .as_deref()
+                    .and_then(EmailAddress::parse),
+                channels: row
+                    .try_get::<Option<String>, _>("channels")?
+                    .as_deref()
+                    .and_then(|c| Route::parse(c).ok()),
+            },
+        };
+        if let Ok(mut cache) = self.prefs.write()
+            && cache.changes == changes
+        {
+            cache.members.insert(userid.clone(), prefs.clone());
+        }
+        Ok(prefs)
+    }
+
+    /// Forgets the cached preferences of a member whose row just changed.
+    fn prefs_changed(&self, userid: &UserId) {
+        if let Ok(mut cache) = self.prefs.write() {
+            cache.changes += 1;
+            cache.members.remove(userid);
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the member's own channel order.
+    pub async fn set_channels(
+        &self,
+        userid: &UserId,
+        channels: Option<&Route>,
+    ) -> Result<(), StoreError> {
+        // The member row is where the order lives: make sure it exists.
+        self.token_for(userid).await?;
+        sqlx::query("UPDATE members SET channels = $2 WHERE userid = $1")
+            .bind(userid.as_str())
+            .bind(channels.map(Route::to_stored))
+            .execute(&self.pool)
+            .await?;
+        self.prefs_changed(userid);
+        Ok(())
+    }
+
+    /// Unbinds the member's address; `false` when none was bound.
+    pub async fn unbind_email(&self, userid: &UserId) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE members SET email = NULL WHERE userid = $1 AND email IS NOT NULL")
+                .bind(userid.as_str())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        self.prefs_changed(userid);
+        Ok(done > 0)
+    }
+
+    /// A new verification code for `address`, unless the member or the address had
+    /// `per_hour` codes in the last hour. The code replaces any earlier one.
+    pub async fn request_email_code(
+        &self,
+        userid: &UserId,
+        address: &EmailAddress,
+        now: i64,
+        ttl_ms: i64,
+        per_hour: u32,
+    ) -> Result<CodeRequest, StoreError> {
+        let since = now - CODE_RATE_WINDOW_MS;
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT count(*) FROM email_requests WHERE userid = $1 AND requested_at > $3) AS by_member, \
+               (SELECT count(*) FROM email_requests WHERE address = $2 AND requested_at > $3) AS by_address",
+        )
+        .bind(userid.as_str())
+        .bind(address.as_str().to_lowercase())
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let (by_member, by_address): (i64, i64) =
+            (row.try_get("by_member")?, row.try_get("by_address")?);
+        if by_member >= i64::from(per_hour) || by_address >= i64::from(per_hour) {
+            return Ok(CodeRequest::TooMany);
+        }
+        // The member row is where the address will be bound: make sure it exists.
+        self.token_for(userid).await?;
+        sqlx::query("DELETE FROM email_requests WHERE requested_at <= $1")
+            .bind(since)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO email_requests (userid, address, requested_at) VALUES ($1, $2, $3)",
+        )
+        .bind(userid.as_str())
+        .bind(address.as_str().to_lowercase())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let code = format!("{:06}", rand::random_range(0..1_000_000u32));
+        sqlx::query(
+            "INSERT INTO email_codes (userid, address, code, expires_at, attempts_left) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (userid) DO UPDATE SET \
+             address = excluded.address, code = excluded.code, \
+             expires_at = excluded.expires_at, attempts_left = excluded.attempts_left",
+        )
+        .bind(userid.as_str())
+        .bind(address.as_str())
+        .bind(&code)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(CODE_ATTEMPTS)
+        .execute(&self.pool)
+        .await?;
+        Ok(CodeRequest::Created { code })
+    }
+
+    /// Checks a code the member typed; the right one, in time and within its tries, binds
+    /// its address. Every check uses up one try (one statement, so concurrent guesses
+    /// cannot share a try).
+    pub async fn check_email_code(
+        &self,
+        userid: &UserId,
+        typed: &str,
+        now: i64,
+    ) -> Result<CodeCheck, StoreError> {
+        let row = sqlx::query(
+            "UPDATE email_codes SET attempts_left = attempts_left - 1 \
+             WHERE userid = $1 AND attempts_left > 0 \
+             RETURNING address, code, expires_at, attempts_left",
+        )
+        .bind(userid.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            let spent = sqlx::query("SELECT 1 AS one FROM email_codes WHERE userid = $1")
+                .bind(userid.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            return Ok(if spent.is_some() {
+                CodeCheck::Exhausted
+            } else {
+                CodeCheck::NoPending
+            });
+        };
+        let address: String = row.try_get("address")?;
+        let code: String = row.try_get("code")?;
+        let expires_at: i64 = row.try_get("expires_at")?;
+        let attempts_left: i64 = row.try_get("attempts_left")?;
+        if expires_at <= now {
+            self.delete_code(userid).await?;
+            return Ok(CodeCheck::Expired);
+        }
+        let right: bool =
+            subtle::ConstantTimeEq::ct_eq(code.as_bytes(), typed.trim().as_bytes()).into();
+        if !right {
+            return Ok(CodeCheck::Wrong { attempts_left });
+        }
+        let Some(address) = EmailAddress::parse(&address) else {
+            self.delete_code(userid).await?;
+            return Err(StoreError::Corrupt(format!(
+                "stored verification address {address:?} is not an address"
+            )));
+        };
+        sqlx::query("UPDATE members SET email = $2 WHERE userid = $1")
+            .bind(userid.as_str())
+            .bind(address.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.prefs_changed(userid);
+        self.delete_code(userid).await?;
+        Ok(CodeCheck::Bound(address))
+    }
+
+    async fn delete_code(&self, userid: &UserId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM email_codes WHERE userid = $1")
+            .bind(userid.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::writer::AttemptUpdate;
 use super::{Store, StoreError};
-use crate::domain::{MessageId, UserId};
+use crate::domain::{ChannelName, MessageId, Route, UserId};
 
 /// Idempotency keys are honoured this long.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -65,6 +65,28 @@ pub struct Message {
     pub via: Option<String>,
     /// The sender's Idempotency-Key, if any.
     pub idempotency_key: Option<String>,
+    /// The channels still to try, the one being tried first.
+    pub route: Route,
+    /// Try every channel of the route (`channel=all`), not only until one delivers.
+    pub deliver_all: bool,
+    /// E-mail goes here rather than to the member's bound address (verification mails).
+    pub email_to: Option<String>,
+}
+
+/// One attempt in a message's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub at: i64,
+    pub channel: String,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// Today's outcomes on one channel for one member.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    pub delivered: i64,
+    pub failed: i64,
 }
 
 impl Message {
@@ -94,6 +116,10 @@ impl Message {
             seq: 0,
             via: None,
             idempotency_key: None,
+            route: Route::new(vec![ChannelName::WeCom])
+                .unwrap_or_else(|| unreachable!("one channel is a route")),
+            deliver_all: false,
+            email_to: None,
         }
     }
 
@@ -116,13 +142,17 @@ impl Message {
             seq: row.try_get("seq")?,
             via: row.try_get("via")?,
             idempotency_key: row.try_get("idempotency_key")?,
+            route: Route::parse(&row.try_get::<String, _>("route")?)
+                .map_err(StoreError::Corrupt)?,
+            deliver_all: row.try_get::<i64, _>("deliver_all")? != 0,
+            email_to: row.try_get("email_to")?,
         })
     }
 }
 
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
-     seq, via, idempotency_key";
+     seq, via, idempotency_key, route, deliver_all, email_to";
 
 impl Store {
     /// Stores a new message durably (and opens its member's lane); returns once it is
@@ -214,11 +244,101 @@ impl Store {
         rows.iter().map(Message::from_row).collect()
     }
 
+    /// Every attempt recorded for the message, oldest first.
+    pub async fn attempts_of(&self, id: &MessageId) -> Result<Vec<AttemptRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, channel, outcome, error FROM attempts WHERE message_id = $1 \
+             ORDER BY at, rowid",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    at: row.try_get("at")?,
+                    channel: row.try_get("channel")?,
+                    outcome: row.try_get("outcome")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Per channel, the member's messages accepted since `since` that it delivered, and
+    /// the attempts on it that gave up (a channel given up on, then maybe another
+    /// delivered). Ids are UUIDv7, so `since` bounds them through the member's index.
+    pub async fn channel_counts_since(
+        &self,
+        userid: &UserId,
+        since: i64,
+    ) -> Result<Vec<(String, ChannelCounts)>, StoreError> {
+        let first_id = uuid_floor(since);
+        let delivered = sqlx::query(
+            "SELECT channel, count(*) AS n FROM messages \
+             WHERE userid = $1 AND id >= $2 AND status = 'delivered' GROUP BY channel",
+        )
+        .bind(userid.as_str())
+        .bind(&first_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let failed = sqlx::query(
+            "SELECT a.channel AS channel, count(*) AS n FROM attempts a \
+             JOIN messages m ON m.id = a.message_id \
+             WHERE m.userid = $1 AND m.id >= $2 AND a.outcome = 'failed' GROUP BY a.channel",
+        )
+        .bind(userid.as_str())
+        .bind(&first_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: std::collections::BTreeMap<String, ChannelCounts> = Default::default();
+        for row in &delivered {
+            let list: Option<String> = row.try_get("channel")?;
+            let n: i64 = row.try_get("n")?;
+            // A message delivered on several channels (`all`) counts on each.
+            for name in list
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .filter(|s| !s.is_empty())
+            {
+                counts.entry(name.to_owned()).or_default().delivered += n;
+            }
+        }
+        for row in &failed {
+            let name: String = row.try_get("channel")?;
+            let n: i64 = row.try_get("n")?;
+            counts.entry(name).or_default().failed += n;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     /// How many messages wait for delivery (for log lines; a count over an index).
     pub async fn queued_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT count(*) AS n FROM messages WHERE status = 'queued'")
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("n")?)
+    }
+}
+
+/// The smallest UUIDv7 text of a message accepted at `ms` or later (its first 48 bits are
+/// the unix time in milliseconds).
+fn uuid_floor(ms: i64) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xFFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_floor_orders_with_generated_ids() {
+        let before = crate::store::now_ms();
+        let id = MessageId::generate();
+        let after = crate::store::now_ms() + 1;
+        assert!(uuid_floor(before).as_str() <= id.as_str());
+        assert!(uuid_floor(after).as_str() > id.as_str());
     }
 }

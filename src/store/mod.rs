@@ -28,7 +28,8 @@ use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, Waiting};
-pub use messages::{IDEMPOTENCY_WINDOW_MS, Message, MessageStatus};
+pub use members::{CodeCheck, CodeRequest, MemberPrefs};
+pub use messages::{AttemptRecord, ChannelCounts, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus};
 pub use writer::{AttemptUpdate, Digest};
 use writer::{WriteStatus, WriterHandle};
 
@@ -154,6 +155,9 @@ pub struct Store {
     /// answers are kept in memory; this process is the only writer of tokens, and
     /// rotation evicts the old entry before it returns.
     tokens: Arc<RwLock<members::TokenCache>>,
+    /// Members' bound addresses and channel orders, as read (changed only through this
+    /// store, which updates it).
+    prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,
 }
@@ -251,6 +255,7 @@ impl Store {
             writer,
             file,
             tokens: Arc::default(),
+            prefs: Arc::default(),
             arrivals,
         })
     }
@@ -404,7 +409,7 @@ fn sqlite_url_with_mode(url: &str, mode: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{MessageId, UserId};
+    use crate::domain::{ChannelName, EmailAddress, MessageId, Route, UserId};
     use sqlx::Row as _;
 
     fn uid(s: &str) -> UserId {
@@ -570,6 +575,7 @@ mod tests {
             .record_attempt(AttemptUpdate::Retry {
                 id: mid("a"),
                 attempts: 1,
+                channel: ChannelName::WeCom,
                 error: "busy".into(),
                 next_attempt_at: 5,
             })
@@ -579,7 +585,8 @@ mod tests {
             .record_attempt(AttemptUpdate::Delivered {
                 id: mid("a"),
                 attempts: 2,
-                channel: "wecom",
+                channel: "wecom".into(),
+                log: None,
             })
             .await
             .unwrap();
@@ -587,6 +594,7 @@ mod tests {
             .record_attempt(AttemptUpdate::Failed {
                 id: mid("b"),
                 attempts: 1,
+                channel: ChannelName::WeCom,
                 error: "no".into(),
             })
             .await
@@ -689,17 +697,20 @@ mod tests {
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("a"),
                 attempts: 1,
-                channel: "wecom",
+                channel: "wecom".into(),
+                log: None,
             }),
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("b"),
                 attempts: 3,
-                channel: "wecom",
+                channel: "wecom".into(),
+                log: None,
             }),
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("c"),
                 attempts: 3,
-                channel: "email",
+                channel: "email".into(),
+                log: None,
             }),
         );
         a.unwrap();
@@ -952,5 +963,311 @@ mod tests {
         );
         assert_eq!(store.prune_callbacks(now_ms() + 1).await.unwrap(), 1);
         assert_eq!(store.claim_callback("k").await.unwrap(), CallbackClaim::New);
+    }
+
+    fn routed(id: &str, userid: &str, route: &str, deliver_all: bool, deadline: i64) -> Message {
+        let mut m = message(id, userid);
+        m.route = Route::parse(route).unwrap();
+        m.deliver_all = deliver_all;
+        m.deadline_at = deadline;
+        m
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        sqlx::Row::try_get(&row, 0).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_message_moves_on_to_its_next_channel_with_its_history() {
+        let (store, _dir) = temp_store().await;
+        store
+            .insert_message(routed("f", "alice", "wecom,email", false, now_ms() + 1000))
+            .await
+            .unwrap();
+        let deadline = now_ms() + 60_000;
+        store
+            .record_attempt(AttemptUpdate::NextChannel {
+                id: mid("f"),
+                attempts: 2,
+                channel: ChannelName::WeCom,
+                delivered: false,
+                error: Some("60020".into()),
+                route: Route::parse("email").unwrap(),
+                deadline_at: deadline,
+            })
+            .await
+            .unwrap();
+        let m = store.message("f").await.unwrap().unwrap();
+        assert_eq!(m.status, MessageStatus::Queued);
+        assert_eq!(m.route.to_stored(), "email");
+        assert_eq!(m.deadline_at, deadline);
+        assert_eq!(m.channel, None, "nothing delivered it yet");
+        assert!(m.next_attempt_at <= now_ms());
+        store
+            .record_attempt(AttemptUpdate::Delivered {
+                id: mid("f"),
+                attempts: 3,
+                channel: "email".into(),
+                log: None,
+            })
+            .await
+            .unwrap();
+        let m = store.message("f").await.unwrap().unwrap();
+        assert_eq!(m.status, MessageStatus::Delivered);
+        assert_eq!(m.channel.as_deref(), Some("email"));
+        let history = store.attempts_of(&mid("f")).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            (history[0].channel.as_str(), history[0].outcome.as_str()),
+            ("wecom", "failed")
+        );
+        assert_eq!(history[0].error.as_deref(), Some("60020"));
+        // E-mail is not WeCom: it does not count against the member limits.
+        assert_eq!(count(&store, "SELECT count(*) FROM sends").await, 0);
+    }
+
+    #[tokio::test]
+    async fn deliver_all_keeps_every_channels_outcome() {
+        let (store, _dir) = temp_store().await;
+        store
+            .insert_message(routed("a", "alice", "wecom,email", true, now_ms() + 1000))
+            .await
+            .unwrap();
+        store
+            .record_attempt(AttemptUpdate::NextChannel {
+                id: mid("a"),
+                attempts: 1,
+                channel: ChannelName::WeCom,
+                delivered: true,
+                error: None,
+                route: Route::parse("email").unwrap(),
+                deadline_at: now_ms() + 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM sends").await,
+            1,
+            "WeCom got it: counted"
+        );
+        let m = store.message("a").await.unwrap().unwrap();
+        assert_eq!(m.channel.as_deref(), Some("wecom"));
+        assert!(m.delivered_at.is_some());
+        // The last channel fails: the message is still delivered (WeCom delivered it).
+        store
+            .record_attempt(AttemptUpdate::Failed {
+                id: mid("a"),
+                attempts: 2,
+                channel: ChannelName::Email,
+                error: "550".into(),
+            })
+            .await
+            .unwrap();
+        let m = store.message("a").await.unwrap().unwrap();
+        assert_eq!(m.status, MessageStatus::Delivered);
+        let outcomes: Vec<(String, String)> = store
+            .attempts_of(&mid("a"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.channel, a.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("wecom".into(), "delivered".into()),
+                ("email".into(), "failed".into())
+            ]
+        );
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM sends").await,
+            1,
+            "counted once"
+        );
+    }
+
+    #[tokio::test]
+    async fn overdue_messages_on_a_down_channel_fall_back_or_fail() {
+        let (store, _dir) = temp_store().await;
+        let past = now_ms() - 1;
+        for (id, user, route) in [
+            ("only", "a", "wecom"),
+            ("more", "b", "wecom,email"),
+            ("mail", "c", "email"),
+        ] {
+            store
+                .insert_message(routed(id, user, route, false, past))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_message(routed(
+                "later",
+                "d",
+                "wecom,email",
+                false,
+                now_ms() + 60_000,
+            ))
+            .await
+            .unwrap();
+        // Lane b is due later (it gave itself back until the next probe).
+        sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'b'")
+            .bind(now_ms() + 30_000)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let now = now_ms();
+        let handled = store
+            .overdue(ChannelName::WeCom, now, "WeCom unreachable", 60_000, 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            handled, 2,
+            "the e-mail message and the one not yet due are not touched"
+        );
+        let only = store.message("only").await.unwrap().unwrap();
+        assert_eq!(only.status, MessageStatus::Failed);
+        assert_eq!(only.last_error.as_deref(), Some("WeCom unreachable"));
+        let more = store.message("more").await.unwrap().unwrap();
+        assert_eq!(more.status, MessageStatus::Queued);
+        assert_eq!(more.route.to_stored(), "email");
+        assert!(more.deadline_at >= now + 60_000);
+        let due: i64 = sqlx::Row::try_get(
+            &sqlx::query("SELECT due_at FROM lanes WHERE userid = 'b'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap(),
+            0,
+        )
+        .unwrap();
+        assert!(due <= now, "its lane goes now, on e-mail");
+        assert_eq!(
+            store.message("mail").await.unwrap().unwrap().status,
+            MessageStatus::Queued
+        );
+        assert_eq!(
+            store
+                .message("later")
+                .await
+                .unwrap()
+                .unwrap()
+                .route
+                .to_stored(),
+            "wecom,email"
+        );
+        assert_eq!(store.attempts_of(&mid("more")).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn verification_codes_bind_only_when_right_in_time_and_within_their_tries() {
+        let (store, _dir) = temp_store().await;
+        let alice = uid("alice");
+        let address = EmailAddress::parse("alice@example.com").unwrap();
+        let now = now_ms();
+        let CodeRequest::Created { code } = store
+            .request_email_code(&alice, &address, now, 600_000, 3)
+            .await
+            .unwrap()
+        else {
+            panic!("a first request gets a code");
+        };
+        assert_eq!(code.len(), 6);
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        // Another member cannot use alice's code.
+        assert_eq!(
+            store
+                .check_email_code(&uid("mallory"), &code, now)
+                .await
+                .unwrap(),
+            CodeCheck::NoPending
+        );
+        for left in (0..5).rev() {
+            assert_eq!(
+                store.check_email_code(&alice, wrong, now).await.unwrap(),
+                CodeCheck::Wrong {
+                    attempts_left: left
+                }
+            );
+        }
+        assert_eq!(
+            store.check_email_code(&alice, &code, now).await.unwrap(),
+            CodeCheck::Exhausted,
+            "five wrong tries kill the code, even for the right one"
+        );
+        assert_eq!(store.member_prefs(&alice).await.unwrap().email, None);
+        // A new code, too late.
+        let CodeRequest::Created { code } = store
+            .request_email_code(&alice, &address, now, 600_000, 3)
+            .await
+            .unwrap()
+        else {
+            panic!("a second request gets a code");
+        };
+        assert_eq!(
+            store
+                .check_email_code(&alice, &code, now + 600_000)
+                .await
+                .unwrap(),
+            CodeCheck::Expired
+        );
+        assert_eq!(store.member_prefs(&alice).await.unwrap().email, None);
+        // A third, in time.
+        let CodeRequest::Created { code } = store
+            .request_email_code(&alice, &address, now, 600_000, 3)
+            .await
+            .unwrap()
+        else {
+            panic!("a third request gets a code");
+        };
+        assert_eq!(
+            store
+                .check_email_code(&alice, &format!(" {code} "), now)
+                .await
+                .unwrap(),
+            CodeCheck::Bound(address.clone())
+        );
+        assert_eq!(
+            store.member_prefs(&alice).await.unwrap().email,
+            Some(address.clone())
+        );
+        assert_eq!(
+            store.check_email_code(&alice, &code, now).await.unwrap(),
+            CodeCheck::NoPending,
+            "a code binds once"
+        );
+        // A fourth within the hour is refused, for the member and for the address.
+        assert_eq!(
+            store
+                .request_email_code(&alice, &address, now, 600_000, 3)
+                .await
+                .unwrap(),
+            CodeRequest::TooMany
+        );
+        assert_eq!(
+            store
+                .request_email_code(&uid("bob"), &address, now, 600_000, 3)
+                .await
+                .unwrap(),
+            CodeRequest::TooMany
+        );
+        assert!(matches!(
+            store
+                .request_email_code(&alice, &address, now + 3_600_001, 600_000, 3)
+                .await
+                .unwrap(),
+            CodeRequest::Created { .. }
+        ));
+        assert!(store.unbind_email(&alice).await.unwrap());
+        assert_eq!(store.member_prefs(&alice).await.unwrap().email, None);
+        let order = Route::parse("email,wecom").unwrap();
+        store.set_channels(&alice, Some(&order)).await.unwrap();
+        assert_eq!(
+            store.member_prefs(&alice).await.unwrap().channels,
+            Some(order)
+        );
     }
 }

@@ -25,11 +25,11 @@ use rusqlite::{Connection, OpenFlags, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Arrivals, FileIdentity, Message, StoreError, now_ms};
-use crate::domain::{MessageId, UserId};
+use crate::domain::{ChannelName, MessageId, Route, UserId};
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
-/// Rows per multi-row INSERT (16 columns each; SQLite allows 32,766 parameters).
+/// Rows per multi-row INSERT (19 columns each; SQLite allows 32,766 parameters).
 const INSERT_CHUNK: usize = 64;
 /// IDs per `UPDATE … WHERE id IN (…)`.
 const UPDATE_CHUNK: usize = 64;
@@ -42,15 +42,21 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 /// content plus a title), so a probe that commits means any message could be stored.
 const PROBE_BYTES: i64 = 80 * 1024;
 
-/// The outcome of one delivery attempt, to be recorded.
+/// The outcome of one delivery attempt, to be recorded. Every variant but `Delivered`
+/// without `log` also adds the attempt to the message's history (`attempts`): the common
+/// case, a message delivered at its first try on its first channel, costs no extra row —
+/// its history is its `channel` and `delivered_at`.
 #[derive(Debug, Clone)]
 pub enum AttemptUpdate {
-    /// Sent on its own (counted against the member's limits by a trigger, at the time it
-    /// is recorded).
+    /// Delivered: the message is done. `channel`: every channel that delivered it (a
+    /// comma list for `deliver_all`). `log`: also add this attempt to the history
+    /// (`deliver_all` messages keep one entry per channel). Delivered on its own on WeCom
+    /// counts against the member's limits (a trigger, at the time it is recorded).
     Delivered {
         id: MessageId,
         attempts: i64,
-        channel: &'static str,
+        channel: String,
+        log: Option<ChannelName>,
     },
     /// Sent as part of a digest, which counts once against the member's limits.
     DigestDelivered {
@@ -58,16 +64,33 @@ pub enum AttemptUpdate {
         channel: &'static str,
         sent_at: i64,
     },
+    /// A transient failure on `channel`: tried again at `next_attempt_at`.
     Retry {
         id: MessageId,
         attempts: i64,
+        channel: ChannelName,
         error: String,
         next_attempt_at: i64,
     },
+    /// `channel` gave up and no channel is left: the message is done — `failed`, unless an
+    /// earlier channel of a `deliver_all` route delivered it.
     Failed {
         id: MessageId,
         attempts: i64,
+        channel: ChannelName,
         error: String,
+    },
+    /// `channel` is done with the message (it gave up, or delivered a `deliver_all`
+    /// message); the message goes on with `route`, due now, with a retry window of its own
+    /// ending at `deadline_at`.
+    NextChannel {
+        id: MessageId,
+        attempts: i64,
+        channel: ChannelName,
+        delivered: bool,
+        error: Option<String>,
+        route: Route,
+        deadline_at: i64,
     },
 }
 
@@ -107,10 +130,14 @@ pub enum LaneOp {
     Finish { owner: String, userid: UserId },
     /// Give up every claim of `owner` (start-up, shutdown); answers `Count`.
     ReleaseAll { owner: String },
-    /// Fail queued messages past their deadline in lanes nobody holds; answers `Count`.
-    FailOverdue {
+    /// Queued messages on `channel` past their deadline, in lanes nobody holds: each goes
+    /// on to the next channel of its route (a new window of `window_ms`), or is failed
+    /// when none is left; answers `Count`.
+    Overdue {
+        channel: ChannelName,
         now: i64,
         error: String,
+        window_ms: i64,
         limit: usize,
     },
     /// Open lanes for queued messages that have none (a safety net); answers `Count`.
@@ -669,11 +696,11 @@ fn run_returning(
 }
 
 fn insert_chunk(conn: &Connection, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 16;
+    const COLS: usize = 19;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
-         idempotency_key) VALUES ",
+         idempotency_key, route, deliver_all, email_to) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
     let mut args = Vec::with_capacity(chunk.len() * COLS);
@@ -695,6 +722,9 @@ fn insert_chunk(conn: &Connection, chunk: &[&Message]) -> Result<(), StoreError>
             m.seq.to_sql()?,
             m.via.to_sql()?,
             m.idempotency_key.to_sql()?,
+            ToSqlOutput::from(m.route.to_stored()),
+            ToSqlOutput::from(i64::from(m.deliver_all)),
+            m.email_to.to_sql()?,
         ]);
     }
     run(conn, &sql, &args)?;
@@ -783,13 +813,52 @@ fn open_lanes(conn: &Connection, messages: &[&Message]) -> Result<(), StoreError
     Ok(())
 }
 
+/// Adds one attempt to a message's history.
+fn log_attempt(
+    conn: &Connection,
+    id: &str,
+    at: i64,
+    channel: ChannelName,
+    outcome: &str,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (message_id, at, channel, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![id, at, channel.as_str(), outcome, error])?;
+    Ok(())
+}
+
+/// A send to WeCom that no trigger counts (a step of a `deliver_all` message).
+fn count_send(conn: &Connection, id: &str, at: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO sends (userid, sent_at) SELECT userid, ?2 FROM messages WHERE id = ?1",
+    )?
+    .execute(params![id, at])?;
+    Ok(())
+}
+
+/// Ends a message whose last channel gave up: `failed`, or `delivered` when an earlier
+/// channel of a `deliver_all` route delivered it.
+const END_WITHOUT_DELIVERY: &str = "UPDATE messages SET \
+     status = CASE WHEN channel IS NULL THEN 'failed' ELSE 'delivered' END, \
+     attempts = ?1, last_error = ?2, updated_at = ?3 WHERE id = ?4 AND status = 'queued'";
+
+/// Moves a message on to the rest of its route.
+const NEXT_CHANNEL: &str = "UPDATE messages SET route = ?1, attempts = ?2, last_error = ?3, \
+     next_attempt_at = ?4, deadline_at = ?5, updated_at = ?4, \
+     channel = CASE WHEN ?6 IS NULL THEN channel WHEN channel IS NULL THEN ?6 \
+                    ELSE channel || ',' || ?6 END, \
+     delivered_at = CASE WHEN ?6 IS NULL THEN delivered_at ELSE COALESCE(delivered_at, ?4) END \
+     WHERE id = ?7 AND status = 'queued'";
+
 /// Applies attempt outcomes in arrival order. Successful deliveries (the bulk under load)
 /// are grouped into `IN (…)` updates; the order between two updates of the same message is
 /// kept because a message has at most one attempt in flight, so its updates are never in
 /// one batch out of order.
 fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), StoreError> {
     let now = now_ms();
-    let mut delivered: Vec<(&str, i64, &'static str)> = Vec::new();
+    let mut delivered: Vec<(&str, i64, &str)> = Vec::new();
     let mut sends: Vec<(&str, i64)> = Vec::new();
     for u in updates {
         match u {
@@ -797,7 +866,16 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
                 id,
                 attempts,
                 channel,
-            } => delivered.push((id.as_str(), *attempts, channel)),
+                log,
+            } => {
+                delivered.push((id.as_str(), *attempts, channel.as_str()));
+                if let Some(step) = log {
+                    log_attempt(conn, id.as_str(), now, *step, "delivered", None)?;
+                    if *step == ChannelName::WeCom {
+                        count_send(conn, id.as_str(), now)?;
+                    }
+                }
+            }
             AttemptUpdate::DigestDelivered {
                 digest,
                 channel,
@@ -837,6 +915,7 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
             AttemptUpdate::Retry {
                 id,
                 attempts,
+                channel,
                 error,
                 next_attempt_at,
             } => {
@@ -851,17 +930,46 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
                     now,
                     id.as_str()
                 ])?;
+                log_attempt(conn, id.as_str(), now, *channel, "retry", Some(error))?;
             }
             AttemptUpdate::Failed {
                 id,
                 attempts,
+                channel,
                 error,
             } => {
-                conn.prepare_cached(
-                    "UPDATE messages SET status = 'failed', attempts = ?1, last_error = ?2, \
-                     updated_at = ?3 WHERE id = ?4 AND status = 'queued'",
-                )?
-                .execute(params![*attempts, error.as_str(), now, id.as_str()])?;
+                conn.prepare_cached(END_WITHOUT_DELIVERY)?.execute(params![
+                    *attempts,
+                    error.as_str(),
+                    now,
+                    id.as_str()
+                ])?;
+                log_attempt(conn, id.as_str(), now, *channel, "failed", Some(error))?;
+            }
+            AttemptUpdate::NextChannel {
+                id,
+                attempts,
+                channel,
+                delivered,
+                error,
+                route,
+                deadline_at,
+            } => {
+                let delivered_on = delivered.then(|| channel.as_str());
+                conn.prepare_cached(NEXT_CHANNEL)?.execute(params![
+                    route.to_stored(),
+                    *attempts,
+                    error.as_deref(),
+                    now,
+                    *deadline_at,
+                    delivered_on,
+                    id.as_str()
+                ])?;
+                let outcome = if *delivered { "delivered" } else { "failed" };
+                log_attempt(conn, id.as_str(), now, *channel, outcome, error.as_deref())?;
+                if *delivered && *channel == ChannelName::WeCom {
+                    count_send(conn, id.as_str(), now)?;
+                }
             }
         }
     }
@@ -874,7 +982,8 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
         for chunk in pow2_chunks(group, UPDATE_CHUNK) {
             let mut sql = String::from(
                 "UPDATE messages SET status = 'delivered', attempts = ?1, channel = ?2, \
-                 last_error = NULL, updated_at = ?3, delivered_at = ?3 WHERE id IN (",
+                 last_error = NULL, updated_at = ?3, delivered_at = COALESCE(delivered_at, ?3) \
+                 WHERE id IN (",
             );
             push_params(&mut sql, chunk.len(), 3);
             sql.push(')');
@@ -896,6 +1005,63 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
         run(conn, &sql, &args)?;
     }
     Ok(())
+}
+
+/// Queued messages on `channel` past their deadline, in lanes nobody holds, go on to their
+/// next channel (their lane due now) or end; answers how many were handled.
+fn overdue(
+    conn: &Connection,
+    channel: ChannelName,
+    now: i64,
+    error: &str,
+    window_ms: i64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let limit = pow2_floor(limit);
+    let sql = format!(
+        "SELECT m.id, m.userid, m.route, m.attempts FROM messages m \
+         WHERE m.status = 'queued' AND m.deadline_at <= ?1 \
+           AND (m.route = ?2 OR m.route LIKE ?2 || ',%') \
+           AND NOT EXISTS (SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > ?1) \
+         LIMIT {limit}"
+    );
+    let rows: Vec<(String, String, String, i64)> = {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![now, channel.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, userid, route, attempts) in &rows {
+        let route = Route::parse(route).map_err(StoreError::Corrupt)?;
+        log_attempt(conn, id, now, channel, "failed", Some(error))?;
+        match route.rest() {
+            Some(rest) => {
+                conn.prepare_cached(NEXT_CHANNEL)?.execute(params![
+                    rest.to_stored(),
+                    *attempts,
+                    error,
+                    now,
+                    now.saturating_add(window_ms),
+                    Option::<&str>::None,
+                    id.as_str()
+                ])?;
+                conn.prepare_cached(
+                    "UPDATE lanes SET due_at = MIN(due_at, ?2) WHERE userid = ?1 AND owner IS NULL",
+                )?
+                .execute(params![userid.as_str(), now])?;
+            }
+            None => {
+                conn.prepare_cached(END_WITHOUT_DELIVERY)?.execute(params![
+                    *attempts,
+                    error,
+                    now,
+                    id.as_str()
+                ])?;
+            }
+        }
+    }
+    Ok(rows.len())
 }
 
 /// Gives lanes up until their due times: `(owner, userid, due_at)`, grouped by owner.
@@ -1014,17 +1180,13 @@ fn lane_op(conn: &Connection, op: &LaneOp) -> Result<Reply, StoreError> {
             "UPDATE lanes SET owner = NULL, lease_until = 0 WHERE owner = ?1",
             &[owner.as_str().to_sql()?],
         )?),
-        LaneOp::FailOverdue { now, error, limit } => count(run(
-            conn,
-            &format!(
-                "UPDATE messages SET status = 'failed', last_error = ?1, updated_at = ?2 \
-                 WHERE id IN (SELECT m.id FROM messages m \
-                   WHERE m.status = 'queued' AND m.deadline_at <= ?2 AND NOT EXISTS (\
-                     SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > ?2) \
-                   LIMIT {limit})"
-            ),
-            &[error.as_str().to_sql()?, now.to_sql()?],
-        )?),
+        LaneOp::Overdue {
+            channel,
+            now,
+            error,
+            window_ms,
+            limit,
+        } => count(overdue(conn, *channel, *now, error, *window_ms, *limit)?),
         LaneOp::OpenMissing { now } => count(run(
             conn,
             "INSERT INTO lanes (userid, due_at, owner, lease_until) \

@@ -1,0 +1,259 @@
+//! The e-mail channel: one mail per message over SMTP (lettre, with its connection pool and
+//! rustls), `text/plain` with an HTML alternative.
+//!
+//! Failures are classified the way the scheduler needs them: a 5xx reply is permanent for
+//! this message; a 4xx reply is transient (the server answered: it is up); no connection,
+//! a timeout, a TLS failure or a broken session is transient *and* unreachable, so the
+//! scheduler probes the server instead of sending it the whole queue.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::{PoolConfig, client::Tls, client::TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret as _;
+
+use super::{Channel, ChannelError};
+use crate::config::{EmailSettings, SmtpSecurity};
+use crate::domain::{ChannelName, Outbound};
+
+/// Longest subject line, in characters (a first line of content can be anything).
+const MAX_SUBJECT_CHARS: usize = 120;
+/// SMTP connections kept open at most.
+const POOL_SIZE: u32 = 4;
+/// An idle pooled connection is closed after this (servers drop idle sessions anyway).
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// Why the SMTP transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up SMTP for {host}: {source}")]
+pub struct SetupError {
+    host: String,
+    #[source]
+    source: lettre::transport::smtp::Error,
+}
+
+pub struct EmailChannel {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    /// `host:port`, for log lines.
+    server: String,
+}
+
+impl EmailChannel {
+    pub fn new(settings: &EmailSettings) -> Result<Self, SetupError> {
+        let host = settings.host.as_str();
+        let setup = |source| SetupError {
+            host: host.to_owned(),
+            source,
+        };
+        let tls = || TlsParameters::new(host.to_owned()).map_err(setup);
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(settings.port())
+            .timeout(Some(settings.timeout))
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(POOL_SIZE)
+                    .idle_timeout(POOL_IDLE),
+            );
+        builder = match settings.security {
+            SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls()?)),
+            SmtpSecurity::StartTls => builder.tls(Tls::Required(tls()?)),
+            SmtpSecurity::None => builder.tls(Tls::None),
+        };
+        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            ));
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from: settings.from.mailbox().clone(),
+            server: format!("{host}:{}", settings.port()),
+        })
+    }
+
+    /// Connects (and logs in, if configured) once: for the start-up check.
+    pub async fn check(&self) -> Result<(), String> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{} did not accept a connection", self.server)),
+            Err(err) => Err(format!("{}: {}", self.server, crate::error::chain(&err))),
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+}
+
+impl Channel for EmailChannel {
+    fn name(&self) -> ChannelName {
+        ChannelName::Email
+    }
+
+    fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {
+        Box::pin(async move {
+            let mail = render(message, &self.from)?;
+            self.transport.send(mail).await.map(drop).map_err(classify)
+        })
+    }
+}
+
+/// The mail for a message. Fails (permanently) only without an address.
+fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
+    let permanent = |reason: String| ChannelError::Permanent { reason };
+    let Some(address) = &message.email else {
+        return Err(permanent("no e-mail address to send to".to_owned()));
+    };
+    let to: Mailbox = address
+        .as_str()
+        .parse()
+        .map_err(|e| permanent(format!("{address} is not a usable address: {e}")))?;
+    let text = body_text(message.title.as_deref(), message.content.as_deref());
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(subject(
+            message.title.as_deref(),
+            message.content.as_deref(),
+        ))
+        // The message id, so that a copy sent twice across a crash is recognisable (and
+        // threads in mail clients stay one per message).
+        .message_id(Some(format!("<{}@pushbot>", message.id)))
+        .multipart(MultiPart::alternative_plain_html(text.clone(), html(&text)))
+        .map_err(|e| permanent(format!("cannot build the mail: {e}")))
+}
+
+/// The title, else the first non-empty line of the content, cut to a readable length.
+pub fn subject(title: Option<&str>, content: Option<&str>) -> String {
+    let line = title
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            content
+                .unwrap_or("")
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+        })
+        .unwrap_or("pushbot");
+    // Subjects are one line.
+    let line: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match line.char_indices().nth(MAX_SUBJECT_CHARS) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+/// The plain-text body: the content (the title when there is no content).
+pub fn body_text(title: Option<&str>, content: Option<&str>) -> String {
+    match (title, content) {
+        (_, Some(c)) if !c.is_empty() => c.to_owned(),
+        (Some(t), _) => t.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The HTML alternative: the text, escaped, line breaks kept.
+pub fn html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 200);
+    out.push_str(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>\
+         <div style=\"white-space:pre-wrap;font-family:-apple-system,'PingFang SC','Microsoft YaHei',sans-serif\">",
+    );
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("</div></body></html>");
+    out
+}
+
+/// 5xx: permanent for this message. 4xx: the server is up but not now. No answer at all
+/// (connection, timeout, TLS, a broken session): the server is unreachable.
+fn classify(err: lettre::transport::smtp::Error) -> ChannelError {
+    let reason = format!("SMTP: {}", crate::error::chain(&err));
+    if err.is_permanent() || err.is_client() {
+        ChannelError::Permanent { reason }
+    } else if err.is_transient() {
+        ChannelError::Transient {
+            reason,
+            unreachable: false,
+        }
+    } else {
+        ChannelError::Transient {
+            reason,
+            unreachable: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EmailAddress, MessageId, UserId};
+
+    #[test]
+    fn subject_is_the_title_or_the_first_line() {
+        assert_eq!(subject(Some("Disk full"), Some("sda1")), "Disk full");
+        assert_eq!(subject(None, Some("\n  first line \nsecond")), "first line");
+        assert_eq!(subject(Some("  "), Some("c")), "c");
+        assert_eq!(subject(None, None), "pushbot");
+        assert_eq!(subject(Some("a\rb"), None), "a b");
+        let long = "磁".repeat(200);
+        let cut = subject(Some(&long), None);
+        assert_eq!(cut.chars().count(), MAX_SUBJECT_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        let h = html("<script>alert('x')</script> & \"q\"");
+        assert!(h.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"));
+        assert!(!h.contains("<script>"));
+    }
+
+    #[test]
+    fn the_mail_carries_subject_both_parts_and_the_message_id() {
+        let id = MessageId::generate();
+        let outbound = Outbound {
+            id: id.clone(),
+            userid: UserId::new("alice"),
+            title: Some("Backup <done>".into()),
+            content: Some("42 GB 已完成".into()),
+            email: EmailAddress::parse("alice@example.com"),
+        };
+        let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
+        let mail = render(&outbound, &from).unwrap();
+        let raw = String::from_utf8(mail.formatted()).unwrap();
+        assert!(
+            raw.contains(&format!("Message-ID: <{id}@pushbot>")),
+            "{raw}"
+        );
+        assert!(raw.contains("To: alice@example.com"), "{raw}");
+        assert!(raw.contains("multipart/alternative"), "{raw}");
+        assert!(raw.contains("text/plain"), "{raw}");
+        assert!(raw.contains("text/html"), "{raw}");
+        let no_address = Outbound {
+            email: None,
+            ..outbound
+        };
+        assert!(matches!(
+            render(&no_address, &from),
+            Err(ChannelError::Permanent { .. })
+        ));
+    }
+}
