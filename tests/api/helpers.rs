@@ -70,6 +70,53 @@ pub struct TestConfig {
     pub probe_max: String,
     /// `delivery.instance_id`; the server default (`<hostname>:<port>`) when `None`.
     pub instance_id: Option<String>,
+    /// `[email]`; no e-mail channel when `None` (the default).
+    pub email: Option<EmailConfig>,
+    /// `delivery.fallback`, the default channel order; the server default when `None`.
+    pub fallback: Option<Vec<String>>,
+}
+
+/// The `[email]` section: SMTP without TLS or AUTH, to a test sink on 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+    /// One SMTP operation.
+    pub timeout: String,
+    /// Verification code lifetime; the server default when `None`.
+    pub code_ttl: Option<String>,
+    /// Verification mails per member (and per address) per hour; the server default when
+    /// `None`.
+    pub codes_per_hour: Option<u32>,
+}
+
+impl EmailConfig {
+    /// Plain SMTP to `127.0.0.1:{port}`.
+    pub fn local(port: u16) -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port,
+            from: "pushbot <bot@example.com>".to_owned(),
+            timeout: "2s".to_owned(),
+            code_ttl: None,
+            codes_per_hour: None,
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = format!(
+            "[email]\nhost = \"{}\"\nport = {}\nsecurity = \"none\"\nfrom = \"{}\"\ntimeout = \"{}\"\n",
+            self.host, self.port, self.from, self.timeout
+        );
+        if let Some(ttl) = &self.code_ttl {
+            out.push_str(&format!("code_ttl = \"{ttl}\"\n"));
+        }
+        if let Some(n) = self.codes_per_hour {
+            out.push_str(&format!("codes_per_hour = {n}\n"));
+        }
+        out
+    }
 }
 
 impl Default for TestConfig {
@@ -95,6 +142,8 @@ impl Default for TestConfig {
             lease: "10s".to_owned(),
             probe_max: "1s".to_owned(),
             instance_id: None,
+            email: None,
+            fallback: None,
         }
     }
 }
@@ -129,6 +178,23 @@ impl TestConfig {
             .as_ref()
             .map(|id| format!("instance_id = \"{id}\"\n"))
             .unwrap_or_default();
+        let fallback = self
+            .fallback
+            .as_ref()
+            .map(|order| {
+                let list = order
+                    .iter()
+                    .map(|c| format!("\"{c}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("fallback = [{list}]\n")
+            })
+            .unwrap_or_default();
+        let email = self
+            .email
+            .as_ref()
+            .map(|e| format!("\n{}", e.render()))
+            .unwrap_or_default();
         format!(
             r#"[server]
 listen = "{listen}"
@@ -148,7 +214,7 @@ callback_max_age = "{callback_max_age}"
 member_limits = [{member_limits}]
 
 [delivery]
-{instance_id}digest_after = "{digest_after}"
+{instance_id}{fallback}digest_after = "{digest_after}"
 max_in_flight = {max_in_flight}
 lease = "{lease}"
 probe_max = "{probe_max}"
@@ -158,7 +224,7 @@ backoff_max = "{backoff_max}"
 concurrency = {concurrency}
 sweep_interval = "{sweep_interval}"
 shutdown_grace = "{shutdown_grace}"
-
+{email}
 [log]
 level = "warn"
 "#,

@@ -3,6 +3,7 @@
 mod db;
 mod helpers;
 mod mock_wecom;
+mod smtp;
 mod tcp_front;
 
 mod bot;
@@ -11,6 +12,7 @@ mod callback_dedup;
 mod cli;
 mod connections;
 mod delivery;
+mod email;
 mod http_rules;
 mod idempotency;
 mod lanes;
