@@ -98,7 +98,20 @@ pub(super) struct Scheduler {
     active: Mutex<HashSet<UserId>>,
     /// Capacity freed or a channel came back: look for work now.
     wake: Notify,
+    /// Fallbacks since the last INFO line about them (one line a minute at most).
+    fallbacks: Mutex<FallbackLog>,
 }
+
+/// Per-message fallback lines are debug-level; at INFO a line a minute at most says that
+/// messages are falling back, why (the latest reason) and how many.
+#[derive(Default)]
+struct FallbackLog {
+    last_line: Option<Instant>,
+    unlogged: u64,
+}
+
+/// At most one INFO line about fallbacks this often.
+const FALLBACK_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How a lane worker ended.
 enum LaneEnd {
@@ -173,6 +186,7 @@ impl Scheduler {
             tasks: TaskTracker::new(),
             active: Mutex::default(),
             wake: Notify::new(),
+            fallbacks: Mutex::default(),
         }
     }
 
@@ -802,7 +816,8 @@ impl Scheduler {
     ) -> After {
         let (update, after) = match head.route.rest() {
             Some(route) => {
-                tracing::info!(id = %head.id, from = %channel, to = %route.first(), error = %error, "falling back to the next channel");
+                tracing::debug!(id = %head.id, from = %channel, to = %route.first(), error = %error, "falling back to the next channel");
+                self.log_fallback(channel, route.first(), &error);
                 (
                     AttemptUpdate::NextChannel {
                         id: head.id.clone(),
@@ -834,6 +849,31 @@ impl Scheduler {
         } else {
             After::Release(now_ms())
         }
+    }
+
+    /// One INFO line a minute at most for fallbacks, with how many there were.
+    fn log_fallback(&self, from: ChannelName, to: ChannelName, error: &str) {
+        let mut log = lock(&self.fallbacks);
+        log.unlogged += 1;
+        if log
+            .last_line
+            .is_some_and(|at| at.elapsed() < FALLBACK_LOG_EVERY)
+        {
+            return;
+        }
+        let messages = std::mem::take(&mut log.unlogged);
+        log.last_line = Some(Instant::now());
+        drop(log);
+        tracing::info!(
+            from = %from,
+            to = %to,
+            messages,
+            error = %error,
+            "{} could not deliver {messages} message(s) since the last such line; they go on \
+             by {} (latest reason: {error})",
+            from.label(),
+            to.label()
+        );
     }
 
     /// The retry window of a message that starts on its next channel now.
