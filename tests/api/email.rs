@@ -652,6 +652,58 @@ async fn the_code_mail_goes_out_while_wecom_is_down() {
 // fallback
 // ------------------------------------------------------------------------------------------
 
+/// WeCom down while many members wait: lanes that are not the probe do not wait for it —
+/// once their WeCom window runs out, the expiry pass hands them to e-mail in bulk, and WeCom
+/// sees only the probes meanwhile.
+#[tokio::test]
+async fn many_members_fall_back_together_without_hammering_a_down_wecom() {
+    let front = TcpFront::start(None).await;
+    let (app, sink) = email_app(|c| {
+        c.api_base = Some(front.base_url.clone());
+        c.retry_window = "1s".to_owned();
+        // Probes far apart: a message that is not a probe must not wait for one.
+        c.backoff_initial = "5s".to_owned();
+        c.backoff_max = "10s".to_owned();
+        c.probe_max = "10s".to_owned();
+    })
+    .await;
+    front.forward_to(&app.mock.base_url);
+    let mut members = Vec::new();
+    for i in 0..12 {
+        let m = member(&app, &format!("bulk{i}")).await;
+        bind(&app, &sink, &m).await;
+        members.push(m);
+    }
+    front.go_down();
+    let before = front.refused();
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for m in &members {
+        ids.push((app.send_ok(&m.token, "bulk outage", "by mail").await, m));
+    }
+    for (id, m) in &ids {
+        let status = app.wait_for_status(id, &m.token, "delivered", WAIT).await;
+        assert_eq!(status["channel"], "email", "{status}");
+        let h = history(&status);
+        assert_eq!(
+            h.first().map(|(c, _)| c.as_str()),
+            Some("wecom"),
+            "{status}"
+        );
+        assert_eq!(sink.mails_for(id).len(), 1);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "all mailed soon after their 1 s window, not after the next probe: {took:?}"
+    );
+    let tried = front.refused() - before;
+    assert!(
+        tried <= 3,
+        "WeCom got only probes while down, not one attempt per member: {tried}"
+    );
+}
+
 /// WeCom unreachable for the whole retry window: the message is mailed exactly once after
 /// the window, and WeCom, once back, never gets it late.
 #[tokio::test]
