@@ -652,6 +652,49 @@ async fn the_code_mail_goes_out_while_wecom_is_down() {
 // fallback
 // ------------------------------------------------------------------------------------------
 
+/// Each permanent WeCom refusal the issue names — the untrusted IP (60020) and an
+/// `errcode 0` answer that lists the member in `invaliduser` — goes to e-mail at once, long
+/// before the 30 s retry window would end.
+#[tokio::test]
+async fn untrusted_ip_and_invaliduser_fall_back_at_once() {
+    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let untrusted = member(&app, "ip").await;
+    let invalid = member(&app, "inv").await;
+    for m in [&untrusted, &invalid] {
+        bind(&app, &sink, m).await;
+    }
+    app.mock.fail_always_for(
+        &untrusted.user,
+        SendReply::errcode(
+            60020,
+            "not allow to access from your ip, hint: [1764204731_x], from ip: 203.0.113.7",
+        ),
+    );
+    app.mock
+        .fail_always_for(&invalid.user, SendReply::invalid_user(&invalid.user));
+    for (m, expect) in [(&untrusted, "203.0.113.7"), (&invalid, "invaliduser")] {
+        let started = Instant::now();
+        let id = app.send_ok(&m.token, "refused", "by mail").await;
+        let status = app.wait_for_status(&id, &m.token, "delivered", WAIT).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "at once: {status}"
+        );
+        assert_eq!(status["channel"], "email", "{status}");
+        assert_eq!(
+            history(&status),
+            [
+                ("wecom".to_owned(), "failed".to_owned()),
+                ("email".to_owned(), "delivered".to_owned())
+            ],
+            "{status}"
+        );
+        let why = history_error(&status, 0);
+        assert!(why.contains(expect) || has(&why, "invalid"), "{why}");
+        assert_eq!(sink.mails_for(&id).len(), 1);
+    }
+}
+
 /// WeCom down while many members wait: lanes that are not the probe do not wait for it —
 /// once their WeCom window runs out, the expiry pass hands them to e-mail in bulk, and WeCom
 /// sees only the probes meanwhile.
