@@ -5,11 +5,9 @@
 //! Mail is checked on what a real SMTP server (the test sink) accepted, WeCom on what the
 //! mock received; never on what the gateway says about itself alone.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 use crate::db;
 use crate::helpers::*;
@@ -1251,26 +1249,6 @@ async fn delivery_fallback_sets_the_default_order() {
 // ------------------------------------------------------------------------------------------
 // kill -9 with both channels down
 // ------------------------------------------------------------------------------------------
-
-struct BinSetup {
-    _dir: TempDir,
-    port: u16,
-    config_path: PathBuf,
-}
-
-fn bin_setup(config: &TestConfig, api_base: &str) -> BinSetup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let db_path = dir.path().join("pushbot.db");
-    let toml = config.render(&format!("127.0.0.1:{port}"), &db_path, api_base);
-    let config_path = dir.path().join("pushbot.toml");
-    std::fs::write(&config_path, toml).expect("write config");
-    BinSetup {
-        _dir: dir,
-        port,
-        config_path,
-    }
-}
 
 /// The real binary, WeCom and SMTP both down, a message for a bound member queued; `kill
 /// -9` (while WeCom's step runs, or once it is the e-mail step's turn), restart, both come

@@ -943,3 +943,48 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> V
     );
     body
 }
+
+/// A config file for the real binary in a temp dir, on a free port.
+pub struct BinSetup {
+    pub _dir: TempDir,
+    pub db_path: PathBuf,
+    pub port: u16,
+    pub config_path: PathBuf,
+}
+
+pub fn bin_setup(config: &TestConfig, api_base: &str) -> BinSetup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let db_path = dir.path().join("pushbot.db");
+    let toml = config.render(&format!("127.0.0.1:{port}"), &db_path, api_base);
+    let config_path = dir.path().join("pushbot.toml");
+    std::fs::write(&config_path, toml).expect("write config");
+    BinSetup {
+        _dir: dir,
+        db_path,
+        port,
+        config_path,
+    }
+}
+
+/// Waits until `cond` holds, re-checking whenever `changed` ticks; `false` on timeout.
+pub async fn wait_until_changed<S>(
+    changed: &tokio::sync::watch::Sender<u64>,
+    timeout: Duration,
+    state: impl Fn() -> S,
+    cond: impl Fn(&S) -> bool,
+) -> bool {
+    let mut rx = changed.subscribe();
+    let check = async {
+        loop {
+            if cond(&state()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // The sender is borrowed by the caller; this cannot happen meanwhile.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, check).await.is_ok()
+}

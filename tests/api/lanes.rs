@@ -7,12 +7,10 @@
 //! what the gateway says about itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use tempfile::TempDir;
 
 use crate::db;
 use crate::helpers::*;
@@ -178,29 +176,6 @@ async fn assert_nothing_pending(api: &Api, token: &str) {
             Some(0),
             "no message may be left {status}: {body}"
         );
-    }
-}
-
-/// A config file for the real binary, on a port of its own, talking to `api_base`.
-struct BinSetup {
-    _dir: TempDir,
-    db_path: PathBuf,
-    port: u16,
-    config_path: PathBuf,
-}
-
-fn bin_setup(config: &TestConfig, api_base: &str) -> BinSetup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let db_path = dir.path().join("pushbot.db");
-    let toml = config.render(&format!("127.0.0.1:{port}"), &db_path, api_base);
-    let config_path = dir.path().join("pushbot.toml");
-    std::fs::write(&config_path, toml).expect("write config");
-    BinSetup {
-        _dir: dir,
-        db_path,
-        port,
-        config_path,
     }
 }
 

@@ -385,19 +385,13 @@ impl MockWeCom {
     }
 
     async fn wait_until(&self, timeout: Duration, cond: impl Fn(&MockState) -> bool) -> bool {
-        let mut rx = self.shared.changed.subscribe();
-        let check = async {
-            loop {
-                if cond(&self.shared.lock()) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    // The sender lives in `self`; this cannot happen while we borrow it.
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        tokio::time::timeout(timeout, check).await.is_ok()
+        crate::helpers::wait_until_changed(
+            &self.shared.changed,
+            timeout,
+            || self.shared.lock(),
+            |s| cond(s),
+        )
+        .await
     }
 }
 
