@@ -693,6 +693,59 @@ async fn untrusted_ip_and_invaliduser_fall_back_at_once() {
     }
 }
 
+/// An SMTP server that is down is probed, not stormed: with ten mails waiting, the server
+/// sees a handful of connection attempts while it is down (counted by a TCP front), and
+/// all ten arrive once, each once, when it is back.
+#[tokio::test]
+async fn a_down_smtp_server_gets_probes_not_a_storm() {
+    let front = TcpFront::start(None).await;
+    let sink = SmtpSink::start().await;
+    front.forward_to(&format!("http://127.0.0.1:{}", sink.port));
+    let front_port = front
+        .base_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .expect("the front's port");
+    let app = spawn_app_with(|c| {
+        c.email = Some(EmailConfig::local(front_port));
+        c.backoff_initial = "50ms".to_owned();
+        c.backoff_max = "200ms".to_owned();
+        c.probe_max = "1s".to_owned();
+        c.retry_window = "30s".to_owned();
+    })
+    .await;
+    let mut members = Vec::new();
+    for i in 0..10 {
+        let m = member(&app, &format!("smtpdown{i}")).await;
+        bind(&app, &sink, &m).await;
+        members.push(m);
+    }
+    front.go_down();
+    let before = front.refused();
+    let mut ids = Vec::new();
+    for m in &members {
+        ids.push((
+            send_on(&app, &m.token, "mail me", "later", "email").await,
+            m,
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tried = front.refused() - before;
+    // Probes at 50 ms, then doubling up to 1 s: about six in 3 s; without channel health
+    // each of the ten would retry every 50–200 ms (well over a hundred connections).
+    assert!(
+        tried <= 12,
+        "SMTP down: only probes, not every queued mail: {tried} connection attempts"
+    );
+    front.come_up();
+    for (id, m) in &ids {
+        let status = app.wait_for_status(id, &m.token, "delivered", WAIT).await;
+        assert_eq!(status["channel"], "email", "{status}");
+        assert_eq!(sink.mails_for(id).len(), 1, "mailed once");
+    }
+}
+
 /// WeCom down while many members wait: lanes that are not the probe do not wait for it —
 /// once their WeCom window runs out, the expiry pass hands them to e-mail in bulk, and WeCom
 /// sees only the probes meanwhile.
