@@ -468,6 +468,9 @@ impl Scheduler {
                                 if message.seq > last_seq {
                                     last_seq = message.seq;
                                     ahead.push_back(Head { message, complete: true });
+                                } else if message.seq < 0 {
+                                    // A verification mail: it goes first; read the lane.
+                                    maybe_more = true;
                                 }
                             }
                             continue;

@@ -564,11 +564,18 @@ impl Writer {
                 })? + 1
             }
         };
-        // Acceptance order is the order in which inserts reached the writer.
+        // Acceptance order is the order in which inserts reached the writer. A message to a
+        // fixed address (a verification mail) goes to the front of its lane: negative
+        // numbers sort before every sender's message, so a code is not held up behind a
+        // backlog waiting for WeCom — the very situation in which a member binds an address.
         let mut messages = Vec::new();
         for write in writes.iter_mut() {
             if let Write::Insert(m) = &mut **write {
-                m.seq = next_seq;
+                m.seq = if m.email_to.is_some() {
+                    -next_seq
+                } else {
+                    next_seq
+                };
                 next_seq += 1;
                 messages.push(&**m);
             }

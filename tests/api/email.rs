@@ -746,6 +746,36 @@ async fn a_down_smtp_server_gets_probes_not_a_storm() {
     }
 }
 
+/// A member whose messages wait for a WeCom that is down binds an address: the code mail
+/// does not queue behind them (it goes to the front of the member's lane).
+#[tokio::test]
+async fn the_code_mail_does_not_wait_behind_a_backlog_for_a_down_wecom() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (app, sink) = email_app(|c| {
+        c.api_base = Some(closed);
+        c.retry_window = "60s".to_owned();
+    })
+    .await;
+    let m = member(&app, "behind").await;
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        waiting.push(app.send_ok(&m.token, &format!("waiting {i}"), "").await);
+    }
+    // The first is being retried against the closed port.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    bind(&app, &sink, &m).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the code came at once: {:?}",
+        started.elapsed()
+    );
+    for id in &waiting {
+        let status = app.message_json(id, &m.token).await;
+        assert_eq!(status["status"], "queued", "{status}");
+    }
+}
+
 /// WeCom down while many members wait: lanes that are not the probe do not wait for it —
 /// once their WeCom window runs out, the expiry pass hands them to e-mail in bulk, and WeCom
 /// sees only the probes meanwhile.
