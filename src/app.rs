@@ -269,10 +269,12 @@ fn with_middleware(router: Router) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        // The span names method and path only: query strings can carry push tokens.
+        // The span names method and path only: query strings can carry push tokens, and
+        // so can paths (`/TOKEN.send`, Bark's `/TOKEN/…`), which are logged redacted.
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+                let path = api::redact_path(req.uri().path());
+                tracing::debug_span!("http", method = %req.method(), path = %path)
             }),
         )
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))

@@ -277,6 +277,64 @@ impl fmt::Debug for EmailAddress {
     }
 }
 
+/// How urgent a message is, on one scale for every client dialect (ServerChan has none,
+/// Bark `level`, gotify 0–10, ntfy 1–5). High and urgent messages are marked at the start
+/// of their title, so they stand out in the chat list; low and normal ones are unmarked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Urgency {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Urgent,
+}
+
+impl Urgency {
+    /// The title with this urgency's marker in front.
+    pub fn mark(self, title: &str) -> String {
+        let marker = match self {
+            Self::Low | Self::Normal => return title.to_owned(),
+            Self::High => "❗",
+            Self::Urgent => "🚨",
+        };
+        if title.is_empty() {
+            marker.to_owned()
+        } else {
+            format!("{marker} {title}")
+        }
+    }
+
+    /// Bark's `level`: `passive`, `active` (default), `timeSensitive`, `critical`.
+    pub fn from_bark(level: &str) -> Self {
+        match level.trim().to_ascii_lowercase().as_str() {
+            "passive" => Self::Low,
+            "timesensitive" => Self::High,
+            "critical" => Self::Urgent,
+            _ => Self::Normal,
+        }
+    }
+
+    /// gotify's priority 0–10: 0–3 low, 4–7 normal, 8–9 high, 10 urgent.
+    pub fn from_gotify(priority: i64) -> Self {
+        match priority {
+            i64::MIN..=3 => Self::Low,
+            4..=7 => Self::Normal,
+            8..=9 => Self::High,
+            _ => Self::Urgent,
+        }
+    }
+
+    /// ntfy's priority 1–5 (or `min`, `low`, `default`, `high`, `max`/`urgent`).
+    pub fn from_ntfy(priority: &str) -> Self {
+        match priority.trim().to_ascii_lowercase().as_str() {
+            "1" | "2" | "min" | "low" => Self::Low,
+            "4" | "high" => Self::High,
+            "5" | "max" | "urgent" => Self::Urgent,
+            _ => Self::Normal,
+        }
+    }
+}
+
 /// One message as a channel sends it: a single accepted message, or a digest of several.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -306,6 +364,24 @@ mod tests {
         assert_eq!(format!("{token:?}"), "PushToken(ab…45)");
         assert_eq!(token.expose(), "abcdefghijklmnopqrstuvwxyz012345");
         assert_eq!(PushToken::new("short".into()).hint(), "…");
+    }
+
+    #[test]
+    fn urgency_maps_every_dialect_onto_one_scale() {
+        assert_eq!(Urgency::from_bark("critical"), Urgency::Urgent);
+        assert_eq!(Urgency::from_bark("timeSensitive"), Urgency::High);
+        assert_eq!(Urgency::from_bark("passive"), Urgency::Low);
+        assert_eq!(Urgency::from_bark("active"), Urgency::Normal);
+        assert_eq!(Urgency::from_gotify(0), Urgency::Low);
+        assert_eq!(Urgency::from_gotify(5), Urgency::Normal);
+        assert_eq!(Urgency::from_gotify(8), Urgency::High);
+        assert_eq!(Urgency::from_gotify(10), Urgency::Urgent);
+        assert_eq!(Urgency::from_ntfy("5"), Urgency::Urgent);
+        assert_eq!(Urgency::from_ntfy("high"), Urgency::High);
+        assert_eq!(Urgency::from_ntfy("3"), Urgency::Normal);
+        assert_eq!(Urgency::Urgent.mark("Disk full"), "🚨 Disk full");
+        assert_eq!(Urgency::High.mark(""), "❗");
+        assert_eq!(Urgency::Normal.mark("x"), "x");
     }
 
     #[test]

@@ -141,8 +141,19 @@ struct ErrorBody {
     message: String,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The text a client may see (an internal error's cause stays in the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error; see the server log".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Answers with `status` and `body` — another service's error shape, for the
+    /// compatibility routes — logging server-side causes and adding `Retry-After` exactly as
+    /// our own answers do.
+    pub fn respond_as(self, status: StatusCode, body: serde_json::Value) -> Response {
         match &self {
             Self::Internal(cause) => {
                 tracing::error!(error = %chain(cause.as_ref()), "request failed");
@@ -152,16 +163,7 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let message = match &self {
-            Self::Internal(_) => "internal error; see the server log".to_owned(),
-            other => other.to_string(),
-        };
-        let body = ErrorBody {
-            ok: false,
-            error: self.code(),
-            message,
-        };
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = (status, Json(body)).into_response();
         if let Some(wait) = self.retry_after() {
             // Whole seconds, rounded up, at least 1 (RFC 9110 delay-seconds).
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -170,6 +172,18 @@ impl IntoResponse for ApiError {
                 .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!(ErrorBody {
+            ok: false,
+            error: self.code(),
+            message: self.public_message(),
+        });
+        let status = self.status();
+        self.respond_as(status, body)
     }
 }
 

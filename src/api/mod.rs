@@ -3,10 +3,11 @@
 mod auth;
 mod callback;
 pub mod chat;
+mod compat;
 mod health;
 mod messages;
 pub mod rate_limit;
-mod send;
+pub(crate) mod send;
 
 use std::sync::Arc;
 
@@ -39,11 +40,17 @@ pub struct AppState {
     pub utc_offset: i32,
 }
 
+/// The request path with anything shaped like a push token replaced, for logs.
+pub fn redact_path(path: &str) -> String {
+    compat::redact_path(path)
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(send::router().layer(DefaultBodyLimit::max(MAX_SEND_BODY)))
         .merge(messages::router())
         .merge(callback::router())
+        .merge(compat::router().layer(DefaultBodyLimit::max(MAX_SEND_BODY)))
         .merge(health::router())
         .fallback(health::not_found)
         // After all routes: applies to every route that has no fallback of its own.

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::rate_limit::authorized_sender;
 use super::{AppState, auth};
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
+use crate::domain::Urgency;
 use crate::error::ApiError;
 use crate::store::MessageStatus;
 
@@ -30,7 +31,8 @@ pub const MAX_TITLE_BYTES: usize = 1024;
 pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
 
 /// Content types a body may have (none at all is sniffed: `{` means JSON, else form).
-const ACCEPTED_TYPES: &str = "application/json or application/x-www-form-urlencoded";
+const ACCEPTED_TYPES: &str =
+    "application/json, application/x-www-form-urlencoded or multipart/form-data";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -134,13 +136,15 @@ async fn send_post(
 ) -> Result<Json<Accepted>, ApiError> {
     let body = body.map_err(ApiError::from_body)?;
     let from_query = parse_query(query.as_deref())?;
-    let from_body = parse_body(&headers, &body)?;
+    let from_body: SendFields = parse_body(&headers, body).await?;
     accept(&state, &headers, from_body.or(from_query)).await
 }
 
-fn parse_query(query: Option<&str>) -> Result<SendFields, ApiError> {
+pub(super) fn parse_query<T: serde::de::DeserializeOwned + Default>(
+    query: Option<&str>,
+) -> Result<T, ApiError> {
     match query {
-        None | Some("") => Ok(SendFields::default()),
+        None | Some("") => Ok(T::default()),
         Some(q) => {
             require_utf8_form(q.as_bytes(), "query string")?;
             serde_urlencoded::from_str(q)
@@ -185,9 +189,13 @@ fn require_utf8_json(body: &[u8]) -> Result<(), ApiError> {
     })
 }
 
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<SendFields, ApiError> {
+/// A JSON, form-encoded or multipart body into `T` (every form checked for UTF-8 first).
+pub(super) async fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SendFields::default());
+        return Ok(T::default());
     }
     let content_type = headers
         .get(CONTENT_TYPE)
@@ -195,6 +203,15 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<SendFields, ApiError> 
         .unwrap_or("")
         .to_ascii_lowercase();
     let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence == "multipart/form-data" {
+        // The boundary is case-sensitive: parse it from the header as sent.
+        let raw = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return parse_multipart(raw, body).await;
+    }
+    let body: &[u8] = &body;
     let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let is_json = match essence {
         "application/json" => true,
@@ -221,6 +238,40 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<SendFields, ApiError> 
     }
 }
 
+/// `multipart/form-data` (curl -F): text fields become the same fields as a form; file
+/// parts are not messages and are refused.
+async fn parse_multipart<T: serde::de::DeserializeOwned + Default>(
+    content_type: &str,
+    body: Bytes,
+) -> Result<T, ApiError> {
+    let bad = |e: multer::Error| ApiError::BadRequest(format!("invalid multipart body: {e}"));
+    let boundary = multer::parse_boundary(content_type).map_err(bad)?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("").to_owned();
+        if field.file_name().is_some() {
+            let name: String = name.chars().take(64).collect();
+            return Err(ApiError::BadRequest(format!(
+                "multipart field {name:?} is a file; send text fields (title, content, …)"
+            )));
+        }
+        let bytes = field.bytes().await.map_err(bad)?;
+        let Ok(value) = String::from_utf8(bytes.to_vec()) else {
+            let name: String = name.chars().take(64).collect();
+            return Err(ApiError::BadRequest(format!(
+                "field {name:?} in the multipart body is not valid UTF-8; encode text as UTF-8"
+            )));
+        };
+        fields.push((name, value));
+    }
+    let encoded = serde_urlencoded::to_string(&fields)
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+    serde_urlencoded::from_str(&encoded)
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))
+}
+
 /// Empty or whitespace-only counts as absent.
 fn present(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
@@ -231,8 +282,57 @@ async fn accept(
     headers: &HeaderMap,
     fields: SendFields,
 ) -> Result<Json<Accepted>, ApiError> {
-    let title = present(fields.title);
-    let content = present(fields.content.or(fields.desp));
+    let idempotency_key = idempotency_key(headers, fields.idempotency_key)?;
+    let token = auth::find_token(headers, &[fields.token.as_deref()]);
+    let accepted = submit(
+        state,
+        Submission {
+            token,
+            title: fields.title,
+            content: fields.content.or(fields.desp),
+            channel: fields.channel,
+            idempotency_key,
+            ..Submission::default()
+        },
+    )
+    .await?;
+    Ok(Json(Accepted {
+        ok: true,
+        id: accepted.message.id.to_string(),
+        status: accepted.message.status,
+        duplicate: accepted.duplicate,
+    }))
+}
+
+/// A message as any route that creates one hands it over: the native `/send` and every
+/// compatibility route end here, so they share checks, limits, channels and durability.
+#[derive(Debug, Default)]
+pub(crate) struct Submission {
+    pub token: Option<String>,
+    pub title: Option<String>,
+    pub content: Option<String>,
+    /// `wecom`, `email`, `all` or an ordered list; none: the member's order.
+    pub channel: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// A link the member should open; kept as the last line of the content.
+    pub url: Option<String>,
+    pub urgency: Urgency,
+}
+
+/// Checks, authenticates (with the per-member send rate) and stores a message; answers
+/// once it is durable.
+pub(crate) async fn submit(
+    state: &AppState,
+    sub: Submission,
+) -> Result<crate::delivery::Accepted, ApiError> {
+    let title = present(sub.title).map(|t| sub.urgency.mark(&t));
+    let mut content = present(sub.content);
+    if let Some(url) = present(sub.url) {
+        content = Some(match content {
+            Some(c) => format!("{c}\n\n{}", url.trim()),
+            None => url.trim().to_owned(),
+        });
+    }
     if title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_BYTES) {
         return Err(ApiError::PayloadTooLarge(format!(
             "title is longer than {MAX_TITLE_BYTES} bytes"
@@ -247,12 +347,23 @@ async fn accept(
             MAX_CONTENT_BYTES / 1024
         )));
     }
-    let key = idempotency_key(headers, fields.idempotency_key)?;
-    let choice = ChannelChoice::parse(fields.channel.as_deref().unwrap_or(""))
+    if sub
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "idempotency key is longer than {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    let choice = ChannelChoice::parse(sub.channel.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("invalid channel: {e} (or all)")))?;
-    let token = auth::find_token(headers, &[fields.token.as_deref()]);
-    let userid = authorized_sender(state, token).await?;
-    if title.is_none() && content.is_none() {
+    let userid = authorized_sender(state, sub.token).await?;
+    // An urgent message with no title still shows its urgency.
+    let title = title.or_else(|| {
+        (sub.urgency >= Urgency::High && content.is_some()).then(|| sub.urgency.mark(""))
+    });
+    if title.as_deref().is_none_or(|t| t.trim().is_empty()) && content.is_none() {
         return Err(ApiError::BadRequest(
             "nothing to send: give a title or content (or desp)".into(),
         ));
@@ -266,24 +377,18 @@ async fn accept(
         .outbox
         .route(&choice, &reach)
         .map_err(ApiError::BadRequest)?;
-    let accepted = state
+    Ok(state
         .outbox
         .accept(NewMessage {
             userid,
             title,
             content,
-            idempotency_key: key,
+            idempotency_key: sub.idempotency_key,
             route,
             deliver_all,
             email_to: None,
         })
-        .await?;
-    Ok(Json(Accepted {
-        ok: true,
-        id: accepted.message.id.to_string(),
-        status: accepted.message.status,
-        duplicate: accepted.duplicate,
-    }))
+        .await?)
 }
 
 #[cfg(test)]
@@ -291,41 +396,59 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    async fn body(h: &HeaderMap, b: &'static [u8]) -> Result<SendFields, ApiError> {
+        parse_body(h, Bytes::from_static(b)).await
+    }
+
+    fn query(q: Option<&str>) -> Result<SendFields, ApiError> {
+        parse_query(q)
+    }
+
     fn headers(ct: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
         h
     }
 
-    #[test]
-    fn body_forms() {
-        let json =
-            parse_body(&headers("application/json"), br#"{"title":"t","desp":"d"}"#).unwrap();
+    #[tokio::test]
+    async fn body_forms() {
+        let json = body(&headers("application/json"), br#"{"title":"t","desp":"d"}"#)
+            .await
+            .unwrap();
         assert_eq!(json.title.as_deref(), Some("t"));
         assert_eq!(json.desp.as_deref(), Some("d"));
-        let form = parse_body(
+        let form = body(
             &headers("application/x-www-form-urlencoded"),
             b"token=abc&content=%E4%BD%A0%E5%A5%BD",
         )
+        .await
         .unwrap();
         assert_eq!(form.content.as_deref(), Some("你好"));
-        let sniffed = parse_body(&HeaderMap::new(), br#" {"content":"c"}"#).unwrap();
+        let sniffed = body(&HeaderMap::new(), br#" {"content":"c"}"#)
+            .await
+            .unwrap();
         assert_eq!(sniffed.content.as_deref(), Some("c"));
     }
 
-    #[test]
-    fn bad_bodies_are_client_errors() {
-        let e = parse_body(&headers("application/json"), b"{nope").unwrap_err();
+    #[tokio::test]
+    async fn bad_bodies_are_client_errors() {
+        let e = body(&headers("application/json"), b"{nope")
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::BadRequest(_)));
-        let e = parse_body(&headers("application/json"), b"[1,2]").unwrap_err();
+        let e = body(&headers("application/json"), b"[1,2]")
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::BadRequest(_)));
-        let e = parse_body(&headers("image/png"), b"\x89PNG").unwrap_err();
+        let e = body(&headers("image/png"), b"\x89PNG").await.unwrap_err();
         assert!(matches!(e, ApiError::UnsupportedMediaType(_)));
     }
 
-    #[test]
-    fn plain_text_is_415_naming_the_accepted_types() {
-        let e = parse_body(&headers("text/plain"), b"disk full").unwrap_err();
+    #[tokio::test]
+    async fn plain_text_is_415_naming_the_accepted_types() {
+        let e = body(&headers("text/plain"), b"disk full")
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::UnsupportedMediaType(_)), "{e:?}");
         let message = e.to_string();
         assert!(message.contains("application/json"), "{message}");
@@ -334,54 +457,61 @@ mod tests {
             "{message}"
         );
         // JSON sent as text/plain (a browser's no-preflight request) is still JSON.
-        let json = parse_body(&headers("text/plain"), br#"{"title":"t"}"#).unwrap();
+        let json = body(&headers("text/plain"), br#"{"title":"t"}"#)
+            .await
+            .unwrap();
         assert_eq!(json.title.as_deref(), Some("t"));
         // No Content-Type: `{` means JSON, anything else is a form.
-        let form = parse_body(&HeaderMap::new(), b"title=t").unwrap();
+        let form = body(&HeaderMap::new(), b"title=t").await.unwrap();
         assert_eq!(form.title.as_deref(), Some("t"));
     }
 
-    #[test]
-    fn invalid_utf8_is_400_in_every_form() {
+    #[tokio::test]
+    async fn invalid_utf8_is_400_in_every_form() {
         // %FF is not UTF-8 once decoded; serde_urlencoded alone would make it U+FFFD.
-        let e = parse_query(Some("token=x&title=%FF")).unwrap_err();
+        let e = query(Some("token=x&title=%FF")).unwrap_err();
         assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
         assert!(e.to_string().contains("\"title\""), "{e}");
         assert!(e.to_string().contains("UTF-8"), "{e}");
 
-        let e = parse_body(
+        let e = body(
             &headers("application/x-www-form-urlencoded"),
             b"content=%C3%28",
         )
+        .await
         .unwrap_err();
         assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
         assert!(e.to_string().contains("\"content\""), "{e}");
 
         // Raw (not percent-encoded) bad bytes and bad names count too.
-        let e = parse_body(&HeaderMap::new(), b"title=\xff").unwrap_err();
+        let e = body(&HeaderMap::new(), b"title=\xff").await.unwrap_err();
         assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
-        let e = parse_query(Some("%FF=1")).unwrap_err();
+        let e = query(Some("%FF=1")).unwrap_err();
         assert!(e.to_string().contains("field name"), "{e}");
 
-        let e = parse_body(&headers("application/json"), b"{\"title\":\"\xff\"}").unwrap_err();
+        let e = body(&headers("application/json"), b"{\"title\":\"\xff\"}")
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
         assert!(e.to_string().contains("UTF-8"), "{e}");
 
         // Valid multi-byte text passes.
-        let ok = parse_query(Some("title=%E4%BD%A0%E5%A5%BD+ok")).unwrap();
+        let ok = query(Some("title=%E4%BD%A0%E5%A5%BD+ok")).unwrap();
         assert_eq!(ok.title.as_deref(), Some("你好 ok"));
     }
 
     #[test]
     fn the_token_is_not_echoed_in_utf8_errors() {
-        let e = parse_query(Some("token=secret%FFtoken")).unwrap_err();
+        let e = query(Some("token=secret%FFtoken")).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
     }
 
-    #[test]
-    fn body_fields_win_over_query() {
-        let q = parse_query(Some("title=q&token=qt")).unwrap();
-        let b = parse_body(&headers("application/json"), br#"{"title":"b"}"#).unwrap();
+    #[tokio::test]
+    async fn body_fields_win_over_query() {
+        let q = query(Some("title=q&token=qt")).unwrap();
+        let b = body(&headers("application/json"), br#"{"title":"b"}"#)
+            .await
+            .unwrap();
         let merged = b.or(q);
         assert_eq!(merged.title.as_deref(), Some("b"));
         assert_eq!(merged.token.as_deref(), Some("qt"));

@@ -1,0 +1,254 @@
+//! Bark: `GET|POST /{token}/{body}`, `/{token}/{title}/{body}`,
+//! `/{token}/{title}/{subtitle}/{body}` (path segments percent-decoded; `url`, `level`,
+//! `group`, `sound`, … in the query or a form/JSON body), and `POST /push` with a JSON
+//! body naming `device_key` (or several `device_keys`). Answers
+//! `{"code":200,"message":"success","timestamp":…}`; errors carry their HTTP status as
+//! `code` in the same shape, as Bark's server does.
+//!
+//! Bark's options that only an iPhone can act on (sound, icon, badge, copy, group,
+//! isArchive, call…) are accepted and ignored; `level` maps onto pushbot's urgency
+//! (`critical` → urgent, `timeSensitive` → high, `passive` → low).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::super::AppState;
+use super::super::send::{Submission, parse_body, parse_query, submit};
+use super::unix_seconds;
+use crate::domain::Urgency;
+use crate::error::ApiError;
+
+/// Parameters from the query, a form or a JSON body (unknown ones are ignored).
+#[derive(Debug, Default, Deserialize)]
+pub struct Params {
+    title: Option<String>,
+    subtitle: Option<String>,
+    body: Option<String>,
+    /// Bark renders it; WeCom text shows it as it is.
+    markdown: Option<String>,
+    url: Option<String>,
+    level: Option<String>,
+    channel: Option<String>,
+    /// `POST /push`: one key, or several.
+    device_key: Option<String>,
+    device_keys: Option<Vec<String>>,
+}
+
+impl Params {
+    fn or(self, fallback: Params) -> Params {
+        Params {
+            title: self.title.or(fallback.title),
+            subtitle: self.subtitle.or(fallback.subtitle),
+            body: self.body.or(fallback.body),
+            markdown: self.markdown.or(fallback.markdown),
+            url: self.url.or(fallback.url),
+            level: self.level.or(fallback.level),
+            channel: self.channel.or(fallback.channel),
+            device_key: self.device_key.or(fallback.device_key),
+            device_keys: self.device_keys.or(fallback.device_keys),
+        }
+    }
+}
+
+fn answer(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"code": status.as_u16(), "message": message, "timestamp": unix_seconds()})),
+    )
+        .into_response()
+}
+
+/// Our error in Bark's shape. Bark's server answers an unknown device key with 400, so an
+/// unknown token does too.
+fn bark_error(err: ApiError) -> Response {
+    let status = match &err {
+        ApiError::Unauthorized(_) => StatusCode::BAD_REQUEST,
+        other => other.status(),
+    };
+    let message = err.public_message();
+    err.respond_as(
+        status,
+        json!({"code": status.as_u16(), "message": message, "timestamp": unix_seconds()}),
+    )
+}
+
+/// One message for `token` from `params`.
+async fn push(state: &AppState, token: String, params: &Params) -> Result<(), ApiError> {
+    if !crate::token::looks_valid(&token) {
+        return Err(ApiError::Unauthorized(
+            "unknown device key: use your pushbot token as the Bark key".into(),
+        ));
+    }
+    let body = params
+        .body
+        .clone()
+        .or_else(|| params.markdown.clone())
+        .filter(|b| !b.trim().is_empty());
+    let Some(body) = body else {
+        return Err(ApiError::BadRequest("body is required".into()));
+    };
+    let content = match params.subtitle.as_deref().map(str::trim) {
+        Some(subtitle) if !subtitle.is_empty() => format!("{subtitle}\n{body}"),
+        _ => body,
+    };
+    submit(
+        state,
+        Submission {
+            token: Some(token),
+            title: params.title.clone(),
+            content: Some(content),
+            channel: params.channel.clone(),
+            url: params.url.clone(),
+            urgency: params
+                .level
+                .as_deref()
+                .map_or(Urgency::Normal, Urgency::from_bark),
+            ..Submission::default()
+        },
+    )
+    .await
+    .map(drop)
+}
+
+/// The path's segments after the token: body; title, body; title, subtitle, body.
+fn from_path(mut segments: Vec<String>) -> Option<(String, Params)> {
+    if segments.is_empty() {
+        return None;
+    }
+    let token = segments.remove(0);
+    let mut params = Params::default();
+    match segments.len() {
+        1 => params.body = segments.pop(),
+        2 => {
+            params.body = segments.pop();
+            params.title = segments.pop();
+        }
+        3 => {
+            params.body = segments.pop();
+            params.subtitle = segments.pop();
+            params.title = segments.pop();
+        }
+        _ => return None,
+    }
+    Some((token, params))
+}
+
+async fn path_push(state: &AppState, segments: Vec<String>, extra: Params) -> Response {
+    let Some((token, from_path)) = from_path(segments) else {
+        return ApiError::NotFound("no such route".into()).into_response();
+    };
+    if !crate::token::looks_valid(&token) {
+        // Not shaped like a token: not a Bark path at all.
+        return ApiError::NotFound(format!(
+            "no route for this path (a Bark path starts with your pushbot token): /{}",
+            super::redact_path(&token)
+        ))
+        .into_response();
+    }
+    // The path's parts win over the same names in the query or body.
+    match push(state, token, &from_path.or(extra)).await {
+        Ok(()) => answer(StatusCode::OK, "success"),
+        Err(err) => bark_error(err),
+    }
+}
+
+pub async fn path_get(
+    State(state): State<AppState>,
+    Path(segments): Path<Vec<String>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match parse_query::<Params>(query.as_deref()) {
+        Ok(extra) => path_push(&state, segments, extra).await,
+        Err(err) => bark_error(err),
+    }
+}
+
+pub async fn path_post(
+    State(state): State<AppState>,
+    Path(segments): Path<Vec<String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let from_query = match parse_query::<Params>(query.as_deref()) {
+        Ok(p) => p,
+        Err(err) => return bark_error(err),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return bark_error(ApiError::from_body(rejection)),
+    };
+    match parse_body::<Params>(&headers, body).await {
+        Ok(from_body) => path_push(&state, segments, from_body.or(from_query)).await,
+        Err(err) => bark_error(err),
+    }
+}
+
+/// `POST /push` with `{"device_key": …}` or `{"device_keys": [...]}`: one message per key.
+pub async fn push_json(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return bark_error(ApiError::from_body(rejection)),
+    };
+    let params = match parse_body::<Params>(&headers, body).await {
+        Ok(p) => p,
+        Err(err) => return bark_error(err),
+    };
+    let mut keys: Vec<String> = params.device_keys.clone().unwrap_or_default();
+    keys.extend(params.device_key.clone());
+    keys.retain(|k| !k.trim().is_empty());
+    keys.dedup();
+    if keys.is_empty() {
+        return answer(StatusCode::BAD_REQUEST, "device_key is required");
+    }
+    for key in keys {
+        if let Err(err) = push(&state, key.trim().to_owned(), &params).await {
+            return bark_error(err);
+        }
+    }
+    answer(StatusCode::OK, "success")
+}
+
+pub async fn ping() -> Response {
+    answer(StatusCode::OK, "pong")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn path_segments_map_to_title_subtitle_body() {
+        let (t, p) = from_path(segs(&["tok", "b"])).unwrap();
+        assert_eq!(
+            (t.as_str(), p.title, p.body.as_deref()),
+            ("tok", None, Some("b"))
+        );
+        let (_, p) = from_path(segs(&["tok", "t", "b"])).unwrap();
+        assert_eq!(
+            (p.title.as_deref(), p.body.as_deref()),
+            (Some("t"), Some("b"))
+        );
+        let (_, p) = from_path(segs(&["tok", "t", "s", "b"])).unwrap();
+        assert_eq!(
+            (p.title.as_deref(), p.subtitle.as_deref(), p.body.as_deref()),
+            (Some("t"), Some("s"), Some("b"))
+        );
+        assert!(from_path(segs(&["tok"])).is_none());
+        assert!(from_path(segs(&["tok", "a", "b", "c", "d"])).is_none());
+    }
+}

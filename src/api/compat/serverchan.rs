@@ -1,0 +1,267 @@
+//! ServerChan (Server酱 Turbo and its legacy form, and Server酱³'s `/send/{key}.send`):
+//! `GET|POST /{token}.send` with `title` (legacy: `text`), `desp` (markdown) and `short`,
+//! from the query, a form, JSON or multipart. Success is
+//! `{"code":0,"message":"","data":{"pushid":…,"readkey":…,"error":"SUCCESS","errno":0}}`;
+//! errors are HTTP 400 `{"code":…,"message":…}` like the original (storage trouble stays a
+//! 503, to be retried). `GET /push?id=&readkey=` reports a message's status.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sha1::{Digest as _, Sha1};
+
+use super::super::AppState;
+use super::super::send::{Submission, parse_body, parse_query, submit};
+use crate::error::ApiError;
+use crate::store::MessageStatus;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Fields {
+    title: Option<String>,
+    /// The legacy API's name for the title.
+    text: Option<String>,
+    desp: Option<String>,
+    /// Server酱's card excerpt; WeCom shows the message itself, so it is not used.
+    #[allow(dead_code)]
+    short: Option<String>,
+    /// Server酱³'s tags: kept as a line of the content.
+    tags: Option<String>,
+    channel: Option<String>,
+}
+
+impl Fields {
+    fn or(self, fallback: Fields) -> Fields {
+        Fields {
+            title: self.title.or(fallback.title),
+            text: self.text.or(fallback.text),
+            desp: self.desp.or(fallback.desp),
+            short: self.short.or(fallback.short),
+            tags: self.tags.or(fallback.tags),
+            channel: self.channel.or(fallback.channel),
+        }
+    }
+}
+
+/// An error in ServerChan's shape.
+fn error(code: i64, status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"code": code, "message": message}))).into_response()
+}
+
+/// Our error, as ServerChan reports errors: HTTP 400 with a code for anything the client
+/// can fix (the original answers every such error with 400); server trouble keeps its
+/// status (503 with `Retry-After`: nothing was stored, send again).
+fn serverchan_error(err: ApiError) -> Response {
+    let (code, status) = match &err {
+        ApiError::Unauthorized(_) => (40001, StatusCode::BAD_REQUEST),
+        ApiError::PayloadTooLarge(_) => (40003, StatusCode::BAD_REQUEST),
+        ApiError::NotFound(_) => (40004, StatusCode::BAD_REQUEST),
+        ApiError::TooManyRequests { .. } => (40029, StatusCode::BAD_REQUEST),
+        ApiError::Unavailable(_) => (50003, StatusCode::SERVICE_UNAVAILABLE),
+        ApiError::Internal(_) => (50000, StatusCode::INTERNAL_SERVER_ERROR),
+        _ => (40002, StatusCode::BAD_REQUEST),
+    };
+    let message = err.public_message();
+    err.respond_as(status, json!({"code": code, "message": message}))
+}
+
+/// `TOKEN.send` → `TOKEN`; anything else is not a ServerChan path.
+fn key_token(key: &str) -> Option<&str> {
+    key.strip_suffix(".send")
+        .filter(|t| crate::token::looks_valid(t))
+}
+
+/// A status link's key: only someone who knows the member's current token (or was given
+/// the key with the answer) can make it; `rotate` revokes it with the token.
+fn readkey(token: &str, id: &str) -> String {
+    let digest = Sha1::digest(format!("pushbot-readkey\0{token}\0{id}").as_bytes());
+    hex::encode(&digest[..8])
+}
+
+async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
+    let Some(token) = key_token(key) else {
+        return ApiError::NotFound(format!("no route for /{}", super::redact_path(key)))
+            .into_response();
+    };
+    let title = fields.title.or(fields.text);
+    if title.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        return error(
+            40002,
+            StatusCode::BAD_REQUEST,
+            "title is required (ServerChan: title, or text in the legacy API)",
+        );
+    }
+    let content = match (fields.desp, fields.tags) {
+        (Some(desp), Some(tags)) if !tags.trim().is_empty() => {
+            Some(format!("{desp}\n\n🏷 {}", tags.trim()))
+        }
+        (desp, _) => desp,
+    };
+    let submitted = submit(
+        state,
+        Submission {
+            token: Some(token.to_owned()),
+            title,
+            content,
+            channel: fields.channel,
+            ..Submission::default()
+        },
+    )
+    .await;
+    match submitted {
+        Ok(accepted) => {
+            let id = accepted.message.id.to_string();
+            Json(json!({
+                "code": 0,
+                "message": "",
+                "data": {
+                    "pushid": id,
+                    "readkey": readkey(token, &id),
+                    "error": "SUCCESS",
+                    "errno": 0,
+                }
+            }))
+            .into_response()
+        }
+        Err(err) => serverchan_error(err),
+    }
+}
+
+pub async fn send_get(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match parse_query::<Fields>(query.as_deref()) {
+        Ok(fields) => send(&state, &key, fields).await,
+        Err(err) => serverchan_error(err),
+    }
+}
+
+pub async fn send_post(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let from_query = match parse_query::<Fields>(query.as_deref()) {
+        Ok(fields) => fields,
+        Err(err) => return serverchan_error(err),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return serverchan_error(ApiError::from_body(rejection)),
+    };
+    match parse_body::<Fields>(&headers, body).await {
+        Ok(from_body) => send(&state, &key, from_body.or(from_query)).await,
+        Err(err) => serverchan_error(err),
+    }
+}
+
+/// Server酱³: `/send/{key}.send` (its keys carry the user id; ours is the token).
+pub async fn send3_get(state: State<AppState>, key: Path<String>, query: RawQuery) -> Response {
+    send_get(state, key, query).await
+}
+
+pub async fn send3_post(
+    state: State<AppState>,
+    key: Path<String>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    send_post(state, key, query, headers, body).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StatusQuery {
+    id: Option<String>,
+    readkey: Option<String>,
+}
+
+/// `GET /push?id=&readkey=`: the message's status, for whoever holds its read key.
+pub async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let q: StatusQuery = match parse_query(query.as_deref()) {
+        Ok(q) => q,
+        Err(err) => return serverchan_error(err),
+    };
+    let (Some(id), Some(key)) = (q.id, q.readkey) else {
+        return error(
+            40002,
+            StatusCode::BAD_REQUEST,
+            "id and readkey are required",
+        );
+    };
+    let not_found = || {
+        error(
+            40004,
+            StatusCode::BAD_REQUEST,
+            "no such message, or a wrong readkey",
+        )
+    };
+    let message = match state.store.message(&id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return not_found(),
+        Err(err) => return serverchan_error(err.into()),
+    };
+    let token = match state.store.existing_token(&message.userid).await {
+        Ok(Some(token)) => token,
+        Ok(None) => return not_found(),
+        Err(err) => return serverchan_error(err.into()),
+    };
+    let expected = readkey(token.expose(), message.id.as_str());
+    let matches: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
+    if !matches {
+        return not_found();
+    }
+    let ms = |t: i64| t / 1000;
+    Json(json!({
+        "code": 0,
+        "message": "",
+        "data": {
+            "id": message.id.to_string(),
+            "title": message.title,
+            "desp": message.content,
+            "readkey": key,
+            "status": message.status,
+            "wxstatus": match message.status {
+                MessageStatus::Delivered => "sent",
+                MessageStatus::Failed => "failed",
+                MessageStatus::Queued => "queued",
+            },
+            "channel": message.channel,
+            "last_error": message.last_error,
+            "created_at": ms(message.created_at),
+            "delivered_at": message.delivered_at.map(ms),
+        }
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_token_dot_send_is_a_serverchan_key() {
+        let token = "AbCdEfGhIjKlMnOpQrStUvWxYz012345";
+        assert_eq!(key_token(&format!("{token}.send")), Some(token));
+        assert_eq!(key_token(token), None);
+        assert_eq!(key_token("favicon.ico"), None);
+        assert_eq!(key_token("short.send"), None);
+    }
+
+    #[test]
+    fn read_keys_depend_on_token_and_id() {
+        let a = readkey("token-a-0123456789", "id1");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, readkey("token-a-0123456789", "id1"));
+        assert_ne!(a, readkey("token-b-0123456789", "id1"));
+        assert_ne!(a, readkey("token-a-0123456789", "id2"));
+    }
+}
