@@ -324,13 +324,13 @@ impl Urgency {
         }
     }
 
-    /// ntfy's priority 1–5 (or `min`, `low`, `default`, `high`, `max`/`urgent`).
-    pub fn from_ntfy(priority: &str) -> Self {
-        match priority.trim().to_ascii_lowercase().as_str() {
-            "1" | "2" | "min" | "low" => Self::Low,
-            "4" | "high" => Self::High,
-            "5" | "max" | "urgent" => Self::Urgent,
-            _ => Self::Normal,
+    /// ntfy's priority 1 (min) – 5 (max/urgent), 3 the default.
+    pub fn from_ntfy(priority: u8) -> Self {
+        match priority {
+            0..=2 => Self::Low,
+            3 => Self::Normal,
+            4 => Self::High,
+            _ => Self::Urgent,
         }
     }
 }
@@ -376,9 +376,9 @@ mod tests {
         assert_eq!(Urgency::from_gotify(5), Urgency::Normal);
         assert_eq!(Urgency::from_gotify(8), Urgency::High);
         assert_eq!(Urgency::from_gotify(10), Urgency::Urgent);
-        assert_eq!(Urgency::from_ntfy("5"), Urgency::Urgent);
-        assert_eq!(Urgency::from_ntfy("high"), Urgency::High);
-        assert_eq!(Urgency::from_ntfy("3"), Urgency::Normal);
+        assert_eq!(Urgency::from_ntfy(5), Urgency::Urgent);
+        assert_eq!(Urgency::from_ntfy(4), Urgency::High);
+        assert_eq!(Urgency::from_ntfy(3), Urgency::Normal);
         assert_eq!(Urgency::Urgent.mark("Disk full"), "🚨 Disk full");
         assert_eq!(Urgency::High.mark(""), "❗");
         assert_eq!(Urgency::Normal.mark("x"), "x");

@@ -85,7 +85,7 @@ impl SendFields {
 }
 
 #[derive(Serialize)]
-struct Accepted {
+pub(super) struct Accepted {
     ok: bool,
     id: String,
     status: MessageStatus,
@@ -296,12 +296,17 @@ async fn accept(
         },
     )
     .await?;
-    Ok(Json(Accepted {
+    Ok(answer(&accepted))
+}
+
+/// The native answer to an accepted message (`/send`, the alert webhooks).
+pub(super) fn answer(accepted: &crate::delivery::Accepted) -> Json<Accepted> {
+    Json(Accepted {
         ok: true,
         id: accepted.message.id.to_string(),
         status: accepted.message.status,
         duplicate: accepted.duplicate,
-    }))
+    })
 }
 
 /// A message as any route that creates one hands it over: the native `/send` and every

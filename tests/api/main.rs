@@ -10,6 +10,7 @@ mod bot;
 mod callback;
 mod callback_dedup;
 mod cli;
+mod compat;
 mod connections;
 mod delivery;
 mod email;

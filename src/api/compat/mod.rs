@@ -11,14 +11,26 @@
 //!   status query.
 //! - `/{token}/{body}`, `/{token}/{title}/{body}`, `/{token}/{title}/{subtitle}/{body}`,
 //!   `POST /push`, `/ping`: Bark ([`bark`]).
+//! - `POST /message`, `GET /version`: gotify ([`gotify`]).
+//! - `PUT|POST /{topic}` (a `{key}` without `.send`), `/{topic}/publish|send|trigger`,
+//!   `POST /`: ntfy ([`ntfy`]).
+//! - `POST /hooks/alertmanager`, `POST /hooks/grafana`: alert webhooks ([`hooks`]).
 //!
 //! A first segment that is not shaped like a token is a 404 before anything is looked up.
 
 pub mod bark;
+pub mod gotify;
+pub mod hooks;
+pub mod ntfy;
 pub mod serverchan;
 
 use axum::Router;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
 
 use super::AppState;
 
@@ -26,15 +38,20 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/{key}",
-            get(serverchan::send_get).post(serverchan::send_post),
+            get(serverchan::send_get).post(key_post).put(ntfy::put),
         )
         .route(
             "/send/{key}",
             get(serverchan::send3_get).post(serverchan::send3_post),
         )
+        .route("/", post(ntfy::publish_json))
         .route("/push", get(serverchan::status).post(bark::push_json))
         .route("/ping", get(bark::ping))
-        .route("/{token}/{body}", get(bark::path_get).post(bark::path_post))
+        .route("/message", post(gotify::message))
+        .route("/version", get(gotify::version))
+        .route("/hooks/alertmanager", post(hooks::alertmanager))
+        .route("/hooks/grafana", post(hooks::grafana))
+        .route("/{token}/{body}", get(pair_get).post(pair_post))
         .route(
             "/{token}/{title}/{body}",
             get(bark::path_get).post(bark::path_post),
@@ -45,24 +62,89 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// `"…"` for every path segment that could be a push token (or `TOKEN.send`), so request
-/// paths can be logged without them.
+/// `POST /{key}`: ServerChan's `TOKEN.send`, else an ntfy publish to topic `key`.
+async fn key_post(
+    state: State<AppState>,
+    Path(key): Path<String>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if key.ends_with(".send") {
+        serverchan::send_post(state, Path(key), query, headers, body).await
+    } else {
+        ntfy::publish_path(&state, &key, query.0.as_deref(), &headers, body).await
+    }
+}
+
+/// `GET /{topic}/publish` (`send`, `trigger`) is ntfy's; any other pair is Bark's
+/// `/{token}/{body}`.
+async fn pair_get(
+    state: State<AppState>,
+    Path((first, second)): Path<(String, String)>,
+    query: RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if ntfy::is_publish_verb(&second) {
+        ntfy::publish_get(&state, &first, query.0.as_deref(), &headers).await
+    } else {
+        bark::path_get(state, Path(vec![first, second]), query).await
+    }
+}
+
+async fn pair_post(
+    state: State<AppState>,
+    Path((first, second)): Path<(String, String)>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if ntfy::is_publish_verb(&second) {
+        ntfy::publish_path(&state, &first, query.0.as_deref(), &headers, body).await
+    } else {
+        bark::path_post(state, Path(vec![first, second]), query, headers, body).await
+    }
+}
+
+/// First path segments that are routes of their own; any other first segment is a token
+/// (or a mistyped one) in one of the compat shapes.
+const ROUTE_NAMES: &[&str] = &[
+    "", "send", "messages", "m", "wecom", "hooks", "healthz", "metrics", "push", "ping", "message",
+    "version",
+];
+
+/// Whether `name` is a route of its own (and so can never be a topic or a token).
+fn is_route_name(name: &str) -> bool {
+    ROUTE_NAMES.contains(&name)
+}
+
+/// The request path as it may be logged: a path under a route name keeps its segments
+/// except those shaped like a token (`TOKEN` or `TOKEN.send`, also percent-encoded); a
+/// path starting with anything else (a token in the compat shapes, or a mistyped one) is
+/// logged as `/…` per segment, which also keeps Bark's message text out of the log.
 pub fn redact_path(path: &str) -> String {
-    path.split('/')
+    let decode = |segment: &str| {
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let first = decode(segments.first().copied().unwrap_or_default());
+    if !is_route_name(&first) {
+        return segments.iter().map(|_| "/…").collect();
+    }
+    let kept: Vec<String> = segments
+        .iter()
         .map(|segment| {
-            let bare = segment.strip_suffix(".send").unwrap_or(segment);
-            if crate::token::looks_valid(bare) {
-                if bare.len() == segment.len() {
-                    "…"
-                } else {
-                    "….send"
-                }
-            } else {
-                segment
+            let decoded = decode(segment);
+            match decoded.strip_suffix(".send") {
+                Some(bare) if crate::token::looks_valid(bare) => "….send".to_owned(),
+                _ if crate::token::looks_valid(&decoded) => "…".to_owned(),
+                _ => (*segment).to_owned(),
             }
         })
-        .collect::<Vec<_>>()
-        .join("/")
+        .collect();
+    format!("/{}", kept.join("/"))
 }
 
 /// Seconds since the epoch, as Bark and ServerChan report times.
@@ -77,12 +159,20 @@ mod tests {
     #[test]
     fn token_shaped_segments_are_redacted() {
         let token = "AbCdEfGhIjKlMnOpQrStUvWxYz012345";
-        assert_eq!(redact_path(&format!("/{token}.send")), "/….send");
+        assert_eq!(redact_path(&format!("/{token}.send")), "/…");
         assert_eq!(redact_path(&format!("/send/{token}.send")), "/send/….send");
         assert_eq!(
-            redact_path(&format!("/{token}/Title/body")),
-            "/…/Title/body"
+            redact_path("/send/%41bCdEfGhIjKlMnOpQrStUvWxYz012345.send"),
+            "/send/….send"
         );
+        assert_eq!(
+            redact_path(&format!("/hooks/grafana/{token}")),
+            "/hooks/grafana/…"
+        );
+        assert_eq!(redact_path(&format!("/{token}/Title/body")), "/…/…/…");
+        assert_eq!(redact_path("/%41bCdEfGhIjKlMnOpQrStUvWxYz012345/x"), "/…/…");
+        // A mistyped token is not logged either.
+        assert_eq!(redact_path("/AbCdEf!.send"), "/…");
         assert_eq!(redact_path("/messages/abc"), "/messages/abc");
         assert_eq!(redact_path("/healthz"), "/healthz");
     }

@@ -1,0 +1,187 @@
+//! gotify: `POST /message` with the token as `?token=`, `X-Gotify-Key` or
+//! `Authorization: Bearer`; a form or JSON body with `title`, `message`, `priority` and
+//! `extras` (`client::notification.click.url` is kept as the last line of the content;
+//! `client::display.contentType = text/markdown` is accepted). Answers the stored-message
+//! JSON (`id`, `appid`, `message`, `title`, `priority`, `date`); errors are
+//! `{"error","errorCode","errorDescription"}` with that status. `GET /version` too.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::super::AppState;
+use super::super::auth::find_token;
+use super::super::send::{Submission, parse_body, parse_query, submit};
+use crate::domain::Urgency;
+use crate::error::ApiError;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Fields {
+    token: Option<String>,
+    title: Option<String>,
+    message: Option<String>,
+    /// An integer; forms send it as text.
+    priority: Option<Value>,
+    extras: Option<Value>,
+    channel: Option<String>,
+}
+
+impl Fields {
+    fn or(self, fallback: Fields) -> Fields {
+        Fields {
+            token: self.token.or(fallback.token),
+            title: self.title.or(fallback.title),
+            message: self.message.or(fallback.message),
+            priority: self.priority.or(fallback.priority),
+            extras: self.extras.or(fallback.extras),
+            channel: self.channel.or(fallback.channel),
+        }
+    }
+
+    fn priority(&self) -> Result<i64, ApiError> {
+        match &self.priority {
+            None | Some(Value::Null) => Ok(0),
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(bad_priority),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(0),
+            Some(Value::String(s)) => s.trim().parse().map_err(|_| bad_priority()),
+            Some(_) => Err(bad_priority()),
+        }
+    }
+
+    fn click_url(&self) -> Option<String> {
+        self.extras
+            .as_ref()?
+            .get("client::notification")?
+            .get("click")?
+            .get("url")?
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+fn bad_priority() -> ApiError {
+    ApiError::BadRequest("priority must be an integer".into())
+}
+
+fn gotify_error(err: ApiError) -> Response {
+    let status = err.status();
+    let description = err.public_message();
+    err.respond_as(
+        status,
+        json!({
+            "error": status.canonical_reason().unwrap_or("Error"),
+            "errorCode": status.as_u16(),
+            "errorDescription": description,
+        }),
+    )
+}
+
+/// gotify's ids are integers: 52 random bits of the message's UUIDv7 (exact in a
+/// JavaScript number).
+fn numeric_id(id: &str) -> i64 {
+    let hex: String = id.chars().filter(char::is_ascii_hexdigit).collect();
+    let tail = &hex[hex.len().saturating_sub(13)..];
+    i64::from_str_radix(tail, 16).unwrap_or(0)
+}
+
+pub async fn message(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match publish(&state, query.as_deref(), &headers, body).await {
+        Ok(response) => response,
+        Err(err) => gotify_error(err),
+    }
+}
+
+async fn publish(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let from_query: Fields = parse_query(query)?;
+    let body = body.map_err(ApiError::from_body)?;
+    let fields = parse_body::<Fields>(headers, body).await?.or(from_query);
+    let key = headers
+        .get("x-gotify-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let token = key.or_else(|| find_token(headers, &[fields.token.as_deref()]));
+    let Some(text) = fields.message.clone().filter(|m| !m.trim().is_empty()) else {
+        return Err(ApiError::BadRequest("message is required".into()));
+    };
+    let priority = fields.priority()?;
+    let accepted = submit(
+        state,
+        Submission {
+            token,
+            title: fields.title.clone(),
+            content: Some(text.clone()),
+            channel: fields.channel.clone(),
+            url: fields.click_url(),
+            urgency: Urgency::from_gotify(priority),
+            ..Submission::default()
+        },
+    )
+    .await?;
+    let message = &accepted.message;
+    let date = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(message.created_at).unwrap_or(0)),
+    )
+    .to_string();
+    let mut answer = json!({
+        "id": numeric_id(message.id.as_str()),
+        "appid": 1,
+        "message": text,
+        "title": fields.title.unwrap_or_default(),
+        "priority": priority,
+        "date": date,
+    });
+    if let (Some(extras), Some(map)) = (fields.extras, answer.as_object_mut()) {
+        map.insert("extras".into(), extras);
+    }
+    Ok((StatusCode::OK, Json(answer)).into_response())
+}
+
+pub async fn version() -> Json<Value> {
+    Json(json!({
+        "version": concat!("2.6.0+pushbot.", env!("CARGO_PKG_VERSION")),
+        "commit": "pushbot",
+        "buildDate": "",
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_integers_from_the_uuid() {
+        let id = "019ab5d0-7c1e-7b53-9d0e-4f8f0c2e1a77";
+        let n = numeric_id(id);
+        assert!(n > 0 && n < (1 << 53));
+        assert_eq!(n, numeric_id(id));
+        assert_ne!(n, numeric_id("019ab5d0-7c1e-7b53-9d0e-4f8f0c2e1a78"));
+    }
+
+    #[test]
+    fn priorities_come_as_numbers_or_text() {
+        let f = |p: Value| Fields {
+            priority: Some(p),
+            ..Fields::default()
+        };
+        assert_eq!(f(json!(8)).priority().unwrap(), 8);
+        assert_eq!(f(json!("5")).priority().unwrap(), 5);
+        assert!(f(json!("high")).priority().is_err());
+        assert_eq!(Fields::default().priority().unwrap(), 0);
+    }
+}

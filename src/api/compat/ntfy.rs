@@ -1,0 +1,456 @@
+//! ntfy: `PUT|POST /{topic}` with the message as the raw body and its options in headers
+//! (`X-Title`/`Title`/`ti`/`t`, `X-Priority`/`Priority`/`prio`/`p`, `X-Tags`/`Tags`/`tag`/`ta`,
+//! `X-Click`/`Click`, `X-Markdown`/`Markdown`/`md`, `X-Message`/`Message`/`m`) or the same
+//! names in the query; header values may be RFC 2047-encoded (`=?UTF-8?B?…?=`).
+//! `GET|POST /{topic}/publish` (also `/send`, `/trigger`) takes everything from the query,
+//! and `POST /` a JSON body naming its `topic`.
+//!
+//! The topic is the member's pushbot token — or the token comes as `Authorization: Bearer`,
+//! `Basic` (the password, or the user name when the password is empty, as ntfy's access
+//! tokens do) or the `auth` query parameter (base64 of such a header), and then the topic can
+//! be any name. Answers ntfy's message JSON; errors are `{"code","http","error","link"}`.
+//!
+//! Options a phone app acts on (actions, attachments, icons, e-mail, calls, caching) are
+//! accepted and ignored; a delayed message (`X-Delay`, `At`, `In`) is refused rather than
+//! sent early.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::super::AppState;
+use super::super::send::{Submission, parse_query, submit};
+use crate::domain::Urgency;
+use crate::error::ApiError;
+
+/// What ntfy sends when a publish carries no message at all.
+const DEFAULT_MESSAGE: &str = "triggered";
+
+/// The options of one publish, from the query (with ntfy's short aliases) or a JSON body.
+#[derive(Debug, Default, Deserialize)]
+pub struct Options {
+    topic: Option<String>,
+    #[serde(alias = "m")]
+    message: Option<String>,
+    #[serde(alias = "t", alias = "ti")]
+    title: Option<String>,
+    /// `1`–`5` or a name; JSON sends a number.
+    #[serde(alias = "p", alias = "prio")]
+    priority: Option<Value>,
+    /// A comma-separated list (query) or an array (JSON).
+    #[serde(alias = "tag", alias = "ta")]
+    tags: Option<Value>,
+    click: Option<String>,
+    #[serde(alias = "md")]
+    markdown: Option<Value>,
+    #[serde(alias = "at", alias = "in")]
+    delay: Option<String>,
+    auth: Option<String>,
+    channel: Option<String>,
+}
+
+impl Options {
+    /// `self`'s values, with `fallback`'s where `self` has none.
+    fn or(self, fallback: Options) -> Options {
+        Options {
+            topic: self.topic.or(fallback.topic),
+            message: self.message.or(fallback.message),
+            title: self.title.or(fallback.title),
+            priority: self.priority.or(fallback.priority),
+            tags: self.tags.or(fallback.tags),
+            click: self.click.or(fallback.click),
+            markdown: self.markdown.or(fallback.markdown),
+            delay: self.delay.or(fallback.delay),
+            auth: self.auth.or(fallback.auth),
+            channel: self.channel.or(fallback.channel),
+        }
+    }
+
+    /// The options set in headers (ntfy's names, RFC 2047 decoded).
+    fn from_headers(headers: &HeaderMap) -> Options {
+        let get = |names: &[&str]| names.iter().find_map(|name| header_text(headers, name));
+        Options {
+            message: get(&["x-message", "message", "m"]),
+            title: get(&["x-title", "title", "ti", "t"]),
+            priority: get(&["x-priority", "priority", "prio", "p"]).map(Value::String),
+            tags: get(&["x-tags", "tags", "tag", "ta"]).map(Value::String),
+            click: get(&["x-click", "click"]),
+            markdown: get(&["x-markdown", "markdown", "md"]).map(Value::String),
+            delay: get(&["x-delay", "delay", "x-at", "at", "x-in", "in"]),
+            ..Options::default()
+        }
+    }
+}
+
+/// A header's value as text: RFC 2047 encoded words decoded, raw UTF-8 accepted (curl sends
+/// it as it is), surrounding space trimmed; empty counts as absent.
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    let raw = std::str::from_utf8(headers.get(name)?.as_bytes()).ok()?;
+    let value = if raw.contains("=?") {
+        // mailparse decodes encoded words the way a mail reader does.
+        let line = format!("X: {raw}");
+        match mailparse::parse_header(line.as_bytes()) {
+            Ok((header, _)) => header.get_value(),
+            Err(_) => raw.to_owned(),
+        }
+    } else {
+        raw.to_owned()
+    };
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// ntfy's priority: 1 (min) … 3 (default) … 5 (max, urgent).
+fn priority(value: Option<&Value>) -> Result<u8, ApiError> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(3),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.trim().to_ascii_lowercase(),
+        Some(_) => String::new(),
+    };
+    match text.as_str() {
+        "" | "3" | "default" => Ok(3),
+        "1" | "min" => Ok(1),
+        "2" | "low" => Ok(2),
+        "4" | "high" => Ok(4),
+        "5" | "max" | "urgent" => Ok(5),
+        _ => Err(ApiError::BadRequest(
+            "invalid priority: use 1–5 or min, low, default, high, max/urgent".into(),
+        )),
+    }
+}
+
+fn tags(value: Option<&Value>) -> Vec<String> {
+    let items: Vec<String> = match value {
+        Some(Value::String(s)) => s.split(',').map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    items
+        .into_iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The tags ntfy's documentation uses, shown as the emoji ntfy shows for them; other tags
+/// are listed under the message as text.
+fn tag_emoji(tag: &str) -> Option<&'static str> {
+    Some(match tag {
+        "warning" => "⚠️",
+        "rotating_light" => "🚨",
+        "white_check_mark" | "heavy_check_mark" => "✅",
+        "x" | "no_entry" => "❌",
+        "skull" => "💀",
+        "tada" | "partying_face" => "🎉",
+        "+1" => "👍",
+        "-1" => "👎",
+        "loudspeaker" => "📢",
+        "computer" => "💻",
+        "fire" => "🔥",
+        "bell" => "🔔",
+        "hourglass" => "⌛",
+        "lock" => "🔒",
+        "key" => "🔑",
+        "package" => "📦",
+        "cd" => "💿",
+        "floppy_disk" => "💾",
+        "bug" => "🐛",
+        "zap" => "⚡",
+        "info" | "information_source" => "ℹ️",
+        _ => return None,
+    })
+}
+
+fn ntfy_error(err: ApiError) -> Response {
+    let status = err.status();
+    let message = err.public_message();
+    let link = match status {
+        StatusCode::UNAUTHORIZED => "https://docs.ntfy.sh/publish/#authentication",
+        _ => "https://docs.ntfy.sh/publish/",
+    };
+    err.respond_as(
+        status,
+        json!({
+            "code": u32::from(status.as_u16()) * 100 + 1,
+            "http": status.as_u16(),
+            "error": message,
+            "link": link,
+        }),
+    )
+}
+
+/// The token from `Authorization` (Bearer, or Basic with the token as password or user)
+/// or the `auth` query parameter, else the topic when it is shaped like a token.
+fn token(headers: &HeaderMap, auth_param: Option<&str>, topic: &str) -> Option<String> {
+    let from_param = auth_param.and_then(|encoded| {
+        let encoded = encoded.trim().trim_end_matches('=');
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded))
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    });
+    let header = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    header
+        .or(from_param)
+        .and_then(|value| authorization_token(&value))
+        .or_else(|| crate::token::looks_valid(topic).then(|| topic.to_owned()))
+}
+
+fn authorization_token(value: &str) -> Option<String> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let rest = rest.trim();
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.to_owned()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+        if password.is_empty() { user } else { password }.to_owned()
+    } else {
+        return None;
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+/// One publish to `topic` with `options`; `body` is the message when it is not empty.
+async fn publish(
+    state: &AppState,
+    topic: &str,
+    headers: &HeaderMap,
+    options: Options,
+    body: Option<Bytes>,
+) -> Result<Response, ApiError> {
+    let topic_shaped = (1..=64).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !topic_shaped && !crate::token::looks_valid(topic) {
+        return Err(ApiError::NotFound(
+            "no such route (an ntfy topic is letters, digits, - and _)".into(),
+        ));
+    }
+    if super::is_route_name(topic) {
+        return Err(ApiError::NotFound(format!(
+            "/{topic} is one of pushbot's own routes, not a topic"
+        )));
+    }
+    if options.delay.is_some() {
+        return Err(ApiError::BadRequest(
+            "delayed messages (X-Delay, At, In) are not supported: pushbot delivers at once".into(),
+        ));
+    }
+    let Some(token) = token(headers, options.auth.as_deref(), topic) else {
+        return Err(ApiError::Unauthorized(
+            "use your pushbot token as the topic, or send it as Authorization: Bearer".into(),
+        ));
+    };
+    let from_body = match body.filter(|b| !b.is_empty()) {
+        Some(bytes) => Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ApiError::BadRequest(
+                "the body is not UTF-8 text: attachments are not supported, send text".into(),
+            )
+        })?),
+        None => None,
+    };
+    let message = from_body
+        .or(options.message.clone())
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
+    let priority = priority(options.priority.as_ref())?;
+    let tags = tags(options.tags.as_ref());
+    let (emoji, words): (Vec<&String>, Vec<&String>) =
+        tags.iter().partition(|t| tag_emoji(t).is_some());
+    let emoji: String = emoji.iter().filter_map(|t| tag_emoji(t)).collect();
+    let title = match (emoji.is_empty(), options.title.as_deref()) {
+        (true, title) => title.map(str::to_owned),
+        (false, Some(title)) => Some(format!("{emoji} {title}")),
+        (false, None) => Some(emoji),
+    };
+    let content = if words.is_empty() {
+        message.clone()
+    } else {
+        let listed: Vec<&str> = words.iter().map(|t| t.as_str()).collect();
+        format!("{message}\nTags: {}", listed.join(", "))
+    };
+    let accepted = submit(
+        state,
+        Submission {
+            token: Some(token),
+            title,
+            content: Some(content),
+            channel: options.channel.clone(),
+            url: options.click.clone(),
+            urgency: Urgency::from_ntfy(priority),
+            ..Submission::default()
+        },
+    )
+    .await?;
+    let mut answer = json!({
+        "id": accepted.message.id.as_str(),
+        "time": accepted.message.created_at / 1000,
+        "event": "message",
+        "topic": topic,
+        "message": message,
+    });
+    if let Some(map) = answer.as_object_mut() {
+        if let Some(title) = options.title {
+            map.insert("title".into(), title.into());
+        }
+        if priority != 3 {
+            map.insert("priority".into(), priority.into());
+        }
+        if !tags.is_empty() {
+            map.insert("tags".into(), tags.into());
+        }
+        if let Some(click) = options.click {
+            map.insert("click".into(), click.into());
+        }
+    }
+    Ok((StatusCode::OK, Json(answer)).into_response())
+}
+
+/// `PUT|POST /{topic}`: the body is the message.
+pub async fn publish_path(
+    state: &AppState,
+    topic: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(ApiError::from_body)?;
+        let options = Options::from_headers(headers).or(parse_query(query)?);
+        publish(state, topic, headers, options, Some(body)).await
+    }
+    .await;
+    result.unwrap_or_else(ntfy_error)
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    publish_path(&state, &topic, query.as_deref(), &headers, body).await
+}
+
+/// `GET /{topic}/publish` (`/send`, `/trigger`): everything from the query and headers.
+pub async fn publish_get(
+    state: &AppState,
+    topic: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    let result = async {
+        let options = Options::from_headers(headers).or(parse_query(query)?);
+        publish(state, topic, headers, options, None).await
+    }
+    .await;
+    result.unwrap_or_else(ntfy_error)
+}
+
+/// The second path segment that makes `/{topic}/…` an ntfy publish rather than a Bark
+/// message.
+pub fn is_publish_verb(segment: &str) -> bool {
+    matches!(segment, "publish" | "send" | "trigger")
+}
+
+/// `POST /` with `{"topic": …, "message": …, "title": …, "tags": [...], "priority": 4, …}`.
+pub async fn publish_json(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(ApiError::from_body)?;
+        let options: Options = serde_json::from_slice(&body).map_err(|err| {
+            ApiError::BadRequest(format!(
+                "the body must be JSON naming a topic (ntfy's JSON publishing): {err}"
+            ))
+        })?;
+        let topic = options.topic.clone().unwrap_or_default();
+        if topic.trim().is_empty() {
+            return Err(ApiError::BadRequest("topic is required".into()));
+        }
+        publish(&state, &topic, &headers, options, None).await
+    }
+    .await;
+    result.unwrap_or_else(ntfy_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn priorities_by_number_or_name() {
+        assert_eq!(priority(None).unwrap(), 3);
+        assert_eq!(priority(Some(&json!(5))).unwrap(), 5);
+        assert_eq!(priority(Some(&json!("urgent"))).unwrap(), 5);
+        assert_eq!(priority(Some(&json!("Low"))).unwrap(), 2);
+        assert!(priority(Some(&json!("7"))).is_err());
+        assert!(priority(Some(&json!("soon"))).is_err());
+    }
+
+    #[test]
+    fn rfc2047_and_raw_utf8_header_values() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-title",
+            HeaderValue::from_static("=?UTF-8?B?56OB55uY5bey5ruh?="),
+        );
+        headers.insert(
+            "tags",
+            HeaderValue::from_bytes("警告,warning".as_bytes()).unwrap(),
+        );
+        let options = Options::from_headers(&headers);
+        assert_eq!(options.title.as_deref(), Some("磁盘已满"));
+        assert_eq!(
+            tags(options.tags.as_ref()),
+            vec!["警告".to_owned(), "warning".to_owned()]
+        );
+    }
+
+    #[test]
+    fn tokens_from_bearer_basic_auth_param_or_topic() {
+        let tok = "AbCdEfGhIjKlMnOpQrStUvWxYz012345";
+        let none = HeaderMap::new();
+        assert_eq!(token(&none, None, tok), Some(tok.to_owned()));
+        assert_eq!(token(&none, None, "alerts"), None);
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {tok}")).unwrap(),
+        );
+        assert_eq!(token(&bearer, None, "alerts"), Some(tok.to_owned()));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(":{tok}"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
+        );
+        assert_eq!(token(&headers, None, "alerts"), Some(tok.to_owned()));
+        let param =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("Bearer {tok}"));
+        assert_eq!(token(&none, Some(&param), "alerts"), Some(tok.to_owned()));
+    }
+}
