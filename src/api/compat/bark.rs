@@ -12,7 +12,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::super::AppState;
 use super::super::send::{Submission, parse_body, parse_query, submit};
-use super::unix_seconds;
+use super::{PathOf, path_value, unix_seconds};
 use crate::domain::Urgency;
 use crate::error::ApiError;
 
@@ -160,9 +160,13 @@ async fn path_push(state: &AppState, segments: Vec<String>, extra: Params) -> Re
 
 pub async fn path_get(
     State(state): State<AppState>,
-    Path(segments): Path<Vec<String>>,
+    segments: PathOf<Vec<String>>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let segments = match path_value(segments) {
+        Ok(segments) => segments,
+        Err(err) => return bark_error(err),
+    };
     match parse_query::<Params>(query.as_deref()) {
         Ok(extra) => path_push(&state, segments, extra).await,
         Err(err) => bark_error(err),
@@ -171,11 +175,15 @@ pub async fn path_get(
 
 pub async fn path_post(
     State(state): State<AppState>,
-    Path(segments): Path<Vec<String>>,
+    segments: PathOf<Vec<String>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let segments = match path_value(segments) {
+        Ok(segments) => segments,
+        Err(err) => return bark_error(err),
+    };
     let from_query = match parse_query::<Params>(query.as_deref()) {
         Ok(p) => p,
         Err(err) => return bark_error(err),

@@ -118,15 +118,20 @@ async fn hook(
     let result = async {
         let query: Query = parse_query(query.as_deref())?;
         let body = body.map_err(ApiError::from_body)?;
-        let notification: Notification = serde_json::from_slice(&body).map_err(|err| {
+        let not_a_payload = |why: String| {
             ApiError::BadRequest(format!(
-                "the body is not {} webhook JSON: {err}",
+                "the body is not {} webhook payload: {why}",
                 match source {
                     Source::Alertmanager => "an Alertmanager",
-                    Source::Grafana => "a Grafana",
+                    Source::Grafana => "a Grafana alerting",
                 }
             ))
-        })?;
+        };
+        let notification: Notification =
+            serde_json::from_slice(&body).map_err(|err| not_a_payload(err.to_string()))?;
+        if notification.alerts.is_empty() {
+            return Err(not_a_payload("it lists no alerts".into()));
+        }
         let token = find_token(&headers, &[query.token.as_deref()]);
         let (title, content) = render(&notification, source, state.utc_offset);
         let accepted = submit(
@@ -194,6 +199,12 @@ fn render(n: &Notification, source: Source, utc_offset: i32) -> (String, String)
         .or_else(|| n.common_labels.get("alertname"))
         .cloned()
         .or_else(|| {
+            // Not grouped by name, but every alert has the same one.
+            let mut names = n.alerts.iter().map(|a| a.labels.get("alertname"));
+            let first = names.next().flatten()?;
+            names.all(|name| name == Some(first)).then(|| first.clone())
+        })
+        .or_else(|| {
             // Grouped by other labels: name the group by their values.
             let values: Vec<&str> = n.group_labels.values().map(String::as_str).collect();
             (!values.is_empty()).then(|| values.join(" "))
@@ -254,9 +265,6 @@ fn render(n: &Notification, source: Source, utc_offset: i32) -> (String, String)
     }
     if !n.external_url.is_empty() {
         let _ = writeln!(text, "{}", n.external_url);
-    }
-    if n.alerts.is_empty() {
-        let _ = writeln!(text, "(a notification without alerts)");
     }
     (title, text.trim_end().to_owned())
 }

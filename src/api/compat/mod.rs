@@ -26,13 +26,14 @@ pub mod serverchan;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::AppState;
+use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,7 +43,7 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/send/{key}",
-            get(serverchan::send3_get).post(serverchan::send3_post),
+            get(serverchan::send_get).post(serverchan::send_post),
         )
         .route("/", post(ntfy::publish_json))
         .route("/push", get(serverchan::status).post(bark::push_json))
@@ -65,13 +66,18 @@ pub fn router() -> Router<AppState> {
 /// `POST /{key}`: ServerChan's `TOKEN.send`, else an ntfy publish to topic `key`.
 async fn key_post(
     state: State<AppState>,
-    Path(key): Path<String>,
+    key: PathOf<String>,
     query: RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let key = match key {
+        Ok(Path(key)) => key,
+        // Not decodable: ServerChan's error shape, as for any other malformed key.
+        Err(_) => return serverchan::send_post(state, key, query, headers, body).await,
+    };
     if key.ends_with(".send") {
-        serverchan::send_post(state, Path(key), query, headers, body).await
+        serverchan::send_post(state, Ok(Path(key)), query, headers, body).await
     } else {
         ntfy::publish_path(&state, &key, query.0.as_deref(), &headers, body).await
     }
@@ -81,29 +87,51 @@ async fn key_post(
 /// `/{token}/{body}`.
 async fn pair_get(
     state: State<AppState>,
-    Path((first, second)): Path<(String, String)>,
+    pair: PathOf<Vec<String>>,
     query: RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if ntfy::is_publish_verb(&second) {
-        ntfy::publish_get(&state, &first, query.0.as_deref(), &headers).await
-    } else {
-        bark::path_get(state, Path(vec![first, second]), query).await
+    match publish_topic(&pair) {
+        Some(topic) => ntfy::publish_get(&state, topic, query.0.as_deref(), &headers).await,
+        None => bark::path_get(state, pair, query).await,
     }
 }
 
 async fn pair_post(
     state: State<AppState>,
-    Path((first, second)): Path<(String, String)>,
+    pair: PathOf<Vec<String>>,
     query: RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if ntfy::is_publish_verb(&second) {
-        ntfy::publish_path(&state, &first, query.0.as_deref(), &headers, body).await
-    } else {
-        bark::path_post(state, Path(vec![first, second]), query, headers, body).await
+    match publish_topic(&pair) {
+        Some(topic) => ntfy::publish_path(&state, topic, query.0.as_deref(), &headers, body).await,
+        None => bark::path_post(state, pair, query, headers, body).await,
     }
+}
+
+/// The topic of `/{topic}/publish` (`send`, `trigger`); `None` for a Bark pair (or a path
+/// that does not decode, which Bark's handler answers).
+fn publish_topic(pair: &PathOf<Vec<String>>) -> Option<&str> {
+    match pair {
+        Ok(Path(segments)) => match segments.as_slice() {
+            [topic, verb] if ntfy::is_publish_verb(verb) => Some(topic),
+            _ => None,
+        },
+        Err(_) => None,
+    }
+}
+
+/// A path capture that may not decode (`%FF`): handlers answer that in their own shape.
+type PathOf<T> = Result<Path<T>, PathRejection>;
+
+fn path_value<T>(path: PathOf<T>) -> Result<T, ApiError> {
+    path.map(|Path(value)| value).map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "the path does not decode: {}",
+            rejection.body_text()
+        ))
+    })
 }
 
 /// First path segments that are routes of their own; any other first segment is a token

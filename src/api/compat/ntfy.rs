@@ -17,7 +17,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::send::{Submission, parse_query, submit};
+use super::{PathOf, path_value};
 use crate::domain::Urgency;
 use crate::error::ApiError;
 
@@ -344,11 +345,15 @@ pub async fn publish_path(
 
 pub async fn put(
     State(state): State<AppState>,
-    Path(topic): Path<String>,
+    topic: PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let topic = match path_value(topic) {
+        Ok(topic) => topic,
+        Err(err) => return ntfy_error(err),
+    };
     publish_path(&state, &topic, query.as_deref(), &headers, body).await
 }
 

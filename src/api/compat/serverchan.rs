@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use sha1::{Digest as _, Sha1};
 
 use super::super::AppState;
 use super::super::send::{Submission, parse_body, parse_query, submit};
+use super::{PathOf, path_value};
 use crate::error::ApiError;
 use crate::store::MessageStatus;
 
@@ -133,9 +134,13 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
 
 pub async fn send_get(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    key: PathOf<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let key = match path_value(key) {
+        Ok(key) => key,
+        Err(err) => return serverchan_error(err),
+    };
     match parse_query::<Fields>(query.as_deref()) {
         Ok(fields) => send(&state, &key, fields).await,
         Err(err) => serverchan_error(err),
@@ -144,11 +149,15 @@ pub async fn send_get(
 
 pub async fn send_post(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    key: PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let key = match path_value(key) {
+        Ok(key) => key,
+        Err(err) => return serverchan_error(err),
+    };
     let from_query = match parse_query::<Fields>(query.as_deref()) {
         Ok(fields) => fields,
         Err(err) => return serverchan_error(err),
@@ -161,21 +170,6 @@ pub async fn send_post(
         Ok(from_body) => send(&state, &key, from_body.or(from_query)).await,
         Err(err) => serverchan_error(err),
     }
-}
-
-/// Server酱³: `/send/{key}.send` (its keys carry the user id; ours is the token).
-pub async fn send3_get(state: State<AppState>, key: Path<String>, query: RawQuery) -> Response {
-    send_get(state, key, query).await
-}
-
-pub async fn send3_post(
-    state: State<AppState>,
-    key: Path<String>,
-    query: RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    send_post(state, key, query, headers, body).await
 }
 
 #[derive(Debug, Default, Deserialize)]
