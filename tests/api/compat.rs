@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-async fn app_and_member() -> (TestApp, String, String) {
+pub(crate) async fn app_and_member() -> (TestApp, String, String) {
     let app = spawn_app().await;
     let user = userid("compat");
     let token = app.get_token(&user).await;
@@ -17,7 +17,7 @@ async fn app_and_member() -> (TestApp, String, String) {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (so `/` becomes `%2F`).
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -65,7 +65,7 @@ async fn post_multipart(app: &TestApp, fields: &[(&str, &[u8])]) -> reqwest::Res
 }
 
 /// The member's stored messages, newest first.
-async fn messages_of(app: &TestApp, token: &str) -> Vec<Value> {
+pub(crate) async fn messages_of(app: &TestApp, token: &str) -> Vec<Value> {
     let resp = app.messages(&[("token", token)]).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
@@ -74,7 +74,7 @@ async fn messages_of(app: &TestApp, token: &str) -> Vec<Value> {
 
 /// Waits for WeCom to accept a message, then checks it was the only one, for `user`, and
 /// that the member has exactly one stored message; returns its WeCom text.
-async fn the_only_message(app: &TestApp, user: &str, token: &str) -> String {
+pub(crate) async fn the_only_message(app: &TestApp, user: &str, token: &str) -> String {
     app.mock.wait_for_sent(1, WAIT).await;
     // Give a duplicate the chance to show up.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -92,13 +92,13 @@ async fn the_only_message(app: &TestApp, user: &str, token: &str) -> String {
 }
 
 /// Nothing reached WeCom and nothing was stored for the member.
-async fn assert_nothing_sent(app: &TestApp, token: &str) {
+pub(crate) async fn assert_nothing_sent(app: &TestApp, token: &str) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(app.mock.send_calls(), 0, "{:#?}", app.mock.calls());
     assert!(messages_of(app, token).await.is_empty());
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -114,7 +114,7 @@ fn as_text(v: &Value) -> String {
     }
 }
 
-async fn json_of(resp: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn json_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("response body");
     let body = serde_json::from_str(&text)
@@ -130,6 +130,21 @@ struct Pushed {
 }
 
 /// HTTP 200 `{"code":0,"message":"","data":{"pushid","readkey","error":"SUCCESS","errno":0}}`.
+/// A ServerChan success whose message reaches WeCom as `expected` and is then delivered.
+async fn sc_delivered(
+    app: &TestApp,
+    user: &str,
+    token: &str,
+    resp: reqwest::Response,
+    expected: &str,
+) -> Pushed {
+    let pushed = sc_ok(resp).await;
+    assert_eq!(the_only_message(app, user, token).await, expected);
+    app.wait_for_status(&pushed.pushid, token, "delivered", WAIT)
+        .await;
+    pushed
+}
+
 async fn sc_ok(resp: reqwest::Response) -> Pushed {
     let (status, body) = json_of(resp).await;
     assert_eq!(status, 200, "ServerChan success is HTTP 200: {body}");
@@ -176,7 +191,7 @@ fn assert_timestamp(body: &Value) {
 }
 
 /// HTTP 200 `{"code":200,"message":"success","timestamp":…}`.
-async fn bark_ok(resp: reqwest::Response) {
+pub(crate) async fn bark_ok(resp: reqwest::Response) {
     let (status, body) = json_of(resp).await;
     assert_eq!(status, 200, "Bark success is HTTP 200: {body}");
     assert_eq!(body["code"].as_i64(), Some(200), "{body}");
@@ -197,7 +212,7 @@ async fn bark_err(resp: reqwest::Response) -> Value {
     body
 }
 
-async fn get(app: &Api, path: &str) -> reqwest::Response {
+pub(crate) async fn get(app: &Api, path: &str) -> reqwest::Response {
     app.http
         .get(app.url(path))
         .send()
@@ -397,13 +412,7 @@ async fn serverchan_post_form_ignores_short() {
         .send()
         .await
         .unwrap();
-    let pushed = sc_ok(resp).await;
-    assert_eq!(
-        the_only_message(&app, &user, &token).await,
-        "Backup 完成\n\na & b = c"
-    );
-    app.wait_for_status(&pushed.pushid, &token, "delivered", WAIT)
-        .await;
+    sc_delivered(&app, &user, &token, resp, "Backup 完成\n\na & b = c").await;
 }
 
 #[tokio::test]
@@ -416,13 +425,7 @@ async fn serverchan_post_json() {
         .send()
         .await
         .unwrap();
-    let pushed = sc_ok(resp).await;
-    assert_eq!(
-        the_only_message(&app, &user, &token).await,
-        "Deploy ✅\n\nv1.2.3 已上线"
-    );
-    app.wait_for_status(&pushed.pushid, &token, "delivered", WAIT)
-        .await;
+    sc_delivered(&app, &user, &token, resp, "Deploy ✅\n\nv1.2.3 已上线").await;
 }
 
 #[tokio::test]
@@ -466,13 +469,7 @@ async fn serverchan3_get_send_path() {
         .send()
         .await
         .unwrap();
-    let pushed = sc_ok(resp).await;
-    assert_eq!(
-        the_only_message(&app, &user, &token).await,
-        "Server酱³\n\n内容 content"
-    );
-    app.wait_for_status(&pushed.pushid, &token, "delivered", WAIT)
-        .await;
+    sc_delivered(&app, &user, &token, resp, "Server酱³\n\n内容 content").await;
 }
 
 #[tokio::test]
@@ -1070,6 +1067,21 @@ async fn paths_that_are_not_tokens_are_404_and_send_nothing() {
     assert_nothing_sent(&app, &token).await;
 }
 
+/// The real binary logging at debug level, for tests that read its whole log.
+pub(crate) struct DebugBinary {
+    pub mock: MockWeCom,
+    pub bin: BinApp,
+    /// Keeps the config and database alive.
+    pub setup: BinSetup,
+}
+
+pub(crate) async fn debug_binary() -> DebugBinary {
+    let mock = MockWeCom::start().await;
+    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let bin = spawn_binary(&setup.config_path, setup.port, &[("RUST_LOG", "debug")]).await;
+    DebugBinary { mock, bin, setup }
+}
+
 // ==========================================================================================
 // logging
 // ==========================================================================================
@@ -1078,9 +1090,11 @@ async fn paths_that_are_not_tokens_are_404_and_send_nothing() {
 /// for refused requests.
 #[tokio::test]
 async fn tokens_in_url_paths_are_never_logged() {
-    let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
-    let mut bin = spawn_binary(&setup.config_path, setup.port, &[("RUST_LOG", "debug")]).await;
+    let DebugBinary {
+        mock,
+        mut bin,
+        setup: _setup,
+    } = debug_binary().await;
     let user = userid("pathlog");
     let old = bin.get_token(&user).await;
     let token = bin.rotate(&user).await;
@@ -1111,7 +1125,7 @@ async fn tokens_in_url_paths_are_never_logged() {
 }
 
 /// Neither the token nor any long piece of it (16 characters) is in the log.
-fn assert_not_logged(log: &str, token: &str) {
+pub(crate) fn assert_not_logged(log: &str, token: &str) {
     assert!(!log.contains(token), "log leaks {token:?}:\n{log}");
     for i in 0..=token.len() - 16 {
         let piece = &token[i..i + 16];
@@ -1126,9 +1140,11 @@ fn assert_not_logged(log: &str, token: &str) {
 /// (whether or not the decoded token is accepted).
 #[tokio::test]
 async fn a_percent_encoded_token_in_the_path_is_not_logged_either() {
-    let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
-    let mut bin = spawn_binary(&setup.config_path, setup.port, &[("RUST_LOG", "debug")]).await;
+    let DebugBinary {
+        mock,
+        mut bin,
+        setup: _setup,
+    } = debug_binary().await;
     let user = userid("enclog");
     let token = bin.get_token(&user).await;
     // Every character percent-encoded, or just the first one.

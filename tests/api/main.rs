@@ -11,6 +11,7 @@ mod callback;
 mod callback_dedup;
 mod cli;
 mod compat;
+mod compat_more;
 mod connections;
 mod delivery;
 mod email;

@@ -115,6 +115,13 @@ async fn publish(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let token = key.or_else(|| find_token(headers, &[fields.token.as_deref()]));
+    if token.is_none() {
+        // gotify checks the token first.
+        return Err(ApiError::Unauthorized(
+            "missing token: pass your pushbot token as ?token=, X-Gotify-Key or Authorization: Bearer"
+                .into(),
+        ));
+    }
     let Some(text) = fields.message.clone().filter(|m| !m.trim().is_empty()) else {
         return Err(ApiError::BadRequest("message is required".into()));
     };

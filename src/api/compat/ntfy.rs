@@ -33,24 +33,18 @@ use crate::error::ApiError;
 /// What ntfy sends when a publish carries no message at all.
 const DEFAULT_MESSAGE: &str = "triggered";
 
-/// The options of one publish, from the query (with ntfy's short aliases) or a JSON body.
+/// The options of one publish, from headers, the query or a JSON body.
 #[derive(Debug, Default, Deserialize)]
 pub struct Options {
     topic: Option<String>,
-    #[serde(alias = "m")]
     message: Option<String>,
-    #[serde(alias = "t", alias = "ti")]
     title: Option<String>,
     /// `1`–`5` or a name; JSON sends a number.
-    #[serde(alias = "p", alias = "prio")]
     priority: Option<Value>,
     /// A comma-separated list (query) or an array (JSON).
-    #[serde(alias = "tag", alias = "ta")]
     tags: Option<Value>,
     click: Option<String>,
-    #[serde(alias = "md")]
     markdown: Option<Value>,
-    #[serde(alias = "at", alias = "in")]
     delay: Option<String>,
     auth: Option<String>,
     channel: Option<String>,
@@ -71,6 +65,32 @@ impl Options {
             auth: self.auth.or(fallback.auth),
             channel: self.channel.or(fallback.channel),
         }
+    }
+
+    /// The options in a query string, under ntfy's names and short aliases; when a name
+    /// comes twice (`?title=a&t=b`) the first wins, as in ntfy.
+    fn from_query(query: Option<&str>) -> Result<Options, ApiError> {
+        let pairs: Vec<(String, String)> = parse_query(query)?;
+        let get = |names: &[&str]| {
+            pairs
+                .iter()
+                .find(|(name, value)| {
+                    names.contains(&name.to_ascii_lowercase().as_str()) && !value.trim().is_empty()
+                })
+                .map(|(_, value)| value.clone())
+        };
+        Ok(Options {
+            message: get(&["message", "m"]),
+            title: get(&["title", "ti", "t"]),
+            priority: get(&["priority", "prio", "p"]).map(Value::String),
+            tags: get(&["tags", "tag", "ta"]).map(Value::String),
+            click: get(&["click"]),
+            markdown: get(&["markdown", "md"]).map(Value::String),
+            delay: get(&["delay", "at", "in"]),
+            auth: get(&["auth"]),
+            channel: get(&["channel"]),
+            topic: None,
+        })
     }
 
     /// The options set in headers (ntfy's names, RFC 2047 decoded).
@@ -222,7 +242,13 @@ fn authorization_token(value: &str) -> Option<String> {
             .ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
-        if password.is_empty() { user } else { password }.to_owned()
+        // ntfy takes an access token as the password (empty user) or as the user name;
+        // Apprise sends `TOKEN:None`. Whichever is shaped like a token, password first.
+        [password, user]
+            .into_iter()
+            .find(|t| crate::token::looks_valid(t))
+            .or_else(|| [password, user].into_iter().find(|t| !t.is_empty()))?
+            .to_owned()
     } else {
         return None;
     };
@@ -336,7 +362,7 @@ pub async fn publish_path(
 ) -> Response {
     let result = async {
         let body = body.map_err(ApiError::from_body)?;
-        let options = Options::from_headers(headers).or(parse_query(query)?);
+        let options = Options::from_headers(headers).or(Options::from_query(query)?);
         publish(state, topic, headers, options, Some(body)).await
     }
     .await;
@@ -365,7 +391,7 @@ pub async fn publish_get(
     headers: &HeaderMap,
 ) -> Response {
     let result = async {
-        let options = Options::from_headers(headers).or(parse_query(query)?);
+        let options = Options::from_headers(headers).or(Options::from_query(query)?);
         publish(state, topic, headers, options, None).await
     }
     .await;
@@ -381,16 +407,22 @@ pub fn is_publish_verb(segment: &str) -> bool {
 /// `POST /` with `{"topic": …, "message": …, "title": …, "tags": [...], "priority": 4, …}`.
 pub async fn publish_json(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
+        let from_query = Options::from_query(query.as_deref())?;
         let body = body.map_err(ApiError::from_body)?;
         let options: Options = serde_json::from_slice(&body).map_err(|err| {
             ApiError::BadRequest(format!(
                 "the body must be JSON naming a topic (ntfy's JSON publishing): {err}"
             ))
         })?;
+        let options = Options {
+            auth: options.auth.or(from_query.auth),
+            ..options
+        };
         let topic = options.topic.clone().unwrap_or_default();
         if topic.trim().is_empty() {
             return Err(ApiError::BadRequest("topic is required".into()));
