@@ -69,6 +69,8 @@ pub struct Application {
     outbox: Outbox,
     port: u16,
     callback_retention: Duration,
+    /// `storage.retention`.
+    retention: Option<Duration>,
     callback_url: String,
     serve_options: ServeOptions,
 }
@@ -91,7 +93,10 @@ impl Application {
             http_client(settings.wecom.request_timeout)?,
             &settings.wecom,
         ));
-        let mut channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(client))];
+        let mut channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(
+            client,
+            settings.public_base().into(),
+        ))];
         let mut email_check = None;
         if let Some(email) = &settings.email {
             let channel = Arc::new(EmailChannel::new(email)?);
@@ -119,6 +124,8 @@ impl Application {
                 codes_per_hour: e.codes_per_hour,
             }),
             utc_offset: settings.delivery.utc_offset,
+            max_content_bytes: settings.server.max_content_bytes,
+            retention: settings.storage.retention,
         };
         let router = with_middleware(api::router(state));
 
@@ -150,6 +157,7 @@ impl Application {
             outbox,
             port,
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
+            retention: settings.storage.retention,
             callback_url: format!("{}/wecom/callback", settings.public_base()),
             serve_options: ServeOptions {
                 header_read_timeout: settings.server.header_read_timeout,
@@ -182,7 +190,11 @@ impl Application {
             shutdown.await;
             outbox.stop_attempts();
         };
-        let maintenance = tokio::spawn(maintenance(self.store.clone(), self.callback_retention));
+        let maintenance = tokio::spawn(maintenance(
+            self.store.clone(),
+            self.callback_retention,
+            self.retention,
+        ));
         tracing::info!(
             port = self.port,
             callback_url = %self.callback_url,
@@ -247,15 +259,43 @@ fn listen_addr(settings: &Settings) -> std::net::SocketAddr {
 }
 
 /// Periodic housekeeping: forget old callback de-duplication keys.
-async fn maintenance(store: Store, retention: Duration) {
+/// Hourly (and at start-up): forgets old callback keys, and purges finished messages older
+/// than `storage.retention` (their pages answer 410 from then on).
+async fn maintenance(store: Store, callback_retention: Duration, retention: Option<Duration>) {
+    /// Messages deleted per transaction, so the writer never waits long for the lock.
+    const PURGE_BATCH: usize = 1000;
+    let ago =
+        |d: Duration| now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let cutoff = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(0));
-        match store.prune_callbacks(cutoff).await {
+        match store.prune_callbacks(ago(callback_retention)).await {
             Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned callback keys"),
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "could not prune callback keys"),
+        }
+        let Some(retention) = retention else {
+            continue;
+        };
+        let cutoff = ago(retention);
+        let mut total = 0;
+        loop {
+            match store.purge_messages(cutoff, PURGE_BATCH).await {
+                Ok(n) => {
+                    total += n;
+                    if n < PURGE_BATCH as u64 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not purge old messages; trying again in an hour");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(purged = total, retention = %humantime::format_duration(retention), "purged messages past storage.retention");
         }
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use crate::delivery::limits::RateWindow;
-use crate::domain::{ChannelName, Route};
+use crate::domain::{ChannelName, Look, Route};
 use crate::wecom::credentials::{AgentId, CallbackToken, CorpId, CorpSecret, EncodingAesKey};
 
 /// Default config file looked up in the working directory when neither
@@ -156,6 +156,13 @@ pub struct ServerSettings {
     /// `per`. Keyed by member, so rotating the token does not reset it.
     #[serde(default)]
     pub send_rate: SendRate,
+    /// Longest message content accepted, in bytes (larger: 413). Default 64 KiB; at most
+    /// 1 MiB.
+    #[serde(
+        default = "default_max_content_bytes",
+        deserialize_with = "content_limit"
+    )]
+    pub max_content_bytes: usize,
 }
 
 /// `{ count = 300, per = "1m" }`: at most `count` messages in a burst, `count` more per `per`.
@@ -182,12 +189,17 @@ impl Default for SendRate {
 pub struct StorageSettings {
     #[serde(default = "default_storage_url")]
     pub url: StorageUrl,
+    /// How long delivered and failed messages (and their pages) are kept; `"0"`: forever.
+    /// Queued messages are never purged.
+    #[serde(default = "default_retention", deserialize_with = "retention")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             url: default_storage_url(),
+            retention: default_retention(),
         }
     }
 }
@@ -348,6 +360,10 @@ pub struct DeliverySettings {
     /// a channel a member cannot be reached on (no bound address) is skipped.
     #[serde(default = "default_fallback", deserialize_with = "route")]
     pub fallback: Route,
+    /// How messages look for members who have not chosen (`format …` in the chat):
+    /// `text`, `markdown` or `card`.
+    #[serde(default)]
+    pub format: Look,
 }
 
 impl Default for DeliverySettings {
@@ -366,6 +382,7 @@ impl Default for DeliverySettings {
             probe_max: default_probe_max(),
             utc_offset: default_utc_offset(),
             fallback: default_fallback(),
+            format: Look::default(),
         }
     }
 }
@@ -578,6 +595,45 @@ fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
         return Err(serde::de::Error::custom("must be greater than 0"));
     }
     Ok(value)
+}
+
+fn default_max_content_bytes() -> usize {
+    64 * 1024
+}
+
+/// The largest `server.max_content_bytes`: a request body (1 MiB or more) must hold it.
+pub const MAX_CONTENT_LIMIT: usize = 1024 * 1024;
+
+fn content_limit<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        n if (1024..=MAX_CONTENT_LIMIT).contains(&n) => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "{n} is out of range: between 1024 and {MAX_CONTENT_LIMIT} bytes"
+        ))),
+    }
+}
+
+fn default_retention() -> Option<Duration> {
+    Some(Duration::from_secs(30 * 86_400))
+}
+
+/// A duration such as `"30d"`; `"0"` (or `"forever"`, `"off"`): keep forever.
+fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    let text = s.trim();
+    if ["0", "forever", "off"].contains(&text.to_ascii_lowercase().as_str()) {
+        return Ok(None);
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Ok(None),
+        Ok(d) if d < Duration::from_secs(3600) => Err(serde::de::Error::custom(
+            "must be at least \"1h\" (or \"0\" to keep messages forever)",
+        )),
+        Ok(d) => Ok(Some(d)),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); write it like \"30d\", or \"0\" to keep forever"
+        ))),
+    }
 }
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -94,6 +94,11 @@ impl MessageId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The link to this message's page on the server at `public_base`.
+    pub fn page_url(&self, public_base: &str, key: &str) -> String {
+        format!("{}/m/{}?k={key}", public_base.trim_end_matches('/'), self.0)
+    }
 }
 
 impl fmt::Display for MessageId {
@@ -335,6 +340,87 @@ impl Urgency {
     }
 }
 
+/// The syntax of a message's content, as the sender declared it (`format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Text,
+    Markdown,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Markdown => "markdown",
+        }
+    }
+
+    /// A stored value; anything unknown reads as text (shown as it is, never lost).
+    pub fn from_stored(s: &str) -> Self {
+        if s == "markdown" {
+            Self::Markdown
+        } else {
+            Self::Text
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "text" | "plain" | "txt" => Ok(Self::Text),
+            "markdown" | "md" => Ok(Self::Markdown),
+            other => Err(format!(
+                "unknown format {other:?}: the formats are text and markdown"
+            )),
+        }
+    }
+}
+
+/// How a member wants messages to look in WeCom (`format …` in the chat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Look {
+    /// Plain text (markdown turned into readable text); a card with a link when too long.
+    #[default]
+    Text,
+    /// WeCom's markdown (the WeCom client renders it; WeChat does not).
+    Markdown,
+    /// Always a card with a link to the message's page.
+    Card,
+}
+
+impl Look {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Markdown => "markdown",
+            Self::Card => "card",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+impl std::str::FromStr for Look {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" | "文本" | "纯文本" => Ok(Self::Text),
+            "markdown" | "md" => Ok(Self::Markdown),
+            "card" | "卡片" => Ok(Self::Card),
+            other => Err(format!(
+                "unknown format {other:?}: choose text, markdown or card"
+            )),
+        }
+    }
+}
+
 /// One message as a channel sends it: a single accepted message, or a digest of several.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -345,6 +431,14 @@ pub struct Outbound {
     pub content: Option<String>,
     /// Where e-mail goes (the member's bound address, or the address being verified).
     pub email: Option<EmailAddress>,
+    /// The content's syntax.
+    pub format: Format,
+    /// How the member wants it to look.
+    pub look: Look,
+    /// A link the sender wants opened (the card points there).
+    pub url: Option<String>,
+    /// The key of the message's page (`/m/{id}?k=…`), when it has one.
+    pub page_key: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod error;
+pub mod render;
 pub mod server;
 pub mod store;
 pub mod telemetry;

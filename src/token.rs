@@ -15,6 +15,13 @@ pub fn generate() -> PushToken {
     PushToken::new(URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// A message page's key: 128 bits from the same CSPRNG, URL-safe base64 (22 chars).
+pub fn page_key() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// Cheap shape check so garbage never reaches the database.
 pub fn looks_valid(token: &str) -> bool {
     (16..=128).contains(&token.len())

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::AppState;
 use crate::bot::{self, Command, StatusView};
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
-use crate::domain::{ChannelName, EmailAddress, Route, UserId};
+use crate::domain::{ChannelName, EmailAddress, Format, Look, Route, UserId};
 use crate::error::ApiError;
 use crate::store::{CodeCheck, CodeRequest, now_ms};
 
@@ -39,6 +39,7 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
         }
         Command::Status => status(state, userid).await?,
         Command::Fallback(typed) => fallback(state, userid, &typed).await?,
+        Command::Format(typed) => format(state, userid, &typed).await?,
     })
 }
 
@@ -80,6 +81,9 @@ async fn request_code(state: &AppState, userid: &UserId, typed: &str) -> Result<
             route,
             deliver_all: false,
             email_to: Some(address.as_str().to_owned()),
+            format: Format::Text,
+            look: None,
+            url: None,
         })
         .await?;
     tracing::info!(userid = %userid, address = %address.masked(), "verification code mailed");
@@ -116,6 +120,42 @@ fn order(state: &AppState, own: Option<&Route>) -> (Route, bool) {
     }
 }
 
+/// `format text|markdown|card|default`: how the member's messages look in WeCom.
+async fn format(state: &AppState, userid: &UserId, typed: &str) -> Result<String, ApiError> {
+    let typed = typed.trim();
+    if typed.is_empty() {
+        let prefs = state.store.member_prefs(userid).await?;
+        let (look, own) = look(state, prefs.look);
+        return Ok(bot::format_invalid_reply(&format!(
+            "format: {}{}",
+            look.as_str(),
+            if own { "" } else { "（默认 default）" }
+        )));
+    }
+    if matches!(typed.to_lowercase().as_str(), "default" | "reset" | "默认") {
+        state.store.set_look(userid, None).await?;
+        return Ok(bot::format_set_reply(
+            state.outbox.default_look().as_str(),
+            false,
+        ));
+    }
+    match typed.parse::<Look>() {
+        Ok(look) => {
+            state.store.set_look(userid, Some(look)).await?;
+            Ok(bot::format_set_reply(look.as_str(), true))
+        }
+        Err(problem) => Ok(bot::format_invalid_reply(&problem)),
+    }
+}
+
+/// The effective look: the member's own, else the server's default.
+fn look(state: &AppState, own: Option<Look>) -> (Look, bool) {
+    match own {
+        Some(look) => (look, true),
+        None => (state.outbox.default_look(), false),
+    }
+}
+
 async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
     let prefs = state.store.member_prefs(userid).await?;
     let token = state.store.existing_token(userid).await?;
@@ -140,7 +180,10 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
         .into_iter()
         .map(|(channel, c)| (channel, c.delivered, c.failed))
         .collect();
+    let (look, own_look) = look(state, prefs.look);
     Ok(bot::status_reply(&StatusView {
+        look: look.as_str().to_owned(),
+        own_look,
         token_hint: token.map(|t| t.hint()),
         email: prefs.email.map(|e| e.masked()),
         order: route.to_display(),

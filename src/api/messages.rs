@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, auth};
+use crate::domain::Format;
 use crate::error::ApiError;
 use crate::store::{AttemptRecord, Message, MessageStatus};
 
@@ -43,6 +44,9 @@ struct One {
     ok: bool,
     #[serde(flatten)]
     message: MessageView,
+    /// The message's page (the full text, readable in a browser).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page: Option<String>,
     /// Every attempt, oldest first; a delivered message ends with its delivery.
     history: Vec<AttemptView>,
 }
@@ -95,6 +99,8 @@ struct Page {
 struct MessageView {
     id: String,
     title: Option<String>,
+    /// `text` or `markdown`.
+    format: Format,
     status: MessageStatus,
     attempts: i64,
     last_error: Option<String>,
@@ -115,6 +121,7 @@ impl From<Message> for MessageView {
     fn from(m: Message) -> Self {
         Self {
             title: m.title,
+            format: m.format,
             status: m.status,
             attempts: m.attempts,
             last_error: m.last_error,
@@ -149,8 +156,13 @@ async fn show(
     match state.store.message(&id).await? {
         Some(m) if m.userid == userid => {
             let attempts = state.store.attempts_of(&m.id).await?;
+            let page = m
+                .page_key
+                .as_deref()
+                .map(|key| m.id.page_url(&state.public_base, key));
             Ok(Json(One {
                 ok: true,
+                page,
                 history: history(&m, attempts),
                 message: m.into(),
             }))

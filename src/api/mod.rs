@@ -6,6 +6,7 @@ pub mod chat;
 mod compat;
 mod health;
 mod messages;
+mod page;
 pub mod rate_limit;
 pub(crate) mod send;
 
@@ -18,8 +19,15 @@ use crate::delivery::Outbox;
 use crate::store::Store;
 use crate::wecom::crypto::WeComCrypto;
 
-/// Largest `/send` request body accepted.
-pub const MAX_SEND_BODY: usize = 1024 * 1024;
+/// Largest `/send` request body accepted: 1 MiB, or room for `server.max_content_bytes`
+/// percent-encoded in a form (CJK text triples) when that is larger.
+pub fn max_send_body(max_content_bytes: usize) -> usize {
+    (1024 * 1024).max(
+        max_content_bytes
+            .saturating_mul(3)
+            .saturating_add(64 * 1024),
+    )
+}
 
 /// Shared by all handlers; cheap to clone.
 #[derive(Clone)]
@@ -38,6 +46,10 @@ pub struct AppState {
     pub email_policy: Option<chat::EmailPolicy>,
     /// `delivery.utc_offset`, seconds east of UTC: what "today" means in `status`.
     pub utc_offset: i32,
+    /// `server.max_content_bytes`.
+    pub max_content_bytes: usize,
+    /// `storage.retention`: a page older than this is gone (410).
+    pub retention: Option<std::time::Duration>,
 }
 
 /// The request path with anything shaped like a push token replaced, for logs.
@@ -46,11 +58,13 @@ pub fn redact_path(path: &str) -> String {
 }
 
 pub fn router(state: AppState) -> Router {
+    let body_limit = max_send_body(state.max_content_bytes);
     Router::new()
-        .merge(send::router().layer(DefaultBodyLimit::max(MAX_SEND_BODY)))
+        .merge(send::router().layer(DefaultBodyLimit::max(body_limit)))
         .merge(messages::router())
+        .merge(page::router())
         .merge(callback::router())
-        .merge(compat::router().layer(DefaultBodyLimit::max(MAX_SEND_BODY)))
+        .merge(compat::router().layer(DefaultBodyLimit::max(body_limit)))
         .merge(health::router())
         .fallback(health::not_found)
         // After all routes: applies to every route that has no fallback of its own.

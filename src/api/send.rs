@@ -21,14 +21,14 @@ use serde::{Deserialize, Serialize};
 use super::rate_limit::authorized_sender;
 use super::{AppState, auth};
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
-use crate::domain::Urgency;
+use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::store::MessageStatus;
 
 /// Longest title accepted (bytes).
 pub const MAX_TITLE_BYTES: usize = 1024;
-/// Longest content accepted (bytes). WeCom text shows 2048 bytes; the rest is kept.
-pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+/// Longest sender link accepted (bytes): WeCom's limit for a card's link.
+pub const MAX_URL_BYTES: usize = 2048;
 
 /// Content types a body may have (none at all is sniffed: `{` means JSON, else form).
 const ACCEPTED_TYPES: &str =
@@ -68,6 +68,10 @@ struct SendFields {
     idempotency_key: Option<String>,
     /// `wecom`, `email`, `all` or an ordered list such as `wecom,email`.
     channel: Option<String>,
+    /// `text` (default) or `markdown`.
+    format: Option<String>,
+    /// A link the member should open.
+    url: Option<String>,
 }
 
 impl SendFields {
@@ -80,6 +84,8 @@ impl SendFields {
             desp: self.desp.or(fallback.desp),
             idempotency_key: self.idempotency_key.or(fallback.idempotency_key),
             channel: self.channel.or(fallback.channel),
+            format: self.format.or(fallback.format),
+            url: self.url.or(fallback.url),
         }
     }
 }
@@ -284,6 +290,12 @@ async fn accept(
 ) -> Result<Json<Accepted>, ApiError> {
     let idempotency_key = idempotency_key(headers, fields.idempotency_key)?;
     let token = auth::find_token(headers, &[fields.token.as_deref()]);
+    let format = fields
+        .format
+        .as_deref()
+        .unwrap_or("")
+        .parse()
+        .map_err(ApiError::BadRequest)?;
     let accepted = submit(
         state,
         Submission {
@@ -292,6 +304,8 @@ async fn accept(
             content: fields.content.or(fields.desp),
             channel: fields.channel,
             idempotency_key,
+            format,
+            url: fields.url,
             ..Submission::default()
         },
     )
@@ -319,9 +333,11 @@ pub(crate) struct Submission {
     /// `wecom`, `email`, `all` or an ordered list; none: the member's order.
     pub channel: Option<String>,
     pub idempotency_key: Option<String>,
-    /// A link the member should open; kept as the last line of the content.
+    /// A link the member should open: the message becomes a card that opens it.
     pub url: Option<String>,
     pub urgency: Urgency,
+    /// The content's syntax (`format=markdown`; ServerChan's `desp` is markdown).
+    pub format: Format,
 }
 
 /// Checks, authenticates (with the per-member send rate) and stores a message; answers
@@ -331,13 +347,12 @@ pub(crate) async fn submit(
     sub: Submission,
 ) -> Result<crate::delivery::Accepted, ApiError> {
     let title = present(sub.title).map(|t| sub.urgency.mark(&t));
-    let mut content = present(sub.content);
-    if let Some(url) = present(sub.url) {
-        content = Some(match content {
-            Some(c) => format!("{c}\n\n{}", url.trim()),
-            None => url.trim().to_owned(),
-        });
+    let url = present(sub.url).map(|u| u.trim().to_owned());
+    if let Some(url) = &url {
+        check_url(url)?;
     }
+    // A bare link is a message too: the link is its content.
+    let content = present(sub.content).or_else(|| url.clone().filter(|_| title.is_none()));
     if title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_BYTES) {
         return Err(ApiError::PayloadTooLarge(format!(
             "title is longer than {MAX_TITLE_BYTES} bytes"
@@ -345,11 +360,11 @@ pub(crate) async fn submit(
     }
     if content
         .as_ref()
-        .is_some_and(|c| c.len() > MAX_CONTENT_BYTES)
+        .is_some_and(|c| c.len() > state.max_content_bytes)
     {
         return Err(ApiError::PayloadTooLarge(format!(
-            "content is longer than {} KiB",
-            MAX_CONTENT_BYTES / 1024
+            "content is longer than {} (server.max_content_bytes)",
+            describe_bytes(state.max_content_bytes)
         )));
     }
     if sub
@@ -392,8 +407,35 @@ pub(crate) async fn submit(
             route,
             deliver_all,
             email_to: None,
+            format: sub.format,
+            look: prefs.look,
+            url,
         })
         .await?)
+}
+
+/// A sender's link must be one a phone can open.
+fn check_url(url: &str) -> Result<(), ApiError> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "url is longer than {MAX_URL_BYTES} bytes"
+        )));
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Ok(()),
+        _ => Err(ApiError::BadRequest(
+            "url must be an absolute http:// or https:// link".into(),
+        )),
+    }
+}
+
+/// `65536` → "64 KiB", `1000` → "1000 bytes".
+fn describe_bytes(n: usize) -> String {
+    if n.is_multiple_of(1024) {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 #[cfg(test)]

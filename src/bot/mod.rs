@@ -24,6 +24,8 @@ pub enum Command {
     Status,
     /// `fallback email,wecom` (as typed; empty: explain).
     Fallback(String),
+    /// `format text|markdown|card|default` (as typed; empty: explain).
+    Format(String),
 }
 
 /// The command a callback asks for, or `None` when it needs no answer (e.g. `enter_agent`,
@@ -76,6 +78,7 @@ pub fn parse_text(text: &str) -> Command {
         }
         "verify" | "验证" | "code" | "验证码" => Command::Verify(rest.to_owned()),
         "fallback" | "回退" | "channels" | "渠道" => Command::Fallback(rest.to_owned()),
+        "format" | "格式" | "样式" => Command::Format(rest.to_owned()),
         _ => Command::Help,
     }
 }
@@ -130,6 +133,7 @@ pub fn help_reply() -> String {
      verify 验证码（验证）— 完成绑定 confirm it with the mailed code\n\
      email off（邮箱 关闭）— 解绑 unbind it\n\
      fallback email,wecom（回退）— 设置渠道顺序 set your channel order\n\
+     format text|markdown|card（格式）— 消息样式：纯文本 / Markdown（仅企业微信客户端）/ 卡片 how messages look\n\
      status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
      help（帮助）— 显示本帮助 show this help"
         .to_owned()
@@ -150,6 +154,10 @@ pub struct StatusView {
     pub unusable: Vec<String>,
     /// `(channel, delivered, failed)` for messages accepted today.
     pub today: Vec<(String, i64, i64)>,
+    /// How messages look (`text`, `markdown`, `card`).
+    pub look: String,
+    /// Whether that is the member's own choice (else the server's default).
+    pub own_look: bool,
 }
 
 pub fn status_reply(view: &StatusView) -> String {
@@ -178,7 +186,33 @@ pub fn status_reply(view: &StatusView) -> String {
          token: {token}\n\
          email: {email}\n\
          order: {order}\n\
-         today: {today}（✓ 送达 delivered ✗ 失败 failed）"
+         format: {look}{}\n\
+         today: {today}（✓ 送达 delivered ✗ 失败 failed）",
+        if view.own_look {
+            "（你的设置 yours）"
+        } else {
+            "（默认 default）"
+        },
+        look = view.look,
+    )
+}
+
+/// Answer to `format …`.
+pub fn format_set_reply(look: &str, own: bool) -> String {
+    let what = match look {
+        "markdown" => "Markdown（企业微信客户端显示格式；微信里收不到 Markdown，请用 text）",
+        "card" => "卡片 card：标题、摘要和全文链接 title, excerpt and a link to the full message",
+        _ => "纯文本 text（Markdown 转成易读文本；太长时改发带全文链接的卡片）",
+    };
+    format!(
+        "消息样式已设为 Messages now look like: {look}{}\n{what}",
+        if own { "" } else { "（默认 default）" }
+    )
+}
+
+pub fn format_invalid_reply(problem: &str) -> String {
+    format!(
+        "{problem}\n用法 Usage: format text · format markdown · format card · format default（格式 …）"
     )
 }
 
@@ -337,6 +371,11 @@ mod tests {
             Command::Fallback("email,wecom".into())
         );
         assert_eq!(parse_text("回退 wecom"), Command::Fallback("wecom".into()));
+        assert_eq!(parse_text("format card"), Command::Format("card".into()));
+        assert_eq!(
+            parse_text("格式 markdown"),
+            Command::Format("markdown".into())
+        );
         assert_eq!(parse_text("fallback"), Command::Fallback(String::new()));
         assert_eq!(parse_text("1234567"), Command::Help);
     }
@@ -350,8 +389,11 @@ mod tests {
             own_order: false,
             unusable: vec![],
             today: vec![("email".into(), 1, 0), ("wecom".into(), 3, 1)],
+            look: "card".into(),
+            own_look: true,
         });
         assert!(reply.contains("token: ab…yz"), "{reply}");
+        assert!(reply.contains("format: card（你的设置 yours）"), "{reply}");
         assert!(reply.contains("email: a***e@example.com"), "{reply}");
         assert!(reply.contains("order: wecom → email"), "{reply}");
         assert!(

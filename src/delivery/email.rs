@@ -17,7 +17,8 @@ use secrecy::ExposeSecret as _;
 
 use super::{Channel, ChannelError};
 use crate::config::{EmailSettings, SmtpSecurity};
-use crate::domain::{ChannelName, Outbound};
+use crate::domain::{ChannelName, Format, Outbound};
+use crate::render::markdown::{to_plain_text, to_safe_html};
 
 /// Longest subject line, in characters (a first line of content can be anything).
 const MAX_SUBJECT_CHARS: usize = 120;
@@ -113,7 +114,7 @@ fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
         .as_str()
         .parse()
         .map_err(|e| permanent(format!("{address} is not a usable address: {e}")))?;
-    let text = body_text(message.title.as_deref(), message.content.as_deref());
+    let (text, html) = bodies(message);
     Message::builder()
         .from(from.clone())
         .to(to)
@@ -124,8 +125,45 @@ fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
         // The message id, so that a copy sent twice across a crash is recognisable (and
         // threads in mail clients stay one per message).
         .message_id(Some(format!("<{}@pushbot>", message.id)))
-        .multipart(MultiPart::alternative_plain_html(text.clone(), html(&text)))
+        .multipart(MultiPart::alternative_plain_html(text, html))
         .map_err(|e| permanent(format!("cannot build the mail: {e}")))
+}
+
+/// The plain-text and HTML bodies: markdown content as readable text and rendered
+/// (sanitised) HTML; plain content as it is, escaped in the HTML; a sender's link last.
+fn bodies(message: &Outbound) -> (String, String) {
+    let content = message.content.as_deref().filter(|c| !c.trim().is_empty());
+    let link = message
+        .url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    match (message.format, content) {
+        (Format::Markdown, Some(markdown)) => {
+            let mut text = to_plain_text(markdown);
+            let mut fragment = to_safe_html(markdown);
+            if let Some(link) = link {
+                text.push_str(&format!("\n\n{link}"));
+                // A link the sender chose: shown as text too, and only http(s) (checked
+                // when it was accepted).
+                fragment.push_str(&format!("<p><a href=\"{0}\">{0}</a></p>", escape(link)));
+            }
+            let html = format!(
+                "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>\
+                 <div style=\"font-family:-apple-system,'PingFang SC','Microsoft YaHei',sans-serif\">\
+                 {fragment}</div></body></html>"
+            );
+            (text, html)
+        }
+        _ => {
+            let mut text = body_text(message.title.as_deref(), content);
+            if let Some(link) = link {
+                text.push_str(&format!("\n\n{link}"));
+            }
+            let html = html(&text);
+            (text, html)
+        }
+    }
 }
 
 /// The title, else the first non-empty line of the content, cut to a readable length.
@@ -163,11 +201,17 @@ pub fn body_text(title: Option<&str>, content: Option<&str>) -> String {
 
 /// The HTML alternative: the text, escaped, line breaks kept.
 pub fn html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 200);
-    out.push_str(
+    format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>\
-         <div style=\"white-space:pre-wrap;font-family:-apple-system,'PingFang SC','Microsoft YaHei',sans-serif\">",
-    );
+         <div style=\"white-space:pre-wrap;font-family:-apple-system,'PingFang SC','Microsoft YaHei',sans-serif\">\
+         {}</div></body></html>",
+        escape(text)
+    )
+}
+
+/// `text` safe inside HTML text and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -178,7 +222,6 @@ pub fn html(text: &str) -> String {
             c => out.push(c),
         }
     }
-    out.push_str("</div></body></html>");
     out
 }
 
@@ -204,7 +247,7 @@ fn classify(err: lettre::transport::smtp::Error) -> ChannelError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EmailAddress, MessageId, UserId};
+    use crate::domain::{EmailAddress, Look, MessageId, UserId};
 
     #[test]
     fn subject_is_the_title_or_the_first_line() {
@@ -235,6 +278,10 @@ mod tests {
             title: Some("Backup <done>".into()),
             content: Some("42 GB 已完成".into()),
             email: EmailAddress::parse("alice@example.com"),
+            format: Format::Text,
+            look: Look::Text,
+            url: None,
+            page_key: None,
         };
         let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
         let mail = render(&outbound, &from).unwrap();

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::config::DeliverySettings;
-use crate::domain::{ChannelName, MessageId, Outbound, Route, UserId};
+use crate::domain::{ChannelName, Format, Look, MessageId, Outbound, Route, UserId};
 use crate::store::{Message, Store, StoreError, now_ms};
 use limits::RateWindow;
 use scheduler::Scheduler;
@@ -77,6 +77,12 @@ pub struct NewMessage {
     pub deliver_all: bool,
     /// A fixed e-mail address instead of the member's bound one (verification mails).
     pub email_to: Option<String>,
+    /// The content's syntax.
+    pub format: Format,
+    /// The member's chosen look; `None`: `delivery.format`.
+    pub look: Option<Look>,
+    /// A link the sender wants opened.
+    pub url: Option<String>,
 }
 
 /// What a sender asked for with `channel=`.
@@ -147,6 +153,11 @@ impl Outbox {
     /// `delivery.fallback`: the order of a member who chose none.
     pub fn default_route(&self) -> &Route {
         &self.inner.settings.fallback
+    }
+
+    /// `delivery.format`: how messages look for members who have not chosen.
+    pub fn default_look(&self) -> Look {
+        self.inner.settings.format
     }
 
     /// Whether this server has the channel.
@@ -234,6 +245,10 @@ impl Outbox {
         message.route = new.route;
         message.deliver_all = new.deliver_all;
         message.email_to = new.email_to;
+        message.format = new.format;
+        message.look = new.look.unwrap_or(self.inner.settings.format);
+        message.url = new.url;
+        message.page_key = Some(crate::token::page_key());
         let mut expired_keys = false;
         loop {
             match store.insert_message(message.clone()).await {

@@ -28,7 +28,7 @@ use super::health::{Change, Gate, Health};
 use super::limits::{self, Plan, RateWindow};
 use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
-use crate::domain::{ChannelName, EmailAddress, MessageId, Outbound, UserId};
+use crate::domain::{ChannelName, EmailAddress, Format, Look, MessageId, Outbound, UserId};
 use crate::store::{AttemptUpdate, Digest, Head, Message, Store, StoreError, Waiting, now_ms};
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
@@ -637,6 +637,10 @@ impl Scheduler {
                     title: head.title.clone(),
                     content: head.content.clone(),
                     email,
+                    format: head.format,
+                    look: head.look,
+                    url: head.url.clone(),
+                    page_key: head.page_key.clone(),
                 },
                 None,
             ),
@@ -660,6 +664,10 @@ impl Scheduler {
                         title: None,
                         content: Some(body.clone()),
                         email,
+                        format: Format::Text,
+                        look: Look::Text,
+                        url: None,
+                        page_key: None,
                     },
                     Some(Digest {
                         id: id.to_string(),

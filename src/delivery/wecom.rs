@@ -1,25 +1,46 @@
-//! The WeCom app channel: a text message to the member through `message/send`.
+//! The WeCom app channel: one `message/send` per message, as text, markdown or a card.
+//!
+//! WeCom cuts `text` and `markdown` content beyond 2048 bytes without an error, `markdown`
+//! does not render at all for members who receive through WeChat, and a `textcard` holds a
+//! 128-byte title and a 512-byte description but shows everywhere. So
+//! ([`compose`]): a message that fits goes out as it is — plain text by default, WeCom
+//! markdown for members who chose it — and one that does not fit becomes a card with an
+//! excerpt and a link to its page (`/m/{id}?k=…`), where the whole message is readable.
+//! A sender's `url` always makes a card that opens that link.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use super::{Channel, ChannelError};
-use crate::domain::{ChannelName, Outbound};
-use crate::wecom::client::WeComClient;
+use crate::domain::{ChannelName, Format, Look, Outbound};
+use crate::render::cut::{cut, excerpt};
+use crate::render::markdown::to_plain_text;
+use crate::wecom::client::{AppMessage, Content, TextCard, WeComClient};
 
-/// WeCom truncates text content beyond 2048 bytes without saying so; we cut first, on a
-/// character boundary, and say that we did.
+/// WeCom's limit for `text` and `markdown` content, in bytes.
 pub const MAX_TEXT_BYTES: usize = 2048;
+/// A card's title and description limits, in bytes.
+pub const CARD_TITLE_BYTES: usize = 128;
+pub const CARD_DESCRIPTION_BYTES: usize = 512;
+/// Only for messages without a page (accepted before pages existed): cut, and say so.
 const TRUNCATION_MARK: &str = "\n…(truncated)";
+/// The card's button (WeCom allows 4 characters).
+const READ_MORE: &str = "阅读全文";
+const OPEN_LINK: &str = "详情";
 
 pub struct WeComChannel {
     client: Arc<WeComClient>,
+    /// `server.public_url`, for page links.
+    public_base: Arc<str>,
 }
 
 impl WeComChannel {
-    pub fn new(client: Arc<WeComClient>) -> Self {
-        Self { client }
+    pub fn new(client: Arc<WeComClient>, public_base: Arc<str>) -> Self {
+        Self {
+            client,
+            public_base,
+        }
     }
 }
 
@@ -30,9 +51,9 @@ impl Channel for WeComChannel {
 
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let text = render_text(message.title.as_deref(), message.content.as_deref());
+            let body = compose(message, &self.public_base);
             self.client
-                .send_text(message.userid.as_str(), &text)
+                .send(message.userid.as_str(), &body)
                 .await
                 .map_err(|e| {
                     if e.is_transient() {
@@ -50,50 +71,224 @@ impl Channel for WeComChannel {
     }
 }
 
-/// `title`, a blank line, `content` — or whichever of the two is present — cut to fit.
-pub fn render_text(title: Option<&str>, content: Option<&str>) -> String {
-    let text = match (title, content) {
+/// The WeCom message for `message` (see the module documentation).
+pub fn compose(message: &Outbound, public_base: &str) -> AppMessage {
+    let title = message
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let content = message.content.as_deref().filter(|c| !c.trim().is_empty());
+    // What a reader without markdown sees.
+    let plain = content.map(|c| match message.format {
+        Format::Markdown => to_plain_text(c),
+        Format::Text => c.to_owned(),
+    });
+    if let Some(url) = message.url.as_deref().filter(|u| !u.trim().is_empty()) {
+        return card(title, plain.as_deref(), url.trim(), OPEN_LINK);
+    }
+    let page = message
+        .page_key
+        .as_deref()
+        .map(|key| message.id.page_url(public_base, key));
+    if let (Look::Card, Some(page)) = (message.look, &page) {
+        return card(title, plain.as_deref(), page, READ_MORE);
+    }
+    if let (Look::Markdown, Format::Markdown, Some(content)) =
+        (message.look, message.format, content)
+    {
+        let markdown = match title {
+            Some(t) => format!("### {t}\n\n{content}"),
+            None => content.to_owned(),
+        };
+        if markdown.len() <= MAX_TEXT_BYTES {
+            return AppMessage::Markdown {
+                markdown: Content { content: markdown },
+            };
+        }
+    }
+    let text = join(title, plain.as_deref());
+    match page {
+        _ if text.len() <= MAX_TEXT_BYTES => AppMessage::Text {
+            text: Content { content: text },
+        },
+        Some(page) => card(title, plain.as_deref(), &page, READ_MORE),
+        None => AppMessage::Text {
+            text: Content {
+                content: format!(
+                    "{}{TRUNCATION_MARK}",
+                    cut(&text, MAX_TEXT_BYTES - TRUNCATION_MARK.len())
+                ),
+            },
+        },
+    }
+}
+
+/// `title`, a blank line, `content` — or whichever of the two is present.
+fn join(title: Option<&str>, content: Option<&str>) -> String {
+    match (title, content) {
         (Some(t), Some(c)) => format!("{t}\n\n{c}"),
         (Some(t), None) => t.to_owned(),
         (None, Some(c)) => c.to_owned(),
         (None, None) => String::new(),
-    };
-    truncate_bytes(text, MAX_TEXT_BYTES)
+    }
 }
 
-fn truncate_bytes(mut text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
+/// A card: the title (else the content's first line) and an excerpt of the content, both
+/// cut to WeCom's limits on grapheme boundaries, opening `url`.
+fn card(title: Option<&str>, plain: Option<&str>, url: &str, button: &str) -> AppMessage {
+    let plain = plain.unwrap_or("").trim();
+    let (title, rest) = match title {
+        Some(t) => (t, plain),
+        None => {
+            let (first, rest) = plain.split_once('\n').unwrap_or((plain, ""));
+            (first.trim(), rest.trim())
+        }
+    };
+    let title = if title.is_empty() { "pushbot" } else { title };
+    // WeCom wants a description; a title-only message repeats nothing useful, so a dot.
+    let description = if rest.is_empty() { "…" } else { rest };
+    AppMessage::Textcard {
+        textcard: TextCard {
+            title: excerpt(title, CARD_TITLE_BYTES),
+            description: excerpt(description, CARD_DESCRIPTION_BYTES),
+            url: url.to_owned(),
+            btntxt: button.to_owned(),
+        },
     }
-    let mut cut = max - TRUNCATION_MARK.len();
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.truncate(cut);
-    text.push_str(TRUNCATION_MARK);
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{MessageId, UserId};
 
-    #[test]
-    fn joins_title_and_content() {
-        assert_eq!(render_text(Some("T"), Some("C")), "T\n\nC");
-        assert_eq!(render_text(Some("T"), None), "T");
-        assert_eq!(render_text(None, Some("C")), "C");
+    const BASE: &str = "https://push.example.com";
+
+    fn outbound(title: Option<&str>, content: Option<&str>) -> Outbound {
+        Outbound {
+            id: MessageId::from_stored("m1".into()),
+            userid: UserId::new("alice"),
+            title: title.map(str::to_owned),
+            content: content.map(str::to_owned),
+            email: None,
+            format: Format::Text,
+            look: Look::Text,
+            url: None,
+            page_key: Some("KEY".into()),
+        }
+    }
+
+    fn text_of(m: &AppMessage) -> &str {
+        match m {
+            AppMessage::Text { text } => &text.content,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    fn card_of(m: &AppMessage) -> &TextCard {
+        match m {
+            AppMessage::Textcard { textcard } => textcard,
+            other => panic!("not a card: {other:?}"),
+        }
     }
 
     #[test]
-    fn long_text_is_cut_on_a_char_boundary_within_the_limit() {
-        let long = "磁盘".repeat(1000); // 6000 bytes
-        let out = render_text(None, Some(&long));
-        assert!(out.len() <= MAX_TEXT_BYTES);
-        // As much as fits: at most one 3-byte character short of the limit.
-        assert!(out.len() > MAX_TEXT_BYTES - 3, "{}", out.len());
-        assert!(out.ends_with("(truncated)"));
-        let short = "x".repeat(MAX_TEXT_BYTES);
-        assert_eq!(render_text(None, Some(&short)), short);
+    fn a_short_message_is_text_title_then_content() {
+        assert_eq!(
+            text_of(&compose(&outbound(Some("T"), Some("C")), BASE)),
+            "T\n\nC"
+        );
+        assert_eq!(text_of(&compose(&outbound(Some("T"), None), BASE)), "T");
+        assert_eq!(text_of(&compose(&outbound(None, Some("C")), BASE)), "C");
+    }
+
+    #[test]
+    fn exactly_the_limit_is_still_text_one_byte_more_is_a_card() {
+        let fits = "x".repeat(MAX_TEXT_BYTES);
+        assert_eq!(text_of(&compose(&outbound(None, Some(&fits)), BASE)), fits);
+        let over = "x".repeat(MAX_TEXT_BYTES + 1);
+        let card = card_of(&compose(&outbound(None, Some(&over)), BASE)).clone();
+        assert_eq!(card.url, "https://push.example.com/m/m1?k=KEY");
+        assert_eq!(card.btntxt, READ_MORE);
+        assert!(card.title.len() <= CARD_TITLE_BYTES);
+    }
+
+    #[test]
+    fn a_long_chinese_message_becomes_a_card_with_an_excerpt_on_character_boundaries() {
+        let long = "磁盘使用率超过阈值。".repeat(100); // 3000 bytes
+        let m = compose(
+            &outbound(Some("告警 ".repeat(40).as_str()), Some(&long)),
+            BASE,
+        );
+        let card = card_of(&m);
+        assert!(card.title.len() <= CARD_TITLE_BYTES, "{}", card.title.len());
+        assert!(card.description.len() <= CARD_DESCRIPTION_BYTES);
+        assert!(card.description.len() > CARD_DESCRIPTION_BYTES - 10);
+        assert!(card.description.starts_with("磁盘使用率超过阈值。"));
+        assert!(card.description.ends_with('…'));
+    }
+
+    #[test]
+    fn without_a_title_the_card_takes_the_first_line() {
+        let long = format!("first line\n{}", "y".repeat(3000));
+        let card = card_of(&compose(&outbound(None, Some(&long)), BASE)).clone();
+        assert_eq!(card.title, "first line");
+        assert!(card.description.starts_with("yyy"));
+    }
+
+    #[test]
+    fn a_sender_url_makes_a_card_that_opens_it() {
+        let mut m = outbound(Some("Deploy"), Some("v1.2.3"));
+        m.url = Some(" https://ci.example.com/run/7 ".into());
+        let card = card_of(&compose(&m, BASE)).clone();
+        assert_eq!(card.url, "https://ci.example.com/run/7");
+        assert_eq!(
+            (card.title.as_str(), card.description.as_str()),
+            ("Deploy", "v1.2.3")
+        );
+        assert_eq!(card.btntxt, OPEN_LINK);
+    }
+
+    #[test]
+    fn look_card_always_links_the_page() {
+        let mut m = outbound(Some("T"), Some("short"));
+        m.look = Look::Card;
+        assert_eq!(
+            card_of(&compose(&m, BASE)).url,
+            "https://push.example.com/m/m1?k=KEY"
+        );
+    }
+
+    #[test]
+    fn markdown_is_sent_as_markdown_only_to_members_who_chose_it() {
+        let mut m = outbound(Some("Report"), Some("**bold** and [link](https://x.org)"));
+        m.format = Format::Markdown;
+        // Default look: readable plain text.
+        assert_eq!(
+            text_of(&compose(&m, BASE)),
+            "Report\n\nbold and link (https://x.org)"
+        );
+        m.look = Look::Markdown;
+        match compose(&m, BASE) {
+            AppMessage::Markdown { markdown } => assert_eq!(
+                markdown.content,
+                "### Report\n\n**bold** and [link](https://x.org)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Plain text stays text even for a markdown member.
+        m.format = Format::Text;
+        assert!(matches!(compose(&m, BASE), AppMessage::Text { .. }));
+    }
+
+    #[test]
+    fn a_long_message_without_a_page_is_cut_and_says_so() {
+        let mut m = outbound(None, Some(&"磁盘".repeat(1000)));
+        m.page_key = None;
+        let text = text_of(&compose(&m, BASE)).to_owned();
+        assert!(text.len() <= MAX_TEXT_BYTES);
+        assert!(text.len() > MAX_TEXT_BYTES - TRUNCATION_MARK.len() - 3);
+        assert!(text.ends_with("(truncated)"));
     }
 }

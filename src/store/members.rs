@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::Row as _;
 
 use super::{Store, StoreError, now_ms};
-use crate::domain::{EmailAddress, PushToken, Route, UserId};
+use crate::domain::{EmailAddress, Look, PushToken, Route, UserId};
 
 /// Wrong tries a verification code allows.
 pub const CODE_ATTEMPTS: i64 = 5;
@@ -17,6 +17,8 @@ const CODE_RATE_WINDOW_MS: i64 = 3600 * 1000;
 pub struct MemberPrefs {
     pub email: Option<EmailAddress>,
     pub channels: Option<Route>,
+    /// How the member wants messages to look; `None`: `delivery.format`.
+    pub look: Option<Look>,
 }
 
 /// Members' preferences as read. `changes` counts changes, so that a read that started
@@ -173,7 +175,7 @@ impl Store {
             }
             Err(_) => u64::MAX,
         };
-        let row = sqlx::query("SELECT email, channels FROM members WHERE userid = $1")
+        let row = sqlx::query("SELECT email, channels, format FROM members WHERE userid = $1")
             .bind(userid.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -188,6 +190,10 @@ impl Store {
                     .try_get::<Option<String>, _>("channels")?
                     .as_deref()
                     .and_then(|c| Route::parse(c).ok()),
+                look: row
+                    .try_get::<Option<String>, _>("format")?
+                    .as_deref()
+                    .and_then(Look::from_stored),
             },
         };
         if let Ok(mut cache) = self.prefs.write()
@@ -217,6 +223,18 @@ impl Store {
         sqlx::query("UPDATE members SET channels = $2 WHERE userid = $1")
             .bind(userid.as_str())
             .bind(channels.map(Route::to_stored))
+            .execute(&self.pool)
+            .await?;
+        self.prefs_changed(userid);
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, clears) how the member wants messages to look.
+    pub async fn set_look(&self, userid: &UserId, look: Option<Look>) -> Result<(), StoreError> {
+        self.token_for(userid).await?;
+        sqlx::query("UPDATE members SET format = $2 WHERE userid = $1")
+            .bind(userid.as_str())
+            .bind(look.map(Look::as_str))
             .execute(&self.pool)
             .await?;
         self.prefs_changed(userid);

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::writer::AttemptUpdate;
 use super::{Store, StoreError};
-use crate::domain::{ChannelName, MessageId, Route, UserId};
+use crate::domain::{ChannelName, Format, Look, MessageId, Route, UserId};
 
 /// Idempotency keys are honoured this long.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -71,6 +71,14 @@ pub struct Message {
     pub deliver_all: bool,
     /// E-mail goes here rather than to the member's bound address (verification mails).
     pub email_to: Option<String>,
+    /// The content's syntax.
+    pub format: Format,
+    /// How the member wanted messages to look when this one was accepted.
+    pub look: Look,
+    /// The sender's link.
+    pub url: Option<String>,
+    /// The key of the message's page (`/m/{id}?k=…`).
+    pub page_key: Option<String>,
 }
 
 /// One attempt in a message's history.
@@ -120,6 +128,10 @@ impl Message {
                 .unwrap_or_else(|| unreachable!("one channel is a route")),
             deliver_all: false,
             email_to: None,
+            format: Format::Text,
+            look: Look::Text,
+            url: None,
+            page_key: None,
         }
     }
 
@@ -146,13 +158,17 @@ impl Message {
                 .map_err(StoreError::Corrupt)?,
             deliver_all: row.try_get::<i64, _>("deliver_all")? != 0,
             email_to: row.try_get("email_to")?,
+            format: Format::from_stored(&row.try_get::<String, _>("format")?),
+            look: Look::from_stored(&row.try_get::<String, _>("look")?).unwrap_or_default(),
+            url: row.try_get("url")?,
+            page_key: row.try_get("page_key")?,
         })
     }
 }
 
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
-     seq, via, idempotency_key, route, deliver_all, email_to";
+     seq, via, idempotency_key, route, deliver_all, email_to, format, look, url, page_key";
 
 impl Store {
     /// Stores a new message durably (and opens its member's lane); returns once it is
@@ -176,6 +192,36 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Message::from_row).transpose()
+    }
+
+    /// Deletes up to `batch` delivered or failed messages accepted before `before_ms`, with
+    /// their attempt history, and digests older than that; returns how many messages went.
+    /// Queued messages stay, whatever their age: nothing accepted is dropped unfinished.
+    pub async fn purge_messages(&self, before_ms: i64, batch: usize) -> Result<u64, StoreError> {
+        let old = format!(
+            "SELECT id FROM messages WHERE created_at < $1 AND status <> 'queued' \
+             ORDER BY created_at LIMIT {batch}"
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM attempts WHERE message_id IN ({old})"
+        )))
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        let purged = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM messages WHERE id IN ({old})"
+        )))
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM digests WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(purged)
     }
 
     /// The member's message sent with this idempotency key within the last 24 hours.

@@ -703,11 +703,11 @@ fn run_returning(
 }
 
 fn insert_chunk(conn: &Connection, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 19;
+    const COLS: usize = 23;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
-         idempotency_key, route, deliver_all, email_to) VALUES ",
+         idempotency_key, route, deliver_all, email_to, format, look, url, page_key) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
     let mut args = Vec::with_capacity(chunk.len() * COLS);
@@ -732,6 +732,10 @@ fn insert_chunk(conn: &Connection, chunk: &[&Message]) -> Result<(), StoreError>
             ToSqlOutput::from(m.route.to_stored()),
             ToSqlOutput::from(i64::from(m.deliver_all)),
             m.email_to.to_sql()?,
+            ToSqlOutput::from(m.format.as_str()),
+            ToSqlOutput::from(m.look.as_str()),
+            m.url.to_sql()?,
+            m.page_key.to_sql()?,
         ]);
     }
     run(conn, &sql, &args)?;

@@ -136,17 +136,39 @@ struct ApiReply {
     unlicenseduser: Option<String>,
 }
 
-#[derive(Serialize)]
-struct TextMessage<'a> {
-    touser: &'a str,
-    msgtype: &'static str,
-    agentid: i64,
-    text: TextBody<'a>,
+/// One app message's content, as `message/send` takes it (`msgtype` and its object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "msgtype", rename_all = "lowercase")]
+pub enum AppMessage {
+    /// Up to 2048 bytes, shown as it is (WeCom cuts longer content without an error).
+    Text { text: Content },
+    /// Up to 2048 bytes; only the WeCom client renders it (WeChat shows "无法接收此类消息").
+    Markdown { markdown: Content },
+    /// A card: title ≤ 128 bytes, description ≤ 512 bytes, a link and a button; shown
+    /// everywhere, WeChat included.
+    Textcard { textcard: TextCard },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Content {
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TextCard {
+    pub title: String,
+    pub description: String,
+    pub url: String,
+    /// At most 4 characters.
+    pub btntxt: String,
 }
 
 #[derive(Serialize)]
-struct TextBody<'a> {
-    content: &'a str,
+struct SendRequest<'a> {
+    touser: &'a str,
+    agentid: i64,
+    #[serde(flatten)]
+    message: &'a AppMessage,
 }
 
 struct CachedToken {
@@ -262,27 +284,41 @@ impl WeComClient {
         Ok(value)
     }
 
-    /// Sends a text message to one member. On an invalid/expired token it refreshes the
+    /// Sends an app message to one member. On an invalid/expired token it refreshes the
     /// token once and tries again.
-    pub async fn send_text(&self, touser: &str, content: &str) -> Result<(), WeComError> {
+    pub async fn send(&self, touser: &str, message: &AppMessage) -> Result<(), WeComError> {
         let token = self.access_token().await?;
-        match self.post_text(&token, touser, content).await {
+        match self.post_message(&token, touser, message).await {
             Err(err) if err.token_rejected() => {
                 tracing::info!("WeCom rejected the cached access token; refreshing");
                 self.invalidate(&token);
                 let token = self.access_token().await?;
-                self.post_text(&token, touser, content).await
+                self.post_message(&token, touser, message).await
             }
             other => other,
         }
     }
 
-    async fn post_text(&self, token: &str, touser: &str, content: &str) -> Result<(), WeComError> {
-        let body = TextMessage {
+    /// A text message (the bot's replies, tests).
+    pub async fn send_text(&self, touser: &str, content: &str) -> Result<(), WeComError> {
+        let message = AppMessage::Text {
+            text: Content {
+                content: content.to_owned(),
+            },
+        };
+        self.send(touser, &message).await
+    }
+
+    async fn post_message(
+        &self,
+        token: &str,
+        touser: &str,
+        message: &AppMessage,
+    ) -> Result<(), WeComError> {
+        let body = SendRequest {
             touser,
-            msgtype: "text",
             agentid: self.agent_id,
-            text: TextBody { content },
+            message,
         };
         let reply: ApiReply = self
             .call(

@@ -75,6 +75,21 @@ pub(crate) async fn messages_of(app: &TestApp, token: &str) -> Vec<Value> {
 /// Waits for WeCom to accept a message, then checks it was the only one, for `user`, and
 /// that the member has exactly one stored message; returns its WeCom text.
 pub(crate) async fn the_only_message(app: &TestApp, user: &str, token: &str) -> String {
+    let sent = the_only_sent(app, user, token).await;
+    assert_eq!(sent.msgtype, "text", "{sent:#?}");
+    sent.content
+}
+
+/// [`the_only_message`] for a message that became a card: the card.
+pub(crate) async fn the_only_card(app: &TestApp, user: &str, token: &str) -> SentCard {
+    let sent = the_only_sent(app, user, token).await;
+    assert_eq!(sent.msgtype, "textcard", "{sent:#?}");
+    sent.card
+        .clone()
+        .unwrap_or_else(|| panic!("a card: {sent:#?}"))
+}
+
+async fn the_only_sent(app: &TestApp, user: &str, token: &str) -> Sent {
     app.mock.wait_for_sent(1, WAIT).await;
     // Give a duplicate the chance to show up.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -85,10 +100,9 @@ pub(crate) async fn the_only_message(app: &TestApp, user: &str, token: &str) -> 
         "exactly one message reaches WeCom: {sent:#?}"
     );
     assert_eq!(sent[0].touser, user, "{sent:#?}");
-    assert_eq!(sent[0].msgtype, "text", "{sent:#?}");
     let stored = messages_of(app, token).await;
     assert_eq!(stored.len(), 1, "exactly one message stored: {stored:#?}");
-    sent[0].content.clone()
+    sent[0].clone()
 }
 
 /// Nothing reached WeCom and nothing was stored for the member.
@@ -387,9 +401,10 @@ async fn serverchan_get_with_query_delivers_title_and_desp() {
         .await
         .unwrap();
     let pushed = sc_ok(resp).await;
+    // desp is markdown: members who read plain text get it readable.
     assert_eq!(
         the_only_message(&app, &user, &token).await,
-        format!("构建 #42\n\n{desp}")
+        "构建 #42\n\n构建失败\n\n• job: deploy\n• 日志 (https://ci.example.com/1)"
     );
     // The pushid is the message id of the native API.
     let status = app
@@ -769,9 +784,16 @@ async fn bark_query_params_are_accepted_and_url_is_kept() {
         .await
         .unwrap();
     bark_ok(resp).await;
-    let text = the_only_message(&app, &user, &token).await;
-    assert!(text.starts_with("部署\n\n完成"), "{text:?}");
-    assert!(text.contains(link), "url is not lost: {text:?}");
+    // The link makes a card that opens it.
+    let card = the_only_card(&app, &user, &token).await;
+    assert_eq!(
+        (
+            card.title.as_str(),
+            card.description.as_str(),
+            card.url.as_str()
+        ),
+        ("部署", "完成", link)
+    );
 }
 
 #[tokio::test]
@@ -786,9 +808,15 @@ async fn bark_post_path_with_form_params() {
         .await
         .unwrap();
     bark_ok(resp).await;
-    let text = the_only_message(&app, &user, &token).await;
-    assert!(text.starts_with("表单\n\n正文"), "{text:?}");
-    assert!(text.contains(link), "url is not lost: {text:?}");
+    let card = the_only_card(&app, &user, &token).await;
+    assert_eq!(
+        (
+            card.title.as_str(),
+            card.description.as_str(),
+            card.url.as_str()
+        ),
+        ("表单", "正文", link)
+    );
 }
 
 #[tokio::test]
@@ -810,17 +838,13 @@ async fn bark_post_push_json() {
         .await
         .unwrap();
     bark_ok(resp).await;
-    let text = the_only_message(&app, &user, &token).await;
-    let content = text
-        .strip_prefix("JSON 推送\n\n")
-        .unwrap_or_else(|| panic!("title first: {text:?}"));
-    let sub = content.find("子标题").expect("subtitle in the content");
-    let body = content.find("正文内容").expect("body in the content");
-    assert!(sub < body, "subtitle before the body: {text:?}");
-    assert!(
-        content.contains("https://example.com/detail"),
-        "url is not lost: {text:?}"
+    let card = the_only_card(&app, &user, &token).await;
+    assert_eq!(card.title, "JSON 推送");
+    assert_eq!(
+        card.description, "子标题\n正文内容",
+        "subtitle before the body"
     );
+    assert_eq!(card.url, "https://example.com/detail");
 }
 
 #[tokio::test]
@@ -852,9 +876,11 @@ async fn bark_push_uses_markdown_when_body_is_absent() {
         .await
         .unwrap();
     bark_ok(resp).await;
-    let text = the_only_message(&app, &user, &token).await;
-    assert!(text.starts_with("MD\n\n"), "{text:?}");
-    assert!(text.contains(markdown), "{text:?}");
+    // Markdown, made readable for a member who reads plain text.
+    assert_eq!(
+        the_only_message(&app, &user, &token).await,
+        "MD\n\n粗体 and code"
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::compat::{
     DebugBinary, app_and_member, assert_not_logged, assert_nothing_sent, bark_ok, debug_binary,
-    enc, get, json_of, messages_of, now_secs, the_only_message,
+    enc, get, json_of, messages_of, now_secs, the_only_card, the_only_message,
 };
 use crate::helpers::*;
 
@@ -31,6 +31,16 @@ async fn nth_message(app: &TestApp, user: &str, n: usize) -> String {
     assert_eq!(s.touser, user, "{sent:#?}");
     assert_eq!(s.msgtype, "text", "{sent:#?}");
     s.content.clone()
+}
+
+/// The `n`th message WeCom received (1-based), a card.
+async fn nth_card(app: &TestApp, user: &str, n: usize) -> SentCard {
+    let sent = app.mock.wait_for_sent(n, WAIT).await;
+    let s = &sent[n - 1];
+    assert_eq!(s.touser, user, "{sent:#?}");
+    s.card
+        .clone()
+        .unwrap_or_else(|| panic!("message {n} is a card: {sent:#?}"))
 }
 
 /// A WeCom text as (title, content): they are separated by the first blank line.
@@ -283,7 +293,7 @@ async fn gotify_bearer_and_priorities_mark_the_title() {
 }
 
 #[tokio::test]
-async fn gotify_click_url_is_the_last_line() {
+async fn gotify_click_url_makes_a_card_and_markdown_is_read_as_markdown() {
     let (app, user, token) = app_and_member().await;
     let link = "https://ci.example.com/job/42?tab=log&x=1";
     let extras = json!({
@@ -305,11 +315,11 @@ async fn gotify_click_url_is_the_last_line() {
         .unwrap();
     let body = gotify_ok(resp).await;
     assert_eq!(body["extras"], extras, "extras are echoed: {body}");
-    let text = the_only_message(&app, &user, &token).await;
-    let (title, content) = title_and_content(&text);
-    assert_eq!(title, "构建失败");
-    assert!(content.starts_with("**deploy** 失败\n第二行"), "{text:?}");
-    assert_eq!(last_line(content), link, "{text:?}");
+    // The click URL makes a card that opens it; the markdown shows as readable text.
+    let card = the_only_card(&app, &user, &token).await;
+    assert_eq!(card.title, "构建失败");
+    assert_eq!(card.description, "deploy 失败\n第二行");
+    assert_eq!(card.url, link);
 }
 
 #[tokio::test]
@@ -483,11 +493,16 @@ async fn ntfy_priority_tags_and_click_headers() {
     let body = ntfy_ok(resp, &token, "load 12.5").await;
     assert_eq!(body["priority"], 4, "{body}");
     assert_eq!(body["click"], link, "{body}");
-    let text = nth_message(&app, &user, 4).await;
-    let (title, content) = title_and_content(&text);
-    assert_eq!(title, "❗ 负载");
-    assert!(content.starts_with("load 12.5"), "{text:?}");
-    assert_eq!(last_line(&text), link, "{text:?}");
+    // X-Click makes a card that opens the link.
+    let card = nth_card(&app, &user, 4).await;
+    assert_eq!(
+        (
+            card.title.as_str(),
+            card.description.as_str(),
+            card.url.as_str()
+        ),
+        ("❗ 负载", "load 12.5", link)
+    );
 
     // All of them at once: the urgency marker first, then the tag emoji.
     let resp = ntfy_post(
@@ -503,9 +518,14 @@ async fn ntfy_priority_tags_and_click_headers() {
     )
     .await;
     ntfy_ok(resp, &token, "all").await;
+    let card = nth_card(&app, &user, 5).await;
     assert_eq!(
-        nth_message(&app, &user, 5).await,
-        format!("🚨 ⚠️ 全部\n\nall\nTags: disk, db\n\n{link}")
+        (
+            card.title.as_str(),
+            card.description.as_str(),
+            card.url.as_str()
+        ),
+        ("🚨 ⚠️ 全部", "all\nTags: disk, db", link)
     );
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use crate::mock_wecom::{
-    AGENT_ID, CORP_ID, GetTokenFailure, MockWeCom, SECRET, SendReply, Sent,
+    AGENT_ID, CORP_ID, GetTokenFailure, MockWeCom, SECRET, SendReply, Sent, SentCard,
 };
 
 pub const CALLBACK_TOKEN: &str = "QDG6eK";

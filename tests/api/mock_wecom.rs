@@ -142,7 +142,20 @@ pub struct Sent {
     pub touser: String,
     pub agentid: i64,
     pub msgtype: String,
+    /// `text` and `markdown`: the content; `textcard`: the title, a blank line and the
+    /// description.
     pub content: String,
+    /// `textcard` only.
+    pub card: Option<SentCard>,
+}
+
+/// A `textcard` as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentCard {
+    pub title: String,
+    pub description: String,
+    pub url: String,
+    pub btntxt: String,
 }
 
 #[derive(Default)]
@@ -525,14 +538,31 @@ async fn message_send(
 
     let resp = reply_response(&reply);
     if reply.is_success() {
-        let sent = Sent {
-            touser: body["touser"].as_str().unwrap_or_default().to_owned(),
-            agentid: body["agentid"].as_i64().unwrap_or_default(),
-            msgtype: body["msgtype"].as_str().unwrap_or_default().to_owned(),
-            content: body["text"]["content"]
+        let msgtype = body["msgtype"].as_str().unwrap_or_default().to_owned();
+        let field = |path: &[&str]| {
+            path.iter()
+                .fold(&body, |v, k| &v[*k])
                 .as_str()
                 .unwrap_or_default()
-                .to_owned(),
+                .to_owned()
+        };
+        let card = (msgtype == "textcard").then(|| SentCard {
+            title: field(&["textcard", "title"]),
+            description: field(&["textcard", "description"]),
+            url: field(&["textcard", "url"]),
+            btntxt: field(&["textcard", "btntxt"]),
+        });
+        let content = match &card {
+            Some(card) => format!("{}\n\n{}", card.title, card.description),
+            None if msgtype == "markdown" => field(&["markdown", "content"]),
+            None => field(&["text", "content"]),
+        };
+        let sent = Sent {
+            touser: field(&["touser"]),
+            agentid: body["agentid"].as_i64().unwrap_or_default(),
+            msgtype,
+            content,
+            card,
         };
         shared.lock().sent.push(sent);
     }

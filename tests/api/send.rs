@@ -40,6 +40,7 @@ async fn get_send_queues_and_delivers_title_and_content() {
             agentid: AGENT_ID,
             msgtype: "text".to_owned(),
             content: "Backup\n\ndone in 3s".to_owned(),
+            card: None,
         }
     );
     let status = app.wait_for_status(&id, &token, "delivered", WAIT).await;

@@ -21,7 +21,7 @@ use serde_json::json;
 use super::super::AppState;
 use super::super::send::{Submission, parse_body, parse_query, submit};
 use super::{PathOf, path_value, unix_seconds};
-use crate::domain::Urgency;
+use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 
 /// Parameters from the query, a form or a JSON body (unknown ones are ignored).
@@ -85,11 +85,14 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
             "unknown device key: use your pushbot token as the Bark key".into(),
         ));
     }
-    let body = params
-        .body
-        .clone()
-        .or_else(|| params.markdown.clone())
-        .filter(|b| !b.trim().is_empty());
+    // Bark shows `markdown` instead of `body` when both are given.
+    let markdown = params.markdown.clone().filter(|m| !m.trim().is_empty());
+    let format = if markdown.is_some() {
+        Format::Markdown
+    } else {
+        Format::Text
+    };
+    let body = markdown.or_else(|| params.body.clone().filter(|b| !b.trim().is_empty()));
     let Some(body) = body else {
         return Err(ApiError::BadRequest("body is required".into()));
     };
@@ -109,6 +112,7 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
                 .level
                 .as_deref()
                 .map_or(Urgency::Normal, Urgency::from_bark),
+            format,
             ..Submission::default()
         },
     )

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::super::AppState;
 use super::super::auth::find_token;
 use super::super::send::{Submission, parse_body, parse_query, submit};
-use crate::domain::Urgency;
+use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +50,20 @@ impl Fields {
             Some(Value::String(s)) if s.trim().is_empty() => Ok(0),
             Some(Value::String(s)) => s.trim().parse().map_err(|_| bad_priority()),
             Some(_) => Err(bad_priority()),
+        }
+    }
+
+    /// `extras["client::display"].contentType == "text/markdown"`.
+    fn format(&self) -> Format {
+        let content_type = self
+            .extras
+            .as_ref()
+            .and_then(|e| e.get("client::display"))
+            .and_then(|d| d.get("contentType"))
+            .and_then(Value::as_str);
+        match content_type {
+            Some(t) if t.trim().eq_ignore_ascii_case("text/markdown") => Format::Markdown,
+            _ => Format::Text,
         }
     }
 
@@ -135,6 +149,7 @@ async fn publish(
             channel: fields.channel.clone(),
             url: fields.click_url(),
             urgency: Urgency::from_gotify(priority),
+            format: fields.format(),
             ..Submission::default()
         },
     )

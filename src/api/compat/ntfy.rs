@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use super::super::AppState;
 use super::super::send::{Submission, parse_query, submit};
 use super::{PathOf, path_value};
-use crate::domain::Urgency;
+use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 
 /// What ntfy sends when a publish carries no message at all.
@@ -125,6 +125,18 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     };
     let value = value.trim();
     (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// ntfy's flags: `yes`, `true`, `1` (or JSON `true`).
+fn is_yes(value: Option<&Value>) -> bool {
+    match value {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => {
+            matches!(s.trim().to_ascii_lowercase().as_str(), "yes" | "true" | "1")
+        }
+        Some(Value::Number(n)) => n.as_i64() == Some(1),
+        _ => false,
+    }
 }
 
 /// ntfy's priority: 1 (min) … 3 (default) … 5 (max, urgent).
@@ -324,6 +336,11 @@ async fn publish(
             channel: options.channel.clone(),
             url: options.click.clone(),
             urgency: Urgency::from_ntfy(priority),
+            format: if is_yes(options.markdown.as_ref()) {
+                Format::Markdown
+            } else {
+                Format::Text
+            },
             ..Submission::default()
         },
     )

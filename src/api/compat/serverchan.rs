@@ -18,6 +18,7 @@ use sha1::{Digest as _, Sha1};
 use super::super::AppState;
 use super::super::send::{Submission, parse_body, parse_query, submit};
 use super::{PathOf, path_value};
+use crate::domain::Format;
 use crate::error::ApiError;
 use crate::store::MessageStatus;
 
@@ -109,6 +110,8 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
             title,
             content,
             channel: fields.channel,
+            // ServerChan renders desp as markdown.
+            format: Format::Markdown,
             ..Submission::default()
         },
     )

@@ -1,0 +1,154 @@
+//! `GET /m/{id}?k=KEY`: a message's own page, where a message too long for WeCom is read in
+//! full (the card in the chat links here). The key is 128 random bits stored with the
+//! message: without it the page is a 404, as for a message that does not exist, so ids
+//! reveal nothing. A message older than `storage.retention` is gone (410) — told from its
+//! id (a UUIDv7 carries its creation time), so this holds after the purge as well.
+//!
+//! The page is self-contained (inline style and script, nothing fetched) and served with
+//! a strict Content-Security-Policy whose nonce changes with every response.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use subtle::ConstantTimeEq as _;
+
+use super::AppState;
+use super::send::parse_query;
+use crate::domain::Format;
+use crate::error::ApiError;
+use crate::render::page::{Page, content_security_policy, render};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/m/{id}", get(show))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    k: Option<String>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let nonce = crate::token::page_key();
+    let Ok(Path(id)) = id else {
+        return notice(StatusCode::NOT_FOUND, &nonce);
+    };
+    let key = parse_query::<PageQuery>(query.as_deref())
+        .ok()
+        .and_then(|q| q.k)
+        .unwrap_or_default();
+    if expired(&id, state.retention, SystemTime::now()) {
+        return notice(StatusCode::GONE, &nonce);
+    }
+    let message = match state.store.message(&id).await {
+        Ok(message) => message,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    let Some(message) = message.filter(|m| {
+        m.page_key
+            .as_deref()
+            .is_some_and(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())))
+    }) else {
+        return notice(StatusCode::NOT_FOUND, &nonce);
+    };
+    let html = render(&Page {
+        title: message.title.as_deref(),
+        content: message.content.as_deref().unwrap_or(""),
+        markdown: message.format == Format::Markdown,
+        created_at_ms: message.created_at,
+        nonce: &nonce,
+    });
+    respond(StatusCode::OK, html, &nonce)
+}
+
+/// Whether the message with this id is older than the retention (a UUIDv7 starts with its
+/// creation time in milliseconds).
+fn expired(id: &str, retention: Option<Duration>, now: SystemTime) -> bool {
+    let Some(retention) = retention else {
+        return false;
+    };
+    let Some((secs, nanos)) = uuid::Uuid::parse_str(id)
+        .ok()
+        .and_then(|u| u.get_timestamp())
+        .map(|t| t.to_unix())
+    else {
+        return false;
+    };
+    let created = UNIX_EPOCH + Duration::new(secs, nanos);
+    now.duration_since(created).is_ok_and(|age| age > retention)
+}
+
+/// A short page for 404 and 410: whoever opens a link is a person with a browser.
+fn notice(status: StatusCode, nonce: &str) -> Response {
+    let (title, text) = if status == StatusCode::GONE {
+        (
+            "消息已过期 · Message expired",
+            "这条消息已超过保存期限并被删除。<br>This message was older than the server keeps messages and has been deleted.",
+        )
+    } else {
+        (
+            "找不到消息 · Message not found",
+            "链接无效或不完整。<br>This link is not valid (or not complete).",
+        )
+    };
+    let html = format!(
+        "<!DOCTYPE html><html lang=\"zh\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"color-scheme\" content=\"light dark\"><title>{title}</title>\
+         <style nonce=\"{nonce}\">body{{font-family:-apple-system,system-ui,'PingFang SC','Microsoft YaHei',sans-serif;\
+         max-width:40rem;margin:3rem auto;padding:0 1.2rem;line-height:1.6}}</style></head>\
+         <body><h1>{title}</h1><p>{text}</p></body></html>"
+    );
+    respond(status, html, nonce)
+}
+
+fn respond(status: StatusCode, html: String, nonce: &str) -> Response {
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    if let Ok(csp) = HeaderValue::from_str(&content_security_policy(nonce)) {
+        headers.insert(CONTENT_SECURITY_POLICY, csp);
+    }
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // The page is private (whoever has the link); keep it out of shared caches and indexes.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "x-robots-tag",
+        HeaderValue::from_static("noindex, nofollow"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_older_than_the_retention_has_expired() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        assert!(!expired(&id, Some(day), now));
+        assert!(expired(&id, Some(day), now + 2 * day));
+        assert!(!expired(&id, None, now + 2 * day));
+        assert!(!expired("not-a-uuid", Some(day), now + 2 * day));
+    }
+}

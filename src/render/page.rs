@@ -1,0 +1,549 @@
+//! The message page: one self-contained HTML document per message, for reading long messages
+//! on a phone (WeCom's in-app browser, an old WebKit/X5).
+//!
+//! The page fetches nothing: style and script are inline and carry the response's CSP nonce,
+//! fonts are the system's, and the only outside references are the ones the author put in the
+//! message (links, `https://` images). So the page works behind any firewall, leaks no reader
+//! to a third party, and a strict policy (`default-src 'none'`) costs nothing.
+
+use std::fmt::Write as _;
+
+use super::markdown::{escape_html, to_safe_html};
+
+/// What the page shows.
+pub struct Page<'a> {
+    /// Shown as the heading and the document title; `None` or blank shows no heading.
+    pub title: Option<&'a str>,
+    pub content: &'a str,
+    /// Whether `content` is markdown (rendered through [`to_safe_html`]) or plain text.
+    pub markdown: bool,
+    /// When the message was sent, in Unix milliseconds.
+    pub created_at_ms: i64,
+    /// The response's CSP nonce, as also passed to [`content_security_policy`].
+    pub nonce: &'a str,
+}
+
+/// The complete HTML document for `page`.
+///
+/// Everything from the message (title, content) is escaped or goes through [`to_safe_html`];
+/// the rest is fixed text of ours. The sent time is written in UTC, which an inline script
+/// rewrites into the reader's own zone (readers without script still see a correct time).
+pub fn render(page: &Page<'_>) -> String {
+    let nonce = escape_html(&nonce_token(page.nonce));
+    let title = page.title.map(str::trim).filter(|t| !t.is_empty());
+    let time = UtcTime::from_unix_ms(page.created_at_ms);
+    let (class, body) = if page.markdown {
+        ("markdown", to_safe_html(page.content))
+    } else {
+        ("text", plain_text_html(page.content))
+    };
+
+    let mut out = String::with_capacity(STYLE.len() + SCRIPT.len() + body.len() + 1024);
+    out.push_str(
+        "<!DOCTYPE html>\n\
+         <html lang=\"zh-CN\">\n\
+         <head>\n\
+         <meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"color-scheme\" content=\"light dark\">\n\
+         <meta name=\"referrer\" content=\"no-referrer\">\n\
+         <meta name=\"robots\" content=\"noindex, nofollow\">\n\
+         <meta name=\"format-detection\" content=\"telephone=no\">\n",
+    );
+    let _ = writeln!(
+        out,
+        "<title>{}</title>",
+        escape_html(title.unwrap_or("pushbot"))
+    );
+    let _ = writeln!(out, "<style nonce=\"{nonce}\">{STYLE}</style>");
+    out.push_str("</head>\n<body>\n<div class=\"page\">\n<header>\n");
+    if let Some(title) = title {
+        let _ = writeln!(out, "<h1>{}</h1>", escape_html(title));
+    }
+    let _ = writeln!(
+        out,
+        "<p class=\"sent\"><time id=\"sent\" datetime=\"{}\" data-ms=\"{}\">{}</time></p>",
+        time.iso8601(),
+        page.created_at_ms,
+        time.readable()
+    );
+    out.push_str("</header>\n");
+    let _ = writeln!(out, "<div class=\"content {class}\">{body}</div>");
+    out.push_str("<footer>pushbot</footer>\n</div>\n");
+    let _ = writeln!(out, "<script nonce=\"{nonce}\">{SCRIPT}</script>");
+    out.push_str("</body>\n</html>\n");
+    out
+}
+
+/// The `Content-Security-Policy` to send with [`render`]'s page, for the same nonce.
+///
+/// Only our own nonce'd style and script run; images may come from `https:` only, like
+/// [`to_safe_html`] keeps them (`data:` images never reach the page, so the policy does not
+/// allow them); no frames, forms, base URL or embedding in other sites.
+pub fn content_security_policy(nonce: &str) -> String {
+    let nonce = nonce_token(nonce);
+    format!(
+        "default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; \
+         img-src https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
+/// The nonce reduced to base64/base64url characters, the only ones a CSP nonce may have.
+///
+/// A nonce is ours (random, base64), so this changes nothing in practice; it makes sure a bad
+/// one can never add a directive to the policy (`abc'; script-src *`).
+fn nonce_token(nonce: &str) -> String {
+    nonce
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_'))
+        .collect()
+}
+
+/// Plain text as HTML: escaped, with `http(s)://` addresses made links.
+///
+/// Plain-text messages are mostly alerts and logs with a URL in them; a tap is nicer than
+/// copying. Only `http://` and `https://` are recognised, so no other scheme can become a
+/// link. Layout (newlines, spaces) is kept by the `.text` style, not by markup.
+fn plain_text_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut rest = text;
+    while let Some((start, end)) = find_url(rest) {
+        out.push_str(&escape_html(&rest[..start]));
+        let url = escape_html(&rest[start..end]);
+        let _ = write!(
+            out,
+            "<a href=\"{url}\" rel=\"noopener noreferrer nofollow\" target=\"_blank\">{url}</a>"
+        );
+        rest = &rest[end..];
+    }
+    out.push_str(&escape_html(rest));
+    out
+}
+
+/// The byte range of the first `http://` or `https://` address in `text`.
+///
+/// An address runs over printable ASCII except quotes and angle brackets: it ends at a space,
+/// at a quote around it, and at the first non-ASCII character, which in Chinese text is
+/// usually the punctuation right after it (`详见https://example.com/a，谢谢`). Punctuation at
+/// its end belongs to the sentence, and a closing bracket only to the address if it opened one
+/// (`(see https://en.wikipedia.org/wiki/Rust_(language))`).
+fn find_url(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(offset) = bytes[from..]
+        .iter()
+        .position(|b| b.eq_ignore_ascii_case(&b'h'))
+    {
+        let start = from + offset;
+        let rest = &bytes[start..];
+        let scheme_len = if starts_with_ignore_case(rest, b"https://") {
+            8
+        } else if starts_with_ignore_case(rest, b"http://") {
+            7
+        } else {
+            from = start + 1;
+            continue;
+        };
+        let body = start + scheme_len;
+        let len = bytes[body..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"' | b'\''))
+            .count();
+        let end = trim_url_end(&bytes[body..body + len]) + body;
+        if end > body {
+            return Some((start, end));
+        }
+        from = body;
+    }
+    None
+}
+
+fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// The length of `url` without the sentence punctuation and unbalanced brackets at its end.
+fn trim_url_end(url: &[u8]) -> usize {
+    let mut end = url.len();
+    while let Some(&last) = url[..end].last() {
+        let unbalanced = |open: u8, close: u8| {
+            let url = &url[..end];
+            let count = |c: u8| url.iter().filter(|&&b| b == c).count();
+            count(close) > count(open)
+        };
+        let trailing = match last {
+            b'.' | b',' | b':' | b';' | b'!' | b'?' | b'*' => true,
+            b')' => unbalanced(b'(', b')'),
+            b']' => unbalanced(b'[', b']'),
+            b'}' => unbalanced(b'{', b'}'),
+            _ => false,
+        };
+        if !trailing {
+            break;
+        }
+        end -= 1;
+    }
+    end
+}
+
+/// A moment in UTC, broken down for display; computed here so the page needs no date crate.
+#[derive(Debug, PartialEq)]
+struct UtcTime {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+}
+
+impl UtcTime {
+    fn from_unix_ms(ms: i64) -> Self {
+        const DAY_MS: i64 = 86_400_000;
+        let days = ms.div_euclid(DAY_MS);
+        let seconds_of_day = ms.rem_euclid(DAY_MS) / 1000;
+        let (year, month, day) = civil_from_days(days);
+        UtcTime {
+            year,
+            month,
+            day,
+            hour: (seconds_of_day / 3600) as u32,
+            minute: (seconds_of_day / 60 % 60) as u32,
+            second: (seconds_of_day % 60) as u32,
+        }
+    }
+
+    /// For `<time datetime>`: "2026-11-27T02:08:05Z".
+    fn iso8601(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+
+    /// What readers without script see: "2026-11-27 02:08 UTC".
+    fn readable(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            self.year, self.month, self.day, self.hour, self.minute
+        )
+    }
+}
+
+/// Year, month (1–12) and day (1–31) of the proleptic Gregorian calendar for a count of days
+/// since 1970-01-01 (Howard Hinnant's `civil_from_days`, exact for every `i64` day we meet).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The page's only script: shows the sent time in the reader's zone and locale, keeping the
+/// UTC text as a tooltip. Plain ES5 for old in-app browsers; any failure leaves the UTC text.
+const SCRIPT: &str = r#"
+(function () {
+  var el = document.getElementById("sent");
+  if (!el) { return; }
+  var ms = parseInt(el.getAttribute("data-ms"), 10);
+  if (isNaN(ms)) { return; }
+  var date = new Date(ms);
+  if (isNaN(date.getTime())) { return; }
+  try {
+    var local = date.toLocaleString();
+    if (local && local !== "Invalid Date") {
+      el.setAttribute("title", el.textContent);
+      el.textContent = local;
+    }
+  } catch (e) {}
+})();
+"#;
+
+/// The page's only style sheet. System fonts; colours spelled out twice (light, then dark)
+/// rather than through custom properties, which old in-app browsers may lack. Declarations
+/// an old engine does not know (`overflow-wrap: anywhere`) follow a fallback it does know.
+/// Table cell alignment comes as `style` attributes, which the CSP blocks, so it is restated
+/// here with attribute selectors.
+const STYLE: &str = r#"
+html { -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }
+body {
+  margin: 0; background: #ffffff; color: #1f2328;
+  font-family: -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+    "PingFang SC", "Hiragino Sans GB", "Microsoft YaHei", "Noto Sans CJK SC", sans-serif;
+  font-size: 17px; line-height: 1.6;
+}
+.page { max-width: 46rem; margin: 0 auto; padding: 20px 16px 32px; }
+header, footer { display: block; }
+header { margin-bottom: 20px; border-bottom: 1px solid #d8dee4; padding-bottom: 12px; }
+header h1 { font-size: 1.4em; line-height: 1.3; margin: 0 0 6px; }
+.sent { margin: 0; color: #656d76; font-size: 14px; }
+.content { word-wrap: break-word; overflow-wrap: break-word; overflow-wrap: anywhere; }
+.text { white-space: pre-wrap; }
+.content > :first-child { margin-top: 0; }
+p, ul, ol, pre, blockquote, table { margin: 0 0 1em; }
+h1, h2, h3, h4, h5, h6 { line-height: 1.3; margin: 1.4em 0 0.6em; }
+.content h1 { font-size: 1.35em; }
+.content h2 { font-size: 1.25em; }
+.content h3 { font-size: 1.12em; }
+.content h4, .content h5, .content h6 { font-size: 1em; }
+ul, ol { padding-left: 1.6em; }
+li + li { margin-top: 0.25em; }
+li > input[type="checkbox"] { margin: 0 0.4em 0 0; vertical-align: middle; }
+a { color: #0969da; text-decoration: underline; }
+img { max-width: 100%; height: auto; }
+hr { border: 0; border-top: 1px solid #d8dee4; margin: 1.5em 0; }
+blockquote { margin-left: 0; margin-right: 0; padding: 0 1em; color: #59636e;
+  border-left: 4px solid #d0d7de; }
+code, pre {
+  font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace;
+  font-size: 0.88em;
+}
+code { background: #eff2f5; border-radius: 4px; padding: 0.15em 0.35em; }
+pre { background: #f3f5f7; border-radius: 6px; padding: 12px 14px; line-height: 1.45;
+  overflow-x: auto; -webkit-overflow-scrolling: touch; }
+pre code { background: none; padding: 0; font-size: 1em; white-space: pre;
+  word-wrap: normal; overflow-wrap: normal; }
+table { display: block; max-width: 100%; overflow-x: auto; -webkit-overflow-scrolling: touch;
+  border-collapse: collapse; }
+th, td { border: 1px solid #d0d7de; padding: 6px 12px; text-align: left; }
+th { background: #f3f5f7; }
+th[style="text-align: center"], td[style="text-align: center"] { text-align: center; }
+th[style="text-align: right"], td[style="text-align: right"] { text-align: right; }
+footer { margin-top: 32px; color: #8c959f; font-size: 13px; text-align: center; }
+@media (prefers-color-scheme: dark) {
+  body { background: #16181c; color: #e6edf3; }
+  header, hr { border-color: #30363d; }
+  .sent { color: #9198a1; }
+  a { color: #58a6ff; }
+  blockquote { color: #9198a1; border-left-color: #3d444d; }
+  code { background: #262c36; }
+  pre, th { background: #1f242c; }
+  th, td { border-color: #3d444d; }
+  footer { color: #6e7681; }
+}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page<'a>(title: Option<&'a str>, content: &'a str, markdown: bool) -> Page<'a> {
+        Page {
+            title,
+            content,
+            markdown,
+            created_at_ms: 1_795_745_285_000,
+            nonce: "bm9uY2UxMjM0NTY3ODkw",
+        }
+    }
+
+    #[test]
+    fn is_a_complete_self_contained_document() {
+        let html = render(&page(Some("Backup done"), "all good\nsee the log", false));
+        assert!(html.starts_with("<!DOCTYPE html>\n<html"));
+        assert!(html.ends_with("</html>\n"));
+        for needle in [
+            "<meta charset=\"utf-8\">",
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+            "<meta name=\"referrer\" content=\"no-referrer\">",
+            "<meta name=\"color-scheme\" content=\"light dark\">",
+            "<title>Backup done</title>",
+            "<h1>Backup done</h1>",
+            "<footer>pushbot</footer>",
+            "@media (prefers-color-scheme: dark)",
+            "white-space: pre-wrap",
+            "overflow-wrap: anywhere",
+            "max-width: 46rem",
+        ] {
+            assert!(html.contains(needle), "{needle} missing");
+        }
+        // nothing fetched: no address of any kind outside the user's content
+        assert!(!html.contains("http://"));
+        assert!(!html.contains("https://"));
+        assert!(
+            !html.contains("//"),
+            "no protocol-relative references either"
+        );
+        assert!(!html.contains("@import") && !html.contains("url("));
+        assert!(!html.contains(" src=") && !html.contains(" href="));
+    }
+
+    #[test]
+    fn nonce_is_on_the_only_style_and_script() {
+        let html = render(&page(None, "x", true));
+        assert_eq!(html.matches("<style").count(), 1);
+        assert_eq!(html.matches("<script").count(), 1);
+        assert!(html.contains("<style nonce=\"bm9uY2UxMjM0NTY3ODkw\">"));
+        assert!(html.contains("<script nonce=\"bm9uY2UxMjM0NTY3ODkw\">"));
+    }
+
+    #[test]
+    fn title_is_escaped_and_optional() {
+        let html = render(&page(Some("<script>alert(1)</script> & \"q\""), "x", false));
+        assert!(
+            html.contains(
+                "<title>&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;q&quot;</title>"
+            )
+        );
+        assert!(
+            html.contains("<h1>&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;q&quot;</h1>")
+        );
+        assert_eq!(html.matches("<script").count(), 1);
+
+        for title in [None, Some(""), Some("   ")] {
+            let html = render(&page(title, "x", false));
+            assert!(html.contains("<title>pushbot</title>"));
+            assert!(!html.contains("<h1"));
+        }
+    }
+
+    #[test]
+    fn markdown_goes_through_safe_html() {
+        let hostile = "# Hi\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(1)>\n\n\
+                       [x](javascript:alert(1)) ![a](http://insecure.example/a.png)";
+        let html = render(&page(None, hostile, true));
+        assert_eq!(html.matches("<script").count(), 1);
+        assert!(!html.contains("<img"));
+        assert!(!html.contains("javascript:alert(1)\""));
+        assert!(!html.contains("http://insecure"));
+        assert!(html.contains("<div class=\"content markdown\"><h1>Hi</h1>"));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    }
+
+    #[test]
+    fn plain_text_is_escaped_with_links() {
+        let html = render(&page(
+            None,
+            "<b>bold</b> & <script>x</script>\n  indented",
+            false,
+        ));
+        assert!(html.contains(
+            "<div class=\"content text\">&lt;b&gt;bold&lt;/b&gt; &amp; \
+             &lt;script&gt;x&lt;/script&gt;\n  indented</div>"
+        ));
+        assert_eq!(html.matches("<script").count(), 1);
+    }
+
+    #[test]
+    fn plain_text_links() {
+        let link = |url: &str| {
+            format!(
+                "<a href=\"{url}\" rel=\"noopener noreferrer nofollow\" target=\"_blank\">{url}</a>"
+            )
+        };
+        let cases: &[(&str, String)] = &[
+            ("no links here", "no links here".to_owned()),
+            (
+                "see https://example.com/a?b=1&c=2.",
+                format!("see {}.", link("https://example.com/a?b=1&amp;c=2")),
+            ),
+            (
+                "详见https://example.com/r/1，谢谢",
+                format!("详见{}，谢谢", link("https://example.com/r/1")),
+            ),
+            (
+                "(see https://en.wikipedia.org/wiki/Rust_(language))",
+                format!(
+                    "(see {})",
+                    link("https://en.wikipedia.org/wiki/Rust_(language)")
+                ),
+            ),
+            (
+                "\"http://x.example/\"><script>",
+                format!(
+                    "&quot;{}&quot;&gt;&lt;script&gt;",
+                    link("http://x.example/")
+                ),
+            ),
+            ("HTTPS://X.EXAMPLE", link("HTTPS://X.EXAMPLE")),
+            ("http:// and https://", "http:// and https://".to_owned()),
+            (
+                "javascript:alert(1) ftp://x data:text/html,x",
+                "javascript:alert(1) ftp://x data:text/html,x".to_owned(),
+            ),
+            (
+                "a http://1.example\nb https://2.example/x_y-z~",
+                format!(
+                    "a {}\nb {}",
+                    link("http://1.example"),
+                    link("https://2.example/x_y-z~")
+                ),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&plain_text_html(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn sent_time_in_utc_with_script_for_local_time() {
+        let html = render(&page(None, "x", false));
+        assert!(html.contains(
+            "<time id=\"sent\" datetime=\"2026-11-27T02:08:05Z\" data-ms=\"1795745285000\">\
+             2026-11-27 02:08 UTC</time>"
+        ));
+        assert!(SCRIPT.contains("toLocaleString()"));
+        // plain ES5 for old in-app browsers
+        for modern in ["=>", "let ", "const ", "?.", "??", "`", "class "] {
+            assert!(!SCRIPT.contains(modern), "{modern} in script");
+        }
+        assert!(!STYLE.contains("var(--"));
+    }
+
+    #[test]
+    fn utc_time_breakdown() {
+        let cases: &[(i64, &str)] = &[
+            (0, "1970-01-01T00:00:00Z"),
+            (999, "1970-01-01T00:00:00Z"),
+            (-1, "1969-12-31T23:59:59Z"),
+            (1_795_745_285_000, "2026-11-27T02:08:05Z"),
+            (1_709_251_199_000, "2024-02-29T23:59:59Z"),
+            (1_709_251_200_000, "2024-03-01T00:00:00Z"),
+            (951_782_400_000, "2000-02-29T00:00:00Z"),
+            (-2_203_848_000_000, "1900-03-01T12:00:00Z"),
+            (253_402_300_799_000, "9999-12-31T23:59:59Z"),
+        ];
+        for &(ms, want) in cases {
+            assert_eq!(UtcTime::from_unix_ms(ms).iso8601(), want, "{ms}");
+        }
+        assert_eq!(
+            UtcTime::from_unix_ms(1_795_745_285_000).readable(),
+            "2026-11-27 02:08 UTC"
+        );
+        // extremes do not panic
+        let _ = UtcTime::from_unix_ms(i64::MAX).iso8601();
+        let _ = UtcTime::from_unix_ms(i64::MIN).iso8601();
+    }
+
+    #[test]
+    fn csp_is_strict_and_matches_the_nonce() {
+        assert_eq!(
+            content_security_policy("bm9uY2U="),
+            "default-src 'none'; style-src 'nonce-bm9uY2U='; script-src 'nonce-bm9uY2U='; \
+             img-src https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        );
+        // a nonce can never add a directive
+        let csp = content_security_policy("abc'; script-src * 'unsafe-inline");
+        assert_eq!(csp.matches(';').count(), 6);
+        assert_eq!(csp.matches('\'').count(), 12);
+        assert!(!csp.contains('*'));
+        // and the page carries the same reduced nonce, so the two still match
+        let html = render(&Page {
+            nonce: "ab\"c d",
+            ..page(None, "x", false)
+        });
+        assert!(html.contains("<style nonce=\"abcd\">"));
+        assert!(content_security_policy("ab\"c d").contains("'nonce-abcd'"));
+    }
+}
