@@ -613,6 +613,10 @@ fn content_limit<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     }
 }
 
+/// The shortest `storage.retention`: `Idempotency-Key`s are honoured for 24 hours, and the
+/// message is what remembers its key.
+const MIN_RETENTION: Duration = Duration::from_secs(86_400);
+
 fn default_retention() -> Option<Duration> {
     Some(Duration::from_secs(30 * 86_400))
 }
@@ -626,8 +630,8 @@ fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Err
     }
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Ok(None),
-        Ok(d) if d < Duration::from_secs(3600) => Err(serde::de::Error::custom(
-            "must be at least \"1h\" (or \"0\" to keep messages forever)",
+        Ok(d) if d < MIN_RETENTION => Err(serde::de::Error::custom(
+            "must be at least \"1d\": an idempotency key is honoured for 24 hours (or \"0\" to keep messages forever)",
         )),
         Ok(d) => Ok(Some(d)),
         Err(e) => Err(serde::de::Error::custom(format!(
@@ -829,6 +833,15 @@ impl Settings {
         }
         if self.wecom.request_timeout.is_zero() {
             return Err(invalid("wecom.request_timeout", "must be greater than 0"));
+        }
+        // A message's page must outlive its delivery, and a message its idempotency key.
+        if let Some(retention) = self.storage.retention
+            && retention < d.retry_window.saturating_mul(2)
+        {
+            return Err(invalid(
+                "storage.retention",
+                "must be at least twice delivery.retry_window (a card sent at the end of the retry window must still open its page for a while), or \"0\" to keep messages forever",
+            ));
         }
         if let Some(email) = &self.email {
             if email.password.is_some() && email.password_file.is_some() {
@@ -1054,6 +1067,40 @@ mod tests {
                 per: Duration::from_secs(1)
             }
         );
+    }
+
+    #[test]
+    fn retention_outlives_idempotency_keys_and_the_retry_window() {
+        let with = |storage: &str, delivery: &str| {
+            let text = format!("{MINIMAL}\n[storage]\n{storage}\n[delivery]\n{delivery}\n");
+            Settings::from_toml(&text)
+        };
+        assert_eq!(
+            with("", "").unwrap().storage.retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            with("retention = \"0\"", "").unwrap().storage.retention,
+            None
+        );
+        let err = with("retention = \"12h\"", "").unwrap_err().to_string();
+        assert!(
+            err.contains("retention") && err.contains("24 hours"),
+            "{err}"
+        );
+        let err = with("retention = \"2d\"", "retry_window = \"25h\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.retry_window"), "{err}");
+        assert!(with("retention = \"2d\"", "retry_window = \"24h\"").is_ok());
+        assert!(with("retention = \"1d\"", "").is_ok());
+        let err = with("", "format = \"html\"").unwrap_err().to_string();
+        assert!(err.contains("format"), "{err}");
+        let err =
+            Settings::from_toml(&MINIMAL.replace("[wecom]", "max_content_bytes = 100\n[wecom]"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("max_content_bytes"), "{err}");
     }
 
     #[test]

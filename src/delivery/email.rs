@@ -18,7 +18,7 @@ use secrecy::ExposeSecret as _;
 use super::{Channel, ChannelError};
 use crate::config::{EmailSettings, SmtpSecurity};
 use crate::domain::{ChannelName, Format, Outbound};
-use crate::render::markdown::{to_plain_text, to_safe_html};
+use crate::render::markdown::{escape_html as escape, to_plain_text, to_safe_html};
 
 /// Longest subject line, in characters (a first line of content can be anything).
 const MAX_SUBJECT_CHARS: usize = 120;
@@ -209,22 +209,6 @@ pub fn html(text: &str) -> String {
     )
 }
 
-/// `text` safe inside HTML text and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// 5xx: permanent for this message. 4xx: the server is up but not now. No answer at all
 /// (connection, timeout, TLS, a broken session): the server is unreachable.
 fn classify(err: lettre::transport::smtp::Error) -> ChannelError {
@@ -267,6 +251,49 @@ mod tests {
         let h = html("<script>alert('x')</script> & \"q\"");
         assert!(h.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"));
         assert!(!h.contains("<script>"));
+    }
+
+    #[test]
+    fn markdown_is_readable_text_and_rendered_safe_html_and_the_link_comes_last() {
+        let outbound = Outbound {
+            id: MessageId::generate(),
+            userid: UserId::new("alice"),
+            title: Some("Report".into()),
+            content: Some("## 结果\n**ok** <script>x</script> [log](javascript:alert(1))".into()),
+            email: EmailAddress::parse("alice@example.com"),
+            format: Format::Markdown,
+            look: Look::Text,
+            url: Some("https://ci.example.com/7?a=1&b=2".into()),
+            page_key: None,
+        };
+        let (text, html) = bodies(&outbound);
+        assert_eq!(
+            text,
+            "结果\n\nok <script>x</script> log (javascript:alert(1))\n\nhttps://ci.example.com/7?a=1&b=2"
+        );
+        assert!(html.contains("<h2>结果</h2>"), "{html}");
+        assert!(html.contains("<strong>ok</strong>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(
+            !html.contains("<script>") && !html.contains("javascript:"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<a href=\"https://ci.example.com/7?a=1&amp;b=2\">"),
+            "{html}"
+        );
+        // Plain text stays as it is.
+        let plain = Outbound {
+            format: Format::Text,
+            url: None,
+            ..outbound
+        };
+        let (text, html) = bodies(&plain);
+        assert_eq!(
+            text,
+            "## 结果\n**ok** <script>x</script> [log](javascript:alert(1))"
+        );
+        assert!(html.contains("## 结果"), "{html}");
     }
 
     #[test]

@@ -146,8 +146,15 @@ fn card(title: Option<&str>, plain: Option<&str>, url: &str, button: &str) -> Ap
         }
     };
     let title = if title.is_empty() { "pushbot" } else { title };
-    // WeCom wants a description; a title-only message repeats nothing useful, so a dot.
-    let description = if rest.is_empty() { "…" } else { rest };
+    // Blank lines waste a card's few bytes: one line break between paragraphs.
+    let compact: String = rest
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    // WeCom wants a description; a title-only message has nothing more to say.
+    let description = if compact.is_empty() { "…" } else { &compact };
     AppMessage::Textcard {
         textcard: TextCard {
             title: excerpt(title, CARD_TITLE_BYTES),
@@ -235,6 +242,17 @@ mod tests {
         let card = card_of(&compose(&outbound(None, Some(&long)), BASE)).clone();
         assert_eq!(card.title, "first line");
         assert!(card.description.starts_with("yyy"));
+    }
+
+    #[test]
+    fn a_card_description_has_no_blank_lines() {
+        let long = format!("a\n\n\nb  \n\nc\n{}", "z".repeat(3000));
+        let card = card_of(&compose(&outbound(Some("T"), Some(&long)), BASE)).clone();
+        assert!(
+            card.description.starts_with("a\nb\nc\nzzz"),
+            "{}",
+            card.description
+        );
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct TestConfig {
     pub email: Option<EmailConfig>,
     /// `delivery.fallback`, the default channel order; the server default when `None`.
     pub fallback: Option<Vec<String>>,
+    /// `server.max_content_bytes`; the server default (64 KiB) when `None`.
+    pub max_content_bytes: Option<usize>,
+    /// `storage.retention` (e.g. "1d", "0"); the server default (30 days) when `None`.
+    pub retention: Option<String>,
 }
 
 /// The `[email]` section: SMTP without TLS or AUTH, to a test sink on 127.0.0.1.
@@ -144,6 +148,8 @@ impl Default for TestConfig {
             instance_id: None,
             email: None,
             fallback: None,
+            max_content_bytes: None,
+            retention: None,
         }
     }
 }
@@ -167,6 +173,14 @@ impl TestConfig {
                 "send_rate = {{ count = {count}, per = \"{per}\" }}\n"
             ));
         }
+        if let Some(n) = self.max_content_bytes {
+            server.push_str(&format!("max_content_bytes = {n}\n"));
+        }
+        let retention = self
+            .retention
+            .as_ref()
+            .map(|r| format!("retention = \"{r}\"\n"))
+            .unwrap_or_default();
         let member_limits = self
             .member_limits
             .iter()
@@ -202,7 +216,7 @@ public_url = "{PUBLIC_URL}"
 {server}
 [storage]
 url = "sqlite://{db}"
-
+{retention}
 [wecom]
 {corp_id}agent_id = {AGENT_ID}
 secret = "{secret}"

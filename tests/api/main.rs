@@ -19,6 +19,7 @@ mod http_rules;
 mod idempotency;
 mod lanes;
 mod outbox;
+mod pages;
 mod restart;
 mod send;
 mod storage;
