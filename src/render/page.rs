@@ -273,8 +273,8 @@ const SCRIPT: &str = r#"
 /// The page's only style sheet. System fonts; colours spelled out twice (light, then dark)
 /// rather than through custom properties, which old in-app browsers may lack. Declarations
 /// an old engine does not know (`overflow-wrap: anywhere`) follow a fallback it does know.
-/// Table cell alignment comes as `style` attributes, which the CSP blocks, so it is restated
-/// here with attribute selectors.
+/// Table cells never break inside a word (the table scrolls sideways instead: numbers split
+/// mid-digit are unreadable); header cells stay on one line.
 const STYLE: &str = r#"
 html { -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }
 body {
@@ -316,10 +316,12 @@ pre code { background: none; padding: 0; font-size: 1em; white-space: pre;
   word-wrap: normal; overflow-wrap: normal; }
 table { display: block; max-width: 100%; overflow-x: auto; -webkit-overflow-scrolling: touch;
   border-collapse: collapse; }
+.content table { word-wrap: normal; overflow-wrap: normal; }
 th, td { border: 1px solid #d0d7de; padding: 6px 12px; text-align: left; }
-th { background: #f3f5f7; }
-th[style="text-align: center"], td[style="text-align: center"] { text-align: center; }
-th[style="text-align: right"], td[style="text-align: right"] { text-align: right; }
+th { background: #f3f5f7; white-space: nowrap; }
+td { min-width: 4em; }
+th[align="center"], td[align="center"] { text-align: center; }
+th[align="right"], td[align="right"] { text-align: right; }
 footer { margin-top: 32px; color: #8c959f; font-size: 13px; text-align: center; }
 @media (prefers-color-scheme: dark) {
   body { background: #16181c; color: #e6edf3; }

@@ -7,6 +7,7 @@ mod smtp;
 mod tcp_front;
 
 mod bot;
+mod browser;
 mod callback;
 mod callback_dedup;
 mod cli;
