@@ -129,10 +129,10 @@ async fn format(state: &AppState, userid: &UserId, typed: &str) -> Result<String
         return Ok(bot::format_invalid_reply(&format!(
             "format: {}{}",
             look.as_str(),
-            if own { "" } else { "（默认 default）" }
+            bot::default_mark(own)
         )));
     }
-    if matches!(typed.to_lowercase().as_str(), "default" | "reset" | "默认") {
+    if bot::is_reset(typed) {
         state.store.set_look(userid, None).await?;
         return Ok(bot::format_set_reply(
             state.outbox.default_look().as_str(),
@@ -201,10 +201,10 @@ async fn fallback(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
         return Ok(bot::fallback_invalid_reply(&format!(
             "order: {}{}",
             route.to_display(),
-            if own { "" } else { "（默认 default）" }
+            bot::default_mark(own)
         )));
     }
-    if matches!(typed.to_lowercase().as_str(), "default" | "reset" | "默认") {
+    if bot::is_reset(typed) {
         state.store.set_channels(userid, None).await?;
         return Ok(bot::fallback_set_reply(
             &state.outbox.default_route().to_display(),

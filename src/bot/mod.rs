@@ -160,15 +160,33 @@ pub struct StatusView {
     pub own_look: bool,
 }
 
+/// "" for the member's own setting, "（默认 default）" for the server's.
+pub fn default_mark(own: bool) -> &'static str {
+    if own { "" } else { "（默认 default）" }
+}
+
+/// The mark `status` puts after a setting.
+fn whose(own: bool) -> &'static str {
+    if own {
+        "（你的设置 yours）"
+    } else {
+        "（默认 default）"
+    }
+}
+
+/// `default`, `reset`, `默认`: back to the server's setting.
+pub fn is_reset(typed: &str) -> bool {
+    matches!(
+        typed.trim().to_lowercase().as_str(),
+        "default" | "reset" | "默认"
+    )
+}
+
 pub fn status_reply(view: &StatusView) -> String {
     let token = view.token_hint.as_deref().unwrap_or("— (send token)");
     let email = view.email.as_deref().unwrap_or("none（未绑定）");
     let mut order = view.order.clone();
-    order.push_str(if view.own_order {
-        "（你的设置 yours）"
-    } else {
-        "（默认 default）"
-    });
+    order.push_str(whose(view.own_order));
     if !view.unusable.is_empty() {
         order.push_str(&format!("；不可用 unusable: {}", view.unusable.join(", ")));
     }
@@ -188,11 +206,7 @@ pub fn status_reply(view: &StatusView) -> String {
          order: {order}\n\
          format: {look}{}\n\
          today: {today}（✓ 送达 delivered ✗ 失败 failed）",
-        if view.own_look {
-            "（你的设置 yours）"
-        } else {
-            "（默认 default）"
-        },
+        whose(view.own_look),
         look = view.look,
     )
 }
@@ -206,7 +220,7 @@ pub fn format_set_reply(look: &str, own: bool) -> String {
     };
     format!(
         "消息样式已设为 Messages now look like: {look}{}\n{what}",
-        if own { "" } else { "（默认 default）" }
+        default_mark(own)
     )
 }
 
@@ -272,8 +286,10 @@ pub fn email_unbound_reply() -> String {
 }
 
 pub fn fallback_set_reply(order: &str, own: bool) -> String {
-    let whose = if own { "" } else { "（默认 default）" };
-    format!("渠道顺序已设置。Channel order set.\norder: {order}{whose}")
+    format!(
+        "渠道顺序已设置。Channel order set.\norder: {order}{}",
+        default_mark(own)
+    )
 }
 
 pub fn fallback_invalid_reply(problem: &str) -> String {

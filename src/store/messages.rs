@@ -198,21 +198,26 @@ impl Store {
     /// their attempt history, and digests older than that; returns how many messages went.
     /// Queued messages stay, whatever their age: nothing accepted is dropped unfinished.
     pub async fn purge_messages(&self, before_ms: i64, batch: usize) -> Result<u64, StoreError> {
+        // Ids are UUIDv7 (lower-case hex): in text order by creation time, so the primary key
+        // finds the old ones without an index on created_at.
         let old = format!(
-            "SELECT id FROM messages WHERE created_at < $1 AND status <> 'queued' \
-             ORDER BY created_at LIMIT {batch}"
+            "SELECT id FROM messages WHERE id < $2 AND created_at < $1 AND status <> 'queued' \
+             ORDER BY id LIMIT {batch}"
         );
+        let first_id_at = MessageId::first_at(before_ms);
         let mut tx = self.pool.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM attempts WHERE message_id IN ({old})"
         )))
         .bind(before_ms)
+        .bind(first_id_at.as_str())
         .execute(&mut *tx)
         .await?;
         let purged = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM messages WHERE id IN ({old})"
         )))
         .bind(before_ms)
+        .bind(first_id_at.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();

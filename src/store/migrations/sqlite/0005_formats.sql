@@ -11,5 +11,5 @@ ALTER TABLE messages ADD COLUMN page_key TEXT;
 -- A member's own choice (`format …` in the chat); NULL: delivery.format.
 ALTER TABLE members ADD COLUMN format TEXT;
 
--- The retention purge finds finished messages by age.
-CREATE INDEX messages_by_created ON messages (created_at);
+-- (The retention purge walks the primary key: ids are UUIDv7, so their text order is their
+-- creation order; an index on created_at would cost every insert for an hourly query.)
