@@ -19,11 +19,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::api::rate_limit::SendLimiter;
 use crate::api::{self, AppState};
-use crate::config::Settings;
+use crate::config::{ProxyUrl, Settings};
 use crate::delivery::email::EmailChannel;
 use crate::delivery::wecom::WeComChannel;
 use crate::delivery::{Channel, Outbox};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::server::{self, ServeOptions};
 use crate::store::{Store, StoreError, now_ms};
 use crate::wecom::client::WeComClient;
@@ -56,6 +57,9 @@ pub enum StartupError {
     Tls(#[source] rustls::Error),
     #[error("cannot build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
+    /// Already says which setting and why, credentials redacted.
+    #[error("{0}")]
+    Proxy(String),
     #[error("e-mail channel")]
     Email(#[from] crate::delivery::email::SetupError),
     #[error("server error")]
@@ -89,10 +93,11 @@ impl Application {
             &settings.wecom.encoding_aes_key,
             &settings.wecom.corp_id,
         );
-        let client = Arc::new(WeComClient::new(
-            http_client(settings.wecom.request_timeout)?,
-            &settings.wecom,
-        ));
+        let metrics = Metrics::new();
+        let client = Arc::new(
+            WeComClient::new(wecom_http_client(&settings)?, &settings.wecom)
+                .with_metrics(metrics.clone()),
+        );
         let mut channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(
             client,
             settings.public_base().into(),
@@ -109,6 +114,7 @@ impl Application {
             settings.delivery.clone(),
             settings.wecom.member_limits.clone(),
             instance_id(&settings),
+            metrics.clone(),
         );
 
         let state = AppState {
@@ -126,6 +132,8 @@ impl Application {
             utc_offset: settings.delivery.utc_offset,
             max_content_bytes: settings.server.max_content_bytes,
             retention: settings.storage.retention,
+            metrics,
+            metrics_access: api::metrics::MetricsAccess::from_settings(&settings.server),
         };
         let router = with_middleware(api::router(state));
 
@@ -322,7 +330,27 @@ fn with_middleware(router: Router) -> Router {
 
 /// HTTPS client for the WeCom API: rustls on ring with compiled-in roots (no CA files
 /// needed in a scratch image), pooled keep-alive connections.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, StartupError> {
+/// The client for WeCom API calls: `wecom.proxy` when set, else the proxy environment.
+pub fn wecom_http_client(settings: &Settings) -> Result<reqwest::Client, StartupError> {
+    let egress = match &settings.wecom.proxy {
+        Some(proxy) => Egress::Proxy(proxy),
+        None => Egress::Environment,
+    };
+    http_client(settings.wecom.request_timeout, egress)
+}
+
+/// Which proxy an HTTP client goes through.
+#[derive(Debug, Clone, Copy)]
+pub enum Egress<'a> {
+    /// `wecom.proxy`.
+    Proxy(&'a ProxyUrl),
+    /// The `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` environment (reqwest's default).
+    Environment,
+    /// None at all: for calls to this machine (healthcheck, doctor's callback check).
+    Direct,
+}
+
+pub fn http_client(timeout: Duration, egress: Egress<'_>) -> Result<reqwest::Client, StartupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -332,7 +360,19 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, StartupError> {
         .map_err(StartupError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
+    let builder = match egress {
+        Egress::Proxy(url) => {
+            reqwest::Client::builder().proxy(reqwest::Proxy::all(url.expose()).map_err(|e| {
+                StartupError::Proxy(format!(
+                    "wecom.proxy {url}: {}",
+                    crate::wecom::client::describe(e)
+                ))
+            })?)
+        }
+        Egress::Environment => reqwest::Client::builder(),
+        Egress::Direct => reqwest::Client::builder().no_proxy(),
+    };
+    builder
         .tls_backend_preconfigured(tls)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))

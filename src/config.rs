@@ -163,6 +163,13 @@ pub struct ServerSettings {
         deserialize_with = "content_limit"
     )]
     pub max_content_bytes: usize,
+    /// Serve Prometheus metrics at `GET /metrics` (otherwise it answers 404).
+    #[serde(default)]
+    pub metrics: bool,
+    /// When set, `/metrics` requires `Authorization: Bearer <this>` (401 without). Set it
+    /// from `PUSHBOT_SERVER__METRICS_TOKEN`; never printed.
+    #[serde(default)]
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 /// `{ count = 300, per = "1m" }`: at most `count` messages in a burst, `count` more per `per`.
@@ -309,6 +316,64 @@ pub struct WeComSettings {
     /// anything above 30 a minute or 1000 an hour while answering success).
     #[serde(default = "default_member_limits", deserialize_with = "member_limits")]
     pub member_limits: Vec<RateWindow>,
+    /// Send WeCom API calls (and only those) through this proxy: `http://`, `https://`,
+    /// `socks5://` or `socks5h://`, credentials in the URL allowed (never printed). Without
+    /// it, the `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` environment applies as usual.
+    #[serde(default)]
+    pub proxy: Option<ProxyUrl>,
+}
+
+/// A proxy URL. Its password (and user name) never leave it: `Debug` and `Display` show
+/// `http://***@host:3128/`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyUrl(Url);
+
+impl ProxyUrl {
+    /// The URL with its credentials, for the HTTP client only.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The URL as it may be shown: credentials replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.0.clone();
+        if !shown.username().is_empty() || shown.password().is_some() {
+            // Cannot fail for a URL with a host, which try_from made sure of.
+            let _ = shown.set_password(None);
+            let _ = shown.set_username("***");
+        }
+        shown.to_string()
+    }
+}
+
+impl TryFrom<String> for ProxyUrl {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        // The value may hold a password: errors describe it without repeating it.
+        let url = Url::parse(value.trim())
+            .map_err(|e| format!("not a URL ({e}); write it like http://proxy.example.com:3128"))?;
+        if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") || url.host().is_none()
+        {
+            return Err(
+                "must be an http://, https://, socks5:// or socks5h:// URL with a host, such as http://proxy.example.com:3128"
+                    .to_owned(),
+            );
+        }
+        Ok(Self(url))
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -760,6 +825,35 @@ impl Settings {
     /// An explicitly named file must exist; the implicit `pushbot.toml` is optional so a
     /// container can be configured from the environment alone.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_builder(Self::sources(path)?)
+    }
+
+    /// Only `server.listen` (default `0.0.0.0:8080`), from the same file and environment as
+    /// [`Settings::load`] but without requiring anything else: `pushbot healthcheck` runs
+    /// where the WeCom secrets may not be (a container's health probe).
+    pub fn load_listen(path: Option<&Path>) -> Result<SocketAddr, ConfigError> {
+        #[derive(Deserialize)]
+        struct Server {
+            #[serde(default = "default_listen")]
+            listen: SocketAddr,
+        }
+        #[derive(Deserialize, Default)]
+        struct Partial {
+            #[serde(default)]
+            server: Option<Server>,
+        }
+        let partial: Partial = Self::sources(path)?
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(ConfigError::from_config)?;
+        Ok(partial.server.map_or_else(default_listen, |s| s.listen))
+    }
+
+    /// The config file (given, or `./pushbot.toml` when present) under `PUSHBOT_*`
+    /// environment overrides.
+    fn sources(
+        path: Option<&Path>,
+    ) -> Result<config::ConfigBuilder<config::builder::DefaultState>, ConfigError> {
         let mut builder = config::Config::builder();
         match path {
             Some(p) => {
@@ -786,7 +880,7 @@ impl Settings {
                     .filter(|(k, _)| k != "PUSHBOT_CONFIG")
                     .collect(),
             ));
-        Self::from_builder(builder.add_source(env))
+        Ok(builder.add_source(env))
     }
 
     /// Parses settings from TOML text alone (no environment); used by tests and tools.
@@ -833,6 +927,16 @@ impl Settings {
         }
         if self.wecom.request_timeout.is_zero() {
             return Err(invalid("wecom.request_timeout", "must be greater than 0"));
+        }
+        if let Some(token) = &self.server.metrics_token {
+            use secrecy::ExposeSecret as _;
+            let token = token.expose_secret();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "server.metrics_token",
+                    "must be printable ASCII without spaces (it is sent as Authorization: Bearer <token>), e.g. from `openssl rand -hex 32`; leave it unset for no token",
+                ));
+            }
         }
         // A message's page must outlive its delivery, and a message its idempotency key.
         if let Some(retention) = self.storage.retention
@@ -964,6 +1068,33 @@ mod tests {
         assert!(!dbg.contains("s3cr3t"));
         assert!(!dbg.contains("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"));
         assert!(!dbg.contains("QDG6eK"));
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_the_token_stays_secret() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert!(!s.server.metrics);
+        assert!(s.server.metrics_token.is_none());
+        let text = MINIMAL.replace(
+            "[server]",
+            "[server]\nmetrics = true\nmetrics_token = \"m3tr1cs-t0ken\"",
+        );
+        let s = Settings::from_toml(&text).unwrap();
+        assert!(s.server.metrics);
+        let token = s.server.metrics_token.as_ref().unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(token), "m3tr1cs-t0ken");
+        assert!(!format!("{s:?}").contains("m3tr1cs"));
+        for bad in ["", "two words", " padded"] {
+            let text = MINIMAL.replace(
+                "[server]",
+                &format!("[server]\nmetrics = true\nmetrics_token = \"{bad}\""),
+            );
+            let err = Settings::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("server.metrics_token"), "{err}");
+            if !bad.is_empty() {
+                assert!(!err.contains(bad.trim()), "the token is not echoed: {err}");
+            }
+        }
     }
 
     #[test]

@@ -42,6 +42,12 @@ enum Command {
         #[arg(long, short, env = "PUSHBOT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check the set-up end to end (config, database, WeCom credentials and app, callback
+    /// URL, SMTP) and say what to fix; exit 0 when nothing failed.
+    Doctor {
+        #[arg(long, short, env = "PUSHBOT_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,19 @@ fn main() -> ExitCode {
             }
             Err(err) => fail(&err),
         },
+        Command::Doctor { config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            block_on(runtime, async {
+                let mut out = std::io::stdout();
+                if pushbot::doctor::run(config.as_deref(), &mut out).await {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+        }
     }
 }
 
@@ -130,9 +149,10 @@ async fn shutdown_signal() {
 fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
     let url = match url {
         Some(url) => url,
-        None => match Settings::load(config.as_deref()) {
+        // Only the listen address is needed, not the WeCom secrets.
+        None => match Settings::load_listen(config.as_deref()) {
             // The service listens on all interfaces in a container; ask over loopback.
-            Ok(s) => format!("http://127.0.0.1:{}/healthz", s.server.listen.port()),
+            Ok(listen) => format!("http://127.0.0.1:{}/healthz", listen.port()),
             Err(err) => return fail(&err),
         },
     };
@@ -140,7 +160,10 @@ fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
         .enable_all()
         .build();
     block_on(runtime, async {
-        let client = match pushbot::app::http_client(std::time::Duration::from_secs(3)) {
+        let client = match pushbot::app::http_client(
+            std::time::Duration::from_secs(3),
+            pushbot::app::Egress::Direct,
+        ) {
             Ok(c) => c,
             Err(err) => return fail(&err),
         };

@@ -20,6 +20,7 @@ use super::AppState;
 use crate::bot::{self, Command};
 use crate::domain::UserId;
 use crate::error::ApiError;
+use crate::metrics::CallbackOutcome;
 use crate::store::{CallbackClaim, now_ms};
 use crate::wecom::crypto::CryptoError;
 use crate::wecom::xml::{self, Inbound, XmlError};
@@ -49,34 +50,70 @@ struct Signed {
     nonce: String,
 }
 
-fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::BadRequest(format!(
-        "expected msg_signature, timestamp and nonce query parameters: {}",
-        rejection.body_text()
-    ))
+fn query_error(rejection: QueryRejection) -> Failure {
+    (
+        CallbackOutcome::BadRequest,
+        ApiError::BadRequest(format!(
+            "expected msg_signature, timestamp and nonce query parameters: {}",
+            rejection.body_text()
+        )),
+    )
 }
 
-fn crypto_error(err: CryptoError) -> ApiError {
+fn crypto_error(err: CryptoError) -> Failure {
     match err {
-        CryptoError::BadSignature => ApiError::Unauthorized(
-            "msg_signature does not match: check wecom.callback_token".into(),
+        CryptoError::BadSignature => (
+            CallbackOutcome::BadSignature,
+            ApiError::Unauthorized(
+                "msg_signature does not match: check wecom.callback_token".into(),
+            ),
         ),
-        other => ApiError::BadRequest(format!("cannot decrypt callback: {other}")),
+        other => (
+            CallbackOutcome::DecryptError,
+            ApiError::BadRequest(format!("cannot decrypt callback: {other}")),
+        ),
     }
 }
 
-fn xml_error(err: XmlError) -> ApiError {
-    match err {
+fn xml_error(err: XmlError) -> Failure {
+    let error = match err {
         XmlError::TooLarge => ApiError::PayloadTooLarge("callback body is too large".into()),
         other => ApiError::BadRequest(format!("invalid callback XML: {other}")),
-    }
+    };
+    (CallbackOutcome::BadRequest, error)
+}
+
+/// A refused or failed callback: how it counts in the metrics, and the answer.
+type Failure = (CallbackOutcome, ApiError);
+
+/// Storage trouble while processing: WeCom's retry tries again.
+fn failed(err: impl Into<ApiError>) -> Failure {
+    (CallbackOutcome::Error, err.into())
+}
+
+/// Counts how the request ended, then answers it.
+fn counted(state: &AppState, result: Result<(CallbackOutcome, Response), Failure>) -> Response {
+    let (outcome, response) = match result {
+        Ok((outcome, response)) => (outcome, response),
+        Err((outcome, error)) => (outcome, error.into_response()),
+    };
+    state.metrics.callback(outcome);
+    response
 }
 
 /// The URL check: answer the decrypted `echostr` as the whole body.
 async fn verify_url(
     State(state): State<AppState>,
     query: Result<Query<UrlCheck>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let result = check_url(&state, query);
+    counted(&state, result)
+}
+
+fn check_url(
+    state: &AppState,
+    query: Result<Query<UrlCheck>, QueryRejection>,
+) -> Result<(CallbackOutcome, Response), Failure> {
     let Query(q) = query.map_err(query_error)?;
     // A `+` that reached us unencoded was turned into a space by form decoding; base64
     // has no spaces, so putting it back is safe.
@@ -86,16 +123,28 @@ async fn verify_url(
         .verify_url(&q.msg_signature, &q.timestamp, &q.nonce, &echostr)
         .map_err(crypto_error)?;
     tracing::info!("WeCom callback URL verified");
-    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], plain).into_response())
+    Ok((
+        CallbackOutcome::UrlCheck,
+        ([(CONTENT_TYPE, "text/plain; charset=utf-8")], plain).into_response(),
+    ))
 }
 
 async fn receive(
     State(state): State<AppState>,
     query: Result<Query<Signed>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let result = process(&state, query, body).await;
+    counted(&state, result)
+}
+
+async fn process(
+    state: &AppState,
+    query: Result<Query<Signed>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(CallbackOutcome, Response), Failure> {
     let Query(q) = query.map_err(query_error)?;
-    let body = body.map_err(ApiError::from_body)?;
+    let body = body.map_err(|e| (CallbackOutcome::BadRequest, ApiError::from_body(e)))?;
     let envelope = xml::parse_envelope(&body).map_err(xml_error)?;
     state
         .crypto
@@ -109,36 +158,40 @@ async fn receive(
     let inbound = xml::parse_inbound(&plain).map_err(xml_error)?;
 
     let Some(command) = bot::interpret(&inbound) else {
-        return Ok(empty());
+        return Ok((CallbackOutcome::Ignored, empty()));
     };
     let key = inbound.dedup_key();
-    let reply = match state.store.claim_callback(&key).await? {
+    let (outcome, reply) = match state.store.claim_callback(&key).await.map_err(failed)? {
         CallbackClaim::Seen(Some(reply)) => {
             tracing::debug!("repeated callback; sending the first reply again");
-            reply
+            (CallbackOutcome::Duplicate, reply)
         }
         // Still being processed: wait a little for the first run's reply, so that this
         // copy (which may be the one WeCom is still waiting on) carries the same answer.
-        CallbackClaim::Seen(None) => match wait_for_reply(&state, &key).await? {
-            Some(reply) => reply,
+        CallbackClaim::Seen(None) => match wait_for_reply(state, &key).await.map_err(failed)? {
+            Some(reply) => (CallbackOutcome::Duplicate, reply),
             // The first run died or is slow: WeCom needs no second answer.
-            None => return Ok(empty()),
+            None => return Ok((CallbackOutcome::Duplicate, empty())),
         },
-        CallbackClaim::New => match run(&state, &inbound, command).await {
+        CallbackClaim::New => match run(state, &inbound, command).await {
             Ok(reply) => {
-                state.store.complete_callback(&key, Some(&reply)).await?;
-                reply
+                state
+                    .store
+                    .complete_callback(&key, Some(&reply))
+                    .await
+                    .map_err(failed)?;
+                (CallbackOutcome::Answered, reply)
             }
             Err(err) => {
                 // Let WeCom's retry try again rather than being swallowed as a duplicate.
                 if let Err(release) = state.store.release_callback(&key).await {
                     tracing::error!(error = %release, "could not release callback claim");
                 }
-                return Err(err);
+                return Err(failed(err));
             }
         },
     };
-    Ok(encrypted_reply(&state, &inbound, &reply))
+    Ok((outcome, encrypted_reply(state, &inbound, &reply)))
 }
 
 /// A copy of a callback arriving while the first is processed waits this long for the
@@ -158,21 +211,26 @@ async fn wait_for_reply(state: &AppState, key: &str) -> Result<Option<String>, A
 
 /// Refuses a (correctly signed) callback whose timestamp is too far from our clock: a
 /// replay of a captured callback after its de-duplication key was pruned.
-fn check_fresh(timestamp: &str, max_age: std::time::Duration) -> Result<(), ApiError> {
+fn check_fresh(timestamp: &str, max_age: std::time::Duration) -> Result<(), Failure> {
     if max_age.is_zero() {
         return Ok(());
     }
-    let ts: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::BadRequest("timestamp must be unix seconds".into()))?;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| {
+        (
+            CallbackOutcome::BadRequest,
+            ApiError::BadRequest("timestamp must be unix seconds".into()),
+        )
+    })?;
     let skew = (now_ms() / 1000).abs_diff(ts);
     if skew > max_age.as_secs() {
-        return Err(ApiError::BadRequest(format!(
-            "stale callback: timestamp is {skew} s away from this server's clock (limit {} s); \
-             check the server clock",
-            max_age.as_secs()
-        )));
+        return Err((
+            CallbackOutcome::Stale,
+            ApiError::BadRequest(format!(
+                "stale callback: timestamp is {skew} s away from this server's clock (limit {} s); \
+                 check the server clock",
+                max_age.as_secs()
+            )),
+        ));
     }
     Ok(())
 }

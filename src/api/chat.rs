@@ -86,6 +86,7 @@ async fn request_code(state: &AppState, userid: &UserId, typed: &str) -> Result<
             url: None,
         })
         .await?;
+    state.metrics.accepted(crate::metrics::Endpoint::Chat);
     tracing::info!(userid = %userid, address = %address.masked(), "verification code mailed");
     Ok(bot::email_code_sent_reply(
         address.as_str(),

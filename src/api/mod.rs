@@ -6,6 +6,7 @@ pub mod chat;
 mod compat;
 mod health;
 mod messages;
+pub mod metrics;
 mod page;
 pub mod rate_limit;
 pub(crate) mod send;
@@ -50,6 +51,10 @@ pub struct AppState {
     pub max_content_bytes: usize,
     /// `storage.retention`: a page older than this is gone (410).
     pub retention: Option<std::time::Duration>,
+    /// What is counted for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// `server.metrics`, `server.metrics_token`.
+    pub metrics_access: metrics::MetricsAccess,
 }
 
 /// The request path with anything shaped like a push token replaced, for logs.
@@ -66,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(callback::router())
         .merge(compat::router().layer(DefaultBodyLimit::max(body_limit)))
         .merge(health::router())
+        .merge(metrics::router())
         .fallback(health::not_found)
         // After all routes: applies to every route that has no fallback of its own.
         .method_not_allowed_fallback(health::method_not_allowed)

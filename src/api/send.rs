@@ -23,6 +23,7 @@ use super::{AppState, auth};
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
+use crate::metrics::Endpoint;
 use crate::store::MessageStatus;
 
 /// Longest title accepted (bytes).
@@ -338,6 +339,8 @@ pub(crate) struct Submission {
     pub urgency: Urgency,
     /// The content's syntax (`format=markdown`; ServerChan's `desp` is markdown).
     pub format: Format,
+    /// The route it came in on (for the metrics).
+    pub endpoint: Endpoint,
 }
 
 /// Checks, authenticates (with the per-member send rate) and stores a message; answers
@@ -397,7 +400,7 @@ pub(crate) async fn submit(
         .outbox
         .route(&choice, &reach)
         .map_err(ApiError::BadRequest)?;
-    Ok(state
+    let accepted = state
         .outbox
         .accept(NewMessage {
             userid,
@@ -411,7 +414,11 @@ pub(crate) async fn submit(
             look: prefs.look,
             url,
         })
-        .await?)
+        .await?;
+    if !accepted.duplicate {
+        state.metrics.accepted(sub.endpoint);
+    }
+    Ok(accepted)
 }
 
 /// A sender's link must be one a phone can open.

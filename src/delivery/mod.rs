@@ -29,6 +29,7 @@ use futures_util::future::BoxFuture;
 
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, Format, Look, MessageId, Outbound, Route, UserId};
+use crate::metrics::Metrics;
 use crate::store::{Message, Store, StoreError, now_ms};
 use limits::RateWindow;
 use scheduler::Scheduler;
@@ -142,10 +143,13 @@ impl Outbox {
         settings: DeliverySettings,
         limits: Vec<RateWindow>,
         owner: String,
+        metrics: Metrics,
     ) -> Self {
         let configured: Arc<[ChannelName]> = channels.iter().map(|c| c.name()).collect();
         Self {
-            inner: Arc::new(Scheduler::new(store, channels, settings, limits, owner)),
+            inner: Arc::new(Scheduler::new(
+                store, channels, settings, limits, owner, metrics,
+            )),
             configured,
         }
     }

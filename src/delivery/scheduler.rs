@@ -29,6 +29,7 @@ use super::limits::{self, Plan, RateWindow};
 use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, EmailAddress, Format, Look, MessageId, Outbound, UserId};
+use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{AttemptUpdate, Digest, Head, Message, Store, StoreError, Waiting, now_ms};
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
@@ -100,6 +101,8 @@ pub(super) struct Scheduler {
     wake: Notify,
     /// Fallbacks since the last INFO line about them (one line a minute at most).
     fallbacks: Mutex<FallbackLog>,
+    /// Outcomes are counted here once recorded.
+    metrics: Metrics,
 }
 
 /// Per-message fallback lines are debug-level; at INFO a line a minute at most says that
@@ -166,6 +169,7 @@ impl Scheduler {
         settings: DeliverySettings,
         limits: Vec<RateWindow>,
         owner: String,
+        metrics: Metrics,
     ) -> Self {
         let channels = channels
             .into_iter()
@@ -187,6 +191,7 @@ impl Scheduler {
             active: Mutex::default(),
             wake: Notify::new(),
             fallbacks: Mutex::default(),
+            metrics,
         }
     }
 
@@ -329,10 +334,14 @@ impl Scheduler {
                     humantime::format_duration(self.settings.retry_window)
                 );
                 let window = ms(self.settings.retry_window);
-                let handled = self
+                let overdue = self
                     .store
                     .overdue(slot.name(), now, &error, window, EXPIRE_BATCH)
                     .await?;
+                let handled = overdue.handled;
+                self.metrics
+                    .attempts(slot.name(), AttemptOutcome::Failed, handled);
+                self.metrics.failed(slot.name(), overdue.failed);
                 if handled > 0 {
                     tracing::warn!(
                         messages = handled,
@@ -655,6 +664,7 @@ impl Scheduler {
                     .collect();
                 let (body, n) =
                     digest::first_digest(&items, DIGEST_BYTES, self.settings.utc_offset);
+                let carried_at: Vec<i64> = waiting.iter().take(n).map(|w| w.created_at).collect();
                 let carried: Vec<MessageId> = waiting.into_iter().take(n).map(|w| w.id).collect();
                 let id = MessageId::generate();
                 (
@@ -669,12 +679,15 @@ impl Scheduler {
                         url: None,
                         page_key: None,
                     },
-                    Some(Digest {
-                        id: id.to_string(),
-                        userid: head.userid.clone(),
-                        body,
-                        carried,
-                    }),
+                    Some((
+                        Digest {
+                            id: id.to_string(),
+                            userid: head.userid.clone(),
+                            body,
+                            carried,
+                        },
+                        carried_at,
+                    )),
                 )
             }
         };
@@ -693,14 +706,17 @@ impl Scheduler {
                 // The channel may or may not have processed it: send it again next time
                 // (at least once), right away.
                 tracing::warn!(id = %head.id, attempts, channel = %channel, "delivery attempt cut off by shutdown");
-                self.record(AttemptUpdate::Retry {
+                if self.record(AttemptUpdate::Retry {
                     id: head.id.clone(),
                     attempts,
                     channel,
                     error: INTERRUPTED.to_owned(),
                     next_attempt_at: now_ms(),
                 })
-                .await;
+                .await
+                {
+                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
+                }
                 return After::Release(now_ms());
             }
         };
@@ -712,7 +728,7 @@ impl Scheduler {
                 if channel == ChannelName::WeCom {
                     history.push(sent_at);
                 }
-                if let Some(digest) = digest {
+                if let Some((digest, carried_at)) = digest {
                     tracing::debug!(digest = %digest.id, messages = digest.carried.len(), "delivered a digest");
                     let recorded = self
                         .record(AttemptUpdate::DigestDelivered {
@@ -721,11 +737,14 @@ impl Scheduler {
                             sent_at,
                         })
                         .await;
-                    return if recorded {
-                        After::Next
-                    } else {
-                        After::Release(now_ms())
-                    };
+                    if !recorded {
+                        return After::Release(now_ms());
+                    }
+                    self.metrics.attempts(channel, AttemptOutcome::Delivered, 1);
+                    for accepted_at in carried_at {
+                        self.metrics.delivered(channel, accepted_at);
+                    }
+                    return After::Next;
                 }
                 tracing::debug!(id = %head.id, attempts, channel = %channel, "delivered");
                 if head.deliver_all
@@ -742,11 +761,11 @@ impl Scheduler {
                             deadline_at: self.fresh_deadline(),
                         })
                         .await;
-                    return if recorded {
-                        After::Reread
-                    } else {
-                        After::Release(now_ms())
-                    };
+                    if !recorded {
+                        return After::Release(now_ms());
+                    }
+                    self.count_delivered(head, channel);
+                    return After::Reread;
                 }
                 let delivered_on = match (&head.channel, head.deliver_all) {
                     (Some(earlier), true) => format!("{earlier},{channel}"),
@@ -761,6 +780,7 @@ impl Scheduler {
                     })
                     .await;
                 if recorded {
+                    self.count_delivered(head, channel);
                     After::Next
                 } else {
                     After::Release(now_ms())
@@ -803,14 +823,18 @@ impl Scheduler {
                     return self.give_up(head, channel, attempts, error).await;
                 }
                 tracing::debug!(id = %head.id, attempts, channel = %channel, retry_in = ?delay, error = %reason, "delivery attempt failed; will retry");
-                self.record(AttemptUpdate::Retry {
-                    id: head.id.clone(),
-                    attempts,
-                    channel,
-                    error: reason,
-                    next_attempt_at: next,
-                })
-                .await;
+                if self
+                    .record(AttemptUpdate::Retry {
+                        id: head.id.clone(),
+                        attempts,
+                        channel,
+                        error: reason,
+                        next_attempt_at: next,
+                    })
+                    .await
+                {
+                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
+                }
                 After::Release(next)
             }
         }
@@ -825,6 +849,9 @@ impl Scheduler {
         attempts: i64,
         error: String,
     ) -> After {
+        // The message ends failed when no channel is left and none delivered it before
+        // (a `deliver_all` message delivered on an earlier channel ends delivered).
+        let ends_failed = head.route.rest().is_none() && head.channel.is_none();
         let (update, after) = match head.route.rest() {
             Some(route) => {
                 tracing::debug!(id = %head.id, from = %channel, to = %route.first(), error = %error, "falling back to the next channel");
@@ -856,10 +883,20 @@ impl Scheduler {
             }
         };
         if self.record(update).await {
+            self.metrics.attempts(channel, AttemptOutcome::Failed, 1);
+            if ends_failed {
+                self.metrics.failed(channel, 1);
+            }
             after
         } else {
             After::Release(now_ms())
         }
+    }
+
+    /// `channel` delivered the head (its delivery recorded).
+    fn count_delivered(&self, head: &Message, channel: ChannelName) {
+        self.metrics.attempts(channel, AttemptOutcome::Delivered, 1);
+        self.metrics.delivered(channel, head.created_at);
     }
 
     /// One INFO line a minute at most for fallbacks, with how many there were.

@@ -5,7 +5,7 @@
 use sqlx::Row as _;
 
 use super::messages::MESSAGE_COLUMNS;
-use super::writer::{LaneOp, Reply};
+use super::writer::{LaneOp, Overdue, Reply};
 use super::{Message, Store, StoreError};
 use crate::domain::{ChannelName, MessageId, UserId};
 
@@ -130,15 +130,18 @@ impl Store {
         error: &str,
         window_ms: i64,
         limit: usize,
-    ) -> Result<u64, StoreError> {
-        self.lane_count(LaneOp::Overdue {
+    ) -> Result<Overdue, StoreError> {
+        let op = LaneOp::Overdue {
             channel,
             now,
             error: error.to_owned(),
             window_ms,
             limit,
-        })
-        .await
+        };
+        match self.writer.lane(op).await? {
+            Reply::Overdue(done) => Ok(done),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Opens a lane for every member with queued messages but no lane (a safety net: an

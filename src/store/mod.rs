@@ -30,7 +30,7 @@ pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, Waiting};
 pub use members::{CodeCheck, CodeRequest, MemberPrefs};
 pub use messages::{AttemptRecord, ChannelCounts, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus};
-pub use writer::{AttemptUpdate, Digest};
+pub use writer::{AttemptUpdate, Digest, Overdue};
 use writer::{WriteStatus, WriterHandle};
 
 /// `/healthz` trusts a successful write younger than this; otherwise it makes one.
@@ -1121,14 +1121,15 @@ mod tests {
             .await
             .unwrap();
         let now = now_ms();
-        let handled = store
+        let overdue = store
             .overdue(ChannelName::WeCom, now, "WeCom unreachable", 60_000, 1000)
             .await
             .unwrap();
         assert_eq!(
-            handled, 2,
+            overdue.handled, 2,
             "the e-mail message and the one not yet due are not touched"
         );
+        assert_eq!(overdue.failed, 1, "\"only\" failed, \"more\" moved on");
         let only = store.message("only").await.unwrap().unwrap();
         assert_eq!(only.status, MessageStatus::Failed);
         assert_eq!(only.last_error.as_deref(), Some("WeCom unreachable"));

@@ -153,6 +153,16 @@ pub enum Reply {
     Claimed(Vec<UserId>),
     Finished(bool),
     Count(u64),
+    Overdue(Overdue),
+}
+
+/// What [`LaneOp::Overdue`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overdue {
+    /// Messages handled: moved on to their next channel, or ended.
+    pub handled: u64,
+    /// Of those, messages that ended failed (no channel left, none delivered them).
+    pub failed: u64,
 }
 
 type Done = oneshot::Sender<Result<Reply, StoreError>>;
@@ -1019,7 +1029,7 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
 }
 
 /// Queued messages on `channel` past their deadline, in lanes nobody holds, go on to their
-/// next channel (their lane due now) or end; answers how many were handled.
+/// next channel (their lane due now) or end; answers how many were handled and failed.
 fn overdue(
     conn: &Connection,
     channel: ChannelName,
@@ -1027,23 +1037,30 @@ fn overdue(
     error: &str,
     window_ms: i64,
     limit: usize,
-) -> Result<usize, StoreError> {
+) -> Result<Overdue, StoreError> {
     let limit = pow2_floor(limit);
     let sql = format!(
-        "SELECT m.id, m.userid, m.route, m.attempts FROM messages m \
+        "SELECT m.id, m.userid, m.route, m.attempts, m.channel IS NULL FROM messages m \
          WHERE m.status = 'queued' AND m.deadline_at <= ?1 \
            AND (m.route = ?2 OR m.route LIKE ?2 || ',%') \
            AND NOT EXISTS (SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > ?1) \
          LIMIT {limit}"
     );
-    let rows: Vec<(String, String, String, i64)> = {
+    let rows: Vec<(String, String, String, i64, bool)> = {
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![now, channel.as_str()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
         })?;
         rows.collect::<Result<_, _>>()?
     };
-    for (id, userid, route, attempts) in &rows {
+    let mut failed: u64 = 0;
+    for (id, userid, route, attempts, undelivered) in &rows {
         let route = Route::parse(route).map_err(StoreError::Corrupt)?;
         log_attempt(conn, id, now, channel, "failed", Some(error))?;
         match route.rest() {
@@ -1069,10 +1086,14 @@ fn overdue(
                     now,
                     id.as_str()
                 ])?;
+                failed += u64::from(*undelivered);
             }
         }
     }
-    Ok(rows.len())
+    Ok(Overdue {
+        handled: u64::try_from(rows.len()).unwrap_or(u64::MAX),
+        failed,
+    })
 }
 
 /// Gives lanes up until their due times: `(owner, userid, due_at)`, grouped by owner.
@@ -1197,7 +1218,7 @@ fn lane_op(conn: &Connection, op: &LaneOp) -> Result<Reply, StoreError> {
             error,
             window_ms,
             limit,
-        } => count(overdue(conn, *channel, *now, error, *window_ms, *limit)?),
+        } => Reply::Overdue(overdue(conn, *channel, *now, error, *window_ms, *limit)?),
         LaneOp::OpenMissing { now } => count(run(
             conn,
             "INSERT INTO lanes (userid, due_at, owner, lease_until) \

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::config::WeComSettings;
+use crate::metrics::{Metrics, WeComApi, WeComErrcode};
 
 /// Refresh this long before WeCom says the token expires, so no send races the expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
@@ -68,6 +69,17 @@ impl WeComError {
         }
     }
 
+    /// What the call answered, as the metrics' `errcode` label.
+    pub fn errcode(&self) -> WeComErrcode {
+        match self {
+            Self::Transport(_) => WeComErrcode::Transport,
+            Self::Http(status) => WeComErrcode::Http(*status),
+            Self::Decode(_) => WeComErrcode::Decode,
+            Self::Api { errcode, .. } => WeComErrcode::Code(*errcode),
+            Self::InvalidUser(_) => WeComErrcode::InvalidUser,
+        }
+    }
+
     fn token_rejected(&self) -> bool {
         matches!(self, Self::Api { errcode, .. } if is_token_errcode(*errcode))
     }
@@ -89,11 +101,7 @@ pub fn explain(errcode: i64, errmsg: &str, touser: Option<&str>) -> String {
     let who = touser.unwrap_or("the member");
     let hint = match errcode {
         60020 => {
-            let ip = errmsg
-                .split("from ip:")
-                .nth(1)
-                .and_then(|s| s.split([',', ' ']).find(|p| !p.is_empty()))
-                .unwrap_or("(see errmsg)");
+            let ip = untrusted_ip(errmsg).unwrap_or("(see errmsg)");
             format!(
                 "WeCom refused this server's IP: add the server's egress IP {ip} to the app's \
                  trusted IP list (企业可信IP) in the WeCom admin console"
@@ -118,6 +126,15 @@ pub fn explain(errcode: i64, errmsg: &str, touser: Option<&str>) -> String {
         _ => "WeCom API error".to_owned(),
     };
     format!("{hint} (errcode {errcode}: {})", errmsg.trim())
+}
+
+/// The IP WeCom saw, from a 60020 errmsg ("not allow to access from your ip, hint: […],
+/// from ip: 203.0.113.7, more info at …"); also found in text that quotes such an errmsg.
+pub fn untrusted_ip(errmsg: &str) -> Option<&str> {
+    errmsg
+        .split("from ip:")
+        .nth(1)
+        .and_then(|s| s.split([',', ' ']).find(|p| !p.is_empty()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +180,76 @@ pub struct TextCard {
     pub btntxt: String,
 }
 
+/// The app as `agent/get` describes it: what `pushbot doctor` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct AgentInfo {
+    #[serde(default)]
+    pub agentid: i64,
+    #[serde(default)]
+    pub name: String,
+    /// Members in the visible range (可见范围), listed one by one.
+    #[serde(default)]
+    pub allow_userinfos: VisibleUsers,
+    /// Departments in the visible range (all their members can receive).
+    #[serde(default)]
+    pub allow_partys: VisibleParties,
+    /// Tags in the visible range.
+    #[serde(default)]
+    pub allow_tags: VisibleTags,
+    /// 1: the app is disabled (已停用).
+    #[serde(default)]
+    pub close: i64,
+}
+
+impl AgentInfo {
+    pub fn is_closed(&self) -> bool {
+        self.close == 1
+    }
+
+    /// Members, departments and tags in the visible range.
+    pub fn visible_counts(&self) -> (usize, usize, usize) {
+        (
+            self.allow_userinfos.user.len(),
+            self.allow_partys.partyid.len(),
+            self.allow_tags.tagid.len(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct VisibleUsers {
+    #[serde(default)]
+    pub user: Vec<VisibleUser>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct VisibleUser {
+    #[serde(default)]
+    pub userid: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct VisibleParties {
+    #[serde(default)]
+    pub partyid: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct VisibleTags {
+    #[serde(default)]
+    pub tagid: Vec<i64>,
+}
+
+#[derive(Deserialize)]
+struct AgentReply {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(flatten)]
+    agent: AgentInfo,
+}
+
 #[derive(Serialize)]
 struct SendRequest<'a> {
     touser: &'a str,
@@ -188,6 +275,8 @@ pub struct WeComClient {
     /// last failure and when it happened, so that the senders who waited for that call
     /// (and those asking shortly after) get its result instead of calling again.
     refresh: tokio::sync::Mutex<Option<(Instant, WeComError)>>,
+    /// Failed calls are counted here (the service's client; not `pushbot doctor`'s).
+    metrics: Option<Metrics>,
 }
 
 impl WeComClient {
@@ -200,6 +289,19 @@ impl WeComClient {
             agent_id: settings.agent_id.get(),
             token: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(None),
+            metrics: None,
+        }
+    }
+
+    /// Counts failed `gettoken` and `message/send` calls by errcode.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, api: WeComApi, err: &WeComError) {
+        if let Some(metrics) = &self.metrics {
+            metrics.wecom_error(api, err.errcode());
         }
     }
 
@@ -248,6 +350,7 @@ impl WeComClient {
             }
             Err(err) => {
                 tracing::debug!(error = %err, "gettoken failed");
+                self.count(WeComApi::GetToken, &err);
                 *last_failure = Some((Instant::now(), err.clone()));
                 Err(err)
             }
@@ -284,19 +387,51 @@ impl WeComClient {
         Ok(value)
     }
 
-    /// Sends an app message to one member. On an invalid/expired token it refreshes the
-    /// token once and tries again.
-    pub async fn send(&self, touser: &str, message: &AppMessage) -> Result<(), WeComError> {
+    /// Runs `call` with an access token; on an invalid/expired token it refreshes the
+    /// token once and runs it again.
+    async fn with_token<T, F, Fut>(&self, call: F) -> Result<T, WeComError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WeComError>>,
+    {
         let token = self.access_token().await?;
-        match self.post_message(&token, touser, message).await {
+        match call(token.clone()).await {
             Err(err) if err.token_rejected() => {
                 tracing::info!("WeCom rejected the cached access token; refreshing");
                 self.invalidate(&token);
-                let token = self.access_token().await?;
-                self.post_message(&token, touser, message).await
+                call(self.access_token().await?).await
             }
             other => other,
         }
+    }
+
+    /// Sends an app message to one member.
+    pub async fn send(&self, touser: &str, message: &AppMessage) -> Result<(), WeComError> {
+        self.with_token(|token| async move {
+            self.post_message(&token, touser, message)
+                .await
+                .inspect_err(|err| self.count(WeComApi::MessageSend, err))
+        })
+        .await
+    }
+
+    /// `agent/get` for this app: its name, visible range and whether it is enabled. Fails
+    /// like a send would for an untrusted IP (60020) or a Secret of another app.
+    pub async fn agent_info(&self) -> Result<AgentInfo, WeComError> {
+        self.with_token(|token| async move {
+            let agentid = self.agent_id.to_string();
+            let reply: AgentReply = self
+                .call(self.http.get(self.url("agent/get")).query(&[
+                    ("access_token", token.as_str()),
+                    ("agentid", agentid.as_str()),
+                ]))
+                .await?;
+            if reply.errcode != 0 {
+                return Err(WeComError::api(reply.errcode, &reply.errmsg, None));
+            }
+            Ok(reply.agent)
+        })
+        .await
     }
 
     /// A text message (the bot's replies, tests).
@@ -342,7 +477,10 @@ impl WeComClient {
         Ok(())
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<ApiReply, WeComError> {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, WeComError> {
         // `without_url`: the query holds the secret or the access token.
         let response = request
             .send()
@@ -443,7 +581,9 @@ mod tests {
 
     #[tokio::test]
     async fn transport_errors_name_the_cause_once_and_never_the_url() {
-        let client = crate::app::http_client(Duration::from_millis(300)).unwrap();
+        let client =
+            crate::app::http_client(Duration::from_millis(300), crate::app::Egress::Direct)
+                .unwrap();
         // A port that was free a moment ago: connection refused.
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -481,6 +621,30 @@ mod tests {
         assert!(text.starts_with("timed out"), "{text}");
         assert!(!text.contains("T0K3N"), "{text}");
         drop(silent);
+    }
+
+    #[test]
+    fn agent_get_answers_are_read_as_documented() {
+        // The example answer in WeCom's 获取指定的应用详情 documentation.
+        let reply: AgentReply = serde_json::from_str(
+            r#"{"errcode":0,"errmsg":"ok","agentid":1000005,"name":"HR助手",
+                "square_logo_url":"https://p.qlogo.cn/bizmail/FicwmI50icF8GH9ib7rUAYR5kicLTgP265naVFQKnleqSlRhiaBx7QA9u7Q/0",
+                "description":"HR服务与员工自助平台",
+                "allow_userinfos":{"user":[{"userid":"zhangshan"},{"userid":"lisi"}]},
+                "allow_partys":{"partyid":[1]},"allow_tags":{"tagid":[1,2,3]},"close":0,
+                "redirect_domain":"open.work.weixin.qq.com","report_location_flag":0,
+                "isreportenter":0,"home_url":"https://open.work.weixin.qq.com",
+                "customized_publish_status":1}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.errcode, 0);
+        assert_eq!(reply.agent.name, "HR助手");
+        assert_eq!(reply.agent.visible_counts(), (2, 1, 3));
+        assert!(!reply.agent.is_closed());
+        // An error answer has none of the app's fields.
+        let reply: AgentReply =
+            serde_json::from_str(r#"{"errcode":60020,"errmsg":"not allow"}"#).unwrap();
+        assert_eq!((reply.errcode, reply.agent), (60020, AgentInfo::default()));
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The real binary: `serve --config`, environment overrides, start-up errors, SIGKILL.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use tempfile::TempDir;
 
@@ -31,13 +30,7 @@ async fn run_to_exit(
     config_path: &std::path::Path,
     envs: &[(&str, &str)],
 ) -> (std::process::Output, String) {
-    let child = binary_command(config_path, envs)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_for_exit(child, WAIT).await;
+    let out = run_captured(binary_command(config_path, envs), WAIT).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out, stderr)
 }

@@ -78,6 +78,10 @@ pub struct TestConfig {
     pub max_content_bytes: Option<usize>,
     /// `storage.retention` (e.g. "1d", "0"); the server default (30 days) when `None`.
     pub retention: Option<String>,
+    /// `server.metrics` (off by default, as in the server).
+    pub metrics: bool,
+    /// `server.metrics_token`; none when `None`.
+    pub metrics_token: Option<String>,
 }
 
 /// The `[email]` section: SMTP without TLS or AUTH, to a test sink on 127.0.0.1.
@@ -150,6 +154,8 @@ impl Default for TestConfig {
             fallback: None,
             max_content_bytes: None,
             retention: None,
+            metrics: false,
+            metrics_token: None,
         }
     }
 }
@@ -175,6 +181,12 @@ impl TestConfig {
         }
         if let Some(n) = self.max_content_bytes {
             server.push_str(&format!("max_content_bytes = {n}\n"));
+        }
+        if self.metrics {
+            server.push_str("metrics = true\n");
+        }
+        if let Some(token) = &self.metrics_token {
+            server.push_str(&format!("metrics_token = \"{token}\"\n"));
         }
         let retention = self
             .retention
@@ -483,6 +495,18 @@ impl BinApp {
         self.child.kill().expect("SIGKILL pushbot");
         self.child.wait().expect("reap pushbot");
     }
+}
+
+/// Runs `cmd` to completion with its output captured, without blocking the runtime (an
+/// in-process mock may have to answer it meanwhile).
+pub async fn run_captured(mut cmd: Command, timeout: Duration) -> std::process::Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pushbot");
+    wait_for_exit(child, timeout).await
 }
 
 /// Waits (polling) for a child process to exit, returning its output.

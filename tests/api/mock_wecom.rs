@@ -1,5 +1,6 @@
-//! A stand-in for the WeCom server API (`qyapi.weixin.qq.com`), just the two calls the
-//! gateway makes: `GET /cgi-bin/gettoken` and `POST /cgi-bin/message/send`.
+//! A stand-in for the WeCom server API (`qyapi.weixin.qq.com`), just the calls the gateway
+//! makes: `GET /cgi-bin/gettoken`, `POST /cgi-bin/message/send` and (`pushbot doctor`)
+//! `GET /cgi-bin/agent/get`.
 //!
 //! It behaves like the real thing where the gateway's correctness depends on it (access
 //! tokens are issued only for the right credentials, expire, and are checked on every
@@ -176,9 +177,32 @@ struct MockState {
     member_script: HashMap<String, VecDeque<SendReply>>,
     member_failure: HashMap<String, SendReply>,
     delay: Option<Duration>,
+    /// Answer every `agent/get` (with a valid token) with this instead of the app.
+    agent_get_failure: Option<SendReply>,
     calls: Vec<SendCall>,
     sent: Vec<Sent>,
     unexpected: Vec<String>,
+}
+
+impl MockState {
+    /// Whether an API call's access token is one WeCom would accept.
+    fn check_token(&self, access_token: Option<&str>) -> Result<(), SendReply> {
+        match access_token {
+            Some(t) if self.valid_tokens.contains(t) => Ok(()),
+            Some(t) if self.expired_tokens.contains(t) => Err(SendReply::errcode(
+                42001,
+                "access_token expired, hint: [mock]",
+            )),
+            Some(_) => Err(SendReply::errcode(
+                40014,
+                "invalid access_token, hint: [mock]",
+            )),
+            None => Err(SendReply::errcode(
+                41001,
+                "access_token missing, hint: [mock]",
+            )),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -222,6 +246,7 @@ impl MockWeCom {
         let router = Router::new()
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(message_send))
+            .route("/cgi-bin/agent/get", get(agent_get))
             .fallback(unexpected)
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -304,6 +329,12 @@ impl MockWeCom {
     /// counted, and a delay set with [`Self::set_gettoken_delay`] still applies first.
     pub fn fail_gettoken(&self, failure: Option<GetTokenFailure>) {
         self.shared.lock().gettoken_failure = failure;
+    }
+
+    /// Answers every `agent/get` call that has a valid access token with `reply` (its
+    /// status, errcode and errmsg); `None` heals it.
+    pub fn fail_agent_get(&self, reply: Option<SendReply>) {
+        self.shared.lock().agent_get_failure = reply;
     }
 
     /// Issue tokens that claim to live only `secs` seconds.
@@ -492,21 +523,7 @@ async fn message_send(
 
     let (reply, delay) = {
         let mut s = shared.lock();
-        let token_state = match received.access_token.as_deref() {
-            Some(t) if s.valid_tokens.contains(t) => Ok(()),
-            Some(t) if s.expired_tokens.contains(t) => Err(SendReply::errcode(
-                42001,
-                "access_token expired, hint: [mock]",
-            )),
-            Some(_) => Err(SendReply::errcode(
-                40014,
-                "invalid access_token, hint: [mock]",
-            )),
-            None => Err(SendReply::errcode(
-                41001,
-                "access_token missing, hint: [mock]",
-            )),
-        };
+        let token_state = s.check_token(received.access_token.as_deref());
         let touser = body["touser"].as_str().unwrap_or_default();
         let reply = match token_state {
             Err(r) => r,
@@ -568,6 +585,47 @@ async fn message_send(
     }
     record_call(&shared, received, body, reply);
     resp
+}
+
+#[derive(Deserialize)]
+struct AgentGetQuery {
+    access_token: Option<String>,
+    agentid: Option<String>,
+}
+
+/// The app: "pushbot-test", visible to two members and one department.
+async fn agent_get(State(shared): State<Shared>, Query(q): Query<AgentGetQuery>) -> Response {
+    let reply = {
+        let s = shared.lock();
+        match s.check_token(q.access_token.as_deref()) {
+            Err(reply) => Some(reply),
+            Ok(()) => s.agent_get_failure.clone(),
+        }
+    };
+    shared.bump();
+    if let Some(reply) = reply {
+        return reply_response(&reply);
+    }
+    if q.agentid.as_deref() != Some(AGENT_ID.to_string().as_str()) {
+        return reply_response(&SendReply::errcode(40056, "invalid agentid, hint: [mock]"));
+    }
+    Json(json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "agentid": AGENT_ID,
+        "name": "pushbot-test",
+        "square_logo_url": "https://p.qlogo.cn/bizmail/mock/0",
+        "description": "",
+        "allow_userinfos": {"user": [{"userid": "alice"}, {"userid": "bob"}]},
+        "allow_partys": {"partyid": [1]},
+        "allow_tags": {"tagid": []},
+        "close": 0,
+        "redirect_domain": "push.example.com",
+        "report_location_flag": 0,
+        "isreportenter": 0,
+        "home_url": ""
+    }))
+    .into_response()
 }
 
 /// What is known of a `message/send` request as it arrives.

@@ -113,6 +113,7 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
                 .as_deref()
                 .map_or(Urgency::Normal, Urgency::from_bark),
             format,
+            endpoint: crate::metrics::Endpoint::Bark,
             ..Submission::default()
         },
     )

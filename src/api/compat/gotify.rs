@@ -150,6 +150,7 @@ async fn publish(
             url: fields.click_url(),
             urgency: Urgency::from_gotify(priority),
             format: fields.format(),
+            endpoint: crate::metrics::Endpoint::Gotify,
             ..Submission::default()
         },
     )

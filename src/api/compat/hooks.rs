@@ -142,6 +142,10 @@ async fn hook(
                 content: Some(content),
                 channel: query.channel,
                 urgency: urgency(&notification),
+                endpoint: match source {
+                    Source::Alertmanager => crate::metrics::Endpoint::Alertmanager,
+                    Source::Grafana => crate::metrics::Endpoint::Grafana,
+                },
                 ..Submission::default()
             },
         )

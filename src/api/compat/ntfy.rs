@@ -341,6 +341,7 @@ async fn publish(
             } else {
                 Format::Text
             },
+            endpoint: crate::metrics::Endpoint::Ntfy,
             ..Submission::default()
         },
     )

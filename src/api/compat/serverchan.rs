@@ -112,6 +112,7 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
             channel: fields.channel,
             // ServerChan renders desp as markdown.
             format: Format::Markdown,
+            endpoint: crate::metrics::Endpoint::ServerChan,
             ..Submission::default()
         },
     )

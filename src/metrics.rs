@@ -1,0 +1,576 @@
+//! Prometheus metrics: what was accepted, delivered and failed, how long delivery took, the
+//! WeCom errors seen and how callbacks ended. Served at `GET /metrics` (see
+//! `api::metrics`) when `server.metrics` is on; collected always (a few atomic adds per
+//! message, nothing when nobody scrapes).
+//!
+//! One [`Metrics`] per process, cheap to clone (one `Arc`), handed to the HTTP state, the
+//! scheduler and the WeCom client. Built on `prometheus-client`, which owns the registry
+//! and the text encoding (OpenMetrics 1.0, or the classic Prometheus text format 0.0.4).
+//!
+//! Labels are small structs of `&'static str` (or a number): counting never allocates, and
+//! every label's values are a fixed set — except WeCom's errcodes, which are capped at
+//! [`MAX_ERRCODE_SERIES`] so that a misbehaving upstream cannot grow the output forever.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::domain::ChannelName;
+use crate::store::now_ms;
+
+/// `Content-Type` of the OpenMetrics text format (what Prometheus asks for first).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the classic Prometheus text format (anyone else: curl, agents).
+pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds (seconds) of the delivery latency buckets: 10 ms to an hour. A message
+/// delivered at once lands in the first few; one that waited for a member limit, a retry
+/// or an outage in the later ones.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+
+/// Distinct WeCom error series kept; errcodes beyond them count as `errcode="other"`.
+pub const MAX_ERRCODE_SERIES: usize = 64;
+
+/// Where a message came in: the native `/send` or a drop-in endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    #[default]
+    Native,
+    ServerChan,
+    Bark,
+    Gotify,
+    Ntfy,
+    Alertmanager,
+    Grafana,
+    /// Verification mails the bot sends when a member binds an address.
+    Chat,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 8] = [
+        Self::Native,
+        Self::ServerChan,
+        Self::Bark,
+        Self::Gotify,
+        Self::Ntfy,
+        Self::Alertmanager,
+        Self::Grafana,
+        Self::Chat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::ServerChan => "serverchan",
+            Self::Bark => "bark",
+            Self::Gotify => "gotify",
+            Self::Ntfy => "ntfy",
+            Self::Alertmanager => "alertmanager",
+            Self::Grafana => "grafana",
+            Self::Chat => "chat",
+        }
+    }
+}
+
+/// How one attempt on a channel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// A transient failure: tried again later (or cut off by shutdown).
+    Retry,
+    /// The channel gave up on the message (a permanent error, or its retry window ran
+    /// out): it goes on to its next channel, or ends failed.
+    Failed,
+}
+
+impl AttemptOutcome {
+    const ALL: [AttemptOutcome; 3] = [Self::Delivered, Self::Retry, Self::Failed];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry => "retry",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// How a request to `/wecom/callback` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallbackOutcome {
+    /// The URL check (GET) passed.
+    UrlCheck,
+    /// A member's message or event was processed and answered (the reply may be empty).
+    Answered,
+    /// A valid callback the bot has nothing to say to (other events, message types).
+    Ignored,
+    /// A retry of a callback already processed: answered with the first reply.
+    Duplicate,
+    /// `msg_signature` did not match (wrong `wecom.callback_token`, or forged).
+    BadSignature,
+    /// Signed correctly, but its timestamp is further than `wecom.callback_max_age` away.
+    Stale,
+    /// Signed correctly, but could not be decrypted (wrong `encoding_aes_key`, another
+    /// corp's ReceiveId).
+    DecryptError,
+    /// Missing query parameters, not XML, too large.
+    BadRequest,
+    /// Processing failed on our side (storage); WeCom's retry will try again.
+    Error,
+}
+
+impl CallbackOutcome {
+    const ALL: [CallbackOutcome; 9] = [
+        Self::UrlCheck,
+        Self::Answered,
+        Self::Ignored,
+        Self::Duplicate,
+        Self::BadSignature,
+        Self::Stale,
+        Self::DecryptError,
+        Self::BadRequest,
+        Self::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::UrlCheck => "url_check",
+            Self::Answered => "answered",
+            Self::Ignored => "ignored",
+            Self::Duplicate => "duplicate",
+            Self::BadSignature => "bad_signature",
+            Self::Stale => "stale",
+            Self::DecryptError => "decrypt_error",
+            Self::BadRequest => "bad_request",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The WeCom API call that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeComApi {
+    GetToken,
+    MessageSend,
+}
+
+impl WeComApi {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::GetToken => "gettoken",
+            Self::MessageSend => "message/send",
+        }
+    }
+}
+
+/// What a failed WeCom call answered, as the `errcode` label: WeCom's own errcode, or
+/// what kept it from giving one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeComErrcode {
+    /// `errcode` in WeCom's JSON answer (non-zero).
+    Code(i64),
+    /// No answer: refused, reset, timed out, proxy trouble (`transport`).
+    Transport,
+    /// An HTTP status other than 2xx (`http_502`).
+    Http(u16),
+    /// An answer that is not WeCom's JSON (`decode`).
+    Decode,
+    /// `errcode` 0, but the member listed in `invaliduser`/`unlicenseduser`
+    /// (`invaliduser`).
+    InvalidUser,
+    /// Any errcode once [`MAX_ERRCODE_SERIES`] series exist (`other`).
+    Other,
+}
+
+impl EncodeLabelValue for WeComErrcode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::Code(code) => write!(encoder, "{code}"),
+            Self::Transport => encoder.write_str("transport"),
+            Self::Http(status) => write!(encoder, "http_{status}"),
+            Self::Decode => encoder.write_str("decode"),
+            Self::InvalidUser => encoder.write_str("invaliduser"),
+            Self::Other => encoder.write_str("other"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AttemptLabels {
+    channel: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WeComErrorLabels {
+    api: &'static str,
+    errcode: WeComErrcode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+struct Families {
+    registry: Registry,
+    accepted: Family<EndpointLabel, Counter>,
+    delivered: Family<ChannelLabel, Counter>,
+    failed: Family<ChannelLabel, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    latency: Histogram,
+    queue_depth: Gauge,
+    wecom_errors: Family<WeComErrorLabels, Counter>,
+    /// Series of `wecom_errors` created so far (for the cap).
+    errcode_series: AtomicUsize,
+    callbacks: Family<OutcomeLabel, Counter>,
+}
+
+/// The process's metrics; cheap to clone (all clones count into the same registry).
+#[derive(Clone)]
+pub struct Metrics(Arc<Families>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let accepted: Family<EndpointLabel, Counter> = Family::default();
+        let delivered: Family<ChannelLabel, Counter> = Family::default();
+        let failed: Family<ChannelLabel, Counter> = Family::default();
+        let attempts: Family<AttemptLabels, Counter> = Family::default();
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        let queue_depth: Gauge = Gauge::default();
+        let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
+        let callbacks: Family<OutcomeLabel, Counter> = Family::default();
+        // Every series of a fixed label set exists from the start (at 0), so that rate()
+        // and alerts see the first increase.
+        for endpoint in Endpoint::ALL {
+            drop(accepted.get_or_create(&EndpointLabel {
+                endpoint: endpoint.as_str(),
+            }));
+        }
+        for channel in ChannelName::ALL {
+            let label = ChannelLabel {
+                channel: channel.as_str(),
+            };
+            drop(delivered.get_or_create(&label));
+            drop(failed.get_or_create(&label));
+            for outcome in AttemptOutcome::ALL {
+                drop(attempts.get_or_create(&AttemptLabels {
+                    channel: channel.as_str(),
+                    outcome: outcome.as_str(),
+                }));
+            }
+        }
+        for outcome in CallbackOutcome::ALL {
+            drop(callbacks.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            }));
+        }
+
+        let mut registry = Registry::with_prefix("pushbot");
+        registry.register(
+            "build",
+            "The running pushbot's version",
+            Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages accepted (stored for delivery), by the endpoint they came in on; repeats of an Idempotency-Key are not counted",
+            accepted.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages delivered, by channel (a channel=all message counts on each channel that delivered it; a digest counts every message it carried)",
+            delivered.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Messages that ended failed, by the last channel tried",
+            failed.clone(),
+        );
+        registry.register(
+            "channel_attempts",
+            "Delivery attempts by channel and outcome: delivered, retry (transient failure), failed (the channel gave up: the message goes on to its next channel or fails)",
+            attempts.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from acceptance to delivery, per delivered message and channel",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Messages queued for delivery (in the database, all instances), counted at scrape time",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "wecom_errors",
+            "Failed WeCom API calls by API and errcode (transport: no answer; http_NNN: HTTP status; decode: not WeCom's JSON; invaliduser: errcode 0 but the member was not reached)",
+            wecom_errors.clone(),
+        );
+        registry.register(
+            "callbacks",
+            "Requests to /wecom/callback by outcome",
+            callbacks.clone(),
+        );
+        Self(Arc::new(Families {
+            registry,
+            accepted,
+            delivered,
+            failed,
+            attempts,
+            latency,
+            queue_depth,
+            wecom_errors,
+            errcode_series: AtomicUsize::new(0),
+            callbacks,
+        }))
+    }
+
+    /// A message was stored for delivery (not a repeat of an idempotency key).
+    pub fn accepted(&self, endpoint: Endpoint) {
+        self.0
+            .accepted
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.as_str(),
+            })
+            .inc();
+    }
+
+    /// `n` attempts on `channel` ended this way.
+    pub fn attempts(&self, channel: ChannelName, outcome: AttemptOutcome, n: u64) {
+        self.0
+            .attempts
+            .get_or_create(&AttemptLabels {
+                channel: channel.as_str(),
+                outcome: outcome.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// `channel` delivered a message accepted at `accepted_at` (unix ms).
+    pub fn delivered(&self, channel: ChannelName, accepted_at: i64) {
+        self.0
+            .delivered
+            .get_or_create(&ChannelLabel {
+                channel: channel.as_str(),
+            })
+            .inc();
+        let ms = now_ms().saturating_sub(accepted_at).max(0);
+        // Milliseconds as f64: exact far beyond any real latency.
+        self.0.latency.observe(ms as f64 / 1000.0);
+    }
+
+    /// `n` messages ended failed, `channel` the last one tried.
+    pub fn failed(&self, channel: ChannelName, n: u64) {
+        self.0
+            .failed
+            .get_or_create(&ChannelLabel {
+                channel: channel.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// A WeCom API call failed.
+    pub fn wecom_error(&self, api: WeComApi, errcode: WeComErrcode) {
+        let family = &self.0.wecom_errors;
+        let mut labels = WeComErrorLabels {
+            api: api.as_str(),
+            errcode,
+        };
+        if let Some(counter) = family.get(&labels) {
+            counter.inc();
+            return;
+        }
+        // A new series (two racing callers may both count one: the cap is then reached
+        // a little early, never exceeded).
+        if self.0.errcode_series.fetch_add(1, Ordering::Relaxed) >= MAX_ERRCODE_SERIES {
+            labels.errcode = WeComErrcode::Other;
+        }
+        family.get_or_create(&labels).inc();
+    }
+
+    pub fn callback(&self, outcome: CallbackOutcome) {
+        self.0
+            .callbacks
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets the queue depth (counted by the caller at scrape time).
+    pub fn set_queue_depth(&self, queued: i64) {
+        self.0.queue_depth.set(queued);
+    }
+
+    /// Everything, in OpenMetrics text (`openmetrics`) or the Prometheus text format.
+    pub fn encode(&self, openmetrics: bool) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.0.registry)?;
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.0.registry)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+    }
+
+    #[test]
+    fn counts_show_up_under_their_names_and_labels() {
+        let m = Metrics::new();
+        m.accepted(Endpoint::Bark);
+        m.accepted(Endpoint::Bark);
+        m.attempts(ChannelName::WeCom, AttemptOutcome::Retry, 3);
+        m.delivered(ChannelName::WeCom, now_ms() - 1500);
+        m.failed(ChannelName::Email, 1);
+        m.wecom_error(WeComApi::MessageSend, WeComErrcode::Code(81013));
+        m.wecom_error(WeComApi::GetToken, WeComErrcode::Transport);
+        m.wecom_error(WeComApi::MessageSend, WeComErrcode::Http(502));
+        m.callback(CallbackOutcome::Duplicate);
+        m.set_queue_depth(7);
+        for openmetrics in [true, false] {
+            let text = m.encode(openmetrics).unwrap();
+            let v = |series: &str| {
+                value(&text, series).unwrap_or_else(|| panic!("{series} in:\n{text}"))
+            };
+            assert_eq!(
+                v(r#"pushbot_messages_accepted_total{endpoint="bark"}"#),
+                2.0
+            );
+            assert_eq!(
+                v(r#"pushbot_messages_accepted_total{endpoint="native"}"#),
+                0.0
+            );
+            assert_eq!(
+                v(r#"pushbot_channel_attempts_total{channel="wecom",outcome="retry"}"#),
+                3.0
+            );
+            assert_eq!(
+                v(r#"pushbot_messages_delivered_total{channel="wecom"}"#),
+                1.0
+            );
+            assert_eq!(v(r#"pushbot_messages_failed_total{channel="email"}"#), 1.0);
+            assert_eq!(v("pushbot_delivery_latency_seconds_count"), 1.0);
+            // OpenMetrics writes bounds as floats ("1.0"), the 0.0.4 text format as Go does ("1").
+            let one = if openmetrics { "1.0" } else { "1" };
+            assert_eq!(
+                v(&format!(
+                    r#"pushbot_delivery_latency_seconds_bucket{{le="{one}"}}"#
+                )),
+                0.0
+            );
+            assert_eq!(
+                v(r#"pushbot_delivery_latency_seconds_bucket{le="2.5"}"#),
+                1.0
+            );
+            assert!(v("pushbot_delivery_latency_seconds_sum") >= 1.5);
+            assert_eq!(
+                v(r#"pushbot_wecom_errors_total{api="message/send",errcode="81013"}"#),
+                1.0
+            );
+            assert_eq!(
+                v(r#"pushbot_wecom_errors_total{api="gettoken",errcode="transport"}"#),
+                1.0
+            );
+            assert_eq!(
+                v(r#"pushbot_wecom_errors_total{api="message/send",errcode="http_502"}"#),
+                1.0
+            );
+            assert_eq!(v(r#"pushbot_callbacks_total{outcome="duplicate"}"#), 1.0);
+            assert_eq!(v(r#"pushbot_callbacks_total{outcome="url_check"}"#), 0.0);
+            assert_eq!(v("pushbot_queue_depth"), 7.0);
+            assert_eq!(
+                v(&format!(
+                    r#"pushbot_build_info{{version="{}"}}"#,
+                    env!("CARGO_PKG_VERSION")
+                )),
+                1.0
+            );
+            assert!(text.contains("# TYPE pushbot_delivery_latency_seconds histogram"));
+            assert_eq!(text.ends_with("# EOF\n"), openmetrics, "{text}");
+        }
+    }
+
+    #[test]
+    fn errcodes_beyond_the_cap_count_as_other() {
+        let m = Metrics::new();
+        for code in 0..(MAX_ERRCODE_SERIES as i64 + 10) {
+            m.wecom_error(WeComApi::MessageSend, WeComErrcode::Code(90_000 + code));
+        }
+        // A code already seen keeps its own series.
+        m.wecom_error(WeComApi::MessageSend, WeComErrcode::Code(90_000));
+        let text = m.encode(false).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("pushbot_wecom_errors_total{"))
+            .count();
+        assert_eq!(series, MAX_ERRCODE_SERIES + 1, "{text}");
+        assert_eq!(
+            value(
+                &text,
+                r#"pushbot_wecom_errors_total{api="message/send",errcode="other"}"#
+            ),
+            Some(10.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"pushbot_wecom_errors_total{api="message/send",errcode="90000"}"#
+            ),
+            Some(2.0)
+        );
+    }
+}
