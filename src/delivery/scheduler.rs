@@ -654,12 +654,21 @@ impl Scheduler {
                 None,
             ),
             Some(waiting) => {
+                // Markdown shows as readable text in a digest line, not as `**`/`##`.
+                let excerpts: Vec<Option<String>> = waiting
+                    .iter()
+                    .map(|w| match (&w.excerpt, w.markdown) {
+                        (Some(e), true) => Some(crate::render::markdown::to_plain_text(e)),
+                        (e, _) => e.clone(),
+                    })
+                    .collect();
                 let items: Vec<digest::Item<'_>> = waiting
                     .iter()
-                    .map(|w| digest::Item {
+                    .zip(&excerpts)
+                    .map(|(w, excerpt)| digest::Item {
                         created_at: w.created_at,
                         title: w.title.as_deref(),
-                        content: w.excerpt.as_deref(),
+                        content: excerpt.as_deref(),
                     })
                     .collect();
                 let (body, n) =

@@ -32,6 +32,8 @@ pub struct Waiting {
     pub created_at: i64,
     pub title: Option<String>,
     pub excerpt: Option<String>,
+    /// The content is markdown (the digest shows it as readable text).
+    pub markdown: bool,
 }
 
 fn unexpected(reply: Reply) -> StoreError {
@@ -217,7 +219,7 @@ impl Store {
     ) -> Result<Vec<Waiting>, StoreError> {
         // LIMIT as a literal: see `lane_heads`.
         let sql = format!(
-            "SELECT id, created_at, title, substr(content, 1, $2) AS excerpt, \
+            "SELECT id, created_at, title, substr(content, 1, $2) AS excerpt, format, \
              CASE WHEN (route = 'wecom' OR route LIKE 'wecom,%') AND deliver_all = 0 \
                        AND email_to IS NULL THEN 1 ELSE 0 END AS digestible \
              FROM messages WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
@@ -235,6 +237,7 @@ impl Store {
                     created_at: row.try_get("created_at")?,
                     title: row.try_get("title")?,
                     excerpt: row.try_get("excerpt")?,
+                    markdown: row.try_get::<String, _>("format")? == "markdown",
                 })
             })
             .collect()

@@ -381,6 +381,49 @@ fn beijing_clock(rfc3339: &str) -> String {
     format!("{:02}:{minute}", (hour + 8) % 24)
 }
 
+/// A digest line shows a markdown message as readable text, not its `**` and `##` markers.
+#[tokio::test]
+async fn a_digest_shows_markdown_as_readable_text() {
+    let app = spawn_app_with(|c| {
+        c.member_limits = vec![(1, "1s".to_owned())];
+        c.digest_after = "1s".to_owned();
+        unthrottled(c);
+    })
+    .await;
+    let m = member(&app, "mddigest").await;
+    for n in 0..6 {
+        let resp = app
+            .http
+            .post(app.url("/send"))
+            .bearer_auth(&m.token)
+            .json(&serde_json::json!({
+                "content": format!("**Job {n}** failed on `db-{n}`"),
+                "format": "markdown",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let digest = loop {
+        let calls = app.mock.delivered_calls();
+        if let Some(call) = calls.iter().find(|c| c.text().contains("Job 5")) {
+            break call.text().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no digest carried the last message: {calls:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(digest.contains("Job 5 failed on db-5"), "{digest}");
+    assert!(
+        !digest.contains("**") && !digest.contains("##") && !digest.contains('`'),
+        "{digest}"
+    );
+}
+
 /// 300 messages to one member at 5 a second, with `digest_after = "1s"`: the lane would
 /// wait a minute, so waiting messages are coalesced. The member gets far fewer WeCom
 /// messages that, read in order, carry all 300 in the order they were sent; each of the
