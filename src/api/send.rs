@@ -196,6 +196,19 @@ fn require_utf8_json(body: &[u8]) -> Result<(), ApiError> {
     })
 }
 
+/// The fields of a compat route's request: from the body, then from the query string
+/// (in that order; the caller decides which wins). Errors come in the order a client fixes
+/// them: the query, a body that could not be read, then the body's content.
+pub(super) async fn body_and_query<T: serde::de::DeserializeOwned + Default>(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(T, T), ApiError> {
+    let from_query = parse_query(query)?;
+    let body = body.map_err(ApiError::from_body)?;
+    Ok((parse_body(headers, body).await?, from_query))
+}
+
 /// A JSON, form-encoded or multipart body into `T` (every form checked for UTF-8 first).
 pub(super) async fn parse_body<T: serde::de::DeserializeOwned + Default>(
     headers: &HeaderMap,

@@ -159,6 +159,13 @@ pub struct SentCard {
     pub btntxt: String,
 }
 
+impl SentCard {
+    /// Title, description and link, for one comparison.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        (&self.title, &self.description, &self.url)
+    }
+}
+
 #[derive(Default)]
 struct MockState {
     issued: u64,

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::super::AppState;
-use super::super::send::{Submission, parse_body, parse_query, submit};
+use super::super::send::{Submission, body_and_query, parse_body, parse_query, submit};
 use super::{PathOf, path_value, unix_seconds};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
@@ -185,20 +185,14 @@ pub async fn path_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let segments = match path_value(segments) {
-        Ok(segments) => segments,
-        Err(err) => return bark_error(err),
+    let params = async {
+        let segments = path_value(segments)?;
+        let (from_body, from_query) =
+            body_and_query::<Params>(query.as_deref(), &headers, body).await?;
+        Ok::<_, ApiError>((segments, from_body.or(from_query)))
     };
-    let from_query = match parse_query::<Params>(query.as_deref()) {
-        Ok(p) => p,
-        Err(err) => return bark_error(err),
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return bark_error(ApiError::from_body(rejection)),
-    };
-    match parse_body::<Params>(&headers, body).await {
-        Ok(from_body) => path_push(&state, segments, from_body.or(from_query)).await,
+    match params.await {
+        Ok((segments, params)) => path_push(&state, segments, params).await,
         Err(err) => bark_error(err),
     }
 }

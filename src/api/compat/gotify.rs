@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::auth::find_token;
-use super::super::send::{Submission, parse_body, parse_query, submit};
+use super::super::send::{Submission, body_and_query, submit};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 
@@ -121,9 +121,8 @@ async fn publish(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let from_query: Fields = parse_query(query)?;
-    let body = body.map_err(ApiError::from_body)?;
-    let fields = parse_body::<Fields>(headers, body).await?.or(from_query);
+    let (from_body, from_query) = body_and_query::<Fields>(query, headers, body).await?;
+    let fields = from_body.or(from_query);
     let key = headers
         .get("x-gotify-key")
         .and_then(|v| v.to_str().ok())

@@ -16,7 +16,7 @@ use serde_json::json;
 use sha1::{Digest as _, Sha1};
 
 use super::super::AppState;
-use super::super::send::{Submission, parse_body, parse_query, submit};
+use super::super::send::{Submission, body_and_query, parse_query, submit};
 use super::{PathOf, path_value};
 use crate::domain::Format;
 use crate::error::ApiError;
@@ -158,20 +158,14 @@ pub async fn send_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let key = match path_value(key) {
-        Ok(key) => key,
-        Err(err) => return serverchan_error(err),
+    let fields = async {
+        let key = path_value(key)?;
+        let (from_body, from_query) =
+            body_and_query::<Fields>(query.as_deref(), &headers, body).await?;
+        Ok::<_, ApiError>((key, from_body.or(from_query)))
     };
-    let from_query = match parse_query::<Fields>(query.as_deref()) {
-        Ok(fields) => fields,
-        Err(err) => return serverchan_error(err),
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return serverchan_error(ApiError::from_body(rejection)),
-    };
-    match parse_body::<Fields>(&headers, body).await {
-        Ok(from_body) => send(&state, &key, from_body.or(from_query)).await,
+    match fields.await {
+        Ok((key, fields)) => send(&state, &key, fields).await,
         Err(err) => serverchan_error(err),
     }
 }
