@@ -86,8 +86,10 @@ fn readkey(token: &str, id: &str) -> String {
 
 async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
     let Some(token) = key_token(key) else {
-        return ApiError::NotFound(format!("no route for /{}", super::redact_path(key)))
-            .into_response();
+        return ApiError::NotFound(
+            "no route for this path (a ServerChan path is /TOKEN.send)".into(),
+        )
+        .into_response();
     };
     let title = fields.title.or(fields.text);
     if title.as_deref().is_none_or(|t| t.trim().is_empty()) {
