@@ -69,15 +69,43 @@ async fn a_client_that_resets_its_connection_cannot_strand_its_message() {
                 return;
             }
             // Give the server a moment to read it, then reset (SO_LINGER 0: RST, no FIN).
-            tokio::time::sleep(Duration::from_millis((i % 4) as u64)).await;
+            // A few wait long enough that the server has surely read their request, so a
+            // run where every reset beat the read cannot pass vacuously.
+            let wait = if i % 50 == 0 { 30 } else { (i % 8) as u64 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
             let _ = stream.set_zero_linger();
             drop(stream);
         }
     });
     futures_util::future::join_all(clients).await;
 
+    // The clients are gone, but the server may still be reading and committing what they
+    // sent: wait until the number of committed rows stops changing before judging.
+    settle_committed(&app, Duration::from_millis(500), Duration::from_secs(10)).await;
     let committed = assert_all_delivered_once(&app, Duration::from_secs(5)).await;
     assert!(committed > 0, "some of the requests were committed");
+}
+
+/// Waits until at least one message is committed and the count has not changed for
+/// `quiet`; panics after `timeout`.
+async fn settle_committed(app: &TestApp, quiet: Duration, timeout: Duration) {
+    let mut conn = db::connect(&app.db_path).await;
+    let deadline = Instant::now() + timeout;
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        let n = db::messages(&mut conn).await.len();
+        if n != last {
+            (last, since) = (n, Instant::now());
+        } else if n > 0 && since.elapsed() >= quiet {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} messages committed, still changing or none after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    db::close(conn).await;
 }
 
 #[tokio::test]
