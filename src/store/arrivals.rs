@@ -20,6 +20,10 @@ const INBOX_CAP: usize = 8;
 pub struct Arrivals {
     any: Notify,
     lanes: Mutex<HashMap<UserId, Arc<Inbox>>>,
+    /// Other processes commit messages too (PostgreSQL): a worker handed this process's
+    /// messages would send them ahead of the other instances' messages that came before
+    /// them, so workers are only woken, and read their lane from the database.
+    shared: bool,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +45,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Arrivals {
+    /// Arrivals for a database that other instances write too (see `shared`).
+    pub(super) fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
+    }
+
     /// After a commit that inserted `messages` (in commit order): hands them to their
     /// lanes' workers, and wakes the scheduler if a member has no worker.
     pub(super) fn committed(&self, messages: Vec<Message>) {
@@ -57,7 +69,7 @@ impl Arrivals {
                     let small = message.content.as_ref().is_none_or(|c| {
                         c.len() <= usize::try_from(HEAD_CONTENT_BYTES).unwrap_or(0)
                     });
-                    if small && state.messages.len() < INBOX_CAP {
+                    if small && !self.shared && state.messages.len() < INBOX_CAP {
                         state.messages.push_back(message);
                     } else {
                         state.missed = true;

@@ -212,7 +212,10 @@ impl Store {
                 (opened.pool, opened.backend, None)
             }
         };
-        let arrivals = Arc::new(Arrivals::default());
+        let arrivals = Arc::new(match engine {
+            Engine::Sqlite => Arrivals::default(),
+            Engine::Postgres => Arrivals::shared(),
+        });
         let writer = writer::spawn(backend, Arc::clone(&arrivals));
         Ok(Self {
             pool,
