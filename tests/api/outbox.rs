@@ -14,7 +14,7 @@ use crate::helpers::*;
 /// Polls the database until every committed message is `delivered` and WeCom has seen
 /// each exactly once; panics with the stragglers after `timeout`.
 async fn assert_all_delivered_once(app: &TestApp, timeout: Duration) -> usize {
-    let mut conn = db::connect(&app.db_path).await;
+    let mut conn = db::connect(app.store_url()).await;
     let deadline = Instant::now() + timeout;
     loop {
         let rows = db::messages(&mut conn).await;
@@ -89,7 +89,7 @@ async fn a_client_that_resets_its_connection_cannot_strand_its_message() {
 /// Waits until at least one message is committed and the count has not changed for
 /// `quiet`; panics after `timeout`.
 async fn settle_committed(app: &TestApp, quiet: Duration, timeout: Duration) {
-    let mut conn = db::connect(&app.db_path).await;
+    let mut conn = db::connect(app.store_url()).await;
     let deadline = Instant::now() + timeout;
     let (mut last, mut since) = (0, Instant::now());
     loop {
@@ -116,7 +116,7 @@ async fn the_sweep_delivers_a_queued_message_that_no_task_is_working_on() {
 
     // Committed and queued, but no task was ever started for it (a lost-task bug).
     let id = uuid::Uuid::now_v7().to_string();
-    let mut conn = db::connect(&app.db_path).await;
+    let mut conn = db::connect(app.store_url()).await;
     db::insert_orphan(&mut conn, &id, &user, "orphaned").await;
     db::close(conn).await;
 
@@ -168,7 +168,7 @@ async fn an_outcome_that_cannot_be_recorded_is_retried_until_it_is() {
     let app = spawn_app().await;
     let user = userid("unrecorded");
     let token = app.get_token(&user).await;
-    let mut conn = db::connect(&app.db_path).await;
+    let mut conn = db::connect(app.store_url()).await;
 
     // WeCom accepts the message; recording that fails (full disk, locked database) for
     // a while.
