@@ -300,7 +300,10 @@ pub fn engine() -> Engine {
         Err(std::env::VarError::NotPresent) => Engine::Sqlite,
         Ok(v) if v.is_empty() || v == "sqlite" => Engine::Sqlite,
         Ok(v) if v == "postgres" => Engine::Postgres,
-        other => panic!("PUSHBOT_TEST_DB={other:?}: expected `sqlite` (the default) or `postgres`"),
+        Ok(other) => {
+            panic!("PUSHBOT_TEST_DB={other:?}: expected `sqlite` (the default) or `postgres`")
+        }
+        Err(e) => panic!("PUSHBOT_TEST_DB: {e}; expected `sqlite` (the default) or `postgres`"),
     })
 }
 
@@ -374,8 +377,8 @@ impl TestDb {
             Ok(Ok(schema)) => schema,
             Ok(Err(e)) => panic!(
                 "PUSHBOT_TEST_DB=postgres, but no test schema could be created in the \
-                 PostgreSQL database at {} (set by PUSHBOT_TEST_PG_URL): {e}. Start \
-                 PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, or run with \
+                 PostgreSQL database at {} (PUSHBOT_TEST_PG_URL, by default {PG_URL_DEFAULT}): \
+                 {e}. Start PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, or run with \
                  PUSHBOT_TEST_DB=sqlite.",
                 without_password(&base)
             ),
@@ -1280,4 +1283,59 @@ pub async fn wait_until_changed<S>(
         }
     };
     tokio::time::timeout(timeout, check).await.is_ok()
+}
+
+/// The harness's own promises about test databases.
+mod self_test {
+    use super::*;
+    use crate::db;
+
+    /// Whether the PostgreSQL test database has a schema called `schema`.
+    async fn schema_exists(schema: &str) -> bool {
+        let mut conn = db::connect(&pg_base_url()).await;
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+                .bind(schema)
+                .fetch_optional(&mut conn)
+                .await
+                .expect("look up the schema");
+        db::close(conn).await;
+        found.is_some()
+    }
+
+    /// Each app gets a database of its own; on PostgreSQL a schema, gone with the app even
+    /// while a connection of that app's runtime holds locks in it.
+    #[tokio::test]
+    async fn each_app_gets_its_own_database_and_it_goes_with_it() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (TestDb::new(dir_a.path()), TestDb::new(dir_b.path()));
+        assert_ne!(a.url(), b.url());
+        let Some((_, schema)) = a.pg_schema.clone() else {
+            assert!(a.sqlite_path().is_some_and(|p| p.starts_with(dir_a.path())));
+            return;
+        };
+        let mut in_a = db::connect(a.url()).await;
+        sqlx::query("CREATE TABLE messages (id TEXT PRIMARY KEY)")
+            .execute(&mut in_a)
+            .await
+            .unwrap();
+        let mut in_b = db::connect(b.url()).await;
+        let seen: Option<String> = sqlx::query_scalar("SELECT to_regclass('messages')::text")
+            .fetch_one(&mut in_b)
+            .await
+            .unwrap();
+        assert_eq!(seen, None, "another app's schema does not see the table");
+        db::close(in_b).await;
+
+        // Mid-transaction on this runtime, which the drop blocks.
+        sqlx::query("BEGIN").execute(&mut in_a).await.unwrap();
+        sqlx::query("INSERT INTO messages (id) VALUES ('x')")
+            .execute(&mut in_a)
+            .await
+            .unwrap();
+        assert!(schema_exists(&schema).await);
+        drop(a);
+        assert!(!schema_exists(&schema).await, "{schema} is dropped");
+        drop(in_a);
+    }
 }
