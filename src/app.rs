@@ -82,10 +82,10 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let store_error = |source| StartupError::Store {
-            url: settings.storage.url.as_str().to_owned(),
+            url: settings.storage.url.redacted(),
             source,
         };
-        let store = Store::connect(settings.storage.url.as_str())
+        let store = Store::connect_with(settings.storage.url.as_str(), settings.storage.pool_size)
             .await
             .map_err(store_error)?;
         let crypto = WeComCrypto::from_config(

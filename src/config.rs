@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::delivery::limits::RateWindow;
 use crate::domain::{ChannelName, Look, Route};
+use crate::store::Engine;
 use crate::wecom::credentials::{AgentId, CallbackToken, CorpId, CorpSecret, EncodingAesKey};
 
 /// Default config file looked up in the working directory when neither
@@ -200,6 +201,9 @@ pub struct StorageSettings {
     /// Queued messages are never purged.
     #[serde(default = "default_retention", deserialize_with = "retention")]
     pub retention: Option<Duration>,
+    /// Connections in the read pool (the group-commit writer has one more of its own).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
 }
 
 impl Default for StorageSettings {
@@ -207,27 +211,43 @@ impl Default for StorageSettings {
         Self {
             url: default_storage_url(),
             retention: default_retention(),
+            pool_size: default_pool_size(),
         }
     }
 }
 
-/// Where the data lives. Only SQLite in this version.
+/// Where the data lives: a SQLite file (`sqlite://path`), or a PostgreSQL database
+/// (`postgres://user:password@host:port/db`) that several instances can share.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct StorageUrl {
     url: String,
-    /// The database file; `None` for an in-memory database.
+    engine: Engine,
+    /// The database file; `None` for PostgreSQL or an in-memory database.
     path: Option<PathBuf>,
 }
 
 impl StorageUrl {
-    /// The URL as configured, for the driver.
+    /// The URL as configured, for the driver. May hold a password: never log it.
     pub fn as_str(&self) -> &str {
         &self.url
     }
 
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
     pub fn sqlite_path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// What to show people: the SQLite URL, or PostgreSQL's host, port and database
+    /// without user name or password.
+    pub fn redacted(&self) -> String {
+        match self.engine {
+            Engine::Sqlite => self.url.clone(),
+            Engine::Postgres => crate::store::describe_postgres(&self.url),
+        }
     }
 }
 
@@ -235,20 +255,31 @@ impl TryFrom<String> for StorageUrl {
     type Error = String;
     fn try_from(url: String) -> Result<Self, String> {
         let url = url.trim().to_owned();
-        if !url.starts_with("sqlite:") {
+        let Some(engine) = Engine::of_url(&url) else {
+            // The value may hold a password: describe it without repeating it.
+            let scheme = url.split(':').next().unwrap_or("");
             return Err(format!(
-                "{url:?} is not supported: this version stores data in SQLite only \
-                 (e.g. sqlite://pushbot.db or sqlite:///data/pushbot.db)"
+                "a {scheme:?} URL is not supported: use sqlite://path/to/pushbot.db (the \
+                 embedded default) or postgres://user:password@host:5432/database"
+            ));
+        };
+        if engine == Engine::Postgres
+            && let Err(err) = url.parse::<sqlx::postgres::PgConnectOptions>()
+        {
+            return Err(format!(
+                "not a valid PostgreSQL URL ({}): expected \
+                 postgres://user:password@host:5432/database",
+                err.to_string().replace(&url, "…")
             ));
         }
         let path = crate::store::sqlite_path(&url);
-        Ok(Self { url, path })
+        Ok(Self { url, engine, path })
     }
 }
 
 impl fmt::Debug for StorageUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.url, f)
+        fmt::Debug::fmt(&self.redacted(), f)
     }
 }
 
@@ -489,9 +520,14 @@ fn default_header_read_timeout() -> Duration {
 fn default_max_connections() -> usize {
     1024
 }
+fn default_pool_size() -> u32 {
+    crate::store::DEFAULT_POOL_SIZE
+}
+
 fn default_storage_url() -> StorageUrl {
     StorageUrl {
         url: "sqlite://pushbot.db".to_owned(),
+        engine: Engine::Sqlite,
         path: Some(PathBuf::from("pushbot.db")),
     }
 }
@@ -947,6 +983,12 @@ impl Settings {
                 "must be at least twice delivery.retry_window (a card sent at the end of the retry window must still open its page for a while), or \"0\" to keep messages forever",
             ));
         }
+        if !(1..=1000).contains(&self.storage.pool_size) {
+            return Err(invalid(
+                "storage.pool_size",
+                "must be between 1 and 1000 connections",
+            ));
+        }
         if let Some(email) = &self.email {
             if email.password.is_some() && email.password_file.is_some() {
                 return Err(invalid(
@@ -1150,12 +1192,28 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{to}: {err}");
         }
-        let text = format!("{MINIMAL}\n[storage]\nurl = \"postgres://db/x\"\n");
-        let err = Settings::from_toml(&text).unwrap_err().to_string();
+        let storage = |url: &str| {
+            Settings::from_toml(&format!("{MINIMAL}\n[storage]\nurl = \"{url}\"\n"))
+                .map_err(|e| e.to_string())
+        };
+        let err = storage("mysql://root:hunter2@db/x").unwrap_err();
         assert!(
-            err.contains("storage.url") && err.contains("SQLite"),
+            err.contains("storage.url") && err.contains("postgres://") && !err.contains("hunter2"),
             "{err}"
         );
+        let s = storage("postgres://app:hunter2@db.internal:6543/push").unwrap();
+        assert_eq!(s.storage.url.engine(), Engine::Postgres);
+        assert_eq!(s.storage.pool_size, crate::store::DEFAULT_POOL_SIZE);
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("db.internal:6543/push") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(storage("sqlite://x.db").is_ok());
+        let err = Settings::from_toml(&format!("{MINIMAL}\n[storage]\npool_size = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.pool_size"), "{err}");
     }
 
     #[test]

@@ -244,11 +244,11 @@ fn sample_credentials(settings: &Settings) -> Finding {
 
 async fn database(settings: &Settings) -> Finding {
     let url = settings.storage.url.as_str();
-    let shown = settings
-        .storage
-        .url
-        .sqlite_path()
-        .map_or_else(|| url.to_owned(), |p| p.display().to_string());
+    let shown = settings.storage.url.sqlite_path().map_or_else(
+        || settings.storage.url.redacted(),
+        |p| p.display().to_string(),
+    );
+    let postgres = settings.storage.url.engine() == crate::store::Engine::Postgres;
     let file = settings.storage.url.sqlite_path();
     let existed = file.is_some_and(Path::exists);
     // Exactly as the service opens it: the directory is checked for writing, the file
@@ -257,6 +257,10 @@ async fn database(settings: &Settings) -> Finding {
         Ok(store) => store,
         Err(err) => {
             let fix = match &err {
+                _ if postgres => {
+                    "Check that PostgreSQL runs and is reachable from this machine, and the \
+                     user, password and database in storage.url (or PUSHBOT_STORAGE__URL)."
+                }
                 StoreError::Migrate(_) => {
                     "The database was written by a newer pushbot (or changed by hand): run \
                      that version, or point storage.url at another file."
@@ -271,7 +275,11 @@ async fn database(settings: &Settings) -> Finding {
                 format!("database {shown} cannot be opened"),
             )
             .note(chain(&err))
-            .note("确认数据库文件及其目录可写。")
+            .note(if postgres {
+                "确认 PostgreSQL 可连接，且 storage.url 中的用户、密码和数据库正确。"
+            } else {
+                "确认数据库文件及其目录可写。"
+            })
             .note(fix);
         }
     };

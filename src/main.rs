@@ -58,7 +58,21 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match Settings::load(config.as_deref()) {
             Ok(settings) => {
                 // A closed stdout (`| head`) is not an error worth a panic.
-                let _ = writeln!(std::io::stdout(), "configuration OK\n{settings:#?}");
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "configuration OK\n{settings:#?}");
+                // The database is reported, not required: the configuration is valid even
+                // while the database is down (`pushbot doctor` fails on that).
+                let url = settings.storage.url.as_str();
+                let reach = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| rt.block_on(pushbot::store::Store::reachability(url)));
+                let engine = settings.storage.url.engine().as_str();
+                let _ = match reach {
+                    Ok(what) => writeln!(out, "storage: {engine}, {what}"),
+                    Err(why) => writeln!(out, "storage: {engine}, {why}"),
+                };
                 ExitCode::SUCCESS
             }
             Err(err) => fail(&err),

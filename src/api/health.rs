@@ -17,10 +17,12 @@ pub fn router() -> Router<AppState> {
         .route("/", get(index))
 }
 
-/// 200 when the database file is still there and takes reads and writes; 503 otherwise.
+/// 200 when the database (the SQLite file still there, or PostgreSQL reachable) takes
+/// reads and writes; 503 otherwise. Both name the engine.
 async fn healthz(State(state): State<AppState>) -> Response {
+    let engine = state.store.engine().as_str();
     match state.store.check_health().await {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Ok(()) => Json(json!({ "status": "ok", "storage": engine })).into_response(),
         Err(err) => {
             tracing::error!(error = %crate::error::chain(&err), "health check failed");
             (
@@ -28,6 +30,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
                 [(RETRY_AFTER, "5")],
                 Json(json!({
                     "status": "unavailable",
+                    "storage": engine,
                     "message": format!("storage is unavailable: {}", crate::error::chain(&err)),
                 })),
             )

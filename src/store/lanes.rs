@@ -182,8 +182,8 @@ impl Store {
     pub async fn lane_heads(&self, userid: &UserId, limit: usize) -> Result<Vec<Head>, StoreError> {
         let columns = MESSAGE_COLUMNS.replace(
             "content,",
-            "CASE WHEN length(CAST(content AS BLOB)) <= $2 THEN content END AS content, \
-             length(CAST(content AS BLOB)) AS content_bytes,",
+            "CASE WHEN octet_length(content) <= $2 THEN content END AS content, \
+             CAST(octet_length(content) AS BIGINT) AS content_bytes,",
         );
         // LIMIT as a literal, not a parameter: SQLite reads a bound LIMIT while planning
         // and then re-prepares the statement every time it is bound (seen in profiles).
@@ -219,9 +219,10 @@ impl Store {
     ) -> Result<Vec<Waiting>, StoreError> {
         // LIMIT as a literal: see `lane_heads`.
         let sql = format!(
-            "SELECT id, created_at, title, substr(content, 1, $2) AS excerpt, format, \
-             CASE WHEN (route = 'wecom' OR route LIKE 'wecom,%') AND deliver_all = 0 \
-                       AND email_to IS NULL THEN 1 ELSE 0 END AS digestible \
+            "SELECT id, created_at, title, substr(content, 1, CAST($2 AS INTEGER)) AS excerpt, \
+             format, CAST(CASE WHEN (route = 'wecom' OR route LIKE 'wecom,%') \
+                       AND deliver_all = 0 AND email_to IS NULL THEN 1 ELSE 0 END AS BIGINT) \
+               AS digestible \
              FROM messages WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))

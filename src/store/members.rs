@@ -147,15 +147,19 @@ impl Store {
         if let Ok(mut cache) = self.tokens.write() {
             cache.rotations += 1;
             cache.owners.retain(|_, owner| owner != userid);
-            cache.owners.insert(new_token.clone(), userid.clone());
+            if self.sole_writer() {
+                cache.owners.insert(new_token.clone(), userid.clone());
+            }
         }
         Ok(new_token)
     }
 
     /// Caches a lookup made when the rotation counter was `generation`, unless a rotation
-    /// has committed since (then the value read may already be revoked).
+    /// has committed since (then the value read may already be revoked), or another
+    /// instance may rotate tokens (PostgreSQL: every lookup reads the database).
     pub(super) fn cache_token(&self, token: &PushToken, userid: &UserId, generation: u64) {
-        if let Ok(mut cache) = self.tokens.write()
+        if self.sole_writer()
+            && let Ok(mut cache) = self.tokens.write()
             && cache.rotations == generation
         {
             cache.owners.insert(token.clone(), userid.clone());
@@ -196,7 +200,8 @@ impl Store {
                     .and_then(Look::from_stored),
             },
         };
-        if let Ok(mut cache) = self.prefs.write()
+        if self.sole_writer()
+            && let Ok(mut cache) = self.prefs.write()
             && cache.changes == changes
         {
             cache.members.insert(userid.clone(), prefs.clone());

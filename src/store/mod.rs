@@ -1,35 +1,41 @@
 //! All persistent state, and all SQL.
 //!
-//! The rest of the program sees only [`Store`] and the plain records below. Reads and the
-//! few writes outside the outbox are written once against sqlx's `Any` driver with `$n`
-//! placeholders, BIGINT unix-millisecond timestamps and TEXT, so a PostgreSQL backend
-//! needs its own migration folder and its own group-commit writer (the SQLite one calls
-//! SQLite directly, see [`writer`]), not changes to the HTTP or bot code.
+//! The rest of the program sees only [`Store`] and the plain records below, whichever
+//! engine holds the data: one SQLite file (the embedded default, `sqlite.rs`) or a
+//! PostgreSQL database shared by several instances (`postgres.rs`).
 //!
-//! Writes to the outbox go through one group-commit writer ([`writer`]): concurrent
-//! accepts share a transaction and so one fsync, which is what lets `/send` take
-//! thousands of messages a second while still answering only after the message is on disk.
+//! Reads and the few writes outside the outbox are written once, against sqlx's `Any`
+//! driver, in SQL both engines speak (`$n` placeholders, BIGINT unix-millisecond
+//! timestamps, TEXT). Writes to the outbox go through one group-commit writer per process
+//! ([`writer`]): concurrent accepts share a transaction and so one fsync, which is what
+//! lets `/send` take thousands of messages a second while still answering only after the
+//! message is on disk. Its SQL is written once too; each engine supplies a [`writer`]
+//! backend (connection, transactions, acceptance numbers) and the few clauses where the
+//! engines differ (`FOR UPDATE SKIP LOCKED`, filling a blob).
 
 mod arrivals;
 mod callbacks;
 mod lanes;
 mod members;
 mod messages;
+mod postgres;
+mod sqlite;
 mod writer;
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+use sqlx::AnyPool;
 
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, Waiting};
 pub use members::{CodeCheck, CodeRequest, MemberPrefs};
 pub use messages::{AttemptRecord, ChannelCounts, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus};
+pub use postgres::describe as describe_postgres;
+use sqlite::FileIdentity;
+pub use sqlite::sqlite_path;
 pub use writer::{AttemptUpdate, Digest, Overdue};
 use writer::{WriteStatus, WriterHandle};
 
@@ -37,8 +43,8 @@ use writer::{WriteStatus, WriterHandle};
 const HEALTH_PROBE_AFTER: Duration = Duration::from_secs(10);
 /// How long start-up waits for the first connection before saying why it cannot open.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// SQLite waits this long for a lock held by another connection before failing a statement.
-const BUSY_TIMEOUT_MS: u32 = 5000;
+/// Connections in the read pool unless `storage.pool_size` says otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 8;
 
 /// Unix time in milliseconds, the one timestamp format stored.
 pub fn now_ms() -> i64 {
@@ -58,9 +64,10 @@ pub enum StoreError {
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Start-up could not open the database; `reason` names the real cause.
-    #[error("cannot open the database {}: {reason}", path.display())]
+    #[error("cannot open the database {target}: {reason}")]
     Open {
-        path: PathBuf,
+        /// The SQLite file, or PostgreSQL's host, port and database (no password).
+        target: String,
         reason: String,
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -93,7 +100,9 @@ impl StoreError {
         match self {
             Self::Db(err) => match err {
                 sqlx::Error::Database(db) => {
-                    is_unavailable_code(db.code().and_then(|c| c.parse().ok()).unwrap_or(0))
+                    postgres::is_unavailable(db.as_ref()).unwrap_or_else(|| {
+                        is_unavailable_code(db.code().and_then(|c| c.parse().ok()).unwrap_or(0))
+                    })
                 }
                 sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
@@ -118,29 +127,31 @@ fn is_unavailable_code(code: i32) -> bool {
     matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)
 }
 
-/// The database file as opened (device and inode), to notice it being deleted or replaced
-/// while the process runs: SQLite keeps writing to the unlinked file, and everything
-/// written is gone at the next start.
-#[derive(Debug, Clone)]
-pub(crate) struct FileIdentity {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
+/// Which engine holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// One SQLite file, one pushbot process.
+    Sqlite,
+    /// A PostgreSQL database, possibly shared by several pushbot processes.
+    Postgres,
 }
 
-impl FileIdentity {
-    fn of(path: &Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(Self {
-            path: path.to_owned(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
+impl Engine {
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
     }
 
-    fn still_there(&self) -> bool {
-        Self::of(&self.path).is_some_and(|now| now.dev == self.dev && now.ino == self.ino)
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
     }
 }
 
@@ -148,15 +159,17 @@ impl FileIdentity {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    engine: Engine,
     writer: WriterHandle,
-    /// The SQLite file (none for an in-memory database).
+    /// The SQLite file (none for PostgreSQL).
     file: Option<FileIdentity>,
-    /// token → userid. Every authenticated request looks a token up, so positive
-    /// answers are kept in memory; this process is the only writer of tokens, and
-    /// rotation evicts the old entry before it returns.
+    /// token → userid. Every authenticated request looks a token up, so on SQLite, where
+    /// this process is the only writer of tokens, positive answers are kept in memory and
+    /// rotation evicts the old entry before it returns. On PostgreSQL another instance
+    /// may rotate a token at any time: nothing is cached there.
     tokens: Arc<RwLock<members::TokenCache>>,
     /// Members' bound addresses and channel orders, as read (changed only through this
-    /// store, which updates it).
+    /// store, which updates it; not used on PostgreSQL, for the same reason).
     prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,
@@ -164,100 +177,79 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
     }
 }
 
 impl Store {
+    /// Opens the database with a pool of [`DEFAULT_POOL_SIZE`] connections.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, DEFAULT_POOL_SIZE).await
+    }
+
     /// Opens (creating if needed) the database, applies migrations and starts the writer.
     ///
-    /// A database that cannot be opened fails at once with one error naming the path and
-    /// the real cause (missing or read-only directory, not a database file, …).
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// A database that cannot be opened fails at once with one error naming it (the
+    /// SQLite file, or PostgreSQL's host, port and database: never the password) and the
+    /// real cause.
+    pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let path = sqlite_path(url);
-        // The writer opens the file by itself; an in-memory database would be a different,
-        // empty one on each connection (and lose every message at exit).
-        let Some(db_file) = path.clone() else {
-            return Err(StoreError::Open {
-                path: PathBuf::from(url),
-                reason: "pushbot needs a database file (storage.url = \"sqlite://path/to/pushbot.db\"); \
-                         an in-memory database would lose every queued message"
-                    .into(),
-                source: None,
-            });
-        };
-        preflight(&db_file)?;
-        // Only the first connection may create the file. Later ones (the pool's, the
-        // writer's) must not: after the file was deleted they would silently start an
-        // empty database at the same path; failing is the truthful answer.
-        let create: AnyConnectOptions = sqlite_url_with_mode(url, "rwc")
-            .parse::<AnyConnectOptions>()?
-            .disable_statement_logging();
-        let url = sqlite_url_with_mode(url, "rw");
-        let options: AnyConnectOptions = url
-            .parse::<AnyConnectOptions>()?
-            .disable_statement_logging();
-        // One connection first, so that an error surfaces at once with its cause (a pool
-        // retries failing connects until its timeout, logging each attempt).
-        let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
-            let mut conn = AnyConnection::connect_with(&create).await?;
-            configure(&mut conn).await?;
-            conn.close().await
-        })
-        .await;
-        let open_error =
-            |reason: &str, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
-                StoreError::Open {
-                    path: path.clone().unwrap_or_else(|| PathBuf::from(url.as_str())),
-                    reason: reason.to_owned(),
-                    source,
-                }
-            };
-        match opened {
-            Err(_) => return Err(open_error("timed out opening the database", None)),
-            Ok(Err(err)) => {
-                let reason = match &err {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => {
-                        "the file exists but is not a SQLite database"
-                    }
-                    _ => "SQLite could not open it",
-                };
-                return Err(open_error(reason, Some(Box::new(err))));
+        let pool_size = pool_size.max(1);
+        let engine = Engine::of_url(url).ok_or_else(|| StoreError::Open {
+            target: "the database".into(),
+            reason: "storage.url must start with sqlite: or postgres://".into(),
+            source: None,
+        })?;
+        let (pool, backend, file) = match engine {
+            Engine::Sqlite => {
+                let opened = sqlite::open(url, pool_size).await?;
+                (opened.pool, opened.backend, opened.file)
             }
-            Ok(Ok(())) => {}
-        }
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            // A ping before each use is a round trip to SQLite's thread that learns
-            // nothing about a local file; a broken connection fails its query anyway.
-            .test_before_acquire(false)
-            .after_connect(|conn, _meta| Box::pin(configure(conn)))
-            // A connection must never go back to the pool inside a transaction: a later
-            // `begin()` on it would only open a savepoint that never commits.
-            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            // Recycle connections now and then: one opened while the files were unwritable
-            // (an immutable -wal, a read-only remount) stays read-only until closed.
-            .idle_timeout(Duration::from_secs(60))
-            .max_lifetime(Duration::from_secs(30 * 60))
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./src/store/migrations/sqlite")
-            .run(&pool)
-            .await?;
-        let file = path.as_deref().and_then(FileIdentity::of);
+            Engine::Postgres => {
+                let opened = postgres::open(url, pool_size).await?;
+                (opened.pool, opened.backend, None)
+            }
+        };
         let arrivals = Arc::new(Arrivals::default());
-        let writer = writer::spawn(db_file, file.clone(), Arc::clone(&arrivals));
+        let writer = writer::spawn(backend, Arc::clone(&arrivals));
         Ok(Self {
             pool,
+            engine,
             writer,
             file,
             tokens: Arc::default(),
             prefs: Arc::default(),
             arrivals,
         })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// For `pushbot check-config`: whether the database can be reached, without creating
+    /// or migrating anything. One line either way.
+    pub async fn reachability(url: &str) -> Result<String, String> {
+        match Engine::of_url(url) {
+            Some(Engine::Sqlite) => match sqlite_path(url) {
+                Some(path) if path.exists() => Ok(format!("file {} exists", path.display())),
+                Some(path) => Ok(format!(
+                    "file {} does not exist yet (created at the first start)",
+                    path.display()
+                )),
+                None => Err("an in-memory database is refused at start-up".into()),
+            },
+            Some(Engine::Postgres) => postgres::reachability(url).await,
+            None => Err("unknown engine".into()),
+        }
+    }
+
+    /// Whether this process is the only one writing the database, so that what it wrote
+    /// may be remembered in memory.
+    fn sole_writer(&self) -> bool {
+        self.engine == Engine::Sqlite
     }
 
     /// For `/healthz`: the database file is still the one opened, reads work, and writes
@@ -298,119 +290,12 @@ impl Store {
     }
 }
 
-/// Per-connection settings. WAL lets readers run beside the writer; synchronous=FULL makes
-/// every commit durable against power loss, not just process death (group commit pays for
-/// it once per batch).
-pub(crate) async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-    conn.execute("PRAGMA journal_mode = WAL").await?;
-    conn.execute("PRAGMA synchronous = FULL").await?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"
-    )))
-    .await?;
-    conn.execute("PRAGMA foreign_keys = ON").await?;
-    Ok(())
-}
-
-/// The file behind a `sqlite:` URL, or `None` for an in-memory database (or another
-/// engine). Accepts `sqlite://path`, `sqlite:path` and `sqlite:///abs/path`, with or
-/// without `?options`.
-pub fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite:")?;
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    let path = rest.split('?').next().unwrap_or("");
-    if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
-        return None;
-    }
-    Some(PathBuf::from(path))
-}
-
-/// Checks what SQLite reports only as "unable to open database file", so that start-up can
-/// name the real cause: the directory is missing or not writable (WAL mode creates
-/// `-wal` and `-shm` files beside the database), or the file is not a database.
-fn preflight(path: &Path) -> Result<(), StoreError> {
-    let fail = |reason: String, source: Option<std::io::Error>| StoreError::Open {
-        path: path.to_owned(),
-        reason,
-        source: source.map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    match std::fs::metadata(&dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(fail(format!("{} is not a directory", dir.display()), None)),
-        Err(e) => {
-            return Err(fail(
-                format!("its directory {} is not accessible", dir.display()),
-                Some(e),
-            ));
-        }
-    }
-    let probe = dir.join(format!(".pushbot-write-test-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-        }
-        Err(e) => {
-            return Err(fail(
-                format!(
-                    "cannot create files in {} (SQLite needs the directory writable for its \
-                     -wal and -shm files)",
-                    dir.display()
-                ),
-                Some(e),
-            ));
-        }
-    }
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            return Err(fail("it is a directory".to_owned(), None));
-        }
-        Ok(_) => {
-            let mut file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| fail("the file cannot be opened for writing".to_owned(), Some(e)))?;
-            let mut header = [0u8; 16];
-            let n = file
-                .read(&mut header)
-                .map_err(|e| fail("the file cannot be read".to_owned(), Some(e)))?;
-            if n > 0 && header[..n] != b"SQLite format 3\0"[..n] {
-                return Err(fail(
-                    "the file exists but is not a SQLite database".to_owned(),
-                    None,
-                ));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("the file is not accessible".to_owned(), Some(e))),
-    }
-    Ok(())
-}
-
-/// The URL with SQLite's open `mode` (`rwc` creates the file, `rw` does not), unless the
-/// URL sets one itself or is an in-memory database.
-fn sqlite_url_with_mode(url: &str, mode: &str) -> String {
-    if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}mode={mode}")
-    } else {
-        url.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{ChannelName, EmailAddress, MessageId, Route, UserId};
     use sqlx::Row as _;
+    use sqlx::{AnyConnection, Connection as _, Executor as _};
 
     fn uid(s: &str) -> UserId {
         UserId::new(s)
@@ -436,22 +321,6 @@ mod tests {
             now,
             now + 1000,
         )
-    }
-
-    #[test]
-    fn sqlite_url_gets_an_open_mode() {
-        assert_eq!(
-            sqlite_url_with_mode("sqlite://pushbot.db", "rwc"),
-            "sqlite://pushbot.db?mode=rwc"
-        );
-        assert_eq!(
-            sqlite_url_with_mode("sqlite://pushbot.db?cache=shared", "rw"),
-            "sqlite://pushbot.db?cache=shared&mode=rw"
-        );
-        assert_eq!(
-            sqlite_url_with_mode("sqlite://x.db?mode=ro", "rw"),
-            "sqlite://x.db?mode=ro"
-        );
     }
 
     #[test]

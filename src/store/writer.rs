@@ -5,39 +5,32 @@
 //! few hundred messages a second; batching makes the fsync cost per message shrink as load
 //! grows, while each caller still waits for *its* row to be durable.
 //!
-//! The writer keeps one SQLite connection of its own (rusqlite, called directly on the
-//! writer's thread: no statement is a round trip to another thread) and runs
-//! `BEGIN IMMEDIATE … COMMIT` on it by hand. After *any* error inside a transaction the
-//! connection is closed, not reused: SQLite may or may not have rolled the transaction
-//! back by itself (a failed `COMMIT` on a full disk leaves it open; an I/O error may end
-//! it), and a connection that still holds a transaction turns every later `BEGIN` into a
-//! savepoint whose "commit" is never durable — and holds the write lock against everyone
-//! else. Closing the connection ends whatever SQLite still has open; the next batch starts
-//! on a fresh one.
+//! The writer keeps one connection of its own, through a [`Backend`] per engine
+//! (`sqlite.rs`: rusqlite called directly on the writer's thread; `postgres.rs`: a native
+//! sqlx connection driven by the thread's own runtime). The SQL is written once here; the
+//! few places where the engines differ are [`Dialect`]'s. After *any* error inside a
+//! transaction the connection is closed, not reused: SQLite may or may not have rolled the
+//! transaction back by itself (a failed `COMMIT` on a full disk leaves it open; an I/O
+//! error may end it), and a connection that still holds a transaction turns every later
+//! `BEGIN` into a savepoint whose "commit" is never durable — and holds the write lock
+//! against everyone else. Closing the connection ends whatever is still open; the next
+//! batch starts on a fresh one.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::path::{Path, PathBuf};
-
-use rusqlite::types::{ToSql as _, ToSqlOutput};
-use rusqlite::{Connection, OpenFlags, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Arrivals, FileIdentity, Message, StoreError, now_ms};
+use super::{Arrivals, Message, StoreError, now_ms};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
-/// Rows per multi-row INSERT (19 columns each; SQLite allows 32,766 parameters).
+/// Rows per multi-row INSERT (23 columns each; SQLite allows 32,766 parameters,
+/// PostgreSQL 65,535).
 const INSERT_CHUNK: usize = 64;
 /// IDs per `UPDATE … WHERE id IN (…)`.
 const UPDATE_CHUNK: usize = 64;
-/// WAL pages after which the writer checkpoints by itself: only when the checkpointer
-/// thread has fallen behind (about 64 MiB of WAL).
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
-/// How often the checkpointer copies committed pages from the WAL into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 /// Bytes a health probe writes: more than the largest message `/send` accepts (64 KiB of
 /// content plus a title), so a probe that commits means any message could be stored.
 const PROBE_BYTES: i64 = 80 * 1024;
@@ -332,96 +325,148 @@ impl WriterHandle {
     }
 }
 
-pub(super) fn spawn(
-    path: PathBuf,
-    file: Option<FileIdentity>,
-    arrivals: Arc<Arrivals>,
-) -> WriterHandle {
+pub(super) fn spawn(backend: Box<dyn Backend>, arrivals: Arc<Arrivals>) -> WriterHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let health = Arc::new(WriteHealth::default());
     let writer = Writer {
-        path,
-        conn: None,
-        file,
+        db: backend,
         health: Arc::clone(&health),
-        next_seq: None,
         arrivals,
     };
-    // A thread of its own, calling SQLite directly: a batch is a handful of statements, and
-    // through an async driver each was a round trip to the connection's thread, which on a
-    // busy machine waited for a free core (measured: ~0.9 ms of a 1.5 ms batch).
-    let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
-    let checkpoints = writer.path.clone();
+    // A thread of its own, calling the database directly: a batch is a handful of
+    // statements, and through an async driver on the shared runtime each was a round trip
+    // to the connection's thread, which on a busy machine waited for a free core
+    // (measured on SQLite: ~0.9 ms of a 1.5 ms batch).
     let spawned = std::thread::Builder::new()
         .name("pushbot-writer".into())
-        .spawn(move || {
-            writer.run(rx);
-            drop(stop_checkpoints);
-        });
+        .spawn(move || writer.run(rx));
     if let Err(err) = spawned {
         // Writes then fail with WriterGone (503) and /healthz says so.
         tracing::error!(error = %err, "cannot start the storage writer thread");
     }
-    let spawned = std::thread::Builder::new()
-        .name("pushbot-checkpoint".into())
-        .spawn(move || checkpointer(&checkpoints, &stopped));
-    if let Err(err) = spawned {
-        // The writer then checkpoints by itself (WAL_AUTOCHECKPOINT_PAGES).
-        tracing::warn!(error = %err, "cannot start the WAL checkpoint thread");
-    }
     WriterHandle { tx, health }
 }
 
-/// Copies committed pages from the WAL into the database file every [`CHECKPOINT_EVERY`]
-/// until the writer stops. On the writer's thread a checkpoint (thousands of pages and an
-/// fsync) held up every `/send` waiting for the next commit: measured, the load
-/// benchmark's p99 fell from 11.6 ms to 6–7 ms without them. A PASSIVE checkpoint never
-/// waits for the writer or for readers; the writer restarts the WAL from its beginning once
-/// everything in it has been copied, so the file stays small.
-fn checkpointer(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut conn: Option<Connection> = None;
-    let mut failing = false;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        let result = match conn.take() {
-            Some(c) => Ok(c),
-            None => open(path),
+/// A value bound to (or read from) one of the writer's statements. Typed even when null:
+/// PostgreSQL wants to know what a null parameter is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Value {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl Value {
+    fn int(&self) -> Result<i64, StoreError> {
+        match self {
+            Self::Int(Some(i)) => Ok(*i),
+            other => Err(StoreError::Corrupt(format!(
+                "expected a number, got {other:?}"
+            ))),
         }
-        .and_then(|c| {
-            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            Ok(c)
-        });
-        match result {
-            Ok(c) => {
-                conn = Some(c);
-                if failing {
-                    tracing::info!("WAL checkpoints work again");
-                    failing = false;
-                }
+    }
+
+    fn text(&self) -> Result<&str, StoreError> {
+        match self {
+            Self::Text(Some(t)) => Ok(t),
+            other => Err(StoreError::Corrupt(format!("expected text, got {other:?}"))),
+        }
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Self {
+        Self::Int(v)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Self::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<Option<&str>> for Value {
+    fn from(v: Option<&str>) -> Self {
+        Self::Text(v.map(str::to_owned))
+    }
+}
+
+impl From<&Option<String>> for Value {
+    fn from(v: &Option<String>) -> Self {
+        Self::Text(v.clone())
+    }
+}
+
+/// Where engines differ in the writer's SQL (everything else is written once, with `?N`
+/// placeholders that the PostgreSQL backend numbers as `$N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Appended to a `SELECT` of rows this transaction is about to change: on PostgreSQL,
+    /// rows another instance is changing right now are skipped instead of waited for (and
+    /// then changed twice). SQLite has one writer at a time and needs nothing.
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Rewrites the health row with `?2` bytes.
+    fn probe_sql(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "UPDATE health SET checked_at = ?1, reserve = zeroblob(?2) WHERE id = 1"
             }
-            // The writer reports failing writes; this only says why the WAL may grow.
-            Err(err) => {
-                if !failing {
-                    tracing::warn!(error = %crate::error::chain(&err), "WAL checkpoint failed; retrying (the write-ahead log grows meanwhile)");
-                    failing = true;
-                }
+            Self::Postgres => {
+                "UPDATE health SET checked_at = ?1, \
+                 reserve = decode(repeat('00', CAST(?2 AS INTEGER)), 'hex') WHERE id = 1"
             }
         }
     }
 }
 
+/// One engine's side of the writer: a connection of its own, transactions, statements.
+/// After any error the writer calls [`Backend::discard`]: the connection is closed rather
+/// than reused, since it may still hold a transaction whose fate is unknown.
+pub(super) trait Backend: Send + 'static {
+    fn dialect(&self) -> Dialect;
+    /// Starts a transaction, opening a connection first when there is none.
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commits; `Ok` only when the transaction is durably committed.
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Ends whatever is open and drops the connection (after an error).
+    fn discard(&mut self);
+    /// Closes the connection for good (the writer stops).
+    fn close(&mut self);
+    /// Runs a statement; answers the rows it changed.
+    fn exec(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError>;
+    /// Runs a statement that returns rows.
+    fn rows(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Vec<Value>>, StoreError>;
+    /// `n` acceptance numbers, increasing, unique among everything ever committed to this
+    /// database (inside the current transaction).
+    fn seqs(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
+    /// After a commit: whether what was committed is where the next start will look.
+    fn check_durable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether `err` is the idempotency index refusing a second message with a key.
+    fn is_duplicate_key(&self, err: &StoreError) -> bool;
+}
+
 struct Writer {
-    /// The database file. The writer opens it itself (read-write, never creating it): a
-    /// connection opened while the files were unwritable could stay read-only for good,
-    /// and one that created a fresh file after the real one was deleted would lie.
-    path: PathBuf,
-    /// The writer's own connection; `None` after an error until the next batch opens one.
-    conn: Option<Connection>,
-    /// The database file as opened, to notice it being deleted or replaced.
-    file: Option<FileIdentity>,
+    db: Box<dyn Backend>,
     health: Arc<WriteHealth>,
-    /// The next acceptance sequence number (read from the database on first use).
-    next_seq: Option<i64>,
     /// Told about new messages after they are committed.
     arrivals: Arc<Arrivals>,
 }
@@ -463,9 +508,7 @@ impl Writer {
             self.commit_batch(writes);
         }
         drop(rx);
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close();
-        }
+        self.db.close();
         tracing::debug!(commits = self.health.commits(), "storage writer stopped");
         for done in closed {
             let _ = done.send(());
@@ -532,18 +575,10 @@ impl Writer {
     /// closed that connection (so nothing of this attempt can linger).
     fn write(&mut self, mut writes: Vec<&mut Write>) -> Result<Vec<Reply>, StoreError> {
         let probe_only = writes.iter().all(|w| matches!(w, Write::Probe));
-        let result = self.try_write(&mut writes);
-        let result = match result {
-            Ok(replies) => self.check_file().map(|()| replies),
+        let result = match self.try_write(&mut writes) {
+            Ok(replies) => self.db.check_durable().map(|()| replies),
             Err(err) => {
-                if let Some(conn) = self.conn.take() {
-                    // Best effort; closing the connection ends the transaction regardless.
-                    let _ = conn.execute_batch("ROLLBACK");
-                    let _ = conn.close();
-                }
-                // Sequence numbers handed out in the failed transaction are not reused
-                // (gaps are harmless); re-read the high mark with the next connection.
-                self.next_seq = None;
+                self.db.discard();
                 Err(err)
             }
         };
@@ -553,27 +588,23 @@ impl Writer {
             Err(err) if err.is_unavailable() => self.health.record(Some(err), probe_only),
             Err(_) => {}
         }
-        result.map_err(duplicate_key)
+        result.map_err(|err| {
+            if self.db.is_duplicate_key(&err) {
+                StoreError::DuplicateKey
+            } else {
+                err
+            }
+        })
     }
 
     fn try_write(&mut self, writes: &mut [&mut Write]) -> Result<Vec<Reply>, StoreError> {
-        if self.conn.is_none() {
-            self.conn = Some(open(&self.path)?);
-        }
-        let Some(conn) = self.conn.as_ref() else {
-            return Err(StoreError::WriterGone);
-        };
-        // IMMEDIATE takes the write lock now, so a busy database fails here, before any
-        // statement ran, rather than half-way through.
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let mut next_seq = match self.next_seq {
-            Some(seq) => seq,
-            None => {
-                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM messages", [], |row| {
-                    row.get::<_, i64>(0)
-                })? + 1
-            }
-        };
+        let db = &mut *self.db;
+        db.begin()?;
+        let inserts = writes
+            .iter()
+            .filter(|w| matches!(***w, Write::Insert(_)))
+            .count();
+        let mut seqs = db.seqs(inserts)?.into_iter();
         // Acceptance order is the order in which inserts reached the writer. A message to a
         // fixed address (a verification mail) goes to the front of its lane: negative
         // numbers sort before every sender's message, so a code is not held up behind a
@@ -581,19 +612,17 @@ impl Writer {
         let mut messages = Vec::new();
         for write in writes.iter_mut() {
             if let Write::Insert(m) = &mut **write {
-                m.seq = if m.email_to.is_some() {
-                    -next_seq
-                } else {
-                    next_seq
-                };
-                next_seq += 1;
+                let seq = seqs
+                    .next()
+                    .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
+                m.seq = if m.email_to.is_some() { -seq } else { seq };
                 messages.push(&**m);
             }
         }
         for chunk in pow2_chunks(&messages, INSERT_CHUNK) {
-            insert_chunk(conn, chunk)?;
+            insert_chunk(db, chunk)?;
         }
-        open_lanes(conn, &messages)?;
+        open_lanes(db, &messages)?;
         let updates: Vec<&AttemptUpdate> = writes
             .iter()
             .filter_map(|w| match &**w {
@@ -601,7 +630,7 @@ impl Writer {
                 _ => None,
             })
             .collect();
-        apply_updates(conn, &updates)?;
+        apply_updates(db, &updates)?;
         let mut replies = vec![Reply::Done; writes.len()];
         // Releases and finishes (one per lane worker and message under load) are grouped
         // into one statement each: the writer is the bottleneck, statements are its cost.
@@ -619,100 +648,23 @@ impl Writer {
                 Write::Lane(LaneOp::Finish { owner, userid }) => {
                     finishes.push((i, owner.as_str(), userid.as_str()));
                 }
-                Write::Lane(op) => replies[i] = lane_op(conn, op)?,
+                Write::Lane(op) => replies[i] = lane_op(db, op)?,
                 Write::Probe => {
-                    conn.prepare_cached(
-                        "UPDATE health SET checked_at = ?1, reserve = zeroblob(?2) WHERE id = 1",
-                    )?
-                    .execute(params![now_ms(), PROBE_BYTES])?;
+                    let sql = db.dialect().probe_sql();
+                    db.exec(sql, &[now_ms().into(), PROBE_BYTES.into()])?;
                 }
             }
         }
-        release_lanes(conn, &releases)?;
-        for (i, finished) in finish_lanes(conn, &finishes)? {
+        release_lanes(db, &releases)?;
+        for (i, finished) in finish_lanes(db, &finishes)? {
             replies[i] = Reply::Finished(finished);
         }
-        conn.prepare_cached("COMMIT")?.execute([])?;
-        // A COMMIT that "succeeded" while SQLite still holds a transaction would mean the
-        // rows are not durable; refuse to believe it.
-        if !conn.is_autocommit() {
-            return Err(StoreError::Corrupt(
-                "COMMIT returned but a transaction is still open".into(),
-            ));
-        }
-        self.next_seq = Some(next_seq);
+        db.commit()?;
         Ok(replies)
     }
-
-    /// A commit into a database file that was deleted (or replaced) while we had it open
-    /// is not durable in any useful sense: the next start opens a different file.
-    fn check_file(&self) -> Result<(), StoreError> {
-        match &self.file {
-            Some(file) if !file.still_there() => Err(StoreError::FileReplaced(file.path.clone())),
-            _ => Ok(()),
-        }
-    }
 }
 
-/// Opens the writer's connection: read-write but never creating the file, with the same
-/// durability settings as every other connection.
-fn open(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_millis(u64::from(super::BUSY_TIMEOUT_MS)))?;
-    // journal_mode answers with a row (the mode now in force).
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(mode = %mode, "the database did not switch to WAL mode");
-    }
-    // temp_store = MEMORY keeps statement journals (a multi-row statement's undo log,
-    // discarded at its end) in memory: on disk each one over 64 KiB was a file created
-    // and unlinked per statement. Checkpoints are the checkpointer thread's job.
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
-         PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
-    ))?;
-    // Every statement shape the writer uses stays prepared (a few dozen: the multi-row
-    // statements come in power-of-two sizes).
-    conn.set_prepared_statement_cache_capacity(256);
-    Ok(conn)
-}
-
-/// A unique-index violation on an insert is a repeated idempotency key (the message id
-/// is a fresh UUID): say so, so that the caller can answer with the first message.
-fn duplicate_key(err: StoreError) -> StoreError {
-    match &err {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(code, Some(message)))
-            if code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                && message.contains("idempotency_key") =>
-        {
-            StoreError::DuplicateKey
-        }
-        _ => err,
-    }
-}
-
-/// Runs a (cached) statement with positional arguments; answers the rows changed.
-fn run(conn: &Connection, sql: &str, args: &[ToSqlOutput<'_>]) -> Result<usize, StoreError> {
-    Ok(conn
-        .prepare_cached(sql)?
-        .execute(params_from_iter(args.iter()))?)
-}
-
-/// Runs a (cached) statement that returns one text column per row.
-fn run_returning(
-    conn: &Connection,
-    sql: &str,
-    args: &[ToSqlOutput<'_>],
-) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params_from_iter(args.iter()), |row| row.get::<_, String>(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn insert_chunk(conn: &Connection, chunk: &[&Message]) -> Result<(), StoreError> {
+fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
     const COLS: usize = 23;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
@@ -720,35 +672,35 @@ fn insert_chunk(conn: &Connection, chunk: &[&Message]) -> Result<(), StoreError>
          idempotency_key, route, deliver_all, email_to, format, look, url, page_key) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
-    let mut args = Vec::with_capacity(chunk.len() * COLS);
+    let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * COLS);
     for m in chunk {
         args.extend([
-            m.id.as_str().to_sql()?,
-            m.userid.as_str().to_sql()?,
-            m.title.to_sql()?,
-            m.content.to_sql()?,
-            m.status.as_str().to_sql()?,
-            m.attempts.to_sql()?,
-            m.last_error.to_sql()?,
-            m.channel.to_sql()?,
-            m.created_at.to_sql()?,
-            m.updated_at.to_sql()?,
-            m.next_attempt_at.to_sql()?,
-            m.deadline_at.to_sql()?,
-            m.delivered_at.to_sql()?,
-            m.seq.to_sql()?,
-            m.via.to_sql()?,
-            m.idempotency_key.to_sql()?,
-            ToSqlOutput::from(m.route.to_stored()),
-            ToSqlOutput::from(i64::from(m.deliver_all)),
-            m.email_to.to_sql()?,
-            ToSqlOutput::from(m.format.as_str()),
-            ToSqlOutput::from(m.look.as_str()),
-            m.url.to_sql()?,
-            m.page_key.to_sql()?,
+            m.id.as_str().into(),
+            m.userid.as_str().into(),
+            (&m.title).into(),
+            (&m.content).into(),
+            m.status.as_str().into(),
+            m.attempts.into(),
+            (&m.last_error).into(),
+            (&m.channel).into(),
+            m.created_at.into(),
+            m.updated_at.into(),
+            m.next_attempt_at.into(),
+            m.deadline_at.into(),
+            m.delivered_at.into(),
+            m.seq.into(),
+            (&m.via).into(),
+            (&m.idempotency_key).into(),
+            m.route.to_stored().as_str().into(),
+            i64::from(m.deliver_all).into(),
+            (&m.email_to).into(),
+            m.format.as_str().into(),
+            m.look.as_str().into(),
+            (&m.url).into(),
+            (&m.page_key).into(),
         ]);
     }
-    run(conn, &sql, &args)?;
+    db.exec(&sql, &args)?;
     Ok(())
 }
 
@@ -810,7 +762,7 @@ fn push_values(sql: &mut String, rows: usize, cols: usize, first: usize) {
 
 /// Every member who got a message has a lane; an existing lane keeps its head and due time
 /// (the new message waits behind what is already queued).
-fn open_lanes(conn: &Connection, messages: &[&Message]) -> Result<(), StoreError> {
+fn open_lanes(db: &mut dyn Backend, messages: &[&Message]) -> Result<(), StoreError> {
     let mut userids: Vec<&str> = messages.iter().map(|m| m.userid.as_str()).collect();
     userids.sort_unstable();
     userids.dedup();
@@ -825,37 +777,41 @@ fn open_lanes(conn: &Connection, messages: &[&Message]) -> Result<(), StoreError
             sql.push_str(&format!("(?{}, ?1, NULL, 0)", i + 2));
         }
         sql.push_str(" ON CONFLICT (userid) DO NOTHING");
-        let mut args = vec![now.to_sql()?];
-        for userid in chunk {
-            args.push(userid.to_sql()?);
-        }
-        run(conn, &sql, &args)?;
+        let mut args = vec![Value::from(now)];
+        args.extend(chunk.iter().map(|u| Value::from(*u)));
+        db.exec(&sql, &args)?;
     }
     Ok(())
 }
 
 /// Adds one attempt to a message's history.
 fn log_attempt(
-    conn: &Connection,
+    db: &mut dyn Backend,
     id: &str,
     at: i64,
     channel: ChannelName,
     outcome: &str,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
+    db.exec(
         "INSERT INTO attempts (message_id, at, channel, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![id, at, channel.as_str(), outcome, error])?;
+        &[
+            id.into(),
+            at.into(),
+            channel.as_str().into(),
+            outcome.into(),
+            error.into(),
+        ],
+    )?;
     Ok(())
 }
 
 /// A send to WeCom that no trigger counts (a step of a `deliver_all` message).
-fn count_send(conn: &Connection, id: &str, at: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(
+fn count_send(db: &mut dyn Backend, id: &str, at: i64) -> Result<(), StoreError> {
+    db.exec(
         "INSERT INTO sends (userid, sent_at) SELECT userid, ?2 FROM messages WHERE id = ?1",
-    )?
-    .execute(params![id, at])?;
+        &[id.into(), at.into()],
+    )?;
     Ok(())
 }
 
@@ -877,7 +833,7 @@ const NEXT_CHANNEL: &str = "UPDATE messages SET route = ?1, attempts = ?2, last_
 /// are grouped into `IN (…)` updates; the order between two updates of the same message is
 /// kept because a message has at most one attempt in flight, so its updates are never in
 /// one batch out of order.
-fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), StoreError> {
+fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(), StoreError> {
     let now = now_ms();
     let mut delivered: Vec<(&str, i64, &str)> = Vec::new();
     let mut sends: Vec<(&str, i64)> = Vec::new();
@@ -891,9 +847,9 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
             } => {
                 delivered.push((id.as_str(), *attempts, channel.as_str()));
                 if let Some(step) = log {
-                    log_attempt(conn, id.as_str(), now, *step, "delivered", None)?;
+                    log_attempt(db, id.as_str(), now, *step, "delivered", None)?;
                     if *step == ChannelName::WeCom {
-                        count_send(conn, id.as_str(), now)?;
+                        count_send(db, id.as_str(), now)?;
                     }
                 }
             }
@@ -902,17 +858,19 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
                 channel,
                 sent_at,
             } => {
-                conn.prepare_cached(
+                db.exec(
                     "INSERT INTO digests (id, userid, body, carried, created_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    digest.id.as_str(),
-                    digest.userid.as_str(),
-                    digest.body.as_str(),
-                    i64::try_from(digest.carried.len()).unwrap_or(i64::MAX),
-                    *sent_at,
-                ])?;
+                    &[
+                        digest.id.as_str().into(),
+                        digest.userid.as_str().into(),
+                        digest.body.as_str().into(),
+                        i64::try_from(digest.carried.len())
+                            .unwrap_or(i64::MAX)
+                            .into(),
+                        (*sent_at).into(),
+                    ],
+                )?;
                 for chunk in pow2_chunks(&digest.carried, UPDATE_CHUNK) {
                     let mut sql = String::from(
                         "UPDATE messages SET status = 'delivered', attempts = attempts + 1, \
@@ -921,15 +879,10 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
                     );
                     push_params(&mut sql, chunk.len(), 3);
                     sql.push(')');
-                    let mut args = vec![
-                        channel.to_sql()?,
-                        digest.id.as_str().to_sql()?,
-                        now.to_sql()?,
-                    ];
-                    for id in chunk {
-                        args.push(id.as_str().to_sql()?);
-                    }
-                    run(conn, &sql, &args)?;
+                    let mut args: Vec<Value> =
+                        vec![Value::from(*channel), digest.id.as_str().into(), now.into()];
+                    args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+                    db.exec(&sql, &args)?;
                 }
                 sends.push((digest.userid.as_str(), *sent_at));
             }
@@ -940,18 +893,18 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
                 error,
                 next_attempt_at,
             } => {
-                conn.prepare_cached(
+                db.exec(
                     "UPDATE messages SET attempts = ?1, last_error = ?2, next_attempt_at = ?3, \
                      updated_at = ?4 WHERE id = ?5 AND status = 'queued'",
-                )?
-                .execute(params![
-                    *attempts,
-                    error.as_str(),
-                    *next_attempt_at,
-                    now,
-                    id.as_str()
-                ])?;
-                log_attempt(conn, id.as_str(), now, *channel, "retry", Some(error))?;
+                    &[
+                        (*attempts).into(),
+                        error.as_str().into(),
+                        (*next_attempt_at).into(),
+                        now.into(),
+                        id.as_str().into(),
+                    ],
+                )?;
+                log_attempt(db, id.as_str(), now, *channel, "retry", Some(error))?;
             }
             AttemptUpdate::Failed {
                 id,
@@ -959,13 +912,16 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
                 channel,
                 error,
             } => {
-                conn.prepare_cached(END_WITHOUT_DELIVERY)?.execute(params![
-                    *attempts,
-                    error.as_str(),
-                    now,
-                    id.as_str()
-                ])?;
-                log_attempt(conn, id.as_str(), now, *channel, "failed", Some(error))?;
+                db.exec(
+                    END_WITHOUT_DELIVERY,
+                    &[
+                        (*attempts).into(),
+                        error.as_str().into(),
+                        now.into(),
+                        id.as_str().into(),
+                    ],
+                )?;
+                log_attempt(db, id.as_str(), now, *channel, "failed", Some(error))?;
             }
             AttemptUpdate::NextChannel {
                 id,
@@ -977,19 +933,22 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
                 deadline_at,
             } => {
                 let delivered_on = delivered.then(|| channel.as_str());
-                conn.prepare_cached(NEXT_CHANNEL)?.execute(params![
-                    route.to_stored(),
-                    *attempts,
-                    error.as_deref(),
-                    now,
-                    *deadline_at,
-                    delivered_on,
-                    id.as_str()
-                ])?;
+                db.exec(
+                    NEXT_CHANNEL,
+                    &[
+                        route.to_stored().as_str().into(),
+                        (*attempts).into(),
+                        error.as_deref().into(),
+                        now.into(),
+                        (*deadline_at).into(),
+                        delivered_on.into(),
+                        id.as_str().into(),
+                    ],
+                )?;
                 let outcome = if *delivered { "delivered" } else { "failed" };
-                log_attempt(conn, id.as_str(), now, *channel, outcome, error.as_deref())?;
+                log_attempt(db, id.as_str(), now, *channel, outcome, error.as_deref())?;
                 if *delivered && *channel == ChannelName::WeCom {
-                    count_send(conn, id.as_str(), now)?;
+                    count_send(db, id.as_str(), now)?;
                 }
             }
         }
@@ -1008,22 +967,20 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
             );
             push_params(&mut sql, chunk.len(), 3);
             sql.push(')');
-            let mut args = vec![attempts.to_sql()?, channel.to_sql()?, now.to_sql()?];
-            for (id, _, _) in chunk {
-                args.push(id.to_sql()?);
-            }
-            run(conn, &sql, &args)?;
+            let mut args: Vec<Value> = vec![attempts.into(), channel.into(), now.into()];
+            args.extend(chunk.iter().map(|(id, _, _)| Value::from(*id)));
+            db.exec(&sql, &args)?;
         }
     }
     for chunk in pow2_chunks(&sends, UPDATE_CHUNK) {
         let mut sql = String::from("INSERT INTO sends (userid, sent_at) VALUES ");
         push_values(&mut sql, chunk.len(), 2, 0);
-        let mut args = Vec::with_capacity(chunk.len() * 2);
+        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
         for (userid, sent_at) in chunk {
-            args.push(userid.to_sql()?);
-            args.push(sent_at.to_sql()?);
+            args.push((*userid).into());
+            args.push((*sent_at).into());
         }
-        run(conn, &sql, &args)?;
+        db.exec(&sql, &args)?;
     }
     Ok(())
 }
@@ -1031,7 +988,7 @@ fn apply_updates(conn: &Connection, updates: &[&AttemptUpdate]) -> Result<(), St
 /// Queued messages on `channel` past their deadline, in lanes nobody holds, go on to their
 /// next channel (their lane due now) or end; answers how many were handled and failed.
 fn overdue(
-    conn: &Connection,
+    db: &mut dyn Backend,
     channel: ChannelName,
     now: i64,
     error: &str,
@@ -1040,53 +997,49 @@ fn overdue(
 ) -> Result<Overdue, StoreError> {
     let limit = pow2_floor(limit);
     let sql = format!(
-        "SELECT m.id, m.userid, m.route, m.attempts, m.channel IS NULL FROM messages m \
+        "SELECT m.id, m.userid, m.route, m.attempts, \
+           CASE WHEN m.channel IS NULL THEN 1 ELSE 0 END FROM messages m \
          WHERE m.status = 'queued' AND m.deadline_at <= ?1 \
            AND (m.route = ?2 OR m.route LIKE ?2 || ',%') \
            AND NOT EXISTS (SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > ?1) \
-         LIMIT {limit}"
+         LIMIT {limit}{}",
+        db.dialect().skip_locked()
     );
-    let rows: Vec<(String, String, String, i64, bool)> = {
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![now, channel.as_str()], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let rows = db.rows(&sql, &[now.into(), channel.as_str().into()])?;
     let mut failed: u64 = 0;
-    for (id, userid, route, attempts, undelivered) in &rows {
-        let route = Route::parse(route).map_err(StoreError::Corrupt)?;
-        log_attempt(conn, id, now, channel, "failed", Some(error))?;
+    for row in &rows {
+        let [id, userid, route, attempts, undelivered] = row.as_slice() else {
+            return Err(StoreError::Corrupt("overdue row of the wrong width".into()));
+        };
+        let (id, attempts) = (id.text()?, attempts.int()?);
+        let route = Route::parse(route.text()?).map_err(StoreError::Corrupt)?;
+        log_attempt(db, id, now, channel, "failed", Some(error))?;
         match route.rest() {
             Some(rest) => {
-                conn.prepare_cached(NEXT_CHANNEL)?.execute(params![
-                    rest.to_stored(),
-                    *attempts,
-                    error,
-                    now,
-                    now.saturating_add(window_ms),
-                    Option::<&str>::None,
-                    id.as_str()
-                ])?;
-                conn.prepare_cached(
-                    "UPDATE lanes SET due_at = MIN(due_at, ?2) WHERE userid = ?1 AND owner IS NULL",
-                )?
-                .execute(params![userid.as_str(), now])?;
+                db.exec(
+                    NEXT_CHANNEL,
+                    &[
+                        rest.to_stored().as_str().into(),
+                        attempts.into(),
+                        error.into(),
+                        now.into(),
+                        now.saturating_add(window_ms).into(),
+                        Option::<&str>::None.into(),
+                        id.into(),
+                    ],
+                )?;
+                db.exec(
+                    "UPDATE lanes SET due_at = CASE WHEN due_at < ?2 THEN due_at ELSE ?2 END \
+                     WHERE userid = ?1 AND owner IS NULL",
+                    &[userid.text()?.into(), now.into()],
+                )?;
             }
             None => {
-                conn.prepare_cached(END_WITHOUT_DELIVERY)?.execute(params![
-                    *attempts,
-                    error,
-                    now,
-                    id.as_str()
-                ])?;
-                failed += u64::from(*undelivered);
+                db.exec(
+                    END_WITHOUT_DELIVERY,
+                    &[attempts.into(), error.into(), now.into(), id.into()],
+                )?;
+                failed += u64::from(undelivered.int()? != 0);
             }
         }
     }
@@ -1097,7 +1050,7 @@ fn overdue(
 }
 
 /// Gives lanes up until their due times: `(owner, userid, due_at)`, grouped by owner.
-fn release_lanes(conn: &Connection, releases: &[(&str, &str, i64)]) -> Result<(), StoreError> {
+fn release_lanes(db: &mut dyn Backend, releases: &[(&str, &str, i64)]) -> Result<(), StoreError> {
     let mut releases = releases.to_vec();
     releases.sort_unstable_by_key(|(owner, _, _)| *owner);
     for group in releases.chunk_by(|a, b| a.0 == b.0) {
@@ -1112,12 +1065,12 @@ fn release_lanes(conn: &Connection, releases: &[(&str, &str, i64)]) -> Result<()
                  due_at = (SELECT v.due_at FROM v WHERE v.userid = lanes.userid) \
                  WHERE owner = ?1 AND userid IN (SELECT userid FROM v)",
             );
-            let mut args = vec![owner.to_sql()?];
+            let mut args = vec![Value::from(owner)];
             for (_, userid, due_at) in chunk {
-                args.push(userid.to_sql()?);
-                args.push(due_at.to_sql()?);
+                args.push((*userid).into());
+                args.push((*due_at).into());
             }
-            run(conn, &sql, &args)?;
+            db.exec(&sql, &args)?;
         }
     }
     Ok(())
@@ -1126,7 +1079,7 @@ fn release_lanes(conn: &Connection, releases: &[(&str, &str, i64)]) -> Result<()
 /// Deletes the lanes of `(reply index, owner, userid)` that have nothing queued; answers
 /// for each index whether its lane was deleted.
 fn finish_lanes(
-    conn: &Connection,
+    db: &mut dyn Backend,
     finishes: &[(usize, &str, &str)],
 ) -> Result<Vec<(usize, bool)>, StoreError> {
     let mut answers = Vec::with_capacity(finishes.len());
@@ -1143,11 +1096,9 @@ fn finish_lanes(
                 ") AND NOT EXISTS (SELECT 1 FROM messages m \
                  WHERE m.userid = lanes.userid AND m.status = 'queued') RETURNING userid",
             );
-            let mut args = vec![owner.to_sql()?];
-            for (_, _, userid) in chunk {
-                args.push(userid.to_sql()?);
-            }
-            let deleted = run_returning(conn, &sql, &args)?;
+            let mut args = vec![Value::from(owner)];
+            args.extend(chunk.iter().map(|(_, _, userid)| Value::from(*userid)));
+            let deleted = texts(db.rows(&sql, &args)?)?;
             for (i, _, userid) in chunk {
                 answers.push((*i, deleted.iter().any(|d| d == userid)));
             }
@@ -1156,9 +1107,19 @@ fn finish_lanes(
     Ok(answers)
 }
 
+/// The first column of each row, as text.
+fn texts(rows: Vec<Vec<Value>>) -> Result<Vec<String>, StoreError> {
+    rows.into_iter()
+        .map(|row| match row.into_iter().next() {
+            Some(Value::Text(Some(t))) => Ok(t),
+            other => Err(StoreError::Corrupt(format!("expected text, got {other:?}"))),
+        })
+        .collect()
+}
+
 /// One write to the lanes.
-fn lane_op(conn: &Connection, op: &LaneOp) -> Result<Reply, StoreError> {
-    let count = |n: usize| Reply::Count(u64::try_from(n).unwrap_or(u64::MAX));
+fn lane_op(db: &mut dyn Backend, op: &LaneOp) -> Result<Reply, StoreError> {
+    let count = |n: u64| Reply::Count(n);
     Ok(match op {
         LaneOp::Claim {
             owner,
@@ -1166,8 +1127,9 @@ fn lane_op(conn: &Connection, op: &LaneOp) -> Result<Reply, StoreError> {
             lease_until,
             limit,
         } => {
-            // The outer `lease_until <= ?3` is checked again against the row as updated:
-            // with several writers (PostgreSQL), a lane claimed meanwhile is skipped.
+            // The outer `lease_until <= ?3` is checked again against the row as updated,
+            // and on PostgreSQL lanes another instance is claiming right now are skipped,
+            // not waited for: a lane is claimed by one instance at a time.
             // LIMIT is a literal rounded down to a power of two: a bound LIMIT makes SQLite
             // re-prepare the statement on every use, and few shapes stay cached.
             let limit = pow2_floor(*limit);
@@ -1175,15 +1137,12 @@ fn lane_op(conn: &Connection, op: &LaneOp) -> Result<Reply, StoreError> {
                 "UPDATE lanes SET owner = ?1, lease_until = ?2 \
                  WHERE lease_until <= ?3 AND userid IN (\
                    SELECT userid FROM lanes WHERE due_at <= ?3 AND lease_until <= ?3 \
-                   ORDER BY due_at LIMIT {limit}) \
-                 RETURNING userid"
+                   ORDER BY due_at LIMIT {limit}{}) \
+                 RETURNING userid",
+                db.dialect().skip_locked()
             );
-            let args = [
-                owner.as_str().to_sql()?,
-                lease_until.to_sql()?,
-                now.to_sql()?,
-            ];
-            let claimed = run_returning(conn, &sql, &args)?;
+            let args = [owner.as_str().into(), (*lease_until).into(), (*now).into()];
+            let claimed = texts(db.rows(&sql, &args)?)?;
             Reply::Claimed(claimed.iter().map(|u| UserId::new(u)).collect())
         }
         LaneOp::Renew {
@@ -1197,20 +1156,17 @@ fn lane_op(conn: &Connection, op: &LaneOp) -> Result<Reply, StoreError> {
                 );
                 push_params(&mut sql, chunk.len(), 2);
                 sql.push(')');
-                let mut args = vec![lease_until.to_sql()?, owner.as_str().to_sql()?];
-                for userid in chunk {
-                    args.push(userid.as_str().to_sql()?);
-                }
-                run(conn, &sql, &args)?;
+                let mut args = vec![Value::from(*lease_until), owner.as_str().into()];
+                args.extend(chunk.iter().map(|u| Value::from(u.as_str())));
+                db.exec(&sql, &args)?;
             }
             Reply::Done
         }
         // Grouped by the caller (see `release_lanes`, `finish_lanes`).
         LaneOp::Release { .. } | LaneOp::Finish { .. } => Reply::Done,
-        LaneOp::ReleaseAll { owner } => count(run(
-            conn,
+        LaneOp::ReleaseAll { owner } => count(db.exec(
             "UPDATE lanes SET owner = NULL, lease_until = 0 WHERE owner = ?1",
-            &[owner.as_str().to_sql()?],
+            &[owner.as_str().into()],
         )?),
         LaneOp::Overdue {
             channel,
@@ -1218,20 +1174,18 @@ fn lane_op(conn: &Connection, op: &LaneOp) -> Result<Reply, StoreError> {
             error,
             window_ms,
             limit,
-        } => Reply::Overdue(overdue(conn, *channel, *now, error, *window_ms, *limit)?),
-        LaneOp::OpenMissing { now } => count(run(
-            conn,
+        } => Reply::Overdue(overdue(db, *channel, *now, error, *window_ms, *limit)?),
+        LaneOp::OpenMissing { now } => count(db.exec(
             "INSERT INTO lanes (userid, due_at, owner, lease_until) \
              SELECT DISTINCT userid, ?1, NULL, 0 FROM messages m \
              WHERE m.status = 'queued' AND NOT EXISTS (\
-               SELECT 1 FROM lanes l WHERE l.userid = m.userid)",
-            &[now.to_sql()?],
+               SELECT 1 FROM lanes l WHERE l.userid = m.userid) \
+             ON CONFLICT (userid) DO NOTHING",
+            &[(*now).into()],
         )?),
-        LaneOp::PruneSends { before } => count(run(
-            conn,
-            "DELETE FROM sends WHERE sent_at < ?1",
-            &[before.to_sql()?],
-        )?),
+        LaneOp::PruneSends { before } => {
+            count(db.exec("DELETE FROM sends WHERE sent_at < ?1", &[(*before).into()])?)
+        }
     })
 }
 
@@ -1250,90 +1204,14 @@ mod tests {
         assert_eq!(pow2_chunks::<u32>(&[], 16).count(), 0);
     }
 
-    #[test]
-    fn the_writers_connection_is_durable_and_keeps_statement_journals_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.db");
-        // The writer never creates the file (see `Store::connect`).
-        assert!(open(&path).is_err());
-        Connection::open(&path).unwrap();
-        let conn = open(&path).unwrap();
-        let pragma = |name: &str| -> String {
-            conn.query_row(&format!("PRAGMA {name}"), [], |row| {
-                row.get::<_, rusqlite::types::Value>(0)
-            })
-            .map(|v| match v {
-                rusqlite::types::Value::Integer(i) => i.to_string(),
-                rusqlite::types::Value::Text(t) => t,
-                other => format!("{other:?}"),
-            })
-            .unwrap()
-        };
-        assert_eq!(pragma("journal_mode"), "wal");
-        assert_eq!(
-            pragma("synchronous"),
-            "2",
-            "FULL: a commit survives power loss"
-        );
-        assert_eq!(pragma("foreign_keys"), "1");
-        assert_eq!(pragma("temp_store"), "2", "MEMORY");
-        assert_eq!(
-            pragma("wal_autocheckpoint"),
-            WAL_AUTOCHECKPOINT_PAGES.to_string()
-        );
-        assert_eq!(
-            pragma("busy_timeout"),
-            super::super::BUSY_TIMEOUT_MS.to_string()
-        );
-    }
-
-    #[tokio::test]
-    async fn the_checkpointer_copies_the_wal_into_the_database_file_in_the_background() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let url = format!("sqlite://{}", path.display());
-        let store = Store::connect(&url).await.unwrap();
-        let size = || std::fs::metadata(&path).unwrap().len();
-        let before = size();
-        // About 2 MiB committed: far below the writer's own checkpoint threshold, so only
-        // the checkpointer can move it out of the WAL.
-        let now = now_ms();
-        for i in 0..64 {
-            store
-                .insert_message(Message::new_queued(
-                    MessageId::from_stored(format!("k{i:03}")),
-                    UserId::new("alice"),
-                    None,
-                    Some("x".repeat(32 * 1024)),
-                    now,
-                    now + 60_000,
-                ))
-                .await
-                .unwrap();
-        }
-        let deadline = Instant::now() + CHECKPOINT_EVERY * 5;
-        while size() < before + 2 * 1024 * 1024 {
-            assert!(
-                Instant::now() < deadline,
-                "the database file is still {} bytes (was {before}): nothing was checkpointed",
-                size()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        store.close().await;
-    }
-
     #[tokio::test]
     async fn many_rows_commit_in_one_multi_row_insert_without_the_fallback() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let store = Store::connect(&url).await.unwrap();
         let mut writer = Writer {
-            path: dir.path().join("w.db"),
-            conn: None,
-            file: None,
+            db: Box::new(super::super::sqlite::backend(&dir.path().join("w.db"))),
             health: Arc::default(),
-            next_seq: None,
             arrivals: Arc::default(),
         };
         let now = now_ms();
@@ -1370,9 +1248,7 @@ mod tests {
                 .unwrap()
                 .is_some_and(|due| due <= now_ms())
         );
-        if let Some(conn) = writer.conn.take() {
-            conn.close().unwrap();
-        }
+        writer.db.close();
         store.close().await;
     }
 }

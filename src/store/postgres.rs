@@ -1,0 +1,525 @@
+//! The shared engine: PostgreSQL, for several pushbot instances on one database.
+//!
+//! Reads go through a sqlx pool (the same SQL as on SQLite); writes through the
+//! group-commit writer's own native connection ([`PgBackend`]), driven by a small runtime
+//! on the writer's thread. What keeps instances from stepping on each other lives in the
+//! SQL: lanes are claimed with `FOR UPDATE SKIP LOCKED` (one instance per lane), the
+//! acceptance order comes from a sequence, and callbacks are claimed by a unique key.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgRow};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _, TypeInfo as _, ValueRef as _};
+
+use super::writer::{Backend, Dialect, Value};
+use super::{OPEN_TIMEOUT, StoreError};
+
+/// How long the writer waits for a new connection before failing the batch.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one writer statement may take before the batch fails (a stuck server).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What [`open`] gives the store.
+pub(super) struct Opened {
+    pub pool: sqlx::AnyPool,
+    pub backend: Box<dyn Backend>,
+}
+
+/// Where a `postgres://` URL points, without its password: `host:port/database`.
+pub fn describe(url: &str) -> String {
+    match PgConnectOptions::from_str(url) {
+        Ok(o) => format!(
+            "PostgreSQL at {}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("(user's database)")
+        ),
+        Err(_) => "PostgreSQL (unparsable URL)".to_owned(),
+    }
+}
+
+/// Connects once and asks `SELECT 1` (for `pushbot check-config`).
+pub(super) async fn reachability(url: &str) -> Result<String, String> {
+    let target = describe(url);
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|_| format!("{target}: not a valid PostgreSQL URL"))?
+        .disable_statement_logging();
+    let check = async {
+        let mut conn = PgConnection::connect_with(&options).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        conn.close().await
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(format!("{target} is reachable")),
+        Ok(Err(err)) => Err(format!(
+            "{target} is not reachable: {}",
+            crate::error::chain(&err)
+        )),
+        Err(_) => Err(format!(
+            "{target} did not answer within {}s",
+            OPEN_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Connects, applies migrations (under PostgreSQL's advisory lock, so instances starting
+/// together migrate once), and prepares the writer's backend.
+pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError> {
+    let fail = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+        StoreError::Open {
+            target: describe(url),
+            reason,
+            source,
+        }
+    };
+    let native = PgConnectOptions::from_str(url)
+        .map_err(|e| {
+            fail(
+                "the URL is not a valid PostgreSQL URL".into(),
+                Some(Box::new(e)),
+            )
+        })?
+        .application_name("pushbot")
+        .statement_cache_capacity(256)
+        .disable_statement_logging();
+    // One connection first, so that an unreachable server or a refused login is one clear
+    // error at once (a pool retries until its timeout, logging each attempt).
+    match tokio::time::timeout(OPEN_TIMEOUT, PgConnection::connect_with(&native)).await {
+        Err(_) => {
+            return Err(fail(
+                format!("no answer within {}s", OPEN_TIMEOUT.as_secs()),
+                None,
+            ));
+        }
+        Ok(Err(err)) => {
+            let reason = match &err {
+                sqlx::Error::Io(_) => "cannot reach the server",
+                sqlx::Error::Database(_) => "the server refused the connection",
+                _ => "cannot connect",
+            };
+            return Err(fail(reason.into(), Some(Box::new(err))));
+        }
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+    }
+    let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
+    let pool = AnyPoolOptions::new()
+        .max_connections(pool_size)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .idle_timeout(Duration::from_secs(60))
+        .max_lifetime(Duration::from_secs(30 * 60))
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("./src/store/migrations/postgres")
+        .run(&pool)
+        .await?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            fail(
+                "cannot start the writer's runtime".into(),
+                Some(Box::new(e)),
+            )
+        })?;
+    Ok(Opened {
+        pool,
+        backend: Box::new(PgBackend {
+            options: native,
+            runtime,
+            conn: None,
+        }),
+    })
+}
+
+/// The writer's side of PostgreSQL.
+struct PgBackend {
+    options: PgConnectOptions,
+    /// Drives the connection on the writer's thread.
+    runtime: tokio::runtime::Runtime,
+    conn: Option<PgConnection>,
+}
+
+impl PgBackend {
+    /// Runs `f` on the connection, bounded by [`STATEMENT_TIMEOUT`].
+    fn with_conn<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.as_mut().ok_or(StoreError::WriterGone)?;
+        self.runtime
+            .block_on(async { tokio::time::timeout(STATEMENT_TIMEOUT, f(conn)).await })
+            .map_err(|_| StoreError::Db(sqlx::Error::PoolTimedOut))?
+            .map_err(StoreError::Db)
+    }
+
+    fn execute(&mut self, sql: &str) -> Result<(), StoreError> {
+        let sql = sql.to_owned();
+        self.with_conn(async move |conn| {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+            Ok(())
+        })
+    }
+}
+
+/// `?N` placeholders (the writer's shared SQL) as PostgreSQL's `$N`. The writer's SQL has
+/// no `?` in literals.
+fn numbered(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    args: &[Value],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for arg in args {
+        query = match arg {
+            Value::Int(v) => query.bind(*v),
+            Value::Text(v) => query.bind(v.clone()),
+        };
+    }
+    query
+}
+
+/// One row as the writer reads it: integers (of any width) and booleans as `Int`, the
+/// rest as text.
+fn decode(row: &PgRow) -> Result<Vec<Value>, sqlx::Error> {
+    (0..row.len())
+        .map(|i| {
+            let raw = row.try_get_raw(i)?;
+            let is_null = raw.is_null();
+            let kind = raw.type_info().name().to_owned();
+            Ok(match kind.as_str() {
+                "INT8" => Value::Int(row.try_get(i)?),
+                "INT4" => Value::Int(row.try_get::<Option<i32>, _>(i)?.map(i64::from)),
+                "INT2" => Value::Int(row.try_get::<Option<i16>, _>(i)?.map(i64::from)),
+                "BOOL" => Value::Int(row.try_get::<Option<bool>, _>(i)?.map(i64::from)),
+                _ if is_null => Value::Text(None),
+                _ => Value::Text(Some(row.try_get(i)?)),
+            })
+        })
+        .collect()
+}
+
+impl Backend for PgBackend {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if self.conn.is_none() {
+            let options = &self.options;
+            // (The timer is made inside the runtime: it needs its clock.)
+            let connected = self.runtime.block_on(async {
+                tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await
+            });
+            self.conn = Some(match connected {
+                Ok(conn) => conn?,
+                Err(_) => return Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
+            });
+        }
+        self.execute("BEGIN")
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.execute("COMMIT")
+    }
+
+    fn discard(&mut self) {
+        // Dropping the connection ends its session, and PostgreSQL rolls back whatever
+        // it still had open.
+        if let Some(conn) = self.conn.take() {
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), conn.close()).await
+            });
+        }
+    }
+
+    fn close(&mut self) {
+        self.discard();
+    }
+
+    fn exec(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
+        let sql = numbered(sql);
+        self.with_conn(async move |conn| {
+            let done = bind(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                .execute(conn)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn rows(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
+        let sql = numbered(sql);
+        self.with_conn(async move |conn| {
+            let rows = bind(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                .fetch_all(conn)
+                .await?;
+            rows.iter().map(decode).collect()
+        })
+    }
+
+    fn seqs(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let mut seqs: Vec<i64> = self.with_conn(async move |conn| {
+            sqlx::query_scalar("SELECT nextval('messages_seq') FROM generate_series(1, $1)")
+                .bind(n)
+                .fetch_all(conn)
+                .await
+        })?;
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    fn is_duplicate_key(&self, err: &StoreError) -> bool {
+        is_unique_violation(err, "messages_idempotency")
+    }
+}
+
+/// Whether `err` is PostgreSQL refusing a row under the unique index `constraint`.
+fn is_unique_violation(err: &StoreError, constraint: &str) -> bool {
+    let StoreError::Db(sqlx::Error::Database(db)) = err else {
+        return false;
+    };
+    db.try_downcast_ref::<PgDatabaseError>()
+        .is_some_and(|pg| pg.code() == "23505" && pg.constraint() == Some(constraint))
+}
+
+/// Whether a PostgreSQL error means the database cannot serve right now (rather than a
+/// bug): connection trouble (08), a serialization failure or deadlock (40), too little
+/// disk, memory or connections (53), the server shutting down or restarting (57), or
+/// an I/O error (58).
+pub(super) fn is_unavailable(db: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<bool> {
+    let pg = db.try_downcast_ref::<PgDatabaseError>()?;
+    Some(matches!(
+        pg.code().get(..2),
+        Some("08" | "40" | "53" | "57" | "58")
+    ))
+}
+
+/// A schema of its own in the test database, dropped with the value: the store tests
+/// that need PostgreSQL (it runs on every development machine and in CI; a test fails
+/// loudly when it cannot connect).
+#[cfg(test)]
+pub(crate) struct TestSchema {
+    base: String,
+    name: String,
+}
+
+#[cfg(test)]
+impl TestSchema {
+    pub(crate) async fn new() -> Self {
+        let base = std::env::var("PUSHBOT_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let name = format!("pbu_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&base).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {base} (PUSHBOT_TEST_PG_URL) is needed by this test: {e}")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        Self { base, name }
+    }
+
+    /// The URL of a connection whose tables live in this schema.
+    pub(crate) fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options[search_path]={}", self.base, self.name)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Its own thread and runtime: Drop may run inside (or outside) any runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&base).await {
+                    let sql = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_the_postgresql_way() {
+        assert_eq!(
+            numbered("UPDATE t SET a = ?1 WHERE b IN (?2,?3) AND c = ?1"),
+            "UPDATE t SET a = $1 WHERE b IN ($2,$3) AND c = $1"
+        );
+    }
+
+    use std::collections::HashSet;
+
+    use crate::domain::{MessageId, UserId};
+    use crate::store::{CallbackClaim, Message, Store, now_ms};
+
+    async fn two_instances() -> (Store, Store, TestSchema) {
+        let schema = TestSchema::new().await;
+        let a = Store::connect(&schema.url()).await.unwrap();
+        let b = Store::connect(&schema.url()).await.unwrap();
+        (a, b, schema)
+    }
+
+    fn queued(userid: &str, text: &str) -> Message {
+        let now = now_ms();
+        Message::new_queued(
+            MessageId::generate(),
+            UserId::new(userid),
+            None,
+            Some(text.to_owned()),
+            now,
+            now + 60_000,
+        )
+    }
+
+    #[tokio::test]
+    async fn two_instances_never_hold_the_same_lane() {
+        let (a, b, _schema) = two_instances().await;
+        for i in 0..200 {
+            let store = if i % 2 == 0 { &a } else { &b };
+            store
+                .insert_message(queued(&format!("m{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        let now = now_ms();
+        let claim = |store: Store, owner: &'static str| async move {
+            let mut got = Vec::new();
+            loop {
+                let lanes = store
+                    .claim_lanes(owner, now, now + 60_000, 7)
+                    .await
+                    .unwrap();
+                if lanes.is_empty() {
+                    return got;
+                }
+                got.extend(lanes);
+            }
+        };
+        let (got_a, got_b) = tokio::join!(claim(a.clone(), "a"), claim(b.clone(), "b"));
+        let set_a: HashSet<_> = got_a.iter().collect();
+        let set_b: HashSet<_> = got_b.iter().collect();
+        assert_eq!(set_a.len(), got_a.len(), "A claimed a lane twice");
+        assert_eq!(set_b.len(), got_b.len(), "B claimed a lane twice");
+        assert!(set_a.is_disjoint(&set_b), "a lane was claimed by both");
+        assert_eq!(set_a.len() + set_b.len(), 200, "every lane was claimed");
+        assert!(
+            !got_a.is_empty() && !got_b.is_empty(),
+            "both instances got work"
+        );
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn acceptance_order_holds_across_instances() {
+        let (a, b, _schema) = two_instances().await;
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let store = if i % 3 == 0 { &a } else { &b };
+            let m = queued("alice", &i.to_string());
+            ids.push(m.id.clone());
+            store.insert_message(m).await.unwrap();
+        }
+        let heads = a.lane_heads(&UserId::new("alice"), 64).await.unwrap();
+        let order: Vec<_> = heads.iter().map(|h| h.message.id.clone()).collect();
+        assert_eq!(order, ids, "the lane is in the order the inserts committed");
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_rotation_on_one_instance_is_seen_at_once_by_the_other() {
+        let (a, b, _schema) = two_instances().await;
+        let alice = UserId::new("alice");
+        let old = a.token_for(&alice).await.unwrap();
+        assert_eq!(b.member_by_token(&old).await.unwrap(), Some(alice.clone()));
+        let new = a.rotate_token(&alice).await.unwrap();
+        assert_eq!(
+            b.member_by_token(&old).await.unwrap(),
+            None,
+            "B refuses the old token"
+        );
+        assert_eq!(b.member_by_token(&new).await.unwrap(), Some(alice.clone()));
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_callback_is_claimed_by_one_instance_only() {
+        let (a, b, _schema) = two_instances().await;
+        let (ca, cb) = tokio::join!(a.claim_callback("msg-1"), b.claim_callback("msg-1"));
+        let claims = [ca.unwrap(), cb.unwrap()];
+        assert_eq!(
+            claims.iter().filter(|c| **c == CallbackClaim::New).count(),
+            1,
+            "{claims:?}"
+        );
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_repeated_idempotency_key_is_refused_as_such() {
+        let (a, b, _schema) = two_instances().await;
+        let mut first = queued("alice", "1");
+        first.idempotency_key = Some("k".into());
+        let mut second = queued("alice", "2");
+        second.idempotency_key = Some("k".into());
+        a.insert_message(first).await.unwrap();
+        let err = b.insert_message(second).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateKey), "{err:?}");
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_one_clear_error_without_the_password() {
+        // A port nothing listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let url = format!("postgres://app:hunter2@127.0.0.1:{port}/push");
+        let err = Store::connect(&url).await.unwrap_err();
+        let shown = crate::error::chain(&err);
+        assert!(
+            shown.contains(&format!("127.0.0.1:{port}/push")) && shown.contains("cannot reach"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_described_url_never_shows_the_password() {
+        let shown = describe("postgres://app:s3cret@db.example:6543/pushbot?sslmode=require");
+        assert_eq!(shown, "PostgreSQL at db.example:6543/pushbot");
+        assert!(!describe("postgres://u:hunter2@h/d").contains("hunter2"));
+    }
+}
