@@ -26,6 +26,15 @@
 //! ```text
 //! cargo run --release --bin loadgen -- --backlog 1000000 --messages 0
 //! ```
+//!
+//! `--storage postgres://…` runs on PostgreSQL instead (in a schema of its own, created
+//! for the run and dropped after it), and `--instances N` starts N pushbot instances on
+//! the one database, each with its own port, writer and scheduler; the clients spread
+//! their requests over them round-robin, as a load balancer would:
+//!
+//! ```text
+//! cargo run --release --bin loadgen -- --storage postgres://postgres@127.0.0.1/test --instances 2
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -60,6 +69,13 @@ struct Args {
     /// Queued messages written to the database before the service starts.
     #[arg(long, default_value_t = 0)]
     backlog: usize,
+    /// Database URL; default: a SQLite file in a temporary directory. A `postgres://` URL
+    /// gets a schema of its own for the run.
+    #[arg(long)]
+    storage: Option<String>,
+    /// pushbot instances sharing the database (PostgreSQL only for more than one).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
     /// Worker threads of the server runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
@@ -111,61 +127,93 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     });
 
-    // 2. pushbot on its own runtime, SQLite in a temp dir.
+    // 2. pushbot on its own runtime: SQLite in a temp dir, or a fresh PostgreSQL schema.
     let dir = std::env::temp_dir().join(format!("pushbot-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let db = dir.join("loadgen.db");
+    let instances = args.instances.max(1);
+    let schema = format!("loadgen_{}", std::process::id());
+    let url = match &args.storage {
+        None => format!("sqlite://{}", dir.join("loadgen.db").display()),
+        Some(base) if base.starts_with("postgres") => {
+            let admin = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            admin.block_on(run_sql(base, &format!("CREATE SCHEMA {schema}")))?;
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!("{base}{sep}options[search_path]={schema}")
+        }
+        Some(other) => other.clone(),
+    };
+    if instances > 1 && !url.starts_with("postgres") {
+        return Err("--instances above 1 needs --storage postgres://…".into());
+    }
+    println!(
+        "storage:        {} × {instances} instance(s)",
+        if url.starts_with("postgres") {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
     let members = args.members.max(1);
     if args.backlog > 0 {
         let filled = Instant::now();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(fill_backlog(&db, args.backlog, members))?;
+            .block_on(fill_backlog(&url, args.backlog, members))?;
         println!(
             "backlog:        {} queued messages over {members} members written in {:.1} s",
             args.backlog,
             filled.elapsed().as_secs_f64()
         );
     }
-    let settings = Settings::from_toml(&format!(
-        r#"
-        [server]
-        listen = "127.0.0.1:0"
-        public_url = "http://127.0.0.1"
-        # one token sends everything: lift the per-member limit (see the module docs)
-        send_rate = {{ count = 4000000000, per = "1s" }}
-        [storage]
-        url = "sqlite://{db}"
-        [wecom]
-        corp_id = "{CORP_ID}"
-        agent_id = 1000002
-        secret = "loadgen-secret"
-        callback_token = "{CALLBACK_TOKEN}"
-        encoding_aes_key = "{AES_KEY}"
-        api_base = "http://{mock_addr}"
-        member_limits = [{{ count = 4000000000, per = "1s" }}]
-        [delivery]
-        concurrency = 64
-        # every member's lane stays warm (see the module docs)
-        max_in_flight = 1024
-        [log]
-        level = "warn"
-        "#,
-        db = db.display()
-    ))?;
-    pushbot::telemetry::init(&settings.log);
+    let settings = |instance: usize| {
+        Settings::from_toml(&format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            public_url = "http://127.0.0.1"
+            # one token sends everything: lift the per-member limit (see the module docs)
+            send_rate = {{ count = 4000000000, per = "1s" }}
+            [storage]
+            url = "{url}"
+            [wecom]
+            corp_id = "{CORP_ID}"
+            agent_id = 1000002
+            secret = "loadgen-secret"
+            callback_token = "{CALLBACK_TOKEN}"
+            encoding_aes_key = "{AES_KEY}"
+            api_base = "http://{mock_addr}"
+            member_limits = [{{ count = 4000000000, per = "1s" }}]
+            [delivery]
+            concurrency = 64
+            # every member's lane stays warm (see the module docs)
+            max_in_flight = 1024
+            instance_id = "loadgen-{instance}"
+            [log]
+            level = "warn"
+            "#
+        ))
+    };
+    pushbot::telemetry::init(&settings(0)?.log);
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.server_threads)
         .enable_all()
         .build()?;
     let starting = Instant::now();
-    let app = server_rt.block_on(Application::build(settings))?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = server_rt.spawn(app.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
+    let mut bases = Vec::new();
+    let mut servers = Vec::new();
+    let mut stops = Vec::new();
+    for instance in 0..instances {
+        let app = server_rt.block_on(Application::build(settings(instance)?))?;
+        bases.push(format!("http://127.0.0.1:{}", app.port()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop_tx);
+        servers.push(server_rt.spawn(app.run_until_stopped(async {
+            let _ = stop_rx.await;
+        })));
+    }
 
     // 3. Clients on a third runtime.
     let client_rt = tokio::runtime::Builder::new_multi_thread()
@@ -173,9 +221,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     if args.backlog > 0 {
-        client_rt.block_on(drain_backlog(&args, &base, &received, starting))?;
+        client_rt.block_on(drain_backlog(&args, &bases[0], &received, starting))?;
     }
-    let report = client_rt.block_on(drive(&args, &base, &received, members))?;
+    let report = client_rt.block_on(drive(&args, &bases, &received, members))?;
     if args.settle > 0 {
         let after_run = memory();
         drop(client_rt);
@@ -189,10 +237,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let _ = stop_tx.send(());
-    server_rt.block_on(server)??;
-    let (db_delivered, db_other) = server_rt.block_on(count_rows(&db))?;
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for server in servers {
+        server_rt.block_on(server)??;
+    }
+    let (db_delivered, db_other) = server_rt.block_on(count_rows(&url))?;
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(base) = args
+        .storage
+        .as_deref()
+        .filter(|b| b.starts_with("postgres"))
+    {
+        server_rt.block_on(run_sql(base, &format!("DROP SCHEMA {schema} CASCADE")))?;
+    }
     println!("{report}");
     println!("database: {db_delivered} delivered, {db_other} not delivered");
     let lost = (report.accepted + args.backlog).saturating_sub(report.unique);
@@ -276,13 +335,12 @@ impl std::fmt::Display for Report {
 /// (schema from the service's own migrations), with their lanes: a backlog as a long
 /// WeCom outage would leave it. Content carries the sequence number like live messages.
 async fn fill_backlog(
-    db: &std::path::Path,
+    url: &str,
     count: usize,
     members: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let url = format!("sqlite://{}", db.display());
-    pushbot::store::Store::connect(&url).await?.close().await;
-    let pool = sqlx::AnyPool::connect(&url).await?;
+    pushbot::store::Store::connect(url).await?.close().await;
+    let pool = sqlx::AnyPool::connect(url).await?;
     let mut tx = pool.begin().await?;
     let now = pushbot::store::now_ms();
     const ROWS: usize = 200;
@@ -373,7 +431,7 @@ fn rss_kb() -> u64 {
 
 async fn drive(
     args: &Args,
-    base: &str,
+    bases: &[String],
     received: &Arc<Received>,
     members: usize,
 ) -> Result<Report, Box<dyn std::error::Error>> {
@@ -396,7 +454,7 @@ async fn drive(
     let members = members.min(args.messages);
     let mut asking = Vec::new();
     for m in 0..members {
-        let (http, base) = (http.clone(), base.to_owned());
+        let (http, base) = (http.clone(), bases[0].clone());
         asking.push(tokio::spawn(async move {
             obtain_token(&http, &base, &format!("member{m}"), m).await
         }));
@@ -415,12 +473,13 @@ async fn drive(
     let started = Instant::now();
     let start_ns = received.start.elapsed().as_nanos();
     let mut tasks = Vec::new();
-    for _ in 0..args.clients {
+    for client in 0..args.clients {
+        // Clients spread over the instances, as behind a load balancer.
         let (http, next, tokens, url) = (
             http.clone(),
             Arc::clone(&next),
             Arc::clone(&tokens),
-            format!("{base}/send"),
+            format!("{}/send", bases[client % bases.len()]),
         );
         let total = args.messages;
         tasks.push(tokio::spawn(async move {
@@ -556,18 +615,27 @@ async fn message_send(
     Json(json!({ "errcode": 0, "errmsg": "ok", "msgid": "x" }))
 }
 
-async fn count_rows(db: &std::path::Path) -> Result<(i64, i64), Box<dyn std::error::Error>> {
-    use sqlx::Row;
+async fn count_rows(url: &str) -> Result<(i64, i64), Box<dyn std::error::Error>> {
     sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display())).await?;
-    let row = sqlx::query(
-        "SELECT SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END) AS d, \
-         SUM(CASE WHEN status <> 'delivered' THEN 1 ELSE 0 END) AS o FROM messages",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let d: Option<i64> = row.try_get("d")?;
-    let o: Option<i64> = row.try_get("o")?;
+    let pool = sqlx::AnyPool::connect(url).await?;
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await }
+    };
+    let delivered = count("SELECT COUNT(*) FROM messages WHERE status = 'delivered'").await?;
+    let other = count("SELECT COUNT(*) FROM messages WHERE status <> 'delivered'").await?;
     pool.close().await;
-    Ok((d.unwrap_or(0), o.unwrap_or(0)))
+    Ok((delivered, other))
+}
+
+/// Runs one statement on `url` (creating and dropping the run's PostgreSQL schema).
+async fn run_sql(url: &str, sql: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
 }
