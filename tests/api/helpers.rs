@@ -319,8 +319,8 @@ macro_rules! sqlite_only {
 }
 pub(crate) use sqlite_only;
 
-/// `PUSHBOT_TEST_PG_URL`, or [`PG_URL_DEFAULT`].
-fn pg_base_url() -> String {
+/// `PUSHBOT_TEST_PG_URL`, or [`PG_URL_DEFAULT`]: the database test schemas are created in.
+pub fn pg_base_url() -> String {
     std::env::var("PUSHBOT_TEST_PG_URL")
         .ok()
         .filter(|u| !u.is_empty())
