@@ -4,7 +4,7 @@
 //!
 //! The full-disk and immutable-file tests need root (mount, chattr); where that is not
 //! available they print SKIPPED. The machine this project is developed and tested on
-//! runs them. Being about the SQLite file, these tests are skipped on PostgreSQL.
+//! runs them. The tests about the SQLite file itself are skipped on PostgreSQL.
 
 use std::net::{IpAddr, UdpSocket};
 use std::path::{Path, PathBuf};
