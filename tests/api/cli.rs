@@ -9,6 +9,7 @@ use crate::helpers::*;
 struct BinSetup {
     mock: MockWeCom,
     dir: TempDir,
+    _db: TestDb,
     port: u16,
     config_path: PathBuf,
 }
@@ -41,16 +42,14 @@ async fn setup(tweak: impl FnOnce(&mut TestConfig)) -> BinSetup {
     let port = free_port();
     let mut config = TestConfig::default();
     tweak(&mut config);
-    let toml = config.render(
-        &format!("127.0.0.1:{port}"),
-        &dir.path().join("pushbot.db"),
-        &mock.base_url,
-    );
+    let db = TestDb::new(dir.path());
+    let toml = config.render(&format!("127.0.0.1:{port}"), db.url(), &mock.base_url);
     let config_path = dir.path().join("pushbot.toml");
     std::fs::write(&config_path, toml).unwrap();
     BinSetup {
         mock,
         dir,
+        _db: db,
         port,
         config_path,
     }
@@ -165,20 +164,27 @@ async fn an_invalid_value_from_the_environment_is_named() {
 }
 
 /// The load benchmark is part of the repository's promises; keep it working (a small run).
+/// On PostgreSQL (a schema of loadgen's own) with two instances on the one database.
 #[test]
 fn the_load_benchmark_runs_and_loses_nothing() {
-    let stdout = succeeds(
-        std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args([
-                "--clients",
-                "8",
-                "--messages",
-                "300",
-                "--drain-timeout",
-                "30",
-            ])
-            .env_remove("RUST_LOG"),
-    );
+    let mut loadgen = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    loadgen
+        .args([
+            "--clients",
+            "8",
+            "--messages",
+            "300",
+            "--drain-timeout",
+            "30",
+        ])
+        .env_remove("RUST_LOG");
+    if engine() == Engine::Postgres {
+        loadgen
+            .arg("--storage")
+            .arg(pg_base_url())
+            .args(["--instances", "2"]);
+    }
+    let stdout = succeeds(&mut loadgen);
     assert!(stdout.contains("lost:           0"), "{stdout}");
     assert!(
         stdout.contains("database: 300 delivered, 0 not delivered"),

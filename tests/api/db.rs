@@ -1,21 +1,33 @@
-//! Looking at (and tampering with) the gateway's SQLite file from outside, through a
+//! Looking at (and tampering with) the gateway's database from outside, through a
 //! connection of our own: what is committed is what counts, whatever the API says.
+//!
+//! One connection type and one SQL for both engines (`$n` placeholders, BIGINT integers):
+//! the URL is the app's own `storage.url` (a SQLite file, or the app's PostgreSQL schema).
 
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::str::FromStr as _;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::AnyConnection;
+use sqlx::any::AnyConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row};
 
-/// An independent connection to the database at `path` (WAL, like the gateway's).
-pub async fn connect(path: &Path) -> SqliteConnection {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .busy_timeout(Duration::from_secs(10))
+/// An independent connection to the database at `url` (an app's `store_url()`).
+pub async fn connect(url: &str) -> AnyConnection {
+    sqlx::any::install_default_drivers();
+    let mut conn = AnyConnectOptions::from_str(url)
+        .unwrap_or_else(|e| panic!("{url} is a database URL: {e}"))
         .disable_statement_logging()
         .connect()
         .await
-        .expect("open the gateway's database")
+        .unwrap_or_else(|e| panic!("open the gateway's database at {url}: {e}"));
+    if is_sqlite(&conn) {
+        // Wait for the gateway's writer (WAL, like the gateway's) rather than fail at once.
+        sqlx::query("PRAGMA busy_timeout = 10000")
+            .execute(&mut conn)
+            .await
+            .expect("set the busy timeout");
+    }
+    conn
 }
 
 pub fn now_ms() -> i64 {
@@ -34,7 +46,7 @@ pub struct StoredMessage {
     pub last_error: Option<String>,
 }
 
-pub async fn messages(conn: &mut SqliteConnection) -> Vec<StoredMessage> {
+pub async fn messages(conn: &mut AnyConnection) -> Vec<StoredMessage> {
     sqlx::query("SELECT id, status, attempts, last_error FROM messages ORDER BY id")
         .fetch_all(&mut *conn)
         .await
@@ -49,7 +61,7 @@ pub async fn messages(conn: &mut SqliteConnection) -> Vec<StoredMessage> {
         .collect()
 }
 
-pub async fn message(conn: &mut SqliteConnection, id: &str) -> StoredMessage {
+pub async fn message(conn: &mut AnyConnection, id: &str) -> StoredMessage {
     messages(conn)
         .await
         .into_iter()
@@ -59,7 +71,7 @@ pub async fn message(conn: &mut SqliteConnection, id: &str) -> StoredMessage {
 
 /// Inserts a queued message behind the gateway's back, due now: as if it had been
 /// accepted and the task that should deliver it had died.
-pub async fn insert_orphan(conn: &mut SqliteConnection, id: &str, userid: &str, title: &str) {
+pub async fn insert_orphan(conn: &mut AnyConnection, id: &str, userid: &str, title: &str) {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO messages (id, userid, title, content, status, attempts, created_at, \
@@ -77,24 +89,51 @@ pub async fn insert_orphan(conn: &mut SqliteConnection, id: &str, userid: &str, 
 }
 
 /// Makes every later UPDATE of a message fail (as a full disk or a database locked past
-/// the busy timeout would), until [`heal_updates`].
-pub async fn fail_updates(conn: &mut SqliteConnection) {
-    sqlx::query(
-        "CREATE TRIGGER test_fail_updates BEFORE UPDATE ON messages \
-         BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END",
-    )
-    .execute(&mut *conn)
-    .await
-    .expect("install the failing trigger");
+/// the busy timeout would), until [`heal_updates`]: a trigger that raises an error, in
+/// each engine's own trigger language.
+pub async fn fail_updates(conn: &mut AnyConnection) {
+    let statements: &[&'static str] = if is_sqlite(conn) {
+        &[
+            "CREATE TRIGGER test_fail_updates BEFORE UPDATE ON messages \
+             BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END",
+        ]
+    } else {
+        &[
+            "CREATE FUNCTION test_fail_updates() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'simulated write failure'; END $$",
+            "CREATE TRIGGER test_fail_updates BEFORE UPDATE ON messages \
+             FOR EACH ROW EXECUTE FUNCTION test_fail_updates()",
+        ]
+    };
+    for sql in statements {
+        sqlx::query(*sql)
+            .execute(&mut *conn)
+            .await
+            .expect("install the failing trigger");
+    }
 }
 
-pub async fn heal_updates(conn: &mut SqliteConnection) {
-    sqlx::query("DROP TRIGGER IF EXISTS test_fail_updates")
-        .execute(&mut *conn)
-        .await
-        .expect("drop the failing trigger");
+pub async fn heal_updates(conn: &mut AnyConnection) {
+    let statements: &[&'static str] = if is_sqlite(conn) {
+        &["DROP TRIGGER IF EXISTS test_fail_updates"]
+    } else {
+        &[
+            "DROP TRIGGER IF EXISTS test_fail_updates ON messages",
+            "DROP FUNCTION IF EXISTS test_fail_updates()",
+        ]
+    };
+    for sql in statements {
+        sqlx::query(*sql)
+            .execute(&mut *conn)
+            .await
+            .expect("drop the failing trigger");
+    }
 }
 
-pub async fn close(conn: SqliteConnection) {
+fn is_sqlite(conn: &AnyConnection) -> bool {
+    conn.backend_name() == "SQLite"
+}
+
+pub async fn close(conn: AnyConnection) {
     let _ = conn.close().await;
 }

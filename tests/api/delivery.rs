@@ -192,7 +192,15 @@ async fn a_wecom_call_slower_than_request_timeout_is_retried() {
 
 #[tokio::test]
 async fn transient_errors_past_the_retry_window_fail_the_message() {
-    let (app, _user, token) = app_and_member(|c| c.retry_window = "300ms".to_owned()).await;
+    // Probes of the channel that is down at most 100 ms apart: the probe message below is
+    // tried within its own 300 ms window however the doomed one's probes fell (with the
+    // default 1 s, a probe just before the doomed message failed could put the next one
+    // past the probe message's window, and it failed untried).
+    let (app, _user, token) = app_and_member(|c| {
+        c.retry_window = "300ms".to_owned();
+        c.probe_max = "100ms".to_owned();
+    })
+    .await;
     app.mock.fail_always(SendReply::errcode(-1, "system busy"));
     let id = app.send_ok(&token, "doomed", "").await;
     let status = app.wait_for_status(&id, &token, "failed", WAIT).await;

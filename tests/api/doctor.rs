@@ -157,17 +157,22 @@ async fn a_wrong_secret_is_explained_and_the_app_check_skipped() {
     assert!(token.contains("wecom.secret"), "{token}");
     assert!(out.check("app check").starts_with('–'));
     assert!(!out.stdout.contains("wrong-secret"), "{}", out.stdout);
-    // The database doctor created to test it is not left behind (for `serve` to create
-    // as its own user).
-    assert!(out.check("database").contains("new, writes OK (not kept)"));
-    assert!(!setup.db_path.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(setup.db_path.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .filter(|name| name.to_string_lossy().starts_with("pushbot.db"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    if let Some(db_path) = setup.db.sqlite_path() {
+        // The database file doctor created to test it is not left behind (for `serve` to
+        // create as its own user).
+        assert!(out.check("database").contains("new, writes OK (not kept)"));
+        assert!(!db_path.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(db_path.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|name| name.to_string_lossy().starts_with("pushbot.db"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    } else {
+        let db = out.check("database");
+        assert!(db.starts_with('✓') && db.contains("writes OK"), "{db}");
+    }
     assert_eq!(mock.unexpected_requests(), Vec::<String>::new());
 }
 
@@ -272,24 +277,30 @@ async fn the_documentation_sample_credentials_fail() {
     assert!(!out.stdout.contains(ENCODING_AES_KEY), "{}", out.stdout);
 }
 
+/// A database doctor cannot open fails its check, naming where it looked: on SQLite a file
+/// in an unusable directory, on PostgreSQL a server that does not answer.
 #[tokio::test]
-async fn a_database_in_an_unusable_directory_fails() {
+async fn a_database_that_cannot_be_opened_fails() {
     let mock = MockWeCom::start().await;
     let setup = bin_setup(&TestConfig::default(), &mock.base_url);
     let mut env = healthy_env(&nowhere());
-    // Under a file: no directory there, even for root.
-    env.push((
-        "PUSHBOT_STORAGE__URL".into(),
-        "sqlite:///dev/null/x/pushbot.db".into(),
-    ));
+    let (url, place) = match engine() {
+        // Under a file: no directory there, even for root.
+        Engine::Sqlite => (
+            "sqlite:///dev/null/x/pushbot.db".to_owned(),
+            "/dev/null/x".to_owned(),
+        ),
+        Engine::Postgres => {
+            let place = format!("127.0.0.1:{}", free_port());
+            (format!("postgres://postgres@{place}/test"), place)
+        }
+    };
+    env.push(("PUSHBOT_STORAGE__URL".into(), url));
     let out = doctor(&setup, &env).await;
     assert!(!out.success, "{}", out.stdout);
     let db = out.check("database");
     assert!(db.starts_with('✗'), "{db}");
-    assert!(
-        db.contains("/dev/null/x") && db.contains("storage.url"),
-        "{db}"
-    );
+    assert!(db.contains(&place) && db.contains("storage.url"), "{db}");
     // The checks after it still run.
     assert!(out.check("gettoken").starts_with('✓'), "{}", out.stdout);
 }

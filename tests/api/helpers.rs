@@ -5,6 +5,8 @@ use std::net::TcpListener as StdTcpListener;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr as _;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +15,8 @@ use pushbot::config::Settings;
 use pushbot::wecom::crypto::WeComCrypto;
 use serde::Deserialize;
 use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -161,7 +165,10 @@ impl Default for TestConfig {
 }
 
 impl TestConfig {
-    pub fn render(&self, listen: &str, db_path: &Path, api_base: &str) -> String {
+    /// The config file for an app listening on `listen`, storing at `store_url` (see
+    /// [`TestDb::url`]) and calling WeCom at `api_base` (unless [`Self::api_base`] says
+    /// otherwise).
+    pub fn render(&self, listen: &str, store_url: &str, api_base: &str) -> String {
         let api_base = self.api_base.as_deref().unwrap_or(api_base);
         let corp_id = match &self.corp_id {
             Some(c) => format!("corp_id = \"{c}\"\n"),
@@ -227,7 +234,7 @@ listen = "{listen}"
 public_url = "{PUBLIC_URL}"
 {server}
 [storage]
-url = "sqlite://{db}"
+url = "{store_url}"
 {retention}
 [wecom]
 {corp_id}agent_id = {AGENT_ID}
@@ -254,7 +261,6 @@ shutdown_grace = "{shutdown_grace}"
 [log]
 level = "warn"
 "#,
-            db = db_path.display(),
             secret = self.secret,
             request_timeout = self.request_timeout,
             retry_window = self.retry_window,
@@ -269,6 +275,243 @@ level = "warn"
             lease = self.lease,
             probe_max = self.probe_max,
         )
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// the storage engine under test
+// ------------------------------------------------------------------------------------------
+
+/// The engine the suite stores into, chosen by `PUSHBOT_TEST_DB`: `sqlite` (the default) or
+/// `postgres` (a PostgreSQL server at `PUSHBOT_TEST_PG_URL`, [`PG_URL_DEFAULT`] by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL database test schemas are created in when `PUSHBOT_TEST_PG_URL` is unset.
+pub const PG_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The engine chosen for this run; panics on a value that names none.
+pub fn engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    *ENGINE.get_or_init(|| match std::env::var("PUSHBOT_TEST_DB") {
+        Err(std::env::VarError::NotPresent) => Engine::Sqlite,
+        Ok(v) if v.is_empty() || v == "sqlite" => Engine::Sqlite,
+        Ok(v) if v == "postgres" => Engine::Postgres,
+        Ok(other) => {
+            panic!("PUSHBOT_TEST_DB={other:?}: expected `sqlite` (the default) or `postgres`")
+        }
+        Err(e) => panic!("PUSHBOT_TEST_DB: {e}; expected `sqlite` (the default) or `postgres`"),
+    })
+}
+
+/// Ends the test early on PostgreSQL, saying why on one line: for the few tests about the
+/// SQLite file itself (its disk, its path, its journal), not about behaviour.
+macro_rules! sqlite_only {
+    ($reason:expr) => {
+        if $crate::helpers::engine() == $crate::helpers::Engine::Postgres {
+            eprintln!("skipped on postgres: {}", $reason);
+            return;
+        }
+    };
+}
+pub(crate) use sqlite_only;
+
+/// `PUSHBOT_TEST_PG_URL`, or [`PG_URL_DEFAULT`]: the database test schemas are created in.
+pub fn pg_base_url() -> String {
+    std::env::var("PUSHBOT_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| PG_URL_DEFAULT.to_owned())
+}
+
+/// A URL fit for a message: any password replaced.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// One app's database: a SQLite file, or (PostgreSQL) a fresh schema of its own in the test
+/// database, dropped with this value.
+pub struct TestDb {
+    url: String,
+    sqlite_path: Option<PathBuf>,
+    /// (server URL, schema) on PostgreSQL.
+    pg_schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A new, empty database for the engine under test; a SQLite file is `dir/pushbot.db`.
+    pub fn new(dir: &Path) -> Self {
+        match engine() {
+            Engine::Sqlite => Self::sqlite(&dir.join("pushbot.db")),
+            Engine::Postgres => Self::postgres(),
+        }
+    }
+
+    /// The SQLite file at `path` (whatever the engine under test).
+    pub fn sqlite(path: &Path) -> Self {
+        Self {
+            url: sqlite_url(path),
+            sqlite_path: Some(path.to_owned()),
+            pg_schema: None,
+        }
+    }
+
+    /// A fresh schema in the PostgreSQL test database; panics, naming the server, when it
+    /// cannot be reached: a postgres run never passes without PostgreSQL.
+    fn postgres() -> Self {
+        let base = pg_base_url();
+        let created = on_own_runtime({
+            let base = base.clone();
+            async move { create_schema(&base).await }
+        });
+        let schema = match created {
+            Ok(Ok(schema)) => schema,
+            Ok(Err(e)) => panic!(
+                "PUSHBOT_TEST_DB=postgres, but no test schema could be created in the \
+                 PostgreSQL database at {} (PUSHBOT_TEST_PG_URL, by default {PG_URL_DEFAULT}): \
+                 {e}. Start PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, or run with \
+                 PUSHBOT_TEST_DB=sqlite.",
+                without_password(&base)
+            ),
+            Err(e) => panic!("PUSHBOT_TEST_DB=postgres: cannot run the set-up thread: {e}"),
+        };
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Self {
+            url: format!("{base}{sep}options[search_path]={schema}"),
+            sqlite_path: None,
+            pg_schema: Some((base, schema)),
+        }
+    }
+
+    /// The `storage.url` that selects this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The file, when it is a SQLite database.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.sqlite_path.as_deref()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((base, schema)) = self.pg_schema.take() else {
+            return;
+        };
+        let dropped = on_own_runtime({
+            let schema = schema.clone();
+            async move { drop_schema(&base, &schema).await }
+        });
+        // Never panic here (this may run while a failed test unwinds); a leftover schema
+        // only takes room.
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test schema {schema} was not dropped: {e}"),
+            Err(e) => eprintln!("test schema {schema} was not dropped: {e}"),
+        }
+    }
+}
+
+/// `storage.url` for the SQLite file at `path`.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Runs `f` to completion on a thread of its own with its own runtime, so that sync code
+/// (config set-up, `Drop`) can use the database from inside the test's runtime.
+fn on_own_runtime<T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> std::io::Result<T> {
+    std::thread::Builder::new()
+        .name("test-db".to_owned())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(f))
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the database thread panicked"))?
+}
+
+async fn pg_connect(base: &str) -> Result<PgConnection, String> {
+    let options = PgConnectOptions::from_str(base)
+        .map_err(|e| e.to_string())?
+        .disable_statement_logging();
+    match tokio::time::timeout(WAIT, options.connect()).await {
+        Ok(conn) => conn.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no connection within {WAIT:?}")),
+    }
+}
+
+/// Creates a schema with a new random name; returns the name.
+async fn create_schema(base: &str) -> Result<String, String> {
+    let mut conn = pg_connect(base).await?;
+    loop {
+        let schema = format!("pb_{:08x}", rand::random::<u32>());
+        let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut conn)
+            .await;
+        match created {
+            Ok(_) => {
+                let _ = conn.close().await;
+                return Ok(schema);
+            }
+            // Taken (by another test or another run): draw again.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P06") => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Drops `schema` and all in it. An in-process app may still hold locks in it (its tasks
+/// wait on the very runtime this drop blocks): its sessions are ended first.
+async fn drop_schema(base: &str, schema: &str) -> Result<(), String> {
+    let mut conn = pg_connect(base).await?;
+    let deadline = Instant::now() + WAIT;
+    sqlx::query("SET lock_timeout = '1s'")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT l.pid FROM pg_locks l \
+             JOIN pg_class c ON c.oid = l.relation \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()) AS holders",
+        )
+        .bind(schema)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut conn)
+        .await;
+        match dropped {
+            Ok(_) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            // lock_not_available: someone took a lock meanwhile; end them too.
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55P03") && Instant::now() < deadline =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
@@ -305,8 +548,10 @@ pub struct TestApp {
     pub api: Api,
     pub port: u16,
     pub mock: MockWeCom,
-    pub dir: TempDir,
-    pub db_path: PathBuf,
+    /// Holds the SQLite file (and nothing else on PostgreSQL).
+    pub _dir: TempDir,
+    /// The app's database (kept across [`Self::restart`]).
+    pub db: TestDb,
     pub config: TestConfig,
     running: Option<Running>,
 }
@@ -326,23 +571,23 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut TestConfig)) -> TestApp {
     init();
     let mock = MockWeCom::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let db_path = dir.path().join("pushbot.db");
+    let db = TestDb::new(dir.path());
     let mut config = TestConfig::default();
     tweak(&mut config);
-    let (port, running) = start_app(&config, &db_path, &mock.base_url).await;
+    let (port, running) = start_app(&config, db.url(), &mock.base_url).await;
     TestApp {
         api: Api::new(format!("http://127.0.0.1:{port}")),
         port,
         mock,
-        dir,
-        db_path,
+        _dir: dir,
+        db,
         config,
         running: Some(running),
     }
 }
 
-async fn start_app(config: &TestConfig, db_path: &Path, api_base: &str) -> (u16, Running) {
-    let toml = config.render("127.0.0.1:0", db_path, api_base);
+async fn start_app(config: &TestConfig, store_url: &str, api_base: &str) -> (u16, Running) {
+    let toml = config.render("127.0.0.1:0", store_url, api_base);
     let settings = Settings::from_toml(&toml).expect("test settings are valid");
     let app = Application::build(settings)
         .await
@@ -366,6 +611,11 @@ async fn start_app(config: &TestConfig, db_path: &Path, api_base: &str) -> (u16,
 }
 
 impl TestApp {
+    /// The `storage.url` the app was given: where [`crate::db::connect`] looks.
+    pub fn store_url(&self) -> &str {
+        self.db.url()
+    }
+
     /// Asks the application to shut down (like SIGTERM) without waiting for it to finish;
     /// [`Self::stop`] then waits.
     pub fn begin_stop(&mut self) {
@@ -390,7 +640,7 @@ impl TestApp {
     /// Stops this instance and starts a fresh `Application` on the same database and mock.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (port, running) = start_app(&self.config, &self.db_path, &self.mock.base_url).await;
+        let (port, running) = start_app(&self.config, self.db.url(), &self.mock.base_url).await;
         self.port = port;
         self.api.address = format!("http://127.0.0.1:{port}");
         self.running = Some(running);
@@ -982,24 +1232,32 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> V
     body
 }
 
-/// A config file for the real binary in a temp dir, on a free port.
+/// A config file for the real binary in a temp dir, on a free port, with a database of its
+/// own (every binary started on this config shares it).
 pub struct BinSetup {
     pub _dir: TempDir,
-    pub db_path: PathBuf,
+    pub db: TestDb,
     pub port: u16,
     pub config_path: PathBuf,
+}
+
+impl BinSetup {
+    /// The config's `storage.url`: where [`crate::db::connect`] looks.
+    pub fn store_url(&self) -> &str {
+        self.db.url()
+    }
 }
 
 pub fn bin_setup(config: &TestConfig, api_base: &str) -> BinSetup {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let db_path = dir.path().join("pushbot.db");
-    let toml = config.render(&format!("127.0.0.1:{port}"), &db_path, api_base);
+    let db = TestDb::new(dir.path());
+    let toml = config.render(&format!("127.0.0.1:{port}"), db.url(), api_base);
     let config_path = dir.path().join("pushbot.toml");
     std::fs::write(&config_path, toml).expect("write config");
     BinSetup {
         _dir: dir,
-        db_path,
+        db,
         port,
         config_path,
     }
@@ -1025,4 +1283,59 @@ pub async fn wait_until_changed<S>(
         }
     };
     tokio::time::timeout(timeout, check).await.is_ok()
+}
+
+/// The harness's own promises about test databases.
+mod self_test {
+    use super::*;
+    use crate::db;
+
+    /// Whether the PostgreSQL test database has a schema called `schema`.
+    async fn schema_exists(schema: &str) -> bool {
+        let mut conn = db::connect(&pg_base_url()).await;
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+                .bind(schema)
+                .fetch_optional(&mut conn)
+                .await
+                .expect("look up the schema");
+        db::close(conn).await;
+        found.is_some()
+    }
+
+    /// Each app gets a database of its own; on PostgreSQL a schema, gone with the app even
+    /// while a connection of that app's runtime holds locks in it.
+    #[tokio::test]
+    async fn each_app_gets_its_own_database_and_it_goes_with_it() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (TestDb::new(dir_a.path()), TestDb::new(dir_b.path()));
+        assert_ne!(a.url(), b.url());
+        let Some((_, schema)) = a.pg_schema.clone() else {
+            assert!(a.sqlite_path().is_some_and(|p| p.starts_with(dir_a.path())));
+            return;
+        };
+        let mut in_a = db::connect(a.url()).await;
+        sqlx::query("CREATE TABLE messages (id TEXT PRIMARY KEY)")
+            .execute(&mut in_a)
+            .await
+            .unwrap();
+        let mut in_b = db::connect(b.url()).await;
+        let seen: Option<String> = sqlx::query_scalar("SELECT to_regclass('messages')::text")
+            .fetch_one(&mut in_b)
+            .await
+            .unwrap();
+        assert_eq!(seen, None, "another app's schema does not see the table");
+        db::close(in_b).await;
+
+        // Mid-transaction on this runtime, which the drop blocks.
+        sqlx::query("BEGIN").execute(&mut in_a).await.unwrap();
+        sqlx::query("INSERT INTO messages (id) VALUES ('x')")
+            .execute(&mut in_a)
+            .await
+            .unwrap();
+        assert!(schema_exists(&schema).await);
+        drop(a);
+        assert!(!schema_exists(&schema).await, "{schema} is dropped");
+        drop(in_a);
+    }
 }

@@ -987,7 +987,7 @@ async fn sigkill_while_lanes_are_claimed_loses_nothing_and_repeats_only_unrecord
     bin.kill9();
     let started_at_kill = mock.send_started();
 
-    let mut conn = db::connect(&setup.db_path).await;
+    let mut conn = db::connect(setup.store_url()).await;
     let rows = db::messages(&mut conn).await;
     db::close(conn).await;
     let recorded: BTreeSet<String> = rows
@@ -1148,9 +1148,9 @@ async fn a_lane_claimed_again_as_its_worker_lets_go_is_still_worked_on() {
 /// `user`'s lane as an independent connection sees it: `None` when there is none, else
 /// whether it is claimed.
 async fn lane_claimed(app: &TestApp, user: &str) -> Option<bool> {
-    let mut conn = db::connect(&app.db_path).await;
+    let mut conn = db::connect(app.store_url()).await;
     let owner: Option<Option<String>> =
-        sqlx::query_scalar("SELECT owner FROM lanes WHERE userid = lower(?1)")
+        sqlx::query_scalar("SELECT owner FROM lanes WHERE userid = lower($1)")
             .bind(user)
             .fetch_optional(&mut conn)
             .await

@@ -392,13 +392,7 @@ fn uuid_v7_at(ms: i64) -> String {
 }
 
 /// Stores a message accepted at `at` behind the gateway's back, with a page key.
-async fn insert_old(
-    conn: &mut sqlx::SqliteConnection,
-    id: &str,
-    userid: &str,
-    status: &str,
-    at: i64,
-) {
+async fn insert_old(conn: &mut sqlx::AnyConnection, id: &str, userid: &str, status: &str, at: i64) {
     sqlx::query(
         "INSERT INTO messages (id, userid, title, content, status, attempts, channel, \
          created_at, updated_at, next_attempt_at, deadline_at, delivered_at, format, look, \
@@ -418,7 +412,7 @@ async fn insert_old(
     .expect("insert an old message");
 }
 
-async fn stored_ids(conn: &mut sqlx::SqliteConnection) -> Vec<String> {
+async fn stored_ids(conn: &mut sqlx::AnyConnection) -> Vec<String> {
     db::messages(conn).await.into_iter().map(|m| m.id).collect()
 }
 
@@ -436,7 +430,7 @@ async fn finished_messages_past_the_retention_are_purged_at_start_up_and_their_p
     let delivered = uuid_v7_at(at);
     let failed = uuid_v7_at(at + 1);
     let queued = uuid_v7_at(at + 2);
-    let mut conn = db::connect(&app.db_path).await;
+    let mut conn = db::connect(app.store_url()).await;
     insert_old(&mut conn, &delivered, &user, "delivered", at).await;
     insert_old(&mut conn, &failed, &user, "failed", at + 1).await;
     sqlx::query(

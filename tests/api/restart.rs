@@ -27,7 +27,12 @@ async fn queued_messages_are_delivered_by_the_next_instance() {
     }
 
     app.stop().await;
-    assert!(app.dir.path().join("pushbot.db").is_file());
+    // While nothing runs, the messages are in the database, queued.
+    let mut conn = db::connect(app.store_url()).await;
+    for id in &ids {
+        assert_eq!(db::message(&mut conn, id).await.status, "queued");
+    }
+    db::close(conn).await;
     assert!(
         app.healthz().await.is_err(),
         "the old instance no longer listens"
@@ -207,7 +212,7 @@ async fn an_attempt_cut_off_by_the_shutdown_grace_is_queued_and_delivered_after_
     );
 
     // While nothing runs: still queued (not lost, not failed), and it says why.
-    let mut conn = db::connect(&app.db_path).await;
+    let mut conn = db::connect(app.store_url()).await;
     let row = db::message(&mut conn, &id).await;
     db::close(conn).await;
     assert_eq!(row.status, "queued", "{row:?}");

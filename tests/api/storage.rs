@@ -4,7 +4,7 @@
 //!
 //! The full-disk and immutable-file tests need root (mount, chattr); where that is not
 //! available they print SKIPPED. The machine this project is developed and tested on
-//! runs them.
+//! runs them. The tests about the SQLite file itself are skipped on PostgreSQL.
 
 use std::net::{IpAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -12,9 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::{Connection as _, Row as _};
 use tempfile::TempDir;
 
+use crate::db;
 use crate::helpers::*;
 
 /// A small tmpfs that really fills up. `None` where mounting is not allowed.
@@ -48,7 +48,7 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The real binary on a database at `db_path`, with its config next to it.
+/// The real binary on a SQLite database at `db_path`, with its config next to it.
 struct Service {
     mock: MockWeCom,
     _dir: TempDir,
@@ -69,7 +69,11 @@ impl Service {
             backoff_max: "200ms".to_owned(),
             ..TestConfig::default()
         };
-        let toml = config.render(&format!("127.0.0.1:{port}"), &db_path, &mock.base_url);
+        let toml = config.render(
+            &format!("127.0.0.1:{port}"),
+            &sqlite_url(&db_path),
+            &mock.base_url,
+        );
         let config_path = dir.path().join("pushbot.toml");
         std::fs::write(&config_path, toml).unwrap();
         Self {
@@ -87,19 +91,14 @@ impl Service {
 
     /// The ids another process sees committed in the database file right now.
     async fn committed_ids(&self) -> Vec<String> {
-        let url = format!("sqlite://{}", self.db_path.display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("PRAGMA busy_timeout = 5000")
-            .execute(&mut conn)
+        let mut conn = db::connect(&sqlite_url(&self.db_path)).await;
+        let ids = db::messages(&mut conn)
             .await
-            .unwrap();
-        sqlx::query("SELECT id FROM messages")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<String, _>("id"))
-            .collect()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        db::close(conn).await;
+        ids
     }
 }
 
@@ -150,6 +149,7 @@ async fn assert_durable(svc: &Service, mut bin: BinApp, token: &str, accepted: &
 
 #[tokio::test]
 async fn a_full_disk_gets_503_never_a_200_that_is_lost() {
+    sqlite_only!("fills the tmpfs under the SQLite file");
     let Some(disk) = Tmpfs::mount("3m") else {
         return;
     };
@@ -222,6 +222,7 @@ impl Drop for Immutable {
 
 #[tokio::test]
 async fn an_unwritable_wal_gets_503_and_the_service_recovers() {
+    sqlite_only!("makes SQLite's -wal file immutable");
     let svc = Service::new(None).await;
     let bin = svc.start().await;
     let token = bin.get_token(&userid("wal")).await;
@@ -250,10 +251,11 @@ async fn an_unwritable_wal_gets_503_and_the_service_recovers() {
 
 #[tokio::test]
 async fn a_deleted_database_file_is_noticed() {
+    sqlite_only!("deletes the SQLite file");
     let app = spawn_app().await;
     let token = app.get_token(&userid("deleted")).await;
     app.send_ok(&token, "before", "x").await;
-    std::fs::remove_file(&app.db_path).unwrap();
+    std::fs::remove_file(app.db.sqlite_path().unwrap()).unwrap();
 
     let resp = app.healthz().await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -291,6 +293,7 @@ async fn start_up_error(db_path: &Path) -> String {
 
 #[tokio::test]
 async fn start_up_storage_errors_name_the_path_and_the_cause() {
+    sqlite_only!("SQLite's errors opening a file: its path, not a database, no directory");
     let dir = tempfile::tempdir().unwrap();
 
     let junk = dir.path().join("notes.txt");
@@ -355,12 +358,10 @@ async fn the_public_sample_credentials_only_listen_on_loopback() {
     let mock = MockWeCom::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let store = TestDb::new(dir.path());
     // The test suite's callback credentials are WeCom's documentation samples.
-    let sample = TestConfig::default().render(
-        &format!("0.0.0.0:{port}"),
-        &dir.path().join("pushbot.db"),
-        &mock.base_url,
-    );
+    let sample =
+        TestConfig::default().render(&format!("0.0.0.0:{port}"), store.url(), &mock.base_url);
     let config_path = dir.path().join("sample.toml");
     std::fs::write(&config_path, &sample).unwrap();
     let bin = spawn_binary(&config_path, port, &[]).await;
