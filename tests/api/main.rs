@@ -19,6 +19,7 @@ mod doctor;
 mod email;
 mod http_rules;
 mod idempotency;
+mod instances;
 mod lanes;
 mod metrics;
 mod outbox;

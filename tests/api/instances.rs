@@ -1,0 +1,1005 @@
+//! Several `pushbot serve` processes on one PostgreSQL database: the guarantees the README
+//! gives for that layout, checked against real binaries and the mock WeCom.
+//!
+//! - the work is shared, and a `kill -9` of one instance loses nothing: its lanes are taken
+//!   over when their lease runs out, with at most the sends in flight at the kill repeated,
+//!   each member's order kept and the member limits held across instances;
+//! - tokens are read from the database on every request: a rotation through one instance is
+//!   refused by the other at once;
+//! - a WeCom callback posted to two instances is processed once;
+//! - a lost database connection is `503` (with `Retry-After`) until it is back, and nothing
+//!   accepted before it is lost.
+//!
+//! These tests are about PostgreSQL whatever `PUSHBOT_TEST_DB` says: each makes a schema of
+//! its own in the test database (`PUSHBOT_TEST_PG_URL`, by default [`PG_URL_DEFAULT`]) and
+//! fails, naming the server, when PostgreSQL cannot be reached.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _};
+use tempfile::TempDir;
+use tokio::sync::Semaphore;
+
+use crate::db;
+use crate::helpers::*;
+use crate::mock_wecom::SendCall;
+use crate::tcp_front::TcpFront;
+
+// ------------------------------------------------------------------------------------------
+// a PostgreSQL schema of the test's own, whatever engine the suite runs on
+// ------------------------------------------------------------------------------------------
+
+/// A fresh schema in the PostgreSQL test database, dropped (with everything in it) with
+/// this value. Declare it before the instances that use it, so that it goes after them.
+struct PgSchema {
+    base: String,
+    name: String,
+}
+
+impl PgSchema {
+    async fn new() -> Self {
+        let base = std::env::var("PUSHBOT_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| PG_URL_DEFAULT.to_owned());
+        let mut conn = pg_connect(&base).await.unwrap_or_else(|e| {
+            panic!(
+                "the multi-instance tests need PostgreSQL (whatever PUSHBOT_TEST_DB says), but \
+                 the test database at {} (PUSHBOT_TEST_PG_URL, by default {PG_URL_DEFAULT}) \
+                 cannot be reached: {e}",
+                shown(&base)
+            )
+        });
+        let name = format!("pbi_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("create schema {name} at {}: {e}", shown(&base)));
+        let _ = conn.close().await;
+        Self { base, name }
+    }
+
+    /// `storage.url` of a connection whose tables live in this schema.
+    fn url(&self) -> String {
+        with_search_path(&self.base, &self.name)
+    }
+
+    /// Like [`Self::url`], but reaching the server at `addr` (a TCP front) instead.
+    fn url_via(&self, addr: SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.base).expect("PostgreSQL URL");
+        url.set_host(Some(&addr.ip().to_string()))
+            .expect("set the host");
+        url.set_port(Some(addr.port())).expect("set the port");
+        with_search_path(url.as_str(), &self.name)
+    }
+
+    /// Where the PostgreSQL server listens, as `http://IP:PORT` (what [`TcpFront`] takes).
+    fn server_as_http(&self) -> String {
+        let options = PgConnectOptions::from_str(&self.base).expect("PostgreSQL URL");
+        let addr = (options.get_host(), options.get_port())
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: the server must be reachable over TCP for this test",
+                    shown(&self.base)
+                )
+            });
+        format!("http://{addr}")
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // A thread and runtime of its own: this may run inside the test's runtime.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(drop_schema(&base, &name))
+        })
+        .join();
+        // Never panic here (a failed test may be unwinding); a leftover schema only takes
+        // room.
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test schema {} was not dropped: {e}", self.name),
+            Err(_) => eprintln!("test schema {} was not dropped", self.name),
+        }
+    }
+}
+
+fn with_search_path(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options[search_path]={schema}")
+}
+
+/// A URL fit for a message: any password replaced.
+fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn pg_connect(url: &str) -> Result<PgConnection, String> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| e.to_string())?
+        .disable_statement_logging();
+    match tokio::time::timeout(WAIT, options.connect()).await {
+        Ok(conn) => conn.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no connection within {WAIT:?}")),
+    }
+}
+
+/// Ends the sessions still holding locks in the schema (an instance killed a moment ago),
+/// then drops it.
+async fn drop_schema(base: &str, schema: &str) -> Result<(), String> {
+    let mut conn = pg_connect(base).await?;
+    sqlx::query("SET lock_timeout = '1s'")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT l.pid FROM pg_locks l \
+             JOIN pg_class c ON c.oid = l.relation \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()) AS holders",
+        )
+        .bind(schema)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut conn)
+        .await;
+        match dropped {
+            Ok(_) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55P03") && Instant::now() < deadline => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// instances
+// ------------------------------------------------------------------------------------------
+
+/// Config files for instances on one database and one WeCom, each with a port and an
+/// `instance_id` of its own.
+struct Cluster {
+    dir: TempDir,
+    store_url: String,
+    api_base: String,
+    config: TestConfig,
+}
+
+impl Cluster {
+    fn new(store_url: String, api_base: &str, config: TestConfig) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            store_url,
+            api_base: api_base.to_owned(),
+            config,
+        }
+    }
+
+    /// Starts `pushbot serve` as instance `id` and waits until it is healthy.
+    async fn start(&self, id: &str) -> BinApp {
+        let port = free_port();
+        let config = TestConfig {
+            instance_id: Some(id.to_owned()),
+            ..self.config.clone()
+        };
+        let toml = config.render(
+            &format!("127.0.0.1:{port}"),
+            &self.store_url,
+            &self.api_base,
+        );
+        let path: PathBuf = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, toml).expect("write config");
+        spawn_binary(&path, port, &[]).await
+    }
+}
+
+/// The status of a response, its `Retry-After` header and its body as JSON (`Null` when it
+/// is not JSON), or the transport error.
+async fn answer(
+    resp: reqwest::Result<reqwest::Response>,
+) -> Result<(u16, Option<String>, Value), String> {
+    let resp = resp.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok((status, retry_after, body))
+}
+
+/// Waits (tiny polls) until `deadline`; panics with `what` when it has passed.
+async fn tick(deadline: Instant, what: impl FnOnce() -> String) {
+    assert!(Instant::now() < deadline, "{}", what());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// `GET /send` with `token` and `title`, as [`answer`] reads it.
+async fn send_title(
+    api: &Api,
+    token: &str,
+    title: &str,
+) -> Result<(u16, Option<String>, Value), String> {
+    answer(
+        api.http
+            .get(api.url("/send"))
+            .query(&[("token", token), ("title", title)])
+            .send()
+            .await,
+    )
+    .await
+}
+
+async fn count(url: &str, sql: &'static str) -> i64 {
+    let mut conn = db::connect(url).await;
+    let n: i64 = sqlx::query(sql)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0);
+    db::close(conn).await;
+    n
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. two instances share the work and survive a kill -9
+// ------------------------------------------------------------------------------------------
+
+const MEMBERS: usize = 20;
+const PER_MEMBER: usize = 100;
+const TOTAL: usize = MEMBERS * PER_MEMBER;
+/// Requests in flight at once, over all members.
+const CLIENTS: usize = 16;
+/// Instance B is killed once this many messages were accepted (and both have delivered).
+const KILL_AFTER: usize = 700;
+/// `wecom.member_limits`: at most this many sends per member in any second.
+const LIMIT: usize = 40;
+
+fn content(member: usize, seq: usize) -> String {
+    format!("m{member:02}-{seq:03}")
+}
+
+fn parse_content(text: &str) -> Option<(usize, usize)> {
+    let (m, s) = text.strip_prefix('m')?.split_once('-')?;
+    Some((m.parse().ok()?, s.parse().ok()?))
+}
+
+/// What the client saw.
+#[derive(Default)]
+struct Outcomes {
+    /// (member, seq, id, instance) of every 2xx.
+    accepted: Vec<(usize, usize, String, char)>,
+    /// (member, seq) of requests to B that failed because it was killed: not accepted, but
+    /// B may have committed them before it died.
+    lost_to_b: Vec<(usize, usize)>,
+}
+
+struct Client {
+    a: Api,
+    b: Api,
+    tokens: Vec<String>,
+    b_dead: AtomicBool,
+    turn: AtomicUsize,
+    accepted: AtomicUsize,
+    outcomes: Mutex<Outcomes>,
+    permits: Semaphore,
+}
+
+impl Client {
+    /// Sends member `m`'s messages one after another (each accepted before the next is
+    /// sent, so the member's acceptance order is its sequence order), alternating between
+    /// the instances until B is dead.
+    async fn run_member(self: Arc<Self>, m: usize) {
+        for seq in 0..PER_MEMBER {
+            let _permit = self.permits.acquire().await.expect("permits");
+            let to_b = !self.b_dead.load(Ordering::SeqCst)
+                && self.turn.fetch_add(1, Ordering::SeqCst) % 2 == 1;
+            let api = if to_b { &self.b } else { &self.a };
+            let text = content(m, seq);
+            let resp = api
+                .http
+                .post(api.url("/send"))
+                .bearer_auth(&self.tokens[m])
+                .form(&[("content", text.as_str())])
+                .send()
+                .await;
+            let got = answer(resp).await;
+            let id = match &got {
+                Ok((200, _, body)) if body["ok"] == true => body["id"].as_str().map(str::to_owned),
+                _ => None,
+            };
+            match id {
+                Some(id) => {
+                    let via = if to_b { 'B' } else { 'A' };
+                    lock(&self.outcomes).accepted.push((m, seq, id, via));
+                    self.accepted.fetch_add(1, Ordering::SeqCst);
+                }
+                None if to_b && self.b_dead.load(Ordering::SeqCst) => {
+                    lock(&self.outcomes).lost_to_b.push((m, seq));
+                }
+                None => panic!(
+                    "{text} via {}: not accepted: {got:?}",
+                    if to_b { 'B' } else { 'A' }
+                ),
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which instance made a call, by the WeCom access token it carried (each instance gets a
+/// token of its own).
+fn instance_of(call: &SendCall, a_token: &str) -> char {
+    if call.access_token.as_deref() == Some(a_token) {
+        'A'
+    } else {
+        'B'
+    }
+}
+
+/// The most sends any `window` of the given (sorted) arrival times holds.
+fn busiest_window(times: &[Instant], window: Duration) -> usize {
+    let mut most = 0;
+    let mut end = 0;
+    for (start, &t) in times.iter().enumerate() {
+        while end < times.len() && times[end].duration_since(t) < window {
+            end += 1;
+        }
+        most = most.max(end - start);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_work_and_survive_a_kill_9() {
+    let started = Instant::now();
+    let schema = PgSchema::new().await;
+    let mock = MockWeCom::start().await;
+    let config = TestConfig {
+        lease: "2s".to_owned(),
+        member_limits: vec![(LIMIT as u32, "1s".to_owned())],
+        retry_window: "60s".to_owned(),
+        ..TestConfig::default()
+    };
+    let cluster = Cluster::new(schema.url(), &mock.base_url, config);
+
+    // A alone first, to learn its WeCom access token: calls with any other are B's.
+    let a = cluster.start("inst-a").await;
+    let warm = userid("warm");
+    let warm_token = a.get_token(&warm).await;
+    a.send_ok(&warm_token, "warm", "up").await;
+    let calls = mock.wait_for_send_calls(1, WAIT).await;
+    let a_token = calls[0].access_token.clone().expect("an access token");
+    let mut b = cluster.start("inst-b").await;
+
+    // Members get their tokens through either instance's callback.
+    let users: Vec<String> = (0..MEMBERS).map(|_| userid("inst")).collect();
+    let mut tokens = Vec::new();
+    for (m, user) in users.iter().enumerate() {
+        let via: &Api = if m % 2 == 0 { &a } else { &b };
+        tokens.push(via.get_token(user).await);
+    }
+    let member_of: HashMap<&str, usize> = users
+        .iter()
+        .enumerate()
+        .map(|(m, u)| (u.as_str(), m))
+        .collect();
+
+    let client = Arc::new(Client {
+        a: Api::new(a.address.clone()),
+        b: Api::new(b.address.clone()),
+        tokens,
+        b_dead: AtomicBool::new(false),
+        turn: AtomicUsize::new(0),
+        accepted: AtomicUsize::new(0),
+        outcomes: Mutex::default(),
+        permits: Semaphore::new(CLIENTS),
+    });
+    let send_started = Instant::now();
+    let senders: Vec<_> = (0..MEMBERS)
+        .map(|m| tokio::spawn(Arc::clone(&client).run_member(m)))
+        .collect();
+
+    // Kill B mid-run, once both instances have delivered something to the members.
+    let delivered_by = || {
+        let calls = mock.calls();
+        let mine = || calls.iter().filter(|c| member_of.contains_key(c.touser()));
+        let by_a = mine().filter(|c| instance_of(c, &a_token) == 'A').count();
+        let by_b = mine().filter(|c| instance_of(c, &a_token) == 'B').count();
+        (by_a, by_b)
+    };
+    let mut shared = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if !shared {
+            let (by_a, by_b) = delivered_by();
+            shared = by_a > 0 && by_b > 0;
+        }
+        if shared && client.accepted.load(Ordering::SeqCst) >= KILL_AFTER {
+            break;
+        }
+        if Instant::now() > deadline || senders.iter().any(|s| s.is_finished()) {
+            for s in senders {
+                if s.is_finished() {
+                    s.await.expect("a sender panicked");
+                }
+            }
+            panic!(
+                "B was never killed: {} of {TOTAL} accepted; delivered by (A, B): {:?} (the \
+                 work is not shared)",
+                client.accepted.load(Ordering::SeqCst),
+                delivered_by()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.b_dead.store(true, Ordering::SeqCst);
+    b.kill9();
+    let killed = Instant::now();
+    let accepted_at_kill = client.accepted.load(Ordering::SeqCst);
+    // What B left behind: the lanes it held, and what was recorded delivered.
+    let mut conn = db::connect(&schema.url()).await;
+    let b_lanes: Vec<String> =
+        sqlx::query("SELECT userid FROM lanes WHERE owner = 'inst-b' AND lease_until > $1")
+            .bind(db::now_ms())
+            .fetch_all(&mut conn)
+            .await
+            .expect("read lanes")
+            .iter()
+            .map(|r| r.get("userid"))
+            .collect();
+    let recorded_at_kill: BTreeSet<String> =
+        sqlx::query("SELECT content FROM messages WHERE status = 'delivered'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read messages")
+            .iter()
+            .filter_map(|r| r.get::<Option<String>, _>("content"))
+            .collect();
+    db::close(conn).await;
+    assert!(
+        accepted_at_kill < TOTAL - 200,
+        "B must die while sends are still going ({accepted_at_kill} of {TOTAL} accepted)"
+    );
+
+    for s in senders {
+        s.await.expect("a sender panicked");
+    }
+    let send_time = send_started.elapsed();
+    let outcomes = std::mem::take(&mut *lock(&client.outcomes));
+    let accepted: BTreeSet<String> = outcomes
+        .accepted
+        .iter()
+        .map(|(m, s, _, _)| content(*m, *s))
+        .collect();
+    let lost_to_b: BTreeSet<String> = outcomes
+        .lost_to_b
+        .iter()
+        .map(|(m, s)| content(*m, *s))
+        .collect();
+    assert_eq!(accepted.len() + lost_to_b.len(), TOTAL);
+
+    // Everything accepted reaches WeCom, and then nothing is queued any more (so no
+    // further send can come).
+    let store_url = schema.url();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let sent: BTreeSet<String> = mock.sent().into_iter().map(|s| s.content).collect();
+        if accepted.is_subset(&sent) {
+            let queued = count(
+                &store_url,
+                "SELECT count(*) FROM messages WHERE status = 'queued'",
+            )
+            .await;
+            if queued == 0 {
+                break;
+            }
+        }
+        tick(deadline, || {
+            let missing: Vec<_> = accepted.difference(&sent).take(10).collect();
+            format!(
+                "not every accepted message was delivered (or some stay queued): {} of {} \
+                 missing, e.g. {missing:?}",
+                accepted.difference(&sent).count(),
+                accepted.len()
+            )
+        })
+        .await;
+    }
+    let drained = started.elapsed();
+    let not_delivered = count(
+        &store_url,
+        "SELECT count(*) FROM messages WHERE status <> 'delivered'",
+    )
+    .await;
+    assert_eq!(not_delivered, 0, "every stored message ends delivered");
+
+    // The calls for the test's members, in arrival order.
+    let mut calls: Vec<SendCall> = mock
+        .calls()
+        .into_iter()
+        .filter(|c| member_of.contains_key(c.touser()))
+        .collect();
+    calls.sort_by_key(|c| c.arrival);
+    assert!(
+        calls.iter().all(SendCall::delivered),
+        "WeCom accepted every call"
+    );
+
+    // Which instance accepted each message.
+    let accepted_via: HashMap<String, char> = outcomes
+        .accepted
+        .iter()
+        .map(|(m, s, _, via)| (content(*m, *s), *via))
+        .collect();
+    let via = |text: &str| accepted_via.get(text).copied().unwrap_or('?');
+    // Everything found wrong, reported together at the end.
+    let mut problems: Vec<String> = Vec::new();
+
+    // The work was shared before the kill; after it only A sends.
+    let before_kill = |c: &&SendCall| c.received_at < killed;
+    let by_a = calls
+        .iter()
+        .filter(before_kill)
+        .filter(|c| instance_of(c, &a_token) == 'A')
+        .count();
+    let by_b = calls
+        .iter()
+        .filter(before_kill)
+        .filter(|c| instance_of(c, &a_token) == 'B')
+        .count();
+    if by_a == 0 || by_b == 0 {
+        problems.push(format!(
+            "the work was not shared before the kill: A delivered {by_a}, B {by_b}"
+        ));
+    }
+    let slack = Duration::from_millis(250);
+    let b_after: Vec<_> = calls
+        .iter()
+        .filter(|c| instance_of(c, &a_token) == 'B' && c.received_at > killed + slack)
+        .map(|c| c.text().to_owned())
+        .collect();
+    if !b_after.is_empty() {
+        problems.push(format!("B sent after its death: {b_after:?}"));
+    }
+
+    // Every text is one the client sent; accepted, or lost when B died.
+    let mut copies: BTreeMap<&str, Vec<&SendCall>> = BTreeMap::new();
+    for c in &calls {
+        copies.entry(c.text()).or_default().push(c);
+    }
+    for text in copies.keys() {
+        if !accepted.contains(*text) && !lost_to_b.contains(*text) {
+            problems.push(format!("{text:?} reached WeCom but was never sent"));
+        }
+    }
+    let unaccepted_delivered = copies.keys().filter(|t| lost_to_b.contains(**t)).count();
+
+    // Duplicates: only sends B had in flight at the kill.
+    let duplicates: Vec<(&str, &Vec<&SendCall>)> = copies
+        .iter()
+        .filter(|(_, c)| c.len() > 1)
+        .map(|(t, c)| (*t, c))
+        .collect();
+    for (text, copies) in &duplicates {
+        let first = copies[0];
+        if copies.len() != 2 {
+            problems.push(format!("{text} reached WeCom {} times", copies.len()));
+        }
+        if instance_of(first, &a_token) != 'B' {
+            problems.push(format!("{text}: sent twice, first by A"));
+        }
+        if first.received_at > killed + slack {
+            problems.push(format!(
+                "{text}: sent twice, first {:?} after the kill",
+                first.received_at - killed
+            ));
+        }
+        if !b_lanes.iter().any(|u| u == first.touser()) {
+            problems.push(format!(
+                "{text}: sent twice, but B did not hold {}'s lane at the kill ({b_lanes:?})",
+                first.touser()
+            ));
+        }
+        if recorded_at_kill.contains(*text) {
+            problems.push(format!(
+                "{text} was recorded delivered before the kill, yet sent again"
+            ));
+        }
+        // A re-send is the member's very next message: nothing of it came in between.
+        let mine: Vec<&SendCall> = calls
+            .iter()
+            .filter(|c| c.touser() == first.touser())
+            .collect();
+        let at = mine
+            .iter()
+            .position(|c| c.arrival == first.arrival)
+            .expect("the first copy");
+        let next = mine.get(at + 1).map(|c| c.text());
+        if next != Some(*text) {
+            problems.push(format!(
+                "{text}: sent twice, but the re-send is not the member's next message \
+                 ({next:?} is)"
+            ));
+        }
+    }
+    if duplicates.len() > b_lanes.len() {
+        problems.push(format!(
+            "{} duplicates, but B held only {} lanes at the kill",
+            duplicates.len(),
+            b_lanes.len()
+        ));
+    }
+
+    // Per member: in sequence order (a re-send right after its first copy aside), and
+    // never more than LIMIT sends in any second.
+    let mut busiest = 0;
+    let mut out_of_order = Vec::new();
+    let mut order_pairs = Vec::new();
+    for (m, user) in users.iter().enumerate() {
+        let mine: Vec<&SendCall> = calls.iter().filter(|c| c.touser() == user).collect();
+        let mut last: Option<(usize, &str)> = None;
+        for c in &mine {
+            let Some(seq) = parse_content(c.text())
+                .filter(|(member, _)| *member == m)
+                .map(|(_, seq)| seq)
+            else {
+                problems.push(format!("{} went to {user}", c.text()));
+                continue;
+            };
+            match last {
+                Some((_, text)) if text == c.text() => {}
+                Some((prev, prev_text)) if seq < prev => {
+                    order_pairs.push((via(c.text()), via(prev_text)));
+                    out_of_order.push(format!(
+                        "{user}: {} (accepted by {}) arrived after {prev_text} (accepted by {})",
+                        c.text(),
+                        via(c.text()),
+                        via(prev_text)
+                    ));
+                }
+                _ => {}
+            }
+            if last.is_none_or(|(prev, _)| seq > prev) {
+                last = Some((seq, c.text()));
+            }
+        }
+        let times: Vec<Instant> = mine.iter().map(|c| c.received_at).collect();
+        let most = busiest_window(&times, Duration::from_secs(1));
+        if most > LIMIT {
+            problems.push(format!(
+                "{user} got {most} sends within one second (limit {LIMIT})"
+            ));
+        }
+        busiest = busiest.max(most);
+    }
+    if !out_of_order.is_empty() {
+        let mut kinds: BTreeMap<(char, char), usize> = BTreeMap::new();
+        for (late, earlier) in &order_pairs {
+            *kinds.entry((*late, *earlier)).or_default() += 1;
+        }
+        problems.push(format!(
+            "{} messages arrived out of their member's order (accepted by X, after one \
+             accepted by Y: {kinds:?}), e.g. {:#?}",
+            out_of_order.len(),
+            &out_of_order[..out_of_order.len().min(8)]
+        ));
+    }
+
+    let takeover = calls
+        .iter()
+        .filter(|c| c.received_at > killed && b_lanes.iter().any(|u| u == c.touser()))
+        .map(|c| c.received_at - killed)
+        .min();
+    eprintln!(
+        "kill -9 of B after {accepted_at_kill} of {TOTAL} accepted; {} accepted in all, {} \
+         requests lost with B ({unaccepted_delivered} of them delivered anyway); before the \
+         kill A delivered {by_a}, B {by_b}; B held {} lanes; {} duplicates {:?}; first send \
+         on a lane of B's {takeover:?} after the kill; busiest second {busiest}/{LIMIT}; \
+         {} out of order; sending took {send_time:?}, all delivered after {drained:?}",
+        accepted.len(),
+        lost_to_b.len(),
+        b_lanes.len(),
+        duplicates.len(),
+        duplicates.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        out_of_order.len(),
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The smallest case of the order guarantee above: one member whose client alternates
+/// between the instances, each message accepted before the next is sent.
+#[tokio::test]
+async fn one_member_sending_through_both_instances_is_delivered_in_order() {
+    let schema = PgSchema::new().await;
+    let mock = MockWeCom::start().await;
+    // Each send takes a moment, so the lane is busy while the next messages come in.
+    mock.set_delay(Some(Duration::from_millis(30)));
+    let cluster = Cluster::new(schema.url(), &mock.base_url, TestConfig::default());
+    let a = cluster.start("inst-a").await;
+    let b = cluster.start("inst-b").await;
+    let user = userid("fifo");
+    let token = a.get_token(&user).await;
+
+    let mut texts = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let (via, api) = if i % 2 == 0 { ('A', &a) } else { ('B', &b) };
+        let text = format!("{i:02} via {via}");
+        ids.push(api.send_ok(&token, &text, "").await);
+        texts.push(text);
+    }
+    for id in &ids {
+        a.wait_for_status(id, &token, "delivered", WAIT).await;
+    }
+    let sent: Vec<String> = mock.sent().into_iter().map(|s| s.content).collect();
+    assert_eq!(sent, texts, "delivered in the order accepted");
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. tokens are shared
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_token_rotated_on_one_instance_is_refused_by_the_other_at_once() {
+    let schema = PgSchema::new().await;
+    let mock = MockWeCom::start().await;
+    let cluster = Cluster::new(schema.url(), &mock.base_url, TestConfig::default());
+    let a = cluster.start("inst-a").await;
+    let b = cluster.start("inst-b").await;
+    let user = userid("rot");
+
+    let old = a.get_token(&user).await;
+    assert_eq!(b.get_token(&user).await, old, "B knows A's token");
+    let first = b.send_ok(&old, "before", "rotation").await;
+
+    let new = a.rotate(&user).await;
+    assert_ne!(new, old);
+    // At once: no wait, no retry.
+    let resp = b.send_get(&[("token", &old), ("title", "revoked")]).await;
+    assert_error(resp, 401, "unauthorized").await;
+    let resp = a.send_get(&[("token", &old), ("title", "revoked")]).await;
+    assert_error(resp, 401, "unauthorized").await;
+    let second = b.send_ok(&new, "after", "rotation").await;
+    assert_eq!(b.get_token(&user).await, new, "B's bot shows the new token");
+
+    for id in [&first, &second] {
+        b.wait_for_status(id, &new, "delivered", WAIT).await;
+    }
+    let texts: Vec<String> = mock.sent().into_iter().map(|s| s.content).collect();
+    assert_eq!(texts, ["before\n\nrotation", "after\n\nrotation"]);
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. callbacks are claimed once across instances
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_same_callback_on_two_instances_is_processed_once() {
+    let schema = PgSchema::new().await;
+    let mock = MockWeCom::start().await;
+    let cluster = Cluster::new(schema.url(), &mock.base_url, TestConfig::default());
+    let a = cluster.start("inst-a").await;
+    let b = cluster.start("inst-b").await;
+    let crypto = crypto();
+
+    for round in 0..8 {
+        let user = userid("twice");
+        let old = if round % 2 == 0 {
+            a.get_token(&user).await
+        } else {
+            b.get_token(&user).await
+        };
+        // One rotation, as WeCom would retry it to another instance: the same signed
+        // callback, the same MsgId, at the same moment.
+        let sealed = seal_with(&crypto, &text_message(&user, "rotate", next_msg_id()));
+        let (to_a, to_b) = tokio::join!(a.post_sealed(&sealed), b.post_sealed(&sealed));
+        let mut replies = Vec::new();
+        for (via, resp) in [('A', to_a), ('B', to_b)] {
+            let status = resp.status();
+            let body = resp.text().await.expect("callback body");
+            assert_eq!(status, 200, "round {round}, {via}: {body}");
+            let reply =
+                open_reply(&body).unwrap_or_else(|| panic!("round {round}, {via}: an empty reply"));
+            replies.push(token_from_reply(&reply.content));
+        }
+        assert_eq!(
+            replies[0], replies[1],
+            "round {round}: both replies carry the one new token"
+        );
+        let new = replies.swap_remove(0);
+        assert_ne!(new, old, "round {round}: the token was rotated");
+        // Exactly one rotation: the token the replies show is the member's token now.
+        assert_eq!(a.get_token(&user).await, new, "round {round}");
+        assert_eq!(b.get_token(&user).await, new, "round {round}");
+        let resp = a.send_get(&[("token", &old), ("title", "old")]).await;
+        assert_error(resp, 401, "unauthorized").await;
+        b.send_ok(&new, "new", &round.to_string()).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. a lost database connection
+// ------------------------------------------------------------------------------------------
+
+/// `delivery.lease` of the instance whose database connection is cut.
+const CUT_LEASE: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_lost_database_connection_is_503_and_recovers() {
+    let schema = PgSchema::new().await;
+    let front = TcpFront::start(Some(&schema.server_as_http())).await;
+    let front_addr: SocketAddr = front
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("front address");
+    let mock = MockWeCom::start().await;
+    let config = TestConfig {
+        lease: humantime::format_duration(CUT_LEASE).to_string(),
+        retry_window: "60s".to_owned(),
+        // Paced, so that most of what is accepted before the cut is still queued at it.
+        member_limits: vec![(4, "1s".to_owned())],
+        ..TestConfig::default()
+    };
+    let cluster = Cluster::new(schema.url_via(front_addr), &mock.base_url, config);
+    let app = cluster.start("inst-a").await;
+    let user = userid("cut");
+    let token = app.get_token(&user).await;
+
+    let mut ids = Vec::new();
+    let mut texts = Vec::new();
+    for i in 0..12 {
+        let text = format!("before-{i:02}");
+        ids.push(app.send_ok(&token, &text, "").await);
+        texts.push(text);
+    }
+    mock.wait_for_sent(1, WAIT).await;
+
+    front.go_down();
+    let cut = Instant::now();
+    let delivered_at_cut = mock.sent().len();
+    assert!(
+        delivered_at_cut < texts.len(),
+        "messages are still queued at the cut (the member limit paces them)"
+    );
+    // A request that beat the cut and was answered 200 counts as accepted.
+    let mut during = Vec::new();
+    let deadline = cut + WAIT;
+    let (status, retry_after, body) = loop {
+        match send_title(&app, &token, "during").await {
+            Ok((200, _, body)) => during.push(body["id"].as_str().expect("id").to_owned()),
+            other => break other.expect("/send answers while the database is away"),
+        }
+        tick(deadline, || {
+            "/send kept answering 200 with the database cut off".to_owned()
+        })
+        .await;
+    };
+    let first_503 = cut.elapsed();
+    assert_eq!(status, 503, "/send without a database: {body}");
+    assert_eq!(body["ok"], false, "{body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "the 503 says why: {body}"
+    );
+    let secs: u64 = retry_after
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("503 with Retry-After in seconds, got {retry_after:?}"));
+    assert!(secs >= 1, "Retry-After {secs}");
+    // And so it stays while the database is away: longer than a lease and than a
+    // member-limit slot, so that the scheduler meets the outage too (claims, renewals,
+    // reads and records failing).
+    let calls_at_cut = mock.send_calls();
+    let outage = CUT_LEASE + Duration::from_millis(500);
+    let mut refused = 1;
+    while cut.elapsed() < outage {
+        let (status, retry_after, body) = send_title(&app, &token, "during")
+            .await
+            .expect("/send answers");
+        assert_eq!(
+            status,
+            503,
+            "/send {:?} into the cut: {body}",
+            cut.elapsed()
+        );
+        assert_eq!(body["error"], "unavailable", "{body}");
+        assert!(retry_after.is_some(), "Retry-After on every 503");
+        let resp = app.healthz().await.expect("/healthz answers");
+        let status = resp.status();
+        let health: Value = resp.json().await.expect("/healthz is JSON");
+        assert_eq!(status, 503, "/healthz without a database: {health}");
+        assert_eq!(health["storage"], "postgres", "{health}");
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent_in_cut = mock.send_calls() - calls_at_cut;
+    let cut_for = cut.elapsed();
+
+    front.come_up();
+    let back = Instant::now();
+    let deadline = back + WAIT;
+    let after = loop {
+        if let Ok((200, _, body)) = send_title(&app, &token, "after").await {
+            break body["id"].as_str().expect("id").to_owned();
+        }
+        tick(deadline, || {
+            "/send did not recover once the database was back".to_owned()
+        })
+        .await;
+    };
+    let recovered = back.elapsed();
+    loop {
+        if app.healthz().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tick(deadline, || {
+            "/healthz did not recover once the database was back".to_owned()
+        })
+        .await;
+    }
+    let healthy = back.elapsed();
+
+    for id in ids.iter().chain(&during).chain([&after]) {
+        app.wait_for_status(id, &token, "delivered", Duration::from_secs(20))
+            .await;
+    }
+    let sent: Vec<String> = mock.sent().into_iter().map(|s| s.content).collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for s in &sent {
+        *seen.entry(s.as_str()).or_default() += 1;
+    }
+    for text in &texts {
+        assert_eq!(seen.get(text.as_str()), Some(&1), "{text}: {sent:?}");
+    }
+    // In acceptance order.
+    let befores: Vec<&String> = sent.iter().filter(|s| s.starts_with("before-")).collect();
+    assert_eq!(befores, texts.iter().collect::<Vec<_>>());
+    eprintln!(
+        "database cut for {cut_for:?} with {} of {} queued: first 503 after {first_503:?} ({} \
+         accepted in between), \
+         {refused} requests refused, {sent_in_cut} WeCom sends during the cut; /send 200 again \
+         {recovered:?} and /healthz 200 {healthy:?} after it was back",
+        texts.len() - delivered_at_cut,
+        texts.len(),
+        during.len()
+    );
+}
