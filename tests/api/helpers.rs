@@ -365,9 +365,10 @@ impl TestDb {
         }
     }
 
-    /// A fresh schema in the PostgreSQL test database; panics, naming the server, when it
-    /// cannot be reached: a postgres run never passes without PostgreSQL.
-    fn postgres() -> Self {
+    /// A fresh schema in the PostgreSQL test database (whatever the engine under test);
+    /// panics, naming the server, when it cannot be reached: a test that needs PostgreSQL
+    /// never passes without it.
+    pub fn postgres() -> Self {
         let base = pg_base_url();
         let created = on_own_runtime({
             let base = base.clone();
@@ -400,6 +401,36 @@ impl TestDb {
     /// The file, when it is a SQLite database.
     pub fn sqlite_path(&self) -> Option<&Path> {
         self.sqlite_path.as_deref()
+    }
+
+    /// Like [`Self::url`] for a PostgreSQL schema, but reaching the server at `addr` (a
+    /// TCP front) instead.
+    pub fn pg_url_via(&self, addr: std::net::SocketAddr) -> String {
+        let (base, schema) = self.pg_schema.as_ref().expect("a PostgreSQL test database");
+        let mut url = url::Url::parse(base).expect("PostgreSQL URL");
+        url.set_host(Some(&addr.ip().to_string()))
+            .expect("set the host");
+        url.set_port(Some(addr.port())).expect("set the port");
+        let sep = if url.as_str().contains('?') { '&' } else { '?' };
+        format!("{url}{sep}options[search_path]={schema}")
+    }
+
+    /// Where the PostgreSQL server listens, as `http://IP:PORT` (what `TcpFront` takes).
+    pub fn pg_server_as_http(&self) -> String {
+        use std::net::ToSocketAddrs as _;
+        let (base, _) = self.pg_schema.as_ref().expect("a PostgreSQL test database");
+        let options = PgConnectOptions::from_str(base).expect("PostgreSQL URL");
+        let addr = (options.get_host(), options.get_port())
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: the server must be reachable over TCP for this test",
+                    without_password(base)
+                )
+            });
+        format!("http://{addr}")
     }
 }
 

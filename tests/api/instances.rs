@@ -15,16 +15,14 @@
 //! fails, naming the server, when PostgreSQL cannot be reached.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions as _, Connection as _, Row as _};
+use sqlx::Row as _;
 use tempfile::TempDir;
 use tokio::sync::Semaphore;
 
@@ -32,156 +30,6 @@ use crate::db;
 use crate::helpers::*;
 use crate::mock_wecom::SendCall;
 use crate::tcp_front::TcpFront;
-
-// ------------------------------------------------------------------------------------------
-// a PostgreSQL schema of the test's own, whatever engine the suite runs on
-// ------------------------------------------------------------------------------------------
-
-/// A fresh schema in the PostgreSQL test database, dropped (with everything in it) with
-/// this value. Declare it before the instances that use it, so that it goes after them.
-struct PgSchema {
-    base: String,
-    name: String,
-}
-
-impl PgSchema {
-    async fn new() -> Self {
-        let base = std::env::var("PUSHBOT_TEST_PG_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| PG_URL_DEFAULT.to_owned());
-        let mut conn = pg_connect(&base).await.unwrap_or_else(|e| {
-            panic!(
-                "the multi-instance tests need PostgreSQL (whatever PUSHBOT_TEST_DB says), but \
-                 the test database at {} (PUSHBOT_TEST_PG_URL, by default {PG_URL_DEFAULT}) \
-                 cannot be reached: {e}",
-                shown(&base)
-            )
-        });
-        let name = format!("pbi_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("create schema {name} at {}: {e}", shown(&base)));
-        let _ = conn.close().await;
-        Self { base, name }
-    }
-
-    /// `storage.url` of a connection whose tables live in this schema.
-    fn url(&self) -> String {
-        with_search_path(&self.base, &self.name)
-    }
-
-    /// Like [`Self::url`], but reaching the server at `addr` (a TCP front) instead.
-    fn url_via(&self, addr: SocketAddr) -> String {
-        let mut url = url::Url::parse(&self.base).expect("PostgreSQL URL");
-        url.set_host(Some(&addr.ip().to_string()))
-            .expect("set the host");
-        url.set_port(Some(addr.port())).expect("set the port");
-        with_search_path(url.as_str(), &self.name)
-    }
-
-    /// Where the PostgreSQL server listens, as `http://IP:PORT` (what [`TcpFront`] takes).
-    fn server_as_http(&self) -> String {
-        let options = PgConnectOptions::from_str(&self.base).expect("PostgreSQL URL");
-        let addr = (options.get_host(), options.get_port())
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: the server must be reachable over TCP for this test",
-                    shown(&self.base)
-                )
-            });
-        format!("http://{addr}")
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        // A thread and runtime of its own: this may run inside the test's runtime.
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?
-                .block_on(drop_schema(&base, &name))
-        })
-        .join();
-        // Never panic here (a failed test may be unwinding); a leftover schema only takes
-        // room.
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("test schema {} was not dropped: {e}", self.name),
-            Err(_) => eprintln!("test schema {} was not dropped", self.name),
-        }
-    }
-}
-
-fn with_search_path(base: &str, schema: &str) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options[search_path]={schema}")
-}
-
-/// A URL fit for a message: any password replaced.
-fn shown(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
-async fn pg_connect(url: &str) -> Result<PgConnection, String> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|e| e.to_string())?
-        .disable_statement_logging();
-    match tokio::time::timeout(WAIT, options.connect()).await {
-        Ok(conn) => conn.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no connection within {WAIT:?}")),
-    }
-}
-
-/// Ends the sessions still holding locks in the schema (an instance killed a moment ago),
-/// then drops it.
-async fn drop_schema(base: &str, schema: &str) -> Result<(), String> {
-    let mut conn = pg_connect(base).await?;
-    sqlx::query("SET lock_timeout = '1s'")
-        .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT l.pid FROM pg_locks l \
-             JOIN pg_class c ON c.oid = l.relation \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()) AS holders",
-        )
-        .bind(schema)
-        .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut conn)
-        .await;
-        match dropped {
-            Ok(_) => {
-                let _ = conn.close().await;
-                return Ok(());
-            }
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("55P03") && Instant::now() < deadline => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
 
 // ------------------------------------------------------------------------------------------
 // instances
@@ -389,7 +237,7 @@ fn busiest_window(times: &[Instant], window: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_work_and_survive_a_kill_9() {
     let started = Instant::now();
-    let schema = PgSchema::new().await;
+    let schema = TestDb::postgres();
     let mock = MockWeCom::start().await;
     let config = TestConfig {
         lease: "2s".to_owned(),
@@ -397,7 +245,7 @@ async fn two_instances_share_the_work_and_survive_a_kill_9() {
         retry_window: "60s".to_owned(),
         ..TestConfig::default()
     };
-    let cluster = Cluster::new(schema.url(), &mock.base_url, config);
+    let cluster = Cluster::new(schema.url().to_owned(), &mock.base_url, config);
 
     // A alone first, to learn its WeCom access token: calls with any other are B's.
     let a = cluster.start("inst-a").await;
@@ -474,7 +322,7 @@ async fn two_instances_share_the_work_and_survive_a_kill_9() {
     let killed = Instant::now();
     let accepted_at_kill = client.accepted.load(Ordering::SeqCst);
     // What B left behind: the lanes it held, and what was recorded delivered.
-    let mut conn = db::connect(&schema.url()).await;
+    let mut conn = db::connect(schema.url()).await;
     let b_lanes: Vec<String> =
         sqlx::query("SELECT userid FROM lanes WHERE owner = 'inst-b' AND lease_until > $1")
             .bind(db::now_ms())
@@ -517,7 +365,7 @@ async fn two_instances_share_the_work_and_survive_a_kill_9() {
 
     // Everything accepted reaches WeCom, and then nothing is queued any more (so no
     // further send can come).
-    let store_url = schema.url();
+    let store_url = schema.url().to_owned();
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let sent: BTreeSet<String> = mock.sent().into_iter().map(|s| s.content).collect();
@@ -747,11 +595,15 @@ async fn two_instances_share_the_work_and_survive_a_kill_9() {
 /// between the instances, each message accepted before the next is sent.
 #[tokio::test]
 async fn one_member_sending_through_both_instances_is_delivered_in_order() {
-    let schema = PgSchema::new().await;
+    let schema = TestDb::postgres();
     let mock = MockWeCom::start().await;
     // Each send takes a moment, so the lane is busy while the next messages come in.
     mock.set_delay(Some(Duration::from_millis(30)));
-    let cluster = Cluster::new(schema.url(), &mock.base_url, TestConfig::default());
+    let cluster = Cluster::new(
+        schema.url().to_owned(),
+        &mock.base_url,
+        TestConfig::default(),
+    );
     let a = cluster.start("inst-a").await;
     let b = cluster.start("inst-b").await;
     let user = userid("fifo");
@@ -778,9 +630,13 @@ async fn one_member_sending_through_both_instances_is_delivered_in_order() {
 
 #[tokio::test]
 async fn a_token_rotated_on_one_instance_is_refused_by_the_other_at_once() {
-    let schema = PgSchema::new().await;
+    let schema = TestDb::postgres();
     let mock = MockWeCom::start().await;
-    let cluster = Cluster::new(schema.url(), &mock.base_url, TestConfig::default());
+    let cluster = Cluster::new(
+        schema.url().to_owned(),
+        &mock.base_url,
+        TestConfig::default(),
+    );
     let a = cluster.start("inst-a").await;
     let b = cluster.start("inst-b").await;
     let user = userid("rot");
@@ -812,9 +668,13 @@ async fn a_token_rotated_on_one_instance_is_refused_by_the_other_at_once() {
 
 #[tokio::test]
 async fn the_same_callback_on_two_instances_is_processed_once() {
-    let schema = PgSchema::new().await;
+    let schema = TestDb::postgres();
     let mock = MockWeCom::start().await;
-    let cluster = Cluster::new(schema.url(), &mock.base_url, TestConfig::default());
+    let cluster = Cluster::new(
+        schema.url().to_owned(),
+        &mock.base_url,
+        TestConfig::default(),
+    );
     let a = cluster.start("inst-a").await;
     let b = cluster.start("inst-b").await;
     let crypto = crypto();
@@ -863,8 +723,8 @@ const CUT_LEASE: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_lost_database_connection_is_503_and_recovers() {
-    let schema = PgSchema::new().await;
-    let front = TcpFront::start(Some(&schema.server_as_http())).await;
+    let schema = TestDb::postgres();
+    let front = TcpFront::start(Some(&schema.pg_server_as_http())).await;
     let front_addr: SocketAddr = front
         .base_url
         .trim_start_matches("http://")
@@ -878,7 +738,7 @@ async fn a_lost_database_connection_is_503_and_recovers() {
         member_limits: vec![(4, "1s".to_owned())],
         ..TestConfig::default()
     };
-    let cluster = Cluster::new(schema.url_via(front_addr), &mock.base_url, config);
+    let cluster = Cluster::new(schema.pg_url_via(front_addr), &mock.base_url, config);
     let app = cluster.start("inst-a").await;
     let user = userid("cut");
     let token = app.get_token(&user).await;
