@@ -31,6 +31,25 @@ use crate::helpers::*;
 use crate::mock_wecom::SendCall;
 use crate::tcp_front::TcpFront;
 
+/// Two instances ("inst-a", "inst-b") with the default settings on a fresh schema and one
+/// mock WeCom (set up by `prepare` before they start). Bind the values in this order: they
+/// drop in reverse, instances before the schema.
+async fn two_instances(
+    prepare: impl FnOnce(&MockWeCom),
+) -> (TestDb, MockWeCom, Cluster, BinApp, BinApp) {
+    let schema = TestDb::postgres();
+    let mock = MockWeCom::start().await;
+    prepare(&mock);
+    let cluster = Cluster::new(
+        schema.url().to_owned(),
+        &mock.base_url,
+        TestConfig::default(),
+    );
+    let a = cluster.start("inst-a").await;
+    let b = cluster.start("inst-b").await;
+    (schema, mock, cluster, a, b)
+}
+
 // ------------------------------------------------------------------------------------------
 // instances
 // ------------------------------------------------------------------------------------------
@@ -595,17 +614,11 @@ async fn two_instances_share_the_work_and_survive_a_kill_9() {
 /// between the instances, each message accepted before the next is sent.
 #[tokio::test]
 async fn one_member_sending_through_both_instances_is_delivered_in_order() {
-    let schema = TestDb::postgres();
-    let mock = MockWeCom::start().await;
-    // Each send takes a moment, so the lane is busy while the next messages come in.
-    mock.set_delay(Some(Duration::from_millis(30)));
-    let cluster = Cluster::new(
-        schema.url().to_owned(),
-        &mock.base_url,
-        TestConfig::default(),
-    );
-    let a = cluster.start("inst-a").await;
-    let b = cluster.start("inst-b").await;
+    let (_schema, mock, _cluster, a, b) = two_instances(|mock| {
+        // Each send takes a moment, so the lane is busy while the next messages come in.
+        mock.set_delay(Some(Duration::from_millis(30)));
+    })
+    .await;
     let user = userid("fifo");
     let token = a.get_token(&user).await;
 
@@ -630,15 +643,7 @@ async fn one_member_sending_through_both_instances_is_delivered_in_order() {
 
 #[tokio::test]
 async fn a_token_rotated_on_one_instance_is_refused_by_the_other_at_once() {
-    let schema = TestDb::postgres();
-    let mock = MockWeCom::start().await;
-    let cluster = Cluster::new(
-        schema.url().to_owned(),
-        &mock.base_url,
-        TestConfig::default(),
-    );
-    let a = cluster.start("inst-a").await;
-    let b = cluster.start("inst-b").await;
+    let (_schema, mock, _cluster, a, b) = two_instances(|_| {}).await;
     let user = userid("rot");
 
     let old = a.get_token(&user).await;
@@ -668,15 +673,7 @@ async fn a_token_rotated_on_one_instance_is_refused_by_the_other_at_once() {
 
 #[tokio::test]
 async fn the_same_callback_on_two_instances_is_processed_once() {
-    let schema = TestDb::postgres();
-    let mock = MockWeCom::start().await;
-    let cluster = Cluster::new(
-        schema.url().to_owned(),
-        &mock.base_url,
-        TestConfig::default(),
-    );
-    let a = cluster.start("inst-a").await;
-    let b = cluster.start("inst-b").await;
+    let (_schema, _mock, _cluster, a, b) = two_instances(|_| {}).await;
     let crypto = crypto();
 
     for round in 0..8 {
