@@ -260,6 +260,59 @@ async fn check_config_reads_pushbot_config_and_redacts_secrets() {
     }
 }
 
+/// `check-config` names the engine and whether the database answers; with a PostgreSQL
+/// that cannot be reached, `serve` exits at once with one line. Neither prints the
+/// password in the URL.
+#[tokio::test]
+async fn the_engine_and_its_reachability_are_reported_without_the_password() {
+    let s = setup(|_| {}).await;
+    let config = s.config_path.to_str().unwrap();
+    let stdout = succeeds(pushbot_command(&[("PUSHBOT_CONFIG", config)]).arg("check-config"));
+    let engine = match engine() {
+        Engine::Sqlite => "sqlite",
+        Engine::Postgres => "postgres",
+    };
+    assert!(
+        stdout.contains(&format!("storage: {engine}, ")),
+        "the engine is named: {stdout}"
+    );
+    if engine == "postgres" {
+        assert!(stdout.contains("is reachable"), "{stdout}");
+    }
+
+    // Nothing listens on this port.
+    let port = free_port();
+    let url = format!("postgres://pushbot:hunter2@127.0.0.1:{port}/push");
+    let env = [
+        ("PUSHBOT_CONFIG", config),
+        ("PUSHBOT_STORAGE__URL", url.as_str()),
+    ];
+    let stdout = succeeds(pushbot_command(&env).arg("check-config"));
+    assert!(
+        stdout.contains(&format!(
+            "storage: postgres, PostgreSQL at 127.0.0.1:{port}/push is not reachable"
+        )),
+        "{stdout}"
+    );
+    let started = std::time::Instant::now();
+    let (out, stderr) =
+        run_to_exit(&s.config_path, &[("PUSHBOT_STORAGE__URL", url.as_str())]).await;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < WAIT, "it gave up at once");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!("PostgreSQL at 127.0.0.1:{port}/push"))
+            && stderr.contains("cannot reach the server"),
+        "{stderr}"
+    );
+    for leaked in [stdout.as_str(), stderr.as_str()] {
+        assert!(
+            !leaked.contains("hunter2"),
+            "the password is printed: {leaked}"
+        );
+    }
+}
+
 /// Docker's HEALTHCHECK: `pushbot healthcheck` succeeds while the service answers
 /// `/healthz` on the configured port and fails once it is gone.
 #[tokio::test]
