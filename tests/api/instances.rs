@@ -608,6 +608,9 @@ async fn two_instances_share_the_work_and_survive_a_kill_9() {
         out_of_order.len(),
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Each instance asks WeCom for its own access token once (it lasts two hours), not
+    // once per message or per lane it takes over.
+    assert_eq!(mock.gettoken_calls(), 2, "one gettoken per instance");
 }
 
 /// The smallest case of the order guarantee above: one member whose client alternates
