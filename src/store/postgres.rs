@@ -14,18 +14,12 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgRow};
 use sqlx::{ConnectOptions as _, Connection as _, Row as _, TypeInfo as _, ValueRef as _};
 
 use super::writer::{Backend, Dialect, Value};
-use super::{OPEN_TIMEOUT, StoreError};
+use super::{OPEN_TIMEOUT, Opened, StoreError};
 
 /// How long the writer waits for a new connection before failing the batch.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one writer statement may take before the batch fails (a stuck server).
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What [`open`] gives the store.
-pub(super) struct Opened {
-    pub pool: sqlx::AnyPool,
-    pub backend: Box<dyn Backend>,
-}
 
 /// Where a `postgres://` URL points, without its password: `host:port/database`.
 pub fn describe(url: &str) -> String {
@@ -40,26 +34,43 @@ pub fn describe(url: &str) -> String {
     }
 }
 
-/// Connects once and asks `SELECT 1` (for `pushbot check-config`).
+/// Connects once, asks `SELECT 1` and closes, within [`OPEN_TIMEOUT`]: an unreachable
+/// server or a refused login as one reason and its cause.
+async fn connect_once(options: &PgConnectOptions) -> Result<(), (String, Option<sqlx::Error>)> {
+    let check = async {
+        let mut conn = PgConnection::connect_with(options).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        conn.close().await
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => {
+            let reason = match &err {
+                sqlx::Error::Io(_) => "cannot reach the server",
+                sqlx::Error::Database(_) => "the server refused the connection",
+                _ => "cannot connect",
+            };
+            Err((reason.to_owned(), Some(err)))
+        }
+        Err(_) => Err((
+            format!("no answer within {}s", OPEN_TIMEOUT.as_secs()),
+            None,
+        )),
+    }
+}
+
+/// Whether the server answers (for `pushbot check-config`).
 pub(super) async fn reachability(url: &str) -> Result<String, String> {
     let target = describe(url);
     let options = PgConnectOptions::from_str(url)
         .map_err(|_| format!("{target}: not a valid PostgreSQL URL"))?
         .disable_statement_logging();
-    let check = async {
-        let mut conn = PgConnection::connect_with(&options).await?;
-        sqlx::query("SELECT 1").execute(&mut conn).await?;
-        conn.close().await
-    };
-    match tokio::time::timeout(OPEN_TIMEOUT, check).await {
-        Ok(Ok(())) => Ok(format!("{target} is reachable")),
-        Ok(Err(err)) => Err(format!(
-            "{target} is not reachable: {}",
+    match connect_once(&options).await {
+        Ok(()) => Ok(format!("{target} is reachable")),
+        Err((reason, None)) => Err(format!("{target} is not reachable: {reason}")),
+        Err((reason, Some(err))) => Err(format!(
+            "{target} is not reachable: {reason}: {}",
             crate::error::chain(&err)
-        )),
-        Err(_) => Err(format!(
-            "{target} did not answer within {}s",
-            OPEN_TIMEOUT.as_secs()
         )),
     }
 }
@@ -86,25 +97,12 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         .disable_statement_logging();
     // One connection first, so that an unreachable server or a refused login is one clear
     // error at once (a pool retries until its timeout, logging each attempt).
-    match tokio::time::timeout(OPEN_TIMEOUT, PgConnection::connect_with(&native)).await {
-        Err(_) => {
-            return Err(fail(
-                format!("no answer within {}s", OPEN_TIMEOUT.as_secs()),
-                None,
-            ));
-        }
-        Ok(Err(err)) => {
-            let reason = match &err {
-                sqlx::Error::Io(_) => "cannot reach the server",
-                sqlx::Error::Database(_) => "the server refused the connection",
-                _ => "cannot connect",
-            };
-            return Err(fail(reason.into(), Some(Box::new(err))));
-        }
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-        }
-    }
+    connect_once(&native).await.map_err(|(reason, source)| {
+        fail(
+            reason,
+            source.map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+        )
+    })?;
     let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
     let pool = AnyPoolOptions::new()
         .max_connections(pool_size)
@@ -133,6 +131,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
             runtime,
             conn: None,
         }),
+        file: None,
     })
 }
 
@@ -174,12 +173,12 @@ fn numbered(sql: &str) -> String {
 
 fn bind<'q>(
     mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    args: &[Value],
+    args: &'q [Value<'_>],
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     for arg in args {
         query = match arg {
             Value::Int(v) => query.bind(*v),
-            Value::Text(v) => query.bind(v.clone()),
+            Value::Text(v) => query.bind(v.as_deref()),
         };
     }
     query
@@ -187,7 +186,7 @@ fn bind<'q>(
 
 /// One row as the writer reads it: integers (of any width) and booleans as `Int`, the
 /// rest as text.
-fn decode(row: &PgRow) -> Result<Vec<Value>, sqlx::Error> {
+fn decode(row: &PgRow) -> Result<Vec<Value<'static>>, sqlx::Error> {
     (0..row.len())
         .map(|i| {
             let raw = row.try_get_raw(i)?;
@@ -199,7 +198,7 @@ fn decode(row: &PgRow) -> Result<Vec<Value>, sqlx::Error> {
                 "INT2" => Value::Int(row.try_get::<Option<i16>, _>(i)?.map(i64::from)),
                 "BOOL" => Value::Int(row.try_get::<Option<bool>, _>(i)?.map(i64::from)),
                 _ if is_null => Value::Text(None),
-                _ => Value::Text(Some(row.try_get(i)?)),
+                _ => Value::from(row.try_get::<String, _>(i)?),
             })
         })
         .collect()
@@ -243,7 +242,7 @@ impl Backend for PgBackend {
         self.discard();
     }
 
-    fn exec(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
+    fn exec(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, StoreError> {
         let sql = numbered(sql);
         self.with_conn(async move |conn| {
             let done = bind(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
@@ -253,7 +252,11 @@ impl Backend for PgBackend {
         })
     }
 
-    fn rows(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
+    fn rows(
+        &mut self,
+        sql: &str,
+        args: &[Value<'_>],
+    ) -> Result<Vec<Vec<Value<'static>>>, StoreError> {
         let sql = numbered(sql);
         self.with_conn(async move |conn| {
             let rows = bind(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
@@ -397,6 +400,14 @@ mod tests {
             now,
             now + 60_000,
         )
+    }
+
+    #[tokio::test]
+    async fn group_commit_and_the_pool_size_hold_on_postgresql() {
+        let schema = TestSchema::new().await;
+        let store = Store::connect_with(&schema.url(), 3).await.unwrap();
+        crate::store::tests::assert_group_commit(&store, 3).await;
+        store.close().await;
     }
 
     #[tokio::test]

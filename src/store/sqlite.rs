@@ -11,10 +11,10 @@ use std::time::Duration;
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection as _, Executor};
+use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
 
 use super::writer::{Backend, Dialect, Value};
-use super::{OPEN_TIMEOUT, StoreError};
+use super::{OPEN_TIMEOUT, Opened, StoreError};
 
 /// SQLite waits this long for a lock held by another connection before failing a statement.
 pub(super) const BUSY_TIMEOUT_MS: u32 = 5000;
@@ -23,13 +23,6 @@ pub(super) const BUSY_TIMEOUT_MS: u32 = 5000;
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// How often the checkpointer copies committed pages from the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
-
-/// What [`open`] gives the store.
-pub(super) struct Opened {
-    pub pool: AnyPool,
-    pub backend: Box<dyn Backend>,
-    pub file: Option<FileIdentity>,
-}
 
 /// Opens (creating if needed) the database file, applies migrations, and prepares the
 /// writer's backend and the checkpointer.
@@ -157,12 +150,13 @@ impl SqliteBackend {
     }
 }
 
-impl ToSql for Value {
+impl ToSql for Value<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self {
-            Self::Int(v) => v.to_sql()?,
-            Self::Text(v) => v.to_sql()?,
-        })
+        match self {
+            Self::Int(v) => v.to_sql(),
+            Self::Text(Some(text)) => Ok(ToSqlOutput::from(text.as_ref())),
+            Self::Text(None) => Ok(ToSqlOutput::from(rusqlite::types::Null)),
+        }
     }
 }
 
@@ -218,7 +212,7 @@ impl Backend for SqliteBackend {
         self.stop_checkpoints = None;
     }
 
-    fn exec(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
+    fn exec(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, StoreError> {
         let changed = self
             .conn()?
             .prepare_cached(sql)?
@@ -226,7 +220,11 @@ impl Backend for SqliteBackend {
         Ok(u64::try_from(changed).unwrap_or(u64::MAX))
     }
 
-    fn rows(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
+    fn rows(
+        &mut self,
+        sql: &str,
+        args: &[Value<'_>],
+    ) -> Result<Vec<Vec<Value<'static>>>, StoreError> {
         let mut stmt = self.conn()?.prepare_cached(sql)?;
         let width = stmt.column_count();
         let rows = stmt.query_map(params_from_iter(args.iter()), |row| {
@@ -235,7 +233,7 @@ impl Backend for SqliteBackend {
                     Ok(match row.get_ref(i)? {
                         ValueRef::Integer(v) => Value::Int(Some(v)),
                         ValueRef::Null => Value::Text(None),
-                        other => Value::Text(Some(other.as_str()?.to_owned())),
+                        other => Value::from(other.as_str()?.to_owned()),
                     })
                 })
                 .collect::<rusqlite::Result<Vec<_>>>()

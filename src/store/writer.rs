@@ -16,6 +16,7 @@
 //! against everyone else. Closing the connection ends whatever is still open; the next
 //! batch starts on a fresh one.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -348,14 +349,15 @@ pub(super) fn spawn(backend: Box<dyn Backend>, arrivals: Arc<Arrivals>) -> Write
 }
 
 /// A value bound to (or read from) one of the writer's statements. Typed even when null:
-/// PostgreSQL wants to know what a null parameter is.
+/// PostgreSQL wants to know what a null parameter is. Text borrows from the write it
+/// belongs to (a message's content is not copied to be bound).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Value {
+pub(super) enum Value<'a> {
     Int(Option<i64>),
-    Text(Option<String>),
+    Text(Option<Cow<'a, str>>),
 }
 
-impl Value {
+impl Value<'_> {
     fn int(&self) -> Result<i64, StoreError> {
         match self {
             Self::Int(Some(i)) => Ok(*i),
@@ -373,33 +375,39 @@ impl Value {
     }
 }
 
-impl From<i64> for Value {
+impl From<i64> for Value<'_> {
     fn from(v: i64) -> Self {
         Self::Int(Some(v))
     }
 }
 
-impl From<Option<i64>> for Value {
+impl From<Option<i64>> for Value<'_> {
     fn from(v: Option<i64>) -> Self {
         Self::Int(v)
     }
 }
 
-impl From<&str> for Value {
-    fn from(v: &str) -> Self {
-        Self::Text(Some(v.to_owned()))
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Self::Text(Some(Cow::Borrowed(v)))
     }
 }
 
-impl From<Option<&str>> for Value {
-    fn from(v: Option<&str>) -> Self {
-        Self::Text(v.map(str::to_owned))
+impl From<String> for Value<'_> {
+    fn from(v: String) -> Self {
+        Self::Text(Some(Cow::Owned(v)))
     }
 }
 
-impl From<&Option<String>> for Value {
-    fn from(v: &Option<String>) -> Self {
-        Self::Text(v.clone())
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Self::Text(v.map(Cow::Borrowed))
+    }
+}
+
+impl<'a> From<&'a Option<String>> for Value<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        Self::Text(v.as_deref().map(Cow::Borrowed))
     }
 }
 
@@ -450,9 +458,13 @@ pub(super) trait Backend: Send + 'static {
     /// Closes the connection for good (the writer stops).
     fn close(&mut self);
     /// Runs a statement; answers the rows it changed.
-    fn exec(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError>;
+    fn exec(&mut self, sql: &str, args: &[Value<'_>]) -> Result<u64, StoreError>;
     /// Runs a statement that returns rows.
-    fn rows(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Vec<Value>>, StoreError>;
+    fn rows(
+        &mut self,
+        sql: &str,
+        args: &[Value<'_>],
+    ) -> Result<Vec<Vec<Value<'static>>>, StoreError>;
     /// `n` acceptance numbers, increasing, unique among everything ever committed to this
     /// database (inside the current transaction).
     fn seqs(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
@@ -691,7 +703,7 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             m.seq.into(),
             (&m.via).into(),
             (&m.idempotency_key).into(),
-            m.route.to_stored().as_str().into(),
+            m.route.to_stored().into(),
             i64::from(m.deliver_all).into(),
             (&m.email_to).into(),
             m.format.as_str().into(),
@@ -936,7 +948,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 db.exec(
                     NEXT_CHANNEL,
                     &[
-                        route.to_stored().as_str().into(),
+                        route.to_stored().into(),
                         (*attempts).into(),
                         error.as_deref().into(),
                         now.into(),
@@ -1019,7 +1031,7 @@ fn overdue(
                 db.exec(
                     NEXT_CHANNEL,
                     &[
-                        rest.to_stored().as_str().into(),
+                        rest.to_stored().into(),
                         attempts.into(),
                         error.into(),
                         now.into(),
@@ -1108,10 +1120,10 @@ fn finish_lanes(
 }
 
 /// The first column of each row, as text.
-fn texts(rows: Vec<Vec<Value>>) -> Result<Vec<String>, StoreError> {
+fn texts(rows: Vec<Vec<Value<'_>>>) -> Result<Vec<String>, StoreError> {
     rows.into_iter()
         .map(|row| match row.into_iter().next() {
-            Some(Value::Text(Some(t))) => Ok(t),
+            Some(Value::Text(Some(t))) => Ok(t.into_owned()),
             other => Err(StoreError::Corrupt(format!("expected text, got {other:?}"))),
         })
         .collect()
@@ -1119,7 +1131,7 @@ fn texts(rows: Vec<Vec<Value>>) -> Result<Vec<String>, StoreError> {
 
 /// One write to the lanes.
 fn lane_op(db: &mut dyn Backend, op: &LaneOp) -> Result<Reply, StoreError> {
-    let count = |n: u64| Reply::Count(n);
+    let count = Reply::Count;
     Ok(match op {
         LaneOp::Claim {
             owner,
