@@ -268,10 +268,7 @@ async fn the_engine_and_its_reachability_are_reported_without_the_password() {
     let s = setup(|_| {}).await;
     let config = s.config_path.to_str().unwrap();
     let stdout = succeeds(pushbot_command(&[("PUSHBOT_CONFIG", config)]).arg("check-config"));
-    let engine = match engine() {
-        Engine::Sqlite => "sqlite",
-        Engine::Postgres => "postgres",
-    };
+    let engine = engine().name();
     assert!(
         stdout.contains(&format!("storage: {engine}, ")),
         "the engine is named: {stdout}"

@@ -290,6 +290,16 @@ pub enum Engine {
     Postgres,
 }
 
+impl Engine {
+    /// As `/healthz` and `check-config` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
 /// The PostgreSQL database test schemas are created in when `PUSHBOT_TEST_PG_URL` is unset.
 pub const PG_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 
