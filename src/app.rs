@@ -64,6 +64,9 @@ pub enum StartupError {
     Email(#[from] crate::delivery::email::SetupError),
     #[error("server error")]
     Serve(#[from] std::io::Error),
+    /// A background task failed for good (see [`crate::supervise`]); already logged.
+    #[error("stopped because {0}")]
+    Failed(String),
 }
 
 pub struct Application {
@@ -184,18 +187,32 @@ impl Application {
         self.port
     }
 
+    /// How background tasks stop the process, and their test hooks.
+    pub fn supervisor(&self) -> crate::supervise::Supervisor {
+        self.store.supervisor().clone()
+    }
+
     /// Serves until `shutdown` resolves, then drains: open requests finish, delivery
     /// attempts in flight get a grace period, queued writes are flushed.
     ///
     /// No delivery attempt starts once `shutdown` has resolved, even while requests are
     /// still draining (what they accept stays queued for the next start).
+    ///
+    /// A background task that fails for good (the storage writer) stops the service the
+    /// same way, and then this returns [`StartupError::Failed`]: `main` exits with status
+    /// 1, for Docker or systemd to restart it.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let outbox = self.outbox.clone();
+        let supervisor = self.store.supervisor().clone();
+        let failed = supervisor.clone();
         let shutdown = async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                _ = failed.failed() => {}
+            }
             outbox.stop_attempts();
         };
         let maintenance = tokio::spawn(maintenance(
@@ -214,6 +231,10 @@ impl Application {
         // back to the queue before the store closes.
         self.outbox.shutdown().await;
         self.store.close().await;
+        if let Some(reason) = supervisor.reason() {
+            tracing::error!("pushbot stopped because {reason}");
+            return Err(StartupError::Failed(reason));
+        }
         tracing::info!("pushbot stopped");
         Ok(())
     }
@@ -266,45 +287,56 @@ fn listen_addr(settings: &Settings) -> std::net::SocketAddr {
     local
 }
 
-/// Periodic housekeeping: forget old callback de-duplication keys.
 /// Hourly (and at start-up): forgets old callback keys, and purges finished messages older
-/// than `storage.retention` (their pages answer 410 from then on).
+/// than `storage.retention` (their pages answer 410 from then on). A panic (a bug) costs
+/// one pass.
 async fn maintenance(store: Store, callback_retention: Duration, retention: Option<Duration>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let pass = maintenance_pass(&store, callback_retention, retention);
+        if let Err(panic) = crate::supervise::catch(pass).await {
+            tracing::error!(task = "maintenance", panic = %panic, "maintenance panicked; this pass is skipped, the next one runs in an hour");
+        }
+    }
+}
+
+async fn maintenance_pass(
+    store: &Store,
+    callback_retention: Duration,
+    retention: Option<Duration>,
+) {
     /// Messages deleted per transaction, so the writer never waits long for the lock.
     const PURGE_BATCH: usize = 1000;
     let ago =
         |d: Duration| now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    match store.prune_callbacks(ago(callback_retention)).await {
+        Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned callback keys"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not prune callback keys"),
+    }
+    let Some(retention) = retention else {
+        return;
+    };
+    let cutoff = ago(retention);
+    let mut total = 0;
     loop {
-        tick.tick().await;
-        match store.prune_callbacks(ago(callback_retention)).await {
-            Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned callback keys"),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "could not prune callback keys"),
-        }
-        let Some(retention) = retention else {
-            continue;
-        };
-        let cutoff = ago(retention);
-        let mut total = 0;
-        loop {
-            match store.purge_messages(cutoff, PURGE_BATCH).await {
-                Ok(n) => {
-                    total += n;
-                    if n < PURGE_BATCH as u64 {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not purge old messages; trying again in an hour");
+        match store.purge_messages(cutoff, PURGE_BATCH).await {
+            Ok(n) => {
+                total += n;
+                if n < PURGE_BATCH as u64 {
                     break;
                 }
+                tokio::task::yield_now().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not purge old messages; trying again in an hour");
+                break;
             }
         }
-        if total > 0 {
-            tracing::info!(purged = total, retention = %humantime::format_duration(retention), "purged messages past storage.retention");
-        }
+    }
+    if total > 0 {
+        tracing::info!(purged = total, retention = %humantime::format_duration(retention), "purged messages past storage.retention");
     }
 }
 

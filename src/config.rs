@@ -449,6 +449,13 @@ pub struct DeliverySettings {
     /// Longest wait between two probes of a channel that is down.
     #[serde(default = "default_probe_max", deserialize_with = "positive_duration")]
     pub probe_max: Duration,
+    /// `/healthz` answers 503 when the delivery scheduler has not begun a pass for longer
+    /// than this (it begins one at least every second while it runs).
+    #[serde(
+        default = "default_stall_after",
+        deserialize_with = "positive_duration"
+    )]
+    pub stall_after: Duration,
     /// Time zone the times in digests are shown in, as an offset from UTC (`"+08:00"`).
     #[serde(default = "default_utc_offset", deserialize_with = "utc_offset")]
     pub utc_offset: i32,
@@ -476,6 +483,7 @@ impl Default for DeliverySettings {
             lease: default_lease(),
             instance_id: None,
             probe_max: default_probe_max(),
+            stall_after: default_stall_after(),
             utc_offset: default_utc_offset(),
             fallback: default_fallback(),
             format: Look::default(),
@@ -550,6 +558,9 @@ fn default_concurrency() -> usize {
     64
 }
 fn default_sweep_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stall_after() -> Duration {
     Duration::from_secs(30)
 }
 fn default_shutdown_grace() -> Duration {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod render;
 pub mod server;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod token;
 pub mod wecom;

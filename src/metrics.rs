@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -247,6 +247,8 @@ struct Families {
     attempts: Family<AttemptLabels, Counter>,
     latency: Histogram,
     queue_depth: Gauge,
+    scheduler_pass_age: Gauge<f64, AtomicU64>,
+    oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>>,
     wecom_errors: Family<WeComErrorLabels, Counter>,
     /// Series of `wecom_errors` created so far (for the cap).
     errcode_series: AtomicUsize,
@@ -277,6 +279,8 @@ impl Metrics {
         let attempts: Family<AttemptLabels, Counter> = Family::default();
         let latency = Histogram::new(LATENCY_BUCKETS);
         let queue_depth: Gauge = Gauge::default();
+        let scheduler_pass_age: Gauge<f64, AtomicU64> = Gauge::default();
+        let oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>> = Family::default();
         let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
         let callbacks: Family<OutcomeLabel, Counter> = Family::default();
         // Every series of a fixed label set exists from the start (at 0), so that rate()
@@ -291,6 +295,7 @@ impl Metrics {
                 channel: channel.as_str(),
             };
             drop(delivered.get_or_create(&label));
+            drop(oldest_due.get_or_create(&label));
             drop(failed.get_or_create(&label));
             for outcome in AttemptOutcome::ALL {
                 drop(attempts.get_or_create(&AttemptLabels {
@@ -344,6 +349,18 @@ impl Metrics {
             "Messages queued for delivery (in the database, all instances), counted at scrape time",
             queue_depth.clone(),
         );
+        registry.register_with_unit(
+            "scheduler_last_pass_age",
+            "Time since the delivery scheduler last began a pass (at least one a second while it runs; /healthz answers 503 beyond delivery.stall_after), at scrape time",
+            Unit::Seconds,
+            scheduler_pass_age.clone(),
+        );
+        registry.register_with_unit(
+            "queue_oldest_due_age",
+            "How long the oldest message that could be sent now (its member's limits, backoff and channel allow it) has waited, by its next channel, at scrape time; 0 when none waits",
+            Unit::Seconds,
+            oldest_due.clone(),
+        );
         registry.register(
             "wecom_errors",
             "Failed WeCom API calls by API and errcode (transport: no answer; http_NNN: HTTP status; decode: not WeCom's JSON; invaliduser: errcode 0 but the member was not reached)",
@@ -362,6 +379,8 @@ impl Metrics {
             attempts,
             latency,
             queue_depth,
+            scheduler_pass_age,
+            oldest_due,
             wecom_errors,
             errcode_series: AtomicUsize::new(0),
             callbacks,
@@ -443,6 +462,34 @@ impl Metrics {
     /// Sets the queue depth (counted by the caller at scrape time).
     pub fn set_queue_depth(&self, queued: i64) {
         self.0.queue_depth.set(queued);
+    }
+
+    /// Sets the delivery figures `/healthz` reports (read by the caller at scrape time):
+    /// the scheduler's last pass age, and the oldest due message's wait per channel
+    /// (channels missing from `oldest` have none waiting).
+    /// When the database could not say (`oldest` is `None`), those gauges keep their last
+    /// values rather than failing the scrape.
+    pub fn set_delivery(
+        &self,
+        pass_age: std::time::Duration,
+        oldest: Option<&[(ChannelName, f64)]>,
+    ) {
+        self.0.scheduler_pass_age.set(pass_age.as_secs_f64());
+        let Some(oldest) = oldest else {
+            return;
+        };
+        for channel in ChannelName::ALL {
+            let age = oldest
+                .iter()
+                .find(|(c, _)| *c == channel)
+                .map_or(0.0, |(_, a)| *a);
+            self.0
+                .oldest_due
+                .get_or_create(&ChannelLabel {
+                    channel: channel.as_str(),
+                })
+                .set(age);
+        }
     }
 
     /// Everything, in OpenMetrics text (`openmetrics`) or the Prometheus text format.

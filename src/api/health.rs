@@ -8,8 +8,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use std::time::Duration;
+
 use super::AppState;
+use crate::domain::ChannelName;
 use crate::error::ApiError;
+use crate::store::now_ms;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -17,26 +21,111 @@ pub fn router() -> Router<AppState> {
         .route("/", get(index))
 }
 
+/// What `/healthz` and `/metrics` say about delivery.
+pub struct Delivery {
+    /// Since the scheduler loop last began a pass.
+    pub pass_age: Duration,
+    /// `delivery.stall_after`: beyond it, delivery counts as stopped.
+    pub stall_after: Duration,
+    /// Per configured channel, how long the oldest message that could be sent now has
+    /// waited (seconds; 0 when none); `None` when the database could not say.
+    pub oldest_due: Option<Vec<(ChannelName, f64)>>,
+}
+
+impl Delivery {
+    pub async fn read(state: &AppState) -> Self {
+        let (pass_age, stall_after) = state.outbox.scheduler_pass();
+        let oldest_due = match state.store.oldest_due(now_ms()).await {
+            Ok(found) => Some(
+                state
+                    .outbox
+                    .channels()
+                    .iter()
+                    .map(|c| {
+                        let ms = found.iter().find(|(f, _)| f == c).map_or(0, |(_, a)| *a);
+                        (
+                            *c,
+                            Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64(),
+                        )
+                    })
+                    .collect(),
+            ),
+            Err(err) => {
+                tracing::debug!(error = %crate::error::chain(&err), "could not read the oldest due message");
+                None
+            }
+        };
+        Self {
+            pass_age,
+            stall_after,
+            oldest_due,
+        }
+    }
+
+    pub fn stalled(&self) -> bool {
+        self.pass_age > self.stall_after
+    }
+}
+
 /// 200 when the database (the SQLite file still there, or PostgreSQL reachable) takes
-/// reads and writes; 503 otherwise. Both name the engine.
+/// reads and writes and the delivery scheduler runs; 503 otherwise. Both name the engine
+/// and give the scheduler's last pass age and, per channel, the oldest due message's wait.
 async fn healthz(State(state): State<AppState>) -> Response {
     let engine = state.store.engine().as_str();
-    match state.store.check_health().await {
-        Ok(()) => Json(json!({ "status": "ok", "storage": engine })).into_response(),
+    let storage = state.store.check_health().await;
+    let delivery = Delivery::read(&state).await;
+    let mut body = json!({
+        "status": "ok",
+        "storage": engine,
+        "scheduler": {
+            "last_pass_seconds_ago": round_ms(delivery.pass_age.as_secs_f64()),
+            "stall_after_seconds": delivery.stall_after.as_secs_f64(),
+        },
+        "oldest_due_seconds": delivery.oldest_due.as_ref().map(|oldest| {
+            oldest
+                .iter()
+                .map(|(c, age)| (c.as_str().to_owned(), json!(round_ms(*age))))
+                .collect::<serde_json::Map<_, _>>()
+        }),
+    });
+    let problem = match storage {
         Err(err) => {
             tracing::error!(error = %crate::error::chain(&err), "health check failed");
+            Some(format!(
+                "storage is unavailable: {}",
+                crate::error::chain(&err)
+            ))
+        }
+        Ok(()) if delivery.stalled() => {
+            let message = format!(
+                "delivery has stopped: the scheduler has not run for {} s (delivery.stall_after is {}); \
+                 accepted messages are not being sent",
+                delivery.pass_age.as_secs(),
+                humantime::format_duration(delivery.stall_after)
+            );
+            tracing::error!("{message}");
+            Some(message)
+        }
+        Ok(()) => None,
+    };
+    match problem {
+        None => Json(body).into_response(),
+        Some(message) => {
+            body["status"] = json!("unavailable");
+            body["message"] = json!(message);
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(RETRY_AFTER, "5")],
-                Json(json!({
-                    "status": "unavailable",
-                    "storage": engine,
-                    "message": format!("storage is unavailable: {}", crate::error::chain(&err)),
-                })),
+                Json(body),
             )
                 .into_response()
         }
     }
+}
+
+/// Seconds to the millisecond (a stable, readable figure).
+fn round_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
 }
 
 async fn index() -> Json<serde_json::Value> {

@@ -86,6 +86,10 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             tracing::debug!(error = %crate::error::chain(&err), "could not count queued messages for /metrics")
         }
     }
+    let delivery = super::health::Delivery::read(&state).await;
+    state
+        .metrics
+        .set_delivery(delivery.pass_age, delivery.oldest_due.as_deref());
     let openmetrics = headers
         .get_all(ACCEPT)
         .iter()

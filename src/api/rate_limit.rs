@@ -86,7 +86,8 @@ async fn evict_idle(limiter: Weak<SendLimiter>) {
         let Some(limiter) = limiter.upgrade() else {
             return;
         };
-        limiter.evict();
+        // A panic (a bug) costs one pass: memory is bounded again at the next.
+        crate::supervise::contain("the rate-limiter evictor", || limiter.evict());
     }
 }
 

@@ -295,6 +295,17 @@ impl Outbox {
 
     /// Shutdown has begun: from now on no delivery attempt starts. Messages accepted from
     /// now on stay queued for the next start. Idempotent.
+    /// How long ago the scheduler loop last began a pass, and the longest that may be
+    /// before `/healthz` calls delivery stalled (`delivery.stall_after`).
+    pub fn scheduler_pass(&self) -> (std::time::Duration, std::time::Duration) {
+        (self.inner.last_pass_age(), self.inner.settings.stall_after)
+    }
+
+    /// The channels configured on this server, in route order.
+    pub fn channels(&self) -> &[ChannelName] {
+        &self.configured
+    }
+
     pub fn stop_attempts(&self) {
         self.inner.stop.cancel();
     }

@@ -16,7 +16,8 @@
 //! - **Fairness.** A worker gives its lane up after [`LANE_BUDGET`] sends or
 //!   [`LANE_TIME`], so a long lane does not keep others waiting.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, EmailAddress, Format, Look, MessageId, Outbound, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{AttemptUpdate, Digest, Head, Message, Store, StoreError, Waiting, now_ms};
+use crate::supervise::{self, FaultPoint, RESTART_PAUSE};
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
 const LANE_BUDGET: usize = 64;
@@ -61,6 +63,9 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
 const HANDBACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lower bound of `delivery.sweep_interval` (zero would make the sweep spin).
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest wait before a lane whose worker keeps panicking is worked again (the first
+/// panic releases it due at once, each further one in a row doubles the wait from 1 s).
+const LANE_PANIC_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// WeCom shows at most this many bytes of text.
 const DIGEST_BYTES: usize = super::wecom::MAX_TEXT_BYTES;
 
@@ -103,6 +108,10 @@ pub(super) struct Scheduler {
     fallbacks: Mutex<FallbackLog>,
     /// Outcomes are counted here once recorded.
     metrics: Metrics,
+    /// When the loop last began a pass (unix ms): `/healthz` and `/metrics` report its age.
+    last_pass: AtomicI64,
+    /// Lanes whose worker panicked, and how many times in a row.
+    lane_panics: Mutex<HashMap<UserId, u32>>,
 }
 
 /// Per-message fallback lines are debug-level; at INFO a line a minute at most says that
@@ -192,7 +201,15 @@ impl Scheduler {
             wake: Notify::new(),
             fallbacks: Mutex::default(),
             metrics,
+            last_pass: AtomicI64::new(now_ms()),
+            lane_panics: Mutex::default(),
         }
+    }
+
+    /// How long ago the loop last began a pass.
+    pub(super) fn last_pass_age(&self) -> Duration {
+        let age = now_ms().saturating_sub(self.last_pass.load(Ordering::Relaxed));
+        Duration::from_millis(u64::try_from(age).unwrap_or(0))
     }
 
     pub(super) async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
@@ -201,8 +218,33 @@ impl Scheduler {
             tracing::info!(lanes = released, owner = %self.owner, "took back this instance's claims from its previous run");
         }
         let scheduler = Arc::clone(self);
-        self.tasks.spawn(async move { scheduler.run().await });
+        self.tasks
+            .spawn(async move { scheduler.supervise_loop().await });
         Ok(())
+    }
+
+    /// Runs the loop until shutdown; a loop that panics or ends early is started again
+    /// (see [`crate::supervise`]). Its state is in the database and in `active`, which the
+    /// lane workers keep: a fresh loop carries on where the old one stopped.
+    async fn supervise_loop(self: Arc<Self>) {
+        loop {
+            let why = match supervise::catch(Arc::clone(&self).run()).await {
+                Ok(()) if self.stop.is_cancelled() => return,
+                Ok(()) => "it ended".to_owned(),
+                Err(panic) => format!("it panicked: {panic}"),
+            };
+            tracing::error!(
+                task = "scheduler loop",
+                error = %why,
+                "the delivery scheduler loop stopped ({why}); restarting it in {}",
+                humantime::format_duration(RESTART_PAUSE)
+            );
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(RESTART_PAUSE) => {}
+            }
+        }
     }
 
     pub(super) async fn shutdown(&self) {
@@ -252,8 +294,16 @@ impl Scheduler {
             Ok(n) if n > 0 => tracing::info!(queued = n, "resuming delivery of queued messages"),
             _ => {}
         }
+        let faults = self.store.supervisor().faults();
         while !self.stop.is_cancelled() {
             let now = now_ms();
+            self.last_pass.store(now, Ordering::Relaxed);
+            faults.panic_at(FaultPoint::SchedulerPanic);
+            if faults.trip(FaultPoint::SchedulerStall) {
+                // A loop stuck in an await that never ends: only `/healthz` can tell.
+                self.stop.cancelled().await;
+                break;
+            }
             let mut wake_at = now + POLL_MAX;
             let claimed_all = match self.housekeeping(now, &mut timers).await {
                 Ok(()) => self.claim(now, &mut wake_at).await,
@@ -413,11 +463,34 @@ impl Scheduler {
     // ---- one lane ---------------------------------------------------------------------
 
     async fn work_lane(self: Arc<Self>, userid: UserId) {
-        let end = match self.drive_lane(&userid).await {
-            Ok(end) => end,
-            Err(err) => {
+        let end = match supervise::catch(self.drive_lane(&userid)).await {
+            Ok(Ok(end)) => {
+                lock(&self.lane_panics).remove(&userid);
+                end
+            }
+            Ok(Err(err)) => {
                 tracing::warn!(userid = %userid, error = %crate::error::chain(&err), "lane interrupted by a database error; retrying it shortly");
                 LaneEnd::Release(now_ms() + 1_000)
+            }
+            Err(panic) => {
+                // A bug. The lane's messages are queued in the database: give the lane
+                // back, to be worked again at once — later if it keeps panicking.
+                let in_a_row = {
+                    let mut panics = lock(&self.lane_panics);
+                    let n = panics.entry(userid.clone()).or_insert(0);
+                    *n = n.saturating_add(1);
+                    *n
+                };
+                let pause = lane_panic_pause(in_a_row);
+                tracing::error!(
+                    task = "lane worker",
+                    userid = %userid,
+                    panic = %panic,
+                    in_a_row,
+                    "a lane worker panicked; its lane is released and worked again in {}",
+                    humantime::format_duration(pause)
+                );
+                LaneEnd::Release(now_ms().saturating_add(ms(pause)))
             }
         };
         // Out of `active` before the release commits: from that commit on the loop may
@@ -537,6 +610,12 @@ impl Scheduler {
                 Gate::Probe => true,
                 Gate::Open => false,
             };
+            // A probe that ends without an outcome (a panic) is handed back.
+            let probe_guard = ProbeGuard {
+                slot,
+                wake: &self.wake,
+                armed: probe,
+            };
             let digest = carried.is_some();
             let head = match ahead.pop_front() {
                 Some(Head {
@@ -552,10 +631,15 @@ impl Scheduler {
                 }
                 None => continue,
             };
-            match self
+            self.store
+                .supervisor()
+                .faults()
+                .panic_at(FaultPoint::LanePanic);
+            let after = self
                 .attempt(&head, slot, carried, probe, &mut history)
-                .await
-            {
+                .await;
+            probe_guard.disarm();
+            match after {
                 After::Next => sent += 1,
                 After::Reread => {
                     sent += 1;
@@ -1090,9 +1174,57 @@ impl Scheduler {
     }
 }
 
+/// How long a lane whose worker panicked `in_a_row` times waits before it is worked again:
+/// not at all after one panic, then 1 s, 2 s, 4 s … up to [`LANE_PANIC_PAUSE_MAX`].
+fn lane_panic_pause(in_a_row: u32) -> Duration {
+    match in_a_row {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(6)).min(LANE_PANIC_PAUSE_MAX),
+    }
+}
+
+/// Hands a probe back when it ends without an outcome (the worker panicked or was
+/// dropped): otherwise the channel would wait for it for ever and never be probed again.
+struct ProbeGuard<'a> {
+    slot: &'a Slot,
+    wake: &'a Notify,
+    armed: bool,
+}
+
+impl ProbeGuard<'_> {
+    /// The attempt recorded the probe's outcome itself.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.slot.health).probe_abandoned();
+            self.wake.notify_one();
+        }
+    }
+}
+
 /// Whether a WeCom digest may carry the message (see `Store::lane_waiting`).
 fn digestible(message: &Message) -> bool {
     message.route.first() == ChannelName::WeCom
         && !message.deliver_all
         && message.email_to.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_that_keeps_panicking_waits_longer_each_time_up_to_a_minute() {
+        assert_eq!(lane_panic_pause(1), Duration::ZERO);
+        assert_eq!(lane_panic_pause(2), Duration::from_secs(1));
+        assert_eq!(lane_panic_pause(3), Duration::from_secs(2));
+        assert_eq!(lane_panic_pause(7), Duration::from_secs(32));
+        assert_eq!(lane_panic_pause(8), LANE_PANIC_PAUSE_MAX);
+        assert_eq!(lane_panic_pause(u32::MAX), LANE_PANIC_PAUSE_MAX);
+    }
 }

@@ -13,6 +13,9 @@ use crate::domain::{ChannelName, MessageId, UserId};
 /// line of each).
 const EXCERPT_CHARS: i64 = 300;
 
+/// Lanes looked at by [`Store::oldest_due`].
+const OLDEST_DUE_LANES: usize = 256;
+
 /// Content up to this size comes with a lane's head when read ahead; larger content is
 /// read at the message's turn.
 pub const HEAD_CONTENT_BYTES: i64 = 4096;
@@ -206,6 +209,44 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// For `/healthz` and `/metrics`: per channel, how long (ms) the oldest message that
+    /// could be sent now has been waiting — a lane's head whose lane is due (not held
+    /// back by the member limits, a backoff or a channel that is down) and whose own next
+    /// try has come. It waits since the latest of those three times and its acceptance.
+    /// Looks at the [`OLDEST_DUE_LANES`] longest-due lanes (the lane index, one index
+    /// probe each), so its cost does not grow with the backlog.
+    pub async fn oldest_due(&self, now: i64) -> Result<Vec<(ChannelName, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT l.due_at, m.next_attempt_at, m.created_at, m.route \
+             FROM lanes l JOIN messages m ON m.userid = l.userid AND m.status = 'queued' \
+             AND m.seq = (SELECT MIN(h.seq) FROM messages h \
+                          WHERE h.userid = l.userid AND h.status = 'queued') \
+             WHERE l.due_at <= $1 AND m.next_attempt_at <= $1 \
+             ORDER BY l.due_at LIMIT {OLDEST_DUE_LANES}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut oldest: Vec<(ChannelName, i64)> = Vec::new();
+        for row in &rows {
+            let since = row
+                .try_get::<i64, _>("due_at")?
+                .max(row.try_get("next_attempt_at")?)
+                .max(row.try_get("created_at")?);
+            let route: String = row.try_get("route")?;
+            let Ok(route) = crate::domain::Route::parse(&route) else {
+                continue;
+            };
+            let age = now.saturating_sub(since).max(0);
+            match oldest.iter_mut().find(|(c, _)| *c == route.first()) {
+                Some((_, a)) => *a = (*a).max(age),
+                None => oldest.push((route.first(), age)),
+            }
+        }
+        Ok(oldest)
     }
 
     /// Up to `limit` queued messages of the lane, head first, with a short excerpt — only

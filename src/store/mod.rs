@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use sqlx::AnyPool;
 
+use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, Waiting};
@@ -181,6 +182,9 @@ pub struct Store {
     prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,
+    /// Shared with the writer thread and the scheduler: how a background task that cannot
+    /// go on stops the process, and the test hooks.
+    supervisor: Supervisor,
 }
 
 impl std::fmt::Debug for Store {
@@ -222,7 +226,8 @@ impl Store {
             Engine::Sqlite => Arrivals::default(),
             Engine::Postgres => Arrivals::shared(),
         });
-        let writer = writer::spawn(backend, Arc::clone(&arrivals));
+        let supervisor = Supervisor::default();
+        let writer = writer::spawn(backend, Arc::clone(&arrivals), supervisor.clone());
         Ok(Self {
             pool,
             engine,
@@ -231,11 +236,17 @@ impl Store {
             tokens: Arc::default(),
             prefs: Arc::default(),
             arrivals,
+            supervisor,
         })
     }
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// How background tasks stop the process, and their test hooks.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     /// For `pushbot check-config`: whether the database can be reached, without creating

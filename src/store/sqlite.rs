@@ -289,30 +289,33 @@ fn checkpointer(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
     let mut conn: Option<Connection> = None;
     let mut failing = false;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        let result = match conn.take() {
-            Some(c) => Ok(c),
-            None => open_writer(path),
-        }
-        .and_then(|c| {
-            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            Ok(c)
+        // A panic (a bug) costs one pass: the WAL grows a little meanwhile.
+        crate::supervise::contain("the WAL checkpointer", || {
+            let result = match conn.take() {
+                Some(c) => Ok(c),
+                None => open_writer(path),
+            }
+            .and_then(|c| {
+                c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+                Ok(c)
+            });
+            match result {
+                Ok(c) => {
+                    conn = Some(c);
+                    if failing {
+                        tracing::info!("WAL checkpoints work again");
+                        failing = false;
+                    }
+                }
+                // The writer reports failing writes; this only says why the WAL may grow.
+                Err(err) => {
+                    if !failing {
+                        tracing::warn!(error = %crate::error::chain(&err), "WAL checkpoint failed; retrying (the write-ahead log grows meanwhile)");
+                        failing = true;
+                    }
+                }
+            }
         });
-        match result {
-            Ok(c) => {
-                conn = Some(c);
-                if failing {
-                    tracing::info!("WAL checkpoints work again");
-                    failing = false;
-                }
-            }
-            // The writer reports failing writes; this only says why the WAL may grow.
-            Err(err) => {
-                if !failing {
-                    tracing::warn!(error = %crate::error::chain(&err), "WAL checkpoint failed; retrying (the write-ahead log grows meanwhile)");
-                    failing = true;
-                }
-            }
-        }
     }
 }
 

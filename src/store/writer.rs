@@ -17,13 +17,14 @@
 //! batch starts on a fresh one.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Arrivals, Message, StoreError, now_ms};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
+use crate::supervise::{FaultPoint, Supervisor};
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
@@ -205,6 +206,12 @@ struct Failure {
     error: String,
 }
 
+/// A change of [`WriteHealth`] worth a log line.
+enum HealthChange {
+    Recovered(Failure),
+    Failing(String),
+}
+
 /// The health of writes as the last attempts left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum WriteStatus {
@@ -224,40 +231,50 @@ impl WriteHealth {
             self.commits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        match error {
-            None => {
-                state.last_ok = Some(now);
-                let clears = state
-                    .failure
-                    .as_ref()
-                    .is_some_and(|f| !probe || f.latest.elapsed() >= FAILURE_MEMORY);
-                if clears && let Some(f) = state.failure.take() {
-                    tracing::info!(
-                        failing_for = ?f.since.elapsed(),
-                        last_error = %f.error,
-                        "database writes work again"
-                    );
+        // Decided under the lock, logged after it: a log write that blocks or fails must
+        // never hold up (or poison) what every write and `/healthz` need.
+        let change = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            match error {
+                None => {
+                    state.last_ok = Some(now);
+                    let clears = state
+                        .failure
+                        .as_ref()
+                        .is_some_and(|f| !probe || f.latest.elapsed() >= FAILURE_MEMORY);
+                    if clears {
+                        state.failure.take().map(HealthChange::Recovered)
+                    } else {
+                        None
+                    }
+                }
+                Some(err) => {
+                    let error = crate::error::chain(err);
+                    let (since, change) = match &state.failure {
+                        Some(f) => (f.since, None),
+                        None => (now, Some(HealthChange::Failing(error.clone()))),
+                    };
+                    state.failure = Some(Failure {
+                        since,
+                        latest: now,
+                        error,
+                    });
+                    change
                 }
             }
-            Some(err) => {
-                let error = crate::error::chain(err);
-                let since = match &state.failure {
-                    Some(f) => f.since,
-                    None => {
-                        tracing::error!(error = %error, "database writes are failing; /send answers 503 until they work again");
-                        now
-                    }
-                };
-                state.failure = Some(Failure {
-                    since,
-                    latest: now,
-                    error,
-                });
-            }
+        };
+        match change {
+            Some(HealthChange::Recovered(f)) => tracing::info!(
+                failing_for = ?f.since.elapsed(),
+                last_error = %f.error,
+                "database writes work again"
+            ),
+            Some(HealthChange::Failing(error)) => tracing::error!(
+                error = %error,
+                "database writes are failing; /send answers 503 until they work again"
+            ),
+            None => {}
         }
     }
 
@@ -267,9 +284,7 @@ impl WriteHealth {
     }
 
     pub(super) fn status(&self) -> WriteStatus {
-        let Ok(state) = self.state.lock() else {
-            return WriteStatus::Unknown;
-        };
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match (&state.failure, state.last_ok) {
             (Some(f), _) => WriteStatus::Failing {
                 error: f.error.clone(),
@@ -326,13 +341,18 @@ impl WriterHandle {
     }
 }
 
-pub(super) fn spawn(backend: Box<dyn Backend>, arrivals: Arc<Arrivals>) -> WriterHandle {
+pub(super) fn spawn(
+    backend: Box<dyn Backend>,
+    arrivals: Arc<Arrivals>,
+    supervisor: Supervisor,
+) -> WriterHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let health = Arc::new(WriteHealth::default());
     let writer = Writer {
         db: backend,
         health: Arc::clone(&health),
         arrivals,
+        supervisor,
     };
     // A thread of its own, calling the database directly: a batch is a handful of
     // statements, and through an async driver on the shared runtime each was a round trip
@@ -481,6 +501,8 @@ struct Writer {
     health: Arc<WriteHealth>,
     /// Told about new messages after they are committed.
     arrivals: Arc<Arrivals>,
+    /// Told when the writer fails for good (and holds its test hook).
+    supervisor: Supervisor,
 }
 
 /// Sends one result to every waiter; an error is shared when there are several.
@@ -498,7 +520,24 @@ fn answer_all(dones: Vec<Done>, err: StoreError) {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+    /// Serves writes until closed. A panic (a bug) ends the thread: the writes queued and
+    /// in hand are answered with [`StoreError::WriterGone`] (503, nothing promised), the
+    /// connection is dropped, and the process is told to stop (see [`crate::supervise`]).
+    fn run(mut self, rx: mpsc::UnboundedReceiver<Op>) {
+        let supervisor = self.supervisor.clone();
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(rx)));
+        if let Err(payload) = served {
+            supervisor.fatal(
+                "the storage writer",
+                &format!(
+                    "it panicked ({}); writes are refused from now on",
+                    crate::supervise::panic_message(payload.as_ref())
+                ),
+            );
+        }
+    }
+
+    fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let mut closed = Vec::new();
         // Everything that queued while the previous batch was committing is the next batch.
         while closed.is_empty()
@@ -517,6 +556,7 @@ impl Writer {
                     Op::Close(done) => closed.push(done),
                 }
             }
+            self.supervisor.faults().panic_at(FaultPoint::WriterPanic);
             self.commit_batch(writes);
         }
         drop(rx);
@@ -1225,6 +1265,7 @@ mod tests {
             db: Box::new(super::super::sqlite::backend(&dir.path().join("w.db"))),
             health: Arc::default(),
             arrivals: Arc::default(),
+            supervisor: Supervisor::default(),
         };
         let now = now_ms();
         let mut writes: Vec<Write> = (0..(INSERT_CHUNK * 2 + 3))

@@ -74,6 +74,8 @@ pub struct TestConfig {
     pub probe_max: String,
     /// `delivery.instance_id`; the server default (`<hostname>:<port>`) when `None`.
     pub instance_id: Option<String>,
+    /// `delivery.stall_after`; the server default (30 s) when `None`.
+    pub stall_after: Option<String>,
     /// `[email]`; no e-mail channel when `None` (the default).
     pub email: Option<EmailConfig>,
     /// `delivery.fallback`, the default channel order; the server default when `None`.
@@ -154,6 +156,7 @@ impl Default for TestConfig {
             lease: "10s".to_owned(),
             probe_max: "1s".to_owned(),
             instance_id: None,
+            stall_after: None,
             email: None,
             fallback: None,
             max_content_bytes: None,
@@ -251,7 +254,7 @@ member_limits = [{member_limits}]
 max_in_flight = {max_in_flight}
 lease = "{lease}"
 probe_max = "{probe_max}"
-retry_window = "{retry_window}"
+{stall_after}retry_window = "{retry_window}"
 backoff_initial = "{backoff_initial}"
 backoff_max = "{backoff_max}"
 concurrency = {concurrency}
@@ -274,6 +277,11 @@ level = "warn"
             max_in_flight = self.max_in_flight,
             lease = self.lease,
             probe_max = self.probe_max,
+            stall_after = self
+                .stall_after
+                .as_ref()
+                .map(|s| format!("stall_after = \"{s}\"\n"))
+                .unwrap_or_default(),
         )
     }
 }
@@ -583,6 +591,7 @@ pub fn crypto() -> WeComCrypto {
 struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), String>>,
+    supervisor: pushbot::supervise::Supervisor,
 }
 
 pub struct TestApp {
@@ -634,6 +643,7 @@ async fn start_app(config: &TestConfig, store_url: &str, api_base: &str) -> (u16
         .await
         .expect("application builds");
     let port = app.port();
+    let supervisor = app.supervisor();
     let (shutdown, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until_stopped(async move {
@@ -647,6 +657,7 @@ async fn start_app(config: &TestConfig, store_url: &str, api_base: &str) -> (u16
         Running {
             shutdown: Some(shutdown),
             handle,
+            supervisor,
         },
     )
 }
@@ -676,6 +687,26 @@ impl TestApp {
             .expect("application stops within the timeout after shutdown")
             .expect("application task did not panic");
         result.expect("run_until_stopped returns Ok after a graceful shutdown");
+    }
+
+    /// The running application's fault hooks ([`pushbot::supervise::Faults`]).
+    pub fn faults(&self) -> &pushbot::supervise::Faults {
+        self.running
+            .as_ref()
+            .expect("the application is running")
+            .supervisor
+            .faults()
+    }
+
+    /// Waits (at most `timeout`) for `run_until_stopped` to return by itself, as after a
+    /// background task failed for good; answers what it returned, `None` on time-out.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<Result<(), String>> {
+        let running = self.running.as_mut()?;
+        let result = tokio::time::timeout(timeout, &mut running.handle)
+            .await
+            .ok()?;
+        self.running = None;
+        Some(result.unwrap_or_else(|e| Err(format!("the application task failed: {e}"))))
     }
 
     /// Stops this instance and starts a fresh `Application` on the same database and mock.
@@ -1378,5 +1409,45 @@ mod self_test {
         drop(a);
         assert!(!schema_exists(&schema).await, "{schema} is dropped");
         drop(in_a);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// a disk that fills up
+// ------------------------------------------------------------------------------------------
+
+/// A small tmpfs that really fills up. `None` where mounting is not allowed.
+pub struct Tmpfs {
+    mnt: PathBuf,
+    _dir: TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Self { mnt, _dir: dir })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
 }

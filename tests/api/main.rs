@@ -29,3 +29,4 @@ mod restart;
 mod send;
 mod shutdown;
 mod storage;
+mod supervision;

@@ -17,37 +17,6 @@ use tempfile::TempDir;
 use crate::db;
 use crate::helpers::*;
 
-/// A small tmpfs that really fills up. `None` where mounting is not allowed.
-struct Tmpfs {
-    mnt: PathBuf,
-    _dir: TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mnt)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(Self { mnt, _dir: dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-    }
-}
-
 /// The real binary on a SQLite database at `db_path`, with its config next to it.
 struct Service {
     mock: MockWeCom,
@@ -153,10 +122,10 @@ async fn a_full_disk_gets_503_never_a_200_that_is_lost() {
     let Some(disk) = Tmpfs::mount("3m") else {
         return;
     };
-    let svc = Service::new(Some(disk.mnt.join("pushbot.db"))).await;
+    let svc = Service::new(Some(disk.path().join("pushbot.db"))).await;
     let bin = svc.start().await;
     let token = bin.get_token(&userid("full")).await;
-    std::fs::write(disk.mnt.join("filler"), vec![0u8; 1024 * 1024]).unwrap();
+    std::fs::write(disk.path().join("filler"), vec![0u8; 1024 * 1024]).unwrap();
 
     let mut accepted = Vec::new();
     let big = "x".repeat(30_000);
@@ -181,7 +150,7 @@ async fn a_full_disk_gets_503_never_a_200_that_is_lost() {
 
     // Room again, WeCom failing so that messages stay queued: the service recovers by
     // itself, and every 200 is real.
-    std::fs::remove_file(disk.mnt.join("filler")).unwrap();
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
     svc.mock.fail_always(SendReply::http(500));
     for i in 0..5 {
         let id = send(&bin, &token, &format!("small {i}"), "hello")
