@@ -323,7 +323,11 @@ impl TestSchema {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let name = format!("pbu_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&base).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL at {base} (PUSHBOT_TEST_PG_URL) is needed by this test: {e}")
+            panic!(
+                "PostgreSQL at {base} (PUSHBOT_TEST_PG_URL) is needed by this test: {e}. Start \
+                 PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, or run the tests through \
+                 .ci/test (it starts a throwaway PostgreSQL when none answers)."
+            )
         });
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
             .execute(&mut conn)

@@ -397,8 +397,9 @@ impl TestDb {
             Ok(Err(e)) => panic!(
                 "PUSHBOT_TEST_DB=postgres, but no test schema could be created in the \
                  PostgreSQL database at {} (PUSHBOT_TEST_PG_URL, by default {PG_URL_DEFAULT}): \
-                 {e}. Start PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, or run with \
-                 PUSHBOT_TEST_DB=sqlite.",
+                 {e}. Start PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, run the tests \
+                 through .ci/test (it starts a throwaway PostgreSQL when none answers), or run \
+                 with PUSHBOT_TEST_DB=sqlite.",
                 without_password(&base)
             ),
             Err(e) => panic!("PUSHBOT_TEST_DB=postgres: cannot run the set-up thread: {e}"),
