@@ -694,6 +694,7 @@ impl Scheduler {
                             userid: head.userid.clone(),
                             body,
                             carried,
+                            page_key: crate::token::page_key(),
                         },
                         carried_at,
                     )),
