@@ -118,6 +118,7 @@ impl Application {
             settings.wecom.member_limits.clone(),
             instance_id(&settings),
             metrics.clone(),
+            settings.public_base().into(),
         );
 
         let state = AppState {

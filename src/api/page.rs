@@ -4,6 +4,10 @@
 //! reveal nothing. A message older than `storage.retention` is gone (410) — told from its
 //! id (a UUIDv7 carries its creation time), so this holds after the purge as well.
 //!
+//! A digest (many messages in one WeCom text) has a page at the same address, with its own
+//! key, listing every message it carried in full; it answers exactly as a message page does
+//! (404 without the key, 410 past the retention).
+//!
 //! The page is self-contained (inline style and script, nothing fetched) and served with
 //! a strict Content-Security-Policy whose nonce changes with every response.
 
@@ -23,7 +27,9 @@ use super::AppState;
 use super::send::parse_query;
 use crate::domain::Format;
 use crate::error::ApiError;
-use crate::render::page::{Page, content_security_policy, render};
+use crate::render::page::{
+    DigestPage, Entry, Page, content_security_policy, render, render_digest,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/m/{id}", get(show))
@@ -50,29 +56,58 @@ async fn show(
     if expired(&id, state.retention, SystemTime::now()) {
         return notice(StatusCode::GONE, &nonce);
     }
-    let message = match state.store.message(&id).await {
-        Ok(message) => message,
-        Err(err) => return ApiError::from(err).into_response(),
+    // An id names a message or a digest. Both are looked up whatever the first answer, so
+    // the time taken does not tell which of them (if any) exists.
+    let (message, digest) = match (
+        state.store.message(&id).await,
+        state.store.digest(&id).await,
+    ) {
+        (Ok(message), Ok(digest)) => (message, digest),
+        (Err(err), _) | (_, Err(err)) => return ApiError::from(err).into_response(),
     };
-    let Some(message) = message.filter(|m| {
-        m.page_key
-            .as_deref()
-            .is_some_and(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())))
-    }) else {
+    let opens = |stored: Option<&str>| {
+        stored.is_some_and(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())))
+    };
+    if let Some(message) = message.filter(|m| opens(m.page_key.as_deref())) {
+        let html = render(&Page {
+            title: message.title.as_deref(),
+            content: message.content.as_deref().unwrap_or(""),
+            markdown: message.format == Format::Markdown,
+            created_at_ms: message.created_at,
+            nonce: &nonce,
+        });
+        return respond(StatusCode::OK, html, &nonce);
+    }
+    let Some(digest) = digest.filter(|d| opens(d.page_key.as_deref())) else {
         return notice(StatusCode::NOT_FOUND, &nonce);
     };
-    let html = render(&Page {
-        title: message.title.as_deref(),
-        content: message.content.as_deref().unwrap_or(""),
-        markdown: message.format == Format::Markdown,
-        created_at_ms: message.created_at,
+    let carried = match state.store.carried_by(&id).await {
+        Ok(carried) => carried,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    let entries: Vec<Entry<'_>> = carried
+        .iter()
+        .map(|m| Entry {
+            title: m.title.as_deref(),
+            content: m.content.as_deref().unwrap_or(""),
+            markdown: m.format == Format::Markdown,
+            created_at_ms: m.created_at,
+        })
+        .collect();
+    let html = render_digest(&DigestPage {
+        entries: &entries,
+        // Carried messages older than the digest may be purged before it.
+        missing: usize::try_from(digest.carried)
+            .unwrap_or(0)
+            .saturating_sub(entries.len()),
+        sent_at_ms: digest.created_at,
         nonce: &nonce,
     });
     respond(StatusCode::OK, html, &nonce)
 }
 
-/// Whether the message with this id is older than the retention (a UUIDv7 starts with its
-/// creation time in milliseconds).
+/// Whether the message (or digest) with this id is older than the retention (a UUIDv7
+/// starts with its creation time in milliseconds).
 fn expired(id: &str, retention: Option<Duration>, now: SystemTime) -> bool {
     let Some(retention) = retention else {
         return false;

@@ -144,11 +144,18 @@ impl Outbox {
         limits: Vec<RateWindow>,
         owner: String,
         metrics: Metrics,
+        public_base: Arc<str>,
     ) -> Self {
         let configured: Arc<[ChannelName]> = channels.iter().map(|c| c.name()).collect();
         Self {
             inner: Arc::new(Scheduler::new(
-                store, channels, settings, limits, owner, metrics,
+                store,
+                channels,
+                settings,
+                limits,
+                owner,
+                metrics,
+                public_base,
             )),
             configured,
         }

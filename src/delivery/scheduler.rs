@@ -112,6 +112,8 @@ pub(super) struct Scheduler {
     last_pass: AtomicI64,
     /// Lanes whose worker panicked, and how many times in a row.
     lane_panics: Mutex<HashMap<UserId, u32>>,
+    /// `server.public_url`, for the link to a digest's page.
+    public_base: Arc<str>,
 }
 
 /// Per-message fallback lines are debug-level; at INFO a line a minute at most says that
@@ -179,6 +181,7 @@ impl Scheduler {
         limits: Vec<RateWindow>,
         owner: String,
         metrics: Metrics,
+        public_base: Arc<str>,
     ) -> Self {
         let channels = channels
             .into_iter()
@@ -203,6 +206,7 @@ impl Scheduler {
             metrics,
             last_pass: AtomicI64::new(now_ms()),
             lane_panics: Mutex::default(),
+            public_base,
         }
     }
 
@@ -753,13 +757,18 @@ impl Scheduler {
                         created_at: w.created_at,
                         title: w.title.as_deref(),
                         content: excerpt.as_deref(),
+                        partial: w.partial,
                     })
                     .collect();
-                let (body, n) =
-                    digest::first_digest(&items, DIGEST_BYTES, self.settings.utc_offset);
-                let carried_at: Vec<i64> = waiting.iter().take(n).map(|w| w.created_at).collect();
-                let carried: Vec<MessageId> = waiting.into_iter().take(n).map(|w| w.id).collect();
+                // The digest carries every waiting message; those its text has no room
+                // for (or shows cut short) are in full on its page.
                 let id = MessageId::generate();
+                let page_key = crate::token::page_key();
+                let page = id.page_url(&self.public_base, &page_key);
+                let body =
+                    digest::compose(&items, DIGEST_BYTES, self.settings.utc_offset, &page).text;
+                let carried_at: Vec<i64> = waiting.iter().map(|w| w.created_at).collect();
+                let carried: Vec<MessageId> = waiting.into_iter().map(|w| w.id).collect();
                 (
                     Outbound {
                         id: id.clone(),
@@ -778,6 +787,7 @@ impl Scheduler {
                             userid: head.userid.clone(),
                             body,
                             carried,
+                            page_key,
                         },
                         carried_at,
                     )),

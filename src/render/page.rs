@@ -1,5 +1,6 @@
 //! The message page: one self-contained HTML document per message, for reading long messages
-//! on a phone (WeCom's in-app browser, an old WebKit/X5).
+//! on a phone (WeCom's in-app browser, an old WebKit/X5) — and per digest, listing every
+//! message the digest carried in full, each as the message page shows it.
 //!
 //! The page fetches nothing: style and script are inline and carry the response's CSP nonce,
 //! fonts are the system's, and the only outside references are the ones the author put in the
@@ -29,16 +30,98 @@ pub struct Page<'a> {
 /// the rest is fixed text of ours. The sent time is written in UTC, which an inline script
 /// rewrites into the reader's own zone (readers without script still see a correct time).
 pub fn render(page: &Page<'_>) -> String {
-    let nonce = escape_html(&nonce_token(page.nonce));
     let title = page.title.map(str::trim).filter(|t| !t.is_empty());
-    let time = UtcTime::from_unix_ms(page.created_at_ms);
-    let (class, body) = if page.markdown {
-        ("markdown", to_safe_html(page.content))
-    } else {
-        ("text", plain_text_html(page.content))
-    };
-
+    let (class, body) = content_html(page.content, page.markdown);
     let mut out = String::with_capacity(STYLE.len() + SCRIPT.len() + body.len() + 1024);
+    let nonce = start_document(&mut out, title.unwrap_or("pushbot"), page.nonce);
+    out.push_str("<header>\n");
+    if let Some(title) = title {
+        let _ = writeln!(out, "<h1>{}</h1>", escape_html(title));
+    }
+    let _ = writeln!(
+        out,
+        "<p class=\"sent\">{}</p>",
+        time_html(page.created_at_ms, Some("sent"))
+    );
+    out.push_str("</header>\n");
+    let _ = writeln!(out, "<div class=\"content {class}\">{body}</div>");
+    end_document(&mut out, &nonce);
+    out
+}
+
+/// One message on a digest's page.
+pub struct Entry<'a> {
+    /// Shown as the message's heading; `None` or blank shows none.
+    pub title: Option<&'a str>,
+    pub content: &'a str,
+    /// Whether `content` is markdown (rendered through [`to_safe_html`]) or plain text.
+    pub markdown: bool,
+    /// When the message was accepted, in Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// What a digest's page shows: every message the digest carried, in full.
+pub struct DigestPage<'a> {
+    /// In acceptance order.
+    pub entries: &'a [Entry<'a>],
+    /// Messages the digest carried that are no longer kept (older than the retention).
+    pub missing: usize,
+    /// When the digest was sent, in Unix milliseconds.
+    pub sent_at_ms: i64,
+    /// The response's CSP nonce, as also passed to [`content_security_policy`].
+    pub nonce: &'a str,
+}
+
+/// The complete HTML document for a digest's page: a heading with the count and the time
+/// the digest was sent, then each message as the single-message page shows it (number and
+/// time, title, content), in order.
+pub fn render_digest(page: &DigestPage<'_>) -> String {
+    let n = page.entries.len() + page.missing;
+    let heading = format!("{n} 条消息 · {n} messages");
+    let bodies: Vec<(&str, String)> = page
+        .entries
+        .iter()
+        .map(|e| content_html(e.content, e.markdown))
+        .collect();
+    let mut out = String::with_capacity(
+        STYLE.len() + SCRIPT.len() + bodies.iter().map(|(_, b)| b.len() + 256).sum::<usize>(),
+    );
+    let nonce = start_document(&mut out, &heading, page.nonce);
+    let _ = writeln!(
+        out,
+        "<header>\n<h1>{heading}</h1>\n<p class=\"sent\">{}</p>\n</header>",
+        time_html(page.sent_at_ms, None)
+    );
+    for (i, (entry, (class, body))) in page.entries.iter().zip(&bodies).enumerate() {
+        out.push_str("<article class=\"message\">\n");
+        let _ = writeln!(
+            out,
+            "<p class=\"sent\">{}. {}</p>",
+            i + 1,
+            time_html(entry.created_at_ms, None)
+        );
+        if let Some(title) = entry.title.map(str::trim).filter(|t| !t.is_empty()) {
+            let _ = writeln!(out, "<h2>{}</h2>", escape_html(title));
+        }
+        let _ = writeln!(out, "<div class=\"content {class}\">{body}</div>");
+        out.push_str("</article>\n");
+    }
+    if page.missing > 0 {
+        let _ = writeln!(
+            out,
+            "<p class=\"sent\">另有 {0} 条已超过保存期限并被删除。<br>{0} more were older than \
+             the server keeps messages and have been deleted.</p>",
+            page.missing
+        );
+    }
+    end_document(&mut out, &nonce);
+    out
+}
+
+/// The document up to the start of its body's content (`<div class="page">`), titled
+/// `title` (escaped here). Returns the nonce as written into the document.
+fn start_document(out: &mut String, title: &str, nonce: &str) -> String {
+    let nonce = escape_html(&nonce_token(nonce));
     out.push_str(
         "<!DOCTYPE html>\n\
          <html lang=\"zh-CN\">\n\
@@ -50,29 +133,37 @@ pub fn render(page: &Page<'_>) -> String {
          <meta name=\"robots\" content=\"noindex, nofollow\">\n\
          <meta name=\"format-detection\" content=\"telephone=no\">\n",
     );
-    let _ = writeln!(
-        out,
-        "<title>{}</title>",
-        escape_html(title.unwrap_or("pushbot"))
-    );
+    let _ = writeln!(out, "<title>{}</title>", escape_html(title));
     let _ = writeln!(out, "<style nonce=\"{nonce}\">{STYLE}</style>");
-    out.push_str("</head>\n<body>\n<div class=\"page\">\n<header>\n");
-    if let Some(title) = title {
-        let _ = writeln!(out, "<h1>{}</h1>", escape_html(title));
-    }
-    let _ = writeln!(
-        out,
-        "<p class=\"sent\"><time id=\"sent\" datetime=\"{}\" data-ms=\"{}\">{}</time></p>",
-        time.iso8601(),
-        page.created_at_ms,
-        time.readable()
-    );
-    out.push_str("</header>\n");
-    let _ = writeln!(out, "<div class=\"content {class}\">{body}</div>");
+    out.push_str("</head>\n<body>\n<div class=\"page\">\n");
+    nonce
+}
+
+/// The footer, the script and the end of the document.
+fn end_document(out: &mut String, nonce: &str) {
     out.push_str("<footer>pushbot</footer>\n</div>\n");
     let _ = writeln!(out, "<script nonce=\"{nonce}\">{SCRIPT}</script>");
     out.push_str("</body>\n</html>\n");
-    out
+}
+
+/// The content's class and HTML: markdown through [`to_safe_html`], plain text escaped.
+fn content_html(content: &str, markdown: bool) -> (&'static str, String) {
+    if markdown {
+        ("markdown", to_safe_html(content))
+    } else {
+        ("text", plain_text_html(content))
+    }
+}
+
+/// A `<time>` in UTC that the script rewrites into the reader's zone.
+fn time_html(unix_ms: i64, id: Option<&str>) -> String {
+    let time = UtcTime::from_unix_ms(unix_ms);
+    let id = id.map(|id| format!(" id=\"{id}\"")).unwrap_or_default();
+    format!(
+        "<time{id} datetime=\"{}\" data-ms=\"{unix_ms}\">{}</time>",
+        time.iso8601(),
+        time.readable()
+    )
 }
 
 /// The `Content-Security-Policy` to send with [`render`]'s page, for the same nonce.
@@ -250,23 +341,26 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// The page's only script: shows the sent time in the reader's zone and locale, keeping the
-/// UTC text as a tooltip. Plain ES5 for old in-app browsers; any failure leaves the UTC text.
+/// The page's only script: shows each time (the message's, or each of a digest's) in the
+/// reader's zone and locale, keeping the UTC text as a tooltip. Plain ES5 for old in-app
+/// browsers; any failure leaves the UTC text.
 const SCRIPT: &str = r#"
 (function () {
-  var el = document.getElementById("sent");
-  if (!el) { return; }
-  var ms = parseInt(el.getAttribute("data-ms"), 10);
-  if (isNaN(ms)) { return; }
-  var date = new Date(ms);
-  if (isNaN(date.getTime())) { return; }
-  try {
-    var local = date.toLocaleString();
-    if (local && local !== "Invalid Date") {
-      el.setAttribute("title", el.textContent);
-      el.textContent = local;
-    }
-  } catch (e) {}
+  var times = document.getElementsByTagName("time");
+  for (var i = 0; i < times.length; i++) {
+    var el = times[i];
+    var ms = parseInt(el.getAttribute("data-ms"), 10);
+    if (isNaN(ms)) { continue; }
+    var date = new Date(ms);
+    if (isNaN(date.getTime())) { continue; }
+    try {
+      var local = date.toLocaleString();
+      if (local && local !== "Invalid Date") {
+        el.setAttribute("title", el.textContent);
+        el.textContent = local;
+      }
+    } catch (e) {}
+  }
 })();
 "#;
 
@@ -287,6 +381,8 @@ body {
 header, footer { display: block; }
 header { margin-bottom: 20px; border-bottom: 1px solid #d8dee4; padding-bottom: 12px; }
 header h1 { font-size: 1.4em; line-height: 1.3; margin: 0 0 6px; }
+article { display: block; margin-bottom: 24px; padding-bottom: 8px; border-bottom: 1px solid #d8dee4; }
+article h2 { font-size: 1.2em; margin: 4px 0 8px; }
 .sent { margin: 0; color: #656d76; font-size: 14px; }
 .content { word-wrap: break-word; overflow-wrap: break-word; overflow-wrap: anywhere; }
 .text { white-space: pre-wrap; }
@@ -325,7 +421,7 @@ th[align="right"], td[align="right"] { text-align: right; }
 footer { margin-top: 32px; color: #8c959f; font-size: 13px; text-align: center; }
 @media (prefers-color-scheme: dark) {
   body { background: #16181c; color: #e6edf3; }
-  header, hr { border-color: #30363d; }
+  header, hr, article { border-color: #30363d; }
   .sent { color: #9198a1; }
   a { color: #58a6ff; }
   blockquote { color: #9198a1; border-left-color: #3d444d; }
@@ -526,6 +622,67 @@ mod tests {
         // extremes do not panic
         let _ = UtcTime::from_unix_ms(i64::MAX).iso8601();
         let _ = UtcTime::from_unix_ms(i64::MIN).iso8601();
+    }
+
+    #[test]
+    fn a_digest_page_lists_every_message_in_full_in_order() {
+        let long = "第一行\n".repeat(400);
+        let entries = [
+            Entry {
+                title: Some("Disk <full>"),
+                content: &long,
+                markdown: false,
+                created_at_ms: 1_795_745_285_000,
+            },
+            Entry {
+                title: None,
+                content: "**bold** see https://x.example/a",
+                markdown: true,
+                created_at_ms: 1_795_745_345_000,
+            },
+        ];
+        let html = render_digest(&DigestPage {
+            entries: &entries,
+            missing: 0,
+            sent_at_ms: 1_795_745_400_000,
+            nonce: "bm9uY2UxMjM0NTY3ODkw",
+        });
+        assert!(html.starts_with("<!DOCTYPE html>\n<html") && html.ends_with("</html>\n"));
+        assert!(html.contains("<title>2 条消息 · 2 messages</title>"));
+        assert!(html.contains("<h1>2 条消息 · 2 messages</h1>"));
+        assert!(html.contains("<h2>Disk &lt;full&gt;</h2>"));
+        assert!(html.contains(&format!("<div class=\"content text\">{long}</div>")));
+        assert!(html.contains("<div class=\"content markdown\"><p><strong>bold</strong>"));
+        assert!(html.contains(
+            "<p class=\"sent\">1. <time datetime=\"2026-11-27T02:08:05Z\" \
+             data-ms=\"1795745285000\">2026-11-27 02:08 UTC</time></p>"
+        ));
+        assert!(html.contains("<p class=\"sent\">2. <time datetime=\"2026-11-27T02:09:05Z\""));
+        let first = html.find("Disk &lt;full&gt;").unwrap_or(usize::MAX);
+        let second = html.find("<strong>bold</strong>").unwrap_or(0);
+        assert!(first < second, "in acceptance order");
+        assert_eq!(html.matches("<article").count(), 2);
+        assert_eq!(html.matches("<script").count(), 1);
+        assert!(!html.contains("deleted"));
+        assert!(!html.contains("id=\"sent\""), "no single-message time id");
+    }
+
+    #[test]
+    fn a_digest_page_says_how_many_messages_are_gone() {
+        let entries = [Entry {
+            title: Some("kept"),
+            content: "",
+            markdown: false,
+            created_at_ms: 0,
+        }];
+        let html = render_digest(&DigestPage {
+            entries: &entries,
+            missing: 2,
+            sent_at_ms: 0,
+            nonce: "n",
+        });
+        assert!(html.contains("<h1>3 条消息 · 3 messages</h1>"));
+        assert!(html.contains("另有 2 条已超过保存期限并被删除。<br>2 more were older"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{Message, Store, StoreError};
 use crate::domain::{ChannelName, MessageId, UserId};
 
 /// Characters of a waiting message's content loaded for planning (a digest shows one
-/// line of each).
+/// line of each; its page shows them in full).
 const EXCERPT_CHARS: i64 = 300;
 
 /// Lanes looked at by [`Store::oldest_due`].
@@ -35,6 +35,8 @@ pub struct Waiting {
     pub created_at: i64,
     pub title: Option<String>,
     pub excerpt: Option<String>,
+    /// `excerpt` is only the start of the content (the digest's page shows the rest).
+    pub partial: bool,
     /// The content is markdown (the digest shows it as readable text).
     pub markdown: bool,
 }
@@ -261,6 +263,7 @@ impl Store {
         // LIMIT as a literal: see `lane_heads`.
         let sql = format!(
             "SELECT id, created_at, title, substr(content, 1, CAST($2 AS INTEGER)) AS excerpt, \
+             CAST(CASE WHEN length(content) > $2 THEN 1 ELSE 0 END AS BIGINT) AS partial, \
              format, CAST(CASE WHEN (route = 'wecom' OR route LIKE 'wecom,%') \
                        AND deliver_all = 0 AND email_to IS NULL THEN 1 ELSE 0 END AS BIGINT) \
                AS digestible \
@@ -279,6 +282,7 @@ impl Store {
                     created_at: row.try_get("created_at")?,
                     title: row.try_get("title")?,
                     excerpt: row.try_get("excerpt")?,
+                    partial: row.try_get::<i64, _>("partial")? == 1,
                     markdown: row.try_get::<String, _>("format")? == "markdown",
                 })
             })

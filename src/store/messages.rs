@@ -166,6 +166,17 @@ impl Message {
     }
 }
 
+/// A digest: one WeCom message that carried several messages (`Message::via`).
+#[derive(Debug, Clone)]
+pub struct DigestRecord {
+    /// How many messages it carried.
+    pub carried: i64,
+    /// When it was sent.
+    pub created_at: i64,
+    /// The key of its page; `None` for digests sent before digests had pages.
+    pub page_key: Option<String>,
+}
+
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
      seq, via, idempotency_key, route, deliver_all, email_to, format, look, url, page_key";
@@ -192,6 +203,32 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Message::from_row).transpose()
+    }
+
+    /// The digest with this id, as its page needs it.
+    pub async fn digest(&self, id: &str) -> Result<Option<DigestRecord>, StoreError> {
+        let row = sqlx::query("SELECT carried, created_at, page_key FROM digests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(DigestRecord {
+                carried: row.try_get("carried")?,
+                created_at: row.try_get("created_at")?,
+                page_key: row.try_get("page_key")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The messages a digest carried, in acceptance order (those still kept).
+    pub async fn carried_by(&self, digest_id: &str) -> Result<Vec<Message>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE via = $1 ORDER BY seq");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(digest_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Message::from_row).collect()
     }
 
     /// Deletes up to `batch` delivered or failed messages accepted before `before_ms`, with

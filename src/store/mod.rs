@@ -33,7 +33,9 @@ pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, Waiting};
 pub use members::{CodeCheck, CodeRequest, MemberPrefs};
-pub use messages::{AttemptRecord, ChannelCounts, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus};
+pub use messages::{
+    AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus,
+};
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
 pub use sqlite::sqlite_path;

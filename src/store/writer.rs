@@ -96,6 +96,8 @@ pub struct Digest {
     pub userid: UserId,
     pub body: String,
     pub carried: Vec<MessageId>,
+    /// The key of the digest's page, which lists every carried message in full.
+    pub page_key: String,
 }
 
 /// Writes to the lane table, committed in the same group commit as everything else (on
@@ -911,8 +913,8 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 sent_at,
             } => {
                 db.exec(
-                    "INSERT INTO digests (id, userid, body, carried, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO digests (id, userid, body, carried, created_at, page_key) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     &[
                         digest.id.as_str().into(),
                         digest.userid.as_str().into(),
@@ -921,6 +923,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                             .unwrap_or(i64::MAX)
                             .into(),
                         (*sent_at).into(),
+                        digest.page_key.as_str().into(),
                     ],
                 )?;
                 for chunk in pow2_chunks(&digest.carried, UPDATE_CHUNK) {

@@ -327,15 +327,21 @@ async fn member_limits_hold_across_a_restart() {
 enum Seen {
     Single(String),
     Digest {
+        /// How many messages it carried (its headline).
         count: usize,
         range: String,
-        /// (HH:MM, title) per line, in order.
+        /// (HH:MM, summary) per line, in order.
         lines: Vec<(String, String)>,
+        /// Carried messages without a line ("…还有 N 条 · and N more").
+        more: usize,
+        /// The page listing every carried message in full ("全文 · in full: URL").
+        page: Option<String>,
     },
 }
 
 /// Parses a digest: `"N 条消息 · N messages, HH:MM[–HH:MM]"`, then `"k. HH:MM summary"`
-/// for k = 1..=N. Anything not starting with such a headline is a single message.
+/// for k = 1, 2, …, then maybe `"…还有 M 条 · and M more"` and `"全文 · in full: URL"`.
+/// Anything not starting with such a headline is a single message.
 fn parse_seen(text: &str) -> Seen {
     let mut lines = text.split('\n');
     let headline = lines.next().unwrap_or_default();
@@ -349,24 +355,111 @@ fn parse_seen(text: &str) -> Seen {
         .split_once(" messages, ")
         .unwrap_or_else(|| panic!("digest headline {headline:?} lacks \"N messages, HH:MM\""));
     assert_eq!(n_en, n, "both counts in the headline agree: {headline:?}");
-    let lines: Vec<(String, String)> = lines
-        .enumerate()
-        .map(|(i, line)| {
-            let (k, rest) = line
-                .split_once(". ")
-                .unwrap_or_else(|| panic!("digest line {line:?} is not \"k. HH:MM summary\""));
-            assert_eq!(k, (i + 1).to_string(), "digest lines are numbered: {text}");
-            let (clock, summary) = rest
-                .split_once(' ')
-                .unwrap_or_else(|| panic!("digest line {line:?} is not \"k. HH:MM summary\""));
-            (clock.to_owned(), summary.to_owned())
-        })
-        .collect();
+    let mut shown = Vec::new();
+    let mut more = 0;
+    let mut page = None;
+    for line in lines {
+        assert!(page.is_none(), "the page link ends the digest: {text}");
+        if let Some(rest) = line.strip_prefix("…还有 ") {
+            let (m, rest) = rest
+                .split_once(" 条 · and ")
+                .expect("\"…还有 M 条 · and M more\"");
+            assert_eq!(rest, format!("{m} more"), "{line}");
+            more = m.parse().expect("a count of more messages");
+            continue;
+        }
+        if let Some(url) = line.strip_prefix("全文 · in full: ") {
+            page = Some(url.to_owned());
+            continue;
+        }
+        assert_eq!(more, 0, "no message line after the count of more: {text}");
+        let (k, rest) = line
+            .split_once(". ")
+            .unwrap_or_else(|| panic!("digest line {line:?} is not \"k. HH:MM summary\""));
+        assert_eq!(
+            k,
+            (shown.len() + 1).to_string(),
+            "digest lines are numbered: {text}"
+        );
+        let (clock, summary) = rest
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("digest line {line:?} is not \"k. HH:MM summary\""));
+        shown.push((clock.to_owned(), summary.to_owned()));
+    }
+    assert_eq!(
+        count,
+        shown.len() + more,
+        "headline count = lines + more: {text}"
+    );
+    if more > 0 || shown.iter().any(|(_, s)| s.ends_with('…')) {
+        assert!(page.is_some(), "what is not shown whole is linked: {text}");
+    }
     Seen::Digest {
         count,
         range: range.to_owned(),
-        lines,
+        lines: shown,
+        more,
+        page,
     }
+}
+
+/// One message on a digest's page.
+#[derive(Debug)]
+struct PageEntry {
+    accepted_ms: i64,
+    title: Option<String>,
+    content: String,
+}
+
+/// What `/m/…` answers to `link` (a URL under `server.public_url`, or a path): status, body.
+async fn open_page(app: &Api, link: &str) -> (u16, String) {
+    let path = link.strip_prefix(PUBLIC_URL).unwrap_or(link);
+    assert!(path.starts_with("/m/"), "{link}");
+    let resp = app
+        .http
+        .get(app.url(path))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("page body"))
+}
+
+/// The messages a digest's page lists (plain-text messages), in order.
+async fn digest_page(app: &Api, link: &str) -> Vec<PageEntry> {
+    let (status, html) = open_page(app, link).await;
+    assert_eq!(status, 200, "{link}: {html}");
+    let between = |text: &str, from: &str, to: &str| -> Option<String> {
+        let start = text.find(from)? + from.len();
+        let len = text[start..].find(to)?;
+        Some(text[start..start + len].to_owned())
+    };
+    let unescape = |text: String| {
+        text.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&")
+    };
+    html.split("<article class=\"message\">")
+        .skip(1)
+        .map(|article| PageEntry {
+            accepted_ms: between(article, "data-ms=\"", "\"")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| panic!("each message shows its time: {article}")),
+            title: between(article, "<h2>", "</h2>").map(unescape),
+            content: unescape(
+                between(article, "<div class=\"content text\">", "</div>")
+                    .unwrap_or_else(|| panic!("each message shows its content: {article}")),
+            ),
+        })
+        .collect()
+}
+
+/// `HH:MM` in UTC+8 of unix milliseconds.
+fn beijing_clock_ms(ms: i64) -> String {
+    let of_day = (ms / 1000 + 8 * 3600).rem_euclid(86_400);
+    format!("{:02}:{:02}", of_day / 3600, of_day % 3600 / 60)
 }
 
 /// `HH:MM` of an RFC 3339 UTC time (`2026-11-25T18:01:33.690Z`) in UTC+8, the default
@@ -426,7 +519,8 @@ async fn a_digest_shows_markdown_as_readable_text() {
 
 /// 300 messages to one member at 5 a second, with `digest_after = "1s"`: the lane would
 /// wait a minute, so waiting messages are coalesced. The member gets far fewer WeCom
-/// messages that, read in order, carry all 300 in the order they were sent; each of the
+/// messages that, read in order (a digest's lines, then its page for the messages it has
+/// no room for), carry all 300 in the order they were sent; each of the
 /// 300 is `delivered`, those carried by a digest with `via` naming it, those sent on their
 /// own with `via: null`; the member limit holds for the digests too.
 #[tokio::test]
@@ -453,7 +547,7 @@ async fn a_burst_becomes_digests_that_carry_every_message_in_order() {
             .iter()
             .map(|s| match s {
                 Seen::Single(_) => 1,
-                Seen::Digest { lines, .. } => lines.len(),
+                Seen::Digest { count, .. } => *count,
             })
             .sum();
         if carried >= N {
@@ -482,7 +576,8 @@ async fn a_burst_becomes_digests_that_carry_every_message_in_order() {
     );
     assert_member_limit(&calls, 5, Duration::from_secs(1));
 
-    // Unfold: which WeCom message carried each of the 300, and what it said about it.
+    // Unfold: which WeCom message carried each of the 300, and what it said about it (on
+    // its lines, and on its page for those it has no room for).
     let mut carried: Vec<(usize, Option<String>, String)> = Vec::new(); // (call, clock, title)
     for (i, (call, s)) in calls.iter().zip(&seen).enumerate() {
         assert!(
@@ -496,12 +591,39 @@ async fn a_burst_becomes_digests_that_carry_every_message_in_order() {
                 count,
                 range,
                 lines,
+                more,
+                page,
             } => {
-                assert_eq!(*count, lines.len(), "headline count = lines: {s:?}");
-                for (clock, title) in lines {
+                let all: Vec<(String, String)> = match page {
+                    None => lines.clone(),
+                    Some(link) => {
+                        let entries = digest_page(&app, link).await;
+                        assert_eq!(
+                            entries.len(),
+                            *count,
+                            "its page lists all it carried: {s:?}"
+                        );
+                        let all: Vec<(String, String)> = entries
+                            .iter()
+                            .map(|e| {
+                                assert_eq!(e.content, "", "{e:?}");
+                                let title = e.title.clone().unwrap_or_default();
+                                (beijing_clock_ms(e.accepted_ms), title)
+                            })
+                            .collect();
+                        assert_eq!(
+                            lines[..],
+                            all[..lines.len()],
+                            "the lines are the page's first messages"
+                        );
+                        all
+                    }
+                };
+                assert!(*more < *count, "a digest shows at least one line: {s:?}");
+                for (clock, title) in &all {
                     carried.push((i, Some(clock.clone()), title.clone()));
                 }
-                let (first, last) = (&lines[0].0, &lines[lines.len() - 1].0);
+                let (first, last) = (&all[0].0, &all[all.len() - 1].0);
                 assert!(
                     range.starts_with(first.as_str()) && range.ends_with(last.as_str()),
                     "headline range {range:?} spans the first and last message's time ({first}, {last})"
@@ -539,6 +661,182 @@ async fn a_burst_becomes_digests_that_carry_every_message_in_order() {
                 let owner = call_of_via.entry(via.to_owned()).or_insert(*call);
                 assert_eq!(owner, call, "two digests share via {via}");
             }
+        }
+    }
+}
+
+/// What each message of a burst said to the member, in the order the member can read it:
+/// a single message's text; a digest's line — or, when the digest links its page, the
+/// page's entry for it (`"title\n\ncontent"`, as a single message reads) with the page's
+/// link. A digest's lines are checked against its page on the way.
+async fn readable(app: &Api, calls: &[SendCall]) -> Vec<(String, Option<String>)> {
+    let mut said = Vec::new();
+    for call in calls {
+        assert!(call.text().len() <= 2048, "{} bytes", call.text().len());
+        match parse_seen(call.text()) {
+            Seen::Single(text) => said.push((text, None)),
+            Seen::Digest {
+                lines, page: None, ..
+            } => said.extend(lines.into_iter().map(|(_, summary)| (summary, None))),
+            Seen::Digest {
+                count,
+                lines,
+                page: Some(link),
+                ..
+            } => {
+                let entries = digest_page(app, &link).await;
+                assert_eq!(
+                    entries.len(),
+                    count,
+                    "its page lists all it carried: {link}"
+                );
+                for ((clock, summary), entry) in lines.iter().zip(&entries) {
+                    assert_eq!(clock, &beijing_clock_ms(entry.accepted_ms), "{entry:?}");
+                    let title = entry.title.as_deref().unwrap_or_default();
+                    assert!(
+                        summary.starts_with(title),
+                        "line {summary:?} starts with its title: {entry:?}"
+                    );
+                }
+                for entry in entries {
+                    let text = match entry.title {
+                        Some(title) => format!("{title}\n\n{}", entry.content),
+                        None => entry.content,
+                    };
+                    said.push((text, Some(link.clone())));
+                }
+            }
+        }
+    }
+    said
+}
+
+/// A burst of 30 messages with one title ("burst") and distinct contents, under a member
+/// limit of 2 per 3 s: what the member reads carries every content, in order — a digest
+/// line shows the title and the content, not the title alone.
+#[tokio::test]
+async fn a_digest_shows_every_content_of_a_burst_with_one_title() {
+    let app = spawn_app_with(|c| {
+        c.member_limits = vec![(2, "3s".to_owned())];
+        c.digest_after = "1s".to_owned();
+        unthrottled(c);
+    })
+    .await;
+    let m = member(&app, "dgburst").await;
+    let contents: Vec<String> = (0..30).map(|k| format!("dg-{k:02}")).collect();
+    let mut ids = Vec::with_capacity(contents.len());
+    for content in &contents {
+        ids.push(app.send_ok(&m.token, "burst", content).await);
+    }
+    let statuses = assert_delivered(&app, &m.token, &ids).await;
+    let calls = app.mock.delivered_calls();
+    assert!(
+        calls.len() < contents.len(),
+        "the burst is coalesced: {calls:#?}"
+    );
+    let said = readable(&app, &calls).await;
+    let texts: Vec<&str> = said.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        said.len(),
+        contents.len(),
+        "one reading per message: {texts:#?}"
+    );
+    for (k, (text, content)) in texts.iter().zip(&contents).enumerate() {
+        assert!(
+            text.contains("burst") && text.contains(content.as_str()),
+            "message {k} ({content}) reads {text:?}; all: {texts:#?}"
+        );
+    }
+    let in_digests = statuses.iter().filter(|s| s["via"].is_string()).count();
+    assert!(in_digests >= 20, "most went in digests: {statuses:#?}");
+}
+
+/// Messages too long for a digest line: the digest shows each line cut short, counts those
+/// it has no room for and links its page, which lists every carried message in full (title,
+/// time, content) in acceptance order — to whoever has the link's key. Without the key, or
+/// with a wrong one, the page answers exactly as a message page with a wrong key does.
+#[tokio::test]
+async fn a_digest_page_has_every_message_in_full_and_only_with_its_key() {
+    let app = spawn_app_with(|c| {
+        c.member_limits = vec![(2, "3s".to_owned())];
+        c.digest_after = "1s".to_owned();
+        unthrottled(c);
+    })
+    .await;
+    let m = member(&app, "dgpage").await;
+    let contents: Vec<String> = (0..40)
+        .map(|k| {
+            format!(
+                "dg-{k:02} host-{k:02}: /var 100%\n{}",
+                "detail & <more> ".repeat(20)
+            )
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(contents.len());
+    for content in &contents {
+        ids.push(app.send_ok(&m.token, "Disk full", content).await);
+    }
+    let statuses = assert_delivered(&app, &m.token, &ids).await;
+    let calls = app.mock.delivered_calls();
+    let said = readable(&app, &calls).await;
+    assert_eq!(said.len(), contents.len());
+    let mut links = BTreeSet::new();
+    for ((text, link), (content, status)) in said.iter().zip(contents.iter().zip(&statuses)) {
+        assert_eq!(
+            text,
+            &format!("Disk full\n\n{content}"),
+            "in full, in order"
+        );
+        match (link, status["via"].as_str()) {
+            (None, None) => {}
+            (Some(link), Some(via)) => {
+                assert!(
+                    link.starts_with(&format!("{PUBLIC_URL}/m/{via}?k=")),
+                    "the page of the digest that carried it: {link} {status}"
+                );
+                links.insert(link.clone());
+            }
+            (link, _) => panic!("a message in a digest is on its page: {link:?} {status}"),
+        }
+    }
+    assert!(!links.is_empty(), "a digest linked its page: {calls:#?}");
+
+    // The answer to a message page with a wrong key, nonce aside.
+    let without_nonce = |html: &str| {
+        html.split("nonce=\"")
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 0 {
+                    part
+                } else {
+                    part.split_once('"').map_or(part, |(_, rest)| rest)
+                }
+            })
+            .collect::<String>()
+    };
+    let (status, wrong_message) =
+        open_page(&app, &format!("/m/{}?k=AAAAAAAAAAAAAAAAAAAAAA", ids[0])).await;
+    assert_eq!(status, 404);
+    let not_found = without_nonce(&wrong_message);
+    for link in &links {
+        let (base, key) = link.split_once("?k=").expect("a key");
+        let mut wrong = key.to_owned();
+        let last = if wrong.pop() == Some('A') { 'B' } else { 'A' };
+        wrong.push(last);
+        for attempt in [
+            base.to_owned(),
+            format!("{base}?k="),
+            format!("{base}?k={wrong}"),
+            format!("{base}?k={}", &key[..key.len() - 1]),
+            format!("{base}?k={key}x"),
+        ] {
+            let (status, body) = open_page(&app, &attempt).await;
+            assert_eq!(status, 404, "{attempt}: {body}");
+            assert_eq!(without_nonce(&body), not_found, "{attempt}");
+            assert!(
+                !body.contains("dg-") && !body.contains("Disk full"),
+                "{body}"
+            );
         }
     }
 }

@@ -509,6 +509,81 @@ async fn finished_messages_past_the_retention_are_purged_at_start_up_and_their_p
     db::close(conn).await;
 }
 
+/// Stores a digest sent at `at` that carried `carried` messages, behind the gateway's back;
+/// `messages` (ids) are marked as carried by it, in this order.
+async fn insert_digest(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    at: i64,
+    carried: i64,
+    messages: &[&str],
+) {
+    sqlx::query(
+        "INSERT INTO digests (id, userid, body, carried, created_at, page_key) \
+         VALUES ($1, 'someone', 'a digest', $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(carried)
+    .bind(at)
+    .bind(OLD_KEY)
+    .execute(&mut *conn)
+    .await
+    .expect("insert a digest");
+    for (seq, message) in (1_i64..).zip(messages) {
+        sqlx::query("UPDATE messages SET via = $1, seq = $2 WHERE id = $3")
+            .bind(id)
+            .bind(seq)
+            .bind(*message)
+            .execute(&mut *conn)
+            .await
+            .expect("mark a message carried");
+    }
+}
+
+/// A digest's page answers as a message page does past `storage.retention` (410); within
+/// it, the page lists what the digest carried in acceptance order, and says how many of its
+/// messages are gone (a digest outlives the messages it carried by up to `digest_after`).
+#[tokio::test]
+async fn a_digest_page_past_the_retention_is_gone_like_a_message_page() {
+    let app = spawn_app_with(|c| c.retention = Some("1d".into())).await;
+    let mut conn = db::connect(app.store_url()).await;
+    let now = db::now_ms();
+
+    let old_at = now - 2 * DAY_MS;
+    let (old_digest, old_message) = (uuid_v7_at(old_at + 1), uuid_v7_at(old_at));
+    insert_old(&mut conn, &old_message, "someone", "delivered", old_at).await;
+    insert_digest(&mut conn, &old_digest, old_at + 1, 1, &[&old_message]).await;
+
+    let at = now - 60_000;
+    let (first, second, digest) = (uuid_v7_at(at), uuid_v7_at(at + 1), uuid_v7_at(at + 2));
+    // Inserted in the other order: the page follows acceptance (seq), not ids.
+    insert_old(&mut conn, &second, "someone", "delivered", at + 1).await;
+    insert_old(&mut conn, &first, "someone", "delivered", at).await;
+    insert_digest(&mut conn, &digest, at + 2, 3, &[&first, &second]).await;
+
+    let link = |id: &str| format!("{PUBLIC_URL}/m/{id}?k={OLD_KEY}");
+    let (_, body) = html(open(&app, &link(&old_digest)).await, 410).await;
+    assert!(body.contains("Message expired"), "{body}");
+    assert!(!body.contains("old content"), "{body}");
+
+    let (_, body) = page(&app, &link(&digest)).await;
+    let (a, b) = (
+        body.find(&format!("old content of {first}")),
+        body.find(&format!("old content of {second}")),
+    );
+    assert!(
+        a.is_some() && b.is_some() && a < b,
+        "both, in order: {body}"
+    );
+    assert!(body.contains("<h1>3 条消息 · 3 messages</h1>"), "{body}");
+    assert!(body.contains("另有 1 条已超过保存期限"), "{body}");
+
+    let without_key = format!("/m/{digest}");
+    let (_, body) = html(get(&app, &without_key).await, 404).await;
+    assert!(!body.contains("old content"), "{body}");
+    db::close(conn).await;
+}
+
 // ------------------------------------------------------------------------------------------
 // 6. a sender's url
 // ------------------------------------------------------------------------------------------
