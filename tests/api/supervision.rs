@@ -30,6 +30,13 @@ async fn healthz_json(api: &Api) -> (u16, Value) {
     (status, resp.json().await.expect("healthz is JSON"))
 }
 
+async fn metrics_text(api: &Api) -> String {
+    let resp = reqwest::get(api.url("/metrics"))
+        .await
+        .expect("metrics answers");
+    resp.text().await.expect("metrics text")
+}
+
 #[tokio::test]
 async fn a_lane_worker_that_panics_is_released_and_its_message_delivered_at_once() {
     let app = spawn_app().await;
@@ -140,12 +147,7 @@ async fn a_stalled_scheduler_makes_healthz_and_metrics_say_so() {
         body["scheduler"]["last_pass_seconds_ago"].as_f64().unwrap() > 1.0,
         "{body}"
     );
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app.api).await;
     let age: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("pushbot_scheduler_last_pass_age_seconds "))
@@ -177,12 +179,7 @@ async fn healthz_reports_how_long_the_oldest_due_message_has_waited() {
     assert_eq!(status, 200, "{body}");
     let waited = body["oldest_due_seconds"]["wecom"].as_f64().unwrap();
     assert!((1.0..3.0).contains(&waited), "{body}");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app.api).await;
     assert!(
         metrics
             .lines()
