@@ -68,6 +68,11 @@ fn crypto_error(err: CryptoError) -> Failure {
                 "msg_signature does not match: check wecom.callback_token".into(),
             ),
         ),
+        // Decrypted fine, so not a key problem: a request that is not a URL check.
+        CryptoError::NotAnEcho => (
+            CallbackOutcome::BadRequest,
+            ApiError::BadRequest(format!("not a URL check: {}", CryptoError::NotAnEcho)),
+        ),
         other => (
             CallbackOutcome::DecryptError,
             ApiError::BadRequest(format!("cannot decrypt callback: {other}")),
@@ -101,7 +106,7 @@ fn counted(state: &AppState, result: Result<(CallbackOutcome, Response), Failure
     response
 }
 
-/// The URL check: answer the decrypted `echostr` as the whole body.
+/// The URL check: answer the decrypted `echostr` as the whole body, if it is an echo.
 async fn verify_url(
     State(state): State<AppState>,
     query: Result<Query<UrlCheck>, QueryRejection>,
@@ -118,10 +123,14 @@ fn check_url(
     // A `+` that reached us unencoded was turned into a space by form decoding; base64
     // has no spaces, so putting it back is safe.
     let echostr = q.echostr.replace(' ', "+");
-    let plain = state
+    state
         .crypto
-        .verify_url(&q.msg_signature, &q.timestamp, &q.nonce, &echostr)
+        .verify_signature(&q.msg_signature, &q.timestamp, &q.nonce, &echostr)
         .map_err(crypto_error)?;
+    check_fresh(&q.timestamp, state.callback_max_age)?;
+    // Only an echo is answered: anything else that decrypts is a captured message or one
+    // of our own replies, and echoing it would hand out its plaintext.
+    let plain = state.crypto.decrypt_echo(&echostr).map_err(crypto_error)?;
     tracing::info!("WeCom callback URL verified");
     Ok((
         CallbackOutcome::UrlCheck,

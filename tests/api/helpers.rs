@@ -1026,6 +1026,40 @@ pub fn open_reply(body: &str) -> Option<Reply> {
     })
 }
 
+/// The signed parts of an encrypted passive reply, as anyone who sees the reply on the
+/// wire has them.
+#[derive(Debug, Clone)]
+pub struct CapturedReply {
+    pub encrypt: String,
+    pub msg_signature: String,
+    pub timestamp: String,
+    pub nonce: String,
+}
+
+impl CapturedReply {
+    /// Takes the parts from a callback response body (an encrypted reply envelope).
+    pub fn from_body(body: &str) -> Self {
+        let env: ReplyEnvelopeXml = quick_xml::de::from_str(body)
+            .unwrap_or_else(|e| panic!("reply is not an encrypted envelope ({e}): {body}"));
+        Self {
+            encrypt: env.encrypt,
+            msg_signature: env.msg_signature,
+            timestamp: env.timestamp,
+            nonce: env.nonce,
+        }
+    }
+
+    /// The reply's own signature and parts as a URL check's query.
+    pub fn as_url_check(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("msg_signature", self.msg_signature.clone()),
+            ("timestamp", self.timestamp.clone()),
+            ("nonce", self.nonce.clone()),
+            ("echostr", self.encrypt.clone()),
+        ]
+    }
+}
+
 /// Line 2 of a token reply, checked to look like a push token.
 pub fn token_from_reply(content: &str) -> String {
     let token = content
