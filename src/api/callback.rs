@@ -1,10 +1,14 @@
 //! `/wecom/callback`: WeCom's URL check (GET) and member messages/events (POST).
 //!
-//! Order of checks on POST: size, envelope XML, signature, decryption (which also checks the
-//! ReceiveId is our corp id), inner XML. Nothing is stored before all of them pass, so a
-//! forged or broken request changes nothing. A retried callback (same MsgId, or for events
-//! the same sender + time + event + key) is answered with the first reply, not processed
-//! again.
+//! Order of checks on GET: signature, freshness, decryption, and the plaintext must be an
+//! echo (never a message or one of our replies: the URL check is no decryption oracle).
+//!
+//! Order of checks on POST: size, envelope XML, signature, freshness, decryption (which also
+//! checks the ReceiveId is our corp id), inner XML, inner address (our corp and app, not from
+//! the corp itself: our own replies decrypt too). Nothing is stored before all of them pass,
+//! so a forged, replayed or misaddressed request changes nothing. A retried callback (same
+//! MsgId, or for events the same sender + time + event + key) is answered with the first
+//! reply, not processed again.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,6 +26,7 @@ use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::metrics::CallbackOutcome;
 use crate::store::{CallbackClaim, now_ms};
+use crate::wecom::checks;
 use crate::wecom::crypto::CryptoError;
 use crate::wecom::xml::{self, Inbound, XmlError};
 
@@ -165,6 +170,13 @@ async fn process(
         .decrypt(&envelope.encrypt)
         .map_err(crypto_error)?;
     let inbound = xml::parse_inbound(&plain).map_err(xml_error)?;
+    // Before anything is stored: a message for another app, or our own reply posted back.
+    checks::check_address(&inbound, &state.corp_id, state.agent_id).map_err(|err| {
+        (
+            CallbackOutcome::BadRequest,
+            ApiError::BadRequest(err.to_string()),
+        )
+    })?;
 
     let Some(command) = bot::interpret(&inbound) else {
         return Ok((CallbackOutcome::Ignored, empty()));

@@ -316,25 +316,194 @@ async fn official_url_check_vector_with_an_unencoded_plus_still_works() {
     assert_eq!(resp.text().await.unwrap(), "1616140317555161061");
 }
 
+async fn post_official_vector(app: &TestApp) -> reqwest::Response {
+    app.post_callback_raw(
+        &[
+            ("msg_signature", OFFICIAL_POST_SIGNATURE.to_owned()),
+            ("timestamp", OFFICIAL_POST_TIMESTAMP.to_owned()),
+            ("nonce", OFFICIAL_POST_NONCE.to_owned()),
+        ],
+        OFFICIAL_POST_BODY,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn official_post_vector_is_accepted_and_answered() {
-    // The vector is signed with a 2014 timestamp: turn the replay check off for it.
-    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
-    let resp = app
-        .post_callback_raw(
-            &[
-                ("msg_signature", OFFICIAL_POST_SIGNATURE.to_owned()),
-                ("timestamp", OFFICIAL_POST_TIMESTAMP.to_owned()),
-                ("nonce", OFFICIAL_POST_NONCE.to_owned()),
-            ],
-            OFFICIAL_POST_BODY,
-        )
-        .await;
+    // The vector is signed with a 2014 timestamp: turn the replay check off for it. It is
+    // a message for app 218.
+    let app = spawn_app_with(|c| {
+        c.callback_max_age = "0s".to_owned();
+        c.agent_id = 218;
+    })
+    .await;
+    let resp = post_official_vector(&app).await;
     assert_eq!(resp.status(), 200);
     // The sample message is the text "hello" from member "mycreate": help text.
     let reply = open_reply(&resp.text().await.unwrap()).expect("a reply to hello");
     assert_eq!(reply.to_user, "mycreate");
     assert!(reply.content.contains("token"), "{}", reply.content);
+}
+
+#[tokio::test]
+async fn official_post_vector_is_refused_by_another_app() {
+    // Same corp, same keys, but we are app 1000002 and the message is for app 218.
+    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
+    let error = assert_error(post_official_vector(&app).await, 400, "bad_request").await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("wecom.agent_id"),
+        "{error}"
+    );
+}
+
+// ---- POST: the decrypted message must be addressed to us ----
+
+/// A text message as WeCom would send it, with the address parts chosen by the test.
+fn addressed(to: &str, agent: Option<&str>, from: &str, content: &str) -> String {
+    let agent = agent
+        .map(|a| format!("<AgentID>{a}</AgentID>"))
+        .unwrap_or_default();
+    format!(
+        "<xml><ToUserName><![CDATA[{to}]]></ToUserName>\
+         <FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+         <Content><![CDATA[{content}]]></Content><MsgId>{}</MsgId>{agent}</xml>",
+        next_msg_id()
+    )
+}
+
+/// A passive reply is signed and encrypted for our corp just like WeCom's messages. Posted
+/// back, it is not a message "from" a member named after the corp: refused, nothing stored.
+#[tokio::test]
+async fn our_own_reply_posted_back_is_refused_and_changes_nothing() {
+    let app = spawn_app_with(|c| c.metrics = true).await;
+    let user = userid("echoed");
+    let resp = app
+        .post_sealed(&seal_with(
+            &app.crypto,
+            &text_message(&user, "rotate", next_msg_id()),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    let token = token_from_reply(&open_reply(&body).expect("a reply to rotate").content);
+    let captured = CapturedReply::from_body(&body);
+
+    let mut conn = crate::db::connect(app.store_url()).await;
+    let before = crate::db::callback_state(&mut conn).await;
+    let bad_before = callbacks_counted(&app, "bad_request").await;
+    let answered_before = callbacks_counted(&app, "answered").await;
+
+    let resp = app.post_sealed(&captured.as_callback()).await;
+    let error = assert_error(resp, 400, "bad_request").await;
+    assert!(!error.to_string().contains(&token), "{error}");
+
+    // A reply to a member whose userid is the corp id looks addressed to us: it is still
+    // from the corp itself.
+    let reply_to_corp = seal_with(
+        &app.crypto,
+        &format!(
+            "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>\
+             <FromUserName><![CDATA[{CORP_ID}]]></FromUserName>\
+             <CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+             <Content><![CDATA[token]]></Content></xml>"
+        ),
+    );
+    assert_error(app.post_sealed(&reply_to_corp).await, 400, "bad_request").await;
+
+    assert_eq!(crate::db::callback_state(&mut conn).await, before);
+    crate::db::close(conn).await;
+    assert_eq!(
+        callbacks_counted(&app, "bad_request").await - bad_before,
+        2.0
+    );
+    assert_eq!(callbacks_counted(&app, "answered").await, answered_before);
+    assert_eq!(app.get_token(&user).await, token, "nothing rotated");
+}
+
+/// A message that decrypts with our key but is addressed to another corp or another app of
+/// ours is not answered and creates nothing: no member, no token, no de-duplication key.
+#[tokio::test]
+async fn a_message_for_another_corp_or_app_is_refused_and_changes_nothing() {
+    let app = spawn_app_with(|c| c.metrics = true).await;
+    let user = userid("elsewhere");
+    let agent = AGENT_ID.to_string();
+    let mut conn = crate::db::connect(app.store_url()).await;
+    let before = crate::db::callback_state(&mut conn).await;
+    for (what, inner, setting) in [
+        (
+            "another corp",
+            addressed("wwOtherCorp0000000", Some(&agent), &user, "token"),
+            "wecom.corp_id",
+        ),
+        (
+            "another corp, no AgentID",
+            addressed("wwOtherCorp0000000", None, &user, "token"),
+            "wecom.corp_id",
+        ),
+        (
+            "a member instead of the corp",
+            addressed(&user, Some(&agent), &user, "token"),
+            "wecom.corp_id",
+        ),
+        (
+            "another app",
+            addressed(CORP_ID, Some("1000003"), &user, "token"),
+            "wecom.agent_id",
+        ),
+        (
+            "an AgentID that is no number",
+            addressed(CORP_ID, Some("x1000002"), &user, "token"),
+            "wecom.agent_id",
+        ),
+    ] {
+        let resp = app.post_sealed(&seal_with(&app.crypto, &inner)).await;
+        let error = assert_error(resp, 400, "bad_request").await;
+        assert!(
+            error["message"].as_str().unwrap().contains(setting),
+            "{what}: {error}"
+        );
+    }
+    assert_eq!(
+        crate::db::callback_state(&mut conn).await,
+        before,
+        "nothing stored"
+    );
+    crate::db::close(conn).await;
+    assert_eq!(callbacks_counted(&app, "bad_request").await, 5.0);
+    assert_eq!(callbacks_counted(&app, "answered").await, 0.0);
+}
+
+/// Some WeCom events carry no AgentID (or an empty one): those are still ours.
+#[tokio::test]
+async fn a_message_without_an_agent_id_still_works() {
+    let app = spawn_app().await;
+    let user = userid("noagent");
+    let reply = app
+        .callback(&addressed(CORP_ID, None, &user, "token"))
+        .await
+        .expect("a token reply");
+    assert_eq!(reply.to_user, user);
+    let token = token_from_reply(&reply.content);
+    let reply = app
+        .callback(&addressed(CORP_ID, Some(""), &user, "token"))
+        .await
+        .expect("a token reply");
+    assert_eq!(token_from_reply(&reply.content), token);
+    let subscribe = format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>\
+         <FromUserName><![CDATA[{user}]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[subscribe]]></Event></xml>",
+        next_create_time()
+    );
+    let welcome = app.callback(&subscribe).await.expect("a welcome");
+    assert_eq!(welcome.to_user, user);
+    let id = app.send_ok(&token, "no agent id", "still works").await;
+    app.wait_for_status(&id, &token, "delivered", WAIT).await;
 }
 
 // ---- POST: messages ----

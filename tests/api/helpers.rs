@@ -41,6 +41,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct TestConfig {
     pub corp_id: Option<String>,
+    /// `wecom.agent_id`; [`AGENT_ID`] (what the mock WeCom knows) by default.
+    pub agent_id: i64,
     pub secret: String,
     pub request_timeout: String,
     pub retry_window: String,
@@ -137,6 +139,7 @@ impl Default for TestConfig {
     fn default() -> Self {
         Self {
             corp_id: Some(CORP_ID.to_owned()),
+            agent_id: AGENT_ID,
             secret: SECRET.to_owned(),
             request_timeout: "2s".to_owned(),
             retry_window: "2s".to_owned(),
@@ -240,7 +243,7 @@ public_url = "{PUBLIC_URL}"
 url = "{store_url}"
 {retention}
 [wecom]
-{corp_id}agent_id = {AGENT_ID}
+{corp_id}agent_id = {agent_id}
 secret = "{secret}"
 callback_token = "{CALLBACK_TOKEN}"
 encoding_aes_key = "{ENCODING_AES_KEY}"
@@ -264,6 +267,7 @@ shutdown_grace = "{shutdown_grace}"
 [log]
 level = "warn"
 "#,
+            agent_id = self.agent_id,
             secret = self.secret,
             request_timeout = self.request_timeout,
             retry_window = self.retry_window,
@@ -1057,6 +1061,17 @@ impl CapturedReply {
             ("nonce", self.nonce.clone()),
             ("echostr", self.encrypt.clone()),
         ]
+    }
+
+    /// The reply posted back to the gateway as if it were a callback from WeCom.
+    pub fn as_callback(&self) -> Sealed {
+        Sealed {
+            msg_signature: self.msg_signature.clone(),
+            timestamp: self.timestamp.clone(),
+            nonce: self.nonce.clone(),
+            encrypt: self.encrypt.clone(),
+            body: envelope_body(&self.encrypt),
+        }
     }
 }
 
