@@ -126,6 +126,7 @@ impl Application {
             outbox: outbox.clone(),
             crypto: Arc::new(crypto),
             corp_id: settings.wecom.corp_id.as_str().into(),
+            agent_id: settings.wecom.agent_id.get(),
             public_base: settings.public_base().into(),
             callback_max_age: settings.wecom.callback_max_age,
             send_limiter: SendLimiter::new(settings.server.send_rate),

@@ -662,7 +662,7 @@ async fn callback(settings: &Settings) -> Finding {
         &settings.wecom.encoding_aes_key,
         &settings.wecom.corp_id,
     );
-    let plain = format!("pushbot-doctor-{:016x}", rand::random::<u64>());
+    let plain = doctor_echo();
     let echostr = crypto.encrypt(&plain);
     let timestamp = (now_ms() / 1000).to_string();
     let nonce = format!("{:010}", rand::random::<u32>());
@@ -706,6 +706,12 @@ async fn callback(settings: &Settings) -> Finding {
         return Finding::pass("回调地址可用", format!("{url} answers the URL check"));
     }
     callback_wrong(&url, status, &body)
+}
+
+/// The echo the doctor's URL check sends: shaped like WeCom's (see
+/// [`crate::wecom::checks::is_url_echo`]), or the gateway would refuse to answer it.
+fn doctor_echo() -> String {
+    format!("pushbot-doctor-{:016x}", rand::random::<u64>())
 }
 
 /// Whether the answer came from the URL asked (not after a redirect), query aside.
@@ -769,8 +775,9 @@ fn callback_wrong(url: &str, status: reqwest::StatusCode, body: &str) -> Finding
              wecom.callback_token. Restart it with this configuration."
         }
         400 => {
-            "The echo could not be decrypted: the pushbot answering there has a different \
-             wecom.encoding_aes_key or wecom.corp_id. Restart it with this configuration."
+            "The echo was refused: the pushbot answering there has a different \
+             wecom.encoding_aes_key or wecom.corp_id (restart it with this configuration), \
+             or, if it said \"stale\", its clock and this machine's differ."
         }
         404 | 405 => {
             "No callback handler there: check server.public_url, and that the reverse \
@@ -908,6 +915,14 @@ fn wrap(first: &str, indent: &str, text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_doctor_echo_is_one_the_gateway_answers() {
+        for _ in 0..100 {
+            let echo = doctor_echo();
+            assert!(crate::wecom::checks::is_url_echo(&echo), "{echo:?}");
+        }
+    }
 
     #[test]
     fn lines_fit_eighty_columns_counting_chinese_as_two() {

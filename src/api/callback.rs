@@ -1,10 +1,14 @@
 //! `/wecom/callback`: WeCom's URL check (GET) and member messages/events (POST).
 //!
-//! Order of checks on POST: size, envelope XML, signature, decryption (which also checks the
-//! ReceiveId is our corp id), inner XML. Nothing is stored before all of them pass, so a
-//! forged or broken request changes nothing. A retried callback (same MsgId, or for events
-//! the same sender + time + event + key) is answered with the first reply, not processed
-//! again.
+//! Order of checks on GET: signature, freshness, decryption, and the plaintext must be an
+//! echo (never a message or one of our replies: the URL check is no decryption oracle).
+//!
+//! Order of checks on POST: size, envelope XML, signature, freshness, decryption (which also
+//! checks the ReceiveId is our corp id), inner XML, inner address (our corp and app, not from
+//! the corp itself: our own replies decrypt too). Nothing is stored before all of them pass,
+//! so a forged, replayed or misaddressed request changes nothing. A retried callback (same
+//! MsgId, or for events the same sender + time + event + key) is answered with the first
+//! reply, not processed again.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,6 +26,7 @@ use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::metrics::CallbackOutcome;
 use crate::store::{CallbackClaim, now_ms};
+use crate::wecom::checks;
 use crate::wecom::crypto::CryptoError;
 use crate::wecom::xml::{self, Inbound, XmlError};
 
@@ -68,6 +73,11 @@ fn crypto_error(err: CryptoError) -> Failure {
                 "msg_signature does not match: check wecom.callback_token".into(),
             ),
         ),
+        // Decrypted fine, so not a key problem: a request that is not a URL check.
+        CryptoError::NotAnEcho => (
+            CallbackOutcome::BadRequest,
+            ApiError::BadRequest(format!("not a URL check: {}", CryptoError::NotAnEcho)),
+        ),
         other => (
             CallbackOutcome::DecryptError,
             ApiError::BadRequest(format!("cannot decrypt callback: {other}")),
@@ -101,7 +111,7 @@ fn counted(state: &AppState, result: Result<(CallbackOutcome, Response), Failure
     response
 }
 
-/// The URL check: answer the decrypted `echostr` as the whole body.
+/// The URL check: answer the decrypted `echostr` as the whole body, if it is an echo.
 async fn verify_url(
     State(state): State<AppState>,
     query: Result<Query<UrlCheck>, QueryRejection>,
@@ -118,10 +128,14 @@ fn check_url(
     // A `+` that reached us unencoded was turned into a space by form decoding; base64
     // has no spaces, so putting it back is safe.
     let echostr = q.echostr.replace(' ', "+");
-    let plain = state
+    state
         .crypto
-        .verify_url(&q.msg_signature, &q.timestamp, &q.nonce, &echostr)
+        .verify_signature(&q.msg_signature, &q.timestamp, &q.nonce, &echostr)
         .map_err(crypto_error)?;
+    check_fresh(&q.timestamp, state.callback_max_age)?;
+    // Only an echo is answered: anything else that decrypts is a captured message or one
+    // of our own replies, and echoing it would hand out its plaintext.
+    let plain = state.crypto.decrypt_echo(&echostr).map_err(crypto_error)?;
     tracing::info!("WeCom callback URL verified");
     Ok((
         CallbackOutcome::UrlCheck,
@@ -156,6 +170,13 @@ async fn process(
         .decrypt(&envelope.encrypt)
         .map_err(crypto_error)?;
     let inbound = xml::parse_inbound(&plain).map_err(xml_error)?;
+    // Before anything is stored: a message for another app, or our own reply posted back.
+    checks::check_address(&inbound, &state.corp_id, state.agent_id).map_err(|err| {
+        (
+            CallbackOutcome::BadRequest,
+            ApiError::BadRequest(err.to_string()),
+        )
+    })?;
 
     let Some(command) = bot::interpret(&inbound) else {
         return Ok((CallbackOutcome::Ignored, empty()));

@@ -37,6 +37,8 @@ pub struct AppState {
     pub outbox: Outbox,
     pub crypto: Arc<WeComCrypto>,
     pub corp_id: Arc<str>,
+    /// `wecom.agent_id`: a callback's inner AgentID, when it has one, must be this.
+    pub agent_id: i64,
     /// `server.public_url` without trailing slash, for links in bot replies.
     pub public_base: Arc<str>,
     /// Oldest (or furthest in the future) callback timestamp accepted; zero = any.

@@ -15,6 +15,7 @@ use cbc::cipher::{Block, BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
+use super::checks::{self, MAX_ECHO_BYTES};
 use super::credentials::{CallbackToken, CorpId, EncodingAesKey};
 use super::xml;
 
@@ -44,6 +45,12 @@ pub enum CryptoError {
     Malformed,
     #[error("message is addressed to a different receive id")]
     ReceiveIdMismatch,
+    /// Decrypted, but not what WeCom sends as a URL-check echo (see
+    /// [`checks::is_url_echo`]): a captured message or reply, never to be answered.
+    #[error(
+        "decrypted echostr is not a URL-check echo (1 to {MAX_ECHO_BYTES} letters, digits, - or _)"
+    )]
+    NotAnEcho,
 }
 
 /// One application's callback credentials: the Token, the AES key decoded from EncodingAESKey,
@@ -184,7 +191,8 @@ impl WeComCrypto {
     }
 
     /// URL verification (GET): checks the signature over `echostr`, then returns the decrypted
-    /// echostr, which must be sent back verbatim as the whole response body.
+    /// echostr, which must be sent back verbatim as the whole response body. See
+    /// [`Self::decrypt_echo`].
     pub fn verify_url(
         &self,
         msg_signature: &str,
@@ -193,7 +201,20 @@ impl WeComCrypto {
         echostr: &str,
     ) -> Result<String, CryptoError> {
         self.verify_signature(msg_signature, timestamp, nonce, echostr)?;
-        self.decrypt(echostr)
+        self.decrypt_echo(echostr)
+    }
+
+    /// Decrypts a URL-check `echostr` (verify its signature first) and returns it only if it
+    /// is shaped like an echo. Our passive replies and WeCom's messages are signed and
+    /// encrypted exactly like an echostr, so answering any plaintext would decrypt them for
+    /// whoever captured one.
+    pub fn decrypt_echo(&self, echostr: &str) -> Result<String, CryptoError> {
+        let plain = self.decrypt(echostr)?;
+        if checks::is_url_echo(&plain) {
+            Ok(plain)
+        } else {
+            Err(CryptoError::NotAnEcho)
+        }
     }
 
     /// Builds the signed encrypted passive reply envelope
@@ -484,6 +505,40 @@ mod tests {
         assert_eq!(
             c.verify_url(&flipped, URL_TIMESTAMP, URL_NONCE, URL_ECHOSTR),
             Err(CryptoError::BadSignature)
+        );
+    }
+
+    /// A message or a passive reply is signed and encrypted exactly like an echostr: the URL
+    /// check verifies and decrypts it, and must still not hand out its plaintext.
+    #[test]
+    fn verify_url_answers_only_echoes() {
+        let c = official();
+        assert_eq!(
+            c.verify_url(POST_SIGNATURE, POST_TIMESTAMP, POST_NONCE, &post_encrypt()),
+            Err(CryptoError::NotAnEcho),
+            "Tencent's sample message"
+        );
+        let reply = xml::text_reply_xml("mycreate", CORP_ID, 1, "token\nsecret-push-token");
+        let envelope = c.encrypt_reply(&reply, POST_TIMESTAMP, POST_NONCE);
+        let encrypt = xml::parse_envelope(envelope.as_bytes()).unwrap().encrypt;
+        let sig = c.signature(POST_TIMESTAMP, POST_NONCE, &encrypt);
+        assert!(envelope.contains(&sig), "the reply carries this signature");
+        assert_eq!(
+            c.verify_url(&sig, POST_TIMESTAMP, POST_NONCE, &encrypt),
+            Err(CryptoError::NotAnEcho),
+            "our own passive reply"
+        );
+        let message = c.encrypt("1616140317555161061\n");
+        assert_eq!(c.decrypt_echo(&message), Err(CryptoError::NotAnEcho));
+        let err = c.decrypt_echo(&encrypt).unwrap_err().to_string();
+        assert!(
+            !err.contains("secret") && !err.contains("mycreate"),
+            "{err}"
+        );
+        // A real echo still decrypts.
+        assert_eq!(
+            c.decrypt_echo(URL_ECHOSTR).as_deref(),
+            Ok("1616140317555161061")
         );
     }
 

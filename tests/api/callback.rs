@@ -9,13 +9,165 @@ use crate::helpers::*;
 #[tokio::test]
 async fn url_check_answers_the_decrypted_echostr_and_nothing_else() {
     let app = spawn_app().await;
-    // Long enough that the ciphertext contains `+`, `/` and `=` in practice; the query
-    // encoder percent-encodes them as WeCom does.
-    for echo in ["1616140317555161061", "echo with spaces & symbols +/= 中文"] {
+    // What WeCom sends (a random number), what `pushbot doctor` sends, and the longest echo
+    // answered. The ciphertexts contain `+`, `/` and `=` in practice; the query encoder
+    // percent-encodes them as WeCom does.
+    let longest = "Az09-_".repeat(22)[..128].to_owned();
+    for echo in [
+        "1616140317555161061",
+        "pushbot-doctor-0123456789abcdef",
+        &longest,
+    ] {
         let resp = app.verify_url(echo).await;
-        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.status(), 200, "{echo:?}");
         assert_eq!(resp.text().await.unwrap(), echo);
     }
+}
+
+/// `pushbot_callbacks_total{outcome}` as `/metrics` shows it now (0 when not shown).
+async fn callbacks_counted(app: &TestApp, outcome: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let series = format!("pushbot_callbacks_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// The URL check is no decryption oracle: a correctly signed `echostr` that decrypts to
+/// anything but an echo (our own passive reply with a member's token in it, a captured
+/// message, an echo-like text with other characters) is refused and never shown.
+#[tokio::test]
+async fn url_check_never_decrypts_a_reply_or_a_message() {
+    let app = spawn_app_with(|c| c.metrics = true).await;
+    let user = userid("oracle");
+
+    // The bot's encrypted answer to `token`, as seen on the wire.
+    let resp = app
+        .post_sealed(&seal_with(
+            &app.crypto,
+            &text_message(&user, "token", next_msg_id()),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    let token = token_from_reply(&open_reply(&body).expect("a token reply").content);
+    let captured = CapturedReply::from_body(&body);
+
+    // A member's message, as WeCom sealed it.
+    let secret_text = "the quarterly numbers are 4711";
+    let message = seal_with(
+        &app.crypto,
+        &text_message(&user, secret_text, next_msg_id()),
+    );
+    let message_check = vec![
+        ("msg_signature", message.msg_signature.clone()),
+        ("timestamp", message.timestamp.clone()),
+        ("nonce", message.nonce.clone()),
+        ("echostr", message.encrypt.clone()),
+    ];
+
+    let bad_before = callbacks_counted(&app, "bad_request").await;
+    let checks_before = callbacks_counted(&app, "url_check").await;
+    for (what, query) in [
+        ("our reply to `token`", captured.as_url_check()),
+        ("a member's message", message_check),
+    ] {
+        let resp = app.verify_url_raw(&query).await;
+        let error = assert_error(resp, 400, "bad_request").await.to_string();
+        for secret in [token.as_str(), secret_text, user.as_str(), "<xml>", "CDATA"] {
+            assert!(!error.contains(secret), "{what}: {secret:?} in {error}");
+        }
+    }
+    // Decrypts, but has a character no echo has.
+    for plain in [
+        "echo with spaces",
+        "1616140317555161061\n",
+        "a+b/c=",
+        "中文",
+    ] {
+        let resp = app.verify_url(plain).await;
+        let error = assert_error(resp, 400, "bad_request").await.to_string();
+        assert!(!error.contains(plain.trim()), "{plain:?} in {error}");
+    }
+    let too_long = "9".repeat(129);
+    assert_error(app.verify_url(&too_long).await, 400, "bad_request").await;
+
+    assert_eq!(
+        callbacks_counted(&app, "bad_request").await - bad_before,
+        7.0,
+        "each refusal counts as bad_request"
+    );
+    assert_eq!(callbacks_counted(&app, "url_check").await, checks_before);
+    // The token the reply carried is still the member's (nothing rotated), and a real
+    // URL check is still answered.
+    assert_eq!(app.get_token(&user).await, token);
+    assert_eq!(app.verify_url("1616140317555161061").await.status(), 200);
+}
+
+/// The URL check keeps to `wecom.callback_max_age` like messages do: a captured check
+/// (or anything else signed long ago) is not answered.
+#[tokio::test]
+async fn a_stale_url_check_is_refused() {
+    let app = spawn_app_with(|c| c.metrics = true).await;
+    let echo = "1616140317555161061";
+    let echostr = app.crypto.encrypt(echo);
+    let nonce = nonce();
+    let now: i64 = unix_now().parse().unwrap();
+    for (what, timestamp) in [
+        ("30 days ago", now - 30 * 24 * 3600),
+        ("25 hours ago", now - 25 * 3600),
+        ("a day ahead", now + 25 * 3600),
+    ] {
+        let timestamp = timestamp.to_string();
+        let resp = app
+            .verify_url_raw(&[
+                (
+                    "msg_signature",
+                    app.crypto.signature(&timestamp, &nonce, &echostr),
+                ),
+                ("timestamp", timestamp),
+                ("nonce", nonce.clone()),
+                ("echostr", echostr.clone()),
+            ])
+            .await;
+        let error = assert_error(resp, 400, "bad_request").await;
+        assert!(
+            error["message"].as_str().unwrap().contains("stale"),
+            "{what}: {error}"
+        );
+        assert!(!error.to_string().contains(echo), "{what}: {error}");
+    }
+    assert_eq!(callbacks_counted(&app, "stale").await, 3.0);
+    assert_eq!(callbacks_counted(&app, "url_check").await, 0.0);
+
+    // Tencent's sample check is from 2014.
+    let resp = app.verify_url_raw(&official_url_check()).await;
+    assert_eq!(resp.status(), 400);
+    assert!(!resp.text().await.unwrap().contains(echo));
+
+    // Within the limit it is answered.
+    let recent = (now - 3600).to_string();
+    let resp = app
+        .verify_url_raw(&[
+            (
+                "msg_signature",
+                app.crypto.signature(&recent, &nonce, &echostr),
+            ),
+            ("timestamp", recent),
+            ("nonce", nonce),
+            ("echostr", echostr),
+        ])
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), echo);
 }
 
 #[tokio::test]
@@ -130,18 +282,21 @@ const OFFICIAL_POST_TIMESTAMP: &str = "1409659813";
 const OFFICIAL_POST_NONCE: &str = "1372623149";
 const OFFICIAL_POST_BODY: &str = "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName><Encrypt><![CDATA[RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48kzJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5wLVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8Z1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q==]]></Encrypt><AgentID><![CDATA[218]]></AgentID></xml>";
 
+fn official_url_check() -> Vec<(&'static str, String)> {
+    vec![
+        ("msg_signature", OFFICIAL_URL_SIGNATURE.to_owned()),
+        ("timestamp", OFFICIAL_URL_TIMESTAMP.to_owned()),
+        ("nonce", OFFICIAL_URL_NONCE.to_owned()),
+        ("echostr", OFFICIAL_URL_ECHOSTR.to_owned()),
+    ]
+}
+
 #[tokio::test]
 async fn official_url_check_vector_is_answered_within_a_second() {
-    let app = spawn_app().await;
+    // The vector is signed with a 2014 timestamp: turn the replay check off for it.
+    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
     let started = std::time::Instant::now();
-    let resp = app
-        .verify_url_raw(&[
-            ("msg_signature", OFFICIAL_URL_SIGNATURE.to_owned()),
-            ("timestamp", OFFICIAL_URL_TIMESTAMP.to_owned()),
-            ("nonce", OFFICIAL_URL_NONCE.to_owned()),
-            ("echostr", OFFICIAL_URL_ECHOSTR.to_owned()),
-        ])
-        .await;
+    let resp = app.verify_url_raw(&official_url_check()).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "1616140317555161061");
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
@@ -151,7 +306,7 @@ async fn official_url_check_vector_is_answered_within_a_second() {
 async fn official_url_check_vector_with_an_unencoded_plus_still_works() {
     // Some proxies and WeCom itself have been seen passing `+` through unencoded; the
     // form decoder turns it into a space.
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
     let url = format!(
         "{}?msg_signature={OFFICIAL_URL_SIGNATURE}&timestamp={OFFICIAL_URL_TIMESTAMP}&nonce={OFFICIAL_URL_NONCE}&echostr={OFFICIAL_URL_ECHOSTR}",
         app.url("/wecom/callback")
@@ -161,25 +316,194 @@ async fn official_url_check_vector_with_an_unencoded_plus_still_works() {
     assert_eq!(resp.text().await.unwrap(), "1616140317555161061");
 }
 
+async fn post_official_vector(app: &TestApp) -> reqwest::Response {
+    app.post_callback_raw(
+        &[
+            ("msg_signature", OFFICIAL_POST_SIGNATURE.to_owned()),
+            ("timestamp", OFFICIAL_POST_TIMESTAMP.to_owned()),
+            ("nonce", OFFICIAL_POST_NONCE.to_owned()),
+        ],
+        OFFICIAL_POST_BODY,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn official_post_vector_is_accepted_and_answered() {
-    // The vector is signed with a 2014 timestamp: turn the replay check off for it.
-    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
-    let resp = app
-        .post_callback_raw(
-            &[
-                ("msg_signature", OFFICIAL_POST_SIGNATURE.to_owned()),
-                ("timestamp", OFFICIAL_POST_TIMESTAMP.to_owned()),
-                ("nonce", OFFICIAL_POST_NONCE.to_owned()),
-            ],
-            OFFICIAL_POST_BODY,
-        )
-        .await;
+    // The vector is signed with a 2014 timestamp: turn the replay check off for it. It is
+    // a message for app 218.
+    let app = spawn_app_with(|c| {
+        c.callback_max_age = "0s".to_owned();
+        c.agent_id = 218;
+    })
+    .await;
+    let resp = post_official_vector(&app).await;
     assert_eq!(resp.status(), 200);
     // The sample message is the text "hello" from member "mycreate": help text.
     let reply = open_reply(&resp.text().await.unwrap()).expect("a reply to hello");
     assert_eq!(reply.to_user, "mycreate");
     assert!(reply.content.contains("token"), "{}", reply.content);
+}
+
+#[tokio::test]
+async fn official_post_vector_is_refused_by_another_app() {
+    // Same corp, same keys, but we are app 1000002 and the message is for app 218.
+    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
+    let error = assert_error(post_official_vector(&app).await, 400, "bad_request").await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("wecom.agent_id"),
+        "{error}"
+    );
+}
+
+// ---- POST: the decrypted message must be addressed to us ----
+
+/// A text message as WeCom would send it, with the address parts chosen by the test.
+fn addressed(to: &str, agent: Option<&str>, from: &str, content: &str) -> String {
+    let agent = agent
+        .map(|a| format!("<AgentID>{a}</AgentID>"))
+        .unwrap_or_default();
+    format!(
+        "<xml><ToUserName><![CDATA[{to}]]></ToUserName>\
+         <FromUserName><![CDATA[{from}]]></FromUserName>\
+         <CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+         <Content><![CDATA[{content}]]></Content><MsgId>{}</MsgId>{agent}</xml>",
+        next_msg_id()
+    )
+}
+
+/// A passive reply is signed and encrypted for our corp just like WeCom's messages. Posted
+/// back, it is not a message "from" a member named after the corp: refused, nothing stored.
+#[tokio::test]
+async fn our_own_reply_posted_back_is_refused_and_changes_nothing() {
+    let app = spawn_app_with(|c| c.metrics = true).await;
+    let user = userid("echoed");
+    let resp = app
+        .post_sealed(&seal_with(
+            &app.crypto,
+            &text_message(&user, "rotate", next_msg_id()),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    let token = token_from_reply(&open_reply(&body).expect("a reply to rotate").content);
+    let captured = CapturedReply::from_body(&body);
+
+    let mut conn = crate::db::connect(app.store_url()).await;
+    let before = crate::db::callback_state(&mut conn).await;
+    let bad_before = callbacks_counted(&app, "bad_request").await;
+    let answered_before = callbacks_counted(&app, "answered").await;
+
+    let resp = app.post_sealed(&captured.as_callback()).await;
+    let error = assert_error(resp, 400, "bad_request").await;
+    assert!(!error.to_string().contains(&token), "{error}");
+
+    // A reply to a member whose userid is the corp id looks addressed to us: it is still
+    // from the corp itself.
+    let reply_to_corp = seal_with(
+        &app.crypto,
+        &format!(
+            "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>\
+             <FromUserName><![CDATA[{CORP_ID}]]></FromUserName>\
+             <CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+             <Content><![CDATA[token]]></Content></xml>"
+        ),
+    );
+    assert_error(app.post_sealed(&reply_to_corp).await, 400, "bad_request").await;
+
+    assert_eq!(crate::db::callback_state(&mut conn).await, before);
+    crate::db::close(conn).await;
+    assert_eq!(
+        callbacks_counted(&app, "bad_request").await - bad_before,
+        2.0
+    );
+    assert_eq!(callbacks_counted(&app, "answered").await, answered_before);
+    assert_eq!(app.get_token(&user).await, token, "nothing rotated");
+}
+
+/// A message that decrypts with our key but is addressed to another corp or another app of
+/// ours is not answered and creates nothing: no member, no token, no de-duplication key.
+#[tokio::test]
+async fn a_message_for_another_corp_or_app_is_refused_and_changes_nothing() {
+    let app = spawn_app_with(|c| c.metrics = true).await;
+    let user = userid("elsewhere");
+    let agent = AGENT_ID.to_string();
+    let mut conn = crate::db::connect(app.store_url()).await;
+    let before = crate::db::callback_state(&mut conn).await;
+    for (what, inner, setting) in [
+        (
+            "another corp",
+            addressed("wwOtherCorp0000000", Some(&agent), &user, "token"),
+            "wecom.corp_id",
+        ),
+        (
+            "another corp, no AgentID",
+            addressed("wwOtherCorp0000000", None, &user, "token"),
+            "wecom.corp_id",
+        ),
+        (
+            "a member instead of the corp",
+            addressed(&user, Some(&agent), &user, "token"),
+            "wecom.corp_id",
+        ),
+        (
+            "another app",
+            addressed(CORP_ID, Some("1000003"), &user, "token"),
+            "wecom.agent_id",
+        ),
+        (
+            "an AgentID that is no number",
+            addressed(CORP_ID, Some("x1000002"), &user, "token"),
+            "wecom.agent_id",
+        ),
+    ] {
+        let resp = app.post_sealed(&seal_with(&app.crypto, &inner)).await;
+        let error = assert_error(resp, 400, "bad_request").await;
+        assert!(
+            error["message"].as_str().unwrap().contains(setting),
+            "{what}: {error}"
+        );
+    }
+    assert_eq!(
+        crate::db::callback_state(&mut conn).await,
+        before,
+        "nothing stored"
+    );
+    crate::db::close(conn).await;
+    assert_eq!(callbacks_counted(&app, "bad_request").await, 5.0);
+    assert_eq!(callbacks_counted(&app, "answered").await, 0.0);
+}
+
+/// Some WeCom events carry no AgentID (or an empty one): those are still ours.
+#[tokio::test]
+async fn a_message_without_an_agent_id_still_works() {
+    let app = spawn_app().await;
+    let user = userid("noagent");
+    let reply = app
+        .callback(&addressed(CORP_ID, None, &user, "token"))
+        .await
+        .expect("a token reply");
+    assert_eq!(reply.to_user, user);
+    let token = token_from_reply(&reply.content);
+    let reply = app
+        .callback(&addressed(CORP_ID, Some(""), &user, "token"))
+        .await
+        .expect("a token reply");
+    assert_eq!(token_from_reply(&reply.content), token);
+    let subscribe = format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>\
+         <FromUserName><![CDATA[{user}]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[subscribe]]></Event></xml>",
+        next_create_time()
+    );
+    let welcome = app.callback(&subscribe).await.expect("a welcome");
+    assert_eq!(welcome.to_user, user);
+    let id = app.send_ok(&token, "no agent id", "still works").await;
+    app.wait_for_status(&id, &token, "delivered", WAIT).await;
 }
 
 // ---- POST: messages ----

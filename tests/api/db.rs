@@ -130,6 +130,35 @@ pub async fn heal_updates(conn: &mut AnyConnection) {
     }
 }
 
+/// What the callback can change: every member with their token, and every claimed
+/// callback de-duplication key, sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackState {
+    pub members: Vec<(String, String)>,
+    pub callback_keys: Vec<String>,
+}
+
+pub async fn callback_state(conn: &mut AnyConnection) -> CallbackState {
+    let members = sqlx::query("SELECT userid, token FROM members ORDER BY userid")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("read members")
+        .iter()
+        .map(|r| (r.get("userid"), r.get("token")))
+        .collect();
+    let callback_keys = sqlx::query("SELECT dedup_key FROM callbacks ORDER BY dedup_key")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("read callbacks")
+        .iter()
+        .map(|r| r.get("dedup_key"))
+        .collect();
+    CallbackState {
+        members,
+        callback_keys,
+    }
+}
+
 fn is_sqlite(conn: &AnyConnection) -> bool {
     conn.backend_name() == "SQLite"
 }

@@ -41,6 +41,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct TestConfig {
     pub corp_id: Option<String>,
+    /// `wecom.agent_id`; [`AGENT_ID`] (what the mock WeCom knows) by default.
+    pub agent_id: i64,
     pub secret: String,
     pub request_timeout: String,
     pub retry_window: String,
@@ -137,6 +139,7 @@ impl Default for TestConfig {
     fn default() -> Self {
         Self {
             corp_id: Some(CORP_ID.to_owned()),
+            agent_id: AGENT_ID,
             secret: SECRET.to_owned(),
             request_timeout: "2s".to_owned(),
             retry_window: "2s".to_owned(),
@@ -240,7 +243,7 @@ public_url = "{PUBLIC_URL}"
 url = "{store_url}"
 {retention}
 [wecom]
-{corp_id}agent_id = {AGENT_ID}
+{corp_id}agent_id = {agent_id}
 secret = "{secret}"
 callback_token = "{CALLBACK_TOKEN}"
 encoding_aes_key = "{ENCODING_AES_KEY}"
@@ -264,6 +267,7 @@ shutdown_grace = "{shutdown_grace}"
 [log]
 level = "warn"
 "#,
+            agent_id = self.agent_id,
             secret = self.secret,
             request_timeout = self.request_timeout,
             retry_window = self.retry_window,
@@ -1024,6 +1028,51 @@ pub fn open_reply(body: &str) -> Option<Reply> {
         msg_type: reply.msg_type,
         content: reply.content,
     })
+}
+
+/// The signed parts of an encrypted passive reply, as anyone who sees the reply on the
+/// wire has them.
+#[derive(Debug, Clone)]
+pub struct CapturedReply {
+    pub encrypt: String,
+    pub msg_signature: String,
+    pub timestamp: String,
+    pub nonce: String,
+}
+
+impl CapturedReply {
+    /// Takes the parts from a callback response body (an encrypted reply envelope).
+    pub fn from_body(body: &str) -> Self {
+        let env: ReplyEnvelopeXml = quick_xml::de::from_str(body)
+            .unwrap_or_else(|e| panic!("reply is not an encrypted envelope ({e}): {body}"));
+        Self {
+            encrypt: env.encrypt,
+            msg_signature: env.msg_signature,
+            timestamp: env.timestamp,
+            nonce: env.nonce,
+        }
+    }
+
+    /// The reply's own signature and parts as a URL check's query.
+    pub fn as_url_check(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("msg_signature", self.msg_signature.clone()),
+            ("timestamp", self.timestamp.clone()),
+            ("nonce", self.nonce.clone()),
+            ("echostr", self.encrypt.clone()),
+        ]
+    }
+
+    /// The reply posted back to the gateway as if it were a callback from WeCom.
+    pub fn as_callback(&self) -> Sealed {
+        Sealed {
+            msg_signature: self.msg_signature.clone(),
+            timestamp: self.timestamp.clone(),
+            nonce: self.nonce.clone(),
+            encrypt: self.encrypt.clone(),
+            body: envelope_body(&self.encrypt),
+        }
+    }
 }
 
 /// Line 2 of a token reply, checked to look like a push token.
