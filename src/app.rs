@@ -84,6 +84,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        if !settings.ignored_variables.is_empty() {
+            tracing::debug!(
+                variables = %settings.ignored_variables.join(" "),
+                "ignored Kubernetes service-link variables: they are not settings"
+            );
+        }
         let store_error = |source| StartupError::Store {
             url: settings.storage.url.redacted(),
             source,

@@ -4,7 +4,10 @@
 //! ("parse, don't validate"): a malformed value, an unknown key (with the nearest valid one
 //! suggested) or an inconsistent combination stops loading with one line naming the key, so
 //! a [`Settings`] that exists is a usable one. Secrets redact themselves in `{:?}`.
+//! The variables Kubernetes sets for a Service named `pushbot…` (`PUSHBOT_PORT`,
+//! `PUSHBOT_SERVICE_HOST`, …) are not settings and are ignored ([`is_service_link`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,10 @@ pub struct Settings {
     pub email: Option<EmailSettings>,
     #[serde(default)]
     pub log: LogSettings,
+    /// The Kubernetes service-link variables (`PUSHBOT_PORT`, `PUSHBOT_SERVICE_HOST`, …)
+    /// found in the environment and ignored: not settings (see [`is_service_link`]).
+    #[serde(skip)]
+    pub ignored_variables: Vec<String>,
 }
 
 /// `[email]`: SMTP for the e-mail channel (fallback and verification codes).
@@ -854,6 +861,128 @@ impl ConfigError {
     }
 }
 
+/// The `PUSHBOT_*` variables that are settings, and the names of those that are
+/// Kubernetes service links (ignored). `PUSHBOT_CONFIG` names the file: neither.
+///
+/// Read with `vars_os`: `std::env::vars` panics on a variable that is not UTF-8, and
+/// someone else's variable must not stop pushbot.
+fn environment() -> Result<(HashMap<String, String>, Vec<String>), ConfigError> {
+    let mut settings = HashMap::new();
+    let mut links = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        // The config crate matches its prefix without regard to case.
+        let Some(name) = name
+            .to_str()
+            .filter(|n| {
+                n.get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("PUSHBOT_"))
+            })
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if name == "PUSHBOT_CONFIG" {
+            continue;
+        }
+        let Ok(value) = value.into_string() else {
+            return Err(ConfigError::Invalid {
+                key: name,
+                message: "the value is not valid UTF-8".to_owned(),
+            });
+        };
+        if is_service_link(&name, &value) {
+            links.push(name);
+        } else {
+            settings.insert(name, value);
+        }
+    }
+    links.sort();
+    Ok((settings, links))
+}
+
+/// Whether a `PUSHBOT_…` variable is one Kubernetes sets in every pod of a namespace with
+/// a Service named `pushbot` or `pushbot-<something>` (and Docker's legacy links alike),
+/// rather than a setting:
+///
+/// ```text
+/// <S>_SERVICE_HOST=10.96.0.12           <S>_PORT=tcp://10.96.0.12:8080
+/// <S>_SERVICE_PORT=8080                 <S>_PORT_8080_TCP=tcp://10.96.0.12:8080
+/// <S>_SERVICE_PORT_<PORT NAME>=8080     <S>_PORT_8080_TCP_PROTO=tcp
+///                                       <S>_PORT_8080_TCP_PORT=8080
+///                                       <S>_PORT_8080_TCP_ADDR=10.96.0.12
+/// ```
+///
+/// `<S>` is the Service's name in capitals with `_` for `-` (`PUSHBOT`, `PUSHBOT_SERVER`);
+/// the protocol is TCP, UDP or SCTP. Every setting has a double underscore
+/// (`PUSHBOT_<SECTION>__<KEY>`, e.g. `PUSHBOT_EMAIL__PORT`) and a link never does (a
+/// Service name cannot end in `-`), so no setting is ever taken for a link. The value must
+/// have the link's form too (an address, a port, `tcp://address:port`), so that a setting
+/// written with one underscore by mistake (`PUSHBOT_SERVER_PORT=9090`) is still refused
+/// rather than silently ignored.
+pub fn is_service_link(name: &str, value: &str) -> bool {
+    const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
+    let name = name.to_ascii_uppercase();
+    if name.contains("__")
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return false;
+    }
+    let service = |s: &str| s == "PUSHBOT" || s.starts_with("PUSHBOT_");
+    let is_ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let is_port = |v: &str| v.parse::<u16>().is_ok_and(|p| p > 0);
+    // `tcp://10.96.0.12:8080` (`[fd00::12]:8080` for IPv6), with the protocol and port
+    // asked for, if any.
+    let is_link = |v: &str, protocol: Option<&str>, port: Option<&str>| {
+        v.split_once("://").is_some_and(|(scheme, address)| {
+            PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(scheme))
+                && protocol.is_none_or(|p| p.eq_ignore_ascii_case(scheme))
+                && address
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.port() > 0 && port.is_none_or(|p| p == a.port().to_string()))
+        })
+    };
+    if let Some(s) = name.strip_suffix("_SERVICE_HOST") {
+        return service(s) && is_ip(value);
+    }
+    if let Some(s) = name.strip_suffix("_SERVICE_PORT") {
+        return service(s) && is_port(value);
+    }
+    if let Some((s, port_name)) = name.split_once("_SERVICE_PORT_") {
+        return service(s) && !port_name.is_empty() && is_port(value);
+    }
+    if let Some(s) = name.strip_suffix("_PORT")
+        && service(s)
+        && is_link(value, None, None)
+    {
+        return true;
+    }
+    let parts: Vec<&str> = name.split('_').collect();
+    let at = |from_end: usize| parts.len().checked_sub(from_end).and_then(|i| parts.get(i));
+    let port_prefix = |n: usize| {
+        // `<S>_PORT_<port>_<PROTOCOL>` ending `n` parts from the end.
+        match (at(n + 3), at(n + 2), at(n + 1)) {
+            (Some(&"PORT"), Some(port), Some(protocol))
+                if PROTOCOLS.contains(protocol) && is_port(port) =>
+            {
+                let service_parts = parts.get(..parts.len() - (n + 3)).unwrap_or_default();
+                service(&service_parts.join("_")).then_some((*port, *protocol))
+            }
+            _ => None,
+        }
+    };
+    if let Some((port, protocol)) = port_prefix(0) {
+        return is_link(value, Some(protocol), Some(port));
+    }
+    match (port_prefix(1), at(1)) {
+        (Some((_, protocol)), Some(&"PROTO")) => value.eq_ignore_ascii_case(protocol),
+        (Some((port, _)), Some(&"PORT")) => value == port,
+        (Some(_), Some(&"ADDR")) => is_ip(value),
+        _ => false,
+    }
+}
+
 /// Where a bad value came from: ` (from PUSHBOT_WECOM__AGENT_ID)` or ` (in FILE)`.
 fn origin_note(origin: Option<&str>, key: &str) -> String {
     match origin {
@@ -872,7 +1001,10 @@ impl Settings {
     /// An explicitly named file must exist; the implicit `pushbot.toml` is optional so a
     /// container can be configured from the environment alone.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::from_builder(Self::sources(path)?)
+        let (env, ignored) = environment()?;
+        let mut settings = Self::from_builder(Self::sources(path, env)?)?;
+        settings.ignored_variables = ignored;
+        Ok(settings)
     }
 
     /// Only `server.listen` (default `0.0.0.0:8080`), from the same file and environment as
@@ -889,17 +1021,19 @@ impl Settings {
             #[serde(default)]
             server: Option<Server>,
         }
-        let partial: Partial = Self::sources(path)?
+        let (env, _) = environment()?;
+        let partial: Partial = Self::sources(path, env)?
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(ConfigError::from_config)?;
         Ok(partial.server.map_or_else(default_listen, |s| s.listen))
     }
 
-    /// The config file (given, or `./pushbot.toml` when present) under `PUSHBOT_*`
-    /// environment overrides.
+    /// The config file (given, or `./pushbot.toml` when present) under the `PUSHBOT_*`
+    /// overrides in `env` (from [`environment`]).
     fn sources(
         path: Option<&Path>,
+        env: HashMap<String, String>,
     ) -> Result<config::ConfigBuilder<config::builder::DefaultState>, ConfigError> {
         let mut builder = config::Config::builder();
         match path {
@@ -921,12 +1055,7 @@ impl Settings {
         let env = config::Environment::with_prefix("PUSHBOT")
             .prefix_separator("_")
             .separator("__")
-            // `PUSHBOT_CONFIG` names the file; it is not a setting.
-            .source(Some(
-                std::env::vars()
-                    .filter(|(k, _)| k != "PUSHBOT_CONFIG")
-                    .collect(),
-            ));
+            .source(Some(env));
         Ok(builder.add_source(env))
     }
 
@@ -1349,6 +1478,70 @@ mod tests {
         }
         let text = format!("{MINIMAL}\n[delivery]\nutc_offset = \"8\"\n");
         assert!(Settings::from_toml(&text).is_err());
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_told_from_settings() {
+        for (name, value) in [
+            // Service `pushbot`, one port named `http`.
+            ("PUSHBOT_SERVICE_HOST", "10.96.0.12"),
+            ("PUSHBOT_SERVICE_PORT", "8080"),
+            ("PUSHBOT_SERVICE_PORT_HTTP", "8080"),
+            ("PUSHBOT_PORT", "tcp://10.96.0.12:8080"),
+            ("PUSHBOT_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("PUSHBOT_PORT_8080_TCP_PROTO", "tcp"),
+            ("PUSHBOT_PORT_8080_TCP_PORT", "8080"),
+            ("PUSHBOT_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            // Service `pushbot-server`; UDP, SCTP, IPv6, a port name with a dash.
+            ("PUSHBOT_SERVER_SERVICE_HOST", "fd00::12"),
+            ("PUSHBOT_SERVER_SERVICE_PORT", "53"),
+            ("PUSHBOT_SERVER_SERVICE_PORT_DNS_UDP", "53"),
+            ("PUSHBOT_SERVER_PORT", "udp://[fd00::12]:53"),
+            ("PUSHBOT_SERVER_PORT_53_UDP", "udp://[fd00::12]:53"),
+            ("PUSHBOT_SERVER_PORT_53_UDP_PROTO", "udp"),
+            ("PUSHBOT_SERVER_PORT_53_UDP_ADDR", "fd00::12"),
+            ("PUSHBOT_SERVER_PORT_9_SCTP", "sctp://10.0.0.1:9"),
+            ("PUSHBOT_WECOM_RELAY_2_PORT", "tcp://10.0.0.1:443"),
+            ("pushbot_port", "tcp://10.96.0.12:8080"),
+        ] {
+            assert!(is_service_link(name, value), "{name}={value} is a link");
+        }
+        for (name, value) in [
+            // Settings: always a double underscore, whatever the value.
+            ("PUSHBOT_EMAIL__PORT", "587"),
+            ("PUSHBOT_EMAIL__PORT", "tcp://10.0.0.1:587"),
+            ("PUSHBOT_SERVER__LISTEN", "0.0.0.0:8080"),
+            ("PUSHBOT_SERVER__LISTN", "0.0.0.0:8080"),
+            ("PUSHBOT_WECOM__SECRT", "x"),
+            ("PUSHBOT_STORAGE__URL", "sqlite:///data/pushbot.db"),
+            ("PUSHBOT_SERVER__SERVICE_HOST", "10.0.0.1"),
+            ("PUSHBOT_X__PORT_8080_TCP_ADDR", "10.0.0.1"),
+            // Settings written with one underscore by mistake: not links, so refused.
+            ("PUSHBOT_SERVER_PORT", "9090"),
+            ("PUSHBOT_EMAIL_PORT", "587"),
+            ("PUSHBOT_SERVER_LISTEN", "0.0.0.0:8080"),
+            ("PUSHBOT_SERVICE_HOST", "push.example.com"),
+            ("PUSHBOT_SERVICE_PORT", "http"),
+            ("PUSHBOT_PORT", "tcp://10.96.0.12"),
+            ("PUSHBOT_PORT", "http://10.96.0.12:8080"),
+            // The pieces must agree with the name.
+            ("PUSHBOT_PORT_8080_TCP", "tcp://10.96.0.12:9090"),
+            ("PUSHBOT_PORT_8080_TCP", "udp://10.96.0.12:8080"),
+            ("PUSHBOT_PORT_8080_TCP_PROTO", "udp"),
+            ("PUSHBOT_PORT_8080_TCP_PORT", "9090"),
+            ("PUSHBOT_PORT_8080_TCP_ADDR", "somewhere"),
+            ("PUSHBOT_PORT_8080_HTTP", "tcp://10.96.0.12:8080"),
+            ("PUSHBOT_PORT_HTTP_TCP", "tcp://10.96.0.12:8080"),
+            ("PUSHBOT_PORT_8080_TCP_HOST", "10.96.0.12"),
+            ("PUSHBOT_SERVICE_PORT_", "8080"),
+            // Not ours, or not a name Kubernetes makes.
+            ("OTHER_PORT", "tcp://10.96.0.12:8080"),
+            ("PUSHBOTX_PORT", "tcp://10.96.0.12:8080"),
+            ("PUSHBOT_PORT-X", "tcp://10.96.0.12:8080"),
+            ("PUSHBOT", "tcp://10.96.0.12:8080"),
+        ] {
+            assert!(!is_service_link(name, value), "{name}={value} is no link");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `pushbot doctor`: checks a set-up from the configuration to WeCom and back, and says in
 //! words (Chinese and English) what to fix.
 //!
-//! Checks run in order and print one line each, starting with `✓` (pass), `✗` (fail) or
-//! `–` (skipped), with the fix indented under every `✗`: the configuration (a load error
+//! Checks run in order and print one line each, starting with `✓` (pass), `✗` (fail), `!`
+//! (works, but should be fixed: it does not fail the run) or `–` (skipped), with the fix
+//! indented under every `✗` and `!`: the configuration (a load error
 //! stops here), the database, WeCom's `gettoken`, the app (`agent/get`), the callback URL
 //! (a signed URL check against `server.public_url`, like the one WeCom makes) and SMTP.
 //! Nothing is sent to anyone; the only write is the database's health probe. Secrets (the
@@ -10,7 +11,7 @@
 //! printed.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::{Host, Url};
@@ -19,7 +20,7 @@ use crate::app::{Egress, http_client, wecom_http_client};
 use crate::config::{DEFAULT_CONFIG_FILE, Settings};
 use crate::delivery::email::EmailChannel;
 use crate::error::chain;
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Store, StoreError, chmod_command, exposed_files, now_ms};
 use crate::wecom::client::{AgentInfo, WeComClient, WeComError, describe, untrusted_ip};
 use crate::wecom::crypto::WeComCrypto;
 
@@ -33,6 +34,8 @@ const CALLBACK_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Mark {
     Pass,
     Fail,
+    /// Works, but should be fixed (database files other users can read).
+    Warn,
     Skip,
 }
 
@@ -41,6 +44,7 @@ impl Mark {
         match self {
             Self::Pass => "✓",
             Self::Fail => "✗",
+            Self::Warn => "!",
             Self::Skip => "–",
         }
     }
@@ -73,6 +77,10 @@ impl Finding {
         Self::new(Mark::Fail, zh, en)
     }
 
+    fn warn(zh: impl Into<String>, en: impl Into<String>) -> Self {
+        Self::new(Mark::Warn, zh, en)
+    }
+
     fn skip(zh: impl Into<String>, en: impl Into<String>) -> Self {
         Self::new(Mark::Skip, zh, en)
     }
@@ -92,6 +100,7 @@ impl Finding {
 struct Report<'a> {
     out: &'a mut dyn Write,
     failed: usize,
+    warned: usize,
     skipped: usize,
 }
 
@@ -99,6 +108,7 @@ impl Report<'_> {
     fn print(&mut self, finding: Finding) {
         match finding.mark {
             Mark::Fail => self.failed += 1,
+            Mark::Warn => self.warned += 1,
             Mark::Skip => self.skipped += 1,
             Mark::Pass => {}
         }
@@ -118,9 +128,16 @@ impl Report<'_> {
             0 => (String::new(), String::new()),
             n => (format!("，{n} 项跳过"), format!(", {n} skipped")),
         };
-        let line = match self.failed {
-            0 => format!("全部通过{zh_skipped} · all checks passed{en_skipped}"),
-            n => format!("{n} 项未通过{zh_skipped} · {n} failed{en_skipped}: fix them, run again"),
+        let line = match (self.failed, self.warned) {
+            (0, 0) => format!("全部通过{zh_skipped} · all checks passed{en_skipped}"),
+            (0, w) => format!(
+                "无未通过项，{w} 项警告{zh_skipped} · nothing failed, {w} {}{en_skipped}: \
+                 fix the lines marked !",
+                plural(w, "warning", "warnings")
+            ),
+            (n, _) => {
+                format!("{n} 项未通过{zh_skipped} · {n} failed{en_skipped}: fix them, run again")
+            }
         };
         let _ = writeln!(self.out);
         for line in wrap("", "", &line) {
@@ -135,6 +152,7 @@ pub async fn run(config: Option<&Path>, out: &mut dyn Write) -> bool {
     let mut report = Report {
         out,
         failed: 0,
+        warned: 0,
         skipped: 0,
     };
     let settings = match Settings::load(config) {
@@ -251,6 +269,8 @@ async fn database(settings: &Settings) -> Finding {
     let postgres = settings.storage.url.engine() == crate::store::Engine::Postgres;
     let file = settings.storage.url.sqlite_path();
     let existed = file.is_some_and(Path::exists);
+    // Before opening: a running service's -wal and -shm are there now.
+    let exposed = file.map(exposed_files).unwrap_or_default();
     // Exactly as the service opens it: the directory is checked for writing, the file
     // created if needed, migrations applied.
     let store = match Store::connect(url).await {
@@ -300,6 +320,7 @@ async fn database(settings: &Settings) -> Finding {
         _ => "migrated, writes OK",
     };
     match probe {
+        Ok(()) if !exposed.is_empty() => exposed_finding(&shown, verdict, &exposed),
         Ok(()) => Finding::pass("数据库可读写", format!("database {shown}: {verdict}")),
         Err(err) => Finding::fail(
             "数据库不可写",
@@ -311,6 +332,27 @@ async fn database(settings: &Settings) -> Finding {
              pushbot doctor again.",
         ),
     }
+}
+
+/// A database that works but that other users of the machine can read.
+fn exposed_finding(shown: &str, verdict: &str, exposed: &[(PathBuf, u32)]) -> Finding {
+    let files = exposed
+        .iter()
+        .map(|(path, mode)| format!("{} ({mode:04o})", path.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Finding::warn(
+        "数据库文件其他用户可读",
+        format!("database {shown}: {verdict}, but other users can read it"),
+    )
+    .note(format!("Readable by others: {files}."))
+    .note("数据库保存着所有成员的推送令牌和消息页密钥，请只允许 pushbot 的用户读写：")
+    .note(
+        "It holds every member's push token and every page key. Let only the user \
+         pushbot runs as read it (new files are created 0600; pushbot does not change \
+         the mode of existing ones):",
+    )
+    .note(chmod_command(exposed))
 }
 
 /// `gettoken`, then `agent/get` with the token.

@@ -38,7 +38,7 @@ pub use messages::{
 };
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
-pub use sqlite::sqlite_path;
+pub use sqlite::{chmod_command, exposed_files, sqlite_path};
 pub use writer::{AttemptUpdate, Digest, Overdue};
 use writer::{WriteStatus, WriterHandle};
 

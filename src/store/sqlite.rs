@@ -44,19 +44,23 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         });
     };
     preflight(&db_file)?;
-    // Only the first connection may create the file. Later ones (the pool's, the
-    // writer's) must not: after the file was deleted they would silently start an
-    // empty database at the same path; failing is the truthful answer.
-    let create: AnyConnectOptions = sqlite_url_with_mode(url, "rwc")
-        .parse::<AnyConnectOptions>()?
-        .disable_statement_logging();
+    warn_if_exposed(&db_file);
+    // The file is created here, private, and never by SQLite (which would make it 0644
+    // less the umask; its -wal and -shm copy the database's mode). No connection creates
+    // it: after the file was deleted one would silently start an empty database at the
+    // same path; failing is the truthful answer.
+    create_private(&db_file).map_err(|e| StoreError::Open {
+        target: db_file.display().to_string(),
+        reason: "cannot create the database file".to_owned(),
+        source: Some(Box::new(e)),
+    })?;
     let options: AnyConnectOptions = sqlite_url_with_mode(url, "rw")
         .parse::<AnyConnectOptions>()?
         .disable_statement_logging();
     // One connection first, so that an error surfaces at once with its cause (a pool
     // retries failing connects until its timeout, logging each attempt).
     let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
-        let mut conn = AnyConnection::connect_with(&create).await?;
+        let mut conn = AnyConnection::connect_with(&options).await?;
         configure(&mut conn).await?;
         conn.close().await
     })
@@ -95,7 +99,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         // (an immutable -wal, a read-only remount) stays read-only until closed.
         .idle_timeout(Duration::from_secs(60))
         .max_lifetime(Duration::from_secs(30 * 60))
-        .connect_with(options)
+        .connect_with(options.clone())
         .await?;
     sqlx::migrate!("./src/store/migrations/sqlite")
         .run(&pool)
@@ -468,6 +472,88 @@ fn preflight(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Permission bits no database file may have: nobody but the user pushbot runs as may read
+/// or write them (they hold every member's push token and every page key).
+const NOT_PRIVATE: u32 = 0o077;
+
+/// Creates `path` empty (an empty file is an empty SQLite database) with mode 0600, unless
+/// it exists. The mode is set on the open file, so no umask
+/// (not even one that takes the owner's write bit) changes it. SQLite creates the `-wal`
+/// and `-shm` files with the database file's mode (it copies it, and fixes up what the
+/// umask took away), so they are private too, without touching the process umask.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The database's files (the database, `-wal`, `-shm`, `-journal`) that exist and that
+/// other users may read or write, with their permission bits. A file an older pushbot,
+/// a restore or a copy made with looser permissions stays so: pushbot does not change
+/// modes it did not set (see [`warn_if_exposed`]).
+pub fn exposed_files(db: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    ["", "-wal", "-shm", "-journal"]
+        .into_iter()
+        .filter_map(|suffix| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+            (mode & NOT_PRIVATE != 0).then_some((path, mode))
+        })
+        .collect()
+}
+
+/// `chmod 600 FILE…` for [`exposed_files`], paths quoted for a POSIX shell when needed.
+pub fn chmod_command(files: &[(PathBuf, u32)]) -> String {
+    let mut command = "chmod 600".to_owned();
+    for (path, _) in files {
+        let text = path.display().to_string();
+        command.push(' ');
+        if !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%".contains(&b))
+        {
+            command.push_str(&text);
+        } else {
+            command.push('\'');
+            command.push_str(&text.replace('\'', r"'\''"));
+            command.push('\'');
+        }
+    }
+    command
+}
+
+/// Says at start-up (WARN) which database files other users can read, and the command
+/// that fixes it. Only says: the mode of a file pushbot did not create is someone's choice
+/// (a backup job reading it through its group, say), and changing it behind their back
+/// would break that silently; `pushbot doctor` says the same.
+fn warn_if_exposed(db: &Path) {
+    let exposed = exposed_files(db);
+    if exposed.is_empty() {
+        return;
+    }
+    let files: Vec<String> = exposed
+        .iter()
+        .map(|(path, mode)| format!("{} ({mode:04o})", path.display()))
+        .collect();
+    tracing::warn!(
+        files = %files.join(", "),
+        fix = %chmod_command(&exposed),
+        "the database files can be read by other users of this machine, and they hold every member's push token and every page key: run the command in `fix`"
+    );
+}
+
 /// The URL with SQLite's open `mode` (`rwc` creates the file, `rw` does not), unless the
 /// URL sets one itself or is an in-memory database.
 fn sqlite_url_with_mode(url: &str, mode: &str) -> String {
@@ -548,6 +634,64 @@ mod tests {
             WAL_AUTOCHECKPOINT_PAGES.to_string()
         );
         assert_eq!(pragma("busy_timeout"), BUSY_TIMEOUT_MS.to_string());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_new_database_and_its_wal_and_shm_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        store.token_for(&UserId::new("alice")).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        assert!(exposed_files(&path).is_empty());
+        store.close().await;
+    }
+
+    #[test]
+    fn files_other_users_can_read_are_named_with_the_command_that_fixes_them() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("my data").join("x.db");
+        std::fs::create_dir(db.parent().unwrap()).unwrap();
+        let set = |suffix: &str, mode: u32| {
+            let file = PathBuf::from(format!("{}{suffix}", db.display()));
+            std::fs::write(&file, b"").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            file
+        };
+        assert!(exposed_files(&db).is_empty(), "no files, nothing exposed");
+        let main = set("", 0o644);
+        set("-wal", 0o600);
+        let shm = set("-shm", 0o660);
+        assert_eq!(
+            exposed_files(&db),
+            vec![(main.clone(), 0o644), (shm.clone(), 0o660)]
+        );
+        assert_eq!(
+            chmod_command(&exposed_files(&db)),
+            format!("chmod 600 '{}' '{}'", main.display(), shm.display())
+        );
+        assert_eq!(
+            chmod_command(&[(PathBuf::from("/data/pushbot.db"), 0o644)]),
+            "chmod 600 /data/pushbot.db"
+        );
+        assert_eq!(
+            chmod_command(&[(PathBuf::from("it's.db"), 0o644)]),
+            r"chmod 600 'it'\''s.db'"
+        );
+        // An existing file keeps its mode (pushbot does not change what it did not set).
+        create_private(&main).unwrap();
+        assert_eq!(mode(&main), 0o644);
     }
 
     #[tokio::test]

@@ -142,6 +142,97 @@ async fn a_misspelt_key_is_refused_with_the_nearest_valid_one() {
     );
 }
 
+/// What Kubernetes puts in every pod of a namespace with the Services `pushbot` (port 8080,
+/// named `http`) and `pushbot-server` (ports 80 and 9090/UDP, unnamed).
+const SERVICE_LINKS: &[(&str, &str)] = &[
+    ("PUSHBOT_SERVICE_HOST", "10.96.0.12"),
+    ("PUSHBOT_SERVICE_PORT", "8080"),
+    ("PUSHBOT_SERVICE_PORT_HTTP", "8080"),
+    ("PUSHBOT_PORT", "tcp://10.96.0.12:8080"),
+    ("PUSHBOT_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+    ("PUSHBOT_PORT_8080_TCP_PROTO", "tcp"),
+    ("PUSHBOT_PORT_8080_TCP_PORT", "8080"),
+    ("PUSHBOT_PORT_8080_TCP_ADDR", "10.96.0.12"),
+    ("PUSHBOT_SERVER_SERVICE_HOST", "10.96.0.13"),
+    ("PUSHBOT_SERVER_SERVICE_PORT", "80"),
+    ("PUSHBOT_SERVER_PORT", "tcp://10.96.0.13:80"),
+    ("PUSHBOT_SERVER_PORT_80_TCP", "tcp://10.96.0.13:80"),
+    ("PUSHBOT_SERVER_PORT_80_TCP_PROTO", "tcp"),
+    ("PUSHBOT_SERVER_PORT_80_TCP_PORT", "80"),
+    ("PUSHBOT_SERVER_PORT_80_TCP_ADDR", "10.96.0.13"),
+    ("PUSHBOT_SERVER_PORT_9090_UDP", "udp://10.96.0.13:9090"),
+    ("PUSHBOT_SERVER_PORT_9090_UDP_PROTO", "udp"),
+    ("PUSHBOT_SERVER_PORT_9090_UDP_PORT", "9090"),
+    ("PUSHBOT_SERVER_PORT_9090_UDP_ADDR", "10.96.0.13"),
+    ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+    ("KUBERNETES_SERVICE_PORT", "443"),
+    ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+];
+
+/// Kubernetes service links are not settings: `serve` starts (it used to answer `unknown
+/// setting 'port'` and exit 1, a crash loop), says at DEBUG which it ignored, and the real
+/// settings beside them still apply.
+#[tokio::test]
+async fn kubernetes_service_links_do_not_stop_start_up() {
+    // The file has the wrong secret; the environment has the right one.
+    let s = setup(|c| c.secret = "wrong-secret".to_owned()).await;
+    let mut env = SERVICE_LINKS.to_vec();
+    env.extend([("PUSHBOT_WECOM__SECRET", SECRET), ("RUST_LOG", "debug")]);
+    let bin = spawn_binary(&s.config_path, s.port, &env).await;
+    let health = bin.healthz().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let token = bin.get_token(&userid("k8s")).await;
+    let id = bin.send_ok(&token, "in", "kubernetes").await;
+    bin.wait_for_status(&id, &token, "delivered", WAIT).await;
+
+    let log = std::fs::read_to_string(&bin.log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("DEBUG") && l.contains("service-link"))
+        .unwrap_or_else(|| panic!("no DEBUG line naming the ignored variables:\n{log}"));
+    let words: Vec<&str> = line.split([' ', '"', '=']).collect();
+    for (name, _) in SERVICE_LINKS {
+        assert_eq!(
+            words.contains(name),
+            name.starts_with("PUSHBOT_"),
+            "{name} in {line}"
+        );
+    }
+    assert!(!line.contains("WECOM__SECRET"), "{line}");
+
+    // check-config too (and `pushbot healthcheck`, the image's HEALTHCHECK).
+    let config = s.config_path.to_str().unwrap();
+    let mut env = SERVICE_LINKS.to_vec();
+    env.push(("PUSHBOT_CONFIG", config));
+    succeeds(pushbot_command(&env).arg("check-config"));
+    succeeds(pushbot_command(&env).arg("healthcheck"));
+}
+
+/// Beside the service links, a misspelt setting is still refused with the nearest valid
+/// key, and exit code 1.
+#[tokio::test]
+async fn a_misspelt_setting_beside_service_links_is_refused_naming_the_nearest() {
+    let s = setup(|_| {}).await;
+    for (name, value, message) in [
+        (
+            "PUSHBOT_SERVER__LISTN",
+            "0.0.0.0:8080",
+            "unknown setting `server.listn`; did you mean `server.listen`?",
+        ),
+        (
+            "PUSHBOT_WECOM__SECRT",
+            "s3cr3t",
+            "unknown setting `wecom.secrt`; did you mean `wecom.secret`?",
+        ),
+    ] {
+        let mut env = SERVICE_LINKS.to_vec();
+        env.push((name, value));
+        let (out, stderr) = run_to_exit(&s.config_path, &env).await;
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.trim(), format!("pushbot: {message}"));
+    }
+}
+
 #[tokio::test]
 async fn a_missing_config_file_exits_non_zero_naming_it() {
     let dir = tempfile::tempdir().unwrap();

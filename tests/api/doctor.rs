@@ -57,7 +57,7 @@ impl Outcome {
     fn checks(&self) -> Vec<String> {
         let mut checks: Vec<String> = Vec::new();
         for line in self.stdout.lines() {
-            if line.starts_with(['✓', '✗', '–']) {
+            if line.starts_with(['✓', '✗', '!', '–']) {
                 checks.push(line.to_owned());
             } else if line.starts_with(' ')
                 && let Some(last) = checks.last_mut()
@@ -303,6 +303,59 @@ async fn a_database_that_cannot_be_opened_fails() {
     assert!(db.contains(&place) && db.contains("storage.url"), "{db}");
     // The checks after it still run.
     assert!(out.check("gettoken").starts_with('✓'), "{}", out.stdout);
+}
+
+/// A SQLite database other users of the machine can read (made by an older pushbot, or
+/// copied back from a backup): a warning naming each such file, its mode and the `chmod`
+/// that fixes it; the run still succeeds (it works). Once fixed, the check passes.
+#[tokio::test]
+async fn a_database_other_users_can_read_is_a_warning_with_the_chmod_that_fixes_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mock = MockWeCom::start().await;
+    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    // A SQLite file whatever the engine under test.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pushbot.db");
+    let wal = dir.path().join("pushbot.db-wal");
+    for (file, mode) in [(&db, 0o644), (&wal, 0o640)] {
+        std::fs::write(file, b"").unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut env = healthy_env(&nowhere());
+    env.push(("PUSHBOT_STORAGE__URL".into(), sqlite_url(&db)));
+
+    let out = doctor(&setup, &env).await;
+    assert!(
+        out.success,
+        "a warning does not fail the run:\n{}",
+        out.stdout
+    );
+    let check = out.check("database");
+    assert!(check.starts_with('!'), "{check}");
+    for words in [
+        "other users can read it",
+        &format!("{} (0644)", db.display()),
+        &format!("{} (0640)", wal.display()),
+        "push token",
+        &format!("chmod 600 {} {}", db.display(), wal.display()),
+    ] {
+        assert!(check.contains(words), "{words:?} in {check}");
+    }
+    assert!(
+        out.stdout.contains("nothing failed, 1 warning"),
+        "{}",
+        out.stdout
+    );
+    // Doctor only says: it changes no mode (the -wal is gone: SQLite removes it at close).
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = doctor(&setup, &env).await;
+    assert!(out.check("database").starts_with('✓'), "{}", out.stdout);
+    assert!(out.stdout.contains("all checks passed"), "{}", out.stdout);
 }
 
 #[tokio::test]

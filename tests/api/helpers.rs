@@ -778,10 +778,16 @@ pub fn pushbot_command(envs: &[(&str, &str)]) -> Command {
 
 /// Starts the binary and waits until `/healthz` answers 200.
 pub async fn spawn_binary(config_path: &Path, port: u16, envs: &[(&str, &str)]) -> BinApp {
+    spawn_command(binary_command(config_path, envs), config_path, port).await
+}
+
+/// Starts `cmd` (a `pushbot serve` on `port`, however started), its output in a log file
+/// beside `config_path`, and waits until `/healthz` answers 200.
+pub async fn spawn_command(mut cmd: Command, config_path: &Path, port: u16) -> BinApp {
     init();
     let log_path = config_path.with_extension(format!("{port}.log"));
     let log = std::fs::File::create(&log_path).expect("create log file");
-    let child = binary_command(config_path, envs)
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log handle"))
         .stderr(log)

@@ -20,6 +20,7 @@ mod email;
 mod http_rules;
 mod idempotency;
 mod instances;
+mod kubernetes;
 mod lanes;
 mod metrics;
 mod outbox;

@@ -303,6 +303,73 @@ async fn start_up_storage_errors_name_the_path_and_the_cause() {
     );
 }
 
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The database holds every member's token and every page key: the database file, its
+/// `-wal` and `-shm` are 0600 even when pushbot runs under `umask 000` (which would leave
+/// anything created with SQLite's default mode readable and writable by everyone).
+#[tokio::test]
+async fn the_database_files_are_private_whatever_the_umask() {
+    sqlite_only!("the SQLite files' permissions");
+    let svc = Service::new(None).await;
+    let probe = svc.db_path.with_file_name("umask-probe");
+    let mut cmd = Command::new("sh");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("PROBE", &probe)
+        .arg("-c")
+        .arg(r#"umask 000 && : > "$PROBE" && exec "$@""#)
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_pushbot"))
+        .args(["serve", "--config"])
+        .arg(&svc.config_path);
+    let bin = spawn_command(cmd, &svc.config_path, svc.port).await;
+    assert_eq!(mode(&probe), 0o666, "the umask really was 000");
+    // A write, so that the WAL and its index are in use.
+    bin.get_token(&userid("private")).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", svc.db_path.display()));
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    let log = std::fs::read_to_string(&bin.log_path).unwrap();
+    assert!(!log.contains("chmod"), "nothing to warn about: {log}");
+}
+
+/// An existing database other users can read (from an older pushbot, a restore): `serve`
+/// starts, and warns naming the file and the `chmod` that fixes it, but leaves the mode
+/// alone (it may be someone's choice, e.g. a backup reading through its group).
+#[tokio::test]
+async fn serve_warns_about_an_existing_database_others_can_read_and_leaves_its_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    sqlite_only!("the SQLite files' permissions");
+    let svc = Service::new(None).await;
+    std::fs::write(&svc.db_path, b"").unwrap();
+    std::fs::set_permissions(&svc.db_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bin = svc.start().await;
+    bin.get_token(&userid("exposed")).await;
+    bin.kill9();
+    let log = std::fs::read_to_string(&bin.log_path).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("other users"))
+        .unwrap_or_else(|| panic!("no warning about the permissions: {log}"));
+    let shown = svc.db_path.display();
+    assert!(
+        warning.contains(&format!("{shown} (0644)"))
+            && warning.contains(&format!("chmod 600 {shown}")),
+        "{warning}"
+    );
+    assert_eq!(mode(&svc.db_path), 0o644);
+}
+
 /// This machine's address on a non-loopback interface, if it has one (no packet is sent).
 fn non_loopback_ip() -> Option<IpAddr> {
     let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
