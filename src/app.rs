@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header::AUTHORIZATION;
-use axum::http::{Request, StatusCode};
+use axum::http::header::{AUTHORIZATION, X_CONTENT_TYPE_OPTIONS};
+use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -359,6 +360,13 @@ fn with_middleware(router: Router) -> Router {
             }),
         )
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // Outermost, so that every answer has it, the 408 and a panic's 500 too: no browser
+        // may guess that a JSON error echoing a sender's text is HTML or script. (The accept
+        // loop's own 414/431 set it themselves: see `server::check_request_head`.)
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
 }
 
 /// HTTPS client for the WeCom API: rustls on ring with compiled-in roots (no CA files

@@ -184,7 +184,13 @@ async fn check_request_head(request: Request, next: Next) -> Response {
         Ok(()) => next.run(request).await,
         Err(err) => {
             tracing::debug!(error = %err, "request head over the limits");
-            err.into_response()
+            let mut response = err.into_response();
+            // Outside the router, so outside its layers: set here as they set it.
+            response.headers_mut().insert(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                axum::http::HeaderValue::from_static("nosniff"),
+            );
+            response
         }
     }
 }
