@@ -81,6 +81,8 @@ pub struct Application {
     retention: Option<Duration>,
     callback_url: String,
     serve_options: ServeOptions,
+    /// Summed up in the log once a minute, and once more at shutdown.
+    refused: Arc<api::refused::RefusedTokens>,
 }
 
 impl Application {
@@ -122,6 +124,7 @@ impl Application {
             settings.public_base().into(),
         );
 
+        let refused = api::refused::RefusedTokens::new();
         let state = AppState {
             store: store.clone(),
             outbox: outbox.clone(),
@@ -139,6 +142,7 @@ impl Application {
             retention: settings.storage.retention,
             metrics,
             metrics_access: api::metrics::MetricsAccess::from_settings(&settings.server),
+            refused: Arc::clone(&refused),
         };
         let router = with_middleware(api::router(state));
 
@@ -172,6 +176,7 @@ impl Application {
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
             retention: settings.storage.retention,
             callback_url: format!("{}/wecom/callback", settings.public_base()),
+            refused,
             serve_options: ServeOptions {
                 header_read_timeout: settings.server.header_read_timeout,
                 max_connections: server::connection_cap(
@@ -229,6 +234,8 @@ impl Application {
         );
         server::serve(self.listener, self.router, self.serve_options, shutdown).await;
         maintenance.abort();
+        // The refusals of the last, unfinished minute.
+        self.refused.summarize();
         // Attempts in flight get `delivery.shutdown_grace`; whatever is cut off is handed
         // back to the queue before the store closes.
         self.outbox.shutdown().await;
