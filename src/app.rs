@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header::AUTHORIZATION;
-use axum::http::{Request, StatusCode};
+use axum::http::header::{AUTHORIZATION, X_CONTENT_TYPE_OPTIONS};
+use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -80,6 +81,8 @@ pub struct Application {
     retention: Option<Duration>,
     callback_url: String,
     serve_options: ServeOptions,
+    /// Summed up in the log once a minute, and once more at shutdown.
+    refused: Arc<api::refused::RefusedTokens>,
 }
 
 impl Application {
@@ -127,6 +130,7 @@ impl Application {
             settings.public_base().into(),
         );
 
+        let refused = api::refused::RefusedTokens::new();
         let state = AppState {
             store: store.clone(),
             outbox: outbox.clone(),
@@ -145,6 +149,7 @@ impl Application {
             retention: settings.storage.retention,
             metrics,
             metrics_access: api::metrics::MetricsAccess::from_settings(&settings.server),
+            refused: Arc::clone(&refused),
         };
         let router = with_middleware(api::router(state));
 
@@ -178,6 +183,7 @@ impl Application {
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
             retention: settings.storage.retention,
             callback_url: format!("{}/wecom/callback", settings.public_base()),
+            refused,
             serve_options: ServeOptions {
                 header_read_timeout: settings.server.header_read_timeout,
                 max_connections: server::connection_cap(
@@ -235,6 +241,8 @@ impl Application {
         );
         server::serve(self.listener, self.router, self.serve_options, shutdown).await;
         maintenance.abort();
+        // The refusals of the last, unfinished minute.
+        self.refused.summarize();
         // Attempts in flight get `delivery.shutdown_grace`; whatever is cut off is handed
         // back to the queue before the store closes.
         self.outbox.shutdown().await;
@@ -366,6 +374,13 @@ fn with_middleware(router: Router) -> Router {
             }),
         )
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // Outermost, so that every answer has it, the 408 and a panic's 500 too: no browser
+        // may guess that a JSON error echoing a sender's text is HTML or script. (The accept
+        // loop's own 414/431 set it themselves: see `server::check_request_head`.)
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
 }
 
 /// HTTPS client for the WeCom API: rustls on ring with compiled-in roots (no CA files

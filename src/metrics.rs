@@ -84,6 +84,34 @@ impl Endpoint {
     }
 }
 
+/// Where a push token was refused: a route that creates messages, or the status API
+/// (`/messages`). The chat never takes a token, so it has no series here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenRoute {
+    Send(Endpoint),
+    Status,
+}
+
+impl TokenRoute {
+    pub const ALL: [TokenRoute; 8] = [
+        Self::Send(Endpoint::Native),
+        Self::Send(Endpoint::ServerChan),
+        Self::Send(Endpoint::Bark),
+        Self::Send(Endpoint::Gotify),
+        Self::Send(Endpoint::Ntfy),
+        Self::Send(Endpoint::Alertmanager),
+        Self::Send(Endpoint::Grafana),
+        Self::Status,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Send(endpoint) => endpoint.as_str(),
+            Self::Status => "messages",
+        }
+    }
+}
+
 /// How one attempt on a channel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttemptOutcome {
@@ -253,6 +281,7 @@ struct Families {
     /// Series of `wecom_errors` created so far (for the cap).
     errcode_series: AtomicUsize,
     callbacks: Family<OutcomeLabel, Counter>,
+    auth_refused: Family<EndpointLabel, Counter>,
 }
 
 /// The process's metrics; cheap to clone (all clones count into the same registry).
@@ -283,6 +312,7 @@ impl Metrics {
         let oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>> = Family::default();
         let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
         let callbacks: Family<OutcomeLabel, Counter> = Family::default();
+        let auth_refused: Family<EndpointLabel, Counter> = Family::default();
         // Every series of a fixed label set exists from the start (at 0), so that rate()
         // and alerts see the first increase.
         for endpoint in Endpoint::ALL {
@@ -307,6 +337,11 @@ impl Metrics {
         for outcome in CallbackOutcome::ALL {
             drop(callbacks.get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str(),
+            }));
+        }
+        for route in TokenRoute::ALL {
+            drop(auth_refused.get_or_create(&EndpointLabel {
+                endpoint: route.as_str(),
             }));
         }
 
@@ -371,6 +406,11 @@ impl Metrics {
             "Requests to /wecom/callback by outcome",
             callbacks.clone(),
         );
+        registry.register(
+            "auth_refused",
+            "Requests refused for a missing or invalid push token, by endpoint (messages: the status API); the log sums them up per client address once a minute",
+            auth_refused.clone(),
+        );
         Self(Arc::new(Families {
             registry,
             accepted,
@@ -384,6 +424,7 @@ impl Metrics {
             wecom_errors,
             errcode_series: AtomicUsize::new(0),
             callbacks,
+            auth_refused,
         }))
     }
 
@@ -448,6 +489,16 @@ impl Metrics {
             labels.errcode = WeComErrcode::Other;
         }
         family.get_or_create(&labels).inc();
+    }
+
+    /// A request on `route` was refused for its push token (missing or invalid).
+    pub fn auth_refused(&self, route: TokenRoute) {
+        self.0
+            .auth_refused
+            .get_or_create(&EndpointLabel {
+                endpoint: route.as_str(),
+            })
+            .inc();
     }
 
     pub fn callback(&self, outcome: CallbackOutcome) {
@@ -527,6 +578,9 @@ mod tests {
         m.wecom_error(WeComApi::GetToken, WeComErrcode::Transport);
         m.wecom_error(WeComApi::MessageSend, WeComErrcode::Http(502));
         m.callback(CallbackOutcome::Duplicate);
+        m.auth_refused(TokenRoute::Send(Endpoint::Gotify));
+        m.auth_refused(TokenRoute::Status);
+        m.auth_refused(TokenRoute::Status);
         m.set_queue_depth(7);
         for openmetrics in [true, false] {
             let text = m.encode(openmetrics).unwrap();
@@ -578,6 +632,13 @@ mod tests {
             );
             assert_eq!(v(r#"pushbot_callbacks_total{outcome="duplicate"}"#), 1.0);
             assert_eq!(v(r#"pushbot_callbacks_total{outcome="url_check"}"#), 0.0);
+            assert_eq!(v(r#"pushbot_auth_refused_total{endpoint="gotify"}"#), 1.0);
+            assert_eq!(v(r#"pushbot_auth_refused_total{endpoint="messages"}"#), 2.0);
+            assert_eq!(v(r#"pushbot_auth_refused_total{endpoint="native"}"#), 0.0);
+            assert_eq!(
+                value(&text, r#"pushbot_auth_refused_total{endpoint="chat"}"#),
+                None
+            );
             assert_eq!(v("pushbot_queue_depth"), 7.0);
             assert_eq!(
                 v(&format!(

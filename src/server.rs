@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -73,11 +73,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let service = TowerToHyperService::new(
-        axum::middleware::from_fn(check_request_head)
-            .layer(router)
-            .map_request(|req: hyper::Request<Incoming>| req.map(Body::new)),
-    );
+    let app = axum::middleware::from_fn(check_request_head).layer(router);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
@@ -115,10 +111,10 @@ pub async fn serve(
                 }
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     accept_error(&err).await;
                     continue;
@@ -134,8 +130,16 @@ pub async fn serve(
         }
         // Small JSON answers: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        // Every request knows its TCP peer, as axum's `ConnectInfo` (what
+        // `axum::serve(…into_make_service_with_connect_info)` would give).
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |req: hyper::Request<Incoming>| {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            },
+        ));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 // Timeouts, resets, malformed requests: the client's problem, not ours.
@@ -184,7 +188,13 @@ async fn check_request_head(request: Request, next: Next) -> Response {
         Ok(()) => next.run(request).await,
         Err(err) => {
             tracing::debug!(error = %err, "request head over the limits");
-            err.into_response()
+            let mut response = err.into_response();
+            // Outside the router, so outside its layers: set here as they set it.
+            response.headers_mut().insert(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                axum::http::HeaderValue::from_static("nosniff"),
+            );
+            response
         }
     }
 }

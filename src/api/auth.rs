@@ -6,6 +6,7 @@ use axum::http::header::AUTHORIZATION;
 use super::AppState;
 use crate::domain::{PushToken, UserId};
 use crate::error::ApiError;
+use crate::metrics::TokenRoute;
 
 /// The token from `Authorization: Bearer …`, else from the first candidate given
 /// (body field, then query parameter).
@@ -29,22 +30,37 @@ pub fn find_token(headers: &HeaderMap, candidates: &[Option<&str>]) -> Option<St
         .map(str::to_owned)
 }
 
-/// The member owning the token, or 401 with a message that says what to do.
-pub async fn member(state: &AppState, token: Option<String>) -> Result<UserId, ApiError> {
+/// The member owning the token, or 401 with a message that says what to do (counted as
+/// refused on `route`, see [`refused`]).
+pub async fn member(
+    state: &AppState,
+    token: Option<String>,
+    route: TokenRoute,
+) -> Result<UserId, ApiError> {
     let Some(token) = token else {
+        refused(state, route);
         return Err(ApiError::Unauthorized(
             "missing push token: pass ?token=…, a \"token\" field, or an Authorization: Bearer header"
                 .into(),
         ));
     };
     if !crate::token::looks_valid(&token) {
+        refused(state, route);
         return Err(invalid());
     }
-    state
-        .store
-        .member_by_token(&PushToken::new(token))
-        .await?
-        .ok_or_else(invalid)
+    let member = state.store.member_by_token(&PushToken::new(token)).await?;
+    member.ok_or_else(|| {
+        refused(state, route);
+        invalid()
+    })
+}
+
+/// Counts a request refused for its push token (missing or invalid) in
+/// `pushbot_auth_refused_total` and in the per-address log summary. For the routes that
+/// refuse a token before [`member`] sees it.
+pub fn refused(state: &AppState, route: TokenRoute) {
+    state.metrics.auth_refused(route);
+    state.refused.record(route);
 }
 
 fn invalid() -> ApiError {

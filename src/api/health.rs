@@ -69,7 +69,8 @@ impl Delivery {
 
 /// 200 when the database (the SQLite file still there, or PostgreSQL reachable) takes
 /// reads and writes and the delivery scheduler runs; 503 otherwise. Both name the engine
-/// and give the scheduler's last pass age and, per channel, the oldest due message's wait.
+/// and give the scheduler's last pass age and, per channel, the oldest due message's wait;
+/// a 503 says which of the two failed, not the storage error itself (that is logged).
 async fn healthz(State(state): State<AppState>) -> Response {
     let engine = state.store.engine().as_str();
     let storage = state.store.check_health().await;
@@ -89,12 +90,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
         }),
     });
     let problem = match storage {
+        // The cause names the database file or server (a path, a host, a user): the log and
+        // `pushbot doctor` say it, the wire only that storage is down — anyone who can reach
+        // the port can read this answer.
         Err(err) => {
             tracing::error!(error = %crate::error::chain(&err), "health check failed");
-            Some(format!(
-                "storage is unavailable: {}",
-                crate::error::chain(&err)
-            ))
+            Some(STORAGE_UNAVAILABLE.to_owned())
         }
         Ok(()) if delivery.stalled() => {
             let message = format!(
@@ -122,6 +123,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
         }
     }
 }
+
+/// `/healthz`'s whole message when storage fails; the cause is in the log.
+const STORAGE_UNAVAILABLE: &str =
+    "storage unavailable; the server log (or pushbot doctor) says why";
 
 /// Seconds to the millisecond (a stable, readable figure).
 fn round_ms(secs: f64) -> f64 {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{AppState, auth};
 use crate::domain::Format;
 use crate::error::ApiError;
+use crate::metrics::TokenRoute;
 use crate::store::{AttemptRecord, Message, MessageStatus};
 
 pub fn router() -> Router<AppState> {
@@ -151,7 +152,12 @@ async fn show(
 ) -> Result<Json<One>, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     let query_token = query.token.as_deref();
-    let userid = auth::member(&state, auth::find_token(&headers, &[query_token])).await?;
+    let userid = auth::member(
+        &state,
+        auth::find_token(&headers, &[query_token]),
+        TokenRoute::Status,
+    )
+    .await?;
     // Someone else's message is reported exactly like a missing one.
     match state.store.message(&id).await? {
         Some(m) if m.userid == userid => {
@@ -187,6 +193,7 @@ async fn list(
     let userid = auth::member(
         &state,
         auth::find_token(&headers, &[query.token.as_deref()]),
+        TokenRoute::Status,
     )
     .await?;
     let status = query

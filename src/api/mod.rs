@@ -9,6 +9,7 @@ mod messages;
 pub mod metrics;
 mod page;
 pub mod rate_limit;
+pub mod refused;
 pub(crate) mod send;
 
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// `server.metrics`, `server.metrics_token`.
     pub metrics_access: metrics::MetricsAccess,
+    /// Refused push tokens, summed up in the log per client address.
+    pub refused: Arc<refused::RefusedTokens>,
 }
 
 /// The request path with anything shaped like a push token replaced, for logs.
@@ -77,5 +80,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(health::not_found)
         // After all routes: applies to every route that has no fallback of its own.
         .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(axum::middleware::from_fn(refused::with_client))
         .with_state(state)
 }

@@ -16,6 +16,7 @@ use super::{AppState, auth};
 use crate::config::SendRate;
 use crate::domain::UserId;
 use crate::error::ApiError;
+use crate::metrics::{Endpoint, TokenRoute};
 
 /// How often members whose budget is full again are forgotten, so memory follows the
 /// number of recently active members, not all members ever seen.
@@ -92,12 +93,13 @@ async fn evict_idle(limiter: Weak<SendLimiter>) {
 }
 
 /// The member owning `token`, once authenticated and within their send budget: the one
-/// gate for every route that creates messages.
+/// gate for every route that creates messages (a refused token counts for `endpoint`).
 pub async fn authorized_sender(
     state: &AppState,
     token: Option<String>,
+    endpoint: Endpoint,
 ) -> Result<UserId, ApiError> {
-    let userid = auth::member(state, token).await?;
+    let userid = auth::member(state, token, TokenRoute::Send(endpoint)).await?;
     state.send_limiter.check(userid.as_str())?;
     Ok(userid)
 }

@@ -394,7 +394,7 @@ pub(crate) async fn submit(
     }
     let choice = ChannelChoice::parse(sub.channel.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("invalid channel: {e} (or all)")))?;
-    let userid = authorized_sender(state, sub.token).await?;
+    let userid = authorized_sender(state, sub.token, sub.endpoint).await?;
     // An urgent message with no title still shows its urgency.
     let title = title.or_else(|| {
         (sub.urgency >= Urgency::High && content.is_some()).then(|| sub.urgency.mark(""))

@@ -131,6 +131,9 @@ fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
 
 /// The plain-text and HTML bodies: markdown content as readable text and rendered
 /// (sanitised) HTML; plain content as it is, escaped in the HTML; a sender's link last.
+///
+/// Nothing in the mail loads by itself: a markdown image is a link to its address (see
+/// [`to_safe_html`]), so a sender cannot learn from a pixel when or where the mail was read.
 fn bodies(message: &Outbound) -> (String, String) {
     let content = message.content.as_deref().filter(|c| !c.trim().is_empty());
     let link = message
@@ -294,6 +297,34 @@ mod tests {
             "## 结果\n**ok** <script>x</script> [log](javascript:alert(1))"
         );
         assert!(html.contains("## 结果"), "{html}");
+    }
+
+    #[test]
+    fn markdown_images_are_links_in_the_mail_never_loaded() {
+        let outbound = Outbound {
+            id: MessageId::generate(),
+            userid: UserId::new("alice"),
+            title: Some("Alert".into()),
+            content: Some("![graph](https://tracker.example/p.png?u=alice) done".into()),
+            email: EmailAddress::parse("alice@example.com"),
+            format: Format::Markdown,
+            look: Look::Text,
+            url: None,
+            page_key: None,
+        };
+        let (text, html) = bodies(&outbound);
+        assert_eq!(
+            text,
+            "[image: graph] https://tracker.example/p.png?u=alice done"
+        );
+        assert!(!html.contains("<img") && !html.contains("src="), "{html}");
+        assert!(
+            html.contains(
+                "<a href=\"https://tracker.example/p.png?u=alice\" \
+                 rel=\"noopener noreferrer nofollow\" target=\"_blank\">🖼 graph</a> done"
+            ),
+            "{html}"
+        );
     }
 
     #[test]

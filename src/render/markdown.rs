@@ -3,8 +3,10 @@
 //!
 //! Both parse with the same dialect: CommonMark plus GFM tables, strikethrough and task lists.
 //! The HTML side is a security boundary: message content comes from whoever holds a push
-//! token, and the page is served from our own origin, so nothing the author writes may become
-//! markup of its own (raw HTML, `javascript:` links, tracking images over plain HTTP).
+//! token, and the page (and the mail) is read on the member's device, so nothing the author
+//! writes may become markup of its own (raw HTML, `javascript:` links) or make the reader's
+//! device fetch anything by itself (images: a tracking pixel tells its author when, and from
+//! which address, the message was read).
 
 use pulldown_cmark::{CowStr, Event, LinkType, Options, Parser, Tag, TagEnd, html};
 
@@ -38,9 +40,11 @@ pub fn to_plain_text(markdown: &str) -> String {
 ///   with surrounding whitespace and control characters trimmed. Anything else — `javascript:`,
 ///   `data:`, relative paths, `#fragments` (the page has nowhere to go) — keeps its text and
 ///   loses the link. Kept links get `rel="noopener noreferrer nofollow" target="_blank"`.
-/// - Images are kept only with `https://` sources; others (plain HTTP would be mixed content
-///   and a tracking pixel over an unencrypted path, `data:` is an injection vector) are shown
-///   as their alt text.
+/// - Images are never loaded: an image becomes a link to its address, reading "🖼 " and its
+///   alt text (or "🖼 image"), with the same schemes and attributes as any link. A sender
+///   cannot learn when or from where the message was read, and the reader still can open the
+///   picture, by choice. Inside a kept link (a badge linking elsewhere) or with a source that
+///   may not be linked, only the text is shown.
 /// - Everything else is pulldown-cmark's own rendering, which escapes all text and attributes.
 pub fn to_safe_html(markdown: &str) -> String {
     let mut filter = SafeEvents::default();
@@ -93,12 +97,6 @@ fn allowed_link(dest: &str) -> Option<&str> {
     allowed.then_some(dest)
 }
 
-/// `dest`, trimmed like [`allowed_link`], if it is an `https://` image source.
-fn allowed_image(dest: &str) -> Option<&str> {
-    let dest = trim_url(dest);
-    starts_with_ignore_case(dest, "https://").then_some(dest)
-}
-
 fn trim_url(dest: &str) -> &str {
     dest.trim_matches(|c: char| c.is_whitespace() || c.is_control())
 }
@@ -108,16 +106,41 @@ fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
         && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// What an image is shown as: "🖼 " and its alt text, or this when it has none.
+const IMAGE_MARK: &str = "🖼 ";
+const IMAGE_WITHOUT_ALT: &str = "image";
+
 /// The event filter behind [`to_safe_html`]: remembers, for each open link and image, whether
-/// its start was kept, so the matching end is kept or dropped with it.
+/// its start became an `<a>`, so the matching end closes it or not.
 #[derive(Default)]
 struct SafeEvents {
     links: Vec<bool>,
-    images: Vec<bool>,
+    images: Vec<OpenImage>,
+}
+
+struct OpenImage {
+    /// Shown as a link to its address.
+    anchored: bool,
+    /// Whether any alt text came yet (none: [`IMAGE_WITHOUT_ALT`] is shown).
+    has_text: bool,
 }
 
 impl SafeEvents {
+    /// Whether an `<a>` is open: a link or image inside it gets none of its own (nested
+    /// anchors are invalid HTML, and the outer one decides where a tap goes).
+    fn inside_anchor(&self) -> bool {
+        self.links.iter().any(|&kept| kept) || self.images.iter().any(|i| i.anchored)
+    }
+
     fn map<'a>(&mut self, event: Event<'a>) -> Option<Event<'a>> {
+        if matches!(
+            event,
+            Event::Text(_) | Event::Code(_) | Event::InlineHtml(_)
+        ) {
+            for image in &mut self.images {
+                image.has_text = true;
+            }
+        }
         match event {
             Event::Html(raw) | Event::InlineHtml(raw) => Some(Event::Text(raw)),
             // The raw block's lines become text; a paragraph keeps them a block of their own.
@@ -135,9 +158,7 @@ impl SafeEvents {
                 } else {
                     dest_url.into_string()
                 };
-                // inside a kept image, text becomes the alt attribute: no markup there
-                let inside_image = self.images.iter().any(|&kept| kept);
-                match allowed_link(&dest).filter(|_| !inside_image) {
+                match allowed_link(&dest).filter(|_| !self.inside_anchor()) {
                     Some(href) => {
                         self.links.push(true);
                         Some(Event::InlineHtml(CowStr::from(anchor(href, &title))))
@@ -152,31 +173,36 @@ impl SafeEvents {
                 Some(true) => Some(Event::InlineHtml(CowStr::Borrowed("</a>"))),
                 _ => None,
             },
+            // Never an <img>: the reader's device would fetch whatever the sender chose.
             Event::Start(Tag::Image {
-                link_type,
-                dest_url,
-                title,
-                id,
-            }) => match allowed_image(&dest_url) {
-                Some(src) => {
-                    let src = CowStr::from(src.to_owned());
-                    self.images.push(true);
-                    Some(Event::Start(Tag::Image {
-                        link_type,
-                        dest_url: src,
-                        title,
-                        id,
-                    }))
+                dest_url, title, ..
+            }) => {
+                let href = allowed_link(&dest_url).filter(|_| !self.inside_anchor());
+                self.images.push(OpenImage {
+                    anchored: href.is_some(),
+                    has_text: false,
+                });
+                Some(match href {
+                    Some(href) => Event::InlineHtml(CowStr::from(format!(
+                        "{}{IMAGE_MARK}",
+                        anchor(href, &title)
+                    ))),
+                    None => Event::Text(CowStr::Borrowed(IMAGE_MARK)),
+                })
+            }
+            Event::End(TagEnd::Image) => {
+                let image = self.images.pop()?;
+                let alt = if image.has_text {
+                    ""
+                } else {
+                    IMAGE_WITHOUT_ALT
+                };
+                match (image.anchored, alt.is_empty()) {
+                    (true, _) => Some(Event::InlineHtml(CowStr::from(format!("{alt}</a>")))),
+                    (false, false) => Some(Event::Text(CowStr::Borrowed(alt))),
+                    (false, true) => None,
                 }
-                None => {
-                    self.images.push(false);
-                    None
-                }
-            },
-            Event::End(TagEnd::Image) => match self.images.pop() {
-                Some(true) => Some(event),
-                _ => None,
-            },
+            }
             other => Some(other),
         }
     }
@@ -715,7 +741,6 @@ systemctl restart pushbot";
         "li",
         "blockquote",
         "a",
-        "img",
         "table",
         "thead",
         "tbody",
@@ -727,8 +752,7 @@ systemctl restart pushbot";
         "input",
     ];
     const ATTRIBUTES: &[&str] = &[
-        "href", "rel", "target", "src", "alt", "title", "class", "type", "checked", "disabled",
-        "start", "align",
+        "href", "rel", "target", "title", "class", "type", "checked", "disabled", "start", "align",
     ];
 
     /// Scans every `<` of `html` as a tag and checks its name and attributes against the
@@ -768,7 +792,6 @@ systemctl restart pushbot";
                             .any(|s| value.to_ascii_lowercase().starts_with(s)),
                         "href {value}"
                     ),
-                    "src" => assert!(value.starts_with("https://"), "src {value}"),
                     "align" => assert!(
                         ["left", "center", "right"].contains(&value),
                         "align {value}"
@@ -790,9 +813,15 @@ systemctl restart pushbot";
     }
 
     #[test]
-    #[should_panic(expected = "attribute onerror")]
+    #[should_panic(expected = "attribute onclick")]
     fn checker_rejects_other_attributes() {
-        assert_only_allowed_markup("<img src=\"https://i.example/a.png\" onerror=\"x\" />");
+        assert_only_allowed_markup("<a href=\"https://i.example/\" onclick=\"x\">x</a>");
+    }
+
+    #[test]
+    #[should_panic(expected = "tag <img>")]
+    fn checker_rejects_images() {
+        assert_only_allowed_markup("<img src=\"https://i.example/a.png\" />");
     }
 
     #[test]
@@ -846,13 +875,11 @@ systemctl restart pushbot";
             let lower = html.to_ascii_lowercase();
             assert!(!lower.contains("<script"), "{markdown:?} gave {html}");
             assert!(!lower.contains("<iframe"), "{markdown:?} gave {html}");
-            assert!(!lower.contains("<img src=x"), "{markdown:?} gave {html}");
+            assert!(!lower.contains("<img"), "{markdown:?} gave {html}");
             assert!(
                 !lower.contains("<a href=\"javascript"),
                 "{markdown:?} gave {html}"
             );
-            assert!(!lower.contains("src=\"http:"), "{markdown:?} gave {html}");
-            assert!(!lower.contains("src=\"data:"), "{markdown:?} gave {html}");
         }
     }
 
@@ -973,18 +1000,49 @@ systemctl restart pushbot";
     }
 
     #[test]
-    fn only_https_images_are_kept() {
+    fn images_are_links_never_loaded() {
         assert_eq!(
             to_safe_html("![a cat](https://example.com/cat.png \"Tom\")"),
-            "<p><img src=\"https://example.com/cat.png\" alt=\"a cat\" title=\"Tom\" /></p>\n"
+            "<p><a href=\"https://example.com/cat.png\" rel=\"noopener noreferrer nofollow\" \
+             target=\"_blank\" title=\"Tom\">🖼 a cat</a></p>\n"
         );
         assert_eq!(
-            to_safe_html("![a cat](http://example.com/cat.png)"),
-            "<p>a cat</p>\n"
+            to_safe_html("![a *cat*](http://example.com/cat.png)"),
+            "<p><a href=\"http://example.com/cat.png\" rel=\"noopener noreferrer nofollow\" \
+             target=\"_blank\">🖼 a <em>cat</em></a></p>\n"
         );
+        assert_eq!(
+            to_safe_html("![](https://t.example/p.png)"),
+            "<p><a href=\"https://t.example/p.png\" rel=\"noopener noreferrer nofollow\" \
+             target=\"_blank\">🖼 image</a></p>\n"
+        );
+        // A source that may not be linked: only the text.
         assert_eq!(
             to_safe_html("![a *cat*](data:image/png;base64,AAAA)"),
-            "<p>a <em>cat</em></p>\n"
+            "<p>🖼 a <em>cat</em></p>\n"
+        );
+        assert_eq!(to_safe_html("![](javascript:x)"), "<p>🖼 image</p>\n");
+        // A badge linking elsewhere: one link (the outer one), the image as its text.
+        assert_eq!(
+            to_safe_html("[![build](https://ci.example/badge.svg)](https://ci.example/run/7)"),
+            "<p><a href=\"https://ci.example/run/7\" rel=\"noopener noreferrer nofollow\" \
+             target=\"_blank\">🖼 build</a></p>\n"
+        );
+        // A link or an image in an image's alt text: no anchor inside the anchor.
+        assert_eq!(
+            to_safe_html(
+                "![[l](https://x.example) ![i](https://i.example/a.png)](https://i.example/b.png)"
+            ),
+            "<p><a href=\"https://i.example/b.png\" rel=\"noopener noreferrer nofollow\" \
+             target=\"_blank\">🖼 l 🖼 i</a></p>\n"
+        );
+        // Raw HTML cannot bring one in either.
+        assert_eq!(
+            to_safe_html(
+                "<img src=\"https://t.example/p.png\">\n\nx <img src=https://t.example/q.png> y"
+            ),
+            "<p>&lt;img src=\"https://t.example/p.png\"&gt;\n</p>\n\
+             <p>x &lt;img src=https://t.example/q.png&gt; y</p>\n"
         );
     }
 

@@ -3,9 +3,10 @@
 //! message the digest carried in full, each as the message page shows it.
 //!
 //! The page fetches nothing: style and script are inline and carry the response's CSP nonce,
-//! fonts are the system's, and the only outside references are the ones the author put in the
-//! message (links, `https://` images). So the page works behind any firewall, leaks no reader
-//! to a third party, and a strict policy (`default-src 'none'`) costs nothing.
+//! fonts are the system's, and the only outside references are the links the author put in
+//! the message (an image is one too: a link the reader may open, never loaded by itself). So
+//! the page works behind any firewall, tells no sender or third party when or from where it
+//! was read, and a strict policy (`default-src 'none'`, no image source at all) costs nothing.
 
 use std::fmt::Write as _;
 
@@ -168,14 +169,14 @@ fn time_html(unix_ms: i64, id: Option<&str>) -> String {
 
 /// The `Content-Security-Policy` to send with [`render`]'s page, for the same nonce.
 ///
-/// Only our own nonce'd style and script run; images may come from `https:` only, like
-/// [`to_safe_html`] keeps them (`data:` images never reach the page, so the policy does not
-/// allow them); no frames, forms, base URL or embedding in other sites.
+/// Only our own nonce'd style and script run; no image loads from anywhere ([`to_safe_html`]
+/// makes images links, and the policy holds should anything else ever add one); no frames,
+/// forms, base URL or embedding in other sites.
 pub fn content_security_policy(nonce: &str) -> String {
     let nonce = nonce_token(nonce);
     format!(
         "default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; \
-         img-src https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+         img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 }
 
@@ -397,7 +398,6 @@ ul, ol { padding-left: 1.6em; }
 li + li { margin-top: 0.25em; }
 li > input[type="checkbox"] { margin: 0 0.4em 0 0; vertical-align: middle; }
 a { color: #0969da; text-decoration: underline; }
-img { max-width: 100%; height: auto; }
 hr { border: 0; border-top: 1px solid #d8dee4; margin: 1.5em 0; }
 blockquote { margin-left: 0; margin-right: 0; padding: 0 1em; color: #59636e;
   border-left: 4px solid #d0d7de; }
@@ -514,7 +514,10 @@ mod tests {
         assert_eq!(html.matches("<script").count(), 1);
         assert!(!html.contains("<img"));
         assert!(!html.contains("javascript:alert(1)\""));
-        assert!(!html.contains("http://insecure"));
+        assert!(html.contains(
+            "<a href=\"http://insecure.example/a.png\" rel=\"noopener noreferrer nofollow\" \
+             target=\"_blank\">🖼 a</a>"
+        ));
         assert!(html.contains("<div class=\"content markdown\"><h1>Hi</h1>"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     }
@@ -690,12 +693,12 @@ mod tests {
         assert_eq!(
             content_security_policy("bm9uY2U="),
             "default-src 'none'; style-src 'nonce-bm9uY2U='; script-src 'nonce-bm9uY2U='; \
-             img-src https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+             img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         );
         // a nonce can never add a directive
         let csp = content_security_policy("abc'; script-src * 'unsafe-inline");
         assert_eq!(csp.matches(';').count(), 6);
-        assert_eq!(csp.matches('\'').count(), 12);
+        assert_eq!(csp.matches('\'').count(), 14);
         assert!(!csp.contains('*'));
         // and the page carries the same reduced nonce, so the two still match
         let html = render(&Page {

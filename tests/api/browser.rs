@@ -145,8 +145,9 @@ async fn message_page_in_a_real_browser() {
         check_page(&mut problems, name, &state, dark, screen.0);
     }
 
-    // The checks above can fail: a blocked inline script is a console error, and a stray
-    // request shows in the network log and cannot reach anything (the resolver knows no host).
+    // The checks above can fail: a blocked inline script or image is a console error, and a
+    // stray request shows in the network log and cannot reach anything (the resolver knows no
+    // host).
     driver.drain_logs().await;
     let ran = driver.execute(STRAY_SCRIPT_AND_IMAGE, json!([])).await;
     assert_eq!(
@@ -158,36 +159,62 @@ async fn message_page_in_a_real_browser() {
     loop {
         console.extend(driver.logs("browser").await);
         network.extend(driver.logs("performance").await);
-        let csp_error = console.iter().any(|e| {
-            e["level"] == "SEVERE"
-                && e["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("Content Security Policy"))
+        let csp_error = |directive: &str| {
+            console.iter().any(|e| {
+                e["level"] == "SEVERE"
+                    && e["message"].as_str().is_some_and(|m| {
+                        m.contains("Content Security Policy") && m.contains(directive)
+                    })
+            })
+        };
+        let (script_blocked, image_blocked) = (csp_error("script-src"), csp_error("img-src"));
+        if script_blocked && image_blocked {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stray script and image must be blocked: script={script_blocked} \
+             image={image_blocked}\nconsole={console:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The blocked image never left the browser: DevTools lists it, failed for the CSP. Then a
+    // navigation (which no page policy governs) shows that a request that does go out is seen.
+    let events: Vec<(String, Value)> = network.iter().filter_map(cdp_event).collect();
+    for (method, p) in &events {
+        let url = p["request"]["url"].as_str().unwrap_or_default();
+        if method != "Network.requestWillBeSent" || url.starts_with(&origin) {
+            continue;
+        }
+        let blocked = events.iter().any(|(m, f)| {
+            m == "Network.loadingFailed"
+                && f["requestId"] == p["requestId"]
+                && f["blockedReason"] == "csp"
         });
-        let stray = requests(&network).iter().any(|(url, _)| url == STRAY_IMAGE);
+        assert!(blocked && url == STRAY_IMAGE, "{url} went out: {events:#?}");
+    }
+    driver.execute(STRAY_NAVIGATION, json!([])).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        network.extend(driver.logs("performance").await);
+        let stray = requests(&network).iter().any(|(url, _)| url == STRAY_PAGE);
         let unresolved = network.iter().filter_map(cdp_event).any(|(method, p)| {
             method == "Network.loadingFailed"
                 && p["errorText"]
                     .as_str()
                     .is_some_and(|t| t.contains("NAME_NOT_RESOLVED"))
         });
-        if csp_error && stray && unresolved {
+        if stray && unresolved {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the stray script and image must show: csp_error={csp_error} stray={stray} \
-             unresolved={unresolved}\nconsole={console:#?}\nrequests={:#?}",
+            "the stray navigation must show: stray={stray} unresolved={unresolved}\n\
+             requests={:#?}",
             requests(&network)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        requests(&network)
-            .iter()
-            .all(|(url, _)| url == STRAY_IMAGE || url.starts_with(&origin)),
-        "{network:#?}"
-    );
 
     driver.quit().await;
     for file in &saved {
@@ -218,6 +245,7 @@ fn long_markdown() -> String {
          详细数据见[监控面板](https://grafana.example.com/d/payments?orgId=1&from=now-7d)，\
          原始日志地址：https://logs.example.com/app/discover#/view/9f1c2d3e-4b5a-6789-abcd-ef0123456789?_g=(time:(from:now-7d,to:now))\n\n\
          > 注意：周三凌晨的数据库切换导致约 3 分钟的写入延迟，已在复盘会议中讨论。\n\n\
+         ![上周成功率曲线](https://stray.example/chart.png)\n\n\
          ## 各渠道指标\n\n\
          | 渠道 | 交易笔数 | 成功率 | 平均耗时 | P99 耗时 | 备注 |\n\
          |:-----|-------:|:----:|------:|------:|------|\n\
@@ -290,6 +318,8 @@ return {
   tableFits: table ? table.getBoundingClientRect().right <= document.documentElement.clientWidth : null,
   codeFits: pre ? pre.getBoundingClientRect().right <= document.documentElement.clientWidth : null,
   checkboxes: document.querySelectorAll(".content input[type=checkbox]").length,
+  images: document.images.length,
+  imageLink: (document.querySelector(".content a[href='https://stray.example/chart.png']") || {}).textContent || null,
   brokenInTables: brokenWords(document.querySelectorAll(".content th, .content td"))
 };
 
@@ -318,6 +348,13 @@ function brokenWords(elements) {
 "#;
 
 const STRAY_IMAGE: &str = "https://stray.example/pixel.png";
+const STRAY_PAGE: &str = "https://stray.example/page";
+
+/// Leaves the page for [`STRAY_PAGE`].
+const STRAY_NAVIGATION: &str = r#"
+window.location.href = "https://stray.example/page";
+return null;
+"#;
 
 /// Adds an inline script without the nonce and an outside image; true if the script ran.
 const STRAY_SCRIPT_AND_IMAGE: &str = r#"
@@ -350,6 +387,12 @@ fn check_page(problems: &mut Vec<String>, name: &str, state: &Value, dark: bool,
     expect(
         state["checkboxes"] == 4,
         format!("task list checkboxes: {}", state["checkboxes"]),
+    );
+    // The markdown image is a link, never loaded (the request log has only the page).
+    expect(state["images"] == 0, format!("images: {}", state["images"]));
+    expect(
+        s("imageLink") == "🖼 上周成功率曲线",
+        format!("the image's link: {:?}", s("imageLink")),
     );
 
     // The script ran: the UTC text became the reader's local time, and stays as a tooltip.

@@ -1167,6 +1167,61 @@ async fn channel_email_goes_by_mail_only() {
     assert_eq!(wecom_calls_for(&app.mock, &m.user, "json"), 0);
 }
 
+/// A sender's image never loads in the mail: a markdown image is a link (text part: its
+/// address), raw HTML an `<img>` only as text, and no tag of the HTML part has a `src`.
+#[tokio::test]
+async fn markdown_images_reach_the_mail_as_links_never_loaded() {
+    let (app, sink) = email_app(|_| {}).await;
+    let m = member(&app, "mdimg").await;
+    bind(&app, &sink, &m).await;
+    let content = format!(
+        "## 磁盘\n\n![graph](https://tracker.example/p.png?u={0})\n\n\
+         <img src=\"https://tracker.example/raw.png?u={0}\">\n\n\
+         x <img src=https://tracker.example/inline.png> y",
+        m.user
+    );
+    let resp = app
+        .send_json(
+            Some(&m.token),
+            &json!({"title": "pixel", "content": content, "format": "markdown", "channel": "email"}),
+        )
+        .await;
+    let id = accepted_id(resp).await;
+    let mail = sink.wait_for_mail_for(&id, WAIT).await;
+
+    let html = mail.html().expect("a text/html part");
+    let lower = html.to_lowercase();
+    assert!(!lower.contains("<img"), "{html}");
+    for tag in lower
+        .split('<')
+        .skip(1)
+        .map(|t| t.split('>').next().unwrap_or(""))
+    {
+        assert!(!tag.contains("src="), "<{tag}>: {html}");
+        assert!(!tag.contains("background"), "<{tag}>: {html}");
+    }
+    assert!(
+        html.contains(&format!(
+            "<a href=\"https://tracker.example/p.png?u={}\" \
+             rel=\"noopener noreferrer nofollow\" target=\"_blank\">🖼 graph</a>",
+            m.user
+        )),
+        "{html}"
+    );
+    assert!(
+        html.contains("x &lt;img src=https://tracker.example/inline.png&gt; y"),
+        "{html}"
+    );
+    let text = mail.text().expect("a text/plain part");
+    assert!(
+        text.contains(&format!(
+            "[image: graph] https://tracker.example/p.png?u={}",
+            m.user
+        )),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn channel_all_goes_both_ways() {
     let (app, sink) = email_app(|_| {}).await;

@@ -146,6 +146,54 @@ async fn far_beyond_the_limits_hyper_answers_431_and_closes() {
     app.healthz().await.unwrap();
 }
 
+/// No answer may be sniffed into HTML or script by a browser: every one says
+/// `X-Content-Type-Options: nosniff` — JSON, pages, metrics, refusals and the errors the
+/// accept loop answers before routing.
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let app = spawn_app_with(|c| c.metrics = true).await;
+    let long = format!("/send?content={}", "a".repeat(9 * 1024));
+    let bad_token = "x".repeat(32);
+    let cases: Vec<(Method, String, u16)> = vec![
+        (Method::GET, "/".into(), 200),
+        (Method::GET, "/healthz".into(), 200),
+        (Method::GET, "/metrics".into(), 200),
+        (Method::GET, format!("/send?token={bad_token}&title=x"), 401),
+        (Method::GET, format!("/{bad_token}.send?title=x"), 400),
+        (Method::GET, "/no/such/endpoint/here".into(), 404),
+        (Method::DELETE, "/healthz".into(), 405),
+        (Method::PUT, "/send".into(), 405),
+        (Method::GET, "/m/x".into(), 404),
+        (Method::GET, "/m/x?k=y".into(), 404),
+        (Method::GET, long, 414),
+    ];
+    for (method, path, status) in cases {
+        let resp = app
+            .http
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        let shown: String = path.chars().take(60).collect();
+        assert_eq!(resp.status().as_u16(), status, "{method} {shown}");
+        assert_eq!(
+            resp.headers()
+                .get("x-content-type-options")
+                .map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{method} {shown}: {:?}",
+            resp.headers()
+        );
+    }
+    let mut req = app.http.get(app.url("/healthz"));
+    for i in 0..120 {
+        req = req.header(format!("x-extra-{i}"), "1");
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+}
+
 #[tokio::test]
 async fn plain_text_body_is_415_naming_the_accepted_types() {
     let (app, _user, token) = app_and_member().await;

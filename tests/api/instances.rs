@@ -808,6 +808,15 @@ async fn a_lost_database_connection_is_503_and_recovers() {
         let health: Value = resp.json().await.expect("/healthz is JSON");
         assert_eq!(status, 503, "/healthz without a database: {health}");
         assert_eq!(health["storage"], "postgres", "{health}");
+        // Where the database is and why it failed is for the log, not the wire.
+        let message = health["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("storage unavailable"), "{health}");
+        for detail in ["127.0.0.1", "error", "postgres", "connection"] {
+            assert!(
+                !message.to_lowercase().contains(detail),
+                "{detail}: {health}"
+            );
+        }
         refused += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -416,3 +416,136 @@ async fn every_message_failed_by_an_outage_counts_once() {
         assert!(m.get(&wecom_errors("message/send", "http_503")) >= 1.0);
     }
 }
+
+// ---- refused tokens ----
+
+fn auth_refused(endpoint: &str) -> String {
+    format!("pushbot_auth_refused_total{{endpoint=\"{endpoint}\"}}")
+}
+
+/// A token shaped like a real one that was never issued (the `n`th of a guesser's).
+fn wrong_token(n: usize) -> String {
+    format!("wr0ng-t0ken-{n:020}")
+}
+
+/// Every refused token counts once, on the endpoint it came in on: wrong ones and missing
+/// ones, native and drop-in routes and the status API; accepted and rate-limited sends do
+/// not count.
+#[tokio::test]
+async fn refused_tokens_are_counted_by_endpoint() {
+    let app = spawn_app_with(|c| {
+        c.metrics = true;
+        c.send_rate = Some((1, "1h".to_owned()));
+    })
+    .await;
+    let token = app.get_token(&userid("refused")).await;
+    for n in 0..50 {
+        let resp = app
+            .send_get(&[("token", &wrong_token(n)), ("title", "guess")])
+            .await;
+        assert_eq!(resp.status(), 401);
+    }
+    let resp = app.send_json(None, &json!({"title": "no token"})).await;
+    assert_eq!(resp.status(), 401);
+    let resp = app.send_get(&[("token", "short"), ("title", "x")]).await;
+    assert_eq!(resp.status(), 401);
+    for n in 0..2 {
+        let resp = get(&app, &format!("/{}/title/body", wrong_token(n))).await;
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+    }
+    let resp = get(&app, &format!("/{}.send?title=x", wrong_token(7))).await;
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    let resp = app.messages(&[("token", &wrong_token(8))]).await;
+    assert_eq!(resp.status(), 401);
+    let resp = app
+        .http
+        .post(app.url("/message"))
+        .json(&json!({"message": "no token"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = app
+        .http
+        .post(app.url("/alerts"))
+        .body("no token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Accepted, then over the member's rate: neither is a refused token.
+    app.send_ok(&token, "real", "").await;
+    let resp = app.send_get(&[("token", &token), ("title", "again")]).await;
+    assert_eq!(resp.status(), 429);
+
+    let m = scrape(&app).await;
+    for (endpoint, n) in [
+        ("native", 52.0),
+        ("bark", 2.0),
+        ("serverchan", 1.0),
+        ("messages", 1.0),
+        ("gotify", 1.0),
+        ("ntfy", 1.0),
+        ("alertmanager", 0.0),
+        ("grafana", 0.0),
+    ] {
+        assert_eq!(m.get(&auth_refused(endpoint)), n, "{endpoint}:\n{}", m.text);
+    }
+    assert_eq!(m.get(&accepted("native")), 1.0, "{}", m.text);
+    assert!(
+        !m.text.contains("auth_refused_total{endpoint=\"chat\"}"),
+        "{}",
+        m.text
+    );
+}
+
+/// The real binary's log sums refused tokens up per client address: one WARN line for 50
+/// wrong tokens, with the count and the address — and none of the tokens. (A minute's
+/// summary is also written at shutdown, which is how this test sees it without waiting.)
+#[tokio::test]
+async fn refused_tokens_are_one_warn_line_per_address_without_the_tokens() {
+    let mock = MockWeCom::start().await;
+    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let mut bin = spawn_binary(
+        &setup.config_path,
+        setup.port,
+        &[("RUST_LOG", "warn"), ("PUSHBOT_SERVER__METRICS", "true")],
+    )
+    .await;
+    let tokens: Vec<String> = (0..50).map(wrong_token).collect();
+    for token in &tokens {
+        let resp = bin.send_json(Some(token), &json!({"title": "guess"})).await;
+        assert_eq!(resp.status(), 401);
+    }
+    assert_eq!(scrape(&bin).await.get(&auth_refused("native")), 50.0);
+
+    let pid = bin.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + WAIT;
+    while bin.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "pushbot did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let log = std::fs::read_to_string(&bin.log_path).unwrap();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    let refused: Vec<&&str> = warnings
+        .iter()
+        .filter(|l| l.contains("push tokens refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "one summary line:\n{log}");
+    let line = refused[0];
+    assert!(line.contains("refused=50"), "{line}");
+    assert!(line.contains("client=127.0.0.1"), "{line}");
+    assert!(line.contains("endpoints=native"), "{line}");
+    for token in &tokens {
+        assert_not_logged(&log, token);
+    }
+}

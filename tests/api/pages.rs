@@ -73,6 +73,20 @@ fn csp_nonce(headers: &HeaderMap) -> String {
     let nonce = nonce_of("script-src");
     assert_eq!(nonce_of("style-src"), nonce, "{csp}");
     assert!(nonce.len() >= 16, "{csp}");
+    // No image from anywhere else: the reader's device never fetches a sender's URL.
+    for directive in csp.split(';').map(str::trim) {
+        if let Some(sources) = directive.strip_prefix("img-src") {
+            for source in sources.split_whitespace() {
+                assert!(
+                    ["'none'", "'self'", "data:"].contains(&source),
+                    "img-src {source}: {csp}"
+                );
+            }
+        }
+    }
+    for remote in ["https:", "http:", "*"] {
+        assert!(!csp.contains(remote), "{remote} in {csp}");
+    }
     nonce
 }
 
@@ -336,6 +350,59 @@ async fn hostile_markdown_is_shown_as_text_and_never_runs() {
     );
     assert!(body.contains("&lt;iframe"), "{body}");
     assert!(body.contains("<h1>&lt;b&gt;标题&lt;/b&gt;</h1>"), "{body}");
+}
+
+/// A sender's image (a tracking pixel, say) is a link on the page, never loaded: no `<img>`
+/// anywhere, and a policy that would block one.
+#[tokio::test]
+async fn markdown_images_on_the_page_are_links_never_loaded() {
+    let (app, user, token) = app_and_member().await;
+    let content = format!(
+        "![磁盘 disk](https://tracker.example/p.png?u={user})\n\n\
+         ![](https://tracker.example/empty.png)\n\n\
+         <img src=\"https://tracker.example/raw.png\">\n\n\
+         x <img src=https://tracker.example/inline.png> y\n\n{}",
+        "填充内容。".repeat(150)
+    );
+    assert!(content.len() > MAX_TEXT);
+    send(
+        &app,
+        &token,
+        json!({"content": content, "format": "markdown"}),
+    )
+    .await;
+    let card = the_only_card(&app, &user, &token).await;
+
+    let (headers, body) = page(&app, &card.url).await;
+    csp_nonce(&headers);
+    let lower = body.to_lowercase();
+    assert!(!lower.contains("<img"), "{body}");
+    for tag in tags(&lower) {
+        assert!(!tag.contains("src="), "<{tag}>: {body}");
+    }
+    assert!(
+        body.contains(&format!(
+            "<a href=\"https://tracker.example/p.png?u={user}\" \
+             rel=\"noopener noreferrer nofollow\" target=\"_blank\">🖼 磁盘 disk</a>"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "<a href=\"https://tracker.example/empty.png\" \
+             rel=\"noopener noreferrer nofollow\" target=\"_blank\">🖼 image</a>"
+        ),
+        "{body}"
+    );
+    // raw HTML shows as the text it is
+    assert!(
+        body.contains("&lt;img src=\"https://tracker.example/raw.png\"&gt;"),
+        "{body}"
+    );
+    assert!(
+        body.contains("x &lt;img src=https://tracker.example/inline.png&gt; y"),
+        "{body}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------

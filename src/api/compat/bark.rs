@@ -23,6 +23,7 @@ use super::super::send::{Submission, body_and_query, parse_body, parse_query, su
 use super::{PathOf, path_value, unix_seconds};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
+use crate::metrics::{Endpoint, TokenRoute};
 
 /// Parameters from the query, a form or a JSON body (unknown ones are ignored).
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +82,7 @@ fn bark_error(err: ApiError) -> Response {
 /// One message for `token` from `params`.
 async fn push(state: &AppState, token: String, params: &Params) -> Result<(), ApiError> {
     if !crate::token::looks_valid(&token) {
+        super::super::auth::refused(state, TokenRoute::Send(Endpoint::Bark));
         return Err(ApiError::Unauthorized(
             "unknown device key: use your pushbot token as the Bark key".into(),
         ));
@@ -113,7 +115,7 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
                 .as_deref()
                 .map_or(Urgency::Normal, Urgency::from_bark),
             format,
-            endpoint: crate::metrics::Endpoint::Bark,
+            endpoint: Endpoint::Bark,
             ..Submission::default()
         },
     )

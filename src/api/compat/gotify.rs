@@ -19,6 +19,7 @@ use super::super::auth::find_token;
 use super::super::send::{Submission, body_and_query, submit};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
+use crate::metrics::{Endpoint, TokenRoute};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Fields {
@@ -130,6 +131,7 @@ async fn publish(
     let token = key.or_else(|| find_token(headers, &[fields.token.as_deref()]));
     if token.is_none() {
         // gotify checks the token first.
+        super::super::auth::refused(state, TokenRoute::Send(Endpoint::Gotify));
         return Err(ApiError::Unauthorized(
             "missing token: pass your pushbot token as ?token=, X-Gotify-Key or Authorization: Bearer"
                 .into(),
@@ -149,7 +151,7 @@ async fn publish(
             url: fields.click_url(),
             urgency: Urgency::from_gotify(priority),
             format: fields.format(),
-            endpoint: crate::metrics::Endpoint::Gotify,
+            endpoint: Endpoint::Gotify,
             ..Submission::default()
         },
     )

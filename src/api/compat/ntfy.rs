@@ -29,6 +29,7 @@ use super::super::send::{Submission, parse_query, submit};
 use super::{PathOf, path_value};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
+use crate::metrics::{Endpoint, TokenRoute};
 
 /// What ntfy sends when a publish carries no message at all.
 const DEFAULT_MESSAGE: &str = "triggered";
@@ -295,6 +296,7 @@ async fn publish(
         ));
     }
     let Some(token) = token(headers, options.auth.as_deref(), topic) else {
+        super::super::auth::refused(state, TokenRoute::Send(Endpoint::Ntfy));
         return Err(ApiError::Unauthorized(
             "use your pushbot token as the topic, or send it as Authorization: Bearer".into(),
         ));
@@ -341,7 +343,7 @@ async fn publish(
             } else {
                 Format::Text
             },
-            endpoint: crate::metrics::Endpoint::Ntfy,
+            endpoint: Endpoint::Ntfy,
             ..Submission::default()
         },
     )
