@@ -13,13 +13,15 @@
 //!
 //! Pure parts, tested without I/O or sleeping: [`limits`] (sliding windows, digest
 //! planning), [`digest`] (digest text), [`health`] (a channel that is down gets one probe
-//! at a time), [`backoff`].
+//! at a time), [`backoff`], [`next_step`] (what follows a failed try: retry, the next
+//! channel, or the end).
 
 pub mod backoff;
 pub mod digest;
 pub mod email;
 pub mod health;
 pub mod limits;
+pub mod next_step;
 mod scheduler;
 pub mod wecom;
 
