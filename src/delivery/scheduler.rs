@@ -808,7 +808,7 @@ impl Scheduler {
                 unreachable,
             }) => {
                 if unreachable {
-                    self.unreachable(slot, &reason);
+                    self.unreachable(slot, sent_at, &reason);
                 } else {
                     self.reachable(slot);
                 }
@@ -1017,10 +1017,11 @@ impl Scheduler {
         }
     }
 
-    fn unreachable(&self, slot: &Slot, reason: &str) {
+    /// A try that started at `started_at` could not reach the channel.
+    fn unreachable(&self, slot: &Slot, started_at: i64, reason: &str) {
         let (change, every) = {
             let mut health = lock(&slot.health);
-            let change = health.unreachable(now_ms(), reason);
+            let change = health.unreachable(now_ms(), started_at, reason);
             (change, health.probe_interval())
         };
         // The loop plans the next probe.
