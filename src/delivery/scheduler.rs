@@ -26,11 +26,15 @@ use tokio_util::task::TaskTracker;
 
 use super::health::{Change, Gate, Health};
 use super::limits::{self, Plan, RateWindow};
+use super::next_step::{self, Failure, NextStep, Tried};
 use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, EmailAddress, Format, Look, MessageId, Outbound, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
-use crate::store::{AttemptUpdate, Digest, Head, Message, Store, StoreError, Waiting, now_ms};
+use crate::store::{
+    AttemptUpdate, Digest, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
+    now_ms,
+};
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
 const LANE_BUDGET: usize = 64;
@@ -320,38 +324,20 @@ impl Scheduler {
         if now >= due.expire {
             let mut more = false;
             for slot in &self.channels {
-                let down = lock(&slot.health)
-                    .down_since()
-                    .map(|(since, why)| (since, why.to_owned()));
-                let Some((since, why)) = down else { continue };
-                let error = format!(
-                    "{} unreachable since {} ({why}); gave up when the retry window ({}) ran out",
-                    slot.label(),
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + Duration::from_millis(u64::try_from(since).unwrap_or(0))
-                    ),
-                    humantime::format_duration(self.settings.retry_window)
-                );
-                let window = ms(self.settings.retry_window);
-                let overdue = self
-                    .store
-                    .overdue(slot.name(), now, &error, window, EXPIRE_BATCH)
+                let down = {
+                    let health = lock(&slot.health);
+                    health
+                        .down_since()
+                        .zip(health.failed_try_at())
+                        .map(|((since, why), tried_at)| (since, why.to_owned(), tried_at))
+                };
+                let Some((since, why, tried_at)) = down else {
+                    continue;
+                };
+                more |= self
+                    .move_overdue(slot, (since, &why), tried_at, now)
                     .await?;
-                let handled = overdue.handled;
-                self.metrics
-                    .attempts(slot.name(), AttemptOutcome::Failed, handled);
-                self.metrics.failed(slot.name(), overdue.failed);
-                if handled > 0 {
-                    tracing::warn!(
-                        messages = handled,
-                        channel = %slot.name(),
-                        "{} still unreachable: messages whose retry window ran out go on to \
-                         their next channel, or fail if they have none",
-                        slot.label()
-                    );
-                }
-                more |= usize::try_from(handled).unwrap_or(usize::MAX) >= EXPIRE_BATCH;
+                self.probe_next_window(slot, tried_at).await?;
             }
             due.expire = now + if more { 0 } else { EXPIRE_EVERY };
         }
@@ -360,6 +346,93 @@ impl Scheduler {
             self.store.prune_sends(now - span).await?;
             self.store.expire_idempotency_keys(now).await?;
             due.prune = now + PRUNE_EVERY;
+        }
+        Ok(())
+    }
+
+    /// While `slot` is down (since when, why): the messages waiting for it whose retry
+    /// window had ended when its latest failed try started (`tried_at`) take their next
+    /// step by the rule a lane worker applies to its head ([`next_step::after_failure`]):
+    /// that try was their last. Answers whether a full batch was read (there may be more).
+    async fn move_overdue(
+        &self,
+        slot: &Slot,
+        (since, why): (i64, &str),
+        tried_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let overdue = self
+            .store
+            .overdue(slot.name(), tried_at, now, EXPIRE_BATCH)
+            .await?;
+        if overdue.is_empty() {
+            return Ok(false);
+        }
+        let full = overdue.len() >= EXPIRE_BATCH;
+        let deadline_at = self.fresh_deadline();
+        let moves: Vec<(OverdueMessage, MoveOn)> = overdue
+            .into_iter()
+            .filter_map(|m| {
+                let tried = Tried {
+                    route: &m.route,
+                    delivered_before: m.delivered_before,
+                    deadline_at: m.deadline_at,
+                };
+                // The channel's failed try, not one of this message: never a retry of its
+                // own (and none is due: its window had ended when that try started).
+                let step = match next_step::after_failure(
+                    tried,
+                    tried_at,
+                    Failure::Transient { retry_at: now },
+                ) {
+                    NextStep::Retry { .. } => return None,
+                    NextStep::Fallback { route } => MoveOn::Next { route, deadline_at },
+                    NextStep::End { failed } => MoveOn::End { failed },
+                };
+                Some((m, step))
+            })
+            .collect();
+        let error = format!(
+            "{} unreachable since {} ({why}); gave up when it was still unreachable at the end \
+             of the retry window ({})",
+            slot.label(),
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(since).unwrap_or(0))
+            ),
+            humantime::format_duration(self.settings.retry_window)
+        );
+        let done = self
+            .store
+            .move_overdue(slot.name(), now, &error, moves)
+            .await?;
+        self.metrics
+            .attempts(slot.name(), AttemptOutcome::Failed, done.handled);
+        self.metrics.failed(slot.name(), done.failed);
+        if done.handled > 0 {
+            tracing::warn!(
+                messages = done.handled,
+                channel = %slot.name(),
+                "{} still unreachable at the end of their retry window: messages go on to \
+                 their next channel, or fail if they have none",
+                slot.label()
+            );
+        }
+        Ok(full)
+    }
+
+    /// While `slot` is down, its next probe starts no later than the end of the earliest
+    /// retry window still waiting for it (see [`Health::probe_by`]), and that message's
+    /// lane is due then, to make it: a message moves on only if a try at the end of its
+    /// window fails, however far apart the regular probes have grown.
+    async fn probe_next_window(&self, slot: &Slot, tried_at: i64) -> Result<(), StoreError> {
+        let Some(next) = self.store.next_window(slot.name(), tried_at).await? else {
+            return Ok(());
+        };
+        let probe_at = lock(&slot.health).probe_by(next.deadline_at);
+        if let Some(at) = probe_at
+            && next.lane_due.is_some_and(|due| due > at)
+        {
+            self.store.lane_due_by(&next.userid, at).await?;
         }
         Ok(())
     }

@@ -88,6 +88,31 @@ pub enum AttemptUpdate {
     },
 }
 
+/// A queued message whose retry window on a channel that is down had ended when the
+/// channel's latest failed try started, as read by [`Store::overdue`](super::Store::overdue).
+#[derive(Debug, Clone)]
+pub struct OverdueMessage {
+    pub id: MessageId,
+    pub userid: UserId,
+    pub route: Route,
+    pub attempts: i64,
+    pub deadline_at: i64,
+    /// An earlier channel delivered it (a `deliver_all` message).
+    pub delivered_before: bool,
+    /// The route as stored when it was read: the move applies only if it still is.
+    pub(super) stored_route: String,
+}
+
+/// Where an overdue message goes, as the caller decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveOn {
+    /// On to `route` (the rest of its route), due now, its new window ending at
+    /// `deadline_at`.
+    Next { route: Route, deadline_at: i64 },
+    /// No channel is left: it ends — counted `failed` when no earlier channel delivered it.
+    End { failed: bool },
+}
+
 /// One digest: a WeCom message that carried several waiting messages.
 #[derive(Debug, Clone)]
 pub struct Digest {
@@ -124,16 +149,17 @@ pub enum LaneOp {
     Finish { owner: String, userid: UserId },
     /// Give up every claim of `owner` (start-up, shutdown); answers `Count`.
     ReleaseAll { owner: String },
-    /// Queued messages on `channel` past their deadline, in lanes nobody holds: each goes
-    /// on to the next channel of its route (a new window of `window_ms`), or is failed
-    /// when none is left; answers `Count`.
+    /// Overdue messages on `channel` move as decided, each with an attempt saying `error`
+    /// — those still as they were read and in lanes nobody holds at `now` (another
+    /// instance, or the lane's worker, may have moved them since); answers `Overdue`.
     Overdue {
         channel: ChannelName,
         now: i64,
         error: String,
-        window_ms: i64,
-        limit: usize,
+        moves: Vec<(OverdueMessage, MoveOn)>,
     },
+    /// The lane becomes due by `due_at` if nobody holds it; answers `Count`.
+    DueBy { userid: UserId, due_at: i64 },
     /// Open lanes for queued messages that have none (a safety net); answers `Count`.
     OpenMissing { now: i64 },
     /// Forget send times older than `before`; answers `Count`.
@@ -153,7 +179,7 @@ pub enum Reply {
 /// What [`LaneOp::Overdue`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Overdue {
-    /// Messages handled: moved on to their next channel, or ended.
+    /// Messages moved: on to their next channel, or ended.
     pub handled: u64,
     /// Of those, messages that ended failed (no channel left, none delivered them).
     pub failed: u64,
@@ -355,24 +381,6 @@ pub(super) fn spawn(backend: Box<dyn Backend>, arrivals: Arc<Arrivals>) -> Write
 pub(super) enum Value<'a> {
     Int(Option<i64>),
     Text(Option<Cow<'a, str>>),
-}
-
-impl Value<'_> {
-    fn int(&self) -> Result<i64, StoreError> {
-        match self {
-            Self::Int(Some(i)) => Ok(*i),
-            other => Err(StoreError::Corrupt(format!(
-                "expected a number, got {other:?}"
-            ))),
-        }
-    }
-
-    fn text(&self) -> Result<&str, StoreError> {
-        match self {
-            Self::Text(Some(t)) => Ok(t),
-            other => Err(StoreError::Corrupt(format!("expected text, got {other:?}"))),
-        }
-    }
 }
 
 impl From<i64> for Value<'_> {
@@ -997,68 +1005,83 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
     Ok(())
 }
 
-/// Queued messages on `channel` past their deadline, in lanes nobody holds, go on to their
-/// next channel (their lane due now) or end; answers how many were handled and failed.
-fn overdue(
+/// The condition under which an overdue move applies: the message is as it was read
+/// (route `?r`, window end `?d`, attempts `?a`) and no lane worker holds it at `?n`.
+fn as_read(r: usize, d: usize, a: usize, n: usize) -> String {
+    format!(
+        " AND route = ?{r} AND deadline_at = ?{d} AND attempts = ?{a} AND NOT EXISTS (\
+         SELECT 1 FROM lanes l WHERE l.userid = messages.userid AND l.lease_until > ?{n})"
+    )
+}
+
+/// Moves overdue messages as decided (their lane due now when they go on), each with an
+/// attempt saying `error`; a message no longer as it was read, or in a lane being worked
+/// on, is left alone. Answers how many moved and how many of those ended failed.
+fn move_overdue(
     db: &mut dyn Backend,
     channel: ChannelName,
     now: i64,
     error: &str,
-    window_ms: i64,
-    limit: usize,
+    moves: &[(OverdueMessage, MoveOn)],
 ) -> Result<Overdue, StoreError> {
-    let limit = pow2_floor(limit);
-    let sql = format!(
-        "SELECT m.id, m.userid, m.route, m.attempts, \
-           CASE WHEN m.channel IS NULL THEN 1 ELSE 0 END FROM messages m \
-         WHERE m.status = 'queued' AND m.deadline_at <= ?1 \
-           AND (m.route = ?2 OR m.route LIKE ?2 || ',%') \
-           AND NOT EXISTS (SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > ?1) \
-         LIMIT {limit}{}",
-        db.dialect().skip_locked()
-    );
-    let rows = db.rows(&sql, &[now.into(), channel.as_str().into()])?;
-    let mut failed: u64 = 0;
-    for row in &rows {
-        let [id, userid, route, attempts, undelivered] = row.as_slice() else {
-            return Err(StoreError::Corrupt("overdue row of the wrong width".into()));
-        };
-        let (id, attempts) = (id.text()?, attempts.int()?);
-        let route = Route::parse(route.text()?).map_err(StoreError::Corrupt)?;
-        log_attempt(db, id, now, channel, "failed", Some(error))?;
-        match route.rest() {
-            Some(rest) => {
-                db.exec(
-                    NEXT_CHANNEL,
+    let next_sql = format!("{NEXT_CHANNEL}{}", as_read(8, 9, 2, 4));
+    let end_sql = format!("{END_WITHOUT_DELIVERY}{}", as_read(5, 6, 1, 3));
+    // In the order of their ids: two instances moving some of the same messages lock them
+    // in the same order (no deadlock on PostgreSQL); the second finds them moved.
+    let mut moves: Vec<&(OverdueMessage, MoveOn)> = moves.iter().collect();
+    moves.sort_unstable_by(|a, b| a.0.id.as_str().cmp(b.0.id.as_str()));
+    let mut done = Overdue::default();
+    for (m, step) in moves {
+        let id = m.id.as_str();
+        let moved = match step {
+            MoveOn::Next { route, deadline_at } => {
+                let moved = db.exec(
+                    &next_sql,
                     &[
-                        rest.to_stored().into(),
-                        attempts.into(),
+                        route.to_stored().into(),
+                        m.attempts.into(),
                         error.into(),
                         now.into(),
-                        now.saturating_add(window_ms).into(),
+                        (*deadline_at).into(),
                         Option::<&str>::None.into(),
                         id.into(),
+                        m.stored_route.as_str().into(),
+                        m.deadline_at.into(),
                     ],
                 )?;
-                db.exec(
-                    "UPDATE lanes SET due_at = CASE WHEN due_at < ?2 THEN due_at ELSE ?2 END \
-                     WHERE userid = ?1 AND owner IS NULL",
-                    &[userid.text()?.into(), now.into()],
-                )?;
+                if moved > 0 {
+                    db.exec(
+                        "UPDATE lanes SET due_at = CASE WHEN due_at < ?2 THEN due_at ELSE ?2 END \
+                         WHERE userid = ?1 AND owner IS NULL",
+                        &[m.userid.as_str().into(), now.into()],
+                    )?;
+                }
+                moved
             }
-            None => {
-                db.exec(
-                    END_WITHOUT_DELIVERY,
-                    &[attempts.into(), error.into(), now.into(), id.into()],
+            MoveOn::End { failed } => {
+                let moved = db.exec(
+                    &end_sql,
+                    &[
+                        m.attempts.into(),
+                        error.into(),
+                        now.into(),
+                        id.into(),
+                        m.stored_route.as_str().into(),
+                        m.deadline_at.into(),
+                    ],
                 )?;
-                failed += u64::from(undelivered.int()? != 0);
+                if moved > 0 && *failed {
+                    done.failed += 1;
+                }
+                moved
             }
+        };
+        if moved > 0 {
+            log_attempt(db, id, now, channel, "failed", Some(error))?;
+            done.handled += 1;
         }
     }
-    Ok(Overdue {
-        handled: u64::try_from(rows.len()).unwrap_or(u64::MAX),
-        failed,
-    })
+    Ok(done)
 }
 
 /// Gives lanes up until their due times: `(owner, userid, due_at)`, grouped by owner.
@@ -1184,9 +1207,12 @@ fn lane_op(db: &mut dyn Backend, op: &LaneOp) -> Result<Reply, StoreError> {
             channel,
             now,
             error,
-            window_ms,
-            limit,
-        } => Reply::Overdue(overdue(db, *channel, *now, error, *window_ms, *limit)?),
+            moves,
+        } => Reply::Overdue(move_overdue(db, *channel, *now, error, moves)?),
+        LaneOp::DueBy { userid, due_at } => count(db.exec(
+            "UPDATE lanes SET due_at = ?2 WHERE userid = ?1 AND owner IS NULL AND due_at > ?2",
+            &[userid.as_str().into(), (*due_at).into()],
+        )?),
         LaneOp::OpenMissing { now } => count(db.exec(
             "INSERT INTO lanes (userid, due_at, owner, lease_until) \
              SELECT DISTINCT userid, ?1, NULL, 0 FROM messages m \
