@@ -6,13 +6,17 @@
 //!   become claimable when their lease runs out; a restarted one takes its own back at
 //!   once ([`Scheduler::start`]).
 //! - **Order.** A lane worker always sends the lane's head (lowest `seq`). A transient
-//!   failure puts the head into backoff and releases the lane until then: later messages
-//!   wait behind it. A permanent failure ends the head; the worker goes on.
+//!   failure puts the head into backoff (until the end of its retry window at the latest)
+//!   and releases the lane until then: later messages wait behind it. A permanent failure,
+//!   or a transient one of a try made at the end of the window, moves the head on to its
+//!   next channel or ends it ([`next_step`]); the worker goes on.
 //! - **Limits.** Before each send the worker asks [`limits`] when the member may next
 //!   receive; if not now, the lane is released until then (and may become a digest).
 //! - **Health.** A channel that does not answer is *down*: no lane is claimed except one,
-//!   for a probe, at growing intervals; messages past their retry deadline meanwhile are
-//!   failed in bulk. One log line when it goes down, one when it is back.
+//!   for a probe, at growing intervals but no later than the end of the earliest retry
+//!   window waiting for it; when a probe fails, the messages whose window had ended when
+//!   it started move on in bulk, by the same rule. One log line when it goes down, one
+//!   when it is back.
 //! - **Fairness.** A worker gives its lane up after [`LANE_BUDGET`] sends or
 //!   [`LANE_TIME`], so a long lane does not keep others waiting.
 
@@ -51,9 +55,10 @@ const CLAIM_BATCH: usize = 64;
 /// The loop looks at the database at least this often (new lanes of other instances,
 /// leases that ran out).
 const POLL_MAX: i64 = 1_000;
-/// While a channel is down, queued messages past their deadline are failed this often.
+/// While a channel is down, messages whose retry window ended before its latest failed
+/// try move on this often (and the next probe is planned by the earliest waiting window).
 const EXPIRE_EVERY: i64 = 250;
-/// Messages failed per statement when a deadline passes for many at once.
+/// Overdue messages read and moved at once when many windows end together.
 const EXPIRE_BATCH: usize = 1_000;
 /// Send history and idempotency keys are pruned this often.
 const PRUNE_EVERY: i64 = 10 * 60 * 1_000;
@@ -891,39 +896,36 @@ impl Scheduler {
                     self.settings.backoff_max,
                     rand::random::<f64>(),
                 );
-                let next = now_ms().saturating_add(ms(delay));
-                if next > head.deadline_at {
+                // Retried at the backoff time, but at the end of the window at the latest;
+                // given up only when a try that started there failed.
+                let step = next_step::after_failure(
+                    tried(head),
+                    sent_at,
+                    Failure::Transient {
+                        retry_at: now_ms().saturating_add(ms(delay)),
+                    },
+                );
+                let error = if step.moves_on() {
                     let why = if unreachable {
                         format!("{} unreachable: {reason}", slot.label())
                     } else {
                         reason
                     };
-                    let error = format!(
-                        "gave up after {attempts} attempt(s) within the retry window ({}): {why}",
+                    format!(
+                        "gave up after {attempts} attempt(s): the retry window ({}) had run out \
+                         when the last one failed: {why}",
                         humantime::format_duration(self.settings.retry_window),
-                    );
-                    return self.give_up(head, channel, attempts, error).await;
-                }
-                tracing::debug!(id = %head.id, attempts, channel = %channel, retry_in = ?delay, error = %reason, "delivery attempt failed; will retry");
-                if self
-                    .record(AttemptUpdate::Retry {
-                        id: head.id.clone(),
-                        attempts,
-                        channel,
-                        error: reason,
-                        next_attempt_at: next,
-                    })
-                    .await
-                {
-                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
-                }
-                After::Release(next)
+                    )
+                } else {
+                    reason
+                };
+                self.settle(head, channel, attempts, step, error).await
             }
         }
     }
 
-    /// `channel` cannot deliver the head: it goes on to the next channel of its route, or
-    /// ends (failed) when none is left.
+    /// `channel` cannot deliver the head (a permanent failure, or nothing to try it with):
+    /// it goes on to the next channel of its route, or ends when none is left.
     async fn give_up(
         &self,
         head: &Message,
@@ -931,11 +933,40 @@ impl Scheduler {
         attempts: i64,
         error: String,
     ) -> After {
-        // The message ends failed when no channel is left and none delivered it before
-        // (a `deliver_all` message delivered on an earlier channel ends delivered).
-        let ends_failed = head.route.rest().is_none() && head.channel.is_none();
-        let (update, after) = match head.route.rest() {
-            Some(route) => {
+        let step = next_step::after_failure(tried(head), now_ms(), Failure::Permanent);
+        self.settle(head, channel, attempts, step, error).await
+    }
+
+    /// Records the head's next step after a failure on `channel`: a retry there, the next
+    /// channel of its route, or its end — failed, unless an earlier channel delivered it (a
+    /// `deliver_all` message).
+    async fn settle(
+        &self,
+        head: &Message,
+        channel: ChannelName,
+        attempts: i64,
+        step: NextStep,
+        error: String,
+    ) -> After {
+        let ends_failed = matches!(step, NextStep::End { failed: true });
+        let (update, after) = match step {
+            NextStep::Retry { at } => {
+                tracing::debug!(id = %head.id, attempts, channel = %channel, retry_in = ?until(at), error = %error, "delivery attempt failed; will retry");
+                if self
+                    .record(AttemptUpdate::Retry {
+                        id: head.id.clone(),
+                        attempts,
+                        channel,
+                        error,
+                        next_attempt_at: at,
+                    })
+                    .await
+                {
+                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
+                }
+                return After::Release(at);
+            }
+            NextStep::Fallback { route } => {
                 tracing::debug!(id = %head.id, from = %channel, to = %route.first(), error = %error, "falling back to the next channel");
                 self.log_fallback(channel, route.first(), &error);
                 (
@@ -951,7 +982,7 @@ impl Scheduler {
                     After::Reread,
                 )
             }
-            None => {
+            NextStep::End { .. } => {
                 tracing::debug!(id = %head.id, attempts, channel = %channel, error = %error, "delivery failed");
                 (
                     AttemptUpdate::Failed {
@@ -1161,6 +1192,15 @@ impl Scheduler {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+}
+
+/// The head, as what follows a failed try depends on it.
+fn tried(head: &Message) -> Tried<'_> {
+    Tried {
+        route: &head.route,
+        delivered_before: head.channel.is_some(),
+        deadline_at: head.deadline_at,
     }
 }
 
