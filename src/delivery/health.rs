@@ -46,6 +46,9 @@ enum State {
         /// When the latest failed try started: a message whose retry window had ended by
         /// then has had its last try.
         tried_at: i64,
+        /// Tries before this time would be answered with a failure already seen, without
+        /// reaching the channel (see [`Health::quiet_until`]): no probe before then.
+        quiet_until: i64,
     },
 }
 
@@ -102,11 +105,32 @@ impl Health {
             State::Down {
                 next_probe,
                 tried_at,
+                quiet_until,
                 ..
             } => {
-                let earliest = tried_at.saturating_add(ms(DEADLINE_PROBE_GAP));
+                let earliest = tried_at
+                    .saturating_add(ms(DEADLINE_PROBE_GAP))
+                    .max(*quiet_until);
                 *next_probe = (*next_probe).min(deadline_at.max(earliest));
                 Some(*next_probe)
+            }
+        }
+    }
+
+    /// Until `until`, every try would be answered at once with a failure already seen,
+    /// without reaching the channel (WeCom's `gettoken` cooldown): such an answer is not a
+    /// try, so no probe starts before then.
+    pub fn quiet_until(&mut self, until: i64) {
+        if let State::Down {
+            next_probe,
+            probing,
+            quiet_until,
+            ..
+        } = &mut self.state
+        {
+            *quiet_until = (*quiet_until).max(until);
+            if !*probing {
+                *next_probe = (*next_probe).max(until);
             }
         }
     }
@@ -179,6 +203,7 @@ impl Health {
                     probing: false,
                     reason: reason.to_owned(),
                     tried_at: started_at,
+                    quiet_until: 0,
                 };
                 Some(Change::WentDown)
             }
@@ -188,12 +213,13 @@ impl Health {
                 probing,
                 reason: why,
                 tried_at,
+                quiet_until,
                 ..
             } => {
                 // A failed probe (or a straggler that was in flight when it went down).
                 if *probing {
                     *probing = false;
-                    *next_probe = now + *interval;
+                    *next_probe = (now + *interval).max(*quiet_until);
                     *interval = (*interval * 2).min(self.probe_max);
                 }
                 *tried_at = (*tried_at).max(started_at);
@@ -347,6 +373,36 @@ mod tests {
         // over, is probed a gap after this probe started.
         assert_eq!(h.probe_by(gap + 2), Some(2 * gap));
         assert_eq!(h.admits(2 * gap), Ok(Some(1)));
+    }
+
+    #[test]
+    fn no_probe_while_the_channel_would_answer_without_trying() {
+        let mut h = Health::new(Duration::from_millis(50), Duration::from_secs(30));
+        // A failed gettoken at 1 s; sends are answered with it until 3 s.
+        h.unreachable(1_000, 1_000, "gettoken refused");
+        h.quiet_until(3_000);
+        assert_eq!(
+            h.gate(1_100),
+            Gate::Closed(3_000),
+            "the regular probe waits"
+        );
+        // A window ending at 2 s is probed when a probe reaches the channel again.
+        assert_eq!(h.probe_by(2_000), Some(3_000));
+        assert_eq!(h.gate(3_000), Gate::Probe);
+        // Learnt while a probe is out: the next probe waits for it too.
+        h.quiet_until(5_000);
+        h.unreachable(3_010, 3_000, "refused");
+        assert_eq!(h.gate(3_010), Gate::Closed(5_000));
+        h.quiet_until(5_010);
+        assert_eq!(h.gate(3_010), Gate::Closed(5_010));
+        // Once it has passed, the regular schedule again.
+        assert_eq!(h.gate(5_010), Gate::Probe);
+        h.unreachable(5_020, 5_010, "refused");
+        assert_eq!(h.gate(5_020), Gate::Closed(5_220));
+        // An up channel has nothing to wait for.
+        h.reachable(6_000);
+        h.quiet_until(9_000);
+        assert_eq!(h.gate(6_000), Gate::Open);
     }
 
     #[test]

@@ -64,6 +64,12 @@ pub trait Channel: Send + Sync {
     /// Which channel this is (stored with messages, named in routes).
     fn name(&self) -> ChannelName;
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>>;
+    /// How long from now every delivery would fail at once with a failure already seen,
+    /// without reaching the channel (WeCom's `gettoken` cooldown). Such an answer is not a
+    /// try: a channel that is down is not probed before then.
+    fn cooldown(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// What a sender asked to deliver.

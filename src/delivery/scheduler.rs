@@ -1125,7 +1125,13 @@ impl Scheduler {
     fn unreachable(&self, slot: &Slot, started_at: i64, reason: &str) {
         let (change, every) = {
             let mut health = lock(&slot.health);
-            let change = health.unreachable(now_ms(), started_at, reason);
+            let now = now_ms();
+            let change = health.unreachable(now, started_at, reason);
+            if let Some(cooldown) = slot.channel.cooldown() {
+                // Rounded up: a probe a fraction of a millisecond early would still get the
+                // failure already seen.
+                health.quiet_until(now.saturating_add(ms(cooldown)).saturating_add(1));
+            }
             (change, health.probe_interval())
         };
         // The loop plans the next probe.
