@@ -254,15 +254,12 @@ impl Store {
 
     /// Lanes nobody holds that are due later than `now` become due now (a channel came
     /// back: lanes that gave themselves back until its next probe may go). A lane whose
-    /// head is not due yet is simply given back again by its worker.
+    /// head is not due yet is simply given back again by its worker. Through the writer,
+    /// after every release queued before it: a lane that lost the gate to the probe that
+    /// found the channel back, and was given back until the next probe, is brought forward
+    /// too, however late its release commits.
     pub async fn lanes_due_by(&self, now: i64) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("UPDATE lanes SET due_at = $1 WHERE owner IS NULL AND due_at > $1")
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        self.lane_count(LaneOp::AllDueBy { due_at: now }).await
     }
 
     /// When the next lane nobody holds becomes due.

@@ -160,6 +160,9 @@ pub enum LaneOp {
     },
     /// The lane becomes due by `due_at` if nobody holds it; answers `Count`.
     DueBy { userid: UserId, due_at: i64 },
+    /// Every lane nobody holds becomes due by `due_at`, after the releases of the same
+    /// batch; answers `Count`.
+    AllDueBy { due_at: i64 },
     /// Open lanes for queued messages that have none (a safety net); answers `Count`.
     OpenMissing { now: i64 },
     /// Forget send times older than `before`; answers `Count`.
@@ -657,6 +660,8 @@ impl Writer {
         // (A lane has one worker, so no lane is released and finished in one batch.)
         let mut releases = Vec::new();
         let mut finishes = Vec::new();
+        // Applied after the releases, which are queued earlier (see `Store::lanes_due_by`).
+        let mut all_due_by = Vec::new();
         for (i, write) in writes.iter().enumerate() {
             match &**write {
                 Write::Insert(_) | Write::Update(_) => {}
@@ -668,6 +673,7 @@ impl Writer {
                 Write::Lane(LaneOp::Finish { owner, userid }) => {
                     finishes.push((i, owner.as_str(), userid.as_str()));
                 }
+                Write::Lane(LaneOp::AllDueBy { due_at }) => all_due_by.push((i, *due_at)),
                 Write::Lane(op) => replies[i] = lane_op(db, op)?,
                 Write::Probe => {
                     let sql = db.dialect().probe_sql();
@@ -678,6 +684,12 @@ impl Writer {
         release_lanes(db, &releases)?;
         for (i, finished) in finish_lanes(db, &finishes)? {
             replies[i] = Reply::Finished(finished);
+        }
+        for (i, due_at) in all_due_by {
+            replies[i] = Reply::Count(db.exec(
+                "UPDATE lanes SET due_at = ?1 WHERE owner IS NULL AND due_at > ?1",
+                &[due_at.into()],
+            )?);
         }
         db.commit()?;
         Ok(replies)
@@ -1197,8 +1209,8 @@ fn lane_op(db: &mut dyn Backend, op: &LaneOp) -> Result<Reply, StoreError> {
             }
             Reply::Done
         }
-        // Grouped by the caller (see `release_lanes`, `finish_lanes`).
-        LaneOp::Release { .. } | LaneOp::Finish { .. } => Reply::Done,
+        // Grouped by the caller (see `release_lanes`, `finish_lanes`, `Writer::try_write`).
+        LaneOp::Release { .. } | LaneOp::Finish { .. } | LaneOp::AllDueBy { .. } => Reply::Done,
         LaneOp::ReleaseAll { owner } => count(db.exec(
             "UPDATE lanes SET owner = NULL, lease_until = 0 WHERE owner = ?1",
             &[owner.as_str().into()],
@@ -1240,6 +1252,49 @@ mod tests {
         let flat: Vec<u32> = pow2_chunks(&items, 16).flatten().copied().collect();
         assert_eq!(flat, items);
         assert_eq!(pow2_chunks::<u32>(&[], 16).count(), 0);
+    }
+
+    /// A channel came back while a lane that lost the gate to the probe was being given
+    /// back until the next probe: in one batch, the release does not undo the
+    /// bring-forward, whichever came first.
+    #[tokio::test]
+    async fn lanes_are_brought_forward_after_the_releases_of_their_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let now = now_ms();
+        store
+            .insert_message(Message::new_queued(
+                MessageId::from_stored("m".to_owned()),
+                UserId::new("alice"),
+                None,
+                Some("c".into()),
+                now,
+                now + 1000,
+            ))
+            .await
+            .unwrap();
+        let claimed = store
+            .claim_lanes("me", now_ms(), now + 60_000, 1)
+            .await
+            .unwrap();
+        assert_eq!(claimed, [UserId::new("alice")]);
+        let mut writer = Writer {
+            db: Box::new(super::super::sqlite::backend(&dir.path().join("w.db"))),
+            health: Arc::default(),
+            arrivals: Arc::default(),
+        };
+        let mut all_due_by = Write::Lane(LaneOp::AllDueBy { due_at: now });
+        let mut release = Write::Lane(LaneOp::Release {
+            owner: "me".into(),
+            userid: UserId::new("alice"),
+            due_at: now + 30_000,
+        });
+        let replies = writer.write(vec![&mut all_due_by, &mut release]).unwrap();
+        assert_eq!(replies[0], Reply::Count(1));
+        assert_eq!(store.next_lane_due().await.unwrap(), Some(now));
+        writer.db.close();
+        store.close().await;
     }
 
     #[tokio::test]
