@@ -77,6 +77,9 @@ const DIGEST_BYTES: usize = super::wecom::MAX_TEXT_BYTES;
 struct Slot {
     channel: Arc<dyn Channel>,
     health: Mutex<Health>,
+    /// The lane last made due for a probe by a waiting window, and when (see
+    /// [`Scheduler::probe_next_window`]).
+    probe_lane: Mutex<Option<(UserId, i64)>>,
 }
 
 impl Slot {
@@ -185,6 +188,7 @@ impl Scheduler {
             .map(|channel| Slot {
                 channel,
                 health: Mutex::new(Health::new(settings.backoff_initial, settings.probe_max)),
+                probe_lane: Mutex::default(),
             })
             .collect();
         Self {
@@ -429,15 +433,24 @@ impl Scheduler {
     /// retry window still waiting for it (see [`Health::probe_by`]), and that message's
     /// lane is due then, to make it: a message moves on only if a try at the end of its
     /// window fails, however far apart the regular probes have grown.
+    ///
+    /// A lane is made due once per planned probe: one whose worker gives it back until
+    /// later (its head waits for something else) is not made due again every pass. (One
+    /// that was being worked on is made due once it is free.)
     async fn probe_next_window(&self, slot: &Slot, tried_at: i64) -> Result<(), StoreError> {
         let Some(next) = self.store.next_window(slot.name(), tried_at).await? else {
             return Ok(());
         };
-        let probe_at = lock(&slot.health).probe_by(next.deadline_at);
-        if let Some(at) = probe_at
+        let Some(at) = lock(&slot.health).probe_by(next.deadline_at) else {
+            return Ok(());
+        };
+        let plan = (next.userid, at);
+        let planned = lock(&slot.probe_lane).as_ref() == Some(&plan);
+        if !planned
             && next.lane_due.is_some_and(|due| due > at)
+            && self.store.lane_due_by(&plan.0, at).await? > 0
         {
-            self.store.lane_due_by(&next.userid, at).await?;
+            *lock(&slot.probe_lane) = Some(plan);
         }
         Ok(())
     }
