@@ -1,8 +1,16 @@
 //! Channel health: when a channel is unreachable (connection refused, timeouts, HTTP 5xx,
 //! WeCom busy), the whole queue stops being sent to it; one probe at a time is let
-//! through, at growing intervals, until it answers. Pure state with the clock passed in.
+//! through, at growing intervals, until it answers — and, so that no message moves on
+//! without a try at the end of its retry window, no later than the end of the earliest
+//! window still waiting for it ([`Health::probe_by`]). Pure state with the clock passed in.
 
 use std::time::Duration;
+
+/// A probe brought forward to a waiting message's window end starts at least this long
+/// after the latest failed try started. Messages whose windows end within this of each
+/// other share one probe (each moves on at most this late), so a steady stream of
+/// messages during a long outage costs the channel a probe a second, not one per message.
+pub const DEADLINE_PROBE_GAP: Duration = Duration::from_secs(1);
 
 /// What the health state lets a sender do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,12 @@ enum State {
         probing: bool,
         /// Why it is down, for messages that give up meanwhile.
         reason: String,
+        /// When the latest failed try started: a message whose retry window had ended by
+        /// then has had its last try.
+        tried_at: i64,
+        /// Tries before this time would be answered with a failure already seen, without
+        /// reaching the channel (see [`Health::quiet_until`]): no probe before then.
+        quiet_until: i64,
     },
 }
 
@@ -69,6 +83,55 @@ impl Health {
         match &self.state {
             State::Up => None,
             State::Down { since, reason, .. } => Some((*since, reason)),
+        }
+    }
+
+    /// When the latest failed try on the channel started, while it is down.
+    pub fn failed_try_at(&self) -> Option<i64> {
+        match &self.state {
+            State::Up => None,
+            State::Down { tried_at, .. } => Some(*tried_at),
+        }
+    }
+
+    /// A message waiting for the channel has its retry window end at `deadline_at`: the
+    /// next probe starts no later than that (nor sooner than [`DEADLINE_PROBE_GAP`] after
+    /// the latest failed try started), so that the message moves on only if a try at the
+    /// end of its window fails. Answers when the next probe may start; `None` while the
+    /// channel is up or a probe is out (its outcome decides; ask again after it).
+    pub fn probe_by(&mut self, deadline_at: i64) -> Option<i64> {
+        match &mut self.state {
+            State::Up | State::Down { probing: true, .. } => None,
+            State::Down {
+                next_probe,
+                tried_at,
+                quiet_until,
+                ..
+            } => {
+                let earliest = tried_at
+                    .saturating_add(ms(DEADLINE_PROBE_GAP))
+                    .max(*quiet_until);
+                *next_probe = (*next_probe).min(deadline_at.max(earliest));
+                Some(*next_probe)
+            }
+        }
+    }
+
+    /// Until `until`, every try would be answered at once with a failure already seen,
+    /// without reaching the channel (WeCom's `gettoken` cooldown): such an answer is not a
+    /// try, so no probe starts before then.
+    pub fn quiet_until(&mut self, until: i64) {
+        if let State::Down {
+            next_probe,
+            probing,
+            quiet_until,
+            ..
+        } = &mut self.state
+        {
+            *quiet_until = (*quiet_until).max(until);
+            if !*probing {
+                *next_probe = (*next_probe).max(until);
+            }
         }
     }
 
@@ -129,8 +192,8 @@ impl Health {
         }
     }
 
-    /// The channel could not be reached.
-    pub fn unreachable(&mut self, now: i64, reason: &str) -> Option<Change> {
+    /// The channel could not be reached, by a try that started at `started_at`.
+    pub fn unreachable(&mut self, now: i64, started_at: i64, reason: &str) -> Option<Change> {
         match &mut self.state {
             State::Up => {
                 self.state = State::Down {
@@ -139,6 +202,8 @@ impl Health {
                     interval: (self.probe_min * 2).min(self.probe_max),
                     probing: false,
                     reason: reason.to_owned(),
+                    tried_at: started_at,
+                    quiet_until: 0,
                 };
                 Some(Change::WentDown)
             }
@@ -147,14 +212,17 @@ impl Health {
                 interval,
                 probing,
                 reason: why,
+                tried_at,
+                quiet_until,
                 ..
             } => {
                 // A failed probe (or a straggler that was in flight when it went down).
                 if *probing {
                     *probing = false;
-                    *next_probe = now + *interval;
+                    *next_probe = (now + *interval).max(*quiet_until);
                     *interval = (*interval * 2).min(self.probe_max);
                 }
+                *tried_at = (*tried_at).max(started_at);
                 reason.clone_into(why);
                 None
             }
@@ -187,7 +255,7 @@ mod tests {
     #[test]
     fn down_lets_one_probe_through_at_growing_intervals() {
         let mut h = health();
-        assert_eq!(h.unreachable(0, "refused"), Some(Change::WentDown));
+        assert_eq!(h.unreachable(0, 0, "refused"), Some(Change::WentDown));
         assert_eq!(h.gate(10), Gate::Closed(1_000));
         assert_eq!(h.admits(10), Err(1_000));
         // The first probe at 1 s; only one at a time.
@@ -200,24 +268,24 @@ mod tests {
             "the probe's outcome decides"
         );
         // It fails: next in 2 s, then 4, 8, 16, 30, 30.
-        assert_eq!(h.unreachable(1_100, "refused"), None);
+        assert_eq!(h.unreachable(1_100, 1_000, "refused"), None);
         let mut at = 1_100;
         for wait in [2_000, 4_000, 8_000, 16_000, 30_000, 30_000] {
             assert_eq!(h.gate(at + wait - 1), Gate::Closed(at + wait));
             assert_eq!(h.gate(at + wait), Gate::Probe);
             at += wait;
-            h.unreachable(at, "refused");
+            h.unreachable(at, at, "refused");
         }
         // Stragglers failing while no probe is out do not push the next probe out.
         let before = h.gate(at);
-        h.unreachable(at + 5, "refused");
+        h.unreachable(at + 5, at - 100, "refused");
         assert_eq!(h.gate(at), before);
     }
 
     #[test]
     fn an_answer_brings_it_back() {
         let mut h = health();
-        h.unreachable(3_000, "timed out");
+        h.unreachable(3_000, 2_000, "timed out");
         assert_eq!(h.down_since(), Some((3_000, "timed out")));
         assert_eq!(h.gate(4_000), Gate::Probe);
         assert_eq!(
@@ -234,9 +302,113 @@ mod tests {
     #[test]
     fn an_abandoned_probe_frees_the_slot() {
         let mut h = health();
-        h.unreachable(0, "x");
+        h.unreachable(0, 0, "x");
         assert_eq!(h.gate(1_000), Gate::Probe);
         h.probe_abandoned();
         assert_eq!(h.gate(1_000), Gate::Probe);
+    }
+
+    #[test]
+    fn the_latest_failed_try_is_remembered_by_when_it_started() {
+        let mut h = health();
+        assert_eq!(h.failed_try_at(), None);
+        h.unreachable(500, 200, "refused");
+        assert_eq!(h.failed_try_at(), Some(200));
+        // A straggler that started earlier but failed later does not move it back.
+        h.unreachable(700, 100, "refused");
+        assert_eq!(h.failed_try_at(), Some(200));
+        assert_eq!(h.gate(1_500), Gate::Probe);
+        h.unreachable(1_600, 1_500, "refused");
+        assert_eq!(h.failed_try_at(), Some(1_500));
+        h.reachable(5_000);
+        assert_eq!(h.failed_try_at(), None);
+    }
+
+    #[test]
+    fn a_waiting_window_brings_the_next_probe_forward_to_its_end() {
+        let mut h = Health::new(Duration::from_secs(1), Duration::from_secs(30));
+        h.unreachable(0, 0, "refused");
+        // Probes at 1 s, then 2 s later, 4 s, …: push them out to 30 s apart.
+        let mut at = 0;
+        for _ in 0..6 {
+            let next = match h.gate(at) {
+                Gate::Closed(next) => next,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(h.gate(next), Gate::Probe);
+            h.unreachable(next + 10, next, "refused");
+            at = next + 10;
+        }
+        assert_eq!(h.probe_interval(), Some(Duration::from_secs(30)));
+        let tried = h.failed_try_at().unwrap();
+        assert_eq!(h.gate(at), Gate::Closed(at + 30_000));
+        // A message's window ends 4 s from now: the probe comes then, not 30 s later.
+        let deadline = at + 4_000;
+        assert_eq!(h.probe_by(deadline), Some(deadline));
+        assert_eq!(h.gate(deadline - 1), Gate::Closed(deadline));
+        assert_eq!(h.admits(deadline - 1), Err(deadline));
+        // A later window does not push it back out.
+        assert_eq!(h.probe_by(deadline + 9_000), Some(deadline));
+        // Nor past the regular schedule.
+        let mut fresh = health();
+        fresh.unreachable(0, 0, "refused");
+        assert_eq!(fresh.probe_by(60_000), Some(1_000));
+        // The probe goes at the window's end, and only one.
+        assert_eq!(h.gate(deadline), Gate::Probe);
+        assert_eq!(h.probe_by(deadline), None, "while the probe is out");
+        assert!(tried < deadline);
+    }
+
+    #[test]
+    fn probes_for_windows_come_at_least_a_gap_after_the_latest_failed_try() {
+        let mut h = Health::new(Duration::from_secs(5), Duration::from_secs(30));
+        h.unreachable(100, 0, "refused");
+        let gap = ms(DEADLINE_PROBE_GAP);
+        // A window that ended before the latest failed try plus the gap: probed at the gap.
+        assert_eq!(h.probe_by(300), Some(gap));
+        assert_eq!(h.gate(gap - 1), Gate::Closed(gap));
+        assert_eq!(h.gate(gap), Gate::Probe);
+        h.unreachable(gap + 5, gap, "refused");
+        // The next failed probe pushes the regular schedule out; the next window, already
+        // over, is probed a gap after this probe started.
+        assert_eq!(h.probe_by(gap + 2), Some(2 * gap));
+        assert_eq!(h.admits(2 * gap), Ok(Some(1)));
+    }
+
+    #[test]
+    fn no_probe_while_the_channel_would_answer_without_trying() {
+        let mut h = Health::new(Duration::from_millis(50), Duration::from_secs(30));
+        // A failed gettoken at 1 s; sends are answered with it until 3 s.
+        h.unreachable(1_000, 1_000, "gettoken refused");
+        h.quiet_until(3_000);
+        assert_eq!(
+            h.gate(1_100),
+            Gate::Closed(3_000),
+            "the regular probe waits"
+        );
+        // A window ending at 2 s is probed when a probe reaches the channel again.
+        assert_eq!(h.probe_by(2_000), Some(3_000));
+        assert_eq!(h.gate(3_000), Gate::Probe);
+        // Learnt while a probe is out: the next probe waits for it too.
+        h.quiet_until(5_000);
+        h.unreachable(3_010, 3_000, "refused");
+        assert_eq!(h.gate(3_010), Gate::Closed(5_000));
+        h.quiet_until(5_010);
+        assert_eq!(h.gate(3_010), Gate::Closed(5_010));
+        // Once it has passed, the regular schedule again.
+        assert_eq!(h.gate(5_010), Gate::Probe);
+        h.unreachable(5_020, 5_010, "refused");
+        assert_eq!(h.gate(5_020), Gate::Closed(5_220));
+        // An up channel has nothing to wait for.
+        h.reachable(6_000);
+        h.quiet_until(9_000);
+        assert_eq!(h.gate(6_000), Gate::Open);
+    }
+
+    #[test]
+    fn an_up_channel_needs_no_probe() {
+        let mut h = health();
+        assert_eq!(h.probe_by(1_000), None);
+        assert_eq!(h.gate(0), Gate::Open);
     }
 }

@@ -13,13 +13,15 @@
 //!
 //! Pure parts, tested without I/O or sleeping: [`limits`] (sliding windows, digest
 //! planning), [`digest`] (digest text), [`health`] (a channel that is down gets one probe
-//! at a time), [`backoff`].
+//! at a time), [`backoff`], [`next_step`] (what follows a failed try: retry, the next
+//! channel, or the end).
 
 pub mod backoff;
 pub mod digest;
 pub mod email;
 pub mod health;
 pub mod limits;
+pub mod next_step;
 mod scheduler;
 pub mod wecom;
 
@@ -62,6 +64,12 @@ pub trait Channel: Send + Sync {
     /// Which channel this is (stored with messages, named in routes).
     fn name(&self) -> ChannelName;
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>>;
+    /// How long from now every delivery would fail at once with a failure already seen,
+    /// without reaching the channel (WeCom's `gettoken` cooldown). Such an answer is not a
+    /// try: a channel that is down is not probed before then.
+    fn cooldown(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// What a sender asked to deliver.

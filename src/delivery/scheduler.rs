@@ -6,13 +6,17 @@
 //!   become claimable when their lease runs out; a restarted one takes its own back at
 //!   once ([`Scheduler::start`]).
 //! - **Order.** A lane worker always sends the lane's head (lowest `seq`). A transient
-//!   failure puts the head into backoff and releases the lane until then: later messages
-//!   wait behind it. A permanent failure ends the head; the worker goes on.
+//!   failure puts the head into backoff (until the end of its retry window at the latest)
+//!   and releases the lane until then: later messages wait behind it. A permanent failure,
+//!   or a transient one of a try made at the end of the window, moves the head on to its
+//!   next channel or ends it ([`next_step`]); the worker goes on.
 //! - **Limits.** Before each send the worker asks [`limits`] when the member may next
 //!   receive; if not now, the lane is released until then (and may become a digest).
 //! - **Health.** A channel that does not answer is *down*: no lane is claimed except one,
-//!   for a probe, at growing intervals; messages past their retry deadline meanwhile are
-//!   failed in bulk. One log line when it goes down, one when it is back.
+//!   for a probe, at growing intervals but no later than the end of the earliest retry
+//!   window waiting for it; when a probe fails, the messages whose window had ended when
+//!   it started move on in bulk, by the same rule. One log line when it goes down, one
+//!   when it is back.
 //! - **Fairness.** A worker gives its lane up after [`LANE_BUDGET`] sends or
 //!   [`LANE_TIME`], so a long lane does not keep others waiting.
 
@@ -27,11 +31,15 @@ use tokio_util::task::TaskTracker;
 
 use super::health::{Change, Gate, Health};
 use super::limits::{self, Plan, RateWindow};
+use super::next_step::{self, Failure, NextStep, Tried};
 use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, EmailAddress, Format, Look, MessageId, Outbound, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
-use crate::store::{AttemptUpdate, Digest, Head, Message, Store, StoreError, Waiting, now_ms};
+use crate::store::{
+    AttemptUpdate, Digest, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
+    now_ms,
+};
 use crate::supervise::{self, FaultPoint, RESTART_PAUSE};
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
@@ -49,9 +57,10 @@ const CLAIM_BATCH: usize = 64;
 /// The loop looks at the database at least this often (new lanes of other instances,
 /// leases that ran out).
 const POLL_MAX: i64 = 1_000;
-/// While a channel is down, queued messages past their deadline are failed this often.
+/// While a channel is down, messages whose retry window ended before its latest failed
+/// try move on this often (and the next probe is planned by the earliest waiting window).
 const EXPIRE_EVERY: i64 = 250;
-/// Messages failed per statement when a deadline passes for many at once.
+/// Overdue messages read and moved at once when many windows end together.
 const EXPIRE_BATCH: usize = 1_000;
 /// Send history and idempotency keys are pruned this often.
 const PRUNE_EVERY: i64 = 10 * 60 * 1_000;
@@ -73,6 +82,9 @@ const DIGEST_BYTES: usize = super::wecom::MAX_TEXT_BYTES;
 struct Slot {
     channel: Arc<dyn Channel>,
     health: Mutex<Health>,
+    /// The lane last made due for a probe by a waiting window, and when (see
+    /// [`Scheduler::probe_next_window`]).
+    probe_lane: Mutex<Option<(UserId, i64)>>,
 }
 
 impl Slot {
@@ -188,6 +200,7 @@ impl Scheduler {
             .map(|channel| Slot {
                 channel,
                 health: Mutex::new(Health::new(settings.backoff_initial, settings.probe_max)),
+                probe_lane: Mutex::default(),
             })
             .collect();
         Self {
@@ -374,38 +387,20 @@ impl Scheduler {
         if now >= due.expire {
             let mut more = false;
             for slot in &self.channels {
-                let down = lock(&slot.health)
-                    .down_since()
-                    .map(|(since, why)| (since, why.to_owned()));
-                let Some((since, why)) = down else { continue };
-                let error = format!(
-                    "{} unreachable since {} ({why}); gave up when the retry window ({}) ran out",
-                    slot.label(),
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + Duration::from_millis(u64::try_from(since).unwrap_or(0))
-                    ),
-                    humantime::format_duration(self.settings.retry_window)
-                );
-                let window = ms(self.settings.retry_window);
-                let overdue = self
-                    .store
-                    .overdue(slot.name(), now, &error, window, EXPIRE_BATCH)
+                let down = {
+                    let health = lock(&slot.health);
+                    health
+                        .down_since()
+                        .zip(health.failed_try_at())
+                        .map(|((since, why), tried_at)| (since, why.to_owned(), tried_at))
+                };
+                let Some((since, why, tried_at)) = down else {
+                    continue;
+                };
+                more |= self
+                    .move_overdue(slot, (since, &why), tried_at, now)
                     .await?;
-                let handled = overdue.handled;
-                self.metrics
-                    .attempts(slot.name(), AttemptOutcome::Failed, handled);
-                self.metrics.failed(slot.name(), overdue.failed);
-                if handled > 0 {
-                    tracing::warn!(
-                        messages = handled,
-                        channel = %slot.name(),
-                        "{} still unreachable: messages whose retry window ran out go on to \
-                         their next channel, or fail if they have none",
-                        slot.label()
-                    );
-                }
-                more |= usize::try_from(handled).unwrap_or(usize::MAX) >= EXPIRE_BATCH;
+                self.probe_next_window(slot, tried_at).await?;
             }
             due.expire = now + if more { 0 } else { EXPIRE_EVERY };
         }
@@ -414,6 +409,102 @@ impl Scheduler {
             self.store.prune_sends(now - span).await?;
             self.store.expire_idempotency_keys(now).await?;
             due.prune = now + PRUNE_EVERY;
+        }
+        Ok(())
+    }
+
+    /// While `slot` is down (since when, why): the messages waiting for it whose retry
+    /// window had ended when its latest failed try started (`tried_at`) take their next
+    /// step by the rule a lane worker applies to its head ([`next_step::after_failure`]):
+    /// that try was their last. Answers whether a full batch was read (there may be more).
+    async fn move_overdue(
+        &self,
+        slot: &Slot,
+        (since, why): (i64, &str),
+        tried_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let overdue = self
+            .store
+            .overdue(slot.name(), tried_at, now, EXPIRE_BATCH)
+            .await?;
+        if overdue.is_empty() {
+            return Ok(false);
+        }
+        let full = overdue.len() >= EXPIRE_BATCH;
+        let deadline_at = self.fresh_deadline();
+        let moves: Vec<(OverdueMessage, MoveOn)> = overdue
+            .into_iter()
+            .filter_map(|m| {
+                let tried = Tried {
+                    route: &m.route,
+                    delivered_before: m.delivered_before,
+                    deadline_at: m.deadline_at,
+                };
+                // The channel's failed try, not one of this message: never a retry of its
+                // own (and none is due: its window had ended when that try started).
+                let step = match next_step::after_failure(
+                    tried,
+                    tried_at,
+                    Failure::Transient { retry_at: now },
+                ) {
+                    NextStep::Retry { .. } => return None,
+                    NextStep::Fallback { route } => MoveOn::Next { route, deadline_at },
+                    NextStep::End { failed } => MoveOn::End { failed },
+                };
+                Some((m, step))
+            })
+            .collect();
+        let error = format!(
+            "{} unreachable since {} ({why}); gave up when it was still unreachable at the end \
+             of the retry window ({})",
+            slot.label(),
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(since).unwrap_or(0))
+            ),
+            humantime::format_duration(self.settings.retry_window)
+        );
+        let done = self
+            .store
+            .move_overdue(slot.name(), now, &error, moves)
+            .await?;
+        self.metrics
+            .attempts(slot.name(), AttemptOutcome::Failed, done.handled);
+        self.metrics.failed(slot.name(), done.failed);
+        if done.handled > 0 {
+            tracing::warn!(
+                messages = done.handled,
+                channel = %slot.name(),
+                "{} still unreachable at the end of their retry window: messages go on to \
+                 their next channel, or fail if they have none",
+                slot.label()
+            );
+        }
+        Ok(full)
+    }
+
+    /// While `slot` is down, its next probe starts no later than the end of the earliest
+    /// retry window still waiting for it (see [`Health::probe_by`]), and that message's
+    /// lane is due then, to make it: a message moves on only if a try at the end of its
+    /// window fails, however far apart the regular probes have grown.
+    ///
+    /// A lane is made due once per planned probe: one whose worker gives it back until
+    /// later (its head waits for something else) is not made due again every pass. (One
+    /// that was being worked on is made due once it is free.)
+    async fn probe_next_window(&self, slot: &Slot, tried_at: i64) -> Result<(), StoreError> {
+        let Some(next) = self.store.next_window(slot.name(), tried_at).await? else {
+            return Ok(());
+        };
+        let Some(at) = lock(&slot.health).probe_by(next.deadline_at) else {
+            return Ok(());
+        };
+        let plan = (next.userid, at);
+        let planned = lock(&slot.probe_lane).as_ref() == Some(&plan);
+        if !planned
+            && next.lane_due.is_some_and(|due| due > at)
+            && self.store.lane_due_by(&plan.0, at).await? > 0
+        {
+            *lock(&slot.probe_lane) = Some(plan);
         }
         Ok(())
     }
@@ -902,7 +993,7 @@ impl Scheduler {
                 unreachable,
             }) => {
                 if unreachable {
-                    self.unreachable(slot, &reason);
+                    self.unreachable(slot, sent_at, &reason);
                 } else {
                     self.reachable(slot);
                 }
@@ -912,39 +1003,36 @@ impl Scheduler {
                     self.settings.backoff_max,
                     rand::random::<f64>(),
                 );
-                let next = now_ms().saturating_add(ms(delay));
-                if next > head.deadline_at {
+                // Retried at the backoff time, but at the end of the window at the latest;
+                // given up only when a try that started there failed.
+                let step = next_step::after_failure(
+                    tried(head),
+                    sent_at,
+                    Failure::Transient {
+                        retry_at: now_ms().saturating_add(ms(delay)),
+                    },
+                );
+                let error = if step.moves_on() {
                     let why = if unreachable {
                         format!("{} unreachable: {reason}", slot.label())
                     } else {
                         reason
                     };
-                    let error = format!(
-                        "gave up after {attempts} attempt(s) within the retry window ({}): {why}",
+                    format!(
+                        "gave up after {attempts} attempt(s): the retry window ({}) had run out \
+                         when the last one failed: {why}",
                         humantime::format_duration(self.settings.retry_window),
-                    );
-                    return self.give_up(head, channel, attempts, error).await;
-                }
-                tracing::debug!(id = %head.id, attempts, channel = %channel, retry_in = ?delay, error = %reason, "delivery attempt failed; will retry");
-                if self
-                    .record(AttemptUpdate::Retry {
-                        id: head.id.clone(),
-                        attempts,
-                        channel,
-                        error: reason,
-                        next_attempt_at: next,
-                    })
-                    .await
-                {
-                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
-                }
-                After::Release(next)
+                    )
+                } else {
+                    reason
+                };
+                self.settle(head, channel, attempts, step, error).await
             }
         }
     }
 
-    /// `channel` cannot deliver the head: it goes on to the next channel of its route, or
-    /// ends (failed) when none is left.
+    /// `channel` cannot deliver the head (a permanent failure, or nothing to try it with):
+    /// it goes on to the next channel of its route, or ends when none is left.
     async fn give_up(
         &self,
         head: &Message,
@@ -952,11 +1040,40 @@ impl Scheduler {
         attempts: i64,
         error: String,
     ) -> After {
-        // The message ends failed when no channel is left and none delivered it before
-        // (a `deliver_all` message delivered on an earlier channel ends delivered).
-        let ends_failed = head.route.rest().is_none() && head.channel.is_none();
-        let (update, after) = match head.route.rest() {
-            Some(route) => {
+        let step = next_step::after_failure(tried(head), now_ms(), Failure::Permanent);
+        self.settle(head, channel, attempts, step, error).await
+    }
+
+    /// Records the head's next step after a failure on `channel`: a retry there, the next
+    /// channel of its route, or its end — failed, unless an earlier channel delivered it (a
+    /// `deliver_all` message).
+    async fn settle(
+        &self,
+        head: &Message,
+        channel: ChannelName,
+        attempts: i64,
+        step: NextStep,
+        error: String,
+    ) -> After {
+        let ends_failed = matches!(step, NextStep::End { failed: true });
+        let (update, after) = match step {
+            NextStep::Retry { at } => {
+                tracing::debug!(id = %head.id, attempts, channel = %channel, retry_in = ?until(at), error = %error, "delivery attempt failed; will retry");
+                if self
+                    .record(AttemptUpdate::Retry {
+                        id: head.id.clone(),
+                        attempts,
+                        channel,
+                        error,
+                        next_attempt_at: at,
+                    })
+                    .await
+                {
+                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
+                }
+                return After::Release(at);
+            }
+            NextStep::Fallback { route } => {
                 tracing::debug!(id = %head.id, from = %channel, to = %route.first(), error = %error, "falling back to the next channel");
                 self.log_fallback(channel, route.first(), &error);
                 (
@@ -972,7 +1089,7 @@ impl Scheduler {
                     After::Reread,
                 )
             }
-            None => {
+            NextStep::End { .. } => {
                 tracing::debug!(id = %head.id, attempts, channel = %channel, error = %error, "delivery failed");
                 (
                     AttemptUpdate::Failed {
@@ -1111,10 +1228,17 @@ impl Scheduler {
         }
     }
 
-    fn unreachable(&self, slot: &Slot, reason: &str) {
+    /// A try that started at `started_at` could not reach the channel.
+    fn unreachable(&self, slot: &Slot, started_at: i64, reason: &str) {
         let (change, every) = {
             let mut health = lock(&slot.health);
-            let change = health.unreachable(now_ms(), reason);
+            let now = now_ms();
+            let change = health.unreachable(now, started_at, reason);
+            if let Some(cooldown) = slot.channel.cooldown() {
+                // Rounded up: a probe a fraction of a millisecond early would still get the
+                // failure already seen.
+                health.quiet_until(now.saturating_add(ms(cooldown)).saturating_add(1));
+            }
             (change, health.probe_interval())
         };
         // The loop plans the next probe.
@@ -1214,6 +1338,15 @@ impl Drop for ProbeGuard<'_> {
             lock(&self.slot.health).probe_abandoned();
             self.wake.notify_one();
         }
+    }
+}
+
+/// The head, as what follows a failed try depends on it.
+fn tried(head: &Message) -> Tried<'_> {
+    Tried {
+        route: &head.route,
+        delivered_before: head.channel.is_some(),
+        deadline_at: head.deadline_at,
     }
 }
 

@@ -69,6 +69,10 @@ impl Channel for WeComChannel {
                 })
         })
     }
+
+    fn cooldown(&self) -> Option<std::time::Duration> {
+        self.client.token_cooldown()
+    }
 }
 
 /// The WeCom message for `message` (see the module documentation).

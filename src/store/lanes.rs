@@ -5,9 +5,9 @@
 use sqlx::Row as _;
 
 use super::messages::MESSAGE_COLUMNS;
-use super::writer::{LaneOp, Overdue, Reply};
+use super::writer::{LaneOp, MoveOn, Overdue, OverdueMessage, Reply};
 use super::{Message, Store, StoreError};
-use crate::domain::{ChannelName, MessageId, UserId};
+use crate::domain::{ChannelName, MessageId, Route, UserId};
 
 /// Characters of a waiting message's content loaded for planning (a digest shows one
 /// line of each; its page shows them in full).
@@ -39,6 +39,16 @@ pub struct Waiting {
     pub partial: bool,
     /// The content is markdown (the digest shows it as readable text).
     pub markdown: bool,
+}
+
+/// The queued message on a channel whose retry window ends first (see
+/// [`Store::next_window`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextWindow {
+    pub userid: UserId,
+    pub deadline_at: i64,
+    /// When its lane is due, if nobody holds it.
+    pub lane_due: Option<i64>,
 }
 
 fn unexpected(reply: Reply) -> StoreError {
@@ -127,28 +137,114 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` queued messages on `channel` past their retry deadline, in lanes
-    /// nobody holds (a lane being worked on judges its own head): each goes on to the next
-    /// channel of its route with a fresh window of `window_ms`, or ends.
+    /// Up to `limit` queued messages whose route goes on `channel` next and whose retry
+    /// window had ended by `tried_at` (when the channel's latest failed try started), in
+    /// lanes nobody holds at `now` (a lane being worked on judges its own head); earliest
+    /// window end first. What becomes of them is the caller's to decide
+    /// ([`Store::move_overdue`]).
     pub async fn overdue(
+        &self,
+        channel: ChannelName,
+        tried_at: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<OverdueMessage>, StoreError> {
+        // LIMIT as a literal: see `lane_heads`.
+        let sql = format!(
+            "SELECT m.id, m.userid, m.route, m.attempts, m.deadline_at, m.channel \
+             FROM messages m \
+             WHERE m.status = 'queued' AND m.deadline_at <= $1 \
+               AND (m.route = $2 OR m.route LIKE $3) \
+               AND NOT EXISTS (\
+                 SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > $4) \
+             ORDER BY m.deadline_at LIMIT {limit}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tried_at)
+            .bind(channel.as_str())
+            .bind(format!("{},%", channel.as_str()))
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let stored_route: String = row.try_get("route")?;
+                Ok(OverdueMessage {
+                    id: MessageId::from_stored(row.try_get("id")?),
+                    userid: UserId::new(&row.try_get::<String, _>("userid")?),
+                    route: Route::parse(&stored_route).map_err(StoreError::Corrupt)?,
+                    attempts: row.try_get("attempts")?,
+                    deadline_at: row.try_get("deadline_at")?,
+                    delivered_before: row.try_get::<Option<String>, _>("channel")?.is_some(),
+                    stored_route,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves overdue messages (read by [`Store::overdue`]) as the caller decided, each
+    /// with a failed attempt on `channel` saying `error`. A message that changed since it
+    /// was read (its worker or another instance moved it) or whose lane is being worked
+    /// on is left alone: answers how many moved, and how many of those ended failed.
+    pub async fn move_overdue(
         &self,
         channel: ChannelName,
         now: i64,
         error: &str,
-        window_ms: i64,
-        limit: usize,
+        moves: Vec<(OverdueMessage, MoveOn)>,
     ) -> Result<Overdue, StoreError> {
+        if moves.is_empty() {
+            return Ok(Overdue::default());
+        }
         let op = LaneOp::Overdue {
             channel,
             now,
             error: error.to_owned(),
-            window_ms,
-            limit,
+            moves,
         };
         match self.writer.lane(op).await? {
             Reply::Overdue(done) => Ok(done),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The queued message whose route goes on `channel` next and whose retry window ends
+    /// first after `after`, with its lane's due time if nobody holds it.
+    pub async fn next_window(
+        &self,
+        channel: ChannelName,
+        after: i64,
+    ) -> Result<Option<NextWindow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.userid, m.deadline_at, l.due_at, l.owner FROM messages m \
+             LEFT JOIN lanes l ON l.userid = m.userid \
+             WHERE m.status = 'queued' AND m.deadline_at > $1 \
+               AND (m.route = $2 OR m.route LIKE $3) \
+             ORDER BY m.deadline_at LIMIT 1",
+        )
+        .bind(after)
+        .bind(channel.as_str())
+        .bind(format!("{},%", channel.as_str()))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let owner: Option<String> = row.try_get("owner")?;
+        let due: Option<i64> = row.try_get("due_at")?;
+        Ok(Some(NextWindow {
+            userid: UserId::new(&row.try_get::<String, _>("userid")?),
+            deadline_at: row.try_get("deadline_at")?,
+            lane_due: due.filter(|_| owner.is_none()),
+        }))
+    }
+
+    /// The lane becomes due by `due_at` unless someone holds it (a probe for one of its
+    /// messages is planned then).
+    pub async fn lane_due_by(&self, userid: &UserId, due_at: i64) -> Result<u64, StoreError> {
+        self.lane_count(LaneOp::DueBy {
+            userid: userid.clone(),
+            due_at,
+        })
+        .await
     }
 
     /// Opens a lane for every member with queued messages but no lane (a safety net: an
@@ -163,15 +259,12 @@ impl Store {
 
     /// Lanes nobody holds that are due later than `now` become due now (a channel came
     /// back: lanes that gave themselves back until its next probe may go). A lane whose
-    /// head is not due yet is simply given back again by its worker.
+    /// head is not due yet is simply given back again by its worker. Through the writer,
+    /// after every release queued before it: a lane that lost the gate to the probe that
+    /// found the channel back, and was given back until the next probe, is brought forward
+    /// too, however late its release commits.
     pub async fn lanes_due_by(&self, now: i64) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("UPDATE lanes SET due_at = $1 WHERE owner IS NULL AND due_at > $1")
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        self.lane_count(LaneOp::AllDueBy { due_at: now }).await
     }
 
     /// When the next lane nobody holds becomes due.

@@ -31,7 +31,7 @@ use sqlx::AnyPool;
 use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
-pub use lanes::{HEAD_CONTENT_BYTES, Head, Waiting};
+pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, Waiting};
 pub use members::{CodeCheck, CodeRequest, MemberPrefs};
 pub use messages::{
     AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus,
@@ -39,7 +39,7 @@ pub use messages::{
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
 pub use sqlite::{chmod_command, exposed_files, sqlite_path};
-pub use writer::{AttemptUpdate, Digest, Overdue};
+pub use writer::{AttemptUpdate, Digest, MoveOn, Overdue, OverdueMessage};
 use writer::{WriteStatus, WriterHandle};
 
 /// `/healthz` trusts a successful write younger than this; otherwise it makes one.
@@ -989,77 +989,189 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn overdue_messages_on_a_down_channel_fall_back_or_fail() {
-        let (store, _dir) = temp_store().await;
-        let past = now_ms() - 1;
-        for (id, user, route) in [
-            ("only", "a", "wecom"),
-            ("more", "b", "wecom,email"),
-            ("mail", "c", "email"),
-        ] {
-            store
-                .insert_message(routed(id, user, route, false, past))
-                .await
-                .unwrap();
-        }
-        store
-            .insert_message(routed(
-                "later",
-                "d",
-                "wecom,email",
-                false,
-                now_ms() + 60_000,
-            ))
+    async fn lane_due(store: &Store, userid: &str) -> i64 {
+        sqlx::query("SELECT due_at FROM lanes WHERE userid = $1")
+            .bind(userid)
+            .fetch_one(&store.pool)
             .await
-            .unwrap();
-        // Lane b is due later (it gave itself back until the next probe).
-        sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'b'")
-            .bind(now_ms() + 30_000)
+            .unwrap()
+            .try_get(0)
+            .unwrap()
+    }
+
+    async fn hold_lane(store: &Store, userid: &str) {
+        sqlx::query("UPDATE lanes SET owner = 'w', lease_until = $1 WHERE userid = $2")
+            .bind(now_ms() + 60_000)
+            .bind(userid)
             .execute(&store.pool)
             .await
             .unwrap();
+    }
+
+    /// The caller's decision for the tests: on to the rest of the route, else failed.
+    fn moves(overdue: Vec<OverdueMessage>, deadline_at: i64) -> Vec<(OverdueMessage, MoveOn)> {
+        overdue
+            .into_iter()
+            .map(|m| {
+                let step = match m.route.rest() {
+                    Some(route) => MoveOn::Next { route, deadline_at },
+                    None => MoveOn::End { failed: true },
+                };
+                (m, step)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn overdue_messages_on_a_down_channel_move_as_decided_once() {
+        let (store, _dir) = temp_store().await;
         let now = now_ms();
-        let overdue = store
-            .overdue(ChannelName::WeCom, now, "WeCom unreachable", 60_000, 1000)
+        let tried_at = now - 10;
+        for (id, user, route, deadline) in [
+            ("only", "a", "wecom", tried_at - 5),
+            ("more", "b", "wecom,email", tried_at),
+            ("mail", "c", "email", tried_at - 5),
+            // Its window ended after the latest failed try started: it waits for a try.
+            ("after", "d", "wecom,email", tried_at + 1),
+            ("later", "e", "wecom,email", now + 60_000),
+            ("held", "f", "wecom", tried_at - 5),
+        ] {
+            store
+                .insert_message(routed(id, user, route, false, deadline))
+                .await
+                .unwrap();
+        }
+        // Lane b is due later (it gave itself back until the next probe); f is worked on.
+        sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'b'")
+            .bind(now + 30_000)
+            .execute(&store.pool)
             .await
             .unwrap();
-        assert_eq!(
-            overdue.handled, 2,
-            "the e-mail message and the one not yet due are not touched"
-        );
-        assert_eq!(overdue.failed, 1, "\"only\" failed, \"more\" moved on");
+        hold_lane(&store, "f").await;
+        let overdue = store
+            .overdue(ChannelName::WeCom, tried_at, now, 1000)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = overdue.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["only", "more"], "earliest window end first");
+        assert!(overdue.iter().all(|m| !m.delivered_before));
+        let moves = moves(overdue, now + 60_000);
+        let done = store
+            .move_overdue(ChannelName::WeCom, now, "WeCom unreachable", moves.clone())
+            .await
+            .unwrap();
+        assert_eq!(done.handled, 2);
+        assert_eq!(done.failed, 1, "\"only\" failed, \"more\" moved on");
         let only = store.message("only").await.unwrap().unwrap();
         assert_eq!(only.status, MessageStatus::Failed);
         assert_eq!(only.last_error.as_deref(), Some("WeCom unreachable"));
         let more = store.message("more").await.unwrap().unwrap();
         assert_eq!(more.status, MessageStatus::Queued);
         assert_eq!(more.route.to_stored(), "email");
-        assert!(more.deadline_at >= now + 60_000);
-        let due: i64 = sqlx::Row::try_get(
-            &sqlx::query("SELECT due_at FROM lanes WHERE userid = 'b'")
-                .fetch_one(&store.pool)
-                .await
-                .unwrap(),
-            0,
-        )
-        .unwrap();
-        assert!(due <= now, "its lane goes now, on e-mail");
-        assert_eq!(
-            store.message("mail").await.unwrap().unwrap().status,
-            MessageStatus::Queued
+        assert_eq!(more.deadline_at, now + 60_000);
+        assert!(
+            lane_due(&store, "b").await <= now,
+            "its lane goes now, on e-mail"
         );
+        for (id, route) in [
+            ("mail", "email"),
+            ("after", "wecom,email"),
+            ("later", "wecom,email"),
+            ("held", "wecom"),
+        ] {
+            let m = store.message(id).await.unwrap().unwrap();
+            assert_eq!(m.status, MessageStatus::Queued, "{id}");
+            assert_eq!(m.route.to_stored(), route, "{id}");
+        }
+        assert_eq!(store.attempts_of(&mid("more")).await.unwrap().len(), 1);
+        // Another pass that read the same messages (another instance) moves nothing again.
+        let again = store
+            .move_overdue(ChannelName::WeCom, now, "WeCom unreachable", moves)
+            .await
+            .unwrap();
+        assert_eq!(again, Overdue::default());
+        assert_eq!(store.attempts_of(&mid("more")).await.unwrap().len(), 1);
+        let more = store.message("more").await.unwrap().unwrap();
+        assert_eq!(more.route.to_stored(), "email", "moved once, not twice");
+    }
+
+    #[tokio::test]
+    async fn an_overdue_message_whose_lane_is_taken_after_the_read_is_left_to_its_worker() {
+        let (store, _dir) = temp_store().await;
+        let now = now_ms();
+        store
+            .insert_message(routed("t", "g", "wecom,email", false, now - 5))
+            .await
+            .unwrap();
+        let overdue = store
+            .overdue(ChannelName::WeCom, now, now, 1000)
+            .await
+            .unwrap();
+        assert_eq!(overdue.len(), 1);
+        hold_lane(&store, "g").await;
+        let done = store
+            .move_overdue(ChannelName::WeCom, now, "x", moves(overdue, now + 1000))
+            .await
+            .unwrap();
+        assert_eq!(done.handled, 0);
+        let t = store.message("t").await.unwrap().unwrap();
+        assert_eq!(t.route.to_stored(), "wecom,email");
+        assert!(store.attempts_of(&mid("t")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_next_window_to_end_on_a_channel_comes_with_its_free_lane() {
+        let (store, _dir) = temp_store().await;
+        let now = now_ms();
+        for (id, user, route, deadline) in [
+            ("mail", "m", "email", now + 10),
+            ("w1", "a", "wecom,email", now + 500),
+            ("w2", "b", "wecom", now + 100),
+            ("old", "c", "wecom", now - 100),
+        ] {
+            store
+                .insert_message(routed(id, user, route, false, deadline))
+                .await
+                .unwrap();
+        }
+        let due_b = lane_due(&store, "b").await;
+        let next = store.next_window(ChannelName::WeCom, now).await.unwrap();
+        assert_eq!(
+            next,
+            Some(NextWindow {
+                userid: uid("b"),
+                deadline_at: now + 100,
+                lane_due: Some(due_b),
+            })
+        );
+        hold_lane(&store, "b").await;
+        let next = store.next_window(ChannelName::WeCom, now).await.unwrap();
+        assert_eq!(next.and_then(|n| n.lane_due), None, "held");
+        let next = store
+            .next_window(ChannelName::WeCom, now + 100)
+            .await
+            .unwrap();
+        assert_eq!(next.map(|n| n.userid), Some(uid("a")));
         assert_eq!(
             store
-                .message("later")
+                .next_window(ChannelName::WeCom, now + 500)
                 .await
-                .unwrap()
-                .unwrap()
-                .route
-                .to_stored(),
-            "wecom,email"
+                .unwrap(),
+            None
         );
-        assert_eq!(store.attempts_of(&mid("more")).await.unwrap().len(), 1);
+        let mail = store.next_window(ChannelName::Email, now).await.unwrap();
+        assert_eq!(mail.map(|n| n.userid), Some(uid("m")));
+
+        // A lane due later is brought forward, once; a held one is not.
+        sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'a'")
+            .bind(now + 30_000)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.lane_due_by(&uid("a"), now + 500).await.unwrap(), 1);
+        assert_eq!(lane_due(&store, "a").await, now + 500);
+        assert_eq!(store.lane_due_by(&uid("a"), now + 600).await.unwrap(), 0);
+        assert_eq!(store.lane_due_by(&uid("b"), now).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -515,6 +515,62 @@ mod tests {
         b.close().await;
     }
 
+    /// Both instances' overdue passes read the same messages of a down channel and move
+    /// them at once: each moves once (one attempt, one step along its route), no deadlock.
+    #[tokio::test]
+    async fn two_instances_move_each_overdue_message_once() {
+        use crate::domain::{ChannelName, Route};
+        use crate::store::{MoveOn, OverdueMessage};
+        let (a, b, _schema) = two_instances().await;
+        let now = now_ms();
+        for i in 0..40 {
+            let mut m = queued(&format!("o{}", i % 7), "x");
+            m.route = Route::parse(if i % 3 == 0 { "wecom" } else { "wecom,email" }).unwrap();
+            m.deadline_at = now - 10;
+            a.insert_message(m).await.unwrap();
+        }
+        let moves = |read: Vec<OverdueMessage>| -> Vec<(OverdueMessage, MoveOn)> {
+            read.into_iter()
+                .map(|m| {
+                    let step = match m.route.rest() {
+                        Some(route) => MoveOn::Next {
+                            route,
+                            deadline_at: now + 60_000,
+                        },
+                        None => MoveOn::End { failed: true },
+                    };
+                    (m, step)
+                })
+                .collect()
+        };
+        let read_a = a.overdue(ChannelName::WeCom, now, now, 1000).await.unwrap();
+        let read_b = b.overdue(ChannelName::WeCom, now, now, 1000).await.unwrap();
+        assert_eq!((read_a.len(), read_b.len()), (40, 40));
+        let (done_a, done_b) = tokio::join!(
+            a.move_overdue(ChannelName::WeCom, now, "down", moves(read_a)),
+            b.move_overdue(ChannelName::WeCom, now, "down", moves(read_b)),
+        );
+        let (done_a, done_b) = (done_a.unwrap(), done_b.unwrap());
+        assert_eq!(done_a.handled + done_b.handled, 40);
+        assert_eq!(done_a.failed + done_b.failed, 14, "the wecom-only ones");
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM attempts), \
+                    (SELECT count(*) FROM messages WHERE status = 'queued' AND route = 'email'), \
+                    (SELECT count(*) FROM messages WHERE status = 'failed')",
+        )
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        let counts: (i64, i64, i64) = (
+            row.try_get(0).unwrap(),
+            row.try_get(1).unwrap(),
+            row.try_get(2).unwrap(),
+        );
+        assert_eq!(counts, (40, 26, 14));
+        a.close().await;
+        b.close().await;
+    }
+
     #[tokio::test]
     async fn an_unreachable_server_is_one_clear_error_without_the_password() {
         // A port nothing listens on.

@@ -89,6 +89,31 @@ pub enum AttemptUpdate {
     },
 }
 
+/// A queued message whose retry window on a channel that is down had ended when the
+/// channel's latest failed try started, as read by [`Store::overdue`](super::Store::overdue).
+#[derive(Debug, Clone)]
+pub struct OverdueMessage {
+    pub id: MessageId,
+    pub userid: UserId,
+    pub route: Route,
+    pub attempts: i64,
+    pub deadline_at: i64,
+    /// An earlier channel delivered it (a `deliver_all` message).
+    pub delivered_before: bool,
+    /// The route as stored when it was read: the move applies only if it still is.
+    pub(super) stored_route: String,
+}
+
+/// Where an overdue message goes, as the caller decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveOn {
+    /// On to `route` (the rest of its route), due now, its new window ending at
+    /// `deadline_at`.
+    Next { route: Route, deadline_at: i64 },
+    /// No channel is left: it ends — counted `failed` when no earlier channel delivered it.
+    End { failed: bool },
+}
+
 /// One digest: a WeCom message that carried several waiting messages.
 #[derive(Debug, Clone)]
 pub struct Digest {
@@ -127,16 +152,20 @@ pub enum LaneOp {
     Finish { owner: String, userid: UserId },
     /// Give up every claim of `owner` (start-up, shutdown); answers `Count`.
     ReleaseAll { owner: String },
-    /// Queued messages on `channel` past their deadline, in lanes nobody holds: each goes
-    /// on to the next channel of its route (a new window of `window_ms`), or is failed
-    /// when none is left; answers `Count`.
+    /// Overdue messages on `channel` move as decided, each with an attempt saying `error`
+    /// — those still as they were read and in lanes nobody holds at `now` (another
+    /// instance, or the lane's worker, may have moved them since); answers `Overdue`.
     Overdue {
         channel: ChannelName,
         now: i64,
         error: String,
-        window_ms: i64,
-        limit: usize,
+        moves: Vec<(OverdueMessage, MoveOn)>,
     },
+    /// The lane becomes due by `due_at` if nobody holds it; answers `Count`.
+    DueBy { userid: UserId, due_at: i64 },
+    /// Every lane nobody holds becomes due by `due_at`, after the releases of the same
+    /// batch; answers `Count`.
+    AllDueBy { due_at: i64 },
     /// Open lanes for queued messages that have none (a safety net); answers `Count`.
     OpenMissing { now: i64 },
     /// Forget send times older than `before`; answers `Count`.
@@ -156,7 +185,7 @@ pub enum Reply {
 /// What [`LaneOp::Overdue`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Overdue {
-    /// Messages handled: moved on to their next channel, or ended.
+    /// Messages moved: on to their next channel, or ended.
     pub handled: u64,
     /// Of those, messages that ended failed (no channel left, none delivered them).
     pub failed: u64,
@@ -377,24 +406,6 @@ pub(super) fn spawn(
 pub(super) enum Value<'a> {
     Int(Option<i64>),
     Text(Option<Cow<'a, str>>),
-}
-
-impl Value<'_> {
-    fn int(&self) -> Result<i64, StoreError> {
-        match self {
-            Self::Int(Some(i)) => Ok(*i),
-            other => Err(StoreError::Corrupt(format!(
-                "expected a number, got {other:?}"
-            ))),
-        }
-    }
-
-    fn text(&self) -> Result<&str, StoreError> {
-        match self {
-            Self::Text(Some(t)) => Ok(t),
-            other => Err(StoreError::Corrupt(format!("expected text, got {other:?}"))),
-        }
-    }
 }
 
 impl From<i64> for Value<'_> {
@@ -691,6 +702,8 @@ impl Writer {
         // (A lane has one worker, so no lane is released and finished in one batch.)
         let mut releases = Vec::new();
         let mut finishes = Vec::new();
+        // Applied after the releases, which are queued earlier (see `Store::lanes_due_by`).
+        let mut all_due_by = Vec::new();
         for (i, write) in writes.iter().enumerate() {
             match &**write {
                 Write::Insert(_) | Write::Update(_) => {}
@@ -702,6 +715,7 @@ impl Writer {
                 Write::Lane(LaneOp::Finish { owner, userid }) => {
                     finishes.push((i, owner.as_str(), userid.as_str()));
                 }
+                Write::Lane(LaneOp::AllDueBy { due_at }) => all_due_by.push((i, *due_at)),
                 Write::Lane(op) => replies[i] = lane_op(db, op)?,
                 Write::Probe => {
                     let sql = db.dialect().probe_sql();
@@ -712,6 +726,12 @@ impl Writer {
         release_lanes(db, &releases)?;
         for (i, finished) in finish_lanes(db, &finishes)? {
             replies[i] = Reply::Finished(finished);
+        }
+        for (i, due_at) in all_due_by {
+            replies[i] = Reply::Count(db.exec(
+                "UPDATE lanes SET due_at = ?1 WHERE owner IS NULL AND due_at > ?1",
+                &[due_at.into()],
+            )?);
         }
         db.commit()?;
         Ok(replies)
@@ -1040,68 +1060,83 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
     Ok(())
 }
 
-/// Queued messages on `channel` past their deadline, in lanes nobody holds, go on to their
-/// next channel (their lane due now) or end; answers how many were handled and failed.
-fn overdue(
+/// The condition under which an overdue move applies: the message is as it was read
+/// (route `?r`, window end `?d`, attempts `?a`) and no lane worker holds it at `?n`.
+fn as_read(r: usize, d: usize, a: usize, n: usize) -> String {
+    format!(
+        " AND route = ?{r} AND deadline_at = ?{d} AND attempts = ?{a} AND NOT EXISTS (\
+         SELECT 1 FROM lanes l WHERE l.userid = messages.userid AND l.lease_until > ?{n})"
+    )
+}
+
+/// Moves overdue messages as decided (their lane due now when they go on), each with an
+/// attempt saying `error`; a message no longer as it was read, or in a lane being worked
+/// on, is left alone. Answers how many moved and how many of those ended failed.
+fn move_overdue(
     db: &mut dyn Backend,
     channel: ChannelName,
     now: i64,
     error: &str,
-    window_ms: i64,
-    limit: usize,
+    moves: &[(OverdueMessage, MoveOn)],
 ) -> Result<Overdue, StoreError> {
-    let limit = pow2_floor(limit);
-    let sql = format!(
-        "SELECT m.id, m.userid, m.route, m.attempts, \
-           CASE WHEN m.channel IS NULL THEN 1 ELSE 0 END FROM messages m \
-         WHERE m.status = 'queued' AND m.deadline_at <= ?1 \
-           AND (m.route = ?2 OR m.route LIKE ?2 || ',%') \
-           AND NOT EXISTS (SELECT 1 FROM lanes l WHERE l.userid = m.userid AND l.lease_until > ?1) \
-         LIMIT {limit}{}",
-        db.dialect().skip_locked()
-    );
-    let rows = db.rows(&sql, &[now.into(), channel.as_str().into()])?;
-    let mut failed: u64 = 0;
-    for row in &rows {
-        let [id, userid, route, attempts, undelivered] = row.as_slice() else {
-            return Err(StoreError::Corrupt("overdue row of the wrong width".into()));
-        };
-        let (id, attempts) = (id.text()?, attempts.int()?);
-        let route = Route::parse(route.text()?).map_err(StoreError::Corrupt)?;
-        log_attempt(db, id, now, channel, "failed", Some(error))?;
-        match route.rest() {
-            Some(rest) => {
-                db.exec(
-                    NEXT_CHANNEL,
+    let next_sql = format!("{NEXT_CHANNEL}{}", as_read(8, 9, 2, 4));
+    let end_sql = format!("{END_WITHOUT_DELIVERY}{}", as_read(5, 6, 1, 3));
+    // In the order of their ids: two instances moving some of the same messages lock them
+    // in the same order (no deadlock on PostgreSQL); the second finds them moved.
+    let mut moves: Vec<&(OverdueMessage, MoveOn)> = moves.iter().collect();
+    moves.sort_unstable_by(|a, b| a.0.id.as_str().cmp(b.0.id.as_str()));
+    let mut done = Overdue::default();
+    for (m, step) in moves {
+        let id = m.id.as_str();
+        let moved = match step {
+            MoveOn::Next { route, deadline_at } => {
+                let moved = db.exec(
+                    &next_sql,
                     &[
-                        rest.to_stored().into(),
-                        attempts.into(),
+                        route.to_stored().into(),
+                        m.attempts.into(),
                         error.into(),
                         now.into(),
-                        now.saturating_add(window_ms).into(),
+                        (*deadline_at).into(),
                         Option::<&str>::None.into(),
                         id.into(),
+                        m.stored_route.as_str().into(),
+                        m.deadline_at.into(),
                     ],
                 )?;
-                db.exec(
-                    "UPDATE lanes SET due_at = CASE WHEN due_at < ?2 THEN due_at ELSE ?2 END \
-                     WHERE userid = ?1 AND owner IS NULL",
-                    &[userid.text()?.into(), now.into()],
-                )?;
+                if moved > 0 {
+                    db.exec(
+                        "UPDATE lanes SET due_at = CASE WHEN due_at < ?2 THEN due_at ELSE ?2 END \
+                         WHERE userid = ?1 AND owner IS NULL",
+                        &[m.userid.as_str().into(), now.into()],
+                    )?;
+                }
+                moved
             }
-            None => {
-                db.exec(
-                    END_WITHOUT_DELIVERY,
-                    &[attempts.into(), error.into(), now.into(), id.into()],
+            MoveOn::End { failed } => {
+                let moved = db.exec(
+                    &end_sql,
+                    &[
+                        m.attempts.into(),
+                        error.into(),
+                        now.into(),
+                        id.into(),
+                        m.stored_route.as_str().into(),
+                        m.deadline_at.into(),
+                    ],
                 )?;
-                failed += u64::from(undelivered.int()? != 0);
+                if moved > 0 && *failed {
+                    done.failed += 1;
+                }
+                moved
             }
+        };
+        if moved > 0 {
+            log_attempt(db, id, now, channel, "failed", Some(error))?;
+            done.handled += 1;
         }
     }
-    Ok(Overdue {
-        handled: u64::try_from(rows.len()).unwrap_or(u64::MAX),
-        failed,
-    })
+    Ok(done)
 }
 
 /// Gives lanes up until their due times: `(owner, userid, due_at)`, grouped by owner.
@@ -1217,8 +1252,8 @@ fn lane_op(db: &mut dyn Backend, op: &LaneOp) -> Result<Reply, StoreError> {
             }
             Reply::Done
         }
-        // Grouped by the caller (see `release_lanes`, `finish_lanes`).
-        LaneOp::Release { .. } | LaneOp::Finish { .. } => Reply::Done,
+        // Grouped by the caller (see `release_lanes`, `finish_lanes`, `Writer::try_write`).
+        LaneOp::Release { .. } | LaneOp::Finish { .. } | LaneOp::AllDueBy { .. } => Reply::Done,
         LaneOp::ReleaseAll { owner } => count(db.exec(
             "UPDATE lanes SET owner = NULL, lease_until = 0 WHERE owner = ?1",
             &[owner.as_str().into()],
@@ -1227,9 +1262,12 @@ fn lane_op(db: &mut dyn Backend, op: &LaneOp) -> Result<Reply, StoreError> {
             channel,
             now,
             error,
-            window_ms,
-            limit,
-        } => Reply::Overdue(overdue(db, *channel, *now, error, *window_ms, *limit)?),
+            moves,
+        } => Reply::Overdue(move_overdue(db, *channel, *now, error, moves)?),
+        LaneOp::DueBy { userid, due_at } => count(db.exec(
+            "UPDATE lanes SET due_at = ?2 WHERE userid = ?1 AND owner IS NULL AND due_at > ?2",
+            &[userid.as_str().into(), (*due_at).into()],
+        )?),
         LaneOp::OpenMissing { now } => count(db.exec(
             "INSERT INTO lanes (userid, due_at, owner, lease_until) \
              SELECT DISTINCT userid, ?1, NULL, 0 FROM messages m \
@@ -1249,6 +1287,16 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    /// A writer on the SQLite file at `path`, driven by the test itself.
+    fn sqlite_writer(path: &std::path::Path) -> Writer {
+        Writer {
+            db: Box::new(super::super::sqlite::backend(path)),
+            health: Arc::default(),
+            arrivals: Arc::default(),
+            supervisor: Supervisor::default(),
+        }
+    }
+
     #[test]
     fn chunks_come_in_powers_of_two() {
         let items: Vec<u32> = (0..93).collect();
@@ -1259,17 +1307,51 @@ mod tests {
         assert_eq!(pow2_chunks::<u32>(&[], 16).count(), 0);
     }
 
+    /// A channel came back while a lane that lost the gate to the probe was being given
+    /// back until the next probe: in one batch, the release does not undo the
+    /// bring-forward, whichever came first.
+    #[tokio::test]
+    async fn lanes_are_brought_forward_after_the_releases_of_their_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let now = now_ms();
+        store
+            .insert_message(Message::new_queued(
+                MessageId::from_stored("m".to_owned()),
+                UserId::new("alice"),
+                None,
+                Some("c".into()),
+                now,
+                now + 1000,
+            ))
+            .await
+            .unwrap();
+        let claimed = store
+            .claim_lanes("me", now_ms(), now + 60_000, 1)
+            .await
+            .unwrap();
+        assert_eq!(claimed, [UserId::new("alice")]);
+        let mut writer = sqlite_writer(&dir.path().join("w.db"));
+        let mut all_due_by = Write::Lane(LaneOp::AllDueBy { due_at: now });
+        let mut release = Write::Lane(LaneOp::Release {
+            owner: "me".into(),
+            userid: UserId::new("alice"),
+            due_at: now + 30_000,
+        });
+        let replies = writer.write(vec![&mut all_due_by, &mut release]).unwrap();
+        assert_eq!(replies[0], Reply::Count(1));
+        assert_eq!(store.next_lane_due().await.unwrap(), Some(now));
+        writer.db.close();
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn many_rows_commit_in_one_multi_row_insert_without_the_fallback() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let store = Store::connect(&url).await.unwrap();
-        let mut writer = Writer {
-            db: Box::new(super::super::sqlite::backend(&dir.path().join("w.db"))),
-            health: Arc::default(),
-            arrivals: Arc::default(),
-            supervisor: Supervisor::default(),
-        };
+        let mut writer = sqlite_writer(&dir.path().join("w.db"));
         let now = now_ms();
         let mut writes: Vec<Write> = (0..(INSERT_CHUNK * 2 + 3))
             .map(|i| {

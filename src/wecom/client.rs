@@ -326,6 +326,20 @@ impl WeComClient {
         }
     }
 
+    /// How long from now a send would be answered with the last failed `gettoken`'s error
+    /// without calling WeCom (see [`TOKEN_FAILURE_COOLDOWN`]); `None` when a send would
+    /// call WeCom (a token is cached, no failure is that recent, or a call is under way).
+    pub fn token_cooldown(&self) -> Option<Duration> {
+        if self.cached_token().is_some() {
+            return None;
+        }
+        let last_failure = self.refresh.try_lock().ok()?;
+        let (at, _) = last_failure.as_ref()?;
+        TOKEN_FAILURE_COOLDOWN
+            .checked_sub(at.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
     /// A valid access token, from cache or from one shared `gettoken` call. A failed
     /// call is everyone's answer for [`TOKEN_FAILURE_COOLDOWN`].
     pub async fn access_token(&self) -> Result<String, WeComError> {

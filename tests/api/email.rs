@@ -910,6 +910,140 @@ async fn wecom_down_for_the_whole_window_is_mailed_once_and_never_sent_late() {
     assert_eq!(status["channel"], "email");
 }
 
+/// A gateway whose WeCom refuses connections from the first try on, probed far apart: the
+/// first probe 2.5 s after the first failure, the next 5 s later (`probe_max` 30 s), with
+/// a 4 s retry window, and three members with a bound address each. No regular probe falls
+/// in the window's last second, nor soon after it.
+async fn wecom_down_window_app(prefix: &str) -> (TestApp, SmtpSink, TcpFront, Vec<Member>) {
+    let front = TcpFront::start(None).await;
+    let (app, sink) = email_app(|c| {
+        c.api_base = Some(front.base_url.clone());
+        c.retry_window = "4s".to_owned();
+        c.backoff_initial = "2500ms".to_owned();
+        c.backoff_max = "30s".to_owned();
+        c.probe_max = "30s".to_owned();
+    })
+    .await;
+    front.forward_to(&app.mock.base_url);
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let m = member(&app, &format!("{prefix}{i}")).await;
+        bind(&app, &sink, &m).await;
+        members.push(m);
+    }
+    front.go_down();
+    (app, sink, front, members)
+}
+
+const DOWN_WINDOW: Duration = Duration::from_secs(4);
+
+/// Sends one message to each member, the first alone until WeCom has refused it; answers
+/// each message's id and title with its member.
+async fn send_to_each<'m>(
+    app: &TestApp,
+    front: &TcpFront,
+    members: &'m [Member],
+    what: &str,
+) -> Vec<(String, String, &'m Member)> {
+    let mut sent = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let before = front.refused();
+        let title = format!("{what} for {}", m.user);
+        let id = app.send_ok(&m.token, &title, what).await;
+        if i == 0 {
+            let deadline = Instant::now() + WAIT;
+            while front.refused() <= before {
+                assert!(Instant::now() < deadline, "WeCom was tried within {WAIT:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        sent.push((id, title, m));
+    }
+    sent
+}
+
+/// WeCom is back 1 s before the messages' retry windows end: one probe at the end of the
+/// first window reaches it, and every message is delivered there; nothing is mailed. (A
+/// message moves to its next channel only after a failed try: not because its window
+/// ended between two probes — the first member's message is the probe, the others wait
+/// in lanes of their own —, nor because its next backoff would have passed the window's
+/// end.)
+#[tokio::test]
+async fn wecom_back_a_second_before_the_window_ends_delivers_and_mails_nothing() {
+    let (app, sink, front, members) = wecom_down_window_app("wback").await;
+    let mails_before = sink.mail_count();
+    let started = Instant::now();
+    let sent = send_to_each(&app, &front, &members, "back in time").await;
+    tokio::time::sleep((DOWN_WINDOW - Duration::from_secs(1)).saturating_sub(started.elapsed()))
+        .await;
+    front.come_up();
+    for (id, title, m) in &sent {
+        let status = app.wait_for_status(id, &m.token, "delivered", WAIT).await;
+        let after = started.elapsed();
+        assert_eq!(status["channel"], "wecom", "delivered by WeCom: {status}");
+        assert!(
+            after <= DOWN_WINDOW + Duration::from_secs(2),
+            "delivered by the try at the end of the {DOWN_WINDOW:?} window, not {after:?} \
+             after it was sent: {status}"
+        );
+        let h = history(&status);
+        assert!(
+            h.iter().all(|(c, _)| c == "wecom"),
+            "no e-mail step: {status}"
+        );
+        assert_eq!(wecom_deliveries_for(&app.mock, &m.user, title), 1);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (id, _, _) in &sent {
+        assert!(sink.mails_for(id).is_empty(), "{id} was not mailed");
+    }
+    assert_eq!(sink.mail_count(), mails_before, "nothing mailed");
+}
+
+/// WeCom still down when the windows end: each message is mailed once, only after a WeCom
+/// try made at the end of the first window failed — not before the window ended because
+/// the next backoff or probe would have come later than that.
+#[tokio::test]
+async fn wecom_still_down_when_the_window_ends_is_tried_at_its_end_then_mailed() {
+    let (app, sink, front, members) = wecom_down_window_app("wstill").await;
+    let started = Instant::now();
+    let sent = send_to_each(&app, &front, &members, "still down").await;
+    tokio::time::sleep(
+        (DOWN_WINDOW - Duration::from_millis(300)).saturating_sub(started.elapsed()),
+    )
+    .await;
+    let near_the_end = front.refused();
+    // The connections WeCom had seen by the time the first mail arrived.
+    let deadline = Instant::now() + WAIT;
+    let refused_by_the_first_mail = loop {
+        if sent.iter().any(|(id, _, _)| !sink.mails_for(id).is_empty()) {
+            break front.refused();
+        }
+        assert!(Instant::now() < deadline, "mailed within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        refused_by_the_first_mail > near_the_end,
+        "WeCom was tried at the end of the window before anything was mailed"
+    );
+    for (id, title, m) in &sent {
+        let mail = sink.wait_for_mail_for(id, WAIT).await;
+        let mailed_after = mail.received_at.duration_since(started);
+        assert!(
+            mailed_after >= DOWN_WINDOW,
+            "mailed only after the {DOWN_WINDOW:?} window, not after {mailed_after:?}"
+        );
+        assert!(
+            mailed_after <= DOWN_WINDOW + Duration::from_secs(2),
+            "mailed soon after the window ended, not after {mailed_after:?}"
+        );
+        let status = app.wait_for_status(id, &m.token, "delivered", WAIT).await;
+        assert_eq!(status["channel"], "email", "{status}");
+        assert_eq!(sink.mails_for(id).len(), 1, "mailed once");
+        assert_eq!(wecom_calls_for(&app.mock, &m.user, title), 0);
+    }
+}
+
 /// WeCom failing every other call (HTTP 502) within a long window: every message reaches
 /// WeCom once, nothing is mailed.
 #[tokio::test]
