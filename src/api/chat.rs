@@ -32,6 +32,7 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
         Command::Welcome => bot::welcome_reply(),
         Command::Email(typed) => request_code(state, userid, &typed).await?,
         Command::Verify(typed) => verify(state, userid, &typed).await?,
+        Command::VerifyUsage => bot::verify_usage_reply(),
         Command::EmailOff => {
             state.store.unbind_email(userid).await?;
             tracing::info!(userid = %userid, "e-mail address unbound");
@@ -94,7 +95,11 @@ async fn request_code(state: &AppState, userid: &UserId, typed: &str) -> Result<
     ))
 }
 
+/// Checks a code; only six digits reach the store, so a typo costs no attempt.
 async fn verify(state: &AppState, userid: &UserId, typed: &str) -> Result<String, ApiError> {
+    if !bot::is_code(typed) {
+        return Ok(bot::verify_usage_reply());
+    }
     Ok(
         match state
             .store

@@ -3,6 +3,8 @@
 //! Pure: no storage, no network. The callback handler asks [`interpret`] what to do, does
 //! it, and renders the answer with the functions below.
 
+use unicode_normalization::UnicodeNormalization;
+
 use crate::wecom::xml::Inbound;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +20,11 @@ pub enum Command {
     Email(String),
     /// `email off`: unbind the address.
     EmailOff,
-    /// `verify 123456` (or the six digits alone).
+    /// `verify 123456` (or the six digits alone): always six ASCII digits.
     Verify(String),
+    /// `verify` with anything but six digits: a typo, answered with the usage line and
+    /// not counted as an attempt.
+    VerifyUsage,
     /// `status`: token hint, address, channel order, today's counts.
     Status,
     /// `fallback email,wecom` (as typed; empty: explain).
@@ -49,19 +54,16 @@ pub fn interpret(inbound: &Inbound) -> Option<Command> {
 }
 
 /// Typed text: a known keyword (with its argument), anything else gets the help text.
+///
+/// Read as a phone's IME types it (see [`fold`]): `ＴＯＫＥＮ`, `令牌！`, `邮箱：a@x.com`,
+/// `fallback wecom、email` and `１２３４５６` all mean what they say.
 pub fn parse_text(text: &str) -> Command {
-    let text = text.trim();
-    if let Some(command) = parse_keyword(text) {
-        return command;
-    }
+    let text = fold(text);
     // A code pasted on its own.
-    if text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()) {
-        return Command::Verify(text.to_owned());
+    if is_code(&text) {
+        return Command::Verify(text);
     }
-    let (word, rest) = match text.split_once(char::is_whitespace) {
-        Some((word, rest)) => (word, rest.trim()),
-        None => (text, ""),
-    };
+    let (word, rest) = split_keyword(&text);
     let word = word.trim_start_matches('/').to_lowercase();
     match word.as_str() {
         "email" | "e-mail" | "mail" | "邮箱" | "邮件" => {
@@ -76,10 +78,67 @@ pub fn parse_text(text: &str) -> Command {
                 Command::Email(rest.to_owned())
             }
         }
-        "verify" | "验证" | "code" | "验证码" => Command::Verify(rest.to_owned()),
-        "fallback" | "回退" | "channels" | "渠道" => Command::Fallback(rest.to_owned()),
+        "verify" | "验证" | "code" | "验证码" => {
+            if is_code(rest) {
+                Command::Verify(rest.to_owned())
+            } else {
+                Command::VerifyUsage
+            }
+        }
+        // `、` is how a Chinese IME separates list items (`，` folds to `,`).
+        "fallback" | "回退" | "channels" | "渠道" => Command::Fallback(rest.replace('、', ",")),
         "format" | "格式" | "样式" => Command::Format(rest.to_owned()),
+        _ if rest.is_empty() => parse_keyword(&word).unwrap_or(Command::Help),
         _ => Command::Help,
+    }
+}
+
+/// A verification code as it is mailed: six ASCII digits.
+pub fn is_code(text: &str) -> bool {
+    text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Characters that show as nothing: zero-width space, joiners and marks (U+200B–U+200F),
+/// word joiner, BOM, Mongolian vowel separator. Pasted text carries them.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}' | '\u{180E}'
+    )
+}
+
+/// What ends a sentence, once folded (`！`, `？`, `．` fold to their ASCII forms; `｡` to `。`).
+const SENTENCE_END: [char; 4] = ['。', '.', '!', '?'];
+
+/// Text as the parser reads it: invisible characters dropped, full-width and other
+/// compatibility forms folded (NFKC: `ＴＯＫＥＮ` → `TOKEN`, `１２３` → `123`, `：` → `:`,
+/// `，` → `,`), trimmed, and without trailing sentence punctuation (`token。`, `status?`).
+///
+/// Every argument a command takes today (an address, a code, channel and format names)
+/// means the same folded; nothing is kept byte for byte as typed.
+pub fn fold(text: &str) -> String {
+    let folded: String = text.chars().filter(|c| !is_invisible(*c)).nfkc().collect();
+    let mut text = folded.trim();
+    loop {
+        let shorter = text.trim_end_matches(SENTENCE_END).trim_end();
+        if shorter.len() == text.len() {
+            return text.to_owned();
+        }
+        text = shorter;
+    }
+}
+
+/// `email a@x.com`, `email:a@x.com`, `邮箱：a@x.com` (folded to `:`), `email : a@x.com`:
+/// the keyword and its argument (trimmed, possibly empty).
+fn split_keyword(text: &str) -> (&str, &str) {
+    match text.find(|c: char| c.is_whitespace() || c == ':') {
+        Some(at) => {
+            let (word, rest) = text.split_at(at);
+            let rest = rest.trim_start();
+            let rest = rest.strip_prefix(':').unwrap_or(rest);
+            (word, rest.trim())
+        }
+        None => (text, ""),
     }
 }
 
@@ -276,6 +335,13 @@ pub fn code_exhausted_reply() -> String {
         .to_owned()
 }
 
+/// Answer to `verify` without six digits after it; the code's tries are untouched.
+pub fn verify_usage_reply() -> String {
+    "用法 Usage: verify 123456（验证 123456）——邮件里的 6 位数字，本次不计入尝试次数。\n\
+     The code is the six digits from the mail; this did not count as an attempt."
+        .to_owned()
+}
+
 pub fn no_pending_code_reply() -> String {
     "没有待验证的验证码，请先发送 email 地址。\nNo pending code: send email you@example.com first."
         .to_owned()
@@ -394,6 +460,82 @@ mod tests {
         );
         assert_eq!(parse_text("fallback"), Command::Fallback(String::new()));
         assert_eq!(parse_text("1234567"), Command::Help);
+    }
+
+    /// Issue 26 item 6: each as a Chinese phone types it, and the command it means.
+    #[test]
+    fn commands_as_a_phone_types_them() {
+        let cases: &[(&str, Command)] = &[
+            ("token。", Command::Token),
+            ("令牌！", Command::Token),
+            ("ＴＯＫＥＮ", Command::Token),
+            ("ｔｏｋｅｎ　", Command::Token),
+            ("状态？", Command::Status),
+            ("status?", Command::Status),
+            ("status！！", Command::Status),
+            ("status 。", Command::Status),
+            ("\u{200b}token", Command::Token),
+            ("\u{feff}to\u{200d}ken\u{2060}", Command::Token),
+            ("\u{180e}rotate。", Command::Rotate),
+            ("邮箱：a@x.com", Command::Email("a@x.com".into())),
+            ("email: a@x.com.", Command::Email("a@x.com".into())),
+            ("email : ａ＠ｘ．ｃｏｍ", Command::Email("a@x.com".into())),
+            ("邮箱：关闭。", Command::EmailOff),
+            ("格式：文本", Command::Format("文本".into())),
+            ("format:card!", Command::Format("card".into())),
+            (
+                "fallback wecom、email",
+                Command::Fallback("wecom,email".into()),
+            ),
+            (
+                "回退：wecom，email。",
+                Command::Fallback("wecom,email".into()),
+            ),
+            ("１２３４５６", Command::Verify("123456".into())),
+            ("１２３４５６。", Command::Verify("123456".into())),
+            ("验证：１２３４５６", Command::Verify("123456".into())),
+            ("verify 042137!", Command::Verify("042137".into())),
+            ("？", Command::Help),
+            ("帮助。", Command::Help),
+        ];
+        for (typed, want) in cases {
+            assert_eq!(&parse_text(typed), want, "{typed:?}");
+        }
+    }
+
+    /// A malformed `verify` is a typo to explain, not a wrong code.
+    #[test]
+    fn verify_without_six_digits_is_usage() {
+        for typed in [
+            "verify",
+            "verify 12345",
+            "verify abcdef",
+            "verify 442 251",
+            "verify 1234567",
+            "verify ١٢٣٤٥٦",
+            "验证",
+            "验证码：12345。",
+        ] {
+            assert_eq!(parse_text(typed), Command::VerifyUsage, "{typed:?}");
+        }
+        assert!(verify_usage_reply().contains("Usage: verify 123456"));
+    }
+
+    /// Arguments survive folding as typed where it matters: an address keeps its case
+    /// and its inner dots; only a sentence's final stop goes.
+    #[test]
+    fn folding_keeps_arguments() {
+        assert_eq!(
+            parse_text("email Alice.Smith@Mail.Example.com"),
+            Command::Email("Alice.Smith@Mail.Example.com".into())
+        );
+        assert_eq!(
+            parse_text("email a+tag@x.com"),
+            Command::Email("a+tag@x.com".into())
+        );
+        assert_eq!(fold("  token 。! ？ "), "token");
+        assert_eq!(fold("。"), "");
+        assert_eq!(parse_text("token foo"), Command::Help);
     }
 
     #[test]

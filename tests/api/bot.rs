@@ -5,7 +5,8 @@ use crate::helpers::*;
 #[tokio::test]
 async fn token_command_replies_with_the_token_and_a_curl_example() {
     let app = spawn_app().await;
-    for word in ["token", "令牌"] {
+    // As typed on a phone, too: full-width, a zero-width space, trailing punctuation.
+    for word in ["token", "令牌", "ＴＯＫＥＮ。", "\u{200b}令牌！"] {
         let user = userid("zhangsan");
         let reply = app.user_says(&user, word).await.expect("a reply");
         let token = token_from_reply(&reply);

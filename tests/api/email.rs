@@ -528,6 +528,37 @@ async fn five_wrong_codes_kill_the_code() {
     assert_says(&reply, "bound", "a fresh code after a dead one");
 }
 
+/// Issue 26: a malformed `verify` (five digits, letters) is a typo, not a guess: it gets
+/// the usage line and costs no attempt, so after more typos than there are attempts the
+/// right code, typed with an IME's full-width digits and a full stop, still binds.
+#[tokio::test]
+async fn malformed_verify_costs_no_attempt() {
+    let (app, sink) = email_app(|_| {}).await;
+    let m = member(&app, "typo").await;
+    let code = request_code(&app, &sink, &m.user, &m.address, 1).await;
+    for k in 1..=6 {
+        for typo in ["verify 12345", "verify abcdef"] {
+            let reply = say(&app, &m.user, typo).await;
+            assert_says(&reply, "usage: verify", &format!("{typo:?} #{k}"));
+            assert!(
+                !has(&reply, "wrong code") && !has(&reply, "too many"),
+                "{typo:?} #{k} is not counted as a wrong code:\n{reply}"
+            );
+        }
+    }
+    let wide: String = code
+        .chars()
+        .map(|c| char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c))
+        .collect();
+    let reply = say(&app, &m.user, &format!("验证：{wide}。")).await;
+    assert_says(&reply, "bound", "the right code after twelve typos");
+    let reply = say(&app, &m.user, "状态？").await;
+    assert!(
+        has(line(&reply, "email:"), "@example.com"),
+        "`状态？` shows the bound address:\n{reply}"
+    );
+}
+
 /// A code is good only for the member who asked for it.
 #[tokio::test]
 async fn another_member_cannot_use_someone_elses_code() {
