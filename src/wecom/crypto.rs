@@ -752,4 +752,103 @@ mod tests {
             let _ = c.decrypt(&STANDARD.encode(&bytes));
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::{CORP_ID, ENCODING_AES_KEY, TOKEN, official};
+
+        /// An app's credentials: any 32-byte key (in its 43-character console form) and a
+        /// receive id.
+        fn any_app() -> impl Strategy<Value = WeComCrypto> {
+            (any::<[u8; 32]>(), "[a-zA-Z0-9_-]{1,40}").prop_map(|(key, receive_id)| {
+                let console = STANDARD.encode(key);
+                let console = console.trim_end_matches('=');
+                WeComCrypto::new("token", console, &receive_id)
+                    .unwrap_or_else(|e| panic!("{e}: a 32-byte key in console form"))
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any message, any key, any random prefix: decrypting gives the message back.
+            #[test]
+            fn encrypt_then_decrypt_is_the_message(
+                app in any_app(),
+                msg in prop_oneof![any::<String>(), "[<>a-z\u{4e00}-\u{4e0f}]{0,200}"],
+                random in any::<[u8; 16]>(),
+            ) {
+                prop_assert_eq!(app.decrypt(&app.encrypt_with_random(&msg, random)), Ok(msg.clone()));
+                prop_assert_eq!(app.decrypt(&app.encrypt(&msg)), Ok(msg));
+            }
+
+            /// A ciphertext for another receive id (another corp) is refused.
+            #[test]
+            fn another_receive_id_is_refused(
+                msg in any::<String>(),
+                other in "[a-zA-Z0-9_-]{1,40}",
+            ) {
+                prop_assume!(other != CORP_ID);
+                let theirs = WeComCrypto::new(TOKEN, ENCODING_AES_KEY, &other)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(
+                    official().decrypt(&theirs.encrypt(&msg)),
+                    Err(CryptoError::ReceiveIdMismatch)
+                );
+            }
+
+            /// Arbitrary text as `Encrypt`/`echostr`: an error, never a panic.
+            #[test]
+            fn any_text_is_refused(text in any::<String>()) {
+                prop_assert!(official().decrypt(&text).is_err());
+                prop_assert!(official().decrypt_echo(&text).is_err());
+            }
+
+            /// Arbitrary bytes, validly base64-encoded (whole blocks half the time): an
+            /// error, never a panic. (A forgery would need valid padding and the receive id
+            /// at the right place: odds of 2^-150.)
+            #[test]
+            fn any_ciphertext_is_refused(
+                bytes in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..300),
+                    (1usize..16).prop_flat_map(|blocks| {
+                        prop::collection::vec(any::<u8>(), blocks * 16)
+                    }),
+                ]
+            ) {
+                prop_assert!(official().decrypt(&STANDARD.encode(&bytes)).is_err());
+            }
+
+            /// A changed ciphertext never passes the signature (CBC itself has no
+            /// integrity), and decrypting it anyway does not panic.
+            #[test]
+            fn a_tampered_ciphertext_fails_its_signature(
+                msg in any::<String>(),
+                edits in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 1..4),
+                cut in any::<prop::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let app = official();
+                let good = app.encrypt(&msg);
+                let signature = app.signature("1409659813", "1372623149", &good);
+                let mut bytes = STANDARD.decode(&good).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                for (at, flip) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] ^= flip;
+                }
+                if truncate {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                let bad = STANDARD.encode(&bytes);
+                prop_assume!(bad != good);
+                prop_assert_eq!(
+                    app.verify_signature(&signature, "1409659813", "1372623149", &bad),
+                    Err(CryptoError::BadSignature)
+                );
+                let _ = app.decrypt(&bad);
+            }
+        }
+    }
 }

@@ -754,4 +754,151 @@ mod tests {
             let _ = parse_envelope(&b);
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::DOC_TEXT_MESSAGE;
+
+        /// Pieces of XML and of what hostile bodies carry, so that random documents get
+        /// past the first byte.
+        fn xmlish() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "<xml>",
+                "</xml>",
+                "<xml/>",
+                "<Encrypt>",
+                "</Encrypt>",
+                "<Content>",
+                "</Content>",
+                "<ToUserName>",
+                "</ToUserName>",
+                "<FromUserName>",
+                "</FromUserName>",
+                "<CreateTime>",
+                "</CreateTime>",
+                "<MsgType>",
+                "</MsgType>",
+                "<MsgId/>",
+                "<Other>",
+                "</Other>",
+                "<![CDATA[",
+                "]]>",
+                "<!DOCTYPE x>",
+                "<!ENTITY e \"x\">",
+                "&amp;",
+                "&lt;",
+                "&#65;",
+                "&#x0;",
+                "&e;",
+                "&",
+                "<",
+                ">",
+                "<?xml version=\"1.0\"?>",
+                "<!-- c -->",
+                " ",
+                "\n",
+                "\r\n",
+                "1",
+                "-",
+                "text",
+                "中文",
+                "😀",
+                "\u{0}",
+                "\u{FFFF}",
+            ]);
+            prop_oneof![
+                prop::collection::vec(piece, 0..24).prop_map(|v| v.concat()),
+                any::<String>(),
+            ]
+        }
+
+        /// What XML 1.0 makes of `s` once written by our builders and read back: characters
+        /// XML cannot carry dropped, line ends normalised to `\n`.
+        fn as_read_back(s: &str) -> String {
+            s.chars()
+                .filter(|&c| is_xml_char(c))
+                .collect::<String>()
+                .replace("\r\n", "\n")
+                .replace('\r', "\n")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any body: a parsed envelope or a typed error, never a panic; an envelope
+            /// only from UTF-8 within the size bound.
+            #[test]
+            fn any_body_is_an_envelope_or_an_error(
+                bytes in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..256),
+                    xmlish().prop_map(String::into_bytes),
+                ]
+            ) {
+                if parse_envelope(&bytes).is_ok() {
+                    prop_assert!(std::str::from_utf8(&bytes).is_ok());
+                    prop_assert!(bytes.len() <= MAX_XML_BYTES);
+                }
+            }
+
+            /// Any decrypted text: an inbound message or a typed error, never a panic.
+            #[test]
+            fn any_inner_document_is_a_message_or_an_error(text in xmlish()) {
+                if let Ok(m) = parse_inbound(&text) {
+                    prop_assert!(text.contains("<xml>"));
+                    let _ = m.dedup_key();
+                }
+            }
+
+            /// Random byte changes to a real WeCom message: never a panic.
+            #[test]
+            fn corrupted_messages_never_panic(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)
+            ) {
+                let mut bytes = DOC_TEXT_MESSAGE.as_bytes().to_vec();
+                for (at, byte) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                let _ = parse_envelope(&bytes);
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    let _ = parse_inbound(text);
+                }
+            }
+
+            /// Whatever we put in a reply is what WeCom reads out of it.
+            #[test]
+            fn text_replies_round_trip(
+                to in any::<String>(),
+                from in any::<String>(),
+                time in any::<i64>(),
+                content in prop_oneof![xmlish(), any::<String>()],
+            ) {
+                let xml = text_reply_xml(&to, &from, time, &content);
+                let m = parse_inbound(&xml)
+                    .map_err(|e| TestCaseError::fail(format!("{e} from {xml}")))?;
+                prop_assert_eq!(m.content, Some(as_read_back(&content)));
+                prop_assert_eq!(m.to_user_name, as_read_back(&to));
+                prop_assert_eq!(m.from_user_name, as_read_back(&from));
+                prop_assert_eq!(m.create_time, time);
+                prop_assert_eq!(m.msg_type, "text");
+            }
+
+            /// The encrypted envelope carries its `Encrypt` through, whatever the other
+            /// fields hold.
+            #[test]
+            fn encrypted_envelopes_round_trip(
+                encrypt in any::<String>(),
+                signature in any::<String>(),
+                timestamp in any::<String>(),
+                nonce in any::<String>(),
+            ) {
+                let xml = encrypted_reply_xml(&encrypt, &signature, &timestamp, &nonce);
+                let envelope = parse_envelope(xml.as_bytes())
+                    .map_err(|e| TestCaseError::fail(format!("{e} from {xml}")))?;
+                prop_assert_eq!(envelope.encrypt, as_read_back(&encrypt));
+            }
+        }
+    }
 }
