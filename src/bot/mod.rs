@@ -615,4 +615,125 @@ mod tests {
         assert!(welcome_reply().len() < 2048);
         assert!(help_reply().len() < 2048);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::{event, text};
+
+        /// Chat-shaped text: keywords, arguments, the punctuation, spaces and invisible
+        /// characters phones produce, and their full-width forms.
+        fn chatty() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "token",
+                "令牌",
+                "rotate",
+                "status",
+                "状态",
+                "email",
+                "邮箱",
+                "verify",
+                "验证",
+                "format",
+                "格式",
+                "fallback",
+                "回退",
+                "help",
+                "off",
+                "关闭",
+                "text",
+                "文本",
+                "wecom",
+                "email",
+                "a@x.com",
+                "１２３４５６",
+                "123456",
+                "12345",
+                "abcdef",
+                " ",
+                "　",
+                ":",
+                "：",
+                "、",
+                "，",
+                ",",
+                "。",
+                "！",
+                "？",
+                ".",
+                "!",
+                "?",
+                "/",
+                "\u{200b}",
+                "\u{feff}",
+                "\u{180e}",
+                "\u{2060}",
+                "\u{301}",
+                "ｅ",
+                "Ｔ",
+                "\n",
+                "😀",
+                "\u{85}",
+                "\u{2028}",
+                "\u{3000}",
+            ]);
+            prop_oneof![
+                prop::collection::vec(piece, 0..8).prop_map(|v| v.concat()),
+                any::<String>(),
+            ]
+        }
+
+        /// Printable ASCII to its full-width form (`!`…`~` → U+FF01…U+FF5E).
+        fn full_width(s: &str) -> String {
+            s.chars()
+                .map(|c| match c {
+                    '!'..='~' => char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c),
+                    c => c,
+                })
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any text or click: a command (help when nothing else) or no answer, never a
+            /// panic; a `Verify` always carries six ASCII digits, an address is never empty.
+            #[test]
+            fn any_text_is_a_command(typed in chatty(), key in chatty()) {
+                match parse_text(&typed) {
+                    Command::Verify(code) => prop_assert!(is_code(&code), "{code:?}"),
+                    Command::Email(address) => prop_assert!(!address.is_empty()),
+                    _ => {}
+                }
+                prop_assert!(interpret(&text(&typed)).is_some());
+                let _ = interpret(&event("click", Some(&key)));
+                let _ = interpret(&event(&key, Some(&typed)));
+            }
+
+            /// Folding is done once and for all: folded text folds to itself, holds no
+            /// invisible characters and does not end a sentence.
+            #[test]
+            fn folding_is_stable(typed in chatty()) {
+                let once = fold(&typed);
+                prop_assert_eq!(fold(&once), once.clone());
+                prop_assert!(!once.chars().any(is_invisible));
+                prop_assert!(!once.ends_with(SENTENCE_END));
+                prop_assert_eq!(once.trim(), once.as_str());
+            }
+
+            /// Full-width forms, a leading zero-width space and a final `。` or `！` change
+            /// nothing about the command.
+            #[test]
+            fn typing_variants_mean_the_same(
+                typed in "(token|rotate|status|help|email|verify|format|fallback)( [!-~]{0,12})?",
+                end in prop::sample::select(vec!["", "。", "！", "？", "!", "?", "."]),
+            ) {
+                let plain = parse_text(&typed);
+                prop_assert_eq!(parse_text(&full_width(&typed)), plain.clone());
+                prop_assert_eq!(parse_text(&format!("\u{200b}{typed}")), plain.clone());
+                prop_assert_eq!(parse_text(&format!("{typed}{end}")), plain);
+            }
+        }
+    }
 }
