@@ -867,9 +867,17 @@ impl ConfigError {
 /// Read with `vars_os`: `std::env::vars` panics on a variable that is not UTF-8, and
 /// someone else's variable must not stop pushbot.
 fn environment() -> Result<(HashMap<String, String>, Vec<String>), ConfigError> {
+    classify(std::env::vars_os())
+}
+
+/// [`environment`]'s rule over any list of variables: those named `PUSHBOT_…` (in any
+/// case) are settings or service links; a non-UTF-8 value of one is an error naming it.
+fn classify(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(HashMap<String, String>, Vec<String>), ConfigError> {
     let mut settings = HashMap::new();
     let mut links = Vec::new();
-    for (name, value) in std::env::vars_os() {
+    for (name, value) in vars {
         // The config crate matches its prefix without regard to case.
         let Some(name) = name
             .to_str()
@@ -892,6 +900,16 @@ fn environment() -> Result<(HashMap<String, String>, Vec<String>), ConfigError> 
         };
         if is_service_link(&name, &value) {
             links.push(name);
+        } else if name
+            .get(8..)
+            .is_none_or(|key| key.split("__").any(str::is_empty))
+        {
+            // `PUSHBOT_`, `PUSHBOT_SERVER__`: no key to set, and nothing the config crate
+            // would name in its error.
+            return Err(ConfigError::Invalid {
+                key: name,
+                message: "not a setting: use PUSHBOT_<SECTION>__<KEY>".to_owned(),
+            });
         } else {
             settings.insert(name, value);
         }
@@ -995,6 +1013,14 @@ fn origin_note(origin: Option<&str>, key: &str) -> String {
     }
 }
 
+/// The `PUSHBOT_<SECTION>__<KEY>` overrides in `env` (from [`environment`]) as a source.
+fn env_source(env: HashMap<String, String>) -> config::Environment {
+    config::Environment::with_prefix("PUSHBOT")
+        .prefix_separator("_")
+        .separator("__")
+        .source(Some(env))
+}
+
 impl Settings {
     /// Loads defaults < `path` (or `pushbot.toml` if present) < `PUSHBOT_*` environment.
     ///
@@ -1052,11 +1078,7 @@ impl Settings {
                 );
             }
         }
-        let env = config::Environment::with_prefix("PUSHBOT")
-            .prefix_separator("_")
-            .separator("__")
-            .source(Some(env));
-        Ok(builder.add_source(env))
+        Ok(builder.add_source(env_source(env)))
     }
 
     /// Parses settings from TOML text alone (no environment); used by tests and tools.
@@ -1550,5 +1572,207 @@ mod tests {
             format!("{MINIMAL}\n[delivery]\nbackoff_initial = \"10s\"\nbackoff_max = \"1s\"\n");
         let err = Settings::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("delivery.backoff_max"), "{err}");
+    }
+
+    mod properties {
+        use std::ffi::OsString;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::MINIMAL;
+
+        /// Variable names: settings (real and misspelt sections and keys, with one, two or
+        /// three underscores, in any case), service-link shapes, and anything else.
+        fn name() -> impl Strategy<Value = String> {
+            let section = prop::sample::select(vec![
+                "SERVER", "STORAGE", "WECOM", "DELIVERY", "EMAIL", "LOG", "SERVICE", "PORT",
+                "server", "Wecom", "", "X",
+            ]);
+            let key = prop::sample::select(vec![
+                "LISTEN",
+                "PUBLIC_URL",
+                "URL",
+                "POOL_SIZE",
+                "AGENT_ID",
+                "SECRET",
+                "PROXY",
+                "CONCURRENCY",
+                "RETRY_WINDOW",
+                "BACKOFF_MAX",
+                "UTC_OFFSET",
+                "FALLBACK",
+                "FORMAT",
+                "HOST",
+                "PORT",
+                "FROM",
+                "CODE_TTL",
+                "LEVEL",
+                "HOST_X",
+                "8080_TCP",
+                "SEND_RATE",
+                "MEMBER_LIMITS",
+                "",
+                "__",
+            ]);
+            let separator = prop::sample::select(vec!["__", "_", "___", ""]);
+            prop_oneof![
+                (section, separator, key).prop_map(|(s, sep, k)| format!("PUSHBOT_{s}{sep}{k}")),
+                "(PUSHBOT|pushbot|PushBot)_[A-Za-z0-9_.-]{0,16}",
+                any::<String>(),
+            ]
+        }
+
+        /// Values: well-formed ones of each kind, link values, and anything else.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "",
+                    " ",
+                    "0",
+                    "1",
+                    "-1",
+                    "8080",
+                    "99999",
+                    "5s",
+                    "1h",
+                    "0s",
+                    "true",
+                    "x",
+                    "tcp://10.96.0.12:8080",
+                    "10.96.0.12",
+                    "0.0.0.0:8080",
+                    "https://a.example",
+                    "wecom,email",
+                    "email",
+                    "card",
+                    "+08:00",
+                    "5/1m",
+                    "[1]",
+                    "{}",
+                    "a=b",
+                ])
+                .prop_map(str::to_owned),
+                any::<String>(),
+            ]
+        }
+
+        /// A variable's raw value: mostly text, sometimes bytes that are not UTF-8.
+        fn raw_value() -> impl Strategy<Value = OsString> {
+            #[cfg(unix)]
+            {
+                use std::os::unix::ffi::OsStringExt;
+                prop_oneof![
+                    4 => value().prop_map(OsString::from),
+                    1 => prop::collection::vec(any::<u8>(), 0..8).prop_map(OsString::from_vec),
+                ]
+            }
+            #[cfg(not(unix))]
+            value().prop_map(OsString::from)
+        }
+
+        fn ours(name: &str) -> bool {
+            name.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("PUSHBOT_"))
+                && name != "PUSHBOT_CONFIG"
+        }
+
+        /// `PUSHBOT_`, `PUSHBOT_SERVER__`: a setting's name with nothing to set.
+        fn no_key(name: &str) -> bool {
+            name.get(8..)
+                .is_none_or(|key| key.split("__").any(str::is_empty))
+        }
+
+        proptest! {
+            /// Any environment: settings and links are exactly the `PUSHBOT_…` variables,
+            /// a setting (`__`) is never taken for a link, and a non-UTF-8 value of one of
+            /// ours is an error naming the variable.
+            #[test]
+            fn any_environment_is_sorted_or_refused(
+                vars in prop::collection::vec((name(), raw_value()), 0..8)
+            ) {
+                let bad: Vec<&String> = vars
+                    .iter()
+                    .filter(|(n, v)| ours(n) && v.to_str().is_none())
+                    .map(|(n, _)| n)
+                    .collect();
+                let env = vars.iter().map(|(n, v)| (OsString::from(n), v.clone()));
+                match classify(env) {
+                    Ok((settings, links)) => {
+                        prop_assert!(bad.is_empty(), "{bad:?} not refused");
+                        let wanted = vars.iter().filter(|(n, _)| ours(n)).count();
+                        prop_assert!(settings.len() + links.len() <= wanted);
+                        for name in settings.keys().chain(&links) {
+                            prop_assert!(ours(name), "{name} is not ours");
+                        }
+                        for name in &links {
+                            prop_assert!(!name.contains("__"), "setting {name} taken for a link");
+                        }
+                        for (name, _) in vars.iter().filter(|(n, _)| ours(n)) {
+                            prop_assert!(settings.contains_key(name) || links.contains(name));
+                        }
+                    }
+                    Err(ConfigError::Invalid { key, .. }) => {
+                        prop_assert!(
+                            bad.contains(&&key) || no_key(&key),
+                            "{key} named, bad: {bad:?}"
+                        );
+                    }
+                    Err(other) => prop_assert!(false, "untyped error {other}"),
+                }
+            }
+
+            /// Any `PUSHBOT_*` settings over a valid file: settings, or an error that names
+            /// a key. Never a panic, never an error that does not say which setting.
+            #[test]
+            fn any_settings_load_or_name_the_problem(
+                vars in prop::collection::vec((name(), value()), 0..6)
+            ) {
+                let env = vars.iter().map(|(n, v)| (OsString::from(n), OsString::from(v)));
+                let settings = match classify(env) {
+                    Ok((settings, _)) => settings,
+                    Err(ConfigError::Invalid { key, .. }) if no_key(&key) => return Ok(()),
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                };
+                let builder = config::Config::builder()
+                    .add_source(config::File::from_str(MINIMAL, config::FileFormat::Toml))
+                    .add_source(env_source(settings.clone()));
+                match Settings::from_builder(builder) {
+                    Ok(_) => {}
+                    Err(ConfigError::Invalid { key, message }) => {
+                        prop_assert!(!key.is_empty(), "{message} names no key ({settings:?})");
+                    }
+                    Err(ConfigError::UnknownKey { key, .. }) => {
+                        prop_assert!(!key.is_empty(), "an unknown key without a name");
+                    }
+                    // A section set from the environment without its required keys.
+                    Err(ConfigError::Load(config::ConfigError::NotFound(key))) => {
+                        prop_assert!(!key.is_empty(), "a missing key without a name");
+                    }
+                    Err(other) => prop_assert!(false, "{other} ({settings:?})"),
+                }
+            }
+
+            /// A valid value for a known key is applied, whatever the case of its name.
+            #[test]
+            fn a_valid_setting_is_applied(
+                n in 1usize..10_000,
+                lower in any::<bool>(),
+            ) {
+                let name = if lower {
+                    "pushbot_delivery__concurrency"
+                } else {
+                    "PUSHBOT_DELIVERY__CONCURRENCY"
+                };
+                let (settings, _) = classify([(OsString::from(name), OsString::from(n.to_string()))])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let builder = config::Config::builder()
+                    .add_source(config::File::from_str(MINIMAL, config::FileFormat::Toml))
+                    .add_source(env_source(settings));
+                let loaded = Settings::from_builder(builder)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(loaded.delivery.concurrency, n);
+            }
+        }
     }
 }

@@ -695,8 +695,6 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
-
             /// Any text or click: a command (help when nothing else) or no answer, never a
             /// panic; a `Verify` always carries six ASCII digits, an address is never empty.
             #[test]

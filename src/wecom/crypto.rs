@@ -771,8 +771,6 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(256))]
-
             /// Any message, any key, any random prefix: decrypting gives the message back.
             #[test]
             fn encrypt_then_decrypt_is_the_message(

@@ -825,8 +825,6 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
-
             /// Any body: a parsed envelope or a typed error, never a panic; an envelope
             /// only from UTF-8 within the size bound.
             #[test]
