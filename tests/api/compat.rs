@@ -904,6 +904,57 @@ async fn bark_push_device_keys_sends_one_message_per_key() {
     assert_eq!(messages_of(&app, &bob_token).await.len(), 1);
 }
 
+/// Several keys are all or nothing: one unknown key (first or last) is a 400 and nothing is
+/// stored or delivered for the good ones, so a client that retries does not deliver twice.
+#[tokio::test]
+async fn bark_push_device_keys_with_an_unknown_one_sends_nothing() {
+    let app = spawn_app().await;
+    let good = app.get_token(&userid("barkgood")).await;
+    let rotated_user = userid("barkold");
+    let old = app.get_token(&rotated_user).await;
+    let current = app.rotate(&rotated_user).await;
+    for keys in [
+        json!([good, "A".repeat(32)]),
+        json!(["A".repeat(32), good]),
+        json!([good, "not a token"]),
+        json!([good, old]),
+    ] {
+        let resp = app
+            .http
+            .post(app.url("/push"))
+            .json(&json!({"device_keys": keys, "title": "t", "body": "b"}))
+            .send()
+            .await
+            .unwrap();
+        let err = bark_err(resp).await;
+        assert!(
+            err["message"].as_str().unwrap().contains("device key"),
+            "{err}"
+        );
+    }
+    assert_nothing_sent(&app, &good).await;
+    assert!(messages_of(&app, &current).await.is_empty());
+}
+
+/// A key listed twice (or as both device_key and in device_keys) gets one message.
+#[tokio::test]
+async fn bark_push_a_key_given_twice_gets_one_message() {
+    let (app, user, token) = app_and_member().await;
+    let resp = app
+        .http
+        .post(app.url("/push"))
+        .json(&json!({
+            "device_keys": [token, format!(" {token}"), token],
+            "device_key": token,
+            "body": "once",
+        }))
+        .send()
+        .await
+        .unwrap();
+    bark_ok(resp).await;
+    assert_eq!(the_only_message(&app, &user, &token).await, "once");
+}
+
 #[tokio::test]
 async fn bark_critical_level_still_carries_title_and_body() {
     let (app, user, token) = app_and_member().await;

@@ -79,13 +79,25 @@ fn bark_error(err: ApiError) -> Response {
     )
 }
 
+fn unknown_key() -> ApiError {
+    ApiError::Unauthorized("unknown device key: use your pushbot token as the Bark key".into())
+}
+
+/// Whether `key` is a member's push token (a refused one is counted like any other).
+async fn known_key(state: &AppState, key: &str) -> Result<(), ApiError> {
+    let route = TokenRoute::Send(Endpoint::Bark);
+    match super::super::auth::member(state, Some(key.to_owned()), route).await {
+        Ok(_) => Ok(()),
+        Err(ApiError::Unauthorized(_)) => Err(unknown_key()),
+        Err(other) => Err(other),
+    }
+}
+
 /// One message for `token` from `params`.
 async fn push(state: &AppState, token: String, params: &Params) -> Result<(), ApiError> {
     if !crate::token::looks_valid(&token) {
         super::super::auth::refused(state, TokenRoute::Send(Endpoint::Bark));
-        return Err(ApiError::Unauthorized(
-            "unknown device key: use your pushbot token as the Bark key".into(),
-        ));
+        return Err(unknown_key());
     }
     // Bark shows `markdown` instead of `body` when both are given.
     let markdown = params.markdown.clone().filter(|m| !m.trim().is_empty());
@@ -198,7 +210,10 @@ pub async fn path_post(
     }
 }
 
-/// `POST /push` with `{"device_key": …}` or `{"device_keys": [...]}`: one message per key.
+/// `POST /push` with `{"device_key": …}` or `{"device_keys": [...]}`: one message per key
+/// (a key given twice counts once). All or nothing as far as the keys go: every key is
+/// checked before any message is stored, so an unknown one is a 400 that sent nothing, and
+/// a client that retries it does not deliver twice.
 pub async fn push_json(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -212,15 +227,27 @@ pub async fn push_json(
         Ok(p) => p,
         Err(err) => return bark_error(err),
     };
-    let mut keys: Vec<String> = params.device_keys.clone().unwrap_or_default();
-    keys.extend(params.device_key.clone());
-    keys.retain(|k| !k.trim().is_empty());
-    keys.dedup();
+    let mut keys: Vec<String> = Vec::new();
+    let given = params
+        .device_keys
+        .iter()
+        .flatten()
+        .chain(&params.device_key);
+    for key in given.map(|k| k.trim()).filter(|k| !k.is_empty()) {
+        if !keys.iter().any(|k| k == key) {
+            keys.push(key.to_owned());
+        }
+    }
     if keys.is_empty() {
         return answer(StatusCode::BAD_REQUEST, "device_key is required");
     }
+    for key in &keys {
+        if let Err(err) = known_key(&state, key).await {
+            return bark_error(err);
+        }
+    }
     for key in keys {
-        if let Err(err) = push(&state, key.trim().to_owned(), &params).await {
+        if let Err(err) = push(&state, key, &params).await {
             return bark_error(err);
         }
     }
