@@ -569,6 +569,17 @@ async fn serverchan_requires_a_title() {
     assert_nothing_sent(&app, &token).await;
 }
 
+/// A title that shows nothing (zero-width, format characters, fillers) is no title.
+#[tokio::test]
+async fn serverchan_a_title_that_shows_nothing_is_refused() {
+    let (app, _user, token) = app_and_member().await;
+    for blank in crate::send::BLANK_TEXTS {
+        let path = format!("/{token}.send?title={}&desp=d", enc(blank));
+        sc_err(get(&app, &path).await).await;
+    }
+    assert_nothing_sent(&app, &token).await;
+}
+
 #[tokio::test]
 async fn serverchan_bad_json_is_400() {
     let (app, _user, token) = app_and_member().await;
@@ -902,6 +913,36 @@ async fn bark_push_device_keys_sends_one_message_per_key() {
     }
     assert_eq!(messages_of(&app, &alice_token).await.len(), 1);
     assert_eq!(messages_of(&app, &bob_token).await.len(), 1);
+}
+
+/// A body (or markdown) that shows nothing is refused on every Bark form, and nothing is
+/// sent; real text next to invisible characters still is.
+#[tokio::test]
+async fn bark_text_that_shows_nothing_is_refused() {
+    let (app, user, token) = app_and_member().await;
+    for blank in crate::send::BLANK_TEXTS {
+        let blank = *blank;
+        bark_err(get(&app, &format!("/{token}/{}", enc(blank))).await).await;
+        bark_err(get(&app, &format!("/{token}/{}/{}", enc(blank), enc(blank))).await).await;
+        for body in [
+            json!({"device_key": token, "title": blank, "body": blank}),
+            json!({"device_key": token, "markdown": blank}),
+            json!({"device_keys": [token], "title": "t", "body": blank}),
+        ] {
+            let resp = app.http.post(app.url("/push")).json(&body).send().await;
+            bark_err(resp.unwrap()).await;
+        }
+    }
+    assert_nothing_sent(&app, &token).await;
+    bark_ok(
+        get(
+            &app,
+            &format!("/{token}/{}/{}", enc("\u{3164}"), enc("\u{200B}ok")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(the_only_message(&app, &user, &token).await, "\u{200B}ok");
 }
 
 /// Several keys are all or nothing: one unknown key (first or last) is a 400 and nothing is

@@ -624,6 +624,50 @@ async fn ntfy_empty_body_is_triggered() {
     );
 }
 
+/// A message that shows nothing (zero-width, format characters, fillers) is refused, not sent
+/// as a blank message and not taken for the empty trigger; a title that shows nothing is
+/// left out.
+#[tokio::test]
+async fn ntfy_a_message_that_shows_nothing_is_refused() {
+    let (app, user, token) = app_and_member().await;
+    let topic = format!("/{token}");
+    for blank in crate::send::BLANK_TEXTS {
+        let blank = *blank;
+        ntfy_err(ntfy_post(&app, &topic, &[], blank).await, 400).await;
+        ntfy_err(ntfy_post(&app, &topic, &[("title", "t")], blank).await, 400).await;
+        let resp = app
+            .http
+            .post(app.url("/"))
+            .json(&json!({"topic": token, "message": blank}))
+            .send()
+            .await
+            .unwrap();
+        ntfy_err(resp, 400).await;
+    }
+    assert_nothing_sent(&app, &token).await;
+    let resp = ntfy_post(&app, &topic, &[("title", "\u{3164}")], "\u{200B}up").await;
+    ntfy_ok(resp, &token, "\u{200B}up").await;
+    assert_eq!(the_only_message(&app, &user, &token).await, "\u{200B}up");
+}
+
+/// gotify: a message that shows nothing is "message is required".
+#[tokio::test]
+async fn gotify_a_message_that_shows_nothing_is_refused() {
+    let (app, _user, token) = app_and_member().await;
+    for blank in crate::send::BLANK_TEXTS {
+        let resp = app
+            .http
+            .post(app.url("/message"))
+            .query(&[("token", token.as_str())])
+            .json(&json!({"title": blank, "message": blank}))
+            .send()
+            .await
+            .unwrap();
+        gotify_err(resp, 400).await;
+    }
+    assert_nothing_sent(&app, &token).await;
+}
+
 #[tokio::test]
 async fn ntfy_get_publish_send_and_trigger() {
     let (app, user, token) = app_and_member().await;

@@ -24,6 +24,7 @@ use super::{PathOf, path_value, unix_seconds};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
+use crate::render::visible::has_visible;
 
 /// Parameters from the query, a form or a JSON body (unknown ones are ignored).
 #[derive(Debug, Default, Deserialize)]
@@ -100,18 +101,20 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
         return Err(unknown_key());
     }
     // Bark shows `markdown` instead of `body` when both are given.
-    let markdown = params.markdown.clone().filter(|m| !m.trim().is_empty());
+    let markdown = params.markdown.clone().filter(|m| has_visible(m));
     let format = if markdown.is_some() {
         Format::Markdown
     } else {
         Format::Text
     };
-    let body = markdown.or_else(|| params.body.clone().filter(|b| !b.trim().is_empty()));
+    let body = markdown.or_else(|| params.body.clone().filter(|b| has_visible(b)));
     let Some(body) = body else {
-        return Err(ApiError::BadRequest("body is required".into()));
+        return Err(ApiError::BadRequest(
+            "body is required (nothing to send: it shows nothing)".into(),
+        ));
     };
     let content = match params.subtitle.as_deref().map(str::trim) {
-        Some(subtitle) if !subtitle.is_empty() => format!("{subtitle}\n{body}"),
+        Some(subtitle) if has_visible(subtitle) => format!("{subtitle}\n{body}"),
         _ => body,
     };
     submit(
