@@ -37,6 +37,8 @@ const MAX_NAME_BYTES: usize = 256;
 const MAX_LABELS_BYTES: usize = 512;
 /// Each part of the closing lines: the shared labels, the shared annotations, the link.
 const MAX_COMMON_PART_BYTES: usize = 1024;
+/// A shared annotation's share of its part is never cut below this.
+const MIN_ANNOTATION_BYTES: usize = 128;
 /// An alert's share of the list is never cut below this (its name and labels, the start of
 /// its text): in a storm, later alerts are counted instead.
 const MIN_ENTRY_BYTES: usize = 1024;
@@ -276,9 +278,12 @@ fn render(n: &Notification, source: Source, utc_offset: i32, limits: Limits) -> 
         let _ = writeln!(closing, "{}", excerpt(&labels, part_limit));
     }
     if n.alerts.len() > 1 && !n.common_annotations.is_empty() {
+        // Like the alert list: each a fair share, so one huge annotation hides no other.
+        let share = (part_limit / n.common_annotations.len()).max(MIN_ANNOTATION_BYTES);
         let mut shared = String::new();
         for (key, value) in &n.common_annotations {
-            let _ = writeln!(shared, "{key}: {}", value.trim());
+            let line = format!("{key}: {}", value.trim());
+            let _ = writeln!(shared, "{}", excerpt(&line, share));
         }
         let _ = writeln!(closing, "{}", excerpt(shared.trim_end(), part_limit));
     }
@@ -656,6 +661,7 @@ mod tests {
             one_alert("Second", &[("i", "2")], "two"),
         ]);
         n.common_annotations = [
+            ("a_first".to_owned(), "f".repeat(70 * 1024)),
             ("runbook".to_owned(), "r".repeat(70 * 1024)),
             ("other".to_owned(), "o".repeat(70 * 1024)),
         ]
