@@ -24,6 +24,7 @@ use crate::delivery::{ChannelChoice, NewMessage, Reach};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::Endpoint;
+use crate::render::visible::visible;
 use crate::store::MessageStatus;
 
 /// Longest title accepted (bytes).
@@ -362,13 +363,14 @@ pub(crate) async fn submit(
     state: &AppState,
     sub: Submission,
 ) -> Result<crate::delivery::Accepted, ApiError> {
-    let title = present(sub.title).map(|t| sub.urgency.mark(&t));
+    // Text that shows nothing (spaces, zero-width and other invisible characters) is absent.
+    let title = visible(sub.title).map(|t| sub.urgency.mark(&t));
     let url = present(sub.url).map(|u| u.trim().to_owned());
     if let Some(url) = &url {
         check_url(url)?;
     }
     // A bare link is a message too: the link is its content.
-    let content = present(sub.content).or_else(|| url.clone().filter(|_| title.is_none()));
+    let content = visible(sub.content).or_else(|| url.clone().filter(|_| title.is_none()));
     if title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_BYTES) {
         return Err(ApiError::PayloadTooLarge(format!(
             "title is longer than {MAX_TITLE_BYTES} bytes"
@@ -401,7 +403,7 @@ pub(crate) async fn submit(
     });
     if title.as_deref().is_none_or(|t| t.trim().is_empty()) && content.is_none() {
         return Err(ApiError::BadRequest(
-            "nothing to send: give a title or content (or desp)".into(),
+            "nothing to send: give a title or content (or desp) with visible text".into(),
         ));
     }
     let prefs = state.store.member_prefs(&userid).await?;

@@ -4,3 +4,4 @@
 pub mod cut;
 pub mod markdown;
 pub mod page;
+pub mod visible;

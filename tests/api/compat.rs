@@ -569,6 +569,17 @@ async fn serverchan_requires_a_title() {
     assert_nothing_sent(&app, &token).await;
 }
 
+/// A title that shows nothing (zero-width, format characters, fillers) is no title.
+#[tokio::test]
+async fn serverchan_a_title_that_shows_nothing_is_refused() {
+    let (app, _user, token) = app_and_member().await;
+    for blank in crate::send::BLANK_TEXTS {
+        let path = format!("/{token}.send?title={}&desp=d", enc(blank));
+        sc_err(get(&app, &path).await).await;
+    }
+    assert_nothing_sent(&app, &token).await;
+}
+
 #[tokio::test]
 async fn serverchan_bad_json_is_400() {
     let (app, _user, token) = app_and_member().await;
@@ -902,6 +913,87 @@ async fn bark_push_device_keys_sends_one_message_per_key() {
     }
     assert_eq!(messages_of(&app, &alice_token).await.len(), 1);
     assert_eq!(messages_of(&app, &bob_token).await.len(), 1);
+}
+
+/// A body (or markdown) that shows nothing is refused on every Bark form, and nothing is
+/// sent; real text next to invisible characters still is.
+#[tokio::test]
+async fn bark_text_that_shows_nothing_is_refused() {
+    let (app, user, token) = app_and_member().await;
+    for blank in crate::send::BLANK_TEXTS {
+        let blank = *blank;
+        bark_err(get(&app, &format!("/{token}/{}", enc(blank))).await).await;
+        bark_err(get(&app, &format!("/{token}/{}/{}", enc(blank), enc(blank))).await).await;
+        for body in [
+            json!({"device_key": token, "title": blank, "body": blank}),
+            json!({"device_key": token, "markdown": blank}),
+            json!({"device_keys": [token], "title": "t", "body": blank}),
+        ] {
+            let resp = app.http.post(app.url("/push")).json(&body).send().await;
+            bark_err(resp.unwrap()).await;
+        }
+    }
+    assert_nothing_sent(&app, &token).await;
+    bark_ok(
+        get(
+            &app,
+            &format!("/{token}/{}/{}", enc("\u{3164}"), enc("\u{200B}ok")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(the_only_message(&app, &user, &token).await, "\u{200B}ok");
+}
+
+/// Several keys are all or nothing: one unknown key (first or last) is a 400 and nothing is
+/// stored or delivered for the good ones, so a client that retries does not deliver twice.
+#[tokio::test]
+async fn bark_push_device_keys_with_an_unknown_one_sends_nothing() {
+    let app = spawn_app().await;
+    let good = app.get_token(&userid("barkgood")).await;
+    let rotated_user = userid("barkold");
+    let old = app.get_token(&rotated_user).await;
+    let current = app.rotate(&rotated_user).await;
+    for keys in [
+        json!([good, "A".repeat(32)]),
+        json!(["A".repeat(32), good]),
+        json!([good, "not a token"]),
+        json!([good, old]),
+    ] {
+        let resp = app
+            .http
+            .post(app.url("/push"))
+            .json(&json!({"device_keys": keys, "title": "t", "body": "b"}))
+            .send()
+            .await
+            .unwrap();
+        let err = bark_err(resp).await;
+        assert!(
+            err["message"].as_str().unwrap().contains("device key"),
+            "{err}"
+        );
+    }
+    assert_nothing_sent(&app, &good).await;
+    assert!(messages_of(&app, &current).await.is_empty());
+}
+
+/// A key listed twice (or as both device_key and in device_keys) gets one message.
+#[tokio::test]
+async fn bark_push_a_key_given_twice_gets_one_message() {
+    let (app, user, token) = app_and_member().await;
+    let resp = app
+        .http
+        .post(app.url("/push"))
+        .json(&json!({
+            "device_keys": [token, format!(" {token}"), token],
+            "device_key": token,
+            "body": "once",
+        }))
+        .send()
+        .await
+        .unwrap();
+    bark_ok(resp).await;
+    assert_eq!(the_only_message(&app, &user, &token).await, "once");
 }
 
 #[tokio::test]

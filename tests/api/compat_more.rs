@@ -624,6 +624,50 @@ async fn ntfy_empty_body_is_triggered() {
     );
 }
 
+/// A message that shows nothing (zero-width, format characters, fillers) is refused, not sent
+/// as a blank message and not taken for the empty trigger; a title that shows nothing is
+/// left out.
+#[tokio::test]
+async fn ntfy_a_message_that_shows_nothing_is_refused() {
+    let (app, user, token) = app_and_member().await;
+    let topic = format!("/{token}");
+    for blank in crate::send::BLANK_TEXTS {
+        let blank = *blank;
+        ntfy_err(ntfy_post(&app, &topic, &[], blank).await, 400).await;
+        ntfy_err(ntfy_post(&app, &topic, &[("title", "t")], blank).await, 400).await;
+        let resp = app
+            .http
+            .post(app.url("/"))
+            .json(&json!({"topic": token, "message": blank}))
+            .send()
+            .await
+            .unwrap();
+        ntfy_err(resp, 400).await;
+    }
+    assert_nothing_sent(&app, &token).await;
+    let resp = ntfy_post(&app, &topic, &[("title", "\u{3164}")], "\u{200B}up").await;
+    ntfy_ok(resp, &token, "\u{200B}up").await;
+    assert_eq!(the_only_message(&app, &user, &token).await, "\u{200B}up");
+}
+
+/// gotify: a message that shows nothing is "message is required".
+#[tokio::test]
+async fn gotify_a_message_that_shows_nothing_is_refused() {
+    let (app, _user, token) = app_and_member().await;
+    for blank in crate::send::BLANK_TEXTS {
+        let resp = app
+            .http
+            .post(app.url("/message"))
+            .query(&[("token", token.as_str())])
+            .json(&json!({"title": blank, "message": blank}))
+            .send()
+            .await
+            .unwrap();
+        gotify_err(resp, 400).await;
+    }
+    assert_nothing_sent(&app, &token).await;
+}
+
 #[tokio::test]
 async fn ntfy_get_publish_send_and_trigger() {
     let (app, user, token) = app_and_member().await;
@@ -1222,6 +1266,170 @@ async fn webhook_errors_are_native_and_send_nothing() {
         assert!(!err.to_string().contains(&unknown), "{err}");
     }
     assert_nothing_sent(&app, &token).await;
+}
+
+/// Posts `payload` to an alert webhook for `token`; the accepted message's id.
+async fn post_hook(app: &TestApp, path: &str, token: &str, payload: &Value) -> String {
+    let resp = app
+        .http
+        .post(app.url(path))
+        .query(&[("token", token)])
+        .json(payload)
+        .send()
+        .await
+        .unwrap();
+    accepted_id(resp).await
+}
+
+/// The whole text of the `n`-th message WeCom got: the text itself, or for a message too
+/// long for one (a card) the message page it links to.
+async fn nth_whole_text(app: &TestApp, n: usize) -> String {
+    let sent = app.mock.wait_for_sent(n, WAIT).await;
+    let s = &sent[n - 1];
+    match &s.card {
+        None => s.content.clone(),
+        Some(card) => {
+            let path = card
+                .url
+                .strip_prefix(PUBLIC_URL)
+                .unwrap_or_else(|| panic!("a page link: {card:?}"));
+            let resp = get(app, path).await;
+            assert_eq!(resp.status(), 200);
+            format!("{}\n\n{}", s.content, resp.text().await.unwrap())
+        }
+    }
+}
+
+/// Both webhook routes: (path, a payload with one firing alert, named `name`).
+fn one_alert_payloads(name: &str, labels: Value, annotations: Value) -> [(&'static str, Value); 2] {
+    let mut am = alertmanager_firing();
+    am["groupLabels"] = json!({"alertname": name});
+    am["commonLabels"] = json!({"alertname": name});
+    am["alerts"] = json!([am["alerts"][0].clone()]);
+    am["alerts"][0]["labels"] = labels.clone();
+    am["alerts"][0]["labels"]["alertname"] = json!(name);
+    am["alerts"][0]["annotations"] = annotations.clone();
+    let mut gf = grafana_sample();
+    gf["alerts"] = json!([gf["alerts"][0].clone()]);
+    gf["alerts"][0]["labels"] = labels;
+    gf["alerts"][0]["labels"]["alertname"] = json!(name);
+    gf["alerts"][0]["annotations"] = annotations;
+    [("/hooks/alertmanager", am), ("/hooks/grafana", gf)]
+}
+
+/// A time the configured offset (UTC+8) would push past the year 9999 is shown as given:
+/// a 200 and a delivered alert, not a 500 that Alertmanager retries forever.
+#[tokio::test]
+async fn webhook_times_past_9999_are_delivered_as_given() {
+    let (app, user, token) = app_and_member().await;
+    let end = "9999-12-31T23:59:59Z";
+    let mut firing = alertmanager_firing();
+    let mut grafana = grafana_sample();
+    for payload in [&mut firing, &mut grafana] {
+        for alert in payload["alerts"].as_array_mut().unwrap() {
+            alert["startsAt"] = json!(end);
+            alert["endsAt"] = json!(end);
+        }
+    }
+    let mut resolved = alertmanager_resolved();
+    for alert in resolved["alerts"].as_array_mut().unwrap() {
+        alert["endsAt"] = json!(end);
+    }
+    for (n, (path, payload)) in [
+        ("/hooks/alertmanager", &firing),
+        ("/hooks/grafana", &grafana),
+        ("/hooks/alertmanager", &resolved),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = post_hook(&app, path, &token, payload).await;
+        let text = nth_message(&app, &user, n + 1).await;
+        assert!(text.contains(&format!(" {end}")), "{path}: {text}");
+        app.wait_for_status(&id, &token, "delivered", WAIT).await;
+    }
+}
+
+/// One alert whose description is 17 KB: a 200, and the member reads its name, its labels
+/// and the start of its text (the whole of what is kept on the message page).
+#[tokio::test]
+async fn a_webhook_alert_with_a_huge_description_keeps_name_labels_and_text() {
+    let (app, _user, token) = app_and_member().await;
+    let description = format!("Start of the story. {}", "x".repeat(17 * 1024));
+    let payloads = one_alert_payloads(
+        "BigOne",
+        json!({"instance": "db-1:9100", "zone": "eu-1"}),
+        json!({"description": description}),
+    );
+    for (n, (path, payload)) in payloads.iter().enumerate() {
+        let id = post_hook(&app, path, &token, payload).await;
+        let text = nth_whole_text(&app, n + 1).await;
+        for part in [
+            "[FIRING:1] BigOne",
+            "BigOne (",
+            "instance=db-1:9100",
+            "zone=eu-1",
+            "Start of the story. xxxx",
+        ] {
+            assert!(text.contains(part), "{path}: {part:?} in {text}");
+        }
+        assert!(!text.contains("not shown"), "{path}: {text}");
+        app.wait_for_status(&id, &token, "delivered", WAIT).await;
+    }
+}
+
+/// An alertname of 1,100 bytes: a 200 and the title cut (grapheme-safe, within 1,024 bytes
+/// with the urgency marker).
+#[tokio::test]
+async fn a_webhook_alertname_too_long_for_a_title_is_cut() {
+    let (app, _user, token) = app_and_member().await;
+    let name = "名".repeat(1100 / 3 + 1);
+    assert!(name.len() >= 1100);
+    let payloads = one_alert_payloads(&name, json!({"severity": "critical"}), json!({}));
+    for (n, (path, payload)) in payloads.iter().enumerate() {
+        let id = post_hook(&app, path, &token, payload).await;
+        let status = app.wait_for_status(&id, &token, "delivered", WAIT).await;
+        let title = status["title"].as_str().unwrap();
+        assert!(title.len() <= 1024, "{path}: {}", title.len());
+        assert!(title.starts_with("🚨 [FIRING:1] 名名"), "{path}: {title}");
+        assert!(title.ends_with("名…"), "{path}: {title}");
+        let text = nth_whole_text(&app, n + 1).await;
+        assert!(text.contains("名名名"), "{path}: {text}");
+    }
+}
+
+/// Two alerts with 70 KB of shared annotations: a 200, and both alerts are there.
+#[tokio::test]
+async fn webhook_common_annotations_are_bounded_like_the_alert_list() {
+    let (app, _user, token) = app_and_member().await;
+    let huge = "r".repeat(70 * 1024);
+    let mut firing = alertmanager_firing();
+    let mut grafana = grafana_sample();
+    for payload in [&mut firing, &mut grafana] {
+        payload["commonAnnotations"] = json!({"runbook": huge});
+        for alert in payload["alerts"].as_array_mut().unwrap() {
+            alert["annotations"]["runbook"] = json!(huge);
+        }
+    }
+    for (n, (path, payload, names)) in [
+        ("/hooks/alertmanager", &firing, ["db-1 宕机", "db-2 宕机"]),
+        (
+            "/hooks/grafana",
+            &grafana,
+            ["High memory usage", "High CPU usage"],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = post_hook(&app, path, &token, payload).await;
+        let text = nth_whole_text(&app, n + 1).await;
+        for name in names {
+            assert!(text.contains(name), "{path}: {name:?} in {text}");
+        }
+        assert!(text.contains("runbook: rrrr"), "{path}: {text}");
+        app.wait_for_status(&id, &token, "delivered", WAIT).await;
+    }
 }
 
 // ==========================================================================================

@@ -179,6 +179,65 @@ async fn neither_title_nor_content_is_400() {
     assert_eq!(app.mock.send_calls(), 0);
 }
 
+/// Text that shows nothing although it is neither empty nor whitespace: zero-width and other
+/// format characters, direction marks, a BOM, the Hangul fillers, the blank Braille cell.
+pub(crate) const BLANK_TEXTS: &[&str] = &[
+    "\u{200B}",
+    "\u{200B}\u{200B} \u{200B}",
+    "\u{200F}\u{200E}",
+    "\u{202E}\u{2066}",
+    "\u{FEFF}",
+    "\u{2060}",
+    "\u{180E}",
+    "\u{3164}",
+    "\u{115F}\u{1160}\u{FFA0}",
+    "\u{2800}",
+    " \u{FEFF}\u{3164}\u{200B}\n\u{00AD}",
+];
+
+/// A title and content that show nothing are "nothing to send" in every form, and nothing
+/// is stored or delivered.
+#[tokio::test]
+async fn text_that_shows_nothing_is_nothing_to_send() {
+    let (app, _user, token) = app_and_member().await;
+    for blank in BLANK_TEXTS {
+        for resp in [
+            app.send_get(&[("token", &token), ("title", blank), ("content", blank)])
+                .await,
+            app.send_get(&[("token", &token), ("content", blank)]).await,
+            app.send_json(Some(&token), &json!({"title": blank, "desp": blank}))
+                .await,
+            app.send_form(&[("token", &token), ("title", blank)]).await,
+        ] {
+            let err = assert_error(resp, 400, "bad_request").await;
+            let message = err["message"].as_str().unwrap();
+            assert!(message.starts_with("nothing to send"), "{blank:?}: {err}");
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(app.mock.send_calls(), 0);
+    assert!(crate::compat::messages_of(&app, &token).await.is_empty());
+}
+
+/// Invisible characters next to real text are kept as sent; a title that shows nothing is
+/// left out.
+#[tokio::test]
+async fn real_text_with_invisible_characters_is_sent_as_it_is() {
+    let (app, _user, token) = app_and_member().await;
+    let content = "\u{200B}磁盘\u{200B}满了\u{FEFF}";
+    app.send_ok(&token, "\u{200B}告警", content).await;
+    let resp = app
+        .send_json(
+            Some(&token),
+            &json!({"title": "\u{3164}", "content": "ok\u{200F}"}),
+        )
+        .await;
+    accepted_id(resp).await;
+    let sent = app.mock.wait_for_sent(2, WAIT).await;
+    assert_eq!(sent[0].content, format!("\u{200B}告警\n\n{content}"));
+    assert_eq!(sent[1].content, "ok\u{200F}");
+}
+
 #[tokio::test]
 async fn missing_or_unknown_token_is_401() {
     let (app, _user, token) = app_and_member().await;

@@ -24,6 +24,7 @@ use super::{PathOf, path_value, unix_seconds};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
+use crate::render::visible::has_visible;
 
 /// Parameters from the query, a form or a JSON body (unknown ones are ignored).
 #[derive(Debug, Default, Deserialize)]
@@ -79,27 +80,41 @@ fn bark_error(err: ApiError) -> Response {
     )
 }
 
+fn unknown_key() -> ApiError {
+    ApiError::Unauthorized("unknown device key: use your pushbot token as the Bark key".into())
+}
+
+/// Whether `key` is a member's push token (a refused one is counted like any other).
+async fn known_key(state: &AppState, key: &str) -> Result<(), ApiError> {
+    let route = TokenRoute::Send(Endpoint::Bark);
+    match super::super::auth::member(state, Some(key.to_owned()), route).await {
+        Ok(_) => Ok(()),
+        Err(ApiError::Unauthorized(_)) => Err(unknown_key()),
+        Err(other) => Err(other),
+    }
+}
+
 /// One message for `token` from `params`.
 async fn push(state: &AppState, token: String, params: &Params) -> Result<(), ApiError> {
     if !crate::token::looks_valid(&token) {
         super::super::auth::refused(state, TokenRoute::Send(Endpoint::Bark));
-        return Err(ApiError::Unauthorized(
-            "unknown device key: use your pushbot token as the Bark key".into(),
-        ));
+        return Err(unknown_key());
     }
     // Bark shows `markdown` instead of `body` when both are given.
-    let markdown = params.markdown.clone().filter(|m| !m.trim().is_empty());
+    let markdown = params.markdown.clone().filter(|m| has_visible(m));
     let format = if markdown.is_some() {
         Format::Markdown
     } else {
         Format::Text
     };
-    let body = markdown.or_else(|| params.body.clone().filter(|b| !b.trim().is_empty()));
+    let body = markdown.or_else(|| params.body.clone().filter(|b| has_visible(b)));
     let Some(body) = body else {
-        return Err(ApiError::BadRequest("body is required".into()));
+        return Err(ApiError::BadRequest(
+            "body is required (nothing to send: it shows nothing)".into(),
+        ));
     };
     let content = match params.subtitle.as_deref().map(str::trim) {
-        Some(subtitle) if !subtitle.is_empty() => format!("{subtitle}\n{body}"),
+        Some(subtitle) if has_visible(subtitle) => format!("{subtitle}\n{body}"),
         _ => body,
     };
     submit(
@@ -198,7 +213,10 @@ pub async fn path_post(
     }
 }
 
-/// `POST /push` with `{"device_key": …}` or `{"device_keys": [...]}`: one message per key.
+/// `POST /push` with `{"device_key": …}` or `{"device_keys": [...]}`: one message per key
+/// (a key given twice counts once). All or nothing as far as the keys go: every key is
+/// checked before any message is stored, so an unknown one is a 400 that sent nothing, and
+/// a client that retries it does not deliver twice.
 pub async fn push_json(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -212,15 +230,27 @@ pub async fn push_json(
         Ok(p) => p,
         Err(err) => return bark_error(err),
     };
-    let mut keys: Vec<String> = params.device_keys.clone().unwrap_or_default();
-    keys.extend(params.device_key.clone());
-    keys.retain(|k| !k.trim().is_empty());
-    keys.dedup();
+    let mut keys: Vec<String> = Vec::new();
+    let given = params
+        .device_keys
+        .iter()
+        .flatten()
+        .chain(&params.device_key);
+    for key in given.map(|k| k.trim()).filter(|k| !k.is_empty()) {
+        if !keys.iter().any(|k| k == key) {
+            keys.push(key.to_owned());
+        }
+    }
     if keys.is_empty() {
         return answer(StatusCode::BAD_REQUEST, "device_key is required");
     }
+    for key in &keys {
+        if let Err(err) = known_key(&state, key).await {
+            return bark_error(err);
+        }
+    }
     for key in keys {
-        if let Err(err) = push(&state, key.trim().to_owned(), &params).await {
+        if let Err(err) = push(&state, key, &params).await {
             return bark_error(err);
         }
     }

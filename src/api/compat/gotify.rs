@@ -20,6 +20,7 @@ use super::super::send::{Submission, body_and_query, submit};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
+use crate::render::visible::has_visible;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Fields {
@@ -137,7 +138,7 @@ async fn publish(
                 .into(),
         ));
     }
-    let Some(text) = fields.message.clone().filter(|m| !m.trim().is_empty()) else {
+    let Some(text) = fields.message.clone().filter(|m| has_visible(m)) else {
         return Err(ApiError::BadRequest("message is required".into()));
     };
     let priority = fields.priority()?;

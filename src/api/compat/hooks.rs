@@ -22,13 +22,49 @@ use serde_json::Value;
 
 use super::super::AppState;
 use super::super::auth::find_token;
-use super::super::send::{Submission, answer, parse_query, submit};
+use super::super::send::{MAX_TITLE_BYTES, Submission, answer, parse_query, submit};
 use crate::domain::Urgency;
 use crate::error::ApiError;
+use crate::render::cut::{cut, excerpt};
 
-/// Room left for the alert list: a storm of hundreds of alerts becomes the first ones and
-/// a count, not a 413 that Alertmanager would retry forever.
+/// Most text one notification becomes, below `server.max_content_bytes`: a storm of hundreds
+/// of alerts becomes the first ones and a count, not a 413 that Alertmanager would retry
+/// forever.
 const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// An alert's name on its own line (the title has its own limit).
+const MAX_NAME_BYTES: usize = 256;
+/// An alert's own labels, listed on its first line.
+const MAX_LABELS_BYTES: usize = 512;
+/// Each part of the closing lines: the shared labels, the shared annotations, the link.
+const MAX_COMMON_PART_BYTES: usize = 1024;
+/// A shared annotation's share of its part is never cut below this.
+const MIN_ANNOTATION_BYTES: usize = 128;
+/// An alert's share of the list is never cut below this (its name and labels, the start of
+/// its text): in a storm, later alerts are counted instead.
+const MIN_ENTRY_BYTES: usize = 1024;
+/// A time shown as given because it cannot be converted.
+const MAX_TIME_BYTES: usize = 64;
+/// Room kept for the headings and the "… and N more" lines.
+const RESERVED_BYTES: usize = 160;
+
+/// The limits the message must fit, so that `submit` never refuses what a webhook sends:
+/// a refusal is a lost alert (and Alertmanager retries a 5xx forever).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// For the title, less the room the urgency marker takes.
+    title: usize,
+    content: usize,
+}
+
+impl Limits {
+    fn new(max_content_bytes: usize, urgency: Urgency) -> Self {
+        let marker = urgency.mark("x").len() - 1;
+        Self {
+            title: MAX_TITLE_BYTES.saturating_sub(marker),
+            content: max_content_bytes,
+        }
+    }
+}
 
 /// Alertmanager's webhook payload; Grafana's is the same with a few more fields.
 #[derive(Debug, Default, Deserialize)]
@@ -133,7 +169,9 @@ async fn hook(
             return Err(not_a_payload("it lists no alerts".into()));
         }
         let token = find_token(&headers, &[query.token.as_deref()]);
-        let (title, content) = render(&notification, source, state.utc_offset);
+        let urgency = urgency(&notification);
+        let limits = Limits::new(state.max_content_bytes, urgency);
+        let (title, content) = render(&notification, source, state.utc_offset, limits);
         let accepted = submit(
             &state,
             Submission {
@@ -141,7 +179,7 @@ async fn hook(
                 title: Some(title),
                 content: Some(content),
                 channel: query.channel,
-                urgency: urgency(&notification),
+                urgency,
                 endpoint: match source {
                     Source::Alertmanager => crate::metrics::Endpoint::Alertmanager,
                     Source::Grafana => crate::metrics::Endpoint::Grafana,
@@ -193,8 +231,11 @@ fn urgency(n: &Notification) -> Urgency {
     }
 }
 
-/// The title and text of one notification.
-fn render(n: &Notification, source: Source, utc_offset: i32) -> (String, String) {
+/// The title and text of one notification, within `limits`: the one place that cuts. The
+/// title is cut to its limit; every alert keeps its name, its labels and the start of its
+/// text (a fair share of the room, at least [`MIN_ENTRY_BYTES`]); what does not fit is
+/// counted; the shared labels and annotations and the link are bounded too.
+fn render(n: &Notification, source: Source, utc_offset: i32, limits: Limits) -> (String, String) {
     let firing: Vec<&Alert> = n.alerts.iter().filter(|a| is_firing(&a.status)).collect();
     let resolved: Vec<&Alert> = n.alerts.iter().filter(|a| !is_firing(&a.status)).collect();
     let name = n
@@ -219,9 +260,8 @@ fn render(n: &Notification, source: Source, utc_offset: i32) -> (String, String)
     } else {
         "RESOLVED".to_owned()
     };
-    let title = format!("[{state}] {name}").trim().to_owned();
+    let title = excerpt(format!("[{state}] {name}").trim(), limits.title);
 
-    let mut text = String::new();
     // Labels every alert shares are listed once, not on each alert.
     let common: BTreeMap<&str, &str> = n
         .common_labels
@@ -229,19 +269,53 @@ fn render(n: &Notification, source: Source, utc_offset: i32) -> (String, String)
         .filter(|(k, _)| k.as_str() != "alertname" || n.alerts.len() > 1)
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let content_limit = limits.content.min(MAX_TEXT_BYTES);
+    // The closing lines first: the alert list gets the room they leave.
+    let part_limit = MAX_COMMON_PART_BYTES.min(content_limit / 8);
+    let mut closing = String::new();
+    if !common.is_empty() {
+        let labels = format!("Labels: {}", join_labels(common.iter()));
+        let _ = writeln!(closing, "{}", excerpt(&labels, part_limit));
+    }
+    if n.alerts.len() > 1 && !n.common_annotations.is_empty() {
+        // Like the alert list: each a fair share, so one huge annotation hides no other.
+        let share = (part_limit / n.common_annotations.len()).max(MIN_ANNOTATION_BYTES);
+        let mut shared = String::new();
+        for (key, value) in &n.common_annotations {
+            let line = format!("{key}: {}", value.trim());
+            let _ = writeln!(shared, "{}", excerpt(&line, share));
+        }
+        let _ = writeln!(closing, "{}", excerpt(shared.trim_end(), part_limit));
+    }
+    if !n.external_url.is_empty() {
+        let _ = writeln!(closing, "{}", excerpt(n.external_url.trim(), part_limit));
+    }
+
+    let budget = content_limit.saturating_sub(closing.len() + RESERVED_BYTES);
+    let mut text = String::new();
+    let mut left = n.alerts.len();
     let mut skipped = 0usize;
+    let mut shown = false;
     for (heading, alerts) in [("Firing", &firing), ("Resolved", &resolved)] {
         if alerts.is_empty() {
             continue;
         }
         let _ = writeln!(text, "{heading} ({}):", alerts.len());
         for alert in alerts.iter() {
-            let entry = render_alert(alert, &common, source, utc_offset);
-            if text.len() + entry.len() > MAX_TEXT_BYTES {
+            let room = budget.saturating_sub(text.len());
+            let share = (room / left.max(1)).max(MIN_ENTRY_BYTES);
+            left = left.saturating_sub(1);
+            let entry = render_alert(alert, &common, source, utc_offset, share);
+            if entry.len() <= room {
+                text.push_str(&entry);
+            } else if !shown {
+                // A small limit: the first alert still shows what fits.
+                let _ = writeln!(text, "{}", excerpt(entry.trim_end(), room));
+            } else {
                 skipped += 1;
                 continue;
             }
-            text.push_str(&entry);
+            shown = true;
         }
         text.push('\n');
     }
@@ -259,27 +333,19 @@ fn render(n: &Notification, source: Source, utc_offset: i32) -> (String, String)
             }
         );
     }
-    if !common.is_empty() {
-        let _ = writeln!(text, "Labels: {}", join_labels(common.iter()));
-    }
-    for (key, value) in &n.common_annotations {
-        if n.alerts.len() > 1 {
-            let _ = writeln!(text, "{key}: {value}");
-        }
-    }
-    if !n.external_url.is_empty() {
-        let _ = writeln!(text, "{}", n.external_url);
-    }
-    (title, text.trim_end().to_owned())
+    text.push_str(&closing);
+    (title, excerpt(text.trim_end(), limits.content))
 }
 
+/// One alert in at most `limit` bytes: its name and own labels (bounded), then as much of
+/// its text, values, times and links as fits.
 fn render_alert(
     alert: &Alert,
     common: &BTreeMap<&str, &str>,
     source: Source,
     utc_offset: i32,
+    limit: usize,
 ) -> String {
-    let mut entry = String::new();
     let name = alert
         .labels
         .get("alertname")
@@ -289,11 +355,13 @@ fn render_alert(
         .iter()
         .filter(|(k, v)| k.as_str() != "alertname" && common.get(k.as_str()) != Some(&v.as_str()))
         .collect();
-    let _ = write!(entry, "• {name}");
+    let mut head = format!("• {}", excerpt(name.trim(), MAX_NAME_BYTES));
     if !own.is_empty() {
-        let _ = write!(entry, " ({})", join_labels(own.into_iter()));
+        let labels = join_labels(own.into_iter());
+        let _ = write!(head, " ({})", excerpt(&labels, MAX_LABELS_BYTES));
     }
-    entry.push('\n');
+    head.push('\n');
+    let mut body = String::new();
     // The annotations people write for humans first, the rest after.
     let ordered = ["summary", "description", "message"];
     let annotations = ordered
@@ -311,33 +379,42 @@ fn render_alert(
             continue;
         }
         if ordered.contains(&key.as_str()) {
-            let _ = writeln!(entry, "  {}", value.replace('\n', "\n  "));
+            let _ = writeln!(body, "  {}", value.replace('\n', "\n  "));
         } else {
-            let _ = writeln!(entry, "  {key}: {}", value.replace('\n', "\n  "));
+            let _ = writeln!(body, "  {key}: {}", value.replace('\n', "\n  "));
         }
     }
     if let Some(values) = alert.values.as_ref().filter(|v| !v.is_empty()) {
         let listed: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(entry, "  values: {}", listed.join(", "));
+        let _ = writeln!(body, "  values: {}", listed.join(", "));
     }
     if is_firing(&alert.status) {
         if let Some(at) = local_time(&alert.starts_at, utc_offset) {
-            let _ = writeln!(entry, "  since {at}");
+            let _ = writeln!(body, "  since {at}");
         }
     } else if let Some(at) = local_time(&alert.ends_at, utc_offset) {
-        let _ = writeln!(entry, "  resolved {at}");
+        let _ = writeln!(body, "  resolved {at}");
     }
     let link = match source {
         Source::Grafana if !alert.panel_url.is_empty() => &alert.panel_url,
         _ => &alert.generator_url,
     };
     if !link.is_empty() {
-        let _ = writeln!(entry, "  {link}");
+        let _ = writeln!(body, "  {link}");
     }
     if source == Source::Grafana && is_firing(&alert.status) && !alert.silence_url.is_empty() {
-        let _ = writeln!(entry, "  silence: {}", alert.silence_url);
+        let _ = writeln!(body, "  silence: {}", alert.silence_url);
     }
-    entry
+    if head.len() + body.len() <= limit {
+        head.push_str(&body);
+        return head;
+    }
+    if head.len() >= limit {
+        return format!("{}\n", excerpt(head.trim_end(), limit.saturating_sub(1)));
+    }
+    let room = limit - head.len() - 1;
+    let _ = writeln!(head, "{}", excerpt(body.trim_end(), room));
+    head
 }
 
 fn join_labels<'a>(
@@ -350,19 +427,27 @@ fn join_labels<'a>(
 }
 
 /// An RFC 3339 time as `2024-05-01 18:04:05 (UTC+8)` in the configured offset; nothing for
-/// Go's zero time (`0001-01-01…`, an alert that has not ended) or an unreadable value.
+/// Go's zero time (`0001-01-01…`, an alert that has not ended) or an unreadable value; as
+/// given (bounded) when the shifted time cannot be written (past the year 9999).
 fn local_time(rfc3339: &str, utc_offset: i32) -> Option<String> {
-    let at = parse_with_offset(rfc3339.trim())
-        .or_else(|| humantime::parse_rfc3339_weak(rfc3339.trim()).ok())?;
+    let given = rfc3339.trim();
+    let at = parse_with_offset(given).or_else(|| humantime::parse_rfc3339_weak(given).ok())?;
     if at < std::time::UNIX_EPOCH + Duration::from_secs(86_400) {
         return None;
     }
+    let delta = Duration::from_secs(u64::from(utc_offset.unsigned_abs()));
     let shifted = if utc_offset >= 0 {
-        at + Duration::from_secs(u64::from(utc_offset.unsigned_abs()))
+        at.checked_add(delta)
     } else {
-        at.checked_sub(Duration::from_secs(u64::from(utc_offset.unsigned_abs())))?
+        at.checked_sub(delta)
     };
-    let stamp = humantime::format_rfc3339_seconds(shifted).to_string();
+    let mut stamp = String::new();
+    let written = shifted.is_some_and(|shifted| {
+        write!(stamp, "{}", humantime::format_rfc3339_seconds(shifted)).is_ok()
+    });
+    if !written {
+        return Some(cut(given, MAX_TIME_BYTES).to_owned());
+    }
     let stamp = stamp.trim_end_matches('Z').replace('T', " ");
     let hours = f64::from(utc_offset) / 3600.0;
     Some(if utc_offset == 0 {
@@ -398,6 +483,12 @@ fn parse_with_offset(s: &str) -> Option<std::time::SystemTime> {
 mod tests {
     use super::*;
 
+    /// The default `server.max_content_bytes`, a normal title.
+    const LIMITS: Limits = Limits {
+        title: MAX_TITLE_BYTES,
+        content: 64 * 1024,
+    };
+
     /// The example payload from Alertmanager's documentation (webhook_config), with two
     /// alerts of one group.
     const ALERTMANAGER: &str = r#"{
@@ -427,7 +518,7 @@ mod tests {
     #[test]
     fn an_alertmanager_notification_reads_like_an_alert() {
         let n: Notification = serde_json::from_str(ALERTMANAGER).unwrap();
-        let (title, text) = render(&n, Source::Alertmanager, 8 * 3600);
+        let (title, text) = render(&n, Source::Alertmanager, 8 * 3600, LIMITS);
         assert_eq!(title, "[FIRING:2] InstanceDown");
         assert_eq!(
             text,
@@ -450,7 +541,7 @@ mod tests {
             .replace("\"status\": \"firing\"", "\"status\": \"resolved\"")
             .replace("0001-01-01T00:00:00Z", "2026-11-27T02:30:00Z");
         let n: Notification = serde_json::from_str(&json).unwrap();
-        let (title, text) = render(&n, Source::Alertmanager, 0);
+        let (title, text) = render(&n, Source::Alertmanager, 0, LIMITS);
         assert_eq!(title, "[RESOLVED] InstanceDown");
         assert!(text.starts_with("Resolved (2):\n"), "{text}");
         assert!(text.contains("resolved 2026-11-27 02:30:00 UTC"), "{text}");
@@ -471,7 +562,7 @@ mod tests {
             n.alerts.push(serde_json::from_str(&alert).unwrap());
         }
         n.truncated_alerts = 7;
-        let (title, text) = render(&n, Source::Alertmanager, 0);
+        let (title, text) = render(&n, Source::Alertmanager, 0, LIMITS);
         assert_eq!(title, "[FIRING:502] InstanceDown");
         assert!(text.len() < MAX_TEXT_BYTES + 1024, "{}", text.len());
         assert!(text.contains("more not shown here."), "{text}");
@@ -493,6 +584,127 @@ mod tests {
             local_time("2021-10-12T07:51:03Z", -5 * 3600 - 1800).as_deref(),
             Some("2021-10-12 02:21:03 (UTC-5.5)")
         );
+    }
+
+    #[test]
+    fn a_time_past_9999_once_shifted_is_shown_as_given() {
+        let end = "9999-12-31T23:59:59Z";
+        assert_eq!(local_time(end, 8 * 3600).as_deref(), Some(end));
+        assert_eq!(
+            local_time(end, 0).as_deref(),
+            Some("9999-12-31 23:59:59 UTC")
+        );
+        assert_eq!(
+            local_time(end, -3600).as_deref(),
+            Some("9999-12-31 22:59:59 (UTC-1)")
+        );
+    }
+
+    fn one_alert(name: &str, labels: &[(&str, &str)], description: &str) -> Alert {
+        let mut all: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        all.insert("alertname".into(), name.into());
+        Alert {
+            status: "firing".into(),
+            labels: all,
+            annotations: [("description".to_owned(), description.to_owned())].into(),
+            starts_at: "2026-11-27T02:00:00Z".into(),
+            ..Alert::default()
+        }
+    }
+
+    fn notification(alerts: Vec<Alert>) -> Notification {
+        Notification {
+            status: "firing".into(),
+            receiver: "pushbot".into(),
+            alerts,
+            ..Notification::default()
+        }
+    }
+
+    #[test]
+    fn one_alert_with_a_huge_text_keeps_its_name_labels_and_the_start_of_its_text() {
+        let description = format!("Start of the story. {}", "x".repeat(17 * 1024));
+        let n = notification(vec![one_alert(
+            "BigOne",
+            &[("instance", "db-1")],
+            &description,
+        )]);
+        let (title, text) = render(&n, Source::Alertmanager, 0, LIMITS);
+        assert_eq!(title, "[FIRING:1] BigOne");
+        assert!(text.len() <= MAX_TEXT_BYTES, "{}", text.len());
+        assert!(text.contains("• BigOne (instance=db-1)"), "{text}");
+        assert!(text.contains("Start of the story. xxx"), "{text}");
+        assert!(!text.contains("not shown"), "{text}");
+    }
+
+    #[test]
+    fn a_long_alertname_is_cut_in_the_title_and_kept_in_the_text() {
+        let name = "N".repeat(1100);
+        let n = notification(vec![one_alert(&name, &[], "d")]);
+        for urgency in [Urgency::Normal, Urgency::Urgent] {
+            let limits = Limits::new(64 * 1024, urgency);
+            let (title, text) = render(&n, Source::Grafana, 0, limits);
+            assert!(title.starts_with("[FIRING:1] NNN"), "{title}");
+            assert!(title.ends_with('…'), "{title}");
+            assert!(urgency.mark(&title).len() <= MAX_TITLE_BYTES, "{title}");
+            assert!(text.contains("• NNNN"), "{text}");
+        }
+    }
+
+    #[test]
+    fn huge_common_annotations_leave_room_for_every_alert() {
+        let mut n = notification(vec![
+            one_alert("First", &[("i", "1")], "one"),
+            one_alert("Second", &[("i", "2")], "two"),
+        ]);
+        n.common_annotations = [
+            ("a_first".to_owned(), "f".repeat(70 * 1024)),
+            ("runbook".to_owned(), "r".repeat(70 * 1024)),
+            ("other".to_owned(), "o".repeat(70 * 1024)),
+        ]
+        .into();
+        n.common_labels = [("team".to_owned(), "t".repeat(70 * 1024))].into();
+        n.external_url = format!("http://am/{}", "u".repeat(70 * 1024));
+        let (_, text) = render(&n, Source::Alertmanager, 0, LIMITS);
+        assert!(text.len() <= MAX_TEXT_BYTES, "{}", text.len());
+        for part in [
+            "• First (i=1)",
+            "one",
+            "• Second (i=2)",
+            "two",
+            "other: ooo",
+        ] {
+            assert!(text.contains(part), "{part:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn every_part_is_bounded_whatever_the_sizes() {
+        let big = "é".repeat(40 * 1024);
+        for content in [1024, 4096, 64 * 1024] {
+            for count in [1, 2, 50] {
+                let mut alerts = Vec::new();
+                for i in 0..count {
+                    let mut alert = one_alert(&big, &[("k", &big), ("i", &i.to_string())], &big);
+                    alert.generator_url = big.clone();
+                    alert.annotations.insert("summary".into(), big.clone());
+                    alerts.push(alert);
+                }
+                let mut n = notification(alerts);
+                n.group_labels = [("alertname".to_owned(), big.clone())].into();
+                n.common_labels = [("k".to_owned(), big.clone())].into();
+                n.common_annotations = [("a".to_owned(), big.clone())].into();
+                n.external_url = big.clone();
+                let limits = Limits::new(content, Urgency::Urgent);
+                let (title, text) = render(&n, Source::Grafana, 3600, limits);
+                assert!(title.len() <= limits.title, "{}", title.len());
+                assert!(text.len() <= content.min(MAX_TEXT_BYTES), "{}", text.len());
+                assert!(text.contains("• éé"), "{content} {count}: {text}");
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ use super::{PathOf, path_value};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
+use crate::render::visible::has_visible;
 
 /// What ntfy sends when a publish carries no message at all.
 const DEFAULT_MESSAGE: &str = "triggered";
@@ -309,10 +310,16 @@ async fn publish(
         })?),
         None => None,
     };
+    // No message (or only spaces) is ntfy's trigger; characters that show nothing are not.
     let message = from_body
         .or(options.message.clone())
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
+        .filter(|m| !m.trim().is_empty());
+    if message.as_deref().is_some_and(|m| !has_visible(m)) {
+        return Err(ApiError::BadRequest(
+            "nothing to send: the message shows nothing (only invisible characters)".into(),
+        ));
+    }
+    let message = message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
     let priority = priority(options.priority.as_ref())?;
     let tags = tags(options.tags.as_ref());
     let (emoji, words): (Vec<&String>, Vec<&String>) =

@@ -20,6 +20,7 @@ use super::super::send::{Submission, body_and_query, parse_query, submit};
 use super::{PathOf, path_value};
 use crate::domain::Format;
 use crate::error::ApiError;
+use crate::render::visible::has_visible;
 use crate::store::MessageStatus;
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,7 +93,7 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
         .into_response();
     };
     let title = fields.title.or(fields.text);
-    if title.as_deref().is_none_or(|t| t.trim().is_empty()) {
+    if title.as_deref().is_none_or(|t| !has_visible(t)) {
         return error(
             40002,
             StatusCode::BAD_REQUEST,
@@ -100,7 +101,7 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
         );
     }
     let content = match (fields.desp, fields.tags) {
-        (Some(desp), Some(tags)) if !tags.trim().is_empty() => {
+        (Some(desp), Some(tags)) if has_visible(&tags) => {
             Some(format!("{desp}\n\n🏷 {}", tags.trim()))
         }
         (desp, _) => desp,
