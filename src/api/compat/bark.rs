@@ -19,13 +19,36 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::super::AppState;
-use super::super::send::{Submission, body_and_query, parse_body, parse_query, submit};
+use super::super::send::{
+    FieldRules, Submission, body_and_query, idempotency_key, parse_body_with, parse_query_with,
+    submit,
+};
 use super::{PathOf, path_value, unix_seconds};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
 
-/// Parameters from the query, a form or a JSON body (unknown ones are ignored).
+/// Bark's parameters: `title`, `subtitle`, `body`, `markdown`, `url`, `level`, `image`,
+/// `device_key(s)` are read; what only an iPhone acts on (`sound`, `volume`, `badge`,
+/// `call`, `autoCopy`, `copy`, `icon`, `group`, `isArchive`, `action`, and `id`: each push
+/// arrives as a new WeCom message) is ignored, as are names Bark itself does not know.
+/// An encrypted push (`ciphertext`) and a removal (`delete`) cannot be honoured: refused.
+pub(crate) const RULES: FieldRules = FieldRules {
+    known: &[],
+    refused: &[
+        (
+            "ciphertext",
+            "encrypted pushes cannot be decrypted here; send the text as body",
+        ),
+        (
+            "delete",
+            "a delivered WeCom message cannot be removed; nothing was sent",
+        ),
+    ],
+    strict: false,
+};
+
+/// Parameters from the query, a form or a JSON body (see [`RULES`]).
 #[derive(Debug, Default, Deserialize)]
 pub struct Params {
     title: Option<String>,
@@ -35,6 +58,8 @@ pub struct Params {
     markdown: Option<String>,
     url: Option<String>,
     level: Option<String>,
+    /// A picture's link: listed under the message.
+    image: Option<String>,
     channel: Option<String>,
     /// `POST /push`: one key, or several.
     device_key: Option<String>,
@@ -50,6 +75,7 @@ impl Params {
             markdown: self.markdown.or(fallback.markdown),
             url: self.url.or(fallback.url),
             level: self.level.or(fallback.level),
+            image: self.image.or(fallback.image),
             channel: self.channel.or(fallback.channel),
             device_key: self.device_key.or(fallback.device_key),
             device_keys: self.device_keys.or(fallback.device_keys),
@@ -80,7 +106,12 @@ fn bark_error(err: ApiError) -> Response {
 }
 
 /// One message for `token` from `params`.
-async fn push(state: &AppState, token: String, params: &Params) -> Result<(), ApiError> {
+async fn push(
+    state: &AppState,
+    token: String,
+    params: &Params,
+    idempotency_key: Option<String>,
+) -> Result<(), ApiError> {
     if !crate::token::looks_valid(&token) {
         super::super::auth::refused(state, TokenRoute::Send(Endpoint::Bark));
         return Err(ApiError::Unauthorized(
@@ -102,6 +133,10 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
         Some(subtitle) if !subtitle.is_empty() => format!("{subtitle}\n{body}"),
         _ => body,
     };
+    let content = match params.image.as_deref().map(str::trim) {
+        Some(image) if !image.is_empty() => format!("{content}\n🖼 {image}"),
+        _ => content,
+    };
     submit(
         state,
         Submission {
@@ -109,6 +144,7 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
             title: params.title.clone(),
             content: Some(content),
             channel: params.channel.clone(),
+            idempotency_key,
             url: params.url.clone(),
             urgency: params
                 .level
@@ -116,7 +152,6 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
                 .map_or(Urgency::Normal, Urgency::from_bark),
             format,
             endpoint: Endpoint::Bark,
-            ..Submission::default()
         },
     )
     .await
@@ -146,7 +181,12 @@ fn from_path(mut segments: Vec<String>) -> Option<(String, Params)> {
     Some((token, params))
 }
 
-async fn path_push(state: &AppState, segments: Vec<String>, extra: Params) -> Response {
+async fn path_push(
+    state: &AppState,
+    segments: Vec<String>,
+    headers: &HeaderMap,
+    extra: Params,
+) -> Response {
     let Some((token, from_path)) = from_path(segments) else {
         return ApiError::NotFound("no such route".into()).into_response();
     };
@@ -157,8 +197,12 @@ async fn path_push(state: &AppState, segments: Vec<String>, extra: Params) -> Re
         )
         .into_response();
     }
+    let key = match idempotency_key(headers, None) {
+        Ok(key) => key,
+        Err(err) => return bark_error(err),
+    };
     // The path's parts win over the same names in the query or body.
-    match push(state, token, &from_path.or(extra)).await {
+    match push(state, token, &from_path.or(extra), key).await {
         Ok(()) => answer(StatusCode::OK, "success"),
         Err(err) => bark_error(err),
     }
@@ -168,13 +212,14 @@ pub async fn path_get(
     State(state): State<AppState>,
     segments: PathOf<Vec<String>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let segments = match path_value(segments) {
         Ok(segments) => segments,
         Err(err) => return bark_error(err),
     };
-    match parse_query::<Params>(query.as_deref()) {
-        Ok(extra) => path_push(&state, segments, extra).await,
+    match parse_query_with::<Params>(query.as_deref(), &RULES) {
+        Ok(extra) => path_push(&state, segments, &headers, extra).await,
         Err(err) => bark_error(err),
     }
 }
@@ -189,11 +234,11 @@ pub async fn path_post(
     let params = async {
         let segments = path_value(segments)?;
         let (from_body, from_query) =
-            body_and_query::<Params>(query.as_deref(), &headers, body).await?;
+            body_and_query::<Params>(query.as_deref(), &headers, body, &RULES).await?;
         Ok::<_, ApiError>((segments, from_body.or(from_query)))
     };
     match params.await {
-        Ok((segments, params)) => path_push(&state, segments, params).await,
+        Ok((segments, params)) => path_push(&state, segments, &headers, params).await,
         Err(err) => bark_error(err),
     }
 }
@@ -208,7 +253,7 @@ pub async fn push_json(
         Ok(body) => body,
         Err(rejection) => return bark_error(ApiError::from_body(rejection)),
     };
-    let params = match parse_body::<Params>(&headers, body).await {
+    let params = match parse_body_with::<Params>(&headers, body, &RULES).await {
         Ok(p) => p,
         Err(err) => return bark_error(err),
     };
@@ -219,8 +264,18 @@ pub async fn push_json(
     if keys.is_empty() {
         return answer(StatusCode::BAD_REQUEST, "device_key is required");
     }
+    let idempotency_key = match idempotency_key(&headers, None) {
+        Ok(key) => key,
+        Err(err) => return bark_error(err),
+    };
     for key in keys {
-        if let Err(err) = push(&state, key.trim().to_owned(), &params).await {
+        let pushed = push(
+            &state,
+            key.trim().to_owned(),
+            &params,
+            idempotency_key.clone(),
+        );
+        if let Err(err) = pushed.await {
             return bark_error(err);
         }
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::auth::find_token;
-use super::super::send::{Submission, body_and_query, submit};
+use super::super::send::{FieldRules, Submission, body_and_query, idempotency_key, submit};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
@@ -122,7 +122,11 @@ async fn publish(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (from_body, from_query) = body_and_query::<Fields>(query, headers, body).await?;
+    // gotify reads title, message, priority and extras and ignores any other name; of the
+    // extras, `client::display.contentType` and `client::notification.click.url` are
+    // honoured, the others (read by gotify's apps, not its server) answered back as sent.
+    let (from_body, from_query) =
+        body_and_query::<Fields>(query, headers, body, &FieldRules::LENIENT).await?;
     let fields = from_body.or(from_query);
     let key = headers
         .get("x-gotify-key")
@@ -141,6 +145,7 @@ async fn publish(
         return Err(ApiError::BadRequest("message is required".into()));
     };
     let priority = fields.priority()?;
+    let idempotency_key = idempotency_key(headers, None)?;
     let accepted = submit(
         state,
         Submission {
@@ -148,11 +153,11 @@ async fn publish(
             title: fields.title.clone(),
             content: Some(text.clone()),
             channel: fields.channel.clone(),
+            idempotency_key,
             url: fields.click_url(),
             urgency: Urgency::from_gotify(priority),
             format: fields.format(),
             endpoint: Endpoint::Gotify,
-            ..Submission::default()
         },
     )
     .await?;

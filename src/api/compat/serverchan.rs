@@ -16,7 +16,9 @@ use serde_json::json;
 use sha1::{Digest as _, Sha1};
 
 use super::super::AppState;
-use super::super::send::{Submission, body_and_query, parse_query, submit};
+use super::super::send::{
+    FieldRules, Submission, body_and_query, idempotency_key, parse_query, parse_query_with, submit,
+};
 use super::{PathOf, path_value};
 use crate::domain::Format;
 use crate::error::ApiError;
@@ -28,8 +30,8 @@ pub struct Fields {
     /// The legacy API's name for the title.
     text: Option<String>,
     desp: Option<String>,
-    /// Server酱's card excerpt; WeCom shows the message itself, so it is not used.
-    #[allow(dead_code)]
+    /// Server酱's card excerpt: the content when there is no `desp` (WeCom shows the
+    /// message itself, so with a `desp` it adds nothing).
     short: Option<String>,
     /// Server酱³'s tags: kept as a line of the content.
     tags: Option<String>,
@@ -49,6 +51,19 @@ impl Fields {
     }
 }
 
+/// ServerChan's fields: `title`, `text`, `desp`, `short`, `tags`, `channel` are read;
+/// `noip` (hide the caller's IP) holds anyway, pushbot never shows it; `openid` (copies to
+/// other WeChat users) cannot be honoured and is refused; names ServerChan does not know
+/// are ignored, as ServerChan ignores them.
+pub(crate) const RULES: FieldRules = FieldRules {
+    known: &["title", "text", "desp", "short", "tags", "channel", "noip"],
+    refused: &[(
+        "openid",
+        "copies to other WeChat users are not sent; each member sends with their own token",
+    )],
+    strict: false,
+};
+
 /// An error in ServerChan's shape.
 fn error(code: i64, status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"code": code, "message": message}))).into_response()
@@ -62,6 +77,8 @@ fn serverchan_error(err: ApiError) -> Response {
         ApiError::Unauthorized(_) => (40001, StatusCode::BAD_REQUEST),
         ApiError::PayloadTooLarge(_) => (40003, StatusCode::BAD_REQUEST),
         ApiError::NotFound(_) => (40004, StatusCode::BAD_REQUEST),
+        // An idempotency key reused for another message (pushbot's own header).
+        ApiError::Conflict(_) => (40009, StatusCode::CONFLICT),
         ApiError::TooManyRequests { .. } => (40029, StatusCode::BAD_REQUEST),
         ApiError::Unavailable(_) => (50003, StatusCode::SERVICE_UNAVAILABLE),
         ApiError::Internal(_) => (50000, StatusCode::INTERNAL_SERVER_ERROR),
@@ -84,7 +101,7 @@ fn readkey(token: &str, id: &str) -> String {
     hex::encode(&digest[..8])
 }
 
-async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
+async fn send(state: &AppState, key: &str, headers: &HeaderMap, fields: Fields) -> Response {
     let Some(token) = key_token(key) else {
         return ApiError::NotFound(
             "no route for this path (a ServerChan path is /TOKEN.send)".into(),
@@ -99,7 +116,15 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
             "title is required (ServerChan: title, or text in the legacy API)",
         );
     }
-    let content = match (fields.desp, fields.tags) {
+    let idempotency_key = match idempotency_key(headers, None) {
+        Ok(key) => key,
+        Err(err) => return serverchan_error(err),
+    };
+    let desp = fields
+        .desp
+        .filter(|d| !d.trim().is_empty())
+        .or(fields.short);
+    let content = match (desp, fields.tags) {
         (Some(desp), Some(tags)) if !tags.trim().is_empty() => {
             Some(format!("{desp}\n\n🏷 {}", tags.trim()))
         }
@@ -112,6 +137,7 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
             title,
             content,
             channel: fields.channel,
+            idempotency_key,
             // ServerChan renders desp as markdown.
             format: Format::Markdown,
             endpoint: crate::metrics::Endpoint::ServerChan,
@@ -142,13 +168,14 @@ pub async fn send_get(
     State(state): State<AppState>,
     key: PathOf<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let key = match path_value(key) {
         Ok(key) => key,
         Err(err) => return serverchan_error(err),
     };
-    match parse_query::<Fields>(query.as_deref()) {
-        Ok(fields) => send(&state, &key, fields).await,
+    match parse_query_with::<Fields>(query.as_deref(), &RULES) {
+        Ok(fields) => send(&state, &key, &headers, fields).await,
         Err(err) => serverchan_error(err),
     }
 }
@@ -163,11 +190,11 @@ pub async fn send_post(
     let fields = async {
         let key = path_value(key)?;
         let (from_body, from_query) =
-            body_and_query::<Fields>(query.as_deref(), &headers, body).await?;
+            body_and_query::<Fields>(query.as_deref(), &headers, body, &RULES).await?;
         Ok::<_, ApiError>((key, from_body.or(from_query)))
     };
     match fields.await {
-        Ok((key, fields)) => send(&state, &key, fields).await,
+        Ok((key, fields)) => send(&state, &key, &headers, fields).await,
         Err(err) => serverchan_error(err),
     }
 }
