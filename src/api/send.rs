@@ -826,4 +826,159 @@ mod tests {
         assert_eq!(merged.title.as_deref(), Some("b"));
         assert_eq!(merged.token.as_deref(), Some("qt"));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn runtime() -> tokio::runtime::Runtime {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a test runtime")
+        }
+
+        /// Text built from what matters to form and JSON parsers: separators, bad and good
+        /// percent-escapes, field names (known, `_`-prefixed, near misses) and any text.
+        pub(crate) fn tricky_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "&",
+                    "=",
+                    "%",
+                    "%FF",
+                    "%E4%BD",
+                    "%E4%BD%A0",
+                    "+",
+                    "_",
+                    "{",
+                    "}",
+                    "\"",
+                    ":",
+                    ",",
+                    "[",
+                    "]",
+                    "\\",
+                    "\r\n",
+                    "--XyZ",
+                    "\u{0}",
+                    "\u{feff}",
+                ])
+                .prop_map(str::to_owned),
+                prop::sample::select(SEND_FIELDS).prop_map(str::to_owned),
+                "[a-z_]{0,8}",
+                any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        fn content_type() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(None),
+                prop::sample::select(vec![
+                    "application/json",
+                    "application/x-www-form-urlencoded",
+                    "text/plain",
+                    "application/merge-patch+json",
+                    "multipart/form-data; boundary=XyZ",
+                    "multipart/form-data",
+                    "image/png",
+                ])
+                .prop_map(|t| Some(t.to_owned())),
+                any::<String>().prop_map(Some),
+            ]
+        }
+
+        fn typed(e: &ApiError) -> bool {
+            matches!(
+                e,
+                ApiError::BadRequest(_)
+                    | ApiError::UnsupportedMediaType(_)
+                    | ApiError::PayloadTooLarge(_)
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query string: fields, or a 400 — never a panic, never another error.
+            #[test]
+            fn any_query_is_fields_or_a_400(q in tricky_text()) {
+                if let Err(e) = parse_query_with::<SendFields>(Some(&q), &SEND_RULES) {
+                    prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+                }
+            }
+
+            /// Any body under any content type: fields, or a typed client error.
+            #[test]
+            fn any_body_is_fields_or_a_typed_error(
+                text in tricky_text(),
+                raw in prop::collection::vec(any::<u8>(), 0..64),
+                use_raw in any::<bool>(),
+                ct in content_type(),
+            ) {
+                let mut h = HeaderMap::new();
+                if let Some(ct) = ct.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+                    h.insert(CONTENT_TYPE, ct);
+                }
+                let bytes = if use_raw { Bytes::from(raw) } else { Bytes::from(text) };
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, bytes, &SEND_RULES));
+                if let Err(e) = got {
+                    prop_assert!(typed(&e), "{e:?}");
+                }
+            }
+
+            /// Multipart bodies with any names and values: fields, or a 400 (an unknown
+            /// name among them is one).
+            #[test]
+            fn any_multipart_is_fields_or_a_400(
+                parts in prop::collection::vec((tricky_text(), tricky_text()), 0..5),
+            ) {
+                let mut body = String::new();
+                for (name, value) in &parts {
+                    body.push_str(&format!(
+                        "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                    ));
+                }
+                body.push_str("--XyZ--\r\n");
+                let h = headers("multipart/form-data; boundary=XyZ");
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, Bytes::from(body), &SEND_RULES));
+                if let Err(e) = got {
+                    prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+                }
+            }
+
+            /// Known and `_`-prefixed names with any values always parse, in a form, the
+            /// query and JSON; one unknown name more is a 400 that names it.
+            #[test]
+            fn known_names_pass_and_an_unknown_one_is_named(
+                fields in prop::collection::btree_map(
+                    prop_oneof![
+                        prop::sample::select(SEND_FIELDS).prop_map(str::to_owned),
+                        "_[a-z]{0,6}",
+                    ],
+                    any::<String>(),
+                    0..6,
+                ),
+                unknown in "[a-zA-Z][a-zA-Z0-9_]{0,12}",
+            ) {
+                let form = serde_urlencoded::to_string(&fields).expect("encodes");
+                prop_assert!(parse_query_with::<SendFields>(Some(&form), &SEND_RULES).is_ok());
+                let json = serde_json::to_vec(&fields).expect("encodes");
+                let h = headers("application/json");
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, Bytes::from(json), &SEND_RULES));
+                prop_assert!(got.is_ok(), "{got:?}");
+
+                prop_assume!(!SEND_FIELDS.contains(&unknown.as_str()));
+                let mut more = fields.clone();
+                more.insert(unknown.clone(), "x".to_owned());
+                let form = serde_urlencoded::to_string(&more).expect("encodes");
+                let e = parse_query_with::<SendFields>(Some(&form), &SEND_RULES)
+                    .expect_err("an unknown name is refused");
+                prop_assert!(e.to_string().contains(&format!("{unknown:?}")), "{e}");
+                let json = serde_json::to_vec(&more).expect("encodes");
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, Bytes::from(json), &SEND_RULES));
+                prop_assert!(matches!(got, Err(ApiError::BadRequest(_))), "{got:?}");
+            }
+        }
+    }
 }

@@ -213,4 +213,40 @@ mod tests {
         assert!(f(json!("high")).priority().is_err());
         assert_eq!(Fields::default().priority().unwrap(), 0);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any JSON body: fields whose priority is a number or a 400, whose extras never
+            /// panic the format or link lookups.
+            #[test]
+            fn any_json_is_fields_or_a_400(
+                text in "[{}\\[\\]\":, a-z0-9]{0,60}",
+                priority in any::<String>(),
+                content_type in any::<String>(),
+            ) {
+                if let Ok(fields) = serde_json::from_str::<Fields>(&text) {
+                    let _ = fields.priority();
+                    let _ = fields.format();
+                    let _ = fields.click_url();
+                }
+                let fields = Fields {
+                    priority: Some(Value::String(priority)),
+                    extras: Some(json!({
+                        "client::display": {"contentType": content_type},
+                        "client::notification": {"click": {"url": 7}},
+                    })),
+                    ..Fields::default()
+                };
+                let p = fields.priority();
+                prop_assert!(matches!(p, Ok(_) | Err(ApiError::BadRequest(_))), "{p:?}");
+                let _ = fields.format();
+                prop_assert_eq!(fields.click_url(), None);
+            }
+        }
+    }
 }

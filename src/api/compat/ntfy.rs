@@ -599,4 +599,138 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("Bearer {tok}"));
         assert_eq!(token(&none, Some(&param), "alerts"), Some(tok.to_owned()));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "title", "t", "priority", "p", "tags", "message", "m", "click", "markdown", "md",
+            "delay", "at", "in", "attach", "a", "filename", "f", "actions", "email", "e", "call",
+            "template", "tpl", "auth", "topic", "x-attach", "x-email",
+        ];
+
+        /// Text built from what matters to these parsers, and any text.
+        fn tricky(names: &'static [&'static str]) -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "&",
+                    "=",
+                    "%",
+                    "%FF",
+                    "%E4%BD%A0",
+                    "+",
+                    "_",
+                    "{",
+                    "}",
+                    "\"",
+                    ":",
+                    ",",
+                    "[",
+                    "]",
+                    " ",
+                    "=?UTF-8?B?",
+                    "?=",
+                    "=?",
+                    "yes",
+                    "1",
+                    "\u{0}",
+                ])
+                .prop_map(str::to_owned),
+                prop::sample::select(names).prop_map(str::to_owned),
+                "[a-zA-Z_-]{0,8}",
+                any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        /// A header value as a client may send it (visible ASCII, raw UTF-8 bytes).
+        fn header_value() -> impl Strategy<Value = HeaderValue> {
+            tricky(NAMES).prop_filter_map("not a header value", |text| {
+                HeaderValue::from_bytes(text.as_bytes()).ok()
+            })
+        }
+
+        fn bad_request(result: Result<impl std::fmt::Debug, ApiError>) -> bool {
+            matches!(result, Ok(_) | Err(ApiError::BadRequest(_)))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query: options, or a 400 — a refused option set is one, naming it.
+            #[test]
+            fn any_query_is_options_or_a_400(q in tricky(NAMES)) {
+                let got = Options::from_query(Some(&q));
+                if let Ok(options) = &got {
+                    let _ = priority(options.priority.as_ref());
+                    let _ = tags(options.tags.as_ref());
+                    let _ = is_yes(options.markdown.as_ref());
+                }
+                prop_assert!(bad_request(got));
+            }
+
+            /// Any headers: options (never a panic); a refused one set is a 400 naming it.
+            #[test]
+            fn any_headers_are_options_or_a_refusal(
+                set in prop::collection::vec(
+                    (prop::sample::select(NAMES.iter().copied().chain(["x-title", "x-delay", "x-actions", "x-call", "x-template", "authorization"]).collect::<Vec<_>>()), header_value()),
+                    0..6,
+                ),
+            ) {
+                let mut headers = HeaderMap::new();
+                for (name, value) in &set {
+                    headers.insert(*name, value.clone());
+                }
+                let _ = Options::from_headers(&headers);
+                let _ = token(&headers, None, "alerts");
+                let refused = refuse_headers(&headers);
+                if let Err(e) = &refused {
+                    prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+                    prop_assert!(e.to_string().contains("is not supported"), "{e}");
+                }
+                // Every refused option set (non-empty; a template turned on) is found.
+                let set_refused = set.iter().any(|(name, value)| {
+                    let text = header_text(&headers, name).unwrap_or_default();
+                    let _ = value;
+                    REFUSED.iter().any(|(names, _)| names.contains(name))
+                        && if matches!(*name, "template" | "tpl" | "x-template") {
+                            is_yes(Some(&Value::String(text)))
+                        } else {
+                            !text.is_empty()
+                        }
+                });
+                prop_assert_eq!(refused.is_err(), set_refused);
+            }
+
+            /// Any JSON publish body: options, or a 400.
+            #[test]
+            fn any_json_publish_is_options_or_a_400(
+                text in tricky(NAMES),
+                object in prop::collection::btree_map(
+                    prop::sample::select(NAMES),
+                    prop_oneof![
+                        any::<String>().prop_map(Value::String),
+                        any::<i64>().prop_map(Value::from),
+                        any::<bool>().prop_map(Value::Bool),
+                        Just(Value::Null),
+                    ],
+                    0..6,
+                ),
+            ) {
+                prop_assert!(bad_request(json_options(text.as_bytes())));
+                let body = serde_json::to_vec(&object).expect("encodes");
+                prop_assert!(bad_request(json_options(&body)));
+            }
+
+            /// Authorization values and `auth` parameters: a token or none.
+            #[test]
+            fn any_authorization_is_a_token_or_none(value in tricky(NAMES)) {
+                let _ = authorization_token(&value);
+                let _ = token(&HeaderMap::new(), Some(&value), &value);
+                let p = priority(Some(&Value::String(value)));
+                prop_assert!(matches!(p, Ok(1..=5) | Err(ApiError::BadRequest(_))), "{p:?}");
+            }
+        }
+    }
 }

@@ -285,4 +285,60 @@ mod tests {
         assert_ne!(a, readkey("token-b-0123456789", "id1"));
         assert_ne!(a, readkey("token-a-0123456789", "id2"));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "title", "text", "desp", "short", "tags", "channel", "noip", "openid",
+        ];
+
+        /// Text built from what matters to these parsers, and any text.
+        fn tricky(names: &'static [&'static str]) -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "&",
+                    "=",
+                    "%",
+                    "%FF",
+                    "%E4%BD%A0",
+                    "+",
+                    "_",
+                    "{",
+                    "}",
+                    "\"",
+                    ":",
+                    ",",
+                    "[",
+                    "]",
+                    " ",
+                    "=?UTF-8?B?",
+                    "?=",
+                    "=?",
+                    "yes",
+                    "1",
+                    "\u{0}",
+                ])
+                .prop_map(str::to_owned),
+                prop::sample::select(names).prop_map(str::to_owned),
+                "[a-zA-Z_-]{0,8}",
+                any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query or form: fields, or a 400; `openid` set is refused by name.
+            #[test]
+            fn any_query_is_fields_or_a_400(q in tricky(NAMES)) {
+                match parse_query_with::<Fields>(Some(&q), &RULES) {
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}"),
+                }
+            }
+        }
+    }
 }
