@@ -356,3 +356,36 @@ impl Outbox {
         self.inner.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_with(digest: Option<&str>) -> Message {
+        let mut m = Message::new_queued(
+            MessageId::generate(),
+            UserId::new("u"),
+            Some("t".into()),
+            None,
+            0,
+            1,
+        );
+        m.idempotency_key = Some("k".into());
+        m.idempotency_digest = digest.map(str::to_owned);
+        m
+    }
+
+    #[test]
+    fn a_repeat_must_be_the_same_request() {
+        let same = repeat_of(first_with(Some("aa")), Some("aa")).expect("same request");
+        assert!(same.duplicate);
+        let first = first_with(Some("aa"));
+        let id = first.id.clone();
+        match repeat_of(first, Some("bb")) {
+            Err(AcceptError::KeyReused { first }) => assert_eq!(first, id),
+            other => panic!("another request with the key: {other:?}"),
+        }
+        // Rows stored before digests were kept answer as before.
+        assert!(repeat_of(first_with(None), Some("bb")).is_ok());
+    }
+}
