@@ -847,18 +847,27 @@ impl ConfigError {
             Some(section) => format!("{section}.{name}"),
             None => name.to_owned(),
         };
-        let suggestion = valid
-            .iter()
-            .map(|v| (strsim::jaro_winkler(field, v), v))
-            .filter(|(score, _)| *score >= 0.8)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, v)| qualify(v));
+        let suggestion = nearest(field, valid.iter().map(String::as_str)).map(qualify);
         Self::UnknownKey {
             key: qualify(field),
             suggestion,
             valid,
         }
     }
+}
+
+/// The name among `valid` that `typed` most likely meant (Jaro-Winkler ≥ 0.8), for a
+/// "did you mean" hint: the config loader's unknown keys and the API's unknown fields.
+pub(crate) fn nearest<'a>(
+    typed: &str,
+    valid: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    valid
+        .into_iter()
+        .map(|v| (strsim::jaro_winkler(typed, v), v))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, v)| v)
 }
 
 /// The `PUSHBOT_*` variables that are settings, and the names of those that are

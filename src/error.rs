@@ -32,6 +32,10 @@ pub enum ApiError {
     UriTooLong(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request contradicts an earlier one (an idempotency key reused for another
+    /// message).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{message}")]
     TooManyRequests {
         message: String,
@@ -58,6 +62,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,6 +79,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UriTooLong(_) => "uri_too_long",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Conflict(_) => "conflict",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::HeadersTooLarge(_) => "headers_too_large",
             Self::Unavailable(_) => "unavailable",
@@ -111,6 +117,19 @@ impl From<StoreError> for ApiError {
             Self::Unavailable(err)
         } else {
             Self::Internal(Box::new(err))
+        }
+    }
+}
+
+impl From<crate::delivery::AcceptError> for ApiError {
+    fn from(err: crate::delivery::AcceptError) -> Self {
+        match err {
+            crate::delivery::AcceptError::KeyReused { first } => Self::Conflict(format!(
+                "this idempotency key was used within the last 24 hours for a different \
+                 message (id {first}); a repeat must be the same request, a new message needs \
+                 a new key"
+            )),
+            crate::delivery::AcceptError::Store(err) => err.into(),
         }
     }
 }

@@ -79,6 +79,7 @@ async fn request_code(state: &AppState, userid: &UserId, typed: &str) -> Result<
             title: Some(title),
             content: Some(content),
             idempotency_key: None,
+            request_digest: None,
             route,
             deliver_all: false,
             email_to: Some(address.as_str().to_owned()),

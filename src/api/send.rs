@@ -61,6 +61,85 @@ async fn only_get_and_post(method: axum::http::Method) -> Response {
     response
 }
 
+/// The fields `/send` reads, in every form (JSON, form, multipart, query).
+const SEND_FIELDS: &[&str] = &[
+    "token",
+    "title",
+    "content",
+    "desp",
+    "channel",
+    "format",
+    "url",
+    "idempotency_key",
+];
+
+/// `/send` refuses any other field: a typo (`tilte`) or an option it does not have
+/// (`delay`, `priority`) would otherwise be lost without a word.
+const SEND_RULES: FieldRules = FieldRules {
+    known: SEND_FIELDS,
+    refused: &[],
+    strict: true,
+};
+
+/// What a route does with the field names of a request (JSON keys, form, multipart and
+/// query names). Names starting with `_` (cache-busters: `?_=1699999`) are always ignored.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FieldRules {
+    /// The names the route reads.
+    pub known: &'static [&'static str],
+    /// Names the original service accepts that pushbot cannot honour, with the reason:
+    /// refused by name rather than silently dropped.
+    pub refused: &'static [(&'static str, &'static str)],
+    /// Any other name is refused (the native `/send`), or ignored (a compat route whose
+    /// original ignores names it does not know).
+    pub strict: bool,
+}
+
+impl FieldRules {
+    /// Reads whatever the target type has, ignores the rest (status queries, pages, hooks).
+    pub const LENIENT: FieldRules = FieldRules {
+        known: &[],
+        refused: &[],
+        strict: false,
+    };
+
+    fn is_lenient(&self) -> bool {
+        !self.strict && self.refused.is_empty()
+    }
+
+    /// The first name in `names` that is refused or unknown, as a 400 that names it (and,
+    /// for an unknown one, the nearest known name).
+    pub(super) fn check<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        for name in names {
+            if name.starts_with('_') {
+                continue;
+            }
+            let shown: String = name.chars().take(64).collect();
+            if let Some((_, why)) = self.refused.iter().find(|(refused, _)| *refused == name) {
+                return Err(ApiError::BadRequest(format!(
+                    "field {shown:?} in the {what} is not supported: {why}"
+                )));
+            }
+            if self.strict && !self.known.contains(&name) {
+                let hint = match crate::config::nearest(name, self.known.iter().copied()) {
+                    Some(near) => format!("did you mean {near:?}? "),
+                    None => String::new(),
+                };
+                return Err(ApiError::BadRequest(format!(
+                    "unknown field {shown:?} in the {what}; {hint}known fields: {} \
+                     (names starting with _ are ignored)",
+                    self.known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct SendFields {
     token: Option<String>,
@@ -106,7 +185,10 @@ pub(super) struct Accepted {
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// The `Idempotency-Key` header, else the `idempotency_key` field.
-fn idempotency_key(headers: &HeaderMap, field: Option<String>) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(
+    headers: &HeaderMap,
+    field: Option<String>,
+) -> Result<Option<String>, ApiError> {
     let header = match headers.get("idempotency-key") {
         Some(value) => Some(
             value
@@ -133,7 +215,12 @@ async fn send_get(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Accepted>, ApiError> {
-    accept(&state, &headers, parse_query(query.as_deref())?).await
+    accept(
+        &state,
+        &headers,
+        parse_query_with(query.as_deref(), &SEND_RULES)?,
+    )
+    .await
 }
 
 async fn send_post(
@@ -143,22 +230,45 @@ async fn send_post(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
     let body = body.map_err(ApiError::from_body)?;
-    let from_query = parse_query(query.as_deref())?;
-    let from_body: SendFields = parse_body(&headers, body).await?;
+    let from_query = parse_query_with(query.as_deref(), &SEND_RULES)?;
+    let from_body: SendFields = parse_body_with(&headers, body, &SEND_RULES).await?;
     accept(&state, &headers, from_body.or(from_query)).await
 }
 
+/// The query string into `T`, every name accepted (see [`parse_query_with`]).
 pub(super) fn parse_query<T: serde::de::DeserializeOwned + Default>(
     query: Option<&str>,
+) -> Result<T, ApiError> {
+    parse_query_with(query, &FieldRules::LENIENT)
+}
+
+/// The query string into `T`, its names checked against `rules`.
+pub(super) fn parse_query_with<T: serde::de::DeserializeOwned + Default>(
+    query: Option<&str>,
+    rules: &FieldRules,
 ) -> Result<T, ApiError> {
     match query {
         None | Some("") => Ok(T::default()),
         Some(q) => {
             require_utf8_form(q.as_bytes(), "query string")?;
-            serde_urlencoded::from_str(q)
-                .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))
+            decode_form(q, rules, "query string")
         }
     }
+}
+
+/// Form-encoded `input` (UTF-8 already checked) into `T`, its names checked first.
+fn decode_form<T: serde::de::DeserializeOwned>(
+    input: &str,
+    rules: &FieldRules,
+    what: &str,
+) -> Result<T, ApiError> {
+    let invalid =
+        |e: serde_urlencoded::de::Error| ApiError::BadRequest(format!("invalid {what}: {e}"));
+    if !rules.is_lenient() {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(input).map_err(invalid)?;
+        rules.check(pairs.iter().map(|(name, _)| name.as_str()), what)?;
+    }
+    serde_urlencoded::from_str(input).map_err(invalid)
 }
 
 /// Every name and value of `application/x-www-form-urlencoded` input must be UTF-8 once
@@ -204,16 +314,19 @@ pub(super) async fn body_and_query<T: serde::de::DeserializeOwned + Default>(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    rules: &FieldRules,
 ) -> Result<(T, T), ApiError> {
-    let from_query = parse_query(query)?;
+    let from_query = parse_query_with(query, rules)?;
     let body = body.map_err(ApiError::from_body)?;
-    Ok((parse_body(headers, body).await?, from_query))
+    Ok((parse_body_with(headers, body, rules).await?, from_query))
 }
 
-/// A JSON, form-encoded or multipart body into `T` (every form checked for UTF-8 first).
-pub(super) async fn parse_body<T: serde::de::DeserializeOwned + Default>(
+/// A JSON, form-encoded or multipart body into `T` (every form checked for UTF-8 first,
+/// then its names against `rules`).
+pub(super) async fn parse_body_with<T: serde::de::DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Bytes,
+    rules: &FieldRules,
 ) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -230,7 +343,7 @@ pub(super) async fn parse_body<T: serde::de::DeserializeOwned + Default>(
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        return parse_multipart(raw, body).await;
+        return parse_multipart(raw, body, rules).await;
     }
     let body: &[u8] = &body;
     let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -250,12 +363,22 @@ pub(super) async fn parse_body<T: serde::de::DeserializeOwned + Default>(
     };
     if is_json {
         require_utf8_json(body)?;
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        let invalid =
+            |e: serde_json::Error| ApiError::BadRequest(format!("invalid JSON body: {e}"));
+        if rules.is_lenient() {
+            return serde_json::from_slice(body).map_err(invalid);
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+        if let Some(object) = value.as_object() {
+            rules.check(object.keys().map(String::as_str), "JSON body")?;
+        }
+        serde_json::from_value(value).map_err(invalid)
     } else {
         require_utf8_form(body, "form body")?;
-        serde_urlencoded::from_bytes(body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid form body: {e}")))
+        // UTF-8 was checked just above (raw bytes included).
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::BadRequest("the form body is not valid UTF-8".into()))?;
+        decode_form(text, rules, "form body")
     }
 }
 
@@ -264,6 +387,7 @@ pub(super) async fn parse_body<T: serde::de::DeserializeOwned + Default>(
 async fn parse_multipart<T: serde::de::DeserializeOwned + Default>(
     content_type: &str,
     body: Bytes,
+    rules: &FieldRules,
 ) -> Result<T, ApiError> {
     let bad = |e: multer::Error| ApiError::BadRequest(format!("invalid multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(bad)?;
@@ -287,6 +411,10 @@ async fn parse_multipart<T: serde::de::DeserializeOwned + Default>(
         };
         fields.push((name, value));
     }
+    rules.check(
+        fields.iter().map(|(name, _)| name.as_str()),
+        "multipart body",
+    )?;
     let encoded = serde_urlencoded::to_string(&fields)
         .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
     serde_urlencoded::from_str(&encoded)
@@ -406,6 +534,15 @@ pub(crate) async fn submit(
             "nothing to send: give a title or content (or desp) with visible text".into(),
         ));
     }
+    let request_digest = sub.idempotency_key.as_ref().map(|_| {
+        request_digest(
+            title.as_deref(),
+            content.as_deref(),
+            sub.format,
+            url.as_deref(),
+            &choice,
+        )
+    });
     let prefs = state.store.member_prefs(&userid).await?;
     let reach = Reach {
         email_bound: prefs.email.is_some(),
@@ -422,6 +559,7 @@ pub(crate) async fn submit(
             title,
             content,
             idempotency_key: sub.idempotency_key,
+            request_digest,
             route,
             deliver_all,
             email_to: None,
@@ -434,6 +572,37 @@ pub(crate) async fn submit(
         state.metrics.accepted(sub.endpoint);
     }
     Ok(accepted)
+}
+
+/// The digest of what a request determines of its message — title (with its urgency
+/// mark), content, format, link and channel choice — as SHA-1 hex: a repeated idempotency
+/// key must come with the same digest. Each part is length-prefixed (absent ≠ empty).
+fn request_digest(
+    title: Option<&str>,
+    content: Option<&str>,
+    format: Format,
+    url: Option<&str>,
+    choice: &ChannelChoice,
+) -> String {
+    use sha1::Digest as _;
+    let choice = match choice {
+        ChannelChoice::Default => String::new(),
+        ChannelChoice::All => "all".to_owned(),
+        ChannelChoice::Order(route) => route.to_stored(),
+    };
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(b"pushbot-request-v1");
+    for part in [title, content, Some(format.as_str()), url, Some(&choice)] {
+        match part {
+            None => hasher.update([0u8]),
+            Some(text) => {
+                hasher.update([1u8]);
+                hasher.update(u64::try_from(text.len()).unwrap_or(u64::MAX).to_be_bytes());
+                hasher.update(text.as_bytes());
+            }
+        }
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// A sender's link must be one a phone can open.
@@ -466,11 +635,85 @@ mod tests {
     use axum::http::HeaderValue;
 
     async fn body(h: &HeaderMap, b: &'static [u8]) -> Result<SendFields, ApiError> {
-        parse_body(h, Bytes::from_static(b)).await
+        parse_body_with(h, Bytes::from_static(b), &SEND_RULES).await
     }
 
     fn query(q: Option<&str>) -> Result<SendFields, ApiError> {
-        parse_query(q)
+        parse_query_with(q, &SEND_RULES)
+    }
+
+    fn multipart(fields: &[(&str, &str)]) -> (HeaderMap, Bytes) {
+        let mut body = String::new();
+        for (name, value) in fields {
+            body.push_str(&format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        body.push_str("--XyZ--\r\n");
+        (
+            headers("multipart/form-data; boundary=XyZ"),
+            Bytes::from(body),
+        )
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_are_refused_in_every_form_naming_the_nearest() {
+        let check = |e: ApiError, field: &str, near: Option<&str>| {
+            assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("{field:?}")), "{text}");
+            if let Some(near) = near {
+                assert!(text.contains(&format!("did you mean {near:?}")), "{text}");
+            }
+        };
+        let e = body(&headers("application/json"), br#"{"tilte":"t"}"#)
+            .await
+            .unwrap_err();
+        check(e, "tilte", Some("title"));
+        let e = body(
+            &headers("application/json"),
+            br#"{"title":"t","delay":"1h"}"#,
+        )
+        .await
+        .unwrap_err();
+        check(e, "delay", None);
+        let e = body(&HeaderMap::new(), b"content=c&priority=high")
+            .await
+            .unwrap_err();
+        check(e, "priority", None);
+        let e = query(Some("token=x&contnet=c")).unwrap_err();
+        check(e, "contnet", Some("content"));
+        let (h, b) = multipart(&[("title", "t"), ("idempotencykey", "k")]);
+        let e = parse_body_with::<SendFields>(&h, b, &SEND_RULES)
+            .await
+            .unwrap_err();
+        check(e, "idempotencykey", Some("idempotency_key"));
+        // Cache-busters and every known field pass.
+        let ok = query(Some("_=1699999&_cb=2&title=t&format=markdown&url=x")).unwrap();
+        assert_eq!(ok.title.as_deref(), Some("t"));
+        let ok = body(
+            &headers("application/json"),
+            br#"{"_":1,"content":"c","channel":"all"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.content.as_deref(), Some("c"));
+        let (h, b) = multipart(&[("title", "t"), ("_ts", "1")]);
+        let ok: SendFields = parse_body_with(&h, b, &SEND_RULES).await.unwrap();
+        assert_eq!(ok.title.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn lenient_rules_ignore_unknown_names_but_refuse_the_refused() {
+        let rules = FieldRules {
+            known: &[],
+            refused: &[("delete", "cannot")],
+            strict: false,
+        };
+        let ok: SendFields = parse_query_with(Some("title=t&whatever=1"), &rules).unwrap();
+        assert_eq!(ok.title.as_deref(), Some("t"));
+        let e = parse_query_with::<SendFields>(Some("title=t&delete=1"), &rules).unwrap_err();
+        assert!(e.to_string().contains("\"delete\""), "{e}");
     }
 
     fn headers(ct: &str) -> HeaderMap {
@@ -584,5 +827,160 @@ mod tests {
         let merged = b.or(q);
         assert_eq!(merged.title.as_deref(), Some("b"));
         assert_eq!(merged.token.as_deref(), Some("qt"));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn runtime() -> tokio::runtime::Runtime {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a test runtime")
+        }
+
+        /// Text built from what matters to form and JSON parsers: separators, bad and good
+        /// percent-escapes, field names (known, `_`-prefixed, near misses) and any text.
+        pub(crate) fn tricky_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "&",
+                    "=",
+                    "%",
+                    "%FF",
+                    "%E4%BD",
+                    "%E4%BD%A0",
+                    "+",
+                    "_",
+                    "{",
+                    "}",
+                    "\"",
+                    ":",
+                    ",",
+                    "[",
+                    "]",
+                    "\\",
+                    "\r\n",
+                    "--XyZ",
+                    "\u{0}",
+                    "\u{feff}",
+                ])
+                .prop_map(str::to_owned),
+                prop::sample::select(SEND_FIELDS).prop_map(str::to_owned),
+                "[a-z_]{0,8}",
+                any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        fn content_type() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(None),
+                prop::sample::select(vec![
+                    "application/json",
+                    "application/x-www-form-urlencoded",
+                    "text/plain",
+                    "application/merge-patch+json",
+                    "multipart/form-data; boundary=XyZ",
+                    "multipart/form-data",
+                    "image/png",
+                ])
+                .prop_map(|t| Some(t.to_owned())),
+                any::<String>().prop_map(Some),
+            ]
+        }
+
+        fn typed(e: &ApiError) -> bool {
+            matches!(
+                e,
+                ApiError::BadRequest(_)
+                    | ApiError::UnsupportedMediaType(_)
+                    | ApiError::PayloadTooLarge(_)
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query string: fields, or a 400 — never a panic, never another error.
+            #[test]
+            fn any_query_is_fields_or_a_400(q in tricky_text()) {
+                if let Err(e) = parse_query_with::<SendFields>(Some(&q), &SEND_RULES) {
+                    prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+                }
+            }
+
+            /// Any body under any content type: fields, or a typed client error.
+            #[test]
+            fn any_body_is_fields_or_a_typed_error(
+                text in tricky_text(),
+                raw in prop::collection::vec(any::<u8>(), 0..64),
+                use_raw in any::<bool>(),
+                ct in content_type(),
+            ) {
+                let mut h = HeaderMap::new();
+                if let Some(ct) = ct.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+                    h.insert(CONTENT_TYPE, ct);
+                }
+                let bytes = if use_raw { Bytes::from(raw) } else { Bytes::from(text) };
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, bytes, &SEND_RULES));
+                if let Err(e) = got {
+                    prop_assert!(typed(&e), "{e:?}");
+                }
+            }
+
+            /// Multipart bodies with any names and values: fields, or a 400 (an unknown
+            /// name among them is one).
+            #[test]
+            fn any_multipart_is_fields_or_a_400(
+                parts in prop::collection::vec((tricky_text(), tricky_text()), 0..5),
+            ) {
+                let mut body = String::new();
+                for (name, value) in &parts {
+                    body.push_str(&format!(
+                        "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                    ));
+                }
+                body.push_str("--XyZ--\r\n");
+                let h = headers("multipart/form-data; boundary=XyZ");
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, Bytes::from(body), &SEND_RULES));
+                if let Err(e) = got {
+                    prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+                }
+            }
+
+            /// Known and `_`-prefixed names with any values always parse, in a form, the
+            /// query and JSON; one unknown name more is a 400 that names it.
+            #[test]
+            fn known_names_pass_and_an_unknown_one_is_named(
+                fields in prop::collection::btree_map(
+                    prop_oneof![
+                        prop::sample::select(SEND_FIELDS).prop_map(str::to_owned),
+                        "_[a-z]{0,6}",
+                    ],
+                    any::<String>(),
+                    0..6,
+                ),
+                unknown in "[a-zA-Z][a-zA-Z0-9_]{0,12}",
+            ) {
+                let form = serde_urlencoded::to_string(&fields).expect("encodes");
+                prop_assert!(parse_query_with::<SendFields>(Some(&form), &SEND_RULES).is_ok());
+                let json = serde_json::to_vec(&fields).expect("encodes");
+                let h = headers("application/json");
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, Bytes::from(json), &SEND_RULES));
+                prop_assert!(got.is_ok(), "{got:?}");
+
+                prop_assume!(!SEND_FIELDS.contains(&unknown.as_str()));
+                let mut more = fields.clone();
+                more.insert(unknown.clone(), "x".to_owned());
+                let form = serde_urlencoded::to_string(&more).expect("encodes");
+                let e = parse_query_with::<SendFields>(Some(&form), &SEND_RULES)
+                    .expect_err("an unknown name is refused");
+                prop_assert!(e.to_string().contains(&format!("{unknown:?}")), "{e}");
+                let json = serde_json::to_vec(&more).expect("encodes");
+                let got = runtime().block_on(parse_body_with::<SendFields>(&h, Bytes::from(json), &SEND_RULES));
+                prop_assert!(matches!(got, Err(ApiError::BadRequest(_))), "{got:?}");
+            }
+        }
     }
 }

@@ -80,6 +80,9 @@ pub struct NewMessage {
     pub content: Option<String>,
     /// The sender's `Idempotency-Key`: a repeat within 24 h creates nothing.
     pub idempotency_key: Option<String>,
+    /// The digest of what determined the message (the sender's request): a key repeated
+    /// with another digest is [`AcceptError::KeyReused`].
+    pub request_digest: Option<String>,
     /// The channels to try, in order (see [`Outbox::route`]).
     pub route: Route,
     /// Deliver on every channel of the route, not only until one delivers.
@@ -134,6 +137,31 @@ pub struct Reach {
 pub struct Accepted {
     pub message: Message,
     pub duplicate: bool,
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The idempotency key was used (within 24 h) for a message that differs: nothing was
+    /// stored; `first` is that message.
+    #[error("idempotency key reused for a different message (first: {first})")]
+    KeyReused { first: MessageId },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The first message with the key, unless the request differs from it. A message stored
+/// before digests were kept (`None`) is taken as the same request, as it was then.
+fn repeat_of(first: Message, digest: Option<&str>) -> Result<Accepted, AcceptError> {
+    match (first.idempotency_digest.as_deref(), digest) {
+        (Some(stored), Some(digest)) if stored != digest => {
+            Err(AcceptError::KeyReused { first: first.id })
+        }
+        _ => Ok(Accepted {
+            message: first,
+            duplicate: true,
+        }),
+    }
 }
 
 /// Handle to the outbox; cheap to clone.
@@ -237,7 +265,7 @@ impl Outbox {
     /// Stores the message durably (its lane with it) and returns the stored record. The
     /// scheduler is woken by the commit itself, so whether the caller is still waiting
     /// does not matter to delivery.
-    pub async fn accept(&self, new: NewMessage) -> Result<Accepted, StoreError> {
+    pub async fn accept(&self, new: NewMessage) -> Result<Accepted, AcceptError> {
         let store = &self.inner.store;
         let now = now_ms();
         if let Some(key) = &new.idempotency_key
@@ -245,10 +273,7 @@ impl Outbox {
                 .message_by_idempotency_key(&new.userid, key, now)
                 .await?
         {
-            return Ok(Accepted {
-                message: first,
-                duplicate: true,
-            });
+            return repeat_of(first, new.request_digest.as_deref());
         }
         let window =
             i64::try_from(self.inner.settings.retry_window.as_millis()).unwrap_or(i64::MAX);
@@ -260,6 +285,7 @@ impl Outbox {
             now,
             now.saturating_add(window),
         );
+        message.idempotency_digest = new.request_digest.filter(|_| new.idempotency_key.is_some());
         message.idempotency_key = new.idempotency_key;
         message.route = new.route;
         message.deliver_all = new.deliver_all;
@@ -285,18 +311,15 @@ impl Outbox {
                             .message_by_idempotency_key(&message.userid, key, now)
                             .await?
                     {
-                        return Ok(Accepted {
-                            message: first,
-                            duplicate: true,
-                        });
+                        return repeat_of(first, message.idempotency_digest.as_deref());
                     }
                     if expired_keys {
-                        return Err(StoreError::DuplicateKey);
+                        return Err(StoreError::DuplicateKey.into());
                     }
                     store.expire_idempotency_keys(now).await?;
                     expired_keys = true;
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
         }
     }
@@ -331,5 +354,38 @@ impl Outbox {
     /// claims are released, so that the store can be closed right after.
     pub async fn shutdown(&self) {
         self.inner.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_with(digest: Option<&str>) -> Message {
+        let mut m = Message::new_queued(
+            MessageId::generate(),
+            UserId::new("u"),
+            Some("t".into()),
+            None,
+            0,
+            1,
+        );
+        m.idempotency_key = Some("k".into());
+        m.idempotency_digest = digest.map(str::to_owned);
+        m
+    }
+
+    #[test]
+    fn a_repeat_must_be_the_same_request() {
+        let same = repeat_of(first_with(Some("aa")), Some("aa")).expect("same request");
+        assert!(same.duplicate);
+        let first = first_with(Some("aa"));
+        let id = first.id.clone();
+        match repeat_of(first, Some("bb")) {
+            Err(AcceptError::KeyReused { first }) => assert_eq!(first, id),
+            other => panic!("another request with the key: {other:?}"),
+        }
+        // Rows stored before digests were kept answer as before.
+        assert!(repeat_of(first_with(None), Some("bb")).is_ok());
     }
 }

@@ -65,6 +65,9 @@ pub struct Message {
     pub via: Option<String>,
     /// The sender's Idempotency-Key, if any.
     pub idempotency_key: Option<String>,
+    /// The digest of what determined the message (see `Outbox::accept`), kept with a key
+    /// so that the key reused for another message is refused; `None` before it was kept.
+    pub idempotency_digest: Option<String>,
     /// The channels still to try, the one being tried first.
     pub route: Route,
     /// Try every channel of the route (`channel=all`), not only until one delivers.
@@ -124,6 +127,7 @@ impl Message {
             seq: 0,
             via: None,
             idempotency_key: None,
+            idempotency_digest: None,
             route: Route::new(vec![ChannelName::WeCom])
                 .unwrap_or_else(|| unreachable!("one channel is a route")),
             deliver_all: false,
@@ -154,6 +158,7 @@ impl Message {
             seq: row.try_get("seq")?,
             via: row.try_get("via")?,
             idempotency_key: row.try_get("idempotency_key")?,
+            idempotency_digest: row.try_get("idempotency_digest")?,
             route: Route::parse(&row.try_get::<String, _>("route")?)
                 .map_err(StoreError::Corrupt)?,
             deliver_all: row.try_get::<i64, _>("deliver_all")? != 0,
@@ -179,7 +184,8 @@ pub struct DigestRecord {
 
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
-     seq, via, idempotency_key, route, deliver_all, email_to, format, look, url, page_key";
+     seq, via, idempotency_key, route, deliver_all, email_to, format, look, url, page_key, \
+     idempotency_digest";
 
 impl Store {
     /// Stores a new message durably (and opens its member's lane); returns once it is

@@ -739,11 +739,12 @@ impl Writer {
 }
 
 fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 23;
+    const COLS: usize = 24;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
-         idempotency_key, route, deliver_all, email_to, format, look, url, page_key) VALUES ",
+         idempotency_key, route, deliver_all, email_to, format, look, url, page_key, \
+         idempotency_digest) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * COLS);
@@ -772,6 +773,7 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             m.look.as_str().into(),
             (&m.url).into(),
             (&m.page_key).into(),
+            (&m.idempotency_digest).into(),
         ]);
     }
     db.exec(&sql, &args)?;

@@ -1678,3 +1678,152 @@ async fn apprise_cli_delivers_as_gotify_ntfy_and_bark() {
     assert_eq!(app.mock.sent().len(), urls.len(), "{:#?}", app.mock.sent());
     assert_eq!(messages_of(&app, &token).await.len(), urls.len());
 }
+
+// ==========================================================================================
+// Issue 26: what an original accepts and pushbot cannot honour is refused by name
+// ==========================================================================================
+
+#[tokio::test]
+async fn ntfy_options_pushbot_cannot_honour_are_refused_by_name() {
+    let (app, _user, token) = app_and_member().await;
+    let path = format!("/{token}");
+    for (header, value) in [
+        ("X-Attach", "https://example.com/a.jpg"),
+        ("Attach", "https://example.com/a.jpg"),
+        ("X-Filename", "report.txt"),
+        ("X-Actions", "view, Open, https://example.com"),
+        ("Actions", "view, Open, https://example.com"),
+        ("X-Email", "me@example.com"),
+        ("Email", "me@example.com"),
+        ("X-Call", "yes"),
+        ("X-Template", "yes"),
+        ("X-Delay", "30m"),
+        ("X-In", "30m"),
+    ] {
+        let body = ntfy_err(ntfy_post(&app, &path, &[(header, value)], "x").await, 400).await;
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("\"{}\"", header.to_ascii_lowercase())),
+            "{header}: {body}"
+        );
+    }
+    for query in [
+        "a=https://example.com/a.jpg",
+        "e=me@example.com",
+        "actions=x",
+        "at=10am",
+    ] {
+        let name = query.split('=').next().unwrap_or_default();
+        let body = ntfy_err(
+            ntfy_post(&app, &format!("{path}?{query}"), &[], "x").await,
+            400,
+        )
+        .await;
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("\"{name}\"")),
+            "{query}: {body}"
+        );
+    }
+    for field in [
+        json!({"attach": "https://example.com/a.jpg"}),
+        json!({"email": "me@example.com"}),
+        json!({"actions": [{"action": "view", "label": "Open", "url": "https://example.com"}]}),
+        json!({"filename": "a.txt"}),
+    ] {
+        let mut body = json!({"topic": "alerts", "message": "x"});
+        if let (Some(map), Some(more)) = (body.as_object_mut(), field.as_object()) {
+            map.extend(more.clone());
+        }
+        let resp = app
+            .http
+            .post(app.url("/"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        ntfy_err(resp, 400).await;
+    }
+    assert_nothing_sent(&app, &token).await;
+    // What only ntfy's phone app acts on is ignored; a template turned off is no template.
+    let resp = ntfy_post(
+        &app,
+        &path,
+        &[
+            ("X-Icon", "https://example.com/i.png"),
+            ("X-Cache", "no"),
+            ("X-Firebase", "no"),
+            ("X-Template", "no"),
+        ],
+        "still sent",
+    )
+    .await;
+    ntfy_ok(resp, &token, "still sent").await;
+}
+
+#[tokio::test]
+async fn bark_and_serverchan_refuse_what_they_cannot_honour_by_name() {
+    let (app, _user, token) = app_and_member().await;
+    let refused = |resp: reqwest::Response, name: &'static str| async move {
+        let (status, body) = json_of(resp).await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("\"{name}\"")),
+            "{name}: {body}"
+        );
+    };
+    refused(
+        get(&app, &format!("/{token}/x?ciphertext=abc&iv=123")).await,
+        "ciphertext",
+    )
+    .await;
+    refused(
+        app.http
+            .post(app.url("/push"))
+            .json(&json!({"device_key": token, "body": "x", "delete": "1"}))
+            .send()
+            .await
+            .unwrap(),
+        "delete",
+    )
+    .await;
+    refused(
+        app.http
+            .post(app.url(&format!("/{token}.send")))
+            .form(&[("title", "t"), ("openid", "o1,o2")])
+            .send()
+            .await
+            .unwrap(),
+        "openid",
+    )
+    .await;
+    assert_nothing_sent(&app, &token).await;
+    // What they document and pushbot honours or may ignore still goes through.
+    bark_ok(
+        get(
+            &app,
+            &format!("/{token}/t/b?sound=bell&badge=1&group=g&isArchive=1&call=1&id=n1&image=https://example.com/i.png"),
+        )
+        .await,
+    )
+    .await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/{token}.send")))
+        .form(&[("title", "t"), ("short", "s"), ("noip", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}

@@ -229,3 +229,226 @@ async fn concurrent_sends_with_one_key_store_and_send_one_message() {
     assert_eq!(message_count(&app, &m.token).await, 1, "one message stored");
     assert_eq!(sent_to(&app, &m.user), 1, "WeCom got one message");
 }
+
+// ---- a key reused for another message; every compat route (issue 26) ----
+
+/// `409` naming the first message's id; returns the body.
+async fn conflict_with(resp: reqwest::Response, first_id: &str) -> String {
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    assert_eq!(
+        status, 409,
+        "a key reused for another message is 409: {text}"
+    );
+    assert!(text.contains(first_id), "names the first message: {text}");
+    text
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_message_is_409_and_stores_nothing() {
+    let app = spawn_app().await;
+    let m = member(&app, "idemc").await;
+    let key = "k-conflict";
+    let id = first(send_with_header(&app, &m.token, "Backup done", key).await).await;
+    let text = conflict_with(
+        send_with_header(&app, &m.token, "Backup FAILED", key).await,
+        &id,
+    )
+    .await;
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(body["ok"], false, "{body}");
+    assert_eq!(body["error"], "conflict", "{body}");
+    // Any part that makes the message counts: content, format, link, channel choice.
+    for extra in [
+        json!({"content": "more"}),
+        json!({"format": "markdown"}),
+        json!({"url": "https://example.com/x"}),
+        json!({"channel": "wecom"}),
+    ] {
+        let mut body = json!({"title": "Backup done", "idempotency_key": key});
+        if let (Some(map), Some(more)) = (body.as_object_mut(), extra.as_object()) {
+            map.extend(more.clone());
+        }
+        conflict_with(app.send_json(Some(&m.token), &body).await, &id).await;
+    }
+    // The same request still answers the first message.
+    repeat_of(
+        send_with_header(&app, &m.token, "Backup done", key).await,
+        &id,
+    )
+    .await;
+    app.wait_for_status(&id, &m.token, "delivered", WAIT).await;
+    assert_eq!(message_count(&app, &m.token).await, 1, "nothing new stored");
+    assert_eq!(sent_to(&app, &m.user), 1, "WeCom got one message");
+}
+
+/// Sends `make()` twice with one key, then once more with another body: one message,
+/// one push, the same id answered, then 409.
+async fn one_push_per_key(
+    app: &TestApp,
+    m: &Member,
+    make: impl Fn(&str) -> reqwest::RequestBuilder,
+    id_of: impl Fn(&Value) -> String,
+) {
+    let key = format!("k-{}", m.user);
+    let send = |body: &str| {
+        let request = make(body).header("Idempotency-Key", key.as_str());
+        async move {
+            let resp = request.send().await.expect("request");
+            let status = resp.status();
+            let text = resp.text().await.expect("body");
+            (status.as_u16(), text)
+        }
+    };
+    let (status, text) = send("the same").await;
+    assert_eq!(status, 200, "{text}");
+    let first_id = id_of(&serde_json::from_str(&text).expect("JSON"));
+    let (status, again) = send("the same").await;
+    assert_eq!(status, 200, "a repeat is answered as the first: {again}");
+    assert_eq!(
+        id_of(&serde_json::from_str(&again).expect("JSON")),
+        first_id,
+        "the first message's id: {again}"
+    );
+    let (status, other) = send("another").await;
+    assert_eq!(status, 409, "another message with the key: {other}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(message_count(app, &m.token).await, 1, "one message stored");
+    app.mock.wait_for_sent(1, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(sent_to(app, &m.user), 1, "one push");
+}
+
+fn str_id(body: &Value) -> String {
+    body["id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body["id"].to_string())
+}
+
+#[tokio::test]
+async fn serverchan_honours_the_idempotency_key() {
+    let app = spawn_app().await;
+    let m = member(&app, "idsc").await;
+    let url = app.url(&format!("/{}.send", m.token));
+    one_push_per_key(
+        &app,
+        &m,
+        |desp| app.http.post(&url).form(&[("title", "t"), ("desp", desp)]),
+        |body| {
+            body["data"]["pushid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bark_path_and_push_honour_the_idempotency_key() {
+    let app = spawn_app().await;
+    let m = member(&app, "idbk").await;
+    // Bark answers no id: the counts tell.
+    let token = m.token.clone();
+    one_push_per_key(
+        &app,
+        &m,
+        |body| {
+            app.http
+                .get(app.url(&format!("/{token}/title/{}", body.replace(' ', "%20"))))
+        },
+        |_| String::new(),
+    )
+    .await;
+    let m = member(&app, "idbp").await;
+    let token = m.token.clone();
+    let before = app.mock.sent().len();
+    let key = "k-bark-push";
+    for body in ["one", "one"] {
+        let resp = app
+            .http
+            .post(app.url("/push"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"device_key": token, "body": body}))
+            .send()
+            .await
+            .expect("POST /push");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let resp = app
+        .http
+        .post(app.url("/push"))
+        .header("Idempotency-Key", key)
+        .json(&json!({"device_key": token, "body": "two"}))
+        .send()
+        .await
+        .expect("POST /push");
+    assert_eq!(resp.status(), 409);
+    app.mock.wait_for_sent(before + 1, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sent_to(&app, &m.user), 1, "one push");
+    assert_eq!(message_count(&app, &m.token).await, 1);
+}
+
+#[tokio::test]
+async fn gotify_honours_the_idempotency_key() {
+    let app = spawn_app().await;
+    let m = member(&app, "idgo").await;
+    let url = app.url("/message");
+    one_push_per_key(
+        &app,
+        &m,
+        |message| {
+            app.http
+                .post(&url)
+                .header("X-Gotify-Key", m.token.as_str())
+                .json(&json!({"title": "t", "message": message}))
+        },
+        |body| body["id"].to_string(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ntfy_honours_the_idempotency_key() {
+    let app = spawn_app().await;
+    let m = member(&app, "idnt").await;
+    let url = app.url(&format!("/{}", m.token));
+    one_push_per_key(
+        &app,
+        &m,
+        |message| app.http.post(&url).body(message.to_owned()),
+        str_id,
+    )
+    .await;
+    // The JSON publish too.
+    let m = member(&app, "idnj").await;
+    let url = app.url("/");
+    let before = app.mock.sent().len();
+    for _ in 0..2 {
+        let resp = app
+            .http
+            .post(&url)
+            .bearer_auth(&m.token)
+            .header("Idempotency-Key", "k-json-publish")
+            .json(&json!({"topic": "alerts", "message": "once"}))
+            .send()
+            .await
+            .expect("POST /");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    app.mock.wait_for_sent(before + 1, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sent_to(&app, &m.user), 1, "one push");
+}

@@ -487,3 +487,85 @@ async fn listing_messages_validates_its_input() {
     )
     .await;
 }
+
+/// Issue 26: a mistyped or unsupported field is a 400 naming it (and the nearest known
+/// field), in every form; nothing is stored or sent.
+#[tokio::test]
+async fn unknown_fields_are_refused_by_name_in_every_form() {
+    let (app, _user, token) = app_and_member().await;
+    let named = |body: &Value, field: &str, near: Option<&str>| {
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("\"{field}\"")), "{body}");
+        if let Some(near) = near {
+            assert!(
+                message.contains(&format!("did you mean \"{near}\"")),
+                "{body}"
+            );
+        }
+    };
+    let body = assert_error(
+        app.send_json(Some(&token), &json!({"tilte": "lost", "content": "c"}))
+            .await,
+        400,
+        "bad_request",
+    )
+    .await;
+    named(&body, "tilte", Some("title"));
+    let body = assert_error(
+        app.send_json(Some(&token), &json!({"title": "t", "delay": "1h"}))
+            .await,
+        400,
+        "bad_request",
+    )
+    .await;
+    named(&body, "delay", None);
+    let body = assert_error(
+        app.send_form(&[("token", &token), ("title", "t"), ("priority", "high")])
+            .await,
+        400,
+        "bad_request",
+    )
+    .await;
+    named(&body, "priority", None);
+    let body = assert_error(
+        app.send_get(&[("token", &token), ("title", "t"), ("contnet", "c")])
+            .await,
+        400,
+        "bad_request",
+    )
+    .await;
+    named(&body, "contnet", Some("content"));
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nt\r\n\
+                --XyZ\r\nContent-Disposition: form-data; name=\"chanel\"\r\n\r\nwecom\r\n\
+                --XyZ--\r\n";
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .bearer_auth(&token)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body)
+        .send()
+        .await
+        .expect("multipart");
+    let body = assert_error(resp, 400, "bad_request").await;
+    named(&body, "chanel", Some("channel"));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(app.mock.send_calls(), 0, "nothing sent");
+    let listed: Value = app
+        .messages(&[("token", &token)])
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        listed["messages"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
+
+    // Cache-busters (`_…`) are no fields.
+    let resp = app
+        .send_get(&[("token", &token), ("title", "t"), ("_", "1699999999")])
+        .await;
+    accepted_id(resp).await;
+}

@@ -19,14 +19,37 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::super::AppState;
-use super::super::send::{Submission, body_and_query, parse_body, parse_query, submit};
+use super::super::send::{
+    FieldRules, Submission, body_and_query, idempotency_key, parse_body_with, parse_query_with,
+    submit,
+};
 use super::{PathOf, path_value, unix_seconds};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
 use crate::render::visible::has_visible;
 
-/// Parameters from the query, a form or a JSON body (unknown ones are ignored).
+/// Bark's parameters: `title`, `subtitle`, `body`, `markdown`, `url`, `level`, `image`,
+/// `device_key(s)` are read; what only an iPhone acts on (`sound`, `volume`, `badge`,
+/// `call`, `autoCopy`, `copy`, `icon`, `group`, `isArchive`, `action`, and `id`: each push
+/// arrives as a new WeCom message) is ignored, as are names Bark itself does not know.
+/// An encrypted push (`ciphertext`) and a removal (`delete`) cannot be honoured: refused.
+pub(crate) const RULES: FieldRules = FieldRules {
+    known: &[],
+    refused: &[
+        (
+            "ciphertext",
+            "encrypted pushes cannot be decrypted here; send the text as body",
+        ),
+        (
+            "delete",
+            "a delivered WeCom message cannot be removed; nothing was sent",
+        ),
+    ],
+    strict: false,
+};
+
+/// Parameters from the query, a form or a JSON body (see [`RULES`]).
 #[derive(Debug, Default, Deserialize)]
 pub struct Params {
     title: Option<String>,
@@ -36,6 +59,8 @@ pub struct Params {
     markdown: Option<String>,
     url: Option<String>,
     level: Option<String>,
+    /// A picture's link: listed under the message.
+    image: Option<String>,
     channel: Option<String>,
     /// `POST /push`: one key, or several.
     device_key: Option<String>,
@@ -51,6 +76,7 @@ impl Params {
             markdown: self.markdown.or(fallback.markdown),
             url: self.url.or(fallback.url),
             level: self.level.or(fallback.level),
+            image: self.image.or(fallback.image),
             channel: self.channel.or(fallback.channel),
             device_key: self.device_key.or(fallback.device_key),
             device_keys: self.device_keys.or(fallback.device_keys),
@@ -95,7 +121,12 @@ async fn known_key(state: &AppState, key: &str) -> Result<(), ApiError> {
 }
 
 /// One message for `token` from `params`.
-async fn push(state: &AppState, token: String, params: &Params) -> Result<(), ApiError> {
+async fn push(
+    state: &AppState,
+    token: String,
+    params: &Params,
+    idempotency_key: Option<String>,
+) -> Result<(), ApiError> {
     if !crate::token::looks_valid(&token) {
         super::super::auth::refused(state, TokenRoute::Send(Endpoint::Bark));
         return Err(unknown_key());
@@ -117,6 +148,10 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
         Some(subtitle) if has_visible(subtitle) => format!("{subtitle}\n{body}"),
         _ => body,
     };
+    let content = match params.image.as_deref().map(str::trim) {
+        Some(image) if !image.is_empty() => format!("{content}\n🖼 {image}"),
+        _ => content,
+    };
     submit(
         state,
         Submission {
@@ -124,6 +159,7 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
             title: params.title.clone(),
             content: Some(content),
             channel: params.channel.clone(),
+            idempotency_key,
             url: params.url.clone(),
             urgency: params
                 .level
@@ -131,7 +167,6 @@ async fn push(state: &AppState, token: String, params: &Params) -> Result<(), Ap
                 .map_or(Urgency::Normal, Urgency::from_bark),
             format,
             endpoint: Endpoint::Bark,
-            ..Submission::default()
         },
     )
     .await
@@ -161,7 +196,12 @@ fn from_path(mut segments: Vec<String>) -> Option<(String, Params)> {
     Some((token, params))
 }
 
-async fn path_push(state: &AppState, segments: Vec<String>, extra: Params) -> Response {
+async fn path_push(
+    state: &AppState,
+    segments: Vec<String>,
+    headers: &HeaderMap,
+    extra: Params,
+) -> Response {
     let Some((token, from_path)) = from_path(segments) else {
         return ApiError::NotFound("no such route".into()).into_response();
     };
@@ -172,8 +212,12 @@ async fn path_push(state: &AppState, segments: Vec<String>, extra: Params) -> Re
         )
         .into_response();
     }
+    let key = match idempotency_key(headers, None) {
+        Ok(key) => key,
+        Err(err) => return bark_error(err),
+    };
     // The path's parts win over the same names in the query or body.
-    match push(state, token, &from_path.or(extra)).await {
+    match push(state, token, &from_path.or(extra), key).await {
         Ok(()) => answer(StatusCode::OK, "success"),
         Err(err) => bark_error(err),
     }
@@ -183,13 +227,14 @@ pub async fn path_get(
     State(state): State<AppState>,
     segments: PathOf<Vec<String>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let segments = match path_value(segments) {
         Ok(segments) => segments,
         Err(err) => return bark_error(err),
     };
-    match parse_query::<Params>(query.as_deref()) {
-        Ok(extra) => path_push(&state, segments, extra).await,
+    match parse_query_with::<Params>(query.as_deref(), &RULES) {
+        Ok(extra) => path_push(&state, segments, &headers, extra).await,
         Err(err) => bark_error(err),
     }
 }
@@ -204,11 +249,11 @@ pub async fn path_post(
     let params = async {
         let segments = path_value(segments)?;
         let (from_body, from_query) =
-            body_and_query::<Params>(query.as_deref(), &headers, body).await?;
+            body_and_query::<Params>(query.as_deref(), &headers, body, &RULES).await?;
         Ok::<_, ApiError>((segments, from_body.or(from_query)))
     };
     match params.await {
-        Ok((segments, params)) => path_push(&state, segments, params).await,
+        Ok((segments, params)) => path_push(&state, segments, &headers, params).await,
         Err(err) => bark_error(err),
     }
 }
@@ -226,7 +271,7 @@ pub async fn push_json(
         Ok(body) => body,
         Err(rejection) => return bark_error(ApiError::from_body(rejection)),
     };
-    let params = match parse_body::<Params>(&headers, body).await {
+    let params = match parse_body_with::<Params>(&headers, body, &RULES).await {
         Ok(p) => p,
         Err(err) => return bark_error(err),
     };
@@ -244,13 +289,18 @@ pub async fn push_json(
     if keys.is_empty() {
         return answer(StatusCode::BAD_REQUEST, "device_key is required");
     }
+    let idempotency_key = match idempotency_key(&headers, None) {
+        Ok(key) => key,
+        Err(err) => return bark_error(err),
+    };
     for key in &keys {
         if let Err(err) = known_key(&state, key).await {
             return bark_error(err);
         }
     }
     for key in keys {
-        if let Err(err) = push(&state, key, &params).await {
+        let pushed = push(&state, key, &params, idempotency_key.clone());
+        if let Err(err) = pushed.await {
             return bark_error(err);
         }
     }
@@ -288,5 +338,85 @@ mod tests {
         );
         assert!(from_path(segs(&["tok"])).is_none());
         assert!(from_path(segs(&["tok", "a", "b", "c", "d"])).is_none());
+    }
+
+    mod props {
+        use super::*;
+        use crate::api::send::parse_query_with;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "title",
+            "subtitle",
+            "body",
+            "markdown",
+            "url",
+            "level",
+            "image",
+            "device_key",
+            "device_keys",
+            "sound",
+            "badge",
+            "group",
+            "ciphertext",
+            "delete",
+            "id",
+            "copy",
+        ];
+
+        /// Text built from what matters to these parsers, and any text.
+        fn tricky(names: &'static [&'static str]) -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "&",
+                    "=",
+                    "%",
+                    "%FF",
+                    "%E4%BD%A0",
+                    "+",
+                    "_",
+                    "{",
+                    "}",
+                    "\"",
+                    ":",
+                    ",",
+                    "[",
+                    "]",
+                    " ",
+                    "=?UTF-8?B?",
+                    "?=",
+                    "=?",
+                    "yes",
+                    "1",
+                    "\u{0}",
+                ])
+                .prop_map(str::to_owned),
+                prop::sample::select(names).prop_map(str::to_owned),
+                "[a-zA-Z_-]{0,8}",
+                any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query or form: parameters, or a 400 (a refused name set is one).
+            #[test]
+            fn any_query_is_params_or_a_400(q in tricky(NAMES)) {
+                let got = parse_query_with::<Params>(Some(&q), &RULES);
+                if let Err(e) = got {
+                    prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+                }
+            }
+
+            /// Any path segments: the message's parts, or no Bark path.
+            #[test]
+            fn any_path_is_parts_or_none(segments in prop::collection::vec(tricky(NAMES), 0..6)) {
+                let n = segments.len();
+                let got = from_path(segments);
+                prop_assert_eq!(got.is_some(), (2..=4).contains(&n));
+            }
+        }
     }
 }

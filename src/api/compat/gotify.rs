@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::auth::find_token;
-use super::super::send::{Submission, body_and_query, submit};
+use super::super::send::{FieldRules, Submission, body_and_query, idempotency_key, submit};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
@@ -123,7 +123,11 @@ async fn publish(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (from_body, from_query) = body_and_query::<Fields>(query, headers, body).await?;
+    // gotify reads title, message, priority and extras and ignores any other name; of the
+    // extras, `client::display.contentType` and `client::notification.click.url` are
+    // honoured, the others (read by gotify's apps, not its server) answered back as sent.
+    let (from_body, from_query) =
+        body_and_query::<Fields>(query, headers, body, &FieldRules::LENIENT).await?;
     let fields = from_body.or(from_query);
     let key = headers
         .get("x-gotify-key")
@@ -142,6 +146,7 @@ async fn publish(
         return Err(ApiError::BadRequest("message is required".into()));
     };
     let priority = fields.priority()?;
+    let idempotency_key = idempotency_key(headers, None)?;
     let accepted = submit(
         state,
         Submission {
@@ -149,11 +154,11 @@ async fn publish(
             title: fields.title.clone(),
             content: Some(text.clone()),
             channel: fields.channel.clone(),
+            idempotency_key,
             url: fields.click_url(),
             urgency: Urgency::from_gotify(priority),
             format: fields.format(),
             endpoint: Endpoint::Gotify,
-            ..Submission::default()
         },
     )
     .await?;
@@ -208,5 +213,41 @@ mod tests {
         assert_eq!(f(json!("5")).priority().unwrap(), 5);
         assert!(f(json!("high")).priority().is_err());
         assert_eq!(Fields::default().priority().unwrap(), 0);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any JSON body: fields whose priority is a number or a 400, whose extras never
+            /// panic the format or link lookups.
+            #[test]
+            fn any_json_is_fields_or_a_400(
+                text in "[{}\\[\\]\":, a-z0-9]{0,60}",
+                priority in any::<String>(),
+                content_type in any::<String>(),
+            ) {
+                if let Ok(fields) = serde_json::from_str::<Fields>(&text) {
+                    let _ = fields.priority();
+                    let _ = fields.format();
+                    let _ = fields.click_url();
+                }
+                let fields = Fields {
+                    priority: Some(Value::String(priority)),
+                    extras: Some(json!({
+                        "client::display": {"contentType": content_type},
+                        "client::notification": {"click": {"url": 7}},
+                    })),
+                    ..Fields::default()
+                };
+                let p = fields.priority();
+                prop_assert!(matches!(p, Ok(_) | Err(ApiError::BadRequest(_))), "{p:?}");
+                let _ = fields.format();
+                prop_assert_eq!(fields.click_url(), None);
+            }
+        }
     }
 }

@@ -93,7 +93,7 @@ async fn pair_get(
 ) -> Response {
     match publish_topic(&pair) {
         Some(topic) => ntfy::publish_get(&state, topic, query.0.as_deref(), &headers).await,
-        None => bark::path_get(state, pair, query).await,
+        None => bark::path_get(state, pair, query, headers).await,
     }
 }
 

@@ -10,9 +10,10 @@
 //! tokens do) or the `auth` query parameter (base64 of such a header), and then the topic can
 //! be any name. Answers ntfy's message JSON; errors are `{"code","http","error","link"}`.
 //!
-//! Options a phone app acts on (actions, attachments, icons, e-mail, calls, caching) are
-//! accepted and ignored; a delayed message (`X-Delay`, `At`, `In`) is refused rather than
-//! sent early.
+//! Options only a phone app acts on (`X-Icon`, `X-Cache`, `X-Firebase`, `X-UnifiedPush`)
+//! are ignored; options pushbot cannot honour — a delayed message, attachments, action
+//! buttons, e-mail forwarding, phone calls, templates ([`REFUSED`]) — are refused by name
+//! (400) rather than dropped or sent early. `Idempotency-Key` is honoured as on `/send`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -25,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::AppState;
-use super::super::send::{Submission, parse_query, submit};
+use super::super::send::{Submission, idempotency_key, parse_query, submit};
 use super::{PathOf, path_value};
 use crate::domain::{Format, Urgency};
 use crate::error::ApiError;
@@ -47,7 +48,6 @@ pub struct Options {
     tags: Option<Value>,
     click: Option<String>,
     markdown: Option<Value>,
-    delay: Option<String>,
     auth: Option<String>,
     channel: Option<String>,
 }
@@ -63,7 +63,6 @@ impl Options {
             tags: self.tags.or(fallback.tags),
             click: self.click.or(fallback.click),
             markdown: self.markdown.or(fallback.markdown),
-            delay: self.delay.or(fallback.delay),
             auth: self.auth.or(fallback.auth),
             channel: self.channel.or(fallback.channel),
         }
@@ -73,6 +72,9 @@ impl Options {
     /// comes twice (`?title=a&t=b`) the first wins, as in ntfy.
     fn from_query(query: Option<&str>) -> Result<Options, ApiError> {
         let pairs: Vec<(String, String)> = parse_query(query)?;
+        for (name, value) in &pairs {
+            refuse(&name.to_ascii_lowercase(), value, "query parameter")?;
+        }
         let get = |names: &[&str]| {
             pairs
                 .iter()
@@ -88,7 +90,6 @@ impl Options {
             tags: get(&["tags", "tag", "ta"]).map(Value::String),
             click: get(&["click"]),
             markdown: get(&["markdown", "md"]).map(Value::String),
-            delay: get(&["delay", "at", "in"]),
             auth: get(&["auth"]),
             channel: get(&["channel"]),
             topic: None,
@@ -105,10 +106,89 @@ impl Options {
             tags: get(&["x-tags", "tags", "tag", "ta"]).map(Value::String),
             click: get(&["x-click", "click"]),
             markdown: get(&["x-markdown", "markdown", "md"]).map(Value::String),
-            delay: get(&["x-delay", "delay", "x-at", "at", "x-in", "in"]),
             ..Options::default()
         }
     }
+}
+
+/// ntfy's options that pushbot cannot honour, under every name ntfy reads them by (as a
+/// header or in the query, case-insensitive; the JSON key is among them), with why. A
+/// template is refused only when turned on.
+pub(crate) const REFUSED: &[(&[&str], &str)] = &[
+    (
+        &["x-delay", "delay", "x-at", "at", "x-in", "in"],
+        "delayed messages are not supported: pushbot delivers at once",
+    ),
+    (
+        &["x-attach", "attach", "a"],
+        "attachments are not supported: put the link in the message (or X-Click)",
+    ),
+    (
+        &["x-filename", "filename", "file", "f"],
+        "attachments are not supported: send the message as text",
+    ),
+    (
+        &["x-actions", "actions", "action"],
+        "action buttons are not supported: use X-Click for one link",
+    ),
+    (
+        &["x-email", "x-e-mail", "email", "e-mail", "mail", "e"],
+        "e-mail forwarding per message is not supported: bind an address in the app and \
+         send with channel=email",
+    ),
+    (&["x-call", "call"], "phone calls are not supported"),
+    (
+        &["x-template", "template", "tpl"],
+        "message templates are not supported: send the message text",
+    ),
+];
+
+/// A 400 naming `name` (lower-case) when it is one of the [`REFUSED`] options and `value`
+/// sets it (an empty value does not; a template only when turned on).
+fn refuse(name: &str, value: &str, what: &str) -> Result<(), ApiError> {
+    let Some((_, why)) = REFUSED.iter().find(|(names, _)| names.contains(&name)) else {
+        return Ok(());
+    };
+    let is_template = matches!(name, "x-template" | "template" | "tpl");
+    let set = if is_template {
+        is_yes(Some(&Value::String(value.to_owned())))
+    } else {
+        !value.trim().is_empty()
+    };
+    if set {
+        let shown: String = name.chars().take(64).collect();
+        return Err(ApiError::BadRequest(format!(
+            "{what} {shown:?} is not supported: {why}"
+        )));
+    }
+    Ok(())
+}
+
+/// The [`REFUSED`] options set in headers.
+fn refuse_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+    for (names, _) in REFUSED {
+        for name in *names {
+            if let Some(value) = header_text(headers, name) {
+                refuse(name, &value, "header")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The [`REFUSED`] options set in a JSON publish's object.
+fn refuse_json(object: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    for (name, value) in object {
+        let text = match value {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => b.to_string(),
+            Value::Array(items) if items.is_empty() => String::new(),
+            other => other.to_string(),
+        };
+        refuse(name, &text, "JSON field")?;
+    }
+    Ok(())
 }
 
 /// A header's value as text: RFC 2047 encoded words decoded, raw UTF-8 accepted (curl sends
@@ -291,11 +371,6 @@ async fn publish(
             "/{topic} is one of pushbot's own routes, not a topic"
         )));
     }
-    if options.delay.is_some() {
-        return Err(ApiError::BadRequest(
-            "delayed messages (X-Delay, At, In) are not supported: pushbot delivers at once".into(),
-        ));
-    }
     let Some(token) = token(headers, options.auth.as_deref(), topic) else {
         super::super::auth::refused(state, TokenRoute::Send(Endpoint::Ntfy));
         return Err(ApiError::Unauthorized(
@@ -321,6 +396,7 @@ async fn publish(
     }
     let message = message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
     let priority = priority(options.priority.as_ref())?;
+    let idempotency_key = idempotency_key(headers, None)?;
     let tags = tags(options.tags.as_ref());
     let (emoji, words): (Vec<&String>, Vec<&String>) =
         tags.iter().partition(|t| tag_emoji(t).is_some());
@@ -343,6 +419,7 @@ async fn publish(
             title,
             content: Some(content),
             channel: options.channel.clone(),
+            idempotency_key,
             url: options.click.clone(),
             urgency: Urgency::from_ntfy(priority),
             format: if is_yes(options.markdown.as_ref()) {
@@ -351,7 +428,6 @@ async fn publish(
                 Format::Text
             },
             endpoint: Endpoint::Ntfy,
-            ..Submission::default()
         },
     )
     .await?;
@@ -389,6 +465,7 @@ pub async fn publish_path(
 ) -> Response {
     let result = async {
         let body = body.map_err(ApiError::from_body)?;
+        refuse_headers(headers)?;
         let options = Options::from_headers(headers).or(Options::from_query(query)?);
         publish(state, topic, headers, options, Some(body)).await
     }
@@ -418,6 +495,7 @@ pub async fn publish_get(
     headers: &HeaderMap,
 ) -> Response {
     let result = async {
+        refuse_headers(headers)?;
         let options = Options::from_headers(headers).or(Options::from_query(query)?);
         publish(state, topic, headers, options, None).await
     }
@@ -431,6 +509,20 @@ pub fn is_publish_verb(segment: &str) -> bool {
     matches!(segment, "publish" | "send" | "trigger")
 }
 
+/// A JSON publish's options (the [`REFUSED`] ones refused by name).
+fn json_options(body: &[u8]) -> Result<Options, ApiError> {
+    let invalid = |err: serde_json::Error| {
+        ApiError::BadRequest(format!(
+            "the body must be JSON naming a topic (ntfy's JSON publishing): {err}"
+        ))
+    };
+    let value: Value = serde_json::from_slice(body).map_err(invalid)?;
+    if let Some(object) = value.as_object() {
+        refuse_json(object)?;
+    }
+    serde_json::from_value(value).map_err(invalid)
+}
+
 /// `POST /` with `{"topic": …, "message": …, "title": …, "tags": [...], "priority": 4, …}`.
 pub async fn publish_json(
     State(state): State<AppState>,
@@ -441,11 +533,8 @@ pub async fn publish_json(
     let result = async {
         let from_query = Options::from_query(query.as_deref())?;
         let body = body.map_err(ApiError::from_body)?;
-        let options: Options = serde_json::from_slice(&body).map_err(|err| {
-            ApiError::BadRequest(format!(
-                "the body must be JSON naming a topic (ntfy's JSON publishing): {err}"
-            ))
-        })?;
+        refuse_headers(&headers)?;
+        let options = json_options(&body)?;
         let options = Options {
             auth: options.auth.or(from_query.auth),
             ..options
@@ -516,5 +605,139 @@ mod tests {
         let param =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("Bearer {tok}"));
         assert_eq!(token(&none, Some(&param), "alerts"), Some(tok.to_owned()));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "title", "t", "priority", "p", "tags", "message", "m", "click", "markdown", "md",
+            "delay", "at", "in", "attach", "a", "filename", "f", "actions", "email", "e", "call",
+            "template", "tpl", "auth", "topic", "x-attach", "x-email",
+        ];
+
+        /// Text built from what matters to these parsers, and any text.
+        fn tricky(names: &'static [&'static str]) -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "&",
+                    "=",
+                    "%",
+                    "%FF",
+                    "%E4%BD%A0",
+                    "+",
+                    "_",
+                    "{",
+                    "}",
+                    "\"",
+                    ":",
+                    ",",
+                    "[",
+                    "]",
+                    " ",
+                    "=?UTF-8?B?",
+                    "?=",
+                    "=?",
+                    "yes",
+                    "1",
+                    "\u{0}",
+                ])
+                .prop_map(str::to_owned),
+                prop::sample::select(names).prop_map(str::to_owned),
+                "[a-zA-Z_-]{0,8}",
+                any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        /// A header value as a client may send it (visible ASCII, raw UTF-8 bytes).
+        fn header_value() -> impl Strategy<Value = HeaderValue> {
+            tricky(NAMES).prop_filter_map("not a header value", |text| {
+                HeaderValue::from_bytes(text.as_bytes()).ok()
+            })
+        }
+
+        fn bad_request(result: Result<impl std::fmt::Debug, ApiError>) -> bool {
+            matches!(result, Ok(_) | Err(ApiError::BadRequest(_)))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query: options, or a 400 — a refused option set is one, naming it.
+            #[test]
+            fn any_query_is_options_or_a_400(q in tricky(NAMES)) {
+                let got = Options::from_query(Some(&q));
+                if let Ok(options) = &got {
+                    let _ = priority(options.priority.as_ref());
+                    let _ = tags(options.tags.as_ref());
+                    let _ = is_yes(options.markdown.as_ref());
+                }
+                prop_assert!(bad_request(got));
+            }
+
+            /// Any headers: options (never a panic); a refused one set is a 400 naming it.
+            #[test]
+            fn any_headers_are_options_or_a_refusal(
+                set in prop::collection::vec(
+                    (prop::sample::select(NAMES.iter().copied().chain(["x-title", "x-delay", "x-actions", "x-call", "x-template", "authorization"]).collect::<Vec<_>>()), header_value()),
+                    0..6,
+                ),
+            ) {
+                let mut headers = HeaderMap::new();
+                for (name, value) in &set {
+                    headers.insert(*name, value.clone());
+                }
+                let _ = Options::from_headers(&headers);
+                let _ = token(&headers, None, "alerts");
+                let refused = refuse_headers(&headers);
+                if let Err(e) = &refused {
+                    prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+                    prop_assert!(e.to_string().contains("is not supported"), "{e}");
+                }
+                // Every refused option set (non-empty; a template turned on) is found.
+                let set_refused = set.iter().any(|(name, value)| {
+                    let text = header_text(&headers, name).unwrap_or_default();
+                    let _ = value;
+                    REFUSED.iter().any(|(names, _)| names.contains(name))
+                        && if matches!(*name, "template" | "tpl" | "x-template") {
+                            is_yes(Some(&Value::String(text)))
+                        } else {
+                            !text.is_empty()
+                        }
+                });
+                prop_assert_eq!(refused.is_err(), set_refused);
+            }
+
+            /// Any JSON publish body: options, or a 400.
+            #[test]
+            fn any_json_publish_is_options_or_a_400(
+                text in tricky(NAMES),
+                object in prop::collection::btree_map(
+                    prop::sample::select(NAMES),
+                    prop_oneof![
+                        any::<String>().prop_map(Value::String),
+                        any::<i64>().prop_map(Value::from),
+                        any::<bool>().prop_map(Value::Bool),
+                        Just(Value::Null),
+                    ],
+                    0..6,
+                ),
+            ) {
+                prop_assert!(bad_request(json_options(text.as_bytes())));
+                let body = serde_json::to_vec(&object).expect("encodes");
+                prop_assert!(bad_request(json_options(&body)));
+            }
+
+            /// Authorization values and `auth` parameters: a token or none.
+            #[test]
+            fn any_authorization_is_a_token_or_none(value in tricky(NAMES)) {
+                let _ = authorization_token(&value);
+                let _ = token(&HeaderMap::new(), Some(&value), &value);
+                let p = priority(Some(&Value::String(value)));
+                prop_assert!(matches!(p, Ok(1..=5) | Err(ApiError::BadRequest(_))), "{p:?}");
+            }
+        }
     }
 }

@@ -16,7 +16,9 @@ use serde_json::json;
 use sha1::{Digest as _, Sha1};
 
 use super::super::AppState;
-use super::super::send::{Submission, body_and_query, parse_query, submit};
+use super::super::send::{
+    FieldRules, Submission, body_and_query, idempotency_key, parse_query, parse_query_with, submit,
+};
 use super::{PathOf, path_value};
 use crate::domain::Format;
 use crate::error::ApiError;
@@ -29,8 +31,8 @@ pub struct Fields {
     /// The legacy API's name for the title.
     text: Option<String>,
     desp: Option<String>,
-    /// Server酱's card excerpt; WeCom shows the message itself, so it is not used.
-    #[allow(dead_code)]
+    /// Server酱's card excerpt: the content when there is no `desp` (WeCom shows the
+    /// message itself, so with a `desp` it adds nothing).
     short: Option<String>,
     /// Server酱³'s tags: kept as a line of the content.
     tags: Option<String>,
@@ -50,6 +52,19 @@ impl Fields {
     }
 }
 
+/// ServerChan's fields: `title`, `text`, `desp`, `short`, `tags`, `channel` are read;
+/// `noip` (hide the caller's IP) holds anyway, pushbot never shows it; `openid` (copies to
+/// other WeChat users) cannot be honoured and is refused; names ServerChan does not know
+/// are ignored, as ServerChan ignores them.
+pub(crate) const RULES: FieldRules = FieldRules {
+    known: &["title", "text", "desp", "short", "tags", "channel", "noip"],
+    refused: &[(
+        "openid",
+        "copies to other WeChat users are not sent; each member sends with their own token",
+    )],
+    strict: false,
+};
+
 /// An error in ServerChan's shape.
 fn error(code: i64, status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"code": code, "message": message}))).into_response()
@@ -63,6 +78,8 @@ fn serverchan_error(err: ApiError) -> Response {
         ApiError::Unauthorized(_) => (40001, StatusCode::BAD_REQUEST),
         ApiError::PayloadTooLarge(_) => (40003, StatusCode::BAD_REQUEST),
         ApiError::NotFound(_) => (40004, StatusCode::BAD_REQUEST),
+        // An idempotency key reused for another message (pushbot's own header).
+        ApiError::Conflict(_) => (40009, StatusCode::CONFLICT),
         ApiError::TooManyRequests { .. } => (40029, StatusCode::BAD_REQUEST),
         ApiError::Unavailable(_) => (50003, StatusCode::SERVICE_UNAVAILABLE),
         ApiError::Internal(_) => (50000, StatusCode::INTERNAL_SERVER_ERROR),
@@ -85,7 +102,7 @@ fn readkey(token: &str, id: &str) -> String {
     hex::encode(&digest[..8])
 }
 
-async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
+async fn send(state: &AppState, key: &str, headers: &HeaderMap, fields: Fields) -> Response {
     let Some(token) = key_token(key) else {
         return ApiError::NotFound(
             "no route for this path (a ServerChan path is /TOKEN.send)".into(),
@@ -100,7 +117,12 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
             "title is required (ServerChan: title, or text in the legacy API)",
         );
     }
-    let content = match (fields.desp, fields.tags) {
+    let idempotency_key = match idempotency_key(headers, None) {
+        Ok(key) => key,
+        Err(err) => return serverchan_error(err),
+    };
+    let desp = fields.desp.filter(|d| has_visible(d)).or(fields.short);
+    let content = match (desp, fields.tags) {
         (Some(desp), Some(tags)) if has_visible(&tags) => {
             Some(format!("{desp}\n\n🏷 {}", tags.trim()))
         }
@@ -113,6 +135,7 @@ async fn send(state: &AppState, key: &str, fields: Fields) -> Response {
             title,
             content,
             channel: fields.channel,
+            idempotency_key,
             // ServerChan renders desp as markdown.
             format: Format::Markdown,
             endpoint: crate::metrics::Endpoint::ServerChan,
@@ -143,13 +166,14 @@ pub async fn send_get(
     State(state): State<AppState>,
     key: PathOf<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let key = match path_value(key) {
         Ok(key) => key,
         Err(err) => return serverchan_error(err),
     };
-    match parse_query::<Fields>(query.as_deref()) {
-        Ok(fields) => send(&state, &key, fields).await,
+    match parse_query_with::<Fields>(query.as_deref(), &RULES) {
+        Ok(fields) => send(&state, &key, &headers, fields).await,
         Err(err) => serverchan_error(err),
     }
 }
@@ -164,11 +188,11 @@ pub async fn send_post(
     let fields = async {
         let key = path_value(key)?;
         let (from_body, from_query) =
-            body_and_query::<Fields>(query.as_deref(), &headers, body).await?;
+            body_and_query::<Fields>(query.as_deref(), &headers, body, &RULES).await?;
         Ok::<_, ApiError>((key, from_body.or(from_query)))
     };
     match fields.await {
-        Ok((key, fields)) => send(&state, &key, fields).await,
+        Ok((key, fields)) => send(&state, &key, &headers, fields).await,
         Err(err) => serverchan_error(err),
     }
 }
@@ -258,5 +282,61 @@ mod tests {
         assert_eq!(a, readkey("token-a-0123456789", "id1"));
         assert_ne!(a, readkey("token-b-0123456789", "id1"));
         assert_ne!(a, readkey("token-a-0123456789", "id2"));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "title", "text", "desp", "short", "tags", "channel", "noip", "openid",
+        ];
+
+        /// Text built from what matters to these parsers, and any text.
+        fn tricky(names: &'static [&'static str]) -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "&",
+                    "=",
+                    "%",
+                    "%FF",
+                    "%E4%BD%A0",
+                    "+",
+                    "_",
+                    "{",
+                    "}",
+                    "\"",
+                    ":",
+                    ",",
+                    "[",
+                    "]",
+                    " ",
+                    "=?UTF-8?B?",
+                    "?=",
+                    "=?",
+                    "yes",
+                    "1",
+                    "\u{0}",
+                ])
+                .prop_map(str::to_owned),
+                prop::sample::select(names).prop_map(str::to_owned),
+                "[a-zA-Z_-]{0,8}",
+                any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query or form: fields, or a 400; `openid` set is refused by name.
+            #[test]
+            fn any_query_is_fields_or_a_400(q in tricky(NAMES)) {
+                match parse_query_with::<Fields>(Some(&q), &RULES) {
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}"),
+                }
+            }
+        }
     }
 }
