@@ -17,6 +17,7 @@ mod connections;
 mod delivery;
 mod doctor;
 mod email;
+mod hostile;
 mod http_rules;
 mod idempotency;
 mod instances;
