@@ -719,4 +719,88 @@ mod tests {
         assert_eq!(urgency(&with("info")), Urgency::Normal);
         assert_eq!(urgency(&Notification::default()), Urgency::Normal);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Times as webhooks send them, the ones that broke rendering, and any text.
+        fn time() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("9999-12-31T23:59:59Z".to_owned()),
+                Just("0000-01-01T00:00:00Z".to_owned()),
+                Just("0001-01-01T00:00:00Z".to_owned()),
+                Just("2026-11-27T02:00:00.000+14:00".to_owned()),
+                "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})",
+                any::<String>(),
+            ]
+        }
+
+        fn map() -> impl Strategy<Value = serde_json::Value> {
+            prop::collection::btree_map(any::<String>(), any::<String>(), 0..4)
+                .prop_map(|m| serde_json::json!(m))
+        }
+
+        fn alert() -> impl Strategy<Value = serde_json::Value> {
+            (
+                any::<String>(),
+                map(),
+                map(),
+                time(),
+                time(),
+                any::<String>(),
+            )
+                .prop_map(|(status, labels, annotations, starts, ends, url)| {
+                    serde_json::json!({
+                        "status": status, "labels": labels, "annotations": annotations,
+                        "startsAt": starts, "endsAt": ends, "generatorURL": url,
+                    })
+                })
+        }
+
+        fn notification_json() -> impl Strategy<Value = Vec<u8>> {
+            (
+                prop_oneof![
+                    Just("firing".to_owned()),
+                    Just("resolved".to_owned()),
+                    any::<String>()
+                ],
+                prop::collection::vec(alert(), 0..6),
+                map(),
+                map(),
+                any::<String>(),
+                any::<String>(),
+            )
+                .prop_map(|(status, alerts, labels, annotations, url, title)| {
+                    serde_json::to_vec(&serde_json::json!({
+                        "status": status, "alerts": alerts, "commonLabels": labels,
+                        "commonAnnotations": annotations, "externalURL": url,
+                        "title": title, "message": title,
+                    }))
+                    .unwrap_or_default()
+                })
+        }
+
+        proptest! {
+            /// Any payload either is not a notification (a 400) or renders within the
+            /// title and content limits, whatever its times, labels and sizes: never a
+            /// panic (Alertmanager retries a 5xx for ever).
+            #[test]
+            fn any_payload_renders_within_the_limits_or_is_refused(
+                body in prop_oneof![notification_json(), any::<Vec<u8>>()],
+                content in 1_024usize..20_000,
+                offset in -50_400i32..=50_400,
+                grafana in any::<bool>(),
+            ) {
+                let Ok(n) = serde_json::from_slice::<Notification>(&body) else {
+                    return Ok(());
+                };
+                let source = if grafana { Source::Grafana } else { Source::Alertmanager };
+                let limits = Limits::new(content, urgency(&n));
+                let (title, text) = render(&n, source, offset, limits);
+                prop_assert!(title.len() <= limits.title, "title {} > {}", title.len(), limits.title);
+                prop_assert!(text.len() <= limits.content, "content {} > {}", text.len(), limits.content);
+            }
+        }
+    }
 }
