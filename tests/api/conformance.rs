@@ -162,6 +162,14 @@ fn rows() -> Vec<Row> {
             "T\n\nB",
         )
         .body(FORM, "title=T&body=B"),
+        // Bark tutorial: curl -d 'title=…&body=…' sends spaces and UTF-8 unencoded
+        row(
+            "Bark tutorial: curl -d raw form to /:device_key",
+            Method::POST,
+            "/{key}",
+            "推送 标题\n\n推送 内容",
+        )
+        .body(FORM, "title=推送 标题&body=推送 内容"),
         // Bark tutorial "POST /your_key" with JSON
         row(
             "Bark tutorial: POST /:device_key JSON",

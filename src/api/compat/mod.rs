@@ -116,27 +116,26 @@ fn bark_shaped<'a>(names: impl IntoIterator<Item = &'a str>, title_counts: bool)
     decisive
 }
 
-/// The names of `text` when the whole of it is strictly form-encoded: `name=value` pairs
-/// joined by `&`, only the characters an encoder leaves (`A-Z a-z 0-9 - . _ ~ * +` and
-/// `%XX` escapes of UTF-8), one `=` per pair. Plain text that merely contains `=`
-/// (`cpu=95% now`, `a=b is fine`) is not a form.
+/// The names of `text` when the whole of it parses strictly as a form: `name=value` pairs
+/// joined by `&` (an empty pair, as a trailing `&`, is skipped), each with a non-empty name
+/// and exactly one `=`, no control characters (a trailing line break is dropped), every `%`
+/// a valid `%XX` escape and the decoded text UTF-8. Raw spaces and UTF-8 are accepted, as
+/// `curl -d 'title=推送标题&body=推送内容'` sends them; whether the names are Bark's is
+/// [`bark_shaped`]'s question. Text with a line in it, `cpu=95%` (a bad escape) or
+/// `x=1=2` is not a form.
 fn strict_form_names(text: &str) -> Option<Vec<String>> {
     let text = text.trim_end_matches(['\r', '\n']);
-    if text.is_empty() {
-        return None;
-    }
     let mut names = Vec::new();
-    for pair in text.split('&') {
+    for pair in text.split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=')?;
         if name.is_empty() || value.contains('=') {
             return None;
         }
         for part in [name, value] {
-            let bytes = part.as_bytes();
-            let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~*+%".contains(b);
-            if !bytes.iter().all(allowed) {
+            if part.chars().any(char::is_control) {
                 return None;
             }
+            let bytes = part.as_bytes();
             for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'%') {
                 let hex = bytes.get(i + 1..i + 3)?;
                 if !hex.iter().all(u8::is_ascii_hexdigit) {
@@ -154,7 +153,7 @@ fn strict_form_names(text: &str) -> Option<Vec<String>> {
             .ok()?;
         names.push(decoded.into_owned());
     }
-    Some(names)
+    (!names.is_empty()).then_some(names)
 }
 
 /// The keys of a JSON object body.
@@ -470,6 +469,17 @@ mod tests {
             Bark
         );
         assert_eq!(api(Method::POST, None, FORM, "title=T"), Bark);
+        // curl -d sends spaces and UTF-8 as they are (Bark's tutorial); a trailing `&`.
+        assert_eq!(
+            api(
+                Method::POST,
+                None,
+                None,
+                "title=推送 标题&body=a b: https://x/y&"
+            ),
+            Bark
+        );
+        assert_eq!(api(Method::POST, None, FORM, "body=server is down"), Bark);
         assert_eq!(
             api(
                 Method::POST,
@@ -500,7 +510,16 @@ mod tests {
         assert_eq!(api(Method::POST, None, FORM, "disk full"), Ntfy);
         assert_eq!(api(Method::POST, None, FORM, "a=b is fine"), Ntfy);
         assert_eq!(api(Method::POST, None, FORM, "cpu=95%"), Ntfy);
-        assert_eq!(api(Method::POST, None, FORM, "body=server is down"), Ntfy);
+        assert_eq!(
+            api(Method::POST, None, FORM, "server is down\nbody=x"),
+            Ntfy
+        );
+        assert_eq!(
+            api(Method::POST, None, FORM, "body=line one\nline two"),
+            Ntfy
+        );
+        assert_eq!(api(Method::POST, None, FORM, "&"), Ntfy);
+        assert_eq!(api(Method::POST, None, FORM, "=B"), Ntfy);
         assert_eq!(api(Method::POST, None, FORM, "title=T&body=B&x=1"), Ntfy);
         assert_eq!(api(Method::POST, None, FORM, "title=T&body=a=b"), Ntfy);
         assert_eq!(api(Method::POST, None, FORM, "body=%ZZ"), Ntfy);
