@@ -380,3 +380,28 @@ async fn bark_shaped_requests_bark_refuses_store_nothing() {
     assert_eq!(app.mock.send_calls(), 0, "{:#?}", app.mock.calls());
     assert!(crate::compat::messages_of(&app, &token).await.is_empty());
 }
+
+/// Bark's bare `POST /KEY` honours `Idempotency-Key` as every route does: a repeat is one
+/// message, another message under the key is a `409`.
+#[tokio::test]
+async fn bare_bark_key_honours_idempotency_key() {
+    let app = spawn_app().await;
+    let user = userid("confidem");
+    let token = app.get_token(&user).await;
+    let post = |body: &'static str| {
+        app.http
+            .post(app.url(&format!("/{token}")))
+            .header("content-type", FORM)
+            .header("idempotency-key", "bark-bare-1")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post("title=T&body=B").await.unwrap().status(), 200);
+    assert_eq!(post("title=T&body=B").await.unwrap().status(), 200);
+    assert_eq!(post("title=T&body=other").await.unwrap().status(), 409);
+    app.mock.wait_for_sent(1, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let sent: Vec<String> = app.mock.sent().into_iter().map(|s| s.content).collect();
+    assert_eq!(sent, ["T\n\nB"]);
+    assert_eq!(crate::compat::messages_of(&app, &token).await.len(), 1);
+}
