@@ -13,6 +13,7 @@ mod callback_dedup;
 mod cli;
 mod compat;
 mod compat_more;
+mod conformance;
 mod connections;
 mod delivery;
 mod doctor;

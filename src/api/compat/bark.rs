@@ -1,7 +1,8 @@
 //! Bark: `GET|POST /{token}/{body}`, `/{token}/{title}/{body}`,
 //! `/{token}/{title}/{subtitle}/{body}` (path segments percent-decoded; `url`, `level`,
 //! `group`, `sound`, … in the query or a form/JSON body), and `POST /push` with a JSON
-//! body naming `device_key` (or several `device_keys`). Answers
+//! body naming `device_key` (or several `device_keys`), and the bare `GET|POST /{token}`
+//! when it carries Bark's parameters ([`super::key_api`]). Answers
 //! `{"code":200,"message":"success","timestamp":…}`; errors carry their HTTP status as
 //! `code` in the same shape, as Bark's server does.
 //!
@@ -205,6 +206,17 @@ async fn path_push(
     let Some((token, from_path)) = from_path(segments) else {
         return ApiError::NotFound("no such route".into()).into_response();
     };
+    // The path's parts win over the same names in the query or body.
+    key_push(state, token, headers, &from_path.or(extra)).await
+}
+
+/// One push for the key `token` (the path's first segment) with `params`.
+async fn key_push(
+    state: &AppState,
+    token: String,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Response {
     if !crate::token::looks_valid(&token) {
         // Not shaped like a token: not a Bark path at all.
         return ApiError::NotFound(
@@ -216,9 +228,26 @@ async fn path_push(
         Ok(key) => key,
         Err(err) => return bark_error(err),
     };
-    // The path's parts win over the same names in the query or body.
-    match push(state, token, &from_path.or(extra), key).await {
+    match push(state, token, params, key).await {
         Ok(()) => answer(StatusCode::OK, "success"),
+        Err(err) => bark_error(err),
+    }
+}
+
+/// Bark's bare `GET|POST /:device_key`: every parameter from the query, a form or a JSON
+/// body (the body's win). [`super::key_api`] sends only requests with Bark's parameters
+/// here.
+pub async fn bare_key(
+    state: &AppState,
+    token: String,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match body_and_query::<Params>(query, headers, body, &RULES).await {
+        Ok((from_body, from_query)) => {
+            key_push(state, token, headers, &from_body.or(from_query)).await
+        }
         Err(err) => bark_error(err),
     }
 }

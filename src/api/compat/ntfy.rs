@@ -84,7 +84,7 @@ impl Options {
                 .map(|(_, value)| value.clone())
         };
         Ok(Options {
-            message: get(&["message", "m"]),
+            message: get(&["message", "m"]).map(|m| unescape_newlines(&m)),
             title: get(&["title", "ti", "t"]),
             priority: get(&["priority", "prio", "p"]).map(Value::String),
             tags: get(&["tags", "tag", "ta"]).map(Value::String),
@@ -100,7 +100,7 @@ impl Options {
     fn from_headers(headers: &HeaderMap) -> Options {
         let get = |names: &[&str]| names.iter().find_map(|name| header_text(headers, name));
         Options {
-            message: get(&["x-message", "message", "m"]),
+            message: get(&["x-message", "message", "m"]).map(|m| unescape_newlines(&m)),
             title: get(&["x-title", "title", "ti", "t"]),
             priority: get(&["x-priority", "priority", "prio", "p"]).map(Value::String),
             tags: get(&["x-tags", "tags", "tag", "ta"]).map(Value::String),
@@ -109,6 +109,13 @@ impl Options {
             ..Options::default()
         }
     }
+}
+
+/// A message given in a header or the query writes a line break as the two characters
+/// `\n` (a header cannot hold one); ntfy's server turns them back into line breaks — only
+/// there, never in a body or a JSON publish.
+fn unescape_newlines(message: &str) -> String {
+    message.replace("\\n", "\n")
 }
 
 /// ntfy's options that pushbot cannot honour, under every name ntfy reads them by (as a
@@ -553,6 +560,27 @@ pub async fn publish_json(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn escaped_newlines_in_header_and_query_messages() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-message", HeaderValue::from_static("line one\\nline two"));
+        let options = Options::from_headers(&headers);
+        assert_eq!(options.message.as_deref(), Some("line one\nline two"));
+        let mut headers = HeaderMap::new();
+        headers.insert("m", HeaderValue::from_static("a\\n\\nb"));
+        assert_eq!(
+            Options::from_headers(&headers).message.as_deref(),
+            Some("a\n\nb")
+        );
+        let options = Options::from_query(Some("message=one%5Cntwo")).unwrap();
+        assert_eq!(options.message.as_deref(), Some("one\ntwo"));
+        let options = Options::from_query(Some("m=x%5Cny")).unwrap();
+        assert_eq!(options.message.as_deref(), Some("x\ny"));
+        // A JSON publish's message is left as it is.
+        let options = json_options(br#"{"topic":"t","message":"a\\nb"}"#).unwrap();
+        assert_eq!(options.message.as_deref(), Some("a\\nb"));
+    }
 
     #[test]
     fn priorities_by_number_or_name() {
