@@ -389,6 +389,23 @@ async fn parse_multipart<T: serde::de::DeserializeOwned + Default>(
     body: Bytes,
     rules: &FieldRules,
 ) -> Result<T, ApiError> {
+    let fields = multipart_fields(content_type, body).await?;
+    rules.check(
+        fields.iter().map(|(name, _)| name.as_str()),
+        "multipart body",
+    )?;
+    let encoded = serde_urlencoded::to_string(&fields)
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+    serde_urlencoded::from_str(&encoded)
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))
+}
+
+/// The text fields of a `multipart/form-data` body, in order; a file part, text that is
+/// not UTF-8 or a malformed body is a 400.
+pub(super) async fn multipart_fields(
+    content_type: &str,
+    body: Bytes,
+) -> Result<Vec<(String, String)>, ApiError> {
     let bad = |e: multer::Error| ApiError::BadRequest(format!("invalid multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(bad)?;
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
@@ -411,14 +428,7 @@ async fn parse_multipart<T: serde::de::DeserializeOwned + Default>(
         };
         fields.push((name, value));
     }
-    rules.check(
-        fields.iter().map(|(name, _)| name.as_str()),
-        "multipart body",
-    )?;
-    let encoded = serde_urlencoded::to_string(&fields)
-        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
-    serde_urlencoded::from_str(&encoded)
-        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))
+    Ok(fields)
 }
 
 /// Empty or whitespace-only counts as absent.

@@ -170,6 +170,18 @@ fn rows() -> Vec<Row> {
             "推送 标题\n\n推送 内容",
         )
         .body(FORM, "title=推送 标题&body=推送 内容"),
+        // bark-server route.go: V1 parameters are read with c.FormValue / c.BodyParser,
+        // which take multipart too (curl -F title=… -F body=…)
+        row(
+            "bark-server V1: POST /:device_key multipart (curl -F)",
+            Method::POST,
+            "/{key}",
+            "T\n\nB",
+        )
+        .body(
+            "multipart/form-data; boundary=XyZ",
+            "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nT\r\n--XyZ\r\nContent-Disposition: form-data; name=\"body\"\r\n\r\nB\r\n--XyZ--\r\n",
+        ),
         // Bark tutorial "POST /your_key" with JSON
         row(
             "Bark tutorial: POST /:device_key JSON",

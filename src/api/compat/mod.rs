@@ -165,9 +165,10 @@ fn json_keys(body: &[u8]) -> Option<Vec<String>> {
 }
 
 /// Whether a body is Bark's parameters: a JSON object (labelled JSON, `text/plain` or
-/// not at all) or a strict form (labelled form-encoded or not at all) whose names are
-/// [`bark_shaped`] (`body` or `title` among them).
-fn bark_body(content_type: Option<&str>, body: &[u8]) -> bool {
+/// not at all), a strict form (labelled form-encoded or not at all) or a multipart body
+/// (its field names read by the caller: `multipart`) whose names are [`bark_shaped`]
+/// (`body` or `title` among them).
+fn bark_body(content_type: Option<&str>, body: &[u8], multipart: Option<&[String]>) -> bool {
     let essence = content_type
         .unwrap_or("")
         .split(';')
@@ -178,7 +179,9 @@ fn bark_body(content_type: Option<&str>, body: &[u8]) -> bool {
     let json_label = matches!(essence.as_str(), "" | "application/json" | "text/plain")
         || essence.ends_with("+json");
     let form_label = matches!(essence.as_str(), "" | "application/x-www-form-urlencoded");
-    let names = if json_label && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+    let names = if essence == "multipart/form-data" {
+        multipart.map(<[String]>::to_vec)
+    } else if json_label && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         json_keys(body)
     } else if form_label {
         std::str::from_utf8(body).ok().and_then(strict_form_names)
@@ -206,12 +209,16 @@ fn query_names(query: Option<&str>) -> Vec<String> {
 ///    `ntfy-sh` sends) is an ntfy message. An empty body: Bark when the query holds Bark's
 ///    parameters with `body` among them (`title` alone is also ntfy's), else ntfy.
 /// 4. `PUT` (and anything else): ntfy.
+///
+/// A multipart body (`curl -F`) counts by its field names, read by the caller
+/// ([`multipart_names`]) and passed as `multipart`.
 pub fn key_api(
     method: &Method,
     key: &str,
     query: Option<&str>,
     content_type: Option<&str>,
     body: &[u8],
+    multipart: Option<&[String]>,
 ) -> KeyApi {
     if key.ends_with(".send") {
         return KeyApi::ServerChan;
@@ -220,7 +227,7 @@ pub fn key_api(
     let names = query_names(query);
     let query_is = |title_counts| bark_shaped(names.iter().map(String::as_str), title_counts);
     if method == Method::GET {
-        if query_is(true) || (!empty && bark_body(content_type, body)) {
+        if query_is(true) || (!empty && bark_body(content_type, body, multipart)) {
             KeyApi::Bark
         } else {
             KeyApi::ServerChan
@@ -229,12 +236,26 @@ pub fn key_api(
         let bark = if empty {
             query_is(false)
         } else {
-            bark_body(content_type, body)
+            bark_body(content_type, body, multipart)
         };
         if bark { KeyApi::Bark } else { KeyApi::Ntfy }
     } else {
         KeyApi::Ntfy
     }
+}
+
+/// The field names of a `multipart/form-data` body (`None` for any other body, or one
+/// that is not valid multipart).
+async fn multipart_names(content_type: Option<&str>, body: &[u8]) -> Option<Vec<String>> {
+    let raw = content_type?;
+    let essence = raw.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    let fields = super::send::multipart_fields(raw, Bytes::copy_from_slice(body))
+        .await
+        .ok()?;
+    Some(fields.into_iter().map(|(name, _)| name).collect())
 }
 
 /// The request's `Content-Type`, when it is text.
@@ -253,12 +274,14 @@ async fn key_get(
 ) -> Response {
     let bark = match (&key, &body) {
         (Ok(Path(name)), Ok(bytes)) => {
+            let multipart = multipart_names(content_type(&headers), bytes).await;
             let api = key_api(
                 &Method::GET,
                 name,
                 query.0.as_deref(),
                 content_type(&headers),
                 bytes,
+                multipart.as_deref(),
             );
             (api == KeyApi::Bark).then(|| name.clone())
         }
@@ -285,12 +308,14 @@ async fn key_post(
         Err(_) => return serverchan::send_post(state, key, query, headers, body).await,
     };
     let bytes: &[u8] = body.as_ref().map(|b| b.as_ref()).unwrap_or_default();
+    let multipart = multipart_names(content_type(&headers), bytes).await;
     match key_api(
         &Method::POST,
         &key,
         query.0.as_deref(),
         content_type(&headers),
         bytes,
+        multipart.as_deref(),
     ) {
         KeyApi::ServerChan => {
             serverchan::send_post(state, Ok(Path(key)), query, headers, body).await
@@ -406,7 +431,20 @@ mod tests {
     const JSON: Option<&str> = Some("application/json");
 
     fn api(method: Method, query: Option<&str>, content_type: Option<&str>, body: &str) -> KeyApi {
-        key_api(&method, KEY, query, content_type, body.as_bytes())
+        key_api(&method, KEY, query, content_type, body.as_bytes(), None)
+    }
+
+    #[test]
+    fn multipart_counts_by_its_field_names() {
+        let multipart = Some("multipart/form-data; boundary=x");
+        let bark = ["title".to_owned(), "body".to_owned()];
+        let other = ["file".to_owned()];
+        let body = b"--x\r\n...";
+        let got =
+            |names: Option<&[String]>| key_api(&Method::POST, KEY, None, multipart, body, names);
+        assert_eq!(got(Some(&bark)), KeyApi::Bark);
+        assert_eq!(got(Some(&other)), KeyApi::Ntfy);
+        assert_eq!(got(None), KeyApi::Ntfy, "not valid multipart: ntfy's text");
     }
 
     #[test]
@@ -419,6 +457,7 @@ mod tests {
                 Some("title=T&body=B"),
                 FORM,
                 b"title=T&body=B",
+                None,
             );
             assert_eq!(got, KeyApi::ServerChan, "{method}");
         }
