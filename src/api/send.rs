@@ -501,14 +501,18 @@ pub(crate) async fn submit(
     state: &AppState,
     sub: Submission,
 ) -> Result<crate::delivery::Accepted, ApiError> {
+    // U+0000 shows nothing and PostgreSQL cannot store it in text: it is dropped (a 400
+    // would lose an alert whose labels carry one; Alertmanager does not retry a 4xx).
+    let strip_nul = |text: Option<String>| text.map(|t| t.replace('\0', ""));
     // Text that shows nothing (spaces, zero-width and other invisible characters) is absent.
-    let title = visible(sub.title).map(|t| sub.urgency.mark(&t));
-    let url = present(sub.url).map(|u| u.trim().to_owned());
+    let title = visible(strip_nul(sub.title)).map(|t| sub.urgency.mark(&t));
+    let url = present(strip_nul(sub.url)).map(|u| u.trim().to_owned());
     if let Some(url) = &url {
         check_url(url)?;
     }
     // A bare link is a message too: the link is its content.
-    let content = visible(sub.content).or_else(|| url.clone().filter(|_| title.is_none()));
+    let content =
+        visible(strip_nul(sub.content)).or_else(|| url.clone().filter(|_| title.is_none()));
     if title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_BYTES) {
         return Err(ApiError::PayloadTooLarge(format!(
             "title is longer than {MAX_TITLE_BYTES} bytes"
@@ -522,6 +526,15 @@ pub(crate) async fn submit(
             "content is longer than {} (server.max_content_bytes)",
             describe_bytes(state.max_content_bytes)
         )));
+    }
+    if sub
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| !crate::store::storable(k))
+    {
+        return Err(ApiError::BadRequest(
+            "idempotency key contains a NUL character (U+0000); use printable text".into(),
+        ));
     }
     if sub
         .idempotency_key

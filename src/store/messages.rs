@@ -203,6 +203,9 @@ impl Store {
     }
 
     pub async fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -213,6 +216,9 @@ impl Store {
 
     /// The digest with this id, as its page needs it.
     pub async fn digest(&self, id: &str) -> Result<Option<DigestRecord>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
         let row = sqlx::query("SELECT carried, created_at, page_key FROM digests WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -229,6 +235,9 @@ impl Store {
 
     /// The messages a digest carried, in acceptance order (those still kept).
     pub async fn carried_by(&self, digest_id: &str) -> Result<Vec<Message>, StoreError> {
+        if !storable(digest_id) {
+            return Ok(Vec::new());
+        }
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE via = $1 ORDER BY seq");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(digest_id)
@@ -414,6 +423,12 @@ impl Store {
             .await?;
         Ok(row.try_get("n")?)
     }
+}
+
+/// Whether text can be in the database at all: PostgreSQL refuses U+0000 in text (an
+/// error, not "no row"), so nothing stored holds one and a lookup by such text finds nothing.
+pub fn storable(text: &str) -> bool {
+    !text.contains('\0')
 }
 
 /// The smallest UUIDv7 text of a message accepted at `ms` or later (its first 48 bits are

@@ -35,6 +35,7 @@ pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, Waiting};
 pub use members::{CodeCheck, CodeRequest, MemberPrefs};
 pub use messages::{
     AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus,
+    storable,
 };
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
