@@ -578,6 +578,15 @@ pub(super) fn backend(path: &Path) -> SqliteBackend {
     }
 }
 
+/// [`backend`] that also notices its file being deleted or replaced, as `open` sets it up.
+#[cfg(test)]
+pub(super) fn backend_watching(path: &Path) -> SqliteBackend {
+    SqliteBackend {
+        file: FileIdentity::of(path),
+        ..backend(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;

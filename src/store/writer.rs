@@ -598,7 +598,9 @@ impl Writer {
                     }
                 }
             }
-            Err(err) if batch.len() == 1 => {
+            // One write, or a file that is gone (no row can be made durable by a retry: it
+            // would only meet the rows just committed into the deleted file).
+            Err(err) if batch.len() == 1 || matches!(err, StoreError::FileReplaced(_)) => {
                 answer_all(batch.into_iter().map(|(_, d)| d).collect(), err);
             }
             Err(err) => {
@@ -640,8 +642,13 @@ impl Writer {
     /// closed that connection (so nothing of this attempt can linger).
     fn write(&mut self, mut writes: Vec<&mut Write>) -> Result<Vec<Reply>, StoreError> {
         let probe_only = writes.iter().all(|w| matches!(w, Write::Probe));
-        let result = match self.try_write(&mut writes) {
-            Ok(replies) => self.db.check_durable().map(|()| replies),
+        let result = match self
+            .try_write(&mut writes)
+            .and_then(|replies| self.db.check_durable().map(|()| replies))
+        {
+            Ok(replies) => Ok(replies),
+            // After a commit into a file that is gone, too: the connection still writes
+            // into the deleted file, and a retry on it would "commit" the rows again there.
             Err(err) => {
                 self.db.discard();
                 Err(err)
@@ -1344,6 +1351,61 @@ mod tests {
         let replies = writer.write(vec![&mut all_due_by, &mut release]).unwrap();
         assert_eq!(replies[0], Reply::Count(1));
         assert_eq!(store.next_lane_due().await.unwrap(), Some(now));
+        writer.db.close();
+        store.close().await;
+    }
+
+    /// Found under load: a batch committed into a database file deleted meanwhile was
+    /// retried row by row on the same connection, which met the rows it had just written
+    /// into the deleted file ("UNIQUE constraint failed: messages.id") and answered 500.
+    #[tokio::test]
+    async fn a_batch_committed_into_a_deleted_file_is_refused_whole_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut writer = Writer {
+            db: Box::new(super::super::sqlite::backend_watching(&path)),
+            health: Arc::default(),
+            arrivals: Arc::default(),
+            supervisor: Supervisor::default(),
+        };
+        let insert = |i: usize| {
+            let now = now_ms();
+            Write::Insert(Box::new(Message::new_queued(
+                MessageId::from_stored(format!("d{i}")),
+                UserId::new("alice"),
+                Some(format!("t{i}")),
+                None,
+                now,
+                now + 1000,
+            )))
+        };
+        let batch = |range: std::ops::Range<usize>| {
+            let mut waits = Vec::new();
+            let writes = range
+                .map(|i| {
+                    let (done, wait) = oneshot::channel();
+                    waits.push(wait);
+                    (insert(i), done)
+                })
+                .collect::<Vec<_>>();
+            (writes, waits)
+        };
+        // The connection is open on the file...
+        let (writes, waits) = batch(0..1);
+        writer.commit_batch(writes);
+        for wait in waits {
+            assert!(wait.await.unwrap().is_ok());
+        }
+        // ...which is deleted; the next batch commits into the deleted file.
+        std::fs::remove_file(&path).unwrap();
+        let (writes, waits) = batch(1..3);
+        writer.commit_batch(writes);
+        for wait in waits {
+            let err = wait.await.unwrap().expect_err("refused");
+            assert!(err.is_unavailable(), "503, not 500: {err}");
+        }
         writer.db.close();
         store.close().await;
     }
