@@ -374,65 +374,15 @@ mod tests {
         use crate::api::send::parse_query_with;
         use proptest::prelude::*;
 
-        const NAMES: &[&str] = &[
-            "title",
-            "subtitle",
-            "body",
-            "markdown",
-            "url",
-            "level",
-            "image",
-            "device_key",
-            "device_keys",
-            "sound",
-            "badge",
-            "group",
-            "ciphertext",
-            "delete",
-            "id",
-            "copy",
-        ];
-
-        /// Text built from what matters to these parsers, and any text.
-        fn tricky(names: &'static [&'static str]) -> impl Strategy<Value = String> {
-            let piece = prop_oneof![
-                prop::sample::select(vec![
-                    "&",
-                    "=",
-                    "%",
-                    "%FF",
-                    "%E4%BD%A0",
-                    "+",
-                    "_",
-                    "{",
-                    "}",
-                    "\"",
-                    ":",
-                    ",",
-                    "[",
-                    "]",
-                    " ",
-                    "=?UTF-8?B?",
-                    "?=",
-                    "=?",
-                    "yes",
-                    "1",
-                    "\u{0}",
-                ])
-                .prop_map(str::to_owned),
-                prop::sample::select(names).prop_map(str::to_owned),
-                "[a-zA-Z_-]{0,8}",
-                any::<String>(),
-            ];
-            prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
-        }
+        /// Every name Bark knows (as the route rule reads them).
+        const NAMES: &[&str] = crate::api::compat::BARK_NAMES;
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(512))]
 
             /// Any query or form: parameters, or a 400 (a refused name set is one).
             #[test]
-            fn any_query_is_params_or_a_400(q in tricky(NAMES)) {
+            fn any_query_is_params_or_a_400(q in crate::api::compat::tricky(NAMES)) {
                 let got = parse_query_with::<Params>(Some(&q), &RULES);
                 if let Err(e) = got {
                     prop_assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
@@ -441,7 +391,7 @@ mod tests {
 
             /// Any path segments: the message's parts, or no Bark path.
             #[test]
-            fn any_path_is_parts_or_none(segments in prop::collection::vec(tricky(NAMES), 0..6)) {
+            fn any_path_is_parts_or_none(segments in prop::collection::vec(crate::api::compat::tricky(NAMES), 0..6)) {
                 let n = segments.len();
                 let got = from_path(segments);
                 prop_assert_eq!(got.is_some(), (2..=4).contains(&n));

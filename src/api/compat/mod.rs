@@ -422,6 +422,45 @@ fn unix_seconds() -> i64 {
     crate::store::now_ms() / 1000
 }
 
+/// Text for the compat parsers' property tests: separators, escapes (good, bad, MIME
+/// encoded-word), the route's own field names, short names and any text.
+#[cfg(test)]
+pub(crate) fn tricky(
+    names: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        prop::sample::select(vec![
+            "&",
+            "=",
+            "%",
+            "%FF",
+            "%E4%BD%A0",
+            "+",
+            "_",
+            "{",
+            "}",
+            "\"",
+            ":",
+            ",",
+            "[",
+            "]",
+            " ",
+            "=?UTF-8?B?",
+            "?=",
+            "=?",
+            "yes",
+            "1",
+            "\u{0}",
+        ])
+        .prop_map(str::to_owned),
+        prop::sample::select(names).prop_map(str::to_owned),
+        "[a-zA-Z_-]{0,8}",
+        any::<String>(),
+    ];
+    prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -645,43 +645,9 @@ mod tests {
             "template", "tpl", "auth", "topic", "x-attach", "x-email",
         ];
 
-        /// Text built from what matters to these parsers, and any text.
-        fn tricky(names: &'static [&'static str]) -> impl Strategy<Value = String> {
-            let piece = prop_oneof![
-                prop::sample::select(vec![
-                    "&",
-                    "=",
-                    "%",
-                    "%FF",
-                    "%E4%BD%A0",
-                    "+",
-                    "_",
-                    "{",
-                    "}",
-                    "\"",
-                    ":",
-                    ",",
-                    "[",
-                    "]",
-                    " ",
-                    "=?UTF-8?B?",
-                    "?=",
-                    "=?",
-                    "yes",
-                    "1",
-                    "\u{0}",
-                ])
-                .prop_map(str::to_owned),
-                prop::sample::select(names).prop_map(str::to_owned),
-                "[a-zA-Z_-]{0,8}",
-                any::<String>(),
-            ];
-            prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
-        }
-
         /// A header value as a client may send it (visible ASCII, raw UTF-8 bytes).
         fn header_value() -> impl Strategy<Value = HeaderValue> {
-            tricky(NAMES).prop_filter_map("not a header value", |text| {
+            crate::api::compat::tricky(NAMES).prop_filter_map("not a header value", |text| {
                 HeaderValue::from_bytes(text.as_bytes()).ok()
             })
         }
@@ -695,7 +661,7 @@ mod tests {
 
             /// Any query: options, or a 400 — a refused option set is one, naming it.
             #[test]
-            fn any_query_is_options_or_a_400(q in tricky(NAMES)) {
+            fn any_query_is_options_or_a_400(q in crate::api::compat::tricky(NAMES)) {
                 let got = Options::from_query(Some(&q));
                 if let Ok(options) = &got {
                     let _ = priority(options.priority.as_ref());
@@ -741,7 +707,7 @@ mod tests {
             /// Any JSON publish body: options, or a 400.
             #[test]
             fn any_json_publish_is_options_or_a_400(
-                text in tricky(NAMES),
+                text in crate::api::compat::tricky(NAMES),
                 object in prop::collection::btree_map(
                     prop::sample::select(NAMES),
                     prop_oneof![
@@ -760,7 +726,7 @@ mod tests {
 
             /// Authorization values and `auth` parameters: a token or none.
             #[test]
-            fn any_authorization_is_a_token_or_none(value in tricky(NAMES)) {
+            fn any_authorization_is_a_token_or_none(value in crate::api::compat::tricky(NAMES)) {
                 let _ = authorization_token(&value);
                 let _ = token(&HeaderMap::new(), Some(&value), &value);
                 let p = priority(Some(&Value::String(value)));
