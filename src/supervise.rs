@@ -67,6 +67,21 @@ pub fn contain<T>(task: &str, pass: impl FnOnce() -> T) -> Option<T> {
     }
 }
 
+/// Runs `pass` on `owner` every `period` (the first one period from now) until `owner`
+/// is dropped; a panic in a pass costs that pass and one ERROR line.
+pub async fn every<T>(task: &str, period: Duration, owner: std::sync::Weak<T>, pass: fn(&T)) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(owner) = owner.upgrade() else {
+            return;
+        };
+        contain(task, || pass(&owner));
+    }
+}
+
 /// Where a test can make a task fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultPoint {
@@ -208,6 +223,35 @@ mod tests {
         assert_eq!(catch(async { 3 }).await, Ok(3));
         assert_eq!(contain("chore", || panic!("static")), None::<()>);
         assert_eq!(contain("chore", || 5), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_periodic_chore_survives_a_panicking_pass_and_ends_with_its_owner() {
+        use std::sync::atomic::AtomicUsize;
+        let passes = Arc::new(AtomicUsize::new(0));
+        let chore = tokio::spawn(every(
+            "test chore",
+            Duration::from_millis(5),
+            Arc::downgrade(&passes),
+            |n: &AtomicUsize| {
+                if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first pass");
+                }
+            },
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while passes.load(Ordering::SeqCst) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "passes go on after a panic"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(passes);
+        tokio::time::timeout(Duration::from_secs(5), chore)
+            .await
+            .expect("it ends once its owner is gone")
+            .expect("it never panics itself");
     }
 
     #[tokio::test]

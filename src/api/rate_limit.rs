@@ -6,7 +6,7 @@
 //! the token: rotating the token does not reset it.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -44,7 +44,13 @@ impl SendLimiter {
             rate,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(evict_idle(Arc::downgrade(&limiter)));
+            // A panic (a bug) costs one pass: memory is bounded again at the next.
+            runtime.spawn(crate::supervise::every(
+                "the rate-limiter evictor",
+                EVICT_EVERY,
+                Arc::downgrade(&limiter),
+                SendLimiter::evict,
+            ));
         }
         limiter
     }
@@ -75,20 +81,6 @@ impl SendLimiter {
     fn evict(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
-    }
-}
-
-async fn evict_idle(limiter: Weak<SendLimiter>) {
-    let mut tick = tokio::time::interval(EVICT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(limiter) = limiter.upgrade() else {
-            return;
-        };
-        // A panic (a bug) costs one pass: memory is bounded again at the next.
-        crate::supervise::contain("the rate-limiter evictor", || limiter.evict());
     }
 }
 

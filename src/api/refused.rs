@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -85,7 +85,13 @@ impl RefusedTokens {
     pub fn new() -> Arc<Self> {
         let refused = Arc::new(Self::default());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(summarize_every_minute(Arc::downgrade(&refused)));
+            // A panic (a bug) costs one summary.
+            runtime.spawn(crate::supervise::every(
+                "the refused-token summary",
+                SUMMARY_EVERY,
+                Arc::downgrade(&refused),
+                RefusedTokens::summarize,
+            ));
         }
         refused
     }
@@ -130,20 +136,6 @@ impl RefusedTokens {
                  addresses beyond the first {MAX_CLIENTS} of the minute"
             );
         }
-    }
-}
-
-async fn summarize_every_minute(refused: Weak<RefusedTokens>) {
-    let mut tick = tokio::time::interval(SUMMARY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(refused) = refused.upgrade() else {
-            return;
-        };
-        // A panic (a bug) costs one summary.
-        crate::supervise::contain("the refused-token summary", || refused.summarize());
     }
 }
 

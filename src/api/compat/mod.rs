@@ -258,6 +258,25 @@ async fn multipart_names(content_type: Option<&str>, body: &[u8]) -> Option<Vec<
     Some(fields.into_iter().map(|(name, _)| name).collect())
 }
 
+/// [`key_api`] for a request, a multipart body's field names read first.
+async fn decide(
+    method: Method,
+    key: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> KeyApi {
+    let multipart = multipart_names(content_type(headers), body).await;
+    key_api(
+        &method,
+        key,
+        query,
+        content_type(headers),
+        body,
+        multipart.as_deref(),
+    )
+}
+
 /// The request's `Content-Type`, when it is text.
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok())
@@ -274,15 +293,7 @@ async fn key_get(
 ) -> Response {
     let bark = match (&key, &body) {
         (Ok(Path(name)), Ok(bytes)) => {
-            let multipart = multipart_names(content_type(&headers), bytes).await;
-            let api = key_api(
-                &Method::GET,
-                name,
-                query.0.as_deref(),
-                content_type(&headers),
-                bytes,
-                multipart.as_deref(),
-            );
+            let api = decide(Method::GET, name, query.0.as_deref(), &headers, bytes).await;
             (api == KeyApi::Bark).then(|| name.clone())
         }
         _ => None,
@@ -308,15 +319,7 @@ async fn key_post(
         Err(_) => return serverchan::send_post(state, key, query, headers, body).await,
     };
     let bytes: &[u8] = body.as_ref().map(|b| b.as_ref()).unwrap_or_default();
-    let multipart = multipart_names(content_type(&headers), bytes).await;
-    match key_api(
-        &Method::POST,
-        &key,
-        query.0.as_deref(),
-        content_type(&headers),
-        bytes,
-        multipart.as_deref(),
-    ) {
+    match decide(Method::POST, &key, query.0.as_deref(), &headers, bytes).await {
         KeyApi::ServerChan => {
             serverchan::send_post(state, Ok(Path(key)), query, headers, body).await
         }
@@ -484,6 +487,61 @@ mod tests {
         assert_eq!(got(Some(&bark)), KeyApi::Bark);
         assert_eq!(got(Some(&other)), KeyApi::Ntfy);
         assert_eq!(got(None), KeyApi::Ntfy, "not valid multipart: ntfy's text");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop::sample::select(vec![Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        }
+
+        fn content_type() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(None),
+                prop::sample::select(vec![
+                    "application/json",
+                    "application/x-www-form-urlencoded",
+                    "multipart/form-data; boundary=x",
+                    "text/plain",
+                ])
+                .prop_map(|t| Some(t.to_owned())),
+                any::<String>().prop_map(Some),
+            ]
+        }
+
+        proptest! {
+            /// Any request decides one API and never panics; PUT is always ntfy's, a
+            /// `.send` key always ServerChan's, and a POST body that is plain text (no
+            /// `=`, not a JSON object) is never Bark's.
+            #[test]
+            fn any_request_decides_one_api(
+                method in method(),
+                key in crate::api::compat::tricky(BARK_NAMES),
+                query in proptest::option::of(crate::api::compat::tricky(BARK_NAMES)),
+                content_type in content_type(),
+                body in prop_oneof![
+                    crate::api::compat::tricky(BARK_NAMES).prop_map(String::into_bytes),
+                    any::<Vec<u8>>(),
+                ],
+                multipart in proptest::option::of(prop::collection::vec(
+                    prop::sample::select(BARK_NAMES).prop_map(str::to_owned), 0..4)),
+            ) {
+                let api = key_api(&method, &key, query.as_deref(), content_type.as_deref(), &body, multipart.as_deref());
+                if key.ends_with(".send") {
+                    prop_assert_eq!(api, KeyApi::ServerChan);
+                } else if method == Method::PUT {
+                    prop_assert_eq!(api, KeyApi::Ntfy);
+                }
+                let plain = !body.contains(&b'=') && !body.contains(&b'{')
+                    && !body.iter().all(u8::is_ascii_whitespace)
+                    && !content_type.as_deref().is_some_and(|t| t.starts_with("multipart/"));
+                if method == Method::POST && plain {
+                    prop_assert_ne!(api, KeyApi::Bark, "plain text is ntfy's");
+                }
+            }
+        }
     }
 
     #[test]
