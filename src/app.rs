@@ -21,9 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::api::rate_limit::SendLimiter;
 use crate::api::{self, AppState};
 use crate::config::{ProxyUrl, Settings};
-use crate::delivery::email::EmailChannel;
-use crate::delivery::wecom::WeComChannel;
-use crate::delivery::{Channel, Outbox};
+use crate::delivery::Outbox;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::server::{self, ServeOptions};
@@ -110,21 +108,12 @@ impl Application {
             WeComClient::new(wecom_http_client(&settings)?, &settings.wecom)
                 .with_metrics(metrics.clone()),
         );
-        let mut channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(
-            client,
-            settings.public_base().into(),
-        ))];
-        let mut email_check = None;
-        if let Some(email) = &settings.email {
-            let channel = Arc::new(EmailChannel::new(email)?);
-            email_check = Some(Arc::clone(&channel));
-            channels.push(channel);
-        }
+        let channels = crate::delivery::registry::build(&settings, client, &metrics)?;
+        let checks = channels.clone();
         let outbox = Outbox::new(
             store.clone(),
             channels,
             settings.delivery.clone(),
-            settings.wecom.member_limits.clone(),
             instance_id(&settings),
             metrics.clone(),
             settings.public_base().into(),
@@ -140,10 +129,6 @@ impl Application {
             public_base: settings.public_base().into(),
             callback_max_age: settings.wecom.callback_max_age,
             send_limiter: SendLimiter::new(settings.server.send_rate),
-            email_policy: settings.email.as_ref().map(|e| api::chat::EmailPolicy {
-                code_ttl: e.code_ttl,
-                codes_per_hour: e.codes_per_hour,
-            }),
             utc_offset: settings.delivery.utc_offset,
             max_content_bytes: settings.server.max_content_bytes,
             retention: settings.storage.retention,
@@ -159,17 +144,21 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         let port = listener.local_addr()?.port();
         outbox.start().await.map_err(store_error)?;
-        if let Some(channel) = email_check {
-            // A wrong password or a firewalled port should be visible on day one, not at
-            // the first fallback; but mail is not needed to start.
+        // Wrong credentials or a firewalled port should be visible on day one, not at the
+        // first fallback; but no channel other than WeCom is needed to start (WeCom's own
+        // start-up check is `pushbot doctor`'s and the first send's).
+        for channel in checks.into_iter().filter(|c| c.binding().is_some()) {
             tokio::spawn(async move {
+                let name = channel.name();
                 match channel.check().await {
-                    Ok(()) => {
-                        tracing::info!(server = %channel.server(), "SMTP server reachable; e-mail channel ready")
+                    Ok(what) => {
+                        tracing::info!(channel = %name, "{what}; {} channel ready", name.label())
                     }
                     Err(err) => tracing::warn!(
+                        channel = %name,
                         error = %err,
-                        "cannot connect or log in to the SMTP server; e-mail delivery will be retried, but check [email] (host, port, security, username, password)"
+                        "{} channel check failed; delivery will be retried, but check its config section",
+                        name.label()
                     ),
                 }
             });

@@ -18,6 +18,7 @@ use url::{Host, Url};
 
 use crate::app::{Egress, http_client, wecom_http_client};
 use crate::config::{DEFAULT_CONFIG_FILE, Settings};
+use crate::delivery::Channel as _;
 use crate::delivery::email::EmailChannel;
 use crate::error::chain;
 use crate::store::{Store, StoreError, chmod_command, exposed_files, now_ms};
@@ -864,11 +865,11 @@ async fn smtp(settings: &Settings) -> Finding {
         "connected (no login configured)"
     };
     let checked = match EmailChannel::new(email) {
-        Ok(channel) => channel.check().await.map(|()| channel.server().to_owned()),
+        Ok(channel) => channel.check().await,
         Err(err) => Err(chain(&err)),
     };
     match checked {
-        Ok(server) => Finding::pass("SMTP 可用", format!("SMTP {server}: {login}")),
+        Ok(what) => Finding::pass("SMTP 可用", format!("{what}: {login}")),
         Err(err) => Finding::fail(
             "SMTP 不可用",
             format!("SMTP {}:{} failed", email.host, email.port()),

@@ -125,20 +125,24 @@ impl fmt::Debug for MessageId {
 }
 
 /// A delivery channel, by its stable name (stored in the database and accepted in the
-/// API as `wecom` / `email`).
+/// API as `wecom` / `email` / `sms`). Only the names live here; what a channel can do is
+/// its [`Channel`](crate::delivery::Channel) implementation's to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChannelName {
     WeCom,
     Email,
+    Sms,
 }
 
 impl ChannelName {
-    pub const ALL: [ChannelName; 2] = [ChannelName::WeCom, ChannelName::Email];
+    /// Every channel, in the order `channel=all` tries them.
+    pub const ALL: [ChannelName; 3] = [ChannelName::WeCom, ChannelName::Email, ChannelName::Sms];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WeCom => "wecom",
             Self::Email => "email",
+            Self::Sms => "sms",
         }
     }
 
@@ -147,6 +151,24 @@ impl ChannelName {
         match self {
             Self::WeCom => "WeCom",
             Self::Email => "E-mail",
+            Self::Sms => "SMS",
+        }
+    }
+
+    /// Its name inside a sentence ("e-mail is not configured").
+    pub fn in_sentence(self) -> &'static str {
+        match self {
+            Self::Email => "e-mail",
+            other => other.label(),
+        }
+    }
+
+    /// What people type for it (besides [`Self::as_str`]).
+    fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Self::WeCom => &["企业微信", "微信"],
+            Self::Email => &["e-mail", "mail", "邮件", "邮箱"],
+            Self::Sms => &["phone", "短信", "手机"],
         }
     }
 }
@@ -160,13 +182,13 @@ impl fmt::Display for ChannelName {
 impl std::str::FromStr for ChannelName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "wecom" | "企业微信" | "微信" => Ok(Self::WeCom),
-            "email" | "e-mail" | "mail" | "邮件" | "邮箱" => Ok(Self::Email),
-            other => Err(format!(
-                "unknown channel {other:?}: the channels are wecom and email"
-            )),
-        }
+        let typed = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == typed || c.aliases().contains(&typed.as_str()))
+            .ok_or_else(|| {
+                format!("unknown channel {typed:?}: the channels are wecom, email and sms")
+            })
     }
 }
 
@@ -190,7 +212,9 @@ impl Route {
             }
             channels.push(channel);
         }
-        Self::new(channels).ok_or_else(|| "no channel given: use wecom, email or both".to_owned())
+        Self::new(channels).ok_or_else(|| {
+            "no channel given: use wecom, email, sms or a list such as wecom,email".to_owned()
+        })
     }
 
     /// `None` when `channels` is empty.
@@ -440,8 +464,9 @@ pub struct Outbound {
     pub userid: UserId,
     pub title: Option<String>,
     pub content: Option<String>,
-    /// Where e-mail goes (the member's bound address, or the address being verified).
-    pub email: Option<EmailAddress>,
+    /// The recipient on a channel that needs an address (e-mail, SMS): the member's bound
+    /// one, or the one being verified. `None` on channels that reach members by userid.
+    pub address: Option<String>,
     /// The content's syntax.
     pub format: Format,
     /// How the member wants it to look.
@@ -516,7 +541,11 @@ mod tests {
             "email,wecom"
         );
         assert!(Route::parse("wecom,wecom").unwrap_err().contains("twice"));
-        assert!(Route::parse("sms").unwrap_err().contains("unknown channel"));
+        assert!(Route::parse("fax").unwrap_err().contains("unknown channel"));
+        assert_eq!(
+            Route::parse("短信, wecom").unwrap().to_stored(),
+            "sms,wecom"
+        );
         assert!(Route::parse(" , ").is_err());
         let only_wecom = r.filter(|c| c == ChannelName::WeCom).unwrap();
         assert_eq!(only_wecom.to_stored(), "wecom");

@@ -121,16 +121,25 @@ pub enum AttemptOutcome {
     /// The channel gave up on the message (a permanent error, or its retry window ran
     /// out): it goes on to its next channel, or ends failed.
     Failed,
+    /// The channel may or may not have delivered it and cannot say (an SMS that timed
+    /// out): not retried there; the message goes on as after `Failed`.
+    Unconfirmed,
 }
 
 impl AttemptOutcome {
-    const ALL: [AttemptOutcome; 3] = [Self::Delivered, Self::Retry, Self::Failed];
+    const ALL: [AttemptOutcome; 4] = [
+        Self::Delivered,
+        Self::Retry,
+        Self::Failed,
+        Self::Unconfirmed,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::Delivered => "delivered",
             Self::Retry => "retry",
             Self::Failed => "failed",
+            Self::Unconfirmed => "unconfirmed",
         }
     }
 }

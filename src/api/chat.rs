@@ -1,21 +1,12 @@
 //! What each chat command does: the state change behind a bot reply. (The commands and
 //! the reply texts are [`crate::bot`]'s, which stays pure.)
 
-use std::time::Duration;
-
 use super::AppState;
 use crate::bot::{self, Command, StatusView};
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
-use crate::domain::{ChannelName, EmailAddress, Format, Look, Route, UserId};
+use crate::domain::{ChannelName, Format, Look, Route, UserId};
 use crate::error::ApiError;
 use crate::store::{CodeCheck, CodeRequest, now_ms};
-
-/// `[email]` as the chat needs it.
-#[derive(Debug, Clone, Copy)]
-pub struct EmailPolicy {
-    pub code_ttl: Duration,
-    pub codes_per_hour: u32,
-}
 
 pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<String, ApiError> {
     Ok(match command {
@@ -30,70 +21,76 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
         }
         Command::Help => bot::help_reply(),
         Command::Welcome => bot::welcome_reply(),
-        Command::Email(typed) => request_code(state, userid, &typed).await?,
+        Command::Bind { channel, typed } => request_code(state, userid, channel, &typed).await?,
         Command::Verify(typed) => verify(state, userid, &typed).await?,
         Command::VerifyUsage => bot::verify_usage_reply(),
-        Command::EmailOff => {
-            state.store.unbind_email(userid).await?;
-            tracing::info!(userid = %userid, "e-mail address unbound");
-            bot::email_unbound_reply()
-        }
+        Command::Unbind(channel) => match state.outbox.binding(channel) {
+            None => bot::channel_unavailable_reply(channel),
+            Some(binding) => {
+                state.store.unbind(userid, channel).await?;
+                tracing::info!(userid = %userid, channel = %channel, "address unbound");
+                bot::unbound_reply(binding, channel)
+            }
+        },
         Command::Status => status(state, userid).await?,
         Command::Fallback(typed) => fallback(state, userid, &typed).await?,
         Command::Format(typed) => format(state, userid, &typed).await?,
     })
 }
 
-fn ttl_minutes(policy: &EmailPolicy) -> u64 {
-    policy.code_ttl.as_secs().div_ceil(60).max(1)
-}
-
-/// Mails a code to the address through the outbox — the same reliable path as any message,
-/// to the address being bound, not the member's current one.
-async fn request_code(state: &AppState, userid: &UserId, typed: &str) -> Result<String, ApiError> {
-    let Some(policy) = state
-        .email_policy
-        .filter(|_| state.outbox.has_channel(ChannelName::Email))
-    else {
-        return Ok(bot::email_unavailable_reply());
+/// Sends a code to the address over its channel through the outbox — the same reliable
+/// path as any message, to the address being bound, not the member's current one.
+async fn request_code(
+    state: &AppState,
+    userid: &UserId,
+    channel: ChannelName,
+    typed: &str,
+) -> Result<String, ApiError> {
+    let Some(binding) = state.outbox.binding(channel) else {
+        return Ok(bot::channel_unavailable_reply(channel));
     };
-    let Some(address) = EmailAddress::parse(typed) else {
-        return Ok(bot::email_invalid_reply(typed));
+    let Ok(address) = (binding.parse)(typed) else {
+        return Ok(bot::address_invalid_reply(binding, typed));
     };
-    let ttl_ms = i64::try_from(policy.code_ttl.as_millis()).unwrap_or(i64::MAX);
+    let ttl_ms = i64::try_from(binding.code_ttl.as_millis()).unwrap_or(i64::MAX);
     let request = state
         .store
-        .request_email_code(userid, &address, now_ms(), ttl_ms, policy.codes_per_hour)
+        .request_code(
+            userid,
+            channel,
+            &address,
+            now_ms(),
+            ttl_ms,
+            binding.codes_per_hour,
+        )
         .await?;
     let code = match request {
-        CodeRequest::TooMany => return Ok(bot::email_too_many_reply()),
+        CodeRequest::TooMany => return Ok(bot::code_too_many_reply()),
         CodeRequest::Created { code } => code,
     };
-    let (title, content) = bot::verification_mail(&code, ttl_minutes(&policy));
-    let route = Route::new(vec![ChannelName::Email])
-        .ok_or_else(|| ApiError::Internal("an empty route".into()))?;
+    let minutes = binding.code_ttl.as_secs().div_ceil(60).max(1);
+    let (title, content) = (binding.code_message)(&code, minutes);
+    let route =
+        Route::new(vec![channel]).ok_or_else(|| ApiError::Internal("an empty route".into()))?;
     state
         .outbox
         .accept(NewMessage {
             userid: userid.clone(),
-            title: Some(title),
+            title,
             content: Some(content),
             idempotency_key: None,
             request_digest: None,
             route,
             deliver_all: false,
-            email_to: Some(address.as_str().to_owned()),
+            address_to: Some(address.clone()),
             format: Format::Text,
             look: None,
             url: None,
         })
         .await?;
     state.metrics.accepted(crate::metrics::Endpoint::Chat);
-    tracing::info!(userid = %userid, address = %address.masked(), "verification code mailed");
-    Ok(bot::email_code_sent_reply(
-        address.as_str(),
-        ttl_minutes(&policy),
-    ))
+    tracing::info!(userid = %userid, channel = %channel, address = %(binding.mask)(&address), "verification code sent");
+    Ok(bot::code_sent_reply(&address, minutes))
 }
 
 /// Checks a code; only six digits reach the store, so a typo costs no attempt.
@@ -102,15 +99,19 @@ async fn verify(state: &AppState, userid: &UserId, typed: &str) -> Result<String
         return Ok(bot::verify_usage_reply());
     }
     Ok(
-        match state
-            .store
-            .check_email_code(userid, typed, now_ms())
-            .await?
-        {
-            CodeCheck::Bound(address) => {
-                tracing::info!(userid = %userid, address = %address.masked(), "e-mail address bound");
-                bot::email_bound_reply(&address.masked())
-            }
+        match state.store.check_code(userid, typed, now_ms()).await? {
+            CodeCheck::Bound { channel, address } => match state.outbox.binding(channel) {
+                // Bound, though the channel is gone from the config since the code was sent.
+                None => bot::channel_unavailable_reply(channel),
+                Some(binding) => {
+                    let masked = (binding.mask)(&address);
+                    tracing::info!(userid = %userid, channel = %channel, address = %masked, "address bound");
+                    let prefs = state.store.member_prefs(userid).await?;
+                    let (route, _) = order(state, prefs.channels.as_ref());
+                    let in_order = route.channels().contains(&channel);
+                    bot::bound_reply(binding, channel, &masked, in_order)
+                }
+            },
             CodeCheck::Wrong { attempts_left } => bot::code_wrong_reply(attempts_left),
             CodeCheck::Expired => bot::code_expired_reply(),
             CodeCheck::Exhausted => bot::code_exhausted_reply(),
@@ -167,13 +168,24 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
     let prefs = state.store.member_prefs(userid).await?;
     let token = state.store.existing_token(userid).await?;
     let (route, own_order) = order(state, prefs.channels.as_ref());
+    let bound = prefs.bound();
     let unusable = route
         .channels()
         .iter()
-        .filter(|c| {
-            !state.outbox.has_channel(**c) || (**c == ChannelName::Email && prefs.email.is_none())
-        })
+        .filter(|c| !state.outbox.reaches(**c, &bound))
         .map(|c| c.as_str().to_owned())
+        .collect();
+    // A line for each channel here that needs an address (and any bound elsewhere).
+    let addresses = ChannelName::ALL
+        .into_iter()
+        .filter_map(|c| {
+            let address = prefs.address(c);
+            match (state.outbox.binding(c), address) {
+                (Some(b), address) => Some((b.command.to_owned(), address.map(b.mask))),
+                (None, Some(_)) => Some((c.as_str().to_owned(), Some("***".to_owned()))),
+                (None, None) => None,
+            }
+        })
         .collect();
     // "Today" in the time zone the server shows times in.
     let offset = i64::from(state.utc_offset) * 1000;
@@ -192,7 +204,7 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
         look: look.as_str().to_owned(),
         own_look,
         token_hint: token.map(|t| t.hint()),
-        email: prefs.email.map(|e| e.masked()),
+        addresses,
         order: route.to_display(),
         own_order,
         unusable,
@@ -222,7 +234,7 @@ async fn fallback(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
         Ok(ChannelChoice::Order(route)) => route,
         Ok(_) => {
             return Ok(bot::fallback_invalid_reply(
-                "a channel order lists channels: wecom, email",
+                "a channel order lists channels: wecom, email, sms",
             ));
         }
         Err(problem) => return Ok(bot::fallback_invalid_reply(&problem)),
@@ -230,7 +242,7 @@ async fn fallback(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
     // Checked like a sender's choice, so the member hears now what would not work.
     let prefs = state.store.member_prefs(userid).await?;
     let reach = Reach {
-        email_bound: prefs.email.is_some(),
+        bound: prefs.bound(),
         own_order: None,
     };
     let mut reply_note = String::new();

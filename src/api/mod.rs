@@ -46,8 +46,6 @@ pub struct AppState {
     pub callback_max_age: std::time::Duration,
     /// `server.send_rate`, per member; see [`rate_limit::authorized_sender`].
     pub send_limiter: Arc<rate_limit::SendLimiter>,
-    /// Verification codes, when `[email]` is configured.
-    pub email_policy: Option<chat::EmailPolicy>,
     /// `delivery.utc_offset`, seconds east of UTC: what "today" means in `status`.
     pub utc_offset: i32,
     /// `server.max_content_bytes`.

@@ -568,7 +568,7 @@ pub(crate) async fn submit(
     });
     let prefs = state.store.member_prefs(&userid).await?;
     let reach = Reach {
-        email_bound: prefs.email.is_some(),
+        bound: prefs.bound(),
         own_order: prefs.channels,
     };
     let (route, deliver_all) = state
@@ -585,7 +585,7 @@ pub(crate) async fn submit(
             request_digest,
             route,
             deliver_all,
-            email_to: None,
+            address_to: None,
             format: sub.format,
             look: prefs.look,
             url,

@@ -5,6 +5,8 @@
 
 use unicode_normalization::UnicodeNormalization;
 
+use crate::delivery::Binding;
+use crate::domain::ChannelName;
 use crate::wecom::xml::Inbound;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,10 +18,14 @@ pub enum Command {
     Help,
     /// First contact (`subscribe` event).
     Welcome,
-    /// `email alice@example.com`: mail a verification code to the address (as typed).
-    Email(String),
-    /// `email off`: unbind the address.
-    EmailOff,
+    /// `email alice@example.com`, `phone 13800138000`: send a verification code to the
+    /// address (as typed) over that channel.
+    Bind {
+        channel: ChannelName,
+        typed: String,
+    },
+    /// `email off`, `phone off`: unbind the address on that channel.
+    Unbind(ChannelName),
     /// `verify 123456` (or the six digits alone): always six ASCII digits.
     Verify(String),
     /// `verify` with anything but six digits: a typo, answered with the usage line and
@@ -66,17 +72,9 @@ pub fn parse_text(text: &str) -> Command {
     let (word, rest) = split_keyword(&text);
     let word = word.trim_start_matches('/').to_lowercase();
     match word.as_str() {
-        "email" | "e-mail" | "mail" | "邮箱" | "邮件" => {
-            if matches!(
-                rest.to_lowercase().as_str(),
-                "off" | "none" | "remove" | "unbind" | "关闭" | "解绑" | "删除"
-            ) {
-                Command::EmailOff
-            } else if rest.is_empty() {
-                Command::Status
-            } else {
-                Command::Email(rest.to_owned())
-            }
+        "email" | "e-mail" | "mail" | "邮箱" | "邮件" => binding(ChannelName::Email, rest),
+        "phone" | "mobile" | "sms" | "手机" | "手机号" | "短信" => {
+            binding(ChannelName::Sms, rest)
         }
         "verify" | "验证" | "code" | "验证码" => {
             if is_code(rest) {
@@ -93,7 +91,24 @@ pub fn parse_text(text: &str) -> Command {
     }
 }
 
-/// A verification code as it is mailed: six ASCII digits.
+/// `email …` / `phone …`: bind, unbind, or (nothing after it) show the status.
+fn binding(channel: ChannelName, rest: &str) -> Command {
+    if matches!(
+        rest.to_lowercase().as_str(),
+        "off" | "none" | "remove" | "unbind" | "关闭" | "解绑" | "删除"
+    ) {
+        Command::Unbind(channel)
+    } else if rest.is_empty() {
+        Command::Status
+    } else {
+        Command::Bind {
+            channel,
+            typed: rest.to_owned(),
+        }
+    }
+}
+
+/// A verification code as it is sent: six ASCII digits.
 pub fn is_code(text: &str) -> bool {
     text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit())
 }
@@ -189,9 +204,10 @@ pub fn help_reply() -> String {
      token（令牌）— 查看你的推送令牌和用法 show your push token and how to use it\n\
      rotate（重置）— 换一个新令牌，旧令牌立即失效 issue a new token; the old one stops working\n\
      email 地址（邮箱 地址）— 绑定邮箱，企业微信发不出时改用邮件 bind an e-mail address for fallback\n\
-     verify 验证码（验证）— 完成绑定 confirm it with the mailed code\n\
-     email off（邮箱 关闭）— 解绑 unbind it\n\
-     fallback email,wecom（回退）— 设置渠道顺序 set your channel order\n\
+     phone 手机号（手机 号码）— 绑定手机号用于短信（需服务器已配置）bind a phone number for SMS (if configured)\n\
+     verify 验证码（验证）— 完成绑定 confirm it with the code you received\n\
+     email off · phone off（邮箱 关闭 · 手机 关闭）— 解绑 unbind\n\
+     fallback wecom,email,sms（回退）— 设置渠道顺序 set your channel order\n\
      format text|markdown|card（格式）— 消息样式：纯文本 / Markdown（仅企业微信客户端）/ 卡片 how messages look\n\
      status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
      help（帮助）— 显示本帮助 show this help"
@@ -203,8 +219,9 @@ pub fn help_reply() -> String {
 pub struct StatusView {
     /// `ab…yz`, or `None` without a token yet.
     pub token_hint: Option<String>,
-    /// Masked address.
-    pub email: Option<String>,
+    /// One line per channel a member can bind an address on: its command (`email`,
+    /// `phone`) and the masked address, if bound.
+    pub addresses: Vec<(String, Option<String>)>,
     /// `wecom → email`.
     pub order: String,
     /// Whether the order is the member's own (else the server's default).
@@ -243,7 +260,16 @@ pub fn is_reset(typed: &str) -> bool {
 
 pub fn status_reply(view: &StatusView) -> String {
     let token = view.token_hint.as_deref().unwrap_or("— (send token)");
-    let email = view.email.as_deref().unwrap_or("none（未绑定）");
+    let addresses: String = view
+        .addresses
+        .iter()
+        .map(|(what, masked)| {
+            format!(
+                "{what}: {}\n",
+                masked.as_deref().unwrap_or("none（未绑定）")
+            )
+        })
+        .collect();
     let mut order = view.order.clone();
     order.push_str(whose(view.own_order));
     if !view.unusable.is_empty() {
@@ -261,7 +287,7 @@ pub fn status_reply(view: &StatusView) -> String {
     format!(
         "状态 Status\n\
          token: {token}\n\
-         email: {email}\n\
+         {addresses}\
          order: {order}\n\
          format: {look}{}\n\
          today: {today}（✓ 送达 delivered ✗ 失败 failed）",
@@ -289,36 +315,74 @@ pub fn format_invalid_reply(problem: &str) -> String {
     )
 }
 
-pub fn email_code_sent_reply(address: &str, ttl_minutes: u64) -> String {
+pub fn code_sent_reply(address: &str, ttl_minutes: u64) -> String {
     format!(
         "验证码已发送到 {address}，请在 {ttl_minutes} 分钟内回复 verify 验证码（验证 验证码）。\n\
          Verification code sent to {address}: reply \"verify <code>\" within {ttl_minutes} minutes."
     )
 }
 
-pub fn email_invalid_reply(typed: &str) -> String {
+/// Answer to an address that does not parse.
+pub fn address_invalid_reply(binding: &Binding, typed: &str) -> String {
     let shown: String = typed.chars().take(80).collect();
+    let (zh, en) = binding.noun;
+    let example = format!("{} {}", binding.command, binding.example);
     format!(
-        "「{shown}」不是有效的邮箱地址，例如 email alice@example.com。\n\
-         That is not a valid e-mail address; send e.g. email alice@example.com"
+        "「{shown}」不是有效的{zh}，例如 {example}。\n\
+         That is not a valid {en}; send e.g. {example}"
     )
 }
 
-pub fn email_unavailable_reply() -> String {
-    "本服务器未配置邮件发送，请联系管理员。\nE-mail is not configured on this server; ask its administrator."
-        .to_owned()
+/// What the chat calls a channel's sending, in Chinese.
+fn sending_zh(channel: ChannelName) -> &'static str {
+    match channel {
+        ChannelName::WeCom => "企业微信",
+        ChannelName::Email => "邮件发送",
+        ChannelName::Sms => "短信发送",
+    }
 }
 
-pub fn email_too_many_reply() -> String {
+pub fn channel_unavailable_reply(channel: ChannelName) -> String {
+    let word = channel.in_sentence();
+    let en: String = word
+        .chars()
+        .take(1)
+        .flat_map(char::to_uppercase)
+        .chain(word.chars().skip(1))
+        .collect();
+    format!(
+        "本服务器未配置{}，请联系管理员。\n{en} is not configured on this server; ask its administrator.",
+        sending_zh(channel)
+    )
+}
+
+pub fn code_too_many_reply() -> String {
     "验证码请求太频繁，请一小时后再试。\nToo many codes requested for you or this address; try again in an hour."
         .to_owned()
 }
 
-pub fn email_bound_reply(masked: &str) -> String {
-    format!(
-        "邮箱已绑定：{masked}。企业微信发送失败时将改用邮件。\n\
-         E-mail bound: {masked}. Messages WeCom cannot deliver go there."
-    )
+/// Answer to the right code. `in_order`: the channel is in the member's effective channel
+/// order (else say how to add it).
+pub fn bound_reply(
+    binding: &Binding,
+    channel: ChannelName,
+    masked: &str,
+    in_order: bool,
+) -> String {
+    let zh = binding.noun.0;
+    let label = channel.label();
+    if in_order {
+        format!(
+            "{zh}已绑定：{masked}。企业微信发送失败时将改用它。\n\
+             {label} bound: {masked}. Messages WeCom cannot deliver go there."
+        )
+    } else {
+        let name = channel.as_str();
+        format!(
+            "{zh}已绑定：{masked}。发送 fallback wecom,{name} 让企业微信发不出的消息改用它。\n\
+             {label} bound: {masked}. Send \"fallback wecom,{name}\" to have messages WeCom cannot deliver go there."
+        )
+    }
 }
 
 pub fn code_wrong_reply(attempts_left: i64) -> String {
@@ -326,29 +390,33 @@ pub fn code_wrong_reply(attempts_left: i64) -> String {
 }
 
 pub fn code_expired_reply() -> String {
-    "验证码已过期，请重新发送 email 地址获取新验证码。\nThe code has expired; send email <address> again for a new one."
+    "验证码已过期，请重新发送 email 地址 或 phone 号码 获取新验证码。\nThe code has expired; send email <address> or phone <number> again for a new one."
         .to_owned()
 }
 
 pub fn code_exhausted_reply() -> String {
-    "错误次数过多，该验证码已失效，请重新发送 email 地址。\nToo many wrong attempts: this code no longer works; send email <address> for a new one."
+    "错误次数过多，该验证码已失效，请重新发送 email 地址 或 phone 号码。\nToo many wrong attempts: this code no longer works; send email <address> or phone <number> for a new one."
         .to_owned()
 }
 
 /// Answer to `verify` without six digits after it; the code's tries are untouched.
 pub fn verify_usage_reply() -> String {
-    "用法 Usage: verify 123456（验证 123456）——邮件里的 6 位数字，本次不计入尝试次数。\n\
-     The code is the six digits from the mail; this did not count as an attempt."
+    "用法 Usage: verify 123456（验证 123456）——邮件或短信里的 6 位数字，本次不计入尝试次数。\n\
+     The code is the six digits from the mail or text; this did not count as an attempt."
         .to_owned()
 }
 
 pub fn no_pending_code_reply() -> String {
-    "没有待验证的验证码，请先发送 email 地址。\nNo pending code: send email you@example.com first."
+    "没有待验证的验证码，请先发送 email 地址 或 phone 号码。\nNo pending code: send email you@example.com or phone 13800138000 first."
         .to_owned()
 }
 
-pub fn email_unbound_reply() -> String {
-    "邮箱已解绑。\nE-mail unbound: nothing will be mailed to you any more.".to_owned()
+pub fn unbound_reply(binding: &Binding, channel: ChannelName) -> String {
+    format!(
+        "{}已解绑。\n{} unbound: nothing will be sent there any more.",
+        binding.noun.0,
+        channel.label()
+    )
 }
 
 pub fn fallback_set_reply(order: &str, own: bool) -> String {
@@ -434,11 +502,20 @@ mod tests {
     fn commands_with_arguments() {
         assert_eq!(
             parse_text("email Alice@Example.com"),
-            Command::Email("Alice@Example.com".into())
+            Command::Bind {
+                channel: ChannelName::Email,
+                typed: "Alice@Example.com".into()
+            }
         );
-        assert_eq!(parse_text("邮箱  a@b.cn "), Command::Email("a@b.cn".into()));
-        assert_eq!(parse_text("email off"), Command::EmailOff);
-        assert_eq!(parse_text("邮箱 关闭"), Command::EmailOff);
+        assert_eq!(
+            parse_text("邮箱  a@b.cn "),
+            Command::Bind {
+                channel: ChannelName::Email,
+                typed: "a@b.cn".into()
+            }
+        );
+        assert_eq!(parse_text("email off"), Command::Unbind(ChannelName::Email));
+        assert_eq!(parse_text("邮箱 关闭"), Command::Unbind(ChannelName::Email));
         assert_eq!(parse_text("email"), Command::Status);
         assert_eq!(
             parse_text("verify 123456"),
@@ -477,10 +554,28 @@ mod tests {
             ("\u{200b}token", Command::Token),
             ("\u{feff}to\u{200d}ken\u{2060}", Command::Token),
             ("\u{180e}rotate。", Command::Rotate),
-            ("邮箱：a@x.com", Command::Email("a@x.com".into())),
-            ("email: a@x.com.", Command::Email("a@x.com".into())),
-            ("email : ａ＠ｘ．ｃｏｍ", Command::Email("a@x.com".into())),
-            ("邮箱：关闭。", Command::EmailOff),
+            (
+                "邮箱：a@x.com",
+                Command::Bind {
+                    channel: ChannelName::Email,
+                    typed: "a@x.com".into(),
+                },
+            ),
+            (
+                "email: a@x.com.",
+                Command::Bind {
+                    channel: ChannelName::Email,
+                    typed: "a@x.com".into(),
+                },
+            ),
+            (
+                "email : ａ＠ｘ．ｃｏｍ",
+                Command::Bind {
+                    channel: ChannelName::Email,
+                    typed: "a@x.com".into(),
+                },
+            ),
+            ("邮箱：关闭。", Command::Unbind(ChannelName::Email)),
             ("格式：文本", Command::Format("文本".into())),
             ("format:card!", Command::Format("card".into())),
             (
@@ -527,11 +622,17 @@ mod tests {
     fn folding_keeps_arguments() {
         assert_eq!(
             parse_text("email Alice.Smith@Mail.Example.com"),
-            Command::Email("Alice.Smith@Mail.Example.com".into())
+            Command::Bind {
+                channel: ChannelName::Email,
+                typed: "Alice.Smith@Mail.Example.com".into()
+            }
         );
         assert_eq!(
             parse_text("email a+tag@x.com"),
-            Command::Email("a+tag@x.com".into())
+            Command::Bind {
+                channel: ChannelName::Email,
+                typed: "a+tag@x.com".into()
+            }
         );
         assert_eq!(fold("  token 。! ？ "), "token");
         assert_eq!(fold("。"), "");
@@ -542,7 +643,7 @@ mod tests {
     fn status_never_shows_more_than_it_should() {
         let reply = status_reply(&StatusView {
             token_hint: Some("ab…yz".into()),
-            email: Some("a***e@example.com".into()),
+            addresses: vec![("email".into(), Some("a***e@example.com".into()))],
             order: "wecom → email".into(),
             own_order: false,
             unusable: vec![],
@@ -559,8 +660,12 @@ mod tests {
             "{reply}"
         );
         assert!(reply.len() < 2048);
-        let empty = status_reply(&StatusView::default());
+        let empty = status_reply(&StatusView {
+            addresses: vec![("email".into(), None), ("phone".into(), None)],
+            ..StatusView::default()
+        });
         assert!(empty.contains("email: none"), "{empty}");
+        assert!(empty.contains("\nphone: none"), "{empty}");
     }
 
     #[test]
@@ -701,7 +806,7 @@ mod tests {
             fn any_text_is_a_command(typed in chatty(), key in chatty()) {
                 match parse_text(&typed) {
                     Command::Verify(code) => prop_assert!(is_code(&code), "{code:?}"),
-                    Command::Email(address) => prop_assert!(!address.is_empty()),
+                    Command::Bind { typed, .. } => prop_assert!(!typed.is_empty()),
                     _ => {}
                 }
                 prop_assert!(interpret(&text(&typed)).is_some());

@@ -15,13 +15,15 @@ use lettre::transport::smtp::{PoolConfig, client::Tls, client::TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret as _;
 
-use super::{Channel, ChannelError};
+use super::{Binding, Capabilities, Channel, ChannelError};
 use crate::config::{EmailSettings, SmtpSecurity};
-use crate::domain::{ChannelName, Format, Outbound};
+use crate::domain::{ChannelName, EmailAddress, Format, Outbound};
 use crate::render::markdown::{escape_html as escape, to_plain_text, to_safe_html};
 
 /// Longest subject line, in characters (a first line of content can be anything).
 const MAX_SUBJECT_CHARS: usize = 120;
+/// A mail carries the whole message (the scheduler never cuts for e-mail).
+const MAX_MAIL_BYTES: usize = 16 * 1024 * 1024;
 /// SMTP connections kept open at most.
 const POOL_SIZE: u32 = 4;
 /// An idle pooled connection is closed after this (servers drop idle sessions anyway).
@@ -41,6 +43,24 @@ pub struct EmailChannel {
     from: Mailbox,
     /// `host:port`, for log lines.
     server: String,
+    binding: Binding,
+}
+
+/// An address as typed, checked and trimmed.
+fn parse_address(typed: &str) -> Result<String, String> {
+    EmailAddress::parse(typed)
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| format!("{typed:?} is not an e-mail address"))
+}
+
+fn mask_address(stored: &str) -> String {
+    EmailAddress::parse(stored).map_or_else(|| "***".to_owned(), |a| a.masked())
+}
+
+/// The verification mail: subject and body (its text is the bot's).
+fn code_mail(code: &str, ttl_minutes: u64) -> (Option<String>, String) {
+    let (subject, body) = crate::bot::verification_mail(code, ttl_minutes);
+    (Some(subject), body)
 }
 
 impl EmailChannel {
@@ -74,26 +94,45 @@ impl EmailChannel {
             transport: builder.build(),
             from: settings.from.mailbox().clone(),
             server: format!("{host}:{}", settings.port()),
+            binding: Binding {
+                code_ttl: settings.code_ttl,
+                codes_per_hour: settings.codes_per_hour,
+                command: "email",
+                example: "you@example.com",
+                noun: ("邮箱", "e-mail address"),
+                parse: parse_address,
+                mask: mask_address,
+                code_message: code_mail,
+            },
         })
-    }
-
-    /// Connects (and logs in, if configured) once: for the start-up check.
-    pub async fn check(&self) -> Result<(), String> {
-        match self.transport.test_connection().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("{} did not accept a connection", self.server)),
-            Err(err) => Err(format!("{}: {}", self.server, crate::error::chain(&err))),
-        }
-    }
-
-    pub fn server(&self) -> &str {
-        &self.server
     }
 }
 
 impl Channel for EmailChannel {
     fn name(&self) -> ChannelName {
         ChannelName::Email
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_text_bytes: MAX_MAIL_BYTES,
+            digests: false,
+        }
+    }
+
+    fn binding(&self) -> Option<&Binding> {
+        Some(&self.binding)
+    }
+
+    /// Connects (and logs in, if configured) once.
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            match self.transport.test_connection().await {
+                Ok(true) => Ok(format!("SMTP {}", self.server)),
+                Ok(false) => Err(format!("{} did not accept a connection", self.server)),
+                Err(err) => Err(format!("{}: {}", self.server, crate::error::chain(&err))),
+            }
+        })
     }
 
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {
@@ -107,11 +146,10 @@ impl Channel for EmailChannel {
 /// The mail for a message. Fails (permanently) only without an address.
 fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
     let permanent = |reason: String| ChannelError::Permanent { reason };
-    let Some(address) = &message.email else {
+    let Some(address) = &message.address else {
         return Err(permanent("no e-mail address to send to".to_owned()));
     };
     let to: Mailbox = address
-        .as_str()
         .parse()
         .map_err(|e| permanent(format!("{address} is not a usable address: {e}")))?;
     let (text, html) = bodies(message);
@@ -234,7 +272,7 @@ fn classify(err: lettre::transport::smtp::Error) -> ChannelError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EmailAddress, Look, MessageId, UserId};
+    use crate::domain::{Look, MessageId, UserId};
 
     #[test]
     fn subject_is_the_title_or_the_first_line() {
@@ -263,7 +301,7 @@ mod tests {
             userid: UserId::new("alice"),
             title: Some("Report".into()),
             content: Some("## 结果\n**ok** <script>x</script> [log](javascript:alert(1))".into()),
-            email: EmailAddress::parse("alice@example.com"),
+            address: Some("alice@example.com".to_owned()),
             format: Format::Markdown,
             look: Look::Text,
             url: Some("https://ci.example.com/7?a=1&b=2".into()),
@@ -306,7 +344,7 @@ mod tests {
             userid: UserId::new("alice"),
             title: Some("Alert".into()),
             content: Some("![graph](https://tracker.example/p.png?u=alice) done".into()),
-            email: EmailAddress::parse("alice@example.com"),
+            address: Some("alice@example.com".to_owned()),
             format: Format::Markdown,
             look: Look::Text,
             url: None,
@@ -335,7 +373,7 @@ mod tests {
             userid: UserId::new("alice"),
             title: Some("Backup <done>".into()),
             content: Some("42 GB 已完成".into()),
-            email: EmailAddress::parse("alice@example.com"),
+            address: Some("alice@example.com".to_owned()),
             format: Format::Text,
             look: Look::Text,
             url: None,
@@ -353,7 +391,7 @@ mod tests {
         assert!(raw.contains("text/plain"), "{raw}");
         assert!(raw.contains("text/html"), "{raw}");
         let no_address = Outbound {
-            email: None,
+            address: None,
             ..outbound
         };
         assert!(matches!(

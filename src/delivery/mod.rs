@@ -22,6 +22,7 @@ pub mod email;
 pub mod health;
 pub mod limits;
 pub mod next_step;
+pub mod registry;
 mod scheduler;
 pub mod wecom;
 
@@ -48,22 +49,89 @@ pub enum ChannelError {
     Transient { reason: String, unreachable: bool },
     /// Retrying cannot help until someone changes something (credentials, visible range).
     Permanent { reason: String },
+    /// The channel may or may not have taken it, and cannot say (an SMS whose request
+    /// timed out and that the provider cannot look up). Sending again could deliver it
+    /// twice (and bill it twice): the step is recorded as `unconfirmed` and the message
+    /// moves on as after a permanent failure.
+    Unconfirmed { reason: String },
 }
 
 impl ChannelError {
     /// Shown to the sender as `last_error`; never contains secrets.
     pub fn reason(&self) -> &str {
         match self {
-            Self::Transient { reason, .. } | Self::Permanent { reason } => reason,
+            Self::Transient { reason, .. }
+            | Self::Permanent { reason }
+            | Self::Unconfirmed { reason } => reason,
         }
     }
 }
 
-/// A way to reach a member. Implementations must be cheap to call concurrently.
+/// What a channel can carry; the scheduler shapes messages by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The longest text the channel shows in one message (a digest is cut to it).
+    pub max_text_bytes: usize,
+    /// Several waiting messages may go as one digest when the recipient's rate windows
+    /// would otherwise hold them back.
+    pub digests: bool,
+}
+
+/// How a member binds an address on a channel that needs one (e-mail, SMS): the chat flow
+/// (`email a@b.c` / `phone 138…`, a code sent over the channel, `verify 123456`, `… off`)
+/// is written once and reads everything channel-specific from here.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding {
+    /// How long a code can be used.
+    pub code_ttl: std::time::Duration,
+    /// Codes per member, and per address, in any hour.
+    pub codes_per_hour: u32,
+    /// The chat command, e.g. `email`; the reply says "send `{command} {example}`".
+    pub command: &'static str,
+    pub example: &'static str,
+    /// What the address is called: `("邮箱", "e-mail address")`.
+    pub noun: (&'static str, &'static str),
+    /// The address as the member typed it, normalised (the stored form), or a sentence
+    /// saying what is wrong with it.
+    pub parse: fn(&str) -> Result<String, String>,
+    /// The stored address as `status` shows it.
+    pub mask: fn(&str) -> String,
+    /// The message carrying a code: `(title, content)`, for `(code, minutes valid)`.
+    pub code_message: fn(&str, u64) -> (Option<String>, String),
+}
+
+impl Binding {
+    /// "no e-mail address is bound for this member (send "email you@example.com" in the app)".
+    pub fn missing(&self) -> String {
+        format!(
+            "no {} is bound for this member (send \"{} {}\" in the app)",
+            self.noun.1, self.command, self.example
+        )
+    }
+}
+
+/// A way to reach a member: one implementation per channel, in its own file, listed once
+/// in [`registry`]. Everything the scheduler needs to know about a channel it asks here;
+/// it never compares channel names. Implementations must be cheap to call concurrently.
 pub trait Channel: Send + Sync {
     /// Which channel this is (stored with messages, named in routes).
     fn name(&self) -> ChannelName;
+    fn capabilities(&self) -> Capabilities;
+    /// Per-recipient limits (WeCom: 30 a minute and 1000 an hour); `[]`: none. Every
+    /// delivery on the channel counts (the `sends` table), across restarts and instances.
+    fn rate_windows(&self) -> &[RateWindow] {
+        &[]
+    }
+    /// `Some` when the channel reaches a member at an address they bind and verify;
+    /// `None` when it reaches every member by userid.
+    fn binding(&self) -> Option<&Binding> {
+        None
+    }
+    /// Sends one message to `message.address` (a bound channel) or `message.userid`.
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>>;
+    /// Checks the channel's credentials and reachability without sending anything, for
+    /// start-up and `pushbot doctor`: `Ok` with what was checked, `Err` with what is wrong.
+    fn check(&self) -> BoxFuture<'_, Result<String, String>>;
     /// How long from now every delivery would fail at once with a failure already seen,
     /// without reaching the channel (WeCom's `gettoken` cooldown). Such an answer is not a
     /// try: a channel that is down is not probed before then.
@@ -87,8 +155,9 @@ pub struct NewMessage {
     pub route: Route,
     /// Deliver on every channel of the route, not only until one delivers.
     pub deliver_all: bool,
-    /// A fixed e-mail address instead of the member's bound one (verification mails).
-    pub email_to: Option<String>,
+    /// A fixed address on the route's one channel instead of the member's bound one: a
+    /// verification code, to the address being bound.
+    pub address_to: Option<String>,
     /// The content's syntax.
     pub format: Format,
     /// The member's chosen look; `None`: `delivery.format`.
@@ -125,8 +194,8 @@ impl ChannelChoice {
 /// What the route of a member's message depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reach {
-    /// The member has a bound e-mail address.
-    pub email_bound: bool,
+    /// The channels on which the member has a bound address.
+    pub bound: Vec<ChannelName>,
     /// The member's own channel order (`fallback …` in the chat).
     pub own_order: Option<Route>,
 }
@@ -168,8 +237,9 @@ fn repeat_of(first: Message, digest: Option<&str>) -> Result<Accepted, AcceptErr
 #[derive(Clone)]
 pub struct Outbox {
     inner: Arc<Scheduler>,
-    /// The channels this server has.
+    /// The channels this server has, in route order.
     configured: Arc<[ChannelName]>,
+    registry: Arc<[Arc<dyn Channel>]>,
 }
 
 impl Outbox {
@@ -177,24 +247,40 @@ impl Outbox {
         store: Store,
         channels: Vec<Arc<dyn Channel>>,
         settings: DeliverySettings,
-        limits: Vec<RateWindow>,
         owner: String,
         metrics: Metrics,
         public_base: Arc<str>,
     ) -> Self {
         let configured: Arc<[ChannelName]> = channels.iter().map(|c| c.name()).collect();
+        let registry: Arc<[Arc<dyn Channel>]> = channels.iter().cloned().collect();
         Self {
             inner: Arc::new(Scheduler::new(
                 store,
                 channels,
                 settings,
-                limits,
                 owner,
                 metrics,
                 public_base,
             )),
             configured,
+            registry,
         }
+    }
+
+    /// The configured channel of that name.
+    pub fn channel(&self, name: ChannelName) -> Option<&Arc<dyn Channel>> {
+        self.registry.iter().find(|c| c.name() == name)
+    }
+
+    /// How a member binds an address on the channel, when it is configured and needs one.
+    pub fn binding(&self, name: ChannelName) -> Option<&Binding> {
+        self.channel(name).and_then(|c| c.binding())
+    }
+
+    /// Whether a member with these bound channels can be reached on `channel` here.
+    pub fn reaches(&self, channel: ChannelName, bound: &[ChannelName]) -> bool {
+        self.channel(channel)
+            .is_some_and(|c| c.binding().is_none() || bound.contains(&channel))
     }
 
     /// `delivery.fallback`: the order of a member who chose none.
@@ -218,18 +304,17 @@ impl Outbox {
     /// the sender named channels none of which can reach the member. The bool: deliver
     /// on every channel of the route.
     pub fn route(&self, choice: &ChannelChoice, reach: &Reach) -> Result<(Route, bool), String> {
-        let usable =
-            |c: ChannelName| self.has_channel(c) && (c != ChannelName::Email || reach.email_bound);
+        let usable = |c: ChannelName| self.reaches(c, &reach.bound);
         let why_not = |asked: &Route| {
             let names: Vec<String> = asked
                 .channels()
                 .iter()
-                .map(|c| match c {
-                    ChannelName::Email if !self.has_channel(*c) => {
-                        "e-mail is not configured on this server".to_owned()
-                    }
-                    ChannelName::Email => "no e-mail address is bound for this member (send \"email you@example.com\" in the app)".to_owned(),
-                    other => format!("{} is not configured on this server", other.label()),
+                .map(|c| match self.channel(*c) {
+                    None => format!("{} is not configured on this server", c.in_sentence()),
+                    Some(channel) => channel.binding().map_or_else(
+                        || format!("{} cannot reach this member", c.label()),
+                        Binding::missing,
+                    ),
                 })
                 .collect();
             format!(
@@ -255,8 +340,14 @@ impl Outbox {
                     .as_ref()
                     .unwrap_or(&self.inner.settings.fallback);
                 // A member whose own order names only channels they cannot be reached on
-                // (an unbound address) still gets WeCom.
-                let fallback = Route::new(vec![ChannelName::WeCom]).ok_or("no channels")?;
+                // (an unbound address) still gets the first channel that needs no address
+                // (WeCom).
+                let fallback = self
+                    .registry
+                    .iter()
+                    .find(|c| c.binding().is_none())
+                    .and_then(|c| Route::new(vec![c.name()]))
+                    .ok_or("no channel reaches members without an address")?;
                 Ok((order.filter(usable).unwrap_or(fallback), false))
             }
         }
@@ -289,7 +380,7 @@ impl Outbox {
         message.idempotency_key = new.idempotency_key;
         message.route = new.route;
         message.deliver_all = new.deliver_all;
-        message.email_to = new.email_to;
+        message.address_to = new.address_to;
         message.format = new.format;
         message.look = new.look.unwrap_or(self.inner.settings.format);
         message.url = new.url;

@@ -30,11 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::health::{Change, Gate, Health};
-use super::limits::{self, Plan, RateWindow};
+use super::limits::{self, Plan};
 use super::next_step::{self, Failure, NextStep, Tried};
 use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
-use crate::domain::{ChannelName, EmailAddress, Format, Look, MessageId, Outbound, UserId};
+use crate::domain::{ChannelName, Format, Look, MessageId, Outbound, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{
     AttemptUpdate, Digest, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
@@ -75,8 +75,8 @@ const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest wait before a lane whose worker keeps panicking is worked again (the first
 /// panic releases it due at once, each further one in a row doubles the wait from 1 s).
 const LANE_PANIC_PAUSE_MAX: Duration = Duration::from_secs(60);
-/// WeCom shows at most this many bytes of text.
-const DIGEST_BYTES: usize = super::wecom::MAX_TEXT_BYTES;
+/// How long charges (texts that cost money) are kept: the daily caps look back a day.
+const CHARGE_SPAN: i64 = 24 * 3600 * 1000;
 
 /// A configured channel and what the scheduler knows about its health.
 struct Slot {
@@ -102,7 +102,6 @@ pub(super) struct Scheduler {
     /// The configured channels (WeCom first).
     channels: Vec<Slot>,
     pub(super) settings: DeliverySettings,
-    limits: Vec<RateWindow>,
     /// This instance's name in claims.
     owner: String,
     /// Bounds attempts in flight so a backlog cannot open thousands of connections.
@@ -190,7 +189,6 @@ impl Scheduler {
         store: Store,
         channels: Vec<Arc<dyn Channel>>,
         settings: DeliverySettings,
-        limits: Vec<RateWindow>,
         owner: String,
         metrics: Metrics,
         public_base: Arc<str>,
@@ -208,7 +206,6 @@ impl Scheduler {
             channels,
             permits: Semaphore::new(settings.concurrency),
             settings,
-            limits,
             owner,
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -405,8 +402,14 @@ impl Scheduler {
             due.expire = now + if more { 0 } else { EXPIRE_EVERY };
         }
         if now >= due.prune {
-            let span = limits::history_span_ms(&self.limits);
+            let span = self
+                .channels
+                .iter()
+                .map(|s| limits::history_span_ms(s.channel.rate_windows()))
+                .max()
+                .unwrap_or(0);
             self.store.prune_sends(now - span).await?;
+            self.store.prune_charges(now - CHARGE_SPAN).await?;
             self.store.expire_idempotency_keys(now).await?;
             due.prune = now + PRUNE_EVERY;
         }
@@ -605,8 +608,9 @@ impl Scheduler {
         // Registered before the first read, so every message committed after any read
         // of this lane wakes the worker: an empty read plus no wake-up means empty.
         let arrivals = self.store.arrivals().watch(userid);
-        let span = limits::history_span_ms(&self.limits);
-        let mut history = self.store.send_history(userid, now_ms() - span).await?;
+        // What was sent to the member on each channel with rate windows, read when first
+        // needed (most lanes only ever use one channel).
+        let mut histories: HashMap<ChannelName, Vec<i64>> = HashMap::new();
         let claimed_at = Instant::now();
         let mut sent = 0;
         // The next few messages of the lane, head first (one read for several sends).
@@ -688,12 +692,25 @@ impl Scheduler {
                     }
                 }
             };
-            // The member limits and digests are WeCom's; other channels send at once.
-            let step = if channel == ChannelName::WeCom {
-                self.plan(userid, &history, now, digestible(&next.message))
-                    .await?
-            } else {
+            // The channel's own rate windows (and digests, where it has them); a channel
+            // without windows sends at once.
+            let windows = slot.channel.rate_windows();
+            let step = if windows.is_empty() {
                 Step::Send
+            } else {
+                let history = match histories.entry(channel) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let span = limits::history_span_ms(windows);
+                        e.insert(
+                            self.store
+                                .send_history(userid, channel, now_ms() - span)
+                                .await?,
+                        )
+                    }
+                };
+                self.plan(userid, slot, history, now, digestible(&next.message, slot))
+                    .await?
             };
             let carried = match step {
                 Step::Wait(at) => return Ok(LaneEnd::Release(at)),
@@ -731,7 +748,7 @@ impl Scheduler {
                 .faults()
                 .panic_at(FaultPoint::LanePanic);
             let after = self
-                .attempt(&head, slot, carried, probe, &mut history)
+                .attempt(&head, slot, carried, probe, histories.get_mut(&channel))
                 .await;
             probe_guard.disarm();
             match after {
@@ -757,11 +774,13 @@ impl Scheduler {
     async fn plan(
         &self,
         userid: &UserId,
+        slot: &Slot,
         history: &[i64],
         now: i64,
         digestible: bool,
     ) -> Result<Step, StoreError> {
-        let first = limits::next_slot(now, history, &self.limits);
+        let windows = slot.channel.rate_windows();
+        let first = limits::next_slot(now, history, windows);
         if first > now {
             return Ok(Step::Wait(first));
         }
@@ -770,13 +789,16 @@ impl Scheduler {
         };
         let mut after_one = history.to_vec();
         after_one.push(now);
-        if limits::next_slot(now, &after_one, &self.limits) <= now {
+        if limits::next_slot(now, &after_one, windows) <= now {
             return Ok(Step::Send);
         }
-        let waiting = self.store.lane_waiting(userid, LOOKAHEAD).await?;
+        let waiting = self
+            .store
+            .lane_waiting(userid, slot.name(), LOOKAHEAD)
+            .await?;
         let accepted: Vec<i64> = waiting.iter().map(|w| w.created_at).collect();
         Ok(
-            match limits::plan(now, history, &self.limits, &accepted, Some(digest_after)) {
+            match limits::plan(now, history, windows, &accepted, Some(digest_after)) {
                 Plan::Digest => Step::Digest(waiting),
                 Plan::Send => Step::Send,
                 Plan::WaitUntil(at) => Step::Wait(at),
@@ -792,7 +814,7 @@ impl Scheduler {
         slot: &Slot,
         carried: Option<Vec<Waiting>>,
         probe: bool,
-        history: &mut Vec<i64>,
+        history: Option<&mut Vec<i64>>,
     ) -> After {
         let channel = slot.name();
         let permit = tokio::select! {
@@ -806,8 +828,8 @@ impl Scheduler {
             }
             return After::Release(now_ms());
         };
-        let email = match self.address_for(head, channel).await {
-            Ok(email) => email,
+        let address = match self.address_for(head, slot).await {
+            Ok(address) => address,
             Err(reason) => {
                 // Nothing was sent: the channel's health is unknown, the probe not made.
                 if probe {
@@ -824,7 +846,7 @@ impl Scheduler {
                     userid: head.userid.clone(),
                     title: head.title.clone(),
                     content: head.content.clone(),
-                    email,
+                    address,
                     format: head.format,
                     look: head.look,
                     url: head.url.clone(),
@@ -856,8 +878,13 @@ impl Scheduler {
                 let id = MessageId::generate();
                 let page_key = crate::token::page_key();
                 let page = id.page_url(&self.public_base, &page_key);
-                let body =
-                    digest::compose(&items, DIGEST_BYTES, self.settings.utc_offset, &page).text;
+                let body = digest::compose(
+                    &items,
+                    slot.channel.capabilities().max_text_bytes,
+                    self.settings.utc_offset,
+                    &page,
+                )
+                .text;
                 let carried_at: Vec<i64> = waiting.iter().map(|w| w.created_at).collect();
                 let carried: Vec<MessageId> = waiting.into_iter().map(|w| w.id).collect();
                 (
@@ -866,7 +893,7 @@ impl Scheduler {
                         userid: head.userid.clone(),
                         title: None,
                         content: Some(body.clone()),
-                        email,
+                        address,
                         format: Format::Text,
                         look: Look::Text,
                         url: None,
@@ -919,7 +946,7 @@ impl Scheduler {
         match outcome {
             Ok(()) => {
                 self.reachable(slot);
-                if channel == ChannelName::WeCom {
+                if let Some(history) = history {
                     history.push(sent_at);
                 }
                 if let Some((digest, carried_at)) = digest {
@@ -953,6 +980,7 @@ impl Scheduler {
                             error: None,
                             route,
                             deadline_at: self.fresh_deadline(),
+                            unconfirmed: false,
                         })
                         .await;
                     if !recorded {
@@ -979,6 +1007,15 @@ impl Scheduler {
                 } else {
                     After::Release(now_ms())
                 }
+            }
+            Err(ChannelError::Unconfirmed { reason }) => {
+                // The channel answered nothing usable; whether it sent the text is unknown.
+                // Not sent again here (it may be billed and shown twice): the history says
+                // so, and the message goes on as after a permanent failure.
+                tracing::warn!(id = %head.id, attempts, channel = %channel, error = %reason, "delivery unconfirmed; not resent on this channel");
+                let step = next_step::after_failure(tried(head), now_ms(), Failure::Permanent);
+                self.settle_as(head, channel, attempts, step, reason, true)
+                    .await
             }
             Err(ChannelError::Permanent { reason }) => {
                 // The channel answered: it is reachable; this message cannot be delivered
@@ -1055,6 +1092,20 @@ impl Scheduler {
         step: NextStep,
         error: String,
     ) -> After {
+        self.settle_as(head, channel, attempts, step, error, false)
+            .await
+    }
+
+    /// [`Self::settle`]; `unconfirmed`: the channel may have delivered it and cannot say.
+    async fn settle_as(
+        &self,
+        head: &Message,
+        channel: ChannelName,
+        attempts: i64,
+        step: NextStep,
+        error: String,
+        unconfirmed: bool,
+    ) -> After {
         let ends_failed = matches!(step, NextStep::End { failed: true });
         let (update, after) = match step {
             NextStep::Retry { at } => {
@@ -1085,6 +1136,7 @@ impl Scheduler {
                         error: Some(error),
                         route,
                         deadline_at: self.fresh_deadline(),
+                        unconfirmed,
                     },
                     After::Reread,
                 )
@@ -1097,13 +1149,19 @@ impl Scheduler {
                         attempts,
                         channel,
                         error,
+                        unconfirmed,
                     },
                     After::Next,
                 )
             }
         };
         if self.record(update).await {
-            self.metrics.attempts(channel, AttemptOutcome::Failed, 1);
+            let outcome = if unconfirmed {
+                AttemptOutcome::Unconfirmed
+            } else {
+                AttemptOutcome::Failed
+            };
+            self.metrics.attempts(channel, outcome, 1);
             if ends_failed {
                 self.metrics.failed(channel, 1);
             }
@@ -1149,28 +1207,22 @@ impl Scheduler {
         now_ms().saturating_add(ms(self.settings.retry_window))
     }
 
-    /// Where an e-mail goes: the message's own address (a verification mail), else the
-    /// member's bound one. `Err` with the reason when there is none.
-    async fn address_for(
-        &self,
-        head: &Message,
-        channel: ChannelName,
-    ) -> Result<Option<EmailAddress>, String> {
-        if channel != ChannelName::Email {
+    /// Where the message goes on a channel that needs an address: the message's own
+    /// (a verification code), else the member's bound one. `None` on channels that reach
+    /// members by userid; `Err` with the reason when there is no address.
+    async fn address_for(&self, head: &Message, slot: &Slot) -> Result<Option<String>, String> {
+        let Some(binding) = slot.channel.binding() else {
             return Ok(None);
+        };
+        if let Some(fixed) = head.address_to.as_deref() {
+            return (binding.parse)(fixed).map(Some);
         }
-        if let Some(fixed) = head.email_to.as_deref() {
-            return EmailAddress::parse(fixed)
-                .map(Some)
-                .ok_or_else(|| format!("{fixed:?} is not an e-mail address"));
-        }
-        match self.store.member_prefs(&head.userid).await {
-            Ok(prefs) => prefs.email.map(Some).ok_or_else(|| {
-                "no e-mail address is bound (send \"email you@example.com\" in the app to bind one)"
-                    .to_owned()
-            }),
+        match self.store.binding(&head.userid, slot.name()).await {
+            Ok(Some(address)) => Ok(Some(address)),
+            Ok(None) => Err(binding.missing()),
             Err(err) => Err(format!(
-                "could not read the member's e-mail address: {}",
+                "could not read the member's {}: {}",
+                binding.noun.1,
                 crate::error::chain(&err)
             )),
         }
@@ -1350,11 +1402,12 @@ fn tried(head: &Message) -> Tried<'_> {
     }
 }
 
-/// Whether a WeCom digest may carry the message (see `Store::lane_waiting`).
-fn digestible(message: &Message) -> bool {
-    message.route.first() == ChannelName::WeCom
+/// Whether a digest on `slot` may carry the message (see `Store::lane_waiting`).
+fn digestible(message: &Message, slot: &Slot) -> bool {
+    slot.channel.capabilities().digests
+        && message.route.first() == slot.name()
         && !message.deliver_all
-        && message.email_to.is_none()
+        && message.address_to.is_none()
 }
 
 #[cfg(test)]

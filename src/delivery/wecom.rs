@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{Channel, ChannelError};
+use super::limits::RateWindow;
+use super::{Capabilities, Channel, ChannelError};
 use crate::domain::{ChannelName, Format, Look, Outbound};
 use crate::render::cut::{cut, excerpt};
 use crate::render::markdown::to_plain_text;
@@ -33,13 +34,16 @@ pub struct WeComChannel {
     client: Arc<WeComClient>,
     /// `server.public_url`, for page links.
     public_base: Arc<str>,
+    /// `wecom.member_limits`: beyond them WeCom drops messages while reporting success.
+    limits: Vec<RateWindow>,
 }
 
 impl WeComChannel {
-    pub fn new(client: Arc<WeComClient>, public_base: Arc<str>) -> Self {
+    pub fn new(client: Arc<WeComClient>, public_base: Arc<str>, limits: Vec<RateWindow>) -> Self {
         Self {
             client,
             public_base,
+            limits,
         }
     }
 }
@@ -47,6 +51,27 @@ impl WeComChannel {
 impl Channel for WeComChannel {
     fn name(&self) -> ChannelName {
         ChannelName::WeCom
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_text_bytes: MAX_TEXT_BYTES,
+            digests: true,
+        }
+    }
+
+    fn rate_windows(&self) -> &[RateWindow] {
+        &self.limits
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            self.client
+                .access_token()
+                .await
+                .map(|_| "gettoken accepted the corp id and secret".to_owned())
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {
@@ -182,7 +207,7 @@ mod tests {
             userid: UserId::new("alice"),
             title: title.map(str::to_owned),
             content: content.map(str::to_owned),
-            email: None,
+            address: None,
             format: Format::Text,
             look: Look::Text,
             url: None,

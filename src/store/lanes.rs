@@ -345,26 +345,28 @@ impl Store {
     }
 
     /// Up to `limit` queued messages of the lane, head first, with a short excerpt — only
-    /// as far as a WeCom digest may carry them: the list stops at the first message that
-    /// is not going to WeCom next (or goes to every channel, or to a fixed address), so a
-    /// digest never overtakes it.
+    /// as far as a digest on `channel` may carry them: the list stops at the first message
+    /// that is not going to `channel` next (or goes to every channel, or to a fixed
+    /// address), so a digest never overtakes it.
     pub async fn lane_waiting(
         &self,
         userid: &UserId,
+        channel: ChannelName,
         limit: usize,
     ) -> Result<Vec<Waiting>, StoreError> {
         // LIMIT as a literal: see `lane_heads`.
         let sql = format!(
             "SELECT id, created_at, title, substr(content, 1, CAST($2 AS INTEGER)) AS excerpt, \
              CAST(CASE WHEN length(content) > $2 THEN 1 ELSE 0 END AS BIGINT) AS partial, \
-             format, CAST(CASE WHEN (route = 'wecom' OR route LIKE 'wecom,%') \
-                       AND deliver_all = 0 AND email_to IS NULL THEN 1 ELSE 0 END AS BIGINT) \
+             format, CAST(CASE WHEN (route = $3 OR route LIKE $3 || ',%') \
+                       AND deliver_all = 0 AND address_to IS NULL THEN 1 ELSE 0 END AS BIGINT) \
                AS digestible \
              FROM messages WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(userid.as_str())
             .bind(EXCERPT_CHARS)
+            .bind(channel.as_str())
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -382,13 +384,20 @@ impl Store {
             .collect()
     }
 
-    /// When messages were sent to the member since `since`, oldest first.
-    pub async fn send_history(&self, userid: &UserId, since: i64) -> Result<Vec<i64>, StoreError> {
+    /// When messages were sent to the member on `channel` since `since`, oldest first.
+    pub async fn send_history(
+        &self,
+        userid: &UserId,
+        channel: ChannelName,
+        since: i64,
+    ) -> Result<Vec<i64>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sent_at FROM sends WHERE userid = $1 AND sent_at > $2 ORDER BY sent_at",
+            "SELECT sent_at FROM sends WHERE userid = $1 AND channel = $3 AND sent_at > $2 \
+             ORDER BY sent_at",
         )
         .bind(userid.as_str())
         .bind(since)
+        .bind(channel.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -5,20 +5,36 @@ use std::collections::HashMap;
 use sqlx::Row as _;
 
 use super::{Store, StoreError, now_ms};
-use crate::domain::{EmailAddress, Look, PushToken, Route, UserId};
+use crate::domain::{ChannelName, Look, PushToken, Route, UserId};
 
 /// Wrong tries a verification code allows.
 pub const CODE_ATTEMPTS: i64 = 5;
 /// Window of the cap on verification mails.
 const CODE_RATE_WINDOW_MS: i64 = 3600 * 1000;
 
-/// What a member's messages may use: a verified address and their own channel order.
+/// What a member's messages may use: verified addresses and their own channel order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberPrefs {
-    pub email: Option<EmailAddress>,
+    /// Verified addresses (`member_bindings`), by channel name.
+    pub bindings: Vec<(ChannelName, String)>,
     pub channels: Option<Route>,
     /// How the member wants messages to look; `None`: `delivery.format`.
     pub look: Option<Look>,
+}
+
+impl MemberPrefs {
+    /// The member's verified address on `channel`.
+    pub fn address(&self, channel: ChannelName) -> Option<&str> {
+        self.bindings
+            .iter()
+            .find(|(c, _)| *c == channel)
+            .map(|(_, a)| a.as_str())
+    }
+
+    /// The channels on which the member has a verified address.
+    pub fn bound(&self) -> Vec<ChannelName> {
+        self.bindings.iter().map(|(c, _)| *c).collect()
+    }
 }
 
 /// Members' preferences as read. `changes` counts changes, so that a read that started
@@ -41,8 +57,11 @@ pub enum CodeRequest {
 /// The answer to a code a member typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeCheck {
-    /// Right code: the address is bound now.
-    Bound(EmailAddress),
+    /// Right code: the address is bound on the channel now.
+    Bound {
+        channel: ChannelName,
+        address: String,
+    },
     /// Wrong code; this many tries are left.
     Wrong {
         attempts_left: i64,
@@ -179,17 +198,31 @@ impl Store {
             }
             Err(_) => u64::MAX,
         };
-        let row = sqlx::query("SELECT email, channels, format FROM members WHERE userid = $1")
+        let row = sqlx::query("SELECT channels, format FROM members WHERE userid = $1")
             .bind(userid.as_str())
             .fetch_optional(&self.pool)
             .await?;
+        let bindings = sqlx::query(
+            "SELECT channel, address FROM member_bindings WHERE userid = $1 ORDER BY channel",
+        )
+        .bind(userid.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .filter_map(|row| {
+            let channel: String = row.try_get("channel").ok()?;
+            let address: String = row.try_get("address").ok()?;
+            // A channel this build does not know is skipped, not an error.
+            Some((channel.parse::<ChannelName>().ok()?, address))
+        })
+        .collect();
         let prefs = match row {
-            None => MemberPrefs::default(),
+            None => MemberPrefs {
+                bindings,
+                ..MemberPrefs::default()
+            },
             Some(row) => MemberPrefs {
-                email: row
-                    .try_get::<Option<String>, _>("email")?
-                    .as_deref()
-                    .and_then(EmailAddress::parse),
+                bindings,
                 channels: row
                     .try_get::<Option<String>, _>("channels")?
                     .as_deref()
@@ -246,37 +279,55 @@ impl Store {
         Ok(())
     }
 
-    /// Unbinds the member's address; `false` when none was bound.
-    pub async fn unbind_email(&self, userid: &UserId) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE members SET email = NULL WHERE userid = $1 AND email IS NOT NULL")
-                .bind(userid.as_str())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+    /// The member's verified address on `channel`.
+    pub async fn binding(
+        &self,
+        userid: &UserId,
+        channel: ChannelName,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .member_prefs(userid)
+            .await?
+            .address(channel)
+            .map(str::to_owned))
+    }
+
+    /// Unbinds the member's address on `channel`; `false` when none was bound.
+    pub async fn unbind(&self, userid: &UserId, channel: ChannelName) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM member_bindings WHERE userid = $1 AND channel = $2")
+            .bind(userid.as_str())
+            .bind(channel.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         self.prefs_changed(userid);
         Ok(done > 0)
     }
 
-    /// A new verification code for `address`, unless the member or the address had
-    /// `per_hour` codes in the last hour. The code replaces any earlier one.
-    pub async fn request_email_code(
+    /// A new verification code for `address` on `channel`, unless the member or the
+    /// address had `per_hour` codes for that channel in the last hour. The code replaces
+    /// any earlier one (on any channel).
+    pub async fn request_code(
         &self,
         userid: &UserId,
-        address: &EmailAddress,
+        channel: ChannelName,
+        address: &str,
         now: i64,
         ttl_ms: i64,
         per_hour: u32,
     ) -> Result<CodeRequest, StoreError> {
         let since = now - CODE_RATE_WINDOW_MS;
+        // Addresses are compared case-blind (e-mail domains; phone numbers have no case).
+        let folded = address.to_lowercase();
         let row = sqlx::query(
             "SELECT \
-               (SELECT count(*) FROM email_requests WHERE userid = $1 AND requested_at > $3) AS by_member, \
-               (SELECT count(*) FROM email_requests WHERE address = $2 AND requested_at > $3) AS by_address",
+               (SELECT count(*) FROM binding_requests WHERE userid = $1 AND channel = $4 AND requested_at > $3) AS by_member, \
+               (SELECT count(*) FROM binding_requests WHERE address = $2 AND channel = $4 AND requested_at > $3) AS by_address",
         )
         .bind(userid.as_str())
-        .bind(address.as_str().to_lowercase())
+        .bind(&folded)
         .bind(since)
+        .bind(channel.as_str())
         .fetch_one(&self.pool)
         .await?;
         let (by_member, by_address): (i64, i64) =
@@ -284,29 +335,32 @@ impl Store {
         if by_member >= i64::from(per_hour) || by_address >= i64::from(per_hour) {
             return Ok(CodeRequest::TooMany);
         }
-        // The member row is where the address will be bound: make sure it exists.
+        // The member row is where the order and look live: make sure it exists.
         self.token_for(userid).await?;
-        sqlx::query("DELETE FROM email_requests WHERE requested_at <= $1")
+        sqlx::query("DELETE FROM binding_requests WHERE requested_at <= $1")
             .bind(since)
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO email_requests (userid, address, requested_at) VALUES ($1, $2, $3)",
+            "INSERT INTO binding_requests (userid, channel, address, requested_at) \
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(userid.as_str())
-        .bind(address.as_str().to_lowercase())
+        .bind(channel.as_str())
+        .bind(&folded)
         .bind(now)
         .execute(&self.pool)
         .await?;
         let code = format!("{:06}", rand::random_range(0..1_000_000u32));
         sqlx::query(
-            "INSERT INTO email_codes (userid, address, code, expires_at, attempts_left) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (userid) DO UPDATE SET \
-             address = excluded.address, code = excluded.code, \
+            "INSERT INTO binding_codes (userid, channel, address, code, expires_at, attempts_left) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (userid) DO UPDATE SET \
+             channel = excluded.channel, address = excluded.address, code = excluded.code, \
              expires_at = excluded.expires_at, attempts_left = excluded.attempts_left",
         )
         .bind(userid.as_str())
-        .bind(address.as_str())
+        .bind(channel.as_str())
+        .bind(address)
         .bind(&code)
         .bind(now.saturating_add(ttl_ms))
         .bind(CODE_ATTEMPTS)
@@ -316,24 +370,24 @@ impl Store {
     }
 
     /// Checks a code the member typed; the right one, in time and within its tries, binds
-    /// its address. Every check uses up one try (one statement, so concurrent guesses
-    /// cannot share a try).
-    pub async fn check_email_code(
+    /// its address on its channel. Every check uses up one try (one statement, so
+    /// concurrent guesses cannot share a try).
+    pub async fn check_code(
         &self,
         userid: &UserId,
         typed: &str,
         now: i64,
     ) -> Result<CodeCheck, StoreError> {
         let row = sqlx::query(
-            "UPDATE email_codes SET attempts_left = attempts_left - 1 \
+            "UPDATE binding_codes SET attempts_left = attempts_left - 1 \
              WHERE userid = $1 AND attempts_left > 0 \
-             RETURNING address, code, expires_at, attempts_left",
+             RETURNING channel, address, code, expires_at, attempts_left",
         )
         .bind(userid.as_str())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
-            let spent = sqlx::query("SELECT 1 AS one FROM email_codes WHERE userid = $1")
+            let spent = sqlx::query("SELECT 1 AS one FROM binding_codes WHERE userid = $1")
                 .bind(userid.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -343,6 +397,7 @@ impl Store {
                 CodeCheck::NoPending
             });
         };
+        let channel: String = row.try_get("channel")?;
         let address: String = row.try_get("address")?;
         let code: String = row.try_get("code")?;
         let expires_at: i64 = row.try_get("expires_at")?;
@@ -356,27 +411,115 @@ impl Store {
         if !right {
             return Ok(CodeCheck::Wrong { attempts_left });
         }
-        let Some(address) = EmailAddress::parse(&address) else {
+        let Ok(channel) = channel.parse::<ChannelName>() else {
             self.delete_code(userid).await?;
             return Err(StoreError::Corrupt(format!(
-                "stored verification address {address:?} is not an address"
+                "stored verification code for an unknown channel {channel:?}"
             )));
         };
-        sqlx::query("UPDATE members SET email = $2 WHERE userid = $1")
-            .bind(userid.as_str())
-            .bind(address.as_str())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO member_bindings (userid, channel, address, verified_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (userid, channel) DO UPDATE SET \
+             address = excluded.address, verified_at = excluded.verified_at",
+        )
+        .bind(userid.as_str())
+        .bind(channel.as_str())
+        .bind(&address)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         self.prefs_changed(userid);
         self.delete_code(userid).await?;
-        Ok(CodeCheck::Bound(address))
+        Ok(CodeCheck::Bound { channel, address })
     }
 
     async fn delete_code(&self, userid: &UserId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM email_codes WHERE userid = $1")
+        sqlx::query("DELETE FROM binding_codes WHERE userid = $1")
             .bind(userid.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
     }
+
+    /// Records a charge (a text that costs money) on `channel` for the member, unless the
+    /// member had `per_member`, or everyone together `total`, in the last `span_ms`:
+    /// `Err` names the cap that was reached. Inserted first and counted after, so that
+    /// concurrent charges (other lanes, other instances) can only both be refused, never
+    /// both pass a cap with one place left.
+    pub async fn charge(
+        &self,
+        channel: ChannelName,
+        userid: &UserId,
+        now: i64,
+        span_ms: i64,
+        per_member: u32,
+        total: u32,
+    ) -> Result<Result<(), ChargeCap>, StoreError> {
+        sqlx::query("INSERT INTO charges (channel, userid, charged_at) VALUES ($1, $2, $3)")
+            .bind(channel.as_str())
+            .bind(userid.as_str())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let since = now - span_ms;
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT count(*) FROM charges WHERE channel = $1 AND userid = $2 AND charged_at > $3) AS by_member, \
+               (SELECT count(*) FROM charges WHERE channel = $1 AND charged_at > $3) AS by_all",
+        )
+        .bind(channel.as_str())
+        .bind(userid.as_str())
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let (by_member, by_all): (i64, i64) = (row.try_get("by_member")?, row.try_get("by_all")?);
+        let cap = if by_member > i64::from(per_member) {
+            Some(ChargeCap::Member)
+        } else if by_all > i64::from(total) {
+            Some(ChargeCap::Server)
+        } else {
+            None
+        };
+        let Some(cap) = cap else { return Ok(Ok(())) };
+        self.refund(channel, userid, now).await?;
+        Ok(Err(cap))
+    }
+
+    /// Takes back a charge recorded at `at` (the text surely was not sent).
+    pub async fn refund(
+        &self,
+        channel: ChannelName,
+        userid: &UserId,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        // One row of that instant; several are alike, so any one will do.
+        sqlx::query(
+            "DELETE FROM charges WHERE rowid IN (SELECT rowid FROM charges \
+             WHERE channel = $1 AND userid = $2 AND charged_at = $3 LIMIT 1)",
+        )
+        .bind(channel.as_str())
+        .bind(userid.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets charges older than `before`.
+    pub async fn prune_charges(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM charges WHERE charged_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+/// Which daily cap a charge met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeCap {
+    /// `daily_limit_per_member`.
+    Member,
+    /// `daily_limit` (the whole server).
+    Server,
 }

@@ -73,7 +73,7 @@ pub struct Message {
     /// Try every channel of the route (`channel=all`), not only until one delivers.
     pub deliver_all: bool,
     /// E-mail goes here rather than to the member's bound address (verification mails).
-    pub email_to: Option<String>,
+    pub address_to: Option<String>,
     /// The content's syntax.
     pub format: Format,
     /// How the member wanted messages to look when this one was accepted.
@@ -131,7 +131,7 @@ impl Message {
             route: Route::new(vec![ChannelName::WeCom])
                 .unwrap_or_else(|| unreachable!("one channel is a route")),
             deliver_all: false,
-            email_to: None,
+            address_to: None,
             format: Format::Text,
             look: Look::Text,
             url: None,
@@ -162,7 +162,7 @@ impl Message {
             route: Route::parse(&row.try_get::<String, _>("route")?)
                 .map_err(StoreError::Corrupt)?,
             deliver_all: row.try_get::<i64, _>("deliver_all")? != 0,
-            email_to: row.try_get("email_to")?,
+            address_to: row.try_get("address_to")?,
             format: Format::from_stored(&row.try_get::<String, _>("format")?),
             look: Look::from_stored(&row.try_get::<String, _>("look")?).unwrap_or_default(),
             url: row.try_get("url")?,
@@ -184,7 +184,7 @@ pub struct DigestRecord {
 
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
-     seq, via, idempotency_key, route, deliver_all, email_to, format, look, url, page_key, \
+     seq, via, idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
      idempotency_digest";
 
 impl Store {

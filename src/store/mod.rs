@@ -32,7 +32,7 @@ use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, Waiting};
-pub use members::{CodeCheck, CodeRequest, MemberPrefs};
+pub use members::{ChargeCap, CodeCheck, CodeRequest, MemberPrefs};
 pub use messages::{
     AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus,
     storable,
@@ -316,7 +316,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ChannelName, EmailAddress, MessageId, Route, UserId};
+    use crate::domain::{ChannelName, MessageId, Route, UserId};
     use sqlx::Row as _;
     use sqlx::{AnyConnection, Connection as _, Executor as _};
 
@@ -496,6 +496,7 @@ mod tests {
                 attempts: 1,
                 channel: ChannelName::WeCom,
                 error: "no".into(),
+                unconfirmed: false,
             })
             .await
             .unwrap();
@@ -898,6 +899,7 @@ mod tests {
                 error: Some("60020".into()),
                 route: Route::parse("email").unwrap(),
                 deadline_at: deadline,
+                unconfirmed: false,
             })
             .await
             .unwrap();
@@ -926,8 +928,16 @@ mod tests {
             ("wecom", "failed")
         );
         assert_eq!(history[0].error.as_deref(), Some("60020"));
-        // E-mail is not WeCom: it does not count against the member limits.
-        assert_eq!(count(&store, "SELECT count(*) FROM sends").await, 0);
+        // Each channel's sends count on their own: e-mail's do not count against WeCom's
+        // member limits.
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM sends WHERE channel = 'wecom'").await,
+            0
+        );
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM sends WHERE channel = 'email'").await,
+            1
+        );
     }
 
     #[tokio::test]
@@ -946,6 +956,7 @@ mod tests {
                 error: None,
                 route: Route::parse("email").unwrap(),
                 deadline_at: now_ms() + 1000,
+                unconfirmed: false,
             })
             .await
             .unwrap();
@@ -964,6 +975,7 @@ mod tests {
                 attempts: 2,
                 channel: ChannelName::Email,
                 error: "550".into(),
+                unconfirmed: false,
             })
             .await
             .unwrap();
@@ -1179,10 +1191,11 @@ mod tests {
     async fn verification_codes_bind_only_when_right_in_time_and_within_their_tries() {
         let (store, _dir) = temp_store().await;
         let alice = uid("alice");
-        let address = EmailAddress::parse("alice@example.com").unwrap();
+        let address = "alice@example.com".to_owned();
+        let email = ChannelName::Email;
         let now = now_ms();
         let CodeRequest::Created { code } = store
-            .request_email_code(&alice, &address, now, 600_000, 3)
+            .request_code(&alice, email, &address, now, 600_000, 3)
             .await
             .unwrap()
         else {
@@ -1192,29 +1205,29 @@ mod tests {
         let wrong = if code == "000000" { "111111" } else { "000000" };
         // Another member cannot use alice's code.
         assert_eq!(
-            store
-                .check_email_code(&uid("mallory"), &code, now)
-                .await
-                .unwrap(),
+            store.check_code(&uid("mallory"), &code, now).await.unwrap(),
             CodeCheck::NoPending
         );
         for left in (0..5).rev() {
             assert_eq!(
-                store.check_email_code(&alice, wrong, now).await.unwrap(),
+                store.check_code(&alice, wrong, now).await.unwrap(),
                 CodeCheck::Wrong {
                     attempts_left: left
                 }
             );
         }
         assert_eq!(
-            store.check_email_code(&alice, &code, now).await.unwrap(),
+            store.check_code(&alice, &code, now).await.unwrap(),
             CodeCheck::Exhausted,
             "five wrong tries kill the code, even for the right one"
         );
-        assert_eq!(store.member_prefs(&alice).await.unwrap().email, None);
+        assert_eq!(
+            store.member_prefs(&alice).await.unwrap().address(email),
+            None
+        );
         // A new code, too late.
         let CodeRequest::Created { code } = store
-            .request_email_code(&alice, &address, now, 600_000, 3)
+            .request_code(&alice, email, &address, now, 600_000, 3)
             .await
             .unwrap()
         else {
@@ -1222,15 +1235,18 @@ mod tests {
         };
         assert_eq!(
             store
-                .check_email_code(&alice, &code, now + 600_000)
+                .check_code(&alice, &code, now + 600_000)
                 .await
                 .unwrap(),
             CodeCheck::Expired
         );
-        assert_eq!(store.member_prefs(&alice).await.unwrap().email, None);
+        assert_eq!(
+            store.member_prefs(&alice).await.unwrap().address(email),
+            None
+        );
         // A third, in time.
         let CodeRequest::Created { code } = store
-            .request_email_code(&alice, &address, now, 600_000, 3)
+            .request_code(&alice, email, &address, now, 600_000, 3)
             .await
             .unwrap()
         else {
@@ -1238,44 +1254,58 @@ mod tests {
         };
         assert_eq!(
             store
-                .check_email_code(&alice, &format!(" {code} "), now)
+                .check_code(&alice, &format!(" {code} "), now)
                 .await
                 .unwrap(),
-            CodeCheck::Bound(address.clone())
+            CodeCheck::Bound {
+                channel: email,
+                address: address.clone()
+            }
         );
         assert_eq!(
-            store.member_prefs(&alice).await.unwrap().email,
-            Some(address.clone())
+            store.member_prefs(&alice).await.unwrap().address(email),
+            Some(address.as_str())
         );
         assert_eq!(
-            store.check_email_code(&alice, &code, now).await.unwrap(),
+            store.check_code(&alice, &code, now).await.unwrap(),
             CodeCheck::NoPending,
             "a code binds once"
         );
         // A fourth within the hour is refused, for the member and for the address.
         assert_eq!(
             store
-                .request_email_code(&alice, &address, now, 600_000, 3)
+                .request_code(&alice, email, &address, now, 600_000, 3)
                 .await
                 .unwrap(),
             CodeRequest::TooMany
         );
         assert_eq!(
             store
-                .request_email_code(&uid("bob"), &address, now, 600_000, 3)
+                .request_code(&uid("bob"), email, &address, now, 600_000, 3)
                 .await
                 .unwrap(),
             CodeRequest::TooMany
         );
         assert!(matches!(
             store
-                .request_email_code(&alice, &address, now + 3_600_001, 600_000, 3)
+                .request_code(&alice, email, &address, now + 3_600_001, 600_000, 3)
                 .await
                 .unwrap(),
             CodeRequest::Created { .. }
         ));
-        assert!(store.unbind_email(&alice).await.unwrap());
-        assert_eq!(store.member_prefs(&alice).await.unwrap().email, None);
+        // Codes for another channel have caps of their own.
+        assert!(matches!(
+            store
+                .request_code(&alice, ChannelName::Sms, "+8613800138000", now, 600_000, 3)
+                .await
+                .unwrap(),
+            CodeRequest::Created { .. }
+        ));
+        assert!(store.unbind(&alice, email).await.unwrap());
+        assert_eq!(
+            store.member_prefs(&alice).await.unwrap().address(email),
+            None
+        );
         let order = Route::parse("email,wecom").unwrap();
         store.set_channels(&alice, Some(&order)).await.unwrap();
         assert_eq!(

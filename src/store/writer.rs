@@ -74,6 +74,11 @@ pub enum AttemptUpdate {
         attempts: i64,
         channel: ChannelName,
         error: String,
+        /// The channel may have sent it and cannot say ([`ChannelError::Unconfirmed`]):
+        /// the history says `unconfirmed`, not `failed`.
+        ///
+        /// [`ChannelError::Unconfirmed`]: crate::delivery::ChannelError::Unconfirmed
+        unconfirmed: bool,
     },
     /// `channel` is done with the message (it gave up, or delivered a `deliver_all`
     /// message); the message goes on with `route`, due now, with a retry window of its own
@@ -86,6 +91,8 @@ pub enum AttemptUpdate {
         error: Option<String>,
         route: Route,
         deadline_at: i64,
+        /// As for [`AttemptUpdate::Failed`].
+        unconfirmed: bool,
     },
 }
 
@@ -687,7 +694,7 @@ impl Writer {
                 let seq = seqs
                     .next()
                     .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
-                m.seq = if m.email_to.is_some() { -seq } else { seq };
+                m.seq = if m.address_to.is_some() { -seq } else { seq };
                 messages.push(&**m);
             }
         }
@@ -750,7 +757,7 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
-         idempotency_key, route, deliver_all, email_to, format, look, url, page_key, \
+         idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
          idempotency_digest) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
@@ -775,7 +782,7 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             (&m.idempotency_key).into(),
             m.route.to_stored().into(),
             i64::from(m.deliver_all).into(),
-            (&m.email_to).into(),
+            (&m.address_to).into(),
             m.format.as_str().into(),
             m.look.as_str().into(),
             (&m.url).into(),
@@ -889,11 +896,17 @@ fn log_attempt(
     Ok(())
 }
 
-/// A send to WeCom that no trigger counts (a step of a `deliver_all` message).
-fn count_send(db: &mut dyn Backend, id: &str, at: i64) -> Result<(), StoreError> {
+/// A send on `channel` that no trigger counts (a step of a `deliver_all` message).
+fn count_send(
+    db: &mut dyn Backend,
+    id: &str,
+    channel: ChannelName,
+    at: i64,
+) -> Result<(), StoreError> {
     db.exec(
-        "INSERT INTO sends (userid, sent_at) SELECT userid, ?2 FROM messages WHERE id = ?1",
-        &[id.into(), at.into()],
+        "INSERT INTO sends (userid, channel, sent_at) \
+         SELECT userid, ?3, ?2 FROM messages WHERE id = ?1",
+        &[id.into(), at.into(), channel.as_str().into()],
     )?;
     Ok(())
 }
@@ -919,7 +932,7 @@ const NEXT_CHANNEL: &str = "UPDATE messages SET route = ?1, attempts = ?2, last_
 fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(), StoreError> {
     let now = now_ms();
     let mut delivered: Vec<(&str, i64, &str)> = Vec::new();
-    let mut sends: Vec<(&str, i64)> = Vec::new();
+    let mut sends: Vec<(&str, &str, i64)> = Vec::new();
     for u in updates {
         match u {
             AttemptUpdate::Delivered {
@@ -931,9 +944,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 delivered.push((id.as_str(), *attempts, channel.as_str()));
                 if let Some(step) = log {
                     log_attempt(db, id.as_str(), now, *step, "delivered", None)?;
-                    if *step == ChannelName::WeCom {
-                        count_send(db, id.as_str(), now)?;
-                    }
+                    count_send(db, id.as_str(), *step, now)?;
                 }
             }
             AttemptUpdate::DigestDelivered {
@@ -968,7 +979,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                     args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
                     db.exec(&sql, &args)?;
                 }
-                sends.push((digest.userid.as_str(), *sent_at));
+                sends.push((digest.userid.as_str(), channel, *sent_at));
             }
             AttemptUpdate::Retry {
                 id,
@@ -995,6 +1006,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 attempts,
                 channel,
                 error,
+                unconfirmed,
             } => {
                 db.exec(
                     END_WITHOUT_DELIVERY,
@@ -1005,7 +1017,12 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                         id.as_str().into(),
                     ],
                 )?;
-                log_attempt(db, id.as_str(), now, *channel, "failed", Some(error))?;
+                let outcome = if *unconfirmed {
+                    "unconfirmed"
+                } else {
+                    "failed"
+                };
+                log_attempt(db, id.as_str(), now, *channel, outcome, Some(error))?;
             }
             AttemptUpdate::NextChannel {
                 id,
@@ -1015,6 +1032,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 error,
                 route,
                 deadline_at,
+                unconfirmed,
             } => {
                 let delivered_on = delivered.then(|| channel.as_str());
                 db.exec(
@@ -1029,10 +1047,14 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                         id.as_str().into(),
                     ],
                 )?;
-                let outcome = if *delivered { "delivered" } else { "failed" };
+                let outcome = match (*delivered, *unconfirmed) {
+                    (true, _) => "delivered",
+                    (false, true) => "unconfirmed",
+                    (false, false) => "failed",
+                };
                 log_attempt(db, id.as_str(), now, *channel, outcome, error.as_deref())?;
-                if *delivered && *channel == ChannelName::WeCom {
-                    count_send(db, id.as_str(), now)?;
+                if *delivered {
+                    count_send(db, id.as_str(), *channel, now)?;
                 }
             }
         }
@@ -1057,11 +1079,12 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
         }
     }
     for chunk in pow2_chunks(&sends, UPDATE_CHUNK) {
-        let mut sql = String::from("INSERT INTO sends (userid, sent_at) VALUES ");
-        push_values(&mut sql, chunk.len(), 2, 0);
-        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
-        for (userid, sent_at) in chunk {
+        let mut sql = String::from("INSERT INTO sends (userid, channel, sent_at) VALUES ");
+        push_values(&mut sql, chunk.len(), 3, 0);
+        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+        for (userid, channel, sent_at) in chunk {
             args.push((*userid).into());
+            args.push((*channel).into());
             args.push((*sent_at).into());
         }
         db.exec(&sql, &args)?;

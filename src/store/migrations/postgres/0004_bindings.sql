@@ -1,0 +1,63 @@
+-- As SQLite's 0008_bindings.sql (see there for the reasons).
+CREATE TABLE member_bindings (
+    userid      TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    verified_at BIGINT NOT NULL,
+    PRIMARY KEY (userid, channel)
+);
+INSERT INTO member_bindings (userid, channel, address, verified_at)
+    SELECT userid, 'email', email, created_at FROM members WHERE email IS NOT NULL;
+ALTER TABLE members DROP COLUMN email;
+
+CREATE TABLE binding_codes (
+    userid        TEXT PRIMARY KEY,
+    channel       TEXT NOT NULL,
+    address       TEXT NOT NULL,
+    code          TEXT NOT NULL,
+    expires_at    BIGINT NOT NULL,
+    attempts_left BIGINT NOT NULL
+);
+INSERT INTO binding_codes (userid, channel, address, code, expires_at, attempts_left)
+    SELECT userid, 'email', address, code, expires_at, attempts_left FROM email_codes;
+DROP TABLE email_codes;
+
+CREATE TABLE binding_requests (
+    userid       TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    address      TEXT NOT NULL,
+    requested_at BIGINT NOT NULL
+);
+INSERT INTO binding_requests (userid, channel, address, requested_at)
+    SELECT userid, 'email', address, requested_at FROM email_requests;
+DROP TABLE email_requests;
+CREATE INDEX binding_requests_by_member ON binding_requests (userid, requested_at);
+CREATE INDEX binding_requests_by_address ON binding_requests (address, requested_at);
+
+ALTER TABLE messages RENAME COLUMN email_to TO address_to;
+
+ALTER TABLE sends ADD COLUMN channel TEXT NOT NULL DEFAULT 'wecom';
+DROP INDEX sends_by_member;
+CREATE INDEX sends_by_member ON sends (userid, channel, sent_at);
+CREATE OR REPLACE FUNCTION messages_count_send() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO sends (userid, channel, sent_at) VALUES (NEW.userid, NEW.channel, NEW.delivered_at);
+    RETURN NULL;
+END;
+$$;
+DROP TRIGGER messages_count_send ON messages;
+CREATE TRIGGER messages_count_send AFTER UPDATE OF status ON messages
+    FOR EACH ROW
+    WHEN (NEW.status = 'delivered' AND OLD.status = 'queued' AND NEW.via IS NULL
+          AND NEW.deliver_all = 0)
+    EXECUTE FUNCTION messages_count_send();
+
+-- `rowid` as SQLite's implicit one (a refund deletes one row of several alike).
+CREATE TABLE charges (
+    rowid      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel    TEXT NOT NULL,
+    userid     TEXT NOT NULL,
+    charged_at BIGINT NOT NULL
+);
+CREATE INDEX charges_by_time ON charges (channel, charged_at);
+CREATE INDEX charges_by_member ON charges (channel, userid, charged_at);
