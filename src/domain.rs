@@ -475,6 +475,10 @@ pub struct Outbound {
     pub url: Option<String>,
     /// The key of the message's page (`/m/{id}?k=…`), when it has one.
     pub page_key: Option<String>,
+    /// A verification code to the address being bound: `content` is the code message the
+    /// channel's [`Binding`](crate::delivery::Binding) made (SMS sends it with its code
+    /// template).
+    pub verification: bool,
 }
 
 #[cfg(test)]

@@ -306,6 +306,7 @@ mod tests {
             look: Look::Text,
             url: Some("https://ci.example.com/7?a=1&b=2".into()),
             page_key: None,
+            verification: false,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -349,6 +350,7 @@ mod tests {
             look: Look::Text,
             url: None,
             page_key: None,
+            verification: false,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -378,6 +380,7 @@ mod tests {
             look: Look::Text,
             url: None,
             page_key: None,
+            verification: false,
         };
         let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
         let mail = render(&outbound, &from).unwrap();

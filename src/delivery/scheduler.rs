@@ -851,6 +851,7 @@ impl Scheduler {
                     look: head.look,
                     url: head.url.clone(),
                     page_key: head.page_key.clone(),
+                    verification: head.address_to.is_some(),
                 },
                 None,
             ),
@@ -898,6 +899,7 @@ impl Scheduler {
                         look: Look::Text,
                         url: None,
                         page_key: None,
+                        verification: false,
                     },
                     Some((
                         Digest {

@@ -212,6 +212,7 @@ mod tests {
             look: Look::Text,
             url: None,
             page_key: Some("KEY".into()),
+            verification: false,
         }
     }
 
