@@ -441,26 +441,32 @@ impl Store {
         Ok(())
     }
 
-    /// Records a charge (a text that costs money) on `channel` for the member, unless the
-    /// member had `per_member`, or everyone together `total`, in the last `span_ms`:
-    /// `Err` names the cap that was reached. Inserted first and counted after, so that
-    /// concurrent charges (other lanes, other instances) can only both be refused, never
-    /// both pass a cap with one place left.
+    /// Records a charge (a text that costs money, about to be sent for message
+    /// `out_id`) on `channel` for the member, unless the member had `per_member`, or
+    /// everyone together `total`, in the last `span_ms`: then nothing is kept and `Err`
+    /// names the cap. Inserted first and counted after, so that concurrent charges (other
+    /// lanes, other instances) can only both be refused, never both pass a cap with one
+    /// place left.
+    #[allow(clippy::too_many_arguments)]
     pub async fn charge(
         &self,
         channel: ChannelName,
         userid: &UserId,
+        out_id: &str,
         now: i64,
         span_ms: i64,
         per_member: u32,
         total: u32,
     ) -> Result<Result<(), ChargeCap>, StoreError> {
-        sqlx::query("INSERT INTO charges (channel, userid, charged_at) VALUES ($1, $2, $3)")
-            .bind(channel.as_str())
-            .bind(userid.as_str())
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO charges (channel, userid, charged_at, out_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(channel.as_str())
+        .bind(userid.as_str())
+        .bind(now)
+        .bind(out_id)
+        .execute(&self.pool)
+        .await?;
         let since = now - span_ms;
         let row = sqlx::query(
             "SELECT \
@@ -481,27 +487,49 @@ impl Store {
             None
         };
         let Some(cap) = cap else { return Ok(Ok(())) };
-        self.refund(channel, userid, now).await?;
+        self.refund(channel, out_id).await?;
         Ok(Err(cap))
     }
 
-    /// Takes back a charge recorded at `at` (the text surely was not sent).
-    pub async fn refund(
+    /// When the unsettled charge for `out_id` was made: a text that may have been sent
+    /// (its send timed out, or the process died before its outcome was known).
+    pub async fn unsettled_charge(
         &self,
         channel: ChannelName,
-        userid: &UserId,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        // One row of that instant; several are alike, so any one will do.
-        sqlx::query(
-            "DELETE FROM charges WHERE rowid IN (SELECT rowid FROM charges \
-             WHERE channel = $1 AND userid = $2 AND charged_at = $3 LIMIT 1)",
+        out_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT max(charged_at) AS at FROM charges \
+             WHERE channel = $1 AND out_id = $2 AND settled = 0",
         )
         .bind(channel.as_str())
-        .bind(userid.as_str())
-        .bind(at)
-        .execute(&self.pool)
+        .bind(out_id)
+        .fetch_one(&self.pool)
         .await?;
+        Ok(row.try_get::<Option<i64>, _>("at")?)
+    }
+
+    /// The text for `out_id` was surely sent: its charge stays, settled.
+    pub async fn settle_charge(
+        &self,
+        channel: ChannelName,
+        out_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE charges SET settled = 1 WHERE channel = $1 AND out_id = $2")
+            .bind(channel.as_str())
+            .bind(out_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The text for `out_id` surely was not sent: its unsettled charge is taken back.
+    pub async fn refund(&self, channel: ChannelName, out_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM charges WHERE channel = $1 AND out_id = $2 AND settled = 0")
+            .bind(channel.as_str())
+            .bind(out_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

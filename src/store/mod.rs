@@ -1313,4 +1313,51 @@ mod tests {
             Some(order)
         );
     }
+
+    #[tokio::test]
+    async fn charges_hold_the_daily_caps_and_remember_texts_that_may_have_gone() {
+        let (store, _dir) = temp_store().await;
+        let sms = ChannelName::Sms;
+        let day = 24 * 3600 * 1000;
+        let now = now_ms();
+        let charge = |who: &'static str, out: &'static str, at: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .charge(sms, &uid(who), out, at, day, 2, 3)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(charge("alice", "m1", now).await, Ok(()));
+        assert_eq!(charge("alice", "m2", now).await, Ok(()));
+        assert_eq!(charge("alice", "m3", now).await, Err(ChargeCap::Member));
+        assert_eq!(
+            store.unsettled_charge(sms, "m3").await.unwrap(),
+            None,
+            "a refused charge is not kept"
+        );
+        assert_eq!(charge("bob", "m4", now).await, Ok(()));
+        assert_eq!(charge("carol", "m5", now).await, Err(ChargeCap::Server));
+        // A text that may have gone stays unsettled until it is known.
+        assert_eq!(store.unsettled_charge(sms, "m1").await.unwrap(), Some(now));
+        store.settle_charge(sms, "m1").await.unwrap();
+        assert_eq!(store.unsettled_charge(sms, "m1").await.unwrap(), None);
+        store.refund(sms, "m1").await.unwrap();
+        assert_eq!(
+            charge("alice", "m7", now).await,
+            Err(ChargeCap::Member),
+            "a settled charge is not refunded: it was billed"
+        );
+        store.refund(sms, "m2").await.unwrap();
+        assert_eq!(charge("alice", "m8", now).await, Ok(()), "m2 was refunded");
+        assert_eq!(charge("carol", "m9", now).await, Err(ChargeCap::Server));
+        // A day later the caps are free again, and the old charges can go.
+        assert_eq!(charge("carol", "m6", now + day + 1).await, Ok(()));
+        assert_eq!(
+            store.prune_charges(now + day + 1).await.unwrap(),
+            3,
+            "m1, m4 and m8"
+        );
+    }
 }

@@ -63,7 +63,12 @@ END;
 CREATE TABLE charges (
     channel    TEXT NOT NULL,
     userid     TEXT NOT NULL,
-    charged_at BIGINT NOT NULL
+    charged_at BIGINT NOT NULL,
+    -- The message the text is for (the provider's OutId / SessionContext): a charge left
+    -- unsettled means the text may have been sent, so the next try looks it up first.
+    out_id     TEXT NOT NULL,
+    settled    BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX charges_by_time ON charges (channel, charged_at);
 CREATE INDEX charges_by_member ON charges (channel, userid, charged_at);
+CREATE INDEX charges_by_out_id ON charges (out_id);
