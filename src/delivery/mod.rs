@@ -23,6 +23,7 @@ pub mod health;
 pub mod limits;
 pub mod next_step;
 mod scheduler;
+pub mod sms;
 pub mod wecom;
 
 use std::sync::Arc;
