@@ -24,6 +24,7 @@ pub mod limits;
 pub mod next_step;
 pub mod registry;
 mod scheduler;
+pub mod sms;
 pub mod wecom;
 
 use std::sync::Arc;
