@@ -61,6 +61,8 @@ pub enum StartupError {
     Proxy(String),
     #[error("e-mail channel")]
     Email(#[from] crate::delivery::email::SetupError),
+    #[error("SMS channel: {0}")]
+    Sms(String),
     #[error("server error")]
     Serve(#[from] std::io::Error),
     /// A background task failed for good (see [`crate::supervise`]); already logged.
@@ -108,7 +110,7 @@ impl Application {
             WeComClient::new(wecom_http_client(&settings)?, &settings.wecom)
                 .with_metrics(metrics.clone()),
         );
-        let channels = crate::delivery::registry::build(&settings, client, &metrics)?;
+        let channels = crate::delivery::registry::build(&settings, client, &store)?;
         let checks = channels.clone();
         let outbox = Outbox::new(
             store.clone(),

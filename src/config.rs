@@ -210,6 +210,14 @@ pub struct SmsSettings {
         deserialize_with = "at_least_one_u32"
     )]
     pub codes_per_hour: u32,
+    /// After a text whose send timed out, how long to keep asking the provider whether it
+    /// took it before recording the step `unconfirmed` (the provider's records are not
+    /// searchable at once; where it cannot be asked at all, e.g. Twilio, this is the wait).
+    #[serde(
+        default = "default_sms_lookup_after",
+        deserialize_with = "positive_duration"
+    )]
+    pub lookup_after: Duration,
 }
 
 /// Which SMS provider `[sms]` uses.
@@ -1199,6 +1207,10 @@ fn default_sms_daily_limit_per_member() -> u32 {
 fn default_sms_daily_limit() -> u32 {
     200
 }
+fn default_sms_lookup_after() -> Duration {
+    crate::delivery::sms::LOOKUP_AFTER
+}
+
 fn default_sms_timeout() -> Duration {
     Duration::from_secs(10)
 }

@@ -20,6 +20,7 @@ use crate::app::{Egress, http_client, wecom_http_client};
 use crate::config::{DEFAULT_CONFIG_FILE, Settings};
 use crate::delivery::Channel as _;
 use crate::delivery::email::EmailChannel;
+use crate::delivery::sms::Check;
 use crate::error::chain;
 use crate::store::{Store, StoreError, chmod_command, exposed_files, now_ms};
 use crate::wecom::client::{AgentInfo, WeComClient, WeComError, describe, untrusted_ip};
@@ -191,6 +192,7 @@ pub async fn run(config: Option<&Path>, out: &mut dyn Write) -> bool {
     report.print(app);
     report.print(callback(&settings).await);
     report.print(smtp(&settings).await);
+    report.print(sms(&settings).await);
     report.summary();
     report.failed == 0
 }
@@ -878,6 +880,33 @@ async fn smtp(settings: &Settings) -> Finding {
         .note(
             "Check [email] host, port and security (465 \"tls\", 587 \"starttls\"), \
              username and password: QQ and 163 mail want the 授权码, Gmail an app password.",
+        ),
+    }
+}
+
+/// Checks the SMS provider's credentials and templates with a call that sends nothing,
+/// where the provider has one (Twilio has none for templates: only the account).
+async fn sms(settings: &Settings) -> Finding {
+    let Some(sms) = &settings.sms else {
+        return Finding::skip("未配置短信", "no [sms] section: no SMS fallback");
+    };
+    let provider = match http_client(sms.timeout, Egress::Environment)
+        .map_err(|e| chain(&e))
+        .and_then(|http| crate::delivery::sms::build(sms, http))
+    {
+        Ok(provider) => provider,
+        Err(err) => return Finding::fail("短信配置错误", format!("[sms]: {err}")),
+    };
+    let label = provider.label();
+    match provider.check().await {
+        Check::Ok(what) => Finding::pass("短信可用", format!("{label}: {what}")),
+        Check::Failed(what) => Finding::fail("短信不可用", format!("{label}: {what}")).note(
+            "Check [sms]: the key pair, sign_name, template and code_template \
+             (approved in the provider's console), and the server clock.",
+        ),
+        Check::CannotCheck(why) => Finding::warn(
+            "短信未能检查",
+            format!("{label}: cannot check without sending a text: {why}"),
         ),
     }
 }

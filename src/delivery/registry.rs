@@ -7,19 +7,19 @@ use std::sync::Arc;
 
 use super::Channel;
 use super::email::EmailChannel;
+use super::sms::{self, SmsChannel};
 use super::wecom::WeComChannel;
-use crate::app::StartupError;
+use crate::app::{Egress, StartupError, http_client};
 use crate::config::Settings;
-use crate::metrics::Metrics;
+use crate::store::Store;
 use crate::wecom::client::WeComClient;
 
 /// Every configured channel, WeCom first.
 pub fn build(
     settings: &Settings,
     wecom: Arc<WeComClient>,
-    metrics: &Metrics,
+    store: &Store,
 ) -> Result<Vec<Arc<dyn Channel>>, StartupError> {
-    let _ = metrics;
     let mut channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(
         wecom,
         settings.public_base().into(),
@@ -27,6 +27,18 @@ pub fn build(
     ))];
     if let Some(email) = &settings.email {
         channels.push(Arc::new(EmailChannel::new(email)?));
+    }
+    if let Some(sms) = &settings.sms {
+        // Not through `wecom.proxy` (that is for WeCom's trusted-IP rule); each call has
+        // its own `sms.timeout`.
+        let http = http_client(sms.timeout, Egress::Environment)?;
+        let provider = sms::build(sms, http).map_err(StartupError::Sms)?;
+        channels.push(Arc::new(SmsChannel::new(
+            provider,
+            store.clone(),
+            sms,
+            settings.public_base().into(),
+        )));
     }
     Ok(channels)
 }

@@ -112,11 +112,11 @@ async fn a_healthy_set_up_passes_every_check_and_prints_no_secret() {
     let out = doctor(&setup, &env).await;
     assert!(out.success, "{}", out.stdout);
     let marks = out.marks();
-    assert_eq!(marks.len(), 10, "one line per check:\n{}", out.stdout);
+    assert_eq!(marks.len(), 11, "one line per check:\n{}", out.stdout);
     assert_eq!(
         marks.iter().filter(|m| **m == '–').count(),
-        1,
-        "only e-mail (not configured) is skipped:\n{}",
+        2,
+        "only e-mail and SMS (not configured) are skipped:\n{}",
         out.stdout
     );
     assert!(!marks.contains(&'✗'), "{}", out.stdout);

@@ -15,6 +15,7 @@
 //! only send approved templates), a free-text body cut to a number of segments for Twilio.
 
 pub mod aliyun;
+mod channel;
 pub mod content;
 mod phone;
 pub mod tencent;
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 
 use crate::config::{SmsProviderConfig, SmsSettings};
+pub use channel::SmsChannel;
 pub use phone::PhoneNumber;
 
 /// What to send.
