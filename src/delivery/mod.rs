@@ -17,6 +17,7 @@
 //! channel, or the end).
 
 pub mod backoff;
+mod decide;
 pub mod digest;
 pub mod email;
 pub mod health;

@@ -17,8 +17,19 @@
 //!   window waiting for it; when a probe fails, the messages whose window had ended when
 //!   it started move on in bulk, by the same rule. One log line when it goes down, one
 //!   when it is back.
-//! - **Fairness.** A worker gives its lane up after [`LANE_BUDGET`] sends or
-//!   [`LANE_TIME`], so a long lane does not keep others waiting.
+//! - **Fairness.** A worker gives its lane up after [`LANE_BUDGET`](decide::LANE_BUDGET)
+//!   sends or [`LANE_TIME`](decide::LANE_TIME), so a long lane does not keep others
+//!   waiting.
+//!
+//! A lane worker's rules — whether and how to try the head now, and what each outcome
+//! means (the record, the channel's health, the counts, the lane's next move) — are in
+//! [`decide`], pure and tested with the clock passed in. The worker here ([`drive_lane`],
+//! [`attempt`]) only carries them out: it reads what a decision asks for, sends, records,
+//! counts, logs and waits, so that what it does can be checked without the awaits, and the
+//! awaits without re-deriving the rules.
+//!
+//! [`drive_lane`]: Scheduler::drive_lane
+//! [`attempt`]: Scheduler::attempt
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,23 +40,21 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::health::{Change, Gate, Health};
-use super::limits::{self, Plan};
+use super::decide::{
+    self, Admit, After, Attempt, DigestPage, LaneAction, LaneView, Learnt, Settlement, SlotView,
+};
+use super::health::{Change, Health};
+use super::limits;
 use super::next_step::{self, Failure, NextStep, Tried};
-use super::{Channel, ChannelError, INTERRUPTED, backoff, digest};
+use super::{Channel, ChannelError, backoff};
 use crate::config::DeliverySettings;
-use crate::domain::{ChannelName, Format, Look, MessageId, Outbound, UserId};
+use crate::domain::{ChannelName, MessageId, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{
-    AttemptUpdate, Digest, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
-    now_ms,
+    AttemptUpdate, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting, now_ms,
 };
 use crate::supervise::{self, FaultPoint, RESTART_PAUSE};
 
-/// Sends per claim before a worker lets its lane go to the back of the queue.
-const LANE_BUDGET: usize = 64;
-/// Time per claim before a worker lets its lane go to the back of the queue.
-const LANE_TIME: Duration = Duration::from_secs(5);
 /// How long a worker whose lane ran empty waits for the member's next message before
 /// giving the lane up (each give-up and re-claim costs database round trips).
 const LANE_LINGER: Duration = Duration::from_millis(300);
@@ -146,29 +155,12 @@ enum LaneEnd {
     Release(i64),
 }
 
-/// What an attempt leaves the lane to do.
-enum After {
-    /// Go on with the next message.
-    Next,
-    /// The head stays queued on its next channel: read the lane again.
-    Reread,
-    /// Give the lane up until then (backoff, shutdown, an unrecorded outcome).
-    Release(i64),
-}
-
 /// When each periodic chore of the loop is next due (unix ms).
 struct Timers {
     renew: i64,
     sweep: i64,
     expire: i64,
     prune: i64,
-}
-
-/// The next step of a lane, with what it needs.
-enum Step {
-    Send,
-    Digest(Vec<Waiting>),
-    Wait(i64),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -636,7 +628,7 @@ impl Scheduler {
                 // Under steady traffic the member's next message is often close: wait a
                 // moment for it rather than giving the lane up and claiming it again —
                 // unless the slots are needed for other members.
-                if self.may_linger() && claimed_at.elapsed() < LANE_TIME {
+                if decide::lingers(claimed_at.elapsed(), self.may_linger()) {
                     tokio::select! {
                         biased;
                         () = self.stop.cancelled() => return Ok(LaneEnd::Release(now_ms())),
@@ -667,60 +659,67 @@ impl Scheduler {
                 continue;
             };
             let now = now_ms();
-            if next.message.next_attempt_at > now {
-                return Ok(LaneEnd::Release(next.message.next_attempt_at));
-            }
-            if sent >= LANE_BUDGET || claimed_at.elapsed() >= LANE_TIME {
-                return Ok(LaneEnd::Release(now));
-            }
-            let channel = next.message.route.first();
-            let Some(slot) = self.slot(channel) else {
-                // The route names a channel this server does not have (any more).
-                let Some(Head { message, .. }) = ahead.pop_front() else {
-                    continue;
-                };
-                let reason = format!("{} is not configured on this server", channel.label());
-                match self
-                    .give_up(&message, channel, message.attempts, reason)
-                    .await
-                {
-                    After::Release(at) => return Ok(LaneEnd::Release(at)),
-                    After::Next | After::Reread => {
-                        ahead.clear();
-                        maybe_more = true;
+            let view = LaneView {
+                due_at: next.message.next_attempt_at,
+                channel: next.message.route.first(),
+                sent,
+                held: claimed_at.elapsed(),
+            };
+            let channel = view.channel;
+            let slot = match decide::admit(&view, self.slot(channel), now) {
+                Admit::Go(slot) => slot,
+                Admit::Release(at) => return Ok(LaneEnd::Release(at)),
+                Admit::GiveUp(reason) => {
+                    // The route names a channel this server does not have (any more).
+                    let Some(Head { message, .. }) = ahead.pop_front() else {
                         continue;
+                    };
+                    match self
+                        .give_up(&message, channel, message.attempts, reason)
+                        .await
+                    {
+                        After::Release(at) => return Ok(LaneEnd::Release(at)),
+                        After::Next | After::Reread => {
+                            ahead.clear();
+                            maybe_more = true;
+                            continue;
+                        }
                     }
                 }
             };
-            // The channel's own rate windows (and digests, where it has them); a channel
-            // without windows sends at once.
+            // The channel's own rate windows (and digests, where it has them); what the
+            // decision needs is read only when it asks (see `decide::next_action`).
             let windows = slot.channel.rate_windows();
-            let step = if windows.is_empty() {
-                Step::Send
-            } else {
-                let history = match histories.entry(channel) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let span = limits::history_span_ms(windows);
-                        e.insert(
-                            self.store
-                                .send_history(userid, channel, now_ms() - span)
-                                .await?,
-                        )
-                    }
+            let digest_after = self.settings.digest_after.filter(|_| {
+                decide::digestible(&next.message, channel, slot.channel.capabilities().digests)
+            });
+            // The waiting messages, and when each was accepted.
+            let mut waiting: Option<(Vec<Waiting>, Vec<i64>)> = None;
+            let mut gate = None;
+            let (probe, digest) = loop {
+                let view = SlotView {
+                    windows,
+                    digest_after,
+                    history: histories.get(&channel).map(Vec::as_slice),
+                    waiting: waiting.as_ref().map(|(_, accepted)| accepted.as_slice()),
+                    gate,
                 };
-                self.plan(userid, slot, history, now, digestible(&next.message, slot))
-                    .await?
-            };
-            let carried = match step {
-                Step::Wait(at) => return Ok(LaneEnd::Release(at)),
-                Step::Send => None,
-                Step::Digest(waiting) => Some(waiting),
-            };
-            let probe = match lock(&slot.health).gate(now) {
-                Gate::Closed(at) => return Ok(LaneEnd::Release(at)),
-                Gate::Probe => true,
-                Gate::Open => false,
+                match decide::next_action(&view, now) {
+                    LaneAction::Release(at) => return Ok(LaneEnd::Release(at)),
+                    LaneAction::ReadHistory => {
+                        let since = now_ms() - limits::history_span_ms(windows);
+                        let history = self.store.send_history(userid, channel, since).await?;
+                        histories.insert(channel, history);
+                    }
+                    LaneAction::ReadWaiting => {
+                        let read = self.store.lane_waiting(userid, channel, LOOKAHEAD).await?;
+                        let accepted = read.iter().map(|w| w.created_at).collect();
+                        waiting = Some((read, accepted));
+                    }
+                    LaneAction::AskGate => gate = Some(lock(&slot.health).gate(now)),
+                    LaneAction::Send { probe } => break (probe, false),
+                    LaneAction::Digest { probe } => break (probe, true),
+                }
             };
             // A probe that ends without an outcome (a panic) is handed back.
             let probe_guard = ProbeGuard {
@@ -728,6 +727,7 @@ impl Scheduler {
                 wake: &self.wake,
                 armed: probe,
             };
+            let carried = waiting.filter(|_| digest).map(|(waiting, _)| waiting);
             let digest = carried.is_some();
             let head = match ahead.pop_front() {
                 Some(Head {
@@ -769,45 +769,9 @@ impl Scheduler {
         }
     }
 
-    /// Send now, digest now, or wait: by the member limits and the digest rule. The
-    /// waiting messages are read only for a member the limits constrain.
-    async fn plan(
-        &self,
-        userid: &UserId,
-        slot: &Slot,
-        history: &[i64],
-        now: i64,
-        digestible: bool,
-    ) -> Result<Step, StoreError> {
-        let windows = slot.channel.rate_windows();
-        let first = limits::next_slot(now, history, windows);
-        if first > now {
-            return Ok(Step::Wait(first));
-        }
-        let Some(digest_after) = self.settings.digest_after.filter(|_| digestible) else {
-            return Ok(Step::Send);
-        };
-        let mut after_one = history.to_vec();
-        after_one.push(now);
-        if limits::next_slot(now, &after_one, windows) <= now {
-            return Ok(Step::Send);
-        }
-        let waiting = self
-            .store
-            .lane_waiting(userid, slot.name(), LOOKAHEAD)
-            .await?;
-        let accepted: Vec<i64> = waiting.iter().map(|w| w.created_at).collect();
-        Ok(
-            match limits::plan(now, history, windows, &accepted, Some(digest_after)) {
-                Plan::Digest => Step::Digest(waiting),
-                Plan::Send => Step::Send,
-                Plan::WaitUntil(at) => Step::Wait(at),
-            },
-        )
-    }
-
     /// One attempt at the head on `slot` (alone, or as the first of a digest), its outcome
-    /// recorded.
+    /// recorded. What the outcome means is [`decide::settle_outcome`]'s to say; this does
+    /// what it says.
     async fn attempt(
         &self,
         head: &Message,
@@ -840,77 +804,22 @@ impl Scheduler {
             }
         };
         let (outbound, digest) = match carried {
-            None => (
-                Outbound {
-                    id: head.id.clone(),
-                    userid: head.userid.clone(),
-                    title: head.title.clone(),
-                    content: head.content.clone(),
-                    address,
-                    format: head.format,
-                    look: head.look,
-                    url: head.url.clone(),
-                    page_key: head.page_key.clone(),
-                    verification: head.address_to.is_some(),
-                },
-                None,
-            ),
+            None => (decide::outbound(head, address), None),
             Some(waiting) => {
-                // Markdown shows as readable text in a digest line, not as `**`/`##`.
-                let excerpts: Vec<Option<String>> = waiting
-                    .iter()
-                    .map(|w| match (&w.excerpt, w.markdown) {
-                        (Some(e), true) => Some(crate::render::markdown::to_plain_text(e)),
-                        (e, _) => e.clone(),
-                    })
-                    .collect();
-                let items: Vec<digest::Item<'_>> = waiting
-                    .iter()
-                    .zip(&excerpts)
-                    .map(|(w, excerpt)| digest::Item {
-                        created_at: w.created_at,
-                        title: w.title.as_deref(),
-                        content: excerpt.as_deref(),
-                        partial: w.partial,
-                    })
-                    .collect();
-                // The digest carries every waiting message; those its text has no room
-                // for (or shows cut short) are in full on its page.
                 let id = MessageId::generate();
-                let page_key = crate::token::page_key();
-                let page = id.page_url(&self.public_base, &page_key);
-                let body = digest::compose(
-                    &items,
+                let key = crate::token::page_key();
+                let url = id.page_url(&self.public_base, &key);
+                let composed = decide::compose_digest(
+                    head,
+                    waiting,
+                    address,
+                    DigestPage { id, key, url },
                     slot.channel.capabilities().max_text_bytes,
                     self.settings.utc_offset,
-                    &page,
-                )
-                .text;
-                let carried_at: Vec<i64> = waiting.iter().map(|w| w.created_at).collect();
-                let carried: Vec<MessageId> = waiting.into_iter().map(|w| w.id).collect();
+                );
                 (
-                    Outbound {
-                        id: id.clone(),
-                        userid: head.userid.clone(),
-                        title: None,
-                        content: Some(body.clone()),
-                        address,
-                        format: Format::Text,
-                        look: Look::Text,
-                        url: None,
-                        page_key: None,
-                        verification: false,
-                    },
-                    Some((
-                        Digest {
-                            id: id.to_string(),
-                            userid: head.userid.clone(),
-                            body,
-                            carried,
-                            page_key,
-                        },
-                        carried_at,
-                    )),
+                    composed.outbound,
+                    Some((composed.record, composed.carried_at)),
                 )
             }
         };
@@ -926,148 +835,42 @@ impl Scheduler {
                     lock(&slot.health).probe_abandoned();
                     self.wake.notify_one();
                 }
-                // The channel may or may not have processed it: send it again next time
-                // (at least once), right away.
                 tracing::warn!(id = %head.id, attempts, channel = %channel, "delivery attempt cut off by shutdown");
-                if self.record(AttemptUpdate::Retry {
-                    id: head.id.clone(),
-                    attempts,
-                    channel,
-                    error: INTERRUPTED.to_owned(),
-                    next_attempt_at: now_ms(),
-                })
-                .await
-                {
-                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
-                }
-                return After::Release(now_ms());
+                return self.apply(channel, decide::cut_off(head, channel, now_ms())).await;
             }
         };
-        // The permit is held while the outcome is recorded: if the database cannot take
-        // writes, no further messages are sent that could not be recorded either.
-        match outcome {
-            Ok(()) => {
-                self.reachable(slot);
-                if let Some(history) = history {
-                    history.push(sent_at);
-                }
-                if let Some((digest, carried_at)) = digest {
-                    tracing::debug!(digest = %digest.id, messages = digest.carried.len(), "delivered a digest");
-                    let recorded = self
-                        .record(AttemptUpdate::DigestDelivered {
-                            digest,
-                            channel: channel.as_str(),
-                            sent_at,
-                        })
-                        .await;
-                    if !recorded {
-                        return After::Release(now_ms());
-                    }
-                    self.metrics.attempts(channel, AttemptOutcome::Delivered, 1);
-                    for accepted_at in carried_at {
-                        self.metrics.delivered(channel, accepted_at);
-                    }
-                    return After::Next;
-                }
-                tracing::debug!(id = %head.id, attempts, channel = %channel, "delivered");
-                if head.deliver_all
-                    && let Some(route) = head.route.rest()
-                {
-                    let recorded = self
-                        .record(AttemptUpdate::NextChannel {
-                            id: head.id.clone(),
-                            attempts,
-                            channel,
-                            delivered: true,
-                            error: None,
-                            route,
-                            deadline_at: self.fresh_deadline(),
-                            unconfirmed: false,
-                        })
-                        .await;
-                    if !recorded {
-                        return After::Release(now_ms());
-                    }
-                    self.count_delivered(head, channel);
-                    return After::Reread;
-                }
-                let delivered_on = match (&head.channel, head.deliver_all) {
-                    (Some(earlier), true) => format!("{earlier},{channel}"),
-                    _ => channel.as_str().to_owned(),
-                };
-                let recorded = self
-                    .record(AttemptUpdate::Delivered {
-                        id: head.id.clone(),
-                        attempts,
-                        channel: delivered_on,
-                        log: head.deliver_all.then_some(channel),
-                    })
-                    .await;
-                if recorded {
-                    self.count_delivered(head, channel);
-                    After::Next
-                } else {
-                    After::Release(now_ms())
-                }
-            }
+        let settlement = decide::settle_outcome(
+            Attempt {
+                head,
+                channel,
+                sent_at,
+                digest,
+            },
+            &outcome,
+            now_ms(),
+            rand::random::<f64>(),
+            &self.settings,
+        );
+        match &settlement.learnt {
+            Learnt::Reachable => self.reachable(slot),
+            Learnt::Unreachable { reason } => self.unreachable(slot, sent_at, reason),
+            Learnt::Nothing => {}
+        }
+        if let (Some(at), Some(history)) = (settlement.sent, history) {
+            history.push(at);
+        }
+        match &outcome {
             Err(ChannelError::Unconfirmed { reason }) => {
-                // The channel answered nothing usable; whether it sent the text is unknown.
-                // Not sent again here (it may be billed and shown twice): the history says
-                // so, and the message goes on as after a permanent failure.
                 tracing::warn!(id = %head.id, attempts, channel = %channel, error = %reason, "delivery unconfirmed; not resent on this channel");
-                let step = next_step::after_failure(tried(head), now_ms(), Failure::Permanent);
-                self.settle_as(head, channel, attempts, step, reason, true)
-                    .await
             }
             Err(ChannelError::Permanent { reason }) => {
-                // The channel answered: it is reachable; this message cannot be delivered
-                // on it. (Of a digest, only the head gives up: the others are tried on
-                // their own next, and fall back on their own if they fail too.)
-                self.reachable(slot);
                 tracing::debug!(id = %head.id, attempts, channel = %channel, error = %reason, "delivery failed permanently on this channel");
-                self.give_up(head, channel, attempts, reason).await
             }
-            Err(ChannelError::Transient {
-                reason,
-                unreachable,
-            }) => {
-                if unreachable {
-                    self.unreachable(slot, sent_at, &reason);
-                } else {
-                    self.reachable(slot);
-                }
-                let delay = backoff::delay(
-                    u32::try_from(attempts).unwrap_or(u32::MAX),
-                    self.settings.backoff_initial,
-                    self.settings.backoff_max,
-                    rand::random::<f64>(),
-                );
-                // Retried at the backoff time, but at the end of the window at the latest;
-                // given up only when a try that started there failed.
-                let step = next_step::after_failure(
-                    tried(head),
-                    sent_at,
-                    Failure::Transient {
-                        retry_at: now_ms().saturating_add(ms(delay)),
-                    },
-                );
-                let error = if step.moves_on() {
-                    let why = if unreachable {
-                        format!("{} unreachable: {reason}", slot.label())
-                    } else {
-                        reason
-                    };
-                    format!(
-                        "gave up after {attempts} attempt(s): the retry window ({}) had run out \
-                         when the last one failed: {why}",
-                        humantime::format_duration(self.settings.retry_window),
-                    )
-                } else {
-                    reason
-                };
-                self.settle(head, channel, attempts, step, error).await
-            }
+            Ok(()) | Err(ChannelError::Transient { .. }) => {}
         }
+        // The permit is held while the outcome is recorded: if the database cannot take
+        // writes, no further messages are sent that could not be recorded either.
+        self.settle(head, channel, settlement).await
     }
 
     /// `channel` cannot deliver the head (a permanent failure, or nothing to try it with):
@@ -1079,104 +882,66 @@ impl Scheduler {
         attempts: i64,
         error: String,
     ) -> After {
-        let step = next_step::after_failure(tried(head), now_ms(), Failure::Permanent);
-        self.settle(head, channel, attempts, step, error).await
+        let settlement = decide::give_up(head, channel, attempts, error, now_ms(), &self.settings);
+        self.settle(head, channel, settlement).await
     }
 
-    /// Records the head's next step after a failure on `channel`: a retry there, the next
-    /// channel of its route, or its end — failed, unless an earlier channel delivered it (a
-    /// `deliver_all` message).
-    async fn settle(
-        &self,
-        head: &Message,
-        channel: ChannelName,
-        attempts: i64,
-        step: NextStep,
-        error: String,
-    ) -> After {
-        self.settle_as(head, channel, attempts, step, error, false)
-            .await
-    }
-
-    /// [`Self::settle`]; `unconfirmed`: the channel may have delivered it and cannot say.
-    async fn settle_as(
-        &self,
-        head: &Message,
-        channel: ChannelName,
-        attempts: i64,
-        step: NextStep,
-        error: String,
-        unconfirmed: bool,
-    ) -> After {
-        let ends_failed = matches!(step, NextStep::End { failed: true });
-        let (update, after) = match step {
-            NextStep::Retry { at } => {
-                tracing::debug!(id = %head.id, attempts, channel = %channel, retry_in = ?until(at), error = %error, "delivery attempt failed; will retry");
-                if self
-                    .record(AttemptUpdate::Retry {
-                        id: head.id.clone(),
-                        attempts,
-                        channel,
-                        error,
-                        next_attempt_at: at,
-                    })
-                    .await
-                {
-                    self.metrics.attempts(channel, AttemptOutcome::Retry, 1);
-                }
-                return After::Release(at);
+    /// Logs the head's step and records it ([`Self::apply`]).
+    async fn settle(&self, head: &Message, channel: ChannelName, settlement: Settlement) -> After {
+        match &settlement.update {
+            AttemptUpdate::DigestDelivered { digest, .. } => {
+                tracing::debug!(digest = %digest.id, messages = digest.carried.len(), "delivered a digest");
             }
-            NextStep::Fallback { route } => {
+            AttemptUpdate::Delivered { attempts, .. }
+            | AttemptUpdate::NextChannel {
+                attempts,
+                delivered: true,
+                ..
+            } => {
+                tracing::debug!(id = %head.id, attempts = *attempts, channel = %channel, "delivered");
+            }
+            AttemptUpdate::Retry {
+                attempts,
+                error,
+                next_attempt_at,
+                ..
+            } => {
+                tracing::debug!(id = %head.id, attempts = *attempts, channel = %channel, retry_in = ?until(*next_attempt_at), error = %error, "delivery attempt failed; will retry");
+            }
+            AttemptUpdate::NextChannel { route, error, .. } => {
+                let error = error.as_deref().unwrap_or_default();
                 tracing::debug!(id = %head.id, from = %channel, to = %route.first(), error = %error, "falling back to the next channel");
-                self.log_fallback(channel, route.first(), &error);
-                (
-                    AttemptUpdate::NextChannel {
-                        id: head.id.clone(),
-                        attempts,
-                        channel,
-                        delivered: false,
-                        error: Some(error),
-                        route,
-                        deadline_at: self.fresh_deadline(),
-                        unconfirmed,
-                    },
-                    After::Reread,
-                )
+                self.log_fallback(channel, route.first(), error);
             }
-            NextStep::End { .. } => {
-                tracing::debug!(id = %head.id, attempts, channel = %channel, error = %error, "delivery failed");
-                (
-                    AttemptUpdate::Failed {
-                        id: head.id.clone(),
-                        attempts,
-                        channel,
-                        error,
-                        unconfirmed,
-                    },
-                    After::Next,
-                )
+            AttemptUpdate::Failed {
+                attempts, error, ..
+            } => {
+                tracing::debug!(id = %head.id, attempts = *attempts, channel = %channel, error = %error, "delivery failed");
             }
-        };
-        if self.record(update).await {
-            let outcome = if unconfirmed {
-                AttemptOutcome::Unconfirmed
-            } else {
-                AttemptOutcome::Failed
-            };
-            self.metrics.attempts(channel, outcome, 1);
-            if ends_failed {
-                self.metrics.failed(channel, 1);
-            }
-            after
-        } else {
-            After::Release(now_ms())
         }
+        self.apply(channel, settlement).await
     }
 
-    /// `channel` delivered the head (its delivery recorded).
-    fn count_delivered(&self, head: &Message, channel: ChannelName) {
-        self.metrics.attempts(channel, AttemptOutcome::Delivered, 1);
-        self.metrics.delivered(channel, head.created_at);
+    /// Records the settlement's update and, once it is committed, counts it; answers what
+    /// the lane does next (see [`After::unrecorded`]).
+    async fn apply(&self, channel: ChannelName, settlement: Settlement) -> After {
+        let Settlement {
+            update,
+            count,
+            after,
+            ..
+        } = settlement;
+        if !self.record(update).await {
+            return after.unrecorded(now_ms());
+        }
+        self.metrics.attempts(channel, count.outcome, 1);
+        for accepted_at in count.delivered {
+            self.metrics.delivered(channel, accepted_at);
+        }
+        if count.failed {
+            self.metrics.failed(channel, 1);
+        }
+        after
     }
 
     /// One INFO line a minute at most for fallbacks, with how many there were.
@@ -1393,23 +1158,6 @@ impl Drop for ProbeGuard<'_> {
             self.wake.notify_one();
         }
     }
-}
-
-/// The head, as what follows a failed try depends on it.
-fn tried(head: &Message) -> Tried<'_> {
-    Tried {
-        route: &head.route,
-        delivered_before: head.channel.is_some(),
-        deadline_at: head.deadline_at,
-    }
-}
-
-/// Whether a digest on `slot` may carry the message (see `Store::lane_waiting`).
-fn digestible(message: &Message, slot: &Slot) -> bool {
-    slot.channel.capabilities().digests
-        && message.route.first() == slot.name()
-        && !message.deliver_all
-        && message.address_to.is_none()
 }
 
 #[cfg(test)]
