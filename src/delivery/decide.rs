@@ -374,8 +374,10 @@ pub struct Attempt<'a> {
 ///   latest; given up only when a try that started there failed. `unreachable` marks the
 ///   channel down.
 /// - Unconfirmed: not sent again on this channel (it may be billed and shown twice): it is
-///   recorded as unconfirmed and goes on as after a permanent failure; the channel's
-///   health learns nothing.
+///   recorded as unconfirmed and goes on as after a permanent failure. The channel
+///   answered this try (the look-up that could not tell was an answer), so it counts as
+///   reachable: a probe that ends unconfirmed must not leave a down channel waiting for a
+///   probe outcome that never comes.
 pub fn settle_outcome(
     attempt: Attempt<'_>,
     outcome: &Result<(), ChannelError>,
@@ -406,7 +408,7 @@ pub fn settle_outcome(
             );
             Settlement {
                 update,
-                learnt: Learnt::Nothing,
+                learnt: Learnt::Reachable,
                 sent: None,
                 count,
                 after,
@@ -1308,7 +1310,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.learnt, Learnt::Nothing, "its health is not known");
+        assert_eq!(
+            s.learnt,
+            Learnt::Reachable,
+            "the channel answered: a probe ending so closes"
+        );
         assert_eq!(s.sent, None);
         assert_eq!(s.count.outcome, AttemptOutcome::Unconfirmed);
         assert_eq!(s.after, After::Reread);
