@@ -155,6 +155,15 @@ impl ChannelName {
         }
     }
 
+    /// Its name for people who read Chinese first.
+    pub fn zh(self) -> &'static str {
+        match self {
+            Self::WeCom => "企业微信",
+            Self::Email => "邮件",
+            Self::Sms => "短信",
+        }
+    }
+
     /// Its name inside a sentence ("e-mail is not configured").
     pub fn in_sentence(self) -> &'static str {
         match self {

@@ -333,15 +333,6 @@ pub fn address_invalid_reply(binding: &Binding, typed: &str) -> String {
     )
 }
 
-/// What the chat calls a channel's sending, in Chinese.
-fn sending_zh(channel: ChannelName) -> &'static str {
-    match channel {
-        ChannelName::WeCom => "企业微信",
-        ChannelName::Email => "邮件发送",
-        ChannelName::Sms => "短信发送",
-    }
-}
-
 pub fn channel_unavailable_reply(channel: ChannelName) -> String {
     let word = channel.in_sentence();
     let en: String = word
@@ -351,8 +342,8 @@ pub fn channel_unavailable_reply(channel: ChannelName) -> String {
         .chain(word.chars().skip(1))
         .collect();
     format!(
-        "本服务器未配置{}，请联系管理员。\n{en} is not configured on this server; ask its administrator.",
-        sending_zh(channel)
+        "本服务器未配置{}发送，请联系管理员。\n{en} is not configured on this server; ask its administrator.",
+        channel.zh()
     )
 }
 
