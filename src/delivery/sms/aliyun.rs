@@ -453,6 +453,9 @@ pub struct Aliyun {
     config: AliyunSms,
     http: reqwest::Client,
     timeout: Duration,
+    /// How long after a send its absence from `QuerySendDetails` is trusted
+    /// (`sms.lookup_after`).
+    settle: Duration,
 }
 
 impl Aliyun {
@@ -461,7 +464,14 @@ impl Aliyun {
             config,
             http,
             timeout,
+            settle: LOOKUP_AFTER,
         }
+    }
+
+    /// Trusts an absence from the send records only this long after the send.
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// One signed RPC call.
@@ -551,17 +561,7 @@ impl Provider for Aliyun {
                 Ok(answer) => send_outcome(&answer),
                 Err(e) => Err(e.into_failure(LABEL)),
             };
-            outcome.map_err(|failure| match failure {
-                SmsFailure::Permanent(r) => SmsFailure::Permanent(self.redact(r)),
-                SmsFailure::Transient {
-                    reason,
-                    unreachable,
-                } => SmsFailure::Transient {
-                    reason: self.redact(reason),
-                    unreachable,
-                },
-                SmsFailure::Unknown(r) => SmsFailure::Unknown(self.redact(r)),
-            })
+            outcome.map_err(|failure| failure.map_reason(|r| self.redact(r)))
         })
     }
 
@@ -573,10 +573,11 @@ impl Provider for Aliyun {
     ) -> BoxFuture<'a, Lookup> {
         Box::pin(async move {
             let sent_at = sent_at_ms.div_euclid(1000);
-            let settle = i64::try_from(LOOKUP_AFTER.as_secs()).unwrap_or(60);
-            if now_secs() < sent_at.saturating_add(settle) {
+            let settle_ms = i64::try_from(self.settle.as_millis()).unwrap_or(i64::MAX);
+            if crate::store::now_ms() < sent_at_ms.saturating_add(settle_ms) {
                 return Lookup::CannotTell(format!(
-                    "too early to tell: {LABEL}'s records may take a minute; ask again {settle} s after the send"
+                    "too early to tell: {LABEL}'s send records take a while; asked again {} after the send (sms.lookup_after)",
+                    humantime::format_duration(self.settle)
                 ));
             }
             // The record is dated by Aliyun's clock in China (UTC+8), within the clock

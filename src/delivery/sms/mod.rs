@@ -62,6 +62,21 @@ pub enum SmsFailure {
 }
 
 impl SmsFailure {
+    /// The same failure with its reason rewritten (e.g. a secret scrubbed from it).
+    pub fn map_reason(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::Permanent(r) => Self::Permanent(f(r)),
+            Self::Transient {
+                reason,
+                unreachable,
+            } => Self::Transient {
+                reason: f(reason),
+                unreachable,
+            },
+            Self::Unknown(r) => Self::Unknown(f(r)),
+        }
+    }
+
     pub fn reason(&self) -> &str {
         match self {
             Self::Permanent(reason) | Self::Transient { reason, .. } | Self::Unknown(reason) => {
@@ -137,7 +152,9 @@ pub fn build(settings: &SmsSettings, http: reqwest::Client) -> Result<Arc<dyn Pr
     let config = settings.provider_config().map_err(|e| e.to_string())?;
     let timeout = settings.timeout;
     Ok(match config {
-        SmsProviderConfig::Aliyun(config) => Arc::new(aliyun::Aliyun::new(config, http, timeout)),
+        SmsProviderConfig::Aliyun(config) => {
+            Arc::new(aliyun::Aliyun::new(config, http, timeout).with_settle(settings.lookup_after))
+        }
         SmsProviderConfig::Tencent(config) => {
             Arc::new(tencent::Tencent::new(config, http, timeout))
         }

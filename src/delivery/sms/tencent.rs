@@ -521,17 +521,7 @@ impl Provider for Tencent {
                 Ok(answer) => send_outcome(&answer),
                 Err(e) => Err(e.into_failure(LABEL)),
             };
-            outcome.map_err(|failure| match failure {
-                SmsFailure::Permanent(r) => SmsFailure::Permanent(self.redact(r)),
-                SmsFailure::Transient {
-                    reason,
-                    unreachable,
-                } => SmsFailure::Transient {
-                    reason: self.redact(reason),
-                    unreachable,
-                },
-                SmsFailure::Unknown(r) => SmsFailure::Unknown(self.redact(r)),
-            })
+            outcome.map_err(|failure| failure.map_reason(|r| self.redact(r)))
         })
     }
 
