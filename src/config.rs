@@ -459,21 +459,31 @@ impl SmsSettings {
                 format!("{n} is out of range: between 2 and 1000 characters"),
             )),
         };
+        // A key and its secret: both, or an error naming the one missing.
+        let key_pair = |id_key: &'static str,
+                        id: &Option<String>,
+                        secret_key: &'static str,
+                        value: &Option<secrecy::SecretString>| {
+            match (text(id), secret(value)) {
+                (Some(id), Some(value)) => Ok((id, value)),
+                (id, _) => Err(invalid(
+                    if id.is_none() { id_key } else { secret_key },
+                    format!(
+                        "{} needs {id_key} and {secret_key} (set PUSHBOT_SMS__{} or sms.{secret_key}_file)",
+                        provider.label(),
+                        secret_key.to_uppercase()
+                    ),
+                )),
+            }
+        };
         match provider {
             SmsProvider::Aliyun => {
-                let (Some(access_key_id), Some(access_key_secret)) =
-                    (text(&self.access_key_id), secret(&self.access_key_secret))
-                else {
-                    let key = if text(&self.access_key_id).is_none() {
-                        "access_key_id"
-                    } else {
-                        "access_key_secret"
-                    };
-                    return Err(invalid(
-                        key,
-                        "Aliyun needs access_key_id and access_key_secret (set PUSHBOT_SMS__ACCESS_KEY_SECRET or sms.access_key_secret_file)".to_owned(),
-                    ));
-                };
+                let (access_key_id, access_key_secret) = key_pair(
+                    "access_key_id",
+                    &self.access_key_id,
+                    "access_key_secret",
+                    &self.access_key_secret,
+                )?;
                 Ok(SmsProviderConfig::Aliyun(AliyunSms {
                     api_base,
                     access_key_id,
@@ -485,19 +495,8 @@ impl SmsSettings {
                 }))
             }
             SmsProvider::Tencent => {
-                let (Some(secret_id), Some(secret_key)) =
-                    (text(&self.secret_id), secret(&self.secret_key))
-                else {
-                    let key = if text(&self.secret_id).is_none() {
-                        "secret_id"
-                    } else {
-                        "secret_key"
-                    };
-                    return Err(invalid(
-                        key,
-                        "Tencent Cloud needs secret_id and secret_key (set PUSHBOT_SMS__SECRET_KEY or sms.secret_key_file)".to_owned(),
-                    ));
-                };
+                let (secret_id, secret_key) =
+                    key_pair("secret_id", &self.secret_id, "secret_key", &self.secret_key)?;
                 let sdk_app_id = text(&self.sdk_app_id)
                     .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
                     .ok_or_else(|| {
@@ -536,19 +535,12 @@ impl SmsSettings {
                 }))
             }
             SmsProvider::Twilio => {
-                let (Some(account_sid), Some(auth_token)) =
-                    (text(&self.account_sid), secret(&self.auth_token))
-                else {
-                    let key = if text(&self.account_sid).is_none() {
-                        "account_sid"
-                    } else {
-                        "auth_token"
-                    };
-                    return Err(invalid(
-                        key,
-                        "Twilio needs account_sid and auth_token (set PUSHBOT_SMS__AUTH_TOKEN or sms.auth_token_file)".to_owned(),
-                    ));
-                };
+                let (account_sid, auth_token) = key_pair(
+                    "account_sid",
+                    &self.account_sid,
+                    "auth_token",
+                    &self.auth_token,
+                )?;
                 if !is_twilio_sid(&account_sid, "AC") {
                     return Err(invalid(
                         "account_sid",
@@ -2400,7 +2392,7 @@ mod tests {
         let err = without(ALIYUN, "access_key_secret");
         assert_eq!(
             err,
-            "invalid setting sms.access_key_secret: Aliyun needs access_key_id and access_key_secret (set PUSHBOT_SMS__ACCESS_KEY_SECRET or sms.access_key_secret_file)"
+            "invalid setting sms.access_key_secret: Aliyun SMS needs access_key_id and access_key_secret (set PUSHBOT_SMS__ACCESS_KEY_SECRET or sms.access_key_secret_file)"
         );
         assert!(without(ALIYUN, "access_key_id").contains("sms.access_key_id"));
         assert!(without(ALIYUN, "sign_name").contains("sms.sign_name"));

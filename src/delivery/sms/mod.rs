@@ -188,6 +188,35 @@ fn refusal(label: &str, verb: &str, code: &str, message: &str, hint: &str) -> St
     reason
 }
 
+/// What a provider's error code means (each provider's `explain` maps its codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Permanent,
+    /// Only this number or this message, for now.
+    Transient,
+    /// Every send, for now (throttling, quotas, our clock).
+    TransientAll,
+    /// The provider failed inside: the text may have been sent.
+    Unknown,
+}
+
+/// The failure for error `code` with the provider's `message`, as its `explain` classed it.
+fn class_failure(
+    label: &str,
+    code: &str,
+    message: &str,
+    (class, hint): (Class, &str),
+) -> SmsFailure {
+    match class {
+        Class::Permanent => SmsFailure::Permanent(refusal(label, "refused", code, message, hint)),
+        Class::Transient | Class::TransientAll => SmsFailure::Transient {
+            reason: refusal(label, "refused for now", code, message, hint),
+            unreachable: class == Class::TransientAll,
+        },
+        Class::Unknown => SmsFailure::Unknown(refusal(label, "failed", code, message, hint)),
+    }
+}
+
 /// What to say when the provider refuses a signature because our clock is off.
 const CLOCK_HINT: &str = "this server's clock is off (signed requests must be within minutes of the provider's time): run NTP (chrony, systemd-timesyncd) and check `date -u`";
 

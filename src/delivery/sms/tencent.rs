@@ -16,9 +16,9 @@ use serde_json::json;
 
 use super::content::template_variables;
 use super::{
-    Answer, CLOCK_HINT, CallError, Check, Lookup, PhoneNumber, Provider, SmsFailure, SmsText,
-    body_excerpt, call, hmac_sha256, host_header, now_secs, quote, redact, refusal, rfc3339,
-    sha256_hex, status_failure,
+    Answer, CLOCK_HINT, CallError, Check, Class, Lookup, PhoneNumber, Provider, SmsFailure,
+    SmsText, body_excerpt, call, class_failure, hmac_sha256, host_header, now_secs, quote, redact,
+    refusal, rfc3339, sha256_hex, status_failure,
 };
 use crate::config::TencentSms;
 
@@ -127,16 +127,9 @@ struct SendStatus {
     message: String,
 }
 
-/// What a failed call's `Code` means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Permanent,
-    /// Only this number or this message, for now.
-    Transient,
-    /// Every send, for now (quotas, rate limits, our clock).
-    TransientAll,
-    /// Tencent failed inside: the text may have been sent.
-    Unknown,
+/// A failure for error `code` with the provider's `message`.
+fn classify(code: &str, message: &str) -> SmsFailure {
+    class_failure(LABEL, code, message, explain(code))
 }
 
 /// The class of an error `Code`, and what to do about it.
@@ -257,18 +250,6 @@ fn explain(code: &str) -> (Class, &'static str) {
             (Permanent, "the request was refused as malformed")
         }
         _ => (Permanent, ""),
-    }
-}
-
-fn classify(code: &str, message: &str) -> SmsFailure {
-    let (class, hint) = explain(code);
-    match class {
-        Class::Permanent => SmsFailure::Permanent(refusal(LABEL, "refused", code, message, hint)),
-        Class::Transient | Class::TransientAll => SmsFailure::Transient {
-            reason: refusal(LABEL, "refused for now", code, message, hint),
-            unreachable: class == Class::TransientAll,
-        },
-        Class::Unknown => SmsFailure::Unknown(refusal(LABEL, "failed", code, message, hint)),
     }
 }
 
