@@ -21,6 +21,12 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::mock_sms::{
+    ALIYUN_CODE_TEMPLATE, ALIYUN_KEY_ID, ALIYUN_KEY_SECRET, ALIYUN_TEMPLATE, SIGN_NAME,
+    TENCENT_CODE_TEMPLATE, TENCENT_SDK_APP_ID, TENCENT_SECRET_ID, TENCENT_SECRET_KEY,
+    TENCENT_TEMPLATE, TWILIO_FROM, TWILIO_SID, TWILIO_TOKEN,
+};
+pub use crate::mock_sms::{MockSms, SmsProvider};
 pub use crate::mock_wecom::{
     AGENT_ID, CORP_ID, GetTokenFailure, MockWeCom, SECRET, SendReply, Sent, SentCard,
 };
@@ -80,6 +86,8 @@ pub struct TestConfig {
     pub stall_after: Option<String>,
     /// `[email]`; no e-mail channel when `None` (the default).
     pub email: Option<EmailConfig>,
+    /// `[sms]`; no SMS channel when `None` (the default).
+    pub sms: Option<SmsConfig>,
     /// `delivery.fallback`, the default channel order; the server default when `None`.
     pub fallback: Option<Vec<String>>,
     /// `server.max_content_bytes`; the server default (64 KiB) when `None`.
@@ -135,6 +143,131 @@ impl EmailConfig {
     }
 }
 
+/// The `[sms]` section for one provider of a [`MockSms`]: the mock's credentials, sign
+/// name and templates, its listener as `api_base`. Every other key is left to the server's
+/// default unless set.
+#[derive(Debug, Clone)]
+pub struct SmsConfig {
+    pub provider: SmsProvider,
+    /// `http://127.0.0.1:PORT` of the mock's listener for `provider`.
+    pub api_base: String,
+    /// The provider's secret in the file: `access_key_secret` (Aliyun), `secret_key`
+    /// (Tencent Cloud) or `auth_token` (Twilio); the mock's own by default. `None`: not in
+    /// the file (give it in the environment, `PUSHBOT_SMS__…`).
+    pub secret: Option<String>,
+    /// `sms.template` (Aliyun, Tencent Cloud): the mock's message template by default.
+    pub template: String,
+    /// `sms.code_template` (Aliyun, Tencent Cloud): the mock's code template by default.
+    pub code_template: String,
+    /// One call to the provider; the server default when `None`.
+    pub timeout: Option<String>,
+    /// `sms.lookup_after`; the server default when `None`.
+    pub lookup_after: Option<String>,
+    /// `sms.daily_limit_per_member`; the server default when `None`.
+    pub daily_limit_per_member: Option<u32>,
+    /// `sms.daily_limit`; the server default when `None`.
+    pub daily_limit: Option<u32>,
+    /// `sms.code_ttl`; the server default when `None`.
+    pub code_ttl: Option<String>,
+    /// `sms.codes_per_hour`; the server default when `None`.
+    pub codes_per_hour: Option<u32>,
+}
+
+impl SmsConfig {
+    /// The `[sms]` section that makes `provider` of `mock` work.
+    pub fn mock(mock: &MockSms, provider: SmsProvider) -> Self {
+        let (secret, template, code_template) = match provider {
+            SmsProvider::Aliyun => (ALIYUN_KEY_SECRET, ALIYUN_TEMPLATE, ALIYUN_CODE_TEMPLATE),
+            SmsProvider::Tencent => (TENCENT_SECRET_KEY, TENCENT_TEMPLATE, TENCENT_CODE_TEMPLATE),
+            SmsProvider::Twilio => (TWILIO_TOKEN, "", ""),
+        };
+        Self {
+            provider,
+            api_base: mock.base_url(provider).to_owned(),
+            secret: Some(secret.to_owned()),
+            template: template.to_owned(),
+            code_template: code_template.to_owned(),
+            timeout: None,
+            lookup_after: None,
+            daily_limit_per_member: None,
+            daily_limit: None,
+            code_ttl: None,
+            codes_per_hour: None,
+        }
+    }
+
+    /// `sms.provider` as written in the file.
+    pub fn provider_name(&self) -> &'static str {
+        match self.provider {
+            SmsProvider::Aliyun => "aliyun",
+            SmsProvider::Tencent => "tencent",
+            SmsProvider::Twilio => "twilio",
+        }
+    }
+
+    /// The key the provider's secret goes under.
+    pub fn secret_key_name(&self) -> &'static str {
+        match self.provider {
+            SmsProvider::Aliyun => "access_key_secret",
+            SmsProvider::Tencent => "secret_key",
+            SmsProvider::Twilio => "auth_token",
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = format!(
+            "[sms]\nprovider = \"{}\"\napi_base = \"{}\"\n",
+            self.provider_name(),
+            self.api_base
+        );
+        match self.provider {
+            SmsProvider::Aliyun => {
+                out.push_str(&format!(
+                    "access_key_id = \"{ALIYUN_KEY_ID}\"\nsign_name = \"{SIGN_NAME}\"\n"
+                ));
+            }
+            SmsProvider::Tencent => {
+                out.push_str(&format!(
+                    "secret_id = \"{TENCENT_SECRET_ID}\"\nsdk_app_id = \"{TENCENT_SDK_APP_ID}\"\nsign_name = \"{SIGN_NAME}\"\n"
+                ));
+            }
+            SmsProvider::Twilio => {
+                out.push_str(&format!(
+                    "account_sid = \"{TWILIO_SID}\"\nfrom = \"{TWILIO_FROM}\"\n"
+                ));
+            }
+        }
+        if self.provider != SmsProvider::Twilio {
+            out.push_str(&format!(
+                "template = \"{}\"\ncode_template = \"{}\"\n",
+                self.template, self.code_template
+            ));
+        }
+        if let Some(secret) = &self.secret {
+            out.push_str(&format!("{} = \"{secret}\"\n", self.secret_key_name()));
+        }
+        for (key, value) in [
+            ("timeout", &self.timeout),
+            ("lookup_after", &self.lookup_after),
+            ("code_ttl", &self.code_ttl),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!("{key} = \"{v}\"\n"));
+            }
+        }
+        for (key, value) in [
+            ("daily_limit_per_member", self.daily_limit_per_member),
+            ("daily_limit", self.daily_limit),
+            ("codes_per_hour", self.codes_per_hour),
+        ] {
+            if let Some(n) = value {
+                out.push_str(&format!("{key} = {n}\n"));
+            }
+        }
+        out
+    }
+}
+
 impl Default for TestConfig {
     fn default() -> Self {
         Self {
@@ -161,6 +294,7 @@ impl Default for TestConfig {
             instance_id: None,
             stall_after: None,
             email: None,
+            sms: None,
             fallback: None,
             max_content_bytes: None,
             retention: None,
@@ -234,6 +368,11 @@ impl TestConfig {
             .as_ref()
             .map(|e| format!("\n{}", e.render()))
             .unwrap_or_default();
+        let sms = self
+            .sms
+            .as_ref()
+            .map(|s| format!("\n{}", s.render()))
+            .unwrap_or_default();
         format!(
             r#"[server]
 listen = "{listen}"
@@ -263,7 +402,7 @@ backoff_max = "{backoff_max}"
 concurrency = {concurrency}
 sweep_interval = "{sweep_interval}"
 shutdown_grace = "{shutdown_grace}"
-{email}
+{email}{sms}
 [log]
 level = "warn"
 "#,

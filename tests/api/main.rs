@@ -32,5 +32,6 @@ mod proxy;
 mod restart;
 mod send;
 mod shutdown;
+mod sms;
 mod storage;
 mod supervision;
