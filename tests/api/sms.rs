@@ -705,7 +705,6 @@ async fn a_timed_out_send_is_looked_up_not_resent(provider: SmsProvider) {
 }
 
 #[tokio::test]
-#[ignore = "bug: Aliyun's lookup ignores sms.lookup_after (a fixed 60 s 'too early' in src/delivery/sms/aliyun.rs:576), so the step ends unconfirmed without asking"]
 async fn aliyun_timed_out_send_is_looked_up_not_resent() {
     a_timed_out_send_is_looked_up_not_resent(SmsProvider::Aliyun).await;
 }
@@ -718,7 +717,6 @@ async fn tencent_timed_out_send_is_looked_up_not_resent() {
 /// Aliyun loses the request (nothing sent) and answers after the timeout: the look-up
 /// proves the absence, the text is sent again and delivered, one text in all.
 #[tokio::test]
-#[ignore = "bug: Aliyun's lookup ignores sms.lookup_after (a fixed 60 s 'too early' in src/delivery/sms/aliyun.rs:576), so a lost send is never looked up nor resent"]
 async fn aliyun_lost_send_is_looked_up_then_sent_again() {
     let provider = SmsProvider::Aliyun;
     let (app, sms) = sms_app(provider, quick_timeouts).await;
@@ -1175,7 +1173,6 @@ async fn twilio_kill9_mid_send_is_unconfirmed_after_restart() {
 }
 
 #[tokio::test]
-#[ignore = "bug: Aliyun's lookup ignores sms.lookup_after (a fixed 60 s 'too early' in src/delivery/sms/aliyun.rs:576), so the step ends unconfirmed without asking"]
 async fn aliyun_kill9_mid_send_is_looked_up_after_restart() {
     kill9_mid_send_is_never_texted_twice(SmsProvider::Aliyun).await;
 }

@@ -129,6 +129,9 @@ impl SmsChannel {
             .await
             .map_err(store)?
         {
+            // Measured before asking: a provider that found it too early to tell did so at
+            // this time or later.
+            let asked_at = now_ms();
             match self.provider.lookup(&to, out_id, charged_at).await {
                 Lookup::Sent => {
                     self.store
@@ -139,12 +142,12 @@ impl SmsChannel {
                 }
                 Lookup::NotSent => self.store.refund(name, out_id).await.map_err(store)?,
                 Lookup::CannotTell(why) => {
-                    let waited = now_ms().saturating_sub(charged_at);
+                    let waited = asked_at.saturating_sub(charged_at);
                     let after = i64::try_from(self.lookup_after.as_millis()).unwrap_or(i64::MAX);
                     if waited < after {
                         return Err(ChannelError::Transient {
                             reason: format!(
-                                "an earlier text to {} may have been sent (it timed out); \
+                                "an earlier try may have texted {} (it timed out or was cut off); \
                                  {} cannot say yet ({why}): looking again before sending",
                                 to.masked(),
                                 self.label()
@@ -154,8 +157,9 @@ impl SmsChannel {
                     }
                     return Err(ChannelError::Unconfirmed {
                         reason: format!(
-                            "the text to {} timed out and {} cannot say whether it was sent \
-                             ({why}); not sent again, so as not to text (and bill) it twice",
+                            "an earlier try to text {} timed out or was cut off, and {} cannot say \
+                             whether it was sent ({why}); not sent again, so as not to text \
+                             (and bill) it twice",
                             to.masked(),
                             self.label()
                         ),
@@ -198,10 +202,7 @@ impl SmsChannel {
                 Ok(())
             }
             Err(SmsFailure::Unknown(reason)) => Err(ChannelError::Transient {
-                reason: format!(
-                    "{reason}; the text may have been sent: it will be looked up before any \
-                     new try"
-                ),
+                reason: format!("{reason} (looked up before any new try, never resent blindly)"),
                 unreachable: false,
             }),
             Err(failure) => {
