@@ -2448,7 +2448,12 @@ fn mainland_bare(n: &str) -> bool {
 
 /// Aliyun also takes bare 11-digit mainland numbers.
 fn aliyun_number_ok(n: &str) -> bool {
-    e164_ok(n) || mainland_bare(n)
+    e164_ok(n) || mainland_bare(n) || international_bare(n)
+}
+
+/// Aliyun's international form: the country code and the number, without `+`.
+fn international_bare(n: &str) -> bool {
+    (8..=15).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0')
 }
 
 /// E.164 form for comparisons: a bare mainland number gets `+86`.
@@ -2456,6 +2461,8 @@ fn normalize_number(n: &str) -> String {
     let n = n.trim();
     if mainland_bare(n) {
         format!("+86{n}")
+    } else if international_bare(n) {
+        format!("+{n}")
     } else {
         n.to_owned()
     }

@@ -486,6 +486,26 @@ async fn binds_a_phone(provider: SmsProvider) {
 
 on_each_provider!(binds_a_phone);
 
+/// A number outside mainland China binds on every provider (Aliyun takes it as the country
+/// code and the number without `+`).
+async fn binds_an_international_number(provider: SmsProvider) {
+    let (app, sms) = sms_app(provider, |_| {}).await;
+    let m = member(&app, "intl").await;
+    let reply = bind_phone(
+        &app,
+        &sms,
+        provider,
+        &m.user,
+        "+852 9123 4567",
+        "+85291234567",
+    )
+    .await;
+    assert!(reply.contains("+852"), "the country stays visible: {reply}");
+    assert_well_signed(&sms);
+}
+
+on_each_provider!(binds_an_international_number);
+
 /// Without an `[sms]` section `phone` says SMS is not configured and nothing is sent.
 #[tokio::test]
 async fn without_an_sms_section_phone_says_sms_is_not_configured() {
