@@ -387,6 +387,79 @@ mod tests {
     use crate::domain::{MessageId, UserId};
     use crate::store::{CallbackClaim, Message, Store, now_ms};
 
+    /// As SQLite's test of the same name: migration 0004 keeps bound addresses, pending
+    /// codes and the WeCom send history.
+    #[tokio::test]
+    async fn migrating_to_bindings_keeps_addresses_codes_and_history() {
+        use sqlx::Row as _;
+        let schema = TestSchema::new().await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&schema.url())
+            .await
+            .unwrap();
+        let mut migrator = sqlx::migrate!("./src/store/migrations/postgres");
+        let all = migrator.migrations.clone();
+        migrator.migrations = all.iter().filter(|m| m.version < 4).cloned().collect();
+        migrator.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO members (userid, token, created_at, token_created_at, email) \
+             VALUES ('alice', 'ta', 5, 5, 'alice@example.com'), ('bob', 'tb', 6, 6, NULL)",
+            "INSERT INTO email_codes (userid, address, code, expires_at, attempts_left) \
+             VALUES ('bob', 'bob@example.com', '123456', 99, 4)",
+            "INSERT INTO email_requests (userid, address, requested_at) \
+             VALUES ('bob', 'bob@example.com', 7)",
+            "INSERT INTO sends (userid, sent_at) VALUES ('alice', 8)",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        migrator.migrations = all;
+        migrator.run(&pool).await.unwrap();
+        let one = |sql: &'static str| {
+            let pool = pool.clone();
+            async move { sqlx::query(sql).fetch_one(&pool).await.unwrap() }
+        };
+        let b = one("SELECT userid, channel, address, verified_at FROM member_bindings").await;
+        assert_eq!(
+            (
+                b.get::<String, _>(0),
+                b.get::<String, _>(1),
+                b.get::<String, _>(2),
+                b.get::<i64, _>(3)
+            ),
+            (
+                "alice".into(),
+                "email".into(),
+                "alice@example.com".into(),
+                5
+            )
+        );
+        let c = one("SELECT userid, channel, code, attempts_left FROM binding_codes").await;
+        assert_eq!(
+            (
+                c.get::<String, _>(0),
+                c.get::<String, _>(1),
+                c.get::<String, _>(2),
+                c.get::<i64, _>(3)
+            ),
+            ("bob".into(), "email".into(), "123456".into(), 4)
+        );
+        let r = one("SELECT channel, requested_at FROM binding_requests").await;
+        assert_eq!(
+            (r.get::<String, _>(0), r.get::<i64, _>(1)),
+            ("email".into(), 7)
+        );
+        let h = one("SELECT channel, sent_at FROM sends").await;
+        assert_eq!(
+            (h.get::<String, _>(0), h.get::<i64, _>(1)),
+            ("wecom".into(), 8)
+        );
+        pool.close().await;
+    }
+
     async fn two_instances() -> (Store, Store, TestSchema) {
         let schema = TestSchema::new().await;
         let a = Store::connect(&schema.url()).await.unwrap();

@@ -595,6 +595,78 @@ mod tests {
     use crate::domain::{MessageId, UserId};
     use crate::store::{Message, Store, now_ms};
 
+    /// The channel-binding migration (0008) keeps what members had bound, the codes they
+    /// were waiting on and the WeCom send history.
+    #[tokio::test]
+    async fn migrating_to_bindings_keeps_addresses_codes_and_history() {
+        use sqlx::Row as _;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let mut migrator = sqlx::migrate!("./src/store/migrations/sqlite");
+        let all = migrator.migrations.clone();
+        migrator.migrations = all.iter().filter(|m| m.version < 8).cloned().collect();
+        migrator.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO members (userid, token, created_at, token_created_at, email) \
+             VALUES ('alice', 'ta', 5, 5, 'alice@example.com'), ('bob', 'tb', 6, 6, NULL)",
+            "INSERT INTO email_codes (userid, address, code, expires_at, attempts_left) \
+             VALUES ('bob', 'bob@example.com', '123456', 99, 4)",
+            "INSERT INTO email_requests (userid, address, requested_at) \
+             VALUES ('bob', 'bob@example.com', 7)",
+            "INSERT INTO sends (userid, sent_at) VALUES ('alice', 8)",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        migrator.migrations = all;
+        migrator.run(&pool).await.unwrap();
+        let rows = |sql: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(sql)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| {
+                                r.try_get::<String, _>(i)
+                                    .or_else(|_| r.try_get::<i64, _>(i).map(|n| n.to_string()))
+                                    .unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                            .join("|")
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            rows("SELECT userid, channel, address, verified_at FROM member_bindings").await,
+            ["alice|email|alice@example.com|5"]
+        );
+        assert_eq!(
+            rows("SELECT userid, channel, address, code, expires_at, attempts_left FROM binding_codes")
+                .await,
+            ["bob|email|bob@example.com|123456|99|4"]
+        );
+        assert_eq!(
+            rows("SELECT userid, channel, address, requested_at FROM binding_requests").await,
+            ["bob|email|bob@example.com|7"]
+        );
+        assert_eq!(
+            rows("SELECT userid, channel, sent_at FROM sends").await,
+            ["alice|wecom|8"]
+        );
+    }
+
     #[test]
     fn sqlite_url_gets_an_open_mode() {
         assert_eq!(

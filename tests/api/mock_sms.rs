@@ -2784,7 +2784,10 @@ mod tests {
         assert!(!e164_ok("+1234567"));
         assert!(!e164_ok("+86 13800000000"));
         assert!(aliyun_number_ok("13800000000"));
-        assert!(aliyun_number_ok("85291234567"), "Aliyun's international form");
+        assert!(
+            aliyun_number_ok("85291234567"),
+            "Aliyun's international form"
+        );
         assert!(!aliyun_number_ok("1234567"));
         assert!(!aliyun_number_ok("013800000000"));
         assert_eq!(normalize_number("13800000000"), "+8613800000000");
