@@ -2,6 +2,7 @@
 
 mod db;
 mod helpers;
+mod mock_destinations;
 mod mock_sms;
 mod mock_wecom;
 mod smtp;
