@@ -29,6 +29,8 @@ const LABEL: &str = "Feishu bot";
 pub const MAX_BODY_BYTES: usize = 20_000;
 /// The text shown at most, leaving room for the JSON around it.
 pub const MAX_TEXT_BYTES: usize = 16_000;
+/// A longer title is cut (it would leave no room for the content).
+const MAX_TITLE_BYTES: usize = 512;
 
 /// The message as Feishu takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +84,10 @@ fn render_within(envelope: &Envelope<'_>, max_text: usize) -> FeishuMessage {
             }
         })
     };
-    let title_bytes = shown.title.map_or(0, str::len);
+    let title = shown
+        .title
+        .map(|t| Measure::Bytes.excerpt(t, MAX_TITLE_BYTES));
+    let title_bytes = title.as_ref().map_or(0, String::len);
     let fitted = fit(
         &shown,
         body,
@@ -94,7 +99,7 @@ fn render_within(envelope: &Envelope<'_>, max_text: usize) -> FeishuMessage {
         return FeishuMessage::Text(fitted.body);
     }
     FeishuMessage::Post {
-        title: shown.title.map(str::to_owned),
+        title,
         lines: post_lines(&fitted),
     }
 }
@@ -430,6 +435,11 @@ mod tests {
             lines.last().unwrap_or_else(|| panic!("{v}")),
             &json!([{"tag": "a", "text": "阅读全文", "href": PAGE}])
         );
+        // A huge title is cut too.
+        let m = outbound(Some(&"标题".repeat(5000)), Some("C"));
+        let v = value(&envelope(&m), None);
+        let title = v["content"]["post"]["zh_cn"]["title"].as_str().unwrap();
+        assert!(title.len() <= MAX_TITLE_BYTES && title.ends_with('…'));
         // Plain text that must be cut becomes a post, for its link.
         let m = outbound(None, Some(&"x".repeat(30_000)));
         let v = value(&envelope(&m), None);

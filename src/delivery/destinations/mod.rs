@@ -27,6 +27,24 @@
 //! | [`telegram`] | a chat id (`-100…`, `@channel`), the server's bot | 20/min per group, 1/s per chat | `HTML`, ≤ 4096 characters |
 //! | [`webhook`] | any URL, from the config only (+ `whsec_…` secret) | none | JSON, Standard Webhooks signature |
 
+//! # Wiring (for the caller)
+//!
+//! - **A route entry** names a destination; the destination itself is a [`Destination`]
+//!   (kind, address, optional secret), built from the config ([`Destination::from_config`])
+//!   or from the chat ([`parse_chat_url`], then [`Destination::with_secret`]) and stored as
+//!   [`Destination::expose_address`] + [`Destination::expose_secret`] (both secrets), read
+//!   back with [`Destination::from_stored`] (which checks the address against the bases again).
+//! - **Lanes and limits** are per robot, not per destination name: key them by
+//!   [`Destination::lane_key`] and shape them by [`Kind::rate_windows`] (and
+//!   [`Kind::penalty`]); shape digests by [`Kind::capabilities`].
+//! - **A send** is [`Destination::send`] with an [`Envelope`] (the message, its page URL, when
+//!   it was accepted); its [`DestError`] converts into a [`ChannelError`]. Honour
+//!   [`DestError::retry_after`]. On [`Delivered::ChatMoved`], store the new chat id.
+//! - **Health/doctor**: [`Destination::check`] (Telegram only; the others say a test message
+//!   is the check). Log and show [`Destination::masked`], never the address.
+//! - **The HTTP client**: one without redirects (`reqwest::redirect::Policy::none()`) keeps
+//!   every request on the address checked here; Telegram may need the proxy.
+
 mod address;
 pub mod dingtalk;
 pub mod feishu;
