@@ -18,6 +18,7 @@
 
 pub mod backoff;
 mod decide;
+pub mod destinations;
 pub mod digest;
 pub mod email;
 pub mod health;
