@@ -1774,6 +1774,20 @@ impl Settings {
                 "must be between 1 and 1000 connections",
             ));
         }
+        if let Some(unknown) = d
+            .fallback
+            .channels()
+            .iter()
+            .find(|c| matches!(c, ChannelName::Dest(_)))
+        {
+            return Err(invalid(
+                "delivery.fallback",
+                &format!(
+                    "unknown channel {:?}: the channels are wecom, email and sms",
+                    unknown.as_str()
+                ),
+            ));
+        }
         if let Some(email) = &self.email {
             if email.password.is_some() && email.password_file.is_some() {
                 return Err(invalid(

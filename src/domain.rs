@@ -125,24 +125,100 @@ impl fmt::Debug for MessageId {
 }
 
 /// A delivery channel, by its stable name (stored in the database and accepted in the
-/// API as `wecom` / `email` / `sms`). Only the names live here; what a channel can do is
-/// its [`Channel`](crate::delivery::Channel) implementation's to say.
+/// API as `wecom` / `email` / `sms`, or a destination's name such as `ops`). Only the
+/// names live here; what a channel can do is its
+/// [`Channel`](crate::delivery::Channel) implementation's to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChannelName {
     WeCom,
     Email,
     Sms,
+    /// A named destination (a group robot, a webhook…): `[destinations.NAME]`.
+    Dest(DestName),
+}
+
+/// A destination's name: 1–32 of `a-z 0-9 _ -`, starting with a letter or digit, and not a
+/// built-in channel's name or alias. Interned (a name is stored once for the life of the
+/// process, at most [`DestName::MAX_NAMES`] of them), so that [`ChannelName`] stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestName(&'static str);
+
+impl DestName {
+    /// Distinct destination names one process will hold.
+    pub const MAX_NAMES: usize = 4096;
+
+    /// The name as typed (trimmed, lower-cased), if it can name a destination.
+    pub fn parse(typed: &str) -> Result<Self, String> {
+        let name = typed.trim().to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        if !valid {
+            return Err(format!(
+                "{:?} cannot name a destination: use 1 to 32 of a-z, 0-9, _ and -, e.g. ops",
+                typed.chars().take(40).collect::<String>()
+            ));
+        }
+        if ChannelName::BUILTIN
+            .iter()
+            .any(|c| c.names().contains(&name.as_str()))
+        {
+            return Err(format!("{name:?} is a built-in channel's name"));
+        }
+        intern(name).map(Self)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Debug for DestName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
+}
+
+/// The one `&'static str` for `name`.
+fn intern(name: String) -> Result<&'static str, String> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = names.get(name.as_str()) {
+        return Ok(known);
+    }
+    if names.len() >= DestName::MAX_NAMES {
+        return Err("too many destination names in use".to_owned());
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    Ok(leaked)
 }
 
 impl ChannelName {
-    /// Every channel, in the order `channel=all` tries them.
-    pub const ALL: [ChannelName; 3] = [ChannelName::WeCom, ChannelName::Email, ChannelName::Sms];
+    /// The built-in channels, in the order `channel=all` tries them (destinations are
+    /// in `all` only when named).
+    pub const BUILTIN: [ChannelName; 3] =
+        [ChannelName::WeCom, ChannelName::Email, ChannelName::Sms];
+    /// The built-in channels (see [`Self::BUILTIN`]).
+    pub const ALL: [ChannelName; 3] = Self::BUILTIN;
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WeCom => "wecom",
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::Dest(name) => name.as_str(),
         }
     }
 
@@ -152,6 +228,7 @@ impl ChannelName {
             Self::WeCom => "WeCom",
             Self::Email => "E-mail",
             Self::Sms => "SMS",
+            Self::Dest(name) => name.as_str(),
         }
     }
 
@@ -161,7 +238,15 @@ impl ChannelName {
             Self::WeCom => "企业微信",
             Self::Email => "邮件",
             Self::Sms => "短信",
+            Self::Dest(name) => name.as_str(),
         }
+    }
+
+    /// Every name it answers to.
+    fn names(self) -> Vec<&'static str> {
+        let mut names = vec![self.as_str()];
+        names.extend_from_slice(self.aliases());
+        names
     }
 
     /// Its name inside a sentence ("e-mail is not configured").
@@ -178,6 +263,7 @@ impl ChannelName {
             Self::WeCom => &["企业微信", "微信"],
             Self::Email => &["e-mail", "mail", "邮件", "邮箱"],
             Self::Sms => &["phone", "短信", "手机"],
+            Self::Dest(_) => &[],
         }
     }
 }
@@ -192,12 +278,19 @@ impl std::str::FromStr for ChannelName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let typed = s.trim().to_ascii_lowercase();
-        Self::ALL
+        if let Some(builtin) = Self::BUILTIN
             .into_iter()
-            .find(|c| c.as_str() == typed || c.aliases().contains(&typed.as_str()))
-            .ok_or_else(|| {
-                format!("unknown channel {typed:?}: the channels are wecom, email and sms")
-            })
+            .find(|c| c.names().contains(&typed.as_str()))
+        {
+            return Ok(builtin);
+        }
+        // Anything else that could name a destination does; whether one by that name
+        // exists is for the route to say.
+        DestName::parse(&typed).map(Self::Dest).map_err(|_| {
+            format!(
+                "unknown channel {typed:?}: the channels are wecom, email and sms, or a destination's name"
+            )
+        })
     }
 }
 
@@ -554,7 +647,25 @@ mod tests {
             "email,wecom"
         );
         assert!(Route::parse("wecom,wecom").unwrap_err().contains("twice"));
-        assert!(Route::parse("fax").unwrap_err().contains("unknown channel"));
+        assert!(
+            Route::parse("fax!")
+                .unwrap_err()
+                .contains("unknown channel")
+        );
+        // Anything that can name a destination does (whether it exists is the route's
+        // business), once per name.
+        let ops = Route::parse("wecom, OPS").unwrap();
+        assert_eq!(ops.to_stored(), "wecom,ops");
+        let (ChannelName::Dest(a), ChannelName::Dest(b)) = (
+            Route::parse("ops").unwrap().first(),
+            "ops".parse::<ChannelName>().unwrap(),
+        ) else {
+            panic!("ops names a destination");
+        };
+        assert!(std::ptr::eq(a.as_str(), b.as_str()), "interned once");
+        for bad in ["", "-ops", "o p", "ops!", &"x".repeat(33), "email", "短信"] {
+            assert!(DestName::parse(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(
             Route::parse("短信, wecom").unwrap().to_stored(),
             "sms,wecom"

@@ -327,10 +327,24 @@ impl Outbox {
             )
         };
         match choice {
-            ChannelChoice::Order(asked) => asked
-                .filter(usable)
-                .map(|r| (r, false))
-                .ok_or_else(|| why_not(asked)),
+            ChannelChoice::Order(asked) => {
+                // A name that is neither a built-in channel nor a destination here is a
+                // typo: refused, not quietly dropped from the order.
+                if let Some(unknown) = asked
+                    .channels()
+                    .iter()
+                    .find(|c| matches!(c, ChannelName::Dest(_)) && self.channel(**c).is_none())
+                {
+                    return Err(format!(
+                        "unknown channel {:?}: the channels are wecom, email and sms, or a destination's name",
+                        unknown.as_str()
+                    ));
+                }
+                asked
+                    .filter(usable)
+                    .map(|r| (r, false))
+                    .ok_or_else(|| why_not(asked))
+            }
             ChannelChoice::All => {
                 let all = Route::new(ChannelName::ALL.to_vec()).ok_or("no channels")?;
                 all.filter(usable)
