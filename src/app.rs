@@ -63,6 +63,9 @@ pub enum StartupError {
     Email(#[from] crate::delivery::email::SetupError),
     #[error("SMS channel: {0}")]
     Sms(String),
+    /// Checked when the config was loaded; only settings built by hand get here.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("server error")]
     Serve(#[from] std::io::Error),
     /// A background task failed for good (see [`crate::supervise`]); already logged.

@@ -43,12 +43,182 @@ pub struct Settings {
     /// The SMS channel; absent: no SMS.
     #[serde(default)]
     pub sms: Option<SmsSettings>,
+    /// Group chats and webhooks messages can be sent to by name (`[destinations.NAME]`).
+    #[serde(default)]
+    pub destinations: DestinationsSettings,
     #[serde(default)]
     pub log: LogSettings,
     /// The Kubernetes service-link variables (`PUSHBOT_PORT`, `PUSHBOT_SERVICE_HOST`, …)
     /// found in the environment and ignored: not settings (see [`is_service_link`]).
     #[serde(skip)]
     pub ignored_variables: Vec<String>,
+}
+
+/// `[destinations]`: where each kind's service is, the server's Telegram bot, and the
+/// shared destinations (`[destinations.NAME]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DestinationsSettings {
+    /// Defaults: the real services (tests point them at local mocks).
+    #[serde(default)]
+    pub wecom_robot_base: Option<HttpUrl>,
+    #[serde(default)]
+    pub dingtalk_base: Option<HttpUrl>,
+    #[serde(default)]
+    pub feishu_base: Option<HttpUrl>,
+    #[serde(default)]
+    pub lark_base: Option<HttpUrl>,
+    #[serde(default)]
+    pub telegram_base: Option<HttpUrl>,
+    /// The server's Telegram bot (`PUSHBOT_DESTINATIONS__TELEGRAM_BOT_TOKEN` or
+    /// `telegram_bot_token_file`).
+    #[serde(default)]
+    pub telegram_bot_token: Option<secrecy::SecretString>,
+    #[serde(default)]
+    pub telegram_bot_token_file: Option<PathBuf>,
+    /// One call to a destination.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// `[destinations.NAME]`, by name.
+    #[serde(flatten)]
+    pub named: std::collections::BTreeMap<String, DestinationSettings>,
+}
+
+/// `[destinations.NAME]`: one shared destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSettings {
+    /// `wecom-robot`, `dingtalk`, `feishu`, `telegram` or `webhook`.
+    pub kind: String,
+    /// The robot's or webhook's URL (it carries the key: prefer
+    /// `PUSHBOT_DESTINATIONS__NAME__URL` or `url_file`).
+    #[serde(default)]
+    pub url: Option<secrecy::SecretString>,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Telegram: the chat (`-100…` or `@channel`).
+    #[serde(default)]
+    pub chat_id: Option<String>,
+    /// DingTalk `SEC…`, Feishu's signing secret, a webhook's `whsec_…`.
+    #[serde(default)]
+    pub secret: Option<secrecy::SecretString>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Who may send to it: userids, or `"all"` (the default).
+    #[serde(default)]
+    pub members: Members,
+}
+
+/// `members = ["alice", "bob"]` or `members = "all"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Members {
+    #[default]
+    All,
+    Only(Vec<crate::domain::UserId>),
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w.trim().eq_ignore_ascii_case("all") => Ok(Self::All),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "members is a list of userids or \"all\", not {w:?}"
+            ))),
+            Raw::List(list) => Ok(Self::Only(
+                list.iter().map(|u| crate::domain::UserId::new(u)).collect(),
+            )),
+        }
+    }
+}
+
+impl Members {
+    pub fn includes(&self, userid: &crate::domain::UserId) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(list) => list.contains(userid),
+        }
+    }
+}
+
+/// A shared destination, checked: what the registry builds a channel from.
+#[derive(Debug, Clone)]
+pub struct ConfiguredDestination {
+    pub name: ChannelName,
+    pub destination: crate::delivery::destinations::Destination,
+    pub members: Members,
+}
+
+impl DestinationsSettings {
+    /// The bases, each the configured one or the real service.
+    pub fn bases(&self) -> crate::delivery::destinations::Bases {
+        let mut bases = crate::delivery::destinations::Bases::default();
+        for (set, field) in [
+            (&self.wecom_robot_base, &mut bases.wecom_robot),
+            (&self.dingtalk_base, &mut bases.dingtalk),
+            (&self.feishu_base, &mut bases.feishu),
+            (&self.lark_base, &mut bases.lark),
+            (&self.telegram_base, &mut bases.telegram),
+        ] {
+            if let Some(url) = set {
+                *field = url.url().clone();
+            }
+        }
+        bases
+    }
+
+    /// Each call's limit (`timeout`, default 10 s).
+    pub fn timeout(&self) -> Result<Duration, ConfigError> {
+        match &self.timeout {
+            None => Ok(Duration::from_secs(10)),
+            Some(text) => match humantime::parse_duration(text.trim()) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                _ => Err(ConfigError::Invalid {
+                    key: "destinations.timeout".to_owned(),
+                    message: format!("{text:?} is not a positive duration such as \"10s\""),
+                }),
+            },
+        }
+    }
+
+    /// The shared destinations, checked (name, kind, address on its base, secret).
+    pub fn configured(&self) -> Result<Vec<ConfiguredDestination>, ConfigError> {
+        use secrecy::ExposeSecret as _;
+        let bases = self.bases();
+        self.named
+            .iter()
+            .map(|(name, d)| {
+                let invalid = |field: &str, message: String| ConfigError::Invalid {
+                    key: format!("destinations.{name}.{field}"),
+                    message,
+                };
+                let dest_name =
+                    crate::domain::DestName::parse(name).map_err(|m| ConfigError::Invalid {
+                        key: format!("destinations.{name}"),
+                        message: m,
+                    })?;
+                let kind: crate::delivery::destinations::Kind =
+                    d.kind.parse().map_err(|m: String| invalid("kind", m))?;
+                let destination = crate::delivery::destinations::Destination::from_config(
+                    kind,
+                    d.url.as_ref().map(|u| u.expose_secret()),
+                    d.chat_id.as_deref(),
+                    d.secret.as_ref().map(|s| s.expose_secret()),
+                    &bases,
+                )
+                .map_err(|m| invalid("url", m))?;
+                Ok(ConfiguredDestination {
+                    name: ChannelName::Dest(dest_name),
+                    destination,
+                    members: d.members.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// `[email]`: SMTP for the e-mail channel (fallback and verification codes).
@@ -1721,6 +1891,8 @@ impl Settings {
         if let Some(sms) = &settings.sms {
             sms.provider_config()?;
         }
+        settings.destinations.timeout()?;
+        settings.destinations.configured()?;
         Ok(settings)
     }
 
@@ -1774,12 +1946,9 @@ impl Settings {
                 "must be between 1 and 1000 connections",
             ));
         }
-        if let Some(unknown) = d
-            .fallback
-            .channels()
-            .iter()
-            .find(|c| matches!(c, ChannelName::Dest(_)))
-        {
+        if let Some(unknown) = d.fallback.channels().iter().find(|c| {
+            matches!(c, ChannelName::Dest(_)) && !self.destinations.named.contains_key(c.as_str())
+        }) {
             return Err(invalid(
                 "delivery.fallback",
                 &format!(
@@ -1842,6 +2011,26 @@ impl Settings {
             && let Some(path) = email.password_file.take()
         {
             email.password = Some(read_secret_file("email.password_file", &path)?);
+        }
+        if let Some(path) = self.destinations.telegram_bot_token_file.take() {
+            self.destinations.telegram_bot_token = Some(read_secret_file(
+                "destinations.telegram_bot_token_file",
+                &path,
+            )?);
+        }
+        for (name, d) in &mut self.destinations.named {
+            if let Some(path) = d.url_file.take() {
+                d.url = Some(read_secret_file(
+                    &format!("destinations.{name}.url_file"),
+                    &path,
+                )?);
+            }
+            if let Some(path) = d.secret_file.take() {
+                d.secret = Some(read_secret_file(
+                    &format!("destinations.{name}.secret_file"),
+                    &path,
+                )?);
+            }
         }
         if let Some(sms) = &mut self.sms {
             for (key, file, secret) in [

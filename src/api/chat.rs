@@ -172,7 +172,7 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
     let unusable = route
         .channels()
         .iter()
-        .filter(|c| !state.outbox.reaches(**c, &bound))
+        .filter(|c| !state.outbox.reaches(**c, Some(userid), &bound))
         .map(|c| c.as_str().to_owned())
         .collect();
     // A line for each channel here that needs an address (and any bound elsewhere).
@@ -253,6 +253,7 @@ async fn fallback(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
     // Checked like a sender's choice, so the member hears now what would not work.
     let prefs = state.store.member_prefs(userid).await?;
     let reach = Reach {
+        userid: Some(userid.clone()),
         bound: prefs.bound(),
         own_order: None,
     };

@@ -568,6 +568,7 @@ pub(crate) async fn submit(
     });
     let prefs = state.store.member_prefs(&userid).await?;
     let reach = Reach {
+        userid: Some(userid.clone()),
         bound: prefs.bound(),
         own_order: prefs.channels,
     };

@@ -125,6 +125,16 @@ pub trait Channel: Send + Sync {
     fn rate_windows(&self) -> &[RateWindow] {
         &[]
     }
+    /// Whether the rate windows count every message sent on the channel, whoever it was
+    /// for (a shared group chat), rather than each recipient's own.
+    fn shared_windows(&self) -> bool {
+        false
+    }
+    /// Whether the member may have messages sent this way (a shared destination may be
+    /// for some members only).
+    fn serves(&self, _userid: &UserId) -> bool {
+        true
+    }
     /// `Some` when the channel reaches a member at an address they bind and verify;
     /// `None` when it reaches every member by userid.
     fn binding(&self) -> Option<&Binding> {
@@ -197,6 +207,8 @@ impl ChannelChoice {
 /// What the route of a member's message depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reach {
+    /// Whose message it is.
+    pub userid: Option<UserId>,
     /// The channels on which the member has a bound address.
     pub bound: Vec<ChannelName>,
     /// The member's own channel order (`fallback …` in the chat).
@@ -280,10 +292,17 @@ impl Outbox {
         self.channel(name).and_then(|c| c.binding())
     }
 
-    /// Whether a member with these bound channels can be reached on `channel` here.
-    pub fn reaches(&self, channel: ChannelName, bound: &[ChannelName]) -> bool {
-        self.channel(channel)
-            .is_some_and(|c| c.binding().is_none() || bound.contains(&channel))
+    /// Whether the member, with these bound channels, can be reached on `channel` here.
+    pub fn reaches(
+        &self,
+        channel: ChannelName,
+        userid: Option<&UserId>,
+        bound: &[ChannelName],
+    ) -> bool {
+        self.channel(channel).is_some_and(|c| {
+            (c.binding().is_none() || bound.contains(&channel))
+                && userid.is_none_or(|u| c.serves(u))
+        })
     }
 
     /// `delivery.fallback`: the order of a member who chose none.
@@ -307,7 +326,7 @@ impl Outbox {
     /// the sender named channels none of which can reach the member. The bool: deliver
     /// on every channel of the route.
     pub fn route(&self, choice: &ChannelChoice, reach: &Reach) -> Result<(Route, bool), String> {
-        let usable = |c: ChannelName| self.reaches(c, &reach.bound);
+        let usable = |c: ChannelName| self.reaches(c, reach.userid.as_ref(), &reach.bound);
         let why_not = |asked: &Route| {
             let names: Vec<String> = asked
                 .channels()

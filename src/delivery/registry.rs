@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::Channel;
+use super::destinations::{self, DestinationChannel};
 use super::email::EmailChannel;
 use super::sms::{self, SmsChannel};
 use super::wecom::WeComChannel;
@@ -27,6 +28,25 @@ pub fn build(
     ))];
     if let Some(email) = &settings.email {
         channels.push(Arc::new(EmailChannel::new(email)?));
+    }
+    let configured = settings.destinations.configured()?;
+    if !configured.is_empty() {
+        let timeout = settings.destinations.timeout()?;
+        let http = http_client(timeout, Egress::Environment)?;
+        let dest_settings = destinations::Settings {
+            telegram_bot_token: settings.destinations.telegram_bot_token.clone(),
+            timeout,
+        };
+        for d in configured {
+            channels.push(Arc::new(DestinationChannel::new(
+                d.name,
+                d.destination,
+                d.members,
+                http.clone(),
+                dest_settings.clone(),
+                settings.public_base().into(),
+            )));
+        }
     }
     if let Some(sms) = &settings.sms {
         // Not through `wecom.proxy` (that is for WeCom's trusted-IP rule); each call has

@@ -94,6 +94,10 @@ struct Slot {
     /// The lane last made due for a probe by a waiting window, and when (see
     /// [`Scheduler::probe_next_window`]).
     probe_lane: Mutex<Option<(UserId, i64)>>,
+    /// A channel whose rate windows are shared by every member (a group chat): one lane at
+    /// a time reads its history, sends and records, so that two members' lanes cannot
+    /// both take the last place in a window (within this instance).
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Slot {
@@ -191,6 +195,7 @@ impl Scheduler {
                 channel,
                 health: Mutex::new(Health::new(settings.backoff_initial, settings.probe_max)),
                 probe_lane: Mutex::default(),
+                turn: tokio::sync::Mutex::new(()),
             })
             .collect();
         Self {
@@ -690,6 +695,14 @@ impl Scheduler {
             // The channel's own rate windows (and digests, where it has them); what the
             // decision needs is read only when it asks (see `decide::next_action`).
             let windows = slot.channel.rate_windows();
+            // Shared windows: this lane's turn, and the history as it is now (another
+            // member's lane may have sent since it was read).
+            let _turn = if slot.channel.shared_windows() && !windows.is_empty() {
+                histories.remove(&channel);
+                Some(slot.turn.lock().await)
+            } else {
+                None
+            };
             let digest_after = self.settings.digest_after.filter(|_| {
                 decide::digestible(&next.message, channel, slot.channel.capabilities().digests)
             });
@@ -708,7 +721,11 @@ impl Scheduler {
                     LaneAction::Release(at) => return Ok(LaneEnd::Release(at)),
                     LaneAction::ReadHistory => {
                         let since = now_ms() - limits::history_span_ms(windows);
-                        let history = self.store.send_history(userid, channel, since).await?;
+                        let history = if slot.channel.shared_windows() {
+                            self.store.channel_history(channel, since).await?
+                        } else {
+                            self.store.send_history(userid, channel, since).await?
+                        };
                         histories.insert(channel, history);
                     }
                     LaneAction::ReadWaiting => {

@@ -384,6 +384,25 @@ impl Store {
             .collect()
     }
 
+    /// When messages were sent on `channel` since `since`, to anyone, oldest first (a
+    /// shared destination's windows).
+    pub async fn channel_history(
+        &self,
+        channel: ChannelName,
+        since: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sent_at FROM sends WHERE channel = $1 AND sent_at > $2 ORDER BY sent_at",
+        )
+        .bind(channel.as_str())
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<i64, _>("sent_at").map_err(StoreError::from))
+            .collect()
+    }
+
     /// When messages were sent to the member on `channel` since `since`, oldest first.
     pub async fn send_history(
         &self,

@@ -46,6 +46,7 @@
 //!   every request on the address checked here; Telegram may need the proxy.
 
 mod address;
+mod channel;
 pub mod dingtalk;
 pub mod feishu;
 mod http;
@@ -53,6 +54,8 @@ pub mod telegram;
 mod text;
 pub mod webhook;
 pub mod wecom_robot;
+
+pub use channel::DestinationChannel;
 
 use std::fmt;
 use std::str::FromStr;

@@ -39,6 +39,8 @@ ALTER TABLE messages RENAME COLUMN email_to TO address_to;
 ALTER TABLE sends ADD COLUMN channel TEXT NOT NULL DEFAULT 'wecom';
 DROP INDEX sends_by_member;
 CREATE INDEX sends_by_member ON sends (userid, channel, sent_at);
+-- A shared destination's windows count every member's sends.
+CREATE INDEX sends_by_channel ON sends (channel, sent_at);
 CREATE OR REPLACE FUNCTION messages_count_send() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO sends (userid, channel, sent_at) VALUES (NEW.userid, NEW.channel, NEW.delivered_at);

@@ -49,6 +49,8 @@ ALTER TABLE messages RENAME COLUMN email_to TO address_to;
 ALTER TABLE sends ADD COLUMN channel TEXT NOT NULL DEFAULT 'wecom';
 DROP INDEX sends_by_member;
 CREATE INDEX sends_by_member ON sends (userid, channel, sent_at);
+-- A shared destination's windows count every member's sends.
+CREATE INDEX sends_by_channel ON sends (channel, sent_at);
 DROP TRIGGER messages_count_send;
 CREATE TRIGGER messages_count_send AFTER UPDATE OF status ON messages
     WHEN NEW.status = 'delivered' AND OLD.status = 'queued' AND NEW.via IS NULL
