@@ -2992,4 +2992,67 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn shared_destinations_are_checked_and_named() {
+        let load = |section: &str| {
+            Settings::from_toml(&format!("{MINIMAL}\n{section}")).map_err(|e| e.to_string())
+        };
+        let good = load(
+            r#"
+            [delivery]
+            fallback = ["wecom", "ops"]
+            [destinations]
+            wecom_robot_base = "http://127.0.0.1:9"
+            timeout = "3s"
+            [destinations.ops]
+            kind = "wecom-robot"
+            url = "http://127.0.0.1:9/cgi-bin/webhook/send?key=abcdef0123"
+            members = ["Alice", "bob"]
+            [destinations.oncall]
+            kind = "dingtalk"
+            url = "https://oapi.dingtalk.com/robot/send?access_token=t0ken"
+            secret = "SECabc"
+            "#,
+        )
+        .unwrap();
+        let configured = good.destinations.configured().unwrap();
+        let names: Vec<&str> = configured.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["oncall", "ops"]);
+        let ops = &configured[1];
+        assert!(ops.members.includes(&crate::domain::UserId::new("alice")));
+        assert!(!ops.members.includes(&crate::domain::UserId::new("carol")));
+        assert_eq!(configured[0].members, Members::All);
+        assert_eq!(good.destinations.timeout().unwrap(), Duration::from_secs(3));
+        assert_eq!(good.delivery.fallback.to_stored(), "wecom,ops");
+        assert!(
+            !format!("{good:?}").contains("abcdef0123"),
+            "the key stays secret"
+        );
+        for (section, key) in [
+            (
+                "[destinations.ops]\nkind = \"wecom-robot\"\nurl = \"https://evil.example.com/cgi-bin/webhook/send?key=k\"",
+                "destinations.ops.url",
+            ),
+            (
+                "[destinations.ops]\nkind = \"pager\"\nurl = \"https://x.example.com\"",
+                "destinations.ops.kind",
+            ),
+            (
+                "[destinations.email]\nkind = \"webhook\"\nurl = \"https://x.example.com/h\"",
+                "destinations.email",
+            ),
+            (
+                "[destinations.ops]\nkind = \"webhook\"\nurl = \"https://x.example.com/h\"\nmembers = \"some\"",
+                "members",
+            ),
+            (
+                "[delivery]\nfallback = [\"wecom\", \"ops\"]",
+                "delivery.fallback",
+            ),
+        ] {
+            let err = load(section).unwrap_err();
+            assert!(err.contains(key), "{section}: {err}");
+        }
+    }
 }

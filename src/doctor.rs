@@ -19,6 +19,7 @@ use url::{Host, Url};
 use crate::app::{Egress, http_client, wecom_http_client};
 use crate::config::{DEFAULT_CONFIG_FILE, Settings};
 use crate::delivery::Channel as _;
+use crate::delivery::destinations::Check as DestCheck;
 use crate::delivery::email::EmailChannel;
 use crate::delivery::sms::Check;
 use crate::error::chain;
@@ -193,6 +194,9 @@ pub async fn run(config: Option<&Path>, out: &mut dyn Write) -> bool {
     report.print(callback(&settings).await);
     report.print(smtp(&settings).await);
     report.print(sms(&settings).await);
+    for finding in destinations(&settings).await {
+        report.print(finding);
+    }
     report.summary();
     report.failed == 0
 }
@@ -909,6 +913,42 @@ async fn sms(settings: &Settings) -> Finding {
             format!("{label}: cannot check without sending a text: {why}"),
         ),
     }
+}
+
+/// One line per shared destination (`[destinations.NAME]`): Telegram chats are checked
+/// with calls that send nothing; the other kinds have none (their first message is the
+/// check), so their line says so.
+async fn destinations(settings: &Settings) -> Vec<Finding> {
+    let configured = match settings.destinations.configured() {
+        Ok(configured) => configured,
+        Err(err) => return vec![Finding::fail("目的地配置错误", err.to_string())],
+    };
+    let Ok(timeout) = settings.destinations.timeout() else {
+        return vec![Finding::fail("目的地配置错误", "destinations.timeout")];
+    };
+    let http = match http_client(timeout, Egress::Environment) {
+        Ok(http) => http,
+        Err(err) => return vec![Finding::fail("目的地不可用", chain(&err))],
+    };
+    let dest_settings = crate::delivery::destinations::Settings {
+        telegram_bot_token: settings.destinations.telegram_bot_token.clone(),
+        timeout,
+    };
+    let mut findings = Vec::new();
+    for d in configured {
+        let what = format!(
+            "{} ({}, {})",
+            d.name,
+            d.destination.kind().label(),
+            d.destination.masked()
+        );
+        findings.push(match d.destination.check(&http, &dest_settings).await {
+            DestCheck::Ok(done) => Finding::pass("目的地可用", format!("{what}: {done}")),
+            DestCheck::Failed(why) => Finding::fail("目的地不可用", format!("{what}: {why}")),
+            DestCheck::Unavailable(why) => Finding::skip("目的地未检查", format!("{what}: {why}")),
+        });
+    }
+    findings
 }
 
 /// Columns a character takes in a terminal: 2 for CJK and other wide characters.
