@@ -113,11 +113,13 @@ impl Application {
             WeComClient::new(wecom_http_client(&settings)?, &settings.wecom)
                 .with_metrics(metrics.clone()),
         );
-        let channels = crate::delivery::registry::build(&settings, client, &store)?;
+        let factory = crate::delivery::registry::destinations(&settings)?;
+        let channels = crate::delivery::registry::build(&settings, client, &store, &factory)?;
         let checks = channels.clone();
         let outbox = Outbox::new(
             store.clone(),
             channels,
+            Arc::clone(&factory),
             settings.delivery.clone(),
             instance_id(&settings),
             metrics.clone(),
@@ -400,6 +402,27 @@ pub enum Egress<'a> {
 }
 
 pub fn http_client(timeout: Duration, egress: Egress<'_>) -> Result<reqwest::Client, StartupError> {
+    client_builder(timeout, egress)?
+        .build()
+        .map_err(StartupError::HttpClient)
+}
+
+/// [`http_client`] that follows no redirect: a request stays on the address checked before
+/// it was made (destinations a member typed).
+pub fn http_client_no_redirects(
+    timeout: Duration,
+    egress: Egress<'_>,
+) -> Result<reqwest::Client, StartupError> {
+    client_builder(timeout, egress)?
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(StartupError::HttpClient)
+}
+
+fn client_builder(
+    timeout: Duration,
+    egress: Egress<'_>,
+) -> Result<reqwest::ClientBuilder, StartupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -421,13 +444,11 @@ pub fn http_client(timeout: Duration, egress: Egress<'_>) -> Result<reqwest::Cli
         Egress::Environment => reqwest::Client::builder(),
         Egress::Direct => reqwest::Client::builder().no_proxy(),
     };
-    builder
+    Ok(builder
         .tls_backend_preconfigured(tls)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
-        .user_agent(concat!("pushbot/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(StartupError::HttpClient)
+        .user_agent(concat!("pushbot/", env!("CARGO_PKG_VERSION"))))
 }

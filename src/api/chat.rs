@@ -3,8 +3,9 @@
 
 use super::AppState;
 use crate::bot::{self, Command, StatusView};
+use crate::delivery::Channel as _;
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
-use crate::domain::{ChannelName, Format, Look, Route, UserId};
+use crate::domain::{ChannelName, DestName, Format, Look, MessageId, Outbound, Route, UserId};
 use crate::error::ApiError;
 use crate::store::{CodeCheck, CodeRequest, now_ms};
 
@@ -35,6 +36,27 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
         Command::Status => status(state, userid).await?,
         Command::Fallback(typed) => fallback(state, userid, &typed).await?,
         Command::Format(typed) => format(state, userid, &typed).await?,
+        Command::AddRobot {
+            name,
+            telegram,
+            address,
+            secret,
+        } => add_robot(state, userid, &name, telegram, &address, secret.as_deref()).await?,
+        Command::RemoveRobot(name) => match DestName::parse(&name) {
+            Err(problem) => bot::robot_usage_reply(Some(&problem)),
+            Ok(name) => {
+                let existed = state
+                    .store
+                    .remove_member_destination(userid, ChannelName::Dest(name))
+                    .await?;
+                if existed {
+                    tracing::info!(userid = %userid, destination = %name.as_str(), "destination removed");
+                }
+                bot::robot_removed_reply(name.as_str(), existed)
+            }
+        },
+        Command::Robots => robots(state, userid).await?,
+        Command::RobotUsage => bot::robot_usage_reply(None),
     })
 }
 
@@ -91,6 +113,106 @@ async fn request_code(
     state.metrics.accepted(crate::metrics::Endpoint::Chat);
     tracing::info!(userid = %userid, channel = %channel, address = %(binding.mask)(&address), "verification code sent");
     Ok(bot::code_sent_reply(&address, minutes))
+}
+
+/// How long a new destination's test message may take: the chat's answer waits for it,
+/// and WeCom gives a callback 5 s.
+const ROBOT_TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(3_500);
+
+/// `robot NAME ADDRESS [SECRET]`: checks the address against the configured bases, sends a
+/// test message there, and keeps the destination only if that arrived.
+async fn add_robot(
+    state: &AppState,
+    userid: &UserId,
+    name: &str,
+    telegram: bool,
+    address: &str,
+    secret: Option<&str>,
+) -> Result<String, ApiError> {
+    let name = match DestName::parse(name) {
+        Ok(name) => ChannelName::Dest(name),
+        Err(problem) => return Ok(bot::robot_usage_reply(Some(&problem))),
+    };
+    if state.outbox.channel(name).is_some() {
+        return Ok(bot::robot_usage_reply(Some(&format!(
+            "「{0}」是服务器共享的目的地名。\n\"{0}\" is the name of a shared destination: choose another.",
+            name.as_str()
+        ))));
+    }
+    let kind = telegram.then_some(crate::delivery::destinations::Kind::Telegram);
+    let channel = match state
+        .outbox
+        .destinations()
+        .from_chat(name, kind, address, secret)
+    {
+        Ok(channel) => channel,
+        Err(problem) => return Ok(bot::robot_usage_reply(Some(&problem))),
+    };
+    let (title, content) = bot::robot_test_message(name.as_str());
+    let test = Outbound {
+        id: MessageId::generate(),
+        userid: userid.clone(),
+        title: Some(title),
+        content: Some(content),
+        address: None,
+        format: Format::Text,
+        look: Look::Text,
+        url: None,
+        page_key: None,
+        verification: false,
+    };
+    let masked = channel.masked();
+    match tokio::time::timeout(ROBOT_TEST_TIMEOUT, channel.deliver(&test)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Ok(bot::robot_refused_reply(name.as_str(), err.reason())),
+        Err(_) => {
+            return Ok(bot::robot_refused_reply(
+                name.as_str(),
+                "no answer in time (超时): try again",
+            ));
+        }
+    }
+    let stored = crate::delivery::destinations::Factory::to_stored(&channel);
+    if !state.store.add_member_destination(userid, &stored).await? {
+        return Ok(bot::robot_usage_reply(Some(&format!(
+            "最多 {0} 个目的地。\nAt most {0} destinations: remove one first (robot NAME off).",
+            crate::store::MAX_MEMBER_DESTINATIONS
+        ))));
+    }
+    tracing::info!(userid = %userid, destination = %name, address = %masked, "destination added");
+    Ok(bot::robot_added_reply(name.as_str(), &masked))
+}
+
+/// `robots`: the member's own destinations (masked) and the shared ones they may use.
+async fn robots(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
+    let factory = state.outbox.destinations();
+    let own: Vec<(String, String, String)> = state
+        .store
+        .member_destinations(userid)
+        .await?
+        .iter()
+        .map(|stored| match factory.from_stored(stored) {
+            Ok(channel) => (
+                stored.name.as_str().to_owned(),
+                stored.kind.clone(),
+                channel.masked(),
+            ),
+            Err(_) => (
+                stored.name.as_str().to_owned(),
+                stored.kind.clone(),
+                "(不可用 unusable)".to_owned(),
+            ),
+        })
+        .collect();
+    let shared: Vec<String> = state
+        .outbox
+        .channels()
+        .iter()
+        .filter(|c| matches!(c, ChannelName::Dest(_)))
+        .filter(|c| state.outbox.reaches(**c, Some(userid), &[]))
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    Ok(bot::robots_reply(&own, &shared))
 }
 
 /// Checks a code; only six digits reach the store, so a typo costs no attempt.

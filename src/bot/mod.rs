@@ -37,6 +37,21 @@ pub enum Command {
     Fallback(String),
     /// `format text|markdown|card|default` (as typed; empty: explain).
     Format(String),
+    /// `robot ops https://qyapi…/send?key=…` (optionally a signing secret after it), or
+    /// `robot ops telegram -1001234` / `telegram ops -1001234`: add a destination of the
+    /// member's own, kept only if its test message is accepted.
+    AddRobot {
+        name: String,
+        telegram: bool,
+        address: String,
+        secret: Option<String>,
+    },
+    /// `robot ops off`.
+    RemoveRobot(String),
+    /// `robots`, or `robot` alone: the member's destinations (masked) and the shared ones.
+    Robots,
+    /// `robot` with something it cannot read: the usage.
+    RobotUsage,
 }
 
 /// The command a callback asks for, or `None` when it needs no answer (e.g. `enter_agent`,
@@ -86,8 +101,46 @@ pub fn parse_text(text: &str) -> Command {
         // `、` is how a Chinese IME separates list items (`，` folds to `,`).
         "fallback" | "回退" | "channels" | "渠道" => Command::Fallback(rest.replace('、', ",")),
         "format" | "格式" | "样式" => Command::Format(rest.to_owned()),
+        "robot" | "robots" | "机器人" | "群机器人" => robot(rest, false),
+        "telegram" | "tg" => robot(rest, true),
         _ if rest.is_empty() => parse_keyword(&word).unwrap_or(Command::Help),
         _ => Command::Help,
+    }
+}
+
+/// `robot NAME ADDRESS [SECRET]`, `robot NAME telegram CHAT`, `robot NAME off`, `robots`;
+/// `telegram NAME CHAT` (`telegram` set).
+fn robot(rest: &str, telegram: bool) -> Command {
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    match words.as_slice() {
+        [] if !telegram => Command::Robots,
+        [name, off]
+            if matches!(
+                off.to_lowercase().as_str(),
+                "off" | "remove" | "delete" | "关闭" | "删除" | "解绑"
+            ) =>
+        {
+            Command::RemoveRobot((*name).to_owned())
+        }
+        [name, tg, chat] if !telegram && tg.eq_ignore_ascii_case("telegram") => Command::AddRobot {
+            name: (*name).to_owned(),
+            telegram: true,
+            address: (*chat).to_owned(),
+            secret: None,
+        },
+        [name, address] => Command::AddRobot {
+            name: (*name).to_owned(),
+            telegram,
+            address: (*address).to_owned(),
+            secret: None,
+        },
+        [name, address, secret] if !telegram => Command::AddRobot {
+            name: (*name).to_owned(),
+            telegram,
+            address: (*address).to_owned(),
+            secret: Some((*secret).to_owned()),
+        },
+        _ => Command::RobotUsage,
     }
 }
 
@@ -436,6 +489,68 @@ pub fn verification_mail(code: &str, ttl_minutes: u64) -> (String, String) {
     )
 }
 
+pub fn robot_usage_reply(problem: Option<&str>) -> String {
+    let usage = "用法 Usage:\n\
+         robot ops https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…（企业微信群机器人）\n\
+         robot ops https://oapi.dingtalk.com/robot/send?access_token=… SEC…（钉钉，可加签名密钥）\n\
+         robot ops https://open.feishu.cn/open-apis/bot/v2/hook/… [secret]（飞书）\n\
+         robot ops telegram -1001234567890（Telegram 群，需服务器配置机器人）\n\
+         robot ops off（删除 remove）· robots（列表 list）\n\
+         然后 Then: channel=ops 或 or fallback wecom,ops";
+    match problem {
+        Some(problem) => format!("{problem}\n{usage}"),
+        None => usage.to_owned(),
+    }
+}
+
+/// The test message a new destination gets: it is added only if this arrives.
+pub fn robot_test_message(name: &str) -> (String, String) {
+    (
+        "pushbot 测试消息 · test message".to_owned(),
+        format!(
+            "这个群已作为推送目的地「{name}」添加。\nThis chat was added as the pushbot destination \"{name}\"."
+        ),
+    )
+}
+
+pub fn robot_added_reply(name: &str, masked: &str) -> String {
+    format!(
+        "已添加目的地「{name}」：{masked}，测试消息已送达。\n\
+         Destination \"{name}\" added ({masked}); its test message arrived.\n\
+         发送 Send: channel={name}，或设为回退 or as a fallback: fallback wecom,{name}"
+    )
+}
+
+pub fn robot_refused_reply(name: &str, why: &str) -> String {
+    format!(
+        "未添加「{name}」：测试消息没有送达。\nNot added: its test message was refused or did not arrive.\n{why}"
+    )
+}
+
+pub fn robot_removed_reply(name: &str, existed: bool) -> String {
+    if existed {
+        format!("已删除目的地「{name}」。\nDestination \"{name}\" removed.")
+    } else {
+        format!("没有名为「{name}」的目的地。\nYou have no destination named \"{name}\".")
+    }
+}
+
+/// `robots`: the member's own (name, kind, masked address) and the shared ones' names.
+pub fn robots_reply(own: &[(String, String, String)], shared: &[String]) -> String {
+    let mut reply = String::from("目的地 Destinations:\n");
+    if own.is_empty() && shared.is_empty() {
+        reply.push_str("none（暂无）— robot ops <URL> 添加 to add one\n");
+    }
+    for (name, kind, masked) in own {
+        reply.push_str(&format!("{name}: {kind} {masked}\n"));
+    }
+    for name in shared {
+        reply.push_str(&format!("{name}: 共享 shared (config)\n"));
+    }
+    reply.push_str("发送 Send: channel=<name> · 删除 remove: robot <name> off");
+    reply
+}
+
 pub fn welcome_reply() -> String {
     format!(
         "欢迎使用 pushbot！发送 token（令牌）获取你的推送令牌，脚本用它把消息推送到这里。\n\
@@ -590,6 +705,52 @@ mod tests {
     }
 
     /// A malformed `verify` is a typo to explain, not a wrong code.
+    #[test]
+    fn robot_commands() {
+        let add =
+            |name: &str, telegram: bool, address: &str, secret: Option<&str>| Command::AddRobot {
+                name: name.into(),
+                telegram,
+                address: address.into(),
+                secret: secret.map(Into::into),
+            };
+        let url = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=AbC-123";
+        assert_eq!(
+            parse_text(&format!("robot ops {url}")),
+            add("ops", false, url, None),
+            "the key keeps its case"
+        );
+        assert_eq!(
+            parse_text("机器人 ops https://oapi.dingtalk.com/robot/send?access_token=t SECx"),
+            add(
+                "ops",
+                false,
+                "https://oapi.dingtalk.com/robot/send?access_token=t",
+                Some("SECx")
+            )
+        );
+        assert_eq!(
+            parse_text("robot tg telegram -1001234"),
+            add("tg", true, "-1001234", None)
+        );
+        assert_eq!(
+            parse_text("telegram tg -1001234"),
+            add("tg", true, "-1001234", None)
+        );
+        assert_eq!(
+            parse_text("robot ops off"),
+            Command::RemoveRobot("ops".into())
+        );
+        assert_eq!(
+            parse_text("机器人 ops 删除"),
+            Command::RemoveRobot("ops".into())
+        );
+        assert_eq!(parse_text("robots"), Command::Robots);
+        assert_eq!(parse_text("robot"), Command::Robots);
+        assert_eq!(parse_text("robot ops"), Command::RobotUsage);
+        assert_eq!(parse_text("robot a b c d"), Command::RobotUsage);
+    }
+
     #[test]
     fn verify_without_six_digits_is_usage() {
         for typed in [

@@ -153,6 +153,15 @@ pub trait Channel: Send + Sync {
     }
 }
 
+/// Builds the channel for a destination a member added in the chat, when a message is
+/// about to go there: `(its identity, the channel)`; `Err` says why it cannot be used.
+pub trait MemberChannels: Send + Sync {
+    fn build(
+        &self,
+        stored: &crate::store::StoredDestination,
+    ) -> Result<(String, Arc<dyn Channel>), String>;
+}
+
 /// What a sender asked to deliver.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -255,12 +264,15 @@ pub struct Outbox {
     /// The channels this server has, in route order.
     configured: Arc<[ChannelName]>,
     registry: Arc<[Arc<dyn Channel>]>,
+    /// Builds the destinations members add in the chat.
+    destinations: Arc<destinations::Factory>,
 }
 
 impl Outbox {
     pub fn new(
         store: Store,
         channels: Vec<Arc<dyn Channel>>,
+        destinations: Arc<destinations::Factory>,
         settings: DeliverySettings,
         owner: String,
         metrics: Metrics,
@@ -272,6 +284,7 @@ impl Outbox {
             inner: Arc::new(Scheduler::new(
                 store,
                 channels,
+                Arc::clone(&destinations) as Arc<dyn MemberChannels>,
                 settings,
                 owner,
                 metrics,
@@ -279,7 +292,13 @@ impl Outbox {
             )),
             configured,
             registry,
+            destinations,
         }
+    }
+
+    /// Builds the destinations members add in the chat.
+    pub fn destinations(&self) -> &destinations::Factory {
+        &self.destinations
     }
 
     /// The configured channel of that name.
@@ -299,10 +318,14 @@ impl Outbox {
         userid: Option<&UserId>,
         bound: &[ChannelName],
     ) -> bool {
-        self.channel(channel).is_some_and(|c| {
-            (c.binding().is_none() || bound.contains(&channel))
-                && userid.is_none_or(|u| c.serves(u))
-        })
+        match self.channel(channel) {
+            Some(c) => {
+                (c.binding().is_none() || bound.contains(&channel))
+                    && userid.is_none_or(|u| c.serves(u))
+            }
+            // A destination the member added in the chat (`bound` lists them too).
+            None => matches!(channel, ChannelName::Dest(_)) && bound.contains(&channel),
+        }
     }
 
     /// `delivery.fallback`: the order of a member who chose none.
@@ -349,11 +372,11 @@ impl Outbox {
             ChannelChoice::Order(asked) => {
                 // A name that is neither a built-in channel nor a destination here is a
                 // typo: refused, not quietly dropped from the order.
-                if let Some(unknown) = asked
-                    .channels()
-                    .iter()
-                    .find(|c| matches!(c, ChannelName::Dest(_)) && self.channel(**c).is_none())
-                {
+                if let Some(unknown) = asked.channels().iter().find(|c| {
+                    matches!(c, ChannelName::Dest(_))
+                        && self.channel(**c).is_none()
+                        && !reach.bound.contains(c)
+                }) {
                     return Err(format!(
                         "unknown channel {:?}: the channels are wecom, email and sms, or a destination's name",
                         unknown.as_str()

@@ -6,20 +6,37 @@
 use std::sync::Arc;
 
 use super::Channel;
-use super::destinations::{self, DestinationChannel};
+use super::destinations::{self, Factory};
 use super::email::EmailChannel;
 use super::sms::{self, SmsChannel};
 use super::wecom::WeComChannel;
-use crate::app::{Egress, StartupError, http_client};
+use crate::app::{Egress, StartupError, http_client, http_client_no_redirects};
 use crate::config::Settings;
 use crate::store::Store;
 use crate::wecom::client::WeComClient;
+
+/// What builds the destinations members add in the chat (and their test messages).
+pub fn destinations(settings: &Settings) -> Result<Arc<Factory>, StartupError> {
+    let timeout = settings.destinations.timeout()?;
+    // No redirects: a request stays on the address that was checked.
+    let http = http_client_no_redirects(timeout, Egress::Environment)?;
+    Ok(Arc::new(Factory::new(
+        settings.destinations.bases(),
+        http,
+        destinations::Settings {
+            telegram_bot_token: settings.destinations.telegram_bot_token.clone(),
+            timeout,
+        },
+        settings.public_base().into(),
+    )))
+}
 
 /// Every configured channel, WeCom first.
 pub fn build(
     settings: &Settings,
     wecom: Arc<WeComClient>,
     store: &Store,
+    factory: &Factory,
 ) -> Result<Vec<Arc<dyn Channel>>, StartupError> {
     let mut channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WeComChannel::new(
         wecom,
@@ -29,24 +46,8 @@ pub fn build(
     if let Some(email) = &settings.email {
         channels.push(Arc::new(EmailChannel::new(email)?));
     }
-    let configured = settings.destinations.configured()?;
-    if !configured.is_empty() {
-        let timeout = settings.destinations.timeout()?;
-        let http = http_client(timeout, Egress::Environment)?;
-        let dest_settings = destinations::Settings {
-            telegram_bot_token: settings.destinations.telegram_bot_token.clone(),
-            timeout,
-        };
-        for d in configured {
-            channels.push(Arc::new(DestinationChannel::new(
-                d.name,
-                d.destination,
-                d.members,
-                http.clone(),
-                dest_settings.clone(),
-                settings.public_base().into(),
-            )));
-        }
+    for d in settings.destinations.configured()? {
+        channels.push(Arc::new(factory.shared(d)));
     }
     if let Some(sms) = &settings.sms {
         // Not through `wecom.proxy` (that is for WeCom's trusted-IP rule); each call has

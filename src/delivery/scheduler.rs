@@ -31,6 +31,7 @@
 //! [`drive_lane`]: Scheduler::drive_lane
 //! [`attempt`]: Scheduler::attempt
 
+use crate::delivery::MemberChannels;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -101,6 +102,15 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(channel: Arc<dyn Channel>, settings: &DeliverySettings) -> Self {
+        Self {
+            channel,
+            health: Mutex::new(Health::new(settings.backoff_initial, settings.probe_max)),
+            probe_lane: Mutex::default(),
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn name(&self) -> ChannelName {
         self.channel.name()
     }
@@ -134,6 +144,10 @@ pub(super) struct Scheduler {
     metrics: Metrics,
     /// When the loop last began a pass (unix ms): `/healthz` and `/metrics` report its age.
     last_pass: AtomicI64,
+    /// Builds the channels of destinations members added in the chat.
+    member_channels: Arc<dyn MemberChannels>,
+    /// Their slots, by member, name and robot.
+    member_slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Lanes whose worker panicked, and how many times in a row.
     lane_panics: Mutex<HashMap<UserId, u32>>,
     /// `server.public_url`, for the link to a digest's page.
@@ -184,6 +198,7 @@ impl Scheduler {
     pub(super) fn new(
         store: Store,
         channels: Vec<Arc<dyn Channel>>,
+        member_channels: Arc<dyn MemberChannels>,
         settings: DeliverySettings,
         owner: String,
         metrics: Metrics,
@@ -191,12 +206,7 @@ impl Scheduler {
     ) -> Self {
         let channels = channels
             .into_iter()
-            .map(|channel| Slot {
-                channel,
-                health: Mutex::new(Health::new(settings.backoff_initial, settings.probe_max)),
-                probe_lane: Mutex::default(),
-                turn: tokio::sync::Mutex::new(()),
-            })
+            .map(|channel| Slot::new(channel, &settings))
             .collect();
         Self {
             store,
@@ -213,6 +223,8 @@ impl Scheduler {
             metrics,
             last_pass: AtomicI64::new(now_ms()),
             lane_panics: Mutex::default(),
+            member_channels,
+            member_slots: Mutex::default(),
             public_base,
         }
     }
@@ -671,7 +683,14 @@ impl Scheduler {
                 held: claimed_at.elapsed(),
             };
             let channel = view.channel;
-            let slot = match decide::admit(&view, self.slot(channel), now) {
+            // A destination the member added in the chat has a slot of its own, made when
+            // first used.
+            let member_slot = match (self.slot(channel), channel) {
+                (None, ChannelName::Dest(_)) => self.member_slot(userid, channel).await?,
+                _ => None,
+            };
+            let found = self.slot(channel).or(member_slot.as_deref());
+            let slot = match decide::admit(&view, found, now) {
                 Admit::Go(slot) => slot,
                 Admit::Release(at) => return Ok(LaneEnd::Release(at)),
                 Admit::GiveUp(reason) => {
@@ -1014,6 +1033,31 @@ impl Scheduler {
 
     fn slot(&self, name: ChannelName) -> Option<&Slot> {
         self.channels.iter().find(|s| s.name() == name)
+    }
+
+    /// The slot of the member's own destination `name`, as stored now (`None`: no such
+    /// destination, or one that can no longer be used — e.g. a base that changed).
+    /// Slots are kept per member, name and robot, so each has its own health.
+    async fn member_slot(
+        &self,
+        userid: &UserId,
+        name: ChannelName,
+    ) -> Result<Option<Arc<Slot>>, StoreError> {
+        let Some(stored) = self.store.member_destination(userid, name).await? else {
+            return Ok(None);
+        };
+        let (identity, channel) = match self.member_channels.build(&stored) {
+            Ok(built) => built,
+            Err(why) => {
+                tracing::warn!(userid = %userid, destination = %name, error = %why, "a member's destination cannot be used");
+                return Ok(None);
+            }
+        };
+        let key = format!("{userid}\u{0}{name}\u{0}{identity}");
+        let mut slots = lock(&self.member_slots);
+        Ok(Some(Arc::clone(slots.entry(key).or_insert_with(|| {
+            Arc::new(Slot::new(channel, &self.settings))
+        }))))
     }
 
     /// How many lanes the loop may claim now: all (`None`) while any channel is up — a

@@ -20,7 +20,32 @@ pub struct MemberPrefs {
     pub channels: Option<Route>,
     /// How the member wants messages to look; `None`: `delivery.format`.
     pub look: Option<Look>,
+    /// The names of the destinations the member added in the chat.
+    pub destinations: Vec<ChannelName>,
 }
+
+/// A destination a member added in the chat, as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredDestination {
+    pub name: ChannelName,
+    /// `wecom-robot`, `dingtalk`, `feishu`, `telegram`.
+    pub kind: String,
+    /// The robot's URL (with its key) or the Telegram chat id: a secret.
+    pub address: String,
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for StoredDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredDestination")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Destinations one member may add.
+pub const MAX_MEMBER_DESTINATIONS: i64 = 10;
 
 impl MemberPrefs {
     /// The member's verified address on `channel`.
@@ -32,8 +57,14 @@ impl MemberPrefs {
     }
 
     /// The channels on which the member has a verified address.
+    /// The channels only this member can be reached on: those with a verified address,
+    /// and the destinations the member added.
     pub fn bound(&self) -> Vec<ChannelName> {
-        self.bindings.iter().map(|(c, _)| *c).collect()
+        self.bindings
+            .iter()
+            .map(|(c, _)| *c)
+            .chain(self.destinations.iter().copied())
+            .collect()
     }
 }
 
@@ -216,13 +247,23 @@ impl Store {
             Some((channel.parse::<ChannelName>().ok()?, address))
         })
         .collect();
+        let destinations =
+            sqlx::query("SELECT name FROM member_destinations WHERE userid = $1 ORDER BY name")
+                .bind(userid.as_str())
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .filter_map(|row| row.try_get::<String, _>("name").ok()?.parse().ok())
+                .collect();
         let prefs = match row {
             None => MemberPrefs {
                 bindings,
+                destinations,
                 ..MemberPrefs::default()
             },
             Some(row) => MemberPrefs {
                 bindings,
+                destinations,
                 channels: row
                     .try_get::<Option<String>, _>("channels")?
                     .as_deref()
@@ -290,6 +331,100 @@ impl Store {
             .await?
             .address(channel)
             .map(str::to_owned))
+    }
+
+    /// The member's destination of that name.
+    pub async fn member_destination(
+        &self,
+        userid: &UserId,
+        name: ChannelName,
+    ) -> Result<Option<StoredDestination>, StoreError> {
+        Ok(self
+            .member_destinations(userid)
+            .await?
+            .into_iter()
+            .find(|d| d.name == name))
+    }
+
+    /// The destinations the member added, by name.
+    pub async fn member_destinations(
+        &self,
+        userid: &UserId,
+    ) -> Result<Vec<StoredDestination>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, kind, address, secret FROM member_destinations \
+             WHERE userid = $1 ORDER BY name",
+        )
+        .bind(userid.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name: String = row.try_get("name")?;
+            let Ok(name) = name.parse::<ChannelName>() else {
+                continue;
+            };
+            found.push(StoredDestination {
+                name,
+                kind: row.try_get("kind")?,
+                address: row.try_get("address")?,
+                secret: row.try_get("secret")?,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Adds (or replaces) the member's destination; `false` when the member already has
+    /// [`MAX_MEMBER_DESTINATIONS`] others.
+    pub async fn add_member_destination(
+        &self,
+        userid: &UserId,
+        destination: &StoredDestination,
+    ) -> Result<bool, StoreError> {
+        let others = sqlx::query(
+            "SELECT count(*) AS n FROM member_destinations WHERE userid = $1 AND name <> $2",
+        )
+        .bind(userid.as_str())
+        .bind(destination.name.as_str())
+        .fetch_one(&self.pool)
+        .await?
+        .try_get::<i64, _>("n")?;
+        if others >= MAX_MEMBER_DESTINATIONS {
+            return Ok(false);
+        }
+        self.token_for(userid).await?;
+        sqlx::query(
+            "INSERT INTO member_destinations (userid, name, kind, address, secret, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (userid, name) DO UPDATE SET \
+             kind = excluded.kind, address = excluded.address, secret = excluded.secret, \
+             created_at = excluded.created_at",
+        )
+        .bind(userid.as_str())
+        .bind(destination.name.as_str())
+        .bind(&destination.kind)
+        .bind(&destination.address)
+        .bind(destination.secret.as_deref())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.prefs_changed(userid);
+        Ok(true)
+    }
+
+    /// Removes the member's destination; `false` when there was none of that name.
+    pub async fn remove_member_destination(
+        &self,
+        userid: &UserId,
+        name: ChannelName,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM member_destinations WHERE userid = $1 AND name = $2")
+            .bind(userid.as_str())
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        self.prefs_changed(userid);
+        Ok(done > 0)
     }
 
     /// Unbinds the member's address on `channel`; `false` when none was bound.

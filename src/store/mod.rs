@@ -32,7 +32,9 @@ use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, Waiting};
-pub use members::{ChargeCap, CodeCheck, CodeRequest, MemberPrefs};
+pub use members::{
+    ChargeCap, CodeCheck, CodeRequest, MAX_MEMBER_DESTINATIONS, MemberPrefs, StoredDestination,
+};
 pub use messages::{
     AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus,
     storable,

@@ -2,21 +2,31 @@
 //! its name (`channel=ops`, `fallback wecom,ops`) go to its group chat or webhook.
 //!
 //! Its rate windows are the service's own (a WeCom group robot takes 20 messages a
-//! minute, …) and count every message sent to it, whoever sent it ([`Channel::shared_windows`]).
+//! minute, …). A shared destination's count every message sent to it, whoever sent it
+//! ([`Channel::shared_windows`]); a member's own destination (added in the chat) counts
+//! that member's messages.
+//!
+//! [`Factory`] builds both kinds: the shared ones at start-up, a member's own when a
+//! message is about to go there (and for the chat's test message).
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{Destination, Envelope, Settings};
-use crate::config::Members;
+use super::{Bases, Destination, Envelope, Kind, Settings};
+use crate::config::{ConfiguredDestination, Members};
 use crate::delivery::limits::RateWindow;
 use crate::delivery::{Capabilities, Channel, ChannelError};
 use crate::domain::{ChannelName, Outbound, UserId};
+use crate::store::StoredDestination;
 use crate::store::now_ms;
 
 pub struct DestinationChannel {
     name: ChannelName,
     destination: Destination,
     members: Members,
+    /// A shared destination (from the config): windows count everyone's messages.
+    shared: bool,
     http: reqwest::Client,
     settings: Settings,
     /// `server.public_url`, for page links.
@@ -24,27 +34,102 @@ pub struct DestinationChannel {
 }
 
 impl DestinationChannel {
+    /// The address as logs and `doctor` may show it (no key).
+    pub fn masked(&self) -> String {
+        self.destination.masked()
+    }
+
+    /// The destination's identity (its robot or chat), for per-robot state.
+    pub fn lane_key(&self) -> String {
+        self.destination.lane_key()
+    }
+}
+
+/// Builds destination channels with the server's bases, HTTP client and Telegram bot.
+pub struct Factory {
+    bases: Bases,
+    http: reqwest::Client,
+    settings: Settings,
+    public_base: Arc<str>,
+}
+
+impl Factory {
     pub fn new(
-        name: ChannelName,
-        destination: Destination,
-        members: Members,
+        bases: Bases,
         http: reqwest::Client,
         settings: Settings,
-        public_base: std::sync::Arc<str>,
+        public_base: Arc<str>,
     ) -> Self {
         Self {
-            name,
-            destination,
-            members,
+            bases,
             http,
             settings,
             public_base,
         }
     }
 
-    /// The address as logs and `doctor` may show it (no key).
-    pub fn masked(&self) -> String {
-        self.destination.masked()
+    fn channel(
+        &self,
+        name: ChannelName,
+        destination: Destination,
+        members: Members,
+        shared: bool,
+    ) -> DestinationChannel {
+        DestinationChannel {
+            name,
+            destination,
+            members,
+            shared,
+            http: self.http.clone(),
+            settings: self.settings.clone(),
+            public_base: Arc::clone(&self.public_base),
+        }
+    }
+
+    /// A `[destinations.NAME]` destination.
+    pub fn shared(&self, d: ConfiguredDestination) -> DestinationChannel {
+        self.channel(d.name, d.destination, d.members, true)
+    }
+
+    /// A destination a member typed in the chat (`robot ops URL [SECRET]`), checked against
+    /// the bases: `Err` is a sentence for the chat.
+    pub fn from_chat(
+        &self,
+        name: ChannelName,
+        kind_hint: Option<Kind>,
+        typed: &str,
+        secret: Option<&str>,
+    ) -> Result<DestinationChannel, String> {
+        let mut destination = super::parse_chat_url(kind_hint, typed, &self.bases)?;
+        if let Some(secret) = secret {
+            destination = destination.with_secret(secret)?;
+        }
+        Ok(self.channel(name, destination, Members::All, false))
+    }
+
+    /// A member's stored destination, checked again (a base changed since: refused).
+    pub fn from_stored(&self, stored: &StoredDestination) -> Result<DestinationChannel, String> {
+        let kind: Kind = stored.kind.parse()?;
+        let destination =
+            Destination::from_stored(kind, &stored.address, stored.secret.as_deref(), &self.bases)?;
+        Ok(self.channel(stored.name, destination, Members::All, false))
+    }
+
+    /// What to store of a channel made by [`Self::from_chat`].
+    pub fn to_stored(channel: &DestinationChannel) -> StoredDestination {
+        StoredDestination {
+            name: channel.name,
+            kind: channel.destination.kind().as_str().to_owned(),
+            address: channel.destination.expose_address(),
+            secret: channel.destination.expose_secret().map(str::to_owned),
+        }
+    }
+}
+
+impl crate::delivery::MemberChannels for Factory {
+    fn build(&self, stored: &StoredDestination) -> Result<(String, Arc<dyn Channel>), String> {
+        let channel = self.from_stored(stored)?;
+        Ok((channel.lane_key(), Arc::new(channel)))
     }
 }
 
@@ -62,7 +147,7 @@ impl Channel for DestinationChannel {
     }
 
     fn shared_windows(&self) -> bool {
-        true
+        self.shared
     }
 
     fn serves(&self, userid: &UserId) -> bool {

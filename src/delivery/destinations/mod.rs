@@ -55,7 +55,7 @@ mod text;
 pub mod webhook;
 pub mod wecom_robot;
 
-pub use channel::DestinationChannel;
+pub use channel::{DestinationChannel, Factory};
 
 use std::fmt;
 use std::str::FromStr;

@@ -74,3 +74,16 @@ CREATE TABLE charges (
 CREATE INDEX charges_by_time ON charges (channel, charged_at);
 CREATE INDEX charges_by_member ON charges (channel, userid, charged_at);
 CREATE INDEX charges_by_out_id ON charges (out_id);
+
+-- Destinations a member added in the chat (`robot ops URL`, issue 18): a group robot's
+-- address and secret are all its security rests on; kept like push tokens, in a file only
+-- its owner can read.
+CREATE TABLE member_destinations (
+    userid     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    address    TEXT NOT NULL,
+    secret     TEXT,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (userid, name)
+);
