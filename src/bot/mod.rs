@@ -261,6 +261,7 @@ pub fn help_reply() -> String {
      verify 验证码（验证）— 完成绑定 confirm it with the code you received\n\
      email off · phone off（邮箱 关闭 · 手机 关闭）— 解绑 unbind\n\
      fallback wecom,email,sms（回退）— 设置渠道顺序 set your channel order\n\
+     robot ops URL（机器人）— 添加群聊目的地 add a group chat (robots 列表 list)\n\
      format text|markdown|card（格式）— 消息样式：纯文本 / Markdown（仅企业微信客户端）/ 卡片 how messages look\n\
      status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
      help（帮助）— 显示本帮助 show this help"
