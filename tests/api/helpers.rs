@@ -98,6 +98,8 @@ pub struct TestConfig {
     pub metrics: bool,
     /// `server.metrics_token`; none when `None`.
     pub metrics_token: Option<String>,
+    /// `[destinations]` and its `[destinations.NAME]` tables; none when `None`.
+    pub destinations: Option<DestinationsConfig>,
 }
 
 /// The `[email]` section: SMTP without TLS or AUTH, to a test sink on 127.0.0.1.
@@ -268,6 +270,187 @@ impl SmsConfig {
     }
 }
 
+/// A TOML basic string holding `s` (JSON's escapes are TOML's).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// The `[destinations]` section: where each kind's service is (a [`MockDestinations`]'s
+/// listeners, see [`Self::mock`]), the server's Telegram bot, and the shared destinations
+/// (`[destinations.NAME]`). Keys left `None` are not written (the server's default).
+///
+/// [`MockDestinations`]: crate::mock_destinations::MockDestinations
+#[derive(Debug, Clone, Default)]
+pub struct DestinationsConfig {
+    pub wecom_robot_base: Option<String>,
+    pub dingtalk_base: Option<String>,
+    pub feishu_base: Option<String>,
+    pub lark_base: Option<String>,
+    pub telegram_base: Option<String>,
+    /// `telegram_bot_token` in the file.
+    pub telegram_bot_token: Option<String>,
+    /// `telegram_bot_token_file`.
+    pub telegram_bot_token_file: Option<PathBuf>,
+    /// One call to a destination.
+    pub timeout: Option<String>,
+    /// `[destinations.NAME]`, in this order.
+    pub named: Vec<NamedDestination>,
+}
+
+impl DestinationsConfig {
+    /// Every base at `mock`'s listener of that kind (Lark too, at the Feishu listener),
+    /// no bot token and no destinations yet.
+    pub fn mock(mock: &crate::mock_destinations::MockDestinations) -> Self {
+        use crate::mock_destinations::DestKind;
+        Self {
+            wecom_robot_base: Some(mock.base_url(DestKind::WeComRobot).to_owned()),
+            dingtalk_base: Some(mock.base_url(DestKind::DingTalk).to_owned()),
+            feishu_base: Some(mock.base_url(DestKind::Feishu).to_owned()),
+            lark_base: Some(mock.base_url(DestKind::Feishu).to_owned()),
+            telegram_base: Some(mock.base_url(DestKind::Telegram).to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// Adds `[destinations.NAME]`; returns it for more settings.
+    pub fn add(&mut self, destination: NamedDestination) -> &mut NamedDestination {
+        self.named.push(destination);
+        self.named.last_mut().expect("just pushed")
+    }
+
+    /// The destination called `name`.
+    pub fn named_mut(&mut self, name: &str) -> &mut NamedDestination {
+        self.named
+            .iter_mut()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no [destinations.{name}] in the test config"))
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("[destinations]\n");
+        for (key, value) in [
+            ("wecom_robot_base", &self.wecom_robot_base),
+            ("dingtalk_base", &self.dingtalk_base),
+            ("feishu_base", &self.feishu_base),
+            ("lark_base", &self.lark_base),
+            ("telegram_base", &self.telegram_base),
+            ("telegram_bot_token", &self.telegram_bot_token),
+            ("timeout", &self.timeout),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!("{key} = {}\n", toml_str(v)));
+            }
+        }
+        if let Some(path) = &self.telegram_bot_token_file {
+            out.push_str(&format!(
+                "telegram_bot_token_file = {}\n",
+                toml_str(&path.display().to_string())
+            ));
+        }
+        for d in &self.named {
+            out.push('\n');
+            out.push_str(&d.render());
+        }
+        out
+    }
+}
+
+/// Who may send to a destination: `members = [...]` or `members = "all"`; `Default`
+/// writes no `members` key (the server's default, everyone).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DestMembers {
+    #[default]
+    Default,
+    All,
+    Only(Vec<String>),
+}
+
+/// One `[destinations.NAME]` table. Keys left `None` are not written.
+#[derive(Debug, Clone, Default)]
+pub struct NamedDestination {
+    /// The table's name as written (quoted in the file, so any text can be tried).
+    pub name: String,
+    /// `kind`, as written (`wecom-robot`, `dingtalk`, `feishu`, `telegram`, `webhook`).
+    pub kind: String,
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub chat_id: Option<String>,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub members: DestMembers,
+}
+
+impl NamedDestination {
+    /// `[destinations.NAME]` of `kind` with nothing else set.
+    pub fn new(name: &str, kind: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// A robot or webhook at `url`, signing with `secret` if given.
+    pub fn at(name: &str, kind: &str, url: &str, secret: Option<&str>) -> Self {
+        Self {
+            url: Some(url.to_owned()),
+            secret: secret.map(str::to_owned),
+            ..Self::new(name, kind)
+        }
+    }
+
+    /// A Telegram chat through the server's bot.
+    pub fn telegram(name: &str, chat_id: &str) -> Self {
+        Self {
+            chat_id: Some(chat_id.to_owned()),
+            ..Self::new(name, "telegram")
+        }
+    }
+
+    /// Only these members may send to it.
+    pub fn only(mut self, members: &[&str]) -> Self {
+        self.members = DestMembers::Only(members.iter().map(|m| (*m).to_owned()).collect());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "[destinations.{}]\nkind = {}\n",
+            toml_str(&self.name),
+            toml_str(&self.kind)
+        );
+        for (key, value) in [
+            ("url", &self.url),
+            ("chat_id", &self.chat_id),
+            ("secret", &self.secret),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!("{key} = {}\n", toml_str(v)));
+            }
+        }
+        for (key, value) in [
+            ("url_file", &self.url_file),
+            ("secret_file", &self.secret_file),
+        ] {
+            if let Some(path) = value {
+                out.push_str(&format!(
+                    "{key} = {}\n",
+                    toml_str(&path.display().to_string())
+                ));
+            }
+        }
+        match &self.members {
+            DestMembers::Default => {}
+            DestMembers::All => out.push_str("members = \"all\"\n"),
+            DestMembers::Only(list) => {
+                let list: Vec<String> = list.iter().map(|m| toml_str(m)).collect();
+                out.push_str(&format!("members = [{}]\n", list.join(", ")));
+            }
+        }
+        out
+    }
+}
+
 impl Default for TestConfig {
     fn default() -> Self {
         Self {
@@ -300,6 +483,7 @@ impl Default for TestConfig {
             retention: None,
             metrics: false,
             metrics_token: None,
+            destinations: None,
         }
     }
 }
@@ -373,6 +557,11 @@ impl TestConfig {
             .as_ref()
             .map(|s| format!("\n{}", s.render()))
             .unwrap_or_default();
+        let destinations = self
+            .destinations
+            .as_ref()
+            .map(|d| format!("\n{}", d.render()))
+            .unwrap_or_default();
         format!(
             r#"[server]
 listen = "{listen}"
@@ -402,7 +591,7 @@ backoff_max = "{backoff_max}"
 concurrency = {concurrency}
 sweep_interval = "{sweep_interval}"
 shutdown_grace = "{shutdown_grace}"
-{email}{sms}
+{email}{sms}{destinations}
 [log]
 level = "warn"
 "#,

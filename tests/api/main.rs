@@ -18,6 +18,7 @@ mod compat_more;
 mod conformance;
 mod connections;
 mod delivery;
+mod destinations;
 mod doctor;
 mod email;
 mod hostile;
