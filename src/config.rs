@@ -189,6 +189,7 @@ impl DestinationsSettings {
     pub fn configured(&self) -> Result<Vec<ConfiguredDestination>, ConfigError> {
         use secrecy::ExposeSecret as _;
         let bases = self.bases();
+        let mut seen = std::collections::HashSet::new();
         self.named
             .iter()
             .map(|(name, d)| {
@@ -201,16 +202,35 @@ impl DestinationsSettings {
                         key: format!("destinations.{name}"),
                         message: m,
                     })?;
+                if !seen.insert(dest_name) {
+                    return Err(ConfigError::Invalid {
+                        key: format!("destinations.{name}"),
+                        message: format!(
+                            "another [destinations] table has the same name {:?} (names are not case-sensitive)",
+                            dest_name.as_str()
+                        ),
+                    });
+                }
                 let kind: crate::delivery::destinations::Kind =
                     d.kind.parse().map_err(|m: String| invalid("kind", m))?;
-                let destination = crate::delivery::destinations::Destination::from_config(
+                let address_key = if kind == crate::delivery::destinations::Kind::Telegram {
+                    "chat_id"
+                } else {
+                    "url"
+                };
+                let mut destination = crate::delivery::destinations::Destination::from_config(
                     kind,
                     d.url.as_ref().map(|u| u.expose_secret()),
                     d.chat_id.as_deref(),
-                    d.secret.as_ref().map(|s| s.expose_secret()),
+                    None,
                     &bases,
                 )
-                .map_err(|m| invalid("url", m))?;
+                .map_err(|m| invalid(address_key, m))?;
+                if let Some(secret) = &d.secret {
+                    destination = destination
+                        .with_secret(secret.expose_secret())
+                        .map_err(|m| invalid("secret", m))?;
+                }
                 Ok(ConfiguredDestination {
                     name: ChannelName::Dest(dest_name),
                     destination,
@@ -1947,12 +1967,17 @@ impl Settings {
             ));
         }
         if let Some(unknown) = d.fallback.channels().iter().find(|c| {
-            matches!(c, ChannelName::Dest(_)) && !self.destinations.named.contains_key(c.as_str())
+            matches!(c, ChannelName::Dest(_))
+                && !self
+                    .destinations
+                    .named
+                    .keys()
+                    .any(|k| k.trim().eq_ignore_ascii_case(c.as_str()))
         }) {
             return Err(invalid(
                 "delivery.fallback",
                 &format!(
-                    "unknown channel {:?}: the channels are wecom, email and sms",
+                    "unknown channel {:?}: the channels are wecom, email and sms, or a [destinations.NAME] table's name",
                     unknown.as_str()
                 ),
             ));

@@ -206,6 +206,33 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `text` without any of `secrets`: each whole one, and the start of one cut short by a
+/// quote (`…` right after it), becomes `***`. For reasons that quote a service's answer,
+/// which may echo a key back.
+pub fn scrub_secrets(mut text: String, secrets: &[&str]) -> String {
+    /// Shorter runs are too common to be taken for a secret.
+    const MIN: usize = 4;
+    for secret in secrets {
+        if secret.len() < MIN {
+            continue;
+        }
+        if text.contains(secret) {
+            text = text.replace(secret, "***");
+        }
+        for end in (MIN..secret.len()).rev() {
+            let Some(start) = secret.get(..end) else {
+                continue;
+            };
+            let cut = format!("{start}…");
+            if text.contains(&cut) {
+                text = text.replace(&cut, "***…");
+                break;
+            }
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +255,31 @@ mod tests {
         .into_response();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_whole_and_cut_short() {
+        let secrets = ["SEC4f1e9d2c7b8a3e6f0d5c1b9a8e7d6c5", "key-0123456789"];
+        assert_eq!(
+            scrub_secrets(
+                "sign of SEC4f1e9d2c7b8a3e6f0d5c1b9a8e7d6c5 wrong".into(),
+                &secrets
+            ),
+            "sign of *** wrong"
+        );
+        assert_eq!(
+            scrub_secrets("padding padding SEC4f1e9d2c7b8a3e…".into(), &secrets),
+            "padding padding ***…"
+        );
+        assert_eq!(
+            scrub_secrets("key-0123 and key-0123456789".into(), &secrets),
+            "key-0123 and ***",
+            "a prefix without the cut mark is just text"
+        );
+        assert_eq!(
+            scrub_secrets("abc…".into(), &["abcd"]),
+            "abc…",
+            "too short to tell"
+        );
     }
 }

@@ -418,16 +418,17 @@ pub fn settle_outcome(
             learnt: Learnt::Reachable,
             ..give_up(head, channel, attempts, reason.clone(), now, settings)
         },
-        Err(ChannelError::Transient {
-            reason,
-            unreachable,
-        }) => {
+        Err(err @ (ChannelError::Transient { .. } | ChannelError::Wait { .. })) => {
+            let (reason, unreachable, at_least) = err.retry_parts();
+            // A service that said how long to wait (Telegram's `retry_after`, a robot
+            // blocked for minutes) is not asked again sooner.
             let delay = backoff::delay(
                 u32::try_from(attempts).unwrap_or(u32::MAX),
                 settings.backoff_initial,
                 settings.backoff_max,
                 jitter,
-            );
+            )
+            .max(at_least);
             let step = next_step::after_failure(
                 tried(head),
                 sent_at,
@@ -436,7 +437,7 @@ pub fn settle_outcome(
                 },
             );
             let error = if step.moves_on() {
-                let why = if *unreachable {
+                let why = if unreachable {
                     format!("{} unreachable: {reason}", channel.label())
                 } else {
                     reason.clone()
@@ -453,7 +454,7 @@ pub fn settle_outcome(
                 record_step(head, channel, attempts, step, error, false, deadline_at);
             Settlement {
                 update,
-                learnt: if *unreachable {
+                learnt: if unreachable {
                     Learnt::Unreachable {
                         reason: reason.clone(),
                     }

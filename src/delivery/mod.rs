@@ -52,6 +52,13 @@ pub enum ChannelError {
     Transient { reason: String, unreachable: bool },
     /// Retrying cannot help until someone changes something (credentials, visible range).
     Permanent { reason: String },
+    /// The service refused for now and said how long to wait (Telegram's `retry_after`,
+    /// a robot blocked for minutes): retried no sooner than that, like a transient failure
+    /// of a channel that answered.
+    Wait {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
     /// The channel may or may not have taken it, and cannot say (an SMS whose request
     /// timed out and that the provider cannot look up). Sending again could deliver it
     /// twice (and bill it twice): the step is recorded as `unconfirmed` and the message
@@ -64,8 +71,27 @@ impl ChannelError {
     pub fn reason(&self) -> &str {
         match self {
             Self::Transient { reason, .. }
+            | Self::Wait { reason, .. }
             | Self::Permanent { reason }
             | Self::Unconfirmed { reason } => reason,
+        }
+    }
+
+    /// What a retry needs: the reason, whether the channel did not answer, and the least
+    /// wait before the next try.
+    pub fn retry_parts(&self) -> (&String, bool, std::time::Duration) {
+        match self {
+            Self::Transient {
+                reason,
+                unreachable,
+            } => (reason, *unreachable, std::time::Duration::ZERO),
+            Self::Wait {
+                reason,
+                retry_after,
+            } => (reason, false, *retry_after),
+            Self::Permanent { reason } | Self::Unconfirmed { reason } => {
+                (reason, false, std::time::Duration::ZERO)
+            }
         }
     }
 }

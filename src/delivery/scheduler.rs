@@ -902,7 +902,7 @@ impl Scheduler {
             Err(ChannelError::Permanent { reason }) => {
                 tracing::debug!(id = %head.id, attempts, channel = %channel, error = %reason, "delivery failed permanently on this channel");
             }
-            Ok(()) | Err(ChannelError::Transient { .. }) => {}
+            Ok(()) | Err(ChannelError::Transient { .. } | ChannelError::Wait { .. }) => {}
         }
         // The permit is held while the outcome is recorded: if the database cannot take
         // writes, no further messages are sent that could not be recorded either.

@@ -681,6 +681,14 @@ impl From<DestError> for ChannelError {
             DestError::Permanent { reason } => ChannelError::Permanent { reason },
             DestError::Transient {
                 reason,
+                retry_after: Some(retry_after),
+                ..
+            } => ChannelError::Wait {
+                reason,
+                retry_after,
+            },
+            DestError::Transient {
+                reason,
                 unreachable,
                 ..
             } => ChannelError::Transient {
@@ -761,13 +769,8 @@ fn refusal(label: &str, verb: &str, code: &str, message: &str, hint: &str) -> St
 }
 
 /// Replaces every occurrence of each secret in `text` (a service echoing a key back).
-fn redact(mut text: String, secrets: &[&str]) -> String {
-    for secret in secrets {
-        if secret.len() >= 4 && text.contains(secret) {
-            text = text.replace(secret, "***");
-        }
-    }
-    text
+fn redact(text: String, secrets: &[&str]) -> String {
+    crate::error::scrub_secrets(text, secrets)
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {

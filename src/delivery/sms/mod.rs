@@ -359,11 +359,7 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// Replaces every occurrence of `secret` in `text` (a provider echoing a credential back).
 fn redact(text: String, secret: &str) -> String {
-    if secret.len() >= 4 && text.contains(secret) {
-        text.replace(secret, "***")
-    } else {
-        text
-    }
+    crate::error::scrub_secrets(text, &[secret])
 }
 
 #[cfg(test)]
