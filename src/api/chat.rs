@@ -361,19 +361,20 @@ async fn fallback(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
         }
         Err(problem) => return Ok(bot::fallback_invalid_reply(&problem)),
     };
-    // A name that is neither a channel nor a destination here is a typo, not an order.
-    if let Some(unknown) = route
-        .channels()
-        .iter()
-        .find(|c| matches!(c, ChannelName::Dest(_)) && state.outbox.channel(**c).is_none())
-    {
+    // A name that is neither a channel nor a destination here (shared, or the member's
+    // own) is a typo, not an order.
+    let prefs = state.store.member_prefs(userid).await?;
+    if let Some(unknown) = route.channels().iter().find(|c| {
+        matches!(c, ChannelName::Dest(_))
+            && state.outbox.channel(**c).is_none()
+            && !prefs.destinations.contains(c)
+    }) {
         return Ok(bot::fallback_invalid_reply(&format!(
             "unknown channel {:?}: the channels are wecom, email and sms, or a destination's name",
             unknown.as_str()
         )));
     }
     // Checked like a sender's choice, so the member hears now what would not work.
-    let prefs = state.store.member_prefs(userid).await?;
     let reach = Reach {
         userid: Some(userid.clone()),
         bound: prefs.bound(),

@@ -1606,3 +1606,137 @@ async fn the_test_config_renders_a_destinations_section_the_server_accepts() {
         assert!(names.contains(&dest.name()), "{names:?}");
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// destinations a member adds in the chat
+// ------------------------------------------------------------------------------------------
+
+/// The gateway with the mock's bases and no shared destination: what members add is all.
+async fn chat_app() -> (TestApp, MockDestinations) {
+    let mock = MockDestinations::start().await;
+    let section = DestinationsConfig::mock(&mock);
+    let app = spawn_app_with(|c| {
+        quick(c);
+        c.destinations = Some(section);
+    })
+    .await;
+    (app, mock)
+}
+
+/// `robot NAME URL`: the test message arrives first, then the destination is kept, listed
+/// with its key masked, used by name, and removed.
+#[tokio::test]
+async fn a_member_adds_a_group_robot_in_the_chat_and_sends_to_it() {
+    let (app, mock) = chat_app().await;
+    let key = "chat-robot-key-0123456789";
+    mock.add_wecom_robot(key);
+    let m = member(&app, "robo").await;
+    let reply = say(
+        &app,
+        &m.user,
+        &format!("robot team {}", mock.wecom_url(key)),
+    )
+    .await;
+    assert!(reply.contains("added"), "{reply}");
+    assert!(!reply.contains(key), "the key stays secret: {reply}");
+    let test = mock.messages_to(DestKind::WeComRobot, key);
+    assert_eq!(test.len(), 1, "one test message, before the answer");
+    assert!(test[0].text.contains("team"), "{:?}", test[0].text);
+
+    let list = say(&app, &m.user, "robots").await;
+    assert!(list.contains("team"), "{list}");
+    assert!(!list.contains(key), "masked: {list}");
+
+    let id = send_on(&app, &m.token, "to the group", "hello group", "team").await;
+    let status = wait_settled(&app, &id, &m.token, WAIT).await;
+    assert_eq!(status["status"], "delivered", "{status}");
+    assert_eq!(status["channel"], "team", "{status}");
+    let got = mock.messages_to(DestKind::WeComRobot, key);
+    assert_eq!(got.len(), 2);
+    assert!(got[1].text.contains("hello group"), "{:?}", got[1].text);
+
+    let reply = say(&app, &m.user, "robot team off").await;
+    assert!(reply.contains("removed"), "{reply}");
+    let resp = post_send(&app, &m.token, json!({"title": "x", "channel": "team"})).await;
+    assert_error(resp, 400, "bad_request").await;
+    assert_well_signed(&mock);
+}
+
+/// A robot whose test message is refused (an unknown key) is not kept, and the answer says
+/// why without the key.
+#[tokio::test]
+async fn a_robot_whose_test_message_is_refused_is_not_kept() {
+    let (app, mock) = chat_app().await;
+    let m = member(&app, "robobad").await;
+    let key = "no-such-key-9876543210";
+    let reply = say(
+        &app,
+        &m.user,
+        &format!("robot team {}", mock.wecom_url(key)),
+    )
+    .await;
+    assert!(reply.contains("Not added"), "{reply}");
+    assert!(reply.contains("93000"), "says why: {reply}");
+    assert!(!reply.contains(key), "{reply}");
+    let list = say(&app, &m.user, "robots").await;
+    assert!(!list.contains("team"), "{list}");
+    let resp = post_send(&app, &m.token, json!({"title": "x", "channel": "team"})).await;
+    assert_error(resp, 400, "bad_request").await;
+}
+
+/// Only addresses on each kind's configured base are taken: another host, another port, a
+/// userinfo trick or an internal address is refused before any request is made.
+#[tokio::test]
+async fn only_the_configured_hosts_are_accepted_in_the_chat() {
+    let (app, mock) = chat_app().await;
+    let m = member(&app, "robohost").await;
+    let good = mock.wecom_url("k-1");
+    let other_port = good.replacen("127.0.0.1:", "127.0.0.1:1", 1);
+    for typed in [
+        "https://example.com/cgi-bin/webhook/send?key=k-1".to_owned(),
+        other_port,
+        good.replacen("http://", "http://127.0.0.1@", 1),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "http://127.0.0.2/cgi-bin/webhook/send?key=k-1".to_owned(),
+    ] {
+        let reply = say(&app, &m.user, &format!("robot team {typed}")).await;
+        assert!(!reply.contains("added"), "{typed}: {reply}");
+    }
+    assert!(
+        mock.calls().is_empty(),
+        "no request was made: {:?}",
+        mock.calls()
+    );
+}
+
+/// A signed DingTalk robot added with its secret: the test message is signed, and the
+/// robot is the member's alone.
+#[tokio::test]
+async fn a_signed_dingtalk_robot_added_in_the_chat_is_its_members_alone() {
+    let (app, mock) = chat_app().await;
+    let (token, secret) = ("ding-chat-token", "SECchat0123456789abcdef");
+    mock.add_dingtalk_robot(token, Some(secret), &[]);
+    let alice = member(&app, "roboa").await;
+    let reply = say(
+        &app,
+        &alice.user,
+        &format!("robot ding {} {secret}", mock.dingtalk_url(token)),
+    )
+    .await;
+    assert!(reply.contains("added"), "{reply}");
+    assert!(!reply.contains(secret), "{reply}");
+    assert_eq!(mock.messages_to(DestKind::DingTalk, token).len(), 1);
+    assert_well_signed(&mock);
+    let bob = member(&app, "robob").await;
+    let resp = post_send(&app, &bob.token, json!({"title": "x", "channel": "ding"})).await;
+    assert_error(resp, 400, "bad_request").await;
+    // Alice's own order may name it: WeCom refusing her, the group gets it.
+    app.mock.fail_always_for(&alice.user, wecom_permanent());
+    let reply = say(&app, &alice.user, "fallback wecom,ding").await;
+    assert!(!reply.contains("unknown channel"), "{reply}");
+    let id = send_on(&app, &alice.token, "fell back", "to the group", "").await;
+    let status = wait_settled(&app, &id, &alice.token, WAIT).await;
+    assert_eq!(status["status"], "delivered", "{status}");
+    assert_eq!(status["channel"], "ding", "{status}");
+    assert_eq!(mock.messages_to(DestKind::DingTalk, token).len(), 2);
+}
