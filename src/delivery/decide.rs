@@ -1212,6 +1212,36 @@ mod tests {
     }
 
     #[test]
+    fn a_service_that_says_how_long_to_wait_is_not_asked_sooner() {
+        let mut head = message("ops,wecom");
+        head.attempts = 2;
+        let wait = |secs| {
+            Err(ChannelError::Wait {
+                reason: "Too Many Requests: retry after".into(),
+                retry_after: Duration::from_secs(secs),
+            })
+        };
+        // Longer than the backoff (2–4 s here): the service's wait.
+        let s = settle(on(&head, ChannelName::WeCom, NOW), wait(7));
+        match &s.update {
+            AttemptUpdate::Retry {
+                next_attempt_at, ..
+            } => assert_eq!(*next_attempt_at, NOW + 7_000),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.learnt, Learnt::Reachable);
+        assert_eq!(s.count.outcome, AttemptOutcome::Retry);
+        // Shorter: the backoff.
+        let s = settle(on(&head, ChannelName::WeCom, NOW), wait(1));
+        match &s.update {
+            AttemptUpdate::Retry {
+                next_attempt_at, ..
+            } => assert_eq!(*next_attempt_at, NOW + 2_000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_backoff_past_the_windows_end_retries_at_its_end() {
         let mut head = message("wecom");
         head.attempts = 20;

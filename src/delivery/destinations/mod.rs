@@ -968,8 +968,16 @@ pub(crate) mod tests {
     fn errors_map_onto_channel_classes() {
         let e = DestError::transient("busy".into(), true, Some(SECOND));
         assert_eq!(e.retry_after(), Some(SECOND));
+        // A service that said how long to wait is not asked sooner.
         assert_eq!(
             ChannelError::from(e),
+            ChannelError::Wait {
+                reason: "busy".into(),
+                retry_after: SECOND
+            }
+        );
+        assert_eq!(
+            ChannelError::from(DestError::transient("busy".into(), true, None)),
             ChannelError::Transient {
                 reason: "busy".into(),
                 unreachable: true
