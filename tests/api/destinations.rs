@@ -195,13 +195,6 @@ async fn member_named(api: &Api, user: &str) -> Member {
     }
 }
 
-/// The bot's reply to `text` from `user`; it must answer.
-async fn say(api: &Api, user: &str, text: &str) -> String {
-    api.user_says(user, text)
-        .await
-        .unwrap_or_else(|| panic!("the bot answers {text:?} from {user}"))
-}
-
 /// `POST /send` (JSON) with these fields; the answer as it came.
 async fn post_send(api: &Api, token: &str, fields: Value) -> reqwest::Response {
     api.send_json(Some(token), &fields).await
@@ -220,22 +213,6 @@ async fn send_on(api: &Api, token: &str, title: &str, content: &str, channel: &s
     .await
 }
 
-/// Polls `/messages/{id}` until it is no longer queued; returns its last state.
-async fn wait_settled(api: &Api, id: &str, token: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = api.message_json(id, token).await;
-        if status["status"] != "queued" {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "message {id} still queued after {timeout:?}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `(channel, outcome)` of each history entry.
 fn history(status: &Value) -> Vec<(String, String)> {
     status["history"]
@@ -248,37 +225,6 @@ fn history(status: &Value) -> Vec<(String, String)> {
             (channel.to_owned(), outcome.to_owned())
         })
         .collect()
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(c, o)| ((*c).to_owned(), (*o).to_owned()))
-        .collect()
-}
-
-/// The history with its runs of `retry` on one channel collapsed into one entry.
-fn collapsed(h: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for entry in h {
-        if entry.1 == "retry" && out.last() == Some(entry) {
-            continue;
-        }
-        out.push(entry.clone());
-    }
-    out
-}
-
-/// The error of history entry `i`.
-fn history_error(status: &Value, i: usize) -> String {
-    status["history"][i]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// A WeCom answer that can never succeed for this member: all recipients invalid.
-fn wecom_permanent() -> SendReply {
-    SendReply::errcode(81013, "user & party & tag all invalid")
 }
 
 /// Every request was properly signed, authenticated and went to an API the mock has.

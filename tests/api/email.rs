@@ -52,32 +52,6 @@ async fn member(api: &Api, prefix: &str) -> Member {
     }
 }
 
-/// The bot's reply to `text` from `user`; it must answer.
-async fn say(api: &Api, user: &str, text: &str) -> String {
-    api.user_says(user, text)
-        .await
-        .unwrap_or_else(|| panic!("the bot answers {text:?} from {user}"))
-}
-
-fn has(reply: &str, fragment: &str) -> bool {
-    reply.to_lowercase().contains(&fragment.to_lowercase())
-}
-
-fn assert_says(reply: &str, fragment: &str, what: &str) {
-    assert!(
-        has(reply, fragment),
-        "{what}: the reply must say {fragment:?}, got:\n{reply}"
-    );
-}
-
-/// The first line of `reply` that mentions `key` (case-insensitive), e.g. `"email:"`.
-fn line<'a>(reply: &'a str, key: &str) -> &'a str {
-    reply
-        .lines()
-        .find(|l| has(l, key))
-        .unwrap_or_else(|| panic!("the reply has a line with {key:?}:\n{reply}"))
-}
-
 /// `user` asks for a code to `address`; asserts the reply and the mail; returns the code.
 /// `nth`: how many code mails to `address` there are once this one arrived.
 async fn request_code(api: &Api, sink: &SmtpSink, user: &str, address: &str, nth: usize) -> String {
@@ -181,20 +155,6 @@ fn history(status: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(c, o)| ((*c).to_owned(), (*o).to_owned()))
-        .collect()
-}
-
-/// The error of history entry `i`.
-fn history_error(status: &Value, i: usize) -> String {
-    status["history"][i]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Unix milliseconds of an RFC 3339 date-time (`Z` or a numeric offset).
 fn rfc3339_ms(s: &str) -> i64 {
     let bad = || -> ! { panic!("{s:?} is not an RFC 3339 date-time") };
@@ -264,11 +224,6 @@ fn wecom_deliveries_for(mock: &MockWeCom, user: &str, needle: &str) -> usize {
         .iter()
         .filter(|c| c.touser() == user && c.text().contains(needle))
         .count()
-}
-
-/// A WeCom answer that can never succeed for this member: all recipients invalid.
-fn wecom_permanent() -> SendReply {
-    SendReply::errcode(81013, "user & party & tag all invalid")
 }
 
 async fn send_on(api: &Api, token: &str, title: &str, content: &str, channel: &str) -> String {

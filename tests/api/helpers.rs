@@ -1835,3 +1835,80 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// conversations and message histories (the channel tests: e-mail, SMS, destinations)
+// ------------------------------------------------------------------------------------------
+
+/// The bot's reply to `text` from `user`; it must answer.
+pub async fn say(api: &Api, user: &str, text: &str) -> String {
+    api.user_says(user, text)
+        .await
+        .unwrap_or_else(|| panic!("the bot answers {text:?} from {user}"))
+}
+
+pub fn has(reply: &str, fragment: &str) -> bool {
+    reply.to_lowercase().contains(&fragment.to_lowercase())
+}
+
+pub fn assert_says(reply: &str, fragment: &str, what: &str) {
+    assert!(
+        has(reply, fragment),
+        "{what}: the reply must say {fragment:?}, got:\n{reply}"
+    );
+}
+
+/// The first line of `reply` that mentions `key` (case-insensitive), e.g. `"email:"`.
+pub fn line<'a>(reply: &'a str, key: &str) -> &'a str {
+    reply
+        .lines()
+        .find(|l| has(l, key))
+        .unwrap_or_else(|| panic!("the reply has a line with {key:?}:\n{reply}"))
+}
+
+/// Polls `/messages/{id}` until it is no longer queued; returns its last state.
+pub async fn wait_settled(api: &Api, id: &str, token: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = api.message_json(id, token).await;
+        if status["status"] != "queued" {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "message {id} still queued after {timeout:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(c, o)| ((*c).to_owned(), (*o).to_owned()))
+        .collect()
+}
+
+/// The error of history entry `i`.
+pub fn history_error(status: &Value, i: usize) -> String {
+    status["history"][i]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The history with its runs of `retry` on one channel collapsed into one entry.
+pub fn collapsed(h: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in h {
+        if entry.1 == "retry" && out.last() == Some(entry) {
+            continue;
+        }
+        out.push(entry.clone());
+    }
+    out
+}
+
+/// A WeCom answer that can never succeed for this member: all recipients invalid.
+pub fn wecom_permanent() -> SendReply {
+    SendReply::errcode(81013, "user & party & tag all invalid")
+}

@@ -96,32 +96,6 @@ async fn member(api: &Api, prefix: &str) -> Member {
     Member { user, token }
 }
 
-/// The bot's reply to `text` from `user`; it must answer.
-async fn say(api: &Api, user: &str, text: &str) -> String {
-    api.user_says(user, text)
-        .await
-        .unwrap_or_else(|| panic!("the bot answers {text:?} from {user}"))
-}
-
-fn has(reply: &str, fragment: &str) -> bool {
-    reply.to_lowercase().contains(&fragment.to_lowercase())
-}
-
-fn assert_says(reply: &str, fragment: &str, what: &str) {
-    assert!(
-        has(reply, fragment),
-        "{what}: the reply must say {fragment:?}, got:\n{reply}"
-    );
-}
-
-/// The first line of `reply` that mentions `key` (case-insensitive), e.g. `"phone:"`.
-fn line<'a>(reply: &'a str, key: &str) -> &'a str {
-    reply
-        .lines()
-        .find(|l| has(l, key))
-        .unwrap_or_else(|| panic!("the reply has a line with {key:?}:\n{reply}"))
-}
-
 /// `order:` of a reply lists `first` before `second`.
 fn assert_order(reply: &str, first: &str, second: &str) {
     let order = line(reply, "order:").to_lowercase();
@@ -142,22 +116,6 @@ async fn send_on(api: &Api, token: &str, title: &str, content: &str, channel: &s
         ])
         .await;
     accepted_id(resp).await
-}
-
-/// Polls `/messages/{id}` until it is no longer queued; returns its last state.
-async fn wait_settled(api: &Api, id: &str, token: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = api.message_json(id, token).await;
-        if status["status"] != "queued" {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "message {id} still queued after {timeout:?}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---- texts ----
@@ -349,43 +307,12 @@ fn history(status: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(c, o)| ((*c).to_owned(), (*o).to_owned()))
-        .collect()
-}
-
-/// The error of history entry `i`.
-fn history_error(status: &Value, i: usize) -> String {
-    status["history"][i]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// The history with its runs of `retry` on one channel collapsed into one entry.
-fn collapsed(h: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for entry in h {
-        if entry.1 == "retry" && out.last() == Some(entry) {
-            continue;
-        }
-        out.push(entry.clone());
-    }
-    out
-}
-
 /// `message/send` calls to `user` whose text mentions `needle`.
 fn wecom_calls_for(mock: &MockWeCom, user: &str, needle: &str) -> usize {
     mock.calls()
         .iter()
         .filter(|c| c.touser() == user && c.text().contains(needle))
         .count()
-}
-
-/// A WeCom answer that can never succeed for this member: all recipients invalid.
-fn wecom_permanent() -> SendReply {
-    SendReply::errcode(81013, "user & party & tag all invalid")
 }
 
 // ------------------------------------------------------------------------------------------
