@@ -716,9 +716,17 @@ impl Scheduler {
             let windows = slot.channel.rate_windows();
             // Shared windows: this lane's turn, and the history as it is now (another
             // member's lane may have sent since it was read).
-            let _turn = if slot.channel.shared_windows() && !windows.is_empty() {
+            // Across instances (PostgreSQL) the turn is an advisory lock held until the send
+            // is recorded.
+            let shared = slot.channel.shared_windows() && !windows.is_empty();
+            let _turn = if shared {
                 histories.remove(&channel);
                 Some(slot.turn.lock().await)
+            } else {
+                None
+            };
+            let mut shared_turn = if shared {
+                self.store.shared_turn(channel).await?
             } else {
                 None
             };
@@ -737,7 +745,12 @@ impl Scheduler {
                     gate,
                 };
                 match decide::next_action(&view, now) {
-                    LaneAction::Release(at) => return Ok(LaneEnd::Release(at)),
+                    LaneAction::Release(at) => {
+                        if let Some(turn) = shared_turn.take() {
+                            turn.release().await;
+                        }
+                        return Ok(LaneEnd::Release(at));
+                    }
                     LaneAction::ReadHistory => {
                         let since = now_ms() - limits::history_span_ms(windows);
                         let history = if slot.channel.shared_windows() {
@@ -787,6 +800,10 @@ impl Scheduler {
                 .attempt(&head, slot, carried, probe, histories.get_mut(&channel))
                 .await;
             probe_guard.disarm();
+            // The send is recorded (or handed back): the next lane may read the history.
+            if let Some(turn) = shared_turn.take() {
+                turn.release().await;
+            }
             match after {
                 After::Next => sent += 1,
                 After::Reread => {

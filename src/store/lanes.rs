@@ -384,6 +384,30 @@ impl Store {
             .collect()
     }
 
+    /// This instance's turn on a destination whose rate windows every member shares, across
+    /// instances: on PostgreSQL a session advisory lock on a connection of its own, held
+    /// until [`SharedTurn::release`] (reading the history, sending and recording the send
+    /// happen in between). `None` on SQLite: one instance, whose lanes take turns in memory.
+    pub async fn shared_turn(
+        &self,
+        channel: ChannelName,
+    ) -> Result<Option<SharedTurn>, StoreError> {
+        if self.sole_writer() {
+            return Ok(None);
+        }
+        let key = SharedTurn::key(channel);
+        let mut conn = self.pool.acquire().await?;
+        // The lock function returns `void`, which the portable driver cannot read.
+        sqlx::query("SELECT count(*) AS n FROM (SELECT pg_advisory_lock($1)) AS l")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+        Ok(Some(SharedTurn {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
     /// When messages were sent on `channel` since `since`, to anyone, oldest first (a
     /// shared destination's windows).
     pub async fn channel_history(
@@ -422,5 +446,46 @@ impl Store {
         rows.iter()
             .map(|row| row.try_get::<i64, _>("sent_at").map_err(StoreError::from))
             .collect()
+    }
+}
+
+/// See [`Store::shared_turn`]. Dropped without [`SharedTurn::release`] (an error, a panic),
+/// its connection is closed rather than returned to the pool, which ends the session and so
+/// the lock.
+pub struct SharedTurn {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    key: i64,
+}
+
+impl SharedTurn {
+    /// The lock's key: the first 8 bytes of SHA-256 of the destination's name.
+    fn key(channel: ChannelName) -> i64 {
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::digest(format!("pushbot shared turn {channel}").as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash[..8]);
+        i64::from_be_bytes(first)
+    }
+
+    /// Ends the turn: the next instance's lane may go.
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked =
+                sqlx::query("SELECT count(*) AS n FROM (SELECT pg_advisory_unlock($1)) AS l")
+                    .bind(self.key)
+                    .execute(&mut *conn)
+                    .await;
+            if unlocked.is_err() {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for SharedTurn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
     }
 }

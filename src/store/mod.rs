@@ -31,7 +31,7 @@ use sqlx::AnyPool;
 use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
-pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, Waiting};
+pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use members::{
     ChargeCap, CodeCheck, CodeRequest, MAX_MEMBER_DESTINATIONS, MemberPrefs, StoredDestination,
 };

@@ -460,6 +460,44 @@ mod tests {
         pool.close().await;
     }
 
+    /// A destination's shared turn is one instance's at a time, and a turn dropped without
+    /// being released (a panic) does not outlive it.
+    #[tokio::test]
+    async fn a_shared_turn_is_one_instances_at_a_time() {
+        use crate::domain::ChannelName;
+        let (a, b, _schema) = two_instances().await;
+        let ops: ChannelName = "ops".parse().unwrap();
+        let other: ChannelName = "other".parse().unwrap();
+        let turn = a
+            .shared_turn(ops)
+            .await
+            .unwrap()
+            .expect("PostgreSQL takes turns");
+        let b2 = b.clone();
+        let waiting = tokio::spawn(async move { b2.shared_turn(ops).await.unwrap() });
+        // Another destination is not held up.
+        let free = tokio::time::timeout(Duration::from_secs(5), b.shared_turn(other))
+            .await
+            .expect("another destination's turn is free")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "b waits while a holds the turn");
+        turn.release().await;
+        let b_turn = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("b gets the turn once a released it")
+            .unwrap()
+            .expect("a turn");
+        drop(free);
+        // Dropped, not released: the lock ends with its connection.
+        drop(b_turn);
+        let again = tokio::time::timeout(Duration::from_secs(5), a.shared_turn(ops))
+            .await
+            .expect("a dropped turn is not held forever")
+            .unwrap();
+        assert!(again.is_some());
+    }
+
     async fn two_instances() -> (Store, Store, TestSchema) {
         let schema = TestSchema::new().await;
         let a = Store::connect(&schema.url()).await.unwrap();

@@ -1686,3 +1686,48 @@ async fn a_signed_dingtalk_robot_added_in_the_chat_is_its_members_alone() {
     assert_eq!(status["channel"], "ding", "{status}");
     assert_eq!(mock.messages_to(DestKind::DingTalk, token).len(), 2);
 }
+
+/// Two instances on one PostgreSQL database, a member on each sending 15 to the same shared
+/// robot at once: one window for everyone, across instances (an advisory lock takes turns).
+#[tokio::test]
+async fn two_instances_share_one_robots_window() {
+    let schema = TestDb::postgres();
+    let wecom = MockWeCom::start().await;
+    let (mock, section) = mock_destinations().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut apps = Vec::new();
+    for id in ["dest-a", "dest-b"] {
+        let port = free_port();
+        let mut config = TestConfig {
+            instance_id: Some(id.to_owned()),
+            destinations: Some(section.clone()),
+            ..TestConfig::default()
+        };
+        quick(&mut config);
+        config.retry_window = "120s".to_owned();
+        let toml = config.render(&format!("127.0.0.1:{port}"), schema.url(), &wecom.base_url);
+        let path = dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, toml).expect("write config");
+        apps.push(spawn_binary(&path, port, &[]).await);
+    }
+    // Each answer takes a moment, so the two instances' sends overlap: without a turn
+    // across instances both would take the window's last places.
+    mock.fail_always(
+        DestKind::WeComRobot,
+        Scripted::HoldDelivered(Duration::from_millis(150)),
+    );
+    let a = member(&apps[0], "inst2a").await;
+    let b = member(&apps[1], "inst2b").await;
+    tokio::join!(
+        burst(&apps[0], &a.token, "a", 15, "ops"),
+        burst(&apps[1], &b.token, "b", 15, "ops"),
+    );
+    wait_received(&mock, Dest::Robot, 20).await;
+    tokio::time::sleep(OBSERVE).await;
+    assert_eq!(
+        Dest::Robot.received(&mock).len(),
+        20,
+        "one window across both instances"
+    );
+    assert_never_over_the_limit(&mock, Dest::Robot);
+}
