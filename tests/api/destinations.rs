@@ -1731,3 +1731,54 @@ async fn two_instances_share_one_robots_window() {
     );
     assert_never_over_the_limit(&mock, Dest::Robot);
 }
+
+/// A signed Feishu bot and a Telegram group added in the chat: each gets its test message
+/// (the Telegram one through the server's bot), and each is then used by name.
+#[tokio::test]
+async fn feishu_and_telegram_destinations_are_added_in_the_chat() {
+    let mock = MockDestinations::start().await;
+    mock.add_feishu_hook(FEISHU_HOOK, Some(FEISHU_SECRET), &[]);
+    mock.add_telegram_bot(TG_TOKEN);
+    mock.add_telegram_chat(TG_CHAT);
+    let mut section = DestinationsConfig::mock(&mock);
+    section.telegram_bot_token = Some(TG_TOKEN.to_owned());
+    let app = spawn_app_with(|c| {
+        quick(c);
+        c.destinations = Some(section);
+    })
+    .await;
+    let m = member(&app, "robofg").await;
+    let reply = say(
+        &app,
+        &m.user,
+        &format!("robot fs {} {FEISHU_SECRET}", mock.feishu_url(FEISHU_HOOK)),
+    )
+    .await;
+    assert!(reply.contains("added"), "{reply}");
+    assert!(!reply.contains(FEISHU_SECRET), "{reply}");
+    let reply = say(&app, &m.user, &format!("telegram tg {TG_CHAT}")).await;
+    assert!(reply.contains("added"), "{reply}");
+    assert!(!reply.contains(TG_TOKEN), "{reply}");
+    assert_eq!(mock.messages_to(DestKind::Feishu, FEISHU_HOOK).len(), 1);
+    assert_eq!(
+        mock.messages_to(DestKind::Telegram, &TG_CHAT.to_string())
+            .len(),
+        1
+    );
+    for (name, kind, dest) in [
+        ("fs", DestKind::Feishu, FEISHU_HOOK.to_owned()),
+        ("tg", DestKind::Telegram, TG_CHAT.to_string()),
+    ] {
+        let id = send_on(&app, &m.token, "by name", "<b>&amp; more", name).await;
+        let status = wait_settled(&app, &id, &m.token, WAIT).await;
+        assert_eq!(status["status"], "delivered", "{name}: {status}");
+        assert_eq!(mock.messages_to(kind, &dest).len(), 2, "{name}");
+    }
+    assert_well_signed(&mock);
+    // A chat that does not exist is refused at its test message, and nothing is kept.
+    let reply = say(&app, &m.user, "telegram nochat -1009999999999").await;
+    assert!(reply.contains("Not added"), "{reply}");
+    let list = say(&app, &m.user, "robots").await;
+    assert!(list.contains("fs") && list.contains("tg"), "{list}");
+    assert!(!list.contains("nochat"), "{list}");
+}
