@@ -113,7 +113,7 @@ impl Application {
             WeComClient::new(wecom_http_client(&settings)?, &settings.wecom)
                 .with_metrics(metrics.clone()),
         );
-        let factory = crate::delivery::registry::destinations(&settings)?;
+        let factory = crate::delivery::registry::destinations(&settings, &store)?;
         let channels = crate::delivery::registry::build(&settings, client, &store, &factory)?;
         let checks = channels.clone();
         let outbox = Outbox::new(

@@ -543,7 +543,11 @@ pub fn robots_reply(own: &[(String, String, String)], shared: &[String]) -> Stri
         reply.push_str("none（暂无）— robot ops <URL> 添加 to add one\n");
     }
     for (name, kind, masked) in own {
-        reply.push_str(&format!("{name}: {kind} {masked}\n"));
+        if masked.starts_with(kind.as_str()) {
+            reply.push_str(&format!("{name}: {masked}\n"));
+        } else {
+            reply.push_str(&format!("{name}: {kind} {masked}\n"));
+        }
     }
     for name in shared {
         reply.push_str(&format!("{name}: 共享 shared (config)\n"));

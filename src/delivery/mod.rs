@@ -184,6 +184,7 @@ pub trait Channel: Send + Sync {
 pub trait MemberChannels: Send + Sync {
     fn build(
         &self,
+        owner: &UserId,
         stored: &crate::store::StoredDestination,
     ) -> Result<(String, Arc<dyn Channel>), String>;
 }

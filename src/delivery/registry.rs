@@ -16,11 +16,12 @@ use crate::store::Store;
 use crate::wecom::client::WeComClient;
 
 /// What builds the destinations members add in the chat (and their test messages).
-pub fn destinations(settings: &Settings) -> Result<Arc<Factory>, StartupError> {
+pub fn destinations(settings: &Settings, store: &Store) -> Result<Arc<Factory>, StartupError> {
     let timeout = settings.destinations.timeout()?;
     // No redirects: a request stays on the address that was checked.
     let http = http_client_no_redirects(timeout, Egress::Environment)?;
     Ok(Arc::new(Factory::new(
+        store.clone(),
         settings.destinations.bases(),
         http,
         destinations::Settings {

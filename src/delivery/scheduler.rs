@@ -1063,7 +1063,7 @@ impl Scheduler {
         let Some(stored) = self.store.member_destination(userid, name).await? else {
             return Ok(None);
         };
-        let (identity, channel) = match self.member_channels.build(&stored) {
+        let (identity, channel) = match self.member_channels.build(userid, &stored) {
             Ok(built) => built,
             Err(why) => {
                 tracing::warn!(userid = %userid, destination = %name, error = %why, "a member's destination cannot be used");

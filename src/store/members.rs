@@ -411,6 +411,24 @@ impl Store {
         Ok(true)
     }
 
+    /// The member's destination has a new address (a Telegram group that became a
+    /// supergroup).
+    pub async fn move_member_destination(
+        &self,
+        userid: &UserId,
+        name: ChannelName,
+        address: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE member_destinations SET address = $3 WHERE userid = $1 AND name = $2")
+            .bind(userid.as_str())
+            .bind(name.as_str())
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        self.prefs_changed(userid);
+        Ok(())
+    }
+
     /// Removes the member's destination; `false` when there was none of that name.
     pub async fn remove_member_destination(
         &self,

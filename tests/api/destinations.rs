@@ -1782,3 +1782,49 @@ async fn feishu_and_telegram_destinations_are_added_in_the_chat() {
     assert!(list.contains("fs") && list.contains("tg"), "{list}");
     assert!(!list.contains("nochat"), "{list}");
 }
+
+/// A member's Telegram group that became a supergroup: the message reaches the new chat,
+/// and the new id is stored, so the next message goes there at once.
+#[tokio::test]
+async fn a_telegram_group_that_moved_is_followed_and_remembered() {
+    let mock = MockDestinations::start().await;
+    mock.add_telegram_bot(TG_TOKEN);
+    let (old, new) = (-4_001_234_i64, -1_009_876_543_210_i64);
+    mock.add_telegram_chat(old);
+    mock.add_telegram_chat(new);
+    let mut section = DestinationsConfig::mock(&mock);
+    section.telegram_bot_token = Some(TG_TOKEN.to_owned());
+    let app = spawn_app_with(|c| {
+        quick(c);
+        c.destinations = Some(section);
+    })
+    .await;
+    let m = member(&app, "robomove").await;
+    let reply = say(&app, &m.user, &format!("telegram grp {old}")).await;
+    assert!(reply.contains("added"), "{reply}");
+    mock.migrate_telegram_chat(old, new);
+    let id = send_on(&app, &m.token, "moved", "to the supergroup", "grp").await;
+    let status = wait_settled(&app, &id, &m.token, WAIT).await;
+    assert_eq!(status["status"], "delivered", "{status}");
+    assert_eq!(
+        mock.messages_to(DestKind::Telegram, &new.to_string()).len(),
+        1
+    );
+    let list = say(&app, &m.user, "robots").await;
+    assert!(
+        list.contains(&new.to_string()),
+        "the new id is stored: {list}"
+    );
+    let before = mock.calls_to(DestKind::Telegram, &old.to_string()).len();
+    let id = send_on(&app, &m.token, "again", "straight there", "grp").await;
+    wait_settled(&app, &id, &m.token, WAIT).await;
+    assert_eq!(
+        mock.messages_to(DestKind::Telegram, &new.to_string()).len(),
+        2
+    );
+    assert_eq!(
+        mock.calls_to(DestKind::Telegram, &old.to_string()).len(),
+        before,
+        "the old id is not tried again"
+    );
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{Bases, Destination, Envelope, Kind, Settings};
+use super::{Bases, Delivered, Destination, Envelope, Kind, Settings};
 use crate::config::{ConfiguredDestination, Members};
 use crate::delivery::limits::RateWindow;
 use crate::delivery::{Capabilities, Channel, ChannelError};
@@ -27,6 +27,8 @@ pub struct DestinationChannel {
     members: Members,
     /// A shared destination (from the config): windows count everyone's messages.
     shared: bool,
+    /// A member's own destination: whose, and where to store a Telegram chat's new id.
+    owner: Option<(UserId, crate::store::Store)>,
     http: reqwest::Client,
     settings: Settings,
     /// `server.public_url`, for page links.
@@ -47,6 +49,7 @@ impl DestinationChannel {
 
 /// Builds destination channels with the server's bases, HTTP client and Telegram bot.
 pub struct Factory {
+    store: crate::store::Store,
     bases: Bases,
     http: reqwest::Client,
     settings: Settings,
@@ -55,12 +58,14 @@ pub struct Factory {
 
 impl Factory {
     pub fn new(
+        store: crate::store::Store,
         bases: Bases,
         http: reqwest::Client,
         settings: Settings,
         public_base: Arc<str>,
     ) -> Self {
         Self {
+            store,
             bases,
             http,
             settings,
@@ -80,6 +85,7 @@ impl Factory {
             destination,
             members,
             shared,
+            owner: None,
             http: self.http.clone(),
             settings: self.settings.clone(),
             public_base: Arc::clone(&self.public_base),
@@ -115,6 +121,18 @@ impl Factory {
         Ok(self.channel(stored.name, destination, Members::All, false))
     }
 
+    /// [`Self::from_stored`] for delivering `owner`'s messages: a Telegram group that
+    /// moved is stored under its new id.
+    fn owned(
+        &self,
+        owner: &UserId,
+        stored: &StoredDestination,
+    ) -> Result<DestinationChannel, String> {
+        let mut channel = self.from_stored(stored)?;
+        channel.owner = Some((owner.clone(), self.store.clone()));
+        Ok(channel)
+    }
+
     /// What to store of a channel made by [`Self::from_chat`].
     pub fn to_stored(channel: &DestinationChannel) -> StoredDestination {
         StoredDestination {
@@ -127,9 +145,40 @@ impl Factory {
 }
 
 impl crate::delivery::MemberChannels for Factory {
-    fn build(&self, stored: &StoredDestination) -> Result<(String, Arc<dyn Channel>), String> {
-        let channel = self.from_stored(stored)?;
+    fn build(
+        &self,
+        owner: &UserId,
+        stored: &StoredDestination,
+    ) -> Result<(String, Arc<dyn Channel>), String> {
+        let channel = self.owned(owner, stored)?;
         Ok((channel.lane_key(), Arc::new(channel)))
+    }
+}
+
+impl DestinationChannel {
+    /// A Telegram group became a supergroup: its old id no longer works.
+    async fn chat_moved(&self, chat_id: &str) {
+        match &self.owner {
+            Some((userid, store)) => {
+                match store
+                    .move_member_destination(userid, self.name, chat_id)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(userid = %userid, destination = %self.name, chat_id, "Telegram chat moved; its new id is stored")
+                    }
+                    Err(err) => {
+                        tracing::warn!(userid = %userid, destination = %self.name, chat_id, error = %crate::error::chain(&err), "Telegram chat moved, and its new id could not be stored")
+                    }
+                }
+            }
+            None => tracing::warn!(
+                destination = %self.name,
+                chat_id,
+                "the Telegram group became a supergroup: set [destinations.{}] chat_id = \"{chat_id}\" (until then each message is refused once at the old id and sent again to the new one)",
+                self.name
+            ),
+        }
     }
 }
 
@@ -165,11 +214,15 @@ impl Channel for DestinationChannel {
                 page_url: page.as_deref(),
                 created_at_ms: now_ms(),
             };
-            self.destination
+            let delivered = self
+                .destination
                 .send(&self.http, &self.settings, &envelope)
                 .await
-                .map(drop)
-                .map_err(ChannelError::from)
+                .map_err(ChannelError::from)?;
+            if let Delivered::ChatMoved { chat_id } = delivered {
+                self.chat_moved(&chat_id).await;
+            }
+            Ok(())
         })
     }
 
