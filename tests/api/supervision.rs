@@ -238,7 +238,12 @@ async fn a_writer_that_panics_stops_the_service_and_a_restart_delivers_every_acc
             );
         }
     }
-    assert!(tripped_at.is_some(), "the writer's fault fired");
+    // The service may stop so fast that the next request finds nothing listening before
+    // the loop saw the fault disarmed: the fault's own count says it fired.
+    assert!(
+        tripped_at.is_some() || app.faults().armed(FaultPoint::WriterPanic) == 0,
+        "the writer's fault fired"
+    );
     let exit = app
         .wait_exit(Duration::from_secs(15))
         .await
