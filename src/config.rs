@@ -56,7 +56,7 @@ pub struct Settings {
 
 /// `[destinations]`: where each kind's service is, the server's Telegram bot, and the
 /// shared destinations (`[destinations.NAME]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct DestinationsSettings {
     /// Defaults: the real services (tests point them at local mocks).
     #[serde(default)]
@@ -76,8 +76,11 @@ pub struct DestinationsSettings {
     #[serde(default)]
     pub telegram_bot_token_file: Option<PathBuf>,
     /// One call to a destination.
-    #[serde(default)]
-    pub timeout: Option<String>,
+    #[serde(
+        default = "default_destination_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub timeout: Duration,
     /// `[destinations.NAME]`, by name.
     #[serde(flatten)]
     pub named: std::collections::BTreeMap<String, DestinationSettings>,
@@ -153,6 +156,23 @@ pub struct ConfiguredDestination {
     pub members: Members,
 }
 
+/// No `[destinations]` section: the real services, no bot, no shared destination.
+impl Default for DestinationsSettings {
+    fn default() -> Self {
+        Self {
+            wecom_robot_base: None,
+            dingtalk_base: None,
+            feishu_base: None,
+            lark_base: None,
+            telegram_base: None,
+            telegram_bot_token: None,
+            telegram_bot_token_file: None,
+            timeout: default_destination_timeout(),
+            named: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
 impl DestinationsSettings {
     /// The bases, each the configured one or the real service.
     pub fn bases(&self) -> crate::delivery::destinations::Bases {
@@ -169,20 +189,6 @@ impl DestinationsSettings {
             }
         }
         bases
-    }
-
-    /// Each call's limit (`timeout`, default 10 s).
-    pub fn timeout(&self) -> Result<Duration, ConfigError> {
-        match &self.timeout {
-            None => Ok(Duration::from_secs(10)),
-            Some(text) => match humantime::parse_duration(text.trim()) {
-                Ok(d) if !d.is_zero() => Ok(d),
-                _ => Err(ConfigError::Invalid {
-                    key: "destinations.timeout".to_owned(),
-                    message: format!("{text:?} is not a positive duration such as \"10s\""),
-                }),
-            },
-        }
     }
 
     /// The shared destinations, checked (name, kind, address on its base, secret).
@@ -1389,6 +1395,10 @@ fn default_sms_daily_limit_per_member() -> u32 {
 fn default_sms_daily_limit() -> u32 {
     200
 }
+fn default_destination_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_sms_lookup_after() -> Duration {
     crate::delivery::sms::LOOKUP_AFTER
 }
@@ -1911,7 +1921,6 @@ impl Settings {
         if let Some(sms) = &settings.sms {
             sms.provider_config()?;
         }
-        settings.destinations.timeout()?;
         settings.destinations.configured()?;
         Ok(settings)
     }
@@ -2122,6 +2131,7 @@ mod tests {
         assert_eq!(s.delivery.backoff_initial, Duration::from_secs(1));
         assert_eq!(s.delivery.backoff_max, Duration::from_secs(300));
         assert_eq!(s.public_base(), "https://push.example.com");
+        assert_eq!(s.destinations.timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -3048,7 +3058,7 @@ mod tests {
         assert!(ops.members.includes(&crate::domain::UserId::new("alice")));
         assert!(!ops.members.includes(&crate::domain::UserId::new("carol")));
         assert_eq!(configured[0].members, Members::All);
-        assert_eq!(good.destinations.timeout().unwrap(), Duration::from_secs(3));
+        assert_eq!(good.destinations.timeout, Duration::from_secs(3));
         assert_eq!(good.delivery.fallback.to_stored(), "wecom,ops");
         assert!(
             !format!("{good:?}").contains("abcdef0123"),

@@ -923,9 +923,7 @@ async fn destinations(settings: &Settings) -> Vec<Finding> {
         Ok(configured) => configured,
         Err(err) => return vec![Finding::fail("目的地配置错误", err.to_string())],
     };
-    let Ok(timeout) = settings.destinations.timeout() else {
-        return vec![Finding::fail("目的地配置错误", "destinations.timeout")];
-    };
+    let timeout = settings.destinations.timeout;
     let http = match http_client(timeout, Egress::Environment) {
         Ok(http) => http,
         Err(err) => return vec![Finding::fail("目的地不可用", chain(&err))],

@@ -165,7 +165,7 @@ impl DestName {
                 typed.chars().take(40).collect::<String>()
             ));
         }
-        if ChannelName::BUILTIN
+        if ChannelName::ALL
             .iter()
             .any(|c| c.names().contains(&name.as_str()))
         {
@@ -208,10 +208,7 @@ fn intern(name: String) -> Result<&'static str, String> {
 impl ChannelName {
     /// The built-in channels, in the order `channel=all` tries them (destinations are
     /// in `all` only when named).
-    pub const BUILTIN: [ChannelName; 3] =
-        [ChannelName::WeCom, ChannelName::Email, ChannelName::Sms];
-    /// The built-in channels (see [`Self::BUILTIN`]).
-    pub const ALL: [ChannelName; 3] = Self::BUILTIN;
+    pub const ALL: [ChannelName; 3] = [ChannelName::WeCom, ChannelName::Email, ChannelName::Sms];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -278,7 +275,7 @@ impl std::str::FromStr for ChannelName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let typed = s.trim().to_ascii_lowercase();
-        if let Some(builtin) = Self::BUILTIN
+        if let Some(builtin) = Self::ALL
             .into_iter()
             .find(|c| c.names().contains(&typed.as_str()))
         {

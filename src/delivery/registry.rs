@@ -17,7 +17,7 @@ use crate::wecom::client::WeComClient;
 
 /// What builds the destinations members add in the chat (and their test messages).
 pub fn destinations(settings: &Settings, store: &Store) -> Result<Arc<Factory>, StartupError> {
-    let timeout = settings.destinations.timeout()?;
+    let timeout = settings.destinations.timeout;
     // No redirects: a request stays on the address that was checked.
     let http = http_client_no_redirects(timeout, Egress::Environment)?;
     Ok(Arc::new(Factory::new(
