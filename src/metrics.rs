@@ -384,7 +384,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "delivery_latency",
-            "Time from acceptance to delivery, per delivered message and channel",
+            "Time from acceptance to delivery, per delivered message (all channels together)",
             Unit::Seconds,
             latency.clone(),
         );

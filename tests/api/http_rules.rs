@@ -123,7 +123,7 @@ async fn too_many_or_too_large_headers_are_431_in_json() {
 }
 
 /// Far beyond our limits hyper answers itself (status only, no JSON) and closes: pinned
-/// here because the README documents it.
+/// here because docs/api.md documents it.
 #[tokio::test]
 async fn far_beyond_the_limits_hyper_answers_431_and_closes() {
     let app = spawn_app().await;

@@ -1,4 +1,4 @@
-//! Several `pushbot serve` processes on one PostgreSQL database: the guarantees the README
+//! Several `pushbot serve` processes on one PostgreSQL database: the guarantees docs/operations.md
 //! gives for that layout, checked against real binaries and the mock WeCom.
 //!
 //! - the work is shared, and a `kill -9` of one instance loses nothing: its lanes are taken

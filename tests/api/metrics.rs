@@ -209,7 +209,7 @@ async fn a_metrics_token_is_required_when_set_and_never_shown() {
     assert!(!scrape.text.contains(&METRICS_TOKEN[..16]));
 }
 
-/// Set from the environment, as the README advises; at debug level neither the token nor
+/// Set from the environment, as docs/operations.md advises; at debug level neither the token nor
 /// a piece of it reaches the log, whether it was right or wrong.
 #[tokio::test]
 async fn the_metrics_token_from_the_environment_never_reaches_the_log() {
