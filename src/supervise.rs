@@ -45,12 +45,17 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Runs `future`, turning a panic inside it into `Err` with the panic's message.
-pub async fn catch<F: Future>(future: F) -> Result<F::Output, String> {
+pub async fn catch<F: Future>(future: F) -> Result<F::Output, Panicked> {
     AssertUnwindSafe(future)
         .catch_unwind()
         .await
-        .map_err(|payload| panic_message(payload.as_ref()))
+        .map_err(|payload| Panicked(panic_message(payload.as_ref())))
 }
+
+/// A panic [`catch`] caught: its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
 
 /// Runs one pass of a periodic chore; a panic in it costs that pass and one ERROR line.
 pub fn contain<T>(task: &str, pass: impl FnOnce() -> T) -> Option<T> {
@@ -219,7 +224,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_becomes_its_message() {
         let caught = catch(async { panic!("boom {}", 7) }).await;
-        assert_eq!(caught, Err("boom 7".to_owned()));
+        assert_eq!(caught, Err(Panicked("boom 7".to_owned())));
         assert_eq!(catch(async { 3 }).await, Ok(3));
         assert_eq!(contain("chore", || panic!("static")), None::<()>);
         assert_eq!(contain("chore", || 5), Some(5));
