@@ -99,6 +99,30 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Why [`Store::reachability`] cannot reach the database: one line, without the password.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("an in-memory database is refused at start-up")]
+    InMemory,
+    #[error("unknown engine")]
+    UnknownEngine,
+    /// `target`: what the URL names, as [`describe_postgres`] says it.
+    #[error("{target}: not a valid PostgreSQL URL")]
+    InvalidUrl { target: String },
+    /// No connection to `target`: why, and the driver's error when there is one.
+    #[error("{target} is not reachable: {reason}{}", cause(.error.as_ref()))]
+    NoConnection {
+        target: String,
+        reason: String,
+        error: Option<sqlx::Error>,
+    },
+}
+
+/// `: ` and the error's chain, or nothing.
+fn cause(error: Option<&sqlx::Error>) -> String {
+    error.map_or_else(String::new, |e| format!(": {}", crate::error::chain(e)))
+}
+
 impl StoreError {
     /// Whether the database cannot serve right now (disk full, I/O error, locked past the
     /// busy timeout, pool exhausted, file gone) rather than a bug: answered 503, retry later.
@@ -256,7 +280,7 @@ impl Store {
 
     /// For `pushbot check-config`: whether the database can be reached, without creating
     /// or migrating anything. One line either way.
-    pub async fn reachability(url: &str) -> Result<String, String> {
+    pub async fn reachability(url: &str) -> Result<String, Unreachable> {
         match Engine::of_url(url) {
             Some(Engine::Sqlite) => match sqlite_path(url) {
                 Some(path) if path.exists() => Ok(format!("file {} exists", path.display())),
@@ -264,10 +288,10 @@ impl Store {
                     "file {} does not exist yet (created at the first start)",
                     path.display()
                 )),
-                None => Err("an in-memory database is refused at start-up".into()),
+                None => Err(Unreachable::InMemory),
             },
             Some(Engine::Postgres) => postgres::reachability(url).await,
-            None => Err("unknown engine".into()),
+            None => Err(Unreachable::UnknownEngine),
         }
     }
 
