@@ -62,7 +62,7 @@ pub enum StartupError {
     #[error("e-mail channel")]
     Email(#[from] crate::delivery::email::SetupError),
     #[error("SMS channel: {0}")]
-    Sms(String),
+    Sms(#[source] crate::config::ConfigError),
     /// Checked when the config was loaded; only settings built by hand get here.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

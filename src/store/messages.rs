@@ -160,7 +160,7 @@ impl Message {
             idempotency_key: row.try_get("idempotency_key")?,
             idempotency_digest: row.try_get("idempotency_digest")?,
             route: Route::parse(&row.try_get::<String, _>("route")?)
-                .map_err(StoreError::Corrupt)?,
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             deliver_all: row.try_get::<i64, _>("deliver_all")? != 0,
             address_to: row.try_get("address_to")?,
             format: Format::from_stored(&row.try_get::<String, _>("format")?),
