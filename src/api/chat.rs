@@ -321,7 +321,7 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
         .channel_counts_since(userid, day_start)
         .await?
         .into_iter()
-        .map(|(channel, c)| (channel, c.delivered, c.failed))
+        .map(|(channel, c)| (channel.to_string(), c.delivered, c.failed))
         .collect();
     let (look, own_look) = look(state, prefs.look);
     Ok(bot::status_reply(&StatusView {
