@@ -578,8 +578,6 @@ impl Outbox {
         self.inner.start().await
     }
 
-    /// Shutdown has begun: from now on no delivery attempt starts. Messages accepted from
-    /// now on stay queued for the next start. Idempotent.
     /// How long ago the scheduler loop last began a pass, and the longest that may be
     /// before `/healthz` calls delivery stalled (`delivery.stall_after`).
     pub fn scheduler_pass(&self) -> (std::time::Duration, std::time::Duration) {
@@ -591,6 +589,8 @@ impl Outbox {
         &self.configured
     }
 
+    /// Shutdown has begun: from now on no delivery attempt starts. Messages accepted from
+    /// now on stay queued for the next start. Idempotent.
     pub fn stop_attempts(&self) {
         self.inner.stop.cancel();
     }

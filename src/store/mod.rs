@@ -211,8 +211,8 @@ pub struct Store {
     prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,
-    /// Shared with the writer thread and the scheduler: how a background task that cannot
-    /// go on stops the process, and the test hooks.
+    /// Shared with the writer thread and the scheduler: how background work that cannot go
+    /// on (the writer thread) stops the process, and the test hooks.
     supervisor: Supervisor,
 }
 
@@ -273,7 +273,7 @@ impl Store {
         self.engine
     }
 
-    /// How background tasks stop the process, and their test hooks.
+    /// How background work that cannot go on stops the process, and the test hooks.
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
     }
