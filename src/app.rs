@@ -62,13 +62,14 @@ pub enum StartupError {
     #[error("e-mail channel")]
     Email(#[from] crate::delivery::email::SetupError),
     #[error("SMS channel: {0}")]
-    Sms(String),
+    Sms(#[source] crate::config::ConfigError),
     /// Checked when the config was loaded; only settings built by hand get here.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("server error")]
     Serve(#[from] std::io::Error),
-    /// A background task failed for good (see [`crate::supervise`]); already logged.
+    /// Background work (the storage writer thread) failed for good (see
+    /// [`crate::supervise`]); already logged.
     #[error("stopped because {0}")]
     Failed(String),
 }
@@ -197,7 +198,7 @@ impl Application {
         self.port
     }
 
-    /// How background tasks stop the process, and their test hooks.
+    /// How background work that cannot go on stops the process, and the test hooks.
     pub fn supervisor(&self) -> crate::supervise::Supervisor {
         self.store.supervisor().clone()
     }
@@ -208,9 +209,9 @@ impl Application {
     /// No delivery attempt starts once `shutdown` has resolved, even while requests are
     /// still draining (what they accept stays queued for the next start).
     ///
-    /// A background task that fails for good (the storage writer) stops the service the
-    /// same way, and then this returns [`StartupError::Failed`]: `main` exits with status
-    /// 1, for Docker or systemd to restart it.
+    /// Background work that fails for good (the storage writer thread) stops the service
+    /// the same way, and then this returns [`StartupError::Failed`]: `main` exits with
+    /// status 1, for Docker or systemd to restart it.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -379,8 +380,6 @@ fn with_middleware(router: Router) -> Router {
         ))
 }
 
-/// HTTPS client for the WeCom API: rustls on ring with compiled-in roots (no CA files
-/// needed in a scratch image), pooled keep-alive connections.
 /// The client for WeCom API calls: `wecom.proxy` when set, else the proxy environment.
 pub fn wecom_http_client(settings: &Settings) -> Result<reqwest::Client, StartupError> {
     let egress = match &settings.wecom.proxy {
@@ -401,6 +400,9 @@ pub enum Egress<'a> {
     Direct,
 }
 
+/// An HTTPS client (WeCom, SMS providers, webhooks, the doctor's checks): rustls on ring
+/// with compiled-in roots (no CA files needed in a scratch image), pooled keep-alive
+/// connections, each request limited to `timeout`, going out through `egress`.
 pub fn http_client(timeout: Duration, egress: Egress<'_>) -> Result<reqwest::Client, StartupError> {
     client_builder(timeout, egress)?
         .build()

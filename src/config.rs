@@ -206,7 +206,7 @@ impl DestinationsSettings {
                 let dest_name =
                     crate::domain::DestName::parse(name).map_err(|m| ConfigError::Invalid {
                         key: format!("destinations.{name}"),
-                        message: m,
+                        message: m.to_string(),
                     })?;
                 if !seen.insert(dest_name) {
                     return Err(ConfigError::Invalid {
@@ -218,7 +218,11 @@ impl DestinationsSettings {
                     });
                 }
                 let kind: crate::delivery::destinations::Kind =
-                    d.kind.parse().map_err(|m: String| invalid("kind", m))?;
+                    d.kind.parse().map_err(
+                        |m: crate::delivery::destinations::UnknownKind| {
+                            invalid("kind", m.to_string())
+                        },
+                    )?;
                 let address_key = if kind == crate::delivery::destinations::Kind::Telegram {
                     "chat_id"
                 } else {
@@ -231,11 +235,11 @@ impl DestinationsSettings {
                     None,
                     &bases,
                 )
-                .map_err(|m| invalid(address_key, m))?;
+                .map_err(|m| invalid(address_key, m.to_string()))?;
                 if let Some(secret) = &d.secret {
                     destination = destination
                         .with_secret(secret.expose_secret())
-                        .map_err(|m| invalid("secret", m))?;
+                        .map_err(|m| invalid("secret", m.to_string()))?;
                 }
                 Ok(ConfiguredDestination {
                     name: ChannelName::Dest(dest_name),
@@ -426,18 +430,23 @@ pub enum SmsProvider {
 }
 
 impl TryFrom<String> for SmsProvider {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
+    type Error = UnknownSmsProvider;
+    fn try_from(value: String) -> Result<Self, UnknownSmsProvider> {
         match value.trim().to_ascii_lowercase().as_str() {
             "aliyun" => Ok(Self::Aliyun),
             "tencent" => Ok(Self::Tencent),
             "twilio" => Ok(Self::Twilio),
-            _ => Err(format!(
-                "{value:?} is not a supported SMS provider: use \"aliyun\" (Aliyun SMS), \"tencent\" (Tencent Cloud SMS) or \"twilio\""
-            )),
+            _ => Err(UnknownSmsProvider(value)),
         }
     }
 }
+
+/// An `sms.provider` that is none of ours (as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a supported SMS provider: use \"aliyun\" (Aliyun SMS), \"tencent\" (Tencent Cloud SMS) or \"twilio\""
+)]
+pub struct UnknownSmsProvider(pub String);
 
 impl SmsProvider {
     /// As written in the config file.
@@ -595,7 +604,7 @@ impl SmsSettings {
         let api_base = match &self.api_base {
             Some(url) => url.clone(),
             None => HttpUrl::try_from(provider.default_api_base().to_owned())
-                .map_err(|message| invalid("api_base", message))?,
+                .map_err(|message| invalid("api_base", message.to_string()))?,
         };
         // `template` (for messages) and `code_template` (for codes): Aliyun's codes
         // (`SMS_…`), Tencent Cloud's IDs (digits).
@@ -752,7 +761,9 @@ impl SmsSettings {
                             "Twilio needs a sender: a Twilio number such as \"+15005550006\", an alphanumeric sender ID, or a Messaging Service SID (\"MG…\")".to_owned(),
                         )
                     })
-                    .and_then(|from| twilio_from(&from).map_err(|m| invalid("from", m)))?;
+                    .and_then(|from| {
+                        twilio_from(&from).map_err(|m| invalid("from", m.to_string()))
+                    })?;
                 let max_segments = match self.max_segments {
                     None => 2,
                     Some(n) if (1..=MAX_SMS_SEGMENTS).contains(&n) => n,
@@ -843,14 +854,12 @@ fn is_twilio_sid(sid: &str, prefix: &str) -> bool {
 
 /// `sms.from` for Twilio: a Messaging Service SID, an E.164 number or an alphanumeric
 /// sender ID (1–11 letters, digits and spaces, at least one letter).
-fn twilio_from(from: &str) -> Result<TwilioFrom, String> {
+fn twilio_from(from: &str) -> Result<TwilioFrom, TwilioFromError> {
     if from.starts_with("MG") {
         return if is_twilio_sid(from, "MG") {
             Ok(TwilioFrom::MessagingService(from.to_owned()))
         } else {
-            Err(format!(
-                "{from:?} is not a Messaging Service SID: \"MG\" and 32 hexadecimal digits"
-            ))
+            Err(TwilioFromError::ServiceSid(from.to_owned()))
         };
     }
     if from.starts_with('+')
@@ -869,9 +878,7 @@ fn twilio_from(from: &str) -> Result<TwilioFrom, String> {
         {
             Ok(TwilioFrom::Number(format!("+{digits}")))
         } else {
-            Err(format!(
-                "{from:?} is not a sender number: write it in E.164 with the country code, like \"+15005550006\""
-            ))
+            Err(TwilioFromError::Number(from.to_owned()))
         };
     }
     let alphanumeric = (1..=11).contains(&from.chars().count())
@@ -880,10 +887,24 @@ fn twilio_from(from: &str) -> Result<TwilioFrom, String> {
     if alphanumeric {
         Ok(TwilioFrom::Alphanumeric(from.to_owned()))
     } else {
-        Err(format!(
-            "{from:?} is not a sender: a Twilio number such as \"+15005550006\", an alphanumeric sender ID (up to 11 letters, digits and spaces), or a Messaging Service SID (\"MG…\")"
-        ))
+        Err(TwilioFromError::Sender(from.to_owned()))
     }
+}
+
+/// Which kind of Twilio sender `sms.from` looks like but is not (each with the value as
+/// written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TwilioFromError {
+    #[error("{0:?} is not a Messaging Service SID: \"MG\" and 32 hexadecimal digits")]
+    ServiceSid(String),
+    #[error(
+        "{0:?} is not a sender number: write it in E.164 with the country code, like \"+15005550006\""
+    )]
+    Number(String),
+    #[error(
+        "{0:?} is not a sender: a Twilio number such as \"+15005550006\", an alphanumeric sender ID (up to 11 letters, digits and spaces), or a Messaging Service SID (\"MG…\")"
+    )]
+    Sender(String),
 }
 
 /// The `From` of every mail, checked at start-up.
@@ -898,14 +919,21 @@ impl Sender {
 }
 
 impl TryFrom<String> for Sender {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
-        value.trim().parse().map(Sender).map_err(|e| {
-            format!(
-                "{value:?} is not a sender address ({e}); write it like \"pushbot <bot@example.com>\""
-            )
-        })
+    type Error = InvalidSender;
+    fn try_from(value: String) -> Result<Self, InvalidSender> {
+        match value.trim().parse() {
+            Ok(mailbox) => Ok(Sender(mailbox)),
+            Err(error) => Err(InvalidSender { value, error }),
+        }
     }
+}
+
+/// An `email.from` that is no mailbox: the value as written, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{value:?} is not a sender address ({error}); write it like \"pushbot <bot@example.com>\"")]
+pub struct InvalidSender {
+    pub value: String,
+    pub error: lettre::address::AddressError,
 }
 
 impl fmt::Debug for Sender {
@@ -1035,29 +1063,38 @@ impl StorageUrl {
 }
 
 impl TryFrom<String> for StorageUrl {
-    type Error = String;
-    fn try_from(url: String) -> Result<Self, String> {
+    type Error = StorageUrlError;
+    fn try_from(url: String) -> Result<Self, StorageUrlError> {
         let url = url.trim().to_owned();
         let Some(engine) = Engine::of_url(&url) else {
             // The value may hold a password: describe it without repeating it.
-            let scheme = url.split(':').next().unwrap_or("");
-            return Err(format!(
-                "a {scheme:?} URL is not supported: use sqlite://path/to/pushbot.db (the \
-                 embedded default) or postgres://user:password@host:5432/database"
-            ));
+            let scheme = url.split(':').next().unwrap_or("").to_owned();
+            return Err(StorageUrlError::Unsupported { scheme });
         };
         if engine == Engine::Postgres
             && let Err(err) = url.parse::<sqlx::postgres::PgConnectOptions>()
         {
-            return Err(format!(
-                "not a valid PostgreSQL URL ({}): expected \
-                 postgres://user:password@host:5432/database",
-                err.to_string().replace(&url, "…")
-            ));
+            return Err(StorageUrlError::InvalidPostgres {
+                reason: err.to_string().replace(&url, "…"),
+            });
         }
         let path = crate::store::sqlite_path(&url);
         Ok(Self { url, engine, path })
     }
+}
+
+/// Why `storage.url` is refused. Neither variant repeats the URL (it may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageUrlError {
+    #[error(
+        "a {scheme:?} URL is not supported: use sqlite://path/to/pushbot.db (the embedded default) or postgres://user:password@host:5432/database"
+    )]
+    Unsupported { scheme: String },
+    /// `reason`: the driver's, with the URL itself cut out.
+    #[error(
+        "not a valid PostgreSQL URL ({reason}): expected postgres://user:password@host:5432/database"
+    )]
+    InvalidPostgres { reason: String },
 }
 
 impl fmt::Debug for StorageUrl {
@@ -1087,18 +1124,29 @@ impl HttpUrl {
 }
 
 impl TryFrom<String> for HttpUrl {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
-        let url = Url::parse(value.trim()).map_err(|e| {
-            format!("{value:?} is not a URL ({e}); write it like https://push.example.com")
-        })?;
+    type Error = HttpUrlError;
+    fn try_from(value: String) -> Result<Self, HttpUrlError> {
+        let url = match Url::parse(value.trim()) {
+            Ok(url) => url,
+            Err(error) => return Err(HttpUrlError::NotUrl { value, error }),
+        };
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(format!(
-                "{value:?} must be an http:// or https:// URL such as https://push.example.com"
-            ));
+            return Err(HttpUrlError::NotHttp { value });
         }
         Ok(Self(url))
     }
+}
+
+/// Why a value is no [`HttpUrl`] (each with the value as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpUrlError {
+    #[error("{value:?} is not a URL ({error}); write it like https://push.example.com")]
+    NotUrl {
+        value: String,
+        error: url::ParseError,
+    },
+    #[error("{value:?} must be an http:// or https:// URL such as https://push.example.com")]
+    NotHttp { value: String },
 }
 
 impl fmt::Debug for HttpUrl {
@@ -1162,20 +1210,27 @@ impl ProxyUrl {
 }
 
 impl TryFrom<String> for ProxyUrl {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
-        // The value may hold a password: errors describe it without repeating it.
-        let url = Url::parse(value.trim())
-            .map_err(|e| format!("not a URL ({e}); write it like http://proxy.example.com:3128"))?;
+    type Error = ProxyUrlError;
+    fn try_from(value: String) -> Result<Self, ProxyUrlError> {
+        let url = Url::parse(value.trim()).map_err(ProxyUrlError::NotUrl)?;
         if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") || url.host().is_none()
         {
-            return Err(
-                "must be an http://, https://, socks5:// or socks5h:// URL with a host, such as http://proxy.example.com:3128"
-                    .to_owned(),
-            );
+            return Err(ProxyUrlError::NotProxy);
         }
         Ok(Self(url))
     }
+}
+
+/// Why a value is no [`ProxyUrl`]. Neither variant repeats the value (it may hold a
+/// password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyUrlError {
+    #[error("not a URL ({0}); write it like http://proxy.example.com:3128")]
+    NotUrl(url::ParseError),
+    #[error(
+        "must be an http://, https://, socks5:// or socks5h:// URL with a host, such as http://proxy.example.com:3128"
+    )]
+    NotProxy,
 }
 
 impl fmt::Debug for ProxyUrl {

@@ -871,7 +871,7 @@ async fn smtp(settings: &Settings) -> Finding {
         "connected (no login configured)"
     };
     let checked = match EmailChannel::new(email) {
-        Ok(channel) => channel.check().await,
+        Ok(channel) => channel.check().await.map_err(|e| e.to_string()),
         Err(err) => Err(chain(&err)),
     };
     match checked {
@@ -896,7 +896,7 @@ async fn sms(settings: &Settings) -> Finding {
     };
     let provider = match http_client(sms.timeout, Egress::Environment)
         .map_err(|e| chain(&e))
-        .and_then(|http| crate::delivery::sms::build(sms, http))
+        .and_then(|http| crate::delivery::sms::build(sms, http).map_err(|e| e.to_string()))
     {
         Ok(provider) => provider,
         Err(err) => return Finding::fail("短信配置错误", format!("[sms]: {err}")),

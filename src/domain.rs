@@ -148,7 +148,7 @@ impl DestName {
     pub const MAX_NAMES: usize = 4096;
 
     /// The name as typed (trimmed, lower-cased), if it can name a destination.
-    pub fn parse(typed: &str) -> Result<Self, String> {
+    pub fn parse(typed: &str) -> Result<Self, DestNameError> {
         let name = typed.trim().to_ascii_lowercase();
         let valid = !name.is_empty()
             && name.len() <= 32
@@ -160,16 +160,15 @@ impl DestName {
                 .next()
                 .is_some_and(|b| b.is_ascii_alphanumeric());
         if !valid {
-            return Err(format!(
-                "{:?} cannot name a destination: use 1 to 32 of a-z, 0-9, _ and -, e.g. ops",
-                typed.chars().take(40).collect::<String>()
-            ));
+            return Err(DestNameError::Invalid {
+                typed: typed.chars().take(40).collect(),
+            });
         }
         if ChannelName::ALL
             .iter()
             .any(|c| c.names().contains(&name.as_str()))
         {
-            return Err(format!("{name:?} is a built-in channel's name"));
+            return Err(DestNameError::BuiltIn { name });
         }
         intern(name).map(Self)
     }
@@ -185,8 +184,23 @@ impl fmt::Debug for DestName {
     }
 }
 
+/// Why a text cannot name a destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestNameError {
+    /// Not 1–32 of `a-z 0-9 _ -` starting with a letter or digit; `typed`: its first 40
+    /// characters.
+    #[error("{typed:?} cannot name a destination: use 1 to 32 of a-z, 0-9, _ and -, e.g. ops")]
+    Invalid { typed: String },
+    /// A built-in channel's name or alias (`email`, `短信`…), lower-cased.
+    #[error("{name:?} is a built-in channel's name")]
+    BuiltIn { name: String },
+    /// The process holds [`DestName::MAX_NAMES`] names already.
+    #[error("too many destination names in use")]
+    TooMany,
+}
+
 /// The one `&'static str` for `name`.
-fn intern(name: String) -> Result<&'static str, String> {
+fn intern(name: String) -> Result<&'static str, DestNameError> {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock, PoisonError};
     static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
@@ -198,7 +212,7 @@ fn intern(name: String) -> Result<&'static str, String> {
         return Ok(known);
     }
     if names.len() >= DestName::MAX_NAMES {
-        return Err("too many destination names in use".to_owned());
+        return Err(DestNameError::TooMany);
     }
     let leaked: &'static str = Box::leak(name.into_boxed_str());
     names.insert(leaked);
@@ -272,8 +286,8 @@ impl fmt::Display for ChannelName {
 }
 
 impl std::str::FromStr for ChannelName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChannel;
+    fn from_str(s: &str) -> Result<Self, UnknownChannel> {
         let typed = s.trim().to_ascii_lowercase();
         if let Some(builtin) = Self::ALL
             .into_iter()
@@ -283,12 +297,31 @@ impl std::str::FromStr for ChannelName {
         }
         // Anything else that could name a destination does; whether one by that name
         // exists is for the route to say.
-        DestName::parse(&typed).map(Self::Dest).map_err(|_| {
-            format!(
-                "unknown channel {typed:?}: the channels are wecom, email and sms, or a destination's name"
-            )
-        })
+        DestName::parse(&typed)
+            .map(Self::Dest)
+            .map_err(|_| UnknownChannel { name: typed })
     }
+}
+
+/// A name that is no channel: neither a built-in one nor one a destination could have —
+/// or, from [`Outbox::route`](crate::delivery::Outbox::route), a destination's name
+/// that no destination has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown channel {name:?}: the channels are wecom, email and sms, or a destination's name")]
+pub struct UnknownChannel {
+    /// As typed, trimmed and lower-cased.
+    pub name: String,
+}
+
+/// Why a text is not a [`Route`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Unknown(#[from] UnknownChannel),
+    #[error("channel {0} is listed twice")]
+    Twice(ChannelName),
+    #[error("no channel given: use wecom, email, sms or a list such as wecom,email")]
+    Empty,
 }
 
 /// The channels a message tries, in order: the next one only when the one before could
@@ -298,7 +331,7 @@ pub struct Route(Vec<ChannelName>);
 
 impl Route {
     /// `wecom,email` (also with spaces, `，` or `/`): an ordered list without repeats.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, RouteError> {
         let mut channels = Vec::new();
         for part in text
             .split([',', '，', '/', ' ', '>'])
@@ -307,13 +340,11 @@ impl Route {
         {
             let channel: ChannelName = part.parse()?;
             if channels.contains(&channel) {
-                return Err(format!("channel {channel} is listed twice"));
+                return Err(RouteError::Twice(channel));
             }
             channels.push(channel);
         }
-        Self::new(channels).ok_or_else(|| {
-            "no channel given: use wecom, email, sms or a list such as wecom,email".to_owned()
-        })
+        Self::new(channels).ok_or(RouteError::Empty)
     }
 
     /// `None` when `channels` is empty.
@@ -502,16 +533,24 @@ impl Format {
 }
 
 impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownFormat;
+    fn from_str(s: &str) -> Result<Self, UnknownFormat> {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "text" | "plain" | "txt" => Ok(Self::Text),
             "markdown" | "md" => Ok(Self::Markdown),
-            other => Err(format!(
-                "unknown format {other:?}: the formats are text and markdown"
-            )),
+            other => Err(UnknownFormat {
+                typed: other.to_owned(),
+            }),
         }
     }
+}
+
+/// A `format=` that is neither text nor markdown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format {typed:?}: the formats are text and markdown")]
+pub struct UnknownFormat {
+    /// As typed, trimmed and lower-cased.
+    pub typed: String,
 }
 
 /// How a member wants messages to look in WeCom (`format …` in the chat).
@@ -542,17 +581,25 @@ impl Look {
 }
 
 impl std::str::FromStr for Look {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownLook;
+    fn from_str(s: &str) -> Result<Self, UnknownLook> {
         match s.trim().to_ascii_lowercase().as_str() {
             "text" | "文本" | "纯文本" => Ok(Self::Text),
             "markdown" | "md" => Ok(Self::Markdown),
             "card" | "卡片" => Ok(Self::Card),
-            other => Err(format!(
-                "unknown format {other:?}: choose text, markdown or card"
-            )),
+            other => Err(UnknownLook {
+                typed: other.to_owned(),
+            }),
         }
     }
+}
+
+/// A look (`format …` in the chat) that is none of text, markdown and card.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format {typed:?}: choose text, markdown or card")]
+pub struct UnknownLook {
+    /// As typed, trimmed and lower-cased.
+    pub typed: String,
 }
 
 /// One message as a channel sends it: a single accepted message, or a digest of several.
@@ -643,11 +690,13 @@ mod tests {
             Route::parse("邮箱，企业微信").unwrap().to_stored(),
             "email,wecom"
         );
-        assert!(Route::parse("wecom,wecom").unwrap_err().contains("twice"));
-        assert!(
-            Route::parse("fax!")
-                .unwrap_err()
-                .contains("unknown channel")
+        assert_eq!(
+            Route::parse("wecom,wecom"),
+            Err(RouteError::Twice(ChannelName::WeCom))
+        );
+        assert_eq!(
+            Route::parse("wecom, Fax!").unwrap_err().to_string(),
+            "unknown channel \"fax!\": the channels are wecom, email and sms, or a destination's name"
         );
         // Anything that can name a destination does (whether it exists is the route's
         // business), once per name.
@@ -667,10 +716,47 @@ mod tests {
             Route::parse("短信, wecom").unwrap().to_stored(),
             "sms,wecom"
         );
-        assert!(Route::parse(" , ").is_err());
+        assert_eq!(Route::parse(" , "), Err(RouteError::Empty));
         let only_wecom = r.filter(|c| c == ChannelName::WeCom).unwrap();
         assert_eq!(only_wecom.to_stored(), "wecom");
         assert!(r.filter(|_| false).is_none());
+    }
+
+    #[test]
+    fn refusals_say_which_rule_a_name_broke() {
+        assert_eq!(
+            DestName::parse(" O P "),
+            Err(DestNameError::Invalid {
+                typed: " O P ".to_owned()
+            })
+        );
+        assert_eq!(
+            DestName::parse(" Mail "),
+            Err(DestNameError::BuiltIn {
+                name: "mail".to_owned()
+            })
+        );
+        assert_eq!(
+            DestName::parse("mail").unwrap_err().to_string(),
+            "\"mail\" is a built-in channel's name"
+        );
+        assert_eq!(
+            DestName::parse(&"y".repeat(50)).unwrap_err().to_string(),
+            format!(
+                "{:?} cannot name a destination: use 1 to 32 of a-z, 0-9, _ and -, e.g. ops",
+                "y".repeat(40)
+            )
+        );
+        assert_eq!(
+            "Card!".parse::<Look>().unwrap_err().to_string(),
+            "unknown format \"card!\": choose text, markdown or card"
+        );
+        assert_eq!(
+            "HTML".parse::<Format>(),
+            Err(UnknownFormat {
+                typed: "html".to_owned()
+            })
+        );
     }
 
     #[test]

@@ -63,11 +63,15 @@ fn main() -> ExitCode {
                 // The database is reported, not required: the configuration is valid even
                 // while the database is down (`pushbot doctor` fails on that).
                 let url = settings.storage.url.as_str();
-                let reach = tokio::runtime::Builder::new_current_thread()
+                let reach = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| e.to_string())
-                    .and_then(|rt| rt.block_on(pushbot::store::Store::reachability(url)));
+                {
+                    Ok(rt) => rt
+                        .block_on(pushbot::store::Store::reachability(url))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
                 let engine = settings.storage.url.engine().as_str();
                 let _ = match reach {
                     Ok(what) => writeln!(out, "storage: {engine}, {what}"),

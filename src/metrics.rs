@@ -251,13 +251,20 @@ struct EndpointLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ChannelLabel {
-    channel: &'static str,
+    channel: ChannelName,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct AttemptLabels {
-    channel: &'static str,
+    channel: ChannelName,
     outcome: &'static str,
+}
+
+/// A channel's label value is its stored name (`wecom`, a destination's name).
+impl EncodeLabelValue for ChannelName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -330,15 +337,13 @@ impl Metrics {
             }));
         }
         for channel in ChannelName::ALL {
-            let label = ChannelLabel {
-                channel: channel.as_str(),
-            };
+            let label = ChannelLabel { channel };
             drop(delivered.get_or_create(&label));
             drop(oldest_due.get_or_create(&label));
             drop(failed.get_or_create(&label));
             for outcome in AttemptOutcome::ALL {
                 drop(attempts.get_or_create(&AttemptLabels {
-                    channel: channel.as_str(),
+                    channel,
                     outcome: outcome.as_str(),
                 }));
             }
@@ -452,7 +457,7 @@ impl Metrics {
         self.0
             .attempts
             .get_or_create(&AttemptLabels {
-                channel: channel.as_str(),
+                channel,
                 outcome: outcome.as_str(),
             })
             .inc_by(n);
@@ -462,9 +467,7 @@ impl Metrics {
     pub fn delivered(&self, channel: ChannelName, accepted_at: i64) {
         self.0
             .delivered
-            .get_or_create(&ChannelLabel {
-                channel: channel.as_str(),
-            })
+            .get_or_create(&ChannelLabel { channel })
             .inc();
         let ms = now_ms().saturating_sub(accepted_at).max(0);
         // Milliseconds as f64: exact far beyond any real latency.
@@ -475,9 +478,7 @@ impl Metrics {
     pub fn failed(&self, channel: ChannelName, n: u64) {
         self.0
             .failed
-            .get_or_create(&ChannelLabel {
-                channel: channel.as_str(),
-            })
+            .get_or_create(&ChannelLabel { channel })
             .inc_by(n);
     }
 
@@ -545,9 +546,7 @@ impl Metrics {
                 .map_or(0.0, |(_, a)| *a);
             self.0
                 .oldest_due
-                .get_or_create(&ChannelLabel {
-                    channel: channel.as_str(),
-                })
+                .get_or_create(&ChannelLabel { channel })
                 .set(age);
         }
     }

@@ -39,14 +39,16 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Most header fields we answer; more gets 431 in JSON.
 pub const MAX_HEADERS: usize = 100;
 
-/// hyper's own limits sit above ours, so ours answer first (in JSON). Past these, hyper
-/// itself answers 431 with an empty body and closes the connection.
+/// hyper's own limit on a request head, above ours so that ours answer first (in JSON).
+/// Past it, hyper itself answers 431 with an empty body and closes the connection.
 const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
+/// hyper's own limit on header fields, likewise above ours.
 const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
 
-/// File descriptors kept free for everything but client connections: the SQLite pool
-/// (a few per pooled connection), the listener, logs and the runtime. Outbound WeCom
-/// connections (up to `delivery.concurrency`) are added to this.
+/// File descriptors kept free for everything but client connections: the database pool
+/// and the writer's connection (a few descriptors each on SQLite), the listener, logs and
+/// the runtime. Outbound delivery connections (WeCom, SMTP, SMS, destinations: up to
+/// `delivery.concurrency`) are added to this.
 const FD_RESERVE_BASE: u64 = 64;
 
 /// Pause after an accept error that is not about one connection (e.g. out of descriptors),
@@ -231,7 +233,7 @@ fn head_within_limits(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Raises the soft open-file limit to the hard limit and returns the connection cap that
 /// fits under it: `configured`, or less (with one warning) when the limit minus a reserve
-/// for storage and `outbound` WeCom connections cannot hold that many.
+/// for storage and `outbound` delivery connections cannot hold that many.
 pub fn connection_cap(configured: usize, outbound: usize) -> usize {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,

@@ -1,9 +1,9 @@
-//! Supervision of long-lived work: what happens when a background task panics or ends
-//! when it should not. A panic is a bug; the rule is that it may cost the work in hand,
+//! Supervision of long-lived work: what happens when a background task (or thread) panics
+//! or ends when it should not. A panic is a bug; the rule is that it may cost the work in hand,
 //! never the promise that an accepted message is delivered or visibly failed — and never
 //! leaves a live process that answers `200` while it delivers nothing.
 //!
-//! | Task | On a panic or an unexpected end | Why |
+//! | Task or thread | On a panic or an unexpected end | Why |
 //! |------|---------------------------------|-----|
 //! | Scheduler loop | restarted after [`RESTART_PAUSE`], one ERROR line; `/healthz` is 503 while its last pass is older than `delivery.stall_after` | its state lives in the database and in leases it renews; a fresh loop picks it up |
 //! | Lane worker | the lane leaves the worker set and is released (due at once; a lane that panics again waits 1 s, 2 s, … up to 1 min), its probe (if any) is handed back, one ERROR line | the message stays `queued` in the database: the next claim sends it |
@@ -15,8 +15,8 @@
 //!
 //! Logging never takes anything down: see [`crate::telemetry`].
 //!
-//! [`Faults`] are test hooks: a test arms a fault point and the task panics (or stalls)
-//! there once per arming. Nothing but code calling [`Faults::arm`] can trip one: there is
+//! [`Faults`] are test hooks: a test arms a fault point and the task or thread passing it
+//! panics (or stalls) there once per arming. Nothing but code calling [`Faults::arm`] can trip one: there is
 //! no configuration key, variable or route for it.
 
 use std::any::Any;
@@ -45,12 +45,17 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Runs `future`, turning a panic inside it into `Err` with the panic's message.
-pub async fn catch<F: Future>(future: F) -> Result<F::Output, String> {
+pub async fn catch<F: Future>(future: F) -> Result<F::Output, Panicked> {
     AssertUnwindSafe(future)
         .catch_unwind()
         .await
-        .map_err(|payload| panic_message(payload.as_ref()))
+        .map_err(|payload| Panicked(panic_message(payload.as_ref())))
 }
+
+/// A panic [`catch`] caught: its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
 
 /// Runs one pass of a periodic chore; a panic in it costs that pass and one ERROR line.
 pub fn contain<T>(task: &str, pass: impl FnOnce() -> T) -> Option<T> {
@@ -82,7 +87,7 @@ pub async fn every<T>(task: &str, period: Duration, owner: std::sync::Weak<T>, p
     }
 }
 
-/// Where a test can make a task fail.
+/// Where a test can make background work fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultPoint {
     /// The scheduler loop panics at the start of a pass.
@@ -143,8 +148,8 @@ impl Faults {
     }
 }
 
-/// Shared by everything that runs in the background: the test hooks, and the way a task
-/// that cannot go on ends the process ([`Supervisor::fatal`]).
+/// Shared by everything that runs in the background: the test hooks, and the way work
+/// that cannot go on (the storage writer thread) ends the process ([`Supervisor::fatal`]).
 #[derive(Debug, Clone, Default)]
 pub struct Supervisor {
     inner: Arc<Inner>,
@@ -162,8 +167,9 @@ impl Supervisor {
         &self.inner.faults
     }
 
-    /// `task` cannot go on: the process stops (gracefully, then exits with status 1).
-    /// The first reason is the one reported.
+    /// `task` (what runs in the background, e.g. `the storage writer`) cannot go on: the
+    /// process stops (gracefully, then exits with status 1). The first reason is the one
+    /// reported.
     pub fn fatal(&self, task: &str, why: &str) {
         let reason = format!("{task} failed: {why}");
         {
@@ -184,14 +190,14 @@ impl Supervisor {
         self.inner.fatal.cancel();
     }
 
-    /// Resolves with the reason once a task has failed for good.
+    /// Resolves with the reason once background work has failed for good.
     pub async fn failed(&self) -> String {
         self.inner.fatal.cancelled().await;
         self.reason()
             .unwrap_or_else(|| "a background task failed".to_owned())
     }
 
-    /// Why the process is stopping, once a task has failed for good.
+    /// Why the process is stopping, once background work has failed for good.
     pub fn reason(&self) -> Option<String> {
         self.inner
             .reason
@@ -219,7 +225,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_becomes_its_message() {
         let caught = catch(async { panic!("boom {}", 7) }).await;
-        assert_eq!(caught, Err("boom 7".to_owned()));
+        assert_eq!(caught, Err(Panicked("boom 7".to_owned())));
         assert_eq!(catch(async { 3 }).await, Ok(3));
         assert_eq!(contain("chore", || panic!("static")), None::<()>);
         assert_eq!(contain("chore", || 5), Some(5));

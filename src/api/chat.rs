@@ -5,7 +5,9 @@ use super::AppState;
 use crate::bot::{self, Command, StatusView};
 use crate::delivery::Channel as _;
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
-use crate::domain::{ChannelName, DestName, Format, Look, MessageId, Outbound, Route, UserId};
+use crate::domain::{
+    ChannelName, DestName, Format, Look, MessageId, Outbound, Route, UnknownChannel, UserId,
+};
 use crate::error::ApiError;
 use crate::store::{CodeCheck, CodeRequest, now_ms};
 
@@ -43,7 +45,7 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
             secret,
         } => add_robot(state, userid, &name, telegram, &address, secret.as_deref()).await?,
         Command::RemoveRobot(name) => match DestName::parse(&name) {
-            Err(problem) => bot::robot_usage_reply(Some(&problem)),
+            Err(problem) => bot::robot_usage_reply(Some(&problem.to_string())),
             Ok(name) => {
                 let existed = state
                     .store
@@ -131,7 +133,7 @@ async fn add_robot(
 ) -> Result<String, ApiError> {
     let name = match DestName::parse(name) {
         Ok(name) => ChannelName::Dest(name),
-        Err(problem) => return Ok(bot::robot_usage_reply(Some(&problem))),
+        Err(problem) => return Ok(bot::robot_usage_reply(Some(&problem.to_string()))),
     };
     if state.outbox.channel(name).is_some() {
         return Ok(bot::robot_usage_reply(Some(&format!(
@@ -146,7 +148,7 @@ async fn add_robot(
         .from_chat(name, kind, address, secret)
     {
         Ok(channel) => channel,
-        Err(problem) => return Ok(bot::robot_usage_reply(Some(&problem))),
+        Err(problem) => return Ok(bot::robot_usage_reply(Some(&problem.to_string()))),
     };
     let (title, content) = bot::robot_test_message(name.as_str());
     let test = Outbound {
@@ -274,7 +276,7 @@ async fn format(state: &AppState, userid: &UserId, typed: &str) -> Result<String
             state.store.set_look(userid, Some(look)).await?;
             Ok(bot::format_set_reply(look.as_str(), true))
         }
-        Err(problem) => Ok(bot::format_invalid_reply(&problem)),
+        Err(problem) => Ok(bot::format_invalid_reply(&problem.to_string())),
     }
 }
 
@@ -319,7 +321,7 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
         .channel_counts_since(userid, day_start)
         .await?
         .into_iter()
-        .map(|(channel, c)| (channel, c.delivered, c.failed))
+        .map(|(channel, c)| (channel.to_string(), c.delivered, c.failed))
         .collect();
     let (look, own_look) = look(state, prefs.look);
     Ok(bot::status_reply(&StatusView {
@@ -359,7 +361,7 @@ async fn fallback(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
                 "a channel order lists channels: wecom, email, sms",
             ));
         }
-        Err(problem) => return Ok(bot::fallback_invalid_reply(&problem)),
+        Err(problem) => return Ok(bot::fallback_invalid_reply(&problem.to_string())),
     };
     // A name that is neither a channel nor a destination here (shared, or the member's
     // own) is a typo, not an order.
@@ -369,10 +371,10 @@ async fn fallback(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
             && state.outbox.channel(**c).is_none()
             && !prefs.destinations.contains(c)
     }) {
-        return Ok(bot::fallback_invalid_reply(&format!(
-            "unknown channel {:?}: the channels are wecom, email and sms, or a destination's name",
-            unknown.as_str()
-        )));
+        let unknown = UnknownChannel {
+            name: unknown.as_str().to_owned(),
+        };
+        return Ok(bot::fallback_invalid_reply(&unknown.to_string()));
     }
     // Checked like a sender's choice, so the member hears now what would not work.
     let reach = Reach {

@@ -14,7 +14,7 @@ use super::{AppState, auth};
 use crate::domain::Format;
 use crate::error::ApiError;
 use crate::metrics::TokenRoute;
-use crate::store::{AttemptRecord, Message, MessageStatus};
+use crate::store::{AttemptRecord, Message, MessageStatus, StoredChannel};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -54,7 +54,7 @@ struct One {
 
 #[derive(Serialize)]
 struct AttemptView {
-    channel: String,
+    channel: StoredChannel,
     at: String,
     /// `retry` (a transient failure), `failed` (the channel gave up), `delivered`.
     outcome: String,
@@ -79,7 +79,7 @@ fn history(m: &Message, attempts: Vec<AttemptRecord>) -> Vec<AttemptView> {
         && let (Some(channel), Some(at)) = (&m.channel, m.delivered_at)
     {
         views.push(AttemptView {
-            channel: channel.clone(),
+            channel: StoredChannel::parse(channel.clone()),
             at: rfc3339(at),
             outcome: "delivered".to_owned(),
             error: None,

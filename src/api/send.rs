@@ -447,8 +447,8 @@ async fn accept(
         .format
         .as_deref()
         .unwrap_or("")
-        .parse()
-        .map_err(ApiError::BadRequest)?;
+        .parse::<Format>()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let accepted = submit(
         state,
         Submission {
@@ -575,7 +575,7 @@ pub(crate) async fn submit(
     let (route, deliver_all) = state
         .outbox
         .route(&choice, &reach)
-        .map_err(ApiError::BadRequest)?;
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let accepted = state
         .outbox
         .accept(NewMessage {

@@ -528,7 +528,7 @@ fn delivered(
         (
             AttemptUpdate::DigestDelivered {
                 digest,
-                channel: channel.as_str(),
+                channel,
                 sent_at,
             },
             carried_at,
@@ -552,15 +552,12 @@ fn delivered(
             After::Reread,
         )
     } else {
-        let delivered_on = match (&head.channel, head.deliver_all) {
-            (Some(earlier), true) => format!("{earlier},{channel}"),
-            _ => channel.as_str().to_owned(),
-        };
         (
             AttemptUpdate::Delivered {
                 id: head.id.clone(),
                 attempts,
-                channel: delivered_on,
+                channel,
+                earlier: head.channel.clone().filter(|_| head.deliver_all),
                 log: head.deliver_all.then_some(channel),
             },
             vec![head.created_at],
@@ -973,11 +970,13 @@ mod tests {
                 id,
                 attempts,
                 channel,
+                earlier,
                 log,
             } => {
                 assert_eq!(id, &head.id);
                 assert_eq!(*attempts, 3);
-                assert_eq!(channel, "wecom");
+                assert_eq!(*channel, ChannelName::WeCom);
+                assert_eq!(*earlier, None);
                 assert_eq!(*log, None);
             }
             other => panic!("{other:?}"),
@@ -1033,8 +1032,14 @@ mod tests {
         last.channel = Some("wecom".into());
         let s = settle(on(&last, ChannelName::Email, NOW), Ok(()));
         match &s.update {
-            AttemptUpdate::Delivered { channel, log, .. } => {
-                assert_eq!(channel, "wecom,email");
+            AttemptUpdate::Delivered {
+                channel,
+                earlier,
+                log,
+                ..
+            } => {
+                assert_eq!(*channel, ChannelName::Email);
+                assert_eq!(earlier.as_deref(), Some("wecom"));
                 assert_eq!(*log, Some(ChannelName::Email));
             }
             other => panic!("{other:?}"),
@@ -1064,7 +1069,7 @@ mod tests {
                 sent_at,
             } => {
                 assert_eq!(digest.id, "d1");
-                assert_eq!(*channel, "wecom");
+                assert_eq!(*channel, ChannelName::WeCom);
                 assert_eq!(*sent_at, NOW - 50);
             }
             other => panic!("{other:?}"),

@@ -15,7 +15,7 @@ use lettre::transport::smtp::{PoolConfig, client::Tls, client::TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret as _;
 
-use super::{Binding, Capabilities, Channel, ChannelError};
+use super::{BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
 use crate::config::{EmailSettings, SmtpSecurity};
 use crate::domain::{ChannelName, EmailAddress, Format, Outbound};
 use crate::render::markdown::{escape_html as escape, to_plain_text, to_safe_html};
@@ -47,10 +47,12 @@ pub struct EmailChannel {
 }
 
 /// An address as typed, checked and trimmed.
-fn parse_address(typed: &str) -> Result<String, String> {
+fn parse_address(typed: &str) -> Result<String, BadAddress> {
     EmailAddress::parse(typed)
         .map(|a| a.as_str().to_owned())
-        .ok_or_else(|| format!("{typed:?} is not an e-mail address"))
+        .ok_or_else(|| BadAddress::Email {
+            typed: typed.to_owned(),
+        })
 }
 
 fn mask_address(stored: &str) -> String {
@@ -125,12 +127,17 @@ impl Channel for EmailChannel {
     }
 
     /// Connects (and logs in, if configured) once.
-    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+    fn check(&self) -> BoxFuture<'_, Result<String, CheckError>> {
         Box::pin(async move {
             match self.transport.test_connection().await {
                 Ok(true) => Ok(format!("SMTP {}", self.server)),
-                Ok(false) => Err(format!("{} did not accept a connection", self.server)),
-                Err(err) => Err(format!("{}: {}", self.server, crate::error::chain(&err))),
+                Ok(false) => Err(CheckError::SmtpRefused {
+                    server: self.server.clone(),
+                }),
+                Err(error) => Err(CheckError::Smtp {
+                    server: self.server.clone(),
+                    error,
+                }),
             }
         })
     }

@@ -34,7 +34,9 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::config::DeliverySettings;
-use crate::domain::{ChannelName, Format, Look, MessageId, Outbound, Route, UserId};
+use crate::domain::{
+    ChannelName, Format, Look, MessageId, Outbound, Route, RouteError, UnknownChannel, UserId,
+};
 use crate::metrics::Metrics;
 use crate::store::{Message, Store, StoreError, now_ms};
 use limits::RateWindow;
@@ -120,13 +122,23 @@ pub struct Binding {
     pub example: &'static str,
     /// What the address is called: `("邮箱", "e-mail address")`.
     pub noun: (&'static str, &'static str),
-    /// The address as the member typed it, normalised (the stored form), or a sentence
-    /// saying what is wrong with it.
-    pub parse: fn(&str) -> Result<String, String>,
+    /// The address as the member typed it, normalised (the stored form), or what is wrong
+    /// with it.
+    pub parse: fn(&str) -> Result<String, BadAddress>,
     /// The stored address as `status` shows it.
     pub mask: fn(&str) -> String,
     /// The message carrying a code: `(title, content)`, for `(code, minutes valid)`.
     pub code_message: fn(&str, u64) -> (Option<String>, String),
+}
+
+/// An address a member typed that its channel cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAddress {
+    /// `typed` as it was typed.
+    #[error("{typed:?} is not an e-mail address")]
+    Email { typed: String },
+    #[error(transparent)]
+    Phone(#[from] sms::PhoneError),
 }
 
 impl Binding {
@@ -170,13 +182,37 @@ pub trait Channel: Send + Sync {
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>>;
     /// Checks the channel's credentials and reachability without sending anything, for
     /// start-up and `pushbot doctor`: `Ok` with what was checked, `Err` with what is wrong.
-    fn check(&self) -> BoxFuture<'_, Result<String, String>>;
+    fn check(&self) -> BoxFuture<'_, Result<String, CheckError>>;
     /// How long from now every delivery would fail at once with a failure already seen,
     /// without reaching the channel (WeCom's `gettoken` cooldown). Such an answer is not a
     /// try: a channel that is down is not probed before then.
     fn cooldown(&self) -> Option<std::time::Duration> {
         None
     }
+}
+
+/// Why [`Channel::check`] found a channel unusable, or could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// WeCom's `gettoken` refused the app's credentials, or did not answer.
+    #[error(transparent)]
+    WeCom(#[from] crate::wecom::client::WeComError),
+    /// The SMTP server (`host:port`) did not accept a connection.
+    #[error("{server} did not accept a connection")]
+    SmtpRefused { server: String },
+    /// Connecting or logging in to the SMTP server (`host:port`) failed.
+    #[error("{server}: {}", crate::error::chain(.error))]
+    Smtp {
+        server: String,
+        error: lettre::transport::smtp::Error,
+    },
+    /// What must be fixed before sending works, as the provider's or destination's check
+    /// put it.
+    #[error("{0}")]
+    Failed(String),
+    /// The check could not be made (none exists, or the service did not answer).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Builds the channel for a destination a member added in the chat, when a message is
@@ -186,7 +222,7 @@ pub trait MemberChannels: Send + Sync {
         &self,
         owner: &UserId,
         stored: &crate::store::StoredDestination,
-    ) -> Result<(String, Arc<dyn Channel>), String>;
+    ) -> Result<(String, Arc<dyn Channel>), destinations::DestinationError>;
 }
 
 /// What a sender asked to deliver.
@@ -228,7 +264,7 @@ pub enum ChannelChoice {
 
 impl ChannelChoice {
     /// `wecom`, `email`, `wecom,email`, `all`; empty means [`ChannelChoice::Default`].
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, RouteError> {
         let text = text.trim();
         if text.is_empty() {
             return Ok(Self::Default);
@@ -249,6 +285,41 @@ pub struct Reach {
     pub bound: Vec<ChannelName>,
     /// The member's own channel order (`fallback …` in the chat).
     pub own_order: Option<Route>,
+}
+
+/// Why [`Outbox::route`] found no route for a message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unroutable {
+    /// The sender named a destination that neither the server nor the member has.
+    #[error(transparent)]
+    Unknown(#[from] UnknownChannel),
+    /// None of the channels the sender asked for (`asked`, or all of them) can reach the
+    /// member: why not, for each.
+    #[error("cannot deliver on channel {}: {}", .asked.to_stored(), sentences(.blocked))]
+    Blocked { asked: Route, blocked: Vec<Blocked> },
+    /// No channel this server has reaches members without an address (a server without
+    /// WeCom is not configurable: a bug).
+    #[error("no channel reaches members without an address")]
+    NoDefault,
+}
+
+/// Why one channel of a route cannot take a member's message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Blocked {
+    #[error("{} is not configured on this server", .0.in_sentence())]
+    NotConfigured(ChannelName),
+    /// The channel needs an address the member has not bound.
+    #[error("{}", .0.missing())]
+    NotBound(Binding),
+    /// The channel does not serve the member (a shared destination for some members).
+    #[error("{} cannot reach this member", .0.label())]
+    NotServed(ChannelName),
+}
+
+/// `a; b; c`.
+fn sentences(blocked: &[Blocked]) -> String {
+    let texts: Vec<String> = blocked.iter().map(Blocked::to_string).collect();
+    texts.join("; ")
 }
 
 /// The stored message; `duplicate` when an earlier message with the same idempotency key
@@ -375,25 +446,24 @@ impl Outbox {
     /// reached on (e-mail needs a bound address). `Err` (a sentence for the sender) when
     /// the sender named channels none of which can reach the member. The bool: deliver
     /// on every channel of the route.
-    pub fn route(&self, choice: &ChannelChoice, reach: &Reach) -> Result<(Route, bool), String> {
+    pub fn route(
+        &self,
+        choice: &ChannelChoice,
+        reach: &Reach,
+    ) -> Result<(Route, bool), Unroutable> {
         let usable = |c: ChannelName| self.reaches(c, reach.userid.as_ref(), &reach.bound);
-        let why_not = |asked: &Route| {
-            let names: Vec<String> = asked
+        let why_not = |asked: &Route| Unroutable::Blocked {
+            asked: asked.clone(),
+            blocked: asked
                 .channels()
                 .iter()
                 .map(|c| match self.channel(*c) {
-                    None => format!("{} is not configured on this server", c.in_sentence()),
-                    Some(channel) => channel.binding().map_or_else(
-                        || format!("{} cannot reach this member", c.label()),
-                        Binding::missing,
-                    ),
+                    None => Blocked::NotConfigured(*c),
+                    Some(channel) => channel
+                        .binding()
+                        .map_or(Blocked::NotServed(*c), |b| Blocked::NotBound(*b)),
                 })
-                .collect();
-            format!(
-                "cannot deliver on channel {}: {}",
-                asked.to_stored(),
-                names.join("; ")
-            )
+                .collect(),
         };
         match choice {
             ChannelChoice::Order(asked) => {
@@ -404,10 +474,9 @@ impl Outbox {
                         && self.channel(**c).is_none()
                         && !reach.bound.contains(c)
                 }) {
-                    return Err(format!(
-                        "unknown channel {:?}: the channels are wecom, email and sms, or a destination's name",
-                        unknown.as_str()
-                    ));
+                    return Err(Unroutable::Unknown(UnknownChannel {
+                        name: unknown.as_str().to_owned(),
+                    }));
                 }
                 asked
                     .filter(usable)
@@ -415,7 +484,8 @@ impl Outbox {
                     .ok_or_else(|| why_not(asked))
             }
             ChannelChoice::All => {
-                let all = Route::new(ChannelName::ALL.to_vec()).ok_or("no channels")?;
+                let all = Route::new(ChannelName::ALL.to_vec())
+                    .unwrap_or_else(|| unreachable!("ChannelName::ALL is not empty"));
                 all.filter(usable)
                     .map(|r| (r, true))
                     .ok_or_else(|| why_not(&all))
@@ -433,7 +503,7 @@ impl Outbox {
                     .iter()
                     .find(|c| c.binding().is_none())
                     .and_then(|c| Route::new(vec![c.name()]))
-                    .ok_or("no channel reaches members without an address")?;
+                    .ok_or(Unroutable::NoDefault)?;
                 Ok((order.filter(usable).unwrap_or(fallback), false))
             }
         }
@@ -508,8 +578,6 @@ impl Outbox {
         self.inner.start().await
     }
 
-    /// Shutdown has begun: from now on no delivery attempt starts. Messages accepted from
-    /// now on stay queued for the next start. Idempotent.
     /// How long ago the scheduler loop last began a pass, and the longest that may be
     /// before `/healthz` calls delivery stalled (`delivery.stall_after`).
     pub fn scheduler_pass(&self) -> (std::time::Duration, std::time::Duration) {
@@ -521,6 +589,8 @@ impl Outbox {
         &self.configured
     }
 
+    /// Shutdown has begun: from now on no delivery attempt starts. Messages accepted from
+    /// now on stay queued for the next start. Idempotent.
     pub fn stop_attempts(&self) {
         self.inner.stop.cancel();
     }

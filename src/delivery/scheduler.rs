@@ -47,7 +47,7 @@ use super::decide::{
 use super::health::{Change, Health};
 use super::limits;
 use super::next_step::{self, Failure, NextStep, Tried};
-use super::{Channel, ChannelError, backoff};
+use super::{BadAddress, Binding, Channel, ChannelError, backoff};
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, MessageId, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
@@ -853,7 +853,9 @@ impl Scheduler {
                     lock(&slot.health).probe_abandoned();
                     self.wake.notify_one();
                 }
-                return self.give_up(head, channel, head.attempts, reason).await;
+                return self
+                    .give_up(head, channel, head.attempts, reason.to_string())
+                    .await;
             }
         };
         let (outbound, digest) = match carried {
@@ -1030,21 +1032,20 @@ impl Scheduler {
     /// Where the message goes on a channel that needs an address: the message's own
     /// (a verification code), else the member's bound one. `None` on channels that reach
     /// members by userid; `Err` with the reason when there is no address.
-    async fn address_for(&self, head: &Message, slot: &Slot) -> Result<Option<String>, String> {
+    async fn address_for(&self, head: &Message, slot: &Slot) -> Result<Option<String>, NoAddress> {
         let Some(binding) = slot.channel.binding() else {
             return Ok(None);
         };
         if let Some(fixed) = head.address_to.as_deref() {
-            return (binding.parse)(fixed).map(Some);
+            return Ok(Some((binding.parse)(fixed)?));
         }
         match self.store.binding(&head.userid, slot.name()).await {
             Ok(Some(address)) => Ok(Some(address)),
-            Ok(None) => Err(binding.missing()),
-            Err(err) => Err(format!(
-                "could not read the member's {}: {}",
-                binding.noun.1,
-                crate::error::chain(&err)
-            )),
+            Ok(None) => Err(NoAddress::Unbound(*binding)),
+            Err(error) => Err(NoAddress::Unreadable {
+                noun: binding.noun.1,
+                error,
+            }),
         }
     }
 
@@ -1236,6 +1237,23 @@ impl Drop for ProbeGuard<'_> {
             self.wake.notify_one();
         }
     }
+}
+
+/// Why a message has no address on a channel that needs one: its `last_error`.
+#[derive(Debug, thiserror::Error)]
+enum NoAddress {
+    /// The message's own address (a verification code's) is not one the channel takes.
+    #[error(transparent)]
+    Invalid(#[from] BadAddress),
+    /// The member has bound none.
+    #[error("{}", .0.missing())]
+    Unbound(Binding),
+    /// The member's binding could not be read; `noun`: what the address is called.
+    #[error("could not read the member's {noun}: {}", crate::error::chain(.error))]
+    Unreadable {
+        noun: &'static str,
+        error: StoreError,
+    },
 }
 
 #[cfg(test)]

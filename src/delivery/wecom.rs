@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::limits::RateWindow;
-use super::{Capabilities, Channel, ChannelError};
+use super::{Capabilities, Channel, ChannelError, CheckError};
 use crate::domain::{ChannelName, Format, Look, Outbound};
 use crate::render::cut::{cut, excerpt};
 use crate::render::markdown::to_plain_text;
@@ -64,13 +64,13 @@ impl Channel for WeComChannel {
         &self.limits
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+    fn check(&self) -> BoxFuture<'_, Result<String, CheckError>> {
         Box::pin(async move {
             self.client
                 .access_token()
                 .await
                 .map(|_| "gettoken accepted the corp id and secret".to_owned())
-                .map_err(|e| e.to_string())
+                .map_err(CheckError::from)
         })
     }
 

@@ -172,7 +172,8 @@ impl Store {
                 Ok(OverdueMessage {
                     id: MessageId::from_stored(row.try_get("id")?),
                     userid: UserId::new(&row.try_get::<String, _>("userid")?),
-                    route: Route::parse(&stored_route).map_err(StoreError::Corrupt)?,
+                    route: Route::parse(&stored_route)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     attempts: row.try_get("attempts")?,
                     deadline_at: row.try_get("deadline_at")?,
                     delivered_before: row.try_get::<Option<String>, _>("channel")?.is_some(),

@@ -56,7 +56,6 @@ impl MemberPrefs {
             .map(|(_, a)| a.as_str())
     }
 
-    /// The channels on which the member has a verified address.
     /// The channels only this member can be reached on: those with a verified address,
     /// and the destinations the member added.
     pub fn bound(&self) -> Vec<ChannelName> {

@@ -88,9 +88,55 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
     pub at: i64,
-    pub channel: String,
+    pub channel: StoredChannel,
     pub outcome: String,
     pub error: Option<String>,
+}
+
+/// A channel name read back from a row that only reports it (a message's history,
+/// today's counts). Names are written from [`ChannelName`], so they parse; one that does
+/// not (written by another version, or a destination's name past
+/// [`DestName::MAX_NAMES`](crate::domain::DestName::MAX_NAMES) in this process) keeps
+/// its stored text, so that the row is still shown as it was written rather than lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredChannel {
+    Known(ChannelName),
+    Unknown(String),
+}
+
+impl StoredChannel {
+    pub fn parse(stored: String) -> Self {
+        match stored.parse() {
+            Ok(name) => Self::Known(name),
+            Err(_) => Self::Unknown(stored),
+        }
+    }
+
+    /// The name as stored.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Known(name) => name.as_str(),
+            Self::Unknown(stored) => stored,
+        }
+    }
+}
+
+impl std::fmt::Display for StoredChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for StoredChannel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<ChannelName> for StoredChannel {
+    fn eq(&self, other: &ChannelName) -> bool {
+        *self == Self::Known(*other)
+    }
 }
 
 /// Today's outcomes on one channel for one member.
@@ -160,7 +206,7 @@ impl Message {
             idempotency_key: row.try_get("idempotency_key")?,
             idempotency_digest: row.try_get("idempotency_digest")?,
             route: Route::parse(&row.try_get::<String, _>("route")?)
-                .map_err(StoreError::Corrupt)?,
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             deliver_all: row.try_get::<i64, _>("deliver_all")? != 0,
             address_to: row.try_get("address_to")?,
             format: Format::from_stored(&row.try_get::<String, _>("format")?),
@@ -360,7 +406,7 @@ impl Store {
             .map(|row| {
                 Ok(AttemptRecord {
                     at: row.try_get("at")?,
-                    channel: row.try_get("channel")?,
+                    channel: StoredChannel::parse(row.try_get("channel")?),
                     outcome: row.try_get("outcome")?,
                     error: row.try_get("error")?,
                 })
@@ -375,7 +421,7 @@ impl Store {
         &self,
         userid: &UserId,
         since: i64,
-    ) -> Result<Vec<(String, ChannelCounts)>, StoreError> {
+    ) -> Result<Vec<(StoredChannel, ChannelCounts)>, StoreError> {
         let first_id = uuid_floor(since);
         let delivered = sqlx::query(
             "SELECT channel, count(*) AS n FROM messages \
@@ -413,7 +459,11 @@ impl Store {
             let n: i64 = row.try_get("n")?;
             counts.entry(name).or_default().failed += n;
         }
-        Ok(counts.into_iter().collect())
+        // In the order of the names as stored.
+        Ok(counts
+            .into_iter()
+            .map(|(name, counts)| (StoredChannel::parse(name), counts))
+            .collect())
     }
 
     /// How many messages wait for delivery (for log lines; a count over an index).

@@ -37,7 +37,7 @@ pub use members::{
 };
 pub use messages::{
     AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus,
-    storable,
+    StoredChannel, storable,
 };
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
@@ -97,6 +97,30 @@ pub enum StoreError {
     Shared(Arc<StoreError>),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+/// Why [`Store::reachability`] cannot reach the database: one line, without the password.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("an in-memory database is refused at start-up")]
+    InMemory,
+    #[error("unknown engine")]
+    UnknownEngine,
+    /// `target`: what the URL names, as [`describe_postgres`] says it.
+    #[error("{target}: not a valid PostgreSQL URL")]
+    InvalidUrl { target: String },
+    /// No connection to `target`: why, and the driver's error when there is one.
+    #[error("{target} is not reachable: {reason}{}", cause(.error.as_ref()))]
+    NoConnection {
+        target: String,
+        reason: String,
+        error: Option<sqlx::Error>,
+    },
+}
+
+/// `: ` and the error's chain, or nothing.
+fn cause(error: Option<&sqlx::Error>) -> String {
+    error.map_or_else(String::new, |e| format!(": {}", crate::error::chain(e)))
 }
 
 impl StoreError {
@@ -187,8 +211,8 @@ pub struct Store {
     prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,
-    /// Shared with the writer thread and the scheduler: how a background task that cannot
-    /// go on stops the process, and the test hooks.
+    /// Shared with the writer thread and the scheduler: how background work that cannot go
+    /// on (the writer thread) stops the process, and the test hooks.
     supervisor: Supervisor,
 }
 
@@ -249,14 +273,14 @@ impl Store {
         self.engine
     }
 
-    /// How background tasks stop the process, and their test hooks.
+    /// How background work that cannot go on stops the process, and the test hooks.
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
     }
 
     /// For `pushbot check-config`: whether the database can be reached, without creating
     /// or migrating anything. One line either way.
-    pub async fn reachability(url: &str) -> Result<String, String> {
+    pub async fn reachability(url: &str) -> Result<String, Unreachable> {
         match Engine::of_url(url) {
             Some(Engine::Sqlite) => match sqlite_path(url) {
                 Some(path) if path.exists() => Ok(format!("file {} exists", path.display())),
@@ -264,10 +288,10 @@ impl Store {
                     "file {} does not exist yet (created at the first start)",
                     path.display()
                 )),
-                None => Err("an in-memory database is refused at start-up".into()),
+                None => Err(Unreachable::InMemory),
             },
             Some(Engine::Postgres) => postgres::reachability(url).await,
-            None => Err("unknown engine".into()),
+            None => Err(Unreachable::UnknownEngine),
         }
     }
 
@@ -487,7 +511,8 @@ mod tests {
             .record_attempt(AttemptUpdate::Delivered {
                 id: mid("a"),
                 attempts: 2,
-                channel: "wecom".into(),
+                channel: ChannelName::WeCom,
+                earlier: None,
                 log: None,
             })
             .await
@@ -600,19 +625,22 @@ mod tests {
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("a"),
                 attempts: 1,
-                channel: "wecom".into(),
+                channel: ChannelName::WeCom,
+                earlier: None,
                 log: None,
             }),
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("b"),
                 attempts: 3,
-                channel: "wecom".into(),
+                channel: ChannelName::WeCom,
+                earlier: None,
                 log: None,
             }),
             store.record_attempt(AttemptUpdate::Delivered {
                 id: mid("c"),
                 attempts: 3,
-                channel: "email".into(),
+                channel: ChannelName::Email,
+                earlier: None,
                 log: None,
             }),
         );
@@ -915,7 +943,8 @@ mod tests {
             .record_attempt(AttemptUpdate::Delivered {
                 id: mid("f"),
                 attempts: 3,
-                channel: "email".into(),
+                channel: ChannelName::Email,
+                earlier: None,
                 log: None,
             })
             .await
@@ -983,7 +1012,7 @@ mod tests {
             .unwrap();
         let m = store.message("a").await.unwrap().unwrap();
         assert_eq!(m.status, MessageStatus::Delivered);
-        let outcomes: Vec<(String, String)> = store
+        let outcomes: Vec<(StoredChannel, String)> = store
             .attempts_of(&mid("a"))
             .await
             .unwrap()
@@ -993,8 +1022,8 @@ mod tests {
         assert_eq!(
             outcomes,
             [
-                ("wecom".into(), "delivered".into()),
-                ("email".into(), "failed".into())
+                (StoredChannel::Known(ChannelName::WeCom), "delivered".into()),
+                (StoredChannel::Known(ChannelName::Email), "failed".into())
             ]
         );
         assert_eq!(
@@ -1002,6 +1031,82 @@ mod tests {
             1,
             "counted once"
         );
+    }
+
+    #[tokio::test]
+    async fn deliver_all_delivered_on_its_last_channel_lists_every_channel() {
+        let (store, _dir) = temp_store().await;
+        store
+            .insert_message(routed("a", "alice", "wecom,email", true, now_ms() + 1000))
+            .await
+            .unwrap();
+        store
+            .record_attempt(AttemptUpdate::NextChannel {
+                id: mid("a"),
+                attempts: 1,
+                channel: ChannelName::WeCom,
+                delivered: true,
+                error: None,
+                route: Route::parse("email").unwrap(),
+                deadline_at: now_ms() + 1000,
+                unconfirmed: false,
+            })
+            .await
+            .unwrap();
+        let m = store.message("a").await.unwrap().unwrap();
+        store
+            .record_attempt(AttemptUpdate::Delivered {
+                id: mid("a"),
+                attempts: 2,
+                channel: ChannelName::Email,
+                earlier: m.channel,
+                log: Some(ChannelName::Email),
+            })
+            .await
+            .unwrap();
+        let m = store.message("a").await.unwrap().unwrap();
+        assert_eq!(m.status, MessageStatus::Delivered);
+        assert_eq!(m.channel.as_deref(), Some("wecom,email"));
+        let history = store.attempts_of(&mid("a")).await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].channel, ChannelName::Email);
+        assert_eq!(history[1].outcome, "delivered");
+    }
+
+    #[tokio::test]
+    async fn a_stored_channel_name_that_no_longer_parses_is_still_shown() {
+        let (store, _dir) = temp_store().await;
+        store
+            .insert_message(routed("a", "alice", "wecom", false, now_ms() + 1000))
+            .await
+            .unwrap();
+        for (at, channel) in [(1_i64, "wecom"), (2, "Not a name!")] {
+            sqlx::query(
+                "INSERT INTO attempts (message_id, at, channel, outcome, error) \
+                 VALUES ($1, $2, $3, 'retry', 'x')",
+            )
+            .bind("a")
+            .bind(at)
+            .bind(channel)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        let channels: Vec<StoredChannel> = store
+            .attempts_of(&mid("a"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.channel)
+            .collect();
+        assert_eq!(
+            channels,
+            [
+                StoredChannel::Known(ChannelName::WeCom),
+                StoredChannel::Unknown("Not a name!".to_owned())
+            ]
+        );
+        assert_eq!(channels[1].to_string(), "Not a name!");
     }
 
     async fn lane_due(store: &Store, userid: &str) -> i64 {

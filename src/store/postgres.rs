@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgRow};
 use sqlx::{ConnectOptions as _, Connection as _, Row as _, TypeInfo as _, ValueRef as _};
 
 use super::writer::{Backend, Dialect, Value};
-use super::{OPEN_TIMEOUT, Opened, StoreError};
+use super::{OPEN_TIMEOUT, Opened, StoreError, Unreachable};
 
 /// How long the writer waits for a new connection before failing the batch.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,18 +60,18 @@ async fn connect_once(options: &PgConnectOptions) -> Result<(), (String, Option<
 }
 
 /// Whether the server answers (for `pushbot check-config`).
-pub(super) async fn reachability(url: &str) -> Result<String, String> {
+pub(super) async fn reachability(url: &str) -> Result<String, Unreachable> {
     let target = describe(url);
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|_| format!("{target}: not a valid PostgreSQL URL"))?
-        .disable_statement_logging();
-    match connect_once(&options).await {
+    let Ok(options) = PgConnectOptions::from_str(url) else {
+        return Err(Unreachable::InvalidUrl { target });
+    };
+    match connect_once(&options.disable_statement_logging()).await {
         Ok(()) => Ok(format!("{target} is reachable")),
-        Err((reason, None)) => Err(format!("{target} is not reachable: {reason}")),
-        Err((reason, Some(err))) => Err(format!(
-            "{target} is not reachable: {reason}: {}",
-            crate::error::chain(&err)
-        )),
+        Err((reason, error)) => Err(Unreachable::NoConnection {
+            target,
+            reason,
+            error,
+        }),
     }
 }
 

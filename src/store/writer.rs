@@ -43,20 +43,22 @@ const PROBE_BYTES: i64 = 80 * 1024;
 /// its history is its `channel` and `delivered_at`.
 #[derive(Debug, Clone)]
 pub enum AttemptUpdate {
-    /// Delivered: the message is done. `channel`: every channel that delivered it (a
-    /// comma list for `deliver_all`). `log`: also add this attempt to the history
+    /// Delivered: the message is done. `channel` delivered it; `earlier`: the channels
+    /// that delivered it before, as stored (a `deliver_all` message: the message's
+    /// `channel` becomes `earlier,channel`). `log`: also add this attempt to the history
     /// (`deliver_all` messages keep one entry per channel). Delivered on its own on WeCom
     /// counts against the member's limits (a trigger, at the time it is recorded).
     Delivered {
         id: MessageId,
         attempts: i64,
-        channel: String,
+        channel: ChannelName,
+        earlier: Option<String>,
         log: Option<ChannelName>,
     },
     /// Sent as part of a digest, which counts once against the member's limits.
     DigestDelivered {
         digest: Digest,
-        channel: &'static str,
+        channel: ChannelName,
         sent_at: i64,
     },
     /// A transient failure on `channel`: tried again at `next_attempt_at`.
@@ -931,17 +933,22 @@ const NEXT_CHANNEL: &str = "UPDATE messages SET route = ?1, attempts = ?2, last_
 /// one batch out of order.
 fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(), StoreError> {
     let now = now_ms();
-    let mut delivered: Vec<(&str, i64, &str)> = Vec::new();
-    let mut sends: Vec<(&str, &str, i64)> = Vec::new();
+    let mut delivered: Vec<(&str, i64, Cow<'static, str>)> = Vec::new();
+    let mut sends: Vec<(&str, ChannelName, i64)> = Vec::new();
     for u in updates {
         match u {
             AttemptUpdate::Delivered {
                 id,
                 attempts,
                 channel,
+                earlier,
                 log,
             } => {
-                delivered.push((id.as_str(), *attempts, channel.as_str()));
+                let delivered_on = match earlier {
+                    Some(earlier) => Cow::Owned(format!("{earlier},{channel}")),
+                    None => Cow::Borrowed(channel.as_str()),
+                };
+                delivered.push((id.as_str(), *attempts, delivered_on));
                 if let Some(step) = log {
                     log_attempt(db, id.as_str(), now, *step, "delivered", None)?;
                     count_send(db, id.as_str(), *step, now)?;
@@ -974,12 +981,15 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                     );
                     push_params(&mut sql, chunk.len(), 3);
                     sql.push(')');
-                    let mut args: Vec<Value> =
-                        vec![Value::from(*channel), digest.id.as_str().into(), now.into()];
+                    let mut args: Vec<Value> = vec![
+                        channel.as_str().into(),
+                        digest.id.as_str().into(),
+                        now.into(),
+                    ];
                     args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
                     db.exec(&sql, &args)?;
                 }
-                sends.push((digest.userid.as_str(), channel, *sent_at));
+                sends.push((digest.userid.as_str(), *channel, *sent_at));
             }
             AttemptUpdate::Retry {
                 id,
@@ -1060,11 +1070,12 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
         }
     }
     // Group by (attempts, channel) so each statement sets one set of values.
-    delivered.sort_by_key(|(_, attempts, channel)| (*attempts, *channel));
+    delivered.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
     for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
-        let Some(&(_, attempts, channel)) = group.first() else {
+        let Some((_, attempts, channel)) = group.first() else {
             continue;
         };
+        let (attempts, channel) = (*attempts, channel.as_ref());
         for chunk in pow2_chunks(group, UPDATE_CHUNK) {
             let mut sql = String::from(
                 "UPDATE messages SET status = 'delivered', attempts = ?1, channel = ?2, \
@@ -1084,7 +1095,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
         let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
         for (userid, channel, sent_at) in chunk {
             args.push((*userid).into());
-            args.push((*channel).into());
+            args.push(channel.as_str().into());
             args.push((*sent_at).into());
         }
         db.exec(&sql, &args)?;

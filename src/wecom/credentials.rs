@@ -36,19 +36,21 @@ impl CorpId {
 }
 
 impl TryFrom<String> for CorpId {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
+    type Error = InvalidCorpId;
+    fn try_from(value: String) -> Result<Self, InvalidCorpId> {
         let value = value.trim();
         if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(
-                "must be the CorpID from the WeCom console (我的企业 → 企业信息): \
-                        letters and digits, e.g. ww0123456789abcdef"
-                    .to_owned(),
-            );
+            return Err(InvalidCorpId);
         }
         Ok(Self(value.to_owned()))
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "must be the CorpID from the WeCom console (我的企业 → 企业信息): letters and digits, e.g. ww0123456789abcdef"
+)]
+pub struct InvalidCorpId;
 
 impl fmt::Debug for CorpId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,14 +76,18 @@ impl AgentId {
 }
 
 impl TryFrom<i64> for AgentId {
-    type Error = String;
-    fn try_from(value: i64) -> Result<Self, String> {
+    type Error = InvalidAgentId;
+    fn try_from(value: i64) -> Result<Self, InvalidAgentId> {
         if value <= 0 {
-            return Err("must be the app's AgentId, a positive number".to_owned());
+            return Err(InvalidAgentId);
         }
         Ok(Self(value))
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be the app's AgentId, a positive number")]
+pub struct InvalidAgentId;
 
 /// The app's Secret, used for `gettoken`.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,15 +101,20 @@ impl CorpSecret {
 }
 
 impl TryFrom<String> for CorpSecret {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
+    type Error = InvalidCorpSecret;
+    fn try_from(value: String) -> Result<Self, InvalidCorpSecret> {
         let value = value.trim();
         if value.is_empty() {
-            return Err("must be the app's Secret (应用管理 → the app → Secret)".to_owned());
+            return Err(InvalidCorpSecret);
         }
         Ok(Self(SecretString::from(value.to_owned())))
     }
 }
+
+/// The error never echoes the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be the app's Secret (应用管理 → the app → Secret)")]
+pub struct InvalidCorpSecret;
 
 /// The callback Token (接收消息 → 设置API接收): 1 to 32 letters or digits.
 #[derive(Debug, Clone, Deserialize)]
@@ -121,18 +132,21 @@ impl CallbackToken {
 }
 
 impl TryFrom<String> for CallbackToken {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
+    type Error = InvalidCallbackToken;
+    fn try_from(value: String) -> Result<Self, InvalidCallbackToken> {
         let ok =
             (1..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric());
         if !ok {
-            return Err("must be the callback Token from the WeCom console: \
-                        1 to 32 letters or digits"
-                .to_owned());
+            return Err(InvalidCallbackToken);
         }
         Ok(Self(SecretString::from(value)))
     }
 }
+
+/// The error never echoes the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be the callback Token from the WeCom console: 1 to 32 letters or digits")]
+pub struct InvalidCallbackToken;
 
 /// The AES key decoded from the 43-character EncodingAESKey: `base64(EncodingAESKey + "=")`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -198,9 +212,9 @@ mod tests {
     #[test]
     fn shapes_are_checked_once() {
         assert!(CorpId::try_from(" ww12ab ".to_owned()).is_ok_and(|c| c.as_str() == "ww12ab"));
-        assert!(CorpId::try_from(String::new()).is_err());
+        assert_eq!(CorpId::try_from(String::new()), Err(InvalidCorpId));
         assert!(CorpId::try_from("ww 12".to_owned()).is_err());
-        assert!(AgentId::try_from(0).is_err());
+        assert_eq!(AgentId::try_from(0), Err(InvalidAgentId));
         assert_eq!(AgentId::try_from(1000002).map(AgentId::get), Ok(1000002));
         assert!(CallbackToken::try_from("QDG6eK".to_owned()).is_ok_and(|t| t.is_public_sample()));
         assert!(CallbackToken::try_from("x".repeat(33)).is_err());

@@ -85,7 +85,9 @@ impl Params {
     }
 }
 
-fn answer(status: StatusCode, message: &str) -> Response {
+/// A success in Bark's shape.
+fn answer(message: &str) -> Response {
+    let status = StatusCode::OK;
     (
         status,
         Json(json!({"code": status.as_u16(), "message": message, "timestamp": unix_seconds()})),
@@ -93,18 +95,39 @@ fn answer(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Our error in Bark's shape. Bark's server answers an unknown device key with 400, so an
-/// unknown token does too.
-fn bark_error(err: ApiError) -> Response {
-    let status = match &err {
-        ApiError::Unauthorized(_) => StatusCode::BAD_REQUEST,
-        other => other.status(),
-    };
-    let message = err.public_message();
-    err.respond_as(
-        status,
-        json!({"code": status.as_u16(), "message": message, "timestamp": unix_seconds()}),
-    )
+/// A Bark route's error.
+#[derive(Debug)]
+pub enum BarkError {
+    /// Answered in Bark's shape, `{"code":…,"message":…,"timestamp":…}` with the status as
+    /// `code`. Bark's server answers an unknown device key with 400, so an unknown token
+    /// does too.
+    Api(ApiError),
+    /// The path is not a Bark path at all: pushbot's own 404, saying this.
+    NoRoute(&'static str),
+}
+
+impl From<ApiError> for BarkError {
+    fn from(err: ApiError) -> Self {
+        Self::Api(err)
+    }
+}
+
+impl IntoResponse for BarkError {
+    fn into_response(self) -> Response {
+        let err = match self {
+            Self::Api(err) => err,
+            Self::NoRoute(message) => return ApiError::NotFound(message.into()).into_response(),
+        };
+        let status = match &err {
+            ApiError::Unauthorized(_) => StatusCode::BAD_REQUEST,
+            other => other.status(),
+        };
+        let message = err.public_message();
+        err.respond_as(
+            status,
+            json!({"code": status.as_u16(), "message": message, "timestamp": unix_seconds()}),
+        )
+    }
 }
 
 fn unknown_key() -> ApiError {
@@ -202,10 +225,8 @@ async fn path_push(
     segments: Vec<String>,
     headers: &HeaderMap,
     extra: Params,
-) -> Response {
-    let Some((token, from_path)) = from_path(segments) else {
-        return ApiError::NotFound("no such route".into()).into_response();
-    };
+) -> Result<Response, BarkError> {
+    let (token, from_path) = from_path(segments).ok_or(BarkError::NoRoute("no such route"))?;
     // The path's parts win over the same names in the query or body.
     key_push(state, token, headers, &from_path.or(extra)).await
 }
@@ -216,22 +237,16 @@ async fn key_push(
     token: String,
     headers: &HeaderMap,
     params: &Params,
-) -> Response {
+) -> Result<Response, BarkError> {
     if !crate::token::looks_valid(&token) {
         // Not shaped like a token: not a Bark path at all.
-        return ApiError::NotFound(
-            "no route for this path (a Bark path starts with your pushbot token)".into(),
-        )
-        .into_response();
+        return Err(BarkError::NoRoute(
+            "no route for this path (a Bark path starts with your pushbot token)",
+        ));
     }
-    let key = match idempotency_key(headers, None) {
-        Ok(key) => key,
-        Err(err) => return bark_error(err),
-    };
-    match push(state, token, params, key).await {
-        Ok(()) => answer(StatusCode::OK, "success"),
-        Err(err) => bark_error(err),
-    }
+    let key = idempotency_key(headers, None)?;
+    push(state, token, params, key).await?;
+    Ok(answer("success"))
 }
 
 /// Bark's bare `GET|POST /:device_key`: every parameter from the query, a form or a JSON
@@ -243,13 +258,9 @@ pub async fn bare_key(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match body_and_query::<Params>(query, headers, body, &RULES).await {
-        Ok((from_body, from_query)) => {
-            key_push(state, token, headers, &from_body.or(from_query)).await
-        }
-        Err(err) => bark_error(err),
-    }
+) -> Result<Response, BarkError> {
+    let (from_body, from_query) = body_and_query::<Params>(query, headers, body, &RULES).await?;
+    key_push(state, token, headers, &from_body.or(from_query)).await
 }
 
 pub async fn path_get(
@@ -257,15 +268,10 @@ pub async fn path_get(
     segments: PathOf<Vec<String>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Response {
-    let segments = match path_value(segments) {
-        Ok(segments) => segments,
-        Err(err) => return bark_error(err),
-    };
-    match parse_query_with::<Params>(query.as_deref(), &RULES) {
-        Ok(extra) => path_push(&state, segments, &headers, extra).await,
-        Err(err) => bark_error(err),
-    }
+) -> Result<Response, BarkError> {
+    let segments = path_value(segments)?;
+    let extra = parse_query_with::<Params>(query.as_deref(), &RULES)?;
+    path_push(&state, segments, &headers, extra).await
 }
 
 pub async fn path_post(
@@ -274,17 +280,11 @@ pub async fn path_post(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let params = async {
-        let segments = path_value(segments)?;
-        let (from_body, from_query) =
-            body_and_query::<Params>(query.as_deref(), &headers, body, &RULES).await?;
-        Ok::<_, ApiError>((segments, from_body.or(from_query)))
-    };
-    match params.await {
-        Ok((segments, params)) => path_push(&state, segments, &headers, params).await,
-        Err(err) => bark_error(err),
-    }
+) -> Result<Response, BarkError> {
+    let segments = path_value(segments)?;
+    let (from_body, from_query) =
+        body_and_query::<Params>(query.as_deref(), &headers, body, &RULES).await?;
+    path_push(&state, segments, &headers, from_body.or(from_query)).await
 }
 
 /// `POST /push` with `{"device_key": …}` or `{"device_keys": [...]}`: one message per key
@@ -295,15 +295,9 @@ pub async fn push_json(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return bark_error(ApiError::from_body(rejection)),
-    };
-    let params = match parse_body_with::<Params>(&headers, body, &RULES).await {
-        Ok(p) => p,
-        Err(err) => return bark_error(err),
-    };
+) -> Result<Response, BarkError> {
+    let body = body.map_err(ApiError::from_body)?;
+    let params = parse_body_with::<Params>(&headers, body, &RULES).await?;
     let mut keys: Vec<String> = Vec::new();
     let given = params
         .device_keys
@@ -316,28 +310,20 @@ pub async fn push_json(
         }
     }
     if keys.is_empty() {
-        return answer(StatusCode::BAD_REQUEST, "device_key is required");
+        return Err(ApiError::BadRequest("device_key is required".into()).into());
     }
-    let idempotency_key = match idempotency_key(&headers, None) {
-        Ok(key) => key,
-        Err(err) => return bark_error(err),
-    };
+    let idempotency_key = idempotency_key(&headers, None)?;
     for key in &keys {
-        if let Err(err) = known_key(&state, key).await {
-            return bark_error(err);
-        }
+        known_key(&state, key).await?;
     }
     for key in keys {
-        let pushed = push(&state, key, &params, idempotency_key.clone());
-        if let Err(err) = pushed.await {
-            return bark_error(err);
-        }
+        push(&state, key, &params, idempotency_key.clone()).await?;
     }
-    answer(StatusCode::OK, "success")
+    Ok(answer("success"))
 }
 
 pub async fn ping() -> Response {
-    answer(StatusCode::OK, "pong")
+    answer("pong")
 }
 
 #[cfg(test)]

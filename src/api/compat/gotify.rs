@@ -84,17 +84,31 @@ fn bad_priority() -> ApiError {
     ApiError::BadRequest("priority must be an integer".into())
 }
 
-fn gotify_error(err: ApiError) -> Response {
-    let status = err.status();
-    let description = err.public_message();
-    err.respond_as(
-        status,
-        json!({
-            "error": status.canonical_reason().unwrap_or("Error"),
-            "errorCode": status.as_u16(),
-            "errorDescription": description,
-        }),
-    )
+/// A gotify route's error, answered in gotify's shape:
+/// `{"error":…,"errorCode":…,"errorDescription":…}` with our status.
+#[derive(Debug)]
+pub struct GotifyError(ApiError);
+
+impl From<ApiError> for GotifyError {
+    fn from(err: ApiError) -> Self {
+        Self(err)
+    }
+}
+
+impl IntoResponse for GotifyError {
+    fn into_response(self) -> Response {
+        let Self(err) = self;
+        let status = err.status();
+        let description = err.public_message();
+        err.respond_as(
+            status,
+            json!({
+                "error": status.canonical_reason().unwrap_or("Error"),
+                "errorCode": status.as_u16(),
+                "errorDescription": description,
+            }),
+        )
+    }
 }
 
 /// gotify's ids are integers: 52 random bits of the message's UUIDv7 (exact in a
@@ -110,45 +124,35 @@ pub async fn message(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match publish(&state, query.as_deref(), &headers, body).await {
-        Ok(response) => response,
-        Err(err) => gotify_error(err),
-    }
-}
-
-async fn publish(
-    state: &AppState,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, GotifyError> {
+    let query = query.as_deref();
     // gotify reads title, message, priority and extras and ignores any other name; of the
     // extras, `client::display.contentType` and `client::notification.click.url` are
     // honoured, the others (read by gotify's apps, not its server) answered back as sent.
     let (from_body, from_query) =
-        body_and_query::<Fields>(query, headers, body, &FieldRules::LENIENT).await?;
+        body_and_query::<Fields>(query, &headers, body, &FieldRules::LENIENT).await?;
     let fields = from_body.or(from_query);
     let key = headers
         .get("x-gotify-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let token = key.or_else(|| find_token(headers, &[fields.token.as_deref()]));
+    let token = key.or_else(|| find_token(&headers, &[fields.token.as_deref()]));
     if token.is_none() {
         // gotify checks the token first.
-        super::super::auth::refused(state, TokenRoute::Send(Endpoint::Gotify));
+        super::super::auth::refused(&state, TokenRoute::Send(Endpoint::Gotify));
         return Err(ApiError::Unauthorized(
             "missing token: pass your pushbot token as ?token=, X-Gotify-Key or Authorization: Bearer"
                 .into(),
-        ));
+        )
+        .into());
     }
     let Some(text) = fields.message.clone().filter(|m| has_visible(m)) else {
-        return Err(ApiError::BadRequest("message is required".into()));
+        return Err(ApiError::BadRequest("message is required".into()).into());
     };
     let priority = fields.priority()?;
-    let idempotency_key = idempotency_key(headers, None)?;
+    let idempotency_key = idempotency_key(&headers, None)?;
     let accepted = submit(
-        state,
+        &state,
         Submission {
             token,
             title: fields.title.clone(),

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
@@ -121,9 +120,43 @@ pub struct Query {
 
 /// Which tool sent the payload: the wording of a few lines differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub enum Source {
     Alertmanager,
     Grafana,
+}
+
+impl Source {
+    /// "an Alertmanager" (webhook payload).
+    fn payload(self) -> &'static str {
+        match self {
+            Self::Alertmanager => "an Alertmanager",
+            Self::Grafana => "a Grafana alerting",
+        }
+    }
+}
+
+/// An alert webhook's error: `/send`'s own shape (these routes answer as `/send` does).
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// The body is not the tool's JSON payload.
+    #[error("the body is not {} webhook payload: {error}", tool.payload())]
+    NotAPayload {
+        tool: Source,
+        error: serde_json::Error,
+    },
+    #[error("the body is not {} webhook payload: it lists no alerts", tool.payload())]
+    NoAlerts { tool: Source },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl IntoResponse for HookError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(err) => err.into_response(),
+            refused => ApiError::BadRequest(refused.to_string()).into_response(),
+        }
+    }
 }
 
 pub async fn alertmanager(
@@ -131,7 +164,7 @@ pub async fn alertmanager(
     query: RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, HookError> {
     hook(state, query, headers, body, Source::Alertmanager).await
 }
 
@@ -140,7 +173,7 @@ pub async fn grafana(
     query: RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, HookError> {
     hook(state, query, headers, body, Source::Grafana).await
 }
 
@@ -149,52 +182,36 @@ async fn hook(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    source: Source,
-) -> Response {
-    let result = async {
-        let query: Query = parse_query(query.as_deref())?;
-        let body = body.map_err(ApiError::from_body)?;
-        let not_a_payload = |why: String| {
-            ApiError::BadRequest(format!(
-                "the body is not {} webhook payload: {why}",
-                match source {
-                    Source::Alertmanager => "an Alertmanager",
-                    Source::Grafana => "a Grafana alerting",
-                }
-            ))
-        };
-        let notification: Notification =
-            serde_json::from_slice(&body).map_err(|err| not_a_payload(err.to_string()))?;
-        if notification.alerts.is_empty() {
-            return Err(not_a_payload("it lists no alerts".into()));
-        }
-        let token = find_token(&headers, &[query.token.as_deref()]);
-        let urgency = urgency(&notification);
-        let limits = Limits::new(state.max_content_bytes, urgency);
-        let (title, content) = render(&notification, source, state.utc_offset, limits);
-        let accepted = submit(
-            &state,
-            Submission {
-                token,
-                title: Some(title),
-                content: Some(content),
-                channel: query.channel,
-                urgency,
-                endpoint: match source {
-                    Source::Alertmanager => crate::metrics::Endpoint::Alertmanager,
-                    Source::Grafana => crate::metrics::Endpoint::Grafana,
-                },
-                ..Submission::default()
+    tool: Source,
+) -> Result<Response, HookError> {
+    let query: Query = parse_query(query.as_deref())?;
+    let body = body.map_err(ApiError::from_body)?;
+    let notification: Notification =
+        serde_json::from_slice(&body).map_err(|error| HookError::NotAPayload { tool, error })?;
+    if notification.alerts.is_empty() {
+        return Err(HookError::NoAlerts { tool });
+    }
+    let token = find_token(&headers, &[query.token.as_deref()]);
+    let urgency = urgency(&notification);
+    let limits = Limits::new(state.max_content_bytes, urgency);
+    let (title, content) = render(&notification, tool, state.utc_offset, limits);
+    let accepted = submit(
+        &state,
+        Submission {
+            token,
+            title: Some(title),
+            content: Some(content),
+            channel: query.channel,
+            urgency,
+            endpoint: match tool {
+                Source::Alertmanager => crate::metrics::Endpoint::Alertmanager,
+                Source::Grafana => crate::metrics::Endpoint::Grafana,
             },
-        )
-        .await?;
-        Ok::<_, ApiError>(answer(&accepted))
-    }
-    .await;
-    match result {
-        Ok(Json(accepted)) => Json(accepted).into_response(),
-        Err(err) => err.into_response(),
-    }
+            ..Submission::default()
+        },
+    )
+    .await?;
+    Ok(answer(&accepted).into_response())
 }
 
 fn is_firing(status: &str) -> bool {

@@ -31,7 +31,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 
 use super::AppState;
@@ -299,9 +299,13 @@ async fn key_get(
         _ => None,
     };
     if let Some(name) = bark {
-        return bark::bare_key(&state, name, query.0.as_deref(), &headers, body).await;
+        return bark::bare_key(&state, name, query.0.as_deref(), &headers, body)
+            .await
+            .into_response();
     }
-    serverchan::send_get(state, key, query, headers).await
+    serverchan::send_get(state, key, query, headers)
+        .await
+        .into_response()
 }
 
 /// `POST /{key}`: ServerChan's `TOKEN.send`, Bark's `/:device_key` with Bark's parameters,
@@ -316,15 +320,23 @@ async fn key_post(
     let key = match key {
         Ok(Path(key)) => key,
         // Not decodable: ServerChan's error shape, as for any other malformed key.
-        Err(_) => return serverchan::send_post(state, key, query, headers, body).await,
+        Err(_) => {
+            return serverchan::send_post(state, key, query, headers, body)
+                .await
+                .into_response();
+        }
     };
     let bytes: &[u8] = body.as_ref().map(|b| b.as_ref()).unwrap_or_default();
     match decide(Method::POST, &key, query.0.as_deref(), &headers, bytes).await {
-        KeyApi::ServerChan => {
-            serverchan::send_post(state, Ok(Path(key)), query, headers, body).await
-        }
-        KeyApi::Bark => bark::bare_key(&state, key, query.0.as_deref(), &headers, body).await,
-        KeyApi::Ntfy => ntfy::publish_path(&state, &key, query.0.as_deref(), &headers, body).await,
+        KeyApi::ServerChan => serverchan::send_post(state, Ok(Path(key)), query, headers, body)
+            .await
+            .into_response(),
+        KeyApi::Bark => bark::bare_key(&state, key, query.0.as_deref(), &headers, body)
+            .await
+            .into_response(),
+        KeyApi::Ntfy => ntfy::publish_path(&state, &key, query.0.as_deref(), &headers, body)
+            .await
+            .into_response(),
     }
 }
 
@@ -337,8 +349,12 @@ async fn pair_get(
     headers: HeaderMap,
 ) -> Response {
     match publish_topic(&pair) {
-        Some(topic) => ntfy::publish_get(&state, topic, query.0.as_deref(), &headers).await,
-        None => bark::path_get(state, pair, query, headers).await,
+        Some(topic) => ntfy::publish_get(&state, topic, query.0.as_deref(), &headers)
+            .await
+            .into_response(),
+        None => bark::path_get(state, pair, query, headers)
+            .await
+            .into_response(),
     }
 }
 
@@ -350,8 +366,12 @@ async fn pair_post(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match publish_topic(&pair) {
-        Some(topic) => ntfy::publish_path(&state, topic, query.0.as_deref(), &headers, body).await,
-        None => bark::path_post(state, pair, query, headers, body).await,
+        Some(topic) => ntfy::publish_path(&state, topic, query.0.as_deref(), &headers, body)
+            .await
+            .into_response(),
+        None => bark::path_post(state, pair, query, headers, body)
+            .await
+            .into_response(),
     }
 }
 

@@ -293,22 +293,36 @@ fn tag_emoji(tag: &str) -> Option<&'static str> {
     })
 }
 
-fn ntfy_error(err: ApiError) -> Response {
-    let status = err.status();
-    let message = err.public_message();
-    let link = match status {
-        StatusCode::UNAUTHORIZED => "https://docs.ntfy.sh/publish/#authentication",
-        _ => "https://docs.ntfy.sh/publish/",
-    };
-    err.respond_as(
-        status,
-        json!({
-            "code": u32::from(status.as_u16()) * 100 + 1,
-            "http": status.as_u16(),
-            "error": message,
-            "link": link,
-        }),
-    )
+/// An ntfy route's error, answered in ntfy's shape: `{"code":…,"http":…,"error":…,
+/// "link":…}` with our status.
+#[derive(Debug)]
+pub struct NtfyError(ApiError);
+
+impl From<ApiError> for NtfyError {
+    fn from(err: ApiError) -> Self {
+        Self(err)
+    }
+}
+
+impl IntoResponse for NtfyError {
+    fn into_response(self) -> Response {
+        let Self(err) = self;
+        let status = err.status();
+        let message = err.public_message();
+        let link = match status {
+            StatusCode::UNAUTHORIZED => "https://docs.ntfy.sh/publish/#authentication",
+            _ => "https://docs.ntfy.sh/publish/",
+        };
+        err.respond_as(
+            status,
+            json!({
+                "code": u32::from(status.as_u16()) * 100 + 1,
+                "http": status.as_u16(),
+                "error": message,
+                "link": link,
+            }),
+        )
+    }
 }
 
 /// The token from `Authorization` (Bearer, or Basic with the token as password or user)
@@ -469,15 +483,11 @@ pub async fn publish_path(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let body = body.map_err(ApiError::from_body)?;
-        refuse_headers(headers)?;
-        let options = Options::from_headers(headers).or(Options::from_query(query)?);
-        publish(state, topic, headers, options, Some(body)).await
-    }
-    .await;
-    result.unwrap_or_else(ntfy_error)
+) -> Result<Response, NtfyError> {
+    let body = body.map_err(ApiError::from_body)?;
+    refuse_headers(headers)?;
+    let options = Options::from_headers(headers).or(Options::from_query(query)?);
+    Ok(publish(state, topic, headers, options, Some(body)).await?)
 }
 
 pub async fn put(
@@ -486,11 +496,8 @@ pub async fn put(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let topic = match path_value(topic) {
-        Ok(topic) => topic,
-        Err(err) => return ntfy_error(err),
-    };
+) -> Result<Response, NtfyError> {
+    let topic = path_value(topic)?;
     publish_path(&state, &topic, query.as_deref(), &headers, body).await
 }
 
@@ -500,14 +507,10 @@ pub async fn publish_get(
     topic: &str,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Response {
-    let result = async {
-        refuse_headers(headers)?;
-        let options = Options::from_headers(headers).or(Options::from_query(query)?);
-        publish(state, topic, headers, options, None).await
-    }
-    .await;
-    result.unwrap_or_else(ntfy_error)
+) -> Result<Response, NtfyError> {
+    refuse_headers(headers)?;
+    let options = Options::from_headers(headers).or(Options::from_query(query)?);
+    Ok(publish(state, topic, headers, options, None).await?)
 }
 
 /// The second path segment that makes `/{topic}/…` an ntfy publish rather than a Bark
@@ -536,24 +539,20 @@ pub async fn publish_json(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let from_query = Options::from_query(query.as_deref())?;
-        let body = body.map_err(ApiError::from_body)?;
-        refuse_headers(&headers)?;
-        let options = json_options(&body)?;
-        let options = Options {
-            auth: options.auth.or(from_query.auth),
-            ..options
-        };
-        let topic = options.topic.clone().unwrap_or_default();
-        if topic.trim().is_empty() {
-            return Err(ApiError::BadRequest("topic is required".into()));
-        }
-        publish(&state, &topic, &headers, options, None).await
+) -> Result<Response, NtfyError> {
+    let from_query = Options::from_query(query.as_deref())?;
+    let body = body.map_err(ApiError::from_body)?;
+    refuse_headers(&headers)?;
+    let options = json_options(&body)?;
+    let options = Options {
+        auth: options.auth.or(from_query.auth),
+        ..options
+    };
+    let topic = options.topic.clone().unwrap_or_default();
+    if topic.trim().is_empty() {
+        return Err(ApiError::BadRequest("topic is required".into()).into());
     }
-    .await;
-    result.unwrap_or_else(ntfy_error)
+    Ok(publish(&state, &topic, &headers, options, None).await?)
 }
 
 #[cfg(test)]

@@ -65,28 +65,49 @@ pub(crate) const RULES: FieldRules = FieldRules {
     strict: false,
 };
 
-/// An error in ServerChan's shape.
-fn error(code: i64, status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"code": code, "message": message}))).into_response()
+/// A ServerChan route's error.
+#[derive(Debug)]
+pub enum ServerChanError {
+    /// Answered as ServerChan reports errors, `{"code":…,"message":…}`: HTTP 400 with a
+    /// code for anything the client can fix (the original answers every such error with
+    /// 400); server trouble keeps its status (503 with `Retry-After`: nothing was stored,
+    /// send again).
+    Api(ApiError),
+    /// The path is not a ServerChan path at all: pushbot's own 404.
+    NoRoute,
 }
 
-/// Our error, as ServerChan reports errors: HTTP 400 with a code for anything the client
-/// can fix (the original answers every such error with 400); server trouble keeps its
-/// status (503 with `Retry-After`: nothing was stored, send again).
-fn serverchan_error(err: ApiError) -> Response {
-    let (code, status) = match &err {
-        ApiError::Unauthorized(_) => (40001, StatusCode::BAD_REQUEST),
-        ApiError::PayloadTooLarge(_) => (40003, StatusCode::BAD_REQUEST),
-        ApiError::NotFound(_) => (40004, StatusCode::BAD_REQUEST),
-        // An idempotency key reused for another message (pushbot's own header).
-        ApiError::Conflict(_) => (40009, StatusCode::CONFLICT),
-        ApiError::TooManyRequests { .. } => (40029, StatusCode::BAD_REQUEST),
-        ApiError::Unavailable(_) => (50003, StatusCode::SERVICE_UNAVAILABLE),
-        ApiError::Internal(_) => (50000, StatusCode::INTERNAL_SERVER_ERROR),
-        _ => (40002, StatusCode::BAD_REQUEST),
-    };
-    let message = err.public_message();
-    err.respond_as(status, json!({"code": code, "message": message}))
+impl From<ApiError> for ServerChanError {
+    fn from(err: ApiError) -> Self {
+        Self::Api(err)
+    }
+}
+
+impl IntoResponse for ServerChanError {
+    fn into_response(self) -> Response {
+        let err = match self {
+            Self::Api(err) => err,
+            Self::NoRoute => {
+                return ApiError::NotFound(
+                    "no route for this path (a ServerChan path is /TOKEN.send)".into(),
+                )
+                .into_response();
+            }
+        };
+        let (code, status) = match &err {
+            ApiError::Unauthorized(_) => (40001, StatusCode::BAD_REQUEST),
+            ApiError::PayloadTooLarge(_) => (40003, StatusCode::BAD_REQUEST),
+            ApiError::NotFound(_) => (40004, StatusCode::BAD_REQUEST),
+            // An idempotency key reused for another message (pushbot's own header).
+            ApiError::Conflict(_) => (40009, StatusCode::CONFLICT),
+            ApiError::TooManyRequests { .. } => (40029, StatusCode::BAD_REQUEST),
+            ApiError::Unavailable(_) => (50003, StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::Internal(_) => (50000, StatusCode::INTERNAL_SERVER_ERROR),
+            _ => (40002, StatusCode::BAD_REQUEST),
+        };
+        let message = err.public_message();
+        err.respond_as(status, json!({"code": code, "message": message}))
+    }
 }
 
 /// `TOKEN.send` → `TOKEN`; anything else is not a ServerChan path.
@@ -102,25 +123,21 @@ fn readkey(token: &str, id: &str) -> String {
     hex::encode(&digest[..8])
 }
 
-async fn send(state: &AppState, key: &str, headers: &HeaderMap, fields: Fields) -> Response {
-    let Some(token) = key_token(key) else {
-        return ApiError::NotFound(
-            "no route for this path (a ServerChan path is /TOKEN.send)".into(),
-        )
-        .into_response();
-    };
+async fn send(
+    state: &AppState,
+    key: &str,
+    headers: &HeaderMap,
+    fields: Fields,
+) -> Result<Response, ServerChanError> {
+    let token = key_token(key).ok_or(ServerChanError::NoRoute)?;
     let title = fields.title.or(fields.text);
     if title.as_deref().is_none_or(|t| !has_visible(t)) {
-        return error(
-            40002,
-            StatusCode::BAD_REQUEST,
-            "title is required (ServerChan: title, or text in the legacy API)",
-        );
+        return Err(ApiError::BadRequest(
+            "title is required (ServerChan: title, or text in the legacy API)".into(),
+        )
+        .into());
     }
-    let idempotency_key = match idempotency_key(headers, None) {
-        Ok(key) => key,
-        Err(err) => return serverchan_error(err),
-    };
+    let idempotency_key = idempotency_key(headers, None)?;
     let desp = fields.desp.filter(|d| has_visible(d)).or(fields.short);
     let content = match (desp, fields.tags) {
         (Some(desp), Some(tags)) if has_visible(&tags) => {
@@ -128,7 +145,7 @@ async fn send(state: &AppState, key: &str, headers: &HeaderMap, fields: Fields) 
         }
         (desp, _) => desp,
     };
-    let submitted = submit(
+    let accepted = submit(
         state,
         Submission {
             token: Some(token.to_owned()),
@@ -142,24 +159,19 @@ async fn send(state: &AppState, key: &str, headers: &HeaderMap, fields: Fields) 
             ..Submission::default()
         },
     )
-    .await;
-    match submitted {
-        Ok(accepted) => {
-            let id = accepted.message.id.to_string();
-            Json(json!({
-                "code": 0,
-                "message": "",
-                "data": {
-                    "pushid": id,
-                    "readkey": readkey(token, &id),
-                    "error": "SUCCESS",
-                    "errno": 0,
-                }
-            }))
-            .into_response()
+    .await?;
+    let id = accepted.message.id.to_string();
+    Ok(Json(json!({
+        "code": 0,
+        "message": "",
+        "data": {
+            "pushid": id,
+            "readkey": readkey(token, &id),
+            "error": "SUCCESS",
+            "errno": 0,
         }
-        Err(err) => serverchan_error(err),
-    }
+    }))
+    .into_response())
 }
 
 pub async fn send_get(
@@ -167,15 +179,10 @@ pub async fn send_get(
     key: PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Response {
-    let key = match path_value(key) {
-        Ok(key) => key,
-        Err(err) => return serverchan_error(err),
-    };
-    match parse_query_with::<Fields>(query.as_deref(), &RULES) {
-        Ok(fields) => send(&state, &key, &headers, fields).await,
-        Err(err) => serverchan_error(err),
-    }
+) -> Result<Response, ServerChanError> {
+    let key = path_value(key)?;
+    let fields = parse_query_with::<Fields>(query.as_deref(), &RULES)?;
+    send(&state, &key, &headers, fields).await
 }
 
 pub async fn send_post(
@@ -184,17 +191,11 @@ pub async fn send_post(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let fields = async {
-        let key = path_value(key)?;
-        let (from_body, from_query) =
-            body_and_query::<Fields>(query.as_deref(), &headers, body, &RULES).await?;
-        Ok::<_, ApiError>((key, from_body.or(from_query)))
-    };
-    match fields.await {
-        Ok((key, fields)) => send(&state, &key, &headers, fields).await,
-        Err(err) => serverchan_error(err),
-    }
+) -> Result<Response, ServerChanError> {
+    let key = path_value(key)?;
+    let (from_body, from_query) =
+        body_and_query::<Fields>(query.as_deref(), &headers, body, &RULES).await?;
+    send(&state, &key, &headers, from_body.or(from_query)).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,42 +205,34 @@ pub struct StatusQuery {
 }
 
 /// `GET /push?id=&readkey=`: the message's status, for whoever holds its read key.
-pub async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let q: StatusQuery = match parse_query(query.as_deref()) {
-        Ok(q) => q,
-        Err(err) => return serverchan_error(err),
-    };
+pub async fn status(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ServerChanError> {
+    let q: StatusQuery = parse_query(query.as_deref())?;
     let (Some(id), Some(key)) = (q.id, q.readkey) else {
-        return error(
-            40002,
-            StatusCode::BAD_REQUEST,
-            "id and readkey are required",
-        );
+        return Err(ApiError::BadRequest("id and readkey are required".into()).into());
     };
-    let not_found = || {
-        error(
-            40004,
-            StatusCode::BAD_REQUEST,
-            "no such message, or a wrong readkey",
-        )
-    };
-    let message = match state.store.message(&id).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return not_found(),
-        Err(err) => return serverchan_error(err.into()),
-    };
-    let token = match state.store.existing_token(&message.userid).await {
-        Ok(Some(token)) => token,
-        Ok(None) => return not_found(),
-        Err(err) => return serverchan_error(err.into()),
-    };
+    let not_found = || ApiError::NotFound("no such message, or a wrong readkey".into());
+    let message = state
+        .store
+        .message(&id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(not_found)?;
+    let token = state
+        .store
+        .existing_token(&message.userid)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(not_found)?;
     let expected = readkey(token.expose(), message.id.as_str());
     let matches: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
     if !matches {
-        return not_found();
+        return Err(not_found().into());
     }
     let ms = |t: i64| t / 1000;
-    Json(json!({
+    Ok(Json(json!({
         "code": 0,
         "message": "",
         "data": {
@@ -259,7 +252,7 @@ pub async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) ->
             "delivered_at": message.delivered_at.map(ms),
         }
     }))
-    .into_response()
+    .into_response())
 }
 
 #[cfg(test)]

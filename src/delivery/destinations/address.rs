@@ -17,28 +17,146 @@ const ROBOTS: [Kind; 3] = [Kind::WeComRobot, Kind::DingTalk, Kind::Feishu];
 /// Longest key, token or hook id accepted.
 const MAX_KEY: usize = 128;
 
+/// Why a destination's address is refused: for the chat (robots and Telegram: Chinese,
+/// then English) or for the config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// Not an address of the robot kind(s) this server accepts: why, and each kind that
+    /// was considered with the form of its addresses on the configured bases.
+    #[error("{}", accepted_text(.why, .accepted))]
+    NotAccepted {
+        why: Refusal,
+        accepted: Vec<(Kind, String)>,
+    },
+    /// A generic webhook typed in the chat.
+    #[error(
+        "通用 webhook 只能由管理员在配置文件里添加（[destinations.名称] kind = \"webhook\"）。\nGeneric webhooks can only be added in the server's config ([destinations.NAME] kind = \"webhook\")."
+    )]
+    WebhookInChat,
+    /// Neither a numeric chat id nor `@channel`; the typed text, shortened.
+    #[error(
+        "“{0}” 不是 Telegram 的 chat id：群组的 id 是负数（例如 -1001234567890），公开频道可以写 @频道名。把机器人拉进群后，可以从 getUpdates 或 @userinfobot 查到 id。\n{0:?} is not a Telegram chat id: a group's id is negative (such as -1001234567890), a public channel may be given as @name."
+    )]
+    NotTelegramChatId(String),
+    #[error("the webhook url is not a URL ({0}); write it like https://hooks.example.com/pushbot")]
+    WebhookNotUrl(url::ParseError),
+    #[error(
+        "the webhook url must be an http:// or https:// URL such as https://hooks.example.com/pushbot"
+    )]
+    WebhookNotHttp,
+    /// A configured destination without the field its kind is reached by.
+    #[error("a {kind} destination needs {field}")]
+    Missing { kind: Kind, field: &'static str },
+}
+
+/// What is wrong with a robot address, in Chinese and in English ([`Refusal::texts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Empty,
+    /// No scheme and no kind named: the typed text, shortened.
+    NotRobotUrl(String),
+    NotUrl,
+    UserName,
+    /// On the right host, but another path than this one.
+    Path(String),
+    /// The query lacks this parameter (`key`, `access_token`).
+    NoKey(&'static str),
+    /// The query has this parameter more than once.
+    KeyTwice(&'static str),
+    /// The kind's key holds other characters than letters, digits, `-` and `_`.
+    KeyCharacters(Kind),
+    /// On none of the kinds' bases.
+    OtherHost,
+}
+
+impl Refusal {
+    /// `(Chinese, English)`.
+    pub fn texts(&self) -> (String, String) {
+        match self {
+            Self::Empty => ("地址是空的".into(), "the address is empty".into()),
+            Self::NotRobotUrl(typed) => (
+                format!("“{typed}” 不是机器人的 webhook 地址"),
+                format!("{typed:?} is not a robot's webhook URL"),
+            ),
+            Self::NotUrl => (
+                "这不是一个完整的网址".into(),
+                "this is not a complete URL".into(),
+            ),
+            Self::UserName => (
+                "网址里不能有 “用户名@”".into(),
+                "a URL with a user name (“…@”) is not accepted".into(),
+            ),
+            Self::Path(path) => (
+                format!("路径应当是 {path}"),
+                format!("the path must be {path}"),
+            ),
+            Self::NoKey(name) => (
+                format!("网址里缺少 {name}=…"),
+                format!("the URL has no {name}=…"),
+            ),
+            Self::KeyTwice(name) => (
+                format!("网址里有多个 {name}"),
+                format!("the URL has {name} more than once"),
+            ),
+            Self::KeyCharacters(kind) => {
+                let what = match kind {
+                    Kind::WeComRobot => ("key", "key"),
+                    Kind::DingTalk => ("access_token", "access_token"),
+                    _ => ("hook 编号", "hook id"),
+                };
+                (
+                    format!("{} 只能由字母、数字、- 和 _ 组成", what.0),
+                    format!("the {} may only hold letters, digits, - and _", what.1),
+                )
+            }
+            Self::OtherHost => (
+                "只接受下列服务的地址，不接受其他网站或内网地址".into(),
+                "only these services' addresses are accepted, no other host or internal address"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// Why a destination's secret is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "企业微信群机器人没有签名密钥：它的 key 就在 webhook 地址里。\nA WeCom group robot has no secret: its key is in its webhook URL."
+    )]
+    WeComRobotHasNone,
+    #[error(
+        "Telegram 目的地不需要密钥：用的是服务器的机器人（[destinations] telegram_bot_token）。\nA Telegram destination takes no secret: it uses the server's bot ([destinations] telegram_bot_token)."
+    )]
+    TelegramTakesNone,
+    #[error(
+        "钉钉机器人的加签密钥以 SEC 开头（机器人设置 → 安全设置 → 加签）。\nA DingTalk robot's signing secret starts with SEC (robot settings → 安全设置 → 加签)."
+    )]
+    DingTalk,
+    #[error(
+        "飞书机器人的签名密钥在 机器人设置 → 安全设置 → 签名校验。\nA Feishu bot's secret is under bot settings → 安全设置 → 签名校验 (letters and digits)."
+    )]
+    Feishu,
+    #[error(
+        "a webhook secret is `whsec_` followed by base64 (Standard Webhooks), e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    )]
+    Webhook,
+}
+
 /// The destination a member typed: a robot's webhook URL (its kind recognised from the
 /// URL, or `kind_hint`'s when given), a robot's bare key/token/hook id with a `kind_hint`,
-/// or a Telegram chat id with `Some(Kind::Telegram)`. `Err`: a sentence for the chat
-/// (Chinese, then English) saying what is accepted.
+/// or a Telegram chat id with `Some(Kind::Telegram)`. `Err` says what is accepted.
 pub fn parse_chat_url(
     kind_hint: Option<Kind>,
     typed: &str,
     bases: &Bases,
-) -> Result<Destination, String> {
+) -> Result<Destination, AddressError> {
     let typed = unwrap_typed(typed);
     if typed.is_empty() {
-        return Err(accepted(
-            kind_hint,
-            bases,
-            "地址是空的",
-            "the address is empty",
-        ));
+        return Err(not_accepted(kind_hint, bases, Refusal::Empty));
     }
     match kind_hint {
-        Some(Kind::Webhook) => {
-            return Err("通用 webhook 只能由管理员在配置文件里添加（[destinations.名称] kind = \"webhook\"）。\nGeneric webhooks can only be added in the server's config ([destinations.NAME] kind = \"webhook\").".to_owned());
-        }
+        Some(Kind::Webhook) => return Err(AddressError::WebhookInChat),
         Some(Kind::Telegram) => return parse_chat_id(typed, bases),
         _ => {}
     }
@@ -57,29 +175,16 @@ pub fn parse_chat_url(
                 let key = checked_key(kind, typed, bases)?;
                 Ok(Destination::new(kind, base_of(kind, bases).clone(), key))
             }
-            None => Err(accepted(
+            None => Err(not_accepted(
                 None,
                 bases,
-                &format!("“{}” 不是机器人的 webhook 地址", shorten(typed)),
-                &format!("{:?} is not a robot's webhook URL", shorten(typed)),
+                Refusal::NotRobotUrl(shorten(typed)),
             )),
         };
     }
-    let url = Url::parse(typed).map_err(|_| {
-        accepted(
-            kind_hint,
-            bases,
-            "这不是一个完整的网址",
-            "this is not a complete URL",
-        )
-    })?;
+    let url = Url::parse(typed).map_err(|_| not_accepted(kind_hint, bases, Refusal::NotUrl))?;
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(accepted(
-            kind_hint,
-            bases,
-            "网址里不能有 “用户名@”",
-            "a URL with a user name (“…@”) is not accepted",
-        ));
+        return Err(not_accepted(kind_hint, bases, Refusal::UserName));
     }
     let kinds: Vec<Kind> = match kind_hint {
         Some(kind) => vec![kind],
@@ -103,13 +208,8 @@ pub fn parse_chat_url(
         }
     }
     Err(match on_base {
-        Some((kind, (zh, en))) => accepted(Some(kind), bases, &zh, &en),
-        None => accepted(
-            kind_hint,
-            bases,
-            "只接受下列服务的地址，不接受其他网站或内网地址",
-            "only these services' addresses are accepted, no other host or internal address",
-        ),
+        Some((kind, why)) => not_accepted(Some(kind), bases, why),
+        None => not_accepted(kind_hint, bases, Refusal::OtherHost),
     })
 }
 
@@ -160,15 +260,12 @@ fn prefix(base: &Url) -> &str {
     base.path().trim_end_matches('/')
 }
 
-/// The key in a URL on the kind's base, or why it has none: `(Chinese, English)`.
-fn robot_key(kind: Kind, url: &Url, base: &Url) -> Result<String, (String, String)> {
+/// The key in a URL on the kind's base, or why it has none.
+fn robot_key(kind: Kind, url: &Url, base: &Url) -> Result<String, Refusal> {
     let prefix = prefix(base);
-    let query_key = |path: &str, name: &str| -> Result<String, (String, String)> {
+    let query_key = |path: &str, name: &'static str| -> Result<String, Refusal> {
         if url.path() != format!("{prefix}{path}") {
-            return Err((
-                format!("路径应当是 {path}"),
-                format!("the path must be {path}"),
-            ));
+            return Err(Refusal::Path(path.to_owned()));
         }
         let values: Vec<String> = url
             .query_pairs()
@@ -177,14 +274,8 @@ fn robot_key(kind: Kind, url: &Url, base: &Url) -> Result<String, (String, Strin
             .collect();
         match values.as_slice() {
             [one] if !one.is_empty() => Ok(one.clone()),
-            [] | [_] => Err((
-                format!("网址里缺少 {name}=…"),
-                format!("the URL has no {name}=…"),
-            )),
-            _ => Err((
-                format!("网址里有多个 {name}"),
-                format!("the URL has {name} more than once"),
-            )),
+            [] | [_] => Err(Refusal::NoKey(name)),
+            _ => Err(Refusal::KeyTwice(name)),
         }
     };
     match kind {
@@ -197,20 +288,16 @@ fn robot_key(kind: Kind, url: &Url, base: &Url) -> Result<String, (String, Strin
                 .and_then(|rest| rest.strip_prefix(HOOK))
                 .filter(|id| !id.is_empty())
                 .map(str::to_owned)
-                .ok_or_else(|| {
-                    (
-                        format!("路径应当是 {HOOK}…"),
-                        format!("the path must be {HOOK}…"),
-                    )
-                })
+                .ok_or_else(|| Refusal::Path(format!("{HOOK}…")))
         }
-        Kind::Telegram | Kind::Webhook => Err((String::new(), String::new())),
+        // Never on a robot base ([`bases_of`] has none for them).
+        Kind::Telegram | Kind::Webhook => Err(Refusal::OtherHost),
     }
 }
 
 /// `key` if it looks like the kind's key (letters, digits, `-`, `_`): nothing that could
 /// change the URL it is put into.
-fn checked_key(kind: Kind, key: &str, bases: &Bases) -> Result<String, String> {
+fn checked_key(kind: Kind, key: &str, bases: &Bases) -> Result<String, AddressError> {
     let fine = (4..=MAX_KEY).contains(&key.len())
         && key
             .bytes()
@@ -218,33 +305,36 @@ fn checked_key(kind: Kind, key: &str, bases: &Bases) -> Result<String, String> {
     if fine {
         Ok(key.to_owned())
     } else {
-        let what = match kind {
-            Kind::WeComRobot => ("key", "key"),
-            Kind::DingTalk => ("access_token", "access_token"),
-            _ => ("hook 编号", "hook id"),
-        };
-        Err(accepted(
+        Err(not_accepted(
             Some(kind),
             bases,
-            &format!("{} 只能由字母、数字、- 和 _ 组成", what.0),
-            &format!("the {} may only hold letters, digits, - and _", what.1),
+            Refusal::KeyCharacters(kind),
         ))
     }
 }
 
-/// "{why}。只接受：…\n{why}. Accepted: …" for the kind (or every kind).
-fn accepted(kind: Option<Kind>, bases: &Bases, why_zh: &str, why_en: &str) -> String {
+/// The refusal, with the forms accepted for the kind (or every robot kind).
+fn not_accepted(kind: Option<Kind>, bases: &Bases, why: Refusal) -> AddressError {
     let kinds: Vec<Kind> = match kind {
         Some(kind) => vec![kind],
         None => ROBOTS.to_vec(),
     };
-    let forms: Vec<String> = kinds
+    AddressError::NotAccepted {
+        why,
+        accepted: kinds.into_iter().map(|k| (k, form(k, bases))).collect(),
+    }
+}
+
+/// "{why}。只接受：…\n{Why}. Accepted: …".
+fn accepted_text(why: &Refusal, accepted: &[(Kind, String)]) -> String {
+    let (why_zh, why_en) = why.texts();
+    let forms: Vec<String> = accepted
         .iter()
-        .map(|&kind| format!("{} {}", kind.label_zh(), form(kind, bases)))
+        .map(|(kind, form)| format!("{} {form}", kind.label_zh()))
         .collect();
-    let forms_en: Vec<String> = kinds
+    let forms_en: Vec<String> = accepted
         .iter()
-        .map(|&kind| format!("{}: {}", kind.label(), form(kind, bases)))
+        .map(|(kind, form)| format!("{}: {form}", kind.label()))
         .collect();
     let mut chars = why_en.chars();
     let why_en: String = chars
@@ -276,7 +366,7 @@ fn form(kind: Kind, bases: &Bases) -> String {
 
 /// A Telegram chat: a numeric id (groups and channels are negative, `-100…`) or a public
 /// channel's `@username`.
-pub(super) fn parse_chat_id(typed: &str, bases: &Bases) -> Result<Destination, String> {
+pub(super) fn parse_chat_id(typed: &str, bases: &Bases) -> Result<Destination, AddressError> {
     let typed = unwrap_typed(typed);
     let numeric = {
         let digits = typed.strip_prefix('-').unwrap_or(typed);
@@ -294,27 +384,16 @@ pub(super) fn parse_chat_id(typed: &str, bases: &Bases) -> Result<Destination, S
             typed.to_owned(),
         ))
     } else {
-        Err(format!(
-            "“{}” 不是 Telegram 的 chat id：群组的 id 是负数（例如 -1001234567890），公开频道可以写 @频道名。把机器人拉进群后，可以从 getUpdates 或 @userinfobot 查到 id。\n{:?} is not a Telegram chat id: a group's id is negative (such as -1001234567890), a public channel may be given as @name.",
-            shorten(typed),
-            shorten(typed)
-        ))
+        Err(AddressError::NotTelegramChatId(shorten(typed)))
     }
 }
 
 /// A webhook URL from the config: any absolute http(s) URL (the fragment dropped).
-pub(super) fn parse_webhook_url(typed: &str) -> Result<Destination, String> {
+pub(super) fn parse_webhook_url(typed: &str) -> Result<Destination, AddressError> {
     let typed = typed.trim();
-    let mut url = Url::parse(typed).map_err(|e| {
-        format!(
-            "the webhook url is not a URL ({e}); write it like https://hooks.example.com/pushbot"
-        )
-    })?;
+    let mut url = Url::parse(typed).map_err(AddressError::WebhookNotUrl)?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(
-            "the webhook url must be an http:// or https:// URL such as https://hooks.example.com/pushbot"
-                .to_owned(),
-        );
+        return Err(AddressError::WebhookNotHttp);
     }
     url.set_fragment(None);
     let address = url.to_string();
@@ -322,37 +401,26 @@ pub(super) fn parse_webhook_url(typed: &str) -> Result<Destination, String> {
 }
 
 /// A destination's secret as typed, checked for its kind.
-pub(super) fn parse_secret(kind: Kind, typed: &str) -> Result<String, String> {
+pub(super) fn parse_secret(kind: Kind, typed: &str) -> Result<String, SecretError> {
     let secret = unwrap_typed(typed);
     let printable =
         !secret.is_empty() && secret.len() <= 512 && secret.bytes().all(|b| b.is_ascii_graphic());
-    match kind {
-        Kind::WeComRobot => Err("企业微信群机器人没有签名密钥：它的 key 就在 webhook 地址里。\nA WeCom group robot has no secret: its key is in its webhook URL.".to_owned()),
-        Kind::Telegram => Err("Telegram 目的地不需要密钥：用的是服务器的机器人（[destinations] telegram_bot_token）。\nA Telegram destination takes no secret: it uses the server's bot ([destinations] telegram_bot_token).".to_owned()),
+    let fine = match kind {
+        Kind::WeComRobot => return Err(SecretError::WeComRobotHasNone),
+        Kind::Telegram => return Err(SecretError::TelegramTakesNone),
         Kind::DingTalk => {
-            let fine = secret.len() > 3
+            secret.len() > 3
                 && secret.starts_with("SEC")
-                && secret.bytes().all(|b| b.is_ascii_alphanumeric());
-            if fine {
-                Ok(secret.to_owned())
-            } else {
-                Err("钉钉机器人的加签密钥以 SEC 开头（机器人设置 → 安全设置 → 加签）。\nA DingTalk robot's signing secret starts with SEC (robot settings → 安全设置 → 加签).".to_owned())
-            }
+                && secret.bytes().all(|b| b.is_ascii_alphanumeric())
         }
-        Kind::Feishu => {
-            if printable {
-                Ok(secret.to_owned())
-            } else {
-                Err("飞书机器人的签名密钥在 机器人设置 → 安全设置 → 签名校验。\nA Feishu bot's secret is under bot settings → 安全设置 → 签名校验 (letters and digits).".to_owned())
-            }
-        }
-        Kind::Webhook => {
-            if printable && super::webhook::signing_key(secret).is_some() {
-                Ok(secret.to_owned())
-            } else {
-                Err("a webhook secret is `whsec_` followed by base64 (Standard Webhooks), e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned())
-            }
-        }
+        Kind::Feishu => printable,
+        Kind::Webhook => printable && super::webhook::signing_key(secret).is_some(),
+    };
+    match (fine, kind) {
+        (true, _) => Ok(secret.to_owned()),
+        (false, Kind::DingTalk) => Err(SecretError::DingTalk),
+        (false, Kind::Feishu) => Err(SecretError::Feishu),
+        (false, _) => Err(SecretError::Webhook),
     }
 }
 
@@ -389,7 +457,7 @@ mod tests {
 
     use super::*;
 
-    fn parse(hint: Option<Kind>, typed: &str) -> Result<Destination, String> {
+    fn parse(hint: Option<Kind>, typed: &str) -> Result<Destination, AddressError> {
         parse_chat_url(hint, typed, &Bases::default())
     }
 
@@ -467,7 +535,7 @@ mod tests {
             )
             .is_err()
         );
-        let err = parse(None, "693a91f6-7xxx-4bc4").unwrap_err();
+        let err = parse(None, "693a91f6-7xxx-4bc4").unwrap_err().to_string();
         assert!(err.contains("不是机器人的 webhook 地址"), "{err}");
         assert!(err.contains("qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…"));
     }
@@ -491,7 +559,7 @@ mod tests {
             "https://[::1]/cgi-bin/webhook/send?key=abcd1234",
             "https://open.feishu.cn.attacker.net/open-apis/bot/v2/hook/abcd1234",
         ] {
-            let err = parse(None, typed).expect_err(typed);
+            let err = parse(None, typed).expect_err(typed).to_string();
             assert!(
                 err.contains("只接受") && err.contains("Accepted"),
                 "{typed}: {err}"
@@ -548,7 +616,7 @@ mod tests {
                 "letters, digits",
             ),
         ] {
-            let err = parse(None, typed).expect_err(typed);
+            let err = parse(None, typed).expect_err(typed).to_string();
             assert!(err.contains(says), "{typed}: {err}");
         }
         // The hint decides which kind is meant: a DingTalk URL given as WeCom is refused.
@@ -556,14 +624,50 @@ mod tests {
             Some(Kind::WeComRobot),
             "https://oapi.dingtalk.com/robot/send?access_token=abcd1234",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("企业微信群机器人"), "{err}");
         assert!(!err.contains("钉钉"), "{err}");
     }
 
     #[test]
+    fn refusals_carry_their_reason_and_the_accepted_forms() {
+        let AddressError::NotAccepted { why, accepted } = parse(
+            None,
+            "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=a1b2c3d4&key=e5f6a7b8",
+        )
+        .unwrap_err() else {
+            panic!("a refused robot URL");
+        };
+        assert_eq!(why, Refusal::KeyTwice("key"));
+        assert_eq!(
+            accepted,
+            [(
+                Kind::WeComRobot,
+                "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…".to_owned()
+            )]
+        );
+        // Nothing on a robot's host: every robot kind is offered.
+        let err = parse(None, "https://example.com/hook").unwrap_err();
+        assert!(
+            matches!(&err, AddressError::NotAccepted { why: Refusal::OtherHost, accepted } if accepted.len() == 3),
+            "{err:?}"
+        );
+        assert_eq!(
+            parse(Some(Kind::Telegram), "chat").err(),
+            Some(AddressError::NotTelegramChatId("chat".to_owned()))
+        );
+        assert_eq!(
+            parse(Some(Kind::WeComRobot), "").unwrap_err().to_string(),
+            "地址是空的。只接受：企业微信群机器人 https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…。\nThe address is empty. Accepted: WeCom group robot: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=….",
+        );
+    }
+
+    #[test]
     fn webhooks_only_from_the_config() {
-        let err = parse(Some(Kind::Webhook), "https://hooks.example.com/x").unwrap_err();
+        let err = parse(Some(Kind::Webhook), "https://hooks.example.com/x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("配置"), "{err}");
         let d = parse_webhook_url("http://10.1.2.3:9000/in?token=t#frag").unwrap();
         assert_eq!(d.expose_address(), "http://10.1.2.3:9000/in?token=t");
@@ -603,11 +707,18 @@ mod tests {
     fn secrets_per_kind() {
         assert!(parse_secret(Kind::DingTalk, "SEC0123abc").is_ok());
         let err = parse_secret(Kind::DingTalk, "0123abc").unwrap_err();
-        assert!(err.contains("SEC"), "{err}");
+        assert_eq!(err, SecretError::DingTalk);
+        assert!(err.to_string().contains("SEC"), "{err}");
         assert!(parse_secret(Kind::Feishu, "qpL7l7UaQ9vQXcJ0GZv3Bf").is_ok());
         assert!(parse_secret(Kind::Feishu, "has space").is_err());
-        assert!(parse_secret(Kind::WeComRobot, "x").is_err());
-        assert!(parse_secret(Kind::Telegram, "x").is_err());
+        assert_eq!(
+            parse_secret(Kind::WeComRobot, "x"),
+            Err(SecretError::WeComRobotHasNone)
+        );
+        assert_eq!(
+            parse_secret(Kind::Telegram, "x"),
+            Err(SecretError::TelegramTakesNone)
+        );
         assert!(parse_secret(Kind::Webhook, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
         assert!(parse_secret(Kind::Webhook, "whsec_not*base64").is_err());
     }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{Bases, Delivered, Destination, Envelope, Kind, Settings};
+use super::{Bases, Delivered, Destination, DestinationError, Envelope, Kind, Settings};
 use crate::config::{ConfiguredDestination, Members};
 use crate::delivery::limits::RateWindow;
-use crate::delivery::{Capabilities, Channel, ChannelError};
+use crate::delivery::{Capabilities, Channel, ChannelError, CheckError};
 use crate::domain::{ChannelName, Outbound, UserId};
 use crate::store::StoredDestination;
 use crate::store::now_ms;
@@ -98,14 +98,14 @@ impl Factory {
     }
 
     /// A destination a member typed in the chat (`robot ops URL [SECRET]`), checked against
-    /// the bases: `Err` is a sentence for the chat.
+    /// the bases: `Err` reads as a sentence for the chat.
     pub fn from_chat(
         &self,
         name: ChannelName,
         kind_hint: Option<Kind>,
         typed: &str,
         secret: Option<&str>,
-    ) -> Result<DestinationChannel, String> {
+    ) -> Result<DestinationChannel, DestinationError> {
         let mut destination = super::parse_chat_url(kind_hint, typed, &self.bases)?;
         if let Some(secret) = secret {
             destination = destination.with_secret(secret)?;
@@ -114,7 +114,10 @@ impl Factory {
     }
 
     /// A member's stored destination, checked again (a base changed since: refused).
-    pub fn from_stored(&self, stored: &StoredDestination) -> Result<DestinationChannel, String> {
+    pub fn from_stored(
+        &self,
+        stored: &StoredDestination,
+    ) -> Result<DestinationChannel, DestinationError> {
         let kind: Kind = stored.kind.parse()?;
         let destination =
             Destination::from_stored(kind, &stored.address, stored.secret.as_deref(), &self.bases)?;
@@ -127,7 +130,7 @@ impl Factory {
         &self,
         owner: &UserId,
         stored: &StoredDestination,
-    ) -> Result<DestinationChannel, String> {
+    ) -> Result<DestinationChannel, DestinationError> {
         let mut channel = self.from_stored(stored)?;
         channel.owner = Some((owner.clone(), self.store.clone()));
         Ok(channel)
@@ -149,7 +152,7 @@ impl crate::delivery::MemberChannels for Factory {
         &self,
         owner: &UserId,
         stored: &StoredDestination,
-    ) -> Result<(String, Arc<dyn Channel>), String> {
+    ) -> Result<(String, Arc<dyn Channel>), DestinationError> {
         let channel = self.owned(owner, stored)?;
         Ok((channel.lane_key(), Arc::new(channel)))
     }
@@ -226,7 +229,7 @@ impl Channel for DestinationChannel {
         })
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+    fn check(&self) -> BoxFuture<'_, Result<String, CheckError>> {
         Box::pin(async move {
             self.destination
                 .check(&self.http, &self.settings)

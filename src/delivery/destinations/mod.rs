@@ -65,10 +65,10 @@ use secrecy::{ExposeSecret as _, SecretString};
 use url::Url;
 
 use super::limits::RateWindow;
-use super::{Capabilities, ChannelError};
+use super::{Capabilities, ChannelError, CheckError};
 use crate::domain::Outbound;
 
-pub use address::parse_chat_url;
+pub use address::{AddressError, Refusal, SecretError, parse_chat_url};
 
 /// The kinds of destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -238,11 +238,11 @@ impl fmt::Display for Kind {
 }
 
 impl FromStr for Kind {
-    type Err = String;
+    type Err = UnknownKind;
 
     /// `wecom-robot`, `dingtalk`, `feishu`, `telegram`, `webhook`, in any case, with `_`
     /// for `-`, and a few common other names (`lark`, `dingding`, `tg`).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
         let name = s.trim().to_ascii_lowercase().replace('_', "-");
         Ok(match name.as_str() {
             "wecom-robot" | "wecom-bot" | "wecombot" | "wework-robot" => Self::WeComRobot,
@@ -250,14 +250,27 @@ impl FromStr for Kind {
             "feishu" | "lark" => Self::Feishu,
             "telegram" | "tg" => Self::Telegram,
             "webhook" => Self::Webhook,
-            _ => {
-                return Err(format!(
-                    "unknown destination kind {:?}: use one of wecom-robot, dingtalk, feishu, telegram, webhook",
-                    s.trim()
-                ));
-            }
+            _ => return Err(UnknownKind(s.trim().to_owned())),
         })
     }
+}
+
+/// A destination kind that is none of ours (as typed, trimmed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown destination kind {0:?}: use one of wecom-robot, dingtalk, feishu, telegram, webhook"
+)]
+pub struct UnknownKind(pub String);
+
+/// Why a destination cannot be made (from the chat, the config or storage).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error(transparent)]
+    Kind(#[from] UnknownKind),
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// Where each kind's service is. The chat accepts only addresses on these bases, and every
@@ -367,8 +380,8 @@ impl Destination {
     }
 
     /// The same destination signing with `secret` (DingTalk `SEC…`, Feishu's 签名校验
-    /// secret, a webhook's `whsec_…`), or a sentence saying why it cannot.
-    pub fn with_secret(mut self, secret: &str) -> Result<Self, String> {
+    /// secret, a webhook's `whsec_…`), or why it cannot.
+    pub fn with_secret(mut self, secret: &str) -> Result<Self, SecretError> {
         let secret = address::parse_secret(self.kind, secret)?;
         self.secret = Some(SecretString::from(secret));
         Ok(self)
@@ -383,23 +396,24 @@ impl Destination {
         chat_id: Option<&str>,
         secret: Option<&str>,
         bases: &Bases,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DestinationError> {
+        let missing = |field| AddressError::Missing { kind, field };
         let destination = match kind {
             Kind::Telegram => {
-                let chat_id = chat_id.ok_or("a telegram destination needs chat_id")?;
+                let chat_id = chat_id.ok_or_else(|| missing("chat_id"))?;
                 address::parse_chat_id(chat_id, bases)?
             }
             Kind::Webhook => {
-                let url = url.ok_or("a webhook destination needs url")?;
+                let url = url.ok_or_else(|| missing("url"))?;
                 address::parse_webhook_url(url)?
             }
             _ => {
-                let url = url.ok_or_else(|| format!("a {kind} destination needs url"))?;
+                let url = url.ok_or_else(|| missing("url"))?;
                 parse_chat_url(Some(kind), url, bases)?
             }
         };
         match secret.map(str::trim).filter(|s| !s.is_empty()) {
-            Some(secret) => destination.with_secret(secret),
+            Some(secret) => Ok(destination.with_secret(secret)?),
             None => Ok(destination),
         }
     }
@@ -427,7 +441,7 @@ impl Destination {
         address: &str,
         secret: Option<&str>,
         bases: &Bases,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DestinationError> {
         match kind {
             Kind::Telegram => Self::from_config(kind, None, Some(address), secret, bases),
             _ => Self::from_config(kind, Some(address), None, secret, bases),
@@ -720,10 +734,11 @@ impl Check {
     }
 
     /// As the `Channel::check` answer: `Ok` only when checked and working.
-    pub fn into_result(self) -> Result<String, String> {
+    pub fn into_result(self) -> Result<String, CheckError> {
         match self {
             Self::Ok(t) => Ok(t),
-            Self::Failed(t) | Self::Unavailable(t) => Err(t),
+            Self::Failed(t) => Err(CheckError::Failed(t)),
+            Self::Unavailable(t) => Err(CheckError::Unavailable(t)),
         }
     }
 }
@@ -939,7 +954,17 @@ pub(crate) mod tests {
         }
         assert_eq!("WeCom_Robot".parse::<Kind>().unwrap(), Kind::WeComRobot);
         assert_eq!("lark".parse::<Kind>().unwrap(), Kind::Feishu);
-        assert!("slack".parse::<Kind>().unwrap_err().contains("wecom-robot"));
+        assert_eq!(
+            "slack".parse::<Kind>(),
+            Err(UnknownKind("slack".to_owned()))
+        );
+        assert!(
+            "slack"
+                .parse::<Kind>()
+                .unwrap_err()
+                .to_string()
+                .contains("wecom-robot")
+        );
         assert_eq!(
             Kind::WeComRobot.rate_windows(),
             &[RateWindow {

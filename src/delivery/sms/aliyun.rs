@@ -291,30 +291,37 @@ enum Page {
     },
 }
 
-fn read_page(answer: &Answer, out_id: &str, page: u32) -> Result<Page, String> {
-    let details: Details = serde_json::from_slice(&answer.body).map_err(|_| {
-        format!(
-            "QuerySendDetails answered HTTP {} with {}",
-            answer.status,
-            body_excerpt(&answer.body)
-        )
-    })?;
+/// Why a page of `QuerySendDetails` says nothing about a send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum PageError {
+    /// Not the JSON expected: the HTTP status and an excerpt of the body.
+    #[error("QuerySendDetails answered HTTP {status} with {excerpt}")]
+    Unreadable { status: u16, excerpt: String },
+    /// Aliyun's error `code`, with its `message`.
+    #[error("{}", refusal(LABEL, "refused QuerySendDetails", .code, .message, explain(.code).1))]
+    Refused { code: String, message: String },
+    #[error("QuerySendDetails answered HTTP {status} without a Code")]
+    NoCode { status: u16 },
+}
+
+fn read_page(answer: &Answer, out_id: &str, page: u32) -> Result<Page, PageError> {
+    let details: Details =
+        serde_json::from_slice(&answer.body).map_err(|_| PageError::Unreadable {
+            status: answer.status,
+            excerpt: body_excerpt(&answer.body),
+        })?;
     match details.code.as_deref() {
         Some("OK") => {}
         Some(code) => {
-            return Err(refusal(
-                LABEL,
-                "refused QuerySendDetails",
-                code,
-                &details.message,
-                explain(code).1,
-            ));
+            return Err(PageError::Refused {
+                code: code.to_owned(),
+                message: details.message,
+            });
         }
         None => {
-            return Err(format!(
-                "QuerySendDetails answered HTTP {} without a Code",
-                answer.status
-            ));
+            return Err(PageError::NoCode {
+                status: answer.status,
+            });
         }
     }
     let items = details.dtos.map(|d| d.items).unwrap_or_default();
@@ -601,7 +608,7 @@ impl Provider for Aliyun {
                                 MAX_PAGES * PAGE_SIZE
                             ));
                         }
-                        Err(why) => return Lookup::CannotTell(self.redact(why)),
+                        Err(why) => return Lookup::CannotTell(self.redact(why.to_string())),
                     }
                 }
             }
@@ -887,8 +894,21 @@ mod tests {
             1,
         )
         .unwrap_err();
-        assert!(err.contains("isp.RAM_PERMISSION_DENY"), "{err}");
-        assert!(read_page(&answer(502, "bad gateway"), "m2", 1).is_err());
+        assert!(
+            matches!(&err, PageError::Refused { code, .. } if code == "isp.RAM_PERMISSION_DENY"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("Aliyun SMS refused QuerySendDetails: isp.RAM_PERMISSION_DENY (no)"),
+            "{err}"
+        );
+        assert_eq!(
+            read_page(&answer(502, "bad gateway"), "m2", 1)
+                .unwrap_err()
+                .to_string(),
+            "QuerySendDetails answered HTTP 502 with \"bad gateway\""
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 
 use super::{Check, Lookup, PhoneNumber, Provider, SmsFailure, SmsText};
 use crate::config::SmsSettings;
-use crate::delivery::{Binding, Capabilities, Channel, ChannelError};
+use crate::delivery::{BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
 use crate::domain::{ChannelName, Format, Outbound};
 use crate::render::cut::cut;
 use crate::render::markdown::to_plain_text;
@@ -46,8 +46,8 @@ pub struct SmsChannel {
     public_base: Arc<str>,
 }
 
-fn parse_phone(typed: &str) -> Result<String, String> {
-    PhoneNumber::parse(typed).map(|p| p.as_str().to_owned())
+fn parse_phone(typed: &str) -> Result<String, BadAddress> {
+    Ok(PhoneNumber::parse(typed)?.as_str().to_owned())
 }
 
 fn mask_phone(stored: &str) -> String {
@@ -119,7 +119,7 @@ impl SmsChannel {
         let Some(address) = message.address.as_deref() else {
             return Err(permanent("no phone number to text".to_owned()));
         };
-        let to = PhoneNumber::parse(address).map_err(permanent)?;
+        let to = PhoneNumber::parse(address).map_err(|e| permanent(e.to_string()))?;
         let out_id = message.id.as_str();
         let name = ChannelName::Sms;
         // An earlier try may have sent it: ask before sending again.
@@ -259,11 +259,11 @@ impl Channel for SmsChannel {
         Box::pin(self.deliver_to(message))
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+    fn check(&self) -> BoxFuture<'_, Result<String, CheckError>> {
         Box::pin(async move {
             match self.provider.check().await {
                 Check::Ok(what) => Ok(what),
-                Check::Failed(what) => Err(what),
+                Check::Failed(what) => Err(CheckError::Failed(what)),
                 Check::CannotCheck(why) => Ok(format!(
                     "{} not checked without sending a text: {why}",
                     self.label()

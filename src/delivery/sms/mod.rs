@@ -28,7 +28,7 @@ use futures_util::future::BoxFuture;
 
 use crate::config::{SmsProviderConfig, SmsSettings};
 pub use channel::SmsChannel;
-pub use phone::PhoneNumber;
+pub use phone::{PhoneError, PhoneNumber};
 
 /// What to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,8 +148,11 @@ pub const LOOKUP_AFTER: Duration = Duration::from_secs(60);
 /// The provider `[sms]` configures. `http` is the client to call it with: build it like
 /// WeCom's (`app::http_client`, rustls with compiled-in roots, the proxy environment);
 /// each call is limited to `sms.timeout` on its own, whatever the client's timeout.
-pub fn build(settings: &SmsSettings, http: reqwest::Client) -> Result<Arc<dyn Provider>, String> {
-    let config = settings.provider_config().map_err(|e| e.to_string())?;
+pub fn build(
+    settings: &SmsSettings,
+    http: reqwest::Client,
+) -> Result<Arc<dyn Provider>, crate::config::ConfigError> {
+    let config = settings.provider_config()?;
     let timeout = settings.timeout;
     Ok(match config {
         SmsProviderConfig::Aliyun(config) => {

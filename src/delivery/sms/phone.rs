@@ -24,12 +24,9 @@ impl PhoneNumber {
     /// ignored, full-width digits folded; `13800138000`, `8613800138000`, `008613800138000`
     /// and `+86 138-0013-8000` are all `+8613800138000`; any other country needs its code
     /// (`+44…`, `0044…`), 8 to 15 digits in all.
-    pub fn parse(input: &str) -> Result<PhoneNumber, String> {
-        let refuse = || {
-            format!(
-                "{:?} is not a phone number: write it as 13800138000 or +8613800138000",
-                input.trim()
-            )
+    pub fn parse(input: &str) -> Result<PhoneNumber, PhoneError> {
+        let refuse = || PhoneError {
+            typed: input.trim().to_owned(),
         };
         let mut cleaned = String::with_capacity(input.len());
         for c in input.trim().chars() {
@@ -119,10 +116,18 @@ impl fmt::Display for PhoneNumber {
 }
 
 impl std::str::FromStr for PhoneNumber {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = PhoneError;
+    fn from_str(s: &str) -> Result<Self, PhoneError> {
         Self::parse(s)
     }
+}
+
+/// Text that is not a mobile number [`PhoneNumber::parse`] reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{typed:?} is not a phone number: write it as 13800138000 or +8613800138000")]
+pub struct PhoneError {
+    /// As typed, trimmed.
+    pub typed: String,
 }
 
 #[cfg(test)]
@@ -193,7 +198,7 @@ mod tests {
             "+86+13800138000",
             "0013800138000x",
         ] {
-            let err = PhoneNumber::parse(typed).unwrap_err();
+            let err = PhoneNumber::parse(typed).unwrap_err().to_string();
             assert!(
                 err.ends_with("is not a phone number: write it as 13800138000 or +8613800138000"),
                 "{typed}: {err}"

@@ -290,23 +290,35 @@ struct Receipt {
     session_context: Option<String>,
 }
 
+/// Why `PullSmsSendStatusByPhoneNumber`'s answer says nothing about a send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ReceiptsError {
+    /// Not the JSON expected: the HTTP status and an excerpt of the body.
+    #[error(
+        "{} answered PullSmsSendStatusByPhoneNumber with HTTP {status} and {excerpt}",
+        LABEL
+    )]
+    Unreadable { status: u16, excerpt: String },
+    /// Tencent Cloud's error `code`, with its `message`.
+    #[error(
+        "{}",
+        refusal(LABEL, "refused PullSmsSendStatusByPhoneNumber", .code, .message, explain(.code).1)
+    )]
+    Refused { code: String, message: String },
+}
+
 /// Whether the delivery receipts hold one for `out_id`.
-fn receipts_hold(answer: &Answer, out_id: &str) -> Result<bool, String> {
-    let envelope: Envelope<ReceiptData> = serde_json::from_slice(&answer.body).map_err(|_| {
-        format!(
-            "{LABEL} answered PullSmsSendStatusByPhoneNumber with HTTP {} and {}",
-            answer.status,
-            body_excerpt(&answer.body)
-        )
-    })?;
+fn receipts_hold(answer: &Answer, out_id: &str) -> Result<bool, ReceiptsError> {
+    let envelope: Envelope<ReceiptData> =
+        serde_json::from_slice(&answer.body).map_err(|_| ReceiptsError::Unreadable {
+            status: answer.status,
+            excerpt: body_excerpt(&answer.body),
+        })?;
     if let Some(error) = envelope.response.error {
-        return Err(refusal(
-            LABEL,
-            "refused PullSmsSendStatusByPhoneNumber",
-            &error.code,
-            &error.message,
-            explain(&error.code).1,
-        ));
+        return Err(ReceiptsError::Refused {
+            code: error.code,
+            message: error.message,
+        });
     }
     Ok(envelope
         .response
@@ -540,7 +552,7 @@ impl Provider for Tencent {
                     "no delivery receipt for this send to {} (yet): {LABEL}'s receipts come late and carry our id only if enabled, so their absence proves nothing",
                     to.masked()
                 )),
-                Err(why) => Lookup::CannotTell(self.redact(why)),
+                Err(why) => Lookup::CannotTell(self.redact(why.to_string())),
             }
         })
     }
@@ -873,7 +885,11 @@ mod tests {
             "m1",
         )
         .unwrap_err();
-        assert!(err.contains("AuthFailure.SecretIdNotFound"));
+        assert!(
+            matches!(&err, ReceiptsError::Refused { code, .. } if code == "AuthFailure.SecretIdNotFound"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("AuthFailure.SecretIdNotFound"));
     }
 
     #[test]
