@@ -19,7 +19,7 @@ use crate::delivery::limits::RateWindow;
 use crate::delivery::{Capabilities, Channel, ChannelError};
 use crate::domain::{ChannelName, Outbound, UserId};
 use crate::store::StoredDestination;
-use crate::store::now_ms;
+use crate::time::UnixMillis;
 
 pub struct DestinationChannel {
     name: ChannelName,
@@ -212,7 +212,7 @@ impl Channel for DestinationChannel {
             let envelope = Envelope {
                 message,
                 page_url: page.as_deref(),
-                created_at_ms: now_ms(),
+                created_at_ms: UnixMillis::now(),
             };
             let delivered = self
                 .destination

@@ -22,11 +22,12 @@ pub mod tencent;
 pub mod twilio;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
 use crate::config::{SmsProviderConfig, SmsSettings};
+use crate::time::UnixMillis;
 pub use channel::SmsChannel;
 pub use phone::PhoneNumber;
 
@@ -312,9 +313,7 @@ fn status_failure(label: &str, status: u16, body: &[u8]) -> SmsFailure {
 
 /// Now, unix seconds.
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    UnixMillis::now().as_secs()
 }
 
 /// `2023-10-26T10:22:32Z` for unix seconds `secs` (shifted by `offset_secs`: `+08:00`
