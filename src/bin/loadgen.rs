@@ -342,7 +342,7 @@ async fn fill_backlog(
     pushbot::store::Store::connect(url).await?.close().await;
     let pool = sqlx::AnyPool::connect(url).await?;
     let mut tx = pool.begin().await?;
-    let now = pushbot::store::now_ms();
+    let now = pushbot::time::UnixMillis::now().as_millis();
     const ROWS: usize = 200;
     let mut seq = 0usize;
     while seq < count {

@@ -24,6 +24,7 @@ use crate::domain::Format;
 use crate::error::ApiError;
 use crate::render::visible::has_visible;
 use crate::store::MessageStatus;
+use crate::time::UnixMillis;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Fields {
@@ -238,7 +239,6 @@ pub async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) ->
     if !matches {
         return not_found();
     }
-    let ms = |t: i64| t / 1000;
     Json(json!({
         "code": 0,
         "message": "",
@@ -255,8 +255,8 @@ pub async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) ->
             },
             "channel": message.channel,
             "last_error": message.last_error,
-            "created_at": ms(message.created_at),
-            "delivered_at": message.delivered_at.map(ms),
+            "created_at": message.created_at.as_secs(),
+            "delivered_at": message.delivered_at.map(UnixMillis::as_secs),
         }
     }))
     .into_response()

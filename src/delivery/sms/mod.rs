@@ -127,14 +127,14 @@ pub trait Provider: Send + Sync {
         out_id: &'a str,
     ) -> BoxFuture<'a, Result<(), SmsFailure>>;
     /// After a send that ended in [`SmsFailure::Unknown`]: did the provider take it?
-    /// `sent_at_ms`: when that send was made (unix milliseconds). Records take a moment to
+    /// `sent_at_ms`: when that send was made. Records take a moment to
     /// appear: ask no sooner than [`LOOKUP_AFTER`] after the send (before that, the answer
     /// is [`Lookup::CannotTell`]).
     fn lookup<'a>(
         &'a self,
         to: &'a PhoneNumber,
         out_id: &'a str,
-        sent_at_ms: i64,
+        sent_at_ms: UnixMillis,
     ) -> BoxFuture<'a, Lookup>;
     /// A check that sends nothing (credentials, templates), for start-up and
     /// `pushbot doctor`.
