@@ -25,7 +25,8 @@ use crate::delivery::Outbox;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::server::{self, ServeOptions};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Store, StoreError};
+use crate::time::UnixMillis;
 use crate::wecom::client::WeComClient;
 use crate::wecom::crypto::WeComCrypto;
 
@@ -321,8 +322,7 @@ async fn maintenance_pass(
 ) {
     /// Messages deleted per transaction, so the writer never waits long for the lock.
     const PURGE_BATCH: usize = 1000;
-    let ago =
-        |d: Duration| now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let ago = |d: Duration| UnixMillis::now() - d;
     match store.prune_callbacks(ago(callback_retention)).await {
         Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned callback keys"),
         Ok(_) => {}

@@ -23,7 +23,8 @@ use crate::delivery::destinations::Check as DestCheck;
 use crate::delivery::email::EmailChannel;
 use crate::delivery::sms::Check;
 use crate::error::chain;
-use crate::store::{Store, StoreError, chmod_command, exposed_files, now_ms};
+use crate::store::{Store, StoreError, chmod_command, exposed_files};
+use crate::time::UnixMillis;
 use crate::wecom::client::{AgentInfo, WeComClient, WeComError, describe, untrusted_ip};
 use crate::wecom::crypto::WeComCrypto;
 
@@ -713,7 +714,7 @@ async fn callback(settings: &Settings) -> Finding {
     );
     let plain = doctor_echo();
     let echostr = crypto.encrypt(&plain);
-    let timestamp = (now_ms() / 1000).to_string();
+    let timestamp = UnixMillis::now().as_secs().to_string();
     let nonce = format!("{:010}", rand::random::<u32>());
     let signature = crypto.signature(&timestamp, &nonce, &echostr);
     let http = match http_client(CALLBACK_TIMEOUT, Egress::Direct) {

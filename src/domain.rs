@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use crate::time::UnixMillis;
+
 /// A WeCom member's userid, trimmed and lower-cased.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(String);
@@ -91,10 +93,10 @@ impl MessageId {
         Self(id)
     }
 
-    /// The smallest id generated at `unix_ms` or later: every id made earlier sorts below it
+    /// The smallest id generated at `at` or later: every id made earlier sorts below it
     /// (a UUIDv7 starts with its time in milliseconds, and ids are lower-case hex).
-    pub fn first_at(unix_ms: i64) -> Self {
-        let ms = u64::try_from(unix_ms).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    pub fn first_at(at: UnixMillis) -> Self {
+        let ms = u64::try_from(at.as_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
         Self(format!(
             "{:08x}-{:04x}-0000-0000-000000000000",
             ms >> 16,
@@ -633,13 +635,13 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_and_first_at_bounds_them() {
-        let before = crate::store::now_ms();
+        let before = UnixMillis::now();
         let id = MessageId::generate();
-        let after = crate::store::now_ms() + 1;
+        let after = UnixMillis::now() + std::time::Duration::from_millis(1);
         assert!(MessageId::first_at(before).as_str() <= id.as_str());
         assert!(id.as_str() < MessageId::first_at(after).as_str());
         assert_eq!(
-            MessageId::first_at(0x0123_4567_89ab).as_str(),
+            MessageId::first_at(UnixMillis::from_millis(0x0123_4567_89ab)).as_str(),
             "01234567-89ab-0000-0000-000000000000"
         );
     }

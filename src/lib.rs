@@ -15,5 +15,6 @@ pub mod server;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;
+pub mod time;
 pub mod token;
 pub mod wecom;

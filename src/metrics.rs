@@ -24,7 +24,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::ChannelName;
-use crate::store::now_ms;
+use crate::time::UnixMillis;
 
 /// `Content-Type` of the OpenMetrics text format (what Prometheus asks for first).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -463,15 +463,14 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// `channel` delivered a message accepted at `accepted_at` (unix ms).
-    pub fn delivered(&self, channel: ChannelName, accepted_at: i64) {
+    /// `channel` delivered a message accepted at `accepted_at`.
+    pub fn delivered(&self, channel: ChannelName, accepted_at: UnixMillis) {
         self.0
             .delivered
             .get_or_create(&ChannelLabel { channel })
             .inc();
-        let ms = now_ms().saturating_sub(accepted_at).max(0);
-        // Milliseconds as f64: exact far beyond any real latency.
-        self.0.latency.observe(ms as f64 / 1000.0);
+        let latency = UnixMillis::now().since(accepted_at);
+        self.0.latency.observe(latency.as_secs_f64());
     }
 
     /// `n` messages ended failed, `channel` the last one tried.
@@ -580,7 +579,10 @@ mod tests {
         m.accepted(Endpoint::Bark);
         m.accepted(Endpoint::Bark);
         m.attempts(ChannelName::WeCom, AttemptOutcome::Retry, 3);
-        m.delivered(ChannelName::WeCom, now_ms() - 1500);
+        m.delivered(
+            ChannelName::WeCom,
+            UnixMillis::now() - std::time::Duration::from_millis(1500),
+        );
         m.failed(ChannelName::Email, 1);
         m.wecom_error(WeComApi::MessageSend, WeComErrcode::Code(81013));
         m.wecom_error(WeComApi::GetToken, WeComErrcode::Transport);

@@ -25,7 +25,8 @@ use crate::bot::{self, Command};
 use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::metrics::CallbackOutcome;
-use crate::store::{CallbackClaim, now_ms};
+use crate::store::CallbackClaim;
+use crate::time::UnixMillis;
 use crate::wecom::checks;
 use crate::wecom::crypto::CryptoError;
 use crate::wecom::xml::{self, Inbound, XmlError};
@@ -242,7 +243,7 @@ fn check_fresh(timestamp: &str, max_age: std::time::Duration) -> Result<(), Fail
             ApiError::BadRequest("timestamp must be unix seconds".into()),
         )
     })?;
-    let skew = (now_ms() / 1000).abs_diff(ts);
+    let skew = UnixMillis::now().as_secs().abs_diff(ts);
     if skew > max_age.as_secs() {
         return Err((
             CallbackOutcome::Stale,
@@ -267,7 +268,7 @@ fn empty() -> Response {
 }
 
 fn encrypted_reply(state: &AppState, inbound: &Inbound, text: &str) -> Response {
-    let now_s = now_ms() / 1000;
+    let now_s = UnixMillis::now().as_secs();
     let reply_xml = xml::text_reply_xml(&inbound.from_user_name, &state.corp_id, now_s, text);
     let nonce = rand::random_range(100_000_000u64..10_000_000_000u64).to_string();
     let body = state

@@ -9,7 +9,8 @@ use crate::domain::{
     ChannelName, DestName, Format, Look, MessageId, Outbound, Route, UnknownChannel, UserId,
 };
 use crate::error::ApiError;
-use crate::store::{CodeCheck, CodeRequest, now_ms};
+use crate::store::{CodeCheck, CodeRequest};
+use crate::time::UnixMillis;
 
 pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<String, ApiError> {
     Ok(match command {
@@ -76,15 +77,14 @@ async fn request_code(
     let Ok(address) = (binding.parse)(typed) else {
         return Ok(bot::address_invalid_reply(binding, typed));
     };
-    let ttl_ms = i64::try_from(binding.code_ttl.as_millis()).unwrap_or(i64::MAX);
     let request = state
         .store
         .request_code(
             userid,
             channel,
             &address,
-            now_ms(),
-            ttl_ms,
+            UnixMillis::now(),
+            binding.code_ttl,
             binding.codes_per_hour,
         )
         .await?;
@@ -223,7 +223,11 @@ async fn verify(state: &AppState, userid: &UserId, typed: &str) -> Result<String
         return Ok(bot::verify_usage_reply());
     }
     Ok(
-        match state.store.check_code(userid, typed, now_ms()).await? {
+        match state
+            .store
+            .check_code(userid, typed, UnixMillis::now())
+            .await?
+        {
             CodeCheck::Bound { channel, address } => match state.outbox.binding(channel) {
                 // Bound, though the channel is gone from the config since the code was sent.
                 None => bot::channel_unavailable_reply(channel),
@@ -312,10 +316,7 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
         })
         .collect();
     // "Today" in the time zone the server shows times in.
-    let offset = i64::from(state.utc_offset) * 1000;
-    let day = 24 * 3600 * 1000;
-    let now = now_ms();
-    let day_start = (now + offset).div_euclid(day) * day - offset;
+    let day_start = UnixMillis::now().start_of_day(state.utc_offset);
     let today = state
         .store
         .channel_counts_since(userid, day_start)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::AppState;
 use crate::domain::ChannelName;
 use crate::error::ApiError;
-use crate::store::now_ms;
+use crate::time::UnixMillis;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -35,18 +35,18 @@ pub struct Delivery {
 impl Delivery {
     pub async fn read(state: &AppState) -> Self {
         let (pass_age, stall_after) = state.outbox.scheduler_pass();
-        let oldest_due = match state.store.oldest_due(now_ms()).await {
+        let oldest_due = match state.store.oldest_due(UnixMillis::now()).await {
             Ok(found) => Some(
                 state
                     .outbox
                     .channels()
                     .iter()
                     .map(|c| {
-                        let ms = found.iter().find(|(f, _)| f == c).map_or(0, |(_, a)| *a);
-                        (
-                            *c,
-                            Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64(),
-                        )
+                        let age = found
+                            .iter()
+                            .find(|(f, _)| f == c)
+                            .map_or(Duration::ZERO, |(_, a)| *a);
+                        (*c, age.as_secs_f64())
                     })
                     .collect(),
             ),

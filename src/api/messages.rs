@@ -1,8 +1,6 @@
 //! `GET /messages/{id}` and `GET /messages`: the state of a member's messages, so that a
 //! failure is visible to the sender, not only in the server log.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -15,6 +13,7 @@ use crate::domain::Format;
 use crate::error::ApiError;
 use crate::metrics::TokenRoute;
 use crate::store::{AttemptRecord, Message, MessageStatus, StoredChannel};
+use crate::time::UnixMillis;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -139,9 +138,8 @@ impl From<Message> for MessageView {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
+fn rfc3339(at: UnixMillis) -> String {
+    humantime::format_rfc3339_millis(at.to_system_time()).to_string()
 }
 
 async fn show(

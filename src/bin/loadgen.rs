@@ -342,7 +342,7 @@ async fn fill_backlog(
     pushbot::store::Store::connect(url).await?.close().await;
     let pool = sqlx::AnyPool::connect(url).await?;
     let mut tx = pool.begin().await?;
-    let now = pushbot::store::now_ms();
+    let now = pushbot::time::UnixMillis::now().as_millis();
     const ROWS: usize = 200;
     let mut seq = 0usize;
     while seq < count {
@@ -558,7 +558,7 @@ async fn obtain_token(
         msg_id + 1
     );
     let encrypted = crypto.encrypt(&inner);
-    let ts = pushbot::store::now_ms() / 1000;
+    let ts = pushbot::time::UnixMillis::now().as_secs();
     let (ts, nonce) = (ts.to_string(), "12345".to_owned());
     let signature = crypto.signature(&ts, &nonce, &encrypted);
     let body = format!(

@@ -3,7 +3,7 @@
 //! what a try's outcome means ([`settle_outcome`], [`give_up`], [`cut_off`]) — the record
 //! to write, what the channel's health learns, what to count and what the lane does next.
 //!
-//! Pure: the clock is passed in (unix ms), and so are the backoff's jitter and the ids a
+//! Pure: the clock is passed in (a [`UnixMillis`]), and so are the backoff's jitter and the ids a
 //! digest is given, so that every rule is tested exactly, without a database, a channel or
 //! sleeping. The scheduler keeps only the effects — reading, sending, recording, counting,
 //! logging and waiting — and asks here in between. Interleaved with the awaits that carry
@@ -27,23 +27,20 @@ use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, Format, Look, MessageId, Outbound};
 use crate::metrics::AttemptOutcome;
 use crate::store::{AttemptUpdate, Digest, Message, Waiting};
+use crate::time::UnixMillis;
 
 /// Sends per claim before a worker lets its lane go to the back of the queue.
 pub const LANE_BUDGET: usize = 64;
 /// Time per claim before a worker lets its lane go to the back of the queue.
 pub const LANE_TIME: Duration = Duration::from_secs(5);
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 // ---- the lane's head ------------------------------------------------------------------
 
 /// A worker's claim and its lane's head, as [`admit`] needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaneView {
-    /// When the head is due (unix ms): a head in backoff holds the whole lane back.
-    pub due_at: i64,
+    /// When the head is due: a head in backoff holds the whole lane back.
+    pub due_at: UnixMillis,
     /// The channel the head is to be tried on (its route's first).
     pub channel: ChannelName,
     /// Sends made in this claim so far.
@@ -57,8 +54,8 @@ pub struct LaneView {
 pub enum Admit<S> {
     /// Yes, on this channel (the `slot` given to [`admit`]).
     Go(S),
-    /// Give the lane up until then (unix ms).
-    Release(i64),
+    /// Give the lane up until then.
+    Release(UnixMillis),
     /// The head's channel is not configured here: the head gives up on it (goes on to its
     /// next channel, or ends) without a try.
     GiveUp(String),
@@ -71,7 +68,7 @@ pub enum Admit<S> {
 /// lane's order). A worker that has made [`LANE_BUDGET`] sends or held the lane for
 /// [`LANE_TIME`] lets it go to the back of the queue, so that a long lane does not keep
 /// the others waiting.
-pub fn admit<S>(view: &LaneView, slot: Option<S>, now: i64) -> Admit<S> {
+pub fn admit<S>(view: &LaneView, slot: Option<S>, now: UnixMillis) -> Admit<S> {
     if view.due_at > now {
         return Admit::Release(view.due_at);
     }
@@ -95,11 +92,11 @@ pub struct SlotView<'a> {
     /// `delivery.digest_after`, if the head may go in a digest on the channel
     /// ([`digestible`]); `None`: it goes alone.
     pub digest_after: Option<Duration>,
-    /// What was sent to the member on the channel (unix ms, ascending), once read.
-    pub history: Option<&'a [i64]>,
+    /// When messages were sent to the member on the channel (ascending), once read.
+    pub history: Option<&'a [UnixMillis]>,
     /// When the lane's messages waiting for the channel were accepted (lane order, head
     /// first), once read.
-    pub waiting: Option<&'a [i64]>,
+    pub waiting: Option<&'a [UnixMillis]>,
     /// The channel's health gate, once asked.
     pub gate: Option<Gate>,
 }
@@ -107,8 +104,8 @@ pub struct SlotView<'a> {
 /// What the worker does next with an admitted head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaneAction {
-    /// Give the lane up until then (unix ms): the member's limits, or the channel is down.
-    Release(i64),
+    /// Give the lane up until then: the member's limits, or the channel is down.
+    Release(UnixMillis),
     /// Read the member's send history on the channel, then ask again.
     ReadHistory,
     /// Read the lane's waiting messages, then ask again.
@@ -124,7 +121,7 @@ pub enum LaneAction {
 /// Send, digest, wait, or first find out more. The order matters: the member's limits
 /// first (a head that may not be sent must not take the channel's probe), the digest rule
 /// when the limits would hold the lane back, the health gate last.
-pub fn next_action(view: &SlotView<'_>, now: i64) -> LaneAction {
+pub fn next_action(view: &SlotView<'_>, now: UnixMillis) -> LaneAction {
     // A channel without windows sends at once.
     let digest = if view.windows.is_empty() {
         false
@@ -153,7 +150,11 @@ pub fn next_action(view: &SlotView<'_>, now: i64) -> LaneAction {
 /// By the member's limits and the digest rule: send alone (`false`), send a digest
 /// (`true`), or what comes first. The waiting messages are needed only when one more send
 /// now would leave no room for the next.
-fn by_limits(view: &SlotView<'_>, history: &[i64], now: i64) -> Result<bool, LaneAction> {
+fn by_limits(
+    view: &SlotView<'_>,
+    history: &[UnixMillis],
+    now: UnixMillis,
+) -> Result<bool, LaneAction> {
     let first = limits::next_slot(now, history, view.windows);
     if first > now {
         return Err(LaneAction::Release(first));
@@ -229,7 +230,7 @@ pub struct ComposedDigest {
     /// What is recorded once it is delivered.
     pub record: Digest,
     /// When each carried message was accepted (its delivery latency is counted from then).
-    pub carried_at: Vec<i64>,
+    pub carried_at: Vec<UnixMillis>,
 }
 
 /// One digest carrying every message of `waiting` (the head first) for the head's member,
@@ -263,7 +264,7 @@ pub fn compose_digest(
     // The digest carries every waiting message; those its text has no room for (or shows
     // cut short) are in full on its page.
     let body = digest::compose(&items, max_text_bytes, utc_offset, &page.url).text;
-    let carried_at: Vec<i64> = waiting.iter().map(|w| w.created_at).collect();
+    let carried_at: Vec<UnixMillis> = waiting.iter().map(|w| w.created_at).collect();
     let carried: Vec<MessageId> = waiting.into_iter().map(|w| w.id).collect();
     ComposedDigest {
         outbound: Outbound {
@@ -299,7 +300,7 @@ pub enum After {
     /// The head stays queued on its next channel: read the lane again.
     Reread,
     /// Give the lane up until then (backoff, shutdown, an unrecorded outcome).
-    Release(i64),
+    Release(UnixMillis),
 }
 
 impl After {
@@ -307,7 +308,7 @@ impl After {
     /// still queued as it was, so it is tried again (at least once, never lost): the lane
     /// is given up at once — or when it was being given up until later anyway (a retry
     /// keeps its time).
-    pub fn unrecorded(self, now: i64) -> After {
+    pub fn unrecorded(self, now: UnixMillis) -> After {
         match self {
             Self::Release(at) => Self::Release(at),
             Self::Next | Self::Reread => Self::Release(now),
@@ -331,7 +332,7 @@ pub enum Learnt {
 pub struct Count {
     pub outcome: AttemptOutcome,
     /// When each message it delivered was accepted.
-    pub delivered: Vec<i64>,
+    pub delivered: Vec<UnixMillis>,
     /// The message ended failed.
     pub failed: bool,
 }
@@ -345,7 +346,7 @@ pub struct Settlement {
     pub learnt: Learnt,
     /// A send at this time counts against the member's limits on the channel (the
     /// worker's copy of the send history gets it).
-    pub sent: Option<i64>,
+    pub sent: Option<UnixMillis>,
     pub count: Count,
     pub after: After,
 }
@@ -356,10 +357,10 @@ pub struct Attempt<'a> {
     /// The head as read before the try.
     pub head: &'a Message,
     pub channel: ChannelName,
-    /// When the try started (unix ms).
-    pub sent_at: i64,
+    /// When the try started.
+    pub sent_at: UnixMillis,
     /// The digest it went as, with when each carried message was accepted; `None`: alone.
-    pub digest: Option<(Digest, Vec<i64>)>,
+    pub digest: Option<(Digest, Vec<UnixMillis>)>,
 }
 
 /// What the outcome of `attempt` means, `now` being when it came back. `jitter` is a
@@ -381,7 +382,7 @@ pub struct Attempt<'a> {
 pub fn settle_outcome(
     attempt: Attempt<'_>,
     outcome: &Result<(), ChannelError>,
-    now: i64,
+    now: UnixMillis,
     jitter: f64,
     settings: &DeliverySettings,
 ) -> Settlement {
@@ -392,7 +393,7 @@ pub fn settle_outcome(
         digest,
     } = attempt;
     let attempts = head.attempts + 1;
-    let deadline_at = now.saturating_add(ms(settings.retry_window));
+    let deadline_at = now + settings.retry_window;
     match outcome {
         Ok(()) => delivered(head, channel, attempts, sent_at, digest, deadline_at),
         Err(ChannelError::Unconfirmed { reason }) => {
@@ -433,7 +434,7 @@ pub fn settle_outcome(
                 tried(head),
                 sent_at,
                 Failure::Transient {
-                    retry_at: now.saturating_add(ms(delay)),
+                    retry_at: now + delay,
                 },
             );
             let error = if step.moves_on() {
@@ -477,11 +478,11 @@ pub fn give_up(
     channel: ChannelName,
     attempts: i64,
     error: String,
-    now: i64,
+    now: UnixMillis,
     settings: &DeliverySettings,
 ) -> Settlement {
     let step = next_step::after_failure(tried(head), now, Failure::Permanent);
-    let deadline_at = now.saturating_add(ms(settings.retry_window));
+    let deadline_at = now + settings.retry_window;
     let (update, count, after) =
         record_step(head, channel, attempts, step, error, false, deadline_at);
     Settlement {
@@ -495,7 +496,7 @@ pub fn give_up(
 
 /// The try was cut off at the end of the shutdown grace: the channel may or may not have
 /// processed it, so it is sent again next time (at least once), due at once.
-pub fn cut_off(head: &Message, channel: ChannelName, now: i64) -> Settlement {
+pub fn cut_off(head: &Message, channel: ChannelName, now: UnixMillis) -> Settlement {
     Settlement {
         update: AttemptUpdate::Retry {
             id: head.id.clone(),
@@ -520,9 +521,9 @@ fn delivered(
     head: &Message,
     channel: ChannelName,
     attempts: i64,
-    sent_at: i64,
-    digest: Option<(Digest, Vec<i64>)>,
-    deadline_at: i64,
+    sent_at: UnixMillis,
+    digest: Option<(Digest, Vec<UnixMillis>)>,
+    deadline_at: UnixMillis,
 ) -> Settlement {
     let (update, delivered, after) = if let Some((digest, carried_at)) = digest {
         (
@@ -588,7 +589,7 @@ fn record_step(
     step: NextStep,
     error: String,
     unconfirmed: bool,
-    deadline_at: i64,
+    deadline_at: UnixMillis,
 ) -> (AttemptUpdate, Count, After) {
     let count = |outcome, failed| Count {
         outcome,
@@ -654,12 +655,21 @@ mod tests {
     use super::*;
     use crate::domain::{Route, UserId};
 
-    const NOW: i64 = 1_000_000_000;
-    const MIN: i64 = 60_000;
+    const NOW: UnixMillis = UnixMillis::from_millis(1_000_000_000);
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The time `n` milliseconds after the epoch.
+    fn t(n: i64) -> UnixMillis {
+        UnixMillis::from_millis(n)
+    }
 
     // ---- the lane's head ----
 
-    fn lane(due_at: i64, sent: usize, held_ms: u64) -> LaneView {
+    fn lane(due_at: UnixMillis, sent: usize, held_ms: u64) -> LaneView {
         LaneView {
             due_at,
             channel: ChannelName::Email,
@@ -671,13 +681,13 @@ mod tests {
     #[test]
     fn a_head_not_yet_due_holds_the_lane_back_until_it_is() {
         assert_eq!(
-            admit(&lane(NOW + 5_000, 0, 0), Some("email"), NOW),
-            Admit::Release(NOW + 5_000)
+            admit(&lane(NOW + ms(5_000), 0, 0), Some("email"), NOW),
+            Admit::Release(NOW + ms(5_000))
         );
         // Before the budget is looked at: the lane comes back when the head is due.
         assert_eq!(
-            admit(&lane(NOW + 1, LANE_BUDGET, 0), Some("email"), NOW),
-            Admit::Release(NOW + 1)
+            admit(&lane(NOW + ms(1), LANE_BUDGET, 0), Some("email"), NOW),
+            Admit::Release(NOW + ms(1))
         );
         assert_eq!(
             admit(&lane(NOW, 0, 0), Some("email"), NOW),
@@ -689,15 +699,19 @@ mod tests {
     fn a_claim_ends_after_its_budget_of_sends_or_of_time() {
         let time = u64::try_from(LANE_TIME.as_millis()).unwrap();
         assert_eq!(
-            admit(&lane(NOW - 10, LANE_BUDGET - 1, time - 1), Some(()), NOW),
+            admit(
+                &lane(NOW - ms(10), LANE_BUDGET - 1, time - 1),
+                Some(()),
+                NOW
+            ),
             Admit::Go(())
         );
         assert_eq!(
-            admit(&lane(NOW - 10, LANE_BUDGET, 0), Some(()), NOW),
+            admit(&lane(NOW - ms(10), LANE_BUDGET, 0), Some(()), NOW),
             Admit::Release(NOW)
         );
         assert_eq!(
-            admit(&lane(NOW - 10, 0, time), Some(()), NOW),
+            admit(&lane(NOW - ms(10), 0, time), Some(()), NOW),
             Admit::Release(NOW)
         );
     }
@@ -710,8 +724,8 @@ mod tests {
         );
         // Only once it is its turn.
         assert_eq!(
-            admit::<()>(&lane(NOW + 1, 0, 0), None, NOW),
-            Admit::Release(NOW + 1)
+            admit::<()>(&lane(NOW + ms(1), 0, 0), None, NOW),
+            Admit::Release(NOW + ms(1))
         );
     }
 
@@ -740,8 +754,11 @@ mod tests {
         assert_eq!(next_action(&view, NOW), LaneAction::Send { probe: false });
         view.gate = Some(Gate::Probe);
         assert_eq!(next_action(&view, NOW), LaneAction::Send { probe: true });
-        view.gate = Some(Gate::Closed(NOW + 2_000));
-        assert_eq!(next_action(&view, NOW), LaneAction::Release(NOW + 2_000));
+        view.gate = Some(Gate::Closed(NOW + ms(2_000)));
+        assert_eq!(
+            next_action(&view, NOW),
+            LaneAction::Release(NOW + ms(2_000))
+        );
     }
 
     #[test]
@@ -750,15 +767,15 @@ mod tests {
         let mut view = slot(&windows);
         assert_eq!(next_action(&view, NOW), LaneAction::ReadHistory);
         // Three sends in the last minute: the next one when the first is a window old.
-        let history = [NOW - 30_000, NOW - 20_000, NOW - 10_000];
+        let history = [NOW - ms(30_000), NOW - ms(20_000), NOW - ms(10_000)];
         view.history = Some(&history);
-        let free_at = NOW - 30_000 + windows[0].enforced_ms();
+        let free_at = NOW - ms(30_000) + windows[0].enforced();
         assert_eq!(next_action(&view, NOW), LaneAction::Release(free_at));
         // Not asked even when its answer would be known: a closed gate is not the reason.
         view.gate = Some(Gate::Probe);
         assert_eq!(next_action(&view, NOW), LaneAction::Release(free_at));
         // Room for one: the gate decides.
-        let history = [NOW - 20_000, NOW - 10_000];
+        let history = [NOW - ms(20_000), NOW - ms(10_000)];
         view.history = Some(&history);
         view.gate = None;
         assert_eq!(next_action(&view, NOW), LaneAction::AskGate);
@@ -773,11 +790,11 @@ mod tests {
         view.digest_after = Some(Duration::from_secs(30));
         view.gate = Some(Gate::Open);
         // Room for two more: one by one.
-        let history = [NOW - 10_000];
+        let history = [NOW - ms(10_000)];
         view.history = Some(&history);
         assert_eq!(next_action(&view, NOW), LaneAction::Send { probe: false });
         // Room for one only: the waiting messages decide.
-        let history = [NOW - 20_000, NOW - 10_000];
+        let history = [NOW - ms(20_000), NOW - ms(10_000)];
         view.history = Some(&history);
         assert_eq!(next_action(&view, NOW), LaneAction::ReadWaiting);
         // No digest for this head (or digests off): it goes alone, nothing read.
@@ -788,7 +805,7 @@ mod tests {
     #[test]
     fn a_lane_that_would_wait_too_long_goes_as_a_digest() {
         let windows = per_minute(3);
-        let history = [NOW - 20_000, NOW - 10_000];
+        let history = [NOW - ms(20_000), NOW - ms(10_000)];
         let mut view = slot(&windows);
         view.digest_after = Some(Duration::from_secs(30));
         view.history = Some(&history);
@@ -800,8 +817,8 @@ mod tests {
         assert_eq!(next_action(&view, NOW), LaneAction::Digest { probe: false });
         view.gate = Some(Gate::Probe);
         assert_eq!(next_action(&view, NOW), LaneAction::Digest { probe: true });
-        view.gate = Some(Gate::Closed(NOW + 700));
-        assert_eq!(next_action(&view, NOW), LaneAction::Release(NOW + 700));
+        view.gate = Some(Gate::Closed(NOW + ms(700)));
+        assert_eq!(next_action(&view, NOW), LaneAction::Release(NOW + ms(700)));
         // The head alone, just accepted: sent as it is.
         let one = [NOW];
         view.waiting = Some(&one);
@@ -815,7 +832,7 @@ mod tests {
             UserId::new("u"),
             Some("title".into()),
             Some("content".into()),
-            NOW - 5_000,
+            NOW - ms(5_000),
             NOW + 10 * MIN,
         );
         m.route = Route::parse(route).unwrap();
@@ -865,7 +882,7 @@ mod tests {
         );
     }
 
-    fn waiting(id: &str, created_at: i64, excerpt: &str, markdown: bool) -> Waiting {
+    fn waiting(id: &str, created_at: UnixMillis, excerpt: &str, markdown: bool) -> Waiting {
         Waiting {
             id: MessageId::from_stored(id.into()),
             created_at,
@@ -887,15 +904,15 @@ mod tests {
         let d = compose_digest(
             &head,
             vec![
-                waiting("m1", 100, "**bold**", true),
-                waiting("m2", 200, "**as typed**", false),
+                waiting("m1", t(100), "**bold**", true),
+                waiting("m2", t(200), "**as typed**", false),
             ],
             None,
             page,
             2048,
             0,
         );
-        assert_eq!(d.carried_at, vec![100, 200]);
+        assert_eq!(d.carried_at, vec![t(100), t(200)]);
         assert_eq!(d.record.id, "d1");
         assert_eq!(d.record.page_key, "k");
         let carried: Vec<&str> = d.record.carried.iter().map(MessageId::as_str).collect();
@@ -930,11 +947,11 @@ mod tests {
         }
     }
 
-    fn window() -> i64 {
-        ms(settings().retry_window)
+    fn window() -> Duration {
+        settings().retry_window
     }
 
-    fn on(head: &Message, channel: ChannelName, sent_at: i64) -> Attempt<'_> {
+    fn on(head: &Message, channel: ChannelName, sent_at: UnixMillis) -> Attempt<'_> {
         Attempt {
             head,
             channel,
@@ -964,7 +981,7 @@ mod tests {
     fn delivered_alone_the_message_is_done() {
         let mut head = message("wecom,email");
         head.attempts = 2;
-        let s = settle(on(&head, ChannelName::WeCom, NOW - 300), Ok(()));
+        let s = settle(on(&head, ChannelName::WeCom, NOW - ms(300)), Ok(()));
         match &s.update {
             AttemptUpdate::Delivered {
                 id,
@@ -984,7 +1001,7 @@ mod tests {
         assert_eq!(s.learnt, Learnt::Reachable);
         assert_eq!(
             s.sent,
-            Some(NOW - 300),
+            Some(NOW - ms(300)),
             "counts against the member's limits"
         );
         assert_eq!(
@@ -1058,8 +1075,8 @@ mod tests {
             page_key: "k".into(),
         };
         let attempt = Attempt {
-            digest: Some((digest, vec![10, 20])),
-            ..on(&head, ChannelName::WeCom, NOW - 50)
+            digest: Some((digest, vec![t(10), t(20)])),
+            ..on(&head, ChannelName::WeCom, NOW - ms(50))
         };
         let s = settle(attempt, Ok(()));
         match &s.update {
@@ -1070,16 +1087,16 @@ mod tests {
             } => {
                 assert_eq!(digest.id, "d1");
                 assert_eq!(*channel, ChannelName::WeCom);
-                assert_eq!(*sent_at, NOW - 50);
+                assert_eq!(*sent_at, NOW - ms(50));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.sent, Some(NOW - 50), "one send, whatever it carried");
+        assert_eq!(s.sent, Some(NOW - ms(50)), "one send, whatever it carried");
         assert_eq!(
             s.count,
             Count {
                 outcome: AttemptOutcome::Delivered,
-                delivered: vec![10, 20],
+                delivered: vec![t(10), t(20)],
                 failed: false
             }
         );
@@ -1171,7 +1188,7 @@ mod tests {
             page_key: "k".into(),
         };
         let attempt = Attempt {
-            digest: Some((digest, vec![10, 20])),
+            digest: Some((digest, vec![t(10), t(20)])),
             ..on(&head, ChannelName::WeCom, NOW)
         };
         let s = settle(attempt, permanent("no"));
@@ -1189,7 +1206,7 @@ mod tests {
         // The third try: a base of 4 s, jittered between 2 and 4 s.
         for (jitter, delay) in [(0.0, 2_000), (0.5, 3_000)] {
             let s = settle_outcome(
-                on(&head, ChannelName::WeCom, NOW - 100),
+                on(&head, ChannelName::WeCom, NOW - ms(100)),
                 &transient("HTTP 502", false),
                 NOW,
                 jitter,
@@ -1206,13 +1223,13 @@ mod tests {
                     assert_eq!(*attempts, 3);
                     assert_eq!(*channel, ChannelName::WeCom);
                     assert_eq!(error, "HTTP 502");
-                    assert_eq!(*next_attempt_at, NOW + delay);
+                    assert_eq!(*next_attempt_at, NOW + ms(delay));
                 }
                 other => panic!("{other:?}"),
             }
             assert_eq!(s.learnt, Learnt::Reachable, "it answered, if with an error");
             assert_eq!(s.count.outcome, AttemptOutcome::Retry);
-            assert_eq!(s.after, After::Release(NOW + delay));
+            assert_eq!(s.after, After::Release(NOW + ms(delay)));
         }
     }
 
@@ -1231,7 +1248,7 @@ mod tests {
         match &s.update {
             AttemptUpdate::Retry {
                 next_attempt_at, ..
-            } => assert_eq!(*next_attempt_at, NOW + 7_000),
+            } => assert_eq!(*next_attempt_at, NOW + ms(7_000)),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.learnt, Learnt::Reachable);
@@ -1241,7 +1258,7 @@ mod tests {
         match &s.update {
             AttemptUpdate::Retry {
                 next_attempt_at, ..
-            } => assert_eq!(*next_attempt_at, NOW + 2_000),
+            } => assert_eq!(*next_attempt_at, NOW + ms(2_000)),
             other => panic!("{other:?}"),
         }
     }
@@ -1250,25 +1267,25 @@ mod tests {
     fn a_backoff_past_the_windows_end_retries_at_its_end() {
         let mut head = message("wecom");
         head.attempts = 20;
-        head.deadline_at = NOW + 1_000;
+        head.deadline_at = NOW + ms(1_000);
         let s = settle(on(&head, ChannelName::WeCom, NOW), transient("busy", false));
         match &s.update {
             AttemptUpdate::Retry {
                 next_attempt_at, ..
-            } => assert_eq!(*next_attempt_at, NOW + 1_000),
+            } => assert_eq!(*next_attempt_at, NOW + ms(1_000)),
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.after, After::Release(NOW + 1_000));
+        assert_eq!(s.after, After::Release(NOW + ms(1_000)));
     }
 
     #[test]
     fn a_transient_failure_of_the_last_try_in_the_window_moves_on_saying_why() {
         let mut head = message("wecom,email");
         head.attempts = 2;
-        head.deadline_at = NOW - 500;
+        head.deadline_at = NOW - ms(500);
         // The try started at the window's end.
         let s = settle(
-            on(&head, ChannelName::WeCom, NOW - 500),
+            on(&head, ChannelName::WeCom, NOW - ms(500)),
             transient("connection refused", true),
         );
         match &s.update {
@@ -1288,7 +1305,7 @@ mod tests {
         assert_eq!(s.after, After::Reread);
         // On the last channel it ends failed; an answering channel is not called unreachable.
         let mut last = message("wecom");
-        last.deadline_at = NOW - 500;
+        last.deadline_at = NOW - ms(500);
         let s = settle(on(&last, ChannelName::WeCom, NOW), transient("busy", false));
         match &s.update {
             AttemptUpdate::Failed { error, .. } => assert_eq!(
@@ -1426,8 +1443,8 @@ mod tests {
         assert_eq!(After::Next.unrecorded(NOW), After::Release(NOW));
         assert_eq!(After::Reread.unrecorded(NOW), After::Release(NOW));
         assert_eq!(
-            After::Release(NOW + 9_000).unrecorded(NOW),
-            After::Release(NOW + 9_000)
+            After::Release(NOW + ms(9_000)).unrecorded(NOW),
+            After::Release(NOW + ms(9_000))
         );
     }
 }

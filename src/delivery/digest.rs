@@ -10,11 +10,12 @@
 //! carries is reachable only as a title or an excerpt.
 
 use crate::render::cut::cut;
+use crate::time::UnixMillis;
 
 /// One carried message as the digest shows it.
 #[derive(Debug, Clone, Copy)]
 pub struct Item<'a> {
-    pub created_at: i64,
+    pub created_at: UnixMillis,
     pub title: Option<&'a str>,
     /// The content as readable text (markdown already made plain), or its start.
     pub content: Option<&'a str>,
@@ -154,10 +155,9 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `HH:MM` of a unix-millisecond time in the given offset from UTC.
-pub fn clock(unix_ms: i64, utc_offset_secs: i32) -> String {
-    let secs = unix_ms.div_euclid(1000) + i64::from(utc_offset_secs);
-    let of_day = secs.rem_euclid(86_400);
+/// `HH:MM` of a time in the given offset from UTC.
+pub fn clock(at: UnixMillis, utc_offset_secs: i32) -> String {
+    let of_day = at.time_of_day(utc_offset_secs).as_secs();
     format!("{:02}:{:02}", of_day / 3600, (of_day % 3600) / 60)
 }
 
@@ -165,16 +165,21 @@ pub fn clock(unix_ms: i64, utc_offset_secs: i32) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
     use unicode_segmentation::UnicodeSegmentation;
 
     const BEIJING: i32 = 8 * 3600;
     // 2026-11-26 06:02:00 UTC = 14:02 in Beijing.
-    const T0: i64 = 1_795_500_120_000;
+    const T0: UnixMillis = UnixMillis::from_millis(1_795_500_120_000);
     const PAGE: &str = "https://push.example.com/m/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b?k=\
                         AAAAAAAAAAAAAAAAAAAAAA";
     const FAMILY: &str = "👩\u{200d}👩\u{200d}👧\u{200d}👦"; // 25 bytes, one grapheme
 
-    fn item<'a>(at: i64, title: Option<&'a str>, content: Option<&'a str>) -> Item<'a> {
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn item<'a>(at: UnixMillis, title: Option<&'a str>, content: Option<&'a str>) -> Item<'a> {
         Item {
             created_at: at,
             title,
@@ -195,20 +200,20 @@ mod tests {
     fn clock_shows_local_hours_and_minutes() {
         assert_eq!(clock(T0, BEIJING), "14:02");
         assert_eq!(clock(T0, 0), "06:02");
-        assert_eq!(clock(0, -3600), "23:00");
+        assert_eq!(clock(UnixMillis::from_millis(0), -3600), "23:00");
     }
 
     #[test]
     fn each_line_shows_the_title_and_the_content() {
         let items = [
             item(T0, Some("Disk full"), Some("host-07: /var 100%")),
-            item(T0 + 60_000, Some("disk ok"), None),
+            item(T0 + ms(60_000), Some("disk ok"), None),
             item(
-                T0 + 7 * 60_000,
+                T0 + ms(7 * 60_000),
                 None,
                 Some("\n  backup done\nsecond   line\n"),
             ),
-            item(T0 + 7 * 60_000, Some("  "), Some("only content")),
+            item(T0 + ms(7 * 60_000), Some("  "), Some("only content")),
         ];
         let digest = compose(&items, 2048, BEIJING, PAGE);
         assert_eq!(digest.shown, 4);
@@ -245,7 +250,13 @@ mod tests {
     #[test]
     fn what_does_not_fit_is_counted_and_linked() {
         let items: Vec<Item<'_>> = (0..300)
-            .map(|i| item(T0 + i, Some("告警：磁盘使用率超过 90%"), Some("host-07")))
+            .map(|i| {
+                item(
+                    T0 + ms(i),
+                    Some("告警：磁盘使用率超过 90%"),
+                    Some("host-07"),
+                )
+            })
             .collect();
         let digest = compose(&items, 2048, BEIJING, PAGE);
         assert!(digest.text.len() <= 2048, "{}", digest.text.len());
@@ -411,7 +422,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (t, c, partial))| Item {
-                    created_at: T0 + i64::try_from(i).unwrap_or(0) * 1000,
+                    created_at: T0 + Duration::from_secs(u64::try_from(i).unwrap_or(0)),
                     title: t.as_deref(),
                     content: c.as_deref(),
                     partial: *partial && c.is_some(),

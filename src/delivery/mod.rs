@@ -38,7 +38,8 @@ use crate::domain::{
     ChannelName, Format, Look, MessageId, Outbound, Route, RouteError, UnknownChannel, UserId,
 };
 use crate::metrics::Metrics;
-use crate::store::{Message, Store, StoreError, now_ms};
+use crate::store::{Message, Store, StoreError};
+use crate::time::UnixMillis;
 use limits::RateWindow;
 use scheduler::Scheduler;
 
@@ -514,7 +515,7 @@ impl Outbox {
     /// does not matter to delivery.
     pub async fn accept(&self, new: NewMessage) -> Result<Accepted, AcceptError> {
         let store = &self.inner.store;
-        let now = now_ms();
+        let now = UnixMillis::now();
         if let Some(key) = &new.idempotency_key
             && let Some(first) = store
                 .message_by_idempotency_key(&new.userid, key, now)
@@ -522,15 +523,13 @@ impl Outbox {
         {
             return repeat_of(first, new.request_digest.as_deref());
         }
-        let window =
-            i64::try_from(self.inner.settings.retry_window.as_millis()).unwrap_or(i64::MAX);
         let mut message = Message::new_queued(
             MessageId::generate(),
             new.userid,
             new.title,
             new.content,
             now,
-            now.saturating_add(window),
+            now + self.inner.settings.retry_window,
         );
         message.idempotency_digest = new.request_digest.filter(|_| new.idempotency_key.is_some());
         message.idempotency_key = new.idempotency_key;
@@ -614,8 +613,8 @@ mod tests {
             UserId::new("u"),
             Some("t".into()),
             None,
-            0,
-            1,
+            UnixMillis::from_millis(0),
+            UnixMillis::from_millis(1),
         );
         m.idempotency_key = Some("k".into());
         m.idempotency_digest = digest.map(str::to_owned);

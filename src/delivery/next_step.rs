@@ -10,6 +10,7 @@
 //! window, never skipped because the next backoff would have landed after it.
 
 use crate::domain::Route;
+use crate::time::UnixMillis;
 
 /// The message a try failed for, as far as the next step depends on it.
 #[derive(Debug, Clone, Copy)]
@@ -18,8 +19,8 @@ pub struct Tried<'a> {
     pub route: &'a Route,
     /// An earlier channel delivered it (a `deliver_all` message).
     pub delivered_before: bool,
-    /// The end of its retry window on the channel that failed (unix ms).
-    pub deadline_at: i64,
+    /// The end of its retry window on the channel that failed.
+    pub deadline_at: UnixMillis,
 }
 
 /// How the try failed.
@@ -27,15 +28,15 @@ pub struct Tried<'a> {
 pub enum Failure {
     /// Retrying cannot help.
     Permanent,
-    /// Retrying later may help; by backoff the next try would be at `retry_at` (unix ms).
-    Transient { retry_at: i64 },
+    /// Retrying later may help; by backoff the next try would be at `retry_at`.
+    Transient { retry_at: UnixMillis },
 }
 
 /// The next step of a message whose try failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextStep {
-    /// Try the same channel again at `at` (unix ms).
-    Retry { at: i64 },
+    /// Try the same channel again at `at`.
+    Retry { at: UnixMillis },
     /// Go on with `route`: the rest of the route, its next channel first.
     Fallback { route: Route },
     /// No channel is left: the message is done — `failed`, unless an earlier channel
@@ -51,7 +52,7 @@ impl NextStep {
 }
 
 /// The next step of `message` after a try that started at `started_at` failed.
-pub fn after_failure(message: Tried<'_>, started_at: i64, failure: Failure) -> NextStep {
+pub fn after_failure(message: Tried<'_>, started_at: UnixMillis, failure: Failure) -> NextStep {
     match failure {
         Failure::Transient { retry_at } if started_at < message.deadline_at => NextStep::Retry {
             at: retry_at.min(message.deadline_at),
@@ -73,11 +74,22 @@ mod tests {
         Route::parse(text).unwrap()
     }
 
+    /// The time `ms` milliseconds after the epoch (the tests' clock starts there).
+    fn t(ms: i64) -> UnixMillis {
+        UnixMillis::from_millis(ms)
+    }
+
+    fn transient(retry_at: i64) -> Failure {
+        Failure::Transient {
+            retry_at: t(retry_at),
+        }
+    }
+
     fn tried(route: &Route, delivered_before: bool) -> Tried<'_> {
         Tried {
             route,
             delivered_before,
-            deadline_at: 10_000,
+            deadline_at: t(10_000),
         }
     }
 
@@ -85,33 +97,21 @@ mod tests {
     fn a_transient_failure_within_the_window_is_retried_at_the_backoff_time() {
         let r = route("wecom,email");
         assert_eq!(
-            after_failure(
-                tried(&r, false),
-                4_000,
-                Failure::Transient { retry_at: 6_000 }
-            ),
-            NextStep::Retry { at: 6_000 }
+            after_failure(tried(&r, false), t(4_000), transient(6_000)),
+            NextStep::Retry { at: t(6_000) }
         );
     }
 
     #[test]
     fn a_backoff_past_the_windows_end_retries_at_its_end_instead_of_giving_up() {
         let r = route("wecom,email");
-        let step = after_failure(
-            tried(&r, false),
-            9_000,
-            Failure::Transient { retry_at: 20_000 },
-        );
-        assert_eq!(step, NextStep::Retry { at: 10_000 });
+        let step = after_failure(tried(&r, false), t(9_000), transient(20_000));
+        assert_eq!(step, NextStep::Retry { at: t(10_000) });
         assert!(!step.moves_on());
         // A try that started a moment before the end is not the last one either.
         assert_eq!(
-            after_failure(
-                tried(&r, false),
-                9_999,
-                Failure::Transient { retry_at: 12_000 }
-            ),
-            NextStep::Retry { at: 10_000 }
+            after_failure(tried(&r, false), t(9_999), transient(12_000)),
+            NextStep::Retry { at: t(10_000) }
         );
     }
 
@@ -119,11 +119,7 @@ mod tests {
     fn a_transient_failure_of_a_try_started_at_or_after_the_windows_end_moves_on() {
         let r = route("wecom,email");
         for started_at in [10_000, 10_001, 50_000] {
-            let step = after_failure(
-                tried(&r, false),
-                started_at,
-                Failure::Transient { retry_at: 60_000 },
-            );
+            let step = after_failure(tried(&r, false), t(started_at), transient(60_000));
             assert_eq!(
                 step,
                 NextStep::Fallback {
@@ -139,14 +135,14 @@ mod tests {
     fn a_permanent_failure_moves_on_at_once_whatever_the_window() {
         let r = route("wecom,email");
         assert_eq!(
-            after_failure(tried(&r, false), 0, Failure::Permanent),
+            after_failure(tried(&r, false), t(0), Failure::Permanent),
             NextStep::Fallback {
                 route: route("email")
             }
         );
         let last = route("email");
         assert_eq!(
-            after_failure(tried(&last, false), 0, Failure::Permanent),
+            after_failure(tried(&last, false), t(0), Failure::Permanent),
             NextStep::End { failed: true }
         );
     }
@@ -154,18 +150,18 @@ mod tests {
     #[test]
     fn with_no_channel_left_it_ends_failed_unless_an_earlier_channel_delivered_it() {
         let last = route("email");
-        let late = Failure::Transient { retry_at: 99_000 };
+        let late = transient(99_000);
         assert_eq!(
-            after_failure(tried(&last, false), 10_000, late),
+            after_failure(tried(&last, false), t(10_000), late),
             NextStep::End { failed: true }
         );
         assert_eq!(
-            after_failure(tried(&last, true), 10_000, late),
+            after_failure(tried(&last, true), t(10_000), late),
             NextStep::End { failed: false },
             "a deliver_all message WeCom delivered ends delivered"
         );
         assert_eq!(
-            after_failure(tried(&last, true), 10_000, Failure::Permanent),
+            after_failure(tried(&last, true), t(10_000), Failure::Permanent),
             NextStep::End { failed: false }
         );
     }

@@ -52,9 +52,10 @@ use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, MessageId, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{
-    AttemptUpdate, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting, now_ms,
+    AttemptUpdate, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
 };
 use crate::supervise::{self, FaultPoint, RESTART_PAUSE};
+use crate::time::UnixMillis;
 
 /// How long a worker whose lane ran empty waits for the member's next message before
 /// giving the lane up (each give-up and re-claim costs database round trips).
@@ -66,14 +67,14 @@ const PREFETCH: usize = 4;
 const CLAIM_BATCH: usize = 64;
 /// The loop looks at the database at least this often (new lanes of other instances,
 /// leases that ran out).
-const POLL_MAX: i64 = 1_000;
+const POLL_MAX: Duration = Duration::from_secs(1);
 /// While a channel is down, messages whose retry window ended before its latest failed
 /// try move on this often (and the next probe is planned by the earliest waiting window).
-const EXPIRE_EVERY: i64 = 250;
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// Overdue messages read and moved at once when many windows end together.
 const EXPIRE_BATCH: usize = 1_000;
 /// Send history and idempotency keys are pruned this often.
-const PRUNE_EVERY: i64 = 10 * 60 * 1_000;
+const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Waiting messages looked at when planning a digest.
 const LOOKAHEAD: usize = 512;
 /// Longest wait between two tries to record an outcome (the database is failing).
@@ -86,7 +87,7 @@ const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 /// panic releases it due at once, each further one in a row doubles the wait from 1 s).
 const LANE_PANIC_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// How long charges (texts that cost money) are kept: the daily caps look back a day.
-const CHARGE_SPAN: i64 = 24 * 3600 * 1000;
+const CHARGE_SPAN: Duration = Duration::from_secs(24 * 3600);
 
 /// A configured channel and what the scheduler knows about its health.
 struct Slot {
@@ -94,7 +95,7 @@ struct Slot {
     health: Mutex<Health>,
     /// The lane last made due for a probe by a waiting window, and when (see
     /// [`Scheduler::probe_next_window`]).
-    probe_lane: Mutex<Option<(UserId, i64)>>,
+    probe_lane: Mutex<Option<(UserId, UnixMillis)>>,
     /// A channel whose rate windows are shared by every member (a group chat): one lane at
     /// a time reads its history, sends and records, so that two members' lanes cannot
     /// both take the last place in a window (within this instance).
@@ -142,7 +143,8 @@ pub(super) struct Scheduler {
     fallbacks: Mutex<FallbackLog>,
     /// Outcomes are counted here once recorded.
     metrics: Metrics,
-    /// When the loop last began a pass (unix ms): `/healthz` and `/metrics` report its age.
+    /// When the loop last began a pass (unix ms, [`UnixMillis::as_millis`]): `/healthz` and
+    /// `/metrics` report its age.
     last_pass: AtomicI64,
     /// Builds the channels of destinations members added in the chat.
     member_channels: Arc<dyn MemberChannels>,
@@ -170,15 +172,15 @@ enum LaneEnd {
     /// Nothing is queued any more; the lane is gone.
     Finished,
     /// Give the lane up until then.
-    Release(i64),
+    Release(UnixMillis),
 }
 
-/// When each periodic chore of the loop is next due (unix ms).
+/// When each periodic chore of the loop is next due.
 struct Timers {
-    renew: i64,
-    sweep: i64,
-    expire: i64,
-    prune: i64,
+    renew: UnixMillis,
+    sweep: UnixMillis,
+    expire: UnixMillis,
+    prune: UnixMillis,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,12 +188,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn until(at_ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms())).unwrap_or(0))
+fn until(at: UnixMillis) -> Duration {
+    at.since(UnixMillis::now())
 }
 
 impl Scheduler {
@@ -221,7 +219,7 @@ impl Scheduler {
             wake: Notify::new(),
             fallbacks: Mutex::default(),
             metrics,
-            last_pass: AtomicI64::new(now_ms()),
+            last_pass: AtomicI64::new(UnixMillis::now().as_millis()),
             lane_panics: Mutex::default(),
             member_channels,
             member_slots: Mutex::default(),
@@ -231,8 +229,8 @@ impl Scheduler {
 
     /// How long ago the loop last began a pass.
     pub(super) fn last_pass_age(&self) -> Duration {
-        let age = now_ms().saturating_sub(self.last_pass.load(Ordering::Relaxed));
-        Duration::from_millis(u64::try_from(age).unwrap_or(0))
+        let last_pass = UnixMillis::from_millis(self.last_pass.load(Ordering::Relaxed));
+        UnixMillis::now().since(last_pass)
     }
 
     pub(super) async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
@@ -305,9 +303,9 @@ impl Scheduler {
 
     async fn run(self: Arc<Self>) {
         let arrivals = self.store.arrivals();
-        let start = now_ms();
+        let start = UnixMillis::now();
         let mut timers = Timers {
-            renew: start + ms(self.settings.lease) / 3,
+            renew: start + self.settings.lease / 3,
             sweep: start,
             expire: start,
             prune: start,
@@ -319,8 +317,8 @@ impl Scheduler {
         }
         let faults = self.store.supervisor().faults();
         while !self.stop.is_cancelled() {
-            let now = now_ms();
-            self.last_pass.store(now, Ordering::Relaxed);
+            let now = UnixMillis::now();
+            self.last_pass.store(now.as_millis(), Ordering::Relaxed);
             faults.panic_at(FaultPoint::SchedulerPanic);
             if faults.trip(FaultPoint::SchedulerStall) {
                 // A loop stuck in an await that never ends: only `/healthz` can tell.
@@ -369,8 +367,8 @@ impl Scheduler {
 
     /// Lease renewal, the lane sweep, failing overdue messages while a channel is down,
     /// pruning: each when its time has come.
-    async fn housekeeping(&self, now: i64, due: &mut Timers) -> Result<(), StoreError> {
-        let lease = ms(self.settings.lease);
+    async fn housekeeping(&self, now: UnixMillis, due: &mut Timers) -> Result<(), StoreError> {
+        let lease = self.settings.lease;
         if now >= due.renew {
             let lanes: Vec<UserId> = lock(&self.active).iter().cloned().collect();
             if !lanes.is_empty() {
@@ -388,7 +386,7 @@ impl Scheduler {
                     "found queued messages without a lane; opened lanes for them"
                 );
             }
-            due.sweep = now + ms(self.settings.sweep_interval.max(MIN_SWEEP_INTERVAL));
+            due.sweep = now + self.settings.sweep_interval.max(MIN_SWEEP_INTERVAL);
         }
         if now >= due.expire {
             let mut more = false;
@@ -408,15 +406,15 @@ impl Scheduler {
                     .await?;
                 self.probe_next_window(slot, tried_at).await?;
             }
-            due.expire = now + if more { 0 } else { EXPIRE_EVERY };
+            due.expire = now + if more { Duration::ZERO } else { EXPIRE_EVERY };
         }
         if now >= due.prune {
             let span = self
                 .channels
                 .iter()
-                .map(|s| limits::history_span_ms(s.channel.rate_windows()))
+                .map(|s| limits::history_span(s.channel.rate_windows()))
                 .max()
-                .unwrap_or(0);
+                .unwrap_or_default();
             self.store.prune_sends(now - span).await?;
             self.store.prune_charges(now - CHARGE_SPAN).await?;
             self.store.expire_idempotency_keys(now).await?;
@@ -432,9 +430,9 @@ impl Scheduler {
     async fn move_overdue(
         &self,
         slot: &Slot,
-        (since, why): (i64, &str),
-        tried_at: i64,
-        now: i64,
+        (since, why): (UnixMillis, &str),
+        tried_at: UnixMillis,
+        now: UnixMillis,
     ) -> Result<bool, StoreError> {
         let overdue = self
             .store
@@ -471,9 +469,7 @@ impl Scheduler {
             "{} unreachable since {} ({why}); gave up when it was still unreachable at the end \
              of the retry window ({})",
             slot.label(),
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(since).unwrap_or(0))
-            ),
+            humantime::format_rfc3339_seconds(since.to_system_time()),
             humantime::format_duration(self.settings.retry_window)
         );
         let done = self
@@ -503,7 +499,7 @@ impl Scheduler {
     /// A lane is made due once per planned probe: one whose worker gives it back until
     /// later (its head waits for something else) is not made due again every pass. (One
     /// that was being worked on is made due once it is free.)
-    async fn probe_next_window(&self, slot: &Slot, tried_at: i64) -> Result<(), StoreError> {
+    async fn probe_next_window(&self, slot: &Slot, tried_at: UnixMillis) -> Result<(), StoreError> {
         let Some(next) = self.store.next_window(slot.name(), tried_at).await? else {
             return Ok(());
         };
@@ -524,7 +520,11 @@ impl Scheduler {
     /// Claims due lanes up to the free capacity (one, for a probe, while the channel is
     /// down) and starts a worker for each. Returns `true` when it claimed all it asked for
     /// (there may be more: look again at once); lowers `wake_at` to when work is due.
-    async fn claim(self: &Arc<Self>, now: i64, wake_at: &mut i64) -> Result<bool, StoreError> {
+    async fn claim(
+        self: &Arc<Self>,
+        now: UnixMillis,
+        wake_at: &mut UnixMillis,
+    ) -> Result<bool, StoreError> {
         let capacity = self
             .settings
             .max_in_flight
@@ -541,7 +541,7 @@ impl Scheduler {
             Ok(Some(probes)) => probes.min(capacity),
             Ok(None) => CLAIM_BATCH.min(capacity),
         };
-        let lease_until = now + ms(self.settings.lease);
+        let lease_until = now + self.settings.lease;
         let claimed = self
             .store
             .claim_lanes(&self.owner, now, lease_until, limit)
@@ -562,7 +562,7 @@ impl Scheduler {
             return Ok(true);
         }
         if let Some(due) = self.store.next_lane_due().await? {
-            *wake_at = (*wake_at).min(due.max(now + 1));
+            *wake_at = (*wake_at).min(due.max(now + Duration::from_millis(1)));
         }
         Ok(false)
     }
@@ -577,7 +577,7 @@ impl Scheduler {
             }
             Ok(Err(err)) => {
                 tracing::warn!(userid = %userid, error = %crate::error::chain(&err), "lane interrupted by a database error; retrying it shortly");
-                LaneEnd::Release(now_ms() + 1_000)
+                LaneEnd::Release(UnixMillis::now() + Duration::from_secs(1))
             }
             Err(panic) => {
                 // A bug. The lane's messages are queued in the database: give the lane
@@ -597,7 +597,7 @@ impl Scheduler {
                     "a lane worker panicked; its lane is released and worked again in {}",
                     humantime::format_duration(pause)
                 );
-                LaneEnd::Release(now_ms().saturating_add(ms(pause)))
+                LaneEnd::Release(UnixMillis::now() + pause)
             }
         };
         // Out of `active` before the release commits: from that commit on the loop may
@@ -619,7 +619,7 @@ impl Scheduler {
         let arrivals = self.store.arrivals().watch(userid);
         // What was sent to the member on each channel with rate windows, read when first
         // needed (most lanes only ever use one channel).
-        let mut histories: HashMap<ChannelName, Vec<i64>> = HashMap::new();
+        let mut histories: HashMap<ChannelName, Vec<UnixMillis>> = HashMap::new();
         let claimed_at = Instant::now();
         let mut sent = 0;
         // The next few messages of the lane, head first (one read for several sends).
@@ -630,7 +630,7 @@ impl Scheduler {
         let mut last_seq = 0;
         loop {
             if self.stop.is_cancelled() {
-                return Ok(LaneEnd::Release(now_ms()));
+                return Ok(LaneEnd::Release(UnixMillis::now()));
             }
             if ahead.is_empty() && maybe_more {
                 // What the watch holds now is in the database too: read it from there.
@@ -648,7 +648,7 @@ impl Scheduler {
                 if decide::lingers(claimed_at.elapsed(), self.may_linger()) {
                     tokio::select! {
                         biased;
-                        () = self.stop.cancelled() => return Ok(LaneEnd::Release(now_ms())),
+                        () = self.stop.cancelled() => return Ok(LaneEnd::Release(UnixMillis::now())),
                         () = arrivals.arrived() => {
                             let taken = arrivals.take();
                             if taken.missed {
@@ -675,7 +675,7 @@ impl Scheduler {
                 maybe_more = true;
                 continue;
             };
-            let now = now_ms();
+            let now = UnixMillis::now();
             let view = LaneView {
                 due_at: next.message.next_attempt_at,
                 channel: next.message.route.first(),
@@ -734,7 +734,7 @@ impl Scheduler {
                 decide::digestible(&next.message, channel, slot.channel.capabilities().digests)
             });
             // The waiting messages, and when each was accepted.
-            let mut waiting: Option<(Vec<Waiting>, Vec<i64>)> = None;
+            let mut waiting: Option<(Vec<Waiting>, Vec<UnixMillis>)> = None;
             let mut gate = None;
             let (probe, digest) = loop {
                 let view = SlotView {
@@ -752,7 +752,7 @@ impl Scheduler {
                         return Ok(LaneEnd::Release(at));
                     }
                     LaneAction::ReadHistory => {
-                        let since = now_ms() - limits::history_span_ms(windows);
+                        let since = UnixMillis::now() - limits::history_span(windows);
                         let history = if slot.channel.shared_windows() {
                             self.store.channel_history(channel, since).await?
                         } else {
@@ -831,7 +831,7 @@ impl Scheduler {
         slot: &Slot,
         carried: Option<Vec<Waiting>>,
         probe: bool,
-        history: Option<&mut Vec<i64>>,
+        history: Option<&mut Vec<UnixMillis>>,
     ) -> After {
         let channel = slot.name();
         let permit = tokio::select! {
@@ -843,7 +843,7 @@ impl Scheduler {
             if probe {
                 lock(&slot.health).probe_abandoned();
             }
-            return After::Release(now_ms());
+            return After::Release(UnixMillis::now());
         };
         let address = match self.address_for(head, slot).await {
             Ok(address) => address,
@@ -879,7 +879,7 @@ impl Scheduler {
             }
         };
         let attempts = head.attempts + 1;
-        let sent_at = now_ms();
+        let sent_at = UnixMillis::now();
         let outcome = tokio::select! {
             // An attempt that has finished wins over the end of the grace: its outcome is
             // recorded rather than thrown away.
@@ -891,7 +891,7 @@ impl Scheduler {
                     self.wake.notify_one();
                 }
                 tracing::warn!(id = %head.id, attempts, channel = %channel, "delivery attempt cut off by shutdown");
-                return self.apply(channel, decide::cut_off(head, channel, now_ms())).await;
+                return self.apply(channel, decide::cut_off(head, channel, UnixMillis::now())).await;
             }
         };
         let settlement = decide::settle_outcome(
@@ -902,7 +902,7 @@ impl Scheduler {
                 digest,
             },
             &outcome,
-            now_ms(),
+            UnixMillis::now(),
             rand::random::<f64>(),
             &self.settings,
         );
@@ -937,7 +937,14 @@ impl Scheduler {
         attempts: i64,
         error: String,
     ) -> After {
-        let settlement = decide::give_up(head, channel, attempts, error, now_ms(), &self.settings);
+        let settlement = decide::give_up(
+            head,
+            channel,
+            attempts,
+            error,
+            UnixMillis::now(),
+            &self.settings,
+        );
         self.settle(head, channel, settlement).await
     }
 
@@ -987,7 +994,7 @@ impl Scheduler {
             ..
         } = settlement;
         if !self.record(update).await {
-            return after.unrecorded(now_ms());
+            return after.unrecorded(UnixMillis::now());
         }
         self.metrics.attempts(channel, count.outcome, 1);
         for accepted_at in count.delivered {
@@ -1025,8 +1032,8 @@ impl Scheduler {
     }
 
     /// The retry window of a message that starts on its next channel now.
-    fn fresh_deadline(&self) -> i64 {
-        now_ms().saturating_add(ms(self.settings.retry_window))
+    fn fresh_deadline(&self) -> UnixMillis {
+        UnixMillis::now() + self.settings.retry_window
     }
 
     /// Where the message goes on a channel that needs an address: the message's own
@@ -1082,9 +1089,9 @@ impl Scheduler {
     /// lane whose head waits for a channel that is down gives itself back until that
     /// channel's next probe —, else the probes that are due, else none before the
     /// returned time.
-    fn admits(&self, now: i64) -> Result<Option<usize>, i64> {
+    fn admits(&self, now: UnixMillis) -> Result<Option<usize>, UnixMillis> {
         let mut probes = 0;
-        let mut earliest = i64::MAX;
+        let mut earliest = UnixMillis::MAX;
         for slot in &self.channels {
             match lock(&slot.health).admits(now) {
                 Ok(None) => return Ok(None),
@@ -1105,7 +1112,7 @@ impl Scheduler {
     }
 
     fn reachable(&self, slot: &Slot) {
-        let change = lock(&slot.health).reachable(now_ms());
+        let change = lock(&slot.health).reachable(UnixMillis::now());
         if let Some(Change::CameBack { down_for }) = change {
             tracing::info!(
                 channel = %slot.name(),
@@ -1116,7 +1123,7 @@ impl Scheduler {
             );
             // Lanes that gave themselves back until its next probe may go now.
             let store = self.store.clone();
-            let scheduler_wake = now_ms();
+            let scheduler_wake = UnixMillis::now();
             self.tasks.spawn(async move {
                 if let Err(err) = store.lanes_due_by(scheduler_wake).await {
                     tracing::debug!(error = %crate::error::chain(&err), "could not bring lanes forward");
@@ -1127,15 +1134,15 @@ impl Scheduler {
     }
 
     /// A try that started at `started_at` could not reach the channel.
-    fn unreachable(&self, slot: &Slot, started_at: i64, reason: &str) {
+    fn unreachable(&self, slot: &Slot, started_at: UnixMillis, reason: &str) {
         let (change, every) = {
             let mut health = lock(&slot.health);
-            let now = now_ms();
+            let now = UnixMillis::now();
             let change = health.unreachable(now, started_at, reason);
             if let Some(cooldown) = slot.channel.cooldown() {
                 // Rounded up: a probe a fraction of a millisecond early would still get the
                 // failure already seen.
-                health.quiet_until(now.saturating_add(ms(cooldown)).saturating_add(1));
+                health.quiet_until(now + cooldown + Duration::from_millis(1));
             }
             (change, health.probe_interval())
         };

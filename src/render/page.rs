@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 
 use super::markdown::{escape_html, to_safe_html};
+use crate::time::UnixMillis;
 
 /// What the page shows.
 pub struct Page<'a> {
@@ -19,8 +20,8 @@ pub struct Page<'a> {
     pub content: &'a str,
     /// Whether `content` is markdown (rendered through [`to_safe_html`]) or plain text.
     pub markdown: bool,
-    /// When the message was sent, in Unix milliseconds.
-    pub created_at_ms: i64,
+    /// When the message was sent.
+    pub created_at_ms: UnixMillis,
     /// The response's CSP nonce, as also passed to [`content_security_policy`].
     pub nonce: &'a str,
 }
@@ -57,8 +58,8 @@ pub struct Entry<'a> {
     pub content: &'a str,
     /// Whether `content` is markdown (rendered through [`to_safe_html`]) or plain text.
     pub markdown: bool,
-    /// When the message was accepted, in Unix milliseconds.
-    pub created_at_ms: i64,
+    /// When the message was accepted.
+    pub created_at_ms: UnixMillis,
 }
 
 /// What a digest's page shows: every message the digest carried, in full.
@@ -67,8 +68,8 @@ pub struct DigestPage<'a> {
     pub entries: &'a [Entry<'a>],
     /// Messages the digest carried that are no longer kept (older than the retention).
     pub missing: usize,
-    /// When the digest was sent, in Unix milliseconds.
-    pub sent_at_ms: i64,
+    /// When the digest was sent.
+    pub sent_at_ms: UnixMillis,
     /// The response's CSP nonce, as also passed to [`content_security_policy`].
     pub nonce: &'a str,
 }
@@ -157,7 +158,8 @@ fn content_html(content: &str, markdown: bool) -> (&'static str, String) {
 }
 
 /// A `<time>` in UTC that the script rewrites into the reader's zone.
-fn time_html(unix_ms: i64, id: Option<&str>) -> String {
+fn time_html(at: UnixMillis, id: Option<&str>) -> String {
+    let unix_ms = at.as_millis();
     let time = UtcTime::from_unix_ms(unix_ms);
     let id = id.map(|id| format!(" id=\"{id}\"")).unwrap_or_default();
     format!(
@@ -441,7 +443,7 @@ mod tests {
             title,
             content,
             markdown,
-            created_at_ms: 1_795_745_285_000,
+            created_at_ms: UnixMillis::from_millis(1_795_745_285_000),
             nonce: "bm9uY2UxMjM0NTY3ODkw",
         }
     }
@@ -635,19 +637,19 @@ mod tests {
                 title: Some("Disk <full>"),
                 content: &long,
                 markdown: false,
-                created_at_ms: 1_795_745_285_000,
+                created_at_ms: UnixMillis::from_millis(1_795_745_285_000),
             },
             Entry {
                 title: None,
                 content: "**bold** see https://x.example/a",
                 markdown: true,
-                created_at_ms: 1_795_745_345_000,
+                created_at_ms: UnixMillis::from_millis(1_795_745_345_000),
             },
         ];
         let html = render_digest(&DigestPage {
             entries: &entries,
             missing: 0,
-            sent_at_ms: 1_795_745_400_000,
+            sent_at_ms: UnixMillis::from_millis(1_795_745_400_000),
             nonce: "bm9uY2UxMjM0NTY3ODkw",
         });
         assert!(html.starts_with("<!DOCTYPE html>\n<html") && html.ends_with("</html>\n"));
@@ -676,12 +678,12 @@ mod tests {
             title: Some("kept"),
             content: "",
             markdown: false,
-            created_at_ms: 0,
+            created_at_ms: UnixMillis::from_millis(0),
         }];
         let html = render_digest(&DigestPage {
             entries: &entries,
             missing: 2,
-            sent_at_ms: 0,
+            sent_at_ms: UnixMillis::from_millis(0),
             nonce: "n",
         });
         assert!(html.contains("<h1>3 条消息 · 3 messages</h1>"));

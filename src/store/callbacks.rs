@@ -3,7 +3,8 @@
 
 use sqlx::Row as _;
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError};
+use crate::time::UnixMillis;
 
 /// Result of claiming a WeCom callback for processing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +23,7 @@ impl Store {
              ON CONFLICT (dedup_key) DO NOTHING",
         )
         .bind(key)
-        .bind(now_ms())
+        .bind(UnixMillis::now())
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -69,7 +70,7 @@ impl Store {
     }
 
     /// Forgets callbacks older than `before_ms` (WeCom retries within seconds).
-    pub async fn prune_callbacks(&self, before_ms: i64) -> Result<u64, StoreError> {
+    pub async fn prune_callbacks(&self, before_ms: UnixMillis) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM callbacks WHERE created_at < $1")
             .bind(before_ms)
             .execute(&self.pool)

@@ -2,12 +2,15 @@
 //! reads the scheduler plans with. Writes go through the group-commit writer
 //! ([`LaneOp`]); reads use the pool.
 
+use std::time::Duration;
+
 use sqlx::Row as _;
 
 use super::messages::MESSAGE_COLUMNS;
 use super::writer::{LaneOp, MoveOn, Overdue, OverdueMessage, Reply};
 use super::{Message, Store, StoreError};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
+use crate::time::UnixMillis;
 
 /// Characters of a waiting message's content loaded for planning (a digest shows one
 /// line of each; its page shows them in full).
@@ -32,7 +35,7 @@ pub struct Head {
 #[derive(Debug, Clone)]
 pub struct Waiting {
     pub id: MessageId,
-    pub created_at: i64,
+    pub created_at: UnixMillis,
     pub title: Option<String>,
     pub excerpt: Option<String>,
     /// `excerpt` is only the start of the content (the digest's page shows the rest).
@@ -46,9 +49,9 @@ pub struct Waiting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextWindow {
     pub userid: UserId,
-    pub deadline_at: i64,
+    pub deadline_at: UnixMillis,
     /// When its lane is due, if nobody holds it.
-    pub lane_due: Option<i64>,
+    pub lane_due: Option<UnixMillis>,
 }
 
 fn unexpected(reply: Reply) -> StoreError {
@@ -60,8 +63,8 @@ impl Store {
     pub async fn claim_lanes(
         &self,
         owner: &str,
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
         limit: usize,
     ) -> Result<Vec<UserId>, StoreError> {
         let op = LaneOp::Claim {
@@ -80,7 +83,7 @@ impl Store {
         &self,
         owner: &str,
         userids: Vec<UserId>,
-        lease_until: i64,
+        lease_until: UnixMillis,
     ) -> Result<(), StoreError> {
         self.writer
             .lane(LaneOp::Renew {
@@ -97,7 +100,7 @@ impl Store {
         &self,
         owner: &str,
         userid: &UserId,
-        due_at: i64,
+        due_at: UnixMillis,
     ) -> Result<(), StoreError> {
         self.writer
             .lane(LaneOp::Release {
@@ -145,8 +148,8 @@ impl Store {
     pub async fn overdue(
         &self,
         channel: ChannelName,
-        tried_at: i64,
-        now: i64,
+        tried_at: UnixMillis,
+        now: UnixMillis,
         limit: usize,
     ) -> Result<Vec<OverdueMessage>, StoreError> {
         // LIMIT as a literal: see `lane_heads`.
@@ -190,7 +193,7 @@ impl Store {
     pub async fn move_overdue(
         &self,
         channel: ChannelName,
-        now: i64,
+        now: UnixMillis,
         error: &str,
         moves: Vec<(OverdueMessage, MoveOn)>,
     ) -> Result<Overdue, StoreError> {
@@ -214,7 +217,7 @@ impl Store {
     pub async fn next_window(
         &self,
         channel: ChannelName,
-        after: i64,
+        after: UnixMillis,
     ) -> Result<Option<NextWindow>, StoreError> {
         let row = sqlx::query(
             "SELECT m.userid, m.deadline_at, l.due_at, l.owner FROM messages m \
@@ -230,7 +233,7 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let owner: Option<String> = row.try_get("owner")?;
-        let due: Option<i64> = row.try_get("due_at")?;
+        let due: Option<UnixMillis> = row.try_get("due_at")?;
         Ok(Some(NextWindow {
             userid: UserId::new(&row.try_get::<String, _>("userid")?),
             deadline_at: row.try_get("deadline_at")?,
@@ -240,7 +243,11 @@ impl Store {
 
     /// The lane becomes due by `due_at` unless someone holds it (a probe for one of its
     /// messages is planned then).
-    pub async fn lane_due_by(&self, userid: &UserId, due_at: i64) -> Result<u64, StoreError> {
+    pub async fn lane_due_by(
+        &self,
+        userid: &UserId,
+        due_at: UnixMillis,
+    ) -> Result<u64, StoreError> {
         self.lane_count(LaneOp::DueBy {
             userid: userid.clone(),
             due_at,
@@ -250,11 +257,11 @@ impl Store {
 
     /// Opens a lane for every member with queued messages but no lane (a safety net: an
     /// insert opens its lane in the same transaction).
-    pub async fn open_missing_lanes(&self, now: i64) -> Result<u64, StoreError> {
+    pub async fn open_missing_lanes(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.lane_count(LaneOp::OpenMissing { now }).await
     }
 
-    pub async fn prune_sends(&self, before: i64) -> Result<u64, StoreError> {
+    pub async fn prune_sends(&self, before: UnixMillis) -> Result<u64, StoreError> {
         self.lane_count(LaneOp::PruneSends { before }).await
     }
 
@@ -264,16 +271,16 @@ impl Store {
     /// after every release queued before it: a lane that lost the gate to the probe that
     /// found the channel back, and was given back until the next probe, is brought forward
     /// too, however late its release commits.
-    pub async fn lanes_due_by(&self, now: i64) -> Result<u64, StoreError> {
+    pub async fn lanes_due_by(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.lane_count(LaneOp::AllDueBy { due_at: now }).await
     }
 
     /// When the next lane nobody holds becomes due.
-    pub async fn next_lane_due(&self) -> Result<Option<i64>, StoreError> {
+    pub async fn next_lane_due(&self) -> Result<Option<UnixMillis>, StoreError> {
         let row = sqlx::query("SELECT MIN(due_at) AS due FROM lanes WHERE owner IS NULL")
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get::<Option<i64>, _>("due")?)
+        Ok(row.try_get::<Option<UnixMillis>, _>("due")?)
     }
 
     /// The lane's first `limit` queued messages, head first; content only up to
@@ -307,13 +314,16 @@ impl Store {
             .collect()
     }
 
-    /// For `/healthz` and `/metrics`: per channel, how long (ms) the oldest message that
+    /// For `/healthz` and `/metrics`: per channel, how long the oldest message that
     /// could be sent now has been waiting — a lane's head whose lane is due (not held
     /// back by the member limits, a backoff or a channel that is down) and whose own next
     /// try has come. It waits since the latest of those three times and its acceptance.
     /// Looks at the [`OLDEST_DUE_LANES`] longest-due lanes (the lane index, one index
     /// probe each), so its cost does not grow with the backlog.
-    pub async fn oldest_due(&self, now: i64) -> Result<Vec<(ChannelName, i64)>, StoreError> {
+    pub async fn oldest_due(
+        &self,
+        now: UnixMillis,
+    ) -> Result<Vec<(ChannelName, Duration)>, StoreError> {
         let sql = format!(
             "SELECT l.due_at, m.next_attempt_at, m.created_at, m.route \
              FROM lanes l JOIN messages m ON m.userid = l.userid AND m.status = 'queued' \
@@ -326,17 +336,17 @@ impl Store {
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
-        let mut oldest: Vec<(ChannelName, i64)> = Vec::new();
+        let mut oldest: Vec<(ChannelName, Duration)> = Vec::new();
         for row in &rows {
             let since = row
-                .try_get::<i64, _>("due_at")?
+                .try_get::<UnixMillis, _>("due_at")?
                 .max(row.try_get("next_attempt_at")?)
                 .max(row.try_get("created_at")?);
             let route: String = row.try_get("route")?;
             let Ok(route) = crate::domain::Route::parse(&route) else {
                 continue;
             };
-            let age = now.saturating_sub(since).max(0);
+            let age = now.since(since);
             match oldest.iter_mut().find(|(c, _)| *c == route.first()) {
                 Some((_, a)) => *a = (*a).max(age),
                 None => oldest.push((route.first(), age)),
@@ -414,8 +424,8 @@ impl Store {
     pub async fn channel_history(
         &self,
         channel: ChannelName,
-        since: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+        since: UnixMillis,
+    ) -> Result<Vec<UnixMillis>, StoreError> {
         let rows = sqlx::query(
             "SELECT sent_at FROM sends WHERE channel = $1 AND sent_at > $2 ORDER BY sent_at",
         )
@@ -424,7 +434,10 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| row.try_get::<i64, _>("sent_at").map_err(StoreError::from))
+            .map(|row| {
+                row.try_get::<UnixMillis, _>("sent_at")
+                    .map_err(StoreError::from)
+            })
             .collect()
     }
 
@@ -433,8 +446,8 @@ impl Store {
         &self,
         userid: &UserId,
         channel: ChannelName,
-        since: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+        since: UnixMillis,
+    ) -> Result<Vec<UnixMillis>, StoreError> {
         let rows = sqlx::query(
             "SELECT sent_at FROM sends WHERE userid = $1 AND channel = $3 AND sent_at > $2 \
              ORDER BY sent_at",
@@ -445,7 +458,10 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| row.try_get::<i64, _>("sent_at").map_err(StoreError::from))
+            .map(|row| {
+                row.try_get::<UnixMillis, _>("sent_at")
+                    .map_err(StoreError::from)
+            })
             .collect()
     }
 }

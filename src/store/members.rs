@@ -1,16 +1,18 @@
 //! Members and their push tokens.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use sqlx::Row as _;
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError};
 use crate::domain::{ChannelName, Look, PushToken, Route, UserId};
+use crate::time::UnixMillis;
 
 /// Wrong tries a verification code allows.
 pub const CODE_ATTEMPTS: i64 = 5;
 /// Window of the cap on verification mails.
-const CODE_RATE_WINDOW_MS: i64 = 3600 * 1000;
+const CODE_RATE_WINDOW: Duration = Duration::from_secs(3600);
 
 /// What a member's messages may use: verified addresses and their own channel order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,7 +148,7 @@ impl Store {
                 )
                 .bind(userid.as_str())
                 .bind(crate::token::generate().expose())
-                .bind(now_ms())
+                .bind(UnixMillis::now())
                 .execute(&self.pool)
                 .await?;
                 // A concurrent first request may have won the insert: read what was kept.
@@ -181,7 +183,7 @@ impl Store {
     /// deferred transaction that reads first cannot wait for the write lock, and the outbox
     /// writer holds it often under load.
     pub async fn rotate_token(&self, userid: &UserId) -> Result<PushToken, StoreError> {
-        let now = now_ms();
+        let now = UnixMillis::now();
         let new_token = crate::token::generate();
         sqlx::query(
             "INSERT INTO members (userid, token, created_at, token_created_at) \
@@ -403,7 +405,7 @@ impl Store {
         .bind(&destination.kind)
         .bind(&destination.address)
         .bind(destination.secret.as_deref())
-        .bind(now_ms())
+        .bind(UnixMillis::now())
         .execute(&self.pool)
         .await?;
         self.prefs_changed(userid);
@@ -464,11 +466,11 @@ impl Store {
         userid: &UserId,
         channel: ChannelName,
         address: &str,
-        now: i64,
-        ttl_ms: i64,
+        now: UnixMillis,
+        ttl: Duration,
         per_hour: u32,
     ) -> Result<CodeRequest, StoreError> {
-        let since = now - CODE_RATE_WINDOW_MS;
+        let since = now - CODE_RATE_WINDOW;
         // Addresses are compared case-blind (e-mail domains; phone numbers have no case).
         let folded = address.to_lowercase();
         let row = sqlx::query(
@@ -514,7 +516,7 @@ impl Store {
         .bind(channel.as_str())
         .bind(address)
         .bind(&code)
-        .bind(now.saturating_add(ttl_ms))
+        .bind(now + ttl)
         .bind(CODE_ATTEMPTS)
         .execute(&self.pool)
         .await?;
@@ -528,7 +530,7 @@ impl Store {
         &self,
         userid: &UserId,
         typed: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<CodeCheck, StoreError> {
         let row = sqlx::query(
             "UPDATE binding_codes SET attempts_left = attempts_left - 1 \
@@ -552,7 +554,7 @@ impl Store {
         let channel: String = row.try_get("channel")?;
         let address: String = row.try_get("address")?;
         let code: String = row.try_get("code")?;
-        let expires_at: i64 = row.try_get("expires_at")?;
+        let expires_at: UnixMillis = row.try_get("expires_at")?;
         let attempts_left: i64 = row.try_get("attempts_left")?;
         if expires_at <= now {
             self.delete_code(userid).await?;
@@ -595,7 +597,7 @@ impl Store {
 
     /// Records a charge (a text that costs money, about to be sent for message
     /// `out_id`) on `channel` for the member, unless the member had `per_member`, or
-    /// everyone together `total`, in the last `span_ms`: then nothing is kept and `Err`
+    /// everyone together `total`, in the last `span`: then nothing is kept and `Err`
     /// names the cap. Inserted first and counted after, so that concurrent charges (other
     /// lanes, other instances) can only both be refused, never both pass a cap with one
     /// place left.
@@ -605,8 +607,8 @@ impl Store {
         channel: ChannelName,
         userid: &UserId,
         out_id: &str,
-        now: i64,
-        span_ms: i64,
+        now: UnixMillis,
+        span: Duration,
         per_member: u32,
         total: u32,
     ) -> Result<Result<(), ChargeCap>, StoreError> {
@@ -619,7 +621,7 @@ impl Store {
         .bind(out_id)
         .execute(&self.pool)
         .await?;
-        let since = now - span_ms;
+        let since = now - span;
         let row = sqlx::query(
             "SELECT \
                (SELECT count(*) FROM charges WHERE channel = $1 AND userid = $2 AND charged_at > $3) AS by_member, \
@@ -649,7 +651,7 @@ impl Store {
         &self,
         channel: ChannelName,
         out_id: &str,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<UnixMillis>, StoreError> {
         let row = sqlx::query(
             "SELECT max(charged_at) AS at FROM charges \
              WHERE channel = $1 AND out_id = $2 AND settled = 0",
@@ -658,7 +660,7 @@ impl Store {
         .bind(out_id)
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.try_get::<Option<i64>, _>("at")?)
+        Ok(row.try_get::<Option<UnixMillis>, _>("at")?)
     }
 
     /// The text for `out_id` was surely sent: its charge stays, settled.
@@ -686,7 +688,7 @@ impl Store {
     }
 
     /// Forgets charges older than `before`.
-    pub async fn prune_charges(&self, before: i64) -> Result<u64, StoreError> {
+    pub async fn prune_charges(&self, before: UnixMillis) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM charges WHERE charged_at < $1")
             .bind(before)
             .execute(&self.pool)

@@ -1,6 +1,7 @@
 //! The outbox: every accepted message, from acceptance until delivered or failed.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::Row as _;
@@ -9,9 +10,10 @@ use sqlx::any::AnyRow;
 use super::writer::AttemptUpdate;
 use super::{Store, StoreError};
 use crate::domain::{ChannelName, Format, Look, MessageId, Route, UserId};
+use crate::time::UnixMillis;
 
 /// Idempotency keys are honoured this long.
-pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,11 +56,11 @@ pub struct Message {
     pub attempts: i64,
     pub last_error: Option<String>,
     pub channel: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub next_attempt_at: i64,
-    pub deadline_at: i64,
-    pub delivered_at: Option<i64>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    pub next_attempt_at: UnixMillis,
+    pub deadline_at: UnixMillis,
+    pub delivered_at: Option<UnixMillis>,
     /// Acceptance order (assigned when the row is committed; 0 before).
     pub seq: i64,
     /// The digest that carried it, when it was delivered as part of one.
@@ -87,7 +89,7 @@ pub struct Message {
 /// One attempt in a message's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
-    pub at: i64,
+    pub at: UnixMillis,
     pub channel: StoredChannel,
     pub outcome: String,
     pub error: Option<String>,
@@ -153,8 +155,8 @@ impl Message {
         userid: UserId,
         title: Option<String>,
         content: Option<String>,
-        now: i64,
-        deadline_at: i64,
+        now: UnixMillis,
+        deadline_at: UnixMillis,
     ) -> Self {
         Self {
             id,
@@ -223,7 +225,7 @@ pub struct DigestRecord {
     /// How many messages it carried.
     pub carried: i64,
     /// When it was sent.
-    pub created_at: i64,
+    pub created_at: UnixMillis,
     /// The key of its page; `None` for digests sent before digests had pages.
     pub page_key: Option<String>,
 }
@@ -295,7 +297,11 @@ impl Store {
     /// Deletes up to `batch` delivered or failed messages accepted before `before_ms`, with
     /// their attempt history, and digests older than that; returns how many messages went.
     /// Queued messages stay, whatever their age: nothing accepted is dropped unfinished.
-    pub async fn purge_messages(&self, before_ms: i64, batch: usize) -> Result<u64, StoreError> {
+    pub async fn purge_messages(
+        &self,
+        before_ms: UnixMillis,
+        batch: usize,
+    ) -> Result<u64, StoreError> {
         // Ids are UUIDv7 (lower-case hex): in text order by creation time, so the primary key
         // finds the old ones without an index on created_at.
         let old = format!(
@@ -332,7 +338,7 @@ impl Store {
         &self,
         userid: &UserId,
         key: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<Option<Message>, StoreError> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
@@ -341,19 +347,19 @@ impl Store {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(userid.as_str())
             .bind(key)
-            .bind(now - IDEMPOTENCY_WINDOW_MS)
+            .bind(now - IDEMPOTENCY_WINDOW)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Message::from_row).transpose()
     }
 
     /// Forgets idempotency keys older than the window, so that they may be used again.
-    pub async fn expire_idempotency_keys(&self, now: i64) -> Result<u64, StoreError> {
+    pub async fn expire_idempotency_keys(&self, now: UnixMillis) -> Result<u64, StoreError> {
         Ok(sqlx::query(
             "UPDATE messages SET idempotency_key = NULL \
              WHERE idempotency_key IS NOT NULL AND created_at <= $1",
         )
-        .bind(now - IDEMPOTENCY_WINDOW_MS)
+        .bind(now - IDEMPOTENCY_WINDOW)
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -420,7 +426,7 @@ impl Store {
     pub async fn channel_counts_since(
         &self,
         userid: &UserId,
-        since: i64,
+        since: UnixMillis,
     ) -> Result<Vec<(StoredChannel, ChannelCounts)>, StoreError> {
         let first_id = uuid_floor(since);
         let delivered = sqlx::query(
@@ -483,8 +489,8 @@ pub fn storable(text: &str) -> bool {
 
 /// The smallest UUIDv7 text of a message accepted at `ms` or later (its first 48 bits are
 /// the unix time in milliseconds).
-fn uuid_floor(ms: i64) -> String {
-    let ms = u64::try_from(ms).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+fn uuid_floor(at: UnixMillis) -> String {
+    let ms = u64::try_from(at.as_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
     format!("{:08x}-{:04x}", ms >> 16, ms & 0xFFFF)
 }
 
@@ -494,9 +500,9 @@ mod tests {
 
     #[test]
     fn uuid_floor_orders_with_generated_ids() {
-        let before = crate::store::now_ms();
+        let before = UnixMillis::now();
         let id = MessageId::generate();
-        let after = crate::store::now_ms() + 1;
+        let after = UnixMillis::now() + Duration::from_millis(1);
         assert!(uuid_floor(before).as_str() <= id.as_str());
         assert!(uuid_floor(after).as_str() > id.as_str());
     }

@@ -6,7 +6,7 @@
 //!
 //! Reads and the few writes outside the outbox are written once, against sqlx's `Any`
 //! driver, in SQL both engines speak (`$n` placeholders, BIGINT unix-millisecond
-//! timestamps, TEXT). Writes to the outbox go through one group-commit writer per process
+//! timestamps — [`UnixMillis`](crate::time::UnixMillis) on this side —, TEXT). Writes to the outbox go through one group-commit writer per process
 //! ([`writer`]): concurrent accepts share a transaction and so one fsync, which is what
 //! lets `/send` take thousands of messages a second while still answering only after the
 //! message is on disk. Its SQL is written once too; each engine supplies a [`writer`]
@@ -36,7 +36,7 @@ pub use members::{
     ChargeCap, CodeCheck, CodeRequest, MAX_MEMBER_DESTINATIONS, MemberPrefs, StoredDestination,
 };
 pub use messages::{
-    AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW_MS, Message, MessageStatus,
+    AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW, Message, MessageStatus,
     StoredChannel, storable,
 };
 pub use postgres::describe as describe_postgres;
@@ -51,14 +51,6 @@ const HEALTH_PROBE_AFTER: Duration = Duration::from_secs(10);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in the read pool unless `storage.pool_size` says otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 8;
-
-/// Unix time in milliseconds, the one timestamp format stored.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -343,8 +335,13 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::{ChannelName, MessageId, Route, UserId};
+    use crate::time::UnixMillis;
     use sqlx::Row as _;
     use sqlx::{AnyConnection, Connection as _, Executor as _};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     fn uid(s: &str) -> UserId {
         UserId::new(s)
@@ -361,14 +358,14 @@ mod tests {
     }
 
     pub(super) fn message(id: &str, userid: &str) -> Message {
-        let now = now_ms();
+        let now = UnixMillis::now();
         Message::new_queued(
             mid(id),
             uid(userid),
             Some("t".into()),
             None,
             now,
-            now + 1000,
+            now + ms(1000),
         )
     }
 
@@ -503,7 +500,7 @@ mod tests {
                 attempts: 1,
                 channel: ChannelName::WeCom,
                 error: "busy".into(),
-                next_attempt_at: 5,
+                next_attempt_at: UnixMillis::from_millis(5),
             })
             .await
             .unwrap();
@@ -892,11 +889,23 @@ mod tests {
             store.claim_callback("k").await.unwrap(),
             CallbackClaim::Seen(Some("hi".into()))
         );
-        assert_eq!(store.prune_callbacks(now_ms() + 1).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .prune_callbacks(UnixMillis::now() + ms(1))
+                .await
+                .unwrap(),
+            1
+        );
         assert_eq!(store.claim_callback("k").await.unwrap(), CallbackClaim::New);
     }
 
-    fn routed(id: &str, userid: &str, route: &str, deliver_all: bool, deadline: i64) -> Message {
+    fn routed(
+        id: &str,
+        userid: &str,
+        route: &str,
+        deliver_all: bool,
+        deadline: UnixMillis,
+    ) -> Message {
         let mut m = message(id, userid);
         m.route = Route::parse(route).unwrap();
         m.deliver_all = deliver_all;
@@ -916,10 +925,16 @@ mod tests {
     async fn a_message_moves_on_to_its_next_channel_with_its_history() {
         let (store, _dir) = temp_store().await;
         store
-            .insert_message(routed("f", "alice", "wecom,email", false, now_ms() + 1000))
+            .insert_message(routed(
+                "f",
+                "alice",
+                "wecom,email",
+                false,
+                UnixMillis::now() + ms(1000),
+            ))
             .await
             .unwrap();
-        let deadline = now_ms() + 60_000;
+        let deadline = UnixMillis::now() + ms(60_000);
         store
             .record_attempt(AttemptUpdate::NextChannel {
                 id: mid("f"),
@@ -938,7 +953,7 @@ mod tests {
         assert_eq!(m.route.to_stored(), "email");
         assert_eq!(m.deadline_at, deadline);
         assert_eq!(m.channel, None, "nothing delivered it yet");
-        assert!(m.next_attempt_at <= now_ms());
+        assert!(m.next_attempt_at <= UnixMillis::now());
         store
             .record_attempt(AttemptUpdate::Delivered {
                 id: mid("f"),
@@ -975,7 +990,13 @@ mod tests {
     async fn deliver_all_keeps_every_channels_outcome() {
         let (store, _dir) = temp_store().await;
         store
-            .insert_message(routed("a", "alice", "wecom,email", true, now_ms() + 1000))
+            .insert_message(routed(
+                "a",
+                "alice",
+                "wecom,email",
+                true,
+                UnixMillis::now() + ms(1000),
+            ))
             .await
             .unwrap();
         store
@@ -986,7 +1007,7 @@ mod tests {
                 delivered: true,
                 error: None,
                 route: Route::parse("email").unwrap(),
-                deadline_at: now_ms() + 1000,
+                deadline_at: UnixMillis::now() + ms(1000),
                 unconfirmed: false,
             })
             .await
@@ -1037,7 +1058,13 @@ mod tests {
     async fn deliver_all_delivered_on_its_last_channel_lists_every_channel() {
         let (store, _dir) = temp_store().await;
         store
-            .insert_message(routed("a", "alice", "wecom,email", true, now_ms() + 1000))
+            .insert_message(routed(
+                "a",
+                "alice",
+                "wecom,email",
+                true,
+                UnixMillis::now() + Duration::from_secs(1),
+            ))
             .await
             .unwrap();
         store
@@ -1048,7 +1075,7 @@ mod tests {
                 delivered: true,
                 error: None,
                 route: Route::parse("email").unwrap(),
-                deadline_at: now_ms() + 1000,
+                deadline_at: UnixMillis::now() + Duration::from_secs(1),
                 unconfirmed: false,
             })
             .await
@@ -1077,7 +1104,13 @@ mod tests {
     async fn a_stored_channel_name_that_no_longer_parses_is_still_shown() {
         let (store, _dir) = temp_store().await;
         store
-            .insert_message(routed("a", "alice", "wecom", false, now_ms() + 1000))
+            .insert_message(routed(
+                "a",
+                "alice",
+                "wecom",
+                false,
+                UnixMillis::now() + Duration::from_secs(1),
+            ))
             .await
             .unwrap();
         for (at, channel) in [(1_i64, "wecom"), (2, "Not a name!")] {
@@ -1109,7 +1142,7 @@ mod tests {
         assert_eq!(channels[1].to_string(), "Not a name!");
     }
 
-    async fn lane_due(store: &Store, userid: &str) -> i64 {
+    async fn lane_due(store: &Store, userid: &str) -> UnixMillis {
         sqlx::query("SELECT due_at FROM lanes WHERE userid = $1")
             .bind(userid)
             .fetch_one(&store.pool)
@@ -1121,7 +1154,7 @@ mod tests {
 
     async fn hold_lane(store: &Store, userid: &str) {
         sqlx::query("UPDATE lanes SET owner = 'w', lease_until = $1 WHERE userid = $2")
-            .bind(now_ms() + 60_000)
+            .bind(UnixMillis::now() + ms(60_000))
             .bind(userid)
             .execute(&store.pool)
             .await
@@ -1129,7 +1162,10 @@ mod tests {
     }
 
     /// The caller's decision for the tests: on to the rest of the route, else failed.
-    fn moves(overdue: Vec<OverdueMessage>, deadline_at: i64) -> Vec<(OverdueMessage, MoveOn)> {
+    fn moves(
+        overdue: Vec<OverdueMessage>,
+        deadline_at: UnixMillis,
+    ) -> Vec<(OverdueMessage, MoveOn)> {
         overdue
             .into_iter()
             .map(|m| {
@@ -1145,16 +1181,16 @@ mod tests {
     #[tokio::test]
     async fn overdue_messages_on_a_down_channel_move_as_decided_once() {
         let (store, _dir) = temp_store().await;
-        let now = now_ms();
-        let tried_at = now - 10;
+        let now = UnixMillis::now();
+        let tried_at = now - ms(10);
         for (id, user, route, deadline) in [
-            ("only", "a", "wecom", tried_at - 5),
+            ("only", "a", "wecom", tried_at - ms(5)),
             ("more", "b", "wecom,email", tried_at),
-            ("mail", "c", "email", tried_at - 5),
+            ("mail", "c", "email", tried_at - ms(5)),
             // Its window ended after the latest failed try started: it waits for a try.
-            ("after", "d", "wecom,email", tried_at + 1),
-            ("later", "e", "wecom,email", now + 60_000),
-            ("held", "f", "wecom", tried_at - 5),
+            ("after", "d", "wecom,email", tried_at + ms(1)),
+            ("later", "e", "wecom,email", now + ms(60_000)),
+            ("held", "f", "wecom", tried_at - ms(5)),
         ] {
             store
                 .insert_message(routed(id, user, route, false, deadline))
@@ -1163,7 +1199,7 @@ mod tests {
         }
         // Lane b is due later (it gave itself back until the next probe); f is worked on.
         sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'b'")
-            .bind(now + 30_000)
+            .bind(now + ms(30_000))
             .execute(&store.pool)
             .await
             .unwrap();
@@ -1175,7 +1211,7 @@ mod tests {
         let ids: Vec<&str> = overdue.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["only", "more"], "earliest window end first");
         assert!(overdue.iter().all(|m| !m.delivered_before));
-        let moves = moves(overdue, now + 60_000);
+        let moves = moves(overdue, now + ms(60_000));
         let done = store
             .move_overdue(ChannelName::WeCom, now, "WeCom unreachable", moves.clone())
             .await
@@ -1188,7 +1224,7 @@ mod tests {
         let more = store.message("more").await.unwrap().unwrap();
         assert_eq!(more.status, MessageStatus::Queued);
         assert_eq!(more.route.to_stored(), "email");
-        assert_eq!(more.deadline_at, now + 60_000);
+        assert_eq!(more.deadline_at, now + ms(60_000));
         assert!(
             lane_due(&store, "b").await <= now,
             "its lane goes now, on e-mail"
@@ -1218,9 +1254,9 @@ mod tests {
     #[tokio::test]
     async fn an_overdue_message_whose_lane_is_taken_after_the_read_is_left_to_its_worker() {
         let (store, _dir) = temp_store().await;
-        let now = now_ms();
+        let now = UnixMillis::now();
         store
-            .insert_message(routed("t", "g", "wecom,email", false, now - 5))
+            .insert_message(routed("t", "g", "wecom,email", false, now - ms(5)))
             .await
             .unwrap();
         let overdue = store
@@ -1230,7 +1266,7 @@ mod tests {
         assert_eq!(overdue.len(), 1);
         hold_lane(&store, "g").await;
         let done = store
-            .move_overdue(ChannelName::WeCom, now, "x", moves(overdue, now + 1000))
+            .move_overdue(ChannelName::WeCom, now, "x", moves(overdue, now + ms(1000)))
             .await
             .unwrap();
         assert_eq!(done.handled, 0);
@@ -1242,12 +1278,12 @@ mod tests {
     #[tokio::test]
     async fn the_next_window_to_end_on_a_channel_comes_with_its_free_lane() {
         let (store, _dir) = temp_store().await;
-        let now = now_ms();
+        let now = UnixMillis::now();
         for (id, user, route, deadline) in [
-            ("mail", "m", "email", now + 10),
-            ("w1", "a", "wecom,email", now + 500),
-            ("w2", "b", "wecom", now + 100),
-            ("old", "c", "wecom", now - 100),
+            ("mail", "m", "email", now + ms(10)),
+            ("w1", "a", "wecom,email", now + ms(500)),
+            ("w2", "b", "wecom", now + ms(100)),
+            ("old", "c", "wecom", now - ms(100)),
         ] {
             store
                 .insert_message(routed(id, user, route, false, deadline))
@@ -1260,7 +1296,7 @@ mod tests {
             next,
             Some(NextWindow {
                 userid: uid("b"),
-                deadline_at: now + 100,
+                deadline_at: now + ms(100),
                 lane_due: Some(due_b),
             })
         );
@@ -1268,13 +1304,13 @@ mod tests {
         let next = store.next_window(ChannelName::WeCom, now).await.unwrap();
         assert_eq!(next.and_then(|n| n.lane_due), None, "held");
         let next = store
-            .next_window(ChannelName::WeCom, now + 100)
+            .next_window(ChannelName::WeCom, now + ms(100))
             .await
             .unwrap();
         assert_eq!(next.map(|n| n.userid), Some(uid("a")));
         assert_eq!(
             store
-                .next_window(ChannelName::WeCom, now + 500)
+                .next_window(ChannelName::WeCom, now + ms(500))
                 .await
                 .unwrap(),
             None
@@ -1284,13 +1320,19 @@ mod tests {
 
         // A lane due later is brought forward, once; a held one is not.
         sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'a'")
-            .bind(now + 30_000)
+            .bind(now + ms(30_000))
             .execute(&store.pool)
             .await
             .unwrap();
-        assert_eq!(store.lane_due_by(&uid("a"), now + 500).await.unwrap(), 1);
-        assert_eq!(lane_due(&store, "a").await, now + 500);
-        assert_eq!(store.lane_due_by(&uid("a"), now + 600).await.unwrap(), 0);
+        assert_eq!(
+            store.lane_due_by(&uid("a"), now + ms(500)).await.unwrap(),
+            1
+        );
+        assert_eq!(lane_due(&store, "a").await, now + ms(500));
+        assert_eq!(
+            store.lane_due_by(&uid("a"), now + ms(600)).await.unwrap(),
+            0
+        );
         assert_eq!(store.lane_due_by(&uid("b"), now).await.unwrap(), 0);
     }
 
@@ -1300,9 +1342,9 @@ mod tests {
         let alice = uid("alice");
         let address = "alice@example.com".to_owned();
         let email = ChannelName::Email;
-        let now = now_ms();
+        let now = UnixMillis::now();
         let CodeRequest::Created { code } = store
-            .request_code(&alice, email, &address, now, 600_000, 3)
+            .request_code(&alice, email, &address, now, ms(600_000), 3)
             .await
             .unwrap()
         else {
@@ -1334,7 +1376,7 @@ mod tests {
         );
         // A new code, too late.
         let CodeRequest::Created { code } = store
-            .request_code(&alice, email, &address, now, 600_000, 3)
+            .request_code(&alice, email, &address, now, ms(600_000), 3)
             .await
             .unwrap()
         else {
@@ -1342,7 +1384,7 @@ mod tests {
         };
         assert_eq!(
             store
-                .check_code(&alice, &code, now + 600_000)
+                .check_code(&alice, &code, now + ms(600_000))
                 .await
                 .unwrap(),
             CodeCheck::Expired
@@ -1353,7 +1395,7 @@ mod tests {
         );
         // A third, in time.
         let CodeRequest::Created { code } = store
-            .request_code(&alice, email, &address, now, 600_000, 3)
+            .request_code(&alice, email, &address, now, ms(600_000), 3)
             .await
             .unwrap()
         else {
@@ -1381,21 +1423,21 @@ mod tests {
         // A fourth within the hour is refused, for the member and for the address.
         assert_eq!(
             store
-                .request_code(&alice, email, &address, now, 600_000, 3)
+                .request_code(&alice, email, &address, now, ms(600_000), 3)
                 .await
                 .unwrap(),
             CodeRequest::TooMany
         );
         assert_eq!(
             store
-                .request_code(&uid("bob"), email, &address, now, 600_000, 3)
+                .request_code(&uid("bob"), email, &address, now, ms(600_000), 3)
                 .await
                 .unwrap(),
             CodeRequest::TooMany
         );
         assert!(matches!(
             store
-                .request_code(&alice, email, &address, now + 3_600_001, 600_000, 3)
+                .request_code(&alice, email, &address, now + ms(3_600_001), ms(600_000), 3)
                 .await
                 .unwrap(),
             CodeRequest::Created { .. }
@@ -1403,7 +1445,14 @@ mod tests {
         // Codes for another channel have caps of their own.
         assert!(matches!(
             store
-                .request_code(&alice, ChannelName::Sms, "+8613800138000", now, 600_000, 3)
+                .request_code(
+                    &alice,
+                    ChannelName::Sms,
+                    "+8613800138000",
+                    now,
+                    ms(600_000),
+                    3
+                )
                 .await
                 .unwrap(),
             CodeRequest::Created { .. }
@@ -1425,9 +1474,9 @@ mod tests {
     async fn charges_hold_the_daily_caps_and_remember_texts_that_may_have_gone() {
         let (store, _dir) = temp_store().await;
         let sms = ChannelName::Sms;
-        let day = 24 * 3600 * 1000;
-        let now = now_ms();
-        let charge = |who: &'static str, out: &'static str, at: i64| {
+        let day = Duration::from_secs(24 * 3600);
+        let now = UnixMillis::now();
+        let charge = |who: &'static str, out: &'static str, at: UnixMillis| {
             let store = store.clone();
             async move {
                 store
@@ -1460,9 +1509,9 @@ mod tests {
         assert_eq!(charge("alice", "m8", now).await, Ok(()), "m2 was refunded");
         assert_eq!(charge("carol", "m9", now).await, Err(ChargeCap::Server));
         // A day later the caps are free again, and the old charges can go.
-        assert_eq!(charge("carol", "m6", now + day + 1).await, Ok(()));
+        assert_eq!(charge("carol", "m6", now + day + ms(1)).await, Ok(()));
         assert_eq!(
-            store.prune_charges(now + day + 1).await.unwrap(),
+            store.prune_charges(now + day + ms(1)).await.unwrap(),
             3,
             "m1, m4 and m8"
         );

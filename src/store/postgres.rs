@@ -385,7 +385,12 @@ mod tests {
     use std::collections::HashSet;
 
     use crate::domain::{MessageId, UserId};
-    use crate::store::{CallbackClaim, Message, Store, now_ms};
+    use crate::store::{CallbackClaim, Message, Store};
+    use crate::time::UnixMillis;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     /// As SQLite's test of the same name: migration 0004 keeps bound addresses, pending
     /// codes and the WeCom send history.
@@ -506,14 +511,14 @@ mod tests {
     }
 
     fn queued(userid: &str, text: &str) -> Message {
-        let now = now_ms();
+        let now = UnixMillis::now();
         Message::new_queued(
             MessageId::generate(),
             UserId::new(userid),
             None,
             Some(text.to_owned()),
             now,
-            now + 60_000,
+            now + ms(60_000),
         )
     }
 
@@ -535,12 +540,12 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let now = now_ms();
+        let now = UnixMillis::now();
         let claim = |store: Store, owner: &'static str| async move {
             let mut got = Vec::new();
             loop {
                 let lanes = store
-                    .claim_lanes(owner, now, now + 60_000, 7)
+                    .claim_lanes(owner, now, now + ms(60_000), 7)
                     .await
                     .unwrap();
                 if lanes.is_empty() {
@@ -633,11 +638,11 @@ mod tests {
         use crate::domain::{ChannelName, Route};
         use crate::store::{MoveOn, OverdueMessage};
         let (a, b, _schema) = two_instances().await;
-        let now = now_ms();
+        let now = UnixMillis::now();
         for i in 0..40 {
             let mut m = queued(&format!("o{}", i % 7), "x");
             m.route = Route::parse(if i % 3 == 0 { "wecom" } else { "wecom,email" }).unwrap();
-            m.deadline_at = now - 10;
+            m.deadline_at = now - ms(10);
             a.insert_message(m).await.unwrap();
         }
         let moves = |read: Vec<OverdueMessage>| -> Vec<(OverdueMessage, MoveOn)> {
@@ -646,7 +651,7 @@ mod tests {
                     let step = match m.route.rest() {
                         Some(route) => MoveOn::Next {
                             route,
-                            deadline_at: now + 60_000,
+                            deadline_at: now + ms(60_000),
                         },
                         None => MoveOn::End { failed: true },
                     };

@@ -593,7 +593,12 @@ mod tests {
 
     use super::*;
     use crate::domain::{MessageId, UserId};
-    use crate::store::{Message, Store, now_ms};
+    use crate::store::{Message, Store};
+    use crate::time::UnixMillis;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     /// The channel-binding migration (0008) keeps what members had bound, the codes they
     /// were waiting on and the WeCom send history.
@@ -785,7 +790,7 @@ mod tests {
         let before = size();
         // About 2 MiB committed: far below the writer's own checkpoint threshold, so only
         // the checkpointer can move it out of the WAL.
-        let now = now_ms();
+        let now = UnixMillis::now();
         for i in 0..64 {
             store
                 .insert_message(Message::new_queued(
@@ -794,7 +799,7 @@ mod tests {
                     None,
                     Some("x".repeat(32 * 1024)),
                     now,
-                    now + 60_000,
+                    now + ms(60_000),
                 ))
                 .await
                 .unwrap();

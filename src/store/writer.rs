@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Arrivals, Message, StoreError, now_ms};
+use super::{Arrivals, Message, StoreError};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
 use crate::supervise::{FaultPoint, Supervisor};
+use crate::time::UnixMillis;
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
@@ -59,7 +60,7 @@ pub enum AttemptUpdate {
     DigestDelivered {
         digest: Digest,
         channel: ChannelName,
-        sent_at: i64,
+        sent_at: UnixMillis,
     },
     /// A transient failure on `channel`: tried again at `next_attempt_at`.
     Retry {
@@ -67,7 +68,7 @@ pub enum AttemptUpdate {
         attempts: i64,
         channel: ChannelName,
         error: String,
-        next_attempt_at: i64,
+        next_attempt_at: UnixMillis,
     },
     /// `channel` gave up and no channel is left: the message is done — `failed`, unless an
     /// earlier channel of a `deliver_all` route delivered it.
@@ -92,7 +93,7 @@ pub enum AttemptUpdate {
         delivered: bool,
         error: Option<String>,
         route: Route,
-        deadline_at: i64,
+        deadline_at: UnixMillis,
         /// As for [`AttemptUpdate::Failed`].
         unconfirmed: bool,
     },
@@ -106,7 +107,7 @@ pub struct OverdueMessage {
     pub userid: UserId,
     pub route: Route,
     pub attempts: i64,
-    pub deadline_at: i64,
+    pub deadline_at: UnixMillis,
     /// An earlier channel delivered it (a `deliver_all` message).
     pub delivered_before: bool,
     /// The route as stored when it was read: the move applies only if it still is.
@@ -118,7 +119,10 @@ pub struct OverdueMessage {
 pub enum MoveOn {
     /// On to `route` (the rest of its route), due now, its new window ending at
     /// `deadline_at`.
-    Next { route: Route, deadline_at: i64 },
+    Next {
+        route: Route,
+        deadline_at: UnixMillis,
+    },
     /// No channel is left: it ends — counted `failed` when no earlier channel delivered it.
     End { failed: bool },
 }
@@ -141,21 +145,21 @@ pub enum LaneOp {
     /// Claim up to `limit` due lanes whose lease has expired; answers `Claimed`.
     Claim {
         owner: String,
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
         limit: usize,
     },
     /// Extend the owner's claims on these lanes.
     Renew {
         owner: String,
         userids: Vec<UserId>,
-        lease_until: i64,
+        lease_until: UnixMillis,
     },
     /// Give a lane up until `due_at`.
     Release {
         owner: String,
         userid: UserId,
-        due_at: i64,
+        due_at: UnixMillis,
     },
     /// Delete the owner's lane if nothing is queued in it any more; answers `Finished`.
     Finish { owner: String, userid: UserId },
@@ -166,19 +170,19 @@ pub enum LaneOp {
     /// instance, or the lane's worker, may have moved them since); answers `Overdue`.
     Overdue {
         channel: ChannelName,
-        now: i64,
+        now: UnixMillis,
         error: String,
         moves: Vec<(OverdueMessage, MoveOn)>,
     },
     /// The lane becomes due by `due_at` if nobody holds it; answers `Count`.
-    DueBy { userid: UserId, due_at: i64 },
+    DueBy { userid: UserId, due_at: UnixMillis },
     /// Every lane nobody holds becomes due by `due_at`, after the releases of the same
     /// batch; answers `Count`.
-    AllDueBy { due_at: i64 },
+    AllDueBy { due_at: UnixMillis },
     /// Open lanes for queued messages that have none (a safety net); answers `Count`.
-    OpenMissing { now: i64 },
+    OpenMissing { now: UnixMillis },
     /// Forget send times older than `before`; answers `Count`.
-    PruneSends { before: i64 },
+    PruneSends { before: UnixMillis },
 }
 
 /// What a write answers.
@@ -423,9 +427,16 @@ impl From<i64> for Value<'_> {
     }
 }
 
-impl From<Option<i64>> for Value<'_> {
-    fn from(v: Option<i64>) -> Self {
-        Self::Int(v)
+/// A time is bound as its column value, unix milliseconds.
+impl From<UnixMillis> for Value<'_> {
+    fn from(v: UnixMillis) -> Self {
+        Self::Int(Some(v.as_millis()))
+    }
+}
+
+impl From<Option<UnixMillis>> for Value<'_> {
+    fn from(v: Option<UnixMillis>) -> Self {
+        Self::Int(v.map(UnixMillis::as_millis))
     }
 }
 
@@ -735,7 +746,7 @@ impl Writer {
                 Write::Lane(op) => replies[i] = lane_op(db, op)?,
                 Write::Probe => {
                     let sql = db.dialect().probe_sql();
-                    db.exec(sql, &[now_ms().into(), PROBE_BYTES.into()])?;
+                    db.exec(sql, &[UnixMillis::now().into(), PROBE_BYTES.into()])?;
                 }
             }
         }
@@ -858,7 +869,7 @@ fn open_lanes(db: &mut dyn Backend, messages: &[&Message]) -> Result<(), StoreEr
     let mut userids: Vec<&str> = messages.iter().map(|m| m.userid.as_str()).collect();
     userids.sort_unstable();
     userids.dedup();
-    let now = now_ms();
+    let now = UnixMillis::now();
     for chunk in pow2_chunks(&userids, UPDATE_CHUNK) {
         let mut sql =
             String::from("INSERT INTO lanes (userid, due_at, owner, lease_until) VALUES ");
@@ -880,7 +891,7 @@ fn open_lanes(db: &mut dyn Backend, messages: &[&Message]) -> Result<(), StoreEr
 fn log_attempt(
     db: &mut dyn Backend,
     id: &str,
-    at: i64,
+    at: UnixMillis,
     channel: ChannelName,
     outcome: &str,
     error: Option<&str>,
@@ -903,7 +914,7 @@ fn count_send(
     db: &mut dyn Backend,
     id: &str,
     channel: ChannelName,
-    at: i64,
+    at: UnixMillis,
 ) -> Result<(), StoreError> {
     db.exec(
         "INSERT INTO sends (userid, channel, sent_at) \
@@ -932,9 +943,9 @@ const NEXT_CHANNEL: &str = "UPDATE messages SET route = ?1, attempts = ?2, last_
 /// kept because a message has at most one attempt in flight, so its updates are never in
 /// one batch out of order.
 fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(), StoreError> {
-    let now = now_ms();
+    let now = UnixMillis::now();
     let mut delivered: Vec<(&str, i64, Cow<'static, str>)> = Vec::new();
-    let mut sends: Vec<(&str, ChannelName, i64)> = Vec::new();
+    let mut sends: Vec<(&str, ChannelName, UnixMillis)> = Vec::new();
     for u in updates {
         match u {
             AttemptUpdate::Delivered {
@@ -1118,7 +1129,7 @@ fn as_read(r: usize, d: usize, a: usize, n: usize) -> String {
 fn move_overdue(
     db: &mut dyn Backend,
     channel: ChannelName,
-    now: i64,
+    now: UnixMillis,
     error: &str,
     moves: &[(OverdueMessage, MoveOn)],
 ) -> Result<Overdue, StoreError> {
@@ -1183,7 +1194,10 @@ fn move_overdue(
 }
 
 /// Gives lanes up until their due times: `(owner, userid, due_at)`, grouped by owner.
-fn release_lanes(db: &mut dyn Backend, releases: &[(&str, &str, i64)]) -> Result<(), StoreError> {
+fn release_lanes(
+    db: &mut dyn Backend,
+    releases: &[(&str, &str, UnixMillis)],
+) -> Result<(), StoreError> {
     let mut releases = releases.to_vec();
     releases.sort_unstable_by_key(|(owner, _, _)| *owner);
     for group in releases.chunk_by(|a, b| a.0 == b.0) {
@@ -1330,6 +1344,10 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     /// A writer on the SQLite file at `path`, driven by the test itself.
     fn sqlite_writer(path: &std::path::Path) -> Writer {
         Writer {
@@ -1358,7 +1376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let store = Store::connect(&url).await.unwrap();
-        let now = now_ms();
+        let now = UnixMillis::now();
         store
             .insert_message(Message::new_queued(
                 MessageId::from_stored("m".to_owned()),
@@ -1366,12 +1384,12 @@ mod tests {
                 None,
                 Some("c".into()),
                 now,
-                now + 1000,
+                now + ms(1000),
             ))
             .await
             .unwrap();
         let claimed = store
-            .claim_lanes("me", now_ms(), now + 60_000, 1)
+            .claim_lanes("me", UnixMillis::now(), now + ms(60_000), 1)
             .await
             .unwrap();
         assert_eq!(claimed, [UserId::new("alice")]);
@@ -1380,7 +1398,7 @@ mod tests {
         let mut release = Write::Lane(LaneOp::Release {
             owner: "me".into(),
             userid: UserId::new("alice"),
-            due_at: now + 30_000,
+            due_at: now + ms(30_000),
         });
         let replies = writer.write(vec![&mut all_due_by, &mut release]).unwrap();
         assert_eq!(replies[0], Reply::Count(1));
@@ -1405,14 +1423,14 @@ mod tests {
             supervisor: Supervisor::default(),
         };
         let insert = |i: usize| {
-            let now = now_ms();
+            let now = UnixMillis::now();
             Write::Insert(Box::new(Message::new_queued(
                 MessageId::from_stored(format!("d{i}")),
                 UserId::new("alice"),
                 Some(format!("t{i}")),
                 None,
                 now,
-                now + 1000,
+                now + ms(1000),
             )))
         };
         let batch = |range: std::ops::Range<usize>| {
@@ -1450,7 +1468,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let store = Store::connect(&url).await.unwrap();
         let mut writer = sqlite_writer(&dir.path().join("w.db"));
-        let now = now_ms();
+        let now = UnixMillis::now();
         let mut writes: Vec<Write> = (0..(INSERT_CHUNK * 2 + 3))
             .map(|i| {
                 Write::Insert(Box::new(Message::new_queued(
@@ -1459,7 +1477,7 @@ mod tests {
                     Some(format!("t{i}")),
                     Some(format!("c{i}")),
                     now,
-                    now + 1000,
+                    now + ms(1000),
                 )))
             })
             .collect();
@@ -1482,7 +1500,7 @@ mod tests {
                 .next_lane_due()
                 .await
                 .unwrap()
-                .is_some_and(|due| due <= now_ms())
+                .is_some_and(|due| due <= UnixMillis::now())
         );
         writer.db.close();
         store.close().await;

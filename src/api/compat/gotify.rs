@@ -167,11 +167,7 @@ pub async fn message(
     )
     .await?;
     let message = &accepted.message;
-    let date = humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH
-            + std::time::Duration::from_millis(u64::try_from(message.created_at).unwrap_or(0)),
-    )
-    .to_string();
+    let date = humantime::format_rfc3339_millis(message.created_at.to_system_time()).to_string();
     let mut answer = json!({
         "id": numeric_id(message.id.as_str()),
         "appid": 1,

@@ -442,7 +442,7 @@ pub fn redact_path(path: &str) -> String {
 
 /// Seconds since the epoch, as Bark and ServerChan report times.
 fn unix_seconds() -> i64 {
-    crate::store::now_ms() / 1000
+    crate::time::UnixMillis::now().as_secs()
 }
 
 /// Text for the compat parsers' property tests: separators, escapes (good, bad, MIME

@@ -454,7 +454,7 @@ async fn publish(
     .await?;
     let mut answer = json!({
         "id": accepted.message.id.as_str(),
-        "time": accepted.message.created_at / 1000,
+        "time": accepted.message.created_at.as_secs(),
         "event": "message",
         "topic": topic,
         "message": message,

@@ -24,6 +24,7 @@ use crate::domain::Format;
 use crate::error::ApiError;
 use crate::render::visible::has_visible;
 use crate::store::MessageStatus;
+use crate::time::UnixMillis;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Fields {
@@ -231,7 +232,6 @@ pub async fn status(
     if !matches {
         return Err(not_found().into());
     }
-    let ms = |t: i64| t / 1000;
     Ok(Json(json!({
         "code": 0,
         "message": "",
@@ -248,8 +248,8 @@ pub async fn status(
             },
             "channel": message.channel,
             "last_error": message.last_error,
-            "created_at": ms(message.created_at),
-            "delivered_at": message.delivered_at.map(ms),
+            "created_at": message.created_at.as_secs(),
+            "delivered_at": message.delivered_at.map(UnixMillis::as_secs),
         }
     }))
     .into_response())

@@ -19,7 +19,7 @@ use crate::delivery::limits::RateWindow;
 use crate::delivery::{Capabilities, Channel, ChannelError, CheckError};
 use crate::domain::{ChannelName, Outbound, UserId};
 use crate::store::StoredDestination;
-use crate::store::now_ms;
+use crate::time::UnixMillis;
 
 pub struct DestinationChannel {
     name: ChannelName,
@@ -215,7 +215,7 @@ impl Channel for DestinationChannel {
             let envelope = Envelope {
                 message,
                 page_url: page.as_deref(),
-                created_at_ms: now_ms(),
+                created_at_ms: UnixMillis::now(),
             };
             let delivered = self
                 .destination

@@ -21,7 +21,8 @@ use url::Url;
 
 use super::http::{Answer, call, status_error};
 use super::text::{Measure, Shown, fit};
-use super::{CLOCK_HINT, Delivered, DestError, Envelope, base64, hmac_sha256, now_ms, refusal};
+use super::{CLOCK_HINT, Delivered, DestError, Envelope, base64, hmac_sha256, refusal};
+use crate::time::UnixMillis;
 
 const LABEL: &str = "DingTalk robot";
 /// DingTalk refuses bodies past this ("body 大小不合法;解决方案:请保持大小在 20000bytes 以内").
@@ -217,7 +218,7 @@ pub(super) async fn send(
     envelope: &Envelope<'_>,
     timeout: Duration,
 ) -> Result<Delivered, DestError> {
-    let url = signed_url(endpoint, secret, now_ms());
+    let url = signed_url(endpoint, secret, UnixMillis::now().as_millis());
     let request = http
         .post(url)
         .header(
@@ -407,7 +408,7 @@ mod tests {
                 );
             };
             let t: i64 = t.parse().unwrap();
-            if (now_ms() - t).abs() > 3_600_000 {
+            if (UnixMillis::now().as_millis() - t).abs() > 3_600_000 {
                 return (
                     200,
                     r#"{"errcode":310000,"errmsg":"invalid timestamp"}"#.into(),

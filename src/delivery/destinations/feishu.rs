@@ -22,7 +22,8 @@ use url::Url;
 
 use super::http::{Answer, call, status_error};
 use super::text::{Fitted, Link, Measure, Shown, fit};
-use super::{Delivered, DestError, Envelope, base64, hmac_sha256, now_ms, refusal};
+use super::{Delivered, DestError, Envelope, base64, hmac_sha256, refusal};
+use crate::time::UnixMillis;
 
 const LABEL: &str = "Feishu bot";
 /// Feishu refuses bodies past 20 KB (`9499`); counted as 20000 bytes to be safe.
@@ -293,7 +294,7 @@ pub(super) async fn send(
     envelope: &Envelope<'_>,
     timeout: Duration,
 ) -> Result<Delivered, DestError> {
-    let body = body(envelope, secret, now_ms() / 1000);
+    let body = body(envelope, secret, UnixMillis::now().as_secs());
     let request = http
         .post(endpoint.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -534,7 +535,7 @@ mod tests {
                 && match (v["timestamp"].as_str(), v["sign"].as_str()) {
                     (Some(t), Some(s)) => {
                         let t: i64 = t.parse().unwrap();
-                        (now_ms() / 1000 - t).abs() < 3600 && s == sign(SECRET, t)
+                        (UnixMillis::now().as_secs() - t).abs() < 3600 && s == sign(SECRET, t)
                     }
                     _ => false,
                 };

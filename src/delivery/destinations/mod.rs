@@ -67,6 +67,7 @@ use url::Url;
 use super::limits::RateWindow;
 use super::{Capabilities, ChannelError, CheckError};
 use crate::domain::Outbound;
+use crate::time::UnixMillis;
 
 pub use address::{AddressError, Refusal, SecretError, parse_chat_url};
 
@@ -606,8 +607,8 @@ pub struct Envelope<'a> {
     /// The message's page (`MessageId::page_url`), when it has one: linked when the
     /// message had to be cut, and given to webhooks.
     pub page_url: Option<&'a str>,
-    /// When the message was accepted (unix milliseconds), for webhooks.
-    pub created_at_ms: i64,
+    /// When the message was accepted, for webhooks.
+    pub created_at_ms: UnixMillis,
 }
 
 /// A send the service took.
@@ -803,11 +804,6 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Now, unix milliseconds.
-fn now_ms() -> i64 {
-    crate::store::now_ms()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
@@ -837,7 +833,7 @@ pub(crate) mod tests {
         Envelope {
             message,
             page_url: Some(PAGE),
-            created_at_ms: 1_700_000_000_123,
+            created_at_ms: UnixMillis::from_millis(1_700_000_000_123),
         }
     }
 

@@ -39,13 +39,14 @@
 //! connections: retried. Any other 4xx: refused for good. Redirects are not followed when
 //! the client does not follow them: configure the final URL.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use url::Url;
 
 use super::http::{Answer, call, status_error};
-use super::{Delivered, DestError, Envelope, base64, hmac_sha256, now_ms};
+use super::{Delivered, DestError, Envelope, base64, hmac_sha256};
+use crate::time::UnixMillis;
 
 const LABEL: &str = "Webhook";
 /// What a digest sent to a webhook holds at most (the body itself has no limit).
@@ -66,7 +67,6 @@ pub struct Payload<'a> {
 /// The body for `envelope`.
 pub fn payload<'a>(envelope: &Envelope<'a>) -> Payload<'a> {
     let message = envelope.message;
-    let created_ms = u64::try_from(envelope.created_at_ms).unwrap_or(0);
     Payload {
         id: message.id.as_str(),
         title: message.title.as_deref(),
@@ -74,10 +74,8 @@ pub fn payload<'a>(envelope: &Envelope<'a>) -> Payload<'a> {
         format: message.format.as_str(),
         url: message.url.as_deref(),
         page: envelope.page_url,
-        created_at: humantime::format_rfc3339_millis(
-            UNIX_EPOCH + Duration::from_millis(created_ms),
-        )
-        .to_string(),
+        created_at: humantime::format_rfc3339_millis(envelope.created_at_ms.to_system_time())
+            .to_string(),
     }
 }
 
@@ -143,7 +141,7 @@ pub(super) async fn send(
     let mut request = http
         .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json");
-    for (name, value) in headers(payload.id, now_ms() / 1000, &body, secret) {
+    for (name, value) in headers(payload.id, UnixMillis::now().as_secs(), &body, secret) {
         request = request.header(name, value);
     }
     let answer = call(request.body(body), timeout)
@@ -263,7 +261,7 @@ mod tests {
                 .parse()
                 .unwrap();
             let expected = signature(&key, id, t, &r.body);
-            let fresh = (now_ms() / 1000 - t).abs() <= 300;
+            let fresh = (UnixMillis::now().as_secs() - t).abs() <= 300;
             // The header may list several signatures, space-separated.
             let signed = r
                 .header("webhook-signature")

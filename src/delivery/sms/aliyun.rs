@@ -23,6 +23,7 @@ use super::{
     now_secs, quote, redact, refusal, rfc3339, sha256_hex, status_failure,
 };
 use crate::config::AliyunSms;
+use crate::time::UnixMillis;
 
 const LABEL: &str = "Aliyun SMS";
 const VERSION: &str = "2017-05-25";
@@ -556,12 +557,11 @@ impl Provider for Aliyun {
         &'a self,
         to: &'a PhoneNumber,
         out_id: &'a str,
-        sent_at_ms: i64,
+        sent_at_ms: UnixMillis,
     ) -> BoxFuture<'a, Lookup> {
         Box::pin(async move {
-            let sent_at = sent_at_ms.div_euclid(1000);
-            let settle_ms = i64::try_from(self.settle.as_millis()).unwrap_or(i64::MAX);
-            if crate::store::now_ms() < sent_at_ms.saturating_add(settle_ms) {
+            let sent_at = sent_at_ms.as_secs();
+            if UnixMillis::now() < sent_at_ms + self.settle {
                 return Lookup::CannotTell(format!(
                     "too early to tell: {LABEL}'s send records take a while; asked again {} after the send (sms.lookup_after)",
                     humantime::format_duration(self.settle)
@@ -1098,7 +1098,7 @@ mod tests {
         let aliyun = provider(&mock);
         let to = PhoneNumber::parse("13800138000").unwrap();
         // 2024-01-01 12:00 China time: one date to search.
-        let sent_at_ms = 1_704_081_600_000;
+        let sent_at_ms = UnixMillis::from_millis(1_704_081_600_000);
         assert_eq!(aliyun.lookup(&to, "msg-7", sent_at_ms).await, Lookup::Sent);
         assert_eq!(
             aliyun.lookup(&to, "msg-8", sent_at_ms).await,
@@ -1120,7 +1120,7 @@ mod tests {
         );
         // Just after midnight in China: the day before is searched too.
         seen.lock().unwrap().clear();
-        let after_midnight = 1_704_038_400_000 + 5 * 60 * 1000;
+        let after_midnight = UnixMillis::from_millis(1_704_038_400_000 + 5 * 60 * 1000);
         assert_eq!(
             aliyun.lookup(&to, "msg-8", after_midnight).await,
             Lookup::NotSent
@@ -1133,7 +1133,7 @@ mod tests {
             .collect();
         assert!(dates.contains(&"20231231".to_owned()) && dates.contains(&"20240101".to_owned()));
         // Too early to trust an absence.
-        let just_now = now_secs() * 1000;
+        let just_now = UnixMillis::now();
         assert!(matches!(
             aliyun.lookup(&to, "msg-8", just_now).await,
             Lookup::CannotTell(_)

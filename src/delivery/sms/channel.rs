@@ -27,10 +27,11 @@ use crate::delivery::{BadAddress, Binding, Capabilities, Channel, ChannelError, 
 use crate::domain::{ChannelName, Format, Outbound};
 use crate::render::cut::cut;
 use crate::render::markdown::to_plain_text;
-use crate::store::{ChargeCap, Store, StoreError, now_ms};
+use crate::store::{ChargeCap, Store, StoreError};
+use crate::time::UnixMillis;
 
 /// The daily caps look back this far.
-const DAY_MS: i64 = 24 * 3600 * 1000;
+const DAY: Duration = Duration::from_secs(24 * 3600);
 /// Content handed to the provider's shaping at most (it is cut further to the template's
 /// variable limit or the segments).
 const MAX_EXCERPT_BYTES: usize = 1024;
@@ -131,7 +132,7 @@ impl SmsChannel {
         {
             // Measured before asking: a provider that found it too early to tell did so at
             // this time or later.
-            let asked_at = now_ms();
+            let asked_at = UnixMillis::now();
             match self.provider.lookup(&to, out_id, charged_at).await {
                 Lookup::Sent => {
                     self.store
@@ -142,9 +143,7 @@ impl SmsChannel {
                 }
                 Lookup::NotSent => self.store.refund(name, out_id).await.map_err(store)?,
                 Lookup::CannotTell(why) => {
-                    let waited = asked_at.saturating_sub(charged_at);
-                    let after = i64::try_from(self.lookup_after.as_millis()).unwrap_or(i64::MAX);
-                    if waited < after {
+                    if asked_at < charged_at + self.lookup_after {
                         return Err(ChannelError::Transient {
                             reason: format!(
                                 "an earlier try may have texted {} (it timed out or was cut off); \
@@ -173,8 +172,8 @@ impl SmsChannel {
                 name,
                 &message.userid,
                 out_id,
-                now_ms(),
-                DAY_MS,
+                UnixMillis::now(),
+                DAY,
                 self.per_member,
                 self.total,
             )

@@ -22,11 +22,12 @@ pub mod tencent;
 pub mod twilio;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
 use crate::config::{SmsProviderConfig, SmsSettings};
+use crate::time::UnixMillis;
 pub use channel::SmsChannel;
 pub use phone::{PhoneError, PhoneNumber};
 
@@ -126,14 +127,14 @@ pub trait Provider: Send + Sync {
         out_id: &'a str,
     ) -> BoxFuture<'a, Result<(), SmsFailure>>;
     /// After a send that ended in [`SmsFailure::Unknown`]: did the provider take it?
-    /// `sent_at_ms`: when that send was made (unix milliseconds). Records take a moment to
+    /// `sent_at_ms`: when that send was made. Records take a moment to
     /// appear: ask no sooner than [`LOOKUP_AFTER`] after the send (before that, the answer
     /// is [`Lookup::CannotTell`]).
     fn lookup<'a>(
         &'a self,
         to: &'a PhoneNumber,
         out_id: &'a str,
-        sent_at_ms: i64,
+        sent_at_ms: UnixMillis,
     ) -> BoxFuture<'a, Lookup>;
     /// A check that sends nothing (credentials, templates), for start-up and
     /// `pushbot doctor`.
@@ -315,9 +316,7 @@ fn status_failure(label: &str, status: u16, body: &[u8]) -> SmsFailure {
 
 /// Now, unix seconds.
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    UnixMillis::now().as_secs()
 }
 
 /// `2023-10-26T10:22:32Z` for unix seconds `secs` (shifted by `offset_secs`: `+08:00`

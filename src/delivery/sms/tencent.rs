@@ -21,6 +21,7 @@ use super::{
     refusal, rfc3339, sha256_hex, status_failure,
 };
 use crate::config::TencentSms;
+use crate::time::UnixMillis;
 
 const LABEL: &str = "Tencent Cloud SMS";
 const VERSION: &str = "2021-01-11";
@@ -527,10 +528,10 @@ impl Provider for Tencent {
         &'a self,
         to: &'a PhoneNumber,
         out_id: &'a str,
-        sent_at_ms: i64,
+        sent_at_ms: UnixMillis,
     ) -> BoxFuture<'a, Lookup> {
         Box::pin(async move {
-            let sent_at = sent_at_ms.div_euclid(1000);
+            let sent_at = sent_at_ms.as_secs();
             // Receipts go back 7 days at most; our clock and theirs within 5 minutes.
             let body = json!({
                 "BeginTime": sent_at.saturating_sub(5 * 60).max(0),
@@ -1047,7 +1048,7 @@ mod tests {
         .await;
         let tencent = provider(&mock);
         let to = PhoneNumber::parse("13800138000").unwrap();
-        let sent_at_ms = now_secs() * 1000;
+        let sent_at_ms = UnixMillis::from_millis(now_secs() * 1000);
         assert_eq!(tencent.lookup(&to, "msg-1", sent_at_ms).await, Lookup::Sent);
         assert!(matches!(
             tencent.lookup(&to, "msg-2", sent_at_ms).await,
@@ -1057,7 +1058,7 @@ mod tests {
             serde_json::from_slice(&mock.requests.lock().unwrap()[0].body).unwrap();
         assert_eq!(body["PhoneNumber"], "+8613800138000");
         assert_eq!(body["SmsSdkAppId"], "1400006666");
-        assert!(body["BeginTime"].as_i64().unwrap() <= sent_at_ms / 1000);
+        assert!(body["BeginTime"].as_i64().unwrap() <= sent_at_ms.as_secs());
         let check = tencent.check().await;
         assert!(
             matches!(&check, Check::Ok(text) if text.contains("1110") && text.contains("1111")),

@@ -18,6 +18,7 @@ use super::{
     call, quote, redact, refusal, status_failure,
 };
 use crate::config::{TwilioFrom, TwilioSms};
+use crate::time::UnixMillis;
 
 const LABEL: &str = "Twilio";
 
@@ -263,7 +264,7 @@ impl Provider for Twilio {
         &'a self,
         to: &'a PhoneNumber,
         _out_id: &'a str,
-        _sent_at_ms: i64,
+        _sent_at_ms: UnixMillis,
     ) -> BoxFuture<'a, Lookup> {
         Box::pin(async move {
             Lookup::CannotTell(format!(
@@ -484,7 +485,11 @@ mod tests {
             "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef.json"
         );
         assert!(matches!(
-            futures_util::FutureExt::now_or_never(twilio.lookup(&to, "m1", 0)),
+            futures_util::FutureExt::now_or_never(twilio.lookup(
+                &to,
+                "m1",
+                UnixMillis::from_millis(0)
+            )),
             Some(Lookup::CannotTell(_))
         ));
     }
