@@ -180,6 +180,49 @@ impl TryFrom<String> for EncodingAesKey {
     }
 }
 
+/// Each as written in the config file, secrets with their real value: for writing a
+/// config file (see `config::Settings`), never for a log.
+mod serialize {
+    use base64::Engine as _;
+    use serde::{Serialize, Serializer};
+
+    use super::*;
+
+    impl Serialize for CorpId {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.as_str())
+        }
+    }
+
+    impl Serialize for AgentId {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_i64(self.get())
+        }
+    }
+
+    impl Serialize for CorpSecret {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.expose())
+        }
+    }
+
+    impl Serialize for CallbackToken {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.expose())
+        }
+    }
+
+    /// The 43-character form of the key. Where the console's last character carried bits
+    /// beyond the key (they are ignored, see [`KEY_ENGINE`]), those bits are written as
+    /// zero: the same key, its last character perhaps another one.
+    impl Serialize for EncodingAesKey {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let text = KEY_ENGINE.encode(self.bytes());
+            s.serialize_str(text.trim_end_matches('='))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
