@@ -303,3 +303,74 @@ fn the_example_config_is_the_defaults_with_sample_credentials() {
         "config/pushbot.example.toml and the code's defaults differ"
     );
 }
+
+/// The example's commented-out `[email]`, `[sms]` and `[destinations]` sections, as they
+/// are once uncommented (up to the first `[destinations.NAME]`).
+fn example_section(name: &str) -> toml::Table {
+    let header = format!("# [{name}]");
+    let lines: Vec<&str> = EXAMPLE
+        .lines()
+        .skip_while(|l| *l != header)
+        .take_while(|l| l.starts_with('#') && !l.starts_with("# [destinations."))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+        .collect();
+    assert!(lines.len() > 3, "no {header} in the example");
+    let text = lines.join("\n");
+    let parsed: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    match parsed.get(name) {
+        Some(toml::Value::Table(t)) => t.clone(),
+        _ => panic!("{header} is not a table"),
+    }
+}
+
+/// What the example shows for a key the reader may leave out is the default: the example's
+/// commented-out sections, uncommented, load, and leaving out any key but those it fills in
+/// for the reader's own values gives the same settings.
+#[test]
+fn the_example_sections_show_the_defaults() {
+    for (name, own_values, secret) in [
+        (
+            "email",
+            &["host", "port", "username", "from"][..],
+            "password",
+        ),
+        (
+            "sms",
+            &[
+                "provider",
+                "access_key_id",
+                "sign_name",
+                "template",
+                "code_template",
+                "max_variable_chars",
+            ][..],
+            "access_key_secret",
+        ),
+        ("destinations", &[][..], "telegram_bot_token"),
+    ] {
+        let mut section = example_section(name);
+        section.insert(secret.to_owned(), toml::Value::String("x".to_owned()));
+        let load = |section: &toml::Table| {
+            let mut config: toml::Table = required(EXAMPLE).parse().unwrap();
+            config.insert(name.to_owned(), toml::Value::Table(section.clone()));
+            let config = toml::to_string(&config).unwrap();
+            Settings::from_toml(&config)
+                .map(|s| text(&s))
+                .unwrap_or_else(|e| panic!("the example's [{name}]: {e}\n{config}"))
+        };
+        let shown = load(&section);
+        let keys: Vec<String> = section.keys().cloned().collect();
+        for key in keys {
+            if own_values.contains(&key.as_str()) || key == secret {
+                continue;
+            }
+            let mut without = section.clone();
+            without.remove(&key);
+            assert_eq!(
+                load(&without),
+                shown,
+                "the example's {name}.{key} is not the default"
+            );
+        }
+    }
+}
