@@ -63,21 +63,27 @@ pub struct Settings {
 /// shared destinations (`[destinations.NAME]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DestinationsSettings {
-    /// Defaults: the real services (tests point them at local mocks).
+    /// Where WeCom group robots are (default `https://qyapi.weixin.qq.com`); robot URLs must
+    /// be on it. A reverse proxy or a test mock changes it.
     #[serde(default)]
     pub wecom_robot_base: Option<HttpUrl>,
+    /// Where DingTalk robots are (default `https://oapi.dingtalk.com`).
     #[serde(default)]
     pub dingtalk_base: Option<HttpUrl>,
+    /// Where Feishu bots are (default `https://open.feishu.cn`).
     #[serde(default)]
     pub feishu_base: Option<HttpUrl>,
+    /// Where Lark bots are (default `https://open.larksuite.com`).
     #[serde(default)]
     pub lark_base: Option<HttpUrl>,
+    /// Where Telegram's Bot API is (default `https://api.telegram.org`).
     #[serde(default)]
     pub telegram_base: Option<HttpUrl>,
-    /// The server's Telegram bot (`PUSHBOT_DESTINATIONS__TELEGRAM_BOT_TOKEN` or
-    /// `telegram_bot_token_file`).
+    /// The server's Telegram bot (from @BotFather), for `telegram` destinations: from
+    /// `PUSHBOT_DESTINATIONS__TELEGRAM_BOT_TOKEN` or `telegram_bot_token_file`.
     #[serde(default, serialize_with = "exposed")]
     pub telegram_bot_token: Option<secrecy::SecretString>,
+    /// A file holding the Telegram bot token; read at start-up.
     #[serde(default)]
     pub telegram_bot_token_file: Option<PathBuf>,
     /// One call to a destination.
@@ -102,6 +108,7 @@ pub struct DestinationSettings {
     /// `PUSHBOT_DESTINATIONS__NAME__URL` or `url_file`).
     #[serde(default, serialize_with = "exposed")]
     pub url: Option<secrecy::SecretString>,
+    /// A file holding the URL; read at start-up.
     #[serde(default)]
     pub url_file: Option<PathBuf>,
     /// Telegram: the chat (`-100…` or `@channel`).
@@ -110,6 +117,7 @@ pub struct DestinationSettings {
     /// DingTalk `SEC…`, Feishu's signing secret, a webhook's `whsec_…`.
     #[serde(default, serialize_with = "exposed")]
     pub secret: Option<secrecy::SecretString>,
+    /// A file holding the secret; read at start-up.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     /// Who may send to it: userids, or `"all"` (the default).
@@ -273,8 +281,12 @@ pub struct EmailSettings {
     /// Default by `security`: 465 (tls), 587 (starttls), 25 (none).
     #[serde(default)]
     pub port: Option<u16>,
+    /// How the SMTP connection is protected: `tls` (TLS from the first byte, port 465),
+    /// `starttls` (a plain connection upgraded with STARTTLS, which is required; port 587)
+    /// or `none` (no encryption at all: only for a relay on the same host or network).
     #[serde(default)]
     pub security: SmtpSecurity,
+    /// The SMTP login; set it and a password, or neither.
     #[serde(default)]
     pub username: Option<String>,
     /// Set it from `PUSHBOT_EMAIL__PASSWORD` or `password_file`, never in a committed file.
@@ -347,6 +359,7 @@ pub struct SmsSettings {
     /// Aliyun: from `PUSHBOT_SMS__ACCESS_KEY_SECRET` or `access_key_secret_file`.
     #[serde(default, serialize_with = "exposed")]
     pub access_key_secret: Option<secrecy::SecretString>,
+    /// Aliyun: a file holding the AccessKey secret; read at start-up.
     #[serde(default)]
     pub access_key_secret_file: Option<PathBuf>,
 
@@ -356,6 +369,7 @@ pub struct SmsSettings {
     /// Tencent Cloud: from `PUSHBOT_SMS__SECRET_KEY` or `secret_key_file`.
     #[serde(default, serialize_with = "exposed")]
     pub secret_key: Option<secrecy::SecretString>,
+    /// Tencent Cloud: a file holding the SecretKey; read at start-up.
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
     /// Tencent Cloud: the SMS application's SdkAppId, e.g. `1400006666`.
@@ -387,6 +401,7 @@ pub struct SmsSettings {
     /// Twilio: from `PUSHBOT_SMS__AUTH_TOKEN` or `auth_token_file`.
     #[serde(default, serialize_with = "exposed")]
     pub auth_token: Option<secrecy::SecretString>,
+    /// Twilio: a file holding the Auth Token; read at start-up.
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
     /// Twilio: the sender, a number in E.164 (`+15005550006`), an alphanumeric sender ID, or
@@ -956,10 +971,12 @@ impl fmt::Debug for Sender {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Address to listen on, e.g. `0.0.0.0:8080`.
+    /// Address to listen on, e.g. `0.0.0.0:8080`. Behind a reverse proxy on the same host,
+    /// `127.0.0.1:8080` is enough.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The URL users reach this service at; used in the curl examples the bot sends.
+    /// The URL users reach this service at: used in the curl examples the bot sends and in
+    /// links to message pages; WeCom's callback URL is `<public_url>/wecom/callback`.
     pub public_url: HttpUrl,
     /// A client must send a complete request head (request line and headers) within this
     /// time once the server starts waiting for one: right after connecting, and again after
@@ -972,16 +989,18 @@ pub struct ServerSettings {
     )]
     pub header_read_timeout: Duration,
     /// Open client connections at most. At the cap no new connection is accepted (they wait
-    /// in the kernel's listen backlog) until one closes. Lowered at start-up if the open-file
-    /// limit cannot hold it.
+    /// in the kernel's listen backlog) until one closes. Lowered at start-up, with a warning,
+    /// if the open-file limit cannot hold it plus a reserve of 64 + `delivery.concurrency`.
     #[serde(default = "default_max_connections", deserialize_with = "at_least_one")]
     pub max_connections: usize,
     /// How many messages one member may send: a burst of `count`, refilled at `count` per
-    /// `per`. Keyed by member, so rotating the token does not reset it.
+    /// `per`; over it `/send` answers 429 with `Retry-After`. Keyed by member, so rotating
+    /// the token does not reset it.
     #[serde(default)]
     pub send_rate: SendRate,
-    /// Longest message content accepted, in bytes (larger: 413). Default 64 KiB; at most
-    /// 1 MiB.
+    /// Longest message content accepted, in bytes (larger: 413), between 1024 and 1048576
+    /// (1 MiB). Content longer than one WeCom message (2048 bytes) arrives as a card linking
+    /// to the message's page.
     #[serde(
         default = "default_max_content_bytes",
         deserialize_with = "content_limit"
@@ -990,8 +1009,9 @@ pub struct ServerSettings {
     /// Serve Prometheus metrics at `GET /metrics` (otherwise it answers 404).
     #[serde(default)]
     pub metrics: bool,
-    /// When set, `/metrics` requires `Authorization: Bearer <this>` (401 without). Set it
-    /// from `PUSHBOT_SERVER__METRICS_TOKEN`; never printed.
+    /// When set, `/metrics` requires `Authorization: Bearer <this>` (401 without): printable
+    /// ASCII without spaces, e.g. from `openssl rand -hex 32`. Set it from
+    /// `PUSHBOT_SERVER__METRICS_TOKEN`; never printed.
     #[serde(default, serialize_with = "exposed")]
     pub metrics_token: Option<secrecy::SecretString>,
 }
@@ -1021,17 +1041,23 @@ impl Default for SendRate {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    /// Where the data lives: a SQLite file (`sqlite://path`, relative to the working
+    /// directory), or a PostgreSQL database (`postgres://user:password@host:port/db`) that
+    /// several instances can share. A password goes in `PUSHBOT_STORAGE__URL` (the whole
+    /// URL) or `PGPASSWORD`; it is never printed.
     #[serde(default = "default_storage_url")]
     pub url: StorageUrl,
     /// How long delivered and failed messages (and their pages) are kept; `"0"`: forever.
-    /// Queued messages are never purged.
+    /// Queued messages are never purged. At least `"1d"` (an `Idempotency-Key` is honoured
+    /// for 24 hours) and twice `delivery.retry_window`.
     #[serde(
         default = "default_retention",
         deserialize_with = "retention",
         serialize_with = "retention_or_zero"
     )]
     pub retention: Option<Duration>,
-    /// Connections in the read pool (the group-commit writer has one more of its own).
+    /// Connections in the read pool (the group-commit writer has one more of its own), 1 to
+    /// 1000.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
 }
@@ -1170,13 +1196,19 @@ impl fmt::Debug for HttpUrl {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeComSettings {
+    /// The company's CorpID (我的企业 → 企业信息 → 企业ID), e.g. `ww0123456789abcdef`.
     pub corp_id: CorpId,
+    /// The app's AgentId (应用管理 → the app), a positive number.
     pub agent_id: AgentId,
+    /// The app's Secret (应用管理 → the app → Secret). Set it from `PUSHBOT_WECOM__SECRET`.
     pub secret: CorpSecret,
+    /// The callback Token (接收消息 → 设置API接收): 1 to 32 letters or digits.
     pub callback_token: CallbackToken,
+    /// The callback EncodingAESKey (接收消息 → 设置API接收): 43 characters.
     pub encoding_aes_key: EncodingAesKey,
-    /// Defaults to [`DEFAULT_API_BASE`] (set as a config default, so it is parsed like
-    /// any user value).
+    /// WeCom's API. Change it only for an egress relay or a test stand-in.
+    // Its default, DEFAULT_API_BASE, is set as a config default (`from_builder`), so it is
+    // parsed like any user value.
     pub api_base: HttpUrl,
     /// Timeout of one call to the WeCom API.
     #[serde(
@@ -1195,7 +1227,8 @@ pub struct WeComSettings {
     )]
     pub callback_max_age: Duration,
     /// Per member, at most `count` messages in any window of `per` (WeCom silently drops
-    /// anything above 30 a minute or 1000 an hour while answering success).
+    /// anything above 30 a minute or 1000 an hour while answering success). The excess
+    /// waits in the member's queue, in order.
     #[serde(
         default = "default_member_limits",
         deserialize_with = "member_limits",
@@ -1272,19 +1305,24 @@ impl fmt::Display for ProxyUrl {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
-    /// How long transient failures are retried before a message is marked failed.
+    /// How long a message that fails on a channel for a transient reason (network, a busy or
+    /// throttling service) keeps being retried there; then it goes on to its next channel,
+    /// or is marked failed.
     #[serde(
         default = "default_retry_window",
         deserialize_with = "duration",
         serialize_with = "short_duration"
     )]
     pub retry_window: Duration,
+    /// First retry delay; it doubles on each failure (with jitter) up to
+    /// `delivery.backoff_max`.
     #[serde(
         default = "default_backoff_initial",
         deserialize_with = "duration",
         serialize_with = "short_duration"
     )]
     pub backoff_initial: Duration,
+    /// Longest retry delay.
     #[serde(
         default = "default_backoff_max",
         deserialize_with = "duration",
@@ -1348,7 +1386,8 @@ pub struct DeliverySettings {
         serialize_with = "short_duration"
     )]
     pub stall_after: Duration,
-    /// Time zone the times in digests are shown in, as an offset from UTC (`"+08:00"`).
+    /// Time zone the times in digests (and "today" in `status`) are shown in, as an offset
+    /// from UTC (`"+08:00"`).
     #[serde(
         default = "default_utc_offset",
         deserialize_with = "utc_offset",

@@ -261,6 +261,25 @@ fn the_callback_key_is_written_as_the_same_key() {
     assert!(again.uses_sample_credentials());
 }
 
+/// Panics, naming `what` and the lines that differ, unless `left` and `right` are the same.
+fn assert_same(left: &str, right: &str, what: &str) {
+    if left == right {
+        return;
+    }
+    let only = |a: &str, b: &str| -> Vec<String> {
+        let theirs: Vec<&str> = b.lines().collect();
+        a.lines()
+            .filter(|l| !theirs.contains(l))
+            .map(str::to_owned)
+            .collect()
+    };
+    panic!(
+        "{what}\n  these lines: {:?}\n  instead of: {:?}\nin:\n{left}",
+        only(left, right),
+        only(right, left)
+    );
+}
+
 /// Only the keys a config file must have (`server.public_url`, the WeCom app's
 /// credentials), with `config`'s values.
 fn required(config: &str) -> String {
@@ -298,9 +317,10 @@ fn required(config: &str) -> String {
 fn the_example_config_is_the_defaults_with_sample_credentials() {
     let example = text(&Settings::from_toml(EXAMPLE).unwrap());
     let defaults = text(&Settings::from_toml(&required(EXAMPLE)).unwrap());
-    assert_eq!(
-        example, defaults,
-        "config/pushbot.example.toml and the code's defaults differ"
+    assert_same(
+        &example,
+        &defaults,
+        "config/pushbot.example.toml (left) is not the code's defaults (right)",
     );
 }
 
@@ -366,11 +386,319 @@ fn the_example_sections_show_the_defaults() {
             }
             let mut without = section.clone();
             without.remove(&key);
-            assert_eq!(
-                load(&without),
-                shown,
-                "the example's {name}.{key} is not the default"
+            assert_same(
+                &shown,
+                &load(&without),
+                &format!("the example's {name}.{key} is not the default"),
             );
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// docs/configuration.md
+// ------------------------------------------------------------------------------------------
+
+const DOC: &str = include_str!("../../docs/configuration.md");
+
+/// The doc's sections, in order: one per table (the README links to these anchors).
+const SECTIONS: [&str; 8] = [
+    "server",
+    "storage",
+    "wecom",
+    "delivery",
+    "email",
+    "sms",
+    "destinations",
+    "log",
+];
+
+/// The keys each section must have, every section present, one shared destination called
+/// `NAME`: the settings every row's default is checked against.
+const BASE: &str = r#"
+[server]
+public_url = "https://push.example.com"
+[wecom]
+corp_id = "wx5823bf96d3bd56c7"
+agent_id = 1000002
+secret = "s3cr3t"
+callback_token = "QDG6eK"
+encoding_aes_key = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+[email]
+host = "smtp.example.com"
+from = "pushbot <bot@example.com>"
+[sms]
+provider = "aliyun"
+[destinations.NAME]
+kind = "webhook"
+"#;
+
+/// Settings as the loader's serde reads them (defaults applied), without the checks that
+/// need more than each key's own value (an SMS provider's credentials, a destination's URL):
+/// how the defaults of keys in optional sections are seen.
+fn defaults_of(config: &toml::Table) -> Result<Settings, String> {
+    let text = toml::to_string(config).map_err(|e| e.to_string())?;
+    config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .set_default("wecom.api_base", DEFAULT_API_BASE)
+        .and_then(|b| b.build())
+        .and_then(config::Config::try_deserialize::<Settings>)
+        .map_err(|e| ConfigError::from_config(e).to_string())
+}
+
+/// Every key of `value` (serialized settings) by its dotted path: nested tables walked,
+/// arrays and `{ count, per }` inline tables as one key, shared destinations as `NAME`.
+fn setting_keys(value: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    let serde_json::Value::Object(map) = value else {
+        out.push(path.to_owned());
+        return;
+    };
+    let mut names: Vec<&str> = map.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    if !path.is_empty() && names == ["count", "per"] {
+        out.push(path.to_owned());
+        return;
+    }
+    for (key, child) in map {
+        let key = if path == "destinations" && child.is_object() {
+            "NAME"
+        } else {
+            key.as_str()
+        };
+        let child_path = if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        };
+        setting_keys(child, &child_path, out);
+    }
+}
+
+/// One `| `key` | default | meaning |` row of the doc.
+#[derive(Debug)]
+struct Row {
+    section: String,
+    key: String,
+    default: String,
+    meaning: String,
+}
+
+fn rows() -> Vec<Row> {
+    let mut section = String::new();
+    let mut rows = Vec::new();
+    for line in DOC.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            section = heading.trim().to_owned();
+            continue;
+        }
+        if !line.starts_with("| `") {
+            continue;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        let [key, default, meaning] = cells[..] else {
+            panic!("not a | Key | Default | Meaning | row: {line}");
+        };
+        assert!(!meaning.is_empty(), "{key} has no meaning: {line}");
+        let code = |cell: &str| {
+            cell.strip_prefix('`')
+                .and_then(|c| c.strip_suffix('`'))
+                .map(str::to_owned)
+        };
+        let key = code(key).unwrap_or_else(|| panic!("the key in backticks: {line}"));
+        let default = match default {
+            "required" | "unset" => default.to_owned(),
+            _ => code(default)
+                .unwrap_or_else(|| panic!("a default in backticks, `required` or `unset`: {line}")),
+        };
+        rows.push(Row {
+            section: section.clone(),
+            key,
+            default,
+            meaning: meaning.to_owned(),
+        });
+    }
+    rows
+}
+
+/// The table at `path` (all but its last part) in `config`, created as needed.
+fn parent<'a>(config: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+    path.iter().fold(config, |table, part| {
+        match table
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => t,
+            other => panic!("{part} is not a table: {other}"),
+        }
+    })
+}
+
+/// `docs/configuration.md` has a section per table, a row per key `Settings` has and none
+/// other, and each row's default is the code's: adding a key without documenting it, or
+/// changing a default without the doc, fails here.
+#[test]
+fn the_configuration_doc_lists_every_key_with_its_default() {
+    let headings: Vec<&str> = DOC
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(headings, SECTIONS, "the doc's sections");
+
+    let base: toml::Table = BASE.parse().unwrap();
+    let defaults = defaults_of(&base).unwrap();
+    let written = text(&defaults);
+    let json = serde_json::to_value(&defaults).unwrap();
+    let mut keys = Vec::new();
+    setting_keys(&json, "", &mut keys);
+    keys.sort();
+
+    let rows = rows();
+    let mut documented: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    documented.sort_unstable();
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !documented.contains(&k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys without a row in docs/configuration.md: {missing:?}"
+    );
+    let unknown: Vec<&&str> = documented
+        .iter()
+        .filter(|k| !keys.iter().any(|key| key == *k))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "rows in docs/configuration.md for keys Settings does not have: {unknown:?}"
+    );
+    let mut twice = documented.clone();
+    twice.dedup();
+    assert_eq!(twice, documented, "a key has two rows");
+
+    for row in &rows {
+        let path: Vec<&str> = row.key.split('.').collect();
+        let (name, tables) = path.split_last().unwrap();
+        assert_eq!(
+            tables[0], row.section,
+            "{} is under ## {}",
+            row.key, row.section
+        );
+        match row.default.as_str() {
+            "required" => {
+                let mut without = base.clone();
+                parent(&mut without, tables).remove(*name);
+                assert!(
+                    defaults_of(&without).is_err(),
+                    "{} is documented as required, but loads without it",
+                    row.key
+                );
+            }
+            "unset" => {
+                let value = path.iter().fold(&json, |v, part| {
+                    let part = if v.get(part).is_none() && *part == "NAME" {
+                        "name"
+                    } else {
+                        part
+                    };
+                    &v[part]
+                });
+                assert!(
+                    value.is_null(),
+                    "{} is documented as unset, but defaults to {value}",
+                    row.key
+                );
+            }
+            default => {
+                let value: toml::Table = format!("value = {default}").parse().unwrap_or_else(|e| {
+                    panic!("{}: `{default}` is not a TOML value: {e}", row.key)
+                });
+                let mut with = base.clone();
+                parent(&mut with, tables).insert((*name).to_owned(), value["value"].clone());
+                let settings = defaults_of(&with)
+                    .unwrap_or_else(|e| panic!("{} = {default} does not load: {e}", row.key));
+                assert_same(
+                    &text(&settings),
+                    &written,
+                    &format!(
+                        "docs/configuration.md says {} = {default} by default; the code does not",
+                        row.key
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Each key's doc comment in `src/config.rs`, by dotted path, its lines joined.
+fn doc_comments() -> Vec<(String, String)> {
+    const SOURCE: &str = include_str!("../config.rs");
+    let mut out = Vec::new();
+    for (structure, prefix) in [
+        ("ServerSettings", "server"),
+        ("StorageSettings", "storage"),
+        ("WeComSettings", "wecom"),
+        ("DeliverySettings", "delivery"),
+        ("EmailSettings", "email"),
+        ("SmsSettings", "sms"),
+        ("DestinationsSettings", "destinations"),
+        ("DestinationSettings", "destinations.NAME"),
+        ("LogSettings", "log"),
+    ] {
+        let header = format!("pub struct {structure} {{");
+        let body = SOURCE
+            .split_once(&header)
+            .and_then(|(_, rest)| rest.split_once("\n}\n"))
+            .map(|(body, _)| body)
+            .unwrap_or_else(|| panic!("no {header} in src/config.rs"));
+        let mut doc: Vec<&str> = Vec::new();
+        for line in body.lines().map(str::trim) {
+            if let Some(text) = line.strip_prefix("///") {
+                doc.push(text.trim());
+            } else if let Some((field, _)) = line
+                .strip_prefix("pub ")
+                .and_then(|rest| rest.split_once(':'))
+            {
+                // `[destinations.NAME]` tables, each a key of its own.
+                if field != "named" {
+                    out.push((format!("{prefix}.{field}"), doc.join(" ")));
+                }
+                doc.clear();
+            }
+        }
+    }
+    out
+}
+
+/// The Meaning column is each key's doc comment in the code: the code says what a setting
+/// means, and the doc says the same.
+#[test]
+fn the_configuration_doc_says_what_the_code_says() {
+    let rows = rows();
+    let comments = doc_comments();
+    let mut wrong = Vec::new();
+    for (key, comment) in &comments {
+        let comment = comment.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            !comment.is_empty(),
+            "{key} has no doc comment in src/config.rs"
+        );
+        let Some(row) = rows.iter().find(|r| &r.key == key) else {
+            // A key without a row is reported by the test above.
+            continue;
+        };
+        if row.meaning != comment {
+            wrong.push(format!("{key}\n  doc:  {}\n  code: {comment}", row.meaning));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "docs/configuration.md and the doc comments in src/config.rs differ:\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(
+        comments.len(),
+        rows.len(),
+        "a key whose doc comment was not found"
+    );
 }
