@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
 use crate::delivery::limits::RateWindow;
@@ -28,7 +28,12 @@ pub const DEFAULT_CONFIG_FILE: &str = "pushbot.toml";
 /// WeCom's API, unless `wecom.api_base` says otherwise (tests, egress proxies).
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
 
-#[derive(Debug, Clone, Deserialize)]
+/// Serialized (`toml::to_string`), settings are the config file that loads them again:
+/// durations written the short way (`"30s"`), `"off"`/`"0"` where a field means none, and
+/// **every secret with its real value** (the WeCom secret, the callback token and key, SMTP
+/// and SMS secrets, robot URLs, passwords in `storage.url` and `wecom.proxy`). That is what
+/// writing a config file needs; never log or show serialized settings (`{:?}` redacts).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -56,29 +61,36 @@ pub struct Settings {
 
 /// `[destinations]`: where each kind's service is, the server's Telegram bot, and the
 /// shared destinations (`[destinations.NAME]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DestinationsSettings {
-    /// Defaults: the real services (tests point them at local mocks).
+    /// Where WeCom group robots are (default `https://qyapi.weixin.qq.com`); robot URLs must
+    /// be on it. A reverse proxy or a test mock changes it.
     #[serde(default)]
     pub wecom_robot_base: Option<HttpUrl>,
+    /// Where DingTalk robots are (default `https://oapi.dingtalk.com`).
     #[serde(default)]
     pub dingtalk_base: Option<HttpUrl>,
+    /// Where Feishu bots are (default `https://open.feishu.cn`).
     #[serde(default)]
     pub feishu_base: Option<HttpUrl>,
+    /// Where Lark bots are (default `https://open.larksuite.com`).
     #[serde(default)]
     pub lark_base: Option<HttpUrl>,
+    /// Where Telegram's Bot API is (default `https://api.telegram.org`).
     #[serde(default)]
     pub telegram_base: Option<HttpUrl>,
-    /// The server's Telegram bot (`PUSHBOT_DESTINATIONS__TELEGRAM_BOT_TOKEN` or
-    /// `telegram_bot_token_file`).
-    #[serde(default)]
+    /// The server's Telegram bot (from @BotFather), for `telegram` destinations: from
+    /// `PUSHBOT_DESTINATIONS__TELEGRAM_BOT_TOKEN` or `telegram_bot_token_file`.
+    #[serde(default, serialize_with = "exposed")]
     pub telegram_bot_token: Option<secrecy::SecretString>,
+    /// A file holding the Telegram bot token; read at start-up.
     #[serde(default)]
     pub telegram_bot_token_file: Option<PathBuf>,
     /// One call to a destination.
     #[serde(
         default = "default_destination_timeout",
-        deserialize_with = "positive_duration"
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
     )]
     pub timeout: Duration,
     /// `[destinations.NAME]`, by name.
@@ -87,23 +99,25 @@ pub struct DestinationsSettings {
 }
 
 /// `[destinations.NAME]`: one shared destination.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSettings {
     /// `wecom-robot`, `dingtalk`, `feishu`, `telegram` or `webhook`.
     pub kind: String,
     /// The robot's or webhook's URL (it carries the key: prefer
     /// `PUSHBOT_DESTINATIONS__NAME__URL` or `url_file`).
-    #[serde(default)]
+    #[serde(default, serialize_with = "exposed")]
     pub url: Option<secrecy::SecretString>,
+    /// A file holding the URL; read at start-up.
     #[serde(default)]
     pub url_file: Option<PathBuf>,
     /// Telegram: the chat (`-100…` or `@channel`).
     #[serde(default)]
     pub chat_id: Option<String>,
     /// DingTalk `SEC…`, Feishu's signing secret, a webhook's `whsec_…`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "exposed")]
     pub secret: Option<secrecy::SecretString>,
+    /// A file holding the secret; read at start-up.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     /// Who may send to it: userids, or `"all"` (the default).
@@ -135,6 +149,16 @@ impl<'de> Deserialize<'de> for Members {
             Raw::List(list) => Ok(Self::Only(
                 list.iter().map(|u| crate::domain::UserId::new(u)).collect(),
             )),
+        }
+    }
+}
+
+/// `"all"`, or the list of userids.
+impl Serialize for Members {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::All => s.serialize_str("all"),
+            Self::Only(list) => s.collect_seq(list.iter().map(crate::domain::UserId::as_str)),
         }
     }
 }
@@ -252,7 +276,7 @@ impl DestinationsSettings {
 }
 
 /// `[email]`: SMTP for the e-mail channel (fallback and verification codes).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     /// The SMTP server, e.g. `smtp.qq.com`.
@@ -261,12 +285,16 @@ pub struct EmailSettings {
     /// Default by `security`: 465 (tls), 587 (starttls), 25 (none).
     #[serde(default)]
     pub port: Option<u16>,
+    /// How the SMTP connection is protected: `tls` (TLS from the first byte, port 465),
+    /// `starttls` (a plain connection upgraded with STARTTLS, which is required; port 587)
+    /// or `none` (no encryption at all: only for a relay on the same host or network).
     #[serde(default)]
     pub security: SmtpSecurity,
+    /// The SMTP login; set it and a password, or neither.
     #[serde(default)]
     pub username: Option<String>,
     /// Set it from `PUSHBOT_EMAIL__PASSWORD` or `password_file`, never in a committed file.
-    #[serde(default)]
+    #[serde(default, serialize_with = "exposed")]
     pub password: Option<secrecy::SecretString>,
     /// A file holding the password (Docker/Kubernetes secrets); read at start-up.
     #[serde(default)]
@@ -276,11 +304,16 @@ pub struct EmailSettings {
     /// One SMTP operation (connect, command, sending a message).
     #[serde(
         default = "default_smtp_timeout",
-        deserialize_with = "positive_duration"
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
     )]
     pub timeout: Duration,
     /// How long a verification code can be used.
-    #[serde(default = "default_code_ttl", deserialize_with = "positive_duration")]
+    #[serde(
+        default = "default_code_ttl",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
     pub code_ttl: Duration,
     /// Verification mails per member, and per address, in any hour.
     #[serde(
@@ -301,7 +334,7 @@ impl EmailSettings {
 }
 
 /// How the SMTP connection is protected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
     /// TLS from the first byte (port 465, "SSL").
@@ -318,7 +351,7 @@ pub enum SmtpSecurity {
 /// Flat, so that every key can be set from the environment (`PUSHBOT_SMS__ACCESS_KEY_SECRET`);
 /// which keys a provider needs (and which it refuses) is checked when loading, and
 /// [`SmsSettings::provider_config`] gives them typed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsSettings {
     /// `aliyun`, `tencent` or `twilio`.
@@ -328,8 +361,9 @@ pub struct SmsSettings {
     #[serde(default)]
     pub access_key_id: Option<String>,
     /// Aliyun: from `PUSHBOT_SMS__ACCESS_KEY_SECRET` or `access_key_secret_file`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "exposed")]
     pub access_key_secret: Option<secrecy::SecretString>,
+    /// Aliyun: a file holding the AccessKey secret; read at start-up.
     #[serde(default)]
     pub access_key_secret_file: Option<PathBuf>,
 
@@ -337,8 +371,9 @@ pub struct SmsSettings {
     #[serde(default)]
     pub secret_id: Option<String>,
     /// Tencent Cloud: from `PUSHBOT_SMS__SECRET_KEY` or `secret_key_file`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "exposed")]
     pub secret_key: Option<secrecy::SecretString>,
+    /// Tencent Cloud: a file holding the SecretKey; read at start-up.
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
     /// Tencent Cloud: the SMS application's SdkAppId, e.g. `1400006666`.
@@ -368,8 +403,9 @@ pub struct SmsSettings {
     #[serde(default)]
     pub account_sid: Option<String>,
     /// Twilio: from `PUSHBOT_SMS__AUTH_TOKEN` or `auth_token_file`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "exposed")]
     pub auth_token: Option<secrecy::SecretString>,
+    /// Twilio: a file holding the Auth Token; read at start-up.
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
     /// Twilio: the sender, a number in E.164 (`+15005550006`), an alphanumeric sender ID, or
@@ -398,11 +434,16 @@ pub struct SmsSettings {
     /// One call to the provider's API.
     #[serde(
         default = "default_sms_timeout",
-        deserialize_with = "positive_duration"
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
     )]
     pub timeout: Duration,
     /// How long a verification code can be used.
-    #[serde(default = "default_code_ttl", deserialize_with = "positive_duration")]
+    #[serde(
+        default = "default_code_ttl",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
     pub code_ttl: Duration,
     /// Verification texts per member, and per number, in any hour.
     #[serde(
@@ -415,14 +456,15 @@ pub struct SmsSettings {
     /// searchable at once; where it cannot be asked at all, e.g. Twilio, this is the wait).
     #[serde(
         default = "default_sms_lookup_after",
-        deserialize_with = "positive_duration"
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
     )]
     pub lookup_after: Duration,
 }
 
 /// Which SMS provider `[sms]` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum SmsProvider {
     Aliyun,
     Tencent,
@@ -447,6 +489,12 @@ impl TryFrom<String> for SmsProvider {
     "{0:?} is not a supported SMS provider: use \"aliyun\" (Aliyun SMS), \"tencent\" (Tencent Cloud SMS) or \"twilio\""
 )]
 pub struct UnknownSmsProvider(pub String);
+
+impl From<SmsProvider> for &'static str {
+    fn from(provider: SmsProvider) -> Self {
+        provider.as_str()
+    }
+}
 
 impl SmsProvider {
     /// As written in the config file.
@@ -936,19 +984,27 @@ pub struct InvalidSender {
     pub error: lettre::address::AddressError,
 }
 
+impl Serialize for Sender {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0.to_string(), f)
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Address to listen on, e.g. `0.0.0.0:8080`.
+    /// Address to listen on, e.g. `0.0.0.0:8080`. Behind a reverse proxy on the same host,
+    /// `127.0.0.1:8080` is enough.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The URL users reach this service at; used in the curl examples the bot sends.
+    /// The URL users reach this service at: used in the curl examples the bot sends and in
+    /// links to message pages; WeCom's callback URL is `<public_url>/wecom/callback`.
     pub public_url: HttpUrl,
     /// A client must send a complete request head (request line and headers) within this
     /// time once the server starts waiting for one: right after connecting, and again after
@@ -956,20 +1012,23 @@ pub struct ServerSettings {
     /// Trickled bytes do not extend it.
     #[serde(
         default = "default_header_read_timeout",
-        deserialize_with = "positive_duration"
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
     )]
     pub header_read_timeout: Duration,
     /// Open client connections at most. At the cap no new connection is accepted (they wait
-    /// in the kernel's listen backlog) until one closes. Lowered at start-up if the open-file
-    /// limit cannot hold it.
+    /// in the kernel's listen backlog) until one closes. Lowered at start-up, with a warning,
+    /// if the open-file limit cannot hold it plus a reserve of 64 + `delivery.concurrency`.
     #[serde(default = "default_max_connections", deserialize_with = "at_least_one")]
     pub max_connections: usize,
     /// How many messages one member may send: a burst of `count`, refilled at `count` per
-    /// `per`. Keyed by member, so rotating the token does not reset it.
+    /// `per`; over it `/send` answers 429 with `Retry-After`. Keyed by member, so rotating
+    /// the token does not reset it.
     #[serde(default)]
     pub send_rate: SendRate,
-    /// Longest message content accepted, in bytes (larger: 413). Default 64 KiB; at most
-    /// 1 MiB.
+    /// Longest message content accepted, in bytes (larger: 413), between 1024 and 1048576
+    /// (1 MiB). Content longer than one WeCom message (2048 bytes) arrives as a card linking
+    /// to the message's page.
     #[serde(
         default = "default_max_content_bytes",
         deserialize_with = "content_limit"
@@ -978,19 +1037,23 @@ pub struct ServerSettings {
     /// Serve Prometheus metrics at `GET /metrics` (otherwise it answers 404).
     #[serde(default)]
     pub metrics: bool,
-    /// When set, `/metrics` requires `Authorization: Bearer <this>` (401 without). Set it
-    /// from `PUSHBOT_SERVER__METRICS_TOKEN`; never printed.
-    #[serde(default)]
+    /// When set, `/metrics` requires `Authorization: Bearer <this>` (401 without): printable
+    /// ASCII without spaces, e.g. from `openssl rand -hex 32`. Set it from
+    /// `PUSHBOT_SERVER__METRICS_TOKEN`; never printed.
+    #[serde(default, serialize_with = "exposed")]
     pub metrics_token: Option<secrecy::SecretString>,
 }
 
 /// `{ count = 300, per = "1m" }`: at most `count` messages in a burst, `count` more per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendRate {
     #[serde(deserialize_with = "at_least_one_u32")]
     pub count: u32,
-    #[serde(deserialize_with = "positive_duration")]
+    #[serde(
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
     pub per: Duration,
 }
 
@@ -1003,16 +1066,26 @@ impl Default for SendRate {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    /// Where the data lives: a SQLite file (`sqlite://path`, relative to the working
+    /// directory), or a PostgreSQL database (`postgres://user:password@host:port/db`) that
+    /// several instances can share. A password goes in `PUSHBOT_STORAGE__URL` (the whole
+    /// URL) or `PGPASSWORD`; it is never printed.
     #[serde(default = "default_storage_url")]
     pub url: StorageUrl,
     /// How long delivered and failed messages (and their pages) are kept; `"0"`: forever.
-    /// Queued messages are never purged.
-    #[serde(default = "default_retention", deserialize_with = "retention")]
+    /// Queued messages are never purged. At least `"1d"` (an `Idempotency-Key` is honoured
+    /// for 24 hours) and twice `delivery.retry_window`.
+    #[serde(
+        default = "default_retention",
+        deserialize_with = "retention",
+        serialize_with = "retention_or_zero"
+    )]
     pub retention: Option<Duration>,
-    /// Connections in the read pool (the group-commit writer has one more of its own).
+    /// Connections in the read pool (the group-commit writer has one more of its own), 1 to
+    /// 1000.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
 }
@@ -1097,6 +1170,13 @@ pub enum StorageUrlError {
     InvalidPostgres { reason: String },
 }
 
+/// The URL as configured, password included: see [`Settings`] on serializing.
+impl Serialize for StorageUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.url)
+    }
+}
+
 impl fmt::Debug for StorageUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.redacted(), f)
@@ -1149,34 +1229,59 @@ pub enum HttpUrlError {
     NotHttp { value: String },
 }
 
+impl Serialize for HttpUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Debug for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.0.as_str(), f)
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeComSettings {
+    /// The company's CorpID (我的企业 → 企业信息 → 企业ID), e.g. `ww0123456789abcdef`.
     pub corp_id: CorpId,
+    /// The app's AgentId (应用管理 → the app), a positive number.
     pub agent_id: AgentId,
+    /// The app's Secret (应用管理 → the app → Secret). Set it from `PUSHBOT_WECOM__SECRET`.
     pub secret: CorpSecret,
+    /// The callback Token (接收消息 → 设置API接收): 1 to 32 letters or digits.
     pub callback_token: CallbackToken,
+    /// The callback EncodingAESKey (接收消息 → 设置API接收): 43 characters.
     pub encoding_aes_key: EncodingAesKey,
-    /// Defaults to [`DEFAULT_API_BASE`] (set as a config default, so it is parsed like
-    /// any user value).
+    /// WeCom's API. Change it only for an egress relay or a test stand-in.
+    // Its default, DEFAULT_API_BASE, is set as a config default (`from_builder`), so it is
+    // parsed like any user value.
     pub api_base: HttpUrl,
     /// Timeout of one call to the WeCom API.
-    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "duration",
+        serialize_with = "short_duration"
+    )]
     pub request_timeout: Duration,
     /// Callbacks whose signed timestamp is further than this from our clock are refused,
     /// so a captured callback cannot be replayed once its de-duplication key is forgotten.
     /// `"0s"` turns the check off.
-    #[serde(default = "default_callback_max_age", deserialize_with = "duration")]
+    #[serde(
+        default = "default_callback_max_age",
+        deserialize_with = "duration",
+        serialize_with = "short_duration"
+    )]
     pub callback_max_age: Duration,
     /// Per member, at most `count` messages in any window of `per` (WeCom silently drops
-    /// anything above 30 a minute or 1000 an hour while answering success).
-    #[serde(default = "default_member_limits", deserialize_with = "member_limits")]
+    /// anything above 30 a minute or 1000 an hour while answering success). The excess
+    /// waits in the member's queue, in order.
+    #[serde(
+        default = "default_member_limits",
+        deserialize_with = "member_limits",
+        serialize_with = "rate_windows"
+    )]
     pub member_limits: Vec<RateWindow>,
     /// Send WeCom API calls (and only those) through this proxy: `http://`, `https://`,
     /// `socks5://` or `socks5h://`, credentials in the URL allowed (never printed). Without
@@ -1233,6 +1338,13 @@ pub enum ProxyUrlError {
     NotProxy,
 }
 
+/// The URL with its credentials: see [`Settings`] on serializing.
+impl Serialize for ProxyUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose())
+    }
+}
+
 impl fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.redacted(), f)
@@ -1245,32 +1357,58 @@ impl fmt::Display for ProxyUrl {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
-    /// How long transient failures are retried before a message is marked failed.
-    #[serde(default = "default_retry_window", deserialize_with = "duration")]
+    /// How long a message that fails on a channel for a transient reason (network, a busy or
+    /// throttling service) keeps being retried there; then it goes on to its next channel,
+    /// or is marked failed.
+    #[serde(
+        default = "default_retry_window",
+        deserialize_with = "duration",
+        serialize_with = "short_duration"
+    )]
     pub retry_window: Duration,
-    #[serde(default = "default_backoff_initial", deserialize_with = "duration")]
+    /// First retry delay; it doubles on each failure (with jitter) up to
+    /// `delivery.backoff_max`.
+    #[serde(
+        default = "default_backoff_initial",
+        deserialize_with = "duration",
+        serialize_with = "short_duration"
+    )]
     pub backoff_initial: Duration,
-    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    /// Longest retry delay.
+    #[serde(
+        default = "default_backoff_max",
+        deserialize_with = "duration",
+        serialize_with = "short_duration"
+    )]
     pub backoff_max: Duration,
     /// Delivery attempts in flight at once (across all members).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How often due `queued` messages that no delivery task is working on are
     /// rescheduled: a safety net (normally there are none).
-    #[serde(default = "default_sweep_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_sweep_interval",
+        deserialize_with = "duration",
+        serialize_with = "short_duration"
+    )]
     pub sweep_interval: Duration,
     /// At shutdown, how long attempts in flight may still run; then they are cut off and
     /// their messages handed back to the queue.
-    #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
+    #[serde(
+        default = "default_shutdown_grace",
+        deserialize_with = "duration",
+        serialize_with = "short_duration"
+    )]
     pub shutdown_grace: Duration,
     /// When a member's waiting messages would wait longer than this for their turn (the
     /// member limits), they are sent together as one digest. `"off"`: never.
     #[serde(
         default = "default_digest_after",
-        deserialize_with = "optional_duration"
+        deserialize_with = "optional_duration",
+        serialize_with = "duration_or_off"
     )]
     pub digest_after: Option<Duration>,
     /// Members (lanes) this instance works on at once; the rest of the queue stays on disk.
@@ -1278,28 +1416,46 @@ pub struct DeliverySettings {
     pub max_in_flight: usize,
     /// How long a claim on a member's lane lasts without renewal; another instance takes
     /// the lane over after a crash once it expires.
-    #[serde(default = "default_lease", deserialize_with = "positive_duration")]
+    #[serde(
+        default = "default_lease",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
     pub lease: Duration,
     /// This instance's name in claims. Default `<hostname>:<port>`, stable across restarts
     /// so that a restarted instance takes its own claims back at once.
     #[serde(default)]
     pub instance_id: Option<String>,
     /// Longest wait between two probes of a channel that is down.
-    #[serde(default = "default_probe_max", deserialize_with = "positive_duration")]
+    #[serde(
+        default = "default_probe_max",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
     pub probe_max: Duration,
     /// `/healthz` answers 503 when the delivery scheduler has not begun a pass for longer
     /// than this (it begins one at least every second while it runs).
     #[serde(
         default = "default_stall_after",
-        deserialize_with = "positive_duration"
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
     )]
     pub stall_after: Duration,
-    /// Time zone the times in digests are shown in, as an offset from UTC (`"+08:00"`).
-    #[serde(default = "default_utc_offset", deserialize_with = "utc_offset")]
+    /// Time zone the times in digests (and "today" in `status`) are shown in, as an offset
+    /// from UTC (`"+08:00"`).
+    #[serde(
+        default = "default_utc_offset",
+        deserialize_with = "utc_offset",
+        serialize_with = "utc_offset_text"
+    )]
     pub utc_offset: i32,
     /// Channels a message tries in order, unless the sender or the member says otherwise;
     /// a channel a member cannot be reached on (no bound address) is skipped.
-    #[serde(default = "default_fallback", deserialize_with = "route")]
+    #[serde(
+        default = "default_fallback",
+        deserialize_with = "route",
+        serialize_with = "route_names"
+    )]
     pub fallback: Route,
     /// How messages look for members who have not chosen (`format …` in the chat):
     /// `text`, `markdown` or `card`.
@@ -1329,7 +1485,7 @@ impl Default for DeliverySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// A tracing filter such as `info` or `pushbot=debug,info`; `RUST_LOG` wins when set.
@@ -1349,7 +1505,7 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -1619,6 +1775,85 @@ fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         0 => Err(serde::de::Error::custom("must be at least 1")),
         n => Ok(n),
     }
+}
+
+// Serializing: each value written in a form its deserializer above reads back.
+
+/// A secret's real value (see [`Settings`] on serializing); `None` is left out.
+fn exposed<S: Serializer>(value: &Option<secrecy::SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret as _;
+    match value {
+        Some(secret) => s.serialize_some(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+/// `"30d"`, `"1h"`, `"15m"`, `"90s"`, `"10ms"`: the largest unit that divides the duration
+/// exactly (`"0s"` for zero).
+fn format_duration(d: Duration) -> String {
+    const UNITS: [(u128, &str); 7] = [
+        (86_400_000_000_000, "d"),
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let (unit, name) = UNITS
+        .into_iter()
+        .find(|(unit, _)| nanos.is_multiple_of(*unit))
+        .unwrap_or((1, "ns"));
+    format!("{}{name}", nanos / unit)
+}
+
+fn short_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// `storage.retention`: `"0"` keeps messages forever.
+fn retention_or_zero<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => short_duration(d, s),
+        None => s.serialize_str("0"),
+    }
+}
+
+/// `delivery.digest_after`: `"off"` for never.
+fn duration_or_off<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => short_duration(d, s),
+        None => s.serialize_str("off"),
+    }
+}
+
+/// Seconds east of UTC → `"+08:00"`, `"-05:30"`.
+fn utc_offset_text<S: Serializer>(offset: &i32, s: S) -> Result<S::Ok, S::Error> {
+    let sign = if *offset < 0 { '-' } else { '+' };
+    let minutes = offset.unsigned_abs() / 60;
+    s.serialize_str(&format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60))
+}
+
+/// `[{ count = 30, per = "1m" }, …]`.
+fn rate_windows<S: Serializer>(windows: &[RateWindow], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Window {
+        count: u32,
+        per: String,
+    }
+    s.collect_seq(windows.iter().map(|w| Window {
+        count: w.count,
+        per: format_duration(w.per),
+    }))
+}
+
+/// `["wecom", "email"]`.
+fn route_names<S: Serializer>(route: &Route, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(route.channels().iter().map(|c| c.as_str()))
 }
 
 /// A secret from a file (Docker/Kubernetes secrets): its content without the final line
@@ -2159,6 +2394,11 @@ impl Settings {
         self.server.public_url.base().to_owned()
     }
 }
+
+/// The code is the one source of every default: the example config and
+/// `docs/configuration.md` are checked against it here.
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 mod tests {

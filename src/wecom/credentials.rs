@@ -149,9 +149,22 @@ impl TryFrom<String> for CallbackToken {
 pub struct InvalidCallbackToken;
 
 /// The AES key decoded from the 43-character EncodingAESKey: `base64(EncodingAESKey + "=")`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// Two are equal when their keys are (the text's ignored bits aside).
+#[derive(Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct EncodingAesKey([u8; 32]);
+pub struct EncodingAesKey {
+    key: [u8; 32],
+    /// As the console shows it (and a config file holds it).
+    text: String,
+}
+
+impl PartialEq for EncodingAesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for EncodingAesKey {}
 
 impl EncodingAesKey {
     /// Parses the console's 43-character form. The error never echoes the input.
@@ -162,11 +175,15 @@ impl EncodingAesKey {
         let decoded = KEY_ENGINE
             .decode(format!("{encoding_aes_key}="))
             .map_err(|_| InvalidAesKey)?;
-        decoded.try_into().map(Self).map_err(|_| InvalidAesKey)
+        let key = decoded.try_into().map_err(|_| InvalidAesKey)?;
+        Ok(Self {
+            key,
+            text: encoding_aes_key.to_owned(),
+        })
     }
 
     pub fn bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.key
     }
 
     pub fn is_public_sample(&self) -> bool {
@@ -191,6 +208,45 @@ impl TryFrom<String> for EncodingAesKey {
     type Error = InvalidAesKey;
     fn try_from(value: String) -> Result<Self, InvalidAesKey> {
         Self::parse(value.trim())
+    }
+}
+
+/// Each as written in the config file, secrets with their real value: for writing a
+/// config file (see `config::Settings`), never for a log.
+mod serialize {
+    use serde::{Serialize, Serializer};
+
+    use super::*;
+
+    impl Serialize for CorpId {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.as_str())
+        }
+    }
+
+    impl Serialize for AgentId {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_i64(self.get())
+        }
+    }
+
+    impl Serialize for CorpSecret {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.expose())
+        }
+    }
+
+    impl Serialize for CallbackToken {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.expose())
+        }
+    }
+
+    /// The 43 characters as they were given.
+    impl Serialize for EncodingAesKey {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&self.text)
+        }
     }
 }
 

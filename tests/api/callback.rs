@@ -46,7 +46,7 @@ async fn callbacks_counted(app: &TestApp, outcome: &str) -> f64 {
 /// message, an echo-like text with other characters) is refused and never shown.
 #[tokio::test]
 async fn url_check_never_decrypts_a_reply_or_a_message() {
-    let app = spawn_app_with(|c| c.metrics = true).await;
+    let app = spawn_app_with(|c| c.server.metrics = true).await;
     let user = userid("oracle");
 
     // The bot's encrypted answer to `token`, as seen on the wire.
@@ -116,7 +116,7 @@ async fn url_check_never_decrypts_a_reply_or_a_message() {
 /// (or anything else signed long ago) is not answered.
 #[tokio::test]
 async fn a_stale_url_check_is_refused() {
-    let app = spawn_app_with(|c| c.metrics = true).await;
+    let app = spawn_app_with(|c| c.server.metrics = true).await;
     let echo = "1616140317555161061";
     let echostr = app.crypto.encrypt(echo);
     let nonce = nonce();
@@ -294,7 +294,7 @@ fn official_url_check() -> Vec<(&'static str, String)> {
 #[tokio::test]
 async fn official_url_check_vector_is_answered_within_a_second() {
     // The vector is signed with a 2014 timestamp: turn the replay check off for it.
-    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
+    let app = spawn_app_with(|c| c.wecom.callback_max_age = Duration::ZERO).await;
     let started = std::time::Instant::now();
     let resp = app.verify_url_raw(&official_url_check()).await;
     assert_eq!(resp.status(), 200);
@@ -306,7 +306,7 @@ async fn official_url_check_vector_is_answered_within_a_second() {
 async fn official_url_check_vector_with_an_unencoded_plus_still_works() {
     // Some proxies and WeCom itself have been seen passing `+` through unencoded; the
     // form decoder turns it into a space.
-    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
+    let app = spawn_app_with(|c| c.wecom.callback_max_age = Duration::ZERO).await;
     let url = format!(
         "{}?msg_signature={OFFICIAL_URL_SIGNATURE}&timestamp={OFFICIAL_URL_TIMESTAMP}&nonce={OFFICIAL_URL_NONCE}&echostr={OFFICIAL_URL_ECHOSTR}",
         app.url("/wecom/callback")
@@ -333,8 +333,8 @@ async fn official_post_vector_is_accepted_and_answered() {
     // The vector is signed with a 2014 timestamp: turn the replay check off for it. It is
     // a message for app 218.
     let app = spawn_app_with(|c| {
-        c.callback_max_age = "0s".to_owned();
-        c.agent_id = 218;
+        c.wecom.callback_max_age = Duration::ZERO;
+        c.wecom.agent_id = AgentId::try_from(218).unwrap();
     })
     .await;
     let resp = post_official_vector(&app).await;
@@ -348,7 +348,7 @@ async fn official_post_vector_is_accepted_and_answered() {
 #[tokio::test]
 async fn official_post_vector_is_refused_by_another_app() {
     // Same corp, same keys, but we are app 1000002 and the message is for app 218.
-    let app = spawn_app_with(|c| c.callback_max_age = "0s".to_owned()).await;
+    let app = spawn_app_with(|c| c.wecom.callback_max_age = Duration::ZERO).await;
     let error = assert_error(post_official_vector(&app).await, 400, "bad_request").await;
     assert!(
         error["message"]
@@ -379,7 +379,7 @@ fn addressed(to: &str, agent: Option<&str>, from: &str, content: &str) -> String
 /// back, it is not a message "from" a member named after the corp: refused, nothing stored.
 #[tokio::test]
 async fn our_own_reply_posted_back_is_refused_and_changes_nothing() {
-    let app = spawn_app_with(|c| c.metrics = true).await;
+    let app = spawn_app_with(|c| c.server.metrics = true).await;
     let user = userid("echoed");
     let resp = app
         .post_sealed(&seal_with(
@@ -428,7 +428,7 @@ async fn our_own_reply_posted_back_is_refused_and_changes_nothing() {
 /// ours is not answered and creates nothing: no member, no token, no de-duplication key.
 #[tokio::test]
 async fn a_message_for_another_corp_or_app_is_refused_and_changes_nothing() {
-    let app = spawn_app_with(|c| c.metrics = true).await;
+    let app = spawn_app_with(|c| c.server.metrics = true).await;
     let user = userid("elsewhere");
     let agent = AGENT_ID.to_string();
     let mut conn = crate::db::connect(app.store_url()).await;

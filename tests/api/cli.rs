@@ -36,14 +36,27 @@ async fn run_to_exit(
     (out, stderr)
 }
 
-async fn setup(tweak: impl FnOnce(&mut TestConfig)) -> BinSetup {
+/// The binary's config file: [`test_settings`] with `tweak`'s changes.
+async fn setup(tweak: impl FnOnce(&mut Settings)) -> BinSetup {
+    setup_file(tweak, |text| text).await
+}
+
+/// The same, the file's text then changed by `edit` (to make it what no `Settings` is).
+async fn setup_file(
+    tweak: impl FnOnce(&mut Settings),
+    edit: impl FnOnce(String) -> String,
+) -> BinSetup {
     let mock = MockWeCom::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut config = TestConfig::default();
-    tweak(&mut config);
+    let config = settings_with(tweak);
     let db = TestDb::new(dir.path());
-    let toml = config.render(&format!("127.0.0.1:{port}"), db.url(), &mock.base_url);
+    let toml = edit(render(
+        &config,
+        &format!("127.0.0.1:{port}"),
+        db.url(),
+        &mock.base_url,
+    ));
     let config_path = dir.path().join("pushbot.toml");
     std::fs::write(&config_path, toml).unwrap();
     BinSetup {
@@ -57,7 +70,7 @@ async fn setup(tweak: impl FnOnce(&mut TestConfig)) -> BinSetup {
 
 #[tokio::test]
 async fn an_accepted_message_survives_sigkill() {
-    let s = setup(|c| c.retry_window = "60s".to_owned()).await;
+    let s = setup(|c| c.delivery.retry_window = Duration::from_secs(60)).await;
     let mut bin = spawn_binary(&s.config_path, s.port, &[]).await;
     let user = userid("killed");
     let token = bin.get_token(&user).await;
@@ -80,7 +93,8 @@ async fn an_accepted_message_survives_sigkill() {
 #[tokio::test]
 async fn environment_overrides_the_config_file() {
     // The file has the wrong secret; the environment has the right one.
-    let s = setup(|c| c.secret = "wrong-secret".to_owned()).await;
+    let s =
+        setup(|c| c.wecom.secret = CorpSecret::try_from("wrong-secret".to_owned()).unwrap()).await;
     let bin = spawn_binary(&s.config_path, s.port, &[("PUSHBOT_WECOM__SECRET", SECRET)]).await;
     let token = bin.get_token(&userid("env")).await;
     let id = bin.send_ok(&token, "from", "env").await;
@@ -92,8 +106,8 @@ async fn environment_overrides_the_config_file() {
 async fn without_the_override_the_wrong_secret_is_not_used_successfully() {
     // Control for the test above: the file's secret really is wrong.
     let s = setup(|c| {
-        c.secret = "wrong-secret".to_owned();
-        c.retry_window = "300ms".to_owned();
+        c.wecom.secret = CorpSecret::try_from("wrong-secret".to_owned()).unwrap();
+        c.delivery.retry_window = Duration::from_millis(300);
     })
     .await;
     let bin = spawn_binary(&s.config_path, s.port, &[]).await;
@@ -110,7 +124,15 @@ async fn without_the_override_the_wrong_secret_is_not_used_successfully() {
 
 #[tokio::test]
 async fn a_missing_required_key_exits_non_zero_naming_it() {
-    let s = setup(|c| c.corp_id = None).await;
+    let s = setup_file(
+        |_| {},
+        |text| {
+            let line = format!("corp_id = \"{CORP_ID}\"\n");
+            assert!(text.contains(&line), "{text}");
+            text.replace(&line, "")
+        },
+    )
+    .await;
     let (out, stderr) = run_to_exit(&s.config_path, &[]).await;
     assert!(!out.status.success(), "must fail; stderr: {stderr}");
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -175,7 +197,8 @@ const SERVICE_LINKS: &[(&str, &str)] = &[
 #[tokio::test]
 async fn kubernetes_service_links_do_not_stop_start_up() {
     // The file has the wrong secret; the environment has the right one.
-    let s = setup(|c| c.secret = "wrong-secret".to_owned()).await;
+    let s =
+        setup(|c| c.wecom.secret = CorpSecret::try_from("wrong-secret".to_owned()).unwrap()).await;
     let mut env = SERVICE_LINKS.to_vec();
     env.extend([("PUSHBOT_WECOM__SECRET", SECRET), ("RUST_LOG", "debug")]);
     let bin = spawn_binary(&s.config_path, s.port, &env).await;

@@ -1182,7 +1182,7 @@ pub(crate) struct DebugBinary {
 
 pub(crate) async fn debug_binary() -> DebugBinary {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let bin = spawn_binary(&setup.config_path, setup.port, &[("RUST_LOG", "debug")]).await;
     DebugBinary { mock, bin, setup }
 }

@@ -50,7 +50,7 @@ async fn healthz_ok(app: &TestApp) {
 
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_header_timeout_while_others_are_served() {
-    let app = spawn_app_with(|c| c.header_read_timeout = Some("700ms".into())).await;
+    let app = spawn_app_with(|c| c.server.header_read_timeout = Duration::from_millis(700)).await;
     let start = Instant::now();
     let mut idle = Vec::new();
     for _ in 0..50 {
@@ -72,7 +72,7 @@ async fn idle_connections_are_closed_after_the_header_timeout_while_others_are_s
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let app = spawn_app_with(|c| c.header_read_timeout = Some("500ms".into())).await;
+    let app = spawn_app_with(|c| c.server.header_read_timeout = Duration::from_millis(500)).await;
     let mut stream = connect(app.port).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -90,7 +90,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_at_the_header_timeout() {
-    let app = spawn_app_with(|c| c.header_read_timeout = Some("1s".into())).await;
+    let app = spawn_app_with(|c| c.server.header_read_timeout = Duration::from_secs(1)).await;
     let start = Instant::now();
     let stream = connect(app.port).await;
     let (read_half, mut write_half) = stream.into_split();
@@ -128,8 +128,8 @@ async fn more_connections_than_the_cap_wait_and_the_service_keeps_working() {
     const CAP: usize = 8;
     const IDLE: usize = 20;
     let app = spawn_app_with(|c| {
-        c.header_read_timeout = Some("1s".into());
-        c.max_connections = Some(CAP);
+        c.server.header_read_timeout = Duration::from_secs(1);
+        c.server.max_connections = CAP;
     })
     .await;
     let start = Instant::now();

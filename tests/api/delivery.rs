@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-async fn app_and_member(tweak: impl FnOnce(&mut TestConfig)) -> (TestApp, String, String) {
+async fn app_and_member(tweak: impl FnOnce(&mut Settings)) -> (TestApp, String, String) {
     let app = spawn_app_with(tweak).await;
     let user = userid("ops");
     let token = app.get_token(&user).await;
@@ -176,7 +176,8 @@ async fn several_transient_failures_in_a_row_are_retried() {
 
 #[tokio::test]
 async fn a_wecom_call_slower_than_request_timeout_is_retried() {
-    let (app, _user, token) = app_and_member(|c| c.request_timeout = "300ms".to_owned()).await;
+    let (app, _user, token) =
+        app_and_member(|c| c.wecom.request_timeout = Duration::from_millis(300)).await;
     app.mock
         .push_replies([SendReply::ok().delayed(Duration::from_secs(3))]);
     let started = std::time::Instant::now();
@@ -197,8 +198,8 @@ async fn transient_errors_past_the_retry_window_fail_the_message() {
     // default 1 s, a probe just before the doomed message failed could put the next one
     // past the probe message's window, and it failed untried).
     let (app, _user, token) = app_and_member(|c| {
-        c.retry_window = "300ms".to_owned();
-        c.probe_max = "100ms".to_owned();
+        c.delivery.retry_window = Duration::from_millis(300);
+        c.delivery.probe_max = Duration::from_millis(100);
     })
     .await;
     app.mock.fail_always(SendReply::errcode(-1, "system busy"));
@@ -221,8 +222,8 @@ async fn transient_errors_past_the_retry_window_fail_the_message() {
 #[tokio::test]
 async fn wecom_that_never_answers_in_time_fails_the_message_after_the_window() {
     let (app, _user, token) = app_and_member(|c| {
-        c.request_timeout = "100ms".to_owned();
-        c.retry_window = "600ms".to_owned();
+        c.wecom.request_timeout = Duration::from_millis(100);
+        c.delivery.retry_window = Duration::from_millis(600);
     })
     .await;
     app.mock.set_delay(Some(Duration::from_secs(5)));
@@ -235,7 +236,8 @@ async fn wecom_that_never_answers_in_time_fails_the_message_after_the_window() {
 // ---- permanent failures ----
 
 async fn assert_failed_after_one_attempt(reply: SendReply) -> String {
-    let (app, _user, token) = app_and_member(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, _user, token) =
+        app_and_member(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     app.mock.fail_always(reply.clone());
     let id = app.send_ok(&token, "never", "arrives").await;
     let status = app.wait_for_status(&id, &token, "failed", WAIT).await;
@@ -280,7 +282,8 @@ async fn invalid_agentid_40056_fails_at_once() {
 
 #[tokio::test]
 async fn success_listing_the_member_as_invaliduser_is_a_failure() {
-    let (app, user, token) = app_and_member(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, user, token) =
+        app_and_member(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     app.mock
         .fail_always(SendReply::invalid_user(&user.to_lowercase()));
     let id = app.send_ok(&token, "nobody", "home").await;
@@ -332,10 +335,10 @@ async fn an_unreachable_wecom_api_is_retried_then_reported() {
     // from the bot needs no WeCom API call.)
     let closed = format!("http://127.0.0.1:{}", free_port());
     let (app, _user, token) = app_and_member(|c| {
-        c.api_base = Some(closed);
-        c.retry_window = "300ms".to_owned();
-        c.backoff_initial = "20ms".to_owned();
-        c.backoff_max = "50ms".to_owned();
+        c.wecom.api_base = http_url(&closed);
+        c.delivery.retry_window = Duration::from_millis(300);
+        c.delivery.backoff_initial = Duration::from_millis(20);
+        c.delivery.backoff_max = Duration::from_millis(50);
     })
     .await;
     let id = app.send_ok(&token, "t", "c").await;
@@ -375,9 +378,9 @@ async fn assert_gettoken_outage_is_contained(
 ) {
     const N: usize = 8;
     let (app, _user, token) = app_and_member(|c| {
-        c.request_timeout = "300ms".to_owned();
-        c.retry_window = "20s".to_owned();
-        c.concurrency = N;
+        c.wecom.request_timeout = Duration::from_millis(300);
+        c.delivery.retry_window = Duration::from_secs(20);
+        c.delivery.concurrency = N;
     })
     .await;
     app.mock.fail_gettoken(failure);
@@ -433,9 +436,9 @@ async fn a_gettoken_slower_than_the_request_timeout_is_waited_for_once() {
 #[tokio::test]
 async fn the_backoff_grows_while_wecom_stays_busy() {
     let (app, _user, token) = app_and_member(|c| {
-        c.retry_window = "30s".to_owned();
-        c.backoff_initial = "20ms".to_owned();
-        c.backoff_max = "10s".to_owned();
+        c.delivery.retry_window = Duration::from_secs(30);
+        c.delivery.backoff_initial = Duration::from_millis(20);
+        c.delivery.backoff_max = Duration::from_secs(10);
     })
     .await;
     app.mock.fail_always(SendReply::errcode(-1, "system busy"));
@@ -457,7 +460,7 @@ async fn the_backoff_grows_while_wecom_stays_busy() {
 #[tokio::test]
 async fn invaliduser_is_matched_without_regard_to_case() {
     // WeCom lower-cases the userids it lists; ours has capitals.
-    let app = spawn_app_with(|c| c.retry_window = "30s".to_owned()).await;
+    let app = spawn_app_with(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let user = userid("MixedCase");
     let token = app.get_token(&user).await;
     let listed = format!("someone|{}|other", user.to_lowercase());
@@ -470,7 +473,8 @@ async fn invaliduser_is_matched_without_regard_to_case() {
 
 #[tokio::test]
 async fn unlicenseduser_in_an_errcode_0_answer_is_a_failure() {
-    let (app, user, token) = app_and_member(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, user, token) =
+        app_and_member(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     app.mock.fail_always(SendReply::unlicensed_user(&user));
     let id = app.send_ok(&token, "no", "licence").await;
     let status = app.wait_for_status(&id, &token, "failed", WAIT).await;

@@ -93,26 +93,19 @@ impl Dest {
     }
 
     /// Its `[destinations.NAME]` table, pointing at `mock`.
-    fn config(self, mock: &MockDestinations) -> NamedDestination {
+    fn config(self, mock: &MockDestinations) -> DestinationSettings {
         match self {
-            Dest::Robot => {
-                NamedDestination::at(self.name(), "wecom-robot", &mock.wecom_url(WECOM_KEY), None)
-            }
-            Dest::Ding => NamedDestination::at(
-                self.name(),
+            Dest::Robot => destination_at("wecom-robot", &mock.wecom_url(WECOM_KEY), None),
+            Dest::Ding => destination_at(
                 "dingtalk",
                 &mock.dingtalk_url(DING_TOKEN),
                 Some(DING_SECRET),
             ),
-            Dest::Fei => NamedDestination::at(
-                self.name(),
-                "feishu",
-                &mock.feishu_url(FEISHU_HOOK),
-                Some(FEISHU_SECRET),
-            ),
-            Dest::Tg => NamedDestination::telegram(self.name(), &TG_CHAT.to_string()),
-            Dest::Hook => NamedDestination::at(
-                self.name(),
+            Dest::Fei => {
+                destination_at("feishu", &mock.feishu_url(FEISHU_HOOK), Some(FEISHU_SECRET))
+            }
+            Dest::Tg => telegram_destination(&TG_CHAT.to_string()),
+            Dest::Hook => destination_at(
                 "webhook",
                 &format!("{}?token={HOOK_URL_TOKEN}", mock.webhook_url(HOOK_PATH)),
                 Some(HOOK_SECRET),
@@ -136,7 +129,7 @@ impl Dest {
 
 /// The mock, with the five destinations registered (signing secrets included), and the
 /// `[destinations]` section pointing at it with one table for each.
-async fn mock_destinations() -> (MockDestinations, DestinationsConfig) {
+async fn mock_destinations() -> (MockDestinations, DestinationsSettings) {
     let mock = MockDestinations::start().await;
     mock.add_wecom_robot(WECOM_KEY);
     mock.add_dingtalk_robot(DING_TOKEN, Some(DING_SECRET), &[]);
@@ -144,37 +137,49 @@ async fn mock_destinations() -> (MockDestinations, DestinationsConfig) {
     mock.add_telegram_bot(TG_TOKEN);
     mock.add_telegram_chat(TG_CHAT);
     mock.add_webhook(HOOK_PATH, Some(HOOK_SECRET));
-    let mut section = DestinationsConfig::mock(&mock);
-    section.telegram_bot_token = Some(TG_TOKEN.to_owned());
+    let mut section = destinations_at(&mock);
+    section.telegram_bot_token = Some(secret(TG_TOKEN));
     for dest in Dest::ALL {
-        section.add(dest.config(&mock));
+        section
+            .named
+            .insert(dest.name().to_owned(), dest.config(&mock));
     }
     (mock, section)
 }
 
 /// Short backoffs and probes, a 30 s retry window.
-fn quick(c: &mut TestConfig) {
-    c.backoff_initial = "50ms".to_owned();
-    c.backoff_max = "200ms".to_owned();
-    c.probe_max = "200ms".to_owned();
-    c.retry_window = "30s".to_owned();
+fn quick(c: &mut Settings) {
+    c.delivery.backoff_initial = Duration::from_millis(50);
+    c.delivery.backoff_max = Duration::from_millis(200);
+    c.delivery.probe_max = Duration::from_millis(200);
+    c.delivery.retry_window = Duration::from_secs(30);
 }
 
 /// The gateway (in-process) with the five destinations of [`mock_destinations`], quick
 /// retries, and whatever `tweak` changes.
-async fn dest_app(tweak: impl FnOnce(&mut TestConfig)) -> (TestApp, MockDestinations) {
+async fn dest_app(tweak: impl FnOnce(&mut Settings)) -> (TestApp, MockDestinations) {
     let (mock, section) = mock_destinations().await;
     let app = spawn_app_with(|c| {
         quick(c);
-        c.destinations = Some(section);
+        c.destinations = section;
         tweak(c);
     })
     .await;
     (app, mock)
 }
 
-fn destinations(c: &mut TestConfig) -> &mut DestinationsConfig {
-    c.destinations.as_mut().expect("a [destinations] section")
+/// `[destinations.NAME]` of `section`.
+fn named<'a>(section: &'a mut DestinationsSettings, name: &str) -> &'a mut DestinationSettings {
+    section
+        .named
+        .get_mut(name)
+        .unwrap_or_else(|| panic!("no [destinations.{name}] in the test config"))
+}
+
+/// `[destinations.FROM]` called `to` instead.
+fn rename(section: &mut DestinationsSettings, from: &str, to: &str) {
+    let d = section.named.remove(from).expect("a destination to rename");
+    section.named.insert(to.to_owned(), d);
 }
 
 /// A member with a push token.
@@ -594,7 +599,7 @@ async fn a_members_fallback_order_moves_on_to_a_destination() {
 /// their own.
 #[tokio::test]
 async fn the_servers_fallback_order_moves_on_to_a_destination() {
-    let (app, mock) = dest_app(|c| c.fallback = Some(vec!["wecom".into(), "ops".into()])).await;
+    let (app, mock) = dest_app(|c| c.delivery.fallback = route("wecom,ops")).await;
     let m = member(&app, "srvfall").await;
     app.mock.fail_always_for(&m.user, wecom_permanent());
     let id = app.send_ok(&m.token, "Disk full", "host-8").await;
@@ -631,11 +636,9 @@ async fn the_servers_fallback_order_moves_on_to_a_destination() {
 #[tokio::test]
 async fn a_destination_for_some_members_refuses_the_others() {
     let alice = userid("alice");
-    let only = alice.clone();
     let (app, mock) = dest_app(|c| {
-        let d = destinations(c).named_mut("ops");
-        *d = d.clone().only(&[only.as_str()]);
-        destinations(c).named_mut("fei").members = DestMembers::All;
+        named(&mut c.destinations, "ops").members = only(&[alice.as_str()]);
+        named(&mut c.destinations, "fei").members = Members::All;
     })
     .await;
     let a = member_named(&app, &alice).await;
@@ -787,7 +790,7 @@ async fn assert_refused_then_wecom(
 async fn a_wrong_dingtalk_secret_fails_at_once_and_the_next_channel_is_used() {
     let wrong = "SEC0000111122223333444455556666777788889999aaaabbbbccccddddeeeeffff0";
     let (app, mock) = dest_app(|c| {
-        destinations(c).named_mut("ding").secret = Some(wrong.to_owned());
+        named(&mut c.destinations, "ding").secret = Some(secret(wrong));
     })
     .await;
     assert_refused_then_wecom(
@@ -812,13 +815,9 @@ async fn a_wrong_dingtalk_secret_fails_at_once_and_the_next_channel_is_used() {
 async fn an_unknown_robot_key_fails_at_once_and_the_next_channel_is_used() {
     let unknown = "deadbeef-0000-4bc4-97a0-0ec2a1fa5aaa";
     let (app, mock) = dest_app(|c| {
-        let url = destinations(c)
-            .named_mut("ops")
-            .url
-            .clone()
-            .expect("a url")
-            .replace(WECOM_KEY, unknown);
-        destinations(c).named_mut("ops").url = Some(url);
+        let ops = named(&mut c.destinations, "ops");
+        let url = ops.url.as_ref().expect("a url").expose_secret();
+        ops.url = Some(secret(&url.replace(WECOM_KEY, unknown)));
     })
     .await;
     let m_calls = || {
@@ -853,8 +852,8 @@ async fn a_wrong_feishu_secret_or_telegram_token_fails_at_once() {
     let wrong_secret = "wrongWrongWrong0123456789";
     let wrong_token = "7012345678:AAwrongwrongwrongwrongwrongwrong00";
     let (app, mock) = dest_app(|c| {
-        destinations(c).named_mut("fei").secret = Some(wrong_secret.to_owned());
-        destinations(c).telegram_bot_token = Some(wrong_token.to_owned());
+        named(&mut c.destinations, "fei").secret = Some(secret(wrong_secret));
+        c.destinations.telegram_bot_token = Some(secret(wrong_token));
     })
     .await;
     assert_refused_then_wecom(
@@ -952,7 +951,7 @@ fn assert_never_over_the_limit(mock: &MockDestinations, dest: Dest) {
 /// arrive, in order, the service never refuses one, and the other 5 wait in the queue
 /// (digests off).
 async fn a_burst_stays_within_the_window(dest: Dest) {
-    let (app, mock) = dest_app(|c| c.retry_window = "120s".to_owned()).await;
+    let (app, mock) = dest_app(|c| c.delivery.retry_window = Duration::from_secs(120)).await;
     let m = member(&app, "burst").await;
     let ids = burst(&app, &m.token, "b", 25, dest.name()).await;
     wait_received(&mock, dest, 20).await;
@@ -1044,8 +1043,8 @@ async fn feishu_and_telegram_bursts_keep_their_per_second_limits() {
 #[tokio::test]
 async fn a_burst_to_a_robot_becomes_a_digest() {
     let (app, mock) = dest_app(|c| {
-        c.retry_window = "120s".to_owned();
-        c.digest_after = "1s".to_owned();
+        c.delivery.retry_window = Duration::from_secs(120);
+        c.delivery.digest_after = Some(Duration::from_secs(1));
     })
     .await;
     let m = member(&app, "digest").await;
@@ -1112,7 +1111,7 @@ async fn a_burst_to_a_robot_becomes_a_digest() {
 /// both, so 20 arrive, never a 45009, and 10 wait.
 #[tokio::test]
 async fn two_members_share_one_robots_window() {
-    let (app, mock) = dest_app(|c| c.retry_window = "120s".to_owned()).await;
+    let (app, mock) = dest_app(|c| c.delivery.retry_window = Duration::from_secs(120)).await;
     let a = member(&app, "sharea").await;
     let b = member(&app, "shareb").await;
     let (ids_a, ids_b) = tokio::join!(
@@ -1230,24 +1229,23 @@ async fn secrets_never_appear() {
     let wecom = MockWeCom::start().await;
     let (mock, mut section) = mock_destinations().await;
     section.telegram_bot_token = None;
-    section.timeout = Some("500ms".to_owned());
+    section.timeout = Duration::from_millis(500);
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("hook.secret");
     std::fs::write(&secret_file, format!("{HOOK_SECRET}\n")).unwrap();
-    let hook = section.named_mut("hook");
+    let hook = named(&mut section, "hook");
     hook.secret = None;
     hook.secret_file = Some(secret_file);
     // The robot's URL from the environment, DingTalk's from a file.
-    let robot_url = section.named_mut("ops").url.take().expect("a url");
+    let robot_url = named(&mut section, "ops").url.take().expect("a url");
     let url_file = dir.path().join("ding.url");
-    let ding = section.named_mut("ding");
-    std::fs::write(&url_file, ding.url.take().expect("a url")).unwrap();
+    let ding = named(&mut section, "ding");
+    std::fs::write(&url_file, ding.url.take().expect("a url").expose_secret()).unwrap();
     ding.url_file = Some(url_file);
-    let mut config = TestConfig {
-        destinations: Some(section),
-        metrics: true,
-        ..TestConfig::default()
-    };
+    let mut config = settings_with(|c| {
+        c.destinations = section;
+        c.server.metrics = true;
+    });
     quick(&mut config);
     let setup = bin_setup(&config, &wecom.base_url);
     let mut bin = spawn_binary(
@@ -1256,7 +1254,7 @@ async fn secrets_never_appear() {
         &[
             ("RUST_LOG", "debug"),
             ("PUSHBOT_DESTINATIONS__TELEGRAM_BOT_TOKEN", TG_TOKEN),
-            ("PUSHBOT_DESTINATIONS__OPS__URL", robot_url.as_str()),
+            ("PUSHBOT_DESTINATIONS__OPS__URL", robot_url.expose_secret()),
         ],
     )
     .await;
@@ -1381,14 +1379,13 @@ async fn a_secret_cut_by_the_quote_is_still_scrubbed() {
 
 /// `pushbot serve` on a config whose `[destinations]` section `tweak` breaks: it must exit
 /// non-zero; returns its stderr.
-async fn refused_at_start(tweak: impl FnOnce(&mut DestinationsConfig)) -> String {
+async fn refused_at_start(tweak: impl FnOnce(&mut DestinationsSettings)) -> String {
     let wecom = MockWeCom::start().await;
     let (_mock, mut section) = mock_destinations().await;
     tweak(&mut section);
-    let config = TestConfig {
-        destinations: Some(section),
-        ..TestConfig::default()
-    };
+    let config = settings_with(|c| {
+        c.destinations = section;
+    });
     let setup = bin_setup(&config, &wecom.base_url);
     let out = run_captured(binary_command(&setup.config_path, &[]), WAIT).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -1419,9 +1416,9 @@ async fn bad_destinations_are_refused_at_start_up_naming_the_key() {
     let stderr = refused_at_start(|d| {
         let elsewhere = format!(
             "{}/cgi-bin/webhook/send?key={WECOM_KEY}",
-            d.dingtalk_base.clone().unwrap()
+            d.dingtalk_base.as_ref().unwrap().base()
         );
-        d.named_mut("ops").url = Some(elsewhere);
+        named(d, "ops").url = Some(secret(&elsewhere));
     })
     .await;
     assert_names(&stderr, "destinations.ops.url", "Only these services");
@@ -1432,26 +1429,26 @@ async fn bad_destinations_are_refused_at_start_up_naming_the_key() {
 
     // The real service's host while the base is the mock.
     let stderr = refused_at_start(|d| {
-        d.named_mut("ops").url = Some(format!(
+        named(d, "ops").url = Some(secret(&format!(
             "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={WECOM_KEY}"
-        ));
+        )));
     })
     .await;
     assert_names(&stderr, "destinations.ops.url", "Only these services");
     assert!(!stderr.contains(WECOM_KEY), "{stderr}");
 
-    let stderr = refused_at_start(|d| d.named_mut("ding").kind = "slack".to_owned()).await;
+    let stderr = refused_at_start(|d| named(d, "ding").kind = "slack".to_owned()).await;
     assert_names(&stderr, "destinations.ding.kind", "wecom-robot");
 
-    let stderr = refused_at_start(|d| d.named_mut("ops").name = "Ops Team!".to_owned()).await;
+    let stderr = refused_at_start(|d| rename(d, "ops", "Ops Team!")).await;
     assert_names(&stderr, "destinations.", "cannot name a destination");
 
-    let stderr = refused_at_start(|d| d.named_mut("ops").name = "email".to_owned()).await;
+    let stderr = refused_at_start(|d| rename(d, "ops", "email")).await;
     assert_names(&stderr, "destinations.email", "built-in");
 
     // A webhook URL that is not http(s).
     let stderr = refused_at_start(|d| {
-        d.named_mut("hook").url = Some("ftp://127.0.0.1/hooks".to_owned());
+        named(d, "hook").url = Some(secret("ftp://127.0.0.1/hooks"));
     })
     .await;
     assert_names(&stderr, "destinations.hook.url", "http");
@@ -1459,11 +1456,10 @@ async fn bad_destinations_are_refused_at_start_up_naming_the_key() {
     // delivery.fallback naming no configured destination.
     let wecom = MockWeCom::start().await;
     let (_mock, section) = mock_destinations().await;
-    let config = TestConfig {
-        destinations: Some(section),
-        fallback: Some(vec!["wecom".into(), "nosuch".into()]),
-        ..TestConfig::default()
-    };
+    let config = settings_with(|c| {
+        c.destinations = section;
+        c.delivery.fallback = route("wecom,nosuch");
+    });
     let setup = bin_setup(&config, &wecom.base_url);
     let out = run_captured(binary_command(&setup.config_path, &[]), WAIT).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -1475,28 +1471,28 @@ async fn bad_destinations_are_refused_at_start_up_naming_the_key() {
 /// key that is wrong.
 #[tokio::test]
 async fn a_bad_dingtalk_secret_names_its_own_key() {
-    let stderr = refused_at_start(|d| d.named_mut("ding").secret = Some("nosec".to_owned())).await;
+    let stderr = refused_at_start(|d| named(d, "ding").secret = Some(secret("nosec"))).await;
     assert_names(&stderr, "destinations.ding.secret", "SEC");
 }
 
 /// A Telegram destination without `chat_id` is refused naming `destinations.NAME.chat_id`.
 #[tokio::test]
 async fn a_telegram_destination_without_chat_id_names_its_own_key() {
-    let stderr = refused_at_start(|d| d.named_mut("tg").chat_id = None).await;
+    let stderr = refused_at_start(|d| named(d, "tg").chat_id = None).await;
     assert_names(&stderr, "destinations.tg.chat_id", "chat_id");
 }
 
 /// The settings for `section` as the server loads them from a file.
 fn load(
-    section: DestinationsConfig,
-    tweak: impl FnOnce(&mut TestConfig),
+    section: DestinationsSettings,
+    tweak: impl FnOnce(&mut Settings),
 ) -> Result<pushbot::config::Settings, String> {
-    let mut config = TestConfig {
-        destinations: Some(section),
-        ..TestConfig::default()
-    };
-    tweak(&mut config);
-    let toml = config.render(
+    let config = settings_with(|c| {
+        c.destinations = section;
+        tweak(c);
+    });
+    let toml = render(
+        &config,
         "127.0.0.1:0",
         "sqlite:///tmp/unused.db",
         "http://127.0.0.1:9",
@@ -1509,9 +1505,9 @@ fn load(
 #[tokio::test]
 async fn a_name_with_capitals_can_be_named_in_delivery_fallback() {
     let (_mock, mut section) = mock_destinations().await;
-    section.named_mut("ops").name = "Ops".to_owned();
+    rename(&mut section, "ops", "Ops");
     let loaded = load(section, |c| {
-        c.fallback = Some(vec!["wecom".into(), "ops".into()]);
+        c.delivery.fallback = route("wecom,ops");
     });
     assert!(loaded.is_ok(), "{loaded:?}");
 }
@@ -1520,10 +1516,9 @@ async fn a_name_with_capitals_can_be_named_in_delivery_fallback() {
 #[tokio::test]
 async fn names_that_differ_only_in_case_are_refused() {
     let (_mock, mut section) = mock_destinations().await;
-    let mut twin = section.named_mut("ops").clone();
-    section.named_mut("ops").name = "Ops".to_owned();
-    twin.name = "OPS".to_owned();
-    section.add(twin);
+    let twin = named(&mut section, "ops").clone();
+    rename(&mut section, "ops", "Ops");
+    section.named.insert("OPS".to_owned(), twin);
     let loaded = load(section, |_| {});
     let err = loaded.err().unwrap_or_else(|| "loaded".to_owned());
     assert!(
@@ -1532,15 +1527,20 @@ async fn names_that_differ_only_in_case_are_refused() {
     );
 }
 
-/// The harness's own check: the rendered `[destinations]` section has a table per
+/// The harness's own check: the written config has a `[destinations.NAME]` table per
 /// destination, and the server loads all five from it.
 #[tokio::test]
-async fn the_test_config_renders_a_destinations_section_the_server_accepts() {
+async fn the_test_config_writes_a_destinations_section_the_server_accepts() {
     let (_mock, section) = mock_destinations().await;
-    let text = section.render();
+    let text = render(
+        &settings_with(|c| c.destinations = section.clone()),
+        "127.0.0.1:0",
+        "sqlite:///tmp/unused.db",
+        "http://127.0.0.1:9",
+    );
     for dest in Dest::ALL {
         assert!(
-            text.contains(&format!("[destinations.\"{}\"]", dest.name())),
+            text.contains(&format!("[destinations.{}]", dest.name())),
             "{text}"
         );
     }
@@ -1560,10 +1560,10 @@ async fn the_test_config_renders_a_destinations_section_the_server_accepts() {
 /// The gateway with the mock's bases and no shared destination: what members add is all.
 async fn chat_app() -> (TestApp, MockDestinations) {
     let mock = MockDestinations::start().await;
-    let section = DestinationsConfig::mock(&mock);
+    let section = destinations_at(&mock);
     let app = spawn_app_with(|c| {
         quick(c);
-        c.destinations = Some(section);
+        c.destinations = section;
     })
     .await;
     (app, mock)
@@ -1698,14 +1698,18 @@ async fn two_instances_share_one_robots_window() {
     let mut apps = Vec::new();
     for id in ["dest-a", "dest-b"] {
         let port = free_port();
-        let mut config = TestConfig {
-            instance_id: Some(id.to_owned()),
-            destinations: Some(section.clone()),
-            ..TestConfig::default()
-        };
+        let mut config = settings_with(|c| {
+            c.delivery.instance_id = Some(id.to_owned());
+            c.destinations = section.clone();
+        });
         quick(&mut config);
-        config.retry_window = "120s".to_owned();
-        let toml = config.render(&format!("127.0.0.1:{port}"), schema.url(), &wecom.base_url);
+        config.delivery.retry_window = Duration::from_secs(120);
+        let toml = render(
+            &config,
+            &format!("127.0.0.1:{port}"),
+            schema.url(),
+            &wecom.base_url,
+        );
         let path = dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, toml).expect("write config");
         apps.push(spawn_binary(&path, port, &[]).await);
@@ -1740,11 +1744,11 @@ async fn feishu_and_telegram_destinations_are_added_in_the_chat() {
     mock.add_feishu_hook(FEISHU_HOOK, Some(FEISHU_SECRET), &[]);
     mock.add_telegram_bot(TG_TOKEN);
     mock.add_telegram_chat(TG_CHAT);
-    let mut section = DestinationsConfig::mock(&mock);
-    section.telegram_bot_token = Some(TG_TOKEN.to_owned());
+    let mut section = destinations_at(&mock);
+    section.telegram_bot_token = Some(secret(TG_TOKEN));
     let app = spawn_app_with(|c| {
         quick(c);
-        c.destinations = Some(section);
+        c.destinations = section;
     })
     .await;
     let m = member(&app, "robofg").await;
@@ -1792,11 +1796,11 @@ async fn a_telegram_group_that_moved_is_followed_and_remembered() {
     let (old, new) = (-4_001_234_i64, -1_009_876_543_210_i64);
     mock.add_telegram_chat(old);
     mock.add_telegram_chat(new);
-    let mut section = DestinationsConfig::mock(&mock);
-    section.telegram_bot_token = Some(TG_TOKEN.to_owned());
+    let mut section = destinations_at(&mock);
+    section.telegram_bot_token = Some(secret(TG_TOKEN));
     let app = spawn_app_with(|c| {
         quick(c);
-        c.destinations = Some(section);
+        c.destinations = section;
     })
     .await;
     let m = member(&app, "robomove").await;

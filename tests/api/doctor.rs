@@ -105,7 +105,7 @@ async fn doctor(setup: &BinSetup, env: &[(String, String)]) -> Outcome {
 #[tokio::test]
 async fn a_healthy_set_up_passes_every_check_and_prints_no_secret() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let env = healthy_env(&format!("http://127.0.0.1:{}", setup.port));
     let _serve = spawn_binary(&setup.config_path, setup.port, &refs(&env)).await;
 
@@ -141,10 +141,9 @@ async fn a_healthy_set_up_passes_every_check_and_prints_no_secret() {
 #[tokio::test]
 async fn a_wrong_secret_is_explained_and_the_app_check_skipped() {
     let mock = MockWeCom::start().await;
-    let config = TestConfig {
-        secret: "wrong-secret".to_owned(),
-        ..TestConfig::default()
-    };
+    let config = settings_with(|c| {
+        c.wecom.secret = CorpSecret::try_from("wrong-secret".to_owned()).unwrap();
+    });
     let setup = bin_setup(&config, &mock.base_url);
     let out = doctor(&setup, &healthy_env(&nowhere())).await;
     assert!(!out.success, "{}", out.stdout);
@@ -183,7 +182,7 @@ async fn an_untrusted_ip_names_the_ip_the_console_path_and_the_proxy() {
         60020,
         "not allow to access from your ip, hint: [1700000000_13_abcdef], from ip: 203.0.113.7, more info at https://open.work.weixin.qq.com/devtool/query?e=60020",
     )));
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let out = doctor(&setup, &healthy_env(&nowhere())).await;
     assert!(!out.success, "{}", out.stdout);
     assert!(out.check("gettoken").starts_with('✓'));
@@ -212,7 +211,7 @@ async fn an_untrusted_ip_names_the_ip_the_console_path_and_the_proxy() {
 #[tokio::test]
 async fn a_callback_url_nobody_answers_is_skipped_not_failed() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let url = nowhere();
     let out = doctor(&setup, &healthy_env(&url)).await;
     let callback = out.check("/wecom/callback");
@@ -227,7 +226,7 @@ async fn a_callback_url_nobody_answers_is_skipped_not_failed() {
 #[tokio::test]
 async fn a_callback_url_answered_by_something_else_fails() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     // The mock WeCom knows nothing of /wecom/callback.
     let out = doctor(&setup, &healthy_env(&mock.base_url)).await;
     assert!(!out.success, "{}", out.stdout);
@@ -242,7 +241,7 @@ async fn a_callback_url_answered_by_something_else_fails() {
 #[tokio::test]
 async fn a_callback_answered_by_a_pushbot_with_another_token_fails_naming_it() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let env = healthy_env(&format!("http://127.0.0.1:{}", setup.port));
     let mut other = env.clone();
     other[0].1 = "someOtherT0ken".to_owned();
@@ -262,7 +261,7 @@ async fn a_callback_answered_by_a_pushbot_with_another_token_fails_naming_it() {
 #[tokio::test]
 async fn the_documentation_sample_credentials_fail() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let url = nowhere();
     let out = doctor(&setup, &[("PUSHBOT_SERVER__PUBLIC_URL".into(), url)]).await;
     assert!(!out.success, "{}", out.stdout);
@@ -282,7 +281,7 @@ async fn the_documentation_sample_credentials_fail() {
 #[tokio::test]
 async fn a_database_that_cannot_be_opened_fails() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let mut env = healthy_env(&nowhere());
     let (url, place) = match engine() {
         // Under a file: no directory there, even for root.
@@ -312,7 +311,7 @@ async fn a_database_that_cannot_be_opened_fails() {
 async fn a_database_other_users_can_read_is_a_warning_with_the_chmod_that_fixes_it() {
     use std::os::unix::fs::PermissionsExt as _;
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     // A SQLite file whatever the engine under test.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pushbot.db");
@@ -365,10 +364,9 @@ async fn smtp_is_checked_when_configured() {
 
     // Up: connected.
     let sink = SmtpSink::start().await;
-    let config = TestConfig {
-        email: Some(EmailConfig::local(sink.port)),
-        ..TestConfig::default()
-    };
+    let config = settings_with(|c| {
+        c.email = Some(local_email(sink.port));
+    });
     let setup = bin_setup(&config, &mock.base_url);
     let out = doctor(&setup, &env).await;
     let smtp = out.check("SMTP");
@@ -376,10 +374,9 @@ async fn smtp_is_checked_when_configured() {
     assert!(out.success, "{}", out.stdout);
 
     // Down: the error, and what to check.
-    let config = TestConfig {
-        email: Some(EmailConfig::local(free_port())),
-        ..TestConfig::default()
-    };
+    let config = settings_with(|c| {
+        c.email = Some(local_email(free_port()));
+    });
     let setup = bin_setup(&config, &mock.base_url);
     let out = doctor(&setup, &env).await;
     assert!(!out.success, "{}", out.stdout);
@@ -390,10 +387,9 @@ async fn smtp_is_checked_when_configured() {
     let mut login = env.clone();
     login.push(("PUSHBOT_EMAIL__USERNAME".into(), "bot@example.com".into()));
     login.push(("PUSHBOT_EMAIL__PASSWORD".into(), SMTP_PASSWORD.into()));
-    let config = TestConfig {
-        email: Some(EmailConfig::local(sink.port)),
-        ..TestConfig::default()
-    };
+    let config = settings_with(|c| {
+        c.email = Some(local_email(sink.port));
+    });
     let setup = bin_setup(&config, &mock.base_url);
     let out = doctor(&setup, &login).await;
     let smtp = out.check("SMTP");
@@ -404,7 +400,7 @@ async fn smtp_is_checked_when_configured() {
 #[tokio::test]
 async fn a_configuration_that_does_not_load_stops_there() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let mut env = healthy_env(&nowhere());
     env.push(("PUSHBOT_WECOM__AGENT_ID".into(), "abc".into()));
     let out = doctor(&setup, &env).await;

@@ -20,14 +20,14 @@ use crate::tcp_front::TcpFront;
 
 /// A sink, and the gateway with an `[email]` section pointing at it. Short backoffs; the
 /// retry window is the harness default (2 s) unless `tweak` says otherwise.
-async fn email_app(tweak: impl FnOnce(&mut TestConfig)) -> (TestApp, SmtpSink) {
+async fn email_app(tweak: impl FnOnce(&mut Settings)) -> (TestApp, SmtpSink) {
     let sink = SmtpSink::start().await;
     let port = sink.port;
     let app = spawn_app_with(|c| {
-        c.email = Some(EmailConfig::local(port));
-        c.backoff_initial = "50ms".to_owned();
-        c.backoff_max = "200ms".to_owned();
-        c.probe_max = "200ms".to_owned();
+        c.email = Some(local_email(port));
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
         tweak(c);
     })
     .await;
@@ -247,7 +247,7 @@ async fn send_on(api: &Api, token: &str, title: &str, content: &str, channel: &s
 /// the mail's headers and parts as documented and the history of both attempts.
 #[tokio::test]
 async fn a_bound_address_gets_what_wecom_permanently_cannot_deliver() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "bind").await;
 
     let reply = say(&app, &m.user, "status").await;
@@ -411,7 +411,7 @@ async fn chinese_keywords_bind_show_and_unbind() {
 /// deliver is not mailed.
 #[tokio::test]
 async fn email_off_unbinds() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "off").await;
     bind(&app, &sink, &m).await;
     let reply = say(&app, &m.user, "email off").await;
@@ -434,7 +434,7 @@ async fn email_off_unbinds() {
 #[tokio::test]
 async fn an_expired_code_binds_nothing() {
     let (app, sink) = email_app(|c| {
-        c.email.as_mut().expect("email").code_ttl = Some("1s".to_owned());
+        c.email.as_mut().expect("email").code_ttl = Duration::from_secs(1);
     })
     .await;
     let m = member(&app, "ttl").await;
@@ -553,7 +553,7 @@ async fn another_member_cannot_use_someone_elses_code() {
 #[tokio::test]
 async fn code_mails_are_capped_per_member_and_per_address() {
     let (app, sink) = email_app(|c| {
-        c.email.as_mut().expect("email").codes_per_hour = Some(2);
+        c.email.as_mut().expect("email").codes_per_hour = 2;
     })
     .await;
     let a = member(&app, "cap").await;
@@ -627,7 +627,7 @@ async fn without_an_email_section_there_is_no_email_channel() {
 #[tokio::test]
 async fn the_code_mail_goes_out_while_wecom_is_down() {
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let (app, sink) = email_app(|c| c.api_base = Some(closed)).await;
+    let (app, sink) = email_app(|c| c.wecom.api_base = http_url(&closed)).await;
     let m = member(&app, "wdown").await;
     bind(&app, &sink, &m).await;
 }
@@ -641,7 +641,7 @@ async fn the_code_mail_goes_out_while_wecom_is_down() {
 /// before the 30 s retry window would end.
 #[tokio::test]
 async fn untrusted_ip_and_invaliduser_fall_back_at_once() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let untrusted = member(&app, "ip").await;
     let invalid = member(&app, "inv").await;
     for m in [&untrusted, &invalid] {
@@ -694,11 +694,11 @@ async fn a_down_smtp_server_gets_probes_not_a_storm() {
         .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
         .expect("the front's port");
     let app = spawn_app_with(|c| {
-        c.email = Some(EmailConfig::local(front_port));
-        c.backoff_initial = "50ms".to_owned();
-        c.backoff_max = "200ms".to_owned();
-        c.probe_max = "1s".to_owned();
-        c.retry_window = "30s".to_owned();
+        c.email = Some(local_email(front_port));
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_secs(1);
+        c.delivery.retry_window = Duration::from_secs(30);
     })
     .await;
     let mut members = Vec::new();
@@ -738,8 +738,8 @@ async fn a_down_smtp_server_gets_probes_not_a_storm() {
 async fn the_code_mail_does_not_wait_behind_a_backlog_for_a_down_wecom() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     let (app, sink) = email_app(|c| {
-        c.api_base = Some(closed);
-        c.retry_window = "60s".to_owned();
+        c.wecom.api_base = http_url(&closed);
+        c.delivery.retry_window = Duration::from_secs(60);
     })
     .await;
     let m = member(&app, "behind").await;
@@ -769,12 +769,12 @@ async fn the_code_mail_does_not_wait_behind_a_backlog_for_a_down_wecom() {
 async fn many_members_fall_back_together_without_hammering_a_down_wecom() {
     let front = TcpFront::start(None).await;
     let (app, sink) = email_app(|c| {
-        c.api_base = Some(front.base_url.clone());
-        c.retry_window = "1s".to_owned();
+        c.wecom.api_base = http_url(&front.base_url);
+        c.delivery.retry_window = Duration::from_secs(1);
         // Probes far apart: a message that is not a probe must not wait for one.
-        c.backoff_initial = "5s".to_owned();
-        c.backoff_max = "10s".to_owned();
-        c.probe_max = "10s".to_owned();
+        c.delivery.backoff_initial = Duration::from_secs(5);
+        c.delivery.backoff_max = Duration::from_secs(10);
+        c.delivery.probe_max = Duration::from_secs(10);
     })
     .await;
     front.forward_to(&app.mock.base_url);
@@ -820,8 +820,8 @@ async fn many_members_fall_back_together_without_hammering_a_down_wecom() {
 async fn wecom_down_for_the_whole_window_is_mailed_once_and_never_sent_late() {
     let front = TcpFront::start(None).await;
     let (app, sink) = email_app(|c| {
-        c.api_base = Some(front.base_url.clone());
-        c.retry_window = "2s".to_owned();
+        c.wecom.api_base = http_url(&front.base_url);
+        c.delivery.retry_window = Duration::from_secs(2);
     })
     .await;
     front.forward_to(&app.mock.base_url);
@@ -903,11 +903,11 @@ async fn wecom_down_for_the_whole_window_is_mailed_once_and_never_sent_late() {
 async fn wecom_down_window_app(prefix: &str) -> (TestApp, SmtpSink, TcpFront, Vec<Member>) {
     let front = TcpFront::start(None).await;
     let (app, sink) = email_app(|c| {
-        c.api_base = Some(front.base_url.clone());
-        c.retry_window = "4s".to_owned();
-        c.backoff_initial = "2500ms".to_owned();
-        c.backoff_max = "30s".to_owned();
-        c.probe_max = "30s".to_owned();
+        c.wecom.api_base = http_url(&front.base_url);
+        c.delivery.retry_window = Duration::from_secs(4);
+        c.delivery.backoff_initial = Duration::from_millis(2500);
+        c.delivery.backoff_max = Duration::from_secs(30);
+        c.delivery.probe_max = Duration::from_secs(30);
     })
     .await;
     front.forward_to(&app.mock.base_url);
@@ -1035,7 +1035,7 @@ async fn wecom_still_down_when_the_window_ends_is_tried_at_its_end_then_mailed()
 #[tokio::test]
 async fn flapping_wecom_within_the_window_never_falls_back_to_mail() {
     const N: usize = 10;
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "flap").await;
     bind(&app, &sink, &m).await;
     let mails_after_binding = sink.mail_count();
@@ -1087,7 +1087,7 @@ async fn flapping_wecom_within_the_window_never_falls_back_to_mail() {
 /// A member with no address has no e-mail step: WeCom's permanent failure fails it.
 #[tokio::test]
 async fn a_member_without_an_address_has_no_email_step() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "noaddr").await;
     app.mock.fail_always_for(&m.user, wecom_permanent());
     let id = app.send_ok(&m.token, "nowhere", "").await;
@@ -1105,7 +1105,7 @@ async fn a_member_without_an_address_has_no_email_step() {
 /// The sink refuses the next two transactions with a 4xx (at `where_`): the e-mail step
 /// retries and the mail arrives exactly once; history shows both retries.
 async fn smtp_4xx_is_retried(at_rcpt: bool) {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "smtp4").await;
     bind(&app, &sink, &m).await;
     app.mock.fail_always_for(&m.user, wecom_permanent());
@@ -1176,7 +1176,7 @@ async fn smtp_451_at_rcpt_is_retried_and_mailed_once() {
 /// not tried again.
 #[tokio::test]
 async fn smtp_550_fails_the_email_step_and_the_message() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "smtp5").await;
     bind(&app, &sink, &m).await;
     app.mock.fail_always_for(&m.user, wecom_permanent());
@@ -1204,7 +1204,7 @@ async fn smtp_550_fails_the_email_step_and_the_message() {
 /// once.
 #[tokio::test]
 async fn smtp_refusing_connections_is_retried_until_it_is_back() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "smtpdn").await;
     bind(&app, &sink, &m).await;
     app.mock.fail_always_for(&m.user, wecom_permanent());
@@ -1484,7 +1484,7 @@ async fn an_unknown_channel_in_fallback_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn delivery_fallback_sets_the_default_order() {
     let (app, sink) = email_app(|c| {
-        c.fallback = Some(vec!["email".to_owned(), "wecom".to_owned()]);
+        c.delivery.fallback = route("email,wecom");
     })
     .await;
     let m = member(&app, "cfgfb").await;
@@ -1515,18 +1515,17 @@ async fn both_down_kill9_restart_delivers_once(in_email_step: bool) {
     let mock = MockWeCom::start().await;
     let front = TcpFront::start(Some(&mock.base_url)).await;
     let sink = SmtpSink::start().await;
-    let config = TestConfig {
+    let config = settings_with(|c| {
         // In the e-mail step case WeCom's 6 s are over at the kill (7 s) and the e-mail
         // step has its own 6 s; otherwise WeCom's window is long.
-        retry_window: if in_email_step { "6s" } else { "30s" }.to_owned(),
-        backoff_initial: "50ms".to_owned(),
-        backoff_max: "300ms".to_owned(),
-        probe_max: "300ms".to_owned(),
-        lease: "10s".to_owned(),
-        instance_id: Some(format!("email-kill9-{in_email_step}")),
-        email: Some(EmailConfig::local(sink.port)),
-        ..TestConfig::default()
-    };
+        c.delivery.retry_window = Duration::from_secs(if in_email_step { 6 } else { 30 });
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(300);
+        c.delivery.probe_max = Duration::from_millis(300);
+        c.delivery.lease = Duration::from_secs(10);
+        c.delivery.instance_id = Some(format!("email-kill9-{in_email_step}"));
+        c.email = Some(local_email(sink.port));
+    });
     let setup = bin_setup(&config, &front.base_url);
     let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
     let m = member(&bin, "k9mail").await;
@@ -1598,7 +1597,7 @@ async fn kill9_in_the_email_step_with_both_down_delivers_once_after_restart() {
 /// arrives (once) when SMTP is back.
 #[tokio::test]
 async fn a_code_requested_while_smtp_is_down_arrives_when_it_is_back() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "cdown").await;
     sink.set_down(true).await;
     let reply = say(&app, &m.user, &format!("email {}", m.address)).await;
@@ -1617,7 +1616,7 @@ async fn a_code_requested_while_smtp_is_down_arrives_when_it_is_back() {
 /// An explicit order `email,wecom`: a 5xx ends the e-mail step and WeCom delivers it.
 #[tokio::test]
 async fn an_explicit_order_moves_on_after_a_5xx() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "elist").await;
     bind(&app, &sink, &m).await;
     sink.fail_next(1, "554 5.7.1 rejected");
@@ -1638,7 +1637,7 @@ async fn an_explicit_order_moves_on_after_a_5xx() {
 /// `channel=wecom` means WeCom only: a permanent WeCom failure is not mailed.
 #[tokio::test]
 async fn channel_wecom_means_wecom_only() {
-    let (app, sink) = email_app(|c| c.retry_window = "30s".to_owned()).await;
+    let (app, sink) = email_app(|c| c.delivery.retry_window = Duration::from_secs(30)).await;
     let m = member(&app, "wonly").await;
     bind(&app, &sink, &m).await;
     app.mock.fail_always_for(&m.user, wecom_permanent());

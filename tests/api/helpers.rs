@@ -8,11 +8,20 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr as _;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+/// Settings are typed: tests set durations.
+pub use std::time::Duration;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pushbot::app::Application;
-use pushbot::config::Settings;
+pub use pushbot::config::{
+    DestinationSettings, DestinationsSettings, EmailSettings, HttpUrl, Members, SendRate, Settings,
+    SmsSettings, StorageUrl,
+};
+pub use pushbot::delivery::limits::RateWindow;
+use pushbot::domain::{Route, UserId};
+pub use pushbot::wecom::credentials::{AgentId, CorpSecret};
 use pushbot::wecom::crypto::WeComCrypto;
+pub use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -43,231 +52,99 @@ pub const WAIT: Duration = Duration::from_secs(10);
 // configuration
 // ------------------------------------------------------------------------------------------
 
-/// The knobs tests turn; rendered to the TOML the gateway reads.
-#[derive(Debug, Clone)]
-pub struct TestConfig {
-    pub corp_id: Option<String>,
-    /// `wecom.agent_id`; [`AGENT_ID`] (what the mock WeCom knows) by default.
-    pub agent_id: i64,
-    pub secret: String,
-    pub request_timeout: String,
-    pub retry_window: String,
-    pub backoff_initial: String,
-    pub backoff_max: String,
-    pub concurrency: usize,
-    /// How often the outbox looks for queued messages no task is working on. Long by
-    /// default, so that a test of any other guarantee cannot pass thanks to the sweep.
-    pub sweep_interval: String,
-    /// How long shutdown lets delivery attempts in flight finish.
-    pub shutdown_grace: String,
-    pub callback_max_age: String,
-    /// Point the app somewhere other than the mock (e.g. a closed port).
-    pub api_base: Option<String>,
-    /// `server.header_read_timeout`; the server default when `None`.
-    pub header_read_timeout: Option<String>,
-    /// `server.max_connections`; the server default when `None`.
-    pub max_connections: Option<usize>,
-    /// `server.send_rate` as (count, per); the server default when `None`.
-    pub send_rate: Option<(u32, String)>,
-    /// `wecom.member_limits` as (count, per) windows. Generous by default, so that only the
-    /// tests about the limits meet them.
-    pub member_limits: Vec<(u32, String)>,
-    /// `delivery.digest_after`: a duration or "off" (the default here).
-    pub digest_after: String,
-    /// `delivery.max_in_flight`: lanes (members) worked on at once.
-    pub max_in_flight: usize,
-    /// `delivery.lease`: how long a claim on a lane lasts without renewal.
-    pub lease: String,
-    /// `delivery.probe_max`: longest wait between probes of a channel that is down.
-    pub probe_max: String,
-    /// `delivery.instance_id`; the server default (`<hostname>:<port>`) when `None`.
-    pub instance_id: Option<String>,
-    /// `delivery.stall_after`; the server default (30 s) when `None`.
-    pub stall_after: Option<String>,
-    /// `[email]`; no e-mail channel when `None` (the default).
-    pub email: Option<EmailConfig>,
-    /// `[sms]`; no SMS channel when `None` (the default).
-    pub sms: Option<SmsConfig>,
-    /// `delivery.fallback`, the default channel order; the server default when `None`.
-    pub fallback: Option<Vec<String>>,
-    /// `server.max_content_bytes`; the server default (64 KiB) when `None`.
-    pub max_content_bytes: Option<usize>,
-    /// `storage.retention` (e.g. "1d", "0"); the server default (30 days) when `None`.
-    pub retention: Option<String>,
-    /// `server.metrics` (off by default, as in the server).
-    pub metrics: bool,
-    /// `server.metrics_token`; none when `None`.
-    pub metrics_token: Option<String>,
-    /// `[destinations]` and its `[destinations.NAME]` tables; none when `None`.
-    pub destinations: Option<DestinationsConfig>,
+/// The test suite's own defaults, as a config file gives them: every other key is the
+/// server's default, so a key added to [`Settings`] needs nothing here. Quick retries, a
+/// long sweep (so that a test of any other guarantee cannot pass thanks to it), member
+/// limits no test meets unless it sets its own, no digests. `server.listen`,
+/// `storage.url` and `wecom.api_base` are placeholders: [`spawn_app_with`] and [`render`]
+/// set them.
+fn test_defaults() -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "{PUBLIC_URL}"
+
+[wecom]
+corp_id = "{CORP_ID}"
+agent_id = {AGENT_ID}
+secret = "{SECRET}"
+callback_token = "{CALLBACK_TOKEN}"
+encoding_aes_key = "{ENCODING_AES_KEY}"
+api_base = "http://127.0.0.1:9"
+request_timeout = "2s"
+callback_max_age = "24h"
+member_limits = [{{ count = 100000, per = "1s" }}]
+
+[delivery]
+retry_window = "2s"
+backoff_initial = "10ms"
+backoff_max = "100ms"
+concurrency = 16
+sweep_interval = "60s"
+shutdown_grace = "2s"
+digest_after = "off"
+max_in_flight = 64
+lease = "10s"
+probe_max = "1s"
+
+[log]
+level = "warn"
+"#
+    )
 }
 
-/// The `[email]` section: SMTP without TLS or AUTH, to a test sink on 127.0.0.1.
-#[derive(Debug, Clone)]
-pub struct EmailConfig {
-    pub host: String,
-    pub port: u16,
-    pub from: String,
-    /// One SMTP operation.
-    pub timeout: String,
-    /// Verification code lifetime; the server default when `None`.
-    pub code_ttl: Option<String>,
-    /// Verification mails per member (and per address) per hour; the server default when
-    /// `None`.
-    pub codes_per_hour: Option<u32>,
+/// The settings every test starts from ([`test_defaults`]); a test changes the typed
+/// fields it is about (`c.delivery.retry_window = Duration::from_secs(5)`).
+pub fn test_settings() -> Settings {
+    Settings::from_toml(&test_defaults()).expect("the test defaults load")
 }
 
-impl EmailConfig {
-    /// Plain SMTP to `127.0.0.1:{port}`.
-    pub fn local(port: u16) -> Self {
-        Self {
-            host: "127.0.0.1".to_owned(),
-            port,
-            from: "pushbot <bot@example.com>".to_owned(),
-            timeout: "2s".to_owned(),
-            code_ttl: None,
-            codes_per_hour: None,
-        }
-    }
-
-    fn render(&self) -> String {
-        let mut out = format!(
-            "[email]\nhost = \"{}\"\nport = {}\nsecurity = \"none\"\nfrom = \"{}\"\ntimeout = \"{}\"\n",
-            self.host, self.port, self.from, self.timeout
-        );
-        if let Some(ttl) = &self.code_ttl {
-            out.push_str(&format!("code_ttl = \"{ttl}\"\n"));
-        }
-        if let Some(n) = self.codes_per_hour {
-            out.push_str(&format!("codes_per_hour = {n}\n"));
-        }
-        out
-    }
+/// [`test_settings`] with whatever `tweak` changes.
+pub fn settings_with(tweak: impl FnOnce(&mut Settings)) -> Settings {
+    let mut settings = test_settings();
+    tweak(&mut settings);
+    settings
 }
 
-/// The `[sms]` section for one provider of a [`MockSms`]: the mock's credentials, sign
-/// name and templates, its listener as `api_base`. Every other key is left to the server's
-/// default unless set.
-#[derive(Debug, Clone)]
-pub struct SmsConfig {
-    pub provider: SmsProvider,
-    /// `http://127.0.0.1:PORT` of the mock's listener for `provider`.
-    pub api_base: String,
-    /// The provider's secret in the file: `access_key_secret` (Aliyun), `secret_key`
-    /// (Tencent Cloud) or `auth_token` (Twilio); the mock's own by default. `None`: not in
-    /// the file (give it in the environment, `PUSHBOT_SMS__…`).
-    pub secret: Option<String>,
-    /// `sms.template` (Aliyun, Tencent Cloud): the mock's message template by default.
-    pub template: String,
-    /// `sms.code_template` (Aliyun, Tencent Cloud): the mock's code template by default.
-    pub code_template: String,
-    /// One call to the provider; the server default when `None`.
-    pub timeout: Option<String>,
-    /// `sms.lookup_after`; the server default when `None`.
-    pub lookup_after: Option<String>,
-    /// `sms.daily_limit_per_member`; the server default when `None`.
-    pub daily_limit_per_member: Option<u32>,
-    /// `sms.daily_limit`; the server default when `None`.
-    pub daily_limit: Option<u32>,
-    /// `sms.code_ttl`; the server default when `None`.
-    pub code_ttl: Option<String>,
-    /// `sms.codes_per_hour`; the server default when `None`.
-    pub codes_per_hour: Option<u32>,
+/// The config file for `settings` listening on `listen`, storing at `store_url` (see
+/// [`TestDb::url`]) and calling WeCom at `api_base`. It holds the secrets: a test's own file.
+pub fn render(settings: &Settings, listen: &str, store_url: &str, api_base: &str) -> String {
+    let mut settings = settings.clone();
+    settings.server.listen = listen.parse().expect("a listen address");
+    settings.storage.url = storage_url(store_url);
+    settings.wecom.api_base = http_url(api_base);
+    toml::to_string(&settings).expect("settings serialize")
 }
 
-impl SmsConfig {
-    /// The `[sms]` section that makes `provider` of `mock` work.
-    pub fn mock(mock: &MockSms, provider: SmsProvider) -> Self {
-        let (secret, template, code_template) = match provider {
-            SmsProvider::Aliyun => (ALIYUN_KEY_SECRET, ALIYUN_TEMPLATE, ALIYUN_CODE_TEMPLATE),
-            SmsProvider::Tencent => (TENCENT_SECRET_KEY, TENCENT_TEMPLATE, TENCENT_CODE_TEMPLATE),
-            SmsProvider::Twilio => (TWILIO_TOKEN, "", ""),
-        };
-        Self {
-            provider,
-            api_base: mock.base_url(provider).to_owned(),
-            secret: Some(secret.to_owned()),
-            template: template.to_owned(),
-            code_template: code_template.to_owned(),
-            timeout: None,
-            lookup_after: None,
-            daily_limit_per_member: None,
-            daily_limit: None,
-            code_ttl: None,
-            codes_per_hour: None,
-        }
-    }
+pub fn http_url(url: &str) -> HttpUrl {
+    HttpUrl::try_from(url.to_owned()).unwrap_or_else(|e| panic!("{e}"))
+}
 
-    /// `sms.provider` as written in the file.
-    pub fn provider_name(&self) -> &'static str {
-        match self.provider {
-            SmsProvider::Aliyun => "aliyun",
-            SmsProvider::Tencent => "tencent",
-            SmsProvider::Twilio => "twilio",
-        }
-    }
+pub fn storage_url(url: &str) -> StorageUrl {
+    StorageUrl::try_from(url.to_owned()).unwrap_or_else(|e| panic!("{e}"))
+}
 
-    /// The key the provider's secret goes under.
-    pub fn secret_key_name(&self) -> &'static str {
-        match self.provider {
-            SmsProvider::Aliyun => "access_key_secret",
-            SmsProvider::Tencent => "secret_key",
-            SmsProvider::Twilio => "auth_token",
-        }
-    }
+pub fn secret(value: &str) -> SecretString {
+    SecretString::from(value.to_owned())
+}
 
-    fn render(&self) -> String {
-        let mut out = format!(
-            "[sms]\nprovider = \"{}\"\napi_base = \"{}\"\n",
-            self.provider_name(),
-            self.api_base
-        );
-        match self.provider {
-            SmsProvider::Aliyun => {
-                out.push_str(&format!(
-                    "access_key_id = \"{ALIYUN_KEY_ID}\"\nsign_name = \"{SIGN_NAME}\"\n"
-                ));
-            }
-            SmsProvider::Tencent => {
-                out.push_str(&format!(
-                    "secret_id = \"{TENCENT_SECRET_ID}\"\nsdk_app_id = \"{TENCENT_SDK_APP_ID}\"\nsign_name = \"{SIGN_NAME}\"\n"
-                ));
-            }
-            SmsProvider::Twilio => {
-                out.push_str(&format!(
-                    "account_sid = \"{TWILIO_SID}\"\nfrom = \"{TWILIO_FROM}\"\n"
-                ));
-            }
-        }
-        if self.provider != SmsProvider::Twilio {
-            out.push_str(&format!(
-                "template = \"{}\"\ncode_template = \"{}\"\n",
-                self.template, self.code_template
-            ));
-        }
-        if let Some(secret) = &self.secret {
-            out.push_str(&format!("{} = \"{secret}\"\n", self.secret_key_name()));
-        }
-        for (key, value) in [
-            ("timeout", &self.timeout),
-            ("lookup_after", &self.lookup_after),
-            ("code_ttl", &self.code_ttl),
-        ] {
-            if let Some(v) = value {
-                out.push_str(&format!("{key} = \"{v}\"\n"));
-            }
-        }
-        for (key, value) in [
-            ("daily_limit_per_member", self.daily_limit_per_member),
-            ("daily_limit", self.daily_limit),
-            ("codes_per_hour", self.codes_per_hour),
-        ] {
-            if let Some(n) = value {
-                out.push_str(&format!("{key} = {n}\n"));
-            }
-        }
-        out
-    }
+/// `delivery.fallback` from `wecom,email`-style text.
+pub fn route(channels: &str) -> Route {
+    Route::parse(channels).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `wecom.member_limits` from (count, per) windows.
+pub fn member_limits(windows: &[(u32, Duration)]) -> Vec<RateWindow> {
+    windows
+        .iter()
+        .map(|&(count, per)| RateWindow { count, per })
+        .collect()
+}
+
+/// A section's settings from its TOML (the server's defaults for the rest).
+fn section<T: serde::de::DeserializeOwned>(toml_text: &str) -> T {
+    toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}\n{toml_text}"))
 }
 
 /// A TOML basic string holding `s` (JSON's escapes are TOML's).
@@ -275,347 +152,108 @@ fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// The `[destinations]` section: where each kind's service is (a [`MockDestinations`]'s
-/// listeners, see [`Self::mock`]), the server's Telegram bot, and the shared destinations
-/// (`[destinations.NAME]`). Keys left `None` are not written (the server's default).
-///
-/// [`MockDestinations`]: crate::mock_destinations::MockDestinations
-#[derive(Debug, Clone, Default)]
-pub struct DestinationsConfig {
-    pub wecom_robot_base: Option<String>,
-    pub dingtalk_base: Option<String>,
-    pub feishu_base: Option<String>,
-    pub lark_base: Option<String>,
-    pub telegram_base: Option<String>,
-    /// `telegram_bot_token` in the file.
-    pub telegram_bot_token: Option<String>,
-    /// `telegram_bot_token_file`.
-    pub telegram_bot_token_file: Option<PathBuf>,
-    /// One call to a destination.
-    pub timeout: Option<String>,
-    /// `[destinations.NAME]`, in this order.
-    pub named: Vec<NamedDestination>,
+/// `[email]`: plain SMTP without TLS or AUTH to a test sink on `127.0.0.1:{port}`.
+pub fn local_email(port: u16) -> EmailSettings {
+    section(&format!(
+        r#"host = "127.0.0.1"
+port = {port}
+security = "none"
+from = "pushbot <bot@example.com>"
+timeout = "2s""#
+    ))
 }
 
-impl DestinationsConfig {
-    /// Every base at `mock`'s listener of that kind (Lark too, at the Feishu listener),
-    /// no bot token and no destinations yet.
-    pub fn mock(mock: &crate::mock_destinations::MockDestinations) -> Self {
-        use crate::mock_destinations::DestKind;
-        Self {
-            wecom_robot_base: Some(mock.base_url(DestKind::WeComRobot).to_owned()),
-            dingtalk_base: Some(mock.base_url(DestKind::DingTalk).to_owned()),
-            feishu_base: Some(mock.base_url(DestKind::Feishu).to_owned()),
-            lark_base: Some(mock.base_url(DestKind::Feishu).to_owned()),
-            telegram_base: Some(mock.base_url(DestKind::Telegram).to_owned()),
-            ..Self::default()
-        }
-    }
+/// `[sms]` that makes `provider` of `mock` work: the mock's credentials, sign name and
+/// templates, its listener as `api_base`; every other key is the server's default.
+pub fn mock_sms(mock: &MockSms, provider: SmsProvider) -> SmsSettings {
+    let own = match provider {
+        SmsProvider::Aliyun => format!(
+            r#"provider = "aliyun"
+access_key_id = "{ALIYUN_KEY_ID}"
+access_key_secret = "{ALIYUN_KEY_SECRET}"
+sign_name = "{SIGN_NAME}"
+template = "{ALIYUN_TEMPLATE}"
+code_template = "{ALIYUN_CODE_TEMPLATE}""#
+        ),
+        SmsProvider::Tencent => format!(
+            r#"provider = "tencent"
+secret_id = "{TENCENT_SECRET_ID}"
+secret_key = "{TENCENT_SECRET_KEY}"
+sdk_app_id = "{TENCENT_SDK_APP_ID}"
+sign_name = "{SIGN_NAME}"
+template = "{TENCENT_TEMPLATE}"
+code_template = "{TENCENT_CODE_TEMPLATE}""#
+        ),
+        SmsProvider::Twilio => format!(
+            r#"provider = "twilio"
+account_sid = "{TWILIO_SID}"
+auth_token = "{TWILIO_TOKEN}"
+from = "{TWILIO_FROM}""#
+        ),
+    };
+    section(&format!(
+        "{own}\napi_base = {}",
+        toml_str(mock.base_url(provider))
+    ))
+}
 
-    /// Adds `[destinations.NAME]`; returns it for more settings.
-    pub fn add(&mut self, destination: NamedDestination) -> &mut NamedDestination {
-        self.named.push(destination);
-        self.named.last_mut().expect("just pushed")
-    }
-
-    /// The destination called `name`.
-    pub fn named_mut(&mut self, name: &str) -> &mut NamedDestination {
-        self.named
-            .iter_mut()
-            .find(|d| d.name == name)
-            .unwrap_or_else(|| panic!("no [destinations.{name}] in the test config"))
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::from("[destinations]\n");
-        for (key, value) in [
-            ("wecom_robot_base", &self.wecom_robot_base),
-            ("dingtalk_base", &self.dingtalk_base),
-            ("feishu_base", &self.feishu_base),
-            ("lark_base", &self.lark_base),
-            ("telegram_base", &self.telegram_base),
-            ("telegram_bot_token", &self.telegram_bot_token),
-            ("timeout", &self.timeout),
-        ] {
-            if let Some(v) = value {
-                out.push_str(&format!("{key} = {}\n", toml_str(v)));
-            }
-        }
-        if let Some(path) = &self.telegram_bot_token_file {
-            out.push_str(&format!(
-                "telegram_bot_token_file = {}\n",
-                toml_str(&path.display().to_string())
-            ));
-        }
-        for d in &self.named {
-            out.push('\n');
-            out.push_str(&d.render());
-        }
-        out
+/// The provider's secret in `[sms]`: `access_key_secret` (Aliyun), `secret_key` (Tencent
+/// Cloud) or `auth_token` (Twilio). `None`: not in the file (give it in the environment).
+pub fn sms_secret(sms: &mut SmsSettings) -> &mut Option<SecretString> {
+    match sms.provider {
+        pushbot::config::SmsProvider::Aliyun => &mut sms.access_key_secret,
+        pushbot::config::SmsProvider::Tencent => &mut sms.secret_key,
+        pushbot::config::SmsProvider::Twilio => &mut sms.auth_token,
     }
 }
 
-/// Who may send to a destination: `members = [...]` or `members = "all"`; `Default`
-/// writes no `members` key (the server's default, everyone).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum DestMembers {
-    #[default]
-    Default,
-    All,
-    Only(Vec<String>),
-}
-
-/// One `[destinations.NAME]` table. Keys left `None` are not written.
-#[derive(Debug, Clone, Default)]
-pub struct NamedDestination {
-    /// The table's name as written (quoted in the file, so any text can be tried).
-    pub name: String,
-    /// `kind`, as written (`wecom-robot`, `dingtalk`, `feishu`, `telegram`, `webhook`).
-    pub kind: String,
-    pub url: Option<String>,
-    pub url_file: Option<PathBuf>,
-    pub chat_id: Option<String>,
-    pub secret: Option<String>,
-    pub secret_file: Option<PathBuf>,
-    pub members: DestMembers,
-}
-
-impl NamedDestination {
-    /// `[destinations.NAME]` of `kind` with nothing else set.
-    pub fn new(name: &str, kind: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            kind: kind.to_owned(),
-            ..Self::default()
-        }
-    }
-
-    /// A robot or webhook at `url`, signing with `secret` if given.
-    pub fn at(name: &str, kind: &str, url: &str, secret: Option<&str>) -> Self {
-        Self {
-            url: Some(url.to_owned()),
-            secret: secret.map(str::to_owned),
-            ..Self::new(name, kind)
-        }
-    }
-
-    /// A Telegram chat through the server's bot.
-    pub fn telegram(name: &str, chat_id: &str) -> Self {
-        Self {
-            chat_id: Some(chat_id.to_owned()),
-            ..Self::new(name, "telegram")
-        }
-    }
-
-    /// Only these members may send to it.
-    pub fn only(mut self, members: &[&str]) -> Self {
-        self.members = DestMembers::Only(members.iter().map(|m| (*m).to_owned()).collect());
-        self
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = format!(
-            "[destinations.{}]\nkind = {}\n",
-            toml_str(&self.name),
-            toml_str(&self.kind)
-        );
-        for (key, value) in [
-            ("url", &self.url),
-            ("chat_id", &self.chat_id),
-            ("secret", &self.secret),
-        ] {
-            if let Some(v) = value {
-                out.push_str(&format!("{key} = {}\n", toml_str(v)));
-            }
-        }
-        for (key, value) in [
-            ("url_file", &self.url_file),
-            ("secret_file", &self.secret_file),
-        ] {
-            if let Some(path) = value {
-                out.push_str(&format!(
-                    "{key} = {}\n",
-                    toml_str(&path.display().to_string())
-                ));
-            }
-        }
-        match &self.members {
-            DestMembers::Default => {}
-            DestMembers::All => out.push_str("members = \"all\"\n"),
-            DestMembers::Only(list) => {
-                let list: Vec<String> = list.iter().map(|m| toml_str(m)).collect();
-                out.push_str(&format!("members = [{}]\n", list.join(", ")));
-            }
-        }
-        out
+/// The key [`sms_secret`] is written under.
+pub fn sms_secret_key(sms: &SmsSettings) -> &'static str {
+    match sms.provider {
+        pushbot::config::SmsProvider::Aliyun => "access_key_secret",
+        pushbot::config::SmsProvider::Tencent => "secret_key",
+        pushbot::config::SmsProvider::Twilio => "auth_token",
     }
 }
 
-impl Default for TestConfig {
-    fn default() -> Self {
-        Self {
-            corp_id: Some(CORP_ID.to_owned()),
-            agent_id: AGENT_ID,
-            secret: SECRET.to_owned(),
-            request_timeout: "2s".to_owned(),
-            retry_window: "2s".to_owned(),
-            backoff_initial: "10ms".to_owned(),
-            backoff_max: "100ms".to_owned(),
-            concurrency: 16,
-            sweep_interval: "60s".to_owned(),
-            shutdown_grace: "2s".to_owned(),
-            callback_max_age: "24h".to_owned(),
-            api_base: None,
-            header_read_timeout: None,
-            max_connections: None,
-            send_rate: None,
-            member_limits: vec![(100_000, "1s".to_owned())],
-            digest_after: "off".to_owned(),
-            max_in_flight: 64,
-            lease: "10s".to_owned(),
-            probe_max: "1s".to_owned(),
-            instance_id: None,
-            stall_after: None,
-            email: None,
-            sms: None,
-            fallback: None,
-            max_content_bytes: None,
-            retention: None,
-            metrics: false,
-            metrics_token: None,
-            destinations: None,
-        }
-    }
+/// `[destinations]` with every base at `mock`'s listener of that kind (Lark too, at the
+/// Feishu listener), no bot token and no shared destination yet.
+pub fn destinations_at(mock: &crate::mock_destinations::MockDestinations) -> DestinationsSettings {
+    use crate::mock_destinations::DestKind;
+    section(&format!(
+        "wecom_robot_base = {}\ndingtalk_base = {}\nfeishu_base = {}\nlark_base = {}\ntelegram_base = {}",
+        toml_str(mock.base_url(DestKind::WeComRobot)),
+        toml_str(mock.base_url(DestKind::DingTalk)),
+        toml_str(mock.base_url(DestKind::Feishu)),
+        toml_str(mock.base_url(DestKind::Feishu)),
+        toml_str(mock.base_url(DestKind::Telegram)),
+    ))
 }
 
-impl TestConfig {
-    /// The config file for an app listening on `listen`, storing at `store_url` (see
-    /// [`TestDb::url`]) and calling WeCom at `api_base` (unless [`Self::api_base`] says
-    /// otherwise).
-    pub fn render(&self, listen: &str, store_url: &str, api_base: &str) -> String {
-        let api_base = self.api_base.as_deref().unwrap_or(api_base);
-        let corp_id = match &self.corp_id {
-            Some(c) => format!("corp_id = \"{c}\"\n"),
-            None => String::new(),
-        };
-        let mut server = String::new();
-        if let Some(t) = &self.header_read_timeout {
-            server.push_str(&format!("header_read_timeout = \"{t}\"\n"));
-        }
-        if let Some(n) = self.max_connections {
-            server.push_str(&format!("max_connections = {n}\n"));
-        }
-        if let Some((count, per)) = &self.send_rate {
-            server.push_str(&format!(
-                "send_rate = {{ count = {count}, per = \"{per}\" }}\n"
-            ));
-        }
-        if let Some(n) = self.max_content_bytes {
-            server.push_str(&format!("max_content_bytes = {n}\n"));
-        }
-        if self.metrics {
-            server.push_str("metrics = true\n");
-        }
-        if let Some(token) = &self.metrics_token {
-            server.push_str(&format!("metrics_token = \"{token}\"\n"));
-        }
-        let retention = self
-            .retention
-            .as_ref()
-            .map(|r| format!("retention = \"{r}\"\n"))
-            .unwrap_or_default();
-        let member_limits = self
-            .member_limits
-            .iter()
-            .map(|(count, per)| format!("{{ count = {count}, per = \"{per}\" }}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let instance_id = self
-            .instance_id
-            .as_ref()
-            .map(|id| format!("instance_id = \"{id}\"\n"))
-            .unwrap_or_default();
-        let fallback = self
-            .fallback
-            .as_ref()
-            .map(|order| {
-                let list = order
-                    .iter()
-                    .map(|c| format!("\"{c}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("fallback = [{list}]\n")
-            })
-            .unwrap_or_default();
-        let email = self
-            .email
-            .as_ref()
-            .map(|e| format!("\n{}", e.render()))
-            .unwrap_or_default();
-        let sms = self
-            .sms
-            .as_ref()
-            .map(|s| format!("\n{}", s.render()))
-            .unwrap_or_default();
-        let destinations = self
-            .destinations
-            .as_ref()
-            .map(|d| format!("\n{}", d.render()))
-            .unwrap_or_default();
-        format!(
-            r#"[server]
-listen = "{listen}"
-public_url = "{PUBLIC_URL}"
-{server}
-[storage]
-url = "{store_url}"
-{retention}
-[wecom]
-{corp_id}agent_id = {agent_id}
-secret = "{secret}"
-callback_token = "{CALLBACK_TOKEN}"
-encoding_aes_key = "{ENCODING_AES_KEY}"
-api_base = "{api_base}"
-request_timeout = "{request_timeout}"
-callback_max_age = "{callback_max_age}"
-member_limits = [{member_limits}]
+/// `[destinations.NAME]` of `kind` (as written: `wecom-robot`, `dingtalk`, `feishu`,
+/// `telegram`, `webhook`) with nothing else set.
+pub fn destination(kind: &str) -> DestinationSettings {
+    section(&format!("kind = {}", toml_str(kind)))
+}
 
-[delivery]
-{instance_id}{fallback}digest_after = "{digest_after}"
-max_in_flight = {max_in_flight}
-lease = "{lease}"
-probe_max = "{probe_max}"
-{stall_after}retry_window = "{retry_window}"
-backoff_initial = "{backoff_initial}"
-backoff_max = "{backoff_max}"
-concurrency = {concurrency}
-sweep_interval = "{sweep_interval}"
-shutdown_grace = "{shutdown_grace}"
-{email}{sms}{destinations}
-[log]
-level = "warn"
-"#,
-            agent_id = self.agent_id,
-            secret = self.secret,
-            request_timeout = self.request_timeout,
-            retry_window = self.retry_window,
-            backoff_initial = self.backoff_initial,
-            backoff_max = self.backoff_max,
-            concurrency = self.concurrency,
-            sweep_interval = self.sweep_interval,
-            shutdown_grace = self.shutdown_grace,
-            callback_max_age = self.callback_max_age,
-            digest_after = self.digest_after,
-            max_in_flight = self.max_in_flight,
-            lease = self.lease,
-            probe_max = self.probe_max,
-            stall_after = self
-                .stall_after
-                .as_ref()
-                .map(|s| format!("stall_after = \"{s}\"\n"))
-                .unwrap_or_default(),
-        )
-    }
+/// A robot or webhook at `url`, signing with `secret` if given.
+pub fn destination_at(kind: &str, url: &str, signing: Option<&str>) -> DestinationSettings {
+    let mut d = destination(kind);
+    d.url = Some(secret(url));
+    d.secret = signing.map(secret);
+    d
+}
+
+/// A Telegram chat through the server's bot.
+pub fn telegram_destination(chat_id: &str) -> DestinationSettings {
+    let mut d = destination("telegram");
+    d.chat_id = Some(chat_id.to_owned());
+    d
+}
+
+/// `members = [...]`: only these may send to a destination.
+pub fn only(members: &[&str]) -> Members {
+    Members::Only(members.iter().map(|m| UserId::new(m)).collect())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -935,7 +573,8 @@ pub struct TestApp {
     pub _dir: TempDir,
     /// The app's database (kept across [`Self::restart`]).
     pub db: TestDb,
-    pub config: TestConfig,
+    /// What the app was started with (and [`Self::restart`] starts it with).
+    pub config: Settings,
     running: Option<Running>,
 }
 
@@ -950,14 +589,20 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-pub async fn spawn_app_with(tweak: impl FnOnce(&mut TestConfig)) -> TestApp {
+/// The gateway in-process on [`test_settings`], listening on a free port, storing in a
+/// database of its own, calling the mock WeCom (unless `tweak` points `wecom.api_base`
+/// elsewhere), with whatever else `tweak` changes.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     init();
     let mock = MockWeCom::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = TestDb::new(dir.path());
-    let mut config = TestConfig::default();
+    let mut config = test_settings();
+    config.server.listen = "127.0.0.1:0".parse().expect("a listen address");
+    config.storage.url = storage_url(db.url());
+    config.wecom.api_base = http_url(&mock.base_url);
     tweak(&mut config);
-    let (port, running) = start_app(&config, db.url(), &mock.base_url).await;
+    let (port, running) = start_app(&config).await;
     TestApp {
         api: Api::new(format!("http://127.0.0.1:{port}")),
         port,
@@ -969,10 +614,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut TestConfig)) -> TestApp {
     }
 }
 
-async fn start_app(config: &TestConfig, store_url: &str, api_base: &str) -> (u16, Running) {
-    let toml = config.render("127.0.0.1:0", store_url, api_base);
-    let settings = Settings::from_toml(&toml).expect("test settings are valid");
-    let app = Application::build(settings)
+async fn start_app(config: &Settings) -> (u16, Running) {
+    let app = Application::build(config.clone())
         .await
         .expect("application builds");
     let port = app.port();
@@ -1045,7 +688,7 @@ impl TestApp {
     /// Stops this instance and starts a fresh `Application` on the same database and mock.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (port, running) = start_app(&self.config, self.db.url(), &self.mock.base_url).await;
+        let (port, running) = start_app(&self.config).await;
         self.port = port;
         self.api.address = format!("http://127.0.0.1:{port}");
         self.running = Some(running);
@@ -1704,11 +1347,11 @@ impl BinSetup {
     }
 }
 
-pub fn bin_setup(config: &TestConfig, api_base: &str) -> BinSetup {
+pub fn bin_setup(config: &Settings, api_base: &str) -> BinSetup {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let db = TestDb::new(dir.path());
-    let toml = config.render(&format!("127.0.0.1:{port}"), db.url(), api_base);
+    let toml = render(config, &format!("127.0.0.1:{port}"), db.url(), api_base);
     let config_path = dir.path().join("pushbot.toml");
     std::fs::write(&config_path, toml).expect("write config");
     BinSetup {

@@ -157,8 +157,11 @@ fn headers(token: &str) -> Vec<HeaderMap> {
 #[tokio::test]
 async fn no_route_answers_a_hostile_request_with_a_5xx() {
     let app = spawn_app_with(|c| {
-        c.metrics = true;
-        c.send_rate = Some((1_000_000, "1s".to_owned()));
+        c.server.metrics = true;
+        c.server.send_rate = SendRate {
+            count: 1_000_000,
+            per: Duration::from_secs(1),
+        };
     })
     .await;
     let token = app.get_token(&userid("hostile")).await;

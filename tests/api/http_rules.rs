@@ -151,7 +151,7 @@ async fn far_beyond_the_limits_hyper_answers_431_and_closes() {
 /// accept loop answers before routing.
 #[tokio::test]
 async fn every_answer_says_nosniff() {
-    let app = spawn_app_with(|c| c.metrics = true).await;
+    let app = spawn_app_with(|c| c.server.metrics = true).await;
     let long = format!("/send?content={}", "a".repeat(9 * 1024));
     let bad_token = "x".repeat(32);
     let cases: Vec<(Method, String, u16)> = vec![
@@ -283,7 +283,13 @@ async fn invalid_utf8_is_400_in_query_form_and_json_and_stores_nothing() {
 
 #[tokio::test]
 async fn sends_over_the_rate_are_429_per_member_with_retry_after() {
-    let app = spawn_app_with(|c| c.send_rate = Some((3, "3s".into()))).await;
+    let app = spawn_app_with(|c| {
+        c.server.send_rate = SendRate {
+            count: 3,
+            per: Duration::from_secs(3),
+        }
+    })
+    .await;
     let alice = userid("alice");
     let token = app.get_token(&alice).await;
     for i in 0..3 {

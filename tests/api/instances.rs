@@ -40,11 +40,7 @@ async fn two_instances(
     let schema = TestDb::postgres();
     let mock = MockWeCom::start().await;
     prepare(&mock);
-    let cluster = Cluster::new(
-        schema.url().to_owned(),
-        &mock.base_url,
-        TestConfig::default(),
-    );
+    let cluster = Cluster::new(schema.url().to_owned(), &mock.base_url, test_settings());
     let a = cluster.start("inst-a").await;
     let b = cluster.start("inst-b").await;
     (schema, mock, cluster, a, b)
@@ -60,11 +56,11 @@ struct Cluster {
     dir: TempDir,
     store_url: String,
     api_base: String,
-    config: TestConfig,
+    config: Settings,
 }
 
 impl Cluster {
-    fn new(store_url: String, api_base: &str, config: TestConfig) -> Self {
+    fn new(store_url: String, api_base: &str, config: Settings) -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
             store_url,
@@ -76,11 +72,10 @@ impl Cluster {
     /// Starts `pushbot serve` as instance `id` and waits until it is healthy.
     async fn start(&self, id: &str) -> BinApp {
         let port = free_port();
-        let config = TestConfig {
-            instance_id: Some(id.to_owned()),
-            ..self.config.clone()
-        };
-        let toml = config.render(
+        let mut config = self.config.clone();
+        config.delivery.instance_id = Some(id.to_owned());
+        let toml = render(
+            &config,
             &format!("127.0.0.1:{port}"),
             &self.store_url,
             &self.api_base,
@@ -258,12 +253,11 @@ async fn two_instances_share_the_work_and_survive_a_kill_9() {
     let started = Instant::now();
     let schema = TestDb::postgres();
     let mock = MockWeCom::start().await;
-    let config = TestConfig {
-        lease: "2s".to_owned(),
-        member_limits: vec![(LIMIT as u32, "1s".to_owned())],
-        retry_window: "60s".to_owned(),
-        ..TestConfig::default()
-    };
+    let config = settings_with(|c| {
+        c.delivery.lease = Duration::from_secs(2);
+        c.wecom.member_limits = member_limits(&[(LIMIT as u32, Duration::from_secs(1))]);
+        c.delivery.retry_window = Duration::from_secs(60);
+    });
     let cluster = Cluster::new(schema.url().to_owned(), &mock.base_url, config);
 
     // A alone first, to learn its WeCom access token: calls with any other are B's.
@@ -731,13 +725,12 @@ async fn a_lost_database_connection_is_503_and_recovers() {
         .parse()
         .expect("front address");
     let mock = MockWeCom::start().await;
-    let config = TestConfig {
-        lease: humantime::format_duration(CUT_LEASE).to_string(),
-        retry_window: "60s".to_owned(),
+    let config = settings_with(|c| {
+        c.delivery.lease = CUT_LEASE;
+        c.delivery.retry_window = Duration::from_secs(60);
         // Paced, so that most of what is accepted before the cut is still queued at it.
-        member_limits: vec![(4, "1s".to_owned())],
-        ..TestConfig::default()
-    };
+        c.wecom.member_limits = member_limits(&[(4, Duration::from_secs(1))]);
+    });
     let cluster = Cluster::new(schema.pg_url_via(front_addr), &mock.base_url, config);
     let app = cluster.start("inst-a").await;
     let user = userid("cut");

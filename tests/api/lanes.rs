@@ -41,8 +41,11 @@ async fn members(api: &Api, prefix: &str, n: usize) -> Vec<Member> {
 }
 
 /// The `/send` rate limit out of the way: these tests are about what happens after.
-fn unthrottled(c: &mut TestConfig) {
-    c.send_rate = Some((1_000_000, "1s".to_owned()));
+fn unthrottled(c: &mut Settings) {
+    c.server.send_rate = SendRate {
+        count: 1_000_000,
+        per: Duration::from_secs(1),
+    };
 }
 
 /// `n` distinct titles for `user`, in the order they are to be sent. A message with a
@@ -195,8 +198,8 @@ async fn concurrent_clients_never_push_a_member_past_its_limit_and_each_keeps_it
     const CLIENTS: usize = 10;
     const EACH: usize = 3;
     let app = spawn_app_with(|c| {
-        c.member_limits = vec![(5, "500ms".to_owned())];
-        c.retry_window = "60s".to_owned();
+        c.wecom.member_limits = member_limits(&[(5, Duration::from_millis(500))]);
+        c.delivery.retry_window = Duration::from_secs(60);
         unthrottled(c);
     })
     .await;
@@ -256,8 +259,11 @@ async fn concurrent_clients_never_push_a_member_past_its_limit_and_each_keeps_it
 #[tokio::test]
 async fn every_configured_window_holds() {
     let app = spawn_app_with(|c| {
-        c.member_limits = vec![(3, "300ms".to_owned()), (6, "1500ms".to_owned())];
-        c.retry_window = "60s".to_owned();
+        c.wecom.member_limits = member_limits(&[
+            (3, Duration::from_millis(300)),
+            (6, Duration::from_millis(1500)),
+        ]);
+        c.delivery.retry_window = Duration::from_secs(60);
         unthrottled(c);
     })
     .await;
@@ -280,9 +286,9 @@ async fn every_configured_window_holds() {
 #[tokio::test]
 async fn member_limits_hold_across_a_restart() {
     let mut app = spawn_app_with(|c| {
-        c.member_limits = vec![(5, "1s".to_owned())];
-        c.retry_window = "60s".to_owned();
-        c.instance_id = Some("lanes-restart".to_owned());
+        c.wecom.member_limits = member_limits(&[(5, Duration::from_secs(1))]);
+        c.delivery.retry_window = Duration::from_secs(60);
+        c.delivery.instance_id = Some("lanes-restart".to_owned());
         unthrottled(c);
     })
     .await;
@@ -478,8 +484,8 @@ fn beijing_clock(rfc3339: &str) -> String {
 #[tokio::test]
 async fn a_digest_shows_markdown_as_readable_text() {
     let app = spawn_app_with(|c| {
-        c.member_limits = vec![(1, "1s".to_owned())];
-        c.digest_after = "1s".to_owned();
+        c.wecom.member_limits = member_limits(&[(1, Duration::from_secs(1))]);
+        c.delivery.digest_after = Some(Duration::from_secs(1));
         unthrottled(c);
     })
     .await;
@@ -527,9 +533,9 @@ async fn a_digest_shows_markdown_as_readable_text() {
 async fn a_burst_becomes_digests_that_carry_every_message_in_order() {
     const N: usize = 300;
     let app = spawn_app_with(|c| {
-        c.member_limits = vec![(5, "1s".to_owned())];
-        c.digest_after = "1s".to_owned();
-        c.retry_window = "60s".to_owned();
+        c.wecom.member_limits = member_limits(&[(5, Duration::from_secs(1))]);
+        c.delivery.digest_after = Some(Duration::from_secs(1));
+        c.delivery.retry_window = Duration::from_secs(60);
         unthrottled(c);
     })
     .await;
@@ -717,8 +723,8 @@ async fn readable(app: &Api, calls: &[SendCall]) -> Vec<(String, Option<String>)
 #[tokio::test]
 async fn a_digest_shows_every_content_of_a_burst_with_one_title() {
     let app = spawn_app_with(|c| {
-        c.member_limits = vec![(2, "3s".to_owned())];
-        c.digest_after = "1s".to_owned();
+        c.wecom.member_limits = member_limits(&[(2, Duration::from_secs(3))]);
+        c.delivery.digest_after = Some(Duration::from_secs(1));
         unthrottled(c);
     })
     .await;
@@ -758,8 +764,8 @@ async fn a_digest_shows_every_content_of_a_burst_with_one_title() {
 #[tokio::test]
 async fn a_digest_page_has_every_message_in_full_and_only_with_its_key() {
     let app = spawn_app_with(|c| {
-        c.member_limits = vec![(2, "3s".to_owned())];
-        c.digest_after = "1s".to_owned();
+        c.wecom.member_limits = member_limits(&[(2, Duration::from_secs(3))]);
+        c.delivery.digest_after = Some(Duration::from_secs(1));
         unthrottled(c);
     })
     .await;
@@ -861,10 +867,10 @@ fn calls_to(mock: &MockWeCom, user: &str) -> Vec<(String, bool)> {
 
 async fn a_head_in_retries_holds_back_only_its_own_member(failure: SendReply) {
     let app = spawn_app_with(|c| {
-        c.retry_window = "30s".to_owned();
-        c.backoff_initial = "50ms".to_owned();
-        c.backoff_max = "200ms".to_owned();
-        c.probe_max = "200ms".to_owned();
+        c.delivery.retry_window = Duration::from_secs(30);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
     })
     .await;
     let a = member(&app, "hola").await;
@@ -943,10 +949,10 @@ async fn a_head_answered_http_502_holds_back_only_its_own_member() {
 /// moves on to the next message, which was not attempted before.
 async fn a_permanent_failure_ends_the_head_and_the_lane_moves_on(permanent: fn(&str) -> SendReply) {
     let app = spawn_app_with(|c| {
-        c.retry_window = "30s".to_owned();
-        c.backoff_initial = "50ms".to_owned();
-        c.backoff_max = "200ms".to_owned();
-        c.probe_max = "200ms".to_owned();
+        c.delivery.retry_window = Duration::from_secs(30);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
     })
     .await;
     let a = member(&app, "perm").await;
@@ -1043,15 +1049,14 @@ async fn an_outage_is_probed_not_hammered_and_logged_once_each_way() {
     let front = TcpFront::start(Some(&mock.base_url)).await;
     // Probes start near 200 ms and grow to 3 s: a 10 s outage leaves room for well under
     // MAX_ATTEMPTS, even with jitter halving every wait.
-    let mut config = TestConfig {
-        retry_window: "120s".to_owned(),
-        request_timeout: "2s".to_owned(),
-        backoff_initial: "200ms".to_owned(),
-        backoff_max: "3s".to_owned(),
-        probe_max: "3s".to_owned(),
-        instance_id: Some("lanes-outage".to_owned()),
-        ..TestConfig::default()
-    };
+    let mut config = settings_with(|c| {
+        c.delivery.retry_window = Duration::from_secs(120);
+        c.wecom.request_timeout = Duration::from_secs(2);
+        c.delivery.backoff_initial = Duration::from_millis(200);
+        c.delivery.backoff_max = Duration::from_secs(3);
+        c.delivery.probe_max = Duration::from_secs(3);
+        c.delivery.instance_id = Some("lanes-outage".to_owned());
+    });
     unthrottled(&mut config);
     let setup = bin_setup(&config, &front.base_url);
     let bin = spawn_binary(&setup.config_path, setup.port, &[("RUST_LOG", "info")]).await;
@@ -1171,11 +1176,11 @@ async fn a_window_that_ends_while_wecom_is_down_fails_the_message(
     const WINDOW: Duration = Duration::from_secs(2);
     let front = TcpFront::start(None).await;
     let app = spawn_app_with(|c| {
-        c.api_base = Some(front.base_url.clone());
-        c.retry_window = "2s".to_owned();
-        c.probe_max = "500ms".to_owned();
-        c.backoff_initial = "50ms".to_owned();
-        c.backoff_max = "500ms".to_owned();
+        c.wecom.api_base = http_url(&front.base_url);
+        c.delivery.retry_window = Duration::from_secs(2);
+        c.delivery.probe_max = Duration::from_millis(500);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(500);
     })
     .await;
     front.forward_to(&app.mock.base_url);
@@ -1269,13 +1274,12 @@ async fn sigkill_while_lanes_are_claimed_loses_nothing_and_repeats_only_unrecord
     const MEMBERS: usize = 4;
     const EACH: usize = 5;
     let mock = MockWeCom::start().await;
-    let mut config = TestConfig {
-        retry_window: "60s".to_owned(),
-        request_timeout: "5s".to_owned(),
-        lease: "10s".to_owned(),
-        instance_id: Some("lanes-kill9".to_owned()),
-        ..TestConfig::default()
-    };
+    let mut config = settings_with(|c| {
+        c.delivery.retry_window = Duration::from_secs(60);
+        c.wecom.request_timeout = Duration::from_secs(5);
+        c.delivery.lease = Duration::from_secs(10);
+        c.delivery.instance_id = Some("lanes-kill9".to_owned());
+    });
     unthrottled(&mut config);
     let setup = bin_setup(&config, &mock.base_url);
     let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
@@ -1358,12 +1362,12 @@ async fn a_restart_with_thousands_queued_is_healthy_at_once_and_drains_them() {
     const EACH: usize = 100;
     let front = TcpFront::start(None).await;
     let mut app = spawn_app_with(|c| {
-        c.api_base = Some(front.base_url.clone());
-        c.retry_window = "120s".to_owned();
-        c.backoff_initial = "1s".to_owned();
-        c.backoff_max = "5s".to_owned();
-        c.probe_max = "5s".to_owned();
-        c.instance_id = Some("lanes-drain".to_owned());
+        c.wecom.api_base = http_url(&front.base_url);
+        c.delivery.retry_window = Duration::from_secs(120);
+        c.delivery.backoff_initial = Duration::from_secs(1);
+        c.delivery.backoff_max = Duration::from_secs(5);
+        c.delivery.probe_max = Duration::from_secs(5);
+        c.delivery.instance_id = Some("lanes-drain".to_owned());
         unthrottled(c);
     })
     .await;
@@ -1429,9 +1433,9 @@ async fn a_head_rate_limited_by_wecom_holds_back_only_its_own_member() {
 async fn a_lane_claimed_again_as_its_worker_lets_go_is_still_worked_on() {
     let app = spawn_app_with(|c| {
         unthrottled(c);
-        c.lease = "60s".to_owned();
+        c.delivery.lease = Duration::from_secs(60);
         // Few slots: workers do not linger, lanes come and go.
-        c.max_in_flight = 8;
+        c.delivery.max_in_flight = 8;
     })
     .await;
     let all = members(&app, "churn", 60).await;
@@ -1475,7 +1479,7 @@ async fn lane_claimed(app: &TestApp, user: &str) -> Option<bool> {
 async fn an_emptied_lane_is_kept_for_a_moment_while_slots_are_free() {
     let app = spawn_app_with(|c| {
         unthrottled(c);
-        c.max_in_flight = 8;
+        c.delivery.max_in_flight = 8;
     })
     .await;
     let a = member(&app, "linger").await;
@@ -1506,7 +1510,7 @@ async fn an_emptied_lane_is_kept_for_a_moment_while_slots_are_free() {
 async fn with_every_slot_busy_an_emptied_lane_is_given_up_for_other_members() {
     let app = spawn_app_with(|c| {
         unthrottled(c);
-        c.max_in_flight = 1;
+        c.delivery.max_in_flight = 1;
     })
     .await;
     let a = member(&app, "busya").await;

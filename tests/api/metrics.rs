@@ -17,8 +17,8 @@ const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A metrics token long enough for [`assert_not_logged`]'s 16-character pieces.
 const METRICS_TOKEN: &str = "mEtr1cs-t0ken-0123456789abcdef";
 
-fn enabled(c: &mut TestConfig) {
-    c.metrics = true;
+fn enabled(c: &mut Settings) {
+    c.server.metrics = true;
 }
 
 /// One scrape, parsed: series (name with labels, as printed) → value.
@@ -186,8 +186,8 @@ async fn enabled_metrics_speak_both_text_formats_and_only_get() {
 #[tokio::test]
 async fn a_metrics_token_is_required_when_set_and_never_shown() {
     let app = spawn_app_with(|c| {
-        c.metrics = true;
-        c.metrics_token = Some(METRICS_TOKEN.to_owned());
+        c.server.metrics = true;
+        c.server.metrics_token = Some(secret(METRICS_TOKEN));
     })
     .await;
     for bearer in [None, Some("wrong"), Some(&METRICS_TOKEN[1..])] {
@@ -214,7 +214,7 @@ async fn a_metrics_token_is_required_when_set_and_never_shown() {
 #[tokio::test]
 async fn the_metrics_token_from_the_environment_never_reaches_the_log() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let mut bin = spawn_binary(
         &setup.config_path,
         setup.port,
@@ -245,8 +245,8 @@ async fn the_metrics_token_from_the_environment_never_reaches_the_log() {
 #[tokio::test]
 async fn counters_show_exactly_what_happened() {
     let app = spawn_app_with(|c| {
-        c.metrics = true;
-        c.retry_window = "30s".to_owned();
+        c.server.metrics = true;
+        c.delivery.retry_window = Duration::from_secs(30);
     })
     .await;
     let ok_user = userid("mok");
@@ -344,10 +344,10 @@ async fn counters_show_exactly_what_happened() {
 async fn queue_depth_follows_an_outage_and_returns_to_zero() {
     let front = TcpFront::start(None).await;
     let app = spawn_app_with(|c| {
-        c.metrics = true;
-        c.api_base = Some(front.base_url.clone());
-        c.retry_window = "60s".to_owned();
-        c.probe_max = "200ms".to_owned();
+        c.server.metrics = true;
+        c.wecom.api_base = http_url(&front.base_url);
+        c.delivery.retry_window = Duration::from_secs(60);
+        c.delivery.probe_max = Duration::from_millis(200);
     })
     .await;
     front.forward_to(&app.mock.base_url);
@@ -390,9 +390,9 @@ async fn queue_depth_follows_an_outage_and_returns_to_zero() {
 #[tokio::test]
 async fn every_message_failed_by_an_outage_counts_once() {
     let app = spawn_app_with(|c| {
-        c.metrics = true;
-        c.retry_window = "1s".to_owned();
-        c.probe_max = "300ms".to_owned();
+        c.server.metrics = true;
+        c.delivery.retry_window = Duration::from_secs(1);
+        c.delivery.probe_max = Duration::from_millis(300);
     })
     .await;
     app.mock.fail_always(SendReply::http(503));
@@ -434,8 +434,11 @@ fn wrong_token(n: usize) -> String {
 #[tokio::test]
 async fn refused_tokens_are_counted_by_endpoint() {
     let app = spawn_app_with(|c| {
-        c.metrics = true;
-        c.send_rate = Some((1, "1h".to_owned()));
+        c.server.metrics = true;
+        c.server.send_rate = SendRate {
+            count: 1,
+            per: Duration::from_secs(3600),
+        };
     })
     .await;
     let token = app.get_token(&userid("refused")).await;
@@ -505,7 +508,7 @@ async fn refused_tokens_are_counted_by_endpoint() {
 #[tokio::test]
 async fn refused_tokens_are_one_warn_line_per_address_without_the_tokens() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let mut bin = spawn_binary(
         &setup.config_path,
         setup.port,

@@ -116,7 +116,7 @@ async fn settle_committed(app: &TestApp, quiet: Duration, timeout: Duration) {
 
 #[tokio::test]
 async fn the_sweep_delivers_a_queued_message_that_no_task_is_working_on() {
-    let app = spawn_app_with(|c| c.sweep_interval = "200ms".to_owned()).await;
+    let app = spawn_app_with(|c| c.delivery.sweep_interval = Duration::from_millis(200)).await;
     let user = userid("orphan");
     let token = app.get_token(&user).await;
 
@@ -139,10 +139,10 @@ async fn the_sweep_leaves_messages_that_a_task_is_working_on_alone() {
     // The sweep runs many times while each message is overdue and owned: in flight at a
     // slow WeCom, or waiting out a backoff after a transient failure.
     let app = spawn_app_with(|c| {
-        c.sweep_interval = "20ms".to_owned();
-        c.retry_window = "10s".to_owned();
-        c.backoff_initial = "100ms".to_owned();
-        c.backoff_max = "200ms".to_owned();
+        c.delivery.sweep_interval = Duration::from_millis(20);
+        c.delivery.retry_window = Duration::from_secs(10);
+        c.delivery.backoff_initial = Duration::from_millis(100);
+        c.delivery.backoff_max = Duration::from_millis(200);
     })
     .await;
     let user = userid("owned");

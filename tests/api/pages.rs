@@ -485,7 +485,7 @@ async fn stored_ids(conn: &mut sqlx::AnyConnection) -> Vec<String> {
 
 #[tokio::test]
 async fn finished_messages_past_the_retention_are_purged_at_start_up_and_their_pages_gone() {
-    let mut app = spawn_app_with(|c| c.retention = Some("0".into())).await;
+    let mut app = spawn_app_with(|c| c.storage.retention = None).await;
     let user = userid("keeper");
     let token = app.get_token(&user).await;
     let fresh = send(&app, &token, json!({"content": "recent"})).await;
@@ -540,7 +540,7 @@ async fn finished_messages_past_the_retention_are_purged_at_start_up_and_their_p
     assert_eq!(stored_ids(&mut conn).await, all, "nothing purged");
 
     // retention "1d": the start-up purge removes the finished ones
-    app.config.retention = Some("1d".into());
+    app.config.storage.retention = Some(Duration::from_secs(86_400));
     app.restart().await;
     let deadline = std::time::Instant::now() + WAIT;
     let mut kept = vec![fresh.clone(), queued.clone()];
@@ -612,7 +612,7 @@ async fn insert_digest(
 /// messages are gone (a digest outlives the messages it carried by up to `digest_after`).
 #[tokio::test]
 async fn a_digest_page_past_the_retention_is_gone_like_a_message_page() {
-    let app = spawn_app_with(|c| c.retention = Some("1d".into())).await;
+    let app = spawn_app_with(|c| c.storage.retention = Some(Duration::from_secs(86_400))).await;
     let mut conn = db::connect(app.store_url()).await;
     let now = db::now_ms();
 
@@ -748,7 +748,7 @@ async fn format_in_the_chat_chooses_text_markdown_or_card() {
 
 #[tokio::test]
 async fn content_over_max_content_bytes_is_413_naming_the_limit() {
-    let app = spawn_app_with(|c| c.max_content_bytes = Some(4096)).await;
+    let app = spawn_app_with(|c| c.server.max_content_bytes = 4096).await;
     let user = userid("limit");
     let token = app.get_token(&user).await;
     let resp = app

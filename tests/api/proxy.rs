@@ -85,7 +85,7 @@ const PROXY_PASSWORD: &str = "pr0xy-s3cret-pw";
 async fn wecom_calls_go_through_the_configured_proxy_and_its_password_is_never_printed() {
     let mock = MockWeCom::start().await;
     let proxy = ForwardProxy::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let proxy_url = format!("http://alice:{PROXY_PASSWORD}@127.0.0.1:{}", proxy.port);
     let env = [
         ("RUST_LOG", "debug"),
@@ -168,7 +168,7 @@ async fn wecom_calls_go_through_the_configured_proxy_and_its_password_is_never_p
 async fn a_dead_proxy_makes_wecom_unreachable_without_printing_its_password() {
     let mock = MockWeCom::start().await;
     let dead = free_port();
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let proxy_url = format!("http://bob:{PROXY_PASSWORD}@127.0.0.1:{dead}");
     let env = [("PUSHBOT_WECOM__PROXY", proxy_url.as_str())];
     let mut bin = spawn_binary(&setup.config_path, setup.port, &env).await;
@@ -212,7 +212,7 @@ async fn a_dead_proxy_makes_wecom_unreachable_without_printing_its_password() {
 #[tokio::test]
 async fn healthcheck_needs_only_the_listen_address() {
     let mock = MockWeCom::start().await;
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let minimal = dir.path().join("health.toml");

@@ -10,7 +10,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn queued_messages_are_delivered_by_the_next_instance() {
-    let mut app = spawn_app_with(|c| c.retry_window = "60s".to_owned()).await;
+    let mut app = spawn_app_with(|c| c.delivery.retry_window = Duration::from_secs(60)).await;
     let user = userid("durable");
     let token = app.get_token(&user).await;
 
@@ -124,8 +124,8 @@ async fn delivered_and_failed_messages_are_not_resent_after_a_restart() {
 #[tokio::test]
 async fn a_delivery_in_flight_does_not_hold_up_shutdown_or_get_lost() {
     let mut app = spawn_app_with(|c| {
-        c.request_timeout = "1s".to_owned();
-        c.retry_window = "60s".to_owned();
+        c.wecom.request_timeout = Duration::from_secs(1);
+        c.delivery.retry_window = Duration::from_secs(60);
     })
     .await;
     let user = userid("inflight");
@@ -152,9 +152,9 @@ async fn a_delivery_in_flight_does_not_hold_up_shutdown_or_get_lost() {
 #[tokio::test]
 async fn no_delivery_attempt_starts_after_shutdown_began() {
     let mut app = spawn_app_with(|c| {
-        c.retry_window = "60s".to_owned();
-        c.backoff_initial = "40ms".to_owned();
-        c.backoff_max = "40ms".to_owned();
+        c.delivery.retry_window = Duration::from_secs(60);
+        c.delivery.backoff_initial = Duration::from_millis(40);
+        c.delivery.backoff_max = Duration::from_millis(40);
     })
     .await;
     let user = userid("stopping");
@@ -192,9 +192,9 @@ async fn no_delivery_attempt_starts_after_shutdown_began() {
 #[tokio::test]
 async fn an_attempt_cut_off_by_the_shutdown_grace_is_queued_and_delivered_after_restart() {
     let mut app = spawn_app_with(|c| {
-        c.request_timeout = "30s".to_owned();
-        c.retry_window = "60s".to_owned();
-        c.shutdown_grace = "300ms".to_owned();
+        c.wecom.request_timeout = Duration::from_secs(30);
+        c.delivery.retry_window = Duration::from_secs(60);
+        c.delivery.shutdown_grace = Duration::from_millis(300);
     })
     .await;
     let user = userid("cutoff");

@@ -12,7 +12,7 @@ async fn sigterm_during_a_load_run_loses_nothing_and_delivers_nothing_twice() {
     let mock = MockWeCom::start().await;
     // Each send takes a while, so attempts are in flight when the signal comes.
     mock.set_delay(Some(Duration::from_millis(30)));
-    let setup = bin_setup(&TestConfig::default(), &mock.base_url);
+    let setup = bin_setup(&test_settings(), &mock.base_url);
     let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
     let mut tokens = Vec::new();
     for n in 0..4 {

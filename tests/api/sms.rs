@@ -58,30 +58,30 @@ macro_rules! on_each_provider {
 
 /// A mock SMS provider and the gateway with an `[sms]` section for `provider` pointing at
 /// it. Short backoffs and probes, a 30 s retry window, unless `tweak` says otherwise.
-async fn sms_app(provider: SmsProvider, tweak: impl FnOnce(&mut TestConfig)) -> (TestApp, MockSms) {
+async fn sms_app(provider: SmsProvider, tweak: impl FnOnce(&mut Settings)) -> (TestApp, MockSms) {
     let sms = MockSms::start().await;
     let app = spawn_app_with(|c| {
-        c.sms = Some(SmsConfig::mock(&sms, provider));
-        c.backoff_initial = "50ms".to_owned();
-        c.backoff_max = "200ms".to_owned();
-        c.probe_max = "200ms".to_owned();
-        c.retry_window = "30s".to_owned();
+        c.sms = Some(mock_sms(&sms, provider));
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
+        c.delivery.retry_window = Duration::from_secs(30);
         tweak(c);
     })
     .await;
     (app, sms)
 }
 
-fn sms_config(c: &mut TestConfig) -> &mut SmsConfig {
+fn sms_config(c: &mut Settings) -> &mut SmsSettings {
     c.sms.as_mut().expect("an [sms] section")
 }
 
 /// A one-call timeout far below the mock's holds, and look-ups given a second: a send
 /// that times out is asked about, then (if the provider cannot say) left unconfirmed.
-fn quick_timeouts(c: &mut TestConfig) {
+fn quick_timeouts(c: &mut Settings) {
     let sms = sms_config(c);
-    sms.timeout = Some("300ms".to_owned());
-    sms.lookup_after = Some("1s".to_owned());
+    sms.timeout = Duration::from_millis(300);
+    sms.lookup_after = Duration::from_secs(1);
 }
 
 /// A member with a push token.
@@ -708,7 +708,7 @@ async fn tencent_lost_send_is_unconfirmed_and_moves_on() {
     let sink = SmtpSink::start().await;
     let (app, sms) = sms_app(provider, |c| {
         quick_timeouts(c);
-        c.email = Some(EmailConfig::local(sink.port));
+        c.email = Some(local_email(sink.port));
     })
     .await;
     let m = member(&app, "tlost").await;
@@ -749,7 +749,7 @@ async fn twilio_timed_out_send_is_unconfirmed_and_never_resent() {
     let sink = SmtpSink::start().await;
     let (app, sms) = sms_app(provider, |c| {
         quick_timeouts(c);
-        c.email = Some(EmailConfig::local(sink.port));
+        c.email = Some(local_email(sink.port));
     })
     .await;
     let m = member(&app, "twheld").await;
@@ -814,8 +814,8 @@ async fn twilio_timed_out_send_is_unconfirmed_and_never_resent() {
 async fn the_daily_limit_per_member(provider: SmsProvider) {
     let sink = SmtpSink::start().await;
     let (app, sms) = sms_app(provider, |c| {
-        c.email = Some(EmailConfig::local(sink.port));
-        sms_config(c).daily_limit_per_member = Some(3);
+        c.email = Some(local_email(sink.port));
+        sms_config(c).daily_limit_per_member = 3;
     })
     .await;
     let a = member(&app, "capa").await;
@@ -878,8 +878,8 @@ on_each_provider!(the_daily_limit_per_member);
 async fn the_daily_limit_of_the_server(provider: SmsProvider) {
     let sink = SmtpSink::start().await;
     let (app, sms) = sms_app(provider, |c| {
-        c.email = Some(EmailConfig::local(sink.port));
-        sms_config(c).daily_limit = Some(3);
+        c.email = Some(local_email(sink.port));
+        sms_config(c).daily_limit = 3;
     })
     .await;
     let a = member(&app, "srva").await;
@@ -927,8 +927,8 @@ on_each_provider!(the_daily_limit_of_the_server);
 /// SMS the message is delivered there at once.
 async fn a_permanent_refusal_fails_the_step_at_once(provider: SmsProvider) {
     let (app, sms) = sms_app(provider, |c| match provider {
-        SmsProvider::Aliyun => sms_config(c).template = "SMS_999999999".to_owned(),
-        SmsProvider::Tencent => sms_config(c).template = "999999".to_owned(),
+        SmsProvider::Aliyun => sms_config(c).template = Some("SMS_999999999".to_owned()),
+        SmsProvider::Tencent => sms_config(c).template = Some("999999".to_owned()),
         SmsProvider::Twilio => {}
     })
     .await;
@@ -1057,19 +1057,18 @@ on_each_provider!(a_long_message_is_cut_but_keeps_its_link);
 async fn kill9_mid_send_is_never_texted_twice(provider: SmsProvider) {
     let wecom = MockWeCom::start().await;
     let sms = MockSms::start().await;
-    let mut section = SmsConfig::mock(&sms, provider);
-    section.timeout = Some("20s".to_owned());
-    section.lookup_after = Some("1s".to_owned());
-    let config = TestConfig {
-        sms: Some(section),
-        backoff_initial: "50ms".to_owned(),
-        backoff_max: "200ms".to_owned(),
-        probe_max: "200ms".to_owned(),
-        retry_window: "30s".to_owned(),
-        lease: "2s".to_owned(),
-        instance_id: Some(format!("sms-kill9-{provider:?}")),
-        ..TestConfig::default()
-    };
+    let mut section = mock_sms(&sms, provider);
+    section.timeout = Duration::from_secs(20);
+    section.lookup_after = Duration::from_secs(1);
+    let config = settings_with(|c| {
+        c.sms = Some(section);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
+        c.delivery.retry_window = Duration::from_secs(30);
+        c.delivery.lease = Duration::from_secs(2);
+        c.delivery.instance_id = Some(format!("sms-kill9-{provider:?}"));
+    });
     let setup = bin_setup(&config, &wecom.base_url);
     let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
     let m = member(&bin, "k9sms").await;
@@ -1156,18 +1155,17 @@ fn secret_forms(provider: SmsProvider) -> Vec<String> {
 async fn secrets_never_appear(provider: SmsProvider) {
     let wecom = MockWeCom::start().await;
     let sms = MockSms::start().await;
-    let mut sms_section = SmsConfig::mock(&sms, provider);
-    sms_section.secret = None;
-    sms_section.timeout = Some("300ms".to_owned());
-    sms_section.lookup_after = Some("1s".to_owned());
-    let config = TestConfig {
-        sms: Some(sms_section),
-        backoff_initial: "50ms".to_owned(),
-        backoff_max: "200ms".to_owned(),
-        probe_max: "200ms".to_owned(),
-        retry_window: "30s".to_owned(),
-        ..TestConfig::default()
-    };
+    let mut sms_section = mock_sms(&sms, provider);
+    *sms_secret(&mut sms_section) = None;
+    sms_section.timeout = Duration::from_millis(300);
+    sms_section.lookup_after = Duration::from_secs(1);
+    let config = settings_with(|c| {
+        c.sms = Some(sms_section);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
+        c.delivery.retry_window = Duration::from_secs(30);
+    });
     let setup = bin_setup(&config, &wecom.base_url);
     let (env_name, secret) = secret_env(provider);
     let mut bin = spawn_binary(
@@ -1297,10 +1295,9 @@ async fn doctor_checks_sms(provider: SmsProvider) {
         SmsProvider::Twilio => "Twilio",
     };
     let (_, secret) = secret_env(provider);
-    let good = TestConfig {
-        sms: Some(SmsConfig::mock(&sms, provider)),
-        ..TestConfig::default()
-    };
+    let good = settings_with(|c| {
+        c.sms = Some(mock_sms(&sms, provider));
+    });
     let setup = bin_setup(&good, &wecom.base_url);
     let (check, stdout) = doctor_sms_check(&setup).await;
     assert!(check.starts_with('✓'), "passes: {check}\n{stdout}");
@@ -1309,13 +1306,12 @@ async fn doctor_checks_sms(provider: SmsProvider) {
     assert_eq!(sms.auth_failures(), 0, "{:#?}", sms.calls());
 
     let wrong_secret = "wrongSecretWrongSecret0123456789";
-    let mut section = SmsConfig::mock(&sms, provider);
-    section.secret = Some(wrong_secret.to_owned());
-    let key = format!("sms.{}", section.secret_key_name());
-    let bad = TestConfig {
-        sms: Some(section),
-        ..TestConfig::default()
-    };
+    let mut section = mock_sms(&sms, provider);
+    *sms_secret(&mut section) = Some(SecretString::from(wrong_secret.to_owned()));
+    let key = format!("sms.{}", sms_secret_key(&section));
+    let bad = settings_with(|c| {
+        c.sms = Some(section);
+    });
     let setup = bin_setup(&bad, &wecom.base_url);
     let (check, stdout) = doctor_sms_check(&setup).await;
     assert!(check.starts_with('✗'), "fails: {check}\n{stdout}");

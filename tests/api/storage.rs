@@ -32,13 +32,13 @@ impl Service {
         let dir = tempfile::tempdir().unwrap();
         let db_path = db_path.unwrap_or_else(|| dir.path().join("pushbot.db"));
         let port = free_port();
-        let config = TestConfig {
-            retry_window: "120s".to_owned(),
-            backoff_initial: "50ms".to_owned(),
-            backoff_max: "200ms".to_owned(),
-            ..TestConfig::default()
-        };
-        let toml = config.render(
+        let config = settings_with(|c| {
+            c.delivery.retry_window = Duration::from_secs(120);
+            c.delivery.backoff_initial = Duration::from_millis(50);
+            c.delivery.backoff_max = Duration::from_millis(200);
+        });
+        let toml = render(
+            &config,
             &format!("127.0.0.1:{port}"),
             &sqlite_url(&db_path),
             &mock.base_url,
@@ -420,8 +420,12 @@ async fn the_public_sample_credentials_only_listen_on_loopback() {
     let port = free_port();
     let store = TestDb::new(dir.path());
     // The test suite's callback credentials are WeCom's documentation samples.
-    let sample =
-        TestConfig::default().render(&format!("0.0.0.0:{port}"), store.url(), &mock.base_url);
+    let sample = render(
+        &test_settings(),
+        &format!("0.0.0.0:{port}"),
+        store.url(),
+        &mock.base_url,
+    );
     let config_path = dir.path().join("sample.toml");
     std::fs::write(&config_path, &sample).unwrap();
     let bin = spawn_binary(&config_path, port, &[]).await;

@@ -74,8 +74,8 @@ async fn a_lane_that_panics_while_probing_hands_the_probe_back() {
     // WeCom down: every lane waits for the one probe. If the panicked probe were never
     // handed back, no lane would be let through again and nothing would be delivered.
     let app = spawn_app_with(|c| {
-        c.retry_window = "30s".to_owned();
-        c.probe_max = "200ms".to_owned();
+        c.delivery.retry_window = Duration::from_secs(30);
+        c.delivery.probe_max = Duration::from_millis(200);
     })
     .await;
     let user = userid("probepanic");
@@ -114,8 +114,8 @@ async fn a_scheduler_loop_that_panics_is_restarted_and_delivers_to_new_members()
 #[tokio::test]
 async fn a_stalled_scheduler_makes_healthz_and_metrics_say_so() {
     let app = spawn_app_with(|c| {
-        c.stall_after = Some("1s".to_owned());
-        c.metrics = true;
+        c.delivery.stall_after = Duration::from_secs(1);
+        c.server.metrics = true;
     })
     .await;
     let (status, body) = healthz_json(&app.api).await;
@@ -163,9 +163,9 @@ async fn healthz_reports_how_long_the_oldest_due_message_has_waited() {
     // One attempt at a time, WeCom answering slowly: the second member's message is due
     // while the first one's is in flight.
     let app = spawn_app_with(|c| {
-        c.concurrency = 1;
-        c.request_timeout = "5s".to_owned();
-        c.metrics = true;
+        c.delivery.concurrency = 1;
+        c.wecom.request_timeout = Duration::from_secs(5);
+        c.server.metrics = true;
     })
     .await;
     app.mock.set_delay(Some(Duration::from_millis(2_500)));
@@ -192,7 +192,7 @@ async fn healthz_reports_how_long_the_oldest_due_message_has_waited() {
 
 #[tokio::test]
 async fn a_writer_that_panics_stops_the_service_and_a_restart_delivers_every_accepted_message() {
-    let mut app = spawn_app_with(|c| c.retry_window = "60s".to_owned()).await;
+    let mut app = spawn_app_with(|c| c.delivery.retry_window = Duration::from_secs(60)).await;
     let user = userid("writerpanic");
     let token = app.get_token(&user).await;
     let mut accepted = Vec::new();
@@ -272,8 +272,13 @@ async fn three_hundred_sends_with_stderr(
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let db = TestDb::new(dir.path());
-    let config = TestConfig::default();
-    let toml = config.render(&format!("127.0.0.1:{port}"), db.url(), &mock.base_url);
+    let config = test_settings();
+    let toml = render(
+        &config,
+        &format!("127.0.0.1:{port}"),
+        db.url(),
+        &mock.base_url,
+    );
     let config_path = dir.path().join("pushbot.toml");
     std::fs::write(&config_path, toml).unwrap();
     let mut child = binary_command(&config_path, &[("RUST_LOG", "debug")])
