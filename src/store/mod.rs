@@ -986,9 +986,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn deliver_all_keeps_every_channels_outcome() {
-        let (store, _dir) = temp_store().await;
+    /// A `deliver_all` message "a" to WeCom then e-mail, which WeCom has just delivered
+    /// (e-mail is next).
+    async fn delivered_by_wecom_email_next(store: &Store) {
         store
             .insert_message(routed(
                 "a",
@@ -1012,6 +1012,12 @@ mod tests {
             })
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn deliver_all_keeps_every_channels_outcome() {
+        let (store, _dir) = temp_store().await;
+        delivered_by_wecom_email_next(&store).await;
         assert_eq!(
             count(&store, "SELECT count(*) FROM sends").await,
             1,
@@ -1057,29 +1063,7 @@ mod tests {
     #[tokio::test]
     async fn deliver_all_delivered_on_its_last_channel_lists_every_channel() {
         let (store, _dir) = temp_store().await;
-        store
-            .insert_message(routed(
-                "a",
-                "alice",
-                "wecom,email",
-                true,
-                UnixMillis::now() + Duration::from_secs(1),
-            ))
-            .await
-            .unwrap();
-        store
-            .record_attempt(AttemptUpdate::NextChannel {
-                id: mid("a"),
-                attempts: 1,
-                channel: ChannelName::WeCom,
-                delivered: true,
-                error: None,
-                route: Route::parse("email").unwrap(),
-                deadline_at: UnixMillis::now() + Duration::from_secs(1),
-                unconfirmed: false,
-            })
-            .await
-            .unwrap();
+        delivered_by_wecom_email_next(&store).await;
         let m = store.message("a").await.unwrap().unwrap();
         store
             .record_attempt(AttemptUpdate::Delivered {
