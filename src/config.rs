@@ -1535,6 +1535,16 @@ impl Default for MediaSettings {
     }
 }
 
+impl MediaSettings {
+    /// What the store may keep ([`Store::put_blob`](crate::store::Store::put_blob)).
+    pub fn blob_limits(&self) -> crate::store::BlobLimits {
+        crate::store::BlobLimits {
+            max_bytes: self.max_bytes,
+            total_bytes: self.total_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -2546,7 +2556,7 @@ mod tests {
         let s = media(r#"fetch_allow = ["127.0.0.1/32", " 10.0.0.7 ", "fd00::/8"]"#).unwrap();
         let nets: Vec<String> = s.media.fetch_allow.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["127.0.0.1/32", "10.0.0.7/32", "fd00::/8"]);
-        assert_eq!(s.media.max_bytes, 20 * 1024 * 1024);
+        assert_eq!(s.media.blob_limits().max_bytes, 20 * 1024 * 1024);
         for (lines, key, says) in [
             (
                 r#"fetch_allow = ["intranet"]"#,
