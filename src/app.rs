@@ -25,7 +25,7 @@ use crate::delivery::Outbox;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::server::{self, ServeOptions};
-use crate::store::{Store, StoreError};
+use crate::store::{ORPHAN_AFTER, Store, StoreError};
 use crate::time::UnixMillis;
 use crate::wecom::client::WeComClient;
 use crate::wecom::crypto::WeComCrypto;
@@ -301,9 +301,10 @@ fn listen_addr(settings: &Settings) -> std::net::SocketAddr {
     local
 }
 
-/// Hourly (and at start-up): forgets old callback keys, and purges finished messages older
-/// than `storage.retention` (their pages answer 410 from then on). A panic (a bug) costs
-/// one pass.
+/// Hourly (and at start-up): forgets old callback keys, purges finished messages older
+/// than `storage.retention` (their pages answer 410 from then on) with their attachments,
+/// then files no message names (after an hour) and WeCom media ids WeCom has forgotten.
+/// A panic (a bug) costs one pass.
 async fn maintenance(store: Store, callback_retention: Duration, retention: Option<Duration>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -320,18 +321,35 @@ async fn maintenance_pass(
     callback_retention: Duration,
     retention: Option<Duration>,
 ) {
-    /// Messages deleted per transaction, so the writer never waits long for the lock.
-    const PURGE_BATCH: usize = 1000;
     let ago = |d: Duration| UnixMillis::now() - d;
     match store.prune_callbacks(ago(callback_retention)).await {
         Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned callback keys"),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "could not prune callback keys"),
     }
-    let Some(retention) = retention else {
-        return;
-    };
-    let cutoff = ago(retention);
+    if let Some(retention) = retention {
+        purge_messages(store, retention).await;
+    }
+    // After the messages: the blobs only they named go in the same pass.
+    match store.purge_orphan_blobs(ago(ORPHAN_AFTER)).await {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "purged files no message names"),
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "could not purge unused files; trying again in an hour")
+        }
+    }
+    match store.prune_wecom_media(UnixMillis::now()).await {
+        Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned expired WeCom media ids"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not prune WeCom media ids"),
+    }
+}
+
+/// Purges finished messages older than `retention`, a batch at a time.
+async fn purge_messages(store: &Store, retention: Duration) {
+    /// Messages deleted per transaction, so the writer never waits long for the lock.
+    const PURGE_BATCH: usize = 1000;
+    let cutoff = UnixMillis::now() - retention;
     let mut total = 0;
     loop {
         match store.purge_messages(cutoff, PURGE_BATCH).await {

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Group chats and webhooks messages can be sent to by name (`[destinations.NAME]`).
     #[serde(default)]
     pub destinations: DestinationsSettings,
+    /// Images and files sent with messages.
+    #[serde(default)]
+    pub media: MediaSettings,
     #[serde(default)]
     pub log: LogSettings,
     /// The Kubernetes service-link variables (`PUSHBOT_PORT`, `PUSHBOT_SERVICE_HOST`, …)
@@ -1485,6 +1488,63 @@ impl Default for DeliverySettings {
     }
 }
 
+/// `[media]`: images and files sent with messages (kept in the database, with the same
+/// retention as their messages).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSettings {
+    /// The largest image or file accepted, in bytes (larger: 413). The default, 20 MiB, is
+    /// WeCom's limit for a file; WeCom gets a JPG or PNG up to 10 MB as an image, anything
+    /// else as a file.
+    #[serde(
+        default = "default_media_max_bytes",
+        deserialize_with = "at_least_one_u64"
+    )]
+    pub max_bytes: u64,
+    /// Images and files one message may carry; `0`: none are accepted.
+    #[serde(default = "default_media_max_files")]
+    pub max_files: u32,
+    /// What all stored images and files may take together, in bytes; at least
+    /// `media.max_bytes`. A file that does not fit is refused until older messages are
+    /// purged (`storage.retention`).
+    #[serde(default = "default_media_total_bytes")]
+    pub total_bytes: u64,
+    /// How long fetching an image or file from a URL (`image_url`, …) may take, whole.
+    #[serde(
+        default = "default_media_fetch_timeout",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub fetch_timeout: Duration,
+    /// Networks that are not public (loopback, private, link-local, …) but may be fetched
+    /// from anyway, as CIDRs (`["10.1.2.0/24"]`; a bare address is one host): an image host
+    /// on your intranet. Empty: public addresses only.
+    #[serde(default, deserialize_with = "networks")]
+    pub fetch_allow: Vec<ipnet::IpNet>,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_media_max_bytes(),
+            max_files: default_media_max_files(),
+            total_bytes: default_media_total_bytes(),
+            fetch_timeout: default_media_fetch_timeout(),
+            fetch_allow: Vec::new(),
+        }
+    }
+}
+
+impl MediaSettings {
+    /// What the store may keep ([`Store::put_blob`](crate::store::Store::put_blob)).
+    pub fn blob_limits(&self) -> crate::store::BlobLimits {
+        crate::store::BlobLimits {
+            max_bytes: self.max_bytes,
+            total_bytes: self.total_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -1616,6 +1676,18 @@ fn default_sms_lookup_after() -> Duration {
 
 fn default_sms_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_media_max_bytes() -> u64 {
+    20 * 1024 * 1024
+}
+fn default_media_max_files() -> u32 {
+    5
+}
+fn default_media_total_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_media_fetch_timeout() -> Duration {
+    Duration::from_secs(15)
 }
 fn default_log_level() -> String {
     "info".to_owned()
@@ -1768,6 +1840,30 @@ fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         0 => Err(serde::de::Error::custom("must be at least 1")),
         n => Ok(n),
     }
+}
+
+fn at_least_one_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// `["10.1.2.0/24", "192.168.7.7"]`: networks as CIDRs, a bare address as one host.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not a network: write it like \"10.1.2.0/24\" or \"fd00::/8\""
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -2250,6 +2346,12 @@ impl Settings {
                 ));
             }
         }
+        if self.media.total_bytes < self.media.max_bytes {
+            return Err(invalid(
+                "media.total_bytes",
+                "must be at least media.max_bytes (or no file that large could ever be stored)",
+            ));
+        }
         // A message's page must outlive its delivery, and a message its idempotency key.
         if let Some(retention) = self.storage.retention
             && retention < d.retry_window.saturating_mul(2)
@@ -2446,6 +2548,42 @@ mod tests {
         let err = Settings::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("retry_window"), "{err}");
         assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn media_networks_and_sizes_are_checked() {
+        let media = |lines: &str| Settings::from_toml(&format!("{MINIMAL}\n[media]\n{lines}\n"));
+        let s = media(r#"fetch_allow = ["127.0.0.1/32", " 10.0.0.7 ", "fd00::/8"]"#).unwrap();
+        let nets: Vec<String> = s.media.fetch_allow.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.7/32", "fd00::/8"]);
+        assert_eq!(s.media.blob_limits().max_bytes, 20 * 1024 * 1024);
+        for (lines, key, says) in [
+            (
+                r#"fetch_allow = ["intranet"]"#,
+                "media.fetch_allow",
+                "\"intranet\" is not a network",
+            ),
+            (
+                r#"fetch_allow = ["10.0.0.0/33"]"#,
+                "media.fetch_allow",
+                "not a network",
+            ),
+            ("max_bytes = 0", "media.max_bytes", "at least 1"),
+            (
+                "max_bytes = 100\ntotal_bytes = 99",
+                "media.total_bytes",
+                "at least media.max_bytes",
+            ),
+            (r#"fetch_timeout = "0s""#, "media.fetch_timeout", ""),
+        ] {
+            let err = media(lines).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{lines}: {err}");
+        }
+        let s = media("max_files = 0\ntotal_bytes = 20971520").unwrap();
+        assert_eq!(
+            (s.media.max_files, s.media.total_bytes),
+            (0, 20 * 1024 * 1024)
+        );
     }
 
     #[test]

@@ -91,6 +91,13 @@ members = "all"
 kind = "telegram"
 chat_id = "-1001234567890"
 
+[media]
+max_bytes = 1048576
+max_files = 2
+total_bytes = 104857600
+fetch_timeout = "5s"
+fetch_allow = ["127.0.0.1/32", "fd00::/8"]
+
 [log]
 level = "pushbot=debug,info"
 format = "json"
@@ -209,6 +216,7 @@ fn written_settings_load_as_the_same_settings() {
             "fallback = [\"email\", \"ops\", \"wecom\", \"sms\"]",
             "members = [\"alice\", \"bob\"]",
             "members = \"all\"",
+            "fetch_allow = [\"127.0.0.1/32\", \"fd00::/8\"]",
         ] {
             assert!(written.contains(line), "{line} missing:\n{written}");
         }
@@ -334,8 +342,8 @@ fn the_example_config_is_the_defaults_with_sample_credentials() {
     );
 }
 
-/// The example's commented-out `[email]`, `[sms]` and `[destinations]` sections, as they
-/// are once uncommented (up to the first `[destinations.NAME]`).
+/// The example's commented-out `[email]`, `[sms]`, `[destinations]` and `[media]`
+/// sections, as they are once uncommented (up to the first `[destinations.NAME]`).
 fn example_section(name: &str) -> toml::Table {
     let header = format!("# [{name}]");
     let lines: Vec<&str> = EXAMPLE
@@ -362,7 +370,7 @@ fn the_example_sections_show_the_defaults() {
         (
             "email",
             &["host", "port", "username", "from"][..],
-            "password",
+            Some("password"),
         ),
         (
             "sms",
@@ -374,12 +382,15 @@ fn the_example_sections_show_the_defaults() {
                 "code_template",
                 "max_variable_chars",
             ][..],
-            "access_key_secret",
+            Some("access_key_secret"),
         ),
-        ("destinations", &[][..], "telegram_bot_token"),
+        ("destinations", &[][..], Some("telegram_bot_token")),
+        ("media", &[][..], None),
     ] {
         let mut section = example_section(name);
-        section.insert(secret.to_owned(), toml::Value::String("x".to_owned()));
+        if let Some(secret) = secret {
+            section.insert(secret.to_owned(), toml::Value::String("x".to_owned()));
+        }
         let load = |section: &toml::Table| {
             let mut config: toml::Table = required(EXAMPLE).parse().unwrap();
             config.insert(name.to_owned(), toml::Value::Table(section.clone()));
@@ -391,7 +402,7 @@ fn the_example_sections_show_the_defaults() {
         let shown = load(&section);
         let keys: Vec<String> = section.keys().cloned().collect();
         for key in keys {
-            if own_values.contains(&key.as_str()) || key == secret {
+            if own_values.contains(&key.as_str()) || Some(key.as_str()) == secret {
                 continue;
             }
             let mut without = section.clone();
@@ -412,7 +423,7 @@ fn the_example_sections_show_the_defaults() {
 const DOC: &str = include_str!("../../docs/configuration.md");
 
 /// The doc's sections, in order: one per table (the README links to these anchors).
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "storage",
     "wecom",
@@ -420,6 +431,7 @@ const SECTIONS: [&str; 8] = [
     "email",
     "sms",
     "destinations",
+    "media",
     "log",
 ];
 
@@ -653,6 +665,7 @@ fn doc_comments() -> Vec<(String, String)> {
         ("SmsSettings", "sms"),
         ("DestinationsSettings", "destinations"),
         ("DestinationSettings", "destinations.NAME"),
+        ("MediaSettings", "media"),
         ("LogSettings", "log"),
     ] {
         let header = format!("pub struct {structure} {{");

@@ -8,7 +8,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::writer::AttemptUpdate;
-use super::{Store, StoreError};
+use super::{Attachment, Store, StoreError};
 use crate::domain::{ChannelName, Format, Look, MessageId, Route, UserId};
 use crate::time::UnixMillis;
 
@@ -240,7 +240,18 @@ impl Store {
     /// committed to disk. A repeated idempotency key fails with
     /// [`StoreError::DuplicateKey`].
     pub async fn insert_message(&self, message: Message) -> Result<(), StoreError> {
-        self.writer.insert(message).await
+        self.writer.insert(message, Vec::new()).await
+    }
+
+    /// As [`Store::insert_message`], with the message's images and files (their blobs
+    /// stored already, see [`Store::put_blob`]) in the same transaction: the message is
+    /// never stored without them, nor they without it.
+    pub async fn insert_message_with(
+        &self,
+        message: Message,
+        attachments: Vec<Attachment>,
+    ) -> Result<(), StoreError> {
+        self.writer.insert(message, attachments).await
     }
 
     /// Records the outcome of a delivery attempt; returns once it is committed. If it is
@@ -295,7 +306,8 @@ impl Store {
     }
 
     /// Deletes up to `batch` delivered or failed messages accepted before `before_ms`, with
-    /// their attempt history, and digests older than that; returns how many messages went.
+    /// their attempt history and attachments (their blobs then go with the orphans, see
+    /// [`Store::purge_orphan_blobs`]), and digests older than that; returns how many messages went.
     /// Queued messages stay, whatever their age: nothing accepted is dropped unfinished.
     pub async fn purge_messages(
         &self,
@@ -312,6 +324,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM attempts WHERE message_id IN ({old})"
+        )))
+        .bind(before_ms)
+        .bind(first_id_at.as_str())
+        .execute(&mut *tx)
+        .await?;
+        // Their images and files: the blobs, no longer named, go with the orphans.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM message_media WHERE message_id IN ({old})"
         )))
         .bind(before_ms)
         .bind(first_id_at.as_str())

@@ -16,6 +16,7 @@
 mod arrivals;
 mod callbacks;
 mod lanes;
+mod media;
 mod members;
 mod messages;
 mod postgres;
@@ -32,6 +33,10 @@ use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
+pub use media::{
+    Attachment, BlobError, BlobId, BlobInfo, BlobLimits, CHUNK_BYTES, HEAD_BYTES,
+    MEDIA_ID_LIFETIME, MEDIA_ID_REUSE, MediaKind, ORPHAN_AFTER, PUT_BLOB_TIMEOUT, StoredBlob,
+};
 pub use members::{
     ChargeCap, CodeCheck, CodeRequest, MAX_MEMBER_DESTINATIONS, MemberPrefs, StoredDestination,
 };
@@ -89,6 +94,9 @@ pub enum StoreError {
     Shared(Arc<StoreError>),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// No stored file has this id (or it is still being received).
+    #[error("no stored file {0}")]
+    NoSuchBlob(String),
 }
 
 /// Why [`Store::reachability`] cannot reach the database: one line, without the password.
@@ -138,7 +146,11 @@ impl StoreError {
             },
             Self::WriterGone | Self::FileReplaced(_) | Self::WritesFailing(_) => true,
             Self::Shared(inner) => inner.is_unavailable(),
-            Self::Migrate(_) | Self::Open { .. } | Self::Corrupt(_) | Self::DuplicateKey => false,
+            Self::Migrate(_)
+            | Self::Open { .. }
+            | Self::Corrupt(_)
+            | Self::NoSuchBlob(_)
+            | Self::DuplicateKey => false,
         }
     }
 }

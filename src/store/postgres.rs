@@ -465,6 +465,37 @@ mod tests {
         pool.close().await;
     }
 
+    /// As SQLite's test of the same name: migration 0005 applies to a database that holds
+    /// messages, which stay, and the store then keeps files for them.
+    #[tokio::test]
+    async fn migrating_to_media_keeps_messages_and_stores_files() {
+        let schema = TestSchema::new().await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&schema.url())
+            .await
+            .unwrap();
+        let mut migrator = sqlx::migrate!("./src/store/migrations/postgres");
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < 5)
+            .cloned()
+            .collect();
+        migrator.run(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO messages (id, userid, title, status, created_at, updated_at, \
+             next_attempt_at, deadline_at, seq) VALUES ('m1', 'alice', 'kept', 'queued', 5, 5, 5, 9, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        crate::store::media::tests::assert_media_after_migration(&store).await;
+        store.close().await;
+    }
+
     /// A destination's shared turn is one instance's at a time, and a turn dropped without
     /// being released (a panic) does not outlive it.
     #[tokio::test]

@@ -672,6 +672,40 @@ mod tests {
         );
     }
 
+    /// The media migration (0009) applies to a database that holds messages, which stay,
+    /// and the store then keeps files for them.
+    #[tokio::test]
+    async fn migrating_to_media_keeps_messages_and_stores_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        let mut migrator = sqlx::migrate!("./src/store/migrations/sqlite");
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < 9)
+            .cloned()
+            .collect();
+        migrator.run(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO messages (id, userid, title, status, created_at, updated_at, \
+             next_attempt_at, deadline_at, seq) VALUES ('m1', 'alice', 'kept', 'queued', 5, 5, 5, 9, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        crate::store::media::tests::assert_media_after_migration(&store).await;
+        store.close().await;
+    }
+
     #[test]
     fn sqlite_url_gets_an_open_mode() {
         assert_eq!(

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Arrivals, Message, StoreError};
+use super::{Arrivals, Attachment, Message, StoreError};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
 use crate::supervise::{FaultPoint, Supervisor};
 use crate::time::UnixMillis;
@@ -208,7 +208,8 @@ type Done = oneshot::Sender<Result<Reply, StoreError>>;
 
 /// One write as queued for the writer.
 enum Write {
-    Insert(Box<Message>),
+    /// A new message and its images and files, committed together.
+    Insert(Box<Message>, Vec<Attachment>),
     Update(AttemptUpdate),
     Lane(LaneOp),
     /// A real write (the `health` row, as large as the largest message), to learn whether
@@ -355,8 +356,14 @@ impl WriterHandle {
         wait.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    pub(super) async fn insert(&self, message: Message) -> Result<(), StoreError> {
-        self.call(Write::Insert(Box::new(message))).await.map(drop)
+    pub(super) async fn insert(
+        &self,
+        message: Message,
+        attachments: Vec<Attachment>,
+    ) -> Result<(), StoreError> {
+        self.call(Write::Insert(Box::new(message), attachments))
+            .await
+            .map(drop)
     }
 
     pub(super) async fn update(&self, update: AttemptUpdate) -> Result<(), StoreError> {
@@ -613,7 +620,7 @@ impl Writer {
             Ok(replies) => {
                 for ((write, done), reply) in batch.into_iter().zip(replies) {
                     let _ = done.send(Ok(reply));
-                    if let Write::Insert(m) = write {
+                    if let Write::Insert(m, _) = write {
                         inserted.push(*m);
                     }
                 }
@@ -637,7 +644,7 @@ impl Writer {
                         .map(|mut r| r.pop().unwrap_or(Reply::Done));
                     let ok = result.is_ok();
                     let _ = done.send(result);
-                    if let (true, Write::Insert(m)) = (ok, write) {
+                    if let (true, Write::Insert(m, _)) = (ok, write) {
                         inserted.push(*m);
                     }
                 }
@@ -694,7 +701,7 @@ impl Writer {
         db.begin()?;
         let inserts = writes
             .iter()
-            .filter(|w| matches!(***w, Write::Insert(_)))
+            .filter(|w| matches!(***w, Write::Insert(..)))
             .count();
         let mut seqs = db.seqs(inserts)?.into_iter();
         // Acceptance order is the order in which inserts reached the writer. A message to a
@@ -702,17 +709,22 @@ impl Writer {
         // numbers sort before every sender's message, so a code is not held up behind a
         // backlog waiting for WeCom — the very situation in which a member binds an address.
         let mut messages = Vec::new();
+        let mut attachments = Vec::new();
         for write in writes.iter_mut() {
-            if let Write::Insert(m) = &mut **write {
+            if let Write::Insert(m, files) = &mut **write {
                 let seq = seqs
                     .next()
                     .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
                 m.seq = if m.address_to.is_some() { -seq } else { seq };
                 messages.push(&**m);
+                attachments.extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
             }
         }
         for chunk in pow2_chunks(&messages, INSERT_CHUNK) {
             insert_chunk(db, chunk)?;
+        }
+        for chunk in pow2_chunks(&attachments, INSERT_CHUNK) {
+            insert_attachments(db, chunk)?;
         }
         open_lanes(db, &messages)?;
         let updates: Vec<&AttemptUpdate> = writes
@@ -733,7 +745,7 @@ impl Writer {
         let mut all_due_by = Vec::new();
         for (i, write) in writes.iter().enumerate() {
             match &**write {
-                Write::Insert(_) | Write::Update(_) => {}
+                Write::Insert(..) | Write::Update(_) => {}
                 Write::Lane(LaneOp::Release {
                     owner,
                     userid,
@@ -801,6 +813,31 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             (&m.url).into(),
             (&m.page_key).into(),
             (&m.idempotency_digest).into(),
+        ]);
+    }
+    db.exec(&sql, &args)?;
+    Ok(())
+}
+
+/// A message's images and files: `(message id, place, attachment)`. Their blobs must be
+/// stored (a foreign key): a message never names a file that is not there.
+fn insert_attachments(
+    db: &mut dyn Backend,
+    chunk: &[(&str, usize, &Attachment)],
+) -> Result<(), StoreError> {
+    const COLS: usize = 5;
+    let mut sql = String::from(
+        "INSERT INTO message_media (message_id, idx, blob_id, filename, kind) VALUES ",
+    );
+    push_values(&mut sql, chunk.len(), COLS, 0);
+    let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * COLS);
+    for (message_id, idx, a) in chunk {
+        args.extend([
+            (*message_id).into(),
+            i64::try_from(*idx).unwrap_or(i64::MAX).into(),
+            a.blob_id.as_str().into(),
+            (&a.filename).into(),
+            a.kind.as_str().into(),
         ]);
     }
     db.exec(&sql, &args)?;
@@ -1424,14 +1461,17 @@ mod tests {
         };
         let insert = |i: usize| {
             let now = UnixMillis::now();
-            Write::Insert(Box::new(Message::new_queued(
-                MessageId::from_stored(format!("d{i}")),
-                UserId::new("alice"),
-                Some(format!("t{i}")),
-                None,
-                now,
-                now + ms(1000),
-            )))
+            Write::Insert(
+                Box::new(Message::new_queued(
+                    MessageId::from_stored(format!("d{i}")),
+                    UserId::new("alice"),
+                    Some(format!("t{i}")),
+                    None,
+                    now,
+                    now + ms(1000),
+                )),
+                Vec::new(),
+            )
         };
         let batch = |range: std::ops::Range<usize>| {
             let mut waits = Vec::new();
@@ -1471,21 +1511,24 @@ mod tests {
         let now = UnixMillis::now();
         let mut writes: Vec<Write> = (0..(INSERT_CHUNK * 2 + 3))
             .map(|i| {
-                Write::Insert(Box::new(Message::new_queued(
-                    MessageId::from_stored(format!("m{i:03}")),
-                    UserId::new(if i % 2 == 0 { "alice" } else { "bob" }),
-                    Some(format!("t{i}")),
-                    Some(format!("c{i}")),
-                    now,
-                    now + ms(1000),
-                )))
+                Write::Insert(
+                    Box::new(Message::new_queued(
+                        MessageId::from_stored(format!("m{i:03}")),
+                        UserId::new(if i % 2 == 0 { "alice" } else { "bob" }),
+                        Some(format!("t{i}")),
+                        Some(format!("c{i}")),
+                        now,
+                        now + ms(1000),
+                    )),
+                    Vec::new(),
+                )
             })
             .collect();
         // Called directly: no one-by-one retry could hide a broken statement.
         writer.write(writes.iter_mut().collect()).unwrap();
         let mut last_seq = 0;
         for write in &writes {
-            let Write::Insert(m) = write else {
+            let Write::Insert(m, _) = write else {
                 unreachable!()
             };
             let stored = store.message(m.id.as_str()).await.unwrap().unwrap();
