@@ -201,6 +201,7 @@ impl CallbackOutcome {
 pub enum WeComApi {
     GetToken,
     MessageSend,
+    MediaUpload,
 }
 
 impl WeComApi {
@@ -208,6 +209,7 @@ impl WeComApi {
         match self {
             Self::GetToken => "gettoken",
             Self::MessageSend => "message/send",
+            Self::MediaUpload => "media/upload",
         }
     }
 }

@@ -1,5 +1,5 @@
 //! WeCom server API client: `gettoken` (cached, single-flight, failures remembered
-//! briefly) and `message/send`.
+//! briefly), `message/send` and `media/upload`.
 //!
 //! Every URL is built from `wecom.api_base`, so tests and egress proxies can redirect it.
 //! URLs carry the corp secret or the access token in their query, so transport errors are
@@ -8,6 +8,8 @@
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
+use futures_util::Stream;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -21,6 +23,9 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
 /// outage WeCom sees one call per this period, not one per message (each of which would
 /// also hold a delivery permit for up to `wecom.request_timeout`).
 pub const TOKEN_FAILURE_COOLDOWN: Duration = Duration::from_secs(2);
+/// An upload may take `wecom.request_timeout` plus its size at this rate (2 Mbit/s): a
+/// 20 MB file gets 80 s more, where a text message's 10 s would cut it off on a slow link.
+const UPLOAD_MIN_RATE: u64 = 256 * 1024;
 
 /// What went wrong calling WeCom. `Display` is meant for the admin reading `last_error`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -83,6 +88,13 @@ impl WeComError {
     fn token_rejected(&self) -> bool {
         matches!(self, Self::Api { errcode, .. } if is_token_errcode(*errcode))
     }
+
+    /// WeCom does not know the `media_id` an image or file message named (40007): it
+    /// expired (they live 3 days) or was never issued. Upload the file again and resend,
+    /// once; the error is permanent otherwise.
+    pub fn is_invalid_media(&self) -> bool {
+        matches!(self, Self::Api { errcode: 40007, .. })
+    }
 }
 
 /// -1 system busy, 45009 rate limit, 45033 concurrency limit; token errors are transient
@@ -123,6 +135,19 @@ pub fn explain(errcode: i64, errmsg: &str, touser: Option<&str>) -> String {
         -1 => "WeCom is busy; will retry".to_owned(),
         45009 | 45033 | 45011 => "WeCom rate limit reached; will retry".to_owned(),
         40014 | 42001 | 40082 => "WeCom rejected the access token even after a refresh".to_owned(),
+        40004 | 40005 => "WeCom refused the file's type: an image must be a JPG or PNG \
+                          (send other files as a file)"
+            .to_owned(),
+        40006 => "WeCom refused the file's size: a file must be more than 5 bytes and at \
+                  most 20 MB"
+            .to_owned(),
+        40009 => "WeCom refused the image's size: an image must be at most 10 MB (send a \
+                  larger one as a file, up to 20 MB)"
+            .to_owned(),
+        44001 => "WeCom received an empty file (a file must be more than 5 bytes)".to_owned(),
+        40007 => "WeCom does not know this media_id: uploaded files live 3 days, after which \
+                  they must be uploaded again"
+            .to_owned(),
         _ => "WeCom API error".to_owned(),
     };
     format!("{hint} (errcode {errcode}: {})", errmsg.trim())
@@ -151,6 +176,9 @@ struct ApiReply {
     invaliduser: Option<String>,
     #[serde(default)]
     unlicenseduser: Option<String>,
+    /// `media/upload`: the uploaded file's id, valid 3 days.
+    #[serde(default)]
+    media_id: Option<String>,
 }
 
 /// One app message's content, as `message/send` takes it (`msgtype` and its object).
@@ -164,6 +192,36 @@ pub enum AppMessage {
     /// A card: title ≤ 128 bytes, description ≤ 512 bytes, a link and a button; shown
     /// everywhere, WeChat included.
     Textcard { textcard: TextCard },
+    /// A picture: the `media_id` of a JPG or PNG uploaded as [`MediaType::Image`] within
+    /// the last 3 days.
+    Image { image: MediaRef },
+    /// A file, shown with the filename it was uploaded with: the `media_id` of an upload
+    /// as [`MediaType::File`] within the last 3 days.
+    File { file: MediaRef },
+}
+
+/// A file uploaded with [`WeComClient::upload_media`], as a message names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MediaRef {
+    pub media_id: String,
+}
+
+/// What `media/upload` is to make of a file (its `type`). WeCom's limits: every file more
+/// than 5 bytes; an image JPG or PNG and at most 10 MB; a file at most 20 MB. The client
+/// does not check them: the caller decides the type from the sniffed content and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaType {
+    Image,
+    File,
+}
+
+impl MediaType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::File => "file",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -258,6 +316,23 @@ struct SendRequest<'a> {
     message: &'a AppMessage,
 }
 
+/// The name a recipient sees for an upload: `name` without what would break the multipart
+/// header (quotes, backslashes, control characters) or read as a path; "file" if nothing
+/// is left.
+fn upload_filename(name: &str) -> String {
+    let name = name.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+    if name.is_empty() {
+        return "file".to_owned();
+    }
+    name.chars()
+        .map(|c| match c {
+            '"' | '\\' | '/' => '_',
+            c if c.is_control() => '_',
+            c => c,
+        })
+        .collect()
+}
+
 struct CachedToken {
     value: String,
     refresh_at: Instant,
@@ -270,6 +345,8 @@ pub struct WeComClient {
     corp_id: String,
     secret: SecretString,
     agent_id: i64,
+    /// `wecom.request_timeout`, which an upload gets plus time for its size.
+    request_timeout: Duration,
     token: RwLock<Option<CachedToken>>,
     /// Held while fetching a token, so concurrent senders share one `gettoken`; holds the
     /// last failure and when it happened, so that the senders who waited for that call
@@ -287,13 +364,14 @@ impl WeComClient {
             corp_id: settings.corp_id.as_str().to_owned(),
             secret: SecretString::from(settings.secret.expose()),
             agent_id: settings.agent_id.get(),
+            request_timeout: settings.request_timeout,
             token: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(None),
             metrics: None,
         }
     }
 
-    /// Counts failed `gettoken` and `message/send` calls by errcode.
+    /// Counts failed `gettoken`, `message/send` and `media/upload` calls by errcode.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -448,6 +526,98 @@ impl WeComClient {
         .await
     }
 
+    /// Uploads a file with `media/upload` and returns its `media_id` (valid 3 days), for an
+    /// [`AppMessage::Image`] or [`AppMessage::File`]. `filename` is what the recipient sees;
+    /// `content_type` the part's Content-Type (the sniffed type, not the sender's word;
+    /// `application/octet-stream` if it cannot be a header value);
+    /// `length` the exact number of bytes `body` yields.
+    ///
+    /// `body` makes the content as a stream, so a 20 MB file is never held in memory here;
+    /// it is called again when WeCom rejects the cached access token and the upload is
+    /// retried with a fresh one, so each call must start the content from its beginning.
+    /// An error from the stream ends the upload as a transport error (transient).
+    pub async fn upload_media<F, S, E>(
+        &self,
+        kind: MediaType,
+        filename: &str,
+        content_type: &str,
+        length: u64,
+        body: F,
+    ) -> Result<String, WeComError>
+    where
+        F: Fn() -> S,
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let filename = upload_filename(filename);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_str(content_type).unwrap_or(
+                reqwest::header::HeaderValue::from_static("application/octet-stream"),
+            ),
+        );
+        self.with_token(|token| {
+            let part = reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::wrap_stream(body()),
+                length,
+            )
+            .file_name(filename.clone())
+            .headers(headers.clone());
+            async move {
+                self.post_media(&token, kind, length, part)
+                    .await
+                    .inspect_err(|err| self.count(WeComApi::MediaUpload, err))
+            }
+        })
+        .await
+    }
+
+    /// [`Self::upload_media`] for content already in memory.
+    pub async fn upload_media_bytes(
+        &self,
+        kind: MediaType,
+        filename: &str,
+        content_type: &str,
+        content: Bytes,
+    ) -> Result<String, WeComError> {
+        let length = content.len() as u64;
+        self.upload_media(kind, filename, content_type, length, || {
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(content.clone())])
+        })
+        .await
+    }
+
+    async fn post_media(
+        &self,
+        token: &str,
+        kind: MediaType,
+        length: u64,
+        part: reqwest::multipart::Part,
+    ) -> Result<String, WeComError> {
+        let form = reqwest::multipart::Form::new()
+            // The filename as UTF-8, as browsers send it (WeCom shows it to the recipient).
+            .percent_encode_noop()
+            .part("media", part);
+        let timeout = self.request_timeout + Duration::from_secs(length / UPLOAD_MIN_RATE);
+        let reply: ApiReply = self
+            .call(
+                self.http
+                    .post(self.url("media/upload"))
+                    .query(&[("access_token", token), ("type", kind.as_str())])
+                    .timeout(timeout)
+                    .multipart(form),
+            )
+            .await?;
+        if reply.errcode != 0 {
+            return Err(WeComError::api(reply.errcode, &reply.errmsg, None));
+        }
+        reply
+            .media_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| WeComError::Decode("media/upload answer has no media_id".into()))
+    }
+
     /// A text message (the bot's replies, tests).
     pub async fn send_text(&self, touser: &str, content: &str) -> Result<(), WeComError> {
         let message = AppMessage::Text {
@@ -581,6 +751,12 @@ mod tests {
             (45011, "rate limit"),
             (42001, "access token"),
             (40014, "access token"),
+            (40004, "JPG or PNG"),
+            (40005, "JPG or PNG"),
+            (40006, "more than 5 bytes and at most 20 MB"),
+            (40009, "at most 10 MB"),
+            (44001, "empty file"),
+            (40007, "uploaded again"),
         ];
         for (errcode, hint) in cases {
             let text = explain(*errcode, "errmsg", Some("alice"));
@@ -659,6 +835,80 @@ mod tests {
         let reply: AgentReply =
             serde_json::from_str(r#"{"errcode":60020,"errmsg":"not allow"}"#).unwrap();
         assert_eq!((reply.errcode, reply.agent), (60020, AgentInfo::default()));
+    }
+
+    #[test]
+    fn media_errors_are_permanent_and_only_40007_asks_for_a_new_upload() {
+        for code in [40004, 40005, 40006, 40007, 40009, 44001] {
+            let err = WeComError::api(code, "x", None);
+            assert!(!err.is_transient(), "{code}");
+            assert!(!err.is_unreachable(), "{code}");
+            assert_eq!(err.is_invalid_media(), code == 40007, "{code}");
+        }
+        assert!(!WeComError::InvalidUser("a".into()).is_invalid_media());
+    }
+
+    #[test]
+    fn image_and_file_messages_have_wecoms_shape() {
+        for (message, msgtype) in [
+            (
+                AppMessage::Image {
+                    image: MediaRef {
+                        media_id: "MEDIA_1".into(),
+                    },
+                },
+                "image",
+            ),
+            (
+                AppMessage::File {
+                    file: MediaRef {
+                        media_id: "MEDIA_1".into(),
+                    },
+                },
+                "file",
+            ),
+        ] {
+            let body = SendRequest {
+                touser: "alice",
+                agentid: 1000002,
+                message: &message,
+            };
+            // Like text: no `safe`, no duplicate check; WeCom's defaults apply.
+            assert_eq!(
+                serde_json::to_value(&body).unwrap(),
+                serde_json::json!({
+                    "touser": "alice",
+                    "agentid": 1000002,
+                    "msgtype": msgtype,
+                    msgtype: {"media_id": "MEDIA_1"},
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn upload_answers_are_read_as_documented() {
+        // The example answer in WeCom's 上传临时素材 documentation.
+        let reply: ApiReply = serde_json::from_str(
+            r#"{"errcode":0,"errmsg":"","type":"image",
+                "media_id":"1G6nrLmr5EC3MMb_-zK1dDdzmd0p7cNliYu9V5w7o8K0",
+                "created_at":"1380000000"}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.errcode, 0);
+        assert_eq!(
+            reply.media_id.as_deref(),
+            Some("1G6nrLmr5EC3MMb_-zK1dDdzmd0p7cNliYu9V5w7o8K0")
+        );
+    }
+
+    #[test]
+    fn upload_filenames_keep_what_the_recipient_should_see() {
+        assert_eq!(upload_filename("报告 2026.pdf"), "报告 2026.pdf");
+        assert_eq!(upload_filename("../etc/passwd"), ".._etc_passwd");
+        assert_eq!(upload_filename("a\"b\\c\r\nd"), "a_b_c__d");
+        assert_eq!(upload_filename(" \t\r\n "), "file");
+        assert_eq!(upload_filename(""), "file");
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod idempotency;
 mod instances;
 mod kubernetes;
 mod lanes;
+mod media;
 mod metrics;
 mod outbox;
 mod pages;

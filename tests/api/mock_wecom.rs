@@ -1,10 +1,25 @@
 //! A stand-in for the WeCom server API (`qyapi.weixin.qq.com`), just the calls the gateway
-//! makes: `GET /cgi-bin/gettoken`, `POST /cgi-bin/message/send` and (`pushbot doctor`)
-//! `GET /cgi-bin/agent/get`.
+//! makes: `GET /cgi-bin/gettoken`, `POST /cgi-bin/message/send`, `POST /cgi-bin/media/upload`
+//! and (`pushbot doctor`) `GET /cgi-bin/agent/get`.
 //!
 //! It behaves like the real thing where the gateway's correctness depends on it (access
 //! tokens are issued only for the right credentials, expire, and are checked on every
-//! send), records every call, and lets a test script the next replies.
+//! send; uploads are held to WeCom's type and size rules and their `media_id`s expire;
+//! image and file messages name a `media_id` it issued), records every call, and lets a
+//! test script the next replies.
+//!
+//! `media/upload` as WeCom documents it (上传临时素材, developer.work.weixin.qq.com
+//! document/path/90253): multipart/form-data, the file in the field `media`, whose
+//! `filename` is what the recipient sees; every file more than 5 bytes; `image` at most
+//! 10 MB and JPG or PNG, `voice` 2 MB, `video` 10 MB, `file` 20 MB (MB taken as MiB here);
+//! the answer `{"errcode":0,"errmsg":"","type":…,"media_id":…,"created_at":"<unix seconds>"}`.
+//! Refusals use WeCom's global errcodes (全局错误码, document/path/90313): 40005 for a `type`
+//! it does not know and for an `image` that is not JPG/PNG ("invalid file type", the answer
+//! wechatpy/wechatpy#204 got uploading a non-image as `image`), 40006 for a file of 5 bytes
+//! or fewer or over its type's cap ("不合法的文件大小"), 40009 for an image over 10 MB
+//! ("上传图片大小不是有效值"), 44001 for no `media` field or an empty one ("empty media
+//! data", binarywang/WxJava#1569), and 40007 ("invalid media_id", easychen/wecomchan#56)
+//! from `message/send` for a `media_id` that is unknown, expired or of another type.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,12 +27,14 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub const CORP_ID: &str = "wx5823bf96d3bd56c7";
@@ -144,7 +161,7 @@ pub struct Sent {
     pub agentid: i64,
     pub msgtype: String,
     /// `text` and `markdown`: the content; `textcard`: the title, a blank line and the
-    /// description.
+    /// description; `image` and `file`: the `media_id` (see [`MockWeCom::upload_of`]).
     pub content: String,
     /// `textcard` only.
     pub card: Option<SentCard>,
@@ -164,6 +181,37 @@ impl SentCard {
     pub fn parts(&self) -> (&str, &str, &str) {
         (&self.title, &self.description, &self.url)
     }
+}
+
+/// One `media/upload` request as received, accepted or not.
+#[derive(Debug, Clone)]
+pub struct UploadCall {
+    pub access_token: Option<String>,
+    /// The `type` query parameter.
+    pub kind: Option<String>,
+    /// The `media` field's filename (what the recipient would see).
+    pub filename: Option<String>,
+    /// The `media` field's Content-Type.
+    pub content_type: Option<String>,
+    /// The `media` field's bytes (empty when there was none).
+    pub bytes: Bytes,
+    /// Lower-case hex SHA-256 of `bytes`.
+    pub sha256: String,
+    /// The answer's errcode (0: accepted) and, when accepted, the `media_id` issued.
+    pub errcode: i64,
+    pub media_id: Option<String>,
+}
+
+impl UploadCall {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// A `media_id` the mock issued.
+struct Media {
+    kind: String,
+    expired: bool,
 }
 
 #[derive(Default)]
@@ -189,6 +237,11 @@ struct MockState {
     calls: Vec<SendCall>,
     sent: Vec<Sent>,
     unexpected: Vec<String>,
+    /// `media_id` → what was uploaded under it.
+    media: HashMap<String, Media>,
+    /// Answers for the next `media/upload` calls that pass the token check.
+    upload_script: VecDeque<SendReply>,
+    uploads: Vec<UploadCall>,
 }
 
 impl MockState {
@@ -210,6 +263,25 @@ impl MockState {
             )),
         }
     }
+
+    /// An `image` or `file` message must name a `media_id` this mock issued for that type
+    /// and that has not expired; WeCom answers 40007 otherwise.
+    fn check_media(&self, body: &Value) -> Result<(), SendReply> {
+        let msgtype = body["msgtype"].as_str().unwrap_or_default();
+        if !is_media_msgtype(msgtype) {
+            return Ok(());
+        }
+        let media_id = body[msgtype]["media_id"].as_str().unwrap_or_default();
+        match self.media.get(media_id) {
+            Some(media) if !media.expired && media.kind == msgtype => Ok(()),
+            _ => Err(SendReply::errcode(40007, "invalid media_id, hint: [mock]")),
+        }
+    }
+}
+
+/// The message types that carry a `media_id` and that the mock checks.
+fn is_media_msgtype(msgtype: &str) -> bool {
+    matches!(msgtype, "image" | "file")
 }
 
 #[derive(Clone)]
@@ -254,6 +326,11 @@ impl MockWeCom {
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(message_send))
             .route("/cgi-bin/agent/get", get(agent_get))
+            // WeCom takes files up to 20 MB; a larger one is read and refused (40006).
+            .route(
+                "/cgi-bin/media/upload",
+                post(media_upload).layer(DefaultBodyLimit::disable()),
+            )
             .fallback(unexpected)
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -356,6 +433,29 @@ impl MockWeCom {
         s.expired_tokens.extend(tokens);
     }
 
+    /// Answers the next `media/upload` calls that carry a valid access token with these
+    /// replies, in order, whatever they upload (the body is still read and recorded); a
+    /// reply's delay is waited out before answering, and a successful reply issues a
+    /// `media_id` as usual.
+    pub fn push_upload_replies(&self, replies: impl IntoIterator<Item = SendReply>) {
+        self.shared.lock().upload_script.extend(replies);
+    }
+
+    /// Expires `media_id` as WeCom does 3 days after its upload: `message/send` naming it
+    /// answers 40007 from now on.
+    pub fn expire_media(&self, media_id: &str) {
+        if let Some(media) = self.shared.lock().media.get_mut(media_id) {
+            media.expired = true;
+        }
+    }
+
+    /// Expires every `media_id` issued so far.
+    pub fn expire_all_media(&self) {
+        for media in self.shared.lock().media.values_mut() {
+            media.expired = true;
+        }
+    }
+
     // ---- observation ----
 
     pub fn gettoken_calls(&self) -> u64 {
@@ -399,6 +499,43 @@ impl MockWeCom {
 
     pub fn sent(&self) -> Vec<Sent> {
         self.shared.lock().sent.clone()
+    }
+
+    /// Every `media/upload` request, accepted or not, in arrival order.
+    pub fn upload_calls(&self) -> Vec<UploadCall> {
+        self.shared.lock().uploads.clone()
+    }
+
+    /// The uploads WeCom accepted (each issued a `media_id`), in arrival order.
+    pub fn uploads(&self) -> Vec<UploadCall> {
+        let s = self.shared.lock();
+        s.uploads
+            .iter()
+            .filter(|u| u.errcode == 0)
+            .cloned()
+            .collect()
+    }
+
+    /// The accepted upload that issued `media_id`.
+    pub fn upload_of(&self, media_id: &str) -> Option<UploadCall> {
+        let s = self.shared.lock();
+        s.uploads
+            .iter()
+            .find(|u| u.media_id.as_deref() == Some(media_id))
+            .cloned()
+    }
+
+    /// Waits until at least `n` uploads were accepted and returns them.
+    pub async fn wait_for_uploads(&self, n: usize, timeout: Duration) -> Vec<UploadCall> {
+        let accepted = |s: &MockState| s.uploads.iter().filter(|u| u.errcode == 0).count();
+        if self.wait_until(timeout, |s| accepted(s) >= n).await {
+            self.uploads()
+        } else {
+            panic!(
+                "expected {n} accepted uploads within {timeout:?}, got {}",
+                self.uploads().len()
+            );
+        }
     }
 
     /// Requests to paths the gateway has no business calling.
@@ -532,7 +669,7 @@ async fn message_send(
         let mut s = shared.lock();
         let token_state = s.check_token(received.access_token.as_deref());
         let touser = body["touser"].as_str().unwrap_or_default();
-        let reply = match token_state {
+        let reply = match token_state.and_then(|()| s.check_media(&body)) {
             Err(r) => r,
             Ok(()) => {
                 let member_scripted = s
@@ -579,6 +716,7 @@ async fn message_send(
         let content = match &card {
             Some(card) => format!("{}\n\n{}", card.title, card.description),
             None if msgtype == "markdown" => field(&["markdown", "content"]),
+            None if is_media_msgtype(&msgtype) => field(&[msgtype.as_str(), "media_id"]),
             None => field(&["text", "content"]),
         };
         let sent = Sent {
@@ -591,6 +729,159 @@ async fn message_send(
         shared.lock().sent.push(sent);
     }
     record_call(&shared, received, body, reply);
+    resp
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    access_token: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// The `media` field of an upload, read whole.
+#[derive(Default)]
+struct MediaField {
+    filename: Option<String>,
+    content_type: Option<String>,
+    bytes: Bytes,
+}
+
+/// Reads the multipart body to its end (so the client is never cut off mid-upload, as a
+/// real server reads what it is sent) and returns the `media` field, if any.
+async fn read_media_field(headers: &HeaderMap, body: axum::body::Body) -> Option<MediaField> {
+    let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let boundary = multer::parse_boundary(content_type).ok()?;
+    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+    let mut media = None;
+    while let Ok(Some(field)) = multipart.next_field().await {
+        let is_media = field.name() == Some("media");
+        let filename = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(|m| m.to_string());
+        let bytes = field.bytes().await.ok()?;
+        if is_media && media.is_none() {
+            media = Some(MediaField {
+                filename,
+                content_type,
+                bytes,
+            });
+        }
+    }
+    media
+}
+
+/// WeCom's cap for an upload `type`, or `None` for a type it does not know.
+fn upload_cap(kind: &str) -> Option<usize> {
+    const MB: usize = 1024 * 1024;
+    match kind {
+        "image" | "video" => Some(10 * MB),
+        "voice" => Some(2 * MB),
+        "file" => Some(20 * MB),
+        _ => None,
+    }
+}
+
+/// JPG (FF D8 FF) or PNG (89 50 4E 47 0D 0A 1A 0A), by their first bytes.
+fn is_jpg_or_png(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || bytes.starts_with(b"\x89PNG\r\n\x1a\n")
+}
+
+/// WeCom's verdict on an upload that passed the token check: `Ok` or the refusal.
+fn judge_upload(kind: &str, media: Option<&MediaField>) -> Result<(), SendReply> {
+    let Some(cap) = upload_cap(kind) else {
+        return Err(SendReply::errcode(40005, "invalid file type, hint: [mock]"));
+    };
+    let bytes = match media {
+        Some(m) if !m.bytes.is_empty() => &m.bytes,
+        _ => return Err(SendReply::errcode(44001, "empty media data, hint: [mock]")),
+    };
+    if bytes.len() <= 5 {
+        return Err(SendReply::errcode(40006, "invalid file size, hint: [mock]"));
+    }
+    if kind == "image" {
+        if !is_jpg_or_png(bytes) {
+            return Err(SendReply::errcode(40005, "invalid file type, hint: [mock]"));
+        }
+        if bytes.len() > cap {
+            return Err(SendReply::errcode(
+                40009,
+                "invalid image size, hint: [mock]",
+            ));
+        }
+    }
+    if bytes.len() > cap {
+        return Err(SendReply::errcode(40006, "invalid file size, hint: [mock]"));
+    }
+    Ok(())
+}
+
+async fn media_upload(
+    State(shared): State<Shared>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let media = read_media_field(&headers, body).await;
+    let kind = q.kind.clone().unwrap_or_default();
+    let verdict = {
+        let mut s = shared.lock();
+        s.check_token(q.access_token.as_deref())
+            .and_then(|()| match s.upload_script.pop_front() {
+                Some(reply) => Err(reply),
+                None => judge_upload(&kind, media.as_ref()),
+            })
+    };
+    if let Err(SendReply { delay: Some(d), .. }) = &verdict {
+        tokio::time::sleep(*d).await;
+    }
+    let media = media.unwrap_or_default();
+    let mut call = UploadCall {
+        access_token: q.access_token,
+        kind: q.kind,
+        filename: media.filename,
+        content_type: media.content_type,
+        sha256: hex::encode(Sha256::digest(&media.bytes)),
+        bytes: media.bytes,
+        errcode: 0,
+        media_id: None,
+    };
+    let resp = match verdict {
+        // A scripted success is an ordinary success.
+        Err(reply) if !reply.is_success() => {
+            call.errcode = if reply.status == 200 {
+                reply.errcode
+            } else {
+                -1
+            };
+            reply_response(&reply)
+        }
+        _ => {
+            let mut s = shared.lock();
+            let media_id = format!("MEDIA_{}_{:016x}", s.media.len() + 1, rand::random::<u64>());
+            s.media.insert(
+                media_id.clone(),
+                Media {
+                    kind: kind.clone(),
+                    expired: false,
+                },
+            );
+            call.media_id = Some(media_id.clone());
+            let created_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            Json(json!({
+                "errcode": 0,
+                "errmsg": "",
+                "type": kind,
+                "media_id": media_id,
+                "created_at": created_at.to_string()
+            }))
+            .into_response()
+        }
+    };
+    shared.lock().uploads.push(call);
+    shared.bump();
     resp
 }
 
