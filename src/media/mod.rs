@@ -14,10 +14,12 @@
 //! Nothing here stores or sends: the store and the WeCom client do that.
 
 pub mod address;
+pub mod sniff;
 
 use std::fmt;
 
 pub use address::{Reason, is_refused};
+pub use sniff::{MediaError, SNIFF_LEN, Sniffed, kind_for_wecom, sniff};
 
 /// What WeCom gets: an image message or a file message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +55,16 @@ impl fmt::Display for MediaKind {
     }
 }
 
+/// `20 MiB` for whole mebibytes, else `123 bytes`: sizes in messages to senders.
+fn describe_size(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +76,12 @@ mod tests {
             assert_eq!(kind.to_string(), kind.as_str());
         }
         assert_eq!(MediaKind::parse("voice"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(describe_size(20 * 1024 * 1024), "20 MiB");
+        assert_eq!(describe_size(1024 * 1024 + 1), "1048577 bytes");
+        assert_eq!(describe_size(0), "0 bytes");
     }
 }
