@@ -14,11 +14,13 @@
 //! Nothing here stores or sends: the store and the WeCom client do that.
 
 pub mod address;
+pub mod filename;
 pub mod sniff;
 
 use std::fmt;
 
 pub use address::{Reason, is_refused};
+pub use filename::sanitize_filename;
 pub use sniff::{MediaError, SNIFF_LEN, Sniffed, kind_for_wecom, sniff};
 
 /// What WeCom gets: an image message or a file message.
