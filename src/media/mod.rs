@@ -14,12 +14,14 @@
 //! Nothing here stores or sends: the store and the WeCom client do that.
 
 pub mod address;
+pub mod fetch;
 pub mod filename;
 pub mod sniff;
 
 use std::fmt;
 
 pub use address::{Reason, is_refused};
+pub use fetch::{Body, FetchError, FetchLimits, Fetched, Fetcher};
 pub use filename::sanitize_filename;
 pub use sniff::{MediaError, SNIFF_LEN, Sniffed, kind_for_wecom, sniff};
 
