@@ -74,6 +74,13 @@ async fn origin_at(ip: &str, port: u16) -> (SocketAddr, Seen) {
         .route("/endless", get(endless))
         .route("/exact/{n}", get(exact))
         .route("/slow-headers", get(slow_headers))
+        .route(
+            "/late-redirect",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                Redirect::to("/slow-headers")
+            }),
+        )
         .route("/trickle", get(trickle))
         .layer(axum::middleware::from_fn_with_state(seen.clone(), record))
         .with_state(());
@@ -612,9 +619,9 @@ async fn the_body_is_capped_while_it_streams() {
 #[tokio::test]
 async fn one_deadline_for_the_whole_fetch() {
     let (addr, _) = origin().await;
-    let mut limits = limits(&["127.0.0.1/32"]);
-    limits.timeout = Duration::from_millis(350);
-    let fetcher = Fetcher::with_resolver(limits, stub(&[])).unwrap();
+    let mut short = limits(&["127.0.0.1/32"]);
+    short.timeout = Duration::from_millis(350);
+    let fetcher = Fetcher::with_resolver(short, stub(&[])).unwrap();
     let timed_out = FetchError::Timeout {
         after: Duration::from_millis(350),
     };
@@ -648,6 +655,20 @@ async fn one_deadline_for_the_whole_fetch() {
         .await
         .unwrap();
     assert_eq!(read(fetched.body).await.0, b"done");
+
+    // The last request gets what is left, not a whole timeout of its own: 0.8 s for the
+    // redirect, then headers that never come, and the fetch ends at 1 s, not at 1.8 s.
+    let mut one_second = limits(&["127.0.0.1/32"]);
+    one_second.timeout = Duration::from_secs(1);
+    let fetcher = Fetcher::with_resolver(one_second, stub(&[])).unwrap();
+    let started = Instant::now();
+    let err = fetcher
+        .fetch(&format!("http://{addr}/late-redirect"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
 }
 
 /// Errors name the host, never the URL's query, which may carry a token.
