@@ -439,7 +439,9 @@ pub fn http_client_no_redirects(
         .map_err(StartupError::HttpClient)
 }
 
-fn client_builder(
+/// The builder behind [`http_client`] (TLS, timeouts, pool, User-Agent), for clients that
+/// add more (the media fetcher's guarded resolver).
+pub(crate) fn client_builder(
     timeout: Duration,
     egress: Egress<'_>,
 ) -> Result<reqwest::ClientBuilder, StartupError> {
