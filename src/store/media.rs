@@ -91,32 +91,12 @@ impl std::fmt::Display for BlobId {
     }
 }
 
-/// How WeCom gets an attachment: as an image message (JPG/PNG up to 10 MB) or as a file.
-///
-/// (The store's own copy: `crate::media` defines the shared one; they are unified when the
-/// pieces of issue 20 are wired together.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaKind {
-    Image,
-    File,
-}
+pub use crate::media::MediaKind;
 
-impl MediaKind {
-    /// As stored, and as WeCom's `media/upload` names the type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Image => "image",
-            Self::File => "file",
-        }
-    }
-
-    fn from_stored(stored: &str) -> Result<Self, StoreError> {
-        match stored {
-            "image" => Ok(Self::Image),
-            "file" => Ok(Self::File),
-            other => Err(StoreError::Corrupt(format!("unknown media kind {other:?}"))),
-        }
-    }
+/// A stored kind read back: only `image` and `file` are ever written.
+fn kind_from_stored(stored: &str) -> Result<MediaKind, StoreError> {
+    MediaKind::parse(stored)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown media kind {stored:?}")))
 }
 
 /// What [`Store::put_blob`] may store.
@@ -540,7 +520,7 @@ impl Store {
                 Ok(Attachment {
                     blob_id: BlobId(row.try_get("blob_id")?),
                     filename: row.try_get("filename")?,
-                    kind: MediaKind::from_stored(&row.try_get::<String, _>("kind")?)?,
+                    kind: kind_from_stored(&row.try_get::<String, _>("kind")?)?,
                 })
             })
             .collect()

@@ -192,11 +192,11 @@ pub enum AppMessage {
     /// A card: title ≤ 128 bytes, description ≤ 512 bytes, a link and a button; shown
     /// everywhere, WeChat included.
     Textcard { textcard: TextCard },
-    /// A picture: the `media_id` of a JPG or PNG uploaded as [`MediaType::Image`] within
+    /// A picture: the `media_id` of a JPG or PNG uploaded as [`MediaKind::Image`] within
     /// the last 3 days.
     Image { image: MediaRef },
     /// A file, shown with the filename it was uploaded with: the `media_id` of an upload
-    /// as [`MediaType::File`] within the last 3 days.
+    /// as [`MediaKind::File`] within the last 3 days.
     File { file: MediaRef },
 }
 
@@ -208,21 +208,9 @@ pub struct MediaRef {
 
 /// What `media/upload` is to make of a file (its `type`). WeCom's limits: every file more
 /// than 5 bytes; an image JPG or PNG and at most 10 MB; a file at most 20 MB. The client
-/// does not check them: the caller decides the type from the sniffed content and size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaType {
-    Image,
-    File,
-}
-
-impl MediaType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Image => "image",
-            Self::File => "file",
-        }
-    }
-}
+/// does not check them: the caller decides the kind from the sniffed content and size
+/// ([`crate::media::kind_for_wecom`]).
+pub use crate::media::MediaKind;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Content {
@@ -538,7 +526,7 @@ impl WeComClient {
     /// An error from the stream ends the upload as a transport error (transient).
     pub async fn upload_media<F, S, E>(
         &self,
-        kind: MediaType,
+        kind: MediaKind,
         filename: &str,
         content_type: &str,
         length: u64,
@@ -576,7 +564,7 @@ impl WeComClient {
     /// [`Self::upload_media`] for content already in memory.
     pub async fn upload_media_bytes(
         &self,
-        kind: MediaType,
+        kind: MediaKind,
         filename: &str,
         content_type: &str,
         content: Bytes,
@@ -591,7 +579,7 @@ impl WeComClient {
     async fn post_media(
         &self,
         token: &str,
-        kind: MediaType,
+        kind: MediaKind,
         length: u64,
         part: reqwest::multipart::Part,
     ) -> Result<String, WeComError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use pushbot::metrics::Metrics;
-use pushbot::wecom::client::{AppMessage, MediaRef, MediaType, WeComClient, WeComError};
+use pushbot::wecom::client::{AppMessage, MediaKind, MediaRef, WeComClient, WeComError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -94,7 +94,7 @@ async fn an_uploaded_image_and_file_are_sent_as_image_and_file_messages() {
     let picture = png(2048);
     let image_id = client
         .upload_media_bytes(
-            MediaType::Image,
+            MediaKind::Image,
             "chart.png",
             "image/png",
             Bytes::from(picture.clone()),
@@ -104,7 +104,7 @@ async fn an_uploaded_image_and_file_are_sent_as_image_and_file_messages() {
     let report = pattern(10_000);
     let file_id = client
         .upload_media_bytes(
-            MediaType::File,
+            MediaKind::File,
             "报告 2026-12.pdf",
             "application/pdf",
             Bytes::from(report.clone()),
@@ -158,7 +158,7 @@ async fn a_filename_cannot_break_the_multipart_header() {
     let client = client_for(&mock.base_url);
     let id = client
         .upload_media_bytes(
-            MediaType::File,
+            MediaKind::File,
             "a\"b\\c/d\r\ne.txt",
             "text/plain",
             Bytes::from_static(b"hello world"),
@@ -171,7 +171,7 @@ async fn a_filename_cannot_break_the_multipart_header() {
 
     let id = client
         .upload_media_bytes(
-            MediaType::File,
+            MediaKind::File,
             " \t ",
             "text/plain",
             Bytes::from_static(b"hello world"),
@@ -193,7 +193,7 @@ async fn a_streamed_upload_arrives_byte_identical_at_the_cap() {
     let started = Arc::new(AtomicUsize::new(0));
     let id = client
         .upload_media(
-            MediaType::File,
+            MediaKind::File,
             "dump.bin",
             "application/octet-stream",
             content.len() as u64,
@@ -228,7 +228,7 @@ async fn an_upload_with_an_expired_token_refreshes_it_and_sends_the_content_agai
     let client = client.with_metrics(metrics.clone());
     client
         .upload_media_bytes(
-            MediaType::Image,
+            MediaKind::Image,
             "a.jpg",
             "image/jpeg",
             Bytes::from(jpg(100)),
@@ -241,7 +241,7 @@ async fn an_upload_with_an_expired_token_refreshes_it_and_sends_the_content_agai
     let started = Arc::new(AtomicUsize::new(0));
     let id = client
         .upload_media(
-            MediaType::File,
+            MediaKind::File,
             "b.bin",
             "application/octet-stream",
             content.len() as u64,
@@ -285,7 +285,7 @@ async fn an_expired_or_unknown_media_id_is_recognised_for_a_re_upload() {
     let client = client_for(&mock.base_url);
     let picture = Bytes::from(png(64));
     let id = client
-        .upload_media_bytes(MediaType::Image, "p.png", "image/png", picture.clone())
+        .upload_media_bytes(MediaKind::Image, "p.png", "image/png", picture.clone())
         .await
         .unwrap();
     client.send("alice", &image(&id)).await.expect("fresh id");
@@ -324,7 +324,7 @@ async fn an_expired_or_unknown_media_id_is_recognised_for_a_re_upload() {
 
     // The caller's remedy: upload again, send with the new id.
     let fresh = client
-        .upload_media_bytes(MediaType::Image, "p.png", "image/png", picture)
+        .upload_media_bytes(MediaKind::Image, "p.png", "image/png", picture)
         .await
         .unwrap();
     assert_ne!(fresh, id);
@@ -338,26 +338,26 @@ async fn uploads_wecom_refuses_are_permanent_errors_naming_the_limit() {
     let mock = MockWeCom::start().await;
     let metrics = Metrics::new();
     let client = client_for(&mock.base_url).with_metrics(metrics.clone());
-    let cases: Vec<(MediaType, Vec<u8>, i64, &str)> = vec![
+    let cases: Vec<(MediaKind, Vec<u8>, i64, &str)> = vec![
         // One byte over the file cap.
-        (MediaType::File, pattern(20 * MB + 1), 40006, "20 MB"),
+        (MediaKind::File, pattern(20 * MB + 1), 40006, "20 MB"),
         // One byte over the image cap, a real PNG otherwise.
-        (MediaType::Image, png(10 * MB + 1), 40009, "10 MB"),
+        (MediaKind::Image, png(10 * MB + 1), 40009, "10 MB"),
         // A GIF is an image, but not one WeCom takes as `image`.
         (
-            MediaType::Image,
+            MediaKind::Image,
             b"GIF89a-and-more".to_vec(),
             40005,
             "JPG or PNG",
         ),
         // Five bytes are not enough ("more than 5 bytes").
         (
-            MediaType::File,
+            MediaKind::File,
             b"12345".to_vec(),
             40006,
             "more than 5 bytes",
         ),
-        (MediaType::File, Vec::new(), 44001, "empty"),
+        (MediaKind::File, Vec::new(), 44001, "empty"),
     ];
     for (kind, content, code, hint) in cases {
         let len = content.len();
@@ -377,7 +377,7 @@ async fn uploads_wecom_refuses_are_permanent_errors_naming_the_limit() {
     // Six bytes are.
     client
         .upload_media_bytes(
-            MediaType::File,
+            MediaKind::File,
             "x",
             "text/plain",
             Bytes::from_static(b"123456"),
@@ -387,7 +387,7 @@ async fn uploads_wecom_refuses_are_permanent_errors_naming_the_limit() {
     // Exactly 10 MB is an image WeCom takes.
     client
         .upload_media_bytes(
-            MediaType::Image,
+            MediaKind::Image,
             "big.png",
             "image/png",
             Bytes::from(png(10 * MB)),
@@ -429,7 +429,7 @@ async fn busy_or_failing_uploads_are_transient() {
     ] {
         let err = client
             .upload_media_bytes(
-                MediaType::File,
+                MediaKind::File,
                 "x.txt",
                 "text/plain",
                 Bytes::from_static(b"some text"),
@@ -445,7 +445,7 @@ async fn busy_or_failing_uploads_are_transient() {
     // A stream that fails halfway: the upload is a transport error, retried later.
     let err = client
         .upload_media(
-            MediaType::File,
+            MediaKind::File,
             "x.bin",
             "application/octet-stream",
             20,
@@ -470,7 +470,7 @@ async fn upload_errors_never_show_the_access_token() {
     let client = client_for(&format!("http://127.0.0.1:{port}"));
     let err = client
         .upload_media_bytes(
-            MediaType::File,
+            MediaKind::File,
             "x.txt",
             "text/plain",
             Bytes::from_static(b"some text"),
@@ -490,7 +490,7 @@ async fn upload_errors_never_show_the_access_token() {
     mock.push_upload_replies([SendReply::ok().delayed(Duration::from_secs(3))]);
     let err = client
         .upload_media_bytes(
-            MediaType::File,
+            MediaKind::File,
             "x.txt",
             "text/plain",
             Bytes::from_static(b"some text"),
@@ -597,7 +597,7 @@ async fn expiring_all_media_refuses_every_earlier_id() {
         ids.push(
             client
                 .upload_media_bytes(
-                    MediaType::File,
+                    MediaKind::File,
                     &format!("{n}.txt"),
                     "text/plain",
                     Bytes::from(format!("file number {n}")),
@@ -609,7 +609,7 @@ async fn expiring_all_media_refuses_every_earlier_id() {
     mock.expire_all_media();
     let later = client
         .upload_media_bytes(
-            MediaType::File,
+            MediaKind::File,
             "later.txt",
             "text/plain",
             Bytes::from_static(b"uploaded after"),
