@@ -392,21 +392,27 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// As SQLite's test of the same name: migration 0004 keeps bound addresses, pending
-    /// codes and the WeCom send history.
-    #[tokio::test]
-    async fn migrating_to_bindings_keeps_addresses_codes_and_history() {
-        use sqlx::Row as _;
-        let schema = TestSchema::new().await;
+    /// A one-connection pool on `schema` with the migrations before `version` applied: the
+    /// database as an older pushbot left it.
+    async fn migrated_before(schema: &TestSchema, version: i64) -> sqlx::PgPool {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .connect(&schema.url())
             .await
             .unwrap();
         let mut migrator = sqlx::migrate!("./src/store/migrations/postgres");
-        let all = migrator.migrations.clone();
-        migrator.migrations = all.iter().filter(|m| m.version < 4).cloned().collect();
+        migrator.migrations.to_mut().retain(|m| m.version < version);
         migrator.run(&pool).await.unwrap();
+        pool
+    }
+
+    /// As SQLite's test of the same name: migration 0004 keeps bound addresses, pending
+    /// codes and the WeCom send history.
+    #[tokio::test]
+    async fn migrating_to_bindings_keeps_addresses_codes_and_history() {
+        use sqlx::Row as _;
+        let schema = TestSchema::new().await;
+        let pool = migrated_before(&schema, 4).await;
         for sql in [
             "INSERT INTO members (userid, token, created_at, token_created_at, email) \
              VALUES ('alice', 'ta', 5, 5, 'alice@example.com'), ('bob', 'tb', 6, 6, NULL)",
@@ -421,8 +427,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        migrator.migrations = all;
-        migrator.run(&pool).await.unwrap();
+        sqlx::migrate!("./src/store/migrations/postgres")
+            .run(&pool)
+            .await
+            .unwrap();
         let one = |sql: &'static str| {
             let pool = pool.clone();
             async move { sqlx::query(sql).fetch_one(&pool).await.unwrap() }
@@ -470,19 +478,7 @@ mod tests {
     #[tokio::test]
     async fn migrating_to_media_keeps_messages_and_stores_files() {
         let schema = TestSchema::new().await;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&schema.url())
-            .await
-            .unwrap();
-        let mut migrator = sqlx::migrate!("./src/store/migrations/postgres");
-        migrator.migrations = migrator
-            .migrations
-            .iter()
-            .filter(|m| m.version < 5)
-            .cloned()
-            .collect();
-        migrator.run(&pool).await.unwrap();
+        let pool = migrated_before(&schema, 5).await;
         sqlx::query(
             "INSERT INTO messages (id, userid, title, status, created_at, updated_at, \
              next_attempt_at, deadline_at, seq) VALUES ('m1', 'alice', 'kept', 'queued', 5, 5, 5, 9, 1)",

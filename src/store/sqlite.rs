@@ -602,20 +602,25 @@ mod tests {
 
     /// The channel-binding migration (0008) keeps what members had bound, the codes they
     /// were waiting on and the WeCom send history.
+    /// A one-connection pool on a new database file at `path` with the migrations before
+    /// `version` applied: the database as an older pushbot left it.
+    async fn migrated_before(path: &std::path::Path, version: i64) -> sqlx::SqlitePool {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        let mut migrator = sqlx::migrate!("./src/store/migrations/sqlite");
+        migrator.migrations.to_mut().retain(|m| m.version < version);
+        migrator.run(&pool).await.unwrap();
+        pool
+    }
+
     #[tokio::test]
     async fn migrating_to_bindings_keeps_addresses_codes_and_history() {
         use sqlx::Row as _;
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .unwrap();
-        let mut migrator = sqlx::migrate!("./src/store/migrations/sqlite");
-        let all = migrator.migrations.clone();
-        migrator.migrations = all.iter().filter(|m| m.version < 8).cloned().collect();
-        migrator.run(&pool).await.unwrap();
+        let pool = migrated_before(&dir.path().join("m.db"), 8).await;
         for sql in [
             "INSERT INTO members (userid, token, created_at, token_created_at, email) \
              VALUES ('alice', 'ta', 5, 5, 'alice@example.com'), ('bob', 'tb', 6, 6, NULL)",
@@ -630,8 +635,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        migrator.migrations = all;
-        migrator.run(&pool).await.unwrap();
+        sqlx::migrate!("./src/store/migrations/sqlite")
+            .run(&pool)
+            .await
+            .unwrap();
         let rows = |sql: &'static str| {
             let pool = pool.clone();
             async move {
@@ -678,19 +685,7 @@ mod tests {
     async fn migrating_to_media_keeps_messages_and_stores_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect(&format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .unwrap();
-        let mut migrator = sqlx::migrate!("./src/store/migrations/sqlite");
-        migrator.migrations = migrator
-            .migrations
-            .iter()
-            .filter(|m| m.version < 9)
-            .cloned()
-            .collect();
-        migrator.run(&pool).await.unwrap();
+        let pool = migrated_before(&path, 9).await;
         sqlx::query(
             "INSERT INTO messages (id, userid, title, status, created_at, updated_at, \
              next_attempt_at, deadline_at, seq) VALUES ('m1', 'alice', 'kept', 'queued', 5, 5, 5, 9, 1)",
