@@ -2398,6 +2398,28 @@ impl Settings {
                 ));
             }
         }
+        let destinations = &self.destinations;
+        let mut both = vec![(
+            "destinations.telegram_bot_token".to_owned(),
+            destinations.telegram_bot_token.is_some()
+                && destinations.telegram_bot_token_file.is_some(),
+        )];
+        for (name, d) in &destinations.named {
+            both.push((
+                format!("destinations.{name}.url"),
+                d.url.is_some() && d.url_file.is_some(),
+            ));
+            both.push((
+                format!("destinations.{name}.secret"),
+                d.secret.is_some() && d.secret_file.is_some(),
+            ));
+        }
+        if let Some((key, _)) = both.into_iter().find(|(_, set)| *set) {
+            return Err(ConfigError::Invalid {
+                key: format!("{key}_file"),
+                message: format!("set either {key} or {key}_file, not both"),
+            });
+        }
         if let Some(sms) = &self.sms {
             for (secret, file, set) in [
                 (
@@ -3458,6 +3480,43 @@ mod tests {
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(loaded.delivery.concurrency, n);
             }
+        }
+    }
+
+    #[test]
+    fn a_destination_secret_comes_from_the_file_or_the_value_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "fr0m-a-f1le\n").unwrap();
+        let file = format!("{:?}", file.display().to_string());
+        for (section, key) in [
+            (
+                format!(
+                    "[destinations.ops]\nkind = \"wecom-robot\"\nurl = \"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k\"\nurl_file = {file}\n"
+                ),
+                "destinations.ops.url_file",
+            ),
+            (
+                format!(
+                    "[destinations.ding]\nkind = \"dingtalk\"\nurl = \"https://oapi.dingtalk.com/robot/send?access_token=t\"\nsecret = \"SECx\"\nsecret_file = {file}\n"
+                ),
+                "destinations.ding.secret_file",
+            ),
+            (
+                format!(
+                    "[destinations]\ntelegram_bot_token = \"1:x\"\ntelegram_bot_token_file = {file}\n"
+                ),
+                "destinations.telegram_bot_token_file",
+            ),
+        ] {
+            let err = Settings::from_toml(&format!("{MINIMAL}\n{section}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("not both"), "{err}");
+            assert!(
+                !err.contains("fr0m-a-f1le") && !err.contains("SECx"),
+                "{err}"
+            );
         }
     }
 
