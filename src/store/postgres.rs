@@ -326,7 +326,7 @@ impl TestSchema {
             panic!(
                 "PostgreSQL at {base} (PUSHBOT_TEST_PG_URL) is needed by this test: {e}. Start \
                  PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, or run the tests through \
-                 .ci/test (it starts a throwaway PostgreSQL when none answers)."
+                 .ci/run (it starts a throwaway PostgreSQL when none answers)."
             )
         });
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))

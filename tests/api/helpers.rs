@@ -368,7 +368,7 @@ impl TestDb {
                 "PUSHBOT_TEST_DB=postgres, but no test schema could be created in the \
                  PostgreSQL database at {} (PUSHBOT_TEST_PG_URL, by default {PG_URL_DEFAULT}): \
                  {e}. Start PostgreSQL there, point PUSHBOT_TEST_PG_URL at one, run the tests \
-                 through .ci/test (it starts a throwaway PostgreSQL when none answers), or run \
+                 through .ci/run (it starts a throwaway PostgreSQL when none answers), or run \
                  with PUSHBOT_TEST_DB=sqlite.",
                 without_password(&base)
             ),
