@@ -433,12 +433,7 @@ impl Store {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                row.try_get::<UnixMillis, _>("sent_at")
-                    .map_err(StoreError::from)
-            })
-            .collect()
+        sent_times(&rows)
     }
 
     /// When messages were sent to the member on `channel` since `since`, oldest first.
@@ -457,13 +452,22 @@ impl Store {
         .bind(channel.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                row.try_get::<UnixMillis, _>("sent_at")
-                    .map_err(StoreError::from)
-            })
-            .collect()
+        sent_times(&rows)
     }
+}
+
+/// The `sent_at` of each row of a `sends` query.
+fn sent_times<R: sqlx::Row>(rows: &[R]) -> Result<Vec<UnixMillis>, StoreError>
+where
+    for<'r> UnixMillis: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|row| {
+            row.try_get::<UnixMillis, _>("sent_at")
+                .map_err(StoreError::from)
+        })
+        .collect()
 }
 
 /// See [`Store::shared_turn`]. Dropped without [`SharedTurn::release`] (an error, a panic),
