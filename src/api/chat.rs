@@ -110,6 +110,7 @@ async fn request_code(
             format: Format::Text,
             look: None,
             url: None,
+            attachments: Vec::new(),
         })
         .await?;
     state.metrics.accepted(crate::metrics::Endpoint::Chat);

@@ -590,6 +590,7 @@ pub(crate) async fn submit(
             format: sub.format,
             look: prefs.look,
             url,
+            attachments: Vec::new(),
         })
         .await?;
     if !accepted.duplicate {

@@ -250,6 +250,9 @@ pub struct NewMessage {
     pub look: Option<Look>,
     /// A link the sender wants opened.
     pub url: Option<String>,
+    /// Images and files already stored (`Store::put_blob`), in the order they are sent.
+    /// Committed with the message, in the same transaction.
+    pub attachments: Vec<crate::store::Attachment>,
 }
 
 /// What a sender asked for with `channel=`.
@@ -542,7 +545,10 @@ impl Outbox {
         message.page_key = Some(crate::token::page_key());
         let mut expired_keys = false;
         loop {
-            match store.insert_message(message.clone()).await {
+            match store
+                .insert_message_with(message.clone(), new.attachments.clone())
+                .await
+            {
                 Ok(()) => {
                     return Ok(Accepted {
                         message,
