@@ -8,8 +8,14 @@
 //! key, listing every message it carried in full; it answers exactly as a message page does
 //! (404 without the key, 410 past the retention).
 //!
-//! The page is self-contained (inline style and script, nothing fetched) and served with
-//! a strict Content-Security-Policy whose nonce changes with every response.
+//! The page is self-contained (inline style and script, nothing fetched from elsewhere) and
+//! served with a strict Content-Security-Policy whose nonce changes with every response.
+//!
+//! A message's images and files (issue 20) are served at `/m/{id}/files/{idx}?k=KEY`, with
+//! the page's key and the page's answers ([`files`]); the page shows the images (its policy
+//! then allows images from this server, and only then) and links every file.
+
+mod files;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,11 +34,15 @@ use super::send::parse_query;
 use crate::domain::Format;
 use crate::error::ApiError;
 use crate::render::page::{
-    DigestPage, Entry, Page, content_security_policy, render, render_digest,
+    DigestPage, Entry, Page, PageFile, content_security_policy,
+    content_security_policy_with_images, render, render_digest,
 };
+use crate::store::{Message, Store, StoreError};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/m/{id}", get(show))
+    Router::new()
+        .route("/m/{id}", get(show))
+        .route("/m/{id}/files/{idx}", get(files::serve))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,10 +59,7 @@ async fn show(
     let Ok(Path(id)) = id else {
         return notice(StatusCode::NOT_FOUND, &nonce);
     };
-    let key = parse_query::<PageQuery>(query.as_deref())
-        .ok()
-        .and_then(|q| q.k)
-        .unwrap_or_default();
+    let key = page_key(query.as_deref());
     if expired(&id, state.retention, SystemTime::now()) {
         return notice(StatusCode::GONE, &nonce);
     }
@@ -65,20 +72,36 @@ async fn show(
         (Ok(message), Ok(digest)) => (message, digest),
         (Err(err), _) | (_, Err(err)) => return ApiError::from(err).into_response(),
     };
-    let opens = |stored: Option<&str>| {
-        stored.is_some_and(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())))
-    };
-    if let Some(message) = message.filter(|m| opens(m.page_key.as_deref())) {
-        let html = render(&Page {
+    if let Some(message) = message.filter(|m| opens(m.page_key.as_deref(), &key)) {
+        let files = match files_of(&state.store, &message).await {
+            Ok(files) => files,
+            Err(err) => return ApiError::from(err).into_response(),
+        };
+        let shown: Vec<PageFile<'_>> = files
+            .iter()
+            .map(|f| PageFile {
+                name: &f.name,
+                size: f.size,
+                image: f.image,
+                href: &f.href,
+            })
+            .collect();
+        let page = Page {
             title: message.title.as_deref(),
             content: message.content.as_deref().unwrap_or(""),
             markdown: message.format == Format::Markdown,
             created_at_ms: message.created_at,
             nonce: &nonce,
-        });
-        return respond(StatusCode::OK, html, &nonce);
+            files: &shown,
+        };
+        let csp = if page.shows_images() {
+            content_security_policy_with_images(&nonce)
+        } else {
+            content_security_policy(&nonce)
+        };
+        return respond_with(StatusCode::OK, render(&page), &csp);
     }
-    let Some(digest) = digest.filter(|d| opens(d.page_key.as_deref())) else {
+    let Some(digest) = digest.filter(|d| opens(d.page_key.as_deref(), &key)) else {
         return notice(StatusCode::NOT_FOUND, &nonce);
     };
     let carried = match state.store.carried_by(&id).await {
@@ -104,6 +127,49 @@ async fn show(
         nonce: &nonce,
     });
     respond(StatusCode::OK, html, &nonce)
+}
+
+/// The key given in the query (`k`), empty when there is none.
+fn page_key(query: Option<&str>) -> String {
+    parse_query::<PageQuery>(query)
+        .ok()
+        .and_then(|q| q.k)
+        .unwrap_or_default()
+}
+
+/// Whether `key` is the stored key, compared in constant time (no stored key opens nothing).
+fn opens(stored: Option<&str>, key: &str) -> bool {
+    stored.is_some_and(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())))
+}
+
+/// A message's file as its page links it.
+struct LinkedFile {
+    name: String,
+    size: u64,
+    image: bool,
+    href: String,
+}
+
+/// The message's files, in order, with what the page shows of each: its name, size, whether
+/// it is shown as an image, and its address relative to the page (which the key opened).
+async fn files_of(store: &Store, message: &Message) -> Result<Vec<LinkedFile>, StoreError> {
+    let key = message.page_key.as_deref().unwrap_or_default();
+    let mut files = Vec::new();
+    for (idx, attachment) in store
+        .attachments_of(&message.id)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        let blob = files::stored_blob(store, &attachment).await?;
+        files.push(LinkedFile {
+            name: files::download_name(attachment.filename.as_deref(), idx, &blob.mime),
+            size: blob.size,
+            image: files::inline_image(&blob.mime).is_some(),
+            href: files::href(message.id.as_str(), idx, key),
+        });
+    }
+    Ok(files)
 }
 
 /// Whether the message (or digest) with this id is older than the retention (a UUIDv7
@@ -148,13 +214,18 @@ fn notice(status: StatusCode, nonce: &str) -> Response {
 }
 
 fn respond(status: StatusCode, html: String, nonce: &str) -> Response {
+    respond_with(status, html, &content_security_policy(nonce))
+}
+
+/// An HTML answer under the policy `csp`.
+fn respond_with(status: StatusCode, html: String, csp: &str) -> Response {
     let mut response = (status, html).into_response();
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    if let Ok(csp) = HeaderValue::from_str(&content_security_policy(nonce)) {
+    if let Ok(csp) = HeaderValue::from_str(csp) {
         headers.insert(CONTENT_SECURITY_POLICY, csp);
     }
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

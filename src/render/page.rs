@@ -2,11 +2,14 @@
 //! on a phone (WeCom's in-app browser, an old WebKit/X5) — and per digest, listing every
 //! message the digest carried in full, each as the message page shows it.
 //!
-//! The page fetches nothing: style and script are inline and carry the response's CSP nonce,
-//! fonts are the system's, and the only outside references are the links the author put in
-//! the message (an image is one too: a link the reader may open, never loaded by itself). So
-//! the page works behind any firewall, tells no sender or third party when or from where it
-//! was read, and a strict policy (`default-src 'none'`, no image source at all) costs nothing.
+//! The page fetches nothing from elsewhere: style and script are inline and carry the
+//! response's CSP nonce, fonts are the system's, and the only outside references are the links
+//! the author put in the message (an image in markdown is one too: a link the reader may open,
+//! never loaded by itself). So the page works behind any firewall, tells no sender or third
+//! party when or from where it was read, and a strict policy (`default-src 'none'`) costs
+//! nothing. The one exception is the message's own images and files (issue 20), served by this
+//! server under the page's address: a page showing images allows `img-src 'self'` and nothing
+//! more ([`content_security_policy_with_images`]).
 
 use std::fmt::Write as _;
 
@@ -24,6 +27,30 @@ pub struct Page<'a> {
     pub created_at_ms: UnixMillis,
     /// The response's CSP nonce, as also passed to [`content_security_policy`].
     pub nonce: &'a str,
+    /// The message's images and files, in the order they were sent.
+    pub files: &'a [PageFile<'a>],
+}
+
+impl Page<'_> {
+    /// Whether the page shows an image inline: then its policy must be
+    /// [`content_security_policy_with_images`], else [`content_security_policy`].
+    pub fn shows_images(&self) -> bool {
+        self.files.iter().any(|f| f.image)
+    }
+}
+
+/// One image or file of a message, as its page shows it.
+pub struct PageFile<'a> {
+    /// The name it was sent under (escaped here).
+    pub name: &'a str,
+    /// In bytes.
+    pub size: u64,
+    /// A JPEG, PNG, GIF or WebP by its content (the file route serves it as one): shown in
+    /// the page as well as offered for download.
+    pub image: bool,
+    /// Where the file is served, relative to the page (`{id}/files/{idx}?k=KEY`); escaped
+    /// here.
+    pub href: &'a str,
 }
 
 /// The complete HTML document for `page`.
@@ -47,8 +74,61 @@ pub fn render(page: &Page<'_>) -> String {
     );
     out.push_str("</header>\n");
     let _ = writeln!(out, "<div class=\"content {class}\">{body}</div>");
+    files_html(&mut out, page.files);
     end_document(&mut out, &nonce);
     out
+}
+
+/// The message's images (each shown, and a link to it at full size) and a list of all its
+/// files, each a download link with its name and size. Nothing when there are none.
+///
+/// Names are the sender's: escaped, as everything from a message. An image has no size in
+/// the markup (unknown without decoding it); the style keeps it within the page's width at its
+/// own aspect ratio.
+fn files_html(out: &mut String, files: &[PageFile<'_>]) {
+    if files.is_empty() {
+        return;
+    }
+    out.push_str("<section class=\"files\">\n");
+    for file in files.iter().filter(|f| f.image) {
+        let (href, name) = (escape_html(file.href), escape_html(file.name));
+        let _ = writeln!(
+            out,
+            "<p class=\"image\"><a href=\"{href}\"><img src=\"{href}\" alt=\"{name}\" \
+             loading=\"lazy\" decoding=\"async\"></a></p>"
+        );
+    }
+    out.push_str("<h2>附件 · Attachments</h2>\n<ul class=\"downloads\">\n");
+    for file in files {
+        let (href, name) = (escape_html(file.href), escape_html(file.name));
+        let _ = writeln!(
+            out,
+            "<li><a href=\"{href}\" download=\"{name}\">{name}</a> \
+             <span class=\"size\">{}</span></li>",
+            human_size(file.size)
+        );
+    }
+    out.push_str("</ul>\n</section>\n");
+}
+
+/// A file's size for readers: bytes below 1 KiB, else KiB, MiB or GiB with one decimal
+/// (`834 B`, `12.5 KiB`, `3.0 MiB`), binary units as in the limits (`media.max_bytes`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    // Tenths of the unit, rounded, in integers: no float rounding at the edges, and a size
+    // that rounds to 1024 of a unit is shown in the next one.
+    let bytes = u128::from(bytes);
+    let tenths_of = |divisor: u128| (bytes * 10 + divisor / 2) / divisor;
+    let (mut unit, mut divisor) = (0, 1024);
+    while tenths_of(divisor) >= 10 * 1024 && unit + 1 < UNITS.len() {
+        unit += 1;
+        divisor *= 1024;
+    }
+    let tenths = tenths_of(divisor);
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
 }
 
 /// One message on a digest's page.
@@ -175,10 +255,21 @@ fn time_html(at: UnixMillis, id: Option<&str>) -> String {
 /// makes images links, and the policy holds should anything else ever add one); no frames,
 /// forms, base URL or embedding in other sites.
 pub fn content_security_policy(nonce: &str) -> String {
+    policy(nonce, "'none'")
+}
+
+/// [`content_security_policy`] for a page that [shows images](Page::shows_images): the same,
+/// but images may load from this server (`img-src 'self'`), where the file route serves the
+/// message's own. Still none from anywhere else: a sender's link never loads by itself.
+pub fn content_security_policy_with_images(nonce: &str) -> String {
+    policy(nonce, "'self'")
+}
+
+fn policy(nonce: &str, images: &str) -> String {
     let nonce = nonce_token(nonce);
     format!(
         "default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; \
-         img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+         img-src {images}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 }
 
@@ -421,6 +512,14 @@ td { min-width: 4em; }
 th[align="center"], td[align="center"] { text-align: center; }
 th[align="right"], td[align="right"] { text-align: right; }
 footer { margin-top: 32px; color: #8c959f; font-size: 13px; text-align: center; }
+.files { display: block; margin-top: 24px; }
+.files h2 { font-size: 1em; margin: 16px 0 8px; color: #656d76; }
+.image { margin: 0 0 16px; }
+.image img { display: block; max-width: 100%; width: auto; height: auto; border-radius: 4px;
+  border: 1px solid #d8dee4; background: #f3f5f7; }
+.downloads { list-style: none; padding: 0; }
+.downloads li { word-wrap: break-word; overflow-wrap: break-word; overflow-wrap: anywhere; }
+.size { color: #656d76; font-size: 14px; white-space: nowrap; }
 @media (prefers-color-scheme: dark) {
   body { background: #16181c; color: #e6edf3; }
   header, hr, article { border-color: #30363d; }
@@ -431,6 +530,8 @@ footer { margin-top: 32px; color: #8c959f; font-size: 13px; text-align: center; 
   pre, th { background: #1f242c; }
   th, td { border-color: #3d444d; }
   footer { color: #6e7681; }
+  .files h2, .size { color: #9198a1; }
+  .image img { border-color: #30363d; background: #1f242c; }
 }
 "#;
 
@@ -445,6 +546,7 @@ mod tests {
             markdown,
             created_at_ms: UnixMillis::from_millis(1_795_745_285_000),
             nonce: "bm9uY2UxMjM0NTY3ODkw",
+            files: &[],
         }
     }
 
@@ -688,6 +790,131 @@ mod tests {
         });
         assert!(html.contains("<h1>3 条消息 · 3 messages</h1>"));
         assert!(html.contains("另有 2 条已超过保存期限并被删除。<br>2 more were older"));
+    }
+
+    fn with_files<'a>(files: &'a [PageFile<'a>]) -> Page<'a> {
+        Page {
+            files,
+            ..page(Some("t"), "x", false)
+        }
+    }
+
+    #[test]
+    fn images_are_shown_and_every_file_is_a_download_link_with_its_size() {
+        let files = [
+            PageFile {
+                name: "chart.png",
+                size: 48_213,
+                image: true,
+                href: "0190/files/0?k=abc",
+            },
+            PageFile {
+                name: "report.pdf",
+                size: 3 * 1024 * 1024,
+                image: false,
+                href: "0190/files/1?k=abc",
+            },
+        ];
+        let page = with_files(&files);
+        assert!(page.shows_images());
+        let html = render(&page);
+        assert!(html.contains(
+            "<p class=\"image\"><a href=\"0190/files/0?k=abc\"><img src=\"0190/files/0?k=abc\" \
+             alt=\"chart.png\" loading=\"lazy\" decoding=\"async\"></a></p>"
+        ));
+        assert_eq!(html.matches("<img").count(), 1, "only the image is shown");
+        assert!(html.contains(
+            "<li><a href=\"0190/files/0?k=abc\" download=\"chart.png\">chart.png</a> \
+             <span class=\"size\">47.1 KiB</span></li>"
+        ));
+        assert!(html.contains(
+            "<li><a href=\"0190/files/1?k=abc\" download=\"report.pdf\">report.pdf</a> \
+             <span class=\"size\">3.0 MiB</span></li>"
+        ));
+        assert_eq!(html.matches("<li>").count(), 2, "every file listed");
+        // after the content, in the order sent
+        let (content, image, pdf) = (
+            html.find("<div class=\"content").unwrap_or(usize::MAX),
+            html.find("download=\"chart.png\"").unwrap_or(0),
+            html.find("download=\"report.pdf\"").unwrap_or(0),
+        );
+        assert!(content < image && image < pdf, "{html}");
+        // the style keeps an image within the page, at its own aspect ratio
+        assert!(STYLE.contains("max-width: 100%; width: auto; height: auto;"));
+    }
+
+    #[test]
+    fn a_hostile_file_name_is_escaped_in_alt_and_link_text() {
+        let files = [PageFile {
+            name: "\"><script>alert(1)</script><img src=x onerror=alert(1)>.png",
+            size: 10,
+            image: true,
+            href: "id/files/0?k=a\"b&c",
+        }];
+        let html = render(&with_files(&files));
+        let escaped = "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x \
+                       onerror=alert(1)&gt;.png";
+        assert!(html.contains(&format!("alt=\"{escaped}\"")), "{html}");
+        assert!(
+            html.contains(&format!("download=\"{escaped}\">{escaped}</a>")),
+            "{html}"
+        );
+        assert!(
+            html.contains("href=\"id/files/0?k=a&quot;b&amp;c\""),
+            "{html}"
+        );
+        assert_eq!(html.matches("<script").count(), 1, "only ours");
+        assert_eq!(html.matches("<img").count(), 1, "only the one shown");
+        assert!(!html.contains("onerror=alert(1)>"));
+    }
+
+    #[test]
+    fn files_only_no_images_and_no_files() {
+        let files = [PageFile {
+            name: "drawing.svg",
+            size: 0,
+            image: false,
+            href: "id/files/0?k=a",
+        }];
+        let page = with_files(&files);
+        assert!(!page.shows_images(), "an SVG is a file");
+        let html = render(&page);
+        assert!(!html.contains("<img"));
+        assert!(html.contains(">drawing.svg</a> <span class=\"size\">0 B</span>"));
+
+        let html = render(&with_files(&[]));
+        assert!(!html.contains("class=\"files\"") && !html.contains("<li>"));
+        assert!(!with_files(&[]).shows_images());
+    }
+
+    #[test]
+    fn sizes_for_readers() {
+        let cases: &[(u64, &str)] = &[
+            (0, "0 B"),
+            (6, "6 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (48_213, "47.1 KiB"),
+            (1024 * 1024 - 52, "1023.9 KiB"),
+            (1024 * 1024 - 51, "1.0 MiB"),
+            (10 * 1024 * 1024, "10.0 MiB"),
+            (20 * 1024 * 1024 - 1, "20.0 MiB"),
+            (1024 * 1024 * 1024, "1.0 GiB"),
+            (5 * 1024 * 1024 * 1024 * 1024, "5120.0 GiB"),
+            (u64::MAX, "17179869184.0 GiB"),
+        ];
+        for &(bytes, want) in cases {
+            assert_eq!(human_size(bytes), want, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn images_allow_this_server_and_nothing_more() {
+        let strict = content_security_policy("bm9uY2U=");
+        let images = content_security_policy_with_images("bm9uY2U=");
+        assert_eq!(images, strict.replace("img-src 'none'", "img-src 'self'"));
+        assert_ne!(images, strict);
     }
 
     #[test]
