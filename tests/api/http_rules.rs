@@ -165,6 +165,8 @@ async fn every_answer_says_nosniff() {
         (Method::PUT, "/send".into(), 405),
         (Method::GET, "/m/x".into(), 404),
         (Method::GET, "/m/x?k=y".into(), 404),
+        (Method::GET, "/m/x/files/0?k=y".into(), 404),
+        (Method::POST, "/m/x/files/0?k=y".into(), 405),
         (Method::GET, long, 414),
     ];
     for (method, path, status) in cases {

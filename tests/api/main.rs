@@ -30,6 +30,7 @@ mod lanes;
 mod media;
 mod metrics;
 mod outbox;
+mod page_files;
 mod pages;
 mod proxy;
 mod restart;
