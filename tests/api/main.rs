@@ -39,3 +39,4 @@ mod shutdown;
 mod sms;
 mod storage;
 mod supervision;
+mod uploads;

@@ -191,6 +191,10 @@ async fn push(
                 .map_or(Urgency::Normal, Urgency::from_bark),
             format,
             endpoint: Endpoint::Bark,
+            image_url: None,
+            file_url: None,
+            attachments: Vec::new(),
+            sender: None,
         },
     )
     .await

@@ -163,6 +163,10 @@ pub async fn message(
             urgency: Urgency::from_gotify(priority),
             format: fields.format(),
             endpoint: Endpoint::Gotify,
+            image_url: None,
+            file_url: None,
+            attachments: Vec::new(),
+            sender: None,
         },
     )
     .await?;

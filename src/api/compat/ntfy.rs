@@ -449,6 +449,10 @@ async fn publish(
                 Format::Text
             },
             endpoint: Endpoint::Ntfy,
+            image_url: None,
+            file_url: None,
+            attachments: Vec::new(),
+            sender: None,
         },
     )
     .await?;
