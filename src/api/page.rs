@@ -161,7 +161,11 @@ async fn files_of(store: &Store, message: &Message) -> Result<Vec<LinkedFile>, S
         .into_iter()
         .enumerate()
     {
-        let blob = files::stored_blob(store, &attachment).await?;
+        // A blob that is gone (never, while its message is kept: a foreign key) is left
+        // out, as `GET /messages/{id}` leaves it out; the others keep their index.
+        let Some(blob) = store.blob_info(&attachment.blob_id).await? else {
+            continue;
+        };
         files.push(LinkedFile {
             name: files::download_name(attachment.filename.as_deref(), idx, &blob.mime),
             size: blob.size,

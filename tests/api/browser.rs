@@ -260,7 +260,10 @@ async fn message_page_with_an_image_in_a_real_browser() {
         "构建耗时曲线",
         &[
             ("构建耗时 build-duration-2026-week-48.png", &image),
-            ("完整日志 full-build-log-with-a-very-long-name.pdf", b"%PDF-1.7\n%%EOF\n"),
+            (
+                "完整日志 full-build-log-with-a-very-long-name.pdf",
+                b"%PDF-1.7\n%%EOF\n",
+            ),
         ],
     )
     .await;
@@ -294,7 +297,12 @@ async fn message_page_with_an_image_in_a_real_browser() {
             .logs("browser")
             .await
             .into_iter()
-            .filter(|e| !e["message"].as_str().unwrap_or_default().starts_with(&favicon))
+            .filter(|e| {
+                !e["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(&favicon)
+            })
             .collect();
         let requests: Vec<(String, String)> = requests(&driver.logs("performance").await)
             .into_iter()

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use reqwest::multipart::{Form, Part};
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::compat::{app_and_member, get};
@@ -86,7 +85,8 @@ fn crc32(bytes: &[u8]) -> u32 {
 
 /// A PDF-looking file of exactly `len` bytes (what the sniffer calls `application/pdf`).
 fn pdf(len: usize) -> Vec<u8> {
-    let mut bytes = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n".to_vec();
+    let mut bytes =
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n".to_vec();
     let mut n: u32 = 0;
     while bytes.len() < len {
         n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
@@ -261,7 +261,11 @@ async fn the_page_shows_the_image_and_links_both_files_which_come_back_byte_for_
         )),
         "{body}"
     );
-    assert_eq!(body.matches("<img").count(), 1, "the PDF is no image: {body}");
+    assert_eq!(
+        body.matches("<img").count(),
+        1,
+        "the PDF is no image: {body}"
+    );
     let size = |bytes: usize| pushbot::render::page::human_size(bytes as u64);
     for (idx, name, len) in [(0, PNG_NAME, image.len()), (1, PDF_NAME, document.len())] {
         let link = format!(
@@ -439,24 +443,51 @@ fn db_now_secs() -> i64 {
     crate::db::now_ms() / 1000
 }
 
-/// The status JSON lists the attachments the page shows.
+/// The page shows what `GET /messages/{id}` lists, in the same order, and each link serves
+/// the bytes whose hash the status gives.
 #[tokio::test]
-async fn the_page_lists_what_the_status_lists() {
+async fn the_page_shows_what_the_status_lists() {
     let (app, _user, token) = app_and_member().await;
-    let image = png(16, 16);
-    let id = send_files(&app, &token, "t", &[("a.png", &image), ("b.pdf", &pdf(64))]).await;
+    let (image, document) = (png(16, 16), pdf(64));
+    let id = send_files(
+        &app,
+        &token,
+        "t",
+        &[("a.png", &image), ("b.pdf", &document)],
+    )
+    .await;
     let status = app.message_json(&id, &token).await;
-    let names: Vec<&str> = status["attachments"]
+    let listed = status["attachments"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f["filename"].as_str()).collect())
+        .cloned()
         .unwrap_or_default();
+    let want = [
+        ("a.png", "image", image.len(), "image/png", sha256(&image)),
+        (
+            "b.pdf",
+            "file",
+            document.len(),
+            "application/pdf",
+            sha256(&document),
+        ),
+    ];
+    assert_eq!(listed.len(), want.len(), "{status}");
     let path = page_path(&app, &id, &token).await;
+    let key = key_of(&path);
     let (_, body) = html(get(&app, &path).await, 200).await;
-    if !names.is_empty() {
-        assert_eq!(names, ["a.png", "b.pdf"], "{status}");
+    for (idx, (view, (name, kind, size, mime, hash))) in listed.iter().zip(want).enumerate() {
+        assert_eq!(view["filename"], name, "{view}");
+        assert_eq!(view["kind"], kind, "{view}");
+        assert_eq!(view["size"], size, "{view}");
+        assert_eq!(view["mime"], mime, "{view}");
+        assert_eq!(view["sha256"], hash.as_str(), "{view}");
+        let link = format!(
+            "<a href=\"{id}/files/{idx}?k={key}\" download=\"{name}\">{name}</a> \
+             <span class=\"size\">{} B</span>",
+            size
+        );
+        assert!(body.contains(&link), "{link} in {body}");
+        let (_, bytes) = fetch(&app, &file_path(&id, idx, key)).await;
+        assert_eq!(sha256(&bytes), hash);
     }
-    for name in ["a.png", "b.pdf"] {
-        assert!(body.contains(&format!("download=\"{name}\">{name}</a>")), "{body}");
-    }
-    let _: Value = status;
 }

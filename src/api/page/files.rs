@@ -36,7 +36,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use super::{AppState, expired, notice, opens, page_key};
 use crate::error::ApiError;
 use crate::media::sanitize_filename;
-use crate::store::{Attachment, Store, StoreError, StoredBlob};
+use crate::store::{Store, StoredBlob};
 
 /// The policy of every file answer: nothing loads, nothing runs, whatever the browser makes
 /// of the bytes.
@@ -103,8 +103,10 @@ pub(super) async fn serve(
     let Some(attachment) = attachment else {
         return notice(StatusCode::NOT_FOUND, &nonce);
     };
-    let blob = match stored_blob(&state.store, &attachment).await {
-        Ok(blob) => blob,
+    // A blob that is gone (never, while its message is kept: a foreign key) is not there.
+    let blob = match state.store.blob_info(&attachment.blob_id).await {
+        Ok(Some(blob)) => blob,
+        Ok(None) => return notice(StatusCode::NOT_FOUND, &nonce),
         Err(err) => return ApiError::from(err).into_response(),
     };
     let created = UNIX_EPOCH
@@ -178,18 +180,6 @@ fn parse_index(text: &str) -> Option<usize> {
     text.parse::<usize>()
         .ok()
         .filter(|idx| idx.to_string() == text)
-}
-
-/// The stored blob of `attachment`. A message's blob cannot be missing (a foreign key keeps
-/// it): if it is, the database is damaged.
-pub(super) async fn stored_blob(
-    store: &Store,
-    attachment: &Attachment,
-) -> Result<StoredBlob, StoreError> {
-    store
-        .blob_info(&attachment.blob_id)
-        .await?
-        .ok_or_else(|| StoreError::NoSuchBlob(attachment.blob_id.to_string()))
 }
 
 /// The content type a file is served as inline: a raster image by its sniffed type, which
