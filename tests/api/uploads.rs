@@ -540,3 +540,241 @@ async fn a_request_with_files_counts_once_against_the_send_rate() {
         "the refused request's files are not kept"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// The drop-in routes: ntfy's attachments, Bark's `image`, gotify's `bigImageUrl`
+// ------------------------------------------------------------------------------------------
+
+/// An ntfy publish: `method` `path` with `headers` and `body`; answers status and JSON.
+async fn ntfy(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut req = app.http.request(method, app.url(path)).body(body);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.expect("ntfy publish");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
+    (status, body)
+}
+
+#[tokio::test]
+async fn ntfy_put_with_a_filename_streams_the_body_as_the_file() {
+    let (app, token) = app_with(|_| {}).await;
+    let chart = png(5000);
+    let (status, body) = ntfy(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/{token}"),
+        &[
+            ("X-Filename", "chart.png"),
+            ("X-Message", "disk usage"),
+            ("X-Title", "Backup"),
+        ],
+        chart.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "disk usage", "{body}");
+    assert_eq!(
+        body["attachment"],
+        json!({"name": "chart.png", "type": "image/png", "size": 5000})
+    );
+    let id = body["id"].as_str().unwrap();
+    let message = app.message_json(id, &token).await;
+    assert_eq!(message["title"], "Backup");
+    assert_eq!(
+        attachments(&message),
+        [json!({
+            "filename": "chart.png",
+            "kind": "image",
+            "size": 5000,
+            "mime": "image/png",
+            "sha256": sha256_hex(&chart),
+        })]
+    );
+
+    // Without a message: the file is the message (ntfy's words in the answer).
+    let (status, body) = ntfy(
+        &app,
+        reqwest::Method::POST,
+        &format!("/{token}?filename=log.txt"),
+        &[],
+        b"line one\nline two\n".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "You received a file: log.txt", "{body}");
+    let message = app.message_json(body["id"].as_str().unwrap(), &token).await;
+    assert_eq!(message["title"], "📎 log.txt", "{message}");
+    assert_eq!(attachments(&message)[0]["kind"], "file");
+
+    // A body that is not UTF-8 is a file without being named one.
+    let (status, body) = ntfy(
+        &app,
+        reqwest::Method::POST,
+        &format!("/{token}"),
+        &[("X-Message", "raw bytes")],
+        vec![0xff, 0xfe, 0x00, 0x01, 0x02, 0x03, 0x04],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let message = app.message_json(body["id"].as_str().unwrap(), &token).await;
+    assert_eq!(attachments(&message)[0]["filename"], "file-1.bin");
+}
+
+#[tokio::test]
+async fn an_ntfy_file_may_be_larger_than_a_text_body_but_not_than_max_bytes() {
+    let (app, token) = app_with(|c| {
+        c.media.max_bytes = 3 * 1024 * KIB as u64;
+    })
+    .await;
+    // 2 MiB: over the 1 MiB a text body may have, within media.max_bytes.
+    let big: Vec<u8> = (0..2 * 1024 * KIB).map(|i| (i % 251) as u8).collect();
+    let path = format!("/{token}/publish");
+    let (status, body) = ntfy(
+        &app,
+        reqwest::Method::POST,
+        &path,
+        &[("Filename", "dump.bin")],
+        big.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let message = app.message_json(body["id"].as_str().unwrap(), &token).await;
+    assert_eq!(attachments(&message)[0]["sha256"], sha256_hex(&big));
+    // The same bytes as the message text are over the text limit, as before.
+    let (status, _) = ntfy(
+        &app,
+        reqwest::Method::POST,
+        &path,
+        &[],
+        vec![b'x'; 2 * 1024 * KIB],
+    )
+    .await;
+    assert_eq!(status, 413);
+    // A file over media.max_bytes is refused, and nothing of it is kept.
+    let before = stored(&app).await;
+    let (status, body) = ntfy(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/{token}"),
+        &[("f", "huge.bin")],
+        vec![1; 3 * 1024 * KIB + 1],
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["http"], 413, "ntfy's error shape: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("huge.bin"),
+        "{body}"
+    );
+    assert_eq!(stored(&app).await, before);
+}
+
+#[tokio::test]
+async fn ntfy_attach_bark_image_and_gotify_big_image_are_fetched() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let server = files_server(Arc::clone(&hits)).await;
+    let (app, token) = app_with(allow_files_server).await;
+    let chart_url = format!("http://{server}/chart.png");
+    let page_url = format!("http://{server}/page.html");
+
+    // ntfy X-Attach: the body is the message; Filename names the fetched file.
+    let (status, body) = ntfy(
+        &app,
+        reqwest::Method::POST,
+        &format!("/{token}"),
+        &[("X-Attach", &chart_url), ("Filename", "graph.png")],
+        b"see the graph".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "see the graph");
+    let message = app.message_json(body["id"].as_str().unwrap(), &token).await;
+    let listed = attachments(&message);
+    assert_eq!(listed[0]["filename"], "graph.png");
+    assert_eq!(listed[0]["kind"], "image", "an image when it sniffs as one");
+    // ntfy's JSON publish, anything attached as a file.
+    let resp = app
+        .http
+        .post(app.url("/"))
+        .bearer_auth(&token)
+        .json(&json!({"topic": "alerts", "message": "m", "attach": page_url}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let message = app.message_json(body["id"].as_str().unwrap(), &token).await;
+    assert_eq!(attachments(&message)[0]["kind"], "file", "{message}");
+
+    // Bark's image.
+    let resp = app
+        .http
+        .get(app.url(&format!("/{token}/title/body")))
+        .query(&[("image", &chart_url)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let latest = crate::compat::messages_of(&app, &token).await;
+    let message = app
+        .message_json(latest[0]["id"].as_str().unwrap(), &token)
+        .await;
+    assert_eq!(attachments(&message)[0]["mime"], "image/png", "{message}");
+    // Bark's image that is not one: Bark's error shape, 415, nothing sent.
+    let resp = app
+        .http
+        .get(app.url(&format!("/{token}/title/body")))
+        .query(&[("image", &page_url)])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], 415, "{body}");
+
+    // gotify's bigImageUrl.
+    let resp = app
+        .http
+        .post(app.url("/message"))
+        .query(&[("token", &token)])
+        .json(&json!({
+            "title": "g",
+            "message": "with a picture",
+            "extras": {"client::notification": {"bigImageUrl": chart_url}},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let latest = crate::compat::messages_of(&app, &token).await;
+    let message = app
+        .message_json(latest[0]["id"].as_str().unwrap(), &token)
+        .await;
+    assert_eq!(attachments(&message)[0]["kind"], "image", "{message}");
+    assert_eq!(hits.load(Ordering::SeqCst), 5, "each URL fetched once");
+    // Refused addresses are refused on the drop-in routes too.
+    let (status, body) = ntfy(
+        &app,
+        reqwest::Method::POST,
+        &format!("/{token}"),
+        &[("X-Attach", "http://127.0.0.1:9/x.png")],
+        b"m".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}
