@@ -783,6 +783,9 @@ pub(crate) struct Submission {
     pub image_url: Option<String>,
     /// A file to fetch and attach.
     pub file_url: Option<String>,
+    /// The name to give the file fetched from `file_url` (ntfy's `Filename`); none: the
+    /// server's name for it.
+    pub file_name: Option<String>,
     /// Images and files stored already (multipart parts), in order: attached, or removed
     /// when the message is refused or is a duplicate.
     pub attachments: Vec<Upload>,
@@ -911,7 +914,13 @@ async fn submit_with(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     for (what, url, image) in to_fetch {
         let position = uploads.len() + 1;
-        uploads.push(attach::fetch(state, what, &url, image, position).await?);
+        let mut upload = attach::fetch(state, what, &url, image, position).await?;
+        if let Some(name) = sub.file_name.as_deref().filter(|_| !image)
+            && let Some(name) = crate::media::sanitize_filename(name)
+        {
+            upload.filename = name;
+        }
+        uploads.push(upload);
     }
     let attachments = attach::attachments(
         uploads.as_slice(),
