@@ -15,7 +15,7 @@ use lettre::transport::smtp::{PoolConfig, client::Tls, client::TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret as _;
 
-use super::{BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
+use super::{Attachments, BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
 use crate::config::{EmailSettings, SmtpSecurity};
 use crate::domain::{ChannelName, EmailAddress, Format, Outbound};
 use crate::render::markdown::{escape_html as escape, to_plain_text, to_safe_html};
@@ -119,6 +119,7 @@ impl Channel for EmailChannel {
         Capabilities {
             max_text_bytes: MAX_MAIL_BYTES,
             digests: false,
+            attachments: Attachments::Bundled,
         }
     }
 
@@ -314,6 +315,8 @@ mod tests {
             url: Some("https://ci.example.com/7?a=1&b=2".into()),
             page_key: None,
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -358,6 +361,8 @@ mod tests {
             url: None,
             page_key: None,
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -388,6 +393,8 @@ mod tests {
             url: None,
             page_key: None,
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         };
         let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
         let mail = render(&outbound, &from).unwrap();

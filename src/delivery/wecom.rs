@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::limits::RateWindow;
-use super::{Capabilities, Channel, ChannelError, CheckError};
+use super::{Attachments, Capabilities, Channel, ChannelError, CheckError};
 use crate::domain::{ChannelName, Format, Look, Outbound};
 use crate::render::cut::{cut, excerpt};
 use crate::render::markdown::to_plain_text;
@@ -57,6 +57,7 @@ impl Channel for WeComChannel {
         Capabilities {
             max_text_bytes: MAX_TEXT_BYTES,
             digests: true,
+            attachments: Attachments::Separate,
         }
     }
 
@@ -213,6 +214,8 @@ mod tests {
             url: None,
             page_key: Some("KEY".into()),
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         }
     }
 

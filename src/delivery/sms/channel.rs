@@ -23,7 +23,9 @@ use futures_util::future::BoxFuture;
 
 use super::{Check, Lookup, PhoneNumber, Provider, SmsFailure, SmsText};
 use crate::config::SmsSettings;
-use crate::delivery::{BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
+use crate::delivery::{
+    Attachments, BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError,
+};
 use crate::domain::{ChannelName, Format, Outbound};
 use crate::render::cut::cut;
 use crate::render::markdown::to_plain_text;
@@ -247,6 +249,8 @@ impl Channel for SmsChannel {
             // What a text may carry before its provider's shaping cuts it.
             max_text_bytes: MAX_EXCERPT_BYTES,
             digests: false,
+            // A text carries the page's link, where the files are.
+            attachments: Attachments::Linked,
         }
     }
 
