@@ -43,6 +43,7 @@ pub fn build(
         wecom,
         settings.public_base().into(),
         settings.wecom.member_limits.clone(),
+        store.clone(),
     ))];
     if let Some(email) = &settings.email {
         channels.push(Arc::new(EmailChannel::new(email)?));
