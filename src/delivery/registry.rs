@@ -46,7 +46,9 @@ pub fn build(
         store.clone(),
     ))];
     if let Some(email) = &settings.email {
-        channels.push(Arc::new(EmailChannel::new(email)?));
+        channels.push(Arc::new(
+            EmailChannel::new(email)?.with_store(store.clone()),
+        ));
     }
     for d in settings.destinations.configured()? {
         channels.push(Arc::new(factory.shared(d)));
