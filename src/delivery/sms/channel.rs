@@ -98,18 +98,23 @@ impl SmsChannel {
         if message.verification {
             return SmsText::Code(message.content.clone().unwrap_or_default());
         }
+        let page = message
+            .page_key
+            .as_deref()
+            .map(|key| message.id.page_url(&self.public_base, key));
         let excerpt = message.content.as_deref().map(|c| {
-            let plain = match message.format {
+            let mut plain = match message.format {
                 Format::Markdown => to_plain_text(c),
                 _ => c.to_owned(),
             };
+            // The line naming the attachments ends with the page's link, which every text
+            // carries anyway: once is enough in a text that is paid by the segment.
+            if let Some(page) = page.as_deref().filter(|_| !message.attachments.is_empty()) {
+                plain = plain.replace(&format!(" → {page}"), "");
+            }
             cut(&plain, MAX_EXCERPT_BYTES).to_owned()
         });
-        let link = message
-            .page_key
-            .as_deref()
-            .map(|key| message.id.page_url(&self.public_base, key))
-            .or_else(|| message.url.clone());
+        let link = page.or_else(|| message.url.clone());
         SmsText::Message {
             title: message.title.clone(),
             excerpt,
