@@ -144,6 +144,15 @@ impl Application {
             metrics,
             metrics_access: api::metrics::MetricsAccess::from_settings(&settings.server),
             refused: Arc::clone(&refused),
+            media: api::MediaState {
+                fetcher: crate::media::Fetcher::new(crate::media::FetchLimits {
+                    max_bytes: settings.media.max_bytes,
+                    timeout: settings.media.fetch_timeout,
+                    allow: settings.media.fetch_allow.clone(),
+                })?,
+                limits: settings.media.blob_limits(),
+                max_files: settings.media.max_files,
+            },
         };
         let router = with_middleware(api::router(state));
 

@@ -43,6 +43,15 @@ pub enum ApiError {
     },
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// A server the request named (`image_url`, …) answered with an error or not at all.
+    #[error("{0}")]
+    BadGateway(String),
+    /// A server the request named took too long.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// The storage for images and files is full (`media.total_bytes`).
+    #[error("{0}")]
+    StorageFull(String),
     /// Storage cannot take writes (or reads) right now: full disk, I/O error, busy past
     /// the timeout. Nothing was stored; the client should retry.
     #[error("storage is temporarily unavailable; nothing was stored, retry later")]
@@ -65,6 +74,9 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -82,6 +94,9 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::BadGateway(_) => "bad_gateway",
+            Self::GatewayTimeout(_) => "gateway_timeout",
+            Self::StorageFull(_) => "storage_full",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }

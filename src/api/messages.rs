@@ -49,6 +49,42 @@ struct One {
     page: Option<String>,
     /// Every attempt, oldest first; a delivered message ends with its delivery.
     history: Vec<AttemptView>,
+    /// Its images and files, in the order they are sent; absent when it has none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<AttachmentView>,
+}
+
+#[derive(Serialize)]
+struct AttachmentView {
+    filename: Option<String>,
+    /// `image` or `file`: how it goes to WeCom (an image message, or a file).
+    kind: &'static str,
+    size: u64,
+    /// Sniffed from its bytes, never the sender's word.
+    mime: String,
+    /// SHA-256 of its bytes, lower-case hex.
+    sha256: String,
+}
+
+/// A message's attachments with what is stored of each (a blob that is gone — never, while
+/// its message is kept — is left out).
+async fn attachments(
+    state: &AppState,
+    id: &crate::domain::MessageId,
+) -> Result<Vec<AttachmentView>, ApiError> {
+    let mut views = Vec::new();
+    for attachment in state.store.attachments_of(id).await? {
+        if let Some(blob) = state.store.blob_info(&attachment.blob_id).await? {
+            views.push(AttachmentView {
+                filename: attachment.filename,
+                kind: attachment.kind.as_str(),
+                size: blob.size,
+                mime: blob.mime,
+                sha256: blob.sha256,
+            });
+        }
+    }
+    Ok(views)
 }
 
 #[derive(Serialize)]
@@ -174,6 +210,7 @@ async fn show(
     match state.store.message(&id).await? {
         Some(m) if m.userid == userid => {
             let attempts = state.store.attempts_of(&m.id).await?;
+            let attachments = attachments(&state, &m.id).await?;
             let page = m
                 .page_key
                 .as_deref()
@@ -182,6 +219,7 @@ async fn show(
                 ok: true,
                 page,
                 history: history(&m, attempts),
+                attachments,
                 message: m.into(),
             }))
         }

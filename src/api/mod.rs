@@ -1,5 +1,6 @@
 //! HTTP API: one module per route group, merged into one router here.
 
+mod attach;
 mod auth;
 mod callback;
 pub mod chat;
@@ -58,6 +59,34 @@ pub struct AppState {
     pub metrics_access: metrics::MetricsAccess,
     /// Refused push tokens, summed up in the log per client address.
     pub refused: Arc<refused::RefusedTokens>,
+    /// `[media]`: what images and files a message may carry, and the fetcher for
+    /// `image_url` and its kin.
+    pub media: MediaState,
+}
+
+/// What the API needs of `[media]`.
+#[derive(Clone)]
+pub struct MediaState {
+    /// Fetches senders' URLs (`image_url`, `file_url`, …) within `media.*`.
+    pub fetcher: crate::media::Fetcher,
+    /// `media.max_bytes`, `media.total_bytes`.
+    pub limits: crate::store::BlobLimits,
+    /// `media.max_files`.
+    pub max_files: u32,
+}
+
+impl MediaState {
+    /// Largest `/send` body with files: every file at its largest, plus the text fields'
+    /// own limit ([`max_send_body`]).
+    pub fn max_upload_body(&self, max_content_bytes: usize) -> usize {
+        let files = self
+            .limits
+            .max_bytes
+            .saturating_mul(u64::from(self.max_files));
+        usize::try_from(files)
+            .unwrap_or(usize::MAX)
+            .saturating_add(max_send_body(max_content_bytes))
+    }
 }
 
 /// The request path with anything shaped like a push token replaced, for logs.
@@ -67,8 +96,11 @@ pub fn redact_path(path: &str) -> String {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = max_send_body(state.max_content_bytes);
+    // Multipart bodies with files may be this large; `/send` reads JSON and form bodies
+    // with `body_limit` itself, and multipart text fields within it too.
+    let upload_limit = state.media.max_upload_body(state.max_content_bytes);
     Router::new()
-        .merge(send::router().layer(DefaultBodyLimit::max(body_limit)))
+        .merge(send::router().layer(DefaultBodyLimit::max(upload_limit)))
         .merge(messages::router())
         .merge(page::router())
         .merge(callback::router())

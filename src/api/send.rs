@@ -8,22 +8,24 @@
 //! before decoding (serde_urlencoded would silently turn bad bytes into U+FFFD), JSON
 //! bodies before parsing. `HEAD /send` is refused (405) without touching anything.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{RawQuery, State};
-use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Json, RequestExt as _, Router};
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use super::attach::{self, Upload, Uploads};
 use super::rate_limit::authorized_sender;
-use super::{AppState, auth};
+use super::{AppState, auth, max_send_body};
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
-use crate::domain::{Format, Urgency};
+use crate::domain::{ChannelName, Format, Urgency, UserId};
 use crate::error::ApiError;
-use crate::metrics::Endpoint;
+use crate::metrics::{Endpoint, TokenRoute};
 use crate::render::visible::visible;
 use crate::store::MessageStatus;
 
@@ -71,7 +73,12 @@ const SEND_FIELDS: &[&str] = &[
     "format",
     "url",
     "idempotency_key",
+    "image_url",
+    "file_url",
 ];
+
+/// The name of a multipart part that is a file to attach (`curl -F file=@chart.png`).
+const FILE_PART: &str = "file";
 
 /// `/send` refuses any other field: a typo (`tilte`) or an option it does not have
 /// (`delay`, `priority`) would otherwise be lost without a word.
@@ -153,6 +160,10 @@ struct SendFields {
     format: Option<String>,
     /// A link the member should open.
     url: Option<String>,
+    /// An image to fetch and attach.
+    image_url: Option<String>,
+    /// A file to fetch and attach.
+    file_url: Option<String>,
 }
 
 impl SendFields {
@@ -167,6 +178,8 @@ impl SendFields {
             channel: self.channel.or(fallback.channel),
             format: self.format.or(fallback.format),
             url: self.url.or(fallback.url),
+            image_url: self.image_url.or(fallback.image_url),
+            file_url: self.file_url.or(fallback.file_url),
         }
     }
 }
@@ -219,20 +232,275 @@ async fn send_get(
         &state,
         &headers,
         parse_query_with(query.as_deref(), &SEND_RULES)?,
+        Vec::new(),
+        None,
     )
     .await
 }
 
+/// A JSON or form body is read whole within today's limit ([`max_send_body`]); a
+/// multipart body is streamed, its files into storage as they arrive (see
+/// [`send_multipart`]), within the route's larger `DefaultBodyLimit`.
 async fn send_post(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Json<Accepted>, ApiError> {
-    let body = body.map_err(ApiError::from_body)?;
+    let text_limit = max_send_body(state.max_content_bytes);
+    // The route's DefaultBodyLimit (room for files), applied as axum's extractors do.
+    let body = request.with_limited_body().into_body();
+    if is_multipart(&headers) && !announced_empty(&headers) {
+        let from_query = parse_query_with(query.as_deref(), &SEND_RULES)?;
+        return send_multipart(&state, &headers, from_query, body).await;
+    }
+    if announced_length(&headers).is_some_and(|length| length > text_limit) {
+        return Err(body_too_large());
+    }
+    let body = axum::body::to_bytes(body, text_limit)
+        .await
+        .map_err(|err| body_read_error(&err))?;
     let from_query = parse_query_with(query.as_deref(), &SEND_RULES)?;
     let from_body: SendFields = parse_body_with(&headers, body, &SEND_RULES).await?;
-    accept(&state, &headers, from_body.or(from_query)).await
+    accept(&state, &headers, from_body.or(from_query), Vec::new(), None).await
+}
+
+/// The answer to a body over its limit, as axum's own limit gives it ([`ApiError::from_body`]).
+fn body_too_large() -> ApiError {
+    ApiError::PayloadTooLarge("request body is too large".into())
+}
+
+/// A body that could not be read: over its limit (413), or broken.
+fn body_read_error(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    if attach::is_length_limit(err) {
+        body_too_large()
+    } else {
+        ApiError::BadRequest(format!("could not read request body: {err}"))
+    }
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("multipart/form-data"))
+}
+
+fn announced_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `Content-Length: 0`: no body, whatever its type says (the query has the fields).
+fn announced_empty(headers: &HeaderMap) -> bool {
+    announced_length(headers) == Some(0)
+}
+
+/// `POST /send` with `multipart/form-data`: text fields as in a form, and parts named
+/// `file` stored as they stream in (never whole in memory). The token must be known
+/// before the first file part (query, Bearer header or an earlier `token` field): the
+/// sender is authenticated there, once, so that nothing is stored for a stranger.
+async fn send_multipart(
+    state: &AppState,
+    headers: &HeaderMap,
+    from_query: SendFields,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    let mut uploads = Uploads::new(state.store.clone());
+    match read_multipart(state, headers, &from_query, body, &mut uploads).await {
+        Ok((from_body, sender)) => {
+            accept(
+                state,
+                headers,
+                from_body.or(from_query),
+                uploads.into_inner(),
+                sender,
+            )
+            .await
+        }
+        Err(err) => {
+            uploads.discard().await;
+            Err(err)
+        }
+    }
+}
+
+/// What [`send_multipart`] reads: the text fields, and the sender if a file part made
+/// it authenticate them. Files go into `uploads`.
+async fn read_multipart(
+    state: &AppState,
+    headers: &HeaderMap,
+    from_query: &SendFields,
+    body: Body,
+    uploads: &mut Uploads,
+) -> Result<(SendFields, Option<UserId>), ApiError> {
+    let bad = |e: multer::Error| multipart_error(&e);
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let text_limit = max_send_body(state.max_content_bytes);
+    let Some(stream) = skip_blank_start(body.into_data_stream(), text_limit).await? else {
+        // A blank body: the fields are the query's, as in every other form.
+        return Ok((SendFields::default(), None));
+    };
+    let boundary = multer::parse_boundary(content_type).map_err(bad)?;
+    let text_limit_u64 = u64::try_from(text_limit).unwrap_or(u64::MAX);
+    let upload_limit = state.media.max_upload_body(state.max_content_bytes);
+    let sizes = multer::SizeLimit::new()
+        .whole_stream(u64::try_from(upload_limit).unwrap_or(u64::MAX))
+        .per_field(text_limit_u64)
+        .for_field(FILE_PART, state.media.limits.max_bytes);
+    let mut multipart = multer::Multipart::with_constraints(
+        stream,
+        boundary,
+        multer::Constraints::new().size_limit(sizes),
+    );
+    let mut fields: Vec<(String, String)> = Vec::new();
+    // What names and values of text fields may add up to: the limit of a form body.
+    let mut text_left = text_limit;
+    let mut sender: Option<UserId> = None;
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name: String = field.name().unwrap_or("").to_owned();
+        if name == FILE_PART {
+            let max_files = state.media.max_files;
+            if uploads.len() >= usize::try_from(max_files).unwrap_or(usize::MAX) {
+                return Err(attach::too_many(max_files));
+            }
+            if sender.is_none() {
+                sender = Some(sender_before_files(state, headers, &fields, from_query).await?);
+            }
+            let part_name = field.file_name().map(str::to_owned);
+            let filename = part_name
+                .as_deref()
+                .and_then(crate::media::sanitize_filename);
+            let position = uploads.len() + 1;
+            let label = match &filename {
+                Some(name) => format!("file {name:?}"),
+                None => format!("file {position}"),
+            };
+            let max_bytes = state.media.limits.max_bytes;
+            let blob = attach::store_body(state, field, &label, |e| match e {
+                multer::Error::FieldSizeExceeded { .. } => attach::too_large(&label, max_bytes),
+                other => multipart_error(&other),
+            })
+            .await?;
+            if blob.size == 0 && part_name.as_deref() == Some("") {
+                // A browser's file input left empty: no file at all.
+                attach::remove_or_log(&state.store, &blob).await;
+                continue;
+            }
+            let filename = filename.unwrap_or_else(|| attach::made_up_name(&blob, false, position));
+            uploads.push(Upload {
+                blob,
+                filename,
+                declared_image: false,
+            });
+            continue;
+        }
+        let shown: String = name.chars().take(64).collect();
+        if field.file_name().is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "multipart field {shown:?} is a file; send files as parts named \"{FILE_PART}\" \
+                 and text fields (title, content, …) without a file name"
+            )));
+        }
+        SEND_RULES.check([name.as_str()], "multipart body")?;
+        if name == "token" && sender.is_some() {
+            return Err(ApiError::BadRequest(
+                "the \"token\" field must come before the first file part".into(),
+            ));
+        }
+        text_left = text_left
+            .checked_sub(name.len())
+            .ok_or_else(body_too_large)?;
+        let mut value = Vec::new();
+        let mut field = field;
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            text_left = text_left
+                .checked_sub(chunk.len())
+                .ok_or_else(body_too_large)?;
+            value.extend_from_slice(&chunk);
+        }
+        let Ok(value) = String::from_utf8(value) else {
+            return Err(ApiError::BadRequest(format!(
+                "field {shown:?} in the multipart body is not valid UTF-8; encode text as UTF-8"
+            )));
+        };
+        fields.push((name, value));
+    }
+    let encoded = serde_urlencoded::to_string(&fields)
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+    let from_body = serde_urlencoded::from_str(&encoded)
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+    Ok((from_body, sender))
+}
+
+/// The sender of a request whose first file part has arrived: the token must be known by
+/// now (Bearer header, a `token` field before the part, or the query).
+async fn sender_before_files(
+    state: &AppState,
+    headers: &HeaderMap,
+    fields: &[(String, String)],
+    from_query: &SendFields,
+) -> Result<UserId, ApiError> {
+    let field = fields
+        .iter()
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.as_str());
+    let Some(token) = auth::find_token(headers, &[field, from_query.token.as_deref()]) else {
+        auth::refused(state, TokenRoute::Send(Endpoint::Native));
+        return Err(ApiError::Unauthorized(
+            "missing push token: it must be known before the first file part; pass ?token=…, \
+             an Authorization: Bearer header, or a \"token\" field placed before the files"
+                .into(),
+        ));
+    };
+    authorized_sender(state, Some(token), Endpoint::Native).await
+}
+
+/// A multipart body's own error: over a size limit (413) or malformed (400).
+fn multipart_error(err: &multer::Error) -> ApiError {
+    match err {
+        multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
+            body_too_large()
+        }
+        other if attach::is_length_limit(other) => body_too_large(),
+        other => ApiError::BadRequest(format!("invalid multipart body: {other}")),
+    }
+}
+
+/// The body's stream, unless it is empty or blank (whitespace only, read up to `limit`).
+async fn skip_blank_start(
+    mut stream: axum::body::BodyDataStream,
+    limit: usize,
+) -> Result<
+    Option<impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static>,
+    ApiError,
+> {
+    let mut blank: Vec<Bytes> = Vec::new();
+    let mut read = 0usize;
+    loop {
+        match stream.next().await {
+            None => return Ok(None),
+            Some(Err(err)) => return Err(body_read_error(&err)),
+            Some(Ok(chunk)) => {
+                read = read.saturating_add(chunk.len());
+                let is_blank = chunk.iter().all(u8::is_ascii_whitespace);
+                blank.push(chunk);
+                if !is_blank {
+                    let start = futures_util::stream::iter(blank.into_iter().map(Ok));
+                    return Ok(Some(start.chain(stream)));
+                }
+                if read > limit {
+                    return Err(body_too_large());
+                }
+            }
+        }
+    }
 }
 
 /// The query string into `T`, every name accepted (see [`parse_query_with`]).
@@ -436,19 +704,33 @@ fn present(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
+/// `attachments`: files already stored (multipart parts), removed unless accepted;
+/// `sender`: already authenticated (before the files were stored).
 async fn accept(
     state: &AppState,
     headers: &HeaderMap,
     fields: SendFields,
+    attachments: Vec<Upload>,
+    sender: Option<UserId>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let idempotency_key = idempotency_key(headers, fields.idempotency_key)?;
+    let uploads = Uploads::adopt(state.store.clone(), attachments);
+    let checked = idempotency_key(headers, fields.idempotency_key).and_then(|key| {
+        let format = fields
+            .format
+            .as_deref()
+            .unwrap_or("")
+            .parse::<Format>()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok((key, format))
+    });
+    let (idempotency_key, format) = match checked {
+        Ok(checked) => checked,
+        Err(err) => {
+            uploads.discard().await;
+            return Err(err);
+        }
+    };
     let token = auth::find_token(headers, &[fields.token.as_deref()]);
-    let format = fields
-        .format
-        .as_deref()
-        .unwrap_or("")
-        .parse::<Format>()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let accepted = submit(
         state,
         Submission {
@@ -459,6 +741,10 @@ async fn accept(
             idempotency_key,
             format,
             url: fields.url,
+            image_url: fields.image_url,
+            file_url: fields.file_url,
+            attachments: uploads.into_inner(),
+            sender,
             ..Submission::default()
         },
     )
@@ -493,13 +779,45 @@ pub(crate) struct Submission {
     pub format: Format,
     /// The route it came in on (for the metrics).
     pub endpoint: Endpoint,
+    /// An image to fetch (after the token is checked) and attach: 415 unless it is one.
+    pub image_url: Option<String>,
+    /// A file to fetch and attach.
+    pub file_url: Option<String>,
+    /// The name to give the file fetched from `file_url` (ntfy's `Filename`); none: the
+    /// server's name for it.
+    pub file_name: Option<String>,
+    /// Images and files stored already (multipart parts), in order: attached, or removed
+    /// when the message is refused or is a duplicate.
+    pub attachments: Vec<Upload>,
+    /// The sender, when the route authenticated them already (before storing files):
+    /// [`authorized_sender`] counts a request once.
+    pub sender: Option<UserId>,
 }
 
 /// Checks, authenticates (with the per-member send rate) and stores a message; answers
-/// once it is durable.
+/// once it is durable. Its attachments (given, or fetched here) are committed with it, or
+/// removed when it is refused or a duplicate.
 pub(crate) async fn submit(
     state: &AppState,
+    mut sub: Submission,
+) -> Result<crate::delivery::Accepted, ApiError> {
+    let mut uploads = Uploads::adopt(state.store.clone(), std::mem::take(&mut sub.attachments));
+    match submit_with(state, sub, &mut uploads).await {
+        Ok(accepted) if !accepted.duplicate => {
+            drop(uploads.into_inner());
+            Ok(accepted)
+        }
+        other => {
+            uploads.discard().await;
+            other
+        }
+    }
+}
+
+async fn submit_with(
+    state: &AppState,
     sub: Submission,
+    uploads: &mut Uploads,
 ) -> Result<crate::delivery::Accepted, ApiError> {
     // U+0000 shows nothing and PostgreSQL cannot store it in text: it is dropped (a 400
     // would lose an alert whose labels carry one; Alertmanager does not retry a 4xx).
@@ -547,25 +865,43 @@ pub(crate) async fn submit(
     }
     let choice = ChannelChoice::parse(sub.channel.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("invalid channel: {e} (or all)")))?;
-    let userid = authorized_sender(state, sub.token, sub.endpoint).await?;
+    // URLs to fetch: checked now (a refused address costs nothing), fetched once the
+    // sender is known.
+    let to_fetch: Vec<(&str, String, bool)> = [
+        ("image_url", sub.image_url, true),
+        ("file_url", sub.file_url, false),
+    ]
+    .into_iter()
+    .filter_map(|(what, url, image)| {
+        present(strip_nul(url)).map(|url| (what, url.trim().to_owned(), image))
+    })
+    .collect();
+    let max_files = state.media.max_files;
+    if uploads.len() + to_fetch.len() > usize::try_from(max_files).unwrap_or(usize::MAX) {
+        return Err(attach::too_many(max_files));
+    }
+    for (what, url, _) in &to_fetch {
+        state
+            .media
+            .fetcher
+            .check(url)
+            .map_err(|e| attach::fetch_error(what, e))?;
+    }
+    let userid = match sub.sender {
+        Some(userid) => userid,
+        None => authorized_sender(state, sub.token, sub.endpoint).await?,
+    };
     // An urgent message with no title still shows its urgency.
     let title = title.or_else(|| {
         (sub.urgency >= Urgency::High && content.is_some()).then(|| sub.urgency.mark(""))
     });
-    if title.as_deref().is_none_or(|t| t.trim().is_empty()) && content.is_none() {
+    let has_files = !uploads.is_empty() || !to_fetch.is_empty();
+    if title.as_deref().is_none_or(|t| t.trim().is_empty()) && content.is_none() && !has_files {
         return Err(ApiError::BadRequest(
-            "nothing to send: give a title or content (or desp) with visible text".into(),
+            "nothing to send: give a title or content (or desp) with visible text, or a file"
+                .into(),
         ));
     }
-    let request_digest = sub.idempotency_key.as_ref().map(|_| {
-        request_digest(
-            title.as_deref(),
-            content.as_deref(),
-            sub.format,
-            url.as_deref(),
-            &choice,
-        )
-    });
     let prefs = state.store.member_prefs(&userid).await?;
     let reach = Reach {
         userid: Some(userid.clone()),
@@ -576,6 +912,43 @@ pub(crate) async fn submit(
         .outbox
         .route(&choice, &reach)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    for (what, url, image) in to_fetch {
+        let position = uploads.len() + 1;
+        let mut upload = attach::fetch(state, what, &url, image, position).await?;
+        if let Some(name) = sub.file_name.as_deref().filter(|_| !image)
+            && let Some(name) = crate::media::sanitize_filename(name)
+        {
+            upload.filename = name;
+        }
+        uploads.push(upload);
+    }
+    let attachments = attach::attachments(
+        uploads.as_slice(),
+        route.channels().contains(&ChannelName::WeCom),
+    )?;
+    // A message of files alone is titled with their names, so every channel has text.
+    let title = match title {
+        None if content.is_none() && !attachments.is_empty() => Some(
+            sub.urgency
+                .mark(&attach::title(uploads.as_slice(), MAX_TITLE_BYTES)),
+        ),
+        title => title,
+    };
+    let request_digest = sub.idempotency_key.as_ref().map(|_| {
+        let files: Vec<(&str, &str)> = uploads
+            .as_slice()
+            .iter()
+            .map(|u| (u.blob.sha256.as_str(), u.filename.as_str()))
+            .collect();
+        request_digest(
+            title.as_deref(),
+            content.as_deref(),
+            sub.format,
+            url.as_deref(),
+            &choice,
+            &files,
+        )
+    });
     let accepted = state
         .outbox
         .accept(NewMessage {
@@ -590,7 +963,7 @@ pub(crate) async fn submit(
             format: sub.format,
             look: prefs.look,
             url,
-            attachments: Vec::new(),
+            attachments,
         })
         .await?;
     if !accepted.duplicate {
@@ -608,6 +981,7 @@ fn request_digest(
     format: Format,
     url: Option<&str>,
     choice: &ChannelChoice,
+    files: &[(&str, &str)],
 ) -> String {
     use sha1::Digest as _;
     let choice = match choice {
@@ -617,7 +991,13 @@ fn request_digest(
     };
     let mut hasher = sha1::Sha1::new();
     hasher.update(b"pushbot-request-v1");
-    for part in [title, content, Some(format.as_str()), url, Some(&choice)] {
+    let texts = [title, content, Some(format.as_str()), url, Some(&choice)];
+    // Each file's hash and name (none: the digest of a message without files is as it was
+    // before files existed, so a repeat across an upgrade is still one).
+    let files = files
+        .iter()
+        .flat_map(|(sha256, name)| [Some(*sha256), Some(*name)]);
+    for part in texts.into_iter().chain(files) {
         match part {
             None => hasher.update([0u8]),
             Some(text) => {

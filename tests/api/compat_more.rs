@@ -907,9 +907,16 @@ async fn ntfy_errors_have_ntfy_shape_and_send_nothing() {
         400,
     )
     .await;
-    // A body that is not text (an attachment).
+    // A body that is not text where the body is the message (with X-Attach; without, it
+    // is a file: tests/api/uploads.rs).
     ntfy_err(
-        ntfy_post(&app, &path, &[], &b"\x89PNG\r\n\x1a\n\xff\xfe"[..]).await,
+        ntfy_post(
+            &app,
+            &path,
+            &[("X-Attach", "http://127.0.0.1:9/a.png")],
+            &b"\x89PNG\r\n\x1a\n\xff\xfe"[..],
+        )
+        .await,
         400,
     )
     .await;
@@ -1613,6 +1620,11 @@ fn apprise_venv() -> Result<PathBuf, String> {
 /// Sends [`APPRISE_TITLE`] and [`APPRISE_BODY`] to one Apprise URL; panics unless the CLI
 /// reports success.
 async fn apprise_notify(venv: &Path, url: String) {
+    apprise_notify_attaching(venv, url, None).await;
+}
+
+/// [`apprise_notify`] with `--attach FILE` when `attach` is given.
+async fn apprise_notify_attaching(venv: &Path, url: String, attach: Option<PathBuf>) {
     let venv = venv.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
         let scratch = tempfile::tempdir().expect("tempdir");
@@ -1625,8 +1637,11 @@ async fn apprise_notify(venv: &Path, url: String) {
             APPRISE_TITLE,
             "-b",
             APPRISE_BODY,
-        ])
-        .arg(&url);
+        ]);
+        if let Some(file) = &attach {
+            cmd.arg("--attach").arg(file);
+        }
+        cmd.arg(&url);
         (
             url,
             run_logged(cmd, scratch.path(), Duration::from_secs(60)),
@@ -1679,6 +1694,58 @@ async fn apprise_cli_delivers_as_gotify_ntfy_and_bark() {
     assert_eq!(messages_of(&app, &token).await.len(), urls.len());
 }
 
+/// Apprise's `--attach` through the ntfy URL (it POSTs the file as the body, its name in
+/// `?filename=`, title and text in the query) arrives as the message's attachment, byte for
+/// byte, with the title and the text.
+#[tokio::test]
+async fn apprise_attach_through_ntfy_arrives_as_an_attachment() {
+    let venv = match tokio::task::spawn_blocking(apprise_venv)
+        .await
+        .expect("venv task")
+    {
+        Ok(venv) => venv,
+        Err(why) => {
+            println!(
+                "SKIPPED: apprise_attach_through_ntfy_arrives_as_an_attachment: no Apprise ({why})"
+            );
+            return;
+        }
+    };
+    let (app, _user, token) = app_and_member().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("chart.png");
+    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    bytes.extend((0..40_000u32).map(|i| (i % 241) as u8));
+    std::fs::write(&file, &bytes).expect("write the attachment");
+    let port = app.port;
+    apprise_notify_attaching(
+        &venv,
+        format!("ntfy://127.0.0.1:{port}/{token}"),
+        Some(file),
+    )
+    .await;
+    let listed = messages_of(&app, &token).await;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let id = listed[0]["id"].as_str().expect("an id");
+    let message = app.message_json(id, &token).await;
+    assert_eq!(message["title"], APPRISE_TITLE, "{message}");
+    let sha256 = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    assert_eq!(
+        message["attachments"],
+        json!([{
+            "filename": "chart.png",
+            "kind": "image",
+            "size": bytes.len(),
+            "mime": "image/png",
+            "sha256": sha256,
+        }]),
+        "{message}"
+    );
+}
+
 // ==========================================================================================
 // Issue 26: what an original accepts and pushbot cannot honour is refused by name
 // ==========================================================================================
@@ -1687,10 +1754,8 @@ async fn apprise_cli_delivers_as_gotify_ntfy_and_bark() {
 async fn ntfy_options_pushbot_cannot_honour_are_refused_by_name() {
     let (app, _user, token) = app_and_member().await;
     let path = format!("/{token}");
+    // (Attachments, X-Attach and X-Filename, are taken: tests/api/uploads.rs.)
     for (header, value) in [
-        ("X-Attach", "https://example.com/a.jpg"),
-        ("Attach", "https://example.com/a.jpg"),
-        ("X-Filename", "report.txt"),
         ("X-Actions", "view, Open, https://example.com"),
         ("Actions", "view, Open, https://example.com"),
         ("X-Email", "me@example.com"),
@@ -1707,12 +1772,7 @@ async fn ntfy_options_pushbot_cannot_honour_are_refused_by_name() {
             "{header}: {body}"
         );
     }
-    for query in [
-        "a=https://example.com/a.jpg",
-        "e=me@example.com",
-        "actions=x",
-        "at=10am",
-    ] {
+    for query in ["e=me@example.com", "actions=x", "at=10am"] {
         let name = query.split('=').next().unwrap_or_default();
         let body = ntfy_err(
             ntfy_post(&app, &format!("{path}?{query}"), &[], "x").await,
@@ -1728,10 +1788,8 @@ async fn ntfy_options_pushbot_cannot_honour_are_refused_by_name() {
         );
     }
     for field in [
-        json!({"attach": "https://example.com/a.jpg"}),
         json!({"email": "me@example.com"}),
         json!({"actions": [{"action": "view", "label": "Open", "url": "https://example.com"}]}),
-        json!({"filename": "a.txt"}),
     ] {
         let mut body = json!({"topic": "alerts", "message": "x"});
         if let (Some(map), Some(more)) = (body.as_object_mut(), field.as_object()) {
@@ -1808,7 +1866,7 @@ async fn bark_and_serverchan_refuse_what_they_cannot_honour_by_name() {
     bark_ok(
         get(
             &app,
-            &format!("/{token}/t/b?sound=bell&badge=1&group=g&isArchive=1&call=1&id=n1&image=https://example.com/i.png"),
+            &format!("/{token}/t/b?sound=bell&badge=1&group=g&isArchive=1&call=1&id=n1"),
         )
         .await,
     )

@@ -38,3 +38,4 @@ mod shutdown;
 mod sms;
 mod storage;
 mod supervision;
+mod uploads;

@@ -8,7 +8,8 @@
 //!
 //! Bark's options that only an iPhone can act on (sound, icon, badge, copy, group,
 //! isArchive, call…) are accepted and ignored; `level` maps onto pushbot's urgency
-//! (`critical` → urgent, `timeSensitive` → high, `passive` → low).
+//! (`critical` → urgent, `timeSensitive` → high, `passive` → low). `image` is fetched once
+//! and attached to the message (it must be an image).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -60,7 +61,7 @@ pub struct Params {
     markdown: Option<String>,
     url: Option<String>,
     level: Option<String>,
-    /// A picture's link: listed under the message.
+    /// A picture's link: fetched and attached as an image.
     image: Option<String>,
     channel: Option<String>,
     /// `POST /push`: one key, or several.
@@ -172,10 +173,6 @@ async fn push(
         Some(subtitle) if has_visible(subtitle) => format!("{subtitle}\n{body}"),
         _ => body,
     };
-    let content = match params.image.as_deref().map(str::trim) {
-        Some(image) if !image.is_empty() => format!("{content}\n🖼 {image}"),
-        _ => content,
-    };
     submit(
         state,
         Submission {
@@ -191,6 +188,13 @@ async fn push(
                 .map_or(Urgency::Normal, Urgency::from_bark),
             format,
             endpoint: Endpoint::Bark,
+            // Fetched once and attached (an image, or a 415); a fetch that fails is the
+            // push's error, never a silently missing picture.
+            image_url: params.image.clone(),
+            file_url: None,
+            file_name: None,
+            attachments: Vec::new(),
+            sender: None,
         },
     )
     .await

@@ -1,6 +1,7 @@
 //! gotify: `POST /message` with the token as `?token=`, `X-Gotify-Key` or
 //! `Authorization: Bearer`; a form or JSON body with `title`, `message`, `priority` and
 //! `extras` (`client::notification.click.url` is kept as the last line of the content;
+//! `client::notification.bigImageUrl` is fetched and attached as an image;
 //! `client::display.contentType = text/markdown` is accepted). Answers the stored-message
 //! JSON (`id`, `appid`, `message`, `title`, `priority`, `date`); errors are
 //! `{"error","errorCode","errorDescription"}` with that status. `GET /version` too.
@@ -69,6 +70,16 @@ impl Fields {
         }
     }
 
+    /// `extras["client::notification"].bigImageUrl`: fetched and attached as an image.
+    fn big_image_url(&self) -> Option<String> {
+        self.extras
+            .as_ref()?
+            .get("client::notification")?
+            .get("bigImageUrl")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
     fn click_url(&self) -> Option<String> {
         self.extras
             .as_ref()?
@@ -127,8 +138,8 @@ pub async fn message(
 ) -> Result<Response, GotifyError> {
     let query = query.as_deref();
     // gotify reads title, message, priority and extras and ignores any other name; of the
-    // extras, `client::display.contentType` and `client::notification.click.url` are
-    // honoured, the others (read by gotify's apps, not its server) answered back as sent.
+    // extras, `client::display.contentType`, `client::notification.click.url` and
+    // `client::notification.bigImageUrl` are honoured, the others (read by gotify's apps, not its server) answered back as sent.
     let (from_body, from_query) =
         body_and_query::<Fields>(query, &headers, body, &FieldRules::LENIENT).await?;
     let fields = from_body.or(from_query);
@@ -163,6 +174,11 @@ pub async fn message(
             urgency: Urgency::from_gotify(priority),
             format: fields.format(),
             endpoint: Endpoint::Gotify,
+            image_url: fields.big_image_url(),
+            file_url: None,
+            file_name: None,
+            attachments: Vec::new(),
+            sender: None,
         },
     )
     .await?;

@@ -28,7 +28,7 @@ pub mod serverchan;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequest as _, Path, RawQuery, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse as _, Response};
@@ -309,14 +309,31 @@ async fn key_get(
 }
 
 /// `POST /{key}`: ServerChan's `TOKEN.send`, Bark's `/:device_key` with Bark's parameters,
-/// else an ntfy publish to topic `key` (see [`key_api`]).
+/// else an ntfy publish to topic `key` (see [`key_api`]). An ntfy file (a file name given,
+/// [`ntfy::body_is_file`]) is streamed, not read first: neither ServerChan nor Bark takes
+/// one.
 async fn key_post(
     state: State<AppState>,
     key: PathOf<String>,
     query: RawQuery,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
+    if let Ok(Path(topic)) = &key
+        && !topic.ends_with(".send")
+        && ntfy::body_is_file(&headers, query.0.as_deref())
+    {
+        return ntfy::publish_file(
+            &state,
+            topic,
+            query.0.as_deref(),
+            &headers,
+            request.into_body(),
+        )
+        .await
+        .into_response();
+    }
+    let body = Bytes::from_request(request, &*state).await;
     let key = match key {
         Ok(Path(key)) => key,
         // Not decodable: ServerChan's error shape, as for any other malformed key.
@@ -363,15 +380,18 @@ async fn pair_post(
     pair: PathOf<Vec<String>>,
     query: RawQuery,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
     match publish_topic(&pair) {
-        Some(topic) => ntfy::publish_path(&state, topic, query.0.as_deref(), &headers, body)
+        Some(topic) => ntfy::publish_request(&state, topic, query.0.as_deref(), &headers, request)
             .await
             .into_response(),
-        None => bark::path_post(state, pair, query, headers, body)
-            .await
-            .into_response(),
+        None => {
+            let body = Bytes::from_request(request, &*state).await;
+            bark::path_post(state, pair, query, headers, body)
+                .await
+                .into_response()
+        }
     }
 }
 

@@ -10,15 +10,21 @@
 //! tokens do) or the `auth` query parameter (base64 of such a header), and then the topic can
 //! be any name. Answers ntfy's message JSON; errors are `{"code","http","error","link"}`.
 //!
+//! Attachments as ntfy takes them: `PUT|POST /{topic}` with `X-Filename`/`Filename`/`file`/
+//! `f` (header or query) has the file as its body, streamed into storage within
+//! `media.max_bytes` (the message then comes from `X-Message`/`Message`/`m`); a body that is
+//! not UTF-8 is a file too (within the limit of a text body); `X-Attach`/`Attach`/`a` (or
+//! `attach` in JSON) is a URL fetched once, named by `Filename` when given.
+//!
 //! Options only a phone app acts on (`X-Icon`, `X-Cache`, `X-Firebase`, `X-UnifiedPush`)
-//! are ignored; options pushbot cannot honour — a delayed message, attachments, action
-//! buttons, e-mail forwarding, phone calls, templates ([`REFUSED`]) — are refused by name
-//! (400) rather than dropped or sent early. `Idempotency-Key` is honoured as on `/send`.
+//! are ignored; options pushbot cannot honour — a delayed message, action buttons, e-mail
+//! forwarding, phone calls, templates ([`REFUSED`]) — are refused by name (400) rather than
+//! dropped or sent early. `Idempotency-Key` is honoured as on `/send`.
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequest as _, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -26,6 +32,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::AppState;
+use super::super::attach::{self, Upload};
+use super::super::rate_limit::authorized_sender;
 use super::super::send::{Submission, idempotency_key, parse_query, submit};
 use super::{PathOf, path_value};
 use crate::domain::{Format, Urgency};
@@ -50,6 +58,10 @@ pub struct Options {
     markdown: Option<Value>,
     auth: Option<String>,
     channel: Option<String>,
+    /// A URL to fetch and attach.
+    attach: Option<String>,
+    /// The attachment's name (the body's, or the fetched file's).
+    filename: Option<String>,
 }
 
 impl Options {
@@ -65,6 +77,8 @@ impl Options {
             markdown: self.markdown.or(fallback.markdown),
             auth: self.auth.or(fallback.auth),
             channel: self.channel.or(fallback.channel),
+            attach: self.attach.or(fallback.attach),
+            filename: self.filename.or(fallback.filename),
         }
     }
 
@@ -92,6 +106,8 @@ impl Options {
             markdown: get(&["markdown", "md"]).map(Value::String),
             auth: get(&["auth"]),
             channel: get(&["channel"]),
+            attach: get(ATTACH_NAMES),
+            filename: get(FILENAME_NAMES),
             topic: None,
         })
     }
@@ -106,9 +122,26 @@ impl Options {
             tags: get(&["x-tags", "tags", "tag", "ta"]).map(Value::String),
             click: get(&["x-click", "click"]),
             markdown: get(&["x-markdown", "markdown", "md"]).map(Value::String),
+            attach: get(ATTACH_NAMES),
+            filename: get(FILENAME_NAMES),
             ..Options::default()
         }
     }
+}
+
+/// ntfy's names for an attachment's URL, as a header or in the query.
+const ATTACH_NAMES: &[&str] = &["x-attach", "attach", "a"];
+/// ntfy's names for an attachment's file name, as a header or in the query.
+const FILENAME_NAMES: &[&str] = &["x-filename", "filename", "file", "f"];
+
+/// Whether a `PUT|POST /{topic}` body is a file to stream into storage rather than the
+/// message: a file name is given (header or query) and no `X-Attach` URL (with one, the
+/// body is the message and the name is the fetched file's, as in ntfy).
+pub fn body_is_file(headers: &HeaderMap, query: Option<&str>) -> bool {
+    let from_headers = Options::from_headers(headers);
+    let from_query = Options::from_query(query).unwrap_or_default();
+    let options = from_headers.or(from_query);
+    options.filename.is_some() && options.attach.is_none()
 }
 
 /// A message given in a header or the query writes a line break as the two characters
@@ -125,14 +158,6 @@ pub(crate) const REFUSED: &[(&[&str], &str)] = &[
     (
         &["x-delay", "delay", "x-at", "at", "x-in", "in"],
         "delayed messages are not supported: pushbot delivers at once",
-    ),
-    (
-        &["x-attach", "attach", "a"],
-        "attachments are not supported: put the link in the message (or X-Click)",
-    ),
-    (
-        &["x-filename", "filename", "file", "f"],
-        "attachments are not supported: send the message as text",
     ),
     (
         &["x-actions", "actions", "action"],
@@ -370,13 +395,30 @@ fn authorization_token(value: &str) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
 
-/// One publish to `topic` with `options`; `body` is the message when it is not empty.
+/// What came with a publish besides its options.
+pub enum Payload {
+    /// Nothing (`GET …/publish`, a JSON publish).
+    None,
+    /// A body read whole (within the limit of a text body): the message, unless it is not
+    /// UTF-8 or a file name is given.
+    Read(Bytes),
+    /// A body that is a file ([`body_is_file`]), not read yet: streamed into storage.
+    File(Body),
+}
+
+/// A body that is a file, read or still to read.
+enum FileBody {
+    Read(Bytes),
+    Stream(Body),
+}
+
+/// One publish to `topic` with `options`; `payload` is the message, or a file.
 async fn publish(
     state: &AppState,
     topic: &str,
     headers: &HeaderMap,
     options: Options,
-    body: Option<Bytes>,
+    payload: Payload,
 ) -> Result<Response, ApiError> {
     let topic_shaped = (1..=64).contains(&topic.len())
         && topic
@@ -398,14 +440,29 @@ async fn publish(
             "use your pushbot token as the topic, or send it as Authorization: Bearer".into(),
         ));
     };
-    let from_body = match body.filter(|b| !b.is_empty()) {
-        Some(bytes) => Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
-            ApiError::BadRequest(
-                "the body is not UTF-8 text: attachments are not supported, send text".into(),
-            )
-        })?),
-        None => None,
+    let (from_body, file) = match payload {
+        Payload::None => (None, None),
+        Payload::File(body) => (None, Some(FileBody::Stream(body))),
+        Payload::Read(bytes) if bytes.is_empty() => (None, None),
+        Payload::Read(bytes) => {
+            let text = String::from_utf8(bytes.to_vec()).ok();
+            match text {
+                Some(text) if options.filename.is_none() || options.attach.is_some() => {
+                    (Some(text), None)
+                }
+                // With X-Attach the body is the message: it must be text.
+                None if options.attach.is_some() => {
+                    return Err(ApiError::BadRequest(
+                        "the body is not UTF-8 text: with X-Attach the body is the message; \
+                         send a file as the body without X-Attach"
+                            .into(),
+                    ));
+                }
+                _ => (None, Some(FileBody::Read(bytes))),
+            }
+        }
     };
+    let has_file = file.is_some() || options.attach.is_some();
     // No message (or only spaces) is ntfy's trigger; characters that show nothing are not.
     let message = from_body
         .or(options.message.clone())
@@ -415,7 +472,11 @@ async fn publish(
             "nothing to send: the message shows nothing (only invisible characters)".into(),
         ));
     }
-    let message = message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
+    // A file without text is a message of its own (titled with its name).
+    let message = match message {
+        None if !has_file => Some(DEFAULT_MESSAGE.to_owned()),
+        message => message,
+    };
     let priority = priority(options.priority.as_ref())?;
     let idempotency_key = idempotency_key(headers, None)?;
     let tags = tags(options.tags.as_ref());
@@ -427,18 +488,28 @@ async fn publish(
         (false, Some(title)) => Some(format!("{emoji} {title}")),
         (false, None) => Some(emoji),
     };
-    let content = if words.is_empty() {
-        message.clone()
-    } else {
-        let listed: Vec<&str> = words.iter().map(|t| t.as_str()).collect();
-        format!("{message}\nTags: {}", listed.join(", "))
+    let listed: Vec<&str> = words.iter().map(|t| t.as_str()).collect();
+    let content = match (&message, listed.is_empty()) {
+        (Some(message), true) => Some(message.clone()),
+        (Some(message), false) => Some(format!("{message}\nTags: {}", listed.join(", "))),
+        (None, false) => Some(format!("Tags: {}", listed.join(", "))),
+        (None, true) => None,
+    };
+    // A file is stored once its sender is known (counted once against the send rate).
+    let (attachments, sender) = match file {
+        None => (Vec::new(), None),
+        Some(file) => {
+            let sender = authorized_sender(state, Some(token.clone()), Endpoint::Ntfy).await?;
+            let upload = store_file(state, file, options.filename.as_deref()).await?;
+            (vec![upload], Some(sender))
+        }
     };
     let accepted = submit(
         state,
         Submission {
             token: Some(token),
             title,
-            content: Some(content),
+            content,
             channel: options.channel.clone(),
             idempotency_key,
             url: options.click.clone(),
@@ -449,9 +520,21 @@ async fn publish(
                 Format::Text
             },
             endpoint: Endpoint::Ntfy,
+            image_url: None,
+            file_url: options.attach.clone(),
+            file_name: options.filename.clone(),
+            attachments,
+            sender,
         },
     )
     .await?;
+    let attachment = first_attachment(state, &accepted.message.id).await?;
+    let message = match (message, &attachment) {
+        (Some(message), _) => message,
+        // ntfy's own words for a file without a message.
+        (None, Some((name, _, _))) => format!("You received a file: {name}"),
+        (None, None) => String::new(),
+    };
     let mut answer = json!({
         "id": accepted.message.id.as_str(),
         "time": accepted.message.created_at.as_secs(),
@@ -472,11 +555,77 @@ async fn publish(
         if let Some(click) = options.click {
             map.insert("click".into(), click.into());
         }
+        if let Some((name, mime, size)) = attachment {
+            map.insert(
+                "attachment".into(),
+                json!({"name": name, "type": mime, "size": size}),
+            );
+        }
     }
     Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
-/// `PUT|POST /{topic}`: the body is the message.
+/// Stores a publish's body as its file, named `filename` (sanitised) or after its type.
+async fn store_file(
+    state: &AppState,
+    file: FileBody,
+    filename: Option<&str>,
+) -> Result<Upload, ApiError> {
+    let max_files = state.media.max_files;
+    if max_files == 0 {
+        return Err(attach::too_many(max_files));
+    }
+    let filename = filename.and_then(crate::media::sanitize_filename);
+    let label = match &filename {
+        Some(name) => format!("file {name:?}"),
+        None => "the body".to_owned(),
+    };
+    let blob = match file {
+        FileBody::Read(bytes) => {
+            let body =
+                futures_util::stream::once(
+                    async move { Ok::<Bytes, std::convert::Infallible>(bytes) },
+                );
+            attach::store_body(state, body, &label, |never| match never {}).await?
+        }
+        FileBody::Stream(body) => {
+            attach::store_body(state, body.into_data_stream(), &label, |err| {
+                if attach::is_length_limit(&err) {
+                    ApiError::PayloadTooLarge("request body is too large".into())
+                } else {
+                    ApiError::BadRequest(format!("could not read the body: {err}"))
+                }
+            })
+            .await?
+        }
+    };
+    let filename = filename.unwrap_or_else(|| attach::made_up_name(&blob, false, 1));
+    Ok(Upload {
+        blob,
+        filename,
+        declared_image: false,
+    })
+}
+
+/// A message's first attachment as ntfy describes one: name, type, size.
+async fn first_attachment(
+    state: &AppState,
+    id: &crate::domain::MessageId,
+) -> Result<Option<(String, String, u64)>, ApiError> {
+    let Some(first) = state.store.attachments_of(id).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(blob) = state.store.blob_info(&first.blob_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        first.filename.unwrap_or_default(),
+        blob.mime,
+        blob.size,
+    )))
+}
+
+/// `PUT|POST /{topic}`: the body is the message (or a file, see [`Payload`]).
 pub async fn publish_path(
     state: &AppState,
     topic: &str,
@@ -487,7 +636,37 @@ pub async fn publish_path(
     let body = body.map_err(ApiError::from_body)?;
     refuse_headers(headers)?;
     let options = Options::from_headers(headers).or(Options::from_query(query)?);
-    Ok(publish(state, topic, headers, options, Some(body)).await?)
+    Ok(publish(state, topic, headers, options, Payload::Read(body)).await?)
+}
+
+/// `PUT|POST /{topic}` whose body is a file ([`body_is_file`]): streamed into storage, not
+/// read whole (the body limit of text does not apply; `media.max_bytes` does).
+pub async fn publish_file(
+    state: &AppState,
+    topic: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, NtfyError> {
+    refuse_headers(headers)?;
+    let options = Options::from_headers(headers).or(Options::from_query(query)?);
+    Ok(publish(state, topic, headers, options, Payload::File(body)).await?)
+}
+
+/// `PUT|POST /{topic}` as a request: a file body streamed, any other read within the
+/// route's body limit.
+pub async fn publish_request(
+    state: &AppState,
+    topic: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<Response, NtfyError> {
+    if body_is_file(headers, query) {
+        return publish_file(state, topic, query, headers, request.into_body()).await;
+    }
+    let body = Bytes::from_request(request, state).await;
+    publish_path(state, topic, query, headers, body).await
 }
 
 pub async fn put(
@@ -495,10 +674,10 @@ pub async fn put(
     topic: PathOf<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, NtfyError> {
     let topic = path_value(topic)?;
-    publish_path(&state, &topic, query.as_deref(), &headers, body).await
+    publish_request(&state, &topic, query.as_deref(), &headers, request).await
 }
 
 /// `GET /{topic}/publish` (`/send`, `/trigger`): everything from the query and headers.
@@ -510,7 +689,7 @@ pub async fn publish_get(
 ) -> Result<Response, NtfyError> {
     refuse_headers(headers)?;
     let options = Options::from_headers(headers).or(Options::from_query(query)?);
-    Ok(publish(state, topic, headers, options, None).await?)
+    Ok(publish(state, topic, headers, options, Payload::None).await?)
 }
 
 /// The second path segment that makes `/{topic}/…` an ntfy publish rather than a Bark
@@ -552,7 +731,7 @@ pub async fn publish_json(
     if topic.trim().is_empty() {
         return Err(ApiError::BadRequest("topic is required".into()).into());
     }
-    Ok(publish(&state, &topic, &headers, options, None).await?)
+    Ok(publish(&state, &topic, &headers, options, Payload::None).await?)
 }
 
 #[cfg(test)]
