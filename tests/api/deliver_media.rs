@@ -256,6 +256,48 @@ async fn wecom_gets_the_text_then_each_attachment_in_order_each_counted() {
     assert_eq!(app.mock.calls().len(), 4, "nothing was sent twice");
 }
 
+/// Each part is in the send history, not only in the worker's memory: right after a
+/// restart, a plain message still waits for the windows the three parts used up.
+#[tokio::test]
+async fn parts_count_against_the_limits_across_a_restart() {
+    let mut app = spawn_app_with(|c| {
+        quick(c);
+        c.wecom.member_limits = member_limits(&[(3, Duration::from_secs(3))]);
+        c.delivery.instance_id = Some("media-limits-restart".to_owned());
+    })
+    .await;
+    let m = member(&app, "partsrestart").await;
+    let id = send_files(
+        &app,
+        &m.token,
+        "three parts",
+        "",
+        &[],
+        &[("chart.png", &png(14, 700)), ("report.pdf", &pdf(15, 700))],
+    )
+    .await;
+    app.wait_for_status(&id, &m.token, "delivered", WAIT).await;
+    app.restart().await;
+    let plain = app.send_ok(&m.token, "after the restart", "").await;
+    app.wait_for_status(&plain, &m.token, "delivered", WAIT)
+        .await;
+    assert_eq!(
+        shown_to(&app.mock, &m.user),
+        [
+            "text:three parts",
+            "image:chart.png",
+            "file:report.pdf",
+            "text:after the restart"
+        ]
+    );
+    assert_member_limit(
+        &app.mock.delivered_calls(),
+        &m.user,
+        3,
+        Duration::from_secs(3),
+    );
+}
+
 /// The image fails (WeCom answers HTTP 502): the history says the text went out and the
 /// image did not; the retry sends the image alone (WeCom shows the text once), then the
 /// file.
