@@ -778,3 +778,266 @@ async fn ntfy_attach_bark_image_and_gotify_big_image_are_fetched() {
     .await;
     assert_eq!(status, 400, "{body}");
 }
+
+// ------------------------------------------------------------------------------------------
+// Hostile multipart bodies
+// ------------------------------------------------------------------------------------------
+
+mod hostile_multipart {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    use super::*;
+
+    /// Where the token is.
+    #[derive(Debug, Clone, Copy)]
+    enum Auth {
+        Query,
+        Bearer,
+        FirstField,
+        LastField,
+        Wrong,
+        None,
+    }
+
+    #[derive(Debug, Clone)]
+    struct PartSpec {
+        name: Option<String>,
+        filename: Option<String>,
+        content_type: Option<&'static str>,
+        body: Vec<u8>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        auth: Auth,
+        parts: Vec<PartSpec>,
+        ending: &'static str,
+        header: &'static str,
+        /// Cut the body after this share of its bytes (per mille), if any.
+        cut: Option<u16>,
+    }
+
+    const BOUNDARY: &str = "XyZzY";
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => "[a-z 你好\u{200b}\r\n-]{0,40}".prop_map(String::into_bytes),
+            3 => (0usize..6000).prop_map(png),
+            1 => prop::collection::vec(any::<u8>(), 0..3000),
+            1 => Just(format!("a\r\n--{BOUNDARY}\r\nContent-Disposition: form-data").into_bytes()),
+            1 => Just(b"\xff\xfe not utf-8".to_vec()),
+            1 => Just(Vec::new()),
+        ]
+    }
+
+    fn part() -> impl Strategy<Value = PartSpec> {
+        let name = prop_oneof![
+            8 => Just(Some("file".to_owned())),
+            6 => prop::sample::select(vec!["title", "content", "desp", "_ts"])
+                .prop_map(|n| Some(n.to_owned())),
+            1 => prop::sample::select(vec![
+                "channel", "format", "url", "image_url", "idempotency_key", "tilte", "",
+                "fi\"le", "file\r\nX: y",
+            ])
+            .prop_map(|n| Some(n.to_owned())),
+            1 => Just(None),
+            1 => "\\PC{0,12}".prop_map(Some),
+        ];
+        let filename = prop_oneof![
+            3 => Just(None),
+            3 => Just(Some("chart.png".to_owned())),
+            1 => Just(Some(String::new())),
+            1 => Just(Some("../../etc/passwd".to_owned())),
+            1 => Just(Some("a\u{202e}gnp.exe".to_owned())),
+            1 => "\\PC{0,20}".prop_map(Some),
+        ];
+        let content_type = prop::sample::select(vec![
+            None,
+            Some("image/png"),
+            Some("text/plain; charset=gbk"),
+            Some("multipart/mixed; boundary=inner"),
+        ]);
+        (name, filename, content_type, body()).prop_map(|(name, filename, content_type, body)| {
+            PartSpec {
+                name,
+                filename,
+                content_type,
+                body,
+            }
+        })
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        let auth = prop_oneof![
+            3 => prop::sample::select(vec![Auth::Query, Auth::Bearer, Auth::FirstField]),
+            1 => prop::sample::select(vec![Auth::LastField, Auth::Wrong, Auth::None]),
+        ];
+        let ending = prop_oneof![
+            4 => Just("--XyZzY--\r\n"),
+            1 => prop::sample::select(vec!["--XyZzY--", "", "--XyZzY", "--XyZzY\r\n", "--other--\r\n"]),
+        ];
+        let header = prop_oneof![
+            4 => Just("multipart/form-data; boundary=XyZzY"),
+            1 => prop::sample::select(vec![
+                "multipart/form-data; boundary=\"XyZzY\"",
+                "multipart/form-data",
+                "multipart/form-data; boundary=other",
+                "Multipart/Form-Data; boundary=XyZzY; charset=utf-8",
+            ]),
+        ];
+        let cut = prop_oneof![6 => Just(None), 1 => (0u16..1000).prop_map(Some)];
+        (
+            auth,
+            prop::collection::vec(part(), 0..5),
+            ending,
+            header,
+            cut,
+        )
+            .prop_map(|(auth, parts, ending, header, cut)| Case {
+                auth,
+                parts,
+                ending,
+                header,
+                cut,
+            })
+    }
+
+    fn encode(case: &Case, token: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let field = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+            out.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+                    .as_bytes(),
+            );
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        if matches!(case.auth, Auth::FirstField) {
+            field(&mut out, "token", token.as_bytes());
+        }
+        for part in &case.parts {
+            out.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data").as_bytes(),
+            );
+            if let Some(name) = &part.name {
+                out.extend_from_slice(format!("; name=\"{name}\"").as_bytes());
+            }
+            if let Some(filename) = &part.filename {
+                out.extend_from_slice(format!("; filename=\"{filename}\"").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            if let Some(content_type) = part.content_type {
+                out.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&part.body);
+            out.extend_from_slice(b"\r\n");
+        }
+        if matches!(case.auth, Auth::LastField) {
+            field(&mut out, "token", token.as_bytes());
+        }
+        out.extend_from_slice(case.ending.as_bytes());
+        if let Some(cut) = case.cut {
+            out.truncate(out.len() * usize::from(cut) / 1000);
+        }
+        out
+    }
+
+    /// Messages, blobs no message names, and chunks of no blob.
+    async fn state(app: &TestApp) -> (i64, i64, i64) {
+        let mut conn = db::connect(app.store_url()).await;
+        let mut one = async |sql: &'static str| -> i64 {
+            sqlx::query(sql)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get::<i64, _>(0)
+        };
+        let counts = (
+            one("SELECT CAST(COUNT(*) AS BIGINT) FROM messages").await,
+            one("SELECT CAST(COUNT(*) AS BIGINT) FROM blobs \
+                 WHERE NOT EXISTS (SELECT 1 FROM message_media m WHERE m.blob_id = blobs.id)")
+            .await,
+            one("SELECT CAST(COUNT(*) AS BIGINT) FROM blob_chunks \
+                 WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = blob_chunks.blob_id)")
+            .await,
+        );
+        db::close(conn).await;
+        counts
+    }
+
+    async fn check(app: &TestApp, token: &str, case: &Case) -> Result<u16, TestCaseError> {
+        let (messages, _, _) = state(app).await;
+        let mut req = app
+            .http
+            .post(app.url("/send"))
+            .header(reqwest::header::CONTENT_TYPE, case.header)
+            .body(encode(case, token));
+        match case.auth {
+            Auth::Query => req = req.query(&[("token", token)]),
+            Auth::Bearer => req = req.bearer_auth(token),
+            Auth::Wrong => req = req.bearer_auth("W".repeat(32)),
+            _ => {}
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        prop_assert!(status < 500, "{status}: {text}");
+        let (after, orphans, loose_chunks) = state(app).await;
+        let accepted = status == 200;
+        prop_assert_eq!(
+            after - messages,
+            i64::from(accepted),
+            "{}: {}",
+            status,
+            text
+        );
+        prop_assert_eq!((orphans, loose_chunks), (0, 0), "{}: {}", status, text);
+        Ok(status)
+    }
+
+    /// Any multipart body (well-formed or not: names, file names, types, bodies, endings,
+    /// a cut anywhere, the token anywhere) is a message or a 4xx — never a 5xx — and a
+    /// refused one leaves neither a message nor a blob nor a chunk behind.
+    #[test]
+    fn any_multipart_body_is_a_message_or_a_4xx_and_leaves_nothing() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (app, token) = runtime.block_on(app_with(|c| {
+            c.media.max_bytes = 4 * KIB as u64;
+            c.media.max_files = 2;
+            c.server.send_rate = SendRate {
+                count: 1_000_000,
+                per: Duration::from_secs(1),
+            };
+        }));
+        let seen = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
+        let mut runner = TestRunner::new(Config {
+            cases: 256,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&case(), |case| {
+            let status = runtime.block_on(check(&app, &token, &case))?;
+            if let Ok(mut seen) = seen.lock() {
+                *seen.entry(status).or_default() += 1;
+            }
+            Ok(())
+        });
+        runtime.block_on(async move { drop(app) });
+        if let Err(err) = result {
+            panic!("{err}");
+        }
+        let seen = seen.into_inner().unwrap_or_default();
+        // The corpus reached past the parser: some were accepted, some refused.
+        assert!(seen.get(&200).is_some_and(|n| *n > 0), "{seen:?}");
+        assert!(seen.keys().any(|s| *s >= 400), "{seen:?}");
+        println!("statuses: {seen:?}");
+    }
+}
