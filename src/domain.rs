@@ -8,7 +8,8 @@
 //! - [`ChannelName`] and [`Route`]: the channels a message may take, in order.
 //! - [`EmailAddress`]: a checked address; its [`EmailAddress::masked`] form is what
 //!   chat answers show.
-//! - [`Outbound`]: what a channel renders — never the database row.
+//! - [`Outbound`]: what a channel renders — never the database row — with its
+//!   [`OutboundAttachment`]s and which [`Part`] of it is being sent.
 
 use std::fmt;
 
@@ -627,6 +628,48 @@ pub struct Outbound {
     /// channel's [`Binding`](crate::delivery::Binding) made (SMS sends it with its code
     /// template).
     pub verification: bool,
+    /// The message's images and files, in the order they are sent (empty for most
+    /// messages; read only for a message that has some).
+    pub attachments: Vec<OutboundAttachment>,
+    /// Which part of the message this is, on a channel that sends attachments separately.
+    pub part: Part,
+}
+
+/// One image or file of a message, as a channel sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundAttachment {
+    /// The name it is shown and sent under.
+    pub filename: String,
+    /// How WeCom takes it (decided at acceptance from the sniffed type and the size).
+    pub kind: crate::media::MediaKind,
+    /// The sniffed content type.
+    pub mime: String,
+    pub size: u64,
+    /// SHA-256 of the content, lower-case hex (WeCom's `media_id` cache is keyed by it).
+    pub sha256: String,
+    /// Where its bytes are stored.
+    pub blob_id: crate::store::BlobId,
+}
+
+impl OutboundAttachment {
+    /// `image chart.png`, `file report.pdf`: how the history and errors name it.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.kind, self.filename)
+    }
+}
+
+/// Which part of a message a channel is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Part {
+    /// All of it at once: the text, with the attachments as the channel carries them
+    /// (e-mail attaches them; a channel that links them got a line naming them, with the
+    /// page's address, in its content).
+    #[default]
+    Whole,
+    /// The text alone: each attachment follows as a part of its own.
+    Text,
+    /// The attachment at this index (in [`Outbound::attachments`]) alone.
+    Attachment(usize),
 }
 
 #[cfg(test)]

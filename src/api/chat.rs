@@ -163,6 +163,8 @@ async fn add_robot(
         url: None,
         page_key: None,
         verification: false,
+        attachments: Vec::new(),
+        part: crate::domain::Part::Whole,
     };
     let masked = channel.masked();
     match tokio::time::timeout(ROBOT_TEST_TIMEOUT, channel.deliver(&test)).await {

@@ -94,6 +94,10 @@ struct AttemptView {
     /// `retry` (a transient failure), `failed` (the channel gave up), `delivered`.
     outcome: String,
     error: Option<String>,
+    /// Which part a `delivered` attempt was, of a message sent part by part
+    /// (`part 1 of 3 (text)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 /// The stored attempts, then the delivery itself, which is stored only in the message row
@@ -102,11 +106,20 @@ struct AttemptView {
 fn history(m: &Message, attempts: Vec<AttemptRecord>) -> Vec<AttemptView> {
     let mut views: Vec<AttemptView> = attempts
         .into_iter()
-        .map(|a| AttemptView {
-            channel: a.channel,
-            at: rfc3339(a.at),
-            outcome: a.outcome,
-            error: a.error,
+        .map(|a| {
+            // A delivered attempt's text is no error: it says which part went out.
+            let (error, note) = if a.outcome == "delivered" {
+                (None, a.error)
+            } else {
+                (a.error, None)
+            };
+            AttemptView {
+                channel: a.channel,
+                at: rfc3339(a.at),
+                outcome: a.outcome,
+                error,
+                note,
+            }
         })
         .collect();
     if m.status == MessageStatus::Delivered
@@ -118,6 +131,7 @@ fn history(m: &Message, attempts: Vec<AttemptRecord>) -> Vec<AttemptView> {
             at: rfc3339(at),
             outcome: "delivered".to_owned(),
             error: None,
+            note: None,
         });
     }
     views

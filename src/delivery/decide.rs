@@ -22,9 +22,9 @@ use std::time::Duration;
 use super::health::Gate;
 use super::limits::{self, Plan, RateWindow};
 use super::next_step::{self, Failure, NextStep, Tried};
-use super::{ChannelError, INTERRUPTED, backoff, digest};
+use super::{Attachments, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
-use crate::domain::{ChannelName, Format, Look, MessageId, Outbound};
+use crate::domain::{ChannelName, Format, Look, MessageId, Outbound, OutboundAttachment, Part};
 use crate::metrics::AttemptOutcome;
 use crate::store::{AttemptUpdate, Digest, Message, Waiting};
 use crate::time::UnixMillis;
@@ -179,12 +179,14 @@ fn by_limits(
 
 /// Whether a digest on `channel` (which `digests`, by its capabilities) may carry the
 /// message: the same messages `Store::lane_waiting` reads — on their route's first
-/// channel, neither for every channel nor to a fixed address.
+/// channel, neither for every channel nor to a fixed address, and without images or files
+/// (a digest line has no room for them: such a message goes alone, part by part).
 pub fn digestible(message: &Message, channel: ChannelName, digests: bool) -> bool {
     digests
         && message.route.first() == channel
         && !message.deliver_all
         && message.address_to.is_none()
+        && message.media_count == 0
 }
 
 /// Whether a worker whose lane ran empty waits a moment for the member's next message
@@ -210,7 +212,134 @@ pub fn outbound(head: &Message, address: Option<String>) -> Outbound {
         url: head.url.clone(),
         page_key: head.page_key.clone(),
         verification: head.address_to.is_some(),
+        attachments: Vec::new(),
+        part: Part::Whole,
     }
+}
+
+// ---- images and files -----------------------------------------------------------------
+
+/// The parts of a message with `attachments` on a channel that carries them `how`: the
+/// label of each, its text first (`text`, `image chart.png`, `file report.pdf`). `None`
+/// when the message goes whole: it has no attachments, or the channel bundles or links
+/// them.
+pub fn parts(how: Attachments, attachments: &[OutboundAttachment]) -> Option<Vec<String>> {
+    if how != Attachments::Separate || attachments.is_empty() {
+        return None;
+    }
+    let mut labels = vec!["text".to_owned()];
+    labels.extend(attachments.iter().map(OutboundAttachment::label));
+    Some(labels)
+}
+
+/// Which part of a message sent part by part is next, `parts_done` having been delivered:
+/// its text first, then each attachment. A count past the last (never written) sends the
+/// last again rather than nothing: at least once.
+pub fn next_part(parts_done: i64, attachments: usize) -> Part {
+    match usize::try_from(parts_done) {
+        Ok(0) | Err(_) => Part::Text,
+        Ok(done) => Part::Attachment((done - 1).min(attachments.saturating_sub(1))),
+    }
+}
+
+/// The part's place among the message's parts (0: the text).
+pub fn part_index(part: Part) -> usize {
+    match part {
+        Part::Whole | Part::Text => 0,
+        Part::Attachment(i) => i + 1,
+    }
+}
+
+/// `out` (the head as [`outbound`] made it) with its attachments, as the channel carries
+/// them `how`: the next part of it where they are sent separately (`parts_done` delivered
+/// already); all of them with the text where they are bundled; where they are linked, a
+/// line naming them with the address of the message's page (`page_url`) at the end of the
+/// content — the content cut (with "…") where the whole would not fit in
+/// `max_text_bytes` with room to spare, so that the line is not what a channel cuts off.
+pub fn with_attachments(
+    mut out: Outbound,
+    attachments: Vec<OutboundAttachment>,
+    how: Attachments,
+    parts_done: i64,
+    page_url: Option<&str>,
+    max_text_bytes: usize,
+) -> Outbound {
+    if attachments.is_empty() {
+        return out;
+    }
+    match how {
+        Attachments::Separate => out.part = next_part(parts_done, attachments.len()),
+        Attachments::Bundled => out.part = Part::Whole,
+        Attachments::Linked => {
+            let line = attachment_line(&attachments, page_url, out.format == Format::Markdown);
+            out.content = Some(match out.content.take().filter(|c| !c.trim().is_empty()) {
+                None => line,
+                Some(content) => {
+                    let title = out.title.as_deref().map_or(0, str::len);
+                    let room = max_text_bytes
+                        .saturating_sub(title + line.len() + LINKED_SLACK)
+                        .max(LINKED_MIN_CONTENT);
+                    let content = content.trim_end();
+                    if content.len() <= room {
+                        format!("{content}\n\n{line}")
+                    } else {
+                        let cut = crate::render::cut::excerpt(content, room);
+                        format!("{cut}\n\n{line}")
+                    }
+                }
+            });
+        }
+    }
+    out.attachments = attachments;
+    out
+}
+
+/// Bytes a linked channel's text keeps free besides the title, the content and the
+/// attachment line: blank lines, a sender's link, markers.
+const LINKED_SLACK: usize = 320;
+/// The content is never cut shorter than this for the attachment line.
+const LINKED_MIN_CONTENT: usize = 64;
+
+/// `📎 2 个附件 files: chart.png, report.pdf → https://…/m/{id}?k=…`: how a channel that
+/// cannot carry files names them. In markdown, the names' markup characters are escaped
+/// (a file called `a_b_c.txt` is not italics).
+pub fn attachment_line(
+    attachments: &[OutboundAttachment],
+    page_url: Option<&str>,
+    markdown: bool,
+) -> String {
+    let names: Vec<String> = attachments
+        .iter()
+        .map(|a| {
+            if markdown {
+                escape_markdown(&a.filename)
+            } else {
+                a.filename.clone()
+            }
+        })
+        .collect();
+    let n = attachments.len();
+    let noun = if n == 1 { "file" } else { "files" };
+    let mut line = format!("📎 {n} 个附件 {noun}: {}", names.join(", "));
+    if let Some(page) = page_url {
+        line.push_str(&format!(" → {page}"));
+    }
+    line
+}
+
+/// Markdown's markup characters backslash-escaped.
+fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '#' | '<' | '>' | '!' | '|' | '~'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A digest's own page: its id and key, drawn by the caller (they are random), and the
@@ -278,6 +407,8 @@ pub fn compose_digest(
             url: None,
             page_key: None,
             verification: false,
+            attachments: Vec::new(),
+            part: Part::Whole,
         },
         record: Digest {
             id: page.id.to_string(),
@@ -361,6 +492,44 @@ pub struct Attempt<'a> {
     pub sent_at: UnixMillis,
     /// The digest it went as, with when each carried message was accepted; `None`: alone.
     pub digest: Option<(Digest, Vec<UnixMillis>)>,
+    /// The part it was, of a message sent part by part ([`parts`]); `None`: whole.
+    pub part: Option<PartOf<'a>>,
+}
+
+/// One part of a message sent part by part.
+#[derive(Debug, Clone, Copy)]
+pub struct PartOf<'a> {
+    /// Its place (0: the text).
+    pub index: usize,
+    /// Every part's label, the text first ([`parts`]).
+    pub labels: &'a [String],
+}
+
+impl PartOf<'_> {
+    fn is_last(&self) -> bool {
+        self.index + 1 >= self.labels.len()
+    }
+
+    /// `part 2 of 3 (image chart.png)`.
+    fn note(&self) -> String {
+        format!(
+            "part {} of {} ({})",
+            self.index + 1,
+            self.labels.len(),
+            self.labels.get(self.index).map_or("?", String::as_str)
+        )
+    }
+
+    /// What an error of this part says first, when earlier parts were delivered:
+    /// `text delivered; image chart.png: `.
+    fn context(&self) -> Option<String> {
+        let delivered = self.labels.get(..self.index).filter(|d| !d.is_empty())?;
+        Some(format!(
+            "{} delivered; {}: ",
+            delivered.join(", "),
+            self.labels.get(self.index).map_or("?", String::as_str)
+        ))
+    }
 }
 
 /// What the outcome of `attempt` means, `now` being when it came back. `jitter` is a
@@ -379,7 +548,78 @@ pub struct Attempt<'a> {
 ///   answered this try (the look-up that could not tell was an answer), so it counts as
 ///   reachable: a probe that ends unconfirmed must not leave a down channel waiting for a
 ///   probe outcome that never comes.
+/// - A part of a message sent part by part ([`PartOf`]) that is not its last, delivered:
+///   recorded as such (`part 1 of 3 (text)`), counted as a send, and the message stays
+///   queued and due now, for its next part. Any part failing is taken as the message
+///   failing above, but only that part is tried again; when earlier parts were delivered,
+///   its error says so (`text delivered; image chart.png: …`). Its last part delivered
+///   delivers the message.
 pub fn settle_outcome(
+    attempt: Attempt<'_>,
+    outcome: &Result<(), ChannelError>,
+    now: UnixMillis,
+    jitter: f64,
+    settings: &DeliverySettings,
+) -> Settlement {
+    if let Some(part) = attempt.part {
+        if outcome.is_ok() && !part.is_last() {
+            return part_delivered(&attempt, part, now + settings.retry_window);
+        }
+        // A failed part after delivered ones: its error says what went out and what did not.
+        if outcome.is_err()
+            && let Some(context) = part.context()
+        {
+            let mut settlement = settle_whole(attempt, outcome, now, jitter, settings);
+            prefix_error(&mut settlement.update, &context);
+            return settlement;
+        }
+    }
+    settle_whole(attempt, outcome, now, jitter, settings)
+}
+
+/// A part that was not the last went out: recorded and counted as a send, and the message
+/// stays the lane's head, due now, for its next part (which gets a retry window of its own,
+/// ending at `deadline_at`).
+fn part_delivered(attempt: &Attempt<'_>, part: PartOf<'_>, deadline_at: UnixMillis) -> Settlement {
+    let head = attempt.head;
+    Settlement {
+        update: AttemptUpdate::PartDelivered {
+            id: head.id.clone(),
+            attempts: head.attempts + 1,
+            channel: attempt.channel,
+            parts_before: head.parts_done,
+            note: part.note(),
+            deadline_at,
+        },
+        learnt: Learnt::Reachable,
+        sent: Some(attempt.sent_at),
+        count: Count {
+            outcome: AttemptOutcome::Delivered,
+            delivered: Vec::new(),
+            failed: false,
+        },
+        after: After::Reread,
+    }
+}
+
+/// `context` put before the error the update records.
+fn prefix_error(update: &mut AttemptUpdate, context: &str) {
+    match update {
+        AttemptUpdate::Retry { error, .. } | AttemptUpdate::Failed { error, .. } => {
+            *error = format!("{context}{error}");
+        }
+        AttemptUpdate::NextChannel {
+            error: Some(error), ..
+        } => *error = format!("{context}{error}"),
+        AttemptUpdate::NextChannel { error: None, .. }
+        | AttemptUpdate::Delivered { .. }
+        | AttemptUpdate::DigestDelivered { .. }
+        | AttemptUpdate::PartDelivered { .. } => {}
+    }
+}
+
+/// [`settle_outcome`] of a message sent whole, of its last part, or of a part that failed.
+fn settle_whole(
     attempt: Attempt<'_>,
     outcome: &Result<(), ChannelError>,
     now: UnixMillis,
@@ -391,6 +631,7 @@ pub fn settle_outcome(
         channel,
         sent_at,
         digest,
+        part: _,
     } = attempt;
     let attempts = head.attempts + 1;
     let deadline_at = now + settings.retry_window;
@@ -848,9 +1089,15 @@ mod tests {
         let mut all = m.clone();
         all.deliver_all = true;
         assert!(!digestible(&all, ChannelName::WeCom, true));
-        let mut code = m;
+        let mut code = m.clone();
         code.address_to = Some("a@b.c".into());
         assert!(!digestible(&code, ChannelName::WeCom, true));
+        let mut files = m;
+        files.media_count = 1;
+        assert!(
+            !digestible(&files, ChannelName::WeCom, true),
+            "a message with attachments goes alone, part by part"
+        );
     }
 
     #[test]
@@ -957,6 +1204,7 @@ mod tests {
             channel,
             sent_at,
             digest: None,
+            part: None,
         }
     }
 
@@ -1436,6 +1684,314 @@ mod tests {
         }
         assert_eq!(s.count.outcome, AttemptOutcome::Retry);
         assert_eq!(s.after, After::Release(NOW));
+    }
+
+    // ---- images and files ----
+
+    fn file(name: &str, kind: crate::media::MediaKind) -> OutboundAttachment {
+        OutboundAttachment {
+            filename: name.into(),
+            kind,
+            mime: "application/octet-stream".into(),
+            size: 10,
+            sha256: format!("sha-{name}"),
+            blob_id: crate::store::BlobId::from_stored(format!("blob-{name}")),
+        }
+    }
+
+    fn two_files() -> Vec<OutboundAttachment> {
+        use crate::media::MediaKind;
+        vec![
+            file("chart.png", MediaKind::Image),
+            file("report.pdf", MediaKind::File),
+        ]
+    }
+
+    #[test]
+    fn only_a_channel_that_sends_attachments_separately_sends_parts() {
+        let files = two_files();
+        assert_eq!(
+            parts(Attachments::Separate, &files).unwrap(),
+            ["text", "image chart.png", "file report.pdf"]
+        );
+        assert_eq!(parts(Attachments::Bundled, &files), None);
+        assert_eq!(parts(Attachments::Linked, &files), None);
+        assert_eq!(parts(Attachments::Separate, &[]), None, "a plain message");
+    }
+
+    #[test]
+    fn the_next_part_follows_what_was_delivered_text_first() {
+        assert_eq!(next_part(0, 2), Part::Text);
+        assert_eq!(next_part(1, 2), Part::Attachment(0));
+        assert_eq!(next_part(2, 2), Part::Attachment(1));
+        // Never past the last (a count no writer makes): the last again, not nothing.
+        assert_eq!(next_part(7, 2), Part::Attachment(1));
+        assert_eq!(next_part(-1, 2), Part::Text);
+        for done in 0..3 {
+            assert_eq!(
+                part_index(next_part(done, 2)),
+                usize::try_from(done).unwrap()
+            );
+        }
+        assert_eq!(part_index(Part::Whole), 0);
+    }
+
+    #[test]
+    fn attachments_go_as_the_channel_carries_them() {
+        let page = "https://push.example/m/m1?k=K";
+        let mut head = message("wecom");
+        head.parts_done = 1;
+        let separate = with_attachments(
+            outbound(&head, None),
+            two_files(),
+            Attachments::Separate,
+            head.parts_done,
+            Some(page),
+            2048,
+        );
+        assert_eq!(separate.part, Part::Attachment(0));
+        assert_eq!(separate.attachments.len(), 2);
+        assert_eq!(
+            separate.content.as_deref(),
+            Some("content"),
+            "text as it is"
+        );
+        let bundled = with_attachments(
+            outbound(&head, None),
+            two_files(),
+            Attachments::Bundled,
+            0,
+            Some(page),
+            2048,
+        );
+        assert_eq!((bundled.part, bundled.attachments.len()), (Part::Whole, 2));
+        assert_eq!(bundled.content.as_deref(), Some("content"));
+        let linked = with_attachments(
+            outbound(&head, None),
+            two_files(),
+            Attachments::Linked,
+            0,
+            Some(page),
+            2048,
+        );
+        assert_eq!(linked.part, Part::Whole);
+        assert_eq!(
+            linked.content.as_deref(),
+            Some(
+                "content\n\n📎 2 个附件 files: chart.png, report.pdf → \
+                 https://push.example/m/m1?k=K"
+            )
+        );
+        // Without content, the line is the content.
+        let mut bare = message("wecom");
+        bare.content = None;
+        let linked = with_attachments(
+            outbound(&bare, None),
+            vec![file("a_b.txt", crate::media::MediaKind::File)],
+            Attachments::Linked,
+            0,
+            None,
+            2048,
+        );
+        assert_eq!(linked.content.as_deref(), Some("📎 1 个附件 file: a_b.txt"));
+        // A plain message is left alone.
+        let plain = with_attachments(
+            outbound(&head, None),
+            Vec::new(),
+            Attachments::Separate,
+            0,
+            Some(page),
+            2048,
+        );
+        assert_eq!(plain, outbound(&head, None));
+    }
+
+    #[test]
+    fn a_long_text_is_cut_so_that_the_attachment_line_survives() {
+        let page = "https://push.example/m/m1?k=K";
+        let mut head = message("ops");
+        head.content = Some("磁盘使用率超过阈值。".repeat(200));
+        let linked = with_attachments(
+            outbound(&head, None),
+            two_files(),
+            Attachments::Linked,
+            0,
+            Some(page),
+            2048,
+        );
+        let content = linked.content.unwrap();
+        assert!(content.len() < 2048 - 200, "{}", content.len());
+        assert!(content.starts_with("磁盘使用率"));
+        assert!(
+            content.ends_with(
+                "…\n\n📎 2 个附件 files: chart.png, report.pdf → https://push.example/m/m1?k=K"
+            ),
+            "{content}"
+        );
+    }
+
+    #[test]
+    fn in_markdown_the_names_are_escaped() {
+        let line = attachment_line(
+            &[file("a_b*[c].txt", crate::media::MediaKind::File)],
+            None,
+            true,
+        );
+        assert_eq!(line, "📎 1 个附件 file: a\\_b\\*\\[c\\].txt");
+    }
+
+    fn part_of<'a>(
+        head: &'a Message,
+        index: usize,
+        labels: &'a [String],
+        sent_at: UnixMillis,
+    ) -> Attempt<'a> {
+        Attempt {
+            part: Some(PartOf { index, labels }),
+            ..on(head, ChannelName::WeCom, sent_at)
+        }
+    }
+
+    fn labels() -> Vec<String> {
+        parts(Attachments::Separate, &two_files()).unwrap()
+    }
+
+    #[test]
+    fn a_part_that_is_not_the_last_is_recorded_counted_and_the_head_goes_on() {
+        let labels = labels();
+        let mut head = message("wecom,email");
+        head.media_count = 2;
+        head.attempts = 1;
+        let s = settle(part_of(&head, 0, &labels, NOW - ms(40)), Ok(()));
+        match &s.update {
+            AttemptUpdate::PartDelivered {
+                id,
+                attempts,
+                channel,
+                parts_before,
+                note,
+                deadline_at,
+            } => {
+                assert_eq!(id, &head.id);
+                assert_eq!(*attempts, 2);
+                assert_eq!(*channel, ChannelName::WeCom);
+                assert_eq!(*parts_before, 0);
+                assert_eq!(note, "part 1 of 3 (text)");
+                assert_eq!(*deadline_at, NOW + window(), "the next part's own window");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.learnt, Learnt::Reachable);
+        assert_eq!(
+            s.sent,
+            Some(NOW - ms(40)),
+            "counts against the member's limits"
+        );
+        assert_eq!(
+            s.count,
+            Count {
+                outcome: AttemptOutcome::Delivered,
+                delivered: vec![],
+                failed: false
+            },
+            "the message is not delivered yet"
+        );
+        assert_eq!(
+            s.after,
+            After::Reread,
+            "the same head, read again, for its next part"
+        );
+        // The second part.
+        head.parts_done = 1;
+        let s = settle(part_of(&head, 1, &labels, NOW), Ok(()));
+        match &s.update {
+            AttemptUpdate::PartDelivered {
+                parts_before, note, ..
+            } => {
+                assert_eq!(*parts_before, 1);
+                assert_eq!(note, "part 2 of 3 (image chart.png)");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_last_part_delivers_the_message() {
+        let labels = labels();
+        let mut head = message("wecom,email");
+        head.media_count = 2;
+        head.parts_done = 2;
+        let s = settle(part_of(&head, 2, &labels, NOW), Ok(()));
+        assert!(
+            matches!(s.update, AttemptUpdate::Delivered { .. }),
+            "{:?}",
+            s.update
+        );
+        assert_eq!(s.count.delivered, vec![head.created_at]);
+        assert_eq!(s.after, After::Next);
+    }
+
+    #[test]
+    fn a_failed_part_says_what_was_delivered_and_is_retried_alone() {
+        let labels = labels();
+        let mut head = message("wecom,email");
+        head.media_count = 2;
+        head.parts_done = 1;
+        head.attempts = 1;
+        let s = settle(
+            part_of(&head, 1, &labels, NOW),
+            transient("WeCom API answered HTTP 502", true),
+        );
+        match &s.update {
+            AttemptUpdate::Retry {
+                error, attempts, ..
+            } => {
+                assert_eq!(
+                    error,
+                    "text delivered; image chart.png: WeCom API answered HTTP 502"
+                );
+                assert_eq!(*attempts, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.learnt,
+            Learnt::Unreachable {
+                reason: "WeCom API answered HTTP 502".into()
+            },
+            "the health learns the reason alone"
+        );
+        assert_eq!(s.sent, None);
+        // Permanent: on to e-mail, saying so.
+        head.parts_done = 2;
+        let s = settle(part_of(&head, 2, &labels, NOW), permanent("too big"));
+        match &s.update {
+            AttemptUpdate::NextChannel { error, route, .. } => {
+                assert_eq!(
+                    error.as_deref(),
+                    Some("text, image chart.png delivered; file report.pdf: too big")
+                );
+                assert_eq!(route.to_stored(), "email");
+            }
+            other => panic!("{other:?}"),
+        }
+        // On its last channel it ends failed, saying so.
+        let mut last = message("wecom");
+        last.parts_done = 1;
+        let s = settle(part_of(&last, 1, &labels, NOW), permanent("refused"));
+        match &s.update {
+            AttemptUpdate::Failed { error, .. } => {
+                assert_eq!(error, "text delivered; image chart.png: refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The text failing: nothing was delivered, the reason is as it was.
+        let fresh = message("wecom");
+        let s = settle(part_of(&fresh, 0, &labels, NOW), permanent("refused"));
+        match &s.update {
+            AttemptUpdate::Failed { error, .. } => assert_eq!(error, "refused"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,20 +5,28 @@
 //! this message; a 4xx reply is transient (the server answered: it is up); no connection,
 //! a timeout, a TLS failure or a broken session is transient *and* unreachable, so the
 //! scheduler probes the server instead of sending it the whole queue.
+//!
+//! A message's images and files are attached to its mail ([`Attachments::Bundled`]):
+//! `multipart/mixed`, the text and HTML first, then each file under its sniffed content
+//! type and its name (RFC 2231-encoded where it is not ASCII, as lettre writes it). Each
+//! file is read whole from the store for the mail (at most `media.max_files` of
+//! `media.max_bytes`).
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::{PoolConfig, client::Tls, client::TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret as _;
 
-use super::{BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
+use super::{Attachments, BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
 use crate::config::{EmailSettings, SmtpSecurity};
-use crate::domain::{ChannelName, EmailAddress, Format, Outbound};
+use crate::domain::{ChannelName, EmailAddress, Format, Outbound, OutboundAttachment};
 use crate::render::markdown::{escape_html as escape, to_plain_text, to_safe_html};
+use crate::store::Store;
 
 /// Longest subject line, in characters (a first line of content can be anything).
 const MAX_SUBJECT_CHARS: usize = 120;
@@ -44,6 +52,8 @@ pub struct EmailChannel {
     /// `host:port`, for log lines.
     server: String,
     binding: Binding,
+    /// Where attachments' bytes are (`None`: a channel built only to check the server).
+    store: Option<Store>,
 }
 
 /// An address as typed, checked and trimmed.
@@ -106,7 +116,44 @@ impl EmailChannel {
                 mask: mask_address,
                 code_message: code_mail,
             },
+            store: None,
         })
+    }
+
+    /// The channel that delivers: it reads attachments from `store`.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Each attachment of `message` with its bytes, read whole from the store.
+    async fn files<'m>(
+        &self,
+        message: &'m Outbound,
+    ) -> Result<Vec<(&'m OutboundAttachment, Vec<u8>)>, ChannelError> {
+        if message.attachments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(store) = &self.store else {
+            return Err(ChannelError::Permanent {
+                reason: "this e-mail channel cannot read attachments".to_owned(),
+            });
+        };
+        let mut files = Vec::with_capacity(message.attachments.len());
+        for attachment in &message.attachments {
+            let bytes = store.blob_bytes(&attachment.blob_id).await.map_err(|e| {
+                ChannelError::Transient {
+                    reason: format!(
+                        "could not read the attachment {}: {}",
+                        attachment.filename,
+                        crate::error::chain(&e)
+                    ),
+                    unreachable: false,
+                }
+            })?;
+            files.push((attachment, bytes));
+        }
+        Ok(files)
     }
 }
 
@@ -119,6 +166,7 @@ impl Channel for EmailChannel {
         Capabilities {
             max_text_bytes: MAX_MAIL_BYTES,
             digests: false,
+            attachments: Attachments::Bundled,
         }
     }
 
@@ -144,14 +192,20 @@ impl Channel for EmailChannel {
 
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let mail = render(message, &self.from)?;
+            let files = self.files(message).await?;
+            let mail = render(message, &self.from, files)?;
             self.transport.send(mail).await.map(drop).map_err(classify)
         })
     }
 }
 
-/// The mail for a message. Fails (permanently) only without an address.
-fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
+/// The mail for a message, with `files` attached. Fails (permanently) only without an
+/// address.
+fn render(
+    message: &Outbound,
+    from: &Mailbox,
+    files: Vec<(&OutboundAttachment, Vec<u8>)>,
+) -> Result<Message, ChannelError> {
     let permanent = |reason: String| ChannelError::Permanent { reason };
     let Some(address) = &message.address else {
         return Err(permanent("no e-mail address to send to".to_owned()));
@@ -160,6 +214,18 @@ fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
         .parse()
         .map_err(|e| permanent(format!("{address} is not a usable address: {e}")))?;
     let (text, html) = bodies(message);
+    let alternative = MultiPart::alternative_plain_html(text, html);
+    let body = if files.is_empty() {
+        alternative
+    } else {
+        files.into_iter().fold(
+            MultiPart::mixed().multipart(alternative),
+            |mixed, (attachment, bytes)| {
+                let file = Attachment::new(attachment.filename.clone());
+                mixed.singlepart(file.body(bytes, attachment_type(&attachment.mime)))
+            },
+        )
+    };
     Message::builder()
         .from(from.clone())
         .to(to)
@@ -170,8 +236,16 @@ fn render(message: &Outbound, from: &Mailbox) -> Result<Message, ChannelError> {
         // The message id, so that a copy sent twice across a crash is recognisable (and
         // threads in mail clients stay one per message).
         .message_id(Some(format!("<{}@pushbot>", message.id)))
-        .multipart(MultiPart::alternative_plain_html(text, html))
+        .multipart(body)
         .map_err(|e| permanent(format!("cannot build the mail: {e}")))
+}
+
+/// An attachment's content type: the sniffed one (always a valid type; anything else
+/// goes as bytes).
+fn attachment_type(mime: &str) -> ContentType {
+    ContentType::parse(mime)
+        .or_else(|_| ContentType::parse("application/octet-stream"))
+        .unwrap_or(ContentType::TEXT_PLAIN)
 }
 
 /// The plain-text and HTML bodies: markdown content as readable text and rendered
@@ -314,6 +388,8 @@ mod tests {
             url: Some("https://ci.example.com/7?a=1&b=2".into()),
             page_key: None,
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -358,6 +434,8 @@ mod tests {
             url: None,
             page_key: None,
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -388,9 +466,11 @@ mod tests {
             url: None,
             page_key: None,
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         };
         let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
-        let mail = render(&outbound, &from).unwrap();
+        let mail = render(&outbound, &from, Vec::new()).unwrap();
         let raw = String::from_utf8(mail.formatted()).unwrap();
         assert!(
             raw.contains(&format!("Message-ID: <{id}@pushbot>")),
@@ -405,8 +485,78 @@ mod tests {
             ..outbound
         };
         assert!(matches!(
-            render(&no_address, &from),
+            render(&no_address, &from, Vec::new()),
             Err(ChannelError::Permanent { .. })
         ));
+    }
+
+    #[test]
+    fn files_are_attached_as_they_are_under_their_names_and_types() {
+        let file = |name: &str, mime: &str| OutboundAttachment {
+            filename: name.into(),
+            kind: crate::media::MediaKind::File,
+            mime: mime.into(),
+            size: 0,
+            sha256: String::new(),
+            blob_id: crate::store::BlobId::from_stored("b".into()),
+        };
+        let png = file("图表 chart.png", "image/png");
+        let bin = file("dump.bin", "not a type");
+        let outbound = Outbound {
+            id: MessageId::generate(),
+            userid: UserId::new("alice"),
+            title: Some("Report".into()),
+            content: Some("see attached".into()),
+            address: Some("alice@example.com".to_owned()),
+            format: Format::Text,
+            look: Look::Text,
+            url: None,
+            page_key: None,
+            verification: false,
+            attachments: vec![png.clone(), bin.clone()],
+            part: crate::domain::Part::Whole,
+        };
+        let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
+        let png_bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let mail = render(
+            &outbound,
+            &from,
+            vec![(&png, png_bytes.clone()), (&bin, vec![0, 1, 2, 0xff])],
+        )
+        .unwrap();
+        let raw = mail.formatted();
+        let parsed = mailparse::parse_mail(&raw).unwrap();
+        assert_eq!(parsed.ctype.mimetype, "multipart/mixed");
+        assert_eq!(parsed.subparts.len(), 3);
+        assert_eq!(parsed.subparts[0].ctype.mimetype, "multipart/alternative");
+        let attached: Vec<(String, String, Vec<u8>)> = parsed.subparts[1..]
+            .iter()
+            .map(|p| {
+                let disposition = p.get_content_disposition();
+                (
+                    disposition.params["filename"].clone(),
+                    p.ctype.mimetype.clone(),
+                    p.get_body_raw().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            attached,
+            [
+                (
+                    "图表 chart.png".to_owned(),
+                    "image/png".to_owned(),
+                    png_bytes
+                ),
+                (
+                    "dump.bin".to_owned(),
+                    "application/octet-stream".to_owned(),
+                    vec![0, 1, 2, 0xff]
+                ),
+            ]
+        );
+        // The name is RFC 2231-encoded, not raw UTF-8 in the header.
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.contains("filename*"), "{text}");
     }
 }

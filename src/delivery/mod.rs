@@ -107,6 +107,22 @@ pub struct Capabilities {
     /// Several waiting messages may go as one digest when the recipient's rate windows
     /// would otherwise hold them back.
     pub digests: bool,
+    /// How a message's images and files travel.
+    pub attachments: Attachments,
+}
+
+/// How a channel carries a message's images and files (issue 20).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachments {
+    /// One message per attachment after the text, each a *part* of its own (WeCom's app:
+    /// image and file messages): each is sent, counted against the member's limits and
+    /// recorded on its own, so a failed part is retried alone and the text never resent.
+    Separate,
+    /// With the text, in one message (e-mail: the files attached).
+    Bundled,
+    /// The text gets a line naming the files, with the address of the message's page,
+    /// which offers them (SMS, group robots, Telegram, webhooks).
+    Linked,
 }
 
 /// How a member binds an address on a channel that needs one (e-mail, SMS): the chat flow

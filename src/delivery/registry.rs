@@ -43,9 +43,12 @@ pub fn build(
         wecom,
         settings.public_base().into(),
         settings.wecom.member_limits.clone(),
+        store.clone(),
     ))];
     if let Some(email) = &settings.email {
-        channels.push(Arc::new(EmailChannel::new(email)?));
+        channels.push(Arc::new(
+            EmailChannel::new(email)?.with_store(store.clone()),
+        ));
     }
     for d in settings.destinations.configured()? {
         channels.push(Arc::new(factory.shared(d)));

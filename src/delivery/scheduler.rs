@@ -42,14 +42,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::decide::{
-    self, Admit, After, Attempt, DigestPage, LaneAction, LaneView, Learnt, Settlement, SlotView,
+    self, Admit, After, Attempt, DigestPage, LaneAction, LaneView, Learnt, PartOf, Settlement,
+    SlotView,
 };
 use super::health::{Change, Health};
 use super::limits;
 use super::next_step::{self, Failure, NextStep, Tried};
 use super::{BadAddress, Binding, Channel, ChannelError, backoff};
 use crate::config::DeliverySettings;
-use crate::domain::{ChannelName, MessageId, UserId};
+use crate::domain::{ChannelName, MessageId, OutboundAttachment, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{
     AttemptUpdate, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
@@ -792,12 +793,25 @@ impl Scheduler {
                 }
                 None => continue,
             };
+            // Its images and files, read only for a message that has some.
+            let attachments = if head.media_count > 0 {
+                self.store.outbound_attachments(&head.id).await?
+            } else {
+                Vec::new()
+            };
             self.store
                 .supervisor()
                 .faults()
                 .panic_at(FaultPoint::LanePanic);
             let after = self
-                .attempt(&head, slot, carried, probe, histories.get_mut(&channel))
+                .attempt(
+                    &head,
+                    attachments,
+                    slot,
+                    carried,
+                    probe,
+                    histories.get_mut(&channel),
+                )
                 .await;
             probe_guard.disarm();
             // The send is recorded (or handed back): the next lane may read the history.
@@ -828,6 +842,7 @@ impl Scheduler {
     async fn attempt(
         &self,
         head: &Message,
+        attachments: Vec<OutboundAttachment>,
         slot: &Slot,
         carried: Option<Vec<Waiting>>,
         probe: bool,
@@ -858,8 +873,26 @@ impl Scheduler {
                     .await;
             }
         };
+        let capabilities = slot.channel.capabilities();
+        // A message with attachments, on a channel that sends them separately, goes part
+        // by part: this try is its next part.
+        let labels = decide::parts(capabilities.attachments, &attachments);
         let (outbound, digest) = match carried {
-            None => (decide::outbound(head, address), None),
+            None => {
+                let page = head
+                    .page_key
+                    .as_deref()
+                    .map(|key| head.id.page_url(&self.public_base, key));
+                let outbound = decide::with_attachments(
+                    decide::outbound(head, address),
+                    attachments,
+                    capabilities.attachments,
+                    head.parts_done,
+                    page.as_deref(),
+                    capabilities.max_text_bytes,
+                );
+                (outbound, None)
+            }
             Some(waiting) => {
                 let id = MessageId::generate();
                 let key = crate::token::page_key();
@@ -869,7 +902,7 @@ impl Scheduler {
                     waiting,
                     address,
                     DigestPage { id, key, url },
-                    slot.channel.capabilities().max_text_bytes,
+                    capabilities.max_text_bytes,
                     self.settings.utc_offset,
                 );
                 (
@@ -894,12 +927,17 @@ impl Scheduler {
                 return self.apply(channel, decide::cut_off(head, channel, UnixMillis::now())).await;
             }
         };
+        let part = labels.as_deref().map(|labels| PartOf {
+            index: decide::part_index(outbound.part),
+            labels,
+        });
         let settlement = decide::settle_outcome(
             Attempt {
                 head,
                 channel,
                 sent_at,
                 digest,
+                part,
             },
             &outcome,
             UnixMillis::now(),
@@ -953,6 +991,9 @@ impl Scheduler {
         match &settlement.update {
             AttemptUpdate::DigestDelivered { digest, .. } => {
                 tracing::debug!(digest = %digest.id, messages = digest.carried.len(), "delivered a digest");
+            }
+            AttemptUpdate::PartDelivered { attempts, note, .. } => {
+                tracing::debug!(id = %head.id, attempts = *attempts, channel = %channel, part = %note, "delivered a part; the next follows");
             }
             AttemptUpdate::Delivered { attempts, .. }
             | AttemptUpdate::NextChannel {

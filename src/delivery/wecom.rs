@@ -7,17 +7,25 @@
 //! markdown for members who chose it — and one that does not fit becomes a card with an
 //! excerpt and a link to its page (`/m/{id}?k=…`), where the whole message is readable.
 //! A sender's `url` always makes a card that opens that link.
+//!
+//! Images and files go after the text, one message each ([`Attachments::Separate`]: the
+//! scheduler hands each over as a [`Part`] of its own). Each is uploaded once per content
+//! (`media/upload`, streamed from the stored blob) and its `media_id` kept, by SHA-256 and
+//! kind, for [`MEDIA_ID_REUSE`](crate::store::MEDIA_ID_REUSE); a send WeCom answers 40007
+//! (it forgot the id) forgets it, uploads again and sends once more.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use super::limits::RateWindow;
-use super::{Capabilities, Channel, ChannelError, CheckError};
-use crate::domain::{ChannelName, Format, Look, Outbound};
+use super::{Attachments, Capabilities, Channel, ChannelError, CheckError};
+use crate::domain::{ChannelName, Format, Look, Outbound, OutboundAttachment, Part};
 use crate::render::cut::{cut, excerpt};
 use crate::render::markdown::to_plain_text;
-use crate::wecom::client::{AppMessage, Content, TextCard, WeComClient};
+use crate::store::{MediaKind, Store, StoreError};
+use crate::time::UnixMillis;
+use crate::wecom::client::{AppMessage, Content, MediaRef, TextCard, WeComClient, WeComError};
 
 /// WeCom's limit for `text` and `markdown` content, in bytes.
 pub const MAX_TEXT_BYTES: usize = 2048;
@@ -36,15 +44,136 @@ pub struct WeComChannel {
     public_base: Arc<str>,
     /// `wecom.member_limits`: beyond them WeCom drops messages while reporting success.
     limits: Vec<RateWindow>,
+    /// Where attachments' bytes and the `media_id` cache are.
+    store: Store,
 }
 
 impl WeComChannel {
-    pub fn new(client: Arc<WeComClient>, public_base: Arc<str>, limits: Vec<RateWindow>) -> Self {
+    pub fn new(
+        client: Arc<WeComClient>,
+        public_base: Arc<str>,
+        limits: Vec<RateWindow>,
+        store: Store,
+    ) -> Self {
         Self {
             client,
             public_base,
             limits,
+            store,
         }
+    }
+
+    /// Sends one attachment as an image or file message: with the cached `media_id` of its
+    /// content when there is one, else uploaded first. A cached id WeCom no longer knows
+    /// (40007) is forgotten, and the file uploaded and sent once more.
+    async fn send_attachment(
+        &self,
+        message: &Outbound,
+        attachment: &OutboundAttachment,
+    ) -> Result<(), ChannelError> {
+        let touser = message.userid.as_str();
+        let cached = self
+            .store
+            .cached_wecom_media(&attachment.sha256, attachment.kind, UnixMillis::now())
+            .await
+            .map_err(|e| store_failed("read the WeCom media cache", &e))?;
+        let (media_id, fresh) = match cached {
+            Some(id) => (id, false),
+            None => (self.upload(attachment).await?, true),
+        };
+        match self
+            .client
+            .send(touser, &media_message(attachment.kind, media_id.clone()))
+            .await
+        {
+            Err(e) if e.is_invalid_media() && !fresh => {
+                tracing::info!(sha256 = %attachment.sha256, kind = %attachment.kind, "WeCom no longer knows a cached media_id (40007); uploading the file again");
+                self.store
+                    .forget_wecom_media(&attachment.sha256, attachment.kind, &media_id)
+                    .await
+                    .map_err(|e| store_failed("update the WeCom media cache", &e))?;
+                let media_id = self.upload(attachment).await?;
+                self.client
+                    .send(touser, &media_message(attachment.kind, media_id))
+                    .await
+                    .map_err(classify)
+            }
+            other => other.map_err(classify),
+        }
+    }
+
+    /// Uploads an attachment (streamed from its blob, a chunk at a time) and keeps its
+    /// `media_id` for the next message with the same content.
+    async fn upload(&self, attachment: &OutboundAttachment) -> Result<String, ChannelError> {
+        let blob = attachment.blob_id.clone();
+        let media_id = self
+            .client
+            .upload_media(
+                attachment.kind,
+                &attachment.filename,
+                &attachment.mime,
+                attachment.size,
+                || self.store.blob_stream(&blob),
+            )
+            .await
+            .map_err(|e| {
+                let error = classify(e);
+                let reason = format!("media/upload: {}", error.reason());
+                match error {
+                    ChannelError::Transient { unreachable, .. } => ChannelError::Transient {
+                        reason,
+                        unreachable,
+                    },
+                    _ => ChannelError::Permanent { reason },
+                }
+            })?;
+        // Not kept: the next message uploads again — never a reason to fail this one.
+        if let Err(err) = self
+            .store
+            .remember_wecom_media(
+                &attachment.sha256,
+                attachment.kind,
+                &media_id,
+                UnixMillis::now(),
+            )
+            .await
+        {
+            tracing::warn!(error = %crate::error::chain(&err), "could not keep a WeCom media_id; the next message with this file uploads it again");
+        }
+        Ok(media_id)
+    }
+}
+
+/// An image or file message naming `media_id`.
+fn media_message(kind: MediaKind, media_id: String) -> AppMessage {
+    let media = MediaRef { media_id };
+    match kind {
+        MediaKind::Image => AppMessage::Image { image: media },
+        MediaKind::File => AppMessage::File { file: media },
+    }
+}
+
+/// WeCom's answer as the scheduler's classes: transient (and whether WeCom did not
+/// answer at all) or permanent. Upload refusals of a file's type or size (40004–40006,
+/// 40009, 44001) are permanent: sending it again cannot help.
+fn classify(e: WeComError) -> ChannelError {
+    if e.is_transient() {
+        ChannelError::Transient {
+            unreachable: e.is_unreachable(),
+            reason: e.to_string(),
+        }
+    } else {
+        ChannelError::Permanent {
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// The database failed around a send: try again later (WeCom itself answered nothing).
+fn store_failed(what: &str, err: &StoreError) -> ChannelError {
+    ChannelError::Transient {
+        reason: format!("could not {what}: {}", crate::error::chain(err)),
+        unreachable: false,
     }
 }
 
@@ -57,6 +186,7 @@ impl Channel for WeComChannel {
         Capabilities {
             max_text_bytes: MAX_TEXT_BYTES,
             digests: true,
+            attachments: Attachments::Separate,
         }
     }
 
@@ -76,22 +206,19 @@ impl Channel for WeComChannel {
 
     fn deliver<'a>(&'a self, message: &'a Outbound) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
+            if let Part::Attachment(i) = message.part {
+                let Some(attachment) = message.attachments.get(i) else {
+                    return Err(ChannelError::Permanent {
+                        reason: format!("the message has no attachment {}", i + 1),
+                    });
+                };
+                return self.send_attachment(message, attachment).await;
+            }
             let body = compose(message, &self.public_base);
             self.client
                 .send(message.userid.as_str(), &body)
                 .await
-                .map_err(|e| {
-                    if e.is_transient() {
-                        ChannelError::Transient {
-                            unreachable: e.is_unreachable(),
-                            reason: e.to_string(),
-                        }
-                    } else {
-                        ChannelError::Permanent {
-                            reason: e.to_string(),
-                        }
-                    }
-                })
+                .map_err(classify)
         })
     }
 
@@ -213,6 +340,8 @@ mod tests {
             url: None,
             page_key: Some("KEY".into()),
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         }
     }
 
@@ -328,6 +457,34 @@ mod tests {
         // Plain text stays text even for a markdown member.
         m.format = Format::Text;
         assert!(matches!(compose(&m, BASE), AppMessage::Text { .. }));
+    }
+
+    #[test]
+    fn an_attachment_goes_as_an_image_or_a_file_message_naming_its_media_id() {
+        let json = |m: AppMessage| serde_json::to_value(m).unwrap();
+        assert_eq!(
+            json(media_message(MediaKind::Image, "M1".into())),
+            serde_json::json!({"msgtype": "image", "image": {"media_id": "M1"}})
+        );
+        assert_eq!(
+            json(media_message(MediaKind::File, "M2".into())),
+            serde_json::json!({"msgtype": "file", "file": {"media_id": "M2"}})
+        );
+        // A refused type or size is for good; WeCom busy or down is worth a retry.
+        for code in [40004, 40005, 40006, 40009, 44001, 40007] {
+            let err = classify(WeComError::Api {
+                errcode: code,
+                message: "x".into(),
+            });
+            assert!(matches!(err, ChannelError::Permanent { .. }), "{code}");
+        }
+        assert!(matches!(
+            classify(WeComError::Http(502)),
+            ChannelError::Transient {
+                unreachable: true,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -358,7 +358,8 @@ impl Store {
     /// Up to `limit` queued messages of the lane, head first, with a short excerpt — only
     /// as far as a digest on `channel` may carry them: the list stops at the first message
     /// that is not going to `channel` next (or goes to every channel, or to a fixed
-    /// address), so a digest never overtakes it.
+    /// address, or has images or files: a digest line cannot carry those), so a digest
+    /// never overtakes it.
     pub async fn lane_waiting(
         &self,
         userid: &UserId,
@@ -370,7 +371,8 @@ impl Store {
             "SELECT id, created_at, title, substr(content, 1, CAST($2 AS INTEGER)) AS excerpt, \
              CAST(CASE WHEN length(content) > $2 THEN 1 ELSE 0 END AS BIGINT) AS partial, \
              format, CAST(CASE WHEN (route = $3 OR route LIKE $3 || ',%') \
-                       AND deliver_all = 0 AND address_to IS NULL THEN 1 ELSE 0 END AS BIGINT) \
+                       AND deliver_all = 0 AND address_to IS NULL AND media_count = 0 \
+                       THEN 1 ELSE 0 END AS BIGINT) \
                AS digestible \
              FROM messages WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
         );

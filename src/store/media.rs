@@ -42,7 +42,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::Row as _;
 
 use super::{Store, StoreError};
-use crate::domain::MessageId;
+use crate::domain::{MessageId, OutboundAttachment};
 use crate::time::UnixMillis;
 
 /// Bytes per stored chunk: every chunk of a blob but the last is this long.
@@ -521,6 +521,45 @@ impl Store {
                     blob_id: BlobId(row.try_get("blob_id")?),
                     filename: row.try_get("filename")?,
                     kind: kind_from_stored(&row.try_get::<String, _>("kind")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A message's images and files as the channels send them — with each one's size,
+    /// hash and type — in the order they are sent. One query; only for a message whose
+    /// `media_count` says it has some. An attachment stored without a name (none should
+    /// be) is called `file-{n}`, `n` counting from 1.
+    pub async fn outbound_attachments(
+        &self,
+        id: &MessageId,
+    ) -> Result<Vec<OutboundAttachment>, StoreError> {
+        if !super::storable(id.as_str()) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT m.idx, m.blob_id, m.filename, m.kind, b.sha256, b.size, b.mime \
+             FROM message_media m JOIN blobs b ON b.id = m.blob_id \
+             WHERE m.message_id = $1 ORDER BY m.idx",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let idx: i64 = row.try_get("idx")?;
+                let size: i64 = row.try_get("size")?;
+                Ok(OutboundAttachment {
+                    filename: row
+                        .try_get::<Option<String>, _>("filename")?
+                        .filter(|f| !f.is_empty())
+                        .unwrap_or_else(|| format!("file-{}", idx.saturating_add(1))),
+                    kind: kind_from_stored(&row.try_get::<String, _>("kind")?)?,
+                    mime: row.try_get("mime")?,
+                    size: u64::try_from(size)
+                        .map_err(|_| StoreError::Corrupt(format!("blob size {size}")))?,
+                    sha256: row.try_get("sha256")?,
+                    blob_id: BlobId(row.try_get("blob_id")?),
                 })
             })
             .collect()
@@ -1198,11 +1237,187 @@ pub(crate) mod tests {
         );
     }
 
+    /// What the lane worker of a message with attachments reads and records: the count
+    /// with the message, the attachments as channels send them, and each part delivered —
+    /// recorded once, counted as a send, the message still queued; moving on to the next
+    /// channel starts its parts afresh.
+    async fn a_message_sent_part_by_part_records_each_part(store: &Store) {
+        use crate::domain::Route;
+        let png = put(store, 5000, roomy()).await.unwrap();
+        let pdf = put(store, 7000, roomy()).await.unwrap();
+        let now = UnixMillis::now();
+        let id = MessageId::generate();
+        let mut m = message(&id, now);
+        m.route = Route::parse("wecom,email").unwrap();
+        store
+            .insert_message_with(
+                m,
+                vec![
+                    attachment(&png, "chart.png", MediaKind::Image),
+                    attachment(&pdf, "report.pdf", MediaKind::File),
+                ],
+            )
+            .await
+            .unwrap();
+        let alice = UserId::new("alice");
+        let heads = store.lane_heads(&alice, 4).await.unwrap();
+        assert_eq!(heads.len(), 1);
+        assert_eq!(
+            (heads[0].message.media_count, heads[0].message.parts_done),
+            (2, 0)
+        );
+        let files = store.outbound_attachments(&id).await.unwrap();
+        let seen: Vec<(&str, MediaKind, u64, &str)> = files
+            .iter()
+            .map(|f| (f.filename.as_str(), f.kind, f.size, f.sha256.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("chart.png", MediaKind::Image, 5000, png.sha256.as_str()),
+                ("report.pdf", MediaKind::File, 7000, pdf.sha256.as_str()),
+            ]
+        );
+        assert_eq!(files[0].blob_id, png.id);
+        assert_eq!(files[1].mime, "application/octet-stream");
+        // A plain message has none (and is never asked: its count is 0).
+        let plain = MessageId::generate();
+        store.insert_message(message(&plain, now)).await.unwrap();
+        assert_eq!(
+            store
+                .message(plain.as_str())
+                .await
+                .unwrap()
+                .unwrap()
+                .media_count,
+            0
+        );
+        assert!(store.outbound_attachments(&plain).await.unwrap().is_empty());
+
+        let sends = || store.send_history(&alice, ChannelName::WeCom, UnixMillis::from_millis(0));
+        let part = |parts_before: i64, attempts: i64| AttemptUpdate::PartDelivered {
+            id: id.clone(),
+            attempts,
+            channel: ChannelName::WeCom,
+            parts_before,
+            note: format!("part {} of 3", parts_before + 1),
+            deadline_at: now + ms(90_000),
+        };
+        store
+            .record_attempt(AttemptUpdate::Retry {
+                id: id.clone(),
+                attempts: 1,
+                channel: ChannelName::WeCom,
+                error: "busy".into(),
+                next_attempt_at: now + ms(60_000),
+            })
+            .await
+            .unwrap();
+        store.record_attempt(part(0, 2)).await.unwrap();
+        let after = store.message(id.as_str()).await.unwrap().unwrap();
+        assert_eq!(after.status, crate::store::MessageStatus::Queued);
+        assert_eq!((after.parts_done, after.attempts), (1, 2));
+        assert_eq!(after.last_error, None, "the part went out: no error stands");
+        assert!(
+            after.next_attempt_at <= UnixMillis::now(),
+            "due now, for its next part"
+        );
+        assert_eq!(after.deadline_at, now + ms(90_000));
+        assert_eq!(after.channel, None, "not delivered yet");
+        assert_eq!(sends().await.unwrap().len(), 1, "the part counts as a send");
+        // The same update again (never expected) changes nothing.
+        store.record_attempt(part(0, 2)).await.unwrap();
+        assert_eq!(
+            store
+                .message(id.as_str())
+                .await
+                .unwrap()
+                .unwrap()
+                .parts_done,
+            1
+        );
+        assert_eq!(sends().await.unwrap().len(), 1);
+        store.record_attempt(part(1, 3)).await.unwrap();
+        let history = store.attempts_of(&id).await.unwrap();
+        let rows: Vec<(&str, Option<&str>)> = history
+            .iter()
+            .map(|a| (a.outcome.as_str(), a.error.as_deref()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("retry", Some("busy")),
+                ("delivered", Some("part 1 of 3")),
+                ("delivered", Some("part 2 of 3")),
+            ]
+        );
+        assert_eq!(sends().await.unwrap().len(), 2);
+        // On to e-mail: none of its parts is delivered there.
+        store
+            .record_attempt(AttemptUpdate::NextChannel {
+                id: id.clone(),
+                attempts: 4,
+                channel: ChannelName::WeCom,
+                delivered: false,
+                error: Some("text, image chart.png delivered; file report.pdf: refused".into()),
+                route: Route::parse("email").unwrap(),
+                deadline_at: now + ms(90_000),
+                unconfirmed: false,
+            })
+            .await
+            .unwrap();
+        let moved = store.message(id.as_str()).await.unwrap().unwrap();
+        assert_eq!(
+            (moved.parts_done, moved.route.to_stored().as_str()),
+            (0, "email")
+        );
+        store
+            .record_attempt(AttemptUpdate::Delivered {
+                id: id.clone(),
+                attempts: 5,
+                channel: ChannelName::Email,
+                earlier: None,
+                log: None,
+            })
+            .await
+            .unwrap();
+        let done = store.message(id.as_str()).await.unwrap().unwrap();
+        assert_eq!(done.status, crate::store::MessageStatus::Delivered);
+        assert_eq!(sends().await.unwrap().len(), 2, "e-mail's send is e-mail's");
+    }
+
+    /// A digest carries waiting messages only up to the first with attachments: it goes
+    /// alone, and nothing behind it overtakes it.
+    async fn a_digest_stops_before_a_message_with_attachments(store: &Store) {
+        let png = put(store, 5000, roomy()).await.unwrap();
+        let now = UnixMillis::now();
+        let ids: Vec<MessageId> = (0..4).map(|_| MessageId::generate()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let files = if i == 2 {
+                vec![attachment(&png, "chart.png", MediaKind::Image)]
+            } else {
+                Vec::new()
+            };
+            store
+                .insert_message_with(message(id, now), files)
+                .await
+                .unwrap();
+        }
+        let waiting = store
+            .lane_waiting(&UserId::new("alice"), ChannelName::WeCom, 16)
+            .await
+            .unwrap();
+        let carried: Vec<&MessageId> = waiting.iter().map(|w| &w.id).collect();
+        assert_eq!(carried, [&ids[0], &ids[1]]);
+    }
+
     /// After the media migration on a database holding message `m1` (queued, titled
     /// "kept"): the message is there and can be given a file.
     pub(crate) async fn assert_media_after_migration(store: &Store) {
         let kept = store.message("m1").await.unwrap().unwrap();
         assert_eq!(kept.title.as_deref(), Some("kept"));
+        // The parts migration too: a message from before has no attachments, no parts done.
+        assert_eq!((kept.media_count, kept.parts_done), (0, 0));
         let id = MessageId::from_stored("m1".to_owned());
         assert!(store.attachments_of(&id).await.unwrap().is_empty());
         let blob = put(store, 1000, roomy()).await.unwrap();
@@ -1257,5 +1472,7 @@ pub(crate) mod tests {
         a_dropped_upload_removes_its_chunks,
         a_slow_upload_is_refused_and_leaves_nothing,
         wecom_media_ids_are_cached_forgotten_and_pruned,
+        a_message_sent_part_by_part_records_each_part,
+        a_digest_stops_before_a_message_with_attachments,
     );
 }

@@ -84,6 +84,13 @@ pub struct Message {
     pub url: Option<String>,
     /// The key of the message's page (`/m/{id}?k=…`).
     pub page_key: Option<String>,
+    /// How many images and files it has (`message_media` rows; set when it is stored).
+    /// Plain messages (0) never look for any.
+    pub media_count: i64,
+    /// How many of its parts its current channel (the route's first) has delivered, on a
+    /// channel that sends attachments separately: the text, then each attachment. A retry
+    /// goes on from there; 0 again when the message moves on to its next channel.
+    pub parts_done: i64,
 }
 
 /// One attempt in a message's history.
@@ -184,6 +191,8 @@ impl Message {
             look: Look::Text,
             url: None,
             page_key: None,
+            media_count: 0,
+            parts_done: 0,
         }
     }
 
@@ -215,6 +224,8 @@ impl Message {
             look: Look::from_stored(&row.try_get::<String, _>("look")?).unwrap_or_default(),
             url: row.try_get("url")?,
             page_key: row.try_get("page_key")?,
+            media_count: row.try_get("media_count")?,
+            parts_done: row.try_get("parts_done")?,
         })
     }
 }
@@ -233,7 +244,7 @@ pub struct DigestRecord {
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
      seq, via, idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-     idempotency_digest";
+     idempotency_digest, media_count, parts_done";
 
 impl Store {
     /// Stores a new message durably (and opens its member's lane); returns once it is

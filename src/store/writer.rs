@@ -29,7 +29,7 @@ use crate::time::UnixMillis;
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
-/// Rows per multi-row INSERT (23 columns each; SQLite allows 32,766 parameters,
+/// Rows per multi-row INSERT (26 columns each; SQLite allows 32,766 parameters,
 /// PostgreSQL 65,535).
 const INSERT_CHUNK: usize = 64;
 /// IDs per `UPDATE … WHERE id IN (…)`.
@@ -61,6 +61,21 @@ pub enum AttemptUpdate {
         digest: Digest,
         channel: ChannelName,
         sent_at: UnixMillis,
+    },
+    /// One part of a message sent part by part (its text, or one of its attachments) was
+    /// delivered on `channel`, and more are to come: the message stays queued, due now,
+    /// with `parts_done` parts delivered and a retry window of its own for the next part,
+    /// ending at `deadline_at`. The history gets a `delivered` attempt saying which part
+    /// (`note`, e.g. `part 1 of 3 (text)`), and the send counts against the member's
+    /// limits on the channel, like any other.
+    PartDelivered {
+        id: MessageId,
+        attempts: i64,
+        channel: ChannelName,
+        /// Parts delivered before this one: applied only if the row still says so.
+        parts_before: i64,
+        note: String,
+        deadline_at: UnixMillis,
     },
     /// A transient failure on `channel`: tried again at `next_attempt_at`.
     Retry {
@@ -716,6 +731,8 @@ impl Writer {
                     .next()
                     .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
                 m.seq = if m.address_to.is_some() { -seq } else { seq };
+                // What the lane worker reads to know whether to look for attachments.
+                m.media_count = i64::try_from(files.len()).unwrap_or(i64::MAX);
                 messages.push(&**m);
                 attachments.extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
             }
@@ -778,12 +795,12 @@ impl Writer {
 }
 
 fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 24;
+    const COLS: usize = 26;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
          idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-         idempotency_digest) VALUES ",
+         idempotency_digest, media_count, parts_done) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * COLS);
@@ -813,6 +830,8 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             (&m.url).into(),
             (&m.page_key).into(),
             (&m.idempotency_digest).into(),
+            m.media_count.into(),
+            m.parts_done.into(),
         ]);
     }
     db.exec(&sql, &args)?;
@@ -946,7 +965,8 @@ fn log_attempt(
     Ok(())
 }
 
-/// A send on `channel` that no trigger counts (a step of a `deliver_all` message).
+/// A send on `channel` that no trigger counts (a step of a `deliver_all` message, a part
+/// of a message sent part by part).
 fn count_send(
     db: &mut dyn Backend,
     id: &str,
@@ -967,9 +987,9 @@ const END_WITHOUT_DELIVERY: &str = "UPDATE messages SET \
      status = CASE WHEN channel IS NULL THEN 'failed' ELSE 'delivered' END, \
      attempts = ?1, last_error = ?2, updated_at = ?3 WHERE id = ?4 AND status = 'queued'";
 
-/// Moves a message on to the rest of its route.
+/// Moves a message on to the rest of its route (where none of its parts is delivered yet).
 const NEXT_CHANNEL: &str = "UPDATE messages SET route = ?1, attempts = ?2, last_error = ?3, \
-     next_attempt_at = ?4, deadline_at = ?5, updated_at = ?4, \
+     next_attempt_at = ?4, deadline_at = ?5, updated_at = ?4, parts_done = 0, \
      channel = CASE WHEN ?6 IS NULL THEN channel WHEN channel IS NULL THEN ?6 \
                     ELSE channel || ',' || ?6 END, \
      delivered_at = CASE WHEN ?6 IS NULL THEN delivered_at ELSE COALESCE(delivered_at, ?4) END \
@@ -1038,6 +1058,32 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                     db.exec(&sql, &args)?;
                 }
                 sends.push((digest.userid.as_str(), *channel, *sent_at));
+            }
+            AttemptUpdate::PartDelivered {
+                id,
+                attempts,
+                channel,
+                parts_before,
+                note,
+                deadline_at,
+            } => {
+                let moved = db.exec(
+                    "UPDATE messages SET parts_done = ?1 + 1, attempts = ?2, last_error = NULL, \
+                     next_attempt_at = ?3, updated_at = ?3, deadline_at = ?4 \
+                     WHERE id = ?5 AND status = 'queued' AND parts_done = ?1",
+                    &[
+                        (*parts_before).into(),
+                        (*attempts).into(),
+                        now.into(),
+                        (*deadline_at).into(),
+                        id.as_str().into(),
+                    ],
+                )?;
+                // Recorded once: a repeated update (never expected) changes nothing.
+                if moved > 0 {
+                    log_attempt(db, id.as_str(), now, *channel, "delivered", Some(note))?;
+                    count_send(db, id.as_str(), *channel, now)?;
+                }
             }
             AttemptUpdate::Retry {
                 id,

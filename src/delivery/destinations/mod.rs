@@ -65,7 +65,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use url::Url;
 
 use super::limits::RateWindow;
-use super::{Capabilities, ChannelError, CheckError};
+use super::{Attachments, Capabilities, ChannelError, CheckError};
 use crate::domain::Outbound;
 use crate::time::UnixMillis;
 
@@ -223,11 +223,13 @@ impl Kind {
         }
     }
 
-    /// As the scheduler's [`Capabilities`]: every kind takes digests.
+    /// As the scheduler's [`Capabilities`]: every kind takes digests, and links a
+    /// message's images and files (its page offers them).
     pub fn capabilities(self) -> Capabilities {
         Capabilities {
             max_text_bytes: self.limits().max_text_bytes,
             digests: true,
+            attachments: Attachments::Linked,
         }
     }
 }
@@ -824,6 +826,8 @@ pub(crate) mod tests {
             url: None,
             page_key: Some("KEY".into()),
             verification: false,
+            attachments: Vec::new(),
+            part: crate::domain::Part::Whole,
         }
     }
 

@@ -23,7 +23,9 @@ use futures_util::future::BoxFuture;
 
 use super::{Check, Lookup, PhoneNumber, Provider, SmsFailure, SmsText};
 use crate::config::SmsSettings;
-use crate::delivery::{BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError};
+use crate::delivery::{
+    Attachments, BadAddress, Binding, Capabilities, Channel, ChannelError, CheckError,
+};
 use crate::domain::{ChannelName, Format, Outbound};
 use crate::render::cut::cut;
 use crate::render::markdown::to_plain_text;
@@ -96,18 +98,23 @@ impl SmsChannel {
         if message.verification {
             return SmsText::Code(message.content.clone().unwrap_or_default());
         }
+        let page = message
+            .page_key
+            .as_deref()
+            .map(|key| message.id.page_url(&self.public_base, key));
         let excerpt = message.content.as_deref().map(|c| {
-            let plain = match message.format {
+            let mut plain = match message.format {
                 Format::Markdown => to_plain_text(c),
                 _ => c.to_owned(),
             };
+            // The line naming the attachments ends with the page's link, which every text
+            // carries anyway: once is enough in a text that is paid by the segment.
+            if let Some(page) = page.as_deref().filter(|_| !message.attachments.is_empty()) {
+                plain = plain.replace(&format!(" → {page}"), "");
+            }
             cut(&plain, MAX_EXCERPT_BYTES).to_owned()
         });
-        let link = message
-            .page_key
-            .as_deref()
-            .map(|key| message.id.page_url(&self.public_base, key))
-            .or_else(|| message.url.clone());
+        let link = page.or_else(|| message.url.clone());
         SmsText::Message {
             title: message.title.clone(),
             excerpt,
@@ -247,6 +254,8 @@ impl Channel for SmsChannel {
             // What a text may carry before its provider's shaping cuts it.
             max_text_bytes: MAX_EXCERPT_BYTES,
             digests: false,
+            // A text carries the page's link, where the files are.
+            attachments: Attachments::Linked,
         }
     }
 
