@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::header::{AUTHORIZATION, X_CONTENT_TYPE_OPTIONS};
-use axum::http::{HeaderValue, Request, StatusCode};
+use axum::http::{HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::api::rate_limit::SendLimiter;
@@ -154,7 +153,7 @@ impl Application {
                 max_files: settings.media.max_files,
             },
         };
-        let router = with_middleware(api::router(state));
+        let router = with_middleware(api::router(state), settings.media.upload_timeout);
 
         let addr = listen_addr(&settings);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -380,14 +379,32 @@ async fn purge_messages(store: &Store, retention: Duration) {
     }
 }
 
-fn with_middleware(router: Router) -> Router {
+fn with_middleware(router: Router, upload_timeout: Duration) -> Router {
     router
         .layer(CatchPanicLayer::custom(|_panic| -> Response {
             ApiError::internal("a request handler panicked").into_response()
         }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn(
+            move |req: Request<axum::body::Body>, next: axum::middleware::Next| {
+                let (limit, what) = if api::carries_files(&req) {
+                    (
+                        upload_timeout,
+                        " (media.upload_timeout, for requests with files)",
+                    )
+                } else {
+                    (REQUEST_TIMEOUT, "")
+                };
+                async move {
+                    match tokio::time::timeout(limit, next.run(req)).await {
+                        Ok(response) => response,
+                        Err(_) => ApiError::RequestTimeout(format!(
+                            "the request took longer than {}{what}",
+                            humantime::format_duration(limit)
+                        ))
+                        .into_response(),
+                    }
+                }
+            },
         ))
         // The span names method and path only: query strings can carry push tokens, and
         // so can paths (`/TOKEN.send`, Bark's `/TOKEN/…`), which are logged redacted.

@@ -1516,6 +1516,15 @@ pub struct MediaSettings {
         serialize_with = "short_duration"
     )]
     pub fetch_timeout: Duration,
+    /// How long a request that carries files (a multipart `/send`, an ntfy file body) may
+    /// take, whole; every other request has 30 seconds. 20 MiB at 1 Mbit/s takes under 3
+    /// minutes.
+    #[serde(
+        default = "default_media_upload_timeout",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub upload_timeout: Duration,
     /// Networks that are not public (loopback, private, link-local, …) but may be fetched
     /// from anyway, as CIDRs (`["10.1.2.0/24"]`; a bare address is one host): an image host
     /// on your intranet. Empty: public addresses only.
@@ -1530,6 +1539,7 @@ impl Default for MediaSettings {
             max_files: default_media_max_files(),
             total_bytes: default_media_total_bytes(),
             fetch_timeout: default_media_fetch_timeout(),
+            upload_timeout: default_media_upload_timeout(),
             fetch_allow: Vec::new(),
         }
     }
@@ -1688,6 +1698,9 @@ fn default_media_total_bytes() -> u64 {
 }
 fn default_media_fetch_timeout() -> Duration {
     Duration::from_secs(15)
+}
+fn default_media_upload_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_log_level() -> String {
     "info".to_owned()

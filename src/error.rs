@@ -43,6 +43,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// The request took longer than it may (30 seconds; `media.upload_timeout` with files).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A server the request named (`image_url`, …) answered with an error or not at all.
     #[error("{0}")]
     BadGateway(String),
@@ -74,6 +77,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -94,6 +98,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::BadGateway(_) => "bad_gateway",
             Self::GatewayTimeout(_) => "gateway_timeout",
             Self::StorageFull(_) => "storage_full",

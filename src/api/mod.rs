@@ -113,3 +113,18 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(refused::with_client))
         .with_state(state)
 }
+
+/// Whether a request carries files (a multipart body, an ntfy file body): it may take up to
+/// `media.upload_timeout` rather than the 30 seconds every other request has.
+pub fn carries_files<B>(req: &axum::http::Request<B>) -> bool {
+    let multipart = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..19)
+                .is_some_and(|e| e.eq_ignore_ascii_case("multipart/form-data"))
+        });
+    multipart || compat::ntfy::body_is_file(req.headers(), req.uri().query())
+}

@@ -15,6 +15,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use futures_util::StreamExt as _;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -1040,4 +1041,72 @@ mod hostile_multipart {
         assert!(seen.keys().any(|s| *s >= 400), "{seen:?}");
         println!("statuses: {seen:?}");
     }
+}
+
+/// A request with files may take `media.upload_timeout` (not the 30 seconds other requests
+/// have); past it the answer is a JSON 408 naming the setting, and the half-received file
+/// is removed.
+#[tokio::test]
+async fn an_upload_slower_than_media_upload_timeout_is_408_and_leaves_nothing() {
+    let (app, token) = app_with(|c| c.media.upload_timeout = Duration::from_secs(2)).await;
+    let head = "--Slow\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nslow\r\n\
+                --Slow\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.bin\"\r\n\
+                Content-Type: application/octet-stream\r\n\r\n";
+    // 40 pieces of 16 KiB, one every 100 ms: 4 s in all, twice the limit.
+    let pieces = futures_util::stream::iter(0..41).then(move |i| async move {
+        if i == 0 {
+            return Ok::<_, std::io::Error>(bytes::Bytes::from(head));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(bytes::Bytes::from(vec![b'x'; 16 * KIB]))
+    });
+    let response = app
+        .http
+        .post(app.url("/send"))
+        .bearer_auth(&token)
+        .header("content-type", "multipart/form-data; boundary=Slow")
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .expect("POST /send (slow multipart)");
+    let body = assert_error(response, 408, "request_timeout").await;
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("media.upload_timeout")),
+        "{body}"
+    );
+    // The chunks received before the timeout are removed (a task of their own).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stored(&app).await != (0, 0, 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the half-received file is still stored: {:?}",
+            stored(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The same slow upload within the limit is accepted.
+    let (app, token) = app_with(|c| c.media.upload_timeout = Duration::from_secs(20)).await;
+    let pieces = futures_util::stream::iter(0..41).then(move |i| async move {
+        if i == 0 {
+            return Ok::<_, std::io::Error>(bytes::Bytes::from(head));
+        }
+        if i == 40 {
+            return Ok(bytes::Bytes::from_static(b"\r\n--Slow--\r\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(bytes::Bytes::from(vec![b'x'; 16 * KIB]))
+    });
+    let response = app
+        .http
+        .post(app.url("/send"))
+        .bearer_auth(&token)
+        .header("content-type", "multipart/form-data; boundary=Slow")
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .expect("POST /send (slow multipart)");
+    accepted_id(response).await;
 }
