@@ -1043,33 +1043,40 @@ mod hostile_multipart {
     }
 }
 
+/// `POST /send` with a multipart body that trickles in: a title, then a file of 40 pieces of
+/// 16 KiB, one every 100 ms (4 s in all), then the closing boundary.
+async fn post_slowly(app: &TestApp, token: &str) -> reqwest::Response {
+    const HEAD: &str = "--Slow\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nslow\r\n\
+                --Slow\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.bin\"\r\n\
+                Content-Type: application/octet-stream\r\n\r\n";
+    let pieces = futures_util::stream::iter(0..42).then(|i| async move {
+        match i {
+            0 => Ok::<_, std::io::Error>(bytes::Bytes::from_static(HEAD.as_bytes())),
+            41 => Ok(bytes::Bytes::from_static(b"\r\n--Slow--\r\n")),
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(bytes::Bytes::from(vec![b'x'; 16 * KIB]))
+            }
+        }
+    });
+    app.http
+        .post(app.url("/send"))
+        .bearer_auth(token)
+        .header("content-type", "multipart/form-data; boundary=Slow")
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .expect("POST /send (slow multipart)")
+}
+
 /// A request with files may take `media.upload_timeout` (not the 30 seconds other requests
 /// have); past it the answer is a JSON 408 naming the setting, and the half-received file
 /// is removed.
 #[tokio::test]
 async fn an_upload_slower_than_media_upload_timeout_is_408_and_leaves_nothing() {
+    // The upload takes 4 s: twice the limit.
     let (app, token) = app_with(|c| c.media.upload_timeout = Duration::from_secs(2)).await;
-    let head = "--Slow\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nslow\r\n\
-                --Slow\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.bin\"\r\n\
-                Content-Type: application/octet-stream\r\n\r\n";
-    // 40 pieces of 16 KiB, one every 100 ms: 4 s in all, twice the limit.
-    let pieces = futures_util::stream::iter(0..41).then(move |i| async move {
-        if i == 0 {
-            return Ok::<_, std::io::Error>(bytes::Bytes::from(head));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Ok(bytes::Bytes::from(vec![b'x'; 16 * KIB]))
-    });
-    let response = app
-        .http
-        .post(app.url("/send"))
-        .bearer_auth(&token)
-        .header("content-type", "multipart/form-data; boundary=Slow")
-        .body(reqwest::Body::wrap_stream(pieces))
-        .send()
-        .await
-        .expect("POST /send (slow multipart)");
-    let body = assert_error(response, 408, "request_timeout").await;
+    let body = assert_error(post_slowly(&app, &token).await, 408, "request_timeout").await;
     assert!(
         body["message"]
             .as_str()
@@ -1089,24 +1096,5 @@ async fn an_upload_slower_than_media_upload_timeout_is_408_and_leaves_nothing() 
 
     // The same slow upload within the limit is accepted.
     let (app, token) = app_with(|c| c.media.upload_timeout = Duration::from_secs(20)).await;
-    let pieces = futures_util::stream::iter(0..41).then(move |i| async move {
-        if i == 0 {
-            return Ok::<_, std::io::Error>(bytes::Bytes::from(head));
-        }
-        if i == 40 {
-            return Ok(bytes::Bytes::from_static(b"\r\n--Slow--\r\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Ok(bytes::Bytes::from(vec![b'x'; 16 * KIB]))
-    });
-    let response = app
-        .http
-        .post(app.url("/send"))
-        .bearer_auth(&token)
-        .header("content-type", "multipart/form-data; boundary=Slow")
-        .body(reqwest::Body::wrap_stream(pieces))
-        .send()
-        .await
-        .expect("POST /send (slow multipart)");
-    accepted_id(response).await;
+    accepted_id(post_slowly(&app, &token).await).await;
 }
