@@ -24,6 +24,7 @@ pub mod email;
 pub mod health;
 pub mod limits;
 pub mod next_step;
+pub mod quiet;
 pub mod registry;
 mod scheduler;
 pub mod sms;
