@@ -98,8 +98,8 @@ fn minutes_ms(minutes: u16) -> i64 {
     i64::from(minutes) * 60_000
 }
 
-/// `HH:MM`.
-fn clock(minutes: u16) -> String {
+/// `HH:MM`, of minutes after midnight.
+pub fn clock(minutes: u16) -> String {
     format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
@@ -328,7 +328,8 @@ pub fn ends_at(now: UnixMillis, window: Window, utc_offset: i32) -> UnixMillis {
 
 /// `+08:00`, `UTC+8`, `GMT-5`, `-05:30`, `+0800`, `+8`, `UTC`, `Z`, `0` → seconds east of
 /// UTC, at most 14 hours either way. A bare number other than 0 is refused: `8` could be
-/// either side.
+/// either side. Seconds may follow (`+00:19:32`, as local mean time had them): the members'
+/// offsets are kept in seconds, and only so can a test put a window's end seconds away.
 pub fn parse_offset(typed: &str) -> Result<i32, QuietError> {
     let not_an_offset = || QuietError::NotAnOffset(shown(typed));
     let text = normalize(typed);
@@ -348,31 +349,49 @@ pub fn parse_offset(typed: &str) -> Result<i32, QuietError> {
         Some(("-", rest)) => (-1, rest.trim()),
         _ => return Err(not_an_offset()),
     };
-    let (hours, minutes) = match rest.split_once(':') {
-        Some((h, m)) => (h, m),
-        None if rest.len() == 4 => rest.split_at(2),
-        None => (rest, "0"),
+    let parts: Vec<&str> = match rest.split(':').collect::<Vec<_>>()[..] {
+        [hhmm] if hhmm.len() == 4 => match hhmm.split_at_checked(2) {
+            Some((hours, minutes)) => vec![hours, minutes],
+            None => return Err(not_an_offset()),
+        },
+        [hours] => vec![hours, "0"],
+        ref parts => parts.to_vec(),
     };
     let number = |s: &str| {
         (!s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.parse::<i32>().ok())
             .flatten()
     };
-    let (Some(hours), Some(minutes)) = (number(hours), number(minutes)) else {
+    let (hours, minutes, seconds) = match parts[..] {
+        [h, m] => (number(h), number(m), Some(0)),
+        [h, m, s] => (number(h), number(m), number(s)),
+        _ => return Err(not_an_offset()),
+    };
+    let (Some(hours), Some(minutes), Some(seconds)) = (hours, minutes, seconds) else {
         return Err(not_an_offset());
     };
-    let secs = hours * 3600 + minutes * 60;
-    if minutes >= 60 || secs > MAX_OFFSET_SECS {
+    let secs = hours * 3600 + minutes * 60 + seconds;
+    if minutes >= 60 || seconds >= 60 || secs > MAX_OFFSET_SECS {
         return Err(not_an_offset());
     }
     Ok(sign * secs)
 }
 
-/// `+08:00`, `-05:30`, `+00:00`.
+/// Whether an offset in seconds is one [`parse_offset`] could have read.
+pub fn offset_in_range(utc_offset: i32) -> bool {
+    (-MAX_OFFSET_SECS..=MAX_OFFSET_SECS).contains(&utc_offset)
+}
+
+/// `+08:00`, `-05:30`, `+00:00` (`+00:19:32` with seconds).
 pub fn offset_text(utc_offset: i32) -> String {
     let sign = if utc_offset < 0 { '-' } else { '+' };
-    let minutes = utc_offset.unsigned_abs() / 60;
-    format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
+    let secs = utc_offset.unsigned_abs();
+    let (hours, minutes, seconds) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if seconds == 0 {
+        format!("{sign}{hours:02}:{minutes:02}")
+    } else {
+        format!("{sign}{hours:02}:{minutes:02}:{seconds:02}")
+    }
 }
 
 #[cfg(test)]
@@ -734,6 +753,9 @@ mod tests {
             ("Z", 0),
             ("0", 0),
             ("+00:00", 0),
+            ("+08:00:00", CST),
+            ("+00:19:32", 19 * 60 + 32),
+            ("-03:00:07", -(3 * HOUR + 7)),
         ] {
             assert_eq!(parse_offset(typed), Ok(secs), "{typed:?}");
         }
@@ -746,7 +768,11 @@ mod tests {
             "-14:30",
             "+8:60",
             "+123",
-            "+08:00:00",
+            "+08:00:60",
+            "+08:00:1x",
+            "+08:00:00:00",
+            "+14:00:01",
+            "+0800:00",
             "CST",
             "utc+",
             "+",
@@ -773,6 +799,7 @@ mod tests {
             (0, "+00:00"),
             (-45 * 60, "-00:45"),
             (14 * HOUR, "+14:00"),
+            (-(19 * 60 + 32), "-00:19:32"),
         ] {
             assert_eq!(offset_text(secs), text);
             assert_eq!(parse_offset(text), Ok(secs));
@@ -847,8 +874,12 @@ mod tests {
             /// Any text: a setting or an error, never a panic; what is read is written back
             /// as text that reads the same.
             #[test]
-            fn any_text_reads_as_a_setting_or_an_error(typed in any::<String>(), piece in "[0-9:：~～\\- ]{0,12}(strict)?") {
-                for text in [typed.as_str(), piece.as_str()] {
+            fn any_text_reads_as_a_setting_or_an_error(
+                typed in any::<String>(),
+                piece in "[0-9:：~～\\- ]{0,12}(strict)?",
+                signed in "(utc)?[+-]\\PC{0,6}",
+            ) {
+                for text in [typed.as_str(), piece.as_str(), signed.as_str()] {
                     if let Ok(setting) = text.parse::<QuietSetting>() {
                         prop_assert_eq!(QuietSetting::from_stored(&setting.to_stored()), Some(setting));
                     }
