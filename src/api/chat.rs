@@ -111,6 +111,10 @@ async fn request_code(
             look: None,
             url: None,
             attachments: Vec::new(),
+            deliver_at: None,
+            // The member is waiting for it right now, in the chat.
+            urgent: true,
+            held: None,
         })
         .await?;
     state.metrics.accepted(crate::metrics::Endpoint::Chat);

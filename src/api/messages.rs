@@ -12,7 +12,7 @@ use super::{AppState, auth};
 use crate::domain::Format;
 use crate::error::ApiError;
 use crate::metrics::TokenRoute;
-use crate::store::{AttemptRecord, Message, MessageStatus, StoredChannel};
+use crate::store::{AttemptRecord, Held, Message, MessageStatus, StoredChannel};
 use crate::time::UnixMillis;
 
 pub fn router() -> Router<AppState> {
@@ -160,9 +160,20 @@ struct MessageView {
     delivered_at: Option<String>,
     /// When the next attempt is due (queued messages only).
     next_attempt_at: Option<String>,
+    /// When it is (or was) due, for a message scheduled by its sender (`delay`/`at`) or
+    /// held by quiet hours; absent for a message due when it was accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at: Option<String>,
+    /// Why a scheduled message waits, when it is not the sender's schedule (`quiet`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<Held>,
+    /// The sender marked it urgent (present only then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    urgent: bool,
     /// The digest that carried it, when it was delivered as part of one.
     via: Option<String>,
-    /// The channels still to try, the current one first (queued messages only).
+    /// The channels still to try, the current one first (scheduled and queued messages
+    /// only).
     #[serde(skip_serializing_if = "Option::is_none")]
     route: Option<String>,
 }
@@ -181,8 +192,11 @@ impl From<Message> for MessageView {
             delivered_at: m.delivered_at.map(rfc3339),
             next_attempt_at: (m.status == MessageStatus::Queued)
                 .then(|| rfc3339(m.next_attempt_at)),
+            deliver_at: m.deliver_at.map(rfc3339),
+            held: m.held.filter(|_| m.status == MessageStatus::Scheduled),
+            urgent: m.urgent,
             via: m.via,
-            route: (m.status == MessageStatus::Queued).then(|| m.route.to_stored()),
+            route: (!m.status.is_final()).then(|| m.route.to_stored()),
             id: m.id.to_string(),
         }
     }
@@ -233,7 +247,8 @@ fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))
 }
 
-/// The token owner's messages, newest first: `?status=failed&limit=20&before=<id>`.
+/// The token owner's messages, newest first: `?status=failed&limit=20&before=<id>`
+/// (`status`: scheduled, queued, delivered, failed or cancelled).
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -252,7 +267,8 @@ async fn list(
         .map(str::parse::<MessageStatus>)
         .transpose()
         .map_err(|_| {
-            ApiError::BadRequest("status must be one of queued, delivered, failed".into())
+            let names: Vec<&str> = MessageStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!("status must be one of {}", names.join(", ")))
         })?;
     let limit = query.limit.unwrap_or(DEFAULT_LIST);
     if !(1..=MAX_LIST).contains(&limit) {

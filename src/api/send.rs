@@ -964,6 +964,9 @@ async fn submit_with(
             look: prefs.look,
             url,
             attachments,
+            deliver_at: None,
+            urgent: sub.urgency == Urgency::Urgent,
+            held: None,
         })
         .await?;
     if !accepted.duplicate {

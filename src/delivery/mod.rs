@@ -270,6 +270,16 @@ pub struct NewMessage {
     /// Images and files already stored (`Store::put_blob`), in the order they are sent.
     /// Committed with the message, in the same transaction.
     pub attachments: Vec<crate::store::Attachment>,
+    /// When to deliver it (the sender's `delay`/`at`, or the end of the member's quiet
+    /// hours); `None`, or a time that has come: at once. A message due later is stored
+    /// `scheduled`, in no lane, and released into its lane when due.
+    pub deliver_at: Option<UnixMillis>,
+    /// The sender marked it urgent (`Urgency::Urgent`): quiet hours let it through.
+    pub urgent: bool,
+    /// Why it waits, when `deliver_at` is not the sender's: [`Held::Quiet`].
+    ///
+    /// [`Held::Quiet`]: crate::store::Held::Quiet
+    pub held: Option<crate::store::Held>,
 }
 
 /// What a sender asked for with `channel=`.
@@ -532,7 +542,8 @@ impl Outbox {
 
     /// Stores the message durably (its lane with it) and returns the stored record. The
     /// scheduler is woken by the commit itself, so whether the caller is still waiting
-    /// does not matter to delivery.
+    /// does not matter to delivery. A message due later (`deliver_at`) is stored
+    /// `scheduled`, without a lane, and the scheduler told when it is due.
     pub async fn accept(&self, new: NewMessage) -> Result<Accepted, AcceptError> {
         let store = &self.inner.store;
         let now = UnixMillis::now();
@@ -560,6 +571,13 @@ impl Outbox {
         message.look = new.look.unwrap_or(self.inner.settings.format);
         message.url = new.url;
         message.page_key = Some(crate::token::page_key());
+        message.urgent = new.urgent;
+        if let Some(at) = new.deliver_at.filter(|at| *at > now) {
+            message.status = crate::store::MessageStatus::Scheduled;
+            message.deliver_at = Some(at);
+            message.next_attempt_at = at;
+            message.held = new.held;
+        }
         let mut expired_keys = false;
         loop {
             match store

@@ -20,6 +20,7 @@ mod media;
 mod members;
 mod messages;
 mod postgres;
+mod schedule;
 mod sqlite;
 mod writer;
 
@@ -41,13 +42,13 @@ pub use members::{
     ChargeCap, CodeCheck, CodeRequest, MAX_MEMBER_DESTINATIONS, MemberPrefs, StoredDestination,
 };
 pub use messages::{
-    AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW, Message, MessageStatus,
+    AttemptRecord, ChannelCounts, DigestRecord, Held, IDEMPOTENCY_WINDOW, Message, MessageStatus,
     StoredChannel, storable,
 };
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
 pub use sqlite::{chmod_command, exposed_files, sqlite_path};
-pub use writer::{AttemptUpdate, Digest, MoveOn, Overdue, OverdueMessage};
+pub use writer::{AttemptUpdate, CancelOutcome, Digest, MoveOn, Overdue, OverdueMessage};
 use writer::{WriteStatus, WriterHandle};
 
 /// `/healthz` trusts a successful write younger than this; otherwise it makes one.
