@@ -22,12 +22,14 @@ use serde::{Deserialize, Serialize};
 use super::attach::{self, Upload, Uploads};
 use super::rate_limit::authorized_sender;
 use super::{AppState, auth, max_send_body};
+use crate::delivery::quiet::MemberHours;
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
 use crate::domain::{ChannelName, Format, Urgency, UserId};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
 use crate::render::visible::visible;
-use crate::store::MessageStatus;
+use crate::store::{Held, MessageStatus};
+use crate::time::UnixMillis;
 
 /// Longest title accepted (bytes).
 pub const MAX_TITLE_BYTES: usize = 1024;
@@ -949,6 +951,15 @@ async fn submit_with(
             &files,
         )
     });
+    // The member's quiet hours: a message they hold waits for the window's end.
+    let urgent = sub.urgency == Urgency::Urgent;
+    let quiet = MemberHours::of(
+        prefs.quiet,
+        prefs.utc_offset,
+        state.quiet_hours,
+        state.utc_offset,
+    );
+    let (deliver_at, held) = schedule(quiet, urgent, UnixMillis::now());
     let accepted = state
         .outbox
         .accept(NewMessage {
@@ -964,15 +975,29 @@ async fn submit_with(
             look: prefs.look,
             url,
             attachments,
-            deliver_at: None,
-            urgent: sub.urgency == Urgency::Urgent,
-            held: None,
+            deliver_at,
+            urgent,
+            held,
         })
         .await?;
     if !accepted.duplicate {
         state.metrics.accepted(sub.endpoint);
     }
     Ok(accepted)
+}
+
+/// When a message accepted `now` is due, and why it waits: inside the member's quiet
+/// window a message the window holds (any, when `strict`; else all but urgent ones) is due
+/// at the window's end, held for quiet hours; otherwise at once.
+fn schedule(
+    quiet: MemberHours,
+    urgent: bool,
+    now: UnixMillis,
+) -> (Option<UnixMillis>, Option<Held>) {
+    match quiet.hold_until(now, urgent) {
+        Some(end) => (Some(end), Some(Held::Quiet)),
+        None => (None, None),
+    }
 }
 
 /// The digest of what a request determines of its message — title (with its urgency
@@ -1062,6 +1087,48 @@ mod tests {
             headers("multipart/form-data; boundary=XyZ"),
             Bytes::from(body),
         )
+    }
+
+    /// Inside the member's window a message waits for its end, held for quiet hours;
+    /// urgent ones go at once unless `strict`; outside it, or without quiet hours, nothing
+    /// waits.
+    #[test]
+    fn a_message_the_members_quiet_hours_hold_is_due_at_their_end() {
+        use crate::delivery::quiet::QuietSetting;
+        // 2026-03-02T17:00:00Z: 01:00 at +08:00; the window ends at 07:00 there, 23:00Z.
+        let now = UnixMillis::from_millis(1_772_470_800_000);
+        let end = UnixMillis::from_millis(1_772_492_400_000);
+        let night = "23:00-07:00".parse::<QuietSetting>().unwrap();
+        let strict = "23:00-07:00 strict".parse::<QuietSetting>().unwrap();
+        let cst = 8 * 3600;
+        let of = |own, default| MemberHours::of(own, None, default, cst);
+        let QuietSetting::On(server) = night else {
+            unreachable!()
+        };
+        assert_eq!(
+            schedule(of(Some(night), None), false, now),
+            (Some(end), Some(Held::Quiet))
+        );
+        assert_eq!(schedule(of(Some(night), None), true, now), (None, None));
+        assert_eq!(
+            schedule(of(Some(strict), None), true, now),
+            (Some(end), Some(Held::Quiet))
+        );
+        // The server's default, unless the member turned quiet hours off.
+        assert_eq!(
+            schedule(of(None, Some(server)), false, now),
+            (Some(end), Some(Held::Quiet))
+        );
+        assert_eq!(
+            schedule(of(Some(QuietSetting::Off), Some(server)), false, now),
+            (None, None)
+        );
+        assert_eq!(schedule(of(None, None), false, now), (None, None));
+        // At the member's own offset, 01:00 Beijing time is 12:00 in New York: not quiet.
+        let ny = MemberHours::of(Some(night), Some(-5 * 3600), None, cst);
+        assert_eq!(schedule(ny, false, now), (None, None));
+        // At the window's end it is over.
+        assert_eq!(schedule(of(Some(night), None), false, end), (None, None));
     }
 
     #[tokio::test]
