@@ -1445,9 +1445,9 @@ pub struct DeliverySettings {
         serialize_with = "short_duration"
     )]
     pub stall_after: Duration,
-    /// Time zone the times in digests (and "today" in `status`) are shown in, and quiet
-    /// hours are kept in for members who have not set their own (`timezone …` in the chat),
-    /// as an offset from UTC (`"+08:00"`).
+    /// Time zone of members who have not set their own (`timezone …` in the chat), as an
+    /// offset from UTC (`"+08:00"`): their quiet hours, the times in their digests and
+    /// "today" in `status`.
     #[serde(
         default = "default_utc_offset",
         deserialize_with = "utc_offset",

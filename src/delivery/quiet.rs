@@ -309,6 +309,44 @@ impl FromStr for QuietSetting {
     }
 }
 
+/// Quiet hours as they apply to one member: their own or the server's, at their own offset
+/// or the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberHours {
+    /// `None`: the member has no quiet hours.
+    pub hours: Option<QuietHours>,
+    /// Seconds east of UTC.
+    pub utc_offset: i32,
+}
+
+impl MemberHours {
+    /// From the member's own settings (`None`: not set) and the server's defaults
+    /// (`delivery.quiet_hours`, `delivery.utc_offset`).
+    pub fn of(
+        own: Option<QuietSetting>,
+        own_offset: Option<i32>,
+        default: Option<QuietHours>,
+        default_offset: i32,
+    ) -> Self {
+        Self {
+            hours: QuietSetting::effective(own, default),
+            utc_offset: own_offset.unwrap_or(default_offset),
+        }
+    }
+
+    /// Whether the member's window is on `now` (whatever a message's urgency).
+    pub fn is_quiet(&self, now: UnixMillis) -> bool {
+        self.hours
+            .is_some_and(|h| is_quiet(now, h.window, self.utc_offset))
+    }
+
+    /// Until when a message (`urgent` or not) that would go out `now` waits: the end of the
+    /// window it is in, if the member's quiet hours hold it; `None`: it goes now.
+    pub fn hold_until(&self, now: UnixMillis, urgent: bool) -> Option<UnixMillis> {
+        self.hours?.hold_until(now, self.utc_offset, urgent)
+    }
+}
+
 /// Whether `now` is inside `window` at `utc_offset` seconds east of UTC.
 pub fn is_quiet(now: UnixMillis, window: Window, utc_offset: i32) -> bool {
     window.contains(now.time_of_day(utc_offset))
@@ -726,6 +764,41 @@ mod tests {
         assert_eq!(
             QuietSetting::effective(Some(QuietSetting::On(own)), None),
             Some(own)
+        );
+    }
+
+    #[test]
+    fn a_member_keeps_their_own_hours_at_their_own_offset_else_the_servers() {
+        let server = QuietHours {
+            window: window("23-7"),
+            strict: false,
+        };
+        let own: QuietSetting = "12-13 strict".parse().unwrap();
+        let at_server = MemberHours::of(None, None, Some(server), CST);
+        assert_eq!(
+            at_server,
+            MemberHours {
+                hours: Some(server),
+                utc_offset: CST
+            }
+        );
+        let now = at(1, 0, CST);
+        assert!(at_server.is_quiet(now));
+        assert_eq!(at_server.hold_until(now, false), Some(at(7, 0, CST)));
+        assert_eq!(at_server.hold_until(now, true), None);
+        // 01:00 in Beijing is 12:00 in New York... at UTC-5 it is 12:00 the day before.
+        let mine = MemberHours::of(Some(own), Some(-5 * HOUR), Some(server), CST);
+        assert!(mine.is_quiet(now));
+        assert_eq!(
+            mine.hold_until(now, true),
+            Some(at(13, 0, -5 * HOUR) - Duration::from_secs(86_400))
+        );
+        let off = MemberHours::of(Some(QuietSetting::Off), None, Some(server), CST);
+        assert!(!off.is_quiet(now));
+        assert_eq!(off.hold_until(now, false), None);
+        assert_eq!(
+            MemberHours::of(None, None, None, CST).hold_until(now, false),
+            None
         );
     }
 

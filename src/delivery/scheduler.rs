@@ -48,12 +48,13 @@ use super::decide::{
 use super::health::{Change, Health};
 use super::limits;
 use super::next_step::{self, Failure, NextStep, Tried};
+use super::quiet::MemberHours;
 use super::{BadAddress, Binding, Channel, ChannelError, backoff};
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, MessageId, OutboundAttachment, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{
-    AttemptUpdate, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
+    AttemptUpdate, Head, Held, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
 };
 use crate::supervise::{self, FaultPoint, RESTART_PAUSE};
 use crate::time::UnixMillis;
@@ -629,6 +630,10 @@ impl Scheduler {
         // read so far (what the watch brings is new only above it).
         let mut maybe_more = true;
         let mut last_seq = 0;
+        // The member's quiet hours and offset: read once per claim, before the first head
+        // (a change in the chat reaches the lane at its next claim; what the change
+        // re-times is in the store already).
+        let mut quiet: Option<MemberHours> = None;
         loop {
             if self.stop.is_cancelled() {
                 return Ok(LaneEnd::Release(UnixMillis::now()));
@@ -676,12 +681,17 @@ impl Scheduler {
                 maybe_more = true;
                 continue;
             };
+            let hours = match quiet {
+                Some(hours) => hours,
+                None => *quiet.insert(self.member_hours(userid).await?),
+            };
             let now = UnixMillis::now();
             let view = LaneView {
                 due_at: next.message.next_attempt_at,
                 channel: next.message.route.first(),
                 sent,
                 held: claimed_at.elapsed(),
+                quiet_until: decide::quiet_hold(&next.message, &hours, now),
             };
             let channel = view.channel;
             // A destination the member added in the chat has a slot of its own, made when
@@ -694,6 +704,20 @@ impl Scheduler {
             let slot = match decide::admit(&view, found, now) {
                 Admit::Go(slot) => slot,
                 Admit::Release(at) => return Ok(LaneEnd::Release(at)),
+                Admit::Hold(until) => {
+                    // Out of the lane until the window ends; the messages behind it go on.
+                    let Some(Head { message, .. }) = ahead.pop_front() else {
+                        continue;
+                    };
+                    if self.store.hold(&message.id, until, Held::Quiet).await? {
+                        tracing::debug!(id = %message.id, userid = %userid, until = until.as_millis(), "held for the member's quiet hours");
+                    } else {
+                        // No longer queued (cancelled meanwhile): read the lane again.
+                        ahead.clear();
+                        maybe_more = true;
+                    }
+                    continue;
+                }
                 Admit::GiveUp(reason) => {
                     // The route names a channel this server does not have (any more).
                     let Some(Head { message, .. }) = ahead.pop_front() else {
@@ -731,9 +755,14 @@ impl Scheduler {
             } else {
                 None
             };
-            let digest_after = self.settings.digest_after.filter(|_| {
-                decide::digestible(&next.message, channel, slot.channel.capabilities().digests)
-            });
+            let digest_after = decide::digest_after(
+                self.settings.digest_after,
+                &next.message,
+                channel,
+                slot.channel.capabilities().digests,
+                &hours,
+                now,
+            );
             // The waiting messages, and when each was accepted.
             let mut waiting: Option<(Vec<Waiting>, Vec<UnixMillis>)> = None;
             let mut gate = None;
@@ -811,6 +840,7 @@ impl Scheduler {
                     carried,
                     probe,
                     histories.get_mut(&channel),
+                    hours.utc_offset,
                 )
                 .await;
             probe_guard.disarm();
@@ -836,9 +866,10 @@ impl Scheduler {
         }
     }
 
-    /// One attempt at the head on `slot` (alone, or as the first of a digest), its outcome
-    /// recorded. What the outcome means is [`decide::settle_outcome`]'s to say; this does
-    /// what it says.
+    /// One attempt at the head on `slot` (alone, or as the first of a digest, its times
+    /// shown at `utc_offset`: the member's), its outcome recorded. What the outcome means
+    /// is [`decide::settle_outcome`]'s to say; this does what it says.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         head: &Message,
@@ -847,6 +878,7 @@ impl Scheduler {
         carried: Option<Vec<Waiting>>,
         probe: bool,
         history: Option<&mut Vec<UnixMillis>>,
+        utc_offset: i32,
     ) -> After {
         let channel = slot.name();
         let permit = tokio::select! {
@@ -903,7 +935,7 @@ impl Scheduler {
                     address,
                     DigestPage { id, key, url },
                     capabilities.max_text_bytes,
-                    self.settings.utc_offset,
+                    utc_offset,
                 );
                 (
                     composed.outbound,
@@ -964,6 +996,17 @@ impl Scheduler {
         // The permit is held while the outcome is recorded: if the database cannot take
         // writes, no further messages are sent that could not be recorded either.
         self.settle(head, channel, settlement).await
+    }
+
+    /// The member's quiet hours and offset, theirs or the server's (one small read).
+    async fn member_hours(&self, userid: &UserId) -> Result<MemberHours, StoreError> {
+        let own = self.store.member_quiet(userid).await?;
+        Ok(MemberHours::of(
+            own.quiet,
+            own.utc_offset,
+            self.settings.quiet_hours,
+            self.settings.utc_offset,
+        ))
     }
 
     /// `channel` cannot deliver the head (a permanent failure, or nothing to try it with):
