@@ -203,9 +203,10 @@ pub fn digestible(message: &Message, channel: ChannelName, digests: bool) -> boo
 /// end of their window, for a message the window holds (all but urgent ones; all when
 /// `strict`). A backlog that reaches the window, or a window set after the message was
 /// accepted, is held here rather than sent. A verification code the member just asked
-/// for in the chat (`address_to`) is never held.
+/// for in the chat (`address_to`) is never held, nor is the rest of a message whose first
+/// parts were delivered (its text arrived: its images and files follow it).
 pub fn quiet_hold(head: &Message, quiet: &MemberHours, now: UnixMillis) -> Option<UnixMillis> {
-    if head.address_to.is_some() {
+    if head.address_to.is_some() || head.parts_done > 0 {
         return None;
     }
     quiet.hold_until(now, head.urgent)
@@ -1192,6 +1193,16 @@ mod tests {
             None,
             "a code the member waits for"
         );
+        let mut begun = message("wecom");
+        begun.media_count = 2;
+        begun.parts_done = 1;
+        assert_eq!(
+            quiet_hold(&begun, &night(true), ONE_AM),
+            None,
+            "its text arrived"
+        );
+        begun.parts_done = 0;
+        assert_eq!(quiet_hold(&begun, &night(true), ONE_AM), Some(SEVEN_AM));
         // The last millisecond of the window holds; its end does not.
         let last = SEVEN_AM - ms(1);
         assert_eq!(quiet_hold(&normal, &night(true), last), Some(SEVEN_AM));
