@@ -1079,8 +1079,8 @@ pub struct StorageSettings {
     /// URL) or `PGPASSWORD`; it is never printed.
     #[serde(default = "default_storage_url")]
     pub url: StorageUrl,
-    /// How long delivered and failed messages (and their pages) are kept; `"0"`: forever.
-    /// Queued messages are never purged. At least `"1d"` (an `Idempotency-Key` is honoured
+    /// How long delivered, failed and cancelled messages (and their pages) are kept; `"0"`:
+    /// forever. Queued and scheduled messages are never purged. At least `"1d"` (an `Idempotency-Key` is honoured
     /// for 24 hours) and twice `delivery.retry_window`.
     #[serde(
         default = "default_retention",
@@ -1475,6 +1475,15 @@ pub struct DeliverySettings {
     /// `text`, `markdown` or `card`.
     #[serde(default)]
     pub format: Look,
+    /// The furthest ahead a sender may schedule a message (`delay`, `at`, ntfy's
+    /// `X-Delay`); further is refused (400). Scheduled messages wait in the database, not
+    /// in memory, and are never purged before they are sent.
+    #[serde(
+        default = "default_max_delay",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub max_delay: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -1496,6 +1505,7 @@ impl Default for DeliverySettings {
             quiet_hours: None,
             fallback: default_fallback(),
             format: Look::default(),
+            max_delay: default_max_delay(),
         }
     }
 }
@@ -1655,6 +1665,9 @@ fn default_lease() -> Duration {
 }
 fn default_probe_max() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_delay() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 fn default_utc_offset() -> i32 {
     8 * 3600

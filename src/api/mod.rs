@@ -12,6 +12,7 @@ mod page;
 pub mod rate_limit;
 pub mod refused;
 pub(crate) mod send;
+mod when;
 
 use std::sync::Arc;
 

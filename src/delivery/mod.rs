@@ -467,6 +467,17 @@ impl Outbox {
         self.inner.settings.format
     }
 
+    /// `delivery.max_delay`: the furthest ahead a sender may schedule a message.
+    pub fn max_delay(&self) -> std::time::Duration {
+        self.inner.settings.max_delay
+    }
+
+    /// `delivery.utc_offset`: the time zone (seconds east of UTC) of members who have not
+    /// set their own, for clock times such as ntfy's `X-At: 10am`.
+    pub fn utc_offset(&self) -> i32 {
+        self.inner.settings.utc_offset
+    }
+
     /// Whether this server has the channel.
     pub fn has_channel(&self, channel: ChannelName) -> bool {
         self.configured.contains(&channel)
@@ -585,6 +596,11 @@ impl Outbox {
                 .await
             {
                 Ok(()) => {
+                    if let Some(at) = message.deliver_at
+                        && message.status == crate::store::MessageStatus::Scheduled
+                    {
+                        self.inner.scheduled_for(at);
+                    }
                     return Ok(Accepted {
                         message,
                         duplicate: false,

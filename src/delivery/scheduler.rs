@@ -75,6 +75,9 @@ const POLL_MAX: Duration = Duration::from_secs(1);
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// Overdue messages read and moved at once when many windows end together.
 const EXPIRE_BATCH: usize = 1_000;
+/// Scheduled messages released into their lanes per round trip; with more due, the loop
+/// goes on at once.
+const RELEASE_BATCH: usize = 1_024;
 /// Send history and idempotency keys are pruned this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Waiting messages looked at when planning a digest.
@@ -156,6 +159,11 @@ pub(super) struct Scheduler {
     lane_panics: Mutex<HashMap<UserId, u32>>,
     /// `server.public_url`, for the link to a digest's page.
     public_base: Arc<str>,
+    /// When the loop plans to release scheduled messages next (unix ms), and the earliest
+    /// `deliver_at` of a message accepted here since it planned that
+    /// ([`Scheduler::scheduled_for`]): the loop releases at the earlier of the two.
+    release_planned: AtomicI64,
+    release_hint: AtomicI64,
 }
 
 /// Per-message fallback lines are debug-level; at INFO a line a minute at most says that
@@ -183,6 +191,9 @@ struct Timers {
     sweep: UnixMillis,
     expire: UnixMillis,
     prune: UnixMillis,
+    /// Releasing due scheduled messages: at the earliest `deliver_at`, or after
+    /// [`POLL_MAX`] at the latest (another instance may have scheduled an earlier one).
+    release: UnixMillis,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +237,18 @@ impl Scheduler {
             member_channels,
             member_slots: Mutex::default(),
             public_base,
+            release_planned: AtomicI64::new(i64::MIN),
+            release_hint: AtomicI64::new(i64::MAX),
+        }
+    }
+
+    /// A message was stored scheduled for `at`: the loop releases it then, waking for it if
+    /// it planned to look later (another instance's messages are found by its poll).
+    pub(super) fn scheduled_for(&self, at: UnixMillis) {
+        self.release_hint
+            .fetch_min(at.as_millis(), Ordering::Relaxed);
+        if at.as_millis() < self.release_planned.load(Ordering::Relaxed) {
+            self.wake.notify_one();
         }
     }
 
@@ -311,6 +334,7 @@ impl Scheduler {
             sweep: start,
             expire: start,
             prune: start,
+            release: start,
         };
         let mut failing = false;
         match self.store.queued_count().await {
@@ -350,7 +374,8 @@ impl Scheduler {
             wake_at = wake_at
                 .min(timers.renew)
                 .min(timers.sweep)
-                .min(timers.prune);
+                .min(timers.prune)
+                .min(timers.release);
             if self.channels.iter().any(|s| !lock(&s.health).is_up()) {
                 wake_at = wake_at.min(timers.expire);
             }
@@ -367,10 +392,19 @@ impl Scheduler {
         }
     }
 
-    /// Lease renewal, the lane sweep, failing overdue messages while a channel is down,
-    /// pruning: each when its time has come.
+    /// Lease renewal, releasing due scheduled messages, the lane sweep, failing overdue
+    /// messages while a channel is down, pruning: each when its time has come.
     async fn housekeeping(&self, now: UnixMillis, due: &mut Timers) -> Result<(), StoreError> {
         let lease = self.settings.lease;
+        // A message scheduled here since the last pass may be due before the planned
+        // release.
+        let hint = self.release_hint.swap(i64::MAX, Ordering::Relaxed);
+        due.release = due.release.min(UnixMillis::from_millis(hint));
+        if now >= due.release {
+            due.release = self.release_due(now).await?;
+        }
+        self.release_planned
+            .store(due.release.as_millis(), Ordering::Relaxed);
         if now >= due.renew {
             let lanes: Vec<UserId> = lock(&self.active).iter().cloned().collect();
             if !lanes.is_empty() {
@@ -423,6 +457,32 @@ impl Scheduler {
             due.prune = now + PRUNE_EVERY;
         }
         Ok(())
+    }
+
+    /// Releases scheduled messages due by `now` into their lanes (a batch; they are claimed
+    /// in this same pass), and answers when to look again: at once if the batch was full,
+    /// else at the earliest `deliver_at` still waiting, but within [`POLL_MAX`] (other
+    /// instances schedule messages too). Nothing scheduled is held in memory: the next
+    /// time is one index probe.
+    async fn release_due(&self, now: UnixMillis) -> Result<UnixMillis, StoreError> {
+        let released = self
+            .store
+            .release_due(now, RELEASE_BATCH, self.settings.retry_window)
+            .await?;
+        if released > 0 {
+            tracing::debug!(
+                messages = released,
+                "scheduled messages are due; released into their lanes"
+            );
+        }
+        if released >= RELEASE_BATCH {
+            return Ok(now);
+        }
+        let poll = now + POLL_MAX;
+        Ok(match self.store.next_scheduled_at().await? {
+            Some(at) => at.clamp(now + Duration::from_millis(1), poll),
+            None => poll,
+        })
     }
 
     /// While `slot` is down (since when, why): the messages waiting for it whose retry

@@ -35,6 +35,7 @@ mod page_files;
 mod pages;
 mod proxy;
 mod restart;
+mod schedule;
 mod send;
 mod shutdown;
 mod sms;
