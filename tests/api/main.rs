@@ -34,6 +34,7 @@ mod outbox;
 mod page_files;
 mod pages;
 mod proxy;
+mod quiet;
 mod restart;
 mod schedule;
 mod send;
