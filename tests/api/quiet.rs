@@ -527,6 +527,31 @@ async fn a_message_scheduled_into_the_window_is_held_when_its_time_comes() {
     );
 }
 
+/// A sender's clock time (ntfy's `X-At: 10am`) is read on the member's clock
+/// (`timezone …`), not the server's.
+#[tokio::test]
+async fn a_clock_time_is_the_members_clock() {
+    let app = spawn_app_with(unthrottled).await;
+    let m = member(&app, "clock").await;
+    say(&app, &m.user, "timezone +05:30").await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/{}", m.token)))
+        .header("X-At", "10am")
+        .body("stand-up")
+        .send()
+        .await
+        .expect("ntfy POST");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    let id = body["id"].as_str().expect("an id").to_owned();
+    let body = app.message_json(&id, &m.token).await;
+    assert_eq!(body["status"], "scheduled", "{body}");
+    // 10:00 at +05:30 is 04:30 UTC.
+    let due = unix_ms(&body["deliver_at"]);
+    assert_eq!(due.rem_euclid(DAY_MS), (4 * 60 + 30) * 60_000, "{body}");
+}
+
 /// What the chat answers to quiet hours and offsets it cannot read, and `help`.
 #[tokio::test]
 async fn the_chat_explains_what_it_cannot_read() {
