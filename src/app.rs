@@ -138,6 +138,7 @@ impl Application {
             callback_max_age: settings.wecom.callback_max_age,
             send_limiter: SendLimiter::new(settings.server.send_rate),
             utc_offset: settings.delivery.utc_offset,
+            quiet_hours: settings.delivery.quiet_hours,
             max_content_bytes: settings.server.max_content_bytes,
             retention: settings.storage.retention,
             metrics,

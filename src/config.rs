@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
 use crate::delivery::limits::RateWindow;
+use crate::delivery::quiet::{QuietHours, QuietSetting};
 use crate::domain::{ChannelName, Look, Route};
 use crate::store::Engine;
 use crate::wecom::credentials::{AgentId, CallbackToken, CorpId, CorpSecret, EncodingAesKey};
@@ -1078,8 +1079,8 @@ pub struct StorageSettings {
     /// URL) or `PGPASSWORD`; it is never printed.
     #[serde(default = "default_storage_url")]
     pub url: StorageUrl,
-    /// How long delivered and failed messages (and their pages) are kept; `"0"`: forever.
-    /// Queued messages are never purged. At least `"1d"` (an `Idempotency-Key` is honoured
+    /// How long delivered, failed and cancelled messages (and their pages) are kept; `"0"`:
+    /// forever. Queued and scheduled messages are never purged. At least `"1d"` (an `Idempotency-Key` is honoured
     /// for 24 hours) and twice `delivery.retry_window`.
     #[serde(
         default = "default_retention",
@@ -1444,14 +1445,24 @@ pub struct DeliverySettings {
         serialize_with = "short_duration"
     )]
     pub stall_after: Duration,
-    /// Time zone the times in digests (and "today" in `status`) are shown in, as an offset
-    /// from UTC (`"+08:00"`).
+    /// Time zone of members who have not set their own (`timezone …` in the chat), as an
+    /// offset from UTC (`"+08:00"`): their quiet hours, the times in their digests and
+    /// "today" in `status`.
     #[serde(
         default = "default_utc_offset",
         deserialize_with = "utc_offset",
         serialize_with = "utc_offset_text"
     )]
     pub utc_offset: i32,
+    /// Quiet hours for members who have not set their own (`quiet …` in the chat), e.g.
+    /// `"23:00-07:00"`: messages that arrive in the window wait until it ends (then come as
+    /// one digest when several waited); urgent ones go through unless `" strict"` follows.
+    #[serde(
+        default,
+        deserialize_with = "quiet_hours",
+        serialize_with = "quiet_hours_text"
+    )]
+    pub quiet_hours: Option<QuietHours>,
     /// Channels a message tries in order, unless the sender or the member says otherwise;
     /// a channel a member cannot be reached on (no bound address) is skipped.
     #[serde(
@@ -1464,6 +1475,15 @@ pub struct DeliverySettings {
     /// `text`, `markdown` or `card`.
     #[serde(default)]
     pub format: Look,
+    /// The furthest ahead a sender may schedule a message (`delay`, `at`, ntfy's
+    /// `X-Delay`); further is refused (400). Scheduled messages wait in the database, not
+    /// in memory, and are never purged before they are sent.
+    #[serde(
+        default = "default_max_delay",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub max_delay: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -1482,8 +1502,10 @@ impl Default for DeliverySettings {
             probe_max: default_probe_max(),
             stall_after: default_stall_after(),
             utc_offset: default_utc_offset(),
+            quiet_hours: None,
             fallback: default_fallback(),
             format: Look::default(),
+            max_delay: default_max_delay(),
         }
     }
 }
@@ -1654,6 +1676,9 @@ fn default_lease() -> Duration {
 fn default_probe_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_delay() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
 fn default_utc_offset() -> i32 {
     8 * 3600
 }
@@ -1758,32 +1783,28 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
     }
 }
 
-/// `"+08:00"`, `"-05:30"`, `"Z"` → seconds east of UTC.
+/// `"+08:00"`, `"-05:30"`, `"UTC+8"`, `"Z"` → seconds east of UTC
+/// ([`quiet::parse_offset`], as `timezone …` in the chat reads it).
 fn utc_offset<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
     let s = String::deserialize(d)?;
-    let text = s.trim();
-    let invalid = || {
+    crate::delivery::quiet::parse_offset(&s).map_err(|_| {
         serde::de::Error::custom(format!(
             "invalid UTC offset {s:?}; write it like \"+08:00\""
         ))
-    };
-    if text == "Z" || text == "0" {
-        return Ok(0);
+    })
+}
+
+/// `"23:00-07:00"`, `"23:00-07:00 strict"` (as `quiet …` in the chat reads them); `"off"`:
+/// none.
+fn quiet_hours<'de, D: Deserializer<'de>>(d: D) -> Result<Option<QuietHours>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.parse::<QuietSetting>() {
+        Ok(QuietSetting::Off) => Ok(None),
+        Ok(QuietSetting::On(hours)) => Ok(Some(hours)),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "invalid quiet hours {s:?} ({e}); write them like \"23:00-07:00\", or \"off\""
+        ))),
     }
-    let (sign, rest) = match text.split_at_checked(1) {
-        Some(("+", rest)) => (1, rest),
-        Some(("-", rest)) => (-1, rest),
-        _ => return Err(invalid()),
-    };
-    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-    let (h, m): (i32, i32) = (
-        h.parse().map_err(|_| invalid())?,
-        m.parse().map_err(|_| invalid())?,
-    );
-    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
-        return Err(invalid());
-    }
-    Ok(sign * (h * 3600 + m * 60))
 }
 
 /// Durations are written the human way: `"90s"`, `"15m"`, `"2h"`, `"250ms"`.
@@ -1942,9 +1963,15 @@ fn duration_or_off<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
 
 /// Seconds east of UTC → `"+08:00"`, `"-05:30"`.
 fn utc_offset_text<S: Serializer>(offset: &i32, s: S) -> Result<S::Ok, S::Error> {
-    let sign = if *offset < 0 { '-' } else { '+' };
-    let minutes = offset.unsigned_abs() / 60;
-    s.serialize_str(&format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60))
+    s.serialize_str(&crate::delivery::quiet::offset_text(*offset))
+}
+
+/// `"23:00-07:00"`, `"23:00-07:00 strict"`; none: not written.
+fn quiet_hours_text<S: Serializer>(hours: &Option<QuietHours>, s: S) -> Result<S::Ok, S::Error> {
+    match hours {
+        Some(hours) => s.serialize_some(&hours.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 /// `[{ count = 30, per = "1m" }, …]`.
@@ -2871,6 +2898,38 @@ mod tests {
         }
         let text = format!("{MINIMAL}\n[delivery]\nutc_offset = \"8\"\n");
         assert!(Settings::from_toml(&text).is_err());
+    }
+
+    #[test]
+    fn quiet_hours_are_read_as_the_chat_reads_them() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.delivery.quiet_hours, None, "none by default");
+        let with = |value: &str| {
+            Settings::from_toml(&format!(
+                "{MINIMAL}\n[delivery]\nquiet_hours = \"{value}\"\nutc_offset = \"UTC-5\"\n"
+            ))
+        };
+        let s = with("23:00-07:00").unwrap();
+        let hours = s.delivery.quiet_hours.unwrap();
+        assert_eq!(hours.to_string(), "23:00-07:00");
+        assert_eq!(s.delivery.utc_offset, -5 * 3600);
+        assert_eq!(
+            with("23：00～07：00 strict")
+                .unwrap()
+                .delivery
+                .quiet_hours
+                .unwrap()
+                .to_string(),
+            "23:00-07:00 strict"
+        );
+        assert_eq!(with("off").unwrap().delivery.quiet_hours, None);
+        for bad in ["7-7", "tonight", "25-7"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("quiet_hours") && err.contains("23:00-07:00"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -293,6 +293,8 @@ struct Families {
     attempts: Family<AttemptLabels, Counter>,
     latency: Histogram,
     queue_depth: Gauge,
+    scheduled: Gauge,
+    cancelled: Counter,
     scheduler_pass_age: Gauge<f64, AtomicU64>,
     oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>>,
     wecom_errors: Family<WeComErrorLabels, Counter>,
@@ -326,6 +328,8 @@ impl Metrics {
         let attempts: Family<AttemptLabels, Counter> = Family::default();
         let latency = Histogram::new(LATENCY_BUCKETS);
         let queue_depth: Gauge = Gauge::default();
+        let scheduled: Gauge = Gauge::default();
+        let cancelled: Counter = Counter::default();
         let scheduler_pass_age: Gauge<f64, AtomicU64> = Gauge::default();
         let oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>> = Family::default();
         let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
@@ -400,6 +404,16 @@ impl Metrics {
             "Messages queued for delivery (in the database, all instances), counted at scrape time",
             queue_depth.clone(),
         );
+        registry.register(
+            "queue_scheduled",
+            "Messages scheduled for later (the sender's delay or at, or held by quiet hours), in the database (all instances), counted at scrape time",
+            scheduled.clone(),
+        );
+        registry.register(
+            "messages_cancelled",
+            "Messages cancelled by their sender before they went out (DELETE /messages/{id})",
+            cancelled.clone(),
+        );
         registry.register_with_unit(
             "scheduler_last_pass_age",
             "Time since the delivery scheduler last began a pass (at least one a second while it runs; /healthz answers 503 beyond delivery.stall_after), at scrape time",
@@ -435,6 +449,8 @@ impl Metrics {
             attempts,
             latency,
             queue_depth,
+            scheduled,
+            cancelled,
             scheduler_pass_age,
             oldest_due,
             wecom_errors,
@@ -526,6 +542,16 @@ impl Metrics {
         self.0.queue_depth.set(queued);
     }
 
+    /// Sets how many messages are scheduled (counted by the caller at scrape time).
+    pub fn set_scheduled(&self, scheduled: i64) {
+        self.0.scheduled.set(scheduled);
+    }
+
+    /// A sender cancelled a message.
+    pub fn cancelled(&self) {
+        self.0.cancelled.inc();
+    }
+
     /// Sets the delivery figures `/healthz` reports (read by the caller at scrape time):
     /// the scheduler's last pass age, and the oldest due message's wait per channel
     /// (channels missing from `oldest` have none waiting).
@@ -594,6 +620,8 @@ mod tests {
         m.auth_refused(TokenRoute::Status);
         m.auth_refused(TokenRoute::Status);
         m.set_queue_depth(7);
+        m.set_scheduled(3);
+        m.cancelled();
         for openmetrics in [true, false] {
             let text = m.encode(openmetrics).unwrap();
             let v = |series: &str| {
@@ -652,6 +680,8 @@ mod tests {
                 None
             );
             assert_eq!(v("pushbot_queue_depth"), 7.0);
+            assert_eq!(v("pushbot_queue_scheduled"), 3.0);
+            assert_eq!(v("pushbot_messages_cancelled_total"), 1.0);
             assert_eq!(
                 v(&format!(
                     r#"pushbot_build_info{{version="{}"}}"#,

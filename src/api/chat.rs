@@ -4,6 +4,7 @@
 use super::AppState;
 use crate::bot::{self, Command, StatusView};
 use crate::delivery::Channel as _;
+use crate::delivery::quiet::{self, QuietHours, QuietSetting};
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
 use crate::domain::{
     ChannelName, DestName, Format, Look, MessageId, Outbound, Route, UnknownChannel, UserId,
@@ -39,6 +40,8 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
         Command::Status => status(state, userid).await?,
         Command::Fallback(typed) => fallback(state, userid, &typed).await?,
         Command::Format(typed) => format(state, userid, &typed).await?,
+        Command::Quiet(typed) => quiet(state, userid, &typed).await?,
+        Command::Timezone(typed) => timezone(state, userid, &typed).await?,
         Command::AddRobot {
             name,
             telegram,
@@ -111,6 +114,10 @@ async fn request_code(
             look: None,
             url: None,
             attachments: Vec::new(),
+            deliver_at: None,
+            // The member is waiting for it right now, in the chat.
+            urgent: true,
+            held: None,
         })
         .await?;
     state.metrics.accepted(crate::metrics::Endpoint::Chat);
@@ -295,6 +302,128 @@ fn look(state: &AppState, own: Option<Look>) -> (Look, bool) {
     }
 }
 
+/// The member's quiet hours: their own (`Off`: none), else the server's default; and
+/// whether they are the member's own.
+fn quiet_hours(state: &AppState, own: Option<QuietSetting>) -> (Option<QuietHours>, bool) {
+    (
+        QuietSetting::effective(own, state.quiet_hours),
+        own.is_some(),
+    )
+}
+
+/// The member's offset from UTC: their own, else the server's; and whether it is their own.
+fn offset(state: &AppState, own: Option<i32>) -> (i32, bool) {
+    match own {
+        Some(secs) => (secs, true),
+        None => (state.utc_offset, false),
+    }
+}
+
+/// The member's quiet hours changed (or their offset, which moves them): their messages
+/// held by quiet hours are due at the end of the window if it is quiet now, else at once.
+/// Answers the end of the window when it is quiet now (`HH:MM`), and how many messages
+/// were given a new time.
+async fn retime(
+    state: &AppState,
+    userid: &UserId,
+    hours: Option<QuietHours>,
+    utc_offset: i32,
+) -> Result<(Option<String>, u64), ApiError> {
+    let now = UnixMillis::now();
+    let until = hours
+        .filter(|h| quiet::is_quiet(now, h.window, utc_offset))
+        .map(|h| (quiet::ends_at(now, h.window, utc_offset), h.window.end()));
+    let deliver_at = until.map_or(now, |(at, _)| at);
+    let retimed = state
+        .store
+        .retime_held(userid, crate::store::Held::Quiet, deliver_at)
+        .await?;
+    if retimed > 0 {
+        tracing::info!(userid = %userid, messages = retimed, "quiet hours changed; held messages re-timed");
+    }
+    Ok((until.map(|(_, end)| quiet::clock(end)), retimed))
+}
+
+/// `quiet 23:00-07:00 [strict]`, `quiet off`, `quiet default`; `quiet` alone shows them.
+async fn quiet(state: &AppState, userid: &UserId, typed: &str) -> Result<String, ApiError> {
+    let typed = typed.trim();
+    let prefs = state.store.member_prefs(userid).await?;
+    let (utc_offset, _) = offset(state, prefs.utc_offset);
+    let offset_text = quiet::offset_text(utc_offset);
+    if typed.is_empty() {
+        let (hours, own) = quiet_hours(state, prefs.quiet);
+        return Ok(bot::quiet_usage_reply(
+            None,
+            hours.as_ref(),
+            own,
+            &offset_text,
+        ));
+    }
+    let own = if bot::is_reset(typed) {
+        None
+    } else {
+        match typed.parse::<QuietSetting>() {
+            Ok(setting) => Some(setting),
+            Err(problem) => {
+                let (hours, own) = quiet_hours(state, prefs.quiet);
+                return Ok(bot::quiet_usage_reply(
+                    Some(&problem.to_string()),
+                    hours.as_ref(),
+                    own,
+                    &offset_text,
+                ));
+            }
+        }
+    };
+    state.store.set_quiet(userid, own).await?;
+    tracing::info!(userid = %userid, quiet = %own.map_or_else(|| "default".to_owned(), QuietSetting::to_stored), "quiet hours set");
+    let (hours, own) = quiet_hours(state, own);
+    let (until, retimed) = retime(state, userid, hours, utc_offset).await?;
+    Ok(match hours {
+        Some(hours) => bot::quiet_set_reply(&hours, own, &offset_text, until.as_deref(), retimed),
+        None => bot::quiet_off_reply(own, retimed),
+    })
+}
+
+/// `timezone +08:00`, `timezone default`; `timezone` alone shows it.
+async fn timezone(state: &AppState, userid: &UserId, typed: &str) -> Result<String, ApiError> {
+    let typed = typed.trim();
+    let prefs = state.store.member_prefs(userid).await?;
+    if typed.is_empty() {
+        let (utc_offset, own) = offset(state, prefs.utc_offset);
+        return Ok(bot::timezone_usage_reply(
+            None,
+            &quiet::offset_text(utc_offset),
+            own,
+        ));
+    }
+    let own = if bot::is_reset(typed) {
+        None
+    } else {
+        match quiet::parse_offset(typed) {
+            Ok(secs) => Some(secs),
+            Err(problem) => {
+                let (utc_offset, own) = offset(state, prefs.utc_offset);
+                return Ok(bot::timezone_usage_reply(
+                    Some(&problem.to_string()),
+                    &quiet::offset_text(utc_offset),
+                    own,
+                ));
+            }
+        }
+    };
+    state.store.set_utc_offset(userid, own).await?;
+    let (utc_offset, own) = offset(state, own);
+    let offset_text = quiet::offset_text(utc_offset);
+    tracing::info!(userid = %userid, utc_offset = %offset_text, own, "time zone set");
+    // The window moved with the offset.
+    let (hours, _) = quiet_hours(state, prefs.quiet);
+    if hours.is_some() {
+        retime(state, userid, hours, utc_offset).await?;
+    }
+    Ok(bot::timezone_set_reply(&offset_text, own, hours.as_ref()))
+}
+
 async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
     let prefs = state.store.member_prefs(userid).await?;
     let token = state.store.existing_token(userid).await?;
@@ -318,8 +447,9 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
             }
         })
         .collect();
-    // "Today" in the time zone the server shows times in.
-    let day_start = UnixMillis::now().start_of_day(state.utc_offset);
+    // "Today" in the member's time zone.
+    let (utc_offset, own_offset) = offset(state, prefs.utc_offset);
+    let day_start = UnixMillis::now().start_of_day(utc_offset);
     let today = state
         .store
         .channel_counts_since(userid, day_start)
@@ -328,7 +458,12 @@ async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
         .map(|(channel, c)| (channel.to_string(), c.delivered, c.failed))
         .collect();
     let (look, own_look) = look(state, prefs.look);
+    let (hours, own_quiet) = quiet_hours(state, prefs.quiet);
     Ok(bot::status_reply(&StatusView {
+        quiet: hours.map(|h| h.to_string()),
+        own_quiet,
+        offset: quiet::offset_text(utc_offset),
+        own_offset,
         look: look.as_str().to_owned(),
         own_look,
         token_hint: token.map(|t| t.hint()),

@@ -1,5 +1,6 @@
 //! `GET /messages/{id}` and `GET /messages`: the state of a member's messages, so that a
-//! failure is visible to the sender, not only in the server log.
+//! failure is visible to the sender, not only in the server log. `DELETE /messages/{id}`
+//! cancels one that has not gone out (issue 21).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -12,12 +13,12 @@ use super::{AppState, auth};
 use crate::domain::Format;
 use crate::error::ApiError;
 use crate::metrics::TokenRoute;
-use crate::store::{AttemptRecord, Message, MessageStatus, StoredChannel};
+use crate::store::{AttemptRecord, CancelOutcome, Held, Message, MessageStatus, StoredChannel};
 use crate::time::UnixMillis;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/messages/{id}", get(show))
+        .route("/messages/{id}", get(show).delete(cancel))
         .route("/messages", get(list))
 }
 
@@ -160,9 +161,20 @@ struct MessageView {
     delivered_at: Option<String>,
     /// When the next attempt is due (queued messages only).
     next_attempt_at: Option<String>,
+    /// When it is (or was) due, for a message scheduled by its sender (`delay`/`at`) or
+    /// held by quiet hours; absent for a message due when it was accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at: Option<String>,
+    /// Why a scheduled message waits, when it is not the sender's schedule (`quiet`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<Held>,
+    /// The sender marked it urgent (present only then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    urgent: bool,
     /// The digest that carried it, when it was delivered as part of one.
     via: Option<String>,
-    /// The channels still to try, the current one first (queued messages only).
+    /// The channels still to try, the current one first (scheduled and queued messages
+    /// only).
     #[serde(skip_serializing_if = "Option::is_none")]
     route: Option<String>,
 }
@@ -181,14 +193,17 @@ impl From<Message> for MessageView {
             delivered_at: m.delivered_at.map(rfc3339),
             next_attempt_at: (m.status == MessageStatus::Queued)
                 .then(|| rfc3339(m.next_attempt_at)),
+            deliver_at: m.deliver_at.map(rfc3339),
+            held: m.held.filter(|_| m.status == MessageStatus::Scheduled),
+            urgent: m.urgent,
             via: m.via,
-            route: (m.status == MessageStatus::Queued).then(|| m.route.to_stored()),
+            route: (!m.status.is_final()).then(|| m.route.to_stored()),
             id: m.id.to_string(),
         }
     }
 }
 
-fn rfc3339(at: UnixMillis) -> String {
+pub(super) fn rfc3339(at: UnixMillis) -> String {
     humantime::format_rfc3339_millis(at.to_system_time()).to_string()
 }
 
@@ -207,10 +222,79 @@ async fn show(
     )
     .await?;
     // Someone else's message is reported exactly like a missing one.
-    match state.store.message(&id).await? {
-        Some(m) if m.userid == userid => {
+    show_one(&state, &userid, &id).await
+}
+
+/// `DELETE /messages/{id}`: the owner cancels a message that has not gone out — a
+/// scheduled one, or a queued one no attempt is working on — and gets it back as `GET`
+/// shows it, `"status":"cancelled"`. Someone else's message is the same 404 as an unknown
+/// one; one that went out (or may be going out right now) is a 409 saying why.
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Result<Json<One>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let userid = auth::member(
+        &state,
+        auth::find_token(&headers, &[query.token.as_deref()]),
+        TokenRoute::Status,
+    )
+    .await?;
+    let shown: String = id.chars().take(64).collect();
+    match state.store.cancel(&userid, &id, UnixMillis::now()).await? {
+        CancelOutcome::Cancelled { was } => {
+            state.metrics.cancelled();
+            tracing::info!(userid = %userid, id = %shown, was = was.as_str(), "message cancelled by its sender");
+        }
+        CancelOutcome::NotFound => {
+            return Err(ApiError::NotFound(format!(
+                "no message {shown} for this token"
+            )));
+        }
+        CancelOutcome::Final(MessageStatus::Delivered) => {
+            return Err(ApiError::Conflict(format!(
+                "message {shown} was delivered already: it cannot be cancelled"
+            )));
+        }
+        CancelOutcome::Final(MessageStatus::Cancelled) => {
+            return Err(ApiError::Conflict(format!(
+                "message {shown} is cancelled already"
+            )));
+        }
+        CancelOutcome::Final(status) => {
+            return Err(ApiError::Conflict(format!(
+                "message {shown} has {} already: there is nothing left to cancel",
+                status.as_str()
+            )));
+        }
+        CancelOutcome::InFlight => {
+            return Err(ApiError::Conflict(format!(
+                "message {shown} is being delivered right now (it may have gone out \
+                 already): it cannot be cancelled now; look again in a few seconds"
+            )));
+        }
+        CancelOutcome::PartlyDelivered => {
+            return Err(ApiError::Conflict(format!(
+                "part of message {shown} was delivered already (its text before its files, \
+                 or one of its channels): it cannot be cancelled"
+            )));
+        }
+    }
+    show_one(&state, &userid, &id).await
+}
+
+/// The member's message as `GET /messages/{id}` shows it.
+async fn show_one(
+    state: &AppState,
+    userid: &crate::domain::UserId,
+    id: &str,
+) -> Result<Json<One>, ApiError> {
+    match state.store.message(id).await? {
+        Some(m) if m.userid == *userid => {
             let attempts = state.store.attempts_of(&m.id).await?;
-            let attachments = attachments(&state, &m.id).await?;
+            let attachments = attachments(state, &m.id).await?;
             let page = m
                 .page_key
                 .as_deref()
@@ -233,7 +317,8 @@ fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))
 }
 
-/// The token owner's messages, newest first: `?status=failed&limit=20&before=<id>`.
+/// The token owner's messages, newest first: `?status=failed&limit=20&before=<id>`
+/// (`status`: scheduled, queued, delivered, failed or cancelled).
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -252,7 +337,8 @@ async fn list(
         .map(str::parse::<MessageStatus>)
         .transpose()
         .map_err(|_| {
-            ApiError::BadRequest("status must be one of queued, delivered, failed".into())
+            let names: Vec<&str> = MessageStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!("status must be one of {}", names.join(", ")))
         })?;
     let limit = query.limit.unwrap_or(DEFAULT_LIST);
     if !(1..=MAX_LIST).contains(&limit) {

@@ -86,6 +86,12 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             tracing::debug!(error = %crate::error::chain(&err), "could not count queued messages for /metrics")
         }
     }
+    match state.store.scheduled_count().await {
+        Ok(scheduled) => state.metrics.set_scheduled(scheduled),
+        Err(err) => {
+            tracing::debug!(error = %crate::error::chain(&err), "could not count scheduled messages for /metrics")
+        }
+    }
     let delivery = super::health::Delivery::read(&state).await;
     state
         .metrics

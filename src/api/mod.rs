@@ -12,6 +12,7 @@ mod page;
 pub mod rate_limit;
 pub mod refused;
 pub(crate) mod send;
+mod when;
 
 use std::sync::Arc;
 
@@ -47,8 +48,11 @@ pub struct AppState {
     pub callback_max_age: std::time::Duration,
     /// `server.send_rate`, per member; see [`rate_limit::authorized_sender`].
     pub send_limiter: Arc<rate_limit::SendLimiter>,
-    /// `delivery.utc_offset`, seconds east of UTC: what "today" means in `status`.
+    /// `delivery.utc_offset`, seconds east of UTC: what "today" means in `status`, and
+    /// where quiet hours are kept, for members who set no offset of their own.
     pub utc_offset: i32,
+    /// `delivery.quiet_hours`: for members who set none of their own.
+    pub quiet_hours: Option<crate::delivery::quiet::QuietHours>,
     /// `server.max_content_bytes`.
     pub max_content_bytes: usize,
     /// `storage.retention`: a page older than this is gone (410).

@@ -21,13 +21,16 @@ use serde::{Deserialize, Serialize};
 
 use super::attach::{self, Upload, Uploads};
 use super::rate_limit::authorized_sender;
+use super::when::{self, When};
 use super::{AppState, auth, max_send_body};
+use crate::delivery::quiet::MemberHours;
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
 use crate::domain::{ChannelName, Format, Urgency, UserId};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
 use crate::render::visible::visible;
-use crate::store::MessageStatus;
+use crate::store::{Held, MessageStatus};
+use crate::time::UnixMillis;
 
 /// Longest title accepted (bytes).
 pub const MAX_TITLE_BYTES: usize = 1024;
@@ -75,13 +78,15 @@ const SEND_FIELDS: &[&str] = &[
     "idempotency_key",
     "image_url",
     "file_url",
+    "delay",
+    "at",
 ];
 
 /// The name of a multipart part that is a file to attach (`curl -F file=@chart.png`).
 const FILE_PART: &str = "file";
 
 /// `/send` refuses any other field: a typo (`tilte`) or an option it does not have
-/// (`delay`, `priority`) would otherwise be lost without a word.
+/// (`priority`) would otherwise be lost without a word.
 const SEND_RULES: FieldRules = FieldRules {
     known: SEND_FIELDS,
     refused: &[],
@@ -164,6 +169,45 @@ struct SendFields {
     image_url: Option<String>,
     /// A file to fetch and attach.
     file_url: Option<String>,
+    /// Deliver this long after acceptance (`30m`, `2h`, `90` seconds; see [`when::delay`]).
+    #[serde(default, deserialize_with = "text_or_number")]
+    delay: Option<String>,
+    /// Deliver at this time (RFC 3339 with a zone, or unix seconds; see [`when::at`]).
+    #[serde(default, deserialize_with = "text_or_number")]
+    at: Option<String>,
+}
+
+/// A field given as text, or in JSON as a number (`"delay": 90`, `"at": 1748739600`).
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a number")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Visitor)
+        }
+    }
+    d.deserialize_option(Visitor)
 }
 
 impl SendFields {
@@ -180,6 +224,8 @@ impl SendFields {
             url: self.url.or(fallback.url),
             image_url: self.image_url.or(fallback.image_url),
             file_url: self.file_url.or(fallback.file_url),
+            delay: self.delay.or(fallback.delay),
+            at: self.at.or(fallback.at),
         }
     }
 }
@@ -189,6 +235,10 @@ pub(super) struct Accepted {
     ok: bool,
     id: String,
     status: MessageStatus,
+    /// When a scheduled message is due (as `GET /messages/{id}` writes times); absent for
+    /// one due at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at: Option<String>,
     /// Present (true) when an earlier message with the same idempotency key was found.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
@@ -723,7 +773,11 @@ async fn accept(
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok((key, format))
     });
-    let (idempotency_key, format) = match checked {
+    let checked = checked.and_then(|(key, format)| {
+        let when = schedule(fields.delay.as_deref(), fields.at.as_deref())?;
+        Ok((key, format, when))
+    });
+    let (idempotency_key, format, when) = match checked {
         Ok(checked) => checked,
         Err(err) => {
             uploads.discard().await;
@@ -745,11 +799,27 @@ async fn accept(
             file_url: fields.file_url,
             attachments: uploads.into_inner(),
             sender,
+            when,
             ..Submission::default()
         },
     )
     .await?;
     Ok(answer(&accepted))
+}
+
+/// `/send`'s `delay` or `at` (not both; empty counts as absent).
+fn schedule(delay: Option<&str>, at: Option<&str>) -> Result<Option<When>, ApiError> {
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.filter(|v| !v.trim().is_empty())
+    }
+    match (given(delay), given(at)) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "give delay or at, not both: delay is a time from now, at a time of day".into(),
+        )),
+        (Some(delay), None) => when::delay(delay).map(Some).map_err(ApiError::BadRequest),
+        (None, Some(at)) => when::at(at).map(Some).map_err(ApiError::BadRequest),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The native answer to an accepted message (`/send`, the alert webhooks).
@@ -758,6 +828,7 @@ pub(super) fn answer(accepted: &crate::delivery::Accepted) -> Json<Accepted> {
         ok: true,
         id: accepted.message.id.to_string(),
         status: accepted.message.status,
+        deliver_at: accepted.message.deliver_at.map(super::messages::rfc3339),
         duplicate: accepted.duplicate,
     })
 }
@@ -792,6 +863,9 @@ pub(crate) struct Submission {
     /// The sender, when the route authenticated them already (before storing files):
     /// [`authorized_sender`] counts a request once.
     pub sender: Option<UserId>,
+    /// When to deliver it (`delay`, `at`, ntfy's `X-Delay`…), resolved once the sender is
+    /// known (their time zone, `delivery.max_delay`); none: at once.
+    pub when: Option<When>,
 }
 
 /// Checks, authenticates (with the per-member send rate) and stores a message; answers
@@ -912,6 +986,18 @@ async fn submit_with(
         .outbox
         .route(&choice, &reach)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // Before anything is fetched: a time that cannot be is refused with nothing stored.
+    let deliver_at = match sub.when {
+        Some(when) => when
+            .resolve(
+                crate::time::UnixMillis::now(),
+                // `10am` is the member's clock.
+                prefs.utc_offset.unwrap_or(state.outbox.utc_offset()),
+                state.outbox.max_delay(),
+            )
+            .map_err(ApiError::BadRequest)?,
+        None => None,
+    };
     for (what, url, image) in to_fetch {
         let position = uploads.len() + 1;
         let mut upload = attach::fetch(state, what, &url, image, position).await?;
@@ -947,8 +1033,18 @@ async fn submit_with(
             url.as_deref(),
             &choice,
             &files,
+            sub.when,
         )
     });
+    // The member's quiet hours: a message they hold waits for the window's end.
+    let urgent = sub.urgency == Urgency::Urgent;
+    let quiet = MemberHours::of(
+        prefs.quiet,
+        prefs.utc_offset,
+        state.quiet_hours,
+        state.utc_offset,
+    );
+    let (deliver_at, held) = due_time(deliver_at, quiet, urgent, UnixMillis::now());
     let accepted = state
         .outbox
         .accept(NewMessage {
@@ -964,6 +1060,9 @@ async fn submit_with(
             look: prefs.look,
             url,
             attachments,
+            deliver_at,
+            urgent,
+            held,
         })
         .await?;
     if !accepted.duplicate {
@@ -972,9 +1071,34 @@ async fn submit_with(
     Ok(accepted)
 }
 
+/// When a message accepted `now` is due, and why it waits. A time the sender chose
+/// (`sender_at`: `delay`, `at`) that is still to come stands as it is: should it fall in
+/// the member's quiet window, the lane holds the message then, by the window as it is then
+/// (holding it now until the end of that window would lose the sender's time: `quiet off`
+/// would make it due at once, before that time). Otherwise, inside the member's quiet
+/// window, a message the window holds (any, when `strict`; else all but urgent ones) is
+/// due at the window's end, held for quiet hours; else when the sender said, or at once.
+fn due_time(
+    sender_at: Option<UnixMillis>,
+    quiet: MemberHours,
+    urgent: bool,
+    now: UnixMillis,
+) -> (Option<UnixMillis>, Option<Held>) {
+    if let Some(at) = sender_at.filter(|at| *at > now) {
+        return (Some(at), None);
+    }
+    match quiet.hold_until(now, urgent) {
+        Some(end) => (Some(end), Some(Held::Quiet)),
+        None => (sender_at, None),
+    }
+}
+
 /// The digest of what a request determines of its message — title (with its urgency
-/// mark), content, format, link and channel choice — as SHA-1 hex: a repeated idempotency
-/// key must come with the same digest. Each part is length-prefixed (absent ≠ empty).
+/// mark), content, format, link, channel choice, files and schedule — as SHA-1 hex: a
+/// repeated idempotency key must come with the same digest. Each part is length-prefixed
+/// (absent ≠ empty). The schedule counts as the sender wrote it (`delay=30m` retried a
+/// minute later is the same request), and only when given, so that the digest of a
+/// message without one is as it was before schedules existed.
 fn request_digest(
     title: Option<&str>,
     content: Option<&str>,
@@ -982,6 +1106,7 @@ fn request_digest(
     url: Option<&str>,
     choice: &ChannelChoice,
     files: &[(&str, &str)],
+    when: Option<When>,
 ) -> String {
     use sha1::Digest as _;
     let choice = match choice {
@@ -989,6 +1114,11 @@ fn request_digest(
         ChannelChoice::All => "all".to_owned(),
         ChannelChoice::Order(route) => route.to_stored(),
     };
+    let schedule = when.map(|w| match w {
+        When::In(d) => format!("in {}", d.as_millis()),
+        When::At(at) => format!("at {}", at.as_millis()),
+        When::Clock { secs, tomorrow } => format!("clock {secs} {tomorrow}"),
+    });
     let mut hasher = sha1::Sha1::new();
     hasher.update(b"pushbot-request-v1");
     let texts = [title, content, Some(format.as_str()), url, Some(&choice)];
@@ -997,7 +1127,12 @@ fn request_digest(
     let files = files
         .iter()
         .flat_map(|(sha256, name)| [Some(*sha256), Some(*name)]);
-    for part in texts.into_iter().chain(files) {
+    let schedule = schedule.as_deref().map(|w| [Some("schedule"), Some(w)]);
+    for part in texts
+        .into_iter()
+        .chain(files)
+        .chain(schedule.into_iter().flatten())
+    {
         match part {
             None => hasher.update([0u8]),
             Some(text) => {
@@ -1061,6 +1196,69 @@ mod tests {
         )
     }
 
+    /// Inside the member's window a message waits for its end, held for quiet hours;
+    /// urgent ones go at once unless `strict`; outside it, or without quiet hours, nothing
+    /// waits.
+    #[test]
+    fn a_message_the_members_quiet_hours_hold_is_due_at_their_end() {
+        use crate::delivery::quiet::QuietSetting;
+        // 2026-03-02T17:00:00Z: 01:00 at +08:00; the window ends at 07:00 there, 23:00Z.
+        let now = UnixMillis::from_millis(1_772_470_800_000);
+        let end = UnixMillis::from_millis(1_772_492_400_000);
+        let night = "23:00-07:00".parse::<QuietSetting>().unwrap();
+        let strict = "23:00-07:00 strict".parse::<QuietSetting>().unwrap();
+        let cst = 8 * 3600;
+        let of = |own, default| MemberHours::of(own, None, default, cst);
+        let QuietSetting::On(server) = night else {
+            unreachable!()
+        };
+        assert_eq!(
+            due_time(None, of(Some(night), None), false, now),
+            (Some(end), Some(Held::Quiet))
+        );
+        assert_eq!(
+            due_time(None, of(Some(night), None), true, now),
+            (None, None)
+        );
+        assert_eq!(
+            due_time(None, of(Some(strict), None), true, now),
+            (Some(end), Some(Held::Quiet))
+        );
+        // The server's default, unless the member turned quiet hours off.
+        assert_eq!(
+            due_time(None, of(None, Some(server)), false, now),
+            (Some(end), Some(Held::Quiet))
+        );
+        assert_eq!(
+            due_time(None, of(Some(QuietSetting::Off), Some(server)), false, now),
+            (None, None)
+        );
+        assert_eq!(due_time(None, of(None, None), false, now), (None, None));
+        // At the member's own offset, 01:00 Beijing time is 12:00 in New York: not quiet.
+        let ny = MemberHours::of(Some(night), Some(-5 * 3600), None, cst);
+        assert_eq!(due_time(None, ny, false, now), (None, None));
+        // At the window's end it is over.
+        assert_eq!(
+            due_time(None, of(Some(night), None), false, end),
+            (None, None)
+        );
+        // The sender's time stands, inside the window or not (the lane holds it then);
+        // a time that has come is now.
+        let later = now + std::time::Duration::from_secs(600);
+        assert_eq!(
+            due_time(Some(later), of(Some(strict), None), true, now),
+            (Some(later), None)
+        );
+        assert_eq!(
+            due_time(Some(now), of(Some(night), None), false, now),
+            (Some(end), Some(Held::Quiet))
+        );
+        assert_eq!(
+            due_time(Some(now), of(None, None), false, now),
+            (Some(now), None)
+        );
+    }
+
     #[tokio::test]
     async fn unknown_fields_are_refused_in_every_form_naming_the_nearest() {
         let check = |e: ApiError, field: &str, near: Option<&str>| {
@@ -1077,11 +1275,11 @@ mod tests {
         check(e, "tilte", Some("title"));
         let e = body(
             &headers("application/json"),
-            br#"{"title":"t","delay":"1h"}"#,
+            br#"{"title":"t","sleep":"1h"}"#,
         )
         .await
         .unwrap_err();
-        check(e, "delay", None);
+        check(e, "sleep", None);
         let e = body(&HeaderMap::new(), b"content=c&priority=high")
             .await
             .unwrap_err();
@@ -1106,6 +1304,77 @@ mod tests {
         let (h, b) = multipart(&[("title", "t"), ("_ts", "1")]);
         let ok: SendFields = parse_body_with(&h, b, &SEND_RULES).await.unwrap();
         assert_eq!(ok.title.as_deref(), Some("t"));
+        // delay and at are fields of every form; JSON may give them as numbers.
+        let ok = query(Some("delay=30m&at=1")).unwrap();
+        assert_eq!(
+            (ok.delay.as_deref(), ok.at.as_deref()),
+            (Some("30m"), Some("1"))
+        );
+        let ok = body(&headers("application/json"), br#"{"delay":90,"at":null}"#)
+            .await
+            .unwrap();
+        assert_eq!((ok.delay.as_deref(), ok.at), (Some("90"), None));
+        let ok = body(&headers("application/json"), br#"{"at":1748739600}"#)
+            .await
+            .unwrap();
+        assert_eq!(ok.at.as_deref(), Some("1748739600"));
+        let (h, b) = multipart(&[("title", "t"), ("delay", "2h")]);
+        let ok: SendFields = parse_body_with(&h, b, &SEND_RULES).await.unwrap();
+        assert_eq!(ok.delay.as_deref(), Some("2h"));
+        let e = body(&headers("application/json"), br#"{"delay":["1h"]}"#)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+    }
+
+    /// A request without a schedule has the digest it had before schedules existed (a key
+    /// repeated across the upgrade is still the same request); with one, the schedule as
+    /// written counts.
+    #[test]
+    fn the_request_digest_covers_the_schedule_only_when_given() {
+        let digest = |when| {
+            request_digest(
+                Some("t"),
+                Some("c"),
+                Format::Text,
+                None,
+                &ChannelChoice::Default,
+                &[],
+                when,
+            )
+        };
+        assert_eq!(digest(None), "d8986e88199fd9be216bbf4c36c85ad7e873af05");
+        let half_hour = digest(Some(When::In(std::time::Duration::from_secs(1800))));
+        assert_ne!(half_hour, digest(None));
+        assert_ne!(
+            half_hour,
+            digest(Some(When::In(std::time::Duration::from_secs(3600))))
+        );
+        assert_eq!(
+            half_hour,
+            digest(Some(When::In(std::time::Duration::from_secs(1800))))
+        );
+    }
+
+    #[test]
+    fn delay_or_at_but_not_both() {
+        assert_eq!(schedule(None, None).unwrap(), None);
+        assert_eq!(schedule(Some(" "), Some("")).unwrap(), None);
+        assert_eq!(
+            schedule(Some("90"), None).unwrap(),
+            Some(When::In(std::time::Duration::from_secs(90)))
+        );
+        assert!(schedule(Some("1h"), Some("1748739600")).is_err());
+        let e = schedule(Some("-1"), None).unwrap_err();
+        assert!(
+            e.to_string().contains("delay \"-1\" is not a duration"),
+            "{e}"
+        );
+        let e = schedule(None, Some("garbage")).unwrap_err();
+        assert!(
+            e.to_string().contains("at \"garbage\" is not a time"),
+            "{e}"
+        );
     }
 
     #[test]

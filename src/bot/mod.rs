@@ -6,6 +6,7 @@
 use unicode_normalization::UnicodeNormalization;
 
 use crate::delivery::Binding;
+use crate::delivery::quiet::QuietHours;
 use crate::domain::ChannelName;
 use crate::wecom::xml::Inbound;
 
@@ -37,6 +38,11 @@ pub enum Command {
     Fallback(String),
     /// `format text|markdown|card|default` (as typed; empty: explain).
     Format(String),
+    /// `quiet 23:00-07:00 [strict]`, `quiet off`, `quiet default` (as typed; empty: show
+    /// the member's quiet hours).
+    Quiet(String),
+    /// `timezone +08:00`, `timezone default` (as typed; empty: show the member's offset).
+    Timezone(String),
     /// `robot ops https://qyapi…/send?key=…` (optionally a signing secret after it), or
     /// `robot ops telegram -1001234` / `telegram ops -1001234`: add a destination of the
     /// member's own, kept only if its test message is accepted.
@@ -84,6 +90,13 @@ pub fn parse_text(text: &str) -> Command {
     if is_code(&text) {
         return Command::Verify(text);
     }
+    // `免打扰23:00-07:00`: a Chinese keyword needs no space after it.
+    if let Some((word, rest)) = glued(&text) {
+        return match word {
+            "时区" | "時區" => Command::Timezone(rest.to_owned()),
+            _ => Command::Quiet(rest.to_owned()),
+        };
+    }
     let (word, rest) = split_keyword(&text);
     let word = word.trim_start_matches('/').to_lowercase();
     match word.as_str() {
@@ -101,11 +114,27 @@ pub fn parse_text(text: &str) -> Command {
         // `、` is how a Chinese IME separates list items (`，` folds to `,`).
         "fallback" | "回退" | "channels" | "渠道" => Command::Fallback(rest.replace('、', ",")),
         "format" | "格式" | "样式" => Command::Format(rest.to_owned()),
+        "quiet" | "dnd" | "免打扰" | "勿扰" => Command::Quiet(rest.to_owned()),
+        "timezone" | "tz" | "时区" | "時區" => Command::Timezone(rest.to_owned()),
         "robot" | "robots" | "机器人" | "群机器人" => robot(rest, false),
         "telegram" | "tg" => robot(rest, true),
         _ if rest.is_empty() => parse_keyword(&word).unwrap_or(Command::Help),
         _ => Command::Help,
     }
+}
+
+/// Chinese keywords that may be followed by their argument without a space
+/// (`免打扰23:00-07:00`, `时区+8`).
+const GLUED: [&str; 4] = ["免打扰", "勿扰", "时区", "時區"];
+
+/// A [`GLUED`] keyword with something right after it: the keyword and the rest (trimmed,
+/// without a leading `:`).
+fn glued(text: &str) -> Option<(&'static str, &str)> {
+    GLUED.into_iter().find_map(|word| {
+        let rest = text.strip_prefix(word)?;
+        let first = rest.chars().next()?;
+        (!first.is_whitespace() && first != ':').then_some((word, rest.trim()))
+    })
 }
 
 /// `robot NAME ADDRESS [SECRET]`, `robot NAME telegram CHAT`, `robot NAME off`, `robots`;
@@ -263,6 +292,8 @@ pub fn help_reply() -> String {
      fallback wecom,email,sms（回退）— 设置渠道顺序 set your channel order\n\
      robot ops URL（机器人）— 添加群聊目的地 add a group chat (robots 列表 list)\n\
      format text|markdown|card（格式）— 消息样式：纯文本 / Markdown（仅企业微信客户端）/ 卡片 how messages look\n\
+     quiet 23:00-07:00（免打扰）— 时段内的消息结束后送达，紧急消息除外（加 strict 也等）quiet hours: messages wait until they end · quiet off（免打扰 关）\n\
+     timezone +08:00（时区）— 免打扰按你的时区 your UTC offset for quiet hours\n\
      status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
      help（帮助）— 显示本帮助 show this help"
         .to_owned()
@@ -288,6 +319,14 @@ pub struct StatusView {
     pub look: String,
     /// Whether that is the member's own choice (else the server's default).
     pub own_look: bool,
+    /// The member's quiet hours (`23:00-07:00 strict`), `None`: none.
+    pub quiet: Option<String>,
+    /// Whether that is the member's own choice (else the server's default).
+    pub own_quiet: bool,
+    /// The member's offset from UTC (`+08:00`).
+    pub offset: String,
+    /// Whether that is the member's own choice (else the server's default).
+    pub own_offset: bool,
 }
 
 /// "" for the member's own setting, "（默认 default）" for the server's.
@@ -344,9 +383,15 @@ pub fn status_reply(view: &StatusView) -> String {
          {addresses}\
          order: {order}\n\
          format: {look}{}\n\
+         quiet: {quiet}{}\n\
+         timezone: UTC{offset}{}\n\
          today: {today}（✓ 送达 delivered ✗ 失败 failed）",
         whose(view.own_look),
+        whose(view.own_quiet),
+        whose(view.own_offset),
         look = view.look,
+        quiet = view.quiet.as_deref().unwrap_or("off（无 none）"),
+        offset = view.offset,
     )
 }
 
@@ -367,6 +412,110 @@ pub fn format_invalid_reply(problem: &str) -> String {
     format!(
         "{problem}\n用法 Usage: format text · format markdown · format card · format default（格式 …）"
     )
+}
+
+/// What quiet hours do, in a line, for a reply.
+fn quiet_meaning(strict: bool) -> &'static str {
+    if strict {
+        "时段内的所有消息（包括紧急消息）在结束时送达，多条合并为一条摘要。\n\
+         Every message in the window, urgent ones too, waits until it ends; several arrive as one digest."
+    } else {
+        "时段内的消息在结束时送达，多条合并为一条摘要；紧急消息照常立即送达。\n\
+         Messages in the window wait until it ends (several arrive as one digest); urgent ones still come at once."
+    }
+}
+
+/// The member's quiet hours as a reply shows them: `23:00-07:00（UTC+08:00）`.
+fn quiet_shown(hours: &QuietHours, offset: &str) -> String {
+    format!("{hours}（UTC{offset}）")
+}
+
+/// Answer to `quiet 23:00-07:00 [strict]` (or `quiet default` with a server default):
+/// `until`, the end of the window when it is quiet now; `retimed`, how many held messages
+/// were given a new time.
+pub fn quiet_set_reply(
+    hours: &QuietHours,
+    own: bool,
+    offset: &str,
+    until: Option<&str>,
+    retimed: u64,
+) -> String {
+    let mut reply = format!(
+        "免打扰已设为 Quiet hours set: {}{}\n{}",
+        quiet_shown(hours, offset),
+        default_mark(own),
+        quiet_meaning(hours.strict)
+    );
+    if let Some(until) = until {
+        reply.push_str(&format!(
+            "\n现在正处于免打扰时段，消息将在 {until} 送达。It is quiet now: messages wait until {until}."
+        ));
+    }
+    if retimed > 0 && until.is_none() {
+        reply.push_str(&format!(
+            "\n{retimed} 条等待中的消息现在送达。{retimed} waiting message(s) are on their way now."
+        ));
+    }
+    reply
+}
+
+/// Answer to `quiet off` (or `quiet default` without a server default).
+pub fn quiet_off_reply(own: bool, retimed: u64) -> String {
+    let mut reply = format!(
+        "免打扰已关闭{}。Quiet hours off: messages arrive at once.",
+        default_mark(own)
+    );
+    if retimed > 0 {
+        reply.push_str(&format!(
+            "\n{retimed} 条等待中的消息现在送达。{retimed} waiting message(s) are on their way now."
+        ));
+    }
+    reply
+}
+
+/// Answer to `quiet` alone, or to quiet hours that do not read: `problem` first.
+pub fn quiet_usage_reply(
+    problem: Option<&str>,
+    current: Option<&QuietHours>,
+    own: bool,
+    offset: &str,
+) -> String {
+    let current = match current {
+        Some(hours) => quiet_shown(hours, offset),
+        None => "off（无 none）".to_owned(),
+    };
+    let mut reply = problem.map(|p| format!("{p}\n")).unwrap_or_default();
+    reply.push_str(&format!(
+        "免打扰 Quiet hours: {current}{}\n\
+         用法 Usage: quiet 23:00-07:00 · quiet 23:00-07:00 strict（紧急消息也等 urgent ones wait too）\
+         · quiet off · quiet default（免打扰 23:00-07:00 · 免打扰 关）",
+        default_mark(own)
+    ));
+    reply
+}
+
+/// Answer to `timezone +08:00` (or `timezone default`); `quiet`: the member's quiet hours,
+/// now kept at this offset.
+pub fn timezone_set_reply(offset: &str, own: bool, quiet: Option<&QuietHours>) -> String {
+    let mut reply = format!("时区已设为 Time zone set: UTC{offset}{}", default_mark(own));
+    if let Some(hours) = quiet {
+        reply.push_str(&format!(
+            "\n免打扰 Quiet hours: {}",
+            quiet_shown(hours, offset)
+        ));
+    }
+    reply
+}
+
+/// Answer to `timezone` alone, or to an offset that does not read: `problem` first.
+pub fn timezone_usage_reply(problem: Option<&str>, offset: &str, own: bool) -> String {
+    let mut reply = problem.map(|p| format!("{p}\n")).unwrap_or_default();
+    reply.push_str(&format!(
+        "时区 Time zone: UTC{offset}{}\n\
+         用法 Usage: timezone +08:00 · timezone UTC-5 · timezone default（时区 +08:00）",
+        default_mark(own)
+    ));
+    reply
 }
 
 pub fn code_sent_reply(address: &str, ttl_minutes: u64) -> String {
@@ -709,6 +858,135 @@ mod tests {
         }
     }
 
+    #[test]
+    fn quiet_hours_and_time_zone_commands() {
+        let cases: &[(&str, Command)] = &[
+            ("quiet 23:00-07:00", Command::Quiet("23:00-07:00".into())),
+            ("Quiet 23-7 strict", Command::Quiet("23-7 strict".into())),
+            ("/quiet off", Command::Quiet("off".into())),
+            ("quiet", Command::Quiet(String::new())),
+            ("dnd 22-6", Command::Quiet("22-6".into())),
+            ("免打扰 23:00-07:00", Command::Quiet("23:00-07:00".into())),
+            ("免打扰23:00-07:00", Command::Quiet("23:00-07:00".into())),
+            (
+                "免打扰：23：00～07：00。",
+                Command::Quiet("23:00~07:00".into()),
+            ),
+            ("免打扰 关", Command::Quiet("关".into())),
+            ("免打扰关", Command::Quiet("关".into())),
+            ("免打扰", Command::Quiet(String::new())),
+            (
+                "勿扰 23点至7点 严格",
+                Command::Quiet("23点至7点 严格".into()),
+            ),
+            ("timezone +08:00", Command::Timezone("+08:00".into())),
+            ("tz UTC-5", Command::Timezone("UTC-5".into())),
+            ("时区 +08:00", Command::Timezone("+08:00".into())),
+            ("时区+8", Command::Timezone("+8".into())),
+            ("时区：UTC＋８", Command::Timezone("UTC+8".into())),
+            ("timezone", Command::Timezone(String::new())),
+            ("时区", Command::Timezone(String::new())),
+        ];
+        for (typed, want) in cases {
+            assert_eq!(&parse_text(typed), want, "{typed:?}");
+        }
+    }
+
+    fn night(strict: bool) -> QuietHours {
+        QuietHours {
+            window: "23:00-07:00".parse().unwrap(),
+            strict,
+        }
+    }
+
+    #[test]
+    fn quiet_hours_replies_say_what_happens_in_both_languages() {
+        let set = quiet_set_reply(&night(false), true, "+08:00", None, 0);
+        assert!(
+            set.contains("免打扰已设为 Quiet hours set: 23:00-07:00（UTC+08:00）"),
+            "{set}"
+        );
+        assert!(
+            set.contains("紧急消息照常") && set.contains("urgent ones still come at once"),
+            "{set}"
+        );
+        assert!(!set.contains("默认"), "{set}");
+        let strict = quiet_set_reply(&night(true), true, "+08:00", Some("07:00"), 3);
+        assert!(strict.contains("23:00-07:00 strict"), "{strict}");
+        assert!(strict.contains("urgent ones too"), "{strict}");
+        assert!(
+            strict.contains("wait until 07:00") && strict.contains("在 07:00 送达"),
+            "{strict}"
+        );
+        assert!(
+            !strict.contains("on their way"),
+            "held messages still wait: {strict}"
+        );
+        let moved = quiet_set_reply(&night(false), false, "-05:00", None, 2);
+        assert!(
+            moved.contains("（默认 default）") && moved.contains("UTC-05:00"),
+            "{moved}"
+        );
+        assert!(
+            moved.contains("2 waiting message(s) are on their way now"),
+            "{moved}"
+        );
+        let off = quiet_off_reply(true, 4);
+        assert!(
+            off.contains("免打扰已关闭") && off.contains("Quiet hours off"),
+            "{off}"
+        );
+        assert!(
+            off.contains("4 条") && off.contains("4 waiting message(s)"),
+            "{off}"
+        );
+        assert!(!quiet_off_reply(true, 0).contains("waiting"));
+        let shown = quiet_usage_reply(None, Some(&night(false)), false, "+08:00");
+        assert!(
+            shown.starts_with("免打扰 Quiet hours: 23:00-07:00（UTC+08:00）（默认 default）"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("quiet off") && shown.contains("免打扰 关"),
+            "{shown}"
+        );
+        let none = quiet_usage_reply(
+            Some("「x」不是时间段 is not a window"),
+            None,
+            true,
+            "+08:00",
+        );
+        assert!(
+            none.starts_with("「x」不是时间段 is not a window\n免打扰 Quiet hours: off"),
+            "{none}"
+        );
+        let tz = timezone_set_reply("+05:30", true, Some(&night(false)));
+        assert!(
+            tz.contains("时区已设为 Time zone set: UTC+05:30")
+                && tz.contains("23:00-07:00（UTC+05:30）"),
+            "{tz}"
+        );
+        assert!(!timezone_set_reply("+05:30", false, None).contains("Quiet"));
+        let usage = timezone_usage_reply(Some("bad"), "+08:00", false);
+        assert!(
+            usage.starts_with("bad\n时区 Time zone: UTC+08:00（默认 default）"),
+            "{usage}"
+        );
+        assert!(usage.contains("timezone +08:00"), "{usage}");
+        for reply in [set, strict, moved, off, shown, none, tz, usage] {
+            assert!(reply.len() < 2048, "{reply}");
+        }
+    }
+
+    #[test]
+    fn help_lists_quiet_hours_and_the_time_zone() {
+        let help = help_reply();
+        assert!(help.contains("quiet 23:00-07:00（免打扰）"), "{help}");
+        assert!(help.contains("quiet off（免打扰 关）"), "{help}");
+        assert!(help.contains("timezone +08:00（时区）"), "{help}");
+        assert!(welcome_reply().len() < 2048);
+    }
+
     /// A malformed `verify` is a typo to explain, not a wrong code.
     #[test]
     fn robot_commands() {
@@ -807,8 +1085,20 @@ mod tests {
             today: vec![("email".into(), 1, 0), ("wecom".into(), 3, 1)],
             look: "card".into(),
             own_look: true,
+            quiet: Some("23:00-07:00 strict".into()),
+            own_quiet: true,
+            offset: "+08:00".into(),
+            own_offset: false,
         });
         assert!(reply.contains("token: ab…yz"), "{reply}");
+        assert!(
+            reply.contains("quiet: 23:00-07:00 strict（你的设置 yours）"),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("timezone: UTC+08:00（默认 default）"),
+            "{reply}"
+        );
         assert!(reply.contains("format: card（你的设置 yours）"), "{reply}");
         assert!(reply.contains("email: a***e@example.com"), "{reply}");
         assert!(reply.contains("order: wecom → email"), "{reply}");
@@ -822,6 +1112,10 @@ mod tests {
             ..StatusView::default()
         });
         assert!(empty.contains("email: none"), "{empty}");
+        assert!(
+            empty.contains("quiet: off（无 none）（默认 default）"),
+            "{empty}"
+        );
         assert!(empty.contains("\nphone: none"), "{empty}");
     }
 
@@ -901,6 +1195,12 @@ mod tests {
                 "格式",
                 "fallback",
                 "回退",
+                "quiet",
+                "免打扰",
+                "timezone",
+                "时区",
+                "23:00-07:00",
+                "+08:00",
                 "help",
                 "off",
                 "关闭",
@@ -986,7 +1286,7 @@ mod tests {
             /// nothing about the command.
             #[test]
             fn typing_variants_mean_the_same(
-                typed in "(token|rotate|status|help|email|verify|format|fallback)( [!-~]{0,12})?",
+                typed in "(token|rotate|status|help|email|verify|format|fallback|quiet|timezone)( [!-~]{0,12})?",
                 end in prop::sample::select(vec!["", "。", "！", "？", "!", "?", "."]),
             ) {
                 let plain = parse_text(&typed);

@@ -51,6 +51,7 @@ instance_id = "pushbot-1"
 probe_max = "10s"
 stall_after = "20s"
 utc_offset = "-05:30"
+quiet_hours = "22:30-06:00 strict"
 fallback = ["email", "ops", "wecom", "sms"]
 format = "card"
 
@@ -213,6 +214,7 @@ fn written_settings_load_as_the_same_settings() {
             "digest_after = \"off\"",
             "sweep_interval = \"1m\"",
             "utc_offset = \"-05:30\"",
+            "quiet_hours = \"22:30-06:00 strict\"",
             "fallback = [\"email\", \"ops\", \"wecom\", \"sms\"]",
             "members = [\"alice\", \"bob\"]",
             "members = \"all\"",

@@ -22,6 +22,7 @@ use std::time::Duration;
 use super::health::Gate;
 use super::limits::{self, Plan, RateWindow};
 use super::next_step::{self, Failure, NextStep, Tried};
+use super::quiet::MemberHours;
 use super::{Attachments, ChannelError, INTERRUPTED, backoff, digest};
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, Format, Look, MessageId, Outbound, OutboundAttachment, Part};
@@ -47,6 +48,8 @@ pub struct LaneView {
     pub sent: usize,
     /// How long the lane has been claimed.
     pub held: Duration,
+    /// When the member's quiet hours hold the head: until then ([`quiet_hold`]).
+    pub quiet_until: Option<UnixMillis>,
 }
 
 /// Whether the worker goes on with its head now.
@@ -56,6 +59,9 @@ pub enum Admit<S> {
     Go(S),
     /// Give the lane up until then.
     Release(UnixMillis),
+    /// Hold the head for the member's quiet hours until then (it leaves the lane: the
+    /// messages behind it go on).
+    Hold(UnixMillis),
     /// The head's channel is not configured here: the head gives up on it (goes on to its
     /// next channel, or ends) without a try.
     GiveUp(String),
@@ -65,12 +71,16 @@ pub enum Admit<S> {
 /// has it (whatever the caller works with; handed back in [`Admit::Go`]).
 ///
 /// A head not yet due releases the lane until it is (later messages wait behind it: the
-/// lane's order). A worker that has made [`LANE_BUDGET`] sends or held the lane for
-/// [`LANE_TIME`] lets it go to the back of the queue, so that a long lane does not keep
-/// the others waiting.
+/// lane's order). A due head the member's quiet hours hold is held, never tried (the lane
+/// goes on with the messages behind it). A worker that has made [`LANE_BUDGET`] sends or
+/// held the lane for [`LANE_TIME`] lets it go to the back of the queue, so that a long lane
+/// does not keep the others waiting.
 pub fn admit<S>(view: &LaneView, slot: Option<S>, now: UnixMillis) -> Admit<S> {
     if view.due_at > now {
         return Admit::Release(view.due_at);
+    }
+    if let Some(until) = view.quiet_until {
+        return Admit::Hold(until);
     }
     if view.sent >= LANE_BUDGET || view.held >= LANE_TIME {
         return Admit::Release(now);
@@ -187,6 +197,34 @@ pub fn digestible(message: &Message, channel: ChannelName, digests: bool) -> boo
         && !message.deliver_all
         && message.address_to.is_none()
         && message.media_count == 0
+}
+
+/// Until when the member's quiet hours hold the lane's head if it were tried `now`: the
+/// end of their window, for a message the window holds (all but urgent ones; all when
+/// `strict`). A backlog that reaches the window, or a window set after the message was
+/// accepted, is held here rather than sent. A verification code the member just asked
+/// for in the chat (`address_to`) is never held, nor is the rest of a message whose first
+/// parts were delivered (its text arrived: its images and files follow it).
+pub fn quiet_hold(head: &Message, quiet: &MemberHours, now: UnixMillis) -> Option<UnixMillis> {
+    if head.address_to.is_some() || head.parts_done > 0 {
+        return None;
+    }
+    quiet.hold_until(now, head.urgent)
+}
+
+/// `delivery.digest_after` (`setting`) for the lane's head on `channel`, if it may go in a
+/// digest ([`digestible`]) — but never while the member's quiet window is on: a head that
+/// goes then is one the window lets through (urgent), and a digest would carry with it the
+/// messages behind it that the window holds.
+pub fn digest_after(
+    setting: Option<Duration>,
+    head: &Message,
+    channel: ChannelName,
+    digests: bool,
+    quiet: &MemberHours,
+    now: UnixMillis,
+) -> Option<Duration> {
+    setting.filter(|_| digestible(head, channel, digests) && !quiet.is_quiet(now))
 }
 
 /// Whether a worker whose lane ran empty waits a moment for the member's next message
@@ -916,7 +954,31 @@ mod tests {
             channel: ChannelName::Email,
             sent,
             held: Duration::from_millis(held_ms),
+            quiet_until: None,
         }
+    }
+
+    #[test]
+    fn a_due_head_the_quiet_hours_hold_is_held_before_anything_else() {
+        let held = |due_at, sent| LaneView {
+            quiet_until: Some(NOW + MIN),
+            ..lane(due_at, sent, 0)
+        };
+        assert_eq!(admit(&held(NOW, 0), Some(()), NOW), Admit::Hold(NOW + MIN));
+        // Even with the claim's budget spent, or no channel for it: it is not tried.
+        assert_eq!(
+            admit(&held(NOW, LANE_BUDGET), Some(()), NOW),
+            Admit::Hold(NOW + MIN)
+        );
+        assert_eq!(
+            admit::<()>(&held(NOW, 0), None, NOW),
+            Admit::Hold(NOW + MIN)
+        );
+        // A head in backoff is looked at when it is due.
+        assert_eq!(
+            admit(&held(NOW + ms(5), 0), Some(()), NOW),
+            Admit::Release(NOW + ms(5))
+        );
     }
 
     #[test]
@@ -1097,6 +1159,100 @@ mod tests {
         assert!(
             !digestible(&files, ChannelName::WeCom, true),
             "a message with attachments goes alone, part by part"
+        );
+    }
+
+    /// 2026-03-02T17:00:00Z: 01:00 at +08:00, inside 23:00-07:00, which ends at 23:00Z.
+    const ONE_AM: UnixMillis = UnixMillis::from_millis(1_772_470_800_000);
+    const SEVEN_AM: UnixMillis = UnixMillis::from_millis(1_772_492_400_000);
+
+    fn night(strict: bool) -> MemberHours {
+        use crate::delivery::quiet::QuietHours;
+        MemberHours {
+            hours: Some(QuietHours {
+                window: "23:00-07:00".parse().unwrap(),
+                strict,
+            }),
+            utc_offset: 8 * 3600,
+        }
+    }
+
+    #[test]
+    fn in_the_window_a_head_waits_for_its_end_unless_urgent_or_a_code() {
+        let normal = message("wecom");
+        let mut urgent = message("wecom");
+        urgent.urgent = true;
+        let mut code = message("email");
+        code.address_to = Some("a@b.c".into());
+        code.urgent = true;
+        assert_eq!(quiet_hold(&normal, &night(false), ONE_AM), Some(SEVEN_AM));
+        assert_eq!(quiet_hold(&urgent, &night(false), ONE_AM), None);
+        assert_eq!(quiet_hold(&urgent, &night(true), ONE_AM), Some(SEVEN_AM));
+        assert_eq!(
+            quiet_hold(&code, &night(true), ONE_AM),
+            None,
+            "a code the member waits for"
+        );
+        let mut begun = message("wecom");
+        begun.media_count = 2;
+        begun.parts_done = 1;
+        assert_eq!(
+            quiet_hold(&begun, &night(true), ONE_AM),
+            None,
+            "its text arrived"
+        );
+        begun.parts_done = 0;
+        assert_eq!(quiet_hold(&begun, &night(true), ONE_AM), Some(SEVEN_AM));
+        // The last millisecond of the window holds; its end does not.
+        let last = SEVEN_AM - ms(1);
+        assert_eq!(quiet_hold(&normal, &night(true), last), Some(SEVEN_AM));
+        assert_eq!(quiet_hold(&normal, &night(true), SEVEN_AM), None);
+        let none = MemberHours {
+            hours: None,
+            utc_offset: 0,
+        };
+        assert_eq!(quiet_hold(&normal, &none, ONE_AM), None);
+    }
+
+    #[test]
+    fn no_digest_while_the_window_is_on() {
+        let head = message("wecom");
+        let after = Some(MIN);
+        let dig = |quiet: &MemberHours, now| {
+            digest_after(after, &head, ChannelName::WeCom, true, quiet, now)
+        };
+        assert_eq!(
+            dig(&night(false), ONE_AM),
+            None,
+            "an urgent head goes alone"
+        );
+        assert_eq!(
+            dig(&night(false), SEVEN_AM),
+            after,
+            "after the window, as ever"
+        );
+        assert_eq!(
+            digest_after(
+                None,
+                &head,
+                ChannelName::WeCom,
+                true,
+                &night(false),
+                SEVEN_AM
+            ),
+            None
+        );
+        assert_eq!(
+            digest_after(
+                after,
+                &head,
+                ChannelName::Email,
+                true,
+                &night(false),
+                SEVEN_AM
+            ),
+            None,
+            "not digestible"
         );
     }
 

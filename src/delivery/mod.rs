@@ -24,6 +24,7 @@ pub mod email;
 pub mod health;
 pub mod limits;
 pub mod next_step;
+pub mod quiet;
 pub mod registry;
 mod scheduler;
 pub mod sms;
@@ -269,6 +270,16 @@ pub struct NewMessage {
     /// Images and files already stored (`Store::put_blob`), in the order they are sent.
     /// Committed with the message, in the same transaction.
     pub attachments: Vec<crate::store::Attachment>,
+    /// When to deliver it (the sender's `delay`/`at`, or the end of the member's quiet
+    /// hours); `None`, or a time that has come: at once. A message due later is stored
+    /// `scheduled`, in no lane, and released into its lane when due.
+    pub deliver_at: Option<UnixMillis>,
+    /// The sender marked it urgent (`Urgency::Urgent`): quiet hours let it through.
+    pub urgent: bool,
+    /// Why it waits, when `deliver_at` is not the sender's: [`Held::Quiet`].
+    ///
+    /// [`Held::Quiet`]: crate::store::Held::Quiet
+    pub held: Option<crate::store::Held>,
 }
 
 /// What a sender asked for with `channel=`.
@@ -456,6 +467,17 @@ impl Outbox {
         self.inner.settings.format
     }
 
+    /// `delivery.max_delay`: the furthest ahead a sender may schedule a message.
+    pub fn max_delay(&self) -> std::time::Duration {
+        self.inner.settings.max_delay
+    }
+
+    /// `delivery.utc_offset`: the time zone (seconds east of UTC) of members who have not
+    /// set their own, for clock times such as ntfy's `X-At: 10am`.
+    pub fn utc_offset(&self) -> i32 {
+        self.inner.settings.utc_offset
+    }
+
     /// Whether this server has the channel.
     pub fn has_channel(&self, channel: ChannelName) -> bool {
         self.configured.contains(&channel)
@@ -531,7 +553,8 @@ impl Outbox {
 
     /// Stores the message durably (its lane with it) and returns the stored record. The
     /// scheduler is woken by the commit itself, so whether the caller is still waiting
-    /// does not matter to delivery.
+    /// does not matter to delivery. A message due later (`deliver_at`) is stored
+    /// `scheduled`, without a lane, and the scheduler told when it is due.
     pub async fn accept(&self, new: NewMessage) -> Result<Accepted, AcceptError> {
         let store = &self.inner.store;
         let now = UnixMillis::now();
@@ -559,6 +582,13 @@ impl Outbox {
         message.look = new.look.unwrap_or(self.inner.settings.format);
         message.url = new.url;
         message.page_key = Some(crate::token::page_key());
+        message.urgent = new.urgent;
+        if let Some(at) = new.deliver_at.filter(|at| *at > now) {
+            message.status = crate::store::MessageStatus::Scheduled;
+            message.deliver_at = Some(at);
+            message.next_attempt_at = at;
+            message.held = new.held;
+        }
         let mut expired_keys = false;
         loop {
             match store
@@ -566,6 +596,11 @@ impl Outbox {
                 .await
             {
                 Ok(()) => {
+                    if let Some(at) = message.deliver_at
+                        && message.status == crate::store::MessageStatus::Scheduled
+                    {
+                        self.inner.scheduled_for(at);
+                    }
                     return Ok(Accepted {
                         message,
                         duplicate: false,

@@ -48,12 +48,13 @@ use super::decide::{
 use super::health::{Change, Health};
 use super::limits;
 use super::next_step::{self, Failure, NextStep, Tried};
+use super::quiet::MemberHours;
 use super::{BadAddress, Binding, Channel, ChannelError, backoff};
 use crate::config::DeliverySettings;
 use crate::domain::{ChannelName, MessageId, OutboundAttachment, UserId};
 use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::{
-    AttemptUpdate, Head, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
+    AttemptUpdate, Head, Held, Message, MoveOn, OverdueMessage, Store, StoreError, Waiting,
 };
 use crate::supervise::{self, FaultPoint, RESTART_PAUSE};
 use crate::time::UnixMillis;
@@ -74,6 +75,9 @@ const POLL_MAX: Duration = Duration::from_secs(1);
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// Overdue messages read and moved at once when many windows end together.
 const EXPIRE_BATCH: usize = 1_000;
+/// Scheduled messages released into their lanes per round trip; with more due, the loop
+/// goes on at once.
+const RELEASE_BATCH: usize = 1_024;
 /// Send history and idempotency keys are pruned this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Waiting messages looked at when planning a digest.
@@ -155,6 +159,11 @@ pub(super) struct Scheduler {
     lane_panics: Mutex<HashMap<UserId, u32>>,
     /// `server.public_url`, for the link to a digest's page.
     public_base: Arc<str>,
+    /// When the loop plans to release scheduled messages next (unix ms), and the earliest
+    /// `deliver_at` of a message accepted here since it planned that
+    /// ([`Scheduler::scheduled_for`]): the loop releases at the earlier of the two.
+    release_planned: AtomicI64,
+    release_hint: AtomicI64,
 }
 
 /// Per-message fallback lines are debug-level; at INFO a line a minute at most says that
@@ -182,6 +191,9 @@ struct Timers {
     sweep: UnixMillis,
     expire: UnixMillis,
     prune: UnixMillis,
+    /// Releasing due scheduled messages: at the earliest `deliver_at`, or after
+    /// [`POLL_MAX`] at the latest (another instance may have scheduled an earlier one).
+    release: UnixMillis,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +237,18 @@ impl Scheduler {
             member_channels,
             member_slots: Mutex::default(),
             public_base,
+            release_planned: AtomicI64::new(i64::MIN),
+            release_hint: AtomicI64::new(i64::MAX),
+        }
+    }
+
+    /// A message was stored scheduled for `at`: the loop releases it then, waking for it if
+    /// it planned to look later (another instance's messages are found by its poll).
+    pub(super) fn scheduled_for(&self, at: UnixMillis) {
+        self.release_hint
+            .fetch_min(at.as_millis(), Ordering::Relaxed);
+        if at.as_millis() < self.release_planned.load(Ordering::Relaxed) {
+            self.wake.notify_one();
         }
     }
 
@@ -310,6 +334,7 @@ impl Scheduler {
             sweep: start,
             expire: start,
             prune: start,
+            release: start,
         };
         let mut failing = false;
         match self.store.queued_count().await {
@@ -349,7 +374,8 @@ impl Scheduler {
             wake_at = wake_at
                 .min(timers.renew)
                 .min(timers.sweep)
-                .min(timers.prune);
+                .min(timers.prune)
+                .min(timers.release);
             if self.channels.iter().any(|s| !lock(&s.health).is_up()) {
                 wake_at = wake_at.min(timers.expire);
             }
@@ -366,10 +392,19 @@ impl Scheduler {
         }
     }
 
-    /// Lease renewal, the lane sweep, failing overdue messages while a channel is down,
-    /// pruning: each when its time has come.
+    /// Lease renewal, releasing due scheduled messages, the lane sweep, failing overdue
+    /// messages while a channel is down, pruning: each when its time has come.
     async fn housekeeping(&self, now: UnixMillis, due: &mut Timers) -> Result<(), StoreError> {
         let lease = self.settings.lease;
+        // A message scheduled here since the last pass may be due before the planned
+        // release.
+        let hint = self.release_hint.swap(i64::MAX, Ordering::Relaxed);
+        due.release = due.release.min(UnixMillis::from_millis(hint));
+        if now >= due.release {
+            due.release = self.release_due(now).await?;
+        }
+        self.release_planned
+            .store(due.release.as_millis(), Ordering::Relaxed);
         if now >= due.renew {
             let lanes: Vec<UserId> = lock(&self.active).iter().cloned().collect();
             if !lanes.is_empty() {
@@ -422,6 +457,32 @@ impl Scheduler {
             due.prune = now + PRUNE_EVERY;
         }
         Ok(())
+    }
+
+    /// Releases scheduled messages due by `now` into their lanes (a batch; they are claimed
+    /// in this same pass), and answers when to look again: at once if the batch was full,
+    /// else at the earliest `deliver_at` still waiting, but within [`POLL_MAX`] (other
+    /// instances schedule messages too). Nothing scheduled is held in memory: the next
+    /// time is one index probe.
+    async fn release_due(&self, now: UnixMillis) -> Result<UnixMillis, StoreError> {
+        let released = self
+            .store
+            .release_due(now, RELEASE_BATCH, self.settings.retry_window)
+            .await?;
+        if released > 0 {
+            tracing::debug!(
+                messages = released,
+                "scheduled messages are due; released into their lanes"
+            );
+        }
+        if released >= RELEASE_BATCH {
+            return Ok(now);
+        }
+        let poll = now + POLL_MAX;
+        Ok(match self.store.next_scheduled_at().await? {
+            Some(at) => at.clamp(now + Duration::from_millis(1), poll),
+            None => poll,
+        })
     }
 
     /// While `slot` is down (since when, why): the messages waiting for it whose retry
@@ -629,6 +690,10 @@ impl Scheduler {
         // read so far (what the watch brings is new only above it).
         let mut maybe_more = true;
         let mut last_seq = 0;
+        // The member's quiet hours and offset: read once per claim, before the first head
+        // (a change in the chat reaches the lane at its next claim; what the change
+        // re-times is in the store already).
+        let mut quiet: Option<MemberHours> = None;
         loop {
             if self.stop.is_cancelled() {
                 return Ok(LaneEnd::Release(UnixMillis::now()));
@@ -676,12 +741,17 @@ impl Scheduler {
                 maybe_more = true;
                 continue;
             };
+            let hours = match quiet {
+                Some(hours) => hours,
+                None => *quiet.insert(self.member_hours(userid).await?),
+            };
             let now = UnixMillis::now();
             let view = LaneView {
                 due_at: next.message.next_attempt_at,
                 channel: next.message.route.first(),
                 sent,
                 held: claimed_at.elapsed(),
+                quiet_until: decide::quiet_hold(&next.message, &hours, now),
             };
             let channel = view.channel;
             // A destination the member added in the chat has a slot of its own, made when
@@ -694,6 +764,20 @@ impl Scheduler {
             let slot = match decide::admit(&view, found, now) {
                 Admit::Go(slot) => slot,
                 Admit::Release(at) => return Ok(LaneEnd::Release(at)),
+                Admit::Hold(until) => {
+                    // Out of the lane until the window ends; the messages behind it go on.
+                    let Some(Head { message, .. }) = ahead.pop_front() else {
+                        continue;
+                    };
+                    if self.store.hold(&message.id, until, Held::Quiet).await? {
+                        tracing::debug!(id = %message.id, userid = %userid, until = until.as_millis(), "held for the member's quiet hours");
+                    } else {
+                        // No longer queued (cancelled meanwhile): read the lane again.
+                        ahead.clear();
+                        maybe_more = true;
+                    }
+                    continue;
+                }
                 Admit::GiveUp(reason) => {
                     // The route names a channel this server does not have (any more).
                     let Some(Head { message, .. }) = ahead.pop_front() else {
@@ -731,9 +815,14 @@ impl Scheduler {
             } else {
                 None
             };
-            let digest_after = self.settings.digest_after.filter(|_| {
-                decide::digestible(&next.message, channel, slot.channel.capabilities().digests)
-            });
+            let digest_after = decide::digest_after(
+                self.settings.digest_after,
+                &next.message,
+                channel,
+                slot.channel.capabilities().digests,
+                &hours,
+                now,
+            );
             // The waiting messages, and when each was accepted.
             let mut waiting: Option<(Vec<Waiting>, Vec<UnixMillis>)> = None;
             let mut gate = None;
@@ -811,6 +900,7 @@ impl Scheduler {
                     carried,
                     probe,
                     histories.get_mut(&channel),
+                    hours.utc_offset,
                 )
                 .await;
             probe_guard.disarm();
@@ -836,9 +926,10 @@ impl Scheduler {
         }
     }
 
-    /// One attempt at the head on `slot` (alone, or as the first of a digest), its outcome
-    /// recorded. What the outcome means is [`decide::settle_outcome`]'s to say; this does
-    /// what it says.
+    /// One attempt at the head on `slot` (alone, or as the first of a digest, its times
+    /// shown at `utc_offset`: the member's), its outcome recorded. What the outcome means
+    /// is [`decide::settle_outcome`]'s to say; this does what it says.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         head: &Message,
@@ -847,6 +938,7 @@ impl Scheduler {
         carried: Option<Vec<Waiting>>,
         probe: bool,
         history: Option<&mut Vec<UnixMillis>>,
+        utc_offset: i32,
     ) -> After {
         let channel = slot.name();
         let permit = tokio::select! {
@@ -903,7 +995,7 @@ impl Scheduler {
                     address,
                     DigestPage { id, key, url },
                     capabilities.max_text_bytes,
-                    self.settings.utc_offset,
+                    utc_offset,
                 );
                 (
                     composed.outbound,
@@ -964,6 +1056,17 @@ impl Scheduler {
         // The permit is held while the outcome is recorded: if the database cannot take
         // writes, no further messages are sent that could not be recorded either.
         self.settle(head, channel, settlement).await
+    }
+
+    /// The member's quiet hours and offset, theirs or the server's (one small read).
+    async fn member_hours(&self, userid: &UserId) -> Result<MemberHours, StoreError> {
+        let own = self.store.member_quiet(userid).await?;
+        Ok(MemberHours::of(
+            own.quiet,
+            own.utc_offset,
+            self.settings.quiet_hours,
+            self.settings.utc_offset,
+        ))
     }
 
     /// `channel` cannot deliver the head (a permanent failure, or nothing to try it with):

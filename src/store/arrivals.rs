@@ -1,5 +1,5 @@
-//! New messages, handed from the writer to whoever waits for them, right after their
-//! commit: the scheduler (a member whose lane has no worker) and lane workers (their own
+//! New messages (and scheduled ones released into their lanes), handed from the writer to
+//! whoever waits for them, right after their commit: the scheduler (a member whose lane has no worker) and lane workers (their own
 //! member's next messages, in memory, so that a busy lane does not read each message back
 //! from the database).
 
@@ -75,6 +75,27 @@ impl Arrivals {
                         state.missed = true;
                     }
                 }
+                inbox.notify.notify_one();
+            }
+        }
+        if unwatched {
+            self.any.notify_one();
+        }
+    }
+
+    /// After a commit that released scheduled messages of `userids` into their lanes: each
+    /// lane's worker is told to read its lane again (the messages are not handed over: only
+    /// their ids were read), and the scheduler is woken if a member has no worker.
+    pub(super) fn released(&self, userids: Vec<UserId>) {
+        let mut unwatched = false;
+        {
+            let lanes = lock(&self.lanes);
+            for userid in userids {
+                let Some(inbox) = lanes.get(&userid) else {
+                    unwatched = true;
+                    continue;
+                };
+                lock(&inbox.state).missed = true;
                 inbox.notify.notify_one();
             }
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::Row as _;
 
 use super::{Store, StoreError};
+use crate::delivery::quiet::{self, QuietSetting};
 use crate::domain::{ChannelName, Look, PushToken, Route, UserId};
 use crate::time::UnixMillis;
 
@@ -24,6 +25,19 @@ pub struct MemberPrefs {
     pub look: Option<Look>,
     /// The names of the destinations the member added in the chat.
     pub destinations: Vec<ChannelName>,
+    /// The member's own quiet hours (`quiet …` in the chat; `Off` overrides the server's
+    /// default); `None`: `delivery.quiet_hours`.
+    pub quiet: Option<QuietSetting>,
+    /// The member's own offset from UTC in seconds (`timezone …`); `None`:
+    /// `delivery.utc_offset`.
+    pub utc_offset: Option<i32>,
+}
+
+/// What the lane needs of a member to keep their quiet hours ([`Store::member_quiet`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberQuiet {
+    pub quiet: Option<QuietSetting>,
+    pub utc_offset: Option<i32>,
 }
 
 /// A destination a member added in the chat, as stored.
@@ -218,6 +232,23 @@ impl Store {
     }
 }
 
+/// `members.quiet`: a value this build cannot read is the server's default (`None`),
+/// never an error — a member's setting must not stop their messages.
+fn stored_quiet(row: &sqlx::any::AnyRow) -> Result<Option<QuietSetting>, StoreError> {
+    Ok(row
+        .try_get::<Option<String>, _>("quiet")?
+        .as_deref()
+        .and_then(QuietSetting::from_stored))
+}
+
+/// `members.utc_offset` in seconds; out of range (written by hand): the server's default.
+fn stored_offset(row: &sqlx::any::AnyRow) -> Result<Option<i32>, StoreError> {
+    Ok(row
+        .try_get::<Option<i64>, _>("utc_offset")?
+        .and_then(|secs| i32::try_from(secs).ok())
+        .filter(|secs| quiet::offset_in_range(*secs)))
+}
+
 impl Store {
     /// The member's bound address and channel order (defaults for an unknown member).
     pub async fn member_prefs(&self, userid: &UserId) -> Result<MemberPrefs, StoreError> {
@@ -230,10 +261,12 @@ impl Store {
             }
             Err(_) => u64::MAX,
         };
-        let row = sqlx::query("SELECT channels, format FROM members WHERE userid = $1")
-            .bind(userid.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT channels, format, quiet, utc_offset FROM members WHERE userid = $1",
+        )
+        .bind(userid.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         let bindings = sqlx::query(
             "SELECT channel, address FROM member_bindings WHERE userid = $1 ORDER BY channel",
         )
@@ -273,6 +306,8 @@ impl Store {
                     .try_get::<Option<String>, _>("format")?
                     .as_deref()
                     .and_then(Look::from_stored),
+                quiet: stored_quiet(&row)?,
+                utc_offset: stored_offset(&row)?,
             },
         };
         if self.sole_writer()
@@ -284,8 +319,66 @@ impl Store {
         Ok(prefs)
     }
 
+    /// The member's quiet hours and offset, as a lane reads them once per claim: from the
+    /// cached preferences when there are some (SQLite), else one indexed read of the
+    /// member's row.
+    pub async fn member_quiet(&self, userid: &UserId) -> Result<MemberQuiet, StoreError> {
+        if let Ok(cache) = self.prefs.read()
+            && let Some(prefs) = cache.members.get(userid)
+        {
+            return Ok(MemberQuiet {
+                quiet: prefs.quiet,
+                utc_offset: prefs.utc_offset,
+            });
+        }
+        let row = sqlx::query("SELECT quiet, utc_offset FROM members WHERE userid = $1")
+            .bind(userid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => MemberQuiet::default(),
+            Some(row) => MemberQuiet {
+                quiet: stored_quiet(&row)?,
+                utc_offset: stored_offset(&row)?,
+            },
+        })
+    }
+
+    /// Sets (or, with `None`, clears: the server's default) the member's quiet hours.
+    pub async fn set_quiet(
+        &self,
+        userid: &UserId,
+        quiet: Option<QuietSetting>,
+    ) -> Result<(), StoreError> {
+        self.token_for(userid).await?;
+        sqlx::query("UPDATE members SET quiet = $2 WHERE userid = $1")
+            .bind(userid.as_str())
+            .bind(quiet.map(QuietSetting::to_stored))
+            .execute(&self.pool)
+            .await?;
+        self.prefs_changed(userid);
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, clears: the server's default) the member's offset from UTC,
+    /// in seconds.
+    pub async fn set_utc_offset(
+        &self,
+        userid: &UserId,
+        utc_offset: Option<i32>,
+    ) -> Result<(), StoreError> {
+        self.token_for(userid).await?;
+        sqlx::query("UPDATE members SET utc_offset = $2 WHERE userid = $1")
+            .bind(userid.as_str())
+            .bind(utc_offset.map(i64::from))
+            .execute(&self.pool)
+            .await?;
+        self.prefs_changed(userid);
+        Ok(())
+    }
+
     /// Forgets the cached preferences of a member whose row just changed.
-    fn prefs_changed(&self, userid: &UserId) {
+    pub(super) fn prefs_changed(&self, userid: &UserId) {
         if let Ok(mut cache) = self.prefs.write() {
             cache.changes += 1;
             cache.members.remove(userid);

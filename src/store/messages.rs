@@ -1,4 +1,5 @@
-//! The outbox: every accepted message, from acceptance until delivered or failed.
+//! The outbox: every accepted message, from acceptance until delivered, failed or
+//! cancelled.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,17 +19,42 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
+    /// Waiting for `deliver_at` (the sender's `delay`/`at`, or held by quiet hours): in no
+    /// lane, so it holds nothing up; the scheduler releases it to `Queued` when it is due.
+    Scheduled,
+    /// In its member's lane, to be delivered (or being delivered).
     Queued,
     Delivered,
     Failed,
+    /// Cancelled by its sender before it went out (`DELETE /messages/{id}`): final.
+    Cancelled,
 }
 
 impl MessageStatus {
+    /// Every status, in the order a message can go through them.
+    pub const ALL: [MessageStatus; 5] = [
+        Self::Scheduled,
+        Self::Queued,
+        Self::Delivered,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Queued => "queued",
             Self::Delivered => "delivered",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether nothing will happen to the message any more.
+    pub fn is_final(self) -> bool {
+        match self {
+            Self::Delivered | Self::Failed | Self::Cancelled => true,
+            Self::Scheduled | Self::Queued => false,
         }
     }
 }
@@ -36,11 +62,35 @@ impl MessageStatus {
 impl FromStr for MessageStatus {
     type Err = StoreError;
     fn from_str(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "queued" => Ok(Self::Queued),
-            "delivered" => Ok(Self::Delivered),
-            "failed" => Ok(Self::Failed),
-            other => Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
+    }
+}
+
+/// Why a scheduled message waits, when it is not the sender's `delay`/`at` (stored in
+/// `messages.held`; NULL is the sender's schedule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Held {
+    /// The member's quiet hours: due when they end.
+    Quiet,
+}
+
+impl Held {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quiet => "quiet",
+        }
+    }
+
+    /// The stored value; `None` for one this version does not know (written by a newer
+    /// one), which is then treated as the sender's schedule.
+    pub fn from_stored(stored: &str) -> Option<Self> {
+        match stored {
+            "quiet" => Some(Self::Quiet),
+            _ => None,
         }
     }
 }
@@ -91,6 +141,13 @@ pub struct Message {
     /// channel that sends attachments separately: the text, then each attachment. A retry
     /// goes on from there; 0 again when the message moves on to its next channel.
     pub parts_done: i64,
+    /// When it is (or was) due, if it was scheduled or held rather than due at acceptance:
+    /// a `Scheduled` message waits until then; a released one keeps it, for its history.
+    pub deliver_at: Option<UnixMillis>,
+    /// The sender marked it urgent (quiet hours let it through, unless `strict`).
+    pub urgent: bool,
+    /// Why a scheduled message waits, when not for the sender's `delay`/`at`.
+    pub held: Option<Held>,
 }
 
 /// One attempt in a message's history.
@@ -193,6 +250,9 @@ impl Message {
             page_key: None,
             media_count: 0,
             parts_done: 0,
+            deliver_at: None,
+            urgent: false,
+            held: None,
         }
     }
 
@@ -226,6 +286,12 @@ impl Message {
             page_key: row.try_get("page_key")?,
             media_count: row.try_get("media_count")?,
             parts_done: row.try_get("parts_done")?,
+            deliver_at: row.try_get("deliver_at")?,
+            urgent: row.try_get::<i64, _>("urgent")? != 0,
+            held: row
+                .try_get::<Option<String>, _>("held")?
+                .as_deref()
+                .and_then(Held::from_stored),
         })
     }
 }
@@ -244,7 +310,7 @@ pub struct DigestRecord {
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
      seq, via, idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-     idempotency_digest, media_count, parts_done";
+     idempotency_digest, media_count, parts_done, deliver_at, urgent, held";
 
 impl Store {
     /// Stores a new message durably (and opens its member's lane); returns once it is
@@ -316,10 +382,12 @@ impl Store {
         rows.iter().map(Message::from_row).collect()
     }
 
-    /// Deletes up to `batch` delivered or failed messages accepted before `before_ms`, with
-    /// their attempt history and attachments (their blobs then go with the orphans, see
-    /// [`Store::purge_orphan_blobs`]), and digests older than that; returns how many messages went.
-    /// Queued messages stay, whatever their age: nothing accepted is dropped unfinished.
+    /// Deletes up to `batch` delivered, failed or cancelled messages accepted before
+    /// `before_ms`, with their attempt history and attachments (their blobs then go with the
+    /// orphans, see [`Store::purge_orphan_blobs`]), and digests older than that; returns how
+    /// many messages went. Queued and scheduled messages stay, whatever their age: nothing
+    /// accepted is dropped unfinished (a message scheduled further out than the retention
+    /// is still delivered).
     pub async fn purge_messages(
         &self,
         before_ms: UnixMillis,
@@ -328,7 +396,8 @@ impl Store {
         // Ids are UUIDv7 (lower-case hex): in text order by creation time, so the primary key
         // finds the old ones without an index on created_at.
         let old = format!(
-            "SELECT id FROM messages WHERE id < $2 AND created_at < $1 AND status <> 'queued' \
+            "SELECT id FROM messages WHERE id < $2 AND created_at < $1 \
+             AND status NOT IN ('queued', 'scheduled') \
              ORDER BY id LIMIT {batch}"
         );
         let first_id_at = MessageId::first_at(before_ms);

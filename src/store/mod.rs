@@ -20,6 +20,7 @@ mod media;
 mod members;
 mod messages;
 mod postgres;
+mod schedule;
 mod sqlite;
 mod writer;
 
@@ -38,16 +39,17 @@ pub use media::{
     MEDIA_ID_LIFETIME, MEDIA_ID_REUSE, MediaKind, ORPHAN_AFTER, PUT_BLOB_TIMEOUT, StoredBlob,
 };
 pub use members::{
-    ChargeCap, CodeCheck, CodeRequest, MAX_MEMBER_DESTINATIONS, MemberPrefs, StoredDestination,
+    ChargeCap, CodeCheck, CodeRequest, MAX_MEMBER_DESTINATIONS, MemberPrefs, MemberQuiet,
+    StoredDestination,
 };
 pub use messages::{
-    AttemptRecord, ChannelCounts, DigestRecord, IDEMPOTENCY_WINDOW, Message, MessageStatus,
+    AttemptRecord, ChannelCounts, DigestRecord, Held, IDEMPOTENCY_WINDOW, Message, MessageStatus,
     StoredChannel, storable,
 };
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
 pub use sqlite::{chmod_command, exposed_files, sqlite_path};
-pub use writer::{AttemptUpdate, Digest, MoveOn, Overdue, OverdueMessage};
+pub use writer::{AttemptUpdate, CancelOutcome, Digest, MoveOn, Overdue, OverdueMessage};
 use writer::{WriteStatus, WriterHandle};
 
 /// `/healthz` trusts a successful write younger than this; otherwise it makes one.
@@ -1463,6 +1465,67 @@ mod tests {
         assert_eq!(
             store.member_prefs(&alice).await.unwrap().channels,
             Some(order)
+        );
+    }
+
+    /// Quiet hours and the offset are kept as set, read with the other preferences and
+    /// by the lane's own read, and cleared back to the server's default.
+    #[tokio::test]
+    async fn quiet_hours_and_the_offset_are_kept_per_member() {
+        use crate::delivery::quiet::QuietSetting;
+        let (store, _dir) = temp_store().await;
+        let alice = UserId::new("alice");
+        let nobody = UserId::new("nobody");
+        assert_eq!(
+            store.member_quiet(&nobody).await.unwrap(),
+            MemberQuiet::default()
+        );
+        let strict: QuietSetting = "23:00-07:00 strict".parse().unwrap();
+        store.set_quiet(&alice, Some(strict)).await.unwrap();
+        store
+            .set_utc_offset(&alice, Some(-5 * 3600 - 1800))
+            .await
+            .unwrap();
+        let prefs = store.member_prefs(&alice).await.unwrap();
+        assert_eq!(
+            (prefs.quiet, prefs.utc_offset),
+            (Some(strict), Some(-19_800))
+        );
+        let want = MemberQuiet {
+            quiet: Some(strict),
+            utc_offset: Some(-19_800),
+        };
+        assert_eq!(store.member_quiet(&alice).await.unwrap(), want);
+        // Not from the cache alone: what is stored reads the same.
+        store.prefs_changed(&alice);
+        assert_eq!(store.member_quiet(&alice).await.unwrap(), want);
+        store
+            .set_quiet(&alice, Some(QuietSetting::Off))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.member_quiet(&alice).await.unwrap().quiet,
+            Some(QuietSetting::Off)
+        );
+        store.set_quiet(&alice, None).await.unwrap();
+        store.set_utc_offset(&alice, None).await.unwrap();
+        assert_eq!(
+            store.member_quiet(&alice).await.unwrap(),
+            MemberQuiet::default()
+        );
+        let prefs = store.member_prefs(&alice).await.unwrap();
+        assert_eq!((prefs.quiet, prefs.utc_offset), (None, None));
+        // A value written by hand that cannot be read is the server's default, not an
+        // error that would stop the member's messages.
+        sqlx::query("UPDATE members SET quiet = 'later', utc_offset = 99999999 WHERE userid = $1")
+            .bind("alice")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.prefs_changed(&alice);
+        assert_eq!(
+            store.member_quiet(&alice).await.unwrap(),
+            MemberQuiet::default()
         );
     }
 

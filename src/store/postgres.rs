@@ -492,6 +492,145 @@ mod tests {
         store.close().await;
     }
 
+    /// As SQLite's test of the same name: migration 0007 keeps messages and members.
+    #[tokio::test]
+    async fn migrating_to_schedules_keeps_messages_and_indexes_the_schedule() {
+        let schema = TestSchema::new().await;
+        let pool = migrated_before(&schema, 7).await;
+        for sql in [
+            "INSERT INTO messages (id, userid, title, status, created_at, updated_at, \
+             next_attempt_at, deadline_at, seq) VALUES ('m1', 'alice', 'kept', 'queued', 5, 5, 5, 9, 1)",
+            "INSERT INTO members (userid, token, created_at, token_created_at) \
+             VALUES ('alice', 'ta', 5, 5)",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        crate::store::schedule::tests::assert_after_schedule_migration(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn scheduled_messages_are_released_when_due_once_in_order() {
+        let schema = TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        crate::store::schedule::tests::assert_release(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_release_wakes_the_lanes_worker_or_the_scheduler() {
+        let schema = TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        crate::store::schedule::tests::assert_release_wakes(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn held_messages_are_retimed_and_messages_cancelled_only_before_they_go() {
+        let schema = TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        crate::store::schedule::tests::assert_hold_retime_cancel(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_purge_keeps_scheduled_messages_and_drops_cancelled_ones() {
+        let schema = TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        crate::store::schedule::tests::assert_purge(&store).await;
+        store.close().await;
+    }
+
+    /// Two instances releasing the same due messages at once: each is released once, with
+    /// one acceptance number, and every one is released.
+    #[tokio::test]
+    async fn two_instances_release_each_scheduled_message_once() {
+        let (a, b, _schema) = two_instances().await;
+        let now = UnixMillis::now();
+        for i in 0..300 {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let userid = format!("u{}", i % 7);
+            let m = crate::store::schedule::tests::scheduled(&userid, &i.to_string(), now);
+            store.insert_message(m).await.unwrap();
+        }
+        let release = |store: Store| async move {
+            let mut total = 0;
+            loop {
+                let n = store
+                    .release_due(UnixMillis::now(), 16, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                if n == 0 {
+                    return total;
+                }
+                total += n;
+            }
+        };
+        let (got_a, got_b) = tokio::join!(release(a.clone()), release(b.clone()));
+        assert_eq!(got_a + got_b, 300, "each released once: {got_a} + {got_b}");
+        assert_eq!(a.scheduled_count().await.unwrap(), 0);
+        assert_eq!(a.queued_count().await.unwrap(), 300);
+        let mut seqs = HashSet::new();
+        for i in 0..7 {
+            for head in a
+                .lane_heads(&UserId::new(&format!("u{i}")), 128)
+                .await
+                .unwrap()
+            {
+                assert!(seqs.insert(head.message.seq), "a number given twice");
+            }
+        }
+        assert_eq!(seqs.len(), 300);
+        a.close().await;
+        b.close().await;
+    }
+
+    /// A cancel on one instance while the other claims the lane and reads its head, as a
+    /// lane worker does: never both — a message the worker read (and may be sending) is
+    /// not cancelled.
+    #[tokio::test]
+    async fn a_cancel_never_wins_over_a_worker_that_read_the_message() {
+        use crate::store::CancelOutcome;
+        let (a, b, _schema) = two_instances().await;
+        for round in 0..40 {
+            let userid = UserId::new(&format!("c{round}"));
+            let m = queued(userid.as_str(), "x");
+            let id = m.id.clone();
+            a.insert_message(m).await.unwrap();
+            let now = UnixMillis::now();
+            let worker = async {
+                let claimed = b.claim_lanes("b", now, now + ms(60_000), 64).await.unwrap();
+                if !claimed.contains(&userid) {
+                    return Vec::new();
+                }
+                let heads = b.lane_heads(&userid, 4).await.unwrap();
+                heads.into_iter().map(|h| h.message.id).collect()
+            };
+            let (seen, cancelled) = tokio::join!(worker, a.cancel(&userid, id.as_str(), now));
+            // The worker holds the lane until it is done, after both.
+            b.release_lane("b", &userid, now).await.unwrap();
+            let cancelled = cancelled.unwrap();
+            if seen.contains(&id) {
+                assert_eq!(cancelled, CancelOutcome::InFlight, "round {round}");
+            } else {
+                assert!(
+                    matches!(
+                        cancelled,
+                        CancelOutcome::Cancelled { .. } | CancelOutcome::InFlight
+                    ),
+                    "round {round}: {cancelled:?}"
+                );
+            }
+        }
+        a.close().await;
+        b.close().await;
+    }
+
     /// A destination's shared turn is one instance's at a time, and a turn dropped without
     /// being released (a panic) does not outlive it.
     #[tokio::test]

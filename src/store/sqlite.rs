@@ -246,7 +246,9 @@ impl Backend for SqliteBackend {
     }
 
     fn seqs(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
-        let first = match self.next_seq {
+        // A second call in one transaction (inserts, then released scheduled messages)
+        // goes on from the first's numbers.
+        let first = match self.pending_seq.or(self.next_seq) {
             Some(seq) => seq,
             None => {
                 self.conn()?
@@ -677,6 +679,53 @@ mod tests {
             rows("SELECT userid, channel, sent_at FROM sends").await,
             ["alice|wecom|8"]
         );
+    }
+
+    /// The schedule migration (0011) keeps messages and members as they were, and the
+    /// earliest scheduled message is found through its index, not by a scan.
+    #[tokio::test]
+    async fn migrating_to_schedules_keeps_messages_and_indexes_the_schedule() {
+        use sqlx::Row as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let pool = migrated_before(&path, 11).await;
+        for sql in [
+            "INSERT INTO messages (id, userid, title, status, created_at, updated_at, \
+             next_attempt_at, deadline_at, seq) VALUES ('m1', 'alice', 'kept', 'queued', 5, 5, 5, 9, 1)",
+            "INSERT INTO members (userid, token, created_at, token_created_at) \
+             VALUES ('alice', 'ta', 5, 5)",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        crate::store::schedule::tests::assert_after_schedule_migration(&store).await;
+        store.close().await;
+        let pool = migrated_before(&path, 12).await;
+        for sql in [
+            "EXPLAIN QUERY PLAN SELECT MIN(deliver_at) FROM messages WHERE status = 'scheduled'",
+            "EXPLAIN QUERY PLAN SELECT id, userid FROM messages WHERE status = 'scheduled' \
+             AND deliver_at <= 5 ORDER BY deliver_at, seq LIMIT 64",
+        ] {
+            let plan: Vec<String> = sqlx::query(sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>("detail"))
+                .collect();
+            let plan = plan.join("; ");
+            assert!(plan.contains("messages_scheduled"), "{sql}: {plan}");
+            assert!(
+                !plan.contains("TEMP B-TREE"),
+                "{sql}: sorted instead: {plan}"
+            );
+        }
     }
 
     /// The media migration (0009) applies to a database that holds messages, which stay,

@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Arrivals, Attachment, Message, StoreError};
+use super::{Arrivals, Attachment, Held, Message, MessageStatus, StoreError};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
 use crate::supervise::{FaultPoint, Supervisor};
 use crate::time::UnixMillis;
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
-/// Rows per multi-row INSERT (26 columns each; SQLite allows 32,766 parameters,
+/// Rows per multi-row INSERT (29 columns each; SQLite allows 32,766 parameters,
 /// PostgreSQL 65,535).
 const INSERT_CHUNK: usize = 64;
 /// IDs per `UPDATE … WHERE id IN (…)`.
@@ -200,6 +200,58 @@ pub enum LaneOp {
     PruneSends { before: UnixMillis },
 }
 
+/// Writes of scheduled messages: releasing them when due, holding, re-timing and
+/// cancelling (issue 21). Committed by the same writer as the lanes they open.
+#[derive(Debug, Clone)]
+pub enum ScheduleOp {
+    /// Up to `limit` scheduled messages due by `now` (`deliver_at <= now`) become queued,
+    /// earliest first and in acceptance order among those due together, each with a fresh
+    /// acceptance number (it joins its lane's queue now, behind what is queued already) and
+    /// a retry window ending at `deadline_at`; their lanes are opened. Answers `Released`.
+    Release {
+        now: UnixMillis,
+        limit: usize,
+        deadline_at: UnixMillis,
+    },
+    /// A queued message becomes scheduled until `deliver_at`, held for `held`; answers
+    /// `Count` (0: it was not queued any more).
+    Hold {
+        id: MessageId,
+        deliver_at: UnixMillis,
+        held: Held,
+    },
+    /// The member's messages held for `held` become due at `deliver_at`; answers `Count`.
+    Retime {
+        userid: UserId,
+        held: Held,
+        deliver_at: UnixMillis,
+    },
+    /// The member's message `id` is cancelled if it has not gone out and no attempt can be
+    /// in flight (scheduled, or queued in a lane nobody holds at `now`); answers
+    /// `Cancelled`.
+    Cancel {
+        userid: UserId,
+        id: MessageId,
+        now: UnixMillis,
+    },
+}
+
+/// What [`ScheduleOp::Cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was `was` (scheduled or queued) and is cancelled now: it will never be sent.
+    Cancelled { was: MessageStatus },
+    /// The member has no such message.
+    NotFound,
+    /// It is delivered, failed or cancelled already.
+    Final(MessageStatus),
+    /// Its lane is being worked on right now: an attempt may be in flight.
+    InFlight,
+    /// Part of it went out already (its text before its files, or one channel of
+    /// `channel=all`): what went out cannot be taken back.
+    PartlyDelivered,
+}
+
 /// What a write answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -208,6 +260,9 @@ pub enum Reply {
     Finished(bool),
     Count(u64),
     Overdue(Overdue),
+    /// The members whose scheduled messages were released (one entry per message).
+    Released(Vec<UserId>),
+    Cancelled(CancelOutcome),
 }
 
 /// What [`LaneOp::Overdue`] did.
@@ -227,6 +282,7 @@ enum Write {
     Insert(Box<Message>, Vec<Attachment>),
     Update(AttemptUpdate),
     Lane(LaneOp),
+    Schedule(ScheduleOp),
     /// A real write (the `health` row, as large as the largest message), to learn whether
     /// the database takes writes now.
     Probe,
@@ -389,6 +445,10 @@ impl WriterHandle {
         self.call(Write::Lane(op)).await
     }
 
+    pub(super) async fn schedule(&self, op: ScheduleOp) -> Result<Reply, StoreError> {
+        self.call(Write::Schedule(op)).await
+    }
+
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
         self.call(Write::Probe).await.map(drop)
     }
@@ -502,6 +562,16 @@ impl Dialect {
         match self {
             Self::Sqlite => "",
             Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Appended to a `SELECT` of rows this transaction decides on and then changes, where
+    /// waiting for another instance is right (a cancel must see a claim that is being
+    /// committed). SQLite has one writer at a time and needs nothing.
+    fn lock_rows(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
         }
     }
 
@@ -631,9 +701,13 @@ impl Writer {
         let writes: Vec<&mut Write> = batch.iter_mut().map(|(w, _)| w).collect();
         let res = self.write(writes);
         let mut inserted = Vec::new();
+        let mut released = Vec::new();
         match res {
             Ok(replies) => {
                 for ((write, done), reply) in batch.into_iter().zip(replies) {
+                    if let Reply::Released(userids) = &reply {
+                        released.extend(userids.iter().cloned());
+                    }
                     let _ = done.send(Ok(reply));
                     if let Write::Insert(m, _) = write {
                         inserted.push(*m);
@@ -657,6 +731,9 @@ impl Writer {
                     let result = self
                         .write(vec![&mut write])
                         .map(|mut r| r.pop().unwrap_or(Reply::Done));
+                    if let Ok(Reply::Released(userids)) = &result {
+                        released.extend(userids.iter().cloned());
+                    }
                     let ok = result.is_ok();
                     let _ = done.send(result);
                     if let (true, Write::Insert(m, _)) = (ok, write) {
@@ -675,8 +752,13 @@ impl Writer {
                 }
             }
         }
+        // A scheduled message is in no lane: nobody is told about it until it is released.
+        inserted.retain(|m| m.status == MessageStatus::Queued);
         if !inserted.is_empty() {
             self.arrivals.committed(inserted);
+        }
+        if !released.is_empty() {
+            self.arrivals.released(released);
         }
     }
 
@@ -743,7 +825,13 @@ impl Writer {
         for chunk in pow2_chunks(&attachments, INSERT_CHUNK) {
             insert_attachments(db, chunk)?;
         }
-        open_lanes(db, &messages)?;
+        // A scheduled message opens no lane: it holds nothing up until it is released.
+        let queued: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.status == MessageStatus::Queued)
+            .map(|m| m.userid.as_str())
+            .collect();
+        open_lanes(db, queued)?;
         let updates: Vec<&AttemptUpdate> = writes
             .iter()
             .filter_map(|w| match &**w {
@@ -763,6 +851,7 @@ impl Writer {
         for (i, write) in writes.iter().enumerate() {
             match &**write {
                 Write::Insert(..) | Write::Update(_) => {}
+                Write::Schedule(op) => replies[i] = schedule_op(db, op)?,
                 Write::Lane(LaneOp::Release {
                     owner,
                     userid,
@@ -795,12 +884,12 @@ impl Writer {
 }
 
 fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 26;
+    const COLS: usize = 29;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
          idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-         idempotency_digest, media_count, parts_done) VALUES ",
+         idempotency_digest, media_count, parts_done, deliver_at, urgent, held) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * COLS);
@@ -832,6 +921,9 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             (&m.idempotency_digest).into(),
             m.media_count.into(),
             m.parts_done.into(),
+            m.deliver_at.into(),
+            i64::from(m.urgent).into(),
+            m.held.map(Held::as_str).into(),
         ]);
     }
     db.exec(&sql, &args)?;
@@ -919,10 +1011,9 @@ fn push_values(sql: &mut String, rows: usize, cols: usize, first: usize) {
     }
 }
 
-/// Every member who got a message has a lane; an existing lane keeps its head and due time
-/// (the new message waits behind what is already queued).
-fn open_lanes(db: &mut dyn Backend, messages: &[&Message]) -> Result<(), StoreError> {
-    let mut userids: Vec<&str> = messages.iter().map(|m| m.userid.as_str()).collect();
+/// Every member who got a queued message has a lane; an existing lane keeps its head and
+/// due time (the new message waits behind what is already queued).
+fn open_lanes(db: &mut dyn Backend, mut userids: Vec<&str>) -> Result<(), StoreError> {
     userids.sort_unstable();
     userids.dedup();
     let now = UnixMillis::now();
@@ -1345,6 +1436,190 @@ fn texts(rows: Vec<Vec<Value<'_>>>) -> Result<Vec<String>, StoreError> {
             other => Err(StoreError::Corrupt(format!("expected text, got {other:?}"))),
         })
         .collect()
+}
+
+/// The first column of the first row, as an integer (`None`: no row, or NULL).
+fn first_int(rows: &[Vec<Value<'_>>]) -> Option<i64> {
+    match rows.first().and_then(|row| row.first()) {
+        Some(Value::Int(v)) => *v,
+        _ => None,
+    }
+}
+
+/// One write of scheduled messages.
+fn schedule_op(db: &mut dyn Backend, op: &ScheduleOp) -> Result<Reply, StoreError> {
+    Ok(match op {
+        ScheduleOp::Release {
+            now,
+            limit,
+            deadline_at,
+        } => Reply::Released(release_due(db, *now, *limit, *deadline_at)?),
+        ScheduleOp::Hold {
+            id,
+            deliver_at,
+            held,
+        } => Reply::Count(db.exec(
+            "UPDATE messages SET status = 'scheduled', deliver_at = ?2, held = ?3, \
+             updated_at = ?4 WHERE id = ?1 AND status = 'queued'",
+            &[
+                id.as_str().into(),
+                (*deliver_at).into(),
+                held.as_str().into(),
+                UnixMillis::now().into(),
+            ],
+        )?),
+        ScheduleOp::Retime {
+            userid,
+            held,
+            deliver_at,
+        } => Reply::Count(db.exec(
+            "UPDATE messages SET deliver_at = ?3, updated_at = ?4 \
+             WHERE userid = ?1 AND status = 'scheduled' AND held = ?2",
+            &[
+                userid.as_str().into(),
+                held.as_str().into(),
+                (*deliver_at).into(),
+                UnixMillis::now().into(),
+            ],
+        )?),
+        ScheduleOp::Cancel { userid, id, now } => {
+            Reply::Cancelled(cancel(db, userid.as_str(), id.as_str(), *now)?)
+        }
+    })
+}
+
+/// Releases up to `limit` scheduled messages due by `now` (see [`ScheduleOp::Release`]);
+/// answers their members, one entry per message.
+///
+/// Each gets a fresh acceptance number, in the order of (`deliver_at`, `seq`): it joins its
+/// lane behind what is queued there already, exactly as a message accepted now would —
+/// a lane's head never changes under its worker, and messages due at the same time keep
+/// the order in which they were accepted. On PostgreSQL the rows are locked as they are
+/// read and rows another instance is releasing right now are skipped: each message is
+/// released once (the update checks the status again).
+fn release_due(
+    db: &mut dyn Backend,
+    now: UnixMillis,
+    limit: usize,
+    deadline_at: UnixMillis,
+) -> Result<Vec<UserId>, StoreError> {
+    // LIMIT as a literal rounded down to a power of two (see `LaneOp::Claim`).
+    let limit = pow2_floor(limit);
+    let sql = format!(
+        "SELECT id, userid FROM messages WHERE status = 'scheduled' AND deliver_at <= ?1 \
+         ORDER BY deliver_at, seq LIMIT {limit}{}",
+        db.dialect().skip_locked()
+    );
+    let due = db.rows(&sql, &[now.into()])?;
+    let mut rows: Vec<(String, String)> = Vec::with_capacity(due.len());
+    for row in due {
+        let mut cols = row.into_iter();
+        match (cols.next(), cols.next()) {
+            (Some(Value::Text(Some(id))), Some(Value::Text(Some(userid)))) => {
+                rows.push((id.into_owned(), userid.into_owned()));
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "expected a scheduled message's id and userid, got {other:?}"
+                )));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seqs = db.seqs(rows.len())?;
+    let numbered: Vec<(&str, i64)> = rows
+        .iter()
+        .zip(seqs)
+        .map(|((id, _), seq)| (id.as_str(), seq))
+        .collect();
+    let mut released = Vec::with_capacity(rows.len());
+    for chunk in pow2_chunks(&numbered, UPDATE_CHUNK) {
+        let mut sql = String::from("WITH v (id, seq) AS (VALUES ");
+        push_values(&mut sql, chunk.len(), 2, 2);
+        // A message to a fixed address (a verification mail) keeps going first.
+        sql.push_str(
+            ") UPDATE messages SET status = 'queued', \
+             seq = (SELECT CASE WHEN messages.address_to IS NULL THEN v.seq ELSE -v.seq END \
+                    FROM v WHERE v.id = messages.id), \
+             next_attempt_at = deliver_at, deadline_at = ?1, updated_at = ?2 \
+             WHERE status = 'scheduled' AND id IN (SELECT id FROM v) RETURNING userid",
+        );
+        let mut args = vec![Value::from(deadline_at), Value::from(now)];
+        for (id, seq) in chunk {
+            args.push((*id).into());
+            args.push((*seq).into());
+        }
+        released.extend(texts(db.rows(&sql, &args)?)?);
+    }
+    open_lanes(db, released.iter().map(String::as_str).collect())?;
+    Ok(released.iter().map(|u| UserId::new(u)).collect())
+}
+
+/// Cancels the member's message `id` if nothing of it went out and no attempt can be in
+/// flight (see [`ScheduleOp::Cancel`]).
+///
+/// The lane is read (on PostgreSQL: locked) before the message: a claim committed by
+/// another instance is then either seen here (its lease: the message may be in flight,
+/// refused) or comes after this transaction and reads the message as cancelled. A claim
+/// locks the lane too, so it cannot slip in between.
+fn cancel(
+    db: &mut dyn Backend,
+    userid: &str,
+    id: &str,
+    now: UnixMillis,
+) -> Result<CancelOutcome, StoreError> {
+    let lock = db.dialect().lock_rows();
+    let lane = db.rows(
+        &format!("SELECT lease_until FROM lanes WHERE userid = ?1{lock}"),
+        &[userid.into()],
+    )?;
+    let leased = first_int(&lane).is_some_and(|until| until > now.as_millis());
+    let found = db.rows(
+        &format!(
+            "SELECT status, parts_done, channel FROM messages \
+             WHERE id = ?1 AND userid = ?2{lock}"
+        ),
+        &[id.into(), userid.into()],
+    )?;
+    let Some(row) = found.into_iter().next() else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let mut cols = row.into_iter();
+    let (status, parts_done, channel) = match (cols.next(), cols.next(), cols.next()) {
+        (Some(Value::Text(Some(status))), Some(Value::Int(parts)), Some(channel)) => {
+            let status: MessageStatus = status.parse()?;
+            (status, parts.unwrap_or(0), channel)
+        }
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "expected a message's status, got {other:?}"
+            )));
+        }
+    };
+    let sent_some = parts_done > 0 || matches!(channel, Value::Text(Some(_)));
+    let outcome = match status {
+        MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Cancelled => {
+            return Ok(CancelOutcome::Final(status));
+        }
+        MessageStatus::Queued if leased => return Ok(CancelOutcome::InFlight),
+        _ if sent_some => return Ok(CancelOutcome::PartlyDelivered),
+        MessageStatus::Scheduled | MessageStatus::Queued => {
+            CancelOutcome::Cancelled { was: status }
+        }
+    };
+    let changed = db.exec(
+        "UPDATE messages SET status = 'cancelled', updated_at = ?3 \
+         WHERE id = ?1 AND status = ?2",
+        &[id.into(), status.as_str().into(), now.into()],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "message {id} changed while it was being cancelled"
+        )));
+    }
+    Ok(outcome)
 }
 
 /// One write to the lanes.

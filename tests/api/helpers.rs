@@ -1269,7 +1269,8 @@ impl Api {
         body
     }
 
-    /// Polls `/messages/{id}` until it reports `status`; panics with the last state on timeout.
+    /// Polls `/messages/{id}` until it reports `status`; panics with the last state on
+    /// timeout, or when it settles otherwise (while it is scheduled or queued it waits).
     pub async fn wait_for_status(
         &self,
         id: &str,
@@ -1283,7 +1284,7 @@ impl Api {
             if body["status"] == status {
                 return body;
             }
-            if body["status"] != "queued" {
+            if body["status"] != "queued" && body["status"] != "scheduled" {
                 panic!(
                     "message {id} settled as {} while waiting for {status:?}: {body}",
                     body["status"]

@@ -865,3 +865,83 @@ async fn a_lost_database_connection_is_503_and_recovers() {
         during.len()
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// 5. a scheduled message is released by one instance (issue 21)
+// ------------------------------------------------------------------------------------------
+
+/// Messages scheduled through both instances for the same second, to a few members: both
+/// instances poll the schedule, and each message is released and delivered once, at its
+/// time, in acceptance order per member.
+#[tokio::test]
+async fn two_instances_deliver_each_scheduled_message_once() {
+    let (schema, mock, _cluster, a, b) = two_instances(|_| {}).await;
+    let members: Vec<String> = (0..5).map(|i| userid(&format!("sched{i}"))).collect();
+    let mut tokens = Vec::new();
+    for member in &members {
+        tokens.push(a.get_token(member).await);
+    }
+    let wall = std::time::SystemTime::now();
+    let now = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let at = (now + 3).to_string();
+    // That second, on this process's monotonic clock.
+    let ahead = (std::time::UNIX_EPOCH + Duration::from_secs(now + 3))
+        .duration_since(wall)
+        .unwrap_or_default();
+    let due = Instant::now() + ahead;
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..60 {
+        let member = i % members.len();
+        let api = if i % 2 == 0 { &a } else { &b };
+        let text = format!("s{member}-{i:02}");
+        let (status, _, body) = answer(
+            api.http
+                .get(api.url("/send"))
+                .query(&[
+                    ("token", tokens[member].as_str()),
+                    ("title", text.as_str()),
+                    ("at", at.as_str()),
+                ])
+                .send()
+                .await,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &Value::from("scheduled")),
+            "{body}"
+        );
+        expected
+            .entry(members[member].clone())
+            .or_default()
+            .push(text);
+    }
+    mock.wait_for_sent(60, WAIT).await;
+    // Nothing more arrives: each was released once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = mock.delivered_calls();
+    assert_eq!(calls.len(), 60, "each once");
+    assert!(
+        calls.iter().all(|c| c.received_at >= due),
+        "none before its time"
+    );
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for call in &calls {
+        got.entry(call.touser().to_owned())
+            .or_default()
+            .push(call.text().to_owned());
+    }
+    assert_eq!(got, expected, "each member's in acceptance order");
+    assert_eq!(
+        count(
+            schema.url(),
+            "SELECT count(*) FROM messages WHERE status = 'delivered'"
+        )
+        .await,
+        60
+    );
+}

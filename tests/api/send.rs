@@ -512,13 +512,13 @@ async fn unknown_fields_are_refused_by_name_in_every_form() {
     .await;
     named(&body, "tilte", Some("title"));
     let body = assert_error(
-        app.send_json(Some(&token), &json!({"title": "t", "delay": "1h"}))
+        app.send_json(Some(&token), &json!({"title": "t", "sleep": "1h"}))
             .await,
         400,
         "bad_request",
     )
     .await;
-    named(&body, "delay", None);
+    named(&body, "sleep", None);
     let body = assert_error(
         app.send_form(&[("token", &token), ("title", "t"), ("priority", "high")])
             .await,

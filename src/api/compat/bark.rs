@@ -195,6 +195,7 @@ async fn push(
             file_name: None,
             attachments: Vec::new(),
             sender: None,
+            when: None,
         },
     )
     .await

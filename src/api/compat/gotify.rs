@@ -179,6 +179,7 @@ pub async fn message(
             file_name: None,
             attachments: Vec::new(),
             sender: None,
+            when: None,
         },
     )
     .await?;

@@ -16,10 +16,16 @@
 //! not UTF-8 is a file too (within the limit of a text body); `X-Attach`/`Attach`/`a` (or
 //! `attach` in JSON) is a URL fetched once, named by `Filename` when given.
 //!
+//! A delayed message (`X-Delay`/`Delay`/`X-At`/`At`/`X-In`/`In`, the query's `delay`/`at`/
+//! `in`, JSON's `delay`) is scheduled with ntfy's forms: unix seconds, a duration (`30m`,
+//! `2 days`), RFC 3339 or a clock time (`10am`, `tomorrow 8:30pm`) in the member's time
+//! zone, up to `delivery.max_delay` (see [`crate::api::when`]); the answer's `time` is then
+//! when it will be delivered, as ntfy's is.
+//!
 //! Options only a phone app acts on (`X-Icon`, `X-Cache`, `X-Firebase`, `X-UnifiedPush`)
-//! are ignored; options pushbot cannot honour — a delayed message, action buttons, e-mail
-//! forwarding, phone calls, templates ([`REFUSED`]) — are refused by name (400) rather than
-//! dropped or sent early. `Idempotency-Key` is honoured as on `/send`.
+//! are ignored; options pushbot cannot honour — action buttons, e-mail forwarding, phone
+//! calls, templates ([`REFUSED`]) — are refused by name (400) rather than dropped.
+//! `Idempotency-Key` is honoured as on `/send`.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -62,6 +68,9 @@ pub struct Options {
     attach: Option<String>,
     /// The attachment's name (the body's, or the fetched file's).
     filename: Option<String>,
+    /// When to deliver: `(the name it came under, its value)` (see [`DELAY_NAMES`]).
+    #[serde(skip)]
+    delay: Option<(String, String)>,
 }
 
 impl Options {
@@ -79,6 +88,7 @@ impl Options {
             channel: self.channel.or(fallback.channel),
             attach: self.attach.or(fallback.attach),
             filename: self.filename.or(fallback.filename),
+            delay: self.delay.or(fallback.delay),
         }
     }
 
@@ -109,6 +119,13 @@ impl Options {
             attach: get(ATTACH_NAMES),
             filename: get(FILENAME_NAMES),
             topic: None,
+            delay: pairs
+                .iter()
+                .find(|(name, value)| {
+                    DELAY_NAMES.contains(&name.to_ascii_lowercase().as_str())
+                        && !value.trim().is_empty()
+                })
+                .map(|(name, value)| (name.clone(), value.clone())),
         })
     }
 
@@ -124,10 +141,20 @@ impl Options {
             markdown: get(&["x-markdown", "markdown", "md"]).map(Value::String),
             attach: get(ATTACH_NAMES),
             filename: get(FILENAME_NAMES),
+            delay: DELAY_NAMES.iter().find_map(|name| {
+                header_text(headers, name).map(|value| ((*name).to_owned(), value))
+            }),
             ..Options::default()
         }
     }
 }
+
+/// ntfy's names for a delayed message's time, as a header or in the query (the first one
+/// given counts, as in ntfy); all take the same forms.
+const DELAY_NAMES: &[&str] = &["x-delay", "delay", "x-at", "at", "x-in", "in"];
+/// The same in a JSON publish (ntfy's is `delay`; `at` and `in` are read rather than
+/// ignored, so that a message meant for later never goes at once).
+const DELAY_KEYS: &[&str] = &["delay", "at", "in"];
 
 /// ntfy's names for an attachment's URL, as a header or in the query.
 const ATTACH_NAMES: &[&str] = &["x-attach", "attach", "a"];
@@ -155,10 +182,6 @@ fn unescape_newlines(message: &str) -> String {
 /// header or in the query, case-insensitive; the JSON key is among them), with why. A
 /// template is refused only when turned on.
 pub(crate) const REFUSED: &[(&[&str], &str)] = &[
-    (
-        &["x-delay", "delay", "x-at", "at", "x-in", "in"],
-        "delayed messages are not supported: pushbot delivers at once",
-    ),
     (
         &["x-actions", "actions", "action"],
         "action buttons are not supported: use X-Click for one link",
@@ -478,6 +501,12 @@ async fn publish(
         message => message,
     };
     let priority = priority(options.priority.as_ref())?;
+    let when = options
+        .delay
+        .as_ref()
+        .map(|(name, value)| crate::api::when::ntfy(name, value))
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let idempotency_key = idempotency_key(headers, None)?;
     let tags = tags(options.tags.as_ref());
     let (emoji, words): (Vec<&String>, Vec<&String>) =
@@ -525,6 +554,7 @@ async fn publish(
             file_name: options.filename.clone(),
             attachments,
             sender,
+            when,
         },
     )
     .await?;
@@ -535,9 +565,15 @@ async fn publish(
         (None, Some((name, _, _))) => format!("You received a file: {name}"),
         (None, None) => String::new(),
     };
+    // As ntfy: a delayed message's `time` is when it will be delivered.
+    let time = accepted
+        .message
+        .deliver_at
+        .filter(|_| accepted.message.status == crate::store::MessageStatus::Scheduled)
+        .unwrap_or(accepted.message.created_at);
     let mut answer = json!({
         "id": accepted.message.id.as_str(),
-        "time": accepted.message.created_at.as_secs(),
+        "time": time.as_secs(),
         "event": "message",
         "topic": topic,
         "message": message,
@@ -706,10 +742,20 @@ fn json_options(body: &[u8]) -> Result<Options, ApiError> {
         ))
     };
     let value: Value = serde_json::from_slice(body).map_err(invalid)?;
+    let mut delay = None;
     if let Some(object) = value.as_object() {
         refuse_json(object)?;
+        delay = DELAY_KEYS.iter().find_map(|key| {
+            let text = match object.get(*key)? {
+                Value::String(s) if !s.trim().is_empty() => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some(((*key).to_owned(), text))
+        });
     }
-    serde_json::from_value(value).map_err(invalid)
+    let options: Options = serde_json::from_value(value).map_err(invalid)?;
+    Ok(Options { delay, ..options })
 }
 
 /// `POST /` with `{"topic": …, "message": …, "title": …, "tags": [...], "priority": 4, …}`.

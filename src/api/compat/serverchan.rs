@@ -245,6 +245,8 @@ pub async fn status(
                 MessageStatus::Delivered => "sent",
                 MessageStatus::Failed => "failed",
                 MessageStatus::Queued => "queued",
+                MessageStatus::Scheduled => "scheduled",
+                MessageStatus::Cancelled => "cancelled",
             },
             "channel": message.channel,
             "last_error": message.last_error,
