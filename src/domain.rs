@@ -487,12 +487,12 @@ impl Urgency {
         }
     }
 
-    /// gotify's priority 0–10: 0–3 low, 4–7 normal, 8–9 high, 10 urgent.
+    /// gotify's priority 0–10: 0–3 low, 4–7 normal, 8 and above urgent — what gotify's own
+    /// app shows as a pop-up, and what comes through quiet hours (gotify has no step between).
     pub fn from_gotify(priority: i64) -> Self {
         match priority {
             i64::MIN..=3 => Self::Low,
             4..=7 => Self::Normal,
-            8..=9 => Self::High,
             _ => Self::Urgent,
         }
     }
@@ -712,7 +712,8 @@ mod tests {
         assert_eq!(Urgency::from_bark("active"), Urgency::Normal);
         assert_eq!(Urgency::from_gotify(0), Urgency::Low);
         assert_eq!(Urgency::from_gotify(5), Urgency::Normal);
-        assert_eq!(Urgency::from_gotify(8), Urgency::High);
+        assert_eq!(Urgency::from_gotify(7), Urgency::Normal);
+        assert_eq!(Urgency::from_gotify(8), Urgency::Urgent);
         assert_eq!(Urgency::from_gotify(10), Urgency::Urgent);
         assert_eq!(Urgency::from_ntfy(5), Urgency::Urgent);
         assert_eq!(Urgency::from_ntfy(4), Urgency::High);

@@ -102,6 +102,9 @@ pub struct SlotView<'a> {
     /// `delivery.digest_after`, if the head may go in a digest on the channel
     /// ([`digestible`]); `None`: it goes alone.
     pub digest_after: Option<Duration>,
+    /// The head waited for the member's quiet hours to end ([`quiet_burst`]): when others
+    /// wait with it, they all go as one digest at once, not one by one.
+    pub burst: bool,
     /// When messages were sent to the member on the channel (ascending), once read.
     pub history: Option<&'a [UnixMillis]>,
     /// When the lane's messages waiting for the channel were accepted (lane order, head
@@ -172,6 +175,14 @@ fn by_limits(
     let Some(digest_after) = view.digest_after else {
         return Ok(false);
     };
+    if view.burst {
+        let Some(waiting) = view.waiting else {
+            return Err(LaneAction::ReadWaiting);
+        };
+        if waiting.len() > 1 {
+            return Ok(true);
+        }
+    }
     let mut after_one = history.to_vec();
     after_one.push(now);
     if limits::next_slot(now, &after_one, view.windows) <= now {
@@ -225,6 +236,13 @@ pub fn digest_after(
     now: UnixMillis,
 ) -> Option<Duration> {
     setting.filter(|_| digestible(head, channel, digests) && !quiet.is_quiet(now))
+}
+
+/// Whether the head waited for its member's quiet hours to end (it was held for them and
+/// released): what waited with it goes as one digest, if it may go in one at all
+/// (`digest_after` is `Some`).
+pub fn quiet_burst(head: &Message, digest_after: Option<Duration>) -> bool {
+    digest_after.is_some() && head.held == Some(crate::store::Held::Quiet)
 }
 
 /// Whether a worker whose lane ran empty waits a moment for the member's next message
@@ -1043,10 +1061,40 @@ mod tests {
         SlotView {
             windows,
             digest_after: None,
+            burst: false,
             history: None,
             waiting: None,
             gate: None,
         }
+    }
+
+    #[test]
+    fn what_waited_for_quiet_hours_goes_as_one_digest_though_the_limits_have_room() {
+        let windows = per_minute(30);
+        let mut view = slot(&windows);
+        view.digest_after = Some(Duration::from_secs(600));
+        view.gate = Some(Gate::Open);
+        let history: Vec<UnixMillis> = Vec::new();
+        view.history = Some(&history);
+        // Room for many: alone, as ever.
+        assert_eq!(next_action(&view, NOW), LaneAction::Send { probe: false });
+        // Released from quiet hours: how many waited with it decides.
+        view.burst = true;
+        assert_eq!(next_action(&view, NOW), LaneAction::ReadWaiting);
+        let one = [NOW - ms(5_000)];
+        view.waiting = Some(&one);
+        assert_eq!(next_action(&view, NOW), LaneAction::Send { probe: false });
+        let three = [NOW - ms(5_000), NOW - ms(4_000), NOW - ms(3_000)];
+        view.waiting = Some(&three);
+        assert_eq!(next_action(&view, NOW), LaneAction::Digest { probe: false });
+        // The limits still come first: a digest is a send too.
+        let full: Vec<UnixMillis> = (0..30).map(|i| NOW - ms(1_000 + i)).collect();
+        view.history = Some(&full);
+        assert!(matches!(next_action(&view, NOW), LaneAction::Release(_)));
+        // Digests turned off: never one.
+        view.history = Some(&history);
+        view.digest_after = None;
+        assert_eq!(next_action(&view, NOW), LaneAction::Send { probe: false });
     }
 
     #[test]

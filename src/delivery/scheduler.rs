@@ -830,6 +830,7 @@ impl Scheduler {
                 let view = SlotView {
                     windows,
                     digest_after,
+                    burst: decide::quiet_burst(&next.message, digest_after),
                     history: histories.get(&channel).map(Vec::as_slice),
                     waiting: waiting.as_ref().map(|(_, accepted)| accepted.as_slice()),
                     gate,

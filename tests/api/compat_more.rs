@@ -245,7 +245,7 @@ async fn gotify_key_header_with_form_body_and_string_priority() {
     );
     assert_eq!(
         the_only_message(&app, &user, &token).await,
-        "❗ 表单 form\n\na & b = c 中文"
+        "🚨 表单 form\n\na & b = c 中文"
     );
 }
 
@@ -253,8 +253,10 @@ async fn gotify_key_header_with_form_body_and_string_priority() {
 async fn gotify_bearer_and_priorities_mark_the_title() {
     let (app, user, token) = app_and_member().await;
     let cases = [
-        (json!(8), "❗ P8"),
-        (json!("9"), "❗ P9"),
+        // gotify 8 and above is urgent: what its own app pops up (and what comes through
+        // quiet hours); there is no step between.
+        (json!(8), "🚨 P8"),
+        (json!("9"), "🚨 P9"),
         (json!(10), "🚨 P10"),
         (json!("10"), "🚨 P10"),
         (json!(7), "P7"),

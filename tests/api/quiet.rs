@@ -277,14 +277,13 @@ async fn strict_quiet_hours_hold_urgent_messages_too() {
 }
 
 /// A window that ends 4 s from now: the messages it holds arrive when it ends and not a
-/// moment before — several as one digest carrying every one of them (member limits of 1 a
-/// second and `digest_after = "1s"` make digests) — while an urgent one came through at
-/// once, alone.
+/// moment before — several as one digest carrying every one of them, at the default member
+/// limits and `digest_after` (by which alone, having room, they would go one by one) —
+/// while an urgent one came through at once, alone.
 #[tokio::test]
 async fn the_end_of_the_window_releases_the_held_messages_as_one_digest() {
     let app = spawn_app_with(|c| {
-        c.wecom.member_limits = member_limits(&[(1, Duration::from_secs(1))]);
-        c.delivery.digest_after = Some(Duration::from_secs(1));
+        c.delivery.digest_after = pushbot::config::DeliverySettings::default().digest_after;
         unthrottled(c);
     })
     .await;
