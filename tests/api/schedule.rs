@@ -343,6 +343,37 @@ async fn a_scheduled_message_does_not_hold_up_later_immediate_ones() {
     assert_eq!(sent[4].content, "after");
 }
 
+/// A lane worker that just sent a member's message waits a moment for the next one, which
+/// the writer hands it straight from the commit: a scheduled message must not be handed
+/// over (it would go early, or hold the lane until its time), only released into the lane
+/// at its time.
+#[tokio::test]
+async fn a_busy_lane_is_not_handed_a_scheduled_message() {
+    let app = spawn_app().await;
+    let user = userid("busy-lane");
+    let token = app.get_token(&user).await;
+    for round in 0..3 {
+        app.send_ok(&token, &format!("now {round}"), "").await;
+        // Its worker is still lingering on the lane (300 ms) when these are accepted.
+        let start = Instant::now();
+        let later = format!("later {round}");
+        scheduled_id(
+            app.send_get(&[("token", &token), ("title", &later), ("delay", "2s")])
+                .await,
+        )
+        .await;
+        let next = format!("next {round}");
+        app.send_ok(&token, &next, "").await;
+        let call = call_for(&app, &next, WAIT).await;
+        assert!(
+            call.received_at < start + Duration::from_secs(1),
+            "{next:?} waited {:?} behind a scheduled message",
+            call.received_at - start
+        );
+        arrives_on_time(&app, &later, start + Duration::from_secs(2)).await;
+    }
+}
+
 #[tokio::test]
 async fn messages_due_at_the_same_time_go_in_acceptance_order() {
     let app = spawn_app().await;
