@@ -374,6 +374,32 @@ async fn a_busy_lane_is_not_handed_a_scheduled_message() {
     }
 }
 
+/// Released at its time, a message takes its place in its member's queue by acceptance
+/// order: ahead of messages accepted after it that are still waiting (here for the member's
+/// limit), behind those accepted before it.
+#[tokio::test]
+async fn a_released_message_goes_ahead_of_those_accepted_after_it() {
+    let app = spawn_app_with(|c| {
+        c.wecom.member_limits = member_limits(&[(1, Duration::from_millis(1_500))]);
+    })
+    .await;
+    let user = userid("in-order");
+    let token = app.get_token(&user).await;
+    app.send_ok(&token, "before", "").await;
+    app.mock.wait_for_sent(1, WAIT).await;
+    scheduled_id(
+        app.send_get(&[("token", &token), ("title", "scheduled"), ("delay", "1s")])
+            .await,
+    )
+    .await;
+    // Accepted after it, due at once, but held back by the limit until after its time.
+    app.send_ok(&token, "after 1", "").await;
+    app.send_ok(&token, "after 2", "").await;
+    let sent = app.mock.wait_for_sent(4, Duration::from_secs(15)).await;
+    let got: Vec<&str> = sent.iter().map(|s| s.content.as_str()).collect();
+    assert_eq!(got, ["before", "scheduled", "after 1", "after 2"]);
+}
+
 #[tokio::test]
 async fn messages_due_at_the_same_time_go_in_acceptance_order() {
     let app = spawn_app().await;
