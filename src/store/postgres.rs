@@ -603,6 +603,55 @@ mod tests {
         b.close().await;
     }
 
+    /// While another instance is in the middle of a release (here: a transaction holding
+    /// the release lock and the first due message, as its release would), this one
+    /// releases nothing — not even the later messages it could lock: committed apart, a
+    /// later one could be sent before the earlier one was released.
+    #[tokio::test]
+    async fn one_instance_releases_at_a_time() {
+        use sqlx::Connection as _;
+        let schema = TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        let now = UnixMillis::now();
+        let early = crate::store::schedule::tests::scheduled("zoe", "early", now - ms(10));
+        let late = crate::store::schedule::tests::scheduled("zoe", "late", now);
+        store.insert_message(early.clone()).await.unwrap();
+        store.insert_message(late.clone()).await.unwrap();
+        let mut other = PgConnection::connect(&schema.url()).await.unwrap();
+        let mut tx = other.begin().await.unwrap();
+        sqlx::query("SELECT 1 AS one FROM (SELECT pg_advisory_xact_lock(21, 1)) AS l")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("SELECT id FROM messages WHERE id = $1 FOR UPDATE")
+            .bind(early.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let busy = store
+            .release_due(now, 64, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(busy, None, "the other instance is releasing");
+        assert!(
+            store
+                .lane_heads(&UserId::new("zoe"), 4)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.rollback().await.unwrap();
+        let released = store
+            .release_due(now, 64, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(released, Some(2), "its turn once the other is done");
+        let heads = store.lane_heads(&UserId::new("zoe"), 4).await.unwrap();
+        let order: Vec<&str> = heads.iter().map(|h| h.message.id.as_str()).collect();
+        assert_eq!(order, [early.id.as_str(), late.id.as_str()]);
+        store.close().await;
+    }
+
     /// A cancel on one instance while the other claims the lane and reads its head, as a
     /// lane worker does: never both — a message the worker read (and may be sending) is
     /// not cancelled.
