@@ -78,6 +78,9 @@ const EXPIRE_BATCH: usize = 1_000;
 /// Scheduled messages released into their lanes per round trip; with more due, the loop
 /// goes on at once.
 const RELEASE_BATCH: usize = 1_024;
+/// How soon to try again when another instance was releasing scheduled messages (or some
+/// due ones were locked by another transaction).
+const RELEASE_RETRY: Duration = Duration::from_millis(100);
 /// Send history and idempotency keys are pruned this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Waiting messages looked at when planning a digest.
@@ -461,14 +464,18 @@ impl Scheduler {
 
     /// Releases scheduled messages due by `now` into their lanes (a batch; they are claimed
     /// in this same pass), and answers when to look again: at once if the batch was full,
-    /// else at the earliest `deliver_at` still waiting, but within [`POLL_MAX`] (other
-    /// instances schedule messages too). Nothing scheduled is held in memory: the next
-    /// time is one index probe.
+    /// shortly if another instance was releasing, else at the earliest `deliver_at` still
+    /// waiting, but within [`POLL_MAX`] (other instances schedule messages too). Nothing
+    /// scheduled is held in memory: the next time is one index probe.
     async fn release_due(&self, now: UnixMillis) -> Result<UnixMillis, StoreError> {
-        let released = self
+        let Some(released) = self
             .store
             .release_due(now, RELEASE_BATCH, self.settings.retry_window)
-            .await?;
+            .await?
+        else {
+            // Another instance is releasing them.
+            return Ok(now + RELEASE_RETRY);
+        };
         if released > 0 {
             tracing::debug!(
                 messages = released,
@@ -480,7 +487,10 @@ impl Scheduler {
         }
         let poll = now + POLL_MAX;
         Ok(match self.store.next_scheduled_at().await? {
-            Some(at) => at.clamp(now + Duration::from_millis(1), poll),
+            // Due and not released: locked by another transaction (a cancel, another
+            // instance's release that began just now).
+            Some(at) if at <= now => now + RELEASE_RETRY,
+            Some(at) => at.min(poll),
             None => poll,
         })
     }
@@ -697,6 +707,11 @@ impl Scheduler {
         loop {
             if self.stop.is_cancelled() {
                 return Ok(LaneEnd::Release(UnixMillis::now()));
+            }
+            if arrivals.released() {
+                // Released scheduled messages may belong ahead of what was read.
+                ahead.clear();
+                maybe_more = true;
             }
             if ahead.is_empty() && maybe_more {
                 // What the watch holds now is in the database too: read it from there.

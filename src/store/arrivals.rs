@@ -38,6 +38,10 @@ struct InboxState {
     messages: VecDeque<Message>,
     /// Some message was not kept: read the database.
     missed: bool,
+    /// Scheduled messages were released into the lane: they may go ahead of what the
+    /// worker has read (they keep their acceptance numbers), so it reads the lane again
+    /// before its next send.
+    released: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,8 +88,9 @@ impl Arrivals {
     }
 
     /// After a commit that released scheduled messages of `userids` into their lanes: each
-    /// lane's worker is told to read its lane again (the messages are not handed over: only
-    /// their ids were read), and the scheduler is woken if a member has no worker.
+    /// lane's worker is told to read its lane again before its next send (the messages are
+    /// not handed over: they may belong ahead of what it has read), and the scheduler is
+    /// woken if a member has no worker.
     pub(super) fn released(&self, userids: Vec<UserId>) {
         let mut unwatched = false;
         {
@@ -95,7 +100,11 @@ impl Arrivals {
                     unwatched = true;
                     continue;
                 };
-                lock(&inbox.state).missed = true;
+                {
+                    let mut state = lock(&inbox.state);
+                    state.missed = true;
+                    state.released = true;
+                }
                 inbox.notify.notify_one();
             }
         }
@@ -143,6 +152,14 @@ impl LaneWatch {
     /// Resolves when something was committed for the member since the last call.
     pub async fn arrived(&self) {
         self.inbox.notify.notified().await;
+    }
+
+    /// Whether scheduled messages were released into the lane since the last call: what was
+    /// read ahead may no longer be the lane's front. Call it before reading the lane (a
+    /// release committed after the call is reported by the next one); [`LaneWatch::take`]
+    /// leaves it alone.
+    pub fn released(&self) -> bool {
+        std::mem::take(&mut lock(&self.inbox.state).released)
     }
 
     /// Empties the watch.

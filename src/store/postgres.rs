@@ -531,6 +531,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_release_leaves_a_held_lane_to_its_worker() {
+        let schema = TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        crate::store::schedule::tests::assert_release_leaves_held_lanes_to_their_worker(&store)
+            .await;
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn held_messages_are_retimed_and_messages_cancelled_only_before_they_go() {
         let schema = TestSchema::new().await;
         let store = Store::connect(&schema.url()).await.unwrap();
@@ -546,8 +555,8 @@ mod tests {
         store.close().await;
     }
 
-    /// Two instances releasing the same due messages at once: each is released once, with
-    /// one acceptance number, and every one is released.
+    /// Two instances releasing the same due messages at once: each is released once, and
+    /// every one is released; one instance releases at a time (the other is told so).
     #[tokio::test]
     async fn two_instances_release_each_scheduled_message_once() {
         let (a, b, _schema) = two_instances().await;
@@ -560,17 +569,18 @@ mod tests {
         }
         let release = |store: Store| async move {
             let mut total = 0;
-            // Bounded: 300 messages take 19 full batches of 16 at most; a release that
-            // released messages again would never end.
-            for _ in 0..64 {
-                let n = store
+            // Bounded: a release that released messages again would never end.
+            for _ in 0..2_000 {
+                match store
                     .release_due(UnixMillis::now(), 16, Duration::from_secs(60))
                     .await
-                    .unwrap();
-                if n == 0 {
-                    break;
+                    .unwrap()
+                {
+                    Some(0) => break,
+                    Some(n) => total += n,
+                    // The other instance is releasing: its turn.
+                    None => tokio::time::sleep(ms(1)).await,
                 }
-                total += n;
             }
             total
         };
@@ -591,6 +601,55 @@ mod tests {
         assert_eq!(seqs.len(), 300);
         a.close().await;
         b.close().await;
+    }
+
+    /// While another instance is in the middle of a release (here: a transaction holding
+    /// the release lock and the first due message, as its release would), this one
+    /// releases nothing — not even the later messages it could lock: committed apart, a
+    /// later one could be sent before the earlier one was released.
+    #[tokio::test]
+    async fn one_instance_releases_at_a_time() {
+        use sqlx::Connection as _;
+        let schema = TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        let now = UnixMillis::now();
+        let early = crate::store::schedule::tests::scheduled("zoe", "early", now - ms(10));
+        let late = crate::store::schedule::tests::scheduled("zoe", "late", now);
+        store.insert_message(early.clone()).await.unwrap();
+        store.insert_message(late.clone()).await.unwrap();
+        let mut other = PgConnection::connect(&schema.url()).await.unwrap();
+        let mut tx = other.begin().await.unwrap();
+        sqlx::query("SELECT 1 AS one FROM (SELECT pg_advisory_xact_lock(21, 1)) AS l")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("SELECT id FROM messages WHERE id = $1 FOR UPDATE")
+            .bind(early.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let busy = store
+            .release_due(now, 64, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(busy, None, "the other instance is releasing");
+        assert!(
+            store
+                .lane_heads(&UserId::new("zoe"), 4)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tx.rollback().await.unwrap();
+        let released = store
+            .release_due(now, 64, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(released, Some(2), "its turn once the other is done");
+        let heads = store.lane_heads(&UserId::new("zoe"), 4).await.unwrap();
+        let order: Vec<&str> = heads.iter().map(|h| h.message.id.as_str()).collect();
+        assert_eq!(order, [early.id.as_str(), late.id.as_str()]);
+        store.close().await;
     }
 
     /// A cancel on one instance while the other claims the lane and reads its head, as a

@@ -23,23 +23,27 @@ fn unexpected(reply: Reply) -> StoreError {
 impl Store {
     /// Releases up to `limit` scheduled messages due by `now` into their lanes (earliest
     /// first; those due together in acceptance order), each with a retry window of
-    /// `retry_window` from `now`, opening their lanes and waking whoever works on them, in
-    /// one transaction. Answers how many were released: `limit` (rounded down to a power of
-    /// two) means there may be more. Safe to call from several instances at once: each
-    /// message is released once.
+    /// `retry_window` from `now`, opening their lanes (or making them due now) and telling
+    /// whoever works on them to read them again, in one transaction. Each keeps its
+    /// acceptance number, so it goes ahead of messages accepted after it. Answers how many
+    /// were released — `limit` (rounded down to a power of two) means there may be more —
+    /// or `None` when another instance is releasing right now (try again shortly). Safe to
+    /// call from several instances at once: each message is released once, and one
+    /// instance releases at a time.
     pub async fn release_due(
         &self,
         now: UnixMillis,
         limit: usize,
         retry_window: Duration,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Option<usize>, StoreError> {
         let op = ScheduleOp::Release {
             now,
             limit,
             deadline_at: now + retry_window,
         };
         match self.writer.schedule(op).await? {
-            Reply::Released(userids) => Ok(userids.len()),
+            Reply::Released(userids) => Ok(Some(userids.len())),
+            Reply::ReleaseBusy => Ok(None),
             other => Err(unexpected(other)),
         }
     }
@@ -182,18 +186,39 @@ pub(crate) mod tests {
         heads.iter().map(|h| h.message.id.as_str()).collect()
     }
 
+    /// Releases as one instance does (never busy here).
+    async fn release(store: &Store, now: UnixMillis, limit: usize) -> usize {
+        store
+            .release_due(now, limit, WINDOW)
+            .await
+            .unwrap()
+            .expect("no other instance is releasing")
+    }
+
+    async fn lane_due(store: &Store, userid: &str) -> UnixMillis {
+        sqlx::query("SELECT due_at FROM lanes WHERE userid = $1")
+            .bind(userid)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap()
+    }
+
     /// A scheduled message is in no lane and holds nothing up; it is released when due and
     /// not before, once, earliest first and in acceptance order among those due together,
-    /// behind what its lane holds already, with a fresh retry window.
+    /// into its place in its lane by acceptance order, with a fresh retry window; a lane
+    /// that waited is due at once.
     pub(crate) async fn assert_release(store: &Store) {
         let now = UnixMillis::now();
         let later = now + ms(10_000);
         let soon = now + ms(5_000);
+        let q0 = queued("alice", "q0");
         let s1 = scheduled("alice", "s1", later);
         let s2 = scheduled("alice", "s2", later);
         let s3 = scheduled("bob", "s3", soon);
         let q = queued("alice", "q");
-        for m in [&s1, &s2, &s3, &q] {
+        for m in [&q0, &s1, &s2, &s3, &q] {
             store.insert_message(m.clone()).await.unwrap();
         }
         assert_eq!(status(store, &s1).await, MessageStatus::Scheduled);
@@ -206,26 +231,23 @@ pub(crate) mod tests {
                 .deliver_at,
             Some(later)
         );
-        // Alice's lane holds only her immediate message; Bob has no lane at all.
+        // Alice's lane holds only her immediate messages; Bob has no lane at all.
         let heads = store.lane_heads(&uid("alice"), 16).await.unwrap();
-        assert_eq!(ids(&heads), [q.id.as_str()]);
+        assert_eq!(ids(&heads), [q0.id.as_str(), q.id.as_str()]);
         assert!(
             !has_lane(store, "bob").await,
             "a scheduled message opens no lane"
         );
         assert_eq!(store.next_scheduled_at().await.unwrap(), Some(soon));
         assert_eq!(store.scheduled_count().await.unwrap(), 3);
-        assert_eq!(store.queued_count().await.unwrap(), 1);
+        assert_eq!(store.queued_count().await.unwrap(), 2);
 
         // Never early.
-        assert_eq!(store.release_due(now, 64, WINDOW).await.unwrap(), 0);
-        assert_eq!(
-            store.release_due(soon - ms(1), 64, WINDOW).await.unwrap(),
-            0
-        );
+        assert_eq!(release(store, now, 64).await, 0);
+        assert_eq!(release(store, soon - ms(1), 64).await, 0);
         assert_eq!(status(store, &s3).await, MessageStatus::Scheduled);
         // Due: released, its lane opened and due now.
-        assert_eq!(store.release_due(soon, 64, WINDOW).await.unwrap(), 1);
+        assert_eq!(release(store, soon, 64).await, 1);
         let r3 = store.message(s3.id.as_str()).await.unwrap().unwrap();
         assert_eq!(r3.status, MessageStatus::Queued);
         assert_eq!(r3.next_attempt_at, soon);
@@ -236,28 +258,62 @@ pub(crate) mod tests {
         );
         assert_eq!(r3.deliver_at, Some(soon), "it keeps the time it was due");
         assert!(has_lane(store, "bob").await);
-        assert!(
-            store
-                .next_lane_due()
-                .await
-                .unwrap()
-                .is_some_and(|d| d <= UnixMillis::now())
-        );
+        assert!(lane_due(store, "bob").await <= soon);
         // Released once.
-        assert_eq!(store.release_due(soon, 64, WINDOW).await.unwrap(), 0);
+        assert_eq!(release(store, soon, 64).await, 0);
         assert_eq!(store.next_scheduled_at().await.unwrap(), Some(later));
 
-        // Due together: in acceptance order, a batch at a time, behind the lane's queue.
-        assert_eq!(store.release_due(later, 1, WINDOW).await.unwrap(), 1);
+        // Alice's lane waits (its head in backoff, say) and nobody holds it.
+        sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'alice'")
+            .bind(now + ms(3_600_000))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        // Due together: in acceptance order, a batch at a time, each in its place in the
+        // lane (ahead of what was accepted after it), the lane due at once.
+        assert_eq!(release(store, later, 1).await, 1);
         let heads = store.lane_heads(&uid("alice"), 16).await.unwrap();
-        assert_eq!(ids(&heads), [q.id.as_str(), s1.id.as_str()]);
-        assert_eq!(store.release_due(later, 64, WINDOW).await.unwrap(), 1);
+        assert_eq!(ids(&heads), [q0.id.as_str(), s1.id.as_str(), q.id.as_str()]);
+        assert!(
+            lane_due(store, "alice").await <= later,
+            "a new head: look now"
+        );
+        assert_eq!(release(store, later, 64).await, 1);
         let heads = store.lane_heads(&uid("alice"), 16).await.unwrap();
-        assert_eq!(ids(&heads), [q.id.as_str(), s1.id.as_str(), s2.id.as_str()]);
-        assert!(heads[1].message.seq > q.seq.max(heads[0].message.seq));
+        assert_eq!(
+            ids(&heads),
+            [
+                q0.id.as_str(),
+                s1.id.as_str(),
+                s2.id.as_str(),
+                q.id.as_str()
+            ]
+        );
         assert_eq!(store.next_scheduled_at().await.unwrap(), None);
         assert_eq!(store.scheduled_count().await.unwrap(), 0);
-        assert_eq!(store.release_due(later, 64, WINDOW).await.unwrap(), 0);
+        assert_eq!(release(store, later, 64).await, 0);
+    }
+
+    /// A lane somebody holds keeps its due time (its worker is told instead).
+    pub(crate) async fn assert_release_leaves_held_lanes_to_their_worker(store: &Store) {
+        let now = UnixMillis::now();
+        store.insert_message(queued("ivan", "q")).await.unwrap();
+        store
+            .insert_message(scheduled("ivan", "s", now))
+            .await
+            .unwrap();
+        let claimed = store
+            .claim_lanes("w", UnixMillis::now(), now + ms(60_000), 64)
+            .await
+            .unwrap();
+        assert!(claimed.contains(&uid("ivan")));
+        sqlx::query("UPDATE lanes SET due_at = $1 WHERE userid = 'ivan'")
+            .bind(now + ms(3_600_000))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(release(store, now, 64).await, 1);
+        assert_eq!(lane_due(store, "ivan").await, now + ms(3_600_000));
     }
 
     /// A release wakes the worker that holds the lane (it reads the lane again) and, for a
@@ -276,11 +332,14 @@ pub(crate) mod tests {
             quiet.is_err(),
             "a scheduled message wakes nobody when stored"
         );
-        assert_eq!(store.release_due(now, 64, WINDOW).await.unwrap(), 2);
+        assert!(!watch.released());
+        assert_eq!(release(store, now, 64).await, 2);
         tokio::time::timeout(ms(2_000), watch.arrived())
             .await
             .expect("the lane's worker is woken");
         assert!(watch.take().missed, "and told to read its lane");
+        assert!(watch.released(), "before its next send");
+        assert!(!watch.released(), "once");
         tokio::time::timeout(ms(2_000), arrivals.any())
             .await
             .expect("the scheduler is woken for the lane without a worker");
@@ -320,7 +379,7 @@ pub(crate) mod tests {
                 .unwrap(),
             1
         );
-        assert_eq!(store.release_due(now, 64, WINDOW).await.unwrap(), 1);
+        assert_eq!(release(store, now, 64).await, 1);
         assert_eq!(status(store, &q).await, MessageStatus::Queued);
         assert_eq!(status(store, &own).await, MessageStatus::Scheduled);
 
@@ -352,11 +411,7 @@ pub(crate) mod tests {
             store.cancel(&erin, own.id.as_str(), now).await.unwrap(),
             CancelOutcome::Final(MessageStatus::Cancelled)
         );
-        assert_eq!(
-            store.release_due(far, 64, WINDOW).await.unwrap(),
-            0,
-            "never sent"
-        );
+        assert_eq!(release(store, far, 64).await, 0, "never sent");
         // A queued message whose lane is being worked on may be in flight.
         let claimed = store
             .claim_lanes("w", UnixMillis::now(), UnixMillis::now() + ms(60_000), 64)
@@ -484,10 +539,17 @@ pub(crate) mod tests {
         store.close().await;
     }
 
-    /// Scheduled messages inserted in the same batch as queued ones, then released in the
-    /// same transaction as more inserts: acceptance numbers never repeat.
     #[tokio::test]
-    async fn released_messages_and_new_ones_never_share_a_number() {
+    async fn a_release_leaves_a_held_lane_to_its_worker() {
+        let (store, _dir) = temp_store().await;
+        assert_release_leaves_held_lanes_to_their_worker(&store).await;
+        store.close().await;
+    }
+
+    /// Scheduled and queued messages inserted together, releases in the same batches as
+    /// inserts: each released once, each with an acceptance number of its own.
+    #[tokio::test]
+    async fn releases_among_inserts_release_each_message_once() {
         let (store, _dir) = temp_store().await;
         let now = UnixMillis::now();
         let mut tasks = Vec::new();
@@ -501,7 +563,7 @@ pub(crate) mod tests {
                 };
                 store.insert_message(m).await.unwrap();
                 if i % 10 == 0 {
-                    store.release_due(now, 8, WINDOW).await.unwrap();
+                    release(&store, now, 8).await;
                 }
             }));
         }
@@ -510,16 +572,12 @@ pub(crate) mod tests {
         }
         // Bounded: a release that released messages again would never end.
         for _ in 0..8 {
-            if store.release_due(now, 64, WINDOW).await.unwrap() == 0 {
+            if release(&store, now, 64).await == 0 {
                 break;
             }
         }
         assert_eq!(store.scheduled_count().await.unwrap(), 0);
-        assert_eq!(
-            store.release_due(now, 64, WINDOW).await.unwrap(),
-            0,
-            "released once"
-        );
+        assert_eq!(release(&store, now, 64).await, 0, "released once");
         let heads = store.lane_heads(&uid("hal"), 128).await.unwrap();
         assert_eq!(heads.len(), 100);
         let seqs: std::collections::HashSet<i64> = heads.iter().map(|h| h.message.seq).collect();
@@ -548,12 +606,6 @@ pub(crate) mod tests {
         let later = scheduled("alice", "later", now + Duration::from_secs(60));
         store.insert_message(later.clone()).await.unwrap();
         assert_eq!(store.next_scheduled_at().await.unwrap(), later.deliver_at);
-        assert_eq!(
-            store
-                .release_due(now, 64, Duration::from_secs(60))
-                .await
-                .unwrap(),
-            0
-        );
+        assert_eq!(release(store, now, 64).await, 0);
     }
 }

@@ -205,9 +205,10 @@ pub enum LaneOp {
 #[derive(Debug, Clone)]
 pub enum ScheduleOp {
     /// Up to `limit` scheduled messages due by `now` (`deliver_at <= now`) become queued,
-    /// earliest first and in acceptance order among those due together, each with a fresh
-    /// acceptance number (it joins its lane's queue now, behind what is queued already) and
-    /// a retry window ending at `deadline_at`; their lanes are opened. Answers `Released`.
+    /// earliest first and in acceptance order among those due together, keeping their
+    /// acceptance numbers (each takes its place in its lane by acceptance order), with a
+    /// retry window ending at `deadline_at`; their lanes are opened or made due now.
+    /// Answers `Released`, or `ReleaseBusy` when another instance is releasing.
     Release {
         now: UnixMillis,
         limit: usize,
@@ -262,6 +263,8 @@ pub enum Reply {
     Overdue(Overdue),
     /// The members whose scheduled messages were released (one entry per message).
     Released(Vec<UserId>),
+    /// Another instance is releasing scheduled messages right now: nothing was released.
+    ReleaseBusy,
     Cancelled(CancelOutcome),
 }
 
@@ -572,6 +575,20 @@ impl Dialect {
         match self {
             Self::Sqlite => "",
             Self::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// A statement that takes the instances' release lock for the rest of the transaction
+    /// and answers `1` if it got it, `0` if another instance holds it: on PostgreSQL, where
+    /// several instances release scheduled messages (a key of its own, in the two-integer
+    /// key space, apart from the destinations' turns). SQLite has one writer: none.
+    fn release_lock(self) -> Option<&'static str> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres => Some(
+                "SELECT CAST(CASE WHEN pg_try_advisory_xact_lock(21, 1) THEN 1 ELSE 0 END \
+                 AS BIGINT)",
+            ),
         }
     }
 
@@ -1453,7 +1470,10 @@ fn schedule_op(db: &mut dyn Backend, op: &ScheduleOp) -> Result<Reply, StoreErro
             now,
             limit,
             deadline_at,
-        } => Reply::Released(release_due(db, *now, *limit, *deadline_at)?),
+        } => match release_due(db, *now, *limit, *deadline_at)? {
+            Some(userids) => Reply::Released(userids),
+            None => Reply::ReleaseBusy,
+        },
         ScheduleOp::Hold {
             id,
             deliver_at,
@@ -1489,72 +1509,70 @@ fn schedule_op(db: &mut dyn Backend, op: &ScheduleOp) -> Result<Reply, StoreErro
 }
 
 /// Releases up to `limit` scheduled messages due by `now` (see [`ScheduleOp::Release`]);
-/// answers their members, one entry per message.
+/// answers their members, one entry per message, or `None` when another instance is
+/// releasing right now.
 ///
-/// Each gets a fresh acceptance number, in the order of (`deliver_at`, `seq`): it joins its
-/// lane behind what is queued there already, exactly as a message accepted now would —
-/// a lane's head never changes under its worker, and messages due at the same time keep
-/// the order in which they were accepted. On PostgreSQL the rows are locked as they are
-/// read and rows another instance is releasing right now are skipped: each message is
-/// released once (the update checks the status again).
+/// A released message keeps its acceptance number: it takes its place in its lane by the
+/// order in which messages were accepted (ahead of those accepted after it), which is what
+/// keeps messages due together — and messages held by quiet hours and those behind them —
+/// in acceptance order. Its lane is opened, or made due now if nobody holds it; a worker
+/// that holds it is told to read it again (by the caller, after the commit).
+///
+/// On PostgreSQL one instance releases at a time (a transaction-level advisory lock, tried
+/// and not waited for, so that no writer batch ever waits on another): two instances
+/// releasing side by side would each commit part of the due messages, and a lane worker
+/// could send a later one before an earlier one's commit. The rows are also read
+/// `FOR UPDATE SKIP LOCKED` and changed only while still `scheduled`: each is released once.
 fn release_due(
     db: &mut dyn Backend,
     now: UnixMillis,
     limit: usize,
     deadline_at: UnixMillis,
-) -> Result<Vec<UserId>, StoreError> {
+) -> Result<Option<Vec<UserId>>, StoreError> {
+    if let Some(lock) = db.dialect().release_lock() {
+        let got = db.rows(lock, &[])?;
+        if first_int(&got) != Some(1) {
+            return Ok(None);
+        }
+    }
     // LIMIT as a literal rounded down to a power of two (see `LaneOp::Claim`).
     let limit = pow2_floor(limit);
     let sql = format!(
-        "SELECT id, userid FROM messages WHERE status = 'scheduled' AND deliver_at <= ?1 \
+        "SELECT id FROM messages WHERE status = 'scheduled' AND deliver_at <= ?1 \
          ORDER BY deliver_at, seq LIMIT {limit}{}",
         db.dialect().skip_locked()
     );
-    let due = db.rows(&sql, &[now.into()])?;
-    let mut rows: Vec<(String, String)> = Vec::with_capacity(due.len());
-    for row in due {
-        let mut cols = row.into_iter();
-        match (cols.next(), cols.next()) {
-            (Some(Value::Text(Some(id))), Some(Value::Text(Some(userid)))) => {
-                rows.push((id.into_owned(), userid.into_owned()));
-            }
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "expected a scheduled message's id and userid, got {other:?}"
-                )));
-            }
-        }
-    }
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let seqs = db.seqs(rows.len())?;
-    let numbered: Vec<(&str, i64)> = rows
-        .iter()
-        .zip(seqs)
-        .map(|((id, _), seq)| (id.as_str(), seq))
-        .collect();
-    let mut released = Vec::with_capacity(rows.len());
-    for chunk in pow2_chunks(&numbered, UPDATE_CHUNK) {
-        let mut sql = String::from("WITH v (id, seq) AS (VALUES ");
-        push_values(&mut sql, chunk.len(), 2, 2);
-        // A message to a fixed address (a verification mail) keeps going first.
-        sql.push_str(
-            ") UPDATE messages SET status = 'queued', \
-             seq = (SELECT CASE WHEN messages.address_to IS NULL THEN v.seq ELSE -v.seq END \
-                    FROM v WHERE v.id = messages.id), \
-             next_attempt_at = deliver_at, deadline_at = ?1, updated_at = ?2 \
-             WHERE status = 'scheduled' AND id IN (SELECT id FROM v) RETURNING userid",
+    let due = texts(db.rows(&sql, &[now.into()])?)?;
+    let mut released = Vec::with_capacity(due.len());
+    for chunk in pow2_chunks(&due, UPDATE_CHUNK) {
+        let mut sql = String::from(
+            "UPDATE messages SET status = 'queued', next_attempt_at = deliver_at, \
+             deadline_at = ?1, updated_at = ?2 WHERE status = 'scheduled' AND id IN (",
         );
+        push_params(&mut sql, chunk.len(), 2);
+        sql.push_str(") RETURNING userid");
         let mut args = vec![Value::from(deadline_at), Value::from(now)];
-        for (id, seq) in chunk {
-            args.push((*id).into());
-            args.push((*seq).into());
-        }
+        args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
         released.extend(texts(db.rows(&sql, &args)?)?);
     }
-    open_lanes(db, released.iter().map(String::as_str).collect())?;
-    Ok(released.iter().map(|u| UserId::new(u)).collect())
+    let mut lanes: Vec<&str> = released.iter().map(String::as_str).collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    open_lanes(db, lanes.clone())?;
+    // A lane that waits (its head in backoff, say) may have a new head now: due at once,
+    // so that its worker looks (one that finds it must wait gives it back again).
+    for chunk in pow2_chunks(&lanes, UPDATE_CHUNK) {
+        let mut sql = String::from(
+            "UPDATE lanes SET due_at = ?1 WHERE due_at > ?1 \
+             AND (owner IS NULL OR lease_until <= ?1) AND userid IN (",
+        );
+        push_params(&mut sql, chunk.len(), 1);
+        sql.push(')');
+        let mut args = vec![Value::from(now)];
+        args.extend(chunk.iter().map(|u| Value::from(*u)));
+        db.exec(&sql, &args)?;
+    }
+    Ok(Some(released.iter().map(|u| UserId::new(u)).collect()))
 }
 
 /// Cancels the member's message `id` if nothing of it went out and no attempt can be in

@@ -374,6 +374,62 @@ async fn a_busy_lane_is_not_handed_a_scheduled_message() {
     }
 }
 
+/// Released at its time, a message takes its place in its member's queue by acceptance
+/// order: ahead of messages accepted after it that are still waiting (here for the member's
+/// limit), behind those accepted before it.
+#[tokio::test]
+async fn a_released_message_goes_ahead_of_those_accepted_after_it() {
+    let app = spawn_app_with(|c| {
+        c.wecom.member_limits = member_limits(&[(1, Duration::from_millis(1_500))]);
+    })
+    .await;
+    let user = userid("in-order");
+    let token = app.get_token(&user).await;
+    app.send_ok(&token, "before", "").await;
+    app.mock.wait_for_sent(1, WAIT).await;
+    scheduled_id(
+        app.send_get(&[("token", &token), ("title", "scheduled"), ("delay", "1s")])
+            .await,
+    )
+    .await;
+    // Accepted after it, due at once, but held back by the limit until after its time.
+    app.send_ok(&token, "after 1", "").await;
+    app.send_ok(&token, "after 2", "").await;
+    let sent = app.mock.wait_for_sent(4, Duration::from_secs(15)).await;
+    let got: Vec<&str> = sent.iter().map(|s| s.content.as_str()).collect();
+    assert_eq!(got, ["before", "scheduled", "after 1", "after 2"]);
+}
+
+/// A worker busy with a member's messages has read some ahead (the writer hands it new ones
+/// straight from the commit): a message released meanwhile that was accepted before them
+/// goes next, not after everything the worker had read.
+#[tokio::test]
+async fn a_released_message_overtakes_what_a_busy_worker_read_ahead() {
+    let app = spawn_app().await;
+    let user = userid("busy-worker");
+    let token = app.get_token(&user).await;
+    // Each send takes 600 ms: the worker is busy for seconds.
+    app.mock.set_delay(Some(Duration::from_millis(600)));
+    scheduled_id(
+        app.send_get(&[("token", &token), ("title", "scheduled"), ("delay", "1s")])
+            .await,
+    )
+    .await;
+    for i in 0..7 {
+        app.send_ok(&token, &format!("now {i}"), "").await;
+    }
+    let sent = app.mock.wait_for_sent(8, Duration::from_secs(15)).await;
+    let at = sent
+        .iter()
+        .position(|s| s.content == "scheduled")
+        .expect("delivered");
+    assert!(
+        (1..=3).contains(&at),
+        "released at 1 s, while \"now 1\" was being sent, it goes next: {:?}",
+        sent.iter().map(|s| s.content.as_str()).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn messages_due_at_the_same_time_go_in_acceptance_order() {
     let app = spawn_app().await;
