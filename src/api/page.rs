@@ -229,9 +229,11 @@ fn respond_with(status: StatusCode, html: String, csp: &str) -> Response {
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    if let Ok(csp) = HeaderValue::from_str(csp) {
-        headers.insert(CONTENT_SECURITY_POLICY, csp);
-    }
+    // A policy that cannot be a header (it cannot happen: the nonce is filtered) fails
+    // closed: nothing on the page may run or load.
+    let csp = HeaderValue::from_str(csp)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    headers.insert(CONTENT_SECURITY_POLICY, csp);
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     // The page is private (whoever has the link); keep it out of shared caches and indexes.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
@@ -250,6 +252,20 @@ fn respond_with(status: StatusCode, html: String, csp: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_that_cannot_be_a_header_fails_closed() {
+        let response = respond_with(StatusCode::OK, String::new(), "script-src 'nonce-a\nb'");
+        assert_eq!(
+            response.headers().get(CONTENT_SECURITY_POLICY),
+            Some(&HeaderValue::from_static("default-src 'none'"))
+        );
+        let response = respond_with(StatusCode::OK, String::new(), "default-src 'self'");
+        assert_eq!(
+            response.headers().get(CONTENT_SECURITY_POLICY),
+            Some(&HeaderValue::from_static("default-src 'self'"))
+        );
+    }
 
     #[test]
     fn a_message_older_than_the_retention_has_expired() {
