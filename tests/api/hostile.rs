@@ -96,6 +96,9 @@ fn paths(token: &str) -> Vec<String> {
             format!("/messages/x?token={key}"),
             format!("/m/{key}?k=%FF"),
             format!("/m/{key}?k=%00"),
+            format!("/m/{key}/files/%FF?k={key}"),
+            format!("/m/{key}/files/99999999999999999999999?k=%00"),
+            format!("/m/%00/files/-1?k={key}"),
             format!("/messages/%00?token={key}"),
         ]);
     }
