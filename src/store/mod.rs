@@ -15,6 +15,7 @@
 
 mod arrivals;
 mod callbacks;
+mod console;
 mod lanes;
 mod media;
 mod members;
@@ -33,6 +34,7 @@ use sqlx::AnyPool;
 use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
+pub use console::{ConsoleSession, LoginLink, LoginUse, NewSession, secret_hash};
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use media::{
     Attachment, BlobError, BlobId, BlobInfo, BlobLimits, CHUNK_BYTES, HEAD_BYTES,
