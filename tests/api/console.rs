@@ -288,6 +288,9 @@ async fn a_wrong_or_missing_link_and_no_session_are_clear_pages() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
         assert!(html.contains("login"), "{html}");
     }
+    let resp = http.get(app.url("/console/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/console");
     for path in ["/console", "/console/timeline"] {
         let (status, html) = answer(http.get(app.url(path)).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");

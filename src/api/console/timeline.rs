@@ -33,6 +33,7 @@ use crate::time::UnixMillis;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", get(timeline))
+        .route("/console/", get(to_timeline))
         .route("/console/timeline", get(timeline))
         .route("/console/messages/{id}", get(story))
         .route("/console/messages/{id}/resend", post(resend))
@@ -280,6 +281,11 @@ async fn member_offset(state: &AppState, userid: &UserId) -> Result<i32, ApiErro
         .await?
         .utc_offset
         .unwrap_or(state.utc_offset))
+}
+
+/// `GET {base}/`: the timeline's address is `{base}` (relative links are written from it).
+async fn to_timeline(State(state): State<AppState>) -> Response {
+    redirect_to(&state, "")
 }
 
 async fn timeline(
