@@ -34,7 +34,9 @@ use sqlx::AnyPool;
 use crate::supervise::Supervisor;
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
-pub use console::{ConsoleSession, LoginLink, LoginUse, NewSession, secret_hash};
+pub use console::{
+    ConsoleSession, LoginLink, LoginUse, NewSession, TimelineFilter, like_pattern, secret_hash,
+};
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use media::{
     Attachment, BlobError, BlobId, BlobInfo, BlobLimits, CHUNK_BYTES, HEAD_BYTES,

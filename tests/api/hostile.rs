@@ -102,6 +102,11 @@ fn paths(token: &str) -> Vec<String> {
             format!("/messages/%00?token={key}"),
             format!("/console/login?t={key}"),
             format!("/console/login?t={key}&t=%00"),
+            format!("/messages/{key}/resend?token={key}"),
+            format!("/console/messages/{key}"),
+            format!("/console/messages/{key}/resend?csrf={key}"),
+            format!("/console/messages/{key}/cancel"),
+            format!("/console?before={key}&status={key}&channel={key}&q={key}&fragment=1"),
         ]);
     }
     out.extend(
@@ -119,6 +124,8 @@ fn paths(token: &str) -> Vec<String> {
             "/console",
             "/console/",
             "/console/timeline",
+            "/console/timeline?q=%00%25%5C_&status=&channel=&before=",
+            "/console?q=%FF%FE&fragment=%00",
             "/console/login",
             "/console/logout",
             "/console/settings",
