@@ -591,7 +591,7 @@ fn decode_form<T: serde::de::DeserializeOwned>(
 
 /// Every name and value of `application/x-www-form-urlencoded` input must be UTF-8 once
 /// percent-decoded. The value itself is never echoed (it may be a token).
-fn require_utf8_form(input: &[u8], what: &str) -> Result<(), ApiError> {
+pub(super) fn require_utf8_form(input: &[u8], what: &str) -> Result<(), ApiError> {
     for pair in input.split(|&b| b == b'&') {
         let (name, value) = match pair.iter().position(|&b| b == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),

@@ -328,8 +328,17 @@ async fn an_invalid_value_gets_the_chats_answer_and_changes_nothing() {
     let (app, _sink) = email_app().await;
     let (console, _) = member(&app, "cbad").await;
     let user = console.userid.clone();
-    say(&app, &user, "quiet 01:00-02:00").await;
+    // Every setting the member's own, so that nothing can fall back unnoticed.
+    for typed in [
+        "quiet 01:00-02:00",
+        "format markdown",
+        "timezone +03:00",
+        "fallback wecom",
+    ] {
+        say(&app, &user, typed).await;
+    }
     let before = status(&app, &user).await;
+    assert!(!before.contains("default"), "{before}");
     let page_before = console.page("/settings").await;
     let cases: &[(&str, Fields, &str)] = &[
         ("format", &[("value", "fancy")], "format fancy"),
@@ -668,6 +677,9 @@ async fn compose_reaches_wecom_in_the_chosen_format() {
         text_of("txt-title").contains("**加粗** bold"),
         "text kept as typed"
     );
+    // The link opens the message in the console.
+    let story = console.page(&format!("/messages/{md}")).await;
+    assert!(story.contains("md-title"), "{story}");
 }
 
 /// Compose by e-mail to the address bound in the console: the sink receives it, markdown
@@ -758,4 +770,75 @@ async fn compose_refuses_as_send_does_and_stores_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(app.mock.calls().is_empty(), "nothing sent");
+}
+
+// ------------------------------------------------------------------------------------------
+// hostile forms
+// ------------------------------------------------------------------------------------------
+
+/// Hostile form bodies from a logged-in browser with the right CSRF token, to every
+/// settings form and compose: never a 5xx, and a body that is not a UTF-8 form changes
+/// nothing and sends nothing (no code mail to a mangled address either).
+#[tokio::test]
+async fn hostile_forms_from_a_session_change_nothing() {
+    let (app, sink) = email_app().await;
+    let (console, token) = member(&app, "chost").await;
+    let user = console.userid.clone();
+    let before = status(&app, &user).await;
+    let csrf = console.csrf.clone();
+    let big = "x".repeat(300 * 1024);
+    let bodies: Vec<Vec<u8>> = vec![
+        format!("csrf={csrf}&channel=email&address=a%FF%FE@example.com").into_bytes(),
+        format!("csrf={csrf}&channel=email%FF&address=b@example.com").into_bytes(),
+        format!("csrf={csrf}&value=%FF%FE&name=%C0%AF&code=%FF%FF%FF%FF%FF%FF").into_bytes(),
+        format!("csrf={csrf}&value=+08:00%00&name=a%00b&address=c%00@example.com").into_bytes(),
+        format!("csrf={csrf}&title=t%FF&content=%FF&format=markdown%FF&channel=wecom").into_bytes(),
+        format!("csrf={csrf}&title=t%FF%FE&content=ok&format=text&channel=wecom&value=card")
+            .into_bytes(),
+        format!("csrf={csrf}&value={big}&name={big}&address={big}&title={big}").into_bytes(),
+        format!("{{\"csrf\":\"{csrf}\",\"value\":\"card\"}}").into_bytes(),
+        vec![0xff, 0xfe, 0x00],
+        Vec::new(),
+    ];
+    let paths: Vec<String> = [
+        "bind",
+        "verify",
+        "unbind",
+        "destination",
+        "destination/remove",
+        "fallback",
+        "format",
+        "quiet",
+        "timezone",
+    ]
+    .iter()
+    .map(|p| format!("/settings/{p}"))
+    .chain(["/compose".to_owned()])
+    .collect();
+    let mut failures = Vec::new();
+    for path in &paths {
+        for (i, body) in bodies.iter().enumerate() {
+            let resp = console
+                .http
+                .post(console.url(path))
+                .header(reqwest::header::COOKIE, &console.cookie)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body.clone())
+                .send()
+                .await
+                .expect("an answer");
+            if resp.status().is_server_error() {
+                failures.push(format!("{path} body#{i}: {}", resp.status()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(status(&app, &user).await, before, "nothing changed");
+    assert!(listed(&app, &token).await.is_empty(), "nothing sent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.mail_count(), 0, "no code mail: {:?}", sink.mails());
+    assert!(app.mock.calls().is_empty());
 }
