@@ -842,3 +842,39 @@ async fn hostile_forms_from_a_session_change_nothing() {
     assert_eq!(sink.mail_count(), 0, "no code mail: {:?}", sink.mails());
     assert!(app.mock.calls().is_empty());
 }
+
+/// The compose form sent twice (a double click, a reload after sending) is one message:
+/// the page's own key makes the second an idempotent repeat of the first.
+#[tokio::test]
+async fn the_same_compose_form_sent_twice_is_one_message() {
+    let app = spawn_app().await;
+    let (console, token) = member(&app, "ctwice").await;
+    let page = console.page("/compose").await;
+    let key = crate::console::hidden_field(&page, "key").expect("the form has its key");
+    let fields = [
+        ("title", "only-once"),
+        ("content", "one"),
+        ("format", "text"),
+        ("channel", ""),
+        ("key", key.as_str()),
+    ];
+    let (first, html) = compose(&console, &fields).await;
+    assert_eq!(first, StatusCode::OK, "{html}");
+    let id = sent_id(&console, &html);
+    let next_key = crate::console::hidden_field(&html, "key").expect("a key");
+    assert_ne!(next_key, key, "the next form has a key of its own");
+    let (again, html) = compose(&console, &fields).await;
+    assert_eq!(again, StatusCode::OK, "{html}");
+    assert_eq!(sent_id(&console, &html), id, "the same message");
+    wait_settled(&app, &id, &token, WAIT).await;
+    assert_eq!(listed(&app, &token).await.len(), 1);
+    let calls = app.mock.calls();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.text().contains("only-once"))
+            .count(),
+        1,
+        "{calls:?}"
+    );
+}

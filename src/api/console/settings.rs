@@ -565,6 +565,113 @@ mod tests {
         assert_eq!(command(Change::AddDestination, &f), Err(BadForm::Kind));
     }
 
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text made of what the chat reads specially (keywords, separators, full-width and
+        /// invisible characters, six digits) and anything else.
+        fn typed_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                4 => prop::sample::select(vec![
+                    "off",
+                    "default",
+                    "email",
+                    "phone",
+                    "sms",
+                    "wecom",
+                    "strict",
+                    "robot",
+                    "telegram",
+                    "verify",
+                    "status",
+                    "rotate",
+                    "token",
+                    " ",
+                    "\u{3000}",
+                    "、",
+                    ",",
+                    "。",
+                    "!",
+                    "\u{200b}",
+                    "\u{feff}",
+                    "\n",
+                    "１２３４５６",
+                    "123456",
+                    "23:00-07:00",
+                    "+08:00",
+                    "ops",
+                    "\u{0}",
+                ])
+                .prop_map(str::to_owned),
+                1 => "[a-z0-9@._-]{0,12}",
+                1 => any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..5).prop_map(|pieces| pieces.concat())
+        }
+
+        fn field() -> impl Strategy<Value = Option<String>> {
+            prop::option::of(typed_text())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Whatever a form holds, it asks for its own command (or its usage answer, or
+            /// is refused): a value never becomes another command (`off`, `status`,
+            /// `rotate` …), and nothing panics.
+            #[test]
+            fn a_form_asks_only_for_its_own_command(
+                change in prop::sample::select(Change::ALL.to_vec()),
+                channel in prop_oneof![
+                    Just(Some("email".to_owned())),
+                    Just(Some("sms".to_owned())),
+                    field(),
+                ],
+                kind in prop_oneof![
+                    Just(Some("robot".to_owned())),
+                    Just(Some("telegram".to_owned())),
+                    field(),
+                ],
+                address in field(),
+                code in field(),
+                name in field(),
+                secret in field(),
+                value in field(),
+                strict in field(),
+            ) {
+                let form = ChangeForm { channel, address, code, name, kind, secret, value, strict };
+                let got = command(change, &form);
+                let own = match (&change, &got) {
+                    (Change::Bind, Ok(Command::Bind { channel, .. })) => {
+                        matches!(channel, ChannelName::Email | ChannelName::Sms)
+                    }
+                    (Change::Bind | Change::Unbind, Err(BadForm::Channel)) => true,
+                    (Change::Verify, Ok(Command::Verify(code))) => bot::is_code(code),
+                    (Change::Verify, Ok(Command::VerifyUsage)) => true,
+                    (Change::Unbind, Ok(Command::Unbind(channel))) => {
+                        matches!(channel, ChannelName::Email | ChannelName::Sms)
+                    }
+                    (Change::AddDestination, Ok(Command::AddRobot { name, address, secret, .. })) => {
+                        let word = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
+                        word(name) && word(address) && secret.as_deref().is_none_or(word)
+                    }
+                    (Change::AddDestination, Ok(Command::RobotUsage) | Err(BadForm::Kind)) => true,
+                    (Change::RemoveDestination, Ok(Command::RemoveRobot(name))) => {
+                        !name.is_empty() && !name.contains(char::is_whitespace)
+                    }
+                    (Change::RemoveDestination, Ok(Command::RobotUsage)) => true,
+                    (Change::Fallback, Ok(Command::Fallback(_)))
+                    | (Change::Format, Ok(Command::Format(_)))
+                    | (Change::Quiet, Ok(Command::Quiet(_)))
+                    | (Change::Timezone, Ok(Command::Timezone(_))) => true,
+                    _ => false,
+                };
+                prop_assert!(own, "{change:?} {form:?} → {got:?}");
+            }
+        }
+    }
+
     #[test]
     fn routes_are_distinct() {
         let mut paths: Vec<&str> = Change::ALL.iter().map(|c| c.path()).collect();
