@@ -545,6 +545,26 @@ async fn an_address_is_bound_and_verified_in_the_console() {
     assert!(line_of(&status(&app, &user).await, "email:").contains("none"));
     let page = console.page("/settings").await;
     assert!(!section(&page, "addresses").contains(&masked));
+
+    // Bound in the chat: the console shows it as `status` does.
+    let other = format!("{user}.chat@example.com");
+    say(&app, &user, &format!("email {other}")).await;
+    let mails = sink.wait_for_mails_to(&other, 1, WAIT).await;
+    let code = mails[0].code().expect("a code in the mail");
+    assert_says(
+        &say(&app, &user, &format!("verify {code}")).await,
+        "bound",
+        "verify",
+    );
+    let shown = status(&app, &user).await;
+    let masked = line_of(&shown, "email:")
+        .trim_start_matches("email:")
+        .trim();
+    let page = console.page("/settings").await;
+    assert!(
+        section(&page, "addresses").contains(&format!("<span class=\"bound\">{masked}</span>")),
+        "{masked}: {page}"
+    );
 }
 
 /// A group robot added from the console: the test message arrives first, then the
@@ -593,6 +613,20 @@ async fn a_destination_is_added_and_removed_in_the_console() {
     .await;
     assert_says(&reply, "Not added", "a refused test message");
     assert!(!say(&app, &user, "robots").await.contains("other"));
+
+    // Added in the chat: listed in the console, masked.
+    let chat_key = "chat-robot-key-9876543210";
+    mock.add_wecom_robot(chat_key);
+    let reply = say(
+        &app,
+        &user,
+        &format!("robot fromchat {}", mock.wecom_url(chat_key)),
+    )
+    .await;
+    assert_says(&reply, "added", "robot in the chat");
+    let page = console.page("/settings").await;
+    assert!(section(&page, "destinations").contains("<b>fromchat</b>"));
+    assert!(!page.contains(chat_key), "the key is never shown");
 
     let reply = change(&console, "destination/remove", &[("name", "team")]).await;
     assert_says(&reply, "removed", "remove");
