@@ -912,3 +912,53 @@ async fn the_same_compose_form_sent_twice_is_one_message() {
         "{calls:?}"
     );
 }
+
+/// A Telegram chat added from the console (through the server's bot, its test message
+/// first), offered by compose, and a message composed to it arrives there.
+#[tokio::test]
+async fn a_telegram_chat_added_in_the_console_takes_a_composed_message() {
+    const TG_TOKEN: &str = "7012345678:AAHk3xQ9vR2mP8sT4uW6yZ1bC5dE7fG9hJ0";
+    const TG_CHAT: i64 = -1_001_234_567_890;
+    let mock = MockDestinations::start().await;
+    mock.add_telegram_bot(TG_TOKEN);
+    mock.add_telegram_chat(TG_CHAT);
+    let mut section_config = destinations_at(&mock);
+    section_config.telegram_bot_token = Some(secret(TG_TOKEN));
+    let app = spawn_app_with(|c| c.destinations = section_config).await;
+    let (console, token) = member(&app, "ctg").await;
+    let chat = TG_CHAT.to_string();
+
+    let reply = change(
+        &console,
+        "destination",
+        &[("kind", "telegram"), ("name", "tg"), ("address", &chat)],
+    )
+    .await;
+    assert_says(&reply, "added", "a Telegram chat");
+    assert!(!reply.contains(TG_TOKEN), "{reply}");
+    assert_eq!(mock.messages_to(DestKind::Telegram, &chat).len(), 1);
+
+    let page = console.page("/compose").await;
+    assert!(
+        page.contains("<option value=\"tg\""),
+        "its own destination offered"
+    );
+    let (status, html) = compose(
+        &console,
+        &[
+            ("title", "to-telegram"),
+            ("content", "hello"),
+            ("channel", "tg"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let id = sent_id(&console, &html);
+    let state = wait_settled(&app, &id, &token, WAIT).await;
+    assert_eq!(state["status"], "delivered", "{state}");
+    assert_eq!(state["channel"], "tg", "{state}");
+    let got = mock.messages_to(DestKind::Telegram, &chat);
+    assert_eq!(got.len(), 2);
+    assert!(got[1].text.contains("to-telegram"), "{:?}", got[1].text);
+    assert!(app.mock.calls().is_empty(), "WeCom got none of it");
+}
