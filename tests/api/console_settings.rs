@@ -962,3 +962,32 @@ async fn a_telegram_chat_added_in_the_console_takes_a_composed_message() {
     assert!(got[1].text.contains("to-telegram"), "{:?}", got[1].text);
     assert!(app.mock.calls().is_empty(), "WeCom got none of it");
 }
+
+/// Compose spends the member's `/send` budget: the same limit, one budget for both, and
+/// over it the page says how long to wait (429, `Retry-After`), with nothing stored.
+#[tokio::test]
+async fn compose_and_send_share_the_members_budget() {
+    let app = spawn_app_with(|c| {
+        c.server.send_rate = SendRate {
+            count: 2,
+            per: Duration::from_secs(3600),
+        };
+    })
+    .await;
+    let (console, token) = member(&app, "cbudget").await;
+    let (status, html) = compose(&console, &[("title", "one")]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    app.send_ok(&token, "two", "").await;
+    let resp = console.post("/compose", &[("title", "three")]).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        resp.headers().get("retry-after").is_some(),
+        "{:?}",
+        resp.headers()
+    );
+    let html = resp.text().await.expect("a page");
+    assert!(html.contains("class=\"refused\""), "{html}");
+    let resp = app.send_get(&[("token", &token), ("title", "four")]).await;
+    assert_eq!(resp.status(), 429, "the same budget for /send");
+    assert_eq!(listed(&app, &token).await.len(), 2);
+}
