@@ -214,8 +214,18 @@ async fn add_robot(
 
 /// `robots`: the member's own destinations (masked) and the shared ones they may use.
 async fn robots(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
+    let own = own_destinations(state, userid).await?;
+    Ok(bot::robots_reply(&own, &shared_destinations(state, userid)))
+}
+
+/// The member's own destinations as `robots` and the console list them: `(name, kind,
+/// masked address)`, by name.
+pub(crate) async fn own_destinations(
+    state: &AppState,
+    userid: &UserId,
+) -> Result<Vec<(String, String, String)>, ApiError> {
     let factory = state.outbox.destinations();
-    let own: Vec<(String, String, String)> = state
+    Ok(state
         .store
         .member_destinations(userid)
         .await?
@@ -232,16 +242,19 @@ async fn robots(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
                 "(不可用 unusable)".to_owned(),
             ),
         })
-        .collect();
-    let shared: Vec<String> = state
+        .collect())
+}
+
+/// The names of the shared destinations (from the config) the member may use.
+pub(crate) fn shared_destinations(state: &AppState, userid: &UserId) -> Vec<String> {
+    state
         .outbox
         .channels()
         .iter()
         .filter(|c| matches!(c, ChannelName::Dest(_)))
         .filter(|c| state.outbox.reaches(**c, Some(userid), &[]))
         .map(|c| c.as_str().to_owned())
-        .collect();
-    Ok(bot::robots_reply(&own, &shared))
+        .collect()
 }
 
 /// Checks a code; only six digits reach the store, so a typo costs no attempt.
@@ -276,7 +289,7 @@ async fn verify(state: &AppState, userid: &UserId, typed: &str) -> Result<String
 }
 
 /// The effective order: the member's own, else the server's default.
-fn order(state: &AppState, own: Option<&Route>) -> (Route, bool) {
+pub(crate) fn order(state: &AppState, own: Option<&Route>) -> (Route, bool) {
     match own {
         Some(route) => (route.clone(), true),
         None => (state.outbox.default_route().clone(), false),
@@ -312,7 +325,7 @@ async fn format(state: &AppState, userid: &UserId, typed: &str) -> Result<String
 }
 
 /// The effective look: the member's own, else the server's default.
-fn look(state: &AppState, own: Option<Look>) -> (Look, bool) {
+pub(crate) fn look(state: &AppState, own: Option<Look>) -> (Look, bool) {
     match own {
         Some(look) => (look, true),
         None => (state.outbox.default_look(), false),
@@ -321,7 +334,10 @@ fn look(state: &AppState, own: Option<Look>) -> (Look, bool) {
 
 /// The member's quiet hours: their own (`Off`: none), else the server's default; and
 /// whether they are the member's own.
-fn quiet_hours(state: &AppState, own: Option<QuietSetting>) -> (Option<QuietHours>, bool) {
+pub(crate) fn quiet_hours(
+    state: &AppState,
+    own: Option<QuietSetting>,
+) -> (Option<QuietHours>, bool) {
     (
         QuietSetting::effective(own, state.quiet_hours),
         own.is_some(),
@@ -329,7 +345,7 @@ fn quiet_hours(state: &AppState, own: Option<QuietSetting>) -> (Option<QuietHour
 }
 
 /// The member's offset from UTC: their own, else the server's; and whether it is their own.
-fn offset(state: &AppState, own: Option<i32>) -> (i32, bool) {
+pub(crate) fn offset(state: &AppState, own: Option<i32>) -> (i32, bool) {
     match own {
         Some(secs) => (secs, true),
         None => (state.utc_offset, false),
@@ -441,28 +457,65 @@ async fn timezone(state: &AppState, userid: &UserId, typed: &str) -> Result<Stri
     Ok(bot::timezone_set_reply(&offset_text, own, hours.as_ref()))
 }
 
+/// The channels of `route` the member cannot be reached on (e-mail without an address).
+pub(crate) fn unusable(
+    state: &AppState,
+    userid: &UserId,
+    route: &Route,
+    bound: &[ChannelName],
+) -> Vec<String> {
+    route
+        .channels()
+        .iter()
+        .filter(|c| !state.outbox.reaches(**c, Some(userid), bound))
+        .map(|c| c.as_str().to_owned())
+        .collect()
+}
+
+/// A channel that needs an address, as `status` and the console show it.
+pub(crate) struct AddressLine {
+    pub channel: ChannelName,
+    /// Its chat command (`email`, `phone`), or its name when this server lacks it.
+    pub command: String,
+    /// The bound address, masked; `None`: none bound.
+    pub masked: Option<String>,
+    /// Whether this server has the channel (an address can be bound and verified).
+    pub configured: bool,
+}
+
+/// A line for each channel here that needs an address (and any bound elsewhere).
+pub(crate) fn addresses(state: &AppState, prefs: &crate::store::MemberPrefs) -> Vec<AddressLine> {
+    ChannelName::ALL
+        .into_iter()
+        .filter_map(|channel| {
+            let address = prefs.address(channel);
+            match (state.outbox.binding(channel), address) {
+                (Some(b), address) => Some(AddressLine {
+                    channel,
+                    command: b.command.to_owned(),
+                    masked: address.map(b.mask),
+                    configured: true,
+                }),
+                (None, Some(_)) => Some(AddressLine {
+                    channel,
+                    command: channel.as_str().to_owned(),
+                    masked: Some("***".to_owned()),
+                    configured: false,
+                }),
+                (None, None) => None,
+            }
+        })
+        .collect()
+}
+
 async fn status(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
     let prefs = state.store.member_prefs(userid).await?;
     let token = state.store.existing_token(userid).await?;
     let (route, own_order) = order(state, prefs.channels.as_ref());
-    let bound = prefs.bound();
-    let unusable = route
-        .channels()
-        .iter()
-        .filter(|c| !state.outbox.reaches(**c, Some(userid), &bound))
-        .map(|c| c.as_str().to_owned())
-        .collect();
-    // A line for each channel here that needs an address (and any bound elsewhere).
-    let addresses = ChannelName::ALL
+    let unusable = unusable(state, userid, &route, &prefs.bound());
+    let addresses = addresses(state, &prefs)
         .into_iter()
-        .filter_map(|c| {
-            let address = prefs.address(c);
-            match (state.outbox.binding(c), address) {
-                (Some(b), address) => Some((b.command.to_owned(), address.map(b.mask))),
-                (None, Some(_)) => Some((c.as_str().to_owned(), Some("***".to_owned()))),
-                (None, None) => None,
-            }
-        })
+        .map(|a| (a.command, a.masked))
         .collect();
     // "Today" in the member's time zone.
     let (utc_offset, own_offset) = offset(state, prefs.utc_offset);

@@ -591,7 +591,7 @@ fn decode_form<T: serde::de::DeserializeOwned>(
 
 /// Every name and value of `application/x-www-form-urlencoded` input must be UTF-8 once
 /// percent-decoded. The value itself is never echoed (it may be a token).
-fn require_utf8_form(input: &[u8], what: &str) -> Result<(), ApiError> {
+pub(super) fn require_utf8_form(input: &[u8], what: &str) -> Result<(), ApiError> {
     for pair in input.split(|&b| b == b'&') {
         let (name, value) = match pair.iter().position(|&b| b == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),
@@ -764,15 +764,8 @@ async fn accept(
     sender: Option<UserId>,
 ) -> Result<Json<Accepted>, ApiError> {
     let uploads = Uploads::adopt(state.store.clone(), attachments);
-    let checked = idempotency_key(headers, fields.idempotency_key).and_then(|key| {
-        let format = fields
-            .format
-            .as_deref()
-            .unwrap_or("")
-            .parse::<Format>()
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        Ok((key, format))
-    });
+    let checked = idempotency_key(headers, fields.idempotency_key)
+        .and_then(|key| Ok((key, format(fields.format.as_deref())?)));
     let checked = checked.and_then(|(key, format)| {
         let when = schedule(fields.delay.as_deref(), fields.at.as_deref())?;
         Ok((key, format, when))
@@ -805,6 +798,14 @@ async fn accept(
     )
     .await?;
     Ok(answer(&accepted))
+}
+
+/// `/send`'s `format` (none or empty: text); the console's compose page reads it the same.
+pub(super) fn format(typed: Option<&str>) -> Result<Format, ApiError> {
+    typed
+        .unwrap_or("")
+        .parse::<Format>()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 /// `/send`'s `delay` or `at` (not both; empty counts as absent).

@@ -131,6 +131,17 @@ fn paths(token: &str) -> Vec<String> {
             "/console/settings",
             "/console/compose",
             "/console/admin",
+            "/console/settings/bind",
+            "/console/settings/verify",
+            "/console/settings/unbind",
+            "/console/settings/destination",
+            "/console/settings/destination/remove",
+            "/console/settings/fallback",
+            "/console/settings/format",
+            "/console/settings/quiet",
+            "/console/settings/timezone",
+            "/console/settings/%FF%00",
+            "/console/compose?channel=%FF&format=%00",
         ]
         .map(str::to_owned),
     );

@@ -18,6 +18,7 @@ mod compat_more;
 mod conformance;
 mod connections;
 mod console;
+mod console_settings;
 mod deliver_media;
 mod delivery;
 mod destinations;

@@ -212,7 +212,11 @@ impl FromRequest<AppState> for Posted {
                 ));
             }
         };
-        let Ok(fields) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes) else {
+        // Not UTF-8 once percent-decoded: refused as `/send` refuses it, rather than read
+        // with U+FFFD in place of the bytes (and acted on).
+        let utf8 = crate::api::send::require_utf8_form(&bytes, "form body");
+        let decoded = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes);
+        let (Ok(()), Ok(fields)) = (utf8, decoded) else {
             return Err(notice(
                 state,
                 Some(&session),
