@@ -309,6 +309,28 @@ impl Store {
         rows.iter().map(Message::from_row).collect()
     }
 
+    /// Where a queued message stands in its member's lane: how many queued messages are
+    /// ahead of it (acceptance order) and when the lane may next send (`None`: no lane
+    /// row, as between a claim and its commit). For the story's "waiting" step.
+    pub async fn lane_place(
+        &self,
+        userid: &UserId,
+        seq: i64,
+    ) -> Result<(i64, Option<UnixMillis>), StoreError> {
+        let ahead: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE userid = $1 AND status = 'queued' AND seq < $2",
+        )
+        .bind(userid.as_str())
+        .bind(seq)
+        .fetch_one(&self.pool)
+        .await?;
+        let due: Option<i64> = sqlx::query_scalar("SELECT due_at FROM lanes WHERE userid = $1")
+            .bind(userid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok((ahead, due.map(UnixMillis::from_millis)))
+    }
+
     /// The member's messages that resend the message `id`, oldest first.
     pub async fn resends_of(
         &self,

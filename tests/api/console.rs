@@ -986,3 +986,30 @@ async fn two_posts_with_one_link_at_once_log_in_once_and_sessions_expire() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(console.get("").await.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A queued message's story says what it waits for: its turn behind the messages ahead of
+/// it in the lane, or the member's sending limits — the "waiting for the limit" step (read
+/// from the lane when shown, never written while it waits).
+#[tokio::test]
+async fn a_queued_message_says_what_it_waits_for() {
+    let app = spawn_app_with(|c| {
+        c.wecom.member_limits = member_limits(&[(1, Duration::from_secs(60))]);
+    })
+    .await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    let first = app.send_ok(&token, "first", "one").await;
+    app.wait_for_status(&first, &token, "delivered", WAIT).await;
+    let second = app.send_ok(&token, "second", "two").await;
+    let third = app.send_ok(&token, "third", "three").await;
+    let console = console_login(&app, &alice).await;
+
+    let page = console.page(&format!("/messages/{second}")).await;
+    assert!(page.contains("waiting 等待中"), "{page}");
+    assert!(page.contains("waiting for the limit"), "{page}");
+    let page = console.page(&format!("/messages/{third}")).await;
+    assert!(page.contains("1 ahead of it in your lane"), "{page}");
+    // A delivered message waits for nothing.
+    let page = console.page(&format!("/messages/{first}")).await;
+    assert!(!page.contains("waiting 等待中"), "{page}");
+}

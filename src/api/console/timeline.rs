@@ -432,6 +432,41 @@ pub fn status_label(status: MessageStatus) -> &'static str {
 // a message's story
 // ------------------------------------------------------------------------------------------
 
+/// What a queued message is waiting for, and until when: a retry after a failure, its turn
+/// behind the messages ahead of it in the member's lane, or the member's sending limits
+/// (the lane is not due before then). Not recorded while it happens (a wait costs no write):
+/// read from the message and its lane when the story is shown.
+async fn waiting_step(
+    state: &AppState,
+    m: &crate::store::Message,
+    retrying: bool,
+    offset: i32,
+) -> Result<Step, ApiError> {
+    let now = UnixMillis::now();
+    let (ahead, lane_due) = state.store.lane_place(&m.userid, m.seq).await?;
+    let next = m.next_attempt_at.max(lane_due.unwrap_or(m.next_attempt_at));
+    let note = if retrying {
+        "retry after a failure 失败后重试".to_owned()
+    } else if ahead > 0 {
+        format!("{ahead} ahead of it in your lane 前面还有 {ahead} 条")
+    } else if lane_due.is_some_and(|due| due > now) {
+        "waiting for the limit (per-member sending limits) 等待发送限额".to_owned()
+    } else {
+        "next in line 即将发送".to_owned()
+    };
+    Ok(Step {
+        at: if next > now {
+            local_time(next, offset)
+        } else {
+            local_time(now, offset)
+        },
+        channel: m.route.first().as_str().to_owned(),
+        outcome: "waiting 等待中".to_owned(),
+        error: None,
+        note: Some(note),
+    })
+}
+
 /// One line of a message's history.
 pub struct Step {
     pub at: String,
@@ -575,6 +610,10 @@ async fn story_page(
             }),
         });
     }
+    // Whether the last try failed: a queued message then waits for its retry, not its turn.
+    let retrying = attempts
+        .last()
+        .is_some_and(|a| a.outcome != "delivered" && a.channel == m.route.first());
     let tried = crate::api::messages::history(&m, attempts)
         .into_iter()
         .map(|a| Step {
@@ -596,6 +635,9 @@ async fn story_page(
             note: a.note,
         });
     steps.extend(tried);
+    if m.status == MessageStatus::Queued {
+        steps.push(waiting_step(state, &m, retrying, offset).await?);
+    }
     if let Some(via) = &m.via {
         steps.push(Step {
             at: m
