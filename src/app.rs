@@ -153,6 +153,7 @@ impl Application {
                 limits: settings.media.blob_limits(),
                 max_files: settings.media.max_files,
             },
+            running_config: Arc::new(settings.clone()),
         };
         let router = with_middleware(api::router(state), settings.media.upload_timeout);
 

@@ -66,6 +66,9 @@ pub struct AppState {
     /// `[media]`: what images and files a message may carry, and the fetcher for
     /// `image_url` and its kin.
     pub media: MediaState,
+    /// The settings this server runs with: the operators' page runs the doctor's checks
+    /// against them (`crate::doctor::run_loaded`). Never rendered as such.
+    pub running_config: Arc<crate::config::Settings>,
 }
 
 /// What the API needs of `[media]`.

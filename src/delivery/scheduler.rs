@@ -1216,6 +1216,14 @@ impl Scheduler {
         }
     }
 
+    /// Each configured channel's health now, in route order.
+    pub(super) fn channel_health(&self) -> Vec<(ChannelName, super::health::Snapshot)> {
+        self.channels
+            .iter()
+            .map(|slot| (slot.name(), lock(&slot.health).snapshot()))
+            .collect()
+    }
+
     fn slot(&self, name: ChannelName) -> Option<&Slot> {
         self.channels.iter().find(|s| s.name() == name)
     }
