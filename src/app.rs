@@ -153,6 +153,7 @@ impl Application {
                 limits: settings.media.blob_limits(),
                 max_files: settings.media.max_files,
             },
+            console: api::console::ConsoleState::from_settings(&settings),
             running_config: Arc::new(settings.clone()),
         };
         let router = with_middleware(api::router(state), settings.media.upload_timeout);
@@ -336,6 +337,14 @@ async fn maintenance_pass(
         Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned callback keys"),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "could not prune callback keys"),
+    }
+    match store.prune_console(UnixMillis::now()).await {
+        Ok(n) if n > 0 => tracing::debug!(
+            removed = n,
+            "pruned expired console sessions and login links"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not prune console sessions"),
     }
     if let Some(retention) = retention {
         purge_messages(store, retention).await;

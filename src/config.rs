@@ -55,6 +55,9 @@ pub struct Settings {
     /// Images and files sent with messages.
     #[serde(default)]
     pub media: MediaSettings,
+    /// The web console members open from the chat (`login`).
+    #[serde(default)]
+    pub console: ConsoleSettings,
     #[serde(default)]
     pub log: LogSettings,
     /// The Kubernetes service-link variables (`PUSHBOT_PORT`, `PUSHBOT_SERVICE_HOST`, …)
@@ -1577,6 +1580,42 @@ impl MediaSettings {
     }
 }
 
+/// `[console]`: the web console at `<public_url>/console`, opened with the one-time link the
+/// chat's `login` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// How long a console session lasts after logging in (the cookie's lifetime); `logout`
+    /// and `rotate` in the chat end it sooner.
+    #[serde(
+        default = "default_console_session_ttl",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub session_ttl: Duration,
+    /// How long the link `login` answers in the chat can be used (once).
+    #[serde(
+        default = "default_console_login_ttl",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub login_ttl: Duration,
+    /// WeCom userids who may open the operators' page (`/console/admin`): members and
+    /// their token age, queues, channel health, recent failures, the doctor's checks.
+    #[serde(default, deserialize_with = "userids")]
+    pub admins: Vec<String>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: default_console_session_ttl(),
+            login_ttl: default_console_login_ttl(),
+            admins: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -1720,6 +1759,12 @@ fn default_media_max_files() -> u32 {
 }
 fn default_media_total_bytes() -> u64 {
     1024 * 1024 * 1024
+}
+fn default_console_session_ttl() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_console_login_ttl() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 fn default_media_fetch_timeout() -> Duration {
     Duration::from_secs(15)
@@ -1898,6 +1943,28 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Err
                 })
         })
         .collect()
+}
+
+/// WeCom userids: a list, or (from the environment, `PUSHBOT_CONSOLE__ADMINS=alice,bob`)
+/// one comma-separated string; blanks dropped.
+fn userids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+    let given = Given::deserialize(d)?;
+    let names: Vec<String> = match given {
+        Given::List(list) => list,
+        Given::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -20,8 +20,9 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
             bot::token_reply(token.expose(), &state.public_base)
         }
         Command::Rotate => {
+            // Ends the member's console sessions too, in the same transaction.
             let token = state.store.rotate_token(userid).await?;
-            tracing::info!(userid = %userid, "push token rotated");
+            tracing::info!(userid = %userid, "push token rotated; console sessions ended");
             bot::rotated_reply(token.expose(), &state.public_base)
         }
         Command::Help => bot::help_reply(),
@@ -63,6 +64,21 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
         },
         Command::Robots => robots(state, userid).await?,
         Command::RobotUsage => bot::robot_usage_reply(None),
+        Command::Login => {
+            let ttl = state.console.login_ttl;
+            let token = state
+                .store
+                .create_console_login(userid, UnixMillis::now(), ttl)
+                .await?;
+            tracing::info!(userid = %userid, "console login link sent");
+            let link = format!("{}/login?t={token}", state.console.public_base);
+            bot::login_reply(&link, ttl.as_secs().div_ceil(60).max(1))
+        }
+        Command::Logout => {
+            let ended = state.store.end_console_sessions(userid).await?;
+            tracing::info!(userid = %userid, ended, "console sessions ended by the member");
+            bot::logout_reply(ended)
+        }
     })
 }
 
@@ -118,6 +134,7 @@ async fn request_code(
             // The member is waiting for it right now, in the chat.
             urgent: true,
             held: None,
+            resent_from: None,
         })
         .await?;
     state.metrics.accepted(crate::metrics::Endpoint::Chat);

@@ -203,7 +203,7 @@ impl From<Message> for MessageView {
     }
 }
 
-pub(super) fn rfc3339(at: UnixMillis) -> String {
+pub(crate) fn rfc3339(at: UnixMillis) -> String {
     humantime::format_rfc3339_millis(at.to_system_time()).to_string()
 }
 

@@ -5,8 +5,9 @@ mod auth;
 mod callback;
 pub mod chat;
 mod compat;
+pub mod console;
 mod health;
-mod messages;
+pub(crate) mod messages;
 pub mod metrics;
 mod page;
 pub mod rate_limit;
@@ -66,6 +67,8 @@ pub struct AppState {
     /// `[media]`: what images and files a message may carry, and the fetcher for
     /// `image_url` and its kin.
     pub media: MediaState,
+    /// `[console]` and where the console is.
+    pub console: console::ConsoleState,
     /// The settings this server runs with: the operators' page runs the doctor's checks
     /// against them (`crate::doctor::run_loaded`). Never rendered as such.
     pub running_config: Arc<crate::config::Settings>,
@@ -114,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .merge(compat::router().layer(DefaultBodyLimit::max(body_limit)))
         .merge(health::router())
         .merge(metrics::router())
+        .merge(console::router())
         .fallback(health::not_found)
         // After all routes: applies to every route that has no fallback of its own.
         .method_not_allowed_fallback(health::method_not_allowed)

@@ -221,8 +221,8 @@ fn respond(status: StatusCode, html: String, nonce: &str) -> Response {
     respond_with(status, html, &content_security_policy(nonce))
 }
 
-/// An HTML answer under the policy `csp`.
-fn respond_with(status: StatusCode, html: String, csp: &str) -> Response {
+/// An HTML answer under the policy `csp` (the console's pages too).
+pub(crate) fn respond_with(status: StatusCode, html: String, csp: &str) -> Response {
     let mut response = (status, html).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -554,7 +554,7 @@ async fn skip_blank_start(
 }
 
 /// The query string into `T`, every name accepted (see [`parse_query_with`]).
-pub(super) fn parse_query<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn parse_query<T: serde::de::DeserializeOwned + Default>(
     query: Option<&str>,
 ) -> Result<T, ApiError> {
     parse_query_with(query, &FieldRules::LENIENT)
@@ -1063,6 +1063,7 @@ async fn submit_with(
             deliver_at,
             urgent,
             held,
+            resent_from: None,
         })
         .await?;
     if !accepted.duplicate {

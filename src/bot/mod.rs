@@ -58,6 +58,10 @@ pub enum Command {
     Robots,
     /// `robot` with something it cannot read: the usage.
     RobotUsage,
+    /// `login` / `登录` / `console` / `控制台`: a one-time link to the web console.
+    Login,
+    /// `logout` / `退出登录` / `登出`: end every console session of the member.
+    Logout,
 }
 
 /// The command a callback asks for, or `None` when it needs no answer (e.g. `enter_agent`,
@@ -246,6 +250,8 @@ fn parse_keyword(text: &str) -> Option<Command> {
         "rotate" | "重置" => Some(Command::Rotate),
         "help" | "帮助" | "?" | "？" => Some(Command::Help),
         "status" | "状态" => Some(Command::Status),
+        "login" | "登录" | "console" | "控制台" => Some(Command::Login),
+        "logout" | "退出登录" | "登出" => Some(Command::Logout),
         _ => None,
     }
 }
@@ -295,8 +301,29 @@ pub fn help_reply() -> String {
      quiet 23:00-07:00（免打扰）— 时段内的消息结束后送达，紧急消息除外（加 strict 也等）quiet hours: messages wait until they end · quiet off（免打扰 关）\n\
      timezone +08:00（时区）— 免打扰按你的时区 your UTC offset for quiet hours\n\
      status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
+     login（登录）— 网页控制台的一次性链接 a one-time link to the web console · logout（退出登录）\n\
      help（帮助）— 显示本帮助 show this help"
         .to_owned()
+}
+
+/// Answer to `login`: the one-time link on a line of its own.
+pub fn login_reply(link: &str, ttl_minutes: u64) -> String {
+    format!(
+        "登录控制台 Log in to the console（{ttl_minutes} 分钟内有效，仅可使用一次 \
+         valid for {ttl_minutes} minutes, once）:\n{link}\n\n\
+         不要转发此链接。Do not forward this link: it logs in as you."
+    )
+}
+
+/// Answer to `logout`: how many console sessions ended.
+pub fn logout_reply(ended: u64) -> String {
+    if ended == 0 {
+        "控制台没有登录中的会话。No console session was open.".to_owned()
+    } else {
+        format!(
+            "已退出控制台（{ended} 个会话）。Logged out of the console ({ended} session(s) ended)."
+        )
+    }
 }
 
 /// What the member sees of their own settings and today's deliveries.
@@ -755,6 +782,13 @@ mod tests {
         assert_eq!(interpret(&text("重置")), Some(Command::Rotate));
         assert_eq!(interpret(&text("帮助")), Some(Command::Help));
         assert_eq!(interpret(&text("what is this")), Some(Command::Help));
+        assert_eq!(interpret(&text("login")), Some(Command::Login));
+        assert_eq!(interpret(&text("登录")), Some(Command::Login));
+        assert_eq!(interpret(&text("控制台")), Some(Command::Login));
+        assert_eq!(interpret(&text("Console")), Some(Command::Login));
+        assert_eq!(interpret(&text("logout")), Some(Command::Logout));
+        assert_eq!(interpret(&text("退出登录")), Some(Command::Logout));
+        assert_eq!(interpret(&text("登出")), Some(Command::Logout));
         assert_eq!(interpret(&inbound("image")), Some(Command::Help));
     }
 
@@ -1170,6 +1204,8 @@ mod tests {
         assert!(token_reply(&token, &base).len() < 2048);
         assert!(welcome_reply().len() < 2048);
         assert!(help_reply().len() < 2048);
+        assert!(help_reply().contains("login（登录）"));
+        assert!(login_reply(&format!("{base}/console/login?t={token}"), 10).len() < 2048);
     }
 
     mod properties {

@@ -99,6 +99,11 @@ total_bytes = 104857600
 fetch_timeout = "5s"
 fetch_allow = ["127.0.0.1/32", "fd00::/8"]
 
+[console]
+session_ttl = "12h"
+login_ttl = "5m"
+admins = ["alice"]
+
 [log]
 level = "pushbot=debug,info"
 format = "json"
@@ -425,7 +430,7 @@ fn the_example_sections_show_the_defaults() {
 const DOC: &str = include_str!("../../docs/configuration.md");
 
 /// The doc's sections, in order: one per table (the README links to these anchors).
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server",
     "storage",
     "wecom",
@@ -434,6 +439,7 @@ const SECTIONS: [&str; 9] = [
     "sms",
     "destinations",
     "media",
+    "console",
     "log",
 ];
 
@@ -668,6 +674,7 @@ fn doc_comments() -> Vec<(String, String)> {
         ("DestinationsSettings", "destinations"),
         ("DestinationSettings", "destinations.NAME"),
         ("MediaSettings", "media"),
+        ("ConsoleSettings", "console"),
         ("LogSettings", "log"),
     ] {
         let header = format!("pub struct {structure} {{");

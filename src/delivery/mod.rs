@@ -280,6 +280,9 @@ pub struct NewMessage {
     ///
     /// [`Held::Quiet`]: crate::store::Held::Quiet
     pub held: Option<crate::store::Held>,
+    /// The message this one sends again (a resend from the console or
+    /// `POST /messages/{id}/resend`); `None` for a new message.
+    pub resent_from: Option<MessageId>,
 }
 
 /// What a sender asked for with `channel=`.
@@ -583,6 +586,7 @@ impl Outbox {
         message.url = new.url;
         message.page_key = Some(crate::token::page_key());
         message.urgent = new.urgent;
+        message.resent_from = new.resent_from;
         if let Some(at) = new.deliver_at.filter(|at| *at > now) {
             message.status = crate::store::MessageStatus::Scheduled;
             message.deliver_at = Some(at);

@@ -265,6 +265,18 @@ pub fn content_security_policy_with_images(nonce: &str) -> String {
     policy(nonce, "'self'")
 }
 
+/// The console's pages (`/console`): [`content_security_policy`]'s rules, plus what the
+/// console does with this server alone — forms posted to it (`form-action 'self'`), the
+/// timeline's live update fetched from it (`connect-src 'self'`), images from it.
+pub fn console_security_policy(nonce: &str) -> String {
+    let nonce = nonce_token(nonce);
+    format!(
+        "default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; \
+         img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors 'none'"
+    )
+}
+
 fn policy(nonce: &str, images: &str) -> String {
     let nonce = nonce_token(nonce);
     format!(

@@ -193,12 +193,21 @@ impl Store {
 
     /// Replaces the member's token; the old one stops working before this returns.
     ///
-    /// One upsert statement rather than read-then-write in a transaction: on SQLite a
-    /// deferred transaction that reads first cannot wait for the write lock, and the outbox
-    /// writer holds it often under load.
+    /// Writes only, no read-then-write in a transaction: on SQLite a deferred transaction
+    /// that reads first cannot wait for the write lock, and the outbox writer holds it
+    /// often under load.
+    ///
+    /// The member's console sessions end in the same transaction: whoever held the old
+    /// token may have logged in with it in mind. The transaction writes first (no read to
+    /// upgrade from), so on SQLite it waits for the lock like a single statement would.
     pub async fn rotate_token(&self, userid: &UserId) -> Result<PushToken, StoreError> {
         let now = UnixMillis::now();
         let new_token = crate::token::generate();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM console_sessions WHERE userid = $1")
+            .bind(userid.as_str())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO members (userid, token, created_at, token_created_at) \
              VALUES ($1, $2, $3, $3) ON CONFLICT (userid) DO UPDATE \
@@ -207,8 +216,9 @@ impl Store {
         .bind(userid.as_str())
         .bind(new_token.expose())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         if let Ok(mut cache) = self.tokens.write() {
             cache.rotations += 1;
             cache.owners.retain(|_, owner| owner != userid);

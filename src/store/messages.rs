@@ -148,6 +148,8 @@ pub struct Message {
     pub urgent: bool,
     /// Why a scheduled message waits, when not for the sender's `delay`/`at`.
     pub held: Option<Held>,
+    /// The message this one sends again (resent from the console or the API).
+    pub resent_from: Option<MessageId>,
 }
 
 /// One attempt in a message's history.
@@ -253,6 +255,7 @@ impl Message {
             deliver_at: None,
             urgent: false,
             held: None,
+            resent_from: None,
         }
     }
 
@@ -292,6 +295,9 @@ impl Message {
                 .try_get::<Option<String>, _>("held")?
                 .as_deref()
                 .and_then(Held::from_stored),
+            resent_from: row
+                .try_get::<Option<String>, _>("resent_from")?
+                .map(MessageId::from_stored),
         })
     }
 }
@@ -310,7 +316,7 @@ pub struct DigestRecord {
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
      seq, via, idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-     idempotency_digest, media_count, parts_done, deliver_at, urgent, held";
+     idempotency_digest, media_count, parts_done, deliver_at, urgent, held, resent_from";
 
 impl Store {
     /// Stores a new message durably (and opens its member's lane); returns once it is

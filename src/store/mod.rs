@@ -16,6 +16,7 @@
 mod admin;
 mod arrivals;
 mod callbacks;
+mod console;
 mod lanes;
 mod media;
 mod members;
@@ -37,6 +38,7 @@ pub use admin::{
 };
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
+pub use console::{ConsoleSession, LoginLink, LoginUse, NewSession, secret_hash};
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use media::{
     Attachment, BlobError, BlobId, BlobInfo, BlobLimits, CHUNK_BYTES, HEAD_BYTES,

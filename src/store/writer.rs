@@ -901,12 +901,12 @@ impl Writer {
 }
 
 fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 29;
+    const COLS: usize = 30;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
          idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-         idempotency_digest, media_count, parts_done, deliver_at, urgent, held) VALUES ",
+         idempotency_digest, media_count, parts_done, deliver_at, urgent, held, resent_from) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * COLS);
@@ -941,6 +941,7 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             m.deliver_at.into(),
             i64::from(m.urgent).into(),
             m.held.map(Held::as_str).into(),
+            m.resent_from.as_ref().map(MessageId::as_str).into(),
         ]);
     }
     db.exec(&sql, &args)?;

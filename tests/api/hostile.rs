@@ -100,6 +100,8 @@ fn paths(token: &str) -> Vec<String> {
             format!("/m/{key}/files/99999999999999999999999?k=%00"),
             format!("/m/%00/files/-1?k={key}"),
             format!("/messages/%00?token={key}"),
+            format!("/console/login?t={key}"),
+            format!("/console/login?t={key}&t=%00"),
         ]);
     }
     out.extend(
@@ -114,6 +116,14 @@ fn paths(token: &str) -> Vec<String> {
             "/wecom/callback",
             "/%2e%2e/%2e%2e/etc/passwd",
             "/a/b/c/d/e/f",
+            "/console",
+            "/console/",
+            "/console/timeline",
+            "/console/login",
+            "/console/logout",
+            "/console/settings",
+            "/console/compose",
+            "/console/admin",
         ]
         .map(str::to_owned),
     );
@@ -126,6 +136,10 @@ fn headers(token: &str) -> Vec<HeaderMap> {
         &[],
         &[("authorization", "Bearer TOKEN")],
         &[("authorization", "Basic Og==")],
+        &[(
+            "cookie",
+            "pushbot_console=TOKEN; pushbot_console=\u{7f}; pushbot_console",
+        )],
         &[
             ("idempotency-key", "same-key"),
             ("authorization", "Bearer TOKEN"),

@@ -17,6 +17,7 @@ mod compat;
 mod compat_more;
 mod conformance;
 mod connections;
+mod console;
 mod deliver_media;
 mod delivery;
 mod destinations;
