@@ -102,7 +102,7 @@ impl Finding {
 
 /// Prints findings as they come and counts them.
 struct Report<'a> {
-    out: &'a mut dyn Write,
+    out: &'a mut (dyn Write + Send),
     failed: usize,
     warned: usize,
     skipped: usize,
@@ -160,7 +160,7 @@ pub enum Database<'a> {
 }
 
 /// Runs every check, printing to `out`; `true` when none failed (skips are fine).
-pub async fn run(config: Option<&Path>, out: &mut dyn Write) -> bool {
+pub async fn run(config: Option<&Path>, out: &mut (dyn Write + Send)) -> bool {
     let _ = writeln!(out, "pushbot doctor {}\n", env!("CARGO_PKG_VERSION"));
     let mut report = Report {
         out,
@@ -199,7 +199,7 @@ pub async fn run_loaded(
     settings: &Settings,
     source: &str,
     database: Database<'_>,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> bool {
     let _ = writeln!(out, "pushbot doctor {}\n", env!("CARGO_PKG_VERSION"));
     let mut report = Report {

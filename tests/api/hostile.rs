@@ -102,6 +102,8 @@ fn paths(token: &str) -> Vec<String> {
             format!("/messages/%00?token={key}"),
             format!("/console/login?t={key}"),
             format!("/console/login?t={key}&t=%00"),
+            format!("/console/admin/{key}"),
+            format!("/console/admin/doctor?csrf={key}"),
         ]);
     }
     out.extend(
@@ -124,6 +126,9 @@ fn paths(token: &str) -> Vec<String> {
             "/console/settings",
             "/console/compose",
             "/console/admin",
+            "/console/admin/",
+            "/console/admin/doctor",
+            "/console/admin/%FF%00/..%2f..",
         ]
         .map(str::to_owned),
     );

@@ -18,6 +18,7 @@ mod compat_more;
 mod conformance;
 mod connections;
 mod console;
+mod console_admin;
 mod deliver_media;
 mod delivery;
 mod destinations;
