@@ -1,16 +1,21 @@
 //! `GET /messages/{id}` and `GET /messages`: the state of a member's messages, so that a
 //! failure is visible to the sender, not only in the server log. `DELETE /messages/{id}`
-//! cancels one that has not gone out (issue 21).
+//! cancels one that has not gone out (issue 21); `POST /messages/{id}/resend` sends a
+//! failed or cancelled one again as a new message that names it (issue 22).
+//!
+//! [`cancel_message`], [`resend_message`], [`history`] and [`attachments`] are the console's
+//! too (`crate::api::console`): one implementation behind both.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, auth};
-use crate::domain::Format;
+use crate::delivery::{Accepted, NewMessage};
+use crate::domain::{ChannelName, Format, Route, UserId};
 use crate::error::ApiError;
 use crate::metrics::TokenRoute;
 use crate::store::{AttemptRecord, CancelOutcome, Held, Message, MessageStatus, StoredChannel};
@@ -19,6 +24,7 @@ use crate::time::UnixMillis;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/messages/{id}", get(show).delete(cancel))
+        .route("/messages/{id}/resend", post(resend))
         .route("/messages", get(list))
 }
 
@@ -53,23 +59,26 @@ struct One {
     /// Its images and files, in the order they are sent; absent when it has none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     attachments: Vec<AttachmentView>,
+    /// The messages that send it again (`POST /messages/{id}/resend`), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    resent_as: Vec<String>,
 }
 
 #[derive(Serialize)]
-struct AttachmentView {
-    filename: Option<String>,
+pub(crate) struct AttachmentView {
+    pub(crate) filename: Option<String>,
     /// `image` or `file`: how it goes to WeCom (an image message, or a file).
-    kind: &'static str,
-    size: u64,
+    pub(crate) kind: &'static str,
+    pub(crate) size: u64,
     /// Sniffed from its bytes, never the sender's word.
-    mime: String,
+    pub(crate) mime: String,
     /// SHA-256 of its bytes, lower-case hex.
-    sha256: String,
+    pub(crate) sha256: String,
 }
 
 /// A message's attachments with what is stored of each (a blob that is gone — never, while
 /// its message is kept — is left out).
-async fn attachments(
+pub(crate) async fn attachments(
     state: &AppState,
     id: &crate::domain::MessageId,
 ) -> Result<Vec<AttachmentView>, ApiError> {
@@ -89,22 +98,22 @@ async fn attachments(
 }
 
 #[derive(Serialize)]
-struct AttemptView {
-    channel: StoredChannel,
-    at: String,
+pub(crate) struct AttemptView {
+    pub(crate) channel: StoredChannel,
+    pub(crate) at: String,
     /// `retry` (a transient failure), `failed` (the channel gave up), `delivered`.
-    outcome: String,
-    error: Option<String>,
+    pub(crate) outcome: String,
+    pub(crate) error: Option<String>,
     /// Which part a `delivered` attempt was, of a message sent part by part
     /// (`part 1 of 3 (text)`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 /// The stored attempts, then the delivery itself, which is stored only in the message row
 /// (a message delivered at once costs no history row) — except for `all`, whose every
 /// delivery is an attempt row of its own.
-fn history(m: &Message, attempts: Vec<AttemptRecord>) -> Vec<AttemptView> {
+pub(crate) fn history(m: &Message, attempts: Vec<AttemptRecord>) -> Vec<AttemptView> {
     let mut views: Vec<AttemptView> = attempts
         .into_iter()
         .map(|a| {
@@ -177,6 +186,9 @@ struct MessageView {
     /// only).
     #[serde(skip_serializing_if = "Option::is_none")]
     route: Option<String>,
+    /// The message this one sends again (a resend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resent_from: Option<String>,
 }
 
 impl From<Message> for MessageView {
@@ -198,6 +210,7 @@ impl From<Message> for MessageView {
             urgent: m.urgent,
             via: m.via,
             route: (!m.status.is_final()).then(|| m.route.to_stored()),
+            resent_from: m.resent_from.map(|id| id.to_string()),
             id: m.id.to_string(),
         }
     }
@@ -242,8 +255,20 @@ async fn cancel(
         TokenRoute::Status,
     )
     .await?;
+    cancel_message(&state, &userid, &id).await?;
+    show_one(&state, &userid, &id).await
+}
+
+/// Cancels the member's message `id` if it has not gone out: the one implementation behind
+/// `DELETE /messages/{id}` and the console's Cancel button. Someone else's message is the
+/// same 404 as an unknown one; one that went out, or may be going out, is a 409 saying why.
+pub(crate) async fn cancel_message(
+    state: &AppState,
+    userid: &UserId,
+    id: &str,
+) -> Result<(), ApiError> {
     let shown: String = id.chars().take(64).collect();
-    match state.store.cancel(&userid, &id, UnixMillis::now()).await? {
+    match state.store.cancel(userid, id, UnixMillis::now()).await? {
         CancelOutcome::Cancelled { was } => {
             state.metrics.cancelled();
             tracing::info!(userid = %userid, id = %shown, was = was.as_str(), "message cancelled by its sender");
@@ -282,7 +307,7 @@ async fn cancel(
             )));
         }
     }
-    show_one(&state, &userid, &id).await
+    Ok(())
 }
 
 /// The member's message as `GET /messages/{id}` shows it.
@@ -295,6 +320,13 @@ async fn show_one(
         Some(m) if m.userid == *userid => {
             let attempts = state.store.attempts_of(&m.id).await?;
             let attachments = attachments(state, &m.id).await?;
+            let resent_as = state
+                .store
+                .resends_of(userid, &m.id)
+                .await?
+                .into_iter()
+                .map(|id| id.to_string())
+                .collect();
             let page = m
                 .page_key
                 .as_deref()
@@ -304,6 +336,7 @@ async fn show_one(
                 page,
                 history: history(&m, attempts),
                 attachments,
+                resent_as,
                 message: m.into(),
             }))
         }
@@ -311,6 +344,113 @@ async fn show_one(
             "no message {id} for this token"
         ))),
     }
+}
+
+/// `POST /messages/{id}/resend`: the owner sends a failed or cancelled message again, as a
+/// new message ([`resend_message`]); answers the new one as `GET /messages/{id}` shows it,
+/// with `resent_from` naming the old one.
+async fn resend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Result<Json<One>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let userid = auth::member(
+        &state,
+        auth::find_token(&headers, &[query.token.as_deref()]),
+        TokenRoute::Status,
+    )
+    .await?;
+    let accepted = resend_message(&state, &userid, &id).await?;
+    show_one(&state, &userid, accepted.message.id.as_str()).await
+}
+
+/// Sends the member's failed or cancelled message `id` again: a new message through
+/// [`Outbox::accept`](crate::delivery::Outbox::accept) with the same title, content,
+/// format, look, link, route (as it was first: the channels tried, then those left) and
+/// images and files (the same stored files: a file is kept while any message names it),
+/// naming the old one in `resent_from`. The one implementation behind `POST
+/// /messages/{id}/resend` and the console's Resend button.
+///
+/// Someone else's message is the same 404 as an unknown one. A message that is not failed
+/// or cancelled, a verification code, or one resent already is a 409 saying why. A repeat
+/// (a double click) within the idempotency window finds the first resend (its key is
+/// `resend <id>`).
+pub(crate) async fn resend_message(
+    state: &AppState,
+    userid: &UserId,
+    id: &str,
+) -> Result<Accepted, ApiError> {
+    let shown: String = id.chars().take(64).collect();
+    let not_found = || ApiError::NotFound(format!("no message {shown} for this token"));
+    let old = match state.store.message(id).await? {
+        Some(m) if m.userid == *userid => m,
+        _ => return Err(not_found()),
+    };
+    if !matches!(old.status, MessageStatus::Failed | MessageStatus::Cancelled) {
+        return Err(ApiError::Conflict(format!(
+            "message {shown} is {}: only a failed or cancelled message can be resent",
+            old.status.as_str()
+        )));
+    }
+    if old.address_to.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "message {shown} is a verification code: ask for a new code instead"
+        )));
+    }
+    if let Some(first) = state.store.resends_of(userid, &old.id).await?.first() {
+        return Err(ApiError::Conflict(format!(
+            "message {shown} was resent already, as {first}: resend that one if it failed"
+        )));
+    }
+    let attempts = state.store.attempts_of(&old.id).await?;
+    let attachments = state.store.attachments_of(&old.id).await?;
+    let key = format!("resend {}", old.id);
+    let accepted = state
+        .outbox
+        .accept(NewMessage {
+            userid: userid.clone(),
+            title: old.title.clone(),
+            content: old.content.clone(),
+            idempotency_key: Some(key.clone()),
+            request_digest: Some(key),
+            route: first_route(&old, &attempts),
+            deliver_all: old.deliver_all,
+            address_to: None,
+            format: old.format,
+            look: Some(old.look),
+            url: old.url.clone(),
+            attachments,
+            deliver_at: None,
+            urgent: old.urgent,
+            held: None,
+            resent_from: Some(old.id.clone()),
+        })
+        .await?;
+    if !accepted.duplicate {
+        // Counted with the API's own messages: a resend is one whichever button sent it.
+        state.metrics.accepted(crate::metrics::Endpoint::Native);
+        tracing::info!(userid = %userid, id = %accepted.message.id, resent_from = %old.id, "message resent");
+    }
+    Ok(accepted)
+}
+
+/// The route a message had when it was accepted: the channels its attempts were on, in
+/// order, then those still left on its route (a message moving on loses the channels
+/// behind it).
+fn first_route(m: &Message, attempts: &[AttemptRecord]) -> Route {
+    let mut channels: Vec<ChannelName> = Vec::new();
+    let tried = attempts.iter().filter_map(|a| match &a.channel {
+        StoredChannel::Known(c) => Some(*c),
+        StoredChannel::Unknown(_) => None,
+    });
+    for channel in tried.chain(m.route.channels().iter().copied()) {
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
+    Route::new(channels).unwrap_or_else(|| m.route.clone())
 }
 
 fn bad_query(e: QueryRejection) -> ApiError {

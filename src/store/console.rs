@@ -9,9 +9,38 @@ use std::time::Duration;
 use sha2::Digest as _;
 use sqlx::Row as _;
 
-use super::{Store, StoreError};
-use crate::domain::UserId;
+use super::messages::MESSAGE_COLUMNS;
+use super::{Engine, Message, MessageStatus, Store, StoreError};
+use crate::domain::{MessageId, UserId};
 use crate::time::UnixMillis;
+
+/// Which of a member's messages the timeline shows, and from where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimelineFilter {
+    /// Only messages older than this one (the previous page's last): keyset paging.
+    pub before: Option<MessageId>,
+    pub status: Option<MessageStatus>,
+    /// Only messages that went, or were tried, on this channel (its stored name).
+    pub channel: Option<String>,
+    /// Only messages whose title or content contains this text (case-insensitive for
+    /// ASCII letters; any script, Chinese included: a substring, not words).
+    pub search: Option<String>,
+}
+
+/// `text` as a LIKE pattern that matches it anywhere: `\`, `%` and `_` escaped (with
+/// `ESCAPE '\'`), so that they match themselves.
+pub fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
 
 /// What the one POST that uses a login link finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +252,80 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The member's messages matching `filter`, newest first, at most `limit`.
+    ///
+    /// Keyset paging on `messages_by_member (userid, id)`: ids are UUIDv7, so `id <
+    /// before ORDER BY id DESC` walks the index from where the last page ended, and the
+    /// first page of a member with 100,000 messages costs what it costs with ten. The
+    /// filters only skip rows along that walk; no index is added for them (every index is
+    /// paid for on the write path).
+    pub async fn console_timeline(
+        &self,
+        userid: &UserId,
+        filter: &TimelineFilter,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE userid = $1");
+        let mut binds: Vec<String> = vec![userid.as_str().to_owned()];
+        let next = |binds: &mut Vec<String>, value: String| {
+            binds.push(value);
+            binds.len()
+        };
+        if let Some(before) = &filter.before {
+            let n = next(&mut binds, before.as_str().to_owned());
+            sql.push_str(&format!(" AND id < ${n}"));
+        }
+        if let Some(status) = filter.status {
+            let n = next(&mut binds, status.as_str().to_owned());
+            sql.push_str(&format!(" AND status = ${n}"));
+        }
+        if let Some(channel) = &filter.channel {
+            let n = next(&mut binds, channel.clone());
+            sql.push_str(&format!(
+                " AND (channel = ${n} OR EXISTS (SELECT 1 FROM attempts a \
+                 WHERE a.message_id = messages.id AND a.channel = ${n}))"
+            ));
+        }
+        if let Some(search) = &filter.search {
+            let n = next(&mut binds, like_pattern(search));
+            // SQLite's LIKE ignores the case of ASCII letters; PostgreSQL's ILIKE does
+            // the same (and more).
+            let like = match self.engine {
+                Engine::Sqlite => "LIKE",
+                Engine::Postgres => "ILIKE",
+            };
+            sql.push_str(&format!(
+                " AND (title {like} ${n} ESCAPE '\\' OR content {like} ${n} ESCAPE '\\')"
+            ));
+        }
+        // LIMIT as a literal (an integer): a bound LIMIT makes SQLite re-prepare.
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in &binds {
+            query = query.bind(value.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(Message::from_row).collect()
+    }
+
+    /// The member's messages that resend the message `id`, oldest first.
+    pub async fn resends_of(
+        &self,
+        userid: &UserId,
+        id: &MessageId,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM messages WHERE resent_from = $1 AND userid = $2 ORDER BY id",
+        )
+        .bind(id.as_str())
+        .bind(userid.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(MessageId::from_stored).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +335,12 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = Store::connect(&url).await.unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn like_patterns_escape_the_wildcards() {
+        assert_eq!(like_pattern("磁盘"), "%磁盘%");
+        assert_eq!(like_pattern("100%_a\\b"), "%100\\%\\_a\\\\b%");
     }
 
     #[tokio::test]

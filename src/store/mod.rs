@@ -38,7 +38,9 @@ pub use admin::{
 };
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
-pub use console::{ConsoleSession, LoginLink, LoginUse, NewSession, secret_hash};
+pub use console::{
+    ConsoleSession, LoginLink, LoginUse, NewSession, TimelineFilter, like_pattern, secret_hash,
+};
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use media::{
     Attachment, BlobError, BlobId, BlobInfo, BlobLimits, CHUNK_BYTES, HEAD_BYTES,

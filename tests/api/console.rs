@@ -385,3 +385,504 @@ async fn help_lists_login_and_the_link_goes_to_the_public_url() {
         "{link}"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// the timeline
+// ------------------------------------------------------------------------------------------
+
+/// How many timeline rows a page (or fragment) shows.
+fn rows(html: &str) -> usize {
+    html.matches("class=\"title\"").count()
+}
+
+/// `html` without its nonces (which differ in every answer).
+fn without_nonces(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(at) = rest.find("nonce=\"") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 7..];
+        rest = rest.find('"').map_or("", |end| &rest[end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The href of the first link whose text contains `label`.
+fn link_to(html: &str, label: &str) -> Option<String> {
+    let at = html.find(label)?;
+    let start = html[..at].rfind("href=\"")? + 6;
+    let end = html[start..].find('"')? + start;
+    Some(html[start..end].replace("&#38;", "&").replace("&amp;", "&"))
+}
+
+/// A permanent WeCom error: the message fails at once.
+fn refused() -> SendReply {
+    SendReply::errcode(60020, "not allow to access from your ip")
+}
+
+#[tokio::test]
+async fn the_timeline_pages_by_keyset_and_filters_and_searches() {
+    let app = spawn_app().await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    app.mock.push_replies_for(&alice, [refused()]);
+    let failed = app
+        .send_ok(&token, "disk FULL on db-1", "磁盘已满，请处理")
+        .await;
+    app.wait_for_status(&failed, &token, "failed", WAIT).await;
+    let percent = app.send_ok(&token, "100%_done", "x").await;
+    let widgets = app.send_ok(&token, "1000 widgets", "y").await;
+    let mut ids = vec![failed.clone(), percent.clone(), widgets.clone()];
+    for i in 0..52 {
+        ids.push(app.send_ok(&token, &format!("m{i}"), "plain").await);
+    }
+    app.wait_for_status(ids.last().unwrap(), &token, "delivered", WAIT)
+        .await;
+    let console = console_login(&app, &alice).await;
+
+    let first = console.page("").await;
+    assert_eq!(rows(&first), 50);
+    assert!(first.contains("m51"), "newest first");
+    assert!(
+        !first.contains(">disk FULL"),
+        "the oldest is on the next page"
+    );
+    let older = link_to(&first, "更早 Older").expect("a link to older messages");
+    let second = console.page(&older).await;
+    assert_eq!(rows(&second), 5, "55 in all");
+    assert!(second.contains("disk FULL on db-1"));
+    assert!(link_to(&second, "更早 Older").is_none(), "the last page");
+    assert!(link_to(&second, "最新 Newest").is_some());
+    // No message on both pages.
+    for id in &ids {
+        let on = [&first, &second]
+            .iter()
+            .filter(|p| p.contains(&format!("/messages/{id}\"")))
+            .count();
+        assert_eq!(on, 1, "{id} is on exactly one page");
+    }
+
+    // Search: a substring, Chinese too, ASCII case ignored, wildcards literal.
+    for (q, expected) in [
+        ("磁盘", vec![&failed]),
+        ("disk full", vec![&failed]),
+        ("100%", vec![&percent]),
+        ("0%_", vec![&percent]),
+        ("1000", vec![&widgets]),
+    ] {
+        let page = console.page(&format!("?q={}", urlencode(q))).await;
+        assert_eq!(rows(&page), expected.len(), "search {q:?}");
+        for id in expected {
+            assert!(page.contains(id.as_str()), "search {q:?} finds {id}");
+        }
+    }
+    let page = console.page("?q=nothing-like-this").await;
+    assert_eq!(rows(&page), 0);
+    assert!(page.contains("No message matches"));
+
+    // Filters.
+    let page = console.page("?status=failed").await;
+    assert_eq!(rows(&page), 1);
+    assert!(page.contains(&failed));
+    let page = console.page("?status=delivered&q=m5").await;
+    assert_eq!(rows(&page), 3, "m5, m50, m51");
+    let page = console.page("?channel=wecom&status=failed").await;
+    assert_eq!(rows(&page), 1, "failed on wecom (its attempt)");
+    let page = console.page("?channel=email").await;
+    assert_eq!(rows(&page), 0);
+    // Filters stay on the next page's link.
+    let page = console.page("?status=delivered").await;
+    let older = link_to(&page, "更早 Older").unwrap();
+    assert!(older.contains("status=delivered"), "{older}");
+    assert_eq!(rows(&console.page(&older).await), 4, "54 delivered in all");
+
+    // A filter that is none is a clear 400.
+    for bad in ["?status=lost", "?before=x", "?channel=%3Cb%3E"] {
+        let (status, html) = answer(console.get(bad).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {html}");
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn the_live_fragment_is_the_list_alone_and_only_the_first_page_updates() {
+    let app = spawn_app().await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    let console = console_login(&app, &alice).await;
+    let page = console.page("").await;
+    assert!(page.contains("No messages yet"));
+    let script = page
+        .find("<script nonce=\"")
+        .expect("the live update's script");
+    assert!(page[script..].contains("fragment=1"));
+    let id = app.send_ok(&token, "arrives while watching", "x").await;
+    let fragment = console.page("?fragment=1").await;
+    assert!(!fragment.contains("<html"), "only the list");
+    assert!(fragment.contains(&id));
+    assert_eq!(rows(&fragment), 1);
+    let older = console.page(&format!("?before={id}")).await;
+    assert!(
+        !older.contains("<script"),
+        "an older page does not move under the reader"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// a message's story, isolation
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_message_shows_its_story_and_another_members_is_not_found() {
+    let app = spawn_app().await;
+    let alice = userid("alice");
+    let bob = userid("bob");
+    let token = app.get_token(&alice).await;
+    let bob_token = app.get_token(&bob).await;
+    app.mock.push_replies_for(&alice, [SendReply::http(502)]);
+    let id = app
+        .send_ok(&token, "<b>story</b>", "line one\n<script>x</script>")
+        .await;
+    app.wait_for_status(&id, &token, "delivered", WAIT).await;
+    let bobs = app.send_ok(&bob_token, "bob's secret", "s3cret").await;
+    let console = console_login(&app, &alice).await;
+
+    let page = console.page(&format!("/messages/{id}")).await;
+    assert!(!page.contains("<b>story"), "escaped: {page}");
+    assert!(
+        page.contains("&#60;b&#62;story&#60;/b&#62;"),
+        "escaped: {page}"
+    );
+    assert!(!page.contains("<script>x"), "escaped content");
+    assert!(page.contains("retry"), "the failed attempt: {page}");
+    assert!(page.contains("delivered"));
+    assert!(
+        page.contains(&format!("{PUBLIC_URL}/m/{id}?k=")),
+        "the page link"
+    );
+    assert!(
+        !page.contains("/resend\""),
+        "a delivered message has no Resend"
+    );
+    // On the timeline, the row opens it.
+    assert!(
+        console
+            .page("")
+            .await
+            .contains(&format!("/console/messages/{id}\""))
+    );
+
+    // Bob's message, an unknown id and a non-id answer alike.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (status, theirs) = answer(console.get(&format!("/messages/{bobs}")).await).await;
+    let (status_unknown, none) = answer(console.get(&format!("/messages/{unknown}")).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status_unknown, StatusCode::NOT_FOUND);
+    assert_eq!(without_nonces(&theirs), without_nonces(&none));
+    assert!(!theirs.contains("secret"));
+    let (status, _) = answer(console.get("/messages/%00..%2F").await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nor can alice act on it.
+    for action in ["resend", "cancel"] {
+        let (status, html) = answer(
+            console
+                .post(&format!("/messages/{bobs}/{action}"), &[])
+                .await,
+        )
+        .await;
+        let (_, unknown_html) = answer(
+            console
+                .post(&format!("/messages/{unknown}/{action}"), &[])
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{action}");
+        assert_eq!(without_nonces(&html), without_nonces(&unknown_html));
+    }
+    let (_, timeline) = answer(console.get("?q=secret").await).await;
+    assert_eq!(
+        rows(&timeline),
+        0,
+        "bob's messages are not in alice's search"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// resend and cancel
+// ------------------------------------------------------------------------------------------
+
+/// The number of the member's messages, as the API lists them.
+async fn message_count(app: &TestApp, token: &str) -> usize {
+    let body: serde_json::Value = app
+        .messages(&[("token", token), ("limit", "100")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["messages"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_failed_message_is_resent_as_a_new_one_that_names_it() {
+    let app = spawn_app().await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    app.mock.push_replies_for(&alice, [refused()]);
+    let old = app.send_ok(&token, "try again", "the same text").await;
+    app.wait_for_status(&old, &token, "failed", WAIT).await;
+    let console = console_login(&app, &alice).await;
+    let page = console.page(&format!("/messages/{old}")).await;
+    assert!(
+        page.contains(&format!("/messages/{old}/resend\"")),
+        "a Resend button"
+    );
+
+    // Without the CSRF token: refused, nothing sent.
+    let (status, _) = answer(
+        console
+            .post_raw(&format!("/messages/{old}/resend"), &[])
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(message_count(&app, &token).await, 1, "nothing was created");
+
+    let resp = console.post(&format!("/messages/{old}/resend"), &[]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let location = resp.headers()[LOCATION].to_str().unwrap().to_owned();
+    let new = location
+        .strip_prefix("/console/messages/")
+        .and_then(|rest| rest.split('?').next())
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    let page = console.page(&location).await;
+    assert!(
+        page.contains("Resent: this is the new message"),
+        "the flash"
+    );
+    assert!(
+        page.contains(&format!("/messages/{old}\"")),
+        "it names the old one"
+    );
+    let body = app.wait_for_status(&new, &token, "delivered", WAIT).await;
+    assert_eq!(body["resent_from"], old.as_str());
+    assert_eq!(body["title"], "try again");
+    let sent = app.mock.wait_for_sent(1, WAIT).await;
+    assert!(sent[0].content.contains("the same text"), "{:?}", sent[0]);
+    // The old one names the new one.
+    assert!(
+        console
+            .page(&format!("/messages/{old}"))
+            .await
+            .contains(&format!("/messages/{new}\""))
+    );
+    let old_body = app.message_json(&old, &token).await;
+    assert_eq!(old_body["resent_as"][0], new.as_str());
+    // Once is enough: a second resend says where the first went.
+    let (status, html) = answer(console.post(&format!("/messages/{old}/resend"), &[]).await).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(html.contains(&new), "{html}");
+    // A delivered message is not resent.
+    let (status, _) = answer(console.post(&format!("/messages/{new}/resend"), &[]).await).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(message_count(&app, &token).await, 2);
+}
+
+/// `POST /messages/{id}/resend` with the push token.
+async fn api_resend(
+    app: &TestApp,
+    id: &str,
+    token: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = app.http.post(app.url(&format!("/messages/{id}/resend")));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_scheduled_message_is_cancelled_and_the_api_resends_it() {
+    let app = spawn_app().await;
+    let alice = userid("alice");
+    let bob = userid("bob");
+    let token = app.get_token(&alice).await;
+    let bob_token = app.get_token(&bob).await;
+    let resp = app
+        .send_get(&[
+            ("token", &token),
+            ("title", "later"),
+            ("content", "c"),
+            ("delay", "1h"),
+        ])
+        .await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "scheduled", "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let console = console_login(&app, &alice).await;
+    let page = console.page(&format!("/messages/{id}")).await;
+    assert!(
+        page.contains(&format!("/messages/{id}/cancel\"")),
+        "a Cancel button"
+    );
+    assert!(!page.contains("/resend\""));
+
+    let (status, _) = answer(
+        console
+            .post_raw(&format!("/messages/{id}/cancel"), &[("csrf", "forged")])
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(app.message_json(&id, &token).await["status"], "scheduled");
+
+    let resp = console.post(&format!("/messages/{id}/cancel"), &[]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let location = resp.headers()[LOCATION].to_str().unwrap().to_owned();
+    let page = console.page(&location).await;
+    assert!(page.contains("Cancelled"), "{page}");
+    assert_eq!(app.message_json(&id, &token).await["status"], "cancelled");
+    let (status, html) = answer(console.post(&format!("/messages/{id}/cancel"), &[]).await).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(html.contains("cancelled already"), "{html}");
+
+    // The API: someone else's token finds nothing; no token is a 401; the owner resends.
+    assert_eq!(
+        api_resend(&app, &id, Some(&bob_token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api_resend(&app, &id, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = api_resend(&app, &id, Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resent_from"], id.as_str());
+    assert_eq!(body["title"], "later");
+    let new = body["id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&new, &token, "delivered", WAIT).await;
+    let (status, body) = api_resend(&app, &id, Some(&token)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // And the console shows both ends.
+    let page = console.page(&format!("/messages/{new}")).await;
+    assert!(page.contains(&format!("/messages/{id}\"")));
+}
+
+// ------------------------------------------------------------------------------------------
+// behind a reverse proxy, under a path prefix
+// ------------------------------------------------------------------------------------------
+
+/// A reverse proxy that serves `upstream` under `/push`, taking the prefix off before
+/// forwarding (as nginx's `location /push/ { proxy_pass http://pushbot/; }` does); anything
+/// else is its own 404. Answers its address.
+async fn prefix_proxy(upstream: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let client = http_client();
+    let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move { forward(&client, &upstream, req).await }
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    address
+}
+
+async fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let Some(rest) = target
+        .strip_prefix("/push")
+        .filter(|rest| rest.starts_with('/'))
+    else {
+        return (axum::http::StatusCode::NOT_FOUND, "not under /push").into_response();
+    };
+    let hop = |name: &str| {
+        matches!(
+            name,
+            "host" | "connection" | "transfer-encoding" | "content-length"
+        )
+    };
+    let mut out = client.request(req.method().clone(), format!("{upstream}{rest}"));
+    for (name, value) in req.headers() {
+        if !hop(name.as_str()) {
+            out = out.header(name, value);
+        }
+    }
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let resp = out.body(body).send().await.unwrap();
+    let mut answer = axum::http::Response::builder().status(resp.status());
+    for (name, value) in resp.headers() {
+        if !hop(name.as_str()) {
+            answer = answer.header(name, value);
+        }
+    }
+    answer
+        .body(axum::body::Body::from(resp.bytes().await.unwrap()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn behind_a_proxy_under_a_prefix_login_timeline_and_resend_work() {
+    let app =
+        spawn_app_with(|c| c.server.public_url = http_url("https://push.example.com/push")).await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    app.mock.push_replies_for(&alice, [refused()]);
+    let old = app.send_ok(&token, "through the proxy", "again").await;
+    app.wait_for_status(&old, &token, "failed", WAIT).await;
+    let proxy = prefix_proxy(app.address.clone()).await;
+
+    // The link in the chat is under the prefix; logging in redirects under it.
+    let console = console_login_at(&app, &proxy, &alice).await;
+    assert_eq!(console.base, "/push/console");
+    assert!(
+        console.set_cookie.contains("Path=/push/console"),
+        "{}",
+        console.set_cookie
+    );
+    let timeline = console.page("").await;
+    for under in [
+        format!("href=\"/push/console/messages/{old}\""),
+        "action=\"/push/console/logout\"".to_owned(),
+        "href=\"/push/console/settings\"".to_owned(),
+    ] {
+        assert!(timeline.contains(&under), "{under} in {timeline}");
+    }
+    assert!(
+        !timeline.contains("\"/console/"),
+        "no link escapes the prefix"
+    );
+    let page = console.page(&format!("/messages/{old}")).await;
+    assert!(page.contains(&format!("action=\"/push/console/messages/{old}/resend\"")));
+
+    let resp = console.post(&format!("/messages/{old}/resend"), &[]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let location = resp.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with("/push/console/messages/"),
+        "{location}"
+    );
+    let page = console.page(&location).await;
+    assert!(page.contains(&format!("href=\"/push/console/messages/{old}\"")));
+    // Logging out clears the cookie on the prefixed path.
+    let resp = console.post("/logout", &[]).await;
+    let cleared = resp.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(cleared.contains("Path=/push/console"), "{cleared}");
+}

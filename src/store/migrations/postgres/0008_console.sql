@@ -15,3 +15,4 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_by_member ON console_sessions (userid);
 ALTER TABLE messages ADD COLUMN resent_from TEXT;
+CREATE INDEX messages_resent ON messages (resent_from) WHERE resent_from IS NOT NULL;

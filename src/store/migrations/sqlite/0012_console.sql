@@ -24,5 +24,7 @@ CREATE TABLE console_sessions (
 CREATE INDEX console_sessions_by_member ON console_sessions (userid);
 
 -- A message sent again from the console (or `POST /messages/{id}/resend`) names the one it
--- repeats.
+-- repeats. Its index holds only such messages (a partial index: nothing for the others on
+-- the write path), to show a message's resends on its page.
 ALTER TABLE messages ADD COLUMN resent_from TEXT;
+CREATE INDEX messages_resent ON messages (resent_from) WHERE resent_from IS NOT NULL;
