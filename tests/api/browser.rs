@@ -647,7 +647,7 @@ fn check_page(problems: &mut Vec<String>, name: &str, state: &Value, dark: bool,
 }
 
 /// Relative luminance (WCAG) of a CSS `rgb(…)`/`rgba(…)` colour.
-fn luminance(css: &str) -> f64 {
+pub(crate) fn luminance(css: &str) -> f64 {
     let inner = css
         .strip_prefix("rgba(")
         .or_else(|| css.strip_prefix("rgb("))
@@ -669,7 +669,7 @@ fn luminance(css: &str) -> f64 {
     0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
 }
 
-fn contrast(a: f64, b: f64) -> f64 {
+pub(crate) fn contrast(a: f64, b: f64) -> f64 {
     (a.max(b) + 0.05) / (a.min(b) + 0.05)
 }
 
@@ -958,6 +958,24 @@ impl Driver {
     /// Opens `url` and waits for it to load.
     pub(crate) async fn navigate(&self, url: &str) {
         self.post("/url", json!({ "url": url })).await;
+    }
+
+    /// Clicks the first element matching the CSS `selector` as a person would: WebDriver's
+    /// own click, which waits for a navigation it starts (a form submitted, a link).
+    pub(crate) async fn click(&self, selector: &str) {
+        let found = self
+            .post(
+                "/element",
+                json!({ "using": "css selector", "value": selector }),
+            )
+            .await;
+        let id = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {selector}: {found}"))
+            .to_owned();
+        self.post(&format!("/element/{id}/click"), json!({})).await;
     }
 
     pub(crate) async fn execute(&self, script: &str, args: Value) -> Value {

@@ -19,6 +19,7 @@ mod conformance;
 mod connections;
 mod console;
 mod console_admin;
+mod console_browser;
 mod deliver_media;
 mod delivery;
 mod destinations;
