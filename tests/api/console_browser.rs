@@ -204,16 +204,14 @@ async fn the_console_in_a_real_browser() {
     driver.emulate(PHONE, false).await;
     driver.drain_logs().await;
     driver.navigate(&link).await;
-    let page = check.page(&driver, "login", PHONE.0, false).await;
+    let page = check.page(&driver, "flow-1-login", PHONE.0, false).await;
     assert!(
         page["text"].as_str().unwrap_or("").contains(&alice),
         "{page}"
     );
     driver.click("form[action$='/console/login'] button").await;
     wait_for_page(&driver, &check, "timeline", |p| p == "/console").await;
-    let page = check
-        .page(&driver, "timeline-phone-light", PHONE.0, false)
-        .await;
+    let page = check.page(&driver, "flow-2-timeline", PHONE.0, false).await;
     assert_eq!(
         page["path"], "/console",
         "logged in, on the timeline: {page}"
@@ -231,7 +229,7 @@ async fn the_console_in_a_real_browser() {
     let message_path = format!("/console/messages/{refused}");
     wait_for_page(&driver, &check, "message", |p| p == message_path).await;
     let page = check
-        .page(&driver, "message-phone-light", PHONE.0, false)
+        .page(&driver, "flow-3-failed-message", PHONE.0, false)
         .await;
     assert_eq!(page["path"], format!("/console/messages/{refused}"));
     let text = page["text"].as_str().unwrap_or_default().to_owned();
@@ -245,9 +243,7 @@ async fn the_console_in_a_real_browser() {
         p.starts_with("/console/messages/") && p != message_path
     })
     .await;
-    let page = check
-        .page(&driver, "resent-phone-light", PHONE.0, false)
-        .await;
+    let page = check.page(&driver, "flow-4-resent", PHONE.0, false).await;
     let path = page["path"].as_str().unwrap_or_default().to_owned();
     let resent = path
         .strip_prefix("/console/messages/")
