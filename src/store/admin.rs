@@ -562,6 +562,95 @@ mod tests {
         );
     }
 
+    /// What the operators' page costs on a database with 100,000 messages of 1,000 members
+    /// from the last days (1 % failed with a try each, 0.1 % queued): each query's median of
+    /// five, printed. A measurement, not a check.
+    #[tokio::test]
+    #[ignore = "a measurement: cargo test --lib admin_queries_at_scale -- --ignored --nocapture"]
+    async fn admin_queries_at_scale() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("scale.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let (members, messages) = (1_000, 100_000);
+        let now = UnixMillis::now();
+        let mut tx = store.pool.begin().await.unwrap();
+        for m in 0..members {
+            sqlx::query(
+                "INSERT INTO members (userid, token, created_at, token_created_at) \
+                 VALUES ($1, $2, $3, $3)",
+            )
+            .bind(format!("member{m:04}"))
+            .bind(format!("token{m:04}"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        for i in 0..messages {
+            let id = MessageId::generate();
+            let status = match i % 1000 {
+                1 => "queued",
+                n if n % 100 == 0 => "failed",
+                _ => "delivered",
+            };
+            sqlx::query(
+                "INSERT INTO messages (id, userid, title, content, status, created_at, \
+                 updated_at, next_attempt_at, deadline_at, seq, last_error) \
+                 VALUES ($1, $2, 't', 'c', $3, $4, $4, $4, $4, $5, $6)",
+            )
+            .bind(id.as_str())
+            .bind(format!("member{:04}", i % members))
+            .bind(status)
+            .bind(now)
+            .bind(i64::from(i))
+            .bind((status == "failed").then_some("refused"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            if status == "failed" {
+                sqlx::query(
+                    "INSERT INTO attempts (message_id, at, channel, outcome, error) \
+                     VALUES ($1, $2, 'wecom', 'failed', 'refused')",
+                )
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+        let since = now - Duration::from_secs(7 * 24 * 3600);
+        let day = now.start_of_day(0);
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let (mut m, mut q, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let page = store.admin_members(day, 200).await.unwrap();
+            m.push(t.elapsed());
+            assert_eq!(page.members.len(), 200);
+            let t = std::time::Instant::now();
+            let queues = store.admin_queues().await.unwrap();
+            q.push(t.elapsed());
+            assert_eq!(queues[0].queued, 100);
+            let t = std::time::Instant::now();
+            let failures = store.admin_failures(since, 30).await.unwrap();
+            f.push(t.elapsed());
+            assert_eq!(failures.messages.len(), 30);
+        }
+        println!(
+            "{messages} messages, {members} members: members (200 listed) {:?}, queues {:?}, \
+             failures {:?}",
+            median(m),
+            median(q),
+            median(f)
+        );
+        store.close().await;
+    }
+
     /// Each test on a fresh SQLite file and on a fresh PostgreSQL schema.
     macro_rules! on_both_engines {
         ($($name:ident),* $(,)?) => {$(
