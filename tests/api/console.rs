@@ -886,3 +886,94 @@ async fn behind_a_proxy_under_a_prefix_login_timeline_and_resend_work() {
     let cleared = resp.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     assert!(cleared.contains("Path=/push/console"), "{cleared}");
 }
+
+#[tokio::test]
+async fn a_resend_carries_the_same_stored_files() {
+    let app = spawn_app().await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    app.mock.push_replies_for(&alice, [refused()]);
+    let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+    image.extend((0..2000).map(|i| (i % 251) as u8));
+    let form = reqwest::multipart::Form::new()
+        .text("title", "chart")
+        .text("content", "see the chart")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(image.clone()).file_name("chart.png"),
+        );
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .query(&[("token", token.as_str())])
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let old = accepted_id(resp).await;
+    let before = app.wait_for_status(&old, &token, "failed", WAIT).await;
+    let console = console_login(&app, &alice).await;
+    let page = console.page(&format!("/messages/{old}")).await;
+    assert!(page.contains("chart.png"), "the story lists its files");
+
+    let resp = console.post(&format!("/messages/{old}/resend"), &[]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let location = resp.headers()[LOCATION].to_str().unwrap().to_owned();
+    let new = location
+        .trim_start_matches("/console/messages/")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let after = app.wait_for_status(&new, &token, "delivered", WAIT).await;
+    assert_eq!(
+        after["attachments"], before["attachments"],
+        "the same files"
+    );
+    let uploads = app.mock.wait_for_uploads(1, WAIT).await;
+    assert_eq!(uploads[0].bytes.as_ref(), image.as_slice(), "byte for byte");
+    // Stored once: the new message names the same blob.
+    let mut conn = crate::db::connect(app.store_url()).await;
+    let blobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blobs")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(blobs, 1);
+}
+
+#[tokio::test]
+async fn two_posts_with_one_link_at_once_log_in_once_and_sessions_expire() {
+    let app = spawn_app_with(|c| c.console.session_ttl = Duration::from_secs(1)).await;
+    let alice = userid("alice");
+    let path = login_path(&app, &alice).await;
+    let token = path.split("t=").nth(1).unwrap().to_owned();
+    let http = http_client();
+    let post = || {
+        http.post(app.url("/console/login"))
+            .form(&[("t", token.as_str())])
+            .send()
+    };
+    let answers = futures_util::future::join_all((0..8).map(|_| post())).await;
+    let statuses: Vec<StatusCode> = answers
+        .iter()
+        .map(|r| r.as_ref().unwrap().status())
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::SEE_OTHER)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::SEE_OTHER || *s == StatusCode::GONE)
+    );
+    // The session lasts session_ttl.
+    let console = console_login(&app, &alice).await;
+    assert!(console.set_cookie.contains("Max-Age=1"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(console.get("").await.status(), StatusCode::UNAUTHORIZED);
+}
