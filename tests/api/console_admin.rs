@@ -382,3 +382,80 @@ async fn without_a_session_every_admin_path_asks_to_log_in() {
     let console: Console = console_login(&app, &alice).await;
     console.page("/admin").await;
 }
+
+/// Under a path prefix (`public_url = "https://…/push"`, a proxy taking `/push` off before
+/// pushbot sees the request), every link, form and redirect of the page carries it.
+#[tokio::test]
+async fn under_a_path_prefix_the_page_links_forms_and_redirects_carry_it() {
+    let alice = userid("admin");
+    let admins = vec![alice.clone()];
+    let app = spawn_app_with(move |c| {
+        c.console.admins = admins;
+        c.server.public_url = http_url("https://push.example.com/push");
+    })
+    .await;
+    // What the proxy would forward: the link's path without the prefix.
+    let link = crate::console::login_path(&app, &alice).await;
+    let path = link
+        .strip_prefix("/push")
+        .unwrap_or_else(|| panic!("the link is under the prefix: {link}"));
+    let http = http_client();
+    let html = http
+        .get(app.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let t = crate::console::hidden_field(&html, "t").expect("the login form");
+    let resp = http
+        .post(app.url("/console/login"))
+        .form(&[("t", t.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("Path=/push/console"), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+
+    let resp = http
+        .get(app.url("/console/admin"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("action=\"/push/console/admin/doctor\""),
+        "the doctor's form: {html}"
+    );
+    assert!(
+        html.contains("href=\"/push/console/admin\""),
+        "the navigation"
+    );
+    assert!(
+        !html.contains("\"/console/"),
+        "nothing outside the prefix: {html}"
+    );
+    let resp = http
+        .get(app.url("/console/admin/doctor"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        resp.headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok()),
+        Some("/push/console/admin#doctor")
+    );
+}
