@@ -19,7 +19,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/", get(index))
-        .route("/favicon.ico", get(favicon))
 }
 
 /// What `/healthz` and `/metrics` say about delivery.
@@ -132,16 +131,6 @@ const STORAGE_UNAVAILABLE: &str =
 /// Seconds to the millisecond (a stable, readable figure).
 fn round_ms(secs: f64) -> f64 {
     (secs * 1000.0).round() / 1000.0
-}
-
-/// Browsers ask every origin for `/favicon.ico` when they show a page (the console, a
-/// message page): no icon, and no 404 that a browser's console shows as an error.
-async fn favicon() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [(axum::http::header::CACHE_CONTROL, "public, max-age=86400")],
-    )
-        .into_response()
 }
 
 async fn index() -> Json<serde_json::Value> {

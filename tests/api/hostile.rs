@@ -118,7 +118,6 @@ fn paths(token: &str) -> Vec<String> {
             "/ping",
             "/version",
             "/healthz",
-            "/favicon.ico",
             "/metrics",
             "/wecom/callback?msg_signature=x&timestamp=9999999999999&nonce=n&echostr=%FF",
             "/wecom/callback",
