@@ -284,13 +284,30 @@ async fn the_console_in_a_real_browser() {
             }
         }
     }
-    // The admin page shows the traffic above.
+    // The admin page shows the traffic above, and runs the doctor's checks from its form.
     driver.emulate(PHONE, false).await;
+    driver.drain_logs().await;
     driver.navigate(&format!("{origin}/console/admin")).await;
     let state = driver.execute(STATE, json!([])).await;
     let text = state["text"].as_str().unwrap_or_default();
     assert!(text.contains(&refused) && text.contains(&alice), "{text}");
     assert!(!text.contains(&token), "never a push token");
+    driver
+        .click("form[action$='/console/admin/doctor'] button")
+        .await;
+    wait_for_page(&driver, &check, "doctor", |p| p == "/console/admin/doctor").await;
+    let state = check
+        .page(&driver, "admin-doctor-phone-light", PHONE.0, false)
+        .await;
+    let text = state["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("pushbot doctor") && text.contains("企业微信凭据有效"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&token) && !text.contains(SECRET),
+        "no secret"
+    );
 
     // The checks can fail: an inline script without the nonce is blocked, and that is a
     // console error the checks above would have seen.
