@@ -3383,6 +3383,31 @@ mod tests {
     }
 
     #[test]
+    fn console_settings_have_defaults_and_come_from_the_environment() {
+        use std::ffi::OsString;
+        let defaults = Settings::from_toml(MINIMAL).unwrap().console;
+        assert_eq!(defaults.session_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(defaults.login_ttl, Duration::from_secs(600));
+        assert!(defaults.admins.is_empty());
+        let env = [
+            ("PUSHBOT_CONSOLE__ADMINS", "alice, bob,,"),
+            ("PUSHBOT_CONSOLE__SESSION_TTL", "12h"),
+            ("PUSHBOT_CONSOLE__LOGIN_TTL", "5m"),
+        ];
+        let (vars, _) = classify(env.map(|(n, v)| (OsString::from(n), OsString::from(v)))).unwrap();
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(MINIMAL, config::FileFormat::Toml))
+            .add_source(env_source(vars));
+        let console = Settings::from_builder(builder).unwrap().console;
+        assert_eq!(console.admins, ["alice", "bob"]);
+        assert_eq!(console.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(console.login_ttl, Duration::from_secs(300));
+        let zero = format!("{MINIMAL}\n[console]\nlogin_ttl = \"0s\"\n");
+        let err = Settings::from_toml(&zero).unwrap_err().to_string();
+        assert!(err.contains("console.login_ttl"), "{err}");
+    }
+
+    #[test]
     fn sms_settings_come_from_the_environment() {
         use std::ffi::OsString;
         let env = [
