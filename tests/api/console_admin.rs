@@ -459,3 +459,77 @@ async fn under_a_path_prefix_the_page_links_forms_and_redirects_carry_it() {
         Some("/push/console/admin#doctor")
     );
 }
+
+/// Hostile bodies and methods on the operators' paths, with an operator's session: never a
+/// 5xx, and the doctor runs only for a form whose CSRF field is the session's.
+#[tokio::test]
+async fn hostile_requests_with_an_operators_session_are_never_a_5xx() {
+    let alice = userid("admin");
+    let admins = vec![alice.clone()];
+    let app = spawn_app_with(move |c| {
+        c.console.admins = admins;
+        c.server.public_url = http_url(&format!("http://127.0.0.1:{}", free_port()));
+    })
+    .await;
+    let console = console_login(&app, &alice).await;
+    let csrf = console.csrf.clone();
+    let bodies: Vec<(Option<&str>, Vec<u8>)> = vec![
+        (None, Vec::new()),
+        (
+            Some("application/x-www-form-urlencoded"),
+            vec![0xff, 0xfe, 0x00],
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            b"csrf=%FF%00".to_vec(),
+        ),
+        (Some("application/x-www-form-urlencoded"), b"csrf".to_vec()),
+        (
+            Some("application/x-www-form-urlencoded"),
+            format!("csrf={}", "x".repeat(2 * 1024 * 1024)).into_bytes(),
+        ),
+        (
+            Some("application/json"),
+            format!("{{\"csrf\":\"{csrf}\"}}").into_bytes(),
+        ),
+        (Some("multipart/form-data; boundary=x"), b"--x--".to_vec()),
+        (Some("text/plain"), b"x=1&csrf=wrong".to_vec()),
+    ];
+    let calls = app.mock.gettoken_calls();
+    for path in [
+        "/admin/doctor",
+        "/admin",
+        "/admin/%00",
+        "/admin/doctor?csrf=x",
+    ] {
+        for method in [
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::PATCH,
+        ] {
+            for (kind, body) in &bodies {
+                let mut req = console
+                    .http
+                    .request(method.clone(), console.url(path))
+                    .header(COOKIE, &console.cookie)
+                    .body(body.clone());
+                if let Some(kind) = kind {
+                    req = req.header(reqwest::header::CONTENT_TYPE, *kind);
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status();
+                let page = resp.text().await.unwrap_or_default();
+                assert!(
+                    !status.is_server_error(),
+                    "{method} {path} ({kind:?}): {status}"
+                );
+                assert!(
+                    !page.contains("id=\"doctor-output\""),
+                    "{method} {path} ({kind:?}) ran the doctor"
+                );
+            }
+        }
+    }
+    assert_eq!(app.mock.gettoken_calls(), calls, "no check was made");
+    assert_eq!(app.healthz().await.unwrap().status(), 200);
+}
