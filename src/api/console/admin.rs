@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRequest as _, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{any, get};
@@ -109,11 +109,18 @@ async fn doctor_page(State(state): State<AppState>, session: Session) -> Respons
     redirect_to(&state, "/admin#doctor")
 }
 
-async fn doctor(State(state): State<AppState>, posted: Posted) -> Response {
-    let session = &posted.session;
+/// The session is looked at before the body: a member who is not an operator gets the 403
+/// page whatever the form holds (or fails to hold); an operator's form must then carry the
+/// session's CSRF token ([`Posted`]).
+async fn doctor(State(state): State<AppState>, session: Session, request: Request) -> Response {
     if !session.admin {
-        return operators_only(&state, session);
+        return operators_only(&state, &session);
     }
+    let posted = match Posted::from_request(request, &state).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
+    let session = &posted.session;
     let mut out = Vec::new();
     let finished = tokio::time::timeout(
         DOCTOR_TIMEOUT,
