@@ -735,7 +735,7 @@ mod tests {
             .unwrap();
         crate::store::schedule::tests::assert_after_schedule_migration(&store).await;
         store.close().await;
-        let pool = migrated_before(&path, 12).await;
+        let pool = migrated_before(&path, i64::MAX).await;
         for sql in [
             "EXPLAIN QUERY PLAN SELECT MIN(deliver_at) FROM messages WHERE status = 'scheduled'",
             "EXPLAIN QUERY PLAN SELECT id, userid FROM messages WHERE status = 'scheduled' \
@@ -755,6 +755,40 @@ mod tests {
                 "{sql}: sorted instead: {plan}"
             );
         }
+    }
+
+    /// The console migration (0012) keeps messages (resent from nothing) and adds the
+    /// console's tables.
+    #[tokio::test]
+    async fn migrating_to_the_console_keeps_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let pool = migrated_before(&path, 12).await;
+        sqlx::query(
+            "INSERT INTO messages (id, userid, title, status, created_at, updated_at, \
+             next_attempt_at, deadline_at, seq) VALUES ('m1', 'alice', 'kept', 'failed', 5, 5, 5, 9, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let m = store.message("m1").await.unwrap().unwrap();
+        assert_eq!(m.title.as_deref(), Some("kept"));
+        assert_eq!(m.resent_from, None);
+        let alice = UserId::new("alice");
+        assert!(store.resends_of(&alice, &m.id).await.unwrap().is_empty());
+        let token = store
+            .create_console_login(&alice, UnixMillis::now(), ms(60_000))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.use_console_login(&token, UnixMillis::now()).await,
+            Ok(crate::store::LoginUse::LoggedIn(_))
+        ));
+        store.close().await;
     }
 
     /// The media migration (0009) applies to a database that holds messages, which stay,

@@ -288,6 +288,9 @@ async fn a_wrong_or_missing_link_and_no_session_are_clear_pages() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
         assert!(html.contains("login"), "{html}");
     }
+    let resp = http.get(app.url("/console/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/console");
     for path in ["/console", "/console/timeline"] {
         let (status, html) = answer(http.get(app.url(path)).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
@@ -558,6 +561,10 @@ async fn a_message_shows_its_story_and_another_members_is_not_found() {
         "escaped: {page}"
     );
     assert!(!page.contains("<script>x"), "escaped content");
+    assert!(
+        page.contains("accepted 接收"),
+        "the story starts with its acceptance"
+    );
     assert!(page.contains("retry"), "the failed attempt: {page}");
     assert!(page.contains("delivered"));
     assert!(
@@ -568,13 +575,10 @@ async fn a_message_shows_its_story_and_another_members_is_not_found() {
         !page.contains("/resend\""),
         "a delivered message has no Resend"
     );
-    // On the timeline, the row opens it.
-    assert!(
-        console
-            .page("")
-            .await
-            .contains(&format!("/console/messages/{id}\""))
-    );
+    // On the timeline, the row opens it, and links its page.
+    let timeline = console.page("").await;
+    assert!(timeline.contains(&format!("/console/messages/{id}\"")));
+    assert!(timeline.contains(&format!("href=\"{PUBLIC_URL}/m/{id}?k=")));
 
     // Bob's message, an unknown id and a non-id answer alike.
     let unknown = uuid::Uuid::now_v7().to_string();
@@ -748,6 +752,11 @@ async fn a_scheduled_message_is_cancelled_and_the_api_resends_it() {
     let location = resp.headers()[LOCATION].to_str().unwrap().to_owned();
     let page = console.page(&location).await;
     assert!(page.contains("Cancelled"), "{page}");
+    assert!(
+        page.contains("scheduled by the sender"),
+        "its schedule in the story"
+    );
+    assert!(page.contains("cancelled 已取消"), "and its end");
     assert_eq!(app.message_json(&id, &token).await["status"], "cancelled");
     let (status, html) = answer(console.post(&format!("/messages/{id}/cancel"), &[]).await).await;
     assert_eq!(status, StatusCode::CONFLICT);

@@ -423,7 +423,7 @@ fn path_value<T>(path: PathOf<T>) -> Result<T, ApiError> {
 /// (or a mistyped one) in one of the compat shapes.
 const ROUTE_NAMES: &[&str] = &[
     "", "send", "messages", "m", "wecom", "hooks", "healthz", "metrics", "push", "ping", "message",
-    "version",
+    "version", "console",
 ];
 
 /// Whether `name` is a route of its own (and so can never be a topic or a token).

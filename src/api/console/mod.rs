@@ -138,13 +138,14 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// The session cookie's value in the request, if any.
+/// The session cookie's value in the request, if any. Read pair by pair, so that another
+/// cookie with bytes that are not ASCII (another app on the same host) hides nothing.
 fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE_NAME)
         .map(|(_, value)| value.trim().to_owned())
@@ -460,6 +461,28 @@ mod tests {
         );
         assert_eq!(session_id(&headers), None);
         assert_eq!(session_id(&HeaderMap::new()), None);
+    }
+
+    proptest::proptest! {
+        /// Any Cookie header is read or ignored, never a panic; the session's cookie is
+        /// found among any others.
+        #[test]
+        fn any_cookie_header_is_read_or_ignored(
+            junk in "\\PC{0,200}",
+            id in "[A-Za-z0-9_-]{16,64}",
+        ) {
+            if let Ok(value) = HeaderValue::from_str(&junk) {
+                let mut headers = HeaderMap::new();
+                headers.insert(COOKIE, value);
+                let _ = session_id(&headers);
+            }
+            let others = junk.replace(COOKIE_NAME, "x");
+            if let Ok(value) = HeaderValue::from_str(&format!("{others}; {COOKIE_NAME}={id}")) {
+                let mut headers = HeaderMap::new();
+                headers.insert(COOKIE, value);
+                proptest::prop_assert_eq!(session_id(&headers), Some(id));
+            }
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::time::UnixMillis;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", get(timeline))
+        .route("/console/", get(to_timeline))
         .route("/console/timeline", get(timeline))
         .route("/console/messages/{id}", get(story))
         .route("/console/messages/{id}/resend", post(resend))
@@ -176,10 +177,12 @@ pub struct Row {
     pub channel: String,
     pub last_error: Option<String>,
     pub resent: bool,
+    /// The message's own page (`/m/{id}?k=…`).
+    pub page: Option<String>,
 }
 
 impl Row {
-    fn of(m: &Message, utc_offset: i32) -> Self {
+    fn of(m: &Message, utc_offset: i32, public_base: &str) -> Self {
         Self {
             id: m.id.as_str().to_owned(),
             title: shown_title(m),
@@ -189,6 +192,10 @@ impl Row {
             channel: m.channel.clone().unwrap_or_default(),
             last_error: m.last_error.clone(),
             resent: m.resent_from.is_some(),
+            page: m
+                .page_key
+                .as_deref()
+                .map(|key| m.id.page_url(public_base, key)),
         }
     }
 }
@@ -276,6 +283,11 @@ async fn member_offset(state: &AppState, userid: &UserId) -> Result<i32, ApiErro
         .unwrap_or(state.utc_offset))
 }
 
+/// `GET {base}/`: the timeline's address is `{base}` (relative links are written from it).
+async fn to_timeline(State(state): State<AppState>) -> Response {
+    redirect_to(&state, "")
+}
+
 async fn timeline(
     State(state): State<AppState>,
     session: Session,
@@ -331,7 +343,10 @@ async fn timeline_page(
         .then(|| timeline_query_string(&first_page, false));
     let filtered = filter.status.is_some() || filter.channel.is_some() || filter.search.is_some();
     let offset = member_offset(state, &session.userid).await?;
-    let rows: Vec<Row> = messages.iter().map(|m| Row::of(m, offset)).collect();
+    let rows: Vec<Row> = messages
+        .iter()
+        .map(|m| Row::of(m, offset, &state.public_base))
+        .collect();
     let layout = Layout::new(state, session, "timeline", "时间线 Timeline");
     if query.fragment {
         return Ok(render(
@@ -534,7 +549,33 @@ async fn story_page(
         .map(|id| id.to_string())
         .collect();
     let offset = member_offset(state, &session.userid).await?;
-    let steps = crate::api::messages::history(&m, attempts)
+    let mut steps = vec![Step {
+        at: local_time(m.created_at, offset),
+        channel: String::new(),
+        outcome: "accepted 接收".to_owned(),
+        error: None,
+        note: m
+            .resent_from
+            .as_ref()
+            .map(|from| format!("resend of 重发自 {from}")),
+    }];
+    if let Some(due) = m.deliver_at {
+        steps.push(Step {
+            at: local_time(due, offset),
+            channel: String::new(),
+            outcome: if m.status == MessageStatus::Scheduled {
+                "waiting 等待中".to_owned()
+            } else {
+                "due 到期".to_owned()
+            },
+            error: None,
+            note: Some(match m.held {
+                Some(crate::store::Held::Quiet) => "quiet hours 免打扰".to_owned(),
+                None => "scheduled by the sender 定时".to_owned(),
+            }),
+        });
+    }
+    let tried = crate::api::messages::history(&m, attempts)
         .into_iter()
         .map(|a| Step {
             at: humantime::parse_rfc3339(&a.at)
@@ -553,8 +594,28 @@ async fn story_page(
             outcome: a.outcome,
             error: a.error,
             note: a.note,
-        })
-        .collect();
+        });
+    steps.extend(tried);
+    if let Some(via) = &m.via {
+        steps.push(Step {
+            at: m
+                .delivered_at
+                .map_or_else(String::new, |at| local_time(at, offset)),
+            channel: "wecom".to_owned(),
+            outcome: "digested 合并发送".to_owned(),
+            error: None,
+            note: Some(format!("in digest 摘要 {via}")),
+        });
+    }
+    if m.status == MessageStatus::Cancelled {
+        steps.push(Step {
+            at: local_time(m.updated_at, offset),
+            channel: String::new(),
+            outcome: "cancelled 已取消".to_owned(),
+            error: None,
+            note: None,
+        });
+    }
     let mut layout = Layout::new(state, session, "timeline", &shown_title(&m));
     if let Some(flash) = flash {
         layout = layout.with_flash(flash);
