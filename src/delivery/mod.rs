@@ -650,6 +650,12 @@ impl Outbox {
         self.inner.channel_health()
     }
 
+    /// The destinations members added in the chat that are down, or were down since this
+    /// instance first used them: member, name, health.
+    pub fn member_channel_health(&self) -> Vec<(UserId, ChannelName, health::Snapshot)> {
+        self.inner.member_channel_health()
+    }
+
     /// The channels configured on this server, in route order.
     pub fn channels(&self) -> &[ChannelName] {
         &self.configured

@@ -547,3 +547,55 @@ async fn hostile_requests_with_an_operators_session_are_never_a_5xx() {
     assert_eq!(app.mock.gettoken_calls(), calls, "no check was made");
     assert_eq!(app.healthz().await.unwrap().status(), 200);
 }
+
+/// A group robot a member added in the chat that stops answering is on the page as that
+/// member's, down, with the reason — and the robot's key is not.
+#[tokio::test]
+async fn a_members_own_robot_that_is_down_is_shown_without_its_key() {
+    use crate::mock_destinations::{DestKind, MockDestinations, Scripted};
+    let mock = MockDestinations::start().await;
+    let section = destinations_at(&mock);
+    let alice = userid("admin");
+    let admins = vec![alice.clone()];
+    let app = spawn_app_with(move |c| {
+        c.console.admins = admins;
+        c.destinations = section;
+        c.delivery.retry_window = Duration::from_secs(60);
+    })
+    .await;
+    let bob = userid("bob");
+    let token = app.get_token(&bob).await;
+    let key = "bobs-robot-key-0123456789abcdef";
+    mock.add_wecom_robot(key);
+    let reply = app
+        .user_says(&bob, &format!("robot team {}", mock.wecom_url(key)))
+        .await
+        .unwrap();
+    assert!(reply.contains("added"), "{reply}");
+    let console = console_login(&app, &alice).await;
+    let html = console.page("/admin").await;
+    assert_eq!(
+        rows(&html, "health-row").len(),
+        1,
+        "a robot that answers is not listed"
+    );
+
+    mock.fail_always(DestKind::WeComRobot, Scripted::Http(503));
+    let resp = app
+        .send_form(&[
+            ("token", &token),
+            ("title", "to the group"),
+            ("content", "x"),
+            ("channel", "team"),
+        ])
+        .await;
+    let id = accepted_id(resp).await;
+    wait_for_error(&app, &id, &token).await;
+    let html = console.page("/admin").await;
+    let health = rows(&html, "health-row");
+    let team = row(&health, &format!("team ({bob})"));
+    assert!(team[1].contains("down"), "{team:?}");
+    assert!(team[3].contains("503"), "{team:?}");
+    assert!(row(&health, "wecom")[1].contains("up"), "{health:?}");
+    assert_no_secret(&html, &[key, &token]);
+}

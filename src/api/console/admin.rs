@@ -163,6 +163,8 @@ struct DoctorRun {
 
 struct HealthRow {
     channel: String,
+    /// Whose destination it is (added in the chat); `None`: one of the server's channels.
+    member: Option<String>,
     up: bool,
     since: String,
     last_error: Option<String>,
@@ -248,17 +250,28 @@ impl AdminPage {
         let offset = state.utc_offset;
         let at = |t: UnixMillis| local_time(t, offset);
         let (pass_age, stall_after) = state.outbox.scheduler_pass();
+        let since = |s: Option<UnixMillis>| {
+            s.map_or_else(
+                || "本次启动以来 since this server started".to_owned(),
+                |s| format!("{} ({} ago)", at(s), ago(now.since(s))),
+            )
+        };
+        let members = state
+            .outbox
+            .member_channel_health()
+            .into_iter()
+            .map(|(userid, channel, h)| (Some(userid.as_str().to_owned()), channel, h));
         let health = state
             .outbox
             .channel_health()
             .into_iter()
-            .map(|(channel, h)| HealthRow {
+            .map(|(channel, h)| (None, channel, h))
+            .chain(members)
+            .map(|(member, channel, h)| HealthRow {
                 channel: channel.as_str().to_owned(),
+                member,
                 up: h.up,
-                since: h.since.map_or_else(
-                    || "本次启动以来 since this server started".to_owned(),
-                    |since| format!("{} ({} ago)", at(since), ago(now.since(since))),
-                ),
+                since: since(h.since),
                 last_error: h.last_error,
             })
             .collect();
