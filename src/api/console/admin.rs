@@ -3,7 +3,9 @@
 //! method.
 //!
 //! It shows, read-only: each configured channel's health (this instance's scheduler's
-//! view: up or down, since when, the last reason), what waits per channel (queued and
+//! view: up or down, since when, the last reason) and that of the members' own robots that
+//! are or were down (by member and name: never their address or key), what waits per
+//! channel (queued and
 //! scheduled counts, the oldest queued message and the next scheduled time), the recent
 //! failures (failed messages and failed tries with their reasons, newest first), and the
 //! members (when they joined, their token's age — never the token —, messages today and
