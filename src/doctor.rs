@@ -102,7 +102,7 @@ impl Finding {
 
 /// Prints findings as they come and counts them.
 struct Report<'a> {
-    out: &'a mut dyn Write,
+    out: &'a mut (dyn Write + Send),
     failed: usize,
     warned: usize,
     skipped: usize,
@@ -150,8 +150,17 @@ impl Report<'_> {
     }
 }
 
+/// Where the database check looks.
+#[derive(Clone, Copy)]
+pub enum Database<'a> {
+    /// Opens `storage.url` as `pushbot serve` does (`pushbot doctor`).
+    Open,
+    /// The running server's own store (the operators' page in the console).
+    Running(&'a Store),
+}
+
 /// Runs every check, printing to `out`; `true` when none failed (skips are fine).
-pub async fn run(config: Option<&Path>, out: &mut dyn Write) -> bool {
+pub async fn run(config: Option<&Path>, out: &mut (dyn Write + Send)) -> bool {
     let _ = writeln!(out, "pushbot doctor {}\n", env!("CARGO_PKG_VERSION"));
     let mut report = Report {
         out,
@@ -174,9 +183,43 @@ pub async fn run(config: Option<&Path>, out: &mut dyn Write) -> bool {
             return false;
         }
     };
+    checks(
+        &mut report,
+        &settings,
+        &config_source(config),
+        Database::Open,
+    )
+    .await
+}
+
+/// The same checks as [`run`] on settings already loaded (`source` says from where), for
+/// a running server: the operators' page runs them against the configuration the server
+/// runs with, on its own database connection.
+pub async fn run_loaded(
+    settings: &Settings,
+    source: &str,
+    database: Database<'_>,
+    out: &mut (dyn Write + Send),
+) -> bool {
+    let _ = writeln!(out, "pushbot doctor {}\n", env!("CARGO_PKG_VERSION"));
+    let mut report = Report {
+        out,
+        failed: 0,
+        warned: 0,
+        skipped: 0,
+    };
+    checks(&mut report, settings, source, database).await
+}
+
+async fn checks(
+    report: &mut Report<'_>,
+    settings: &Settings,
+    source: &str,
+    database: Database<'_>,
+) -> bool {
     report.print(Finding::pass(
         "配置已加载",
-        format!("configuration loaded from {}", config_source(config)),
+        format!("configuration loaded from {source}"),
     ));
     report.print(public_url(settings.server.public_url.url()));
     report.print(Finding::pass(
@@ -187,15 +230,18 @@ pub async fn run(config: Option<&Path>, out: &mut dyn Write) -> bool {
         "AgentId 为数字",
         format!("wecom.agent_id = {}", settings.wecom.agent_id.get()),
     ));
-    report.print(sample_credentials(&settings));
-    report.print(database(&settings).await);
-    let (token, app) = wecom(&settings).await;
+    report.print(sample_credentials(settings));
+    report.print(match database {
+        Database::Open => self::database(settings).await,
+        Database::Running(store) => running_database(settings, store).await,
+    });
+    let (token, app) = wecom(settings).await;
     report.print(token);
     report.print(app);
-    report.print(callback(&settings).await);
-    report.print(smtp(&settings).await);
-    report.print(sms(&settings).await);
-    for finding in destinations(&settings).await {
+    report.print(callback(settings).await);
+    report.print(smtp(settings).await);
+    report.print(sms(settings).await);
+    for finding in destinations(settings).await {
         report.print(finding);
     }
     report.summary();
@@ -338,6 +384,35 @@ async fn database(settings: &Settings) -> Finding {
         .note(
             "Disk full, a read-only mount or an I/O error: free space or remount, then run \
              pushbot doctor again.",
+        ),
+    }
+}
+
+/// The running server's database: its health probe (as `/healthz` makes it) and the
+/// files' permissions. Nothing is opened, migrated or removed.
+async fn running_database(settings: &Settings, store: &Store) -> Finding {
+    let shown = settings.storage.url.sqlite_path().map_or_else(
+        || settings.storage.url.redacted(),
+        |p| p.display().to_string(),
+    );
+    let exposed = settings
+        .storage
+        .url
+        .sqlite_path()
+        .map(exposed_files)
+        .unwrap_or_default();
+    let verdict = "in use by this server, writes OK";
+    match store.check_health().await {
+        Ok(()) if !exposed.is_empty() => exposed_finding(&shown, verdict, &exposed),
+        Ok(()) => Finding::pass("数据库可读写", format!("database {shown}: {verdict}")),
+        Err(err) => Finding::fail(
+            "数据库不可写",
+            format!("database {shown} does not take writes"),
+        )
+        .note(chain(&err))
+        .note(
+            "Disk full, a read-only mount or an I/O error: free space or remount, then run \
+             the checks again.",
         ),
     }
 }

@@ -69,6 +69,9 @@ pub struct AppState {
     pub media: MediaState,
     /// `[console]` and where the console is.
     pub console: console::ConsoleState,
+    /// The settings this server runs with: the operators' page runs the doctor's checks
+    /// against them (`crate::doctor::run_loaded`). Never rendered as such.
+    pub running_config: Arc<crate::config::Settings>,
 }
 
 /// What the API needs of `[media]`.

@@ -54,9 +54,23 @@ enum State {
     },
 }
 
+/// What the operators' page shows of a channel's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub up: bool,
+    /// When it went down or came back last; `None`: up since the process started.
+    pub since: Option<UnixMillis>,
+    /// Why it is down, or why it was down the last time (kept after it came back).
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Health {
     state: State,
+    /// When it last came back, while up (`None`: up since it was made).
+    came_back: Option<UnixMillis>,
+    /// Why it was down the last time, once it is up again.
+    last_reason: Option<String>,
     /// First probe interval; doubles up to `probe_max`.
     probe_min: Duration,
     probe_max: Duration,
@@ -70,6 +84,8 @@ impl Health {
         let probe_max = probe_max.max(MIN_INTERVAL);
         Self {
             state: State::Up,
+            came_back: None,
+            last_reason: None,
             probe_min: probe_min.clamp(MIN_INTERVAL, probe_max),
             probe_max,
         }
@@ -77,6 +93,22 @@ impl Health {
 
     pub fn is_up(&self) -> bool {
         self.state == State::Up
+    }
+
+    /// Up or down, since when, and the latest reason it was down.
+    pub fn snapshot(&self) -> Snapshot {
+        match &self.state {
+            State::Up => Snapshot {
+                up: true,
+                since: self.came_back,
+                last_error: self.last_reason.clone(),
+            },
+            State::Down { since, reason, .. } => Snapshot {
+                up: false,
+                since: Some(*since),
+                last_error: Some(reason.clone()),
+            },
+        }
     }
 
     /// Since when and why the channel is down.
@@ -184,9 +216,13 @@ impl Health {
     pub fn reachable(&mut self, now: UnixMillis) -> Option<Change> {
         match std::mem::replace(&mut self.state, State::Up) {
             State::Up => None,
-            State::Down { since, .. } => Some(Change::CameBack {
-                down_for: now.since(since),
-            }),
+            State::Down { since, reason, .. } => {
+                self.came_back = Some(now);
+                self.last_reason = Some(reason);
+                Some(Change::CameBack {
+                    down_for: now.since(since),
+                })
+            }
         }
     }
 
@@ -309,6 +345,39 @@ mod tests {
         assert!(h.is_up());
         assert_eq!(h.gate(t(7_001)), Gate::Open);
         assert_eq!(h.reachable(t(8_000)), None);
+    }
+
+    #[test]
+    fn the_snapshot_says_since_when_and_keeps_the_last_reason() {
+        let mut h = health();
+        let up = Snapshot {
+            up: true,
+            since: None,
+            last_error: None,
+        };
+        assert_eq!(h.snapshot(), up);
+        h.unreachable(t(3_000), t(2_000), "connection refused");
+        h.unreachable(t(3_500), t(3_400), "timed out");
+        assert_eq!(
+            h.snapshot(),
+            Snapshot {
+                up: false,
+                since: Some(t(3_000)),
+                last_error: Some("timed out".into()),
+            }
+        );
+        h.reachable(t(9_000));
+        assert_eq!(
+            h.snapshot(),
+            Snapshot {
+                up: true,
+                since: Some(t(9_000)),
+                last_error: Some("timed out".into()),
+            }
+        );
+        // Answers while up change nothing.
+        h.reachable(t(9_500));
+        assert_eq!(h.snapshot().since, Some(t(9_000)));
     }
 
     #[test]

@@ -644,6 +644,18 @@ impl Outbox {
         (self.inner.last_pass_age(), self.inner.settings.stall_after)
     }
 
+    /// Each configured channel's health as this instance's scheduler sees it (the
+    /// operators' page), in route order.
+    pub fn channel_health(&self) -> Vec<(ChannelName, health::Snapshot)> {
+        self.inner.channel_health()
+    }
+
+    /// The destinations members added in the chat that are down, or were down since this
+    /// instance first used them: member, name, health.
+    pub fn member_channel_health(&self) -> Vec<(UserId, ChannelName, health::Snapshot)> {
+        self.inner.member_channel_health()
+    }
+
     /// The channels configured on this server, in route order.
     pub fn channels(&self) -> &[ChannelName] {
         &self.configured

@@ -1216,6 +1216,35 @@ impl Scheduler {
         }
     }
 
+    /// Each configured channel's health now, in route order.
+    pub(super) fn channel_health(&self) -> Vec<(ChannelName, super::health::Snapshot)> {
+        self.channels
+            .iter()
+            .map(|slot| (slot.name(), lock(&slot.health).snapshot()))
+            .collect()
+    }
+
+    /// The health of the destinations members added in the chat that this instance has
+    /// used, by member and name, where there is something to say: down now, or down once
+    /// since it was first used. Neither the robot's address nor its key is in it.
+    pub(super) fn member_channel_health(
+        &self,
+    ) -> Vec<(UserId, ChannelName, super::health::Snapshot)> {
+        let mut found: Vec<(UserId, ChannelName, super::health::Snapshot)> =
+            lock(&self.member_slots)
+                .iter()
+                .filter_map(|(key, slot)| {
+                    // `{userid}\0{name}\0{identity}`: see `member_slot`.
+                    let userid = key.split('\0').next()?;
+                    let health = lock(&slot.health).snapshot();
+                    (!health.up || health.last_error.is_some())
+                        .then(|| (UserId::new(userid), slot.name(), health))
+                })
+                .collect();
+        found.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
+        found
+    }
+
     fn slot(&self, name: ChannelName) -> Option<&Slot> {
         self.channels.iter().find(|s| s.name() == name)
     }

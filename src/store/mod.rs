@@ -13,6 +13,7 @@
 //! backend (connection, transactions, acceptance numbers) and the few clauses where the
 //! engines differ (`FOR UPDATE SKIP LOCKED`, filling a blob).
 
+mod admin;
 mod arrivals;
 mod callbacks;
 mod console;
@@ -32,6 +33,9 @@ use std::time::Duration;
 use sqlx::AnyPool;
 
 use crate::supervise::Supervisor;
+pub use admin::{
+    ChannelQueue, FailedAttempt, FailedMessage, Failures, MemberSummary, Members, OldestWaiting,
+};
 pub use arrivals::{Arrivals, LaneWatch};
 pub use callbacks::CallbackClaim;
 pub use console::{

@@ -33,10 +33,12 @@ macro_rules! say {
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
+#[allow(unused_imports)] // used by console_browser.rs
+pub(crate) use say;
 
 /// Phone-ish viewport (CSS pixels) and device pixel ratio.
-const PHONE: (u32, u32, f64) = (390, 844, 2.0);
-const DESKTOP: (u32, u32, f64) = (1280, 900, 1.0);
+pub(crate) const PHONE: (u32, u32, f64) = (390, 844, 2.0);
+pub(crate) const DESKTOP: (u32, u32, f64) = (1280, 900, 1.0);
 /// The reader's zone and locale; the sent time must be shown in these.
 const TIMEZONE: &str = "Asia/Shanghai";
 const TIMEZONE_OFFSET_SECS: i64 = 8 * 3600;
@@ -382,7 +384,7 @@ async fn message_page_with_an_image_in_a_real_browser() {
 }
 
 /// The narrowest phone the page is designed for.
-const NARROW_PHONE: (u32, u32, f64) = (360, 740, 3.0);
+pub(crate) const NARROW_PHONE: (u32, u32, f64) = (360, 740, 3.0);
 
 /// What the page with an image shows, read in the browser.
 const IMAGE_STATE: &str = r#"
@@ -645,7 +647,7 @@ fn check_page(problems: &mut Vec<String>, name: &str, state: &Value, dark: bool,
 }
 
 /// Relative luminance (WCAG) of a CSS `rgb(…)`/`rgba(…)` colour.
-fn luminance(css: &str) -> f64 {
+pub(crate) fn luminance(css: &str) -> f64 {
     let inner = css
         .strip_prefix("rgba(")
         .or_else(|| css.strip_prefix("rgb("))
@@ -667,12 +669,12 @@ fn luminance(css: &str) -> f64 {
     0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
 }
 
-fn contrast(a: f64, b: f64) -> f64 {
+pub(crate) fn contrast(a: f64, b: f64) -> f64 {
     (a.max(b) + 0.05) / (a.min(b) + 0.05)
 }
 
 /// A CDP event from a performance log entry: (method, params).
-fn cdp_event(entry: &Value) -> Option<(String, Value)> {
+pub(crate) fn cdp_event(entry: &Value) -> Option<(String, Value)> {
     let message: Value = serde_json::from_str(entry["message"].as_str()?).ok()?;
     let message = &message["message"];
     Some((
@@ -682,7 +684,7 @@ fn cdp_event(entry: &Value) -> Option<(String, Value)> {
 }
 
 /// Every request the page made, as (URL, resource type), in order.
-fn requests(performance: &[Value]) -> Vec<(String, String)> {
+pub(crate) fn requests(performance: &[Value]) -> Vec<(String, String)> {
     performance
         .iter()
         .filter_map(cdp_event)
@@ -701,7 +703,7 @@ fn requests(performance: &[Value]) -> Vec<(String, String)> {
 // ------------------------------------------------------------------------------------------
 
 #[derive(Clone, Debug)]
-struct Browser {
+pub(crate) struct Browser {
     chromium: PathBuf,
     chromedriver: PathBuf,
 }
@@ -709,7 +711,7 @@ struct Browser {
 /// Installed once per test binary; a second caller waits for the first.
 static BROWSER: Mutex<Option<Result<Browser, String>>> = Mutex::new(None);
 
-fn browser() -> Result<Browser, String> {
+pub(crate) fn browser() -> Result<Browser, String> {
     let mut cached = BROWSER.lock().unwrap_or_else(PoisonError::into_inner);
     cached.get_or_insert_with(find_or_install).clone()
 }
@@ -826,14 +828,14 @@ fn has_cjk_font() -> bool {
 
 /// chromedriver with one headless chromium session. Dropping it kills chromedriver's process
 /// group (chromium included), so nothing outlives a failed test.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     http: reqwest::Client,
     session: String,
 }
 
 impl Driver {
-    async fn start(browser: &Browser, profile: &Path) -> Driver {
+    pub(crate) async fn start(browser: &Browser, profile: &Path) -> Driver {
         let port = free_port();
         let child = Command::new(&browser.chromedriver)
             .arg(format!("--port={port}"))
@@ -902,7 +904,7 @@ impl Driver {
     }
 
     /// A WebDriver command; its `value`. Panics on an error answer.
-    async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}{path}", self.session);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(body) = body {
@@ -923,18 +925,18 @@ impl Driver {
         answer["value"].clone()
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Value {
         self.request(Method::POST, path, Some(body)).await
     }
 
     /// A Chrome DevTools Protocol command, through chromedriver.
-    async fn cdp(&self, cmd: &str, params: Value) -> Value {
+    pub(crate) async fn cdp(&self, cmd: &str, params: Value) -> Value {
         self.post("/goog/cdp/execute", json!({ "cmd": cmd, "params": params }))
             .await
     }
 
     /// Screen size, pixel ratio and colour scheme for the pages opened next.
-    async fn emulate(&self, (width, height, scale): (u32, u32, f64), dark: bool) {
+    pub(crate) async fn emulate(&self, (width, height, scale): (u32, u32, f64), dark: bool) {
         self.cdp(
             "Emulation.setDeviceMetricsOverride",
             json!({
@@ -954,37 +956,55 @@ impl Driver {
     }
 
     /// Opens `url` and waits for it to load.
-    async fn navigate(&self, url: &str) {
+    pub(crate) async fn navigate(&self, url: &str) {
         self.post("/url", json!({ "url": url })).await;
     }
 
-    async fn execute(&self, script: &str, args: Value) -> Value {
+    /// Clicks the first element matching the CSS `selector` as a person would: WebDriver's
+    /// own click, which waits for a navigation it starts (a form submitted, a link).
+    pub(crate) async fn click(&self, selector: &str) {
+        let found = self
+            .post(
+                "/element",
+                json!({ "using": "css selector", "value": selector }),
+            )
+            .await;
+        let id = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {selector}: {found}"))
+            .to_owned();
+        self.post(&format!("/element/{id}/click"), json!({})).await;
+    }
+
+    pub(crate) async fn execute(&self, script: &str, args: Value) -> Value {
         self.post("/execute/sync", json!({ "script": script, "args": args }))
             .await
     }
 
     /// The log entries of `kind` (`browser`: console; `performance`: DevTools events) since
     /// the last call.
-    async fn logs(&self, kind: &str) -> Vec<Value> {
+    pub(crate) async fn logs(&self, kind: &str) -> Vec<Value> {
         match self.post("/se/log", json!({ "type": kind })).await {
             Value::Array(entries) => entries,
             other => panic!("{kind} log: {other:#}"),
         }
     }
 
-    async fn drain_logs(&self) {
+    pub(crate) async fn drain_logs(&self) {
         self.logs("browser").await;
         self.logs("performance").await;
     }
 
     /// The viewport as PNG.
-    async fn screenshot(&self) -> Vec<u8> {
+    pub(crate) async fn screenshot(&self) -> Vec<u8> {
         let data = self.request(Method::GET, "/screenshot", None).await;
         decode_png(&data)
     }
 
     /// The whole page as PNG.
-    async fn full_page_screenshot(&self) -> Vec<u8> {
+    pub(crate) async fn full_page_screenshot(&self) -> Vec<u8> {
         let shot = self
             .cdp(
                 "Page.captureScreenshot",
@@ -995,7 +1015,7 @@ impl Driver {
     }
 
     /// Ends the session (chromium exits) and chromedriver.
-    async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         self.request(Method::DELETE, "", None).await;
         self.stop();
     }

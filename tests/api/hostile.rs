@@ -107,6 +107,8 @@ fn paths(token: &str) -> Vec<String> {
             format!("/console/messages/{key}/resend?csrf={key}"),
             format!("/console/messages/{key}/cancel"),
             format!("/console?before={key}&status={key}&channel={key}&q={key}&fragment=1"),
+            format!("/console/admin/{key}"),
+            format!("/console/admin/doctor?csrf={key}"),
         ]);
     }
     out.extend(
@@ -142,6 +144,9 @@ fn paths(token: &str) -> Vec<String> {
             "/console/settings/timezone",
             "/console/settings/%FF%00",
             "/console/compose?channel=%FF&format=%00",
+            "/console/admin/",
+            "/console/admin/doctor",
+            "/console/admin/%FF%00/..%2f..",
         ]
         .map(str::to_owned),
     );

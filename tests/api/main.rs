@@ -18,6 +18,8 @@ mod compat_more;
 mod conformance;
 mod connections;
 mod console;
+mod console_admin;
+mod console_browser;
 mod console_settings;
 mod deliver_media;
 mod delivery;
