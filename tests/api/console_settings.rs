@@ -991,3 +991,30 @@ async fn compose_and_send_share_the_members_budget() {
     assert_eq!(resp.status(), 429, "the same budget for /send");
     assert_eq!(listed(&app, &token).await.len(), 2);
 }
+
+/// A form larger than a `/send` body may be is refused as too large (413, said in words),
+/// not as unreadable, and nothing is stored; one within it is read (here: refused by
+/// `/send`'s own content limit, as `/send` would refuse it).
+#[tokio::test]
+async fn a_form_over_the_body_limit_is_too_large_and_stores_nothing() {
+    let app = spawn_app_with(|c| c.server.max_content_bytes = 4096).await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    let console = console_login(&app, &alice).await;
+    let huge = "a".repeat(pushbot::api::max_send_body(4096) + 1);
+    let (status, page) = compose(
+        &console,
+        &[("title", "t"), ("content", &huge), ("format", "text")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{page}");
+    assert!(page.contains("too large"), "{page}");
+    let long = "a".repeat(5000);
+    let (status, page) = compose(
+        &console,
+        &[("title", "t"), ("content", &long), ("format", "text")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{page}");
+    assert!(listed(&app, &token).await.is_empty(), "nothing stored");
+}

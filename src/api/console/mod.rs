@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{COOKIE, LOCATION};
 use axum::http::request::Parts;
@@ -41,9 +40,6 @@ use crate::time::UnixMillis;
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "pushbot_console";
-
-/// Largest console form accepted (a composed message's content included).
-const MAX_FORM_BYTES: usize = 1024 * 1024;
 
 /// What the console needs of the settings; in [`AppState`].
 #[derive(Clone, Debug)]
@@ -199,10 +195,20 @@ impl FromRequest<AppState> for Posted {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let session = Session::from_request_parts(&mut parts, state).await?;
-        let req = Request::from_parts(parts, body);
-        let bytes = match Bytes::from_request(req, state).await {
-            Ok(bytes) if bytes.len() <= MAX_FORM_BYTES => bytes,
-            _ => {
+        // As large as a `/send` body may be (a composed message's content is one).
+        let limit = crate::api::max_send_body(state.max_content_bytes);
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(err) if crate::api::attach::is_length_limit(&err) => {
+                return Err(notice(
+                    state,
+                    Some(&session),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "内容太长 · Too large",
+                    "表单太大，未做任何更改。This form is too large: nothing was changed.",
+                ));
+            }
+            Err(_) => {
                 return Err(notice(
                     state,
                     Some(&session),
