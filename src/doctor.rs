@@ -376,16 +376,21 @@ async fn database(settings: &Settings) -> Finding {
     match probe {
         Ok(()) if !exposed.is_empty() => exposed_finding(&shown, verdict, &exposed),
         Ok(()) => Finding::pass("数据库可读写", format!("database {shown}: {verdict}")),
-        Err(err) => Finding::fail(
-            "数据库不可写",
-            format!("database {shown} does not take writes"),
-        )
-        .note(chain(&err))
-        .note(
-            "Disk full, a read-only mount or an I/O error: free space or remount, then run \
-             pushbot doctor again.",
-        ),
+        Err(err) => unwritable(&shown, &err, "pushbot doctor"),
     }
+}
+
+/// The database at `shown` refused a write: what to do, then run `again` once more.
+fn unwritable(shown: &str, err: &(dyn std::error::Error + 'static), again: &str) -> Finding {
+    Finding::fail(
+        "数据库不可写",
+        format!("database {shown} does not take writes"),
+    )
+    .note(chain(err))
+    .note(format!(
+        "Disk full, a read-only mount or an I/O error: free space or remount, then run \
+         {again} again."
+    ))
 }
 
 /// The running server's database: its health probe (as `/healthz` makes it) and the
@@ -405,15 +410,7 @@ async fn running_database(settings: &Settings, store: &Store) -> Finding {
     match store.check_health().await {
         Ok(()) if !exposed.is_empty() => exposed_finding(&shown, verdict, &exposed),
         Ok(()) => Finding::pass("数据库可读写", format!("database {shown}: {verdict}")),
-        Err(err) => Finding::fail(
-            "数据库不可写",
-            format!("database {shown} does not take writes"),
-        )
-        .note(chain(&err))
-        .note(
-            "Disk full, a read-only mount or an I/O error: free space or remount, then run \
-             the checks again.",
-        ),
+        Err(err) => unwritable(&shown, &err, "the checks"),
     }
 }
 

@@ -226,14 +226,7 @@ async fn show(
     Path(id): Path<String>,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<Json<One>, ApiError> {
-    let Query(query) = query.map_err(bad_query)?;
-    let query_token = query.token.as_deref();
-    let userid = auth::member(
-        &state,
-        auth::find_token(&headers, &[query_token]),
-        TokenRoute::Status,
-    )
-    .await?;
+    let userid = owner(&state, &headers, query).await?;
     // Someone else's message is reported exactly like a missing one.
     show_one(&state, &userid, &id).await
 }
@@ -248,13 +241,7 @@ async fn cancel(
     Path(id): Path<String>,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<Json<One>, ApiError> {
-    let Query(query) = query.map_err(bad_query)?;
-    let userid = auth::member(
-        &state,
-        auth::find_token(&headers, &[query.token.as_deref()]),
-        TokenRoute::Status,
-    )
-    .await?;
+    let userid = owner(&state, &headers, query).await?;
     cancel_message(&state, &userid, &id).await?;
     show_one(&state, &userid, &id).await
 }
@@ -355,13 +342,7 @@ async fn resend(
     Path(id): Path<String>,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<Json<One>, ApiError> {
-    let Query(query) = query.map_err(bad_query)?;
-    let userid = auth::member(
-        &state,
-        auth::find_token(&headers, &[query.token.as_deref()]),
-        TokenRoute::Status,
-    )
-    .await?;
+    let userid = owner(&state, &headers, query).await?;
     let accepted = resend_message(&state, &userid, &id).await?;
     show_one(&state, &userid, accepted.message.id.as_str()).await
 }
@@ -451,6 +432,22 @@ fn first_route(m: &Message, attempts: &[AttemptRecord]) -> Route {
         }
     }
     Route::new(channels).unwrap_or_else(|| m.route.clone())
+}
+
+/// The member whose push token the request carries (header or `?token=`), for the routes
+/// on one message.
+async fn owner(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Result<crate::domain::UserId, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    auth::member(
+        state,
+        auth::find_token(headers, &[query.token.as_deref()]),
+        TokenRoute::Status,
+    )
+    .await
 }
 
 fn bad_query(e: QueryRejection) -> ApiError {

@@ -651,32 +651,6 @@ mod tests {
         store.close().await;
     }
 
-    /// Each test on a fresh SQLite file and on a fresh PostgreSQL schema.
-    macro_rules! on_both_engines {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                use crate::store::Store;
-
-                #[tokio::test]
-                async fn sqlite() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite://{}", dir.path().join("a.db").display());
-                    let store = Store::connect(&url).await.unwrap();
-                    super::$name(&store).await;
-                    store.close().await;
-                }
-
-                #[tokio::test]
-                async fn postgres() {
-                    let schema = crate::store::postgres::TestSchema::new().await;
-                    let store = Store::connect(&schema.url()).await.unwrap();
-                    super::$name(&store).await;
-                    store.close().await;
-                }
-            }
-        )*};
-    }
-
     on_both_engines!(
         members_count_today_and_queued_but_never_read_a_token,
         queues_are_counted_by_the_channel_each_message_is_on,

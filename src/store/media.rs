@@ -1436,32 +1436,6 @@ pub(crate) mod tests {
         assert_eq!(store.blob_bytes(&blob.id).await.unwrap().len(), 1000);
     }
 
-    /// Each test on a fresh SQLite file and on a fresh PostgreSQL schema.
-    macro_rules! on_both_engines {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                use crate::store::Store;
-
-                #[tokio::test]
-                async fn sqlite() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite://{}", dir.path().join("m.db").display());
-                    let store = Store::connect(&url).await.unwrap();
-                    super::$name(&store).await;
-                    store.close().await;
-                }
-
-                #[tokio::test]
-                async fn postgres() {
-                    let schema = crate::store::postgres::TestSchema::new().await;
-                    let store = Store::connect(&schema.url()).await.unwrap();
-                    super::$name(&store).await;
-                    store.close().await;
-                }
-            }
-        )*};
-    }
-
     on_both_engines!(
         twenty_megabytes_go_in_a_chunk_at_a_time_and_come_back_the_same,
         a_file_over_max_bytes_is_refused_and_leaves_nothing,

@@ -13,6 +13,34 @@
 //! backend (connection, transactions, acceptance numbers) and the few clauses where the
 //! engines differ (`FOR UPDATE SKIP LOCKED`, filling a blob).
 
+/// Store tests: each named `async fn(&Store)` of the calling test module runs twice, on a
+/// fresh SQLite file and on a fresh PostgreSQL schema. Defined before the modules that use it.
+#[cfg(test)]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::store::Store;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("t.db").display());
+                let store = Store::connect(&url).await.unwrap();
+                super::$name(&store).await;
+                store.close().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let schema = crate::store::postgres::TestSchema::new().await;
+                let store = Store::connect(&schema.url()).await.unwrap();
+                super::$name(&store).await;
+                store.close().await;
+            }
+        }
+    )*};
+}
+
 mod admin;
 mod arrivals;
 mod callbacks;
