@@ -86,6 +86,20 @@ struct Args {
     /// report the process's resident memory then (does the allocator give the spike back?).
     #[arg(long, default_value_t = 0)]
     settle: u64,
+    /// Measure SQLite and PostgreSQL side by side, interleaved for `--rounds` rounds
+    /// (PostgreSQL: `--storage postgres://…`, or postgres://postgres@127.0.0.1:5432/test).
+    #[arg(long)]
+    compare: bool,
+    /// Rounds of `--compare` (each: one SQLite run, then one PostgreSQL run).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds the durable-write bound (a minimal SQLite queue) is measured for.
+    #[arg(long, default_value_t = 3)]
+    bound_secs: u64,
+    /// Only the accept+deliver run(s): no accept-only run, no durable-write bound, no
+    /// summary (the behaviour before these existed).
+    #[arg(long)]
+    no_extras: bool,
 }
 
 /// The stand-in's view of what arrived.
@@ -95,12 +109,222 @@ struct Received {
     duplicates: AtomicUsize,
     last_at_ns: AtomicU64,
     start: Instant,
+    /// While `true` the stand-in answers no `message/send` (an accept-only run holds
+    /// delivery back this way); set to `false` when the measurement ends.
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+/// PostgreSQL for `--compare` without `--storage`.
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The figures of one run, for the summary.
+struct Figures {
+    engine: &'static str,
+    accept_only: bool,
+    rate: f64,
+    p99_ms: f64,
+    lost: usize,
+    duplicates: usize,
+    /// SQLite: WAL bytes per message and messages per commit.
+    wal: Option<(f64, f64)>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     // The load clients' own reqwest needs a TLS provider even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    pushbot::telemetry::init(&Settings::from_toml(MINIMAL_CONFIG)?.log);
+    pushbot::store::wal_counters::enable();
+    let extras = args.messages > 0 && !args.no_extras;
+    let mut runs: Vec<Figures> = Vec::new();
+    if args.compare {
+        let postgres = args
+            .storage
+            .clone()
+            .filter(|s| s.starts_with("postgres"))
+            .unwrap_or_else(|| DEFAULT_POSTGRES.to_owned());
+        for round in 1..=args.rounds.max(1) {
+            println!("== round {round}: SQLite ==");
+            runs.push(run(&args, None, false)?);
+            println!("== round {round}: PostgreSQL ==");
+            runs.push(run(&args, Some(&postgres), false)?);
+        }
+        if extras {
+            println!("== accept-only: SQLite ==");
+            runs.push(run(&args, None, true)?);
+            println!("== accept-only: PostgreSQL ==");
+            runs.push(run(&args, Some(&postgres), true)?);
+        }
+    } else {
+        runs.push(run(&args, args.storage.as_deref(), false)?);
+        if extras {
+            println!("== accept-only ==");
+            runs.push(run(&args, args.storage.as_deref(), true)?);
+        }
+    }
+    let bound = if extras {
+        println!("== durable-write bound ==");
+        let b = durable_bound(Duration::from_secs(args.bound_secs))?;
+        println!(
+            "bound:          {b:.0} msg/s (minimal queue in SQLite, WAL, synchronous=FULL, 16 per commit)"
+        );
+        Some(b)
+    } else {
+        None
+    };
+    if extras || args.compare {
+        summary(&command_line, &runs, bound);
+    }
+    let lost: usize = runs.iter().map(|f| f.lost).sum();
+    if lost > 0 {
+        return Err(format!("{lost} messages lost").into());
+    }
+    Ok(())
+}
+
+/// Just enough configuration for the log settings (the runs build their own).
+const MINIMAL_CONFIG: &str = r#"
+[server]
+public_url = "http://127.0.0.1"
+[wecom]
+corp_id = "wx5823bf96d3bd56c7"
+agent_id = 1000002
+secret = "loadgen-secret"
+callback_token = "QDG6eK"
+encoding_aes_key = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+[log]
+level = "warn"
+"#;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The one block to copy: every figure of the invocation and its command line.
+fn summary(command_line: &str, runs: &[Figures], bound: Option<f64>) {
+    println!();
+    println!("==================== summary ====================");
+    println!("command: {command_line}");
+    println!(
+        "{:<6} {:<11} {:<14} {:>11} {:>9} {:>5} {:>5} {:>12} {:>10}",
+        "run", "engine", "mode", "accepted/s", "p99 ms", "lost", "dups", "WAL B/msg", "msg/commit"
+    );
+    let mut sqlite_round = 0;
+    let mut pg_round = 0;
+    for f in runs {
+        let label = if f.accept_only {
+            "-".to_owned()
+        } else if f.engine == "SQLite" {
+            sqlite_round += 1;
+            sqlite_round.to_string()
+        } else {
+            pg_round += 1;
+            pg_round.to_string()
+        };
+        let (wal, per_commit) = f.wal.map_or(("-".to_owned(), "-".to_owned()), |(b, m)| {
+            (format!("{b:.0}"), format!("{m:.1}"))
+        });
+        println!(
+            "{label:<6} {:<11} {:<14} {:>11.0} {:>9.2} {:>5} {:>5} {wal:>12} {per_commit:>10}",
+            f.engine,
+            if f.accept_only {
+                "accept-only"
+            } else {
+                "accept+deliver"
+            },
+            f.rate,
+            f.p99_ms,
+            f.lost,
+            f.duplicates
+        );
+    }
+    let pick = |engine: &str, accept_only: bool| -> Vec<&Figures> {
+        runs.iter()
+            .filter(|f| f.engine == engine && f.accept_only == accept_only)
+            .collect()
+    };
+    let med = |fs: &[&Figures], g: fn(&Figures) -> f64| median(fs.iter().map(|f| g(f)).collect());
+    let sqlite = pick("SQLite", false);
+    let pg = pick("PostgreSQL", false);
+    for (name, fs) in [("SQLite", &sqlite), ("PostgreSQL", &pg)] {
+        if fs.is_empty() {
+            continue;
+        }
+        let wal = if fs.iter().any(|f| f.wal.is_some()) {
+            format!(
+                ", WAL {:.0} B/msg, {:.1} msg/commit",
+                med(fs, |f| f.wal.map_or(f64::NAN, |w| w.0)),
+                med(fs, |f| f.wal.map_or(f64::NAN, |w| w.1))
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "median {name} accept+deliver ({} runs): {:.0} req/s, p99 {:.2} ms, lost {}, duplicates {}{wal}",
+            fs.len(),
+            med(fs, |f| f.rate),
+            med(fs, |f| f.p99_ms),
+            fs.iter().map(|f| f.lost).sum::<usize>(),
+            fs.iter().map(|f| f.duplicates).sum::<usize>(),
+        );
+    }
+    if !sqlite.is_empty() && !pg.is_empty() {
+        let ratios: Vec<f64> = sqlite
+            .iter()
+            .zip(&pg)
+            .map(|(s, p)| p.rate / s.rate)
+            .collect();
+        let per_round = ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "PostgreSQL/SQLite accepted rate: per round {per_round}; of the medians {:.2}",
+            med(&pg, |f| f.rate) / med(&sqlite, |f| f.rate)
+        );
+    }
+    for name in ["SQLite", "PostgreSQL"] {
+        for f in pick(name, true) {
+            println!(
+                "accept-only {name}: {:.0} req/s, p99 {:.2} ms (delivery held back until the clients finished)",
+                f.rate, f.p99_ms
+            );
+        }
+    }
+    if let Some(bound) = bound {
+        println!("durable-write bound (minimal SQLite queue, this disk): {bound:.0} msg/s");
+        if !sqlite.is_empty() {
+            let rate = med(&sqlite, |f| f.rate);
+            println!(
+                "SQLite accept+deliver (median {rate:.0} req/s) = {:.1} % of the bound",
+                100.0 * rate / bound
+            );
+        }
+    }
+    println!("=================================================");
+}
+
+/// One measured run: a fresh WeCom stand-in, fresh database (SQLite file in a temp dir, or
+/// a schema of its own on `storage`), fresh pushbot instance(s), the clients, the checks.
+/// `hold`: accept-only — the stand-in answers no send until the clients are done.
+fn run(
+    args: &Args,
+    storage: Option<&str>,
+    hold: bool,
+) -> Result<Figures, Box<dyn std::error::Error>> {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let run_no = RUN.fetch_add(1, Ordering::Relaxed);
     let received = Arc::new(Received {
         seen: (0..args.backlog + args.messages)
             .map(|_| AtomicBool::new(false))
@@ -109,9 +333,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         duplicates: AtomicUsize::new(0),
         last_at_ns: AtomicU64::new(0),
         start: Instant::now(),
+        hold: tokio::sync::watch::Sender::new(hold),
     });
 
-    // 1. WeCom stand-in on its own single-threaded runtime.
+    // 1. WeCom stand-in on its own single-threaded runtime, stopped after the run.
     let mock_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -121,18 +346,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/cgi-bin/gettoken", get(gettoken))
         .route("/cgi-bin/message/send", post(message_send))
         .with_state(Arc::clone(&received));
-    std::thread::spawn(move || {
+    let (stop_mock, mock_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mock_thread = std::thread::spawn(move || {
         mock_rt.block_on(async move {
-            let _ = axum::serve(mock_listener, mock_app).await;
+            tokio::select! {
+                _ = axum::serve(mock_listener, mock_app) => {}
+                _ = mock_stopped => {}
+            }
         });
     });
 
     // 2. pushbot on its own runtime: SQLite in a temp dir, or a fresh PostgreSQL schema.
-    let dir = std::env::temp_dir().join(format!("pushbot-loadgen-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pushbot-loadgen-{}-{run_no}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let instances = args.instances.max(1);
-    let schema = format!("loadgen_{}", std::process::id());
-    let url = match &args.storage {
+    let schema = format!("loadgen_{}_{run_no}", std::process::id());
+    let url = match storage {
         None => format!("sqlite://{}", dir.join("loadgen.db").display()),
         Some(base) if base.starts_with("postgres") => {
             let admin = tokio::runtime::Builder::new_current_thread()
@@ -142,17 +371,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let sep = if base.contains('?') { '&' } else { '?' };
             format!("{base}{sep}options[search_path]={schema}")
         }
-        Some(other) => other.clone(),
+        Some(other) => other.to_owned(),
     };
-    if instances > 1 && !url.starts_with("postgres") {
+    let postgres = url.starts_with("postgres");
+    // --instances applies to PostgreSQL; in --compare the SQLite runs have one.
+    let instances = if postgres { instances } else { 1 };
+    if args.instances > 1 && !postgres && !args.compare {
         return Err("--instances above 1 needs --storage postgres://…".into());
     }
+    let engine = if postgres { "PostgreSQL" } else { "SQLite" };
     println!(
-        "storage:        {} × {instances} instance(s)",
-        if url.starts_with("postgres") {
-            "PostgreSQL"
+        "storage:        {engine} × {instances} instance(s){}",
+        if hold {
+            " — accept-only: delivery held back until the clients finish"
         } else {
-            "SQLite"
+            ""
         }
     );
     let members = args.members.max(1);
@@ -168,6 +401,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             filled.elapsed().as_secs_f64()
         );
     }
+    // A held send must not time out (it would be retried or called unconfirmed).
+    let request_timeout = if hold {
+        "request_timeout = \"3600s\""
+    } else {
+        ""
+    };
     let settings = |instance: usize| {
         Settings::from_toml(&format!(
             r#"
@@ -186,6 +425,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             encoding_aes_key = "{AES_KEY}"
             api_base = "http://{mock_addr}"
             member_limits = [{{ count = 4000000000, per = "1s" }}]
+            {request_timeout}
             [delivery]
             concurrency = 64
             # every member's lane stays warm (see the module docs)
@@ -196,7 +436,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#
         ))
     };
-    pushbot::telemetry::init(&settings(0)?.log);
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.server_threads)
         .enable_all()
@@ -221,9 +460,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     if args.backlog > 0 {
-        client_rt.block_on(drain_backlog(&args, &bases[0], &received, starting))?;
+        client_rt.block_on(drain_backlog(args, &bases[0], &received, starting))?;
     }
-    let report = client_rt.block_on(drive(&args, &bases, &received, members))?;
+    let report = client_rt.block_on(drive(args, &bases, &received, members))?;
     if args.settle > 0 {
         let after_run = memory();
         drop(client_rt);
@@ -243,22 +482,90 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for server in servers {
         server_rt.block_on(server)??;
     }
-    let (db_delivered, db_other) = server_rt.block_on(count_rows(&url))?;
+    let (db_delivered, db_other, page_size) = server_rt.block_on(count_rows(&url))?;
     let _ = std::fs::remove_dir_all(&dir);
-    if let Some(base) = args
-        .storage
-        .as_deref()
-        .filter(|b| b.starts_with("postgres"))
-    {
+    if let Some(base) = storage.filter(|b| b.starts_with("postgres")) {
         server_rt.block_on(run_sql(base, &format!("DROP SCHEMA {schema} CASCADE")))?;
     }
+    let _ = stop_mock.send(());
+    let _ = mock_thread.join();
     println!("{report}");
+    let wal = match (postgres, report.wal) {
+        (false, Some((frames, commits))) if report.accepted > 0 && commits > 0 => {
+            // Each WAL frame: a page and its 24-byte frame header.
+            let bytes = frames as f64 * (page_size + 24) as f64;
+            let per_message = bytes / report.accepted as f64;
+            let per_commit = report.accepted as f64 / commits as f64;
+            println!(
+                "WAL:            {frames} frames of {page_size} B in {commits} commits while the \
+                 messages were accepted and delivered: {per_message:.0} B/message, \
+                 {per_commit:.1} messages/commit"
+            );
+            Some((per_message, per_commit))
+        }
+        _ => None,
+    };
     println!("database: {db_delivered} delivered, {db_other} not delivered");
     let lost = (report.accepted + args.backlog).saturating_sub(report.unique);
-    if lost > 0 || report.errors > 0 {
+    if report.errors > 0 {
         return Err(format!("{lost} lost, {} failed requests", report.errors).into());
     }
-    Ok(())
+    Ok(Figures {
+        engine,
+        accept_only: hold,
+        rate: if report.send_secs > 0.0 {
+            report.accepted as f64 / report.send_secs
+        } else {
+            0.0
+        },
+        p99_ms: report.percentile(0.99),
+        lost,
+        duplicates: report.duplicates,
+        wal,
+    })
+}
+
+/// The durable-write bound of this disk: a minimal queue in SQLite (one table, one index,
+/// WAL, `synchronous=FULL`), 16 messages of 60 bytes per committed transaction, the
+/// previous group marked delivered in the same transaction; messages per second over
+/// `secs`, on one thread, in a file in the same temp directory as the runs.
+fn durable_bound(secs: Duration) -> Result<f64, Box<dyn std::error::Error>> {
+    const GROUP: i64 = 16;
+    let dir = std::env::temp_dir().join(format!("pushbot-loadgen-{}-bound", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let conn = rusqlite::Connection::open(dir.join("bound.db"))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("bound: journal_mode is {mode}, not WAL").into());
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         CREATE TABLE queue (id INTEGER PRIMARY KEY, body TEXT NOT NULL, delivered INTEGER NOT NULL);
+         CREATE INDEX queue_pending ON queue (delivered, id);",
+    )?;
+    let body = "x".repeat(60);
+    let started = Instant::now();
+    let mut next: i64 = 1;
+    while started.elapsed() < secs {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT INTO queue (id, body, delivered) VALUES (?1, ?2, 0)")?;
+            for id in next..next + GROUP {
+                insert.execute(rusqlite::params![id, body])?;
+            }
+            tx.prepare_cached(
+                "UPDATE queue SET delivered = 1 WHERE delivered = 0 AND id >= ?1 AND id < ?2",
+            )?
+            .execute(rusqlite::params![next - GROUP, next])?;
+        }
+        tx.commit()?;
+        next += GROUP;
+    }
+    let rate = (next - 1) as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rate)
 }
 
 /// This process's resident set size and its peak (VmRSS, VmHWM), as printed by Linux.
@@ -283,17 +590,25 @@ struct Report {
     unique: usize,
     duplicates: usize,
     latencies_us: Vec<u64>,
+    /// SQLite writer's WAL frames and commits from the first request until the last
+    /// delivery (see `pushbot::store::wal_counters`).
+    wal: Option<(u64, u64)>,
+}
+
+impl Report {
+    /// A latency percentile in milliseconds.
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
+    }
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pct = |p: f64| -> f64 {
-            if self.latencies_us.is_empty() {
-                return 0.0;
-            }
-            let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-            self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
-        };
+        let pct = |p: f64| self.percentile(p);
         if self.accepted == 0 && self.errors == 0 {
             // A backlog-only run (`--messages 0`): nothing to time.
             return write!(f, "live load:      none (--messages 0)");
@@ -448,6 +763,7 @@ async fn drive(
             unique: received.unique.load(Ordering::Relaxed),
             duplicates: received.duplicates.load(Ordering::Relaxed),
             latencies_us: Vec::new(),
+            wal: None,
         });
     }
     // One token per member, asked for concurrently (as many members would).
@@ -470,6 +786,7 @@ async fn drive(
     let tokens = Arc::new(tokens);
     let backlog = args.backlog;
     let next = Arc::new(AtomicUsize::new(0));
+    let wal_before = pushbot::store::wal_counters::read();
     let started = Instant::now();
     let start_ns = received.start.elapsed().as_nanos();
     let mut tasks = Vec::new();
@@ -522,12 +839,15 @@ async fn drive(
     }
     let send_secs = started.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
+    // Accept-only: the measurement is over; let the held deliveries go.
+    received.hold.send_replace(false);
 
     let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
     while received.unique.load(Ordering::Relaxed) < backlog + accepted && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let wal_after = pushbot::store::wal_counters::read();
     let last_ns = u128::from(received.last_at_ns.load(Ordering::Relaxed));
     let deliver_secs = (last_ns.saturating_sub(start_ns)) as f64 / 1e9;
     Ok(Report {
@@ -540,6 +860,7 @@ async fn drive(
             - backlog.min(received.unique.load(Ordering::Relaxed)),
         duplicates: received.duplicates.load(Ordering::Relaxed),
         latencies_us,
+        wal: Some((wal_after.0 - wal_before.0, wal_after.1 - wal_before.1)),
     })
 }
 
@@ -599,6 +920,9 @@ async fn message_send(
     State(received): State<Arc<Received>>,
     Json(body): Json<Value>,
 ) -> Json<Value> {
+    // Accept-only: answer nothing until the clients are done.
+    let mut hold = received.hold.subscribe();
+    let _ = hold.wait_for(|held| !*held).await;
     let seq = body["text"]["content"]
         .as_str()
         .and_then(|c| c.rsplit("seq=").next())
@@ -615,7 +939,8 @@ async fn message_send(
     Json(json!({ "errcode": 0, "errmsg": "ok", "msgid": "x" }))
 }
 
-async fn count_rows(url: &str) -> Result<(i64, i64), Box<dyn std::error::Error>> {
+/// Delivered and other rows, and (SQLite) the page size.
+async fn count_rows(url: &str) -> Result<(i64, i64, i64), Box<dyn std::error::Error>> {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await?;
     let count = |sql: &'static str| {
@@ -624,8 +949,13 @@ async fn count_rows(url: &str) -> Result<(i64, i64), Box<dyn std::error::Error>>
     };
     let delivered = count("SELECT COUNT(*) FROM messages WHERE status = 'delivered'").await?;
     let other = count("SELECT COUNT(*) FROM messages WHERE status <> 'delivered'").await?;
+    let page_size = if url.starts_with("postgres") {
+        0
+    } else {
+        count("PRAGMA page_size").await?
+    };
     pool.close().await;
-    Ok((delivered, other))
+    Ok((delivered, other, page_size))
 }
 
 /// Runs one statement on `url` (creating and dropping the run's PostgreSQL schema).
