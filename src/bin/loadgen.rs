@@ -167,7 +167,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("== durable-write bound ==");
         let b = durable_bound(Duration::from_secs(args.bound_secs))?;
         println!(
-            "bound:          {b:.0} msg/s (minimal queue in SQLite, WAL, synchronous=FULL, 16 per commit)"
+            "bound:          {:.0} msg/s, WAL {:.0} B/message (minimal queue in SQLite, WAL, synchronous=FULL, 16 per commit)",
+            b.0, b.1
         );
         Some(b)
     } else {
@@ -211,7 +212,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The one block to copy: every figure of the invocation and its command line.
-fn summary(command_line: &str, runs: &[Figures], bound: Option<f64>) {
+fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
     println!();
     println!("==================== summary ====================");
     println!("command: {command_line}");
@@ -302,8 +303,10 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<f64>) {
             );
         }
     }
-    if let Some(bound) = bound {
-        println!("durable-write bound (minimal SQLite queue, this disk): {bound:.0} msg/s");
+    if let Some((bound, bound_wal)) = bound {
+        println!(
+            "durable-write bound (minimal SQLite queue, this disk): {bound:.0} msg/s, WAL {bound_wal:.0} B/msg"
+        );
         if !sqlite.is_empty() {
             let rate = med(&sqlite, |f| f.rate);
             println!(
@@ -529,7 +532,8 @@ fn run(
 /// WAL, `synchronous=FULL`), 16 messages of 60 bytes per committed transaction, the
 /// previous group marked delivered in the same transaction; messages per second over
 /// `secs`, on one thread, in a file in the same temp directory as the runs.
-fn durable_bound(secs: Duration) -> Result<f64, Box<dyn std::error::Error>> {
+/// Answers messages per second and WAL bytes per message (the same counter as pushbot's).
+fn durable_bound(secs: Duration) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     const GROUP: i64 = 16;
     let dir = std::env::temp_dir().join(format!("pushbot-loadgen-{}-bound", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -544,6 +548,8 @@ fn durable_bound(secs: Duration) -> Result<f64, Box<dyn std::error::Error>> {
          CREATE INDEX queue_pending ON queue (delivered, id);",
     )?;
     let body = "x".repeat(60);
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let _ = pushbot::store::wal_counters::pages_written(&conn);
     let started = Instant::now();
     let mut next: i64 = 1;
     while started.elapsed() < secs {
@@ -563,9 +569,11 @@ fn durable_bound(secs: Duration) -> Result<f64, Box<dyn std::error::Error>> {
         next += GROUP;
     }
     let rate = (next - 1) as f64 / started.elapsed().as_secs_f64();
+    let frames = pushbot::store::wal_counters::pages_written(&conn).unwrap_or(0);
+    let wal_per_message = frames as f64 * (page_size + 24) as f64 / (next - 1) as f64;
     drop(conn);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(rate)
+    Ok((rate, wal_per_message))
 }
 
 /// This process's resident set size and its peak (VmRSS, VmHWM), as printed by Linux.

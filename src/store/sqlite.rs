@@ -42,13 +42,22 @@ pub mod wal_counters {
         )
     }
 
-    /// Pages the connection wrote to the WAL since the last call (reset by reading).
+    /// Counts one commit of the writer's connection and the WAL frames it wrote.
     pub(super) fn count_commit(conn: &rusqlite::Connection) {
         if !ENABLED.load(Ordering::Relaxed) {
             return;
         }
+        if let Some(pages) = pages_written(conn) {
+            FRAMES.fetch_add(pages, Ordering::Relaxed);
+            COMMITS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Pages `conn` wrote (in WAL mode: WAL frames) since the last call, from SQLite's
+    /// `SQLITE_DBSTATUS_CACHE_WRITE`, which this call resets; `None` if SQLite refused.
+    pub fn pages_written(conn: &rusqlite::Connection) -> Option<u64> {
         let (mut current, mut highwater) = (0, 0);
-        // SAFETY: the handle is the live connection's, used on its own thread for the
+        // SAFETY: the handle is the live connection's, used on this thread for the
         // duration of the call; sqlite3_db_status only reads (and resets) a counter.
         let rc = unsafe {
             rusqlite::ffi::sqlite3_db_status(
@@ -59,10 +68,7 @@ pub mod wal_counters {
                 1,
             )
         };
-        if rc == rusqlite::ffi::SQLITE_OK {
-            FRAMES.fetch_add(u64::try_from(current).unwrap_or(0), Ordering::Relaxed);
-            COMMITS.fetch_add(1, Ordering::Relaxed);
-        }
+        (rc == rusqlite::ffi::SQLITE_OK).then(|| u64::try_from(current).unwrap_or(0))
     }
 }
 
