@@ -35,6 +35,39 @@
 //! ```text
 //! cargo run --release --bin loadgen -- --storage postgres://postgres@127.0.0.1/test --instances 2
 //! ```
+//!
+//! Each invocation with messages to send also measures, after the accept+deliver run(s)
+//! (`--no-extras` leaves these out, as before they existed):
+//!
+//! - **accept-only**: the same run once more with delivery held back — the WeCom stand-in
+//!   answers no `message/send` until the last client request has been answered (pushbot's
+//!   `wecom.request_timeout` is raised for that run so that no held send times out); then
+//!   it answers them all and the run is checked for lost messages like any other. The
+//!   delivery workers still claim lanes and wait on their 64 held sends, but send nothing.
+//! - **WAL bytes per message and messages per commit** (SQLite runs): SQLite's own count of
+//!   the pages the writer's connection handed to the WAL (`SQLITE_DBSTATUS_CACHE_WRITE`,
+//!   read and reset after each commit; see `pushbot::store::wal_counters`, counting only
+//!   when a benchmark enabled it), from the first `/send` until the last delivery, × (page
+//!   size + 24-byte frame header) ÷ messages accepted; messages per commit = messages ÷
+//!   the writer's commits in that window (each message is inserted once and marked
+//!   delivered once, usually in different commits). Checkpoints do not disturb it.
+//! - **the durable-write bound of the disk**: a minimal queue in SQLite in the same temp
+//!   directory — one table, one index, WAL, `synchronous=FULL`, 16 messages of 60 bytes per
+//!   committed transaction, the previous group marked delivered in the same transaction,
+//!   one thread, `--bound-secs` (3) seconds — as messages/s and its own WAL bytes/message;
+//!   pushbot's SQLite accept+deliver rate is printed as a percentage of it.
+//!
+//! `--compare` measures SQLite and PostgreSQL side by side: `--rounds` (3) rounds of one
+//! SQLite run then one PostgreSQL run (`--storage postgres://…`, or
+//! `postgres://postgres@127.0.0.1:5432/test`), then accept-only once per engine, then the
+//! bound; it prints per round and as medians accepted req/s, p99, lost and duplicates, and
+//! the PostgreSQL/SQLite ratio of accepted rates (per round and of the medians). The
+//! SQLite runs always have one instance; `--instances` applies to PostgreSQL. Everything
+//! ends with one summary block giving every figure and the command line:
+//!
+//! ```text
+//! cargo run --release --bin loadgen -- --compare --messages 30000
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
