@@ -659,6 +659,30 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// The benchmark's WAL counter is SQLite's: the frames a commit appended, reset by
+    /// each read, untouched by a checkpoint that restarts the log.
+    #[test]
+    fn pages_written_counts_the_wal_frames_of_each_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE t (x TEXT)").unwrap();
+        let _ = wal_counters::pages_written(&conn);
+        conn.execute("INSERT INTO t VALUES ('one')", []).unwrap();
+        // The table's one leaf page (page 2); page 1 is untouched.
+        assert_eq!(wal_counters::pages_written(&conn), Some(1));
+        assert_eq!(
+            wal_counters::pages_written(&conn),
+            Some(0),
+            "reset by reading"
+        );
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES ('two')", []).unwrap();
+        assert_eq!(wal_counters::pages_written(&conn), Some(1));
+    }
+
     /// The channel-binding migration (0008) keeps what members had bound, the codes they
     /// were waiting on and the WeCom send history.
     /// A one-connection pool on a new database file at `path` with the migrations before
