@@ -153,6 +153,7 @@ const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The figures of one run, for the summary.
 struct Figures {
     engine: &'static str,
+    instances: usize,
     accept_only: bool,
     rate: f64,
     p99_ms: f64,
@@ -250,7 +251,7 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
     println!("==================== summary ====================");
     println!("command: {command_line}");
     println!(
-        "{:<6} {:<11} {:<14} {:>11} {:>9} {:>5} {:>5} {:>12} {:>10}",
+        "{:<6} {:<13} {:<14} {:>11} {:>9} {:>5} {:>5} {:>12} {:>10}",
         "run", "engine", "mode", "accepted/s", "p99 ms", "lost", "dups", "WAL B/msg", "msg/commit"
     );
     let mut sqlite_round = 0;
@@ -269,8 +270,12 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
             (format!("{b:.0}"), format!("{m:.1}"))
         });
         println!(
-            "{label:<6} {:<11} {:<14} {:>11.0} {:>9.2} {:>5} {:>5} {wal:>12} {per_commit:>10}",
-            f.engine,
+            "{label:<6} {:<13} {:<14} {:>11.0} {:>9.2} {:>5} {:>5} {wal:>12} {per_commit:>10}",
+            if f.instances > 1 {
+                format!("{}×{}", f.engine, f.instances)
+            } else {
+                f.engine.to_owned()
+            },
             if f.accept_only {
                 "accept-only"
             } else {
@@ -548,6 +553,7 @@ fn run(
     }
     Ok(Figures {
         engine,
+        instances,
         accept_only: hold,
         rate: if report.send_secs > 0.0 {
             report.accepted as f64 / report.send_secs
