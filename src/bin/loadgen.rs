@@ -44,17 +44,11 @@
 //!   `wecom.request_timeout` is raised for that run so that no held send times out); then
 //!   it answers them all and the run is checked for lost messages like any other. The
 //!   delivery workers still claim lanes and wait on their 64 held sends, but send nothing.
-//! - **WAL bytes per message and messages per commit** (SQLite runs): SQLite's own count of
-//!   the pages the writer's connection handed to the WAL (`SQLITE_DBSTATUS_CACHE_WRITE`,
-//!   read and reset after each commit; see `pushbot::store::wal_counters`, counting only
-//!   when a benchmark enabled it), from the first `/send` until the last delivery, × (page
-//!   size + 24-byte frame header) ÷ messages accepted; messages per commit = messages ÷
-//!   the writer's commits in that window (each message is inserted once and marked
-//!   delivered once, usually in different commits). Checkpoints do not disturb it.
 //! - **the durable-write bound of the disk**: a minimal queue in SQLite in the same temp
 //!   directory — one table, one index, WAL, `synchronous=FULL`, 16 messages of 60 bytes per
 //!   committed transaction, the previous group marked delivered in the same transaction,
-//!   one thread, `--bound-secs` (3) seconds — as messages/s and its own WAL bytes/message;
+//!   one thread, `--bound-secs` (3) seconds — as messages/s and its own WAL bytes/message
+//!   (the WAL file's growth, no checkpoint during the bound);
 //!   pushbot's SQLite accept+deliver rate is printed as a percentage of it.
 //!
 //! `--compare` measures SQLite and PostgreSQL side by side: `--rounds` (3) rounds of one
@@ -159,8 +153,6 @@ struct Figures {
     p99_ms: f64,
     lost: usize,
     duplicates: usize,
-    /// SQLite: WAL bytes per message and messages per commit.
-    wal: Option<(f64, f64)>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -169,7 +161,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The load clients' own reqwest needs a TLS provider even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
     pushbot::telemetry::init(&Settings::from_toml(MINIMAL_CONFIG)?.log);
-    pushbot::store::wal_counters::enable();
     let extras = args.messages > 0 && !args.no_extras;
     let mut runs: Vec<Figures> = Vec::new();
     if args.compare {
@@ -251,8 +242,8 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
     println!("==================== summary ====================");
     println!("command: {command_line}");
     println!(
-        "{:<6} {:<13} {:<14} {:>11} {:>9} {:>5} {:>5} {:>12} {:>10}",
-        "run", "engine", "mode", "accepted/s", "p99 ms", "lost", "dups", "WAL B/msg", "msg/commit"
+        "{:<6} {:<13} {:<14} {:>11} {:>9} {:>5} {:>5}",
+        "run", "engine", "mode", "accepted/s", "p99 ms", "lost", "dups"
     );
     let mut sqlite_round = 0;
     let mut pg_round = 0;
@@ -266,11 +257,8 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
             pg_round += 1;
             pg_round.to_string()
         };
-        let (wal, per_commit) = f.wal.map_or(("-".to_owned(), "-".to_owned()), |(b, m)| {
-            (format!("{b:.0}"), format!("{m:.1}"))
-        });
         println!(
-            "{label:<6} {:<13} {:<14} {:>11.0} {:>9.2} {:>5} {:>5} {wal:>12} {per_commit:>10}",
+            "{label:<6} {:<13} {:<14} {:>11.0} {:>9.2} {:>5} {:>5}",
             if f.instances > 1 {
                 format!("{}×{}", f.engine, f.instances)
             } else {
@@ -299,17 +287,8 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
         if fs.is_empty() {
             continue;
         }
-        let wal = if fs.iter().any(|f| f.wal.is_some()) {
-            format!(
-                ", WAL {:.0} B/msg, {:.1} msg/commit",
-                med(fs, |f| f.wal.map_or(f64::NAN, |w| w.0)),
-                med(fs, |f| f.wal.map_or(f64::NAN, |w| w.1))
-            )
-        } else {
-            String::new()
-        };
         println!(
-            "median {name} accept+deliver ({} runs): {:.0} req/s, p99 {:.2} ms, lost {}, duplicates {}{wal}",
+            "median {name} accept+deliver ({} runs): {:.0} req/s, p99 {:.2} ms, lost {}, duplicates {}",
             fs.len(),
             med(fs, |f| f.rate),
             med(fs, |f| f.p99_ms),
@@ -523,7 +502,7 @@ fn run(
     for server in servers {
         server_rt.block_on(server)??;
     }
-    let (db_delivered, db_other, page_size) = server_rt.block_on(count_rows(&url))?;
+    let (db_delivered, db_other) = server_rt.block_on(count_rows(&url))?;
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(base) = storage.filter(|b| b.starts_with("postgres")) {
         server_rt.block_on(run_sql(base, &format!("DROP SCHEMA {schema} CASCADE")))?;
@@ -531,21 +510,6 @@ fn run(
     let _ = stop_mock.send(());
     let _ = mock_thread.join();
     println!("{report}");
-    let wal = match (postgres, report.wal) {
-        (false, Some((frames, commits))) if report.accepted > 0 && commits > 0 => {
-            // Each WAL frame: a page and its 24-byte frame header.
-            let bytes = frames as f64 * (page_size + 24) as f64;
-            let per_message = bytes / report.accepted as f64;
-            let per_commit = report.accepted as f64 / commits as f64;
-            println!(
-                "WAL:            {frames} frames of {page_size} B in {commits} commits while the \
-                 messages were accepted and delivered: {per_message:.0} B/message, \
-                 {per_commit:.1} messages/commit"
-            );
-            Some((per_message, per_commit))
-        }
-        _ => None,
-    };
     println!("database: {db_delivered} delivered, {db_other} not delivered");
     let lost = (report.accepted + args.backlog).saturating_sub(report.unique);
     if report.errors > 0 {
@@ -563,7 +527,6 @@ fn run(
         p99_ms: report.percentile(0.99),
         lost,
         duplicates: report.duplicates,
-        wal,
     })
 }
 
@@ -571,7 +534,7 @@ fn run(
 /// WAL, `synchronous=FULL`), 16 messages of 60 bytes per committed transaction, the
 /// previous group marked delivered in the same transaction; messages per second over
 /// `secs`, on one thread, in a file in the same temp directory as the runs.
-/// Answers messages per second and WAL bytes per message (the same counter as pushbot's).
+/// Answers messages per second and WAL bytes per message (from the WAL file's growth).
 fn durable_bound(secs: Duration) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     const GROUP: i64 = 16;
     let dir = std::env::temp_dir().join(format!("pushbot-loadgen-{}-bound", std::process::id()));
@@ -588,7 +551,11 @@ fn durable_bound(secs: Duration) -> Result<(f64, f64), Box<dyn std::error::Error
     )?;
     let body = "x".repeat(60);
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    let _ = pushbot::store::wal_counters::pages_written(&conn);
+    // No checkpoint during the run, so the WAL file holds every frame written: its size is
+    // the WAL this queue wrote (a 32-byte header, then per frame a 24-byte header + a page).
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+    let wal_path = dir.join("bound.db-wal");
+    let wal_at_start = std::fs::metadata(&wal_path).map_or(0, |m| m.len());
     let started = Instant::now();
     let mut next: i64 = 1;
     while started.elapsed() < secs {
@@ -608,7 +575,10 @@ fn durable_bound(secs: Duration) -> Result<(f64, f64), Box<dyn std::error::Error
         next += GROUP;
     }
     let rate = (next - 1) as f64 / started.elapsed().as_secs_f64();
-    let frames = pushbot::store::wal_counters::pages_written(&conn).unwrap_or(0);
+    let wal_bytes = std::fs::metadata(&wal_path)
+        .map_or(0, |m| m.len())
+        .saturating_sub(wal_at_start.max(32));
+    let frames = wal_bytes / u64::try_from(page_size + 24).unwrap_or(u64::MAX);
     let wal_per_message = frames as f64 * (page_size + 24) as f64 / (next - 1) as f64;
     drop(conn);
     let _ = std::fs::remove_dir_all(&dir);
@@ -637,9 +607,6 @@ struct Report {
     unique: usize,
     duplicates: usize,
     latencies_us: Vec<u64>,
-    /// SQLite writer's WAL frames and commits from the first request until the last
-    /// delivery (see `pushbot::store::wal_counters`).
-    wal: Option<(u64, u64)>,
 }
 
 impl Report {
@@ -810,7 +777,6 @@ async fn drive(
             unique: received.unique.load(Ordering::Relaxed),
             duplicates: received.duplicates.load(Ordering::Relaxed),
             latencies_us: Vec::new(),
-            wal: None,
         });
     }
     // One token per member, asked for concurrently (as many members would).
@@ -833,7 +799,6 @@ async fn drive(
     let tokens = Arc::new(tokens);
     let backlog = args.backlog;
     let next = Arc::new(AtomicUsize::new(0));
-    let wal_before = pushbot::store::wal_counters::read();
     let started = Instant::now();
     let start_ns = received.start.elapsed().as_nanos();
     let mut tasks = Vec::new();
@@ -894,7 +859,6 @@ async fn drive(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let wal_after = pushbot::store::wal_counters::read();
     let last_ns = u128::from(received.last_at_ns.load(Ordering::Relaxed));
     let deliver_secs = (last_ns.saturating_sub(start_ns)) as f64 / 1e9;
     Ok(Report {
@@ -907,7 +871,6 @@ async fn drive(
             - backlog.min(received.unique.load(Ordering::Relaxed)),
         duplicates: received.duplicates.load(Ordering::Relaxed),
         latencies_us,
-        wal: Some((wal_after.0 - wal_before.0, wal_after.1 - wal_before.1)),
     })
 }
 
@@ -987,7 +950,7 @@ async fn message_send(
 }
 
 /// Delivered and other rows, and (SQLite) the page size.
-async fn count_rows(url: &str) -> Result<(i64, i64, i64), Box<dyn std::error::Error>> {
+async fn count_rows(url: &str) -> Result<(i64, i64), Box<dyn std::error::Error>> {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await?;
     let count = |sql: &'static str| {
@@ -996,13 +959,8 @@ async fn count_rows(url: &str) -> Result<(i64, i64, i64), Box<dyn std::error::Er
     };
     let delivered = count("SELECT COUNT(*) FROM messages WHERE status = 'delivered'").await?;
     let other = count("SELECT COUNT(*) FROM messages WHERE status <> 'delivered'").await?;
-    let page_size = if url.starts_with("postgres") {
-        0
-    } else {
-        count("PRAGMA page_size").await?
-    };
     pool.close().await;
-    Ok((delivered, other, page_size))
+    Ok((delivered, other))
 }
 
 /// Runs one statement on `url` (creating and dropping the run's PostgreSQL schema).

@@ -84,7 +84,7 @@ pub use messages::{
 };
 pub use postgres::describe as describe_postgres;
 use sqlite::FileIdentity;
-pub use sqlite::{chmod_command, exposed_files, sqlite_path, wal_counters};
+pub use sqlite::{chmod_command, exposed_files, sqlite_path};
 pub use writer::{AttemptUpdate, CancelOutcome, Digest, MoveOn, Overdue, OverdueMessage};
 use writer::{WriteStatus, WriterHandle};
 

@@ -16,62 +16,6 @@ use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
 use super::writer::{Backend, Dialect, Value};
 use super::{OPEN_TIMEOUT, Opened, StoreError};
 
-/// WAL frames the writer's commits wrote and the commits themselves, counted only once
-/// [`wal_counters::enable`] was called: for the `loadgen` benchmark, which prints WAL bytes
-/// per message and messages per commit. The figure is SQLite's own: the writer
-/// connection's `SQLITE_DBSTATUS_CACHE_WRITE`, the pages its pager handed to the WAL
-/// (checkpoints and WAL restarts do not affect it), read and reset after each commit.
-/// Off (the default), the writer pays one relaxed atomic load per commit.
-pub mod wal_counters {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    pub(super) static ENABLED: AtomicBool = AtomicBool::new(false);
-    pub(super) static FRAMES: AtomicU64 = AtomicU64::new(0);
-    pub(super) static COMMITS: AtomicU64 = AtomicU64::new(0);
-
-    /// Start counting (for every SQLite writer in the process).
-    pub fn enable() {
-        ENABLED.store(true, Ordering::Relaxed);
-    }
-
-    /// (WAL frames written, commits) since counting began.
-    pub fn read() -> (u64, u64) {
-        (
-            FRAMES.load(Ordering::Relaxed),
-            COMMITS.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Counts one commit of the writer's connection and the WAL frames it wrote.
-    pub(super) fn count_commit(conn: &rusqlite::Connection) {
-        if !ENABLED.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Some(pages) = pages_written(conn) {
-            FRAMES.fetch_add(pages, Ordering::Relaxed);
-            COMMITS.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Pages `conn` wrote (in WAL mode: WAL frames) since the last call, from SQLite's
-    /// `SQLITE_DBSTATUS_CACHE_WRITE`, which this call resets; `None` if SQLite refused.
-    pub fn pages_written(conn: &rusqlite::Connection) -> Option<u64> {
-        let (mut current, mut highwater) = (0, 0);
-        // SAFETY: the handle is the live connection's, used on this thread for the
-        // duration of the call; sqlite3_db_status only reads (and resets) a counter.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_db_status(
-                conn.handle(),
-                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE,
-                &mut current,
-                &mut highwater,
-                1,
-            )
-        };
-        (rc == rusqlite::ffi::SQLITE_OK).then(|| u64::try_from(current).unwrap_or(0))
-    }
-}
-
 /// SQLite waits this long for a lock held by another connection before failing a statement.
 pub(super) const BUSY_TIMEOUT_MS: u32 = 5000;
 /// WAL pages after which the writer checkpoints by itself: only when the checkpointer
@@ -247,7 +191,6 @@ impl Backend for SqliteBackend {
                 "COMMIT returned but a transaction is still open".into(),
             ));
         }
-        wal_counters::count_commit(conn);
         if let Some(next) = self.pending_seq.take() {
             self.next_seq = Some(next);
         }
@@ -657,30 +600,6 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
-    }
-
-    /// The benchmark's WAL counter is SQLite's: the frames a commit appended, reset by
-    /// each read, untouched by a checkpoint that restarts the log.
-    #[test]
-    fn pages_written_counts_the_wal_frames_of_each_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("w.db")).unwrap();
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .unwrap();
-        conn.execute_batch("CREATE TABLE t (x TEXT)").unwrap();
-        let _ = wal_counters::pages_written(&conn);
-        conn.execute("INSERT INTO t VALUES ('one')", []).unwrap();
-        // The table's one leaf page (page 2); page 1 is untouched.
-        assert_eq!(wal_counters::pages_written(&conn), Some(1));
-        assert_eq!(
-            wal_counters::pages_written(&conn),
-            Some(0),
-            "reset by reading"
-        );
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-        conn.execute("INSERT INTO t VALUES ('two')", []).unwrap();
-        assert_eq!(wal_counters::pages_written(&conn), Some(1));
     }
 
     /// The channel-binding migration (0008) keeps what members had bound, the codes they
