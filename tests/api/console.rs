@@ -1013,3 +1013,112 @@ async fn a_queued_message_says_what_it_waits_for() {
     let page = console.page(&format!("/messages/{first}")).await;
     assert!(!page.contains("waiting 等待中"), "{page}");
 }
+
+/// Every console route that reads input, driven with a logged-in session and hostile input —
+/// random bytes, huge and invisible text, unknown fields, far-off and malformed ids — never
+/// answers a 5xx and changes nothing: the member's messages, their statuses and the session
+/// stay as they were (a logout without the CSRF token ends nothing).
+#[tokio::test]
+async fn hostile_input_from_a_session_is_never_a_5xx_and_changes_nothing() {
+    let app = spawn_app().await;
+    let alice = userid("alice");
+    let token = app.get_token(&alice).await;
+    app.mock.push_replies_for(&alice, [refused()]);
+    let failed = app.send_ok(&token, "kept", "as it was").await;
+    app.wait_for_status(&failed, &token, "failed", WAIT).await;
+    let console = console_login(&app, &alice).await;
+    let before = app
+        .messages(&[("token", &token)])
+        .await
+        .text()
+        .await
+        .expect("list");
+
+    // Deterministic "random" bytes (xorshift), percent-encoded.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                format!("%{:02X}", seed as u8)
+            })
+            .collect()
+    };
+    let invisible = "%E2%80%8B%E2%80%8D%EF%BB%BF%E2%80%AE".repeat(500);
+    // In a URL: as long as a client will send (the server's header limit answers 431);
+    // in a body: far beyond a form's limit.
+    let long = "x".repeat(16 * 1024);
+    let huge = "x".repeat(200 * 1024);
+    let far_ids = [
+        "ffffffff-ffff-7fff-bfff-ffffffffffff".to_owned(),
+        "00000000-0000-7000-8000-000000000000".to_owned(),
+        "99999999999999999999999".to_owned(),
+        format!("{failed}%00"),
+        noise(40),
+        invisible.clone(),
+    ];
+    let mut gets: Vec<String> = vec![
+        format!("?q={}&status={}&channel={}", noise(64), noise(8), noise(8)),
+        format!("?q={invisible}&fragment=1"),
+        format!("?q={long}"),
+        "?before=ffffffff-ffff-7fff-bfff-ffffffffffff&status=failed".to_owned(),
+        "?before=%00&unknown=1&status=delivered&channel=all&fragment=yes".to_owned(),
+        format!("/timeline?{}", noise(200)),
+        format!("/login?t={}", noise(32)),
+        format!("/login?t={long}"),
+    ];
+    gets.extend(far_ids.iter().map(|id| format!("/messages/{id}")));
+    let mut failures = Vec::new();
+    for path in &gets {
+        let resp = console.get(path).await;
+        if resp.status().is_server_error() {
+            failures.push(format!("GET {path:.80}: {}", resp.status()));
+        }
+    }
+    let bodies = [
+        noise(300),
+        format!("unknown=1&t={}", noise(32)),
+        format!("t={huge}&x={invisible}"),
+        format!("csrf={}", noise(64)),
+        String::new(),
+    ];
+    let mut posts: Vec<String> = vec!["/login".to_owned(), "/logout".to_owned()];
+    for id in far_ids.iter().chain([&failed]) {
+        posts.push(format!("/messages/{id}/resend"));
+        posts.push(format!("/messages/{id}/cancel"));
+    }
+    for path in &posts {
+        for body in &bodies {
+            let resp = console
+                .http
+                .post(console.url(path))
+                .header(COOKIE, &console.cookie)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body.clone())
+                .send()
+                .await
+                .expect("an answer");
+            if resp.status().is_server_error() {
+                failures.push(format!("POST {path:.80}: {}", resp.status()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    let after = app
+        .messages(&[("token", &token)])
+        .await
+        .text()
+        .await
+        .expect("list");
+    assert_eq!(before, after, "no message added, resent or cancelled");
+    assert_eq!(
+        console.get("").await.status(),
+        StatusCode::OK,
+        "still logged in"
+    );
+}
