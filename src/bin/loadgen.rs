@@ -508,7 +508,10 @@ fn run(
         server_rt.block_on(run_sql(base, &format!("DROP SCHEMA {schema} CASCADE")))?;
     }
     let _ = stop_mock.send(());
-    let _ = mock_thread.join();
+    // A panic in the WeCom stand-in would leave sends unanswered: the run is void, said so.
+    mock_thread
+        .join()
+        .map_err(|_| "the WeCom stand-in panicked: this run's figures are void")?;
     println!("{report}");
     println!("database: {db_delivered} delivered, {db_other} not delivered");
     let lost = (report.accepted + args.backlog).saturating_sub(report.unique);

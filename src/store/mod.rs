@@ -1176,7 +1176,7 @@ mod tests {
         assert_eq!(channels[1].to_string(), "Not a name!");
     }
 
-    async fn lane_due(store: &Store, userid: &str) -> UnixMillis {
+    pub(super) async fn lane_due(store: &Store, userid: &str) -> UnixMillis {
         sqlx::query("SELECT due_at FROM lanes WHERE userid = $1")
             .bind(userid)
             .fetch_one(&store.pool)

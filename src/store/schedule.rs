@@ -136,6 +136,7 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
     use crate::domain::ChannelName;
+    use crate::store::tests::lane_due;
     use crate::store::{AttemptUpdate, Message, MessageStatus};
 
     const WINDOW: Duration = Duration::from_secs(3600);
@@ -193,16 +194,6 @@ pub(crate) mod tests {
             .await
             .unwrap()
             .expect("no other instance is releasing")
-    }
-
-    async fn lane_due(store: &Store, userid: &str) -> UnixMillis {
-        sqlx::query("SELECT due_at FROM lanes WHERE userid = $1")
-            .bind(userid)
-            .fetch_one(&store.pool)
-            .await
-            .unwrap()
-            .try_get(0)
-            .unwrap()
     }
 
     /// A scheduled message is in no lane and holds nothing up; it is released when due and
