@@ -971,6 +971,121 @@ mod tests {
         sqlx::Row::try_get(&row, 0).unwrap()
     }
 
+    /// What counts against the member's limits, as the writer records it (issue 31; a
+    /// trigger did it before): a message delivered on its own counts once, on the channel
+    /// that delivered it, at its delivery time — however often its outcome is recorded; a
+    /// digest counts once for all it carried; a `deliver_all` message once per channel.
+    async fn each_delivery_counts_once_on_its_channel(store: &Store) {
+        for id in ["a", "b", "c1", "c2"] {
+            store.insert_message(message(id, "alice")).await.unwrap();
+        }
+        store
+            .insert_message(routed(
+                "d",
+                "bob",
+                "wecom,email",
+                true,
+                UnixMillis::now() + ms(1000),
+            ))
+            .await
+            .unwrap();
+        let delivered = |id: &str, attempts, channel| AttemptUpdate::Delivered {
+            id: mid(id),
+            attempts,
+            channel,
+            earlier: None,
+            log: None,
+        };
+        store
+            .record_attempt(delivered("a", 1, ChannelName::WeCom))
+            .await
+            .unwrap();
+        // Recorded twice (in one batch or two): counted once, by the first.
+        let (first, second) = tokio::join!(
+            store.record_attempt(delivered("b", 1, ChannelName::Email)),
+            store.record_attempt(delivered("b", 2, ChannelName::WeCom)),
+        );
+        first.unwrap();
+        second.unwrap();
+        store
+            .record_attempt(delivered("a", 1, ChannelName::WeCom))
+            .await
+            .unwrap();
+        // A digest carrying c1 and c2: one send; c1's own outcome afterwards counts nothing.
+        store
+            .record_attempt(AttemptUpdate::DigestDelivered {
+                digest: Digest {
+                    id: "g".into(),
+                    userid: uid("alice"),
+                    body: "two".into(),
+                    carried: vec![mid("c1"), mid("c2")],
+                    page_key: "k".into(),
+                },
+                channel: ChannelName::WeCom,
+                sent_at: UnixMillis::from_millis(7),
+            })
+            .await
+            .unwrap();
+        store
+            .record_attempt(delivered("c1", 1, ChannelName::WeCom))
+            .await
+            .unwrap();
+        // deliver_all: WeCom, then e-mail delivers it last (its step counts, not its end).
+        store
+            .record_attempt(AttemptUpdate::NextChannel {
+                id: mid("d"),
+                attempts: 1,
+                channel: ChannelName::WeCom,
+                delivered: true,
+                error: None,
+                route: Route::parse("email").unwrap(),
+                deadline_at: UnixMillis::now() + ms(1000),
+                unconfirmed: false,
+            })
+            .await
+            .unwrap();
+        store
+            .record_attempt(AttemptUpdate::Delivered {
+                id: mid("d"),
+                attempts: 2,
+                channel: ChannelName::Email,
+                earlier: Some("wecom".into()),
+                log: Some(ChannelName::Email),
+            })
+            .await
+            .unwrap();
+        let rows = sqlx::query(
+            "SELECT userid, channel, sent_at FROM sends ORDER BY userid, channel, sent_at",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let sends: Vec<(String, String, i64)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let at = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let m = store.message(id).await.unwrap().unwrap();
+                m.delivered_at.unwrap().as_millis()
+            }
+        };
+        let (bob, alice): (Vec<_>, Vec<_>) = sends.into_iter().partition(|s| s.0 == "bob");
+        let bob: Vec<&str> = bob.iter().map(|s| s.1.as_str()).collect();
+        assert_eq!(bob, ["email", "wecom"]);
+        // b's send is on the channel of whichever outcome came first.
+        let mut times: Vec<i64> = alice.iter().map(|s| s.2).collect();
+        times.sort_unstable();
+        let mut want = vec![at("a").await, at("b").await, 7];
+        want.sort_unstable();
+        assert_eq!(times, want, "{alice:?}");
+        let wecom = alice.iter().filter(|s| s.1 == "wecom").count();
+        assert!((2..=3).contains(&wecom), "{alice:?}");
+    }
+
+    on_both_engines!(each_delivery_counts_once_on_its_channel);
+
     #[tokio::test]
     async fn a_message_moves_on_to_its_next_channel_with_its_history() {
         let (store, _dir) = temp_store().await;
