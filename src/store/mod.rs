@@ -205,6 +205,21 @@ struct Opened {
     pool: AnyPool,
     backend: Box<dyn writer::Backend>,
     file: Option<FileIdentity>,
+    /// The writer's WAL frames, when counted (SQLite, for the benchmark).
+    wal: Option<Arc<sqlite::WalCount>>,
+}
+
+/// What the writer has committed since the store was opened, for the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// SQLite, when counted ([`Store::connect_measuring_wal`]): WAL frames those
+    /// transactions wrote, as SQLite reported them after each commit.
+    pub wal_frames: Option<u64>,
+    /// The size of one WAL frame in bytes (a page and its 24-byte header), with
+    /// `wal_frames`.
+    pub wal_frame_bytes: Option<u64>,
 }
 
 /// Which engine holds the data.
@@ -253,6 +268,8 @@ pub struct Store {
     prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,
+    /// The writer's WAL frames, when counted.
+    wal: Option<Arc<sqlite::WalCount>>,
     /// Shared with the writer thread and the scheduler: how background work that cannot go
     /// on (the writer thread) stops the process, and the test hooks.
     supervisor: Supervisor,
@@ -278,6 +295,17 @@ impl Store {
     /// SQLite file, or PostgreSQL's host, port and database: never the password) and the
     /// real cause.
     pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        Self::open(url, pool_size, false).await
+    }
+
+    /// As [`Store::connect_with`], and on SQLite the WAL frames of the writer's commits
+    /// are counted ([`Store::write_stats`]): for the benchmark. (The counting replaces
+    /// SQLite's automatic checkpoint by one that does the same.)
+    pub async fn connect_measuring_wal(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        Self::open(url, pool_size, true).await
+    }
+
+    async fn open(url: &str, pool_size: u32, measure_wal: bool) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let pool_size = pool_size.max(1);
         let engine = Engine::of_url(url).ok_or_else(|| StoreError::Open {
@@ -289,8 +317,9 @@ impl Store {
             pool,
             backend,
             file,
+            wal,
         } = match engine {
-            Engine::Sqlite => sqlite::open(url, pool_size).await?,
+            Engine::Sqlite => sqlite::open(url, pool_size, measure_wal).await?,
             Engine::Postgres => postgres::open(url, pool_size).await?,
         };
         let arrivals = Arc::new(match engine {
@@ -307,8 +336,20 @@ impl Store {
             tokens: Arc::default(),
             prefs: Arc::default(),
             arrivals,
+            wal,
             supervisor,
         })
+    }
+
+    /// What the writer has committed so far (see [`WriteStats`]).
+    pub fn write_stats(&self) -> WriteStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let wal = self.wal.as_deref();
+        WriteStats {
+            commits: self.writer.health.commits(),
+            wal_frames: wal.map(|w| w.frames.load(Relaxed)),
+            wal_frame_bytes: wal.map(|w| w.page_size.load(Relaxed) + 24),
+        }
     }
 
     pub fn engine(&self) -> Engine {
