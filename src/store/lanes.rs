@@ -261,8 +261,13 @@ impl Store {
         self.lane_count(LaneOp::OpenMissing { now }).await
     }
 
+    /// Forgets send times before `before`: the longest rate window is what reads need.
     pub async fn prune_sends(&self, before: UnixMillis) -> Result<u64, StoreError> {
-        self.lane_count(LaneOp::PruneSends { before }).await
+        let pruned = self.lane_count(LaneOp::PruneSends { before }).await?;
+        if let Some(log) = &self.sends {
+            log.prune(before, UnixMillis::now().since(before));
+        }
+        Ok(pruned)
     }
 
     /// Lanes nobody holds that are due later than `now` become due now (a channel came
@@ -428,6 +433,9 @@ impl Store {
         channel: ChannelName,
         since: UnixMillis,
     ) -> Result<Vec<UnixMillis>, StoreError> {
+        if let Some(log) = &self.sends {
+            return Ok(log.channel(channel.as_str(), since));
+        }
         let rows = sqlx::query(
             "SELECT sent_at FROM sends WHERE channel = $1 AND sent_at > $2 ORDER BY sent_at",
         )
@@ -445,6 +453,11 @@ impl Store {
         channel: ChannelName,
         since: UnixMillis,
     ) -> Result<Vec<UnixMillis>, StoreError> {
+        // SQLite: in memory, without a query (see `sends.rs`); other instances send too on
+        // PostgreSQL.
+        if let Some(log) = &self.sends {
+            return Ok(log.member(userid.as_str(), channel.as_str(), since));
+        }
         let rows = sqlx::query(
             "SELECT sent_at FROM sends WHERE userid = $1 AND channel = $3 AND sent_at > $2 \
              ORDER BY sent_at",

@@ -51,6 +51,7 @@ mod members;
 mod messages;
 mod postgres;
 mod schedule;
+mod sends;
 mod sqlite;
 mod writer;
 
@@ -270,6 +271,9 @@ pub struct Store {
     arrivals: Arc<Arrivals>,
     /// The writer's WAL frames, when counted.
     wal: Option<Arc<sqlite::WalCount>>,
+    /// The send history in memory, where this process is the only writer (SQLite): loaded
+    /// from `sends` at start, appended to by the writer after each commit.
+    sends: Option<Arc<sends::SendLog>>,
     /// Shared with the writer thread and the scheduler: how background work that cannot go
     /// on (the writer thread) stops the process, and the test hooks.
     supervisor: Supervisor,
@@ -326,8 +330,17 @@ impl Store {
             Engine::Sqlite => Arrivals::default(),
             Engine::Postgres => Arrivals::shared(),
         });
+        let sends = match engine {
+            Engine::Sqlite => Some(Arc::new(sends::SendLog::load(&pool).await?)),
+            Engine::Postgres => None,
+        };
         let supervisor = Supervisor::default();
-        let writer = writer::spawn(backend, Arc::clone(&arrivals), supervisor.clone());
+        let writer = writer::spawn(
+            backend,
+            Arc::clone(&arrivals),
+            sends.clone(),
+            supervisor.clone(),
+        );
         Ok(Self {
             pool,
             engine,
@@ -337,6 +350,7 @@ impl Store {
             prefs: Arc::default(),
             arrivals,
             wal,
+            sends,
             supervisor,
         })
     }
@@ -1126,6 +1140,72 @@ mod tests {
     }
 
     on_both_engines!(each_delivery_counts_once_on_its_channel);
+
+    /// The history a lane worker reads (from memory on SQLite) has a send as soon as its
+    /// outcome is recorded, and holds the same after a restart, which loads it from the
+    /// `sends` table: limits hold across restarts. Pruning forgets it in both.
+    #[tokio::test]
+    async fn the_send_history_is_there_at_once_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let since = UnixMillis::now() - ms(60_000);
+        for (id, userid) in [("a", "alice"), ("b", "alice"), ("c", "bob")] {
+            store.insert_message(message(id, userid)).await.unwrap();
+            store
+                .record_attempt(AttemptUpdate::Delivered {
+                    id: mid(id),
+                    attempts: 1,
+                    channel: ChannelName::WeCom,
+                    earlier: None,
+                    log: None,
+                })
+                .await
+                .unwrap();
+            // Read right after the outcome is recorded: there already.
+            let history = store
+                .send_history(&uid(userid), ChannelName::WeCom, since)
+                .await
+                .unwrap();
+            let delivered = store.message(id).await.unwrap().unwrap().delivered_at;
+            assert_eq!(history.last().copied(), delivered);
+        }
+        let read = |store: Store| async move {
+            (
+                store
+                    .send_history(&uid("alice"), ChannelName::WeCom, since)
+                    .await
+                    .unwrap(),
+                store
+                    .send_history(&uid("bob"), ChannelName::WeCom, since)
+                    .await
+                    .unwrap(),
+                store
+                    .send_history(&uid("alice"), ChannelName::Email, since)
+                    .await
+                    .unwrap(),
+                store
+                    .channel_history(ChannelName::WeCom, since)
+                    .await
+                    .unwrap(),
+            )
+        };
+        let before = read(store.clone()).await;
+        assert_eq!((before.0.len(), before.1.len(), before.2.len()), (2, 1, 0));
+        assert_eq!(before.3.len(), 3);
+        store.close().await;
+        let store = Store::connect(&url).await.unwrap();
+        assert_eq!(
+            read(store.clone()).await,
+            before,
+            "the same after a restart"
+        );
+        store.prune_sends(UnixMillis::now() + ms(1)).await.unwrap();
+        assert_eq!(count(&store, "SELECT count(*) FROM sends").await, 0);
+        let pruned = read(store.clone()).await;
+        assert!(pruned.0.is_empty() && pruned.1.is_empty() && pruned.3.is_empty());
+        store.close().await;
+    }
 
     #[tokio::test]
     async fn a_message_moves_on_to_its_next_channel_with_its_history() {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::sends::{Recorded, SendLog};
 use super::{Arrivals, Attachment, Held, Message, MessageStatus, StoreError};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
 use crate::supervise::{FaultPoint, Supervisor};
@@ -473,6 +474,7 @@ impl WriterHandle {
 pub(super) fn spawn(
     backend: Box<dyn Backend>,
     arrivals: Arc<Arrivals>,
+    sends: Option<Arc<SendLog>>,
     supervisor: Supervisor,
 ) -> WriterHandle {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -481,6 +483,7 @@ pub(super) fn spawn(
         db: backend,
         health: Arc::clone(&health),
         arrivals,
+        sends,
         supervisor,
     };
     // A thread of its own, calling the database directly: a batch is a handful of
@@ -643,6 +646,9 @@ struct Writer {
     health: Arc<WriteHealth>,
     /// Told about new messages after they are committed.
     arrivals: Arc<Arrivals>,
+    /// The send history in memory (SQLite): told about sends once they are committed,
+    /// before anyone waiting for the commit is answered.
+    sends: Option<Arc<SendLog>>,
     /// Told when the writer fails for good (and holds its test hook).
     supervisor: Supervisor,
 }
@@ -785,9 +791,14 @@ impl Writer {
         let probe_only = writes.iter().all(|w| matches!(w, Write::Probe));
         let result = match self
             .try_write(&mut writes)
-            .and_then(|replies| self.db.check_durable().map(|()| replies))
+            .and_then(|done| self.db.check_durable().map(|()| done))
         {
-            Ok(replies) => Ok(replies),
+            Ok((replies, recorded)) => {
+                if let Some(log) = &self.sends {
+                    log.record(recorded);
+                }
+                Ok(replies)
+            }
             // After a commit into a file that is gone, too: the connection still writes
             // into the deleted file, and a retry on it would "commit" the rows again there.
             Err(err) => {
@@ -810,7 +821,11 @@ impl Writer {
         })
     }
 
-    fn try_write(&mut self, writes: &mut [&mut Write]) -> Result<Vec<Reply>, StoreError> {
+    /// Answers each write's reply and the sends the transaction recorded.
+    fn try_write(
+        &mut self,
+        writes: &mut [&mut Write],
+    ) -> Result<(Vec<Reply>, Vec<Recorded>), StoreError> {
         let db = &mut *self.db;
         db.begin()?;
         let inserts = writes
@@ -856,7 +871,7 @@ impl Writer {
                 _ => None,
             })
             .collect();
-        apply_updates(db, &updates)?;
+        let recorded = apply_updates(db, &updates)?;
         let mut replies = vec![Reply::Done; writes.len()];
         // Releases and finishes (one per lane worker and message under load) are grouped
         // into one statement each: the writer is the bottleneck, statements are its cost.
@@ -896,7 +911,7 @@ impl Writer {
             )?);
         }
         db.commit()?;
-        Ok(replies)
+        Ok((replies, recorded))
     }
 }
 
@@ -1081,13 +1096,31 @@ fn count_send(
     id: &str,
     channel: ChannelName,
     at: UnixMillis,
+    recorded: &mut Vec<Recorded>,
 ) -> Result<(), StoreError> {
-    db.exec(
+    let rows = db.rows(
         "INSERT INTO sends (userid, channel, sent_at) \
-         SELECT userid, ?3, ?2 FROM messages WHERE id = ?1",
+         SELECT userid, ?3, ?2 FROM messages WHERE id = ?1 RETURNING userid, channel, sent_at",
         &[id.into(), at.into(), channel.as_str().into()],
     )?;
+    recorded.extend(sends_of(rows)?);
     Ok(())
+}
+
+/// `(userid, channel, sent_at)` rows, as a `RETURNING` of `sends` gives them.
+fn sends_of(rows: Vec<Vec<Value<'_>>>) -> Result<Vec<Recorded>, StoreError> {
+    rows.into_iter()
+        .map(|row| match row.as_slice() {
+            [
+                Value::Text(Some(userid)),
+                Value::Text(Some(channel)),
+                Value::Int(Some(at)),
+            ] => Ok((userid.to_string(), channel.to_string(), *at)),
+            other => Err(StoreError::Corrupt(format!(
+                "expected a send, got {other:?}"
+            ))),
+        })
+        .collect()
 }
 
 /// Counts the sends of `delivered` (`(id, attempts, channel)`, in the order their updates
@@ -1102,6 +1135,7 @@ fn count_delivered(
     db: &mut dyn Backend,
     delivered: &[(&str, i64, Cow<'static, str>)],
     now: UnixMillis,
+    recorded: &mut Vec<Recorded>,
 ) -> Result<(), StoreError> {
     // A message updated twice in one batch (never expected) is counted by its first update
     // only, as the trigger would have: the second found it delivered already.
@@ -1118,7 +1152,8 @@ fn count_delivered(
             ") INSERT INTO sends (userid, channel, sent_at) \
              SELECT m.userid, v.channel, COALESCE(m.delivered_at, ?1) \
              FROM v JOIN messages m ON m.id = v.id \
-             WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0",
+             WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0 \
+             RETURNING userid, channel, sent_at",
         );
         let mut args = Vec::with_capacity(1 + chunk.len() * 2);
         args.push(Value::from(now));
@@ -1126,7 +1161,7 @@ fn count_delivered(
             args.push((*id).into());
             args.push((*channel).into());
         }
-        db.exec(&sql, &args)?;
+        recorded.extend(sends_of(db.rows(&sql, &args)?)?);
     }
     Ok(())
 }
@@ -1149,8 +1184,13 @@ const NEXT_CHANNEL: &str = "UPDATE messages SET route = ?1, attempts = ?2, last_
 /// are grouped into `IN (…)` updates; the order between two updates of the same message is
 /// kept because a message has at most one attempt in flight, so its updates are never in
 /// one batch out of order.
-fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(), StoreError> {
+/// Answers the sends it recorded.
+fn apply_updates(
+    db: &mut dyn Backend,
+    updates: &[&AttemptUpdate],
+) -> Result<Vec<Recorded>, StoreError> {
     let now = UnixMillis::now();
+    let mut recorded = Vec::new();
     let mut delivered: Vec<(&str, i64, Cow<'static, str>)> = Vec::new();
     let mut sends: Vec<(&str, ChannelName, UnixMillis)> = Vec::new();
     for u in updates {
@@ -1169,7 +1209,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 delivered.push((id.as_str(), *attempts, delivered_on));
                 if let Some(step) = log {
                     log_attempt(db, id.as_str(), now, *step, "delivered", None)?;
-                    count_send(db, id.as_str(), *step, now)?;
+                    count_send(db, id.as_str(), *step, now, &mut recorded)?;
                 }
             }
             AttemptUpdate::DigestDelivered {
@@ -1232,7 +1272,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 // Recorded once: a repeated update (never expected) changes nothing.
                 if moved > 0 {
                     log_attempt(db, id.as_str(), now, *channel, "delivered", Some(note))?;
-                    count_send(db, id.as_str(), *channel, now)?;
+                    count_send(db, id.as_str(), *channel, now, &mut recorded)?;
                 }
             }
             AttemptUpdate::Retry {
@@ -1308,14 +1348,14 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
                 };
                 log_attempt(db, id.as_str(), now, *channel, outcome, error.as_deref())?;
                 if *delivered {
-                    count_send(db, id.as_str(), *channel, now)?;
+                    count_send(db, id.as_str(), *channel, now, &mut recorded)?;
                 }
             }
         }
     }
     // Group by (attempts, channel) so each statement sets one set of values.
     delivered.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
-    count_delivered(db, &delivered, now)?;
+    count_delivered(db, &delivered, now, &mut recorded)?;
     for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
         let Some((_, attempts, channel)) = group.first() else {
             continue;
@@ -1345,7 +1385,14 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
         }
         db.exec(&sql, &args)?;
     }
-    Ok(())
+    recorded.extend(sends.iter().map(|(userid, channel, at)| {
+        (
+            (*userid).to_owned(),
+            channel.as_str().to_owned(),
+            at.as_millis(),
+        )
+    }));
+    Ok(recorded)
 }
 
 /// The condition under which an overdue move applies: the message is as it was read
@@ -1773,6 +1820,7 @@ mod tests {
             db: Box::new(super::super::sqlite::backend(path)),
             health: Arc::default(),
             arrivals: Arc::default(),
+            sends: None,
             supervisor: Supervisor::default(),
         }
     }
@@ -1839,6 +1887,7 @@ mod tests {
             db: Box::new(super::super::sqlite::backend_watching(&path)),
             health: Arc::default(),
             arrivals: Arc::default(),
+            sends: None,
             supervisor: Supervisor::default(),
         };
         let insert = |i: usize| {
