@@ -321,6 +321,11 @@ fn upload_filename(name: &str) -> String {
         .collect()
 }
 
+/// The URL of WeCom's API `path` under `api_base`.
+fn api_url(api_base: &Url, path: &str) -> String {
+    format!("{}/cgi-bin/{path}", api_base.as_str().trim_end_matches('/'))
+}
+
 struct CachedToken {
     value: String,
     refresh_at: Instant,
@@ -330,6 +335,9 @@ struct CachedToken {
 pub struct WeComClient {
     http: reqwest::Client,
     api_base: Url,
+    /// `message/send`'s URL, built once: every send used to format and parse it (issue 31).
+    /// `None` only if it does not parse, when each send builds it and reports why.
+    send_url: Option<Url>,
     corp_id: String,
     secret: SecretString,
     agent_id: i64,
@@ -346,9 +354,11 @@ pub struct WeComClient {
 
 impl WeComClient {
     pub fn new(http: reqwest::Client, settings: &WeComSettings) -> Self {
+        let api_base = settings.api_base.url().clone();
         Self {
             http,
-            api_base: settings.api_base.url().clone(),
+            send_url: Url::parse(&api_url(&api_base, "message/send")).ok(),
+            api_base,
             corp_id: settings.corp_id.as_str().to_owned(),
             secret: SecretString::from(settings.secret.expose()),
             agent_id: settings.agent_id.get(),
@@ -372,10 +382,7 @@ impl WeComClient {
     }
 
     fn url(&self, path: &str) -> String {
-        format!(
-            "{}/cgi-bin/{path}",
-            self.api_base.as_str().trim_end_matches('/')
-        )
+        api_url(&self.api_base, path)
     }
 
     fn cached_token(&self) -> Option<String> {
@@ -629,10 +636,12 @@ impl WeComClient {
         };
         let reply: ApiReply = self
             .call(
-                self.http
-                    .post(self.url("message/send"))
-                    .query(&[("access_token", token)])
-                    .json(&body),
+                match &self.send_url {
+                    Some(url) => self.http.post(url.clone()),
+                    None => self.http.post(self.url("message/send")),
+                }
+                .query(&[("access_token", token)])
+                .json(&body),
             )
             .await?;
         if reply.errcode != 0 {
