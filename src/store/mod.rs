@@ -1207,6 +1207,50 @@ mod tests {
         store.close().await;
     }
 
+    /// Pruning forgets the sends before a time, on both engines (on SQLite, without an
+    /// index, those recorded before the first one at or after it), and keeps the rest.
+    async fn pruning_forgets_sends_before_a_time(store: &Store) {
+        for at in [1, 2, 3, 50, 60] {
+            sqlx::query("INSERT INTO sends (userid, channel, sent_at) VALUES ('a', 'wecom', $1)")
+                .bind(at)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.prune_sends(UnixMillis::from_millis(3)).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            store.prune_sends(UnixMillis::from_millis(3)).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .prune_sends(UnixMillis::from_millis(55))
+                .await
+                .unwrap(),
+            2
+        );
+        let left = sqlx::query("SELECT sent_at FROM sends")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            left.iter().map(|r| r.get::<i64, _>(0)).collect::<Vec<_>>(),
+            [60]
+        );
+        assert_eq!(
+            store
+                .prune_sends(UnixMillis::from_millis(99))
+                .await
+                .unwrap(),
+            1
+        );
+    }
+
+    on_both_engines!(pruning_forgets_sends_before_a_time);
+
     #[tokio::test]
     async fn a_message_moves_on_to_its_next_channel_with_its_history() {
         let (store, _dir) = temp_store().await;

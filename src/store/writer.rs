@@ -595,6 +595,21 @@ impl Dialect {
         }
     }
 
+    /// Deletes send times before `?1`. SQLite's `sends` has no index on them (it is
+    /// appended to in time order and only loaded whole at start, see `store/sends.rs`):
+    /// the rows before the first one at or after `?1`, in insertion order — a send
+    /// recorded late (a digest's) may stay until the next prune. PostgreSQL's is indexed.
+    fn prune_sends_sql(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "DELETE FROM sends WHERE rowid < COALESCE(\
+                 (SELECT rowid FROM sends WHERE sent_at >= ?1 ORDER BY rowid LIMIT 1), \
+                 9223372036854775807)"
+            }
+            Self::Postgres => "DELETE FROM sends WHERE sent_at < ?1",
+        }
+    }
+
     /// Rewrites the health row with `?2` bytes.
     fn probe_sql(self) -> &'static str {
         match self {
@@ -1800,7 +1815,7 @@ fn lane_op(db: &mut dyn Backend, op: &LaneOp) -> Result<Reply, StoreError> {
             &[(*now).into()],
         )?),
         LaneOp::PruneSends { before } => {
-            count(db.exec("DELETE FROM sends WHERE sent_at < ?1", &[(*before).into()])?)
+            count(db.exec(db.dialect().prune_sends_sql(), &[(*before).into()])?)
         }
     })
 }
