@@ -333,6 +333,31 @@ async fn member_limits_hold_across_a_restart() {
     assert_member_limit(&calls, 5, Duration::from_secs(1));
 }
 
+/// The send history a member's window needs is what the start loads (on SQLite it is read
+/// from memory, loaded from the `sends` table; issue 31): a window used up before a restart
+/// still holds after it, however quickly the service is back. The window is far longer than
+/// a restart takes, so only the stored history can hold the next message back.
+#[tokio::test]
+async fn a_window_used_up_before_a_restart_holds_after_it() {
+    let window = Duration::from_secs(8);
+    let mut app = spawn_app_with(|c| {
+        c.wecom.member_limits = member_limits(&[(3, window)]);
+        c.delivery.retry_window = Duration::from_secs(60);
+        c.delivery.instance_id = Some("lanes-restart-window".to_owned());
+        unthrottled(c);
+    })
+    .await;
+    let m = members(&app, "window", 1).await.remove(0);
+    let titles = titles(&m.user, 4);
+    send_in_order(&app, &m.token, &titles[..3]).await;
+    app.mock.wait_for_sent(3, WAIT).await;
+    app.restart().await;
+    send_in_order(&app, &m.token, &titles[3..]).await;
+    let calls = wait_for_distinct(&app.mock, 4, window + WAIT).await;
+    assert_eq!(delivered_by_member(&calls).get(&m.user), Some(&titles));
+    assert_member_limit(&calls, 3, window);
+}
+
 // ------------------------------------------------------------------------------------------
 // digests
 // ------------------------------------------------------------------------------------------
