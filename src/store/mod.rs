@@ -50,6 +50,7 @@ mod media;
 mod members;
 mod messages;
 mod postgres;
+mod readers;
 mod schedule;
 mod sqlite;
 mod writer;
@@ -203,6 +204,8 @@ fn is_unavailable_code(code: i32) -> bool {
 /// the SQLite file (to notice it being replaced).
 struct Opened {
     pool: AnyPool,
+    /// Connections for the hot reads (see [`readers`]).
+    readers: readers::Readers,
     backend: Box<dyn writer::Backend>,
     file: Option<FileIdentity>,
 }
@@ -239,6 +242,8 @@ impl Engine {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The hot reads' connections: no ping per query (see [`readers`]).
+    readers: Arc<readers::Readers>,
     engine: Engine,
     writer: WriterHandle,
     /// The SQLite file (none for PostgreSQL).
@@ -287,6 +292,7 @@ impl Store {
         })?;
         let Opened {
             pool,
+            readers,
             backend,
             file,
         } = match engine {
@@ -301,6 +307,7 @@ impl Store {
         let writer = writer::spawn(backend, Arc::clone(&arrivals), supervisor.clone());
         Ok(Self {
             pool,
+            readers: Arc::new(readers),
             engine,
             writer,
             file,
@@ -377,6 +384,7 @@ impl Store {
     /// fail with [`StoreError::WriterGone`].
     pub async fn close(&self) {
         self.writer.close().await;
+        self.readers.close().await;
         self.pool.close().await;
     }
 }

@@ -13,8 +13,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgRow};
 use sqlx::{ConnectOptions as _, Connection as _, Row as _, TypeInfo as _, ValueRef as _};
 
+use super::readers::Readers;
 use super::writer::{Backend, Dialect, Value};
-use super::{OPEN_TIMEOUT, Opened, StoreError, Unreachable};
+use super::{Engine, OPEN_TIMEOUT, Opened, StoreError, Unreachable};
 
 /// How long the writer waits for a new connection before failing the batch.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,8 +111,9 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         .acquire_timeout(Duration::from_secs(10))
         .idle_timeout(Duration::from_secs(60))
         .max_lifetime(Duration::from_secs(30 * 60))
-        .connect_with(options)
+        .connect_with(options.clone())
         .await?;
+    let readers = Readers::new(options, Engine::Postgres, pool_size);
     sqlx::migrate!("./src/store/migrations/postgres")
         .run(&pool)
         .await?;
@@ -126,6 +128,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         })?;
     Ok(Opened {
         pool,
+        readers,
         backend: Box::new(PgBackend {
             options: native,
             runtime,
@@ -827,6 +830,12 @@ mod tests {
             "B refuses the old token"
         );
         assert_eq!(b.member_by_token(&new).await.unwrap(), Some(alice.clone()));
+        // `/send`'s read (token and settings together) too, and a change of settings.
+        assert_eq!(b.sender_by_token(&old).await.unwrap(), None);
+        let order = crate::domain::Route::parse("email,wecom").unwrap();
+        a.set_channels(&alice, Some(&order)).await.unwrap();
+        let (who, prefs) = b.sender_by_token(&new).await.unwrap().unwrap();
+        assert_eq!((who, prefs.channels), (alice.clone(), Some(order)));
         a.close().await;
         b.close().await;
     }

@@ -13,8 +13,9 @@ use rusqlite::{Connection, OpenFlags, params_from_iter};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
 
+use super::readers::Readers;
 use super::writer::{Backend, Dialect, Value};
-use super::{OPEN_TIMEOUT, Opened, StoreError};
+use super::{Engine, OPEN_TIMEOUT, Opened, StoreError};
 
 /// SQLite waits this long for a lock held by another connection before failing a statement.
 pub(super) const BUSY_TIMEOUT_MS: u32 = 5000;
@@ -101,6 +102,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         .max_lifetime(Duration::from_secs(30 * 60))
         .connect_with(options.clone())
         .await?;
+    let readers = Readers::new(options, Engine::Sqlite, pool_size);
     sqlx::migrate!("./src/store/migrations/sqlite")
         .run(&pool)
         .await?;
@@ -124,6 +126,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
     };
     Ok(Opened {
         pool,
+        readers,
         backend: Box::new(backend),
         file,
     })
@@ -380,7 +383,7 @@ impl FileIdentity {
 /// Per-connection settings. WAL lets readers run beside the writer; synchronous=FULL makes
 /// every commit durable against power loss, not just process death (group commit pays for
 /// it once per batch).
-async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA journal_mode = WAL").await?;
     conn.execute("PRAGMA synchronous = FULL").await?;
     conn.execute(sqlx::AssertSqlSafe(format!(
