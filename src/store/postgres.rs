@@ -182,6 +182,8 @@ fn bind<'q>(
         query = match arg {
             Value::Int(v) => query.bind(*v),
             Value::Text(v) => query.bind(v.as_deref()),
+            Value::Ints(v) => query.bind(v.as_slice()),
+            Value::Texts(v) => query.bind(v.iter().map(Option::as_deref).collect::<Vec<_>>()),
         };
     }
     query

@@ -163,6 +163,10 @@ impl ToSql for Value<'_> {
             Self::Int(v) => v.to_sql(),
             Self::Text(Some(text)) => Ok(ToSqlOutput::from(text.as_ref())),
             Self::Text(None) => Ok(ToSqlOutput::from(rusqlite::types::Null)),
+            // The writer binds arrays only in PostgreSQL's statements.
+            Self::Ints(_) | Self::Texts(_) => Err(rusqlite::Error::ToSqlConversionFailure(
+                "SQLite has no array parameters".into(),
+            )),
         }
     }
 }
