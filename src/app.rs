@@ -101,9 +101,13 @@ impl Application {
             url: settings.storage.url.redacted(),
             source,
         };
-        let store = Store::connect_with(settings.storage.url.as_str(), settings.storage.pool_size)
-            .await
-            .map_err(store_error)?;
+        let (url, pool_size) = (settings.storage.url.as_str(), settings.storage.pool_size);
+        let store = if settings.storage.measure_wal {
+            Store::connect_measuring_wal(url, pool_size).await
+        } else {
+            Store::connect_with(url, pool_size).await
+        }
+        .map_err(store_error)?;
         let crypto = WeComCrypto::from_config(
             &settings.wecom.callback_token,
             &settings.wecom.encoding_aes_key,
@@ -208,6 +212,12 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The store, to read what its writer committed ([`Store::write_stats`]): for the
+    /// benchmark, which reads it before and after a run.
+    pub fn store(&self) -> Store {
+        self.store.clone()
     }
 
     /// How background work that cannot go on stops the process, and the test hooks.

@@ -51,6 +51,11 @@
 //!   (the WAL file's growth, no checkpoint during the bound);
 //!   pushbot's SQLite accept+deliver rate is printed as a percentage of it.
 //!
+//! On SQLite each run also prints **pushbot's own WAL**: the frames its writer's commits
+//! wrote during the run, as SQLite reports them after each commit (a WAL hook on the
+//! writer's connection, `storage.measure_wal`), as frames/commit, messages/commit and WAL
+//! bytes per accepted message (WAL of deliveries included).
+//!
 //! `--compare` measures SQLite and PostgreSQL side by side: `--rounds` (3) rounds of one
 //! SQLite run then one PostgreSQL run (`--storage postgres://…`, or
 //! `postgres://postgres@127.0.0.1:5432/test`), then accept-only once per engine, then the
@@ -153,6 +158,49 @@ struct Figures {
     p99_ms: f64,
     lost: usize,
     duplicates: usize,
+    /// SQLite: what pushbot's writer wrote to the WAL during the run.
+    wal: Option<WalFigures>,
+}
+
+/// pushbot's own WAL over one run, as SQLite reported it after each of the writer's
+/// commits (`Store::write_stats`).
+#[derive(Clone, Copy)]
+struct WalFigures {
+    frames: u64,
+    frame_bytes: u64,
+    commits: u64,
+    messages: usize,
+}
+
+impl WalFigures {
+    fn frames_per_commit(&self) -> f64 {
+        self.frames as f64 / self.commits.max(1) as f64
+    }
+
+    fn messages_per_commit(&self) -> f64 {
+        self.messages as f64 / self.commits.max(1) as f64
+    }
+
+    fn bytes_per_message(&self) -> f64 {
+        (self.frames * self.frame_bytes) as f64 / self.messages.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for WalFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} frames of {} B in {} commits for {} messages: {:.1} frames/commit, \
+             {:.1} messages/commit, {:.0} B/message",
+            self.frames,
+            self.frame_bytes,
+            self.commits,
+            self.messages,
+            self.frames_per_commit(),
+            self.messages_per_commit(),
+            self.bytes_per_message()
+        )
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -295,6 +343,17 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
             fs.iter().map(|f| f.lost).sum::<usize>(),
             fs.iter().map(|f| f.duplicates).sum::<usize>(),
         );
+        let wal: Vec<WalFigures> = fs.iter().filter_map(|f| f.wal).collect();
+        if !wal.is_empty() {
+            let m = |g: fn(&WalFigures) -> f64| median(wal.iter().map(g).collect());
+            println!(
+                "median {name} accept+deliver WAL (pushbot's writer, from SQLite): {:.0} B/message, \
+                 {:.1} frames/commit, {:.1} messages/commit",
+                m(WalFigures::bytes_per_message),
+                m(WalFigures::frames_per_commit),
+                m(WalFigures::messages_per_commit),
+            );
+        }
     }
     if !sqlite.is_empty() && !pg.is_empty() {
         let ratios: Vec<f64> = sqlite
@@ -318,6 +377,9 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
                 "accept-only {name}: {:.0} req/s, p99 {:.2} ms (delivery held back until the clients finished)",
                 f.rate, f.p99_ms
             );
+            if let Some(wal) = &f.wal {
+                println!("accept-only {name} WAL: {wal}");
+            }
         }
     }
     if let Some((bound, bound_wal)) = bound {
@@ -464,8 +526,13 @@ fn run(
     let mut bases = Vec::new();
     let mut servers = Vec::new();
     let mut stops = Vec::new();
+    let mut stores = Vec::new();
     for instance in 0..instances {
-        let app = server_rt.block_on(Application::build(settings(instance)?))?;
+        let mut settings = settings(instance)?;
+        // pushbot's own WAL per message (SQLite): frames counted after each commit.
+        settings.storage.measure_wal = !postgres;
+        let app = server_rt.block_on(Application::build(settings))?;
+        stores.push(app.store());
         bases.push(format!("http://127.0.0.1:{}", app.port()));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop_tx);
@@ -482,7 +549,31 @@ fn run(
     if args.backlog > 0 {
         client_rt.block_on(drain_backlog(args, &bases[0], &received, starting))?;
     }
+    let stats = |stores: &[pushbot::store::Store]| -> Vec<pushbot::store::WriteStats> {
+        stores
+            .iter()
+            .map(pushbot::store::Store::write_stats)
+            .collect()
+    };
+    let before = stats(&stores);
     let report = client_rt.block_on(drive(args, &bases, &received, members))?;
+    let after = stats(&stores);
+    drop(stores);
+    // One SQLite instance: its writer's WAL over the run (tokens included, a few frames).
+    let wal = match (before.as_slice(), after.as_slice()) {
+        ([b], [a]) if report.accepted > 0 => {
+            match (b.wal_frames, a.wal_frames, a.wal_frame_bytes) {
+                (Some(fb), Some(fa), Some(frame_bytes)) => Some(WalFigures {
+                    frames: fa.saturating_sub(fb),
+                    frame_bytes,
+                    commits: a.commits.saturating_sub(b.commits),
+                    messages: report.accepted,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     if args.settle > 0 {
         let after_run = memory();
         drop(client_rt);
@@ -513,6 +604,9 @@ fn run(
         .join()
         .map_err(|_| "the WeCom stand-in panicked: this run's figures are void")?;
     println!("{report}");
+    if let Some(wal) = &wal {
+        println!("WAL (pushbot):  {wal}");
+    }
     println!("database: {db_delivered} delivered, {db_other} not delivered");
     let lost = (report.accepted + args.backlog).saturating_sub(report.unique);
     if report.errors > 0 {
@@ -530,6 +624,7 @@ fn run(
         p99_ms: report.percentile(0.99),
         lost,
         duplicates: report.duplicates,
+        wal,
     })
 }
 

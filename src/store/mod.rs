@@ -208,6 +208,21 @@ struct Opened {
     readers: readers::Readers,
     backend: Box<dyn writer::Backend>,
     file: Option<FileIdentity>,
+    /// The writer's WAL frames, when counted (SQLite, for the benchmark).
+    wal: Option<Arc<sqlite::WalCount>>,
+}
+
+/// What the writer has committed since the store was opened, for the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// SQLite, when counted ([`Store::connect_measuring_wal`]): WAL frames those
+    /// transactions wrote, as SQLite reported them after each commit.
+    pub wal_frames: Option<u64>,
+    /// The size of one WAL frame in bytes (a page and its 24-byte header), with
+    /// `wal_frames`.
+    pub wal_frame_bytes: Option<u64>,
 }
 
 /// Which engine holds the data.
@@ -258,6 +273,8 @@ pub struct Store {
     prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,
+    /// The writer's WAL frames, when counted.
+    wal: Option<Arc<sqlite::WalCount>>,
     /// Shared with the writer thread and the scheduler: how background work that cannot go
     /// on (the writer thread) stops the process, and the test hooks.
     supervisor: Supervisor,
@@ -283,6 +300,17 @@ impl Store {
     /// SQLite file, or PostgreSQL's host, port and database: never the password) and the
     /// real cause.
     pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        Self::open(url, pool_size, false).await
+    }
+
+    /// As [`Store::connect_with`], and on SQLite the WAL frames of the writer's commits
+    /// are counted ([`Store::write_stats`]): for the benchmark. (The counting replaces
+    /// SQLite's automatic checkpoint by one that does the same.)
+    pub async fn connect_measuring_wal(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        Self::open(url, pool_size, true).await
+    }
+
+    async fn open(url: &str, pool_size: u32, measure_wal: bool) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let pool_size = pool_size.max(1);
         let engine = Engine::of_url(url).ok_or_else(|| StoreError::Open {
@@ -295,8 +323,9 @@ impl Store {
             readers,
             backend,
             file,
+            wal,
         } = match engine {
-            Engine::Sqlite => sqlite::open(url, pool_size).await?,
+            Engine::Sqlite => sqlite::open(url, pool_size, measure_wal).await?,
             Engine::Postgres => postgres::open(url, pool_size).await?,
         };
         let arrivals = Arc::new(match engine {
@@ -314,8 +343,20 @@ impl Store {
             tokens: Arc::default(),
             prefs: Arc::default(),
             arrivals,
+            wal,
             supervisor,
         })
+    }
+
+    /// What the writer has committed so far (see [`WriteStats`]).
+    pub fn write_stats(&self) -> WriteStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let wal = self.wal.as_deref();
+        WriteStats {
+            commits: self.writer.health.commits(),
+            wal_frames: wal.map(|w| w.frames.load(Relaxed)),
+            wal_frame_bytes: wal.map(|w| w.page_size.load(Relaxed) + 24),
+        }
     }
 
     pub fn engine(&self) -> Engine {
@@ -978,6 +1019,121 @@ mod tests {
             .unwrap();
         sqlx::Row::try_get(&row, 0).unwrap()
     }
+
+    /// What counts against the member's limits, as the writer records it (issue 31; a
+    /// trigger did it before): a message delivered on its own counts once, on the channel
+    /// that delivered it, at its delivery time — however often its outcome is recorded; a
+    /// digest counts once for all it carried; a `deliver_all` message once per channel.
+    async fn each_delivery_counts_once_on_its_channel(store: &Store) {
+        for id in ["a", "b", "c1", "c2"] {
+            store.insert_message(message(id, "alice")).await.unwrap();
+        }
+        store
+            .insert_message(routed(
+                "d",
+                "bob",
+                "wecom,email",
+                true,
+                UnixMillis::now() + ms(1000),
+            ))
+            .await
+            .unwrap();
+        let delivered = |id: &str, attempts, channel| AttemptUpdate::Delivered {
+            id: mid(id),
+            attempts,
+            channel,
+            earlier: None,
+            log: None,
+        };
+        store
+            .record_attempt(delivered("a", 1, ChannelName::WeCom))
+            .await
+            .unwrap();
+        // Recorded twice (in one batch or two): counted once, by the first.
+        let (first, second) = tokio::join!(
+            store.record_attempt(delivered("b", 1, ChannelName::Email)),
+            store.record_attempt(delivered("b", 2, ChannelName::WeCom)),
+        );
+        first.unwrap();
+        second.unwrap();
+        store
+            .record_attempt(delivered("a", 1, ChannelName::WeCom))
+            .await
+            .unwrap();
+        // A digest carrying c1 and c2: one send; c1's own outcome afterwards counts nothing.
+        store
+            .record_attempt(AttemptUpdate::DigestDelivered {
+                digest: Digest {
+                    id: "g".into(),
+                    userid: uid("alice"),
+                    body: "two".into(),
+                    carried: vec![mid("c1"), mid("c2")],
+                    page_key: "k".into(),
+                },
+                channel: ChannelName::WeCom,
+                sent_at: UnixMillis::from_millis(7),
+            })
+            .await
+            .unwrap();
+        store
+            .record_attempt(delivered("c1", 1, ChannelName::WeCom))
+            .await
+            .unwrap();
+        // deliver_all: WeCom, then e-mail delivers it last (its step counts, not its end).
+        store
+            .record_attempt(AttemptUpdate::NextChannel {
+                id: mid("d"),
+                attempts: 1,
+                channel: ChannelName::WeCom,
+                delivered: true,
+                error: None,
+                route: Route::parse("email").unwrap(),
+                deadline_at: UnixMillis::now() + ms(1000),
+                unconfirmed: false,
+            })
+            .await
+            .unwrap();
+        store
+            .record_attempt(AttemptUpdate::Delivered {
+                id: mid("d"),
+                attempts: 2,
+                channel: ChannelName::Email,
+                earlier: Some("wecom".into()),
+                log: Some(ChannelName::Email),
+            })
+            .await
+            .unwrap();
+        let rows = sqlx::query(
+            "SELECT userid, channel, sent_at FROM sends ORDER BY userid, channel, sent_at",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let sends: Vec<(String, String, i64)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let at = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let m = store.message(id).await.unwrap().unwrap();
+                m.delivered_at.unwrap().as_millis()
+            }
+        };
+        let (bob, alice): (Vec<_>, Vec<_>) = sends.into_iter().partition(|s| s.0 == "bob");
+        let bob: Vec<&str> = bob.iter().map(|s| s.1.as_str()).collect();
+        assert_eq!(bob, ["email", "wecom"]);
+        // b's send is on the channel of whichever outcome came first.
+        let mut times: Vec<i64> = alice.iter().map(|s| s.2).collect();
+        times.sort_unstable();
+        let mut want = vec![at("a").await, at("b").await, 7];
+        want.sort_unstable();
+        assert_eq!(times, want, "{alice:?}");
+        let wecom = alice.iter().filter(|s| s.1 == "wecom").count();
+        assert!((2..=3).contains(&wecom), "{alice:?}");
+    }
+
+    on_both_engines!(each_delivery_counts_once_on_its_channel);
 
     #[tokio::test]
     async fn a_message_moves_on_to_its_next_channel_with_its_history() {

@@ -135,6 +135,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
             conn: None,
         }),
         file: None,
+        wal: None,
     })
 }
 

@@ -4,8 +4,12 @@
 //! rusqlite connection ([`SqliteBackend`]), and a thread of its own copies the WAL back
 //! into the database file ([`checkpointer`]).
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
@@ -30,7 +34,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 ///
 /// A database that cannot be opened fails at once with one error naming the path and
 /// the real cause (missing or read-only directory, not a database file, …).
-pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError> {
+pub(super) async fn open(
+    url: &str,
+    pool_size: u32,
+    measure_wal: bool,
+) -> Result<Opened, StoreError> {
     let path = sqlite_path(url);
     // The writer opens the file by itself; an in-memory database would be a different,
     // empty one on each connection (and lose every message at exit).
@@ -116,6 +124,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         // The writer then checkpoints by itself (WAL_AUTOCHECKPOINT_PAGES).
         tracing::warn!(error = %err, "cannot start the WAL checkpoint thread");
     }
+    let wal = measure_wal.then(Arc::<WalCount>::default);
     let backend = SqliteBackend {
         path: db_file,
         conn: None,
@@ -123,12 +132,14 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         next_seq: None,
         pending_seq: None,
         stop_checkpoints: Some(stop_checkpoints),
+        wal: wal.clone(),
     };
     Ok(Opened {
         pool,
         readers,
         backend: Box::new(backend),
         file,
+        wal,
     })
 }
 
@@ -149,6 +160,52 @@ pub(super) struct SqliteBackend {
     pending_seq: Option<i64>,
     /// Dropped when the writer stops, which stops the checkpointer.
     stop_checkpoints: Option<std::sync::mpsc::Sender<()>>,
+    /// Where the writer's WAL frames are counted, when they are ([`WalCount`]).
+    wal: Option<Arc<WalCount>>,
+}
+
+/// What the writer's commits wrote to the WAL, as SQLite reports it after each commit
+/// (its WAL hook): for the benchmark, which asks for it (`Store::connect_measuring_wal`).
+/// Off by default: the hook replaces SQLite's own automatic checkpoint, which the
+/// counting hook then does itself ([`count_wal_frames`]).
+#[derive(Debug, Default)]
+pub(super) struct WalCount {
+    /// Frames (one page each, plus a 24-byte header) written by committed transactions.
+    pub(super) frames: AtomicU64,
+    /// The database's page size.
+    pub(super) page_size: AtomicU64,
+}
+
+thread_local! {
+    /// On the writer's thread, where its commits (and so its WAL hook) run: the WAL's
+    /// length in frames after the last commit, and the frames counted so far.
+    static WAL_FRAMES: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Frames a commit wrote, from the WAL's length before (`last`) and after it (`now`), in
+/// frames. A WAL that is not longer than before was restarted from its beginning (after
+/// a complete checkpoint) by this commit, which wrote all of it. (A restart whose first
+/// commit is longer than the whole WAL before it is counted short by that length: never
+/// under load, where the WAL holds a second of commits between checkpoints.)
+fn frames_written(last: u64, now: u64) -> u64 {
+    if now > last { now - last } else { now }
+}
+
+/// The writer connection's WAL hook while its frames are counted (see [`WalCount`]):
+/// counts the frames of each commit on this thread, and checkpoints (PASSIVE) once the
+/// WAL holds [`WAL_AUTOCHECKPOINT_PAGES`], as SQLite's own hook, which this one replaces,
+/// does.
+fn count_wal_frames(wal: &rusqlite::hooks::Wal, pages: c_int) -> rusqlite::Result<()> {
+    let pages = u64::try_from(pages).unwrap_or(0);
+    WAL_FRAMES.with(|count| {
+        let (last, total) = count.get();
+        count.set((pages, total.saturating_add(frames_written(last, pages))));
+    });
+    if pages >= u64::from(WAL_AUTOCHECKPOINT_PAGES) {
+        // As SQLite's own: a checkpoint that cannot finish now is tried at a later commit.
+        let _ = wal.checkpoint();
+    }
+    Ok(())
 }
 
 impl SqliteBackend {
@@ -178,7 +235,14 @@ impl Backend for SqliteBackend {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
-            self.conn = Some(open_writer(&self.path)?);
+            let conn = open_writer(&self.path)?;
+            if let Some(wal) = &self.wal {
+                let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+                wal.page_size
+                    .store(u64::try_from(page_size).unwrap_or(0), Ordering::Relaxed);
+                conn.wal_hook(Some(count_wal_frames));
+            }
+            self.conn = Some(conn);
         }
         // IMMEDIATE takes the write lock now, so a busy database fails here, before any
         // statement ran, rather than half-way through.
@@ -200,6 +264,10 @@ impl Backend for SqliteBackend {
         }
         if let Some(next) = self.pending_seq.take() {
             self.next_seq = Some(next);
+        }
+        if let Some(wal) = &self.wal {
+            let (_, total) = WAL_FRAMES.with(Cell::get);
+            wal.frames.store(total, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -584,6 +652,7 @@ pub(super) fn backend(path: &Path) -> SqliteBackend {
         next_seq: None,
         pending_seq: None,
         stop_checkpoints: None,
+        wal: None,
     }
 }
 
@@ -834,6 +903,55 @@ mod tests {
             sqlite_url_with_mode("sqlite://x.db?mode=ro", "rw"),
             "sqlite://x.db?mode=ro"
         );
+    }
+
+    #[test]
+    fn a_commit_wrote_what_the_wal_grew_by_or_all_of_a_restarted_wal() {
+        assert_eq!(frames_written(0, 5), 5);
+        assert_eq!(frames_written(100, 130), 30);
+        // Restarted from its beginning by this commit.
+        assert_eq!(frames_written(100, 12), 12);
+        assert_eq!(frames_written(100, 100), 100);
+    }
+
+    /// The benchmark's count of WAL frames matches the WAL file: with no checkpoint in
+    /// between, the file holds a 32-byte header and every frame written.
+    #[tokio::test]
+    async fn the_writers_wal_frames_are_counted_when_asked() {
+        use crate::store::writer::Backend as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = crate::store::Store::connect(&url).await.unwrap();
+        assert_eq!(
+            store.write_stats().wal_frames,
+            None,
+            "not counted unless asked"
+        );
+        store.close().await;
+        let wal_file = dir.path().join("w.db-wal");
+        assert!(!wal_file.exists(), "the last connection removed the WAL");
+        // The writer's backend without the checkpointer: the WAL only grows.
+        let wal = Arc::new(WalCount::default());
+        let mut db = SqliteBackend {
+            wal: Some(Arc::clone(&wal)),
+            ..backend(&path)
+        };
+        for i in 0..20 {
+            db.begin().unwrap();
+            db.exec(
+                "INSERT INTO sends (userid, channel, sent_at) VALUES (?1, 'wecom', ?2)",
+                &[format!("member{i}").into(), i64::from(i).into()],
+            )
+            .unwrap();
+            db.commit().unwrap();
+        }
+        let frames = wal.frames.load(Ordering::Relaxed);
+        assert_eq!(wal.page_size.load(Ordering::Relaxed), 4096);
+        assert!(frames >= 20, "{frames} frames for 20 commits");
+        let size = std::fs::metadata(&wal_file).unwrap().len();
+        assert_eq!(size, 32 + frames * (4096 + 24));
+        db.close();
     }
 
     #[test]

@@ -47,8 +47,8 @@ pub enum AttemptUpdate {
     /// Delivered: the message is done. `channel` delivered it; `earlier`: the channels
     /// that delivered it before, as stored (a `deliver_all` message: the message's
     /// `channel` becomes `earlier,channel`). `log`: also add this attempt to the history
-    /// (`deliver_all` messages keep one entry per channel). Delivered on its own on WeCom
-    /// counts against the member's limits (a trigger, at the time it is recorded).
+    /// (`deliver_all` messages keep one entry per channel). Delivered counts against the
+    /// member's limits on `channel`, at the time it is recorded (see `count_delivered`).
     Delivered {
         id: MessageId,
         attempts: i64,
@@ -1217,8 +1217,8 @@ fn log_attempt(
     Ok(())
 }
 
-/// A send on `channel` that no trigger counts (a step of a `deliver_all` message, a part
-/// of a message sent part by part).
+/// A send on `channel` that [`count_delivered`] does not count (a step of a `deliver_all`
+/// message, a part of a message sent part by part).
 fn count_send(
     db: &mut dyn Backend,
     id: &str,
@@ -1230,6 +1230,47 @@ fn count_send(
          SELECT userid, ?3, ?2 FROM messages WHERE id = ?1",
         &[id.into(), at.into(), channel.as_str().into()],
     )?;
+    Ok(())
+}
+
+/// Counts the sends of `delivered` (`(id, attempts, channel)`, in the order their updates
+/// run) against the members' limits, just before those updates: a message going from
+/// queued to delivered, not carried by a digest (`via`) and not a `deliver_all` message
+/// (whose steps count one by one, see [`count_send`]), counts once on the channel that
+/// delivered it, at its delivery time (the time the update sets). This is the rule the
+/// trigger `messages_count_send` applied to each updated row until issue 31; read before
+/// the update, the row's status is the trigger's `OLD.status`, so an outcome recorded
+/// twice counts once. One statement per [`UPDATE_CHUNK`] messages, not one per row.
+fn count_delivered(
+    db: &mut dyn Backend,
+    delivered: &[(&str, i64, Cow<'static, str>)],
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    // A message updated twice in one batch (never expected) is counted by its first update
+    // only, as the trigger would have: the second found it delivered already.
+    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
+    let firsts: Vec<(&str, &str)> = delivered
+        .iter()
+        .filter(|(id, _, _)| seen.insert(*id))
+        .map(|(id, _, channel)| (*id, channel.as_ref()))
+        .collect();
+    for chunk in pow2_chunks(&firsts, UPDATE_CHUNK) {
+        let mut sql = String::from("WITH v (id, channel) AS (VALUES ");
+        push_values(&mut sql, chunk.len(), 2, 1);
+        sql.push_str(
+            ") INSERT INTO sends (userid, channel, sent_at) \
+             SELECT m.userid, v.channel, COALESCE(m.delivered_at, ?1) \
+             FROM v JOIN messages m ON m.id = v.id \
+             WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0",
+        );
+        let mut args = Vec::with_capacity(1 + chunk.len() * 2);
+        args.push(Value::from(now));
+        for (id, channel) in chunk {
+            args.push((*id).into());
+            args.push((*channel).into());
+        }
+        db.exec(&sql, &args)?;
+    }
     Ok(())
 }
 
@@ -1417,6 +1458,7 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
     }
     // Group by (attempts, channel) so each statement sets one set of values.
     delivered.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
+    count_delivered(db, &delivered, now)?;
     for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
         let Some((_, attempts, channel)) = group.first() else {
             continue;
