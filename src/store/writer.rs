@@ -1274,6 +1274,80 @@ fn count_delivered(
     Ok(())
 }
 
+/// PostgreSQL: the batch's deliveries and their sends in one statement, whatever their
+/// number (one shape, prepared once; see [`insert_messages_pg`]). The sends are counted as
+/// [`count_delivered`] does — the `INSERT` in the statement reads the rows as they were
+/// before the `UPDATE` of the same statement (one snapshot), which is the trigger's
+/// `OLD.status` — and each message is updated as the last of its updates in
+/// `delivered`'s order would have left it (a message updated twice in one batch is never
+/// expected).
+fn deliver_pg(
+    db: &mut dyn Backend,
+    delivered: &[(&str, i64, Cow<'static, str>)],
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    const SQL: &str = "\
+        WITH s AS (INSERT INTO sends (userid, channel, sent_at) \
+          SELECT m.userid, f.channel, COALESCE(m.delivered_at, ?1) \
+          FROM unnest(?5::text[], ?6::text[]) AS f(id, channel) JOIN messages m ON m.id = f.id \
+          WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0) \
+        UPDATE messages m SET status = 'delivered', attempts = t.attempts, \
+          channel = t.channel, last_error = NULL, updated_at = ?1, \
+          delivered_at = COALESCE(m.delivered_at, ?1) \
+        FROM unnest(?2::text[], ?3::int8[], ?4::text[]) AS t(id, attempts, channel) \
+        WHERE m.id = t.id";
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
+    let firsts: Vec<(&str, &str)> = delivered
+        .iter()
+        .filter(|(id, _, _)| seen.insert(*id))
+        .map(|(id, _, channel)| (*id, channel.as_ref()))
+        .collect();
+    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
+    let lasts: Vec<&(&str, i64, Cow<'static, str>)> = delivered
+        .iter()
+        .rev()
+        .filter(|(id, _, _)| seen.insert(*id))
+        .collect();
+    let args = [
+        Value::from(now),
+        Value::Texts(
+            lasts
+                .iter()
+                .map(|(id, _, _)| Some(Cow::Borrowed(*id)))
+                .collect(),
+        ),
+        Value::Ints(
+            lasts
+                .iter()
+                .map(|(_, attempts, _)| Some(*attempts))
+                .collect(),
+        ),
+        Value::Texts(
+            lasts
+                .iter()
+                .map(|(_, _, channel)| Some(Cow::Borrowed(channel.as_ref())))
+                .collect(),
+        ),
+        Value::Texts(
+            firsts
+                .iter()
+                .map(|(id, _)| Some(Cow::Borrowed(*id)))
+                .collect(),
+        ),
+        Value::Texts(
+            firsts
+                .iter()
+                .map(|(_, channel)| Some(Cow::Borrowed(*channel)))
+                .collect(),
+        ),
+    ];
+    db.exec(SQL, &args)?;
+    Ok(())
+}
+
 /// Ends a message whose last channel gave up: `failed`, or `delivered` when an earlier
 /// channel of a `deliver_all` route delivered it.
 const END_WITHOUT_DELIVERY: &str = "UPDATE messages SET \
@@ -1458,23 +1532,27 @@ fn apply_updates(db: &mut dyn Backend, updates: &[&AttemptUpdate]) -> Result<(),
     }
     // Group by (attempts, channel) so each statement sets one set of values.
     delivered.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
-    count_delivered(db, &delivered, now)?;
-    for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
-        let Some((_, attempts, channel)) = group.first() else {
-            continue;
-        };
-        let (attempts, channel) = (*attempts, channel.as_ref());
-        for chunk in pow2_chunks(group, UPDATE_CHUNK) {
-            let mut sql = String::from(
-                "UPDATE messages SET status = 'delivered', attempts = ?1, channel = ?2, \
-                 last_error = NULL, updated_at = ?3, delivered_at = COALESCE(delivered_at, ?3) \
-                 WHERE id IN (",
-            );
-            push_params(&mut sql, chunk.len(), 3);
-            sql.push(')');
-            let mut args: Vec<Value> = vec![attempts.into(), channel.into(), now.into()];
-            args.extend(chunk.iter().map(|(id, _, _)| Value::from(*id)));
-            db.exec(&sql, &args)?;
+    if db.dialect() == Dialect::Postgres {
+        deliver_pg(db, &delivered, now)?;
+    } else {
+        count_delivered(db, &delivered, now)?;
+        for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
+            let Some((_, attempts, channel)) = group.first() else {
+                continue;
+            };
+            let (attempts, channel) = (*attempts, channel.as_ref());
+            for chunk in pow2_chunks(group, UPDATE_CHUNK) {
+                let mut sql = String::from(
+                    "UPDATE messages SET status = 'delivered', attempts = ?1, channel = ?2, \
+                     last_error = NULL, updated_at = ?3, \
+                     delivered_at = COALESCE(delivered_at, ?3) WHERE id IN (",
+                );
+                push_params(&mut sql, chunk.len(), 3);
+                sql.push(')');
+                let mut args: Vec<Value> = vec![attempts.into(), channel.into(), now.into()];
+                args.extend(chunk.iter().map(|(id, _, _)| Value::from(*id)));
+                db.exec(&sql, &args)?;
+            }
         }
     }
     for chunk in pow2_chunks(&sends, UPDATE_CHUNK) {
