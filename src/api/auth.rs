@@ -7,6 +7,7 @@ use super::AppState;
 use crate::domain::{PushToken, UserId};
 use crate::error::ApiError;
 use crate::metrics::TokenRoute;
+use crate::store::MemberPrefs;
 
 /// The token from `Authorization: Bearer …`, else from the first candidate given
 /// (body field, then query parameter).
@@ -37,6 +38,35 @@ pub async fn member(
     token: Option<String>,
     route: TokenRoute,
 ) -> Result<UserId, ApiError> {
+    let token = checked(state, token, route)?;
+    let member = state.store.member_by_token(&token).await?;
+    member.ok_or_else(|| {
+        refused(state, route);
+        invalid()
+    })
+}
+
+/// As [`member`], with the member's preferences (read with the token where the store
+/// does not keep them in memory: one round trip for both).
+pub async fn member_with_prefs(
+    state: &AppState,
+    token: Option<String>,
+    route: TokenRoute,
+) -> Result<(UserId, MemberPrefs), ApiError> {
+    let token = checked(state, token, route)?;
+    let member = state.store.sender_by_token(&token).await?;
+    member.ok_or_else(|| {
+        refused(state, route);
+        invalid()
+    })
+}
+
+/// The token if one was given and has the shape of one, else 401 (counted as refused).
+fn checked(
+    state: &AppState,
+    token: Option<String>,
+    route: TokenRoute,
+) -> Result<PushToken, ApiError> {
     let Some(token) = token else {
         refused(state, route);
         return Err(ApiError::Unauthorized(
@@ -48,11 +78,7 @@ pub async fn member(
         refused(state, route);
         return Err(invalid());
     }
-    let member = state.store.member_by_token(&PushToken::new(token)).await?;
-    member.ok_or_else(|| {
-        refused(state, route);
-        invalid()
-    })
+    Ok(PushToken::new(token))
 }
 
 /// Counts a request refused for its push token (missing or invalid) in

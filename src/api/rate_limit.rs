@@ -17,6 +17,7 @@ use crate::config::SendRate;
 use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
+use crate::store::MemberPrefs;
 
 /// How often members whose budget is full again are forgotten, so memory follows the
 /// number of recently active members, not all members ever seen.
@@ -94,6 +95,18 @@ pub async fn authorized_sender(
     let userid = auth::member(state, token, TokenRoute::Send(endpoint)).await?;
     state.send_limiter.check(userid.as_str())?;
     Ok(userid)
+}
+
+/// As [`authorized_sender`], with the member's preferences (see
+/// [`auth::member_with_prefs`]).
+pub async fn authorized_sender_with_prefs(
+    state: &AppState,
+    token: Option<String>,
+    endpoint: Endpoint,
+) -> Result<(UserId, MemberPrefs), ApiError> {
+    let (userid, prefs) = auth::member_with_prefs(state, token, TokenRoute::Send(endpoint)).await?;
+    state.send_limiter.check(userid.as_str())?;
+    Ok((userid, prefs))
 }
 
 #[cfg(test)]

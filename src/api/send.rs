@@ -20,7 +20,7 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::attach::{self, Upload, Uploads};
-use super::rate_limit::authorized_sender;
+use super::rate_limit::{authorized_sender, authorized_sender_with_prefs};
 use super::when::{self, When};
 use super::{AppState, auth, max_send_body};
 use crate::delivery::quiet::MemberHours;
@@ -962,9 +962,14 @@ async fn submit_with(
             .check(url)
             .map_err(|e| attach::fetch_error(what, e))?;
     }
-    let userid = match sub.sender {
-        Some(userid) => userid,
-        None => authorized_sender(state, sub.token, sub.endpoint).await?,
+    // Authenticating reads the member's preferences too where that saves a round trip.
+    let (userid, prefs) = match sub.sender {
+        Some(userid) => (userid, None),
+        None => {
+            let (userid, prefs) =
+                authorized_sender_with_prefs(state, sub.token, sub.endpoint).await?;
+            (userid, Some(prefs))
+        }
     };
     // An urgent message with no title still shows its urgency.
     let title = title.or_else(|| {
@@ -977,7 +982,10 @@ async fn submit_with(
                 .into(),
         ));
     }
-    let prefs = state.store.member_prefs(&userid).await?;
+    let prefs = match prefs {
+        Some(prefs) => prefs,
+        None => state.store.member_prefs(&userid).await?,
+    };
     let reach = Reach {
         userid: Some(userid.clone()),
         bound: prefs.bound(),

@@ -302,11 +302,13 @@ impl Store {
             "SELECT {columns} FROM messages WHERE userid = $1 AND status = 'queued' \
              ORDER BY seq LIMIT {limit}"
         );
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(userid.as_str())
             .bind(HEAD_CONTENT_BYTES)
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(reader.conn())
+            .await;
+        let rows = reader.done(rows)?;
         rows.iter()
             .map(|row| {
                 let message = Message::from_row(row)?;
@@ -381,12 +383,14 @@ impl Store {
                AS digestible \
              FROM messages WHERE userid = $1 AND status = 'queued' ORDER BY seq LIMIT {limit}"
         );
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(userid.as_str())
             .bind(EXCERPT_CHARS)
             .bind(channel.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(reader.conn())
+            .await;
+        let rows = reader.done(rows)?;
         rows.iter()
             .take_while(|row| row.try_get::<i64, _>("digestible").is_ok_and(|d| d == 1))
             .map(|row| {
@@ -436,13 +440,15 @@ impl Store {
         if let Some(log) = &self.sends {
             return Ok(log.channel(channel.as_str(), since));
         }
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(
             "SELECT sent_at FROM sends WHERE channel = $1 AND sent_at > $2 ORDER BY sent_at",
         )
         .bind(channel.as_str())
         .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(reader.conn())
+        .await;
+        let rows = reader.done(rows)?;
         sent_times(&rows)
     }
 
@@ -458,6 +464,7 @@ impl Store {
         if let Some(log) = &self.sends {
             return Ok(log.member(userid.as_str(), channel.as_str(), since));
         }
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(
             "SELECT sent_at FROM sends WHERE userid = $1 AND channel = $3 AND sent_at > $2 \
              ORDER BY sent_at",
@@ -465,8 +472,9 @@ impl Store {
         .bind(userid.as_str())
         .bind(since)
         .bind(channel.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(reader.conn())
+        .await;
+        let rows = reader.done(rows)?;
         sent_times(&rows)
     }
 }

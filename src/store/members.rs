@@ -138,14 +138,40 @@ impl Store {
             }
             Err(_) => u64::MAX,
         };
+        let mut reader = self.readers.get().await?;
         let row = sqlx::query("SELECT userid FROM members WHERE token = $1")
             .bind(token.expose())
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
+            .fetch_optional(reader.conn())
+            .await;
+        let Some(row) = reader.done(row)? else {
+            return Ok(None);
+        };
         let userid = UserId::new(&row.try_get::<String, _>("userid")?);
         self.cache_token(token, &userid, generation);
         Ok(Some(userid))
+    }
+
+    /// The member a push token belongs to and their preferences, as `/send` needs both:
+    /// from the caches where this process keeps them (SQLite), else in one read.
+    pub async fn sender_by_token(
+        &self,
+        token: &PushToken,
+    ) -> Result<Option<(UserId, MemberPrefs)>, StoreError> {
+        if self.sole_writer() {
+            let Some(userid) = self.member_by_token(token).await? else {
+                return Ok(None);
+            };
+            let prefs = self.member_prefs(&userid).await?;
+            return Ok(Some((userid, prefs)));
+        }
+        let mut reader = self.readers.get().await?;
+        let rows = sqlx::query(PREFS_BY_TOKEN)
+            .bind(token.expose())
+            .fetch_all(reader.conn())
+            .await;
+        let rows = reader.done(rows)?;
+        let (member, prefs) = prefs_from_rows(&rows)?;
+        Ok(member.map(|userid| (userid, prefs)))
     }
 
     /// The member's token, created on first request.
@@ -259,6 +285,75 @@ fn stored_offset(row: &sqlx::any::AnyRow) -> Result<Option<i32>, StoreError> {
         .filter(|secs| quiet::offset_in_range(*secs)))
 }
 
+/// A member's settings, bindings and destinations in one read (one round trip instead of
+/// three): one row of `kind` 0, the member's row (`a` the userid, `b` the channel order),
+/// one of `kind` 1 per binding (`a` the channel, `b` the address), one of `kind` 2 per
+/// destination (`a` its name), in that order. This one finds the member by push token
+/// (`$1`): who sends, and their settings.
+const PREFS_BY_TOKEN: &str = "\
+    SELECT CAST(0 AS BIGINT) AS kind, m.userid AS a, m.channels AS b, m.format, m.quiet, \
+    m.utc_offset FROM members m WHERE m.token = $1 \
+    UNION ALL SELECT CAST(1 AS BIGINT), b.channel, b.address, NULL, NULL, NULL \
+    FROM member_bindings b JOIN members m ON m.userid = b.userid WHERE m.token = $1 \
+    UNION ALL SELECT CAST(2 AS BIGINT), d.name, NULL, NULL, NULL, NULL \
+    FROM member_destinations d JOIN members m ON m.userid = d.userid WHERE m.token = $1 \
+    ORDER BY kind, a";
+/// As [`PREFS_BY_TOKEN`], by userid (`$1`); bindings and destinations are read even
+/// without a member row.
+const PREFS_BY_USERID: &str = "\
+    SELECT CAST(0 AS BIGINT) AS kind, m.userid AS a, m.channels AS b, m.format, m.quiet, \
+    m.utc_offset FROM members m WHERE m.userid = $1 \
+    UNION ALL SELECT CAST(1 AS BIGINT), channel, address, NULL, NULL, NULL \
+    FROM member_bindings WHERE userid = $1 \
+    UNION ALL SELECT CAST(2 AS BIGINT), name, NULL, NULL, NULL, NULL \
+    FROM member_destinations WHERE userid = $1 ORDER BY kind, a";
+
+/// The member (if their row was read) and their preferences, from [`PREFS_BY_TOKEN`] or
+/// [`PREFS_BY_USERID`].
+/// A channel or destination this build does not know is skipped, not an error.
+fn prefs_from_rows(
+    rows: &[sqlx::any::AnyRow],
+) -> Result<(Option<UserId>, MemberPrefs), StoreError> {
+    let mut member = None;
+    let mut prefs = MemberPrefs::default();
+    for row in rows {
+        match row.try_get::<i64, _>("kind")? {
+            0 => {
+                member = Some(UserId::new(&row.try_get::<String, _>("a")?));
+                prefs.channels = row
+                    .try_get::<Option<String>, _>("b")?
+                    .as_deref()
+                    .and_then(|c| Route::parse(c).ok());
+                prefs.look = row
+                    .try_get::<Option<String>, _>("format")?
+                    .as_deref()
+                    .and_then(Look::from_stored);
+                prefs.quiet = stored_quiet(row)?;
+                prefs.utc_offset = stored_offset(row)?;
+            }
+            1 => {
+                let channel = row.try_get::<String, _>("a").ok();
+                let address = row.try_get::<String, _>("b").ok();
+                if let (Some(channel), Some(address)) = (channel, address)
+                    && let Ok(channel) = channel.parse::<ChannelName>()
+                {
+                    prefs.bindings.push((channel, address));
+                }
+            }
+            _ => {
+                if let Some(name) = row
+                    .try_get::<String, _>("a")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                {
+                    prefs.destinations.push(name);
+                }
+            }
+        }
+    }
+    Ok((member, prefs))
+}
+
 impl Store {
     /// The member's bound address and channel order (defaults for an unknown member).
     pub async fn member_prefs(&self, userid: &UserId) -> Result<MemberPrefs, StoreError> {
@@ -271,55 +366,13 @@ impl Store {
             }
             Err(_) => u64::MAX,
         };
-        let row = sqlx::query(
-            "SELECT channels, format, quiet, utc_offset FROM members WHERE userid = $1",
-        )
-        .bind(userid.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let bindings = sqlx::query(
-            "SELECT channel, address FROM member_bindings WHERE userid = $1 ORDER BY channel",
-        )
-        .bind(userid.as_str())
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .filter_map(|row| {
-            let channel: String = row.try_get("channel").ok()?;
-            let address: String = row.try_get("address").ok()?;
-            // A channel this build does not know is skipped, not an error.
-            Some((channel.parse::<ChannelName>().ok()?, address))
-        })
-        .collect();
-        let destinations =
-            sqlx::query("SELECT name FROM member_destinations WHERE userid = $1 ORDER BY name")
-                .bind(userid.as_str())
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .filter_map(|row| row.try_get::<String, _>("name").ok()?.parse().ok())
-                .collect();
-        let prefs = match row {
-            None => MemberPrefs {
-                bindings,
-                destinations,
-                ..MemberPrefs::default()
-            },
-            Some(row) => MemberPrefs {
-                bindings,
-                destinations,
-                channels: row
-                    .try_get::<Option<String>, _>("channels")?
-                    .as_deref()
-                    .and_then(|c| Route::parse(c).ok()),
-                look: row
-                    .try_get::<Option<String>, _>("format")?
-                    .as_deref()
-                    .and_then(Look::from_stored),
-                quiet: stored_quiet(&row)?,
-                utc_offset: stored_offset(&row)?,
-            },
-        };
+        let mut reader = self.readers.get().await?;
+        let rows = sqlx::query(PREFS_BY_USERID)
+            .bind(userid.as_str())
+            .fetch_all(reader.conn())
+            .await;
+        let rows = reader.done(rows)?;
+        let prefs = prefs_from_rows(&rows)?.1;
         if self.sole_writer()
             && let Ok(mut cache) = self.prefs.write()
             && cache.changes == changes
@@ -341,11 +394,12 @@ impl Store {
                 utc_offset: prefs.utc_offset,
             });
         }
+        let mut reader = self.readers.get().await?;
         let row = sqlx::query("SELECT quiet, utc_offset FROM members WHERE userid = $1")
             .bind(userid.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
+            .fetch_optional(reader.conn())
+            .await;
+        Ok(match reader.done(row)? {
             None => MemberQuiet::default(),
             Some(row) => MemberQuiet {
                 quiet: stored_quiet(&row)?,
@@ -807,4 +861,94 @@ pub enum ChargeCap {
     Member,
     /// `daily_limit` (the whole server).
     Server,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/send`'s one read gives the same member and preferences as the separate reads, on
+    /// each engine: channel order, look, quiet hours, offset, bindings (a channel this build
+    /// does not know skipped) and destinations in order; an unknown token is nobody.
+    async fn the_sender_and_their_preferences_read_together(store: &Store) {
+        let alice = UserId::new("alice");
+        let token = store.token_for(&alice).await.unwrap();
+        let bob = UserId::new("bob");
+        let bobs = store.token_for(&bob).await.unwrap();
+        let order = Route::parse("email,wecom").unwrap();
+        store.set_channels(&alice, Some(&order)).await.unwrap();
+        store.set_look(&alice, Some(Look::Card)).await.unwrap();
+        store
+            .set_quiet(&alice, Some("22:00-07:00".parse().unwrap()))
+            .await
+            .unwrap();
+        store.set_utc_offset(&alice, Some(3600)).await.unwrap();
+        for (user, channel, address) in [
+            ("alice", "sms", "+8613800138000"),
+            ("alice", "email", "a@example.com"),
+            ("alice", "no such channel!", "loft 3"),
+            ("bob", "email", "b@example.com"),
+        ] {
+            sqlx::query(
+                "INSERT INTO member_bindings (userid, channel, address, verified_at) \
+                 VALUES ($1, $2, $3, 0)",
+            )
+            .bind(user)
+            .bind(channel)
+            .bind(address)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        for name in ["zeta", "alpha"] {
+            let destination = StoredDestination {
+                name: name.parse().unwrap(),
+                kind: "telegram".into(),
+                address: "12345".into(),
+                secret: None,
+            };
+            assert!(
+                store
+                    .add_member_destination(&alice, &destination)
+                    .await
+                    .unwrap()
+            );
+        }
+        store.prefs_changed(&alice);
+        store.prefs_changed(&bob);
+        let prefs = store.member_prefs(&alice).await.unwrap();
+        assert_eq!(prefs.channels, Some(order));
+        assert_eq!(prefs.look, Some(Look::Card));
+        assert!(prefs.quiet.is_some());
+        assert_eq!(prefs.utc_offset, Some(3600));
+        assert_eq!(
+            prefs.bindings,
+            [
+                (ChannelName::Email, "a@example.com".to_owned()),
+                (ChannelName::Sms, "+8613800138000".to_owned()),
+            ]
+        );
+        let names: Vec<String> = prefs.destinations.iter().map(|d| d.to_string()).collect();
+        assert_eq!(names, ["alpha", "zeta"]);
+        assert_eq!(
+            store.sender_by_token(&token).await.unwrap(),
+            Some((alice.clone(), prefs))
+        );
+        let (who, bob_prefs) = store.sender_by_token(&bobs).await.unwrap().unwrap();
+        assert_eq!(who, bob);
+        assert_eq!(bob_prefs, store.member_prefs(&bob).await.unwrap());
+        assert_eq!(bob_prefs.bindings.len(), 1);
+        assert!(bob_prefs.destinations.is_empty());
+        let nobody = PushToken::new("x".repeat(token.expose().len()));
+        assert_eq!(store.sender_by_token(&nobody).await.unwrap(), None);
+        // A member without a row of their own still has the bindings stored for them.
+        sqlx::query("DELETE FROM members WHERE userid = 'bob'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.prefs_changed(&bob);
+        assert_eq!(store.member_prefs(&bob).await.unwrap().bindings.len(), 1);
+    }
+
+    on_both_engines!(the_sender_and_their_preferences_read_together);
 }

@@ -50,6 +50,7 @@ mod media;
 mod members;
 mod messages;
 mod postgres;
+mod readers;
 mod schedule;
 mod sends;
 mod sqlite;
@@ -204,6 +205,8 @@ fn is_unavailable_code(code: i32) -> bool {
 /// the SQLite file (to notice it being replaced).
 struct Opened {
     pool: AnyPool,
+    /// Connections for the hot reads (see [`readers`]).
+    readers: readers::Readers,
     backend: Box<dyn writer::Backend>,
     file: Option<FileIdentity>,
     /// The writer's WAL frames, when counted (SQLite, for the benchmark).
@@ -255,6 +258,8 @@ impl Engine {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The hot reads' connections: no ping per query (see [`readers`]).
+    readers: Arc<readers::Readers>,
     engine: Engine,
     writer: WriterHandle,
     /// The SQLite file (none for PostgreSQL).
@@ -319,6 +324,7 @@ impl Store {
         })?;
         let Opened {
             pool,
+            readers,
             backend,
             file,
             wal,
@@ -343,6 +349,7 @@ impl Store {
         );
         Ok(Self {
             pool,
+            readers: Arc::new(readers),
             engine,
             writer,
             file,
@@ -432,6 +439,7 @@ impl Store {
     /// fail with [`StoreError::WriterGone`].
     pub async fn close(&self) {
         self.writer.close().await;
+        self.readers.close().await;
         self.pool.close().await;
     }
 }

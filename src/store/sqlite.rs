@@ -17,8 +17,9 @@ use rusqlite::{Connection, OpenFlags, params_from_iter};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
 
+use super::readers::Readers;
 use super::writer::{Backend, Dialect, Value};
-use super::{OPEN_TIMEOUT, Opened, StoreError};
+use super::{Engine, OPEN_TIMEOUT, Opened, StoreError};
 
 /// SQLite waits this long for a lock held by another connection before failing a statement.
 pub(super) const BUSY_TIMEOUT_MS: u32 = 5000;
@@ -109,6 +110,7 @@ pub(super) async fn open(
         .max_lifetime(Duration::from_secs(30 * 60))
         .connect_with(options.clone())
         .await?;
+    let readers = Readers::new(options, Engine::Sqlite, pool_size);
     sqlx::migrate!("./src/store/migrations/sqlite")
         .run(&pool)
         .await?;
@@ -134,6 +136,7 @@ pub(super) async fn open(
     };
     Ok(Opened {
         pool,
+        readers,
         backend: Box::new(backend),
         file,
         wal,
@@ -217,6 +220,10 @@ impl ToSql for Value<'_> {
             Self::Int(v) => v.to_sql(),
             Self::Text(Some(text)) => Ok(ToSqlOutput::from(text.as_ref())),
             Self::Text(None) => Ok(ToSqlOutput::from(rusqlite::types::Null)),
+            // The writer binds arrays only in PostgreSQL's statements.
+            Self::Ints(_) | Self::Texts(_) => Err(rusqlite::Error::ToSqlConversionFailure(
+                "SQLite has no array parameters".into(),
+            )),
         }
     }
 }
@@ -448,7 +455,7 @@ impl FileIdentity {
 /// Per-connection settings. WAL lets readers run beside the writer; synchronous=FULL makes
 /// every commit durable against power loss, not just process death (group commit pays for
 /// it once per batch).
-async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA journal_mode = WAL").await?;
     conn.execute("PRAGMA synchronous = FULL").await?;
     conn.execute(sqlx::AssertSqlSafe(format!(

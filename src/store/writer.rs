@@ -507,6 +507,10 @@ pub(super) fn spawn(
 pub(super) enum Value<'a> {
     Int(Option<i64>),
     Text(Option<Cow<'a, str>>),
+    /// An array of integers (PostgreSQL only: `$n::int8[]`).
+    Ints(Vec<Option<i64>>),
+    /// An array of texts (PostgreSQL only: `$n::text[]`).
+    Texts(Vec<Option<Cow<'a, str>>>),
 }
 
 impl From<i64> for Value<'_> {
@@ -847,38 +851,69 @@ impl Writer {
             .iter()
             .filter(|w| matches!(***w, Write::Insert(..)))
             .count();
-        let mut seqs = db.seqs(inserts)?.into_iter();
+        // PostgreSQL takes the numbers in the insert itself (see `insert_messages_pg`).
+        let postgres = db.dialect() == Dialect::Postgres;
+        let mut seqs = db.seqs(if postgres { 0 } else { inserts })?.into_iter();
         // Acceptance order is the order in which inserts reached the writer. A message to a
         // fixed address (a verification mail) goes to the front of its lane: negative
         // numbers sort before every sender's message, so a code is not held up behind a
         // backlog waiting for WeCom — the very situation in which a member binds an address.
-        let mut messages = Vec::new();
-        let mut attachments = Vec::new();
         for write in writes.iter_mut() {
             if let Write::Insert(m, files) = &mut **write {
-                let seq = seqs
-                    .next()
-                    .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
-                m.seq = if m.address_to.is_some() { -seq } else { seq };
+                if !postgres {
+                    let seq = seqs
+                        .next()
+                        .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
+                    m.seq = if m.address_to.is_some() { -seq } else { seq };
+                }
                 // What the lane worker reads to know whether to look for attachments.
                 m.media_count = i64::try_from(files.len()).unwrap_or(i64::MAX);
+            }
+        }
+        if postgres && inserts > 0 {
+            let given = {
+                let messages: Vec<&Message> = writes
+                    .iter()
+                    .filter_map(|w| match &**w {
+                        Write::Insert(m, _) => Some(&**m),
+                        _ => None,
+                    })
+                    .collect();
+                insert_messages_pg(db, &messages)?
+            };
+            for write in writes.iter_mut() {
+                if let Write::Insert(m, _) = &mut **write {
+                    m.seq = *given.get(m.id.as_str()).ok_or_else(|| {
+                        StoreError::Corrupt(format!("no acceptance number for {}", m.id))
+                    })?;
+                }
+            }
+        }
+        let mut messages = Vec::new();
+        let mut attachments = Vec::new();
+        for write in writes.iter() {
+            if let Write::Insert(m, files) = &**write {
                 messages.push(&**m);
                 attachments.extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
             }
         }
-        for chunk in pow2_chunks(&messages, INSERT_CHUNK) {
-            insert_chunk(db, chunk)?;
+        if !postgres {
+            for chunk in pow2_chunks(&messages, INSERT_CHUNK) {
+                insert_chunk(db, chunk)?;
+            }
         }
         for chunk in pow2_chunks(&attachments, INSERT_CHUNK) {
             insert_attachments(db, chunk)?;
         }
-        // A scheduled message opens no lane: it holds nothing up until it is released.
-        let queued: Vec<&str> = messages
-            .iter()
-            .filter(|m| m.status == MessageStatus::Queued)
-            .map(|m| m.userid.as_str())
-            .collect();
-        open_lanes(db, queued)?;
+        if !postgres {
+            // A scheduled message opens no lane: it holds nothing up until it is released.
+            let queued: Vec<&str> = messages
+                .iter()
+                .filter(|m| m.status == MessageStatus::Queued)
+                .map(|m| m.userid.as_str())
+                .collect();
+            open_lanes(db, queued)?;
+        }
         let updates: Vec<&AttemptUpdate> = writes
             .iter()
             .filter_map(|w| match &**w {
@@ -976,6 +1011,114 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
     }
     db.exec(&sql, &args)?;
     Ok(())
+}
+
+/// PostgreSQL: the batch's messages in one statement, whatever their number (one shape,
+/// so the connection prepares it once): the columns as arrays, the acceptance numbers
+/// taken from the sequence inside the statement and given in the order of the arrays
+/// (negative for a message to a fixed address, as on SQLite), and the lanes of the queued
+/// ones opened, as [`open_lanes`] does. Answers each message's number, by id. Measured
+/// against a round trip for the numbers, one multi-row INSERT per power-of-two chunk and
+/// one for the lanes.
+fn insert_messages_pg(
+    db: &mut dyn Backend,
+    messages: &[&Message],
+) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    const SQL: &str = "\
+        WITH t AS (SELECT * FROM unnest(?1::text[], ?2::text[], ?3::text[], ?4::text[], \
+          ?5::text[], ?6::int8[], ?7::text[], ?8::text[], ?9::int8[], ?10::int8[], \
+          ?11::int8[], ?12::int8[], ?13::int8[], ?14::text[], ?15::text[], ?16::text[], \
+          ?17::int8[], ?18::text[], ?19::text[], ?20::text[], ?21::text[], ?22::text[], \
+          ?23::text[], ?24::int8[], ?25::int8[], ?26::int8[], ?27::int8[], ?28::text[], \
+          ?29::text[]) WITH ORDINALITY AS t(id, userid, title, content, status, attempts, \
+          last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, \
+          delivered_at, via, idempotency_key, route, deliver_all, address_to, format, look, \
+          url, page_key, idempotency_digest, media_count, parts_done, deliver_at, urgent, \
+          held, resent_from, ord)), \
+        n AS MATERIALIZED (SELECT nextval('messages_seq') AS s FROM t), \
+        o AS (SELECT s, row_number() OVER (ORDER BY s) AS ord FROM n), \
+        ins AS (INSERT INTO messages (id, userid, title, content, status, attempts, \
+          last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, \
+          delivered_at, seq, via, idempotency_key, route, deliver_all, address_to, format, \
+          look, url, page_key, idempotency_digest, media_count, parts_done, deliver_at, \
+          urgent, held, resent_from) \
+          SELECT t.id, t.userid, t.title, t.content, t.status, t.attempts, t.last_error, \
+          t.channel, t.created_at, t.updated_at, t.next_attempt_at, t.deadline_at, \
+          t.delivered_at, CASE WHEN t.address_to IS NULL THEN o.s ELSE -o.s END, t.via, \
+          t.idempotency_key, t.route, t.deliver_all, t.address_to, t.format, t.look, t.url, \
+          t.page_key, t.idempotency_digest, t.media_count, t.parts_done, t.deliver_at, \
+          t.urgent, t.held, t.resent_from FROM t JOIN o ON o.ord = t.ord \
+          RETURNING id, seq, userid, status), \
+        l AS (INSERT INTO lanes (userid, due_at, owner, lease_until) \
+          SELECT q.userid, ?30::int8, NULL, 0 FROM \
+          (SELECT DISTINCT userid FROM ins WHERE status = 'queued') AS q ORDER BY q.userid \
+          ON CONFLICT (userid) DO NOTHING) \
+        SELECT id, seq FROM ins";
+    fn texts<'a>(
+        messages: &[&'a Message],
+        f: impl Fn(&'a Message) -> Option<Cow<'a, str>>,
+    ) -> Value<'a> {
+        Value::Texts(messages.iter().map(|m| f(m)).collect())
+    }
+    fn ints<'a>(messages: &[&'a Message], f: impl Fn(&'a Message) -> Option<i64>) -> Value<'a> {
+        Value::Ints(messages.iter().map(|m| f(m)).collect())
+    }
+    fn b(s: &str) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(s))
+    }
+    let args = [
+        texts(messages, |m| b(m.id.as_str())),
+        texts(messages, |m| b(m.userid.as_str())),
+        texts(messages, |m| m.title.as_deref().map(Cow::Borrowed)),
+        texts(messages, |m| m.content.as_deref().map(Cow::Borrowed)),
+        texts(messages, |m| b(m.status.as_str())),
+        ints(messages, |m| Some(m.attempts)),
+        texts(messages, |m| m.last_error.as_deref().map(Cow::Borrowed)),
+        texts(messages, |m| m.channel.as_deref().map(Cow::Borrowed)),
+        ints(messages, |m| Some(m.created_at.as_millis())),
+        ints(messages, |m| Some(m.updated_at.as_millis())),
+        ints(messages, |m| Some(m.next_attempt_at.as_millis())),
+        ints(messages, |m| Some(m.deadline_at.as_millis())),
+        ints(messages, |m| m.delivered_at.map(UnixMillis::as_millis)),
+        texts(messages, |m| m.via.as_deref().map(Cow::Borrowed)),
+        texts(messages, |m| {
+            m.idempotency_key.as_deref().map(Cow::Borrowed)
+        }),
+        texts(messages, |m| Some(Cow::Owned(m.route.to_stored()))),
+        ints(messages, |m| Some(i64::from(m.deliver_all))),
+        texts(messages, |m| m.address_to.as_deref().map(Cow::Borrowed)),
+        texts(messages, |m| b(m.format.as_str())),
+        texts(messages, |m| b(m.look.as_str())),
+        texts(messages, |m| m.url.as_deref().map(Cow::Borrowed)),
+        texts(messages, |m| m.page_key.as_deref().map(Cow::Borrowed)),
+        texts(messages, |m| {
+            m.idempotency_digest.as_deref().map(Cow::Borrowed)
+        }),
+        ints(messages, |m| Some(m.media_count)),
+        ints(messages, |m| Some(m.parts_done)),
+        ints(messages, |m| m.deliver_at.map(UnixMillis::as_millis)),
+        ints(messages, |m| Some(i64::from(m.urgent))),
+        texts(messages, |m| m.held.map(|h| Cow::Borrowed(h.as_str()))),
+        texts(messages, |m| {
+            m.resent_from.as_ref().map(|r| Cow::Borrowed(r.as_str()))
+        }),
+        UnixMillis::now().into(),
+    ];
+    let rows = db.rows(SQL, &args)?;
+    let mut given = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        match row.as_slice() {
+            [Value::Text(Some(id)), Value::Int(Some(seq))] => {
+                given.insert(id.clone().into_owned(), *seq);
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unexpected row from the insert: {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(given)
 }
 
 /// A message's images and files: `(message id, place, attachment)`. Their blobs must be
@@ -1181,6 +1324,80 @@ fn count_delivered(
     Ok(())
 }
 
+/// PostgreSQL: the batch's deliveries and their sends in one statement, whatever their
+/// number (one shape, prepared once; see [`insert_messages_pg`]). The sends are counted as
+/// [`count_delivered`] does — the `INSERT` in the statement reads the rows as they were
+/// before the `UPDATE` of the same statement (one snapshot), which is the trigger's
+/// `OLD.status` — and each message is updated as the last of its updates in
+/// `delivered`'s order would have left it (a message updated twice in one batch is never
+/// expected).
+fn deliver_pg(
+    db: &mut dyn Backend,
+    delivered: &[(&str, i64, Cow<'static, str>)],
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    const SQL: &str = "\
+        WITH s AS (INSERT INTO sends (userid, channel, sent_at) \
+          SELECT m.userid, f.channel, COALESCE(m.delivered_at, ?1) \
+          FROM unnest(?5::text[], ?6::text[]) AS f(id, channel) JOIN messages m ON m.id = f.id \
+          WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0) \
+        UPDATE messages m SET status = 'delivered', attempts = t.attempts, \
+          channel = t.channel, last_error = NULL, updated_at = ?1, \
+          delivered_at = COALESCE(m.delivered_at, ?1) \
+        FROM unnest(?2::text[], ?3::int8[], ?4::text[]) AS t(id, attempts, channel) \
+        WHERE m.id = t.id";
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
+    let firsts: Vec<(&str, &str)> = delivered
+        .iter()
+        .filter(|(id, _, _)| seen.insert(*id))
+        .map(|(id, _, channel)| (*id, channel.as_ref()))
+        .collect();
+    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
+    let lasts: Vec<&(&str, i64, Cow<'static, str>)> = delivered
+        .iter()
+        .rev()
+        .filter(|(id, _, _)| seen.insert(*id))
+        .collect();
+    let args = [
+        Value::from(now),
+        Value::Texts(
+            lasts
+                .iter()
+                .map(|(id, _, _)| Some(Cow::Borrowed(*id)))
+                .collect(),
+        ),
+        Value::Ints(
+            lasts
+                .iter()
+                .map(|(_, attempts, _)| Some(*attempts))
+                .collect(),
+        ),
+        Value::Texts(
+            lasts
+                .iter()
+                .map(|(_, _, channel)| Some(Cow::Borrowed(channel.as_ref())))
+                .collect(),
+        ),
+        Value::Texts(
+            firsts
+                .iter()
+                .map(|(id, _)| Some(Cow::Borrowed(*id)))
+                .collect(),
+        ),
+        Value::Texts(
+            firsts
+                .iter()
+                .map(|(_, channel)| Some(Cow::Borrowed(*channel)))
+                .collect(),
+        ),
+    ];
+    db.exec(SQL, &args)?;
+    Ok(())
+}
+
 /// Ends a message whose last channel gave up: `failed`, or `delivered` when an earlier
 /// channel of a `deliver_all` route delivered it.
 const END_WITHOUT_DELIVERY: &str = "UPDATE messages SET \
@@ -1370,23 +1587,27 @@ fn apply_updates(
     }
     // Group by (attempts, channel) so each statement sets one set of values.
     delivered.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
-    count_delivered(db, &delivered, now, &mut recorded)?;
-    for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
-        let Some((_, attempts, channel)) = group.first() else {
-            continue;
-        };
-        let (attempts, channel) = (*attempts, channel.as_ref());
-        for chunk in pow2_chunks(group, UPDATE_CHUNK) {
-            let mut sql = String::from(
-                "UPDATE messages SET status = 'delivered', attempts = ?1, channel = ?2, \
-                 last_error = NULL, updated_at = ?3, delivered_at = COALESCE(delivered_at, ?3) \
-                 WHERE id IN (",
-            );
-            push_params(&mut sql, chunk.len(), 3);
-            sql.push(')');
-            let mut args: Vec<Value> = vec![attempts.into(), channel.into(), now.into()];
-            args.extend(chunk.iter().map(|(id, _, _)| Value::from(*id)));
-            db.exec(&sql, &args)?;
+    if db.dialect() == Dialect::Postgres {
+        deliver_pg(db, &delivered, now)?;
+    } else {
+        count_delivered(db, &delivered, now, &mut recorded)?;
+        for group in delivered.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
+            let Some((_, attempts, channel)) = group.first() else {
+                continue;
+            };
+            let (attempts, channel) = (*attempts, channel.as_ref());
+            for chunk in pow2_chunks(group, UPDATE_CHUNK) {
+                let mut sql = String::from(
+                    "UPDATE messages SET status = 'delivered', attempts = ?1, channel = ?2, \
+                     last_error = NULL, updated_at = ?3, \
+                     delivered_at = COALESCE(delivered_at, ?3) WHERE id IN (",
+                );
+                push_params(&mut sql, chunk.len(), 3);
+                sql.push(')');
+                let mut args: Vec<Value> = vec![attempts.into(), channel.into(), now.into()];
+                args.extend(chunk.iter().map(|(id, _, _)| Value::from(*id)));
+                db.exec(&sql, &args)?;
+            }
         }
     }
     for chunk in pow2_chunks(&sends, UPDATE_CHUNK) {
@@ -1945,6 +2166,92 @@ mod tests {
             assert!(err.is_unavailable(), "503, not 500: {err}");
         }
         writer.db.close();
+        store.close().await;
+    }
+
+    /// PostgreSQL's one-statement insert: every column as given, the numbers from the
+    /// sequence in the order of the batch (negative for a fixed address) and the same in
+    /// memory as stored, lanes for the queued messages only, whatever the batch's size.
+    #[tokio::test]
+    async fn postgresql_inserts_a_batch_in_one_statement_in_order() {
+        let schema = crate::store::postgres::TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        for size in [1, 3, 130] {
+            let super::super::Opened { backend, .. } =
+                super::super::postgres::open(&schema.url(), 1)
+                    .await
+                    .unwrap();
+            let mut writer = Writer {
+                db: backend,
+                health: Arc::default(),
+                arrivals: Arc::default(),
+                supervisor: Supervisor::default(),
+            };
+            let now = UnixMillis::now();
+            let writes: Vec<Write> = (0..size)
+                .map(|i| {
+                    let mut m = Message::new_queued(
+                        MessageId::from_stored(format!("s{size}m{i:03}")),
+                        UserId::new(&format!("s{size}u{}", i % 3)),
+                        Some(format!("t{i}")),
+                        (i % 4 != 1).then(|| format!("c{i}")),
+                        now,
+                        now + ms(1000),
+                    );
+                    if i % 5 == 4 {
+                        m.address_to = Some(format!("a{i}@example.com"));
+                    }
+                    if i % 3 == 2 {
+                        m.status = MessageStatus::Scheduled;
+                        m.deliver_at = Some(now + ms(60_000));
+                    }
+                    Write::Insert(Box::new(m), Vec::new())
+                })
+                .collect();
+            // Called directly (no one-by-one retry could hide a broken statement), on a
+            // thread of its own: the backend drives its connection with its own runtime.
+            let writes = std::thread::spawn(move || {
+                let mut writes = writes;
+                writer.write(writes.iter_mut().collect()).unwrap();
+                writer.db.close();
+                writes
+            })
+            .join()
+            .unwrap();
+            let mut last = 0;
+            for write in &writes {
+                let Write::Insert(m, _) = write else {
+                    unreachable!()
+                };
+                let stored = store.message(m.id.as_str()).await.unwrap().unwrap();
+                assert_eq!(stored.seq, m.seq, "the number in memory is the one stored");
+                assert_eq!(m.seq < 0, m.address_to.is_some());
+                assert!(m.seq.abs() > last, "acceptance order is kept");
+                last = m.seq.abs();
+                assert_eq!(
+                    (
+                        &stored.userid,
+                        &stored.title,
+                        &stored.content,
+                        stored.status
+                    ),
+                    (&m.userid, &m.title, &m.content, m.status)
+                );
+                assert_eq!(
+                    (&stored.address_to, stored.deliver_at, stored.created_at),
+                    (&m.address_to, m.deliver_at, m.created_at)
+                );
+            }
+            // u0 and u1 have queued messages, u2 only scheduled ones.
+            for (user, lane) in [("u0", true), ("u1", size > 1), ("u2", false)] {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lanes WHERE userid = $1")
+                    .bind(format!("s{size}{user}"))
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(n, i64::from(lane), "s{size}{user}");
+            }
+        }
         store.close().await;
     }
 
