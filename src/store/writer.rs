@@ -2185,6 +2185,7 @@ mod tests {
                 db: backend,
                 health: Arc::default(),
                 arrivals: Arc::default(),
+                sends: None,
                 supervisor: Supervisor::default(),
             };
             let now = UnixMillis::now();
