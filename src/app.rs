@@ -91,6 +91,16 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with(settings, false).await
+    }
+
+    /// As [`Application::build`], and on SQLite the WAL frames of the store's writer are
+    /// counted ([`Store::write_stats`]): for the benchmark.
+    pub async fn build_measuring_wal(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with(settings, true).await
+    }
+
+    async fn build_with(settings: Settings, measure_wal: bool) -> Result<Self, StartupError> {
         if !settings.ignored_variables.is_empty() {
             tracing::debug!(
                 variables = %settings.ignored_variables.join(" "),
@@ -102,7 +112,7 @@ impl Application {
             source,
         };
         let (url, pool_size) = (settings.storage.url.as_str(), settings.storage.pool_size);
-        let store = if settings.storage.measure_wal {
+        let store = if measure_wal {
             Store::connect_measuring_wal(url, pool_size).await
         } else {
             Store::connect_with(url, pool_size).await

@@ -1095,10 +1095,6 @@ pub struct StorageSettings {
     /// 1000.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// Not a setting: the benchmark (`loadgen`) sets it to count the WAL frames of the
-    /// writer's commits on SQLite (see `Store::connect_measuring_wal`).
-    #[serde(skip)]
-    pub measure_wal: bool,
 }
 
 impl Default for StorageSettings {
@@ -1107,7 +1103,6 @@ impl Default for StorageSettings {
             url: default_storage_url(),
             retention: default_retention(),
             pool_size: default_pool_size(),
-            measure_wal: false,
         }
     }
 }

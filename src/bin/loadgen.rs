@@ -53,7 +53,7 @@
 //!
 //! On SQLite each run also prints **pushbot's own WAL**: the frames its writer's commits
 //! wrote during the run, as SQLite reports them after each commit (a WAL hook on the
-//! writer's connection, `storage.measure_wal`), as frames/commit, messages/commit and WAL
+//! writer's connection, `Application::build_measuring_wal`), as frames/commit, messages/commit and WAL
 //! bytes per accepted message (WAL of deliveries included).
 //!
 //! `--compare` measures SQLite and PostgreSQL side by side: `--rounds` (3) rounds of one
@@ -528,10 +528,8 @@ fn run(
     let mut stops = Vec::new();
     let mut stores = Vec::new();
     for instance in 0..instances {
-        let mut settings = settings(instance)?;
         // pushbot's own WAL per message (SQLite): frames counted after each commit.
-        settings.storage.measure_wal = !postgres;
-        let app = server_rt.block_on(Application::build(settings))?;
+        let app = server_rt.block_on(Application::build_measuring_wal(settings(instance)?))?;
         stores.push(app.store());
         bases.push(format!("http://127.0.0.1:{}", app.port()));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
