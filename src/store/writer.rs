@@ -1281,6 +1281,20 @@ fn sends_of(rows: Vec<Vec<Value<'_>>>) -> Result<Vec<Recorded>, StoreError> {
         .collect()
 }
 
+/// Each message of `delivered` once, as its first update names it: `(id, channel)`. A
+/// message updated twice in one batch (never expected) counts by its first update only, as
+/// the trigger did: the second found it delivered already.
+fn first_deliveries<'a>(
+    delivered: &'a [(&'a str, i64, Cow<'static, str>)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
+    delivered
+        .iter()
+        .filter(|(id, _, _)| seen.insert(*id))
+        .map(|(id, _, channel)| (*id, channel.as_ref()))
+        .collect()
+}
+
 /// Counts the sends of `delivered` (`(id, attempts, channel)`, in the order their updates
 /// run) against the members' limits, just before those updates: a message going from
 /// queued to delivered, not carried by a digest (`via`) and not a `deliver_all` message
@@ -1295,14 +1309,7 @@ fn count_delivered(
     now: UnixMillis,
     recorded: &mut Vec<Recorded>,
 ) -> Result<(), StoreError> {
-    // A message updated twice in one batch (never expected) is counted by its first update
-    // only, as the trigger would have: the second found it delivered already.
-    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
-    let firsts: Vec<(&str, &str)> = delivered
-        .iter()
-        .filter(|(id, _, _)| seen.insert(*id))
-        .map(|(id, _, channel)| (*id, channel.as_ref()))
-        .collect();
+    let firsts = first_deliveries(delivered);
     for chunk in pow2_chunks(&firsts, UPDATE_CHUNK) {
         let mut sql = String::from("WITH v (id, channel) AS (VALUES ");
         push_values(&mut sql, chunk.len(), 2, 1);
@@ -1349,12 +1356,7 @@ fn deliver_pg(
     if delivered.is_empty() {
         return Ok(());
     }
-    let mut seen = std::collections::HashSet::with_capacity(delivered.len());
-    let firsts: Vec<(&str, &str)> = delivered
-        .iter()
-        .filter(|(id, _, _)| seen.insert(*id))
-        .map(|(id, _, channel)| (*id, channel.as_ref()))
-        .collect();
+    let firsts = first_deliveries(delivered);
     let mut seen = std::collections::HashSet::with_capacity(delivered.len());
     let lasts: Vec<&(&str, i64, Cow<'static, str>)> = delivered
         .iter()
