@@ -61,7 +61,7 @@ use crate::time::UnixMillis;
 
 /// How long a worker whose lane ran empty waits for the member's next message before
 /// giving the lane up (each give-up and re-claim costs database round trips).
-const LANE_LINGER: Duration = Duration::from_millis(300);
+const LANE_LINGER: Duration = Duration::from_millis(1000);
 /// Messages of a lane read at once (content only up to `store::HEAD_CONTENT_BYTES` each;
 /// larger content is read at its turn), so memory stays small per lane.
 const PREFETCH: usize = 4;
