@@ -67,6 +67,19 @@
 //! ```text
 //! cargo run --release --bin loadgen -- --compare --messages 30000
 //! ```
+//!
+//! `--group N` adds a group run after the others (issue 29): members 0…N−1 form one group,
+//! made with `POST /groups` by member 0 and joined by the others with `POST /groups/join`
+//! and the invite, as people would. First one message to the group is sent on the idle
+//! server and timed until every member's copy has arrived at the stand-in; then
+//! `--group-messages` (20) group messages go one after another while the clients send their
+//! personal messages as in every run. It reports the group messages' accept latency, the
+//! copies lost or repeated (each copy is counted per message and member), and the
+//! personal sends' rate and p99 in that run, to set beside the runs without groups:
+//!
+//! ```text
+//! cargo run --release --bin loadgen -- --messages 30000 --group 1000
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -132,6 +145,16 @@ struct Args {
     /// summary (the behaviour before these existed).
     #[arg(long)]
     no_extras: bool,
+    /// After the other runs, a group run: members 0…N−1 form one group (made with
+    /// `POST /groups` and joined with `POST /groups/join`, as members would), one message to
+    /// it is timed on the idle server until every copy is delivered, then `--group-messages`
+    /// group messages are sent one after another while the clients send their personal
+    /// messages. 0: no group run.
+    #[arg(long, default_value_t = 0)]
+    group: usize,
+    /// Group messages sent during the group run's personal load.
+    #[arg(long, default_value_t = 20)]
+    group_messages: usize,
 }
 
 /// The stand-in's view of what arrived.
@@ -144,6 +167,12 @@ struct Received {
     /// While `true` the stand-in answers no `message/send` (an accept-only run holds
     /// delivery back this way); set to `false` when the measurement ends.
     hold: tokio::sync::watch::Sender<bool>,
+    /// Group run: which copies arrived, at `message × group_size + member` (member `memberN`
+    /// is N); a copy's content carries `grp=message`.
+    group_seen: Vec<AtomicBool>,
+    group_size: usize,
+    group_unique: AtomicUsize,
+    group_duplicates: AtomicUsize,
 }
 
 /// PostgreSQL for `--compare` without `--storage`.
@@ -160,6 +189,8 @@ struct Figures {
     duplicates: usize,
     /// SQLite: what pushbot's writer wrote to the WAL during the run.
     wal: Option<WalFigures>,
+    /// The group run's own figures (that run's personal sends are in the fields above).
+    group: Option<GroupReport>,
 }
 
 /// pushbot's own WAL over one run, as SQLite reported it after each of the writer's
@@ -219,22 +250,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| DEFAULT_POSTGRES.to_owned());
         for round in 1..=args.rounds.max(1) {
             println!("== round {round}: SQLite ==");
-            runs.push(run(&args, None, false)?);
+            runs.push(run(&args, None, false, false)?);
             println!("== round {round}: PostgreSQL ==");
-            runs.push(run(&args, Some(&postgres), false)?);
+            runs.push(run(&args, Some(&postgres), false, false)?);
         }
         if extras {
             println!("== accept-only: SQLite ==");
-            runs.push(run(&args, None, true)?);
+            runs.push(run(&args, None, true, false)?);
             println!("== accept-only: PostgreSQL ==");
-            runs.push(run(&args, Some(&postgres), true)?);
+            runs.push(run(&args, Some(&postgres), true, false)?);
         }
     } else {
-        runs.push(run(&args, args.storage.as_deref(), false)?);
+        runs.push(run(&args, args.storage.as_deref(), false, false)?);
         if extras {
             println!("== accept-only ==");
-            runs.push(run(&args, args.storage.as_deref(), true)?);
+            runs.push(run(&args, args.storage.as_deref(), true, false)?);
         }
+    }
+    if args.group > 0 {
+        println!("== group of {} ==", args.group);
+        let storage = if args.compare {
+            None
+        } else {
+            args.storage.as_deref()
+        };
+        runs.push(run(&args, storage, false, true)?);
     }
     let bound = if extras {
         println!("== durable-write bound ==");
@@ -247,7 +287,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    if extras || args.compare {
+    if extras || args.compare || args.group > 0 {
         summary(&command_line, &runs, bound);
     }
     let lost: usize = runs.iter().map(|f| f.lost).sum();
@@ -295,7 +335,7 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
     );
     let mut sqlite_round = 0;
     let mut pg_round = 0;
-    for f in runs {
+    for f in runs.iter().filter(|f| f.group.is_none()) {
         let label = if f.accept_only {
             "-".to_owned()
         } else if f.engine == "SQLite" {
@@ -325,7 +365,7 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
     }
     let pick = |engine: &str, accept_only: bool| -> Vec<&Figures> {
         runs.iter()
-            .filter(|f| f.engine == engine && f.accept_only == accept_only)
+            .filter(|f| f.engine == engine && f.accept_only == accept_only && f.group.is_none())
             .collect()
     };
     let med = |fs: &[&Figures], g: fn(&Figures) -> f64| median(fs.iter().map(|f| g(f)).collect());
@@ -382,6 +422,11 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
             }
         }
     }
+    for f in runs {
+        if let Some(g) = &f.group {
+            g.summary(f);
+        }
+    }
     if let Some((bound, bound_wal)) = bound {
         println!(
             "durable-write bound (minimal SQLite queue, this disk): {bound:.0} msg/s, WAL {bound_wal:.0} B/msg"
@@ -400,10 +445,12 @@ fn summary(command_line: &str, runs: &[Figures], bound: Option<(f64, f64)>) {
 /// One measured run: a fresh WeCom stand-in, fresh database (SQLite file in a temp dir, or
 /// a schema of its own on `storage`), fresh pushbot instance(s), the clients, the checks.
 /// `hold`: accept-only — the stand-in answers no send until the clients are done.
+/// `group_run`: the group run (see `--group`).
 fn run(
     args: &Args,
     storage: Option<&str>,
     hold: bool,
+    group_run: bool,
 ) -> Result<Figures, Box<dyn std::error::Error>> {
     static RUN: AtomicUsize = AtomicUsize::new(0);
     let run_no = RUN.fetch_add(1, Ordering::Relaxed);
@@ -416,6 +463,16 @@ fn run(
         last_at_ns: AtomicU64::new(0),
         start: Instant::now(),
         hold: tokio::sync::watch::Sender::new(hold),
+        group_seen: (0..if group_run {
+            (args.group_messages + 1) * args.group
+        } else {
+            0
+        })
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+        group_size: if group_run { args.group } else { 0 },
+        group_unique: AtomicUsize::new(0),
+        group_duplicates: AtomicUsize::new(0),
     });
 
     // 1. WeCom stand-in on its own single-threaded runtime, stopped after the run.
@@ -554,7 +611,7 @@ fn run(
             .collect()
     };
     let before = stats(&stores);
-    let report = client_rt.block_on(drive(args, &bases, &received, members))?;
+    let report = client_rt.block_on(drive(args, &bases, &received, members, group_run))?;
     let after = stats(&stores);
     drop(stores);
     // One SQLite instance: its writer's WAL over the run (tokens included, a few frames).
@@ -623,6 +680,7 @@ fn run(
         lost,
         duplicates: report.duplicates,
         wal,
+        group: report.group,
     })
 }
 
@@ -703,6 +761,7 @@ struct Report {
     unique: usize,
     duplicates: usize,
     latencies_us: Vec<u64>,
+    group: Option<GroupReport>,
 }
 
 impl Report {
@@ -859,6 +918,7 @@ async fn drive(
     bases: &[String],
     received: &Arc<Received>,
     members: usize,
+    group_run: bool,
 ) -> Result<Report, Box<dyn std::error::Error>> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
@@ -873,10 +933,12 @@ async fn drive(
             unique: received.unique.load(Ordering::Relaxed),
             duplicates: received.duplicates.load(Ordering::Relaxed),
             latencies_us: Vec::new(),
+            group: None,
         });
     }
     // One token per member, asked for concurrently (as many members would).
-    let members = members.min(args.messages);
+    let group_size = if group_run { args.group } else { 0 };
+    let members = members.min(args.messages).max(group_size);
     let mut asking = Vec::new();
     for m in 0..members {
         let (http, base) = (http.clone(), bases[0].clone());
@@ -892,6 +954,13 @@ async fn drive(
                 .map_err(|e| e.to_string())?,
         );
     }
+    // The group run: the group is made and joined, and one message to it timed on the idle
+    // server, before the personal load starts.
+    let group = if group_run {
+        Some(GroupRun::start(&http, &bases[0], &tokens[..group_size], received, args).await?)
+    } else {
+        None
+    };
     let tokens = Arc::new(tokens);
     let backlog = args.backlog;
     let next = Arc::new(AtomicUsize::new(0));
@@ -938,6 +1007,16 @@ async fn drive(
             (ok, errors, latencies)
         }));
     }
+    // Group messages one after another, alongside the clients' personal ones.
+    let group_sender = group.as_ref().map(|g| {
+        let (http, url, token, count) = (
+            http.clone(),
+            format!("{}/send", bases[0]),
+            g.token.clone(),
+            args.group_messages,
+        );
+        tokio::spawn(async move { send_group_messages(&http, &url, &token, 1..=count).await })
+    });
     let (mut accepted, mut errors, mut latencies_us) = (0, 0, Vec::new());
     for t in tasks {
         let (ok, err, lat) = t.await?;
@@ -957,6 +1036,13 @@ async fn drive(
     }
     let last_ns = u128::from(received.last_at_ns.load(Ordering::Relaxed));
     let deliver_secs = (last_ns.saturating_sub(start_ns)) as f64 / 1e9;
+    let group = match (group, group_sender) {
+        (Some(g), Some(sender)) => {
+            let (sent, failed, latencies) = sender.await?;
+            Some(g.finish(received, sent, failed, latencies, deadline).await)
+        }
+        _ => None,
+    };
     Ok(Report {
         clients: args.clients,
         accepted,
@@ -967,7 +1053,216 @@ async fn drive(
             - backlog.min(received.unique.load(Ordering::Relaxed)),
         duplicates: received.duplicates.load(Ordering::Relaxed),
         latencies_us,
+        group,
     })
+}
+
+/// The group run's group: made by member 0, joined by the others, and one message to it
+/// delivered to every member on the idle server.
+struct GroupRun {
+    token: String,
+    size: usize,
+    /// The first message: accepted in this long, and delivered to every member this long
+    /// after it was accepted.
+    probe_accept_ms: f64,
+    probe_fanout_secs: f64,
+}
+
+/// What the group run measured, for the summary.
+#[derive(Clone)]
+struct GroupReport {
+    size: usize,
+    probe_accept_ms: f64,
+    probe_fanout_secs: f64,
+    /// Group messages sent during the personal load (the probe not counted), refused ones.
+    sent: usize,
+    failed: usize,
+    latencies_us: Vec<u64>,
+    /// Copies (probe included) that arrived, that should have, and repeated ones.
+    delivered: usize,
+    expected: usize,
+    duplicates: usize,
+}
+
+impl GroupRun {
+    async fn start(
+        http: &reqwest::Client,
+        base: &str,
+        tokens: &[String],
+        received: &Arc<Received>,
+        args: &Args,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let Some(owner) = tokens.first() else {
+            return Err("--group needs at least one member".into());
+        };
+        let made: Value = http
+            .post(format!("{base}/groups"))
+            .bearer_auth(owner)
+            .json(&json!({ "name": "loadgen" }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let (Some(token), Some(invite)) = (made["token"].as_str(), made["invite"].as_str()) else {
+            return Err(format!("POST /groups answered without token and invite: {made}").into());
+        };
+        let mut joining = Vec::new();
+        for member in tokens.iter().skip(1) {
+            let (http, url, member, invite) = (
+                http.clone(),
+                format!("{base}/groups/join"),
+                member.clone(),
+                invite.to_owned(),
+            );
+            joining.push(tokio::spawn(async move {
+                http.post(url)
+                    .bearer_auth(member)
+                    .json(&json!({ "invite": invite }))
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map(|_| ())
+            }));
+        }
+        for joined in joining {
+            joined.await??;
+        }
+        // The probe: message 0, on the idle server, timed until every copy is in.
+        let started = Instant::now();
+        let (sent, _, latencies) =
+            send_group_messages(http, &format!("{base}/send"), token, 0..=0).await;
+        if sent != 1 {
+            return Err("the group run's first group message was refused".into());
+        }
+        let size = tokens.len();
+        let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
+        while received.group_unique.load(Ordering::Relaxed) < size && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let accept = latencies.first().copied().unwrap_or(0) as f64 / 1000.0;
+        let fanout = started.elapsed().as_secs_f64() - accept / 1000.0;
+        println!(
+            "group:          {size} members; one message accepted in {accept:.2} ms, \
+             delivered to {} of them {fanout:.2} s after",
+            received.group_unique.load(Ordering::Relaxed)
+        );
+        Ok(Self {
+            token: token.to_owned(),
+            size,
+            probe_accept_ms: accept,
+            probe_fanout_secs: fanout,
+        })
+    }
+
+    /// Waits (until `deadline`) for every copy of the group messages, then reports.
+    async fn finish(
+        self,
+        received: &Received,
+        sent: usize,
+        failed: usize,
+        mut latencies_us: Vec<u64>,
+        deadline: Instant,
+    ) -> GroupReport {
+        let expected = (sent + 1) * self.size;
+        while received.group_unique.load(Ordering::Relaxed) < expected && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        latencies_us.sort_unstable();
+        let report = GroupReport {
+            size: self.size,
+            probe_accept_ms: self.probe_accept_ms,
+            probe_fanout_secs: self.probe_fanout_secs,
+            sent,
+            failed,
+            latencies_us,
+            delivered: received.group_unique.load(Ordering::Relaxed),
+            expected,
+            duplicates: received.group_duplicates.load(Ordering::Relaxed),
+        };
+        println!(
+            "group /send:    {} messages to {} members during the personal load ({} refused): \
+             p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; copies delivered {} of {}, {} duplicates",
+            report.sent,
+            report.size,
+            report.failed,
+            report.percentile(0.5),
+            report.percentile(0.99),
+            report.percentile(1.0),
+            report.delivered,
+            report.expected,
+            report.duplicates
+        );
+        report
+    }
+}
+
+impl GroupReport {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
+    }
+
+    /// Its lines of the summary; `run` is the group run (its personal sends).
+    fn summary(&self, run: &Figures) {
+        println!(
+            "group of {} ({}): one message accepted in {:.2} ms, every copy delivered {:.2} s after",
+            self.size, run.engine, self.probe_accept_ms, self.probe_fanout_secs
+        );
+        println!(
+            "group of {} ({}): {} group messages during the personal load: accept p50 {:.2} ms, \
+             p99 {:.2} ms, max {:.2} ms, {} refused; copies lost {}, duplicates {}",
+            self.size,
+            run.engine,
+            self.sent,
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.percentile(1.0),
+            self.failed,
+            self.expected.saturating_sub(self.delivered),
+            self.duplicates
+        );
+        println!(
+            "personal /send with that group traffic ({}): {:.0} req/s, p99 {:.2} ms (compare \
+             the accept+deliver runs above)",
+            run.engine, run.rate, run.p99_ms
+        );
+    }
+}
+
+/// Sends the group messages numbered `range` with the group token, one after another;
+/// answers how many were accepted and refused, and each one's latency.
+async fn send_group_messages(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    range: std::ops::RangeInclusive<usize>,
+) -> (usize, usize, Vec<u64>) {
+    let (mut sent, mut failed, mut latencies) = (0, 0, Vec::new());
+    for k in range {
+        let t = Instant::now();
+        let res = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({ "title": "load", "content": format!("grp={k}") }))
+            .send()
+            .await;
+        let good = match res {
+            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        latencies.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        if good {
+            sent += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    (sent, failed, latencies)
 }
 
 /// Asks the bot for `member`'s token exactly as WeCom would relay a "token" message.
@@ -1029,6 +1324,27 @@ async fn message_send(
     // Accept-only: answer nothing until the clients are done.
     let mut hold = received.hold.subscribe();
     let _ = hold.wait_for(|held| !*held).await;
+    // A group message's copy: counted per (message, member).
+    if let Some(k) = body["text"]["content"]
+        .as_str()
+        .and_then(|c| c.rsplit_once("grp="))
+        .and_then(|(_, k)| k.trim().parse::<usize>().ok())
+    {
+        let members = body["touser"].as_str().unwrap_or("").split('|');
+        for m in members.filter_map(|u| u.strip_prefix("member")?.parse::<usize>().ok()) {
+            let slot = (m < received.group_size)
+                .then(|| received.group_seen.get(k * received.group_size + m))
+                .flatten();
+            if let Some(flag) = slot {
+                if flag.swap(true, Ordering::Relaxed) {
+                    received.group_duplicates.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    received.group_unique.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        return Json(json!({ "errcode": 0, "errmsg": "ok", "msgid": "x" }));
+    }
     let seq = body["text"]["content"]
         .as_str()
         .and_then(|c| c.rsplit("seq=").next())
