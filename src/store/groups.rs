@@ -1,0 +1,451 @@
+//! Groups (issue 29): who is in which group, the groups' tokens and invite codes.
+//!
+//! Written through the pool like members' settings (`members.rs`); the messages a group
+//! token sends go through the writer like any message. Each write that must check a limit
+//! starts its transaction with a write (so that on SQLite it takes the lock at once instead
+//! of failing to upgrade a read, and on PostgreSQL it holds the group's row until it
+//! commits): the insert or update first, the checks after it, a rollback when one fails.
+
+use sqlx::Row as _;
+
+use super::{Store, StoreError};
+use crate::domain::{PushToken, UserId};
+use crate::groups::Limits;
+use crate::time::UnixMillis;
+
+/// A group as a send needs it: its internal id and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// A group as one of its members sees it (`groups`, `GET /groups`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub group: GroupRef,
+    pub owner: bool,
+    pub muted: bool,
+    pub members: i64,
+    /// `chat` or `wecom`.
+    pub source: String,
+    /// The group's token and invite, for its owners only.
+    pub token: Option<PushToken>,
+    pub invite: Option<String>,
+    pub invite_expires_at: Option<UnixMillis>,
+}
+
+impl std::fmt::Debug for GroupView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupView")
+            .field("group", &self.group)
+            .field("owner", &self.owner)
+            .field("muted", &self.muted)
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A group just made: its token and invite go to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGroup {
+    pub group: GroupRef,
+    pub token: PushToken,
+    /// Canonical (`crate::groups::show_invite` shows it).
+    pub invite: String,
+    pub invite_expires_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    Created(NewGroup),
+    /// The member is in a group of this name already.
+    NameTaken,
+    /// The member is in `max_groups_per_member` groups already.
+    TooManyGroups,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joined {
+    Joined(GroupRef),
+    AlreadyMember(GroupRef),
+    /// No group has this code (counted towards the limit on wrong codes).
+    NoSuchInvite,
+    /// The code was right but has expired: its owner can renew it.
+    Expired,
+    /// Too many wrong codes lately: nothing was looked up.
+    TooManyTries,
+    /// The group has `max_members` members.
+    Full,
+    TooManyGroups,
+    /// The member is in another group of this name.
+    NameTaken(GroupRef),
+}
+
+/// What an owner's action found (rotate, invite, kick, delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owned<T> {
+    Done(T),
+    /// The member is in no group of this name (or the group is gone).
+    NoSuchGroup,
+    NotOwner,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kicked {
+    Kicked,
+    /// `userid` is not in the group.
+    NotMember,
+    /// An owner removes themself by leaving.
+    Themself,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Left {
+    /// The member has left `group`; `new_owner` took it over (the longest-standing member,
+    /// when the last owner left); `deleted` when they were the last member.
+    Left {
+        group: GroupRef,
+        new_owner: Option<UserId>,
+        deleted: bool,
+    },
+    NoSuchGroup,
+    /// WeCom-backed: membership is read from WeCom.
+    FromWecom,
+}
+
+fn group_id() -> String {
+    crate::token::page_key()
+}
+
+impl Store {
+    /// The group a send token belongs to, if any: one indexed read (no cache, so a rotated
+    /// token stops at once on every instance).
+    pub async fn group_by_token(&self, token: &PushToken) -> Result<Option<GroupRef>, StoreError> {
+        let mut reader = self.readers.get().await?;
+        let row = sqlx::query("SELECT id, name FROM groups WHERE token = $1")
+            .bind(token.expose())
+            .fetch_optional(reader.conn())
+            .await;
+        let Some(row) = reader.done(row)? else {
+            return Ok(None);
+        };
+        Ok(Some(GroupRef {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+        }))
+    }
+
+    /// A group's members, longest-standing first, and whether each has muted it.
+    pub async fn group_recipients(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<(UserId, bool)>, StoreError> {
+        let mut reader = self.readers.get().await?;
+        let rows = sqlx::query(
+            "SELECT userid, muted FROM group_members WHERE group_id = $1 \
+             ORDER BY joined_at, userid",
+        )
+        .bind(group_id)
+        .fetch_all(reader.conn())
+        .await;
+        reader
+            .done(rows)?
+            .iter()
+            .map(|row| {
+                Ok((
+                    UserId::new(&row.try_get::<String, _>("userid")?),
+                    row.try_get::<i64, _>("muted")? != 0,
+                ))
+            })
+            .collect()
+    }
+
+    /// Makes a group named `name` (already normalised: `crate::groups::normalize_name`)
+    /// with `owner` as its owner and only member, a fresh token and invite code.
+    pub async fn create_group(
+        &self,
+        owner: &UserId,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Created, StoreError> {
+        let now = UnixMillis::now();
+        let group = GroupRef {
+            id: group_id(),
+            name: name.to_owned(),
+        };
+        let token = crate::token::generate();
+        let invite = crate::groups::generate_invite();
+        let invite_expires_at = now + limits.invite_ttl;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO groups (id, name, token, token_created_at, invite, invite_expires_at, \
+             source, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'chat', $4)",
+        )
+        .bind(&group.id)
+        .bind(&group.name)
+        .bind(token.expose())
+        .bind(now)
+        .bind(&invite)
+        .bind(invite_expires_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO group_members (group_id, userid, owner, joined_at) VALUES ($1, $2, 1, $3)",
+        )
+        .bind(&group.id)
+        .bind(owner.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (groups, same_name) = member_groups(&mut tx, owner, name).await?;
+        if same_name > 1 {
+            tx.rollback().await?;
+            return Ok(Created::NameTaken);
+        }
+        if groups > i64::from(limits.max_groups_per_member) {
+            tx.rollback().await?;
+            return Ok(Created::TooManyGroups);
+        }
+        tx.commit().await?;
+        Ok(Created::Created(NewGroup {
+            group,
+            token,
+            invite,
+            invite_expires_at,
+        }))
+    }
+
+    /// Joins the group whose invite is `invite` (canonical: `crate::groups::parse_invite`).
+    /// A wrong code counts towards the member's limit; past it, nothing is looked up.
+    pub async fn join_group(
+        &self,
+        userid: &UserId,
+        invite: &str,
+        limits: &Limits,
+    ) -> Result<Joined, StoreError> {
+        let now = UnixMillis::now();
+        let since = now - limits.join_window;
+        let failures: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM group_join_failures WHERE userid = $1 AND at > $2",
+        )
+        .bind(userid.as_str())
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        if failures >= i64::from(limits.join_failures) {
+            return Ok(Joined::TooManyTries);
+        }
+        let row = sqlx::query("SELECT id, name, invite_expires_at FROM groups WHERE invite = $1")
+            .bind(invite)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            sqlx::query("INSERT INTO group_join_failures (userid, at) VALUES ($1, $2)")
+                .bind(userid.as_str())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            return Ok(Joined::NoSuchInvite);
+        };
+        let group = GroupRef {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+        };
+        let expires: Option<i64> = row.try_get("invite_expires_at")?;
+        if expires.is_none_or(|at| at <= now.as_millis()) {
+            return Ok(Joined::Expired);
+        }
+        let mut tx = self.pool.begin().await?;
+        // Holds the group (and checks the code once more: it may have been renewed since).
+        let held = sqlx::query(
+            "UPDATE groups SET invite = invite WHERE id = $1 AND invite = $2 \
+             AND invite_expires_at > $3",
+        )
+        .bind(&group.id)
+        .bind(invite)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Joined::Expired);
+        }
+        let added = sqlx::query(
+            "INSERT INTO group_members (group_id, userid, owner, joined_at) \
+             VALUES ($1, $2, 0, $3) ON CONFLICT (group_id, userid) DO NOTHING",
+        )
+        .bind(&group.id)
+        .bind(userid.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if added.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Joined::AlreadyMember(group));
+        }
+        let members: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM group_members WHERE group_id = $1")
+                .bind(&group.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let (groups, same_name) = member_groups(&mut tx, userid, &group.name).await?;
+        let refused = if members > i64::from(limits.max_members) {
+            Some(Joined::Full)
+        } else if same_name > 1 {
+            Some(Joined::NameTaken(group.clone()))
+        } else if groups > i64::from(limits.max_groups_per_member) {
+            Some(Joined::TooManyGroups)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            tx.rollback().await?;
+            return Ok(refused);
+        }
+        tx.commit().await?;
+        Ok(Joined::Joined(group))
+    }
+}
+
+/// How many groups `userid` is in, and how many of them are named `name`.
+async fn member_groups(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    userid: &UserId,
+    name: &str,
+) -> Result<(i64, i64), StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS groups, \
+         COALESCE(SUM(CASE WHEN g.name = $2 THEN 1 ELSE 0 END), 0) AS same_name \
+         FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.userid = $1",
+    )
+    .bind(userid.as_str())
+    .bind(name)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((row.try_get("groups")?, row.try_get("same_name")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_members: 3,
+            max_groups_per_member: 2,
+            join_failures: 3,
+            ..Limits::default()
+        }
+    }
+
+    fn made(created: Created) -> NewGroup {
+        match created {
+            Created::Created(new) => new,
+            other => panic!("not created: {other:?}"),
+        }
+    }
+
+    /// What the send side reads: the group by its token, its members in the order they
+    /// joined; the limits and the wrong-code count as the chat and `/groups` see them.
+    async fn groups_are_made_joined_and_read(store: &Store) {
+        let limits = limits();
+        let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(UserId::new);
+        let ops = made(store.create_group(&alice, "ops", &limits).await.unwrap());
+        assert_eq!(ops.group.name, "ops");
+        assert_eq!(
+            store.group_by_token(&ops.token).await.unwrap(),
+            Some(ops.group.clone())
+        );
+        assert_eq!(
+            store
+                .group_by_token(&crate::token::generate())
+                .await
+                .unwrap(),
+            None
+        );
+        // A personal token is not a group's.
+        let personal = store.token_for(&alice).await.unwrap();
+        assert_eq!(store.group_by_token(&personal).await.unwrap(), None);
+        assert_eq!(
+            store.create_group(&alice, "ops", &limits).await.unwrap(),
+            Created::NameTaken
+        );
+
+        for who in [&bob, &carol] {
+            assert_eq!(
+                store.join_group(who, &ops.invite, &limits).await.unwrap(),
+                Joined::Joined(ops.group.clone())
+            );
+        }
+        assert_eq!(
+            store.join_group(&bob, &ops.invite, &limits).await.unwrap(),
+            Joined::AlreadyMember(ops.group.clone())
+        );
+        assert_eq!(
+            store.join_group(&dave, &ops.invite, &limits).await.unwrap(),
+            Joined::Full
+        );
+        let recipients = store.group_recipients(&ops.group.id).await.unwrap();
+        assert_eq!(
+            recipients,
+            vec![(alice.clone(), false), (bob.clone(), false), (carol, false)]
+        );
+
+        // A second group of the same name elsewhere: bob cannot be in both.
+        let other = made(store.create_group(&dave, "ops", &limits).await.unwrap());
+        assert_eq!(
+            store
+                .join_group(&bob, &other.invite, &limits)
+                .await
+                .unwrap(),
+            Joined::NameTaken(other.group.clone())
+        );
+        made(store.create_group(&bob, "dev", &limits).await.unwrap());
+        assert_eq!(
+            store.create_group(&bob, "qa", &limits).await.unwrap(),
+            Created::TooManyGroups
+        );
+
+        // Wrong codes: three allowed per window, then not even a right one is looked up.
+        for _ in 0..3 {
+            assert_eq!(
+                store.join_group(&dave, "00000000", &limits).await.unwrap(),
+                Joined::NoSuchInvite
+            );
+        }
+        let fresh = made(store.create_group(&alice, "fresh", &limits).await.unwrap());
+        assert_eq!(
+            store
+                .join_group(&dave, &fresh.invite, &limits)
+                .await
+                .unwrap(),
+            Joined::TooManyTries
+        );
+        // Others are not affected.
+        assert_eq!(
+            store
+                .join_group(&bob, &fresh.invite, &limits)
+                .await
+                .unwrap(),
+            Joined::TooManyGroups
+        );
+
+        // An expired code is told apart from a wrong one.
+        sqlx::query("UPDATE groups SET invite_expires_at = 0 WHERE id = $1")
+            .bind(&fresh.group.id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let erin = UserId::new("erin");
+        assert_eq!(
+            store
+                .join_group(&erin, &fresh.invite, &limits)
+                .await
+                .unwrap(),
+            Joined::Expired
+        );
+    }
+
+    on_both_engines!(groups_are_made_joined_and_read);
+}
