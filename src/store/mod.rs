@@ -45,6 +45,7 @@ mod admin;
 mod arrivals;
 mod callbacks;
 mod console;
+mod group_sends;
 mod groups;
 mod lanes;
 mod media;
@@ -72,6 +73,7 @@ pub use callbacks::CallbackClaim;
 pub use console::{
     ConsoleSession, LoginLink, LoginUse, NewSession, TimelineFilter, like_pattern, secret_hash,
 };
+pub use group_sends::GroupSend;
 pub use groups::{Created, GroupRef, GroupView, Joined, Kicked, Left, NewGroup, Owned};
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use media::{
