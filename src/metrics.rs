@@ -295,6 +295,7 @@ struct Families {
     queue_depth: Gauge,
     scheduled: Gauge,
     cancelled: Counter,
+    group_copies: Counter,
     scheduler_pass_age: Gauge<f64, AtomicU64>,
     oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>>,
     wecom_errors: Family<WeComErrorLabels, Counter>,
@@ -330,6 +331,7 @@ impl Metrics {
         let queue_depth: Gauge = Gauge::default();
         let scheduled: Gauge = Gauge::default();
         let cancelled: Counter = Counter::default();
+        let group_copies: Counter = Counter::default();
         let scheduler_pass_age: Gauge<f64, AtomicU64> = Gauge::default();
         let oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>> = Family::default();
         let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
@@ -414,6 +416,11 @@ impl Metrics {
             "Messages cancelled by their sender before they went out (DELETE /messages/{id})",
             cancelled.clone(),
         );
+        registry.register(
+            "group_recipients",
+            "Recipient-sends of group messages: each group message accepted adds one per member it goes to (muted members not counted); increase(…[1d]) is the day's figure. WeCom's corp-wide daily budget (seats × 200) counts every recipient of every app message: compare it with increase(pushbot_messages_delivered_total{channel=\"wecom\"}[1d])",
+            group_copies.clone(),
+        );
         registry.register_with_unit(
             "scheduler_last_pass_age",
             "Time since the delivery scheduler last began a pass (at least one a second while it runs; /healthz answers 503 beyond delivery.stall_after), at scrape time",
@@ -451,6 +458,7 @@ impl Metrics {
             queue_depth,
             scheduled,
             cancelled,
+            group_copies,
             scheduler_pass_age,
             oldest_due,
             wecom_errors,
@@ -550,6 +558,11 @@ impl Metrics {
     /// A sender cancelled a message.
     pub fn cancelled(&self) {
         self.0.cancelled.inc();
+    }
+
+    /// A group message was accepted with `n` copies to send (issue 29).
+    pub fn group_copies(&self, n: u64) {
+        self.0.group_copies.inc_by(n);
     }
 
     /// Sets the delivery figures `/healthz` reports (read by the caller at scrape time):

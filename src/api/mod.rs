@@ -1,11 +1,12 @@
 //! HTTP API: one module per route group, merged into one router here.
 
 mod attach;
-mod auth;
+pub(crate) mod auth;
 mod callback;
 pub mod chat;
 mod compat;
 pub mod console;
+mod group_send;
 mod health;
 pub(crate) mod messages;
 pub mod metrics;
