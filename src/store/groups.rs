@@ -89,6 +89,8 @@ pub enum Owned<T> {
     /// The member is in no group of this name (or the group is gone).
     NoSuchGroup,
     NotOwner,
+    /// WeCom-backed: its membership and lifetime come from the configuration and WeCom.
+    FromWecom,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,14 @@ pub enum Left {
     NoSuchGroup,
     /// WeCom-backed: membership is read from WeCom.
     FromWecom,
+}
+
+/// A member's view of one of their groups, found by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Membership {
+    group: GroupRef,
+    owner: bool,
+    wecom: bool,
 }
 
 fn group_id() -> String {
@@ -308,6 +318,292 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The member's groups by name, with their member counts; the token and invite of
+    /// those they own.
+    pub async fn groups_of(&self, userid: &UserId) -> Result<Vec<GroupView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.name, g.token, g.invite, g.invite_expires_at, g.source, m.owner, \
+             m.muted, (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS members \
+             FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.userid = $1 \
+             ORDER BY g.name, g.id",
+        )
+        .bind(userid.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let owner = row.try_get::<i64, _>("owner")? != 0;
+                Ok(GroupView {
+                    group: GroupRef {
+                        id: row.try_get("id")?,
+                        name: row.try_get("name")?,
+                    },
+                    owner,
+                    muted: row.try_get::<i64, _>("muted")? != 0,
+                    members: row.try_get("members")?,
+                    source: row.try_get("source")?,
+                    token: owner
+                        .then(|| row.try_get::<String, _>("token"))
+                        .transpose()?
+                        .map(PushToken::new),
+                    invite: if owner { row.try_get("invite")? } else { None },
+                    invite_expires_at: if owner {
+                        row.try_get::<Option<i64>, _>("invite_expires_at")?
+                            .map(UnixMillis::from_millis)
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The member's group named `name` (normalised), if they are in one.
+    async fn membership(
+        &self,
+        userid: &UserId,
+        name: &str,
+    ) -> Result<Option<Membership>, StoreError> {
+        let row = sqlx::query(
+            "SELECT g.id, g.name, g.source, m.owner FROM group_members m \
+             JOIN groups g ON g.id = m.group_id WHERE m.userid = $1 AND g.name = $2",
+        )
+        .bind(userid.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Membership {
+                group: GroupRef {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                },
+                owner: row.try_get::<i64, _>("owner")? != 0,
+                wecom: row.try_get::<String, _>("source")? == "wecom",
+            })
+        })
+        .transpose()
+    }
+
+    /// The member's group named `name` if they own it.
+    async fn owned(&self, userid: &UserId, name: &str) -> Result<Owned<GroupRef>, StoreError> {
+        Ok(match self.membership(userid, name).await? {
+            None => Owned::NoSuchGroup,
+            Some(m) if !m.owner => Owned::NotOwner,
+            Some(m) => Owned::Done(m.group),
+        })
+    }
+
+    /// A new token for the owner's group `name`; the old one stops working before this
+    /// returns (group tokens are not cached anywhere).
+    pub async fn rotate_group_token(
+        &self,
+        owner: &UserId,
+        name: &str,
+    ) -> Result<Owned<(GroupRef, PushToken)>, StoreError> {
+        let group = match self.owned(owner, name).await? {
+            Owned::Done(group) => group,
+            Owned::NoSuchGroup => return Ok(Owned::NoSuchGroup),
+            Owned::NotOwner => return Ok(Owned::NotOwner),
+            Owned::FromWecom => return Ok(Owned::FromWecom),
+        };
+        let token = crate::token::generate();
+        let done = sqlx::query(
+            "UPDATE groups SET token = $1, token_created_at = $2 WHERE id = $3 AND EXISTS \
+             (SELECT 1 FROM group_members WHERE group_id = $3 AND userid = $4 AND owner = 1)",
+        )
+        .bind(token.expose())
+        .bind(UnixMillis::now())
+        .bind(&group.id)
+        .bind(owner.as_str())
+        .execute(&self.pool)
+        .await?;
+        // Lost the ownership (or the group) in between.
+        if done.rows_affected() == 0 {
+            return Ok(Owned::NotOwner);
+        }
+        Ok(Owned::Done((group, token)))
+    }
+
+    /// A new invite code for the owner's group `name`, valid for `limits.invite_ttl`; the
+    /// old code stops working.
+    pub async fn renew_invite(
+        &self,
+        owner: &UserId,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Owned<(GroupRef, String, UnixMillis)>, StoreError> {
+        match self.membership(owner, name).await? {
+            None => Ok(Owned::NoSuchGroup),
+            Some(m) if !m.owner => Ok(Owned::NotOwner),
+            Some(m) if m.wecom => Ok(Owned::FromWecom),
+            Some(m) => {
+                let invite = crate::groups::generate_invite();
+                let expires = UnixMillis::now() + limits.invite_ttl;
+                let done = sqlx::query(
+                    "UPDATE groups SET invite = $1, invite_expires_at = $2 WHERE id = $3 AND \
+                     EXISTS (SELECT 1 FROM group_members WHERE group_id = $3 AND userid = $4 \
+                     AND owner = 1)",
+                )
+                .bind(&invite)
+                .bind(expires)
+                .bind(&m.group.id)
+                .bind(owner.as_str())
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(Owned::NotOwner);
+                }
+                Ok(Owned::Done((m.group, invite, expires)))
+            }
+        }
+    }
+
+    /// Removes `member` from the owner's group `name`.
+    pub async fn kick_from_group(
+        &self,
+        owner: &UserId,
+        name: &str,
+        member: &UserId,
+    ) -> Result<Owned<(GroupRef, Kicked)>, StoreError> {
+        let group = match self.membership(owner, name).await? {
+            None => return Ok(Owned::NoSuchGroup),
+            Some(m) if !m.owner => return Ok(Owned::NotOwner),
+            Some(m) if m.wecom => return Ok(Owned::FromWecom),
+            Some(m) => m.group,
+        };
+        if member == owner {
+            return Ok(Owned::Done((group, Kicked::Themself)));
+        }
+        let done = sqlx::query(
+            "DELETE FROM group_members WHERE group_id = $1 AND userid = $2 AND EXISTS \
+             (SELECT 1 FROM group_members o WHERE o.group_id = $1 AND o.userid = $3 \
+             AND o.owner = 1)",
+        )
+        .bind(&group.id)
+        .bind(member.as_str())
+        .bind(owner.as_str())
+        .execute(&self.pool)
+        .await?;
+        let kicked = if done.rows_affected() == 0 {
+            Kicked::NotMember
+        } else {
+            Kicked::Kicked
+        };
+        Ok(Owned::Done((group, kicked)))
+    }
+
+    /// Deletes the owner's group `name`: its token stops working, its members are out.
+    /// Messages it sent before stay as they are.
+    pub async fn delete_group(
+        &self,
+        owner: &UserId,
+        name: &str,
+    ) -> Result<Owned<GroupRef>, StoreError> {
+        let group = match self.membership(owner, name).await? {
+            None => return Ok(Owned::NoSuchGroup),
+            Some(m) if !m.owner => return Ok(Owned::NotOwner),
+            Some(m) if m.wecom => return Ok(Owned::FromWecom),
+            Some(m) => m.group,
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM groups WHERE id = $1")
+            .bind(&group.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM group_members WHERE group_id = $1")
+            .bind(&group.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Owned::Done(group))
+    }
+
+    /// The member leaves their group `name`. An owner who was the last owner hands the
+    /// group to the longest-standing member; the last member out deletes it.
+    pub async fn leave_group(&self, userid: &UserId, name: &str) -> Result<Left, StoreError> {
+        let group = match self.membership(userid, name).await? {
+            None => return Ok(Left::NoSuchGroup),
+            Some(m) if m.wecom => return Ok(Left::FromWecom),
+            Some(m) => m.group,
+        };
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND userid = $2")
+            .bind(&group.id)
+            .bind(userid.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Left::NoSuchGroup);
+        }
+        let rest = sqlx::query(
+            "SELECT userid, owner FROM group_members WHERE group_id = $1 \
+             ORDER BY joined_at, userid",
+        )
+        .bind(&group.id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut new_owner = None;
+        let deleted = rest.is_empty();
+        if deleted {
+            sqlx::query("DELETE FROM groups WHERE id = $1")
+                .bind(&group.id)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let mut owners = rest.iter().map(|row| row.try_get::<i64, _>("owner"));
+            if !owners.try_fold(false, |any, owner| owner.map(|o| any || o != 0))? {
+                let heir = UserId::new(&rest[0].try_get::<String, _>("userid")?);
+                sqlx::query(
+                    "UPDATE group_members SET owner = 1 WHERE group_id = $1 AND userid = $2",
+                )
+                .bind(&group.id)
+                .bind(heir.as_str())
+                .execute(&mut *tx)
+                .await?;
+                new_owner = Some(heir);
+            }
+        }
+        tx.commit().await?;
+        Ok(Left::Left {
+            group,
+            new_owner,
+            deleted,
+        })
+    }
+
+    /// Mutes (or unmutes) the member's group `name` for them: its messages skip them,
+    /// visibly. `None`: no such group.
+    pub async fn set_group_muted(
+        &self,
+        userid: &UserId,
+        name: &str,
+        muted: bool,
+    ) -> Result<Option<GroupRef>, StoreError> {
+        let Some(m) = self.membership(userid, name).await? else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE group_members SET muted = $1 WHERE group_id = $2 AND userid = $3")
+            .bind(i64::from(muted))
+            .bind(&m.group.id)
+            .bind(userid.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(Some(m.group))
+    }
+
+    /// Forgets wrong invite codes typed before `before` (housekeeping).
+    pub async fn prune_join_failures(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM group_join_failures WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
 /// How many groups `userid` is in, and how many of them are named `name`.
 async fn member_groups(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -447,5 +743,138 @@ mod tests {
         );
     }
 
-    on_both_engines!(groups_are_made_joined_and_read);
+    /// Owners manage, members see only what is theirs to see; leaving hands the group on
+    /// and the last one out deletes it.
+    async fn owners_manage_and_members_leave(store: &Store) {
+        let limits = Limits::default();
+        let [alice, bob, carol] = ["alice", "bob", "carol"].map(UserId::new);
+        let ops = made(store.create_group(&alice, "ops", &limits).await.unwrap());
+        for who in [&bob, &carol] {
+            store.join_group(who, &ops.invite, &limits).await.unwrap();
+        }
+        let seen = store.groups_of(&alice).await.unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].owner);
+        assert_eq!(seen[0].members, 3);
+        assert_eq!(seen[0].token.as_ref(), Some(&ops.token));
+        assert_eq!(seen[0].invite.as_deref(), Some(ops.invite.as_str()));
+        let bobs = store.groups_of(&bob).await.unwrap();
+        assert!(!bobs[0].owner);
+        assert_eq!(
+            (bobs[0].token.as_ref(), bobs[0].invite.as_ref()),
+            (None, None)
+        );
+
+        // Only the owner rotates, renews, kicks, deletes; someone outside sees nothing.
+        let dave = UserId::new("dave");
+        assert_eq!(
+            store.rotate_group_token(&bob, "ops").await.unwrap(),
+            Owned::NotOwner
+        );
+        assert_eq!(
+            store.rotate_group_token(&dave, "ops").await.unwrap(),
+            Owned::NoSuchGroup
+        );
+        assert_eq!(
+            store.kick_from_group(&bob, "ops", &carol).await.unwrap(),
+            Owned::NotOwner
+        );
+        assert_eq!(
+            store.delete_group(&bob, "ops").await.unwrap(),
+            Owned::NotOwner
+        );
+        let Owned::Done((_, token)) = store.rotate_group_token(&alice, "ops").await.unwrap() else {
+            panic!("not rotated");
+        };
+        assert_eq!(store.group_by_token(&ops.token).await.unwrap(), None);
+        assert_eq!(
+            store.group_by_token(&token).await.unwrap(),
+            Some(ops.group.clone())
+        );
+        let Owned::Done((_, invite, _)) = store.renew_invite(&alice, "ops", &limits).await.unwrap()
+        else {
+            panic!("not renewed");
+        };
+        assert_ne!(invite, ops.invite);
+        assert_eq!(
+            store.join_group(&dave, &ops.invite, &limits).await.unwrap(),
+            Joined::NoSuchInvite
+        );
+
+        // Mute is per member.
+        assert_eq!(
+            store.set_group_muted(&bob, "ops", true).await.unwrap(),
+            Some(ops.group.clone())
+        );
+        assert_eq!(
+            store.set_group_muted(&dave, "ops", true).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.group_recipients(&ops.group.id).await.unwrap(),
+            vec![
+                (alice.clone(), false),
+                (bob.clone(), true),
+                (carol.clone(), false)
+            ]
+        );
+
+        assert_eq!(
+            store.kick_from_group(&alice, "ops", &carol).await.unwrap(),
+            Owned::Done((ops.group.clone(), Kicked::Kicked))
+        );
+        assert_eq!(
+            store.kick_from_group(&alice, "ops", &carol).await.unwrap(),
+            Owned::Done((ops.group.clone(), Kicked::NotMember))
+        );
+        assert_eq!(
+            store.kick_from_group(&alice, "ops", &alice).await.unwrap(),
+            Owned::Done((ops.group.clone(), Kicked::Themself))
+        );
+
+        // The owner leaves: bob, the longest-standing, owns it; then bob leaves: gone.
+        assert_eq!(
+            store.leave_group(&alice, "ops").await.unwrap(),
+            Left::Left {
+                group: ops.group.clone(),
+                new_owner: Some(bob.clone()),
+                deleted: false
+            }
+        );
+        assert!(store.groups_of(&bob).await.unwrap()[0].owner);
+        assert_eq!(
+            store.leave_group(&alice, "ops").await.unwrap(),
+            Left::NoSuchGroup
+        );
+        assert_eq!(
+            store.leave_group(&bob, "ops").await.unwrap(),
+            Left::Left {
+                group: ops.group.clone(),
+                new_owner: None,
+                deleted: true
+            }
+        );
+        assert_eq!(store.group_by_token(&token).await.unwrap(), None);
+
+        // Deleting: the token is dead and the name free again.
+        let dev = made(store.create_group(&alice, "dev", &limits).await.unwrap());
+        store.join_group(&bob, &dev.invite, &limits).await.unwrap();
+        assert_eq!(
+            store.delete_group(&alice, "dev").await.unwrap(),
+            Owned::Done(dev.group.clone())
+        );
+        assert_eq!(store.group_by_token(&dev.token).await.unwrap(), None);
+        assert!(store.groups_of(&bob).await.unwrap().is_empty());
+        made(store.create_group(&bob, "dev", &limits).await.unwrap());
+
+        // Wrong codes (dave's old invite and this one) are forgotten by the housekeeping.
+        store.join_group(&dave, "00000000", &limits).await.unwrap();
+        let later = UnixMillis::now() + std::time::Duration::from_secs(1);
+        assert_eq!(store.prune_join_failures(later).await.unwrap(), 2);
+    }
+
+    on_both_engines!(
+        groups_are_made_joined_and_read,
+        owners_manage_and_members_leave
+    );
 }
