@@ -418,7 +418,54 @@ mod tests {
         }
     }
 
+    /// The chat's and the API's `leave` and `kick` (the store's leave_group and
+    /// kick_from_group) skip the member's unsent copies; the others' stay queued.
+    async fn leaving_and_being_kicked_skip_the_members_copies(store: &Store) {
+        use crate::store::{Created, Joined, Kicked, Left, Owned};
+        let limits = crate::groups::Limits::default();
+        let (alice, bob, carol) = (
+            UserId::new("alice"),
+            UserId::new("bob"),
+            UserId::new("carol"),
+        );
+        let Created::Created(made) = store.create_group(&alice, "ops", &limits).await.unwrap()
+        else {
+            panic!("the group is made");
+        };
+        for member in [&bob, &carol] {
+            let joined = store
+                .join_group(member, &made.invite, &limits)
+                .await
+                .unwrap();
+            assert!(matches!(joined, Joined::Joined(_)), "{joined:?}");
+        }
+        let parent = send(&made.group.id, 3, None);
+        let copies: Vec<Message> = [&alice, &bob, &carol]
+            .map(|u| copy(&parent.id, u.as_str(), MessageStatus::Queued))
+            .into();
+        let ids: Vec<MessageId> = copies.iter().map(|m| m.id.clone()).collect();
+        store
+            .insert_group_send(parent, copies.into_iter().map(|m| (m, vec![])).collect())
+            .await
+            .unwrap();
+        let left = store.leave_group(&bob, "ops").await.unwrap();
+        assert!(matches!(left, Left::Left { .. }), "{left:?}");
+        let kicked = store.kick_from_group(&alice, "ops", &carol).await.unwrap();
+        assert!(
+            matches!(kicked, Owned::Done((_, Kicked::Kicked))),
+            "{kicked:?}"
+        );
+        let status = |i: usize| {
+            let id = ids[i].clone();
+            async move { store.message(id.as_str()).await.unwrap().unwrap().status }
+        };
+        assert_eq!(status(0).await, MessageStatus::Queued, "alice stayed");
+        assert_eq!(status(1).await, MessageStatus::Left, "bob left");
+        assert_eq!(status(2).await, MessageStatus::Left, "carol was removed");
+    }
+
     on_both_engines!(
+        leaving_and_being_kicked_skip_the_members_copies,
         a_group_message_commits_with_every_copy_and_lane,
         a_group_idempotency_key_is_the_groups_own,
         leaving_skips_only_the_members_unsent_copies_of_that_group,

@@ -489,6 +489,8 @@ impl Store {
         let kicked = if done.rows_affected() == 0 {
             Kicked::NotMember
         } else {
+            // Their copies not sent yet are not sent (status `left`).
+            self.skip_group_copies(&group.id, member).await?;
             Kicked::Kicked
         };
         Ok(Owned::Done((group, kicked)))
@@ -567,6 +569,9 @@ impl Store {
             }
         }
         tx.commit().await?;
+        // Their copies not sent yet are not sent (status `left`), even of a group their
+        // leaving deleted.
+        self.skip_group_copies(&group.id, userid).await?;
         Ok(Left::Left {
             group,
             new_owner,
