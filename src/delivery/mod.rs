@@ -737,6 +737,19 @@ impl Outbox {
             idempotency_digest: new.request_digest.filter(|_| new.idempotency_key.is_some()),
             idempotency_key: new.idempotency_key,
         };
+        // Without a key nothing can collide: the copies are handed over, not copied (a
+        // fan-out to 1,000 members would otherwise copy its content 1,000 times more).
+        let Some(key) = send.idempotency_key.clone() else {
+            store.insert_group_send(send.clone(), copies).await?;
+            if let Some(at) = first_due {
+                self.inner.scheduled_for(at);
+            }
+            return Ok(Accepted {
+                message: group_stand_in(&send),
+                duplicate: false,
+                group: Some(GroupAccepted { recipients, muted }),
+            });
+        };
         let mut expired_keys = false;
         loop {
             match store.insert_group_send(send.clone(), copies.clone()).await {
@@ -751,10 +764,7 @@ impl Outbox {
                     });
                 }
                 Err(StoreError::DuplicateKey) => {
-                    if let Some(key) = &send.idempotency_key
-                        && let Some(first) =
-                            store.group_send_by_key(&send.group_id, key, now).await?
-                    {
+                    if let Some(first) = store.group_send_by_key(&send.group_id, &key, now).await? {
                         return group_repeat_of(first, send.idempotency_digest.as_deref());
                     }
                     if expired_keys {

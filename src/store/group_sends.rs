@@ -464,7 +464,39 @@ mod tests {
         assert_eq!(status(2).await, MessageStatus::Left, "carol was removed");
     }
 
+    /// The retention purge takes a group message's row with its last copy, not before.
+    async fn a_group_message_is_purged_with_its_last_copy(store: &Store) {
+        let done = send("g1", 1, None);
+        let waiting = send("g1", 2, None);
+        store
+            .insert_group_send(
+                done.clone(),
+                vec![(copy(&done.id, "alice", MessageStatus::Delivered), vec![])],
+            )
+            .await
+            .unwrap();
+        store
+            .insert_group_send(
+                waiting.clone(),
+                vec![
+                    (copy(&waiting.id, "alice", MessageStatus::Delivered), vec![]),
+                    (copy(&waiting.id, "bob", MessageStatus::Queued), vec![]),
+                ],
+            )
+            .await
+            .unwrap();
+        let later = UnixMillis::now() + Duration::from_secs(3600);
+        assert_eq!(store.purge_messages(later, 100).await.unwrap(), 2);
+        assert_eq!(store.group_send(done.id.as_str()).await.unwrap(), None);
+        assert_eq!(
+            store.group_send(waiting.id.as_str()).await.unwrap(),
+            Some(waiting),
+            "bob's copy is still queued"
+        );
+    }
+
     on_both_engines!(
+        a_group_message_is_purged_with_its_last_copy,
         leaving_and_being_kicked_skip_the_members_copies,
         a_group_message_commits_with_every_copy_and_lane,
         a_group_idempotency_key_is_the_groups_own,

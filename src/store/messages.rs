@@ -410,7 +410,7 @@ impl Store {
     /// orphans, see [`Store::purge_orphan_blobs`]), and digests older than that; returns how
     /// many messages went. Queued and scheduled messages stay, whatever their age: nothing
     /// accepted is dropped unfinished (a message scheduled further out than the retention
-    /// is still delivered).
+    /// is still delivered). A group message's row goes with its last copy.
     pub async fn purge_messages(
         &self,
         before_ms: UnixMillis,
@@ -452,6 +452,14 @@ impl Store {
             .bind(before_ms)
             .execute(&mut *tx)
             .await?;
+        // Group messages whose copies are all gone (a copy still queued keeps its row).
+        sqlx::query(
+            "DELETE FROM group_sends WHERE created_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM messages m WHERE m.group_send = group_sends.id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(purged)
     }
