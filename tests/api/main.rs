@@ -26,6 +26,7 @@ mod delivery;
 mod destinations;
 mod doctor;
 mod email;
+mod groups;
 mod hostile;
 mod http_rules;
 mod idempotency;
