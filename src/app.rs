@@ -168,6 +168,7 @@ impl Application {
                 max_files: settings.media.max_files,
             },
             console: api::console::ConsoleState::from_settings(&settings),
+            groups: settings.groups.limits(),
             running_config: Arc::new(settings.clone()),
         };
         let router = with_middleware(api::router(state), settings.media.upload_timeout);

@@ -134,6 +134,126 @@ pub fn parse_invite(typed: &str) -> Option<String> {
     (code.len() == INVITE_CHARS).then_some(code)
 }
 
+/// Why a group command or request is refused: what the member can do about it. The HTTP
+/// API answers [`Refusal::message`] with [`Refusal::kind`]'s status; the chat answers the
+/// bilingual text of `crate::bot::group_refused_reply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    BadName(NameError),
+    /// Not the shape of an invite code.
+    BadInvite,
+    /// No group has this code.
+    WrongInvite,
+    InviteExpired,
+    /// Too many wrong codes within the window.
+    TooManyTries(Duration),
+    /// The member is in a group of this name already.
+    NameTaken(String),
+    /// The member is in this many groups, the most they may be in.
+    TooManyGroups(u32),
+    /// The group has this many members, the most it may have.
+    Full(String, u32),
+    AlreadyMember(String),
+    NoSuchGroup(String),
+    NotOwner(String),
+    FromWecom(String),
+    KickSelf(String),
+    /// (group, member): the member is not in the group.
+    NotMember(String, String),
+}
+
+/// What kind of refusal: the HTTP status class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Gone,
+    Conflict,
+    TooMany,
+}
+
+impl Refusal {
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            Self::BadName(_) | Self::BadInvite | Self::KickSelf(_) => RefusalKind::BadRequest,
+            Self::NotOwner(_) => RefusalKind::Forbidden,
+            Self::WrongInvite | Self::NoSuchGroup(_) | Self::NotMember(..) => RefusalKind::NotFound,
+            Self::InviteExpired => RefusalKind::Gone,
+            Self::TooManyTries(_) => RefusalKind::TooMany,
+            Self::NameTaken(_)
+            | Self::TooManyGroups(_)
+            | Self::Full(..)
+            | Self::AlreadyMember(_)
+            | Self::FromWecom(_) => RefusalKind::Conflict,
+        }
+    }
+
+    /// In English, saying what to do.
+    pub fn message(&self) -> String {
+        match self {
+            Self::BadName(e) => e.to_string(),
+            Self::BadInvite => "an invite code is 8 letters and digits, like K7QM-3XPA: ask the \
+                 group's owner for it"
+                .to_owned(),
+            Self::WrongInvite => {
+                "no group has this invite code: check it with the group's owner".to_owned()
+            }
+            Self::InviteExpired => "this invite code has expired: ask the group's owner for a \
+                 new one (group invite NAME in the chat, or POST /groups/NAME/invite)"
+                .to_owned(),
+            Self::TooManyTries(window) => format!(
+                "too many wrong invite codes: try again within {} (groups.join_failures)",
+                show_duration(*window)
+            ),
+            Self::NameTaken(name) => format!(
+                "you are in a group named \"{name}\" already; a member's groups have different \
+                 names: choose another name, or leave that group first"
+            ),
+            Self::TooManyGroups(max) => format!(
+                "you are in {max} groups, the most a member may be in \
+                 (groups.max_groups_per_member): leave one first"
+            ),
+            Self::Full(name, max) => format!(
+                "group \"{name}\" has {max} members, the most a group may have \
+                 (groups.max_members)"
+            ),
+            Self::AlreadyMember(name) => format!("you are in group \"{name}\" already"),
+            Self::NoSuchGroup(name) => format!(
+                "you are in no group named \"{name}\": GET /groups (or groups in the chat) \
+                 lists yours"
+            ),
+            Self::NotOwner(name) => format!(
+                "only the owner of group \"{name}\" can do this; GET /groups shows who owns \
+                 which (\"owner\":true)"
+            ),
+            Self::FromWecom(name) => format!(
+                "group \"{name}\" is backed by WeCom: its members come from WeCom departments \
+                 and tags (groups.wecom in the config), not from invites; mute it instead"
+            ),
+            Self::KickSelf(name) => format!(
+                "you cannot remove yourself from \"{name}\": leave it instead (POST \
+                 /groups/{name}/leave)"
+            ),
+            Self::NotMember(name, member) => {
+                format!("\"{member}\" is not in group \"{name}\"")
+            }
+        }
+    }
+}
+
+/// `7d`, `1h`, `90s`: a span as the configuration writes it.
+pub fn show_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

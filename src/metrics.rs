@@ -90,10 +90,12 @@ impl Endpoint {
 pub enum TokenRoute {
     Send(Endpoint),
     Status,
+    /// `/groups`: managing groups with a personal token.
+    Groups,
 }
 
 impl TokenRoute {
-    pub const ALL: [TokenRoute; 8] = [
+    pub const ALL: [TokenRoute; 9] = [
         Self::Send(Endpoint::Native),
         Self::Send(Endpoint::ServerChan),
         Self::Send(Endpoint::Bark),
@@ -102,12 +104,14 @@ impl TokenRoute {
         Self::Send(Endpoint::Alertmanager),
         Self::Send(Endpoint::Grafana),
         Self::Status,
+        Self::Groups,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Send(endpoint) => endpoint.as_str(),
             Self::Status => "messages",
+            Self::Groups => "groups",
         }
     }
 }

@@ -76,7 +76,7 @@ pub enum Joined {
     /// Too many wrong codes lately: nothing was looked up.
     TooManyTries,
     /// The group has `max_members` members.
-    Full,
+    Full(GroupRef),
     TooManyGroups,
     /// The member is in another group of this name.
     NameTaken(GroupRef),
@@ -301,7 +301,7 @@ impl Store {
                 .await?;
         let (groups, same_name) = member_groups(&mut tx, userid, &group.name).await?;
         let refused = if members > i64::from(limits.max_members) {
-            Some(Joined::Full)
+            Some(Joined::Full(group.clone()))
         } else if same_name > 1 {
             Some(Joined::NameTaken(group.clone()))
         } else if groups > i64::from(limits.max_groups_per_member) {
@@ -685,7 +685,7 @@ mod tests {
         );
         assert_eq!(
             store.join_group(&dave, &ops.invite, &limits).await.unwrap(),
-            Joined::Full
+            Joined::Full(ops.group.clone())
         );
         let recipients = store.group_recipients(&ops.group.id).await.unwrap();
         assert_eq!(

@@ -26,6 +26,7 @@ mod delivery;
 mod destinations;
 mod doctor;
 mod email;
+mod groups;
 mod groups_send;
 mod hostile;
 mod http_rules;
