@@ -851,3 +851,119 @@ async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
     assert_eq!(calls.len(), total, "nothing else");
     drop(bin);
 }
+
+// ------------------------------------------------------------------------------------------
+// leaving before the copy goes out
+// ------------------------------------------------------------------------------------------
+
+async fn groups_call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Value {
+    let resp = app
+        .http
+        .request(method, app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// Made, joined, left and kicked over HTTP (the same store calls as the chat): a member who
+/// leaves, and one who is removed, before their copy went out are skipped with status
+/// `left`; the one who stays still gets it; the group token sees all three.
+#[tokio::test]
+async fn members_who_leave_or_are_removed_before_it_goes_out_are_skipped_as_left() {
+    let app = spawn_app().await;
+    let (a, b, c) = (
+        member(&app, "leave").await,
+        member(&app, "leave").await,
+        member(&app, "leave").await,
+    );
+    let made = groups_call(
+        &app,
+        reqwest::Method::POST,
+        "/groups",
+        &a.token,
+        json!({"name": "ops"}),
+    )
+    .await;
+    let g = Group {
+        id: String::new(),
+        name: "ops".to_owned(),
+        token: made["token"]
+            .as_str()
+            .expect("the owner sees the token")
+            .to_owned(),
+    };
+    let invite = made["invite"].as_str().unwrap();
+    for m in [&b, &c] {
+        groups_call(
+            &app,
+            reqwest::Method::POST,
+            "/groups/join",
+            &m.token,
+            json!({ "invite": invite }),
+        )
+        .await;
+    }
+    // Due in an hour: nothing goes out before they leave.
+    let id = send_to_group(&app, &g, &json!({"title": "later", "delay": "1h"}), 3).await;
+    let status = wait_group_status(&app, &g, &id, "queued").await;
+    assert!(
+        recipients(&status).values().all(|s| s == "scheduled"),
+        "{status}"
+    );
+    groups_call(
+        &app,
+        reqwest::Method::POST,
+        "/groups/ops/leave",
+        &b.token,
+        Value::Null,
+    )
+    .await;
+    groups_call(
+        &app,
+        reqwest::Method::DELETE,
+        &format!("/groups/ops/members/{}", c.user),
+        &a.token,
+        Value::Null,
+    )
+    .await;
+    let status = app.message_json(&id, &g.token).await;
+    assert_eq!(status["status"], "queued", "a's copy still waits: {status}");
+    assert_eq!(
+        recipients(&status),
+        BTreeMap::from([
+            (a.user.clone(), "scheduled".to_owned()),
+            (b.user.clone(), "left".to_owned()),
+            (c.user.clone(), "left".to_owned()),
+        ]),
+        "{status}"
+    );
+    // The members see it in their own listings, as left.
+    let page: Value = app
+        .messages(&[("token", &b.token), ("status", "left")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["group"], "ops", "{page}");
+    // A group token manages nothing of its members' copies.
+    let resp = app
+        .http
+        .delete(app.url(&format!("/messages/{id}")))
+        .bearer_auth(&g.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "bad_request").await;
+}
