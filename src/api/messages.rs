@@ -588,7 +588,8 @@ fn bad_query(e: QueryRejection) -> ApiError {
 }
 
 /// The token owner's messages, newest first: `?status=failed&limit=20&before=<id>`
-/// (`status`: scheduled, queued, delivered, failed or cancelled).
+/// (`status`: scheduled, queued, delivered, failed, cancelled, or for a group message's copy
+/// muted or left).
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
