@@ -967,3 +967,55 @@ async fn members_who_leave_or_are_removed_before_it_goes_out_are_skipped_as_left
         .unwrap();
     assert_error(resp, 400, "bad_request").await;
 }
+
+// ------------------------------------------------------------------------------------------
+// files
+// ------------------------------------------------------------------------------------------
+
+/// A file sent with a group token (multipart, the token before the file) reaches every
+/// member after the text, stored once: each copy names the same blob.
+#[tokio::test]
+async fn a_file_to_a_group_reaches_every_member() {
+    let app = spawn_app().await;
+    let (a, b) = (member(&app, "file").await, member(&app, "file").await);
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
+    let form = reqwest::multipart::Form::new()
+        .text("token", g.token.clone())
+        .text("title", "Nightly log")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"all good\n".repeat(50))
+                .file_name("nightly.log")
+                .mime_str("text/plain")
+                .unwrap(),
+        );
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["recipients"], 2, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    wait_group_status(&app, &g, &id, "delivered").await;
+    for m in [&a, &b] {
+        let shown: Vec<String> = app
+            .mock
+            .delivered_calls()
+            .iter()
+            .filter(|c| c.touser() == m.user)
+            .map(|c| c.body["msgtype"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(shown, ["text", "file"], "{}", m.user);
+    }
+    let mut conn = db::connect(app.store_url()).await;
+    let row =
+        sqlx::query("SELECT count(*) AS n, count(DISTINCT blob_id) AS blobs FROM message_media")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(row.get::<i64, _>("n"), 2, "one attachment row per copy");
+    assert_eq!(row.get::<i64, _>("blobs"), 1, "one stored file");
+}
