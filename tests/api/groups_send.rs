@@ -1019,3 +1019,63 @@ async fn a_file_to_a_group_reaches_every_member() {
     assert_eq!(row.get::<i64, _>("n"), 2, "one attachment row per copy");
     assert_eq!(row.get::<i64, _>("blobs"), 1, "one stored file");
 }
+
+// ------------------------------------------------------------------------------------------
+// a large group
+// ------------------------------------------------------------------------------------------
+
+/// A group of 1,000 (`groups.max_members`' default), most of whom never chatted with the
+/// app (a recipient by userid, on the defaults): one request stores 1,000 copies in one
+/// commit and every member gets theirs once.
+#[tokio::test]
+async fn a_thousand_member_group_gets_one_copy_each() {
+    const N: usize = 1000;
+    let app = spawn_app().await;
+    let owner = member(&app, "big").await;
+    let g = group(app.store_url(), "all", &[&owner.user]).await;
+    let mut conn = db::connect(app.store_url()).await;
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+    let base = db::now_ms();
+    let mut users = vec![owner.user.clone()];
+    for i in 1..N {
+        let user = format!("{}-{i:04}", owner.user);
+        sqlx::query(
+            "INSERT INTO group_members (group_id, userid, owner, joined_at, muted) \
+             VALUES ($1, $2, 0, $3, 0)",
+        )
+        .bind(&g.id)
+        .bind(&user)
+        .bind(base + i as i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        users.push(user);
+    }
+    tx.commit().await.unwrap();
+    let started = Instant::now();
+    let id = send_to_group(&app, &g, &json!({"title": "all hands"}), N as i64).await;
+    eprintln!(
+        "1,000 copies accepted in {:?} (debug build)",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.mock.delivered_calls().len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} delivered",
+            app.mock.delivered_calls().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    let listed: Vec<&str> = status["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["member"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, users, "every member, in join order");
+    let by = texts_by_member(&app.mock);
+    assert_eq!(by.len(), N);
+    assert!(by.values().all(|t| t == &["all hands"]));
+}
