@@ -894,33 +894,47 @@ pub struct GroupLine {
     pub invite: Option<(String, String)>,
 }
 
-/// Answer to `groups`.
+/// Bytes a passive reply may have (WeCom's limit on a text reply).
+const REPLY_BYTES: usize = 2048;
+
+/// Answer to `groups`: as many groups as fit a passive reply, then how many more there are
+/// (`GET /groups` lists them all).
 pub fn groups_reply(groups: &[GroupLine]) -> String {
     if groups.is_empty() {
         return "你还没有群组。You are in no group.\n\
                 建群 Make one: group new ops（建群 ops）· 加入 Join one: join 邀请码（加入 邀请码）"
             .to_owned();
     }
+    let footer = "\n\n群主 Owners: group rotate|invite|delete NAME · group kick NAME USERID";
     let mut reply = String::from("你的群组 Your groups:\n");
-    for g in groups {
-        reply.push_str(&format!("\n{}（{} 人 members）", g.name, g.members));
+    for (shown, g) in groups.iter().enumerate() {
+        let mut block = format!("\n{}（{} 人 members）", g.name, g.members);
         if g.owner {
-            reply.push_str(" · 群主 owner");
+            block.push_str(" · 群主 owner");
         }
         if g.wecom {
-            reply.push_str(" · 企业微信 from WeCom");
+            block.push_str(" · 企业微信 from WeCom");
         }
         if g.muted {
-            reply.push_str(" · 已静音 muted");
+            block.push_str(" · 已静音 muted");
         }
         if let Some(token) = &g.token {
-            reply.push_str(&format!("\n令牌 token: {token}"));
+            block.push_str(&format!("\n令牌 token: {token}"));
         }
         if let Some((invite, until)) = &g.invite {
-            reply.push_str(&format!("\n邀请码 invite: {invite}（至 until {until}）"));
+            block.push_str(&format!("\n邀请码 invite: {invite}（至 until {until}）"));
         }
+        // Room for this block, the footer and the longest "more" line.
+        if reply.len() + block.len() + footer.len() + 80 >= REPLY_BYTES {
+            let more = groups.len() - shown;
+            reply.push_str(&format!(
+                "\n…还有 {more} 个 and {more} more: GET /groups lists them all"
+            ));
+            break;
+        }
+        reply.push_str(&block);
     }
-    reply.push_str("\n\n群主 Owners: group rotate|invite|delete NAME · group kick NAME USERID");
+    reply.push_str(footer);
     reply
 }
 
@@ -1577,6 +1591,30 @@ mod tests {
         assert!(first_curl.contains("Authorization: Bearer"), "{reply}");
         let rotated = rotated_reply("NEW", "https://push.example.com");
         assert_eq!(rotated.lines().nth(1), Some("NEW"));
+    }
+
+    /// However many groups a member is in, the list fits a passive reply.
+    #[test]
+    fn the_groups_list_fits_a_passive_reply() {
+        let line = |i: usize| GroupLine {
+            name: format!("{}{i}", "群".repeat(28)),
+            owner: true,
+            muted: true,
+            members: 1000,
+            wecom: false,
+            token: Some("x".repeat(32)),
+            invite: Some(("K7QM-3XPA".into(), "2026-12-14".into())),
+        };
+        let few: Vec<GroupLine> = (0..2).map(line).collect();
+        let reply = groups_reply(&few);
+        assert!(
+            reply.contains(&"x".repeat(32)) && !reply.contains("more"),
+            "{reply}"
+        );
+        let many: Vec<GroupLine> = (0..50).map(line).collect();
+        let reply = groups_reply(&many);
+        assert!(reply.len() < REPLY_BYTES, "{}", reply.len());
+        assert!(reply.contains("more: GET /groups"), "{reply}");
     }
 
     #[test]
