@@ -168,6 +168,7 @@ impl Application {
                 max_files: settings.media.max_files,
             },
             console: api::console::ConsoleState::from_settings(&settings),
+            groups: settings.groups.limits(),
             running_config: Arc::new(settings.clone()),
         };
         let router = with_middleware(api::router(state), settings.media.upload_timeout);
@@ -332,7 +333,7 @@ fn listen_addr(settings: &Settings) -> std::net::SocketAddr {
     local
 }
 
-/// Hourly (and at start-up): forgets old callback keys, purges finished messages older
+/// Hourly (and at start-up): forgets old callback keys and wrong invite codes, purges finished messages older
 /// than `storage.retention` (their pages answer 410 from then on) with their attachments,
 /// then files no message names (after an hour) and WeCom media ids WeCom has forgotten.
 /// A panic (a bug) costs one pass.
@@ -365,6 +366,15 @@ async fn maintenance_pass(
         ),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "could not prune console sessions"),
+    }
+    // Wrong invite codes count for at most a day (`groups.join_failures.per`).
+    match store
+        .prune_join_failures(ago(Duration::from_secs(86_400)))
+        .await
+    {
+        Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned old wrong invite codes"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not prune wrong invite codes"),
     }
     if let Some(retention) = retention {
         purge_messages(store, retention).await;

@@ -58,6 +58,9 @@ pub struct Settings {
     /// The web console members open from the chat (`login`).
     #[serde(default)]
     pub console: ConsoleSettings,
+    /// Groups: their limits, and the groups backed by WeCom departments and tags.
+    #[serde(default)]
+    pub groups: GroupsSettings,
     #[serde(default)]
     pub log: LogSettings,
     /// The Kubernetes service-link variables (`PUSHBOT_PORT`, `PUSHBOT_SERVICE_HOST`, …)
@@ -1616,6 +1619,133 @@ impl Default for ConsoleSettings {
     }
 }
 
+/// `[groups]`: one token that reaches a team (`group new ops` in the chat, `POST /groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsSettings {
+    /// Members one group may have.
+    #[serde(
+        default = "default_group_max_members",
+        deserialize_with = "at_least_one_u32"
+    )]
+    pub max_members: u32,
+    /// Groups one member may be in (made or joined).
+    #[serde(
+        default = "default_max_groups_per_member",
+        deserialize_with = "at_least_one_u32"
+    )]
+    pub max_groups_per_member: u32,
+    /// How long an invite code works; its group's owner renews it with `group invite NAME`.
+    #[serde(
+        default = "default_invite_ttl",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub invite_ttl: Duration,
+    /// How often the members of the WeCom-backed groups are read from WeCom again.
+    #[serde(
+        default = "default_group_refresh",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub refresh: Duration,
+    /// Wrong invite codes one member may type: at most `count` in any `per` (at most a
+    /// day); more are refused without looking at the code.
+    #[serde(default = "default_join_failures")]
+    pub join_failures: SendRate,
+    /// Groups whose members are a WeCom department's or tag's (`[[groups.wecom]]`: `name`,
+    /// `party = [department ids]`, `tag = [tag ids]`, `owners = [userids]` who see and
+    /// rotate its token).
+    #[serde(default)]
+    pub wecom: Vec<WecomGroup>,
+}
+
+/// `[[groups.wecom]]`: a group backed by WeCom departments and tags.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WecomGroup {
+    pub name: String,
+    /// Department ids: their members (and their sub-departments' members).
+    #[serde(default)]
+    pub party: Vec<u64>,
+    /// Tag ids: the members tagged.
+    #[serde(default)]
+    pub tag: Vec<u64>,
+    /// WeCom userids who own the group: they see and rotate its token.
+    #[serde(default, deserialize_with = "userids")]
+    pub owners: Vec<String>,
+}
+
+impl Default for GroupsSettings {
+    fn default() -> Self {
+        Self {
+            max_members: default_group_max_members(),
+            max_groups_per_member: default_max_groups_per_member(),
+            invite_ttl: default_invite_ttl(),
+            refresh: default_group_refresh(),
+            join_failures: default_join_failures(),
+            wecom: Vec::new(),
+        }
+    }
+}
+
+impl GroupsSettings {
+    /// The limits the chat and `/groups` apply.
+    pub fn limits(&self) -> crate::groups::Limits {
+        crate::groups::Limits {
+            max_members: self.max_members,
+            max_groups_per_member: self.max_groups_per_member,
+            invite_ttl: self.invite_ttl,
+            join_failures: self.join_failures.count,
+            join_window: self.join_failures.per,
+        }
+    }
+
+    /// What a single value cannot say: the WeCom-backed groups' names and sources, and the
+    /// window of wrong invite codes (kept a day at most).
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        if self.join_failures.per > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "groups.join_failures",
+                "per must be at most \"1d\" (wrong codes are kept a day)".to_owned(),
+            ));
+        }
+        let mut names: Vec<String> = Vec::new();
+        for (i, group) in self.wecom.iter().enumerate() {
+            let key = format!("groups.wecom[{i}]");
+            let name = crate::groups::normalize_name(&group.name)
+                .map_err(|e| invalid(&format!("{key}.name"), format!("{e}")))?;
+            if names.contains(&name) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("two [[groups.wecom]] tables are named {name:?}: names must differ"),
+                ));
+            }
+            if group.party.is_empty() && group.tag.is_empty() {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "group {name:?} needs party = [department ids] or tag = [tag ids] \
+                         (or both): where its members come from"
+                    ),
+                ));
+            }
+            if group.party.contains(&0) || group.tag.contains(&0) {
+                return Err(invalid(
+                    &key,
+                    format!("group {name:?}: department and tag ids start at 1"),
+                ));
+            }
+            names.push(name);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -1771,6 +1901,24 @@ fn default_media_fetch_timeout() -> Duration {
 }
 fn default_media_upload_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_group_max_members() -> u32 {
+    1000
+}
+fn default_max_groups_per_member() -> u32 {
+    50
+}
+fn default_invite_ttl() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_group_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_join_failures() -> SendRate {
+    SendRate {
+        count: 10,
+        per: Duration::from_secs(3600),
+    }
 }
 fn default_log_level() -> String {
     "info".to_owned()
@@ -2410,6 +2558,7 @@ impl Settings {
             .and_then(config::Config::try_deserialize)
             .map_err(ConfigError::from_config)?;
         settings.check()?;
+        settings.groups.check()?;
         let settings = settings.read_secrets()?;
         if let Some(sms) = &settings.sms {
             sms.provider_config()?;
@@ -3405,6 +3554,73 @@ mod tests {
         let zero = format!("{MINIMAL}\n[console]\nlogin_ttl = \"0s\"\n");
         let err = Settings::from_toml(&zero).unwrap_err().to_string();
         assert!(err.contains("console.login_ttl"), "{err}");
+    }
+
+    #[test]
+    fn groups_settings_have_defaults_come_from_the_environment_and_are_checked() {
+        use std::ffi::OsString;
+        let defaults = Settings::from_toml(MINIMAL).unwrap().groups;
+        assert_eq!(defaults.limits(), crate::groups::Limits::default());
+        assert_eq!(defaults.refresh, Duration::from_secs(600));
+        assert!(defaults.wecom.is_empty());
+        let env = [
+            ("PUSHBOT_GROUPS__MAX_MEMBERS", "200"),
+            ("PUSHBOT_GROUPS__INVITE_TTL", "2d"),
+            ("PUSHBOT_GROUPS__JOIN_FAILURES__COUNT", "5"),
+            ("PUSHBOT_GROUPS__JOIN_FAILURES__PER", "1h"),
+        ];
+        let (vars, _) = classify(env.map(|(n, v)| (OsString::from(n), OsString::from(v)))).unwrap();
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(MINIMAL, config::FileFormat::Toml))
+            .add_source(env_source(vars));
+        let limits = Settings::from_builder(builder).unwrap().groups.limits();
+        assert_eq!(limits.max_members, 200);
+        assert_eq!(limits.invite_ttl, Duration::from_secs(2 * 86_400));
+        assert_eq!(limits.join_failures, 5);
+        assert_eq!(limits.join_window, Duration::from_secs(3600));
+
+        let wecom = format!(
+            "{MINIMAL}\n[[groups.wecom]]\nname = \"OnCall\"\nparty = [2]\nowners = \"alice, bob\"\n"
+        );
+        let groups = Settings::from_toml(&wecom).unwrap().groups;
+        assert_eq!(groups.wecom[0].owners, ["alice", "bob"]);
+        for (bad, key, says) in [
+            (
+                "[groups]\nmax_members = 0\n",
+                "groups.max_members",
+                "at least 1",
+            ),
+            (
+                "[groups]\njoin_failures = { count = 3, per = \"2d\" }\n",
+                "groups.join_failures",
+                "1d",
+            ),
+            (
+                "[[groups.wecom]]\nname = \"oncall\"\n",
+                "groups.wecom[0]",
+                "party",
+            ),
+            (
+                "[[groups.wecom]]\nname = \"two words\"\ntag = [1]\n",
+                "groups.wecom[0].name",
+                "one word",
+            ),
+            (
+                "[[groups.wecom]]\nname = \"a\"\ntag = [1]\n[[groups.wecom]]\nname = \"A\"\ntag = [2]\n",
+                "groups.wecom[1].name",
+                "must differ",
+            ),
+            (
+                "[[groups.wecom]]\nname = \"a\"\nparty = [0]\n",
+                "groups.wecom[0]",
+                "start at 1",
+            ),
+        ] {
+            let err = Settings::from_toml(&format!("{MINIMAL}\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

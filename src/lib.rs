@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod doctor;
 pub mod domain;
 pub mod error;
+pub mod groups;
 pub mod media;
 pub mod metrics;
 pub mod render;

@@ -90,10 +90,12 @@ impl Endpoint {
 pub enum TokenRoute {
     Send(Endpoint),
     Status,
+    /// `/groups`: managing groups with a personal token.
+    Groups,
 }
 
 impl TokenRoute {
-    pub const ALL: [TokenRoute; 8] = [
+    pub const ALL: [TokenRoute; 9] = [
         Self::Send(Endpoint::Native),
         Self::Send(Endpoint::ServerChan),
         Self::Send(Endpoint::Bark),
@@ -102,12 +104,14 @@ impl TokenRoute {
         Self::Send(Endpoint::Alertmanager),
         Self::Send(Endpoint::Grafana),
         Self::Status,
+        Self::Groups,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Send(endpoint) => endpoint.as_str(),
             Self::Status => "messages",
+            Self::Groups => "groups",
         }
     }
 }
@@ -295,6 +299,7 @@ struct Families {
     queue_depth: Gauge,
     scheduled: Gauge,
     cancelled: Counter,
+    group_copies: Counter,
     scheduler_pass_age: Gauge<f64, AtomicU64>,
     oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>>,
     wecom_errors: Family<WeComErrorLabels, Counter>,
@@ -330,6 +335,7 @@ impl Metrics {
         let queue_depth: Gauge = Gauge::default();
         let scheduled: Gauge = Gauge::default();
         let cancelled: Counter = Counter::default();
+        let group_copies: Counter = Counter::default();
         let scheduler_pass_age: Gauge<f64, AtomicU64> = Gauge::default();
         let oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>> = Family::default();
         let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
@@ -414,6 +420,11 @@ impl Metrics {
             "Messages cancelled by their sender before they went out (DELETE /messages/{id})",
             cancelled.clone(),
         );
+        registry.register(
+            "group_recipients",
+            "Recipient-sends of group messages: each group message accepted adds one per member it goes to (muted members not counted); increase(…[1d]) is the day's figure. WeCom's corp-wide daily budget (seats × 200) counts every recipient of every app message: compare it with increase(pushbot_messages_delivered_total{channel=\"wecom\"}[1d])",
+            group_copies.clone(),
+        );
         registry.register_with_unit(
             "scheduler_last_pass_age",
             "Time since the delivery scheduler last began a pass (at least one a second while it runs; /healthz answers 503 beyond delivery.stall_after), at scrape time",
@@ -451,6 +462,7 @@ impl Metrics {
             queue_depth,
             scheduled,
             cancelled,
+            group_copies,
             scheduler_pass_age,
             oldest_due,
             wecom_errors,
@@ -550,6 +562,11 @@ impl Metrics {
     /// A sender cancelled a message.
     pub fn cancelled(&self) {
         self.0.cancelled.inc();
+    }
+
+    /// A group message was accepted with `n` copies to send (issue 29).
+    pub fn group_copies(&self, n: u64) {
+        self.0.group_copies.inc_by(n);
     }
 
     /// Sets the delivery figures `/healthz` reports (read by the caller at scrape time):

@@ -7,7 +7,7 @@ use super::AppState;
 use crate::domain::{PushToken, UserId};
 use crate::error::ApiError;
 use crate::metrics::TokenRoute;
-use crate::store::MemberPrefs;
+use crate::store::{GroupRef, MemberPrefs};
 
 /// The token from `Authorization: Bearer …`, else from the first candidate given
 /// (body field, then query parameter).
@@ -59,6 +59,57 @@ pub async fn member_with_prefs(
         refused(state, route);
         invalid()
     })
+}
+
+/// Who a send token belongs to: a member (their personal token), or a group (its own
+/// send token, issue 29).
+#[derive(Debug, Clone)]
+pub enum Sender {
+    /// A member, with their preferences when they were read with the token.
+    Member(UserId, Option<MemberPrefs>),
+    Group(GroupRef),
+}
+
+/// The member or group owning a send token, or 401 (counted as refused on `route`). A
+/// personal token is looked up first, as always (with the member's preferences, as
+/// [`member_with_prefs`]); only a token that is nobody's costs the second, indexed read
+/// of the groups.
+pub async fn sender(
+    state: &AppState,
+    token: Option<String>,
+    route: TokenRoute,
+) -> Result<Sender, ApiError> {
+    let token = checked(state, token, route)?;
+    if let Some((userid, prefs)) = state.store.sender_by_token(&token).await? {
+        return Ok(Sender::Member(userid, Some(prefs)));
+    }
+    match state.store.group_by_token(&token).await? {
+        Some(group) => Ok(Sender::Group(group)),
+        None => {
+            refused(state, route);
+            Err(invalid())
+        }
+    }
+}
+
+/// As [`sender`], without the member's preferences (the routes that only read): the
+/// personal token costs what [`member`] costs.
+pub async fn token_owner(
+    state: &AppState,
+    token: Option<String>,
+    route: TokenRoute,
+) -> Result<Sender, ApiError> {
+    let token = checked(state, token, route)?;
+    if let Some(userid) = state.store.member_by_token(&token).await? {
+        return Ok(Sender::Member(userid, None));
+    }
+    match state.store.group_by_token(&token).await? {
+        Some(group) => Ok(Sender::Group(group)),
+        None => {
+            refused(state, route);
+            Err(invalid())
+        }
+    }
 }
 
 /// The token if one was given and has the shape of one, else 401 (counted as refused).

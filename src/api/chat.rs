@@ -79,7 +79,106 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
             tracing::info!(userid = %userid, ended, "console sessions ended by the member");
             bot::logout_reply(ended)
         }
+        Command::GroupUsage => bot::group_usage_reply(),
+        other => group_command(state, userid, other).await?,
     })
+}
+
+/// The group commands: the same operations as `/groups` (`crate::api::groups`), answered in
+/// the chat's words.
+async fn group_command(
+    state: &AppState,
+    userid: &UserId,
+    command: Command,
+) -> Result<String, ApiError> {
+    use super::groups as g;
+    let valid = crate::groups::show_duration(state.groups.invite_ttl);
+    let done = match command {
+        Command::GroupNew(name) => g::create_group(state, userid, &name).await?.map(|new| {
+            bot::group_created_reply(
+                &new.group.name,
+                new.token.expose(),
+                &crate::groups::show_invite(&new.invite),
+                &valid,
+                &state.public_base,
+            )
+        }),
+        Command::GroupJoin(code) => g::join_group(state, userid, &code)
+            .await?
+            .map(|group| bot::group_joined_reply(&group.name)),
+        Command::GroupLeave(name) => {
+            g::leave_group(state, userid, &name)
+                .await?
+                .map(|(group, new_owner, deleted)| {
+                    bot::group_left_reply(
+                        &group.name,
+                        new_owner.as_ref().map(UserId::as_str),
+                        deleted,
+                    )
+                })
+        }
+        Command::Groups => Ok(groups_list(state, userid).await?),
+        Command::GroupRotate(name) => {
+            g::rotate_group(state, userid, &name)
+                .await?
+                .map(|(group, token)| {
+                    bot::group_rotated_reply(&group.name, token.expose(), &state.public_base)
+                })
+        }
+        Command::GroupInvite(name) => {
+            g::renew_invite(state, userid, &name)
+                .await?
+                .map(|(group, code, _)| {
+                    bot::group_invite_reply(&group.name, &crate::groups::show_invite(&code), &valid)
+                })
+        }
+        Command::GroupKick { group, member } => g::kick_member(state, userid, &group, &member)
+            .await?
+            .map(|(group, member)| bot::group_kicked_reply(&group.name, member.as_str())),
+        Command::GroupDelete(name) => g::delete_group(state, userid, &name)
+            .await?
+            .map(|group| bot::group_deleted_reply(&group.name)),
+        Command::GroupMute { group, muted } => g::mute_group(state, userid, &group, muted)
+            .await?
+            .map(|group| bot::group_muted_reply(&group.name, muted)),
+        _ => Ok(bot::help_reply()),
+    };
+    Ok(done.unwrap_or_else(|refusal| bot::group_refused_reply(&refusal)))
+}
+
+/// `groups`: the member's groups; the owner's with token and invite (this chat is theirs
+/// alone), the invite's last day in the server's time zone.
+async fn groups_list(state: &AppState, userid: &UserId) -> Result<String, ApiError> {
+    let day = |at: UnixMillis| {
+        let shifted = UnixMillis::from_millis(
+            at.as_millis()
+                .saturating_add(i64::from(state.utc_offset) * 1000),
+        );
+        humantime::format_rfc3339_seconds(shifted.to_system_time())
+            .to_string()
+            .chars()
+            .take(10)
+            .collect::<String>()
+    };
+    let lines: Vec<bot::GroupLine> = super::groups::groups_of(state, userid)
+        .await?
+        .into_iter()
+        .map(|g| bot::GroupLine {
+            name: g.group.name,
+            owner: g.owner,
+            muted: g.muted,
+            members: g.members,
+            wecom: g.source == "wecom",
+            token: g.token.map(|t| t.expose().to_owned()),
+            invite: g.invite.map(|code| {
+                (
+                    crate::groups::show_invite(&code),
+                    g.invite_expires_at.map(day).unwrap_or_default(),
+                )
+            }),
+        })
+        .collect();
+    Ok(bot::groups_reply(&lines))
 }
 
 /// Sends a code to the address over its channel through the outbox — the same reliable

@@ -189,6 +189,10 @@ struct MessageView {
     /// The message this one sends again (a resend).
     #[serde(skip_serializing_if = "Option::is_none")]
     resent_from: Option<String>,
+    /// The group it was sent to, as named then: this is the member's copy of a group
+    /// message (issue 29).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
 }
 
 impl From<Message> for MessageView {
@@ -211,6 +215,7 @@ impl From<Message> for MessageView {
             via: m.via,
             route: (!m.status.is_final()).then(|| m.route.to_stored()),
             resent_from: m.resent_from.map(|id| id.to_string()),
+            group: None,
             id: m.id.to_string(),
         }
     }
@@ -225,10 +230,103 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<TokenQuery>, QueryRejection>,
-) -> Result<Json<One>, ApiError> {
-    let userid = owner(&state, &headers, query).await?;
-    // Someone else's message is reported exactly like a missing one.
-    show_one(&state, &userid, &id).await
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let Query(query) = query.map_err(bad_query)?;
+    let token = auth::find_token(&headers, &[query.token.as_deref()]);
+    match auth::token_owner(&state, token, TokenRoute::Status).await? {
+        // Someone else's message is reported exactly like a missing one.
+        auth::Sender::Member(userid, _) => {
+            Ok(show_one(&state, &userid, &id).await?.into_response())
+        }
+        auth::Sender::Group(group) => Ok(show_group(&state, &group, &id).await?.into_response()),
+    }
+}
+
+/// A group message as its sender follows it (issue 29).
+#[derive(Serialize)]
+struct GroupOne {
+    ok: bool,
+    id: String,
+    /// The group's name when it was sent.
+    group: String,
+    /// `queued` while any copy waits (queued or scheduled); then `delivered` when every
+    /// copy meant to go out did, `failed` when none did, `partial` otherwise. Muted
+    /// copies and those of members who left are not meant to go out.
+    status: &'static str,
+    created_at: String,
+    title: Option<String>,
+    /// One per member it was taken for, in the group's join order.
+    recipients: Vec<RecipientView>,
+}
+
+#[derive(Serialize)]
+struct RecipientView {
+    member: String,
+    status: MessageStatus,
+    /// The channel(s) that delivered it.
+    channel: Option<String>,
+    delivered_at: Option<String>,
+    last_error: Option<String>,
+}
+
+/// The overall status of a group message from its copies' (see [`GroupOne::status`]).
+fn group_status(copies: &[MessageStatus]) -> &'static str {
+    if copies.iter().any(|s| !s.is_final()) {
+        return "queued";
+    }
+    let meant: Vec<MessageStatus> = copies
+        .iter()
+        .copied()
+        .filter(|s| !matches!(s, MessageStatus::Muted | MessageStatus::Left))
+        .collect();
+    let delivered = meant
+        .iter()
+        .filter(|s| **s == MessageStatus::Delivered)
+        .count();
+    if delivered == 0 {
+        // Nobody got it (also when every member muted the group or left).
+        "failed"
+    } else if delivered == meant.len() {
+        "delivered"
+    } else {
+        "partial"
+    }
+}
+
+/// `GET /messages/{id}` with a group's token: the group message and each recipient's copy.
+/// Another group's message, or a member's, is the same 404 as an unknown one.
+async fn show_group(
+    state: &AppState,
+    group: &crate::store::GroupRef,
+    id: &str,
+) -> Result<Json<GroupOne>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no message {id} for this token"));
+    let send = match state.store.group_send(id).await? {
+        Some(send) if send.group_id == group.id => send,
+        _ => return Err(not_found()),
+    };
+    let copies = state.store.group_copies(&send.id).await?;
+    let statuses: Vec<MessageStatus> = copies.iter().map(|m| m.status).collect();
+    let title = copies.first().and_then(|m| m.title.clone());
+    Ok(Json(GroupOne {
+        ok: true,
+        id: send.id.to_string(),
+        group: send.group_name,
+        status: group_status(&statuses),
+        created_at: rfc3339(send.created_at),
+        title,
+        recipients: copies
+            .into_iter()
+            .map(|m| RecipientView {
+                member: m.userid.to_string(),
+                status: m.status,
+                channel: m.channel,
+                delivered_at: m.delivered_at.map(rfc3339),
+                last_error: m.last_error,
+            })
+            .collect(),
+    }))
 }
 
 /// `DELETE /messages/{id}`: the owner cancels a message that has not gone out — a
@@ -275,6 +373,12 @@ pub(crate) async fn cancel_message(
                 "message {shown} is cancelled already"
             )));
         }
+        CancelOutcome::Final(MessageStatus::Muted | MessageStatus::Left) => {
+            return Err(ApiError::Conflict(format!(
+                "message {shown} is a group message's copy that is not sent (muted, or its \
+                 member left the group): there is nothing to cancel"
+            )));
+        }
         CancelOutcome::Final(status) => {
             return Err(ApiError::Conflict(format!(
                 "message {shown} has {} already: there is nothing left to cancel",
@@ -318,13 +422,24 @@ async fn show_one(
                 .page_key
                 .as_deref()
                 .map(|key| m.id.page_url(&state.public_base, key));
+            let group = match &m.group_send {
+                Some(send) => state
+                    .store
+                    .group_send(send.as_str())
+                    .await?
+                    .map(|s| s.group_name),
+                None => None,
+            };
+            let history = history(&m, attempts);
+            let mut message = MessageView::from(m);
+            message.group = group;
             Ok(Json(One {
                 ok: true,
                 page,
-                history: history(&m, attempts),
+                history,
                 attachments,
                 resent_as,
-                message: m.into(),
+                message,
             }))
         }
         _ => Err(ApiError::NotFound(format!(
@@ -442,12 +557,30 @@ async fn owner(
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<crate::domain::UserId, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    auth::member(
+    member_only(
         state,
         auth::find_token(headers, &[query.token.as_deref()]),
-        TokenRoute::Status,
+        "cancel or resend a message",
     )
     .await
+}
+
+/// The member whose personal token this is; a group's token is refused saying what it can
+/// do instead (it only sends, and follows its own messages).
+async fn member_only(
+    state: &AppState,
+    token: Option<String>,
+    what: &str,
+) -> Result<crate::domain::UserId, ApiError> {
+    match auth::token_owner(state, token, TokenRoute::Status).await? {
+        auth::Sender::Member(userid, _) => Ok(userid),
+        auth::Sender::Group(group) => Err(ApiError::BadRequest(format!(
+            "this is the send token of group {:?}: it cannot {what}; it sends messages, and \
+             GET /messages/{{id}} follows one of them. Each member manages their own copy \
+             with their personal token",
+            group.name
+        ))),
+    }
 }
 
 fn bad_query(e: QueryRejection) -> ApiError {
@@ -455,17 +588,18 @@ fn bad_query(e: QueryRejection) -> ApiError {
 }
 
 /// The token owner's messages, newest first: `?status=failed&limit=20&before=<id>`
-/// (`status`: scheduled, queued, delivered, failed or cancelled).
+/// (`status`: scheduled, queued, delivered, failed, cancelled, or for a group message's copy
+/// muted or left).
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let userid = auth::member(
+    let userid = member_only(
         &state,
         auth::find_token(&headers, &[query.token.as_deref()]),
-        TokenRoute::Status,
+        "list messages",
     )
     .await?;
     let status = query
@@ -494,9 +628,25 @@ async fn list(
     let next_before = more
         .then(|| rows.last().map(|m| m.id.to_string()))
         .flatten();
+    let sends: Vec<&crate::domain::MessageId> =
+        rows.iter().filter_map(|m| m.group_send.as_ref()).collect();
+    let names = if sends.is_empty() {
+        Default::default()
+    } else {
+        state.store.group_names(&sends).await?
+    };
+    let messages = rows
+        .into_iter()
+        .map(|m| {
+            let group = m.group_send.as_ref().and_then(|s| names.get(s).cloned());
+            let mut view = MessageView::from(m);
+            view.group = group;
+            view
+        })
+        .collect();
     Ok(Json(Page {
         ok: true,
-        messages: rows.into_iter().map(MessageView::from).collect(),
+        messages,
         next_before,
     }))
 }

@@ -1,11 +1,13 @@
 //! HTTP API: one module per route group, merged into one router here.
 
 mod attach;
-mod auth;
+pub(crate) mod auth;
 mod callback;
 pub mod chat;
 mod compat;
 pub mod console;
+mod group_send;
+pub(crate) mod groups;
 mod health;
 pub(crate) mod messages;
 pub mod metrics;
@@ -69,6 +71,8 @@ pub struct AppState {
     pub media: MediaState,
     /// `[console]` and where the console is.
     pub console: console::ConsoleState,
+    /// `[groups]`: the limits groups and their members live within.
+    pub groups: crate::groups::Limits,
     /// The settings this server runs with: the operators' page runs the doctor's checks
     /// against them (`crate::doctor::run_loaded`). Never rendered as such.
     pub running_config: Arc<crate::config::Settings>,
@@ -112,6 +116,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(send::router().layer(DefaultBodyLimit::max(upload_limit)))
         .merge(messages::router())
+        .merge(groups::router())
         .merge(page::router())
         .merge(callback::router())
         .merge(compat::router().layer(DefaultBodyLimit::max(body_limit)))

@@ -58,13 +58,23 @@ impl SendLimiter {
 
     /// Takes one message from `userid`'s budget, or says when the next one fits.
     pub fn check(&self, userid: &str) -> Result<(), ApiError> {
-        let key = userid.to_owned();
+        self.check_key(userid.to_owned(), "member")
+    }
+
+    /// Takes one message from a group token's budget (its own, apart from every member's:
+    /// keyed on the group, so rotating its token does not reset it either).
+    pub fn check_group(&self, group_id: &str) -> Result<(), ApiError> {
+        // `:` is never in a WeCom userid, so no member's key can be a group's.
+        self.check_key(format!("group:{group_id}"), "group")
+    }
+
+    fn check_key(&self, key: String, whose: &str) -> Result<(), ApiError> {
         self.limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             ApiError::TooManyRequests {
                 message: format!(
-                    "too many messages: at most {} per {} for each member; retry in {} s",
+                    "too many messages: at most {} per {} for each {whose}; retry in {} s",
                     self.rate.count,
                     humantime::format_duration(self.rate.per),
                     secs.max(1)
@@ -95,6 +105,21 @@ pub async fn authorized_sender(
     let userid = auth::member(state, token, TokenRoute::Send(endpoint)).await?;
     state.send_limiter.check(userid.as_str())?;
     Ok(userid)
+}
+
+/// The member or group owning a send token (see [`auth::sender`]), once within its send
+/// budget: a group token has a budget of its own (`server.send_rate`, keyed on the group).
+pub(crate) async fn authorized_sender_or_group(
+    state: &AppState,
+    token: Option<String>,
+    endpoint: Endpoint,
+) -> Result<auth::Sender, ApiError> {
+    let sender = auth::sender(state, token, TokenRoute::Send(endpoint)).await?;
+    match &sender {
+        auth::Sender::Member(userid, _) => state.send_limiter.check(userid.as_str())?,
+        auth::Sender::Group(group) => state.send_limiter.check_group(&group.id)?,
+    }
+    Ok(sender)
 }
 
 /// As [`authorized_sender`], with the member's preferences (see

@@ -20,12 +20,13 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::attach::{self, Upload, Uploads};
-use super::rate_limit::{authorized_sender, authorized_sender_with_prefs};
+use super::auth::Sender;
+use super::rate_limit::authorized_sender_or_group;
 use super::when::{self, When};
 use super::{AppState, auth, max_send_body};
 use crate::delivery::quiet::MemberHours;
 use crate::delivery::{ChannelChoice, NewMessage, Reach};
-use crate::domain::{ChannelName, Format, Urgency, UserId};
+use crate::domain::{ChannelName, Format, Urgency};
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
 use crate::render::visible::visible;
@@ -242,6 +243,10 @@ pub(super) struct Accepted {
     /// Present (true) when an earlier message with the same idempotency key was found.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
+    /// A group message: how many members it was taken for (one copy each, muted ones
+    /// included); absent for a member's own message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipients: Option<i64>,
 }
 
 /// Longest idempotency key accepted.
@@ -386,7 +391,7 @@ async fn read_multipart(
     from_query: &SendFields,
     body: Body,
     uploads: &mut Uploads,
-) -> Result<(SendFields, Option<UserId>), ApiError> {
+) -> Result<(SendFields, Option<Sender>), ApiError> {
     let bad = |e: multer::Error| multipart_error(&e);
     let content_type = headers
         .get(CONTENT_TYPE)
@@ -412,7 +417,7 @@ async fn read_multipart(
     let mut fields: Vec<(String, String)> = Vec::new();
     // What names and values of text fields may add up to: the limit of a form body.
     let mut text_left = text_limit;
-    let mut sender: Option<UserId> = None;
+    let mut sender: Option<Sender> = None;
     while let Some(field) = multipart.next_field().await.map_err(bad)? {
         let name: String = field.name().unwrap_or("").to_owned();
         if name == FILE_PART {
@@ -496,7 +501,7 @@ async fn sender_before_files(
     headers: &HeaderMap,
     fields: &[(String, String)],
     from_query: &SendFields,
-) -> Result<UserId, ApiError> {
+) -> Result<Sender, ApiError> {
     let field = fields
         .iter()
         .find(|(name, _)| name == "token")
@@ -509,7 +514,7 @@ async fn sender_before_files(
                 .into(),
         ));
     };
-    authorized_sender(state, Some(token), Endpoint::Native).await
+    authorized_sender_or_group(state, Some(token), Endpoint::Native).await
 }
 
 /// A multipart body's own error: over a size limit (413) or malformed (400).
@@ -750,7 +755,7 @@ pub(super) async fn multipart_fields(
 }
 
 /// Empty or whitespace-only counts as absent.
-fn present(value: Option<String>) -> Option<String> {
+pub(super) fn present(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
@@ -761,7 +766,7 @@ async fn accept(
     headers: &HeaderMap,
     fields: SendFields,
     attachments: Vec<Upload>,
-    sender: Option<UserId>,
+    sender: Option<Sender>,
 ) -> Result<Json<Accepted>, ApiError> {
     let uploads = Uploads::adopt(state.store.clone(), attachments);
     let checked = idempotency_key(headers, fields.idempotency_key)
@@ -831,6 +836,7 @@ pub(super) fn answer(accepted: &crate::delivery::Accepted) -> Json<Accepted> {
         status: accepted.message.status,
         deliver_at: accepted.message.deliver_at.map(super::messages::rfc3339),
         duplicate: accepted.duplicate,
+        recipients: accepted.group.map(|g| g.recipients),
     })
 }
 
@@ -862,8 +868,8 @@ pub(crate) struct Submission {
     /// when the message is refused or is a duplicate.
     pub attachments: Vec<Upload>,
     /// The sender, when the route authenticated them already (before storing files):
-    /// [`authorized_sender`] counts a request once.
-    pub sender: Option<UserId>,
+    /// [`authorized_sender_or_group`] counts a request once.
+    pub sender: Option<Sender>,
     /// When to deliver it (`delay`, `at`, ntfy's `X-Delay`…), resolved once the sender is
     /// known (their time zone, `delivery.max_delay`); none: at once.
     pub when: Option<When>,
@@ -963,13 +969,9 @@ async fn submit_with(
             .map_err(|e| attach::fetch_error(what, e))?;
     }
     // Authenticating reads the member's preferences too where that saves a round trip.
-    let (userid, prefs) = match sub.sender {
-        Some(userid) => (userid, None),
-        None => {
-            let (userid, prefs) =
-                authorized_sender_with_prefs(state, sub.token, sub.endpoint).await?;
-            (userid, Some(prefs))
-        }
+    let sender = match sub.sender {
+        Some(sender) => sender,
+        None => authorized_sender_or_group(state, sub.token, sub.endpoint).await?,
     };
     // An urgent message with no title still shows its urgency.
     let title = title.or_else(|| {
@@ -982,6 +984,25 @@ async fn submit_with(
                 .into(),
         ));
     }
+    let (userid, prefs) = match sender {
+        Sender::Member(userid, prefs) => (userid, prefs),
+        Sender::Group(group) => {
+            let prepared = super::group_send::Prepared {
+                title,
+                content,
+                url,
+                choice,
+                to_fetch,
+                when: sub.when,
+                file_name: sub.file_name,
+                format: sub.format,
+                urgency: sub.urgency,
+                idempotency_key: sub.idempotency_key,
+                endpoint: sub.endpoint,
+            };
+            return super::group_send::submit_group(state, group, prepared, uploads).await;
+        }
+    };
     let prefs = match prefs {
         Some(prefs) => prefs,
         None => state.store.member_prefs(&userid).await?,
@@ -1088,7 +1109,7 @@ async fn submit_with(
 /// would make it due at once, before that time). Otherwise, inside the member's quiet
 /// window, a message the window holds (any, when `strict`; else all but urgent ones) is
 /// due at the window's end, held for quiet hours; else when the sender said, or at once.
-fn due_time(
+pub(super) fn due_time(
     sender_at: Option<UnixMillis>,
     quiet: MemberHours,
     urgent: bool,
@@ -1109,7 +1130,7 @@ fn due_time(
 /// (absent ≠ empty). The schedule counts as the sender wrote it (`delay=30m` retried a
 /// minute later is the same request), and only when given, so that the digest of a
 /// message without one is as it was before schedules existed.
-fn request_digest(
+pub(super) fn request_digest(
     title: Option<&str>,
     content: Option<&str>,
     format: Format,

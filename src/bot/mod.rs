@@ -62,6 +62,33 @@ pub enum Command {
     Login,
     /// `logout` / `退出登录` / `登出`: end every console session of the member.
     Logout,
+    /// `group new ops` / `建群 ops`: make a group (the name as typed, checked by the caller).
+    GroupNew(String),
+    /// `join K7QM-3XPA` / `加入 K7QM-3XPA`: join a group by its invite code (as typed).
+    GroupJoin(String),
+    /// `leave ops` / `退出 ops` (not `退出登录`: that is `logout`).
+    GroupLeave(String),
+    /// `groups` / `群组`: the member's groups.
+    Groups,
+    /// `group rotate ops`: a new token for the owner's group.
+    GroupRotate(String),
+    /// `group invite ops`: a new invite code for the owner's group.
+    GroupInvite(String),
+    /// `group kick ops bob`: remove a member from the owner's group.
+    GroupKick {
+        group: String,
+        member: String,
+    },
+    /// `group delete ops`: delete the owner's group.
+    GroupDelete(String),
+    /// `mute ops` / `静音 ops`, `unmute ops` / `取消静音 ops`: skip (or no longer skip) the
+    /// member for the group's messages.
+    GroupMute {
+        group: String,
+        muted: bool,
+    },
+    /// `group`, `join`, `mute` … with something missing or unreadable: the usage.
+    GroupUsage,
 }
 
 /// The command a callback asks for, or `None` when it needs no answer (e.g. `enter_agent`,
@@ -98,6 +125,16 @@ pub fn parse_text(text: &str) -> Command {
     if let Some((word, rest)) = glued(&text) {
         return match word {
             "时区" | "時區" => Command::Timezone(rest.to_owned()),
+            "建群" => Command::GroupNew(rest.to_owned()),
+            "加入" => Command::GroupJoin(rest.to_owned()),
+            "静音" => Command::GroupMute {
+                group: rest.to_owned(),
+                muted: true,
+            },
+            "取消静音" => Command::GroupMute {
+                group: rest.to_owned(),
+                muted: false,
+            },
             _ => Command::Quiet(rest.to_owned()),
         };
     }
@@ -122,14 +159,73 @@ pub fn parse_text(text: &str) -> Command {
         "timezone" | "tz" | "时区" | "時區" => Command::Timezone(rest.to_owned()),
         "robot" | "robots" | "机器人" | "群机器人" => robot(rest, false),
         "telegram" | "tg" => robot(rest, true),
+        "group" | "groups" | "群组" | "群" => group(rest),
+        "建群" => one_argument(rest, Command::GroupNew),
+        "join" | "加入" => one_argument(rest, Command::GroupJoin),
+        "leave" | "退出" => one_argument(rest, Command::GroupLeave),
+        "mute" | "静音" => one_argument(rest, |group| Command::GroupMute { group, muted: true }),
+        "unmute" | "取消静音" => one_argument(rest, |group| Command::GroupMute {
+            group,
+            muted: false,
+        }),
         _ if rest.is_empty() => parse_keyword(&word).unwrap_or(Command::Help),
         _ => Command::Help,
     }
 }
 
 /// Chinese keywords that may be followed by their argument without a space
-/// (`免打扰23:00-07:00`, `时区+8`).
-const GLUED: [&str; 4] = ["免打扰", "勿扰", "时区", "時區"];
+/// (`免打扰23:00-07:00`, `时区+8`, `建群运维`, `加入K7QM-3XPA`, `静音运维`). Not `退出`:
+/// `退出登录` is `logout`, so leaving a group needs the space (`退出 运维`).
+const GLUED: [&str; 8] = [
+    "免打扰",
+    "勿扰",
+    "时区",
+    "時區",
+    "建群",
+    "加入",
+    "取消静音",
+    "静音",
+];
+
+/// `join`, `leave`, `mute` …: the argument (all of it: a name with a space in it is
+/// refused by name, a code may be typed with spaces), or the usage when there is none.
+fn one_argument(rest: &str, command: impl FnOnce(String) -> Command) -> Command {
+    if rest.is_empty() {
+        Command::GroupUsage
+    } else {
+        command(rest.to_owned())
+    }
+}
+
+/// `group` / `群组` and what follows: nothing (or `list`) lists the member's groups;
+/// `new NAME`, `join CODE`, `leave NAME`, `rotate NAME`, `invite NAME`, `kick NAME USERID`,
+/// `delete NAME`, `mute NAME`, `unmute NAME` (or their Chinese words).
+fn group(rest: &str) -> Command {
+    let (verb, arg) = split_keyword(rest);
+    let verb = verb.to_lowercase();
+    match verb.as_str() {
+        "" | "list" | "ls" | "列表" => Command::Groups,
+        "new" | "create" | "新建" | "创建" | "建" => one_argument(arg, Command::GroupNew),
+        "join" | "加入" => one_argument(arg, Command::GroupJoin),
+        "leave" | "退出" => one_argument(arg, Command::GroupLeave),
+        "rotate" | "重置" => one_argument(arg, Command::GroupRotate),
+        "invite" | "邀请" | "邀请码" => one_argument(arg, Command::GroupInvite),
+        "delete" | "remove" | "删除" | "解散" => one_argument(arg, Command::GroupDelete),
+        "mute" | "静音" => one_argument(arg, |group| Command::GroupMute { group, muted: true }),
+        "unmute" | "取消静音" => one_argument(arg, |group| Command::GroupMute {
+            group,
+            muted: false,
+        }),
+        "kick" | "移除" | "踢出" => match arg.split_whitespace().collect::<Vec<_>>()[..] {
+            [group, member] => Command::GroupKick {
+                group: group.to_owned(),
+                member: member.to_owned(),
+            },
+            _ => Command::GroupUsage,
+        },
+        _ => Command::GroupUsage,
+    }
+}
 
 /// A [`GLUED`] keyword with something right after it: the keyword and the rest (trimmed,
 /// without a leading `:`).
@@ -302,6 +398,8 @@ pub fn help_reply() -> String {
      timezone +08:00（时区）— 免打扰按你的时区 your UTC offset for quiet hours\n\
      status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
      login（登录）— 网页控制台的一次性链接 a one-time link to the web console · logout（退出登录）\n\
+     group new ops（建群 ops）— 建一个群组，一个令牌推送给所有成员 make a group: one token reaches every member\n\
+     join 邀请码（加入）· leave ops（退出 ops）· groups（群组）· mute ops（静音）· unmute ops（取消静音）\n\
      help（帮助）— 显示本帮助 show this help"
         .to_owned()
 }
@@ -732,6 +830,212 @@ pub fn robots_reply(own: &[(String, String, String)], shared: &[String]) -> Stri
     reply
 }
 
+/// A group's send example: the same `/send` as a personal token's.
+fn group_usage_example(token: &str, public_base: &str) -> String {
+    format!(
+        "推送示例 Example:\n\
+         curl -H \"Authorization: Bearer {token}\" -d title=Hello -d content=World {public_base}/send"
+    )
+}
+
+/// Answer to `group new NAME`, to its owner only: the token alone on a line (easy to copy
+/// on a phone), the invite to pass on, a curl example.
+pub fn group_created_reply(
+    name: &str,
+    token: &str,
+    invite: &str,
+    valid: &str,
+    public_base: &str,
+) -> String {
+    format!(
+        "已建群组「{name}」，你是群主。Group \"{name}\" made; you own it.\n\
+         群组推送令牌 The group's push token:\n{token}\n\n\
+         邀请码 Invite code（{valid} 内有效 valid for {valid}）:\n{invite}\n\
+         成员发送 Members send: join {invite}（加入 {invite}）\n\n{}\n\n\
+         令牌泄露请发送 group rotate {name} 换一个。Send group rotate {name} if it leaks.",
+        group_usage_example(token, public_base)
+    )
+}
+
+pub fn group_joined_reply(name: &str) -> String {
+    format!(
+        "已加入群组「{name}」，群组的消息会发给你。\nJoined group \"{name}\": its messages reach you now.\n\
+         不想收到请发送 mute {name}（静音 {name}），退出请发送 leave {name}（退出 {name}）。"
+    )
+}
+
+/// Answer to `leave NAME`.
+pub fn group_left_reply(name: &str, new_owner: Option<&str>, deleted: bool) -> String {
+    if deleted {
+        format!(
+            "已退出群组「{name}」；你是最后一位成员，群组已删除。\n\
+             Left group \"{name}\"; you were its last member, so it is deleted."
+        )
+    } else if let Some(owner) = new_owner {
+        format!(
+            "已退出群组「{name}」，群主转给了 {owner}。\n\
+             Left group \"{name}\"; {owner}, its longest-standing member, owns it now."
+        )
+    } else {
+        format!("已退出群组「{name}」。\nLeft group \"{name}\".")
+    }
+}
+
+/// One of the member's groups as `groups` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLine {
+    pub name: String,
+    pub owner: bool,
+    pub muted: bool,
+    pub members: i64,
+    pub wecom: bool,
+    /// For the owner: the token, and the invite with the day it expires (`2026-12-14`).
+    pub token: Option<String>,
+    pub invite: Option<(String, String)>,
+}
+
+/// Bytes a passive reply may have (WeCom's limit on a text reply).
+const REPLY_BYTES: usize = 2048;
+
+/// Answer to `groups`: as many groups as fit a passive reply, then how many more there are
+/// (`GET /groups` lists them all).
+pub fn groups_reply(groups: &[GroupLine]) -> String {
+    if groups.is_empty() {
+        return "你还没有群组。You are in no group.\n\
+                建群 Make one: group new ops（建群 ops）· 加入 Join one: join 邀请码（加入 邀请码）"
+            .to_owned();
+    }
+    let footer = "\n\n群主 Owners: group rotate|invite|delete NAME · group kick NAME USERID";
+    let mut reply = String::from("你的群组 Your groups:\n");
+    for (shown, g) in groups.iter().enumerate() {
+        let mut block = format!("\n{}（{} 人 members）", g.name, g.members);
+        if g.owner {
+            block.push_str(" · 群主 owner");
+        }
+        if g.wecom {
+            block.push_str(" · 企业微信 from WeCom");
+        }
+        if g.muted {
+            block.push_str(" · 已静音 muted");
+        }
+        if let Some(token) = &g.token {
+            block.push_str(&format!("\n令牌 token: {token}"));
+        }
+        if let Some((invite, until)) = &g.invite {
+            block.push_str(&format!("\n邀请码 invite: {invite}（至 until {until}）"));
+        }
+        // Room for this block, the footer and the longest "more" line.
+        if reply.len() + block.len() + footer.len() + 80 >= REPLY_BYTES {
+            let more = groups.len() - shown;
+            reply.push_str(&format!(
+                "\n…还有 {more} 个 and {more} more: GET /groups lists them all"
+            ));
+            break;
+        }
+        reply.push_str(&block);
+    }
+    reply.push_str(footer);
+    reply
+}
+
+/// Answer to `group rotate NAME`: the new token alone on a line.
+pub fn group_rotated_reply(name: &str, token: &str, public_base: &str) -> String {
+    format!(
+        "群组「{name}」的令牌已重置，旧令牌立即失效。\n\
+         Group \"{name}\" has a new token (the old one no longer works):\n{token}\n\n{}",
+        group_usage_example(token, public_base)
+    )
+}
+
+/// Answer to `group invite NAME`.
+pub fn group_invite_reply(name: &str, invite: &str, valid: &str) -> String {
+    format!(
+        "群组「{name}」的新邀请码（{valid} 内有效，旧邀请码已失效）：\n\
+         New invite code for \"{name}\" (valid for {valid}; the old one no longer works):\n\
+         {invite}\n成员发送 Members send: join {invite}"
+    )
+}
+
+pub fn group_kicked_reply(name: &str, member: &str) -> String {
+    format!("已将 {member} 移出群组「{name}」。\nRemoved {member} from group \"{name}\".")
+}
+
+pub fn group_deleted_reply(name: &str) -> String {
+    format!(
+        "群组「{name}」已删除，它的令牌立即失效。\nGroup \"{name}\" deleted; its token no longer works."
+    )
+}
+
+pub fn group_muted_reply(name: &str, muted: bool) -> String {
+    if muted {
+        format!(
+            "已静音群组「{name}」：它的消息不再发给你（消息状态里显示 muted）。\n\
+             Group \"{name}\" muted: its messages skip you (shown as muted). unmute {name} to undo."
+        )
+    } else {
+        format!(
+            "已取消静音群组「{name}」。\nGroup \"{name}\" unmuted: its messages reach you again."
+        )
+    }
+}
+
+pub fn group_usage_reply() -> String {
+    "群组命令 Group commands:\n\
+     group new ops（建群 ops）— 建群 make a group\n\
+     join 邀请码（加入 邀请码）— 加入 join with an invite code\n\
+     leave ops（退出 ops）— 退出 leave\n\
+     groups（群组）— 你的群组 your groups\n\
+     mute ops（静音 ops）· unmute ops（取消静音 ops）— 静音 skip its messages\n\
+     群主 owners: group rotate ops · group invite ops · group kick ops USERID · group delete ops"
+        .to_owned()
+}
+
+/// Why a group command was refused, in both languages.
+pub fn group_refused_reply(refusal: &crate::groups::Refusal) -> String {
+    use crate::groups::Refusal;
+    let chinese = match refusal {
+        Refusal::BadName(_) => "群组名无效：1 到 32 个字符，一个词，不含空格。".to_owned(),
+        Refusal::BadInvite => "邀请码是 8 位字母和数字，例如 K7QM-3XPA，请向群主索取。".to_owned(),
+        Refusal::WrongInvite => "没有群组使用这个邀请码，请向群主核对。".to_owned(),
+        Refusal::InviteExpired => {
+            "邀请码已过期，请群主发送 group invite 群名 生成新的。".to_owned()
+        }
+        Refusal::TooManyTries(_) => "输错邀请码次数过多，请稍后再试。".to_owned(),
+        Refusal::NameTaken(name) => format!("你已在名为「{name}」的群组中，请换个名字。"),
+        Refusal::TooManyGroups(max) => format!("你已加入 {max} 个群组，达到上限，请先退出一个。"),
+        Refusal::Full(name, max) => format!("群组「{name}」已有 {max} 人，达到上限。"),
+        Refusal::AlreadyMember(name) => format!("你已在群组「{name}」中。"),
+        Refusal::NoSuchGroup(name) => {
+            format!("你不在名为「{name}」的群组中。发送 groups 查看你的群组。")
+        }
+        Refusal::NotOwner(name) => format!("只有群组「{name}」的群主可以这样做。"),
+        Refusal::FromWecom(name) => {
+            format!("群组「{name}」的成员来自企业微信通讯录，不能这样修改；可以静音。")
+        }
+        Refusal::KickSelf(name) => format!("不能移除自己：请发送 leave {name}（退出 {name}）。"),
+        Refusal::NotMember(name, member) => format!("{member} 不在群组「{name}」中。"),
+    };
+    let english = match refusal {
+        Refusal::NoSuchGroup(name) => {
+            format!("You are in no group named \"{name}\": send groups to list yours.")
+        }
+        Refusal::InviteExpired => "This invite code has expired: its owner sends group invite \
+             NAME for a new one."
+            .to_owned(),
+        Refusal::KickSelf(name) => {
+            format!("You cannot remove yourself: send leave {name} instead.")
+        }
+        other => {
+            let mut text = other.message();
+            if let Some(first) = text.get(..1) {
+                text = format!("{}{}", first.to_uppercase(), &text[1..]);
+            }
+            format!("{text}.")
+        }
+    };
+    format!("{chinese}\n{english}")
+}
+
 pub fn welcome_reply() -> String {
     format!(
         "欢迎使用 pushbot！发送 token（令牌）获取你的推送令牌，脚本用它把消息推送到这里。\n\
@@ -1108,6 +1412,99 @@ mod tests {
         assert_eq!(parse_text("token foo"), Command::Help);
     }
 
+    /// The group commands in both languages, full-width or glued to a Chinese keyword; the
+    /// logout command is not taken for leaving a group.
+    #[test]
+    fn group_commands_read_as_typed() {
+        let new = |n: &str| Command::GroupNew(n.into());
+        let mute = |n: &str, muted| Command::GroupMute {
+            group: n.into(),
+            muted,
+        };
+        for (typed, command) in [
+            ("group new ops", new("ops")),
+            ("Group New ops", new("ops")),
+            ("ｇｒｏｕｐ　ｎｅｗ　ｏｐｓ", new("ops")),
+            ("建群 运维", new("运维")),
+            ("建群运维", new("运维")),
+            ("建群：运维。", new("运维")),
+            ("群组 新建 运维", new("运维")),
+            ("group new two words", new("two words")),
+            ("join K7QM-3XPA", Command::GroupJoin("K7QM-3XPA".into())),
+            ("加入 k7qm 3xpa", Command::GroupJoin("k7qm 3xpa".into())),
+            ("加入K7QM-3XPA", Command::GroupJoin("K7QM-3XPA".into())),
+            (
+                "group join K7QM-3XPA",
+                Command::GroupJoin("K7QM-3XPA".into()),
+            ),
+            ("leave ops", Command::GroupLeave("ops".into())),
+            ("退出 运维", Command::GroupLeave("运维".into())),
+            ("退出登录", Command::Logout),
+            ("groups", Command::Groups),
+            ("群组", Command::Groups),
+            ("group", Command::Groups),
+            ("group list", Command::Groups),
+            ("group rotate ops", Command::GroupRotate("ops".into())),
+            ("group invite ops", Command::GroupInvite("ops".into())),
+            ("群组 邀请 ops", Command::GroupInvite("ops".into())),
+            (
+                "group kick ops Bob",
+                Command::GroupKick {
+                    group: "ops".into(),
+                    member: "Bob".into(),
+                },
+            ),
+            ("group delete ops", Command::GroupDelete("ops".into())),
+            ("群组 解散 ops", Command::GroupDelete("ops".into())),
+            ("mute ops", mute("ops", true)),
+            ("静音 ops", mute("ops", true)),
+            ("静音ops", mute("ops", true)),
+            ("unmute ops", mute("ops", false)),
+            ("取消静音 ops", mute("ops", false)),
+            ("取消静音ops", mute("ops", false)),
+            ("group mute ops", mute("ops", true)),
+            ("group new", Command::GroupUsage),
+            ("join", Command::GroupUsage),
+            ("leave", Command::GroupUsage),
+            ("mute", Command::GroupUsage),
+            ("group kick ops", Command::GroupUsage),
+            ("group frobnicate ops", Command::GroupUsage),
+        ] {
+            assert_eq!(parse_text(typed), command, "{typed:?}");
+        }
+    }
+
+    /// The refusals say what to do in both languages, and the owner's reply carries the
+    /// token alone on a line.
+    #[test]
+    fn group_replies_are_bilingual() {
+        use crate::groups::Refusal;
+        let reply = group_created_reply("ops", "TOKEN123", "K7QM-3XPA", "7d", "https://p.x");
+        assert!(reply.lines().any(|l| l == "TOKEN123"), "{reply}");
+        assert!(
+            reply.contains("join K7QM-3XPA") && reply.contains("/send"),
+            "{reply}"
+        );
+        for refusal in [
+            Refusal::WrongInvite,
+            Refusal::InviteExpired,
+            Refusal::NotOwner("ops".into()),
+            Refusal::NoSuchGroup("ops".into()),
+            Refusal::TooManyGroups(50),
+        ] {
+            let reply = group_refused_reply(&refusal);
+            assert!(
+                reply
+                    .chars()
+                    .any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))
+            );
+            assert!(
+                reply.lines().nth(1).is_some_and(|l| l.is_ascii()),
+                "{reply}"
+            );
+        }
+    }
+
     #[test]
     fn status_never_shows_more_than_it_should() {
         let reply = status_reply(&StatusView {
@@ -1194,6 +1591,30 @@ mod tests {
         assert!(first_curl.contains("Authorization: Bearer"), "{reply}");
         let rotated = rotated_reply("NEW", "https://push.example.com");
         assert_eq!(rotated.lines().nth(1), Some("NEW"));
+    }
+
+    /// However many groups a member is in, the list fits a passive reply.
+    #[test]
+    fn the_groups_list_fits_a_passive_reply() {
+        let line = |i: usize| GroupLine {
+            name: format!("{}{i}", "群".repeat(28)),
+            owner: true,
+            muted: true,
+            members: 1000,
+            wecom: false,
+            token: Some("x".repeat(32)),
+            invite: Some(("K7QM-3XPA".into(), "2026-12-14".into())),
+        };
+        let few: Vec<GroupLine> = (0..2).map(line).collect();
+        let reply = groups_reply(&few);
+        assert!(
+            reply.contains(&"x".repeat(32)) && !reply.contains("more"),
+            "{reply}"
+        );
+        let many: Vec<GroupLine> = (0..50).map(line).collect();
+        let reply = groups_reply(&many);
+        assert!(reply.len() < REPLY_BYTES, "{}", reply.len());
+        assert!(reply.contains("more: GET /groups"), "{reply}");
     }
 
     #[test]
@@ -1316,6 +1737,33 @@ mod tests {
                 prop_assert!(!once.chars().any(is_invisible));
                 prop_assert!(!once.ends_with(SENTENCE_END));
                 prop_assert_eq!(once.trim(), once.as_str());
+            }
+
+            /// A group command means the same full-width, after a zero-width space or with a
+            /// final stop; its argument is never empty, and a name or code in it is kept.
+            #[test]
+            fn group_commands_mean_the_same_however_typed(
+                verb in prop::sample::select(vec![
+                    "group new", "join", "leave", "group rotate", "group invite",
+                    "group delete", "mute", "unmute", "建群", "加入", "退出", "静音", "取消静音",
+                ]),
+                arg in "[a-z0-9][a-z0-9_-]{0,10}",
+                end in prop::sample::select(vec!["", "。", "！", "?"]),
+            ) {
+                let typed = format!("{verb} {arg}");
+                let plain = parse_text(&typed);
+                prop_assert_eq!(parse_text(&full_width(&typed)), plain.clone());
+                prop_assert_eq!(parse_text(&format!("\u{200b}{typed}{end}")), plain.clone());
+                match plain {
+                    Command::GroupNew(a)
+                    | Command::GroupJoin(a)
+                    | Command::GroupLeave(a)
+                    | Command::GroupRotate(a)
+                    | Command::GroupInvite(a)
+                    | Command::GroupDelete(a)
+                    | Command::GroupMute { group: a, .. } => prop_assert_eq!(a, arg),
+                    other => prop_assert!(false, "{typed:?} read as {other:?}"),
+                }
             }
 
             /// Full-width forms, a leading zero-width space and a final `。` or `！` change

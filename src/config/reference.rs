@@ -104,6 +104,19 @@ session_ttl = "12h"
 login_ttl = "5m"
 admins = ["alice"]
 
+[groups]
+max_members = 200
+max_groups_per_member = 20
+invite_ttl = "2d"
+refresh = "5m"
+join_failures = { count = 5, per = "30m" }
+
+[[groups.wecom]]
+name = "oncall"
+party = [2, 3]
+tag = [5]
+owners = ["alice"]
+
 [log]
 level = "pushbot=debug,info"
 format = "json"
@@ -430,7 +443,7 @@ fn the_example_sections_show_the_defaults() {
 const DOC: &str = include_str!("../../docs/configuration.md");
 
 /// The doc's sections, in order: one per table (the README links to these anchors).
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "storage",
     "wecom",
@@ -440,6 +453,7 @@ const SECTIONS: [&str; 10] = [
     "destinations",
     "media",
     "console",
+    "groups",
     "log",
 ];
 
@@ -675,6 +689,7 @@ fn doc_comments() -> Vec<(String, String)> {
         ("DestinationSettings", "destinations.NAME"),
         ("MediaSettings", "media"),
         ("ConsoleSettings", "console"),
+        ("GroupsSettings", "groups"),
         ("LogSettings", "log"),
     ] {
         let header = format!("pub struct {structure} {{");

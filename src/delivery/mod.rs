@@ -362,6 +362,51 @@ fn sentences(blocked: &[Blocked]) -> String {
 pub struct Accepted {
     pub message: Message,
     pub duplicate: bool,
+    /// A group message (issue 29): `message` then stands for the whole (its id is the
+    /// group message's, what the sender follows), and this says for how many.
+    pub group: Option<GroupAccepted>,
+}
+
+/// What a group message was accepted as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupAccepted {
+    /// Every member the group had at acceptance: one copy each.
+    pub recipients: i64,
+    /// Of those, members who muted the group (their copies are `muted`, never sent).
+    pub muted: i64,
+}
+
+/// One recipient's copy of a group message, as the sending route decided it.
+#[derive(Debug, Clone)]
+pub struct GroupCopy {
+    /// Built exactly as a personal message to the member would be (their route, look,
+    /// quiet hours, clock).
+    pub message: NewMessage,
+    pub state: CopyState,
+}
+
+/// What becomes of one recipient's copy at acceptance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyState {
+    /// Queued (or scheduled) in the member's lane like any of their messages.
+    Send,
+    /// The member muted the group: stored `muted`, never sent.
+    Muted,
+    /// None of the channels the sender named can reach this member: stored `failed`,
+    /// saying why (the other members still get it).
+    Unroutable(String),
+}
+
+/// A message sent with a group's token.
+#[derive(Debug, Clone)]
+pub struct NewGroupMessage {
+    pub group_id: String,
+    pub group_name: String,
+    /// Per group token, as [`NewMessage::idempotency_key`] is per member.
+    pub idempotency_key: Option<String>,
+    pub request_digest: Option<String>,
+    /// One per member, in the group's join order.
+    pub copies: Vec<GroupCopy>,
 }
 
 /// Why a message was not accepted.
@@ -385,8 +430,41 @@ fn repeat_of(first: Message, digest: Option<&str>) -> Result<Accepted, AcceptErr
         _ => Ok(Accepted {
             message: first,
             duplicate: true,
+            group: None,
         }),
     }
+}
+
+/// As [`repeat_of`], for a group message.
+fn group_repeat_of(
+    first: crate::store::GroupSend,
+    digest: Option<&str>,
+) -> Result<Accepted, AcceptError> {
+    match (first.idempotency_digest.as_deref(), digest) {
+        (Some(stored), Some(digest)) if stored != digest => {
+            Err(AcceptError::KeyReused { first: first.id })
+        }
+        _ => Ok(Accepted {
+            group: Some(GroupAccepted {
+                recipients: first.recipients,
+                muted: 0,
+            }),
+            message: group_stand_in(&first),
+            duplicate: true,
+        }),
+    }
+}
+
+/// The message that stands for a group message in an answer: its id, time and status.
+fn group_stand_in(send: &crate::store::GroupSend) -> Message {
+    Message::new_queued(
+        send.id.clone(),
+        UserId::new(""),
+        None,
+        None,
+        send.created_at,
+        send.created_at,
+    )
 }
 
 /// Handle to the outbox; cheap to clone.
@@ -568,6 +646,144 @@ impl Outbox {
         {
             return repeat_of(first, new.request_digest.as_deref());
         }
+        let (message, attachments) = self.to_store(new, now);
+        let mut expired_keys = false;
+        loop {
+            match store
+                .insert_message_with(message.clone(), attachments.clone())
+                .await
+            {
+                Ok(()) => {
+                    if let Some(at) = message.deliver_at
+                        && message.status == crate::store::MessageStatus::Scheduled
+                    {
+                        self.inner.scheduled_for(at);
+                    }
+                    return Ok(Accepted {
+                        message,
+                        duplicate: false,
+                        group: None,
+                    });
+                }
+                // A concurrent request with the same key won, or the key was last used
+                // more than 24 h ago and not yet forgotten.
+                Err(StoreError::DuplicateKey) => {
+                    if let Some(key) = &message.idempotency_key
+                        && let Some(first) = store
+                            .message_by_idempotency_key(&message.userid, key, now)
+                            .await?
+                    {
+                        return repeat_of(first, message.idempotency_digest.as_deref());
+                    }
+                    if expired_keys {
+                        return Err(StoreError::DuplicateKey.into());
+                    }
+                    store.expire_idempotency_keys(now).await?;
+                    expired_keys = true;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Stores a group message durably: its `group_sends` row and one copy per member, each
+    /// with its lane, in one transaction (see [`Store::insert_group_send`]); answers once
+    /// that is committed. An idempotency key repeated for the group within 24 h finds the
+    /// first message, as [`Outbox::accept`] does for a member's.
+    pub async fn accept_group(&self, new: NewGroupMessage) -> Result<Accepted, AcceptError> {
+        let store = &self.inner.store;
+        let now = UnixMillis::now();
+        if let Some(key) = &new.idempotency_key
+            && let Some(first) = store.group_send_by_key(&new.group_id, key, now).await?
+        {
+            return group_repeat_of(first, new.request_digest.as_deref());
+        }
+        let id = MessageId::generate();
+        let recipients = i64::try_from(new.copies.len()).unwrap_or(i64::MAX);
+        let mut muted = 0;
+        let mut copies = Vec::with_capacity(new.copies.len());
+        let mut first_due: Option<UnixMillis> = None;
+        for copy in new.copies {
+            let (mut message, attachments) = self.to_store(copy.message, now);
+            message.group_send = Some(id.clone());
+            match copy.state {
+                CopyState::Send => {
+                    if let Some(at) = message.deliver_at
+                        && message.status == crate::store::MessageStatus::Scheduled
+                    {
+                        first_due = Some(first_due.map_or(at, |due| due.min(at)));
+                    }
+                }
+                CopyState::Muted => {
+                    muted += 1;
+                    message.status = crate::store::MessageStatus::Muted;
+                    message.held = None;
+                    message.last_error = Some("the member muted this group".into());
+                }
+                CopyState::Unroutable(why) => {
+                    message.status = crate::store::MessageStatus::Failed;
+                    message.held = None;
+                    message.last_error = Some(why);
+                }
+            }
+            copies.push((message, attachments));
+        }
+        let send = crate::store::GroupSend {
+            id,
+            group_id: new.group_id,
+            group_name: new.group_name,
+            created_at: now,
+            recipients,
+            idempotency_digest: new.request_digest.filter(|_| new.idempotency_key.is_some()),
+            idempotency_key: new.idempotency_key,
+        };
+        // Without a key nothing can collide: the copies are handed over, not copied (a
+        // fan-out to 1,000 members would otherwise copy its content 1,000 times more).
+        let Some(key) = send.idempotency_key.clone() else {
+            store.insert_group_send(send.clone(), copies).await?;
+            if let Some(at) = first_due {
+                self.inner.scheduled_for(at);
+            }
+            return Ok(Accepted {
+                message: group_stand_in(&send),
+                duplicate: false,
+                group: Some(GroupAccepted { recipients, muted }),
+            });
+        };
+        let mut expired_keys = false;
+        loop {
+            match store.insert_group_send(send.clone(), copies.clone()).await {
+                Ok(()) => {
+                    if let Some(at) = first_due {
+                        self.inner.scheduled_for(at);
+                    }
+                    return Ok(Accepted {
+                        message: group_stand_in(&send),
+                        duplicate: false,
+                        group: Some(GroupAccepted { recipients, muted }),
+                    });
+                }
+                Err(StoreError::DuplicateKey) => {
+                    if let Some(first) = store.group_send_by_key(&send.group_id, &key, now).await? {
+                        return group_repeat_of(first, send.idempotency_digest.as_deref());
+                    }
+                    if expired_keys {
+                        return Err(StoreError::DuplicateKey.into());
+                    }
+                    store.expire_group_idempotency_keys(now).await?;
+                    expired_keys = true;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// The message row a [`NewMessage`] becomes (not yet stored), and its attachments.
+    fn to_store(
+        &self,
+        new: NewMessage,
+        now: UnixMillis,
+    ) -> (Message, Vec<crate::store::Attachment>) {
         let mut message = Message::new_queued(
             MessageId::generate(),
             new.userid,
@@ -593,42 +809,7 @@ impl Outbox {
             message.next_attempt_at = at;
             message.held = new.held;
         }
-        let mut expired_keys = false;
-        loop {
-            match store
-                .insert_message_with(message.clone(), new.attachments.clone())
-                .await
-            {
-                Ok(()) => {
-                    if let Some(at) = message.deliver_at
-                        && message.status == crate::store::MessageStatus::Scheduled
-                    {
-                        self.inner.scheduled_for(at);
-                    }
-                    return Ok(Accepted {
-                        message,
-                        duplicate: false,
-                    });
-                }
-                // A concurrent request with the same key won, or the key was last used
-                // more than 24 h ago and not yet forgotten.
-                Err(StoreError::DuplicateKey) => {
-                    if let Some(key) = &message.idempotency_key
-                        && let Some(first) = store
-                            .message_by_idempotency_key(&message.userid, key, now)
-                            .await?
-                    {
-                        return repeat_of(first, message.idempotency_digest.as_deref());
-                    }
-                    if expired_keys {
-                        return Err(StoreError::DuplicateKey.into());
-                    }
-                    store.expire_idempotency_keys(now).await?;
-                    expired_keys = true;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
+        (message, new.attachments)
     }
 
     /// Takes back this instance's claims from an earlier run and starts the scheduler.

@@ -382,6 +382,83 @@ impl Store {
         Ok(prefs)
     }
 
+    /// The preferences of many members at once (a group message's recipients): from the
+    /// cache where this process keeps one (SQLite), the rest in one read — never a round
+    /// trip per member. A member without a row gets the defaults, as from
+    /// [`Store::member_prefs`].
+    pub async fn members_prefs(
+        &self,
+        userids: &[UserId],
+    ) -> Result<HashMap<UserId, MemberPrefs>, StoreError> {
+        let mut found: HashMap<UserId, MemberPrefs> = HashMap::with_capacity(userids.len());
+        let changes = match self.prefs.read() {
+            Ok(cache) => {
+                for userid in userids {
+                    if let Some(prefs) = cache.members.get(userid) {
+                        found.insert(userid.clone(), prefs.clone());
+                    }
+                }
+                cache.changes
+            }
+            Err(_) => u64::MAX,
+        };
+        let missing: Vec<&str> = userids
+            .iter()
+            .filter(|u| !found.contains_key(*u))
+            .map(UserId::as_str)
+            .collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        // One shape whatever the number: the userids as one JSON array.
+        let list = match self.engine {
+            super::Engine::Sqlite => "SELECT value FROM json_each($1)",
+            super::Engine::Postgres => "SELECT json_array_elements_text(CAST($1 AS json))",
+        };
+        let sql = format!(
+            "SELECT CAST(0 AS BIGINT) AS kind, m.userid AS u, m.userid AS a, m.channels AS b, \
+             m.format, m.quiet, m.utc_offset FROM members m WHERE m.userid IN ({list}) \
+             UNION ALL SELECT CAST(1 AS BIGINT), userid, channel, address, NULL, NULL, NULL \
+             FROM member_bindings WHERE userid IN ({list}) \
+             UNION ALL SELECT CAST(2 AS BIGINT), userid, name, NULL, NULL, NULL, NULL \
+             FROM member_destinations WHERE userid IN ({list}) ORDER BY u, kind, a"
+        );
+        let json = serde_json::to_string(&missing)
+            .map_err(|e| StoreError::Corrupt(format!("userids as JSON: {e}")))?;
+        let mut reader = self.readers.get().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(json)
+            .fetch_all(reader.conn())
+            .await;
+        let rows = reader.done(rows)?;
+        let mut read: HashMap<UserId, MemberPrefs> = HashMap::with_capacity(missing.len());
+        let mut start = 0;
+        while start < rows.len() {
+            let userid: String = rows[start].try_get("u")?;
+            let mut end = start + 1;
+            while end < rows.len() && rows[end].try_get::<String, _>("u")? == userid {
+                end += 1;
+            }
+            let prefs = prefs_from_rows(&rows[start..end])?.1;
+            read.insert(UserId::new(&userid), prefs);
+            start = end;
+        }
+        for userid in missing {
+            let userid = UserId::new(userid);
+            let prefs = read.remove(&userid).unwrap_or_default();
+            found.insert(userid, prefs);
+        }
+        if self.sole_writer()
+            && let Ok(mut cache) = self.prefs.write()
+            && cache.changes == changes
+        {
+            for (userid, prefs) in &found {
+                cache.members.insert(userid.clone(), prefs.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// The member's quiet hours and offset, as a lane reads them once per claim: from the
     /// cached preferences when there are some (SQLite), else one indexed read of the
     /// member's row.

@@ -28,16 +28,24 @@ pub enum MessageStatus {
     Failed,
     /// Cancelled by its sender before it went out (`DELETE /messages/{id}`): final.
     Cancelled,
+    /// A group message's copy for a member who muted the group: never queued, in no
+    /// lane, never sent — and visibly so (issue 29). Final.
+    Muted,
+    /// A group message's copy for a member who left the group (or was removed) before it
+    /// went out: it will not be sent. Final.
+    Left,
 }
 
 impl MessageStatus {
     /// Every status, in the order a message can go through them.
-    pub const ALL: [MessageStatus; 5] = [
+    pub const ALL: [MessageStatus; 7] = [
         Self::Scheduled,
         Self::Queued,
         Self::Delivered,
         Self::Failed,
         Self::Cancelled,
+        Self::Muted,
+        Self::Left,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,13 +55,15 @@ impl MessageStatus {
             Self::Delivered => "delivered",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Muted => "muted",
+            Self::Left => "left",
         }
     }
 
     /// Whether nothing will happen to the message any more.
     pub fn is_final(self) -> bool {
         match self {
-            Self::Delivered | Self::Failed | Self::Cancelled => true,
+            Self::Delivered | Self::Failed | Self::Cancelled | Self::Muted | Self::Left => true,
             Self::Scheduled | Self::Queued => false,
         }
     }
@@ -150,6 +160,8 @@ pub struct Message {
     pub held: Option<Held>,
     /// The message this one sends again (resent from the console or the API).
     pub resent_from: Option<MessageId>,
+    /// The group message (`group_sends.id`) this is one member's copy of.
+    pub group_send: Option<MessageId>,
 }
 
 /// One attempt in a message's history.
@@ -256,6 +268,7 @@ impl Message {
             urgent: false,
             held: None,
             resent_from: None,
+            group_send: None,
         }
     }
 
@@ -298,6 +311,9 @@ impl Message {
             resent_from: row
                 .try_get::<Option<String>, _>("resent_from")?
                 .map(MessageId::from_stored),
+            group_send: row
+                .try_get::<Option<String>, _>("group_send")?
+                .map(MessageId::from_stored),
         })
     }
 }
@@ -316,7 +332,8 @@ pub struct DigestRecord {
 pub(super) const MESSAGE_COLUMNS: &str = "id, userid, title, content, status, attempts, \
      last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, \
      seq, via, idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-     idempotency_digest, media_count, parts_done, deliver_at, urgent, held, resent_from";
+     idempotency_digest, media_count, parts_done, deliver_at, urgent, held, resent_from, \
+     group_send";
 
 impl Store {
     /// Stores a new message durably (and opens its member's lane); returns once it is
@@ -393,7 +410,7 @@ impl Store {
     /// orphans, see [`Store::purge_orphan_blobs`]), and digests older than that; returns how
     /// many messages went. Queued and scheduled messages stay, whatever their age: nothing
     /// accepted is dropped unfinished (a message scheduled further out than the retention
-    /// is still delivered).
+    /// is still delivered). A group message's row goes with its last copy.
     pub async fn purge_messages(
         &self,
         before_ms: UnixMillis,
@@ -435,6 +452,14 @@ impl Store {
             .bind(before_ms)
             .execute(&mut *tx)
             .await?;
+        // Group messages whose copies are all gone (a copy still queued keeps its row).
+        sqlx::query(
+            "DELETE FROM group_sends WHERE created_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM messages m WHERE m.group_send = group_sends.id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(purged)
     }

@@ -45,6 +45,8 @@ mod admin;
 mod arrivals;
 mod callbacks;
 mod console;
+mod group_sends;
+mod groups;
 mod lanes;
 mod media;
 mod members;
@@ -71,6 +73,8 @@ pub use callbacks::CallbackClaim;
 pub use console::{
     ConsoleSession, LoginLink, LoginUse, NewSession, TimelineFilter, like_pattern, secret_hash,
 };
+pub use group_sends::GroupSend;
+pub use groups::{Created, GroupRef, GroupView, Joined, Kicked, Left, NewGroup, Owned};
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use media::{
     Attachment, BlobError, BlobId, BlobInfo, BlobLimits, CHUNK_BYTES, HEAD_BYTES,

@@ -300,6 +300,7 @@ impl Backend for PgBackend {
 
     fn is_duplicate_key(&self, err: &StoreError) -> bool {
         is_unique_violation(err, "messages_idempotency")
+            || is_unique_violation(err, "group_sends_idempotency")
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::group_sends::GroupSend;
 use super::sends::{Recorded, SendLog};
 use super::{Arrivals, Attachment, Held, Message, MessageStatus, StoreError};
 use crate::domain::{ChannelName, MessageId, Route, UserId};
@@ -30,7 +31,7 @@ use crate::time::UnixMillis;
 
 /// Upper bound on operations per transaction (keeps latency of one batch bounded).
 const MAX_BATCH: usize = 1024;
-/// Rows per multi-row INSERT (29 columns each; SQLite allows 32,766 parameters,
+/// Rows per multi-row INSERT (31 columns each; SQLite allows 32,766 parameters,
 /// PostgreSQL 65,535).
 const INSERT_CHUNK: usize = 64;
 /// IDs per `UPDATE … WHERE id IN (…)`.
@@ -236,6 +237,15 @@ pub enum ScheduleOp {
         id: MessageId,
         now: UnixMillis,
     },
+    /// The member left group `group_id` (or was removed): their copies of its messages
+    /// that nothing of went out yet (scheduled, or queued with no part delivered) become
+    /// `left`, never to be sent; a worker holding the lane reads it again. Answers
+    /// `Skipped`.
+    SkipGroupCopies {
+        group_id: String,
+        userid: UserId,
+        now: UnixMillis,
+    },
 }
 
 /// What [`ScheduleOp::Cancel`] found.
@@ -267,6 +277,11 @@ pub enum Reply {
     /// Another instance is releasing scheduled messages right now: nothing was released.
     ReleaseBusy,
     Cancelled(CancelOutcome),
+    /// [`ScheduleOp::SkipGroupCopies`]: how many of the member's copies became `left`.
+    Skipped {
+        userid: UserId,
+        count: u64,
+    },
 }
 
 /// What [`LaneOp::Overdue`] did.
@@ -280,10 +295,22 @@ pub struct Overdue {
 
 type Done = oneshot::Sender<Result<Reply, StoreError>>;
 
+/// What [`Write::Group`] commits.
+pub(super) struct GroupWrite {
+    pub(super) send: GroupSend,
+    /// One per recipient, in the group's join order, with its images and files (the same
+    /// blobs for every copy; each copy's kinds as its own route needs them).
+    pub(super) copies: Vec<(Message, Vec<Attachment>)>,
+}
+
 /// One write as queued for the writer.
 enum Write {
     /// A new message and its images and files, committed together.
     Insert(Box<Message>, Vec<Attachment>),
+    /// A group message (issue 29): its `group_sends` row and every member's copy, each
+    /// with the same images and files (rows naming the same blobs) and its lane,
+    /// committed together.
+    Group(Box<GroupWrite>),
     Update(AttemptUpdate),
     Lane(LaneOp),
     Schedule(ScheduleOp),
@@ -439,6 +466,10 @@ impl WriterHandle {
         self.call(Write::Insert(Box::new(message), attachments))
             .await
             .map(drop)
+    }
+
+    pub(super) async fn insert_group(&self, group: GroupWrite) -> Result<(), StoreError> {
+        self.call(Write::Group(Box::new(group))).await.map(drop)
     }
 
     pub(super) async fn update(&self, update: AttemptUpdate) -> Result<(), StoreError> {
@@ -750,9 +781,16 @@ impl Writer {
                     if let Reply::Released(userids) = &reply {
                         released.extend(userids.iter().cloned());
                     }
+                    if let Reply::Skipped { userid, count } = &reply
+                        && *count > 0
+                    {
+                        released.push(userid.clone());
+                    }
                     let _ = done.send(Ok(reply));
-                    if let Write::Insert(m, _) = write {
-                        inserted.push(*m);
+                    match write {
+                        Write::Insert(m, _) => inserted.push(*m),
+                        Write::Group(g) => inserted.extend(g.copies.into_iter().map(|(m, _)| m)),
+                        _ => {}
                     }
                 }
             }
@@ -773,13 +811,21 @@ impl Writer {
                     let result = self
                         .write(vec![&mut write])
                         .map(|mut r| r.pop().unwrap_or(Reply::Done));
-                    if let Ok(Reply::Released(userids)) = &result {
-                        released.extend(userids.iter().cloned());
+                    match &result {
+                        Ok(Reply::Released(userids)) => released.extend(userids.iter().cloned()),
+                        Ok(Reply::Skipped { userid, count }) if *count > 0 => {
+                            released.push(userid.clone());
+                        }
+                        _ => {}
                     }
                     let ok = result.is_ok();
                     let _ = done.send(result);
-                    if let (true, Write::Insert(m, _)) = (ok, write) {
-                        inserted.push(*m);
+                    match (ok, write) {
+                        (true, Write::Insert(m, _)) => inserted.push(*m),
+                        (true, Write::Group(g)) => {
+                            inserted.extend(g.copies.into_iter().map(|(m, _)| m));
+                        }
+                        _ => {}
                     }
                 }
                 if !probes.is_empty() {
@@ -847,10 +893,14 @@ impl Writer {
     ) -> Result<(Vec<Reply>, Vec<Recorded>), StoreError> {
         let db = &mut *self.db;
         db.begin()?;
-        let inserts = writes
+        let inserts: usize = writes
             .iter()
-            .filter(|w| matches!(***w, Write::Insert(..)))
-            .count();
+            .map(|w| match &**w {
+                Write::Insert(..) => 1,
+                Write::Group(g) => g.copies.len(),
+                _ => 0,
+            })
+            .sum();
         // PostgreSQL takes the numbers in the insert itself (see `insert_messages_pg`).
         let postgres = db.dialect() == Dialect::Postgres;
         let mut seqs = db.seqs(if postgres { 0 } else { inserts })?.into_iter();
@@ -858,43 +908,72 @@ impl Writer {
         // fixed address (a verification mail) goes to the front of its lane: negative
         // numbers sort before every sender's message, so a code is not held up behind a
         // backlog waiting for WeCom — the very situation in which a member binds an address.
+        let mut number = |m: &mut Message, files: usize| -> Result<(), StoreError> {
+            if !postgres {
+                let seq = seqs
+                    .next()
+                    .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
+                m.seq = if m.address_to.is_some() { -seq } else { seq };
+            }
+            // What the lane worker reads to know whether to look for attachments.
+            m.media_count = i64::try_from(files).unwrap_or(i64::MAX);
+            Ok(())
+        };
         for write in writes.iter_mut() {
-            if let Write::Insert(m, files) = &mut **write {
-                if !postgres {
-                    let seq = seqs
-                        .next()
-                        .ok_or_else(|| StoreError::Corrupt("too few sequence numbers".into()))?;
-                    m.seq = if m.address_to.is_some() { -seq } else { seq };
+            match &mut **write {
+                Write::Insert(m, files) => number(m, files.len())?,
+                Write::Group(g) => {
+                    for (m, files) in &mut g.copies {
+                        number(m, files.len())?;
+                    }
                 }
-                // What the lane worker reads to know whether to look for attachments.
-                m.media_count = i64::try_from(files.len()).unwrap_or(i64::MAX);
+                _ => {}
             }
         }
         if postgres && inserts > 0 {
             let given = {
-                let messages: Vec<&Message> = writes
-                    .iter()
-                    .filter_map(|w| match &**w {
-                        Write::Insert(m, _) => Some(&**m),
-                        _ => None,
-                    })
-                    .collect();
+                let mut messages: Vec<&Message> = Vec::with_capacity(inserts);
+                for write in writes.iter() {
+                    match &**write {
+                        Write::Insert(m, _) => messages.push(&**m),
+                        Write::Group(g) => messages.extend(g.copies.iter().map(|(m, _)| m)),
+                        _ => {}
+                    }
+                }
                 insert_messages_pg(db, &messages)?
             };
+            let numbered = |m: &mut Message| -> Result<(), StoreError> {
+                m.seq = *given.get(m.id.as_str()).ok_or_else(|| {
+                    StoreError::Corrupt(format!("no acceptance number for {}", m.id))
+                })?;
+                Ok(())
+            };
             for write in writes.iter_mut() {
-                if let Write::Insert(m, _) = &mut **write {
-                    m.seq = *given.get(m.id.as_str()).ok_or_else(|| {
-                        StoreError::Corrupt(format!("no acceptance number for {}", m.id))
-                    })?;
+                match &mut **write {
+                    Write::Insert(m, _) => numbered(m)?,
+                    Write::Group(g) => g.copies.iter_mut().try_for_each(|(m, _)| numbered(m))?,
+                    _ => {}
                 }
             }
         }
         let mut messages = Vec::new();
         let mut attachments = Vec::new();
         for write in writes.iter() {
-            if let Write::Insert(m, files) = &**write {
-                messages.push(&**m);
-                attachments.extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
+            match &**write {
+                Write::Insert(m, files) => {
+                    messages.push(&**m);
+                    attachments
+                        .extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
+                }
+                Write::Group(g) => {
+                    insert_group_send(db, &g.send)?;
+                    for (m, files) in &g.copies {
+                        messages.push(m);
+                        attachments
+                            .extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
+                    }
+                }
+                _ => {}
             }
         }
         if !postgres {
@@ -932,7 +1011,7 @@ impl Writer {
         let mut all_due_by = Vec::new();
         for (i, write) in writes.iter().enumerate() {
             match &**write {
-                Write::Insert(..) | Write::Update(_) => {}
+                Write::Insert(..) | Write::Group(_) | Write::Update(_) => {}
                 Write::Schedule(op) => replies[i] = schedule_op(db, op)?,
                 Write::Lane(LaneOp::Release {
                     owner,
@@ -966,12 +1045,13 @@ impl Writer {
 }
 
 fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
-    const COLS: usize = 30;
+    const COLS: usize = 31;
     let mut sql = String::from(
         "INSERT INTO messages (id, userid, title, content, status, attempts, last_error, \
          channel, created_at, updated_at, next_attempt_at, deadline_at, delivered_at, seq, via, \
          idempotency_key, route, deliver_all, address_to, format, look, url, page_key, \
-         idempotency_digest, media_count, parts_done, deliver_at, urgent, held, resent_from) VALUES ",
+         idempotency_digest, media_count, parts_done, deliver_at, urgent, held, resent_from, \
+         group_send) VALUES ",
     );
     push_values(&mut sql, chunk.len(), COLS, 0);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * COLS);
@@ -1007,6 +1087,7 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
             i64::from(m.urgent).into(),
             m.held.map(Held::as_str).into(),
             m.resent_from.as_ref().map(MessageId::as_str).into(),
+            m.group_send.as_ref().map(MessageId::as_str).into(),
         ]);
     }
     db.exec(&sql, &args)?;
@@ -1030,27 +1111,27 @@ fn insert_messages_pg(
           ?11::int8[], ?12::int8[], ?13::int8[], ?14::text[], ?15::text[], ?16::text[], \
           ?17::int8[], ?18::text[], ?19::text[], ?20::text[], ?21::text[], ?22::text[], \
           ?23::text[], ?24::int8[], ?25::int8[], ?26::int8[], ?27::int8[], ?28::text[], \
-          ?29::text[]) WITH ORDINALITY AS t(id, userid, title, content, status, attempts, \
-          last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, \
+          ?29::text[], ?30::text[]) WITH ORDINALITY AS t(id, userid, title, content, status, \
+          attempts, last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, \
           delivered_at, via, idempotency_key, route, deliver_all, address_to, format, look, \
           url, page_key, idempotency_digest, media_count, parts_done, deliver_at, urgent, \
-          held, resent_from, ord)), \
+          held, resent_from, group_send, ord)), \
         n AS MATERIALIZED (SELECT nextval('messages_seq') AS s FROM t), \
         o AS (SELECT s, row_number() OVER (ORDER BY s) AS ord FROM n), \
         ins AS (INSERT INTO messages (id, userid, title, content, status, attempts, \
           last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, \
           delivered_at, seq, via, idempotency_key, route, deliver_all, address_to, format, \
           look, url, page_key, idempotency_digest, media_count, parts_done, deliver_at, \
-          urgent, held, resent_from) \
+          urgent, held, resent_from, group_send) \
           SELECT t.id, t.userid, t.title, t.content, t.status, t.attempts, t.last_error, \
           t.channel, t.created_at, t.updated_at, t.next_attempt_at, t.deadline_at, \
           t.delivered_at, CASE WHEN t.address_to IS NULL THEN o.s ELSE -o.s END, t.via, \
           t.idempotency_key, t.route, t.deliver_all, t.address_to, t.format, t.look, t.url, \
           t.page_key, t.idempotency_digest, t.media_count, t.parts_done, t.deliver_at, \
-          t.urgent, t.held, t.resent_from FROM t JOIN o ON o.ord = t.ord \
+          t.urgent, t.held, t.resent_from, t.group_send FROM t JOIN o ON o.ord = t.ord \
           RETURNING id, seq, userid, status), \
         l AS (INSERT INTO lanes (userid, due_at, owner, lease_until) \
-          SELECT q.userid, ?30::int8, NULL, 0 FROM \
+          SELECT q.userid, ?31::int8, NULL, 0 FROM \
           (SELECT DISTINCT userid FROM ins WHERE status = 'queued') AS q ORDER BY q.userid \
           ON CONFLICT (userid) DO NOTHING) \
         SELECT id, seq FROM ins";
@@ -1102,6 +1183,9 @@ fn insert_messages_pg(
         texts(messages, |m| {
             m.resent_from.as_ref().map(|r| Cow::Borrowed(r.as_str()))
         }),
+        texts(messages, |m| {
+            m.group_send.as_ref().map(|g| Cow::Borrowed(g.as_str()))
+        }),
         UnixMillis::now().into(),
     ];
     let rows = db.rows(SQL, &args)?;
@@ -1119,6 +1203,24 @@ fn insert_messages_pg(
         }
     }
     Ok(given)
+}
+
+/// A group message's own row (its copies are messages, inserted with the others).
+fn insert_group_send(db: &mut dyn Backend, send: &GroupSend) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO group_sends (id, group_id, group_name, created_at, recipients, \
+         idempotency_key, idempotency_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &[
+            send.id.as_str().into(),
+            send.group_id.as_str().into(),
+            send.group_name.as_str().into(),
+            send.created_at.into(),
+            send.recipients.into(),
+            (&send.idempotency_key).into(),
+            (&send.idempotency_digest).into(),
+        ],
+    )?;
+    Ok(())
 }
 
 /// A message's images and files: `(message id, place, attachment)`. Their blobs must be
@@ -1794,6 +1896,25 @@ fn first_int(rows: &[Vec<Value<'_>>]) -> Option<i64> {
 /// One write of scheduled messages.
 fn schedule_op(db: &mut dyn Backend, op: &ScheduleOp) -> Result<Reply, StoreError> {
     Ok(match op {
+        ScheduleOp::SkipGroupCopies {
+            group_id,
+            userid,
+            now,
+        } => Reply::Skipped {
+            userid: userid.clone(),
+            count: db.exec(
+                "UPDATE messages SET status = 'left', updated_at = ?3, \
+                 last_error = 'left the group before it was sent' \
+                 WHERE userid = ?2 AND status IN ('queued', 'scheduled') \
+                 AND parts_done = 0 AND channel IS NULL AND group_send IN \
+                 (SELECT id FROM group_sends WHERE group_id = ?1)",
+                &[
+                    group_id.as_str().into(),
+                    userid.as_str().into(),
+                    (*now).into(),
+                ],
+            )?,
+        },
         ScheduleOp::Release {
             now,
             limit,
@@ -1946,7 +2067,11 @@ fn cancel(
     };
     let sent_some = parts_done > 0 || matches!(channel, Value::Text(Some(_)));
     let outcome = match status {
-        MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Cancelled => {
+        MessageStatus::Delivered
+        | MessageStatus::Failed
+        | MessageStatus::Cancelled
+        | MessageStatus::Muted
+        | MessageStatus::Left => {
             return Ok(CancelOutcome::Final(status));
         }
         MessageStatus::Queued if leased => return Ok(CancelOutcome::InFlight),

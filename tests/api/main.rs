@@ -26,6 +26,8 @@ mod delivery;
 mod destinations;
 mod doctor;
 mod email;
+mod groups;
+mod groups_send;
 mod hostile;
 mod http_rules;
 mod idempotency;

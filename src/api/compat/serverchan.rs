@@ -247,6 +247,8 @@ pub async fn status(
                 MessageStatus::Queued => "queued",
                 MessageStatus::Scheduled => "scheduled",
                 MessageStatus::Cancelled => "cancelled",
+                MessageStatus::Muted => "muted",
+                MessageStatus::Left => "left",
             },
             "channel": message.channel,
             "last_error": message.last_error,

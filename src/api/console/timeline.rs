@@ -425,6 +425,8 @@ pub fn status_label(status: MessageStatus) -> &'static str {
         MessageStatus::Delivered => "已送达 delivered",
         MessageStatus::Failed => "失败 failed",
         MessageStatus::Cancelled => "已取消 cancelled",
+        MessageStatus::Muted => "已静音 muted",
+        MessageStatus::Left => "已退群 left",
     }
 }
 

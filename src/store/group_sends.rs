@@ -1,0 +1,506 @@
+//! Group messages (issue 29): one `group_sends` row per message sent with a group's token
+//! (the id its sender gets back), and one ordinary message per recipient — a *copy* in
+//! that member's own lane, naming the group message in `messages.group_send`.
+//!
+//! The row and every copy (with their images and files and their lanes) are committed by
+//! the group-commit writer in one transaction ([`Store::insert_group_send`]): a group
+//! message is stored with all its recipients or not at all, on both engines.
+
+use std::collections::HashMap;
+
+use sqlx::Row as _;
+
+use super::messages::{IDEMPOTENCY_WINDOW, MESSAGE_COLUMNS};
+use super::writer::{GroupWrite, Reply, ScheduleOp};
+use super::{Attachment, Message, Store, StoreError, storable};
+use crate::domain::{MessageId, UserId};
+use crate::time::UnixMillis;
+
+/// One group message, as its `group_sends` row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSend {
+    /// What the sender got back (a [`MessageId`], so it sorts by time like messages).
+    pub id: MessageId,
+    pub group_id: String,
+    /// The group's name when it was sent (a rename later does not rewrite history).
+    pub group_name: String,
+    pub created_at: UnixMillis,
+    /// Members it was taken for at acceptance: one copy each (muted ones included).
+    pub recipients: i64,
+    /// The sender's `Idempotency-Key`, per group token, forgotten after 24 h.
+    pub idempotency_key: Option<String>,
+    /// As `messages.idempotency_digest`: the same key with another request is refused.
+    pub idempotency_digest: Option<String>,
+}
+
+const GROUP_SEND_COLUMNS: &str =
+    "id, group_id, group_name, created_at, recipients, idempotency_key, idempotency_digest";
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<GroupSend, StoreError> {
+    Ok(GroupSend {
+        id: MessageId::from_stored(row.try_get("id")?),
+        group_id: row.try_get("group_id")?,
+        group_name: row.try_get("group_name")?,
+        created_at: row.try_get("created_at")?,
+        recipients: row.try_get("recipients")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        idempotency_digest: row.try_get("idempotency_digest")?,
+    })
+}
+
+impl Store {
+    /// Stores a group message: its row and every copy (each with its images and files,
+    /// rows naming the same stored blobs, and its lane when it is queued), in one
+    /// transaction; returns once that is committed. A repeated idempotency key for the
+    /// group fails with [`StoreError::DuplicateKey`].
+    pub async fn insert_group_send(
+        &self,
+        send: GroupSend,
+        copies: Vec<(Message, Vec<Attachment>)>,
+    ) -> Result<(), StoreError> {
+        self.writer.insert_group(GroupWrite { send, copies }).await
+    }
+
+    /// The group message with this id.
+    pub async fn group_send(&self, id: &str) -> Result<Option<GroupSend>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {GROUP_SEND_COLUMNS} FROM group_sends WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The group's message sent with this idempotency key within the last 24 hours.
+    pub async fn group_send_by_key(
+        &self,
+        group_id: &str,
+        key: &str,
+        now: UnixMillis,
+    ) -> Result<Option<GroupSend>, StoreError> {
+        let sql = format!(
+            "SELECT {GROUP_SEND_COLUMNS} FROM group_sends \
+             WHERE group_id = $1 AND idempotency_key = $2 AND created_at > $3"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(group_id)
+            .bind(key)
+            .bind(now - IDEMPOTENCY_WINDOW)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Forgets group idempotency keys older than the window, so that they may be used
+    /// again (as [`Store::expire_idempotency_keys`] does for members' keys).
+    pub async fn expire_group_idempotency_keys(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE group_sends SET idempotency_key = NULL \
+             WHERE idempotency_key IS NOT NULL AND created_at <= $1",
+        )
+        .bind(now - IDEMPOTENCY_WINDOW)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// The copies of a group message, in acceptance order (the group's join order).
+    pub async fn group_copies(&self, id: &MessageId) -> Result<Vec<Message>, StoreError> {
+        let sql =
+            format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE group_send = $1 ORDER BY seq");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Message::from_row).collect()
+    }
+
+    /// The group names (as when sent) of these group messages, by id: what a member's
+    /// listing shows beside their copies. One read for a page of messages.
+    pub async fn group_names(
+        &self,
+        ids: &[&MessageId],
+    ) -> Result<HashMap<MessageId, String>, StoreError> {
+        let mut names = HashMap::new();
+        let mut ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(100) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, group_name FROM group_sends WHERE id IN ({})",
+                params.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                names.insert(
+                    MessageId::from_stored(row.try_get("id")?),
+                    row.try_get("group_name")?,
+                );
+            }
+        }
+        Ok(names)
+    }
+
+    /// The member left group `group_id` or was removed from it: their copies of its
+    /// messages that have not gone out become `left` (see [`ScheduleOp::SkipGroupCopies`]);
+    /// answers how many. Copies delivered, failed or partly sent stay as they are.
+    pub async fn skip_group_copies(
+        &self,
+        group_id: &str,
+        userid: &UserId,
+    ) -> Result<u64, StoreError> {
+        let op = ScheduleOp::SkipGroupCopies {
+            group_id: group_id.to_owned(),
+            userid: userid.clone(),
+            now: UnixMillis::now(),
+        };
+        match self.writer.schedule(op).await? {
+            Reply::Skipped { count, .. } => Ok(count),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected reply to a group skip: {other:?}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::Row as _;
+
+    use super::*;
+    use crate::store::{MediaKind, MessageStatus};
+
+    fn copy(send: &MessageId, userid: &str, status: MessageStatus) -> Message {
+        let now = UnixMillis::now();
+        let mut m = Message::new_queued(
+            MessageId::generate(),
+            UserId::new(userid),
+            Some("to the group".into()),
+            None,
+            now,
+            now + Duration::from_secs(60),
+        );
+        m.status = status;
+        m.group_send = Some(send.clone());
+        m
+    }
+
+    fn send(group_id: &str, recipients: i64, key: Option<&str>) -> GroupSend {
+        GroupSend {
+            id: MessageId::generate(),
+            group_id: group_id.to_owned(),
+            group_name: "ops".to_owned(),
+            created_at: UnixMillis::now(),
+            recipients,
+            idempotency_key: key.map(str::to_owned),
+            idempotency_digest: key.map(|_| "d1".to_owned()),
+        }
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .try_get::<i64, _>(0)
+            .unwrap()
+    }
+
+    /// The parent row, every copy (queued ones with their lanes, a muted one without) and
+    /// each copy's attachment rows naming the one blob: one commit.
+    async fn a_group_message_commits_with_every_copy_and_lane(store: &Store) {
+        let blob = store
+            .put_blob(
+                futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(vec![
+                    7u8;
+                    1000
+                ]))]),
+                crate::store::BlobLimits {
+                    max_bytes: 1 << 20,
+                    total_bytes: 1 << 30,
+                },
+                |_| "application/octet-stream",
+            )
+            .await
+            .unwrap();
+        let parent = send("g1", 3, None);
+        let file = Attachment {
+            blob_id: blob.id.clone(),
+            filename: Some("log.txt".into()),
+            kind: MediaKind::File,
+        };
+        let copies = vec![
+            (
+                copy(&parent.id, "alice", MessageStatus::Queued),
+                vec![file.clone()],
+            ),
+            (
+                copy(&parent.id, "bob", MessageStatus::Muted),
+                vec![file.clone()],
+            ),
+            (copy(&parent.id, "carol", MessageStatus::Queued), vec![file]),
+        ];
+        let ids: Vec<MessageId> = copies.iter().map(|(m, _)| m.id.clone()).collect();
+        store
+            .insert_group_send(parent.clone(), copies)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.group_send(parent.id.as_str()).await.unwrap(),
+            Some(parent.clone())
+        );
+        let stored = store.group_copies(&parent.id).await.unwrap();
+        let seen: Vec<(&str, MessageStatus)> = stored
+            .iter()
+            .map(|m| (m.userid.as_str(), m.status))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("alice", MessageStatus::Queued),
+                ("bob", MessageStatus::Muted),
+                ("carol", MessageStatus::Queued),
+            ],
+            "every copy, in acceptance order"
+        );
+        assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert!(stored.iter().all(|m| m.media_count == 1));
+        assert_eq!(
+            count(
+                store,
+                "SELECT count(*) FROM lanes WHERE userid IN ('alice', 'carol')"
+            )
+            .await,
+            2,
+            "the queued copies' lanes"
+        );
+        assert_eq!(
+            count(store, "SELECT count(*) FROM lanes WHERE userid = 'bob'").await,
+            0,
+            "a muted copy opens no lane"
+        );
+        for id in &ids {
+            assert_eq!(store.attachments_of(id).await.unwrap().len(), 1);
+        }
+        assert_eq!(
+            count(store, "SELECT count(DISTINCT blob_id) FROM message_media").await,
+            1,
+            "one blob for every copy"
+        );
+        // The blob is not an orphan while any copy names it.
+        assert_eq!(
+            store
+                .purge_orphan_blobs(UnixMillis::now() + Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        let names = store.group_names(&[&parent.id]).await.unwrap();
+        assert_eq!(names.get(&parent.id).map(String::as_str), Some("ops"));
+    }
+
+    /// The idempotency index is per group: the same key again for the group is a
+    /// duplicate (and nothing of the second message is stored), for another group it is not.
+    async fn a_group_idempotency_key_is_the_groups_own(store: &Store) {
+        let first = send("g1", 1, Some("k"));
+        store
+            .insert_group_send(
+                first.clone(),
+                vec![(copy(&first.id, "alice", MessageStatus::Queued), vec![])],
+            )
+            .await
+            .unwrap();
+        let again = send("g1", 1, Some("k"));
+        let err = store
+            .insert_group_send(
+                again.clone(),
+                vec![(copy(&again.id, "alice", MessageStatus::Queued), vec![])],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateKey), "{err:?}");
+        assert!(store.group_copies(&again.id).await.unwrap().is_empty());
+        let other = send("g2", 1, Some("k"));
+        store
+            .insert_group_send(
+                other,
+                vec![(copy(&again.id, "alice", MessageStatus::Queued), vec![])],
+            )
+            .await
+            .unwrap();
+        let found = store
+            .group_send_by_key("g1", "k", UnixMillis::now())
+            .await
+            .unwrap();
+        assert_eq!(found.map(|s| s.id), Some(first.id));
+    }
+
+    /// Leaving skips the member's copies of that group's messages that nothing of went
+    /// out; other members', other groups', delivered and partly sent copies stay.
+    async fn leaving_skips_only_the_members_unsent_copies_of_that_group(store: &Store) {
+        let ops = send("ops", 2, None);
+        let mut partly = copy(&ops.id, "alice", MessageStatus::Queued);
+        partly.parts_done = 1;
+        let mut scheduled = copy(&ops.id, "alice", MessageStatus::Scheduled);
+        scheduled.deliver_at = Some(UnixMillis::now() + Duration::from_secs(3600));
+        let queued = copy(&ops.id, "alice", MessageStatus::Queued);
+        let delivered = copy(&ops.id, "alice", MessageStatus::Delivered);
+        let bobs = copy(&ops.id, "bob", MessageStatus::Queued);
+        let ids = [&partly, &scheduled, &queued, &delivered, &bobs].map(|m| m.id.clone());
+        store
+            .insert_group_send(
+                ops,
+                [partly, scheduled, queued, delivered, bobs]
+                    .into_iter()
+                    .map(|m| (m, vec![]))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let dev = send("dev", 1, None);
+        let elsewhere = copy(&dev.id, "alice", MessageStatus::Queued);
+        let elsewhere_id = elsewhere.id.clone();
+        store
+            .insert_group_send(dev, vec![(elsewhere, vec![])])
+            .await
+            .unwrap();
+
+        let skipped = store
+            .skip_group_copies("ops", &UserId::new("alice"))
+            .await
+            .unwrap();
+        assert_eq!(skipped, 2, "the scheduled and the queued copy");
+        let status = |id: &MessageId| {
+            let id = id.clone();
+            async move { store.message(id.as_str()).await.unwrap().unwrap().status }
+        };
+        assert_eq!(status(&ids[0]).await, MessageStatus::Queued, "partly sent");
+        assert_eq!(status(&ids[1]).await, MessageStatus::Left);
+        assert_eq!(status(&ids[2]).await, MessageStatus::Left);
+        assert_eq!(status(&ids[3]).await, MessageStatus::Delivered);
+        assert_eq!(status(&ids[4]).await, MessageStatus::Queued, "bob's");
+        assert_eq!(
+            status(&elsewhere_id).await,
+            MessageStatus::Queued,
+            "another group's"
+        );
+    }
+
+    /// Many members' preferences in one read, the same as one by one.
+    async fn many_members_prefs_read_at_once_match_one_by_one(store: &Store) {
+        let users: Vec<UserId> = (0..40).map(|i| UserId::new(&format!("m{i}"))).collect();
+        for (i, user) in users.iter().enumerate().take(20) {
+            store.token_for(user).await.unwrap();
+            if i % 2 == 0 {
+                store
+                    .set_look(user, Some(crate::domain::Look::Text))
+                    .await
+                    .unwrap();
+            }
+        }
+        let batch = store.members_prefs(&users).await.unwrap();
+        assert_eq!(batch.len(), users.len());
+        for user in &users {
+            assert_eq!(
+                batch[user],
+                store.member_prefs(user).await.unwrap(),
+                "{user}"
+            );
+        }
+    }
+
+    /// The chat's and the API's `leave` and `kick` (the store's leave_group and
+    /// kick_from_group) skip the member's unsent copies; the others' stay queued.
+    async fn leaving_and_being_kicked_skip_the_members_copies(store: &Store) {
+        use crate::store::{Created, Joined, Kicked, Left, Owned};
+        let limits = crate::groups::Limits::default();
+        let (alice, bob, carol) = (
+            UserId::new("alice"),
+            UserId::new("bob"),
+            UserId::new("carol"),
+        );
+        let Created::Created(made) = store.create_group(&alice, "ops", &limits).await.unwrap()
+        else {
+            panic!("the group is made");
+        };
+        for member in [&bob, &carol] {
+            let joined = store
+                .join_group(member, &made.invite, &limits)
+                .await
+                .unwrap();
+            assert!(matches!(joined, Joined::Joined(_)), "{joined:?}");
+        }
+        let parent = send(&made.group.id, 3, None);
+        let copies: Vec<Message> = [&alice, &bob, &carol]
+            .map(|u| copy(&parent.id, u.as_str(), MessageStatus::Queued))
+            .into();
+        let ids: Vec<MessageId> = copies.iter().map(|m| m.id.clone()).collect();
+        store
+            .insert_group_send(parent, copies.into_iter().map(|m| (m, vec![])).collect())
+            .await
+            .unwrap();
+        let left = store.leave_group(&bob, "ops").await.unwrap();
+        assert!(matches!(left, Left::Left { .. }), "{left:?}");
+        let kicked = store.kick_from_group(&alice, "ops", &carol).await.unwrap();
+        assert!(
+            matches!(kicked, Owned::Done((_, Kicked::Kicked))),
+            "{kicked:?}"
+        );
+        let status = |i: usize| {
+            let id = ids[i].clone();
+            async move { store.message(id.as_str()).await.unwrap().unwrap().status }
+        };
+        assert_eq!(status(0).await, MessageStatus::Queued, "alice stayed");
+        assert_eq!(status(1).await, MessageStatus::Left, "bob left");
+        assert_eq!(status(2).await, MessageStatus::Left, "carol was removed");
+    }
+
+    /// The retention purge takes a group message's row with its last copy, not before.
+    async fn a_group_message_is_purged_with_its_last_copy(store: &Store) {
+        let done = send("g1", 1, None);
+        let waiting = send("g1", 2, None);
+        store
+            .insert_group_send(
+                done.clone(),
+                vec![(copy(&done.id, "alice", MessageStatus::Delivered), vec![])],
+            )
+            .await
+            .unwrap();
+        store
+            .insert_group_send(
+                waiting.clone(),
+                vec![
+                    (copy(&waiting.id, "alice", MessageStatus::Delivered), vec![]),
+                    (copy(&waiting.id, "bob", MessageStatus::Queued), vec![]),
+                ],
+            )
+            .await
+            .unwrap();
+        let later = UnixMillis::now() + Duration::from_secs(3600);
+        assert_eq!(store.purge_messages(later, 100).await.unwrap(), 2);
+        assert_eq!(store.group_send(done.id.as_str()).await.unwrap(), None);
+        assert_eq!(
+            store.group_send(waiting.id.as_str()).await.unwrap(),
+            Some(waiting),
+            "bob's copy is still queued"
+        );
+    }
+
+    on_both_engines!(
+        a_group_message_is_purged_with_its_last_copy,
+        leaving_and_being_kicked_skip_the_members_copies,
+        a_group_message_commits_with_every_copy_and_lane,
+        a_group_idempotency_key_is_the_groups_own,
+        leaving_skips_only_the_members_unsent_copies_of_that_group,
+        many_members_prefs_read_at_once_match_one_by_one,
+    );
+}

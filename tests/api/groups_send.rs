@@ -1,0 +1,1081 @@
+//! Sending with a group's token (issue 29): one request, one copy per member through that
+//! member's own lane, limits and fallback; following the group message with its token;
+//! membership taken at acceptance; mute and leave; idempotency per group token; every
+//! compat route; a `kill -9` during fan-outs.
+//!
+//! WeCom is the mock, e-mail a real SMTP listener; what counts is what they received and
+//! what the database holds, not what the gateway says about itself alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Row as _;
+
+use crate::db;
+use crate::helpers::*;
+use crate::smtp::SmtpSink;
+
+// ------------------------------------------------------------------------------------------
+// helpers
+// ------------------------------------------------------------------------------------------
+
+struct Member {
+    user: String,
+    token: String,
+}
+
+async fn member(api: &Api, prefix: &str) -> Member {
+    let user = userid(prefix);
+    let token = api.get_token(&user).await;
+    Member { user, token }
+}
+
+/// A group as the tests use it: its id, name and send token.
+struct Group {
+    id: String,
+    name: String,
+    token: String,
+}
+
+/// Makes group `name` with `members` (the first is the owner), in that join order, as
+/// stored rows (the group commands are tested with the commands themselves).
+async fn group(store_url: &str, name: &str, members: &[&str]) -> Group {
+    let mut conn = db::connect(store_url).await;
+    let id = format!("g-{}", userid("id"));
+    let token = pushbot::token::generate().expose().to_owned();
+    let now = db::now_ms();
+    sqlx::query(
+        "INSERT INTO groups (id, name, token, token_created_at, invite, invite_expires_at, \
+         source, created_at) VALUES ($1, $2, $3, $4, NULL, NULL, 'chat', $4)",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(&token)
+    .bind(now)
+    .execute(&mut conn)
+    .await
+    .expect("insert a group");
+    for (i, user) in members.iter().enumerate() {
+        join(store_url, &id, user, i == 0, now + i as i64).await;
+    }
+    Group {
+        id,
+        name: name.to_owned(),
+        token,
+    }
+}
+
+async fn join(store_url: &str, group_id: &str, user: &str, owner: bool, at: i64) {
+    let mut conn = db::connect(store_url).await;
+    sqlx::query(
+        "INSERT INTO group_members (group_id, userid, owner, joined_at, muted) \
+         VALUES ($1, $2, $3, $4, 0)",
+    )
+    .bind(group_id)
+    .bind(user)
+    .bind(i64::from(owner))
+    .bind(at)
+    .execute(&mut conn)
+    .await
+    .expect("insert a group member");
+}
+
+async fn mute(store_url: &str, group_id: &str, user: &str) {
+    let mut conn = db::connect(store_url).await;
+    sqlx::query("UPDATE group_members SET muted = 1 WHERE group_id = $1 AND userid = $2")
+        .bind(group_id)
+        .bind(user)
+        .execute(&mut conn)
+        .await
+        .expect("mute");
+}
+
+/// `POST /send` (JSON) with the group's token; asserts the answer of an accepted group
+/// message for `recipients` members; returns its id.
+async fn send_to_group(api: &Api, g: &Group, body: &Value, recipients: i64) -> String {
+    let resp = api.send_json(Some(&g.token), body).await;
+    let status = resp.status();
+    let answer: Value = resp.json().await.expect("JSON answer");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["status"], "queued", "{answer}");
+    assert_eq!(answer["recipients"], recipients, "{answer}");
+    answer["id"].as_str().expect("an id").to_owned()
+}
+
+/// `GET /messages/{id}` with the group's token, until its status is `want`.
+async fn wait_group_status(api: &Api, g: &Group, id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = api.message_json(id, &g.token).await;
+        if status["status"] == want {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group message {id} never became {want}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `member → status` of a group message's recipients.
+fn recipients(status: &Value) -> BTreeMap<String, String> {
+    status["recipients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("recipients is an array: {status}"))
+        .iter()
+        .map(|r| {
+            (
+                r["member"].as_str().unwrap_or_default().to_owned(),
+                r["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn unthrottled(c: &mut Settings) {
+    c.server.send_rate = pushbot::config::SendRate {
+        count: 1_000_000,
+        per: Duration::from_secs(1),
+    };
+}
+
+/// Texts WeCom accepted, per member.
+fn texts_by_member(mock: &MockWeCom) -> BTreeMap<String, Vec<String>> {
+    let mut calls = mock.delivered_calls();
+    calls.sort_by_key(|c| c.arrival);
+    let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for call in calls {
+        by.entry(call.touser().to_owned())
+            .or_default()
+            .push(call.text().to_owned());
+    }
+    by
+}
+
+// ------------------------------------------------------------------------------------------
+// fan-out
+// ------------------------------------------------------------------------------------------
+
+/// One request to a group of three: one copy for each member at WeCom, the answer says
+/// 3 recipients, the group token follows it to `delivered` member by member, and each
+/// member's own listing shows the group's name.
+#[tokio::test]
+async fn a_group_message_reaches_every_member_once() {
+    let app = spawn_app().await;
+    let (a, b, c) = (
+        member(&app, "fan").await,
+        member(&app, "fan").await,
+        member(&app, "fan").await,
+    );
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user, &c.user]).await;
+    let id = send_to_group(
+        &app,
+        &g,
+        &json!({"title": "Deploy", "content": "v2 is live"}),
+        3,
+    )
+    .await;
+    let sent = app.mock.wait_for_sent(3, WAIT).await;
+    let to: BTreeSet<&str> = sent.iter().map(|s| s.touser.as_str()).collect();
+    assert_eq!(
+        to,
+        BTreeSet::from([a.user.as_str(), b.user.as_str(), c.user.as_str()])
+    );
+    assert!(sent.iter().all(|s| s.content == "Deploy\n\nv2 is live"));
+
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    assert_eq!(status["group"], g.name.as_str(), "{status}");
+    assert_eq!(status["id"], id.as_str(), "{status}");
+    let list = status["recipients"].as_array().unwrap();
+    let members: Vec<&str> = list.iter().map(|r| r["member"].as_str().unwrap()).collect();
+    assert_eq!(members, [&a.user, &b.user, &c.user], "join order: {status}");
+    for r in list {
+        assert_eq!(r["status"], "delivered", "{status}");
+        assert_eq!(r["channel"], "wecom", "{status}");
+        assert!(r["delivered_at"].is_string(), "{status}");
+        assert!(r["last_error"].is_null(), "{status}");
+    }
+    // Nothing else went to WeCom.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.mock.delivered_calls().len(), 3);
+
+    // Each member sees their copy, named by the group.
+    for m in [&a, &b, &c] {
+        let resp = app.messages(&[("token", &m.token)]).await;
+        let page: Value = resp.json().await.unwrap();
+        let mine = page["messages"].as_array().unwrap();
+        assert_eq!(mine.len(), 1, "{page}");
+        assert_eq!(mine[0]["group"], "ops", "{page}");
+        assert_eq!(mine[0]["status"], "delivered", "{page}");
+        let copy = mine[0]["id"].as_str().unwrap();
+        let one = app.message_json(copy, &m.token).await;
+        assert_eq!(one["group"], "ops", "{one}");
+        // A member's token does not see the group message by its id.
+        let resp = app.message(&id, Some(&m.token)).await;
+        assert_eq!(resp.status(), 404);
+    }
+    // The group token sees only its own messages.
+    let resp = app.message(&id, Some(&a.token)).await;
+    assert_eq!(resp.status(), 404);
+    let other = group(app.store_url(), "dev", &[&a.user]).await;
+    let resp = app.message(&id, Some(&other.token)).await;
+    assert_eq!(resp.status(), 404);
+}
+
+/// Every `/send` form with a group token: GET query, JSON with a Bearer header, a form
+/// body; a personal token still answers without `recipients`.
+#[tokio::test]
+async fn every_send_form_takes_a_group_token() {
+    let app = spawn_app_with(unthrottled).await;
+    let (a, b) = (member(&app, "forms").await, member(&app, "forms").await);
+    let g = group(app.store_url(), "forms", &[&a.user, &b.user]).await;
+    let get = app
+        .send_get(&[("token", &g.token), ("title", "by GET")])
+        .await;
+    let form = app
+        .send_form(&[("token", &g.token), ("title", "by form")])
+        .await;
+    let multipart = app
+        .http
+        .post(app.url("/send"))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("token", g.token.clone())
+                .text("title", "by multipart"),
+        )
+        .send()
+        .await
+        .unwrap();
+    for resp in [get, form, multipart] {
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["recipients"], 2, "{body}");
+    }
+    send_to_group(&app, &g, &json!({"title": "by JSON"}), 2).await;
+    app.mock.wait_for_sent(8, WAIT).await;
+    let by = texts_by_member(&app.mock);
+    for m in [&a, &b] {
+        let mut got = by[&m.user].clone();
+        got.sort();
+        assert_eq!(got, ["by GET", "by JSON", "by form", "by multipart"]);
+    }
+    let resp = app
+        .send_json(Some(&a.token), &json!({"title": "mine"}))
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    assert!(body.get("recipients").is_none(), "{body}");
+}
+
+/// A muted member's copy is stored `muted` and never sent; the others get it, and the
+/// group message is `delivered` (the muted copy is not meant to go out).
+#[tokio::test]
+async fn a_muted_member_is_skipped_visibly() {
+    let app = spawn_app().await;
+    let (a, b) = (member(&app, "mute").await, member(&app, "mute").await);
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
+    mute(app.store_url(), &g.id, &b.user).await;
+    let id = send_to_group(&app, &g, &json!({"title": "quiet please"}), 2).await;
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    assert_eq!(
+        recipients(&status),
+        BTreeMap::from([
+            (a.user.clone(), "delivered".to_owned()),
+            (b.user.clone(), "muted".to_owned()),
+        ]),
+        "{status}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent: Vec<String> = app
+        .mock
+        .delivered_calls()
+        .iter()
+        .map(|c| c.touser().to_owned())
+        .collect();
+    assert_eq!(
+        sent,
+        std::slice::from_ref(&a.user),
+        "never sent to the muted member"
+    );
+    // The muted member sees it too, as muted.
+    let page: Value = app
+        .messages(&[("token", &b.token), ("status", "muted")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+}
+
+/// Membership is read at acceptance: a member who joins afterwards does not get a message
+/// accepted before (though it is still queued behind a busy WeCom).
+#[tokio::test]
+async fn membership_is_taken_at_acceptance() {
+    let app = spawn_app().await;
+    let (a, late) = (member(&app, "accept").await, member(&app, "accept").await);
+    let g = group(app.store_url(), "ops", &[&a.user]).await;
+    // WeCom is slow: the message is still in flight when the new member joins.
+    app.mock.set_delay(Some(Duration::from_millis(500)));
+    let id = send_to_group(&app, &g, &json!({"title": "before you came"}), 1).await;
+    join(app.store_url(), &g.id, &late.user, false, db::now_ms()).await;
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    assert_eq!(recipients(&status).len(), 1, "{status}");
+    app.mock.set_delay(None);
+    let after = send_to_group(&app, &g, &json!({"title": "after"}), 2).await;
+    wait_group_status(&app, &g, &after, "delivered").await;
+    let by = texts_by_member(&app.mock);
+    assert_eq!(by[&late.user], ["after"]);
+    assert_eq!(by[&a.user], ["before you came", "after"]);
+}
+
+/// `Idempotency-Key` is per group token: the same request again is the same group message
+/// (nothing new stored or sent); another request with the key is refused; a member's own
+/// key of the same name is unrelated.
+#[tokio::test]
+async fn idempotency_keys_are_per_group_token() {
+    let app = spawn_app().await;
+    let (a, b) = (member(&app, "idem").await, member(&app, "idem").await);
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
+    let send = |title: &'static str| {
+        let app = &app;
+        let token = g.token.clone();
+        async move {
+            app.http
+                .post(app.url("/send"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", "nightly-1")
+                .json(&json!({ "title": title }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first: Value = send("backup done").await.json().await.unwrap();
+    assert_eq!(first["recipients"], 2, "{first}");
+    let again = send("backup done").await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"], "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["recipients"], 2, "{again}");
+    let other = send("something else").await;
+    assert_eq!(other.status(), 409, "the key with another request");
+    // The member's own key of the same name is theirs.
+    let own = app
+        .http
+        .post(app.url("/send"))
+        .bearer_auth(&a.token)
+        .header("Idempotency-Key", "nightly-1")
+        .json(&json!({"title": "personal"}))
+        .send()
+        .await
+        .unwrap();
+    let own: Value = own.json().await.unwrap();
+    assert_ne!(own["id"], first["id"], "{own}");
+    assert!(own.get("duplicate").is_none(), "{own}");
+    app.mock.wait_for_sent(3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let by = texts_by_member(&app.mock);
+    assert_eq!(by[&a.user], ["backup done", "personal"]);
+    assert_eq!(by[&b.user], ["backup done"]);
+    let mut conn = db::connect(app.store_url()).await;
+    let n: i64 = sqlx::query("SELECT count(*) FROM group_sends")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+/// A group token has a send budget of its own (`server.send_rate`), apart from its
+/// members' personal budgets.
+#[tokio::test]
+async fn the_send_rate_applies_per_group_token() {
+    let app = spawn_app_with(|c| {
+        c.server.send_rate = pushbot::config::SendRate {
+            count: 2,
+            per: Duration::from_secs(60),
+        };
+    })
+    .await;
+    let a = member(&app, "rate").await;
+    let g = group(app.store_url(), "ops", &[&a.user]).await;
+    for i in 0..2 {
+        send_to_group(&app, &g, &json!({ "title": format!("g{i}") }), 1).await;
+    }
+    let resp = app.send_json(Some(&g.token), &json!({"title": "g3"})).await;
+    let body = assert_error(resp, 429, "rate_limited").await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("group"),
+        "{body}"
+    );
+    // The member's own budget is untouched.
+    accepted_id(
+        app.send_json(Some(&a.token), &json!({"title": "mine"}))
+            .await,
+    )
+    .await;
+}
+
+// ------------------------------------------------------------------------------------------
+// each member's own lane: limits and fallback
+// ------------------------------------------------------------------------------------------
+
+/// A burst of 40 group messages (the issue's 30 a minute, scaled to 3 per 300 ms): no
+/// member receives more than their limit in any window, and nothing is lost — every
+/// member ends with all 40 delivered (some carried by digests).
+#[tokio::test]
+async fn a_burst_to_a_group_keeps_every_members_limit_and_loses_nothing() {
+    const N: usize = 40;
+    let app = spawn_app_with(|c| {
+        c.wecom.member_limits = member_limits(&[(3, Duration::from_millis(300))]);
+        c.delivery.retry_window = Duration::from_secs(60);
+        unthrottled(c);
+    })
+    .await;
+    let members = [
+        member(&app, "burst").await,
+        member(&app, "burst").await,
+        member(&app, "burst").await,
+    ];
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let g = group(app.store_url(), "burst", &users).await;
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        ids.push(send_to_group(&app, &g, &json!({ "title": format!("alert #{i:02}") }), 3).await);
+    }
+    for id in &ids {
+        let status = wait_group_status(&app, &g, id, "delivered").await;
+        assert_eq!(recipients(&status).len(), 3, "{status}");
+    }
+    // Per member: at most 3 WeCom messages in any 300 ms.
+    let calls = app.mock.delivered_calls();
+    let mut times: BTreeMap<&str, Vec<Instant>> = BTreeMap::new();
+    for call in &calls {
+        times
+            .entry(call.touser())
+            .or_default()
+            .push(call.received_at);
+    }
+    assert_eq!(times.len(), 3);
+    for (user, mut at) in times {
+        at.sort();
+        for (i, start) in at.iter().enumerate() {
+            let inside = at[i..]
+                .iter()
+                .take_while(|t| t.duration_since(*start) < Duration::from_millis(300))
+                .count();
+            assert!(inside <= 3, "{user}: {inside} messages within 300 ms");
+        }
+    }
+    // Every member's copies of all 40 are delivered (digests carry several).
+    for m in &members {
+        let mut delivered = 0;
+        let mut before: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("token", m.token.as_str()),
+                ("status", "delivered"),
+                ("limit", "100"),
+            ];
+            if let Some(b) = &before {
+                query.push(("before", b.as_str()));
+            }
+            let page: Value = app.messages(&query).await.json().await.unwrap();
+            delivered += page["messages"].as_array().unwrap().len();
+            match page["next_before"].as_str() {
+                Some(next) => before = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(delivered, N, "{}", m.user);
+    }
+}
+
+/// WeCom refuses one member for good: that member's copy goes by e-mail (their own
+/// fallback), the others' by WeCom, and the group message is `delivered`.
+#[tokio::test]
+async fn one_member_refused_by_wecom_gets_it_by_mail_the_others_by_wecom() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let app = spawn_app_with(|c| {
+        c.email = Some(local_email(port));
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+    })
+    .await;
+    let (a, b, c) = (
+        member(&app, "fallback").await,
+        member(&app, "fallback").await,
+        member(&app, "fallback").await,
+    );
+    // b binds an address (the chat flow: a code by mail).
+    let address = format!("{}@example.com", b.user);
+    let reply = say(&app, &b.user, &format!("email {address}")).await;
+    assert_says(&reply, "code sent", "email");
+    let mail = sink.wait_for_mails_to(&address, 1, WAIT).await;
+    let code = mail[0].code().expect("a code");
+    assert_says(
+        &say(&app, &b.user, &format!("verify {code}")).await,
+        "bound",
+        "verify",
+    );
+    app.mock.fail_always_for(&b.user, wecom_permanent());
+
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user, &c.user]).await;
+    let id = send_to_group(
+        &app,
+        &g,
+        &json!({"title": "Disk full", "content": "host-7"}),
+        3,
+    )
+    .await;
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    let channels: BTreeMap<String, String> = status["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["member"].as_str().unwrap().to_owned(),
+                r["channel"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        channels,
+        BTreeMap::from([
+            (a.user.clone(), "wecom".to_owned()),
+            (b.user.clone(), "email".to_owned()),
+            (c.user.clone(), "wecom".to_owned()),
+        ]),
+        "{status}"
+    );
+    let mails = sink.wait_for_mails_to(&address, 2, WAIT).await;
+    assert_eq!(mails[1].subject(), "Disk full");
+    let by = texts_by_member(&app.mock);
+    assert!(!by.contains_key(&b.user), "WeCom never took b's copy");
+    assert_eq!(by[&a.user], ["Disk full\n\nhost-7"]);
+    assert_eq!(by[&c.user], ["Disk full\n\nhost-7"]);
+}
+
+/// A group whose members cannot be reached on the channel the sender names is a 400 with
+/// nothing stored; when some can, the others' copies fail visibly (`partial`).
+#[tokio::test]
+async fn a_channel_no_member_can_take_is_refused_one_some_cannot_take_is_partial() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let app = spawn_app_with(|c| c.email = Some(local_email(port))).await;
+    let (a, b) = (member(&app, "chan").await, member(&app, "chan").await);
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
+    let resp = app
+        .send_json(Some(&g.token), &json!({"title": "x", "channel": "email"}))
+        .await;
+    let body = assert_error(resp, 400, "bad_request").await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no member"),
+        "{body}"
+    );
+    let mut conn = db::connect(app.store_url()).await;
+    let n: i64 = sqlx::query("SELECT count(*) FROM group_sends")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing stored");
+
+    let address = format!("{}@example.com", a.user);
+    say(&app, &a.user, &format!("email {address}")).await;
+    let code = sink.wait_for_mails_to(&address, 1, WAIT).await[0]
+        .code()
+        .expect("a code");
+    say(&app, &a.user, &format!("verify {code}")).await;
+    let id = send_to_group(
+        &app,
+        &g,
+        &json!({"title": "by mail", "channel": "email"}),
+        2,
+    )
+    .await;
+    let status = wait_group_status(&app, &g, &id, "partial").await;
+    let list = status["recipients"].as_array().unwrap();
+    assert_eq!(list[0]["status"], "delivered", "{status}");
+    assert_eq!(list[0]["channel"], "email", "{status}");
+    assert_eq!(list[1]["status"], "failed", "{status}");
+    assert!(
+        list[1]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("e-mail"),
+        "{status}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// compat routes
+// ------------------------------------------------------------------------------------------
+
+/// ServerChan, Bark, gotify, ntfy and the two alert hooks take a group token like a
+/// personal one: each request reaches every member once.
+#[tokio::test]
+async fn every_compat_route_takes_a_group_token() {
+    let app = spawn_app_with(unthrottled).await;
+    let (a, b) = (member(&app, "compat").await, member(&app, "compat").await);
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
+    let t = &g.token;
+    let http = &app.http;
+    let alertmanager = json!({
+        "version": "4", "status": "firing", "receiver": "pushbot",
+        "groupLabels": {"alertname": "AmDown"}, "commonLabels": {"alertname": "AmDown"},
+        "commonAnnotations": {}, "externalURL": "http://am:9093",
+        "alerts": [{"status": "firing", "labels": {"alertname": "AmDown"},
+                    "annotations": {"summary": "am"}, "startsAt": "2026-12-07T10:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://x"}]
+    });
+    let grafana = json!({
+        "receiver": "pushbot", "status": "firing", "orgId": 1,
+        "title": "[FIRING:1] GfDown", "message": "grafana says",
+        "groupLabels": {"alertname": "GfDown"}, "commonLabels": {"alertname": "GfDown"},
+        "alerts": [{"status": "firing", "labels": {"alertname": "GfDown"},
+                    "annotations": {"summary": "gf"}, "startsAt": "2026-12-07T10:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z"}]
+    });
+    let requests = [
+        (
+            "serverchan",
+            http.get(app.url(&format!("/{t}.send?title=sc-title"))),
+        ),
+        (
+            "bark",
+            http.get(app.url(&format!("/{t}/bark-title/bark-body"))),
+        ),
+        (
+            "gotify",
+            http.post(app.url("/message"))
+                .query(&[("token", t.as_str())])
+                .json(&json!({"title": "gotify-title", "message": "gotify-body"})),
+        ),
+        (
+            "ntfy",
+            http.post(app.url("/alerts"))
+                .bearer_auth(t)
+                .header("content-type", "text/plain")
+                .body("ntfy-body"),
+        ),
+        (
+            "alertmanager",
+            http.post(app.url("/hooks/alertmanager"))
+                .query(&[("token", t.as_str())])
+                .json(&alertmanager),
+        ),
+        (
+            "grafana",
+            http.post(app.url("/hooks/grafana"))
+                .query(&[("token", t.as_str())])
+                .json(&grafana),
+        ),
+    ];
+    let n = requests.len();
+    for (route, request) in requests {
+        let resp = request.send().await.unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{route}: {body}");
+    }
+    app.mock.wait_for_sent(2 * n, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let by = texts_by_member(&app.mock);
+    for m in [&a, &b] {
+        let got = &by[&m.user];
+        assert_eq!(got.len(), n, "{}: {got:?}", m.user);
+        for fragment in [
+            "sc-title",
+            "bark-title",
+            "gotify-title",
+            "ntfy-body",
+            "AmDown",
+            "GfDown",
+        ] {
+            assert!(
+                got.iter().any(|t| t.contains(fragment)),
+                "{} got {fragment}: {got:?}",
+                m.user
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// kill -9
+// ------------------------------------------------------------------------------------------
+
+/// The binary is killed (`kill -9`) while group messages to 30 members are being accepted
+/// concurrently: every group message answered 200 is stored with all 30 copies, no group
+/// message is stored with fewer, and after a restart every stored copy reaches its member
+/// exactly once (WeCom is down until the restart, so nothing was in flight).
+#[tokio::test]
+async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
+    const MEMBERS: usize = 30;
+    let mock = MockWeCom::start().await;
+    let config = settings_with(|c| {
+        unthrottled(c);
+        c.delivery.instance_id = Some("groups-kill9".to_owned());
+        c.delivery.retry_window = Duration::from_secs(120);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
+    });
+    let setup = bin_setup(&config, &mock.base_url);
+    let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
+    let mut users = Vec::with_capacity(MEMBERS);
+    for _ in 0..MEMBERS {
+        let user = userid("k9");
+        bin.get_token(&user).await;
+        users.push(user);
+    }
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let g = group(setup.store_url(), "k9", &refs).await;
+    mock.fail_always(SendReply::http(503));
+
+    // Senders keep sending until the process is gone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for client in 0..4 {
+        let url = bin.url("/send");
+        let token = g.token.clone();
+        let stop = stop.clone();
+        let accepted = accepted.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut i = 0;
+            while i < 25 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let title = format!("c{client} #{i}");
+                i += 1;
+                let Ok(resp) = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({ "title": title }))
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                if resp.status() == 200
+                    && let Ok(body) = resp.json::<Value>().await
+                    && let Some(id) = body["id"].as_str()
+                {
+                    accepted.lock().unwrap().push(id.to_owned());
+                }
+            }
+        }));
+    }
+    // Killed in the middle of the fan-outs: once some were answered, none finished.
+    let deadline = Instant::now() + WAIT;
+    while accepted.lock().unwrap().len() < 10 {
+        assert!(Instant::now() < deadline, "group messages are accepted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bin.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(!accepted.is_empty(), "some group messages were accepted");
+
+    let mut conn = db::connect(setup.store_url()).await;
+    let rows = sqlx::query(
+        "SELECT g.id, g.recipients, count(m.id) AS copies FROM group_sends g \
+         LEFT JOIN messages m ON m.group_send = g.id GROUP BY g.id, g.recipients",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let stored: BTreeMap<String, (i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get("id"), (r.get("recipients"), r.get("copies"))))
+        .collect();
+    for id in &accepted {
+        assert!(
+            stored.contains_key(id),
+            "{id} was answered 200 but is not stored"
+        );
+    }
+    for (id, (recipients, copies)) in &stored {
+        assert_eq!(*recipients, MEMBERS as i64, "{id}");
+        assert_eq!(copies, recipients, "{id} is stored with every copy");
+    }
+    let orphans: i64 = sqlx::query(
+        "SELECT count(*) FROM messages WHERE group_send IS NOT NULL \
+         AND group_send NOT IN (SELECT id FROM group_sends)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(orphans, 0, "no copy without its group message");
+
+    mock.heal();
+    let bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
+    let total = stored.len() * MEMBERS;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mock.delivered_calls().len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} copies delivered",
+            mock.delivered_calls().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = mock.delivered_calls();
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for call in &calls {
+        *seen
+            .entry((call.touser().to_owned(), call.text().to_owned()))
+            .or_default() += 1;
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "each copy exactly once: {:?}",
+        seen.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    assert_eq!(calls.len(), total, "nothing else");
+    drop(bin);
+}
+
+// ------------------------------------------------------------------------------------------
+// leaving before the copy goes out
+// ------------------------------------------------------------------------------------------
+
+async fn groups_call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Value {
+    let resp = app
+        .http
+        .request(method, app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// Made, joined, left and kicked over HTTP (the same store calls as the chat): a member who
+/// leaves, and one who is removed, before their copy went out are skipped with status
+/// `left`; the one who stays still gets it; the group token sees all three.
+#[tokio::test]
+async fn members_who_leave_or_are_removed_before_it_goes_out_are_skipped_as_left() {
+    let app = spawn_app().await;
+    let (a, b, c) = (
+        member(&app, "leave").await,
+        member(&app, "leave").await,
+        member(&app, "leave").await,
+    );
+    let made = groups_call(
+        &app,
+        reqwest::Method::POST,
+        "/groups",
+        &a.token,
+        json!({"name": "ops"}),
+    )
+    .await;
+    let g = Group {
+        id: String::new(),
+        name: "ops".to_owned(),
+        token: made["token"]
+            .as_str()
+            .expect("the owner sees the token")
+            .to_owned(),
+    };
+    let invite = made["invite"].as_str().unwrap();
+    for m in [&b, &c] {
+        groups_call(
+            &app,
+            reqwest::Method::POST,
+            "/groups/join",
+            &m.token,
+            json!({ "invite": invite }),
+        )
+        .await;
+    }
+    // Due in an hour: nothing goes out before they leave.
+    let id = send_to_group(&app, &g, &json!({"title": "later", "delay": "1h"}), 3).await;
+    let status = wait_group_status(&app, &g, &id, "queued").await;
+    assert!(
+        recipients(&status).values().all(|s| s == "scheduled"),
+        "{status}"
+    );
+    groups_call(
+        &app,
+        reqwest::Method::POST,
+        "/groups/ops/leave",
+        &b.token,
+        Value::Null,
+    )
+    .await;
+    groups_call(
+        &app,
+        reqwest::Method::DELETE,
+        &format!("/groups/ops/members/{}", c.user),
+        &a.token,
+        Value::Null,
+    )
+    .await;
+    let status = app.message_json(&id, &g.token).await;
+    assert_eq!(status["status"], "queued", "a's copy still waits: {status}");
+    assert_eq!(
+        recipients(&status),
+        BTreeMap::from([
+            (a.user.clone(), "scheduled".to_owned()),
+            (b.user.clone(), "left".to_owned()),
+            (c.user.clone(), "left".to_owned()),
+        ]),
+        "{status}"
+    );
+    // The members see it in their own listings, as left.
+    let page: Value = app
+        .messages(&[("token", &b.token), ("status", "left")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["group"], "ops", "{page}");
+    // A group token manages nothing of its members' copies.
+    let resp = app
+        .http
+        .delete(app.url(&format!("/messages/{id}")))
+        .bearer_auth(&g.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "bad_request").await;
+}
+
+// ------------------------------------------------------------------------------------------
+// files
+// ------------------------------------------------------------------------------------------
+
+/// A file sent with a group token (multipart, the token before the file) reaches every
+/// member after the text, stored once: each copy names the same blob.
+#[tokio::test]
+async fn a_file_to_a_group_reaches_every_member() {
+    let app = spawn_app().await;
+    let (a, b) = (member(&app, "file").await, member(&app, "file").await);
+    let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
+    let form = reqwest::multipart::Form::new()
+        .text("token", g.token.clone())
+        .text("title", "Nightly log")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"all good\n".repeat(50))
+                .file_name("nightly.log")
+                .mime_str("text/plain")
+                .unwrap(),
+        );
+    let resp = app
+        .http
+        .post(app.url("/send"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["recipients"], 2, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    wait_group_status(&app, &g, &id, "delivered").await;
+    for m in [&a, &b] {
+        let shown: Vec<String> = app
+            .mock
+            .delivered_calls()
+            .iter()
+            .filter(|c| c.touser() == m.user)
+            .map(|c| c.body["msgtype"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(shown, ["text", "file"], "{}", m.user);
+    }
+    let mut conn = db::connect(app.store_url()).await;
+    let row =
+        sqlx::query("SELECT count(*) AS n, count(DISTINCT blob_id) AS blobs FROM message_media")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(row.get::<i64, _>("n"), 2, "one attachment row per copy");
+    assert_eq!(row.get::<i64, _>("blobs"), 1, "one stored file");
+}
+
+// ------------------------------------------------------------------------------------------
+// a large group
+// ------------------------------------------------------------------------------------------
+
+/// A group of 1,000 (`groups.max_members`' default), most of whom never chatted with the
+/// app (a recipient by userid, on the defaults): one request stores 1,000 copies in one
+/// commit and every member gets theirs once.
+#[tokio::test]
+async fn a_thousand_member_group_gets_one_copy_each() {
+    const N: usize = 1000;
+    let app = spawn_app().await;
+    let owner = member(&app, "big").await;
+    let g = group(app.store_url(), "all", &[&owner.user]).await;
+    let mut conn = db::connect(app.store_url()).await;
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+    let base = db::now_ms();
+    let mut users = vec![owner.user.clone()];
+    for i in 1..N {
+        let user = format!("{}-{i:04}", owner.user);
+        sqlx::query(
+            "INSERT INTO group_members (group_id, userid, owner, joined_at, muted) \
+             VALUES ($1, $2, 0, $3, 0)",
+        )
+        .bind(&g.id)
+        .bind(&user)
+        .bind(base + i as i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        users.push(user);
+    }
+    tx.commit().await.unwrap();
+    let started = Instant::now();
+    let id = send_to_group(&app, &g, &json!({"title": "all hands"}), N as i64).await;
+    eprintln!(
+        "1,000 copies accepted in {:?} (debug build)",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.mock.delivered_calls().len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} delivered",
+            app.mock.delivered_calls().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    let listed: Vec<&str> = status["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["member"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, users, "every member, in join order");
+    let by = texts_by_member(&app.mock);
+    assert_eq!(by.len(), N);
+    assert!(by.values().all(|t| t == &["all hands"]));
+}
