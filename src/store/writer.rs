@@ -1906,8 +1906,9 @@ fn schedule_op(db: &mut dyn Backend, op: &ScheduleOp) -> Result<Reply, StoreErro
                 "UPDATE messages SET status = 'left', updated_at = ?3, \
                  last_error = 'left the group before it was sent' \
                  WHERE userid = ?2 AND status IN ('queued', 'scheduled') \
-                 AND parts_done = 0 AND channel IS NULL AND group_send IN \
-                 (SELECT id FROM group_sends WHERE group_id = ?1)",
+                 AND parts_done = 0 AND channel IS NULL AND group_send IS NOT NULL \
+                 AND EXISTS (SELECT 1 FROM group_sends g \
+                 WHERE g.id = messages.group_send AND g.group_id = ?1)",
                 &[
                     group_id.as_str().into(),
                     userid.as_str().into(),

@@ -272,7 +272,7 @@ async fn every_send_form_takes_a_group_token() {
 /// group message is `delivered` (the muted copy is not meant to go out).
 #[tokio::test]
 async fn a_muted_member_is_skipped_visibly() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.server.metrics = true).await;
     let (a, b) = (member(&app, "mute").await, member(&app, "mute").await);
     let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
     mute(app.store_url(), &g.id, &b.user).await;
@@ -306,6 +306,22 @@ async fn a_muted_member_is_skipped_visibly() {
         .await
         .unwrap();
     assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    // /metrics counts the recipient-sends: the muted member's copy is not one.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pushbot_group_recipients_total ") && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }
 
 /// Membership is read at acceptance: a member who joins afterwards does not get a message
