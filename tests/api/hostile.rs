@@ -52,6 +52,11 @@ fn bodies(token: &str) -> Vec<Vec<u8>> {
         br#"{"state":"alerting","title":"g","message":"m","alerts":[{"startsAt":"9999-12-31T23:59:59Z","labels":null}]}"#.to_vec(),
         b"--x\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nT\r\n--x--".to_vec(),
         b"--x\r\nContent-Disposition: form-data; name=\"\xff\"\r\n\r\n".to_vec(),
+        // Groups: names and invites of every wrong shape.
+        br#"{"name":"a\u0000b","invite":"\u0000"}"#.to_vec(),
+        format!(r#"{{"name":"{}","invite":"K7QM-3XPA"}}"#, "\u{ff2f}".repeat(40)).into_bytes(),
+        br#"{"name":["ops"],"invite":12345678}"#.to_vec(),
+        b"name=..%2F..&invite=%FF".to_vec(),
     ];
     out.dedup();
     out
@@ -68,12 +73,14 @@ const CONTENT_TYPES: &[Option<&str>] = &[
     Some("\u{0}/\u{0}"),
 ];
 
-/// Paths of every route, with the token (or a wrong one) where the route takes it.
-fn paths(token: &str) -> Vec<String> {
+/// Paths of every route, with the token (a member's, a group's, or a wrong one) where the
+/// route takes it.
+fn paths(token: &str, group_token: &str) -> Vec<String> {
     let mut out = Vec::new();
     // A NUL inside a token, id or key: PostgreSQL refuses to store or compare one.
     for key in [
         token,
+        group_token,
         "wrongtoken0000000000000000000000",
         "%FF%00",
         "..",
@@ -109,6 +116,16 @@ fn paths(token: &str) -> Vec<String> {
             format!("/console?before={key}&status={key}&channel={key}&q={key}&fragment=1"),
             format!("/console/admin/{key}"),
             format!("/console/admin/doctor?csrf={key}"),
+            format!("/groups?token={key}"),
+            format!("/groups/join?token={key}&invite={key}"),
+            format!("/groups/{key}?token={key}"),
+            format!("/groups/{key}/leave?token={key}"),
+            format!("/groups/{key}/rotate?token={key}"),
+            format!("/groups/{key}/invite?token={key}"),
+            format!("/groups/{key}/mute?token={key}"),
+            format!("/groups/{key}/unmute?token={key}"),
+            format!("/groups/{key}/members/{key}?token={key}"),
+            format!("/groups/%FF%00/members/..%2f?token={key}"),
         ]);
     }
     out.extend(
@@ -209,12 +226,24 @@ async fn no_route_answers_a_hostile_request_with_a_5xx() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
+    // A group of the member's, so that its token goes through every route too.
+    let made: serde_json::Value = client
+        .post(app.url("/groups"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "hostile" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let group_token = made["token"].as_str().expect("a group token").to_owned();
     let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
     let bodies = bodies(&token);
     let headers = headers(&token);
     let mut requests = 0;
     let mut failures = Vec::new();
-    for path in paths(&token) {
+    for path in paths(&token, &group_token) {
         for method in &methods {
             // Every body as JSON and under one other content type (in turn); GET with a
             // sample.
