@@ -27,6 +27,7 @@ mod destinations;
 mod doctor;
 mod email;
 mod groups;
+mod groups_wecom;
 mod hostile;
 mod http_rules;
 mod idempotency;
