@@ -90,7 +90,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         }),
     });
     // The WeCom-backed groups' refresh loop (`[[groups.wecom]]`): its last pass, its
-    // panics (each restarted it), and the groups WeCom refused, with what to grant.
+    // panics (each restarted it), and the groups WeCom last refused.
     let group_refresh = state.wecom_groups.health();
     if let Some(health) = &group_refresh {
         body["groups_refresh"] = json!({
@@ -98,7 +98,9 @@ async fn healthz(State(state): State<AppState>) -> Response {
             "last_pass_seconds_ago": round_ms(health.last_pass_age.as_secs_f64()),
             "refresh_seconds": health.refresh.as_secs_f64(),
             "panics": health.panics,
-            "refused": health.refused,
+            // Names only: anyone who can reach the port reads this; what to grant is in
+            // the log and `pushbot doctor`.
+            "refused": health.refused.keys().collect::<Vec<_>>(),
         });
     }
     let problem = match storage {
