@@ -390,3 +390,48 @@ async fn inner_read(inner: &Inner, group: &Configured, reading: &mut HashMap<Str
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(errcode: i64) -> WeComError {
+        WeComError::Api {
+            errcode,
+            message: format!("errcode {errcode}"),
+        }
+    }
+
+    #[test]
+    fn advice_names_what_to_grant_or_fix() {
+        let refused = Refusal {
+            what: "department 3 (tagged 5)".to_owned(),
+            error: api(60011),
+        };
+        let text = refused.advice();
+        assert!(
+            text.contains("add department 3 (tagged 5) to the app's visible range")
+                && text.contains("可见范围"),
+            "{text}"
+        );
+        for code in [60003, 60123, 40068] {
+            let text = advice("tag 5", &api(code));
+            assert!(text.contains("WeCom knows no tag 5"), "{code}: {text}");
+        }
+        let text = advice("tag 5", &WeComError::Http(502));
+        assert!(text.contains("HTTP 502"), "{text}");
+    }
+
+    #[test]
+    fn the_loop_counts_as_stalled_after_two_periods_and_a_minute() {
+        let health = |age: u64| Health {
+            groups: 1,
+            last_pass_age: Duration::from_secs(age),
+            refresh: Duration::from_secs(600),
+            panics: 0,
+            refused: BTreeMap::new(),
+        };
+        assert!(!health(1260).stalled());
+        assert!(health(1261).stalled());
+    }
+}
