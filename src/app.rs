@@ -28,6 +28,7 @@ use crate::store::{ORPHAN_AFTER, Store, StoreError};
 use crate::time::UnixMillis;
 use crate::wecom::client::WeComClient;
 use crate::wecom::crypto::WeComCrypto;
+use crate::wecom_groups::WecomGroups;
 
 /// A request taking longer than this is answered 408 (slow clients, stuck storage).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,6 +80,7 @@ pub struct Application {
     router: Router,
     store: Store,
     outbox: Outbox,
+    wecom_groups: WecomGroups,
     port: u16,
     callback_retention: Duration,
     /// `storage.retention`.
@@ -129,6 +131,9 @@ impl Application {
                 .with_metrics(metrics.clone()),
         );
         let factory = crate::delivery::registry::destinations(&settings, &store)?;
+        let wecom_groups = WecomGroups::start(&store, Arc::clone(&client), &settings.groups)
+            .await
+            .map_err(store_error)?;
         let channels = crate::delivery::registry::build(&settings, client, &store, &factory)?;
         let checks = channels.clone();
         let outbox = Outbox::new(
@@ -169,6 +174,7 @@ impl Application {
             },
             console: api::console::ConsoleState::from_settings(&settings),
             groups: settings.groups.limits(),
+            wecom_groups: wecom_groups.clone(),
             running_config: Arc::new(settings.clone()),
         };
         let router = with_middleware(api::router(state), settings.media.upload_timeout);
@@ -203,6 +209,7 @@ impl Application {
             router,
             store,
             outbox,
+            wecom_groups,
             port,
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
             retention: settings.storage.retention,
@@ -259,6 +266,8 @@ impl Application {
             }
             outbox.stop_attempts();
         };
+        // Reads the WeCom-backed groups now and every `groups.refresh`.
+        let group_refresh = self.wecom_groups.spawn();
         let maintenance = tokio::spawn(maintenance(
             self.store.clone(),
             self.callback_retention,
@@ -271,6 +280,9 @@ impl Application {
         );
         server::serve(self.listener, self.router, self.serve_options, shutdown).await;
         maintenance.abort();
+        if let Some(group_refresh) = group_refresh {
+            group_refresh.abort();
+        }
         // The refusals of the last, unfinished minute.
         self.refused.summarize();
         // Attempts in flight get `delivery.shutdown_grace`; whatever is cut off is handed

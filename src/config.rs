@@ -1665,7 +1665,8 @@ pub struct GroupsSettings {
 #[serde(deny_unknown_fields)]
 pub struct WecomGroup {
     pub name: String,
-    /// Department ids: their members (and their sub-departments' members).
+    /// Department ids: their members (`user/simplelist` with `fetch_child=1`: their
+    /// sub-departments' members too, where WeCom honours it).
     #[serde(default)]
     pub party: Vec<u64>,
     /// Tag ids: the members tagged.

@@ -4,7 +4,9 @@
 //! Checks run in order and print one line each, starting with `✓` (pass), `✗` (fail), `!`
 //! (works, but should be fixed: it does not fail the run) or `–` (skipped), with the fix
 //! indented under every `✗` and `!`: the configuration (a load error
-//! stops here), the database, WeCom's `gettoken`, the app (`agent/get`), the callback URL
+//! stops here), the database, WeCom's `gettoken`, the app (`agent/get`), each
+//! WeCom-backed group (`[[groups.wecom]]`: may the app list its departments' and tags'
+//! members, 可见范围), the callback URL
 //! (a signed URL check against `server.public_url`, like the one WeCom makes) and SMTP.
 //! Nothing is sent to anyone; the only write is the database's health probe. Secrets (the
 //! corp secret, the access token, the callback Token and key, the SMTP password) are never
@@ -235,9 +237,12 @@ async fn checks(
         Database::Open => self::database(settings).await,
         Database::Running(store) => running_database(settings, store).await,
     });
-    let (token, app) = wecom(settings).await;
+    let (token, app, groups) = wecom(settings).await;
     report.print(token);
     report.print(app);
+    for finding in groups {
+        report.print(finding);
+    }
     report.print(callback(settings).await);
     report.print(smtp(settings).await);
     report.print(sms(settings).await);
@@ -436,7 +441,9 @@ fn exposed_finding(shown: &str, verdict: &str, exposed: &[(PathBuf, u32)]) -> Fi
 }
 
 /// `gettoken`, then `agent/get` with the token.
-async fn wecom(settings: &Settings) -> (Finding, Finding) {
+/// The app check, and one check per WeCom-backed group (`[[groups.wecom]]`) when the
+/// access token works.
+async fn wecom(settings: &Settings) -> (Finding, Finding, Vec<Finding>) {
     let skipped = || {
         Finding::skip(
             "应用检查已跳过",
@@ -451,7 +458,7 @@ async fn wecom(settings: &Settings) -> (Finding, Finding) {
                 "cannot set up the HTTP client for WeCom",
             )
             .note(chain(&err));
-            return (finding, skipped());
+            return (finding, skipped(), Vec::new());
         }
     };
     let client = WeComClient::new(http, &settings.wecom);
@@ -464,7 +471,7 @@ async fn wecom(settings: &Settings) -> (Finding, Finding) {
     if let Err(err) = client.access_token().await {
         let d = diagnose(&err, settings);
         let finding = Finding::fail(d.zh, format!("gettoken{via}: {}", d.en)).notes(d.fixes);
-        return (finding, skipped());
+        return (finding, skipped(), Vec::new());
     }
     let token = Finding::pass(
         "企业微信凭据有效",
@@ -477,7 +484,61 @@ async fn wecom(settings: &Settings) -> (Finding, Finding) {
             Finding::fail(d.zh, format!("agent/get: {}", d.en)).notes(d.fixes)
         }
     };
-    (token, app)
+    let mut groups = Vec::with_capacity(settings.groups.wecom.len());
+    for group in &settings.groups.wecom {
+        groups.push(wecom_group(&client, group, settings.groups.max_members).await);
+    }
+    (token, app, groups)
+}
+
+/// Whether the app may read a WeCom-backed group's departments and tags.
+async fn wecom_group(
+    client: &WeComClient,
+    group: &crate::config::WecomGroup,
+    max_members: u32,
+) -> Finding {
+    let name = &group.name;
+    match crate::wecom_groups::read_members(client, &group.party, &group.tag).await {
+        Ok(members) if members.len() > max_members as usize => Finding::fail(
+            format!("群组 {name} 成员过多"),
+            format!(
+                "group {name:?}: WeCom lists {} members, more than groups.max_members \
+                 ({max_members})",
+                members.len()
+            ),
+        )
+        .note("调大 groups.max_members，或减少 party/tag。")
+        .note("Raise groups.max_members or name fewer departments and tags."),
+        Ok(members) => Finding::pass(
+            format!("群组 {name} 可读取成员"),
+            format!(
+                "group {name:?}: WeCom lists {} {}",
+                members.len(),
+                plural(members.len(), "member", "members")
+            ),
+        ),
+        Err(refusal) => {
+            let finding = Finding::fail(
+                format!("群组 {name} 无法读取成员"),
+                format!(
+                    "group {name:?}: WeCom would not list {}'s members ({})",
+                    refusal.what, refusal.error
+                ),
+            );
+            let finding = if matches!(refusal.error, WeComError::Api { errcode: 60011, .. }) {
+                finding.note(format!(
+                    "在 应用管理 → 应用 → 可见范围 中加入 {}。",
+                    refusal.what
+                ))
+            } else {
+                finding
+            };
+            finding.note(format!("{}.", refusal.advice())).note(
+                "Until then the group keeps its last known members · \
+                     在此之前，群组沿用上次读取到的成员。",
+            )
+        }
+    }
 }
 
 fn app_finding(info: &AgentInfo, agent_id: i64) -> Finding {

@@ -20,3 +20,4 @@ pub mod telemetry;
 pub mod time;
 pub mod token;
 pub mod wecom;
+pub mod wecom_groups;

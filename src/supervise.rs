@@ -9,6 +9,7 @@
 //! | Lane worker | the lane leaves the worker set and is released (due at once; a lane that panics again waits 1 s, 2 s, … up to 1 min), its probe (if any) is handed back, one ERROR line | the message stays `queued` in the database: the next claim sends it |
 //! | Storage writer thread | the batch in hand is answered `503`, writes are refused from then on, `/healthz` answers 503 and the process ends with exit status 1 (Docker/systemd restart it) | the state of its connection's transaction is unknown; a new process starts from what was committed |
 //! | WAL checkpointer thread | that pass is skipped, one ERROR line, the next pass runs a second later | a missed checkpoint only lets the WAL grow |
+//! | WeCom-backed groups' refresh loop | restarted after [`RESTART_PAUSE`], one ERROR line; `/healthz` counts its panics and is 503 while its last pass is older than two `groups.refresh` and a minute | its state is in the database; a group not read stays with its last known members |
 //! | Maintenance (hourly pruning) | that pass is skipped, one ERROR line, the next runs an hour later | pruning is idempotent |
 //! | Rate-limiter evictor | that pass is skipped, one ERROR line | eviction only bounds memory |
 //! | A request handler | answered `500` (tower-http's `CatchPanicLayer`) | one request |
@@ -98,14 +99,17 @@ pub enum FaultPoint {
     LanePanic,
     /// The storage writer thread panics before committing a batch.
     WriterPanic,
+    /// The WeCom-backed groups' refresh loop panics at the start of a pass.
+    GroupRefreshPanic,
 }
 
 impl FaultPoint {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::SchedulerPanic,
         Self::SchedulerStall,
         Self::LanePanic,
         Self::WriterPanic,
+        Self::GroupRefreshPanic,
     ];
 
     fn index(self) -> usize {

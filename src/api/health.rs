@@ -89,6 +89,20 @@ async fn healthz(State(state): State<AppState>) -> Response {
                 .collect::<serde_json::Map<_, _>>()
         }),
     });
+    // The WeCom-backed groups' refresh loop (`[[groups.wecom]]`): its last pass, its
+    // panics (each restarted it), and the groups WeCom last refused.
+    let group_refresh = state.wecom_groups.health();
+    if let Some(health) = &group_refresh {
+        body["groups_refresh"] = json!({
+            "groups": health.groups,
+            "last_pass_seconds_ago": round_ms(health.last_pass_age.as_secs_f64()),
+            "refresh_seconds": health.refresh.as_secs_f64(),
+            "panics": health.panics,
+            // Names only: anyone who can reach the port reads this; what to grant is in
+            // the log and `pushbot doctor`.
+            "refused": health.refused.keys().collect::<Vec<_>>(),
+        });
+    }
     let problem = match storage {
         // The cause names the database file or server (a path, a host, a user): the log and
         // `pushbot doctor` say it, the wire only that storage is down — anyone who can reach
@@ -107,7 +121,16 @@ async fn healthz(State(state): State<AppState>) -> Response {
             tracing::error!("{message}");
             Some(message)
         }
-        Ok(()) => None,
+        Ok(()) => group_refresh.filter(|h| h.stalled()).map(|h| {
+            let message = format!(
+                "the WeCom-backed groups' refresh loop has not run for {} s (groups.refresh is {}); \
+                 their members are not being read from WeCom",
+                h.last_pass_age.as_secs(),
+                humantime::format_duration(h.refresh)
+            );
+            tracing::error!("{message}");
+            message
+        }),
     };
     match problem {
         None => Json(body).into_response(),

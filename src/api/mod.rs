@@ -73,6 +73,9 @@ pub struct AppState {
     pub console: console::ConsoleState,
     /// `[groups]`: the limits groups and their members live within.
     pub groups: crate::groups::Limits,
+    /// The WeCom-backed groups (`[[groups.wecom]]`): the send path calls
+    /// `wecom_groups.refresh_if_stale(&group.id)` before it takes a group's membership.
+    pub wecom_groups: crate::wecom_groups::WecomGroups,
     /// The settings this server runs with: the operators' page runs the doctor's checks
     /// against them (`crate::doctor::run_loaded`). Never rendered as such.
     pub running_config: Arc<crate::config::Settings>,

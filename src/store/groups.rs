@@ -611,6 +611,197 @@ impl Store {
     }
 }
 
+/// A `[[groups.wecom]]` table as [`Store::sync_wecom_groups`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WecomGroupSpec {
+    /// Normalised (`crate::groups::normalize_name`).
+    pub name: String,
+    pub owners: Vec<UserId>,
+}
+
+impl Store {
+    /// Start-up: makes every configured WeCom-backed group a `groups` row (the same row,
+    /// and token, across restarts: found by name among `source = 'wecom'`), makes its
+    /// configured owners its owners (and nobody else), and deletes the WeCom-backed groups
+    /// no longer configured, so that their tokens stop working. Returns the configured
+    /// groups in order, and the names of the deleted ones.
+    pub async fn sync_wecom_groups(
+        &self,
+        specs: &[WecomGroupSpec],
+    ) -> Result<(Vec<GroupRef>, Vec<String>), StoreError> {
+        let now = UnixMillis::now();
+        let mut tx = self.pool.begin().await?;
+        // Two instances starting at once must not make the same group twice.
+        hold_key(self, &mut tx, "wecom:groups").await?;
+        // SQLite: a write first takes the lock now (a read could not be upgraded later).
+        sqlx::query("UPDATE groups SET source = source WHERE source = 'wecom'")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query("SELECT id, name FROM groups WHERE source = 'wecom'")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut existing = Vec::with_capacity(rows.len());
+        for row in &rows {
+            existing.push(GroupRef {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+            });
+        }
+        let mut configured = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let group = match existing.iter().find(|g| g.name == spec.name) {
+                Some(group) => group.clone(),
+                None => {
+                    let group = GroupRef {
+                        id: group_id(),
+                        name: spec.name.clone(),
+                    };
+                    sqlx::query(
+                        "INSERT INTO groups (id, name, token, token_created_at, source, \
+                         created_at) VALUES ($1, $2, $3, $4, 'wecom', $4)",
+                    )
+                    .bind(&group.id)
+                    .bind(&group.name)
+                    .bind(crate::token::generate().expose())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    group
+                }
+            };
+            sqlx::query("UPDATE group_members SET owner = 0 WHERE group_id = $1 AND owner = 1")
+                .bind(&group.id)
+                .execute(&mut *tx)
+                .await?;
+            for owner in &spec.owners {
+                sqlx::query(
+                    "INSERT INTO group_members (group_id, userid, owner, joined_at) \
+                     VALUES ($1, $2, 1, $3) ON CONFLICT (group_id, userid) DO UPDATE SET owner = 1",
+                )
+                .bind(&group.id)
+                .bind(owner.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            configured.push(group);
+        }
+        let mut removed = Vec::new();
+        for group in existing {
+            if configured.iter().any(|g| g.id == group.id) {
+                continue;
+            }
+            sqlx::query("DELETE FROM group_members WHERE group_id = $1")
+                .bind(&group.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM groups WHERE id = $1")
+                .bind(&group.id)
+                .execute(&mut *tx)
+                .await?;
+            removed.push(group.name);
+        }
+        tx.commit().await?;
+        Ok((configured, removed))
+    }
+
+    /// When a WeCom-backed group's members were last read from WeCom; `Err`-free `None`
+    /// when the group is gone or was never read.
+    pub async fn wecom_group_refreshed_at(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<UnixMillis>, StoreError> {
+        let at: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT refreshed_at FROM groups WHERE id = $1 AND source = 'wecom'",
+        )
+        .bind(group_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(at.flatten().map(UnixMillis::from_millis))
+    }
+
+    /// Replaces a WeCom-backed group's members with `owners` (as owners) and `members`, in
+    /// one transaction: who stays keeps their `muted` flag and join time, who is new joins
+    /// now, who is gone is out. `false` when the group is gone.
+    pub async fn replace_wecom_members(
+        &self,
+        group_id: &str,
+        owners: &[UserId],
+        members: &[UserId],
+    ) -> Result<bool, StoreError> {
+        let now = UnixMillis::now();
+        let mut want: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
+        for member in members {
+            want.insert(member.as_str(), false);
+        }
+        for owner in owners {
+            want.insert(owner.as_str(), true);
+        }
+        let mut tx = self.pool.begin().await?;
+        // The write first: it holds the group's row (PostgreSQL) or the lock (SQLite).
+        let held =
+            sqlx::query("UPDATE groups SET refreshed_at = $1 WHERE id = $2 AND source = 'wecom'")
+                .bind(now)
+                .bind(group_id)
+                .execute(&mut *tx)
+                .await?;
+        if held.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let rows = sqlx::query("SELECT userid, owner FROM group_members WHERE group_id = $1")
+            .bind(group_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut have = std::collections::BTreeMap::new();
+        for row in &rows {
+            have.insert(
+                row.try_get::<String, _>("userid")?,
+                row.try_get::<i64, _>("owner")? != 0,
+            );
+        }
+        for (userid, owner) in &have {
+            match want.get(userid.as_str()) {
+                None => {
+                    sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND userid = $2")
+                        .bind(group_id)
+                        .bind(userid)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Some(wanted) if wanted != owner => {
+                    sqlx::query(
+                        "UPDATE group_members SET owner = $1 WHERE group_id = $2 AND userid = $3",
+                    )
+                    .bind(i64::from(*wanted))
+                    .bind(group_id)
+                    .bind(userid)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Some(_) => {}
+            }
+        }
+        for (userid, owner) in &want {
+            if have.contains_key(*userid) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO group_members (group_id, userid, owner, joined_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(group_id)
+            .bind(*userid)
+            .bind(i64::from(*owner))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
 /// PostgreSQL: holds `userid`'s groups until the transaction ends, so that two of their
 /// requests on other instances cannot both pass the name and count checks. (SQLite: the
 /// transaction's first write takes the one write lock, which serialises them already.)
@@ -619,13 +810,23 @@ async fn hold_member(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     userid: &UserId,
 ) -> Result<(), StoreError> {
+    hold_key(store, tx, userid.as_str()).await
+}
+
+/// PostgreSQL: holds `key` (a userid, or `wecom:` and a group's name or id) until the
+/// transaction ends. SQLite: nothing (its one write lock serialises writes already).
+async fn hold_key(
+    store: &Store,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &str,
+) -> Result<(), StoreError> {
     if store.sole_writer() {
         return Ok(());
     }
     // The lock function returns `void`, which the portable driver cannot read. 29: this
     // feature's class of keys (issue 29); the writer's are 21.
     sqlx::query("SELECT count(*) AS n FROM (SELECT pg_advisory_xact_lock(29, hashtext($1))) AS l")
-        .bind(userid.as_str())
+        .bind(key)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -74,7 +74,9 @@ pub use console::{
     ConsoleSession, LoginLink, LoginUse, NewSession, TimelineFilter, like_pattern, secret_hash,
 };
 pub use group_sends::GroupSend;
-pub use groups::{Created, GroupRef, GroupView, Joined, Kicked, Left, NewGroup, Owned};
+pub use groups::{
+    Created, GroupRef, GroupView, Joined, Kicked, Left, NewGroup, Owned, WecomGroupSpec,
+};
 pub use lanes::{HEAD_CONTENT_BYTES, Head, NextWindow, SharedTurn, Waiting};
 pub use media::{
     Attachment, BlobError, BlobId, BlobInfo, BlobLimits, CHUNK_BYTES, HEAD_BYTES,

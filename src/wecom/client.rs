@@ -145,6 +145,12 @@ pub fn explain(errcode: i64, errmsg: &str, touser: Option<&str>) -> String {
                   larger one as a file, up to 20 MB)"
             .to_owned(),
         44001 => "WeCom received an empty file (a file must be more than 5 bytes)".to_owned(),
+        60011 => "no privilege: the department, tag or member is outside the app's visible \
+                  range (可见范围); add it there (应用管理 → the app → 可见范围)"
+            .to_owned(),
+        60003 => "no such department: check the department id (通讯录 → the department)".to_owned(),
+        60123 => "invalid department id".to_owned(),
+        40068 => "invalid tag id: check the tag id (通讯录 → 标签)".to_owned(),
         40007 => "WeCom does not know this media_id: uploaded files live 3 days, after which \
                   they must be uploaded again"
             .to_owned(),
@@ -294,6 +300,41 @@ struct AgentReply {
     errmsg: String,
     #[serde(flatten)]
     agent: AgentInfo,
+}
+
+/// `user/simplelist`'s and `tag/get`'s answer: `userlist` (each with a `userid`) and, for
+/// a tag, `partylist` (department ids).
+#[derive(Debug, Deserialize)]
+struct MembersReply {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(default)]
+    userlist: Vec<ListedUser>,
+    #[serde(default)]
+    partylist: Vec<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedUser {
+    #[serde(default)]
+    userid: String,
+}
+
+impl MembersReply {
+    fn into_members(self) -> Result<(Vec<String>, Vec<u64>), WeComError> {
+        if self.errcode != 0 {
+            return Err(WeComError::api(self.errcode, &self.errmsg, None));
+        }
+        let users = self
+            .userlist
+            .into_iter()
+            .map(|u| u.userid.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        Ok((users, self.partylist))
+    }
 }
 
 #[derive(Serialize)]
@@ -521,6 +562,42 @@ impl WeComClient {
         .await
     }
 
+    /// `user/simplelist` (with `fetch_child=1`): the userids of department `department`'s
+    /// members. WeCom answers 60011 when the department is outside the app's visible range
+    /// (可见范围), 60003 when there is no such department.
+    pub async fn department_members(&self, department: u64) -> Result<Vec<String>, WeComError> {
+        self.with_token(|token| async move {
+            let department = department.to_string();
+            let reply: MembersReply = self
+                .call(self.http.get(self.url("user/simplelist")).query(&[
+                    ("access_token", token.as_str()),
+                    ("department_id", department.as_str()),
+                    ("fetch_child", "1"),
+                ]))
+                .await?;
+            reply.into_members().map(|(users, _)| users)
+        })
+        .await
+    }
+
+    /// `tag/get`: the userids tagged `tag`, and the departments tagged as a whole (whose
+    /// members [`Self::department_members`] reads). `userlist` holds only members inside
+    /// the app's visible range.
+    pub async fn tag_members(&self, tag: u64) -> Result<(Vec<String>, Vec<u64>), WeComError> {
+        self.with_token(|token| async move {
+            let tag = tag.to_string();
+            let reply: MembersReply = self
+                .call(
+                    self.http
+                        .get(self.url("tag/get"))
+                        .query(&[("access_token", token.as_str()), ("tagid", tag.as_str())]),
+                )
+                .await?;
+            reply.into_members()
+        })
+        .await
+    }
+
     /// Uploads a file with `media/upload` and returns its `media_id` (valid 3 days), for an
     /// [`AppMessage::Image`] or [`AppMessage::File`]. `filename` is what the recipient sees;
     /// `content_type` the part's Content-Type (the sniffed type, not the sender's word;
@@ -693,6 +770,43 @@ pub fn describe(err: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_lists_parse_users_and_tagged_departments() {
+        let dept: MembersReply = serde_json::from_str(
+            r#"{"errcode":0,"errmsg":"ok","userlist":[{"userid":"zhangsan","name":"张三",
+            "department":[1,2],"open_userid":"x"},{"userid":" LiSi ","name":"李四"},
+            {"name":"no id"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            dept.into_members().unwrap(),
+            (vec!["zhangsan".to_owned(), "LiSi".to_owned()], vec![])
+        );
+        let tag: MembersReply = serde_json::from_str(
+            r#"{"errcode":0,"errmsg":"ok","tagname":"oncall","userlist":[{"userid":"a","name":"A"}],
+            "partylist":[2,3]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            tag.into_members().unwrap(),
+            (vec!["a".to_owned()], vec![2, 3])
+        );
+        let empty: MembersReply = serde_json::from_str(r#"{"errcode":0,"errmsg":"ok"}"#).unwrap();
+        assert_eq!(empty.into_members().unwrap(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_refused_member_list_says_which_permission_to_grant() {
+        let refused: MembersReply = serde_json::from_str(
+            r#"{"errcode":60011,"errmsg":"no privilege to access/modify contact/party/agent"}"#,
+        )
+        .unwrap();
+        let err = refused.into_members().unwrap_err();
+        assert!(matches!(err, WeComError::Api { errcode: 60011, .. }));
+        assert!(err.to_string().contains("可见范围"), "{err}");
+        assert!(!err.is_transient());
+    }
 
     #[test]
     fn classification() {

@@ -28,6 +28,7 @@ mod doctor;
 mod email;
 mod groups;
 mod groups_send;
+mod groups_wecom;
 mod hostile;
 mod http_rules;
 mod idempotency;

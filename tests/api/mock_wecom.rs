@@ -242,6 +242,16 @@ struct MockState {
     /// Answers for the next `media/upload` calls that pass the token check.
     upload_script: VecDeque<SendReply>,
     uploads: Vec<UploadCall>,
+    /// `user/simplelist`: department id → its members' userids.
+    departments: HashMap<u64, Vec<String>>,
+    /// `tag/get`: tag id → its members' userids and the departments tagged as a whole.
+    tags: HashMap<u64, (Vec<String>, Vec<u64>)>,
+    /// Answer `user/simplelist` for this department (`tag/get` for this tag) with this
+    /// error instead (e.g. 60011: outside the app's visible range).
+    department_failure: HashMap<u64, SendReply>,
+    tag_failure: HashMap<u64, SendReply>,
+    /// `user/simplelist` and `tag/get` calls answered.
+    member_list_calls: usize,
 }
 
 impl MockState {
@@ -326,6 +336,8 @@ impl MockWeCom {
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(message_send))
             .route("/cgi-bin/agent/get", get(agent_get))
+            .route("/cgi-bin/user/simplelist", get(user_simplelist))
+            .route("/cgi-bin/tag/get", get(tag_get))
             // WeCom takes files up to 20 MB; a larger one is read and refused (40006).
             .route(
                 "/cgi-bin/media/upload",
@@ -347,6 +359,48 @@ impl MockWeCom {
             shared,
             task,
         }
+    }
+
+    // ---- the address book (department and tag member lists) ----
+
+    /// Department `id`'s members (`user/simplelist`); a department never set is unknown
+    /// (60003).
+    pub fn set_department(&self, id: u64, userids: &[&str]) {
+        let users = userids.iter().map(|u| (*u).to_owned()).collect();
+        self.shared.lock().departments.insert(id, users);
+    }
+
+    /// Tag `id`'s members and the departments tagged as a whole (`tag/get`); a tag never
+    /// set is unknown (40068).
+    pub fn set_tag(&self, id: u64, userids: &[&str], parties: &[u64]) {
+        let users = userids.iter().map(|u| (*u).to_owned()).collect();
+        self.shared
+            .lock()
+            .tags
+            .insert(id, (users, parties.to_vec()));
+    }
+
+    /// Answers `user/simplelist` for department `id` with `reply` (`None`: heals).
+    pub fn refuse_department(&self, id: u64, reply: Option<SendReply>) {
+        let mut s = self.shared.lock();
+        match reply {
+            Some(reply) => s.department_failure.insert(id, reply),
+            None => s.department_failure.remove(&id),
+        };
+    }
+
+    /// Answers `tag/get` for tag `id` with `reply` (`None`: heals).
+    pub fn refuse_tag(&self, id: u64, reply: Option<SendReply>) {
+        let mut s = self.shared.lock();
+        match reply {
+            Some(reply) => s.tag_failure.insert(id, reply),
+            None => s.tag_failure.remove(&id),
+        };
+    }
+
+    /// `user/simplelist` and `tag/get` calls answered so far.
+    pub fn member_list_calls(&self) -> usize {
+        self.shared.lock().member_list_calls
     }
 
     // ---- scripting ----
@@ -889,6 +943,80 @@ async fn media_upload(
 struct AgentGetQuery {
     access_token: Option<String>,
     agentid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SimpleListQuery {
+    access_token: Option<String>,
+    department_id: Option<u64>,
+}
+
+/// `user/simplelist`: a department's members, as set by [`MockWeCom::set_department`].
+async fn user_simplelist(
+    State(shared): State<Shared>,
+    Query(q): Query<SimpleListQuery>,
+) -> Response {
+    let answer = {
+        let mut s = shared.lock();
+        s.member_list_calls += 1;
+        let id = q.department_id.unwrap_or_default();
+        match s.check_token(q.access_token.as_deref()) {
+            Err(reply) => Err(reply),
+            Ok(()) => match (s.department_failure.get(&id), s.departments.get(&id)) {
+                (Some(reply), _) => Err(reply.clone()),
+                (None, None) => Err(SendReply::errcode(
+                    60003,
+                    "department not found, hint: [mock]",
+                )),
+                (None, Some(users)) => Ok(users.clone()),
+            },
+        }
+    };
+    shared.bump();
+    match answer {
+        Err(reply) => reply_response(&reply),
+        Ok(users) => Json(json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "userlist": users.iter().map(|u| json!({"userid": u, "name": u, "department": [q.department_id]})).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TagQuery {
+    access_token: Option<String>,
+    tagid: Option<u64>,
+}
+
+/// `tag/get`: a tag's members and tagged departments, as set by [`MockWeCom::set_tag`].
+async fn tag_get(State(shared): State<Shared>, Query(q): Query<TagQuery>) -> Response {
+    let answer = {
+        let mut s = shared.lock();
+        s.member_list_calls += 1;
+        let id = q.tagid.unwrap_or_default();
+        match s.check_token(q.access_token.as_deref()) {
+            Err(reply) => Err(reply),
+            Ok(()) => match (s.tag_failure.get(&id), s.tags.get(&id)) {
+                (Some(reply), _) => Err(reply.clone()),
+                (None, None) => Err(SendReply::errcode(40068, "invalid tagid, hint: [mock]")),
+                (None, Some(tag)) => Ok(tag.clone()),
+            },
+        }
+    };
+    shared.bump();
+    match answer {
+        Err(reply) => reply_response(&reply),
+        Ok((users, parties)) => Json(json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "tagname": format!("tag{}", q.tagid.unwrap_or_default()),
+            "userlist": users.iter().map(|u| json!({"userid": u, "name": u})).collect::<Vec<_>>(),
+            "partylist": parties,
+        }))
+        .into_response(),
+    }
 }
 
 /// The app: "pushbot-test", visible to two members and one department.
