@@ -36,6 +36,9 @@ pub(super) struct Prepared {
     pub endpoint: Endpoint,
 }
 
+/// Longest a send to a stale WeCom-backed group waits for its members to be read again.
+const STALE_REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Accepts a message for every member of `group` (see the module's documentation).
 pub(super) async fn submit_group(
     state: &AppState,
@@ -43,6 +46,22 @@ pub(super) async fn submit_group(
     req: Prepared,
     uploads: &mut Uploads,
 ) -> Result<crate::delivery::Accepted, ApiError> {
+    // A WeCom-backed group read longer than `groups.refresh` ago is read again first, but
+    // the sender waits for WeCom at most this long: past it, the last known members get
+    // the message (the refresh loop keeps trying; a chat group costs nothing here).
+    if tokio::time::timeout(
+        STALE_REFRESH_WAIT,
+        state.wecom_groups.refresh_if_stale(&group.id),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            group = %group.name,
+            "WeCom did not list the group's members within {} s: sending to the last known members",
+            STALE_REFRESH_WAIT.as_secs()
+        );
+    }
     let members = state.store.group_recipients(&group.id).await?;
     if members.is_empty() {
         return Err(ApiError::Conflict(format!(

@@ -395,3 +395,70 @@ async fn refresh_if_stale_reads_only_stale_wecom_groups() {
     );
     store.close().await;
 }
+
+/// A send to a WeCom-backed group whose members were last read longer than
+/// `groups.refresh` ago reads them again before it takes the membership: a member WeCom
+/// added since gets the message — one who never chatted with the app, by userid.
+#[tokio::test]
+async fn a_send_to_a_stale_wecom_group_reads_its_members_first() {
+    let owner = userid("owner");
+    let (a, e) = (userid("a"), userid("e"));
+    // The loop would not look again for an hour: only the send path can.
+    let mut app = spawn_app_with(|c| {
+        with_group(
+            c,
+            oncall(&[2], &[], &[owner.as_str()]),
+            Duration::from_secs(3600),
+        )
+    })
+    .await;
+    app.mock.set_department(2, &[a.as_str()]);
+    app.restart().await;
+    let token = app.get_token(&owner).await;
+    let seen = wait_members(&app, &token, 2).await;
+    let group_token = seen["token"].as_str().expect("token").to_owned();
+
+    // Fresh: a send takes the members as read (WeCom's change is not seen yet).
+    app.mock.set_department(2, &[a.as_str(), e.as_str()]);
+    let resp = app
+        .send_json(
+            Some(&group_token),
+            &serde_json::json!({"title": "t", "content": "fresh"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["recipients"], 2, "{body}");
+
+    // Stale (last read an hour and more ago): the send reads WeCom first.
+    let mut db = crate::db::connect(app.store_url()).await;
+    sqlx::query("UPDATE groups SET refreshed_at = 0")
+        .execute(&mut db)
+        .await
+        .expect("update");
+    crate::db::close(db).await;
+    let resp = app
+        .send_json(
+            Some(&group_token),
+            &serde_json::json!({"title": "t", "content": "stale"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["recipients"], 3, "{body}");
+    app.mock.wait_for_sent(5, WAIT).await;
+    let mut stale: Vec<String> = app
+        .mock
+        .sent()
+        .into_iter()
+        .filter(|s| s.content.contains("stale"))
+        .map(|s| s.touser)
+        .collect();
+    stale.sort();
+    let mut want: Vec<String> = [&owner, &a, &e]
+        .iter()
+        .map(|u| UserId::new(u).as_str().to_owned())
+        .collect();
+    want.sort();
+    assert_eq!(stale, want);
+}
