@@ -767,12 +767,17 @@ struct Report {
 impl Report {
     /// A latency percentile in milliseconds.
     fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
+        percentile_ms(&self.latencies_us, p)
     }
+}
+
+/// Percentile `p` of sorted latencies in microseconds, in milliseconds (0 for none).
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[i.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
 impl std::fmt::Display for Report {
@@ -1200,11 +1205,7 @@ impl GroupRun {
 
 impl GroupReport {
     fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
+        percentile_ms(&self.latencies_us, p)
     }
 
     /// Its lines of the summary; `run` is the group run (its personal sends).
