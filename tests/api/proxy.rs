@@ -167,7 +167,16 @@ async fn wecom_calls_go_through_the_configured_proxy_and_its_password_is_never_p
 #[tokio::test]
 async fn a_dead_proxy_makes_wecom_unreachable_without_printing_its_password() {
     let mock = MockWeCom::start().await;
-    let dead = free_port();
+    // Held for the whole test, so no other test's server can take the port meanwhile (a
+    // port merely found free once was, and that server answered as the "proxy"): it takes
+    // each connection and hangs up at once, answering nothing.
+    let dead_proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = dead_proxy.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in dead_proxy.incoming() {
+            drop(conn);
+        }
+    });
     let setup = bin_setup(&test_settings(), &mock.base_url);
     let proxy_url = format!("http://bob:{PROXY_PASSWORD}@127.0.0.1:{dead}");
     let env = [("PUSHBOT_WECOM__PROXY", proxy_url.as_str())];
