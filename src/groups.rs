@@ -344,6 +344,16 @@ mod tests {
             }
         }
 
+        /// Whatever is typed as a code, reading it never panics, and what it reads is
+        /// always a canonical code (8 characters of the alphabet).
+        #[test]
+        fn any_typed_code_reads_as_a_canonical_code_or_nothing(typed in "\\PC{0,24}") {
+            if let Some(code) = parse_invite(&typed) {
+                prop_assert_eq!(code.chars().count(), 8);
+                prop_assert!(code.chars().all(|c| "0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(c)));
+            }
+        }
+
         /// Any code, shown and typed back in any case, is the same code.
         #[test]
         fn shown_codes_read_back(code in "[0-9A-HJKMNP-TV-Z]{8}", lower in any::<bool>()) {
