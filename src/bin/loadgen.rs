@@ -75,10 +75,12 @@
 //! `--group-messages` (20) group messages go one after another while the clients send their
 //! personal messages as in every run. It reports the group messages' accept latency, the
 //! copies lost or repeated (each copy is counted per message and member), and the
-//! personal sends' rate and p99 in that run, to set beside the runs without groups:
+//! personal sends' rate and p99 in that run, to set beside the runs without groups.
+//! `--group-every MS` paces the group messages (one every MS ms) instead of sending each as
+//! soon as the previous one was answered:
 //!
 //! ```text
-//! cargo run --release --bin loadgen -- --messages 30000 --group 1000
+//! cargo run --release --bin loadgen -- --messages 30000 --group 1000 --group-every 250
 //! ```
 
 use std::sync::Arc;
@@ -155,6 +157,11 @@ struct Args {
     /// Group messages sent during the group run's personal load.
     #[arg(long, default_value_t = 20)]
     group_messages: usize,
+    /// Milliseconds from the start of one group message to the start of the next during
+    /// the personal load (a team's alerts come at a pace, not as a flood); 0: one after
+    /// another, each as soon as the previous one was answered.
+    #[arg(long, default_value_t = 0)]
+    group_every: u64,
 }
 
 /// The stand-in's view of what arrived.
@@ -1020,7 +1027,10 @@ async fn drive(
             g.token.clone(),
             args.group_messages,
         );
-        tokio::spawn(async move { send_group_messages(&http, &url, &token, 1..=count).await })
+        let every = Duration::from_millis(args.group_every);
+        tokio::spawn(
+            async move { send_group_messages(&http, &url, &token, 1..=count, every).await },
+        )
     });
     let (mut accepted, mut errors, mut latencies_us) = (0, 0, Vec::new());
     for t in tasks {
@@ -1136,7 +1146,7 @@ impl GroupRun {
         // The probe: message 0, on the idle server, timed until every copy is in.
         let started = Instant::now();
         let (sent, _, latencies) =
-            send_group_messages(http, &format!("{base}/send"), token, 0..=0).await;
+            send_group_messages(http, &format!("{base}/send"), token, 0..=0, Duration::ZERO).await;
         if sent != 1 {
             return Err("the group run's first group message was refused".into());
         }
@@ -1242,9 +1252,14 @@ async fn send_group_messages(
     url: &str,
     token: &str,
     range: std::ops::RangeInclusive<usize>,
+    every: Duration,
 ) -> (usize, usize, Vec<u64>) {
     let (mut sent, mut failed, mut latencies) = (0, 0, Vec::new());
-    for k in range {
+    let start = tokio::time::Instant::now();
+    for (i, k) in range.enumerate() {
+        // Paced from the start, so a slow answer does not push the next ones back.
+        let at = u32::try_from(i).map_or(start, |i| start + every * i);
+        tokio::time::sleep_until(at).await;
         let t = Instant::now();
         let res = http
             .post(url)
