@@ -264,8 +264,12 @@ impl Engine {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// The hot reads' connections: no ping per query (see [`readers`]).
+    /// The hot reads' connections: no ping per query (see [`readers`]). These are the
+    /// delivery's (lane heads, send history, quiet hours)…
     readers: Arc<readers::Readers>,
+    /// …and these the requests' (token, member settings, group members): acceptance never
+    /// waits for a connection behind the lane workers of a large fan-out.
+    request_readers: Arc<readers::Readers>,
     engine: Engine,
     writer: WriterHandle,
     /// The SQLite file (none for PostgreSQL).
@@ -355,6 +359,7 @@ impl Store {
         );
         Ok(Self {
             pool,
+            request_readers: Arc::new(readers.sibling(pool_size)),
             readers: Arc::new(readers),
             engine,
             writer,
