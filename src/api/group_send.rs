@@ -227,9 +227,17 @@ pub(super) async fn submit_group(
     if !accepted.duplicate {
         state.metrics.accepted(req.endpoint);
         if let Some(summary) = accepted.group {
+            let to_send = summary.recipients - summary.muted - summary.unroutable;
             state
                 .metrics
-                .group_copies(u64::try_from(summary.recipients - summary.muted).unwrap_or(0));
+                .group_copies(u64::try_from(to_send).unwrap_or(0));
+            // Ended at acceptance, so the delivery's count of failed messages never sees them.
+            if summary.unroutable > 0 {
+                state.metrics.failed(
+                    state.outbox.default_route().first(),
+                    u64::try_from(summary.unroutable).unwrap_or(0),
+                );
+            }
         }
     }
     Ok(accepted)

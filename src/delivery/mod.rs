@@ -374,6 +374,9 @@ pub struct GroupAccepted {
     pub recipients: i64,
     /// Of those, members who muted the group (their copies are `muted`, never sent).
     pub muted: i64,
+    /// Of those, members the sender's choice of channels cannot reach (their copies are
+    /// `failed` from the start, and counted as failed then).
+    pub unroutable: i64,
 }
 
 /// One recipient's copy of a group message, as the sending route decided it.
@@ -448,6 +451,7 @@ fn group_repeat_of(
             group: Some(GroupAccepted {
                 recipients: first.recipients,
                 muted: 0,
+                unroutable: 0,
             }),
             message: group_stand_in(&first),
             duplicate: true,
@@ -700,7 +704,7 @@ impl Outbox {
         }
         let id = MessageId::generate();
         let recipients = i64::try_from(new.copies.len()).unwrap_or(i64::MAX);
-        let mut muted = 0;
+        let (mut muted, mut unroutable) = (0, 0);
         let mut copies = Vec::with_capacity(new.copies.len());
         let mut first_due: Option<UnixMillis> = None;
         for copy in new.copies {
@@ -721,6 +725,7 @@ impl Outbox {
                     message.last_error = Some("the member muted this group".into());
                 }
                 CopyState::Unroutable(why) => {
+                    unroutable += 1;
                     message.status = crate::store::MessageStatus::Failed;
                     message.held = None;
                     message.last_error = Some(why);
@@ -747,7 +752,11 @@ impl Outbox {
             return Ok(Accepted {
                 message: group_stand_in(&send),
                 duplicate: false,
-                group: Some(GroupAccepted { recipients, muted }),
+                group: Some(GroupAccepted {
+                    recipients,
+                    muted,
+                    unroutable,
+                }),
             });
         };
         let mut expired_keys = false;
@@ -760,7 +769,11 @@ impl Outbox {
                     return Ok(Accepted {
                         message: group_stand_in(&send),
                         duplicate: false,
-                        group: Some(GroupAccepted { recipients, muted }),
+                        group: Some(GroupAccepted {
+                            recipients,
+                            muted,
+                            unroutable,
+                        }),
                     });
                 }
                 Err(StoreError::DuplicateKey) => {

@@ -585,7 +585,11 @@ async fn one_member_refused_by_wecom_gets_it_by_mail_the_others_by_wecom() {
 async fn a_channel_no_member_can_take_is_refused_one_some_cannot_take_is_partial() {
     let sink = SmtpSink::start().await;
     let port = sink.port;
-    let app = spawn_app_with(|c| c.email = Some(local_email(port))).await;
+    let app = spawn_app_with(|c| {
+        c.email = Some(local_email(port));
+        c.server.metrics = true;
+    })
+    .await;
     let (a, b) = (member(&app, "chan").await, member(&app, "chan").await);
     let g = group(app.store_url(), "ops", &[&a.user, &b.user]).await;
     let resp = app
@@ -632,6 +636,26 @@ async fn a_channel_no_member_can_take_is_refused_one_some_cannot_take_is_partial
             .contains("e-mail"),
         "{status}"
     );
+    // The copy that failed at acceptance is a failed message like any other, and not a
+    // recipient-send.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(value("pushbot_messages_failed_total"), 1.0, "{metrics}");
+    assert_eq!(value("pushbot_group_recipients_total "), 1.0, "{metrics}");
 }
 
 // ------------------------------------------------------------------------------------------
