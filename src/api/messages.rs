@@ -271,7 +271,7 @@ struct RecipientView {
 }
 
 /// The overall status of a group message from its copies' (see [`GroupOne::status`]).
-fn group_status(copies: &[MessageStatus]) -> &'static str {
+pub(super) fn group_status(copies: &[MessageStatus]) -> &'static str {
     if copies.iter().any(|s| !s.is_final()) {
         return "queued";
     }

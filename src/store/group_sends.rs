@@ -107,6 +107,21 @@ impl Store {
         .rows_affected())
     }
 
+    /// The current send token of the group with this id, if the group still exists.
+    pub async fn group_token_of(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<crate::domain::PushToken>, StoreError> {
+        let row = sqlx::query("SELECT token FROM groups WHERE id = $1")
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| row.try_get::<String, _>("token"))
+            .transpose()?
+            .map(crate::domain::PushToken::new))
+    }
+
     /// The copies of a group message, in acceptance order (the group's join order).
     pub async fn group_copies(&self, id: &MessageId) -> Result<Vec<Message>, StoreError> {
         let sql =

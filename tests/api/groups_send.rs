@@ -723,13 +723,56 @@ async fn every_compat_route_takes_a_group_token() {
         ),
     ];
     let n = requests.len();
+    let mut pushed = Value::Null;
     for (route, request) in requests {
         let resp = request.send().await.unwrap();
         let status = resp.status();
         let body = resp.text().await.unwrap();
         assert_eq!(status, 200, "{route}: {body}");
+        if route == "serverchan" {
+            pushed = serde_json::from_str(&body).unwrap();
+        }
     }
     app.mock.wait_for_sent(2 * n, WAIT).await;
+    // ServerChan's status lookup answers for the group message as a whole.
+    let (id, key) = (
+        pushed["data"]["pushid"].as_str().unwrap_or_default(),
+        pushed["data"]["readkey"].as_str().unwrap_or_default(),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status: Value = http
+            .get(app.url("/push"))
+            .query(&[("id", id), ("readkey", key)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["code"], 0, "{status}");
+        assert_eq!(status["data"]["group"], "ops", "{status}");
+        assert_eq!(status["data"]["recipients"], 2, "{status}");
+        assert_eq!(status["data"]["title"], "sc-title", "{status}");
+        if status["data"]["status"] == "delivered" {
+            assert_eq!(status["data"]["delivered"], 2, "{status}");
+            break;
+        }
+        assert_eq!(status["data"]["status"], "queued", "{status}");
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wrong = http
+        .get(app.url("/push"))
+        .query(&[("id", id), ("readkey", "0123456789abcdef")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong.status(),
+        400,
+        "as for a personal message: ServerChan answers 400"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let by = texts_by_member(&app.mock);
     for m in [&a, &b] {

@@ -215,12 +215,9 @@ pub async fn status(
         return Err(ApiError::BadRequest("id and readkey are required".into()).into());
     };
     let not_found = || ApiError::NotFound("no such message, or a wrong readkey".into());
-    let message = state
-        .store
-        .message(&id)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(not_found)?;
+    let Some(message) = state.store.message(&id).await.map_err(ApiError::from)? else {
+        return group_status(&state, &id, &key).await;
+    };
     let token = state
         .store
         .existing_token(&message.userid)
@@ -254,6 +251,62 @@ pub async fn status(
             "last_error": message.last_error,
             "created_at": message.created_at.as_secs(),
             "delivered_at": message.delivered_at.map(UnixMillis::as_secs),
+        }
+    }))
+    .into_response())
+}
+
+/// `GET /push?id=&readkey=` for a message sent with a group's token: its overall status
+/// (as `GET /messages/{id}` gives it) and the number of recipients, for whoever holds the
+/// read key the send answered with (made with the group's token).
+async fn group_status(state: &AppState, id: &str, key: &str) -> Result<Response, ServerChanError> {
+    let not_found = || ApiError::NotFound("no such message, or a wrong readkey".into());
+    let send = state
+        .store
+        .group_send(id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(not_found)?;
+    let token = state
+        .store
+        .group_token_of(&send.group_id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(not_found)?;
+    let expected = readkey(token.expose(), send.id.as_str());
+    let matches: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
+    if !matches {
+        return Err(not_found().into());
+    }
+    let copies = state
+        .store
+        .group_copies(&send.id)
+        .await
+        .map_err(ApiError::from)?;
+    let statuses: Vec<MessageStatus> = copies.iter().map(|m| m.status).collect();
+    let status = super::super::messages::group_status(&statuses);
+    let delivered = statuses
+        .iter()
+        .filter(|s| **s == MessageStatus::Delivered)
+        .count();
+    let first = copies.first();
+    Ok(Json(json!({
+        "code": 0,
+        "message": "",
+        "data": {
+            "id": send.id.to_string(),
+            "title": first.and_then(|m| m.title.clone()),
+            "desp": first.and_then(|m| m.content.clone()),
+            "readkey": key,
+            "status": status,
+            "wxstatus": match status {
+                "delivered" => "sent",
+                other => other,
+            },
+            "group": send.group_name,
+            "recipients": copies.len(),
+            "delivered": delivered,
+            "created_at": send.created_at.as_secs(),
         }
     }))
     .into_response())
