@@ -434,7 +434,7 @@ impl Metrics {
         );
         registry.register(
             "group_recipients",
-            "Recipient-sends of group messages: each group message accepted adds one per member it goes to (muted members not counted); increase(…[1d]) is the day's figure. WeCom's corp-wide daily budget (seats × 200) counts every recipient of every app message: compare it with increase(pushbot_messages_delivered_total{channel=\"wecom\"}[1d])",
+            "Recipient-sends of group messages: each group message accepted adds one per member it goes to (muted members not counted); increase(…[1d]) is the day's figure. WeCom's corp-wide daily budget (seats × 200) counts every recipient of every app message: compare it with pushbot_wecom_recipient_sends_today",
             group_copies.clone(),
         );
         registry.register_with_unit(
@@ -451,7 +451,7 @@ impl Metrics {
         );
         registry.register(
             "wecom_errors",
-            "Failed WeCom API calls by API and errcode (transport: no answer; http_NNN: HTTP status; decode: not WeCom's JSON; invaliduser: errcode 0 but the member was not reached)",
+            "Failed WeCom API calls by API and errcode (transport: no answer; http_NNN: HTTP status; decode: not WeCom's JSON; invaliduser: errcode 0 but a member was not reached, counted once per such member)",
             wecom_errors.clone(),
         );
         registry.register(
