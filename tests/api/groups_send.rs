@@ -1335,3 +1335,58 @@ async fn personal_messages_are_never_sent_in_shared_calls() {
         "{requests:?}"
     );
 }
+
+/// A shared call that fails fails for everyone it named, and everyone's copy is tried
+/// again: the access token expired under it (refreshed once, the call made again), then
+/// WeCom busy for the call, then one member's scripted HTTP 502 (no per-member form at
+/// WeCom: the mock fails the call it is in) — and in the end each member has the message
+/// exactly once.
+#[tokio::test]
+async fn a_shared_call_that_fails_is_tried_again_for_everyone_in_it() {
+    let app = spawn_app_with(|c| {
+        unthrottled(c);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
+    })
+    .await;
+    let mut members = Vec::new();
+    for _ in 0..5 {
+        members.push(member(&app, "retry").await);
+    }
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let g = group(app.store_url(), "ops", &users).await;
+    app.mock.expire_tokens();
+    app.mock
+        .push_replies([SendReply::errcode(-1, "system busy, hint: [mock]")]);
+    // The first call's busy is the call's answer (this member's own first reply is a
+    // success); the second call naming them fails with their 502.
+    app.mock
+        .push_replies_for(&members[2].user, [SendReply::ok(), SendReply::http(502)]);
+    let id = send_to_group(&app, &g, &json!({"title": "again"}), 5).await;
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    for r in status["recipients"].as_array().unwrap() {
+        assert_eq!(r["channel"], "wecom", "{status}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let by = texts_by_member(&app.mock);
+    for user in &users {
+        assert_eq!(by[*user], ["again"], "{user} has it exactly once");
+    }
+    let requests = requests_naming(&app.mock, &users);
+    assert!(
+        requests.iter().any(|named| named.len() > 1),
+        "some call was shared: {requests:?}"
+    );
+    // The failed calls named several members and delivered to none of them.
+    let failed: Vec<_> = app
+        .mock
+        .calls()
+        .into_iter()
+        .filter(|c| users.contains(&c.touser()) && !c.delivered())
+        .collect();
+    assert!(
+        failed.iter().any(|c| c.batch.len() > 1),
+        "a shared call failed: {failed:#?}"
+    );
+}
