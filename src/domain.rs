@@ -633,6 +633,10 @@ pub struct Outbound {
     pub attachments: Vec<OutboundAttachment>,
     /// Which part of the message this is, on a channel that sends attachments separately.
     pub part: Part,
+    /// The group message this is one member's copy of (`None` for a personal message, a
+    /// digest, a verification): copies of one group message with the same body may share
+    /// one WeCom call.
+    pub group_send: Option<MessageId>,
 }
 
 /// One image or file of a message, as a channel sends it.

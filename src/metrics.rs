@@ -12,8 +12,8 @@
 //! [`MAX_ERRCODE_SERIES`] so that a misbehaving upstream cannot grow the output forever.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +39,10 @@ const LATENCY_BUCKETS: [f64; 17] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1800.0, 3600.0,
 ];
+
+/// WeCom's day, for the daily recipient-send figure: China time (UTC+8), where the
+/// corp-wide budget (seats × 200 a day) is counted.
+const WECOM_DAY_UTC_OFFSET: i32 = 8 * 3600;
 
 /// Distinct WeCom error series kept; errcodes beyond them count as `errcode="other"`.
 pub const MAX_ERRCODE_SERIES: usize = 64;
@@ -303,6 +307,11 @@ struct Families {
     scheduler_pass_age: Gauge<f64, AtomicU64>,
     oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>>,
     wecom_errors: Family<WeComErrorLabels, Counter>,
+    wecom_send_calls: Counter,
+    wecom_recipient_sends: Counter,
+    wecom_recipient_sends_today: Gauge,
+    /// The China-time day `wecom_recipient_sends_today` counts, and its count so far.
+    wecom_day: Mutex<(UnixMillis, i64)>,
     /// Series of `wecom_errors` created so far (for the cap).
     errcode_series: AtomicUsize,
     callbacks: Family<OutcomeLabel, Counter>,
@@ -339,6 +348,9 @@ impl Metrics {
         let scheduler_pass_age: Gauge<f64, AtomicU64> = Gauge::default();
         let oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>> = Family::default();
         let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
+        let wecom_send_calls: Counter = Counter::default();
+        let wecom_recipient_sends: Counter = Counter::default();
+        let wecom_recipient_sends_today: Gauge = Gauge::default();
         let callbacks: Family<OutcomeLabel, Counter> = Family::default();
         let auth_refused: Family<EndpointLabel, Counter> = Family::default();
         // Every series of a fixed label set exists from the start (at 0), so that rate()
@@ -422,7 +434,7 @@ impl Metrics {
         );
         registry.register(
             "group_recipients",
-            "Recipient-sends of group messages: each group message accepted adds one per member it goes to (muted members not counted); increase(…[1d]) is the day's figure. WeCom's corp-wide daily budget (seats × 200) counts every recipient of every app message: compare it with increase(pushbot_messages_delivered_total{channel=\"wecom\"}[1d])",
+            "Recipient-sends of group messages: each group message accepted adds one per member it goes to (muted members not counted); increase(…[1d]) is the day's figure. WeCom's corp-wide daily budget (seats × 200) counts every recipient of every app message: compare it with pushbot_wecom_recipient_sends_today",
             group_copies.clone(),
         );
         registry.register_with_unit(
@@ -439,8 +451,23 @@ impl Metrics {
         );
         registry.register(
             "wecom_errors",
-            "Failed WeCom API calls by API and errcode (transport: no answer; http_NNN: HTTP status; decode: not WeCom's JSON; invaliduser: errcode 0 but the member was not reached)",
+            "Failed WeCom API calls by API and errcode (transport: no answer; http_NNN: HTTP status; decode: not WeCom's JSON; invaliduser: errcode 0 but a member was not reached, counted once per such member)",
             wecom_errors.clone(),
+        );
+        registry.register(
+            "wecom_send_calls",
+            "message/send calls made to WeCom (each may name several members, touser=a|b|c: copies of one group message with the same body are sent together); wecom_recipient_sends_total / wecom_send_calls_total is the batching ratio",
+            wecom_send_calls.clone(),
+        );
+        registry.register(
+            "wecom_recipient_sends",
+            "Recipients WeCom accepted app messages for (one per member reached, whether the call named one member or several; members WeCom named in invaliduser are not counted): what WeCom's corp-wide daily budget (seats × 200) counts",
+            wecom_recipient_sends.clone(),
+        );
+        registry.register(
+            "wecom_recipient_sends_today",
+            "Recipients WeCom accepted app messages for since 00:00 China time (UTC+8, where WeCom's daily budget of seats × 200 is counted), by this instance only (several instances: sum them); 0 again at the day boundary",
+            wecom_recipient_sends_today.clone(),
         );
         registry.register(
             "callbacks",
@@ -466,6 +493,10 @@ impl Metrics {
             scheduler_pass_age,
             oldest_due,
             wecom_errors,
+            wecom_send_calls,
+            wecom_recipient_sends,
+            wecom_recipient_sends_today,
+            wecom_day: Mutex::new((UnixMillis::now().start_of_day(WECOM_DAY_UTC_OFFSET), 0)),
             errcode_series: AtomicUsize::new(0),
             callbacks,
             auth_refused,
@@ -528,6 +559,37 @@ impl Metrics {
             labels.errcode = WeComErrcode::Other;
         }
         family.get_or_create(&labels).inc();
+    }
+
+    /// One `message/send` call is being made to WeCom (however many members it names).
+    pub fn wecom_send_call(&self) {
+        self.0.wecom_send_calls.inc();
+    }
+
+    /// WeCom accepted an app message for `n` recipients.
+    pub fn wecom_recipient_sends(&self, n: u64) {
+        self.wecom_recipient_sends_at(n, UnixMillis::now());
+    }
+
+    fn wecom_recipient_sends_at(&self, n: u64, now: UnixMillis) {
+        self.0.wecom_recipient_sends.inc_by(n);
+        self.roll_wecom_day(now, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Adds `n` to today's recipient-sends, starting again from 0 when `now` is in a later
+    /// China-time day than the count so far, and shows the result.
+    fn roll_wecom_day(&self, now: UnixMillis, n: i64) {
+        let today = now.start_of_day(WECOM_DAY_UTC_OFFSET);
+        let mut day = self
+            .0
+            .wecom_day
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if day.0 != today {
+            *day = (today, 0);
+        }
+        day.1 = day.1.saturating_add(n);
+        self.0.wecom_recipient_sends_today.set(day.1);
     }
 
     /// A request on `route` was refused for its push token (missing or invalid).
@@ -597,6 +659,8 @@ impl Metrics {
 
     /// Everything, in OpenMetrics text (`openmetrics`) or the Prometheus text format.
     pub fn encode(&self, openmetrics: bool) -> Result<String, std::fmt::Error> {
+        // A quiet night must not show yesterday's figure as today's.
+        self.roll_wecom_day(UnixMillis::now(), 0);
         let mut out = String::with_capacity(8 * 1024);
         if openmetrics {
             prometheus_client::encoding::text::encode(&mut out, &self.0.registry)?;
@@ -709,6 +773,37 @@ mod tests {
             assert!(text.contains("# TYPE pushbot_delivery_latency_seconds histogram"));
             assert_eq!(text.ends_with("# EOF\n"), openmetrics, "{text}");
         }
+    }
+
+    #[test]
+    fn recipient_sends_count_per_china_day_and_start_again_at_its_midnight() {
+        let m = Metrics::new();
+        // 2026-12-07 15:59:59.999 UTC is 23:59:59.999 in China; a millisecond later the
+        // next day begins there.
+        let before = UnixMillis::from_millis(1_796_659_199_999);
+        let after = UnixMillis::from_millis(1_796_659_200_000);
+        assert_eq!(after.start_of_day(WECOM_DAY_UTC_OFFSET), after);
+        m.wecom_send_call();
+        m.wecom_send_call();
+        m.wecom_recipient_sends_at(3, before);
+        m.wecom_recipient_sends_at(2, before);
+        let today = |m: &Metrics| m.0.wecom_recipient_sends_today.get();
+        assert_eq!(today(&m), 5);
+        m.wecom_recipient_sends_at(1, after);
+        assert_eq!(today(&m), 1, "the new day starts from 0");
+        // A scrape in a later day with nothing sent shows 0, not the day before's count.
+        m.roll_wecom_day(after + std::time::Duration::from_secs(86_400), 0);
+        assert_eq!(today(&m), 0);
+        let text = m.encode(false).unwrap();
+        assert_eq!(
+            value(&text, "pushbot_wecom_recipient_sends_total"),
+            Some(6.0)
+        );
+        assert_eq!(value(&text, "pushbot_wecom_send_calls_total"), Some(2.0));
+        assert!(
+            text.contains("# TYPE pushbot_wecom_recipient_sends_today gauge"),
+            "{text}"
+        );
     }
 
     #[test]

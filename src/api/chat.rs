@@ -288,6 +288,7 @@ async fn add_robot(
         verification: false,
         attachments: Vec::new(),
         part: crate::domain::Part::Whole,
+        group_send: None,
     };
     let masked = channel.masked();
     match tokio::time::timeout(ROBOT_TEST_TIMEOUT, channel.deliver(&test)).await {

@@ -270,6 +270,7 @@ pub fn outbound(head: &Message, address: Option<String>) -> Outbound {
         verification: head.address_to.is_some(),
         attachments: Vec::new(),
         part: Part::Whole,
+        group_send: head.group_send.clone(),
     }
 }
 
@@ -465,6 +466,7 @@ pub fn compose_digest(
             verification: false,
             attachments: Vec::new(),
             part: Part::Whole,
+            group_send: None,
         },
         record: Digest {
             id: page.id.to_string(),

@@ -390,6 +390,7 @@ mod tests {
             verification: false,
             attachments: Vec::new(),
             part: crate::domain::Part::Whole,
+            group_send: None,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -436,6 +437,7 @@ mod tests {
             verification: false,
             attachments: Vec::new(),
             part: crate::domain::Part::Whole,
+            group_send: None,
         };
         let (text, html) = bodies(&outbound);
         assert_eq!(
@@ -468,6 +470,7 @@ mod tests {
             verification: false,
             attachments: Vec::new(),
             part: crate::domain::Part::Whole,
+            group_send: None,
         };
         let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
         let mail = render(&outbound, &from, Vec::new()).unwrap();
@@ -515,6 +518,7 @@ mod tests {
             verification: false,
             attachments: vec![png.clone(), bin.clone()],
             part: crate::domain::Part::Whole,
+            group_send: None,
         };
         let from: Mailbox = "pushbot <bot@example.com>".parse().unwrap();
         let png_bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();

@@ -17,6 +17,7 @@
 //! channel, or the end).
 
 pub mod backoff;
+mod batch;
 mod decide;
 pub mod destinations;
 pub mod digest;

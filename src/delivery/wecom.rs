@@ -13,11 +13,16 @@
 //! (`media/upload`, streamed from the stored blob) and its `media_id` kept, by SHA-256 and
 //! kind, for [`MEDIA_ID_REUSE`](crate::store::MEDIA_ID_REUSE); a send WeCom answers 40007
 //! (it forgot the id) forgets it, uploads again and sends once more.
+//!
+//! Copies of one group message that have the same body and go out at about the same
+//! time share one `message/send` (`touser=a|b|c`; see [`super::batch`]); each member's
+//! outcome is still their own.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use super::batch::{Coalescer, Lost, SendFn};
 use super::limits::RateWindow;
 use super::{Attachments, Capabilities, Channel, ChannelError, CheckError};
 use crate::domain::{ChannelName, Format, Look, Outbound, OutboundAttachment, Part};
@@ -46,6 +51,8 @@ pub struct WeComChannel {
     limits: Vec<RateWindow>,
     /// Where attachments' bytes and the `media_id` cache are.
     store: Store,
+    /// Gathers copies of a group message into shared calls.
+    batches: Coalescer,
 }
 
 impl WeComChannel {
@@ -55,11 +62,20 @@ impl WeComChannel {
         limits: Vec<RateWindow>,
         store: Store,
     ) -> Self {
+        let sender = client.clone();
+        let send: SendFn = Arc::new(move |tousers: Vec<String>, message: AppMessage| {
+            let client = sender.clone();
+            Box::pin(async move {
+                let tousers: Vec<&str> = tousers.iter().map(String::as_str).collect();
+                client.send_many(&tousers, &message).await
+            })
+        });
         Self {
             client,
             public_base,
             limits,
             store,
+            batches: Coalescer::new(send),
         }
     }
 
@@ -169,6 +185,26 @@ fn classify(e: WeComError) -> ChannelError {
     }
 }
 
+/// Whether copies of a group message with this body may share a call: text, markdown
+/// and cards; images and files go one per member.
+fn coalesces(body: &AppMessage) -> bool {
+    match body {
+        AppMessage::Text { .. } | AppMessage::Markdown { .. } | AppMessage::Textcard { .. } => true,
+        AppMessage::Image { .. } | AppMessage::File { .. } => false,
+    }
+}
+
+/// The batch a copy waited in ended without an answer for it: WeCom may or may not have
+/// it; try again (transient, and not a sign that WeCom is down).
+fn lost() -> ChannelError {
+    ChannelError::Transient {
+        reason: "the batched WeCom call ended without an answer for this member (batch lost); \
+                 will retry"
+            .to_owned(),
+        unreachable: false,
+    }
+}
+
 /// The database failed around a send: try again later (WeCom itself answered nothing).
 fn store_failed(what: &str, err: &StoreError) -> ChannelError {
     ChannelError::Transient {
@@ -215,10 +251,16 @@ impl Channel for WeComChannel {
                 return self.send_attachment(message, attachment).await;
             }
             let body = compose(message, &self.public_base);
-            self.client
-                .send(message.userid.as_str(), &body)
-                .await
-                .map_err(classify)
+            let touser = message.userid.as_str();
+            match &message.group_send {
+                Some(group_send) if coalesces(&body) && !message.verification => self
+                    .batches
+                    .send(group_send, touser, body)
+                    .await
+                    .map(|outcome| outcome.map_err(classify))
+                    .unwrap_or_else(|Lost| Err(lost())),
+                _ => self.client.send(touser, &body).await.map_err(classify),
+            }
         })
     }
 
@@ -342,6 +384,7 @@ mod tests {
             verification: false,
             attachments: Vec::new(),
             part: crate::domain::Part::Whole,
+            group_send: None,
         }
     }
 
@@ -482,6 +525,25 @@ mod tests {
             classify(WeComError::Http(502)),
             ChannelError::Transient {
                 unreachable: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn only_text_markdown_and_cards_are_sent_in_shared_calls() {
+        let mut m = outbound(Some("T"), Some("C"));
+        assert!(coalesces(&compose(&m, BASE)));
+        m.look = Look::Card;
+        assert!(coalesces(&compose(&m, BASE)));
+        for kind in [MediaKind::Image, MediaKind::File] {
+            assert!(!coalesces(&media_message(kind, "M".into())));
+        }
+        // A lost batch is retried, and does not make WeCom look down.
+        assert!(matches!(
+            lost(),
+            ChannelError::Transient {
+                unreachable: false,
                 ..
             }
         ));

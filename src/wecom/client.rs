@@ -337,6 +337,44 @@ impl MembersReply {
     }
 }
 
+/// The most members one `message/send` may name in `touser`.
+pub const MAX_TOUSERS: usize = 1000;
+
+/// Each of `tousers`' outcome of one `message/send` that named them all (see
+/// [`WeComClient::send_many`]).
+fn split_answer(
+    tousers: &[&str],
+    answer: Result<ApiReply, WeComError>,
+) -> Vec<Result<(), WeComError>> {
+    let reply = match answer {
+        Ok(reply) => reply,
+        Err(err) => return tousers.iter().map(|_| Err(err.clone())).collect(),
+    };
+    if reply.errcode != 0 {
+        return tousers
+            .iter()
+            .map(|u| Err(WeComError::api(reply.errcode, &reply.errmsg, Some(u))))
+            .collect();
+    }
+    // errcode 0 can still mean "not delivered to these members" (ids lower-cased).
+    let named = |u: &str| {
+        [&reply.invaliduser, &reply.unlicenseduser]
+            .into_iter()
+            .flatten()
+            .any(|list| list.split('|').any(|n| n.trim().eq_ignore_ascii_case(u)))
+    };
+    tousers
+        .iter()
+        .map(|u| {
+            if named(u) {
+                Err(WeComError::InvalidUser((*u).to_owned()))
+            } else {
+                Ok(())
+            }
+        })
+        .collect()
+}
+
 #[derive(Serialize)]
 struct SendRequest<'a> {
     touser: &'a str,
@@ -533,14 +571,63 @@ impl WeComClient {
         }
     }
 
-    /// Sends an app message to one member.
+    /// Sends an app message to one member: [`Self::send_many`] for one.
     pub async fn send(&self, touser: &str, message: &AppMessage) -> Result<(), WeComError> {
-        self.with_token(|token| async move {
-            self.post_message(&token, touser, message)
-                .await
-                .inspect_err(|err| self.count(WeComApi::MessageSend, err))
-        })
-        .await
+        self.send_many(&[touser], message)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(WeComError::Decode("no answer for the member".into())))
+    }
+
+    /// Sends one app message to several members: one `message/send` per
+    /// [`MAX_TOUSERS`] of them (`touser=a|b|c`). The answer is each member's own outcome,
+    /// in `tousers`' order: a call that failed (transport, HTTP, a non-zero errcode,
+    /// classified as for one member) fails for everyone in it; `errcode` 0 delivers to
+    /// all but those it names in `invaliduser` or `unlicenseduser` (compared ignoring
+    /// case: WeCom lower-cases them), who get [`WeComError::InvalidUser`].
+    pub async fn send_many(
+        &self,
+        tousers: &[&str],
+        message: &AppMessage,
+    ) -> Vec<Result<(), WeComError>> {
+        let mut outcomes = Vec::with_capacity(tousers.len());
+        for chunk in tousers.chunks(MAX_TOUSERS) {
+            let touser = chunk.join("|");
+            let answer = self
+                .with_token(|token| {
+                    let touser = touser.as_str();
+                    async move {
+                        self.post_message(&token, touser, message)
+                            .await
+                            .inspect_err(|err| self.count(WeComApi::MessageSend, err))
+                    }
+                })
+                .await;
+            // Answered with a non-zero errcode: one failed call. With errcode 0: each
+            // member it names as not reached counts as one (`invaliduser`).
+            let answered = answer.as_ref().ok().map(|reply| reply.errcode);
+            let split = split_answer(chunk, answer);
+            match answered {
+                Some(0) => {
+                    for err in split.iter().filter_map(|r| r.as_ref().err()) {
+                        self.count(WeComApi::MessageSend, err);
+                    }
+                }
+                Some(_) => {
+                    if let Some(Err(err)) = split.first() {
+                        self.count(WeComApi::MessageSend, err);
+                    }
+                }
+                None => {}
+            }
+            if let Some(metrics) = &self.metrics {
+                let reached = split.iter().filter(|r| r.is_ok()).count();
+                metrics.wecom_recipient_sends(reached as u64);
+            }
+            outcomes.extend(split);
+        }
+        outcomes
     }
 
     /// `agent/get` for this app: its name, visible range and whether it is enabled. Fails
@@ -700,12 +787,18 @@ impl WeComClient {
         self.send(touser, &message).await
     }
 
+    /// One `message/send` call to `touser` (one member, or several joined by `|`). Its
+    /// answer, whatever the errcode — except a rejected access token, which is an error
+    /// so that [`Self::with_token`] refreshes it and calls again.
     async fn post_message(
         &self,
         token: &str,
         touser: &str,
         message: &AppMessage,
-    ) -> Result<(), WeComError> {
+    ) -> Result<ApiReply, WeComError> {
+        if let Some(metrics) = &self.metrics {
+            metrics.wecom_send_call();
+        }
         let body = SendRequest {
             touser,
             agentid: self.agent_id,
@@ -721,18 +814,10 @@ impl WeComClient {
                 .json(&body),
             )
             .await?;
-        if reply.errcode != 0 {
-            return Err(WeComError::api(reply.errcode, &reply.errmsg, Some(touser)));
+        if is_token_errcode(reply.errcode) {
+            return Err(WeComError::api(reply.errcode, &reply.errmsg, None));
         }
-        // errcode 0 can still mean "not delivered to these members" (ids lower-cased).
-        for list in [&reply.invaliduser, &reply.unlicenseduser] {
-            if let Some(list) = list
-                && list.split('|').any(|u| u.eq_ignore_ascii_case(touser))
-            {
-                return Err(WeComError::InvalidUser(touser.to_owned()));
-            }
-        }
-        Ok(())
+        Ok(reply)
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -1020,6 +1105,83 @@ mod tests {
         assert_eq!(upload_filename("a\"b\\c\r\nd"), "a_b_c__d");
         assert_eq!(upload_filename(" \t\r\n "), "file");
         assert_eq!(upload_filename(""), "file");
+    }
+
+    fn reply(json: &str) -> Result<ApiReply, WeComError> {
+        Ok(serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn a_batch_answer_fails_over_only_the_members_it_names() {
+        // WeCom lower-cases the ids it lists; both lists count.
+        let split = split_answer(
+            &["Alice", "bob", "carol", "Dave"],
+            reply(
+                r#"{"errcode":0,"errmsg":"ok","invaliduser":"alice|zed","unlicenseduser":"dave"}"#,
+            ),
+        );
+        assert_eq!(
+            split,
+            vec![
+                Err(WeComError::InvalidUser("Alice".into())),
+                Ok(()),
+                Ok(()),
+                Err(WeComError::InvalidUser("Dave".into())),
+            ]
+        );
+        // An empty list names nobody.
+        assert_eq!(
+            split_answer(
+                &["a", "b"],
+                reply(r#"{"errcode":0,"errmsg":"ok","invaliduser":""}"#)
+            ),
+            vec![Ok(()), Ok(())]
+        );
+        // A member is not named by a prefix or a part of another id.
+        assert_eq!(
+            split_answer(
+                &["al", "ice"],
+                reply(r#"{"errcode":0,"errmsg":"ok","invaliduser":"alice"}"#)
+            ),
+            vec![Ok(()), Ok(())]
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_call_is_each_members_error_naming_them() {
+        let split = split_answer(
+            &["alice", "bob"],
+            reply(r#"{"errcode":81013,"errmsg":"user & party & tag all invalid"}"#),
+        );
+        assert_eq!(split.len(), 2);
+        for (who, outcome) in ["alice", "bob"].iter().zip(&split) {
+            let err = outcome.as_ref().unwrap_err();
+            assert!(matches!(err, WeComError::Api { errcode: 81013, .. }));
+            assert!(err.to_string().contains(who), "{err}");
+            assert!(!err.is_transient());
+        }
+        let busy = split_answer(&["a", "b", "c"], reply(r#"{"errcode":-1,"errmsg":"busy"}"#));
+        assert!(busy.iter().all(|r| r.as_ref().unwrap_err().is_transient()));
+        let down = split_answer(&["a", "b"], Err(WeComError::Http(502)));
+        assert_eq!(
+            down,
+            vec![Err(WeComError::Http(502)), Err(WeComError::Http(502))]
+        );
+    }
+
+    #[test]
+    fn several_members_go_in_one_touser() {
+        let message = AppMessage::Text {
+            text: Content {
+                content: "hi".into(),
+            },
+        };
+        let body = SendRequest {
+            touser: &["a", "b", "c"].join("|"),
+            agentid: 1,
+            message: &message,
+        };
+        assert_eq!(serde_json::to_value(&body).unwrap()["touser"], "a|b|c");
     }
 
     #[test]

@@ -1093,6 +1093,12 @@ async fn a_file_to_a_group_reaches_every_member() {
             .collect();
         assert_eq!(shown, ["text", "file"], "{}", m.user);
     }
+    // Files go one member per call (each copy's own upload and retry).
+    for call in app.mock.calls() {
+        if call.body["msgtype"] == "file" {
+            assert_eq!(call.batch.len(), 1, "{:?}", call.batch);
+        }
+    }
     let mut conn = db::connect(app.store_url()).await;
     let row =
         sqlx::query("SELECT count(*) AS n, count(DISTINCT blob_id) AS blobs FROM message_media")
@@ -1150,6 +1156,11 @@ async fn a_thousand_member_group_gets_one_copy_each() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "1,000 copies delivered {:?} after the request was sent, in {} WeCom calls (debug build)",
+        started.elapsed(),
+        app.mock.send_requests().len()
+    );
     let status = wait_group_status(&app, &g, &id, "delivered").await;
     let listed: Vec<&str> = status["recipients"]
         .as_array()
@@ -1161,4 +1172,293 @@ async fn a_thousand_member_group_gets_one_copy_each() {
     let by = texts_by_member(&app.mock);
     assert_eq!(by.len(), N);
     assert!(by.values().all(|t| t == &["all hands"]));
+}
+
+// ------------------------------------------------------------------------------------------
+// shared WeCom calls (touser=a|b|c)
+// ------------------------------------------------------------------------------------------
+
+/// The `message/send` calls that named any of `users`, each as the members it named.
+fn requests_naming(mock: &MockWeCom, users: &[&str]) -> Vec<Vec<String>> {
+    mock.send_requests()
+        .into_iter()
+        .filter(|named| named.iter().any(|n| users.contains(&n.as_str())))
+        .collect()
+}
+
+/// The value of a `/metrics` series.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} in:\n{text}"))
+}
+
+/// A group message to 20 members, shaping lifted: WeCom gets it in a handful of calls that
+/// each name several members, every member once; each copy is `delivered` by WeCom; and
+/// `/metrics` counts 20 recipient-sends in those few calls.
+#[tokio::test]
+async fn copies_with_the_same_body_go_to_wecom_in_a_handful_of_calls() {
+    const N: usize = 20;
+    let app = spawn_app_with(|c| {
+        unthrottled(c);
+        c.server.metrics = true;
+    })
+    .await;
+    let mut members = Vec::with_capacity(N);
+    for _ in 0..N {
+        members.push(member(&app, "batch").await);
+    }
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let g = group(app.store_url(), "all", &users).await;
+    let calls_before = metric(&app, "pushbot_wecom_send_calls_total").await;
+    let sends_before = metric(&app, "pushbot_wecom_recipient_sends_total").await;
+    let id = send_to_group(
+        &app,
+        &g,
+        &json!({"title": "all hands", "content": "at 3"}),
+        N as i64,
+    )
+    .await;
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    for r in status["recipients"].as_array().unwrap() {
+        assert_eq!(r["status"], "delivered", "{status}");
+        assert_eq!(r["channel"], "wecom", "{status}");
+    }
+    let by = texts_by_member(&app.mock);
+    for user in &users {
+        assert_eq!(by[*user], ["all hands\n\nat 3"], "{user}");
+    }
+    let requests = requests_naming(&app.mock, &users);
+    eprintln!(
+        "{N} copies in {} calls: {:?}",
+        requests.len(),
+        requests.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let named: usize = requests.iter().map(Vec::len).sum();
+    assert_eq!(named, N, "every member named once: {requests:?}");
+    assert!(
+        requests.len() <= 5,
+        "{} calls for {N} copies: {requests:?}",
+        requests.len()
+    );
+    assert_eq!(
+        metric(&app, "pushbot_wecom_recipient_sends_total").await - sends_before,
+        N as f64
+    );
+    assert_eq!(
+        metric(&app, "pushbot_wecom_send_calls_total").await - calls_before,
+        requests.len() as f64
+    );
+    assert!(metric(&app, "pushbot_wecom_recipient_sends_today").await >= N as f64);
+}
+
+/// WeCom names one member of a shared call in `invaliduser` (errcode 0): that member's
+/// copy falls back to e-mail, their own bound address; the others in the same call are
+/// delivered by WeCom, once.
+#[tokio::test]
+async fn a_member_named_invalid_in_a_shared_call_gets_it_by_mail_the_others_by_wecom() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let app = spawn_app_with(|c| {
+        c.email = Some(local_email(port));
+        unthrottled(c);
+    })
+    .await;
+    let mut members = Vec::new();
+    for _ in 0..4 {
+        members.push(member(&app, "shared").await);
+    }
+    let b = &members[1];
+    let address = format!("{}@example.com", b.user);
+    let reply = say(&app, &b.user, &format!("email {address}")).await;
+    assert_says(&reply, "code sent", "email");
+    let mail = sink.wait_for_mails_to(&address, 1, WAIT).await;
+    let code = mail[0].code().expect("a code");
+    assert_says(
+        &say(&app, &b.user, &format!("verify {code}")).await,
+        "bound",
+        "verify",
+    );
+    app.mock
+        .fail_always_for(&b.user, SendReply::invalid_user(&b.user));
+
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let g = group(app.store_url(), "ops", &users).await;
+    let id = send_to_group(
+        &app,
+        &g,
+        &json!({"title": "Disk full", "content": "host-9"}),
+        4,
+    )
+    .await;
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    for r in status["recipients"].as_array().unwrap() {
+        let want = if r["member"] == b.user.as_str() {
+            "email"
+        } else {
+            "wecom"
+        };
+        assert_eq!(r["channel"], want, "{status}");
+        assert_eq!(r["status"], "delivered", "{status}");
+    }
+    let mails = sink.wait_for_mails_to(&address, 2, WAIT).await;
+    assert_eq!(mails[1].subject(), "Disk full");
+    let requests = requests_naming(&app.mock, &users);
+    assert!(
+        requests
+            .iter()
+            .any(|named| named.len() > 1 && named.contains(&b.user)),
+        "b was named in a shared call: {requests:?}"
+    );
+    let by = texts_by_member(&app.mock);
+    assert!(!by.contains_key(&b.user), "WeCom never took b's copy");
+    for m in members.iter().filter(|m| m.user != b.user) {
+        assert_eq!(by[&m.user], ["Disk full\n\nhost-9"], "{}", m.user);
+    }
+}
+
+/// Members who chose markdown get another body than those on plain text: two bodies, two
+/// sets of calls, never one call mixing them; everyone gets theirs.
+#[tokio::test]
+async fn members_with_other_formats_get_their_own_calls() {
+    let app = spawn_app_with(unthrottled).await;
+    let mut members = Vec::new();
+    for _ in 0..6 {
+        members.push(member(&app, "fmt").await);
+    }
+    let markdown: Vec<&str> = members[..3].iter().map(|m| m.user.as_str()).collect();
+    for user in &markdown {
+        say(&app, user, "format markdown").await;
+    }
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let g = group(app.store_url(), "fmt", &users).await;
+    let id = send_to_group(
+        &app,
+        &g,
+        &json!({"title": "Report", "content": "**all** green", "format": "markdown"}),
+        6,
+    )
+    .await;
+    wait_group_status(&app, &g, &id, "delivered").await;
+    let calls: Vec<_> = app
+        .mock
+        .delivered_calls()
+        .into_iter()
+        .filter(|c| users.contains(&c.touser()))
+        .collect();
+    assert_eq!(calls.len(), 6, "{calls:#?}");
+    for call in &calls {
+        let msgtype = call.body["msgtype"].as_str().unwrap_or_default();
+        let want = if markdown.contains(&call.touser()) {
+            "markdown"
+        } else {
+            "text"
+        };
+        assert_eq!(msgtype, want, "{}", call.touser());
+        // Everyone a call named got the same type.
+        for other in &call.batch {
+            assert_eq!(
+                markdown.contains(&other.as_str()),
+                markdown.contains(&call.touser()),
+                "one call mixed formats: {:?}",
+                call.batch
+            );
+        }
+    }
+    let requests = requests_naming(&app.mock, &users);
+    assert!(requests.len() >= 2, "{requests:?}");
+}
+
+/// Personal messages never wait for others: the same text sent at once to ten members
+/// with their own tokens goes in ten calls of one member each.
+#[tokio::test]
+async fn personal_messages_are_never_sent_in_shared_calls() {
+    let app = spawn_app_with(unthrottled).await;
+    let mut members = Vec::new();
+    for _ in 0..10 {
+        members.push(member(&app, "own").await);
+    }
+    let sends = members.iter().map(|m| {
+        let app = &app;
+        async move {
+            accepted_id(
+                app.send_json(Some(&m.token), &json!({"title": "same words"}))
+                    .await,
+            )
+            .await
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    app.mock.wait_for_sent(10, WAIT).await;
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let requests = requests_naming(&app.mock, &users);
+    assert_eq!(requests.len(), 10, "{requests:?}");
+    assert!(
+        requests.iter().all(|named| named.len() == 1),
+        "{requests:?}"
+    );
+}
+
+/// A shared call that fails fails for everyone it named, and everyone's copy is tried
+/// again: the access token expired under it (refreshed once, the call made again), then
+/// WeCom busy for the call, then one member's scripted HTTP 502 (no per-member form at
+/// WeCom: the mock fails the call it is in) — and in the end each member has the message
+/// exactly once.
+#[tokio::test]
+async fn a_shared_call_that_fails_is_tried_again_for_everyone_in_it() {
+    let app = spawn_app_with(|c| {
+        unthrottled(c);
+        c.delivery.backoff_initial = Duration::from_millis(50);
+        c.delivery.backoff_max = Duration::from_millis(200);
+        c.delivery.probe_max = Duration::from_millis(200);
+    })
+    .await;
+    let mut members = Vec::new();
+    for _ in 0..5 {
+        members.push(member(&app, "retry").await);
+    }
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let g = group(app.store_url(), "ops", &users).await;
+    app.mock.expire_tokens();
+    app.mock
+        .push_replies([SendReply::errcode(-1, "system busy, hint: [mock]")]);
+    // The first call's busy is the call's answer (this member's own first reply is a
+    // success); the second call naming them fails with their 502.
+    app.mock
+        .push_replies_for(&members[2].user, [SendReply::ok(), SendReply::http(502)]);
+    let id = send_to_group(&app, &g, &json!({"title": "again"}), 5).await;
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    for r in status["recipients"].as_array().unwrap() {
+        assert_eq!(r["channel"], "wecom", "{status}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let by = texts_by_member(&app.mock);
+    for user in &users {
+        assert_eq!(by[*user], ["again"], "{user} has it exactly once");
+    }
+    let requests = requests_naming(&app.mock, &users);
+    assert!(
+        requests.iter().any(|named| named.len() > 1),
+        "some call was shared: {requests:?}"
+    );
+    // The failed calls named several members and delivered to none of them.
+    let failed: Vec<_> = app
+        .mock
+        .calls()
+        .into_iter()
+        .filter(|c| users.contains(&c.touser()) && !c.delivered())
+        .collect();
+    assert!(
+        failed.iter().any(|c| c.batch.len() > 1),
+        "a shared call failed: {failed:#?}"
+    );
 }

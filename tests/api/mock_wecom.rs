@@ -20,6 +20,20 @@
 //! ("上传图片大小不是有效值"), 44001 for no `media` field or an empty one ("empty media
 //! data", binarywang/WxJava#1569), and 40007 ("invalid media_id", easychen/wecomchan#56)
 //! from `message/send` for a `media_id` that is unknown, expired or of another type.
+//!
+//! `message/send` with several members (`touser=a|b|c`, as WeCom takes up to 1,000): one
+//! call ([`MockWeCom::send_requests`] lists each call's members), recorded as one
+//! [`SendCall`] per member (its `touser` that member alone, its `reply` what that member
+//! got), so that counting per member works the same for shared and single calls. Replies
+//! scripted for one member ([`MockWeCom::push_replies_for`], [`MockWeCom::fail_always_for`])
+//! apply inside a shared call as WeCom could answer them there: an invalid-user reply
+//! (`invaliduser`/`unlicenseduser`, or 81013 "all invalid") names that member in the
+//! call's `invaliduser` (`unlicenseduser`) list, lower-cased, with errcode 0 — or 81013 when
+//! it names every member; any other scripted error (an errcode, an HTTP status) has no
+//! per-member form at WeCom, so it fails the whole call, for every member in it (the first
+//! such member's reply, in `touser` order). The global script ([`MockWeCom::push_replies`],
+//! [`MockWeCom::fail_always`]) answers the call, once per call: a failure fails it for
+//! everyone.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -134,8 +148,12 @@ pub struct SendCall {
     /// When the request arrived (before any scripted delay): what WeCom's per-member
     /// counters would go by.
     pub received_at: Instant,
-    /// Arrival order among all `message/send` requests (0 for the first).
+    /// Arrival order among all `message/send` requests (0 for the first); the members of
+    /// one shared call have the same.
     pub arrival: usize,
+    /// Every member the request named (`touser` split at `|`): this member alone for a
+    /// call to one member.
+    pub batch: Vec<String>,
 }
 
 impl SendCall {
@@ -235,6 +253,8 @@ struct MockState {
     /// Answer every `agent/get` (with a valid token) with this instead of the app.
     agent_get_failure: Option<SendReply>,
     calls: Vec<SendCall>,
+    /// The members each answered `message/send` request named, in answer order.
+    requests: Vec<Vec<String>>,
     sent: Vec<Sent>,
     unexpected: Vec<String>,
     /// `media_id` → what was uploaded under it.
@@ -286,6 +306,91 @@ impl MockState {
             Some(media) if !media.expired && media.kind == msgtype => Ok(()),
             _ => Err(SendReply::errcode(40007, "invalid media_id, hint: [mock]")),
         }
+    }
+}
+
+impl MockState {
+    /// The replies to a `message/send` to `tousers` that passed the token and media
+    /// checks: the call's answer and each member's own (see the module documentation).
+    fn answer_send(&mut self, tousers: &[String]) -> (SendReply, Vec<SendReply>) {
+        let own: Vec<Option<SendReply>> = tousers
+            .iter()
+            .map(|u| {
+                let scripted = self.member_script.get_mut(u).and_then(VecDeque::pop_front);
+                scripted.or_else(|| self.member_failure.get(u).cloned())
+            })
+            .collect();
+        // The global script answers a call that has a member without a reply of their own.
+        let global = own
+            .iter()
+            .any(Option::is_none)
+            .then(|| match self.script.pop_front() {
+                Some(r) => r,
+                None => self.failure.clone().unwrap_or_else(SendReply::ok),
+            });
+        if let [one] = own.as_slice() {
+            let reply = one.clone().or(global).unwrap_or_else(SendReply::ok);
+            return (reply.clone(), vec![reply]);
+        }
+        let is_invalid = |r: &SendReply| {
+            r.status == 200
+                && (r.errcode == 81013
+                    || (r.errcode == 0 && (r.invaliduser.is_some() || r.unlicenseduser.is_some())))
+        };
+        let fails_call = |r: &SendReply| !r.is_success() && !is_invalid(r);
+        let call_failure = own
+            .iter()
+            .flatten()
+            .find(|r| fails_call(r))
+            .or(global
+                .as_ref()
+                .filter(|g| g.status != 200 || g.errcode != 0))
+            .cloned();
+        if let Some(failure) = call_failure {
+            return (failure.clone(), vec![failure; tousers.len()]);
+        }
+        let delay = own
+            .iter()
+            .flatten()
+            .chain(global.as_ref())
+            .find_map(|r| r.delay);
+        let listed = |list: &Option<String>, u: &str| {
+            list.as_deref()
+                .is_some_and(|l| l.split('|').any(|n| n.eq_ignore_ascii_case(u)))
+        };
+        let mut invalid = Vec::new();
+        let mut unlicensed = Vec::new();
+        let mut each = Vec::with_capacity(tousers.len());
+        for (u, own) in tousers.iter().zip(&own) {
+            let by_global = global
+                .as_ref()
+                .is_some_and(|g| listed(&g.invaliduser, u) || listed(&g.unlicenseduser, u));
+            match own {
+                Some(r) if is_invalid(r) => {
+                    if r.unlicenseduser.is_some() {
+                        unlicensed.push(u.to_lowercase());
+                    } else {
+                        invalid.push(u.to_lowercase());
+                    }
+                    each.push(r.clone());
+                }
+                _ if by_global => {
+                    invalid.push(u.to_lowercase());
+                    each.push(SendReply::invalid_user(u));
+                }
+                _ => each.push(SendReply::ok()),
+            }
+        }
+        let join = |l: &[String]| (!l.is_empty()).then(|| l.join("|"));
+        let mut reply = if invalid.len() + unlicensed.len() == tousers.len() {
+            SendReply::errcode(81013, "user & party & tag all invalid")
+        } else {
+            SendReply::ok()
+        };
+        reply.invaliduser = join(&invalid);
+        reply.unlicenseduser = join(&unlicensed);
+        reply.delay = delay;
+        (reply, each)
     }
 }
 
@@ -529,6 +634,14 @@ impl MockWeCom {
         self.shared.lock().send_started
     }
 
+    /// The members each answered `message/send` request named, in the order they were
+    /// answered: one entry per HTTP call, however many members it named.
+    pub fn send_requests(&self) -> Vec<Vec<String>> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// `message/send` calls answered so far, one per member a shared call named (see
+    /// [`Self::send_requests`] for the HTTP calls).
     pub fn send_calls(&self) -> usize {
         self.shared.lock().calls.len()
     }
@@ -719,29 +832,23 @@ async fn message_send(
         }
     };
 
-    let (reply, delay) = {
+    let tousers: Vec<String> = body["touser"]
+        .as_str()
+        .unwrap_or_default()
+        .split('|')
+        .map(str::to_owned)
+        .collect();
+    let (reply, each, delay) = {
         let mut s = shared.lock();
-        let token_state = s.check_token(received.access_token.as_deref());
-        let touser = body["touser"].as_str().unwrap_or_default();
-        let reply = match token_state.and_then(|()| s.check_media(&body)) {
-            Err(r) => r,
-            Ok(()) => {
-                let member_scripted = s
-                    .member_script
-                    .get_mut(touser)
-                    .and_then(VecDeque::pop_front);
-                let member_failure = s.member_failure.get(touser).cloned();
-                match member_scripted.or(member_failure) {
-                    Some(r) => r,
-                    None => match s.script.pop_front() {
-                        Some(r) => r,
-                        None => s.failure.clone().unwrap_or_else(SendReply::ok),
-                    },
-                }
-            }
+        let checked = s
+            .check_token(received.access_token.as_deref())
+            .and_then(|()| s.check_media(&body));
+        let (reply, each) = match checked {
+            Err(r) => (r.clone(), vec![r; tousers.len()]),
+            Ok(()) => s.answer_send(&tousers),
         };
         let delay = reply.delay.or(s.delay);
-        (reply, delay)
+        (reply, each, delay)
     };
 
     if let Some(d) = delay {
@@ -752,37 +859,54 @@ async fn message_send(
     }
 
     let resp = reply_response(&reply);
-    if reply.is_success() {
-        let msgtype = body["msgtype"].as_str().unwrap_or_default().to_owned();
-        let field = |path: &[&str]| {
-            path.iter()
-                .fold(&body, |v, k| &v[*k])
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let card = (msgtype == "textcard").then(|| SentCard {
-            title: field(&["textcard", "title"]),
-            description: field(&["textcard", "description"]),
-            url: field(&["textcard", "url"]),
-            btntxt: field(&["textcard", "btntxt"]),
-        });
-        let content = match &card {
-            Some(card) => format!("{}\n\n{}", card.title, card.description),
-            None if msgtype == "markdown" => field(&["markdown", "content"]),
-            None if is_media_msgtype(&msgtype) => field(&[msgtype.as_str(), "media_id"]),
-            None => field(&["text", "content"]),
-        };
-        let sent = Sent {
-            touser: field(&["touser"]),
-            agentid: body["agentid"].as_i64().unwrap_or_default(),
-            msgtype,
-            content,
-            card,
-        };
-        shared.lock().sent.push(sent);
+    let msgtype = body["msgtype"].as_str().unwrap_or_default().to_owned();
+    let field = |path: &[&str]| {
+        path.iter()
+            .fold(&body, |v, k| &v[*k])
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let card = (msgtype == "textcard").then(|| SentCard {
+        title: field(&["textcard", "title"]),
+        description: field(&["textcard", "description"]),
+        url: field(&["textcard", "url"]),
+        btntxt: field(&["textcard", "btntxt"]),
+    });
+    let content = match &card {
+        Some(card) => format!("{}\n\n{}", card.title, card.description),
+        None if msgtype == "markdown" => field(&["markdown", "content"]),
+        None if is_media_msgtype(&msgtype) => field(&[msgtype.as_str(), "media_id"]),
+        None => field(&["text", "content"]),
+    };
+    {
+        let mut s = shared.lock();
+        s.requests.push(tousers.clone());
+        for (touser, reply) in tousers.iter().zip(each) {
+            if reply.is_success() {
+                s.sent.push(Sent {
+                    touser: touser.clone(),
+                    agentid: body["agentid"].as_i64().unwrap_or_default(),
+                    msgtype: msgtype.clone(),
+                    content: content.clone(),
+                    card: card.clone(),
+                });
+            }
+            let mut own = body.clone();
+            if tousers.len() > 1 {
+                own["touser"] = json!(touser);
+            }
+            s.calls.push(SendCall {
+                access_token: received.access_token.clone(),
+                body: own,
+                reply,
+                received_at: received.received_at,
+                arrival: received.arrival,
+                batch: tousers.clone(),
+            });
+        }
     }
-    record_call(&shared, received, body, reply);
+    shared.bump();
     resp
 }
 
@@ -1061,14 +1185,19 @@ struct Received {
     arrival: usize,
 }
 
+/// Records a request that could not be read (one call, no member).
 fn record_call(shared: &Shared, received: Received, body: Value, reply: SendReply) {
-    shared.lock().calls.push(SendCall {
+    let mut s = shared.lock();
+    s.requests.push(Vec::new());
+    s.calls.push(SendCall {
         access_token: received.access_token,
         body,
         reply,
         received_at: received.received_at,
         arrival: received.arrival,
+        batch: Vec::new(),
     });
+    drop(s);
     shared.bump();
 }
 

@@ -828,6 +828,7 @@ pub(crate) mod tests {
             verification: false,
             attachments: Vec::new(),
             part: crate::domain::Part::Whole,
+            group_send: None,
         }
     }
 
