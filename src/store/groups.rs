@@ -8,6 +8,7 @@
 
 use sqlx::Row as _;
 
+use super::writer::{LeaveOutcome, Reply, ScheduleOp};
 use super::{Store, StoreError};
 use crate::domain::{PushToken, UserId};
 use crate::groups::Limits;
@@ -462,7 +463,8 @@ impl Store {
         }
     }
 
-    /// Removes `member` from the owner's group `name`.
+    /// Removes `member` from the owner's group `name`, and marks their copies of its
+    /// messages not sent yet `left`, in one transaction ([`ScheduleOp::LeaveGroup`]).
     pub async fn kick_from_group(
         &self,
         owner: &UserId,
@@ -478,24 +480,33 @@ impl Store {
         if member == owner {
             return Ok(Owned::Done((group, Kicked::Themself)));
         }
-        let done = sqlx::query(
-            "DELETE FROM group_members WHERE group_id = $1 AND userid = $2 AND EXISTS \
-             (SELECT 1 FROM group_members o WHERE o.group_id = $1 AND o.userid = $3 \
-             AND o.owner = 1)",
-        )
-        .bind(&group.id)
-        .bind(member.as_str())
-        .bind(owner.as_str())
-        .execute(&self.pool)
-        .await?;
-        let kicked = if done.rows_affected() == 0 {
-            Kicked::NotMember
-        } else {
-            // Their copies not sent yet are not sent (status `left`).
-            self.skip_group_copies(&group.id, member).await?;
-            Kicked::Kicked
+        Ok(match self.leave_op(&group.id, member, Some(owner)).await? {
+            LeaveOutcome::Left { .. } => Owned::Done((group, Kicked::Kicked)),
+            LeaveOutcome::NotMember => Owned::Done((group, Kicked::NotMember)),
+            // Lost the ownership in between.
+            LeaveOutcome::NotOwner => Owned::NotOwner,
+        })
+    }
+
+    /// The writer's [`ScheduleOp::LeaveGroup`].
+    pub(super) async fn leave_op(
+        &self,
+        group_id: &str,
+        userid: &UserId,
+        by_owner: Option<&UserId>,
+    ) -> Result<LeaveOutcome, StoreError> {
+        let op = ScheduleOp::LeaveGroup {
+            group_id: group_id.to_owned(),
+            userid: userid.clone(),
+            by_owner: by_owner.cloned(),
+            now: UnixMillis::now(),
         };
-        Ok(Owned::Done((group, kicked)))
+        match self.writer.schedule(op).await? {
+            Reply::Left { outcome, .. } => Ok(outcome),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected reply to leaving a group: {other:?}"
+            ))),
+        }
     }
 
     /// Deletes the owner's group `name`: its token stops working, its members are out.
@@ -525,59 +536,24 @@ impl Store {
     }
 
     /// The member leaves their group `name`. An owner who was the last owner hands the
-    /// group to the longest-standing member; the last member out deletes it.
+    /// group to the longest-standing member; the last member out deletes it. Their copies
+    /// of its messages not sent yet become `left` in the same transaction
+    /// ([`ScheduleOp::LeaveGroup`]), even of a group their leaving deleted.
     pub async fn leave_group(&self, userid: &UserId, name: &str) -> Result<Left, StoreError> {
         let group = match self.membership(userid, name).await? {
             None => return Ok(Left::NoSuchGroup),
             Some(m) if m.wecom => return Ok(Left::FromWecom),
             Some(m) => m.group,
         };
-        let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND userid = $2")
-            .bind(&group.id)
-            .bind(userid.as_str())
-            .execute(&mut *tx)
-            .await?;
-        if gone.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(Left::NoSuchGroup);
-        }
-        let rest = sqlx::query(
-            "SELECT userid, owner FROM group_members WHERE group_id = $1 \
-             ORDER BY joined_at, userid",
-        )
-        .bind(&group.id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut new_owner = None;
-        let deleted = rest.is_empty();
-        if deleted {
-            sqlx::query("DELETE FROM groups WHERE id = $1")
-                .bind(&group.id)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            let mut owners = rest.iter().map(|row| row.try_get::<i64, _>("owner"));
-            if !owners.try_fold(false, |any, owner| owner.map(|o| any || o != 0))? {
-                let heir = UserId::new(&rest[0].try_get::<String, _>("userid")?);
-                sqlx::query(
-                    "UPDATE group_members SET owner = 1 WHERE group_id = $1 AND userid = $2",
-                )
-                .bind(&group.id)
-                .bind(heir.as_str())
-                .execute(&mut *tx)
-                .await?;
-                new_owner = Some(heir);
-            }
-        }
-        tx.commit().await?;
-        // Their copies not sent yet are not sent (status `left`), even of a group their
-        // leaving deleted.
-        self.skip_group_copies(&group.id, userid).await?;
-        Ok(Left::Left {
-            group,
-            new_owner,
-            deleted,
+        Ok(match self.leave_op(&group.id, userid, None).await? {
+            LeaveOutcome::Left {
+                new_owner, deleted, ..
+            } => Left::Left {
+                group,
+                new_owner,
+                deleted,
+            },
+            LeaveOutcome::NotMember | LeaveOutcome::NotOwner => Left::NoSuchGroup,
         })
     }
 
