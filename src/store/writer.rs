@@ -1488,6 +1488,11 @@ fn first_deliveries<'a>(
 /// trigger `messages_count_send` applied to each updated row until issue 31; read before
 /// the update, the row's status is the trigger's `OLD.status`, so an outcome recorded
 /// twice counts once. One statement per [`UPDATE_CHUNK`] messages, not one per row.
+///
+/// A group's copy marked `left` while a lane worker was sending it (its member left at
+/// that moment: [`ScheduleOp::LeaveGroup`]) did reach them: it counts like a queued one,
+/// and its update makes it `delivered`, what it was. (A part of one, likewise, is counted
+/// and kept in its history; the copy stays `left` and its other parts are not sent.)
 fn count_delivered(
     db: &mut dyn Backend,
     delivered: &[(&str, i64, Cow<'static, str>)],
@@ -1502,7 +1507,7 @@ fn count_delivered(
             ") INSERT INTO sends (userid, channel, sent_at) \
              SELECT m.userid, v.channel, COALESCE(m.delivered_at, ?1) \
              FROM v JOIN messages m ON m.id = v.id \
-             WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0 \
+             WHERE m.status IN ('queued', 'left') AND m.via IS NULL AND m.deliver_all = 0 \
              RETURNING userid, channel, sent_at",
         );
         let mut args = Vec::with_capacity(1 + chunk.len() * 2);
@@ -1532,7 +1537,7 @@ fn deliver_pg(
         WITH s AS (INSERT INTO sends (userid, channel, sent_at) \
           SELECT m.userid, f.channel, COALESCE(m.delivered_at, ?1) \
           FROM unnest(?5::text[], ?6::text[]) AS f(id, channel) JOIN messages m ON m.id = f.id \
-          WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0) \
+          WHERE m.status IN ('queued', 'left') AND m.via IS NULL AND m.deliver_all = 0) \
         UPDATE messages m SET status = 'delivered', attempts = t.attempts, \
           channel = t.channel, last_error = NULL, updated_at = ?1, \
           delivered_at = COALESCE(m.delivered_at, ?1) \
@@ -1679,7 +1684,7 @@ fn apply_updates(
                 let moved = db.exec(
                     "UPDATE messages SET parts_done = ?1 + 1, attempts = ?2, last_error = NULL, \
                      next_attempt_at = ?3, updated_at = ?3, deadline_at = ?4 \
-                     WHERE id = ?5 AND status = 'queued' AND parts_done = ?1",
+                     WHERE id = ?5 AND status IN ('queued', 'left') AND parts_done = ?1",
                     &[
                         (*parts_before).into(),
                         (*attempts).into(),

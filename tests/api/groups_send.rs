@@ -1330,3 +1330,48 @@ async fn a_send_that_read_the_members_before_a_leave_sends_the_leaver_nothing() 
         .collect();
     assert!(to_b.is_empty(), "WeCom got a copy for the leaver: {to_b:?}");
 }
+
+/// A copy that is being sent at the moment its member leaves cannot be called back: it
+/// reaches them, and the group token shows it as what it was — `delivered`, on WeCom —
+/// and it counts against the member's limits like any send (the `sends` history).
+#[tokio::test]
+async fn a_copy_in_flight_when_its_member_leaves_shows_delivered_and_counts() {
+    let app = spawn_app_with(unthrottled).await;
+    let (a, b) = (member(&app, "flight").await, member(&app, "flight").await);
+    let g = group(app.store_url(), "flight", &[&a.user, &b.user]).await;
+    // b's copy only: a has muted the group.
+    mute(app.store_url(), &g.id, &a.user).await;
+    app.mock.set_delay(Some(Duration::from_millis(600)));
+    let id = send_to_group(&app, &g, &json!({"title": "in flight"}), 2).await;
+    app.mock.wait_for_send_started(1, WAIT).await;
+    let resp = app
+        .http
+        .post(app.url("/groups/flight/leave"))
+        .bearer_auth(&b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    let copy = status["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["member"] == b.user.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("b's copy: {status}"));
+    assert_eq!(copy["status"], "delivered", "{status}");
+    assert_eq!(copy["channel"], "wecom", "{status}");
+    assert!(copy["delivered_at"].is_string(), "{status}");
+    assert!(copy["last_error"].is_null(), "{status}");
+    assert_eq!(app.mock.delivered_calls().len(), 1);
+    let mut conn = db::connect(app.store_url()).await;
+    let sends: i64 = sqlx::query("SELECT count(*) AS n FROM sends WHERE userid = $1")
+        .bind(&b.user)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(sends, 1, "the send counts against b's limits");
+}
