@@ -647,6 +647,63 @@ mod tests {
         assert_eq!(status, MessageStatus::Left);
     }
 
+    /// Two instances on PostgreSQL, two writers: a group send whose transaction has read
+    /// the members (bob among them) and is still open (held there by an injected
+    /// `pg_sleep` after its `group_sends` row) while bob leaves through the other. The
+    /// leave waits at the group's row for the send to commit and then marks bob's copy
+    /// `left`; without the lock it would commit first, find no copy, and bob's would be
+    /// committed queued after his leave.
+    #[tokio::test]
+    async fn on_postgresql_a_leave_on_another_instance_waits_for_a_send_in_progress() {
+        let schema = crate::store::postgres::TestSchema::new().await;
+        let sending = Store::connect(&schema.url()).await.unwrap();
+        let leaving = Store::connect(&schema.url()).await.unwrap();
+        seat(&sending, "g1", &["alice", "bob"]).await;
+        sqlx::raw_sql(
+            "CREATE FUNCTION slow_send() RETURNS trigger AS \
+             $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER slow_send AFTER INSERT ON group_sends \
+             FOR EACH ROW EXECUTE FUNCTION slow_send()",
+        )
+        .execute(&sending.pool)
+        .await
+        .unwrap();
+        let parent = send("g1", 2, None);
+        let parent_id = parent.id.clone();
+        let copies = ["alice", "bob"]
+            .map(|u| (copy(&parent.id, u, MessageStatus::Queued), vec![]))
+            .into();
+        let send = {
+            let sending = sending.clone();
+            tokio::spawn(async move { sending.insert_group_send(parent, copies).await })
+        };
+        // The send's transaction has read the members and sleeps in its trigger.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let left = leaving
+            .leave_op("g1", &UserId::new("bob"), None)
+            .await
+            .unwrap();
+        send.await.unwrap().unwrap();
+        assert!(
+            matches!(left, LeaveOutcome::Left { skipped: 1, .. }),
+            "the leave waited for the send and marked its copy: {left:?}"
+        );
+        let stored = sending.group_copies(&parent_id).await.unwrap();
+        let seen: Vec<(&str, MessageStatus)> = stored
+            .iter()
+            .map(|m| (m.userid.as_str(), m.status))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("alice", MessageStatus::Queued),
+                ("bob", MessageStatus::Left)
+            ]
+        );
+        leaving.close().await;
+        sending.close().await;
+    }
+
     on_both_engines!(
         a_member_out_by_the_commit_gets_the_copy_as_left,
         leaving_removes_the_membership_and_marks_copies_left_together,
