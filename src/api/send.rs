@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::attach::{self, Upload, Uploads};
 use super::auth::Sender;
-use super::rate_limit::authorized_sender_or_group;
+use super::rate_limit::authorized_sender;
 use super::when::{self, When};
 use super::{AppState, auth, max_send_body};
 use crate::delivery::quiet::MemberHours;
@@ -514,7 +514,7 @@ async fn sender_before_files(
                 .into(),
         ));
     };
-    authorized_sender_or_group(state, Some(token), Endpoint::Native).await
+    authorized_sender(state, Some(token), Endpoint::Native).await
 }
 
 /// A multipart body's own error: over a size limit (413) or malformed (400).
@@ -868,7 +868,7 @@ pub(crate) struct Submission {
     /// when the message is refused or is a duplicate.
     pub attachments: Vec<Upload>,
     /// The sender, when the route authenticated them already (before storing files):
-    /// [`authorized_sender_or_group`] counts a request once.
+    /// [`authorized_sender`] counts a request once.
     pub sender: Option<Sender>,
     /// When to deliver it (`delay`, `at`, ntfy's `X-Delay`…), resolved once the sender is
     /// known (their time zone, `delivery.max_delay`); none: at once.
@@ -971,7 +971,7 @@ async fn submit_with(
     // Authenticating reads the member's preferences too where that saves a round trip.
     let sender = match sub.sender {
         Some(sender) => sender,
-        None => authorized_sender_or_group(state, sub.token, sub.endpoint).await?,
+        None => authorized_sender(state, sub.token, sub.endpoint).await?,
     };
     // An urgent message with no title still shows its urgency.
     let title = title.or_else(|| {
