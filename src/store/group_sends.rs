@@ -214,6 +214,14 @@ mod tests {
         }
     }
 
+    /// Each copy's member and status, in acceptance order.
+    fn by_member(copies: &[Message]) -> Vec<(&str, MessageStatus)> {
+        copies
+            .iter()
+            .map(|m| (m.userid.as_str(), m.status))
+            .collect()
+    }
+
     async fn count(store: &Store, sql: &str) -> i64 {
         sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&store.pool)
@@ -268,10 +276,7 @@ mod tests {
             Some(parent.clone())
         );
         let stored = store.group_copies(&parent.id).await.unwrap();
-        let seen: Vec<(&str, MessageStatus)> = stored
-            .iter()
-            .map(|m| (m.userid.as_str(), m.status))
-            .collect();
+        let seen = by_member(&stored);
         assert_eq!(
             seen,
             [
@@ -546,10 +551,7 @@ mod tests {
             .await
             .unwrap();
         let stored = store.group_copies(&parent.id).await.unwrap();
-        let seen: Vec<(&str, MessageStatus)> = stored
-            .iter()
-            .map(|m| (m.userid.as_str(), m.status))
-            .collect();
+        let seen = by_member(&stored);
         assert_eq!(
             seen,
             [
@@ -689,10 +691,7 @@ mod tests {
             "the leave waited for the send and marked its copy: {left:?}"
         );
         let stored = sending.group_copies(&parent_id).await.unwrap();
-        let seen: Vec<(&str, MessageStatus)> = stored
-            .iter()
-            .map(|m| (m.userid.as_str(), m.status))
-            .collect();
+        let seen = by_member(&stored);
         assert_eq!(
             seen,
             [

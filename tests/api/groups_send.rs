@@ -893,6 +893,37 @@ async fn groups_call(
     body
 }
 
+/// Group `name` made over HTTP by `owner` and joined by `joiners` with its invite (the
+/// same store calls as the chat's): the owner sees its token.
+async fn made_over_http(app: &TestApp, name: &str, owner: &Member, joiners: &[&Member]) -> Group {
+    let made = groups_call(
+        app,
+        reqwest::Method::POST,
+        "/groups",
+        &owner.token,
+        json!({ "name": name }),
+    )
+    .await;
+    for m in joiners {
+        groups_call(
+            app,
+            reqwest::Method::POST,
+            "/groups/join",
+            &m.token,
+            json!({ "invite": made["invite"] }),
+        )
+        .await;
+    }
+    Group {
+        id: String::new(),
+        name: name.to_owned(),
+        token: made["token"]
+            .as_str()
+            .expect("the owner sees the token")
+            .to_owned(),
+    }
+}
+
 /// Made, joined, left and kicked over HTTP (the same store calls as the chat): a member who
 /// leaves, and one who is removed, before their copy went out are skipped with status
 /// `left`; the one who stays still gets it; the group token sees all three.
@@ -904,33 +935,7 @@ async fn members_who_leave_or_are_removed_before_it_goes_out_are_skipped_as_left
         member(&app, "leave").await,
         member(&app, "leave").await,
     );
-    let made = groups_call(
-        &app,
-        reqwest::Method::POST,
-        "/groups",
-        &a.token,
-        json!({"name": "ops"}),
-    )
-    .await;
-    let g = Group {
-        id: String::new(),
-        name: "ops".to_owned(),
-        token: made["token"]
-            .as_str()
-            .expect("the owner sees the token")
-            .to_owned(),
-    };
-    let invite = made["invite"].as_str().unwrap();
-    for m in [&b, &c] {
-        groups_call(
-            &app,
-            reqwest::Method::POST,
-            "/groups/join",
-            &m.token,
-            json!({ "invite": invite }),
-        )
-        .await;
-    }
+    let g = made_over_http(&app, "ops", &a, &[&b, &c]).await;
     // Due in an hour: nothing goes out before they leave.
     let id = send_to_group(&app, &g, &json!({"title": "later", "delay": "1h"}), 3).await;
     let status = wait_group_status(&app, &g, &id, "queued").await;
@@ -1123,30 +1128,7 @@ async fn a_leave_during_a_burst_stops_every_copy_not_yet_sent() {
         member(&app, "burstleave").await,
         member(&app, "burstleave").await,
     );
-    let made = groups_call(
-        &app,
-        reqwest::Method::POST,
-        "/groups",
-        &a.token,
-        json!({"name": "ops"}),
-    )
-    .await;
-    let g = Group {
-        id: String::new(),
-        name: "ops".to_owned(),
-        token: made["token"].as_str().expect("the token").to_owned(),
-    };
-    let invite = made["invite"].as_str().unwrap();
-    for m in [&b, &c] {
-        groups_call(
-            &app,
-            reqwest::Method::POST,
-            "/groups/join",
-            &m.token,
-            json!({ "invite": invite }),
-        )
-        .await;
-    }
+    let g = made_over_http(&app, "ops", &a, &[&b, &c]).await;
     let sends = (0..N).map(|i| {
         let (app, token) = (&app, g.token.as_str());
         async move {
@@ -1259,27 +1241,7 @@ async fn a_send_that_read_the_members_before_a_leave_sends_the_leaver_nothing() 
         member(&app, "raceleave").await,
         member(&app, "raceleave").await,
     );
-    let made = groups_call(
-        &app,
-        reqwest::Method::POST,
-        "/groups",
-        &a.token,
-        json!({"name": "ops"}),
-    )
-    .await;
-    let g = Group {
-        id: String::new(),
-        name: "ops".to_owned(),
-        token: made["token"].as_str().expect("the token").to_owned(),
-    };
-    groups_call(
-        &app,
-        reqwest::Method::POST,
-        "/groups/join",
-        &b.token,
-        json!({ "invite": made["invite"] }),
-    )
-    .await;
+    let g = made_over_http(&app, "ops", &a, &[&b]).await;
     let send = {
         let (app, token) = (&app, g.token.as_str());
         let url = format!("http://{files}/report.txt");
