@@ -94,11 +94,11 @@ impl SendLimiter {
     }
 }
 
-/// The member or group owning a send token (see [`auth::sender`]), once authenticated and
+/// The member or group owning a send token (see `auth::sender`), once authenticated and
 /// within its send budget (a refused token counts for `endpoint`): the one gate for every
 /// route that creates messages. A group token has a budget of its own
 /// (`server.send_rate`, keyed on the group).
-pub(crate) async fn authorized_sender(
+pub async fn authorized_sender(
     state: &AppState,
     token: Option<String>,
     endpoint: Endpoint,

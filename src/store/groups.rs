@@ -1,7 +1,10 @@
 //! Groups (issue 29): who is in which group, the groups' tokens and invite codes.
 //!
-//! Written through the pool like members' settings (`members.rs`); the messages a group
-//! token sends go through the writer like any message. Each write that must check a limit
+//! Written through the pool like members' settings (`members.rs`), but for leaving and
+//! removing a member: those go through the writer (`ScheduleOp::LeaveGroup`), in one
+//! transaction with marking the member's unsent copies `left`, ordered with the group
+//! sends the writer commits (the messages a group token sends go through the writer like
+//! any message). Each write that must check a limit
 //! starts its transaction with a write (so that on SQLite it takes the lock at once instead
 //! of failing to upgrade a read, and on PostgreSQL it holds the group's row until it
 //! commits): the insert or update first, the checks after it, a rollback when one fails.
@@ -464,7 +467,7 @@ impl Store {
     }
 
     /// Removes `member` from the owner's group `name`, and marks their copies of its
-    /// messages not sent yet `left`, in one transaction ([`ScheduleOp::LeaveGroup`]).
+    /// messages not sent yet `left`, in one transaction (`ScheduleOp::LeaveGroup`).
     pub async fn kick_from_group(
         &self,
         owner: &UserId,
@@ -538,7 +541,7 @@ impl Store {
     /// The member leaves their group `name`. An owner who was the last owner hands the
     /// group to the longest-standing member; the last member out deletes it. Their copies
     /// of its messages not sent yet become `left` in the same transaction
-    /// ([`ScheduleOp::LeaveGroup`]), even of a group their leaving deleted.
+    /// (`ScheduleOp::LeaveGroup`), even of a group their leaving deleted.
     pub async fn leave_group(&self, userid: &UserId, name: &str) -> Result<Left, StoreError> {
         let group = match self.membership(userid, name).await? {
             None => return Ok(Left::NoSuchGroup),

@@ -9,6 +9,9 @@
 //! - a WeCom callback posted to two instances is processed once;
 //! - a lost database connection is `503` (with `Retry-After`) until it is back, and nothing
 //!   accepted before it is lost.
+//! - a group made on one instance and joined on the other reaches every member once per
+//!   message whichever instance took it; a leave, a rotation and the groups' limits hold
+//!   across instances at once.
 //!
 //! These tests are about PostgreSQL whatever `PUSHBOT_TEST_DB` says: each makes a schema of
 //! its own in the test database (`PUSHBOT_TEST_PG_URL`, by default [`PG_URL_DEFAULT`]) and
