@@ -701,7 +701,7 @@ impl Store {
 
     /// Replaces a WeCom-backed group's members with `owners` (as owners) and `members`, in
     /// one transaction: who stays keeps their `muted` flag and join time, who is new joins
-    /// now, who is gone is out. `false` when the group is gone.
+    /// now, who is gone is out — and their copies of its messages not sent yet are `left`. `false` when the group is gone.
     pub async fn replace_wecom_members(
         &self,
         group_id: &str,
@@ -747,6 +747,21 @@ impl Store {
                         .bind(userid)
                         .execute(&mut *tx)
                         .await?;
+                    // Out of the group: their copies not sent yet are not sent, as when a
+                    // member leaves (the writer's `LeaveGroup`), in the same transaction.
+                    sqlx::query(
+                        "UPDATE messages SET status = 'left', updated_at = $3, last_error = $4 \
+                         WHERE userid = $2 AND status IN ('queued', 'scheduled') \
+                         AND parts_done = 0 AND channel IS NULL AND group_send IS NOT NULL \
+                         AND EXISTS (SELECT 1 FROM group_sends g \
+                         WHERE g.id = messages.group_send AND g.group_id = $1)",
+                    )
+                    .bind(group_id)
+                    .bind(userid)
+                    .bind(now)
+                    .bind(super::writer::LEFT_BEFORE_SENT)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 Some(wanted) if wanted != owner => {
                     sqlx::query(

@@ -2057,7 +2057,7 @@ const SKIP_GROUP_COPIES: &str = "UPDATE messages SET status = 'left', updated_at
 
 /// What a group's copy says when its member was out of the group by the time it was
 /// committed (see [`lock_group_rows`]).
-const LEFT_BEFORE_SENT: &str = "left the group before it was sent";
+pub(super) const LEFT_BEFORE_SENT: &str = "left the group before it was sent";
 
 /// [`ScheduleOp::LeaveGroup`], inside the writer's transaction.
 fn leave_group(
