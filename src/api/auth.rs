@@ -46,21 +46,6 @@ pub async fn member(
     })
 }
 
-/// As [`member`], with the member's preferences (read with the token where the store
-/// does not keep them in memory: one round trip for both).
-pub async fn member_with_prefs(
-    state: &AppState,
-    token: Option<String>,
-    route: TokenRoute,
-) -> Result<(UserId, MemberPrefs), ApiError> {
-    let token = checked(state, token, route)?;
-    let member = state.store.sender_by_token(&token).await?;
-    member.ok_or_else(|| {
-        refused(state, route);
-        invalid()
-    })
-}
-
 /// Who a send token belongs to: a member (their personal token), or a group (its own
 /// send token, issue 29).
 #[derive(Debug, Clone)]
@@ -71,9 +56,9 @@ pub enum Sender {
 }
 
 /// The member or group owning a send token, or 401 (counted as refused on `route`). A
-/// personal token is looked up first, as always (with the member's preferences, as
-/// [`member_with_prefs`]); only a token that is nobody's costs the second, indexed read
-/// of the groups.
+/// personal token is looked up first, as always (with the member's preferences, read with
+/// the token where the store does not keep them in memory: one round trip for both); only
+/// a token that is nobody's costs the second, indexed read of the groups.
 pub async fn sender(
     state: &AppState,
     token: Option<String>,

@@ -10,7 +10,7 @@
 
 use super::AppState;
 use super::attach::{self, Uploads};
-use super::send::{MAX_TITLE_BYTES, due_time, request_digest};
+use super::send::{due_for, due_time, fetch_all, files_title, request_digest, uploaded};
 use super::when::When;
 use crate::delivery::quiet::MemberHours;
 use crate::delivery::{ChannelChoice, CopyState, GroupCopy, NewGroupMessage, NewMessage, Reach};
@@ -108,16 +108,7 @@ pub(super) async fn submit_group(
         };
         // `at=10am` is each member's own clock; a time that cannot be is the sender's
         // mistake, refused with nothing stored.
-        let deliver_at = match req.when {
-            Some(when) => when
-                .resolve(
-                    now,
-                    member.utc_offset.unwrap_or(state.outbox.utc_offset()),
-                    state.outbox.max_delay(),
-                )
-                .map_err(ApiError::BadRequest)?,
-            None => None,
-        };
+        let deliver_at = due_for(state, req.when, now, member.utc_offset)?;
         planned.push((userid, member, route, deliver_all, deliver_at, state_now));
     }
     // Every member who has not muted the group is out of reach of the channels named: the
@@ -128,16 +119,7 @@ pub(super) async fn submit_group(
             group.name
         )));
     }
-    for (what, url, image) in req.to_fetch {
-        let position = uploads.len() + 1;
-        let mut upload = attach::fetch(state, what, &url, image, position).await?;
-        if let Some(name) = req.file_name.as_deref().filter(|_| !image)
-            && let Some(name) = crate::media::sanitize_filename(name)
-        {
-            upload.filename = name;
-        }
-        uploads.push(upload);
-    }
+    fetch_all(state, req.to_fetch, req.file_name.as_deref(), uploads).await?;
     // Each copy's files as its own route needs them (WeCom's limits when WeCom is on it):
     // at most two ways, checked once each.
     let on_wecom = |route: &crate::domain::Route| route.channels().contains(&ChannelName::WeCom);
@@ -151,27 +133,15 @@ pub(super) async fn submit_group(
     } else {
         Vec::new()
     };
-    let has_files = !uploads.is_empty();
-    let title = match req.title {
-        None if req.content.is_none() && has_files => Some(
-            req.urgency
-                .mark(&attach::title(uploads.as_slice(), MAX_TITLE_BYTES)),
-        ),
-        title => title,
-    };
+    let title = files_title(req.title, req.content.as_deref(), uploads, req.urgency);
     let request_digest = req.idempotency_key.as_ref().map(|_| {
-        let files: Vec<(&str, &str)> = uploads
-            .as_slice()
-            .iter()
-            .map(|u| (u.blob.sha256.as_str(), u.filename.as_str()))
-            .collect();
         request_digest(
             title.as_deref(),
             req.content.as_deref(),
             req.format,
             req.url.as_deref(),
             &req.choice,
-            &files,
+            &uploaded(uploads),
             req.when,
         )
     });

@@ -115,12 +115,6 @@ pub(crate) async fn join_group(
     })
 }
 
-/// A member is out of a group (left or removed). The place where their copies of the
-/// group's messages not yet sent are to be marked `left` (the send side's writer op).
-async fn member_removed(_state: &AppState, group: &GroupRef, userid: &UserId) {
-    tracing::info!(userid = %userid, group = %group.name, "member out of a group");
-}
-
 /// `leave NAME`, `POST /groups/{name}/leave`: (group, new owner, deleted).
 pub(crate) async fn leave_group(
     state: &AppState,
@@ -137,7 +131,8 @@ pub(crate) async fn leave_group(
             new_owner,
             deleted,
         } => {
-            member_removed(state, &group, userid).await;
+            // Their copies not sent yet were marked `left` in the same transaction.
+            tracing::info!(userid = %userid, group = %group.name, "member left a group");
             if let Some(owner) = &new_owner {
                 tracing::info!(group = %group.name, owner = %owner, "group handed to its longest-standing member");
             }
@@ -209,8 +204,12 @@ pub(crate) async fn kick_member(
     let kicked = state.store.kick_from_group(userid, &name, &member).await?;
     Ok(match owned(kicked, name.clone()) {
         Ok((group, Kicked::Kicked)) => {
-            member_removed(state, &group, &member).await;
-            tracing::info!(owner = %userid, "member removed by the group's owner");
+            tracing::info!(
+                owner = %userid,
+                userid = %member,
+                group = %group.name,
+                "member removed by the group's owner"
+            );
             Ok((group, member))
         }
         Ok((_, Kicked::NotMember)) => Err(Refusal::NotMember(name, member.to_string())),

@@ -49,7 +49,7 @@ pub struct AppState {
     pub public_base: Arc<str>,
     /// Oldest (or furthest in the future) callback timestamp accepted; zero = any.
     pub callback_max_age: std::time::Duration,
-    /// `server.send_rate`, per member; see [`rate_limit::authorized_sender`].
+    /// `server.send_rate`, per member and per group; see [`rate_limit::authorized_sender`].
     pub send_limiter: Arc<rate_limit::SendLimiter>,
     /// `delivery.utc_offset`, seconds east of UTC: what "today" means in `status`, and
     /// where quiet hours are kept, for members who set no offset of their own.

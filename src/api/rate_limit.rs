@@ -1,9 +1,10 @@
 //! Per-member rate limit on creating messages (`server.send_rate`).
 //!
-//! Every route that creates messages gets its member through [`authorized_sender`], which
-//! authenticates the token and then takes one unit from the member's budget, so a new
-//! send-like route cannot forget the limit. The budget is keyed by the member's userid, not
-//! the token: rotating the token does not reset it.
+//! Every route that creates messages gets its member (or group) through
+//! [`authorized_sender`], which authenticates the token and then takes one unit from the
+//! sender's budget, so a new send-like route cannot forget the limit. The budget is keyed
+//! by the member's userid (or the group's id), not the token: rotating the token does not
+//! reset it.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,10 +15,8 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::{AppState, auth};
 use crate::config::SendRate;
-use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::metrics::{Endpoint, TokenRoute};
-use crate::store::MemberPrefs;
 
 /// How often members whose budget is full again are forgotten, so memory follows the
 /// number of recently active members, not all members ever seen.
@@ -95,21 +94,11 @@ impl SendLimiter {
     }
 }
 
-/// The member owning `token`, once authenticated and within their send budget: the one
-/// gate for every route that creates messages (a refused token counts for `endpoint`).
+/// The member or group owning a send token (see `auth::sender`), once authenticated and
+/// within its send budget (a refused token counts for `endpoint`): the one gate for every
+/// route that creates messages. A group token has a budget of its own
+/// (`server.send_rate`, keyed on the group).
 pub async fn authorized_sender(
-    state: &AppState,
-    token: Option<String>,
-    endpoint: Endpoint,
-) -> Result<UserId, ApiError> {
-    let userid = auth::member(state, token, TokenRoute::Send(endpoint)).await?;
-    state.send_limiter.check(userid.as_str())?;
-    Ok(userid)
-}
-
-/// The member or group owning a send token (see [`auth::sender`]), once within its send
-/// budget: a group token has a budget of its own (`server.send_rate`, keyed on the group).
-pub(crate) async fn authorized_sender_or_group(
     state: &AppState,
     token: Option<String>,
     endpoint: Endpoint,
@@ -120,18 +109,6 @@ pub(crate) async fn authorized_sender_or_group(
         auth::Sender::Group(group) => state.send_limiter.check_group(&group.id)?,
     }
     Ok(sender)
-}
-
-/// As [`authorized_sender`], with the member's preferences (see
-/// [`auth::member_with_prefs`]).
-pub async fn authorized_sender_with_prefs(
-    state: &AppState,
-    token: Option<String>,
-    endpoint: Endpoint,
-) -> Result<(UserId, MemberPrefs), ApiError> {
-    let (userid, prefs) = auth::member_with_prefs(state, token, TokenRoute::Send(endpoint)).await?;
-    state.send_limiter.check(userid.as_str())?;
-    Ok((userid, prefs))
 }
 
 #[cfg(test)]

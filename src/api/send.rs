@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::attach::{self, Upload, Uploads};
 use super::auth::Sender;
-use super::rate_limit::authorized_sender_or_group;
+use super::rate_limit::authorized_sender;
 use super::when::{self, When};
 use super::{AppState, auth, max_send_body};
 use crate::delivery::quiet::MemberHours;
@@ -514,7 +514,7 @@ async fn sender_before_files(
                 .into(),
         ));
     };
-    authorized_sender_or_group(state, Some(token), Endpoint::Native).await
+    authorized_sender(state, Some(token), Endpoint::Native).await
 }
 
 /// A multipart body's own error: over a size limit (413) or malformed (400).
@@ -868,7 +868,7 @@ pub(crate) struct Submission {
     /// when the message is refused or is a duplicate.
     pub attachments: Vec<Upload>,
     /// The sender, when the route authenticated them already (before storing files):
-    /// [`authorized_sender_or_group`] counts a request once.
+    /// [`authorized_sender`] counts a request once.
     pub sender: Option<Sender>,
     /// When to deliver it (`delay`, `at`, ntfy's `X-Delay`…), resolved once the sender is
     /// known (their time zone, `delivery.max_delay`); none: at once.
@@ -971,7 +971,7 @@ async fn submit_with(
     // Authenticating reads the member's preferences too where that saves a round trip.
     let sender = match sub.sender {
         Some(sender) => sender,
-        None => authorized_sender_or_group(state, sub.token, sub.endpoint).await?,
+        None => authorized_sender(state, sub.token, sub.endpoint).await?,
     };
     // An urgent message with no title still shows its urgency.
     let title = title.or_else(|| {
@@ -1017,52 +1017,26 @@ async fn submit_with(
         .route(&choice, &reach)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // Before anything is fetched: a time that cannot be is refused with nothing stored.
-    let deliver_at = match sub.when {
-        Some(when) => when
-            .resolve(
-                crate::time::UnixMillis::now(),
-                // `10am` is the member's clock.
-                prefs.utc_offset.unwrap_or(state.outbox.utc_offset()),
-                state.outbox.max_delay(),
-            )
-            .map_err(ApiError::BadRequest)?,
-        None => None,
-    };
-    for (what, url, image) in to_fetch {
-        let position = uploads.len() + 1;
-        let mut upload = attach::fetch(state, what, &url, image, position).await?;
-        if let Some(name) = sub.file_name.as_deref().filter(|_| !image)
-            && let Some(name) = crate::media::sanitize_filename(name)
-        {
-            upload.filename = name;
-        }
-        uploads.push(upload);
-    }
+    let deliver_at = due_for(
+        state,
+        sub.when,
+        crate::time::UnixMillis::now(),
+        prefs.utc_offset,
+    )?;
+    fetch_all(state, to_fetch, sub.file_name.as_deref(), uploads).await?;
     let attachments = attach::attachments(
         uploads.as_slice(),
         route.channels().contains(&ChannelName::WeCom),
     )?;
-    // A message of files alone is titled with their names, so every channel has text.
-    let title = match title {
-        None if content.is_none() && !attachments.is_empty() => Some(
-            sub.urgency
-                .mark(&attach::title(uploads.as_slice(), MAX_TITLE_BYTES)),
-        ),
-        title => title,
-    };
+    let title = files_title(title, content.as_deref(), uploads, sub.urgency);
     let request_digest = sub.idempotency_key.as_ref().map(|_| {
-        let files: Vec<(&str, &str)> = uploads
-            .as_slice()
-            .iter()
-            .map(|u| (u.blob.sha256.as_str(), u.filename.as_str()))
-            .collect();
         request_digest(
             title.as_deref(),
             content.as_deref(),
             sub.format,
             url.as_deref(),
             &choice,
-            &files,
+            &uploaded(uploads),
             sub.when,
         )
     });
@@ -1122,6 +1096,72 @@ pub(super) fn due_time(
         Some(end) => (Some(end), Some(Held::Quiet)),
         None => (sender_at, None),
     }
+}
+
+/// When a message sent with `when` is due for a member whose clock is `utc_offset` (secs;
+/// `None`: the server's) — `10am` is the member's — or a 400 when it cannot be.
+pub(super) fn due_for(
+    state: &AppState,
+    when: Option<When>,
+    now: crate::time::UnixMillis,
+    utc_offset: Option<i32>,
+) -> Result<Option<crate::time::UnixMillis>, ApiError> {
+    match when {
+        Some(when) => when
+            .resolve(
+                now,
+                utc_offset.unwrap_or(state.outbox.utc_offset()),
+                state.outbox.max_delay(),
+            )
+            .map_err(ApiError::BadRequest),
+        None => Ok(None),
+    }
+}
+
+/// Fetches `image_url`/`file_url` (`(field, URL, image)`) into `uploads`, after the files
+/// sent with the request; a fetched file (not an image) takes `file_name` when given.
+pub(super) async fn fetch_all(
+    state: &AppState,
+    to_fetch: Vec<(&'static str, String, bool)>,
+    file_name: Option<&str>,
+    uploads: &mut Uploads,
+) -> Result<(), ApiError> {
+    for (what, url, image) in to_fetch {
+        let position = uploads.len() + 1;
+        let mut upload = attach::fetch(state, what, &url, image, position).await?;
+        if let Some(name) = file_name.filter(|_| !image)
+            && let Some(name) = crate::media::sanitize_filename(name)
+        {
+            upload.filename = name;
+        }
+        uploads.push(upload);
+    }
+    Ok(())
+}
+
+/// The title: the sender's, or for a message of files alone their names (with the
+/// urgency mark), so that every channel has text.
+pub(super) fn files_title(
+    title: Option<String>,
+    content: Option<&str>,
+    uploads: &Uploads,
+    urgency: Urgency,
+) -> Option<String> {
+    match title {
+        None if content.is_none() && !uploads.is_empty() => {
+            Some(urgency.mark(&attach::title(uploads.as_slice(), MAX_TITLE_BYTES)))
+        }
+        title => title,
+    }
+}
+
+/// The files as [`request_digest`] takes them: (SHA-256, name) each, in order.
+pub(super) fn uploaded(uploads: &Uploads) -> Vec<(&str, &str)> {
+    uploads
+        .as_slice()
+        .iter()
+        .map(|u| (u.blob.sha256.as_str(), u.filename.as_str()))
+        .collect()
 }
 
 /// The digest of what a request determines of its message — title (with its urgency

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use sqlx::Row as _;
 
 use super::messages::{IDEMPOTENCY_WINDOW, MESSAGE_COLUMNS};
-use super::writer::{GroupWrite, Reply, ScheduleOp};
+use super::writer::GroupWrite;
 use super::{Attachment, Message, Store, StoreError, storable};
-use crate::domain::{MessageId, UserId};
+use crate::domain::MessageId;
 use crate::time::UnixMillis;
 
 /// One group message, as its `group_sends` row keeps it.
@@ -162,27 +162,6 @@ impl Store {
         }
         Ok(names)
     }
-
-    /// The member left group `group_id` or was removed from it: their copies of its
-    /// messages that have not gone out become `left` (see [`ScheduleOp::SkipGroupCopies`]);
-    /// answers how many. Copies delivered, failed or partly sent stay as they are.
-    pub async fn skip_group_copies(
-        &self,
-        group_id: &str,
-        userid: &UserId,
-    ) -> Result<u64, StoreError> {
-        let op = ScheduleOp::SkipGroupCopies {
-            group_id: group_id.to_owned(),
-            userid: userid.clone(),
-            now: UnixMillis::now(),
-        };
-        match self.writer.schedule(op).await? {
-            Reply::Skipped { count, .. } => Ok(count),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected reply to a group skip: {other:?}"
-            ))),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -192,6 +171,8 @@ mod tests {
     use sqlx::Row as _;
 
     use super::*;
+    use crate::domain::UserId;
+    use crate::store::writer::LeaveOutcome;
     use crate::store::{MediaKind, MessageStatus};
 
     fn copy(send: &MessageId, userid: &str, status: MessageStatus) -> Message {
@@ -221,6 +202,41 @@ mod tests {
         }
     }
 
+    /// The group `id` with these members (in this join order), as the writer checks a
+    /// send's copies against when it commits them.
+    async fn seat(store: &Store, id: &str, members: &[&str]) {
+        sqlx::query(
+            "INSERT INTO groups (id, name, token, token_created_at, source, created_at) \
+             VALUES ($1, $1, $2, 0, 'chat', 0) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(format!("token-{id}"))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        for (i, member) in members.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO group_members (group_id, userid, owner, joined_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(*member)
+            .bind(i64::from(i == 0))
+            .bind(i64::try_from(i).unwrap())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+    }
+
+    /// Each copy's member and status, in acceptance order.
+    fn by_member(copies: &[Message]) -> Vec<(&str, MessageStatus)> {
+        copies
+            .iter()
+            .map(|m| (m.userid.as_str(), m.status))
+            .collect()
+    }
+
     async fn count(store: &Store, sql: &str) -> i64 {
         sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&store.pool)
@@ -247,6 +263,7 @@ mod tests {
             )
             .await
             .unwrap();
+        seat(store, "g1", &["alice", "bob", "carol"]).await;
         let parent = send("g1", 3, None);
         let file = Attachment {
             blob_id: blob.id.clone(),
@@ -274,10 +291,7 @@ mod tests {
             Some(parent.clone())
         );
         let stored = store.group_copies(&parent.id).await.unwrap();
-        let seen: Vec<(&str, MessageStatus)> = stored
-            .iter()
-            .map(|m| (m.userid.as_str(), m.status))
-            .collect();
+        let seen = by_member(&stored);
         assert_eq!(
             seen,
             [
@@ -326,6 +340,8 @@ mod tests {
     /// The idempotency index is per group: the same key again for the group is a
     /// duplicate (and nothing of the second message is stored), for another group it is not.
     async fn a_group_idempotency_key_is_the_groups_own(store: &Store) {
+        seat(store, "g1", &["alice"]).await;
+        seat(store, "g2", &["alice"]).await;
         let first = send("g1", 1, Some("k"));
         store
             .insert_group_send(
@@ -362,6 +378,8 @@ mod tests {
     /// Leaving skips the member's copies of that group's messages that nothing of went
     /// out; other members', other groups', delivered and partly sent copies stay.
     async fn leaving_skips_only_the_members_unsent_copies_of_that_group(store: &Store) {
+        seat(store, "ops", &["alice", "bob"]).await;
+        seat(store, "dev", &["alice"]).await;
         let ops = send("ops", 2, None);
         let mut partly = copy(&ops.id, "alice", MessageStatus::Queued);
         partly.parts_done = 1;
@@ -389,11 +407,19 @@ mod tests {
             .await
             .unwrap();
 
-        let skipped = store
-            .skip_group_copies("ops", &UserId::new("alice"))
+        let left = store
+            .leave_op("ops", &UserId::new("alice"), None)
             .await
             .unwrap();
-        assert_eq!(skipped, 2, "the scheduled and the queued copy");
+        assert_eq!(
+            left,
+            LeaveOutcome::Left {
+                new_owner: Some(UserId::new("bob")),
+                deleted: false,
+                skipped: 2
+            },
+            "the scheduled and the queued copy"
+        );
         let status = |id: &MessageId| {
             let id = id.clone();
             async move { store.message(id.as_str()).await.unwrap().unwrap().status }
@@ -481,6 +507,7 @@ mod tests {
 
     /// The retention purge takes a group message's row with its last copy, not before.
     async fn a_group_message_is_purged_with_its_last_copy(store: &Store) {
+        seat(store, "g1", &["alice", "bob"]).await;
         let done = send("g1", 1, None);
         let waiting = send("g1", 2, None);
         store
@@ -510,7 +537,190 @@ mod tests {
         );
     }
 
+    /// A copy is committed against the members as they are at its commit, not as the send
+    /// read them: a member who left in between (the leave reached the writer first) gets
+    /// their copy as `left`, with no lane, never queued; a muted one stays muted.
+    async fn a_member_out_by_the_commit_gets_the_copy_as_left(store: &Store) {
+        seat(store, "g1", &["alice", "bob", "carol"]).await;
+        // The send read alice, bob, carol (and dave, muted, who left before) ...
+        let parent = send("g1", 4, None);
+        let copies: Vec<Message> = vec![
+            copy(&parent.id, "alice", MessageStatus::Queued),
+            copy(&parent.id, "bob", MessageStatus::Queued),
+            copy(&parent.id, "carol", MessageStatus::Scheduled),
+            copy(&parent.id, "dave", MessageStatus::Muted),
+        ];
+        // ... then bob and carol left, before the send reached the writer.
+        for who in ["bob", "carol"] {
+            let left = store.leave_op("g1", &UserId::new(who), None).await.unwrap();
+            assert!(
+                matches!(left, LeaveOutcome::Left { skipped: 0, .. }),
+                "{left:?}"
+            );
+        }
+        store
+            .insert_group_send(
+                parent.clone(),
+                copies.into_iter().map(|m| (m, vec![])).collect(),
+            )
+            .await
+            .unwrap();
+        let stored = store.group_copies(&parent.id).await.unwrap();
+        let seen = by_member(&stored);
+        assert_eq!(
+            seen,
+            [
+                ("alice", MessageStatus::Queued),
+                ("bob", MessageStatus::Left),
+                ("carol", MessageStatus::Left),
+                ("dave", MessageStatus::Muted),
+            ]
+        );
+        assert_eq!(
+            stored[1].last_error.as_deref(),
+            Some("left the group before it was sent")
+        );
+        assert_eq!(
+            count(store, "SELECT count(*) FROM lanes WHERE userid = 'bob'").await,
+            0,
+            "a left copy opens no lane"
+        );
+    }
+
+    /// Leaving is one transaction: a failure after the membership is removed (injected: a
+    /// trigger refuses marking the copies `left`) leaves the member in the group and their
+    /// copy queued; once the fault is gone, leaving does both.
+    async fn leaving_removes_the_membership_and_marks_copies_left_together(store: &Store) {
+        seat(store, "g1", &["alice", "bob"]).await;
+        let parent = send("g1", 2, None);
+        let alices = copy(&parent.id, "alice", MessageStatus::Queued);
+        let bobs = copy(&parent.id, "bob", MessageStatus::Queued);
+        let bobs_id = bobs.id.clone();
+        store
+            .insert_group_send(parent, vec![(alices, vec![]), (bobs, vec![])])
+            .await
+            .unwrap();
+        let (inject, heal): (&[&str], &[&str]) = if store.sole_writer() {
+            (
+                &[
+                    "CREATE TRIGGER fail_left BEFORE UPDATE OF status ON messages \
+                   WHEN NEW.status = 'left' BEGIN SELECT RAISE(ABORT, 'injected'); END",
+                ],
+                &["DROP TRIGGER fail_left"],
+            )
+        } else {
+            (
+                &[
+                    "CREATE FUNCTION fail_left() RETURNS trigger AS \
+                     $$ BEGIN RAISE EXCEPTION 'injected'; END $$ LANGUAGE plpgsql",
+                    "CREATE TRIGGER fail_left BEFORE UPDATE ON messages FOR EACH ROW \
+                     WHEN (NEW.status = 'left') EXECUTE FUNCTION fail_left()",
+                ],
+                &["DROP TRIGGER fail_left ON messages"],
+            )
+        };
+        for sql in inject {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let bob = UserId::new("bob");
+        let err = store.leave_op("g1", &bob, None).await.unwrap_err();
+        assert!(crate::error::chain(&err).contains("injected"), "{err:?}");
+        assert_eq!(
+            store.group_recipients("g1").await.unwrap(),
+            vec![(UserId::new("alice"), false), (bob.clone(), false)],
+            "still a member: the removal was undone with the failed marking"
+        );
+        let status = store
+            .message(bobs_id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .status;
+        assert_eq!(status, MessageStatus::Queued);
+        for sql in heal {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let left = store.leave_op("g1", &bob, None).await.unwrap();
+        assert!(
+            matches!(left, LeaveOutcome::Left { skipped: 1, .. }),
+            "{left:?}"
+        );
+        assert_eq!(
+            store.group_recipients("g1").await.unwrap(),
+            vec![(UserId::new("alice"), false)]
+        );
+        let status = store
+            .message(bobs_id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .status;
+        assert_eq!(status, MessageStatus::Left);
+    }
+
+    /// Two instances on PostgreSQL, two writers: a group send whose transaction has read
+    /// the members (bob among them) and is still open (held there by an injected
+    /// `pg_sleep` after its `group_sends` row) while bob leaves through the other. The
+    /// leave waits at the group's row for the send to commit and then marks bob's copy
+    /// `left`; without the lock it would commit first, find no copy, and bob's would be
+    /// committed queued after his leave.
+    #[tokio::test]
+    async fn on_postgresql_a_leave_on_another_instance_waits_for_a_send_in_progress() {
+        let schema = crate::store::postgres::TestSchema::new().await;
+        let sending = Store::connect(&schema.url()).await.unwrap();
+        let leaving = Store::connect(&schema.url()).await.unwrap();
+        seat(&sending, "g1", &["alice", "bob"]).await;
+        sqlx::raw_sql(
+            "CREATE FUNCTION slow_send() RETURNS trigger AS \
+             $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER slow_send AFTER INSERT ON group_sends \
+             FOR EACH ROW EXECUTE FUNCTION slow_send()",
+        )
+        .execute(&sending.pool)
+        .await
+        .unwrap();
+        let parent = send("g1", 2, None);
+        let parent_id = parent.id.clone();
+        let copies = ["alice", "bob"]
+            .map(|u| (copy(&parent.id, u, MessageStatus::Queued), vec![]))
+            .into();
+        let send = {
+            let sending = sending.clone();
+            tokio::spawn(async move { sending.insert_group_send(parent, copies).await })
+        };
+        // The send's transaction has read the members and sleeps in its trigger.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let left = leaving
+            .leave_op("g1", &UserId::new("bob"), None)
+            .await
+            .unwrap();
+        send.await.unwrap().unwrap();
+        assert!(
+            matches!(left, LeaveOutcome::Left { skipped: 1, .. }),
+            "the leave waited for the send and marked its copy: {left:?}"
+        );
+        let stored = sending.group_copies(&parent_id).await.unwrap();
+        let seen = by_member(&stored);
+        assert_eq!(
+            seen,
+            [
+                ("alice", MessageStatus::Queued),
+                ("bob", MessageStatus::Left)
+            ]
+        );
+        leaving.close().await;
+        sending.close().await;
+    }
+
     on_both_engines!(
+        a_member_out_by_the_commit_gets_the_copy_as_left,
+        leaving_removes_the_membership_and_marks_copies_left_together,
         a_group_message_is_purged_with_its_last_copy,
         leaving_and_being_kicked_skip_the_members_copies,
         a_group_message_commits_with_every_copy_and_lane,

@@ -1,13 +1,17 @@
 //! Groups (issue 29): who is in which group, the groups' tokens and invite codes.
 //!
-//! Written through the pool like members' settings (`members.rs`); the messages a group
-//! token sends go through the writer like any message. Each write that must check a limit
+//! Written through the pool like members' settings (`members.rs`), but for leaving and
+//! removing a member: those go through the writer (`ScheduleOp::LeaveGroup`), in one
+//! transaction with marking the member's unsent copies `left`, ordered with the group
+//! sends the writer commits (the messages a group token sends go through the writer like
+//! any message). Each write that must check a limit
 //! starts its transaction with a write (so that on SQLite it takes the lock at once instead
 //! of failing to upgrade a read, and on PostgreSQL it holds the group's row until it
 //! commits): the insert or update first, the checks after it, a rollback when one fails.
 
 use sqlx::Row as _;
 
+use super::writer::{LeaveOutcome, Reply, ScheduleOp};
 use super::{Store, StoreError};
 use crate::domain::{PushToken, UserId};
 use crate::groups::Limits;
@@ -462,7 +466,8 @@ impl Store {
         }
     }
 
-    /// Removes `member` from the owner's group `name`.
+    /// Removes `member` from the owner's group `name`, and marks their copies of its
+    /// messages not sent yet `left`, in one transaction (`ScheduleOp::LeaveGroup`).
     pub async fn kick_from_group(
         &self,
         owner: &UserId,
@@ -478,24 +483,33 @@ impl Store {
         if member == owner {
             return Ok(Owned::Done((group, Kicked::Themself)));
         }
-        let done = sqlx::query(
-            "DELETE FROM group_members WHERE group_id = $1 AND userid = $2 AND EXISTS \
-             (SELECT 1 FROM group_members o WHERE o.group_id = $1 AND o.userid = $3 \
-             AND o.owner = 1)",
-        )
-        .bind(&group.id)
-        .bind(member.as_str())
-        .bind(owner.as_str())
-        .execute(&self.pool)
-        .await?;
-        let kicked = if done.rows_affected() == 0 {
-            Kicked::NotMember
-        } else {
-            // Their copies not sent yet are not sent (status `left`).
-            self.skip_group_copies(&group.id, member).await?;
-            Kicked::Kicked
+        Ok(match self.leave_op(&group.id, member, Some(owner)).await? {
+            LeaveOutcome::Left { .. } => Owned::Done((group, Kicked::Kicked)),
+            LeaveOutcome::NotMember => Owned::Done((group, Kicked::NotMember)),
+            // Lost the ownership in between.
+            LeaveOutcome::NotOwner => Owned::NotOwner,
+        })
+    }
+
+    /// The writer's [`ScheduleOp::LeaveGroup`].
+    pub(super) async fn leave_op(
+        &self,
+        group_id: &str,
+        userid: &UserId,
+        by_owner: Option<&UserId>,
+    ) -> Result<LeaveOutcome, StoreError> {
+        let op = ScheduleOp::LeaveGroup {
+            group_id: group_id.to_owned(),
+            userid: userid.clone(),
+            by_owner: by_owner.cloned(),
+            now: UnixMillis::now(),
         };
-        Ok(Owned::Done((group, kicked)))
+        match self.writer.schedule(op).await? {
+            Reply::Left { outcome, .. } => Ok(outcome),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected reply to leaving a group: {other:?}"
+            ))),
+        }
     }
 
     /// Deletes the owner's group `name`: its token stops working, its members are out.
@@ -525,59 +539,24 @@ impl Store {
     }
 
     /// The member leaves their group `name`. An owner who was the last owner hands the
-    /// group to the longest-standing member; the last member out deletes it.
+    /// group to the longest-standing member; the last member out deletes it. Their copies
+    /// of its messages not sent yet become `left` in the same transaction
+    /// (`ScheduleOp::LeaveGroup`), even of a group their leaving deleted.
     pub async fn leave_group(&self, userid: &UserId, name: &str) -> Result<Left, StoreError> {
         let group = match self.membership(userid, name).await? {
             None => return Ok(Left::NoSuchGroup),
             Some(m) if m.wecom => return Ok(Left::FromWecom),
             Some(m) => m.group,
         };
-        let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND userid = $2")
-            .bind(&group.id)
-            .bind(userid.as_str())
-            .execute(&mut *tx)
-            .await?;
-        if gone.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(Left::NoSuchGroup);
-        }
-        let rest = sqlx::query(
-            "SELECT userid, owner FROM group_members WHERE group_id = $1 \
-             ORDER BY joined_at, userid",
-        )
-        .bind(&group.id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut new_owner = None;
-        let deleted = rest.is_empty();
-        if deleted {
-            sqlx::query("DELETE FROM groups WHERE id = $1")
-                .bind(&group.id)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            let mut owners = rest.iter().map(|row| row.try_get::<i64, _>("owner"));
-            if !owners.try_fold(false, |any, owner| owner.map(|o| any || o != 0))? {
-                let heir = UserId::new(&rest[0].try_get::<String, _>("userid")?);
-                sqlx::query(
-                    "UPDATE group_members SET owner = 1 WHERE group_id = $1 AND userid = $2",
-                )
-                .bind(&group.id)
-                .bind(heir.as_str())
-                .execute(&mut *tx)
-                .await?;
-                new_owner = Some(heir);
-            }
-        }
-        tx.commit().await?;
-        // Their copies not sent yet are not sent (status `left`), even of a group their
-        // leaving deleted.
-        self.skip_group_copies(&group.id, userid).await?;
-        Ok(Left::Left {
-            group,
-            new_owner,
-            deleted,
+        Ok(match self.leave_op(&group.id, userid, None).await? {
+            LeaveOutcome::Left {
+                new_owner, deleted, ..
+            } => Left::Left {
+                group,
+                new_owner,
+                deleted,
+            },
+            LeaveOutcome::NotMember | LeaveOutcome::NotOwner => Left::NoSuchGroup,
         })
     }
 
@@ -722,7 +701,7 @@ impl Store {
 
     /// Replaces a WeCom-backed group's members with `owners` (as owners) and `members`, in
     /// one transaction: who stays keeps their `muted` flag and join time, who is new joins
-    /// now, who is gone is out. `false` when the group is gone.
+    /// now, who is gone is out — and their copies of its messages not sent yet are `left`. `false` when the group is gone.
     pub async fn replace_wecom_members(
         &self,
         group_id: &str,
@@ -768,6 +747,21 @@ impl Store {
                         .bind(userid)
                         .execute(&mut *tx)
                         .await?;
+                    // Out of the group: their copies not sent yet are not sent, as when a
+                    // member leaves (the writer's `LeaveGroup`), in the same transaction.
+                    sqlx::query(
+                        "UPDATE messages SET status = 'left', updated_at = $3, last_error = $4 \
+                         WHERE userid = $2 AND status IN ('queued', 'scheduled') \
+                         AND parts_done = 0 AND channel IS NULL AND group_send IS NOT NULL \
+                         AND EXISTS (SELECT 1 FROM group_sends g \
+                         WHERE g.id = messages.group_send AND g.group_id = $1)",
+                    )
+                    .bind(group_id)
+                    .bind(userid)
+                    .bind(now)
+                    .bind(super::writer::LEFT_BEFORE_SENT)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 Some(wanted) if wanted != owner => {
                     sqlx::query(

@@ -237,15 +237,40 @@ pub enum ScheduleOp {
         id: MessageId,
         now: UnixMillis,
     },
-    /// The member left group `group_id` (or was removed): their copies of its messages
-    /// that nothing of went out yet (scheduled, or queued with no part delivered) become
-    /// `left`, never to be sent; a worker holding the lane reads it again. Answers
-    /// `Skipped`.
-    SkipGroupCopies {
+    /// The member leaves group `group_id`, or is removed from it by `by_owner` (who must
+    /// still own it), in one transaction: the membership goes; an owner's leaving hands
+    /// the group to its longest-standing member when no owner is left, the last member's
+    /// deletes it; and the member's copies of the group's messages that nothing of went out
+    /// yet (scheduled, or queued with no part delivered) become `left`, never to be sent —
+    /// a worker holding the lane reads it again. Answers `Left`.
+    ///
+    /// Nothing can come between the two: a crash leaves both or neither, and a group send
+    /// committed by this writer before it has its copy marked, after it (see
+    /// [`Write::Group`]) has none to send. On PostgreSQL the group's row is locked first
+    /// (`FOR UPDATE`), which a group send on another instance locks too (`FOR SHARE`)
+    /// before it reads the members: one of the two waits for the other's commit.
+    LeaveGroup {
         group_id: String,
         userid: UserId,
+        by_owner: Option<UserId>,
         now: UnixMillis,
     },
+}
+
+/// What [`ScheduleOp::LeaveGroup`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaveOutcome {
+    /// The member is out; `new_owner` took the group over, or it was `deleted` (the last
+    /// member left); `skipped` of their copies became `left`.
+    Left {
+        new_owner: Option<UserId>,
+        deleted: bool,
+        skipped: u64,
+    },
+    /// The member is not in the group (any more), or the group is gone.
+    NotMember,
+    /// `by_owner` does not own the group (any more): nothing changed.
+    NotOwner,
 }
 
 /// What [`ScheduleOp::Cancel`] found.
@@ -277,10 +302,10 @@ pub enum Reply {
     /// Another instance is releasing scheduled messages right now: nothing was released.
     ReleaseBusy,
     Cancelled(CancelOutcome),
-    /// [`ScheduleOp::SkipGroupCopies`]: how many of the member's copies became `left`.
-    Skipped {
+    /// [`ScheduleOp::LeaveGroup`]: what happened to `userid`'s membership.
+    Left {
         userid: UserId,
-        count: u64,
+        outcome: LeaveOutcome,
     },
 }
 
@@ -781,9 +806,7 @@ impl Writer {
                     if let Reply::Released(userids) = &reply {
                         released.extend(userids.iter().cloned());
                     }
-                    if let Reply::Skipped { userid, count } = &reply
-                        && *count > 0
-                    {
+                    if let Some(userid) = skipped_lane(&reply) {
                         released.push(userid.clone());
                     }
                     let _ = done.send(Ok(reply));
@@ -813,10 +836,8 @@ impl Writer {
                         .map(|mut r| r.pop().unwrap_or(Reply::Done));
                     match &result {
                         Ok(Reply::Released(userids)) => released.extend(userids.iter().cloned()),
-                        Ok(Reply::Skipped { userid, count }) if *count > 0 => {
-                            released.push(userid.clone());
-                        }
-                        _ => {}
+                        Ok(reply) => released.extend(skipped_lane(reply).cloned()),
+                        Err(_) => {}
                     }
                     let ok = result.is_ok();
                     let _ = done.send(result);
@@ -893,6 +914,7 @@ impl Writer {
     ) -> Result<(Vec<Reply>, Vec<Recorded>), StoreError> {
         let db = &mut *self.db;
         db.begin()?;
+        lock_group_rows(db, writes)?;
         let inserts: usize = writes
             .iter()
             .map(|w| match &**w {
@@ -1042,6 +1064,67 @@ impl Writer {
         db.commit()?;
         Ok((replies, recorded))
     }
+}
+
+/// Group sends and leaves of one batch, before anything else: on PostgreSQL each group's
+/// row is locked — `FOR UPDATE` when a member leaves it in this batch, else `FOR SHARE` —
+/// in the order of the groups' ids, so that two instances' writers never wait for each
+/// other in a circle. Then each group send's copies are checked against the members as
+/// committed now: a copy of a member who is out of the group by now (they left between
+/// the send's read of the members and this transaction) is stored `left`, never queued.
+///
+/// With the lock, a leave committed by another instance is either seen here (the member
+/// is out: their copy is `left`) or waits for this commit and then marks the copy `left`
+/// itself; on SQLite the one writer orders the two the same way.
+fn lock_group_rows(db: &mut dyn Backend, writes: &mut [&mut Write]) -> Result<(), StoreError> {
+    let mut groups: Vec<(&str, bool)> = writes
+        .iter()
+        .filter_map(|w| match &**w {
+            Write::Group(g) => Some((g.send.group_id.as_str(), false)),
+            Write::Schedule(ScheduleOp::LeaveGroup { group_id, .. }) => {
+                Some((group_id.as_str(), true))
+            }
+            _ => None,
+        })
+        .collect();
+    if groups.is_empty() {
+        return Ok(());
+    }
+    if db.dialect() == Dialect::Postgres {
+        // Exclusive first among equal ids: the dedup keeps the first.
+        groups.sort_unstable_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
+        groups.dedup_by(|a, b| a.0 == b.0);
+        let groups: Vec<(String, bool)> = groups
+            .into_iter()
+            .map(|(id, x)| (id.to_owned(), x))
+            .collect();
+        for (id, exclusive) in &groups {
+            let mode = if *exclusive { "UPDATE" } else { "SHARE" };
+            db.rows(
+                &format!("SELECT id FROM groups WHERE id = ?1 FOR {mode}"),
+                &[id.as_str().into()],
+            )?;
+        }
+    }
+    for write in writes.iter_mut() {
+        let Write::Group(g) = &mut **write else {
+            continue;
+        };
+        let members = texts(db.rows(
+            "SELECT userid FROM group_members WHERE group_id = ?1",
+            &[g.send.group_id.as_str().into()],
+        )?)?;
+        let members: std::collections::HashSet<String> = members.into_iter().collect();
+        for (m, _) in &mut g.copies {
+            if matches!(m.status, MessageStatus::Queued | MessageStatus::Scheduled)
+                && !members.contains(m.userid.as_str())
+            {
+                m.status = MessageStatus::Left;
+                m.last_error = Some(LEFT_BEFORE_SENT.to_owned());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
@@ -1405,6 +1488,11 @@ fn first_deliveries<'a>(
 /// trigger `messages_count_send` applied to each updated row until issue 31; read before
 /// the update, the row's status is the trigger's `OLD.status`, so an outcome recorded
 /// twice counts once. One statement per [`UPDATE_CHUNK`] messages, not one per row.
+///
+/// A group's copy marked `left` while a lane worker was sending it (its member left at
+/// that moment: [`ScheduleOp::LeaveGroup`]) did reach them: it counts like a queued one,
+/// and its update makes it `delivered`, what it was. (A part of one, likewise, is counted
+/// and kept in its history; the copy stays `left` and its other parts are not sent.)
 fn count_delivered(
     db: &mut dyn Backend,
     delivered: &[(&str, i64, Cow<'static, str>)],
@@ -1419,7 +1507,7 @@ fn count_delivered(
             ") INSERT INTO sends (userid, channel, sent_at) \
              SELECT m.userid, v.channel, COALESCE(m.delivered_at, ?1) \
              FROM v JOIN messages m ON m.id = v.id \
-             WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0 \
+             WHERE m.status IN ('queued', 'left') AND m.via IS NULL AND m.deliver_all = 0 \
              RETURNING userid, channel, sent_at",
         );
         let mut args = Vec::with_capacity(1 + chunk.len() * 2);
@@ -1449,7 +1537,7 @@ fn deliver_pg(
         WITH s AS (INSERT INTO sends (userid, channel, sent_at) \
           SELECT m.userid, f.channel, COALESCE(m.delivered_at, ?1) \
           FROM unnest(?5::text[], ?6::text[]) AS f(id, channel) JOIN messages m ON m.id = f.id \
-          WHERE m.status = 'queued' AND m.via IS NULL AND m.deliver_all = 0) \
+          WHERE m.status IN ('queued', 'left') AND m.via IS NULL AND m.deliver_all = 0) \
         UPDATE messages m SET status = 'delivered', attempts = t.attempts, \
           channel = t.channel, last_error = NULL, updated_at = ?1, \
           delivered_at = COALESCE(m.delivered_at, ?1) \
@@ -1596,7 +1684,7 @@ fn apply_updates(
                 let moved = db.exec(
                     "UPDATE messages SET parts_done = ?1 + 1, attempts = ?2, last_error = NULL, \
                      next_attempt_at = ?3, updated_at = ?3, deadline_at = ?4 \
-                     WHERE id = ?5 AND status = 'queued' AND parts_done = ?1",
+                     WHERE id = ?5 AND status IN ('queued', 'left') AND parts_done = ?1",
                     &[
                         (*parts_before).into(),
                         (*attempts).into(),
@@ -1896,25 +1984,14 @@ fn first_int(rows: &[Vec<Value<'_>>]) -> Option<i64> {
 /// One write of scheduled messages.
 fn schedule_op(db: &mut dyn Backend, op: &ScheduleOp) -> Result<Reply, StoreError> {
     Ok(match op {
-        ScheduleOp::SkipGroupCopies {
+        ScheduleOp::LeaveGroup {
             group_id,
             userid,
+            by_owner,
             now,
-        } => Reply::Skipped {
+        } => Reply::Left {
             userid: userid.clone(),
-            count: db.exec(
-                "UPDATE messages SET status = 'left', updated_at = ?3, \
-                 last_error = 'left the group before it was sent' \
-                 WHERE userid = ?2 AND status IN ('queued', 'scheduled') \
-                 AND parts_done = 0 AND channel IS NULL AND group_send IS NOT NULL \
-                 AND EXISTS (SELECT 1 FROM group_sends g \
-                 WHERE g.id = messages.group_send AND g.group_id = ?1)",
-                &[
-                    group_id.as_str().into(),
-                    userid.as_str().into(),
-                    (*now).into(),
-                ],
-            )?,
+            outcome: leave_group(db, group_id, userid, by_owner.as_ref(), *now)?,
         },
         ScheduleOp::Release {
             now,
@@ -1955,6 +2032,110 @@ fn schedule_op(db: &mut dyn Backend, op: &ScheduleOp) -> Result<Reply, StoreErro
         ScheduleOp::Cancel { userid, id, now } => {
             Reply::Cancelled(cancel(db, userid.as_str(), id.as_str(), *now)?)
         }
+    })
+}
+
+/// The member whose lane a worker must read again after this reply: one whose copies
+/// were just marked `left`.
+fn skipped_lane(reply: &Reply) -> Option<&UserId> {
+    match reply {
+        Reply::Left {
+            userid,
+            outcome: LeaveOutcome::Left { skipped, .. },
+        } if *skipped > 0 => Some(userid),
+        _ => None,
+    }
+}
+
+/// Marks `left` the member's copies of the group's messages that nothing of went out yet.
+const SKIP_GROUP_COPIES: &str = "UPDATE messages SET status = 'left', updated_at = ?3, \
+     last_error = ?4 \
+     WHERE userid = ?2 AND status IN ('queued', 'scheduled') \
+     AND parts_done = 0 AND channel IS NULL AND group_send IS NOT NULL \
+     AND EXISTS (SELECT 1 FROM group_sends g \
+     WHERE g.id = messages.group_send AND g.group_id = ?1)";
+
+/// What a group's copy says when its member was out of the group by the time it was
+/// committed (see [`lock_group_rows`]).
+pub(super) const LEFT_BEFORE_SENT: &str = "left the group before it was sent";
+
+/// [`ScheduleOp::LeaveGroup`], inside the writer's transaction.
+fn leave_group(
+    db: &mut dyn Backend,
+    group_id: &str,
+    userid: &UserId,
+    by_owner: Option<&UserId>,
+    now: UnixMillis,
+) -> Result<LeaveOutcome, StoreError> {
+    let lock = db.dialect().lock_rows();
+    let found = db.rows(
+        &format!("SELECT id FROM groups WHERE id = ?1{lock}"),
+        &[group_id.into()],
+    )?;
+    if found.is_empty() {
+        return Ok(LeaveOutcome::NotMember);
+    }
+    if let Some(owner) = by_owner {
+        let owns = db.rows(
+            "SELECT owner FROM group_members WHERE group_id = ?1 AND userid = ?2 AND owner = 1",
+            &[group_id.into(), owner.as_str().into()],
+        )?;
+        if owns.is_empty() {
+            return Ok(LeaveOutcome::NotOwner);
+        }
+    }
+    let gone = db.exec(
+        "DELETE FROM group_members WHERE group_id = ?1 AND userid = ?2",
+        &[group_id.into(), userid.as_str().into()],
+    )?;
+    if gone == 0 {
+        return Ok(LeaveOutcome::NotMember);
+    }
+    let rest = db.rows(
+        "SELECT userid, owner FROM group_members WHERE group_id = ?1 ORDER BY joined_at, userid",
+        &[group_id.into()],
+    )?;
+    let mut members = Vec::with_capacity(rest.len());
+    for row in rest {
+        let mut cols = row.into_iter();
+        match (cols.next(), cols.next()) {
+            (Some(Value::Text(Some(member))), Some(Value::Int(owner))) => {
+                members.push((member.into_owned(), owner.unwrap_or(0) != 0));
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "expected a group member, got {other:?}"
+                )));
+            }
+        }
+    }
+    let deleted = members.is_empty();
+    let mut new_owner = None;
+    if deleted {
+        db.exec("DELETE FROM groups WHERE id = ?1", &[group_id.into()])?;
+    } else if !members.iter().any(|(_, owner)| *owner)
+        && let Some((heir, _)) = members.first()
+    {
+        db.exec(
+            "UPDATE group_members SET owner = 1 WHERE group_id = ?1 AND userid = ?2",
+            &[group_id.into(), heir.as_str().into()],
+        )?;
+        new_owner = Some(UserId::new(heir));
+    }
+    // Their copies not sent yet are not sent, even of a group their leaving deleted.
+    let skipped = db.exec(
+        SKIP_GROUP_COPIES,
+        &[
+            group_id.into(),
+            userid.as_str().into(),
+            now.into(),
+            LEFT_BEFORE_SENT.into(),
+        ],
+    )?;
+    Ok(LeaveOutcome::Left {
+        new_owner,
+        deleted,
+        skipped,
     })
 }
 

@@ -960,6 +960,37 @@ async fn groups_call(
     body
 }
 
+/// Group `name` made over HTTP by `owner` and joined by `joiners` with its invite (the
+/// same store calls as the chat's): the owner sees its token.
+async fn made_over_http(app: &TestApp, name: &str, owner: &Member, joiners: &[&Member]) -> Group {
+    let made = groups_call(
+        app,
+        reqwest::Method::POST,
+        "/groups",
+        &owner.token,
+        json!({ "name": name }),
+    )
+    .await;
+    for m in joiners {
+        groups_call(
+            app,
+            reqwest::Method::POST,
+            "/groups/join",
+            &m.token,
+            json!({ "invite": made["invite"] }),
+        )
+        .await;
+    }
+    Group {
+        id: String::new(),
+        name: name.to_owned(),
+        token: made["token"]
+            .as_str()
+            .expect("the owner sees the token")
+            .to_owned(),
+    }
+}
+
 /// Made, joined, left and kicked over HTTP (the same store calls as the chat): a member who
 /// leaves, and one who is removed, before their copy went out are skipped with status
 /// `left`; the one who stays still gets it; the group token sees all three.
@@ -971,33 +1002,7 @@ async fn members_who_leave_or_are_removed_before_it_goes_out_are_skipped_as_left
         member(&app, "leave").await,
         member(&app, "leave").await,
     );
-    let made = groups_call(
-        &app,
-        reqwest::Method::POST,
-        "/groups",
-        &a.token,
-        json!({"name": "ops"}),
-    )
-    .await;
-    let g = Group {
-        id: String::new(),
-        name: "ops".to_owned(),
-        token: made["token"]
-            .as_str()
-            .expect("the owner sees the token")
-            .to_owned(),
-    };
-    let invite = made["invite"].as_str().unwrap();
-    for m in [&b, &c] {
-        groups_call(
-            &app,
-            reqwest::Method::POST,
-            "/groups/join",
-            &m.token,
-            json!({ "invite": invite }),
-        )
-        .await;
-    }
+    let g = made_over_http(&app, "ops", &a, &[&b, &c]).await;
     // Due in an hour: nothing goes out before they leave.
     let id = send_to_group(&app, &g, &json!({"title": "later", "delay": "1h"}), 3).await;
     let status = wait_group_status(&app, &g, &id, "queued").await;
@@ -1461,4 +1466,247 @@ async fn a_shared_call_that_fails_is_tried_again_for_everyone_in_it() {
         failed.iter().any(|c| c.batch.len() > 1),
         "a shared call failed: {failed:#?}"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// leaving during a burst
+// ------------------------------------------------------------------------------------------
+
+/// A member leaves while a burst of 40 messages to the group is being accepted (sent
+/// concurrently, copies going out while others are still accepted): nothing reaches them
+/// after the leave's `200` but the one copy that may be in flight. Each of their copies
+/// was either sent (before the leave, or in flight at it), or is `left`, or — accepted
+/// after the leave — was never made;
+/// what WeCom received for them is exactly what their copies say was delivered. On both
+/// engines (the leave and the sends' commits meet in the writer; on PostgreSQL at the
+/// group's row).
+#[tokio::test]
+async fn a_leave_during_a_burst_stops_every_copy_not_yet_sent() {
+    const N: usize = 40;
+    let app = spawn_app_with(|c| {
+        c.wecom.member_limits = member_limits(&[(100_000, Duration::from_secs(1))]);
+        c.delivery.retry_window = Duration::from_secs(60);
+        unthrottled(c);
+    })
+    .await;
+    // Copies are in flight for a while: some are being sent at the moment of the leave.
+    app.mock.set_delay(Some(Duration::from_millis(5)));
+    let (a, b, c) = (
+        member(&app, "burstleave").await,
+        member(&app, "burstleave").await,
+        member(&app, "burstleave").await,
+    );
+    let g = made_over_http(&app, "ops", &a, &[&b, &c]).await;
+    let sends = (0..N).map(|i| {
+        let (app, token) = (&app, g.token.as_str());
+        async move {
+            // Spread over ~120 ms, so that the leave lands in the middle of the burst.
+            tokio::time::sleep(Duration::from_millis(3 * i as u64)).await;
+            let started = Instant::now();
+            let resp = app
+                .send_json(Some(token), &json!({ "title": format!("burst #{i:02}") }))
+                .await;
+            assert_eq!(resp.status(), 200);
+            let answer: Value = resp.json().await.unwrap();
+            (started, answer["id"].as_str().expect("an id").to_owned())
+        }
+    });
+    let leave = async {
+        // Once the first copies are on their way to WeCom.
+        app.mock.wait_for_send_started(1, WAIT).await;
+        groups_call(
+            &app,
+            reqwest::Method::POST,
+            "/groups/ops/leave",
+            &b.token,
+            Value::Null,
+        )
+        .await;
+        Instant::now()
+    };
+    let (accepted, left_at) = tokio::join!(futures_util::future::join_all(sends), leave);
+
+    let mut delivered_to_b = 0;
+    let mut left = 0;
+    let mut after = 0;
+    for (started, id) in &accepted {
+        let status = wait_group_status(&app, &g, id, "delivered").await;
+        let by = recipients(&status);
+        assert_eq!(by.get(&a.user).map(String::as_str), Some("delivered"));
+        assert_eq!(by.get(&c.user).map(String::as_str), Some("delivered"));
+        match by.get(&b.user).map(String::as_str) {
+            None => {}
+            Some("left") => left += 1,
+            Some("delivered") => delivered_to_b += 1,
+            Some(other) => panic!("b's copy is {other}: {status}"),
+        }
+        if *started > left_at {
+            after += 1;
+            assert_eq!(by.get(&b.user), None, "accepted after the leave: {status}");
+        }
+    }
+    let to_b: Vec<_> = app
+        .mock
+        .delivered_calls()
+        .into_iter()
+        .filter(|call| call.touser().split('|').any(|u| u == b.user))
+        .collect();
+    // b's lane sends one copy at a time: the one its worker had read before the leave
+    // committed is in flight and may reach WeCom just after the 200 (it shows delivered);
+    // any other would be a copy sent to someone who had left.
+    let late: Vec<Duration> = to_b
+        .iter()
+        .filter(|call| call.received_at >= left_at)
+        .map(|call| call.received_at - left_at)
+        .collect();
+    assert!(
+        late.len() <= 1,
+        "copies reached WeCom for {} after the leave's 200: {late:?}",
+        b.user
+    );
+    assert_eq!(
+        to_b.len(),
+        delivered_to_b,
+        "what WeCom received for the leaver is what their copies say was delivered"
+    );
+    eprintln!(
+        "burst and leave: {delivered_to_b} sent before, {left} left, {} without a copy \
+         ({after} accepted after the leave)",
+        N - delivered_to_b - left
+    );
+}
+
+/// The race the writer closes, made certain: a send reads the group's members (the
+/// leaver among them), then waits for its `file_url`; meanwhile the member leaves (`200`);
+/// then the send is committed. The leaver's copy is stored `left` — not queued — and
+/// WeCom never hears of it; the others get it.
+#[tokio::test]
+async fn a_send_that_read_the_members_before_a_leave_sends_the_leaver_nothing() {
+    use axum::Router;
+    use axum::routing::get;
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    let (fetching, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let router = {
+        let (fetching, release) = (Arc::clone(&fetching), Arc::clone(&release));
+        Router::new().route(
+            "/report.txt",
+            get(move || {
+                let (fetching, release) = (Arc::clone(&fetching), Arc::clone(&release));
+                async move {
+                    fetching.notify_one();
+                    release.notified().await;
+                    "the report"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let files = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let app = spawn_app_with(|c| {
+        c.media.fetch_allow = vec!["127.0.0.2/32".parse().expect("a network")];
+        unthrottled(c);
+    })
+    .await;
+    let (a, b) = (
+        member(&app, "raceleave").await,
+        member(&app, "raceleave").await,
+    );
+    let g = made_over_http(&app, "ops", &a, &[&b]).await;
+    let send = {
+        let (app, token) = (&app, g.token.as_str());
+        let url = format!("http://{files}/report.txt");
+        async move {
+            app.send_json(Some(token), &json!({"title": "report", "file_url": url}))
+                .await
+        }
+    };
+    let leave = async {
+        // The send has read the members and is fetching its file.
+        tokio::time::timeout(WAIT, fetching.notified())
+            .await
+            .expect("the send fetches its file");
+        groups_call(
+            &app,
+            reqwest::Method::POST,
+            "/groups/ops/leave",
+            &b.token,
+            Value::Null,
+        )
+        .await;
+        release.notify_one();
+    };
+    let (resp, ()) = tokio::join!(send, leave);
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        answer["recipients"], 2,
+        "b was a member when it was read: {answer}"
+    );
+    let id = answer["id"].as_str().unwrap();
+    let status = wait_group_status(&app, &g, id, "delivered").await;
+    assert_eq!(
+        recipients(&status),
+        BTreeMap::from([
+            (a.user.clone(), "delivered".to_owned()),
+            (b.user.clone(), "left".to_owned()),
+        ]),
+        "{status}"
+    );
+    // Anything for b would have gone out by now, with a's.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let to_b: Vec<_> = app
+        .mock
+        .calls()
+        .into_iter()
+        .filter(|call| call.touser().split('|').any(|u| u == b.user))
+        .collect();
+    assert!(to_b.is_empty(), "WeCom got a copy for the leaver: {to_b:?}");
+}
+
+/// A copy that is being sent at the moment its member leaves cannot be called back: it
+/// reaches them, and the group token shows it as what it was — `delivered`, on WeCom —
+/// and it counts against the member's limits like any send (the `sends` history).
+#[tokio::test]
+async fn a_copy_in_flight_when_its_member_leaves_shows_delivered_and_counts() {
+    let app = spawn_app_with(unthrottled).await;
+    let (a, b) = (member(&app, "flight").await, member(&app, "flight").await);
+    let g = group(app.store_url(), "flight", &[&a.user, &b.user]).await;
+    // b's copy only: a has muted the group.
+    mute(app.store_url(), &g.id, &a.user).await;
+    app.mock.set_delay(Some(Duration::from_millis(600)));
+    let id = send_to_group(&app, &g, &json!({"title": "in flight"}), 2).await;
+    app.mock.wait_for_send_started(1, WAIT).await;
+    let resp = app
+        .http
+        .post(app.url("/groups/flight/leave"))
+        .bearer_auth(&b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status = wait_group_status(&app, &g, &id, "delivered").await;
+    let copy = status["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["member"] == b.user.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("b's copy: {status}"));
+    assert_eq!(copy["status"], "delivered", "{status}");
+    assert_eq!(copy["channel"], "wecom", "{status}");
+    assert!(copy["delivered_at"].is_string(), "{status}");
+    assert!(copy["last_error"].is_null(), "{status}");
+    assert_eq!(app.mock.delivered_calls().len(), 1);
+    let mut conn = db::connect(app.store_url()).await;
+    let sends: i64 = sqlx::query("SELECT count(*) AS n FROM sends WHERE userid = $1")
+        .bind(&b.user)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(sends, 1, "the send counts against b's limits");
 }

@@ -221,6 +221,16 @@ async fn a_refresh_picks_up_changes_and_keeps_mute_flags() {
         .await
         .expect("mute");
     assert_eq!(muted.status(), 200);
+    // Due in an hour, accepted while b is in: b's copy waits.
+    let resp = app
+        .send_json(
+            Some(&group_token),
+            &serde_json::json!({"title": "later", "delay": "1h"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let later: serde_json::Value = resp.json().await.expect("JSON");
+    let later = later["id"].as_str().expect("an id").to_owned();
     app.mock.set_department(2, &[a.as_str(), e.as_str()]);
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut want = vec![
@@ -240,6 +250,16 @@ async fn a_refresh_picks_up_changes_and_keeps_mute_flags() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // b is out: b's waiting copy is not sent (left), as when a member leaves.
+    let status = app.message_json(&later, &group_token).await;
+    let of_b = status["recipients"]
+        .as_array()
+        .expect("recipients")
+        .iter()
+        .find(|r| r["member"] == UserId::new(&b).as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("b's copy: {status}"));
+    assert_eq!(of_b["status"], "left", "{status}");
     let health = healthz(&app).await;
     assert_eq!(health["groups_refresh"]["groups"], 1, "{health}");
     assert_eq!(health["groups_refresh"]["panics"], 0, "{health}");

@@ -9,6 +9,9 @@
 //! - a WeCom callback posted to two instances is processed once;
 //! - a lost database connection is `503` (with `Retry-After`) until it is back, and nothing
 //!   accepted before it is lost.
+//! - a group made on one instance and joined on the other reaches every member once per
+//!   message whichever instance took it; a leave, a rotation and the groups' limits hold
+//!   across instances at once.
 //!
 //! These tests are about PostgreSQL whatever `PUSHBOT_TEST_DB` says: each makes a schema of
 //! its own in the test database (`PUSHBOT_TEST_PG_URL`, by default [`PG_URL_DEFAULT`]) and
@@ -944,4 +947,321 @@ async fn two_instances_deliver_each_scheduled_message_once() {
         .await,
         60
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. groups across instances (issue 29)
+// ------------------------------------------------------------------------------------------
+
+/// `method path` with a member's personal token and a JSON body, through one instance:
+/// the status and the answer.
+async fn groups_request(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (u16, Value) {
+    let resp = api
+        .http
+        .request(method, api.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("a groups request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// As [`groups_request`], and it must answer `200`.
+async fn groups_ok(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Value {
+    let (status, answer) = groups_request(api, method, path, token, body).await;
+    assert_eq!(status, 200, "{path}: {answer}");
+    answer
+}
+
+/// A group message sent through `api` with the group's token: its id, after checking the
+/// number of recipients.
+async fn group_send(api: &Api, group_token: &str, body: Value, recipients: i64) -> String {
+    let resp = api.send_json(Some(group_token), &body).await;
+    let status = resp.status();
+    let answer: Value = resp.json().await.expect("JSON");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["recipients"], recipients, "{answer}");
+    answer["id"].as_str().expect("an id").to_owned()
+}
+
+/// `member → status` of a group message as its token shows it.
+fn group_recipients(status: &Value) -> BTreeMap<String, String> {
+    status["recipients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("recipients: {status}"))
+        .iter()
+        .map(|r| {
+            (
+                r["member"].as_str().unwrap_or_default().to_owned(),
+                r["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Texts WeCom accepted, per member (a call may name several members).
+fn texts_per_member(mock: &MockWeCom) -> BTreeMap<String, Vec<String>> {
+    let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for call in mock.delivered_calls() {
+        for user in call.touser().split('|') {
+            by.entry(user.to_owned())
+                .or_default()
+                .push(call.text().to_owned());
+        }
+    }
+    for texts in by.values_mut() {
+        texts.sort();
+    }
+    by
+}
+
+/// A group made on A and joined on B: a message sent to A and one sent to B reach every
+/// member exactly once each; a leave on B stops the leaver's copies — a scheduled one
+/// accepted on A before it becomes `left`, and a message accepted on A after it has no
+/// copy for them; rotating the group's token on A kills the old one on B at once.
+#[tokio::test]
+async fn a_group_spans_both_instances() {
+    let (_schema, mock, _cluster, a, b) = two_instances(|_| {}).await;
+    let [owner, bob, carol] = ["gowner", "gbob", "gcarol"].map(userid);
+    let owner_token = a.get_token(&owner).await;
+    let bob_token = b.get_token(&bob).await;
+    let carol_token = b.get_token(&carol).await;
+
+    let made = groups_ok(
+        &a,
+        reqwest::Method::POST,
+        "/groups",
+        &owner_token,
+        serde_json::json!({"name": "ops"}),
+    )
+    .await;
+    let group_token = made["token"].as_str().expect("the token").to_owned();
+    for token in [&bob_token, &carol_token] {
+        groups_ok(
+            &b,
+            reqwest::Method::POST,
+            "/groups/join",
+            token,
+            serde_json::json!({ "invite": made["invite"] }),
+        )
+        .await;
+    }
+
+    let via_a = group_send(&a, &group_token, serde_json::json!({"title": "via A"}), 3).await;
+    let via_b = group_send(&b, &group_token, serde_json::json!({"title": "via B"}), 3).await;
+    for (id, api) in [(&via_a, &b), (&via_b, &a)] {
+        // Followed through the other instance.
+        let status = api
+            .wait_for_status(id, &group_token, "delivered", WAIT)
+            .await;
+        assert_eq!(group_recipients(&status).len(), 3, "{status}");
+    }
+    let got = texts_per_member(&mock);
+    for user in [&owner, &bob, &carol] {
+        assert_eq!(
+            got.get(user.as_str()).cloned().unwrap_or_default(),
+            ["via A", "via B"],
+            "{user}: each message exactly once"
+        );
+    }
+
+    // Scheduled on A, then carol leaves on B: her copy is left, the others' wait.
+    let later = group_send(
+        &a,
+        &group_token,
+        serde_json::json!({"title": "later", "delay": "1h"}),
+        3,
+    )
+    .await;
+    groups_ok(
+        &b,
+        reqwest::Method::POST,
+        "/groups/ops/leave",
+        &carol_token,
+        Value::Null,
+    )
+    .await;
+    let status = a.message_json(&later, &group_token).await;
+    assert_eq!(
+        group_recipients(&status),
+        BTreeMap::from([
+            (owner.clone(), "scheduled".to_owned()),
+            (bob.clone(), "scheduled".to_owned()),
+            (carol.clone(), "left".to_owned()),
+        ]),
+        "{status}"
+    );
+    // Accepted on A after the leave on B: no copy for carol.
+    let after = group_send(
+        &a,
+        &group_token,
+        serde_json::json!({"title": "after the leave"}),
+        2,
+    )
+    .await;
+    let status = b
+        .wait_for_status(&after, &group_token, "delivered", WAIT)
+        .await;
+    assert!(!group_recipients(&status).contains_key(&carol), "{status}");
+    let got = texts_per_member(&mock);
+    assert_eq!(got[&carol], ["via A", "via B"], "nothing more for carol");
+    assert_eq!(got[&bob], ["after the leave", "via A", "via B"]);
+
+    // Rotated on A: the old token is refused on B at once, the new one works there.
+    let rotated = groups_ok(
+        &a,
+        reqwest::Method::POST,
+        "/groups/ops/rotate",
+        &owner_token,
+        Value::Null,
+    )
+    .await;
+    let new_token = rotated["token"].as_str().expect("a new token").to_owned();
+    assert_ne!(new_token, group_token);
+    let resp = b
+        .send_json(
+            Some(&group_token),
+            &serde_json::json!({"title": "old token"}),
+        )
+        .await;
+    assert_error(resp, 401, "unauthorized").await;
+    group_send(&b, &new_token, serde_json::json!({"title": "new token"}), 2).await;
+}
+
+/// Makes and joins through both instances at once keep the limits: a member in at most
+/// `max_groups_per_member` groups, one group of a name per member, at most `max_members`
+/// members in a group — counted in the database, whichever instance answered.
+#[tokio::test]
+async fn making_and_joining_on_both_instances_keep_the_limits() {
+    let schema = TestDb::postgres();
+    let mock = MockWeCom::start().await;
+    let cluster = Cluster::new(
+        schema.url().to_owned(),
+        &mock.base_url,
+        settings_with(|c| {
+            c.groups.max_groups_per_member = 3;
+            c.groups.max_members = 4;
+        }),
+    );
+    let a = cluster.start("inst-a").await;
+    let b = cluster.start("inst-b").await;
+    let both = [&a, &b];
+
+    // One member makes eight groups of different names through both at once: three made.
+    let maker = userid("maker");
+    let maker_token = a.get_token(&maker).await;
+    let makes = (0..8).map(|i| {
+        let (api, token) = (both[i % 2], maker_token.as_str());
+        async move {
+            groups_request(
+                api,
+                reqwest::Method::POST,
+                "/groups",
+                token,
+                serde_json::json!({ "name": format!("g{i}") }),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(makes).await;
+    let made = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(made, 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, _)| *s == 200 || (400..500).contains(s)),
+        "{answers:?}"
+    );
+
+    // Another makes one name six times through both at once: one group.
+    let twin = userid("twin");
+    let twin_token = b.get_token(&twin).await;
+    let makes = (0..6).map(|i| {
+        let (api, token) = (both[i % 2], twin_token.as_str());
+        async move {
+            groups_request(
+                api,
+                reqwest::Method::POST,
+                "/groups",
+                token,
+                serde_json::json!({"name": "dup"}),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(makes).await;
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == 200).count(),
+        1,
+        "{answers:?}"
+    );
+
+    // Eight join one group (its owner is the fourth member's place taken) through both at
+    // once: three get in.
+    let owner = userid("jowner");
+    let owner_token = a.get_token(&owner).await;
+    let group = groups_ok(
+        &a,
+        reqwest::Method::POST,
+        "/groups",
+        &owner_token,
+        serde_json::json!({"name": "full"}),
+    )
+    .await;
+    let mut joiners = Vec::new();
+    for i in 0..8 {
+        let user = userid("joiner");
+        joiners.push(both[i % 2].get_token(&user).await);
+    }
+    let joins = joiners.iter().enumerate().map(|(i, token)| {
+        let (api, invite) = (both[i % 2], group["invite"].clone());
+        async move {
+            groups_request(
+                api,
+                reqwest::Method::POST,
+                "/groups/join",
+                token,
+                serde_json::json!({ "invite": invite }),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(joins).await;
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == 200).count(),
+        3,
+        "{answers:?}"
+    );
+
+    let url = schema.url();
+    let counted = count(
+        url,
+        "SELECT count(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
+         WHERE g.name = 'full'",
+    )
+    .await;
+    assert_eq!(counted, 4, "the owner and three");
+    let most = count(
+        url,
+        "SELECT COALESCE(MAX(n), 0) FROM (SELECT count(*) AS n FROM group_members \
+         GROUP BY userid) AS per_member",
+    )
+    .await;
+    assert!(most <= 3, "a member in {most} groups");
+    let twins = count(url, "SELECT count(*) FROM groups WHERE name = 'dup'").await;
+    assert_eq!(twins, 1);
 }

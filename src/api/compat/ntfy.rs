@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::attach::{self, Upload};
-use super::super::rate_limit::authorized_sender_or_group;
+use super::super::rate_limit::authorized_sender;
 use super::super::send::{Submission, idempotency_key, parse_query, submit};
 use super::{PathOf, path_value};
 use crate::domain::{Format, Urgency};
@@ -528,8 +528,7 @@ async fn publish(
     let (attachments, sender) = match file {
         None => (Vec::new(), None),
         Some(file) => {
-            let sender =
-                authorized_sender_or_group(state, Some(token.clone()), Endpoint::Ntfy).await?;
+            let sender = authorized_sender(state, Some(token.clone()), Endpoint::Ntfy).await?;
             let upload = store_file(state, file, options.filename.as_deref()).await?;
             (vec![upload], Some(sender))
         }
