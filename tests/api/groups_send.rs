@@ -307,15 +307,7 @@ async fn a_muted_member_is_skipped_visibly() {
         .unwrap();
     assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
     // /metrics counts the recipient-sends: the muted member's copy is not one.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics
             .lines()
@@ -638,15 +630,7 @@ async fn a_channel_no_member_can_take_is_refused_one_some_cannot_take_is_partial
     );
     // The copy that failed at acceptance is a failed message like any other, and not a
     // recipient-send.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -1193,15 +1177,7 @@ fn requests_naming(mock: &MockWeCom, users: &[&str]) -> Vec<Vec<String>> {
 
 /// The value of a `/metrics` series.
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{series} in:\n{text}"))

@@ -1083,6 +1083,13 @@ pub struct Api {
 }
 
 impl Api {
+    /// `GET /metrics` (the app must have `server.metrics` on), as text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "/metrics");
+        resp.text().await.unwrap()
+    }
+
     pub fn new(address: String) -> Self {
         Self {
             address,

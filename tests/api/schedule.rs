@@ -492,15 +492,7 @@ async fn a_scheduled_message_cancelled_in_time_is_never_sent() {
     assert_eq!(delivered_times(&app, "never"), 0);
     let m = app.message_json(&id, &token).await;
     assert_eq!(m["status"], "cancelled", "{m}");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("pushbot_messages_cancelled_total 1"),
         "{metrics}"
@@ -799,15 +791,7 @@ async fn scheduled_messages_are_listed_and_counted() {
         .await;
         ids.insert(id, delay);
     }
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("pushbot_queue_scheduled 2"), "{metrics}");
     assert!(metrics.contains("pushbot_queue_depth 0"), "{metrics}");
     let body = assert_error(
