@@ -136,7 +136,7 @@ impl Store {
     /// The group a send token belongs to, if any: one indexed read (no cache, so a rotated
     /// token stops at once on every instance).
     pub async fn group_by_token(&self, token: &PushToken) -> Result<Option<GroupRef>, StoreError> {
-        let mut reader = self.request_readers.get().await?;
+        let mut reader = self.readers.get().await?;
         let row = sqlx::query("SELECT id, name FROM groups WHERE token = $1")
             .bind(token.expose())
             .fetch_optional(reader.conn())
@@ -155,7 +155,7 @@ impl Store {
         &self,
         group_id: &str,
     ) -> Result<Vec<(UserId, bool)>, StoreError> {
-        let mut reader = self.request_readers.get().await?;
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(
             "SELECT userid, muted FROM group_members WHERE group_id = $1 \
              ORDER BY joined_at, userid",

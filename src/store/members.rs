@@ -138,7 +138,7 @@ impl Store {
             }
             Err(_) => u64::MAX,
         };
-        let mut reader = self.request_readers.get().await?;
+        let mut reader = self.readers.get().await?;
         let row = sqlx::query("SELECT userid FROM members WHERE token = $1")
             .bind(token.expose())
             .fetch_optional(reader.conn())
@@ -164,7 +164,7 @@ impl Store {
             let prefs = self.member_prefs(&userid).await?;
             return Ok(Some((userid, prefs)));
         }
-        let mut reader = self.request_readers.get().await?;
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(PREFS_BY_TOKEN)
             .bind(token.expose())
             .fetch_all(reader.conn())
@@ -366,7 +366,7 @@ impl Store {
             }
             Err(_) => u64::MAX,
         };
-        let mut reader = self.request_readers.get().await?;
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(PREFS_BY_USERID)
             .bind(userid.as_str())
             .fetch_all(reader.conn())
@@ -425,7 +425,7 @@ impl Store {
         );
         let json = serde_json::to_string(&missing)
             .map_err(|e| StoreError::Corrupt(format!("userids as JSON: {e}")))?;
-        let mut reader = self.request_readers.get().await?;
+        let mut reader = self.readers.get().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(json)
             .fetch_all(reader.conn())

@@ -264,12 +264,8 @@ impl Engine {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// The hot reads' connections: no ping per query (see [`readers`]). These are the
-    /// delivery's (lane heads, send history, quiet hours)…
+    /// The hot reads' connections: no ping per query (see [`readers`]).
     readers: Arc<readers::Readers>,
-    /// …and these the requests' (token, member settings, group members): acceptance never
-    /// waits for a connection behind the lane workers of a large fan-out.
-    request_readers: Arc<readers::Readers>,
     engine: Engine,
     writer: WriterHandle,
     /// The SQLite file (none for PostgreSQL).
@@ -359,7 +355,6 @@ impl Store {
         );
         Ok(Self {
             pool,
-            request_readers: Arc::new(readers.sibling(pool_size)),
             readers: Arc::new(readers),
             engine,
             writer,

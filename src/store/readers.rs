@@ -64,12 +64,6 @@ impl Readers {
         }
     }
 
-    /// A second set of connections to the same database, of `size`: the requests' reads get
-    /// their own, so that a sender never queues behind a thousand lane workers' reads.
-    pub(super) fn sibling(&self, size: u32) -> Self {
-        Self::new(self.options.clone(), self.engine, size)
-    }
-
     /// A connection: the most recently used idle one, or a new one.
     pub(super) async fn get(&self) -> Result<Reader<'_>, StoreError> {
         let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire())
