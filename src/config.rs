@@ -1699,6 +1699,12 @@ impl GroupsSettings {
             invite_ttl: self.invite_ttl,
             join_failures: self.join_failures.count,
             join_window: self.join_failures.per,
+            // Checked at start-up (`check`): every name normalises.
+            wecom_names: self
+                .wecom
+                .iter()
+                .filter_map(|g| crate::groups::normalize_name(&g.name).ok())
+                .collect(),
         }
     }
 

@@ -22,6 +22,9 @@ pub struct Limits {
     /// without looking the code up.
     pub join_failures: u32,
     pub join_window: Duration,
+    /// The names of the WeCom-backed groups (`[[groups.wecom]]`, normalised): no chat group
+    /// may take one, or a member in both would have two groups answering to one name.
+    pub wecom_names: Vec<String>,
 }
 
 impl Default for Limits {
@@ -32,6 +35,7 @@ impl Default for Limits {
             invite_ttl: Duration::from_secs(7 * 86_400),
             join_failures: 10,
             join_window: Duration::from_secs(3600),
+            wecom_names: Vec::new(),
         }
     }
 }
@@ -149,6 +153,8 @@ pub enum Refusal {
     TooManyTries(Duration),
     /// The member is in a group of this name already.
     NameTaken(String),
+    /// The name of a WeCom-backed group (`[[groups.wecom]]`).
+    Reserved(String),
     /// The member is in this many groups, the most they may be in.
     TooManyGroups(u32),
     /// The group has this many members, the most it may have.
@@ -182,6 +188,7 @@ impl Refusal {
             Self::InviteExpired => RefusalKind::Gone,
             Self::TooManyTries(_) => RefusalKind::TooMany,
             Self::NameTaken(_)
+            | Self::Reserved(_)
             | Self::TooManyGroups(_)
             | Self::Full(..)
             | Self::AlreadyMember(_)
@@ -209,6 +216,10 @@ impl Refusal {
             Self::NameTaken(name) => format!(
                 "you are in a group named \"{name}\" already; a member's groups have different \
                  names: choose another name, or leave that group first"
+            ),
+            Self::Reserved(name) => format!(
+                "\"{name}\" is the name of a group backed by WeCom ([[groups.wecom]] in the \
+                 config): choose another name"
             ),
             Self::TooManyGroups(max) => format!(
                 "you are in {max} groups, the most a member may be in \

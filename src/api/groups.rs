@@ -72,6 +72,9 @@ pub(crate) async fn create_group(
         Err(refusal) => return Ok(Err(refusal)),
     };
     let limits = &state.groups;
+    if limits.wecom_names.contains(&name) {
+        return Ok(Err(Refusal::Reserved(name)));
+    }
     Ok(
         match state.store.create_group(userid, &name, limits).await? {
             Created::Created(new) => {

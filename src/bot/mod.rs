@@ -1002,6 +1002,9 @@ pub fn group_refused_reply(refusal: &crate::groups::Refusal) -> String {
         }
         Refusal::TooManyTries(_) => "输错邀请码次数过多，请稍后再试。".to_owned(),
         Refusal::NameTaken(name) => format!("你已在名为「{name}」的群组中，请换个名字。"),
+        Refusal::Reserved(name) => {
+            format!("「{name}」是企业微信部门/标签群组的名称，请换个名字。")
+        }
         Refusal::TooManyGroups(max) => format!("你已加入 {max} 个群组，达到上限，请先退出一个。"),
         Refusal::Full(name, max) => format!("群组「{name}」已有 {max} 人，达到上限。"),
         Refusal::AlreadyMember(name) => format!("你已在群组「{name}」中。"),

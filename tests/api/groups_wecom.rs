@@ -482,3 +482,34 @@ async fn a_send_to_a_stale_wecom_group_reads_its_members_first() {
     want.sort();
     assert_eq!(stale, want);
 }
+
+/// A WeCom-backed group's name is its own: no member makes a chat group of that name (in any
+/// case), over HTTP (409 naming the config table) or in the chat — a member in both would
+/// otherwise have two groups answering to one name.
+#[tokio::test]
+async fn a_wecom_backed_groups_name_is_not_free_for_a_chat_group() {
+    let user = userid("maker");
+    let app = spawn_app_with(|c| {
+        with_group(c, oncall(&[2], &[], &[]), Duration::from_secs(3600));
+    })
+    .await;
+    let token = app.get_token(&user).await;
+    let resp = app
+        .http
+        .post(app.url("/groups"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "OnCall"}))
+        .send()
+        .await
+        .expect("POST /groups");
+    let body = assert_error(resp, 409, "conflict").await;
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("[[groups.wecom]]"), "{body}");
+    let reply = say(&app, &user, "建群 oncall").await;
+    assert_says(&reply, "企业微信", "a reserved name in the chat");
+    assert!(groups(&app, &token).await.is_empty(), "nothing was made");
+    // Any other name is fine.
+    let reply = say(&app, &user, "group new oncall2").await;
+    assert!(!has(&reply, "企业微信部门"), "{reply}");
+    assert_eq!(groups(&app, &token).await.len(), 1);
+}
