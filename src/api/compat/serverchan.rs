@@ -20,7 +20,7 @@ use super::super::send::{
     FieldRules, Submission, body_and_query, idempotency_key, parse_query, parse_query_with, submit,
 };
 use super::{PathOf, path_value};
-use crate::domain::Format;
+use crate::domain::{Format, PushToken};
 use crate::error::ApiError;
 use crate::render::visible::has_visible;
 use crate::store::MessageStatus;
@@ -205,6 +205,16 @@ pub struct StatusQuery {
     readkey: Option<String>,
 }
 
+/// Whether `key` is message `id`'s read key under `token` (the sender's token now; none when
+/// the member or group is gone), compared in constant time. Every miss is the same answer.
+fn check_readkey(token: Option<PushToken>, id: &str, key: &str) -> Result<(), ApiError> {
+    let not_found = || ApiError::NotFound("no such message, or a wrong readkey".into());
+    let token = token.ok_or_else(not_found)?;
+    let expected = readkey(token.expose(), id);
+    let matches: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
+    if matches { Ok(()) } else { Err(not_found()) }
+}
+
 /// `GET /push?id=&readkey=`: the message's status, for whoever holds its read key.
 pub async fn status(
     State(state): State<AppState>,
@@ -214,7 +224,6 @@ pub async fn status(
     let (Some(id), Some(key)) = (q.id, q.readkey) else {
         return Err(ApiError::BadRequest("id and readkey are required".into()).into());
     };
-    let not_found = || ApiError::NotFound("no such message, or a wrong readkey".into());
     let Some(message) = state.store.message(&id).await.map_err(ApiError::from)? else {
         return group_status(&state, &id, &key).await;
     };
@@ -222,13 +231,8 @@ pub async fn status(
         .store
         .existing_token(&message.userid)
         .await
-        .map_err(ApiError::from)?
-        .ok_or_else(not_found)?;
-    let expected = readkey(token.expose(), message.id.as_str());
-    let matches: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
-    if !matches {
-        return Err(not_found().into());
-    }
+        .map_err(ApiError::from)?;
+    check_readkey(token, message.id.as_str(), &key)?;
     Ok(Json(json!({
         "code": 0,
         "message": "",
@@ -271,13 +275,8 @@ async fn group_status(state: &AppState, id: &str, key: &str) -> Result<Response,
         .store
         .group_token_of(&send.group_id)
         .await
-        .map_err(ApiError::from)?
-        .ok_or_else(not_found)?;
-    let expected = readkey(token.expose(), send.id.as_str());
-    let matches: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), key.as_bytes()).into();
-    if !matches {
-        return Err(not_found().into());
-    }
+        .map_err(ApiError::from)?;
+    check_readkey(token, send.id.as_str(), key)?;
     let copies = state
         .store
         .group_copies(&send.id)
