@@ -998,18 +998,8 @@ async fn drive(
                 }
                 let token = &tokens[seq % tokens.len()];
                 let seq = backlog + seq;
-                let t = Instant::now();
-                let res = http
-                    .post(&url)
-                    .bearer_auth(token)
-                    .json(&json!({ "title": "load", "content": format!("seq={seq}") }))
-                    .send()
-                    .await;
-                let good = match res {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                latencies.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                let (good, micros) = timed_send(&http, &url, token, &format!("seq={seq}")).await;
+                latencies.push(micros);
                 if good {
                     ok += 1;
                 } else {
@@ -1260,18 +1250,8 @@ async fn send_group_messages(
         // Paced from the start, so a slow answer does not push the next ones back.
         let at = u32::try_from(i).map_or(start, |i| start + every * i);
         tokio::time::sleep_until(at).await;
-        let t = Instant::now();
-        let res = http
-            .post(url)
-            .bearer_auth(token)
-            .json(&json!({ "title": "load", "content": format!("grp={k}") }))
-            .send()
-            .await;
-        let good = match res {
-            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-            Err(_) => false,
-        };
-        latencies.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let (good, micros) = timed_send(http, url, token, &format!("grp={k}")).await;
+        latencies.push(micros);
         if good {
             sent += 1;
         } else {
@@ -1279,6 +1259,26 @@ async fn send_group_messages(
         }
     }
     (sent, failed, latencies)
+}
+
+/// One `POST /send` of `content` with `token`: whether it was accepted (and its answer read),
+/// and how long it took in microseconds.
+async fn timed_send(http: &reqwest::Client, url: &str, token: &str, content: &str) -> (bool, u64) {
+    let t = Instant::now();
+    let res = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&json!({ "title": "load", "content": content }))
+        .send()
+        .await;
+    let good = match res {
+        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+        Err(_) => false,
+    };
+    (
+        good,
+        u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+    )
 }
 
 /// Asks the bot for `member`'s token exactly as WeCom would relay a "token" message.

@@ -745,38 +745,29 @@ impl Outbox {
         };
         // Without a key nothing can collide: the copies are handed over, not copied (a
         // fan-out to 1,000 members would otherwise copy its content 1,000 times more).
-        let Some(key) = send.idempotency_key.clone() else {
-            store.insert_group_send(send.clone(), copies).await?;
+        // What the sender hears once every copy is committed.
+        let committed = |send: &crate::store::GroupSend| {
             if let Some(at) = first_due {
                 self.inner.scheduled_for(at);
             }
-            return Ok(Accepted {
-                message: group_stand_in(&send),
+            Accepted {
+                message: group_stand_in(send),
                 duplicate: false,
                 group: Some(GroupAccepted {
                     recipients,
                     muted,
                     unroutable,
                 }),
-            });
+            }
+        };
+        let Some(key) = send.idempotency_key.clone() else {
+            store.insert_group_send(send.clone(), copies).await?;
+            return Ok(committed(&send));
         };
         let mut expired_keys = false;
         loop {
             match store.insert_group_send(send.clone(), copies.clone()).await {
-                Ok(()) => {
-                    if let Some(at) = first_due {
-                        self.inner.scheduled_for(at);
-                    }
-                    return Ok(Accepted {
-                        message: group_stand_in(&send),
-                        duplicate: false,
-                        group: Some(GroupAccepted {
-                            recipients,
-                            muted,
-                            unroutable,
-                        }),
-                    });
-                }
+                Ok(()) => return Ok(committed(&send)),
                 Err(StoreError::DuplicateKey) => {
                     if let Some(first) = store.group_send_by_key(&send.group_id, &key, now).await? {
                         return group_repeat_of(first, send.idempotency_digest.as_deref());
