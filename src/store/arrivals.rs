@@ -4,6 +4,7 @@
 //! from the database).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -20,10 +21,18 @@ const INBOX_CAP: usize = 8;
 pub struct Arrivals {
     any: Notify,
     lanes: Mutex<HashMap<UserId, Arc<Inbox>>>,
-    /// Other processes commit messages too (PostgreSQL): a worker handed this process's
-    /// messages would send them ahead of the other instances' messages that came before
-    /// them, so workers are only woken, and read their lane from the database.
-    shared: bool,
+    /// PostgreSQL: the value this instance gave the `instances` counter when it opened the
+    /// database (see the migration `0011_instances.sql`); `None` on SQLite, where no other
+    /// process writes.
+    mark: Option<i64>,
+    /// PostgreSQL: the highest value of the counter this instance has answered with an
+    /// alarm (its own start at first).
+    known: AtomicI64,
+    /// Other processes commit messages too (PostgreSQL, once the writer has seen another
+    /// instance): a worker handed this process's messages would send them ahead of the
+    /// other instances' messages that came before them, so workers are only woken, and
+    /// read their lane from the database. Never set back.
+    shared: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -49,18 +58,59 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Arrivals {
-    /// Arrivals for a database that other instances write too (see `shared`).
-    pub(super) fn shared() -> Self {
+    /// Arrivals for a database that other instances may write too (PostgreSQL): this
+    /// instance gave the `instances` counter the value `mark` when it opened the database.
+    pub(super) fn for_instance(mark: i64) -> Self {
         Self {
-            shared: true,
+            mark: Some(mark),
+            known: AtomicI64::new(mark),
             ..Self::default()
         }
+    }
+
+    /// PostgreSQL: this instance's start, which the writer's insert looks for alarms about
+    /// (see [`Arrivals::observe`]); `None` on SQLite.
+    pub(super) fn start_mark(&self) -> Option<i64> {
+        self.mark
+    }
+
+    /// What the writer's insert found: the counter (`starts`), and whether an alarm at or
+    /// above this instance's start was recorded. Answers the alarm to record in the same
+    /// transaction when `starts` is above what this instance has answered; once that
+    /// transaction commits, call [`Arrivals::answered`].
+    pub(super) fn observe(&self, starts: i64, alarmed: bool) -> Option<i64> {
+        let newer = starts > self.known.load(Ordering::SeqCst);
+        if alarmed || newer {
+            self.not_alone();
+        }
+        newer.then_some(starts)
+    }
+
+    /// The alarm for `starts` is committed.
+    pub(super) fn answered(&self, starts: i64) {
+        self.known.fetch_max(starts, Ordering::SeqCst);
+    }
+
+    /// Another instance writes this database. From now on workers read each new message
+    /// from the database.
+    fn not_alone(&self) {
+        if !self.shared.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                "another pushbot instance uses this database: lane workers read each new message from it from now on"
+            );
+        }
+    }
+
+    /// Whether another instance writes this database (see [`Arrivals::not_alone`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
     }
 
     /// After a commit that inserted `messages` (in commit order): hands them to their
     /// lanes' workers, and wakes the scheduler if a member has no worker.
     pub(super) fn committed(&self, messages: Vec<Message>) {
         let mut unwatched = false;
+        let shared = self.is_shared();
         {
             let lanes = lock(&self.lanes);
             for message in messages {
@@ -73,7 +123,7 @@ impl Arrivals {
                     let small = message.content.as_ref().is_none_or(|c| {
                         c.len() <= usize::try_from(HEAD_CONTENT_BYTES).unwrap_or(0)
                     });
-                    if small && !self.shared && state.messages.len() < INBOX_CAP {
+                    if small && !shared && state.messages.len() < INBOX_CAP {
                         state.messages.push_back(message);
                     } else {
                         state.missed = true;

@@ -217,6 +217,9 @@ struct Opened {
     file: Option<FileIdentity>,
     /// The writer's WAL frames, when counted (SQLite, for the benchmark).
     wal: Option<Arc<sqlite::WalCount>>,
+    /// PostgreSQL: this instance's value of the `instances` counter (see
+    /// [`Arrivals::for_instance`]).
+    mark: Option<i64>,
 }
 
 /// What the writer has committed since the store was opened, for the benchmark.
@@ -334,14 +337,12 @@ impl Store {
             backend,
             file,
             wal,
+            mark,
         } = match engine {
             Engine::Sqlite => sqlite::open(url, pool_size, measure_wal).await?,
             Engine::Postgres => postgres::open(url, pool_size).await?,
         };
-        let arrivals = Arc::new(match engine {
-            Engine::Sqlite => Arrivals::default(),
-            Engine::Postgres => Arrivals::shared(),
-        });
+        let arrivals = Arc::new(mark.map_or_else(Arrivals::default, Arrivals::for_instance));
         let sends = match engine {
             Engine::Sqlite => Some(Arc::new(sends::SendLog::load(&pool).await?)),
             Engine::Postgres => None,

@@ -128,6 +128,12 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
     sqlx::migrate!("./src/store/migrations/postgres")
         .run(&pool)
         .await?;
+    // Before anything is accepted or delivered: see the migration 0011_instances.sql.
+    let mark: i64 = sqlx::query_scalar(
+        "UPDATE instances SET starts = starts + 1 WHERE id = 1 RETURNING starts",
+    )
+    .fetch_one(&pool)
+    .await?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -147,6 +153,7 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         }),
         file: None,
         wal: None,
+        mark: Some(mark),
     })
 }
 
@@ -833,6 +840,61 @@ mod tests {
         );
         a.close().await;
         b.close().await;
+    }
+
+    /// A message accepted by one instance is handed to its lane's worker only while no
+    /// other instance uses the database: the first insert on either side after a second
+    /// instance started tells both, and from then on workers read every message from the
+    /// database (an instance handed its own messages would send them ahead of the other's
+    /// earlier ones).
+    /// The watch's next arrival (the writer hands a commit over just after it answers).
+    async fn arrived(watch: &crate::store::LaneWatch) -> crate::store::arrivals::Taken {
+        tokio::time::timeout(ms(5000), watch.arrived())
+            .await
+            .unwrap();
+        watch.take()
+    }
+
+    #[tokio::test]
+    async fn an_instance_hands_messages_over_only_while_it_is_alone() {
+        let schema = TestSchema::new().await;
+        let a = Store::connect(&schema.url()).await.unwrap();
+        let alice = UserId::new("alice");
+        let watch = a.arrivals().watch(&alice);
+        a.insert_message(queued("alice", "1")).await.unwrap();
+        let taken = arrived(&watch).await;
+        assert!(!a.arrivals().is_shared(), "alone, nothing to share");
+        assert_eq!(taken.messages.len(), 1, "alone: the message is handed over");
+        assert!(!taken.missed);
+
+        let b = Store::connect(&schema.url()).await.unwrap();
+        // A's next insert sees B's start; B's own next insert sees A's answer to it.
+        a.insert_message(queued("alice", "2")).await.unwrap();
+        let taken = arrived(&watch).await;
+        assert!(a.arrivals().is_shared(), "A learnt of B");
+        assert!(taken.messages.is_empty(), "not handed over: {taken:?}");
+        assert!(taken.missed, "the worker is told to read the database");
+        let bob = UserId::new("bob");
+        let watch_b = b.arrivals().watch(&bob);
+        b.insert_message(queued("bob", "3")).await.unwrap();
+        assert!(b.arrivals().is_shared(), "B learnt of A");
+        let taken = arrived(&watch_b).await;
+        assert!(taken.messages.is_empty() && taken.missed, "{taken:?}");
+        // A third instance that starts after both: alone until one of the others commits
+        // a message (everything they committed before is in the database, where its
+        // workers read first); the others' next insert tells it.
+        let c = Store::connect(&schema.url()).await.unwrap();
+        c.insert_message(queued("carol", "4")).await.unwrap();
+        assert!(
+            !c.arrivals().is_shared(),
+            "nothing was committed since C started"
+        );
+        a.insert_message(queued("alice", "5")).await.unwrap();
+        c.insert_message(queued("carol", "6")).await.unwrap();
+        assert!(c.arrivals().is_shared(), "C learnt of the others");
+        for store in [a, b, c] {
+            store.close().await;
+        }
     }
 
     #[tokio::test]

@@ -140,6 +140,7 @@ pub(super) async fn open(
         backend: Box::new(backend),
         file,
         wal,
+        mark: None,
     })
 }
 

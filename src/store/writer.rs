@@ -925,6 +925,8 @@ impl Writer {
             .sum();
         // PostgreSQL takes the numbers in the insert itself (see `insert_messages_pg`).
         let postgres = db.dialect() == Dialect::Postgres;
+        // An alarm about another instance recorded in this transaction (PostgreSQL).
+        let mut answered = None;
         let mut seqs = db.seqs(if postgres { 0 } else { inserts })?.into_iter();
         // Acceptance order is the order in which inserts reached the writer. A message to a
         // fixed address (a verification mail) goes to the front of its lane: negative
@@ -962,7 +964,17 @@ impl Writer {
                         _ => {}
                     }
                 }
-                insert_messages_pg(db, &messages)?
+                let (given, seen) = insert_messages_pg(db, &messages, self.arrivals.start_mark())?;
+                if let Some((starts, alarmed)) = seen
+                    && let Some(alarm) = self.arrivals.observe(starts, alarmed)
+                {
+                    db.exec(
+                        "INSERT INTO instance_alarms (starts) VALUES (?1) ON CONFLICT DO NOTHING",
+                        &[alarm.into()],
+                    )?;
+                    answered = Some(alarm);
+                }
+                given
             };
             let numbered = |m: &mut Message| -> Result<(), StoreError> {
                 m.seq = *given.get(m.id.as_str()).ok_or_else(|| {
@@ -1062,6 +1074,9 @@ impl Writer {
             )?);
         }
         db.commit()?;
+        if let Some(starts) = answered {
+            self.arrivals.answered(starts);
+        }
         Ok((replies, recorded))
     }
 }
@@ -1184,10 +1199,17 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
 /// ones opened, as [`open_lanes`] does. Answers each message's number, by id. Measured
 /// against a round trip for the numbers, one multi-row INSERT per power-of-two chunk and
 /// one for the lanes.
+/// Inserts `messages` and opens their lanes in one statement, numbering them from the
+/// sequence. With `start` (this instance's value of the `instances` counter: see the
+/// migration 0011_instances.sql), the same statement reads the counter FOR SHARE and
+/// whether an alarm at or above `start` exists. Answers each message's number, and what it
+/// read of the instances.
+#[allow(clippy::type_complexity)]
 fn insert_messages_pg(
     db: &mut dyn Backend,
     messages: &[&Message],
-) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    start: Option<i64>,
+) -> Result<(std::collections::HashMap<String, i64>, Option<(i64, bool)>), StoreError> {
     const SQL: &str = "\
         WITH t AS (SELECT * FROM unnest(?1::text[], ?2::text[], ?3::text[], ?4::text[], \
           ?5::text[], ?6::int8[], ?7::text[], ?8::text[], ?9::int8[], ?10::int8[], \
@@ -1216,8 +1238,10 @@ fn insert_messages_pg(
         l AS (INSERT INTO lanes (userid, due_at, owner, lease_until) \
           SELECT q.userid, ?31::int8, NULL, 0 FROM \
           (SELECT DISTINCT userid FROM ins WHERE status = 'queued') AS q ORDER BY q.userid \
-          ON CONFLICT (userid) DO NOTHING) \
-        SELECT id, seq FROM ins";
+          ON CONFLICT (userid) DO NOTHING), \
+        c AS (SELECT starts FROM instances WHERE id = 1 FOR SHARE) \
+        SELECT id, seq, (SELECT starts FROM c) AS starts, \
+          EXISTS (SELECT 1 FROM instance_alarms WHERE starts >= ?32::int8) AS alarmed FROM ins";
     fn texts<'a>(
         messages: &[&'a Message],
         f: impl Fn(&'a Message) -> Option<Cow<'a, str>>,
@@ -1270,13 +1294,21 @@ fn insert_messages_pg(
             m.group_send.as_ref().map(|g| Cow::Borrowed(g.as_str()))
         }),
         UnixMillis::now().into(),
+        Value::Int(Some(start.unwrap_or(i64::MAX))),
     ];
     let rows = db.rows(SQL, &args)?;
     let mut given = std::collections::HashMap::with_capacity(rows.len());
+    let mut seen = None;
     for row in rows {
         match row.as_slice() {
-            [Value::Text(Some(id)), Value::Int(Some(seq))] => {
+            [
+                Value::Text(Some(id)),
+                Value::Int(Some(seq)),
+                Value::Int(Some(starts)),
+                Value::Int(Some(alarmed)),
+            ] => {
                 given.insert(id.clone().into_owned(), *seq);
+                seen = start.map(|_| (*starts, *alarmed != 0));
             }
             other => {
                 return Err(StoreError::Corrupt(format!(
@@ -1285,7 +1317,7 @@ fn insert_messages_pg(
             }
         }
     }
-    Ok(given)
+    Ok((given, seen))
 }
 
 /// A group message's own row (its copies are messages, inserted with the others).
