@@ -33,6 +33,11 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// with no index to use still scans.
 const WRITER_PLANS: (&str, &str) = ("enable_seqscan", "off");
 
+/// The writer opens its next transaction in the round trip that commits the last one (see
+/// [`PgBackend::commit`]), so its session sits in an open transaction between batches; a
+/// server-wide `idle_in_transaction_session_timeout` must not end it for that.
+const WRITER_IDLE: (&str, &str) = ("idle_in_transaction_session_timeout", "0");
+
 /// Where a `postgres://` URL points, without its password: `host:port/database`.
 pub fn describe(url: &str) -> String {
     match PgConnectOptions::from_str(url) {
@@ -147,9 +152,10 @@ pub(super) async fn open(url: &str, pool_size: u32) -> Result<Opened, StoreError
         pool,
         readers,
         backend: Box::new(PgBackend {
-            options: native.options([WRITER_PLANS]),
+            options: native.options([WRITER_PLANS, WRITER_IDLE]),
             runtime,
             conn: None,
+            open: false,
         }),
         file: None,
         wal: None,
@@ -163,6 +169,9 @@ struct PgBackend {
     /// Drives the connection on the writer's thread.
     runtime: tokio::runtime::Runtime,
     conn: Option<PgConnection>,
+    /// A transaction is open on `conn` and nothing has run in it yet: the last commit
+    /// opened it.
+    open: bool,
 }
 
 impl PgBackend {
@@ -245,16 +254,29 @@ impl Backend for PgBackend {
                 Err(_) => return Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
             });
         }
+        if std::mem::take(&mut self.open) {
+            return Ok(());
+        }
         self.execute("BEGIN")
     }
 
+    /// Commits, and opens the next batch's transaction in the same round trip (one
+    /// simple query of two statements: the answer comes once COMMIT has made the batch
+    /// durable). A transaction with nothing run in it holds no snapshot and no
+    /// transaction id, so it holds nothing back while it waits.
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.execute("COMMIT")
+        self.with_conn(async move |conn| {
+            sqlx::raw_sql("COMMIT; BEGIN").execute(conn).await?;
+            Ok(())
+        })?;
+        self.open = true;
+        Ok(())
     }
 
     fn discard(&mut self) {
         // Dropping the connection ends its session, and PostgreSQL rolls back whatever
         // it still had open.
+        self.open = false;
         if let Some(conn) = self.conn.take() {
             let _ = self.runtime.block_on(async {
                 tokio::time::timeout(Duration::from_secs(1), conn.close()).await
