@@ -143,6 +143,9 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
+        if matches!(err, StoreError::TokenRevoked) {
+            return crate::api::auth::invalid();
+        }
         if err.is_unavailable() {
             Self::Unavailable(err)
         } else {

@@ -50,8 +50,10 @@ pub async fn member(
 /// send token, issue 29).
 #[derive(Debug, Clone)]
 pub enum Sender {
-    /// A member, with their preferences when they were read with the token.
-    Member(UserId, Option<MemberPrefs>),
+    /// A member, with their preferences when they were read with the token, and the
+    /// token itself when what is sent must check it again as it is stored (see
+    /// [`crate::store::Store::sender_by_token`]).
+    Member(UserId, Option<MemberPrefs>, Option<PushToken>),
     Group(GroupRef),
 }
 
@@ -65,8 +67,8 @@ pub async fn sender(
     route: TokenRoute,
 ) -> Result<Sender, ApiError> {
     let token = checked(state, token, route)?;
-    if let Some((userid, prefs)) = state.store.sender_by_token(&token).await? {
-        return Ok(Sender::Member(userid, Some(prefs)));
+    if let Some((userid, prefs, verify)) = state.store.sender_by_token(&token).await? {
+        return Ok(Sender::Member(userid, Some(prefs), verify));
     }
     match state.store.group_by_token(&token).await? {
         Some(group) => Ok(Sender::Group(group)),
@@ -86,7 +88,7 @@ pub async fn token_owner(
 ) -> Result<Sender, ApiError> {
     let token = checked(state, token, route)?;
     if let Some(userid) = state.store.member_by_token(&token).await? {
-        return Ok(Sender::Member(userid, None));
+        return Ok(Sender::Member(userid, None, None));
     }
     match state.store.group_by_token(&token).await? {
         Some(group) => Ok(Sender::Group(group)),
@@ -125,7 +127,7 @@ pub fn refused(state: &AppState, route: TokenRoute) {
     state.refused.record(route);
 }
 
-fn invalid() -> ApiError {
+pub(crate) fn invalid() -> ApiError {
     ApiError::Unauthorized(
         "invalid push token (never issued, or replaced by rotate); send \"token\" to the WeCom app to see yours"
             .into(),

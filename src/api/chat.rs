@@ -234,6 +234,7 @@ async fn request_code(
             urgent: true,
             held: None,
             resent_from: None,
+            verify_token: None,
         })
         .await?;
     state.metrics.accepted(crate::metrics::Endpoint::Chat);

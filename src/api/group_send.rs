@@ -179,6 +179,7 @@ pub(super) async fn submit_group(
                     urgent,
                     held,
                     resent_from: None,
+                    verify_token: None,
                 },
                 state: copy,
             }

@@ -236,7 +236,7 @@ async fn show(
     let token = auth::find_token(&headers, &[query.token.as_deref()]);
     match auth::token_owner(&state, token, TokenRoute::Status).await? {
         // Someone else's message is reported exactly like a missing one.
-        auth::Sender::Member(userid, _) => {
+        auth::Sender::Member(userid, ..) => {
             Ok(show_one(&state, &userid, &id).await?.into_response())
         }
         auth::Sender::Group(group) => Ok(show_group(&state, &group, &id).await?.into_response()),
@@ -522,6 +522,7 @@ pub(crate) async fn resend_message(
             urgent: old.urgent,
             held: None,
             resent_from: Some(old.id.clone()),
+            verify_token: None,
         })
         .await?;
     if !accepted.duplicate {
@@ -573,7 +574,7 @@ async fn member_only(
     what: &str,
 ) -> Result<crate::domain::UserId, ApiError> {
     match auth::token_owner(state, token, TokenRoute::Status).await? {
-        auth::Sender::Member(userid, _) => Ok(userid),
+        auth::Sender::Member(userid, ..) => Ok(userid),
         auth::Sender::Group(group) => Err(ApiError::BadRequest(format!(
             "this is the send token of group {:?}: it cannot {what}; it sends messages, and \
              GET /messages/{{id}} follows one of them. Each member manages their own copy \

@@ -105,7 +105,7 @@ pub async fn authorized_sender(
 ) -> Result<auth::Sender, ApiError> {
     let sender = auth::sender(state, token, TokenRoute::Send(endpoint)).await?;
     match &sender {
-        auth::Sender::Member(userid, _) => state.send_limiter.check(userid.as_str())?,
+        auth::Sender::Member(userid, ..) => state.send_limiter.check(userid.as_str())?,
         auth::Sender::Group(group) => state.send_limiter.check_group(&group.id)?,
     }
     Ok(sender)

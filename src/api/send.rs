@@ -984,8 +984,8 @@ async fn submit_with(
                 .into(),
         ));
     }
-    let (userid, prefs) = match sender {
-        Sender::Member(userid, prefs) => (userid, prefs),
+    let (userid, prefs, verify_token) = match sender {
+        Sender::Member(userid, prefs, verify) => (userid, prefs, verify),
         Sender::Group(group) => {
             let prepared = super::group_send::Prepared {
                 title,
@@ -1068,6 +1068,7 @@ async fn submit_with(
             urgent,
             held,
             resent_from: None,
+            verify_token,
         })
         .await?;
     if !accepted.duplicate {

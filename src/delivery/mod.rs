@@ -284,6 +284,9 @@ pub struct NewMessage {
     /// The message this one sends again (a resend from the console or
     /// `POST /messages/{id}/resend`); `None` for a new message.
     pub resent_from: Option<MessageId>,
+    /// The push token the sender was found by, when it must still be the member's as the
+    /// message is stored (see [`crate::store::Store::insert_message_verified`]).
+    pub verify_token: Option<crate::domain::PushToken>,
 }
 
 /// What a sender asked for with `channel=`.
@@ -651,11 +654,12 @@ impl Outbox {
         {
             return repeat_of(first, new.request_digest.as_deref());
         }
+        let verify = new.verify_token.clone();
         let (message, attachments) = self.to_store(new, now);
         let mut expired_keys = false;
         loop {
             match store
-                .insert_message_with(message.clone(), attachments.clone())
+                .insert_message_verified(message.clone(), attachments.clone(), verify.clone())
                 .await
             {
                 Ok(()) => {

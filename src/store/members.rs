@@ -1,7 +1,7 @@
 //! Members and their push tokens.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::Row as _;
 
@@ -83,12 +83,28 @@ impl MemberPrefs {
     }
 }
 
-/// Members' preferences as read. `changes` counts changes, so that a read that started
-/// before a change cannot put the old value back afterwards.
+/// Members' preferences as read, and when. `changes` counts changes, so that a read that
+/// started before a change cannot put the old value back afterwards.
 #[derive(Default)]
 pub(super) struct PrefsCache {
-    members: HashMap<UserId, MemberPrefs>,
+    members: HashMap<UserId, (MemberPrefs, Instant)>,
     changes: u64,
+}
+
+/// On PostgreSQL, how long preferences read are used: another instance may change them
+/// (a change made through this instance is seen at once, as on SQLite, where the cache is
+/// always right).
+pub const SHARED_PREFS_TTL: Duration = Duration::from_secs(2);
+
+impl PrefsCache {
+    /// The member's preferences as read, if they may still be used (`ttl`: see
+    /// [`SHARED_PREFS_TTL`]).
+    fn get(&self, userid: &UserId, ttl: Option<Duration>) -> Option<&MemberPrefs> {
+        self.members
+            .get(userid)
+            .filter(|(_, read)| ttl.is_none_or(|ttl| read.elapsed() < ttl))
+            .map(|(prefs, _)| prefs)
+    }
 }
 
 /// The answer to a request for a verification code.
@@ -131,7 +147,11 @@ impl Store {
     pub async fn member_by_token(&self, token: &PushToken) -> Result<Option<UserId>, StoreError> {
         let generation = match self.tokens.read() {
             Ok(cache) => {
-                if let Some(userid) = cache.owners.get(token) {
+                // (On PostgreSQL the tokens kept are for sending only: see
+                // `sender_by_token`.)
+                if self.sole_writer()
+                    && let Some(userid) = cache.owners.get(token)
+                {
                     return Ok(Some(userid.clone()));
                 }
                 cache.rotations
@@ -151,18 +171,36 @@ impl Store {
         Ok(Some(userid))
     }
 
-    /// The member a push token belongs to and their preferences, as `/send` needs both:
-    /// from the caches where this process keeps them (SQLite), else in one read.
+    /// The member a push token belongs to and their preferences, as `/send` needs both,
+    /// from memory where this process keeps them. On SQLite that is all. On PostgreSQL,
+    /// where another instance may rotate the token, the token comes back too: what is
+    /// sent with it must be stored with [`Store::insert_message_verified`], which stores
+    /// it only if the token is still the member's as it commits (so a token rotated
+    /// anywhere is refused at once, and one that is not costs no read); preferences are
+    /// used for [`SHARED_PREFS_TTL`]. What is not in memory is read in one query.
+    #[allow(clippy::type_complexity)]
     pub async fn sender_by_token(
         &self,
         token: &PushToken,
-    ) -> Result<Option<(UserId, MemberPrefs)>, StoreError> {
+    ) -> Result<Option<(UserId, MemberPrefs, Option<PushToken>)>, StoreError> {
         if self.sole_writer() {
             let Some(userid) = self.member_by_token(token).await? else {
                 return Ok(None);
             };
             let prefs = self.member_prefs(&userid).await?;
-            return Ok(Some((userid, prefs)));
+            return Ok(Some((userid, prefs, None)));
+        }
+        let (known, generation, changes) = match (self.tokens.read(), self.prefs.read()) {
+            (Ok(tokens), Ok(prefs)) => (
+                tokens.owners.get(token).cloned(),
+                tokens.rotations,
+                prefs.changes,
+            ),
+            _ => (None, u64::MAX, u64::MAX),
+        };
+        if let Some(userid) = known {
+            let prefs = self.member_prefs(&userid).await?;
+            return Ok(Some((userid, prefs, Some(token.clone()))));
         }
         let mut reader = self.readers.get().await?;
         let rows = sqlx::query(PREFS_BY_TOKEN)
@@ -171,7 +209,34 @@ impl Store {
             .await;
         let rows = reader.done(rows)?;
         let (member, prefs) = prefs_from_rows(&rows)?;
-        Ok(member.map(|userid| (userid, prefs)))
+        let Some(userid) = member else {
+            return Ok(None);
+        };
+        if let Ok(mut cache) = self.tokens.write()
+            && cache.rotations == generation
+        {
+            cache.owners.insert(token.clone(), userid.clone());
+        }
+        self.keep_prefs(&userid, &prefs, changes);
+        Ok(Some((userid, prefs, Some(token.clone()))))
+    }
+
+    /// Keeps preferences read when the change counter was `changes`, unless a change has
+    /// committed since.
+    fn keep_prefs(&self, userid: &UserId, prefs: &MemberPrefs, changes: u64) {
+        if let Ok(mut cache) = self.prefs.write()
+            && cache.changes == changes
+        {
+            cache
+                .members
+                .insert(userid.clone(), (prefs.clone(), Instant::now()));
+        }
+    }
+
+    /// How long cached preferences are used: always on SQLite, where this process makes
+    /// every change; [`SHARED_PREFS_TTL`] on PostgreSQL.
+    fn prefs_ttl(&self) -> Option<Duration> {
+        (!self.sole_writer()).then_some(SHARED_PREFS_TTL)
     }
 
     /// The member's token, created on first request.
@@ -359,7 +424,7 @@ impl Store {
     pub async fn member_prefs(&self, userid: &UserId) -> Result<MemberPrefs, StoreError> {
         let changes = match self.prefs.read() {
             Ok(cache) => {
-                if let Some(prefs) = cache.members.get(userid) {
+                if let Some(prefs) = cache.get(userid, self.prefs_ttl()) {
                     return Ok(prefs.clone());
                 }
                 cache.changes
@@ -373,12 +438,7 @@ impl Store {
             .await;
         let rows = reader.done(rows)?;
         let prefs = prefs_from_rows(&rows)?.1;
-        if self.sole_writer()
-            && let Ok(mut cache) = self.prefs.write()
-            && cache.changes == changes
-        {
-            cache.members.insert(userid.clone(), prefs.clone());
-        }
+        self.keep_prefs(userid, &prefs, changes);
         Ok(prefs)
     }
 
@@ -394,7 +454,7 @@ impl Store {
         let changes = match self.prefs.read() {
             Ok(cache) => {
                 for userid in userids {
-                    if let Some(prefs) = cache.members.get(userid) {
+                    if let Some(prefs) = cache.get(userid, self.prefs_ttl()) {
                         found.insert(userid.clone(), prefs.clone());
                     }
                 }
@@ -448,12 +508,12 @@ impl Store {
             let prefs = read.remove(&userid).unwrap_or_default();
             found.insert(userid, prefs);
         }
-        if self.sole_writer()
-            && let Ok(mut cache) = self.prefs.write()
+        if let Ok(mut cache) = self.prefs.write()
             && cache.changes == changes
         {
+            let now = Instant::now();
             for (userid, prefs) in &found {
-                cache.members.insert(userid.clone(), prefs.clone());
+                cache.members.insert(userid.clone(), (prefs.clone(), now));
             }
         }
         Ok(found)
@@ -464,7 +524,7 @@ impl Store {
     /// member's row.
     pub async fn member_quiet(&self, userid: &UserId) -> Result<MemberQuiet, StoreError> {
         if let Ok(cache) = self.prefs.read()
-            && let Some(prefs) = cache.members.get(userid)
+            && let Some(prefs) = cache.get(userid, self.prefs_ttl())
         {
             return Ok(MemberQuiet {
                 quiet: prefs.quiet,
@@ -1007,11 +1067,13 @@ mod tests {
         );
         let names: Vec<String> = prefs.destinations.iter().map(|d| d.to_string()).collect();
         assert_eq!(names, ["alpha", "zeta"]);
+        // On PostgreSQL the token comes back to be checked again as the message is stored.
+        let verify = (store.engine() == crate::store::Engine::Postgres).then(|| token.clone());
         assert_eq!(
             store.sender_by_token(&token).await.unwrap(),
-            Some((alice.clone(), prefs))
+            Some((alice.clone(), prefs, verify))
         );
-        let (who, bob_prefs) = store.sender_by_token(&bobs).await.unwrap().unwrap();
+        let (who, bob_prefs, _) = store.sender_by_token(&bobs).await.unwrap().unwrap();
         assert_eq!(who, bob);
         assert_eq!(bob_prefs, store.member_prefs(&bob).await.unwrap());
         assert_eq!(bob_prefs.bindings.len(), 1);

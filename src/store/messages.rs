@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 
 use super::writer::AttemptUpdate;
 use super::{Attachment, Store, StoreError};
-use crate::domain::{ChannelName, Format, Look, MessageId, Route, UserId};
+use crate::domain::{ChannelName, Format, Look, MessageId, PushToken, Route, UserId};
 use crate::time::UnixMillis;
 
 /// Idempotency keys are honoured this long.
@@ -340,7 +340,7 @@ impl Store {
     /// committed to disk. A repeated idempotency key fails with
     /// [`StoreError::DuplicateKey`].
     pub async fn insert_message(&self, message: Message) -> Result<(), StoreError> {
-        self.writer.insert(message, Vec::new()).await
+        self.writer.insert(message, Vec::new(), None).await
     }
 
     /// As [`Store::insert_message`], with the message's images and files (their blobs
@@ -351,7 +351,20 @@ impl Store {
         message: Message,
         attachments: Vec<Attachment>,
     ) -> Result<(), StoreError> {
-        self.writer.insert(message, attachments).await
+        self.writer.insert(message, attachments, None).await
+    }
+
+    /// As [`Store::insert_message_with`], for a sender found by `token` in this process's
+    /// memory (see [`Store::sender_by_token`]): stored only if `token` is still the
+    /// member's when the insert commits, else [`StoreError::TokenRevoked`] and nothing is
+    /// stored — another instance may have rotated it since.
+    pub async fn insert_message_verified(
+        &self,
+        message: Message,
+        attachments: Vec<Attachment>,
+        token: Option<PushToken>,
+    ) -> Result<(), StoreError> {
+        self.writer.insert(message, attachments, token).await
     }
 
     /// Records the outcome of a delivery attempt; returns once it is committed. If it is

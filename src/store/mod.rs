@@ -132,6 +132,10 @@ pub enum StoreError {
     /// Another message of the member already carries this idempotency key.
     #[error("a message with this idempotency key exists already")]
     DuplicateKey,
+    /// The push token a message was sent with was replaced before the message could be
+    /// stored (see [`Store::insert_message_verified`]).
+    #[error("the push token was replaced")]
+    TokenRevoked,
     /// The last write failed (reported by `/healthz`).
     #[error("database writes are failing: {0}")]
     WritesFailing(String),
@@ -196,7 +200,8 @@ impl StoreError {
             | Self::Open { .. }
             | Self::Corrupt(_)
             | Self::NoSuchBlob(_)
-            | Self::DuplicateKey => false,
+            | Self::DuplicateKey
+            | Self::TokenRevoked => false,
         }
     }
 }

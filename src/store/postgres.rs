@@ -936,6 +936,43 @@ mod tests {
         b.close().await;
     }
 
+    /// `/send`'s lookup keeps the token in memory on PostgreSQL too, and a message sent
+    /// with it is stored only if the token is still the member's as it commits: a
+    /// rotation on the other instance refuses the old token at once, with nothing stored.
+    #[tokio::test]
+    async fn a_token_kept_in_memory_is_checked_again_as_the_message_is_stored() {
+        let (a, b, _schema) = two_instances().await;
+        let alice = UserId::new("alice");
+        let old = a.token_for(&alice).await.unwrap();
+        let (who, _, verify) = b.sender_by_token(&old).await.unwrap().unwrap();
+        assert_eq!(who, alice);
+        assert_eq!(verify.as_ref(), Some(&old), "checked as it is stored");
+        let sent = queued("alice", "before");
+        b.insert_message_verified(sent.clone(), Vec::new(), verify)
+            .await
+            .unwrap();
+        assert!(b.message(sent.id.as_str()).await.unwrap().is_some());
+
+        let new = a.rotate_token(&alice).await.unwrap();
+        // B still finds the old token in memory (no read) …
+        let (_, _, verify) = b.sender_by_token(&old).await.unwrap().unwrap();
+        let refused = queued("alice", "after");
+        let err = b
+            .insert_message_verified(refused.clone(), Vec::new(), verify)
+            .await
+            .unwrap_err();
+        // … and the insert refuses it, storing nothing, while others in the batch go on.
+        assert!(matches!(err, StoreError::TokenRevoked), "{err:?}");
+        assert!(b.message(refused.id.as_str()).await.unwrap().is_none());
+        assert_eq!(b.member_by_token(&old).await.unwrap(), None);
+        let (_, _, verify) = b.sender_by_token(&new).await.unwrap().unwrap();
+        b.insert_message_verified(queued("alice", "new"), Vec::new(), verify)
+            .await
+            .unwrap();
+        a.close().await;
+        b.close().await;
+    }
+
     #[tokio::test]
     async fn a_rotation_on_one_instance_is_seen_at_once_by_the_other() {
         let (a, b, _schema) = two_instances().await;
@@ -953,7 +990,7 @@ mod tests {
         assert_eq!(b.sender_by_token(&old).await.unwrap(), None);
         let order = crate::domain::Route::parse("email,wecom").unwrap();
         a.set_channels(&alice, Some(&order)).await.unwrap();
-        let (who, prefs) = b.sender_by_token(&new).await.unwrap().unwrap();
+        let (who, prefs, _) = b.sender_by_token(&new).await.unwrap().unwrap();
         assert_eq!((who, prefs.channels), (alice.clone(), Some(order)));
         a.close().await;
         b.close().await;

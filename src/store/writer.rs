@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::group_sends::GroupSend;
 use super::sends::{Recorded, SendLog};
 use super::{Arrivals, Attachment, Held, Message, MessageStatus, StoreError};
-use crate::domain::{ChannelName, MessageId, Route, UserId};
+use crate::domain::{ChannelName, MessageId, PushToken, Route, UserId};
 use crate::supervise::{FaultPoint, Supervisor};
 use crate::time::UnixMillis;
 
@@ -293,6 +293,9 @@ pub enum CancelOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Done,
+    /// An insert whose sender's token (see [`Write::Insert`]) was replaced before it
+    /// could commit: nothing was stored.
+    Revoked,
     Claimed(Vec<UserId>),
     Finished(bool),
     Count(u64),
@@ -330,8 +333,11 @@ pub(super) struct GroupWrite {
 
 /// One write as queued for the writer.
 enum Write {
-    /// A new message and its images and files, committed together.
-    Insert(Box<Message>, Vec<Attachment>),
+    /// A new message and its images and files, committed together. With a push token
+    /// (PostgreSQL, where the sender was found by a token this process keeps in memory):
+    /// stored only if that token is still the member's when the insert runs, else
+    /// answered [`Reply::Revoked`] — another instance may have rotated it.
+    Insert(Box<Message>, Vec<Attachment>, Option<PushToken>),
     /// A group message (issue 29): its `group_sends` row and every member's copy, each
     /// with the same images and files (rows naming the same blobs) and its lane,
     /// committed together.
@@ -487,10 +493,15 @@ impl WriterHandle {
         &self,
         message: Message,
         attachments: Vec<Attachment>,
+        verify: Option<PushToken>,
     ) -> Result<(), StoreError> {
-        self.call(Write::Insert(Box::new(message), attachments))
-            .await
-            .map(drop)
+        match self
+            .call(Write::Insert(Box::new(message), attachments, verify))
+            .await?
+        {
+            Reply::Revoked => Err(StoreError::TokenRevoked),
+            _ => Ok(()),
+        }
     }
 
     pub(super) async fn insert_group(&self, group: GroupWrite) -> Result<(), StoreError> {
@@ -809,9 +820,10 @@ impl Writer {
                     if let Some(userid) = skipped_lane(&reply) {
                         released.push(userid.clone());
                     }
+                    let stored = reply != Reply::Revoked;
                     let _ = done.send(Ok(reply));
                     match write {
-                        Write::Insert(m, _) => inserted.push(*m),
+                        Write::Insert(m, ..) if stored => inserted.push(*m),
                         Write::Group(g) => inserted.extend(g.copies.into_iter().map(|(m, _)| m)),
                         _ => {}
                     }
@@ -839,10 +851,10 @@ impl Writer {
                         Ok(reply) => released.extend(skipped_lane(reply).cloned()),
                         Err(_) => {}
                     }
-                    let ok = result.is_ok();
+                    let ok = result.as_ref().is_ok_and(|r| *r != Reply::Revoked);
                     let _ = done.send(result);
                     match (ok, write) {
-                        (true, Write::Insert(m, _)) => inserted.push(*m),
+                        (true, Write::Insert(m, ..)) => inserted.push(*m),
                         (true, Write::Group(g)) => {
                             inserted.extend(g.copies.into_iter().map(|(m, _)| m));
                         }
@@ -927,6 +939,8 @@ impl Writer {
         let postgres = db.dialect() == Dialect::Postgres;
         // An alarm about another instance recorded in this transaction (PostgreSQL).
         let mut answered = None;
+        // Inserts not stored: their sender's token was replaced (PostgreSQL).
+        let mut revoked = Vec::new();
         let mut seqs = db.seqs(if postgres { 0 } else { inserts })?.into_iter();
         // Acceptance order is the order in which inserts reached the writer. A message to a
         // fixed address (a verification mail) goes to the front of its lane: negative
@@ -945,7 +959,7 @@ impl Writer {
         };
         for write in writes.iter_mut() {
             match &mut **write {
-                Write::Insert(m, files) => number(m, files.len())?,
+                Write::Insert(m, files, _) => number(m, files.len())?,
                 Write::Group(g) => {
                     for (m, files) in &mut g.copies {
                         number(m, files.len())?;
@@ -956,11 +970,13 @@ impl Writer {
         }
         if postgres && inserts > 0 {
             let given = {
-                let mut messages: Vec<&Message> = Vec::with_capacity(inserts);
+                let mut messages: Vec<(&Message, Option<&PushToken>)> = Vec::with_capacity(inserts);
                 for write in writes.iter() {
                     match &**write {
-                        Write::Insert(m, _) => messages.push(&**m),
-                        Write::Group(g) => messages.extend(g.copies.iter().map(|(m, _)| m)),
+                        Write::Insert(m, _, verify) => messages.push((&**m, verify.as_ref())),
+                        Write::Group(g) => {
+                            messages.extend(g.copies.iter().map(|(m, _)| (m, None)));
+                        }
                         _ => {}
                     }
                 }
@@ -982,9 +998,13 @@ impl Writer {
                 })?;
                 Ok(())
             };
-            for write in writes.iter_mut() {
+            for (i, write) in writes.iter_mut().enumerate() {
                 match &mut **write {
-                    Write::Insert(m, _) => numbered(m)?,
+                    // Not stored: its sender's token is no longer theirs.
+                    Write::Insert(m, _, Some(_)) if !given.contains_key(m.id.as_str()) => {
+                        revoked.push(i);
+                    }
+                    Write::Insert(m, ..) => numbered(m)?,
                     Write::Group(g) => g.copies.iter_mut().try_for_each(|(m, _)| numbered(m))?,
                     _ => {}
                 }
@@ -992,9 +1012,10 @@ impl Writer {
         }
         let mut messages = Vec::new();
         let mut attachments = Vec::new();
-        for write in writes.iter() {
+        for (i, write) in writes.iter().enumerate() {
             match &**write {
-                Write::Insert(m, files) => {
+                Write::Insert(..) if revoked.contains(&i) => {}
+                Write::Insert(m, files, _) => {
                     messages.push(&**m);
                     attachments
                         .extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
@@ -1036,6 +1057,9 @@ impl Writer {
             .collect();
         let recorded = apply_updates(db, &updates)?;
         let mut replies = vec![Reply::Done; writes.len()];
+        for i in revoked {
+            replies[i] = Reply::Revoked;
+        }
         // Releases and finishes (one per lane worker and message under load) are grouped
         // into one statement each: the writer is the bottleneck, statements are its cost.
         // (A lane has one worker, so no lane is released and finished in one batch.)
@@ -1207,20 +1231,23 @@ fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreErr
 #[allow(clippy::type_complexity)]
 fn insert_messages_pg(
     db: &mut dyn Backend,
-    messages: &[&Message],
+    messages: &[(&Message, Option<&PushToken>)],
     start: Option<i64>,
 ) -> Result<(std::collections::HashMap<String, i64>, Option<(i64, bool)>), StoreError> {
     const SQL: &str = "\
-        WITH t AS (SELECT * FROM unnest(?1::text[], ?2::text[], ?3::text[], ?4::text[], \
+        WITH t0 AS (SELECT * FROM unnest(?1::text[], ?2::text[], ?3::text[], ?4::text[], \
           ?5::text[], ?6::int8[], ?7::text[], ?8::text[], ?9::int8[], ?10::int8[], \
           ?11::int8[], ?12::int8[], ?13::int8[], ?14::text[], ?15::text[], ?16::text[], \
           ?17::int8[], ?18::text[], ?19::text[], ?20::text[], ?21::text[], ?22::text[], \
           ?23::text[], ?24::int8[], ?25::int8[], ?26::int8[], ?27::int8[], ?28::text[], \
-          ?29::text[], ?30::text[]) WITH ORDINALITY AS t(id, userid, title, content, status, \
+          ?29::text[], ?30::text[], ?33::text[]) WITH ORDINALITY AS t0(id, userid, title, content, status, \
           attempts, last_error, channel, created_at, updated_at, next_attempt_at, deadline_at, \
           delivered_at, via, idempotency_key, route, deliver_all, address_to, format, look, \
           url, page_key, idempotency_digest, media_count, parts_done, deliver_at, urgent, \
-          held, resent_from, group_send, ord)), \
+          held, resent_from, group_send, verify, ord0)), \
+        t AS (SELECT t0.*, row_number() OVER (ORDER BY ord0) AS ord FROM t0 \
+          WHERE verify IS NULL OR EXISTS (SELECT 1 FROM members mb \
+            WHERE mb.userid = t0.userid AND mb.token = t0.verify)), \
         n AS MATERIALIZED (SELECT nextval('messages_seq') AS s FROM t), \
         o AS (SELECT s, row_number() OVER (ORDER BY s) AS ord FROM n), \
         ins AS (INSERT INTO messages (id, userid, title, content, status, attempts, \
@@ -1242,6 +1269,14 @@ fn insert_messages_pg(
         c AS (SELECT starts FROM instances WHERE id = 1 FOR SHARE) \
         SELECT id, seq, (SELECT starts FROM c) AS starts, \
           EXISTS (SELECT 1 FROM instance_alarms WHERE starts >= ?32::int8) AS alarmed FROM ins";
+    let verify = Value::Texts(
+        messages
+            .iter()
+            .map(|(_, token)| token.map(|t| Cow::Borrowed(t.expose())))
+            .collect(),
+    );
+    let messages: Vec<&Message> = messages.iter().map(|(m, _)| *m).collect();
+    let messages = messages.as_slice();
     fn texts<'a>(
         messages: &[&'a Message],
         f: impl Fn(&'a Message) -> Option<Cow<'a, str>>,
@@ -1295,6 +1330,7 @@ fn insert_messages_pg(
         }),
         UnixMillis::now().into(),
         Value::Int(Some(start.unwrap_or(i64::MAX))),
+        verify,
     ];
     let rows = db.rows(SQL, &args)?;
     let mut given = std::collections::HashMap::with_capacity(rows.len());
@@ -2479,6 +2515,7 @@ mod tests {
                     now + ms(1000),
                 )),
                 Vec::new(),
+                None,
             )
         };
         let batch = |range: std::ops::Range<usize>| {
@@ -2547,7 +2584,7 @@ mod tests {
                         m.status = MessageStatus::Scheduled;
                         m.deliver_at = Some(now + ms(60_000));
                     }
-                    Write::Insert(Box::new(m), Vec::new())
+                    Write::Insert(Box::new(m), Vec::new(), None)
                 })
                 .collect();
             // Called directly (no one-by-one retry could hide a broken statement), on a
@@ -2562,7 +2599,7 @@ mod tests {
             .unwrap();
             let mut last = 0;
             for write in &writes {
-                let Write::Insert(m, _) = write else {
+                let Write::Insert(m, ..) = write else {
                     unreachable!()
                 };
                 let stored = store.message(m.id.as_str()).await.unwrap().unwrap();
@@ -2616,6 +2653,7 @@ mod tests {
                         now + ms(1000),
                     )),
                     Vec::new(),
+                    None,
                 )
             })
             .collect();
@@ -2623,7 +2661,7 @@ mod tests {
         writer.write(writes.iter_mut().collect()).unwrap();
         let mut last_seq = 0;
         for write in &writes {
-            let Write::Insert(m, _) = write else {
+            let Write::Insert(m, ..) = write else {
                 unreachable!()
             };
             let stored = store.message(m.id.as_str()).await.unwrap().unwrap();

@@ -218,7 +218,7 @@ async fn accept(state: &AppState, userid: &UserId, draft: &Draft) -> Result<Stri
             idempotency_key: Some(format!("console-{}", draft.key))
                 .filter(|_| !draft.key.is_empty()),
             endpoint: Endpoint::Native,
-            sender: Some(crate::api::auth::Sender::Member(userid.clone(), None)),
+            sender: Some(crate::api::auth::Sender::Member(userid.clone(), None, None)),
             ..Submission::default()
         },
     )
