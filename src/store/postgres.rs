@@ -33,9 +33,10 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// with no index to use still scans.
 const WRITER_PLANS: (&str, &str) = ("enable_seqscan", "off");
 
-/// The writer opens its next transaction in the round trip that commits the last one (see
-/// [`PgBackend::commit`]), so its session sits in an open transaction between batches; a
-/// server-wide `idle_in_transaction_session_timeout` must not end it for that.
+/// Under load the writer opens its next transaction in the round trip that commits the last
+/// one (see [`PgBackend::commit`]), so its session may sit in an open transaction for a
+/// moment between batches; a server-wide `idle_in_transaction_session_timeout` must not end
+/// it for that.
 const WRITER_IDLE: (&str, &str) = ("idle_in_transaction_session_timeout", "0");
 
 /// Where a `postgres://` URL points, without its password: `host:port/database`.
@@ -260,16 +261,19 @@ impl Backend for PgBackend {
         self.execute("BEGIN")
     }
 
-    /// Commits, and opens the next batch's transaction in the same round trip (one
-    /// simple query of two statements: the answer comes once COMMIT has made the batch
-    /// durable). A transaction with nothing run in it holds no snapshot and no
-    /// transaction id, so it holds nothing back while it waits.
-    fn commit(&mut self) -> Result<(), StoreError> {
+    /// Commits; with `more` (writes are waiting already), opens the next batch's
+    /// transaction in the same round trip (one simple query of two statements: the answer
+    /// comes once COMMIT has made the batch durable). A transaction with nothing run in it
+    /// holds no snapshot, no transaction id and no lock; it is opened only when the next
+    /// batch is there to use it at once, so an idle writer never sits "idle in
+    /// transaction" for monitoring to flag.
+    fn commit(&mut self, more: bool) -> Result<(), StoreError> {
+        let sql = if more { "COMMIT; BEGIN" } else { "COMMIT" };
         self.with_conn(async move |conn| {
-            sqlx::raw_sql("COMMIT; BEGIN").execute(conn).await?;
+            sqlx::raw_sql(sql).execute(conn).await?;
             Ok(())
         })?;
-        self.open = true;
+        self.open = more;
         Ok(())
     }
 
@@ -796,6 +800,52 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(setting, [[Value::from("off".to_owned())]]);
+    }
+
+    /// The writer opens the next transaction with the commit only when writes are already
+    /// waiting: an idle writer's session is `idle`, never `idle in transaction`.
+    #[tokio::test]
+    async fn an_idle_writer_holds_no_transaction_open() {
+        sqlx::any::install_default_drivers();
+        let schema = TestSchema::new().await;
+        let Opened {
+            mut backend, pool, ..
+        } = open(&schema.url(), 1).await.unwrap();
+        let (pid, states) = tokio::task::spawn_blocking(move || {
+            // Asked on another connection (the pool), as monitoring would.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let state = |pid: i64| {
+                runtime.block_on(
+                    sqlx::query_scalar::<_, String>(
+                        "SELECT state FROM pg_stat_activity WHERE pid = $1",
+                    )
+                    .bind(pid)
+                    .fetch_one(&pool),
+                )
+            };
+            backend.begin().unwrap();
+            let rows = backend
+                .rows("SELECT CAST(pg_backend_pid() AS BIGINT)", &[])
+                .unwrap();
+            let Some(Value::Int(Some(pid))) = rows[0].first().cloned() else {
+                panic!("no pid: {rows:?}");
+            };
+            backend.commit(true).unwrap();
+            let busy = state(pid).unwrap();
+            backend.begin().unwrap();
+            backend.exec("SELECT 1", &[]).unwrap();
+            backend.commit(false).unwrap();
+            let idle = state(pid).unwrap();
+            backend.close();
+            (pid, [busy, idle])
+        })
+        .await
+        .unwrap();
+        assert!(pid > 0);
+        assert_eq!(states, ["idle in transaction", "idle"]);
     }
 
     async fn two_instances() -> (Store, Store, TestSchema) {

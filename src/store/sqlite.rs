@@ -253,7 +253,7 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<(), StoreError> {
+    fn commit(&mut self, _more: bool) -> Result<(), StoreError> {
         let conn = self.conn()?;
         conn.prepare_cached("COMMIT")?.execute([])?;
         // A COMMIT that "succeeded" while SQLite still holds a transaction would mean the
@@ -779,10 +779,10 @@ mod tests {
         db.begin().unwrap();
         let first = db.seqs(3).unwrap();
         let second = db.seqs(2).unwrap();
-        db.commit().unwrap();
+        db.commit(false).unwrap();
         db.begin().unwrap();
         let third = db.seqs(1).unwrap();
-        db.commit().unwrap();
+        db.commit(false).unwrap();
         db.close();
         assert_eq!([first, second, third].concat(), [1, 2, 3, 4, 5, 6]);
     }
@@ -945,7 +945,7 @@ mod tests {
                 &[format!("member{i}").into(), i64::from(i).into()],
             )
             .unwrap();
-            db.commit().unwrap();
+            db.commit(false).unwrap();
         }
         let frames = wal.frames.load(Ordering::Relaxed);
         assert_eq!(wal.page_size.load(Ordering::Relaxed), 4096);

@@ -552,6 +552,7 @@ pub(super) fn spawn(
         arrivals,
         sends,
         supervisor,
+        queue: None,
     };
     // A thread of its own, calling the database directly: a batch is a handful of
     // statements, and through an async driver on the shared runtime each was a round trip
@@ -702,8 +703,9 @@ pub(super) trait Backend: Send + 'static {
     fn dialect(&self) -> Dialect;
     /// Starts a transaction, opening a connection first when there is none.
     fn begin(&mut self) -> Result<(), StoreError>;
-    /// Commits; `Ok` only when the transaction is durably committed.
-    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Commits; `Ok` only when the transaction is durably committed. `more`: writes are
+    /// waiting already (a backend may open the next transaction in the same round trip).
+    fn commit(&mut self, more: bool) -> Result<(), StoreError>;
     /// Ends whatever is open and drops the connection (after an error).
     fn discard(&mut self);
     /// Closes the connection for good (the writer stops).
@@ -737,6 +739,9 @@ struct Writer {
     sends: Option<Arc<SendLog>>,
     /// Told when the writer fails for good (and holds its test hook).
     supervisor: Supervisor,
+    /// What is queued for it (while it serves): a commit with more waiting may open the
+    /// next transaction in the same round trip (see [`Backend::commit`]).
+    queue: Option<mpsc::UnboundedReceiver<Op>>,
 }
 
 /// Sends one result to every waiter; an error is shared when there are several.
@@ -771,10 +776,12 @@ impl Writer {
         }
     }
 
-    fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+    fn serve(&mut self, rx: mpsc::UnboundedReceiver<Op>) {
         let mut closed = Vec::new();
+        self.queue = Some(rx);
         // Everything that queued while the previous batch was committing is the next batch.
         while closed.is_empty()
+            && let Some(rx) = self.queue.as_mut()
             && let Some(first) = rx.blocking_recv()
         {
             let mut ops = vec![first];
@@ -793,7 +800,7 @@ impl Writer {
             self.supervisor.faults().panic_at(FaultPoint::WriterPanic);
             self.commit_batch(writes);
         }
-        drop(rx);
+        drop(self.queue.take());
         self.db.close();
         tracing::debug!(commits = self.health.commits(), "storage writer stopped");
         for done in closed {
@@ -1097,7 +1104,8 @@ impl Writer {
                 &[due_at.into()],
             )?);
         }
-        db.commit()?;
+        let more = self.queue.as_ref().is_some_and(|rx| !rx.is_empty());
+        db.commit(more)?;
         if let Some(starts) = answered {
             self.arrivals.answered(starts);
         }
@@ -2435,6 +2443,7 @@ mod tests {
             arrivals: Arc::default(),
             sends: None,
             supervisor: Supervisor::default(),
+            queue: None,
         }
     }
 
@@ -2502,6 +2511,7 @@ mod tests {
             arrivals: Arc::default(),
             sends: None,
             supervisor: Supervisor::default(),
+            queue: None,
         };
         let insert = |i: usize| {
             let now = UnixMillis::now();
@@ -2565,6 +2575,7 @@ mod tests {
                 arrivals: Arc::default(),
                 sends: None,
                 supervisor: Supervisor::default(),
+                queue: None,
             };
             let now = UnixMillis::now();
             let writes: Vec<Write> = (0..size)

@@ -4,8 +4,8 @@
 //! - the work is shared, and a `kill -9` of one instance loses nothing: its lanes are taken
 //!   over when their lease runs out, with at most the sends in flight at the kill repeated,
 //!   each member's order kept and the member limits held across instances;
-//! - tokens are read from the database on every request: a rotation through one instance is
-//!   refused by the other at once;
+//! - a rotation through one instance is refused by the other at once (`/send` keeps tokens in
+//!   memory, and the insert checks the token again as it commits);
 //! - a WeCom callback posted to two instances is processed once;
 //! - a lost database connection is `503` (with `Retry-After`) until it is back, and nothing
 //!   accepted before it is lost.
