@@ -1070,7 +1070,17 @@ async fn submit_with(
             resent_from: None,
             verify_token,
         })
-        .await?;
+        .await
+        .inspect_err(|err| {
+            // The token was rotated (on another instance) while it was kept in memory:
+            // refused like any other revoked token, and counted as such.
+            if matches!(
+                err,
+                crate::delivery::AcceptError::Store(crate::store::StoreError::TokenRevoked)
+            ) {
+                auth::refused(state, TokenRoute::Send(sub.endpoint));
+            }
+        })?;
     if !accepted.duplicate {
         state.metrics.accepted(sub.endpoint);
     }

@@ -320,6 +320,13 @@ impl Store {
         Ok(new_token)
     }
 
+    /// Forgets a token kept in memory (found replaced as a message sent with it was stored).
+    pub(super) fn forget_token(&self, token: &PushToken) {
+        if let Ok(mut cache) = self.tokens.write() {
+            cache.owners.remove(token);
+        }
+    }
+
     /// Caches a lookup made when the rotation counter was `generation`, unless a rotation
     /// has committed since (then the value read may already be revoked), or another
     /// instance may rotate tokens (PostgreSQL: every lookup reads the database).

@@ -364,7 +364,14 @@ impl Store {
         attachments: Vec<Attachment>,
         token: Option<PushToken>,
     ) -> Result<(), StoreError> {
-        self.writer.insert(message, attachments, token).await
+        let kept = token.clone();
+        let result = self.writer.insert(message, attachments, token).await;
+        if let (Err(StoreError::TokenRevoked), Some(token)) = (&result, kept) {
+            // Rotated elsewhere: the next request with it reads the database (and is
+            // refused there), not the writer.
+            self.forget_token(&token);
+        }
+        result
     }
 
     /// Records the outcome of a delivery attempt; returns once it is committed. If it is

@@ -1014,6 +1014,8 @@ mod tests {
         // … and the insert refuses it, storing nothing, while others in the batch go on.
         assert!(matches!(err, StoreError::TokenRevoked), "{err:?}");
         assert!(b.message(refused.id.as_str()).await.unwrap().is_none());
+        // Forgotten: the next lookup reads the database, which knows no such token.
+        assert_eq!(b.sender_by_token(&old).await.unwrap(), None);
         assert_eq!(b.member_by_token(&old).await.unwrap(), None);
         let (_, _, verify) = b.sender_by_token(&new).await.unwrap().unwrap();
         b.insert_message_verified(queued("alice", "new"), Vec::new(), verify)
