@@ -212,24 +212,25 @@ impl Store {
         let Some(userid) = member else {
             return Ok(None);
         };
-        if let Ok(mut cache) = self.tokens.write()
-            && cache.rotations == generation
-        {
-            cache.owners.insert(token.clone(), userid.clone());
-        }
-        self.keep_prefs(&userid, &prefs, changes);
+        self.keep_token(token, &userid, generation);
+        self.keep_prefs([(&userid, &prefs)], changes);
         Ok(Some((userid, prefs, Some(token.clone()))))
     }
 
-    /// Keeps preferences read when the change counter was `changes`, unless a change has
-    /// committed since.
-    fn keep_prefs(&self, userid: &UserId, prefs: &MemberPrefs, changes: u64) {
+    /// Keeps members' preferences read when the change counter was `changes`, unless a
+    /// change has committed since.
+    fn keep_prefs<'a>(
+        &self,
+        read: impl IntoIterator<Item = (&'a UserId, &'a MemberPrefs)>,
+        changes: u64,
+    ) {
         if let Ok(mut cache) = self.prefs.write()
             && cache.changes == changes
         {
-            cache
-                .members
-                .insert(userid.clone(), (prefs.clone(), Instant::now()));
+            let now = Instant::now();
+            for (userid, prefs) in read {
+                cache.members.insert(userid.clone(), (prefs.clone(), now));
+            }
         }
     }
 
@@ -329,10 +330,18 @@ impl Store {
 
     /// Caches a lookup made when the rotation counter was `generation`, unless a rotation
     /// has committed since (then the value read may already be revoked), or another
-    /// instance may rotate tokens (PostgreSQL: every lookup reads the database).
+    /// instance may rotate tokens (PostgreSQL: only `/send` keeps tokens there, see
+    /// [`Store::sender_by_token`]).
     pub(super) fn cache_token(&self, token: &PushToken, userid: &UserId, generation: u64) {
-        if self.sole_writer()
-            && let Ok(mut cache) = self.tokens.write()
+        if self.sole_writer() {
+            self.keep_token(token, userid, generation);
+        }
+    }
+
+    /// Keeps a token read when the rotation counter was `generation`, unless a rotation
+    /// has committed since.
+    fn keep_token(&self, token: &PushToken, userid: &UserId, generation: u64) {
+        if let Ok(mut cache) = self.tokens.write()
             && cache.rotations == generation
         {
             cache.owners.insert(token.clone(), userid.clone());
@@ -445,7 +454,7 @@ impl Store {
             .await;
         let rows = reader.done(rows)?;
         let prefs = prefs_from_rows(&rows)?.1;
-        self.keep_prefs(userid, &prefs, changes);
+        self.keep_prefs([(userid, &prefs)], changes);
         Ok(prefs)
     }
 
@@ -515,14 +524,7 @@ impl Store {
             let prefs = read.remove(&userid).unwrap_or_default();
             found.insert(userid, prefs);
         }
-        if let Ok(mut cache) = self.prefs.write()
-            && cache.changes == changes
-        {
-            let now = Instant::now();
-            for (userid, prefs) in &found {
-                cache.members.insert(userid.clone(), (prefs.clone(), now));
-            }
-        }
+        self.keep_prefs(&found, changes);
         Ok(found)
     }
 

@@ -281,10 +281,12 @@ pub struct Store {
     /// token → userid. Every authenticated request looks a token up, so on SQLite, where
     /// this process is the only writer of tokens, positive answers are kept in memory and
     /// rotation evicts the old entry before it returns. On PostgreSQL another instance
-    /// may rotate a token at any time: nothing is cached there.
+    /// may rotate a token at any time: only `/send` uses what is kept, and its insert
+    /// checks the token again as it commits (see `Store::sender_by_token`).
     tokens: Arc<RwLock<members::TokenCache>>,
-    /// Members' bound addresses and channel orders, as read (changed only through this
-    /// store, which updates it; not used on PostgreSQL, for the same reason).
+    /// Members' bound addresses and channel orders, as read (changed through this store,
+    /// which updates it; on PostgreSQL, where another instance may change them, used for
+    /// `members::SHARED_PREFS_TTL`).
     prefs: Arc<RwLock<members::PrefsCache>>,
     /// Who waits for new messages: the scheduler, and lane workers lingering on a lane.
     arrivals: Arc<Arrivals>,

@@ -1011,7 +1011,8 @@ mod tests {
             .insert_message_verified(refused.clone(), Vec::new(), verify)
             .await
             .unwrap_err();
-        // … and the insert refuses it, storing nothing, while others in the batch go on.
+        // … and the insert refuses it, storing nothing (a batch with others in it:
+        // `writer::tests::postgresql_leaves_out_of_a_batch_the_rows_whose_token_was_replaced`).
         assert!(matches!(err, StoreError::TokenRevoked), "{err:?}");
         assert!(b.message(refused.id.as_str()).await.unwrap().is_none());
         // Forgotten: the next lookup reads the database, which knows no such token.

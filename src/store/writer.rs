@@ -2560,6 +2560,85 @@ mod tests {
     /// PostgreSQL's one-statement insert: every column as given, the numbers from the
     /// sequence in the order of the batch (negative for a fixed address) and the same in
     /// memory as stored, lanes for the queued messages only, whatever the batch's size.
+    /// PostgreSQL: in one batch, the rows whose sender's token was replaced are left out
+    /// (answered [`Reply::Revoked`], no lane opened for them) and the others are stored
+    /// and numbered in order as usual.
+    #[tokio::test]
+    async fn postgresql_leaves_out_of_a_batch_the_rows_whose_token_was_replaced() {
+        let schema = crate::store::postgres::TestSchema::new().await;
+        let store = Store::connect(&schema.url()).await.unwrap();
+        let alice = store.token_for(&UserId::new("alice")).await.unwrap();
+        let bob = UserId::new("bob");
+        let old = store.token_for(&bob).await.unwrap();
+        store.rotate_token(&bob).await.unwrap();
+        let super::super::Opened { backend, .. } = super::super::postgres::open(&schema.url(), 1)
+            .await
+            .unwrap();
+        let mut writer = Writer {
+            db: backend,
+            health: Arc::default(),
+            arrivals: Arc::default(),
+            sends: None,
+            supervisor: Supervisor::default(),
+            queue: None,
+        };
+        let now = UnixMillis::now();
+        let sent = [
+            ("alice", Some(alice)),
+            ("bob", Some(old.clone())),
+            ("carol", None),
+            ("bob", Some(old)),
+        ];
+        let writes: Vec<Write> = sent
+            .into_iter()
+            .enumerate()
+            .map(|(i, (userid, token))| {
+                let m = Message::new_queued(
+                    MessageId::from_stored(format!("v{i}")),
+                    UserId::new(userid),
+                    Some(format!("t{i}")),
+                    None,
+                    now,
+                    now + ms(1000),
+                );
+                Write::Insert(Box::new(m), Vec::new(), token)
+            })
+            .collect();
+        let (replies, writes) = std::thread::spawn(move || {
+            let mut writes = writes;
+            let replies = writer.write(writes.iter_mut().collect()).unwrap();
+            writer.db.close();
+            (replies, writes)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            replies,
+            [Reply::Done, Reply::Revoked, Reply::Done, Reply::Revoked]
+        );
+        let mut last = 0;
+        for (write, reply) in writes.iter().zip(&replies) {
+            let Write::Insert(m, ..) = write else {
+                unreachable!()
+            };
+            let stored = store.message(m.id.as_str()).await.unwrap();
+            if *reply == Reply::Revoked {
+                assert!(stored.is_none(), "{} was stored", m.id);
+                continue;
+            }
+            let stored = stored.unwrap();
+            assert_eq!(stored.seq, m.seq);
+            assert!(m.seq > last, "acceptance order is kept");
+            last = m.seq;
+        }
+        let bob_lanes: i64 = sqlx::query_scalar("SELECT count(*) FROM lanes WHERE userid = 'bob'")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(bob_lanes, 0, "no lane for rows not stored");
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn postgresql_inserts_a_batch_in_one_statement_in_order() {
         let schema = crate::store::postgres::TestSchema::new().await;
