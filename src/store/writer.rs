@@ -2436,15 +2436,27 @@ mod tests {
     }
 
     /// A writer on the SQLite file at `path`, driven by the test itself.
-    fn sqlite_writer(path: &std::path::Path) -> Writer {
+    /// A writer on `db`, called directly by the test (no thread, no queue).
+    fn writer_on(db: Box<dyn Backend>) -> Writer {
         Writer {
-            db: Box::new(super::super::sqlite::backend(path)),
+            db,
             health: Arc::default(),
             arrivals: Arc::default(),
             sends: None,
             supervisor: Supervisor::default(),
             queue: None,
         }
+    }
+
+    fn sqlite_writer(path: &std::path::Path) -> Writer {
+        writer_on(Box::new(super::super::sqlite::backend(path)))
+    }
+
+    /// A writer with a connection of its own to the PostgreSQL at `url`.
+    async fn postgres_writer(url: &str) -> Writer {
+        let super::super::Opened { backend, .. } =
+            super::super::postgres::open(url, 1).await.unwrap();
+        writer_on(backend)
     }
 
     #[test]
@@ -2505,14 +2517,7 @@ mod tests {
         let path = dir.path().join("w.db");
         let url = format!("sqlite://{}", path.display());
         let store = Store::connect(&url).await.unwrap();
-        let mut writer = Writer {
-            db: Box::new(super::super::sqlite::backend_watching(&path)),
-            health: Arc::default(),
-            arrivals: Arc::default(),
-            sends: None,
-            supervisor: Supervisor::default(),
-            queue: None,
-        };
+        let mut writer = writer_on(Box::new(super::super::sqlite::backend_watching(&path)));
         let insert = |i: usize| {
             let now = UnixMillis::now();
             Write::Insert(
@@ -2571,17 +2576,7 @@ mod tests {
         let bob = UserId::new("bob");
         let old = store.token_for(&bob).await.unwrap();
         store.rotate_token(&bob).await.unwrap();
-        let super::super::Opened { backend, .. } = super::super::postgres::open(&schema.url(), 1)
-            .await
-            .unwrap();
-        let mut writer = Writer {
-            db: backend,
-            health: Arc::default(),
-            arrivals: Arc::default(),
-            sends: None,
-            supervisor: Supervisor::default(),
-            queue: None,
-        };
+        let mut writer = postgres_writer(&schema.url()).await;
         let now = UnixMillis::now();
         let sent = [
             ("alice", Some(alice)),
@@ -2644,18 +2639,7 @@ mod tests {
         let schema = crate::store::postgres::TestSchema::new().await;
         let store = Store::connect(&schema.url()).await.unwrap();
         for size in [1, 3, 130] {
-            let super::super::Opened { backend, .. } =
-                super::super::postgres::open(&schema.url(), 1)
-                    .await
-                    .unwrap();
-            let mut writer = Writer {
-                db: backend,
-                health: Arc::default(),
-                arrivals: Arc::default(),
-                sends: None,
-                supervisor: Supervisor::default(),
-                queue: None,
-            };
+            let mut writer = postgres_writer(&schema.url()).await;
             let now = UnixMillis::now();
             let writes: Vec<Write> = (0..size)
                 .map(|i| {
