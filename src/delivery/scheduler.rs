@@ -81,6 +81,10 @@ const RELEASE_BATCH: usize = 1_024;
 /// How soon to try again when another instance was releasing scheduled messages (or some
 /// due ones were locked by another transaction).
 const RELEASE_RETRY: Duration = Duration::from_millis(100);
+/// A group message whose copies are not all written this long after its acceptance was
+/// left by an instance that stopped (see `Store::resume_fanouts`).
+const FANOUT_STALE: Duration = Duration::from_secs(5);
+
 /// Send history and idempotency keys are pruned this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Waiting messages looked at when planning a digest.
@@ -192,6 +196,8 @@ enum LaneEnd {
 struct Timers {
     renew: UnixMillis,
     sweep: UnixMillis,
+    /// Whether a sweep ran yet (the first one takes on every unfinished group fan-out).
+    swept: bool,
     expire: UnixMillis,
     prune: UnixMillis,
     /// Releasing due scheduled messages: at the earliest `deliver_at`, or after
@@ -335,6 +341,7 @@ impl Scheduler {
         let mut timers = Timers {
             renew: start + self.settings.lease / 3,
             sweep: start,
+            swept: false,
             expire: start,
             prune: start,
             release: start,
@@ -418,6 +425,18 @@ impl Scheduler {
             due.renew = now + lease / 3;
         }
         if now >= due.sweep {
+            // Group messages whose copies are not all written: every one at the first
+            // sweep (left by the previous run); later, those an instance that stopped left
+            // (a live one writes its own within a second).
+            let before = due.swept.then(|| now - FANOUT_STALE);
+            let resumed = self.store.resume_fanouts(before).await?;
+            if resumed > 0 && due.swept {
+                tracing::warn!(
+                    messages = resumed,
+                    "found group messages whose copies another instance did not finish writing; writing them"
+                );
+            }
+            due.swept = true;
             let opened = self.store.open_missing_lanes(now).await?;
             if opened > 0 {
                 tracing::warn!(

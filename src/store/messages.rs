@@ -472,9 +472,10 @@ impl Store {
             .bind(before_ms)
             .execute(&mut *tx)
             .await?;
-        // Group messages whose copies are all gone (a copy still queued keeps its row).
+        // Group messages whose copies are all gone (a copy still queued keeps its row, and
+        // so do copies not written yet: see `fanout`).
         sqlx::query(
-            "DELETE FROM group_sends WHERE created_at < $1 AND NOT EXISTS \
+            "DELETE FROM group_sends WHERE created_at < $1 AND plan IS NULL AND NOT EXISTS \
              (SELECT 1 FROM messages m WHERE m.group_send = group_sends.id)",
         )
         .bind(before_ms)

@@ -45,6 +45,7 @@ mod admin;
 mod arrivals;
 mod callbacks;
 mod console;
+mod fanout;
 mod group_sends;
 mod groups;
 mod lanes;

@@ -17,11 +17,13 @@
 //! batch starts on a fresh one.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::fanout::{self, Fanout};
 use super::group_sends::GroupSend;
 use super::sends::{Recorded, SendLog};
 use super::{Arrivals, Attachment, Held, Message, MessageStatus, StoreError};
@@ -39,6 +41,10 @@ const UPDATE_CHUNK: usize = 64;
 /// Bytes a health probe writes: more than the largest message `/send` accepts (64 KiB of
 /// content plus a title), so a probe that commits means any message could be stored.
 const PROBE_BYTES: i64 = 80 * 1024;
+/// After a chunk of planned copies failed to commit, the next try waits this long.
+const FANOUT_RETRY: Duration = Duration::from_secs(1);
+/// While such a pause runs, the writer looks for other writes this often.
+const FANOUT_POLL: Duration = Duration::from_millis(5);
 
 /// The outcome of one delivery attempt, to be recorded. Every variant but `Delivered`
 /// without `log` also adds the attempt to the message's history (`attempts`): the common
@@ -329,6 +335,24 @@ pub(super) struct GroupWrite {
     /// One per recipient, in the group's join order, with its images and files (the same
     /// blobs for every copy; each copy's kinds as its own route needs them).
     pub(super) copies: Vec<(Message, Vec<Attachment>)>,
+    /// The copies as a plan ([`fanout::encode`]): then only the `group_sends` row is
+    /// committed with the acceptance, and the copies after it, a chunk at a time.
+    pub(super) plan: Option<String>,
+}
+
+/// What [`Write::Expand`] commits: copies `start..start + copies.len()` of a planned group
+/// message, if `group_sends.expanded` is still `start` (else nothing, and `found` says what
+/// the count is: another instance wrote them, or the plan is gone).
+#[derive(Debug)]
+pub(super) struct Expand {
+    send_id: MessageId,
+    group_id: String,
+    start: usize,
+    copies: Vec<Message>,
+    /// Copies in the plan in all.
+    total: usize,
+    /// Set when the chunk was not written: the count found (`None`: no plan any more).
+    found: Option<Option<usize>>,
 }
 
 /// One write as queued for the writer.
@@ -342,6 +366,9 @@ enum Write {
     /// with the same images and files (rows naming the same blobs) and its lane,
     /// committed together.
     Group(Box<GroupWrite>),
+    /// The next chunk of a planned group message's copies (see [`fanout`]): the writer's
+    /// own work, queued by nobody.
+    Expand(Box<Expand>),
     Update(AttemptUpdate),
     Lane(LaneOp),
     Schedule(ScheduleOp),
@@ -355,6 +382,10 @@ enum Op {
     /// Commit what is queued, close the connection and stop (writes after this fail
     /// with [`StoreError::WriterGone`]).
     Close(oneshot::Sender<()>),
+    /// Planned group messages whose copies are not all written (found in the database at
+    /// start, or left by an instance that stopped): the writer goes on with those it does
+    /// not hold already.
+    Resume(Vec<Fanout>),
 }
 
 /// A failed write keeps `/healthz` at 503 for at least this long, even if a health probe
@@ -536,6 +567,16 @@ impl WriterHandle {
     pub(super) fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Hands planned group messages found unfinished to the writer (see [`Op::Resume`]).
+    pub(super) fn resume(&self, fanouts: Vec<Fanout>) -> Result<(), StoreError> {
+        if fanouts.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Op::Resume(fanouts))
+            .map_err(|_| StoreError::WriterGone)
+    }
 }
 
 pub(super) fn spawn(
@@ -553,6 +594,7 @@ pub(super) fn spawn(
         sends,
         supervisor,
         queue: None,
+        fanout: VecDeque::new(),
     };
     // A thread of its own, calling the database directly: a batch is a handful of
     // statements, and through an async driver on the shared runtime each was a round trip
@@ -742,6 +784,8 @@ struct Writer {
     /// What is queued for it (while it serves): a commit with more waiting may open the
     /// next transaction in the same round trip (see [`Backend::commit`]).
     queue: Option<mpsc::UnboundedReceiver<Op>>,
+    /// Planned group messages whose copies are still to be written, oldest first.
+    fanout: VecDeque<Fanout>,
 }
 
 /// Sends one result to every waiter; an error is shared when there are several.
@@ -779,11 +823,33 @@ impl Writer {
     fn serve(&mut self, rx: mpsc::UnboundedReceiver<Op>) {
         let mut closed = Vec::new();
         self.queue = Some(rx);
-        // Everything that queued while the previous batch was committing is the next batch.
-        while closed.is_empty()
-            && let Some(rx) = self.queue.as_mut()
-            && let Some(first) = rx.blocking_recv()
-        {
+        // Everything that queued while the previous batch was committing is the next batch
+        // (with the next chunk of planned copies, when there are some).
+        while closed.is_empty() {
+            let wait = self.fanout_wait();
+            let Some(rx) = self.queue.as_mut() else {
+                break;
+            };
+            let first = match wait {
+                None => rx.blocking_recv(),
+                Some(wait) => match rx.try_recv() {
+                    Ok(op) => Some(op),
+                    Err(mpsc::error::TryRecvError::Empty) if wait.is_zero() => {
+                        // Nothing else to do: a chunk alone.
+                        self.commit_batch(Vec::new());
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(wait.min(FANOUT_POLL));
+                        continue;
+                    }
+                    // Every handle is gone: what is planned is resumed at the next start.
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                },
+            };
+            let Some(first) = first else {
+                break;
+            };
             let mut ops = vec![first];
             while ops.len() < MAX_BATCH
                 && let Ok(op) = rx.try_recv()
@@ -795,6 +861,7 @@ impl Writer {
                 match op {
                     Op::Write(write, done) => writes.push((write, done)),
                     Op::Close(done) => closed.push(done),
+                    Op::Resume(fanouts) => self.resume(fanouts),
                 }
             }
             self.supervisor.faults().panic_at(FaultPoint::WriterPanic);
@@ -808,9 +875,105 @@ impl Writer {
         }
     }
 
+    /// `None` when no planned copies wait; else how long until the next chunk may be
+    /// written (zero: now; more after a chunk failed).
+    fn fanout_wait(&self) -> Option<Duration> {
+        let next = self.fanout.front()?;
+        Some(next.retry_at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        }))
+    }
+
+    /// Takes on planned group messages this writer does not hold yet.
+    fn resume(&mut self, fanouts: Vec<Fanout>) {
+        for fanout in fanouts {
+            if fanout.is_done() || self.fanout.iter().any(|f| f.send_id == fanout.send_id) {
+                continue;
+            }
+            tracing::info!(id = %fanout.send_id, written = fanout.next, copies = fanout.copies.len(), "writing the rest of a group message's copies");
+            self.fanout.push_back(fanout);
+        }
+    }
+
+    /// The next chunk of planned copies to write, if one is due.
+    fn next_chunk(&self) -> Option<Write> {
+        let next = self.fanout.front()?;
+        if next.retry_at.is_some_and(|at| at > Instant::now()) {
+            return None;
+        }
+        let end = next.copies.len().min(next.next + fanout::CHUNK);
+        Some(Write::Expand(Box::new(Expand {
+            send_id: next.send_id.clone(),
+            group_id: next.group_id.clone(),
+            start: next.next,
+            copies: next.copies.get(next.next..end)?.to_vec(),
+            total: next.copies.len(),
+            found: None,
+        })))
+    }
+
+    /// A chunk committed (or found written by someone else): on to the next one.
+    fn chunk_committed(&mut self, chunk: &Expand) {
+        let Some(i) = self.fanout.iter().position(|f| f.send_id == chunk.send_id) else {
+            return;
+        };
+        let next = match chunk.found {
+            None => Some(chunk.start + chunk.copies.len()),
+            Some(found) => found,
+        };
+        match next {
+            Some(next) if next < chunk.total => {
+                if let Some(f) = self.fanout.get_mut(i) {
+                    f.next = next;
+                    f.retry_at = None;
+                }
+            }
+            _ => {
+                self.fanout.remove(i);
+            }
+        }
+    }
+
+    /// A group message committed: its copies go to their lanes, or, when it was planned,
+    /// are the writer's to write next.
+    fn group_committed(&mut self, group: GroupWrite, inserted: &mut Vec<Message>) {
+        let copies = group.copies.into_iter().map(|(m, _)| m);
+        if group.plan.is_some() {
+            let send = group.send;
+            self.fanout
+                .push_back(Fanout::new(send.id, send.group_id, copies.collect(), 0));
+        } else {
+            inserted.extend(copies);
+        }
+    }
+
+    /// The outcome of a chunk: its copies go to their lanes when it was written.
+    fn chunk_done(&mut self, chunk: Expand, committed: bool, inserted: &mut Vec<Message>) {
+        if !committed {
+            self.chunk_failed(&chunk);
+            return;
+        }
+        self.chunk_committed(&chunk);
+        if chunk.found.is_none() {
+            inserted.extend(chunk.copies);
+        }
+    }
+
+    /// A chunk could not be committed: tried again after a pause (the database is failing;
+    /// the plan is durable, so nothing is lost meanwhile).
+    fn chunk_failed(&mut self, chunk: &Expand) {
+        if let Some(f) = self.fanout.iter_mut().find(|f| f.send_id == chunk.send_id) {
+            f.retry_at = Some(Instant::now() + FANOUT_RETRY);
+        }
+    }
+
     /// Commits one batch in one transaction; if that fails, each write on its own, so
     /// that exactly the writes that cannot be stored are refused.
     fn commit_batch(&mut self, mut batch: Vec<(Write, Done)>) {
+        // Nobody waits for a chunk: its outcome is the writer's own (see `chunk_committed`).
+        if let Some(chunk) = self.next_chunk() {
+            batch.push((chunk, oneshot::channel().0));
+        }
         if batch.is_empty() {
             return;
         }
@@ -831,7 +994,8 @@ impl Writer {
                     let _ = done.send(Ok(reply));
                     match write {
                         Write::Insert(m, ..) if stored => inserted.push(*m),
-                        Write::Group(g) => inserted.extend(g.copies.into_iter().map(|(m, _)| m)),
+                        Write::Group(g) => self.group_committed(*g, &mut inserted),
+                        Write::Expand(e) => self.chunk_done(*e, true, &mut inserted),
                         _ => {}
                     }
                 }
@@ -839,6 +1003,11 @@ impl Writer {
             // One write, or a file that is gone (no row can be made durable by a retry: it
             // would only meet the rows just committed into the deleted file).
             Err(err) if batch.len() == 1 || matches!(err, StoreError::FileReplaced(_)) => {
+                for (write, _) in &batch {
+                    if let Write::Expand(e) = write {
+                        self.chunk_failed(e);
+                    }
+                }
                 answer_all(batch.into_iter().map(|(_, d)| d).collect(), err);
             }
             Err(err) => {
@@ -862,9 +1031,8 @@ impl Writer {
                     let _ = done.send(result);
                     match (ok, write) {
                         (true, Write::Insert(m, ..)) => inserted.push(*m),
-                        (true, Write::Group(g)) => {
-                            inserted.extend(g.copies.into_iter().map(|(m, _)| m));
-                        }
+                        (true, Write::Group(g)) => self.group_committed(*g, &mut inserted),
+                        (ok, Write::Expand(e)) => self.chunk_done(*e, ok, &mut inserted),
                         _ => {}
                     }
                 }
@@ -938,7 +1106,8 @@ impl Writer {
             .iter()
             .map(|w| match &**w {
                 Write::Insert(..) => 1,
-                Write::Group(g) => g.copies.len(),
+                Write::Group(g) if g.plan.is_none() => g.copies.len(),
+                Write::Expand(e) if e.found.is_none() => e.copies.len(),
                 _ => 0,
             })
             .sum();
@@ -967,9 +1136,14 @@ impl Writer {
         for write in writes.iter_mut() {
             match &mut **write {
                 Write::Insert(m, files, _) => number(m, files.len())?,
-                Write::Group(g) => {
+                Write::Group(g) if g.plan.is_none() => {
                     for (m, files) in &mut g.copies {
                         number(m, files.len())?;
+                    }
+                }
+                Write::Expand(e) if e.found.is_none() => {
+                    for m in &mut e.copies {
+                        number(m, 0)?;
                     }
                 }
                 _ => {}
@@ -981,8 +1155,11 @@ impl Writer {
                 for write in writes.iter() {
                     match &**write {
                         Write::Insert(m, _, verify) => messages.push((&**m, verify.as_ref())),
-                        Write::Group(g) => {
+                        Write::Group(g) if g.plan.is_none() => {
                             messages.extend(g.copies.iter().map(|(m, _)| (m, None)));
+                        }
+                        Write::Expand(e) if e.found.is_none() => {
+                            messages.extend(e.copies.iter().map(|m| (m, None)));
                         }
                         _ => {}
                     }
@@ -1012,7 +1189,12 @@ impl Writer {
                         revoked.push(i);
                     }
                     Write::Insert(m, ..) => numbered(m)?,
-                    Write::Group(g) => g.copies.iter_mut().try_for_each(|(m, _)| numbered(m))?,
+                    Write::Group(g) if g.plan.is_none() => {
+                        g.copies.iter_mut().try_for_each(|(m, _)| numbered(m))?;
+                    }
+                    Write::Expand(e) if e.found.is_none() => {
+                        e.copies.iter_mut().try_for_each(numbered)?;
+                    }
                     _ => {}
                 }
             }
@@ -1028,12 +1210,28 @@ impl Writer {
                         .extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
                 }
                 Write::Group(g) => {
-                    insert_group_send(db, &g.send)?;
-                    for (m, files) in &g.copies {
-                        messages.push(m);
-                        attachments
-                            .extend(files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)));
+                    insert_group_send(db, &g.send, g.plan.as_deref())?;
+                    if g.plan.is_none() {
+                        for (m, files) in &g.copies {
+                            messages.push(m);
+                            attachments.extend(
+                                files.iter().enumerate().map(|(i, a)| (m.id.as_str(), i, a)),
+                            );
+                        }
                     }
+                }
+                Write::Expand(e) if e.found.is_none() => {
+                    let written = e.start + e.copies.len();
+                    db.exec(
+                        "UPDATE group_sends SET expanded = ?2, \
+                         plan = CASE WHEN ?2 >= ?3 THEN NULL ELSE plan END WHERE id = ?1",
+                        &[
+                            e.send_id.as_str().into(),
+                            i64::try_from(written).unwrap_or(i64::MAX).into(),
+                            i64::try_from(e.total).unwrap_or(i64::MAX).into(),
+                        ],
+                    )?;
+                    messages.extend(e.copies.iter());
                 }
                 _ => {}
             }
@@ -1076,7 +1274,7 @@ impl Writer {
         let mut all_due_by = Vec::new();
         for (i, write) in writes.iter().enumerate() {
             match &**write {
-                Write::Insert(..) | Write::Group(_) | Write::Update(_) => {}
+                Write::Insert(..) | Write::Group(_) | Write::Expand(_) | Write::Update(_) => {}
                 Write::Schedule(op) => replies[i] = schedule_op(db, op)?,
                 Write::Lane(LaneOp::Release {
                     owner,
@@ -1128,6 +1326,7 @@ fn lock_group_rows(db: &mut dyn Backend, writes: &mut [&mut Write]) -> Result<()
         .iter()
         .filter_map(|w| match &**w {
             Write::Group(g) => Some((g.send.group_id.as_str(), false)),
+            Write::Expand(e) => Some((e.group_id.as_str(), false)),
             Write::Schedule(ScheduleOp::LeaveGroup { group_id, .. }) => {
                 Some((group_id.as_str(), true))
             }
@@ -1154,15 +1353,27 @@ fn lock_group_rows(db: &mut dyn Backend, writes: &mut [&mut Write]) -> Result<()
         }
     }
     for write in writes.iter_mut() {
-        let Write::Group(g) = &mut **write else {
-            continue;
+        let (group_id, copies): (&str, Vec<&mut Message>) = match &mut **write {
+            // A planned one: its copies are checked as each chunk is written.
+            Write::Group(g) if g.plan.is_none() => (
+                g.send.group_id.as_str(),
+                g.copies.iter_mut().map(|(m, _)| m).collect(),
+            ),
+            Write::Expand(e) => {
+                e.found = chunk_found(db, e)?;
+                if e.found.is_some() {
+                    continue;
+                }
+                (e.group_id.as_str(), e.copies.iter_mut().collect())
+            }
+            _ => continue,
         };
         let members = texts(db.rows(
             "SELECT userid FROM group_members WHERE group_id = ?1",
-            &[g.send.group_id.as_str().into()],
+            &[group_id.into()],
         )?)?;
         let members: std::collections::HashSet<String> = members.into_iter().collect();
-        for (m, _) in &mut g.copies {
+        for m in copies {
             if matches!(m.status, MessageStatus::Queued | MessageStatus::Scheduled)
                 && !members.contains(m.userid.as_str())
             {
@@ -1172,6 +1383,37 @@ fn lock_group_rows(db: &mut dyn Backend, writes: &mut [&mut Write]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Whether a chunk of planned copies is still to be written: `None` when the group
+/// message's count of written copies is where the chunk starts; else the count found
+/// (`Some(None)`: no plan any more — all written, or the group message is gone). The row
+/// is locked on PostgreSQL, so two instances going on with the same plan (one of them
+/// after the other stopped) never both write a chunk.
+fn chunk_found(db: &mut dyn Backend, chunk: &Expand) -> Result<Option<Option<usize>>, StoreError> {
+    let lock = match db.dialect() {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let rows = db.rows(
+        &format!(
+            "SELECT expanded, CAST(CASE WHEN plan IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+             FROM group_sends WHERE id = ?1{lock}"
+        ),
+        &[chunk.send_id.as_str().into()],
+    )?;
+    let row = rows.into_iter().next();
+    let int = |v: Option<&Value<'_>>| match v {
+        Some(Value::Int(Some(n))) => usize::try_from(*n).ok(),
+        _ => None,
+    };
+    Ok(match row {
+        Some(row) if int(row.get(1)) == Some(1) => match int(row.first()) {
+            Some(n) if n == chunk.start => None,
+            found => Some(found),
+        },
+        _ => Some(None),
+    })
 }
 
 fn insert_chunk(db: &mut dyn Backend, chunk: &[&Message]) -> Result<(), StoreError> {
@@ -1365,10 +1607,14 @@ fn insert_messages_pg(
 }
 
 /// A group message's own row (its copies are messages, inserted with the others).
-fn insert_group_send(db: &mut dyn Backend, send: &GroupSend) -> Result<(), StoreError> {
+fn insert_group_send(
+    db: &mut dyn Backend,
+    send: &GroupSend,
+    plan: Option<&str>,
+) -> Result<(), StoreError> {
     db.exec(
         "INSERT INTO group_sends (id, group_id, group_name, created_at, recipients, \
-         idempotency_key, idempotency_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         idempotency_key, idempotency_digest, plan) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         &[
             send.id.as_str().into(),
             send.group_id.as_str().into(),
@@ -1377,6 +1623,7 @@ fn insert_group_send(db: &mut dyn Backend, send: &GroupSend) -> Result<(), Store
             send.recipients.into(),
             (&send.idempotency_key).into(),
             (&send.idempotency_digest).into(),
+            plan.into(),
         ],
     )?;
     Ok(())
@@ -2435,7 +2682,6 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// A writer on the SQLite file at `path`, driven by the test itself.
     /// A writer on `db`, called directly by the test (no thread, no queue).
     fn writer_on(db: Box<dyn Backend>) -> Writer {
         Writer {
@@ -2445,6 +2691,7 @@ mod tests {
             sends: None,
             supervisor: Supervisor::default(),
             queue: None,
+            fanout: VecDeque::new(),
         }
     }
 

@@ -789,11 +789,23 @@ async fn every_compat_route_takes_a_group_token() {
 /// exactly once (WeCom is down until the restart, so nothing was in flight).
 #[tokio::test]
 async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
-    const MEMBERS: usize = 30;
+    kill9_during_fan_outs(30, 25).await;
+}
+
+/// As above with 100 members: more than a chunk, so each group message is accepted with its
+/// plan and its copies written after the `200`, a chunk at a time. A kill leaves some
+/// plans half written (their count says how far); the restart writes the rest, and every
+/// copy of every group message answered 200 reaches its member exactly once.
+#[tokio::test]
+async fn kill9_during_planned_fan_outs_loses_and_duplicates_nothing() {
+    kill9_during_fan_outs(100, 8).await;
+}
+
+async fn kill9_during_fan_outs(members: usize, per_client: usize) {
     let mock = MockWeCom::start().await;
     let config = settings_with(|c| {
         unthrottled(c);
-        c.delivery.instance_id = Some("groups-kill9".to_owned());
+        c.delivery.instance_id = Some(format!("groups-kill9-{members}"));
         c.delivery.retry_window = Duration::from_secs(120);
         c.delivery.backoff_initial = Duration::from_millis(50);
         c.delivery.backoff_max = Duration::from_millis(200);
@@ -801,8 +813,8 @@ async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
     });
     let setup = bin_setup(&config, &mock.base_url);
     let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
-    let mut users = Vec::with_capacity(MEMBERS);
-    for _ in 0..MEMBERS {
+    let mut users = Vec::with_capacity(members);
+    for _ in 0..members {
         let user = userid("k9");
         bin.get_token(&user).await;
         users.push(user);
@@ -823,7 +835,7 @@ async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut i = 0;
-            while i < 25 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while i < per_client && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let title = format!("c{client} #{i}");
                 i += 1;
                 let Ok(resp) = http
@@ -860,16 +872,38 @@ async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
 
     let mut conn = db::connect(setup.store_url()).await;
     let rows = sqlx::query(
-        "SELECT g.id, g.recipients, count(m.id) AS copies FROM group_sends g \
-         LEFT JOIN messages m ON m.group_send = g.id GROUP BY g.id, g.recipients",
+        "SELECT g.id, g.recipients, count(m.id) AS copies, g.expanded, \
+         CAST(CASE WHEN g.plan IS NULL THEN 0 ELSE 1 END AS BIGINT) AS planned \
+         FROM group_sends g LEFT JOIN messages m ON m.group_send = g.id \
+         GROUP BY g.id, g.recipients, g.expanded, g.plan",
     )
     .fetch_all(&mut conn)
     .await
     .unwrap();
+    let mut halfway = 0;
     let stored: BTreeMap<String, (i64, i64)> = rows
         .iter()
-        .map(|r| (r.get("id"), (r.get("recipients"), r.get("copies"))))
+        .map(|r| {
+            let id: String = r.get("id");
+            let (recipients, copies): (i64, i64) = (r.get("recipients"), r.get("copies"));
+            if r.get::<i64, _>("planned") == 1 {
+                // Copies still to write: exactly as many are written as its count says.
+                assert_eq!(
+                    copies,
+                    r.get::<i64, _>("expanded"),
+                    "{id}: written as counted"
+                );
+                halfway += 1;
+                (id, (recipients, recipients))
+            } else {
+                (id, (recipients, copies))
+            }
+        })
         .collect();
+    eprintln!(
+        "{} group messages stored, {halfway} with copies still to write",
+        stored.len()
+    );
     for id in &accepted {
         assert!(
             stored.contains_key(id),
@@ -877,7 +911,7 @@ async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
         );
     }
     for (id, (recipients, copies)) in &stored {
-        assert_eq!(*recipients, MEMBERS as i64, "{id}");
+        assert_eq!(*recipients, members as i64, "{id}");
         assert_eq!(copies, recipients, "{id} is stored with every copy");
     }
     let orphans: i64 = sqlx::query(
@@ -892,7 +926,7 @@ async fn kill9_during_fan_outs_loses_and_duplicates_nothing() {
 
     mock.heal();
     let bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
-    let total = stored.len() * MEMBERS;
+    let total = stored.len() * members;
     let deadline = Instant::now() + Duration::from_secs(60);
     while mock.delivered_calls().len() < total {
         assert!(
