@@ -1368,11 +1368,7 @@ fn lock_group_rows(db: &mut dyn Backend, writes: &mut [&mut Write]) -> Result<()
             }
             _ => continue,
         };
-        let members = texts(db.rows(
-            "SELECT userid FROM group_members WHERE group_id = ?1",
-            &[group_id.into()],
-        )?)?;
-        let members: std::collections::HashSet<String> = members.into_iter().collect();
+        let members = group_members_among(db, group_id, &copies)?;
         for m in copies {
             if matches!(m.status, MessageStatus::Queued | MessageStatus::Scheduled)
                 && !members.contains(m.userid.as_str())
@@ -1383,6 +1379,36 @@ fn lock_group_rows(db: &mut dyn Backend, writes: &mut [&mut Write]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Which of the copies' members are in the group now: for a chunk of a large group, only
+/// its own members are looked up (not the whole group for each chunk).
+fn group_members_among(
+    db: &mut dyn Backend,
+    group_id: &str,
+    copies: &[&mut Message],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let members = if let Some(last) = copies.last()
+        && copies.len() <= fanout::CHUNK
+    {
+        // A power of two of parameters (the last repeated): a few statement shapes, all
+        // kept prepared (see `pow2_chunks`).
+        let params = copies.len().next_power_of_two();
+        let mut sql =
+            String::from("SELECT userid FROM group_members WHERE group_id = ?1 AND userid IN (");
+        push_params(&mut sql, params, 1);
+        sql.push(')');
+        let mut args = vec![Value::from(group_id)];
+        args.extend(copies.iter().map(|m| Value::from(m.userid.as_str())));
+        args.resize(params + 1, Value::from(last.userid.as_str()));
+        texts(db.rows(&sql, &args)?)?
+    } else {
+        texts(db.rows(
+            "SELECT userid FROM group_members WHERE group_id = ?1",
+            &[group_id.into()],
+        )?)?
+    };
+    Ok(members.into_iter().collect())
 }
 
 /// Whether a chunk of planned copies is still to be written: `None` when the group
