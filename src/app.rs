@@ -81,6 +81,7 @@ pub struct Application {
     store: Store,
     outbox: Outbox,
     wecom_groups: WecomGroups,
+    escalation: crate::delivery::escalate::Escalation,
     port: u16,
     callback_retention: Duration,
     /// `storage.retention`.
@@ -131,6 +132,7 @@ impl Application {
                 .with_metrics(metrics.clone()),
         );
         let factory = crate::delivery::registry::destinations(&settings, &store)?;
+        let escalation = crate::delivery::escalate::Escalation::default();
         let wecom_groups = WecomGroups::start(&store, Arc::clone(&client), &settings.groups)
             .await
             .map_err(store_error)?;
@@ -159,6 +161,7 @@ impl Application {
             utc_offset: settings.delivery.utc_offset,
             quiet_hours: settings.delivery.quiet_hours,
             max_content_bytes: settings.server.max_content_bytes,
+            ack_escalate_min: settings.ack.escalate_min,
             retention: settings.storage.retention,
             metrics,
             metrics_access: api::metrics::MetricsAccess::from_settings(&settings.server),
@@ -175,6 +178,7 @@ impl Application {
             console: api::console::ConsoleState::from_settings(&settings),
             groups: settings.groups.limits(),
             wecom_groups: wecom_groups.clone(),
+            escalation: escalation.clone(),
             running_config: Arc::new(settings.clone()),
         };
         let router = with_middleware(api::router(state), settings.media.upload_timeout);
@@ -210,6 +214,7 @@ impl Application {
             store,
             outbox,
             wecom_groups,
+            escalation,
             port,
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
             retention: settings.storage.retention,
@@ -268,6 +273,10 @@ impl Application {
         };
         // Reads the WeCom-backed groups now and every `groups.refresh`.
         let group_refresh = self.wecom_groups.spawn();
+        // Sends unacknowledged messages again when their escalation time comes.
+        let escalation = self
+            .escalation
+            .spawn(self.outbox.clone(), self.store.clone());
         let maintenance = tokio::spawn(maintenance(
             self.store.clone(),
             self.callback_retention,
@@ -280,6 +289,7 @@ impl Application {
         );
         server::serve(self.listener, self.router, self.serve_options, shutdown).await;
         maintenance.abort();
+        escalation.abort();
         if let Some(group_refresh) = group_refresh {
             group_refresh.abort();
         }

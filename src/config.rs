@@ -61,6 +61,9 @@ pub struct Settings {
     /// Groups: their limits, and the groups backed by WeCom departments and tags.
     #[serde(default)]
     pub groups: GroupsSettings,
+    /// Messages that ask to be acknowledged, and their escalation.
+    #[serde(default)]
+    pub ack: AckSettings,
     #[serde(default)]
     pub log: LogSettings,
     /// The Kubernetes service-link variables (`PUSHBOT_PORT`, `PUSHBOT_SERVICE_HOST`, …)
@@ -1658,6 +1661,34 @@ pub struct GroupsSettings {
     /// rotate its token).
     #[serde(default)]
     pub wecom: Vec<WecomGroup>,
+}
+
+/// `[ack]`: messages sent with `ack=true` or `escalate=…` (issue 30).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckSettings {
+    /// The shortest `escalate=` a sender may ask for (the longest is 24 hours).
+    #[serde(
+        default = "default_escalate_min",
+        deserialize_with = "positive_duration",
+        serialize_with = "short_duration"
+    )]
+    pub escalate_min: Duration,
+}
+
+impl Default for AckSettings {
+    fn default() -> Self {
+        Self {
+            escalate_min: default_escalate_min(),
+        }
+    }
+}
+
+/// The longest `escalate=` a sender may ask for.
+pub const ESCALATE_MAX: Duration = Duration::from_secs(86_400);
+
+fn default_escalate_min() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[[groups.wecom]]`: a group backed by WeCom departments and tags.

@@ -101,15 +101,18 @@ pub enum FaultPoint {
     WriterPanic,
     /// The WeCom-backed groups' refresh loop panics at the start of a pass.
     GroupRefreshPanic,
+    /// The escalation loop panics at the start of a pass.
+    EscalationPanic,
 }
 
 impl FaultPoint {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::SchedulerPanic,
         Self::SchedulerStall,
         Self::LanePanic,
         Self::WriterPanic,
         Self::GroupRefreshPanic,
+        Self::EscalationPanic,
     ];
 
     fn index(self) -> usize {

@@ -39,6 +39,26 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
             }
         },
         Command::Status => status(state, userid).await?,
+        Command::Ack => match state.store.latest_unacked(userid).await? {
+            None => bot::ack_reply(None),
+            Some(id) => {
+                let record = super::messages::acknowledge(state, userid, id.as_str(), "chat").await;
+                match record {
+                    Ok(_) => {
+                        let title = state
+                            .store
+                            .message(id.as_str())
+                            .await?
+                            .and_then(|m| m.title);
+                        bot::ack_reply(Some((id.as_str(), title.as_deref())))
+                    }
+                    Err(err) => {
+                        tracing::warn!(userid = %userid, id = %id, error = %err, "could not acknowledge from the chat");
+                        bot::ack_reply(None)
+                    }
+                }
+            }
+        },
         Command::Fallback(typed) => fallback(state, userid, &typed).await?,
         Command::Format(typed) => format(state, userid, &typed).await?,
         Command::Quiet(typed) => quiet(state, userid, &typed).await?,
@@ -235,6 +255,7 @@ async fn request_code(
             held: None,
             resent_from: None,
             verify_token: None,
+            ack: None,
         })
         .await?;
     state.metrics.accepted(crate::metrics::Endpoint::Chat);

@@ -34,6 +34,8 @@ pub(super) struct Prepared {
     pub urgency: Urgency,
     pub idempotency_key: Option<String>,
     pub endpoint: Endpoint,
+    /// Each member's copy asks that member for an acknowledgement.
+    pub ack: Option<crate::store::AckAsk>,
 }
 
 /// Longest a send to a stale WeCom-backed group waits for its members to be read again.
@@ -180,6 +182,7 @@ pub(super) async fn submit_group(
                     held,
                     resent_from: None,
                     verify_token: None,
+                    ack: req.ack,
                 },
                 state: copy,
             }

@@ -103,6 +103,14 @@ async fn healthz(State(state): State<AppState>) -> Response {
             "refused": health.refused.keys().collect::<Vec<_>>(),
         });
     }
+    // The escalation loop (issue 30): its last pass and its panics (each restarted it).
+    let (escalation_age, escalation_panics) = state.escalation.health();
+    body["escalation"] = json!({
+        "last_pass_seconds_ago": escalation_age.map(|age| round_ms(age.as_secs_f64())),
+        "panics": escalation_panics,
+    });
+    let escalation_stalled =
+        escalation_age.is_some_and(|age| age > crate::delivery::escalate::STALL_AFTER);
     let problem = match storage {
         // The cause names the database file or server (a path, a host, a user): the log and
         // `pushbot doctor` say it, the wire only that storage is down — anyone who can reach
@@ -117,6 +125,15 @@ async fn healthz(State(state): State<AppState>) -> Response {
                  accepted messages are not being sent",
                 delivery.pass_age.as_secs(),
                 humantime::format_duration(delivery.stall_after)
+            );
+            tracing::error!("{message}");
+            Some(message)
+        }
+        Ok(()) if escalation_stalled => {
+            let message = format!(
+                "escalation has stopped: its loop has not run for {} s; messages that ask to be \
+                 acknowledged are not escalated",
+                escalation_age.unwrap_or_default().as_secs()
             );
             tracing::error!("{message}");
             Some(message)

@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/messages/{id}", get(show).delete(cancel))
         .route("/messages/{id}/resend", post(resend))
+        .route("/messages/{id}/ack", post(ack))
         .route("/messages", get(list))
 }
 
@@ -62,6 +63,59 @@ struct One {
     /// The messages that send it again (`POST /messages/{id}/resend`), oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     resent_as: Vec<String>,
+    /// Its acknowledgement, when it asks for one (`ack=true`, `escalate=…`) or is the
+    /// escalation of one that does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack: Option<AckView>,
+}
+
+/// A message's acknowledgement and escalation, as `GET /messages/{id}` shows them.
+#[derive(Serialize)]
+struct AckView {
+    required: bool,
+    /// The message that asked (for the escalation's own message: the one it escalated).
+    message: String,
+    acked_at: Option<String>,
+    acked_by: Option<String>,
+    /// `api`, `chat`, `page` or `card`.
+    via: Option<String>,
+    /// When it is (or was) escalated if nobody acknowledges; absent without `escalate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    escalate_at: Option<String>,
+    /// The escalation step, once taken: when, and the message it sent (none when the member
+    /// had no other channel).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    escalations: Vec<EscalationView>,
+}
+
+#[derive(Serialize)]
+struct EscalationView {
+    step: i64,
+    at: Option<String>,
+    message: Option<String>,
+}
+
+impl From<crate::store::AckRecord> for AckView {
+    fn from(r: crate::store::AckRecord) -> Self {
+        let escalations = if r.step > 0 {
+            vec![EscalationView {
+                step: r.step,
+                at: r.escalated_at.map(rfc3339),
+                message: r.escalated_as.map(|id| id.to_string()),
+            }]
+        } else {
+            Vec::new()
+        };
+        Self {
+            required: true,
+            message: r.message_id.to_string(),
+            acked_at: r.acked_at.map(rfc3339),
+            acked_by: r.acked_by,
+            via: r.via,
+            escalate_at: r.escalate_at.map(rfc3339),
+            escalations,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -430,6 +484,7 @@ async fn show_one(
                     .map(|s| s.group_name),
                 None => None,
             };
+            let ack = state.store.ack_of(&m.id).await?.map(AckView::from);
             let history = history(&m, attempts);
             let mut message = MessageView::from(m);
             message.group = group;
@@ -440,10 +495,66 @@ async fn show_one(
                 attachments,
                 resent_as,
                 message,
+                ack,
             }))
         }
         _ => Err(ApiError::NotFound(format!(
             "no message {id} for this token"
+        ))),
+    }
+}
+
+/// `POST /messages/{id}/ack`: the owner acknowledges a message that asks for it (or the
+/// message an escalation sent for one); answers it as `GET /messages/{id}` shows it. A
+/// second acknowledgement changes nothing and answers the same way.
+async fn ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Result<Json<One>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let userid = member_only(
+        &state,
+        auth::find_token(&headers, &[query.token.as_deref()]),
+        "acknowledge a message",
+    )
+    .await?;
+    acknowledge(&state, &userid, &id, "api").await?;
+    show_one(&state, &userid, &id).await
+}
+
+/// Acknowledges the member's message `id` `via` a way (`api`, `chat`, `page`): the one
+/// implementation behind every way but the card. Someone else's message is the same 404 as
+/// an unknown one; one that does not ask for an acknowledgement is a 409 saying so.
+pub(crate) async fn acknowledge(
+    state: &AppState,
+    userid: &UserId,
+    id: &str,
+    via: &str,
+) -> Result<crate::store::AckRecord, ApiError> {
+    let shown: String = id.chars().take(64).collect();
+    let message = match state.store.message(id).await? {
+        Some(m) if m.userid == *userid => m,
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "no message {shown} for this token"
+            )));
+        }
+    };
+    match state
+        .store
+        .acknowledge(&message.id, userid, via, UnixMillis::now())
+        .await?
+    {
+        crate::store::AckOutcome::Acked(record) => {
+            tracing::info!(userid = %userid, id = %record.message_id, via, "message acknowledged");
+            Ok(record)
+        }
+        crate::store::AckOutcome::Already(record) => Ok(record),
+        crate::store::AckOutcome::NotAsked => Err(ApiError::Conflict(format!(
+            "message {shown} does not ask for an acknowledgement (send with ack=true or \
+             escalate=10m to ask for one)"
         ))),
     }
 }
@@ -523,6 +634,7 @@ pub(crate) async fn resend_message(
             held: None,
             resent_from: Some(old.id.clone()),
             verify_token: None,
+            ack: None,
         })
         .await?;
     if !accepted.duplicate {

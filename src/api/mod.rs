@@ -58,6 +58,8 @@ pub struct AppState {
     pub quiet_hours: Option<crate::delivery::quiet::QuietHours>,
     /// `server.max_content_bytes`.
     pub max_content_bytes: usize,
+    /// `ack.escalate_min`: the shortest `escalate=` accepted.
+    pub ack_escalate_min: std::time::Duration,
     /// `storage.retention`: a page older than this is gone (410).
     pub retention: Option<std::time::Duration>,
     /// What is counted for `/metrics`.
@@ -76,6 +78,8 @@ pub struct AppState {
     /// The WeCom-backed groups (`[[groups.wecom]]`): the send path calls
     /// `wecom_groups.refresh_if_stale(&group.id)` before it takes a group's membership.
     pub wecom_groups: crate::wecom_groups::WecomGroups,
+    /// The escalation loop (issue 30), for `/healthz`.
+    pub escalation: crate::delivery::escalate::Escalation,
     /// The settings this server runs with: the operators' page runs the doctor's checks
     /// against them (`crate::doctor::run_loaded`). Never rendered as such.
     pub running_config: Arc<crate::config::Settings>,

@@ -81,6 +81,8 @@ const SEND_FIELDS: &[&str] = &[
     "file_url",
     "delay",
     "at",
+    "ack",
+    "escalate",
 ];
 
 /// The name of a multipart part that is a file to attach (`curl -F file=@chart.png`).
@@ -176,9 +178,17 @@ struct SendFields {
     /// Deliver at this time (RFC 3339 with a zone, or unix seconds; see [`when::at`]).
     #[serde(default, deserialize_with = "text_or_number")]
     at: Option<String>,
+    /// `true` (or `1`, `yes`): ask the member to acknowledge it.
+    #[serde(default, deserialize_with = "text_or_number")]
+    ack: Option<String>,
+    /// Send it again on the member's next channels when nobody acknowledged it this long
+    /// after acceptance (`10m`, `1h`, `90` seconds); implies `ack`.
+    #[serde(default, deserialize_with = "text_or_number")]
+    escalate: Option<String>,
 }
 
-/// A field given as text, or in JSON as a number (`"delay": 90`, `"at": 1748739600`).
+/// A field given as text, or in JSON as a number or a boolean (`"delay": 90`, `"at":
+/// 1748739600`, `"ack": true`).
 fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     struct Visitor;
     impl<'de> serde::de::Visitor<'de> for Visitor {
@@ -188,6 +198,9 @@ fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
             Ok(Some(v.to_owned()))
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
         }
         fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
             Ok(Some(v.to_string()))
@@ -227,6 +240,8 @@ impl SendFields {
             file_url: self.file_url.or(fallback.file_url),
             delay: self.delay.or(fallback.delay),
             at: self.at.or(fallback.at),
+            ack: self.ack.or(fallback.ack),
+            escalate: self.escalate.or(fallback.escalate),
         }
     }
 }
@@ -773,9 +788,14 @@ async fn accept(
         .and_then(|key| Ok((key, format(fields.format.as_deref())?)));
     let checked = checked.and_then(|(key, format)| {
         let when = schedule(fields.delay.as_deref(), fields.at.as_deref())?;
-        Ok((key, format, when))
+        let ack = ack_ask(
+            fields.ack.as_deref(),
+            fields.escalate.as_deref(),
+            state.ack_escalate_min,
+        )?;
+        Ok((key, format, when, ack))
     });
-    let (idempotency_key, format, when) = match checked {
+    let (idempotency_key, format, when, ack) = match checked {
         Ok(checked) => checked,
         Err(err) => {
             uploads.discard().await;
@@ -798,6 +818,7 @@ async fn accept(
             attachments: uploads.into_inner(),
             sender,
             when,
+            ack,
             ..Submission::default()
         },
     )
@@ -811,6 +832,57 @@ pub(super) fn format(typed: Option<&str>) -> Result<Format, ApiError> {
         .unwrap_or("")
         .parse::<Format>()
         .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// `/send`'s `ack` and `escalate` (empty counts as absent): `ack` a yes or a no; `escalate`
+/// a duration from `ack.escalate_min` to 24 hours, which implies `ack`.
+pub(super) fn ack_ask(
+    ack: Option<&str>,
+    escalate: Option<&str>,
+    escalate_min: std::time::Duration,
+) -> Result<Option<crate::store::AckAsk>, ApiError> {
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    let asked = match given(ack).map(str::to_ascii_lowercase).as_deref() {
+        None => false,
+        Some("true" | "1" | "yes" | "on") => true,
+        Some("false" | "0" | "no" | "off") => false,
+        Some(other) => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(ApiError::BadRequest(format!(
+                "ack {shown:?} is not a yes or a no: use ack=true (or false)"
+            )));
+        }
+    };
+    let bounds = || {
+        format!(
+            "between {} and {}",
+            humantime::format_duration(escalate_min),
+            humantime::format_duration(crate::config::ESCALATE_MAX)
+        )
+    };
+    let escalate_after = match given(escalate) {
+        None => None,
+        Some(typed) => {
+            let shown: String = typed.chars().take(32).collect();
+            let after = when::duration(typed).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "escalate {shown:?} is not a duration such as 10m, 1h or 90 (seconds); \
+                     give one {}",
+                    bounds()
+                ))
+            })?;
+            if after < escalate_min || after > crate::config::ESCALATE_MAX {
+                return Err(ApiError::BadRequest(format!(
+                    "escalate {shown:?} is out of bounds: give a time {}",
+                    bounds()
+                )));
+            }
+            Some(after)
+        }
+    };
+    Ok((asked || escalate_after.is_some()).then_some(crate::store::AckAsk { escalate_after }))
 }
 
 /// `/send`'s `delay` or `at` (not both; empty counts as absent).
@@ -873,6 +945,9 @@ pub(crate) struct Submission {
     /// When to deliver it (`delay`, `at`, ntfy's `X-Delay`…), resolved once the sender is
     /// known (their time zone, `delivery.max_delay`); none: at once.
     pub when: Option<When>,
+    /// Ask the member to acknowledge it (`ack=true`), and escalate when nobody does
+    /// (`escalate=10m`).
+    pub ack: Option<crate::store::AckAsk>,
 }
 
 /// Checks, authenticates (with the per-member send rate) and stores a message; answers
@@ -999,6 +1074,7 @@ async fn submit_with(
                 urgency: sub.urgency,
                 idempotency_key: sub.idempotency_key,
                 endpoint: sub.endpoint,
+                ack: sub.ack,
             };
             return super::group_send::submit_group(state, group, prepared, uploads).await;
         }
@@ -1069,6 +1145,7 @@ async fn submit_with(
             held,
             resent_from: None,
             verify_token,
+            ack: sub.ack,
         })
         .await
         .inspect_err(|err| {
@@ -1253,6 +1330,83 @@ fn describe_bytes(n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    mod ack {
+        use std::time::Duration;
+
+        use proptest::prelude::*;
+
+        use super::super::ack_ask;
+        use crate::store::AckAsk;
+
+        const MIN: Duration = Duration::from_secs(60);
+
+        fn asked(escalate_after: Option<u64>) -> Option<AckAsk> {
+            Some(AckAsk {
+                escalate_after: escalate_after.map(Duration::from_secs),
+            })
+        }
+
+        #[test]
+        fn ack_and_escalate_read_as_documented() {
+            assert_eq!(ack_ask(None, None, MIN).unwrap(), None);
+            assert_eq!(ack_ask(Some(" "), Some(""), MIN).unwrap(), None);
+            for yes in ["true", "TRUE", "1", "yes", "on", " true "] {
+                assert_eq!(ack_ask(Some(yes), None, MIN).unwrap(), asked(None), "{yes}");
+            }
+            for no in ["false", "0", "no", "off"] {
+                assert_eq!(ack_ask(Some(no), None, MIN).unwrap(), None, "{no}");
+            }
+            // escalate implies ack, even with ack=false.
+            assert_eq!(ack_ask(None, Some("10m"), MIN).unwrap(), asked(Some(600)));
+            assert_eq!(
+                ack_ask(Some("false"), Some("90"), MIN).unwrap(),
+                asked(Some(90))
+            );
+            assert_eq!(
+                ack_ask(None, Some("1h30m"), MIN).unwrap(),
+                asked(Some(5400))
+            );
+            assert_eq!(ack_ask(None, Some("1m"), MIN).unwrap(), asked(Some(60)));
+            assert_eq!(
+                ack_ask(None, Some("24h"), MIN).unwrap(),
+                asked(Some(86_400))
+            );
+            for (typed, says) in [
+                ("59s", "between 1m and 1day"),
+                ("24h1s", "between 1m and 1day"),
+                ("0", "between 1m and 1day"),
+                ("soon", "not a duration"),
+                ("-5m", "not a duration"),
+            ] {
+                let err = ack_ask(None, Some(typed), MIN).unwrap_err().to_string();
+                assert!(err.contains(says), "{typed}: {err}");
+            }
+            let err = ack_ask(Some("maybe"), None, MIN).unwrap_err().to_string();
+            assert!(err.contains("ack \"maybe\""), "{err}");
+        }
+
+        proptest! {
+            /// Whatever is typed: an answer (never a panic), and an escalation only within
+            /// the bounds.
+            #[test]
+            fn any_input_is_read_or_refused(ack in ".{0,12}", escalate in ".{0,16}") {
+                if let Ok(Some(AckAsk { escalate_after: Some(after) })) =
+                    ack_ask(Some(&ack), Some(&escalate), MIN)
+                {
+                    prop_assert!(after >= MIN && after <= crate::config::ESCALATE_MAX);
+                }
+            }
+
+            #[test]
+            fn whole_seconds_in_bounds_are_taken_as_given(secs in 60u64..=86_400) {
+                prop_assert_eq!(
+                    ack_ask(None, Some(&secs.to_string()), MIN).unwrap(),
+                    asked(Some(secs))
+                );
+            }
+        }
+    }
+
     use super::*;
     use axum::http::HeaderValue;
 

@@ -140,7 +140,7 @@ fn shown(text: &str) -> String {
 }
 
 /// Whole seconds (`90`), or humantime's durations (`30m`, `1h30m`, `2 days`).
-fn duration(text: &str) -> Option<Duration> {
+pub fn duration(text: &str) -> Option<Duration> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().ok().map(Duration::from_secs);
     }

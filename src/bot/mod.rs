@@ -62,6 +62,8 @@ pub enum Command {
     Login,
     /// `logout` / `退出登录` / `登出`: end every console session of the member.
     Logout,
+    /// `ack` / `收到` / `确认`: acknowledge the member's latest message that asks for it.
+    Ack,
     /// `group new ops` / `建群 ops`: make a group (the name as typed, checked by the caller).
     GroupNew(String),
     /// `join K7QM-3XPA` / `加入 K7QM-3XPA`: join a group by its invite code (as typed).
@@ -348,6 +350,7 @@ fn parse_keyword(text: &str) -> Option<Command> {
         "status" | "状态" => Some(Command::Status),
         "login" | "登录" | "console" | "控制台" => Some(Command::Login),
         "logout" | "退出登录" | "登出" => Some(Command::Logout),
+        "ack" | "收到" | "确认" => Some(Command::Ack),
         _ => None,
     }
 }
@@ -398,10 +401,22 @@ pub fn help_reply() -> String {
      timezone +08:00（时区）— 免打扰按你的时区 your UTC offset for quiet hours\n\
      status（状态）— 查看绑定和今日统计 your token, address, order and today's counts\n\
      login（登录）— 网页控制台的一次性链接 a one-time link to the web console · logout（退出登录）\n\
+     ack（收到）— 确认告警 acknowledge an alert\n\
      group new ops（建群 ops）— 建一个群组，一个令牌推送给所有成员 make a group: one token reaches every member\n\
      join 邀请码（加入）· leave ops（退出 ops）· groups（群组）· mute ops（静音）· unmute ops（取消静音）\n\
      help（帮助）— 显示本帮助 show this help"
         .to_owned()
+}
+
+/// Answer to `ack`: what was acknowledged (`title`, shown cut), or that nothing waits.
+pub fn ack_reply(acked: Option<(&str, Option<&str>)>) -> String {
+    match acked {
+        None => "没有待确认的消息。No message is waiting for your acknowledgement.".to_owned(),
+        Some((id, title)) => {
+            let title: String = title.unwrap_or("").chars().take(40).collect();
+            format!("已确认 Acknowledged：{title}\n（{id}）\n不会再升级。It will not be escalated.")
+        }
+    }
 }
 
 /// Answer to `login`: the one-time link on a line of its own.

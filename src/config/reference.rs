@@ -117,6 +117,9 @@ party = [2, 3]
 tag = [5]
 owners = ["alice"]
 
+[ack]
+escalate_min = "30s"
+
 [log]
 level = "pushbot=debug,info"
 format = "json"
@@ -443,7 +446,7 @@ fn the_example_sections_show_the_defaults() {
 const DOC: &str = include_str!("../../docs/configuration.md");
 
 /// The doc's sections, in order: one per table (the README links to these anchors).
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server",
     "storage",
     "wecom",
@@ -454,6 +457,7 @@ const SECTIONS: [&str; 11] = [
     "media",
     "console",
     "groups",
+    "ack",
     "log",
 ];
 
@@ -690,6 +694,7 @@ fn doc_comments() -> Vec<(String, String)> {
         ("MediaSettings", "media"),
         ("ConsoleSettings", "console"),
         ("GroupsSettings", "groups"),
+        ("AckSettings", "ack"),
         ("LogSettings", "log"),
     ] {
         let header = format!("pub struct {structure} {{");

@@ -22,6 +22,7 @@ mod decide;
 pub mod destinations;
 pub mod digest;
 pub mod email;
+pub mod escalate;
 pub mod health;
 pub mod limits;
 pub mod next_step;
@@ -287,6 +288,9 @@ pub struct NewMessage {
     /// The push token the sender was found by, when it must still be the member's as the
     /// message is stored (see [`crate::store::Store::insert_message_verified`]).
     pub verify_token: Option<crate::domain::PushToken>,
+    /// The sender asked for an acknowledgement (`ack=true`, `escalate=…`): stored with the
+    /// message (its `acks` row).
+    pub ack: Option<crate::store::AckAsk>,
 }
 
 /// What a sender asked for with `channel=`.
@@ -812,6 +816,7 @@ impl Outbox {
         message.page_key = Some(crate::token::page_key());
         message.urgent = new.urgent;
         message.resent_from = new.resent_from;
+        message.ack = new.ack;
         if let Some(at) = new.deliver_at.filter(|at| *at > now) {
             message.status = crate::store::MessageStatus::Scheduled;
             message.deliver_at = Some(at);

@@ -152,6 +152,7 @@ fn plannable(m: &Message, first: &Message) -> bool {
         held,
         resent_from,
         group_send,
+        ack,
     } = m;
     matches!(
         status,
@@ -169,6 +170,7 @@ fn plannable(m: &Message, first: &Message) -> bool {
         && deliver_at.is_none()
         && held.is_none()
         && resent_from.is_none()
+        && ack.is_none()
         && *group_send == first.group_send
         && *title == first.title
         && *content == first.content

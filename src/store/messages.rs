@@ -162,6 +162,9 @@ pub struct Message {
     pub resent_from: Option<MessageId>,
     /// The group message (`group_sends.id`) this is one member's copy of.
     pub group_send: Option<MessageId>,
+    /// What the sender asked for an acknowledgement, as accepted: written with the message
+    /// (its `acks` row), not read back into it (see [`Store::ack_of`]).
+    pub ack: Option<super::acks::AckAsk>,
 }
 
 /// One attempt in a message's history.
@@ -269,6 +272,7 @@ impl Message {
             held: None,
             resent_from: None,
             group_send: None,
+            ack: None,
         }
     }
 
@@ -314,6 +318,7 @@ impl Message {
             group_send: row
                 .try_get::<Option<String>, _>("group_send")?
                 .map(MessageId::from_stored),
+            ack: None,
         })
     }
 }
@@ -472,6 +477,14 @@ impl Store {
             .bind(before_ms)
             .execute(&mut *tx)
             .await?;
+        // Acknowledgements of messages gone.
+        sqlx::query(
+            "DELETE FROM acks WHERE created_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM messages m WHERE m.id = acks.message_id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
         // Group messages whose copies are all gone (a copy still queued keeps its row, and
         // so do copies not written yet: see `fanout`).
         sqlx::query(

@@ -41,6 +41,7 @@ macro_rules! on_both_engines {
     )*};
 }
 
+mod acks;
 mod admin;
 mod arrivals;
 mod callbacks;
@@ -66,6 +67,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 
 use crate::supervise::Supervisor;
+pub use acks::{AckAsk, AckOutcome, AckRecord};
 pub use admin::{
     ChannelQueue, FailedAttempt, FailedMessage, Failures, MemberSummary, Members, OldestWaiting,
 };
@@ -868,12 +870,13 @@ mod tests {
 
     #[tokio::test]
     async fn full_disk_refuses_writes_and_recovers_when_space_returns() {
-        let Some(disk) = Tmpfs::mount("1m") else {
+        let Some(disk) = Tmpfs::mount("2m") else {
             return;
         };
         let url = format!("sqlite://{}", disk.mnt.join("t.db").display());
         let store = Store::connect(&url).await.unwrap();
-        std::fs::write(disk.mnt.join("filler"), vec![0u8; 300_000]).unwrap();
+        // What the schema leaves free, less a little: the disk fills within a few messages.
+        std::fs::write(disk.mnt.join("filler"), vec![0u8; 1_300_000]).unwrap();
         let big = "x".repeat(30_000);
         let big_message = |id: String| {
             let mut m = message(&id, "alice");

@@ -1244,6 +1244,10 @@ impl Writer {
         for chunk in pow2_chunks(&attachments, INSERT_CHUNK) {
             insert_attachments(db, chunk)?;
         }
+        // Messages that ask to be acknowledged (few): their `acks` rows, with them.
+        for m in messages.iter().filter(|m| m.ack.is_some()) {
+            insert_ack(db, m)?;
+        }
         if !postgres {
             // A scheduled message opens no lane: it holds nothing up until it is released.
             let queued: Vec<&str> = messages
@@ -1650,6 +1654,24 @@ fn insert_group_send(
             (&send.idempotency_key).into(),
             (&send.idempotency_digest).into(),
             plan.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The `acks` row of a message that asks to be acknowledged (see `store::acks`).
+fn insert_ack(db: &mut dyn Backend, m: &Message) -> Result<(), StoreError> {
+    let escalate_at = m
+        .ack
+        .and_then(|a| a.escalate_after)
+        .map(|after| m.created_at + after);
+    db.exec(
+        "INSERT INTO acks (message_id, userid, created_at, escalate_at) VALUES (?1, ?2, ?3, ?4)",
+        &[
+            m.id.as_str().into(),
+            m.userid.as_str().into(),
+            m.created_at.into(),
+            escalate_at.into(),
         ],
     )?;
     Ok(())

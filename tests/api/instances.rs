@@ -949,6 +949,67 @@ async fn two_instances_deliver_each_scheduled_message_once() {
     );
 }
 
+/// Issue 30: messages that ask to be acknowledged, accepted through both instances and left
+/// unacknowledged, are each escalated once (both instances run the escalation loop).
+#[tokio::test]
+async fn two_instances_escalate_each_unacknowledged_message_once() {
+    let schema = TestDb::postgres();
+    let mock = MockWeCom::start().await;
+    let sink = crate::smtp::SmtpSink::start().await;
+    let mut config = test_settings();
+    config.email = Some(local_email(sink.port));
+    config.ack.escalate_min = Duration::from_secs(1);
+    let cluster = Cluster::new(schema.url().to_owned(), &mock.base_url, config);
+    let a = cluster.start("esc-a").await;
+    let b = cluster.start("esc-b").await;
+    let user = userid("esc2");
+    let token = a.get_token(&user).await;
+    let address = format!("{user}@example.com");
+    say(&a, &user, &format!("email {address}")).await;
+    let code = sink.wait_for_mails_to(&address, 1, WAIT).await[0]
+        .code()
+        .expect("a code");
+    assert_says(
+        &say(&a, &user, &format!("verify {code}")).await,
+        "bound",
+        "verify",
+    );
+    say(&a, &user, "fallback wecom,email").await;
+    for i in 0..10 {
+        let api = if i % 2 == 0 { &a } else { &b };
+        let (status, _, body) = answer(
+            api.http
+                .post(api.url("/send"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"title": format!("e{i}"), "escalate": "1s"}))
+                .send()
+                .await,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(status, 200, "{body}");
+    }
+    sink.wait_for_mails_to(&address, 11, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sink.mails_to(&address).len(),
+        11,
+        "the code mail and one escalation each"
+    );
+    assert_eq!(
+        count(schema.url(), "SELECT count(*) FROM acks WHERE step = 1").await,
+        10
+    );
+    assert_eq!(
+        count(
+            schema.url(),
+            "SELECT count(*) FROM messages WHERE resent_from IS NOT NULL"
+        )
+        .await,
+        10
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // 6. groups across instances (issue 29)
 // ------------------------------------------------------------------------------------------

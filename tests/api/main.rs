@@ -8,6 +8,7 @@ mod mock_wecom;
 mod smtp;
 mod tcp_front;
 
+mod ack;
 mod bot;
 mod browser;
 mod callback;

@@ -196,6 +196,8 @@ async fn push(
             attachments: Vec::new(),
             sender: None,
             when: None,
+            // Acknowledgements from this route: not mapped yet (issue 30).
+            ack: None,
         },
     )
     .await

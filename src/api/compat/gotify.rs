@@ -180,6 +180,8 @@ pub async fn message(
             attachments: Vec::new(),
             sender: None,
             when: None,
+            // Acknowledgements from this route: not mapped yet (issue 30).
+            ack: None,
         },
     )
     .await?;

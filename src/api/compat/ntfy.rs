@@ -555,6 +555,8 @@ async fn publish(
             attachments,
             sender,
             when,
+            // Acknowledgements from this route: not mapped yet (issue 30).
+            ack: None,
         },
     )
     .await?;

@@ -1,0 +1,216 @@
+//! Escalation (issue 30): a message sent with `escalate=10m` that nobody acknowledged by
+//! then is sent again to the same member on the next channels of their order (e-mail where
+//! bound), titled 未确认 · not acknowledged, as an ordinary message of their lane.
+//!
+//! Durable and once: the step is due while its `acks` row says `step = 0` with no
+//! acknowledgement. A pass accepts the escalation's message with the idempotency key
+//! `escalate <id> 1` and only then records the step (`Store::escalated`, a compare-and-set
+//! on `step`). A process killed in between finds the step still due at its next start and
+//! accepts again — which finds the first message by its key instead of making a second; two
+//! instances doing the same step at once meet at that key too. An acknowledgement at any
+//! time before the pass leaves the step undone for good.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::delivery::{ChannelChoice, NewMessage, Outbox, Reach};
+use crate::domain::{ChannelName, Route};
+use crate::store::{AckRecord, Store, StoreError};
+use crate::supervise;
+use crate::time::UnixMillis;
+
+/// How often the due steps are looked for (one index probe when none is due); a step runs
+/// at most this late.
+const POLL: Duration = Duration::from_secs(1);
+/// Steps taken per pass; a full pass is followed by another at once.
+const BATCH: i64 = 32;
+/// After the loop ends (a panic: a bug), it starts again after this pause.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// The title prefix of an escalation.
+pub const NOT_ACKNOWLEDGED: &str = "未确认 · not acknowledged";
+
+/// `/healthz` answers 503 when the loop has not begun a pass for this long: escalations
+/// would not happen.
+pub const STALL_AFTER: Duration = Duration::from_secs(60);
+
+/// The escalation loop's state, shared with `/healthz`.
+#[derive(Debug, Clone, Default)]
+pub struct Escalation {
+    inner: Arc<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the loop last began a pass (0: not started).
+    last_pass: AtomicI64,
+    /// Panics so far (each restarted the loop).
+    panics: AtomicU64,
+}
+
+impl Escalation {
+    /// How long ago the loop last began a pass (`None`: it was never started), and how
+    /// many times it panicked.
+    pub fn health(&self) -> (Option<Duration>, u64) {
+        let last = self.inner.last_pass.load(Ordering::Relaxed);
+        (
+            (last > 0).then(|| UnixMillis::now().since(UnixMillis::from_millis(last))),
+            self.inner.panics.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs the escalation loop until aborted; a panic in it is logged, counted and the
+    /// loop restarted.
+    pub fn spawn(&self, outbox: Outbox, store: Store) -> tokio::task::JoinHandle<()> {
+        let state = Arc::clone(&self.inner);
+        // Started now: `/healthz` times the first pass from here.
+        state
+            .last_pass
+            .store(UnixMillis::now().as_millis(), Ordering::Relaxed);
+        tokio::spawn(async move { supervised(&state, &outbox, &store).await })
+    }
+}
+
+async fn supervised(state: &State, outbox: &Outbox, store: &Store) {
+    loop {
+        let why = match supervise::catch(run(state, outbox, store)).await {
+            Ok(()) => "it ended".to_owned(),
+            Err(panic) => {
+                state.panics.fetch_add(1, Ordering::Relaxed);
+                format!("it panicked: {panic}")
+            }
+        };
+        tracing::error!(
+            task = "escalation",
+            error = %why,
+            "the escalation loop stopped ({why}); restarting it in {}",
+            humantime::format_duration(RESTART_PAUSE)
+        );
+        tokio::time::sleep(RESTART_PAUSE).await;
+    }
+}
+
+async fn run(state: &State, outbox: &Outbox, store: &Store) {
+    let mut failing = false;
+    let faults = store.supervisor().faults();
+    loop {
+        state
+            .last_pass
+            .store(UnixMillis::now().as_millis(), Ordering::Relaxed);
+        faults.panic_at(supervise::FaultPoint::EscalationPanic);
+        match pass(outbox, store, UnixMillis::now()).await {
+            Ok(full) => {
+                if failing {
+                    tracing::info!("escalation can use the database again");
+                    failing = false;
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::warn!(error = %crate::error::chain(&err), "escalation cannot use the database; retrying every second");
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Takes the steps due by `now`; `true` when there may be more.
+async fn pass(outbox: &Outbox, store: &Store, now: UnixMillis) -> Result<bool, EscalateError> {
+    let due = store.due_escalations(now, BATCH).await?;
+    let full = i64::try_from(due.len()).unwrap_or(i64::MAX) >= BATCH;
+    for record in due {
+        escalate(outbox, store, &record).await?;
+    }
+    Ok(full)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EscalateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Accept(#[from] crate::delivery::AcceptError),
+}
+
+/// One step: the message again on the member's other channels, then the step recorded.
+async fn escalate(outbox: &Outbox, store: &Store, record: &AckRecord) -> Result<(), EscalateError> {
+    let now = UnixMillis::now();
+    let Some(old) = store.message(record.message_id.as_str()).await? else {
+        // Purged meanwhile: nothing to send.
+        store.escalated(&record.message_id, None, now).await?;
+        return Ok(());
+    };
+    // Acknowledged (or taken by another instance) since it was read.
+    if store
+        .ack_of(&old.id)
+        .await?
+        .is_none_or(|r| r.acked_at.is_some() || r.step > 0)
+    {
+        return Ok(());
+    }
+    let prefs = store.member_prefs(&old.userid).await?;
+    let reach = Reach {
+        userid: Some(old.userid.clone()),
+        bound: prefs.bound(),
+        own_order: prefs.channels.clone(),
+    };
+    // The channel that carried it (or is trying to): the others of the member's order.
+    let tried = old
+        .channel
+        .as_deref()
+        .and_then(|c| c.parse::<ChannelName>().ok())
+        .unwrap_or_else(|| old.route.first());
+    let next: Vec<ChannelName> = outbox
+        .route(&ChannelChoice::Default, &reach)
+        .map(|(route, _)| route.channels().to_vec())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| *c != tried)
+        .collect();
+    let Some(route) = Route::new(next) else {
+        store.escalated(&old.id, None, now).await?;
+        tracing::info!(userid = %old.userid, id = %old.id, "not acknowledged, but the member has no other channel to escalate to");
+        return Ok(());
+    };
+    let key = format!("escalate {} 1", old.id);
+    let title = match old.title.as_deref() {
+        Some(title) => format!("{NOT_ACKNOWLEDGED}: {title}"),
+        None => NOT_ACKNOWLEDGED.to_owned(),
+    };
+    let attachments = store.attachments_of(&old.id).await?;
+    let accepted = outbox
+        .accept(NewMessage {
+            userid: old.userid.clone(),
+            title: Some(title),
+            content: old.content.clone(),
+            idempotency_key: Some(key.clone()),
+            request_digest: Some(key),
+            route,
+            deliver_all: false,
+            address_to: None,
+            format: old.format,
+            look: Some(old.look),
+            url: old.url.clone(),
+            attachments,
+            deliver_at: None,
+            urgent: true,
+            held: None,
+            resent_from: Some(old.id.clone()),
+            verify_token: None,
+            ack: None,
+        })
+        .await?;
+    if store
+        .escalated(&old.id, Some(&accepted.message.id), now)
+        .await?
+    {
+        tracing::info!(userid = %old.userid, id = %old.id, escalated_as = %accepted.message.id, channels = %accepted.message.route.to_stored(), "not acknowledged: escalated");
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! Acknowledgements and escalation (issue 30): `/send` with `ack=true` or `escalate=…`, the
+//! acknowledgement by `POST /messages/{id}/ack` and by `ack` / `收到` in the chat, and the
+//! escalation to the member's next channel (e-mail, on what the SMTP sink received) when
+//! nobody acknowledges — once, and not at all after an acknowledgement.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::db;
+use crate::helpers::*;
+use crate::smtp::SmtpSink;
+
+/// The gateway with e-mail, escalations allowed from one second on.
+async fn ack_app() -> (TestApp, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let app = spawn_app_with(|c| {
+        c.email = Some(local_email(port));
+        c.ack.escalate_min = Duration::from_secs(1);
+    })
+    .await;
+    (app, sink)
+}
+
+/// Binds `{user}@example.com` by its mailed code; returns the address.
+async fn bind_email(api: &Api, sink: &SmtpSink, user: &str) -> String {
+    let address = format!("{user}@example.com");
+    let reply = say(api, user, &format!("email {address}")).await;
+    assert_says(&reply, "code sent", "`email <address>`");
+    let mails = sink.wait_for_mails_to(&address, 1, WAIT).await;
+    let code = mails[0].code().expect("the code mail has a code");
+    let reply = say(api, user, &format!("verify {code}")).await;
+    assert_says(&reply, "bound", "`verify` with the mailed code");
+    address
+}
+
+async fn send(api: &Api, token: &str, body: &Value) -> (u16, Value) {
+    let resp = api.send_json(Some(token), body).await;
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON answer"))
+}
+
+async fn send_ok(api: &Api, token: &str, body: &Value) -> String {
+    let (status, answer) = send(api, token, body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["id"].as_str().expect("an id").to_owned()
+}
+
+async fn post_ack(api: &Api, id: &str, token: &str) -> (u16, Value) {
+    let resp = http_client()
+        .post(api.url(&format!("/messages/{id}/ack")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("POST /messages/{id}/ack");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON answer"))
+}
+
+async fn acks_stored(app: &TestApp) -> i64 {
+    let mut conn = db::connect(app.store_url()).await;
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM acks")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count acks")
+}
+
+#[tokio::test]
+async fn ack_and_escalate_are_checked_in_every_form_and_a_bad_one_stores_nothing() {
+    let (app, _sink) = ack_app().await;
+    let user = userid("ackform");
+    let token = app.get_token(&user).await;
+    for (body, needle) in [
+        (json!({"title": "t", "ack": "maybe"}), "ack \"maybe\""),
+        (json!({"title": "t", "escalate": "soon"}), "not a duration"),
+        (
+            json!({"title": "t", "escalate": "500ms"}),
+            "between 1s and 1day",
+        ),
+        (
+            json!({"title": "t", "escalate": "25h"}),
+            "between 1s and 1day",
+        ),
+        (json!({"title": "t", "ack": [true]}), ""),
+    ] {
+        let (status, answer) = send(&app, &token, &body).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        let error = answer["message"].as_str().unwrap_or_default();
+        assert!(error.contains(needle), "{body}: {error:?} names {needle:?}");
+    }
+    // Query and form spellings, and JSON's own types.
+    let q = app
+        .send_get(&[("token", &token), ("title", "q"), ("ack", "1")])
+        .await;
+    assert_eq!(q.status(), 200);
+    let form = http_client()
+        .post(app.url("/send"))
+        .bearer_auth(&token)
+        .form(&[("title", "f"), ("escalate", "90")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    send_ok(&app, &token, &json!({"title": "j", "ack": true})).await;
+    send_ok(&app, &token, &json!({"title": "j", "ack": false})).await;
+    assert_eq!(
+        acks_stored(&app).await,
+        3,
+        "three asked, one said no, the 400s none"
+    );
+}
+
+#[tokio::test]
+async fn the_owner_acknowledges_once_over_the_api_and_others_cannot() {
+    let (app, _sink) = ack_app().await;
+    let user = userid("ackapi");
+    let token = app.get_token(&user).await;
+    let id = send_ok(&app, &token, &json!({"title": "disk full", "ack": true})).await;
+    let shown = app.message_json(&id, &token).await;
+    assert_eq!(shown["ack"]["required"], true, "{shown}");
+    assert!(shown["ack"]["acked_at"].is_null(), "{shown}");
+
+    let (status, first) = post_ack(&app, &id, &token).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["ack"]["acked_by"], user.as_str(), "{first}");
+    assert_eq!(first["ack"]["via"], "api", "{first}");
+    let at = first["ack"]["acked_at"]
+        .as_str()
+        .expect("acked_at")
+        .to_owned();
+
+    let (status, again) = post_ack(&app, &id, &token).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["ack"]["acked_at"],
+        at.as_str(),
+        "a second ack changes nothing"
+    );
+
+    let plain = send_ok(&app, &token, &json!({"title": "no ack asked"})).await;
+    let (status, answer) = post_ack(&app, &plain, &token).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(app.message_json(&plain, &token).await["ack"].is_null());
+
+    let other = app.get_token(&userid("ackother")).await;
+    let (status, answer) = post_ack(&app, &id, &other).await;
+    assert_eq!(status, 404, "someone else's message: {answer}");
+    let (status, _) = post_ack(&app, "no-such-id", &token).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn ack_in_the_chat_acknowledges_the_latest_waiting_message() {
+    let (app, _sink) = ack_app().await;
+    let user = userid("ackchat");
+    let token = app.get_token(&user).await;
+    let first = send_ok(&app, &token, &json!({"title": "first", "ack": true})).await;
+    let second = send_ok(&app, &token, &json!({"title": "second", "ack": true})).await;
+
+    let reply = say(&app, &user, "收到").await;
+    assert_says(&reply, "second", "`收到` names what it acknowledged");
+    let shown = app.message_json(&second, &token).await;
+    assert_eq!(shown["ack"]["via"], "chat", "{shown}");
+    assert!(app.message_json(&first, &token).await["ack"]["acked_at"].is_null());
+
+    let reply = say(&app, &user, "ack").await;
+    assert_says(&reply, "first", "then the one before");
+    let reply = say(&app, &user, "ack").await;
+    assert_says(&reply, "No message is waiting", "nothing left");
+}
+
+/// Waits until the message shows its escalation step.
+async fn wait_escalated(app: &Api, id: &str, token: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let shown = app.message_json(id, token).await;
+        if shown["ack"]["escalations"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        {
+            return shown;
+        }
+        assert!(Instant::now() < deadline, "not escalated: {shown}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unacknowledged_message_is_escalated_to_email_once() {
+    let (app, sink) = ack_app().await;
+    let user = userid("ackesc");
+    let token = app.get_token(&user).await;
+    let address = bind_email(&app, &sink, &user).await;
+    // The member's order: WeCom, then e-mail.
+    say(&app, &user, "fallback wecom,email").await;
+    let id = send_ok(
+        &app,
+        &token,
+        &json!({"title": "db down", "content": "primary lost", "escalate": "2s"}),
+    )
+    .await;
+    app.wait_for_status(&id, &token, "delivered", WAIT).await;
+    assert_eq!(
+        sink.mails_to(&address).len(),
+        1,
+        "only the code mail so far"
+    );
+
+    let shown = wait_escalated(&app, &id, &token).await;
+    let step = &shown["ack"]["escalations"][0];
+    assert_eq!(step["step"], 1, "{shown}");
+    let sent = step["message"]
+        .as_str()
+        .expect("the escalation's message")
+        .to_owned();
+    let mails = sink.wait_for_mails_to(&address, 2, WAIT).await;
+    assert!(
+        mails[1].subject().contains("未确认") && mails[1].subject().contains("db down"),
+        "{}",
+        mails[1].raw()
+    );
+    let escalation = app.message_json(&sent, &token).await;
+    assert_eq!(escalation["resent_from"], id.as_str(), "{escalation}");
+    assert_eq!(
+        escalation["ack"]["message"],
+        id.as_str(),
+        "it acknowledges the original"
+    );
+
+    // Once: nothing more however long it stays unacknowledged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sink.mails_to(&address).len(), 2, "one escalation");
+    // The loop that did it reports to /healthz.
+    let health: Value = app.healthz().await.unwrap().json().await.unwrap();
+    assert_eq!(health["escalation"]["panics"], 0, "{health}");
+    assert!(
+        health["escalation"]["last_pass_seconds_ago"]
+            .as_f64()
+            .is_some_and(|s| s < 5.0),
+        "{health}"
+    );
+    // Acknowledging the escalation acknowledges the message.
+    let (status, acked) = post_ack(&app, &sent, &token).await;
+    assert_eq!(status, 200, "{acked}");
+    assert!(app.message_json(&id, &token).await["ack"]["acked_at"].is_string());
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_is_not_escalated() {
+    let (app, sink) = ack_app().await;
+    let user = userid("ackstop");
+    let token = app.get_token(&user).await;
+    let address = bind_email(&app, &sink, &user).await;
+    say(&app, &user, "fallback wecom,email").await;
+    let id = send_ok(&app, &token, &json!({"title": "seen", "escalate": "2s"})).await;
+    let (status, _) = post_ack(&app, &id, &token).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sink.mails_to(&address).len(), 1, "only the code mail");
+    let shown = app.message_json(&id, &token).await;
+    assert!(shown["ack"]["escalations"].is_null(), "{shown}");
+}
+
+#[tokio::test]
+async fn without_another_channel_the_step_is_recorded_and_nothing_is_sent_again() {
+    let (app, _sink) = ack_app().await;
+    let user = userid("acknone");
+    let token = app.get_token(&user).await;
+    let id = send_ok(
+        &app,
+        &token,
+        &json!({"title": "only wecom", "escalate": "1s"}),
+    )
+    .await;
+    let shown = wait_escalated(&app, &id, &token).await;
+    assert!(
+        shown["ack"]["escalations"][0]["message"].is_null(),
+        "{shown}"
+    );
+    let to_member = app
+        .mock
+        .delivered_calls()
+        .iter()
+        .filter(|c| c.touser() == user)
+        .count();
+    assert_eq!(
+        to_member, 1,
+        "the message once, no escalation on WeCom again"
+    );
+}
+
+/// `kill -9` between the acceptance and the escalation time: the step is in the database,
+/// and the restarted process takes it once.
+#[tokio::test]
+async fn an_escalation_due_across_a_kill9_runs_once_after_the_restart() {
+    let mock = MockWeCom::start().await;
+    let sink = SmtpSink::start().await;
+    let config = settings_with(|c| {
+        c.email = Some(local_email(sink.port));
+        c.ack.escalate_min = Duration::from_secs(1);
+    });
+    let setup = bin_setup(&config, &mock.base_url);
+    let mut bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
+    let user = userid("ack9");
+    let token = bin.get_token(&user).await;
+    let address = bind_email(&bin, &sink, &user).await;
+    say(&bin, &user, "fallback wecom,email").await;
+    let id = send_ok(&bin, &token, &json!({"title": "k9", "escalate": "2s"})).await;
+    bin.kill9();
+    // Due while nothing runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bin = spawn_binary(&setup.config_path, setup.port, &[]).await;
+    let shown = wait_escalated(&bin, &id, &token).await;
+    assert!(
+        shown["ack"]["escalations"][0]["message"].is_string(),
+        "{shown}"
+    );
+    sink.wait_for_mails_to(&address, 2, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sink.mails_to(&address).len(),
+        2,
+        "the code mail and one escalation"
+    );
+}
+
+/// A panic in the escalation loop (a bug) is counted in `/healthz` and the loop restarted:
+/// a message due after it is still escalated.
+#[tokio::test]
+async fn a_panicking_escalation_loop_is_restarted_and_still_escalates() {
+    let (app, sink) = ack_app().await;
+    app.faults()
+        .arm(pushbot::supervise::FaultPoint::EscalationPanic, 1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let health: Value = app.healthz().await.unwrap().json().await.unwrap();
+        if health["escalation"]["panics"] == 1 {
+            assert_eq!(health["status"], "ok", "{health}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fault trips: {health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let user = userid("ackpanic");
+    let token = app.get_token(&user).await;
+    let address = bind_email(&app, &sink, &user).await;
+    say(&app, &user, "fallback wecom,email").await;
+    let id = send_ok(&app, &token, &json!({"title": "after", "escalate": "1s"})).await;
+    wait_escalated(&app, &id, &token).await;
+    sink.wait_for_mails_to(&address, 2, WAIT).await;
+}
