@@ -82,6 +82,7 @@ pub struct Application {
     outbox: Outbox,
     wecom_groups: WecomGroups,
     escalation: crate::delivery::escalate::Escalation,
+    metrics: Metrics,
     port: u16,
     callback_retention: Duration,
     /// `storage.retention`.
@@ -161,9 +162,9 @@ impl Application {
             utc_offset: settings.delivery.utc_offset,
             quiet_hours: settings.delivery.quiet_hours,
             max_content_bytes: settings.server.max_content_bytes,
-            ack_escalate_min: settings.ack.escalate_min,
+            ack: Arc::new(settings.ack.clone()),
             retention: settings.storage.retention,
-            metrics,
+            metrics: metrics.clone(),
             metrics_access: api::metrics::MetricsAccess::from_settings(&settings.server),
             refused: Arc::clone(&refused),
             media: api::MediaState {
@@ -215,6 +216,7 @@ impl Application {
             outbox,
             wecom_groups,
             escalation,
+            metrics,
             port,
             callback_retention: MIN_CALLBACK_RETENTION.max(settings.wecom.callback_max_age),
             retention: settings.storage.retention,
@@ -274,9 +276,11 @@ impl Application {
         // Reads the WeCom-backed groups now and every `groups.refresh`.
         let group_refresh = self.wecom_groups.spawn();
         // Sends unacknowledged messages again when their escalation time comes.
-        let escalation = self
-            .escalation
-            .spawn(self.outbox.clone(), self.store.clone());
+        let escalation = self.escalation.spawn(
+            self.outbox.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+        );
         let maintenance = tokio::spawn(maintenance(
             self.store.clone(),
             self.callback_retention,

@@ -1674,14 +1674,32 @@ pub struct AckSettings {
         serialize_with = "short_duration"
     )]
     pub escalate_min: Duration,
+    /// Messages the compatible routes mark urgent — ntfy priority 5 (`urgent`), Bark
+    /// `level=critical`, gotify priority 8 and above — ask to be acknowledged.
+    #[serde(default = "default_true")]
+    pub urgent: bool,
+    /// Firing Alertmanager and Grafana alerts whose `severity` label is one of these ask to
+    /// be acknowledged.
+    #[serde(default = "default_ack_severities")]
+    pub severities: Vec<String>,
 }
 
 impl Default for AckSettings {
     fn default() -> Self {
         Self {
             escalate_min: default_escalate_min(),
+            urgent: true,
+            severities: default_ack_severities(),
         }
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_ack_severities() -> Vec<String> {
+    vec!["critical".to_owned()]
 }
 
 /// The longest `escalate=` a sender may ask for.

@@ -260,6 +260,16 @@ struct EndpointLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ViaLabel {
+    via: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StepLabel {
+    step: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ChannelLabel {
     channel: ChannelName,
 }
@@ -304,6 +314,9 @@ struct Families {
     scheduled: Gauge,
     cancelled: Counter,
     group_copies: Counter,
+    acknowledged: Family<ViaLabel, Counter>,
+    time_to_ack: Histogram,
+    escalations: Family<StepLabel, Counter>,
     scheduler_pass_age: Gauge<f64, AtomicU64>,
     oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>>,
     wecom_errors: Family<WeComErrorLabels, Counter>,
@@ -345,6 +358,9 @@ impl Metrics {
         let scheduled: Gauge = Gauge::default();
         let cancelled: Counter = Counter::default();
         let group_copies: Counter = Counter::default();
+        let acknowledged: Family<ViaLabel, Counter> = Family::default();
+        let time_to_ack = Histogram::new(LATENCY_BUCKETS);
+        let escalations: Family<StepLabel, Counter> = Family::default();
         let scheduler_pass_age: Gauge<f64, AtomicU64> = Gauge::default();
         let oldest_due: Family<ChannelLabel, Gauge<f64, AtomicU64>> = Family::default();
         let wecom_errors: Family<WeComErrorLabels, Counter> = Family::default();
@@ -433,6 +449,22 @@ impl Metrics {
             cancelled.clone(),
         );
         registry.register(
+            "acknowledgements",
+            "Messages acknowledged (issue 30), by how: api, chat, page or card",
+            acknowledged.clone(),
+        );
+        registry.register_with_unit(
+            "time_to_acknowledge",
+            "From a message's acceptance to its acknowledgement",
+            Unit::Seconds,
+            time_to_ack.clone(),
+        );
+        registry.register(
+            "escalations",
+            "Escalation steps taken for messages nobody acknowledged in time, by step (1: sent again on the member's next channels)",
+            escalations.clone(),
+        );
+        registry.register(
             "group_recipients",
             "Recipient-sends of group messages: each group message accepted adds one per member it goes to (muted members not counted); increase(…[1d]) is the day's figure. WeCom's corp-wide daily budget (seats × 200) counts every recipient of every app message: compare it with pushbot_wecom_recipient_sends_today",
             group_copies.clone(),
@@ -490,6 +522,9 @@ impl Metrics {
             scheduled,
             cancelled,
             group_copies,
+            acknowledged,
+            time_to_ack,
+            escalations,
             scheduler_pass_age,
             oldest_due,
             wecom_errors,
@@ -624,6 +659,17 @@ impl Metrics {
     /// A sender cancelled a message.
     pub fn cancelled(&self) {
         self.0.cancelled.inc();
+    }
+
+    /// A message was acknowledged `via` a way, `after` its acceptance.
+    pub fn acknowledged(&self, via: &'static str, after: std::time::Duration) {
+        self.0.acknowledged.get_or_create(&ViaLabel { via }).inc();
+        self.0.time_to_ack.observe(after.as_secs_f64());
+    }
+
+    /// An escalation step was taken.
+    pub fn escalated(&self, step: u8) {
+        self.0.escalations.get_or_create(&StepLabel { step }).inc();
     }
 
     /// A group message was accepted with `n` copies to send (issue 29).

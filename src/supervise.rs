@@ -53,6 +53,36 @@ pub async fn catch<F: Future>(future: F) -> Result<F::Output, Panicked> {
         .map_err(|payload| Panicked(panic_message(payload.as_ref())))
 }
 
+/// Runs the loop `task` starts, for ever: whenever it ends — a panic, a bug — that is
+/// counted in `panics` (for `/healthz`), logged as `task` with `what` stopped, and the loop
+/// started again after [`RESTART_PAUSE`].
+pub async fn keep_running<F, Fut>(
+    task: &'static str,
+    what: &str,
+    panics: &std::sync::atomic::AtomicU64,
+    mut start: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        let why = match catch(start()).await {
+            Ok(()) => "it ended".to_owned(),
+            Err(panic) => {
+                panics.fetch_add(1, Ordering::Relaxed);
+                format!("it panicked: {panic}")
+            }
+        };
+        tracing::error!(
+            task,
+            error = %why,
+            "the {what} stopped ({why}); restarting it in {}",
+            humantime::format_duration(RESTART_PAUSE)
+        );
+        tokio::time::sleep(RESTART_PAUSE).await;
+    }
+}
+
 /// A panic [`catch`] caught: its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -11,7 +11,7 @@
 //!   adding another (a new token).
 //! - A long-lived task ([`WecomGroups::spawn`]) reads every group again each
 //!   `groups.refresh`; a panic in it is caught, logged and the loop restarted after
-//!   [`RESTART_PAUSE`], and `/healthz` reports its last pass, its panics and the groups
+//!   [`RESTART_PAUSE`](supervise::RESTART_PAUSE), and `/healthz` reports its last pass, its panics and the groups
 //!   WeCom refused ([`WecomGroups::health`]).
 //! - The send path calls [`WecomGroups::refresh_if_stale`] with the group's id before it
 //!   takes the membership: a WeCom-backed group not read within `groups.refresh` is read
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crate::config::GroupsSettings;
 use crate::domain::UserId;
 use crate::store::{Store, StoreError, WecomGroupSpec};
-use crate::supervise::{self, FaultPoint, RESTART_PAUSE, Supervisor};
+use crate::supervise::{self, FaultPoint, Supervisor};
 use crate::time::UnixMillis;
 use crate::wecom::client::{WeComClient, WeComError};
 
@@ -225,26 +225,17 @@ impl WecomGroups {
 
     /// Starts the refresh loop (nothing when no group is WeCom-backed); it runs until the
     /// handle is aborted. A pass that panics is logged and the loop starts again after
-    /// [`RESTART_PAUSE`].
+    /// [`RESTART_PAUSE`](supervise::RESTART_PAUSE).
     pub fn spawn(&self) -> Option<tokio::task::JoinHandle<()>> {
         let inner = Arc::clone(self.inner.as_ref()?);
         Some(tokio::spawn(async move {
-            loop {
-                let why = match supervise::catch(Arc::clone(&inner).run()).await {
-                    Ok(()) => "it ended".to_owned(),
-                    Err(panic) => {
-                        inner.panics.fetch_add(1, Ordering::Relaxed);
-                        format!("it panicked: {panic}")
-                    }
-                };
-                tracing::error!(
-                    task = "WeCom group refresh",
-                    error = %why,
-                    "the WeCom-backed groups' refresh loop stopped ({why}); restarting it in {}",
-                    humantime::format_duration(RESTART_PAUSE)
-                );
-                tokio::time::sleep(RESTART_PAUSE).await;
-            }
+            supervise::keep_running(
+                "WeCom group refresh",
+                "WeCom-backed groups' refresh loop",
+                &inner.panics,
+                || Arc::clone(&inner).run(),
+            )
+            .await;
         }))
     }
 

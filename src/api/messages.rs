@@ -531,7 +531,7 @@ pub(crate) async fn acknowledge(
     state: &AppState,
     userid: &UserId,
     id: &str,
-    via: &str,
+    via: &'static str,
 ) -> Result<crate::store::AckRecord, ApiError> {
     let shown: String = id.chars().take(64).collect();
     let message = match state.store.message(id).await? {
@@ -549,6 +549,9 @@ pub(crate) async fn acknowledge(
     {
         crate::store::AckOutcome::Acked(record) => {
             tracing::info!(userid = %userid, id = %record.message_id, via, "message acknowledged");
+            if let Some(at) = record.acked_at {
+                state.metrics.acknowledged(via, at.since(record.created_at));
+            }
             Ok(record)
         }
         crate::store::AckOutcome::Already(record) => Ok(record),
@@ -613,29 +616,14 @@ pub(crate) async fn resend_message(
     }
     let attempts = state.store.attempts_of(&old.id).await?;
     let attachments = state.store.attachments_of(&old.id).await?;
-    let key = format!("resend {}", old.id);
     let accepted = state
         .outbox
-        .accept(NewMessage {
-            userid: userid.clone(),
-            title: old.title.clone(),
-            content: old.content.clone(),
-            idempotency_key: Some(key.clone()),
-            request_digest: Some(key),
-            route: first_route(&old, &attempts),
-            deliver_all: old.deliver_all,
-            address_to: None,
-            format: old.format,
-            look: Some(old.look),
-            url: old.url.clone(),
+        .accept(NewMessage::again(
+            &old,
+            first_route(&old, &attempts),
+            format!("resend {}", old.id),
             attachments,
-            deliver_at: None,
-            urgent: old.urgent,
-            held: None,
-            resent_from: Some(old.id.clone()),
-            verify_token: None,
-            ack: None,
-        })
+        ))
         .await?;
     if !accepted.duplicate {
         // Counted with the API's own messages: a resend is one whichever button sent it.

@@ -58,8 +58,9 @@ pub struct AppState {
     pub quiet_hours: Option<crate::delivery::quiet::QuietHours>,
     /// `server.max_content_bytes`.
     pub max_content_bytes: usize,
-    /// `ack.escalate_min`: the shortest `escalate=` accepted.
-    pub ack_escalate_min: std::time::Duration,
+    /// `[ack]`: the shortest `escalate=`, and which compat and alert messages ask to be
+    /// acknowledged.
+    pub ack: Arc<crate::config::AckSettings>,
     /// `storage.retention`: a page older than this is gone (410).
     pub retention: Option<std::time::Duration>,
     /// What is counted for `/metrics`.

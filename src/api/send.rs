@@ -791,7 +791,7 @@ async fn accept(
         let ack = ack_ask(
             fields.ack.as_deref(),
             fields.escalate.as_deref(),
-            state.ack_escalate_min,
+            state.ack.escalate_min,
         )?;
         Ok((key, format, when, ack))
     });
@@ -1059,6 +1059,18 @@ async fn submit_with(
                 .into(),
         ));
     }
+    // The compatible routes' own urgency asks for an acknowledgement (`ack.urgent`).
+    let ack = sub.ack.or_else(|| {
+        (state.ack.urgent
+            && sub.urgency == Urgency::Urgent
+            && matches!(
+                sub.endpoint,
+                Endpoint::Bark | Endpoint::Gotify | Endpoint::Ntfy
+            ))
+        .then_some(crate::store::AckAsk {
+            escalate_after: None,
+        })
+    });
     let (userid, prefs, verify_token) = match sender {
         Sender::Member(userid, prefs, verify) => (userid, prefs, verify),
         Sender::Group(group) => {
@@ -1074,7 +1086,7 @@ async fn submit_with(
                 urgency: sub.urgency,
                 idempotency_key: sub.idempotency_key,
                 endpoint: sub.endpoint,
-                ack: sub.ack,
+                ack,
             };
             return super::group_send::submit_group(state, group, prepared, uploads).await;
         }
@@ -1145,7 +1157,7 @@ async fn submit_with(
             held,
             resent_from: None,
             verify_token,
-            ack: sub.ack,
+            ack,
         })
         .await
         .inspect_err(|err| {

@@ -119,6 +119,8 @@ owners = ["alice"]
 
 [ack]
 escalate_min = "30s"
+urgent = false
+severities = ["critical", "page"]
 
 [log]
 level = "pushbot=debug,info"

@@ -25,8 +25,6 @@ use crate::time::UnixMillis;
 const POLL: Duration = Duration::from_secs(1);
 /// Steps taken per pass; a full pass is followed by another at once.
 const BATCH: i64 = 32;
-/// After the loop ends (a panic: a bug), it starts again after this pause.
-const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// The title prefix of an escalation.
 pub const NOT_ACKNOWLEDGED: &str = "未确认 · not acknowledged";
@@ -62,36 +60,27 @@ impl Escalation {
 
     /// Runs the escalation loop until aborted; a panic in it is logged, counted and the
     /// loop restarted.
-    pub fn spawn(&self, outbox: Outbox, store: Store) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        &self,
+        outbox: Outbox,
+        store: Store,
+        metrics: crate::metrics::Metrics,
+    ) -> tokio::task::JoinHandle<()> {
         let state = Arc::clone(&self.inner);
         // Started now: `/healthz` times the first pass from here.
         state
             .last_pass
             .store(UnixMillis::now().as_millis(), Ordering::Relaxed);
-        tokio::spawn(async move { supervised(&state, &outbox, &store).await })
+        tokio::spawn(async move {
+            supervise::keep_running("escalation", "escalation loop", &state.panics, || {
+                run(&state, &outbox, &store, &metrics)
+            })
+            .await;
+        })
     }
 }
 
-async fn supervised(state: &State, outbox: &Outbox, store: &Store) {
-    loop {
-        let why = match supervise::catch(run(state, outbox, store)).await {
-            Ok(()) => "it ended".to_owned(),
-            Err(panic) => {
-                state.panics.fetch_add(1, Ordering::Relaxed);
-                format!("it panicked: {panic}")
-            }
-        };
-        tracing::error!(
-            task = "escalation",
-            error = %why,
-            "the escalation loop stopped ({why}); restarting it in {}",
-            humantime::format_duration(RESTART_PAUSE)
-        );
-        tokio::time::sleep(RESTART_PAUSE).await;
-    }
-}
-
-async fn run(state: &State, outbox: &Outbox, store: &Store) {
+async fn run(state: &State, outbox: &Outbox, store: &Store, metrics: &crate::metrics::Metrics) {
     let mut failing = false;
     let faults = store.supervisor().faults();
     loop {
@@ -99,7 +88,7 @@ async fn run(state: &State, outbox: &Outbox, store: &Store) {
             .last_pass
             .store(UnixMillis::now().as_millis(), Ordering::Relaxed);
         faults.panic_at(supervise::FaultPoint::EscalationPanic);
-        match pass(outbox, store, UnixMillis::now()).await {
+        match pass(outbox, store, metrics, UnixMillis::now()).await {
             Ok(full) => {
                 if failing {
                     tracing::info!("escalation can use the database again");
@@ -121,11 +110,18 @@ async fn run(state: &State, outbox: &Outbox, store: &Store) {
 }
 
 /// Takes the steps due by `now`; `true` when there may be more.
-async fn pass(outbox: &Outbox, store: &Store, now: UnixMillis) -> Result<bool, EscalateError> {
+async fn pass(
+    outbox: &Outbox,
+    store: &Store,
+    metrics: &crate::metrics::Metrics,
+    now: UnixMillis,
+) -> Result<bool, EscalateError> {
     let due = store.due_escalations(now, BATCH).await?;
     let full = i64::try_from(due.len()).unwrap_or(i64::MAX) >= BATCH;
     for record in due {
-        escalate(outbox, store, &record).await?;
+        if escalate(outbox, store, &record).await? {
+            metrics.escalated(1);
+        }
     }
     Ok(full)
 }
@@ -138,13 +134,17 @@ enum EscalateError {
     Accept(#[from] crate::delivery::AcceptError),
 }
 
-/// One step: the message again on the member's other channels, then the step recorded.
-async fn escalate(outbox: &Outbox, store: &Store, record: &AckRecord) -> Result<(), EscalateError> {
+/// One step: the message again on the member's other channels, then the step recorded;
+/// `true` when this call recorded it.
+async fn escalate(
+    outbox: &Outbox,
+    store: &Store,
+    record: &AckRecord,
+) -> Result<bool, EscalateError> {
     let now = UnixMillis::now();
     let Some(old) = store.message(record.message_id.as_str()).await? else {
         // Purged meanwhile: nothing to send.
-        store.escalated(&record.message_id, None, now).await?;
-        return Ok(());
+        return Ok(store.escalated(&record.message_id, None, now).await?);
     };
     // Acknowledged (or taken by another instance) since it was read.
     if store
@@ -152,7 +152,7 @@ async fn escalate(outbox: &Outbox, store: &Store, record: &AckRecord) -> Result<
         .await?
         .is_none_or(|r| r.acked_at.is_some() || r.step > 0)
     {
-        return Ok(());
+        return Ok(false);
     }
     let prefs = store.member_prefs(&old.userid).await?;
     let reach = Reach {
@@ -174,9 +174,9 @@ async fn escalate(outbox: &Outbox, store: &Store, record: &AckRecord) -> Result<
         .filter(|c| *c != tried)
         .collect();
     let Some(route) = Route::new(next) else {
-        store.escalated(&old.id, None, now).await?;
+        let recorded = store.escalated(&old.id, None, now).await?;
         tracing::info!(userid = %old.userid, id = %old.id, "not acknowledged, but the member has no other channel to escalate to");
-        return Ok(());
+        return Ok(recorded);
     };
     let key = format!("escalate {} 1", old.id);
     let title = match old.title.as_deref() {
@@ -184,33 +184,20 @@ async fn escalate(outbox: &Outbox, store: &Store, record: &AckRecord) -> Result<
         None => NOT_ACKNOWLEDGED.to_owned(),
     };
     let attachments = store.attachments_of(&old.id).await?;
+    // Urgent: quiet hours let it through (an unacknowledged alert is what they are for).
     let accepted = outbox
         .accept(NewMessage {
-            userid: old.userid.clone(),
             title: Some(title),
-            content: old.content.clone(),
-            idempotency_key: Some(key.clone()),
-            request_digest: Some(key),
-            route,
             deliver_all: false,
-            address_to: None,
-            format: old.format,
-            look: Some(old.look),
-            url: old.url.clone(),
-            attachments,
-            deliver_at: None,
             urgent: true,
-            held: None,
-            resent_from: Some(old.id.clone()),
-            verify_token: None,
-            ack: None,
+            ..NewMessage::again(&old, route, key, attachments)
         })
         .await?;
-    if store
+    let recorded = store
         .escalated(&old.id, Some(&accepted.message.id), now)
-        .await?
-    {
+        .await?;
+    if recorded {
         tracing::info!(userid = %old.userid, id = %old.id, escalated_as = %accepted.message.id, channels = %accepted.message.route.to_stored(), "not acknowledged: escalated");
     }
-    Ok(())
+    Ok(recorded)
 }

@@ -293,6 +293,40 @@ pub struct NewMessage {
     pub ack: Option<crate::store::AckAsk>,
 }
 
+impl NewMessage {
+    /// `old` sent again as a new message that names it (`resent_from`): its title, content,
+    /// format, look, link, images and files (`attachments`, the same stored files), on
+    /// `route`, with `key` as its idempotency key — a repeat finds the first instead of
+    /// sending twice.
+    pub fn again(
+        old: &Message,
+        route: Route,
+        key: String,
+        attachments: Vec<crate::store::Attachment>,
+    ) -> Self {
+        Self {
+            userid: old.userid.clone(),
+            title: old.title.clone(),
+            content: old.content.clone(),
+            idempotency_key: Some(key.clone()),
+            request_digest: Some(key),
+            route,
+            deliver_all: old.deliver_all,
+            address_to: None,
+            format: old.format,
+            look: Some(old.look),
+            url: old.url.clone(),
+            attachments,
+            deliver_at: None,
+            urgent: old.urgent,
+            held: None,
+            resent_from: Some(old.id.clone()),
+            verify_token: None,
+            ack: None,
+        }
+    }
+}
+
 /// What a sender asked for with `channel=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelChoice {

@@ -18,21 +18,10 @@ async fn ack_app() -> (TestApp, SmtpSink) {
     let app = spawn_app_with(|c| {
         c.email = Some(local_email(port));
         c.ack.escalate_min = Duration::from_secs(1);
+        c.server.metrics = true;
     })
     .await;
     (app, sink)
-}
-
-/// Binds `{user}@example.com` by its mailed code; returns the address.
-async fn bind_email(api: &Api, sink: &SmtpSink, user: &str) -> String {
-    let address = format!("{user}@example.com");
-    let reply = say(api, user, &format!("email {address}")).await;
-    assert_says(&reply, "code sent", "`email <address>`");
-    let mails = sink.wait_for_mails_to(&address, 1, WAIT).await;
-    let code = mails[0].code().expect("the code mail has a code");
-    let reply = say(api, user, &format!("verify {code}")).await;
-    assert_says(&reply, "bound", "`verify` with the mailed code");
-    address
 }
 
 async fn send(api: &Api, token: &str, body: &Value) -> (u16, Value) {
@@ -137,6 +126,15 @@ async fn the_owner_acknowledges_once_over_the_api_and_others_cannot() {
         at.as_str(),
         "a second ack changes nothing"
     );
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("pushbot_acknowledgements_total{via=\"api\"} 1"),
+        "counted once:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("pushbot_time_to_acknowledge_seconds_count 1"),
+        "{metrics}"
+    );
 
     let plain = send_ok(&app, &token, &json!({"title": "no ack asked"})).await;
     let (status, answer) = post_ack(&app, &plain, &token).await;
@@ -231,6 +229,11 @@ async fn an_unacknowledged_message_is_escalated_to_email_once() {
     // Once: nothing more however long it stays unacknowledged.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sink.mails_to(&address).len(), 2, "one escalation");
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("pushbot_escalations_total{step=\"1\"} 1"),
+        "{metrics}"
+    );
     // The loop that did it reports to /healthz.
     let health: Value = app.healthz().await.unwrap().json().await.unwrap();
     assert_eq!(health["escalation"]["panics"], 0, "{health}");
@@ -349,4 +352,96 @@ async fn a_panicking_escalation_loop_is_restarted_and_still_escalates() {
     let id = send_ok(&app, &token, &json!({"title": "after", "escalate": "1s"})).await;
     wait_escalated(&app, &id, &token).await;
     sink.wait_for_mails_to(&address, 2, WAIT).await;
+}
+
+/// Titles of the messages that ask to be acknowledged.
+async fn asking_titles(app: &TestApp) -> Vec<String> {
+    let mut conn = db::connect(app.store_url()).await;
+    let mut titles: Vec<String> = sqlx::query_scalar::<_, String>(
+        "SELECT m.title FROM acks a JOIN messages m ON m.id = a.message_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("read acks");
+    titles.sort();
+    titles
+}
+
+/// The drop-in routes' own urgency asks for an acknowledgement (`[ack]` defaults): ntfy
+/// priority 5, Bark `critical`, gotify 8 and above, a firing alert of severity `critical`;
+/// lower ones do not.
+#[tokio::test]
+async fn urgent_drop_in_messages_and_critical_alerts_ask_to_be_acknowledged() {
+    let (app, _sink) = ack_app().await;
+    let user = userid("ackcompat");
+    let token = app.get_token(&user).await;
+    let http = http_client();
+    let ok = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{status}: {body}");
+    };
+    for (priority, title) in [("5", "ntfy-5"), ("4", "ntfy-4")] {
+        ok(http
+            .post(app.url(&format!("/{token}")))
+            .header("X-Title", title)
+            .header("X-Priority", priority)
+            .body("x")
+            .send()
+            .await
+            .unwrap())
+        .await;
+    }
+    for (level, title) in [("critical", "bark-critical"), ("active", "bark-active")] {
+        ok(http
+            .get(app.url(&format!("/{token}/{title}/body")))
+            .query(&[("level", level)])
+            .send()
+            .await
+            .unwrap())
+        .await;
+    }
+    for (priority, title) in [(8, "gotify-8"), (5, "gotify-5")] {
+        ok(http
+            .post(app.url("/message"))
+            .query(&[("token", token.as_str())])
+            .json(&json!({"title": title, "message": "x", "priority": priority}))
+            .send()
+            .await
+            .unwrap())
+        .await;
+    }
+    for severity in ["critical", "warning"] {
+        let alert = json!({
+            "version": "4",
+            "status": "firing",
+            "receiver": "pushbot",
+            "groupLabels": {"alertname": format!("am-{severity}")},
+            "commonLabels": {"alertname": format!("am-{severity}"), "severity": severity},
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager.local",
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": format!("am-{severity}"), "severity": severity},
+                "annotations": {},
+                "startsAt": "2026-12-08T01:00:00Z"
+            }]
+        });
+        ok(http
+            .post(app.url("/hooks/alertmanager"))
+            .query(&[("token", token.as_str())])
+            .json(&alert)
+            .send()
+            .await
+            .unwrap())
+        .await;
+    }
+    let titles = asking_titles(&app).await;
+    assert_eq!(titles.len(), 4, "{titles:?}");
+    for wanted in ["ntfy-5", "bark-critical", "gotify-8", "am-critical"] {
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "{wanted} asks: {titles:?}"
+        );
+    }
 }

@@ -1846,8 +1846,9 @@ async fn ntfy_delays_are_scheduled_not_sent_early() {
         assert_eq!(status, 200, "{headers:?} {query}: {body}");
         assert_eq!(body["event"], "message", "{body}");
         let time = body["time"].as_i64().unwrap_or_default();
+        // A clock time (`10am`) may be only minutes away: the earliest is "later than now".
         assert!(
-            time >= now + 1800 - 5 && time <= now + 2 * 86_400 + 5,
+            time > now && time <= now + 2 * 86_400 + 5,
             "time is when it is delivered: {body}"
         );
         ids.push(body["id"].as_str().unwrap_or_default().to_owned());

@@ -1492,6 +1492,18 @@ impl Drop for Tmpfs {
 // ------------------------------------------------------------------------------------------
 
 /// The bot's reply to `text` from `user`; it must answer.
+/// Binds `{user}@example.com` by its mailed code; returns the address.
+pub async fn bind_email(api: &Api, sink: &crate::smtp::SmtpSink, user: &str) -> String {
+    let address = format!("{user}@example.com");
+    let reply = say(api, user, &format!("email {address}")).await;
+    assert_says(&reply, "code sent", "`email <address>`");
+    let mails = sink.wait_for_mails_to(&address, 1, WAIT).await;
+    let code = mails[0].code().expect("the code mail has a code");
+    let reply = say(api, user, &format!("verify {code}")).await;
+    assert_says(&reply, "bound", "`verify` with the mailed code");
+    address
+}
+
 pub async fn say(api: &Api, user: &str, text: &str) -> String {
     api.user_says(user, text)
         .await

@@ -274,18 +274,6 @@ async fn bind_phone(
     reply
 }
 
-/// Binds `{user}@example.com` by its mailed code; returns the address.
-async fn bind_email(api: &Api, sink: &SmtpSink, user: &str) -> String {
-    let address = format!("{user}@example.com");
-    let reply = say(api, user, &format!("email {address}")).await;
-    assert_says(&reply, "code sent", "`email <address>`");
-    let mails = sink.wait_for_mails_to(&address, 1, WAIT).await;
-    let code = mails[0].code().expect("the code mail has a code");
-    let reply = say(api, user, &format!("verify {code}")).await;
-    assert_says(&reply, "bound", "`verify` with the mailed code");
-    address
-}
-
 // ---- history ----
 
 /// `(channel, outcome)` of each history entry, checking the entry's shape on the way.

@@ -207,6 +207,9 @@ async fn hook(
                 Source::Alertmanager => crate::metrics::Endpoint::Alertmanager,
                 Source::Grafana => crate::metrics::Endpoint::Grafana,
             },
+            ack: asks_ack(&notification, &state.ack.severities).then_some(crate::store::AckAsk {
+                escalate_after: None,
+            }),
             ..Submission::default()
         },
     )
@@ -218,10 +221,11 @@ fn is_firing(status: &str) -> bool {
     !status.eq_ignore_ascii_case("resolved")
 }
 
-/// A firing notification's urgency from its severity; a resolved one is normal.
-fn urgency(n: &Notification) -> Urgency {
+/// The `severity` (or `priority`) labels of a notification's firing alerts, and its common
+/// one, lower-cased; none when it is resolved.
+fn firing_severities(n: &Notification) -> Vec<String> {
     if !is_firing(&n.status) {
-        return Urgency::Normal;
+        return Vec::new();
     }
     let severity = |labels: &BTreeMap<String, String>| {
         labels
@@ -229,12 +233,27 @@ fn urgency(n: &Notification) -> Urgency {
             .or_else(|| labels.get("priority"))
             .map(|s| s.trim().to_ascii_lowercase())
     };
-    let mut levels = n
-        .alerts
+    n.alerts
         .iter()
         .filter(|a| is_firing(&a.status))
         .filter_map(|a| severity(&a.labels))
-        .chain(severity(&n.common_labels));
+        .chain(severity(&n.common_labels))
+        .collect()
+}
+
+/// Whether a notification asks to be acknowledged: a firing alert's severity is one of
+/// `ack.severities`.
+fn asks_ack(n: &Notification, severities: &[String]) -> bool {
+    firing_severities(n).iter().any(|s| {
+        severities
+            .iter()
+            .any(|wanted| wanted.trim().eq_ignore_ascii_case(s))
+    })
+}
+
+/// A firing notification's urgency from its severity; a resolved one is normal.
+fn urgency(n: &Notification) -> Urgency {
+    let mut levels = firing_severities(n).into_iter();
     let rank = |s: &str| match s {
         "critical" | "crit" | "emergency" | "fatal" | "page" | "p1" | "disaster" => 3,
         "error" | "high" | "major" | "warning" | "warn" | "p2" => 2,
@@ -722,6 +741,22 @@ mod tests {
                 assert!(text.contains("• éé"), "{content} {count}: {text}");
             }
         }
+    }
+
+    #[test]
+    fn critical_firing_alerts_ask_to_be_acknowledged() {
+        let with = |status: &str, severity: &str| Notification {
+            status: status.to_owned(),
+            common_labels: [("severity".to_owned(), severity.to_owned())].into(),
+            ..Notification::default()
+        };
+        let critical = ["critical".to_owned()];
+        assert!(asks_ack(&with("firing", "critical"), &critical));
+        assert!(asks_ack(&with("firing", "CRITICAL "), &critical));
+        assert!(!asks_ack(&with("firing", "warning"), &critical));
+        assert!(!asks_ack(&with("resolved", "critical"), &critical));
+        assert!(!asks_ack(&with("firing", "critical"), &[]));
+        assert!(!asks_ack(&Notification::default(), &critical));
     }
 
     #[test]
