@@ -42,21 +42,11 @@ pub async fn run(state: &AppState, userid: &UserId, command: Command) -> Result<
         Command::Ack => match state.store.latest_unacked(userid).await? {
             None => bot::ack_reply(None),
             Some(id) => {
-                let record = super::messages::acknowledge(state, userid, id.as_str(), "chat").await;
-                match record {
-                    Ok(_) => {
-                        let title = state
-                            .store
-                            .message(id.as_str())
-                            .await?
-                            .and_then(|m| m.title);
-                        bot::ack_reply(Some((id.as_str(), title.as_deref())))
-                    }
-                    Err(err) => {
-                        tracing::warn!(userid = %userid, id = %id, error = %err, "could not acknowledge from the chat");
-                        bot::ack_reply(None)
-                    }
-                }
+                // The member's own message that asks (found just now): an error here is the
+                // database's, answered as any other.
+                let (message, _) =
+                    super::messages::acknowledge(state, userid, id.as_str(), "chat").await?;
+                bot::ack_reply(Some((id.as_str(), message.title.as_deref())))
             }
         },
         Command::Fallback(typed) => fallback(state, userid, &typed).await?,

@@ -527,12 +527,13 @@ async fn ack(
 /// Acknowledges the member's message `id` `via` a way (`api`, `chat`, `page`): the one
 /// implementation behind every way but the card. Someone else's message is the same 404 as
 /// an unknown one; one that does not ask for an acknowledgement is a 409 saying so.
+/// Answers the message and its acknowledgement.
 pub(crate) async fn acknowledge(
     state: &AppState,
     userid: &UserId,
     id: &str,
     via: &'static str,
-) -> Result<crate::store::AckRecord, ApiError> {
+) -> Result<(crate::store::Message, crate::store::AckRecord), ApiError> {
     let shown: String = id.chars().take(64).collect();
     let message = match state.store.message(id).await? {
         Some(m) if m.userid == *userid => m,
@@ -552,9 +553,9 @@ pub(crate) async fn acknowledge(
             if let Some(at) = record.acked_at {
                 state.metrics.acknowledged(via, at.since(record.created_at));
             }
-            Ok(record)
+            Ok((message, record))
         }
-        crate::store::AckOutcome::Already(record) => Ok(record),
+        crate::store::AckOutcome::Already(record) => Ok((message, record)),
         crate::store::AckOutcome::NotAsked => Err(ApiError::Conflict(format!(
             "message {shown} does not ask for an acknowledgement (send with ack=true or \
              escalate=10m to ask for one)"
