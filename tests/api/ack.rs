@@ -445,3 +445,90 @@ async fn urgent_drop_in_messages_and_critical_alerts_ask_to_be_acknowledged() {
         );
     }
 }
+
+/// Every byte percent-encoded: any bytes reach the path as they are.
+fn encoded(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// `POST /messages/{id}/ack` and `/send`'s `ack`/`escalate` with hostile input: random
+/// bytes, huge and invisible text, NUL, unknown fields, far-off durations. Never a 5xx, and
+/// nothing changes: the one message that asks stays unacknowledged, no other asks.
+#[tokio::test]
+async fn hostile_acks_never_get_a_5xx_and_change_nothing() {
+    let (app, _sink) = ack_app().await;
+    let user = userid("ackhostile");
+    let token = app.get_token(&user).await;
+    let id = send_ok(&app, &token, &json!({"title": "real", "ack": true})).await;
+    let http = http_client();
+    // A small generator (reproducible): random byte strings of every length up to 300.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut ids: Vec<String> = (0..200)
+        .map(|_| {
+            let len = usize::try_from(next() % 300).unwrap();
+            let bytes: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
+            encoded(&bytes)
+        })
+        .collect();
+    ids.extend([
+        "%00".to_owned(),
+        "a".repeat(60_000),
+        encoded("\u{200b}\u{2060}\u{feff}".repeat(2000).as_bytes()),
+        encoded(format!("{id}\u{200b}").as_bytes()),
+        encoded(format!("{id}\0").as_bytes()),
+        "..%2F..%2Fetc%2Fpasswd".to_owned(),
+        encoded("🚨".repeat(500).as_bytes()),
+    ]);
+    for hostile in &ids {
+        let resp = http
+            .post(app.url(&format!("/messages/{hostile}/ack")))
+            .query(&[("token", token.as_str()), ("unknown", "x"), ("_", "1")])
+            .send()
+            .await
+            .expect("an answer");
+        let status = resp.status();
+        assert!(
+            !status.is_server_error(),
+            "{status} for id {}…",
+            hostile.chars().take(60).collect::<String>()
+        );
+    }
+    // Hostile tokens, the real id.
+    for hostile in ["", "\u{200b}", &"x".repeat(60_000), "%00"] {
+        let resp = http
+            .post(app.url(&format!("/messages/{id}/ack")))
+            .query(&[("token", hostile)])
+            .send()
+            .await
+            .expect("an answer");
+        assert!(!resp.status().is_server_error(), "{}", resp.status());
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+    }
+    // /send's fields: far-off, huge, invisible, wrong types.
+    for body in [
+        json!({"title": "h", "escalate": "99999999999d"}),
+        json!({"title": "h", "escalate": "1e400"}),
+        json!({"title": "h", "escalate": 1e300}),
+        json!({"title": "h", "escalate": -1}),
+        json!({"title": "h", "escalate": "9999-12-31T23:59:59Z"}),
+        json!({"title": "h", "escalate": "\u{200b}".repeat(10_000)}),
+        json!({"title": "h", "ack": "y".repeat(100_000)}),
+        json!({"title": "h", "ack": {"nested": true}}),
+        json!({"title": "h", "ack": "\u{0000}"}),
+        json!({"title": "h", "acknowledge": true}),
+    ] {
+        let (status, answer) = send(&app, &token, &body).await;
+        assert!(
+            (400..500).contains(&status),
+            "{status} for {body}: {answer}"
+        );
+    }
+    assert_eq!(acks_stored(&app).await, 1, "nothing else asks");
+    assert!(app.message_json(&id, &token).await["ack"]["acked_at"].is_null());
+}
